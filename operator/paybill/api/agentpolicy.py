@@ -1,0 +1,80 @@
+"""AgentPolicy: the explicit access-control list an AI agent's SQL is checked against."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field
+
+from .meta import AGE_COLUMN, READY_COLUMN, CrdInfo, CustomResource, Model, PrinterColumn, Status, ValidationRule
+
+IDENT = r"^([A-Za-z_][A-Za-z0-9_$]*|\*)$"
+
+
+class PolicyMode(StrEnum):
+    ENFORCE = "enforce"
+    WARN = "warn"
+    AUDIT = "audit"
+
+
+class Effect(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+class Action(StrEnum):
+    SELECT = "select"
+    INSERT = "insert"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+class Approval(Model):
+    approvers: list[str] = Field(default_factory=list, description="Principals who may approve.")
+    minApprovals: int = Field(default=1, ge=1, le=10, description="Approvals needed before the statement runs.")
+
+
+class Rule(Model):
+    id: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63, description="Unique rule id.")
+    effect: Effect = Field(description="allow or deny; deny wins over allow.")
+    actions: list[Action] = Field(min_length=1, description="Statement kinds the rule covers.")
+    tables: list[str] = Field(min_length=1, description="Tables the rule covers; * for all.")
+    columns: list[str] = Field(default_factory=lambda: ["*"], description="Columns the rule covers; * for all.")
+    requireWhere: bool = Field(default=False, description="Refuse UPDATE/DELETE without a WHERE clause.")
+    rowFilter: str | None = Field(default=None, max_length=4096,
+                                  description="SQL predicate added to every statement the rule admits.")
+    approval: Approval | None = Field(default=None, description="Human approval needed before execution.")
+
+
+class Limits(Model):
+    maxRowsRead: int = Field(default=1000, ge=1, description="Rows a statement may return.")
+    maxRowsWritten: int = Field(default=10, ge=0, description="Rows a statement may change.")
+    statementTimeoutMs: int = Field(default=2000, ge=1, le=600000, description="Statement timeout.")
+    maxCost: float = Field(default=100000, gt=0, description="Highest planner cost admitted.")
+    maxStatementsPerRun: int = Field(default=50, ge=1, description="Statements one workflow run may issue.")
+
+
+class AgentPolicySpec(Model):
+    subjects: list[str] = Field(min_length=1, description="Principals the policy applies to, e.g. agent:bot.")
+    mode: PolicyMode = Field(default=PolicyMode.ENFORCE,
+                             description="enforce denies; warn and audit allow but record what would be denied.")
+    rules: list[Rule] = Field(default_factory=list, description="Ordered rules; no matching allow means deny.")
+    functions: list[str] = Field(default_factory=list, description="SQL functions agents may call.")
+    limits: Limits = Field(default_factory=Limits, description="Hard limits per statement and per run.")
+
+
+class AgentPolicy(CustomResource):
+    """The explicit ACL for agents acting on one tenant's data."""
+
+    crd = CrdInfo(
+        kind="AgentPolicy", plural="agentpolicies", singular="agentpolicy", namespaced=True,
+        short_names=("apol",),
+        description="AgentPolicy is the explicit access-control list an AI agent's SQL is checked against.",
+        printer_columns=(PrinterColumn("Mode", ".spec.mode"),
+                         PrinterColumn("Rules", ".spec.rules", type="string", priority=1),
+                         READY_COLUMN, AGE_COLUMN),
+        validations=(ValidationRule("self.rules.all(r, self.rules.exists_one(s, s.id == r.id))",
+                                    "rule ids must be unique"),),
+    )
+    spec: AgentPolicySpec
+    status: Status | None = None

@@ -1,0 +1,63 @@
+"""Tenant: one customer, with its namespace, data and lifecycle."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field
+
+from .meta import AGE_COLUMN, PHASE_COLUMN, READY_COLUMN, CrdInfo, CustomResource, Model, PrinterColumn, Status, \
+    ValidationRule
+from .plan import NAME
+
+
+class TenantPhase(StrEnum):
+    PENDING = "Pending"
+    PROVISIONING = "Provisioning"
+    ACTIVE = "Active"
+    SUSPENDED = "Suspended"
+    MIGRATING = "Migrating"
+    OFFBOARDING = "Offboarding"
+    OFFBOARDED = "Offboarded"
+    FAILED = "Failed"
+
+
+class DeletionPolicy(StrEnum):
+    RETAIN = "retain"
+    SNAPSHOT = "snapshot"
+    DESTROY = "destroy"
+
+
+class TenantSpec(Model):
+    displayName: str = Field(default="", max_length=256, description="Human-readable tenant name.")
+    planRef: str = Field(pattern=NAME, max_length=63, description="Name of the Plan the tenant is on.")
+    namespace: str | None = Field(default=None, pattern=NAME, max_length=63,
+                                  description="Namespace owned by the tenant; defaults to tenant-<name>. "
+                                              "Immutable once set.")
+    suspended: bool = Field(default=False, description="Suspend the tenant by hand (reversible).")
+    deletionPolicy: DeletionPolicy = Field(default=DeletionPolicy.SNAPSHOT,
+                                           description="What happens to tenant data on offboarding.")
+    contactEmail: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254,
+                                     description="Where lifecycle notices are sent.")
+
+
+class TenantStatus(Status):
+    namespace: str | None = Field(default=None, description="The namespace provisioned for the tenant.")
+    isolation: str | None = Field(default=None, description="Isolation model in effect.")
+    plan: str | None = Field(default=None, description="Plan in effect.")
+
+
+class Tenant(CustomResource):
+    """One customer of the SaaS: namespace, data, plan and lifecycle."""
+
+    crd = CrdInfo(
+        kind="Tenant", plural="tenants", singular="tenant", namespaced=False, short_names=("tn",),
+        description="Tenant is one customer: its namespace, its data and its lifecycle.",
+        printer_columns=(PrinterColumn("Plan", ".spec.planRef"), PrinterColumn("Isolation", ".status.isolation"),
+                         PHASE_COLUMN, READY_COLUMN, AGE_COLUMN),
+        validations=(ValidationRule("!has(oldSelf.namespace) || (has(self.namespace) && "
+                                    "self.namespace == oldSelf.namespace)",
+                                    "namespace is immutable once set"),),
+    )
+    spec: TenantSpec
+    status: TenantStatus | None = None
