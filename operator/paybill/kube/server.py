@@ -89,13 +89,20 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
     admission: Admission = attrs.field(factory=Admission)
     _dependents: dict[str, set[tuple[tuple[str, str], str | None, str]]] = attrs.field(factory=dict, init=False)
     _lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+    _watches: set[asyncio.Task[Any]] = attrs.field(factory=set, init=False)
 
     def __attrs_post_init__(self) -> None:
         """No scaffold fallbacks: everything kmock's DSL does not intercept is served by ``_serve``."""
 
     async def __aexit__(self, *exc: Any) -> None:
+        self.close_watches()
         await self.admission.close()
         await super().__aexit__(*exc)
+
+    def close_watches(self) -> None:
+        """End every open watch stream (clients see the stream close, as on an apiserver restart)."""
+        for task in list(self._watches):
+            task.cancel()
 
     # --- HTTP entry -------------------------------------------------------------------------------------------
 
@@ -324,6 +331,9 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
         key = route.rtype.key
 
         queue = self.store.subscribe(key)
+        task = asyncio.current_task()
+        if task is not None:
+            self._watches.add(task)
         try:
             since = params.get("resourceVersion")
             if since and since != "0":
@@ -371,6 +381,7 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
             raise
         finally:
             self.store.unsubscribe(key, queue)
+            self._watches.discard(task)  # type: ignore[arg-type]
 
     async def _expired_stream(self, request: rendering.Request, since: str) -> aiohttp.web.StreamResponse:
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})

@@ -1,0 +1,96 @@
+"""The `paybill` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from . import __version__
+
+STATE_DIR = Path(".state")
+
+
+def _crds(args: argparse.Namespace) -> int:
+    from .api.crdgen import write_all
+
+    for path in write_all(Path(args.out)):
+        print(path)
+    return 0
+
+
+def _emulator(args: argparse.Namespace) -> int:
+    from .kube import serve, write_kubeconfig
+
+    async def main() -> None:
+        async with serve(host="127.0.0.1", port=args.port) as (api, url):
+            api.load([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+                      for ns in ("default", "kube-system", "kube-public")])
+            kubeconfig = write_kubeconfig(Path(args.kubeconfig), url)
+            print(f"Paybill EMULATED Kubernetes API server (not a real cluster) listening on {url}")
+            print(f"  export KUBECONFIG={kubeconfig.resolve()}")
+            print("  Ctrl-C to stop", flush=True)
+            await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+    return 0
+
+
+def _operator(args: argparse.Namespace) -> int:
+    import kopf
+
+    from . import handlers  # noqa: F401  (registers the handlers)
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        kopf.run(clusterwide=True, standalone=True, liveness_endpoint=args.liveness)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import REPO, run_demo
+
+    samples = Path(args.samples) if args.samples else REPO / "manifests" / "samples"
+    try:
+        return asyncio.run(run_demo(Path(args.state_dir), samples, args.keep, args.port, args.timeout))
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="paybill", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"paybill {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    crds = commands.add_parser("crds", help="generate CRDs from the API models")
+    crds.add_argument("--out", default="crds")
+    crds.set_defaults(run=_crds)
+
+    emulator = commands.add_parser("emulator", help="run the emulated Kubernetes API server on loopback")
+    emulator.add_argument("--port", type=int, default=8001)
+    emulator.add_argument("--kubeconfig", default=str(STATE_DIR / "kubeconfig"))
+    emulator.set_defaults(run=_emulator)
+
+    operator = commands.add_parser("operator", help="run the operator (kopf) against the current kubeconfig")
+    operator.add_argument("--liveness", default="http://127.0.0.1:0/healthz",
+                          help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    operator.add_argument("--verbose", action="store_true")
+    operator.set_defaults(run=_operator)
+
+    demo = commands.add_parser("demo", help="run the whole stack locally and show tenants converge")
+    demo.add_argument("--keep", action="store_true", help="leave the stack running until Ctrl-C")
+    demo.add_argument("--state-dir", default=str(STATE_DIR / "demo"))
+    demo.add_argument("--samples", default=None)
+    demo.add_argument("--port", type=int, default=None)
+    demo.add_argument("--timeout", type=float, default=60)
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))

@@ -1,0 +1,1 @@
+"""PostgreSQL: a local throwaway server and the tenant data orchestration."""

@@ -1,0 +1,123 @@
+"""A throwaway local PostgreSQL server on loopback: the image's PG binaries, or the pgserver wheel."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SEARCH_DIRS = ("/usr/local/bin", "/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/bin")
+
+
+class PostgresError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def find_binaries() -> Path | None:
+    """The directory holding initdb and pg_ctl, if this machine has PostgreSQL installed."""
+    initdb = shutil.which("initdb")
+    candidates = ([str(Path(initdb).parent)] if initdb else []) + list(SEARCH_DIRS)
+    for directory in candidates:
+        if (Path(directory) / "initdb").exists() and (Path(directory) / "pg_ctl").exists():
+            return Path(directory)
+    return None
+
+
+@dataclass
+class LocalPostgres:
+    """Start with :meth:`start`, stop with :meth:`stop`; :attr:`dsn` connects as the superuser."""
+
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    _pgserver: Any = field(default=None, init=False, repr=False)
+    _uri: str | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.data_dir = self.data_dir.resolve()  # the server resolves paths from its own working directory
+
+    @property
+    def dsn(self) -> str:
+        if self._uri is None:
+            raise PostgresError("the server is not running")
+        return self._uri
+
+    def _as_postgres(self, *argv: str) -> list[str]:
+        """initdb refuses root: run the server binaries as the postgres user when we are root."""
+        if os.geteuid() == 0:
+            return ["runuser", "-u", "postgres", "--", *argv]
+        return list(argv)
+
+    def start(self) -> str:
+        binaries = find_binaries()
+        if binaries is None:
+            return self._start_pgserver()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        socket_dir = self.data_dir / "socket"
+        pgdata = self.data_dir / "pgdata"
+        socket_dir.mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            for path in (self.data_dir, socket_dir):
+                shutil.chown(path, "postgres", "postgres")
+            os.chmod(self.data_dir, 0o755)
+        if not (pgdata / "PG_VERSION").exists():
+            self._run("initdb", self._as_postgres(str(binaries / "initdb"), "-D", str(pgdata), "-A", "trust",
+                                                  "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C"))
+        options = (f"-p {self.port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        log = self.data_dir / "postgres.log"
+        self._run("pg_ctl start", self._as_postgres(str(binaries / "pg_ctl"), "-D", str(pgdata), "-o", options,
+                                                    "-l", str(log), "-w", "-t", "60", "start"), log=log)
+        self._uri = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return self._uri
+
+    def _start_pgserver(self) -> str:
+        try:
+            import pgserver  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise PostgresError("no PostgreSQL binaries found and the pgserver wheel is not installed "
+                                "(pip install pgserver)") from exc
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._pgserver = pgserver.get_server(str(self.data_dir / "pgserver"), cleanup_mode="stop")
+        self._uri = self._pgserver.get_uri()
+        return self._uri
+
+    def stop(self) -> None:
+        if self._pgserver is not None:
+            self._pgserver.cleanup()
+            self._pgserver = None
+        elif self._uri is not None and (binaries := find_binaries()) is not None:
+            self._run("pg_ctl stop", self._as_postgres(str(binaries / "pg_ctl"), "-D",
+                                                       str(self.data_dir / "pgdata"), "-m", "fast", "-w", "stop"),
+                      check=False)
+        self._uri = None
+
+    @staticmethod
+    def _run(what: str, argv: list[str], check: bool = True, log: Path | None = None) -> None:
+        result = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if check and result.returncode != 0:
+            detail = (result.stderr or result.stdout).strip()
+            if log is not None and log.exists():
+                detail += "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-5:])
+            raise PostgresError(f"{what} failed: {detail}")
+
+
+@contextlib.contextmanager
+def running(data_dir: Path) -> Iterator[LocalPostgres]:
+    server = LocalPostgres(data_dir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

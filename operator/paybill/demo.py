@@ -1,0 +1,143 @@
+"""`paybill demo`: the whole stack on one machine (emulated API server + local PostgreSQL + operator)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import yaml
+
+from .api import API_VERSION
+from .api.crdgen import all_crds
+from .database.server import LocalPostgres
+from .handlers.settings import DATABASE_URL_ENV
+from .kube import serve, write_kubeconfig
+from .kube.client import Kube
+from .lifecycle.conditions import is_true
+
+REPO = Path(__file__).resolve().parents[2]
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public")
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def load_manifests(directory: Path) -> list[dict[str, Any]]:
+    documents = []
+    for path in sorted(directory.glob("*.yaml")):
+        documents += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return documents
+
+
+def start_operator(kubeconfig: Path, database_url: str, log_path: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), DATABASE_URL_ENV: database_url}
+    log = log_path.open("wb")
+    return subprocess.Popen([sys.executable, "-m", "paybill", "operator"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def wait_for_tenants(kube: Kube, names: list[str], timeout: float) -> dict[str, dict[str, Any]]:
+    """Poll until every tenant is Ready, printing each phase change as it happens."""
+    seen: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    tenants: dict[str, dict[str, Any]] = {}
+    while time.monotonic() < deadline:
+        listed = await asyncio.to_thread(kube.list, API_VERSION, "tenants")
+        tenants = {t["metadata"]["name"]: t for t in listed if t["metadata"]["name"] in names}
+        for name, tenant in sorted(tenants.items()):
+            status = tenant.get("status") or {}
+            phase = status.get("phase") or "Pending"
+            if seen.get(name) != phase:
+                ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), None)
+                detail = f" ({ready['reason']}: {ready['message']})" if ready else ""
+                say(f"  tenant {name:<10} {seen.get(name, '-'):>12} -> {phase}{detail}")
+                seen[name] = phase
+        if len(tenants) == len(names) and all(is_true((t.get("status") or {}).get("conditions", []), "Ready")
+                                              for t in tenants.values()):
+            break
+        await asyncio.sleep(0.3)
+    return tenants
+
+
+def summary(tenants: dict[str, dict[str, Any]]) -> list[str]:
+    lines = [f"{'TENANT':<10} {'PHASE':<10} {'READY':<6} {'PLAN':<11} {'ISOLATION':<10} NAMESPACE"]
+    for name, tenant in sorted(tenants.items()):
+        status = tenant.get("status") or {}
+        ready = "True" if is_true(status.get("conditions", []), "Ready") else "False"
+        lines.append(f"{name:<10} {status.get('phase', '-'):<10} {ready:<6} {status.get('plan', '-'):<11} "
+                     f"{status.get('isolation', '-'):<10} {status.get('namespace', '-')}")
+    return lines
+
+
+async def run_demo(state_dir: Path, samples: Path, keep: bool, port: int | None, timeout: float) -> int:
+    state_dir = state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    say("Paybill demo: emulated Kubernetes API + local PostgreSQL + the Paybill operator")
+    postgres = LocalPostgres(state_dir / "postgres")
+    say("starting a local PostgreSQL server (throwaway, loopback only)")
+    database_url = await asyncio.to_thread(postgres.start)
+    say(f"  PostgreSQL ready on 127.0.0.1:{postgres.port}")
+    try:
+        async with serve(port=port) as (api, url):
+            api.load([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+                      for ns in SYSTEM_NAMESPACES])
+            kubeconfig = write_kubeconfig(state_dir / "kubeconfig", url)
+            say(f"emulated Kubernetes API server on {url} (not a real cluster)")
+            kube = Kube(await asyncio.to_thread(_client_for, kubeconfig))
+            for crd in all_crds():
+                await asyncio.to_thread(kube.apply, crd)
+            say(f"  {len(all_crds())} Paybill CRDs registered")
+            operator = start_operator(kubeconfig, database_url, state_dir / "operator.log")
+            say(f"operator started (pid {operator.pid}, log {state_dir / 'operator.log'})")
+            try:
+                return await _converge(kube, samples, keep, timeout, kubeconfig, operator)
+            finally:
+                await asyncio.to_thread(stop_process, operator)
+                api.close_watches()
+    finally:
+        await asyncio.to_thread(postgres.stop)
+        say("stopped: operator, emulated API server, PostgreSQL")
+
+
+async def _converge(kube: Kube, samples: Path, keep: bool, timeout: float, kubeconfig: Path,
+                    operator: subprocess.Popen[bytes]) -> int:
+    manifests = load_manifests(samples)
+    for manifest in manifests:
+        result = await asyncio.to_thread(kube.apply, manifest)
+        say(f"  {manifest['kind'].lower()}/{manifest['metadata']['name']} {result}")
+    names = [m["metadata"]["name"] for m in manifests if m["kind"] == "Tenant"]
+    say(f"waiting for {len(names)} tenants to become Ready")
+    tenants = await wait_for_tenants(kube, names, timeout)
+    print("\n".join(summary(tenants)), flush=True)
+    ready = sum(is_true((t.get("status") or {}).get("conditions", []), "Ready") for t in tenants.values())
+    if ready != len(names):
+        say(f"FAILED: {ready}/{len(names)} tenants Ready after {timeout:.0f}s; see {kubeconfig.parent}/operator.log")
+        return 1
+    say(f"all {ready} tenants Ready")
+    if keep:
+        say(f"stack left running. In another shell:  export KUBECONFIG={kubeconfig}; kubectl get paybill")
+        say("press Ctrl-C to stop everything")
+        while operator.poll() is None:
+            await asyncio.sleep(1)
+    return 0
+
+
+def _client_for(kubeconfig: Path) -> kubernetes.client.ApiClient:
+    return kubernetes.config.new_client_from_config(config_file=str(kubeconfig))

@@ -1,0 +1,35 @@
+"""Operator-wide kopf settings and shared context (set once at startup)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from ..kube.client import Kube, load_config
+from .persistence import PREFIX, DigestDiffBaseStorage
+
+DATABASE_URL_ENV = "PAYBILL_DATABASE_URL"
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    settings.persistence.finalizer = f"{PREFIX}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = DigestDiffBaseStorage()
+    settings.posting.level = logging.INFO
+    settings.peering.standalone = True
+    settings.watching.server_timeout = 300
+    settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
+    load_config()
+    memo.kube = Kube()
+    memo.database_url = os.environ.get(DATABASE_URL_ENV) or None
+    logger.info("Paybill operator started; tenant database %s",
+                "configured" if memo.database_url else f"not configured (set {DATABASE_URL_ENV})")
+
+
+@kopf.on.probe(id="kube")
+def kube_reachable(memo: kopf.Memo, **_: Any) -> str:
+    return str(memo.kube.request("GET", "/version")["gitVersion"])

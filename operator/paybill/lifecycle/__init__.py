@@ -1,0 +1,1 @@
+"""Pure lifecycle logic: (object, observed world) -> (desired resources, new status)."""
