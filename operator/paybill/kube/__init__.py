@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import kmock
 import yaml
@@ -17,9 +20,46 @@ from .server import EmulatedApiServer
 async def serve(host: str = "127.0.0.1", port: int | None = None,
                 api: EmulatedApiServer | None = None) -> AsyncIterator[tuple[EmulatedApiServer, str]]:
     """Run an emulated API server on loopback; yield it and its base URL."""
-    api = api or EmulatedApiServer()
+    api = api if api is not None else EmulatedApiServer()  # kmock handlers are falsy until they see requests
     async with api, kmock.Server(api, host=host, port=port) as server:
         yield api, str(server.url).rstrip("/")
+
+
+@contextlib.contextmanager
+def serve_in_thread(seed: list[dict[str, Any]] | None = None,
+                    api: EmulatedApiServer | None = None) -> Iterator[tuple[EmulatedApiServer, str]]:
+    """Run an emulated API server on its own event loop in a thread, so blocking clients (the `kubernetes`
+    package, kubectl, a kopf runner) can talk to it from this one."""
+    ready = threading.Event()
+    stop: asyncio.Event | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    result: dict[str, Any] = {}
+
+    async def main() -> None:
+        nonlocal stop, loop
+        stop, loop = asyncio.Event(), asyncio.get_running_loop()
+        try:
+            async with serve(api=api) as (server, url):
+                server.load(seed or [])
+                result.update(server=server, url=url)
+                ready.set()
+                await stop.wait()
+        except BaseException as exc:
+            result["error"] = exc
+            ready.set()
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), name="emulated-apiserver", daemon=True)
+    thread.start()
+    ready.wait(timeout=30)
+    if "error" in result or "server" not in result:
+        raise RuntimeError(f"the emulated API server did not start: {result.get('error')}")
+    try:
+        yield result["server"], result["url"]
+    finally:
+        assert loop is not None and stop is not None
+        loop.call_soon_threadsafe(result["server"].close_watches)
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=30)
 
 
 def write_kubeconfig(path: Path, url: str, context: str = "paybill-emulated") -> Path:
@@ -36,4 +76,4 @@ def write_kubeconfig(path: Path, url: str, context: str = "paybill-emulated") ->
     return path
 
 
-__all__ = ["EmulatedApiServer", "serve", "write_kubeconfig"]
+__all__ = ["EmulatedApiServer", "serve", "serve_in_thread", "write_kubeconfig"]

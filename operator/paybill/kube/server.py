@@ -117,7 +117,7 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
             headers=dict(raw.headers), cookies=dict(raw.cookies), data=data, body=body,
             text=body.decode(errors="replace"), **_kmock_intent(raw),
         )
-        if self.record_requests:
+        if self.record_requests or self._payloads:  # kmock's DSL selects among the recorded requests
             self._requests.append(request)
         try:
             return await self._handle(request)
@@ -422,16 +422,7 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
         if self.store.get(rtype.key, meta.get("namespace"), name) is not None:
             raise _status_error(409, "AlreadyExists", f'{_qualified(rtype)} "{name}" already exists',
                                 {"name": name, "group": rtype.group, "kind": rtype.plural})
-        obj["apiVersion"], obj["kind"] = rtype.api_version, rtype.kind
-        for system_field in ("uid", "resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds"):
-            meta.pop(system_field, None)
-        if rtype.status_subresource and rtype.custom:
-            obj.pop("status", None)
-        if rtype.key == NAMESPACE_KEY:
-            obj["spec"] = {"finalizers": ["kubernetes"]}
-            obj["status"] = {"phase": "Active"}
-            meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = name
-        meta.update(uid=str(uuid.uuid4()), generation=1, creationTimestamp=_now())
+        _stamp_new(rtype, obj)
         obj = await self._admit(route, "CREATE", obj, None, dry_run, field_validation)
         if rtype.key == CRD_KEY:
             self._accept_crd(obj)
@@ -732,11 +723,25 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
             rtype = next(r for r in self.registry.all() if r.group == group and r.version == version
                          and r.kind == obj["kind"])
             obj = copy.deepcopy(obj)
-            meta = obj.setdefault("metadata", {})
-            meta.update(uid=str(uuid.uuid4()), generation=1, creationTimestamp=_now())
+            _stamp_new(rtype, obj)
             if rtype.key == CRD_KEY:
                 self._accept_crd(obj)
             self._commit(rtype, obj, "ADDED")
+
+
+def _stamp_new(rtype: ResourceType, obj: dict[str, Any]) -> None:
+    """What the apiserver sets on every new object."""
+    meta = obj.setdefault("metadata", {})
+    obj["apiVersion"], obj["kind"] = rtype.api_version, rtype.kind
+    for system_field in ("uid", "resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds"):
+        meta.pop(system_field, None)
+    if rtype.status_subresource and rtype.custom:
+        obj.pop("status", None)
+    if rtype.key == NAMESPACE_KEY:
+        obj["spec"] = {"finalizers": ["kubernetes"]}
+        obj["status"] = {"phase": "Active"}
+        meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = meta["name"]
+    meta.update(uid=str(uuid.uuid4()), generation=1, creationTimestamp=_now())
 
 
 def _kmock_intent(raw: aiohttp.web.BaseRequest) -> dict[str, Any]:

@@ -1,0 +1,63 @@
+"""Shared fixtures: a real PostgreSQL server and the emulated Kubernetes API server (both on loopback)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+
+from paybill.api.crdgen import all_crds
+from paybill.database.server import LocalPostgres
+from paybill.kube import EmulatedApiServer, serve_in_thread, write_kubeconfig
+from paybill.kube.client import Kube
+
+SYSTEM_NAMESPACES = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}
+                     for n in ("default", "kube-system")]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """One real PostgreSQL server for the whole session (a directory the postgres user can enter)."""
+    directory = Path(tempfile.mkdtemp(prefix="paybill-pg-"))
+    os.chmod(directory, 0o755)
+    server = LocalPostgres(directory)
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+class Cluster:
+    """An emulated API server with Paybill's CRDs, a kubeconfig for it and a client."""
+
+    def __init__(self, api: EmulatedApiServer, url: str, kubeconfig: Path) -> None:
+        self.api, self.url, self.kubeconfig = api, url, kubeconfig
+        self.kube = Kube(kubernetes.config.new_client_from_config(config_file=str(kubeconfig)))
+
+    def eventually(self, check: Callable[[], Any], timeout: float = 20, interval: float = 0.1) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                result = check()
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+            else:
+                if result is not None and result is not False:
+                    return result
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"condition not met within {timeout}s: {check}")
+            time.sleep(interval)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with serve_in_thread(seed=SYSTEM_NAMESPACES + all_crds()) as (api, url):
+        yield Cluster(api, url, write_kubeconfig(tmp_path / "kubeconfig", url))

@@ -1,0 +1,387 @@
+"""Conformance of the emulated API server with the apiserver behaviours Paybill depends on."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import requests
+
+from paybill.kube import EmulatedApiServer, serve_in_thread
+from paybill.kube.store import Store
+
+TENANTS = "/apis/paybill.dev/v1alpha1/tenants"
+SECRETS = "/api/v1/namespaces/default/secrets"
+MERGE = {"Content-Type": "application/merge-patch+json"}
+
+
+def tenant(name: str = "acme", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "paybill.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
+            "spec": {"planRef": "pro", **spec}}
+
+
+def secret(name: str = "s1", **meta: Any) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, **meta}, "data": {"k": "dg=="}}
+
+
+class Http:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __call__(self, method: str, path: str, body: Any = None, **kwargs: Any) -> requests.Response:
+        return requests.request(method, self.url + path, json=body, timeout=10, **kwargs)
+
+
+@pytest.fixture
+def http(cluster: Any) -> Http:
+    return Http(cluster.url)
+
+
+def test_discovery_lists_core_groups_and_registered_crds(http: Http) -> None:
+    assert http("GET", "/version").json()["gitVersion"].endswith("emulated")
+    assert http("GET", "/api").json()["versions"] == ["v1"]
+    core = {r["name"] for r in http("GET", "/api/v1").json()["resources"]}
+    assert {"namespaces", "namespaces/status", "secrets", "configmaps", "serviceaccounts", "resourcequotas",
+            "limitranges", "events"} <= core
+    groups = {g["name"] for g in http("GET", "/apis").json()["groups"]}
+    assert {"paybill.dev", "rbac.authorization.k8s.io", "networking.k8s.io", "batch", "coordination.k8s.io",
+            "apiextensions.k8s.io", "admissionregistration.k8s.io"} <= groups
+    paybill = {r["name"]: r for r in http("GET", "/apis/paybill.dev/v1alpha1").json()["resources"]}
+    assert paybill["tenants"]["kind"] == "Tenant" and paybill["tenants"]["namespaced"] is False
+    assert paybill["agentpolicies"]["namespaced"] is True
+    assert "tenants/status" in paybill and paybill["tenants"]["categories"] == ["paybill"]
+    assert paybill["tenants"]["shortNames"] == ["tn"]
+
+
+def test_unknown_resource_is_a_404_status(http: Http) -> None:
+    response = http("GET", "/apis/paybill.dev/v1alpha1/nothings")
+    assert response.status_code == 404 and response.json()["kind"] == "Status"
+
+
+def test_create_stamps_identity_and_namespaced_urls_work(http: Http) -> None:
+    created = http("POST", SECRETS, secret())
+    assert created.status_code == 201
+    meta = created.json()["metadata"]
+    assert meta["uid"] and meta["resourceVersion"].isdigit() and meta["generation"] == 1
+    assert meta["creationTimestamp"].endswith("Z") and meta["namespace"] == "default"
+    fetched = http("GET", f"{SECRETS}/s1").json()
+    assert fetched["metadata"]["uid"] == meta["uid"]
+    assert [i["metadata"]["name"] for i in http("GET", SECRETS).json()["items"]] == ["s1"]
+    assert http("GET", "/api/v1/namespaces/default").json()["status"]["phase"] == "Active"
+    assert http("POST", SECRETS, secret()).json()["reason"] == "AlreadyExists"
+    missing_ns = http("POST", "/api/v1/namespaces/nowhere/secrets", secret())
+    assert missing_ns.status_code == 404 and 'namespaces "nowhere" not found' in missing_ns.json()["message"]
+
+
+def test_resource_versions_increase_and_stale_writes_conflict(http: Http) -> None:
+    first = http("POST", TENANTS, tenant()).json()
+    updated = http("PUT", f"{TENANTS}/acme", {**first, "spec": {**first["spec"], "displayName": "A"}})
+    assert updated.status_code == 200
+    assert int(updated.json()["metadata"]["resourceVersion"]) > int(first["metadata"]["resourceVersion"])
+    assert updated.json()["metadata"]["generation"] == 2
+    stale = http("PUT", f"{TENANTS}/acme", {**first, "spec": {**first["spec"], "displayName": "B"}})
+    assert stale.status_code == 409 and stale.json()["reason"] == "Conflict"
+    stale_patch = http("PATCH", f"{TENANTS}/acme", {"metadata": {"resourceVersion": first["metadata"][
+        "resourceVersion"]}, "spec": {"displayName": "C"}}, headers=MERGE)
+    assert stale_patch.status_code == 409
+    no_version = http("PUT", f"{TENANTS}/acme", tenant(displayName="D"))
+    assert no_version.status_code == 422 and "resourceVersion" in no_version.json()["message"]
+
+
+def test_status_subresource_is_separate_from_spec(http: Http) -> None:
+    http("POST", TENANTS, {**tenant(), "status": {"phase": "Smuggled"}})
+    assert "status" not in http("GET", f"{TENANTS}/acme").json()  # status on create is dropped
+    written = http("PATCH", f"{TENANTS}/acme/status", {"status": {"phase": "Active"}, "spec": {"planRef": "x"}},
+                   headers=MERGE).json()
+    assert written["status"]["phase"] == "Active"
+    assert written["spec"]["planRef"] == "pro" and written["metadata"]["generation"] == 1
+    spec_write = http("PATCH", f"{TENANTS}/acme", {"spec": {"displayName": "Acme"}, "status": {"phase": "X"}},
+                      headers=MERGE).json()
+    assert spec_write["status"]["phase"] == "Active" and spec_write["metadata"]["generation"] == 2
+
+
+def test_schema_validation_answers_422_with_field_paths(http: Http) -> None:
+    response = http("POST", TENANTS, tenant(planRef="Bad_Name", deletionPolicy="shred", suspended="yes"))
+    assert response.status_code == 422
+    body = response.json()
+    assert body["reason"] == "Invalid" and body["details"]["kind"] == "Tenant"
+    fields = {cause["field"]: cause["reason"] for cause in body["details"]["causes"]}
+    assert fields == {"spec.planRef": "FieldValueInvalid", "spec.deletionPolicy": "FieldValueNotSupported",
+                      "spec.suppended".replace("pp", "sp"): "FieldValueTypeInvalid"}
+    required = http("POST", TENANTS, {**tenant(), "spec": {}}).json()
+    assert required["details"]["causes"] == [{"reason": "FieldValueRequired", "message": "Required value",
+                                              "field": "spec.planRef"}]
+
+
+def test_defaults_are_applied_and_unknown_fields_pruned_or_refused(http: Http) -> None:
+    created = http("POST", TENANTS, {**tenant(), "spec": {"planRef": "pro", "colour": "blue"}}).json()
+    assert created["spec"] == {"planRef": "pro", "displayName": "", "suspended": False,
+                               "deletionPolicy": "snapshot"}
+    strict = http("POST", TENANTS + "?fieldValidation=Strict", tenant("b", colour="blue"))
+    assert strict.status_code == 400 and 'unknown field "spec.colour"' in strict.json()["message"]
+
+
+def test_cel_rules_including_transition_rules(http: Http) -> None:
+    http("POST", TENANTS, tenant(namespace="tenant-one"))
+    moved = http("PATCH", f"{TENANTS}/acme", {"spec": {"namespace": "tenant-two"}}, headers=MERGE)
+    assert moved.status_code == 422 and "namespace is immutable once set" in moved.json()["message"]
+    policy = {"apiVersion": "paybill.dev/v1alpha1", "kind": "AgentPolicy", "metadata": {"name": "p"},
+              "spec": {"subjects": ["agent:a"], "rules": [
+                  {"id": "r", "effect": "allow", "actions": ["select"], "tables": ["t"]},
+                  {"id": "r", "effect": "deny", "actions": ["delete"], "tables": ["t"]}]}}
+    duplicate = http("POST", "/apis/paybill.dev/v1alpha1/namespaces/default/agentpolicies", policy)
+    assert duplicate.status_code == 422 and "rule ids must be unique" in duplicate.json()["message"]
+
+
+def test_patch_flavours(http: Http) -> None:
+    http("POST", SECRETS, secret(labels={"a": "1", "b": "2"}))
+    merged = http("PATCH", f"{SECRETS}/s1", {"metadata": {"labels": {"a": None, "c": "3"}}}, headers=MERGE)
+    assert merged.json()["metadata"]["labels"] == {"b": "2", "c": "3"}
+    ops = [{"op": "add", "path": "/metadata/labels/d", "value": "4"}, {"op": "remove", "path": "/data/k"}]
+    patched = http("PATCH", f"{SECRETS}/s1", ops, headers={"Content-Type": "application/json-patch+json"})
+    assert patched.json()["metadata"]["labels"]["d"] == "4" and patched.json()["data"] == {}
+    failing = http("PATCH", f"{SECRETS}/s1", [{"op": "test", "path": "/type", "value": "nope"}],
+                   headers={"Content-Type": "application/json-patch+json"})
+    assert failing.status_code == 422
+    http("POST", "/apis/batch/v1/namespaces/default/jobs", {
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"},
+        "spec": {"template": {"spec": {"containers": [{"name": "a", "image": "x:1"}, {"name": "b", "image": "y:1"}]}}}})
+    strategic = http("PATCH", "/apis/batch/v1/namespaces/default/jobs/j",
+                     {"spec": {"template": {"spec": {"containers": [{"name": "b", "image": "y:2"}]}}}},
+                     headers={"Content-Type": "application/strategic-merge-patch+json"}).json()
+    assert [(c["name"], c["image"]) for c in strategic["spec"]["template"]["spec"]["containers"]] == [
+        ("a", "x:1"), ("b", "y:2")]
+
+
+def test_dry_run_validates_but_persists_nothing(http: Http) -> None:
+    assert http("POST", TENANTS + "?dryRun=All", tenant()).status_code == 201
+    assert http("GET", f"{TENANTS}/acme").status_code == 404
+    assert http("POST", TENANTS + "?dryRun=All", tenant(planRef="BAD")).status_code == 422
+    http("POST", TENANTS, tenant())
+    assert http("DELETE", f"{TENANTS}/acme?dryRun=All").status_code == 200
+    assert http("GET", f"{TENANTS}/acme").status_code == 200
+
+
+def test_finalizers_hold_deletion_until_removed(http: Http) -> None:
+    http("POST", TENANTS, {**tenant(), "metadata": {"name": "acme", "finalizers": ["paybill.dev/finalizer"]}})
+    marked = http("DELETE", f"{TENANTS}/acme").json()
+    assert marked["metadata"]["deletionTimestamp"] and marked["metadata"]["generation"] == 2
+    assert http("GET", f"{TENANTS}/acme").status_code == 200
+    refused = http("PATCH", f"{TENANTS}/acme", {"metadata": {"finalizers": ["a", "paybill.dev/finalizer"]}},
+                   headers=MERGE)
+    assert refused.status_code == 422 and "no new finalizers" in refused.json()["message"]
+    http("PATCH", f"{TENANTS}/acme", {"metadata": {"finalizers": None}}, headers=MERGE)
+    assert http("GET", f"{TENANTS}/acme").status_code == 404
+
+
+def test_namespace_deletion_removes_contents_and_waits_for_their_finalizers(http: Http) -> None:
+    http("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "t1"}})
+    http("POST", "/api/v1/namespaces/t1/secrets", secret("plain"))
+    http("POST", "/api/v1/namespaces/t1/secrets", secret("held", finalizers=["x/y"]))
+    deleting = http("DELETE", "/api/v1/namespaces/t1").json()
+    assert deleting["status"]["phase"] == "Terminating"
+    assert http("GET", "/api/v1/namespaces/t1/secrets/plain").status_code == 404
+    assert http("POST", "/api/v1/namespaces/t1/secrets", secret("late")).status_code == 403
+    assert http("GET", "/api/v1/namespaces/t1").status_code == 200
+    http("PATCH", "/api/v1/namespaces/t1/secrets/held", {"metadata": {"finalizers": []}}, headers=MERGE)
+    assert http("GET", "/api/v1/namespaces/t1").status_code == 404
+
+
+def test_owner_references_cascade(http: Http) -> None:
+    owner = http("POST", TENANTS, tenant()).json()
+    ref = {"apiVersion": "paybill.dev/v1alpha1", "kind": "Tenant", "name": "acme", "uid": owner["metadata"]["uid"]}
+    http("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                        "metadata": {"name": "tenant-acme", "ownerReferences": [ref]}})
+    http("POST", "/api/v1/namespaces/tenant-acme/configmaps",
+         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}})
+    http("DELETE", f"{TENANTS}/acme")
+    assert http("GET", "/api/v1/namespaces/tenant-acme").status_code == 404
+    assert http("GET", "/api/v1/namespaces/tenant-acme/configmaps/c").status_code == 404
+
+
+def test_metadata_limits(http: Http) -> None:
+    big = http("POST", SECRETS, secret(annotations={"a": "x" * 300_000}))
+    assert big.status_code == 422 and big.json()["details"]["causes"][0]["field"] == "metadata.annotations"
+    bad_name = http("POST", SECRETS, secret("Not_Valid"))
+    assert bad_name.status_code == 422 and bad_name.json()["details"]["causes"][0]["field"] == "metadata.name"
+
+
+def _watch(url: str, **params: str) -> Iterator[dict[str, Any]]:
+    response = requests.get(url, params={"watch": "true", **params}, stream=True, timeout=10)
+    for line in response.iter_lines():
+        if line:
+            yield json.loads(line)
+
+
+def test_watch_replays_from_a_resource_version_then_streams(http: Http) -> None:
+    start = http("POST", TENANTS, tenant("a")).json()["metadata"]["resourceVersion"]
+    http("POST", TENANTS, tenant("b"))
+    http("PATCH", f"{TENANTS}/a", {"spec": {"displayName": "A"}}, headers=MERGE)
+    http("DELETE", f"{TENANTS}/b")
+    events = _watch(http.url + TENANTS, resourceVersion=start, timeoutSeconds="5")
+    seen = [(e["type"], e["object"]["metadata"]["name"]) for _, e in zip(range(3), events, strict=False)]
+    assert seen == [("ADDED", "b"), ("MODIFIED", "a"), ("DELETED", "b")]
+    later = threading.Timer(0.3, lambda: http("POST", TENANTS, tenant("c")))
+    later.start()
+    assert next(events)["object"]["metadata"]["name"] == "c"
+
+
+def test_watch_without_version_lists_first_and_honours_field_selectors(http: Http) -> None:
+    http("POST", TENANTS, tenant("a"))
+    http("POST", TENANTS, tenant("b"))
+    events = _watch(http.url + TENANTS, fieldSelector="metadata.name=b", timeoutSeconds="1")
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "b")]
+
+
+def test_watch_bookmarks_and_expired_versions() -> None:
+    with serve_in_thread(api=EmulatedApiServer(bookmark_interval=0.2, store=Store(history=2))) as (api, url):
+        for name in ("a", "b", "c", "d"):
+            requests.post(f"{url}/api/v1/namespaces", json={"apiVersion": "v1", "kind": "Namespace",
+                                                            "metadata": {"name": name}}, timeout=5)
+        events = list(_watch(f"{url}/api/v1/namespaces", resourceVersion="2", allowWatchBookmarks="true",
+                             timeoutSeconds="1"))
+        assert events[0]["type"] == "ERROR" and events[0]["object"]["code"] == 410
+        live = list(_watch(f"{url}/api/v1/namespaces", resourceVersion=str(api.store.revision),
+                           allowWatchBookmarks="true", timeoutSeconds="1"))
+        assert live and all(e["type"] == "BOOKMARK" for e in live)
+        assert live[-1]["object"]["metadata"]["resourceVersion"] == str(api.store.revision)
+
+
+def test_crd_registration_serves_and_removes_kinds(http: Http) -> None:
+    crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+           "metadata": {"name": "widgets.example.com"},
+           "spec": {"group": "example.com", "scope": "Namespaced",
+                    "names": {"kind": "Widget", "plural": "widgets", "singular": "widget"},
+                    "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                        "type": "object", "properties": {"spec": {"type": "object", "properties": {
+                            "size": {"type": "integer", "minimum": 1}}}}}}}]}}
+    created = http("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd).json()
+    assert {c["type"] for c in created["status"]["conditions"]} == {"Established", "NamesAccepted"}
+    widgets = "/apis/example.com/v1/namespaces/default/widgets"
+    widget = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 0}}
+    assert http("POST", widgets, widget).status_code == 422
+    assert http("POST", widgets, {**widget, "spec": {"size": 2}}).status_code == 201
+    http("DELETE", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.example.com")
+    assert http("GET", widgets).status_code == 404
+
+
+class _Webhook(BaseHTTPRequestHandler):
+    reviews: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        request = review["request"]
+        self.reviews.append(request)
+        response: dict[str, Any] = {"uid": request["uid"], "allowed": True}
+        if self.path == "/validate" and request["object"]["spec"].get("displayName") == "forbidden":
+            response = {"uid": request["uid"], "allowed": False, "status": {"code": 403, "message": "no way"}}
+        if self.path == "/mutate":
+            patch = [{"op": "add", "path": "/metadata/labels", "value": {"mutated": "yes"}}]
+            response.update(patchType="JSONPatch", patch=base64.b64encode(json.dumps(patch).encode()).decode())
+        body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                           "response": response}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Webhook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Webhook.reviews = []
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _configuration(kind: str, name: str, url: str, failure: str = "Fail") -> dict[str, Any]:
+    return {"apiVersion": "admissionregistration.k8s.io/v1", "kind": kind, "metadata": {"name": name},
+            "webhooks": [{"name": f"{name}.paybill.dev", "clientConfig": {"url": url}, "failurePolicy": failure,
+                          "sideEffects": "None", "admissionReviewVersions": ["v1"], "timeoutSeconds": 2,
+                          "rules": [{"apiGroups": ["paybill.dev"], "apiVersions": ["*"], "resources": ["tenants"],
+                                     "operations": ["CREATE", "UPDATE"], "scope": "*"}]}]}
+
+
+def test_validating_webhooks_are_called_and_can_deny(http: Http, webhook: str) -> None:
+    http("POST", "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
+         _configuration("ValidatingWebhookConfiguration", "v", f"{webhook}/validate"))
+    assert http("POST", TENANTS, tenant("ok")).status_code == 201
+    denied = http("POST", TENANTS, tenant("no", displayName="forbidden"))
+    assert denied.status_code == 403
+    assert denied.json()["message"] == 'admission webhook "v.paybill.dev" denied the request: no way'
+    assert [r["operation"] for r in _Webhook.reviews] == ["CREATE", "CREATE"]
+    assert _Webhook.reviews[0]["object"]["spec"]["deletionPolicy"] == "snapshot"  # after defaulting
+    http("PATCH", f"{TENANTS}/ok", {"spec": {"displayName": "x"}}, headers=MERGE)
+    assert _Webhook.reviews[-1]["operation"] == "UPDATE" and _Webhook.reviews[-1]["oldObject"]["spec"][
+        "displayName"] == ""
+
+
+def test_mutating_webhooks_patch_the_object(http: Http, webhook: str) -> None:
+    http("POST", "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
+         _configuration("MutatingWebhookConfiguration", "m", f"{webhook}/mutate"))
+    assert http("POST", TENANTS, tenant()).json()["metadata"]["labels"] == {"mutated": "yes"}
+
+
+def test_webhook_failure_policy(http: Http) -> None:
+    dead = "http://127.0.0.1:9/validate"
+    http("POST", "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
+         _configuration("ValidatingWebhookConfiguration", "ignore", dead, failure="Ignore"))
+    assert http("POST", TENANTS, tenant("a")).status_code == 201
+    http("POST", "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
+         _configuration("ValidatingWebhookConfiguration", "fail", dead, failure="Fail"))
+    failed = http("POST", TENANTS, tenant("b"))
+    assert failed.status_code == 500 and 'failed calling webhook "fail.paybill.dev"' in failed.json()["message"]
+    assert http("GET", f"{TENANTS}/b").status_code == 404
+
+
+def test_webhooks_only_reach_loopback(http: Http) -> None:
+    http("POST", "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
+         _configuration("ValidatingWebhookConfiguration", "far", "https://203.0.113.7/validate"))
+    refused = http("POST", TENANTS, tenant())
+    assert refused.status_code == 500 and "not a loopback address" in refused.json()["message"]
+
+
+def test_openapi_documents_describe_the_crds(http: Http) -> None:
+    root = http("GET", "/openapi/v3").json()["paths"]
+    document = http("GET", root["apis/paybill.dev/v1alpha1"]["serverRelativeURL"]).json()
+    schema = document["components"]["schemas"]["dev.paybill.v1alpha1.Tenant"]
+    assert schema["x-kubernetes-group-version-kind"] == [{"group": "paybill.dev", "version": "v1alpha1",
+                                                          "kind": "Tenant"}]
+    assert schema["properties"]["spec"]["properties"]["planRef"]["description"]
+    patch_op = document["paths"]["/apis/paybill.dev/v1alpha1/tenants/{name}"]["patch"]
+    assert {"name": "fieldValidation", "in": "query"}.items() <= patch_op["parameters"][0].items()
+    v2 = http("GET", "/openapi/v2", headers={"Accept": "application/json"}).json()
+    assert "dev.paybill.v1alpha1.Plan" in v2["definitions"]
+
+
+def test_server_side_printing_uses_printer_columns(http: Http) -> None:
+    http("POST", TENANTS, tenant())
+    http("PATCH", f"{TENANTS}/acme/status", {"status": {"phase": "Active", "isolation": "pooled", "conditions": [
+        {"type": "Ready", "status": "True", "reason": "R", "message": "", "lastTransitionTime": ""}]}},
+         headers=MERGE)
+    table = http("GET", TENANTS, headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"}).json()
+    assert [c["name"] for c in table["columnDefinitions"]] == ["Name", "Plan", "Isolation", "Phase", "Ready", "Age"]
+    assert table["rows"][0]["cells"][:5] == ["acme", "pro", "pooled", "Active", "True"]
+
+
+def test_kmock_reactions_inject_faults_ahead_of_the_emulation(cluster: Any, http: Http) -> None:
+    cluster.api["get /apis/paybill.dev/v1alpha1/tenants"] << 503
+    assert http("GET", TENANTS).status_code == 503
+    assert http("GET", "/apis/paybill.dev/v1alpha1/plans").status_code == 200
+
+
+def test_emulator_keeps_time_and_memory_bounded_for_idle_watchers(http: Http) -> None:
+    started = time.monotonic()
+    assert list(_watch(http.url + TENANTS, timeoutSeconds="1")) == []
+    assert time.monotonic() - started < 5  # the stream ends at the server-side timeout instead of hanging
