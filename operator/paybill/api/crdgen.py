@@ -52,6 +52,11 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         props = node.get("properties", {})
         if props:
             out["properties"] = {name: _structural(sub, defs) for name, sub in props.items()}
+            for name, sub in out["properties"].items():
+                # An optional object whose fields have defaults defaults to {}, so they apply (and CEL can read them).
+                if name not in node.get("required", ()) and sub.get("type") == "object" and any(
+                        "default" in field for field in (sub.get("properties") or {}).values()):
+                    sub.setdefault("default", {})
         extra = node.get("additionalProperties")
         if isinstance(extra, dict):
             out["additionalProperties"] = _structural(extra, defs)

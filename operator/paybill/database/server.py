@@ -64,6 +64,8 @@ class LocalPostgres:
         if binaries is None:
             return self._start_pgserver()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            _require_traversable(self.data_dir.parent)
         socket_dir = self.data_dir / "socket"
         pgdata = self.data_dir / "pgdata"
         socket_dir.mkdir(exist_ok=True)
@@ -111,6 +113,14 @@ class LocalPostgres:
             if log is not None and log.exists():
                 detail += "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-5:])
             raise PostgresError(f"{what} failed: {detail}")
+
+
+def _require_traversable(directory: Path) -> None:
+    """The server runs as the postgres user, which must be able to enter every parent directory."""
+    for parent in (directory, *directory.parents):
+        if not parent.stat().st_mode & 0o001:
+            raise PostgresError(f"the postgres user cannot enter {parent} (mode "
+                                f"{oct(parent.stat().st_mode & 0o777)}); put the data directory elsewhere")
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     settings.posting.level = logging.INFO
     settings.peering.standalone = True
     settings.watching.server_timeout = 300
-    settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
+    settings.queueing.error_delays = [1, 2, 5, 10, 30, 60]
     load_config()
     memo.kube = Kube()
     memo.database_url = os.environ.get(DATABASE_URL_ENV) or None
@@ -33,3 +33,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
 @kopf.on.probe(id="kube")
 def kube_reachable(memo: kopf.Memo, **_: Any) -> str:
     return str(memo.kube.request("GET", "/version")["gitVersion"])
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In-cluster service account first, else the kubeconfig named by KUBECONFIG at login time."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)

@@ -1,0 +1,26 @@
+"""`paybill demo` (what `make demo` runs) converges and leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_brings_sample_tenants_to_ready_and_stops_cleanly() -> None:
+    state = Path(tempfile.mkdtemp(prefix="paybill-demo-"))
+    os.chmod(state, 0o755)  # the PostgreSQL server runs as the postgres user
+    result = subprocess.run([sys.executable, "-m", "paybill", "demo", "--state-dir", str(state), "--timeout", "60"],
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "emulated Kubernetes API server" in result.stdout
+    assert "all 3 tenants Ready" in result.stdout
+    assert "stopped: operator, emulated API server, PostgreSQL" in result.stdout
+    leftovers = subprocess.run(["pgrep", "-f", str(state)], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "", f"processes left behind: {leftovers.stdout}"

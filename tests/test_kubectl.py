@@ -1,0 +1,70 @@
+"""Real kubectl against the emulated API server: the contract a person at a terminal relies on."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.kubectl, pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")]
+
+
+@pytest.fixture
+def kubectl(cluster: Any, tmp_path: Path) -> Any:
+    env = {"KUBECONFIG": str(cluster.kubeconfig), "PATH": "/usr/bin:/bin:/usr/local/bin", "HOME": str(tmp_path)}
+
+    def run(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(["kubectl", *args], env=env, input=stdin, capture_output=True, text=True,
+                                timeout=60)
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    return run
+
+
+def test_apply_crds_and_samples_then_get_with_printer_columns(kubectl: Any) -> None:
+    applied = kubectl("apply", "-f", str(REPO / "crds"), "-f", str(REPO / "manifests" / "samples"))
+    assert "tenant.paybill.dev/acme created" in applied.stdout
+    again = kubectl("apply", "-f", str(REPO / "manifests" / "samples"))
+    assert "tenant.paybill.dev/acme unchanged" in again.stdout
+    table = kubectl("get", "tenants").stdout.splitlines()
+    assert table[0].split() == ["NAME", "PLAN", "ISOLATION", "PHASE", "READY", "AGE"]
+    assert table[1].split()[:2] == ["acme", "pro"]
+    assert "plan.paybill.dev/enterprise" in kubectl("get", "paybill").stdout
+    assert kubectl("get", "tn", "acme", "-o", "jsonpath={.spec.deletionPolicy}").stdout == "snapshot"
+
+
+def test_explain_documents_the_spec(kubectl: Any) -> None:
+    kubectl("apply", "-f", str(REPO / "crds"))
+    explained = kubectl("explain", "tenant.spec").stdout
+    assert "planRef" in explained and "Name of the Plan the tenant is on." in explained
+    assert "retain, snapshot, destroy" in explained or "enum" in explained
+
+
+def test_an_invalid_tenant_is_refused_naming_the_field(kubectl: Any) -> None:
+    kubectl("apply", "-f", str(REPO / "crds"))
+    bad = "apiVersion: paybill.dev/v1alpha1\nkind: Tenant\nmetadata: {name: bad}\nspec: {planRef: Not_Valid}\n"
+    refused = kubectl("apply", "-f", "-", stdin=bad, check=False)
+    assert refused.returncode != 0
+    assert "spec.planRef" in refused.stderr and "is invalid" in refused.stderr
+    unknown = "apiVersion: paybill.dev/v1alpha1\nkind: Tenant\nmetadata: {name: u}\nspec: {planRef: pro, x: 1}\n"
+    strict = kubectl("apply", "-f", "-", stdin=unknown, check=False)
+    assert strict.returncode != 0 and 'unknown field "spec.x"' in strict.stderr
+
+
+def test_delete_is_held_by_a_finalizer(kubectl: Any) -> None:
+    kubectl("apply", "-f", str(REPO / "crds"))
+    held = ("apiVersion: paybill.dev/v1alpha1\nkind: Tenant\nmetadata: {name: held, finalizers: [paybill.dev/x]}\n"
+            "spec: {planRef: pro}\n")
+    kubectl("apply", "-f", "-", stdin=held)
+    kubectl("delete", "tenant", "held", "--wait=false")
+    assert kubectl("get", "tenant", "held", "-o", "jsonpath={.metadata.deletionTimestamp}").stdout
+    kubectl("patch", "tenant", "held", "--type=merge", "-p", '{"metadata":{"finalizers":null}}')
+    gone = kubectl("get", "tenant", "held", check=False)
+    assert gone.returncode != 0 and "NotFound" in gone.stderr

@@ -1,0 +1,103 @@
+"""Pure pieces: patches, selectors, conditions, namespace ownership, kopf persistence, PostgreSQL runner."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import kopf
+import psycopg
+import pytest
+
+from paybill.database.server import LocalPostgres
+from paybill.database.tenants import DatabaseUnavailable, ensure_tenant_role, role_name
+from paybill.handlers.persistence import DigestDiffBaseStorage
+from paybill.kube.patching import PatchError, json_patch, merge_patch
+from paybill.kube.selectors import SelectorError, match_label_selector, parse_field_selector, parse_label_selector
+from paybill.lifecycle.conditions import set_condition
+from paybill.lifecycle.tenant import TENANT_LABEL, check_namespace
+
+
+def test_merge_patch_follows_rfc7386() -> None:
+    assert merge_patch({"a": "b", "c": {"d": "e", "f": "g"}}, {"a": "z", "c": {"f": None}}) == \
+        {"a": "z", "c": {"d": "e"}}
+    assert merge_patch({"a": [1, 2]}, {"a": [3]}) == {"a": [3]}
+
+
+def test_json_patch_is_atomic() -> None:
+    doc = {"a": {"b": 1}}
+    with pytest.raises(PatchError):
+        json_patch(doc, [{"op": "replace", "path": "/a/b", "value": 2}, {"op": "remove", "path": "/x"}])
+    assert doc == {"a": {"b": 1}}
+    assert json_patch(doc, [{"op": "move", "from": "/a/b", "path": "/c"}]) == {"a": {}, "c": 1}
+
+
+def test_label_and_field_selectors() -> None:
+    match = parse_label_selector("tier=gold,env in (prod, staging),!legacy,team")
+    assert match({"tier": "gold", "env": "prod", "team": "x"})
+    assert not match({"tier": "gold", "env": "dev", "team": "x"})
+    assert not match({"tier": "gold", "env": "prod", "team": "x", "legacy": "1"})
+    assert match_label_selector({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["1"]}]},
+                                {"a": "2"})
+    by_name = parse_field_selector("metadata.name!=x")
+    assert by_name({"metadata": {"name": "y"}}) and not by_name({"metadata": {"name": "x"}})
+    with pytest.raises(SelectorError):
+        parse_field_selector("spec.secret=1")
+
+
+def test_condition_transition_time_moves_only_on_status_change() -> None:
+    first = set_condition([], "Ready", False, "Waiting", "a")
+    first[0]["lastTransitionTime"] = "2020-01-01T00:00:00Z"
+    same = set_condition(first, "Ready", False, "StillWaiting", "b")
+    assert same[0]["lastTransitionTime"] == "2020-01-01T00:00:00Z" and same[0]["reason"] == "StillWaiting"
+    flipped = set_condition(same, "Ready", True, "Done", "c", generation=3)
+    assert flipped[0]["lastTransitionTime"] != "2020-01-01T00:00:00Z" and flipped[0]["observedGeneration"] == 3
+    assert len(flipped) == 1
+
+
+def test_namespaces_of_others_are_never_adopted() -> None:
+    ours = {"metadata": {"name": "tenant-a", "labels": {TENANT_LABEL: "a"}}}
+    assert check_namespace(ours, "a").ok and check_namespace(None, "a").reason == "Missing"
+    theirs = check_namespace({"metadata": {"name": "tenant-a", "labels": {TENANT_LABEL: "b"}}}, "a")
+    assert not theirs.ok and theirs.reason == "NamespaceConflict" and "'b'" in theirs.message
+    assert check_namespace({"metadata": {"name": "tenant-a"}}, "a").reason == "NamespaceConflict"
+
+
+def test_kopf_diffbase_stays_small_on_large_objects() -> None:
+    storage = DigestDiffBaseStorage()
+    raw = {"apiVersion": "paybill.dev/v1alpha1", "kind": "AgentWorkflow", "metadata": {"name": "w"},
+           "spec": {"steps": [{"name": f"s{i}", "sql": "SELECT 1 " * 400} for i in range(100)]}}
+    body = kopf.Body(raw)
+    patch = kopf.Patch()
+    storage.store(body=body, patch=patch, essence=storage.build(body=body))
+    stored = patch["metadata"]["annotations"]
+    assert len(raw["spec"]["steps"][0]["sql"]) * 100 > 256 * 1024
+    assert max(len(v) for v in stored.values()) <= 64
+    annotated = kopf.Body({**raw, "metadata": {"name": "w", "annotations": dict(stored)}})
+    assert storage.fetch(body=annotated) == storage.build(body=annotated)  # unchanged: no diff
+    changed = kopf.Body({**raw, "spec": {"steps": []}, "metadata": {"name": "w", "annotations": dict(stored)}})
+    assert storage.fetch(body=changed) != storage.build(body=changed)  # changed: kopf sees an update
+
+
+def test_local_postgres_starts_serves_and_stops() -> None:
+    directory = Path(tempfile.mkdtemp(prefix="paybill-pg-"))
+    os.chmod(directory, 0o755)
+    server = LocalPostgres(directory)
+    dsn = server.start()
+    assert dsn.startswith("postgresql://postgres@127.0.0.1:")
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SHOW listen_addresses").fetchone() == ("127.0.0.1",)
+    server.stop()
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(dsn, connect_timeout=2)
+
+
+def test_tenant_role_is_idempotent_and_a_dead_database_is_reported(postgres: LocalPostgres) -> None:
+    assert ensure_tenant_role(postgres.dsn, "acme-corp") == ensure_tenant_role(postgres.dsn, "acme-corp")
+    with psycopg.connect(postgres.dsn) as conn:
+        row = conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (role_name("acme-corp"),))
+        assert row.fetchone() == (False,)
+    with pytest.raises(DatabaseUnavailable) as caught:
+        ensure_tenant_role("postgresql://postgres:s3cret@127.0.0.1:9/postgres", "x")
+    assert "s3cret" not in str(caught.value)
