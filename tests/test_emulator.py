@@ -274,7 +274,7 @@ def test_crd_registration_serves_and_removes_kinds(http: Http) -> None:
 class _Webhook(BaseHTTPRequestHandler):
     reviews: list[dict[str, Any]] = []
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         request = review["request"]
         self.reviews.append(request)

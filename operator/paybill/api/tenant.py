@@ -6,8 +6,17 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from .meta import AGE_COLUMN, PHASE_COLUMN, READY_COLUMN, CrdInfo, CustomResource, Model, PrinterColumn, Status, \
-    ValidationRule
+from .meta import (
+    AGE_COLUMN,
+    PHASE_COLUMN,
+    READY_COLUMN,
+    CrdInfo,
+    CustomResource,
+    Model,
+    PrinterColumn,
+    Status,
+    ValidationRule,
+)
 from .plan import NAME
 
 

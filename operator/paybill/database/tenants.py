@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import psycopg
 from psycopg import errors, sql
 
@@ -27,10 +29,8 @@ def ensure_tenant_role(dsn: str, tenant: str) -> str:
     role = role_name(tenant)
     with _connect(dsn) as conn:
         if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
-            try:
+            with contextlib.suppress(errors.DuplicateObject):  # another reconcile created it first
                 conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
-            except errors.DuplicateObject:
-                pass  # another reconcile created it first
     return role
 
 

@@ -55,9 +55,8 @@ def prune(value: Any, schema: dict[str, Any], path: str = "") -> tuple[Any, list
                 result[key], lost = prune(item, props[key], _path(path, key))
             elif isinstance(extra, dict):
                 result[key], lost = prune(item, extra, _path(path, key))
-            elif extra is True or schema.get("x-kubernetes-preserve-unknown-fields") or path == "metadata":
-                result[key], lost = item, []
-            elif props is None and extra is None:
+            elif extra is True or schema.get("x-kubernetes-preserve-unknown-fields") or (props is None
+                                                                                         and extra is None):
                 result[key], lost = item, []
             else:
                 dropped.append(_path(path, key))
@@ -103,7 +102,7 @@ def _type_ok(value: Any, schema: dict[str, Any]) -> bool:
     if expected is None:
         return True
     if expected == "integer":
-        return isinstance(value, int) and not isinstance(value, bool) or (isinstance(value, float)
+        return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float)
                                                                           and value.is_integer())
     if expected == "number":
         return isinstance(value, (int, float)) and not isinstance(value, bool)

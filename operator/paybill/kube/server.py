@@ -42,6 +42,7 @@ SERVER_VERSION = {"major": "1", "minor": "31", "gitVersion": "v1.31.0-paybill-em
                   "compiler": "gc", "platform": "linux/amd64"}
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 MAX_ANNOTATIONS_BYTES = 262144
 CRD_KEY = ("apiextensions.k8s.io", "customresourcedefinitions")
 NAMESPACE_KEY = ("", "namespaces")
@@ -418,7 +419,7 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
             meta["namespace"] = namespace
         else:
             meta.pop("namespace", None)
-        self._check_meta(rtype, obj, creating=True)
+        self._check_meta(rtype, obj)
         if self.store.get(rtype.key, meta.get("namespace"), name) is not None:
             raise _status_error(409, "AlreadyExists", f'{_qualified(rtype)} "{name}" already exists',
                                 {"name": name, "group": rtype.group, "kind": rtype.plural})
@@ -440,7 +441,7 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
             raise _status_error(403, "Forbidden", f"unable to create new content in namespace {namespace} "
                                                   "because it is being terminated")
 
-    def _check_meta(self, rtype: ResourceType, obj: dict[str, Any], creating: bool) -> None:
+    def _check_meta(self, rtype: ResourceType, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
         name = meta.get("name") or ""
         errors = []
@@ -458,11 +459,10 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
             errors.append(FieldError("FieldValueTooLong", "metadata.annotations",
                                      f"Too long: must have at most {MAX_ANNOTATIONS_BYTES} bytes"))
         for key, value in (meta.get("labels") or {}).items():
-            if not isinstance(value, str) or len(value) > 63 or not re.match(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?"
-                                                                             r"[A-Za-z0-9])?$", value):
-                errors.append(FieldError("FieldValueInvalid", f"metadata.labels", f'Invalid value: "{value}": '
-                                         "a valid label must be 63 characters or less, alphanumeric, '-', '_' "
-                                         "or '.'"))
+            if not isinstance(value, str) or len(value) > 63 or not LABEL_VALUE.match(value):
+                errors.append(FieldError("FieldValueInvalid", f"metadata.labels[{key}]",
+                                         f'Invalid value: "{value}": a valid label must be 63 characters or less, '
+                                         "alphanumeric, '-', '_' or '.'"))
         if errors:
             raise self._invalid(rtype, name, errors)
 
@@ -584,7 +584,7 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
                     raise self._invalid(rtype, route.name or "", [FieldError(
                         "FieldValueForbidden", "metadata.finalizers",
                         "Forbidden: no new finalizers can be added if the object is being deleted")])
-            self._check_meta(rtype, obj, creating=False)
+            self._check_meta(rtype, obj)
         obj["apiVersion"], obj["kind"] = rtype.api_version, rtype.kind
         obj = await self._admit(route, "UPDATE", obj, current, dry_run, field_validation)
         if _spec_changed(current, obj):
