@@ -15,11 +15,8 @@ import pytest
 
 from paybill.api.crdgen import all_crds
 from paybill.database.server import LocalPostgres
-from paybill.kube import EmulatedApiServer, serve_in_thread, write_kubeconfig
+from paybill.kube import SYSTEM_NAMESPACES, EmulatedApiServer, serve_in_thread, write_kubeconfig
 from paybill.kube.client import Kube
-
-SYSTEM_NAMESPACES = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}
-                     for n in ("default", "kube-system")]
 
 
 @pytest.fixture(scope="session")

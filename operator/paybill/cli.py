@@ -22,12 +22,11 @@ def _crds(args: argparse.Namespace) -> int:
 
 
 def _emulator(args: argparse.Namespace) -> int:
-    from .kube import serve, write_kubeconfig
+    from .kube import SYSTEM_NAMESPACES, serve, write_kubeconfig
 
     async def main() -> None:
         async with serve(host="127.0.0.1", port=args.port) as (api, url):
-            api.load([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
-                      for ns in ("default", "kube-system", "kube-public")])
+            api.load(SYSTEM_NAMESPACES)
             kubeconfig = write_kubeconfig(Path(args.kubeconfig), url)
             print(f"Paybill EMULATED Kubernetes API server (not a real cluster) listening on {url}")
             print(f"  export KUBECONFIG={kubeconfig.resolve()}")

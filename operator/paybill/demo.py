@@ -17,12 +17,11 @@ from .api import API_VERSION
 from .api.crdgen import all_crds
 from .database.server import LocalPostgres
 from .handlers.settings import DATABASE_URL_ENV
-from .kube import serve, write_kubeconfig
+from .kube import SYSTEM_NAMESPACES, serve, write_kubeconfig
 from .kube.client import Kube
 from .lifecycle.conditions import is_true
 
 REPO = Path(__file__).resolve().parents[2]
-SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public")
 
 
 def say(message: str) -> None:
@@ -96,8 +95,7 @@ async def run_demo(state_dir: Path, samples: Path, keep: bool, port: int | None,
     say(f"  PostgreSQL ready on 127.0.0.1:{postgres.port}")
     try:
         async with serve(port=port) as (api, url):
-            api.load([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
-                      for ns in SYSTEM_NAMESPACES])
+            api.load(SYSTEM_NAMESPACES)
             kubeconfig = write_kubeconfig(state_dir / "kubeconfig", url)
             say(f"emulated Kubernetes API server on {url} (not a real cluster)")
             kube = Kube(await asyncio.to_thread(_client_for, kubeconfig))

@@ -15,6 +15,9 @@ import yaml
 
 from .server import EmulatedApiServer
 
+SYSTEM_NAMESPACES: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+                                           for name in ("default", "kube-system", "kube-public")]
+
 
 @contextlib.asynccontextmanager
 async def serve(host: str = "127.0.0.1", port: int | None = None,
@@ -76,4 +79,4 @@ def write_kubeconfig(path: Path, url: str, context: str = "paybill-emulated") ->
     return path
 
 
-__all__ = ["EmulatedApiServer", "serve", "serve_in_thread", "write_kubeconfig"]
+__all__ = ["SYSTEM_NAMESPACES", "EmulatedApiServer", "serve", "serve_in_thread", "write_kubeconfig"]
