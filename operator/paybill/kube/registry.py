@@ -120,6 +120,10 @@ class Registry:
     def get(self, group: str, version: str, plural: str) -> ResourceType | None:
         return self._types.get((group, version, plural))
 
+    def by_key(self, key: tuple[str, str]) -> ResourceType:
+        """A served version of the stored collection (group, plural)."""
+        return next(rtype for rtype in self._types.values() if rtype.key == key)
+
     def all(self) -> list[ResourceType]:
         return list(self._types.values())
 

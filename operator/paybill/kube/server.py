@@ -678,25 +678,19 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
             dependent = self.store.get(key, dep_namespace, dep_name)
             owners = [ref["uid"] for ref in (dependent or {}).get("metadata", {}).get("ownerReferences") or []]
             if dependent is not None and meta["uid"] in owners:
-                self._mark_or_remove(self._rtype_of(key), dependent)
-
-    def _rtype_of(self, key: tuple[str, str]) -> ResourceType:
-        for rtype in self.registry.all():
-            if rtype.key == key:
-                return rtype
-        raise KeyError(key)
+                self._mark_or_remove(self.registry.by_key(key), dependent)
 
     def _terminate_namespace(self, ns: dict[str, Any]) -> None:
         name = ns["metadata"]["name"]
         remaining = False
         for key, obj in list(self.store.namespaced_in(name)):
             if not obj["metadata"].get("deletionTimestamp"):
-                self._mark_or_remove(self._rtype_of(key), obj)
+                self._mark_or_remove(self.registry.by_key(key), obj)
             if self.store.get(key, name, obj["metadata"]["name"]) is not None:
                 remaining = True
         current = self.store.get(NAMESPACE_KEY, None, name)
         if not remaining and current is not None and not current["metadata"].get("finalizers"):
-            self._finalize(self._rtype_of(NAMESPACE_KEY), current)
+            self._finalize(self.registry.by_key(NAMESPACE_KEY), current)
 
     def _accept_crd(self, crd: dict[str, Any]) -> None:
         try:
