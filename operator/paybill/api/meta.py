@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -105,6 +105,14 @@ class CustomResource(Model):
     crd: ClassVar[CrdInfo]
     spec: BaseModel
     status: Status | None = None
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> Self:
+        """Validate a whole manifest (apiVersion, kind, metadata, spec) as this resource."""
+        if manifest.get("apiVersion") != API_VERSION or manifest.get("kind") != cls.crd.kind:
+            raise ValueError(f"expected apiVersion {API_VERSION} and kind {cls.crd.kind}, got "
+                             f"{manifest.get('apiVersion')!r} and {manifest.get('kind')!r}")
+        return cls.model_validate({k: v for k, v in manifest.items() if k in ("spec", "status")})
 
     @classmethod
     def api_path(cls, name: str | None = None, namespace: str | None = None) -> str:

@@ -1,0 +1,74 @@
+"""Decisions: what the engine decided about one statement, and why, as deterministic JSON."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+# Reasons a policy's own rules produce. Under warn and audit they are recorded but do not deny;
+# every other reason (syntax, statement kind, unknown names, catalogs, types) denies in every mode.
+POLICY_CODES = frozenset({"no_allow_rule", "denied_by_rule", "require_where", "function_not_allowed",
+                          "approval_required"})
+
+
+@dataclass(frozen=True)
+class Reason:
+    code: str
+    message: str
+    node: str | None = None
+    position: int | None = None
+    rule: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.node is not None:
+            data["node"] = self.node
+        if self.position is not None:
+            data["position"] = self.position
+        if self.rule is not None:
+            data["rule"] = self.rule
+        return data
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    mode: str
+    reasons: tuple[Reason, ...] = ()
+    sql: str | None = None
+    statement: str | None = None
+    rules: tuple[str, ...] = ()
+    fingerprint: str | None = None
+    plan_hash: str | None = None
+    policy_version: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def enforced(self) -> bool:
+        """False when warn/audit let through a statement enforce mode would deny."""
+        return not any(r.code in POLICY_CODES for r in self.reasons) or not self.allowed or self.mode == "enforce"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "decision": "allow" if self.allowed else "deny",
+            "mode": self.mode,
+            "reasons": [r.to_json() for r in self.reasons],
+            "sql": self.sql,
+            "statement": self.statement,
+            "rules": list(self.rules),
+            "fingerprint": self.fingerprint,
+            "planHash": self.plan_hash,
+            "policyVersion": self.policy_version,
+            **self.extra,
+        }
+
+    def dumps(self) -> str:
+        """Byte-identical for the same input and policy version."""
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def plan_hash(fingerprint: str, params: list[Any], policy_version: str, tenant: str | None) -> str:
+    payload = json.dumps([fingerprint, params, policy_version, tenant], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]

@@ -1,0 +1,165 @@
+"""The policy engine: one statement in, one deterministic Decision out. Default deny."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from pglast import parse_sql
+from pglast.parser import ParseError, fingerprint
+
+from ..api.agentpolicy import AgentPolicySpec
+from .analysis import Analysis, ParamType, param_fits
+from .decision import POLICY_CODES, Decision, Reason, plan_hash
+from .rewrite import rewrite
+from .rules import RuleSet
+from .schema import Schema
+
+MAX_SQL_LENGTH = 65536
+
+
+@dataclass(frozen=True)
+class _Admitted:
+    """What the cache keeps for a statement: its decision before parameters are bound."""
+
+    decision: Decision
+    params: dict[int, ParamType | None]
+    approvers: frozenset[str] | None
+    min_approvals: int
+
+
+class PolicyEngine:
+    """Checks agent SQL against one AgentPolicy and one tenant schema.
+
+    Decisions are cached by (principal, tenant, statement) under the policy and schema version;
+    parameters are checked on every call, so a cached statement still rejects a badly typed value.
+    """
+
+    def __init__(self, policy: AgentPolicySpec, schema: Schema, cache_size: int = 4096) -> None:
+        self.rules = RuleSet(policy)
+        self.schema = schema
+        self.version = f"{self.rules.version}.{schema.digest}"
+        self._cache: OrderedDict[tuple[str, str | None, str], _Admitted] = OrderedDict()
+        self._cache_size = cache_size
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def decide(self, principal: str, sql: str, params: list[Any] | None = None, tenant: str | None = None,
+               approvals: frozenset[str] = frozenset()) -> Decision:
+        params = list(params or [])
+        key = (principal, tenant, sql)
+        admitted = self._cache.get(key)
+        if admitted is None:
+            admitted = self._admit(principal, sql, tenant)
+            if admitted.decision.fingerprint is not None:
+                self._cache[key] = admitted
+                if len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        return self._bind(admitted, params, tenant, approvals)
+
+    def _bind(self, admitted: _Admitted, params: list[Any], tenant: str | None,
+              approvals: frozenset[str]) -> Decision:
+        decision = admitted.decision
+        reasons = list(decision.reasons)
+        expected = admitted.params
+        if decision.fingerprint is not None:
+            if len(params) != len(expected):
+                reasons.append(Reason("param_count", f"statement takes {len(expected)} parameters, "
+                                                     f"got {len(params)}"))
+            else:
+                for number, value in enumerate(params, start=1):
+                    kind = expected.get(number)
+                    if kind is not None and not param_fits(kind, value):
+                        reasons.append(Reason("param_type", f"${number} is not a valid {kind.family}"
+                                                            f"{' array' if kind.array else ''} value"))
+                    elif kind is None and not _scalar(value):
+                        reasons.append(Reason("param_type", f"${number} must be a scalar"))
+        if admitted.approvers is not None:
+            granted = approvals & admitted.approvers
+            if len(granted) < admitted.min_approvals:
+                reasons.append(Reason("approval_required", f"needs {admitted.min_approvals} approval(s) from "
+                                                           f"{', '.join(sorted(admitted.approvers))}"))
+        allowed = decision.allowed and not any(
+            r.code not in POLICY_CODES or decision.mode == "enforce" for r in reasons[len(decision.reasons):])
+        fp = decision.fingerprint or ""
+        return dataclasses.replace(decision, allowed=allowed, reasons=tuple(reasons),
+                                   sql=decision.sql if allowed else None,
+                                   plan_hash=plan_hash(fp, params, self.version, tenant))
+
+    def _admit(self, principal: str, sql: str, tenant: str | None) -> _Admitted:
+        mode = self.rules.mode
+        deny = functools.partial(Decision, False, mode, policy_version=self.version)
+        if principal not in self.rules.subjects:
+            return _Admitted(deny((Reason("principal_not_subject", f"{principal} is not a subject of the policy"),)),
+                             {}, None, 1)
+        if len(sql) > MAX_SQL_LENGTH:
+            return _Admitted(deny((Reason("too_long", f"statement is longer than {MAX_SQL_LENGTH} characters"),)),
+                             {}, None, 1)
+        try:
+            statements = parse_sql(sql)
+        except ParseError as error:
+            position = error.location if len(error.args) > 1 else None
+            return _Admitted(deny((Reason("syntax_error", str(error.args[0]), position=position),)), {}, None, 1)
+        except RecursionError:
+            return _Admitted(deny((Reason("too_complex", "statement is nested too deeply"),)), {}, None, 1)
+        if len(statements) != 1:
+            return _Admitted(deny((Reason("statement_count", f"exactly one statement is admitted, "
+                                                             f"got {len(statements)}"),)), {}, None, 1)
+        stmt = statements[0].stmt
+        analysis = Analysis(self.rules, self.schema, tenant)
+        try:
+            analysis.statement(stmt)
+        except RecursionError:
+            analysis.reasons.append(Reason("too_complex", "statement is nested too deeply"))
+        rules, approvers, min_approvals = self._check_rules(analysis)
+        params = analysis.param_types
+        if analysis.params and analysis.params != set(range(1, max(analysis.params) + 1)):
+            analysis.reasons.append(Reason("param_count", "parameters must be numbered $1..$n without gaps"))
+        reasons = tuple(analysis.reasons)
+        blocking = [r for r in reasons if r.code not in POLICY_CODES or mode == "enforce"]
+        rewritten = None
+        if not blocking:
+            try:
+                rewritten = rewrite(stmt, analysis, self.rules.limits.maxRowsRead)
+            except (RecursionError, ValueError) as error:  # deparse refused the tree
+                reasons += (Reason("rewrite_failed", f"could not deparse the rewritten statement: {error}"),)
+                blocking = [reasons[-1]]
+        decision = Decision(not blocking, mode, reasons, rewritten, analysis.kind, rules, fingerprint(sql),
+                            policy_version=self.version)
+        return _Admitted(decision, {n: params.get(n) for n in analysis.params}, approvers, min_approvals)
+
+    def _check_rules(self, analysis: Analysis) -> tuple[tuple[str, ...], frozenset[str] | None, int]:
+        """Every access needs an allow rule and no deny rule; collects approvals the allowing rules ask for."""
+        allowing: dict[str, Any] = {}
+        for (action, table, column), position in analysis.accesses.items():
+            match = self.rules.match(action, table, column)
+            target = f"{table}.{column}" if column else table
+            if match.deny is not None:
+                analysis.reasons.append(Reason("denied_by_rule", f"{action} on {target} is denied",
+                                               position=position, rule=match.deny.id))
+            elif not match.allows:
+                analysis.reasons.append(Reason("no_allow_rule", f"no rule allows {action} on {target}",
+                                               position=position))
+            else:
+                for rule in match.allows:
+                    allowing.setdefault(rule.id, rule)
+        if analysis.where_missing and analysis.kind in ("update", "delete"):
+            for rule in allowing.values():
+                if rule.requireWhere and analysis.kind in rule.actions:
+                    analysis.reasons.append(Reason("require_where", f"{analysis.kind.upper()} needs a WHERE "
+                                                   "clause that reads a column", rule=rule.id))
+        approvers: set[str] = set()
+        min_approvals = 0
+        for rule in allowing.values():
+            if rule.approval is not None:
+                approvers.update(rule.approval.approvers)
+                min_approvals = max(min_approvals, rule.approval.minApprovals)
+        return (tuple(sorted(allowing)), frozenset(approvers) if min_approvals else None, max(min_approvals, 1))
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)

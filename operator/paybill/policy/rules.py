@@ -1,0 +1,110 @@
+"""A compiled AgentPolicy: rules indexed by (action, table), the function allowlist, row filters."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from pglast import ast, parse_sql
+from pglast.parser import ParseError
+
+from ..api.agentpolicy import AgentPolicySpec, Rule
+
+WILDCARD = "*"
+
+# Functions never admitted, whatever a policy lists: they read files, reach other servers, change
+# settings or sessions, sleep, lock, or write outside the statement's tables.
+UNSAFE_FUNCTIONS = frozenset({
+    "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "pg_ls_logdir", "pg_ls_waldir",
+    "lo_import", "lo_export", "lo_open", "lo_create", "lo_unlink", "lo_get", "lo_put", "lo_from_bytea",
+    "dblink", "dblink_exec", "dblink_connect", "dblink_send_query", "set_config", "current_setting",
+    "pg_sleep", "pg_sleep_for", "pg_sleep_until", "pg_terminate_backend", "pg_cancel_backend",
+    "pg_reload_conf", "pg_rotate_logfile", "pg_notify", "nextval", "setval", "txid_current",
+    "pg_advisory_lock", "pg_advisory_xact_lock", "pg_try_advisory_lock", "query_to_xml",
+    "query_to_xml_and_xmlschema", "cursor_to_xml", "table_to_xml", "database_to_xml", "schema_to_xml",
+    "pg_switch_wal", "pg_create_restore_point", "pg_backup_start", "pg_backup_stop", "pg_logical_emit_message",
+    "pg_replication_origin_create", "pg_file_write", "copy_from", "pg_execute_server_program",
+})
+
+
+class PolicyError(ValueError):
+    """The policy itself is malformed (e.g. a rowFilter that is not one SQL predicate)."""
+
+
+@dataclass(frozen=True)
+class Match:
+    """Rules that decide one access: the deny that wins, or the allows that admit it."""
+
+    deny: Rule | None
+    allows: tuple[Rule, ...]
+
+
+def _row_filter(rule: Rule) -> str | None:
+    if rule.rowFilter is None:
+        return None
+    try:
+        statements = parse_sql(f"SELECT 1 WHERE {rule.rowFilter}")
+    except ParseError as error:
+        raise PolicyError(f"rule {rule.id}: rowFilter does not parse: {error}") from None
+    stmt = statements[0].stmt if len(statements) == 1 else None
+    if not isinstance(stmt, ast.SelectStmt) or stmt.limitCount is not None or stmt.whereClause is None:
+        raise PolicyError(f"rule {rule.id}: rowFilter must be one SQL predicate")
+    return rule.rowFilter
+
+
+class RuleSet:
+    """The policy compiled for lookups; `version` changes whenever anything in the spec does."""
+
+    def __init__(self, spec: AgentPolicySpec) -> None:
+        self.spec = spec
+        self.version = hashlib.sha256(
+            json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+        self.mode = str(spec.mode)
+        self.subjects = frozenset(spec.subjects)
+        self.functions = frozenset(f.lower() for f in spec.functions)
+        self.limits = spec.limits
+        self.row_filters = {rule.id: _row_filter(rule) for rule in spec.rules}
+        self._index: dict[tuple[str, str], list[Rule]] = {}
+        for rule in spec.rules:
+            for action in rule.actions:
+                for table in rule.tables:
+                    self._index.setdefault((str(action), table), []).append(rule)
+        self._merged: dict[tuple[str, str], tuple[Rule, ...]] = {}
+
+    def rules_for(self, action: str, table: str) -> tuple[Rule, ...]:
+        """Rules naming (action, table) or (action, *), in policy order."""
+        key = (action, table)
+        merged = self._merged.get(key)
+        if merged is None:
+            order = {id(rule): n for n, rule in enumerate(self.spec.rules)}
+            candidates = self._index.get(key, []) + self._index.get((action, WILDCARD), [])
+            merged = tuple(sorted({id(r): r for r in candidates}.values(), key=lambda r: order[id(r)]))
+            self._merged[key] = merged
+        return merged
+
+    def match(self, action: str, table: str, column: str | None) -> Match:
+        """Deny wins over allow. A table-level access (column None) is denied only by a rule on all columns."""
+        allows = []
+        for rule in self.rules_for(action, table):
+            covers = WILDCARD in rule.columns or (column is not None and column in rule.columns)
+            if rule.effect == "deny":
+                if covers:
+                    return Match(rule, ())
+            elif covers or column is None:
+                allows.append(rule)
+        return Match(None, tuple(allows))
+
+    def row_filters_for(self, action: str, table: str) -> list[str] | None:
+        """Predicates OR-ed together for (action, table), as PostgreSQL combines permissive RLS policies.
+
+        None when some allowing rule has no filter (the rows are not restricted)."""
+        filters = []
+        for rule in self.rules_for(action, table):
+            if rule.effect != "allow":
+                continue
+            row_filter = self.row_filters[rule.id]
+            if row_filter is None:
+                return None
+            filters.append(row_filter)
+        return filters or None
