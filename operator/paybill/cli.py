@@ -60,6 +60,22 @@ def _demo(args: argparse.Namespace) -> int:
         return 130
 
 
+def _policy_check(args: argparse.Namespace) -> int:
+    import sys
+
+    from .policy import PolicyError, SchemaError
+    from .policy.check import run_check
+
+    try:
+        for line in run_check(Path(args.policy), args.input, Path(args.schema) if args.schema else None, args.dsn,
+                              args.schema_name, args.tenant):
+            print(line, flush=False)
+    except (ValueError, PolicyError, SchemaError, OSError) as error:
+        print(f"paybill policy check: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paybill", description=__doc__)
     parser.add_argument("--version", action="version", version=f"paybill {__version__}")
@@ -87,6 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=None)
     demo.add_argument("--timeout", type=float, default=60)
     demo.set_defaults(run=_demo)
+
+    policy = commands.add_parser("policy", help="the agent gate's policy engine")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True)
+    check = policy_commands.add_parser(
+        "check", help="decide JSONL cases against an AgentPolicy; writes one JSON decision per line")
+    check.add_argument("--policy", required=True, help="AgentPolicy manifest (YAML)")
+    source = check.add_mutually_exclusive_group(required=True)
+    source.add_argument("--schema", help="tenant schema as DDL (CREATE TABLE statements)")
+    source.add_argument("--dsn", help="read the tenant schema from this live database instead")
+    check.add_argument("--schema-name", default="public", help="the tenant's PostgreSQL schema")
+    check.add_argument("--tenant", default=None, help="pooled tenant id: its predicate goes into every statement")
+    check.add_argument("--input", required=True, help="cases, one JSON object per line ('-' for stdin)")
+    check.set_defaults(run=_policy_check)
     return parser
 
 

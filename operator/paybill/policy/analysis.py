@@ -259,7 +259,7 @@ class Analysis:
             for row in source.valuesLists:
                 if len(row) != len(families):
                     self.deny("invalid", "VALUES row and column list differ in length", source)
-                for value, family in zip(row, families):
+                for value, family in zip(row, families, strict=False):
                     self.expression(value, scope)
                     if family is not None:
                         self.typed_value(family, value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from .rules import RuleSet
 from .schema import Schema
 
 MAX_SQL_LENGTH = 65536
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,10 +101,12 @@ class PolicyEngine:
         if len(sql) > MAX_SQL_LENGTH:
             return _Admitted(deny((Reason("too_long", f"statement is longer than {MAX_SQL_LENGTH} characters"),)),
                              {}, None, 1)
+        if "\x00" in sql:
+            return _Admitted(deny((Reason("syntax_error", "statement contains a NUL character"),)), {}, None, 1)
         try:
             statements = parse_sql(sql)
         except ParseError as error:
-            position = error.location if len(error.args) > 1 else None
+            position = error.args[1] if len(error.args) > 1 else None
             return _Admitted(deny((Reason("syntax_error", str(error.args[0]), position=position),)), {}, None, 1)
         except RecursionError:
             return _Admitted(deny((Reason("too_complex", "statement is nested too deeply"),)), {}, None, 1)
@@ -115,6 +119,10 @@ class PolicyEngine:
             analysis.statement(stmt)
         except RecursionError:
             analysis.reasons.append(Reason("too_complex", "statement is nested too deeply"))
+        except Exception as error:  # a tree shape the walker does not know: default deny
+            logger.warning("policy analysis failed on a %s: %r", type(stmt).__name__, error)
+            analysis.reasons.append(Reason("unsupported", f"the engine cannot analyse this statement "
+                                                          f"({type(error).__name__})"))
         rules, approvers, min_approvals = self._check_rules(analysis)
         params = analysis.param_types
         if analysis.params and analysis.params != set(range(1, max(analysis.params) + 1)):
@@ -125,7 +133,7 @@ class PolicyEngine:
         if not blocking:
             try:
                 rewritten = rewrite(stmt, analysis, self.rules.limits.maxRowsRead)
-            except (RecursionError, ValueError) as error:  # deparse refused the tree
+            except Exception as error:  # deparse refused the tree
                 reasons += (Reason("rewrite_failed", f"could not deparse the rewritten statement: {error}"),)
                 blocking = [reasons[-1]]
         decision = Decision(not blocking, mode, reasons, rewritten, analysis.kind, rules, fingerprint(sql),

@@ -1,0 +1,81 @@
+"""`paybill policy check`: decisions for a JSONL file of cases, one JSON object per line, same order."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ..api.agentpolicy import AgentPolicy
+from .engine import PolicyEngine
+from .schema import Schema
+
+
+def load_policy(path: Path) -> AgentPolicy:
+    """An AgentPolicy manifest from YAML; a ValueError names what is wrong."""
+    try:
+        manifest = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"cannot read policy {path}: {error}") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"policy {path} is not a YAML mapping")
+    try:
+        return AgentPolicy.from_manifest(manifest)
+    except ValidationError as error:
+        raise ValueError(f"policy {path} is invalid: {error}") from None
+
+
+def _malformed(case_id: Any, message: str) -> dict[str, Any]:
+    return {"id": case_id, "decision": "deny", "reasons": [{"code": "malformed_input", "message": message}],
+            "sql": None}
+
+
+def check_lines(engine: PolicyEngine, lines: Iterable[str], tenant: str | None) -> Iterator[str]:
+    """One output line per non-blank input line; never raises on bad input."""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            case = json.loads(line)
+        except json.JSONDecodeError as error:
+            result = _malformed(None, f"line {number} is not JSON: {error.msg}")
+        else:
+            result = _check_case(engine, case, number, tenant)
+        yield json.dumps(result, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _check_case(engine: PolicyEngine, case: Any, number: int, tenant: str | None) -> dict[str, Any]:
+    if not isinstance(case, dict):
+        return _malformed(None, f"line {number} is not a JSON object")
+    case_id = case.get("id")
+    principal, sql, params = case.get("principal"), case.get("sql"), case.get("params", [])
+    if not isinstance(principal, str) or not isinstance(sql, str):
+        return _malformed(case_id, f"line {number} needs string fields principal and sql")
+    if not isinstance(params, list):
+        return _malformed(case_id, f"line {number}: params must be a list")
+    case_tenant = case.get("tenant", tenant)
+    if case_tenant is not None and not isinstance(case_tenant, str):
+        return _malformed(case_id, f"line {number}: tenant must be a string")
+    approvals = case.get("approvals", [])
+    if not isinstance(approvals, list) or not all(isinstance(a, str) for a in approvals):
+        return _malformed(case_id, f"line {number}: approvals must be a list of strings")
+    decision = engine.decide(principal, sql, params, case_tenant, frozenset(approvals))
+    return {"id": case_id, **decision.to_json()}
+
+
+def run_check(policy: Path, input_path: str, schema: Path | None, dsn: str | None, schema_name: str,
+              tenant: str | None) -> Iterator[str]:
+    resource = load_policy(policy)
+    loaded = Schema.from_dsn(dsn, schema_name) if dsn else Schema.from_ddl(Path(schema).read_text(), schema_name)
+    engine = PolicyEngine(resource.spec, loaded)
+    if input_path == "-":
+        import sys
+
+        yield from check_lines(engine, sys.stdin, tenant)
+    else:
+        with open(input_path, encoding="utf-8", errors="replace") as handle:
+            yield from check_lines(engine, handle, tenant)

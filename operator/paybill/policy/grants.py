@@ -1,0 +1,127 @@
+"""Defense in depth: the database side of an AgentPolicy, a role per agent with column GRANTs and RLS.
+
+The engine is the first gate; these statements make PostgreSQL refuse the same things on its own, so a
+bug in the engine is not a breach. Built with psycopg's sql module only: policy predicates are parsed
+and deparsed by pglast before they are embedded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from pglast import ast, parse_sql
+from pglast.stream import RawStream
+from psycopg import Connection, sql
+
+from .rules import RuleSet
+from .schema import TENANT_COLUMN, Schema, Table
+
+ACTIONS = ("select", "insert", "update", "delete")
+
+
+def agent_role(policy_name: str, tenant: str | None) -> str:
+    """A PostgreSQL role name for (policy, tenant), at most 63 bytes."""
+    base = re.sub(r"[^a-z0-9_]", "_", f"agent_{policy_name}_{tenant or 'shared'}".lower())
+    if len(base) > 63:
+        base = base[:50] + "_" + hashlib.sha256(base.encode()).hexdigest()[:12]
+    return base
+
+
+def _columns_in(predicate: str) -> set[str]:
+    names: set[str] = set()
+
+    def visit(node: object) -> None:
+        if isinstance(node, tuple):
+            for item in node:
+                visit(item)
+        elif isinstance(node, ast.ColumnRef):
+            names.add(node.fields[-1].sval)
+        elif isinstance(node, ast.Node):
+            for attr in node.__slots__:
+                visit(getattr(node, attr))
+
+    visit(parse_sql(f"SELECT 1 WHERE {predicate}")[0].stmt.whereClause)
+    return names
+
+
+def _predicate(rules: RuleSet, action: str, table: Table, tenant: str | None) -> sql.Composable:
+    parts: list[sql.Composable] = []
+    if tenant is not None and table.pooled:
+        parts.append(sql.SQL("{} = {}").format(sql.Identifier(TENANT_COLUMN), sql.Literal(tenant)))
+    filters = rules.row_filters_for(action, table.name)
+    if filters:
+        canonical = [RawStream()(parse_sql(f"SELECT 1 WHERE {f}")[0].stmt.whereClause) for f in filters]
+        parts.append(sql.SQL("({})").format(sql.SQL(" OR ").join(sql.SQL(f"({c})") for c in canonical)))
+    return sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
+
+
+def grant_statements(rules: RuleSet, schema: Schema, role: str, tenant: str | None) -> list[sql.Composable]:
+    """Statements that make `role` hold exactly what the policy allows (run by the schema owner)."""
+    role_id, schema_id = sql.Identifier(role), sql.Identifier(schema.name)
+    statements: list[sql.Composable] = [
+        sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA {} FROM {}").format(schema_id, role_id),
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema_id, role_id),
+    ]
+    for table in schema.tables.values():
+        table_id = sql.SQL("{}.{}").format(schema_id, sql.Identifier(table.name))
+        granted: dict[str, list[str]] = {}
+        for action in ("select", "insert", "update"):
+            granted[action] = [c for c in table.columns if _allowed(rules, action, table, c)]
+        delete = _allowed(rules, "delete", table, None)
+        if not any(granted.values()) and not delete:
+            continue
+        # Columns Paybill's own predicates read (tenant column, row filters) and the tenant column it writes.
+        helpers = {TENANT_COLUMN} if tenant is not None and table.pooled else set()
+        for action in ACTIONS:
+            for row_filter in rules.row_filters_for(action, table.name) or ():
+                helpers |= _columns_in(row_filter) & set(table.columns)
+        granted["select"] = [c for c in table.columns if c in granted["select"] or c in helpers]
+        if granted["insert"] and tenant is not None and table.pooled and TENANT_COLUMN not in granted["insert"]:
+            granted["insert"].append(TENANT_COLUMN)
+        for action, columns in granted.items():
+            if columns:
+                statements.append(sql.SQL("GRANT {} ({}) ON {} TO {}").format(
+                    sql.SQL(action.upper()), sql.SQL(", ").join(map(sql.Identifier, columns)), table_id, role_id))
+        if delete:
+            statements.append(sql.SQL("GRANT DELETE ON {} TO {}").format(table_id, role_id))
+        statements.append(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(table_id))
+        for action in ACTIONS:
+            if not (delete if action == "delete" else granted[action]):
+                continue
+            name = sql.Identifier(_policy_name(role, action))
+            predicate = _predicate(rules, action, table, tenant)
+            statements.append(sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(name, table_id))
+            clause = {"insert": "WITH CHECK ({4})", "update": "USING ({4}) WITH CHECK ({4})"}.get(action, "USING ({4})")
+            statements.append(sql.SQL("CREATE POLICY {0} ON {1} AS PERMISSIVE FOR {2} TO {3} " + clause).format(
+                name, table_id, sql.SQL(action.upper()), role_id, predicate))
+    return statements
+
+
+def _allowed(rules: RuleSet, action: str, table: Table, column: str | None) -> bool:
+    match = rules.match(action, table.name, column)
+    if match.deny is not None or not match.allows:
+        return False
+    return column != TENANT_COLUMN or action == "select" or not table.pooled
+
+
+def _policy_name(role: str, action: str) -> str:
+    name = f"paybill_{role}_{action}"
+    return name if len(name) <= 63 else f"paybill_{hashlib.sha256(name.encode()).hexdigest()[:40]}_{action}"
+
+
+def apply_grants(conn: Connection, rules: RuleSet, schema: Schema, role: str, tenant: str | None,
+                 password: str | None = None) -> None:
+    """Create or update the agent role and its privileges in one transaction; safe to re-run."""
+    role_id = sql.Identifier(role)
+    with conn.transaction():
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE ROLE {} NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOBYPASSRLS")
+                         .format(role_id))
+        login = sql.SQL("LOGIN PASSWORD {}").format(sql.Literal(password)) if password else sql.SQL("NOLOGIN")
+        conn.execute(sql.SQL("ALTER ROLE {} ").format(role_id) + login)
+        conn.execute(sql.SQL("ALTER ROLE {} SET statement_timeout = {}").format(
+            role_id, sql.Literal(rules.limits.statementTimeoutMs)))
+        for statement in grant_statements(rules, schema, role, tenant):
+            conn.execute(statement)
