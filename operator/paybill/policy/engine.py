@@ -143,7 +143,14 @@ class PolicyEngine:
     def _check_rules(self, analysis: Analysis) -> tuple[tuple[str, ...], frozenset[str] | None, int]:
         """Every access needs an allow rule and no deny rule; collects approvals the allowing rules ask for."""
         allowing: dict[str, Any] = {}
+        implicit: dict[str, set[str]] = {}
         for (action, table, column), position in analysis.accesses.items():
+            if action == "select" and column is not None:
+                if table not in implicit:
+                    known = self.schema.tables[table]
+                    implicit[table] = self.rules.predicate_columns(table, known.columns, known.pooled, analysis.tenant)
+                if column in implicit[table]:
+                    column = None  # readable wherever the table is: needs only a rule on the table
             match = self.rules.match(action, table, column)
             target = f"{table}.{column}" if column else table
             if match.deny is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from pglast import ast, parse_sql
+from pglast import parse_sql
 from pglast.stream import RawStream
 from psycopg import Connection, sql
 
@@ -26,23 +26,6 @@ def agent_role(policy_name: str, tenant: str | None) -> str:
     if len(base) > 63:
         base = base[:50] + "_" + hashlib.sha256(base.encode()).hexdigest()[:12]
     return base
-
-
-def _columns_in(predicate: str) -> set[str]:
-    names: set[str] = set()
-
-    def visit(node: object) -> None:
-        if isinstance(node, tuple):
-            for item in node:
-                visit(item)
-        elif isinstance(node, ast.ColumnRef):
-            names.add(node.fields[-1].sval)
-        elif isinstance(node, ast.Node):
-            for attr in node.__slots__:
-                visit(getattr(node, attr))
-
-    visit(parse_sql(f"SELECT 1 WHERE {predicate}")[0].stmt.whereClause)
-    return names
 
 
 def _predicate(rules: RuleSet, action: str, table: Table, tenant: str | None) -> sql.Composable:
@@ -72,10 +55,7 @@ def grant_statements(rules: RuleSet, schema: Schema, role: str, tenant: str | No
         if not any(granted.values()) and not delete:
             continue
         # Columns Paybill's own predicates read (tenant column, row filters) and the tenant column it writes.
-        helpers = {TENANT_COLUMN} if tenant is not None and table.pooled else set()
-        for action in ACTIONS:
-            for row_filter in rules.row_filters_for(action, table.name) or ():
-                helpers |= _columns_in(row_filter) & set(table.columns)
+        helpers = rules.predicate_columns(table.name, table.columns, table.pooled, tenant)
         granted["select"] = [c for c in table.columns if c in granted["select"] or c in helpers]
         if granted["insert"] and tenant is not None and table.pooled and TENANT_COLUMN not in granted["insert"]:
             granted["insert"].append(TENANT_COLUMN)

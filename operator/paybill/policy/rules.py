@@ -10,6 +10,7 @@ from pglast import ast, parse_sql
 from pglast.parser import ParseError
 
 from ..api.agentpolicy import AgentPolicySpec, Rule
+from .schema import TENANT_COLUMN
 
 WILDCARD = "*"
 
@@ -40,6 +41,24 @@ class Match:
     allows: tuple[Rule, ...]
 
 
+def _columns_in(predicate: str) -> set[str]:
+    names: set[str] = set()
+
+    def visit(node: object) -> None:
+        if isinstance(node, tuple):
+            for item in node:
+                visit(item)
+        elif isinstance(node, ast.ColumnRef):
+            if isinstance(node.fields[-1], ast.String):
+                names.add(node.fields[-1].sval)
+        elif isinstance(node, ast.Node):
+            for attr in node.__slots__:
+                visit(getattr(node, attr))
+
+    visit(parse_sql(f"SELECT 1 WHERE {predicate}")[0].stmt.whereClause)
+    return names
+
+
 def _row_filter(rule: Rule) -> str | None:
     if rule.rowFilter is None:
         return None
@@ -65,6 +84,7 @@ class RuleSet:
         self.functions = frozenset(f.lower() for f in spec.functions)
         self.limits = spec.limits
         self.row_filters = {rule.id: _row_filter(rule) for rule in spec.rules}
+        self._filter_columns = {f: _columns_in(f) for f in self.row_filters.values() if f is not None}
         self._index: dict[tuple[str, str], list[Rule]] = {}
         for rule in spec.rules:
             for action in rule.actions:
@@ -94,6 +114,17 @@ class RuleSet:
             elif covers or column is None:
                 allows.append(rule)
         return Match(None, tuple(allows))
+
+    def predicate_columns(self, table: str, columns: dict[str, object], pooled: bool, tenant: str | None) -> set[str]:
+        """Columns Paybill's own predicates read on `table`: readable wherever the table is.
+
+        The tenant column holds the agent's own tenant id, and row-filter columns only ever show values
+        that pass the filter, so reading them reveals nothing the rows do not. The database grants match."""
+        names = {TENANT_COLUMN} if tenant is not None and pooled else set()
+        for action in ("select", "insert", "update", "delete"):
+            for row_filter in self.row_filters_for(action, table) or ():
+                names |= self._filter_columns[row_filter]
+        return names & set(columns)
 
     def row_filters_for(self, action: str, table: str) -> list[str] | None:
         """Predicates OR-ed together for (action, table), as PostgreSQL combines permissive RLS policies.
