@@ -48,7 +48,8 @@ def seed(conn: psycopg.Connection) -> None:
                              "VALUES (%s, %s, %s, %s, %s, %s)",
                              (key * 10 + k, tenant, key, ("open", "paid", "shipped", "canceled")[k], 10 * (k + 1) + n,
                               k == 1))
-        conn.execute("INSERT INTO secrets (id, tenant_id, api_key) VALUES (%s, %s, %s)", (t + 1, tenant, f"key-{tenant}"))
+        conn.execute("INSERT INTO secrets (id, tenant_id, api_key) VALUES (%s, %s, %s)",
+                     (t + 1, tenant, f"key-{tenant}"))
 
 
 @dataclass

@@ -1,0 +1,221 @@
+"""The gate on real PostgreSQL: the execution guard's limits, the database-side grants and RLS, and a
+Hypothesis differential test that the database never allows less than the engine, nor more."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg import errors
+
+from paybill.api.agentpolicy import AgentPolicySpec
+from paybill.policy import PolicyEngine
+from paybill.policy.guard import ExecutionGuard
+
+from .conftest import PRINCIPAL, PolicyDatabase, load_cases, schema, support_policy
+
+ACL_CODES = {"no_allow_rule", "denied_by_rule"}
+
+
+def spec(**changes: object) -> AgentPolicySpec:
+    data = support_policy().spec.model_dump(mode="json")
+    data.update(changes)
+    return AgentPolicySpec.model_validate(data)
+
+
+def limits(**changes: object) -> dict:
+    return {**support_policy().spec.limits.model_dump(), **changes}
+
+
+@pytest.fixture(scope="module")
+def acme(policy_db: PolicyDatabase) -> str:
+    return policy_db.grant(support_policy().spec, "acme")
+
+
+@pytest.fixture
+def guard(policy_db: PolicyDatabase, acme: str) -> Iterator[ExecutionGuard]:
+    with ExecutionGuard(policy_db.engine(), acme, PRINCIPAL, "acme") as guard:
+        yield guard
+
+
+def admin_value(policy_db: PolicyDatabase, query: str) -> object:
+    with psycopg.connect(policy_db.admin_dsn) as conn:
+        return conn.execute(query).fetchone()[0]
+
+
+@pytest.mark.parametrize("case", load_cases("legitimate.jsonl"), ids=lambda c: c["id"])
+def test_legitimate_statements_run_as_the_agent_role(guard: ExecutionGuard, case: dict) -> None:
+    outcome = guard.execute(case["sql"], case.get("params"))
+    assert outcome.ok, outcome.reasons
+    assert outcome.cost is not None and outcome.cost > 0
+
+
+def test_reads_see_only_the_tenants_rows(guard: ExecutionGuard) -> None:
+    outcome = guard.execute("SELECT tenant_id, count(*) FROM orders WHERE tenant_id = 'globex' OR true GROUP BY 1")
+    assert outcome.rows == [("acme", 20)]
+    names = guard.execute("SELECT name FROM customers").rows
+    assert len(names) == 5 and all(n.startswith("acme-") for (n,) in names)
+
+
+def test_guard_connects_as_the_agent_role_not_a_superuser(acme: str) -> None:
+    with psycopg.connect(acme) as conn:
+        user, superuser = conn.execute("SELECT current_user, usesuper FROM pg_user WHERE usename = current_user"
+                                       ).fetchone()
+    assert user == "agent_support_acme" and superuser is False
+
+
+def test_dml_over_max_rows_written_is_rolled_back(policy_db: PolicyDatabase, acme: str) -> None:
+    engine = policy_db.engine(spec(limits=limits(maxRowsWritten=2)))
+    before = admin_value(policy_db, "SELECT count(*) FROM orders WHERE status = 'bulk'")
+    with ExecutionGuard(engine, acme, PRINCIPAL, "acme") as guard:
+        outcome = guard.execute("UPDATE orders SET status = 'bulk' WHERE total > 0")
+        assert not outcome.ok and outcome.reasons[0].code == "rows_written_exceeded"
+        assert "20 rows" in outcome.reasons[0].message
+        assert guard.execute("UPDATE orders SET status = 'bulk' WHERE id = $1", [10]).rows_affected == 1
+    assert admin_value(policy_db, "SELECT count(*) FROM orders WHERE status = 'bulk'") == before + 1
+    with psycopg.connect(policy_db.admin_dsn) as conn:
+        conn.execute("UPDATE orders SET status = 'open' WHERE id = 10")
+
+
+def test_reads_are_truncated_at_max_rows_read(policy_db: PolicyDatabase, acme: str) -> None:
+    with ExecutionGuard(policy_db.engine(spec(limits=limits(maxRowsRead=3))), acme, PRINCIPAL, "acme") as guard:
+        assert len(guard.execute("SELECT id FROM orders").rows) == 3
+        assert len(guard.execute("SELECT id FROM orders LIMIT 500").rows) == 3
+
+
+SLOW = "SELECT count(*) FROM orders a, orders b, orders c, orders d, orders e"
+
+
+def test_cost_precheck_refuses_before_running(policy_db: PolicyDatabase, acme: str) -> None:
+    with ExecutionGuard(policy_db.engine(spec(limits=limits(maxCost=50))), acme, PRINCIPAL, "acme") as guard:
+        outcome = guard.execute(SLOW)
+        assert not outcome.executed and outcome.reasons[0].code == "cost_exceeded"
+        assert outcome.cost > 50
+        assert guard.execute("SELECT id FROM orders WHERE id = 10").ok
+
+
+def test_statement_timeout_cancels(policy_db: PolicyDatabase, acme: str) -> None:
+    engine = policy_db.engine(spec(limits=limits(statementTimeoutMs=1, maxCost=1e12)))
+    with ExecutionGuard(engine, acme, PRINCIPAL, "acme") as guard:
+        outcome = guard.execute(SLOW)
+        assert outcome.reasons[0].code == "timeout"
+        assert guard.execute("SELECT id FROM orders WHERE id = 10").ok  # the connection is still usable
+
+
+def test_statements_per_run_are_bounded(policy_db: PolicyDatabase, acme: str) -> None:
+    engine = policy_db.engine(spec(limits=limits(maxStatementsPerRun=2)))
+    with ExecutionGuard(engine, acme, PRINCIPAL, "acme") as guard:
+        assert guard.execute("SELECT 1 FROM orders LIMIT 1").ok
+        assert guard.execute("SELECT 1 FROM orders LIMIT 1").ok
+        assert guard.execute("SELECT 1 FROM orders LIMIT 1").reasons[0].code == "statements_exceeded"
+
+
+def test_denied_statements_never_reach_the_database(guard: ExecutionGuard) -> None:
+    outcome = guard.execute("SELECT pg_sleep(30)")
+    assert not outcome.executed and outcome.decision.reasons[0].code == "unsafe_function"
+
+
+@pytest.mark.parametrize("hostile", [
+    "SET ROLE postgres", "SET SESSION AUTHORIZATION postgres", "SELECT api_key FROM secrets",
+    "SELECT ssn FROM customers", "DELETE FROM orders WHERE id = 10", "UPDATE orders SET total = 0 WHERE id = 10",
+    "SELECT set_config('row_security', 'off', false); SELECT ssn FROM customers",
+    "CREATE FUNCTION leak() RETURNS SETOF text LANGUAGE sql SECURITY DEFINER AS $$SELECT ssn FROM customers$$",
+    "INSERT INTO orders (id, tenant_id, customer_id, status, total) VALUES (999, 'globex', 101, 'x', 1)",
+])
+def test_the_database_refuses_on_its_own(acme: str, hostile: str) -> None:
+    """Defense in depth: the agent role, used directly without the engine, still cannot do these."""
+    with psycopg.connect(acme) as conn, pytest.raises(psycopg.Error):
+        conn.execute(hostile)
+
+
+def test_the_database_hides_other_tenants_rows_on_its_own(acme: str) -> None:
+    with psycopg.connect(acme) as conn:
+        conn.execute("RESET ROLE")
+        assert conn.execute("SELECT count(*) FROM orders WHERE tenant_id = 'globex'").fetchone() == (0,)
+        assert conn.execute("UPDATE orders SET status = 'x' WHERE tenant_id = 'globex'").rowcount == 0
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute("UPDATE orders SET status = 'x', tenant_id = 'globex' WHERE id = 10")
+
+
+# -- differential (Hypothesis) ----------------------------------------------------------------------
+
+TABLES = {t.name: list(t.columns) for t in schema().tables.values()}
+LITERALS = {"id": "10", "customer_id": "1", "status": "'open'", "total": "12", "paid": "true", "name": "'x'",
+            "email": "'x'", "ssn": "'1'", "api_key": "'k'", "tenant_id": "'globex'", "created_at": "now()",
+            "ref": "NULL"}
+
+
+@st.composite
+def statements(draw: st.DrawFn) -> str:
+    table = draw(st.sampled_from(sorted(TABLES)))
+    columns = TABLES[table]
+    picked = draw(st.lists(st.sampled_from(columns), min_size=1, max_size=3, unique=True))
+    where_col = draw(st.sampled_from(columns))
+    where = draw(st.sampled_from(["", f" WHERE {where_col} = {LITERALS[where_col]}",
+                                  f" WHERE {where_col} IS NOT NULL", " WHERE tenant_id = 'globex'"]))
+    kind = draw(st.sampled_from(["select", "select", "update", "delete", "join"]))
+    if kind == "select":
+        return f"SELECT {', '.join(picked)} FROM {table}{where}"
+    if kind == "update":
+        return f"UPDATE {table} SET {picked[0]} = {LITERALS[picked[0]]}{where}"
+    if kind == "delete":
+        return f"DELETE FROM {table}{where}"
+    other = draw(st.sampled_from(sorted(TABLES)))
+    other_col = draw(st.sampled_from(TABLES[other]))
+    return f"SELECT t.{picked[0]}, u.{other_col} FROM {table} t JOIN {other} u ON u.id = t.id"
+
+
+@pytest.fixture(scope="module")
+def agent_conn(acme: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(acme) as conn:
+        yield conn
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(statement=statements())
+def test_database_agrees_with_the_engine(policy_db: PolicyDatabase, agent_conn: psycopg.Connection,
+                                         statement: str) -> None:
+    engine = PolicyEngine(support_policy().spec, schema())
+    decision = engine.decide(PRINCIPAL, statement, tenant="acme")
+    try:
+        if decision.allowed:
+            # Whenever the engine allows a statement, the database allows what runs, and shows only acme rows.
+            cur = agent_conn.execute(decision.sql)
+            if cur.description and "tenant_id" in [c.name for c in cur.description]:
+                index = [c.name for c in cur.description].index("tenant_id")
+                assert {row[index] for row in cur.fetchall()} <= {"acme"}
+        elif {r.code for r in decision.reasons} <= ACL_CODES:
+            # Out of policy: the database refuses the original statement as well.
+            with pytest.raises(errors.InsufficientPrivilege):
+                agent_conn.execute(statement)
+        agent_conn.rollback()
+        # Cross-tenant reads, even run raw by the role, never see another tenant's rows.
+        if statement.startswith("SELECT") and "tenant_id = 'globex'" in statement:
+            with contextlib.suppress(errors.InsufficientPrivilege):
+                assert agent_conn.execute(statement).fetchall() == []
+    finally:
+        agent_conn.rollback()
+
+
+@settings(max_examples=100, deadline=None)
+@given(statement=statements())
+def test_an_empty_policy_denies_everything(statement: str) -> None:
+    empty = PolicyEngine(spec(rules=[], functions=[]), schema())
+    assert not empty.decide(PRINCIPAL, statement, tenant="acme").allowed
+
+
+@settings(max_examples=100, deadline=None)
+@given(statement=statements(), table=st.sampled_from(["orders", "customers", "*"]),
+       action=st.sampled_from(["select", "update", "delete"]), columns=st.sampled_from([["*"], ["id"], ["status"]]))
+def test_adding_a_deny_rule_never_admits_more(statement: str, table: str, action: str, columns: list[str]) -> None:
+    base = support_policy().spec
+    stricter = spec(rules=[*base.model_dump(mode="json")["rules"],
+                           {"id": "extra-deny", "effect": "deny", "actions": [action], "tables": [table],
+                            "columns": columns}])
+    before = PolicyEngine(base, schema()).decide(PRINCIPAL, statement, tenant="acme")
+    after = PolicyEngine(stricter, schema()).decide(PRINCIPAL, statement, tenant="acme")
+    assert after.allowed <= before.allowed
