@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast lint crds emulator operator e2e clean
+.PHONY: install demo test test-fast lint crds emulator operator e2e bench clean
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ test: install  ## the full suite (real PostgreSQL, emulated API server, real kop
 
 test-fast: install  ## without the slow groups (operator end to end, kubectl, demo)
 	$(BIN)/python -m pytest -m "not slow"
+
+bench: install  ## benchmarks side by side in one run; writes BENCHMARKS.md
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench
 
 lint: install
 	$(BIN)/ruff check operator tests

@@ -21,6 +21,8 @@ def test_demo_brings_sample_tenants_to_ready_and_stops_cleanly() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "emulated Kubernetes API server" in result.stdout
     assert "all 3 tenants Ready" in result.stdout
+    assert result.stdout.count("  DENIED ") == 5 and result.stdout.count("  ALLOWED ") == 2
+    assert "only tenant acme's rows seen" in result.stdout and "globex customer" not in result.stdout
     assert "stopped: operator, emulated API server, PostgreSQL" in result.stdout
     leftovers = subprocess.run(["pgrep", "-f", str(state)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", f"processes left behind: {leftovers.stdout}"

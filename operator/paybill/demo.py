@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -11,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
+import psycopg
 import yaml
+from psycopg import conninfo
 
 from .api import API_VERSION
 from .api.crdgen import all_crds
@@ -20,6 +23,10 @@ from .handlers.settings import DATABASE_URL_ENV
 from .kube import SYSTEM_NAMESPACES, serve, write_kubeconfig
 from .kube.client import Kube
 from .lifecycle.conditions import is_true
+from .policy import PolicyEngine, Schema
+from .policy.check import load_policy
+from .policy.grants import agent_role, apply_grants
+from .policy.guard import ExecutionGuard
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -105,7 +112,7 @@ async def run_demo(state_dir: Path, samples: Path, keep: bool, port: int | None,
             operator = start_operator(kubeconfig, database_url, state_dir / "operator.log")
             say(f"operator started (pid {operator.pid}, log {state_dir / 'operator.log'})")
             try:
-                return await _converge(kube, samples, keep, timeout, kubeconfig, operator)
+                return await _converge(kube, samples, keep, timeout, kubeconfig, operator, database_url)
             finally:
                 await asyncio.to_thread(stop_process, operator)
                 api.close_watches()
@@ -115,7 +122,7 @@ async def run_demo(state_dir: Path, samples: Path, keep: bool, port: int | None,
 
 
 async def _converge(kube: Kube, samples: Path, keep: bool, timeout: float, kubeconfig: Path,
-                    operator: subprocess.Popen[bytes]) -> int:
+                    operator: subprocess.Popen[bytes], database_url: str) -> int:
     manifests = load_manifests(samples)
     for manifest in manifests:
         result = await asyncio.to_thread(kube.apply, manifest)
@@ -129,12 +136,72 @@ async def _converge(kube: Kube, samples: Path, keep: bool, timeout: float, kubec
         say(f"FAILED: {ready}/{len(names)} tenants Ready after {timeout:.0f}s; see {kubeconfig.parent}/operator.log")
         return 1
     say(f"all {ready} tenants Ready")
+    if not await asyncio.to_thread(agent_gate, database_url, samples / "agents"):
+        return 1
     if keep:
         say(f"stack left running. In another shell:  export KUBECONFIG={kubeconfig}; kubectl get paybill")
         say("press Ctrl-C to stop everything")
         while operator.poll() is None:
             await asyncio.sleep(1)
     return 0
+
+
+HOSTILE = (
+    "SELECT name, email FROM customers; DROP TABLE orders",
+    "SELECT name, ssn FROM customers",
+    "SELECT pg_read_file('/etc/passwd')",
+    "DELETE FROM orders WHERE id = 1",
+    "SELECT o.id FROM orders o UNION SELECT id FROM pg_catalog.pg_authid",
+)
+LEGITIMATE = (
+    ("SELECT id, status, total FROM orders WHERE status = $1 ORDER BY id", ["open"]),
+    ("UPDATE orders SET status = 'refunded' WHERE id = $1", [11]),
+)
+
+
+def agent_gate(database_url: str, directory: Path, tenant: str = "acme") -> bool:
+    """Seed the app's pooled tables, grant the sample AgentPolicy, then let the agent try its luck."""
+    say(f"agent gate: AgentPolicy {directory.name}/support-policy.yaml for tenant {tenant} (pooled tables)")
+    app_dsn = conninfo.make_conninfo(database_url, dbname="paybill_app")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS paybill_app")
+        conn.execute("CREATE DATABASE paybill_app")
+    policy_path = directory / "support-policy.yaml"
+    policy, policy_name = load_policy(policy_path), yaml.safe_load(policy_path.read_text())["metadata"]["name"]
+    with psycopg.connect(app_dsn, autocommit=True) as conn:
+        conn.execute((directory / "app-schema.sql").read_text())
+        conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
+        for t, name in enumerate(("acme", "globex")):
+            for n in range(1, 4):
+                key = (t + 1) * 10 + n
+                conn.execute("INSERT INTO customers VALUES (%s, %s, %s, %s, %s)",
+                             (key, name, f"{name} customer {n}", f"c{n}@{name}.test", f"{key:09d}"))
+                conn.execute("INSERT INTO orders VALUES (%s, %s, %s, %s, %s)",
+                             (key, name, key, ("open", "paid", "open")[n - 1], 10 * n))
+        schema = Schema.from_dsn(app_dsn)
+        engine = PolicyEngine(policy.spec, schema)
+        role, password = agent_role(policy_name, tenant), secrets.token_urlsafe(24)
+        apply_grants(conn, engine.rules, schema, role, tenant, password)
+    say(f"  role {role}: column GRANTs and row-level security generated from the same policy")
+    agent = policy.spec.subjects[0]
+    admitted = True
+    with ExecutionGuard(engine, conninfo.make_conninfo(app_dsn, user=role, password=password), agent,
+                        tenant) as guard:
+        for statement in HOSTILE:
+            outcome = guard.execute(statement)
+            reason = outcome.decision.reasons[0] if outcome.decision.reasons else None
+            say(f"  DENIED   {statement!r}: {reason.code + ': ' + reason.message if reason else 'no reason'}")
+            admitted &= not outcome.executed
+        for statement, params in LEGITIMATE:
+            outcome = guard.execute(statement, params)
+            admitted &= outcome.ok
+            shown = ([", ".join(map(str, row)) for row in outcome.rows] if outcome.decision.statement == "select"
+                     else f"{outcome.rows_affected} row(s)")
+            say(f"  ALLOWED  {statement!r} {params}: {shown}")
+            say(f"           ran as: {outcome.decision.sql}")
+    say("agent gate: hostile statements denied, legitimate ones ran, only tenant acme's rows seen" if admitted
+        else "FAILED: the agent gate did not behave as expected")
+    return admitted
 
 
 def _client_for(kubeconfig: Path) -> kubernetes.client.ApiClient:

@@ -52,7 +52,7 @@ class PolicyEngine:
 
     def decide(self, principal: str, sql: str, params: list[Any] | None = None, tenant: str | None = None,
                approvals: frozenset[str] = frozenset()) -> Decision:
-        params = list(params or [])
+        params = params or []
         key = (principal, tenant, sql)
         admitted = self._cache.get(key)
         if admitted is None:

@@ -1,9 +1,11 @@
 """The execution guard: runs an admitted statement as the agent's own role, within the policy's limits.
 
-One connection per agent run, logged in as the agent role (never a superuser that SETs ROLE). Every
-statement runs in its own transaction with SET LOCAL statement_timeout, sent in one pipeline so the
-guard costs no extra round trips; a planner-cost precheck (cached by plan hash) refuses expensive
-statements; DML that writes more rows than allowed is rolled back; reads stop at maxRowsRead.
+One connection per agent run, logged in as the agent role (never a superuser that SETs ROLE), with
+statement_timeout and search_path set for the session when it connects; the engine never admits SET or
+set_config, so the agent cannot change them (the role carries the same timeout as a default). Every
+statement is its own transaction: a read is one implicit transaction and one round trip; DML runs in an
+explicit one, pipelined, and is rolled back when it writes more rows than allowed. A planner-cost
+precheck (cached per rewritten statement) refuses expensive statements; reads stop at maxRowsRead.
 """
 
 from __future__ import annotations
@@ -59,10 +61,7 @@ class ExecutionGuard:
         self._conninfo = conninfo
         self._conn: psycopg.Connection[Any] | None = None
         self._costs: dict[str, float] = {}
-        limits = engine.rules.limits
-        self._timeout = sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(limits.statementTimeoutMs))
-        self._search_path = sql.SQL("SET LOCAL search_path = pg_catalog, {}").format(
-            sql.Identifier(engine.schema.name))
+        self._columns: dict[str, tuple[str, ...]] = {}
 
     def __enter__(self) -> ExecutionGuard:
         return self
@@ -77,12 +76,16 @@ class ExecutionGuard:
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5,
-                                         cursor_factory=psycopg.RawCursor)  # agents write $1, $2
+            conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5,
+                                   cursor_factory=psycopg.RawCursor)  # agents write $1, $2
+            conn.execute(sql.SQL("SET statement_timeout = {}").format(
+                sql.Literal(self.engine.rules.limits.statementTimeoutMs)))
+            conn.execute(sql.SQL("SET search_path = pg_catalog, {}").format(sql.Identifier(self.engine.schema.name)))
+            self._conn = conn
         return self._conn
 
     def execute(self, statement: str, params: list[Any] | None = None) -> Outcome:
-        params = list(params or [])
+        params = params or []
         decision = self.engine.decide(self.principal, statement, params, self.tenant, self.approvals)
         limits = self.engine.rules.limits
         self.statements += 1
@@ -109,13 +112,10 @@ class ExecutionGuard:
             return Outcome(decision, reasons=(Reason("database_error", _first_line(error)),))
 
     def _cost(self, conn: psycopg.Connection, decision: Decision, params: list[Any]) -> float:
-        key = decision.plan_hash or ""
+        key = decision.sql or ""  # the statement's shape: estimated once, with its first parameters
         cost = self._costs.get(key)
         if cost is None:
-            with conn.pipeline(), conn.transaction():
-                conn.execute(self._timeout)
-                conn.execute(self._search_path)
-                cur = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(decision.sql), params)
+            cur = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(decision.sql), params)
             plan = cur.fetchone()[0]
             plan = json.loads(plan) if isinstance(plan, str) else plan
             cost = float(plan[0]["Plan"]["Total Cost"])
@@ -124,17 +124,24 @@ class ExecutionGuard:
 
     def _run(self, conn: psycopg.Connection, decision: Decision, params: list[Any], cost: float) -> Outcome:
         limits = self.engine.rules.limits
-        with conn.pipeline() as pipeline, conn.transaction():
-            conn.execute(self._timeout)
-            conn.execute(self._search_path)
+        if decision.statement == "select":
             cur = conn.execute(decision.sql, params)
-            if decision.statement != "select":
+        else:
+            with conn.pipeline() as pipeline, conn.transaction():
+                cur = conn.execute(decision.sql, params)
                 pipeline.sync()
                 if cur.rowcount > limits.maxRowsWritten:
                     raise _Rollback(Reason("rows_written_exceeded", f"statement changed {cur.rowcount} rows, more "
                                            f"than maxRowsWritten {limits.maxRowsWritten}; rolled back"))
-        columns = tuple(c.name for c in cur.description or ())
-        rows = cur.fetchmany(limits.maxRowsRead) if cur.description else []
+        result = cur.pgresult
+        if result is not None and result.nfields:  # cheaper than cur.description, which builds Column objects
+            columns = self._columns.get(decision.sql)
+            if columns is None:
+                columns = self._columns[decision.sql] = tuple(
+                    (result.fname(i) or b"").decode() for i in range(result.nfields))
+            rows = cur.fetchmany(limits.maxRowsRead)
+        else:
+            columns, rows = (), []
         affected = cur.rowcount if decision.statement != "select" else 0
         return Outcome(decision, True, columns, rows, affected, cost)
 

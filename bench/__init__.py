@@ -1,0 +1,1 @@
+"""Benchmarks behind `make bench`; results go to BENCHMARKS.md."""

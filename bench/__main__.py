@@ -1,0 +1,55 @@
+"""`make bench`: run every benchmark in one process and write BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+from . import policy
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = ""
+    try:
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        memory = f", {kib / 1024 / 1024:.1f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    postgres = subprocess.run(["pg_ctl", "--version"], capture_output=True, text=True).stdout.strip() or "pgserver"
+    return (f"{cpu}, {os.cpu_count()} cores{memory}; {platform.system()} {platform.release()}; "
+            f"Python {platform.python_version()}; {postgres}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (for a smoke run)")
+    parser.add_argument("--out", default="BENCHMARKS.md")
+    args = parser.parse_args()
+    sections = [policy.run(args.quick)]
+    text = "\n\n".join([
+        "# Benchmarks",
+        "",
+        f"Machine: {machine()}.",
+        f"Command: `make bench` (`{Path(sys.executable).name} -m bench{' --quick' if args.quick else ''}`); "
+        "every figure in a table comes from the same run, side by side.",
+        *sections,
+    ]) + "\n"
+    Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
