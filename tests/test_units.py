@@ -11,7 +11,6 @@ import psycopg
 import pytest
 
 from paybill.database.server import LocalPostgres
-from paybill.database.tenants import DatabaseUnavailable, ensure_tenant_role, role_name
 from paybill.handlers.persistence import DigestDiffBaseStorage
 from paybill.kube.patching import PatchError, json_patch, merge_patch
 from paybill.kube.selectors import SelectorError, match_label_selector, parse_field_selector, parse_label_selector
@@ -91,13 +90,3 @@ def test_local_postgres_starts_serves_and_stops() -> None:
     server.stop()
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(dsn, connect_timeout=2)
-
-
-def test_tenant_role_is_idempotent_and_a_dead_database_is_reported(postgres: LocalPostgres) -> None:
-    assert ensure_tenant_role(postgres.dsn, "acme-corp") == ensure_tenant_role(postgres.dsn, "acme-corp")
-    with psycopg.connect(postgres.dsn) as conn:
-        row = conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (role_name("acme-corp"),))
-        assert row.fetchone() == (False,)
-    with pytest.raises(DatabaseUnavailable) as caught:
-        ensure_tenant_role("postgresql://postgres:s3cret@127.0.0.1:9/postgres", "x")
-    assert "s3cret" not in str(caught.value)

@@ -35,6 +35,24 @@ def find_binaries() -> Path | None:
     return None
 
 
+def tool_path(name: str) -> str:
+    """A PostgreSQL client program (pg_dump, psql): beside the server binaries, then the distribution's
+    versioned directories (newest first), then the pgserver wheel, then PATH."""
+    directories = [d for d in (find_binaries(),) if d is not None]
+    directories += sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda d: d.parent.name, reverse=True)
+    with contextlib.suppress(ImportError):
+        import pgserver  # type: ignore[import-not-found]
+
+        directories.append(Path(pgserver.__file__).parent / "pginstall" / "bin")
+    for directory in directories:
+        if (directory / name).exists():
+            return str(directory / name)
+    found = shutil.which(name)
+    if found is None:
+        raise PostgresError(f"{name} not found: install the PostgreSQL client programs")
+    return found
+
+
 @dataclass
 class LocalPostgres:
     """Start with :meth:`start`, stop with :meth:`stop`; :attr:`dsn` connects as the superuser."""
