@@ -12,6 +12,7 @@ from typing import Any
 
 import kubernetes
 import pytest
+from kopf.testing import KopfRunner
 
 from paybill.api.crdgen import all_crds
 from paybill.database.server import LocalPostgres
@@ -58,3 +59,16 @@ class Cluster:
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     with serve_in_thread(seed=SYSTEM_NAMESPACES + all_crds()) as (api, url):
         yield Cluster(api, url, write_kubeconfig(tmp_path / "kubeconfig", url))
+
+
+@pytest.fixture
+def operator(cluster: Cluster, postgres: LocalPostgres, tmp_path: Path,
+             monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    """The real operator (kopf, in this process) against the emulated API server and the real PostgreSQL."""
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    monkeypatch.setenv("PAYBILL_DATABASE_URL", postgres.dsn)
+    monkeypatch.setenv("PAYBILL_BACKUP_DIR", str(tmp_path / "backups"))
+    with KopfRunner(["run", "--all-namespaces", "--standalone", "-m", "paybill.handlers"], timeout=90) as runner:
+        yield cluster
+    assert runner.exit_code == 0, runner.output
+    assert "s3cret" not in runner.output

@@ -122,7 +122,7 @@ def test_schema_validation_answers_422_with_field_paths(http: Http) -> None:
 def test_defaults_are_applied_and_unknown_fields_pruned_or_refused(http: Http) -> None:
     created = http("POST", TENANTS, {**tenant(), "spec": {"planRef": "pro", "colour": "blue"}}).json()
     assert created["spec"] == {"planRef": "pro", "displayName": "", "suspended": False,
-                               "deletionPolicy": "snapshot"}
+                               "deletionPolicy": "snapshot", "offboard": False}
     strict = http("POST", TENANTS + "?fieldValidation=Strict", tenant("b", colour="blue"))
     assert strict.status_code == 400 and 'unknown field "spec.colour"' in strict.json()["message"]
 

@@ -48,12 +48,41 @@ class TenantSpec(Model):
                                            description="What happens to tenant data on offboarding.")
     contactEmail: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254,
                                      description="Where lifecycle notices are sent.")
+    offboard: bool = Field(default=False, description="Offboard the tenant: final backup, then the deletion "
+                                                      "policy. The Tenant stays as the record; irreversible.")
+
+
+class DatabasePlacement(Model):
+    isolation: str = Field(description="Isolation model the data is in.")
+    database: str = Field(description="Database holding the tenant's data.")
+    schema_: str = Field(alias="schema", description="Schema holding the tenant's tables.")
+    role: str = Field(description="The tenant's login role (its password is in the credentials Secret).")
+
+
+class TableChecksum(Model):
+    rows: int = Field(ge=0, description="Row count.")
+    md5: str = Field(description="md5 of the table's sorted row text.")
+
+
+class BackupStatus(Model):
+    location: str = Field(description="Where the final backup is stored.")
+    sha256: str = Field(description="sha256 of the backup file.")
+    bytes: int = Field(ge=0, description="Size of the backup file.")
+    tables: dict[str, TableChecksum] = Field(default_factory=dict, description="Checksums of the data backed up.")
+    takenAt: str | None = Field(default=None, description="When the backup was taken (RFC 3339).")
 
 
 class TenantStatus(Status):
     namespace: str | None = Field(default=None, description="The namespace provisioned for the tenant.")
     isolation: str | None = Field(default=None, description="Isolation model in effect.")
     plan: str | None = Field(default=None, description="Plan in effect.")
+    database: DatabasePlacement | None = Field(default=None, description="Where the tenant's data lives.")
+    access: str | None = Field(default=None, description="Database access: full, read_only or none.")
+    suspendedFor: list[str] = Field(default_factory=list, description="Why the tenant is suspended: billing, manual.")
+    restriction: str | None = Field(default=None, description="Billing restriction in effect.")
+    backup: BackupStatus | None = Field(default=None, description="The final backup taken on offboarding.")
+    credentialsSecret: str | None = Field(default=None,
+                                          description="Secret in the tenant namespace with database credentials.")
 
 
 class Tenant(CustomResource):

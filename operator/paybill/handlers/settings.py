@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import kopf
 
+from ..audit import AuditLog
+from ..database.tenants import TenantDatabases
 from ..kube.client import Kube, load_config
 from .persistence import PREFIX, DigestDiffBaseStorage
 
 DATABASE_URL_ENV = "PAYBILL_DATABASE_URL"
+BACKUP_DIR_ENV = "PAYBILL_BACKUP_DIR"
 
 
 @kopf.on.startup()
@@ -25,9 +30,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     settings.queueing.error_delays = [1, 2, 5, 10, 30, 60]
     load_config()
     memo.kube = Kube()
-    memo.database_url = os.environ.get(DATABASE_URL_ENV) or None
-    logger.info("Paybill operator started; tenant database %s",
-                "configured" if memo.database_url else f"not configured (set {DATABASE_URL_ENV})")
+    database_url = os.environ.get(DATABASE_URL_ENV) or None
+    backup_dir = Path(os.environ.get(BACKUP_DIR_ENV) or Path(tempfile.gettempdir()) / "paybill-backups")
+    memo.databases = TenantDatabases(database_url, backup_dir) if database_url else None
+    memo.audit = AuditLog(memo.databases.connect) if memo.databases else None
+    logger.info("Paybill operator started; tenant database %s; backups in %s",
+                "configured" if database_url else f"not configured (set {DATABASE_URL_ENV})", backup_dir)
 
 
 @kopf.on.probe(id="kube")

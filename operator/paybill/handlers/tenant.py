@@ -1,18 +1,48 @@
-"""Tenant handlers: read the object, call the lifecycle domain, write status."""
+"""Tenant handlers: read the object, call the lifecycle and database domains, write status.
+
+Level-based and idempotent: every reconcile reads the world (plan, subscription, namespace, recorded
+database placement) and converges it, so an operator killed at any point reaches the same end state.
+"""
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import secrets
+from pathlib import Path
 from typing import Any
 
 import kopf
+import psycopg
+from psycopg import conninfo
 
-from ..api.meta import API_VERSION, GROUP, VERSION
-from ..database.tenants import DatabaseUnavailable, drop_tenant_role, ensure_tenant_role
+from ..api.meta import API_VERSION, GROUP, VERSION, now_rfc3339
+from ..api.plan import Isolation
+from ..api.subscription import Restriction
+from ..api.tenant import DeletionPolicy
+from ..api.tenant import TenantPhase as Phase
+from ..billing.grace import Access, BillingState, billing_state
+from ..database.tenants import DatabaseUnavailable, MigrationError, Placement, TenantDatabases, placement_for
 from ..kube.client import Kube, KubeError
 from ..lifecycle.conditions import set_condition
-from ..lifecycle.tenant import check_namespace, namespace_manifest, tenant_namespace
+from ..lifecycle.machine import Event, SuspensionCause, Transition, TransitionRefused, path, retry_delay, transition
+from ..lifecycle.tenant import (
+    CREDENTIALS_SECRET,
+    TENANT_LABEL,
+    check_namespace,
+    credentials_secret,
+    namespace_manifest,
+    secret_field,
+    tenant_namespace,
+    tenant_resources,
+)
 
 RETRY_DELAY = 10
+TRIGGER = "trigger.paybill.dev"  # not kopf's own prefix, so a change here re-runs the tenant's reconcile
+OWNED = (("v1", "serviceaccounts"), ("v1", "secrets"), ("v1", "resourcequotas"), ("v1", "limitranges"),
+         ("rbac.authorization.k8s.io/v1", "roles"), ("rbac.authorization.k8s.io/v1", "rolebindings"),
+         ("networking.k8s.io/v1", "networkpolicies"))
+FAILURES = (DatabaseUnavailable, MigrationError, KubeError, psycopg.Error)
 
 
 class _Status:
@@ -21,76 +51,331 @@ class _Status:
     def __init__(self, body: kopf.Body, patch: kopf.Patch) -> None:
         self.body, self.patch = body, patch
         self.generation = body.metadata.get("generation")
-        self.conditions = list((body.get("status") or {}).get("conditions") or [])
+        self.current = dict(body.get("status") or {})
+        self.phase = Phase(self.current.get("phase") or Phase.PENDING)
+        self.conditions = list(self.current.get("conditions") or [])
 
     def condition(self, type_: str, ok: bool | None, reason: str, message: str) -> None:
         self.conditions = set_condition(self.conditions, type_, ok, reason, message, self.generation)
 
-    def write(self, phase: str, **fields: Any) -> None:
-        self.patch.status.update(phase=phase, observedGeneration=self.generation, conditions=self.conditions,
+    def write(self, phase: Phase | str, **fields: Any) -> None:
+        self.patch.status.update(phase=str(phase), observedGeneration=self.generation, conditions=self.conditions,
                                  **fields)
 
-    def wait(self, phase: str, reason: str, message: str, permanent: bool = False) -> None:
+    def wait(self, phase: Phase | str, reason: str, message: str, delay: float = RETRY_DELAY) -> None:
         """Record why the tenant is not ready, post a Warning Event, and hand the retry to kopf."""
         self.condition("Ready", False, reason, message)
         self.write(phase)
         kopf.warn(self.body, reason=reason, message=message)
-        if permanent:
-            raise kopf.PermanentError(message)
-        raise kopf.TemporaryError(message, delay=RETRY_DELAY)
+        raise kopf.TemporaryError(message, delay=delay)
 
+
+# --- billing: the subscription of each tenant, indexed in memory ------------------------------------------------
+
+@kopf.index(GROUP, VERSION, "subscriptions")
+def subscriptions_by_tenant(name: str, spec: kopf.Spec, **_: Any) -> dict[str, dict[str, Any]]:
+    return {spec.get("tenantRef", ""): {"name": name, "billingStatus": spec.get("billingStatus", "active"),
+                                        "pastDueSince": spec.get("pastDueSince")}}
+
+
+def billing_of(index: kopf.Index, tenant: str, plan: dict[str, Any]) -> BillingState:
+    subscriptions = sorted(index.get(tenant, []), key=lambda s: s["name"])
+    if not subscriptions:
+        return BillingState(Restriction.NONE, "no subscription: not billed")
+    subscription = subscriptions[0]
+    return billing_state(subscription["billingStatus"], subscription.get("pastDueSince"),
+                         int(plan["spec"].get("gracePeriodDays", 7)), datetime.datetime.now(datetime.UTC))
+
+
+# --- reconcile ------------------------------------------------------------------------------------------------
 
 @kopf.on.resume(GROUP, VERSION, "tenants")
 @kopf.on.create(GROUP, VERSION, "tenants")
 @kopf.on.update(GROUP, VERSION, "tenants")
-def reconcile_tenant(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+def reconcile_tenant(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int,
+                     subscriptions_by_tenant: kopf.Index, **_: Any) -> None:
     kube: Kube = memo.kube
     name, spec = body.metadata.name, dict(body.spec)
     status = _Status(body, patch)
+    if status.phase in (Phase.OFFBOARDING, Phase.OFFBOARDED) or spec.get("offboard"):
+        if status.phase == Phase.OFFBOARDED and not spec.get("offboard"):
+            refused = TransitionRefused(Phase.OFFBOARDED, Event.PROVISION, "offboarding is irreversible; "
+                                                                           "create a new Tenant")
+            kopf.warn(body, reason="TransitionRefused", message=str(refused))
+            return
+        offboard(body, memo, status)
+        return
 
     plan = kube.get(API_VERSION, "plans", spec["planRef"])
     if plan is None:
-        status.wait("Pending", "PlanNotFound", f"plan {spec['planRef']!r} does not exist")
+        status.wait(status.phase if status.phase != Phase.FAILED else Phase.PENDING, "PlanNotFound",
+                    f"plan {spec['planRef']!r} does not exist")
         return
-    isolation = plan["spec"]["isolation"]
-
+    billing = billing_of(subscriptions_by_tenant, name, plan)
+    causes = [c.value for c in SuspensionCause if (c == SuspensionCause.MANUAL and spec.get("suspended"))
+              or (c == SuspensionCause.BILLING and billing.suspends)]
+    goal = Phase.SUSPENDED if causes else Phase.ACTIVE
+    access = Access.NONE if causes else billing.access
+    isolation = Isolation(plan["spec"]["isolation"])
     namespace = tenant_namespace(name, spec)
-    check = check_namespace(kube.get("v1", "namespaces", namespace), name)
+
+    try:
+        _ensure_namespace(kube, body, plan, status, namespace)
+        for manifest in tenant_resources(dict(body), plan):
+            _ensure(kube, manifest)
+        placement = None
+        if memo.databases is not None:
+            placement = _ensure_database(body, memo, status, isolation, access, goal)
+    except FAILURES as exc:
+        _fail(body, memo, status, exc, retry)
+        return
+
+    _advance(body, memo, status.phase, goal, f"plan {plan['metadata']['name']}, {billing.message}")
+    status.condition("Billing", billing.restriction == Restriction.NONE, _camel(billing.restriction), billing.message)
+    if causes:
+        status.condition("Ready", False, "Suspended", f"suspended ({', '.join(causes)}); data kept, logins refused")
+    else:
+        status.condition("Ready", True, "Provisioned", f"tenant is active on plan {plan['metadata']['name']}"
+                         + ("; data is read-only" if access == Access.READ_ONLY else ""))
+    status.write(goal, namespace=namespace, plan=plan["metadata"]["name"], suspendedFor=causes,
+                 isolation=str(placement.isolation if placement else isolation), access=str(access),
+                 restriction=str(billing.restriction),
+                 database=placement.to_status() if placement else None,
+                 credentialsSecret=CREDENTIALS_SECRET if placement else None)
+
+
+def _ensure_namespace(kube: Kube, body: kopf.Body, plan: dict[str, Any], status: _Status, namespace: str) -> None:
+    check = check_namespace(kube.get("v1", "namespaces", namespace), body.metadata.name)
     if not check.ok:
         status.condition("NamespaceReady", False, check.reason, check.message)
-        status.wait("Failed" if check.reason == "NamespaceConflict" else "Provisioning", check.reason,
-                    check.message)
-        return
+        status.wait(Phase.FAILED if check.reason == "NamespaceConflict" else status.phase, check.reason, check.message)
+    manifest = namespace_manifest(dict(body), plan)
     if check.reason == "Missing":
-        try:
-            kube.create(namespace_manifest(dict(body), plan))
-        except KubeError as exc:
-            if exc.status != 409:
-                raise
+        _ensure(kube, manifest)
         kopf.info(body, reason="NamespaceCreated", message=f"namespace {namespace} created")
+    else:
+        kube.merge_patch("v1", "namespaces", namespace, {"metadata": {"labels": manifest["metadata"]["labels"]}})
     status.condition("NamespaceReady", True, "Provisioned", f"namespace {namespace} is ready")
 
-    if memo.database_url:
-        try:
-            role = ensure_tenant_role(memo.database_url, name)
-        except DatabaseUnavailable as exc:
-            status.condition("DatabaseReady", False, "DatabaseUnavailable", str(exc))
-            status.wait("Provisioning", "DatabaseUnavailable", str(exc))
-            return
-        status.condition("DatabaseReady", True, "Provisioned", f"database role {role} is ready")
 
-    status.condition("Ready", True, "Provisioned", f"tenant is active on plan {plan['metadata']['name']}")
-    status.write("Active", namespace=namespace, isolation=isolation, plan=plan["metadata"]["name"])
-    if (body.get("status") or {}).get("phase") != "Active":
-        kopf.info(body, reason="Active", message=f"tenant {name} is active ({isolation} isolation)")
+def _ensure(kube: Kube, manifest: dict[str, Any]) -> None:
+    """Create, or bring the managed fields of an existing object back to the manifest."""
+    try:
+        kube.create(manifest)
+    except KubeError as exc:
+        if exc.status != 409:
+            raise
+        plural, namespaced = kube.plural_of(manifest["apiVersion"], manifest["kind"])
+        meta = manifest["metadata"]
+        fields = {k: v for k, v in manifest.items() if k not in ("apiVersion", "kind", "metadata", "data")}
+        kube.merge_patch(manifest["apiVersion"], plural, meta["name"],
+                         {**fields, "metadata": {"labels": meta.get("labels", {})}},
+                         meta.get("namespace") if namespaced else None)
+
+
+def _credentials(kube: Kube, body: kopf.Body) -> str:
+    """The tenant role's password: kept in the credentials Secret, made once (again if the Secret is lost)."""
+    namespace = tenant_namespace(body.metadata.name, dict(body.spec))
+    secret = kube.get("v1", "secrets", CREDENTIALS_SECRET, namespace)
+    password = secret_field(secret, "password") if secret else None
+    if password:
+        return password
+    password = secrets.token_urlsafe(24)
+    try:
+        kube.create(credentials_secret(dict(body), {"password": password}))
+    except KubeError as exc:
+        if exc.status != 409:
+            raise
+        return _credentials(kube, body)  # another reconcile made it first: use theirs
+    return password
+
+
+def _publish_credentials(kube: Kube, body: kopf.Body, databases: TenantDatabases, placement: Placement,
+                         password: str) -> None:
+    params = conninfo.conninfo_to_dict(databases.admin_dsn)
+    host, port = str(params.get("host", "127.0.0.1")), str(params.get("port", "5432"))
+    fields = {"password": password, "username": placement.role, "database": placement.database,
+              "schema": placement.schema, "host": host, "port": port,
+              "uri": conninfo.make_conninfo(host=host, port=port, dbname=placement.database, user=placement.role,
+                                            password=password)}
+    desired = credentials_secret(dict(body), fields)
+    current = kube.get("v1", "secrets", CREDENTIALS_SECRET, desired["metadata"]["namespace"])
+    if current is None or (current.get("data") or {}) != desired["data"]:
+        _ensure(kube, desired)
+        kube.merge_patch("v1", "secrets", CREDENTIALS_SECRET, {"data": desired["data"]},
+                         desired["metadata"]["namespace"])
+
+
+def _ensure_database(body: kopf.Body, memo: kopf.Memo, status: _Status, isolation: Isolation, access: Access,
+                     goal: Phase) -> Placement:
+    databases: TenantDatabases = memo.databases
+    name = body.metadata.name
+    password = _credentials(memo.kube, body)
+    placement = databases.provision(name, isolation, password)
+    if placement.isolation != isolation:
+        if goal == Phase.SUSPENDED:
+            status.condition("Migrated", False, "WaitingForResume",
+                             f"moving from {placement.isolation} to {isolation} waits until the tenant resumes")
+        else:
+            placement = _migrate(body, memo, status, placement, isolation, password)
+    databases.set_access(placement, access)
+    _publish_credentials(memo.kube, body, databases, placement, password)
+    status.condition("DatabaseReady", True, "Provisioned",
+                     f"{placement.isolation} data in database {placement.database}, schema {placement.schema}; "
+                     f"access {access}")
+    return placement
+
+
+def _migrate(body: kopf.Body, memo: kopf.Memo, status: _Status, source: Placement, isolation: Isolation,
+             password: str) -> Placement:
+    name = body.metadata.name
+    if status.phase == Phase.ACTIVE:
+        _advance(body, memo, Phase.ACTIVE, Phase.MIGRATING, f"{source.isolation} -> {isolation}")
+        memo.kube.merge_patch(API_VERSION, "tenants", name, {"status": {"phase": Phase.MIGRATING}},
+                              subresource="status")
+        status.phase = Phase.MIGRATING
+    target = memo.databases.migrate(name, isolation, password)
+    checksums = memo.databases.checksums(target)
+    kopf.info(body, reason="Migrated", message=f"data moved from {source.isolation} to {target.isolation}: "
+                                               + ", ".join(f"{t} {c.rows} rows" for t, c in checksums.items())
+                                               + ", checksums verified")
+    status.condition("Migrated", True, "Verified", f"moved from {source.isolation} to {target.isolation}")
+    return target
+
+
+def _fail(body: kopf.Body, memo: kopf.Memo, status: _Status, exc: BaseException, retry: int) -> None:
+    reason = {DatabaseUnavailable: "DatabaseUnavailable", MigrationError: "MigrationFailed"}.get(
+        type(exc), "ProvisioningFailed")
+    message = (str(exc).splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, (DatabaseUnavailable, MigrationError, psycopg.Error)):
+        status.condition("DatabaseReady", False, reason, message)
+    phase = status.phase
+    if phase in (Phase.PENDING, Phase.PROVISIONING, Phase.MIGRATING):
+        _advance(body, memo, phase, Phase.FAILED, message)
+        phase = Phase.FAILED
+    status.wait(phase, reason, message, delay=retry_delay(retry))
+
+
+# --- transitions: Events and audit records -----------------------------------------------------------------------
+
+def _chain(source: Phase, target: Phase) -> list[Transition]:
+    if source == target:
+        return []
+    if target == Phase.FAILED:
+        if source == Phase.MIGRATING:
+            return [transition(source, Event.FAIL)]
+        return [*path(source, Phase.PROVISIONING), transition(Phase.PROVISIONING, Event.FAIL)]
+    return path(source, target)
+
+
+def _advance(body: kopf.Body, memo: kopf.Memo, source: Phase, target: Phase, why: str) -> None:
+    for step in _chain(source, target):
+        message = f"{step.source} -> {step.target} ({step.event}): {why}"
+        if step.target == Phase.FAILED:
+            kopf.warn(body, reason=str(step.target), message=message)
+        else:
+            kopf.info(body, reason=str(step.target), message=message)
+        if memo.audit is not None:
+            try:
+                memo.audit.append("Tenant", body.metadata.name, str(step.event),
+                                  {"from": str(step.source), "to": str(step.target), "why": why,
+                                   "uid": body.metadata.uid, "generation": body.metadata.get("generation")})
+            except (DatabaseUnavailable, psycopg.Error):
+                kopf.warn(body, reason="AuditUnavailable", message="could not append the audit record; "
+                                                                   "the database is unreachable")
+
+
+def _camel(value: str) -> str:
+    return "".join(part.title() for part in str(value).split("_"))
+
+
+# --- offboarding --------------------------------------------------------------------------------------------------
+
+def offboard(body: kopf.Body, memo: kopf.Memo, status: _Status | None = None) -> dict[str, Any] | None:
+    """Final backup, then the deletion policy, then the namespace. Each step is safe to repeat."""
+    kube: Kube = memo.kube
+    name, spec = body.metadata.name, dict(body.spec)
+    current = dict(body.get("status") or {})
+    phase = Phase(current.get("phase") or Phase.PENDING)
+    if phase == Phase.OFFBOARDED:
+        return current.get("backup")
+    if phase != Phase.OFFBOARDING:
+        _advance(body, memo, phase, Phase.OFFBOARDING, "offboarding requested")
+        _patch_status(kube, body, {"phase": Phase.OFFBOARDING})
+    backup = current.get("backup")
+    policy = DeletionPolicy(spec.get("deletionPolicy", DeletionPolicy.SNAPSHOT))
+    databases: TenantDatabases | None = memo.databases
+    try:
+        if databases is not None:
+            placement, _, previous = databases.recorded(name)
+            if placement is not None:
+                databases.set_access(placement, Access.NONE)
+                if backup is None or not _backup_intact(backup):
+                    taken = databases.backup(placement, f"{name}-{body.metadata.uid}")
+                    backup = {**taken.to_status(), "takenAt": now_rfc3339()}
+                    _patch_status(kube, body, {"backup": backup})
+                    kopf.info(body, reason="BackupTaken", message=f"final backup at {backup['location']} "
+                                                                  f"(sha256 {backup['sha256']})")
+                if policy != DeletionPolicy.RETAIN:
+                    databases.remove(placement)
+                    if previous:
+                        databases.remove(placement_for(name, previous))
+                    databases.drop_role(name)
+                    databases.forget(name)
+                if policy == DeletionPolicy.DESTROY and backup is not None:
+                    _remove_backup(backup["location"])
+                    backup = {**backup, "location": f"{backup['location']} (deleted: deletionPolicy destroy)"}
+        kube.delete("v1", "namespaces", tenant_namespace(name, spec))
+    except FAILURES as exc:
+        message = (str(exc).splitlines() or [type(exc).__name__])[0]
+        kopf.warn(body, reason="OffboardingFailed", message=message)
+        raise kopf.TemporaryError(message, delay=RETRY_DELAY) from None
+    _advance(body, memo, Phase.OFFBOARDING, Phase.OFFBOARDED, f"deletion policy {policy}")
+    if status is not None:
+        status.condition("Ready", False, "Offboarded", f"offboarded; data {policy}")
+        status.write(Phase.OFFBOARDED, backup=backup, access=str(Access.NONE))
+    return backup
+
+
+def _backup_intact(backup: dict[str, Any]) -> bool:
+    location = Path(backup["location"])
+    return location.exists() and hashlib.sha256(location.read_bytes()).hexdigest() == backup["sha256"]
+
+
+def _remove_backup(location: str) -> None:
+    Path(location).unlink(missing_ok=True)
+
+
+def _patch_status(kube: Kube, body: kopf.Body, fields: dict[str, Any]) -> None:
+    kube.merge_patch(API_VERSION, "tenants", body.metadata.name, {"status": fields}, subresource="status")
 
 
 @kopf.on.delete(GROUP, VERSION, "tenants")
-def offboard_tenant(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    kube: Kube = memo.kube
-    if memo.database_url:
-        try:
-            drop_tenant_role(memo.database_url, body.metadata.name)
-        except DatabaseUnavailable as exc:
-            raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from None
-    kube.delete("v1", "namespaces", tenant_namespace(body.metadata.name, dict(body.spec)))
+def delete_tenant(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    backup = offboard(body, memo)
+    if backup is not None:
+        kopf.info(body, reason="Offboarded", message=f"tenant deleted; final backup {backup['location']} "
+                                                     f"sha256 {backup['sha256']}")
+
+
+# --- owned objects deleted by hand are put back -------------------------------------------------------------------
+
+def _repair(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    if event.get("type") != "DELETED":
+        return
+    tenant_name = body.metadata.labels.get(TENANT_LABEL)
+    tenant = memo.kube.get(API_VERSION, "tenants", tenant_name) if tenant_name else None
+    if tenant is None or tenant["metadata"].get("deletionTimestamp") or tenant.get("spec", {}).get("offboard"):
+        return
+    if (tenant.get("status") or {}).get("phase") in (Phase.OFFBOARDING, Phase.OFFBOARDED):
+        return
+    # Touch the Tenant: its reconcile recreates what is missing (and a lost Secret gets a new password).
+    lost = f"{body.get('kind', '')}/{body.metadata.name}@{body.metadata.get('resourceVersion', '')}"
+    memo.kube.merge_patch(API_VERSION, "tenants", tenant_name,
+                          {"metadata": {"annotations": {f"{TRIGGER}/repair": lost}}})
+
+
+for _api_version, _plural in OWNED:
+    _group, _, _version = _api_version.rpartition("/")
+    kopf.on.event(_group, _version, _plural, labels={TENANT_LABEL: kopf.PRESENT}, id=f"repair-{_plural}")(_repair)
+kopf.on.event("", "v1", "namespaces", labels={TENANT_LABEL: kopf.PRESENT}, id="repair-namespaces")(_repair)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,3 +53,74 @@ def check_namespace(existing: dict[str, Any] | None, tenant_name: str) -> Namesp
     if existing.get("metadata", {}).get("deletionTimestamp"):
         return NamespaceCheck(False, "NamespaceTerminating", "namespace is being deleted; waiting")
     return NamespaceCheck(True, "Exists", "namespace exists")
+
+
+ADMIN_ACCOUNT = "tenant-admin"
+AGENT_ACCOUNT = "tenant-agent"
+CREDENTIALS_SECRET = "paybill-database"
+QUOTA = "paybill-quota"
+LIMITS = "paybill-limits"
+NETWORK_POLICY = "paybill-default-deny"
+
+
+def owner_reference(tenant: dict[str, Any]) -> dict[str, Any]:
+    meta = tenant["metadata"]
+    return {"apiVersion": API_VERSION, "kind": "Tenant", "name": meta["name"], "uid": meta["uid"],
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def _meta(tenant: dict[str, Any], name: str, namespace: str) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "labels": {**MANAGED_BY, TENANT_LABEL: tenant["metadata"]["name"]},
+            "ownerReferences": [owner_reference(tenant)]}
+
+
+def tenant_resources(tenant: dict[str, Any], plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Everything in the tenant's namespace but the credentials: accounts, RBAC, quotas, default-deny network."""
+    namespace = tenant_namespace(tenant["metadata"]["name"], tenant.get("spec", {}))
+    quotas = {"cpu": "1", "memory": "1Gi", "storage": "5Gi", **(plan.get("spec", {}).get("quotas") or {})}
+    resources: list[dict[str, Any]] = []
+    for account in (ADMIN_ACCOUNT, AGENT_ACCOUNT):
+        resources.append({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(tenant, account, namespace)})
+    rules = {
+        ADMIN_ACCOUNT: [
+            {"apiGroups": ["", "apps", "batch"], "resources": ["*"], "verbs": ["*"]},
+            {"apiGroups": ["paybill.dev"], "resources": ["agentpolicies", "agentworkflows"], "verbs": ["*"]},
+        ],
+        AGENT_ACCOUNT: [
+            {"apiGroups": ["paybill.dev"], "resources": ["agentworkflows"],
+             "verbs": ["get", "list", "watch", "create"]},
+            {"apiGroups": ["paybill.dev"], "resources": ["agentpolicies"], "verbs": ["get", "list", "watch"]},
+        ],
+    }
+    for account, role_rules in rules.items():
+        resources.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                          "metadata": _meta(tenant, account, namespace), "rules": role_rules})
+        resources.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                          "metadata": _meta(tenant, account, namespace),
+                          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+                          "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]})
+    resources.append({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": _meta(tenant, QUOTA, namespace),
+                      "spec": {"hard": {"requests.cpu": quotas["cpu"], "limits.cpu": quotas["cpu"],
+                                        "requests.memory": quotas["memory"], "limits.memory": quotas["memory"],
+                                        "requests.storage": quotas["storage"]}}})
+    ceiling = {"cpu": quotas["cpu"], "memory": quotas["memory"]}
+    resources.append({"apiVersion": "v1", "kind": "LimitRange", "metadata": _meta(tenant, LIMITS, namespace),
+                      "spec": {"limits": [{"type": "Container", "max": ceiling, "default": ceiling,
+                                           "defaultRequest": {"cpu": "50m", "memory": "64Mi"}}]}})
+    resources.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                      "metadata": _meta(tenant, NETWORK_POLICY, namespace),
+                      "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}})
+    return resources
+
+
+def credentials_secret(tenant: dict[str, Any], fields: dict[str, str]) -> dict[str, Any]:
+    """The tenant's database credentials; `fields` are encoded here and never logged or put in status."""
+    namespace = tenant_namespace(tenant["metadata"]["name"], tenant.get("spec", {}))
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": _meta(tenant, CREDENTIALS_SECRET, namespace),
+            "data": {key: base64.b64encode(value.encode()).decode() for key, value in sorted(fields.items())}}
+
+
+def secret_field(secret: dict[str, Any], key: str) -> str | None:
+    value = (secret.get("data") or {}).get(key)
+    return base64.b64decode(value).decode() if value else None

@@ -1,0 +1,254 @@
+"""Tenant lifecycle end to end: the real operator, the emulated API server, a real PostgreSQL server.
+
+Billing walk, manual suspension, plan change with migration, offboarding with a backup that restores,
+owned objects put back after deletion by hand, and an audit chain that verifies.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import itertools
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from paybill.audit import AuditLog, ChainBroken
+from paybill.database.server import LocalPostgres
+from paybill.database.tenants import Placement, TenantDatabases, restore_backup, role_name
+from paybill.lifecycle.conditions import is_true
+
+API = "paybill.dev/v1alpha1"
+pytestmark = pytest.mark.slow
+_names = itertools.count()
+
+
+def plan(name: str, isolation: str, grace_days: int = 7) -> dict[str, Any]:
+    return {"apiVersion": API, "kind": "Plan", "metadata": {"name": name},
+            "spec": {"tier": name, "isolation": isolation, "gracePeriodDays": grace_days,
+                     "quotas": {"cpu": "2", "memory": "2Gi", "storage": "5Gi"}}}
+
+
+def onboard(cluster: Any, isolation: str = "pooled", billing: str = "active", **spec: Any) -> str:
+    name = f"t{next(_names)}-{isolation}"
+    cluster.kube.apply(plan(f"plan-{isolation}", isolation))
+    cluster.kube.apply({"apiVersion": API, "kind": "Subscription", "metadata": {"name": name},
+                        "spec": {"tenantRef": name, "planRef": f"plan-{isolation}", "billingStatus": billing}})
+    cluster.kube.apply({"apiVersion": API, "kind": "Tenant", "metadata": {"name": name},
+                        "spec": {"planRef": f"plan-{isolation}", **spec}})
+    return name
+
+
+def tenant(cluster: Any, name: str) -> dict[str, Any]:
+    return cluster.kube.get(API, "tenants", name) or {}
+
+
+def status(cluster: Any, name: str) -> dict[str, Any]:
+    return tenant(cluster, name).get("status") or {}
+
+
+def wait_phase(cluster: Any, name: str, phase: str, **fields: Any) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        current = status(cluster, name)
+        if current.get("phase") == phase and all(current.get(k) == v for k, v in fields.items()):
+            return current
+        return None
+    return cluster.eventually(check, timeout=40)
+
+
+def credentials(cluster: Any, name: str) -> dict[str, str]:
+    secret = cluster.kube.get("v1", "secrets", "paybill-database", f"tenant-{name}")
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+def login(cluster: Any, name: str) -> psycopg.Connection:
+    return psycopg.connect(credentials(cluster, name)["uri"], autocommit=True, connect_timeout=3)
+
+
+def can_write(cluster: Any, name: str, key: int) -> bool:
+    with login(cluster, name) as conn:
+        try:
+            conn.execute("INSERT INTO customers (tenant_id, id, name) VALUES (%s, %s, 'w')", (name, key))
+        except psycopg.errors.InsufficientPrivilege:
+            return False
+    return True
+
+
+def set_billing(cluster: Any, name: str, billing: str, past_due_days: int | None = None) -> None:
+    since = None if past_due_days is None else (datetime.datetime.now(datetime.UTC)
+                                                - datetime.timedelta(days=past_due_days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    cluster.kube.merge_patch(API, "subscriptions", name, {"spec": {"billingStatus": billing, "pastDueSince": since}})
+
+
+def test_onboarding_provisions_namespace_objects_and_database_per_model(operator: Any,
+                                                                        postgres: LocalPostgres) -> None:
+    names = {isolation: onboard(operator, isolation) for isolation in ("pooled", "bridge", "silo")}
+    for isolation, name in names.items():
+        current = wait_phase(operator, name, "Active")
+        assert current["isolation"] == isolation and current["access"] == "full"
+        assert current["database"]["role"] == role_name(name)
+        namespace = f"tenant-{name}"
+        kube = operator.kube
+        assert {sa["metadata"]["name"] for sa in kube.list("v1", "serviceaccounts", namespace)} == {
+            "tenant-admin", "tenant-agent"}
+        assert len(kube.list("rbac.authorization.k8s.io/v1", "roles", namespace)) == 2
+        assert len(kube.list("rbac.authorization.k8s.io/v1", "rolebindings", namespace)) == 2
+        quota = kube.get("v1", "resourcequotas", "paybill-quota", namespace)
+        assert quota["spec"]["hard"]["requests.cpu"] == "2"
+        assert kube.get("v1", "limitranges", "paybill-limits", namespace) is not None
+        policy = kube.get("networking.k8s.io/v1", "networkpolicies", "paybill-default-deny", namespace)
+        assert policy["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+        secret = credentials(operator, name)
+        assert secret["database"] == current["database"]["database"]
+        with login(operator, name) as conn:
+            conn.execute("INSERT INTO customers (tenant_id, id, name) VALUES (%s, 1, 'first')", (name,))
+            assert conn.execute("SELECT count(*) FROM customers").fetchone()[0] == 1
+        # The password is in the Secret only: never in status, Events or the object itself.
+        everything = str(tenant(operator, name)) + str(kube.list("v1", "events"))
+        assert secret["password"] not in everything
+
+
+def test_billing_walk_restricts_then_suspends_then_restores(operator: Any) -> None:
+    name = onboard(operator, "pooled")
+    wait_phase(operator, name, "Active", access="full")
+    assert can_write(operator, name, 1)
+
+    set_billing(operator, name, "past_due", past_due_days=1)  # within the 7-day grace period
+    current = wait_phase(operator, name, "Active", restriction="grace_period")
+    assert current["access"] == "full" and can_write(operator, name, 2)
+    assert not is_true(current["conditions"], "Billing")
+
+    set_billing(operator, name, "past_due", past_due_days=8)  # grace period over: read-only
+    wait_phase(operator, name, "Active", restriction="grace_period_over", access="read_only")
+    assert not can_write(operator, name, 3)
+    with login(operator, name) as conn:
+        assert conn.execute("SELECT count(*) FROM customers").fetchone()[0] == 2
+
+    session = login(operator, name)
+    set_billing(operator, name, "unpaid")  # restricted: suspended for billing
+    current = wait_phase(operator, name, "Suspended", restriction="restricted")
+    assert current["suspendedFor"] == ["billing"] and current["access"] == "none"
+    with pytest.raises(psycopg.OperationalError):
+        session.execute("SELECT 1")  # the open session was ended
+    with pytest.raises(psycopg.OperationalError, match="not permitted to log in"):
+        login(operator, name)
+    namespace = operator.kube.get("v1", "namespaces", f"tenant-{name}")
+    assert namespace is not None and not namespace["metadata"].get("deletionTimestamp")  # nothing is lost
+
+    set_billing(operator, name, "active")  # paid
+    current = wait_phase(operator, name, "Active", restriction="none", access="full")
+    assert current["suspendedFor"] == [] and can_write(operator, name, 4)
+    reasons = [e["reason"] for e in operator.kube.list("v1", "events")
+               if e["involvedObject"]["name"] == name and e["involvedObject"]["kind"] == "Tenant"]
+    assert "Suspended" in reasons and reasons.count("Active") >= 2  # suspended, then resumed
+
+
+def test_manual_suspension_is_reversible_and_independent_of_billing(operator: Any) -> None:
+    name = onboard(operator, "bridge")
+    wait_phase(operator, name, "Active")
+    operator.kube.merge_patch(API, "tenants", name, {"spec": {"suspended": True}})
+    assert wait_phase(operator, name, "Suspended")["suspendedFor"] == ["manual"]
+    set_billing(operator, name, "unpaid")
+    assert wait_phase(operator, name, "Suspended", suspendedFor=["billing", "manual"])
+    operator.kube.merge_patch(API, "tenants", name, {"spec": {"suspended": False}})
+    assert wait_phase(operator, name, "Suspended", suspendedFor=["billing"])  # billing still holds it
+    set_billing(operator, name, "active")
+    wait_phase(operator, name, "Active", suspendedFor=[])
+    assert can_write(operator, name, 10)
+
+
+def test_plan_change_migrates_pooled_to_silo_and_back_without_losing_rows(operator: Any,
+                                                                           postgres: LocalPostgres) -> None:
+    name = onboard(operator, "pooled")
+    wait_phase(operator, name, "Active")
+    with login(operator, name) as conn:
+        for key in range(1, 51):
+            conn.execute("INSERT INTO customers (tenant_id, id, name) VALUES (%s, %s, %s)", (name, key, f"c{key}"))
+    operator.kube.apply(plan("plan-silo", "silo"))
+    operator.kube.merge_patch(API, "tenants", name, {"spec": {"planRef": "plan-silo"}})
+    current = wait_phase(operator, name, "Active", isolation="silo")
+    assert current["database"]["database"] == role_name(name)
+    with login(operator, name) as conn:
+        assert conn.execute("SELECT count(*) FROM customers").fetchone()[0] == 50
+    events = [e for e in operator.kube.list("v1", "events") if e["involvedObject"]["name"] == name]
+    assert {"Migrating", "Migrated"} <= {e["reason"] for e in events}
+    assert any("checksums verified" in e["message"] for e in events)
+    with psycopg.connect(postgres.dsn, dbname="paybill_pooled") as conn:  # nothing left behind in the pool
+        assert conn.execute("SELECT count(*) FROM app.customers WHERE tenant_id = %s", (name,)).fetchone()[0] == 0
+
+    operator.kube.merge_patch(API, "tenants", name, {"spec": {"planRef": "plan-pooled"}})  # downgrade
+    wait_phase(operator, name, "Active", isolation="pooled")
+    with login(operator, name) as conn:
+        assert conn.execute("SELECT count(*) FROM customers").fetchone()[0] == 50
+
+
+@pytest.mark.parametrize("isolation", ["pooled", "silo"])
+def test_offboarding_takes_a_backup_that_restores_then_applies_the_deletion_policy(
+        operator: Any, postgres: LocalPostgres, isolation: str) -> None:
+    name = onboard(operator, isolation)
+    wait_phase(operator, name, "Active")
+    with login(operator, name) as conn:
+        for key in range(1, 21):
+            conn.execute("INSERT INTO customers (tenant_id, id, name) VALUES (%s, %s, %s)", (name, key, f"c{key}"))
+            conn.execute("INSERT INTO orders (tenant_id, id, customer_id, status, total) VALUES (%s, %s, %s, 'open', "
+                         "%s)", (name, key, key, key * 1.5))
+    databases = TenantDatabases(postgres.dsn)
+    placement, _, _ = databases.recorded(name)
+    assert placement is not None
+    expected = databases.checksums(placement)
+    operator.kube.merge_patch(API, "tenants", name, {"spec": {"offboard": True}})
+    current = wait_phase(operator, name, "Offboarded")
+    backup = current["backup"]
+    assert backup["tables"] == {t: {"rows": c.rows, "md5": c.md5} for t, c in expected.items()}
+    assert operator.eventually(lambda: operator.kube.get("v1", "namespaces", f"tenant-{name}") is None)
+    with psycopg.connect(postgres.dsn) as conn:  # snapshot: the data and the role are gone
+        assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role_name(name),)).fetchone() is None
+    assert databases.recorded(name) == (None, None, None)
+    restored_db = f"restored_{name.replace('-', '_')}"
+    restore_backup(postgres.dsn, Path(backup["location"]), restored_db)
+    restored = Placement(name, placement.isolation, restored_db, placement.schema)
+    assert databases.checksums(restored) == expected
+    operator.kube.merge_patch(API, "tenants", name, {"spec": {"offboard": False}})  # irreversible
+    operator.eventually(lambda: any(e["reason"] == "TransitionRefused" for e in operator.kube.list("v1", "events")
+                                    if e["involvedObject"]["name"] == name))
+    assert status(operator, name)["phase"] == "Offboarded"
+    databases.close()
+
+
+def test_owned_objects_deleted_by_hand_come_back(operator: Any) -> None:
+    name = onboard(operator, "pooled")
+    wait_phase(operator, name, "Active")
+    namespace = f"tenant-{name}"
+    kube = operator.kube
+    old_uid = kube.get("networking.k8s.io/v1", "networkpolicies", "paybill-default-deny", namespace)["metadata"]["uid"]
+    kube.delete("networking.k8s.io/v1", "networkpolicies", "paybill-default-deny", namespace)
+    kube.delete("v1", "secrets", "paybill-database", namespace)
+    back = operator.eventually(lambda: kube.get("networking.k8s.io/v1", "networkpolicies", "paybill-default-deny",
+                                                namespace))
+    assert back["metadata"]["uid"] != old_uid
+    operator.eventually(lambda: kube.get("v1", "secrets", "paybill-database", namespace))
+    # A lost Secret means a new password; the role follows it.
+    operator.eventually(lambda: can_write(operator, name, 99), timeout=30)
+
+
+def test_every_transition_is_in_a_verifiable_audit_chain(operator: Any, postgres: LocalPostgres) -> None:
+    name = onboard(operator, "pooled")
+    wait_phase(operator, name, "Active")
+    operator.kube.merge_patch(API, "tenants", name, {"spec": {"suspended": True}})
+    wait_phase(operator, name, "Suspended")
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        log = AuditLog(lambda: conn)
+        events = [(r.event, r.details["to"]) for r in log.records("Tenant", name)]
+        assert events == [("provision", "Provisioning"), ("provisioned", "Active"), ("suspend", "Suspended")]
+        assert log.verify() >= 3
+        original = conn.execute("SELECT details FROM paybill.audit_log WHERE name = %s AND event = 'suspend'",
+                                (name,)).fetchone()[0]
+        conn.execute("UPDATE paybill.audit_log SET details = jsonb_set(details, '{why}', '\"edited\"') "
+                     "WHERE name = %s AND event = 'suspend'", (name,))
+        with pytest.raises(ChainBroken, match="content does not match its hash"):
+            log.verify()
+        conn.execute("UPDATE paybill.audit_log SET details = %s WHERE name = %s AND event = 'suspend'",
+                     (psycopg.types.json.Jsonb(original), name))
+        assert log.verify() >= 3
