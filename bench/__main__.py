@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import policy
+from . import policy, tenants
 
 
 def machine() -> str:
@@ -37,7 +37,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer iterations (for a smoke run)")
     parser.add_argument("--out", default="BENCHMARKS.md")
     args = parser.parse_args()
-    sections = [policy.run(args.quick)]
+    sections = [policy.run(args.quick), tenants.run(args.quick)]
     text = "\n\n".join([
         "# Benchmarks",
         "",

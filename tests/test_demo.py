@@ -20,9 +20,12 @@ def test_demo_brings_sample_tenants_to_ready_and_stops_cleanly() -> None:
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "emulated Kubernetes API server" in result.stdout
-    assert "all 3 tenants Ready" in result.stdout
+    assert "all 4 tenants Ready" in result.stdout
     assert result.stdout.count("  DENIED ") == 5 and result.stdout.count("  ALLOWED ") == 2
     assert "only tenant acme's rows seen" in result.stdout and "globex customer" not in result.stdout
+    walk = [line for line in result.stdout.splitlines() if "-> tenant" in line]
+    outcomes = [next(k for k in ("write ok", "write refused", "login refused") if k in line) for line in walk]
+    assert outcomes == ["write ok", "write refused", "login refused", "write ok"]
     assert "stopped: operator, emulated API server, PostgreSQL" in result.stdout
     leftovers = subprocess.run(["pgrep", "-f", str(state)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", f"processes left behind: {leftovers.stdout}"

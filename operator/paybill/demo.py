@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import secrets
 import subprocess
@@ -138,12 +139,67 @@ async def _converge(kube: Kube, samples: Path, keep: bool, timeout: float, kubec
     say(f"all {ready} tenants Ready")
     if not await asyncio.to_thread(agent_gate, database_url, samples / "agents"):
         return 1
+    if not await billing_walk(kube, "acme", timeout):
+        return 1
     if keep:
         say(f"stack left running. In another shell:  export KUBECONFIG={kubeconfig}; kubectl get paybill")
         say("press Ctrl-C to stop everything")
         while operator.poll() is None:
             await asyncio.sleep(1)
     return 0
+
+
+async def billing_walk(kube: Kube, name: str, timeout: float) -> bool:
+    """A payment failure, step by step: grace, read-only, suspended; then the payment, and service is back."""
+    say(f"billing: payment failures for tenant {name}")
+    steps = (
+        ("past_due", 1, "Active", "full", "past due, inside the grace period: full service"),
+        ("past_due", 30, "Active", "read_only", "grace period over: data is read-only"),
+        ("unpaid", 30, "Suspended", "none", "unpaid: suspended, open sessions ended, logins refused"),
+        ("active", None, "Active", "full", "paid: service restored"),
+    )
+    for billing, days, phase, access, story in steps:
+        since = None if days is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - days * 86400))
+        await asyncio.to_thread(kube.merge_patch, API_VERSION, "subscriptions", name,
+                                {"spec": {"billingStatus": billing, "pastDueSince": since}})
+        deadline = time.monotonic() + timeout
+        status: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            status = ((await asyncio.to_thread(kube.get, API_VERSION, "tenants", name)) or {}).get("status") or {}
+            if status.get("phase") == phase and status.get("access") == access:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            say(f"FAILED: tenant {name} did not reach {phase} with access {access} (is {status.get('phase')}, "
+                f"{status.get('access')})")
+            return False
+        probe = await asyncio.to_thread(_probe_tenant_login, kube, name)
+        say(f"  {billing:<9} -> tenant {phase:<9} restriction {status.get('restriction'):<17} {story}; "
+            f"as the tenant: {probe}")
+    return True
+
+
+def _probe_tenant_login(kube: Kube, name: str) -> str:
+    """Log in with the tenant's own credentials (from its Secret) and try a read and a write."""
+    secret = kube.get("v1", "secrets", "paybill-database", f"tenant-{name}") or {}
+    uri = base64.b64decode((secret.get("data") or {}).get("uri", "")).decode()
+    try:
+        with psycopg.connect(uri, autocommit=True, connect_timeout=3) as conn:
+            rows = conn.execute("SELECT count(*) FROM customers").fetchone()[0]
+            try:
+                with conn.transaction():
+                    conn.execute("INSERT INTO customers (tenant_id, id, name) VALUES (%s, -1, 'probe')", (name,))
+                    raise _Rollback
+            except _Rollback:
+                return f"login ok, read {rows} rows, write ok"
+            except psycopg.errors.InsufficientPrivilege:
+                return f"login ok, read {rows} rows, write refused"
+    except psycopg.OperationalError as error:
+        return "login refused (" + (str(error).strip().splitlines() or ["?"])[-1].split(": ")[-1] + ")"
+
+
+class _Rollback(Exception):
+    pass
 
 
 HOSTILE = (

@@ -1,5 +1,5 @@
 """Thin kopf handlers: `kopf run -m paybill.handlers` (or `paybill operator`) registers them all."""
 
-from . import catalog, settings, tenant
+from . import catalog, repair, settings, tenant
 
-__all__ = ["catalog", "settings", "tenant"]
+__all__ = ["catalog", "repair", "settings", "tenant"]

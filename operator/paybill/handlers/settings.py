@@ -17,6 +17,7 @@ from .persistence import PREFIX, DigestDiffBaseStorage
 
 DATABASE_URL_ENV = "PAYBILL_DATABASE_URL"
 BACKUP_DIR_ENV = "PAYBILL_BACKUP_DIR"
+WORKER_LIMIT_ENV = "PAYBILL_WORKER_LIMIT"
 
 
 @kopf.on.startup()
@@ -28,6 +29,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     settings.peering.standalone = True
     settings.watching.server_timeout = 300
     settings.queueing.error_delays = [1, 2, 5, 10, 30, 60]
+    # Objects are worked on by at most this many workers at once (the rest queue): at startup over
+    # thousands of tenants, an unbounded burst keeps its high-water memory for good.
+    settings.queueing.worker_limit = int(os.environ.get(WORKER_LIMIT_ENV) or 128)
+    settings.queueing.idle_timeout = 0.5  # a worker holds its slot while idle: free it soon
     load_config()
     memo.kube = Kube()
     database_url = os.environ.get(DATABASE_URL_ENV) or None

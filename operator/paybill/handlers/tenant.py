@@ -28,7 +28,6 @@ from ..lifecycle.conditions import set_condition
 from ..lifecycle.machine import Event, SuspensionCause, Transition, TransitionRefused, path, retry_delay, transition
 from ..lifecycle.tenant import (
     CREDENTIALS_SECRET,
-    TENANT_LABEL,
     check_namespace,
     credentials_secret,
     namespace_manifest,
@@ -39,9 +38,6 @@ from ..lifecycle.tenant import (
 
 RETRY_DELAY = 10
 TRIGGER = "trigger.paybill.dev"  # not kopf's own prefix, so a change here re-runs the tenant's reconcile
-OWNED = (("v1", "serviceaccounts"), ("v1", "secrets"), ("v1", "resourcequotas"), ("v1", "limitranges"),
-         ("rbac.authorization.k8s.io/v1", "roles"), ("rbac.authorization.k8s.io/v1", "rolebindings"),
-         ("networking.k8s.io/v1", "networkpolicies"))
 FAILURES = (DatabaseUnavailable, MigrationError, KubeError, psycopg.Error)
 
 
@@ -356,26 +352,3 @@ def delete_tenant(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if backup is not None:
         kopf.info(body, reason="Offboarded", message=f"tenant deleted; final backup {backup['location']} "
                                                      f"sha256 {backup['sha256']}")
-
-
-# --- owned objects deleted by hand are put back -------------------------------------------------------------------
-
-def _repair(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    if event.get("type") != "DELETED":
-        return
-    tenant_name = body.metadata.labels.get(TENANT_LABEL)
-    tenant = memo.kube.get(API_VERSION, "tenants", tenant_name) if tenant_name else None
-    if tenant is None or tenant["metadata"].get("deletionTimestamp") or tenant.get("spec", {}).get("offboard"):
-        return
-    if (tenant.get("status") or {}).get("phase") in (Phase.OFFBOARDING, Phase.OFFBOARDED):
-        return
-    # Touch the Tenant: its reconcile recreates what is missing (and a lost Secret gets a new password).
-    lost = f"{body.get('kind', '')}/{body.metadata.name}@{body.metadata.get('resourceVersion', '')}"
-    memo.kube.merge_patch(API_VERSION, "tenants", tenant_name,
-                          {"metadata": {"annotations": {f"{TRIGGER}/repair": lost}}})
-
-
-for _api_version, _plural in OWNED:
-    _group, _, _version = _api_version.rpartition("/")
-    kopf.on.event(_group, _version, _plural, labels={TENANT_LABEL: kopf.PRESENT}, id=f"repair-{_plural}")(_repair)
-kopf.on.event("", "v1", "namespaces", labels={TENANT_LABEL: kopf.PRESENT}, id="repair-namespaces")(_repair)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import kubernetes
@@ -56,6 +57,27 @@ class Kube:
         if response.status >= 400:
             raise KubeError(response.status, _message(response.data, response.reason))
         return json.loads(response.data) if response.data else None
+
+    def watch(self, api_version: str, plural: str, resource_version: str, label_selector: str | None = None,
+              timeout_seconds: int = 60) -> Iterator[dict[str, Any]]:
+        """Watch events of a collection (all namespaces) from `resource_version`, until the server ends it."""
+        query = {"watch": "1", "resourceVersion": resource_version, "timeoutSeconds": str(timeout_seconds),
+                 "allowWatchBookmarks": "true", **({"labelSelector": label_selector} if label_selector else {})}
+        params = self.api.param_serialize("GET", resource_path(api_version, plural), query_params=list(query.items()),
+                                          header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+        try:
+            response = self.api.call_api(*params, _request_timeout=timeout_seconds + 10)
+        except ApiException as exc:
+            raise KubeError(exc.status or 0, str(exc.reason)) from None
+        stream = response.response
+        try:
+            if stream.status >= 400:
+                raise KubeError(stream.status, _message(stream.read(), stream.reason))
+            for line in stream:
+                if line.strip():
+                    yield json.loads(line)
+        finally:
+            stream.release_conn()
 
     def get(self, api_version: str, plural: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         try:
