@@ -328,11 +328,9 @@ class TenantDatabases:
 
     @staticmethod
     def _end_sessions(conn: psycopg.Connection, role: str, database: str | None = None) -> int:
-        query = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND "
-        if database is None:
-            row = conn.execute(query + "usename = %s", (role,)).fetchone()
-        else:
-            row = conn.execute(query + "datname = %s", (database,)).fetchone()
+        row = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE pid <> "
+                           "pg_backend_pid() AND usename = %s AND (%s::text IS NULL OR datname = %s)",
+                           (role, database, database)).fetchone()
         return int(row[0]) if row else 0
 
     def access_of(self, placement: Placement) -> Access:
@@ -409,22 +407,24 @@ class TenantDatabases:
         if not self._database_exists(placement.database):
             return
         with self.session(placement.database) as conn:
+            if self._role_exists(conn, placement.role):
+                # Access goes first: a client still at the old placement gets an error, never an empty answer.
+                if placement.pooled:
+                    conn.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(POOLED_GROUP), role))
+                conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(
+                    sql.Identifier(placement.database), role))
+                conn.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} RESET ALL").format(
+                    role, sql.Identifier(placement.database)))
+                self._end_sessions(conn, placement.role, placement.database)
             if placement.pooled:
                 with conn.transaction():
                     for table in reversed(TABLES):
                         conn.execute(sql.SQL("DELETE FROM {} WHERE tenant_id = %s").format(
                             sql.Identifier(APP_SCHEMA, table)), (placement.tenant,))
                     conn.execute("DELETE FROM paybill.tenant_roles WHERE role = %s", (placement.role,))
-                if self._role_exists(conn, placement.role):
-                    conn.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(POOLED_GROUP), role))
             else:
                 conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(placement.schema)))
                 self._ready.discard((placement.database, placement.schema))
-            if self._role_exists(conn, placement.role):
-                conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(
-                    sql.Identifier(placement.database), role))
-                conn.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} RESET ALL").format(
-                    role, sql.Identifier(placement.database)))
 
     def drop_role(self, tenant: str) -> None:
         role = role_name(tenant)
