@@ -40,7 +40,6 @@ def main() -> int:
     sections = [policy.run(args.quick), tenants.run(args.quick)]
     text = "\n\n".join([
         "# Benchmarks",
-        "",
         f"Machine: {machine()}.",
         f"Command: `make bench` (`{Path(sys.executable).name} -m bench{' --quick' if args.quick else ''}`); "
         "every figure in a table comes from the same run, side by side.",

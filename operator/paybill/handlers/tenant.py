@@ -196,8 +196,9 @@ def _publish_credentials(kube: Kube, body: kopf.Body, databases: TenantDatabases
                                             password=password)}
     desired = credentials_secret(dict(body), fields)
     current = kube.get("v1", "secrets", CREDENTIALS_SECRET, desired["metadata"]["namespace"])
-    if current is None or (current.get("data") or {}) != desired["data"]:
+    if current is None:
         _ensure(kube, desired)
+    elif (current.get("data") or {}) != desired["data"]:
         kube.merge_patch("v1", "secrets", CREDENTIALS_SECRET, {"data": desired["data"]},
                          desired["metadata"]["namespace"])
 
