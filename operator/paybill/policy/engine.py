@@ -66,6 +66,11 @@ class PolicyEngine:
     def _bind(self, admitted: _Admitted, params: list[Any], tenant: str | None,
               approvals: frozenset[str]) -> Decision:
         decision = admitted.decision
+        digest = plan_hash(decision.fingerprint or "", params, self.version, tenant)
+        if decision.allowed and admitted.approvers is None and _params_fit(admitted.params, params):
+            # The hot path (a cached, admitted statement with good parameters): no new reasons.
+            return Decision(True, decision.mode, decision.reasons, decision.sql, decision.statement, decision.rules,
+                            decision.fingerprint, digest, decision.policy_version, decision.extra)
         reasons = list(decision.reasons)
         expected = admitted.params
         if decision.fingerprint is not None:
@@ -87,10 +92,8 @@ class PolicyEngine:
                                                            f"{', '.join(sorted(admitted.approvers))}"))
         allowed = decision.allowed and not any(
             r.code not in POLICY_CODES or decision.mode == "enforce" for r in reasons[len(decision.reasons):])
-        fp = decision.fingerprint or ""
         return dataclasses.replace(decision, allowed=allowed, reasons=tuple(reasons),
-                                   sql=decision.sql if allowed else None,
-                                   plan_hash=plan_hash(fp, params, self.version, tenant))
+                                   sql=decision.sql if allowed else None, plan_hash=digest)
 
     def _admit(self, principal: str, sql: str, tenant: str | None) -> _Admitted:
         mode = self.rules.mode
@@ -178,3 +181,13 @@ class PolicyEngine:
 
 def _scalar(value: Any) -> bool:
     return value is None or isinstance(value, str | int | float | bool)
+
+
+def _params_fit(expected: dict[int, ParamType | None], params: list[Any]) -> bool:
+    if len(params) != len(expected):
+        return False
+    for number, value in enumerate(params, start=1):
+        kind = expected.get(number)
+        if not (param_fits(kind, value) if kind is not None else _scalar(value)):
+            return False
+    return True
