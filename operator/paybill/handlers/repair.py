@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 import kopf
@@ -74,7 +73,7 @@ class OwnedObjectsWatch(threading.Thread):
             except Exception:  # a watcher must not die: log and start over
                 logger.exception("watch of %s crashed; restarting", self.plural)
                 version = None
-                time.sleep(1.0)
+                self.stop.wait(1.0)
 
 
 @kopf.on.startup()

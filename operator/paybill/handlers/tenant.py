@@ -243,7 +243,7 @@ def _migrate(body: kopf.Body, memo: kopf.Memo, status: _Status, source: Placemen
 def _fail(body: kopf.Body, memo: kopf.Memo, status: _Status, exc: BaseException, retry: int) -> None:
     reason = {DatabaseUnavailable: "DatabaseUnavailable", MigrationError: "MigrationFailed"}.get(
         type(exc), "ProvisioningFailed")
-    message = (str(exc).splitlines() or [type(exc).__name__])[0]
+    message = _first_line(exc)
     if isinstance(exc, (DatabaseUnavailable, MigrationError, psycopg.Error)):
         status.condition("DatabaseReady", False, reason, message)
     phase = status.phase
@@ -280,6 +280,10 @@ def _advance(body: kopf.Body, memo: kopf.Memo, source: Phase, target: Phase, why
             except (DatabaseUnavailable, psycopg.Error):
                 kopf.warn(body, reason="AuditUnavailable", message="could not append the audit record; "
                                                                    "the database is unreachable")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def _camel(value: str) -> str:
@@ -320,11 +324,11 @@ def offboard(body: kopf.Body, memo: kopf.Memo, status: _Status | None = None) ->
                     databases.drop_role(name)
                     databases.forget(name)
                 if policy == DeletionPolicy.DESTROY and backup is not None:
-                    _remove_backup(backup["location"])
+                    Path(backup["location"]).unlink(missing_ok=True)
                     backup = {**backup, "location": f"{backup['location']} (deleted: deletionPolicy destroy)"}
         kube.delete("v1", "namespaces", tenant_namespace(name, spec))
     except FAILURES as exc:
-        message = (str(exc).splitlines() or [type(exc).__name__])[0]
+        message = _first_line(exc)
         kopf.warn(body, reason="OffboardingFailed", message=message)
         raise kopf.TemporaryError(message, delay=RETRY_DELAY) from None
     _advance(body, memo, Phase.OFFBOARDING, Phase.OFFBOARDED, f"deletion policy {policy}")
@@ -337,10 +341,6 @@ def offboard(body: kopf.Body, memo: kopf.Memo, status: _Status | None = None) ->
 def _backup_intact(backup: dict[str, Any]) -> bool:
     location = Path(backup["location"])
     return location.exists() and hashlib.sha256(location.read_bytes()).hexdigest() == backup["sha256"]
-
-
-def _remove_backup(location: str) -> None:
-    Path(location).unlink(missing_ok=True)
 
 
 def _patch_status(kube: Kube, body: kopf.Body, fields: dict[str, Any]) -> None:
