@@ -28,6 +28,7 @@ from psycopg import conninfo, errors, sql
 
 from ..api.plan import Isolation
 from ..billing.grace import Access
+from ..errors import first_line
 from .migrations import LATEST, LEDGER, TABLES, migrate, schema_script
 from .server import tool_path
 
@@ -100,10 +101,6 @@ class Backup:
                 "tables": {name: {"rows": c.rows, "md5": c.md5} for name, c in sorted(self.checksums.items())}}
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0]
-
-
 class TenantDatabases:
     """Provision, restrict, back up, migrate and remove tenant data on one PostgreSQL server.
 
@@ -116,7 +113,6 @@ class TenantDatabases:
         self.backup_dir = backup_dir
         self._local = threading.local()
         self._ready: set[tuple[str, str]] = set()  # (database, schema) at the latest migration, set up
-        self._lock = threading.Lock()
 
     # --- connections -----------------------------------------------------------------------------------
 
@@ -128,7 +124,7 @@ class TenantDatabases:
             return psycopg.connect(self.dsn(database), autocommit=True, connect_timeout=5)
         except psycopg.OperationalError as exc:
             # Names host and port at most; the DSN (which may hold a password) is never echoed.
-            raise DatabaseUnavailable(f"cannot connect to the tenant database server: {_first_line(exc)}") from None
+            raise DatabaseUnavailable(f"cannot connect to the tenant database server: {first_line(exc)}") from None
 
     def connect(self, database: str | None = None) -> psycopg.Connection:
         """A cached autocommit connection for this thread (the operator's database when None)."""
@@ -147,7 +143,7 @@ class TenantDatabases:
             yield conn
         except psycopg.OperationalError as exc:
             conn.close()
-            raise DatabaseUnavailable(f"tenant database server failed: {_first_line(exc)}") from None
+            raise DatabaseUnavailable(f"tenant database server failed: {first_line(exc)}") from None
         finally:
             if not shared:
                 conn.close()
@@ -373,10 +369,9 @@ class TenantDatabases:
         self.backup_dir.mkdir(parents=True, exist_ok=True)
         path = self.backup_dir / f"{name}.sql"
         partial = path.with_suffix(".partial")
-        params = conninfo.conninfo_to_dict(self.dsn(placement.database))
-        env = {**os.environ, **({"PGPASSWORD": str(params.pop("password"))} if "password" in params else {})}
+        dbname, env = _client_connection(self.dsn(placement.database))
         argv = [tool_path("pg_dump"), "--data-only", "--no-owner", "--no-privileges", "--schema", placement.schema,
-                "--exclude-table", f"{placement.schema}.{LEDGER}", "--dbname", conninfo.make_conninfo(**params)]
+                "--exclude-table", f"{placement.schema}.{LEDGER}", "--dbname", dbname]
         if placement.pooled:
             argv += ["--role", placement.role, "--enable-row-security"]
         with self.session(placement.database) as conn:
@@ -503,14 +498,20 @@ def _diff(before: dict[str, TableChecksum], after: dict[str, TableChecksum]) -> 
                      for table in before if before[table] != after.get(table)) or "checksums differ"
 
 
+def _client_connection(dsn: str) -> tuple[str, dict[str, str]]:
+    """(conninfo without the password, environment carrying it) for pg_dump and psql: a password on a
+    command line is visible to every user of the machine."""
+    params = conninfo.conninfo_to_dict(dsn)
+    password = params.pop("password", None)
+    return conninfo.make_conninfo(**params), {**os.environ, **({"PGPASSWORD": str(password)} if password else {})}
+
+
 def restore_backup(admin_dsn: str, path: Path, database: str) -> None:
     """Create `database` and load a backup into it with psql (stops at the first error)."""
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-    params = conninfo.conninfo_to_dict(conninfo.make_conninfo(admin_dsn, dbname=database))
-    env = {**os.environ, **({"PGPASSWORD": str(params.pop("password"))} if "password" in params else {})}
+    dbname, env = _client_connection(conninfo.make_conninfo(admin_dsn, dbname=database))
     result = subprocess.run([tool_path("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(path),
-                             "--dbname", conninfo.make_conninfo(**params)], capture_output=True, text=True, env=env,
-                            stdin=subprocess.DEVNULL)
+                             "--dbname", dbname], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
     if result.returncode != 0:
         raise DatabaseUnavailable(f"restore failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")

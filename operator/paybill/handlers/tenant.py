@@ -23,6 +23,7 @@ from ..api.tenant import DeletionPolicy
 from ..api.tenant import TenantPhase as Phase
 from ..billing.grace import Access, BillingState, billing_state
 from ..database.tenants import DatabaseUnavailable, MigrationError, Placement, TenantDatabases, placement_for
+from ..errors import first_line
 from ..kube.client import Kube, KubeError
 from ..lifecycle.conditions import set_condition
 from ..lifecycle.machine import Event, SuspensionCause, Transition, TransitionRefused, path, retry_delay, transition
@@ -243,7 +244,7 @@ def _migrate(body: kopf.Body, memo: kopf.Memo, status: _Status, source: Placemen
 def _fail(body: kopf.Body, memo: kopf.Memo, status: _Status, exc: BaseException, retry: int) -> None:
     reason = {DatabaseUnavailable: "DatabaseUnavailable", MigrationError: "MigrationFailed"}.get(
         type(exc), "ProvisioningFailed")
-    message = _first_line(exc)
+    message = first_line(exc)
     if isinstance(exc, (DatabaseUnavailable, MigrationError, psycopg.Error)):
         status.condition("DatabaseReady", False, reason, message)
     phase = status.phase
@@ -280,10 +281,6 @@ def _advance(body: kopf.Body, memo: kopf.Memo, source: Phase, target: Phase, why
             except (DatabaseUnavailable, psycopg.Error):
                 kopf.warn(body, reason="AuditUnavailable", message="could not append the audit record; "
                                                                    "the database is unreachable")
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def _camel(value: str) -> str:
@@ -328,7 +325,7 @@ def offboard(body: kopf.Body, memo: kopf.Memo, status: _Status | None = None) ->
                     backup = {**backup, "location": f"{backup['location']} (deleted: deletionPolicy destroy)"}
         kube.delete("v1", "namespaces", tenant_namespace(name, spec))
     except FAILURES as exc:
-        message = _first_line(exc)
+        message = first_line(exc)
         kopf.warn(body, reason="OffboardingFailed", message=message)
         raise kopf.TemporaryError(message, delay=RETRY_DELAY) from None
     _advance(body, memo, Phase.OFFBOARDING, Phase.OFFBOARDED, f"deletion policy {policy}")

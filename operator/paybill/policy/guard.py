@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import errors, sql
 
+from ..errors import first_line
 from .decision import Decision, Reason
 from .engine import PolicyEngine
 
@@ -107,9 +108,9 @@ class ExecutionGuard:
             return Outcome(decision, reasons=(Reason("timeout", f"statement ran longer than "
                                                                 f"{limits.statementTimeoutMs} ms"),))
         except errors.InsufficientPrivilege as error:
-            return Outcome(decision, reasons=(Reason("database_denied", _first_line(error)),))
+            return Outcome(decision, reasons=(Reason("database_denied", first_line(error)),))
         except psycopg.Error as error:
-            return Outcome(decision, reasons=(Reason("database_error", _first_line(error)),))
+            return Outcome(decision, reasons=(Reason("database_error", first_line(error)),))
 
     def _cost(self, conn: psycopg.Connection, decision: Decision, params: list[Any]) -> float:
         key = decision.sql or ""  # the statement's shape: estimated once, with its first parameters
@@ -145,6 +146,3 @@ class ExecutionGuard:
         affected = cur.rowcount if decision.statement != "select" else 0
         return Outcome(decision, True, columns, rows, affected, cost)
 
-
-def _first_line(error: Exception) -> str:
-    return (str(error).splitlines() or [type(error).__name__])[0]
