@@ -1,7 +1,8 @@
 """Walk one parsed statement: resolve every name against the schema, collect accesses, flag what is forbidden.
 
-The walker knows a deliberately small part of PostgreSQL's grammar. Any node it does not know is a
-reason to deny: default deny applies to syntax as much as to tables.
+The tree is libpg_query's protobuf form (see `tree`). The walker knows a deliberately small part of
+PostgreSQL's grammar. Any node it does not know is a reason to deny: default deny applies to syntax as
+much as to tables.
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from pglast import ast, enums
-
 from .decision import Reason
 from .rules import UNSAFE_FUNCTIONS, RuleSet
 from .schema import TENANT_COLUMN, Schema, Table, TypeFamily
+from .tree import pb, unwrap
 
 COMPARISONS = frozenset({"=", "<>", "!=", "<", ">", "<=", ">="})
 OPERATORS = COMPARISONS | frozenset({"+", "-", "*", "/", "%", "||", "~~", "!~~", "~~*", "!~~*"})
@@ -23,21 +23,18 @@ CASTS = frozenset({"int2", "int4", "int8", "smallint", "integer", "int", "bigint
                    "float8", "real", "text", "varchar", "bpchar", "char", "bool", "boolean", "date", "time",
                    "timestamp", "timestamptz", "interval", "uuid", "json", "jsonb"})
 TIME_VALUE_FUNCTIONS = frozenset({
-    enums.SQLValueFunctionOp.SVFOP_CURRENT_DATE, enums.SQLValueFunctionOp.SVFOP_CURRENT_TIME,
-    enums.SQLValueFunctionOp.SVFOP_CURRENT_TIME_N, enums.SQLValueFunctionOp.SVFOP_CURRENT_TIMESTAMP,
-    enums.SQLValueFunctionOp.SVFOP_CURRENT_TIMESTAMP_N, enums.SQLValueFunctionOp.SVFOP_LOCALTIME,
-    enums.SQLValueFunctionOp.SVFOP_LOCALTIME_N, enums.SQLValueFunctionOp.SVFOP_LOCALTIMESTAMP,
-    enums.SQLValueFunctionOp.SVFOP_LOCALTIMESTAMP_N})
+    pb.SVFOP_CURRENT_DATE, pb.SVFOP_CURRENT_TIME, pb.SVFOP_CURRENT_TIME_N, pb.SVFOP_CURRENT_TIMESTAMP,
+    pb.SVFOP_CURRENT_TIMESTAMP_N, pb.SVFOP_LOCALTIME, pb.SVFOP_LOCALTIME_N, pb.SVFOP_LOCALTIMESTAMP,
+    pb.SVFOP_LOCALTIMESTAMP_N})
 A_EXPR_KINDS = frozenset({
-    enums.A_Expr_Kind.AEXPR_OP, enums.A_Expr_Kind.AEXPR_OP_ANY, enums.A_Expr_Kind.AEXPR_OP_ALL,
-    enums.A_Expr_Kind.AEXPR_DISTINCT, enums.A_Expr_Kind.AEXPR_NOT_DISTINCT, enums.A_Expr_Kind.AEXPR_NULLIF,
-    enums.A_Expr_Kind.AEXPR_IN, enums.A_Expr_Kind.AEXPR_LIKE, enums.A_Expr_Kind.AEXPR_ILIKE,
-    enums.A_Expr_Kind.AEXPR_BETWEEN, enums.A_Expr_Kind.AEXPR_NOT_BETWEEN})
-SUBLINKS = frozenset({enums.SubLinkType.EXISTS_SUBLINK, enums.SubLinkType.ANY_SUBLINK,
-                      enums.SubLinkType.ALL_SUBLINK, enums.SubLinkType.EXPR_SUBLINK})
+    pb.AEXPR_OP, pb.AEXPR_OP_ANY, pb.AEXPR_OP_ALL, pb.AEXPR_DISTINCT, pb.AEXPR_NOT_DISTINCT, pb.AEXPR_NULLIF,
+    pb.AEXPR_IN, pb.AEXPR_LIKE, pb.AEXPR_ILIKE, pb.AEXPR_BETWEEN, pb.AEXPR_NOT_BETWEEN})
+LISTS = frozenset({pb.AEXPR_IN, pb.AEXPR_BETWEEN, pb.AEXPR_NOT_BETWEEN})
+SUBLINKS = frozenset({pb.EXISTS_SUBLINK, pb.ANY_SUBLINK, pb.ALL_SUBLINK, pb.EXPR_SUBLINK})
+ARGUMENT_LISTS = frozenset({"bool_expr", "coalesce_expr", "min_max_expr", "row_expr"})
 
-STATEMENT_KINDS = {ast.SelectStmt: "select", ast.InsertStmt: "insert", ast.UpdateStmt: "update",
-                   ast.DeleteStmt: "delete"}
+STATEMENT_KINDS = {"select_stmt": "select", "insert_stmt": "insert", "update_stmt": "update",
+                   "delete_stmt": "delete"}
 _NEVER = {
     "TransactionStmt": "transaction control", "VariableSetStmt": "SET/RESET", "VariableShowStmt": "SHOW",
     "CopyStmt": "COPY", "DoStmt": "DO blocks", "CallStmt": "CALL", "ExplainStmt": "EXPLAIN",
@@ -86,12 +83,10 @@ class ParamType:
 
 @dataclass
 class FromSlot:
-    """Where a base table sits in a FROM list, so the rewriter can put a filtered subquery there."""
+    """A base table in a FROM list: the Node the rewriter replaces with a filtered subquery."""
 
-    owner: Any
-    attr: str
-    index: int | None
-    range_var: ast.RangeVar
+    node: pb.Node
+    range_var: pb.RangeVar
     table: Table
 
 
@@ -102,6 +97,19 @@ class Target:
     stmt: Any
     table: Table
     name: str
+
+
+def _alias(message: Any) -> pb.Alias | None:
+    return message.alias if message.HasField("alias") else None
+
+
+def _names(nodes: Any) -> list[str]:
+    """The strings of a name list (function, operator, type and column names)."""
+    return [n.string.sval for n in nodes]
+
+
+def _star(ref: pb.ColumnRef) -> bool:
+    return ref.fields[-1].WhichOneof("node") == "a_star"
 
 
 class Analysis:
@@ -124,7 +132,7 @@ class Analysis:
 
     def deny(self, code: str, message: str, node: Any = None) -> None:
         self.reasons.append(Reason(code, message, type(node).__name__ if node is not None else None,
-                                   getattr(node, "location", None) if node is not None else None))
+                                   _location(node)))
 
     def unsupported(self, node: Any, what: str | None = None) -> None:
         name = type(node).__name__
@@ -133,14 +141,16 @@ class Analysis:
     def access(self, action: str, table: Table, column: str | None, node: Any = None) -> None:
         key = (action, table.name, column)
         if key not in self.accesses:
-            self.accesses[key] = getattr(node, "location", None)
+            self.accesses[key] = _location(node)
 
     # -- statements ------------------------------------------------------------------------------
 
-    def statement(self, stmt: Any) -> None:
-        kind = STATEMENT_KINDS.get(type(stmt))
-        name = type(stmt).__name__
+    def statement(self, node: pb.Node) -> None:
+        which = node.WhichOneof("node")
+        stmt = getattr(node, which)
+        kind = STATEMENT_KINDS.get(which)
         if kind is None:
+            name = type(stmt).__name__
             label = _NEVER.get(name)
             if label is None and name.startswith(("Create", "Alter", "Drop", "Rename", "Comment", "Define")):
                 label = "DDL"
@@ -148,7 +158,7 @@ class Analysis:
             return
         self.kind = kind
         if kind == "select":
-            self.select(stmt, None, {}, top=True)
+            self.select(stmt, None, {})
         elif kind == "insert":
             self.insert(stmt)
         elif kind == "update":
@@ -156,94 +166,93 @@ class Analysis:
         else:
             self.delete(stmt)
 
-    def select(self, stmt: ast.SelectStmt, outer: Scope | None, ctes: dict[str, tuple[str, ...]],
-               top: bool = False) -> tuple[str, ...]:
-        if stmt.withClause is not None:
-            ctes = self.with_clause(stmt.withClause, outer, ctes)
-        if stmt.intoClause is not None:
-            self.deny("select_into", "SELECT INTO creates a table and is never admitted", stmt.intoClause)
-        if stmt.windowClause:
-            self.unsupported(stmt.windowClause[0], "WINDOW")
-        if stmt.limitOption == enums.LimitOption.LIMIT_OPTION_WITH_TIES:
+    def select(self, stmt: pb.SelectStmt, outer: Scope | None, ctes: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+        if stmt.HasField("with_clause"):
+            ctes = self.with_clause(stmt.with_clause, outer, ctes)
+        if stmt.HasField("into_clause"):
+            self.deny("select_into", "SELECT INTO creates a table and is never admitted", stmt.into_clause)
+        if stmt.window_clause:
+            self.unsupported(unwrap(stmt.window_clause[0]), "WINDOW")
+        if stmt.limit_option == pb.LIMIT_OPTION_WITH_TIES:
             self.unsupported(stmt, "FETCH ... WITH TIES")
-        if stmt.op != enums.SetOperation.SETOP_NONE:
+        if stmt.op != pb.SETOP_NONE:
             left = self.select(stmt.larg, outer, ctes)
             right = self.select(stmt.rarg, outer, ctes)
             if len(left) != len(right):
                 self.deny("invalid", "each side of a set operation must return the same number of columns", stmt)
             self.order_and_limit(stmt, Scope([Relation("", left)], outer), left)
             return left
-        if stmt.valuesLists:
+        if stmt.values_lists:
             scope = Scope([], outer)
-            for row in stmt.valuesLists:
-                self.expressions(row, scope)
-            width = len(stmt.valuesLists[0])
-            return tuple(f"column{n + 1}" for n in range(width))
+            for row in stmt.values_lists:
+                self.expressions(row.list.items, scope)
+            return tuple(f"column{n + 1}" for n in range(len(stmt.values_lists[0].list.items)))
         scope = Scope([], outer)
-        for index, item in enumerate(stmt.fromClause or ()):
-            self.from_item(item, scope, ctes, stmt, "fromClause", index)
-        columns = self.target_list(stmt.targetList or (), scope)
-        self.expression(stmt.whereClause, scope)
-        for item in stmt.groupClause or ():
-            if isinstance(item, ast.GroupingSet):
-                self.unsupported(item, "GROUPING SETS")
+        for item in stmt.from_clause:
+            self.from_item(item, scope, ctes)
+        columns = self.target_list(stmt.target_list, scope)
+        self.expression(stmt.where_clause, scope)
+        for item in stmt.group_clause:
+            if item.WhichOneof("node") == "grouping_set":
+                self.unsupported(item.grouping_set, "GROUPING SETS")
             else:
                 self.expression(item, scope, outputs=columns)
-        self.expression(stmt.havingClause, scope)
-        for item in stmt.distinctClause or ():
-            if item is not None:
-                self.expression(item, scope)
-        if stmt.lockingClause:
+        self.expression(stmt.having_clause, scope)
+        for item in stmt.distinct_clause:
+            self.expression(item, scope)
+        if stmt.locking_clause:
             self.locking(stmt, scope)
         self.order_and_limit(stmt, scope, columns)
         return columns
 
-    def order_and_limit(self, stmt: ast.SelectStmt, scope: Scope, outputs: tuple[str, ...]) -> None:
-        for sort in stmt.sortClause or ():
-            self.expression(sort.node, scope, outputs=outputs)
-        self.expression(stmt.limitCount, scope)
-        self.expression(stmt.limitOffset, scope)
+    def order_and_limit(self, stmt: pb.SelectStmt, scope: Scope, outputs: tuple[str, ...]) -> None:
+        for sort in stmt.sort_clause:
+            self.expression(sort.sort_by.node, scope, outputs=outputs)
+        self.expression(stmt.limit_count, scope)
+        self.expression(stmt.limit_offset, scope)
 
-    def locking(self, stmt: ast.SelectStmt, scope: Scope) -> None:
+    def locking(self, stmt: pb.SelectStmt, scope: Scope) -> None:
         """FOR UPDATE/SHARE needs an update rule on every locked table, as PostgreSQL needs UPDATE on it."""
-        for clause in stmt.lockingClause:
-            names = {rv.relname for rv in clause.lockedRels or ()}
+        for item in stmt.locking_clause:
+            clause = item.locking_clause
+            names = {rv.range_var.relname for rv in clause.locked_rels}
             for relation in scope.relations:
                 if relation.table is not None and (not names or relation.name in names):
                     self.access("update", relation.table, None, clause)
 
-    def with_clause(self, clause: ast.WithClause, outer: Scope | None,
+    def with_clause(self, clause: pb.WithClause, outer: Scope | None,
                     ctes: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
         if clause.recursive:
             self.unsupported(clause, "WITH RECURSIVE")
         ctes = dict(ctes)
-        for cte in clause.ctes:
-            if not isinstance(cte.ctequery, ast.SelectStmt):
+        for item in clause.ctes:
+            cte = item.common_table_expr
+            if cte.ctequery.WhichOneof("node") != "select_stmt":
                 self.deny("data_modifying_cte", f"WITH {cte.ctename}: only SELECT is admitted inside WITH", cte)
                 continue
-            columns = self.select(cte.ctequery, outer, ctes)
+            columns = self.select(cte.ctequery.select_stmt, outer, ctes)
             if cte.aliascolnames:
-                columns = tuple(n.sval for n in cte.aliascolnames)
+                columns = tuple(_names(cte.aliascolnames))
             ctes[cte.ctename] = columns
         return ctes
 
-    def insert(self, stmt: ast.InsertStmt) -> None:
-        if stmt.withClause is not None:
-            self.unsupported(stmt.withClause, "WITH on INSERT")
-        if stmt.onConflictClause is not None:
-            self.unsupported(stmt.onConflictClause, "ON CONFLICT")
-        if stmt.override:
+    def insert(self, stmt: pb.InsertStmt) -> None:
+        if stmt.HasField("with_clause"):
+            self.unsupported(stmt.with_clause, "WITH on INSERT")
+        if stmt.HasField("on_conflict_clause"):
+            self.unsupported(stmt.on_conflict_clause, "ON CONFLICT")
+        if stmt.override > pb.OVERRIDING_NOT_SET:
             self.unsupported(stmt, "OVERRIDING")
         table = self.base_table(stmt.relation)
         if table is None:
             return
-        name = stmt.relation.alias.aliasname if stmt.relation.alias else table.name
-        self.target = Target(stmt, table, name)
+        name = self.target_name(stmt, table)
         if not stmt.cols:
             self.deny("insert_columns", "INSERT must name its columns", stmt)
             return
         families = []
-        for col in stmt.cols:
+        for item in stmt.cols:
+            col = item.res_target
             if col.indirection:
                 self.unsupported(col, "subscripted INSERT target")
             if col.name not in table.columns:
@@ -253,39 +262,39 @@ class Analysis:
             self.writes_tenant_column(table, col.name, col)
             self.access("insert", table, col.name, col)
             families.append(table.columns[col.name])
-        source = stmt.selectStmt
-        if isinstance(source, ast.SelectStmt) and source.valuesLists and not source.fromClause:
+        source = stmt.select_stmt.select_stmt if stmt.select_stmt.WhichOneof("node") == "select_stmt" else None
+        if source is not None and source.values_lists and not source.from_clause:
             scope = Scope()
-            for row in source.valuesLists:
-                if len(row) != len(families):
+            for row in source.values_lists:
+                values = row.list.items
+                if len(values) != len(families):
                     self.deny("invalid", "VALUES row and column list differ in length", source)
-                for value, family in zip(row, families, strict=False):
+                for value, family in zip(values, families, strict=False):
                     self.expression(value, scope)
                     if family is not None:
                         self.typed_value(family, value)
-        elif isinstance(source, ast.SelectStmt):
-            if source.op != enums.SetOperation.SETOP_NONE and self.tenant is not None and table.pooled:
+        elif source is not None:
+            if source.op != pb.SETOP_NONE and self.tenant is not None and table.pooled:
                 self.unsupported(source, "a set operation as the source of a pooled INSERT")
             columns = self.select(source, None, {})
             if len(columns) != len(families):
                 self.deny("invalid", "INSERT ... SELECT returns a different number of columns", source)
         else:
             self.deny("insert_columns", "INSERT needs VALUES or a SELECT", stmt)
-        self.returning(stmt.returningClause, Scope([Relation(name, tuple(table.columns), table)]))
+        self.returning(stmt, Scope([Relation(name, tuple(table.columns), table)]))
 
-    def update(self, stmt: ast.UpdateStmt) -> None:
-        if stmt.withClause is not None:
-            self.unsupported(stmt.withClause, "WITH on UPDATE")
+    def update(self, stmt: pb.UpdateStmt) -> None:
+        if stmt.HasField("with_clause"):
+            self.unsupported(stmt.with_clause, "WITH on UPDATE")
         table = self.base_table(stmt.relation)
         if table is None:
             return
-        name = stmt.relation.alias.aliasname if stmt.relation.alias else table.name
-        self.target = Target(stmt, table, name)
-        scope = Scope([Relation(name, tuple(table.columns), table)])
-        for index, item in enumerate(stmt.fromClause or ()):
-            self.from_item(item, scope, {}, stmt, "fromClause", index)
-        for target in stmt.targetList:
-            if isinstance(target.val, ast.MultiAssignRef) or target.indirection:
+        scope = Scope([Relation(self.target_name(stmt, table), tuple(table.columns), table)])
+        for item in stmt.from_clause:
+            self.from_item(item, scope, {})
+        for item in stmt.target_list:
+            target = item.res_target
+            if target.val.WhichOneof("node") == "multi_assign_ref" or target.indirection:
                 self.unsupported(target, "multi-column or subscripted SET")
                 continue
             if target.name not in table.columns:
@@ -296,38 +305,43 @@ class Analysis:
             self.expression(target.val, scope)
             self.typed_value(table.columns[target.name], target.val)
         self.where(stmt, scope)
-        self.returning(stmt.returningClause, scope)
+        self.returning(stmt, scope)
 
-    def delete(self, stmt: ast.DeleteStmt) -> None:
-        if stmt.withClause is not None:
-            self.unsupported(stmt.withClause, "WITH on DELETE")
+    def delete(self, stmt: pb.DeleteStmt) -> None:
+        if stmt.HasField("with_clause"):
+            self.unsupported(stmt.with_clause, "WITH on DELETE")
         table = self.base_table(stmt.relation)
         if table is None:
             return
-        name = stmt.relation.alias.aliasname if stmt.relation.alias else table.name
-        self.target = Target(stmt, table, name)
         self.access("delete", table, None, stmt.relation)
-        scope = Scope([Relation(name, tuple(table.columns), table)])
-        for index, item in enumerate(stmt.usingClause or ()):
-            self.from_item(item, scope, {}, stmt, "usingClause", index)
+        scope = Scope([Relation(self.target_name(stmt, table), tuple(table.columns), table)])
+        for item in stmt.using_clause:
+            self.from_item(item, scope, {})
         self.where(stmt, scope)
-        self.returning(stmt.returningClause, scope)
+        self.returning(stmt, scope)
+
+    def target_name(self, stmt: Any, table: Table) -> str:
+        alias = _alias(stmt.relation)
+        name = alias.aliasname if alias is not None else table.name
+        self.target = Target(stmt, table, name)
+        return name
 
     def where(self, stmt: Any, scope: Scope) -> None:
-        if isinstance(stmt.whereClause, ast.CurrentOfExpr):
-            self.unsupported(stmt.whereClause, "WHERE CURRENT OF")
+        if stmt.where_clause.WhichOneof("node") == "current_of_expr":
+            self.unsupported(stmt.where_clause.current_of_expr, "WHERE CURRENT OF")
             return
         before = len(self.accesses)
-        self.expression(stmt.whereClause, scope)
+        self.expression(stmt.where_clause, scope)
         # A WHERE that reads no column (WHERE true, WHERE 1 = 1) restricts nothing.
-        self.where_missing = stmt.whereClause is None or len(self.accesses) == before
+        self.where_missing = not stmt.HasField("where_clause") or len(self.accesses) == before
 
-    def returning(self, clause: ast.ReturningClause | None, scope: Scope) -> None:
-        if clause is None:
+    def returning(self, stmt: Any, scope: Scope) -> None:
+        if not stmt.HasField("returning_clause"):
             return
+        clause = stmt.returning_clause
         if clause.options:
             self.unsupported(clause, "RETURNING WITH (OLD/NEW)")
-        self.target_list(clause.exprs or (), scope)
+        self.target_list(clause.exprs, scope)
 
     def writes_tenant_column(self, table: Table, column: str, node: Any) -> None:
         if column == TENANT_COLUMN and self.tenant is not None and table.pooled:
@@ -335,8 +349,8 @@ class Analysis:
 
     # -- FROM ------------------------------------------------------------------------------------
 
-    def base_table(self, range_var: ast.RangeVar) -> Table | None:
-        if range_var.catalogname is not None or (range_var.schemaname not in (None, self.schema.name)):
+    def base_table(self, range_var: pb.RangeVar) -> Table | None:
+        if range_var.catalogname or range_var.schemaname not in ("", self.schema.name):
             qualified = ".".join(p for p in (range_var.catalogname, range_var.schemaname, range_var.relname) if p)
             self.deny("other_schema", f"{qualified}: only tables of the tenant schema are admitted", range_var)
             return None
@@ -345,70 +359,75 @@ class Analysis:
             self.deny("unknown_table", f"table {range_var.relname} does not exist in the tenant schema", range_var)
         return table
 
-    def from_item(self, item: Any, scope: Scope, ctes: dict[str, tuple[str, ...]], owner: Any, attr: str,
-                  index: int | None) -> None:
-        if isinstance(item, ast.RangeVar):
-            alias = item.alias
+    def from_item(self, item: pb.Node, scope: Scope, ctes: dict[str, tuple[str, ...]]) -> None:
+        kind = item.WhichOneof("node")
+        if kind == "range_var":
+            range_var = item.range_var
+            alias = _alias(range_var)
             if alias is not None and alias.colnames:
                 self.unsupported(alias, "column aliases on a table")
-            name = alias.aliasname if alias is not None else item.relname
-            if item.schemaname is None and item.catalogname is None and item.relname in ctes:
-                scope.relations.append(Relation(name, ctes[item.relname]))
+            name = alias.aliasname if alias is not None else range_var.relname
+            if not range_var.schemaname and not range_var.catalogname and range_var.relname in ctes:
+                scope.relations.append(Relation(name, ctes[range_var.relname]))
                 return
-            table = self.base_table(item)
+            table = self.base_table(range_var)
             if table is None:
                 return
-            self.access("select", table, None, item)
+            self.access("select", table, None, range_var)
             scope.relations.append(Relation(name, tuple(table.columns), table))
-            self.from_slots.append(FromSlot(owner, attr, index, item, table))
-        elif isinstance(item, ast.JoinExpr):
-            if item.isNatural:
-                self.unsupported(item, "NATURAL JOIN")
-            if item.alias is not None or item.join_using_alias is not None:
-                self.unsupported(item, "an aliased JOIN")
-            self.from_item(item.larg, scope, ctes, item, "larg", None)
-            self.from_item(item.rarg, scope, ctes, item, "rarg", None)
-            for name in item.usingClause or ():
-                matches = [r for r in scope.relations if name.sval in r.columns]
+            self.from_slots.append(FromSlot(item, range_var, table))
+        elif kind == "join_expr":
+            join = item.join_expr
+            if join.is_natural:
+                self.unsupported(join, "NATURAL JOIN")
+            if join.HasField("alias") or join.HasField("join_using_alias"):
+                self.unsupported(join, "an aliased JOIN")
+            self.from_item(join.larg, scope, ctes)
+            self.from_item(join.rarg, scope, ctes)
+            for name in _names(join.using_clause):
+                matches = [r for r in scope.relations if name in r.columns]
                 if len(matches) < 2:
-                    self.deny("unknown_column", f"USING column {name.sval} is not on both sides", item)
+                    self.deny("unknown_column", f"USING column {name} is not on both sides", join)
                 for relation in matches:
                     if relation.table is not None:
-                        self.access("select", relation.table, name.sval, item)
-            self.expression(item.quals, scope)
-        elif isinstance(item, ast.RangeSubselect):
-            outer = scope if item.lateral else scope.parent
-            columns = self.select(item.subquery, outer, ctes)
-            alias = item.alias
+                        self.access("select", relation.table, name, join)
+            self.expression(join.quals, scope)
+        elif kind == "range_subselect":
+            subselect = item.range_subselect
+            outer = scope if subselect.lateral else scope.parent
+            columns = self.select(subselect.subquery.select_stmt, outer, ctes)
+            alias = _alias(subselect)
             if alias is not None and alias.colnames:
-                columns = tuple(n.sval for n in alias.colnames)
+                columns = tuple(_names(alias.colnames))
             scope.relations.append(Relation(alias.aliasname if alias is not None else "", columns))
-        elif isinstance(item, ast.RangeFunction):
-            self.deny("set_returning_function", "functions in FROM are never admitted", item)
+        elif kind == "range_function":
+            self.deny("set_returning_function", "functions in FROM are never admitted", item.range_function)
         else:
-            self.unsupported(item)
+            self.unsupported(unwrap(item))
 
     # -- target lists and expressions -----------------------------------------------------------
 
     def target_list(self, targets: Any, scope: Scope) -> tuple[str, ...]:
         names: list[str] = []
-        for target in targets:
+        for item in targets:
+            target = item.res_target
             value = target.val
-            if isinstance(value, ast.ColumnRef) and isinstance(value.fields[-1], ast.A_Star):
-                names.extend(self.star(value, scope))
+            if value.WhichOneof("node") == "column_ref" and _star(value.column_ref):
+                names.extend(self.star(value.column_ref, scope))
                 continue
             self.expression(value, scope)
             names.append(target.name or _output_name(value))
         return tuple(names)
 
-    def star(self, ref: ast.ColumnRef, scope: Scope) -> tuple[str, ...]:
+    def star(self, ref: pb.ColumnRef, scope: Scope) -> tuple[str, ...]:
         """Expand `*` or `rel.*` into the columns it reads, each checked like a named column."""
         if len(ref.fields) == 1:
             relations = scope.relations
         elif len(ref.fields) == 2:
-            relation = scope.find(ref.fields[0].sval)
+            name = ref.fields[0].string.sval
+            relation = scope.find(name)
             if relation is None:
-                self.deny("unknown_table", f"{ref.fields[0].sval} is not in the FROM clause", ref)
+                self.deny("unknown_table", f"{name} is not in the FROM clause", ref)
                 return ()
             relations = [relation]
         else:
@@ -427,12 +446,11 @@ class Analysis:
             for column in relation.columns:
                 self.access("select", relation.table, column, node)
 
-    def column(self, ref: ast.ColumnRef, scope: Scope, outputs: tuple[str, ...] = ()) -> tuple[Relation, str] | None:
-        fields = ref.fields
-        if isinstance(fields[-1], ast.A_Star):
+    def column(self, ref: pb.ColumnRef, scope: Scope, outputs: tuple[str, ...] = ()) -> tuple[Relation, str] | None:
+        if _star(ref):
             self.star(ref, scope)
             return None
-        names = [f.sval for f in fields]
+        names = _names(ref.fields)
         if len(names) == 1:
             name = names[0]
             search: Scope | None = scope
@@ -470,62 +488,66 @@ class Analysis:
         return None
 
     def expressions(self, nodes: Any, scope: Scope) -> None:
-        for node in nodes or ():
+        for node in nodes:
             self.expression(node, scope)
 
-    def expression(self, node: Any, scope: Scope, outputs: tuple[str, ...] = ()) -> None:
-        if node is None:
+    def expression(self, node: pb.Node, scope: Scope, outputs: tuple[str, ...] = ()) -> None:
+        kind = node.WhichOneof("node")
+        if kind is None or kind == "a_const":
             return
-        if isinstance(node, tuple):
-            self.expressions(node, scope)
-        elif isinstance(node, ast.ColumnRef):
-            self.column(node, scope, outputs)
-        elif isinstance(node, ast.A_Const):
-            return
-        elif isinstance(node, ast.ParamRef):
-            if node.number < 1 or node.number > 1000:
-                self.deny("invalid", f"parameter ${node.number} is out of range", node)
-            self.params.add(node.number)
-        elif isinstance(node, ast.TypeCast):
-            self.cast(node)
-            self.expression(node.arg, scope)
-        elif isinstance(node, ast.FuncCall):
-            self.function(node, scope)
-        elif isinstance(node, ast.A_Expr):
-            self.operator(node, scope)
-        elif isinstance(node, ast.BoolExpr | ast.CoalesceExpr | ast.MinMaxExpr | ast.RowExpr):
-            self.expressions(node.args, scope)
-        elif isinstance(node, ast.NullTest | ast.BooleanTest):
-            self.expression(node.arg, scope)
-        elif isinstance(node, ast.CaseExpr):
-            self.expression(node.arg, scope)
-            for when in node.args:
-                self.expression(when.expr, scope)
-                self.expression(when.result, scope)
-            self.expression(node.defresult, scope)
-        elif isinstance(node, ast.A_ArrayExpr):
-            self.expressions(node.elements, scope)
-        elif isinstance(node, ast.SubLink):
-            if node.subLinkType not in SUBLINKS:
-                self.unsupported(node, f"{node.subLinkType.name} subquery")
-            self.expression(node.testexpr, scope)
-            self.select(node.subselect, scope, {})
-        elif isinstance(node, ast.SQLValueFunction):
-            if node.op not in TIME_VALUE_FUNCTIONS:
-                self.deny("session_information", f"{node.op.name} reads session information", node)
+        if kind == "column_ref":
+            self.column(node.column_ref, scope, outputs)
+        elif kind == "param_ref":
+            param = node.param_ref
+            if param.number < 1 or param.number > 1000:
+                self.deny("invalid", f"parameter ${param.number} is out of range", param)
+            self.params.add(param.number)
+        elif kind == "a_expr":
+            self.operator(node.a_expr, scope)
+        elif kind == "func_call":
+            self.function(node.func_call, scope)
+        elif kind == "type_cast":
+            self.cast(node.type_cast)
+            self.expression(node.type_cast.arg, scope)
+        elif kind in ARGUMENT_LISTS:
+            self.expressions(getattr(node, kind).args, scope)
+        elif kind == "null_test" or kind == "boolean_test":
+            self.expression(getattr(node, kind).arg, scope)
+        elif kind == "case_expr":
+            case = node.case_expr
+            self.expression(case.arg, scope)
+            for when in case.args:
+                self.expression(when.case_when.expr, scope)
+                self.expression(when.case_when.result, scope)
+            self.expression(case.defresult, scope)
+        elif kind == "a_array_expr":
+            self.expressions(node.a_array_expr.elements, scope)
+        elif kind == "list":
+            self.expressions(node.list.items, scope)
+        elif kind == "sub_link":
+            link = node.sub_link
+            if link.sub_link_type not in SUBLINKS:
+                self.unsupported(link, f"{pb.SubLinkType.Name(link.sub_link_type)} subquery")
+            self.expression(link.testexpr, scope)
+            self.select(link.subselect.select_stmt, scope, {})
+        elif kind == "sqlvalue_function":
+            function = node.sqlvalue_function
+            if function.op not in TIME_VALUE_FUNCTIONS:
+                self.deny("session_information", f"{pb.SQLValueFunctionOp.Name(function.op)} reads session "
+                                                 "information", function)
         else:
-            self.unsupported(node)
+            self.unsupported(getattr(node, kind))
 
-    def cast(self, node: ast.TypeCast) -> None:
-        type_name = node.typeName
-        names = [n.sval for n in type_name.names]
+    def cast(self, node: pb.TypeCast) -> None:
+        type_name = node.type_name
+        names = _names(type_name.names)
         if len(names) > 2 or (len(names) == 2 and names[0] != "pg_catalog") or names[-1].lower() not in CASTS:
             self.deny("cast_not_allowed", f"cast to {'.'.join(names)} is not admitted", node)
-        if type_name.arrayBounds or type_name.setof or type_name.pct_type:
+        if type_name.array_bounds or type_name.setof or type_name.pct_type:
             self.deny("cast_not_allowed", "array, SETOF and %TYPE casts are not admitted", node)
 
-    def function(self, node: ast.FuncCall, scope: Scope) -> None:
-        names = [n.sval.lower() for n in node.funcname]
+    def function(self, node: pb.FuncCall, scope: Scope) -> None:
+        names = [n.lower() for n in _names(node.funcname)]
         name = names[-1]
         if len(names) > 2 or (len(names) == 2 and names[0] != "pg_catalog"):
             self.deny("other_schema", f"function {'.'.join(names)}: only unqualified functions are admitted", node)
@@ -533,63 +555,62 @@ class Analysis:
             self.deny("unsafe_function", f"function {name} is never admitted", node)
         elif name not in self.rules.functions:
             self.deny("function_not_allowed", f"function {name} is not in the policy's allowlist", node)
-        if node.over is not None:
+        if node.HasField("over"):
             self.unsupported(node.over, "window functions")
         if node.func_variadic:
             self.unsupported(node, "VARIADIC")
-        for arg in node.args or ():
-            if isinstance(arg, ast.NamedArgExpr):
-                self.unsupported(arg, "named arguments")
+        for arg in node.args:
+            if arg.WhichOneof("node") == "named_arg_expr":
+                self.unsupported(arg.named_arg_expr, "named arguments")
             else:
                 self.expression(arg, scope)
-        for sort in node.agg_order or ():
-            self.expression(sort.node, scope)
+        for sort in node.agg_order:
+            self.expression(sort.sort_by.node, scope)
         self.expression(node.agg_filter, scope)
 
-    def operator(self, node: ast.A_Expr, scope: Scope) -> None:
+    def operator(self, node: pb.A_Expr, scope: Scope) -> None:
         if node.kind not in A_EXPR_KINDS:
-            self.unsupported(node, f"{node.kind.name} expression")
+            self.unsupported(node, f"{pb.A_Expr_Kind.Name(node.kind)} expression")
             return
-        names = [n.sval for n in node.name]
+        names = _names(node.name)
         if len(names) != 1:
             self.deny("operator_not_allowed", f"OPERATOR({'.'.join(names)}) is not admitted", node)
-        elif names[0] not in OPERATORS and node.kind not in (enums.A_Expr_Kind.AEXPR_BETWEEN,
-                                                              enums.A_Expr_Kind.AEXPR_NOT_BETWEEN):
+        elif names[0] not in OPERATORS and node.kind not in (pb.AEXPR_BETWEEN, pb.AEXPR_NOT_BETWEEN):
             self.deny("operator_not_allowed", f"operator {names[0]} is not admitted", node)
         left = self.resolved(node.lexpr, scope)
         right = node.rexpr
-        if isinstance(right, tuple):
-            self.expressions(right, scope)
+        right_kind = right.WhichOneof("node")
+        if right_kind == "list":
+            self.expressions(right.list.items, scope)
         else:
-            right_col = self.resolved(right, scope)
-            if left is None and right_col is not None:
-                self.typed_operand(right_col, node.lexpr, node)
+            right_column = self.resolved(right, scope)
+            if left is None and right_column is not None:
+                self.typed_operand(right_column, node.lexpr, node)
                 return
         if left is None:
             return
-        if node.kind in (enums.A_Expr_Kind.AEXPR_IN, enums.A_Expr_Kind.AEXPR_BETWEEN,
-                         enums.A_Expr_Kind.AEXPR_NOT_BETWEEN) and isinstance(right, tuple):
-            for value in right:
+        if node.kind in LISTS and right_kind == "list":
+            for value in right.list.items:
                 self.typed_value(left, value)
-        elif node.kind in (enums.A_Expr_Kind.AEXPR_OP_ANY, enums.A_Expr_Kind.AEXPR_OP_ALL):
-            if isinstance(right, ast.ParamRef):
-                self.expect_param(right, ParamType(left, array=True))
-            elif isinstance(right, ast.A_ArrayExpr):
-                for value in right.elements or ():
+        elif node.kind in (pb.AEXPR_OP_ANY, pb.AEXPR_OP_ALL):
+            if right_kind == "param_ref":
+                self.expect_param(right.param_ref, ParamType(left, array=True))
+            elif right_kind == "a_array_expr":
+                for value in right.a_array_expr.elements:
                     self.typed_value(left, value)
         else:
             self.typed_operand(left, right, node)
 
-    def typed_operand(self, family: TypeFamily, value: Any, node: ast.A_Expr) -> None:
-        if node.kind in (enums.A_Expr_Kind.AEXPR_LIKE, enums.A_Expr_Kind.AEXPR_ILIKE):
+    def typed_operand(self, family: TypeFamily, value: pb.Node, node: pb.A_Expr) -> None:
+        if node.kind in (pb.AEXPR_LIKE, pb.AEXPR_ILIKE):
             self.typed_value(TypeFamily.TEXT, value)
-        elif node.kind != enums.A_Expr_Kind.AEXPR_OP or node.name[0].sval in COMPARISONS:
+        elif node.kind != pb.AEXPR_OP or node.name[0].string.sval in COMPARISONS:
             self.typed_value(family, value)
 
-    def resolved(self, node: Any, scope: Scope) -> TypeFamily | None:
+    def resolved(self, node: pb.Node, scope: Scope) -> TypeFamily | None:
         """Walk an operand; for a base-table column, also return its type family."""
-        if isinstance(node, ast.ColumnRef) and not isinstance(node.fields[-1], ast.A_Star):
-            found = self.column(node, scope)
+        if node.WhichOneof("node") == "column_ref" and not _star(node.column_ref):
+            found = self.column(node.column_ref, scope)
             if found is not None and found[0].table is not None:
                 return found[0].table.columns[found[1]]
             return None
@@ -598,26 +619,30 @@ class Analysis:
 
     # -- literal and parameter types -----------------------------------------------------------
 
-    def expect_param(self, param: ast.ParamRef, expected: ParamType) -> None:
+    def expect_param(self, param: pb.ParamRef, expected: ParamType) -> None:
         self.params.add(param.number)
         self.param_types.setdefault(param.number, expected)
 
-    def typed_value(self, family: TypeFamily, value: Any) -> None:
-        if isinstance(value, ast.ParamRef):
-            self.expect_param(value, ParamType(family))
-        elif isinstance(value, ast.A_Const) and not value.isnull:
-            literal = value.val
-            python = literal.sval if isinstance(literal, ast.String) else (
-                literal.boolval if isinstance(literal, ast.Boolean) else (
-                    literal.ival if isinstance(literal, ast.Integer) else (
-                        literal.fval if isinstance(literal, ast.Float) else None)))
-            if isinstance(literal, ast.String):
+    def typed_value(self, family: TypeFamily, value: pb.Node) -> None:
+        kind = value.WhichOneof("node")
+        if kind == "param_ref":
+            self.expect_param(value.param_ref, ParamType(family))
+        elif kind == "a_const" and not value.a_const.isnull:
+            const = value.a_const
+            literal = const.WhichOneof("val")
+            if literal == "sval":
+                python: Any = const.sval.sval
                 ok = literal_fits(family, python)
+            elif literal == "fval":
+                python = const.fval.fval
+                ok = value_fits(family, float(python))
             else:
-                ok = value_fits(family, python if not isinstance(literal, ast.Float) else float(python))
+                python = const.ival.ival if literal == "ival" else (
+                    const.boolval.boolval if literal == "boolval" else None)
+                ok = value_fits(family, python)
             if not ok:
                 shown = repr(python) if len(repr(python)) <= 40 else repr(python)[:37] + "..."
-                self.deny("type_mismatch", f"{shown} is not a valid {family} value", value)
+                self.deny("type_mismatch", f"{shown} is not a valid {family} value", const)
 
 
 def literal_fits(family: TypeFamily, text: str) -> bool:
@@ -662,11 +687,18 @@ def param_fits(expected: ParamType, value: Any) -> bool:
     return value_fits(expected.family, value)
 
 
-def _output_name(node: Any) -> str:
-    if isinstance(node, ast.ColumnRef) and isinstance(node.fields[-1], ast.String):
-        return node.fields[-1].sval
-    if isinstance(node, ast.FuncCall):
-        return node.funcname[-1].sval
-    if isinstance(node, ast.TypeCast):
-        return _output_name(node.arg)
+def _output_name(node: pb.Node) -> str:
+    kind = node.WhichOneof("node")
+    if kind == "column_ref" and node.column_ref.fields[-1].WhichOneof("node") == "string":
+        return node.column_ref.fields[-1].string.sval
+    if kind == "func_call":
+        return node.func_call.funcname[-1].string.sval
+    if kind == "type_cast":
+        return _output_name(node.type_cast.arg)
     return "?column?"
+
+
+def _location(node: Any) -> int | None:
+    """A node's offset in the statement text; None when it has none (-1, or no location field)."""
+    location = getattr(node, "location", -1)
+    return location if location >= 0 else None

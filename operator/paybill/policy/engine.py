@@ -9,8 +9,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from pglast import parse_sql
-from pglast.parser import ParseError, fingerprint
+from pglast.parser import fingerprint
 
 from ..api.agentpolicy import AgentPolicySpec
 from .analysis import Analysis, ParamType, param_fits
@@ -18,6 +17,7 @@ from .decision import POLICY_CODES, Decision, Reason, plan_hash
 from .rewrite import rewrite
 from .rules import RuleSet
 from .schema import Schema
+from .tree import DecodeError, ParseError, parse
 
 MAX_SQL_LENGTH = 65536
 logger = logging.getLogger(__name__)
@@ -107,23 +107,23 @@ class PolicyEngine:
         if "\x00" in sql:
             return _Admitted(deny((Reason("syntax_error", "statement contains a NUL character"),)), {}, None, 1)
         try:
-            statements = parse_sql(sql)
+            tree = parse(sql)
         except ParseError as error:
             position = error.args[1] if len(error.args) > 1 else None
             return _Admitted(deny((Reason("syntax_error", str(error.args[0]), position=position),)), {}, None, 1)
-        except RecursionError:
+        except (DecodeError, RecursionError):
             return _Admitted(deny((Reason("too_complex", "statement is nested too deeply"),)), {}, None, 1)
-        if len(statements) != 1:
+        if len(tree.stmts) != 1:
             return _Admitted(deny((Reason("statement_count", f"exactly one statement is admitted, "
-                                                             f"got {len(statements)}"),)), {}, None, 1)
-        stmt = statements[0].stmt
+                                                             f"got {len(tree.stmts)}"),)), {}, None, 1)
+        stmt = tree.stmts[0].stmt
         analysis = Analysis(self.rules, self.schema, tenant)
         try:
             analysis.statement(stmt)
         except RecursionError:
             analysis.reasons.append(Reason("too_complex", "statement is nested too deeply"))
         except Exception as error:  # a tree shape the walker does not know: default deny
-            logger.warning("policy analysis failed on a %s: %r", type(stmt).__name__, error)
+            logger.warning("policy analysis failed on a %s: %r", stmt.WhichOneof("node"), error)
             analysis.reasons.append(Reason("unsupported", f"the engine cannot analyse this statement "
                                                           f"({type(error).__name__})"))
         rules, approvers, min_approvals = self._check_rules(analysis)
@@ -135,7 +135,7 @@ class PolicyEngine:
         rewritten = None
         if not blocking:
             try:
-                rewritten = rewrite(stmt, analysis, self.rules.limits.maxRowsRead)
+                rewritten = rewrite(tree, analysis, self.rules.limits.maxRowsRead)
             except Exception as error:  # deparse refused the tree
                 reasons += (Reason("rewrite_failed", f"could not deparse the rewritten statement: {error}"),)
                 blocking = [reasons[-1]]

@@ -1,128 +1,145 @@
 """Rewrite an admitted tree: tenant predicate, row filters and the read limit go into the tree itself.
 
-Base tables read in a FROM list become `(SELECT * FROM t WHERE <filters>) AS t`, which keeps outer
+Base tables read in a FROM list become `(SELECT <columns> FROM t WHERE <filters>) t`, which keeps outer
 joins and lateral references correct; the table an UPDATE or DELETE writes gets the filters AND-ed
-into its WHERE. The result is deparsed with pglast: the rewritten SQL is what runs.
+into its WHERE. The result is deparsed by pglast (libpg_query's deparser): the rewritten SQL is what runs.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pglast import ast, enums, parse_sql
-from pglast.stream import RawStream
-
-from .analysis import Analysis
+from .analysis import Analysis, FromSlot
+from .rules import RuleSet
 from .schema import TENANT_COLUMN, Table
+from .tree import deparse, pb, set_column, set_integer, set_text
 
 
-def rewrite(stmt: Any, analysis: Analysis, max_rows: int) -> str:
+def rewrite(result: pb.ParseResult, analysis: Analysis, max_rows: int) -> str:
     rules, tenant = analysis.rules, analysis.tenant
     for slot in analysis.from_slots:
-        predicate = _predicate(slot.table, "select", rules, tenant, None)
-        if predicate is not None:
-            columns = [c for c in slot.table.columns if ("select", slot.table.name, c) in analysis.accesses]
-            _replace(slot.owner, slot.attr, slot.index, _filtered(slot.range_var, columns, predicate))
+        if _restricted(slot.table, "select", rules, tenant):
+            _filter(slot, [c for c in slot.table.columns if ("select", slot.table.name, c) in analysis.accesses],
+                    rules, tenant)
     target = analysis.target
-    if target is not None and analysis.kind in ("update", "delete"):
-        predicate = _predicate(target.table, analysis.kind, rules, tenant, target.name)
-        if predicate is not None:
-            where = target.stmt.whereClause
-            target.stmt.whereClause = predicate if where is None else _and([where, predicate])
+    if (target is not None and analysis.kind in ("update", "delete")
+            and _restricted(target.table, analysis.kind, rules, tenant)):
+        where = target.stmt.where_clause
+        if where.WhichOneof("node") is None:
+            _predicate(where, target.table, analysis.kind, rules, tenant, target.name)
+        else:
+            original = pb.Node()
+            original.CopyFrom(where)
+            both = where.bool_expr
+            both.boolop = pb.AND_EXPR
+            both.args.append(original)
+            _predicate(both.args.add(), target.table, analysis.kind, rules, tenant, target.name)
     if target is not None and analysis.kind == "insert" and tenant is not None and target.table.pooled:
         _insert_tenant(target.stmt, tenant)
     if analysis.kind == "select":
-        _limit(stmt, max_rows)
-    return RawStream()(stmt)
+        _limit(result.stmts[0].stmt.select_stmt, max_rows)
+    return deparse(result)
 
 
-def _predicate(table: Table, action: str, rules: Any, tenant: str | None, qualifier: str | None) -> Any:
-    parts = []
-    if tenant is not None and table.pooled:
-        parts.append(_equals(TENANT_COLUMN, tenant, qualifier))
+def _restricted(table: Table, action: str, rules: RuleSet, tenant: str | None) -> bool:
+    return (tenant is not None and table.pooled) or bool(rules.row_filters_for(action, table.name))
+
+
+def _predicate(node: pb.Node, table: Table, action: str, rules: RuleSet, tenant: str | None,
+               qualifier: str | None) -> None:
+    """Write into `node` the tenant predicate AND the OR of the row filters for (action, table)."""
     filters = rules.row_filters_for(action, table.name)
-    if filters:
-        parsed = [_parse_predicate(f, qualifier) for f in filters]
-        parts.append(parsed[0] if len(parsed) == 1 else ast.BoolExpr(boolop=enums.BoolExprType.OR_EXPR,
-                                                                      args=tuple(parsed)))
-    if not parts:
-        return None
-    return parts[0] if len(parts) == 1 else _and(parts)
+    if tenant is None or not table.pooled:
+        _row_filters(node, filters or [], rules, qualifier)
+    elif not filters:
+        _equals(node, tenant, qualifier)
+    else:
+        both = node.bool_expr
+        both.boolop = pb.AND_EXPR
+        _equals(both.args.add(), tenant, qualifier)
+        _row_filters(both.args.add(), filters, rules, qualifier)
 
 
-def _parse_predicate(text: str, qualifier: str | None) -> Any:
-    predicate = parse_sql(f"SELECT 1 WHERE {text}")[0].stmt.whereClause
+def _equals(node: pb.Node, tenant: str, qualifier: str | None) -> None:
+    expr = node.a_expr
+    expr.kind = pb.AEXPR_OP
+    expr.name.add().string.sval = "="
+    set_column(expr.lexpr, *((qualifier, TENANT_COLUMN) if qualifier else (TENANT_COLUMN,)))
+    set_text(expr.rexpr, tenant)
+
+
+def _row_filters(node: pb.Node, filters: list[str], rules: RuleSet, qualifier: str | None) -> None:
+    if len(filters) == 1:
+        node.CopyFrom(rules.predicates[filters[0]])
+    else:
+        either = node.bool_expr
+        either.boolop = pb.OR_EXPR
+        for row_filter in filters:
+            either.args.append(rules.predicates[row_filter])
     if qualifier is not None:
-        _qualify(predicate, qualifier)
-    return predicate
+        _qualify(node, qualifier)
 
 
-def _qualify(node: Any, qualifier: str) -> None:
+def _qualify(message: Any, qualifier: str) -> None:
     """Prefix the bare column names of a policy predicate with the written table's name."""
-    if isinstance(node, tuple):
-        for item in node:
-            _qualify(item, qualifier)
-    elif isinstance(node, ast.ColumnRef):
-        if len(node.fields) == 1 and isinstance(node.fields[0], ast.String):
-            node.fields = (ast.String(qualifier), node.fields[0])
-    elif isinstance(node, ast.SelectStmt):
-        return  # a subquery in a policy predicate has its own scope
-    elif isinstance(node, ast.Node):
-        for attr in node.__slots__:
-            _qualify(getattr(node, attr), qualifier)
+    for descriptor, value in message.ListFields():
+        if descriptor.message_type is None:
+            continue
+        for item in value if descriptor.is_repeated else (value,):
+            if isinstance(item, pb.ColumnRef):
+                if len(item.fields) == 1 and item.fields[0].WhichOneof("node") == "string":
+                    name = item.fields[0].string.sval
+                    del item.fields[:]
+                    item.fields.add().string.sval = qualifier
+                    item.fields.add().string.sval = name
+            elif not isinstance(item, pb.SelectStmt):  # a subquery in a policy predicate has its own scope
+                _qualify(item, qualifier)
 
 
-def _equals(column: str, value: str, qualifier: str | None) -> ast.A_Expr:
-    fields = (ast.String(qualifier), ast.String(column)) if qualifier else (ast.String(column),)
-    return ast.A_Expr(kind=enums.A_Expr_Kind.AEXPR_OP, name=(ast.String("="),), lexpr=ast.ColumnRef(fields=fields),
-                      rexpr=ast.A_Const(isnull=False, val=ast.String(value)))
-
-
-def _and(parts: list[Any]) -> ast.BoolExpr:
-    return ast.BoolExpr(boolop=enums.BoolExprType.AND_EXPR, args=tuple(parts))
-
-
-def _filtered(range_var: ast.RangeVar, columns: list[str], predicate: Any) -> ast.RangeSubselect:
-    """The table as a subquery that yields only the filtered rows and only the columns the statement reads.
+def _filter(slot: FromSlot, columns: list[str], rules: RuleSet, tenant: str | None) -> None:
+    """Replace the table with a subquery that yields only the filtered rows and the columns the statement reads.
 
     Naming the columns (never `*`) keeps the subquery within the agent role's column privileges."""
-    inner = ast.RangeVar(relname=range_var.relname, schemaname=range_var.schemaname, inh=range_var.inh,
-                         relpersistence=range_var.relpersistence)
-    targets = tuple(ast.ResTarget(val=ast.ColumnRef(fields=(ast.String(c),))) for c in columns)
-    subquery = ast.SelectStmt(targetList=targets or None, fromClause=(inner,), whereClause=predicate,
-                              limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT, op=enums.SetOperation.SETOP_NONE)
-    alias = range_var.alias if range_var.alias is not None else ast.Alias(aliasname=range_var.relname)
-    return ast.RangeSubselect(lateral=False, subquery=subquery, alias=alias)
+    range_var = pb.RangeVar()
+    range_var.CopyFrom(slot.range_var)
+    range_var.ClearField("alias")
+    alias = slot.range_var.alias.aliasname if slot.range_var.HasField("alias") else slot.range_var.relname
+    subselect = slot.node.range_subselect  # replaces the range_var in the Node's oneof
+    subselect.alias.aliasname = alias
+    query = subselect.subquery.select_stmt
+    for column in columns:
+        set_column(query.target_list.add().res_target.val, column)
+    query.from_clause.add().range_var.CopyFrom(range_var)
+    _predicate(query.where_clause, slot.table, "select", rules, tenant, None)
+    query.limit_option = pb.LIMIT_OPTION_DEFAULT
+    query.op = pb.SETOP_NONE
 
 
-def _replace(owner: Any, attr: str, index: int | None, node: Any) -> None:
-    if index is None:
-        setattr(owner, attr, node)
+def _insert_tenant(stmt: pb.InsertStmt, tenant: str) -> None:
+    stmt.cols.add().res_target.name = TENANT_COLUMN
+    source = stmt.select_stmt.select_stmt
+    if source.values_lists:
+        for row in source.values_lists:
+            set_text(row.list.items.add(), tenant)
     else:
-        items = list(getattr(owner, attr))
-        items[index] = node
-        setattr(owner, attr, tuple(items))
+        set_text(source.target_list.add().res_target.val, tenant)
 
 
-def _insert_tenant(stmt: ast.InsertStmt, tenant: str) -> None:
-    stmt.cols = (*stmt.cols, ast.ResTarget(name=TENANT_COLUMN))
-    value = ast.A_Const(isnull=False, val=ast.String(tenant))
-    source = stmt.selectStmt
-    if source.valuesLists:
-        source.valuesLists = tuple((*row, value) for row in source.valuesLists)
-    else:
-        source.targetList = (*source.targetList, ast.ResTarget(val=value))
-
-
-def _limit(stmt: ast.SelectStmt, max_rows: int) -> None:
+def _limit(stmt: pb.SelectStmt, max_rows: int) -> None:
     """LIMIT n stays when n <= max_rows; anything else is bounded by max_rows."""
-    bound = ast.A_Const(isnull=False, val=ast.Integer(max_rows))
-    current = stmt.limitCount
-    if current is None or (isinstance(current, ast.A_Const) and current.isnull):
-        stmt.limitCount = bound
-    elif isinstance(current, ast.A_Const) and isinstance(current.val, ast.Integer):
-        if current.val.ival > max_rows:
-            stmt.limitCount = bound
+    current = stmt.limit_count
+    kind = current.WhichOneof("node")
+    if kind is None or (kind == "a_const" and current.a_const.isnull):
+        current.Clear()
+        set_integer(current, max_rows)
+    elif kind == "a_const" and current.a_const.WhichOneof("val") == "ival":
+        if current.a_const.ival.ival > max_rows:
+            set_integer(current, max_rows)
     else:
-        stmt.limitCount = ast.MinMaxExpr(op=enums.MinMaxOp.IS_LEAST, args=(current, bound))
-    stmt.limitOption = enums.LimitOption.LIMIT_OPTION_COUNT
+        bounded = pb.Node()
+        least = bounded.min_max_expr
+        least.op = pb.IS_LEAST
+        least.args.append(current)
+        set_integer(least.args.add(), max_rows)
+        current.CopyFrom(bounded)
+    stmt.limit_option = pb.LIMIT_OPTION_COUNT

@@ -5,12 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-
-from pglast import ast, parse_sql
-from pglast.parser import ParseError
+from typing import Any
 
 from ..api.agentpolicy import AgentPolicySpec, Rule
 from .schema import TENANT_COLUMN
+from .tree import DecodeError, ParseError, parse, pb
 
 WILDCARD = "*"
 
@@ -41,35 +40,36 @@ class Match:
     allows: tuple[Rule, ...]
 
 
-def _columns_in(predicate: str) -> set[str]:
-    names: set[str] = set()
-
-    def visit(node: object) -> None:
-        if isinstance(node, tuple):
-            for item in node:
-                visit(item)
-        elif isinstance(node, ast.ColumnRef):
-            if isinstance(node.fields[-1], ast.String):
-                names.add(node.fields[-1].sval)
-        elif isinstance(node, ast.Node):
-            for attr in node.__slots__:
-                visit(getattr(node, attr))
-
-    visit(parse_sql(f"SELECT 1 WHERE {predicate}")[0].stmt.whereClause)
+def _columns_in(message: Any, names: set[str]) -> set[str]:
+    """Every column name a predicate reads (the last field of each column reference)."""
+    for descriptor, value in message.ListFields():
+        if descriptor.message_type is None:
+            continue
+        for item in value if descriptor.is_repeated else (value,):
+            if isinstance(item, pb.ColumnRef):
+                if item.fields[-1].WhichOneof("node") == "string":
+                    names.add(item.fields[-1].string.sval)
+            else:
+                _columns_in(item, names)
     return names
 
 
-def _row_filter(rule: Rule) -> str | None:
-    if rule.rowFilter is None:
-        return None
+# What `SELECT 1 WHERE <predicate>` sets; anything more (GROUP BY, LIMIT, FROM...) is not a predicate.
+_PREDICATE_CLAUSES = frozenset({"target_list", "where_clause", "limit_option", "op"})
+
+
+def _row_filter(rule: Rule) -> pb.Node:
+    """The rule's rowFilter parsed as one predicate."""
     try:
-        statements = parse_sql(f"SELECT 1 WHERE {rule.rowFilter}")
-    except ParseError as error:
+        statements = parse(f"SELECT 1 WHERE {rule.rowFilter}").stmts
+    except (ParseError, DecodeError) as error:
         raise PolicyError(f"rule {rule.id}: rowFilter does not parse: {error}") from None
     stmt = statements[0].stmt if len(statements) == 1 else None
-    if not isinstance(stmt, ast.SelectStmt) or stmt.limitCount is not None or stmt.whereClause is None:
+    select = stmt.select_stmt if stmt is not None and stmt.WhichOneof("node") == "select_stmt" else None
+    clauses = {descriptor.name for descriptor, _ in select.ListFields()} if select is not None else set()
+    if select is None or not select.HasField("where_clause") or clauses - _PREDICATE_CLAUSES:
         raise PolicyError(f"rule {rule.id}: rowFilter must be one SQL predicate")
-    return rule.rowFilter
+    return select.where_clause
 
 
 class RuleSet:
@@ -83,8 +83,10 @@ class RuleSet:
         self.subjects = frozenset(spec.subjects)
         self.functions = frozenset(f.lower() for f in spec.functions)
         self.limits = spec.limits
-        self.row_filters = {rule.id: _row_filter(rule) for rule in spec.rules}
-        self._filter_columns = {f: _columns_in(f) for f in self.row_filters.values() if f is not None}
+        self.row_filters = {rule.id: rule.rowFilter for rule in spec.rules}
+        # Parsed once: the rewriter copies these trees into every statement they filter.
+        self.predicates = {rule.rowFilter: _row_filter(rule) for rule in spec.rules if rule.rowFilter is not None}
+        self._filter_columns = {f: _columns_in(node, set()) for f, node in self.predicates.items()}
         self._index: dict[tuple[str, str], list[Rule]] = {}
         for rule in spec.rules:
             for action in rule.actions:
