@@ -141,6 +141,36 @@ def test_the_database_hides_other_tenants_rows_on_its_own(acme: str) -> None:
             conn.execute("UPDATE orders SET status = 'x', tenant_id = 'globex' WHERE id = 10")
 
 
+def test_upsert_never_updates_another_tenants_row(policy_db: PolicyDatabase) -> None:
+    upsert = {"id": "upsert-orders", "effect": "allow", "actions": ["insert", "update"], "tables": ["orders"],
+              "columns": ["id", "customer_id", "status", "total"]}
+    policy = spec(rules=[*support_policy().spec.model_dump(mode="json")["rules"], upsert])
+    dsn = policy_db.grant(policy, "acme", name="upsert")
+    statement = ("INSERT INTO orders (id, customer_id, status, total) VALUES ($1, 1, 'upserted', 1) "
+                 "ON CONFLICT (id) DO UPDATE SET status = excluded.status")
+    try:
+        with ExecutionGuard(policy_db.engine(policy), dsn, PRINCIPAL, "acme") as guard:
+            foreign = guard.execute(statement, [1010])  # globex's order
+            assert foreign.ok and foreign.rows_affected == 0, foreign.reasons
+            own = guard.execute(statement, [10])
+            assert own.ok and own.rows_affected == 1, own.reasons
+            fresh = guard.execute(statement, [77])
+            assert fresh.ok and fresh.rows_affected == 1
+        assert admin_value(policy_db, "SELECT row(tenant_id, status)::text FROM orders WHERE id = 1010") == \
+            "(globex,open)"
+        assert admin_value(policy_db, "SELECT row(tenant_id, status)::text FROM orders WHERE id = 10") == \
+            "(acme,upserted)"
+        assert admin_value(policy_db, "SELECT tenant_id FROM orders WHERE id = 77") == "acme"
+        # the role on its own, without the engine's WHERE: row-level security refuses the foreign row
+        with psycopg.connect(dsn) as conn, pytest.raises(errors.InsufficientPrivilege):
+            conn.execute("INSERT INTO orders (id, customer_id, status, total, tenant_id) VALUES (1010, 1, 'x', 1, "
+                         "'acme') ON CONFLICT (id) DO UPDATE SET status = excluded.status")
+    finally:
+        with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
+            conn.execute("UPDATE orders SET status = 'open' WHERE id = 10")
+            conn.execute("DELETE FROM orders WHERE id = 77")
+
+
 # -- differential (Hypothesis) ----------------------------------------------------------------------
 
 TABLES = {t.name: list(t.columns) for t in schema().tables.values()}
@@ -157,9 +187,11 @@ def statements(draw: st.DrawFn) -> str:
     where_col = draw(st.sampled_from(columns))
     where = draw(st.sampled_from(["", f" WHERE {where_col} = {LITERALS[where_col]}",
                                   f" WHERE {where_col} IS NOT NULL", " WHERE tenant_id = 'globex'"]))
-    kind = draw(st.sampled_from(["select", "select", "update", "delete", "join"]))
+    kind = draw(st.sampled_from(["select", "select", "update", "delete", "join", "window"]))
     if kind == "select":
         return f"SELECT {', '.join(picked)} FROM {table}{where}"
+    if kind == "window":
+        return f"SELECT {picked[0]}, count(*) OVER (PARTITION BY {where_col}) FROM {table}{where}"
     if kind == "update":
         return f"UPDATE {table} SET {picked[0]} = {LITERALS[picked[0]]}{where}"
     if kind == "delete":

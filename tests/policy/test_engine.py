@@ -191,3 +191,46 @@ def test_protobuf_trees_round_trip_through_pglast() -> None:
         assert fingerprint(deparse(parse(case["sql"]))) == original, case["sql"]
         checked += 1
     assert checked > 300
+
+
+UPSERT = {"id": "upsert-orders", "effect": "allow", "actions": ["insert", "update"], "tables": ["orders"],
+          "columns": ["id", "customer_id", "status", "total"]}
+VALUES = "INSERT INTO orders (id, customer_id, status, total) VALUES (1, 2, 'x', 3)"
+
+
+def test_on_conflict_do_update_is_checked_as_an_update_of_the_tenants_own_row() -> None:
+    engine = PolicyEngine(spec(rules=[*support_policy().spec.model_dump(mode="json")["rules"], UPSERT]), schema())
+    upsert = engine.decide(PRINCIPAL, f"{VALUES} ON CONFLICT (id) DO UPDATE SET status = excluded.status "
+                                      "WHERE orders.total > 1", tenant="acme")
+    assert upsert.allowed, upsert.reasons
+    assert upsert.sql == ("INSERT INTO orders (id, customer_id, status, total, tenant_id) "
+                          "VALUES (1, 2, 'x', 3, 'acme') ON CONFLICT (id) DO UPDATE SET status = excluded.status "
+                          "WHERE orders.total > 1 AND orders.tenant_id = 'acme'")
+    assert engine.decide(PRINCIPAL, f"{VALUES} ON CONFLICT DO NOTHING", tenant="acme").allowed
+    refused = {
+        "SET tenant_id = 'globex'": "tenant_column",
+        "SET paid = true": "no_allow_rule",
+        "SET status = status": "ambiguous_column",
+        "SET status = (SELECT api_key FROM secrets)": "no_allow_rule",
+        "SET status = excluded.nope": "unknown_column",
+    }
+    for assignment, code in refused.items():
+        decision = engine.decide(PRINCIPAL, f"{VALUES} ON CONFLICT (id) DO UPDATE {assignment}", tenant="acme")
+        assert code in [r.code for r in decision.reasons] and not decision.allowed, assignment
+    target = engine.decide(PRINCIPAL, f"{VALUES} ON CONFLICT (lower(status)) DO NOTHING", tenant="acme")
+    assert [r.code for r in target.reasons] == ["unsupported"]
+    # without an update rule, DO UPDATE is refused while DO NOTHING is not
+    insert_only = PolicyEngine(spec(rules=[{**UPSERT, "actions": ["insert"]},
+                                           *support_policy().spec.model_dump(mode="json")["rules"][:1]]), schema())
+    assert insert_only.decide(PRINCIPAL, f"{VALUES} ON CONFLICT (id) DO NOTHING", tenant="acme").allowed
+    blocked = insert_only.decide(PRINCIPAL, f"{VALUES} ON CONFLICT (id) DO UPDATE SET status = 'y'", tenant="acme")
+    assert [r.code for r in blocked.reasons] == ["no_allow_rule"]
+
+
+def test_window_functions_read_what_their_windows_read(engine: PolicyEngine) -> None:
+    decision = engine.decide(PRINCIPAL, "SELECT id, sum(total) OVER (PARTITION BY customer_id) FROM orders",
+                             tenant="acme")
+    assert decision.sql == ("SELECT id, sum(total) OVER (PARTITION BY customer_id) FROM (SELECT id, customer_id, "
+                            "total FROM orders WHERE tenant_id = 'acme') orders LIMIT 1000")
+    hidden = engine.decide(PRINCIPAL, "SELECT id, count(*) OVER (PARTITION BY ssn) FROM customers", tenant="acme")
+    assert [r.message for r in hidden.reasons] == ["no rule allows select on customers.ssn"]

@@ -171,8 +171,6 @@ class Analysis:
             ctes = self.with_clause(stmt.with_clause, outer, ctes)
         if stmt.HasField("into_clause"):
             self.deny("select_into", "SELECT INTO creates a table and is never admitted", stmt.into_clause)
-        if stmt.window_clause:
-            self.unsupported(unwrap(stmt.window_clause[0]), "WINDOW")
         if stmt.limit_option == pb.LIMIT_OPTION_WITH_TIES:
             self.unsupported(stmt, "FETCH ... WITH TIES")
         if stmt.op != pb.SETOP_NONE:
@@ -191,6 +189,8 @@ class Analysis:
         for item in stmt.from_clause:
             self.from_item(item, scope, ctes)
         columns = self.target_list(stmt.target_list, scope)
+        for item in stmt.window_clause:
+            self.window(item.window_def, scope)
         self.expression(stmt.where_clause, scope)
         for item in stmt.group_clause:
             if item.WhichOneof("node") == "grouping_set":
@@ -239,8 +239,6 @@ class Analysis:
     def insert(self, stmt: pb.InsertStmt) -> None:
         if stmt.HasField("with_clause"):
             self.unsupported(stmt.with_clause, "WITH on INSERT")
-        if stmt.HasField("on_conflict_clause"):
-            self.unsupported(stmt.on_conflict_clause, "ON CONFLICT")
         if stmt.override > pb.OVERRIDING_NOT_SET:
             self.unsupported(stmt, "OVERRIDING")
         table = self.base_table(stmt.relation)
@@ -281,7 +279,32 @@ class Analysis:
                 self.deny("invalid", "INSERT ... SELECT returns a different number of columns", source)
         else:
             self.deny("insert_columns", "INSERT needs VALUES or a SELECT", stmt)
+        if stmt.HasField("on_conflict_clause"):
+            self.on_conflict(stmt.on_conflict_clause, table, name)
         self.returning(stmt, Scope([Relation(name, tuple(table.columns), table)]))
+
+    def on_conflict(self, clause: pb.OnConflictClause, table: Table, name: str) -> None:
+        """DO NOTHING needs nothing more; DO UPDATE is an UPDATE of the conflicting row and is checked as one.
+
+        Arbiter columns and `excluded.*` count as reads of the table, as PostgreSQL counts them."""
+        columns = tuple(table.columns)
+        scope = Scope([Relation(name, columns, table)])
+        if clause.HasField("infer"):
+            infer = clause.infer
+            for item in infer.index_elems:
+                element = item.index_elem
+                if element.HasField("expr") or element.collation or element.opclass or element.opclassopts:
+                    self.unsupported(element, "an expression, collation or operator class as a conflict target")
+                elif element.name not in table.columns:
+                    self.deny("unknown_column", f"column {table.name}.{element.name} does not exist", infer)
+                else:
+                    self.access("select", table, element.name, infer)
+            self.expression(infer.where_clause, scope)
+        if clause.action != pb.ONCONFLICT_UPDATE:
+            return
+        scope.relations.append(Relation("excluded", columns, table))
+        self.assignments(clause.target_list, table, scope)
+        self.expression(clause.where_clause, scope)
 
     def update(self, stmt: pb.UpdateStmt) -> None:
         if stmt.HasField("with_clause"):
@@ -292,7 +315,13 @@ class Analysis:
         scope = Scope([Relation(self.target_name(stmt, table), tuple(table.columns), table)])
         for item in stmt.from_clause:
             self.from_item(item, scope, {})
-        for item in stmt.target_list:
+        self.assignments(stmt.target_list, table, scope)
+        self.where(stmt, scope)
+        self.returning(stmt, scope)
+
+    def assignments(self, targets: Any, table: Table, scope: Scope) -> None:
+        """The SET list of an UPDATE (or of ON CONFLICT DO UPDATE): each column needs an update rule."""
+        for item in targets:
             target = item.res_target
             if target.val.WhichOneof("node") == "multi_assign_ref" or target.indirection:
                 self.unsupported(target, "multi-column or subscripted SET")
@@ -304,8 +333,6 @@ class Analysis:
             self.access("update", table, target.name, target)
             self.expression(target.val, scope)
             self.typed_value(table.columns[target.name], target.val)
-        self.where(stmt, scope)
-        self.returning(stmt, scope)
 
     def delete(self, stmt: pb.DeleteStmt) -> None:
         if stmt.HasField("with_clause"):
@@ -412,10 +439,14 @@ class Analysis:
         for item in targets:
             target = item.res_target
             value = target.val
-            if value.WhichOneof("node") == "column_ref" and _star(value.column_ref):
-                names.extend(self.star(value.column_ref, scope))
-                continue
-            self.expression(value, scope)
+            if value.WhichOneof("node") == "column_ref":  # the common case, without a second dispatch
+                ref = value.column_ref
+                if _star(ref):
+                    names.extend(self.star(ref, scope))
+                    continue
+                self.column(ref, scope)
+            else:
+                self.expression(value, scope)
             names.append(target.name or _output_name(value))
         return tuple(names)
 
@@ -538,6 +569,14 @@ class Analysis:
         else:
             self.unsupported(getattr(node, kind))
 
+    def window(self, window: pb.WindowDef, scope: Scope) -> None:
+        """A window reads what its PARTITION BY, ORDER BY and frame offsets read."""
+        self.expressions(window.partition_clause, scope)
+        for sort in window.order_clause:
+            self.expression(sort.sort_by.node, scope)
+        self.expression(window.start_offset, scope)
+        self.expression(window.end_offset, scope)
+
     def cast(self, node: pb.TypeCast) -> None:
         type_name = node.type_name
         names = _names(type_name.names)
@@ -556,7 +595,7 @@ class Analysis:
         elif name not in self.rules.functions:
             self.deny("function_not_allowed", f"function {name} is not in the policy's allowlist", node)
         if node.HasField("over"):
-            self.unsupported(node.over, "window functions")
+            self.window(node.over, scope)
         if node.func_variadic:
             self.unsupported(node, "VARIADIC")
         for arg in node.args:

@@ -22,20 +22,15 @@ def rewrite(result: pb.ParseResult, analysis: Analysis, max_rows: int) -> str:
             _filter(slot, [c for c in slot.table.columns if ("select", slot.table.name, c) in analysis.accesses],
                     rules, tenant)
     target = analysis.target
-    if (target is not None and analysis.kind in ("update", "delete")
-            and _restricted(target.table, analysis.kind, rules, tenant)):
-        where = target.stmt.where_clause
-        if where.WhichOneof("node") is None:
-            _predicate(where, target.table, analysis.kind, rules, tenant, target.name)
-        else:
-            original = pb.Node()
-            original.CopyFrom(where)
-            both = where.bool_expr
-            both.boolop = pb.AND_EXPR
-            both.args.append(original)
-            _predicate(both.args.add(), target.table, analysis.kind, rules, tenant, target.name)
-    if target is not None and analysis.kind == "insert" and tenant is not None and target.table.pooled:
-        _insert_tenant(target.stmt, tenant)
+    if target is not None and analysis.kind in ("update", "delete"):
+        _restrict(target.stmt.where_clause, target.table, analysis.kind, rules, tenant, target.name)
+    if target is not None and analysis.kind == "insert":
+        if tenant is not None and target.table.pooled:
+            _insert_tenant(target.stmt, tenant)
+        conflict = target.stmt.on_conflict_clause
+        if target.stmt.HasField("on_conflict_clause") and conflict.action == pb.ONCONFLICT_UPDATE:
+            # the conflicting row may be another tenant's: DO UPDATE touches it only where an UPDATE could
+            _restrict(conflict.where_clause, target.table, "update", rules, tenant, target.name)
     if analysis.kind == "select":
         _limit(result.stmts[0].stmt.select_stmt, max_rows)
     return deparse(result)
@@ -43,6 +38,21 @@ def rewrite(result: pb.ParseResult, analysis: Analysis, max_rows: int) -> str:
 
 def _restricted(table: Table, action: str, rules: RuleSet, tenant: str | None) -> bool:
     return (tenant is not None and table.pooled) or bool(rules.row_filters_for(action, table.name))
+
+
+def _restrict(where: pb.Node, table: Table, action: str, rules: RuleSet, tenant: str | None, qualifier: str) -> None:
+    """AND the tenant predicate and row filters into a WHERE clause of the written table."""
+    if not _restricted(table, action, rules, tenant):
+        return
+    if where.WhichOneof("node") is None:
+        _predicate(where, table, action, rules, tenant, qualifier)
+        return
+    original = pb.Node()
+    original.CopyFrom(where)
+    both = where.bool_expr
+    both.boolop = pb.AND_EXPR
+    both.args.append(original)
+    _predicate(both.args.add(), table, action, rules, tenant, qualifier)
 
 
 def _predicate(node: pb.Node, table: Table, action: str, rules: RuleSet, tenant: str | None,
