@@ -234,3 +234,18 @@ def test_window_functions_read_what_their_windows_read(engine: PolicyEngine) -> 
                             "total FROM orders WHERE tenant_id = 'acme') orders LIMIT 1000")
     hidden = engine.decide(PRINCIPAL, "SELECT id, count(*) OVER (PARTITION BY ssn) FROM customers", tenant="acme")
     assert [r.message for r in hidden.reasons] == ["no rule allows select on customers.ssn"]
+
+
+@pytest.mark.parametrize(("row_filter", "problem"), [
+    ("region = 'eu'", "column region does not exist"),
+    ("pg_read_file('/etc/passwd') IS NOT NULL", "pg_read_file is never admitted"),
+    ("id IN (SELECT oid FROM pg_catalog.pg_class)", "only tables of the tenant schema"),
+    ("id IN (SELECT id FROM nowhere)", "table nowhere does not exist"),
+])
+def test_row_filters_are_checked_against_the_schema(row_filter: str, problem: str) -> None:
+    rule = {"id": "filtered", "effect": "allow", "actions": ["select"], "tables": ["orders"], "rowFilter": row_filter}
+    with pytest.raises(PolicyError, match=f"rule filtered: rowFilter on orders: .*{problem}"):
+        PolicyEngine(spec(rules=[rule]), schema())
+    # what only the policy's author may write: functions outside the agent's allowlist, the session user
+    author = {**rule, "rowFilter": "status = current_user OR length(status) > 2"}
+    assert PolicyEngine(spec(rules=[author]), schema()).decide(PRINCIPAL, "SELECT id FROM orders").allowed

@@ -12,14 +12,16 @@ from typing import Any
 from pglast.parser import fingerprint
 
 from ..api.agentpolicy import AgentPolicySpec
-from .analysis import Analysis, ParamType, param_fits
+from .analysis import Analysis, ParamType, Relation, Scope, param_fits
 from .decision import POLICY_CODES, Decision, Reason, plan_hash
 from .rewrite import rewrite
-from .rules import RuleSet
+from .rules import WILDCARD, PolicyError, RuleSet
 from .schema import Schema
 from .tree import DecodeError, ParseError, parse
 
 MAX_SQL_LENGTH = 65536
+# What a rowFilter, written by the policy's author, may do that an agent's statement may not.
+AUTHOR_ONLY = frozenset({"function_not_allowed", "session_information"})
 logger = logging.getLogger(__name__)
 
 
@@ -46,6 +48,21 @@ class PolicyEngine:
         self.version = f"{self.rules.version}.{schema.digest}"
         self._cache: OrderedDict[tuple[str, str | None, str], _Admitted] = OrderedDict()
         self._cache_size = cache_size
+        self._check_row_filters()
+
+    def _check_row_filters(self) -> None:
+        """Each rowFilter must read only columns of the tables its rule names, and nothing never admitted."""
+        for rule in self.rules.spec.rules:
+            if rule.rowFilter is None:
+                continue
+            names = self.schema.tables if WILDCARD in rule.tables else rule.tables
+            for table in (self.schema.tables[n] for n in names if n in self.schema.tables):
+                analysis = Analysis(self.rules, self.schema, None)
+                scope = Scope([Relation(table.name, tuple(table.columns), table)])
+                analysis.expression(self.rules.predicates[rule.rowFilter], scope)
+                problems = [r.message for r in analysis.reasons if r.code not in AUTHOR_ONLY]
+                if problems:
+                    raise PolicyError(f"rule {rule.id}: rowFilter on {table.name}: {problems[0]}")
 
     def clear_cache(self) -> None:
         self._cache.clear()
