@@ -186,7 +186,7 @@ def run(quick: bool = False) -> str:
         "",
         f"Decision latency in µs for `{STATEMENT}` with tenant `{TENANT}` (pooled: the tenant predicate and",
         "LIMIT are injected), including parsing. *Cold*: the decision cache is cleared before every call, so",
-        "each call parses (pglast), resolves names, matches rules, rewrites and deparses. *Cached*: the same",
+        "each call parses (pglast, C), resolves names, matches rules, rewrites and deparses (C). *Cached*: the same",
         "statement with a new parameter each call (the cache is keyed by principal, tenant and statement under",
         "the policy version; parameters are type-checked on every call). cedarpy evaluates an equivalent",
         "authorization-only request (principal, action select, resource table orders) against the same number",
