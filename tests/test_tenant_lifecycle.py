@@ -252,3 +252,105 @@ def test_every_transition_is_in_a_verifiable_audit_chain(operator: Any, postgres
         conn.execute("UPDATE paybill.audit_log SET details = %s WHERE name = %s AND event = 'suspend'",
                      (psycopg.types.json.Jsonb(original), name))
         assert log.verify() >= 3
+
+
+def agent_policy(namespace: str, **changes: Any) -> dict[str, Any]:
+    spec = {"subjects": ["agent:support-bot"], "functions": ["count"], "rules": [
+        {"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"]},
+        {"id": "fix-status", "effect": "allow", "actions": ["update"], "tables": ["orders"], "columns": ["status"],
+         "requireWhere": True}]}
+    return {"apiVersion": API, "kind": "AgentPolicy", "metadata": {"name": "support", "namespace": namespace},
+            "spec": {**spec, **changes}}
+
+
+def wait_policy(cluster: Any, namespace: str, phase: str, **fields: Any) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        current = (cluster.kube.get(API, "agentpolicies", "support", namespace) or {}).get("status") or {}
+        if current.get("phase") == phase and all(current.get(k) == v for k, v in fields.items()):
+            return current
+        return None
+    return cluster.eventually(check, timeout=40)
+
+
+def agent_login(cluster: Any, namespace: str) -> psycopg.Connection:
+    secret = cluster.kube.get("v1", "secrets", "agent-support", namespace)
+    uri = base64.b64decode(secret["data"]["uri"]).decode()
+    return psycopg.connect(uri, autocommit=True, connect_timeout=3)
+
+
+def test_agent_policy_installs_a_role_whose_grants_follow_the_tenant(operator: Any, postgres: LocalPostgres) -> None:
+    names = [onboard(operator, "pooled") for _ in range(2)]
+    for name in names:
+        wait_phase(operator, name, "Active")
+        with login(operator, name) as conn:
+            conn.execute("INSERT INTO customers (tenant_id, id, name) VALUES (%s, 1, 'c')", (name,))
+            conn.execute("INSERT INTO orders (tenant_id, id, customer_id, status, total) VALUES (%s, 1, 1, 'open', 10)",
+                         (name,))
+    name, namespace = names[0], f"tenant-{names[0]}"
+    operator.kube.apply(agent_policy(namespace))
+    current = wait_policy(operator, namespace, "Ready", access="full")
+    assert current["role"] == f"agent_support_{name}".replace("-", "_") and current["tables"] == ["orders"]
+    with agent_login(operator, namespace) as conn:
+        assert conn.execute("SELECT tenant_id, status FROM orders").fetchall() == [(name, "open")]
+        assert conn.execute("UPDATE orders SET status = 'fixed' WHERE id = 1").rowcount == 1  # its own row only
+        for refused in ("SELECT name FROM customers", "UPDATE orders SET total = 0 WHERE id = 1",
+                        "DELETE FROM orders", "SELECT api FROM paybill.tenant_roles"):
+            with pytest.raises((psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedColumn)):
+                conn.execute(refused)
+    password = base64.b64decode(operator.kube.get("v1", "secrets", "agent-support", namespace)["data"]["password"])
+    everything = str(operator.kube.get(API, "agentpolicies", "support", namespace)) + str(
+        operator.kube.list("v1", "events"))
+    assert password.decode() not in everything
+
+    # a rowFilter naming a column the live schema lacks: refused with a reason, the installed role kept
+    operator.kube.merge_patch(API, "agentpolicies", "support", {"spec": {"rules": [
+        {"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"],
+         "rowFilter": "region = 'eu'"}]}}, namespace)
+    invalid = wait_policy(operator, namespace, "Invalid")
+    assert "rule read-orders: rowFilter on orders: column region does not exist" in invalid["conditions"][-1]["message"]
+    assert any(e.get("reason") == "InvalidPolicy" for e in operator.kube.list("v1", "events", namespace))
+    operator.kube.apply(agent_policy(namespace))
+    wait_policy(operator, namespace, "Ready")
+
+    set_billing(operator, name, "past_due", past_due_days=8)  # the tenant turns read-only: so does its agent
+    wait_policy(operator, namespace, "Ready", access="read_only")
+    with agent_login(operator, namespace) as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (1,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("UPDATE orders SET status = 'again' WHERE id = 1")
+    set_billing(operator, name, "unpaid")  # suspended: the agent cannot log in
+    wait_policy(operator, namespace, "Ready", access="none")
+    with pytest.raises(psycopg.OperationalError, match="not permitted to log in"):
+        agent_login(operator, namespace)
+    set_billing(operator, name, "active")
+    wait_policy(operator, namespace, "Ready", access="full")
+    with agent_login(operator, namespace) as conn:
+        assert conn.execute("UPDATE orders SET status = 'paid' WHERE id = 1").rowcount == 1
+
+    operator.kube.delete(API, "agentpolicies", "support", namespace)
+    operator.eventually(lambda: operator.kube.get(API, "agentpolicies", "support", namespace) is None, timeout=30)
+    assert operator.kube.get("v1", "secrets", "agent-support", namespace) is None
+    with psycopg.connect(postgres.dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (current["role"],)).fetchone() == (0,)
+
+
+def test_agent_grants_move_with_the_tenants_data(operator: Any, postgres: LocalPostgres) -> None:
+    name = onboard(operator, "pooled")
+    namespace = f"tenant-{name}"
+    operator.eventually(lambda: operator.kube.get("v1", "namespaces", namespace))
+    operator.kube.apply(agent_policy(namespace))  # possibly before the tenant's database: it waits, then installs
+    wait_phase(operator, name, "Active")
+    with login(operator, name) as conn:
+        conn.execute("INSERT INTO customers (tenant_id, id, name) VALUES (%s, 1, 'c')", (name,))
+        conn.execute("INSERT INTO orders (tenant_id, id, customer_id, status, total) VALUES (%s, 7, 1, 'open', 1)",
+                     (name,))
+    role = wait_policy(operator, namespace, "Ready", database="paybill_pooled")["role"]
+
+    operator.kube.apply(plan("plan-silo", "silo"))
+    operator.kube.merge_patch(API, "tenants", name, {"spec": {"planRef": "plan-silo"}})
+    wait_policy(operator, namespace, "Ready", database=role_name(name), schema="app")
+    with agent_login(operator, namespace) as conn:
+        assert conn.execute("SELECT id, status FROM orders").fetchall() == [(7, "open")]
+    with psycopg.connect(postgres.dsn, dbname="paybill_pooled") as conn:  # nothing left in the pool
+        assert conn.execute("SELECT has_table_privilege(%s, 'app.orders', 'SELECT'), count(*) FROM pg_policies "
+                            "WHERE %s = ANY(roles)", (role, role)).fetchone() == (False, 0)

@@ -63,6 +63,18 @@ class AgentPolicySpec(Model):
     limits: Limits = Field(default_factory=Limits, description="Hard limits per statement and per run.")
 
 
+class AgentPolicyStatus(Status):
+    tenant: str | None = Field(default=None, description="The tenant whose data the policy governs.")
+    role: str | None = Field(default=None, description="The agent's PostgreSQL login role.")
+    database: str | None = Field(default=None, description="The database the role's grants live in.")
+    schema_: str | None = Field(default=None, alias="schema", description="The schema the grants cover.")
+    tables: list[str] = Field(default_factory=list, description="Tables the role holds any privilege on.")
+    access: str | None = Field(default=None, description="The tenant's access the grants follow: full, "
+                                                         "read_only (writes dropped) or none (no login).")
+    policyVersion: str | None = Field(default=None, description="Digest of the policy and the live schema.")
+    credentialsSecret: str | None = Field(default=None, description="Secret with the role's login.")
+
+
 class AgentPolicy(CustomResource):
     """The explicit ACL for agents acting on one tenant's data."""
 
@@ -77,4 +89,4 @@ class AgentPolicy(CustomResource):
                                     "rule ids must be unique"),),
     )
     spec: AgentPolicySpec
-    status: Status | None = None
+    status: AgentPolicyStatus | None = None

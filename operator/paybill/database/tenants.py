@@ -126,6 +126,14 @@ class TenantDatabases:
             # Names host and port at most; the DSN (which may hold a password) is never echoed.
             raise DatabaseUnavailable(f"cannot connect to the tenant database server: {first_line(exc)}") from None
 
+    def login_fields(self, role: str, password: str, database: str, schema: str) -> dict[str, str]:
+        """What a client needs to log in as `role` (the content of a credentials Secret)."""
+        params = conninfo.conninfo_to_dict(self.admin_dsn)
+        host, port = str(params.get("host", "127.0.0.1")), str(params.get("port", "5432"))
+        return {"password": password, "username": role, "database": database, "schema": schema, "host": host,
+                "port": port, "uri": conninfo.make_conninfo(host=host, port=port, dbname=database, user=role,
+                                                            password=password)}
+
     def connect(self, database: str | None = None) -> psycopg.Connection:
         """A cached autocommit connection for this thread (the operator's database when None)."""
         cache: dict[str | None, psycopg.Connection] = self._local.__dict__.setdefault("connections", {})
@@ -304,7 +312,7 @@ class TenantDatabases:
         with self.session() as conn:
             conn.execute(sql.SQL("ALTER ROLE {} " + ("NOLOGIN" if access == Access.NONE else "LOGIN")).format(role))
             if access == Access.NONE:
-                self._end_sessions(conn, placement.role)
+                self.end_sessions(conn, placement.role)
         if access != Access.NONE:
             self._set_writable(placement, access == Access.FULL)
 
@@ -323,7 +331,7 @@ class TenantDatabases:
                     WRITE_PRIVILEGES, schema, role))
 
     @staticmethod
-    def _end_sessions(conn: psycopg.Connection, role: str, database: str | None = None) -> int:
+    def end_sessions(conn: psycopg.Connection, role: str, database: str | None = None) -> int:
         row = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE pid <> "
                            "pg_backend_pid() AND usename = %s AND (%s::text IS NULL OR datname = %s)",
                            (role, database, database)).fetchone()
@@ -410,7 +418,7 @@ class TenantDatabases:
                     sql.Identifier(placement.database), role))
                 conn.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} RESET ALL").format(
                     role, sql.Identifier(placement.database)))
-                self._end_sessions(conn, placement.role, placement.database)
+                self.end_sessions(conn, placement.role, placement.database)
             if placement.pooled:
                 with conn.transaction():
                     for table in reversed(TABLES):
@@ -426,7 +434,7 @@ class TenantDatabases:
         with self.session() as conn:
             if not self._role_exists(conn, role):
                 return
-            self._end_sessions(conn, role)
+            self.end_sessions(conn, role)
             for database in (POOLED_DATABASE, BRIDGE_DATABASE):
                 if self._database_exists(database):
                     with self.session(database) as db:

@@ -12,16 +12,8 @@ from ..api.meta import API_VERSION, GROUP, VERSION
 from ..api.plan import PlanSpec
 from ..billing.grace import billing_state
 from ..kube.client import Kube, KubeError
-from ..lifecycle.conditions import set_condition
+from .status import write_ready
 from .tenant import TRIGGER
-
-
-def _write(body: kopf.Body, patch: kopf.Patch, phase: str, ok: bool, reason: str, message: str,
-           **fields: Any) -> None:
-    generation = body.metadata.get("generation")
-    conditions = set_condition(list((body.get("status") or {}).get("conditions") or []), "Ready", ok, reason,
-                               message, generation)
-    patch.status.update(phase=phase, observedGeneration=generation, conditions=conditions, **fields)
 
 
 def _touch_tenant(kube: Kube, name: str, key: str, value: str) -> None:
@@ -41,10 +33,10 @@ def reconcile_plan(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, reason: 
         spec = PlanSpec.model_validate(dict(body.spec))
     except ValidationError as exc:
         message = "; ".join(f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        _write(body, patch, "Invalid", False, "InvalidSpec", message)
+        write_ready(body, patch, "Invalid", False, "InvalidSpec", message)
         kopf.warn(body, reason="InvalidSpec", message=message)
         return
-    _write(body, patch, "Ready", True, "Valid", f"{spec.tier} tier with {spec.isolation} isolation")
+    write_ready(body, patch, "Ready", True, "Valid", f"{spec.tier} tier with {spec.isolation} isolation")
     if reason == "update":  # a changed plan re-reconciles its tenants (quotas, isolation, grace period)
         for tenant in memo.kube.list(API_VERSION, "tenants"):
             if tenant.get("spec", {}).get("planRef") == body.metadata.name:
@@ -60,13 +52,13 @@ def _reconcile_subscription(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo)
                                                              ("tenant", spec["tenantRef"], tenant)) if found is None]
     if missing:
         message = f"{' and '.join(missing)} not found"
-        _write(body, patch, phase, False, "ReferenceNotFound", message)
+        write_ready(body, patch, phase, False, "ReferenceNotFound", message)
         kopf.warn(body, reason="ReferenceNotFound", message=message)
         raise kopf.TemporaryError(message, delay=10)
     state = billing_state(spec.get("billingStatus", "active"), spec.get("pastDueSince"),
                           int(plan["spec"].get("gracePeriodDays", 7)), datetime.datetime.now(datetime.UTC))
     previous = (body.get("status") or {}).get("restriction")
-    _write(body, patch, phase, True, "Resolved", f"tenant {spec['tenantRef']} on plan {spec['planRef']}: "
+    write_ready(body, patch, phase, True, "Resolved", f"tenant {spec['tenantRef']} on plan {spec['planRef']}: "
                                                  f"{state.message}", restriction=str(state.restriction))
     if previous != state.restriction:
         kopf.info(body, reason="RestrictionChanged", message=f"{previous or 'none'} -> {state.restriction}: "

@@ -14,7 +14,6 @@ from typing import Any
 
 import kopf
 import psycopg
-from psycopg import conninfo
 
 from ..api.meta import API_VERSION, GROUP, VERSION, now_rfc3339
 from ..api.plan import Isolation
@@ -39,6 +38,7 @@ from ..lifecycle.tenant import (
 
 RETRY_DELAY = 10
 TRIGGER = "trigger.paybill.dev"  # not kopf's own prefix, so a change here re-runs the tenant's reconcile
+TENANT_GRANTS = f"{TRIGGER}/tenant"  # on an AgentPolicy: the tenant state its grants must follow
 FAILURES = (DatabaseUnavailable, MigrationError, KubeError, psycopg.Error)
 
 
@@ -134,11 +134,29 @@ def reconcile_tenant(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry:
     else:
         status.condition("Ready", True, "Provisioned", f"tenant is active on plan {plan['metadata']['name']}"
                          + ("; data is read-only" if access == Access.READ_ONLY else ""))
+    before = body.get("status") or {}
     status.write(goal, namespace=namespace, plan=plan["metadata"]["name"], suspendedFor=causes,
                  isolation=str(placement.isolation if placement else isolation), access=str(access),
                  restriction=str(billing.restriction),
                  database=placement.to_status() if placement else None,
                  credentialsSecret=CREDENTIALS_SECRET if placement else None)
+    if placement and (before.get("access"), before.get("database")) != (str(access), placement.to_status()):
+        _touch_policies(kube, namespace, agent_grants_key(str(access), placement.to_status()))
+
+
+def agent_grants_key(access: str | None, database: dict[str, Any] | None) -> str:
+    """What an agent's grants depend on in a tenant's status: its access and where its data lives."""
+    return f"{access}/{(database or {}).get('database')}/{(database or {}).get('schema')}"
+
+
+def _touch_policies(kube: Kube, namespace: str, key: str) -> None:
+    """The agents' grants follow the tenant: its AgentPolicies reconcile again, told what to expect.
+
+    kopf writes this reconcile's status only after it returns, so a policy may read the old status
+    first; the annotation tells it to wait for the new one."""
+    for policy in kube.list(API_VERSION, "agentpolicies", namespace):
+        kube.merge_patch(API_VERSION, "agentpolicies", policy["metadata"]["name"],
+                         {"metadata": {"annotations": {TENANT_GRANTS: key}}}, namespace)
 
 
 def _ensure_namespace(kube: Kube, body: kopf.Body, plan: dict[str, Any], status: _Status, namespace: str) -> None:
@@ -189,12 +207,7 @@ def _credentials(kube: Kube, body: kopf.Body) -> str:
 
 def _publish_credentials(kube: Kube, body: kopf.Body, databases: TenantDatabases, placement: Placement,
                          password: str) -> None:
-    params = conninfo.conninfo_to_dict(databases.admin_dsn)
-    host, port = str(params.get("host", "127.0.0.1")), str(params.get("port", "5432"))
-    fields = {"password": password, "username": placement.role, "database": placement.database,
-              "schema": placement.schema, "host": host, "port": port,
-              "uri": conninfo.make_conninfo(host=host, port=port, dbname=placement.database, user=placement.role,
-                                            password=password)}
+    fields = databases.login_fields(placement.role, password, placement.database, placement.schema)
     desired = credentials_secret(dict(body), fields)
     current = kube.get("v1", "secrets", CREDENTIALS_SECRET, desired["metadata"]["namespace"])
     if current is None:

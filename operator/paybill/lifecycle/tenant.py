@@ -114,10 +114,14 @@ def tenant_resources(tenant: dict[str, Any], plan: dict[str, Any]) -> list[dict[
 
 
 def credentials_secret(tenant: dict[str, Any], fields: dict[str, str]) -> dict[str, Any]:
-    """The tenant's database credentials; `fields` are encoded here and never logged or put in status."""
+    """The tenant's database credentials."""
     namespace = tenant_namespace(tenant["metadata"]["name"], tenant.get("spec", {}))
-    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": _meta(tenant, CREDENTIALS_SECRET, namespace),
+    return opaque_secret(_meta(tenant, CREDENTIALS_SECRET, namespace), fields)
+
+
+def opaque_secret(metadata: dict[str, Any], fields: dict[str, str]) -> dict[str, Any]:
+    """A Secret; `fields` are encoded here and never logged or put in status."""
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": metadata,
             "data": {key: base64.b64encode(value.encode()).decode() for key, value in sorted(fields.items())}}
 
 

@@ -1,0 +1,133 @@
+"""AgentPolicy handlers: check the policy against its tenant's live schema, install the database side, write status.
+
+The policy lives in a tenant's namespace; its agent gets a login role of its own (credentials in a Secret,
+never in status), column GRANTs and row-level security generated from the same rules the engine checks.
+The grants follow the tenant: re-applied when its access or its database placement changes.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, NoReturn
+
+import kopf
+
+from ..api.agentpolicy import AgentPolicySpec
+from ..api.meta import API_VERSION, GROUP, VERSION
+from ..api.plan import Isolation
+from ..api.tenant import TenantPhase
+from ..billing.grace import Access
+from ..database.tenants import DatabaseUnavailable, Placement, TenantDatabases
+from ..errors import first_line
+from ..kube.client import Kube, KubeError
+from ..lifecycle.tenant import MANAGED_BY, TENANT_LABEL, opaque_secret, secret_field
+from ..policy.grants import agent_role
+from ..policy.install import install, uninstall
+from ..policy.rules import PolicyError
+from ..policy.schema import SchemaError
+from .status import write_ready
+from .tenant import TENANT_GRANTS, agent_grants_key
+
+INSTALLED_PHASES = (TenantPhase.ACTIVE, TenantPhase.SUSPENDED)
+
+
+def secret_name(policy: str) -> str:
+    return f"agent-{policy}"
+
+
+def tenant_of(kube: Kube, namespace: str) -> dict[str, Any] | None:
+    """The Tenant whose namespace this is (by the namespace's tenant label)."""
+    labels = ((kube.get("v1", "namespaces", namespace) or {}).get("metadata") or {}).get("labels") or {}
+    name = labels.get(TENANT_LABEL)
+    return kube.get(API_VERSION, "tenants", name) if name else None
+
+
+@kopf.on.resume(GROUP, VERSION, "agentpolicies")
+@kopf.on.create(GROUP, VERSION, "agentpolicies")
+@kopf.on.update(GROUP, VERSION, "agentpolicies")
+def reconcile_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    kube: Kube = memo.kube
+    databases: TenantDatabases | None = memo.databases
+    name, namespace = body.metadata.name, body.metadata.namespace
+    spec = AgentPolicySpec.model_validate(dict(body.spec))  # the CRD schema has already refused bad shapes
+    tenant = tenant_of(kube, namespace)
+    if tenant is None:
+        _pending(body, patch, "TenantNotFound", f"namespace {namespace} belongs to no Tenant", delay=30)
+    tenant_name = tenant["metadata"]["name"]
+    state = tenant.get("status") or {}
+    placement = state.get("database")
+    if databases is None:
+        write_ready(body, patch, "Pending", False, "DatabaseNotConfigured", "the operator has no tenant database")
+        return
+    if state.get("phase") not in INSTALLED_PHASES or not placement:
+        _pending(body, patch, "WaitingForTenant", f"tenant {tenant_name} is {state.get('phase') or 'new'}; "
+                                                  "its database is not ready", delay=10)
+    expected = (body.metadata.annotations or {}).get(TENANT_GRANTS)
+    if expected and expected != agent_grants_key(state.get("access"), placement):
+        raise kopf.TemporaryError(f"tenant {tenant_name} is changing to {expected}", delay=1)
+    where = Placement(tenant_name, Isolation(placement["isolation"]), placement["database"], placement["schema"])
+    access = Access(state.get("access") or Access.NONE)
+    role = agent_role(name, tenant_name)
+    password = _password(kube, body)
+    try:
+        installed = install(databases, where, name, spec, password, access,
+                            previous_database=(body.get("status") or {}).get("database"))
+    except (PolicyError, SchemaError) as exc:
+        message = first_line(exc)
+        write_ready(body, patch, "Invalid", False, "InvalidPolicy", message, tenant=tenant_name)
+        kopf.warn(body, reason="InvalidPolicy", message=message)
+        return  # permanent until the policy, the tenant or its schema changes
+    except DatabaseUnavailable as exc:
+        _pending(body, patch, "DatabaseUnavailable", str(exc), delay=10)
+    _publish(kube, body, databases.login_fields(role, password, where.database, where.schema))
+    previous = (body.get("status") or {}).get("policyVersion")
+    summary = (f"role {role} in {where.database}.{where.schema}: {len(spec.rules)} rules over "
+               f"{', '.join(installed.tables) or 'no tables'}; tenant access {access}")
+    write_ready(body, patch, "Ready", True, "Installed", summary, tenant=tenant_name, role=role,
+                database=where.database, schema=where.schema, tables=list(installed.tables), access=str(access),
+                policyVersion=installed.version, credentialsSecret=secret_name(name))
+    if previous != installed.version or (body.get("status") or {}).get("access") != str(access):
+        kopf.info(body, reason="Installed", message=summary)
+
+
+@kopf.on.delete(GROUP, VERSION, "agentpolicies", retries=5)
+def delete_policy(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """The role, its grants and its RLS policies go with the policy; so does its Secret."""
+    state = body.get("status") or {}
+    tenant = state.get("tenant")
+    if memo.databases is not None and tenant:
+        try:
+            dropped = uninstall(memo.databases, body.metadata.name, tenant, state.get("database"))
+        except DatabaseUnavailable as exc:
+            raise kopf.TemporaryError(str(exc), delay=10) from None
+        if dropped:
+            kopf.info(body, reason="Uninstalled", message=f"role {state.get('role')} dropped")
+    try:
+        memo.kube.delete("v1", "secrets", secret_name(body.metadata.name), body.metadata.namespace)
+    except KubeError as exc:
+        if exc.status != 404:
+            raise
+
+
+def _pending(body: kopf.Body, patch: kopf.Patch, reason: str, message: str, delay: float) -> NoReturn:
+    write_ready(body, patch, "Pending", False, reason, message)
+    raise kopf.TemporaryError(message, delay=delay)
+
+
+def _password(kube: Kube, body: kopf.Body) -> str:
+    """The agent role's password: kept in the policy's Secret, made once (again if the Secret is lost)."""
+    secret = kube.get("v1", "secrets", secret_name(body.metadata.name), body.metadata.namespace)
+    return (secret_field(secret, "password") if secret else None) or secrets.token_urlsafe(24)
+
+
+def _publish(kube: Kube, body: kopf.Body, fields: dict[str, str]) -> None:
+    owner = {"apiVersion": API_VERSION, "kind": "AgentPolicy", "name": body.metadata.name,
+             "uid": body.metadata.uid, "controller": True, "blockOwnerDeletion": True}
+    name, namespace = secret_name(body.metadata.name), body.metadata.namespace
+    desired = opaque_secret({"name": name, "namespace": namespace, "labels": dict(MANAGED_BY),
+                             "ownerReferences": [owner]}, fields)
+    current = kube.get("v1", "secrets", name, namespace)
+    if current is None:
+        kube.create(desired)
+    elif (current.get("data") or {}) != desired["data"]:
+        kube.merge_patch("v1", "secrets", name, {"data": desired["data"]}, namespace)

@@ -1,0 +1,101 @@
+"""An AgentPolicy installed in a tenant's database: the agent's login role, its grants and row-level security.
+
+The policy is checked against the tenant's live schema first (a policy that names unknown columns or
+unsafe functions is refused before anything changes). The grants follow the tenant's access: a
+read-only tenant's agents keep only their reads, a suspended tenant's agents cannot log in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+from ..api.agentpolicy import AgentPolicySpec, Effect
+from ..billing.grace import Access
+from ..database.migrations import LEDGER
+from ..database.tenants import Placement, TenantDatabases
+from .engine import PolicyEngine
+from .grants import agent_role, apply_grants
+from .schema import Schema
+
+
+@dataclass(frozen=True)
+class Installation:
+    role: str
+    version: str
+    tables: tuple[str, ...]
+
+
+def tenant_schema(databases: TenantDatabases, placement: Placement) -> Schema:
+    """The tables an agent may be granted: the tenant's schema without Paybill's own bookkeeping."""
+    schema = Schema.from_dsn(databases.dsn(placement.database), placement.schema)
+    return Schema(schema.name, {name: table for name, table in schema.tables.items() if name != LEDGER})
+
+
+def for_access(spec: AgentPolicySpec, access: Access) -> AgentPolicySpec:
+    """The policy as it applies while the tenant has `access`: read-only drops every allowed write."""
+    if access != Access.READ_ONLY:
+        return spec
+    rules = []
+    for rule in spec.rules:
+        if rule.effect == Effect.ALLOW:
+            reads = [action for action in rule.actions if action == "select"]
+            if not reads:
+                continue
+            rule = rule.model_copy(update={"actions": reads})
+        rules.append(rule)
+    return spec.model_copy(update={"rules": rules})
+
+
+def install(databases: TenantDatabases, placement: Placement, policy: str, spec: AgentPolicySpec, password: str,
+            access: Access, previous_database: str | None = None) -> Installation:
+    """Create or update the agent role for (policy, tenant). Raises PolicyError for a policy that cannot apply.
+
+    When the tenant's data has moved (`previous_database`), the role's grants there are dropped."""
+    schema = tenant_schema(databases, placement)
+    engine = PolicyEngine(for_access(spec, access), schema)
+    role = agent_role(policy, placement.tenant)
+    if previous_database not in (None, placement.database):
+        _drop_owned(databases, previous_database, role)
+    with databases.session(placement.database) as conn:
+        apply_grants(conn, engine.rules, schema, role, placement.tenant,
+                     password=password if access != Access.NONE else None)
+        conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+            sql.Identifier(placement.database), sql.Identifier(role)))
+        conn.execute(sql.SQL("ALTER ROLE {} SET search_path = {}").format(
+            sql.Identifier(role), sql.Identifier(schema.name)))
+        tables = tuple(sorted({name for (name,) in conn.execute(
+            "SELECT DISTINCT table_name FROM information_schema.role_table_grants "
+            "WHERE grantee = %s AND table_schema = %s UNION SELECT DISTINCT table_name "
+            "FROM information_schema.role_column_grants WHERE grantee = %s AND table_schema = %s",
+            (role, schema.name, role, schema.name))}))
+    if access == Access.NONE:
+        with databases.session() as conn:
+            databases.end_sessions(conn, role)
+    return Installation(role, engine.version, tables)
+
+
+def uninstall(databases: TenantDatabases, policy: str, tenant: str, database: str | None) -> bool:
+    """Drop the agent role, its grants and its row-level security policies; False if there was no role."""
+    role = agent_role(policy, tenant)
+    with databases.session() as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+            return False
+        conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role)))
+        databases.end_sessions(conn, role)
+    if database is not None:
+        _drop_owned(databases, database, role)
+    with databases.session() as conn:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    return True
+
+
+def _drop_owned(databases: TenantDatabases, database: str | None, role: str) -> None:
+    """Revoke the role's privileges in `database`, and drop its RLS policies there (if the database exists)."""
+    with databases.session() as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is None:
+            return
+    with databases.session(database) as conn:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
