@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -15,19 +14,20 @@ from typing import Any
 import kubernetes
 import psycopg
 import yaml
-from psycopg import conninfo
 
 from .api import API_VERSION
 from .api.crdgen import all_crds
+from .api.plan import Isolation
 from .database.server import LocalPostgres
+from .database.tenants import Placement, TenantDatabases
 from .handlers.settings import DATABASE_URL_ENV
 from .kube import SYSTEM_NAMESPACES, serve, write_kubeconfig
 from .kube.client import Kube
 from .lifecycle.conditions import is_true
-from .policy import PolicyEngine, Schema
+from .policy import PolicyEngine
 from .policy.check import load_policy
-from .policy.grants import agent_role, apply_grants
 from .policy.guard import ExecutionGuard
+from .policy.install import tenant_schema
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -137,7 +137,7 @@ async def _converge(kube: Kube, samples: Path, keep: bool, timeout: float, kubec
         say(f"FAILED: {ready}/{len(names)} tenants Ready after {timeout:.0f}s; see {kubeconfig.parent}/operator.log")
         return 1
     say(f"all {ready} tenants Ready")
-    if not await asyncio.to_thread(agent_gate, database_url, samples / "agents"):
+    if not await asyncio.to_thread(agent_gate, kube, database_url, samples / "agents", timeout):
         return 1
     if not await billing_walk(kube, "acme", timeout):
         return 1
@@ -181,8 +181,7 @@ async def billing_walk(kube: Kube, name: str, timeout: float) -> bool:
 
 def _probe_tenant_login(kube: Kube, name: str) -> str:
     """Log in with the tenant's own credentials (from its Secret) and try a read and a write."""
-    secret = kube.get("v1", "secrets", "paybill-database", f"tenant-{name}") or {}
-    uri = base64.b64decode((secret.get("data") or {}).get("uri", "")).decode()
+    uri = _secret(kube, "paybill-database", f"tenant-{name}").get("uri", "")
     try:
         with psycopg.connect(uri, autocommit=True, connect_timeout=3) as conn:
             rows = conn.execute("SELECT count(*) FROM customers").fetchone()[0]
@@ -198,9 +197,9 @@ def _probe_tenant_login(kube: Kube, name: str) -> str:
 
 HOSTILE = (
     "SELECT name, email FROM customers; DROP TABLE orders",
-    "SELECT name, ssn FROM customers",
+    "SELECT name, created_at FROM customers",
     "SELECT pg_read_file('/etc/passwd')",
-    "DELETE FROM orders WHERE id = 1",
+    "DELETE FROM orders WHERE id = 11",
     "SELECT o.id FROM orders o UNION SELECT id FROM pg_catalog.pg_authid",
 )
 LEGITIMATE = (
@@ -209,34 +208,49 @@ LEGITIMATE = (
 )
 
 
-def agent_gate(database_url: str, directory: Path, tenant: str = "acme") -> bool:
-    """Seed the app's pooled tables, grant the sample AgentPolicy, then let the agent try its luck."""
-    say(f"agent gate: AgentPolicy {directory.name}/support-policy.yaml for tenant {tenant} (pooled tables)")
-    app_dsn = conninfo.make_conninfo(database_url, dbname="paybill_app")
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS paybill_app")
-        conn.execute("CREATE DATABASE paybill_app")
-    policy_path = directory / "support-policy.yaml"
-    policy, policy_name = load_policy(policy_path), yaml.safe_load(policy_path.read_text())["metadata"]["name"]
-    with psycopg.connect(app_dsn, autocommit=True) as conn:
-        conn.execute((directory / "app-schema.sql").read_text())
-        conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
-        for t, name in enumerate(("acme", "globex")):
-            for n in range(1, 4):
-                key = (t + 1) * 10 + n
-                conn.execute("INSERT INTO customers VALUES (%s, %s, %s, %s, %s)",
-                             (key, name, f"{name} customer {n}", f"c{n}@{name}.test", f"{key:09d}"))
-                conn.execute("INSERT INTO orders VALUES (%s, %s, %s, %s, %s)",
-                             (key, name, key, ("open", "paid", "open")[n - 1], 10 * n))
-        schema = Schema.from_dsn(app_dsn)
-        engine = PolicyEngine(policy.spec, schema)
-        role, password = agent_role(policy_name, tenant), secrets.token_urlsafe(24)
-        apply_grants(conn, engine.rules, schema, role, tenant, password)
-    say(f"  role {role}: column GRANTs and row-level security generated from the same policy")
-    agent = policy.spec.subjects[0]
+def _secret(kube: Kube, name: str, namespace: str) -> dict[str, str]:
+    data = ((kube.get("v1", "secrets", name, namespace) or {}).get("data")) or {}
+    return {key: base64.b64decode(value).decode() for key, value in data.items()}
+
+
+def _seed(kube: Kube, tenant: str, first: int) -> None:
+    """A few rows of the SaaS app's data, written by the tenant's own login role."""
+    with psycopg.connect(_secret(kube, "paybill-database", f"tenant-{tenant}")["uri"], autocommit=True) as conn:
+        for n in range(3):
+            conn.execute("INSERT INTO customers (tenant_id, id, name, email) VALUES (%s, %s, %s, %s) "
+                         "ON CONFLICT DO NOTHING", (tenant, first + n, f"{tenant} customer {n + 1}",
+                                                    f"c{n + 1}@{tenant}.test"))
+            conn.execute("INSERT INTO orders (tenant_id, id, customer_id, status, total) VALUES (%s, %s, %s, %s, %s) "
+                         "ON CONFLICT DO NOTHING", (tenant, first + n, first + n, ("open", "paid", "open")[n],
+                                                    10 * (n + 1)))
+
+
+def agent_gate(kube: Kube, database_url: str, directory: Path, timeout: float, tenant: str = "acme") -> bool:
+    """Apply the sample AgentPolicy; the operator installs the agent's role; then the agent tries its luck."""
+    for name, first in ((tenant, 11), ("globex", 21)):
+        _seed(kube, name, first)
+    manifest = yaml.safe_load((directory / "support-policy.yaml").read_text())
+    name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
+    say(f"agent gate: agentpolicy/{name} in {namespace} {kube.apply(manifest)}")
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline and status.get("phase") != "Ready":
+        time.sleep(0.2)
+        status = (kube.get(API_VERSION, "agentpolicies", name, namespace) or {}).get("status") or {}
+    if status.get("phase") != "Ready":
+        say(f"FAILED: agentpolicy/{name} is {status.get('phase') or 'not reconciled'}")
+        return False
+    say(f"  Ready: {next(c['message'] for c in status['conditions'] if c['type'] == 'Ready')}")
+    say(f"  credentials in secret/{status['credentialsSecret']} (never in status, Events or logs)")
+    tenant_status = (kube.get(API_VERSION, "tenants", tenant) or {}).get("status") or {}
+    placement = tenant_status["database"]
+    where = Placement(tenant, Isolation(placement["isolation"]), placement["database"], placement["schema"])
+    engine = PolicyEngine(load_policy(directory / "support-policy.yaml").spec,
+                          tenant_schema(TenantDatabases(database_url), where))
+    login = _secret(kube, status["credentialsSecret"], namespace)["uri"]
+    agent = manifest["spec"]["subjects"][0]
     admitted = True
-    with ExecutionGuard(engine, conninfo.make_conninfo(app_dsn, user=role, password=password), agent,
-                        tenant) as guard:
+    with ExecutionGuard(engine, login, agent, tenant) as guard:
         for statement in HOSTILE:
             outcome = guard.execute(statement)
             reason = outcome.decision.reasons[0] if outcome.decision.reasons else None
