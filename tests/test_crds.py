@@ -76,3 +76,18 @@ def test_chart_carries_the_same_crds() -> None:
     for crd in all_crds():
         name = f"{crd['metadata']['name']}.yaml"
         assert (REPO / "charts" / "paybill" / "crds" / name).read_text() == render(crd), f"run make crds: {name}"
+
+
+def test_optional_objects_default_only_where_absence_means_nothing() -> None:
+    """`limits` (always in force) defaults to {} so its fields default; `approval` (absent: none needed) must not."""
+    from paybill.api.agentpolicy import AgentPolicy
+    from paybill.kube.schema import apply_defaults
+
+    schema = openapi_schema(AgentPolicy)["properties"]["spec"]
+    spec = apply_defaults({"subjects": ["agent:a"], "rules": [
+        {"id": "plain", "effect": "allow", "actions": ["select"], "tables": ["t"]},
+        {"id": "gated", "effect": "allow", "actions": ["update"], "tables": ["t"], "approval": {"approvers": ["u"]}}]},
+        schema)
+    assert "approval" not in spec["rules"][0]
+    assert spec["rules"][1]["approval"] == {"approvers": ["u"], "minApprovals": 1}
+    assert spec["limits"]["maxRowsRead"] == 1000

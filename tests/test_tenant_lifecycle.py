@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -354,3 +355,68 @@ def test_agent_grants_move_with_the_tenants_data(operator: Any, postgres: LocalP
     with psycopg.connect(postgres.dsn, dbname="paybill_pooled") as conn:  # nothing left in the pool
         assert conn.execute("SELECT has_table_privilege(%s, 'app.orders', 'SELECT'), count(*) FROM pg_policies "
                             "WHERE %s = ANY(roles)", (role, role)).fetchone() == (False, 0)
+
+
+def agent_workflow(namespace: str, name: str, steps: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"apiVersion": API, "kind": "AgentWorkflow", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"principal": "agent:support-bot", "policyRef": "support", "steps": steps}}
+
+
+def wait_workflow(cluster: Any, namespace: str, name: str, phase: str) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        current = (cluster.kube.get(API, "agentworkflows", name, namespace) or {}).get("status") or {}
+        return current if current.get("phase") == phase else None
+    return cluster.eventually(check, timeout=40)
+
+
+def test_agent_workflows_run_declared_steps_once_through_the_gate(operator: Any, postgres: LocalPostgres) -> None:
+    name = onboard(operator, "pooled")
+    namespace = f"tenant-{name}"
+    wait_phase(operator, name, "Active")
+    with login(operator, name) as conn:
+        conn.execute("INSERT INTO customers (tenant_id, id, name) VALUES (%s, 1, 'c')", (name,))
+        for key in (1, 2):
+            conn.execute("INSERT INTO orders (tenant_id, id, customer_id, status, total) VALUES (%s, %s, 1, 'open', 5)",
+                         (name, key))
+    operator.kube.apply(agent_policy(namespace))
+    wait_policy(operator, namespace, "Ready")
+
+    operator.kube.apply(agent_workflow(namespace, "refund", [
+        {"name": "find", "kind": "query", "sql": "SELECT id, status FROM orders WHERE status = $1 ORDER BY id",
+         "params": ["open"]},
+        {"name": "fix", "kind": "mutation", "sql": "UPDATE orders SET status = 'refunded' WHERE id = $1",
+         "params": [1]}]))
+    done = wait_workflow(operator, namespace, "refund", "Succeeded")
+    assert [(s["name"], s["executed"], s["rowsReturned"], s["rowsAffected"]) for s in done["steps"]] == [
+        ("find", True, 2, 0), ("fix", True, 0, 1)]
+    assert "tenant_id = '" in done["steps"][0]["sql"] and done["completedSteps"] == 2
+    results = operator.kube.get("v1", "secrets", done["resultsSecret"], namespace)["data"]
+    assert json.loads(base64.b64decode(results["find.json"])) == {
+        "columns": ["id", "status"], "rows": [[1, "open"], [2, "open"]], "truncated": False}
+
+    operator.kube.apply(agent_workflow(namespace, "cleanup", [
+        {"name": "look", "kind": "query", "sql": "SELECT count(*) FROM orders"},
+        {"name": "wipe", "kind": "mutation", "sql": "DELETE FROM orders WHERE id = 2"},
+        {"name": "after", "kind": "mutation", "sql": "UPDATE orders SET status = 'x' WHERE id = 2"}]))
+    denied = wait_workflow(operator, namespace, "cleanup", "Denied")
+    assert [s["name"] for s in denied["steps"]] == ["look", "wipe"]  # the run stopped at the refused step
+    assert denied["steps"][1]["reasons"][0]["code"] == "no_allow_rule" and not denied["steps"][1]["executed"]
+
+    operator.kube.apply(agent_workflow(namespace, "sneaky", [
+        {"name": "read", "kind": "query", "sql": "UPDATE orders SET status = 'x' WHERE id = 2"}]))
+    sneaky = wait_workflow(operator, namespace, "sneaky", "Denied")
+    assert sneaky["steps"][0]["reasons"][0]["code"] == "kind_mismatch"
+    with login(operator, name) as conn:
+        assert conn.execute("SELECT id, status FROM orders ORDER BY id").fetchall() == [(1, "refunded"), (2, "open")]
+
+    # steps are fixed once submitted: a changed spec is refused, never re-run
+    operator.kube.merge_patch(API, "agentworkflows", "refund", {"spec": {"steps": [
+        {"name": "again", "kind": "mutation", "sql": "UPDATE orders SET status = 'again' WHERE id = 1"}]}}, namespace)
+    operator.eventually(lambda: any(e.get("reason") == "Immutable" for e in operator.kube.list("v1", "events",
+                                                                                              namespace)))
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        log = AuditLog(lambda: conn)
+        events = [(r.event, r.details["step"]) for r in log.records("AgentWorkflow", f"{namespace}/refund")]
+        assert events == [("StepRan", "find"), ("StepRan", "fix")]
+        assert [r.event for r in log.records("AgentWorkflow", f"{namespace}/sneaky")] == ["StepDenied"]
+        assert log.verify() > 0

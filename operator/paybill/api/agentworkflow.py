@@ -28,8 +28,30 @@ class AgentWorkflowSpec(Model):
     steps: list[Step] = Field(min_length=1, max_length=100, description="Declared steps, run in order.")
 
 
+class StepReason(Model):
+    code: str = Field(description="Machine-readable reason, e.g. no_allow_rule, kind_mismatch, timeout.")
+    message: str = Field(description="What was refused or went wrong.")
+    rule: str | None = Field(default=None, description="The policy rule that decided, if one did.")
+    position: int | None = Field(default=None, description="Offset of the offending node in the statement.")
+
+
+class StepStatus(Model):
+    name: str = Field(description="The step.")
+    decision: str = Field(description="allow or deny, from the policy engine.")
+    executed: bool = Field(default=False, description="Whether the statement ran (and committed).")
+    reasons: list[StepReason] = Field(default_factory=list, description="Why it was denied or did not finish.")
+    rowsReturned: int = Field(default=0, ge=0, description="Rows a query returned (the rows are in the "
+                                                           "results Secret).")
+    rowsAffected: int = Field(default=0, ge=0, description="Rows a mutation changed.")
+    planHash: str | None = Field(default=None, description="Fingerprint + parameters + policy version.")
+    sql: str | None = Field(default=None, description="The rewritten statement that ran.")
+
+
 class AgentWorkflowStatus(Status):
     completedSteps: int = Field(default=0, ge=0, description="Steps run so far.")
+    steps: list[StepStatus] = Field(default_factory=list, description="One entry per step attempted, in order.")
+    resultsSecret: str | None = Field(default=None, description="Secret holding the queries' rows (JSON per step).")
+    policyVersion: str | None = Field(default=None, description="The policy version the steps were checked under.")
 
 
 class AgentWorkflow(CustomResource):

@@ -53,9 +53,11 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         if props:
             out["properties"] = {name: _structural(sub, defs) for name, sub in props.items()}
             for name, sub in out["properties"].items():
-                # An optional object whose fields have defaults defaults to {}, so they apply (and CEL can read them).
+                # An optional object whose fields have defaults defaults to {}, so they apply (and CEL can read them);
+                # not one whose default is null (absent means something there, e.g. no approval needed).
                 if name not in node.get("required", ()) and sub.get("type") == "object" and any(
-                        "default" in field for field in (sub.get("properties") or {}).values()):
+                        "default" in field for field in (sub.get("properties") or {}).values()) and (
+                        props[name].get("default", {}) is not None):
                     sub.setdefault("default", {})
         extra = node.get("additionalProperties")
         if isinstance(extra, dict):

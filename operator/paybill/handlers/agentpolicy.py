@@ -88,6 +88,10 @@ def reconcile_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: A
                 policyVersion=installed.version, credentialsSecret=secret_name(name))
     if previous != installed.version or (body.get("status") or {}).get("access") != str(access):
         kopf.info(body, reason="Installed", message=summary)
+        if memo.audit is not None:
+            memo.audit.append("AgentPolicy", f"{namespace}/{name}", "Installed", {
+                "tenant": tenant_name, "role": role, "database": where.database, "schema": where.schema,
+                "access": str(access), "policyVersion": installed.version, "tables": list(installed.tables)})
 
 
 @kopf.on.delete(GROUP, VERSION, "agentpolicies", retries=5)
@@ -102,6 +106,9 @@ def delete_policy(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
             raise kopf.TemporaryError(str(exc), delay=10) from None
         if dropped:
             kopf.info(body, reason="Uninstalled", message=f"role {state.get('role')} dropped")
+            if memo.audit is not None:
+                memo.audit.append("AgentPolicy", f"{body.metadata.namespace}/{body.metadata.name}", "Uninstalled",
+                                  {"tenant": tenant, "role": state.get("role")})
     try:
         memo.kube.delete("v1", "secrets", secret_name(body.metadata.name), body.metadata.namespace)
     except KubeError as exc:

@@ -48,13 +48,20 @@ def for_access(spec: AgentPolicySpec, access: Access) -> AgentPolicySpec:
     return spec.model_copy(update={"rules": rules})
 
 
+def engine_for(databases: TenantDatabases, placement: Placement, spec: AgentPolicySpec,
+               access: Access) -> PolicyEngine:
+    """The engine that checks an agent's statements on this tenant: the policy as the access allows, the live
+    schema. Raises PolicyError when the policy does not fit the schema."""
+    return PolicyEngine(for_access(spec, access), tenant_schema(databases, placement))
+
+
 def install(databases: TenantDatabases, placement: Placement, policy: str, spec: AgentPolicySpec, password: str,
             access: Access, previous_database: str | None = None) -> Installation:
     """Create or update the agent role for (policy, tenant). Raises PolicyError for a policy that cannot apply.
 
     When the tenant's data has moved (`previous_database`), the role's grants there are dropped."""
-    schema = tenant_schema(databases, placement)
-    engine = PolicyEngine(for_access(spec, access), schema)
+    engine = engine_for(databases, placement, spec, access)
+    schema = engine.schema
     role = agent_role(policy, placement.tenant)
     if previous_database not in (None, placement.database):
         _drop_owned(databases, previous_database, role)

@@ -1,0 +1,139 @@
+"""AgentWorkflow handlers: run the declared steps once, through the AgentPolicy they name, and record everything.
+
+At most once: progress is written to status after every step, and a run the operator was interrupted in
+is marked Failed, never run again (a mutation may have committed). Steps are fixed once submitted.
+Every decision goes to the tamper-evident audit log; query rows go to a Secret, never to status.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import kopf
+
+from ..api.agentpolicy import AgentPolicySpec
+from ..api.agentworkflow import AgentWorkflowSpec
+from ..api.meta import API_VERSION, GROUP, VERSION
+from ..api.plan import Isolation
+from ..billing.grace import Access
+from ..database.tenants import DatabaseUnavailable, Placement
+from ..errors import first_line
+from ..kube.client import Kube
+from ..lifecycle.tenant import MANAGED_BY, opaque_secret, secret_field
+from ..policy.guard import ExecutionGuard
+from ..policy.install import engine_for
+from ..policy.rules import PolicyError
+from ..policy.schema import SchemaError
+from ..workflows import StepOutcome, results_secret_data, run_steps
+from .agentpolicy import secret_name, tenant_of
+from .status import write_ready
+
+FINISHED = ("Succeeded", "Denied", "Failed")
+
+
+@kopf.on.resume(GROUP, VERSION, "agentworkflows")
+@kopf.on.create(GROUP, VERSION, "agentworkflows")
+def run_workflow(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    kube: Kube = memo.kube
+    name, namespace = body.metadata.name, body.metadata.namespace
+    state = body.get("status") or {}
+    if state.get("phase") in FINISHED:
+        return
+    if state.get("phase") == "Running":  # the operator stopped mid-run: what ran may have committed
+        message = f"interrupted after {state.get('completedSteps', 0)} step(s); steps are never run twice"
+        write_ready(body, patch, "Failed", False, "Interrupted", message)
+        kopf.warn(body, reason="Interrupted", message=message)
+        return
+    spec = AgentWorkflowSpec.model_validate(dict(body.spec))
+    policy = kube.get(API_VERSION, "agentpolicies", spec.policyRef, namespace)
+    policy_state = (policy or {}).get("status") or {}
+    if policy is None or policy_state.get("phase") != "Ready":
+        _pending(body, patch, "PolicyNotReady", f"agentpolicy/{spec.policyRef} is "
+                                                f"{'missing' if policy is None else policy_state.get('phase')}")
+    if policy_state.get("access") == Access.NONE:
+        _finish(body, patch, "Denied", "TenantSuspended", f"tenant {policy_state.get('tenant')} is suspended; "
+                                                          "its agents cannot run", [])
+        return
+    tenant = tenant_of(kube, namespace)
+    placement = ((tenant or {}).get("status") or {}).get("database")
+    if memo.databases is None or not placement:
+        _pending(body, patch, "WaitingForTenant", "the tenant's database is not ready")
+    where = Placement(tenant["metadata"]["name"], Isolation(placement["isolation"]), placement["database"],
+                      placement["schema"])
+    try:
+        engine = engine_for(memo.databases, where, AgentPolicySpec.model_validate(policy["spec"]),
+                            Access(policy_state["access"]))
+    except (PolicyError, SchemaError) as exc:
+        _finish(body, patch, "Denied", "InvalidPolicy", first_line(exc), [])
+        return
+    except DatabaseUnavailable as exc:
+        _pending(body, patch, "DatabaseUnavailable", str(exc))
+    secret = kube.get("v1", "secrets", secret_name(spec.policyRef), namespace)
+    login = secret_field(secret, "uri") if secret else None
+    if not login:
+        _pending(body, patch, "CredentialsMissing", f"secret/{secret_name(spec.policyRef)} is not there yet")
+
+    progress: list[dict[str, Any]] = []
+
+    def record(outcome: StepOutcome) -> None:
+        progress.append(outcome.to_status())
+        if memo.audit is not None:
+            event = "StepRan" if outcome.ok else "StepDenied" if outcome.refused else "StepFailed"
+            memo.audit.append("AgentWorkflow", f"{namespace}/{name}", event,
+                              outcome.audit_details(spec.principal, spec.policyRef))
+        kube.merge_patch(API_VERSION, "agentworkflows", name, {"status": {
+            "phase": "Running", "steps": progress, "completedSteps": sum(s["executed"] for s in progress)}},
+            namespace, subresource="status")
+
+    kube.merge_patch(API_VERSION, "agentworkflows", name, {"status": {"phase": "Running"}}, namespace,
+                     subresource="status")
+    with ExecutionGuard(engine, login, spec.principal, where.tenant) as guard:
+        outcomes = run_steps(spec, guard, record)
+    results = results_secret_data(outcomes)
+    if results:
+        _publish_results(kube, body, results)
+    last = outcomes[-1]
+    if last.ok:
+        _finish(body, patch, "Succeeded", "Completed", f"{len(outcomes)} step(s) ran under policy version "
+                                                       f"{engine.version}", progress, results, engine.version)
+    else:
+        phase = "Denied" if last.refused else "Failed"
+        reason = last.reasons[0] if last.reasons else None
+        _finish(body, patch, phase, "StepDenied" if phase == "Denied" else "StepFailed",
+                f"step {last.name}: {reason.code + ': ' + reason.message if reason else 'did not run'}; "
+                f"later steps were not run", progress, results, engine.version)
+
+
+@kopf.on.update(GROUP, VERSION, "agentworkflows", field="spec")
+def refuse_changes(body: kopf.Body, **_: Any) -> None:
+    kopf.warn(body, reason="Immutable", message="an AgentWorkflow's steps are fixed once submitted; "
+                                                "the change is ignored (submit a new AgentWorkflow)")
+
+
+@kopf.on.delete(GROUP, VERSION, "agentworkflows", optional=True)
+def delete_results(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.kube.delete("v1", "secrets", _results_name(body.metadata.name), body.metadata.namespace)
+
+
+def _pending(body: kopf.Body, patch: kopf.Patch, reason: str, message: str) -> NoReturn:
+    write_ready(body, patch, "Pending", False, reason, message)
+    raise kopf.TemporaryError(message, delay=5)
+
+
+def _finish(body: kopf.Body, patch: kopf.Patch, phase: str, reason: str, message: str,
+            steps: list[dict[str, Any]], results: dict[str, str] | None = None, version: str | None = None) -> None:
+    write_ready(body, patch, phase, phase == "Succeeded", reason, message, steps=steps,
+                completedSteps=sum(s["executed"] for s in steps), policyVersion=version,
+                resultsSecret=_results_name(body.metadata.name) if results else None)
+    (kopf.info if phase == "Succeeded" else kopf.warn)(body, reason=reason, message=message)
+
+
+def _results_name(workflow: str) -> str:
+    return f"agentworkflow-{workflow}-results"
+
+
+def _publish_results(kube: Kube, body: kopf.Body, data: dict[str, str]) -> None:
+    owner = {"apiVersion": API_VERSION, "kind": "AgentWorkflow", "name": body.metadata.name,
+             "uid": body.metadata.uid, "controller": True, "blockOwnerDeletion": True}
+    kube.create(opaque_secret({"name": _results_name(body.metadata.name), "namespace": body.metadata.namespace,
+                               "labels": dict(MANAGED_BY), "ownerReferences": [owner]}, data))

@@ -1,0 +1,94 @@
+"""Run an AgentWorkflow's declared steps in order through the policy engine and the execution guard.
+
+A step runs only if the engine admits it *and* it is the kind it was declared as (a query reads, a
+mutation writes); the first step that is refused or fails stops the run, so later steps never run. Each
+step commits on its own (the guard runs every statement in its own transaction).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..api.agentworkflow import AgentWorkflowSpec, StepKind
+from ..policy.decision import Decision, Reason
+from ..policy.guard import ExecutionGuard
+
+STATEMENTS = {StepKind.QUERY: ("select",), StepKind.MUTATION: ("insert", "update", "delete")}
+RESULTS_BUDGET = 900 * 1024  # a Secret holds at most 1 MiB
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    name: str
+    decision: Decision
+    executed: bool = False
+    reasons: tuple[Reason, ...] = ()
+    columns: tuple[str, ...] = ()
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    rows_affected: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.executed and not self.reasons
+
+    @property
+    def refused(self) -> bool:
+        """Stopped by the gate (policy, declared kind, limits, the database's own grants), not by an error."""
+        return not self.ok and not any(r.code == "database_error" for r in self.reasons)
+
+    def to_status(self) -> dict[str, Any]:
+        reasons = [{k: v for k, v in r.to_json().items() if k in ("code", "message", "rule", "position")}
+                   for r in self.reasons]
+        return {"name": self.name, "decision": "allow" if self.decision.allowed else "deny",
+                "executed": self.executed, "reasons": reasons, "rowsReturned": len(self.rows),
+                "rowsAffected": self.rows_affected, "planHash": self.decision.plan_hash,
+                "sql": self.decision.sql if self.executed else None}
+
+    def audit_details(self, principal: str, policy: str) -> dict[str, Any]:
+        """What the audit log keeps: the decision and its effect, never the rows."""
+        return {"step": self.name, "principal": principal, "policy": policy, "executed": self.executed,
+                "rowsReturned": len(self.rows), "rowsAffected": self.rows_affected,
+                "reasons": [r.to_json() for r in self.reasons], "decision": self.decision.to_json()}
+
+
+def run_steps(spec: AgentWorkflowSpec, guard: ExecutionGuard,
+              record: Callable[[StepOutcome], None]) -> list[StepOutcome]:
+    """Run the steps in order until one is refused or fails; `record` sees each outcome as it happens."""
+    outcomes: list[StepOutcome] = []
+    for step in spec.steps:
+        params = list(step.params)
+        decision = guard.engine.decide(spec.principal, step.sql, params, guard.tenant, guard.approvals)
+        if decision.allowed and decision.statement not in STATEMENTS[StepKind(step.kind)]:
+            outcome = StepOutcome(step.name, decision, reasons=(Reason(
+                "kind_mismatch", f"step {step.name} is declared a {step.kind} but its statement is "
+                                 f"{str(decision.statement).upper()}"),))
+        else:
+            ran = guard.execute(step.sql, params)
+            reasons = ran.reasons if ran.decision.allowed else ran.decision.reasons + ran.reasons
+            outcome = StepOutcome(step.name, ran.decision, ran.executed, tuple(reasons), ran.columns, ran.rows,
+                                  ran.rows_affected)
+        record(outcome)
+        outcomes.append(outcome)
+        if not outcome.ok:
+            break
+    return outcomes
+
+
+def results_secret_data(outcomes: list[StepOutcome]) -> dict[str, str]:
+    """One JSON document per query step (columns and rows), cut to what fits in a Secret."""
+    data: dict[str, str] = {}
+    used = 0
+    for outcome in outcomes:
+        if not outcome.executed or not outcome.columns:
+            continue
+        rows = [list(row) for row in outcome.rows]
+        document = json.dumps({"columns": list(outcome.columns), "rows": rows, "truncated": False}, default=str)
+        while len(document) + used > RESULTS_BUDGET and rows:
+            rows = rows[: len(rows) // 2]
+            document = json.dumps({"columns": list(outcome.columns), "rows": rows, "truncated": True}, default=str)
+        used += len(document)
+        data[f"{outcome.name}.json"] = document
+    return data
