@@ -23,6 +23,9 @@ def test_demo_brings_sample_tenants_to_ready_and_stops_cleanly() -> None:
     assert "all 4 tenants Ready" in result.stdout
     assert result.stdout.count("  DENIED ") == 5 and result.stdout.count("  ALLOWED ") == 2
     assert "only tenant acme's rows seen" in result.stdout and "globex customer" not in result.stdout
+    assert "workflow/refund-order-13 Succeeded: open-orders ran (1 rows), refund ran (1 rows)" in result.stdout
+    assert "workflow/tidy-up Denied: count-paid ran (1 rows), drop-paid refused (denied_by_rule); 1 of 3" \
+        in result.stdout
     walk = [line for line in result.stdout.splitlines() if "-> tenant" in line]
     outcomes = [next(k for k in ("write ok", "write refused", "login refused") if k in line) for line in walk]
     assert outcomes == ["write ok", "write refused", "login refused", "write ok"]

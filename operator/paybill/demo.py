@@ -37,10 +37,7 @@ def say(message: str) -> None:
 
 
 def load_manifests(directory: Path) -> list[dict[str, Any]]:
-    documents = []
-    for path in sorted(directory.glob("*.yaml")):
-        documents += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-    return documents
+    return [doc for path in sorted(directory.glob("*.yaml")) for doc in load_manifests_from(path)]
 
 
 def start_operator(kubeconfig: Path, database_url: str, log_path: Path) -> subprocess.Popen[bytes]:
@@ -138,6 +135,8 @@ async def _converge(kube: Kube, samples: Path, keep: bool, timeout: float, kubec
         return 1
     say(f"all {ready} tenants Ready")
     if not await asyncio.to_thread(agent_gate, kube, database_url, samples / "agents", timeout):
+        return 1
+    if not await asyncio.to_thread(agent_workflows, kube, samples / "agents", timeout):
         return 1
     if not await billing_walk(kube, "acme", timeout):
         return 1
@@ -266,6 +265,36 @@ def agent_gate(kube: Kube, database_url: str, directory: Path, timeout: float, t
     say("agent gate: hostile statements denied, legitimate ones ran, only tenant acme's rows seen" if admitted
         else "FAILED: the agent gate did not behave as expected")
     return admitted
+
+
+def agent_workflows(kube: Kube, directory: Path, timeout: float) -> bool:
+    """Submit the sample AgentWorkflows and report what each step did."""
+    expected = {"refund-order-13": "Succeeded", "tidy-up": "Denied"}
+    workflows = load_manifests_from(directory / "workflows.yaml")
+    for manifest in workflows:
+        say(f"agent workflow: agentworkflow/{manifest['metadata']['name']} {kube.apply(manifest)}")
+    ok = True
+    for manifest in workflows:
+        name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
+        deadline, status = time.monotonic() + timeout, {}
+        while time.monotonic() < deadline and status.get("phase") not in ("Succeeded", "Denied", "Failed"):
+            time.sleep(0.2)
+            status = (kube.get(API_VERSION, "agentworkflows", name, namespace) or {}).get("status") or {}
+        ran = status.get("steps", [])
+        steps = ", ".join(f"{s['name']} " + (f"ran ({s['rowsReturned'] or s['rowsAffected']} rows)" if s["executed"]
+                                             else f"refused ({s['reasons'][0]['code']})") for s in ran)
+        declared = len(manifest["spec"]["steps"])
+        say(f"  workflow/{name} {status.get('phase')}: {steps}; {declared - len(ran)} of {declared} steps never ran")
+        ok &= status.get("phase") == expected.get(name)
+    if ok:
+        say("agent workflows: every step checked and recorded in the audit log; rows are in a Secret, not in status")
+    else:
+        say("FAILED: the agent workflows did not end as expected")
+    return ok
+
+
+def load_manifests_from(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
 def _client_for(kubeconfig: Path) -> kubernetes.client.ApiClient:
