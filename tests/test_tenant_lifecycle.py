@@ -420,3 +420,17 @@ def test_agent_workflows_run_declared_steps_once_through_the_gate(operator: Any,
         assert events == [("StepRan", "find"), ("StepRan", "fix")]
         assert [r.event for r in log.records("AgentWorkflow", f"{namespace}/sneaky")] == ["StepDenied"]
         assert log.verify() > 0
+
+    # a run the operator was interrupted in is never repeated: a mutation may have committed
+    interrupted = agent_workflow(namespace, "interrupted", [
+        {"name": "fix", "kind": "mutation", "sql": "UPDATE orders SET status = 'twice' WHERE id = 2"}])
+    interrupted["spec"]["policyRef"] = "later"
+    operator.kube.apply(interrupted)
+    wait_workflow(operator, namespace, "interrupted", "Pending")
+    operator.kube.merge_patch(API, "agentworkflows", "interrupted", {"status": {"phase": "Running"}}, namespace,
+                              subresource="status")
+    operator.kube.apply({**agent_policy(namespace), "metadata": {"name": "later", "namespace": namespace}})
+    failed = wait_workflow(operator, namespace, "interrupted", "Failed")
+    assert failed["conditions"][-1]["reason"] == "Interrupted"
+    with login(operator, name) as conn:
+        assert conn.execute("SELECT status FROM orders WHERE id = 2").fetchone() == ("open",)
