@@ -20,13 +20,13 @@ from ..billing.grace import Access
 from ..database.tenants import DatabaseUnavailable, Placement, TenantDatabases
 from ..errors import first_line
 from ..kube.client import Kube, KubeError
-from ..lifecycle.tenant import MANAGED_BY, TENANT_LABEL, opaque_secret, secret_field
+from ..lifecycle.tenant import MANAGED_BY, TENANT_LABEL, opaque_secret, owner_reference, secret_field
 from ..policy.grants import agent_role
 from ..policy.install import install, uninstall
 from ..policy.rules import PolicyError
 from ..policy.schema import SchemaError
 from .status import write_ready
-from .tenant import TENANT_GRANTS, agent_grants_key
+from .tenant import TENANT_GRANTS, agent_grants_key, publish_secret
 
 INSTALLED_PHASES = (TenantPhase.ACTIVE, TenantPhase.SUSPENDED)
 
@@ -128,13 +128,6 @@ def _password(kube: Kube, body: kopf.Body) -> str:
 
 
 def _publish(kube: Kube, body: kopf.Body, fields: dict[str, str]) -> None:
-    owner = {"apiVersion": API_VERSION, "kind": "AgentPolicy", "name": body.metadata.name,
-             "uid": body.metadata.uid, "controller": True, "blockOwnerDeletion": True}
-    name, namespace = secret_name(body.metadata.name), body.metadata.namespace
-    desired = opaque_secret({"name": name, "namespace": namespace, "labels": dict(MANAGED_BY),
-                             "ownerReferences": [owner]}, fields)
-    current = kube.get("v1", "secrets", name, namespace)
-    if current is None:
-        kube.create(desired)
-    elif (current.get("data") or {}) != desired["data"]:
-        kube.merge_patch("v1", "secrets", name, {"data": desired["data"]}, namespace)
+    publish_secret(kube, opaque_secret({
+        "name": secret_name(body.metadata.name), "namespace": body.metadata.namespace, "labels": dict(MANAGED_BY),
+        "ownerReferences": [owner_reference(body, "AgentPolicy")]}, fields))

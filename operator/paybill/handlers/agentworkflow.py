@@ -19,7 +19,7 @@ from ..billing.grace import Access
 from ..database.tenants import DatabaseUnavailable, Placement
 from ..errors import first_line
 from ..kube.client import Kube
-from ..lifecycle.tenant import MANAGED_BY, opaque_secret, secret_field
+from ..lifecycle.tenant import MANAGED_BY, opaque_secret, owner_reference, secret_field
 from ..policy.guard import ExecutionGuard
 from ..policy.install import engine_for
 from ..policy.rules import PolicyError
@@ -27,6 +27,7 @@ from ..policy.schema import SchemaError
 from ..workflows import StepOutcome, results_secret_data, run_steps
 from .agentpolicy import secret_name, tenant_of
 from .status import write_ready
+from .tenant import publish_secret
 
 FINISHED = ("Succeeded", "Denied", "Failed")
 
@@ -133,7 +134,6 @@ def _results_name(workflow: str) -> str:
 
 
 def _publish_results(kube: Kube, body: kopf.Body, data: dict[str, str]) -> None:
-    owner = {"apiVersion": API_VERSION, "kind": "AgentWorkflow", "name": body.metadata.name,
-             "uid": body.metadata.uid, "controller": True, "blockOwnerDeletion": True}
-    kube.create(opaque_secret({"name": _results_name(body.metadata.name), "namespace": body.metadata.namespace,
-                               "labels": dict(MANAGED_BY), "ownerReferences": [owner]}, data))
+    publish_secret(kube, opaque_secret({
+        "name": _results_name(body.metadata.name), "namespace": body.metadata.namespace,
+        "labels": dict(MANAGED_BY), "ownerReferences": [owner_reference(body, "AgentWorkflow")]}, data))

@@ -140,8 +140,9 @@ def reconcile_tenant(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry:
                  restriction=str(billing.restriction),
                  database=placement.to_status() if placement else None,
                  credentialsSecret=CREDENTIALS_SECRET if placement else None)
-    if placement and (before.get("access"), before.get("database")) != (str(access), placement.to_status()):
-        _touch_policies(kube, namespace, agent_grants_key(str(access), placement.to_status()))
+    grants = agent_grants_key(str(access), placement.to_status()) if placement else None
+    if grants and grants != agent_grants_key(before.get("access"), before.get("database")):
+        _touch_policies(kube, namespace, grants)
 
 
 def agent_grants_key(access: str | None, database: dict[str, Any] | None) -> str:
@@ -208,13 +209,17 @@ def _credentials(kube: Kube, body: kopf.Body) -> str:
 def _publish_credentials(kube: Kube, body: kopf.Body, databases: TenantDatabases, placement: Placement,
                          password: str) -> None:
     fields = databases.login_fields(placement.role, password, placement.database, placement.schema)
-    desired = credentials_secret(dict(body), fields)
-    current = kube.get("v1", "secrets", CREDENTIALS_SECRET, desired["metadata"]["namespace"])
+    publish_secret(kube, credentials_secret(dict(body), fields))
+
+
+def publish_secret(kube: Kube, desired: dict[str, Any]) -> None:
+    """Create the Secret, or patch its data where it differs from `desired`."""
+    meta = desired["metadata"]
+    current = kube.get("v1", "secrets", meta["name"], meta["namespace"])
     if current is None:
         _ensure(kube, desired)
     elif (current.get("data") or {}) != desired["data"]:
-        kube.merge_patch("v1", "secrets", CREDENTIALS_SECRET, {"data": desired["data"]},
-                         desired["metadata"]["namespace"])
+        kube.merge_patch("v1", "secrets", meta["name"], {"data": desired["data"]}, meta["namespace"])
 
 
 def _ensure_database(body: kopf.Body, memo: kopf.Memo, status: _Status, isolation: Isolation, access: Access,

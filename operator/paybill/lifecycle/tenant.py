@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,9 +64,10 @@ LIMITS = "paybill-limits"
 NETWORK_POLICY = "paybill-default-deny"
 
 
-def owner_reference(tenant: dict[str, Any]) -> dict[str, Any]:
-    meta = tenant["metadata"]
-    return {"apiVersion": API_VERSION, "kind": "Tenant", "name": meta["name"], "uid": meta["uid"],
+def owner_reference(owner: Mapping[str, Any], kind: str = "Tenant") -> dict[str, Any]:
+    """A controller reference to a Paybill object (a Tenant unless `kind` says otherwise)."""
+    meta = owner["metadata"]
+    return {"apiVersion": API_VERSION, "kind": kind, "name": meta["name"], "uid": meta["uid"],
             "controller": True, "blockOwnerDeletion": True}
 
 
