@@ -21,7 +21,6 @@ from ..database.tenants import DatabaseUnavailable, Placement, TenantDatabases
 from ..errors import first_line
 from ..kube.client import Kube, KubeError
 from ..lifecycle.tenant import MANAGED_BY, TENANT_LABEL, opaque_secret, owner_reference, secret_field
-from ..policy.grants import agent_role
 from ..policy.install import install, uninstall
 from ..policy.rules import PolicyError
 from ..policy.schema import SchemaError
@@ -67,11 +66,10 @@ def reconcile_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: A
         raise kopf.TemporaryError(f"tenant {tenant_name} is changing to {expected}", delay=1)
     where = Placement(tenant_name, Isolation(placement["isolation"]), placement["database"], placement["schema"])
     access = Access(state.get("access") or Access.NONE)
-    role = agent_role(name, tenant_name)
+    current = body.get("status") or {}
     password = _password(kube, body)
     try:
-        installed = install(databases, where, name, spec, password, access,
-                            previous_database=(body.get("status") or {}).get("database"))
+        installed = install(databases, where, name, spec, password, access, previous_database=current.get("database"))
     except (PolicyError, SchemaError) as exc:
         message = first_line(exc)
         write_ready(body, patch, "Invalid", False, "InvalidPolicy", message, tenant=tenant_name)
@@ -79,14 +77,14 @@ def reconcile_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: A
         return  # permanent until the policy, the tenant or its schema changes
     except DatabaseUnavailable as exc:
         _pending(body, patch, "DatabaseUnavailable", str(exc), delay=10)
+    role = installed.role
     _publish(kube, body, databases.login_fields(role, password, where.database, where.schema))
-    previous = (body.get("status") or {}).get("policyVersion")
     summary = (f"role {role} in {where.database}.{where.schema}: {len(spec.rules)} rules over "
                f"{', '.join(installed.tables) or 'no tables'}; tenant access {access}")
     write_ready(body, patch, "Ready", True, "Installed", summary, tenant=tenant_name, role=role,
                 database=where.database, schema=where.schema, tables=list(installed.tables), access=str(access),
                 policyVersion=installed.version, credentialsSecret=secret_name(name))
-    if previous != installed.version or (body.get("status") or {}).get("access") != str(access):
+    if (current.get("policyVersion"), current.get("access")) != (installed.version, str(access)):
         kopf.info(body, reason="Installed", message=summary)
         if memo.audit is not None:
             memo.audit.append("AgentPolicy", f"{namespace}/{name}", "Installed", {
