@@ -217,6 +217,9 @@ def test_on_conflict_do_update_is_checked_as_an_update_of_the_tenants_own_row() 
     for assignment, code in refused.items():
         decision = engine.decide(PRINCIPAL, f"{VALUES} ON CONFLICT (id) DO UPDATE {assignment}", tenant="acme")
         assert code in [r.code for r in decision.reasons] and not decision.allowed, assignment
+    renamed = engine.decide(PRINCIPAL, VALUES.replace("orders", "orders AS excluded") + " ON CONFLICT (id) "
+                            "DO UPDATE SET status = excluded.status", tenant="acme")
+    assert [r.code for r in renamed.reasons] == ["invalid"]
     target = engine.decide(PRINCIPAL, f"{VALUES} ON CONFLICT (lower(status)) DO NOTHING", tenant="acme")
     assert [r.code for r in target.reasons] == ["unsupported"]
     # without an update rule, DO UPDATE is refused while DO NOTHING is not

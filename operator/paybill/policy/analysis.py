@@ -302,6 +302,9 @@ class Analysis:
             self.expression(infer.where_clause, scope)
         if clause.action != pb.ONCONFLICT_UPDATE:
             return
+        if name == "excluded":  # the tenant predicate must name the existing row, never the proposed one
+            self.deny("invalid", "the target of ON CONFLICT DO UPDATE cannot be called excluded", clause)
+            return
         scope.relations.append(Relation("excluded", columns, table))
         self.assignments(clause.target_list, table, scope)
         self.expression(clause.where_clause, scope)
