@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 import kopf
+import urllib3
 
 from ..api.meta import API_VERSION
 from ..api.tenant import TenantPhase as Phase
@@ -66,7 +67,9 @@ class OwnedObjectsWatch(threading.Thread):
                         touch_owner(kube, obj.get("kind") or self.plural, obj)
                     if self.stop.is_set():
                         return
-            except (KubeError, OSError, ValueError) as exc:
+            except (KubeError, OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
+                if self.stop.is_set():
+                    return
                 logger.warning("watch of %s failed (%s); retrying", self.plural, exc)
                 version = None
                 self.stop.wait(1.0)
