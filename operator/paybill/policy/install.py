@@ -72,11 +72,10 @@ def install(databases: TenantDatabases, placement: Placement, policy: str, spec:
             sql.Identifier(placement.database), sql.Identifier(role)))
         conn.execute(sql.SQL("ALTER ROLE {} SET search_path = {}").format(
             sql.Identifier(role), sql.Identifier(schema.name)))
-        tables = tuple(sorted({name for (name,) in conn.execute(
-            "SELECT DISTINCT table_name FROM information_schema.role_table_grants "
-            "WHERE grantee = %s AND table_schema = %s UNION SELECT DISTINCT table_name "
-            "FROM information_schema.role_column_grants WHERE grantee = %s AND table_schema = %s",
-            (role, schema.name, role, schema.name))}))
+        tables = tuple(name for (name,) in conn.execute(
+            "SELECT table_name FROM information_schema.role_table_grants WHERE grantee = %s AND table_schema = %s "
+            "UNION SELECT table_name FROM information_schema.role_column_grants WHERE grantee = %s "
+            "AND table_schema = %s ORDER BY 1", (role, schema.name, role, schema.name)))
     if access == Access.NONE:
         with databases.session() as conn:
             databases.end_sessions(conn, role)
