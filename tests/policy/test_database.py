@@ -4,6 +4,7 @@ Hypothesis differential test that the database never allows less than the engine
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Iterator
 
 import psycopg
@@ -251,3 +252,14 @@ def test_adding_a_deny_rule_never_admits_more(statement: str, table: str, action
     before = PolicyEngine(base, schema()).decide(PRINCIPAL, statement, tenant="acme")
     after = PolicyEngine(stricter, schema()).decide(PRINCIPAL, statement, tenant="acme")
     assert after.allowed <= before.allowed
+
+
+def test_a_dead_database_is_a_reason_not_a_crash(policy_db: PolicyDatabase) -> None:
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dead = f"host=127.0.0.1 port={port} dbname=x user=agent password=s3cret connect_timeout=2"
+    with ExecutionGuard(policy_db.engine(), dead, PRINCIPAL, "acme") as guard:
+        outcome = guard.execute("SELECT id FROM orders")
+    assert not outcome.executed and outcome.decision.allowed
+    assert outcome.reasons[0].code == "database_error" and "s3cret" not in outcome.reasons[0].message

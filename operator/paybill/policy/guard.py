@@ -95,8 +95,8 @@ class ExecutionGuard:
                                                      f"{limits.maxStatementsPerRun} statements"),))
         if not decision.allowed or decision.sql is None:
             return Outcome(decision, reasons=(Reason("denied", "the policy engine denied the statement"),))
-        conn = self._connection()
         try:
+            conn = self._connection()
             cost = self._cost(conn, decision, params)
             if cost > limits.maxCost:
                 return Outcome(decision, cost=cost, reasons=(Reason(
