@@ -10,6 +10,7 @@ import base64
 import datetime
 import itertools
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -426,7 +427,11 @@ def test_agent_workflows_run_declared_steps_once_through_the_gate(operator: Any,
         {"name": "fix", "kind": "mutation", "sql": "UPDATE orders SET status = 'twice' WHERE id = 2"}])
     interrupted["spec"]["policyRef"] = "later"
     operator.kube.apply(interrupted)
-    wait_workflow(operator, namespace, "interrupted", "Pending")
+    pending = wait_workflow(operator, namespace, "interrupted", "Pending")
+    assert pending["conditions"][-1]["message"] == "agentpolicy/later is missing"
+    time.sleep(6)  # past one retry (every 5 s)
+    assert [e["reason"] for e in operator.kube.list("v1", "events", namespace)
+            if e["involvedObject"]["name"] == "interrupted"] == ["PolicyNotReady"]  # said once, not per retry
     operator.kube.merge_patch(API, "agentworkflows", "interrupted", {"status": {"phase": "Running"}}, namespace,
                               subresource="status")
     operator.kube.apply({**agent_policy(namespace), "metadata": {"name": "later", "namespace": namespace}})

@@ -8,7 +8,7 @@ The grants follow the tenant: re-applied when its access or its database placeme
 from __future__ import annotations
 
 import secrets
-from typing import Any, NoReturn
+from typing import Any
 
 import kopf
 
@@ -24,7 +24,7 @@ from ..lifecycle.tenant import MANAGED_BY, TENANT_LABEL, opaque_secret, owner_re
 from ..policy.install import install, uninstall
 from ..policy.rules import PolicyError
 from ..policy.schema import SchemaError
-from .status import write_ready
+from .status import wait_for, write_ready
 from .tenant import TENANT_GRANTS, agent_grants_key, publish_secret
 
 INSTALLED_PHASES = (TenantPhase.ACTIVE, TenantPhase.SUSPENDED)
@@ -51,7 +51,7 @@ def reconcile_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: A
     spec = AgentPolicySpec.model_validate(dict(body.spec))  # the CRD schema has already refused bad shapes
     tenant = tenant_of(kube, namespace)
     if tenant is None:
-        _pending(body, patch, "TenantNotFound", f"namespace {namespace} belongs to no Tenant", delay=30)
+        wait_for(body, patch, "TenantNotFound", f"namespace {namespace} belongs to no Tenant", delay=30)
     tenant_name = tenant["metadata"]["name"]
     state = tenant.get("status") or {}
     placement = state.get("database")
@@ -59,7 +59,7 @@ def reconcile_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: A
         write_ready(body, patch, "Pending", False, "DatabaseNotConfigured", "the operator has no tenant database")
         return
     if state.get("phase") not in INSTALLED_PHASES or not placement:
-        _pending(body, patch, "WaitingForTenant", f"tenant {tenant_name} is {state.get('phase') or 'new'}; "
+        wait_for(body, patch, "WaitingForTenant", f"tenant {tenant_name} is {state.get('phase') or 'new'}; "
                                                   "its database is not ready", delay=10)
     expected = (body.metadata.annotations or {}).get(TENANT_GRANTS)
     if expected and expected != agent_grants_key(state.get("access"), placement):
@@ -76,7 +76,7 @@ def reconcile_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: A
         kopf.warn(body, reason="InvalidPolicy", message=message)
         return  # permanent until the policy, the tenant or its schema changes
     except DatabaseUnavailable as exc:
-        _pending(body, patch, "DatabaseUnavailable", str(exc), delay=10)
+        wait_for(body, patch, "DatabaseUnavailable", str(exc), delay=10)
     role = installed.role
     _publish(kube, body, databases.login_fields(role, password, where.database, where.schema))
     summary = (f"role {role} in {where.database}.{where.schema}: {len(spec.rules)} rules over "
@@ -112,11 +112,6 @@ def delete_policy(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     except KubeError as exc:
         if exc.status != 404:
             raise
-
-
-def _pending(body: kopf.Body, patch: kopf.Patch, reason: str, message: str, delay: float) -> NoReturn:
-    write_ready(body, patch, "Pending", False, reason, message)
-    raise kopf.TemporaryError(message, delay=delay)
 
 
 def _password(kube: Kube, body: kopf.Body) -> str:

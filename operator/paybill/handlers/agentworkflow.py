@@ -7,7 +7,7 @@ Every decision goes to the tamper-evident audit log; query rows go to a Secret, 
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import Any
 
 import kopf
 
@@ -26,7 +26,7 @@ from ..policy.rules import PolicyError
 from ..policy.schema import SchemaError
 from ..workflows import StepOutcome, results_secret_data, run_steps
 from .agentpolicy import secret_name, tenant_of
-from .status import write_ready
+from .status import wait_for, write_ready
 from .tenant import publish_secret
 
 FINISHED = ("Succeeded", "Denied", "Failed")
@@ -49,8 +49,8 @@ def run_workflow(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) 
     policy = kube.get(API_VERSION, "agentpolicies", spec.policyRef, namespace)
     policy_state = (policy or {}).get("status") or {}
     if policy is None or policy_state.get("phase") != "Ready":
-        _pending(body, patch, "PolicyNotReady", f"agentpolicy/{spec.policyRef} is "
-                                                f"{'missing' if policy is None else policy_state.get('phase')}")
+        state_of = "missing" if policy is None else policy_state.get("phase")
+        wait_for(body, patch, "PolicyNotReady", f"agentpolicy/{spec.policyRef} is {state_of}", delay=5)
     if policy_state.get("access") == Access.NONE:
         _finish(body, patch, "Denied", "TenantSuspended", f"tenant {policy_state.get('tenant')} is suspended; "
                                                           "its agents cannot run", [])
@@ -58,7 +58,7 @@ def run_workflow(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) 
     tenant = tenant_of(kube, namespace)
     placement = ((tenant or {}).get("status") or {}).get("database")
     if memo.databases is None or not placement:
-        _pending(body, patch, "WaitingForTenant", "the tenant's database is not ready")
+        wait_for(body, patch, "WaitingForTenant", "the tenant's database is not ready", delay=5)
     where = Placement(tenant["metadata"]["name"], Isolation(placement["isolation"]), placement["database"],
                       placement["schema"])
     try:
@@ -68,11 +68,12 @@ def run_workflow(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) 
         _finish(body, patch, "Denied", "InvalidPolicy", first_line(exc), [])
         return
     except DatabaseUnavailable as exc:
-        _pending(body, patch, "DatabaseUnavailable", str(exc))
+        wait_for(body, patch, "DatabaseUnavailable", str(exc), delay=5)
     secret = kube.get("v1", "secrets", secret_name(spec.policyRef), namespace)
     login = secret_field(secret, "uri") if secret else None
     if not login:
-        _pending(body, patch, "CredentialsMissing", f"secret/{secret_name(spec.policyRef)} is not there yet")
+        wait_for(body, patch, "CredentialsMissing", f"secret/{secret_name(spec.policyRef)} is not there yet",
+                 delay=5)
 
     progress: list[dict[str, Any]] = []
 
@@ -114,11 +115,6 @@ def refuse_changes(body: kopf.Body, **_: Any) -> None:
 @kopf.on.delete(GROUP, VERSION, "agentworkflows", optional=True)
 def delete_results(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.kube.delete("v1", "secrets", _results_name(body.metadata.name), body.metadata.namespace)
-
-
-def _pending(body: kopf.Body, patch: kopf.Patch, reason: str, message: str) -> NoReturn:
-    write_ready(body, patch, "Pending", False, reason, message)
-    raise kopf.TemporaryError(message, delay=5)
 
 
 def _finish(body: kopf.Body, patch: kopf.Patch, phase: str, reason: str, message: str,
