@@ -17,7 +17,6 @@ import yaml
 
 from .api import API_VERSION
 from .api.crdgen import all_crds
-from .api.plan import Isolation
 from .database.server import LocalPostgres
 from .database.tenants import Placement, TenantDatabases
 from .handlers.settings import DATABASE_URL_ENV
@@ -243,7 +242,7 @@ def agent_gate(kube: Kube, database_url: str, directory: Path, timeout: float, t
     say(f"  credentials in secret/{status['credentialsSecret']} (never in status, Events or logs)")
     tenant_status = (kube.get(API_VERSION, "tenants", tenant) or {}).get("status") or {}
     placement = tenant_status["database"]
-    where = Placement(tenant, Isolation(placement["isolation"]), placement["database"], placement["schema"])
+    where = Placement.from_status(tenant, placement)
     engine = PolicyEngine(load_policy(directory / "support-policy.yaml").spec,
                           tenant_schema(TenantDatabases(database_url), where))
     login = _secret(kube, status["credentialsSecret"], namespace)["uri"]

@@ -73,6 +73,11 @@ class Placement:
         return {"isolation": str(self.isolation), "database": self.database, "schema": self.schema,
                 "role": self.role}
 
+    @classmethod
+    def from_status(cls, tenant: str, status: dict[str, Any]) -> Placement:
+        """The placement a Tenant's status.database records (the inverse of `to_status`)."""
+        return cls(tenant, Isolation(status["isolation"]), status["database"], status["schema"])
+
 
 def placement_for(tenant: str, isolation: Isolation | str) -> Placement:
     isolation = Isolation(isolation)

@@ -14,7 +14,6 @@ import kopf
 
 from ..api.agentpolicy import AgentPolicySpec
 from ..api.meta import API_VERSION, GROUP, VERSION
-from ..api.plan import Isolation
 from ..api.tenant import TenantPhase
 from ..billing.grace import Access
 from ..database.tenants import DatabaseUnavailable, Placement, TenantDatabases
@@ -64,7 +63,7 @@ def reconcile_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: A
     expected = (body.metadata.annotations or {}).get(TENANT_GRANTS)
     if expected and expected != agent_grants_key(state.get("access"), placement):
         raise kopf.TemporaryError(f"tenant {tenant_name} is changing to {expected}", delay=1)
-    where = Placement(tenant_name, Isolation(placement["isolation"]), placement["database"], placement["schema"])
+    where = Placement.from_status(tenant_name, placement)
     access = Access(state.get("access") or Access.NONE)
     current = body.get("status") or {}
     password = _password(kube, body)

@@ -14,7 +14,6 @@ import kopf
 from ..api.agentpolicy import AgentPolicySpec
 from ..api.agentworkflow import AgentWorkflowSpec
 from ..api.meta import API_VERSION, GROUP, VERSION
-from ..api.plan import Isolation
 from ..billing.grace import Access
 from ..database.tenants import DatabaseUnavailable, Placement
 from ..errors import first_line
@@ -59,8 +58,7 @@ def run_workflow(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) 
     placement = ((tenant or {}).get("status") or {}).get("database")
     if memo.databases is None or not placement:
         wait_for(body, patch, "WaitingForTenant", "the tenant's database is not ready", delay=5)
-    where = Placement(tenant["metadata"]["name"], Isolation(placement["isolation"]), placement["database"],
-                      placement["schema"])
+    where = Placement.from_status(tenant["metadata"]["name"], placement)
     try:
         engine = engine_for(memo.databases, where, AgentPolicySpec.model_validate(policy["spec"]),
                             Access(policy_state["access"]))
@@ -83,9 +81,8 @@ def run_workflow(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) 
             event = "StepRan" if outcome.ok else "StepDenied" if outcome.refused else "StepFailed"
             memo.audit.append("AgentWorkflow", f"{namespace}/{name}", event,
                               outcome.audit_details(spec.principal, spec.policyRef))
-        kube.merge_patch(API_VERSION, "agentworkflows", name, {"status": {
-            "phase": "Running", "steps": progress, "completedSteps": sum(s["executed"] for s in progress)}},
-            namespace, subresource="status")
+        kube.merge_patch(API_VERSION, "agentworkflows", name, {"status": {"phase": "Running", **_progress(progress)}},
+                         namespace, subresource="status")
 
     kube.merge_patch(API_VERSION, "agentworkflows", name, {"status": {"phase": "Running"}}, namespace,
                      subresource="status")
@@ -119,10 +116,13 @@ def delete_results(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 def _finish(body: kopf.Body, patch: kopf.Patch, phase: str, reason: str, message: str,
             steps: list[dict[str, Any]], results: dict[str, str] | None = None, version: str | None = None) -> None:
-    write_ready(body, patch, phase, phase == "Succeeded", reason, message, steps=steps,
-                completedSteps=sum(s["executed"] for s in steps), policyVersion=version,
+    write_ready(body, patch, phase, phase == "Succeeded", reason, message, **_progress(steps), policyVersion=version,
                 resultsSecret=_results_name(body.metadata.name) if results else None)
     (kopf.info if phase == "Succeeded" else kopf.warn)(body, reason=reason, message=message)
+
+
+def _progress(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"steps": steps, "completedSteps": sum(step["executed"] for step in steps)}
 
 
 def _results_name(workflow: str) -> str:
