@@ -182,7 +182,7 @@ def _probe_tenant_login(kube: Kube, name: str) -> str:
     uri = _secret(kube, "paybill-database", f"tenant-{name}").get("uri", "")
     try:
         with psycopg.connect(uri, autocommit=True, connect_timeout=3) as conn:
-            rows = conn.execute("SELECT count(*) FROM customers").fetchone()[0]
+            (rows,) = conn.execute("SELECT count(*) FROM customers").fetchone() or (0,)
             try:
                 with conn.transaction(force_rollback=True):
                     conn.execute("INSERT INTO customers (tenant_id, id, name) VALUES (%s, -1, 'probe')", (name,))
@@ -275,7 +275,7 @@ def agent_workflows(kube: Kube, directory: Path, timeout: float) -> bool:
     ok = True
     for manifest in workflows:
         name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
-        deadline, status = time.monotonic() + timeout, {}
+        deadline, status = time.monotonic() + timeout, dict[str, Any]()
         while time.monotonic() < deadline and status.get("phase") not in ("Succeeded", "Denied", "Failed"):
             time.sleep(0.2)
             status = (kube.get(API_VERSION, "agentworkflows", name, namespace) or {}).get("status") or {}

@@ -32,7 +32,9 @@ def touch_owner(kube: Kube, kind: str, obj: dict[str, Any]) -> bool:
     meta = obj.get("metadata") or {}
     name = (meta.get("labels") or {}).get(TENANT_LABEL)
     tenant = kube.get(API_VERSION, "tenants", name) if name else None
-    if tenant is None or tenant["metadata"].get("deletionTimestamp") or tenant.get("spec", {}).get("offboard"):
+    if not name or tenant is None:
+        return False
+    if tenant["metadata"].get("deletionTimestamp") or tenant.get("spec", {}).get("offboard"):
         return False
     if (tenant.get("status") or {}).get("phase") in (Phase.OFFBOARDING, Phase.OFFBOARDED):
         return False

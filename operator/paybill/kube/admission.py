@@ -42,7 +42,7 @@ class AdmissionRequest:
 
 def _rule_matches(rule: dict[str, Any], request: AdmissionRequest) -> bool:
     def matches(values: list[str] | None, value: str) -> bool:
-        return bool(values) and ("*" in values or value in values)
+        return values is not None and ("*" in values or value in values)
 
     resource = request.rtype.plural + (f"/{request.subresource}" if request.subresource else "")
     resources = rule.get("resources") or []

@@ -32,6 +32,18 @@ def _split_terms(text: str) -> list[str]:
     return terms
 
 
+def _label_equals(key: str, value: str, negate: bool) -> Callable[[dict[str, str]], bool]:
+    return lambda labels: (labels.get(key) == value) != negate
+
+
+def _label_in(key: str, allowed: set[str], negate: bool) -> Callable[[dict[str, str]], bool]:
+    return lambda labels: (labels.get(key) in allowed) != negate
+
+
+def _label_exists(key: str, negate: bool) -> Callable[[dict[str, str]], bool]:
+    return lambda labels: (key in labels) != negate
+
+
 def parse_label_selector(text: str | None) -> Callable[[dict[str, str]], bool]:
     """Parse `a=b,c!=d,e in (f,g),!h,i` into a predicate over a labels mapping."""
     checks: list[Callable[[dict[str, str]], bool]] = []
@@ -39,10 +51,7 @@ def parse_label_selector(text: str | None) -> Callable[[dict[str, str]], bool]:
         for op in ("!=", "==", "="):
             if op in term and " in " not in term and "notin" not in term:
                 key, value = (part.strip() for part in term.split(op, 1))
-                if op == "!=":
-                    checks.append(lambda labels, k=key, v=value: labels.get(k) != v)
-                else:
-                    checks.append(lambda labels, k=key, v=value: labels.get(k) == v)
+                checks.append(_label_equals(key, value, negate=op == "!="))
                 break
         else:
             match = _SET_TERM.match(term)
@@ -51,14 +60,9 @@ def parse_label_selector(text: str | None) -> Callable[[dict[str, str]], bool]:
             negated, key, op, values = match.groups()
             if op:
                 allowed = {v.strip() for v in values.split(",") if v.strip()}
-                if op == "in":
-                    checks.append(lambda labels, k=key, a=allowed: labels.get(k) in a)
-                else:
-                    checks.append(lambda labels, k=key, a=allowed: labels.get(k) not in a)
-            elif negated:
-                checks.append(lambda labels, k=key: k not in labels)
+                checks.append(_label_in(key, allowed, negate=op != "in"))
             else:
-                checks.append(lambda labels, k=key: k in labels)
+                checks.append(_label_exists(key, negate=bool(negated)))
     return lambda labels: all(check(labels) for check in checks)
 
 
@@ -84,6 +88,10 @@ def _field_value(obj: dict[str, Any], path: str) -> Any:
     return node
 
 
+def _field_equals(key: str, value: str, negate: bool) -> Matcher:
+    return lambda obj: (str(_field_value(obj, key) or "") == value) != negate
+
+
 def parse_field_selector(text: str | None, allowed: tuple[str, ...] = ()) -> Matcher:
     """`metadata.name=x,metadata.namespace!=y` (plus any selectable fields of the resource)."""
     checks: list[Matcher] = []
@@ -92,5 +100,5 @@ def parse_field_selector(text: str | None, allowed: tuple[str, ...] = ()) -> Mat
         key, value = (part.strip() for part in re.split(r"!=|==|=", term, maxsplit=1))
         if key not in ("metadata.name", "metadata.namespace", *allowed):
             raise SelectorError(f'field label not supported: {key}')
-        checks.append(lambda obj, k=key, v=value, n=negate: (str(_field_value(obj, k) or "") == v) != n)
+        checks.append(_field_equals(key, value, negate))
     return lambda obj: all(check(obj) for check in checks)

@@ -149,7 +149,7 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
     # --- routing ----------------------------------------------------------------------------------------------
 
     async def _serve(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
-        raw = request._raw_request
+        raw = _raw(request)
         path = raw.path.rstrip("/") or "/"
         method = raw.method
         fixed: dict[str, Callable[[], Any]] = {
@@ -205,7 +205,7 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
         return Route(rtype, namespace, name, subresource)
 
     async def _dispatch(self, request: rendering.Request, route: Route) -> aiohttp.web.StreamResponse:
-        method, query = request._raw_request.method, request.params
+        method, query = _raw(request).method, request.params
         if method == "GET" and query.get("watch") in ("true", "1"):
             return await self._watch(request, route)
         if method == "GET" and route.name is None:
@@ -223,7 +223,7 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
                 obj = await self._update(route, request.data, dry_run, query.get("fieldValidation"))
                 return self._json(obj)
             if method == "PATCH" and route.name:
-                content_type = request._raw_request.content_type
+                content_type = _raw(request).content_type
                 obj = await self._patch(route, content_type, request.data, dry_run, query.get("fieldValidation"))
                 return self._json(obj)
             if method == "DELETE" and route.name:
@@ -345,7 +345,7 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
             else:
                 backlog = [_synthetic_added(obj) for obj in self.store.list(key, route.namespace)]
             response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
-            await response.prepare(request._raw_request)
+            await response.prepare(_raw(request))
 
             async def send(event_type: str, obj: dict[str, Any]) -> None:
                 shown = self._served(route.rtype, obj)
@@ -386,7 +386,7 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
 
     async def _expired_stream(self, request: rendering.Request, since: str) -> aiohttp.web.StreamResponse:
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
-        await response.prepare(request._raw_request)
+        await response.prepare(_raw(request))
         status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "Expired",
                   "message": f"too old resource version: {since}", "code": 410}
         await response.write(json.dumps({"type": "ERROR", "object": status}).encode() + b"\n")
@@ -748,6 +748,13 @@ def _kmock_intent(raw: aiohttp.web.BaseRequest) -> dict[str, Any]:
     resource = None if k8s.group is None else kmock.resource(group=k8s.group, version=k8s.version, plural=k8s.plural)
     return {"action": action, "resource": resource, "namespace": k8s.namespace, "name": k8s.name,
             "subresource": k8s.subresource}
+
+
+def _raw(request: rendering.Request) -> aiohttp.web.BaseRequest:
+    """The aiohttp request behind kmock's: every request the server routes has one."""
+    raw = request._raw_request
+    assert raw is not None
+    return raw
 
 
 def _synthetic_added(obj: dict[str, Any]) -> WatchEvent:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import copy
 from collections import deque
 from collections.abc import Iterator
@@ -63,7 +64,7 @@ class Store:
         deleted["metadata"]["resourceVersion"] = str(self.next_revision())
         self._emit(key, WatchEvent(self.revision, "DELETED", deleted))
 
-    def drop_collection(self, key: Key) -> list[dict[str, Any]]:
+    def drop_collection(self, key: Key) -> builtins.list[dict[str, Any]]:
         objects = list(self._objects.pop(key, {}).values())
         for obj in objects:
             self.remove(key, obj)
@@ -77,7 +78,7 @@ class Store:
         for queue in self._watchers.get(key, ()):
             queue.put_nowait(event)
 
-    def events_since(self, key: Key, resource_version: int) -> list[WatchEvent]:
+    def events_since(self, key: Key, resource_version: int) -> builtins.list[WatchEvent]:
         """Events after resource_version; Expired if the history no longer reaches back that far."""
         if resource_version < self._compacted.get(key, 0):
             raise Expired(resource_version)

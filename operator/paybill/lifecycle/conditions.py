@@ -11,10 +11,11 @@ def set_condition(conditions: list[dict[str, Any]], type_: str, status: bool | N
                   generation: int | None = None) -> list[dict[str, Any]]:
     value = "Unknown" if status is None else "True" if status else "False"
     previous = next((c for c in conditions if c.get("type") == type_), None)
-    changed = previous is None or previous.get("status") != value
+    unchanged = previous is not None and previous.get("status") == value
     condition = {
         "type": type_, "status": value, "reason": reason, "message": message,
-        "lastTransitionTime": now_rfc3339() if changed else previous.get("lastTransitionTime", now_rfc3339()),
+        "lastTransitionTime": previous.get("lastTransitionTime", now_rfc3339()) if unchanged and previous
+        else now_rfc3339(),
     }
     if generation is not None:
         condition["observedGeneration"] = generation

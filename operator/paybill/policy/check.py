@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from ..api.agentpolicy import AgentPolicy
 from .engine import PolicyEngine
-from .schema import Schema
+from .schema import Schema, SchemaError
 
 
 def load_policy(path: Path) -> AgentPolicy:
@@ -70,7 +70,12 @@ def _check_case(engine: PolicyEngine, case: Any, number: int, tenant: str | None
 def run_check(policy: Path, input_path: str, schema: Path | None, dsn: str | None, schema_name: str,
               tenant: str | None) -> Iterator[str]:
     resource = load_policy(policy)
-    loaded = Schema.from_dsn(dsn, schema_name) if dsn else Schema.from_ddl(Path(schema).read_text(), schema_name)
+    if dsn:
+        loaded = Schema.from_dsn(dsn, schema_name)
+    elif schema is not None:
+        loaded = Schema.from_ddl(schema.read_text(), schema_name)
+    else:
+        raise SchemaError("a schema is needed: a DDL file or a database DSN")
     engine = PolicyEngine(resource.spec, loaded)
     if input_path == "-":
         import sys

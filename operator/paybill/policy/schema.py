@@ -83,13 +83,14 @@ class Schema:
         tables: dict[str, Table] = {}
         for raw in statements:
             stmt = raw.stmt
-            if not isinstance(stmt, ast.CreateStmt):
+            if not isinstance(stmt, ast.CreateStmt) or stmt.relation is None or not stmt.relation.relname:
                 continue
             columns = {}
             for element in stmt.tableElts or ():
-                if isinstance(element, ast.ColumnDef):
-                    type_name = element.typeName.names[-1].sval
-                    columns[element.colname] = type_family(type_name)
+                if not isinstance(element, ast.ColumnDef) or element.typeName is None:
+                    continue
+                if element.colname and element.typeName.names:
+                    columns[element.colname] = type_family(element.typeName.names[-1].sval)
             tables[stmt.relation.relname] = Table(stmt.relation.relname, columns)
         if not tables:
             raise SchemaError("schema DDL has no CREATE TABLE statement")
