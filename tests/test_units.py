@@ -56,11 +56,13 @@ def test_condition_transition_time_moves_only_on_status_change() -> None:
 
 
 def test_namespaces_of_others_are_never_adopted() -> None:
-    ours = {"metadata": {"name": "tenant-a", "labels": {TENANT_LABEL: "a"}}}
-    assert check_namespace(ours, "a").ok and check_namespace(None, "a").reason == "Missing"
-    theirs = check_namespace({"metadata": {"name": "tenant-a", "labels": {TENANT_LABEL: "b"}}}, "a")
+    ours = {"metadata": {"name": "tenant-a", "ownerReferences": [
+        {"apiVersion": "paybill.dev/v1alpha1", "kind": "Tenant", "name": "a", "uid": "u-a", "controller": True}]}}
+    assert check_namespace(ours, "tenant-a", "u-a", None).ok
+    assert check_namespace(None, "tenant-a", "u-a", None).reason == "Missing"
+    theirs = check_namespace({"metadata": {"name": "tenant-a", "labels": {TENANT_LABEL: "b"}}}, "tenant-a", "u-a", None)
     assert not theirs.ok and theirs.reason == "NamespaceConflict" and "'b'" in theirs.message
-    assert check_namespace({"metadata": {"name": "tenant-a"}}, "a").reason == "NamespaceConflict"
+    assert check_namespace({"metadata": {"name": "tenant-a"}}, "tenant-a", "u-a", None).reason == "NamespaceConflict"
 
 
 def test_kopf_diffbase_stays_small_on_large_objects() -> None:
@@ -84,9 +86,14 @@ def test_local_postgres_starts_serves_and_stops() -> None:
     os.chmod(directory, 0o755)
     server = LocalPostgres(directory)
     dsn = server.start()
-    assert dsn.startswith("postgresql://postgres@127.0.0.1:")
+    assert dsn.startswith("postgresql://postgres:")
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SHOW listen_addresses").fetchone() == ("127.0.0.1",)
+    for wrong in ({"password": "wrong"}, {"password": ""}):  # scram-sha-256: no login without the password
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(psycopg.conninfo.make_conninfo(dsn, **wrong), connect_timeout=2)
+    assert not list(directory.rglob("*pwfile*"))  # initdb's password file is gone
+    assert (directory / "superuser.password").stat().st_mode & 0o777 == 0o600
     server.stop()
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(dsn, connect_timeout=2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -53,9 +54,16 @@ def tool_path(name: str) -> str:
     return found
 
 
+SUPERUSER = "postgres"
+PASSWORD_FILE = "superuser.password"  # in data_dir, 0600, owned by the user that runs LocalPostgres
+
+
 @dataclass
 class LocalPostgres:
-    """Start with :meth:`start`, stop with :meth:`stop`; :attr:`dsn` connects as the superuser."""
+    """Start with :meth:`start`, stop with :meth:`stop`; :attr:`dsn` connects as the superuser.
+
+    Every login needs a password (scram-sha-256, over TCP and the socket alike): the superuser's is
+    generated at initdb, kept in a 0600 file beside the data (for restarts) and in the DSN only."""
 
     data_dir: Path
     port: int = field(default_factory=free_port)
@@ -92,15 +100,30 @@ class LocalPostgres:
                 shutil.chown(path, "postgres", "postgres")
             os.chmod(self.data_dir, 0o755)
         if not (pgdata / "PG_VERSION").exists():
-            self._run("initdb", self._as_postgres(str(binaries / "initdb"), "-D", str(pgdata), "-A", "trust",
-                                                  "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C"))
+            self._initdb(binaries, pgdata, socket_dir)
+        password = _read_private(self.data_dir / PASSWORD_FILE)
         options = (f"-p {self.port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
                    "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
         log = self.data_dir / "postgres.log"
         self._run("pg_ctl start", self._as_postgres(str(binaries / "pg_ctl"), "-D", str(pgdata), "-o", options,
                                                     "-l", str(log), "-w", "-t", "60", "start"), log=log)
-        self._uri = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self._uri = _uri(password, "127.0.0.1", self.port)
         return self._uri
+
+    def _initdb(self, binaries: Path, pgdata: Path, socket_dir: Path) -> None:
+        """initdb with scram-sha-256 for every connection; the generated superuser password reaches initdb
+        through a 0600 file that exists only while initdb runs."""
+        password = secrets.token_urlsafe(32)
+        _write_private(self.data_dir / PASSWORD_FILE, password)
+        pwfile = socket_dir / "initdb.pwfile"  # a directory the postgres user can enter
+        _write_private(pwfile, password, owner="postgres" if os.geteuid() == 0 else None)
+        try:
+            self._run("initdb", self._as_postgres(
+                str(binaries / "initdb"), "-D", str(pgdata), "--auth-host=scram-sha-256",
+                "--auth-local=scram-sha-256", f"--pwfile={pwfile}", "-U", SUPERUSER, "--no-sync", "-E", "UTF8",
+                "--locale=C"))
+        finally:
+            pwfile.unlink(missing_ok=True)
 
     def _start_pgserver(self) -> str:
         try:
@@ -110,7 +133,7 @@ class LocalPostgres:
                                 "(pip install pgserver)") from exc
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._pgserver = pgserver.get_server(str(self.data_dir / "pgserver"), cleanup_mode="stop")
-        self._uri = self._pgserver.get_uri()
+        self._uri = _require_passwords(self._pgserver, self.data_dir)
         return self._uri
 
     def stop(self) -> None:
@@ -131,6 +154,48 @@ class LocalPostgres:
             if log is not None and log.exists():
                 detail += "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-5:])
             raise PostgresError(f"{what} failed: {detail}")
+
+
+def _uri(password: str, host: str, port: int | str) -> str:
+    return f"postgresql://{SUPERUSER}:{password}@{host}:{port}/postgres"
+
+
+def _write_private(path: Path, text: str, owner: str | None = None) -> None:
+    """Create `path` as 0600 from the start (never a wider mode, even for a moment)."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(text + "\n")
+    if owner is not None:
+        shutil.chown(path, owner, owner)
+
+
+def _read_private(path: Path) -> str:
+    if not path.exists():
+        raise PostgresError(f"{path} is missing: the data directory was not made by LocalPostgres; remove it")
+    if path.stat().st_mode & 0o077:
+        raise PostgresError(f"{path} is readable by others (mode {oct(path.stat().st_mode & 0o777)})")
+    return path.read_text().strip()
+
+
+def _require_passwords(server: Any, data_dir: Path) -> str:
+    """pgserver runs initdb with trust: give the superuser a password, then require one for every login."""
+    import psycopg
+
+    path = data_dir / PASSWORD_FILE
+    if not path.exists():
+        _write_private(path, secrets.token_urlsafe(32))
+    password = _read_private(path)
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        conn.execute("SET password_encryption = 'scram-sha-256'")
+        conn.execute(psycopg.sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+            psycopg.sql.Identifier(SUPERUSER), psycopg.sql.Literal(password)))
+        hba = conn.execute("SHOW hba_file").fetchone()[0]
+        socket_dir = conn.execute("SHOW unix_socket_directories").fetchone()[0].split(",")[0].strip()
+        Path(hba).write_text("local all all scram-sha-256\nhost all all 127.0.0.1/32 scram-sha-256\n"
+                             "host all all ::1/128 scram-sha-256\n")
+        conn.execute("SELECT pg_reload_conf()")
+    return f"postgresql://{SUPERUSER}:{password}@/postgres?host={socket_dir}"
 
 
 def _require_traversable(directory: Path) -> None:
