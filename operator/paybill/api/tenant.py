@@ -95,7 +95,9 @@ class Tenant(CustomResource):
                          PHASE_COLUMN, READY_COLUMN, AGE_COLUMN),
         validations=(ValidationRule("!has(oldSelf.namespace) || (has(self.namespace) && "
                                     "self.namespace == oldSelf.namespace)",
-                                    "namespace is immutable once set"),),
+                                    "namespace is immutable once set"),
+                     ValidationRule("!self.startsWith('kube-') && self != 'default'",
+                                    "namespace may not be a system namespace (kube-*, default)", path="namespace")),
     )
     spec: TenantSpec
     status: TenantStatus | None = None

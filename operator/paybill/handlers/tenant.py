@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,14 @@ from ..api.tenant import TenantPhase as Phase
 from ..billing.grace import Access, BillingState, billing_state
 from ..database.tenants import DatabaseUnavailable, MigrationError, Placement, TenantDatabases, placement_for
 from ..errors import first_line
-from ..kube.client import Kube, KubeError
+from ..kube.client import Kube, KubeError, resource_path
 from ..lifecycle.conditions import set_condition
 from ..lifecycle.machine import Event, SuspensionCause, Transition, TransitionRefused, path, retry_delay, transition
 from ..lifecycle.tenant import (
     CREDENTIALS_SECRET,
     check_namespace,
     credentials_secret,
+    may_delete_namespace,
     namespace_manifest,
     secret_field,
     tenant_namespace,
@@ -39,6 +41,8 @@ from ..lifecycle.tenant import (
 RETRY_DELAY = 10
 TRIGGER = "trigger.paybill.dev"  # not kopf's own prefix, so a change here re-runs the tenant's reconcile
 TENANT_GRANTS = f"{TRIGGER}/tenant"  # on an AgentPolicy: the tenant state its grants must follow
+OPERATOR_NAMESPACE_ENV = "PAYBILL_OPERATOR_NAMESPACE"
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 FAILURES = (DatabaseUnavailable, MigrationError, KubeError, psycopg.Error)
 
 
@@ -161,10 +165,12 @@ def _touch_policies(kube: Kube, namespace: str, key: str) -> None:
 
 
 def _ensure_namespace(kube: Kube, body: kopf.Body, plan: dict[str, Any], status: _Status, namespace: str) -> None:
-    check = check_namespace(kube.get("v1", "namespaces", namespace), body.metadata.name)
+    check = check_namespace(kube.get("v1", "namespaces", namespace), namespace, body.metadata.uid,
+                            operator_namespace())
     if not check.ok:
         status.condition("NamespaceReady", False, check.reason, check.message)
-        status.wait(Phase.FAILED if check.reason == "NamespaceConflict" else status.phase, check.reason, check.message)
+        status.wait(status.phase if check.reason == "NamespaceTerminating" else Phase.FAILED, check.reason,
+                    check.message)
     manifest = namespace_manifest(dict(body), plan)
     if check.reason == "Missing":
         _ensure(kube, manifest)
@@ -172,6 +178,16 @@ def _ensure_namespace(kube: Kube, body: kopf.Body, plan: dict[str, Any], status:
     else:
         kube.merge_patch("v1", "namespaces", namespace, {"metadata": {"labels": manifest["metadata"]["labels"]}})
     status.condition("NamespaceReady", True, "Provisioned", f"namespace {namespace} is ready")
+
+
+def operator_namespace() -> str | None:
+    """The namespace the operator runs in (set by the chart from the downward API, else the service account's)."""
+    if os.environ.get(OPERATOR_NAMESPACE_ENV):
+        return os.environ[OPERATOR_NAMESPACE_ENV]
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _ensure(kube: Kube, manifest: dict[str, Any]) -> None:
@@ -341,7 +357,7 @@ def offboard(body: kopf.Body, memo: kopf.Memo, status: _Status | None = None) ->
                 if policy == DeletionPolicy.DESTROY and backup is not None:
                     Path(backup["location"]).unlink(missing_ok=True)
                     backup = {**backup, "location": f"{backup['location']} (deleted: deletionPolicy destroy)"}
-        kube.delete("v1", "namespaces", tenant_namespace(name, spec))
+        _delete_owned_namespace(kube, body, tenant_namespace(name, spec))
     except FAILURES as exc:
         message = first_line(exc)
         kopf.warn(body, reason="OffboardingFailed", message=message)
@@ -351,6 +367,24 @@ def offboard(body: kopf.Body, memo: kopf.Memo, status: _Status | None = None) ->
         status.condition("Ready", False, "Offboarded", f"offboarded; data {policy}")
         status.write(Phase.OFFBOARDED, backup=backup, access=str(Access.NONE))
     return backup
+
+
+def _delete_owned_namespace(kube: Kube, body: kopf.Body, namespace: str) -> None:
+    """Delete the namespace only if this Tenant controls it; the uid precondition stops a namespace that was
+    replaced in between from going too."""
+    existing = kube.get("v1", "namespaces", namespace)
+    if not may_delete_namespace(existing, body.metadata.uid, operator_namespace()):
+        if existing is not None:
+            kopf.info(body, reason="NamespaceKept",
+                      message=f"namespace {namespace} is not this tenant's; left as it is")
+        return
+    try:
+        preconditions = {"uid": existing["metadata"]["uid"]}
+        kube.request("DELETE", resource_path("v1", "namespaces", None, namespace),
+                     {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": preconditions})
+    except KubeError as exc:
+        if exc.status not in (404, 409):  # gone already, or no longer the namespace we checked
+            raise
 
 
 def _backup_intact(backup: dict[str, Any]) -> bool:

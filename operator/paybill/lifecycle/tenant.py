@@ -34,6 +34,29 @@ def namespace_manifest(tenant: dict[str, Any], plan: dict[str, Any]) -> dict[str
     }
 
 
+# Namespaces no Tenant may ever adopt or delete (the CRD refuses them too; the operator's own is added at run time).
+SYSTEM_NAMESPACE_PREFIX = "kube-"
+SYSTEM_NAMESPACES = frozenset({"default"})
+
+
+def protected_namespace(name: str, operator_namespace: str | None) -> bool:
+    """A system namespace or the operator's own: never a tenant's."""
+    return name.startswith(SYSTEM_NAMESPACE_PREFIX) or name in SYSTEM_NAMESPACES or name == operator_namespace
+
+
+def controlled_by(existing: dict[str, Any], tenant_uid: str) -> bool:
+    """The object's controller is this very Tenant (its uid, not a name or a label anyone can write)."""
+    return any(ref.get("uid") == tenant_uid and ref.get("controller") is True and ref.get("kind") == "Tenant"
+               and ref.get("apiVersion") == API_VERSION
+               for ref in existing.get("metadata", {}).get("ownerReferences") or [])
+
+
+def may_delete_namespace(existing: dict[str, Any] | None, tenant_uid: str, operator_namespace: str | None) -> bool:
+    """Only a namespace the Tenant created and controls, and never a protected one, goes with the Tenant."""
+    return (existing is not None and not protected_namespace(existing["metadata"]["name"], operator_namespace)
+            and controlled_by(existing, tenant_uid))
+
+
 @dataclass(frozen=True)
 class NamespaceCheck:
     ok: bool
@@ -41,16 +64,18 @@ class NamespaceCheck:
     message: str
 
 
-def check_namespace(existing: dict[str, Any] | None, tenant_name: str) -> NamespaceCheck:
-    """A namespace may be adopted only if it is ours: never take over another tenant's or a user's."""
+def check_namespace(existing: dict[str, Any] | None, name: str, tenant_uid: str,
+                    operator_namespace: str | None) -> NamespaceCheck:
+    """A namespace may be adopted only if it is ours: never a system one, another tenant's or a user's."""
+    if protected_namespace(name, operator_namespace):
+        return NamespaceCheck(False, "NamespaceProtected", f"namespace {name!r} is a system namespace; "
+                                                           "a tenant may not use it")
     if existing is None:
         return NamespaceCheck(True, "Missing", "namespace will be created")
-    labels = existing.get("metadata", {}).get("labels") or {}
-    if labels.get(TENANT_LABEL) != tenant_name:
-        owner = labels.get(TENANT_LABEL)
-        who = f"tenant {owner!r}" if owner else "something other than Paybill"
-        return NamespaceCheck(False, "NamespaceConflict",
-                              f"namespace {existing['metadata']['name']!r} already exists and belongs to {who}")
+    if not controlled_by(existing, tenant_uid):
+        owner = (existing.get("metadata", {}).get("labels") or {}).get(TENANT_LABEL)
+        who = f"tenant {owner!r}" if owner else "something other than this tenant"
+        return NamespaceCheck(False, "NamespaceConflict", f"namespace {name!r} already exists and belongs to {who}")
     if existing.get("metadata", {}).get("deletionTimestamp"):
         return NamespaceCheck(False, "NamespaceTerminating", "namespace is being deleted; waiting")
     return NamespaceCheck(True, "Exists", "namespace exists")

@@ -1,0 +1,99 @@
+"""A Tenant's namespace: only one it owns is ever deleted; system namespaces are refused at admission and in
+the handler (issue 10, finding 8)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from paybill.kube.client import KubeError
+from paybill.lifecycle.tenant import check_namespace, may_delete_namespace, protected_namespace
+
+API = "paybill.dev/v1alpha1"
+UID = "0f6c1c52-uid-of-the-tenant"
+
+
+def namespace(name: str, labels: dict[str, str] | None = None, owners: list[dict[str, Any]] | None = None,
+              **meta: Any) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": labels or {}, "ownerReferences": owners or [], **meta}}
+
+
+def owner(uid: str = UID, controller: bool = True, kind: str = "Tenant") -> dict[str, Any]:
+    return {"apiVersion": API, "kind": kind, "name": "acme", "uid": uid, "controller": controller}
+
+
+@pytest.mark.parametrize("name", ["kube-system", "kube-public", "kube-node-lease", "kube-foo", "default",
+                                  "paybill-operator"])
+def test_system_and_operator_namespaces_are_protected(name: str) -> None:
+    assert protected_namespace(name, operator_namespace="paybill-operator")
+
+
+@pytest.mark.parametrize("name", ["tenant-acme", "precious", "kubernetes", "defaults"])
+def test_ordinary_namespaces_are_not_protected(name: str) -> None:
+    assert not protected_namespace(name, operator_namespace="paybill-operator")
+
+
+def test_only_a_namespace_the_tenant_controls_may_be_deleted() -> None:
+    assert may_delete_namespace(namespace("tenant-acme", owners=[owner()]), UID, "paybill")
+    assert not may_delete_namespace(None, UID, "paybill")
+    assert not may_delete_namespace(namespace("precious"), UID, "paybill")
+    # the label is a name anyone can write: it proves nothing
+    assert not may_delete_namespace(namespace("precious", labels={"paybill.dev/tenant": "acme"}), UID, "paybill")
+    assert not may_delete_namespace(namespace("tenant-acme", owners=[owner(uid="other")]), UID, "paybill")
+    assert not may_delete_namespace(namespace("tenant-acme", owners=[owner(controller=False)]), UID, "paybill")
+    assert not may_delete_namespace(namespace("tenant-acme", owners=[owner(kind="Plan")]), UID, "paybill")
+    assert not may_delete_namespace(namespace("kube-system", owners=[owner()]), UID, "paybill")
+    assert not may_delete_namespace(namespace("paybill", owners=[owner()]), UID, "paybill")
+
+
+def test_only_a_namespace_the_tenant_controls_is_adopted() -> None:
+    assert check_namespace(None, "tenant-acme", UID, "paybill").reason == "Missing"
+    assert check_namespace(namespace("tenant-acme", owners=[owner()]), "tenant-acme", UID, "paybill").ok
+    labelled = namespace("tenant-acme", labels={"paybill.dev/tenant": "acme"})
+    assert check_namespace(labelled, "tenant-acme", UID, "paybill").reason == "NamespaceConflict"
+    assert check_namespace(None, "kube-system", UID, "paybill").reason == "NamespaceProtected"
+    assert check_namespace(None, "paybill", UID, "paybill").reason == "NamespaceProtected"
+    terminating = namespace("tenant-acme", owners=[owner()], deletionTimestamp="2026-01-01T00:00:00Z")
+    assert check_namespace(terminating, "tenant-acme", UID, "paybill").reason == "NamespaceTerminating"
+
+
+@pytest.mark.parametrize("name", ["kube-system", "default", "kube-foo"])
+def test_system_namespaces_are_refused_at_admission(cluster: Any, name: str) -> None:
+    with pytest.raises(KubeError) as refused:
+        cluster.kube.create({"apiVersion": API, "kind": "Tenant", "metadata": {"name": f"t-{name}"},
+                             "spec": {"planRef": "free", "namespace": name}})
+    assert refused.value.status == 422 and "system namespace" in refused.value.message
+    assert cluster.kube.get(API, "tenants", f"t-{name}") is None
+    cluster.kube.create({"apiVersion": API, "kind": "Tenant", "metadata": {"name": "fine"},
+                         "spec": {"planRef": "free", "namespace": "kubernetes-apps"}})
+
+
+def _phase(cluster: Any, name: str) -> str | None:
+    return ((cluster.kube.get(API, "tenants", name) or {}).get("status") or {}).get("phase")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["delete", "offboard"])
+def test_a_foreign_namespace_survives_the_tenant_aimed_at_it(operator: Any, how: str) -> None:
+    kube = operator.kube
+    kube.create(namespace("precious"))
+    kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "crown-jewels", "namespace": "precious"},
+                 "data": {"keep": "me"}})
+    kube.apply({"apiVersion": API, "kind": "Plan", "metadata": {"name": "free"},
+                "spec": {"tier": "free", "isolation": "pooled"}})
+    kube.apply({"apiVersion": API, "kind": "Tenant", "metadata": {"name": "grabber"},
+                "spec": {"planRef": "free", "namespace": "precious"}})
+    operator.eventually(lambda: _phase(operator, "grabber") == "Failed")
+    if how == "delete":
+        kube.delete(API, "tenants", "grabber")
+        operator.eventually(lambda: kube.get(API, "tenants", "grabber") is None)
+    else:
+        kube.merge_patch(API, "tenants", "grabber", {"spec": {"offboard": True}})
+        operator.eventually(lambda: _phase(operator, "grabber") == "Offboarded")
+    survivor = kube.get("v1", "namespaces", "precious")
+    assert survivor is not None and not survivor["metadata"].get("deletionTimestamp")
+    assert kube.get("v1", "configmaps", "crown-jewels", "precious")["data"] == {"keep": "me"}
+    events = [e for e in kube.list("v1", "events") if e["involvedObject"]["name"] == "grabber"]
+    assert any(e["reason"] == "NamespaceKept" for e in events)
