@@ -263,3 +263,43 @@ def test_a_dead_database_is_a_reason_not_a_crash(policy_db: PolicyDatabase) -> N
         outcome = guard.execute("SELECT id FROM orders")
     assert not outcome.executed and outcome.decision.allowed
     assert outcome.reasons[0].code == "database_error" and "s3cret" not in outcome.reasons[0].message
+
+
+# -- issue 10: row locks count as writes; the rewrite keeps OR/NOT WHEREs ---------------------------------
+
+def test_a_row_lock_over_max_rows_written_is_rolled_back(policy_db: PolicyDatabase, acme: str) -> None:
+    engine = policy_db.engine(spec(limits=limits(maxRowsWritten=2)))
+    with ExecutionGuard(engine, acme, PRINCIPAL, "acme") as guard:
+        many = guard.execute("SELECT id FROM orders WHERE total > 0 FOR UPDATE")
+        assert not many.executed and many.rows == [], many.reasons
+        assert many.reasons[0].code == "rows_written_exceeded" and "3 rows" in many.reasons[0].message
+        one = guard.execute("SELECT id, status FROM orders WHERE id = $1 FOR NO KEY UPDATE", [10])
+        assert one.ok and one.rows == [(10, "open")], one.reasons
+
+
+@pytest.mark.parametrize("where", [
+    "id = 11 OR id = 12", "NOT (id = 11)", "id = 11 OR (id = 12 AND NOT paid) OR id = 1012",
+    "NOT (id = 11 OR paid) AND total < 40", "(id = 11 OR id = 1011) AND NOT (paid AND id = 12)",
+    "NOT NOT (id = 13)", "id IN (11, 12, 1011) AND (status = 'paid' OR NOT paid)",
+])
+def test_or_and_not_wheres_update_exactly_the_tenants_rows(policy_db: PolicyDatabase, acme: str, where: str) -> None:
+    """The rewritten UPDATE changes exactly the rows the agent's own WHERE selects among the tenant's rows."""
+    rules = [{"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"]},
+             {"id": "fix-any-status", "effect": "allow", "actions": ["update"], "tables": ["orders"],
+              "columns": ["status"]}]
+    engine = policy_db.engine(spec(rules=rules, limits=limits(maxRowsWritten=100)))
+    with psycopg.connect(policy_db.admin_dsn) as conn:
+        before = dict(conn.execute("SELECT id, status FROM orders").fetchall())
+        expected = {i for (i,) in conn.execute(f"SELECT id FROM orders WHERE tenant_id = 'acme' AND ({where})")}
+    assert expected  # every case selects some of acme's rows
+    try:
+        with ExecutionGuard(engine, acme, PRINCIPAL, "acme") as guard:
+            outcome = guard.execute(f"UPDATE orders SET status = 'probed' WHERE {where}")
+        assert outcome.ok, outcome.reasons
+        with psycopg.connect(policy_db.admin_dsn) as conn:
+            changed = {i for (i,) in conn.execute("SELECT id FROM orders WHERE status = 'probed'")}
+        assert changed == expected and outcome.rows_affected == len(expected)
+    finally:
+        with psycopg.connect(policy_db.admin_dsn) as conn, conn.cursor() as cur:
+            cur.executemany("UPDATE orders SET status = %s WHERE id = %s AND status = 'probed'",
+                            [(status, key) for key, status in before.items()])

@@ -19,6 +19,9 @@ from .tree import pb, unwrap
 
 COMPARISONS = frozenset({"=", "<>", "!=", "<", ">", "<=", ">="})
 OPERATORS = COMPARISONS | frozenset({"+", "-", "*", "/", "%", "||", "~~", "!~~", "~~*", "!~~*"})
+ORDERINGS = frozenset({"<", ">"})  # what ORDER BY ... USING may name
+# Comparisons that pick rows by a value (the sense of requireWhere); <> and != pick nearly all rows.
+SELECTIVE = frozenset({"=", "<", ">", "<=", ">="})
 CASTS = frozenset({"int2", "int4", "int8", "smallint", "integer", "int", "bigint", "numeric", "decimal", "float4",
                    "float8", "real", "text", "varchar", "bpchar", "char", "bool", "boolean", "date", "time",
                    "timestamp", "timestamptz", "interval", "uuid", "json", "jsonb"})
@@ -32,6 +35,18 @@ A_EXPR_KINDS = frozenset({
 LISTS = frozenset({pb.AEXPR_IN, pb.AEXPR_BETWEEN, pb.AEXPR_NOT_BETWEEN})
 SUBLINKS = frozenset({pb.EXISTS_SUBLINK, pb.ANY_SUBLINK, pb.ALL_SUBLINK, pb.EXPR_SUBLINK})
 ARGUMENT_LISTS = frozenset({"bool_expr", "coalesce_expr", "min_max_expr", "row_expr"})
+LOCK_STRENGTHS = {pb.LCS_FORKEYSHARE: "FOR KEY SHARE", pb.LCS_FORSHARE: "FOR SHARE",
+                  pb.LCS_FORNOKEYUPDATE: "FOR NO KEY UPDATE", pb.LCS_FORUPDATE: "FOR UPDATE"}
+
+# The SelectStmt fields each form of SELECT handles. Any other field set is a denial that names it, so a
+# clause the walker forgets is refused rather than passed (deny by default, field by field).
+_ANY_SELECT = frozenset({"with_clause", "into_clause", "sort_clause", "limit_offset", "limit_count", "limit_option",
+                         "locking_clause", "op"})
+SELECT_FIELDS = _ANY_SELECT | {"distinct_clause", "target_list", "from_clause", "where_clause", "group_clause",
+                               "group_distinct", "having_clause", "window_clause"}
+SET_OPERATION_FIELDS = _ANY_SELECT | {"all", "larg", "rarg"}
+VALUES_FIELDS = _ANY_SELECT | {"values_lists"}
+INSERT_VALUES_FIELDS = frozenset({"values_lists", "limit_option", "op"})  # INSERT ... VALUES: the list, nothing else
 
 STATEMENT_KINDS = {"select_stmt": "select", "insert_stmt": "insert", "update_stmt": "update",
                    "delete_stmt": "delete"}
@@ -51,6 +66,10 @@ _INTEGER = re.compile(r"^\s*[+-]?\d+\s*$")
 _BOOLEAN = frozenset({"t", "f", "true", "false", "y", "n", "yes", "no", "on", "off", "1", "0"})
 
 
+# A base table a derived relation reads rows from: (table, its name in its SELECT, that SELECT's WHERE).
+Source = tuple[Table, str, pb.Node]
+
+
 @dataclass
 class Relation:
     """Something a FROM clause makes visible: a base table, a CTE or a subquery."""
@@ -58,12 +77,14 @@ class Relation:
     name: str
     columns: tuple[str, ...]
     table: Table | None = None
+    sources: tuple[Source, ...] = ()  # for a CTE or subquery: the base tables a row lock on it reaches
 
 
 @dataclass
 class Scope:
     relations: list[Relation] = field(default_factory=list)
     parent: Scope | None = None
+    ctes: dict[str, Relation] = field(default_factory=dict)  # the WITH queries visible here
 
     def find(self, name: str) -> Relation | None:
         scope: Scope | None = self
@@ -127,6 +148,8 @@ class Analysis:
         self.target: Target | None = None
         self.kind: str | None = None
         self.where_missing = False
+        self.locking = False  # a top-level FOR UPDATE/SHARE: the guard counts locked rows as written
+        self.locks: list[tuple[str, bool]] = []  # (locked base table, whether its WHERE restricts it)
 
     # -- reasons and accesses -------------------------------------------------------------------
 
@@ -158,7 +181,7 @@ class Analysis:
             return
         self.kind = kind
         if kind == "select":
-            self.select(stmt, None, {})
+            self.select(stmt, None, {}, top=True)
         elif kind == "insert":
             self.insert(stmt)
         elif kind == "update":
@@ -166,28 +189,53 @@ class Analysis:
         else:
             self.delete(stmt)
 
-    def select(self, stmt: pb.SelectStmt, outer: Scope | None, ctes: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
-        if stmt.HasField("with_clause"):
+    def select(self, stmt: pb.SelectStmt, outer: Scope | None, ctes: dict[str, Relation],
+               top: bool = False) -> tuple[tuple[str, ...], tuple[Source, ...]]:
+        """Walk one SELECT, set operation or VALUES; returns its output columns and the base tables it reads."""
+        fields = {descriptor.name for descriptor, _ in stmt.ListFields()}
+        if stmt.op != pb.SETOP_NONE:
+            form, handled = "a set operation", SET_OPERATION_FIELDS
+        elif stmt.values_lists:
+            form, handled = "VALUES", VALUES_FIELDS
+        else:
+            form, handled = "SELECT", SELECT_FIELDS
+        unknown = fields - handled
+        if unknown:
+            self.unsupported(stmt, f"{', '.join(sorted(unknown))} on {form}")
+        if "with_clause" in fields:
             ctes = self.with_clause(stmt.with_clause, outer, ctes)
-        if stmt.HasField("into_clause"):
+        if "into_clause" in fields:
             self.deny("select_into", "SELECT INTO creates a table and is never admitted", stmt.into_clause)
         if stmt.limit_option == pb.LIMIT_OPTION_WITH_TIES:
             self.unsupported(stmt, "FETCH ... WITH TIES")
+        scope = Scope([], outer, ctes)
+        sources: tuple[Source, ...] = ()
         if stmt.op != pb.SETOP_NONE:
-            left = self.select(stmt.larg, outer, ctes)
-            right = self.select(stmt.rarg, outer, ctes)
-            if len(left) != len(right):
+            columns, sources = self.select(stmt.larg, outer, ctes)
+            right, right_sources = self.select(stmt.rarg, outer, ctes)
+            if len(columns) != len(right):
                 self.deny("invalid", "each side of a set operation must return the same number of columns", stmt)
-            self.order_and_limit(stmt, Scope([Relation("", left)], outer), left)
-            return left
-        if stmt.values_lists:
-            scope = Scope([], outer)
+            sources += right_sources
+            scope.relations.append(Relation("", columns))
+        elif stmt.values_lists:
             for row in stmt.values_lists:
                 self.expressions(row.list.items, scope)
-            return tuple(f"column{n + 1}" for n in range(len(stmt.values_lists[0].list.items)))
-        scope = Scope([], outer)
+            columns = tuple(f"column{n + 1}" for n in range(len(stmt.values_lists[0].list.items)))
+        else:
+            columns = self.query(stmt, scope)
+            sources = self.sources(scope.relations, stmt.where_clause)
+        if stmt.locking_clause:
+            self.row_locks(stmt, scope, top and form == "SELECT")
+        for sort in stmt.sort_clause:
+            self.sort(sort.sort_by, scope, columns)
+        self.expression(stmt.limit_count, scope)
+        self.expression(stmt.limit_offset, scope)
+        return columns, sources
+
+    def query(self, stmt: pb.SelectStmt, scope: Scope) -> tuple[str, ...]:
+        """The clauses of a plain SELECT before ORDER BY: FROM, the target list, WINDOW, WHERE, GROUP BY..."""
         for item in stmt.from_clause:
-            self.from_item(item, scope, ctes)
+            self.from_item(item, scope, scope.ctes)
         columns = self.target_list(stmt.target_list, scope)
         for item in stmt.window_clause:
             self.window(item.window_def, scope)
@@ -200,28 +248,45 @@ class Analysis:
         self.expression(stmt.having_clause, scope)
         for item in stmt.distinct_clause:
             self.expression(item, scope)
-        if stmt.locking_clause:
-            self.locking(stmt, scope)
-        self.order_and_limit(stmt, scope, columns)
         return columns
 
-    def order_and_limit(self, stmt: pb.SelectStmt, scope: Scope, outputs: tuple[str, ...]) -> None:
-        for sort in stmt.sort_clause:
-            self.expression(sort.sort_by.node, scope, outputs=outputs)
-        self.expression(stmt.limit_count, scope)
-        self.expression(stmt.limit_offset, scope)
+    @staticmethod
+    def sources(relations: list[Relation], where: pb.Node) -> tuple[Source, ...]:
+        """The base tables under `relations`, each with the WHERE of the SELECT that reads it."""
+        found: list[Source] = []
+        for relation in relations:
+            if relation.table is not None:
+                found.append((relation.table, relation.name, where))
+            else:
+                found.extend(relation.sources)
+        return tuple(found)
 
-    def locking(self, stmt: pb.SelectStmt, scope: Scope) -> None:
-        """FOR UPDATE/SHARE needs an update rule on every locked table, as PostgreSQL needs UPDATE on it."""
+    def row_locks(self, stmt: pb.SelectStmt, scope: Scope, top: bool) -> None:
+        """FOR UPDATE/SHARE is a write intent: an update rule on every base table it reaches, through
+        subqueries and CTEs, and only at the top level, where the guard counts the locked rows."""
         for item in stmt.locking_clause:
             clause = item.locking_clause
-            names = {rv.range_var.relname for rv in clause.locked_rels}
-            for relation in scope.relations:
-                if relation.table is not None and (not names or relation.name in names):
-                    self.access("update", relation.table, None, clause)
+            label = LOCK_STRENGTHS.get(clause.strength, "FOR UPDATE")
+            if not top:
+                self.unsupported(clause, f"a row lock ({label}) anywhere but the top-level SELECT over tables")
+                continue
+            self.locking = True
+            relations = scope.relations
+            if clause.locked_rels:
+                relations = []
+                for node in clause.locked_rels:
+                    range_var = node.range_var
+                    found = [r for r in scope.relations if r.name == range_var.relname]
+                    if range_var.schemaname or range_var.catalogname or not found:
+                        self.deny("unknown_table", f"{range_var.relname} in {label} OF is not in the FROM clause",
+                                  range_var)
+                    relations.extend(found)
+            for table, name, where in self.sources(relations, stmt.where_clause):
+                self.access("update", table, None, clause)
+                self.locks.append((table.name, restricts(where, name, table)))
 
     def with_clause(self, clause: pb.WithClause, outer: Scope | None,
-                    ctes: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+                    ctes: dict[str, Relation]) -> dict[str, Relation]:
         if clause.recursive:
             self.unsupported(clause, "WITH RECURSIVE")
         ctes = dict(ctes)
@@ -230,10 +295,10 @@ class Analysis:
             if cte.ctequery.WhichOneof("node") != "select_stmt":
                 self.deny("data_modifying_cte", f"WITH {cte.ctename}: only SELECT is admitted inside WITH", cte)
                 continue
-            columns = self.select(cte.ctequery.select_stmt, outer, ctes)
+            columns, sources = self.select(cte.ctequery.select_stmt, outer, ctes)
             if cte.aliascolnames:
                 columns = tuple(_names(cte.aliascolnames))
-            ctes[cte.ctename] = columns
+            ctes[cte.ctename] = Relation(cte.ctename, columns, sources=sources)
         return ctes
 
     def insert(self, stmt: pb.InsertStmt) -> None:
@@ -261,24 +326,26 @@ class Analysis:
             self.access("insert", table, col.name, col)
             families.append(table.columns[col.name])
         source = stmt.select_stmt.select_stmt if stmt.select_stmt.WhichOneof("node") == "select_stmt" else None
-        if source is not None and source.values_lists and not source.from_clause:
-            scope = Scope()
+        if source is None:
+            self.deny("insert_columns", "INSERT needs VALUES or a SELECT", stmt)
+        elif source.values_lists:
+            extra = {descriptor.name for descriptor, _ in source.ListFields()} - INSERT_VALUES_FIELDS
+            if extra:  # the rewrite adds the tenant to each row: nothing may pick or reorder the rows
+                self.unsupported(source, f"{', '.join(sorted(extra))} after an INSERT's VALUES list")
+            self.select(source, None, {})
             for row in source.values_lists:
                 values = row.list.items
                 if len(values) != len(families):
                     self.deny("invalid", "VALUES row and column list differ in length", source)
                 for value, family in zip(values, families, strict=False):
-                    self.expression(value, scope)
                     if family is not None:
                         self.typed_value(family, value)
-        elif source is not None:
+        else:
             if source.op != pb.SETOP_NONE and self.tenant is not None and table.pooled:
                 self.unsupported(source, "a set operation as the source of a pooled INSERT")
-            columns = self.select(source, None, {})
+            columns, _ = self.select(source, None, {})
             if len(columns) != len(families):
                 self.deny("invalid", "INSERT ... SELECT returns a different number of columns", source)
-        else:
-            self.deny("insert_columns", "INSERT needs VALUES or a SELECT", stmt)
         if stmt.HasField("on_conflict_clause"):
             self.on_conflict(stmt.on_conflict_clause, table, name)
         self.returning(stmt, Scope([Relation(name, tuple(table.columns), table)]))
@@ -360,10 +427,9 @@ class Analysis:
         if stmt.where_clause.WhichOneof("node") == "current_of_expr":
             self.unsupported(stmt.where_clause.current_of_expr, "WHERE CURRENT OF")
             return
-        before = len(self.accesses)
         self.expression(stmt.where_clause, scope)
-        # A WHERE that reads no column (WHERE true, WHERE 1 = 1) restricts nothing.
-        self.where_missing = not stmt.HasField("where_clause") or len(self.accesses) == before
+        target = self.target
+        self.where_missing = target is None or not restricts(stmt.where_clause, target.name, target.table)
 
     def returning(self, stmt: Any, scope: Scope) -> None:
         if not stmt.HasField("returning_clause"):
@@ -389,7 +455,7 @@ class Analysis:
             self.deny("unknown_table", f"table {range_var.relname} does not exist in the tenant schema", range_var)
         return table
 
-    def from_item(self, item: pb.Node, scope: Scope, ctes: dict[str, tuple[str, ...]]) -> None:
+    def from_item(self, item: pb.Node, scope: Scope, ctes: dict[str, Relation]) -> None:
         kind = item.WhichOneof("node")
         if kind == "range_var":
             range_var = item.range_var
@@ -398,7 +464,8 @@ class Analysis:
                 self.unsupported(alias, "column aliases on a table")
             name = alias.aliasname if alias is not None else range_var.relname
             if not range_var.schemaname and not range_var.catalogname and range_var.relname in ctes:
-                scope.relations.append(Relation(name, ctes[range_var.relname]))
+                cte = ctes[range_var.relname]
+                scope.relations.append(Relation(name, cte.columns, sources=cte.sources))
                 return
             table = self.base_table(range_var)
             if table is None:
@@ -425,11 +492,11 @@ class Analysis:
         elif kind == "range_subselect":
             subselect = item.range_subselect
             outer = scope if subselect.lateral else scope.parent
-            columns = self.select(subselect.subquery.select_stmt, outer, ctes)
+            columns, sources = self.select(subselect.subquery.select_stmt, outer, ctes)
             alias = _alias(subselect)
             if alias is not None and alias.colnames:
                 columns = tuple(_names(alias.colnames))
-            scope.relations.append(Relation(alias.aliasname if alias is not None else "", columns))
+            scope.relations.append(Relation(alias.aliasname if alias is not None else "", columns, sources=sources))
         elif kind == "range_function":
             self.deny("set_returning_function", "functions in FROM are never admitted", item.range_function)
         else:
@@ -562,8 +629,10 @@ class Analysis:
             link = node.sub_link
             if link.sub_link_type not in SUBLINKS:
                 self.unsupported(link, f"{pb.SubLinkType.Name(link.sub_link_type)} subquery")
+            if link.oper_name:
+                self.operator_name(_names(link.oper_name), OPERATORS, link)
             self.expression(link.testexpr, scope)
-            self.select(link.subselect.select_stmt, scope, {})
+            self.select(link.subselect.select_stmt, scope, scope.ctes)
         elif kind == "sqlvalue_function":
             function = node.sqlvalue_function
             if function.op not in TIME_VALUE_FUNCTIONS:
@@ -576,20 +645,29 @@ class Analysis:
         """A window reads what its PARTITION BY, ORDER BY and frame offsets read."""
         self.expressions(window.partition_clause, scope)
         for sort in window.order_clause:
-            self.expression(sort.sort_by.node, scope)
+            self.sort(sort.sort_by, scope)
         self.expression(window.start_offset, scope)
         self.expression(window.end_offset, scope)
 
+    def sort(self, sort: pb.SortBy, scope: Scope, outputs: tuple[str, ...] = ()) -> None:
+        if sort.sortby_dir == pb.SORTBY_USING:
+            self.operator_name(_names(sort.use_op), ORDERINGS, sort)
+        self.expression(sort.node, scope, outputs=outputs)
+
     def cast(self, node: pb.TypeCast) -> None:
+        """Names are compared exactly: the parser has already folded unquoted ones, "TEXT" is another type."""
         type_name = node.type_name
         names = _names(type_name.names)
-        if len(names) > 2 or (len(names) == 2 and names[0] != "pg_catalog") or names[-1].lower() not in CASTS:
+        if len(names) > 2 or (len(names) == 2 and names[0] != "pg_catalog") or names[-1] not in CASTS:
             self.deny("cast_not_allowed", f"cast to {'.'.join(names)} is not admitted", node)
         if type_name.array_bounds or type_name.setof or type_name.pct_type:
             self.deny("cast_not_allowed", "array, SETOF and %TYPE casts are not admitted", node)
+        for modifier in type_name.typmods:
+            if modifier.WhichOneof("node") != "a_const" or modifier.a_const.WhichOneof("val") != "ival":
+                self.deny("cast_not_allowed", f"cast to {'.'.join(names)}: type modifiers must be integers", node)
 
     def function(self, node: pb.FuncCall, scope: Scope) -> None:
-        names = [n.lower() for n in _names(node.funcname)]
+        names = _names(node.funcname)  # exact: "LOWER" is not lower
         name = names[-1]
         if len(names) > 2 or (len(names) == 2 and names[0] != "pg_catalog"):
             self.deny("other_schema", f"function {'.'.join(names)}: only unqualified functions are admitted", node)
@@ -607,18 +685,15 @@ class Analysis:
             else:
                 self.expression(arg, scope)
         for sort in node.agg_order:
-            self.expression(sort.sort_by.node, scope)
+            self.sort(sort.sort_by, scope)
         self.expression(node.agg_filter, scope)
 
     def operator(self, node: pb.A_Expr, scope: Scope) -> None:
         if node.kind not in A_EXPR_KINDS:
             self.unsupported(node, f"{pb.A_Expr_Kind.Name(node.kind)} expression")
             return
-        names = _names(node.name)
-        if len(names) != 1:
-            self.deny("operator_not_allowed", f"OPERATOR({'.'.join(names)}) is not admitted", node)
-        elif names[0] not in OPERATORS and node.kind not in (pb.AEXPR_BETWEEN, pb.AEXPR_NOT_BETWEEN):
-            self.deny("operator_not_allowed", f"operator {names[0]} is not admitted", node)
+        if node.kind not in (pb.AEXPR_BETWEEN, pb.AEXPR_NOT_BETWEEN):  # their name is the keyword
+            self.operator_name(_names(node.name), OPERATORS, node)
         left = self.resolved(node.lexpr, scope)
         right = node.rexpr
         right_kind = right.WhichOneof("node")
@@ -642,6 +717,13 @@ class Analysis:
                     self.typed_value(left, value)
         else:
             self.typed_operand(left, right, node)
+
+    def operator_name(self, names: list[str], allowed: frozenset[str], node: Any) -> None:
+        """An operator wherever it stands (expression, ANY/ALL subquery, ORDER BY USING): unqualified and listed."""
+        if len(names) != 1:
+            self.deny("operator_not_allowed", f"OPERATOR({'.'.join(names)}) is not admitted", node)
+        elif names[0] not in allowed:
+            self.deny("operator_not_allowed", f"operator {names[0]} is not admitted", node)
 
     def typed_operand(self, family: TypeFamily, value: pb.Node, node: pb.A_Expr) -> None:
         if node.kind in (pb.AEXPR_LIKE, pb.AEXPR_ILIKE):
@@ -685,6 +767,70 @@ class Analysis:
             if not ok:
                 shown = repr(python) if len(repr(python)) <= 40 else repr(python)[:37] + "..."
                 self.deny("type_mismatch", f"{shown} is not a valid {family} value", const)
+
+
+def restricts(where: pb.Node, name: str, table: Table) -> bool:
+    """Does `where` pick rows of `table` (called `name` in its statement) by a value, as requireWhere demands?
+
+    Yes for a column of the table compared with a literal or parameter (=, <, >, <=, >=, IN, = ANY, BETWEEN,
+    LIKE/ILIKE with a pattern that is not only wildcards); for an AND when one conjunct does; for an OR
+    when every branch does. Nothing else counts: `id = id`, `id IS NOT NULL`, `EXISTS (...)`, NOT, `<>`."""
+    kind = where.WhichOneof("node")
+    if kind == "bool_expr":
+        expr = where.bool_expr
+        if expr.boolop == pb.AND_EXPR:
+            return any(restricts(arg, name, table) for arg in expr.args)
+        if expr.boolop == pb.OR_EXPR:
+            return all(restricts(arg, name, table) for arg in expr.args)
+        return False
+    if kind != "a_expr":
+        return False
+    expr = where.a_expr
+    operator = expr.name[0].string.sval if len(expr.name) == 1 else None
+    left, right = expr.lexpr, expr.rexpr
+    if expr.kind == pb.AEXPR_OP and operator in SELECTIVE:
+        return (_target_column(left, name, table) and _value(right)) or (
+            _target_column(right, name, table) and _value(left))
+    if not _target_column(left, name, table):
+        return False
+    if expr.kind in (pb.AEXPR_IN, pb.AEXPR_BETWEEN, pb.AEXPR_BETWEEN_SYM):
+        in_list = expr.kind != pb.AEXPR_IN or operator == "="
+        return in_list and right.WhichOneof("node") == "list" and all(_value(v) for v in right.list.items)
+    if expr.kind == pb.AEXPR_OP_ANY and operator == "=":
+        values = right.WhichOneof("node")
+        return values == "param_ref" or (values == "a_array_expr" and all(
+            _value(v) for v in right.a_array_expr.elements) and bool(right.a_array_expr.elements))
+    if expr.kind in (pb.AEXPR_LIKE, pb.AEXPR_ILIKE) and operator in ("~~", "~~*"):
+        pattern = _literal(right)
+        return pattern is not None and (pattern.WhichOneof("node") == "param_ref" or bool(
+            pattern.a_const.WhichOneof("val") == "sval" and pattern.a_const.sval.sval.strip("%_")))
+    return False
+
+
+def _target_column(node: pb.Node, name: str, table: Table) -> bool:
+    """A column of the written table (bare or qualified by its name), never the tenant column."""
+    if node.WhichOneof("node") != "column_ref":
+        return False
+    fields = node.column_ref.fields
+    if (len(fields) == 2 and fields[0].string.sval != name) or len(fields) > 2:
+        return False
+    last = fields[-1]
+    return last.WhichOneof("node") == "string" and last.string.sval in table.columns and \
+        last.string.sval != TENANT_COLUMN
+
+
+def _literal(node: pb.Node) -> pb.Node | None:
+    """The literal or parameter `node` is, through casts; None for anything else (columns, expressions)."""
+    while node.WhichOneof("node") == "type_cast":
+        node = node.type_cast.arg
+    kind = node.WhichOneof("node")
+    if kind == "param_ref" or (kind == "a_const" and not node.a_const.isnull):
+        return node
+    return None
+
+
+def _value(node: pb.Node) -> bool:
+    return _literal(node) is not None
 
 
 def literal_fits(family: TypeFamily, text: str) -> bool:

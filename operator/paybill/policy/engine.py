@@ -23,6 +23,8 @@ MAX_SQL_LENGTH = 65536
 # What a rowFilter, written by the policy's author, may do that an agent's statement may not.
 AUTHOR_ONLY = frozenset({"function_not_allowed", "session_information"})
 logger = logging.getLogger(__name__)
+_SELECTIVE_WHERE = ("compares a column of {table} with a literal or parameter (=, IN, a range or LIKE), "
+                    "in every branch of an OR")
 
 
 @dataclass(frozen=True)
@@ -152,12 +154,12 @@ class PolicyEngine:
         rewritten = None
         if not blocking:
             try:
-                rewritten = rewrite(tree, analysis, self.rules.limits.maxRowsRead)
+                rewritten = rewrite(tree, analysis, self.rules.limits)
             except Exception as error:  # deparse refused the tree
                 reasons += (Reason("rewrite_failed", f"could not deparse the rewritten statement: {error}"),)
                 blocking = [reasons[-1]]
         decision = Decision(not blocking, mode, reasons, rewritten, analysis.kind, rules, fingerprint(sql),
-                            policy_version=self.version)
+                            policy_version=self.version, extra={"locks": True} if analysis.locking else {})
         return _Admitted(decision, {n: params.get(n) for n in analysis.params}, approvers, min_approvals)
 
     def _check_rules(self, analysis: Analysis) -> tuple[tuple[str, ...], frozenset[str] | None, int]:
@@ -182,11 +184,18 @@ class PolicyEngine:
             else:
                 for rule in match.allows:
                     allowing.setdefault(rule.id, rule)
-        if analysis.where_missing and analysis.kind in ("update", "delete"):
+        target = analysis.target
+        if analysis.where_missing and analysis.kind in ("update", "delete") and target is not None:
             for rule in allowing.values():
                 if rule.requireWhere and analysis.kind in rule.actions:
-                    analysis.reasons.append(Reason("require_where", f"{analysis.kind.upper()} needs a WHERE "
-                                                   "clause that reads a column", rule=rule.id))
+                    analysis.reasons.append(Reason("require_where", f"{analysis.kind.upper()} needs a WHERE clause "
+                                                   f"that {_SELECTIVE_WHERE.format(table=target.table.name)}",
+                                                   rule=rule.id))
+        for table in sorted({table for table, restricted in analysis.locks if not restricted}):
+            for rule in self.rules.match("update", table, None).allows:
+                if rule.requireWhere:  # a row lock is a write intent: the update rule's requireWhere holds
+                    analysis.reasons.append(Reason("require_where", f"a row lock on {table} needs a WHERE clause "
+                                                   f"that {_SELECTIVE_WHERE.format(table=table)}", rule=rule.id))
         approvers: set[str] = set()
         min_approvals = 0
         for rule in allowing.values():

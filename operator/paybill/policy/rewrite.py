@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..api.agentpolicy import Limits
 from .analysis import Analysis, FromSlot
 from .rules import RuleSet
 from .schema import TENANT_COLUMN, Table
 from .tree import deparse, pb, set_column, set_integer, set_text
 
 
-def rewrite(result: pb.ParseResult, analysis: Analysis, max_rows: int) -> str:
+def rewrite(result: pb.ParseResult, analysis: Analysis, limits: Limits) -> str:
     rules, tenant = analysis.rules, analysis.tenant
     for slot in analysis.from_slots:
         if _restricted(slot.table, "select", rules, tenant):
@@ -32,7 +33,9 @@ def rewrite(result: pb.ParseResult, analysis: Analysis, max_rows: int) -> str:
             # the conflicting row may be another tenant's: DO UPDATE touches it only where an UPDATE could
             _restrict(conflict.where_clause, target.table, "update", rules, tenant, target.name)
     if analysis.kind == "select":
-        _limit(result.stmts[0].stmt.select_stmt, max_rows)
+        # a locking read locks what it returns: one row past maxRowsWritten is enough for the guard to refuse
+        rows = min(limits.maxRowsRead, limits.maxRowsWritten + 1) if analysis.locking else limits.maxRowsRead
+        _limit(result.stmts[0].stmt.select_stmt, rows)
     return deparse(result)
 
 
@@ -41,14 +44,22 @@ def _restricted(table: Table, action: str, rules: RuleSet, tenant: str | None) -
 
 
 def _restrict(where: pb.Node, table: Table, action: str, rules: RuleSet, tenant: str | None, qualifier: str) -> None:
-    """AND the tenant predicate and row filters into a WHERE clause of the written table."""
+    """AND the tenant predicate and row filters around a WHERE clause of the written table.
+
+    An AND takes one more conjunct; anything else (an OR, a NOT, one comparison) becomes the first argument
+    of a new AND, so its meaning is kept whole."""
     if not _restricted(table, action, rules, tenant):
         return
-    if where.WhichOneof("node") is None:
+    kind = where.WhichOneof("node")
+    if kind is None:
         _predicate(where, table, action, rules, tenant, qualifier)
+        return
+    if kind == "bool_expr" and where.bool_expr.boolop == pb.AND_EXPR:
+        _predicate(where.bool_expr.args.add(), table, action, rules, tenant, qualifier)
         return
     original = pb.Node()
     original.CopyFrom(where)
+    where.Clear()
     both = where.bool_expr
     both.boolop = pb.AND_EXPR
     both.args.append(original)

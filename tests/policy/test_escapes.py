@@ -1,0 +1,239 @@
+"""Regression tests for the escapes of issue 10 (findings 1 to 6) in the clause-aware analysis and rewrite.
+
+Each test names the finding it closes. The database side of findings 3 and 5 is in test_database.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from paybill.api.agentpolicy import AgentPolicySpec
+from paybill.policy import PolicyEngine
+from paybill.policy.analysis import Analysis, restricts
+from paybill.policy.tree import parse, pb, set_integer
+
+from .conftest import PRINCIPAL, schema, support_policy
+
+
+@pytest.fixture(scope="module")
+def engine() -> PolicyEngine:
+    return PolicyEngine(support_policy().spec, schema())
+
+
+def spec(**changes: object) -> AgentPolicySpec:
+    data = support_policy().spec.model_dump(mode="json")
+    data.update(changes)
+    return AgentPolicySpec.model_validate(data)
+
+
+def rules_with(*extra: dict) -> list[dict]:
+    return [*support_policy().spec.model_dump(mode="json")["rules"], *extra]
+
+
+def refused_with(engine: PolicyEngine, sql: str, code: str, named: str) -> None:
+    """Denied, with a reason of `code` whose message or rule names `named`."""
+    decision = engine.decide(PRINCIPAL, sql, tenant="acme")
+    assert not decision.allowed and decision.sql is None, (sql, decision.sql)
+    reasons = [(r.code, r.message, r.rule) for r in decision.reasons]
+    assert any(c == code and (named in m or named == rule) for c, m, rule in reasons), reasons
+
+
+# -- finding 1: everything after a VALUES list is checked, at every level ----------------------------------
+
+SMUGGLED = "(SELECT length(set_config('statement_timeout', '0', false)))"
+AFTER_VALUES = [
+    f"VALUES (1) OFFSET {SMUGGLED}",
+    f"VALUES (1) LIMIT {SMUGGLED}",
+    f"VALUES (1) ORDER BY {SMUGGLED}",
+    f"VALUES (1) FETCH FIRST {SMUGGLED} ROWS ONLY",
+    f"SELECT * FROM (VALUES (1) OFFSET {SMUGGLED}) v",
+    f"WITH v AS (VALUES (1) LIMIT {SMUGGLED}) SELECT * FROM v",
+    f"SELECT id FROM orders WHERE id IN (VALUES (1) ORDER BY {SMUGGLED})",
+    f"SELECT id FROM orders WHERE EXISTS (VALUES (1) OFFSET {SMUGGLED})",
+    f"SELECT (VALUES (1) LIMIT {SMUGGLED}) FROM orders",
+    f"SELECT 1 UNION (VALUES (1) OFFSET {SMUGGLED})",
+    f"(VALUES (1) LIMIT {SMUGGLED}) UNION ALL SELECT 2",
+    f"SELECT * FROM (SELECT * FROM (VALUES (1) LIMIT 1 OFFSET {SMUGGLED}) a) b",
+]
+
+
+@pytest.mark.parametrize("sql", AFTER_VALUES)
+def test_clauses_after_values_are_checked(engine: PolicyEngine, sql: str) -> None:
+    refused_with(engine, sql, "unsafe_function", "set_config")
+
+
+def test_insert_values_admits_nothing_after_the_list() -> None:
+    insert = {"id": "add-orders", "effect": "allow", "actions": ["insert"], "tables": ["orders"]}
+    engine = PolicyEngine(spec(rules=rules_with(insert)), schema())
+    head = "INSERT INTO orders (id, customer_id, status, total) VALUES (1, 2, 'x', 3)"
+    assert engine.decide(PRINCIPAL, head, tenant="acme").allowed
+    refused_with(engine, f"{head} LIMIT (SELECT pg_sleep(1)::int)", "unsafe_function", "pg_sleep")
+    refused_with(engine, f"{head} OFFSET 1", "unsupported", "limit_offset")
+    refused_with(engine, f"{head} ORDER BY 1", "unsupported", "sort_clause")
+
+
+def test_a_select_field_the_walker_does_not_handle_is_a_denial(engine: PolicyEngine) -> None:
+    """Deny by default: a field set on a SelectStmt that its branch does not handle names itself in the reason."""
+    for sql, field in (("VALUES (1)", "where_clause"), ("VALUES (1)", "group_clause"),
+                       ("SELECT 1 UNION SELECT 2", "having_clause"), ("SELECT 1 UNION SELECT 2", "from_clause")):
+        tree = parse(sql)
+        select = tree.stmts[0].stmt.select_stmt
+        extra = getattr(select, field)
+        set_integer(extra.add() if hasattr(extra, "add") else extra, 1)
+        analysis = Analysis(engine.rules, engine.schema, "acme")
+        analysis.statement(tree.stmts[0].stmt)
+        assert [(r.code, r.node) for r in analysis.reasons] == [("unsupported", "SelectStmt")], field
+        assert field in analysis.reasons[0].message
+
+
+# -- finding 2: every operator name is checked wherever it stands -------------------------------------------
+
+@pytest.mark.parametrize(("sql", "operator"), [
+    ("SELECT id FROM orders WHERE status ~ ANY (SELECT name FROM customers)", "~"),
+    ("SELECT id FROM orders WHERE status !~* ALL (SELECT name FROM customers)", "!~*"),
+    ("SELECT id FROM orders WHERE status ^@ ANY (SELECT name FROM customers)", "^@"),
+    ("SELECT id FROM orders WHERE status OPERATOR(pg_catalog.~) ANY (SELECT name FROM customers)", "pg_catalog.~"),
+    ("SELECT id FROM orders WHERE status OPERATOR(public.===) ANY (SELECT name FROM customers)", "public.==="),
+    ("SELECT id FROM orders ORDER BY status USING ~<~", "~<~"),
+    ("SELECT id FROM orders ORDER BY id USING OPERATOR(public.===)", "public.==="),
+    ("SELECT id FROM orders ORDER BY id USING OPERATOR(pg_catalog.<)", "pg_catalog.<"),
+    ("SELECT id, sum(total) OVER (ORDER BY status USING ~>~) FROM orders", "~>~"),
+    ("SELECT max(id ORDER BY status USING ~<=~) FROM orders", "~<=~"),
+    ("SELECT id FROM orders o WHERE EXISTS (SELECT 1 FROM customers c ORDER BY c.name USING ~>=~)", "~>=~"),
+    ("SELECT id FROM orders WHERE status ~ 'x'", "~"),
+    ("SELECT id FROM orders WHERE status ^@ 'o'", "^@"),
+])
+def test_operators_are_checked_in_sublinks_and_using(engine: PolicyEngine, sql: str, operator: str) -> None:
+    refused_with(engine, sql, "operator_not_allowed", operator)
+
+
+def test_allowed_operators_still_pass_in_sublinks_and_using(engine: PolicyEngine) -> None:
+    for sql in ("SELECT id FROM orders WHERE customer_id = ANY (SELECT id FROM customers)",
+                "SELECT id FROM orders WHERE total > ALL (SELECT total FROM orders WHERE paid)",
+                "SELECT id FROM orders ORDER BY id USING >"):
+        decision = engine.decide(PRINCIPAL, sql, tenant="acme")
+        assert decision.allowed, (sql, decision.reasons)
+
+
+# -- finding 3: a row lock is a write intent ---------------------------------------------------------------
+
+@pytest.mark.parametrize(("sql", "code", "named"), [
+    ("SELECT * FROM (SELECT id FROM customers) c FOR UPDATE", "no_allow_rule", "update on customers"),
+    ("SELECT * FROM (SELECT id FROM customers) c FOR KEY SHARE OF c", "no_allow_rule", "update on customers"),
+    ("SELECT * FROM (SELECT * FROM (SELECT id FROM customers) a) b FOR SHARE", "no_allow_rule",
+     "update on customers"),
+    ("WITH c AS (SELECT id FROM customers) SELECT * FROM c FOR UPDATE", "no_allow_rule", "update on customers"),
+    ("SELECT o.id FROM orders o JOIN (SELECT id FROM customers) c ON c.id = o.customer_id WHERE o.id = 1 "
+     "FOR NO KEY UPDATE", "no_allow_rule", "update on customers"),
+    ("WITH c AS (SELECT id FROM orders WHERE id = 1 FOR UPDATE) SELECT * FROM c", "unsupported", "row lock"),
+    ("SELECT id FROM orders WHERE id IN (SELECT id FROM orders WHERE id = 1 FOR UPDATE)", "unsupported",
+     "row lock"),
+    ("SELECT * FROM (SELECT id FROM orders WHERE id = 1 FOR SHARE) o", "unsupported", "row lock"),
+    ("SELECT id FROM orders FOR UPDATE", "require_where", "fix-status"),
+    ("SELECT id FROM orders WHERE id = id FOR KEY SHARE", "require_where", "fix-status"),
+    ("SELECT * FROM (SELECT id FROM orders) o FOR UPDATE OF o", "require_where", "fix-status"),
+    ("SELECT id FROM orders WHERE id = 1 FOR UPDATE OF nowhere", "unknown_table", "nowhere"),
+    ("VALUES (1) FOR UPDATE", "unsupported", "row lock"),
+    ("SELECT id FROM orders WHERE id = 1 UNION SELECT id FROM orders WHERE id = 2 FOR UPDATE", "unsupported",
+     "row lock"),
+])
+def test_row_locks_need_an_update_rule_on_every_locked_table(engine: PolicyEngine, sql: str, code: str,
+                                                             named: str) -> None:
+    refused_with(engine, sql, code, named)
+
+
+def test_an_admitted_row_lock_is_bounded_by_max_rows_written(engine: PolicyEngine) -> None:
+    decision = engine.decide(PRINCIPAL, "SELECT id FROM orders WHERE id = 10 FOR UPDATE", tenant="acme")
+    assert decision.allowed, decision.reasons
+    assert decision.extra == {"locks": True}
+    assert decision.sql == ("SELECT id FROM (SELECT id FROM orders WHERE tenant_id = 'acme') orders WHERE id = 10 "
+                            "LIMIT 11 FOR UPDATE")
+    through = engine.decide(PRINCIPAL, "SELECT * FROM (SELECT id FROM orders WHERE id = 10) o FOR SHARE",
+                            tenant="acme")
+    assert through.allowed and through.extra == {"locks": True}, through.reasons
+    assert engine.decide(PRINCIPAL, "SELECT id FROM orders", tenant="acme").extra == {}
+
+
+# -- finding 4: requireWhere needs a WHERE that filters the target's rows ----------------------------------
+
+ORDERS = schema().tables["orders"]
+
+
+def where_of(condition: str) -> pb.Node:
+    return parse(f"UPDATE orders o SET status = 'x' WHERE {condition}").stmts[0].stmt.update_stmt.where_clause
+
+
+@pytest.mark.parametrize(("condition", "expected"), [
+    ("id = 1", True), ("1 = id", True), ("o.id = $1", True), ("id IN (1, 2)", True), ("id = ANY($1)", True),
+    ("id BETWEEN 1 AND 5", True), ("total >= 10", True), ("total < 5.5", True), ("status LIKE 'op%'", True),
+    ("status ILIKE $1", True), ("id = '7'::int", True), ("id = 1 AND id = id", True), ("paid AND id = 3", True),
+    ("id = 1 OR id = 2", True), ("(id = 1 OR status = 'x') AND paid", True), ("id = 1 OR (id = 2 AND paid)", True),
+    ("id = id", False), ("tenant_id = tenant_id", False), ("tenant_id = 'acme'", False), ("id IS NOT NULL", False),
+    ("EXISTS (SELECT 1 FROM customers)", False), ("true", False), ("2 > 1", False), ("id <> 1", False),
+    ("id != 1", False), ("NOT (id = 1)", False), ("id NOT IN (1)", False), ("id NOT BETWEEN 1 AND 2", False),
+    ("status NOT LIKE 'x'", False), ("status LIKE '%'", False), ("status LIKE '%%_'", False), ("paid", False),
+    ("id = 1 OR true", False), ("id = 1 OR id = id", False), ("id = 1 OR paid", False), ("c.id = 1", False),
+    ("nope = 1", False), ("id = (SELECT 1)", False), ("id = customer_id", False), ("id = NULL", False),
+    ("id IN (1, id)", False), ("lower(status) = 'x'", False), ("id IS DISTINCT FROM 1", False),
+    ("id = 1 + 0", False), ("id = 1::int + id", False), ("o.o.id = 1", False), ("id IN (SELECT 1)", False),
+])
+def test_restricts_is_a_comparison_of_a_target_column_with_a_value(condition: str, expected: bool) -> None:
+    assert restricts(where_of(condition), "o", ORDERS) is expected
+
+
+def test_restricts_for_an_unaliased_target_and_a_missing_where() -> None:
+    where = parse("DELETE FROM orders WHERE orders.id = 1").stmts[0].stmt.delete_stmt.where_clause
+    assert restricts(where, "orders", ORDERS)
+    assert not restricts(pb.Node(), "orders", ORDERS)
+
+
+@pytest.mark.parametrize("condition", ["id = id", "tenant_id = tenant_id", "id IS NOT NULL",
+                                       "EXISTS (SELECT 1 FROM customers)", "true", "status LIKE '%'"])
+def test_require_where_refuses_wheres_that_filter_nothing(engine: PolicyEngine, condition: str) -> None:
+    refused_with(engine, f"UPDATE orders SET status = 'x' WHERE {condition}", "require_where", "fix-status")
+
+
+# -- finding 5: the rewrite keeps the meaning of OR and NOT ------------------------------------------------
+
+ANY_WHERE = [{"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"]},
+             {"id": "fix-any-status", "effect": "allow", "actions": ["update"], "tables": ["orders"],
+              "columns": ["status"]}]
+
+
+@pytest.mark.parametrize(("where", "rewritten"), [
+    ("id = 11 OR id = 12", "(id = 11 OR id = 12) AND orders.tenant_id = 'acme'"),
+    ("NOT (id = 11)", "NOT id = 11 AND orders.tenant_id = 'acme'"),
+    ("id = 11 AND paid", "id = 11 AND paid AND orders.tenant_id = 'acme'"),
+    ("(id = 11 OR id = 12) AND NOT paid", "(id = 11 OR id = 12) AND NOT paid AND orders.tenant_id = 'acme'"),
+])
+def test_the_tenant_predicate_is_anded_around_the_whole_where(where: str, rewritten: str) -> None:
+    engine = PolicyEngine(spec(rules=ANY_WHERE), schema())
+    decision = engine.decide(PRINCIPAL, f"UPDATE orders SET status = 'shipped' WHERE {where}", tenant="acme")
+    assert decision.allowed, decision.reasons
+    assert decision.sql == f"UPDATE orders SET status = 'shipped' WHERE {rewritten}"
+
+
+# -- finding 6: quoted names are compared exactly -----------------------------------------------------------
+
+@pytest.mark.parametrize(("sql", "code", "named"), [
+    ('SELECT "LOWER"(status) FROM orders', "function_not_allowed", "LOWER"),
+    ('SELECT "Upper"(status) FROM orders', "function_not_allowed", "Upper"),
+    ('SELECT pg_catalog."COUNT"(*) FROM orders', "function_not_allowed", "COUNT"),
+    ('SELECT CAST(id AS "TEXT") FROM orders', "cast_not_allowed", "TEXT"),
+    ('SELECT id::"Int4" FROM orders', "cast_not_allowed", "Int4"),
+    ('SELECT id::pg_catalog."INT8" FROM orders', "cast_not_allowed", "INT8"),
+    ('SELECT id FROM "Orders"', "unknown_table", "Orders"),
+    ('SELECT "ID" FROM orders', "unknown_column", "ID"),
+    ('SELECT o."Status" FROM orders o', "unknown_column", "Status"),
+    ('UPDATE "ORDERS" SET status = \'x\' WHERE id = 1', "unknown_table", "ORDERS"),
+    ('UPDATE orders SET "STATUS" = \'x\' WHERE id = 1', "unknown_column", "STATUS"),
+    ('SELECT id FROM "PUBLIC".orders', "other_schema", "PUBLIC"),
+])
+def test_quoted_names_are_case_sensitive(engine: PolicyEngine, sql: str, code: str, named: str) -> None:
+    refused_with(engine, sql, code, named)
+
+
+def test_quoted_lower_case_names_are_the_same_names(engine: PolicyEngine) -> None:
+    for sql in ('SELECT "lower"(status) FROM orders', 'SELECT CAST(id AS "text") FROM "orders"',
+                'SELECT pg_catalog.upper("status") FROM public.orders', "SELECT LOWER(Status) FROM ORDERS"):
+        decision = engine.decide(PRINCIPAL, sql, tenant="acme")
+        assert decision.allowed, (sql, decision.reasons)
