@@ -18,9 +18,7 @@ from paybill.database.tenants import (
     DatabaseUnavailable,
     Placement,
     TenantDatabases,
-    placement_for,
     restore_backup,
-    role_name,
 )
 
 PASSWORD = "tenant-pw"
@@ -176,7 +174,7 @@ def test_backup_restores_into_a_fresh_database_with_identical_checksums(database
     assert b.tenant not in text and PASSWORD not in text
     target = f"restore_{a.tenant.replace('-', '_')}"
     restore_backup(postgres.dsn, backup.path, target)
-    restored = Placement(a.tenant, a.isolation, target, a.schema)
+    restored = Placement(a.tenant, a.isolation, target, a.schema, a.role)
     assert databases.checksums(restored) == backup.checksums
 
 
@@ -190,7 +188,7 @@ def test_migration_between_models_keeps_every_row(databases: TenantDatabases, st
     for isolation in steps:
         previous = current
         current = databases.migrate(a.tenant, isolation, PASSWORD)
-        assert current == placement_for(a.tenant, isolation)
+        assert current == databases.placement_for(a.tenant, isolation)
         assert databases.checksums(current) == expected
         assert databases.recorded(a.tenant) == (current, None, None)
         databases.set_access(current, Access.FULL)
@@ -251,7 +249,7 @@ def test_interrupted_migration_resumes_and_writes_are_held_until_cut_over(databa
     with pytest.raises(RuntimeError):
         databases.migrate(a.tenant, "bridge", PASSWORD)
     current, migrating_to, previous = databases.recorded(a.tenant)
-    assert current == placement_for(a.tenant, "bridge") and migrating_to is None and previous == "pooled"
+    assert current == databases.placement_for(a.tenant, "bridge") and migrating_to is None and previous == "pooled"
     monkeypatch.undo()
     assert databases.provision(a.tenant, "bridge", PASSWORD) == current  # the restart cleans up
     assert databases.recorded(a.tenant) == (current, None, None)
@@ -281,7 +279,8 @@ def test_provisioning_is_idempotent_and_remove_leaves_nothing(databases: TenantD
         databases.drop_role(tenant)
         databases.forget(tenant)
         with psycopg.connect(postgres.dsn) as conn:
-            assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role_name(tenant),)).fetchone() is None
+            assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (first.role,)).fetchone() is None
+            assert conn.execute("SELECT count(*) FROM paybill.owned WHERE name = %s", (first.role,)).fetchone() == (0,)
             if mode == "silo":
                 assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
                                     (first.database,)).fetchone() is None

@@ -11,6 +11,8 @@ from typing import Any
 
 import psycopg
 
+from ..database.ownership import create_idempotently
+
 GENESIS = "0" * 64
 
 
@@ -38,7 +40,8 @@ def record_hash(previous: str, kind: str, name: str, event: str, details: dict[s
 
 
 class AuditLog:
-    """Appends under an advisory lock, so concurrent writers still form one chain."""
+    """Appends under a lock on the log table itself (only the operator can take it: no tenant may even
+    connect to its database), so concurrent writers still form one chain."""
 
     def __init__(self, connect: Callable[[], psycopg.Connection]) -> None:
         self._connect = connect
@@ -47,19 +50,14 @@ class AuditLog:
     def _setup(self, conn: psycopg.Connection) -> None:
         if self._ready:
             return
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext('paybill-audit'))")
-            conn.execute("CREATE SCHEMA IF NOT EXISTS paybill")
-            conn.execute("CREATE TABLE IF NOT EXISTS paybill.audit_log (seq bigint PRIMARY KEY, "
-                         "at timestamptz NOT NULL DEFAULT now(), kind text NOT NULL, name text NOT NULL, "
-                         "event text NOT NULL, details jsonb NOT NULL, previous text NOT NULL, hash text NOT NULL)")
+        create_idempotently(conn, _create_log)
         self._ready = True
 
     def append(self, kind: str, name: str, event: str, details: dict[str, Any]) -> AuditRecord:
         conn = self._connect()
         self._setup(conn)
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext('paybill-audit'))")
+            conn.execute("LOCK TABLE paybill.audit_log IN SHARE ROW EXCLUSIVE MODE")  # appenders wait, readers not
             last = conn.execute("SELECT seq, hash FROM paybill.audit_log ORDER BY seq DESC LIMIT 1").fetchone()
             seq, previous = (last[0] + 1, last[1]) if last else (1, GENESIS)
             details = json.loads(json.dumps(details, default=str))
@@ -90,3 +88,11 @@ class AuditLog:
                 raise ChainBroken(record.seq, "content does not match its hash")
             previous = record.hash
         return count
+
+
+def _create_log(conn: psycopg.Connection) -> None:
+    conn.execute("CREATE SCHEMA IF NOT EXISTS paybill")
+    conn.execute("CREATE TABLE IF NOT EXISTS paybill.audit_log (seq bigint PRIMARY KEY, "
+                 "at timestamptz NOT NULL DEFAULT now(), kind text NOT NULL, name text NOT NULL, "
+                 "event text NOT NULL, details jsonb NOT NULL, previous text NOT NULL, hash text NOT NULL)")
+    conn.execute("REVOKE ALL ON paybill.audit_log FROM PUBLIC")

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from .ownership import create_idempotently
+
 
 @dataclass(frozen=True)
 class Migration:
@@ -49,16 +51,21 @@ LEDGER = "paybill_migrations"
 
 def migrate(conn: psycopg.Connection, schema: str) -> int:
     """Bring `schema` to the latest version; returns how many migrations ran. Safe to run concurrently."""
-    schema_id = sql.Identifier(schema)
+    schema_id, ledger = sql.Identifier(schema), sql.Identifier(schema, LEDGER)
+
+    def create_ledger(conn: psycopg.Connection) -> None:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema_id))
+        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (version integer PRIMARY KEY, description text "
+                             "NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())").format(ledger))
+        conn.execute(sql.SQL("REVOKE ALL ON {} FROM PUBLIC").format(ledger))
+
+    create_idempotently(conn, create_ledger)
     ran = 0
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"paybill-migrate:{schema}",))
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema_id))
-        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.{} (version integer PRIMARY KEY, description text "
-                             "NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())").format(
-            schema_id, sql.Identifier(LEDGER)))
-        done = {v for (v,) in conn.execute(sql.SQL("SELECT version FROM {}.{}").format(schema_id,
-                                                                                         sql.Identifier(LEDGER)))}
+        # Migrators of this schema serialize on its ledger, a table no tenant has any privilege on (an
+        # advisory lock would be one a tenant could take too).
+        conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(ledger))
+        done = {v for (v,) in conn.execute(sql.SQL("SELECT version FROM {}").format(ledger))}
         conn.execute(sql.SQL("SET LOCAL search_path = {}").format(schema_id))
         for migration in MIGRATIONS:
             if migration.version in done:

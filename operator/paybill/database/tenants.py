@@ -4,8 +4,14 @@
   security. Each tenant has a login role, mapped to its tenant id in `paybill.tenant_roles`, a table the
   role can read (its own row only) but never change; the policies compare tenant_id with that mapping for
   `current_user`, so no setting, SET ROLE or search_path trick reaches another tenant's rows.
-- bridge: shared database `paybill_bridge`, own schema `tenant_<name>` and own role.
-- silo: own database `tenant_<name>` (schema `app`), own role; nobody else may connect.
+- bridge: shared database `paybill_bridge`, own schema and own role.
+- silo: own database (schema `app`), own role; nobody else may connect.
+
+Role, schema and database names are opaque (`t_<digest>`, see `ownership`), recorded with their owner in
+`paybill.owned`, and never adopted when found without that record. The shared databases give a tenant its
+data and nothing more: no large objects, advisory locks, pg_notify, DO blocks, query_to_xml family, TEMP,
+pg_policies or pg_stat_activity. No tenant may connect to the operator's database (nor postgres, template1),
+and the operator never serializes on a lock a tenant could take.
 
 Every step is idempotent. The placement of each tenant (and a migration in flight) is recorded in
 `paybill.placements` in the operator's own database: that row is the commit point of a migration.
@@ -16,21 +22,36 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import secrets
+import stat
 import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psycopg
-from psycopg import conninfo, errors, sql
+from psycopg import conninfo, sql
 
 from ..api.plan import Isolation
 from ..billing.grace import Access
 from ..errors import first_line
 from .migrations import LATEST, LEDGER, TABLES, migrate, schema_script
+from .ownership import (
+    Found,
+    NameConflict,
+    Record,
+    Verdict,
+    agent_name,
+    create_idempotently,
+    decide,
+    tenant_identity,
+    tenant_name,
+)
 from .server import tool_path
+
+__all__ = ["NameConflict"]
 
 POOLED_DATABASE = "paybill_pooled"
 BRIDGE_DATABASE = "paybill_bridge"
@@ -38,32 +59,37 @@ APP_SCHEMA = "app"
 POOLED_GROUP = "paybill_pooled_tenants"
 CONTROL_SCHEMA = "paybill"
 WRITE_PRIVILEGES = sql.SQL("INSERT, UPDATE, DELETE")
+LOCK_TIMEOUT_MS = 20000  # a lock a tenant holds makes the operator's step fail loudly (and retry), never hang
+SHARED_OWNER = "Paybill shared data"  # the owner recorded for the shared databases and the pooled group
+# What a tenant's application never needs in a shared database (all in pg_catalog but dblink's): large
+# objects, advisory locks (a tenant could stall others), NOTIFY, the xml exports that run any query, and
+# other sessions' activity.
+REVOKED_FUNCTIONS = (r"^(lo_.*|loread|lowrite|pg_advisory_.*|pg_try_advisory_.*|pg_notify|dblink.*|"
+                     r".*_to_xml.*|.*_to_xmlschema|pg_stat_get_activity|pg_stat_get_backend_.*)$")
+REVOKED_CATALOGS = ("pg_policies", "pg_policy", "pg_stat_activity")  # other agents' predicates, others' sessions
 
 
 class DatabaseUnavailable(RuntimeError):
     """The tenant database could not be reached; the caller retries later."""
 
 
+class UnsafeBackupDirectory(DatabaseUnavailable):
+    """The backup directory is not private to the operator; nothing is written until it is."""
+
+
 class MigrationError(RuntimeError):
     """A migration between isolation models did not verify; nothing was cut over."""
 
 
-def role_name(tenant: str) -> str:
-    return "tenant_" + tenant.replace("-", "_").replace(".", "_")
-
-
 @dataclass(frozen=True)
 class Placement:
-    """Where a tenant's data lives."""
+    """Where a tenant's data lives, and the (opaque) login role that reaches it."""
 
     tenant: str
     isolation: Isolation
     database: str
     schema: str
-
-    @property
-    def role(self) -> str:
-        return role_name(self.tenant)
+    role: str
 
     @property
     def pooled(self) -> bool:
@@ -76,16 +102,17 @@ class Placement:
     @classmethod
     def from_status(cls, tenant: str, status: dict[str, Any]) -> Placement:
         """The placement a Tenant's status.database records (the inverse of `to_status`)."""
-        return cls(tenant, Isolation(status["isolation"]), status["database"], status["schema"])
+        return cls(tenant, Isolation(status["isolation"]), status["database"], status["schema"], status["role"])
 
 
-def placement_for(tenant: str, isolation: Isolation | str) -> Placement:
+def placement_at(tenant: str, isolation: Isolation | str, role: str) -> Placement:
+    """Where `tenant`'s data lives under `isolation`, given its opaque role name (also its schema or database)."""
     isolation = Isolation(isolation)
     if isolation == Isolation.POOLED:
-        return Placement(tenant, isolation, POOLED_DATABASE, APP_SCHEMA)
+        return Placement(tenant, isolation, POOLED_DATABASE, APP_SCHEMA, role)
     if isolation == Isolation.BRIDGE:
-        return Placement(tenant, isolation, BRIDGE_DATABASE, role_name(tenant))
-    return Placement(tenant, isolation, role_name(tenant), APP_SCHEMA)
+        return Placement(tenant, isolation, BRIDGE_DATABASE, role, role)
+    return Placement(tenant, isolation, role, APP_SCHEMA, role)
 
 
 @dataclass(frozen=True)
@@ -118,6 +145,7 @@ class TenantDatabases:
         self.backup_dir = backup_dir
         self._local = threading.local()
         self._ready: set[tuple[str, str]] = set()  # (database, schema) at the latest migration, set up
+        self._key: bytes | None = None
 
     # --- connections -----------------------------------------------------------------------------------
 
@@ -126,7 +154,8 @@ class TenantDatabases:
 
     def _open(self, database: str | None) -> psycopg.Connection:
         try:
-            return psycopg.connect(self.dsn(database), autocommit=True, connect_timeout=5)
+            return psycopg.connect(self.dsn(database), autocommit=True, connect_timeout=5,
+                                   options=f"-c lock_timeout={LOCK_TIMEOUT_MS}")
         except psycopg.OperationalError as exc:
             # Names host and port at most; the DSN (which may hold a password) is never echoed.
             raise DatabaseUnavailable(f"cannot connect to the tenant database server: {first_line(exc)}") from None
@@ -169,15 +198,112 @@ class TenantDatabases:
     # --- placement records -----------------------------------------------------------------------------
 
     def _control(self, conn: psycopg.Connection) -> None:
+        """The operator's own tables, and its database closed to everyone else (tenants included)."""
         if ("", CONTROL_SCHEMA) in self._ready:
             return
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext('paybill-control'))")
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(CONTROL_SCHEMA)))
-            conn.execute("CREATE TABLE IF NOT EXISTS paybill.placements (tenant text PRIMARY KEY, "
-                         "isolation text NOT NULL, migrating_to text, previous text, "
-                         "updated_at timestamptz NOT NULL DEFAULT now())")
+        create_idempotently(conn, _create_control_tables)
+        for database in {conn.info.dbname, "postgres", "template1"}:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
+                conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(
+                    sql.Identifier(database)))
         self._ready.add(("", CONTROL_SCHEMA))
+
+    # --- names and ownership ---------------------------------------------------------------------------
+
+    def naming_key(self) -> bytes:
+        """The secret that keys every opaque name; made once, kept in the operator's database."""
+        if self._key is None:
+            with self.session() as conn:
+                self._control(conn)
+                conn.execute("INSERT INTO paybill.naming_key (id, key) VALUES (true, %s) ON CONFLICT DO NOTHING",
+                             (secrets.token_bytes(32),))
+                row = conn.execute("SELECT key FROM paybill.naming_key").fetchone()
+            assert row is not None
+            self._key = bytes(row[0])
+        return self._key
+
+    def tenant_role(self, tenant: str) -> str:
+        return tenant_name(self.naming_key(), tenant)
+
+    def agent_role(self, tenant: str, namespace: str, policy: str) -> str:
+        return agent_name(self.naming_key(), tenant, namespace, policy)
+
+    def placement_for(self, tenant: str, isolation: Isolation | str) -> Placement:
+        return placement_at(tenant, isolation, self.tenant_role(tenant))
+
+    def _record(self, conn: psycopg.Connection, kind: str, name: str, database: str = "") -> Record | None:
+        row = conn.execute("SELECT owner, oid FROM paybill.owned WHERE kind = %s AND database = %s AND name = %s",
+                           (kind, database, name)).fetchone()
+        return Record(row[0], None if row[1] is None else int(row[1])) if row else None
+
+    def _remember(self, conn: psycopg.Connection, kind: str, name: str, owner: str, oid: int | None,
+                  database: str = "") -> None:
+        conn.execute("INSERT INTO paybill.owned (kind, database, name, owner, oid) VALUES (%s, %s, %s, %s, %s) "
+                     "ON CONFLICT (kind, database, name) DO UPDATE SET oid = excluded.oid",
+                     (kind, database, name, owner, oid))
+
+    def _forget_object(self, kind: str, name: str, database: str = "") -> None:
+        with self.session() as conn:
+            self._control(conn)
+            conn.execute("DELETE FROM paybill.owned WHERE kind = %s AND database = %s AND name = %s",
+                         (kind, database, name))
+
+    def claim_role(self, role: str, owner: str, attributes: str) -> None:
+        """Create `role` for `owner` (recorded in the same transaction), or check it is the one we created.
+        Raises NameConflict for a role Paybill did not create."""
+        with self.session() as conn:
+            self._control(conn)
+            with conn.transaction():
+                found = conn.execute("SELECT oid FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+                verdict = decide("role", role, owner, self._record(conn, "role", role),
+                                 Found(int(found[0])) if found else None)
+                if verdict == Verdict.CREATE:
+                    conn.execute(sql.SQL("CREATE ROLE {} " + attributes).format(sql.Identifier(role)))
+                    oid = conn.execute("SELECT oid FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+                    self._remember(conn, "role", role, owner, int(oid[0]) if oid else None)
+
+    def owns_role(self, role: str, owner: str) -> bool:
+        """True when `role` exists and is the one Paybill created for `owner`."""
+        with self.session() as conn:
+            self._control(conn)
+            found = conn.execute("SELECT oid FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+            if found is None:
+                return False
+            try:
+                return decide("role", role, owner, self._record(conn, "role", role), Found(int(found[0]))) \
+                    == Verdict.USE
+            except NameConflict:
+                return False
+
+    def _claim_database(self, database: str, owner: str) -> None:
+        with self.session() as conn:
+            self._control(conn)
+            found = conn.execute("SELECT oid, datdba = (SELECT oid FROM pg_roles WHERE rolname = current_user) "
+                                 "FROM pg_database WHERE datname = %s", (database,)).fetchone()
+            verdict = decide("database", database, owner, self._record(conn, "database", database),
+                             Found(int(found[0]), bool(found[1])) if found else None)
+            if verdict == Verdict.CREATE:
+                self._remember(conn, "database", database, owner, None)  # claimed first: CREATE DATABASE
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))  # is no transaction
+                conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(database)))
+            if verdict != Verdict.USE:
+                oid = conn.execute("SELECT oid FROM pg_database WHERE datname = %s", (database,)).fetchone()
+                self._remember(conn, "database", database, owner, int(oid[0]) if oid else None)
+
+    def _claim_schema(self, conn: psycopg.Connection, database: str, schema: str, owner: str) -> None:
+        """Like `_claim_database`, for a schema in `database` (conn is connected to it)."""
+        found = conn.execute("SELECT oid, nspowner = (SELECT oid FROM pg_roles WHERE rolname = current_user) "
+                             "FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
+        with self.session() as control:
+            self._control(control)
+            verdict = decide("schema", schema, owner, self._record(control, "schema", schema, database),
+                             Found(int(found[0]), bool(found[1])) if found else None)
+            if verdict == Verdict.CREATE:
+                self._remember(control, "schema", schema, owner, None, database)
+                conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+            if verdict != Verdict.USE:
+                oid = conn.execute("SELECT oid FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
+                self._remember(control, "schema", schema, owner, int(oid[0]) if oid else None, database)
 
     def recorded(self, tenant: str) -> tuple[Placement | None, str | None, str | None]:
         """(current placement, isolation a migration is heading to, isolation left to clean up)."""
@@ -187,10 +313,10 @@ class TenantDatabases:
                                (tenant,)).fetchone()
         if row is None:
             return None, None, None
-        return placement_for(tenant, row[0]), row[1], row[2]
+        return self.placement_for(tenant, row[0]), row[1], row[2]
 
-    def _record(self, tenant: str, isolation: str, migrating_to: str | None = None,
-                previous: str | None = None) -> None:
+    def _place(self, tenant: str, isolation: str, migrating_to: str | None = None,
+               previous: str | None = None) -> None:
         with self.session() as conn:
             self._control(conn)
             conn.execute("INSERT INTO paybill.placements (tenant, isolation, migrating_to, previous) "
@@ -213,9 +339,9 @@ class TenantDatabases:
         """
         current, _, previous = self.recorded(tenant)
         if current is None:
-            current = placement_for(tenant, isolation)
+            current = self.placement_for(tenant, isolation)
             self.ensure(current, password)
-            self._record(tenant, str(current.isolation))
+            self._place(tenant, str(current.isolation))
             return current
         self.ensure(current, password)
         if previous:
@@ -224,8 +350,8 @@ class TenantDatabases:
 
     def ensure(self, placement: Placement, password: str) -> None:
         """Role, database, schema, migrations and read privileges. Writes and LOGIN are `set_access`'s."""
-        self._ensure_role(placement.role, password)
-        self._ensure_database(placement.database)
+        self._ensure_role(placement, password)
+        self._ensure_database(placement)
         with self.session(placement.database) as conn:
             self._ensure_schema(conn, placement)
             role, schema = sql.Identifier(placement.role), sql.Identifier(placement.schema)
@@ -246,74 +372,43 @@ class TenantDatabases:
             conn.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} SET search_path = {}").format(
                 role, sql.Identifier(placement.database), schema))
 
-    def _ensure_role(self, role: str, password: str) -> None:
-        role_id = sql.Identifier(role)
+    def _ensure_role(self, placement: Placement, password: str) -> None:
+        self.claim_role(placement.role, tenant_identity(placement.tenant),
+                        "NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT")
         with self.session() as conn:
-            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
-                with contextlib.suppress(errors.DuplicateObject):  # another reconcile created it first
-                    conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
-                                         "NOBYPASSRLS INHERIT").format(role_id))
-            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role_id, sql.Literal(password)))
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(placement.role),
+                                                                     sql.Literal(password)))
 
-    def _ensure_database(self, database: str) -> None:
-        with self.session() as conn:
-            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is not None:
-                return
-            with contextlib.suppress(errors.DuplicateDatabase, errors.UniqueViolation):
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-            conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(database)))
+    def _ensure_database(self, placement: Placement) -> None:
+        if (placement.database, "") in self._ready:
+            return
+        shared = placement.database in (POOLED_DATABASE, BRIDGE_DATABASE)
+        self._claim_database(placement.database, SHARED_OWNER if shared else tenant_identity(placement.tenant))
+        if shared:
+            with self.session(placement.database) as conn:
+                create_idempotently(conn, _harden_shared_database)
+        self._ready.add((placement.database, ""))
 
     def _ensure_schema(self, conn: psycopg.Connection, placement: Placement) -> None:
         key = (placement.database, placement.schema)
         if key in self._ready:
             return
         conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
+        if placement.isolation == Isolation.BRIDGE:
+            self._claim_schema(conn, placement.database, placement.schema, tenant_identity(placement.tenant))
         migrate(conn, placement.schema)
         if placement.pooled:
-            self._ensure_pooled(conn)
+            self.claim_role(POOLED_GROUP, SHARED_OWNER, "NOLOGIN NOINHERIT")
+            create_idempotently(conn, _ensure_pooled)
         self._ready.add(key)
-
-    def _ensure_pooled(self, conn: psycopg.Connection) -> None:
-        """The group role, the role-to-tenant mapping and one set of RLS policies per shared table."""
-        group = sql.Identifier(POOLED_GROUP)
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext('paybill-pooled'))")
-            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (POOLED_GROUP,)).fetchone() is None:
-                conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN NOINHERIT").format(group))
-            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(POOLED_DATABASE), group))
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(CONTROL_SCHEMA)))
-            conn.execute("CREATE TABLE IF NOT EXISTS paybill.tenant_roles (role name PRIMARY KEY, "
-                         "tenant text NOT NULL UNIQUE, writable boolean NOT NULL DEFAULT false)")
-            conn.execute("ALTER TABLE paybill.tenant_roles ENABLE ROW LEVEL SECURITY")
-            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {}, {} TO {}").format(
-                sql.Identifier(CONTROL_SCHEMA), sql.Identifier(APP_SCHEMA), group))
-            conn.execute(sql.SQL("GRANT SELECT ON paybill.tenant_roles TO {}").format(group))
-            existing = {(t, p) for t, p in conn.execute(
-                "SELECT tablename, policyname FROM pg_policies WHERE schemaname IN ('paybill', 'app')")}
-            if ("tenant_roles", "own_mapping") not in existing:
-                conn.execute("CREATE POLICY own_mapping ON paybill.tenant_roles FOR SELECT USING (role = current_user)")
-            mine = sql.SQL("tenant_id = (SELECT m.tenant FROM paybill.tenant_roles m WHERE m.role = current_user)")
-            writable = sql.SQL("tenant_id = (SELECT m.tenant FROM paybill.tenant_roles m "
-                               "WHERE m.role = current_user AND m.writable)")
-            policies = {
-                "tenant_select": sql.SQL("FOR SELECT TO {} USING ({})").format(group, mine),
-                "tenant_insert": sql.SQL("FOR INSERT TO {} WITH CHECK ({})").format(group, writable),
-                "tenant_update": sql.SQL("FOR UPDATE TO {0} USING ({1}) WITH CHECK ({1})").format(group, writable),
-                "tenant_delete": sql.SQL("FOR DELETE TO {} USING ({})").format(group, writable),
-            }
-            for table in TABLES:
-                table_id = sql.Identifier(APP_SCHEMA, table)
-                conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(table_id))
-                conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(table_id, group))
-                for name, body in policies.items():
-                    if (table, name) not in existing:
-                        conn.execute(sql.SQL("CREATE POLICY {} ON {} ").format(sql.Identifier(name), table_id) + body)
 
     # --- access ----------------------------------------------------------------------------------------
 
     def set_access(self, placement: Placement, access: Access) -> None:
         """full: log in and write; read_only: log in, writes refused; none: no login, sessions ended."""
         role = sql.Identifier(placement.role)
+        if not self.owns_role(placement.role, tenant_identity(placement.tenant)):
+            raise NameConflict(f"role {placement.role} is not the one Paybill created for this tenant")
         with self.session() as conn:
             conn.execute(sql.SQL("ALTER ROLE {} " + ("NOLOGIN" if access == Access.NONE else "LOGIN")).format(role))
             if access == Access.NONE:
@@ -374,43 +469,70 @@ class TenantDatabases:
         return result
 
     def backup(self, placement: Placement, name: str) -> Backup:
-        """A psql script that restores the tenant's tables into an empty database: schema, then data
-        from pg_dump (run as the tenant's role with row security for pooled tenants, so it holds only
-        their rows). Written beside, then renamed: a file at the final path is always complete."""
+        """A psql script that restores the tenant's tables into an empty database: schema, then data (from
+        pg_dump; for pooled tenants COPY run as the tenant's own role under row security, so it holds only
+        their rows, and needs no catalog a tenant may not read). Written 0600 beside, then renamed into a
+        0700 directory: a file at the final path is always complete, and only the operator can read it."""
         if self.backup_dir is None:
             raise DatabaseUnavailable("no backup directory is configured")
-        self.backup_dir.mkdir(parents=True, exist_ok=True)
+        _private_directory(self.backup_dir)
         path = self.backup_dir / f"{name}.sql"
         partial = path.with_suffix(".partial")
-        dbname, env = _client_connection(self.dsn(placement.database))
-        argv = [tool_path("pg_dump"), "--data-only", "--no-owner", "--no-privileges", "--schema", placement.schema,
-                "--exclude-table", f"{placement.schema}.{LEDGER}", "--dbname", dbname]
-        if placement.pooled:
-            argv += ["--role", placement.role, "--enable-row-security"]
         with self.session(placement.database) as conn:
             head = schema_script(placement.schema, conn)
-        with partial.open("w") as out:
+        partial.unlink(missing_ok=True)
+        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
             out.write(f"-- Paybill backup of tenant {placement.tenant} ({placement.isolation} isolation, "
                       f"schema {placement.schema}, migration {LATEST})\n{head}")
             out.flush()
-            result = subprocess.run(argv, stdout=out, stderr=subprocess.PIPE, text=True, env=env,
-                                    stdin=subprocess.DEVNULL)
-        if result.returncode != 0:
-            partial.unlink(missing_ok=True)
-            raise DatabaseUnavailable(f"pg_dump failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+            try:
+                if placement.pooled:
+                    self._copy_rows_as_tenant(placement, out)
+                else:
+                    self._pg_dump(placement, out)
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
         digest = hashlib.sha256(partial.read_bytes()).hexdigest()
         checksums = self.checksums(placement)
         partial.replace(path)
         return Backup(path, digest, path.stat().st_size, checksums)
 
+    def _pg_dump(self, placement: Placement, out: IO[str]) -> None:
+        dbname, env = _client_connection(self.dsn(placement.database))
+        argv = [tool_path("pg_dump"), "--data-only", "--no-owner", "--no-privileges", "--schema", placement.schema,
+                "--exclude-table", f"{placement.schema}.{LEDGER}", "--dbname", dbname]
+        result = subprocess.run(argv, stdout=out, stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL)
+        if result.returncode != 0:
+            raise DatabaseUnavailable(f"pg_dump failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+
+    def _copy_rows_as_tenant(self, placement: Placement, out: IO[str]) -> None:
+        """Every table's rows as psql COPY blocks, read in one snapshot as the tenant's role."""
+        with self.session(placement.database) as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(placement.role)))
+            for table in TABLES:
+                table_id = sql.Identifier(placement.schema, table)
+                columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in conn.execute(
+                    sql.SQL("SELECT * FROM {} LIMIT 0").format(table_id)).description or ())
+                out.write(sql.SQL("COPY {} ({}) FROM stdin;\n").format(sql.Identifier(table), columns).as_string(conn))
+                select = sql.SQL("COPY (SELECT {} FROM {} WHERE tenant_id = {}) TO STDOUT").format(
+                    columns, table_id, sql.Literal(placement.tenant))
+                with conn.cursor().copy(select) as copy:
+                    for chunk in copy:
+                        out.write(bytes(chunk).decode())
+                out.write("\\.\n")
+
     def remove(self, placement: Placement) -> None:
         """Delete the tenant's data at `placement` and the role's privileges there. Idempotent."""
         role = sql.Identifier(placement.role)
         if placement.isolation == Isolation.SILO:
-            with self.session() as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(placement.database)))
-            self._ready.discard((placement.database, placement.schema))
+            if self._owns_database(placement):
+                with self.session() as conn:
+                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                        sql.Identifier(placement.database)))
+                self._forget_object("database", placement.database)
+            self._ready.difference_update({(placement.database, placement.schema), (placement.database, "")})
             return
         if not self._database_exists(placement.database):
             return
@@ -431,14 +553,17 @@ class TenantDatabases:
                             sql.Identifier(APP_SCHEMA, table)), (placement.tenant,))
                     conn.execute("DELETE FROM paybill.tenant_roles WHERE role = %s", (placement.role,))
             else:
+                self._claim_schema(conn, placement.database, placement.schema, tenant_identity(placement.tenant))
                 conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(placement.schema)))
+                self._forget_object("schema", placement.schema, placement.database)
                 self._ready.discard((placement.database, placement.schema))
 
     def drop_role(self, tenant: str) -> None:
-        role = role_name(tenant)
+        """Drop the tenant's role, if it is the one Paybill created for it (a role of someone else stays)."""
+        role = self.tenant_role(tenant)
+        if not self.owns_role(role, tenant_identity(tenant)):
+            return
         with self.session() as conn:
-            if not self._role_exists(conn, role):
-                return
             self.end_sessions(conn, role)
             for database in (POOLED_DATABASE, BRIDGE_DATABASE):
                 if self._database_exists(database):
@@ -446,6 +571,33 @@ class TenantDatabases:
                         db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
             conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+        self._forget_object("role", role)
+
+    def drop_agent_role(self, role: str, owner: str, databases: tuple[str, ...]) -> bool:
+        """Drop an agent's role and everything it holds in `databases`, if Paybill created it for `owner`."""
+        if not self.owns_role(role, owner):
+            return False
+        with self.session() as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role)))
+            self.end_sessions(conn, role)
+        for database in databases:
+            if self._database_exists(database):
+                with self.session(database) as db:
+                    db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        with self.session() as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+        self._forget_object("role", role)
+        return True
+
+    def _owns_database(self, placement: Placement) -> bool:
+        with self.session() as conn:
+            self._control(conn)
+            found = conn.execute("SELECT oid FROM pg_database WHERE datname = %s", (placement.database,)).fetchone()
+            if found is None:
+                return False
+            return decide("database", placement.database, tenant_identity(placement.tenant),
+                          self._record(conn, "database", placement.database), Found(int(found[0]))) == Verdict.USE
 
     def _database_exists(self, database: str) -> bool:
         with self.session() as conn:
@@ -465,14 +617,14 @@ class TenantDatabases:
         it the source is authoritative, after it the target.
         """
         source, _, previous = self.recorded(tenant)
-        target = placement_for(tenant, isolation)
+        target = self.placement_for(tenant, isolation)
         if source is None:
             return self.provision(tenant, isolation, password)
         if source == target:
             if previous:
                 self._cleanup(source, previous)
             return source
-        self._record(tenant, str(source.isolation), migrating_to=str(target.isolation))
+        self._place(tenant, str(source.isolation), migrating_to=str(target.isolation))
         self.ensure(target, password)
         self._set_writable(source, False)
         self._copy(source, target)
@@ -480,7 +632,7 @@ class TenantDatabases:
         if before != after:
             raise MigrationError(f"copy to {target.isolation} did not verify: {_diff(before, after)}; "
                                  f"the tenant stays on {source.isolation}")
-        self._record(tenant, str(target.isolation), previous=str(source.isolation))
+        self._place(tenant, str(target.isolation), previous=str(source.isolation))
         self._cleanup(target, str(source.isolation))
         return target
 
@@ -502,13 +654,24 @@ class TenantDatabases:
                         writer.write(chunk)
 
     def _cleanup(self, current: Placement, previous: str) -> None:
-        self.remove(placement_for(current.tenant, previous))
-        self._record(current.tenant, str(current.isolation))
+        self.remove(self.placement_for(current.tenant, previous))
+        self._place(current.tenant, str(current.isolation))
 
 
 def _diff(before: dict[str, TableChecksum], after: dict[str, TableChecksum]) -> str:
     return ", ".join(f"{table}: {before[table].rows} rows before, {after[table].rows} after"
                      for table in before if before[table] != after.get(table)) or "checksums differ"
+
+
+def _private_directory(directory: Path) -> None:
+    """Make `directory` (0700 from the start), or check an existing one is ours and closed to others."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # the umask can only take bits away
+    info = directory.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise UnsafeBackupDirectory(f"backup directory {directory} is not a directory owned by the operator's user")
+    if info.st_mode & 0o077:
+        raise UnsafeBackupDirectory(f"backup directory {directory} is readable by others (mode "
+                              f"{oct(info.st_mode & 0o777)}); use a directory only the operator can enter")
 
 
 def _client_connection(dsn: str) -> tuple[str, dict[str, str]]:
@@ -528,3 +691,61 @@ def restore_backup(admin_dsn: str, path: Path, database: str) -> None:
                              "--dbname", dbname], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
     if result.returncode != 0:
         raise DatabaseUnavailable(f"restore failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+
+def _create_control_tables(conn: psycopg.Connection) -> None:
+    """The operator's bookkeeping, in its own database: placements, owned names and the naming key."""
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(CONTROL_SCHEMA)))
+    conn.execute("CREATE TABLE IF NOT EXISTS paybill.placements (tenant text PRIMARY KEY, "
+                 "isolation text NOT NULL, migrating_to text, previous text, "
+                 "updated_at timestamptz NOT NULL DEFAULT now())")
+    conn.execute("CREATE TABLE IF NOT EXISTS paybill.owned (kind text NOT NULL, database text NOT NULL, "
+                 "name text NOT NULL, owner text NOT NULL, oid oid, created_at timestamptz NOT NULL DEFAULT now(), "
+                 "PRIMARY KEY (kind, database, name))")
+    conn.execute("CREATE TABLE IF NOT EXISTS paybill.naming_key (id boolean PRIMARY KEY CHECK (id), "
+                 "key bytea NOT NULL)")
+    conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(CONTROL_SCHEMA)))
+
+
+def _harden_shared_database(conn: psycopg.Connection) -> None:
+    """Close what a tenant's application does not need in a shared database (run as a superuser)."""
+    conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
+    conn.execute("REVOKE USAGE ON LANGUAGE plpgsql FROM PUBLIC")  # no DO blocks
+    for catalog in REVOKED_CATALOGS:
+        conn.execute(sql.SQL("REVOKE ALL ON {} FROM PUBLIC").format(sql.Identifier("pg_catalog", catalog)))
+    functions = [str(f) for (f,) in conn.execute("SELECT p.oid::regprocedure::text FROM pg_proc p "
+                                                  "WHERE p.proname ~ %s ORDER BY 1", (REVOKED_FUNCTIONS,))]
+    for function in functions:  # regprocedure text is already a quoted, schema-qualified signature
+        conn.execute(sql.SQL("REVOKE EXECUTE ON FUNCTION {} FROM PUBLIC").format(sql.SQL(function)))  # type: ignore[arg-type]
+
+
+def _ensure_pooled(conn: psycopg.Connection) -> None:
+    """The role-to-tenant mapping and one set of RLS policies per shared table (the group role exists)."""
+    group = sql.Identifier(POOLED_GROUP)
+    conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(POOLED_DATABASE), group))
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(CONTROL_SCHEMA)))
+    conn.execute("CREATE TABLE IF NOT EXISTS paybill.tenant_roles (role name PRIMARY KEY, "
+                 "tenant text NOT NULL UNIQUE, writable boolean NOT NULL DEFAULT false)")
+    conn.execute("ALTER TABLE paybill.tenant_roles ENABLE ROW LEVEL SECURITY")
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {}, {} TO {}").format(
+        sql.Identifier(CONTROL_SCHEMA), sql.Identifier(APP_SCHEMA), group))
+    conn.execute(sql.SQL("GRANT SELECT ON paybill.tenant_roles TO {}").format(group))
+    existing = {(t, p) for t, p in conn.execute(
+        "SELECT tablename, policyname FROM pg_policies WHERE schemaname IN ('paybill', 'app')")}
+    if ("tenant_roles", "own_mapping") not in existing:
+        conn.execute("CREATE POLICY own_mapping ON paybill.tenant_roles FOR SELECT USING (role = current_user)")
+    mine = sql.SQL("tenant_id = (SELECT m.tenant FROM paybill.tenant_roles m WHERE m.role = current_user)")
+    writable = sql.SQL("tenant_id = (SELECT m.tenant FROM paybill.tenant_roles m "
+                       "WHERE m.role = current_user AND m.writable)")
+    policies = {
+        "tenant_select": sql.SQL("FOR SELECT TO {} USING ({})").format(group, mine),
+        "tenant_insert": sql.SQL("FOR INSERT TO {} WITH CHECK ({})").format(group, writable),
+        "tenant_update": sql.SQL("FOR UPDATE TO {0} USING ({1}) WITH CHECK ({1})").format(group, writable),
+        "tenant_delete": sql.SQL("FOR DELETE TO {} USING ({})").format(group, writable),
+    }
+    for table in TABLES:
+        table_id = sql.Identifier(APP_SCHEMA, table)
+        conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(table_id))
+        conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(table_id, group))
+        for name, body in policies.items():
+            if (table, name) not in existing:
+                conn.execute(sql.SQL("CREATE POLICY {} ON {} ").format(sql.Identifier(name), table_id) + body)

@@ -16,7 +16,7 @@ from ..api.agentpolicy import AgentPolicySpec
 from ..api.meta import API_VERSION, GROUP, VERSION
 from ..api.tenant import TenantPhase
 from ..billing.grace import Access
-from ..database.tenants import DatabaseUnavailable, Placement, TenantDatabases
+from ..database.tenants import DatabaseUnavailable, NameConflict, Placement, TenantDatabases
 from ..errors import first_line
 from ..kube.client import Kube, KubeError
 from ..lifecycle.tenant import MANAGED_BY, TENANT_LABEL, opaque_secret, owner_reference, secret_field
@@ -68,12 +68,18 @@ def reconcile_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: A
     current = body.get("status") or {}
     password = _password(kube, body)
     try:
-        installed = install(databases, where, name, spec, password, access, previous_database=current.get("database"))
+        installed = install(databases, where, name, namespace, spec, password, access,
+                            previous_database=current.get("database"))
     except (PolicyError, SchemaError) as exc:
         message = first_line(exc)
         write_ready(body, patch, "Invalid", False, "InvalidPolicy", message, tenant=tenant_name)
         kopf.warn(body, reason="InvalidPolicy", message=message)
         return  # permanent until the policy, the tenant or its schema changes
+    except NameConflict as exc:  # a role Paybill did not create has the name: never adopted, retried slowly
+        message = first_line(exc)
+        write_ready(body, patch, "Conflict", False, "NameConflict", message, tenant=tenant_name)
+        kopf.warn(body, reason="NameConflict", message=message)
+        raise kopf.TemporaryError(message, delay=60) from None
     except DatabaseUnavailable as exc:
         wait_for(body, patch, "DatabaseUnavailable", str(exc), delay=10)
     role = installed.role
@@ -98,7 +104,8 @@ def delete_policy(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     tenant = state.get("tenant")
     if memo.databases is not None and tenant:
         try:
-            dropped = uninstall(memo.databases, body.metadata.name, tenant, state.get("database"))
+            dropped = uninstall(memo.databases, body.metadata.name, body.metadata.namespace, tenant,
+                                state.get("database"))
         except DatabaseUnavailable as exc:
             raise kopf.TemporaryError(str(exc), delay=10) from None
         if dropped:

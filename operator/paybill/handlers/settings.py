@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,20 @@ from .persistence import PREFIX, DigestDiffBaseStorage
 
 DATABASE_URL_ENV = "PAYBILL_DATABASE_URL"
 BACKUP_DIR_ENV = "PAYBILL_BACKUP_DIR"
+STATE_DIR_ENV = "PAYBILL_STATE_DIR"
 WORKER_LIMIT_ENV = "PAYBILL_WORKER_LIMIT"
+
+
+def backup_directory(environ: Mapping[str, str]) -> Path:
+    """Where final backups go: PAYBILL_BACKUP_DIR, else `backups` in the operator's state directory
+    (PAYBILL_STATE_DIR, else $XDG_STATE_HOME/paybill, else ~/.local/state/paybill), never a shared temporary
+    directory. It is made 0700 and files in it 0600 when the first backup is written."""
+    if environ.get(BACKUP_DIR_ENV):
+        return Path(environ[BACKUP_DIR_ENV])
+    if environ.get(STATE_DIR_ENV):
+        return Path(environ[STATE_DIR_ENV]) / "backups"
+    home = Path(environ.get("HOME") or Path.home())
+    return Path(environ.get("XDG_STATE_HOME") or home / ".local" / "state") / "paybill" / "backups"
 
 
 @kopf.on.startup()
@@ -36,7 +49,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     load_config()
     memo.kube = Kube()
     database_url = os.environ.get(DATABASE_URL_ENV) or None
-    backup_dir = Path(os.environ.get(BACKUP_DIR_ENV) or Path(tempfile.gettempdir()) / "paybill-backups")
+    backup_dir = backup_directory(os.environ)
     memo.databases = TenantDatabases(database_url, backup_dir) if database_url else None
     memo.audit = AuditLog(memo.databases.connect) if memo.databases else None
     logger.info("Paybill operator started; tenant database %s; backups in %s",

@@ -22,7 +22,7 @@ from ..api.subscription import Restriction
 from ..api.tenant import DeletionPolicy
 from ..api.tenant import TenantPhase as Phase
 from ..billing.grace import Access, BillingState, billing_state
-from ..database.tenants import DatabaseUnavailable, MigrationError, Placement, TenantDatabases, placement_for
+from ..database.tenants import DatabaseUnavailable, MigrationError, NameConflict, Placement, TenantDatabases
 from ..errors import first_line
 from ..kube.client import Kube, KubeError, resource_path
 from ..lifecycle.conditions import set_condition
@@ -43,7 +43,7 @@ TRIGGER = "trigger.paybill.dev"  # not kopf's own prefix, so a change here re-ru
 TENANT_GRANTS = f"{TRIGGER}/tenant"  # on an AgentPolicy: the tenant state its grants must follow
 OPERATOR_NAMESPACE_ENV = "PAYBILL_OPERATOR_NAMESPACE"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-FAILURES = (DatabaseUnavailable, MigrationError, KubeError, psycopg.Error)
+FAILURES = (DatabaseUnavailable, MigrationError, NameConflict, KubeError, psycopg.Error)
 
 
 class _Status:
@@ -276,10 +276,10 @@ def _migrate(body: kopf.Body, memo: kopf.Memo, status: _Status, source: Placemen
 
 
 def _fail(body: kopf.Body, memo: kopf.Memo, status: _Status, exc: BaseException, retry: int) -> None:
-    reason = {DatabaseUnavailable: "DatabaseUnavailable", MigrationError: "MigrationFailed"}.get(
-        type(exc), "ProvisioningFailed")
+    reason = {DatabaseUnavailable: "DatabaseUnavailable", MigrationError: "MigrationFailed",
+              NameConflict: "NameConflict"}.get(type(exc), "ProvisioningFailed")
     message = first_line(exc)
-    if isinstance(exc, (DatabaseUnavailable, MigrationError, psycopg.Error)):
+    if isinstance(exc, (DatabaseUnavailable, MigrationError, NameConflict, psycopg.Error)):
         status.condition("DatabaseReady", False, reason, message)
     phase = status.phase
     if phase in (Phase.PENDING, Phase.PROVISIONING, Phase.MIGRATING):
@@ -351,7 +351,7 @@ def offboard(body: kopf.Body, memo: kopf.Memo, status: _Status | None = None) ->
                 if policy != DeletionPolicy.RETAIN:
                     databases.remove(placement)
                     if previous:
-                        databases.remove(placement_for(name, previous))
+                        databases.remove(databases.placement_for(name, previous))
                     databases.drop_role(name)
                     databases.forget(name)
                 if policy == DeletionPolicy.DESTROY and backup is not None:

@@ -8,24 +8,22 @@ and deparsed by pglast before they are embedded.
 from __future__ import annotations
 
 import hashlib
-import re
 
 from pglast import parse_sql
 from pglast.stream import RawStream
 from psycopg import Connection, sql
 
+from ..database.ownership import agent_name
 from .rules import RuleSet
 from .schema import TENANT_COLUMN, Schema, Table
 
 ACTIONS = ("select", "insert", "update", "delete")
 
 
-def agent_role(policy_name: str, tenant: str | None) -> str:
-    """A PostgreSQL role name for (policy, tenant), at most 63 bytes."""
-    base = re.sub(r"[^a-z0-9_]", "_", f"agent_{policy_name}_{tenant or 'shared'}".lower())
-    if len(base) > 63:
-        base = base[:50] + "_" + hashlib.sha256(base.encode()).hexdigest()[:12]
-    return base
+def agent_role(policy_name: str, tenant: str | None, namespace: str = "", key: bytes = b"") -> str:
+    """The opaque login role of the agent of (tenant, namespace, policy): injective (a digest of the exact
+    names, never a lossy mapping of them) and naming neither. The operator keys it with its secret."""
+    return agent_name(key, tenant or "", namespace, policy_name)
 
 
 def _predicate(rules: RuleSet, action: str, table: Table, tenant: str | None) -> sql.Composable:

@@ -14,10 +14,13 @@ from psycopg import sql
 from ..api.agentpolicy import AgentPolicySpec, Effect
 from ..billing.grace import Access
 from ..database.migrations import LEDGER
+from ..database.ownership import agent_identity
 from ..database.tenants import Placement, TenantDatabases
 from .engine import PolicyEngine
-from .grants import agent_role, apply_grants
+from .grants import apply_grants
 from .schema import Schema
+
+AGENT_ROLE_ATTRIBUTES = "NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT NOBYPASSRLS"
 
 
 @dataclass(frozen=True)
@@ -55,14 +58,17 @@ def engine_for(databases: TenantDatabases, placement: Placement, spec: AgentPoli
     return PolicyEngine(for_access(spec, access), tenant_schema(databases, placement))
 
 
-def install(databases: TenantDatabases, placement: Placement, policy: str, spec: AgentPolicySpec, password: str,
-            access: Access, previous_database: str | None = None) -> Installation:
-    """Create or update the agent role for (policy, tenant). Raises PolicyError for a policy that cannot apply.
+def install(databases: TenantDatabases, placement: Placement, policy: str, namespace: str, spec: AgentPolicySpec,
+            password: str, access: Access, previous_database: str | None = None) -> Installation:
+    """Create or update the agent role for AgentPolicy namespace/policy on the tenant. Raises PolicyError for
+    a policy that cannot apply, NameConflict when the role's name is taken by a role Paybill did not create
+    for this policy (never adopted: its password and grants stay as they are).
 
     When the tenant's data has moved (`previous_database`), the role's grants there are dropped."""
     engine = engine_for(databases, placement, spec, access)
     schema = engine.schema
-    role = agent_role(policy, placement.tenant)
+    role = databases.agent_role(placement.tenant, namespace, policy)
+    databases.claim_role(role, agent_identity(placement.tenant, namespace, policy), AGENT_ROLE_ATTRIBUTES)
     if previous_database not in (None, placement.database):
         _drop_owned(databases, previous_database, role)
     with databases.session(placement.database) as conn:
@@ -82,20 +88,12 @@ def install(databases: TenantDatabases, placement: Placement, policy: str, spec:
     return Installation(role, engine.version, tables)
 
 
-def uninstall(databases: TenantDatabases, policy: str, tenant: str, database: str | None) -> bool:
-    """Drop the agent role, its grants and its row-level security policies; False if there was no role."""
-    role = agent_role(policy, tenant)
-    with databases.session() as conn:
-        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
-            return False
-        conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role)))
-        databases.end_sessions(conn, role)
-    if database is not None:
-        _drop_owned(databases, database, role)
-    with databases.session() as conn:
-        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
-    return True
+def uninstall(databases: TenantDatabases, policy: str, namespace: str, tenant: str, database: str | None) -> bool:
+    """Drop the agent role, its grants and its row-level security policies; False if there was no role of
+    this policy's (a role of the same name Paybill did not create for it is left alone)."""
+    role = databases.agent_role(tenant, namespace, policy)
+    return databases.drop_agent_role(role, agent_identity(tenant, namespace, policy),
+                                     (database,) if database is not None else ())
 
 
 def _drop_owned(databases: TenantDatabases, database: str | None, role: str) -> None:

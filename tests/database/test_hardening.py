@@ -1,0 +1,307 @@
+"""Attacks on the database side of tenant isolation, on a real PostgreSQL server with scram-sha-256 logins:
+passwords that must be refused, the operator's database and locks out of tenants' reach, side channels of the
+shared databases closed, no tenant or policy name in any catalog a tenant can read, private backups."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from paybill.api.agentpolicy import AgentPolicySpec
+from paybill.audit import AuditLog
+from paybill.billing.grace import Access
+from paybill.database.server import LocalPostgres
+from paybill.database.tenants import NameConflict, Placement, TenantDatabases, UnsafeBackupDirectory
+from paybill.handlers.settings import backup_directory
+from paybill.policy.install import install
+
+PASSWORD = "tenant-pw"
+AGENT_PASSWORD = "agent-pw"
+_names = itertools.count()
+POLICY = AgentPolicySpec.model_validate({"subjects": ["agent:bot"], "rules": [
+    {"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"]}]})
+OLD_ADVISORY_KEYS = ("paybill-audit", "paybill-pooled", "paybill-control")
+
+
+@pytest.fixture
+def databases(postgres: LocalPostgres, tmp_path: Path) -> Iterator[TenantDatabases]:
+    dbs = TenantDatabases(postgres.dsn, backup_dir=tmp_path / "backups")
+    yield dbs
+    dbs.close()
+
+
+def fresh(prefix: str) -> str:
+    return f"{prefix}-{next(_names)}"
+
+
+def login(dbs: TenantDatabases, role: str, password: str, database: str) -> psycopg.Connection:
+    return psycopg.connect(dbs.dsn(database, user=role, password=password), autocommit=True, connect_timeout=3)
+
+
+def tenant(dbs: TenantDatabases, isolation: str, name: str | None = None) -> Placement:
+    placement = dbs.provision(name or fresh(f"victim-{isolation}"), isolation, PASSWORD)
+    dbs.set_access(placement, Access.FULL)
+    return placement
+
+
+def agent(dbs: TenantDatabases, placement: Placement, policy: str = "secret-policy") -> str:
+    return install(dbs, placement, policy, f"tenant-{placement.tenant}", POLICY, AGENT_PASSWORD, Access.FULL).role
+
+
+# --- finding 14: every login needs the right password ---------------------------------------------------------
+
+@pytest.mark.parametrize("isolation", ["pooled", "bridge", "silo"])
+def test_wrong_passwords_are_refused_for_tenant_and_agent_roles(databases: TenantDatabases, isolation: str) -> None:
+    placement = tenant(databases, isolation)
+    role = agent(databases, placement)
+    for user, right in ((placement.role, PASSWORD), (role, AGENT_PASSWORD)):
+        login(databases, user, right, placement.database).close()
+        for wrong in ("wrong", "", right.upper()):
+            with pytest.raises(psycopg.OperationalError, match=r"password authentication failed|no password"):
+                login(databases, user, wrong, placement.database)
+
+
+def test_a_suspended_tenant_cannot_log_in_with_its_right_password(databases: TenantDatabases) -> None:
+    placement = tenant(databases, "pooled")
+    role = agent(databases, placement)
+    databases.set_access(placement, Access.NONE)
+    agent_placement_access = install(databases, placement, "secret-policy", f"tenant-{placement.tenant}", POLICY,
+                                     AGENT_PASSWORD, Access.NONE)
+    for user, password in ((placement.role, PASSWORD), (agent_placement_access.role, AGENT_PASSWORD)):
+        with pytest.raises(psycopg.OperationalError, match="not permitted to log in"):
+            login(databases, user, password, placement.database)
+    assert agent_placement_access.role == role
+
+
+def test_a_rotated_password_invalidates_the_old_one(databases: TenantDatabases) -> None:
+    placement = tenant(databases, "bridge")
+    databases.ensure(placement, "rotated-pw")
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        login(databases, placement.role, PASSWORD, placement.database)
+    login(databases, placement.role, "rotated-pw", placement.database).close()
+    role = agent(databases, placement)
+    install(databases, placement, "secret-policy", f"tenant-{placement.tenant}", POLICY, "agent-rotated", Access.FULL)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        login(databases, role, AGENT_PASSWORD, placement.database)
+    login(databases, role, "agent-rotated", placement.database).close()
+
+
+# --- finding 9: the operator's database and its locks are out of tenants' reach ---------------------------------
+
+def test_tenant_and_agent_roles_cannot_connect_to_the_operators_database(databases: TenantDatabases) -> None:
+    placement = tenant(databases, "pooled")
+    role = agent(databases, placement)
+    operator_database = psycopg.conninfo.conninfo_to_dict(databases.admin_dsn)["dbname"]
+    for user, password in ((placement.role, PASSWORD), (role, AGENT_PASSWORD)):
+        for database in {str(operator_database), "postgres", "template1"}:
+            with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+                login(databases, user, password, database)
+
+
+def within(seconds: float, work: Callable[[], object]) -> float:
+    """Run `work` in a thread; fail unless it finishes within `seconds`. Returns how long it took."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:
+            failure.append(exc)
+
+    started = time.monotonic()
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"still blocked after {seconds}s"
+    if failure:
+        raise failure[0]
+    return time.monotonic() - started
+
+
+def test_the_old_advisory_keys_held_elsewhere_delay_nothing(databases: TenantDatabases,
+                                                            postgres: LocalPostgres) -> None:
+    """Whoever holds the keys the operator used to serialize on (a tenant could, before), suspension,
+    provisioning and the audit log go on: the operator serializes on locks only it can take."""
+    victim = tenant(databases, "pooled")
+    with login(databases, victim.role, PASSWORD, victim.database) as conn:  # a tenant cannot even try
+        for key in OLD_ADVISORY_KEYS:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+    holders = [psycopg.connect(postgres.dsn, dbname=database, autocommit=True)
+               for database in ("postgres", "paybill_pooled", "paybill_bridge")]
+    try:
+        for holder in holders:
+            for key in (*OLD_ADVISORY_KEYS, "paybill-migrate:app"):
+                holder.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+        cold = TenantDatabases(postgres.dsn, backup_dir=databases.backup_dir)  # nothing set up in this process yet
+        audit = AuditLog(cold.connect)
+        try:
+            within(15, lambda: cold.set_access(victim, Access.NONE))
+            within(15, lambda: audit.append("Tenant", victim.tenant, "suspend", {}))
+            within(30, lambda: cold.provision(fresh("other"), "pooled", PASSWORD))
+            within(30, lambda: cold.provision(fresh("other"), "bridge", PASSWORD))
+        finally:
+            cold.close()
+    finally:
+        for holder in holders:
+            holder.close()
+    with pytest.raises(psycopg.OperationalError, match="not permitted to log in"):
+        login(databases, victim.role, PASSWORD, victim.database)
+
+
+# --- finding 10: shared databases give a tenant its data and nothing more -------------------------------------
+
+SIDE_CHANNELS = (
+    "SELECT lo_from_bytea(0, 'x')",
+    "SELECT lo_create(0)",
+    "SELECT pg_notify('paybill', 'x')",
+    "SELECT pg_advisory_lock(1)",
+    "SELECT pg_advisory_xact_lock(1)",
+    "SELECT pg_try_advisory_lock(1)",
+    "SELECT pg_advisory_lock_shared(1)",
+    "DO $$BEGIN PERFORM 1; END$$",
+    "SELECT query_to_xml('SELECT 1', true, false, '')",
+    "SELECT table_to_xml('pg_catalog.pg_class', true, false, '')",
+    "SELECT query_to_xmlschema('SELECT 1', true, false, '')",
+    "CREATE TEMP TABLE scratch (i int)",
+    "SELECT * FROM pg_policies",
+    "SELECT * FROM pg_catalog.pg_policy",
+    "SELECT * FROM pg_stat_activity",
+    "SELECT * FROM pg_catalog.pg_stat_get_activity(NULL)",
+    "CREATE TABLE public.mine (i int)",
+)
+
+
+@pytest.mark.parametrize("isolation", ["pooled", "bridge"])
+def test_shared_databases_refuse_side_channels_to_tenants_and_agents(databases: TenantDatabases,
+                                                                     isolation: str) -> None:
+    placement = tenant(databases, isolation)
+    role = agent(databases, placement)
+    for user, password in ((placement.role, PASSWORD), (role, AGENT_PASSWORD)):
+        with login(databases, user, password, placement.database) as conn:
+            for statement in SIDE_CHANNELS:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+                    conn.execute(statement)
+            assert conn.execute("SELECT count(*) FROM orders").fetchone() == (0,)  # its data still works
+
+
+READABLE_NAMES = (
+    "SELECT rolname FROM pg_roles", "SELECT datname FROM pg_database", "SELECT nspname FROM pg_namespace",
+    "SELECT usename FROM pg_user", "SELECT array_to_string(setconfig, ',') FROM pg_db_role_setting",
+    "SELECT description FROM pg_shdescription", "SELECT description FROM pg_description",
+    "SELECT relname FROM pg_class", "SELECT tenant FROM paybill.tenant_roles",
+)
+
+
+@pytest.mark.parametrize("isolation", ["pooled", "bridge", "silo"])
+def test_no_catalog_a_tenant_or_agent_can_read_names_a_tenant_or_a_policy(databases: TenantDatabases,
+                                                                        isolation: str) -> None:
+    neighbours = {mode: tenant(databases, mode, fresh(f"neighbour-{mode}")) for mode in ("pooled", "bridge", "silo")}
+    for mode, neighbour in neighbours.items():
+        agent(databases, neighbour, f"hidden-policy-{mode}")
+    placement = tenant(databases, isolation, fresh(f"victim-{isolation}"))
+    role = agent(databases, placement, "my-policy")
+    secrets = [n.tenant for n in neighbours.values()] + [f"hidden-policy-{m}" for m in neighbours] + ["my-policy"]
+    for user, password in ((placement.role, PASSWORD), (role, AGENT_PASSWORD)):
+        with login(databases, user, password, placement.database) as conn:
+            seen = []
+            for query in READABLE_NAMES:
+                try:
+                    with conn.transaction():
+                        seen += [str(value) for (value,) in conn.execute(query) if value is not None]
+                except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedTable):
+                    continue
+            text = " ".join(seen).lower()
+            for name in secrets:
+                for spelling in {name, name.replace("-", "_")}:
+                    assert spelling not in text, f"{user} can read {spelling!r}"
+
+
+# --- finding 7: names are injective, and nothing Paybill did not create is adopted -----------------------------
+
+def test_names_that_collided_under_the_old_mapping_are_distinct(databases: TenantDatabases) -> None:
+    corp, acme_corp = fresh("corp"), None
+    acme_corp = f"acme-{corp}"
+    first, second = tenant(databases, "pooled", corp), tenant(databases, "pooled", acme_corp)
+    attacker = agent(databases, first, "support-acme")
+    victim = agent(databases, second, "support")
+    assert attacker != victim and first.role != second.role
+    assert databases.placement_for("a-b", "bridge").schema != databases.placement_for("a.b", "bridge").schema
+    assert databases.placement_for("a-b", "silo").database != databases.placement_for("a_b", "silo").database
+
+
+@pytest.mark.parametrize("isolation", ["pooled", "bridge", "silo"])
+def test_a_role_schema_or_database_paybill_did_not_create_is_never_adopted(databases: TenantDatabases,
+                                                                          postgres: LocalPostgres,
+                                                                          isolation: str) -> None:
+    name = fresh("squatted")
+    would_be = databases.placement_for(name, isolation)
+    with psycopg.connect(postgres.dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'squatter'").format(sql.Identifier(would_be.role)))
+    with pytest.raises(NameConflict, match=f"role {would_be.role} exists and was not created by Paybill"):
+        databases.provision(name, isolation, PASSWORD)
+    with psycopg.connect(postgres.dsn, autocommit=True) as admin:  # the squatter's role is left as it was
+        assert admin.execute("SELECT rolpassword LIKE 'SCRAM%%', pg_has_role(%s, 'paybill_pooled_tenants', "
+                             "'MEMBER') FROM pg_authid WHERE rolname = %s",
+                             (would_be.role, would_be.role)).fetchone() == (True, False)
+        admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(would_be.role)))
+    if isolation == "silo":
+        with psycopg.connect(postgres.dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(would_be.database)))
+        with pytest.raises(NameConflict, match=f"database {would_be.database} exists and was not created"):
+            databases.provision(name, isolation, PASSWORD)
+    if isolation == "bridge":
+        with psycopg.connect(postgres.dsn, dbname="paybill_bridge", autocommit=True) as admin:
+            admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(would_be.schema)))
+        with pytest.raises(NameConflict, match=f"schema {would_be.schema} exists and was not created"):
+            databases.provision(name, isolation, PASSWORD)
+
+
+def test_an_agent_role_paybill_did_not_create_is_never_adopted(databases: TenantDatabases,
+                                                               postgres: LocalPostgres) -> None:
+    placement = tenant(databases, "pooled")
+    would_be = databases.agent_role(placement.tenant, f"tenant-{placement.tenant}", "support")
+    with psycopg.connect(postgres.dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'squatter'").format(sql.Identifier(would_be)))
+        before = admin.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (would_be,)).fetchone()
+    with pytest.raises(NameConflict, match=f"role {would_be} exists and was not created by Paybill"):
+        agent(databases, placement, "support")
+    with psycopg.connect(postgres.dsn, dbname="paybill_pooled", autocommit=True) as admin:  # left as it was
+        assert admin.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (would_be,)).fetchone() == before
+        assert admin.execute("SELECT has_table_privilege(%s, 'app.orders', 'SELECT'), has_database_privilege("
+                             "%s, 'paybill_pooled', 'CONNECT')", (would_be, would_be)).fetchone() == (False, False)
+
+
+# --- finding 12: backups are private -----------------------------------------------------------------------------
+
+def test_backups_are_private_from_the_first_byte(databases: TenantDatabases, tmp_path: Path) -> None:
+    placement = tenant(databases, "pooled")
+    old = os.umask(0o022)
+    try:
+        backup = databases.backup(placement, "private")
+    finally:
+        os.umask(old)
+    assert databases.backup_dir is not None
+    assert databases.backup_dir.stat().st_mode & 0o777 == 0o700
+    assert backup.path.stat().st_mode & 0o777 == 0o600
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    with pytest.raises(UnsafeBackupDirectory, match="readable by others"):
+        TenantDatabases(databases.admin_dsn, backup_dir=shared).backup(placement, "leaky")
+    assert not list(shared.iterdir())
+
+
+def test_the_default_backup_directory_is_under_the_operators_state_directory(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    assert backup_directory({"PAYBILL_STATE_DIR": str(state)}) == state / "backups"
+    assert backup_directory({"PAYBILL_BACKUP_DIR": "/srv/backups"}) == Path("/srv/backups")
+    default = backup_directory({"HOME": str(tmp_path)})
+    assert default.is_relative_to(tmp_path) and "tmp/paybill-backups" not in str(default)
