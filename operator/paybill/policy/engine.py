@@ -18,6 +18,7 @@ from .rewrite import rewrite
 from .rules import WILDCARD, PolicyError, RuleSet
 from .schema import Schema
 from .tree import DecodeError, ParseError, parse
+from .validate import Validator
 
 MAX_SQL_LENGTH = 65536
 # What a rowFilter, written by the policy's author, may do that an agent's statement may not.
@@ -47,6 +48,7 @@ class PolicyEngine:
     def __init__(self, policy: AgentPolicySpec, schema: Schema, cache_size: int = 4096) -> None:
         self.rules = RuleSet(policy)
         self.schema = schema
+        self.validator = Validator(self.rules, schema)
         self.version = f"{self.rules.version}.{schema.digest}"
         self._cache: OrderedDict[tuple[str, str | None, str], _Admitted] = OrderedDict()
         self._cache_size = cache_size
@@ -158,6 +160,13 @@ class PolicyEngine:
             except Exception as error:  # deparse refused the tree
                 reasons += (Reason("rewrite_failed", f"could not deparse the rewritten statement: {error}"),)
                 blocking = [reasons[-1]]
+        if rewritten is not None:  # deny by default: every node of the final statement, whatever the clause
+            seen = {(r.code, r.message) for r in reasons}
+            found = tuple(r for r in self.validator.validate(rewritten, tenant) if (r.code, r.message) not in seen)
+            reasons += found
+            blocking = [r for r in found if r.code not in POLICY_CODES or mode == "enforce"]
+            if blocking:
+                rewritten = None
         decision = Decision(not blocking, mode, reasons, rewritten, analysis.kind, rules, fingerprint(sql),
                             policy_version=self.version, extra={"locks": True} if analysis.locking else {})
         return _Admitted(decision, {n: params.get(n) for n in analysis.params}, approvers, min_approvals)
