@@ -133,6 +133,7 @@ def test_allowed_operators_still_pass_in_sublinks_and_using(engine: PolicyEngine
     ("SELECT * FROM (SELECT id FROM orders) o FOR UPDATE OF o", "require_where", "fix-status"),
     ("SELECT id FROM orders WHERE id = 1 FOR UPDATE OF nowhere", "unknown_table", "nowhere"),
     ("VALUES (1) FOR UPDATE", "unsupported", "row lock"),
+    ("SELECT id FROM orders WHERE total > 0 ORDER BY id LIMIT 2 OFFSET 15 FOR UPDATE", "unsupported", "OFFSET"),
     ("SELECT id FROM orders WHERE id = 1 UNION SELECT id FROM orders WHERE id = 2 FOR UPDATE", "unsupported",
      "row lock"),
 ])
@@ -237,3 +238,22 @@ def test_quoted_lower_case_names_are_the_same_names(engine: PolicyEngine) -> Non
                 'SELECT pg_catalog.upper("status") FROM public.orders', "SELECT LOWER(Status) FROM ORDERS"):
         decision = engine.decide(PRINCIPAL, sql, tenant="acme")
         assert decision.allowed, (sql, decision.reasons)
+
+
+# -- found reading the code: functions that run SQL text or change state pass an allowlist miss in warn mode --
+
+@pytest.mark.parametrize("mode", ["warn", "audit"])
+@pytest.mark.parametrize("call", [
+    "ts_stat('SELECT api_key::tsvector FROM secrets')", "ts_rewrite('a'::tsquery, 'SELECT ''a''::tsquery, ''b''')",
+    "query_to_xmlschema('SELECT api_key FROM secrets', true, true, '')", "table_to_xmlschema('secrets', true, true, '')",
+    "cursor_to_xmlschema('c', true, true, '')", "database_to_xml_and_xmlschema(true, true, '')", "currval('s')",
+    "lastval()", "txid_current_if_assigned()", "brin_summarize_new_values('i')", "gin_clean_pending_list('i')",
+    "has_table_privilege('secrets', 'select')", "to_regclass('secrets')", "current_database()", "version()",
+    "inet_client_addr()", "obj_description(1)", "format_type(1, 1)", "row_security_active('orders')",
+    "binary_upgrade_set_next_pg_type_oid(1)", "system_user",
+])
+def test_functions_that_escape_the_statement_are_unsafe_in_every_mode(mode: str, call: str) -> None:
+    engine = PolicyEngine(spec(mode=mode), schema())
+    decision = engine.decide(PRINCIPAL, f"SELECT id FROM orders WHERE id = 1 AND {call} IS NOT NULL", tenant="acme")
+    assert not decision.allowed, (call, decision.reasons)
+    assert any(r.code == "unsafe_function" for r in decision.reasons), decision.reasons

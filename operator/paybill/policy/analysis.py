@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .decision import Reason
-from .rules import UNSAFE_FUNCTIONS, RuleSet
+from .rules import UNSAFE_FUNCTIONS, UNSAFE_PREFIXES, RuleSet
 from .schema import TENANT_COLUMN, Schema, Table, TypeFamily
 from .tree import pb, unwrap
 
@@ -271,6 +271,8 @@ class Analysis:
                 self.unsupported(clause, f"a row lock ({label}) anywhere but the top-level SELECT over tables")
                 continue
             self.locking = True
+            if stmt.HasField("limit_offset"):  # the rows OFFSET skips are locked too, but never counted
+                self.unsupported(clause, f"OFFSET with a row lock ({label})")
             relations = scope.relations
             if clause.locked_rels:
                 relations = []
@@ -671,7 +673,7 @@ class Analysis:
         name = names[-1]
         if len(names) > 2 or (len(names) == 2 and names[0] != "pg_catalog"):
             self.deny("other_schema", f"function {'.'.join(names)}: only unqualified functions are admitted", node)
-        elif name in UNSAFE_FUNCTIONS or name.startswith(("pg_", "lo_", "dblink")):
+        elif name in UNSAFE_FUNCTIONS or name.startswith(UNSAFE_PREFIXES):
             self.deny("unsafe_function", f"function {name} is never admitted", node)
         elif name not in self.rules.functions:
             self.deny("function_not_allowed", f"function {name} is not in the policy's allowlist", node)

@@ -25,7 +25,20 @@ UNSAFE_FUNCTIONS = frozenset({
     "query_to_xml_and_xmlschema", "cursor_to_xml", "table_to_xml", "database_to_xml", "schema_to_xml",
     "pg_switch_wal", "pg_create_restore_point", "pg_backup_start", "pg_backup_stop", "pg_logical_emit_message",
     "pg_replication_origin_create", "pg_file_write", "copy_from", "pg_execute_server_program",
+    # they run SQL text the engine never sees
+    "ts_stat", "ts_rewrite", "query_to_xmlschema", "cursor_to_xmlschema", "table_to_xmlschema",
+    "table_to_xml_and_xmlschema", "schema_to_xmlschema", "schema_to_xml_and_xmlschema", "database_to_xmlschema",
+    "database_to_xml_and_xmlschema",
+    # sequences, transactions and indexes: state outside the statement's rows
+    "currval", "lastval", "brin_summarize_new_values", "brin_summarize_range", "brin_desummarize_range",
+    "gin_clean_pending_list",
+    # the server, the session and the catalogs
+    "version", "current_database", "current_schema", "current_schemas", "current_user", "session_user",
+    "system_user", "inet_client_addr", "inet_client_port", "inet_server_addr", "inet_server_port",
+    "obj_description", "col_description", "shobj_description", "format_type", "row_security_active",
 })
+# Prefixes of function families never admitted, whatever a policy lists.
+UNSAFE_PREFIXES = ("pg_", "lo_", "dblink", "txid_", "has_", "to_reg", "binary_upgrade_")
 
 
 class PolicyError(ValueError):
