@@ -245,7 +245,8 @@ def test_quoted_lower_case_names_are_the_same_names(engine: PolicyEngine) -> Non
 @pytest.mark.parametrize("mode", ["warn", "audit"])
 @pytest.mark.parametrize("call", [
     "ts_stat('SELECT api_key::tsvector FROM secrets')", "ts_rewrite('a'::tsquery, 'SELECT ''a''::tsquery, ''b''')",
-    "query_to_xmlschema('SELECT api_key FROM secrets', true, true, '')", "table_to_xmlschema('secrets', true, true, '')",
+    "query_to_xmlschema('SELECT api_key FROM secrets', true, true, '')",
+    "table_to_xmlschema('secrets', true, true, '')",
     "cursor_to_xmlschema('c', true, true, '')", "database_to_xml_and_xmlschema(true, true, '')", "currval('s')",
     "lastval()", "txid_current_if_assigned()", "brin_summarize_new_values('i')", "gin_clean_pending_list('i')",
     "has_table_privilege('secrets', 'select')", "to_regclass('secrets')", "current_database()", "version()",
