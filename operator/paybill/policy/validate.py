@@ -121,7 +121,7 @@ ADMITTED: dict[str, dict[str, frozenset[Any] | None]] = {
     "TypeName": {"names": None, "typmods": None, "typemod": frozenset({-1}), "location": None},
 }
 STATEMENTS = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt"})
-BETWEEN_NAMES = frozenset({"BETWEEN", "NOT BETWEEN", "BETWEEN SYMMETRIC", "NOT BETWEEN SYMMETRIC"})
+BETWEEN_NAMES = frozenset({"BETWEEN", "NOT BETWEEN"})
 NEVER_PREFIXES = ("pg_", "lo_", "dblink")
 
 # -- field tables from the protobuf descriptors --------------------------------------------------------------
@@ -193,6 +193,10 @@ class Validator:
             tree = json.loads(parse_sql_json(sql))
         except ParseError as error:
             return [Reason("validator_parse", f"the final statement does not parse: {error.args[0]}")]
+        return self.check(tree, tenant)
+
+    def check(self, tree: Body, tenant: str | None) -> list[Reason]:
+        """Reasons to deny a parse tree in libpg_query's JSON form (what `validate` parses)."""
         walk = _Walk(tenant)
         statements = tree.get("stmts", ())
         if len(statements) != 1 or not statements[0].keys() <= {"stmt", "stmt_location", "stmt_len"}:
