@@ -100,7 +100,7 @@ def test_cost_precheck_refuses_before_running(policy_db: PolicyDatabase, acme: s
 
 
 def test_statement_timeout_cancels(policy_db: PolicyDatabase, acme: str) -> None:
-    engine = policy_db.engine(spec(limits=limits(statementTimeoutMs=1, maxCost=1e12)))
+    engine = policy_db.engine(spec(limits=limits(statementTimeoutMs=50, maxCost=1e12)))  # SLOW needs ~0.3 s
     with ExecutionGuard(engine, acme, PRINCIPAL, "acme") as guard:
         outcome = guard.execute(SLOW)
         assert outcome.reasons[0].code == "timeout"

@@ -1,31 +1,88 @@
 """The execution guard: runs an admitted statement as the agent's own role, within the policy's limits.
 
 One connection per agent run, logged in as the agent role (never a superuser that SETs ROLE), with
-statement_timeout and search_path set for the session when it connects; the engine never admits SET or
-set_config, so the agent cannot change them (the role carries the same timeout as a default). Every
-statement is its own transaction: a read is one implicit transaction and one round trip; DML runs in an
-explicit one, pipelined, and is rolled back when it writes more rows than allowed. A planner-cost
-precheck (cached per rewritten statement) refuses expensive statements; reads stop at maxRowsRead.
+search_path set for the session when it connects. Every statement is its own explicit transaction,
+pipelined (one round trip), that starts with SET LOCAL statement_timeout: whatever an earlier statement did
+to the session's settings, the server stops this one at the deadline (the role carries the same timeout as
+a default). The client cancels it too, shortly after the deadline, so the timeout holds even if the
+server's was lifted. DML is rolled back when it writes more rows than allowed. A planner-cost precheck
+(cached per rewritten statement) refuses expensive statements; reads stop at maxRowsRead.
+
+A database error reaches the agent as its SQLSTATE and condition name only: the message can carry data
+(a failed cast quotes the value) and goes to `Outcome.error`, for the audit log alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
 import psycopg
 from psycopg import errors, sql
+from psycopg.pq import TransactionStatus
 
-from ..errors import first_line
 from .decision import Decision, Reason
 from .engine import PolicyEngine
+
+CLIENT_GRACE_S = 0.25  # the server's timeout fires first; the client's cancel is the backstop
+
+
+def condition_name(sqlstate: str) -> str:
+    """PostgreSQL's condition name for a SQLSTATE (invalid_text_representation for 22P02), else "unknown"."""
+    try:
+        error_class = errors.lookup(sqlstate)
+    except KeyError:
+        return "unknown"
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", error_class.__name__).lower().rstrip("_")
+
+
+def database_reason(code: str, error: psycopg.Error) -> Reason:
+    """What the agent may learn of a database error: its SQLSTATE and condition name, never its text."""
+    if error.sqlstate is None:
+        return Reason(code, "the database connection failed (no SQLSTATE)")
+    return Reason(code, f"SQLSTATE {error.sqlstate} {condition_name(error.sqlstate)}")
+
+
+class ClientDeadline:
+    """Cancels the statement running on `conn` once `seconds` have passed (a timer thread sends the cancel)."""
+
+    def __init__(self, conn: psycopg.Connection[Any], seconds: float) -> None:
+        self.fired = False
+        self._conn = conn
+        self._timer = threading.Timer(seconds, self._cancel)
+        self._timer.daemon = True
+
+    def _cancel(self) -> None:
+        self.fired = True
+        with contextlib.suppress(psycopg.Error):  # the connection closed meanwhile: nothing is left to stop
+            self._conn.cancel_safe()
+
+    def __enter__(self) -> ClientDeadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self._timer.cancel()
+        self._timer.join()  # a cancel in flight lands before the next statement starts
 
 
 class _Rollback(Exception):
     def __init__(self, reason: Reason) -> None:
         super().__init__(reason.message)
         self.reason = reason
+
+
+class _TimedOut(Exception):
+    def __init__(self, by: str) -> None:
+        super().__init__(f"stopped by the {by}")
+        self.by = by
 
 
 @dataclass(frozen=True)
@@ -39,6 +96,7 @@ class Outcome:
     rows_affected: int = 0
     cost: float | None = None
     reasons: tuple[Reason, ...] = ()
+    error: str | None = None  # the database's full message: the audit log only, never status, Events or logs
 
     @property
     def ok(self) -> bool:
@@ -79,8 +137,6 @@ class ExecutionGuard:
         if self._conn is None or self._conn.closed:
             conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5,
                                    cursor_factory=psycopg.RawCursor)  # agents write $1, $2
-            conn.execute(sql.SQL("SET statement_timeout = {}").format(
-                sql.Literal(self.engine.rules.limits.statementTimeoutMs)))
             conn.execute(sql.SQL("SET search_path = pg_catalog, {}").format(sql.Identifier(self.engine.schema.name)))
             self._conn = conn
         return self._conn
@@ -104,19 +160,38 @@ class ExecutionGuard:
             return self._run(conn, decision, params, cost)
         except _Rollback as rollback:
             return Outcome(decision, reasons=(rollback.reason,))
-        except errors.QueryCanceled:
+        except _TimedOut as timed_out:
             return Outcome(decision, reasons=(Reason("timeout", f"statement ran longer than "
-                                                                f"{limits.statementTimeoutMs} ms"),))
+                                                                f"{limits.statementTimeoutMs} ms; stopped by the "
+                                                                f"{timed_out.by}"),))
         except errors.InsufficientPrivilege as error:
-            return Outcome(decision, reasons=(Reason("database_denied", first_line(error)),))
+            return Outcome(decision, reasons=(database_reason("database_denied", error),), error=str(error))
         except psycopg.Error as error:
-            return Outcome(decision, reasons=(Reason("database_error", first_line(error)),))
+            return Outcome(decision, reasons=(database_reason("database_error", error),), error=str(error))
+
+    @contextlib.contextmanager
+    def _transaction(self, conn: psycopg.Connection) -> Iterator[psycopg.Pipeline]:
+        """One pipelined transaction under the policy's timeout, on the server (SET LOCAL) and the client."""
+        timeout_ms = self.engine.rules.limits.statementTimeoutMs
+        deadline = ClientDeadline(conn, timeout_ms / 1000 + CLIENT_GRACE_S)
+        try:
+            with deadline, conn.pipeline() as pipeline, conn.transaction():
+                conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(timeout_ms)))
+                yield pipeline
+        except psycopg.Error as error:
+            if conn.info.transaction_status != TransactionStatus.IDLE:
+                self.close()  # left inside a transaction: the next statement starts on a new connection
+            if isinstance(error, errors.QueryCanceled):
+                raise _TimedOut("client" if deadline.fired else "server") from None
+            raise
 
     def _cost(self, conn: psycopg.Connection, decision: Decision, params: list[Any]) -> float:
         key = decision.sql or ""  # the statement's shape: estimated once, with its first parameters
         cost = self._costs.get(key)
         if cost is None:
-            cur = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(decision.sql), params)
+            with self._transaction(conn) as pipeline:
+                cur = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(decision.sql), params)
+                pipeline.sync()
             plan = cur.fetchone()[0]
             plan = json.loads(plan) if isinstance(plan, str) else plan
             cost = float(plan[0]["Plan"]["Total Cost"])
@@ -125,15 +200,12 @@ class ExecutionGuard:
 
     def _run(self, conn: psycopg.Connection, decision: Decision, params: list[Any], cost: float) -> Outcome:
         limits = self.engine.rules.limits
-        if decision.statement == "select":
+        with self._transaction(conn) as pipeline:
             cur = conn.execute(decision.sql, params)
-        else:
-            with conn.pipeline() as pipeline, conn.transaction():
-                cur = conn.execute(decision.sql, params)
-                pipeline.sync()
-                if cur.rowcount > limits.maxRowsWritten:
-                    raise _Rollback(Reason("rows_written_exceeded", f"statement changed {cur.rowcount} rows, more "
-                                           f"than maxRowsWritten {limits.maxRowsWritten}; rolled back"))
+            pipeline.sync()
+            if decision.statement != "select" and cur.rowcount > limits.maxRowsWritten:
+                raise _Rollback(Reason("rows_written_exceeded", f"statement changed {cur.rowcount} rows, more "
+                                       f"than maxRowsWritten {limits.maxRowsWritten}; rolled back"))
         result = cur.pgresult
         if result is not None and result.nfields:  # cheaper than cur.description, which builds Column objects
             columns = self._columns.get(decision.sql)

@@ -29,6 +29,7 @@ class StepOutcome:
     columns: tuple[str, ...] = ()
     rows: list[tuple[Any, ...]] = field(default_factory=list)
     rows_affected: int = 0
+    error: str | None = None  # the database's full message: the audit log only
 
     @property
     def ok(self) -> bool:
@@ -48,10 +49,13 @@ class StepOutcome:
                 "sql": self.decision.sql if self.executed else None}
 
     def audit_details(self, principal: str, policy: str) -> dict[str, Any]:
-        """What the audit log keeps: the decision and its effect, never the rows."""
-        return {"step": self.name, "principal": principal, "policy": policy, "executed": self.executed,
-                "rowsReturned": len(self.rows), "rowsAffected": self.rows_affected,
-                "reasons": [r.to_json() for r in self.reasons], "decision": self.decision.to_json()}
+        """What the audit log keeps: the decision and its effect (with the database's full error), never the rows."""
+        details = {"step": self.name, "principal": principal, "policy": policy, "executed": self.executed,
+                   "rowsReturned": len(self.rows), "rowsAffected": self.rows_affected,
+                   "reasons": [r.to_json() for r in self.reasons], "decision": self.decision.to_json()}
+        if self.error is not None:
+            details["databaseError"] = self.error
+        return details
 
 
 def run_steps(spec: AgentWorkflowSpec, guard: ExecutionGuard,
@@ -69,7 +73,7 @@ def run_steps(spec: AgentWorkflowSpec, guard: ExecutionGuard,
             ran = guard.execute(step.sql, params)
             reasons = ran.reasons if ran.decision.allowed else ran.decision.reasons + ran.reasons
             outcome = StepOutcome(step.name, ran.decision, ran.executed, tuple(reasons), ran.columns, ran.rows,
-                                  ran.rows_affected)
+                                  ran.rows_affected, ran.error)
         record(outcome)
         outcomes.append(outcome)
         if not outcome.ok:

@@ -1,0 +1,94 @@
+"""The execution guard on real PostgreSQL: a database error reaches the agent as its SQLSTATE only (finding 11),
+and the statement timeout holds on the server (SET LOCAL per statement) and on the client (cancel at the
+deadline) even after a statement lifted the session's timeout (finding 13)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from paybill.api.agentpolicy import AgentPolicySpec
+from paybill.database.server import LocalPostgres
+from paybill.policy.guard import ClientDeadline, ExecutionGuard, condition_name
+
+from .conftest import PRINCIPAL, PolicyDatabase, support_policy
+
+# ~1.3e9 rows for acme's 20 orders: a minute of work, admitted by the engine when maxCost allows it
+ENDLESS = "SELECT count(*) FROM orders a, orders b, orders c, orders d, orders e, orders f, orders g"
+
+
+def spec(functions: tuple[str, ...] = (), **limits: object) -> AgentPolicySpec:
+    data = support_policy().spec.model_dump(mode="json")
+    data["functions"] = [*data["functions"], *functions]
+    data["limits"] = {**data["limits"], **limits}
+    return AgentPolicySpec.model_validate(data)
+
+
+@pytest.fixture(scope="module")
+def acme(policy_db: PolicyDatabase) -> str:
+    return policy_db.grant(spec(), "acme")
+
+
+@pytest.fixture(scope="module")
+def lift_timeout(policy_db: PolicyDatabase) -> Iterator[str]:
+    """A function an agent may be allowed to call that turns the session's statement timeout off."""
+    with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
+        conn.execute("CREATE OR REPLACE FUNCTION public.lift_timeout() RETURNS integer LANGUAGE sql "
+                     "AS $$ SELECT length(set_config('statement_timeout', '0', false)) $$")
+    yield "lift_timeout"
+    with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
+        conn.execute("DROP FUNCTION public.lift_timeout()")
+
+
+@pytest.mark.parametrize(("sqlstate", "name"), [
+    ("22P02", "invalid_text_representation"), ("42501", "insufficient_privilege"), ("57014", "query_canceled"),
+    ("22012", "division_by_zero"), ("XX000", "internal_error"), ("ZZ999", "unknown")])
+def test_condition_names_come_from_the_sqlstate(sqlstate: str, name: str) -> None:
+    assert condition_name(sqlstate) == name
+
+
+def test_a_database_error_gives_the_agent_its_sqlstate_not_its_text(policy_db: PolicyDatabase, acme: str) -> None:
+    with ExecutionGuard(policy_db.engine(spec()), acme, PRINCIPAL, "acme") as guard:
+        outcome = guard.execute("SELECT CAST(name AS integer) FROM customers")
+    assert outcome.decision.allowed and not outcome.executed
+    assert [r.to_json() for r in outcome.reasons] == [
+        {"code": "database_error", "message": "SQLSTATE 22P02 invalid_text_representation"}]
+    assert outcome.error is not None and "acme-customer-" in outcome.error  # the full text: for the audit log
+    assert "acme-customer-" not in str(outcome.to_json())
+
+
+def test_the_server_timeout_holds_after_a_statement_lifted_it(policy_db: PolicyDatabase, acme: str,
+                                                              lift_timeout: str) -> None:
+    engine = policy_db.engine(spec((lift_timeout,), statementTimeoutMs=300, maxCost=1e15))
+    with ExecutionGuard(engine, acme, PRINCIPAL, "acme") as guard:
+        assert guard.execute(f"SELECT {lift_timeout}()").ok  # the session's timeout is now off
+        started = time.monotonic()
+        outcome = guard.execute(ENDLESS)
+        elapsed = time.monotonic() - started
+        assert [r.code for r in outcome.reasons] == ["timeout"] and not outcome.executed
+        assert "stopped by the server" in outcome.reasons[0].message
+        assert elapsed < 10  # the statement needs about a minute
+        assert guard.execute("SELECT id FROM orders WHERE id = 10").ok  # the connection is still usable
+
+
+def test_the_client_cancels_a_statement_the_server_lets_run(postgres: LocalPostgres) -> None:
+    """The client's deadline alone: a superuser session with no server-side timeout at all, a real pg_sleep."""
+    with psycopg.connect(postgres.dsn, autocommit=True, application_name="deadline-test") as conn:
+        conn.execute("SET statement_timeout = 0")
+        deadline = ClientDeadline(conn, 0.3)
+        started = time.monotonic()
+        with pytest.raises(errors.QueryCanceled), deadline:
+            conn.execute("SELECT pg_sleep(60)")
+        elapsed = time.monotonic() - started
+        assert deadline.fired and elapsed < 10
+        assert conn.execute("SELECT 1").fetchone() == (1,)  # the session survives the cancel
+        with ClientDeadline(conn, 5) as unused:
+            conn.execute("SELECT 1")
+        assert not unused.fired
+    with psycopg.connect(postgres.dsn, autocommit=True) as admin:  # nothing left running on the server
+        assert admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'deadline-test' "
+                             "AND state = 'active'").fetchone() == (0,)
