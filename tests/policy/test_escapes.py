@@ -258,3 +258,13 @@ def test_functions_that_escape_the_statement_are_unsafe_in_every_mode(mode: str,
     decision = engine.decide(PRINCIPAL, f"SELECT id FROM orders WHERE id = 1 AND {call} IS NOT NULL", tenant="acme")
     assert not decision.allowed, (call, decision.reasons)
     assert any(r.code == "unsafe_function" for r in decision.reasons), decision.reasons
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT total::numeric(12, length(set_config('statement_timeout', '0', false))) FROM orders",
+    "SELECT id FROM orders WHERE id = CAST(1 AS numeric(pg_backend_pid()))",
+    "SELECT total::numeric($1) FROM orders",
+])
+def test_type_modifiers_must_be_integer_literals(engine: PolicyEngine, sql: str) -> None:
+    """libpg_query's deparser drops a modifier that is not a constant (numeric(12, )): what runs would differ."""
+    refused_with(engine, sql, "cast_not_allowed", "type modifiers")
