@@ -203,9 +203,11 @@ class ExecutionGuard:
         with self._transaction(conn) as pipeline:
             cur = conn.execute(decision.sql, params)
             pipeline.sync()
-            if decision.statement != "select" and cur.rowcount > limits.maxRowsWritten:
-                raise _Rollback(Reason("rows_written_exceeded", f"statement changed {cur.rowcount} rows, more "
-                                       f"than maxRowsWritten {limits.maxRowsWritten}; rolled back"))
+            locks = decision.extra.get("locks", False)  # a locking read's rows count as written
+            if (decision.statement != "select" or locks) and cur.rowcount > limits.maxRowsWritten:
+                raise _Rollback(Reason("rows_written_exceeded", f"statement {'locked' if locks else 'changed'} "
+                                       f"{cur.rowcount} rows, more than maxRowsWritten {limits.maxRowsWritten}; "
+                                       "rolled back"))
         result = cur.pgresult
         if result is not None and result.nfields:  # cheaper than cur.description, which builds Column objects
             columns = self._columns.get(decision.sql)
