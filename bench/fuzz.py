@@ -69,7 +69,7 @@ def run(count: int, seed: int, progress: int, hostility: int) -> Campaign:
                 if decision.allowed:
                     campaign.admitted += 1
                     campaign.by_policy[policy] += 1
-                    problems = oracle.check(decision.sql or "")
+                    problems = oracle.check(decision.sql or "", kind=decision.statement or "select")
                     campaign.executed += 1
                     for problem in problems:
                         campaign.findings[category(problem)].append(

@@ -37,6 +37,8 @@ READABLE: dict[str, tuple[str, ...]] = {
     "secrets": (),
 }
 CHANNELS = ("paybill_fuzz", "tenant_globex")
+# `TABLE name` forms (a SELECT * in disguise) and how many columns they return.
+TABLE_FORMS = {"orders": len(TABLES["orders"]), "customers": len(TABLES["customers"]), "secrets": 3, "q0": 1}
 ADVISORY_KEY = 4242
 
 LITERALS: dict[str, tuple[str, ...]] = {
@@ -248,7 +250,9 @@ class Grammar:
         if (self.c.chance(60) and local) or self.c.chance(10):
             parts.append("WHERE " + self.condition(inner, self.budget))
         if grouped:
-            parts.append("GROUP BY " + ", ".join(group_keys))
+            grouping = self.c.pick(("", "", "", "ROLLUP", "CUBE", "GROUPING SETS"))
+            keys = ", ".join(group_keys)
+            parts.append(f"GROUP BY {grouping} ({keys})" if grouping else f"GROUP BY {keys}")
             if self.c.chance(40):
                 parts.append("HAVING " + self.condition(inner.inner(scope=inner.scope, aggregates=True), 1))
         if local and self.c.chance(10):
@@ -362,7 +366,9 @@ class Grammar:
 
     def query(self, ctx: Context, types: Sequence[str]) -> str:
         """Any query body with the given output types: SELECT, VALUES or a set operation."""
-        kind = self.c.pick(("select", "select", "select", "values", "setop"))
+        kind = self.c.pick(("select", "select", "select", "values", "setop", "table"))
+        if kind == "table" and len(types) == TABLE_FORMS.get(self.c.pick(sorted(TABLE_FORMS)), 0):
+            return self.c.pick([f"TABLE {name}" for name, width in TABLE_FORMS.items() if width == len(types)])
         if kind == "values":
             return self.values(ctx, types, top=False)
         if kind == "setop" and self.budget > 0:
@@ -579,8 +585,10 @@ class Grammar:
         if kind == BOOL:
             return self.condition(ctx, depth - 1)
         shape = self.c.pick(("column", "function", "arith", "case", "coalesce", "cast", "subquery", "window",
-                             "aggregate", "paren", "nullif", "greatest"))
+                             "aggregate", "paren", "nullif", "greatest", "odd"))
         sub = depth - 1
+        if shape == "odd":
+            return self.odd(ctx, kind, sub)
         if shape == "function" and kind in (TEXT,):
             name = self.c.pick(("lower", "upper", "lower", "pg_catalog.lower", '"lower"', "LOWER"))
             return f"{name}({self.expression(ctx, TEXT, sub)})"
@@ -619,6 +627,39 @@ class Grammar:
             return f"({self.expression(ctx, kind, sub)})"
         column = self.column(ctx, kind)
         return column or self.literal(kind)
+
+    def odd(self, ctx: Context, kind: str, depth: int) -> str:
+        """Rarer syntax that still has the requested type: whole-row references, typed literals, COLLATE,
+        subscripts, ARRAY(subquery), row comparisons, field selection, quoted names in odd case."""
+        relations = [r for r in ctx.scope if r.table is not None]
+        value = self.expression(ctx, kind, depth)
+        forms = {
+            TEXT: [f"{value} COLLATE \"C\"", "text 'x'", f"(ARRAY[{value}])[1]", "'x'::\"Text\""],
+            INT: ["int4 '7'", f"(ARRAY[{value}, 1])[1]", "array_length(ARRAY(SUBQUERY), 1)",
+                  f"(SELECT count(*) FROM (TABLE {self.c.pick(('orders', 'customers'))}) x)::int"],
+            NUM: ["numeric '1.5'", f"({value})::numeric(5, 1)"],
+            TS: ["timestamptz '2025-01-01'", "date '2025-01-01'", f"{value} AT TIME ZONE 'UTC'"],
+            BOOL: [f"ROW({value}, 1) = ROW({value}, 1)", "(1, 'a') < (2, 'b')", f"{value} IS NOT TRUE"],
+            UUID: ["uuid '0b5e7c3e-2a4f-4c59-8a0e-8f4b9c1e2d3a'"],
+        }[kind]
+        if relations:
+            relation = self.c.pick(relations)
+            forms += {
+                TEXT: [f"{relation.name}::text", f"row_to_json({relation.name})::text", f"({relation.name}).name",
+                       f"({relation.name}).\"Name\"", f"{relation.name}.\"Email\"", f"{relation.name}.\"ID\"::text"],
+                INT: [f"({relation.name}).id", f"length({relation.name}::text)"],
+                BOOL: [f"{relation.name} IS NOT NULL", f"{relation.name} = {relation.name}"],
+            }.get(kind, [])
+        form = self.c.pick(forms)
+        if "SUBQUERY" in form:
+            if self.budget <= 0:
+                return value
+            self.budget -= 1
+            try:
+                form = form.replace("SUBQUERY", self.select(ctx.inner(), [INT], top=False))
+            finally:
+                self.budget += 1
+        return form
 
     def scalar_subquery(self, ctx: Context, kind: str) -> str:
         self.budget -= 1

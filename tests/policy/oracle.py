@@ -278,12 +278,13 @@ class Oracle:
         self.conn.close()
         self.probe.close()
 
-    def check(self, statement: str, params: list[Any] | None = None) -> list[str]:
+    def check(self, statement: str, params: list[Any] | None = None, kind: str = "select") -> list[str]:
+        """`kind` is the statement's kind as the engine saw it (a locking read is bounded as a write is)."""
         problems = static_problems(statement, self.allowed, self.columns)
-        problems += self._dynamic(statement, params or [])
+        problems += self._dynamic(statement, params or [], kind == "select")
         return list(dict.fromkeys(problems))
 
-    def _dynamic(self, statement: str, params: list[Any]) -> list[str]:
+    def _dynamic(self, statement: str, params: list[Any], read: bool) -> list[str]:
         conn = self.conn
         problems: list[str] = []
         conn.execute("BEGIN")
@@ -297,7 +298,8 @@ class Oracle:
             real = self._run(statement, params, "real")
             after = self._rows(conn)
             problems += self._writes(before, after)
-            problems += self._locks({key[0] for key in set(before) | set(after) if before.get(key) != after.get(key)})
+            problems += self._locks({key[0] for key in set(before) | set(after) if before.get(key) != after.get(key)},
+                                    read)
             problems += _compare(hidden, real, self.allowed.read)
             problems += [f"output shows hidden data ({marker})" for marker in HIDDEN_MARKERS
                          if marker.lower() not in statement.lower()
@@ -382,7 +384,7 @@ class Oracle:
                                     " without an update rule")
         return problems
 
-    def _locks(self, written: set[str]) -> list[str]:
+    def _locks(self, written: set[str], read: bool) -> list[str]:
         """Rows the statement's transaction holds locked, seen from a second connection with SKIP LOCKED.
 
         FOR UPDATE skips a row under any lock, FOR NO KEY UPDATE one under any lock but KEY SHARE, which is
@@ -401,7 +403,7 @@ class Oracle:
                     problems.append(f"locks {locked} {table} row(s) of tenant {tenant}")
                 elif (strong or (locked and not referenced)) and not self.allowed.may_lock(table):
                     problems.append(f"locks {locked} {table} row(s) without an update rule")
-        if not written and total > self.max_rows_written:  # a read that locks: a write intent, bounded as writes are
+        if read and total > self.max_rows_written:  # a read that locks: a write intent, bounded as writes are
             problems.append(f"locks {total} rows, more than maxRowsWritten {self.max_rows_written}")
         return problems
 
