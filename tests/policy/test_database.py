@@ -303,3 +303,17 @@ def test_or_and_not_wheres_update_exactly_the_tenants_rows(policy_db: PolicyData
         with psycopg.connect(policy_db.admin_dsn) as conn, conn.cursor() as cur:
             cur.executemany("UPDATE orders SET status = %s WHERE id = %s AND status = 'probed'",
                             [(status, key) for key, status in before.items()])
+
+
+def test_a_row_lock_reaches_only_rows_the_update_filter_admits(policy_db: PolicyDatabase) -> None:
+    rules = [{"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"]},
+             {"id": "fix-open", "effect": "allow", "actions": ["update"], "tables": ["orders"], "columns": ["status"],
+              "rowFilter": "status = 'open'"}]
+    policy = spec(rules=rules)
+    dsn = policy_db.grant(policy, "acme", name="lockopen")
+    with ExecutionGuard(policy_db.engine(policy), dsn, PRINCIPAL, "acme") as guard:
+        assert guard.execute("SELECT id FROM orders WHERE id = 11").rows == [(11,)]  # paid: readable
+        paid = guard.execute("SELECT id FROM orders WHERE id = 11 FOR UPDATE")  # ...but not lockable
+        assert paid.ok and paid.rows == [], paid.reasons
+        open_ = guard.execute("SELECT id FROM orders WHERE id IN (10, 11) FOR UPDATE")
+        assert open_.ok and open_.rows == [(10,)], open_.reasons

@@ -268,3 +268,20 @@ def test_functions_that_escape_the_statement_are_unsafe_in_every_mode(mode: str,
 def test_type_modifiers_must_be_integer_literals(engine: PolicyEngine, sql: str) -> None:
     """libpg_query's deparser drops a modifier that is not a constant (numeric(12, )): what runs would differ."""
     refused_with(engine, sql, "cast_not_allowed", "type modifiers")
+
+
+def test_a_row_lock_reaches_only_rows_the_update_rules_filter_admits() -> None:
+    """Found reading the code: FOR UPDATE locked every readable row, even rows the update rule's rowFilter excludes."""
+    rules = [{"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"]},
+             {"id": "fix-open", "effect": "allow", "actions": ["update"], "tables": ["orders"], "columns": ["status"],
+              "rowFilter": "status = 'open'"}]
+    engine = PolicyEngine(spec(rules=rules), schema())
+    locked = engine.decide(PRINCIPAL, "SELECT id FROM orders WHERE id = 11 FOR UPDATE", tenant="acme")
+    assert locked.allowed, locked.reasons
+    assert locked.sql == ("SELECT id FROM (SELECT id FROM orders WHERE tenant_id = 'acme' AND status = 'open') orders "
+                          "WHERE id = 11 LIMIT 11 FOR UPDATE")
+    read = engine.decide(PRINCIPAL, "SELECT id FROM orders WHERE id = 11", tenant="acme")
+    assert read.sql == "SELECT id FROM (SELECT id FROM orders WHERE tenant_id = 'acme') orders WHERE id = 11 LIMIT 1000"
+    unpooled = engine.decide(PRINCIPAL, "SELECT * FROM (SELECT id FROM orders WHERE id = 11) o FOR SHARE")
+    assert unpooled.sql == ("SELECT * FROM (SELECT id FROM (SELECT id FROM orders WHERE status = 'open') orders "
+                            "WHERE id = 11) o LIMIT 11 FOR SHARE")

@@ -66,8 +66,18 @@ _INTEGER = re.compile(r"^\s*[+-]?\d+\s*$")
 _BOOLEAN = frozenset({"t", "f", "true", "false", "y", "n", "yes", "no", "on", "off", "1", "0"})
 
 
-# A base table a derived relation reads rows from: (table, its name in its SELECT, that SELECT's WHERE).
-Source = tuple[Table, str, pb.Node]
+@dataclass
+class FromSlot:
+    """A base table in a FROM list: the Node the rewriter replaces with a filtered subquery."""
+
+    node: pb.Node
+    range_var: pb.RangeVar
+    table: Table
+    locked: bool = False  # a row lock reaches it: the update rules' row filters apply too
+
+
+# A base table a derived relation reads rows from: (its slot, its name in its SELECT, that SELECT's WHERE).
+Source = tuple[FromSlot, str, pb.Node]
 
 
 @dataclass
@@ -78,6 +88,7 @@ class Relation:
     columns: tuple[str, ...]
     table: Table | None = None
     sources: tuple[Source, ...] = ()  # for a CTE or subquery: the base tables a row lock on it reaches
+    slot: FromSlot | None = None  # for a base table in a FROM list
 
 
 @dataclass
@@ -100,15 +111,6 @@ class Scope:
 class ParamType:
     family: TypeFamily
     array: bool = False
-
-
-@dataclass
-class FromSlot:
-    """A base table in a FROM list: the Node the rewriter replaces with a filtered subquery."""
-
-    node: pb.Node
-    range_var: pb.RangeVar
-    table: Table
 
 
 @dataclass
@@ -255,8 +257,8 @@ class Analysis:
         """The base tables under `relations`, each with the WHERE of the SELECT that reads it."""
         found: list[Source] = []
         for relation in relations:
-            if relation.table is not None:
-                found.append((relation.table, relation.name, where))
+            if relation.slot is not None:
+                found.append((relation.slot, relation.name, where))
             else:
                 found.extend(relation.sources)
         return tuple(found)
@@ -283,9 +285,10 @@ class Analysis:
                         self.deny("unknown_table", f"{range_var.relname} in {label} OF is not in the FROM clause",
                                   range_var)
                     relations.extend(found)
-            for table, name, where in self.sources(relations, stmt.where_clause):
-                self.access("update", table, None, clause)
-                self.locks.append((table.name, restricts(where, name, table)))
+            for slot, name, where in self.sources(relations, stmt.where_clause):
+                slot.locked = True
+                self.access("update", slot.table, None, clause)
+                self.locks.append((slot.table.name, restricts(where, name, slot.table)))
 
     def with_clause(self, clause: pb.WithClause, outer: Scope | None,
                     ctes: dict[str, Relation]) -> dict[str, Relation]:
@@ -473,8 +476,9 @@ class Analysis:
             if table is None:
                 return
             self.access("select", table, None, range_var)
-            scope.relations.append(Relation(name, tuple(table.columns), table))
-            self.from_slots.append(FromSlot(item, range_var, table))
+            slot = FromSlot(item, range_var, table)
+            scope.relations.append(Relation(name, tuple(table.columns), table, slot=slot))
+            self.from_slots.append(slot)
         elif kind == "join_expr":
             join = item.join_expr
             if join.is_natural:

@@ -19,7 +19,8 @@ from .tree import deparse, pb, set_column, set_integer, set_text
 def rewrite(result: pb.ParseResult, analysis: Analysis, limits: Limits) -> str:
     rules, tenant = analysis.rules, analysis.tenant
     for slot in analysis.from_slots:
-        if _restricted(slot.table, "select", rules, tenant):
+        if _restricted(slot.table, "select", rules, tenant) or (
+                slot.locked and rules.row_filters_for("update", slot.table.name)):
             _filter(slot, [c for c in slot.table.columns if ("select", slot.table.name, c) in analysis.accesses],
                     rules, tenant)
     target = analysis.target
@@ -44,26 +45,28 @@ def _restricted(table: Table, action: str, rules: RuleSet, tenant: str | None) -
 
 
 def _restrict(where: pb.Node, table: Table, action: str, rules: RuleSet, tenant: str | None, qualifier: str) -> None:
-    """AND the tenant predicate and row filters around a WHERE clause of the written table.
+    """AND the tenant predicate and row filters around a WHERE clause of the written table."""
+    if _restricted(table, action, rules, tenant):
+        _predicate(_conjunct(where), table, action, rules, tenant, qualifier)
 
-    An AND takes one more conjunct; anything else (an OR, a NOT, one comparison) becomes the first argument
+
+def _conjunct(where: pb.Node) -> pb.Node:
+    """A new, empty Node AND-ed to `where` (`where` itself when it is empty).
+
+    An AND takes one more argument; anything else (an OR, a NOT, one comparison) becomes the first argument
     of a new AND, so its meaning is kept whole."""
-    if not _restricted(table, action, rules, tenant):
-        return
     kind = where.WhichOneof("node")
     if kind is None:
-        _predicate(where, table, action, rules, tenant, qualifier)
-        return
+        return where
     if kind == "bool_expr" and where.bool_expr.boolop == pb.AND_EXPR:
-        _predicate(where.bool_expr.args.add(), table, action, rules, tenant, qualifier)
-        return
+        return where.bool_expr.args.add()
     original = pb.Node()
     original.CopyFrom(where)
     where.Clear()
     both = where.bool_expr
     both.boolop = pb.AND_EXPR
     both.args.append(original)
-    _predicate(both.args.add(), table, action, rules, tenant, qualifier)
+    return both.args.add()
 
 
 def _predicate(node: pb.Node, table: Table, action: str, rules: RuleSet, tenant: str | None,
@@ -131,7 +134,11 @@ def _filter(slot: FromSlot, columns: list[str], rules: RuleSet, tenant: str | No
     for column in columns:
         set_column(query.target_list.add().res_target.val, column)
     query.from_clause.add().range_var.CopyFrom(range_var)
-    _predicate(query.where_clause, slot.table, "select", rules, tenant, None)
+    if _restricted(slot.table, "select", rules, tenant):
+        _predicate(query.where_clause, slot.table, "select", rules, tenant, None)
+    locked_filters = rules.row_filters_for("update", slot.table.name) if slot.locked else None
+    if locked_filters:  # a row lock is a write intent: only rows an UPDATE could reach are locked
+        _row_filters(_conjunct(query.where_clause), locked_filters, rules, None)
     query.limit_option = pb.LIMIT_OPTION_DEFAULT
     query.op = pb.SETOP_NONE
 
