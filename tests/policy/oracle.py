@@ -148,6 +148,9 @@ class Allowed:
     insert: frozenset[str]
     delete: frozenset[str]
     functions: frozenset[str]
+    # (action, table) -> the rows a rule lets the action reach, as SQL (the OR of its rules' rowFilters),
+    # where every allowing rule has one; no entry: every row of the tenant
+    row_filters: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @classmethod
     def from_spec(cls, spec: AgentPolicySpec, columns: dict[str, tuple[str, ...]]) -> Allowed:
@@ -166,12 +169,21 @@ class Allowed:
             return any(r.effect == "allow" for r in rules) and not any(
                 r.effect == "deny" and "*" in r.columns for r in rules)
 
+        def row_filter(action: str, table: str) -> str | None:
+            rules = [r for r in spec.rules if r.effect == "allow" and action in [str(a) for a in r.actions]
+                     and {table, "*"} & set(r.tables)]
+            if not rules or any(r.rowFilter is None for r in rules):
+                return None
+            return " OR ".join(f"({r.rowFilter})" for r in rules)
+
         tables = list(columns)
+        filters = {(a, t): f for a in ("select", "update", "delete") for t in tables
+                   if (f := row_filter(a, t)) is not None}
         return cls(read={t: granted("select", t) | {"tenant_id"} for t in tables},
                    update={t: granted("update", t) for t in tables},
                    insert=frozenset(t for t in tables if whole("insert", t)),
                    delete=frozenset(t for t in tables if whole("delete", t)),
-                   functions=frozenset(spec.functions))
+                   functions=frozenset(spec.functions), row_filters=filters)
 
     def may_lock(self, table: str) -> bool:
         """A row lock is a write intent: the table needs an update (or delete) rule."""
@@ -269,6 +281,8 @@ class Oracle:
             conn.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(timeout_ms)))
             conn.execute("SET search_path = pg_catalog, public")
         self._settings: tuple[str | None, dict[str, str]] = (None, {})
+        self._filtered: set[tuple[str, int]] = set()
+        self._unreachable: dict[str, set[tuple[str, int]]] = {}
         self._names = (f"paybill_fuzz_{os.getpid()}_{n}" for n in itertools.count())
         prepared = self.conn.execute("SELECT current_setting('max_prepared_transactions')::int").fetchone()[0]
         if not prepared:
@@ -295,12 +309,13 @@ class Oracle:
             hidden = self._run(statement, params, "hidden")
             conn.execute("ROLLBACK TO SAVEPOINT hidden")
             before = self._rows(conn)
+            self._unreachable = self._outside_filters(conn)
             real = self._run(statement, params, "real")
             after = self._rows(conn)
             problems += self._writes(before, after)
             problems += self._locks({key[0] for key in set(before) | set(after) if before.get(key) != after.get(key)},
                                     read)
-            problems += _compare(hidden, real, self.allowed.read)
+            problems += _compare(hidden, real, self.allowed.read, self._filtered)
             problems += [f"output shows hidden data ({marker})" for marker in HIDDEN_MARKERS
                          if marker.lower() not in statement.lower()
                          and any(marker.lower() in row.lower() for row in real.rows)]
@@ -337,10 +352,17 @@ class Oracle:
         return run
 
     def _hide(self, conn: psycopg.Connection) -> None:
-        """Delete the other tenant's rows and scramble every column the agent may not read."""
+        """Delete the other tenant's rows and the rows no select rule's rowFilter admits; scramble every column
+        the agent may not read."""
         for table in ("orders", "customers", "secrets"):
             conn.execute(sql.SQL("DELETE FROM {} WHERE tenant_id <> {}").format(
                 sql.Identifier(table), sql.Literal(TENANT)))
+        self._filtered = set()
+        for (action, table), row_filter in self.allowed.row_filters.items():
+            if action == "select":
+                deleted = conn.execute(sql.SQL("DELETE FROM {} WHERE ({}) IS NOT TRUE RETURNING id").format(
+                    sql.Identifier(table), sql.SQL(row_filter)))  # the policy's own predicate, trusted here
+                self._filtered |= {(table, key) for (key,) in deleted}
         types = _schema_types()
         for table, columns in self.columns.items():
             hidden = [c for c in columns if c not in self.allowed.read[table] and c != "tenant_id"]
@@ -348,6 +370,16 @@ class Oracle:
                 sets = sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(c), _scramble(c, types[table][c]))
                                           for c in hidden)
                 conn.execute(sql.SQL("UPDATE {} SET {}").format(sql.Identifier(table), sets))
+
+    def _outside_filters(self, conn: psycopg.Connection) -> dict[str, set[tuple[str, int]]]:
+        """Per write action, the tenant's rows its rules' rowFilters keep out of reach."""
+        unreachable: dict[str, set[tuple[str, int]]] = {"update": set(), "delete": set()}
+        for (action, table), row_filter in self.allowed.row_filters.items():
+            if action in unreachable:
+                rows = conn.execute(sql.SQL("SELECT id FROM {} WHERE ({}) IS NOT TRUE").format(
+                    sql.Identifier(table), sql.SQL(row_filter)))
+                unreachable[action] |= {(table, key) for (key,) in rows}
+        return unreachable
 
     def _rows(self, conn: psycopg.Connection) -> dict[tuple[str, int], dict[str, Any]]:
         rows = {}
@@ -375,6 +407,8 @@ class Oracle:
                     problems.append(f"deletes a {table} row of tenant {old['tenant_id']}")
                 elif table not in self.allowed.delete:
                     problems.append(f"deletes from {table} without a delete rule")
+                elif key in self._unreachable.get("delete", ()):
+                    problems.append(f"deletes a {table} row its delete rules' rowFilter excludes")
             else:
                 changed = sorted(c for c in old if old[c] != new.get(c))
                 if old["tenant_id"] != TENANT:
@@ -382,6 +416,8 @@ class Oracle:
                 elif set(changed) - self.allowed.update[table]:
                     problems.append(f"changes {table}.{', '.join(sorted(set(changed) - self.allowed.update[table]))}"
                                     " without an update rule")
+                elif key in self._unreachable.get("update", ()):
+                    problems.append(f"changes a {table} row its update rules' rowFilter excludes")
         return problems
 
     def _locks(self, written: set[str], read: bool) -> list[str]:
@@ -446,7 +482,8 @@ class Oracle:
         return []
 
 
-def _compare(hidden: Run, real: Run, readable: dict[str, frozenset[str]]) -> list[str]:
+def _compare(hidden: Run, real: Run, readable: dict[str, frozenset[str]], filtered: set[tuple[str, int]]
+             ) -> list[str]:
     if hidden.error != real.error:
         return [f"the outcome depends on hidden data: {real.error or 'ok'} with it, {hidden.error or 'ok'} without"]
     problems = []
@@ -456,7 +493,7 @@ def _compare(hidden: Run, real: Run, readable: dict[str, frozenset[str]]) -> lis
                         f"{len(hidden.rows)} without; e.g. {extra})")
     elif hidden.rowcount != real.rowcount:
         problems.append(f"the row count depends on hidden data ({real.rowcount} vs {hidden.rowcount})")
-    visible_real = _visible(real.state, readable)
+    visible_real = {k: v for k, v in _visible(real.state, readable).items() if k not in filtered}
     visible_hidden = _visible(hidden.state, readable)
     if visible_real != visible_hidden:
         keys = [k for k in set(visible_real) | set(visible_hidden) if visible_real.get(k) != visible_hidden.get(k)]
@@ -492,8 +529,9 @@ def _schema_types() -> dict[str, dict[str, str]]:
 
 
 def policies() -> dict[str, AgentPolicySpec]:
-    """The policies the fuzzer runs under: the support policy, and a writer that also inserts, deletes and
-    upserts orders and updates customers' emails (so that INSERT, ON CONFLICT and DELETE can be admitted)."""
+    """The policies the fuzzer runs under: the support policy; a writer that also inserts, deletes and upserts
+    orders and updates customers' emails (so that INSERT, ON CONFLICT and DELETE can be admitted); and the
+    support policy with a rowFilter on reading and updating orders (canceled orders are out of reach)."""
     support = load_policy(HERE / "support-policy.yaml").spec
     data = support.model_dump(mode="json")
     data["rules"] = [rule for rule in data["rules"] if rule["id"] != "no-delete"] + [
@@ -505,7 +543,12 @@ def policies() -> dict[str, AgentPolicySpec]:
         {"id": "no-secrets", "effect": "deny", "actions": ["select", "update", "delete", "insert"],
          "tables": ["secrets"]},
     ]
-    return {"support": support, "writer": AgentPolicySpec.model_validate(data)}
+    filtered = support.model_dump(mode="json")
+    for rule in filtered["rules"]:
+        if rule["id"] in ("read-orders", "fix-status"):
+            rule["rowFilter"] = "status <> 'canceled'"
+    return {"support": support, "writer": AgentPolicySpec.model_validate(data),
+            "filtered": AgentPolicySpec.model_validate(filtered)}
 
 
 def _schema_columns() -> dict[str, list[str]]:
