@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast lint crds emulator operator e2e bench clean
+.PHONY: install demo test test-fast lint crds emulator operator e2e bench fuzz clean
 
 install: $(STAMP)
 
@@ -27,6 +27,9 @@ test-fast: install  ## without the slow groups (operator end to end, kubectl, de
 bench: install  ## benchmarks side by side in one run; writes BENCHMARKS.md
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench
+
+fuzz: install  ## the long grammar-fuzzing campaign of the agent gate (PAYBILL_FUZZ_CAMPAIGN statements, 100000)
+	$(BIN)/python -m bench.fuzz
 
 lint: install
 	$(BIN)/ruff check operator tests

@@ -72,7 +72,7 @@ ESCAPES = [
     ("SELECT count(*) FROM pg_roles", "reads relation pg_roles"),
     ("SELECT current_user", "reads session information"),
     ("SELECT id FROM orders WHERE tenant_id = 'acme' LIMIT 5 FOR UPDATE", ""),
-    ("SELECT id FROM orders WHERE tenant_id = 'acme' FOR UPDATE", "locks 20 rows, more than maxRowsWritten 10"),
+    ("SELECT id FROM orders WHERE tenant_id = 'acme' FOR UPDATE", "locks 20 orders rows, more than maxRowsWritten 10"),
 ]
 FILTERED_ESCAPES = [
     ("SELECT id, status FROM orders WHERE tenant_id = 'acme'", "depends on hidden data"),
