@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from paybill.database.server import LocalPostgres
-from paybill.database.tenants import role_name
+from paybill.database.tenants import TenantDatabases
 from paybill.lifecycle.conditions import is_true
 
 API = "paybill.dev/v1alpha1"
@@ -70,24 +70,31 @@ def test_kill_9_at_random_points_while_100_tenants_onboard(cluster: Any, postgre
         assert len(kube.list("v1", "serviceaccounts", namespace)) == 2
         assert len(kube.list("rbac.authorization.k8s.io/v1", "roles", namespace)) == 2
         assert len(kube.list("rbac.authorization.k8s.io/v1", "rolebindings", namespace)) == 2
+    expected = {name: TenantDatabases(postgres.dsn).tenant_role(name) for name in names}
+
+    def owned(conn: psycopg.Connection, kind: str) -> set[str]:  # what Paybill created for these tenants
+        return {n for (n,) in conn.execute("SELECT name FROM paybill.owned WHERE kind = %s AND owner LIKE %s",
+                                           (kind, f"Tenant {PREFIX}-%"))}
+
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-        roles = {r for (r,) in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE %s",
-                                            (role_name(PREFIX) + "%",))}
-        assert roles == {role_name(name) for name in names}
+        roles = {r for (r,) in conn.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)",
+                                            (list(owned(conn, "role")),))}
+        assert roles == owned(conn, "role") == set(expected.values())
         placements = dict(conn.execute("SELECT tenant, isolation FROM paybill.placements WHERE tenant LIKE %s "
                                        "AND migrating_to IS NULL AND previous IS NULL", (f"{PREFIX}-%",)).fetchall())
         assert placements == names
-        silos = {d for (d,) in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
-                                            (role_name(PREFIX) + "%",))}
-        assert silos == {role_name(name) for name, mode in names.items() if mode == "silo"}
+        silos = {d for (d,) in conn.execute("SELECT datname FROM pg_database WHERE datname = ANY(%s)",
+                                            (list(owned(conn, "database")),))}
+        assert silos == owned(conn, "database") == {expected[name] for name, mode in names.items() if mode == "silo"}
+        bridged = owned(conn, "schema")
     with psycopg.connect(postgres.dsn, dbname="paybill_pooled") as conn:
         mapped = conn.execute("SELECT tenant FROM paybill.tenant_roles WHERE tenant LIKE %s",
                               (f"{PREFIX}-%",)).fetchall()
         assert sorted(t for (t,) in mapped) == sorted(n for n, mode in names.items() if mode == "pooled")
     with psycopg.connect(postgres.dsn, dbname="paybill_bridge") as conn:
-        schemas = {s for (s,) in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",
-                                              (role_name(PREFIX) + "%",))}
-        assert schemas == {role_name(name) for name, mode in names.items() if mode == "bridge"}
+        schemas = {s for (s,) in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)",
+                                              (list(bridged),))}
+        assert schemas == bridged == {expected[name] for name, mode in names.items() if mode == "bridge"}
     for name in chance.sample(sorted(names), 10):  # the password in each Secret is the role's password
         secret = kube.get("v1", "secrets", "paybill-database", f"tenant-{name}")
         uri = base64.b64decode(secret["data"]["uri"]).decode()

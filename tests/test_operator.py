@@ -12,7 +12,7 @@ import pytest
 import yaml
 from kopf.testing import KopfRunner
 
-from paybill.database.tenants import role_name
+from paybill.database.tenants import TenantDatabases
 from paybill.lifecycle.conditions import is_true
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,8 +52,9 @@ def test_sample_tenants_become_active_with_namespace_role_and_events(operator: A
         annotations = tenant["metadata"].get("annotations", {})
         assert all(len(v) < 1024 for k, v in annotations.items() if k.startswith("paybill.dev/"))
     with psycopg.connect(postgres.dsn) as conn:
-        roles = {r for (r,) in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'tenant_%'")}
-    assert {role_name("acme"), role_name("globex"), role_name("initech")} <= roles
+        roles = {r for (r,) in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 't\\_%'")}
+    names = TenantDatabases(postgres.dsn)
+    assert {names.tenant_role("acme"), names.tenant_role("globex"), names.tenant_role("initech")} <= roles
     events = kube.list("v1", "events")
     reasons = {(e["involvedObject"]["name"], e["reason"]) for e in events}
     assert ("acme", "Active") in reasons and ("acme", "NamespaceCreated") in reasons
@@ -101,7 +102,8 @@ def test_deleting_a_tenant_offboards_namespace_and_role(operator: Any, postgres:
     operator.eventually(lambda: kube.get(API, "tenants", "leaver") is None)
     assert kube.get("v1", "namespaces", "tenant-leaver") is None
     with psycopg.connect(postgres.dsn) as conn:
-        assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role_name("leaver"),)).fetchone() is None
+        assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
+                            (TenantDatabases(postgres.dsn).tenant_role("leaver"),)).fetchone() is None
 
 
 def test_a_dead_database_is_reported_and_retried(cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:

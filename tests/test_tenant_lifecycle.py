@@ -19,7 +19,7 @@ import pytest
 
 from paybill.audit import AuditLog, ChainBroken
 from paybill.database.server import LocalPostgres
-from paybill.database.tenants import Placement, TenantDatabases, restore_backup, role_name
+from paybill.database.tenants import Placement, TenantDatabases, restore_backup
 from paybill.lifecycle.conditions import is_true
 
 API = "paybill.dev/v1alpha1"
@@ -90,7 +90,7 @@ def test_onboarding_provisions_namespace_objects_and_database_per_model(operator
     for isolation, name in names.items():
         current = wait_phase(operator, name, "Active")
         assert current["isolation"] == isolation and current["access"] == "full"
-        assert current["database"]["role"] == role_name(name)
+        assert current["database"]["role"] == TenantDatabases(postgres.dsn).tenant_role(name)
         namespace = f"tenant-{name}"
         kube = operator.kube
         assert {sa["metadata"]["name"] for sa in kube.list("v1", "serviceaccounts", namespace)} == {
@@ -171,7 +171,7 @@ def test_plan_change_migrates_pooled_to_silo_and_back_without_losing_rows(operat
     operator.kube.apply(plan("plan-silo", "silo"))
     operator.kube.merge_patch(API, "tenants", name, {"spec": {"planRef": "plan-silo"}})
     current = wait_phase(operator, name, "Active", isolation="silo")
-    assert current["database"]["database"] == role_name(name)
+    assert current["database"]["database"] == TenantDatabases(postgres.dsn).tenant_role(name)
     with login(operator, name) as conn:
         assert conn.execute("SELECT count(*) FROM customers").fetchone()[0] == 50
     events = [e for e in operator.kube.list("v1", "events") if e["involvedObject"]["name"] == name]
@@ -206,11 +206,11 @@ def test_offboarding_takes_a_backup_that_restores_then_applies_the_deletion_poli
     assert backup["tables"] == {t: {"rows": c.rows, "md5": c.md5} for t, c in expected.items()}
     assert operator.eventually(lambda: operator.kube.get("v1", "namespaces", f"tenant-{name}") is None)
     with psycopg.connect(postgres.dsn) as conn:  # snapshot: the data and the role are gone
-        assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role_name(name),)).fetchone() is None
+        assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (placement.role,)).fetchone() is None
     assert databases.recorded(name) == (None, None, None)
     restored_db = f"restored_{name.replace('-', '_')}"
     restore_backup(postgres.dsn, Path(backup["location"]), restored_db)
-    restored = Placement(name, placement.isolation, restored_db, placement.schema)
+    restored = Placement(name, placement.isolation, restored_db, placement.schema, placement.role)
     assert databases.checksums(restored) == expected
     operator.kube.merge_patch(API, "tenants", name, {"spec": {"offboard": False}})  # irreversible
     operator.eventually(lambda: any(e["reason"] == "TransitionRefused" for e in operator.kube.list("v1", "events")
@@ -291,7 +291,8 @@ def test_agent_policy_installs_a_role_whose_grants_follow_the_tenant(operator: A
     name, namespace = names[0], f"tenant-{names[0]}"
     operator.kube.apply(agent_policy(namespace))
     current = wait_policy(operator, namespace, "Ready", access="full")
-    assert current["role"] == f"agent_support_{name}".replace("-", "_") and current["tables"] == ["orders"]
+    assert current["role"] == TenantDatabases(postgres.dsn).agent_role(name, namespace, "support")
+    assert current["tables"] == ["orders"]
     with agent_login(operator, namespace) as conn:
         assert conn.execute("SELECT tenant_id, status FROM orders").fetchall() == [(name, "open")]
         assert conn.execute("UPDATE orders SET status = 'fixed' WHERE id = 1").rowcount == 1  # its own row only
@@ -350,7 +351,7 @@ def test_agent_grants_move_with_the_tenants_data(operator: Any, postgres: LocalP
 
     operator.kube.apply(plan("plan-silo", "silo"))
     operator.kube.merge_patch(API, "tenants", name, {"spec": {"planRef": "plan-silo"}})
-    wait_policy(operator, namespace, "Ready", database=role_name(name), schema="app")
+    wait_policy(operator, namespace, "Ready", database=TenantDatabases(postgres.dsn).tenant_role(name), schema="app")
     with agent_login(operator, namespace) as conn:
         assert conn.execute("SELECT id, status FROM orders").fetchall() == [(7, "open")]
     with psycopg.connect(postgres.dsn, dbname="paybill_pooled") as conn:  # nothing left in the pool

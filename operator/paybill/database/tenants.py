@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import psycopg
-from psycopg import conninfo, sql
+from psycopg import conninfo, errors, sql
 
 from ..api.plan import Isolation
 from ..billing.grace import Access
@@ -145,6 +145,9 @@ class TenantDatabases:
         self.backup_dir = backup_dir
         self._local = threading.local()
         self._ready: set[tuple[str, str]] = set()  # (database, schema) at the latest migration, set up
+        # One thread at a time sets up shared objects (concurrent GRANTs on one object fail with "tuple
+        # concurrently updated"): a lock in this process, which no tenant can reach.
+        self._setup = threading.RLock()
         self._key: bytes | None = None
 
     # --- connections -----------------------------------------------------------------------------------
@@ -201,12 +204,15 @@ class TenantDatabases:
         """The operator's own tables, and its database closed to everyone else (tenants included)."""
         if ("", CONTROL_SCHEMA) in self._ready:
             return
-        create_idempotently(conn, _create_control_tables)
-        for database in {conn.info.dbname, "postgres", "template1"}:
-            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
-                conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(
-                    sql.Identifier(database)))
-        self._ready.add(("", CONTROL_SCHEMA))
+        with self._setup:
+            if ("", CONTROL_SCHEMA) in self._ready:
+                return
+            create_idempotently(conn, _create_control_tables)
+            for database in {conn.info.dbname, "postgres", "template1"}:
+                if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
+                    conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(
+                        sql.Identifier(database)))
+            self._ready.add(("", CONTROL_SCHEMA))
 
     # --- names and ownership ---------------------------------------------------------------------------
 
@@ -284,7 +290,10 @@ class TenantDatabases:
                              Found(int(found[0]), bool(found[1])) if found else None)
             if verdict == Verdict.CREATE:
                 self._remember(conn, "database", database, owner, None)  # claimed first: CREATE DATABASE
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))  # is no transaction
+                try:  # is no transaction
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+                except (errors.DuplicateDatabase, errors.UniqueViolation):
+                    return self._claim_database(database, owner)  # another reconcile of ours won the race
                 conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(database)))
             if verdict != Verdict.USE:
                 oid = conn.execute("SELECT oid FROM pg_database WHERE datname = %s", (database,)).fetchone()
@@ -364,8 +373,9 @@ class TenantDatabases:
                 if mapped is None or mapped[0] != placement.tenant:
                     raise MigrationError(f"role {placement.role} is mapped to another tenant")
             else:
-                conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
-                    sql.Identifier(placement.database), role))
+                with self._setup:  # one database row: concurrent GRANTs on it would fail
+                    conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+                        sql.Identifier(placement.database), role))
                 conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, role))
                 conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(schema, role))
                 conn.execute(sql.SQL("REVOKE ALL ON {}.{} FROM {}").format(schema, sql.Identifier(LEDGER), role))
@@ -383,23 +393,34 @@ class TenantDatabases:
         if (placement.database, "") in self._ready:
             return
         shared = placement.database in (POOLED_DATABASE, BRIDGE_DATABASE)
-        self._claim_database(placement.database, SHARED_OWNER if shared else tenant_identity(placement.tenant))
-        if shared:
+        if not shared:
+            self._claim_database(placement.database, tenant_identity(placement.tenant))
+            return
+        with self._setup:
+            if (placement.database, "") in self._ready:
+                return
+            self._claim_database(placement.database, SHARED_OWNER)
             with self.session(placement.database) as conn:
                 create_idempotently(conn, _harden_shared_database)
-        self._ready.add((placement.database, ""))
+            self._ready.add((placement.database, ""))
 
     def _ensure_schema(self, conn: psycopg.Connection, placement: Placement) -> None:
         key = (placement.database, placement.schema)
         if key in self._ready:
             return
-        conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
         if placement.isolation == Isolation.BRIDGE:
             self._claim_schema(conn, placement.database, placement.schema, tenant_identity(placement.tenant))
-        migrate(conn, placement.schema)
-        if placement.pooled:
-            self.claim_role(POOLED_GROUP, SHARED_OWNER, "NOLOGIN NOINHERIT")
-            create_idempotently(conn, _ensure_pooled)
+            migrate(conn, placement.schema)
+        elif placement.pooled:
+            with self._setup:
+                if key in self._ready:
+                    return
+                migrate(conn, placement.schema)
+                self.claim_role(POOLED_GROUP, SHARED_OWNER, "NOLOGIN NOINHERIT")
+                create_idempotently(conn, _ensure_pooled)
+        else:
+            conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
+            migrate(conn, placement.schema)
         self._ready.add(key)
 
     # --- access ----------------------------------------------------------------------------------------
@@ -712,8 +733,9 @@ def _harden_shared_database(conn: psycopg.Connection) -> None:
     conn.execute("REVOKE USAGE ON LANGUAGE plpgsql FROM PUBLIC")  # no DO blocks
     for catalog in REVOKED_CATALOGS:
         conn.execute(sql.SQL("REVOKE ALL ON {} FROM PUBLIC").format(sql.Identifier("pg_catalog", catalog)))
-    functions = [str(f) for (f,) in conn.execute("SELECT p.oid::regprocedure::text FROM pg_proc p "
-                                                  "WHERE p.proname ~ %s ORDER BY 1", (REVOKED_FUNCTIONS,))]
+    functions = [str(f) for (f,) in conn.execute(  # those PUBLIC may still execute (a NULL acl means it may)
+        "SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.proname ~ %s AND (p.proacl IS NULL OR "
+        "EXISTS (SELECT 1 FROM aclexplode(p.proacl) a WHERE a.grantee = 0)) ORDER BY 1", (REVOKED_FUNCTIONS,))]
     for function in functions:  # regprocedure text is already a quoted, schema-qualified signature
         conn.execute(sql.SQL("REVOKE EXECUTE ON FUNCTION {} FROM PUBLIC").format(sql.SQL(function)))  # type: ignore[arg-type]
 
