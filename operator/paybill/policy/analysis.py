@@ -48,6 +48,33 @@ SET_OPERATION_FIELDS = _ANY_SELECT | {"all", "larg", "rarg"}
 VALUES_FIELDS = _ANY_SELECT | {"values_lists"}
 INSERT_VALUES_FIELDS = frozenset({"values_lists", "limit_option", "op"})  # INSERT ... VALUES: the list, nothing else
 
+
+def _field_tests(message: Any, handled: frozenset[str]) -> tuple[tuple[str, int, Any], ...]:
+    """Every field of the message type (from its descriptor, so fields a newer libpg_query adds are in) that
+    `handled` leaves out, with how to tell it is set: cheaper per statement than ListFields()."""
+    tests = []
+    for descriptor in message.DESCRIPTOR.fields:
+        if descriptor.name not in handled:
+            kind = 0 if descriptor.is_repeated else 1 if descriptor.message_type is not None else 2
+            tests.append((descriptor.name, kind, descriptor.default_value if kind == 2 else None))
+    return tuple(tests)
+
+
+def unhandled_fields(message: Any, tests: tuple[tuple[str, int, Any], ...]) -> list[str]:
+    """The fields among `tests` that are set on `message`."""
+    found = []
+    for name, kind, default in tests:
+        if (len(getattr(message, name)) if kind == 0 else message.HasField(name) if kind == 1
+                else getattr(message, name) != default):
+            found.append(name)
+    return found
+
+
+_SELECT_UNHANDLED = _field_tests(pb.SelectStmt, SELECT_FIELDS)
+_SET_OPERATION_UNHANDLED = _field_tests(pb.SelectStmt, SET_OPERATION_FIELDS)
+_VALUES_UNHANDLED = _field_tests(pb.SelectStmt, VALUES_FIELDS)
+_INSERT_VALUES_UNHANDLED = _field_tests(pb.SelectStmt, INSERT_VALUES_FIELDS)
+
 STATEMENT_KINDS = {"select_stmt": "select", "insert_stmt": "insert", "update_stmt": "update",
                    "delete_stmt": "delete"}
 _NEVER = {
@@ -194,19 +221,18 @@ class Analysis:
     def select(self, stmt: pb.SelectStmt, outer: Scope | None, ctes: dict[str, Relation],
                top: bool = False) -> tuple[tuple[str, ...], tuple[Source, ...]]:
         """Walk one SELECT, set operation or VALUES; returns its output columns and the base tables it reads."""
-        fields = {descriptor.name for descriptor, _ in stmt.ListFields()}
         if stmt.op != pb.SETOP_NONE:
-            form, handled = "a set operation", SET_OPERATION_FIELDS
+            form, tests = "a set operation", _SET_OPERATION_UNHANDLED
         elif stmt.values_lists:
-            form, handled = "VALUES", VALUES_FIELDS
+            form, tests = "VALUES", _VALUES_UNHANDLED
         else:
-            form, handled = "SELECT", SELECT_FIELDS
-        unknown = fields - handled
+            form, tests = "SELECT", _SELECT_UNHANDLED
+        unknown = unhandled_fields(stmt, tests)
         if unknown:
-            self.unsupported(stmt, f"{', '.join(sorted(unknown))} on {form}")
-        if "with_clause" in fields:
+            self.unsupported(stmt, f"{', '.join(unknown)} on {form}")
+        if stmt.HasField("with_clause"):
             ctes = self.with_clause(stmt.with_clause, outer, ctes)
-        if "into_clause" in fields:
+        if stmt.HasField("into_clause"):
             self.deny("select_into", "SELECT INTO creates a table and is never admitted", stmt.into_clause)
         if stmt.limit_option == pb.LIMIT_OPTION_WITH_TIES:
             self.unsupported(stmt, "FETCH ... WITH TIES")
@@ -334,9 +360,9 @@ class Analysis:
         if source is None:
             self.deny("insert_columns", "INSERT needs VALUES or a SELECT", stmt)
         elif source.values_lists:
-            extra = {descriptor.name for descriptor, _ in source.ListFields()} - INSERT_VALUES_FIELDS
+            extra = unhandled_fields(source, _INSERT_VALUES_UNHANDLED)
             if extra:  # the rewrite adds the tenant to each row: nothing may pick or reorder the rows
-                self.unsupported(source, f"{', '.join(sorted(extra))} after an INSERT's VALUES list")
+                self.unsupported(source, f"{', '.join(extra)} after an INSERT's VALUES list")
             self.select(source, None, {})
             for row in source.values_lists:
                 values = row.list.items
