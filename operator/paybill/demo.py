@@ -19,7 +19,7 @@ from .api import API_VERSION
 from .api.crdgen import all_crds
 from .database.server import LocalPostgres
 from .database.tenants import Placement, TenantDatabases
-from .handlers.settings import DATABASE_URL_ENV
+from .handlers.settings import DATABASE_URL_ENV, STATE_DIR_ENV
 from .kube import SYSTEM_NAMESPACES, serve, write_kubeconfig
 from .kube.client import Kube
 from .lifecycle.conditions import is_true
@@ -40,7 +40,8 @@ def load_manifests(directory: Path) -> list[dict[str, Any]]:
 
 
 def start_operator(kubeconfig: Path, database_url: str, log_path: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), DATABASE_URL_ENV: database_url}
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), DATABASE_URL_ENV: database_url,
+           STATE_DIR_ENV: str(log_path.parent)}  # backups in the demo's state directory, 0700
     log = log_path.open("wb")
     return subprocess.Popen([sys.executable, "-m", "paybill", "operator"], env=env, stdout=log,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
