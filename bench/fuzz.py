@@ -63,17 +63,19 @@ def run(count: int, seed: int, progress: int, hostility: int) -> Campaign:
             for n in range(count):
                 policy = names[n % len(names)]
                 engine, oracle = gates[policy]
-                statement = Grammar(chooser, hostility).statement()
-                decision = engine.decide(PRINCIPAL, statement, tenant="acme")
+                grammar = Grammar(chooser, hostility)
+                statement = grammar.statement()
+                decision = engine.decide(PRINCIPAL, statement, grammar.params, tenant="acme")
                 campaign.count += 1
                 if decision.allowed:
                     campaign.admitted += 1
                     campaign.by_policy[policy] += 1
-                    problems = oracle.check(decision.sql or "", kind=decision.statement or "select")
+                    problems = oracle.check(decision.sql or "", grammar.params, kind=decision.statement or "select")
                     campaign.executed += 1
                     for problem in problems:
                         campaign.findings[category(problem)].append(
-                            {"policy": policy, "sql": statement, "rewritten": decision.sql, "why": problem})
+                            {"policy": policy, "sql": statement, "params": grammar.params, "rewritten": decision.sql,
+                             "why": problem})
                 if progress and (n + 1) % progress == 0:
                     elapsed = time.perf_counter() - started
                     print(f"{n + 1} statements, {campaign.admitted} admitted, {campaign.escapes} oracle failures "

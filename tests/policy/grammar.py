@@ -50,6 +50,15 @@ LITERALS: dict[str, tuple[str, ...]] = {
     TS: ("now()", "CURRENT_TIMESTAMP", "'2020-01-01'::timestamptz", "CURRENT_DATE", "now() - interval '1 day'"),
     UUID: ("'0b5e7c3e-2a4f-4c59-8a0e-8f4b9c1e2d3a'", "NULL::uuid"),
 }
+# Bound parameter values: mostly of the position's type, sometimes not (the engine must type-check them).
+PARAMS: dict[str, tuple[object, ...]] = {
+    INT: (10, 1010, 0, "10", "ten", 2**40, None),
+    NUM: (12.5, 1, "1e3", "x"),
+    TEXT: ("open", "globex", "", "'; SELECT 1; --", 7, None),
+    BOOL: (True, False, "t", 1),
+    TS: ("2025-01-01", "yesterday", 3),
+    UUID: ("0b5e7c3e-2a4f-4c59-8a0e-8f4b9c1e2d3a", "nope"),
+}
 CASTS: dict[str, tuple[str, ...]] = {
     INT: ("int", "integer", "int4", "bigint", "\"int4\"", "\"INT4\"", "pg_catalog.int4", "smallint"),
     NUM: ("numeric", "numeric(10,2)", "float8", "\"numeric\"", "real", "double precision"),
@@ -196,6 +205,7 @@ class Grammar:
         self.hostility = hostility
         self.budget = depth
         self.aliases = 0
+        self.params: list[object] = []  # values for $1..$n, in order
 
     # -- statements -----------------------------------------------------------------------------------
 
@@ -574,6 +584,9 @@ class Grammar:
         return spelled
 
     def literal(self, kind: str) -> str:
+        if self.c.chance(6):
+            self.params.append(self.c.pick(PARAMS[kind]))
+            return f"${len(self.params)}"
         return self.c.pick(LITERALS[kind])
 
     def expression(self, ctx: Context, kind: str, depth: int) -> str:
@@ -779,7 +792,7 @@ class Grammar:
 
 
 @st.composite
-def statements(draw: st.DrawFn, hostility: int = 4) -> str:
-    """Hypothesis strategy: one generated statement as SQL text."""
-    return Grammar(DrawChooser(draw), hostility).statement()
-
+def statements(draw: st.DrawFn, hostility: int = 4) -> tuple[str, list[object]]:
+    """Hypothesis strategy: one generated statement as SQL text, and the values of its $n parameters."""
+    grammar = Grammar(DrawChooser(draw), hostility)
+    return grammar.statement(), grammar.params

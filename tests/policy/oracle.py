@@ -275,7 +275,7 @@ class Oracle:
         self.allowed = Allowed.from_spec(spec, self.columns)
         self.max_rows_written = spec.limits.maxRowsWritten
         self.timeout_ms = timeout_ms
-        self.conn = psycopg.connect(dsn, autocommit=True)
+        self.conn = psycopg.connect(dsn, autocommit=True, cursor_factory=psycopg.RawCursor)  # $n, as the guard
         self.probe = psycopg.connect(dsn, autocommit=True)
         for conn in (self.conn, self.probe):
             conn.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(timeout_ms)))
@@ -338,7 +338,7 @@ class Oracle:
         timer.start()
         run = Run()
         try:
-            cursor = conn.cursor(row_factory=psycopg.rows.tuple_row)
+            cursor = conn.cursor()
             cursor.execute(statement, params or None, prepare=False)
             run.rowcount = cursor.rowcount
             run.rows = sorted(repr(row) for row in (cursor.fetchall() if cursor.description else []))

@@ -3,7 +3,7 @@
 Hypothesis builds statements from tests/policy/grammar.py; every statement the engine admits for tenant acme
 is run (its rewritten SQL) by tests/policy/oracle.py as a role that bypasses row-level security, in a
 transaction that is never committed, and must keep to acme's rows, the readable columns and the allowed
-writes, and leave nothing behind. PAYBILL_FUZZ_EXAMPLES sets the number of examples (300 by default);
+writes, and leave nothing behind. PAYBILL_FUZZ_EXAMPLES sets the number of examples (400 by default);
 bench/fuzz.py runs the long campaign. Escapes found so far are in fuzz-findings.jsonl: each must be denied.
 """
 
@@ -24,7 +24,7 @@ from .grammar import statements
 from .oracle import SCHEMA_SQL, Oracle, create_database, fuzz_server, policies
 
 PRINCIPAL = "agent:support-bot"
-EXAMPLES = int(os.environ.get("PAYBILL_FUZZ_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("PAYBILL_FUZZ_EXAMPLES", "400"))
 FINDINGS = Path(__file__).parent / "fuzz-findings.jsonl"
 Gate = tuple[PolicyEngine, Oracle]
 
@@ -113,14 +113,17 @@ def test_the_oracle_passes_the_engines_rewrite_of_legitimate_statements(gates: d
 @pytest.mark.slow
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
-@given(policy=st.sampled_from(sorted(policies())), statement=statements())
-def test_admitted_statements_keep_to_the_tenant(gates: dict[str, Gate], policy: str, statement: str) -> None:
+@given(policy=st.sampled_from(sorted(policies())), generated=statements())
+def test_admitted_statements_keep_to_the_tenant(gates: dict[str, Gate], policy: str,
+                                               generated: tuple[str, list]) -> None:
+    statement, params = generated
     engine, oracle = gates[policy]
-    decision = engine.decide(PRINCIPAL, statement, tenant="acme")
+    decision = engine.decide(PRINCIPAL, statement, params, tenant="acme")
     event("admitted" if decision.allowed else "denied")
     if decision.allowed:
-        problems = oracle.check(decision.sql or "", kind=decision.statement or "select")
-        assert problems == [], f"{policy} policy admitted {statement!r} (runs as {decision.sql!r}): {problems}"
+        problems = oracle.check(decision.sql or "", params, kind=decision.statement or "select")
+        assert problems == [], (f"{policy} policy admitted {statement!r} with {params!r} "
+                                f"(runs as {decision.sql!r}): {problems}")
 
 
 # -- escapes found by fuzzing: each must be denied (fails until the engine is fixed) ----------------------
@@ -129,5 +132,5 @@ def test_admitted_statements_keep_to_the_tenant(gates: dict[str, Gate], policy: 
 @pytest.mark.parametrize("finding", findings(), ids=lambda f: f["sql"][:60])
 def test_fuzz_findings_are_denied(gates: dict[str, Gate], finding: dict) -> None:
     engine, _ = gates[finding.get("policy", "support")]
-    decision = engine.decide(PRINCIPAL, finding["sql"], tenant="acme")
+    decision = engine.decide(PRINCIPAL, finding["sql"], finding.get("params"), tenant="acme")
     assert not decision.allowed, f"{finding['why']} (admitted, runs as {decision.sql!r})"
