@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import gc
 import json
 import os
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -18,10 +20,12 @@ import psycopg
 from paybill.api.agentpolicy import AgentPolicySpec
 from paybill.database.server import LocalPostgres
 from paybill.policy import PolicyEngine, Schema
+from paybill.policy.analysis import Analysis
 from paybill.policy.check import load_policy
 from paybill.policy.decision import Decision
 from paybill.policy.grants import agent_role, apply_grants
 from paybill.policy.guard import ExecutionGuard
+from paybill.policy.tree import parse
 
 PRINCIPAL = "agent:support-bot"
 TENANT = "acme"
@@ -107,25 +111,136 @@ def decision_rows(runs: int) -> list[tuple[str, ...]]:
     return rows
 
 
-def corpus_row(rounds: int) -> tuple[str, ...]:
-    """Cold decisions over the legitimate test corpus (joins, subqueries, CTEs, windows) under the support policy."""
-    corpus = Path(__file__).resolve().parent.parent / "tests" / "policy"
-    cases = [json.loads(line) for line in (corpus / "legitimate.jsonl").read_text().splitlines() if line.strip()]
-    engine = PolicyEngine(load_policy(corpus / "support-policy.yaml").spec,
-                          Schema.from_ddl((corpus / "schema.sql").read_text()))
-    samples: list[float] = []
-    for case in cases:
-        decide = functools.partial(_decide_case, engine, case)
-        timed(decide, 20, engine.clear_cache)
-        samples += timed(decide, rounds, engine.clear_cache)
-    p50, p99 = percentiles(samples)
-    return (str(len(cases)), f"{p50:.0f}", f"{p99:.0f}", f"{max(samples):.0f}")
+CORPUS = Path(__file__).resolve().parent.parent / "tests" / "policy"
+PEER_PYTHON = Path(__file__).resolve().parent.parent / ".venv-peer" / "bin" / "python"
+
+
+def load_corpus(name: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (CORPUS / name).read_text().splitlines() if line.strip()]
+
+
+def support_engine() -> PolicyEngine:
+    return PolicyEngine(load_policy(CORPUS / "support-policy.yaml").spec,
+                        Schema.from_ddl((CORPUS / "schema.sql").read_text()))
 
 
 def _decide_case(engine: PolicyEngine, case: dict[str, Any], _: int) -> Decision:
     decision = engine.decide(case["principal"], case["sql"], case.get("params"), TENANT)
     assert decision.allowed, decision.reasons
     return decision
+
+
+def _no_validation(sql: str, tenant: str | None) -> list[Any]:
+    return []
+
+
+class Peer:
+    """postgres-mcp's SafeSqlDriver (restricted mode) in its own virtualenv, driven over a pipe (bench/peer.py)."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen([str(PEER_PYTHON), str(Path(__file__).with_name("peer.py"))],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def ask(self, **request: Any) -> dict[str, Any]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        answer: dict[str, Any] = json.loads(self.process.stdout.readline())
+        return answer
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
+def cedar_support_policies(engine: PolicyEngine) -> str:
+    """The support policy's rules as Cedar policies over (agent, action, table): authorization only."""
+    lines = []
+    for rule in engine.rules.spec.rules:
+        effect = "permit" if rule.effect == "allow" else "forbid"
+        for action in rule.actions:
+            for table in rule.tables:
+                resource = "resource" if table == "*" else f'resource == Table::"{table}"'
+                lines.append(f'{effect}(principal == Agent::"support-bot", action == Action::"{action}", {resource});')
+    return "\n".join(lines)
+
+
+def cedar_requests(engine: PolicyEngine, case: dict[str, Any]) -> list[dict[str, Any]]:
+    """One request per (action, table) the statement touches, as the engine's analysis found them."""
+    analysis = Analysis(engine.rules, engine.schema, TENANT)
+    analysis.statement(parse(case["sql"]).stmts[0].stmt)
+    pairs = sorted({(action, table) for action, table, _ in analysis.accesses})
+    return [{"principal": 'Agent::"support-bot"', "action": f'Action::"{action}"', "resource": f'Table::"{table}"',
+             "context": {}} for action, table in pairs]
+
+
+def _authorize_case(cedarpy: Any, requests: list[dict[str, Any]], policies: str, _: int) -> object:
+    return cedarpy.is_authorized_batch(requests, policies, [])
+
+
+def corpus_comparison(rounds: int, chunks: int = 4) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
+    """Over the legitimate corpus, side by side and interleaved in chunks (so load drift hits every gate alike):
+    Paybill cold with and without the validator, cedarpy, and the peer; then admitted counts on both corpora."""
+    import cedarpy
+
+    legitimate, adversarial = load_corpus("legitimate.jsonl"), load_corpus("adversarial.jsonl")
+    engine = support_engine()
+    validate = engine.validator.validate
+    policies = cedar_support_policies(engine)
+    requests = [cedar_requests(engine, case) for case in legitimate]
+    peer = Peer() if PEER_PYTHON.exists() else None
+    if peer is not None:
+        peer.ask(op="load", name="legitimate", statements=[c["sql"] for c in legitimate])
+        peer.ask(op="load", name="adversarial", statements=[c["sql"] for c in adversarial])
+    samples: dict[str, list[float]] = {"paybill": [], "unvalidated": [], "cedarpy": [], "peer": []}
+    try:
+        for chunk in range(chunks + 1):  # chunk 0 warms every path up and is not counted
+            per_chunk = 5 if chunk == 0 else max(rounds // chunks, 1)
+            measured: dict[str, list[float]] = {name: [] for name in samples}
+            for case, batch in zip(legitimate, requests, strict=True):
+                decide = functools.partial(_decide_case, engine, case)
+                engine.validator.validate = validate  # type: ignore[method-assign]
+                measured["paybill"] += timed(decide, per_chunk, engine.clear_cache)
+                engine.validator.validate = _no_validation  # type: ignore[method-assign]
+                measured["unvalidated"] += timed(decide, per_chunk, engine.clear_cache)
+                engine.validator.validate = validate  # type: ignore[method-assign]
+                measured["cedarpy"] += timed(functools.partial(_authorize_case, cedarpy, batch, policies), per_chunk)
+            if peer is not None:
+                measured["peer"] += peer.ask(op="time", name="legitimate", rounds=per_chunk)["samples"]
+            if chunk:
+                for name, values in measured.items():
+                    samples[name] += values
+        peer_admitted = {name: peer.ask(op="admitted", name=name)["admitted"] for name in ("legitimate", "adversarial")
+                         } if peer is not None else {}
+    finally:
+        engine.validator.validate = validate  # type: ignore[method-assign]
+        if peer is not None:
+            peer.close()
+    ours = {"legitimate": sum(engine.decide(c["principal"], c["sql"], c.get("params"), TENANT).allowed
+                              for c in legitimate),
+            "adversarial": sum(engine.decide(c["principal"], c["sql"], c.get("params"), TENANT).allowed
+                               for c in adversarial)}
+    base = percentiles(samples["paybill"])
+    labels = {"paybill": "Paybill, cold, validator included (parse, analysis, rules, rewrite, deparse, validator)",
+              "unvalidated": "Paybill, cold, validator switched off (the same engine, for its cost)",
+              "cedarpy": "cedarpy: authorization only, the statement's (action, table) pairs in one batch",
+              "peer": "postgres-mcp 0.3.0 `SafeSqlDriver._validate` (restricted mode)"}
+    latency = []
+    for name, label in labels.items():
+        if not samples[name]:
+            latency.append((label, "not installed", "", "", ""))
+            continue
+        p50, p99 = percentiles(samples[name])
+        latency.append((label, f"{p50:.0f}", f"{p99:.0f}", f"{p50 / base[0]:.2f}", f"{p99 / base[1]:.2f}"))
+    counts = [("Paybill (enforce, tenant acme)", f"{ours['legitimate']} of {len(legitimate)}",
+               f"{ours['adversarial']} of {len(adversarial)}")]
+    if peer is not None:
+        categories = collections.Counter(adversarial[n]["category"] for n in peer_admitted["adversarial"])
+        top = ", ".join(f"{name} {count}" for name, count in categories.most_common(6))
+        counts.append(("postgres-mcp restricted mode", f"{len(peer_admitted['legitimate'])} of {len(legitimate)}",
+                       f"{len(peer_admitted['adversarial'])} of {len(adversarial)} ({top})"))
+    return latency, counts
 
 
 def execution_rows(rounds: int, per_round: int) -> list[tuple[str, ...]]:
@@ -179,7 +294,7 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 def run(quick: bool = False) -> str:
     runs = 500 if quick else 3000
     decisions = decision_rows(runs)
-    corpus = corpus_row(100 if quick else 400)
+    latency, counts = corpus_comparison(40 if quick else 200)
     execution = execution_rows(rounds=3 if quick else 10, per_round=300 if quick else 1000)
     return "\n".join([
         "## Policy engine (issue 4)",
@@ -194,11 +309,20 @@ def run(quick: bool = False) -> str:
         "",
         table(("rules", "cold p50", "cold p99", "cached p50", "cached p99", "cedarpy p50", "cedarpy p99"), decisions),
         "",
-        "Cold decisions over the legitimate test corpus (`tests/policy/legitimate.jsonl`: joins, correlated",
-        "and LATERAL subqueries, CTEs, aggregates, window functions, DML) under the 4-rule support policy, each",
-        "statement decided repeatedly with the cache cleared; µs across all samples:",
+        "## The gate beside its peers, over the legitimate corpus (issue 10)",
         "",
-        table(("statements", "cold p50", "cold p99", "max"), [corpus]),
+        "Each statement of `tests/policy/legitimate.jsonl` (joins, correlated and LATERAL subqueries, CTEs,",
+        "aggregates, window functions, VALUES, row locks, DML) under the 4-rule support policy, decided cold (cache",
+        "cleared) with tenant `acme`, the gates measured in interleaved chunks of the same run; µs across all",
+        "samples, ratios to Paybill with the validator. The peer runs in its own virtualenv (Python >= 3.12,",
+        "pglast 7) behind a pipe; its samples are taken inside that process, so no pipe time is counted.",
+        "",
+        table(("gate", "p50", "p99", "p50 ratio", "p99 ratio"), latency),
+        "",
+        "Statements admitted: the legitimate corpus (the peer is read-only, so it refuses UPDATE and row locks)",
+        "and the adversarial corpus (`tests/policy/adversarial.jsonl`; for the peer, the categories it admitted most):",
+        "",
+        table(("gate", "legitimate admitted", "adversarial admitted"), counts),
         "",
         "Gated vs raw execution of the repeated point SELECT on local PostgreSQL (10,000 rows, half per tenant),",
         "both logged in as the agent's role over loopback; µs per statement, interleaved rounds:",
