@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+PEER := .venv-peer
 
 .PHONY: install demo test test-fast lint crds emulator operator e2e bench fuzz clean
 
@@ -24,9 +25,24 @@ test: install  ## the full suite (real PostgreSQL, emulated API server, real kop
 test-fast: install  ## without the slow groups (operator end to end, kubectl, demo)
 	$(BIN)/python -m pytest -m "not slow"
 
-bench: install  ## benchmarks side by side in one run; writes BENCHMARKS.md
+bench: install $(PEER)/.installed-stamp  ## benchmarks side by side in one run; writes BENCHMARKS.md
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench
+
+# The peer gateway (postgres-mcp) needs Python >= 3.12 and pins pglast 7, which excludes ours: its own venv.
+# pglast 7.2.0 itself is not on every index; any 7.x parses the same PostgreSQL 17 grammar.
+$(PEER)/.installed-stamp:
+	@py="$${PEER_PYTHON:-}"; \
+	for candidate in python3.13 python3.12 $$(ls -d $$HOME/.pyenv/versions/3.1[2-9]*/bin/python3 2>/dev/null); do \
+	  [ -n "$$py" ] && break; \
+	  $$candidate -c 'import sys; assert sys.version_info >= (3, 12)' 2>/dev/null && py=$$candidate; \
+	done; \
+	if [ -z "$$py" ]; then echo "bench: no Python >= 3.12 for postgres-mcp; its rows will say not installed"; exit 0; fi; \
+	$$py -m venv $(PEER) && \
+	$(PEER)/bin/python -m pip install --quiet --no-deps postgres-mcp==0.3.0 && \
+	$(PEER)/bin/python -m pip install --quiet 'attrs>=25.3' 'humanize>=4.8' 'instructor>=1.7.9' 'mcp[cli]>=1.5,<2' \
+	  'pglast>=7.2,<8' 'psycopg-pool>=3.2.6' 'psycopg[binary]>=3.2.6' && \
+	$(PEER)/bin/python -c 'from postgres_mcp.sql.safe_sql import SafeSqlDriver' && touch $@
 
 fuzz: install  ## the long grammar-fuzzing campaign of the agent gate (PAYBILL_FUZZ_CAMPAIGN statements, 100000)
 	$(BIN)/python -m bench.fuzz
@@ -51,4 +67,4 @@ e2e: install  ## against a real cluster (kind + Helm); skips cleanly when none i
 	else echo "e2e: no real Kubernetes cluster reachable; skipped"; fi
 
 clean:
-	rm -rf .state .pytest_cache .ruff_cache
+	rm -rf .state .pytest_cache .ruff_cache $(PEER)
