@@ -16,7 +16,7 @@ message and admits only:
   read. Predicates Paybill adds (tenant, row filters) are matched and not walked further: the policy's
   author may use what an agent may not.
 
-The tree walked is libpg_query's JSON output of the same parse (C, then `json.loads`): it holds exactly the
+The tree walked is libpg_query's JSON output of the same parse (C, then `orjson.loads`): it holds exactly the
 fields of the protobuf messages (the tests prove it over the corpora) and walking dicts is several times
 cheaper than walking upb messages. The field tables are built once from the protobuf descriptors, so the walk
 is generic: a field the descriptors do not know, or a node type not listed, is a denial with its name.
@@ -24,10 +24,10 @@ is generic: a field the descriptors do not know, or a node type not listed, is a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import orjson
 from pglast.parser import ParseError, parse_sql_json
 
 from .analysis import CASTS, OPERATORS, ORDERINGS
@@ -131,7 +131,7 @@ _NODE, _NODES, _MESSAGE, _MESSAGES, _VALUE = range(5)
 class _Type:
     """One admitted message type: its JSON keys, the children to walk and the values each field may hold."""
 
-    __slots__ = ("children", "keys", "known", "name", "required", "values")
+    __slots__ = ("checks", "children", "keys", "known", "name")
 
     def __init__(self, name: str, admitted: dict[str, frozenset[Any] | None]) -> None:
         descriptor = pb.DESCRIPTOR.message_types_by_name[name]
@@ -139,8 +139,7 @@ class _Type:
         self.known = {f.json_name: f.name for f in descriptor.fields}
         self.keys: frozenset[str] = frozenset()
         self.children: dict[str, tuple[int, str | None]] = {}
-        self.values: dict[str, frozenset[Any]] = {}
-        self.required: list[tuple[str, str]] = []
+        checks: list[tuple[str, frozenset[Any], str, bool]] = []
         keys = set()
         for field_name, values in admitted.items():
             field = descriptor.fields_by_name[field_name]  # KeyError: a typo in ADMITTED fails at import
@@ -151,23 +150,25 @@ class _Type:
                     _MESSAGES if field.is_repeated else _MESSAGE)
                 self.children[field.json_name] = (kind, None if message.name == "Node" else message.name)
             if values is not None:
-                self.values[field.json_name] = values
                 default = field.enum_type.values[0].name if field.enum_type is not None else field.default_value
-                if default not in values:  # an absent field holds its default, which must then be admitted
-                    self.required.append((field.json_name, field_name))
+                # an absent field holds its default: when that is not admitted, the field must be set
+                checks.append((field.json_name, values, field_name, default not in values))
         self.keys = frozenset(keys)
+        self.checks = tuple(checks)
 
 
 TYPES: dict[str, _Type] = {name: _Type(name, fields) for name, fields in ADMITTED.items()}
-# Types checked where they are met (no handler, no enum, no child but names): their admitted JSON keys.
+# Types checked where they are met, without queueing (no handler, no enum; children only names or leaves, else
+# `_DEEP` sends them to the generic walk): their admitted JSON keys. They are most of any tree.
 LEAVES = {name: TYPES[name].keys for name in ("String", "A_Star", "Integer", "Float", "Boolean", "BitString",
-                                              "ParamRef", "ColumnRef", "A_Const")}
-_REF_TYPES = frozenset({"String", "A_Star"})
+                                              "ParamRef", "ColumnRef", "A_Const", "Alias", "ResTarget")}
 _STRING_KEYS = frozenset({"sval"})
 _CONST_KEYS = {"ival": frozenset({"ival"}), "fval": frozenset({"fval"}), "boolval": frozenset({"boolval"}),
                "sval": frozenset({"sval"}), "bsval": frozenset({"bsval"})}
 NESTED = frozenset(TYPES) - {"InsertStmt", "UpdateStmt", "DeleteStmt"}  # statements that may stand inside another
 _EMPTY: frozenset[str] = frozenset()
+_MISSING = object()
+_TERMS_CACHED = 1024
 
 
 class Validator:
@@ -178,6 +179,7 @@ class Validator:
         self.schema = schema
         self.functions = frozenset(f for f in rules.functions if _safe_function(f))
         self._filters: dict[tuple[str, str], list[Body] | None] = {}
+        self._terms: dict[tuple[str, str, str | None, str | None], list[_Term] | None] = {}
         checks: dict[str, Callable[[Body, frozenset[str], _Walk], Iterable[str]]] = {
             "InsertStmt": self._insert, "UpdateStmt": self._update, "DeleteStmt": self._delete,
             "FuncCall": self._function, "A_Expr": self._operator, "SubLink": self._sublink, "SortBy": self._sort,
@@ -190,9 +192,11 @@ class Validator:
     def validate(self, sql: str, tenant: str | None) -> list[Reason]:
         """Reasons to deny the final statement `sql` for `tenant`; empty when every node is admitted."""
         try:
-            tree = json.loads(parse_sql_json(sql))
+            tree = orjson.loads(parse_sql_json(sql))
         except ParseError as error:
             return [Reason("validator_parse", f"the final statement does not parse: {error.args[0]}")]
+        except orjson.JSONDecodeError:  # nested deeper than the decoder follows
+            return [Reason("too_complex", "the final statement is nested too deeply")]
         return self.check(tree, tenant)
 
     def check(self, tree: Body, tenant: str | None) -> list[Reason]:
@@ -312,13 +316,21 @@ class Validator:
     def _required(self, action: str, table: Table, tenant: str | None, qualifier: str | None) -> list[_Term] | None:
         """The conjuncts the policy requires on (action, table) for the tenant, or None when rows are not restricted.
 
-        Mirrors the rewriter: the tenant predicate on a pooled table, AND the OR of the row filters."""
+        Mirrors the rewriter: the tenant predicate on a pooled table, AND the OR of the row filters. Kept per
+        key in a bounded cache (qualifiers are the agent's aliases)."""
+        key = (action, table.name, tenant, qualifier)
+        cached = self._terms.get(key, _MISSING)
+        if cached is not _MISSING:
+            return cached  # type: ignore[return-value]
+        if len(self._terms) >= _TERMS_CACHED:
+            self._terms.clear()
         terms: list[_Term] = []
         if tenant is not None and table.pooled:
             terms.append(_TenantTerm(qualifier, tenant))
         filters = self._row_filters(action, table.name)
         if filters is not None:
             terms += [_Exact(_qualified(c, qualifier) if qualifier is not None else c) for c in filters]
+        self._terms[key] = terms or None
         return terms or None
 
     def _row_filters(self, action: str, table: str) -> list[Body] | None:
@@ -339,7 +351,7 @@ class Validator:
                     where.bool_expr.boolop = pb.OR_EXPR
                     for name in names:
                         where.bool_expr.args.append(self.rules.predicates[name])
-                parsed = json.loads(parse_sql_json(deparse(result)))
+                parsed = orjson.loads(parse_sql_json(deparse(result)))
                 self._filters[key] = _conjuncts(_unlocated(parsed["stmts"][0]["stmt"]["SelectStmt"]["whereClause"]))
         return self._filters[key]
 
@@ -477,43 +489,31 @@ class _Walk:
         self.reasons.append(Reason(code, message, node=node))
 
     def node(self, item: Body, ctes: frozenset[str] = _EMPTY) -> None:
-        """Queue a Node (`{"Type": {...}}`; `{}` is an unset Node) after checking its type is admitted.
-
-        Leaves (names, constants, column references) are checked here rather than queued: they are most nodes."""
+        """Check or queue a Node (`{"Type": {...}}`; `{}` is an unset Node); `fields` inlines the same steps."""
         for kind, body in item.items():
             keys = LEAVES.get(kind)
-            if keys is not None:
-                if not body.keys() <= keys:
-                    self.fields(kind, body, ctes, ())
-                elif kind == "ColumnRef":
-                    for field in body.get("fields", ()):
-                        if not (field.keys() <= _REF_TYPES and all(v.keys() <= _STRING_KEYS for v in field.values())):
-                            self.fields(kind, body, ctes, ())
-                            break
-                elif kind == "A_Const":
-                    for key, value in body.items():
-                        if type(value) is dict and not value.keys() <= _CONST_KEYS[key]:
-                            self.fields(kind, body, ctes, ())  # reports the field; the value is then walked
-            elif kind in NESTED:
-                self.stack.append((kind, body, ctes))
-            else:
-                self.deny("validator_node", f"{kind} is not an admitted node type", kind)
+            if keys is None:
+                if kind in NESTED:
+                    self.stack.append((kind, body, ctes))
+                else:
+                    self.deny("validator_node", f"{kind} is not an admitted node type", kind)
+            elif not body.keys() <= keys or (kind in _DEEP and not _DEEP[kind](body)):
+                self.fields(kind, body, ctes)
 
-    def fields(self, kind: str, body: Body, ctes: frozenset[str], consumed: Iterable[str]) -> None:
-        """Check the fields set in one message and queue its children, except those a handler consumed."""
+    def fields(self, kind: str, body: Body, ctes: frozenset[str], consumed: Iterable[str] = ()) -> None:
+        """Check the fields set in one message and walk its children, except those a handler consumed.
+
+        Leaves (names, constants, column references: most nodes) are checked on the spot, not queued."""
         spec = TYPES[kind]
         if not body.keys() <= spec.keys:
-            for key in body.keys() - spec.keys:
-                field = spec.known.get(key)
-                what = f"{kind}.{field}" if field is not None else f"{kind}.{key} (unknown to the descriptors)"
-                self.deny("validator_field", f"{what} is not admitted", kind)
-        for key, values in spec.values.items():
+            self.unadmitted(spec, body)
+        for key, values, field, required in spec.checks:
             value = body.get(key)
-            if value is not None and value not in values:
-                self.deny("validator_field", f"{kind}.{spec.known[key]} = {value} is not admitted", kind)
-        for key, field in spec.required:
-            if key not in body:
-                self.deny("validator_field", f"{kind}.{field} must be set", kind)
+            if value is None:
+                if required:
+                    self.deny("validator_field", f"{kind}.{field} must be set", kind)
+            elif value not in values:
+                self.deny("validator_field", f"{kind}.{field} = {value} is not admitted", kind)
         children = spec.children
         stack = self.stack
         for key, value in body.items():
@@ -521,16 +521,71 @@ class _Walk:
             if child is None or key in consumed:
                 continue
             shape, message = child
-            if shape == _NODE:
-                self.node(value, ctes)
-            elif shape == _NODES:
-                for item in value:
-                    self.node(item, ctes)
-            elif shape == _MESSAGE:
-                stack.append((message, value, ctes))  # type: ignore[arg-type]
-            else:
-                for item in value:
-                    stack.append((message, item, ctes))  # type: ignore[arg-type]
+            if shape == _MESSAGE:
+                keys = LEAVES.get(message)  # type: ignore[arg-type]
+                if keys is None:
+                    stack.append((message, value, ctes))  # type: ignore[arg-type]
+                elif not value.keys() <= keys or (message in _DEEP and not _DEEP[message](value)):
+                    self.fields(message, value, ctes)  # type: ignore[arg-type]
+                continue
+            if shape == _MESSAGES:
+                stack.extend([(message, item, ctes) for item in value])  # type: ignore[misc]
+                continue
+            for item in (value,) if shape == _NODE else value:
+                for node_kind, node in item.items():
+                    keys = LEAVES.get(node_kind)
+                    if keys is None:
+                        if node_kind in NESTED:
+                            stack.append((node_kind, node, ctes))
+                        else:
+                            self.deny("validator_node", f"{node_kind} is not an admitted node type", node_kind)
+                    elif not node.keys() <= keys or (node_kind in _DEEP and not _DEEP[node_kind](node)):
+                        self.fields(node_kind, node, ctes)  # names what is wrong
+
+    def unadmitted(self, spec: _Type, body: Body) -> None:
+        for key in sorted(body.keys() - spec.keys):
+            field = spec.known.get(key)
+            what = f"{spec.name}.{field}" if field is not None else f"{spec.name}.{key} (unknown to the descriptors)"
+            self.deny("validator_field", f"{what} is not admitted", spec.name)
+
+
+def _plain_reference(body: Body) -> bool:
+    """A ColumnRef of plain names and `*` (what the generic walk would find, without walking)."""
+    for field in body.get("fields", ()):
+        for kind, value in field.items():
+            if kind == "String":
+                if not value.keys() <= _STRING_KEYS:
+                    return False
+            elif kind != "A_Star" or value:
+                return False
+    return True
+
+
+def _plain_constant(body: Body) -> bool:
+    return all(type(value) is not dict or value.keys() <= _CONST_KEYS[key] for key, value in body.items())
+
+
+def _plain_names(body: Body) -> bool:
+    """An Alias whose column names, if any, are plain strings."""
+    return all(len(item) == 1 and item.get("String", _NOT_STRING).keys() <= _STRING_KEYS
+               for item in body.get("colnames", ()))
+
+
+def _plain_target(body: Body) -> bool:
+    """A ResTarget with nothing to walk below it: no value, or a plain column reference or constant."""
+    value = body.get("val")
+    if value is None:
+        return True
+    for kind, node in value.items():
+        keys = LEAVES.get(kind)
+        return keys is not None and node.keys() <= keys and kind != "ResTarget" and (
+            kind not in _DEEP or _DEEP[kind](node))
+    return True
+
+
+_NOT_STRING = {"": None}
+_DEEP: dict[str, Callable[[Body], bool]] = {"ColumnRef": _plain_reference, "A_Const": _plain_constant,
+                                           "Alias": _plain_names, "ResTarget": _plain_target}
 
 
 def _then_fields(kind: str, check: Callable[[Body, frozenset[str], _Walk], Iterable[str]],
@@ -559,13 +614,16 @@ def _names(items: Iterable[Body]) -> list[str] | None:
 
 
 def _conjuncts(node: Body) -> list[Body]:
-    """The top-level AND terms of a predicate (nested ANDs flattened)."""
-    boolean = node.get("BoolExpr")
-    if boolean is None or boolean.get("boolop") != "AND_EXPR" or not boolean.keys() <= _AND_KEYS:
-        return [node]
+    """The top-level AND terms of a predicate (nested ANDs flattened), in order."""
     terms: list[Body] = []
-    for arg in boolean.get("args", ()):
-        terms += _conjuncts(arg)
+    pending = [node]
+    while pending:
+        node = pending.pop()
+        boolean = node.get("BoolExpr")
+        if boolean is None or boolean.get("boolop") != "AND_EXPR" or not boolean.keys() <= _AND_KEYS:
+            terms.append(node)
+        else:
+            pending.extend(reversed(boolean.get("args", ())))
     return terms
 
 
