@@ -48,7 +48,6 @@ SCHEMA_SQL = (HERE / "schema.sql").read_text()
 TENANT, OTHER = "acme", "globex"
 ORACLE_ROLE = "paybill_fuzz_oracle"
 ORACLE_PASSWORD = "fuzz-oracle"  # a throwaway server's throwaway role
-TABLE_KEYS = {"customers": "id", "orders": "id", "secrets": "id"}
 # Strings that exist only in data the agent must never see (the other tenant's rows, unreadable columns).
 HIDDEN_MARKERS = (OTHER, "SSN-", "APIKEY-")
 
@@ -109,7 +108,7 @@ def create_database(admin_dsn: str, name: str = "policy_fuzz") -> str:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(SCHEMA_SQL)
         seed(conn)
-        for table in TABLE_KEYS:
+        for table in ("customers", "orders", "secrets"):
             conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(sql.Identifier(table)))
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(ORACLE_ROLE)))
         conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}").format(
