@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import time
 from collections import Counter, defaultdict
@@ -109,6 +110,7 @@ def main() -> int:
     parser.add_argument("--progress", type=int, default=5000)
     parser.add_argument("--findings", default=".state/fuzz-campaign-findings.jsonl")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the throwaway server on kill, too
     campaign = run(args.count, args.seed, args.progress, args.hostility)
     out = Path(args.findings)
     out.parent.mkdir(parents=True, exist_ok=True)
