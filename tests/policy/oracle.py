@@ -274,11 +274,8 @@ class Oracle:
         self.allowed = Allowed.from_spec(spec, self.columns)
         self.max_rows_written = spec.limits.maxRowsWritten
         self.timeout_ms = timeout_ms
-        self.conn = psycopg.connect(dsn, autocommit=True, cursor_factory=psycopg.RawCursor)  # $n, as the guard
-        self.probe = psycopg.connect(dsn, autocommit=True)
-        for conn in (self.conn, self.probe):
-            conn.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(timeout_ms)))
-            conn.execute("SET search_path = pg_catalog, public")
+        self.dsn = dsn
+        self.conn, self.probe = self._connect(), self._connect()
         self._settings: tuple[str | None, dict[str, str]] = (None, {})
         self._filtered: set[tuple[str, int]] = set()
         self._unreachable: dict[str, set[tuple[str, int]]] = {}
@@ -287,6 +284,12 @@ class Oracle:
         if not prepared:
             raise RuntimeError("the oracle needs max_prepared_transactions > 0 to detect NOTIFY")
 
+    def _connect(self) -> psycopg.Connection:
+        conn = psycopg.connect(self.dsn, autocommit=True, cursor_factory=psycopg.RawCursor)  # $n, as the guard
+        conn.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(self.timeout_ms)))
+        conn.execute("SET search_path = pg_catalog, public")
+        return conn
+
     def close(self) -> None:
         self.conn.close()
         self.probe.close()
@@ -294,7 +297,12 @@ class Oracle:
     def check(self, statement: str, params: list[Any] | None = None, kind: str = "select") -> list[str]:
         """`kind` is the statement's kind as the engine saw it (a locking read is bounded as a write is)."""
         problems = static_problems(statement, self.allowed, self.columns)
-        problems += self._dynamic(statement, params or [], kind == "select")
+        try:
+            problems += self._dynamic(statement, params or [], kind == "select")
+        except psycopg.OperationalError as error:  # the statement ended the session (or the server)
+            problems.append(f"breaks the session: {error}")
+            self.close()
+            self.conn, self.probe = self._connect(), self._connect()
         return list(dict.fromkeys(problems))
 
     def _dynamic(self, statement: str, params: list[Any], read: bool) -> list[str]:

@@ -71,6 +71,7 @@ ESCAPES = [
     ("SELECT CAST(1 AS \"TEXT\")", "casts to TEXT"),
     ("SELECT count(*) FROM pg_roles", "reads relation pg_roles"),
     ("SELECT current_user", "reads session information"),
+    ("SELECT pg_terminate_backend(pg_backend_pid())", "breaks the session"),
     ("SELECT id FROM orders WHERE tenant_id = 'acme' LIMIT 5 FOR UPDATE", ""),
     ("SELECT id FROM orders WHERE tenant_id = 'acme' FOR UPDATE", "locks 20 orders rows, more than maxRowsWritten 10"),
 ]
