@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
+import psycopg
 import pytest
 from kopf.testing import KopfRunner
 
@@ -72,3 +73,4 @@ def operator(cluster: Cluster, postgres: LocalPostgres, tmp_path: Path,
         yield cluster
     assert runner.exit_code == 0, runner.output
     assert "s3cret" not in runner.output
+    assert str(psycopg.conninfo.conninfo_to_dict(postgres.dsn)["password"]) not in runner.output

@@ -140,6 +140,10 @@ def test_roles_squatted_before_the_operator_got_to_them_are_never_adopted(operat
                                           and e["involvedObject"]["name"] in (squatted, "support")] or None)
     assert {e["involvedObject"]["name"] for e in events} == {squatted, "support"}
     assert operator.kube.get("v1", "secrets", "agent-support", namespace) is None
+    superuser_password = str(psycopg.conninfo.conninfo_to_dict(postgres.dsn)["password"])
+    said = str(operator.kube.list(API, "tenants")) + str(operator.kube.list(API, "agentpolicies", namespace)) + str(
+        operator.kube.list("v1", "events"))
+    assert superuser_password not in said and "squatter" not in said
     with psycopg.connect(postgres.dsn, dbname="paybill_pooled", autocommit=True) as admin:  # left as they were
         after = dict(admin.execute("SELECT rolname, rolpassword FROM pg_authid WHERE rolname = ANY(%s)",
                                    (list(would_be.values()),)).fetchall())

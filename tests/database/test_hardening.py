@@ -176,6 +176,8 @@ SIDE_CHANNELS = (
     "SELECT * FROM pg_catalog.pg_policy",
     "SELECT * FROM pg_stat_activity",
     "SELECT * FROM pg_catalog.pg_stat_get_activity(NULL)",
+    "SELECT * FROM pg_locks",
+    "SELECT pg_blocking_pids(pg_backend_pid())",
     "CREATE TABLE public.mine (i int)",
 )
 

@@ -104,7 +104,9 @@ class LocalPostgres:
         password = _read_private(self.data_dir / PASSWORD_FILE)
         options = (f"-p {self.port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
                    "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-        log = self.data_dir / "postgres.log"
+        log = self.data_dir / "postgres.log"  # statements in error may be logged: private to the server
+        if not log.exists():
+            _write_private(log, "", owner="postgres" if os.geteuid() == 0 else None)
         self._run("pg_ctl start", self._as_postgres(str(binaries / "pg_ctl"), "-D", str(pgdata), "-o", options,
                                                     "-l", str(log), "-w", "-t", "60", "start"), log=log)
         self._uri = _uri(password, "127.0.0.1", self.port)

@@ -65,8 +65,10 @@ SHARED_OWNER = "Paybill shared data"  # the owner recorded for the shared databa
 # objects, advisory locks (a tenant could stall others), NOTIFY, the xml exports that run any query, and
 # other sessions' activity.
 REVOKED_FUNCTIONS = (r"^(lo_.*|loread|lowrite|pg_advisory_.*|pg_try_advisory_.*|pg_notify|dblink.*|"
-                     r".*_to_xml.*|.*_to_xmlschema|pg_stat_get_activity|pg_stat_get_backend_.*)$")
-REVOKED_CATALOGS = ("pg_policies", "pg_policy", "pg_stat_activity")  # other agents' predicates, others' sessions
+                     r".*_to_xml.*|.*_to_xmlschema|pg_stat_get_activity|pg_stat_get_backend_.*|pg_lock_status|"
+                     r"pg_blocking_pids|pg_safe_snapshot_blocking_pids)$")
+# Other agents' predicates, other sessions' activity and locks.
+REVOKED_CATALOGS = ("pg_policies", "pg_policy", "pg_stat_activity", "pg_locks")
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -298,6 +300,20 @@ class TenantDatabases:
             if verdict != Verdict.USE:
                 oid = conn.execute("SELECT oid FROM pg_database WHERE datname = %s", (database,)).fetchone()
                 self._remember(conn, "database", database, owner, int(oid[0]) if oid else None)
+
+    def _owns_schema(self, conn: psycopg.Connection, placement: Placement) -> bool:
+        """True when the placement's schema exists and is the one Paybill created for its tenant."""
+        found = conn.execute("SELECT oid FROM pg_namespace WHERE nspname = %s", (placement.schema,)).fetchone()
+        if found is None:
+            return False
+        with self.session() as control:
+            self._control(control)
+            record = self._record(control, "schema", placement.schema, placement.database)
+        try:
+            return decide("schema", placement.schema, tenant_identity(placement.tenant), record,
+                          Found(int(found[0]))) == Verdict.USE
+        except NameConflict:
+            return False
 
     def _claim_schema(self, conn: psycopg.Connection, database: str, schema: str, owner: str) -> None:
         """Like `_claim_database`, for a schema in `database` (conn is connected to it)."""
@@ -558,12 +574,13 @@ class TenantDatabases:
         if not self._database_exists(placement.database):
             return
         with self.session(placement.database) as conn:
-            if self._role_exists(conn, placement.role):
+            if self.owns_role(placement.role, tenant_identity(placement.tenant)):  # never a role of someone else
                 # Access goes first: a client still at the old placement gets an error, never an empty answer.
                 if placement.pooled:
                     conn.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(POOLED_GROUP), role))
-                conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(
-                    sql.Identifier(placement.database), role))
+                with self._setup:  # one database row: concurrent GRANTs on it would fail
+                    conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(
+                        sql.Identifier(placement.database), role))
                 conn.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} RESET ALL").format(
                     role, sql.Identifier(placement.database)))
                 self.end_sessions(conn, placement.role, placement.database)
@@ -574,8 +591,8 @@ class TenantDatabases:
                             sql.Identifier(APP_SCHEMA, table)), (placement.tenant,))
                     conn.execute("DELETE FROM paybill.tenant_roles WHERE role = %s", (placement.role,))
             else:
-                self._claim_schema(conn, placement.database, placement.schema, tenant_identity(placement.tenant))
-                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(placement.schema)))
+                if self._owns_schema(conn, placement):  # a schema of someone else is left alone
+                    conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(placement.schema)))
                 self._forget_object("schema", placement.schema, placement.database)
                 self._ready.discard((placement.database, placement.schema))
 
@@ -624,9 +641,6 @@ class TenantDatabases:
         with self.session() as conn:
             return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is not None
 
-    @staticmethod
-    def _role_exists(conn: psycopg.Connection, role: str) -> bool:
-        return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is not None
 
     # --- migration between isolation models ---------------------------------------------------------------
 
