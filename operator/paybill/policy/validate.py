@@ -180,14 +180,13 @@ class Validator:
         self.functions = frozenset(f for f in rules.functions if _safe_function(f))
         self._filters: dict[tuple[str, str], list[Body] | None] = {}
         self._terms: dict[tuple[str, str, str | None, str | None], list[_Term] | None] = {}
-        checks: dict[str, Callable[[Body, frozenset[str], _Walk], Iterable[str]]] = {
+        # Handlers see a message first; each returns the keys it consumed (the rest is walked generically), or
+        # None when it walked the message itself.
+        self._handlers: dict[str, Callable[[Body, frozenset[str], _Walk], Iterable[str] | None]] = {
+            "SelectStmt": self._select, "JoinExpr": self._join, "RangeVar": self._stray_relation,
             "InsertStmt": self._insert, "UpdateStmt": self._update, "DeleteStmt": self._delete,
             "FuncCall": self._function, "A_Expr": self._operator, "SubLink": self._sublink, "SortBy": self._sort,
             "TypeName": self._type}
-        # Handlers see a message first; each either walks its fields itself or returns the keys it consumed.
-        self._handlers: dict[str, Callable[[Body, frozenset[str], _Walk], None]] = {
-            "SelectStmt": self._select, "JoinExpr": self._join, "RangeVar": self._stray_relation,
-            **{kind: _then_fields(kind, check) for kind, check in checks.items()}}
 
     def validate(self, sql: str, tenant: str | None) -> list[Reason]:
         """Reasons to deny the final statement `sql` for `tenant`; empty when every node is admitted."""
@@ -210,19 +209,21 @@ class Validator:
             return [Reason("validator_node", f"{kind} is not an admitted node type", node=kind)]
         stack = walk.stack
         stack.append((kind, body, _EMPTY))
-        handlers = self._handlers
+        handlers, fields = self._handlers, walk.fields
         while stack:
             kind, body, ctes = stack.pop()
             handler = handlers.get(kind)
             if handler is None:
-                walk.fields(kind, body, ctes, ())
+                fields(kind, body, ctes)
             else:
-                handler(body, ctes, walk)
+                consumed = handler(body, ctes, walk)
+                if consumed is not None:
+                    fields(kind, body, ctes, consumed)
         return walk.reasons
 
     # -- relations -----------------------------------------------------------------------------------------
 
-    def _select(self, body: Body, ctes: frozenset[str], walk: _Walk) -> None:
+    def _select(self, body: Body, ctes: frozenset[str], walk: _Walk) -> None:  # walks its own fields
         consumed = ["withClause", "fromClause", "lockingClause"]
         with_clause = body.get("withClause")
         if with_clause is not None:
@@ -263,10 +264,10 @@ class Validator:
         else:
             walk.node(item, ctes)
 
-    def _join(self, body: Body, ctes: frozenset[str], walk: _Walk) -> None:
+    def _join(self, body: Body, ctes: frozenset[str], walk: _Walk) -> Iterable[str]:
         for side in ("larg", "rarg"):
             self._from_item(body.get(side, {}), ctes, walk)
-        walk.fields("JoinExpr", body, ctes, ("larg", "rarg"))
+        return ("larg", "rarg")
 
     def _locking(self, item: Body, walk: _Walk) -> None:
         """FOR UPDATE OF names relations of the FROM list: plain names, never tables of their own."""
@@ -309,9 +310,10 @@ class Validator:
             walk.node(conjunct, ctes)
         return True
 
-    def _stray_relation(self, body: Body, ctes: frozenset[str], walk: _Walk) -> None:
+    def _stray_relation(self, body: Body, ctes: frozenset[str], walk: _Walk) -> Iterable[str]:
         walk.deny("validator_relation", f"relation {body.get('relname')} appears where no relation is admitted",
                   "RangeVar")
+        return ()
 
     def _required(self, action: str, table: Table, tenant: str | None, qualifier: str | None) -> list[_Term] | None:
         """The conjuncts the policy requires on (action, table) for the tenant, or None when rows are not restricted.
@@ -552,12 +554,12 @@ class _Walk:
 def _plain_reference(body: Body) -> bool:
     """A ColumnRef of plain names and `*` (what the generic walk would find, without walking)."""
     for field in body.get("fields", ()):
-        for kind, value in field.items():
-            if kind == "String":
-                if not value.keys() <= _STRING_KEYS:
-                    return False
-            elif kind != "A_Star" or value:
+        string = field.get("String")
+        if string is None:
+            if field != _STAR:
                 return False
+        elif len(field) != 1 or not string.keys() <= _STRING_KEYS:
+            return False
     return True
 
 
@@ -576,23 +578,19 @@ def _plain_target(body: Body) -> bool:
     value = body.get("val")
     if value is None:
         return True
-    for kind, node in value.items():
-        keys = LEAVES.get(kind)
-        return keys is not None and node.keys() <= keys and kind != "ResTarget" and (
-            kind not in _DEEP or _DEEP[kind](node))
-    return True
+    if len(value) != 1:
+        return False
+    reference = value.get("ColumnRef")
+    if reference is not None:
+        return reference.keys() <= _REF_KEYS and _plain_reference(reference)
+    constant = value.get("A_Const")
+    return constant is not None and constant.keys() <= _CONST_FIELDS and _plain_constant(constant)
 
 
 _NOT_STRING = {"": None}
+_STAR: Body = {"A_Star": {}}
 _DEEP: dict[str, Callable[[Body], bool]] = {"ColumnRef": _plain_reference, "A_Const": _plain_constant,
                                            "Alias": _plain_names, "ResTarget": _plain_target}
-
-
-def _then_fields(kind: str, check: Callable[[Body, frozenset[str], _Walk], Iterable[str]],
-                 ) -> Callable[[Body, frozenset[str], _Walk], None]:
-    def run(body: Body, ctes: frozenset[str], walk: _Walk) -> None:
-        walk.fields(kind, body, ctes, check(body, ctes, walk))
-    return run
 
 
 # -- pure helpers ---------------------------------------------------------------------------------------------
@@ -685,6 +683,7 @@ _Term = _Exact | _TenantTerm
 _OPERATOR_KEYS = frozenset({"kind", "name", "lexpr", "rexpr", "location"})
 _EQUALS = [{"String": {"sval": "="}}]
 _REF_KEYS = frozenset({"fields", "location"})
+_CONST_FIELDS = frozenset({"ival", "fval", "boolval", "sval", "bsval", "isnull", "location"})
 _TEXT_CONST_KEYS = frozenset({"sval", "location"})
 
 
