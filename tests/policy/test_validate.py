@@ -132,6 +132,7 @@ def test_functions_outside_the_allowlist_are_denied_wherever_they_sit(validator:
     ("SELECT \"LOWER\"('x')", False),
     ("SELECT \"Lower\"('x')", False),
     ("SELECT 1::text, CAST(1 AS integer), 1::\"text\", interval '1 day', 1::numeric(12, 2), 'x'::varchar(3)", True),
+    ("SELECT CURRENT_TIMESTAMP(3), LOCALTIME, CURRENT_DATE", True),
     ("SELECT CAST(1 AS \"TEXT\")", False),
     ("SELECT 1::\"INT4\"", False),
     ("SELECT 1::regclass", False),

@@ -110,7 +110,7 @@ ADMITTED: dict[str, dict[str, frozenset[Any] | None]] = {
     "A_ArrayExpr": {"elements": None, "list_start": None, "list_end": None, "location": None},
     "SubLink": {"sub_link_type": frozenset({"EXISTS_SUBLINK", "ANY_SUBLINK", "ALL_SUBLINK", "EXPR_SUBLINK"}),
                 "testexpr": None, "oper_name": None, "subselect": None, "location": None},
-    "SQLValueFunction": {"op": _TIME_FUNCTIONS, "typmod": frozenset({-1}), "location": None},
+    "SQLValueFunction": {"op": _TIME_FUNCTIONS, "typmod": None, "location": None},
     "FuncCall": {"funcname": None, "args": None, "agg_order": None, "agg_filter": None, "over": None,
                  "agg_star": None, "agg_distinct": None,
                  "funcformat": frozenset({"COERCE_EXPLICIT_CALL", "COERCE_SQL_SYNTAX"}), "location": None},
@@ -125,7 +125,7 @@ BETWEEN_NAMES = frozenset({"BETWEEN", "NOT BETWEEN"})
 NEVER_PREFIXES = ("pg_", "lo_", "dblink")
 
 # -- field tables from the protobuf descriptors --------------------------------------------------------------
-_NODE, _NODES, _MESSAGE, _MESSAGES, _VALUE = range(5)
+_NODE, _NODES, _MESSAGE, _MESSAGES = range(4)
 
 
 class _Type:
@@ -172,7 +172,8 @@ _TERMS_CACHED = 1024
 
 
 class Validator:
-    """Validates final statements for one compiled policy and schema. Pure: no state between calls."""
+    """Validates final statements for one compiled policy and schema. Its caches hold only what the policy
+    requires (filter terms), never anything of a statement."""
 
     def __init__(self, rules: RuleSet, schema: Schema) -> None:
         self.rules = rules
@@ -204,7 +205,10 @@ class Validator:
         statements = tree.get("stmts", ())
         if len(statements) != 1 or not statements[0].keys() <= {"stmt", "stmt_location", "stmt_len"}:
             return [Reason("validator_node", "the final statement must be exactly one statement")]
-        ((kind, body),) = statements[0]["stmt"].items()
+        stmt = statements[0].get("stmt", {})
+        if len(stmt) != 1:
+            return [Reason("validator_node", "the final statement must be exactly one statement")]
+        ((kind, body),) = stmt.items()
         if kind not in STATEMENTS:
             return [Reason("validator_node", f"{kind} is not an admitted node type", node=kind)]
         stack = walk.stack
@@ -230,7 +234,7 @@ class Validator:
             ctes = self._with(with_clause, ctes, walk)
         items = body.get("fromClause", ())
         for item in items:
-            if len(items) == 1 and "RangeVar" in item:
+            if len(items) == 1 and len(item) == 1 and "RangeVar" in item:
                 if self._relation(item["RangeVar"], ctes, walk, "select", body.get("whereClause"), None):
                     consumed.append("whereClause")
             else:
