@@ -323,10 +323,10 @@ class Oracle:
             problems += self._locks({key[0] for key in set(before) | set(after) if before.get(key) != after.get(key)},
                                     read)
             problems += _compare(hidden, real, self.allowed.read, self._filtered)
+            sent = (statement + repr(params)).lower()  # a marker the agent sent itself reveals nothing
             problems += [f"output shows hidden data ({marker})" for marker in HIDDEN_MARKERS
-                         if marker.lower() not in statement.lower()
-                         and any(marker.lower() in row.lower() for row in real.rows)]
-            if real.error and any(m.lower() in real.error[1].lower() and m.lower() not in statement.lower()
+                         if marker.lower() not in sent and any(marker.lower() in row.lower() for row in real.rows)]
+            if real.error and any(m.lower() in real.error[1].lower() and m.lower() not in sent
                                   for m in HIDDEN_MARKERS):
                 problems.append(f"error text shows hidden data: {real.error[1][:120]}")
             problems += [f"leaves {what} behind: {before_value!r} -> {after_value!r}"

@@ -82,6 +82,10 @@ FILTERED_ESCAPES = [
 ]
 
 
+def test_values_the_agent_sent_are_not_hidden_data(gates: dict[str, Gate]) -> None:
+    assert gates["support"][1].check("SELECT $1::text, $1::int", ["globex"]) == []
+
+
 @pytest.mark.parametrize(("policy", "statement", "expected"),
                          [("support", *e) for e in ESCAPES] + [("filtered", *e) for e in FILTERED_ESCAPES],
                          ids=[e[1] or e[0] for e in ESCAPES + FILTERED_ESCAPES])
