@@ -45,7 +45,7 @@ $(PEER)/.installed-stamp:
 	$(PEER)/bin/python -c 'from postgres_mcp.sql.safe_sql import SafeSqlDriver' && touch $@
 
 fuzz: install  ## the long grammar-fuzzing campaign of the agent gate (PAYBILL_FUZZ_CAMPAIGN statements, 100000)
-	$(BIN)/python -m bench.fuzz
+	$(BIN)/python -m bench.fuzz --benchmarks BENCHMARKS.md
 
 lint: install
 	$(BIN)/ruff check operator tests
