@@ -3,10 +3,14 @@
 At most once: progress is written to status after every step, and a run the operator was interrupted in
 is marked Failed, never run again (a mutation may have committed). Steps are fixed once submitted.
 Every decision goes to the tamper-evident audit log; query rows go to a Secret, never to status.
+A run happens in the workflow pool (threads of its own, bounded overall and per tenant), never in kopf's
+executor, so agent work cannot delay tenant reconciliation.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any
 
 import kopf
@@ -24,6 +28,7 @@ from ..policy.install import engine_for
 from ..policy.rules import PolicyError
 from ..policy.schema import SchemaError
 from ..workflows import StepOutcome, results_secret_data, run_steps
+from ..workflows.pool import WorkflowPool
 from .agentpolicy import secret_name, tenant_of
 from .status import wait_for, write_ready
 from .tenant import publish_secret
@@ -31,9 +36,24 @@ from .tenant import publish_secret
 FINISHED = ("Succeeded", "Denied", "Failed")
 
 
+@kopf.on.startup()
+def start_workflow_pool(memo: kopf.Memo, **_: Any) -> None:
+    memo.workflow_pool = WorkflowPool.from_environ(os.environ)
+
+
+@kopf.on.cleanup()
+def stop_workflow_pool(memo: kopf.Memo, **_: Any) -> None:
+    memo.workflow_pool.shutdown()
+
+
 @kopf.on.resume(GROUP, VERSION, "agentworkflows")
 @kopf.on.create(GROUP, VERSION, "agentworkflows")
-def run_workflow(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+async def run_workflow(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    pool: WorkflowPool = memo.workflow_pool
+    await pool.run(body.metadata.namespace, functools.partial(_run, body, patch, memo))
+
+
+def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
     kube: Kube = memo.kube
     name, namespace = body.metadata.name, body.metadata.namespace
     state = body.get("status") or {}
