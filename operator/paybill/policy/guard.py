@@ -1,11 +1,12 @@
 """The execution guard: runs an admitted statement as the agent's own role, within the policy's limits.
 
 One connection per agent run, logged in as the agent role (never a superuser that SETs ROLE), with
-search_path set for the session when it connects. Every statement is its own explicit transaction,
-pipelined (one round trip), that starts with SET LOCAL statement_timeout: whatever an earlier statement did
-to the session's settings, the server stops this one at the deadline (the role carries the same timeout as
-a default). The client cancels it too, shortly after the deadline, so the timeout holds even if the
-server's was lifted. DML is rolled back when it writes more rows than allowed. A planner-cost precheck
+search_path set for the session when it connects. Every statement is its own transaction, pipelined, that
+first sets statement_timeout transaction-locally (as SET LOCAL does): whatever an earlier statement did to
+the session's settings, the server stops this one at the deadline (the role carries the same timeout as a
+default). The client cancels it too, shortly after the deadline, so the timeout holds even if the server's
+was lifted. A read is one round trip; a write (or a row lock) runs in an explicit transaction and is
+rolled back when it writes more rows than allowed. A planner-cost precheck
 (cached per rewritten statement) refuses expensive statements; reads stop at maxRowsRead.
 
 A database error reaches the agent as its SQLSTATE and condition name only: the message can carry data
@@ -18,9 +19,9 @@ import contextlib
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 import psycopg
@@ -31,6 +32,9 @@ from .decision import Decision, Reason
 from .engine import PolicyEngine
 
 CLIENT_GRACE_S = 0.25  # the server's timeout fires first; the client's cancel is the backstop
+CANCEL_TIMEOUT_S = 5.0
+# Transaction-local, like SET LOCAL, and a bind parameter: set first in the statement's own transaction.
+SET_TIMEOUT = "SELECT set_config('statement_timeout', $1, true)"
 
 
 def condition_name(sqlstate: str) -> str:
@@ -50,27 +54,47 @@ def database_reason(code: str, error: psycopg.Error) -> Reason:
 
 
 class ClientDeadline:
-    """Cancels the statement running on `conn` once `seconds` have passed (a timer thread sends the cancel)."""
+    """Cancels the statement running on `conn` when its deadline passes: one watchdog thread per connection,
+    armed around each statement (no thread per statement)."""
 
-    def __init__(self, conn: psycopg.Connection[Any], seconds: float) -> None:
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.fired = False
         self._conn = conn
-        self._timer = threading.Timer(seconds, self._cancel)
-        self._timer.daemon = True
+        self._changed = threading.Condition()
+        self._deadline: float | None = None
+        self._waking_at: float | None = None  # when the watchdog wakes next (None: only when told)
+        self._closed = False
+        threading.Thread(target=self._watch, name="paybill-deadline", daemon=True).start()
 
-    def _cancel(self) -> None:
-        self.fired = True
-        with contextlib.suppress(psycopg.Error):  # the connection closed meanwhile: nothing is left to stop
-            self._conn.cancel_safe()
+    @contextlib.contextmanager
+    def armed(self, seconds: float) -> Iterator[ClientDeadline]:
+        with self._changed:
+            self.fired = False
+            self._deadline = time.monotonic() + seconds
+            if self._waking_at is None or self._deadline < self._waking_at:
+                self._changed.notify()
+        try:
+            yield self
+        finally:
+            with self._changed:  # waits for a cancel in flight: it lands before the next statement starts
+                self._deadline = None
 
-    def __enter__(self) -> ClientDeadline:
-        self._timer.start()
-        return self
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify()
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self._timer.cancel()
-        self._timer.join()  # a cancel in flight lands before the next statement starts
+    def _watch(self) -> None:
+        with self._changed:
+            while not self._closed:
+                now = time.monotonic()
+                if self._deadline is not None and self._deadline <= now:
+                    self._deadline, self.fired = None, True
+                    with contextlib.suppress(psycopg.Error):  # the connection closed meanwhile: nothing to stop
+                        self._conn.cancel_safe(timeout=CANCEL_TIMEOUT_S)
+                    continue
+                self._waking_at = self._deadline
+                self._changed.wait(None if self._deadline is None else self._deadline - now)
 
 
 class _Rollback(Exception):
@@ -119,6 +143,7 @@ class ExecutionGuard:
         self.statements = 0
         self._conninfo = conninfo
         self._conn: psycopg.Connection[Any] | None = None
+        self._deadline: ClientDeadline | None = None
         self._costs: dict[str, float] = {}
         self._columns: dict[str, tuple[str, ...]] = {}
 
@@ -129,6 +154,9 @@ class ExecutionGuard:
         self.close()
 
     def close(self) -> None:
+        if self._deadline is not None:
+            self._deadline.close()
+            self._deadline = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -170,13 +198,18 @@ class ExecutionGuard:
             return Outcome(decision, reasons=(database_reason("database_error", error),), error=str(error))
 
     @contextlib.contextmanager
-    def _transaction(self, conn: psycopg.Connection) -> Iterator[psycopg.Pipeline]:
-        """One pipelined transaction under the policy's timeout, on the server (SET LOCAL) and the client."""
+    def _guarded(self, conn: psycopg.Connection, writes: bool) -> Iterator[psycopg.Pipeline]:
+        """One statement under the policy's timeout: on the server (statement_timeout set transaction-locally
+        first, in the statement's own transaction) and on the client (cancelled shortly after the deadline).
+        A read is one implicit transaction in one round trip; a write is an explicit one, to be checked before
+        it commits."""
         timeout_ms = self.engine.rules.limits.statementTimeoutMs
-        deadline = ClientDeadline(conn, timeout_ms / 1000 + CLIENT_GRACE_S)
+        if self._deadline is None:
+            self._deadline = ClientDeadline(conn)
         try:
-            with deadline, conn.pipeline() as pipeline, conn.transaction():
-                conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(timeout_ms)))
+            with self._deadline.armed(timeout_ms / 1000 + CLIENT_GRACE_S) as deadline, conn.pipeline() as pipeline, \
+                    conn.transaction() if writes else contextlib.nullcontext():
+                conn.execute(SET_TIMEOUT, [str(timeout_ms)])
                 yield pipeline
         except psycopg.Error as error:
             if conn.info.transaction_status != TransactionStatus.IDLE:
@@ -189,9 +222,8 @@ class ExecutionGuard:
         key = decision.sql or ""  # the statement's shape: estimated once, with its first parameters
         cost = self._costs.get(key)
         if cost is None:
-            with self._transaction(conn) as pipeline:
+            with self._guarded(conn, writes=False):
                 cur = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(decision.sql), params)
-                pipeline.sync()
             plan = cur.fetchone()[0]
             plan = json.loads(plan) if isinstance(plan, str) else plan
             cost = float(plan[0]["Plan"]["Total Cost"])
@@ -200,11 +232,13 @@ class ExecutionGuard:
 
     def _run(self, conn: psycopg.Connection, decision: Decision, params: list[Any], cost: float) -> Outcome:
         limits = self.engine.rules.limits
-        with self._transaction(conn) as pipeline:
+        locks = decision.extra.get("locks", False)  # a locking read's rows count as written
+        writes = decision.statement != "select" or locks
+        with self._guarded(conn, writes) as pipeline:
             cur = conn.execute(decision.sql, params)
-            pipeline.sync()
-            locks = decision.extra.get("locks", False)  # a locking read's rows count as written
-            if (decision.statement != "select" or locks) and cur.rowcount > limits.maxRowsWritten:
+            if writes:
+                pipeline.sync()
+            if writes and cur.rowcount > limits.maxRowsWritten:
                 raise _Rollback(Reason("rows_written_exceeded", f"statement {'locked' if locks else 'changed'} "
                                        f"{cur.rowcount} rows, more than maxRowsWritten {limits.maxRowsWritten}; "
                                        "rolled back"))
