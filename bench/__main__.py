@@ -32,20 +32,33 @@ def machine() -> str:
             f"Python {platform.python_version()}; {postgres}")
 
 
+def kept_sections(previous: str, written: str) -> list[str]:
+    """The `## ` sections of the previous file this run does not write (e.g. the fuzzing campaign's), unchanged."""
+    headings = {line for line in written.splitlines() if line.startswith("## ")}
+    kept = []
+    for chunk in previous.split("\n## ")[1:]:
+        section = "## " + chunk.rstrip("\n")
+        if section.splitlines()[0] not in headings:
+            kept.append(section)
+    return kept
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="fewer iterations (for a smoke run)")
     parser.add_argument("--out", default="BENCHMARKS.md")
     args = parser.parse_args()
     sections = [policy.run(args.quick), tenants.run(args.quick)]
+    out = Path(args.out)
     text = "\n\n".join([
         "# Benchmarks",
         f"Machine: {machine()}.",
         f"Command: `make bench` (`{Path(sys.executable).name} -m bench{' --quick' if args.quick else ''}`); "
         "every figure in a table comes from the same run, side by side.",
         *sections,
+        *kept_sections(out.read_text() if out.exists() else "", "\n".join(sections)),
     ]) + "\n"
-    Path(args.out).write_text(text)
+    out.write_text(text)
     print(text)
     return 0
 
