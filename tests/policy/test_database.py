@@ -15,6 +15,7 @@ from psycopg import errors
 
 from paybill.api.agentpolicy import AgentPolicySpec
 from paybill.policy import PolicyEngine
+from paybill.policy.grants import agent_role
 from paybill.policy.guard import ExecutionGuard
 
 from .conftest import PRINCIPAL, PolicyDatabase, load_cases, schema, support_policy
@@ -66,7 +67,7 @@ def test_guard_connects_as_the_agent_role_not_a_superuser(acme: str) -> None:
     with psycopg.connect(acme) as conn:
         user, superuser = conn.execute("SELECT current_user, usesuper FROM pg_user WHERE usename = current_user"
                                        ).fetchone()
-    assert user == "agent_support_acme" and superuser is False
+    assert user == agent_role("support", "acme") and superuser is False
 
 
 def test_dml_over_max_rows_written_is_rolled_back(policy_db: PolicyDatabase, acme: str) -> None:

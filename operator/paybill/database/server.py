@@ -192,8 +192,9 @@ def _require_passwords(server: Any, data_dir: Path) -> str:
         conn.execute("SET password_encryption = 'scram-sha-256'")
         conn.execute(psycopg.sql.SQL("ALTER ROLE {} PASSWORD {}").format(
             psycopg.sql.Identifier(SUPERUSER), psycopg.sql.Literal(password)))
-        hba = conn.execute("SHOW hba_file").fetchone()[0]
-        socket_dir = conn.execute("SHOW unix_socket_directories").fetchone()[0].split(",")[0].strip()
+        hba, sockets = (str((conn.execute(query).fetchone() or ("",))[0])
+                        for query in ("SHOW hba_file", "SHOW unix_socket_directories"))
+        socket_dir = sockets.split(",")[0].strip()
         Path(hba).write_text("local all all scram-sha-256\nhost all all 127.0.0.1/32 scram-sha-256\n"
                              "host all all ::1/128 scram-sha-256\n")
         conn.execute("SELECT pg_reload_conf()")

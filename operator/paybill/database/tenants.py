@@ -485,9 +485,9 @@ class TenantDatabases:
                                      (placement.role,)).fetchone()
                 writable = bool(found and found[0])
             else:
-                found = conn.execute("SELECT has_table_privilege(%s, %s, 'INSERT')",
-                                     (placement.role, f"{sql.Identifier(placement.schema).as_string(conn)}.orders"))
-                writable = bool(found.fetchone()[0])
+                found = conn.execute("SELECT has_table_privilege(%s, %s, 'INSERT')", (
+                    placement.role, f"{sql.Identifier(placement.schema).as_string(conn)}.orders")).fetchone()
+                writable = bool(found and found[0])
         return Access.FULL if writable else Access.READ_ONLY
 
     # --- checksums, backup, removal ----------------------------------------------------------------------
@@ -714,7 +714,7 @@ def _client_connection(dsn: str) -> tuple[str, dict[str, str]]:
     command line is visible to every user of the machine."""
     params = conninfo.conninfo_to_dict(dsn)
     password = params.pop("password", None)
-    return conninfo.make_conninfo(**params), {**os.environ, **({"PGPASSWORD": str(password)} if password else {})}
+    return conninfo.make_conninfo("", **params), {**os.environ, **({"PGPASSWORD": str(password)} if password else {})}
 
 
 def restore_backup(admin_dsn: str, path: Path, database: str) -> None:

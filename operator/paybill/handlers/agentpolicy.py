@@ -46,7 +46,7 @@ def tenant_of(kube: Kube, namespace: str) -> dict[str, Any] | None:
 def reconcile_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     kube: Kube = memo.kube
     databases: TenantDatabases | None = memo.databases
-    name, namespace = body.metadata.name, body.metadata.namespace
+    name, namespace = body.metadata.name, str(body.metadata.namespace)  # namespaced: never None
     spec = AgentPolicySpec.model_validate(dict(body.spec))  # the CRD schema has already refused bad shapes
     tenant = tenant_of(kube, namespace)
     if tenant is None:
@@ -104,7 +104,7 @@ def delete_policy(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     tenant = state.get("tenant")
     if memo.databases is not None and tenant:
         try:
-            dropped = uninstall(memo.databases, body.metadata.name, body.metadata.namespace, tenant,
+            dropped = uninstall(memo.databases, body.metadata.name, str(body.metadata.namespace), tenant,
                                 state.get("database"))
         except DatabaseUnavailable as exc:
             raise kopf.TemporaryError(str(exc), delay=10) from None
