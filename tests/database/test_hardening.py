@@ -307,3 +307,17 @@ def test_the_default_backup_directory_is_under_the_operators_state_directory(tmp
     assert backup_directory({"PAYBILL_BACKUP_DIR": "/srv/backups"}) == Path("/srv/backups")
     default = backup_directory({"HOME": str(tmp_path)})
     assert default.is_relative_to(tmp_path) and "tmp/paybill-backups" not in str(default)
+
+
+def test_the_pgserver_fallback_requires_passwords_too(tmp_path: Path) -> None:
+    pytest.importorskip("pgserver")
+    server = LocalPostgres(tmp_path / "fallback")
+    dsn = server._start_pgserver()
+    try:
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(psycopg.conninfo.make_conninfo(dsn, password="wrong"), connect_timeout=3)
+        assert (tmp_path / "fallback" / "superuser.password").stat().st_mode & 0o777 == 0o600
+    finally:
+        server.stop()
