@@ -18,6 +18,7 @@ from psycopg import sql
 from paybill.api.agentpolicy import AgentPolicySpec
 from paybill.audit import AuditLog
 from paybill.billing.grace import Access
+from paybill.database.ownership import Found, Record, Verdict, decide, opaque_name
 from paybill.database.server import LocalPostgres
 from paybill.database.tenants import NameConflict, Placement, TenantDatabases, UnsafeBackupDirectory
 from paybill.handlers.settings import backup_directory
@@ -238,6 +239,23 @@ def test_names_that_collided_under_the_old_mapping_are_distinct(databases: Tenan
     assert attacker != victim and first.role != second.role
     assert databases.placement_for("a-b", "bridge").schema != databases.placement_for("a.b", "bridge").schema
     assert databases.placement_for("a-b", "silo").database != databases.placement_for("a_b", "silo").database
+
+
+def test_ownership_decisions() -> None:
+    me, other = "Tenant a", "Tenant b"
+    assert decide("role", "t_1", me, None, None) == Verdict.CREATE
+    assert decide("role", "t_1", me, Record(me, 7), None) == Verdict.CREATE  # dropped by hand: made again
+    assert decide("role", "t_1", me, Record(me, 7), Found(7)) == Verdict.USE
+    assert decide("database", "t_1", me, Record(me, None), Found(9, owned_by_operator=True)) == Verdict.RECORD
+    refused = [(me, None, Found(7)), (me, Record(me, 7), Found(8)), (me, Record(me, None), Found(9)),
+               (me, Record(other, 7), Found(7)), (me, Record(other, 7), None)]
+    for owner, record, found in refused:
+        with pytest.raises(NameConflict):
+            decide("role", "t_1", owner, record, found)
+    key = b"k"
+    assert opaque_name(key, "a_", "a-b", "c") != opaque_name(key, "a_", "a", "b-c")  # no separator ambiguity
+    assert opaque_name(key, "a_", "x") != opaque_name(b"other key", "a_", "x")
+    assert len(opaque_name(key, "a_", "x" * 300)) <= 63
 
 
 @pytest.mark.parametrize("isolation", ["pooled", "bridge", "silo"])
