@@ -89,12 +89,15 @@ def run(count: int, seed: int, progress: int, hostility: int) -> Campaign:
 
 
 def report(campaign: Campaign, seed: int, hostility: int) -> str:
+    statements = {(f["policy"], f["sql"]) for items in campaign.findings.values() for f in items}
+    kinds = Counter(f"{sql.split()[0].upper()} ({policy})" for policy, sql in statements)
     lines = [
         f"- statements generated and decided: {campaign.count} (seed {seed}, hostility {hostility}%)",
         f"- admitted and executed by the oracle: {campaign.executed} "
         f"({', '.join(f'{p}: {n}' for p, n in sorted(campaign.by_policy.items()))})",
         f"- duration: {campaign.seconds:.0f} s ({campaign.count / max(campaign.seconds, 1e-9):.0f} statements/s)",
-        f"- admitted statements that broke the oracle: {campaign.escapes} in {len(campaign.findings)} classes",
+        f"- oracle failures: {campaign.escapes} in {len(campaign.findings)} classes, from {len(statements)} "
+        f"statements ({', '.join(f'{k}: {n}' for k, n in sorted(kinds.items())) or 'none'})",
     ]
     for name, items in sorted(campaign.findings.items(), key=lambda kv: -len(kv[1])):
         shortest = min(items, key=lambda f: len(f["sql"]))
@@ -123,11 +126,17 @@ def section(campaign: Campaign, seed: int, hostility: int, machine: str) -> str:
         f"Command: `make fuzz` (`python -m bench.fuzz --count {campaign.count} --seed {seed} "
         f"--hostility {hostility}`), PostgreSQL on loopback, other work sharing the 2 cores.", "",
         report(campaign, seed, hostility), "",
-        "Each class of escape is minimized by hand into `tests/policy/fuzz-findings.jsonl`; "
-        "`test_fuzz_findings_are_denied` asserts that each is denied. The bounded run in `make test` "
-        "(`test_admitted_statements_keep_to_the_tenant`, derandomized) takes `PAYBILL_FUZZ_EXAMPLES` "
-        "examples (400 by default).",
+        "The escapes, minimized by hand into `tests/policy/fuzz-findings.jsonl` (`test_fuzz_findings_are_denied` "
+        "asserts that each is denied, and fails until it is):", "",
+        *(f"- {f['id']} ({f['policy']}): `{f['sql']}`: {f['why']}" for f in minimized()), "",
+        "The bounded run in `make test` (`test_admitted_statements_keep_to_the_tenant`, derandomized) takes "
+        "`PAYBILL_FUZZ_EXAMPLES` examples (400 by default).",
     ]) + "\n"
+
+
+def minimized() -> list[dict]:
+    path = Path(__file__).resolve().parent.parent / "tests" / "policy" / "fuzz-findings.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def write_section(path: Path, text: str) -> None:
