@@ -109,3 +109,28 @@ def test_long_agent_work_never_delays_another_tenants_suspension(small_pool_oper
         return all(((operator.kube.get(API, "agentworkflows", w, namespace) or {}).get("status") or {}).get("phase")
                    in ("Denied", "Failed") for w in workflows)  # stopped: a cancel reads as a timeout
     operator.eventually(cancel_naps, timeout=60, interval=0.5)
+
+
+def test_a_workflow_that_lifts_its_timeout_is_still_stopped_at_the_deadline(operator: Any,
+                                                                          postgres: LocalPostgres) -> None:
+    name = onboard(operator, "silo")
+    namespace = f"tenant-{name}"
+    placement = wait_phase(operator, name, "Active")["database"]
+    with psycopg.connect(postgres.dsn, dbname=placement["database"], autocommit=True) as conn:
+        schema = placement["schema"]
+        conn.execute(f"CREATE FUNCTION {schema}.lift() RETURNS integer LANGUAGE sql "
+                     "AS $$ SELECT length(set_config('statement_timeout', '0', false)) $$")
+        conn.execute(f"CREATE FUNCTION {schema}.nap(seconds integer) RETURNS integer LANGUAGE plpgsql "
+                     "AS $$ BEGIN PERFORM pg_sleep(seconds); RETURN seconds; END $$")
+    policy = agent_policy(namespace, functions=["lift", "nap"])
+    policy["spec"]["limits"] = {"statementTimeoutMs": 500}
+    operator.kube.apply(policy)
+    wait_policy(operator, namespace, "Ready")
+    operator.kube.apply(agent_workflow(namespace, "escape", [
+        {"name": "lift", "kind": "query", "sql": "SELECT lift()"},
+        {"name": "sleep", "kind": "query", "sql": "SELECT nap(600)"}]))
+    denied = wait_workflow(operator, namespace, "escape", "Denied")  # within wait_workflow's 40 s, not 600
+    assert [s["executed"] for s in denied["steps"]] == [True, False]
+    assert denied["steps"][1]["reasons"] == [{"code": "timeout", "message": "statement ran longer than 500 ms; "
+                                                                            "stopped by the server"}]
+    assert not _naps(postgres, placement["database"])
