@@ -144,33 +144,37 @@ def test_the_database_hides_other_tenants_rows_on_its_own(acme: str) -> None:
 
 
 def test_upsert_never_updates_another_tenants_row(policy_db: PolicyDatabase) -> None:
+    """The arbiter includes tenant_id (an arbiter without it is refused: the conflicting row could be another
+    tenant's, locked before the tenant predicate in DO UPDATE's WHERE is evaluated)."""
     upsert = {"id": "upsert-orders", "effect": "allow", "actions": ["insert", "update"], "tables": ["orders"],
               "columns": ["id", "customer_id", "status", "total"]}
     policy = spec(rules=[*support_policy().spec.model_dump(mode="json")["rules"], upsert])
     dsn = policy_db.grant(policy, "acme", name="upsert")
     statement = ("INSERT INTO orders (id, customer_id, status, total) VALUES ($1, 1, 'upserted', 1) "
-                 "ON CONFLICT (id) DO UPDATE SET status = excluded.status")
+                 "ON CONFLICT (tenant_id, id) DO UPDATE SET status = excluded.status")
     try:
         with ExecutionGuard(policy_db.engine(policy), dsn, PRINCIPAL, "acme") as guard:
-            foreign = guard.execute(statement, [1010])  # globex's order
-            assert foreign.ok and foreign.rows_affected == 0, foreign.reasons
+            unscoped = guard.execute(statement.replace("(tenant_id, id)", "(id)"), [1010])
+            assert not unscoped.executed and unscoped.decision.reasons[0].code == "tenant_unsafe_key"
+            beside = guard.execute(statement, [1010])  # globex's order id: a new order of acme's own
+            assert beside.ok and beside.rows_affected == 1, beside.reasons
             own = guard.execute(statement, [10])
             assert own.ok and own.rows_affected == 1, own.reasons
             fresh = guard.execute(statement, [77])
             assert fresh.ok and fresh.rows_affected == 1
-        assert admin_value(policy_db, "SELECT row(tenant_id, status)::text FROM orders WHERE id = 1010") == \
-            "(globex,open)"
+        assert admin_value(policy_db, "SELECT string_agg(row(tenant_id, status)::text, ' ' ORDER BY tenant_id) "
+                                      "FROM orders WHERE id = 1010") == "(acme,upserted) (globex,open)"
         assert admin_value(policy_db, "SELECT row(tenant_id, status)::text FROM orders WHERE id = 10") == \
             "(acme,upserted)"
         assert admin_value(policy_db, "SELECT tenant_id FROM orders WHERE id = 77") == "acme"
-        # the role on its own, without the engine's WHERE: row-level security refuses the foreign row
+        # the role on its own, without the engine: row-level security refuses another tenant's row
         with psycopg.connect(dsn) as conn, pytest.raises(errors.InsufficientPrivilege):
-            conn.execute("INSERT INTO orders (id, customer_id, status, total, tenant_id) VALUES (1010, 1, 'x', 1, "
-                         "'acme') ON CONFLICT (id) DO UPDATE SET status = excluded.status")
+            conn.execute("INSERT INTO orders (id, customer_id, status, total, tenant_id) VALUES (1010, 101, 'x', 1, "
+                         "'globex') ON CONFLICT (tenant_id, id) DO UPDATE SET status = excluded.status")
     finally:
         with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
             conn.execute("UPDATE orders SET status = 'open' WHERE id = 10")
-            conn.execute("DELETE FROM orders WHERE id = 77")
+            conn.execute("DELETE FROM orders WHERE tenant_id = 'acme' AND id IN (77, 1010)")
 
 
 # -- differential (Hypothesis) ----------------------------------------------------------------------

@@ -205,12 +205,12 @@ VALUES = "INSERT INTO orders (id, customer_id, status, total) VALUES (1, 2, 'x',
 
 def test_on_conflict_do_update_is_checked_as_an_update_of_the_tenants_own_row() -> None:
     engine = PolicyEngine(spec(rules=[*support_policy().spec.model_dump(mode="json")["rules"], UPSERT]), schema())
-    upsert = engine.decide(PRINCIPAL, f"{VALUES} ON CONFLICT (id) DO UPDATE SET status = excluded.status "
-                                      "WHERE orders.total > 1", tenant="acme")
+    upsert = engine.decide(PRINCIPAL, f"{VALUES} ON CONFLICT (tenant_id, id) DO UPDATE "
+                                      "SET status = excluded.status WHERE orders.total > 1", tenant="acme")
     assert upsert.allowed, upsert.reasons
     assert upsert.sql == ("INSERT INTO orders (id, customer_id, status, total, tenant_id) "
-                          "VALUES (1, 2, 'x', 3, 'acme') ON CONFLICT (id) DO UPDATE SET status = excluded.status "
-                          "WHERE orders.total > 1 AND orders.tenant_id = 'acme'")
+                          "VALUES (1, 2, 'x', 3, 'acme') ON CONFLICT (tenant_id, id) DO UPDATE "
+                          "SET status = excluded.status WHERE orders.total > 1 AND orders.tenant_id = 'acme'")
     assert engine.decide(PRINCIPAL, f"{VALUES} ON CONFLICT DO NOTHING", tenant="acme").allowed
     refused = {
         "SET tenant_id = 'globex'": "tenant_column",
@@ -220,18 +220,20 @@ def test_on_conflict_do_update_is_checked_as_an_update_of_the_tenants_own_row() 
         "SET status = excluded.nope": "unknown_column",
     }
     for assignment, code in refused.items():
-        decision = engine.decide(PRINCIPAL, f"{VALUES} ON CONFLICT (id) DO UPDATE {assignment}", tenant="acme")
+        decision = engine.decide(PRINCIPAL, f"{VALUES} ON CONFLICT (tenant_id, id) DO UPDATE {assignment}",
+                                 tenant="acme")
         assert code in [r.code for r in decision.reasons] and not decision.allowed, assignment
-    renamed = engine.decide(PRINCIPAL, VALUES.replace("orders", "orders AS excluded") + " ON CONFLICT (id) "
-                            "DO UPDATE SET status = excluded.status", tenant="acme")
+    renamed = engine.decide(PRINCIPAL, VALUES.replace("orders", "orders AS excluded") + " ON CONFLICT "
+                            "(tenant_id, id) DO UPDATE SET status = excluded.status", tenant="acme")
     assert [r.code for r in renamed.reasons] == ["invalid"]
     target = engine.decide(PRINCIPAL, f"{VALUES} ON CONFLICT (lower(status)) DO NOTHING", tenant="acme")
     assert [r.code for r in target.reasons] == ["unsupported"]
     # without an update rule, DO UPDATE is refused while DO NOTHING is not
     insert_only = PolicyEngine(spec(rules=[{**UPSERT, "actions": ["insert"]},
                                            *support_policy().spec.model_dump(mode="json")["rules"][:1]]), schema())
-    assert insert_only.decide(PRINCIPAL, f"{VALUES} ON CONFLICT (id) DO NOTHING", tenant="acme").allowed
-    blocked = insert_only.decide(PRINCIPAL, f"{VALUES} ON CONFLICT (id) DO UPDATE SET status = 'y'", tenant="acme")
+    assert insert_only.decide(PRINCIPAL, f"{VALUES} ON CONFLICT (tenant_id, id) DO NOTHING", tenant="acme").allowed
+    blocked = insert_only.decide(PRINCIPAL, f"{VALUES} ON CONFLICT (tenant_id, id) DO UPDATE SET status = 'y'",
+                                 tenant="acme")
     assert [r.code for r in blocked.reasons] == ["no_allow_rule"]
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from .decision import Reason
 from .rules import UNSAFE_FUNCTIONS, UNSAFE_PREFIXES, RuleSet
-from .schema import TENANT_COLUMN, Schema, Table, TypeFamily
+from .schema import TENANT_COLUMN, WRITING_ACTIONS, Schema, Table, TypeFamily
 from .tree import pb, unwrap
 
 COMPARISONS = frozenset({"=", "<>", "!=", "<", ">", "<=", ">="})
@@ -354,6 +354,7 @@ class Analysis:
                 families.append(None)
                 continue
             self.writes_tenant_column(table, col.name, col)
+            self.writes_key_column(table, col.name, col, update=False)
             self.access("insert", table, col.name, col)
             families.append(table.columns[col.name])
         source = stmt.select_stmt.select_stmt if stmt.select_stmt.WhichOneof("node") == "select_stmt" else None
@@ -387,6 +388,7 @@ class Analysis:
         Arbiter columns and `excluded.*` count as reads of the table, as PostgreSQL counts them."""
         columns = tuple(table.columns)
         scope = Scope([Relation(name, columns, table)])
+        self.conflict_arbiter(clause, table)
         if clause.HasField("infer"):
             infer = clause.infer
             for item in infer.index_elems:
@@ -431,6 +433,7 @@ class Analysis:
                 self.deny("unknown_column", f"column {table.name}.{target.name} does not exist", target)
                 continue
             self.writes_tenant_column(table, target.name, target)
+            self.writes_key_column(table, target.name, target, update=True)
             self.access("update", table, target.name, target)
             self.expression(target.val, scope)
             self.typed_value(table.columns[target.name], target.val)
@@ -442,6 +445,7 @@ class Analysis:
         if table is None:
             return
         self.access("delete", table, None, stmt.relation)
+        self.deletes_referenced(table, stmt.relation)
         scope = Scope([Relation(self.target_name(stmt, table), tuple(table.columns), table)])
         for item in stmt.using_clause:
             self.from_item(item, scope, {})
@@ -473,6 +477,62 @@ class Analysis:
     def writes_tenant_column(self, table: Table, column: str, node: Any) -> None:
         if column == TENANT_COLUMN and self.tenant is not None and table.pooled:
             self.deny("tenant_column", f"{table.name}.{TENANT_COLUMN} is set by Paybill, never by an agent", node)
+
+    # -- keys: in a pooled table, a key without the tenant column spans every tenant's rows --------------
+
+    def writes_key_column(self, table: Table, column: str, node: Any, update: bool) -> None:
+        """Writing a column of such a key collides with (23505), references (23503, FOR KEY SHARE) or, for an
+        UPDATE, is referenced by other tenants' rows; a foreign key's ON UPDATE action writes another table."""
+        keys = self.schema.keys[table.name]
+        if self.tenant is not None and table.pooled:
+            key = keys.unscoped.get(column) or (keys.unscoped_referenced.get(column) if update else None)
+            if key is not None:
+                self.deny("tenant_unsafe_key", f"{table.name}.{column}: {key.describe()} on {key.table} does not "
+                                               f"include {TENANT_COLUMN}, so writing it depends on other tenants' rows",
+                          node)
+        writing = keys.writing_referenced.get(column) if update else None
+        if writing is not None:
+            self.deny("foreign_key_action", f"{table.name}.{column}: {writing.describe()} on {writing.table} is "
+                                            f"ON UPDATE {WRITING_ACTIONS[writing.on_update]}, a write no rule names",
+                      node)
+
+    def conflict_arbiter(self, clause: pb.OnConflictClause, table: Table) -> None:
+        """ON CONFLICT's arbiter must include the tenant column, or the conflicting row may be another tenant's
+        (DO NOTHING's row count shows it exists; DO UPDATE locks it before its WHERE is evaluated)."""
+        if self.tenant is None or not table.pooled:
+            return
+        keys = self.schema.keys[table.name]
+        if not clause.HasField("infer"):
+            if keys.unscoped_unique:
+                self.deny("tenant_unsafe_key", f"ON CONFLICT without a target on {table.name} arbitrates on "
+                                               f"{keys.unscoped_unique[0].describe()}, which does not include "
+                                               f"{TENANT_COLUMN}", clause)
+            return
+        infer = clause.infer
+        if infer.conname:
+            key = keys.unique_by_name.get(infer.conname)
+            if key is None or not key.tenant_scoped:
+                self.deny("tenant_unsafe_key", f"ON CONFLICT ON CONSTRAINT {infer.conname}: not a unique key of "
+                                               f"{table.name} known to include {TENANT_COLUMN}", infer)
+            return
+        names = [item.index_elem.name for item in infer.index_elems]
+        if TENANT_COLUMN not in names and all(names):  # an expression target is refused as unsupported
+            self.deny("tenant_unsafe_key", f"ON CONFLICT ({', '.join(names)}) on {table.name} does not include "
+                                           f"{TENANT_COLUMN}: the conflicting row may be another tenant's", infer)
+
+    def deletes_referenced(self, table: Table, node: Any) -> None:
+        """Other tenants' rows referencing a deleted row make the DELETE fail; an ON DELETE action writes them."""
+        keys = self.schema.keys[table.name]
+        key = keys.unscoped_referencing if self.tenant is not None and table.pooled else None
+        if key is not None:
+            self.deny("tenant_unsafe_key", f"{table.name} is referenced by {key.describe()} on {key.table}, which "
+                                           f"does not include {TENANT_COLUMN}: deleting depends on other tenants' "
+                                           "rows", node)
+        if keys.writing_on_delete is not None:
+            writing = keys.writing_on_delete
+            self.deny("foreign_key_action", f"{table.name} is referenced by {writing.describe()} on {writing.table}, "
+                                            f"ON DELETE {WRITING_ACTIONS[writing.on_delete]}: a write no rule names",
+                      node)
 
     # -- FROM ------------------------------------------------------------------------------------
 

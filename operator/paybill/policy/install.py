@@ -33,7 +33,7 @@ class Installation:
 def tenant_schema(databases: TenantDatabases, placement: Placement) -> Schema:
     """The tables an agent may be granted: the tenant's schema without Paybill's own bookkeeping."""
     schema = Schema.from_dsn(databases.dsn(placement.database), placement.schema)
-    return Schema(schema.name, {name: table for name, table in schema.tables.items() if name != LEDGER})
+    return Schema(schema.name, {name: table for name, table in schema.tables.items() if name != LEDGER}, schema.inbound)
 
 
 def for_access(spec: AgentPolicySpec, access: Access) -> AgentPolicySpec:
