@@ -50,7 +50,7 @@ def stop_workflow_pool(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.create(GROUP, VERSION, "agentworkflows")
 async def run_workflow(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     pool: WorkflowPool = memo.workflow_pool
-    await pool.run(body.metadata.namespace, functools.partial(_run, body, patch, memo))
+    await pool.run(str(body.metadata.namespace), functools.partial(_run, body, patch, memo))
 
 
 def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:

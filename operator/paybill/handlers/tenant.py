@@ -373,10 +373,10 @@ def _delete_owned_namespace(kube: Kube, body: kopf.Body, namespace: str) -> None
     """Delete the namespace only if this Tenant controls it; the uid precondition stops a namespace that was
     replaced in between from going too."""
     existing = kube.get("v1", "namespaces", namespace)
+    if existing is None:
+        return
     if not may_delete_namespace(existing, body.metadata.uid, operator_namespace()):
-        if existing is not None:
-            kopf.info(body, reason="NamespaceKept",
-                      message=f"namespace {namespace} is not this tenant's; left as it is")
+        kopf.info(body, reason="NamespaceKept", message=f"namespace {namespace} is not this tenant's; left as it is")
         return
     try:
         preconditions = {"uid": existing["metadata"]["uid"]}
