@@ -230,7 +230,9 @@ def test_owned_objects_deleted_by_hand_come_back(operator: Any) -> None:
     back = operator.eventually(lambda: kube.get("networking.k8s.io/v1", "networkpolicies", "paybill-default-deny",
                                                 namespace))
     assert back["metadata"]["uid"] != old_uid
-    operator.eventually(lambda: kube.get("v1", "secrets", "paybill-database", namespace))
+    # complete: the password is kept first (a crash must not lose it), the login fields follow the role
+    operator.eventually(lambda: "uri" in ((kube.get("v1", "secrets", "paybill-database", namespace) or {})
+                                          .get("data") or {}))
     # A lost Secret means a new password; the role follows it.
     operator.eventually(lambda: can_write(operator, name, 99), timeout=30)
 
