@@ -193,12 +193,12 @@ class PolicyEngine:
             else:
                 for rule in match.allows:
                     allowing.setdefault(rule.id, rule)
-        target = analysis.target
-        if analysis.where_missing and analysis.kind in ("update", "delete") and target is not None:
+        written = analysis.target
+        if analysis.where_missing and analysis.kind in ("update", "delete") and written is not None:
             for rule in allowing.values():
                 if rule.requireWhere and analysis.kind in rule.actions:
                     analysis.reasons.append(Reason("require_where", f"{analysis.kind.upper()} needs a WHERE clause "
-                                                   f"that {_SELECTIVE_WHERE.format(table=target.table.name)}",
+                                                   f"that {_SELECTIVE_WHERE.format(table=written.table.name)}",
                                                    rule=rule.id))
         for table in sorted({table for table, restricted in analysis.locks if not restricted}):
             for rule in self.rules.match("update", table, None).allows:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,7 +131,8 @@ class RuleSet:
                 allows.append(rule)
         return Match(None, tuple(allows))
 
-    def predicate_columns(self, table: str, columns: dict[str, object], pooled: bool, tenant: str | None) -> set[str]:
+    def predicate_columns(self, table: str, columns: Mapping[str, object], pooled: bool,
+                          tenant: str | None) -> set[str]:
         """Columns Paybill's own predicates read on `table`: readable wherever the table is.
 
         The tenant column holds the agent's own tenant id, and row-filter columns only ever show values
