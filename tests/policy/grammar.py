@@ -515,7 +515,8 @@ class Grammar:
         text = f"INSERT INTO orders ({', '.join(columns)}) {source}"
         target = Relation("orders", TABLES["orders"], "orders")
         if self.c.chance(50):
-            conflict = self.c.pick(("(id)", "(id)", "ON CONSTRAINT orders_pkey", "", "(id) WHERE true"))
+            conflict = self.c.pick(("(id)", "(tenant_id, id)", "(id, tenant_id)", "ON CONSTRAINT orders_pkey", "",
+                                    "(id) WHERE true", "(tenant_id, id) WHERE true"))
             if self.c.chance(40) and conflict:
                 text += f" ON CONFLICT {conflict} DO NOTHING"
             elif conflict:

@@ -262,7 +262,7 @@ class Run:
     error: tuple[str, str] | None = None
     rows: list[str] = field(default_factory=list)
     rowcount: int = -1
-    state: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    state: dict[tuple[str, str, int], dict[str, Any]] = field(default_factory=dict)
 
 
 class Oracle:
@@ -277,8 +277,8 @@ class Oracle:
         self.dsn = dsn
         self.conn, self.probe = self._connect(), self._connect()
         self._settings: tuple[str | None, dict[str, str]] = (None, {})
-        self._filtered: set[tuple[str, int]] = set()
-        self._unreachable: dict[str, set[tuple[str, int]]] = {}
+        self._filtered: set[tuple[str, str, int]] = set()
+        self._unreachable: dict[str, set[tuple[str, str, int]]] = {}
         self._names = (f"paybill_fuzz_{os.getpid()}_{n}" for n in itertools.count())
         prepared = self.conn.execute("SELECT current_setting('max_prepared_transactions')::int").fetchone()[0]
         if not prepared:
@@ -367,9 +367,9 @@ class Oracle:
         self._filtered = set()
         for (action, table), row_filter in self.allowed.row_filters.items():
             if action == "select":
-                deleted = conn.execute(sql.SQL("DELETE FROM {} WHERE ({}) IS NOT TRUE RETURNING id").format(
+                deleted = conn.execute(sql.SQL("DELETE FROM {} WHERE ({}) IS NOT TRUE RETURNING tenant_id, id").format(
                     sql.Identifier(table), sql.SQL(row_filter)))  # the policy's own predicate, trusted here
-                self._filtered |= {(table, key) for (key,) in deleted}
+                self._filtered |= {(table, tenant, key) for tenant, key in deleted}
         types = _schema_types()
         for table, columns in self.columns.items():
             hidden = [c for c in columns if c not in self.allowed.read[table] and c != "tenant_id"]
@@ -378,23 +378,23 @@ class Oracle:
                                           for c in hidden)
                 conn.execute(sql.SQL("UPDATE {} SET {}").format(sql.Identifier(table), sets))
 
-    def _outside_filters(self, conn: psycopg.Connection) -> dict[str, set[tuple[str, int]]]:
+    def _outside_filters(self, conn: psycopg.Connection) -> dict[str, set[tuple[str, str, int]]]:
         """Per write action, the tenant's rows its rules' rowFilters keep out of reach."""
-        unreachable: dict[str, set[tuple[str, int]]] = {"update": set(), "delete": set()}
+        unreachable: dict[str, set[tuple[str, str, int]]] = {"update": set(), "delete": set()}
         for (action, table), row_filter in self.allowed.row_filters.items():
             if action in unreachable:
-                rows = conn.execute(sql.SQL("SELECT id FROM {} WHERE ({}) IS NOT TRUE").format(
+                rows = conn.execute(sql.SQL("SELECT tenant_id, id FROM {} WHERE ({}) IS NOT TRUE").format(
                     sql.Identifier(table), sql.SQL(row_filter)))
-                unreachable[action] |= {(table, key) for (key,) in rows}
+                unreachable[action] |= {(table, tenant, key) for tenant, key in rows}
         return unreachable
 
-    def _rows(self, conn: psycopg.Connection) -> dict[tuple[str, int], dict[str, Any]]:
+    def _rows(self, conn: psycopg.Connection) -> dict[tuple[str, str, int], dict[str, Any]]:
         rows = {}
         for table in self.columns:
             query = sql.SQL("SELECT row_to_json(t)::text FROM {} t").format(sql.Identifier(table))
             for (text,) in conn.execute(query):
                 row = json.loads(text)
-                rows[(table, row["id"])] = row
+                rows[(table, row["tenant_id"], row["id"])] = row  # tables are keyed (tenant_id, id) or by id
         return rows
 
     def _writes(self, before: dict, after: dict) -> list[str]:
@@ -490,7 +490,7 @@ class Oracle:
         return []
 
 
-def _compare(hidden: Run, real: Run, readable: dict[str, frozenset[str]], filtered: set[tuple[str, int]]
+def _compare(hidden: Run, real: Run, readable: dict[str, frozenset[str]], filtered: set[tuple[str, str, int]]
              ) -> list[str]:
     if hidden.error != real.error:
         return [f"the outcome depends on hidden data: {real.error or 'ok'} with it, {hidden.error or 'ok'} without"]
@@ -509,7 +509,7 @@ def _compare(hidden: Run, real: Run, readable: dict[str, frozenset[str]], filter
     return problems
 
 
-def _visible(state: dict[tuple[str, int], dict[str, Any]], readable: dict[str, frozenset[str]]) -> dict:
+def _visible(state: dict[tuple[str, str, int], dict[str, Any]], readable: dict[str, frozenset[str]]) -> dict:
     return {key: {c: v for c, v in row.items() if c in readable[key[0]]} for key, row in state.items()
             if "id" in readable[key[0]]}
 
