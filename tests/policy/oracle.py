@@ -70,9 +70,8 @@ FORBIDDEN_NODES = frozenset({"RangeFunction", "RangeTableFunc", "RangeTableSampl
 # -- the database ---------------------------------------------------------------------------------------
 
 
-def start_server(directory: Path) -> LocalPostgres:
-    """A PostgreSQL server with prepared transactions on (the NOTIFY detector needs them)."""
-    server = LocalPostgres(directory)
+def start_server(server: LocalPostgres) -> LocalPostgres:
+    """Start with prepared transactions on (the NOTIFY detector needs them)."""
     server.start()
     with psycopg.connect(server.dsn, autocommit=True) as conn:
         conn.execute("ALTER SYSTEM SET max_prepared_transactions = 8")
@@ -86,9 +85,9 @@ def fuzz_server() -> Iterator[LocalPostgres]:
     """A throwaway server in a directory the postgres user can enter; stopped and removed afterwards."""
     directory = Path(tempfile.mkdtemp(prefix="paybill-fuzz-"))
     os.chmod(directory, 0o755)
-    server = start_server(directory)
+    server = LocalPostgres(directory)
     try:
-        yield server
+        yield start_server(server)
     finally:
         server.stop()
         shutil.rmtree(directory, ignore_errors=True)
