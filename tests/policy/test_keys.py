@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from paybill.api.agentpolicy import AgentPolicySpec
+from paybill.database.migrations import LEDGER, migrate
 from paybill.database.server import LocalPostgres
 from paybill.policy import PolicyEngine, Schema
 from paybill.policy.schema import KeyKind
@@ -243,3 +244,27 @@ def test_a_foreign_key_action_is_a_write_no_rule_names() -> None:
         assert "foreign_key_action" in codes(engine, "DELETE FROM customers WHERE id = 1", tenant)
         assert "foreign_key_action" in codes(engine, "UPDATE customers SET id = 7 WHERE id = 1", tenant)
         assert "foreign_key_action" not in codes(engine, "UPDATE customers SET email = 'x' WHERE id = 1", tenant)
+
+
+def test_the_tenant_application_schema_keys_every_table_by_tenant(postgres: LocalPostgres) -> None:
+    """What tenants get (migrations.py), read back as the operator reads it: no key spans tenants, so the
+    writes above stay open to agents in every isolation model."""
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS app_keys CASCADE")
+        migrate(conn, "app_keys")
+    try:
+        schema = Schema.from_dsn(postgres.dsn, "app_keys")
+        assert {"customers", "orders"} <= set(schema.tables)
+        for name, table in schema.tables.items():
+            if name == LEDGER:
+                continue
+            assert table.pooled and any(k.kind == KeyKind.PRIMARY for k in table.keys), name
+            keys = schema.keys[name]
+            assert not (keys.unscoped or keys.unscoped_referenced or keys.unscoped_referencing
+                        or keys.unscoped_unique), (name, keys)
+        assert [k.describe() for k in schema.tables["orders"].keys if k.kind == KeyKind.FOREIGN] == [
+            "foreign key orders_tenant_id_customer_id_fkey (tenant_id, customer_id) REFERENCES customers "
+            "(tenant_id, id)"]
+    finally:
+        with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA app_keys CASCADE")
