@@ -64,7 +64,7 @@ def test_a_database_error_gives_the_agent_its_sqlstate_not_its_text(policy_db: P
 def test_the_server_timeout_holds_after_a_statement_lifted_it(policy_db: PolicyDatabase, acme: str,
                                                               lift_timeout: str) -> None:
     engine = policy_db.engine(spec((lift_timeout,), statementTimeoutMs=300, maxCost=1e15))
-    with ExecutionGuard(engine, acme, PRINCIPAL, "acme") as guard:
+    with ExecutionGuard(engine, acme, PRINCIPAL, "acme", client_grace_s=30) as guard:  # the server's doing alone
         assert guard.execute(f"SELECT {lift_timeout}()").ok  # the session's timeout is now off
         started = time.monotonic()
         outcome = guard.execute(ENDLESS)

@@ -31,7 +31,7 @@ from psycopg.pq import TransactionStatus
 from .decision import Decision, Reason
 from .engine import PolicyEngine
 
-CLIENT_GRACE_S = 0.25  # the server's timeout fires first; the client's cancel is the backstop
+CLIENT_GRACE_S = 1.0  # the server's timeout fires first; the client's cancel is the backstop
 CANCEL_TIMEOUT_S = 5.0
 # Transaction-local, like SET LOCAL, and a bind parameter: set first in the statement's own transaction.
 SET_TIMEOUT = "SELECT set_config('statement_timeout', $1, true)"
@@ -135,8 +135,9 @@ class ExecutionGuard:
     """Runs one agent's statements for one tenant; `statements` counts toward maxStatementsPerRun."""
 
     def __init__(self, engine: PolicyEngine, conninfo: str, principal: str, tenant: str | None = None,
-                 approvals: frozenset[str] = frozenset()) -> None:
+                 approvals: frozenset[str] = frozenset(), client_grace_s: float = CLIENT_GRACE_S) -> None:
         self.engine = engine
+        self.client_grace_s = client_grace_s  # how long after the server's deadline the client cancels
         self.principal = principal
         self.tenant = tenant
         self.approvals = approvals
@@ -207,7 +208,8 @@ class ExecutionGuard:
         if self._deadline is None:
             self._deadline = ClientDeadline(conn)
         try:
-            with self._deadline.armed(timeout_ms / 1000 + CLIENT_GRACE_S) as deadline, conn.pipeline() as pipeline, \
+            deadline_s = timeout_ms / 1000 + self.client_grace_s
+            with self._deadline.armed(deadline_s) as deadline, conn.pipeline() as pipeline, \
                     conn.transaction() if writes else contextlib.nullcontext():
                 conn.execute(SET_TIMEOUT, [str(timeout_ms)])
                 yield pipeline
