@@ -160,10 +160,10 @@ class PolicyEngine:
             except Exception as error:  # deparse refused the tree
                 reasons += (Reason("rewrite_failed", f"could not deparse the rewritten statement: {error}"),)
                 blocking = [reasons[-1]]
-        if rewritten is not None:  # deny by default: every node of the final statement, whatever the clause
+        found = self.validator.validate(rewritten, tenant) if rewritten is not None else []
+        if found:  # deny by default: every node of the final statement, whatever clause the analysis missed
             seen = {(r.code, r.message) for r in reasons}
-            found = tuple(r for r in self.validator.validate(rewritten, tenant) if (r.code, r.message) not in seen)
-            reasons += found
+            reasons += tuple(r for r in found if (r.code, r.message) not in seen)
             blocking = [r for r in found if r.code not in POLICY_CODES or mode == "enforce"]
             if blocking:
                 rewritten = None
