@@ -185,3 +185,23 @@ def test_a_tenant_reaching_for_the_operators_locks_delays_no_suspension(operator
     assert took < 10, f"suspension took {took:.1f}s"
     with pytest.raises(psycopg.OperationalError, match="not permitted to log in"):
         tenant_login(operator, other)
+
+
+def test_a_namespace_labelled_as_a_tenants_gets_none_of_its_data(operator: Any) -> None:
+    """Anyone who can create a namespace can label it paybill.dev/tenant=<victim>: the label names a tenant,
+    it does not make the namespace that tenant's. Only the namespace the Tenant controls (by uid) is."""
+    n = next(_numbers)
+    victim, rogue = f"labelled{n}", f"rogue{n}"
+    onboard(operator, victim)
+    wait_phase(operator, victim, "Active")
+    seed(operator, victim, 7)
+    operator.kube.apply({"apiVersion": "v1", "kind": "Namespace",
+                         "metadata": {"name": rogue, "labels": {"paybill.dev/tenant": victim}}})
+    operator.kube.apply(agent_policy(rogue, "support"))
+    status = operator.eventually(lambda: policy_status(operator, rogue, "support") or None)
+    assert status["phase"] != "Ready"
+    assert status["conditions"][-1]["reason"] == "TenantNotFound"
+    assert operator.kube.get("v1", "secrets", "agent-support", rogue) is None
+
+    operator.kube.apply(agent_policy(f"tenant-{victim}", "support"))  # the tenant's own namespace still works
+    wait_policy(operator, f"tenant-{victim}", "support", "Ready")

@@ -19,7 +19,7 @@ from ..billing.grace import Access
 from ..database.tenants import DatabaseUnavailable, NameConflict, Placement, TenantDatabases
 from ..errors import first_line
 from ..kube.client import Kube, KubeError
-from ..lifecycle.tenant import MANAGED_BY, TENANT_LABEL, opaque_secret, owner_reference, secret_field
+from ..lifecycle.tenant import MANAGED_BY, TENANT_LABEL, controlled_by, opaque_secret, owner_reference, secret_field
 from ..policy.install import install, uninstall
 from ..policy.rules import PolicyError
 from ..policy.schema import SchemaError
@@ -34,10 +34,14 @@ def secret_name(policy: str) -> str:
 
 
 def tenant_of(kube: Kube, namespace: str) -> dict[str, Any] | None:
-    """The Tenant whose namespace this is (by the namespace's tenant label)."""
-    labels = ((kube.get("v1", "namespaces", namespace) or {}).get("metadata") or {}).get("labels") or {}
-    name = labels.get(TENANT_LABEL)
-    return kube.get(API_VERSION, "tenants", name) if name else None
+    """The Tenant whose namespace this is. The tenant label only says which Tenant to ask (anyone who can
+    create a namespace can write it); the namespace is that Tenant's only if the Tenant controls it by uid."""
+    found = kube.get("v1", "namespaces", namespace)
+    name = (((found or {}).get("metadata") or {}).get("labels") or {}).get(TENANT_LABEL)
+    tenant = kube.get(API_VERSION, "tenants", name) if found is not None and name else None
+    if tenant is None or found is None or not controlled_by(found, tenant["metadata"]["uid"]):
+        return None
+    return tenant
 
 
 @kopf.on.resume(GROUP, VERSION, "agentpolicies")
