@@ -118,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     emulator.set_defaults(run=_emulator)
 
     operator = commands.add_parser("operator", help="run the operator (kopf) against the current kubeconfig")
-    operator.add_argument("--liveness", default="http://127.0.0.1:0/healthz",
-                          help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    # No endpoint unless asked: kopf reads port 0 as "no port" and would bind port 80.
+    operator.add_argument("--liveness", default=None,
+                          help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz (none by default)")
     operator.add_argument("--verbose", action="store_true")
     operator.set_defaults(run=_operator)
 
