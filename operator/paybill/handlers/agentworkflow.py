@@ -74,9 +74,9 @@ def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
         _finish(body, patch, "Denied", "TenantSuspended", f"tenant {policy_state.get('tenant')} is suspended; "
                                                           "its agents cannot run", [])
         return
-    tenant = tenant_of(kube, namespace)
+    tenant = tenant_of(kube, str(namespace))  # namespaced: never None
     placement = ((tenant or {}).get("status") or {}).get("database")
-    if memo.databases is None or not placement:
+    if tenant is None or memo.databases is None or not placement:
         wait_for(body, patch, "WaitingForTenant", "the tenant's database is not ready", delay=5)
     where = Placement.from_status(tenant["metadata"]["name"], placement)
     try:

@@ -92,7 +92,7 @@ def billing_of(index: kopf.Index, tenant: str, plan: dict[str, Any]) -> BillingS
 
 @kopf.on.resume(GROUP, VERSION, "tenants")
 @kopf.on.create(GROUP, VERSION, "tenants")
-@kopf.on.update(GROUP, VERSION, "tenants")
+@kopf.on.update(GROUP, VERSION, "tenants")  # type: ignore[arg-type]  # kopf passes the index by its name
 def reconcile_tenant(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int,
                      subscriptions_by_tenant: kopf.Index, **_: Any) -> None:
     kube: Kube = memo.kube
@@ -276,8 +276,9 @@ def _migrate(body: kopf.Body, memo: kopf.Memo, status: _Status, source: Placemen
 
 
 def _fail(body: kopf.Body, memo: kopf.Memo, status: _Status, exc: BaseException, retry: int) -> None:
-    reason = {DatabaseUnavailable: "DatabaseUnavailable", MigrationError: "MigrationFailed",
-              NameConflict: "NameConflict"}.get(type(exc), "ProvisioningFailed")
+    reasons: dict[type[BaseException], str] = {DatabaseUnavailable: "DatabaseUnavailable",
+                                               MigrationError: "MigrationFailed", NameConflict: "NameConflict"}
+    reason = reasons.get(type(exc), "ProvisioningFailed")
     message = first_line(exc)
     if isinstance(exc, (DatabaseUnavailable, MigrationError, NameConflict, psycopg.Error)):
         status.condition("DatabaseReady", False, reason, message)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-from pglast import parse_sql
+from pglast import ast, parse_sql
 from pglast.stream import RawStream
 from psycopg import Connection, sql
 
@@ -26,21 +26,28 @@ def agent_role(policy_name: str, tenant: str | None, namespace: str = "", key: b
     return agent_name(key, tenant or "", namespace, policy_name)
 
 
+def _where(predicate: str) -> ast.Node:
+    """A rowFilter's WHERE expression (the engine has already checked it is one predicate)."""
+    stmt = parse_sql(f"SELECT 1 WHERE {predicate}")[0].stmt
+    assert isinstance(stmt, ast.SelectStmt) and stmt.whereClause is not None
+    return stmt.whereClause
+
+
 def _predicate(rules: RuleSet, action: str, table: Table, tenant: str | None) -> sql.Composable:
     parts: list[sql.Composable] = []
     if tenant is not None and table.pooled:
         parts.append(sql.SQL("{} = {}").format(sql.Identifier(TENANT_COLUMN), sql.Literal(tenant)))
     filters = rules.row_filters_for(action, table.name)
     if filters:
-        canonical = [RawStream()(parse_sql(f"SELECT 1 WHERE {f}")[0].stmt.whereClause) for f in filters]
+        canonical = [RawStream()(_where(f)) for f in filters]
         parts.append(sql.SQL("({})").format(sql.SQL(" OR ").join(sql.SQL(f"({c})") for c in canonical)))
     return sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
 
 
-def grant_statements(rules: RuleSet, schema: Schema, role: str, tenant: str | None) -> list[sql.Composable]:
+def grant_statements(rules: RuleSet, schema: Schema, role: str, tenant: str | None) -> list[sql.Composed]:
     """Statements that make `role` hold exactly what the policy allows (run by the schema owner)."""
     role_id, schema_id = sql.Identifier(role), sql.Identifier(schema.name)
-    statements: list[sql.Composable] = [
+    statements: list[sql.Composed] = [
         sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA {} FROM {}").format(schema_id, role_id),
         sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema_id, role_id),
     ]

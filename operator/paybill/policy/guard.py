@@ -182,11 +182,11 @@ class ExecutionGuard:
             return Outcome(decision, reasons=(Reason("denied", "the policy engine denied the statement"),))
         try:
             conn = self._connection()
-            cost = self._cost(conn, decision, params)
+            cost = self._cost(conn, decision.sql, params)
             if cost > limits.maxCost:
                 return Outcome(decision, cost=cost, reasons=(Reason(
                     "cost_exceeded", f"planner cost {cost:.0f} is above maxCost {limits.maxCost:.0f}"),))
-            return self._run(conn, decision, params, cost)
+            return self._run(conn, decision, decision.sql, params, cost)
         except _Rollback as rollback:
             return Outcome(decision, reasons=(rollback.reason,))
         except _TimedOut as timed_out:
@@ -220,24 +220,24 @@ class ExecutionGuard:
                 raise _TimedOut("client" if deadline.fired else "server") from None
             raise
 
-    def _cost(self, conn: psycopg.Connection, decision: Decision, params: list[Any]) -> float:
-        key = decision.sql or ""  # the statement's shape: estimated once, with its first parameters
-        cost = self._costs.get(key)
+    def _cost(self, conn: psycopg.Connection, rewritten: str, params: list[Any]) -> float:
+        cost = self._costs.get(rewritten)  # the statement's shape: estimated once, with its first parameters
         if cost is None:
             with self._guarded(conn, writes=False):
-                cur = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(decision.sql), params)
-            plan = cur.fetchone()[0]
+                cur = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(rewritten), params)
+            (plan,) = cur.fetchone() or (None,)
             plan = json.loads(plan) if isinstance(plan, str) else plan
             cost = float(plan[0]["Plan"]["Total Cost"])
-            self._costs[key] = cost
+            self._costs[rewritten] = cost
         return cost
 
-    def _run(self, conn: psycopg.Connection, decision: Decision, params: list[Any], cost: float) -> Outcome:
+    def _run(self, conn: psycopg.Connection, decision: Decision, rewritten: str, params: list[Any],
+             cost: float) -> Outcome:
         limits = self.engine.rules.limits
         locks = decision.extra.get("locks", False)  # a locking read's rows count as written
         writes = decision.statement != "select" or locks
         with self._guarded(conn, writes) as pipeline:
-            cur = conn.execute(decision.sql, params)
+            cur = conn.execute(rewritten, params)
             if writes:
                 pipeline.sync()
             if writes and cur.rowcount > limits.maxRowsWritten:
@@ -246,9 +246,9 @@ class ExecutionGuard:
                                        "rolled back"))
         result = cur.pgresult
         if result is not None and result.nfields:  # cheaper than cur.description, which builds Column objects
-            columns = self._columns.get(decision.sql)
+            columns = self._columns.get(rewritten)
             if columns is None:
-                columns = self._columns[decision.sql] = tuple(
+                columns = self._columns[rewritten] = tuple(
                     (result.fname(i) or b"").decode() for i in range(result.nfields))
             rows = cur.fetchmany(limits.maxRowsRead)
         else:
