@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 demo: install  ## the whole stack locally: emulated API + PostgreSQL + operator; tenants go Active
 	$(BIN)/paybill demo
 
-test: install  ## the full suite (real PostgreSQL, emulated API server, real kopf and kubectl)
+test: install lint  ## lint, types, then the full suite (real PostgreSQL, emulated API server, real kopf and kubectl)
 	$(BIN)/python -m pytest
 
 test-fast: install  ## without the slow groups (operator end to end, kubectl, demo)
@@ -47,8 +47,9 @@ $(PEER)/.installed-stamp:
 fuzz: install  ## the long grammar-fuzzing campaign of the agent gate (PAYBILL_FUZZ_CAMPAIGN statements, 100000)
 	$(BIN)/python -m bench.fuzz --benchmarks BENCHMARKS.md
 
-lint: install
+lint: install  ## ruff and mypy
 	$(BIN)/ruff check operator tests
+	$(BIN)/mypy
 
 crds: install  ## regenerate crds/ (and the chart's copy) from operator/paybill/api
 	$(BIN)/paybill crds --out crds

@@ -344,7 +344,7 @@ class Analysis:
         if not stmt.cols:
             self.deny("insert_columns", "INSERT must name its columns", stmt)
             return
-        families = []
+        families: list[TypeFamily | None] = []
         for item in stmt.cols:
             col = item.res_target
             if col.indirection:
@@ -653,16 +653,15 @@ class Analysis:
                     self.deny("ambiguous_column", f"column reference {name} is ambiguous", ref)
                     return None
                 if found:
-                    relation = found[0]
-                    if relation.table is not None:
-                        self.access("select", relation.table, name, ref)
-                    return relation, name
+                    if found[0].table is not None:
+                        self.access("select", found[0].table, name, ref)
+                    return found[0], name
                 search = search.parent
             if name in outputs:
                 return None
-            relation = scope.find(name)
-            if relation is not None:  # a whole-row reference reads every column
-                self.whole_row(relation, ref)
+            whole = scope.find(name)
+            if whole is not None:  # a whole-row reference reads every column
+                self.whole_row(whole, ref)
                 return None
             self.deny("unknown_column", f"column {name} does not exist", ref)
             return None
