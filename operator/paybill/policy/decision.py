@@ -69,6 +69,10 @@ class Decision:
         return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+# One encoder for every hash: `json.dumps` with options builds a new one per call (the same output).
+_PLAN_ENCODER = json.JSONEncoder(sort_keys=True, default=str)
+
+
 def plan_hash(fingerprint: str, params: list[Any], policy_version: str, tenant: str | None) -> str:
-    payload = json.dumps([fingerprint, params, policy_version, tenant], sort_keys=True, default=str)
+    payload = _PLAN_ENCODER.encode([fingerprint, params, policy_version, tenant])
     return hashlib.sha256(payload.encode()).hexdigest()[:32]

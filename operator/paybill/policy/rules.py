@@ -107,6 +107,9 @@ class RuleSet:
                 for table in rule.tables:
                     self._index.setdefault((str(action), table), []).append(rule)
         self._merged: dict[tuple[str, str], tuple[Rule, ...]] = {}
+        # Pure functions of the compiled rules, kept per key (bounded by the schema's tables and columns).
+        self._matches: dict[tuple[str, str, str | None], Match] = {}
+        self._predicate_columns: dict[tuple[str, bool], frozenset[str]] = {}
 
     def rules_for(self, action: str, table: str) -> tuple[Rule, ...]:
         """Rules naming (action, table) or (action, *), in policy order."""
@@ -121,6 +124,13 @@ class RuleSet:
 
     def match(self, action: str, table: str, column: str | None) -> Match:
         """Deny wins over allow. A table-level access (column None) is denied only by a rule on all columns."""
+        key = (action, table, column)
+        found = self._matches.get(key)
+        if found is None:
+            found = self._matches[key] = self._match(action, table, column)
+        return found
+
+    def _match(self, action: str, table: str, column: str | None) -> Match:
         allows = []
         for rule in self.rules_for(action, table):
             covers = WILDCARD in rule.columns or (column is not None and column in rule.columns)
@@ -137,11 +147,15 @@ class RuleSet:
 
         The tenant column holds the agent's own tenant id, and row-filter columns only ever show values
         that pass the filter, so reading them reveals nothing the rows do not. The database grants match."""
-        names = {TENANT_COLUMN} if tenant is not None and pooled else set()
-        for action in ("select", "insert", "update", "delete"):
-            for row_filter in self.row_filters_for(action, table) or ():
-                names |= self._filter_columns[row_filter]
-        return names & set(columns)
+        key = (table, tenant is not None and pooled)
+        names = self._predicate_columns.get(key)
+        if names is None:
+            found = {TENANT_COLUMN} if key[1] else set()
+            for action in ("select", "insert", "update", "delete"):
+                for row_filter in self.row_filters_for(action, table) or ():
+                    found |= self._filter_columns[row_filter]
+            names = self._predicate_columns[key] = frozenset(found)
+        return set(names & columns.keys())
 
     def row_filters_for(self, action: str, table: str) -> list[str] | None:
         """Predicates OR-ed together for (action, table), as PostgreSQL combines permissive RLS policies.
