@@ -16,25 +16,27 @@ A database error reaches the agent as its SQLSTATE and condition name only: the 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
+import select
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from psycopg import errors, sql
-from psycopg.pq import TransactionStatus
+from psycopg.adapt import PyFormat, Transformer
+from psycopg.pq import ExecStatus, TransactionStatus
+from psycopg.pq.abc import PGresult
 
 from .decision import Decision, Reason
 from .engine import PolicyEngine
 
 CLIENT_GRACE_S = 1.0  # the server's timeout fires first; the client's cancel is the backstop
 CANCEL_TIMEOUT_S = 5.0
-# Transaction-local, like SET LOCAL, and a bind parameter: set first in the statement's own transaction.
-SET_TIMEOUT = "SELECT set_config('statement_timeout', $1, true)"
 
 
 def condition_name(sqlstate: str) -> str:
@@ -66,18 +68,21 @@ class ClientDeadline:
         self._closed = False
         threading.Thread(target=self._watch, name="paybill-deadline", daemon=True).start()
 
-    @contextlib.contextmanager
-    def armed(self, seconds: float) -> Iterator[ClientDeadline]:
+    def armed(self, seconds: float) -> ClientDeadline:
+        """Arms the deadline `seconds` from now, until the `with` block this is used in ends."""
         with self._changed:
             self.fired = False
             self._deadline = time.monotonic() + seconds
             if self._waking_at is None or self._deadline < self._waking_at:
                 self._changed.notify()
-        try:
-            yield self
-        finally:
-            with self._changed:  # waits for a cancel in flight: it lands before the next statement starts
-                self._deadline = None
+        return self
+
+    def __enter__(self) -> ClientDeadline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._changed:  # waits for a cancel in flight: it lands before the next statement starts
+            self._deadline = None
 
     def close(self) -> None:
         with self._changed:
@@ -95,6 +100,129 @@ class ClientDeadline:
                     continue
                 self._waking_at = self._deadline
                 self._changed.wait(None if self._deadline is None else self._deadline - now)
+
+
+Command = tuple[str, Sequence[Any]]  # SQL with $n placeholders, and its parameters
+BEGIN: Command = ("BEGIN", ())
+COMMIT: Command = ("COMMIT", ())
+ROLLBACK: Command = ("ROLLBACK", ())
+Key = tuple[str, tuple[int, ...]]
+PREPARED_MAX = 100  # statements prepared per connection; any further one is parsed on every run
+
+
+@functools.cache
+def set_timeout(timeout_ms: int) -> Command:
+    """statement_timeout for the current transaction only (as SET LOCAL), with no parameter to bind."""
+    return (f"SELECT set_config('statement_timeout', '{int(timeout_ms)}', true)", ())
+
+
+class Session:
+    """One agent connection driven at the protocol level: each exchange sends its commands as one libpq pipeline
+    ending in a Sync and reads every result back, so the connection is idle and out of pipeline mode between
+    exchanges. Statements are prepared once per connection (up to PREPARED_MAX); rows are loaded by psycopg's
+    own loaders. Anything that leaves the pipeline half read closes the connection."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self.deadline = ClientDeadline(conn)
+        self._pgconn = conn.pgconn
+        self._transformer = Transformer(conn)
+        self._encoding = conn.info.encoding
+        self._prepared: dict[Key, bytes] = {}  # (SQL, parameter types) -> prepared statement name
+        self._names = 0
+        self._readable = select.poll()
+        self._readable.register(self._pgconn.socket, select.POLLIN)
+        self._writable = select.poll()
+        self._writable.register(self._pgconn.socket, select.POLLIN | select.POLLOUT)
+
+    @property
+    def closed(self) -> bool:
+        return self.conn.closed
+
+    @property
+    def idle(self) -> bool:
+        return self._pgconn.transaction_status == TransactionStatus.IDLE  # a closed connection is UNKNOWN
+
+    def close(self) -> None:
+        self.deadline.close()
+        self.conn.close()
+
+    def exchange(self, commands: Sequence[Command], prepare: bool = True) -> list[PGresult]:
+        """Runs the commands in one round trip; returns their results, or raises the first one's error once
+        the whole pipeline has been read (the commands after it are skipped by the server)."""
+        try:
+            self._pgconn.enter_pipeline_mode()
+            parses = [self._send(sql, params, prepare) for sql, params in commands]
+            self._pgconn.pipeline_sync()
+            results = self._read_to_sync()
+            self._pgconn.exit_pipeline_mode()
+            if len(results) != 2 * len(commands) - parses.count(None):
+                raise psycopg.OperationalError(f"{len(results)} results for {len(commands)} commands")
+        except BaseException:
+            self.close()  # results left unread: the connection cannot be trusted with another statement
+            raise
+        for result in results:
+            if result.status not in (ExecStatus.TUPLES_OK, ExecStatus.COMMAND_OK):
+                self._record_prepared(parses, results)
+                raise errors.error_from_result(result, encoding=self._encoding)  # or a COPY: never ours
+        return self._record_prepared(parses, results) if len(results) > len(commands) else results
+
+    def _record_prepared(self, parses: list[tuple[Key, bytes] | None], results: list[PGresult]) -> list[PGresult]:
+        """Remembers the statements this exchange prepared; returns the results of the commands alone."""
+        executed, position = [], 0
+        for parse in parses:
+            if parse is not None:
+                if results[position].status == ExecStatus.COMMAND_OK:
+                    self._prepared[parse[0]] = parse[1]
+                position += 1
+            executed.append(results[position])
+            position += 1
+        return executed
+
+    def load_rows(self, result: PGresult, limit: int) -> list[tuple[Any, ...]]:
+        self._transformer.set_pgresult(result)
+        return self._transformer.load_rows(0, min(result.ntuples, limit), tuple)
+
+    def _send(self, sql: str, params: Sequence[Any], prepare: bool) -> tuple[Key, bytes] | None:
+        """Sends one command; returns its key and name when a Parse preparing it went first."""
+        values = self._transformer.dump_sequence(params, [PyFormat.AUTO] * len(params)) if params else None
+        types = (self._transformer.types or ()) if params else ()
+        formats = self._transformer.formats if params else None
+        key = (sql, types)
+        name = self._prepared.get(key)
+        parsing = None
+        if prepare and name is None and len(self._prepared) < PREPARED_MAX:
+            self._names += 1
+            name = b"paybill_%d" % self._names
+            self._pgconn.send_prepare(name, sql.encode(self._encoding), types or None)
+            parsing = (key, name)
+        if name is None:
+            self._pgconn.send_query_params(sql.encode(self._encoding), values, types or None, formats)
+        else:
+            self._pgconn.send_query_prepared(name, values, formats)
+        return parsing
+
+    def _read_to_sync(self) -> list[PGresult]:
+        pgconn = self._pgconn
+        while pgconn.flush():  # a non-blocking connection: wait until the server can take the rest
+            if any(event & select.POLLIN for _, event in self._writable.poll()):
+                pgconn.consume_input()
+        results: list[PGresult] = []
+        between = False  # libpq ends each command's results with one None; two in a row: nothing is coming
+        while True:
+            while pgconn.is_busy():
+                self._readable.poll()
+                pgconn.consume_input()
+            result = pgconn.get_result()
+            if result is None:
+                if between:
+                    raise psycopg.OperationalError("the connection ended before the pipeline's Sync")
+                between = True
+            elif result.status == ExecStatus.PIPELINE_SYNC:
+                return results
+            else:
+                between = False
+                results.append(result)
 
 
 class _Rollback(Exception):
@@ -143,8 +271,7 @@ class ExecutionGuard:
         self.approvals = approvals
         self.statements = 0
         self._conninfo = conninfo
-        self._conn: psycopg.Connection[Any] | None = None
-        self._deadline: ClientDeadline | None = None
+        self._session: Session | None = None
         self._costs: dict[str, float] = {}
         self._columns: dict[str, tuple[str, ...]] = {}
 
@@ -155,20 +282,22 @@ class ExecutionGuard:
         self.close()
 
     def close(self) -> None:
-        if self._deadline is not None:
-            self._deadline.close()
-            self._deadline = None
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._session is not None:
+            self._session.close()
+            self._session = None
 
-    def _connection(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed:
-            conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5,
-                                   cursor_factory=psycopg.RawCursor)  # agents write $1, $2
-            conn.execute(sql.SQL("SET search_path = pg_catalog, {}").format(sql.Identifier(self.engine.schema.name)))
-            self._conn = conn
-        return self._conn
+    def _connect(self) -> Session:
+        if self._session is None or self._session.closed:
+            self.close()
+            conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
+            try:
+                conn.execute(sql.SQL("SET search_path = pg_catalog, {}").format(
+                    sql.Identifier(self.engine.schema.name)))
+            except BaseException:
+                conn.close()
+                raise
+            self._session = Session(conn)
+        return self._session
 
     def execute(self, statement: str, params: list[Any] | None = None) -> Outcome:
         params = params or []
@@ -181,12 +310,12 @@ class ExecutionGuard:
         if not decision.allowed or decision.sql is None:
             return Outcome(decision, reasons=(Reason("denied", "the policy engine denied the statement"),))
         try:
-            conn = self._connection()
-            cost = self._cost(conn, decision.sql, params)
+            session = self._connect()
+            cost = self._cost(session, decision.sql, params)
             if cost > limits.maxCost:
                 return Outcome(decision, cost=cost, reasons=(Reason(
                     "cost_exceeded", f"planner cost {cost:.0f} is above maxCost {limits.maxCost:.0f}"),))
-            return self._run(conn, decision, decision.sql, params, cost)
+            return self._run(session, decision, decision.sql, params, cost)
         except _Rollback as rollback:
             return Outcome(decision, reasons=(rollback.reason,))
         except _TimedOut as timed_out:
@@ -198,61 +327,67 @@ class ExecutionGuard:
         except psycopg.Error as error:
             return Outcome(decision, reasons=(database_reason("database_error", error),), error=str(error))
 
-    @contextlib.contextmanager
-    def _guarded(self, conn: psycopg.Connection, writes: bool) -> Iterator[psycopg.Pipeline]:
-        """One statement under the policy's timeout: on the server (statement_timeout set transaction-locally
-        first, in the statement's own transaction) and on the client (cancelled shortly after the deadline).
-        A read is one implicit transaction in one round trip; a write is an explicit one, to be checked before
-        it commits."""
-        timeout_ms = self.engine.rules.limits.statementTimeoutMs
-        if self._deadline is None:
-            self._deadline = ClientDeadline(conn)
+    def _guarded(self, session: Session, command: Command, writes: str | None = None, prepare: bool = True
+                 ) -> PGresult:
+        """One statement under the policy's timeout, on the server (statement_timeout set transaction-locally
+        by the command before it, in its own transaction) and on the client (cancelled shortly after the
+        deadline). A read is one implicit transaction in one round trip; a write is an explicit one, checked
+        against maxRowsWritten before it commits (a second round trip); `writes` says what it does to its rows
+        ("changed", "locked"). No transaction outlives an error or a refused write."""
+        limits = self.engine.rules.limits
+        timeout = set_timeout(limits.statementTimeoutMs)
         try:
-            deadline_s = timeout_ms / 1000 + self.client_grace_s
-            with self._deadline.armed(deadline_s) as deadline, conn.pipeline() as pipeline, \
-                    conn.transaction() if writes else contextlib.nullcontext():
-                conn.execute(SET_TIMEOUT, [str(timeout_ms)])
-                yield pipeline
-        except psycopg.Error as error:
-            if conn.info.transaction_status != TransactionStatus.IDLE:
-                self.close()  # left inside a transaction: the next statement starts on a new connection
-            if isinstance(error, errors.QueryCanceled):
-                raise _TimedOut("client" if deadline.fired else "server") from None
+            with session.deadline.armed(limits.statementTimeoutMs / 1000 + self.client_grace_s) as deadline:
+                try:
+                    if not writes:
+                        return session.exchange((timeout, command), prepare)[-1]
+                    result = session.exchange((BEGIN, timeout, command), prepare)[-1]
+                    written = result.command_tuples or 0
+                    if written > limits.maxRowsWritten:
+                        raise _Rollback(Reason("rows_written_exceeded", f"statement {writes} "
+                                               f"{written} rows, more than maxRowsWritten {limits.maxRowsWritten}; "
+                                               "rolled back"))
+                    session.exchange((COMMIT,))
+                    return result
+                except errors.QueryCanceled:
+                    raise _TimedOut("client" if deadline.fired else "server") from None
+        except BaseException:
+            self._end_transaction(session)
             raise
 
-    def _cost(self, conn: psycopg.Connection, rewritten: str, params: list[Any]) -> float:
+    def _end_transaction(self, session: Session) -> None:
+        """After an error or a refused write: roll back what is open, or drop the connection."""
+        if session.closed or session.idle:
+            return
+        try:
+            session.exchange((ROLLBACK,))
+        except psycopg.Error:
+            self.close()
+        if not session.idle:
+            self.close()
+
+    def _cost(self, session: Session, rewritten: str, params: list[Any]) -> float:
         cost = self._costs.get(rewritten)  # the statement's shape: estimated once, with its first parameters
         if cost is None:
-            with self._guarded(conn, writes=False):
-                cur = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(rewritten), params)
-            (plan,) = cur.fetchone() or (None,)
+            result = self._guarded(session, ("EXPLAIN (FORMAT JSON) " + rewritten, params), prepare=False)
+            ((plan,),) = session.load_rows(result, 1)
             plan = json.loads(plan) if isinstance(plan, str) else plan
             cost = float(plan[0]["Plan"]["Total Cost"])
             self._costs[rewritten] = cost
         return cost
 
-    def _run(self, conn: psycopg.Connection, decision: Decision, rewritten: str, params: list[Any],
+    def _run(self, session: Session, decision: Decision, rewritten: str, params: list[Any],
              cost: float) -> Outcome:
         limits = self.engine.rules.limits
-        locks = decision.extra.get("locks", False)  # a locking read's rows count as written
-        writes = decision.statement != "select" or locks
-        with self._guarded(conn, writes) as pipeline:
-            cur = conn.execute(rewritten, params)
-            if writes:
-                pipeline.sync()
-            if writes and cur.rowcount > limits.maxRowsWritten:
-                raise _Rollback(Reason("rows_written_exceeded", f"statement {'locked' if locks else 'changed'} "
-                                       f"{cur.rowcount} rows, more than maxRowsWritten {limits.maxRowsWritten}; "
-                                       "rolled back"))
-        result = cur.pgresult
-        if result is not None and result.nfields:  # cheaper than cur.description, which builds Column objects
+        writes = "changed" if decision.statement != "select" else "locked" if decision.extra.get("locks") else None
+        result = self._guarded(session, (rewritten, params), writes)  # a locking read's rows count as written
+        if result.nfields:
             columns = self._columns.get(rewritten)
             if columns is None:
                 columns = self._columns[rewritten] = tuple(
                     (result.fname(i) or b"").decode() for i in range(result.nfields))
-            rows = cur.fetchmany(limits.maxRowsRead)
+            rows = session.load_rows(result, limits.maxRowsRead)
         else:
             columns, rows = (), []
-        affected = cur.rowcount if decision.statement != "select" else 0
+        affected = (result.command_tuples or 0) if decision.statement != "select" else 0
         return Outcome(decision, True, columns, rows, affected, cost)
-
