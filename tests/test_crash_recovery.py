@@ -9,7 +9,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +47,9 @@ def test_kill_9_at_random_points_while_100_tenants_onboard(cluster: Any, postgre
     progress_at_kills = []
     process = start_operator(cluster, postgres, log)
     try:
-        for _ in range(5):  # kill -9 at random moments while work is in flight
-            time.sleep(chance.uniform(0.5, 2.5))
+        for _ in range(5):  # kill -9 at random points of progress, while work is in flight
+            target = (progress_at_kills[-1] if progress_at_kills else 0) + chance.randint(1, 12)
+            cluster.eventually(lambda t=target: len(_active(kube, names)) >= t, timeout=120, interval=0.05)
             process.send_signal(signal.SIGKILL)
             process.wait()
             progress_at_kills.append(len(_active(kube, names)))
