@@ -11,6 +11,7 @@ from pglast.parser import ParseError, parse_sql_json
 from paybill.api.agentpolicy import AgentPolicySpec
 from paybill.policy import PolicyEngine
 from paybill.policy.analysis import Analysis
+from paybill.policy.rules import RuleSet
 from paybill.policy.tree import parse, pb
 from paybill.policy.validate import Validator
 
@@ -125,6 +126,14 @@ def test_functions_outside_the_allowlist_are_denied_wherever_they_sit(validator:
         found = codes(validator, place.format(f=function))
         assert {"validator_function", "function_not_allowed"} & set(found), (place, function)
     assert codes(validator, place.format(f="lower('x')")) == [], place
+
+
+def test_unsafe_prefixes_are_denied_even_when_the_policy_lists_them() -> None:
+    listed = ["has_table_privilege", "to_regclass", "txid_current", "binary_upgrade_set_next_pg_type_oid"]
+    lenient = Validator(RuleSet(spec(functions=["lower", *listed])), schema())
+    for call in ("has_table_privilege('orders', 'select')", "to_regclass('orders')", "txid_current()",
+                 "binary_upgrade_set_next_pg_type_oid(1)"):
+        assert codes(lenient, f"SELECT {call}") == ["validator_function"], call
 
 
 @pytest.mark.parametrize(("sql", "admitted"), [

@@ -32,7 +32,7 @@ from pglast.parser import ParseError, parse_sql_json
 
 from .analysis import CASTS, OPERATORS, ORDERINGS
 from .decision import Reason
-from .rules import UNSAFE_FUNCTIONS, RuleSet
+from .rules import UNSAFE_FUNCTIONS, UNSAFE_PREFIXES, RuleSet
 from .schema import TENANT_COLUMN, Schema, Table
 from .tree import deparse, pb
 
@@ -122,7 +122,6 @@ ADMITTED: dict[str, dict[str, frozenset[Any] | None]] = {
 }
 STATEMENTS = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt"})
 BETWEEN_NAMES = frozenset({"BETWEEN", "NOT BETWEEN"})
-NEVER_PREFIXES = ("pg_", "lo_", "dblink")
 
 # -- field tables from the protobuf descriptors --------------------------------------------------------------
 _NODE, _NODES, _MESSAGE, _MESSAGES = range(4)
@@ -601,7 +600,7 @@ _DEEP: dict[str, Callable[[Body], bool]] = {"ColumnRef": _plain_reference, "A_Co
 
 def _safe_function(name: str) -> bool:
     folded = name.lower()
-    return folded not in UNSAFE_FUNCTIONS and not folded.startswith(NEVER_PREFIXES)
+    return folded not in UNSAFE_FUNCTIONS and not folded.startswith(UNSAFE_PREFIXES)
 
 
 def _names(items: Iterable[Body]) -> list[str] | None:
