@@ -13,7 +13,8 @@ from psycopg import errors
 
 from paybill.api.agentpolicy import AgentPolicySpec
 from paybill.database.server import LocalPostgres
-from paybill.policy.guard import ClientDeadline, ExecutionGuard, condition_name
+from paybill.policy.grants import agent_role
+from paybill.policy.guard import PREPARED_MAX, ClientDeadline, ExecutionGuard, condition_name
 
 from .conftest import PRINCIPAL, PolicyDatabase, support_policy
 
@@ -94,3 +95,71 @@ def test_the_client_cancels_a_statement_the_server_lets_run(postgres: LocalPostg
     with psycopg.connect(postgres.dsn, autocommit=True) as admin:  # nothing left running on the server
         assert admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'deadline-test' "
                              "AND state = 'active'").fetchone() == (0,)
+
+
+# -- the guard's own pipeline: errors, cancels and lost connections leave nothing open ------------------------
+
+def agent_sessions(policy_db: PolicyDatabase, role: str) -> list[tuple[str, str]]:
+    with psycopg.connect(policy_db.admin_dsn, autocommit=True) as admin:
+        return admin.execute("SELECT state, query FROM pg_stat_activity WHERE usename = %s", [role]).fetchall()
+
+
+@pytest.fixture(scope="module")
+def pipeline_agent(policy_db: PolicyDatabase) -> tuple[AgentPolicySpec, str, str]:
+    policy = spec(maxCost=1e15, maxStatementsPerRun=500)
+    return policy, policy_db.grant(policy, "acme", name="pipeline"), agent_role("pipeline", "acme")
+
+
+@pytest.mark.parametrize("statement", [
+    "SELECT id FROM orders WHERE total / 0 > 1",  # read: fails after the timeout was set, in one round trip
+    "UPDATE orders SET status = 'divided' WHERE id = 10 AND total / 0 > 1",  # write: fails inside BEGIN
+])
+def test_a_failed_statement_leaves_no_transaction_open(policy_db: PolicyDatabase, pipeline_agent: tuple,
+                                                       statement: str) -> None:
+    policy, dsn, role = pipeline_agent
+    with ExecutionGuard(policy_db.engine(policy), dsn, PRINCIPAL, "acme") as guard:
+        for _ in range(2):  # the second run reuses the statement prepared by the first
+            outcome = guard.execute(statement)
+            assert not outcome.executed and [r.to_json() for r in outcome.reasons] == [
+                {"code": "database_error", "message": "SQLSTATE 22012 division_by_zero"}]
+            assert [state for state, _ in agent_sessions(policy_db, role)] == ["idle"]
+        assert guard.execute("SELECT id FROM orders WHERE id = 10").rows == [(10,)]  # the same connection
+        assert len(agent_sessions(policy_db, role)) == 1
+    with psycopg.connect(policy_db.admin_dsn) as admin:
+        assert admin.execute("SELECT count(*) FROM orders WHERE status = 'divided'").fetchone() == (0,)
+
+
+def test_the_client_cancels_a_guarded_statement_the_server_lets_run(policy_db: PolicyDatabase,
+                                                                    pipeline_agent: tuple) -> None:
+    """The server's deadline a minute away, the client's at 0.3 s: the cancel reaches the guard's pipeline."""
+    _, dsn, role = pipeline_agent
+    engine = policy_db.engine(spec(maxCost=1e15, statementTimeoutMs=60_000))
+    with ExecutionGuard(engine, dsn, PRINCIPAL, "acme", client_grace_s=-59.7) as guard:
+        started = time.monotonic()
+        outcome = guard.execute(ENDLESS)
+        elapsed = time.monotonic() - started
+        assert [r.code for r in outcome.reasons] == ["timeout"]
+        assert "stopped by the client" in outcome.reasons[0].message and elapsed < 10
+        assert [state for state, _ in agent_sessions(policy_db, role)] == ["idle"]
+        assert guard.execute("SELECT id FROM orders WHERE id = 10").rows == [(10,)]
+
+
+def test_a_lost_connection_is_a_reason_and_the_next_statement_reconnects(policy_db: PolicyDatabase,
+                                                                        pipeline_agent: tuple) -> None:
+    policy, dsn, role = pipeline_agent
+    with ExecutionGuard(policy_db.engine(policy), dsn, PRINCIPAL, "acme") as guard:
+        assert guard.execute("SELECT id FROM orders WHERE id = 10").ok
+        with psycopg.connect(policy_db.admin_dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [role])
+        lost = guard.execute("SELECT id FROM orders WHERE id = 10")
+        assert not lost.executed and lost.reasons[0].code == "database_error"
+        assert guard.execute("SELECT id FROM orders WHERE id = 10").rows == [(10,)]
+    assert agent_sessions(policy_db, role) == []
+
+
+def test_statements_beyond_the_prepared_ones_still_run(policy_db: PolicyDatabase, pipeline_agent: tuple) -> None:
+    policy, dsn, _ = pipeline_agent
+    with ExecutionGuard(policy_db.engine(policy), dsn, PRINCIPAL, "acme") as guard:
+        for n in range(PREPARED_MAX + 5):
+            key = 10 + n % 4
+            assert guard.execute(f"SELECT id, {n} FROM orders WHERE id = $1", [key]).rows == [(key, n)]
