@@ -336,7 +336,9 @@ def run(quick: bool = False) -> str:
         table(("gate", "legitimate admitted", "adversarial admitted"), counts),
         "",
         "Gated vs raw execution of the repeated point SELECT on local PostgreSQL (10,000 rows, half per tenant),",
-        "both logged in as the agent's role over loopback; µs per statement, interleaved rounds:",
+        "both logged in as the agent's role over loopback; µs per statement, interleaved rounds. Raw is psycopg's",
+        "execute and fetchall (prepared after 5 runs); gated is the cached decision, then one round trip carrying",
+        "the transaction-local statement_timeout and the statement (both prepared), under the client's deadline:",
         "",
         table(("path", "p50", "p99", "mean", "gated/raw"), execution),
     ])

@@ -6,7 +6,9 @@ first sets statement_timeout transaction-locally (as SET LOCAL does): whatever a
 the session's settings, the server stops this one at the deadline (the role carries the same timeout as a
 default). The client cancels it too, shortly after the deadline, so the timeout holds even if the server's
 was lifted. A read is one round trip; a write (or a row lock) runs in an explicit transaction and is
-rolled back when it writes more rows than allowed. A planner-cost precheck
+rolled back when it writes more rows than allowed. The guard speaks to libpq directly (`Session`): the
+timeout and the statement go out as one pipeline, both prepared once per connection, and psycopg's loaders
+build the rows, which costs less than psycopg's own pipeline around every statement. A planner-cost precheck
 (cached per rewritten statement) refuses expensive statements; reads stop at maxRowsRead.
 
 A database error reaches the agent as its SQLSTATE and condition name only: the message can carry data
