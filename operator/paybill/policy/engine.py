@@ -17,7 +17,7 @@ from .decision import POLICY_CODES, Decision, Reason, plan_hash
 from .rewrite import rewrite
 from .rules import WILDCARD, PolicyError, RuleSet
 from .schema import Schema
-from .tree import DecodeError, ParseError, parse
+from .tree import DecodeError, ParseError, parse_raw
 from .validate import Validator
 
 MAX_SQL_LENGTH = 65536
@@ -128,7 +128,7 @@ class PolicyEngine:
         if "\x00" in sql:
             return _Admitted(deny((Reason("syntax_error", "statement contains a NUL character"),)), {}, None, 1)
         try:
-            tree = parse(sql)
+            serialized, tree = parse_raw(sql)
         except ParseError as error:
             position = error.args[1] if len(error.args) > 1 else None
             return _Admitted(deny((Reason("syntax_error", str(error.args[0]), position=position),)), {}, None, 1)
@@ -156,7 +156,7 @@ class PolicyEngine:
         rewritten = None
         if not blocking:
             try:
-                rewritten = rewrite(tree, analysis, self.rules.limits)
+                rewritten = rewrite(tree, analysis, self.rules.limits, serialized)
             except Exception as error:  # deparse refused the tree
                 reasons += (Reason("rewrite_failed", f"could not deparse the rewritten statement: {error}"),)
                 blocking = [reasons[-1]]

@@ -3,20 +3,31 @@
 Base tables read in a FROM list become `(SELECT <columns> FROM t WHERE <filters>) t`, which keeps outer
 joins and lateral references correct; the table an UPDATE or DELETE writes gets the filters AND-ed
 into its WHERE. The result is deparsed by pglast (libpg_query's deparser): the rewritten SQL is what runs.
+
+Serializing a whole tree costs more than parsing it (every Node is a oneof of some 270 fields), so the common
+shape, a top-level SELECT whose filtered tables are plain items of its own FROM list, is not re-serialized: the
+parser's own bytes are copied with those items and LIMIT replaced (`_spliced_select`); the filtered subquery of
+a (table, alias, columns, tenant) is built and serialized once per policy. Any other shape takes the general path.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ..api.agentpolicy import Limits
 from .analysis import Analysis, FromSlot
 from .rules import RuleSet
 from .schema import TENANT_COLUMN, Table
-from .tree import deparse, pb, set_column, set_integer, set_text
+from .tree import deparse, deparse_serialized, pb, set_column, set_integer, set_text
 
 
-def rewrite(result: pb.ParseResult, analysis: Analysis, limits: Limits) -> str:
+def rewrite(result: pb.ParseResult, analysis: Analysis, limits: Limits, serialized: bytes | None = None) -> str:
+    """The final SQL. `serialized`, when given, is the parser's serialization of `result` before any change."""
+    if serialized is not None:
+        spliced = _spliced_select(result, analysis, limits, serialized)
+        if spliced is not None:
+            return deparse_serialized(spliced)
     rules, tenant = analysis.rules, analysis.tenant
     for slot in analysis.from_slots:
         if _restricted(slot.table, "select", rules, tenant) or (
@@ -171,3 +182,177 @@ def _limit(stmt: pb.SelectStmt, max_rows: int) -> None:
         set_integer(least.args.add(), max_rows)
         current.CopyFrom(bounded)
     stmt.limit_option = pb.LIMIT_OPTION_COUNT
+
+
+# -- the spliced path -------------------------------------------------------------------------------------------
+_STMTS = pb.ParseResult.DESCRIPTOR.fields_by_name["stmts"].number
+_RAW_STMT = pb.RawStmt.DESCRIPTOR.fields_by_name["stmt"].number
+_SELECT = pb.Node.DESCRIPTOR.fields_by_name["select_stmt"].number
+_FROM = pb.SelectStmt.DESCRIPTOR.fields_by_name["from_clause"].number
+_LIMIT_COUNT = pb.SelectStmt.DESCRIPTOR.fields_by_name["limit_count"].number
+_LIMIT_OPTION = pb.SelectStmt.DESCRIPTOR.fields_by_name["limit_option"].number
+# What `_filter` copies from a RangeVar besides its alias and location: the subquery cache key. A field a newer
+# libpg_query adds must be added here (import fails until it is).
+_RANGE_VAR_KEY = ("catalogname", "schemaname", "relname", "inh", "relpersistence")
+assert {f.name for f in pb.RangeVar.DESCRIPTOR.fields} == {*_RANGE_VAR_KEY, "alias", "location"}
+_SUBQUERIES_CACHED = 1024
+_LEN, _VARINT = 2, 0
+
+
+def _spliced_select(result: pb.ParseResult, analysis: Analysis, limits: Limits, serialized: bytes) -> bytes | None:
+    """The rewritten tree serialized, for a SELECT that locks nothing and whose filtered tables are all items of
+    its own FROM list; None for any other shape (the caller takes the general path)."""
+    if analysis.kind != "select" or analysis.locking or analysis.target is not None:
+        return None
+    rules, tenant = analysis.rules, analysis.tenant
+    stmt = result.stmts[0].stmt.select_stmt
+    items = list(stmt.from_clause)
+    replaced: dict[int, bytes] = {}
+    for slot in analysis.from_slots:
+        if slot.locked:
+            return None
+        if not _restricted(slot.table, "select", rules, tenant):
+            continue
+        index = next((n for n, item in enumerate(items) if item is slot.node), None)
+        if index is None:
+            return None
+        columns = tuple(c for c in slot.table.columns if ("select", slot.table.name, c) in analysis.accesses)
+        replaced[index] = _subquery(slot, columns, rules, tenant)
+    limit = _default_limit(limits.maxRowsRead) if stmt.limit_count.WhichOneof("node") is None else None
+    if limit is None:
+        _limit(stmt, limits.maxRowsRead)
+        limit = _limit_fields(stmt)
+    try:
+        return _at(serialized, (_STMTS, _RAW_STMT, _SELECT), lambda select: _select_fields(select, replaced, limit))
+    except ValueError:  # bytes this reader does not follow: the general path serializes the tree
+        return None
+
+
+def _limit_fields(stmt: pb.SelectStmt) -> bytes:
+    return (_field(_LIMIT_COUNT, stmt.limit_count.SerializeToString())
+            + _varint(_LIMIT_OPTION << 3 | _VARINT) + _varint(stmt.limit_option))
+
+
+@functools.lru_cache(maxsize=64)
+def _default_limit(max_rows: int) -> bytes:
+    """The LIMIT fields `_limit` sets on a SELECT that has none."""
+    stmt = pb.SelectStmt()
+    _limit(stmt, max_rows)
+    return _limit_fields(stmt)
+
+
+def _subquery(slot: FromSlot, columns: tuple[str, ...], rules: RuleSet, tenant: str | None) -> bytes:
+    """The serialized `(SELECT <columns> FROM t WHERE <filters>) alias` Node that `_filter` builds, cached."""
+    range_var = slot.range_var
+    alias = range_var.alias.aliasname if range_var.HasField("alias") else None
+    key = (*(getattr(range_var, name) for name in _RANGE_VAR_KEY), alias, columns, tenant)
+    cache = rules.subqueries
+    found = cache.get(key)
+    if found is None:
+        if len(cache) >= _SUBQUERIES_CACHED:
+            cache.clear()
+        node = pb.Node()
+        _filter(FromSlot(node, range_var, slot.table), list(columns), rules, tenant)
+        found = cache[key] = node.SerializeToString()
+    return found
+
+
+def _select_fields(select: bytes, replaced: dict[int, bytes], limit: bytes) -> bytes:
+    """A SelectStmt's bytes with the FROM items at the indexes of `replaced` and the LIMIT fields replaced."""
+    out = bytearray()
+    index = 0
+    for number, start, _, end in _fields(select):
+        if number == _FROM:
+            new = replaced.get(index)
+            index += 1
+            if new is not None:
+                out += _field(_FROM, new)
+                continue
+        elif number in (_LIMIT_COUNT, _LIMIT_OPTION):
+            continue
+        out += select[start:end]
+    out += limit
+    return bytes(out)
+
+
+def _at(data: bytes, path: tuple[int, ...], edit: Any) -> bytes:
+    """`data` with the message at `path` (field numbers, each set exactly once) replaced by `edit` of it."""
+    if not path:
+        return edit(data)  # type: ignore[no-any-return]
+    out = bytearray()
+    found = False
+    for number, start, value, end in _fields(data):
+        if number == path[0]:
+            if found or value < 0:
+                raise ValueError("a path field that is repeated or not a message")
+            found = True
+            out += _field(number, _at(data[value:end], path[1:], edit))
+        else:
+            out += data[start:end]
+    if not found:
+        raise ValueError("a path field that is not set")
+    return bytes(out)
+
+
+def _fields(data: bytes) -> list[tuple[int, int, int, int]]:
+    """The top-level fields of a serialized message: (number, start, start of a LEN payload or -1, end)."""
+    fields = []
+    position, size = 0, len(data)
+    while position < size:
+        start = position
+        key = data[position]
+        position += 1
+        if key >= 0x80:
+            key, position = _read_varint(data, start)
+        wire = key & 7
+        value = -1
+        if wire == _LEN:
+            length = data[position] if position < size else 0x80
+            if length < 0x80:
+                value = position + 1
+            else:
+                length, value = _read_varint(data, position)
+            position = value + length
+        elif wire == _VARINT:
+            _, position = _read_varint(data, position)
+        elif wire == 1:
+            position += 8
+        elif wire == 5:
+            position += 4
+        else:
+            raise ValueError(f"wire type {wire}")
+        if position > size:
+            raise ValueError("a field past the end of the message")
+        fields.append((key >> 3, start, value, position))
+    return fields
+
+
+def _read_varint(data: bytes, position: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if position >= len(data) or shift > 63:
+            raise ValueError("a truncated varint")
+        byte = data[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, position
+        shift += 7
+
+
+def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _SMALL[value]
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | _LEN) + _varint(len(payload)) + payload
+
+
+_SMALL = [bytes((n,)) for n in range(0x80)]

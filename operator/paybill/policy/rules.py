@@ -110,6 +110,8 @@ class RuleSet:
         # Pure functions of the compiled rules, kept per key (bounded by the schema's tables and columns).
         self._matches: dict[tuple[str, str, str | None], Match] = {}
         self._predicate_columns: dict[tuple[str, bool], frozenset[str]] = {}
+        # The rewriter's serialized filtered subqueries (see rewrite._subquery), per (table, alias, columns, tenant).
+        self.subqueries: dict[tuple[Any, ...], bytes] = {}
 
     def rules_for(self, action: str, table: str) -> tuple[Rule, ...]:
         """Rules naming (action, table) or (action, *), in policy order."""

@@ -13,7 +13,8 @@ from google.protobuf.message import DecodeError
 from pglast.parser import ParseError, deparse_protobuf, parse_sql_protobuf
 from postgast import pg_query_pb2 as pb
 
-__all__ = ["DecodeError", "ParseError", "deparse", "parse", "pb", "set_column", "set_integer", "set_text", "unwrap"]
+__all__ = ["DecodeError", "ParseError", "deparse", "deparse_serialized", "parse", "parse_raw", "pb", "set_column",
+           "set_integer", "set_text", "unwrap"]
 
 
 def parse(sql: str) -> pb.ParseResult:
@@ -21,8 +22,18 @@ def parse(sql: str) -> pb.ParseResult:
     return pb.ParseResult.FromString(parse_sql_protobuf(sql))
 
 
+def parse_raw(sql: str) -> tuple[bytes, pb.ParseResult]:
+    """`parse`, with the serialized tree it was read from (the rewriter splices it instead of re-serializing)."""
+    data = parse_sql_protobuf(sql)
+    return data, pb.ParseResult.FromString(data)
+
+
 def deparse(result: pb.ParseResult) -> str:
     return deparse_protobuf(result.SerializeToString())
+
+
+def deparse_serialized(data: bytes) -> str:
+    return deparse_protobuf(data)
 
 
 def unwrap(node: pb.Node) -> Any:
