@@ -606,7 +606,10 @@ class Analysis:
                 if _star(ref):
                     names.extend(self.star(ref, scope))
                     continue
-                self.column(ref, scope)
+                found = self.named_column(ref, scope)
+                if found is not None and not target.name:  # its output name, without a second walk
+                    names.append(found[1])
+                    continue
             else:
                 self.expression(value, scope)
             names.append(target.name or _output_name(value))
@@ -643,6 +646,11 @@ class Analysis:
         if _star(ref):
             self.star(ref, scope)
             return None
+        return self.named_column(ref, scope, outputs)
+
+    def named_column(self, ref: pb.ColumnRef, scope: Scope,
+                     outputs: tuple[str, ...] = ()) -> tuple[Relation, str] | None:
+        """A column reference that is not `*`: the relation and column it reads, when it names one."""
         names = _names(ref.fields)
         if len(names) == 1:
             name = names[0]
@@ -824,8 +832,8 @@ class Analysis:
 
     def resolved(self, node: pb.Node, scope: Scope) -> TypeFamily | None:
         """Walk an operand; for a base-table column, also return its type family."""
-        if node.WhichOneof("node") == "column_ref" and not _star(node.column_ref):
-            found = self.column(node.column_ref, scope)
+        if node.WhichOneof("node") == "column_ref" and not _star(ref := node.column_ref):
+            found = self.named_column(ref, scope)
             if found is not None and found[0].table is not None:
                 return found[0].table.columns[found[1]]
             return None
