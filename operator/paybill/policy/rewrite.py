@@ -12,8 +12,9 @@ a (table, alias, columns, tenant) is built and serialized once per policy. Any o
 
 from __future__ import annotations
 
-import functools
 from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from ..api.agentpolicy import Limits
 from .analysis import Analysis, FromSlot
@@ -185,18 +186,42 @@ def _limit(stmt: pb.SelectStmt, max_rows: int) -> None:
 
 
 # -- the spliced path -------------------------------------------------------------------------------------------
-_STMTS = pb.ParseResult.DESCRIPTOR.fields_by_name["stmts"].number
-_RAW_STMT = pb.RawStmt.DESCRIPTOR.fields_by_name["stmt"].number
-_SELECT = pb.Node.DESCRIPTOR.fields_by_name["select_stmt"].number
-_FROM = pb.SelectStmt.DESCRIPTOR.fields_by_name["from_clause"].number
-_LIMIT_COUNT = pb.SelectStmt.DESCRIPTOR.fields_by_name["limit_count"].number
-_LIMIT_OPTION = pb.SelectStmt.DESCRIPTOR.fields_by_name["limit_option"].number
+# "Shallow" twins of the messages on the path to a top-level SelectStmt: the same field numbers, with every
+# message field below them read as raw bytes (enums as int32, presence kept: proto2). upb parses and writes them
+# in C without visiting the Nodes inside; fields they do not declare are kept as unknown fields, byte for byte.
+def _shallow_types() -> dict[str, Any]:
+    file = descriptor_pb2.FileDescriptorProto(name="paybill_shallow.proto", package="paybill.shallow",
+                                              syntax="proto2")
+    nested = {"ParseResult": {"stmts": "RawStmt"}, "RawStmt": {"stmt": "Node"}, "Node": {"select_stmt": "SelectStmt"},
+              "SelectStmt": {}}
+    for name, children in nested.items():
+        message = file.message_type.add(name=name)
+        for field in pb.DESCRIPTOR.message_types_by_name[name].fields:
+            if name == "Node" and field.name not in children:
+                continue  # another statement: an unknown field, kept as it is
+            shallow = message.field.add(name=field.name, number=field.number)
+            shallow.label = shallow.LABEL_REPEATED if field.is_repeated else shallow.LABEL_OPTIONAL
+            if field.name in children:
+                shallow.type = shallow.TYPE_MESSAGE
+                shallow.type_name = f".paybill.shallow.{children[field.name]}"
+            elif field.message_type is not None:
+                shallow.type = shallow.TYPE_BYTES
+            elif field.enum_type is not None:
+                shallow.type = shallow.TYPE_INT32
+            else:
+                shallow.type = field.type
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"paybill.shallow.{name}"))
+            for name in nested}
+
+
+_SHALLOW = _shallow_types()
 # What `_filter` copies from a RangeVar besides its alias and location: the subquery cache key. A field a newer
 # libpg_query adds must be added here (import fails until it is).
 _RANGE_VAR_KEY = ("catalogname", "schemaname", "relname", "inh", "relpersistence")
 assert {f.name for f in pb.RangeVar.DESCRIPTOR.fields} == {*_RANGE_VAR_KEY, "alias", "location"}
 _SUBQUERIES_CACHED = 1024
-_LEN, _VARINT = 2, 0
 
 
 def _spliced_select(result: pb.ParseResult, analysis: Analysis, limits: Limits, serialized: bytes) -> bytes | None:
@@ -218,27 +243,18 @@ def _spliced_select(result: pb.ParseResult, analysis: Analysis, limits: Limits, 
             return None
         columns = tuple(c for c in slot.table.columns if ("select", slot.table.name, c) in analysis.accesses)
         replaced[index] = _subquery(slot, columns, rules, tenant)
-    limit = _default_limit(limits.maxRowsRead) if stmt.limit_count.WhichOneof("node") is None else None
-    if limit is None:
-        _limit(stmt, limits.maxRowsRead)
-        limit = _limit_fields(stmt)
-    try:
-        return _at(serialized, (_STMTS, _RAW_STMT, _SELECT), lambda select: _select_fields(select, replaced, limit))
-    except ValueError:  # bytes this reader does not follow: the general path serializes the tree
+    shallow = _SHALLOW["ParseResult"].FromString(serialized)
+    if len(shallow.stmts) != 1 or not shallow.stmts[0].stmt.HasField("select_stmt"):
         return None
-
-
-def _limit_fields(stmt: pb.SelectStmt) -> bytes:
-    return (_field(_LIMIT_COUNT, stmt.limit_count.SerializeToString())
-            + _varint(_LIMIT_OPTION << 3 | _VARINT) + _varint(stmt.limit_option))
-
-
-@functools.lru_cache(maxsize=64)
-def _default_limit(max_rows: int) -> bytes:
-    """The LIMIT fields `_limit` sets on a SELECT that has none."""
-    stmt = pb.SelectStmt()
-    _limit(stmt, max_rows)
-    return _limit_fields(stmt)
+    select = shallow.stmts[0].stmt.select_stmt
+    if len(select.from_clause) != len(items):
+        return None
+    for index, subquery in replaced.items():
+        select.from_clause[index] = subquery
+    _limit(stmt, limits.maxRowsRead)
+    select.limit_count = stmt.limit_count.SerializeToString()
+    select.limit_option = stmt.limit_option
+    return shallow.SerializeToString()  # type: ignore[no-any-return]
 
 
 def _subquery(slot: FromSlot, columns: tuple[str, ...], rules: RuleSet, tenant: str | None) -> bytes:
@@ -255,104 +271,3 @@ def _subquery(slot: FromSlot, columns: tuple[str, ...], rules: RuleSet, tenant: 
         _filter(FromSlot(node, range_var, slot.table), list(columns), rules, tenant)
         found = cache[key] = node.SerializeToString()
     return found
-
-
-def _select_fields(select: bytes, replaced: dict[int, bytes], limit: bytes) -> bytes:
-    """A SelectStmt's bytes with the FROM items at the indexes of `replaced` and the LIMIT fields replaced."""
-    out = bytearray()
-    index = 0
-    for number, start, _, end in _fields(select):
-        if number == _FROM:
-            new = replaced.get(index)
-            index += 1
-            if new is not None:
-                out += _field(_FROM, new)
-                continue
-        elif number in (_LIMIT_COUNT, _LIMIT_OPTION):
-            continue
-        out += select[start:end]
-    out += limit
-    return bytes(out)
-
-
-def _at(data: bytes, path: tuple[int, ...], edit: Any) -> bytes:
-    """`data` with the message at `path` (field numbers, each set exactly once) replaced by `edit` of it."""
-    if not path:
-        return edit(data)  # type: ignore[no-any-return]
-    out = bytearray()
-    found = False
-    for number, start, value, end in _fields(data):
-        if number == path[0]:
-            if found or value < 0:
-                raise ValueError("a path field that is repeated or not a message")
-            found = True
-            out += _field(number, _at(data[value:end], path[1:], edit))
-        else:
-            out += data[start:end]
-    if not found:
-        raise ValueError("a path field that is not set")
-    return bytes(out)
-
-
-def _fields(data: bytes) -> list[tuple[int, int, int, int]]:
-    """The top-level fields of a serialized message: (number, start, start of a LEN payload or -1, end)."""
-    fields = []
-    position, size = 0, len(data)
-    while position < size:
-        start = position
-        key = data[position]
-        position += 1
-        if key >= 0x80:
-            key, position = _read_varint(data, start)
-        wire = key & 7
-        value = -1
-        if wire == _LEN:
-            length = data[position] if position < size else 0x80
-            if length < 0x80:
-                value = position + 1
-            else:
-                length, value = _read_varint(data, position)
-            position = value + length
-        elif wire == _VARINT:
-            _, position = _read_varint(data, position)
-        elif wire == 1:
-            position += 8
-        elif wire == 5:
-            position += 4
-        else:
-            raise ValueError(f"wire type {wire}")
-        if position > size:
-            raise ValueError("a field past the end of the message")
-        fields.append((key >> 3, start, value, position))
-    return fields
-
-
-def _read_varint(data: bytes, position: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if position >= len(data) or shift > 63:
-            raise ValueError("a truncated varint")
-        byte = data[position]
-        position += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, position
-        shift += 7
-
-
-def _varint(value: int) -> bytes:
-    if value < 0x80:
-        return _SMALL[value]
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | _LEN) + _varint(len(payload)) + payload
-
-
-_SMALL = [bytes((n,)) for n in range(0x80)]
