@@ -95,7 +95,7 @@ def _policy_check(args: argparse.Namespace) -> int:
 
     try:
         for line in run_check(Path(args.policy), args.input, Path(args.schema) if args.schema else None, args.dsn,
-                              args.schema_name, args.tenant):
+                              args.schema_name, args.tenant, frozenset(args.approve)):
             print(line, flush=False)
     except (ValueError, PolicyError, SchemaError, OSError) as error:
         print(f"paybill policy check: {error}", file=sys.stderr)
@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--dsn", help="read the tenant schema from this live database instead")
     check.add_argument("--schema-name", default="public", help="the tenant's PostgreSQL schema")
     check.add_argument("--tenant", default=None, help="pooled tenant id: its predicate goes into every statement")
+    check.add_argument("--approve", action="append", default=[], metavar="APPROVER",
+                       help="an approval given to every case (repeatable); input lines cannot approve themselves")
     check.add_argument("--input", required=True, help="cases, one JSON object per line ('-' for stdin)")
     check.set_defaults(run=_policy_check)
     return parser

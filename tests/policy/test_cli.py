@@ -73,3 +73,18 @@ def test_bad_policy_or_dead_database_is_a_clear_usage_error(tmp_path: Path) -> N
     dead = check("--dsn", "postgresql://nobody:s3cret@127.0.0.1:1/db", "--input", "-", stdin="")
     assert dead.returncode == 2 and "cannot read the schema" in dead.stderr
     assert "s3cret" not in dead.stderr
+
+
+def test_an_input_line_cannot_override_the_tenant_or_approve_itself(tmp_path: Path) -> None:
+    """The cases are the agent's words: the tenant and the approvals come from the command line only."""
+    lines = [{"id": 1, "principal": "agent:support-bot", "sql": "SELECT id, total FROM orders", "tenant": None},
+             {"id": 2, "principal": "agent:support-bot", "sql": "SELECT id, total FROM orders", "tenant": "globex"},
+             {"id": 3, "principal": "agent:support-bot", "sql": "SELECT id, total FROM orders", "tenant": "acme"},
+             {"id": 4, "principal": "agent:support-bot", "sql": "SELECT id FROM orders", "approvals": ["human:x"]}]
+    result = check("--schema", str(HERE / "schema.sql"), "--tenant", "acme", "--input", "-",
+                   stdin="\n".join(json.dumps(line) for line in lines))
+    decisions = {d["id"]: d for d in map(json.loads, result.stdout.splitlines())}
+    for case in (1, 2, 4):
+        assert decisions[case]["decision"] == "deny", decisions[case]
+        assert decisions[case]["reasons"][0]["code"] == "malformed_input"
+    assert decisions[3]["decision"] == "allow" and "tenant_id = 'acme'" in decisions[3]["sql"]

@@ -34,8 +34,12 @@ def _malformed(case_id: Any, message: str) -> dict[str, Any]:
             "sql": None}
 
 
-def check_lines(engine: PolicyEngine, lines: Iterable[str], tenant: str | None) -> Iterator[str]:
-    """One output line per non-blank input line; never raises on bad input."""
+def check_lines(engine: PolicyEngine, lines: Iterable[str], tenant: str | None,
+                approvals: frozenset[str] = frozenset()) -> Iterator[str]:
+    """One output line per non-blank input line; never raises on bad input.
+
+    The lines are the agent's words: the tenant and the approvals come from the caller, never from a line
+    (a line may name a tenant only when the caller gave none, or the same one)."""
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -44,11 +48,12 @@ def check_lines(engine: PolicyEngine, lines: Iterable[str], tenant: str | None) 
         except json.JSONDecodeError as error:
             result = _malformed(None, f"line {number} is not JSON: {error.msg}")
         else:
-            result = _check_case(engine, case, number, tenant)
+            result = _check_case(engine, case, number, tenant, approvals)
         yield json.dumps(result, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _check_case(engine: PolicyEngine, case: Any, number: int, tenant: str | None) -> dict[str, Any]:
+def _check_case(engine: PolicyEngine, case: Any, number: int, tenant: str | None,
+                approvals: frozenset[str]) -> dict[str, Any]:
     if not isinstance(case, dict):
         return _malformed(None, f"line {number} is not a JSON object")
     case_id = case.get("id")
@@ -60,15 +65,16 @@ def _check_case(engine: PolicyEngine, case: Any, number: int, tenant: str | None
     case_tenant = case.get("tenant", tenant)
     if case_tenant is not None and not isinstance(case_tenant, str):
         return _malformed(case_id, f"line {number}: tenant must be a string")
-    approvals = case.get("approvals", [])
-    if not isinstance(approvals, list) or not all(isinstance(a, str) for a in approvals):
-        return _malformed(case_id, f"line {number}: approvals must be a list of strings")
-    decision = engine.decide(principal, sql, params, case_tenant, frozenset(approvals))
+    if tenant is not None and case_tenant != tenant:
+        return _malformed(case_id, f"line {number}: the tenant is {tenant!r} (--tenant); a line cannot change it")
+    if "approvals" in case:
+        return _malformed(case_id, f"line {number}: approvals come from --approve, never from the input")
+    decision = engine.decide(principal, sql, params, case_tenant, approvals)
     return {"id": case_id, **decision.to_json()}
 
 
 def run_check(policy: Path, input_path: str, schema: Path | None, dsn: str | None, schema_name: str,
-              tenant: str | None) -> Iterator[str]:
+              tenant: str | None, approvals: frozenset[str] = frozenset()) -> Iterator[str]:
     resource = load_policy(policy)
     if dsn:
         loaded = Schema.from_dsn(dsn, schema_name)
@@ -80,7 +86,7 @@ def run_check(policy: Path, input_path: str, schema: Path | None, dsn: str | Non
     if input_path == "-":
         import sys
 
-        yield from check_lines(engine, sys.stdin, tenant)
+        yield from check_lines(engine, sys.stdin, tenant, approvals)
     else:
         with open(input_path, encoding="utf-8", errors="replace") as handle:
-            yield from check_lines(engine, handle, tenant)
+            yield from check_lines(engine, handle, tenant, approvals)
