@@ -8,7 +8,7 @@ The grants follow the tenant: re-applied when its access or its database placeme
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import Any, NoReturn
 
 import kopf
 
@@ -18,13 +18,22 @@ from ..api.tenant import TenantPhase
 from ..billing.grace import Access
 from ..database.tenants import DatabaseUnavailable, NameConflict, Placement, TenantDatabases
 from ..errors import first_line
-from ..kube.client import Kube, KubeError
-from ..lifecycle.tenant import MANAGED_BY, TENANT_LABEL, controlled_by, opaque_secret, owner_reference, secret_field
+from ..kube.client import Kube
+from ..lifecycle.tenant import (
+    MANAGED_BY,
+    TENANT_LABEL,
+    SecretConflict,
+    controlled_by,
+    opaque_secret,
+    owned_secret,
+    owner_reference,
+    secret_field,
+)
 from ..policy.install import install, uninstall
 from ..policy.rules import PolicyError
 from ..policy.schema import SchemaError
 from .status import wait_for, write_ready
-from .tenant import TENANT_GRANTS, agent_grants_key, publish_secret
+from .tenant import TENANT_GRANTS, agent_grants_key, delete_owned_secret, publish_secret
 
 INSTALLED_PHASES = (TenantPhase.ACTIVE, TenantPhase.SUSPENDED)
 
@@ -70,7 +79,10 @@ def reconcile_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: A
     where = Placement.from_status(tenant_name, placement)
     access = Access(state.get("access") or Access.NONE)
     current = body.get("status") or {}
-    password = _password(kube, body)
+    try:
+        password = _password(kube, body)
+    except SecretConflict as exc:  # a Secret the policy does not control has its name: never read nor adopted
+        _conflict(body, patch, "SecretConflict", first_line(exc), tenant_name)
     try:
         installed = install(databases, where, name, namespace, spec, password, access,
                             previous_database=current.get("database"))
@@ -80,14 +92,14 @@ def reconcile_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: A
         kopf.warn(body, reason="InvalidPolicy", message=message)
         return  # permanent until the policy, the tenant or its schema changes
     except NameConflict as exc:  # a role Paybill did not create has the name: never adopted, retried slowly
-        message = first_line(exc)
-        write_ready(body, patch, "Conflict", False, "NameConflict", message, tenant=tenant_name)
-        kopf.warn(body, reason="NameConflict", message=message)
-        raise kopf.TemporaryError(message, delay=60) from None
+        _conflict(body, patch, "NameConflict", first_line(exc), tenant_name)
     except DatabaseUnavailable as exc:
         wait_for(body, patch, "DatabaseUnavailable", str(exc), delay=10)
     role = installed.role
-    _publish(kube, body, databases.login_fields(role, password, where.database, where.schema))
+    try:
+        _publish(kube, body, databases.login_fields(role, password, where.database, where.schema))
+    except SecretConflict as exc:  # squatted since the password was read
+        _conflict(body, patch, "SecretConflict", first_line(exc), tenant_name)
     summary = (f"role {role} in {where.database}.{where.schema}: {len(spec.rules)} rules over "
                f"{', '.join(installed.tables) or 'no tables'}; tenant access {access}")
     write_ready(body, patch, "Ready", True, "Installed", summary, tenant=tenant_name, role=role,
@@ -117,16 +129,22 @@ def delete_policy(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
             if memo.audit is not None:
                 memo.audit.append("AgentPolicy", f"{body.metadata.namespace}/{body.metadata.name}", "Uninstalled",
                                   {"tenant": tenant, "role": state.get("role")})
-    try:
-        memo.kube.delete("v1", "secrets", secret_name(body.metadata.name), body.metadata.namespace)
-    except KubeError as exc:
-        if exc.status != 404:
-            raise
+    delete_owned_secret(memo.kube, secret_name(body.metadata.name), str(body.metadata.namespace), body,
+                        "AgentPolicy")
+
+
+def _conflict(body: kopf.Body, patch: kopf.Patch, reason: str, message: str, tenant: str) -> NoReturn:
+    """Something the policy did not create has a name it needs: said in status and an Event, retried slowly."""
+    write_ready(body, patch, "Conflict", False, reason, message, tenant=tenant)
+    kopf.warn(body, reason=reason, message=message)
+    raise kopf.TemporaryError(message, delay=60)
 
 
 def _password(kube: Kube, body: kopf.Body) -> str:
-    """The agent role's password: kept in the policy's Secret, made once (again if the Secret is lost)."""
-    secret = kube.get("v1", "secrets", secret_name(body.metadata.name), body.metadata.namespace)
+    """The agent role's password: kept in the Secret the policy controls, made once (again if the Secret is
+    lost). SecretConflict if a Secret of that name is not the policy's: its password is never used."""
+    secret = owned_secret(kube.get("v1", "secrets", secret_name(body.metadata.name), body.metadata.namespace),
+                          body, "AgentPolicy")
     return (secret_field(secret, "password") if secret else None) or secrets.token_urlsafe(24)
 
 

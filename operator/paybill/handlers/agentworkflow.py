@@ -22,7 +22,7 @@ from ..billing.grace import Access
 from ..database.tenants import DatabaseUnavailable, Placement
 from ..errors import first_line
 from ..kube.client import Kube
-from ..lifecycle.tenant import MANAGED_BY, opaque_secret, owner_reference, secret_field
+from ..lifecycle.tenant import MANAGED_BY, SecretConflict, opaque_secret, owned_secret, owner_reference, secret_field
 from ..policy.guard import ExecutionGuard
 from ..policy.install import engine_for
 from ..policy.rules import PolicyError
@@ -31,7 +31,7 @@ from ..workflows import StepOutcome, results_secret_data, run_steps
 from ..workflows.pool import WorkflowPool
 from .agentpolicy import secret_name, tenant_of
 from .status import wait_for, write_ready
-from .tenant import publish_secret
+from .tenant import delete_owned_secret, publish_secret
 
 FINISHED = ("Succeeded", "Denied", "Failed")
 
@@ -87,7 +87,11 @@ def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
         return
     except DatabaseUnavailable as exc:
         wait_for(body, patch, "DatabaseUnavailable", str(exc), delay=5)
-    secret = kube.get("v1", "secrets", secret_name(spec.policyRef), namespace)
+    try:  # only the policy's own Secret holds its login; the results name must be free or this workflow's
+        secret = owned_secret(kube.get("v1", "secrets", secret_name(spec.policyRef), namespace), policy, "AgentPolicy")
+        owned_secret(kube.get("v1", "secrets", _results_name(name), namespace), body, "AgentWorkflow")
+    except SecretConflict as exc:
+        wait_for(body, patch, "SecretConflict", first_line(exc), delay=30)
     login = secret_field(secret, "uri") if secret else None
     if not login:
         wait_for(body, patch, "CredentialsMissing", f"secret/{secret_name(spec.policyRef)} is not there yet",
@@ -110,7 +114,11 @@ def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
         outcomes = run_steps(spec, guard, record)
     results = results_secret_data(outcomes)
     if results:
-        _publish_results(kube, body, results)
+        try:
+            _publish_results(kube, body, results)
+        except SecretConflict as exc:  # squatted while the steps ran: the rows are not written there
+            kopf.warn(body, reason="SecretConflict", message=first_line(exc))
+            results = None
     last = outcomes[-1]
     if last.ok:
         _finish(body, patch, "Succeeded", "Completed", f"{len(outcomes)} step(s) ran under policy version "
@@ -131,7 +139,8 @@ def refuse_changes(body: kopf.Body, **_: Any) -> None:
 
 @kopf.on.delete(GROUP, VERSION, "agentworkflows", optional=True)
 def delete_results(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    memo.kube.delete("v1", "secrets", _results_name(body.metadata.name), body.metadata.namespace)
+    delete_owned_secret(memo.kube, _results_name(body.metadata.name), str(body.metadata.namespace), body,
+                        "AgentWorkflow")
 
 
 def _finish(body: kopf.Body, patch: kopf.Patch, phase: str, reason: str, message: str,

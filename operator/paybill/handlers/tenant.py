@@ -29,10 +29,16 @@ from ..lifecycle.conditions import set_condition
 from ..lifecycle.machine import Event, SuspensionCause, Transition, TransitionRefused, path, retry_delay, transition
 from ..lifecycle.tenant import (
     CREDENTIALS_SECRET,
+    SecretAction,
+    SecretConflict,
     check_namespace,
+    controller_reference,
     credentials_secret,
     may_delete_namespace,
     namespace_manifest,
+    owned_secret,
+    secret_action,
+    secret_conflict,
     secret_field,
     tenant_namespace,
     tenant_resources,
@@ -43,7 +49,7 @@ TRIGGER = "trigger.paybill.dev"  # not kopf's own prefix, so a change here re-ru
 TENANT_GRANTS = f"{TRIGGER}/tenant"  # on an AgentPolicy: the tenant state its grants must follow
 OPERATOR_NAMESPACE_ENV = "PAYBILL_OPERATOR_NAMESPACE"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-FAILURES = (DatabaseUnavailable, MigrationError, NameConflict, KubeError, psycopg.Error)
+FAILURES = (DatabaseUnavailable, MigrationError, NameConflict, SecretConflict, KubeError, psycopg.Error)
 
 
 class _Status:
@@ -206,9 +212,10 @@ def _ensure(kube: Kube, manifest: dict[str, Any]) -> None:
 
 
 def _credentials(kube: Kube, body: kopf.Body) -> str:
-    """The tenant role's password: kept in the credentials Secret, made once (again if the Secret is lost)."""
+    """The tenant role's password: kept in the credentials Secret the Tenant controls, made once (again if the
+    Secret is lost). A Secret of that name it does not control is a SecretConflict, never a password source."""
     namespace = tenant_namespace(body.metadata.name, dict(body.spec))
-    secret = kube.get("v1", "secrets", CREDENTIALS_SECRET, namespace)
+    secret = owned_secret(kube.get("v1", "secrets", CREDENTIALS_SECRET, namespace), body, "Tenant")
     password = secret_field(secret, "password") if secret else None
     if password:
         return password
@@ -229,13 +236,42 @@ def _publish_credentials(kube: Kube, body: kopf.Body, databases: TenantDatabases
 
 
 def publish_secret(kube: Kube, desired: dict[str, Any]) -> None:
-    """Create the Secret, or patch its data where it differs from `desired`."""
+    """Create the Secret, or patch its data where it differs from `desired`, if it is the desired controller's;
+    SecretConflict (nothing written) if a Secret of that name is someone else's."""
     meta = desired["metadata"]
     current = kube.get("v1", "secrets", meta["name"], meta["namespace"])
-    if current is None:
-        _ensure(kube, desired)
-    elif (current.get("data") or {}) != desired["data"]:
-        kube.merge_patch("v1", "secrets", meta["name"], {"data": desired["data"]}, meta["namespace"])
+    action = secret_action(current, desired)
+    try:
+        if action == SecretAction.CONFLICT:
+            owner = controller_reference(desired)
+            raise secret_conflict(current or {}, owner["kind"], owner["name"])
+        if action == SecretAction.CREATE:
+            kube.create(desired)
+        elif action == SecretAction.UPDATE:  # only the version we checked: ownership cannot change in between
+            kube.merge_patch("v1", "secrets", meta["name"], {"metadata": {"resourceVersion": current["metadata"][
+                "resourceVersion"]}, "data": desired["data"]}, meta["namespace"])
+    except KubeError as exc:
+        if exc.status != 409:
+            raise
+        publish_secret(kube, desired)  # made or changed since we read it: decide again on what is there now
+
+
+def delete_owned_secret(kube: Kube, name: str, namespace: str, owner: kopf.Body, kind: str) -> None:
+    """Delete the Secret only if `owner` controls it (the checked uid and version as preconditions)."""
+    try:
+        secret = owned_secret(kube.get("v1", "secrets", name, namespace), owner, kind)
+    except SecretConflict:
+        return  # someone else's: left as it is
+    if secret is None:
+        return
+    preconditions = {key: secret["metadata"][key] for key in ("uid", "resourceVersion")}
+    try:
+        kube.request("DELETE", resource_path("v1", "secrets", namespace, name), {"preconditions": preconditions})
+    except KubeError as exc:
+        if exc.status == 409:
+            delete_owned_secret(kube, name, namespace, owner, kind)
+        elif exc.status != 404:
+            raise
 
 
 def _ensure_database(body: kopf.Body, memo: kopf.Memo, status: _Status, isolation: Isolation, access: Access,
@@ -277,10 +313,11 @@ def _migrate(body: kopf.Body, memo: kopf.Memo, status: _Status, source: Placemen
 
 def _fail(body: kopf.Body, memo: kopf.Memo, status: _Status, exc: BaseException, retry: int) -> None:
     reasons: dict[type[BaseException], str] = {DatabaseUnavailable: "DatabaseUnavailable",
-                                               MigrationError: "MigrationFailed", NameConflict: "NameConflict"}
+                                               MigrationError: "MigrationFailed", NameConflict: "NameConflict",
+                                               SecretConflict: "SecretConflict"}
     reason = reasons.get(type(exc), "ProvisioningFailed")
     message = first_line(exc)
-    if isinstance(exc, (DatabaseUnavailable, MigrationError, NameConflict, psycopg.Error)):
+    if isinstance(exc, (DatabaseUnavailable, MigrationError, NameConflict, SecretConflict, psycopg.Error)):
         status.condition("DatabaseReady", False, reason, message)
     phase = status.phase
     if phase in (Phase.PENDING, Phase.PROVISIONING, Phase.MIGRATING):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from ..api.meta import API_VERSION
@@ -44,11 +45,11 @@ def protected_namespace(name: str, operator_namespace: str | None) -> bool:
     return name.startswith(SYSTEM_NAMESPACE_PREFIX) or name in SYSTEM_NAMESPACES or name == operator_namespace
 
 
-def controlled_by(existing: dict[str, Any], tenant_uid: str) -> bool:
-    """The object's controller is this very Tenant (its uid, not a name or a label anyone can write)."""
-    return any(ref.get("uid") == tenant_uid and ref.get("controller") is True and ref.get("kind") == "Tenant"
+def controlled_by(existing: Mapping[str, Any], owner_uid: str, kind: str = "Tenant") -> bool:
+    """The object's controller is this very Paybill object (its uid, not a name or a label anyone can write)."""
+    return any(ref.get("uid") == owner_uid and ref.get("controller") is True and ref.get("kind") == kind
                and ref.get("apiVersion") == API_VERSION
-               for ref in existing.get("metadata", {}).get("ownerReferences") or [])
+               for ref in (existing.get("metadata") or {}).get("ownerReferences") or [])
 
 
 def may_delete_namespace(existing: dict[str, Any] | None, tenant_uid: str, operator_namespace: str | None) -> bool:
@@ -155,3 +156,44 @@ def opaque_secret(metadata: dict[str, Any], fields: dict[str, str]) -> dict[str,
 def secret_field(secret: dict[str, Any], key: str) -> str | None:
     value = (secret.get("data") or {}).get(key)
     return base64.b64decode(value).decode() if value else None
+
+
+class SecretConflict(Exception):
+    """A Secret has the name the operator would use and is not the owner's: never read, changed or deleted."""
+
+
+class SecretAction(StrEnum):
+    CREATE = "Create"
+    UPDATE = "Update"
+    KEEP = "Keep"
+    CONFLICT = "Conflict"
+
+
+def controller_reference(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The controller reference a desired manifest carries; the operator never publishes a Secret without one."""
+    return next(ref for ref in manifest["metadata"]["ownerReferences"] if ref.get("controller") is True)
+
+
+def secret_conflict(existing: Mapping[str, Any], kind: str, owner_name: str) -> SecretConflict:
+    meta = existing.get("metadata") or {}
+    return SecretConflict(f"secret {meta.get('namespace')}/{meta.get('name')} exists and is not controlled by "
+                          f"{kind} {owner_name}; it is left as it is")
+
+
+def owned_secret(existing: dict[str, Any] | None, owner: Mapping[str, Any], kind: str) -> dict[str, Any] | None:
+    """The Secret if `owner` controls it, None if there is none; SecretConflict if it is someone else's."""
+    if existing is None or controlled_by(existing, owner["metadata"]["uid"], kind):
+        return existing
+    raise secret_conflict(existing, kind, owner["metadata"]["name"])
+
+
+def secret_action(existing: dict[str, Any] | None, desired: Mapping[str, Any]) -> SecretAction:
+    """What publishing `desired` does to the Secret of that name: only the desired controller's is touched,
+    and only its managed keys (a merge patch adds or changes keys, it never drops one)."""
+    if existing is None:
+        return SecretAction.CREATE
+    owner = controller_reference(desired)
+    if not controlled_by(existing, owner["uid"], owner["kind"]):
+        return SecretAction.CONFLICT
+    current = existing.get("data") or {}
+    return SecretAction.KEEP if all(current.get(k) == v for k, v in desired["data"].items()) else SecretAction.UPDATE
