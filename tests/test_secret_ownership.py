@@ -22,7 +22,7 @@ from paybill.lifecycle.tenant import (
     owner_reference,
     secret_action,
 )
-from test_isolation_hardening import agent_policy, onboard, secret, wait_phase, wait_policy
+from test_isolation_hardening import agent_policy, onboard, secret, seed, wait_phase, wait_policy
 
 API = "paybill.dev/v1alpha1"
 _numbers = itertools.count()
@@ -174,3 +174,44 @@ def test_a_foreign_tenant_credentials_secret_is_a_conflict_and_no_password_sourc
     made = _raw(operator, CREDENTIALS_SECRET, namespace)
     assert [r["uid"] for r in made["metadata"]["ownerReferences"]] == [uid]
     assert secret(operator, CREDENTIALS_SECRET, namespace)["password"] != "chosen-by-tenant"
+
+
+def _workflow(namespace: str, name: str) -> dict[str, Any]:
+    return {"apiVersion": API, "kind": "AgentWorkflow", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"principal": "agent:bot", "policyRef": "support",
+                     "steps": [{"name": "read", "kind": "query", "sql": "SELECT id FROM orders"}]}}
+
+
+def _workflow_status(cluster: Any, namespace: str, name: str) -> dict[str, Any]:
+    return (cluster.kube.get(API, "agentworkflows", name, namespace) or {}).get("status") or {}
+
+
+def test_a_foreign_results_secret_stops_the_workflow_before_any_step(operator: Any) -> None:
+    n = next(_numbers)
+    tenant = f"results{n}"
+    namespace = f"tenant-{tenant}"
+    onboard(operator, tenant)
+    wait_phase(operator, tenant, "Active")
+    seed(operator, tenant, 5)
+    operator.kube.apply(agent_policy(namespace, "support"))
+    wait_policy(operator, namespace, "support", "Ready")
+    before = _squat(operator, "agentworkflow-w-results", namespace, rows="chosen-by-tenant")
+
+    operator.kube.apply(_workflow(namespace, "w"))
+    status = operator.eventually(lambda: (s := _workflow_status(operator, namespace, "w")).get("conditions")
+                                 and s["conditions"][-1]["reason"] == "SecretConflict" and s)
+    assert status["phase"] == "Pending" and not status.get("steps")
+    assert f"secret {namespace}/agentworkflow-w-results exists and is not controlled by AgentWorkflow w" in \
+        status["conditions"][-1]["message"]
+    operator.eventually(lambda: _warned(operator, "SecretConflict", "w"))
+    after = _raw(operator, "agentworkflow-w-results", namespace)
+    assert after["data"] == before["data"] and not after["metadata"].get("ownerReferences")
+    operator.kube.delete(API, "agentworkflows", "w", namespace)
+    operator.eventually(lambda: operator.kube.get(API, "agentworkflows", "w", namespace) is None)
+    assert _raw(operator, "agentworkflow-w-results", namespace)["data"] == before["data"]
+
+    operator.kube.apply(_workflow(namespace, "v"))  # the normal path: the results Secret is the workflow's
+    operator.eventually(lambda: _workflow_status(operator, namespace, "v").get("phase") == "Succeeded")
+    uid = operator.kube.get(API, "agentworkflows", "v", namespace)["metadata"]["uid"]
+    made = _raw(operator, "agentworkflow-v-results", namespace)
+    assert [(r["kind"], r["uid"]) for r in made["metadata"]["ownerReferences"]] == [("AgentWorkflow", uid)]
