@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -290,8 +291,8 @@ class Analysis:
         return tuple(found)
 
     def row_locks(self, stmt: pb.SelectStmt, scope: Scope, top: bool) -> None:
-        """FOR UPDATE/SHARE is a write intent: an update rule on every base table it reaches, through
-        subqueries and CTEs, and only at the top level, where the guard counts the locked rows."""
+        """FOR UPDATE/SHARE is a write intent: an update rule on every base table it locks, only at the top level
+        of a SELECT over base tables, where each returned row is the row locked and the guard counts them."""
         for item in stmt.locking_clause:
             clause = item.locking_clause
             label = LOCK_STRENGTHS.get(clause.strength, "FOR UPDATE")
@@ -301,6 +302,11 @@ class Analysis:
             self.locking = True
             if stmt.HasField("limit_offset"):  # the rows OFFSET skips are locked too, but never counted
                 self.unsupported(clause, f"OFFSET with a row lock ({label})")
+            obstacle = _lock_obstacle(stmt, scope)
+            if obstacle:  # the guard counts returned rows as locked rows: only true where each row is one row
+                self.unsupported(clause, f"a row lock ({label}) with {obstacle} (only a single-level SELECT over "
+                                         "base tables may lock rows)")
+                continue
             relations = scope.relations
             if clause.locked_rels:
                 relations = []
@@ -872,8 +878,8 @@ def restricts(where: pb.Node, name: str, table: Table) -> bool:
     """Does `where` pick rows of `table` (called `name` in its statement) by a value, as requireWhere demands?
 
     Yes for a column of the table compared with a literal or parameter (=, <, >, <=, >=, IN, = ANY, BETWEEN,
-    LIKE/ILIKE with a pattern that is not only wildcards); for an AND when one conjunct does; for an OR
-    when every branch does. Nothing else counts: `id = id`, `id IS NOT NULL`, `EXISTS (...)`, NOT, `<>`."""
+    LIKE/ILIKE with a literal pattern that is not only wildcards, never a parameter); for an AND when one
+    conjunct does; for an OR when every branch does. Nothing else counts: `id = id`, `id IS NOT NULL`, `EXISTS (...)`, NOT, `<>`."""
     kind = where.WhichOneof("node")
     if kind == "bool_expr":
         expr = where.bool_expr
@@ -900,10 +906,53 @@ def restricts(where: pb.Node, name: str, table: Table) -> bool:
         return values == "param_ref" or (values == "a_array_expr" and all(
             _value(v) for v in right.a_array_expr.elements) and bool(right.a_array_expr.elements))
     if expr.kind in (pb.AEXPR_LIKE, pb.AEXPR_ILIKE) and operator in ("~~", "~~*"):
+        # a parameter never counts: its value ('%') is unknown here, and the decision is cached without it
         pattern = _literal(right)
-        return pattern is not None and (pattern.WhichOneof("node") == "param_ref" or bool(
-            pattern.a_const.WhichOneof("val") == "sval" and pattern.a_const.sval.sval.strip("%_")))
+        return pattern is not None and pattern.WhichOneof("node") == "a_const" and bool(
+            pattern.a_const.WhichOneof("val") == "sval" and pattern.a_const.sval.sval.strip("%_"))
     return False
+
+
+AGGREGATES = frozenset({"count", "sum", "avg", "min", "max", "array_agg", "string_agg", "bool_and", "bool_or",
+                        "every", "json_agg", "jsonb_agg", "json_object_agg", "jsonb_object_agg", "bit_and", "bit_or",
+                        "xmlagg", "stddev", "stddev_pop", "stddev_samp", "variance", "var_pop", "var_samp"})
+
+
+def _lock_obstacle(stmt: pb.SelectStmt, scope: Scope) -> str | None:
+    """Why a row lock on `stmt` could lock rows other than those it returns (None when it cannot): a derived
+    table, CTE or function in FROM (a LIMIT inside locks more than the outer LIMIT returns), WITH, DISTINCT,
+    GROUP BY, HAVING, or an aggregate or window function (one returned row for many locked)."""
+    if any(relation.slot is None for relation in scope.relations):
+        return "a subquery, CTE or function in FROM"
+    for present, what in ((stmt.HasField("with_clause"), "WITH"), (bool(stmt.distinct_clause), "DISTINCT"),
+                          (bool(stmt.group_clause), "GROUP BY"), (stmt.HasField("having_clause"), "HAVING"),
+                          (bool(stmt.window_clause), "a window function")):
+        if present:
+            return what
+    for node in (*stmt.target_list, *stmt.sort_clause):
+        found = _aggregate_or_window(node)
+        if found:
+            return found
+    return None
+
+
+def _aggregate_or_window(message: Any) -> str | None:
+    """An aggregate or window function call anywhere in `message`, outside sublinks (their own level)."""
+    for descriptor, value in message.ListFields():
+        if descriptor.message_type is None or descriptor.name == "sub_link":
+            continue
+        for item in (value if isinstance(value, Sequence) else (value,)):
+            if isinstance(item, pb.FuncCall):
+                if item.HasField("over"):
+                    return "a window function"
+                name = item.funcname[-1].string.sval if item.funcname else ""
+                if item.agg_star or item.agg_distinct or item.agg_order or item.HasField("agg_filter") or \
+                        item.agg_within_group or name.lower() in AGGREGATES:
+                    return "an aggregate function"
+            found = _aggregate_or_window(item)
+            if found:
+                return found
+    return None
 
 
 def _target_column(node: pb.Node, name: str, table: Table) -> bool:
