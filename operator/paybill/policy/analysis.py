@@ -879,7 +879,8 @@ def restricts(where: pb.Node, name: str, table: Table) -> bool:
 
     Yes for a column of the table compared with a literal or parameter (=, <, >, <=, >=, IN, = ANY, BETWEEN,
     LIKE/ILIKE with a literal pattern that is not only wildcards, never a parameter); for an AND when one
-    conjunct does; for an OR when every branch does. Nothing else counts: `id = id`, `id IS NOT NULL`, `EXISTS (...)`, NOT, `<>`."""
+    conjunct does; for an OR when every branch does. Nothing else counts: `id = id`, `id IS NOT NULL`,
+    `EXISTS (...)`, NOT, `<>`."""
     kind = where.WhichOneof("node")
     if kind == "bool_expr":
         expr = where.bool_expr
