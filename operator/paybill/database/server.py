@@ -55,6 +55,9 @@ def tool_path(name: str) -> str:
 
 
 SUPERUSER = "postgres"
+# A session idle in a transaction (holding its locks) is ended after this, unless it SETs another value;
+# production servers set the same in postgresql.conf (roles get it too: TenantDatabases.limit_sessions).
+IDLE_IN_TRANSACTION_TIMEOUT = "60s"
 PASSWORD_FILE = "superuser.password"  # in data_dir, 0600, owned by the user that runs LocalPostgres
 
 
@@ -103,7 +106,8 @@ class LocalPostgres:
             self._initdb(binaries, pgdata, socket_dir)
         password = _read_private(self.data_dir / PASSWORD_FILE)
         options = (f"-p {self.port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
+                   f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT}")
         log = self.data_dir / "postgres.log"  # statements in error may be logged: private to the server
         if not log.exists():
             _write_private(log, "", owner="postgres" if os.geteuid() == 0 else None)
@@ -197,6 +201,7 @@ def _require_passwords(server: Any, data_dir: Path) -> str:
         socket_dir = sockets.split(",")[0].strip()
         Path(hba).write_text("local all all scram-sha-256\nhost all all 127.0.0.1/32 scram-sha-256\n"
                              "host all all ::1/128 scram-sha-256\n")
+        conn.execute(f"ALTER SYSTEM SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT}'")
         conn.execute("SELECT pg_reload_conf()")
     return f"postgresql://{SUPERUSER}:{password}@/postgres?host={socket_dir}"
 

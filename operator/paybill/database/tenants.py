@@ -49,7 +49,7 @@ from .ownership import (
     tenant_identity,
     tenant_name,
 )
-from .server import tool_path
+from .server import IDLE_IN_TRANSACTION_TIMEOUT, tool_path
 
 __all__ = ["NameConflict"]
 
@@ -60,15 +60,21 @@ POOLED_GROUP = "paybill_pooled_tenants"
 CONTROL_SCHEMA = "paybill"
 WRITE_PRIVILEGES = sql.SQL("INSERT, UPDATE, DELETE")
 LOCK_TIMEOUT_MS = 20000  # a lock a tenant holds makes the operator's step fail loudly (and retry), never hang
+TENANT_CONNECTION_LIMIT = 20  # per tenant login role; no Plan quota names connections yet
+AGENT_CONNECTION_LIMIT = 5  # per agent login role
+TENANT_LOCK_TIMEOUT = "5s"  # the default wait of a tenant's or agent's statement for a lock
 SHARED_OWNER = "Paybill shared data"  # the owner recorded for the shared databases and the pooled group
 # What a tenant's application never needs in a shared database (all in pg_catalog but dblink's): large
 # objects, advisory locks (a tenant could stall others), NOTIFY, the xml exports that run any query, and
 # other sessions' activity.
 REVOKED_FUNCTIONS = (r"^(lo_.*|loread|lowrite|pg_advisory_.*|pg_try_advisory_.*|pg_notify|dblink.*|"
-                     r".*_to_xml.*|.*_to_xmlschema|pg_stat_get_activity|pg_stat_get_backend_.*|pg_lock_status|"
+                     r".*_to_xml.*|.*_to_xmlschema|pg_stat_get_.*|pg_lock_status|"
                      r"pg_blocking_pids|pg_safe_snapshot_blocking_pids)$")
 # Other agents' predicates, other sessions' activity and locks.
-REVOKED_CATALOGS = ("pg_policies", "pg_policy", "pg_stat_activity", "pg_locks")
+REVOKED_CATALOGS = ("pg_policies", "pg_policy", "pg_locks")
+# Every statistics view (pg_stat_*, pg_statio_*: other tenants' row counts and writes, sessions, the database's
+# totals); the pg_stat_get_* functions behind them are in REVOKED_FUNCTIONS.
+REVOKED_VIEWS = r"^pg_stat(io)?_.*$"
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -142,8 +148,10 @@ class TenantDatabases:
     placement records. Connections to the shared databases are kept per thread.
     """
 
-    def __init__(self, admin_dsn: str, backup_dir: Path | None = None) -> None:
+    def __init__(self, admin_dsn: str, backup_dir: Path | None = None,
+                 idle_in_transaction_timeout: str = IDLE_IN_TRANSACTION_TIMEOUT) -> None:
         self.admin_dsn = admin_dsn
+        self.idle_in_transaction_timeout = idle_in_transaction_timeout
         self.backup_dir = backup_dir
         self._local = threading.local()
         self._ready: set[tuple[str, str]] = set()  # (database, schema) at the latest migration, set up
@@ -151,6 +159,7 @@ class TenantDatabases:
         # concurrently updated"): a lock in this process, which no tenant can reach.
         self._setup = threading.RLock()
         self._key: bytes | None = None
+        self._policy_locks: dict[str, threading.Lock] = {}
 
     # --- connections -----------------------------------------------------------------------------------
 
@@ -255,6 +264,35 @@ class TenantDatabases:
             self._control(conn)
             conn.execute("DELETE FROM paybill.owned WHERE kind = %s AND database = %s AND name = %s",
                          (kind, database, name))
+
+    # --- agent policies ----------------------------------------------------------------------------------
+
+    def policy_lock(self, database: str) -> threading.Lock:
+        """Held while an agent policy is installed in `database`: concurrent GRANTs and policy DDL on one
+        table fail with "tuple concurrently updated". A lock in this process, which no tenant can reach."""
+        with self._setup:
+            return self._policy_locks.setdefault(database, threading.Lock())
+
+    def installed_row_policies(self, database: str, role: str) -> dict[str, str]:
+        """The digests of `role`'s row security policy statements last installed in `database`."""
+        with self.session() as conn:
+            self._control(conn)
+            return {str(statement): str(digest) for statement, digest in conn.execute(
+                "SELECT statement, digest FROM paybill.row_policies WHERE database = %s AND role = %s",
+                (database, role))}
+
+    def remember_row_policies(self, database: str, role: str, digests: dict[str, str]) -> None:
+        with self.session() as conn, conn.transaction():
+            self._control(conn)
+            conn.execute("DELETE FROM paybill.row_policies WHERE database = %s AND role = %s", (database, role))
+            with conn.cursor() as cursor:
+                cursor.executemany("INSERT INTO paybill.row_policies (database, role, statement, digest) "
+                                   "VALUES (%s, %s, %s, %s)", [(database, role, s, d) for s, d in digests.items()])
+
+    def grant_connect(self, database: str, role: str) -> None:
+        with self._setup, self.session(database) as conn:  # one database row: concurrent GRANTs on it would fail
+            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+                sql.Identifier(database), sql.Identifier(role)))
 
     def claim_role(self, role: str, owner: str, attributes: str) -> None:
         """Create `role` for `owner` (recorded in the same transaction), or check it is the one we created.
@@ -404,6 +442,20 @@ class TenantDatabases:
         with self.session() as conn:
             conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(placement.role),
                                                                      sql.Literal(password)))
+        self.limit_sessions(placement.role, TENANT_CONNECTION_LIMIT)
+
+    def limit_sessions(self, role: str, connections: int) -> None:
+        """Bound what one login role can hold: its connections (others still get theirs), and by default how
+        long its sessions wait for a lock or sit idle in a transaction (holding locks every tenant needs).
+        The role can SET its own timeouts: the server-wide idle_in_transaction_session_timeout is the default
+        of every session, not a floor."""
+        role_id = sql.Identifier(role)
+        with self.session() as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(role_id, sql.Literal(connections)))
+            conn.execute(sql.SQL("ALTER ROLE {} SET idle_in_transaction_session_timeout = {}").format(
+                role_id, sql.Literal(self.idle_in_transaction_timeout)))
+            conn.execute(sql.SQL("ALTER ROLE {} SET lock_timeout = {}").format(
+                role_id, sql.Literal(TENANT_LOCK_TIMEOUT)))
 
     def _ensure_database(self, placement: Placement) -> None:
         if (placement.database, "") in self._ready:
@@ -736,6 +788,8 @@ def _create_control_tables(conn: psycopg.Connection) -> None:
     conn.execute("CREATE TABLE IF NOT EXISTS paybill.owned (kind text NOT NULL, database text NOT NULL, "
                  "name text NOT NULL, owner text NOT NULL, oid oid, created_at timestamptz NOT NULL DEFAULT now(), "
                  "PRIMARY KEY (kind, database, name))")
+    conn.execute("CREATE TABLE IF NOT EXISTS paybill.row_policies (database text NOT NULL, role name NOT NULL, "
+                 "statement text NOT NULL, digest text NOT NULL, PRIMARY KEY (database, role, statement))")
     conn.execute("CREATE TABLE IF NOT EXISTS paybill.naming_key (id boolean PRIMARY KEY CHECK (id), "
                  "key bytea NOT NULL)")
     conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(CONTROL_SCHEMA)))
@@ -745,7 +799,10 @@ def _harden_shared_database(conn: psycopg.Connection) -> None:
     """Close what a tenant's application does not need in a shared database (run as a superuser)."""
     conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
     conn.execute("REVOKE USAGE ON LANGUAGE plpgsql FROM PUBLIC")  # no DO blocks
-    for catalog in REVOKED_CATALOGS:
+    views = [str(v) for (v,) in conn.execute("SELECT c.relname FROM pg_class c WHERE c.relnamespace = "
+                                             "'pg_catalog'::regnamespace AND c.relkind = 'v' AND c.relname ~ %s "
+                                             "ORDER BY 1", (REVOKED_VIEWS,))]
+    for catalog in (*REVOKED_CATALOGS, *views):
         conn.execute(sql.SQL("REVOKE ALL ON {} FROM PUBLIC").format(sql.Identifier("pg_catalog", catalog)))
     functions = [str(f) for (f,) in conn.execute(  # those PUBLIC may still execute (a NULL acl means it may)
         "SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.proname ~ %s AND (p.proacl IS NULL OR "
@@ -761,7 +818,7 @@ def _ensure_pooled(conn: psycopg.Connection) -> None:
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(CONTROL_SCHEMA)))
     conn.execute("CREATE TABLE IF NOT EXISTS paybill.tenant_roles (role name PRIMARY KEY, "
                  "tenant text NOT NULL UNIQUE, writable boolean NOT NULL DEFAULT false)")
-    conn.execute("ALTER TABLE paybill.tenant_roles ENABLE ROW LEVEL SECURITY")
+    enable_row_security(conn, sql.Identifier(CONTROL_SCHEMA, "tenant_roles"))
     conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {}, {} TO {}").format(
         sql.Identifier(CONTROL_SCHEMA), sql.Identifier(APP_SCHEMA), group))
     conn.execute(sql.SQL("GRANT SELECT ON paybill.tenant_roles TO {}").format(group))
@@ -780,8 +837,24 @@ def _ensure_pooled(conn: psycopg.Connection) -> None:
     }
     for table in TABLES:
         table_id = sql.Identifier(APP_SCHEMA, table)
-        conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(table_id))
-        conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(table_id, group))
+        enable_row_security(conn, table_id)
+        # INSERT and UPDATE by column: a table-level UPDATE would also allow LOCK TABLE in any mode (DELETE,
+        # which has no column form, still does: idle_in_transaction_session_timeout bounds that).
+        columns = sql.SQL(", ").join(sql.Identifier(c) for (c,) in conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
+            "ORDER BY attnum", (f"{APP_SCHEMA}.{table}",)))
+        conn.execute(sql.SQL("REVOKE INSERT, UPDATE ON {} FROM {}").format(table_id, group))
+        conn.execute(sql.SQL("GRANT SELECT, DELETE, INSERT ({1}), UPDATE ({1}) ON {0} TO {2}").format(
+            table_id, columns, group))
         for name, body in policies.items():
             if (table, name) not in existing:
                 conn.execute(sql.SQL("CREATE POLICY {} ON {} ").format(sql.Identifier(name), table_id) + body)
+
+
+def enable_row_security(conn: psycopg.Connection, table: sql.Composable) -> None:
+    """ENABLE ROW LEVEL SECURITY unless it is on: the ALTER takes an ACCESS EXCLUSIVE lock, queued behind
+    every reader of the table and queuing every later one."""
+    enabled = conn.execute(sql.SQL("SELECT relrowsecurity FROM pg_class WHERE oid = {}::regclass").format(
+        sql.Literal(table.as_string(conn)))).fetchone()
+    if not (enabled and enabled[0]):
+        conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(table))

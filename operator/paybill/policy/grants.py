@@ -8,16 +8,22 @@ and deparsed by pglast before they are embedded.
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Mapping
 
 from pglast import ast, parse_sql
 from pglast.stream import RawStream
 from psycopg import Connection, sql
 
 from ..database.ownership import agent_name
+from ..database.tenants import enable_row_security
 from .rules import RuleSet
 from .schema import TENANT_COLUMN, Schema, Table
 
 ACTIONS = ("select", "insert", "update", "delete")
+POLICY_LOCK_TIMEOUT = "2s"  # row security DDL gives up (and is retried) rather than queue tenants' reads
+ENABLE_ROW_SECURITY = re.compile(r"^ALTER TABLE (.+) ENABLE ROW LEVEL SECURITY$", re.DOTALL)
+DROP_POLICY = re.compile(r'^DROP POLICY IF EXISTS ("(?:[^"]|"")+") ON (.+)$', re.DOTALL)
 
 
 def agent_role(policy_name: str, tenant: str | None, namespace: str = "", key: bytes = b"") -> str:
@@ -96,10 +102,18 @@ def _policy_name(role: str, action: str) -> str:
 
 
 def apply_grants(conn: Connection, rules: RuleSet, schema: Schema, role: str, tenant: str | None,
-                 password: str | None = None) -> None:
-    """Create or update the agent role and its privileges in one transaction; safe to re-run."""
+                 password: str | None = None, installed: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Create or update the agent role and its privileges in one transaction; safe to re-run.
+
+    Row security DDL takes an ACCESS EXCLUSIVE lock that queues behind every reader of a shared table and
+    queues every later one: it runs only when something changed (RLS not yet on; a policy whose statement
+    differs from the one `installed` records, or that is gone), and waits at most POLICY_LOCK_TIMEOUT (then
+    psycopg.errors.LockNotAvailable: retry later). Returns the digest of each policy statement now in place,
+    keyed by its DROP statement, for the next call's `installed`."""
     role_id = sql.Identifier(role)
+    in_place: dict[str, str] = {}
     with conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(POLICY_LOCK_TIMEOUT)))
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
         if not exists:
             conn.execute(sql.SQL("CREATE ROLE {} NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOBYPASSRLS")
@@ -108,5 +122,27 @@ def apply_grants(conn: Connection, rules: RuleSet, schema: Schema, role: str, te
         conn.execute(sql.SQL("ALTER ROLE {} ").format(role_id) + login)
         conn.execute(sql.SQL("ALTER ROLE {} SET statement_timeout = {}").format(
             role_id, sql.Literal(rules.limits.statementTimeoutMs)))
-        for statement in grant_statements(rules, schema, role, tenant):
-            conn.execute(statement)
+        drop: str | None = None
+        for statement in (s.as_string(conn) for s in grant_statements(rules, schema, role, tenant)):
+            if (enable := ENABLE_ROW_SECURITY.match(statement)) is not None:
+                enable_row_security(conn, sql.SQL(enable.group(1)))  # type: ignore[arg-type]
+            elif statement.startswith("DROP POLICY "):
+                drop = statement
+            elif statement.startswith("CREATE POLICY ") and drop is not None:
+                digest = hashlib.sha256(statement.encode()).hexdigest()
+                if (installed or {}).get(drop) != digest or not _policy_exists(conn, drop):
+                    conn.execute(drop.encode())
+                    conn.execute(statement.encode())
+                in_place[drop], drop = digest, None
+            else:
+                conn.execute(statement.encode())
+    return in_place
+
+
+def _policy_exists(conn: Connection, drop: str) -> bool:
+    """Whether the policy a `DROP POLICY IF EXISTS "name" ON table` statement names exists."""
+    found = DROP_POLICY.match(drop)
+    assert found is not None, drop
+    name = found.group(1)[1:-1].replace('""', '"')
+    return conn.execute("SELECT 1 FROM pg_policy WHERE polrelid = %s::regclass AND polname = %s",
+                        (found.group(2), name)).fetchone() is not None

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from psycopg import sql
+from psycopg import errors, sql
 
 from ..api.agentpolicy import AgentPolicySpec, Effect
 from ..billing.grace import Access
 from ..database.migrations import LEDGER
 from ..database.ownership import agent_identity
-from ..database.tenants import Placement, TenantDatabases
+from ..database.tenants import AGENT_CONNECTION_LIMIT, DatabaseUnavailable, Placement, TenantDatabases
 from .engine import PolicyEngine
-from .grants import apply_grants
+from .grants import POLICY_LOCK_TIMEOUT, apply_grants
 from .schema import Schema
 
 AGENT_ROLE_ATTRIBUTES = "NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT NOBYPASSRLS"
@@ -71,11 +71,19 @@ def install(databases: TenantDatabases, placement: Placement, policy: str, names
     databases.claim_role(role, agent_identity(placement.tenant, namespace, policy), AGENT_ROLE_ATTRIBUTES)
     if previous_database not in (None, placement.database):
         _drop_owned(databases, previous_database, role)
+    databases.limit_sessions(role, AGENT_CONNECTION_LIMIT)
+    with databases.policy_lock(placement.database):
+        installed = databases.installed_row_policies(placement.database, role)
+        with databases.session(placement.database) as conn:
+            try:
+                in_place = apply_grants(conn, engine.rules, schema, role, placement.tenant,
+                                        password=password if access != Access.NONE else None, installed=installed)
+            except errors.LockNotAvailable:
+                raise DatabaseUnavailable(f"changing the row security of {placement.database} waited "
+                                          f"{POLICY_LOCK_TIMEOUT} for tenants' open transactions; will retry") from None
+        databases.remember_row_policies(placement.database, role, in_place)
+    databases.grant_connect(placement.database, role)
     with databases.session(placement.database) as conn:
-        apply_grants(conn, engine.rules, schema, role, placement.tenant,
-                     password=password if access != Access.NONE else None)
-        conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
-            sql.Identifier(placement.database), sql.Identifier(role)))
         conn.execute(sql.SQL("ALTER ROLE {} SET search_path = {}").format(
             sql.Identifier(role), sql.Identifier(schema.name)))
         tables = tuple(name for (name,) in conn.execute(
