@@ -4,7 +4,8 @@ limits per role, bounded table locks, agent policy installs that never queue rea
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -205,3 +206,25 @@ def test_concurrent_installs_on_one_database_do_not_collide(databases: TenantDat
     for worker in workers:
         worker.join(60)
     assert not failures, failures
+
+
+def test_a_tenant_that_turns_its_timeout_off_is_ended_by_the_operator(databases: TenantDatabases) -> None:
+    attacker, victim = tenant(databases, "pooled"), tenant(databases, "pooled")
+    locker = login(databases, attacker.role, PASSWORD, attacker.database)
+    try:
+        locker.execute("SET idle_in_transaction_session_timeout = 0")
+        locker.execute("BEGIN")
+        locker.execute("LOCK TABLE app.orders IN ACCESS EXCLUSIVE MODE")
+        assert databases.end_idle_transactions(max_idle_seconds=60) == 0  # not idle long enough yet
+        within(10, lambda: _until(lambda: databases.end_idle_transactions(max_idle_seconds=0.5) == 1))
+        with login(databases, victim.role, PASSWORD, victim.database) as reader:
+            within(5, lambda: reader.execute("SELECT count(*) FROM orders").fetchone())
+        with pytest.raises(psycopg.OperationalError):
+            locker.execute("SELECT 1")
+    finally:
+        locker.close()
+
+
+def _until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        time.sleep(0.1)

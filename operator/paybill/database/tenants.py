@@ -526,6 +526,21 @@ class TenantDatabases:
                            (role, database, database)).fetchone()
         return int(row[0]) if row else 0
 
+    def end_idle_transactions(self, max_idle_seconds: float) -> int:
+        """End the sessions of Paybill's tenant and agent roles that sit idle in a transaction in a shared
+        database for longer than `max_idle_seconds`: a tenant may SET its own idle timeout off, and hold a
+        table lock (its table-level DELETE allows LOCK TABLE) that stalls every other tenant. Returns how
+        many were ended. Run it periodically."""
+        with self.session() as conn:
+            self._control(conn)
+            row = conn.execute(
+                "SELECT count(pg_terminate_backend(a.pid)) FROM pg_stat_activity a WHERE a.datname = ANY(%s) "
+                "AND a.state IN ('idle in transaction', 'idle in transaction (aborted)') "
+                "AND a.state_change < now() - make_interval(secs => %s) AND EXISTS (SELECT 1 FROM paybill.owned o "
+                "WHERE o.kind = 'role' AND o.database = '' AND o.name = a.usename AND o.owner <> %s)",
+                ([POOLED_DATABASE, BRIDGE_DATABASE], max_idle_seconds, SHARED_OWNER)).fetchone()
+        return int(row[0]) if row else 0
+
     def access_of(self, placement: Placement) -> Access:
         with self.session() as conn:
             row = conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (placement.role,)).fetchone()
