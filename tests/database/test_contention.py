@@ -20,7 +20,7 @@ from paybill.database.tenants import (
     DatabaseUnavailable,
     TenantDatabases,
 )
-from paybill.policy.install import install
+from paybill.policy.install import install, uninstall
 
 from .test_hardening import AGENT_PASSWORD, PASSWORD, POLICY, agent, fresh, login, tenant, within
 
@@ -228,3 +228,19 @@ def test_a_tenant_that_turns_its_timeout_off_is_ended_by_the_operator(databases:
 def _until(condition: Callable[[], bool]) -> None:
     while not condition():
         time.sleep(0.1)
+
+
+def test_uninstalling_a_policy_behind_a_reader_fails_fast_and_retries(databases: TenantDatabases) -> None:
+    owner, holder, reader = (tenant(databases, "pooled") for _ in range(3))
+    agent(databases, owner, "leaving")
+    held = _reader_holding_a_transaction(databases, holder.role, holder.database)
+    try:
+        with pytest.raises(DatabaseUnavailable, match="lock timeout"):
+            within(10, lambda: uninstall(databases, "leaving", f"tenant-{owner.tenant}", owner.tenant,
+                                         owner.database))
+        with login(databases, reader.role, PASSWORD, reader.database) as conn:
+            within(5, lambda: conn.execute("SELECT count(*) FROM orders").fetchone())
+    finally:
+        held.close()
+    assert within(15, lambda: uninstall(databases, "leaving", f"tenant-{owner.tenant}", owner.tenant,
+                                        owner.database))

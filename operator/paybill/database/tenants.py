@@ -62,6 +62,7 @@ WRITE_PRIVILEGES = sql.SQL("INSERT, UPDATE, DELETE")
 LOCK_TIMEOUT_MS = 20000  # a lock a tenant holds makes the operator's step fail loudly (and retry), never hang
 TENANT_CONNECTION_LIMIT = 20  # per tenant login role; no Plan quota names connections yet
 AGENT_CONNECTION_LIMIT = 5  # per agent login role
+DDL_LOCK_TIMEOUT = "2s"  # row security DDL on shared tables gives up (and is retried) rather than queue readers
 TENANT_LOCK_TIMEOUT = "5s"  # the default wait of a tenant's or agent's statement for a lock
 SHARED_OWNER = "Paybill shared data"  # the owner recorded for the shared databases and the pooled group
 # What a tenant's application never needs in a shared database (all in pg_catalog but dblink's): large
@@ -687,9 +688,11 @@ class TenantDatabases:
             self.end_sessions(conn, role)
         for database in databases:
             if self._database_exists(database):
-                with self.session(database) as db:
+                with self.session(database) as db, db.transaction():  # its policies: ACCESS EXCLUSIVE locks
+                    db.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(DDL_LOCK_TIMEOUT)))
                     db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
         with self.session() as conn:
+            conn.execute("DELETE FROM paybill.row_policies WHERE role = %s", (role,))
             conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
         self._forget_object("role", role)

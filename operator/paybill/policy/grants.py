@@ -16,12 +16,11 @@ from pglast.stream import RawStream
 from psycopg import Connection, sql
 
 from ..database.ownership import agent_name
-from ..database.tenants import enable_row_security
+from ..database.tenants import DDL_LOCK_TIMEOUT, enable_row_security
 from .rules import RuleSet
 from .schema import TENANT_COLUMN, Schema, Table
 
 ACTIONS = ("select", "insert", "update", "delete")
-POLICY_LOCK_TIMEOUT = "2s"  # row security DDL gives up (and is retried) rather than queue tenants' reads
 ENABLE_ROW_SECURITY = re.compile(r"^ALTER TABLE (.+) ENABLE ROW LEVEL SECURITY$", re.DOTALL)
 DROP_POLICY = re.compile(r'^DROP POLICY IF EXISTS ("(?:[^"]|"")+") ON (.+)$', re.DOTALL)
 
@@ -107,13 +106,13 @@ def apply_grants(conn: Connection, rules: RuleSet, schema: Schema, role: str, te
 
     Row security DDL takes an ACCESS EXCLUSIVE lock that queues behind every reader of a shared table and
     queues every later one: it runs only when something changed (RLS not yet on; a policy whose statement
-    differs from the one `installed` records, or that is gone), and waits at most POLICY_LOCK_TIMEOUT (then
+    differs from the one `installed` records, or that is gone), and waits at most DDL_LOCK_TIMEOUT (then
     psycopg.errors.LockNotAvailable: retry later). Returns the digest of each policy statement now in place,
     keyed by its DROP statement, for the next call's `installed`."""
     role_id = sql.Identifier(role)
     in_place: dict[str, str] = {}
     with conn.transaction():
-        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(POLICY_LOCK_TIMEOUT)))
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(DDL_LOCK_TIMEOUT)))
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
         if not exists:
             conn.execute(sql.SQL("CREATE ROLE {} NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOBYPASSRLS")

@@ -15,9 +15,9 @@ from ..api.agentpolicy import AgentPolicySpec, Effect
 from ..billing.grace import Access
 from ..database.migrations import LEDGER
 from ..database.ownership import agent_identity
-from ..database.tenants import AGENT_CONNECTION_LIMIT, DatabaseUnavailable, Placement, TenantDatabases
+from ..database.tenants import AGENT_CONNECTION_LIMIT, DDL_LOCK_TIMEOUT, DatabaseUnavailable, Placement, TenantDatabases
 from .engine import PolicyEngine
-from .grants import POLICY_LOCK_TIMEOUT, apply_grants
+from .grants import apply_grants
 from .schema import Schema
 
 AGENT_ROLE_ATTRIBUTES = "NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT NOBYPASSRLS"
@@ -80,7 +80,7 @@ def install(databases: TenantDatabases, placement: Placement, policy: str, names
                                         password=password if access != Access.NONE else None, installed=installed)
             except errors.LockNotAvailable:
                 raise DatabaseUnavailable(f"changing the row security of {placement.database} waited "
-                                          f"{POLICY_LOCK_TIMEOUT} for tenants' open transactions; will retry") from None
+                                          f"{DDL_LOCK_TIMEOUT} for tenants' open transactions; will retry") from None
         databases.remember_row_policies(placement.database, role, in_place)
     databases.grant_connect(placement.database, role)
     with databases.session(placement.database) as conn:
@@ -109,5 +109,6 @@ def _drop_owned(databases: TenantDatabases, database: str | None, role: str) -> 
     with databases.session() as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is None:
             return
-    with databases.session(database) as conn:
+    with databases.session(database) as conn, conn.transaction():  # its policies: ACCESS EXCLUSIVE locks
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(DDL_LOCK_TIMEOUT)))
         conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
