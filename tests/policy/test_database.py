@@ -322,3 +322,28 @@ def test_a_row_lock_reaches_only_rows_the_update_filter_admits(policy_db: Policy
         assert paid.ok and paid.rows == [], paid.reasons
         open_ = guard.execute("SELECT id FROM orders WHERE id IN (10, 11) FOR UPDATE")
         assert open_.ok and open_.rows == [(10,)], open_.reasons
+
+
+def test_a_row_filter_column_stays_unreadable_and_the_filter_still_runs(policy_db: PolicyDatabase) -> None:
+    """Second review, finding 1: an update rule's rowFilter on email made email readable despite a deny rule.
+    The database grants SELECT on filter columns (the rewrite's filtered subquery reads them as the agent role);
+    the engine refuses any agent read of them that no select rule allows."""
+    rules = [{"id": "read-names", "effect": "allow", "actions": ["select"], "tables": ["customers"],
+              "columns": ["id", "name"]},
+             {"id": "never-email", "effect": "deny", "actions": ["select"], "tables": ["customers"],
+              "columns": ["email"]},
+             {"id": "fix-names", "effect": "allow", "actions": ["update"], "tables": ["customers"],
+              "columns": ["name"], "rowFilter": "email IS NOT NULL"}]
+    policy = spec(rules=rules)
+    dsn = policy_db.grant(policy, "acme", name="filtercols")
+    with ExecutionGuard(policy_db.engine(policy), dsn, PRINCIPAL, "acme") as guard:
+        emails = guard.execute("SELECT id, email FROM customers")
+        assert not emails.ok and not emails.rows and {r.code for r in emails.decision.reasons} == {"denied_by_rule"}
+        assert guard.execute("SELECT id, name FROM customers WHERE id = 1").ok
+        with psycopg.connect(policy_db.admin_dsn) as conn:
+            name, filtered = conn.execute("SELECT name, email IS NOT NULL FROM customers "
+                                          "WHERE tenant_id = 'acme' AND id = 1").fetchone()
+        renamed = guard.execute("UPDATE customers SET name = name WHERE id = 1")
+        assert renamed.ok, renamed.reasons
+        assert renamed.rows_affected == (1 if filtered else 0)
+        assert admin_value(policy_db, "SELECT name FROM customers WHERE tenant_id = 'acme' AND id = 1") == name

@@ -86,7 +86,7 @@ def test_row_filters_are_parsed_and_or_combined() -> None:
     rules = [{"id": "open-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"],
               "columns": ["id", "status"], "rowFilter": "status = 'open'"},
              {"id": "paid-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"],
-              "columns": ["id"], "rowFilter": "paid"}]
+              "columns": ["id", "status"], "rowFilter": "paid"}]  # both filters cover both columns
     engine = PolicyEngine(spec(rules=rules), schema())
     decision = engine.decide(PRINCIPAL, "SELECT id FROM orders", tenant="acme")
     assert decision.sql == ("SELECT id FROM (SELECT id FROM orders WHERE tenant_id = 'acme' AND "

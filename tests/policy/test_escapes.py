@@ -9,6 +9,7 @@ import pytest
 from paybill.api.agentpolicy import AgentPolicySpec
 from paybill.policy import PolicyEngine
 from paybill.policy.analysis import SELECT_FIELDS, SET_OPERATION_FIELDS, VALUES_FIELDS, Analysis, restricts
+from paybill.policy.rules import PolicyError
 from paybill.policy.tree import parse, pb, set_integer
 
 from .conftest import PRINCIPAL, schema, support_policy
@@ -307,3 +308,75 @@ def test_every_select_field_is_handled_by_some_form() -> None:
     """A field a newer libpg_query adds is in no form's list, so every SELECT setting it is refused by name;
     this test says so when the message classes change."""
     assert {f.name for f in pb.SelectStmt.DESCRIPTOR.fields} == SELECT_FIELDS | SET_OPERATION_FIELDS | VALUES_FIELDS
+
+
+# -- second review, finding 1: a rowFilter makes no column readable -----------------------------------------
+
+NAMES_ONLY = [{"id": "read-names", "effect": "allow", "actions": ["select"], "tables": ["customers"],
+               "columns": ["id", "name"]},
+              {"id": "never-email", "effect": "deny", "actions": ["select"], "tables": ["customers"],
+               "columns": ["email"]},
+              {"id": "fix-names", "effect": "allow", "actions": ["update"], "tables": ["customers"],
+               "columns": ["name"], "rowFilter": "email IS NOT NULL AND ssn IS NOT NULL"}]
+
+
+def test_a_row_filter_column_is_not_readable_without_a_select_rule() -> None:
+    engine = PolicyEngine(spec(rules=NAMES_ONLY), schema())
+    refused_with(engine, "SELECT id, email FROM customers", "denied_by_rule", "never-email")
+    refused_with(engine, "SELECT id FROM customers WHERE email LIKE 'a%'", "denied_by_rule", "never-email")
+    refused_with(engine, "SELECT ssn FROM customers", "no_allow_rule", "customers.ssn")
+    assert engine.decide(PRINCIPAL, "SELECT id, name FROM customers", tenant="acme").allowed
+    update = engine.decide(PRINCIPAL, "UPDATE customers SET name = 'x' WHERE id = 1", tenant="acme")
+    assert update.allowed and "email IS NOT NULL" in update.sql, update.reasons
+
+
+def test_the_tenant_column_is_readable_unless_a_rule_denies_it() -> None:
+    readable = PolicyEngine(spec(rules=NAMES_ONLY), schema())
+    assert readable.decide(PRINCIPAL, "SELECT tenant_id FROM customers", tenant="acme").allowed
+    deny = {"id": "no-tenant", "effect": "deny", "actions": ["select"], "tables": ["customers"],
+            "columns": ["tenant_id"]}
+    engine = PolicyEngine(spec(rules=[*NAMES_ONLY, deny]), schema())
+    refused_with(engine, "SELECT tenant_id FROM customers", "denied_by_rule", "no-tenant")
+
+
+# -- second review, finding 4: a rowFilter belongs to the table, and an insert rowFilter cannot be checked ----
+
+VIP_NAMES = {"id": "vip-names", "effect": "allow", "actions": ["select"], "tables": ["customers"],
+             "columns": ["id", "name"], "rowFilter": "id < 10"}
+ALL_IDS = {"id": "all-ids", "effect": "allow", "actions": ["select"], "tables": ["customers"], "columns": ["id"]}
+
+
+@pytest.mark.parametrize(("rules", "named"), [
+    ([VIP_NAMES, ALL_IDS], "customers.name"),
+    ([VIP_NAMES, {**ALL_IDS, "rowFilter": "id > 20"}], "customers.name"),
+    ([{**VIP_NAMES, "columns": ["*"]}, ALL_IDS], "customers"),
+    ([{**VIP_NAMES, "tables": ["*"]}, ALL_IDS], "customers.name"),
+    ([{**VIP_NAMES, "actions": ["update"], "columns": ["name"]},
+      {**ALL_IDS, "actions": ["update"], "columns": ["email"]}], "customers.name"),
+])
+def test_a_column_allowed_only_under_a_filter_another_rule_lifts_is_an_invalid_policy(rules: list[dict],
+                                                                                       named: str) -> None:
+    with pytest.raises(PolicyError, match=f"{named}.*rowFilter"):
+        PolicyEngine(spec(rules=rules), schema())
+
+
+@pytest.mark.parametrize("rules", [
+    [VIP_NAMES, {**ALL_IDS, "columns": ["id", "name"], "rowFilter": "id > 20"}],  # both filters cover both columns
+    [VIP_NAMES, {**ALL_IDS, "columns": ["id", "name"]}],  # an unfiltered rule covers every column the filter does
+    [{**VIP_NAMES, "columns": ["id"]}, {**ALL_IDS, "columns": ["id", "name"]}],
+    [VIP_NAMES, {**ALL_IDS, "actions": ["update"], "columns": ["email"]}],  # other actions are other row sets
+])
+def test_filters_that_cover_every_column_they_restrict_compile(rules: list[dict]) -> None:
+    engine = PolicyEngine(spec(rules=rules), schema())
+    assert engine.decide(PRINCIPAL, "SELECT id FROM customers", tenant="acme").allowed
+
+
+def test_an_insert_rule_with_a_row_filter_is_an_invalid_policy() -> None:
+    """The engine cannot check VALUES (or an INSERT ... SELECT's rows) against a filter, so it would admit rows
+    only the database's WITH CHECK refuses: such a policy is refused when it is compiled."""
+    rule = {"id": "small-orders", "effect": "allow", "actions": ["insert"], "tables": ["orders"],
+            "rowFilter": "total < 100"}
+    with pytest.raises(PolicyError, match=r"small-orders.*insert"):
+        PolicyEngine(spec(rules=rules_with(rule)), schema())
+    with pytest.raises(PolicyError, match=r"small-orders.*insert"):
+        PolicyEngine(spec(rules=rules_with({**rule, "actions": ["select", "insert"]})), schema())

@@ -16,7 +16,7 @@ from .analysis import Analysis, ParamType, Relation, Scope, param_fits
 from .decision import POLICY_CODES, Decision, Reason, plan_hash
 from .rewrite import rewrite
 from .rules import WILDCARD, PolicyError, RuleSet
-from .schema import Schema
+from .schema import TENANT_COLUMN, Schema
 from .tree import DecodeError, ParseError, parse_raw
 from .validate import Validator
 
@@ -174,15 +174,13 @@ class PolicyEngine:
     def _check_rules(self, analysis: Analysis) -> tuple[tuple[str, ...], frozenset[str] | None, int]:
         """Every access needs an allow rule and no deny rule; collects approvals the allowing rules ask for."""
         allowing: dict[str, Any] = {}
-        implicit: dict[str, set[str]] = {}
         for (action, table, column), position in analysis.accesses.items():
-            if action == "select" and column is not None:
-                if table not in implicit:
-                    known = self.schema.tables[table]
-                    implicit[table] = self.rules.predicate_columns(table, known.columns, known.pooled, analysis.tenant)
-                if column in implicit[table]:
-                    column = None  # readable wherever the table is: needs only a rule on the table
             match = self.rules.match(action, table, column)
+            if match.deny is None and not match.allows and action == "select" and column == TENANT_COLUMN and \
+                    analysis.tenant is not None and self.schema.tables[table].pooled:
+                # the agent's own tenant id: readable wherever the table is, unless a rule denies it. Row-filter
+                # columns are not: reading them needs a select rule like any column (rules.predicate_columns)
+                match = self.rules.match(action, table, None)
             target = f"{table}.{column}" if column else table
             if match.deny is not None:
                 analysis.reasons.append(Reason("denied_by_rule", f"{action} on {target} is denied",

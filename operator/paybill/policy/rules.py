@@ -112,6 +112,35 @@ class RuleSet:
         self._predicate_columns: dict[tuple[str, bool], frozenset[str]] = {}
         # The rewriter's serialized filtered subqueries (see rewrite._subquery), per (table, alias, columns, tenant).
         self.subqueries: dict[tuple[Any, ...], bytes] = {}
+        for action, table in list(self._index):
+            self._check_row_filters(action, table)
+
+    def _check_row_filters(self, action: str, table: str) -> None:
+        """A rowFilter restricts the rows of its (action, table), not only its columns: the OR of every allow
+        rule's filter is applied to the whole table. So every column must be covered by an unfiltered rule or by
+        rules carrying every filter of the table, else it would be reachable on rows its own rules exclude.
+        An insert rowFilter is refused: the engine cannot check inserted rows (VALUES, SELECT) against it."""
+        allows = [rule for rule in self.rules_for(action, table) if rule.effect == "allow"]
+        if action == "insert":
+            for rule in allows:
+                if rule.rowFilter is not None:
+                    raise PolicyError(f"rule {rule.id}: a rowFilter on an insert rule is not supported (the engine "
+                                      "cannot check inserted rows against it)")
+        filters = {rule.rowFilter for rule in allows}
+        if len(filters) < 2:
+            return
+        named = sorted({column for rule in allows for column in rule.columns if column != WILDCARD})
+        covered = [(f"{table}.{column}", [r for r in allows if column in r.columns or WILDCARD in r.columns])
+                   for column in named]
+        covered.append((f"{table} (every other column)", [r for r in allows if WILDCARD in r.columns]))
+        for name, rules in covered:
+            mine = {rule.rowFilter for rule in rules}
+            if rules and None not in mine and mine != filters:
+                others = sorted(rule.id for rule in allows if rule not in rules)
+                raise PolicyError(f"rule {', '.join(sorted(r.id for r in rules))}: {action} on {name} is allowed "
+                                  f"only under its rowFilter, but rule {', '.join(others)} admits {action} on {table} "
+                                  "with another or no rowFilter; filters apply to the whole table, so cover "
+                                  "that column under every filter of the table (or none)")
 
     def rules_for(self, action: str, table: str) -> tuple[Rule, ...]:
         """Rules naming (action, table) or (action, *), in policy order."""
@@ -145,10 +174,13 @@ class RuleSet:
 
     def predicate_columns(self, table: str, columns: Mapping[str, object], pooled: bool,
                           tenant: str | None) -> set[str]:
-        """Columns Paybill's own predicates read on `table`: readable wherever the table is.
+        """Columns Paybill's own predicates read on `table`, which the agent role is GRANTed SELECT on.
 
-        The tenant column holds the agent's own tenant id, and row-filter columns only ever show values
-        that pass the filter, so reading them reveals nothing the rows do not. The database grants match."""
+        The grant is needed at the database: the rewrite's filtered subquery (`WHERE tenant_id = ... AND
+        <rowFilter>`) runs as the agent role, and PostgreSQL checks column privileges on every column a query
+        names, WHERE included. It is not a permission for the agent: the engine admits an agent's read of a
+        row-filter column only under a select rule on it, and deny rules always apply (engine._check_rules).
+        So for these columns the engine, not the grant, is what refuses a direct read."""
         key = (table, tenant is not None and pooled)
         names = self._predicate_columns.get(key)
         if names is None:
