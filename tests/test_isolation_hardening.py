@@ -205,3 +205,35 @@ def test_a_namespace_labelled_as_a_tenants_gets_none_of_its_data(operator: Any) 
 
     operator.kube.apply(agent_policy(f"tenant-{victim}", "support"))  # the tenant's own namespace still works
     wait_policy(operator, f"tenant-{victim}", "support", "Ready")
+
+
+@pytest.fixture
+def quick_idle_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAYBILL_IDLE_TRANSACTION_SECONDS", "1")
+
+
+def test_a_tenant_that_turns_off_its_idle_timeout_and_locks_a_shared_table_is_ended(quick_idle_sweep: None,
+                                                                                     operator: Any) -> None:
+    n = next(_numbers)
+    attacker, victim = f"locker{n}", f"reader{n}"
+    for name in (attacker, victim):
+        onboard(operator, name)
+        wait_phase(operator, name, "Active")
+    locker = tenant_login(operator, attacker)
+    try:
+        locker.execute("SET idle_in_transaction_session_timeout = 0")
+        locker.execute("BEGIN")
+        locker.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+
+        def ended() -> bool:
+            try:
+                locker.execute("SELECT 1")
+            except psycopg.OperationalError:
+                return True
+            return False
+
+        operator.eventually(ended, timeout=30, interval=3)  # each probe restarts the idle clock
+        with tenant_login(operator, victim) as conn:
+            assert conn.execute("SELECT count(*) FROM orders").fetchone() == (0,)
+    finally:
+        locker.close()
