@@ -112,7 +112,7 @@ def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
                      subresource="status")
     with ExecutionGuard(engine, login, spec.principal, where.tenant) as guard:
         outcomes = run_steps(spec, guard, record)
-    results = results_secret_data(outcomes)
+    results: dict[str, str] | None = results_secret_data(outcomes)
     if results:
         try:
             _publish_results(kube, body, results)

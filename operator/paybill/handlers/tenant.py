@@ -247,9 +247,9 @@ def publish_secret(kube: Kube, desired: dict[str, Any]) -> None:
             raise secret_conflict(current or {}, owner["kind"], owner["name"])
         if action == SecretAction.CREATE:
             kube.create(desired)
-        elif action == SecretAction.UPDATE:  # only the version we checked: ownership cannot change in between
-            kube.merge_patch("v1", "secrets", meta["name"], {"metadata": {"resourceVersion": current["metadata"][
-                "resourceVersion"]}, "data": desired["data"]}, meta["namespace"])
+        elif action == SecretAction.UPDATE and current is not None:  # only the version we checked: ownership
+            kube.merge_patch("v1", "secrets", meta["name"], {"metadata": {  # cannot change in between
+                "resourceVersion": current["metadata"]["resourceVersion"]}, "data": desired["data"]}, meta["namespace"])
     except KubeError as exc:
         if exc.status != 409:
             raise

@@ -112,8 +112,8 @@ class RuleSet:
         self._predicate_columns: dict[tuple[str, bool], frozenset[str]] = {}
         # The rewriter's serialized filtered subqueries (see rewrite._subquery), per (table, alias, columns, tenant).
         self.subqueries: dict[tuple[Any, ...], bytes] = {}
-        for action, table in list(self._index):
-            self._check_row_filters(action, table)
+        for indexed, table in list(self._index):
+            self._check_row_filters(indexed, table)
 
     def _check_row_filters(self, action: str, table: str) -> None:
         """A rowFilter restricts the rows of its (action, table), not only its columns: the OR of every allow
