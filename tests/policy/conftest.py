@@ -36,6 +36,17 @@ def schema() -> Schema:
     return Schema.from_ddl(SCHEMA_SQL)
 
 
+def spec(**changes: object) -> AgentPolicySpec:
+    data = support_policy().spec.model_dump(mode="json")
+    data.update(changes)
+    return AgentPolicySpec.model_validate(data)
+
+
+@pytest.fixture(scope="module")
+def engine() -> PolicyEngine:
+    return PolicyEngine(support_policy().spec, schema())
+
+
 def seed(conn: psycopg.Connection) -> None:
     conn.execute(SCHEMA_SQL)
     for t, tenant in enumerate(TENANTS):

@@ -13,20 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import errors
 
-from paybill.api.agentpolicy import AgentPolicySpec
 from paybill.policy import PolicyEngine
 from paybill.policy.grants import agent_role
 from paybill.policy.guard import ExecutionGuard
 
-from .conftest import PRINCIPAL, PolicyDatabase, load_cases, schema, support_policy
+from .conftest import PRINCIPAL, PolicyDatabase, load_cases, schema, spec, support_policy
 
 ACL_CODES = {"no_allow_rule", "denied_by_rule"}
-
-
-def spec(**changes: object) -> AgentPolicySpec:
-    data = support_policy().spec.model_dump(mode="json")
-    data.update(changes)
-    return AgentPolicySpec.model_validate(data)
 
 
 def limits(**changes: object) -> dict:

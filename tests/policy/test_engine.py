@@ -8,28 +8,16 @@ import pytest
 from pglast import parse_sql
 from pglast.parser import ParseError, fingerprint
 
-from paybill.api.agentpolicy import AgentPolicySpec
 from paybill.policy import PolicyEngine, PolicyError
 from paybill.policy.tree import deparse, parse
 
-from .conftest import PRINCIPAL, load_cases, schema, support_policy
+from .conftest import PRINCIPAL, load_cases, schema, spec, support_policy
 
 ADVERSARIAL = load_cases("adversarial.jsonl")
 LEGITIMATE = load_cases("legitimate.jsonl")
 BY_CATEGORY = collections.defaultdict(list)
 for _case in ADVERSARIAL:
     BY_CATEGORY[_case["category"]].append(_case)
-
-
-@pytest.fixture(scope="module")
-def engine() -> PolicyEngine:
-    return PolicyEngine(support_policy().spec, schema())
-
-
-def spec(**changes: object) -> AgentPolicySpec:
-    data = support_policy().spec.model_dump(mode="json")
-    data.update(changes)
-    return AgentPolicySpec.model_validate(data)
 
 
 def test_corpus_is_large_and_covers_the_bypass_classes() -> None:

@@ -6,24 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from paybill.api.agentpolicy import AgentPolicySpec
 from paybill.policy import PolicyEngine
 from paybill.policy.analysis import SELECT_FIELDS, SET_OPERATION_FIELDS, VALUES_FIELDS, Analysis, restricts
 from paybill.policy.rules import PolicyError
 from paybill.policy.tree import parse, pb, set_integer
 
-from .conftest import PRINCIPAL, schema, support_policy
-
-
-@pytest.fixture(scope="module")
-def engine() -> PolicyEngine:
-    return PolicyEngine(support_policy().spec, schema())
-
-
-def spec(**changes: object) -> AgentPolicySpec:
-    data = support_policy().spec.model_dump(mode="json")
-    data.update(changes)
-    return AgentPolicySpec.model_validate(data)
+from .conftest import PRINCIPAL, schema, spec, support_policy
 
 
 def rules_with(*extra: dict) -> list[dict]:

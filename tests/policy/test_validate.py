@@ -8,14 +8,13 @@ import pytest
 from google.protobuf import json_format
 from pglast.parser import ParseError, parse_sql_json
 
-from paybill.api.agentpolicy import AgentPolicySpec
 from paybill.policy import PolicyEngine
 from paybill.policy.analysis import Analysis
 from paybill.policy.rules import RuleSet
 from paybill.policy.tree import parse, pb
 from paybill.policy.validate import Validator
 
-from .conftest import PRINCIPAL, load_cases, schema, support_policy
+from .conftest import PRINCIPAL, load_cases, schema, spec, support_policy
 
 LEGITIMATE = load_cases("legitimate.jsonl")
 ADVERSARIAL = load_cases("adversarial.jsonl")
@@ -23,19 +22,8 @@ ORDERS = "(SELECT id, status, total FROM orders WHERE tenant_id = 'acme') o"
 
 
 @pytest.fixture(scope="module")
-def engine() -> PolicyEngine:
-    return PolicyEngine(support_policy().spec, schema())
-
-
-@pytest.fixture(scope="module")
 def validator(engine: PolicyEngine) -> Validator:
     return Validator(engine.rules, engine.schema)
-
-
-def spec(**changes: object) -> AgentPolicySpec:
-    data = support_policy().spec.model_dump(mode="json")
-    data.update(changes)
-    return AgentPolicySpec.model_validate(data)
 
 
 def codes(validator: Validator, sql: str, tenant: str | None = "acme") -> list[str]:
