@@ -22,7 +22,8 @@ from paybill.database.tenants import (
 )
 from paybill.policy.install import install, uninstall
 
-from .test_hardening import AGENT_PASSWORD, PASSWORD, POLICY, agent, fresh, login, tenant, within
+from .conftest import fresh
+from .test_hardening import AGENT_PASSWORD, PASSWORD, POLICY, agent, login, tenant, within
 
 IDLE_TIMEOUT = "1s"
 

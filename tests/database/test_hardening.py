@@ -4,11 +4,10 @@ shared databases closed, no tenant or policy name in any catalog a tenant can re
 
 from __future__ import annotations
 
-import itertools
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -24,23 +23,13 @@ from paybill.database.tenants import NameConflict, Placement, TenantDatabases, U
 from paybill.handlers.settings import backup_directory
 from paybill.policy.install import install
 
+from .conftest import fresh
+
 PASSWORD = "tenant-pw"
 AGENT_PASSWORD = "agent-pw"
-_names = itertools.count()
 POLICY = AgentPolicySpec.model_validate({"subjects": ["agent:bot"], "rules": [
     {"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"]}]})
 OLD_ADVISORY_KEYS = ("paybill-audit", "paybill-pooled", "paybill-control")
-
-
-@pytest.fixture
-def databases(postgres: LocalPostgres, tmp_path: Path) -> Iterator[TenantDatabases]:
-    dbs = TenantDatabases(postgres.dsn, backup_dir=tmp_path / "backups")
-    yield dbs
-    dbs.close()
-
-
-def fresh(prefix: str) -> str:
-    return f"{prefix}-{next(_names)}"
 
 
 def login(dbs: TenantDatabases, role: str, password: str, database: str) -> psycopg.Connection:

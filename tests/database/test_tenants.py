@@ -3,11 +3,8 @@ changes, backups that restore, and migrations between models that lose nothing."
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -21,20 +18,10 @@ from paybill.database.tenants import (
     restore_backup,
 )
 
+from .conftest import fresh
+
 PASSWORD = "tenant-pw"
 MODES = ("pooled", "bridge", "silo")
-_names = itertools.count()
-
-
-@pytest.fixture
-def databases(postgres: LocalPostgres, tmp_path: Path) -> Iterator[TenantDatabases]:
-    dbs = TenantDatabases(postgres.dsn, backup_dir=tmp_path / "backups")
-    yield dbs
-    dbs.close()
-
-
-def fresh(prefix: str) -> str:
-    return f"{prefix}-{next(_names)}"
 
 
 def login(dbs: TenantDatabases, placement: Placement, **kwargs: object) -> psycopg.Connection:
