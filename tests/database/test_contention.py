@@ -66,35 +66,6 @@ def test_a_tenant_or_agent_past_its_connection_limit_is_refused_while_others_con
             conn.close()
 
 
-# --- #7: no statistics of other tenants' tables ---------------------------------------------------------------
-
-STATISTICS = (
-    "SELECT relname, n_live_tup, n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables",
-    "SELECT * FROM pg_stat_all_tables", "SELECT * FROM pg_stat_xact_user_tables",
-    "SELECT * FROM pg_stat_user_indexes", "SELECT * FROM pg_stat_all_indexes",
-    "SELECT * FROM pg_statio_user_tables", "SELECT * FROM pg_statio_all_indexes",
-    "SELECT * FROM pg_statio_user_sequences", "SELECT * FROM pg_stat_database",
-    "SELECT pg_stat_get_live_tuples('paybill.tenant_roles'::regclass)",
-    "SELECT pg_stat_get_tuples_inserted('orders'::regclass)",
-    "SELECT pg_stat_get_db_tuples_inserted(1)",
-)
-
-
-@pytest.mark.parametrize("isolation", ["pooled", "bridge"])
-def test_tenants_and_agents_cannot_read_table_statistics_in_shared_databases(databases: TenantDatabases,
-                                                                             isolation: str) -> None:
-    placement = tenant(databases, isolation)
-    role = agent(databases, placement)
-    for user, password in ((placement.role, PASSWORD), (role, AGENT_PASSWORD)):
-        with login(databases, user, password, placement.database) as conn:
-            for statement in STATISTICS:
-                if "tenant_roles" in statement and isolation == "bridge":
-                    continue
-                with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
-                    conn.execute(statement)
-            assert conn.execute("SELECT count(*) FROM orders").fetchone() == (0,)  # its data still works
-
-
 # --- #3: a tenant's table lock is bounded ---------------------------------------------------------------------
 
 def test_the_local_server_ends_idle_transactions_by_default(postgres: LocalPostgres) -> None:
