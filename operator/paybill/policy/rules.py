@@ -107,9 +107,8 @@ class RuleSet:
                 for table in rule.tables:
                     self._index.setdefault((str(action), table), []).append(rule)
         self._merged: dict[tuple[str, str], tuple[Rule, ...]] = {}
-        # Pure functions of the compiled rules, kept per key (bounded by the schema's tables and columns).
+        # match() per key, a pure function of the compiled rules (bounded by the schema's tables and columns).
         self._matches: dict[tuple[str, str, str | None], Match] = {}
-        self._predicate_columns: dict[tuple[str, bool], frozenset[str]] = {}
         # The rewriter's serialized filtered subqueries (see rewrite._subquery), per (table, alias, columns, tenant).
         self.subqueries: dict[tuple[Any, ...], bytes] = {}
         for indexed, table in list(self._index):
@@ -181,15 +180,11 @@ class RuleSet:
         names, WHERE included. It is not a permission for the agent: the engine admits an agent's read of a
         row-filter column only under a select rule on it, and deny rules always apply (engine._check_rules).
         So for these columns the engine, not the grant, is what refuses a direct read."""
-        key = (table, tenant is not None and pooled)
-        names = self._predicate_columns.get(key)
-        if names is None:
-            found = {TENANT_COLUMN} if key[1] else set()
-            for action in ("select", "insert", "update", "delete"):
-                for row_filter in self.row_filters_for(action, table) or ():
-                    found |= self._filter_columns[row_filter]
-            names = self._predicate_columns[key] = frozenset(found)
-        return set(names & columns.keys())
+        names = {TENANT_COLUMN} if tenant is not None and pooled else set()
+        for action in ("select", "insert", "update", "delete"):
+            for row_filter in self.row_filters_for(action, table) or ():
+                names |= self._filter_columns[row_filter]
+        return names & columns.keys()
 
     def row_filters_for(self, action: str, table: str) -> list[str] | None:
         """Predicates OR-ed together for (action, table), as PostgreSQL combines permissive RLS policies.
