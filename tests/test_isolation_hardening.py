@@ -182,7 +182,7 @@ def test_a_tenant_reaching_for_the_operators_locks_delays_no_suspension(operator
     finally:
         for holder in holders:
             holder.close()
-    assert took < 10, f"suspension took {took:.1f}s"
+    assert took < 30, f"suspension took {took:.1f}s"  # blocked behind the locks, it would never end
     with pytest.raises(psycopg.OperationalError, match="not permitted to log in"):
         tenant_login(operator, other)
 

@@ -88,7 +88,7 @@ def test_the_client_cancels_a_statement_the_server_lets_run(postgres: LocalPostg
         assert deadline.fired and elapsed < 10
         assert conn.execute("SELECT 1").fetchone() == (1,)  # the session survives the cancel
         for _ in range(3):  # statements that end in time are never cancelled, early or late
-            with deadline.armed(0.2):
+            with deadline.armed(2):  # a wide margin: a loaded machine must not turn this into a cancel
                 conn.execute("SELECT pg_sleep(0.05)")
             assert not deadline.fired
         deadline.close()
