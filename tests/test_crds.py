@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -91,3 +93,179 @@ def test_optional_objects_default_only_where_absence_means_nothing() -> None:
     assert "approval" not in spec["rules"][0]
     assert spec["rules"][1]["approval"] == {"approvers": ["u"], "minApprovals": 1}
     assert spec["limits"]["maxRowsRead"] == 1000
+
+
+# --- list semantics and CEL cost (issue 11, item 9) -----------------------------------------------------------------
+
+SCALARS = {"string", "integer", "number", "boolean"}
+
+
+@pytest.mark.parametrize("resource", RESOURCES, ids=lambda r: r.crd.kind)
+def test_every_list_declares_how_it_merges(resource: type) -> None:
+    """atomic, set (scalar items) or map (object items keyed by required or defaulted scalars): what server-side
+    apply needs to merge a list, and what the apiserver checks for uniqueness."""
+    for path, node in _walk(openapi_schema(resource)):
+        if node.get("type") != "array":
+            continue
+        list_type = node.get("x-kubernetes-list-type")
+        assert list_type in ("atomic", "set", "map"), f"{resource.crd.kind}{path} has no x-kubernetes-list-type"
+        items = node["items"]
+        if list_type == "set":
+            assert items.get("type") in SCALARS, f"{path}: a set holds scalars"
+        if list_type == "map":
+            keys = node["x-kubernetes-list-map-keys"]
+            assert items["type"] == "object" and keys, path
+            for key in keys:
+                assert items["properties"][key]["type"] in SCALARS, f"{path}: key {key} must be a scalar"
+                assert key in items.get("required", ()) or "default" in items["properties"][key], \
+                    f"{path}: key {key} must be required or defaulted"
+        else:
+            assert "x-kubernetes-list-map-keys" not in node, path
+
+
+def test_keyed_lists_are_maps_by_their_key() -> None:
+    from paybill.api.agentpolicy import AgentPolicy
+    from paybill.api.agentworkflow import AgentWorkflow
+
+    def keys(resource: type, path: str) -> list[str]:
+        return dict(_walk(openapi_schema(resource)))[path]["x-kubernetes-list-map-keys"]
+
+    assert keys(AgentPolicy, ".spec.rules") == ["id"]
+    assert keys(AgentWorkflow, ".spec.steps") == ["name"]
+    assert keys(AgentWorkflow, ".status.steps") == ["name"]
+    for resource in RESOURCES:
+        assert keys(resource, ".status.conditions") == ["type"]
+
+
+MACRO = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\.(?:all|exists|exists_one|map|filter)\(\s*([A-Za-z_]\w*)\s*,")
+REFERENCE = re.compile(r"(?<![\w.])([A-Za-z_]\w*)((?:\.[A-Za-z_]\w*)*)(\s*\()?")
+
+
+def _resolve(node: dict, fields: list[str]) -> dict | None:
+    for name in fields:
+        if name in (node.get("properties") or {}):
+            node = node["properties"][name]
+        elif isinstance(node.get("additionalProperties"), dict):
+            node = node["additionalProperties"]
+        else:
+            return None
+    return node
+
+
+def _element(node: dict) -> dict:
+    return node.get("items") or node.get("additionalProperties") or {}
+
+
+def unbounded_cel_reads(schema: dict, path: str = "") -> list[str]:
+    """Every list, map or string a CEL rule reads (a variable, a field path, or a macro's element) must carry
+    maxItems, maxProperties or maxLength: else the apiserver's cost estimate is unbounded and refuses the CRD."""
+    problems = []
+    for rule in schema.get("x-kubernetes-validations", ()):
+        expression = re.sub(r"'[^']*'|\"[^\"]*\"", "''", rule["rule"])
+        scope: dict[str, dict | None] = {"self": schema, "oldSelf": schema}
+        for target, variable in MACRO.findall(expression):
+            head, *fields = target.split(".")
+            collection = _resolve(scope[head], fields) if scope.get(head) is not None else None
+            scope[variable] = _element(collection) if collection is not None else None
+        for head, dotted, call in REFERENCE.findall(expression):
+            if head not in scope:
+                continue
+            fields = dotted.split(".")[1:]
+            if call and fields:
+                fields = fields[:-1]  # x.startsWith(...): the method is not a field
+            node = _resolve(scope[head] or {}, fields) if scope[head] is not None else None
+            where = f"{path}: {rule['rule']!r} reads {'.'.join([head, *fields])}"
+            if node is None:
+                problems.append(f"{where}, which the schema does not declare")
+            elif node.get("type") == "array" and "maxItems" not in node:
+                problems.append(f"{where}, a list without maxItems")
+            elif node.get("type") == "string" and "maxLength" not in node and "enum" not in node:
+                problems.append(f"{where}, a string without maxLength")
+            elif node.get("type") == "object" and "additionalProperties" in node and "maxProperties" not in node:
+                problems.append(f"{where}, a map without maxProperties")
+    for name, sub in (schema.get("properties") or {}).items():
+        problems += unbounded_cel_reads(sub, f"{path}.{name}")
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            problems += unbounded_cel_reads(schema[key], f"{path}[]")
+    return problems
+
+
+@pytest.mark.parametrize("resource", RESOURCES, ids=lambda r: r.crd.kind)
+def test_cel_rules_read_only_bounded_lists_maps_and_strings(resource: type) -> None:
+    assert unbounded_cel_reads(openapi_schema(resource)) == []
+
+
+def test_the_cel_bound_check_finds_unbounded_reads() -> None:
+    """The check above can fail: an O(n^2) uniqueness rule over an unbounded list, a string rule without
+    maxLength, a rule over an unbounded map, and a rule naming a field the schema lacks."""
+    text = {"type": "string"}
+    rules = {"type": "array", "items": {"type": "object", "properties": {"id": text}}}
+    schema = {"type": "object", "properties": {
+        "rules": rules, "name": text, "prices": {"type": "object", "additionalProperties": text}},
+        "x-kubernetes-validations": [
+            {"rule": "self.rules.all(r, self.rules.exists_one(s, s.id == r.id))", "message": "unique"},
+            {"rule": "self.name.startsWith('kube-')", "message": "system"},
+            {"rule": "size(self.prices) > 0", "message": "priced"},
+            {"rule": "has(self.missing)", "message": "declared"}]}
+    problems = unbounded_cel_reads(schema)
+    assert any("self.rules, a list without maxItems" in p for p in problems)
+    assert any("s.id, a string without maxLength" in p for p in problems)
+    assert any("self.name, a string without maxLength" in p for p in problems)
+    assert any("self.prices, a map without maxProperties" in p for p in problems)
+    assert any("self.missing, which the schema does not declare" in p for p in problems)
+    rules["maxItems"], text["maxLength"] = 10, 63
+    schema["properties"]["prices"]["maxProperties"] = 5
+    schema["x-kubernetes-validations"].pop()
+    assert unbounded_cel_reads(schema) == []
+
+
+def _policy(rules: Any = None, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"subjects": ["agent:a"], **spec}
+    if rules is not None:
+        body["rules"] = rules
+    return {"apiVersion": "paybill.dev/v1alpha1", "kind": "AgentPolicy", "metadata": {"name": "p",
+                                                                                       "namespace": "default"},
+            "spec": body}
+
+
+def _rule(rule_id: str, **fields: Any) -> dict[str, Any]:
+    return {"id": rule_id, "effect": "allow", "actions": ["select"], "tables": ["t"], **fields}
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    (_policy([_rule("x"), _rule("y"), _rule("x", effect="deny")]),
+     'AgentPolicy.paybill.dev "p" is invalid: spec.rules[2]: Duplicate value: map[string]interface {}{"id":"x"}'),
+    (_policy([_rule("x", tables=["orders", "orders"])]),
+     'AgentPolicy.paybill.dev "p" is invalid: spec.rules[0].tables[1]: Duplicate value: "orders"'),
+    (_policy(), 'AgentPolicy.paybill.dev "p" is invalid: spec.rules: Required value'),
+    (_policy([_rule(f"r{n}") for n in range(257)]),
+     'AgentPolicy.paybill.dev "p" is invalid: spec.rules: Too many: 257: must have at most 256 items'),
+])
+def test_the_emulator_refuses_policies_like_a_real_apiserver(cluster: Any, spec: dict[str, Any],
+                                                            message: str) -> None:
+    from paybill.kube.client import KubeError
+
+    with pytest.raises(KubeError) as refused:
+        cluster.kube.create(spec)
+    assert refused.value.status == 422 and refused.value.message == message
+    assert cluster.kube.get("paybill.dev/v1alpha1", "agentpolicies", "p", "default") is None
+
+
+def test_a_policy_with_an_empty_rule_list_is_an_explicit_deny_all(cluster: Any) -> None:
+    created = cluster.kube.create(_policy([]))
+    assert created["spec"]["rules"] == []
+
+
+def test_a_workflow_with_two_steps_of_one_name_is_refused(cluster: Any) -> None:
+    from paybill.kube.client import KubeError
+
+    step = {"name": "read", "kind": "query", "sql": "SELECT 1"}
+    workflow = {"apiVersion": "paybill.dev/v1alpha1", "kind": "AgentWorkflow",
+                "metadata": {"name": "w", "namespace": "default"},
+                "spec": {"principal": "agent:a", "policyRef": "p", "steps": [step, {**step, "sql": "SELECT 2"}]}}
+    with pytest.raises(KubeError) as refused:
+        cluster.kube.create(workflow)
+    assert refused.value.message.endswith('spec.steps[1]: Duplicate value: map[string]interface {}{"name":"read"}')
+    workflow["spec"]["steps"][1]["name"] = "again"
+    cluster.kube.create(workflow)

@@ -136,7 +136,8 @@ def test_cel_rules_including_transition_rules(http: Http) -> None:
                   {"id": "r", "effect": "allow", "actions": ["select"], "tables": ["t"]},
                   {"id": "r", "effect": "deny", "actions": ["delete"], "tables": ["t"]}]}}
     duplicate = http("POST", "/apis/paybill.dev/v1alpha1/namespaces/default/agentpolicies", policy)
-    assert duplicate.status_code == 422 and "rule ids must be unique" in duplicate.json()["message"]
+    assert duplicate.status_code == 422 and duplicate.json()["message"].endswith(
+        'spec.rules[1]: Duplicate value: map[string]interface {}{"id":"r"}')
 
 
 def test_patch_flavours(http: Http) -> None:

@@ -6,9 +6,20 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from .meta import AGE_COLUMN, READY_COLUMN, CrdInfo, CustomResource, Model, PrinterColumn, Status, ValidationRule
+from .meta import (
+    AGE_COLUMN,
+    LIST_SET,
+    READY_COLUMN,
+    CrdInfo,
+    CustomResource,
+    Model,
+    PrinterColumn,
+    Status,
+    list_map,
+)
 
 IDENT = r"^([A-Za-z_][A-Za-z0-9_$]*|\*)$"
+MAX_RULES = 256
 
 
 class PolicyMode(StrEnum):
@@ -30,16 +41,20 @@ class Action(StrEnum):
 
 
 class Approval(Model):
-    approvers: list[str] = Field(default_factory=list, description="Principals who may approve.")
+    approvers: list[str] = Field(default_factory=list, json_schema_extra=LIST_SET,
+                                 description="Principals who may approve.")
     minApprovals: int = Field(default=1, ge=1, le=10, description="Approvals needed before the statement runs.")
 
 
 class Rule(Model):
     id: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63, description="Unique rule id.")
     effect: Effect = Field(description="allow or deny; deny wins over allow.")
-    actions: list[Action] = Field(min_length=1, description="Statement kinds the rule covers.")
-    tables: list[str] = Field(min_length=1, description="Tables the rule covers; * for all.")
-    columns: list[str] = Field(default_factory=lambda: ["*"], description="Columns the rule covers; * for all.")
+    actions: list[Action] = Field(min_length=1, json_schema_extra=LIST_SET,
+                                  description="Statement kinds the rule covers.")
+    tables: list[str] = Field(min_length=1, json_schema_extra=LIST_SET,
+                              description="Tables the rule covers; * for all.")
+    columns: list[str] = Field(default_factory=lambda: ["*"], json_schema_extra=LIST_SET,
+                               description="Columns the rule covers; * for all.")
     requireWhere: bool = Field(default=False, description="Refuse UPDATE/DELETE without a WHERE clause.")
     rowFilter: str | None = Field(default=None, max_length=4096,
                                   description="SQL predicate added to every statement the rule admits.")
@@ -55,11 +70,15 @@ class Limits(Model):
 
 
 class AgentPolicySpec(Model):
-    subjects: list[str] = Field(min_length=1, description="Principals the policy applies to, e.g. agent:bot.")
+    subjects: list[str] = Field(min_length=1, json_schema_extra=LIST_SET,
+                                description="Principals the policy applies to, e.g. agent:bot.")
     mode: PolicyMode = Field(default=PolicyMode.ENFORCE,
                              description="enforce denies; warn and audit allow but record what would be denied.")
-    rules: list[Rule] = Field(default_factory=list, description="Ordered rules; no matching allow means deny.")
-    functions: list[str] = Field(default_factory=list, description="SQL functions agents may call.")
+    rules: list[Rule] = Field(max_length=MAX_RULES, json_schema_extra=list_map("id"),
+                              description="Ordered rules, unique by id; no matching allow means deny "
+                                          "(an empty list denies everything).")
+    functions: list[str] = Field(default_factory=list, json_schema_extra=LIST_SET,
+                                 description="SQL functions agents may call.")
     limits: Limits = Field(default_factory=Limits, description="Hard limits per statement and per run.")
 
 
@@ -68,7 +87,8 @@ class AgentPolicyStatus(Status):
     role: str | None = Field(default=None, description="The agent's PostgreSQL login role.")
     database: str | None = Field(default=None, description="The database the role's grants live in.")
     schema_: str | None = Field(default=None, alias="schema", description="The schema the grants cover.")
-    tables: list[str] = Field(default_factory=list, description="Tables the role holds any privilege on.")
+    tables: list[str] = Field(default_factory=list, json_schema_extra=LIST_SET,
+                              description="Tables the role holds any privilege on.")
     access: str | None = Field(default=None, description="The tenant's access the grants follow: full, "
                                                          "read_only (writes dropped) or none (no login).")
     policyVersion: str | None = Field(default=None, description="Digest of the policy and the live schema.")
@@ -86,8 +106,6 @@ class AgentPolicy(CustomResource):
                          PrinterColumn("Access", ".status.access"), PrinterColumn("Role", ".status.role", priority=1),
                          PrinterColumn("Rules", ".spec.rules", type="string", priority=1),
                          READY_COLUMN, AGE_COLUMN),
-        validations=(ValidationRule("self.rules.all(r, self.rules.exists_one(s, s.id == r.id))",
-                                    "rule ids must be unique"),),
     )
     spec: AgentPolicySpec
     status: AgentPolicyStatus | None = None

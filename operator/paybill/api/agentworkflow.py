@@ -6,7 +6,17 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from .meta import AGE_COLUMN, PHASE_COLUMN, CrdInfo, CustomResource, Model, PrinterColumn, Status
+from .meta import (
+    AGE_COLUMN,
+    LIST_ATOMIC,
+    PHASE_COLUMN,
+    CrdInfo,
+    CustomResource,
+    Model,
+    PrinterColumn,
+    Status,
+    list_map,
+)
 
 
 class StepKind(StrEnum):
@@ -18,14 +28,15 @@ class Step(Model):
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63, description="Step name.")
     kind: StepKind = Field(description="query reads, mutation writes.")
     sql: str = Field(min_length=1, max_length=65536, description="The one SQL statement of the step.")
-    params: list[str | int | float | bool | None] = Field(default_factory=list,
+    params: list[str | int | float | bool | None] = Field(default_factory=list, json_schema_extra=LIST_ATOMIC,
                                                           description="Positional parameters ($1, $2, ...).")
 
 
 class AgentWorkflowSpec(Model):
     principal: str = Field(pattern=r"^agent:[a-z0-9][-a-z0-9]*$", description="The agent running the workflow.")
     policyRef: str = Field(description="AgentPolicy (same namespace) the steps are checked against.")
-    steps: list[Step] = Field(min_length=1, max_length=100, description="Declared steps, run in order.")
+    steps: list[Step] = Field(min_length=1, max_length=100, json_schema_extra=list_map("name"),
+                              description="Declared steps, unique by name, run in order.")
 
 
 class StepReason(Model):
@@ -39,7 +50,8 @@ class StepStatus(Model):
     name: str = Field(description="The step.")
     decision: str = Field(description="allow or deny, from the policy engine.")
     executed: bool = Field(default=False, description="Whether the statement ran (and committed).")
-    reasons: list[StepReason] = Field(default_factory=list, description="Why it was denied or did not finish.")
+    reasons: list[StepReason] = Field(default_factory=list, json_schema_extra=LIST_ATOMIC,
+                                      description="Why it was denied or did not finish.")
     rowsReturned: int = Field(default=0, ge=0, description="Rows a query returned (the rows are in the "
                                                            "results Secret).")
     rowsAffected: int = Field(default=0, ge=0, description="Rows a mutation changed.")
@@ -49,7 +61,8 @@ class StepStatus(Model):
 
 class AgentWorkflowStatus(Status):
     completedSteps: int = Field(default=0, ge=0, description="Steps run so far.")
-    steps: list[StepStatus] = Field(default_factory=list, description="One entry per step attempted, in order.")
+    steps: list[StepStatus] = Field(default_factory=list, json_schema_extra=list_map("name"),
+                                    description="One entry per step attempted, in order.")
     resultsSecret: str | None = Field(default=None, description="Secret holding the queries' rows (JSON per step).")
     policyVersion: str | None = Field(default=None, description="The policy version the steps were checked under.")
 

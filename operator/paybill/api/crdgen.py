@@ -13,7 +13,8 @@ from .meta import CATEGORY, GROUP, VERSION, CustomResource
 # JSON Schema keywords a structural schema keeps; everything else pydantic emits (title, ...) is dropped.
 KEPT_KEYWORDS = {
     "type", "description", "enum", "pattern", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-    "minLength", "maxLength", "minItems", "maxItems", "format", "default", "required",
+    "minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties", "format", "default",
+    "required", "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
 }
 
 

@@ -15,6 +15,15 @@ API_VERSION = f"{GROUP}/{VERSION}"
 CATEGORY = "paybill"
 
 
+def list_map(*keys: str) -> dict[str, Any]:
+    """A list keyed by `keys` (unique per item; server-side apply merges items by key)."""
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}
+
+
+LIST_SET: dict[str, Any] = {"x-kubernetes-list-type": "set"}  # unique scalars, merged as a set
+LIST_ATOMIC: dict[str, Any] = {"x-kubernetes-list-type": "atomic"}  # replaced whole: order or repeats matter
+
+
 class Model(BaseModel):
     """Base of every spec/status model: camelCase on the wire, unknown fields refused."""
 
@@ -48,7 +57,7 @@ class Status(Model):
     phase: str | None = Field(default=None, description="Coarse lifecycle phase of the object.")
     observedGeneration: int | None = Field(default=None, ge=0,
                                            description="The .metadata.generation last reconciled.")
-    conditions: list[Condition] = Field(default_factory=list,
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=list_map("type"),
                                         description="Latest observations of the object's state.")
 
 

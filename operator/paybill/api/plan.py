@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated
 
 from pydantic import Field
 
-from .meta import AGE_COLUMN, READY_COLUMN, CrdInfo, CustomResource, Model, PrinterColumn, Status, ValidationRule
+from .meta import (
+    AGE_COLUMN,
+    LIST_SET,
+    READY_COLUMN,
+    CrdInfo,
+    CustomResource,
+    Model,
+    PrinterColumn,
+    Status,
+    ValidationRule,
+)
 
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
 NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+MAX_UNIT_PRICES = 64  # bounds the pay-as-you-go CEL rule's size() of unitPrices
 
 
 class Isolation(StrEnum):
@@ -27,8 +39,8 @@ class BillingInterval(StrEnum):
 class Entitlements(Model):
     features: dict[str, bool] = Field(default_factory=dict, description="Boolean feature flags.")
     limits: dict[str, int] = Field(default_factory=dict, description="Numeric limits by name.")
-    allowedValues: dict[str, list[str]] = Field(default_factory=dict,
-                                                description="Sets of allowed values by name.")
+    allowedValues: dict[str, Annotated[list[str], Field(json_schema_extra=LIST_SET)]] = Field(
+        default_factory=dict, description="Sets of allowed values by name.")
 
 
 class Quotas(Model):
@@ -43,7 +55,7 @@ class Quotas(Model):
 class Pricing(Model):
     interval: BillingInterval = Field(default=BillingInterval.MONTH, description="Billing interval.")
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 currency code.")
-    unitPrices: dict[str, str] = Field(default_factory=dict,
+    unitPrices: dict[str, str] = Field(default_factory=dict, max_length=MAX_UNIT_PRICES,
                                        description="Unit prices by metered unit, as decimal strings.")
     payAsYouGo: bool = Field(default=False, description="Whether usage is billed in arrears.")
 

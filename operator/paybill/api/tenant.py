@@ -8,6 +8,7 @@ from pydantic import Field
 
 from .meta import (
     AGE_COLUMN,
+    LIST_SET,
     PHASE_COLUMN,
     READY_COLUMN,
     CrdInfo,
@@ -78,7 +79,8 @@ class TenantStatus(Status):
     plan: str | None = Field(default=None, description="Plan in effect.")
     database: DatabasePlacement | None = Field(default=None, description="Where the tenant's data lives.")
     access: str | None = Field(default=None, description="Database access: full, read_only or none.")
-    suspendedFor: list[str] = Field(default_factory=list, description="Why the tenant is suspended: billing, manual.")
+    suspendedFor: list[str] = Field(default_factory=list, json_schema_extra=LIST_SET,
+                                    description="Why the tenant is suspended: billing, manual.")
     restriction: str | None = Field(default=None, description="Billing restriction in effect.")
     backup: BackupStatus | None = Field(default=None, description="The final backup taken on offboarding.")
     credentialsSecret: str | None = Field(default=None,

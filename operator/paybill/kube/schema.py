@@ -139,7 +139,15 @@ def _validate(value: Any, schema: dict[str, Any], old: Any, path: str, errors: l
                                      f"{schema['minItems']} items"))
         for index, item in enumerate(value):
             _validate(item, schema.get("items", {}), _MISSING, _path(path, index), errors)
+        errors += list_type_errors(value, schema, path)
     elif isinstance(value, dict):
+        if "maxProperties" in schema and len(value) > schema["maxProperties"]:
+            errors.append(FieldError("FieldValueTooMany", path,
+                                     f"Too many: {len(value)}: must have at most {schema['maxProperties']} items"))
+        if "minProperties" in schema and len(value) < schema["minProperties"]:
+            errors.append(FieldError("FieldValueInvalid", path,
+                                     f"Invalid value: {len(value)}: {path} in body should have at least "
+                                     f"{schema['minProperties']} properties"))
         for name in schema.get("required", ()):
             if name not in value:
                 errors.append(FieldError("FieldValueRequired", _path(path, name), "Required value"))
@@ -152,6 +160,43 @@ def _validate(value: Any, schema: dict[str, Any], old: Any, path: str, errors: l
                 _validate(item, sub, old_dict.get(key, _MISSING), _path(path, key), errors)
     if not errors and schema.get("x-kubernetes-validations"):
         _check_rules(value, schema["x-kubernetes-validations"], old, path, errors)
+
+
+def list_type_errors(items: list[Any], schema: dict[str, Any], path: str) -> list[FieldError]:
+    """x-kubernetes-list-type: a set's items and a map's keys are unique; the second appearance of each is a
+    Duplicate value, rendered as kube-apiserver does (listtype.ValidateListSetsAndMaps)."""
+    list_type = schema.get("x-kubernetes-list-type")
+    if list_type == "set":
+        values = items
+    elif list_type == "map":
+        keys = schema.get("x-kubernetes-list-map-keys") or []
+        values = [{key: item[key] for key in keys if key in item} if isinstance(item, dict) else {} for item in items]
+    else:
+        return []
+    seen: dict[str, int] = {}
+    errors = []
+    for index, value in enumerate(values):
+        identity = json.dumps(value, sort_keys=True)
+        seen[identity] = seen.get(identity, 0) + 1
+        if seen[identity] == 2:
+            errors.append(FieldError("FieldValueDuplicate", _path(path, index), f"Duplicate value: {_go(value)}"))
+    return errors
+
+
+def _go(value: Any, nested: bool = False) -> str:
+    """A JSON value as Go's field errors print it: %q for a string, %v for a number or bool, %#v for the rest."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if value is None:
+        return "interface {}(nil)" if nested else "null"
+    if isinstance(value, dict):
+        fields = ", ".join(f"{json.dumps(k, ensure_ascii=False)}:{_go(v, True)}" for k, v in sorted(value.items()))
+        return f"map[string]interface {{}}{{{fields}}}"
+    return f"[]interface {{}}{{{', '.join(_go(v, True) for v in value)}}}"
 
 
 def _check_string(value: str, schema: dict[str, Any], path: str, errors: list[FieldError]) -> None:
