@@ -169,6 +169,32 @@ def test_dry_run_validates_but_persists_nothing(http: Http) -> None:
     assert http("GET", f"{TENANTS}/acme").status_code == 200
 
 
+def test_dry_run_in_delete_options_deletes_nothing(http: Http) -> None:
+    """kubectl sends dryRun in the DeleteOptions body, not in the query string."""
+    http("POST", TENANTS, tenant())
+    http("POST", SECRETS, secret())
+    options = {"kind": "DeleteOptions", "apiVersion": "v1", "dryRun": ["All"]}
+    assert http("DELETE", f"{TENANTS}/acme", options).json()["metadata"]["name"] == "acme"
+    assert [s["metadata"]["name"] for s in http("DELETE", SECRETS, options).json()["items"]] == ["s1"]
+    assert http("GET", f"{TENANTS}/acme").status_code == 200
+    assert http("GET", f"{SECRETS}/s1").status_code == 200
+    refused = http("DELETE", f"{TENANTS}/acme", {**options, "dryRun": ["Some"]})
+    assert refused.status_code == 422 and refused.json()["message"] == (
+        'DeleteOptions.meta.k8s.io "" is invalid: dryRun: Unsupported value: []string{"Some"}: supported values: "All"')
+    assert http("POST", TENANTS + "?dryRun=Some", tenant("other")).status_code == 422
+    assert http("DELETE", SECRETS, {"kind": "DeleteOptions", "apiVersion": "v1"}).status_code == 200
+    assert http("GET", f"{SECRETS}/s1").status_code == 404
+
+
+def test_immortal_namespaces_refuse_deletion_even_in_a_collection(http: Http) -> None:
+    refused = http("DELETE", "/api/v1/namespaces/default")
+    assert refused.status_code == 403 and refused.json()["reason"] == "Forbidden"
+    assert refused.json()["message"] == 'namespaces "default" is forbidden: this namespace may not be deleted'
+    assert refused.json()["details"] == {"name": "default", "kind": "namespaces"}
+    assert http("DELETE", "/api/v1/namespaces", {"dryRun": ["All"]}).status_code == 403
+    assert http("GET", "/api/v1/namespaces/default").json()["status"]["phase"] == "Active"
+
+
 def test_finalizers_hold_deletion_until_removed(http: Http) -> None:
     http("POST", TENANTS, {**tenant(), "metadata": {"name": "acme", "finalizers": ["paybill.dev/finalizer"]}})
     marked = http("DELETE", f"{TENANTS}/acme").json()

@@ -68,3 +68,32 @@ def test_delete_is_held_by_a_finalizer(kubectl: Any) -> None:
     kubectl("patch", "tenant", "held", "--type=merge", "-p", '{"metadata":{"finalizers":null}}')
     gone = kubectl("get", "tenant", "held", check=False)
     assert gone.returncode != 0 and "NotFound" in gone.stderr
+
+
+def test_server_dry_run_delete_deletes_nothing(kubectl: Any) -> None:
+    kubectl("apply", "-f", str(REPO / "crds"), "-f", str(REPO / "manifests" / "samples"))
+    kubectl("create", "namespace", "team-x")
+    kubectl("create", "configmap", "settings", "-n", "team-x", "--from-literal=k=v")
+    for target in (["tenant", "globex"], ["namespace", "team-x"], ["configmap", "settings", "-n", "team-x"]):
+        assert "(server dry run)" in kubectl("delete", *target, "--dry-run=server").stdout
+    assert kubectl("get", "tenant", "globex", "-o", "name").stdout.strip() == "tenant.paybill.dev/globex"
+    assert kubectl("get", "namespace", "team-x", "-o", "jsonpath={.status.phase}").stdout == "Active"
+    assert kubectl("get", "configmap", "settings", "-n", "team-x", "-o", "jsonpath={.data.k}").stdout == "v"
+    kubectl("delete", "--raw", "/apis/paybill.dev/v1alpha1/tenants?dryRun=All")
+    kubectl("delete", "--raw", "/api/v1/namespaces/team-x/configmaps?dryRun=All")
+    assert len(kubectl("get", "tenants", "-o", "name").stdout.split()) == 4
+    assert kubectl("get", "configmaps", "-n", "team-x", "-o", "name").stdout.split() == ["configmap/settings"]
+    assert "deleted" in kubectl("delete", "tenant", "globex").stdout
+    assert kubectl("get", "tenant", "globex", check=False).returncode != 0
+
+
+@pytest.mark.parametrize("namespace", ["default", "kube-system", "kube-public", "kube-node-lease"])
+def test_system_namespaces_cannot_be_deleted(kubectl: Any, namespace: str) -> None:
+    if kubectl("get", "namespace", namespace, check=False).returncode != 0:
+        kubectl("create", "namespace", namespace)
+    for dry_run in ([], ["--dry-run=server"]):
+        refused = kubectl("delete", "namespace", namespace, *dry_run, check=False)
+        assert refused.returncode != 0
+        assert (f'Error from server (Forbidden): namespaces "{namespace}" is forbidden: '
+                "this namespace may not be deleted") in refused.stderr
+    assert kubectl("get", "namespace", namespace, "-o", "jsonpath={.status.phase}").stdout == "Active"

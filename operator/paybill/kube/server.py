@@ -46,6 +46,8 @@ LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 MAX_ANNOTATIONS_BYTES = 262144
 CRD_KEY = ("apiextensions.k8s.io", "customresourcedefinitions")
 NAMESPACE_KEY = ("", "namespaces")
+IMMORTAL_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
+OPTIONS_KINDS = {"POST": "CreateOptions", "PUT": "UpdateOptions", "PATCH": "PatchOptions", "DELETE": "DeleteOptions"}
 WEBHOOK_KEYS = {"mutating": ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"),
                 "validating": ("admissionregistration.k8s.io", "validatingwebhookconfigurations")}
 
@@ -214,7 +216,7 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
             return self._json(self._get(route))
         if request.data is None and method in ("POST", "PUT", "PATCH"):
             raise _status_error(400, "BadRequest", "the request body is not valid JSON")
-        dry_run = query.get("dryRun") == "All"
+        dry_run = _dry_run(method, query, request.data)
         async with self._lock:
             if method == "POST" and route.name is None:
                 obj = await self._create(route, request.data, dry_run, query.get("fieldValidation"))
@@ -603,6 +605,9 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
 
     async def _delete(self, route: Route, options: dict[str, Any], dry_run: bool) -> dict[str, Any]:
         rtype = route.rtype
+        if rtype.key == NAMESPACE_KEY and route.name in IMMORTAL_NAMESPACES:  # the NamespaceLifecycle admission
+            raise _status_error(403, "Forbidden", f'namespaces "{route.name}" is forbidden: this namespace may not '
+                                                  "be deleted", {"name": route.name, "kind": "namespaces"})
         current = self._current(route)
         preconditions = options.get("preconditions") or {}
         for field_name in ("uid", "resourceVersion"):
@@ -736,6 +741,19 @@ def _stamp_new(rtype: ResourceType, obj: dict[str, Any]) -> None:
         obj["status"] = {"phase": "Active"}
         meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = meta["name"]
     meta.update(uid=str(uuid.uuid4()), generation=1, creationTimestamp=_now())
+
+
+def _dry_run(method: str, query: dict[str, str], body: Any) -> bool:
+    """dryRun from the query string or, on DELETE, from the DeleteOptions body; only "All" is a valid value."""
+    values = [query["dryRun"]] if "dryRun" in query else []
+    if method == "DELETE" and isinstance(body, dict):
+        values += body.get("dryRun") or []
+    if any(value != "All" for value in values):
+        sent = "[]string{" + ", ".join(json.dumps(value) for value in values) + "}"
+        kind = OPTIONS_KINDS.get(method, "ListOptions")
+        raise _status_error(422, "Invalid", f'{kind}.meta.k8s.io "" is invalid: dryRun: Unsupported value: {sent}: '
+                                            'supported values: "All"', {"group": "meta.k8s.io", "kind": kind})
+    return bool(values)
 
 
 def _kmock_intent(raw: aiohttp.web.BaseRequest) -> dict[str, Any]:
