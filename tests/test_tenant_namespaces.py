@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 
 from paybill.kube.client import KubeError
-from paybill.lifecycle.tenant import check_namespace, may_delete_namespace, protected_namespace
+from paybill.lifecycle.tenant import (
+    check_namespace,
+    may_delete_namespace,
+    namespace_manifest,
+    protected_namespace,
+    tenant_resources,
+)
 
 API = "paybill.dev/v1alpha1"
 UID = "0f6c1c52-uid-of-the-tenant"
@@ -97,3 +103,61 @@ def test_a_foreign_namespace_survives_the_tenant_aimed_at_it(operator: Any, how:
     assert kube.get("v1", "configmaps", "crown-jewels", "precious")["data"] == {"keep": "me"}
     events = [e for e in kube.list("v1", "events") if e["involvedObject"]["name"] == "grabber"]
     assert any(e["reason"] == "NamespaceKept" for e in events)
+
+
+# --- least privilege in the tenant namespace (issue 11, item 12) ----------------------------------------------------
+
+TENANT = {"apiVersion": API, "kind": "Tenant", "metadata": {"name": "acme", "uid": UID}, "spec": {"planRef": "free"}}
+PLAN = {"metadata": {"name": "free"}, "spec": {"isolation": "pooled"}}
+READ = ["get", "list", "watch"]
+WRITE = ["get", "list", "watch", "create", "update", "patch", "delete"]
+
+
+def _role(name: str) -> list[dict[str, Any]]:
+    return next(r for r in tenant_resources(TENANT, PLAN) if r["kind"] == "Role" and r["metadata"]["name"] == name)[
+        "rules"]
+
+
+def _grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {(group, resource, verb) for rule in rules for group in rule["apiGroups"] for resource in rule["resources"]
+            for verb in rule["verbs"]}
+
+
+def test_the_tenant_admin_role_names_every_resource_and_verb() -> None:
+    """Pinned: a change to what a tenant admin may do is a change to this test."""
+    assert _role("tenant-admin") == [
+        {"apiGroups": [""], "resources": ["pods", "services", "configmaps", "persistentvolumeclaims"], "verbs": WRITE},
+        {"apiGroups": [""], "resources": ["pods/log", "secrets", "serviceaccounts", "endpoints", "events",
+                                          "resourcequotas", "limitranges"], "verbs": READ},
+        {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": WRITE},
+        {"apiGroups": ["apps"], "resources": ["deployments/scale", "statefulsets/scale"],
+         "verbs": ["get", "update", "patch"]},
+        {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": READ},
+        {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": WRITE},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": READ},
+        {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": READ},
+        {"apiGroups": ["paybill.dev"], "resources": ["agentpolicies", "agentworkflows"], "verbs": WRITE},
+    ]
+    assert _role("tenant-agent") == [
+        {"apiGroups": ["paybill.dev"], "resources": ["agentworkflows"], "verbs": ["get", "list", "watch", "create"]},
+        {"apiGroups": ["paybill.dev"], "resources": ["agentpolicies"], "verbs": READ},
+    ]
+
+
+@pytest.mark.parametrize("account", ["tenant-admin", "tenant-agent"])
+def test_no_tenant_role_can_escalate_write_secrets_or_enter_pods(account: str) -> None:
+    grants = _grants(_role(account))
+    assert not any("*" in grant for grant in grants)
+    assert not {verb for _, _, verb in grants} & {"escalate", "bind", "impersonate", "deletecollection", "*"}
+    assert not {(g, r, v) for g, r, v in grants if r == "secrets" and v not in READ}
+    assert not {r for _, r, _ in grants} & {"pods/exec", "pods/attach", "pods/portforward", "pods/proxy",
+                                            "services/proxy", "nodes", "namespaces"}
+    assert not {(g, r, v) for g, r, v in grants if g == "rbac.authorization.k8s.io" and v not in READ}
+    assert not {(r, v) for _, r, v in grants if r in ("serviceaccounts", "serviceaccounts/token", "resourcequotas",
+                                                      "limitranges", "networkpolicies") and v not in READ}
+    assert not {r for _, r, _ in grants if r.endswith("/status")}
+
+
+def test_tenant_pods_run_under_the_restricted_pod_security_standard() -> None:
+    labels = namespace_manifest(TENANT, PLAN)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"

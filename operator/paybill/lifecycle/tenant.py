@@ -14,6 +14,8 @@ TENANT_LABEL = "paybill.dev/tenant"
 PLAN_LABEL = "paybill.dev/plan"
 ISOLATION_LABEL = "paybill.dev/isolation"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "paybill"}
+# Pods a tenant admin creates run under the restricted Pod Security Standard: no privileged, host or root pods.
+POD_SECURITY = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/warn": "restricted"}
 
 
 def tenant_namespace(name: str, spec: dict[str, Any]) -> str:
@@ -27,7 +29,7 @@ def namespace_manifest(tenant: dict[str, Any], plan: dict[str, Any]) -> dict[str
         "apiVersion": "v1", "kind": "Namespace",
         "metadata": {
             "name": tenant_namespace(meta["name"], tenant.get("spec", {})),
-            "labels": {**MANAGED_BY, TENANT_LABEL: meta["name"], PLAN_LABEL: plan["metadata"]["name"],
+            "labels": {**MANAGED_BY, **POD_SECURITY, TENANT_LABEL: meta["name"], PLAN_LABEL: plan["metadata"]["name"],
                        ISOLATION_LABEL: plan["spec"]["isolation"]},
             "ownerReferences": [{"apiVersion": API_VERSION, "kind": "Tenant", "name": meta["name"],
                                  "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}],
@@ -90,6 +92,33 @@ LIMITS = "paybill-limits"
 NETWORK_POLICY = "paybill-default-deny"
 
 
+READ = ["get", "list", "watch"]
+WRITE = [*READ, "create", "update", "patch", "delete"]
+# What a tenant admin runs and reads in its namespace, by name. Not granted: writing Secrets (the operator's
+# credentials live there), pods/exec, attach and portforward (a shell in any pod), ServiceAccounts, Roles and
+# RoleBindings (escalation), quotas, limits and network policies (the plan's), DaemonSets (every node), nor any
+# status subresource or deletecollection.
+TENANT_ADMIN_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [""], "resources": ["pods", "services", "configmaps", "persistentvolumeclaims"], "verbs": WRITE},
+    {"apiGroups": [""], "resources": ["pods/log", "secrets", "serviceaccounts", "endpoints", "events",
+                                      "resourcequotas", "limitranges"], "verbs": READ},
+    {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": WRITE},
+    {"apiGroups": ["apps"], "resources": ["deployments/scale", "statefulsets/scale"],
+     "verbs": ["get", "update", "patch"]},
+    {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": READ},
+    {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": WRITE},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": READ},
+    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": READ},
+    {"apiGroups": ["paybill.dev"], "resources": ["agentpolicies", "agentworkflows"], "verbs": WRITE},
+]
+# An agent submits workflows and reads the policy it runs under; nothing else.
+TENANT_AGENT_RULES: list[dict[str, Any]] = [
+    {"apiGroups": ["paybill.dev"], "resources": ["agentworkflows"], "verbs": [*READ, "create"]},
+    {"apiGroups": ["paybill.dev"], "resources": ["agentpolicies"], "verbs": READ},
+]
+ROLE_RULES = {ADMIN_ACCOUNT: TENANT_ADMIN_RULES, AGENT_ACCOUNT: TENANT_AGENT_RULES}
+
+
 def owner_reference(owner: Mapping[str, Any], kind: str = "Tenant") -> dict[str, Any]:
     """A controller reference to a Paybill object (a Tenant unless `kind` says otherwise)."""
     meta = owner["metadata"]
@@ -109,18 +138,7 @@ def tenant_resources(tenant: dict[str, Any], plan: dict[str, Any]) -> list[dict[
     resources: list[dict[str, Any]] = []
     for account in (ADMIN_ACCOUNT, AGENT_ACCOUNT):
         resources.append({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(tenant, account, namespace)})
-    rules = {
-        ADMIN_ACCOUNT: [
-            {"apiGroups": ["", "apps", "batch"], "resources": ["*"], "verbs": ["*"]},
-            {"apiGroups": ["paybill.dev"], "resources": ["agentpolicies", "agentworkflows"], "verbs": ["*"]},
-        ],
-        AGENT_ACCOUNT: [
-            {"apiGroups": ["paybill.dev"], "resources": ["agentworkflows"],
-             "verbs": ["get", "list", "watch", "create"]},
-            {"apiGroups": ["paybill.dev"], "resources": ["agentpolicies"], "verbs": ["get", "list", "watch"]},
-        ],
-    }
-    for account, role_rules in rules.items():
+    for account, role_rules in ROLE_RULES.items():
         resources.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
                           "metadata": _meta(tenant, account, namespace), "rules": role_rules})
         resources.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
