@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -17,19 +16,19 @@ from kopf.testing import KopfRunner
 
 from paybill.api.crdgen import all_crds
 from paybill.database.server import LocalPostgres
-from paybill.kube import SYSTEM_NAMESPACES, EmulatedApiServer, serve_in_thread, write_kubeconfig
+from paybill.kube import SYSTEM_NAMESPACES, EmulatedApiServer, serve_in_thread, write_admin_kubeconfig
 from paybill.kube.client import Kube
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[LocalPostgres]:
-    """One real PostgreSQL server for the whole session (a directory the postgres user can enter)."""
+    """One real PostgreSQL server for the whole session. Its directory is private (0700, as a clone under
+    `mktemp -d`): as root the server's files go to a runtime directory the postgres user can enter."""
     directory = Path(tempfile.mkdtemp(prefix="paybill-pg-"))
-    os.chmod(directory, 0o755)
-    server = LocalPostgres(directory)
+    server = LocalPostgres(directory / "postgres")
     server.start()
     yield server
-    server.stop()
+    server.remove()
     shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -59,7 +58,7 @@ class Cluster:
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     with serve_in_thread(seed=SYSTEM_NAMESPACES + all_crds()) as (api, url):
-        yield Cluster(api, url, write_kubeconfig(tmp_path / "kubeconfig", url))
+        yield Cluster(api, url, write_admin_kubeconfig(tmp_path / "kubeconfig", url, api))
 
 
 @pytest.fixture

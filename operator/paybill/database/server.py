@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import grp
+import hashlib
 import os
+import pwd
 import secrets
 import shutil
 import socket
+import stat
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,23 +60,33 @@ def tool_path(name: str) -> str:
 
 
 SUPERUSER = "postgres"
+SERVER_USER = "postgres"  # the account the server binaries run as when we are root (initdb refuses root)
 # A session idle in a transaction (holding its locks) is ended after this, unless it SETs another value;
 # production servers set the same in postgresql.conf (roles get it too: TenantDatabases.limit_sessions).
 IDLE_IN_TRANSACTION_TIMEOUT = "60s"
 PASSWORD_FILE = "superuser.password"  # in data_dir, 0600, owned by the user that runs LocalPostgres
+# Where the server's files go when SERVER_USER cannot enter data_dir (a clone under /root or `mktemp -d`):
+# the first of these that is ours; each server gets a private 0700 directory in it, owned by SERVER_USER.
+RUNTIME_BASES = (Path("/run/paybill"), Path(tempfile.gettempdir()) / f"paybill-{os.geteuid()}")
+BIND_ATTEMPTS = 3  # a free port can be taken between choosing it and the server binding it
 
 
 @dataclass
 class LocalPostgres:
-    """Start with :meth:`start`, stop with :meth:`stop`; :attr:`dsn` connects as the superuser.
+    """Start with :meth:`start`, stop with :meth:`stop`, delete everything with :meth:`remove`; :attr:`dsn`
+    connects as the superuser and :meth:`describe` says which server ran, as whom and where.
 
+    As root the server runs as the postgres user: in `data_dir` when that user can enter it, else in a
+    private runtime directory (:data:`RUNTIME_BASES`); as anyone else it runs as the invoking user in
+    `data_dir`; without PostgreSQL binaries (or a postgres user) the bundled pgserver wheel runs instead.
     Every login needs a password (scram-sha-256, over TCP and the socket alike): the superuser's is
-    generated at initdb, kept in a 0600 file beside the data (for restarts) and in the DSN only."""
+    generated at initdb, kept in a 0600 file in `data_dir` (for restarts) and in the DSN only."""
 
     data_dir: Path
     port: int = field(default_factory=free_port)
     _pgserver: Any = field(default=None, init=False, repr=False)
     _uri: str | None = field(default=None, init=False)
+    _why: str = field(default="", init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()  # the server resolves paths from its own working directory
@@ -82,39 +97,102 @@ class LocalPostgres:
             raise PostgresError("the server is not running")
         return self._uri
 
+    @property
+    def as_root(self) -> bool:
+        return os.geteuid() == 0
+
+    @property
+    def server_dir(self) -> Path:
+        """Where pgdata, the socket and the server log live (data_dir unless the server user cannot enter it)."""
+        if not self.as_root or _blocked_parent(self.data_dir, SERVER_USER) is None:
+            return self.data_dir
+        digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:16]
+        return _runtime_base() / f"postgres-{digest}"
+
+    @property
+    def pgdata(self) -> Path:
+        return self.data_dir / "pgserver" if self._pgserver is not None else self.server_dir / "pgdata"
+
+    @property
+    def log_path(self) -> Path:
+        return self.server_dir / "postgres.log"
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid while a server runs on this data (from postmaster.pid)."""
+        with contextlib.suppress(OSError, ValueError, IndexError, PostgresError):
+            return int((self.pgdata / "postmaster.pid").read_text().split()[0])
+        return None
+
+    def describe(self) -> str:
+        if self._pgserver is not None:
+            return f"the bundled pgserver wheel, as {_user()}, data in {self.pgdata} ({self._why})"
+        where = f"as {SERVER_USER if self.as_root else _user()}, data in {self.server_dir}"
+        return f"PostgreSQL from {find_binaries()} {where}" + (f" ({self._why})" if self._why else "")
+
     def _as_postgres(self, *argv: str) -> list[str]:
         """initdb refuses root: run the server binaries as the postgres user when we are root."""
-        if os.geteuid() == 0:
-            return ["runuser", "-u", "postgres", "--", *argv]
+        if self.as_root:
+            return ["runuser", "-u", SERVER_USER, "--", *argv]
         return list(argv)
 
     def start(self) -> str:
         binaries = find_binaries()
         if binaries is None:
-            return self._start_pgserver()
+            return self._start_pgserver("no PostgreSQL server binaries found")
+        if self.as_root and not _user_exists(SERVER_USER):
+            return self._start_pgserver(f"root, and there is no {SERVER_USER} user to run the server binaries")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            _require_traversable(self.data_dir.parent)
-        socket_dir = self.data_dir / "socket"
-        pgdata = self.data_dir / "pgdata"
-        socket_dir.mkdir(exist_ok=True)
-        if os.geteuid() == 0:
-            for path in (self.data_dir, socket_dir):
-                shutil.chown(path, "postgres", "postgres")
-            os.chmod(self.data_dir, 0o755)
+        server_dir = self._prepare_server_dir()
+        socket_dir, pgdata = server_dir / "socket", server_dir / "pgdata"
         if not (pgdata / "PG_VERSION").exists():
             self._initdb(binaries, pgdata, socket_dir)
         password = _read_private(self.data_dir / PASSWORD_FILE)
+        log = self.log_path  # statements in error may be logged: private to the server
+        if not log.exists():
+            _write_private(log, "", owner=SERVER_USER if self.as_root else None)
+        for attempt in range(BIND_ATTEMPTS):
+            try:
+                self._pg_ctl_start(binaries, pgdata, socket_dir, log)
+                break
+            except PortTaken:
+                if attempt == BIND_ATTEMPTS - 1:
+                    raise
+                self.port = free_port()
+        self._uri = _uri(password, "127.0.0.1", self.port)
+        return self._uri
+
+    def _prepare_server_dir(self) -> Path:
+        """data_dir, or a private runtime directory when the server user cannot enter data_dir."""
+        server_dir = self.server_dir
+        if server_dir == self.data_dir:
+            if self.as_root:
+                shutil.chown(self.data_dir, SERVER_USER, SERVER_USER)
+                os.chmod(self.data_dir, 0o700)
+            (server_dir / "socket").mkdir(mode=0o700, exist_ok=True)
+            if self.as_root:
+                shutil.chown(server_dir / "socket", SERVER_USER, SERVER_USER)
+            return server_dir
+        blocked = _blocked_parent(self.data_dir, SERVER_USER)
+        self._why = f"the {SERVER_USER} user cannot enter {blocked}"
+        _private_directory(server_dir, SERVER_USER)
+        _private_directory(server_dir / "socket", SERVER_USER)
+        return server_dir
+
+    def _pg_ctl_start(self, binaries: Path, pgdata: Path, socket_dir: Path, log: Path) -> None:
         options = (f"-p {self.port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
                    "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
                    f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT}")
-        log = self.data_dir / "postgres.log"  # statements in error may be logged: private to the server
-        if not log.exists():
-            _write_private(log, "", owner="postgres" if os.geteuid() == 0 else None)
-        self._run("pg_ctl start", self._as_postgres(str(binaries / "pg_ctl"), "-D", str(pgdata), "-o", options,
-                                                    "-l", str(log), "-w", "-t", "60", "start"), log=log)
-        self._uri = _uri(password, "127.0.0.1", self.port)
-        return self._uri
+        logged = log.stat().st_size
+        try:
+            self._run("pg_ctl start", self._as_postgres(str(binaries / "pg_ctl"), "-D", str(pgdata), "-o", options,
+                                                        "-l", str(log), "-w", "-t", "60", "start"), log=log)
+        except PostgresError:
+            with log.open("rb") as text:
+                text.seek(logged)
+                if b"could not bind" in text.read() and not self.pid:
+                    raise PortTaken(self.port) from None
+            raise
 
     def _initdb(self, binaries: Path, pgdata: Path, socket_dir: Path) -> None:
         """initdb with scram-sha-256 for every connection; the generated superuser password reaches initdb
@@ -122,7 +200,7 @@ class LocalPostgres:
         password = secrets.token_urlsafe(32)
         _write_private(self.data_dir / PASSWORD_FILE, password)
         pwfile = socket_dir / "initdb.pwfile"  # a directory the postgres user can enter
-        _write_private(pwfile, password, owner="postgres" if os.geteuid() == 0 else None)
+        _write_private(pwfile, password, owner=SERVER_USER if self.as_root else None)
         try:
             self._run("initdb", self._as_postgres(
                 str(binaries / "initdb"), "-D", str(pgdata), "--auth-host=scram-sha-256",
@@ -131,26 +209,33 @@ class LocalPostgres:
         finally:
             pwfile.unlink(missing_ok=True)
 
-    def _start_pgserver(self) -> str:
+    def _start_pgserver(self, why: str = "") -> str:
         try:
             import pgserver  # type: ignore[import-not-found]
         except ImportError as exc:
-            raise PostgresError("no PostgreSQL binaries found and the pgserver wheel is not installed "
+            raise PostgresError(f"{why or 'pgserver requested'} and the pgserver wheel is not installed "
                                 "(pip install pgserver)") from exc
+        self._why = why
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._pgserver = pgserver.get_server(str(self.data_dir / "pgserver"), cleanup_mode="stop")
         self._uri = _require_passwords(self._pgserver, self.data_dir)
         return self._uri
 
     def stop(self) -> None:
+        """Stop the server running on this data, whether this object or an earlier run started it."""
         if self._pgserver is not None:
             self._pgserver.cleanup()
             self._pgserver = None
-        elif self._uri is not None and (binaries := find_binaries()) is not None:
-            self._run("pg_ctl stop", self._as_postgres(str(binaries / "pg_ctl"), "-D",
-                                                       str(self.data_dir / "pgdata"), "-m", "fast", "-w", "stop"),
-                      check=False)
+        elif (binaries := find_binaries()) is not None and (self.server_dir / "pgdata" / "postmaster.pid").exists():
+            self._run("pg_ctl stop", self._as_postgres(str(binaries / "pg_ctl"), "-D", str(self.server_dir / "pgdata"),
+                                                       "-m", "fast", "-w", "stop"), check=False)
         self._uri = None
+
+    def remove(self) -> None:
+        """Stop the server and delete its data, its runtime directory and its password."""
+        self.stop()
+        for directory in {self.server_dir, self.data_dir}:
+            shutil.rmtree(directory, ignore_errors=True)
 
     @staticmethod
     def _run(what: str, argv: list[str], check: bool = True, log: Path | None = None) -> None:
@@ -160,6 +245,10 @@ class LocalPostgres:
             if log is not None and log.exists():
                 detail += "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-5:])
             raise PostgresError(f"{what} failed: {detail}")
+
+
+class PortTaken(PostgresError):
+    """The server could not bind its port (someone took it after it was chosen)."""
 
 
 def _uri(password: str, host: str, port: int | str) -> str:
@@ -206,12 +295,63 @@ def _require_passwords(server: Any, data_dir: Path) -> str:
     return f"postgresql://{SUPERUSER}:{password}@/postgres?host={socket_dir}"
 
 
-def _require_traversable(directory: Path) -> None:
-    """The server runs as the postgres user, which must be able to enter every parent directory."""
-    for parent in (directory, *directory.parents):
-        if not parent.stat().st_mode & 0o001:
-            raise PostgresError(f"the postgres user cannot enter {parent} (mode "
-                                f"{oct(parent.stat().st_mode & 0o777)}); put the data directory elsewhere")
+def _user() -> str:
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _can_enter(directory: Path, user: pwd.struct_passwd, groups: set[int]) -> bool:
+    status = directory.stat()
+    if status.st_uid == user.pw_uid:
+        return bool(status.st_mode & 0o100)
+    if status.st_gid in groups:
+        return bool(status.st_mode & 0o010)
+    return bool(status.st_mode & 0o001)
+
+
+def _blocked_parent(path: Path, name: str) -> Path | None:
+    """The first existing ancestor of `path` (from the root down) that user `name` cannot enter, if any."""
+    user = pwd.getpwnam(name)
+    groups = {user.pw_gid} | {g.gr_gid for g in grp.getgrall() if name in g.gr_mem}
+    for directory in reversed((path, *path.parents)):
+        if directory.exists() and not _can_enter(directory, user, groups):
+            return directory
+    return None
+
+
+def _runtime_base() -> Path:
+    """The first of RUNTIME_BASES that is a real directory of ours that nobody else can write to."""
+    refused = []
+    for base in RUNTIME_BASES:
+        with contextlib.suppress(OSError):
+            base.mkdir(mode=0o711, exist_ok=True)
+        try:
+            status = base.lstat()
+        except OSError:
+            continue
+        if stat.S_ISDIR(status.st_mode) and status.st_uid == os.geteuid() and not status.st_mode & 0o022:
+            os.chmod(base, 0o711)  # others may pass through to their own private directory, not list it
+            return base
+        refused.append(str(base))
+    raise PostgresError(f"no private runtime directory for the server (not ours or writable by others: "
+                        f"{', '.join(refused) or 'none could be made'})")
+
+
+def _private_directory(path: Path, owner: str) -> None:
+    """Make `path` a 0700 directory owned by `owner`; an existing one must already be exactly that."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+        shutil.chown(path, owner, owner)
+    status = path.lstat()
+    if not stat.S_ISDIR(status.st_mode) or status.st_uid != pwd.getpwnam(owner).pw_uid or status.st_mode & 0o077:
+        raise PostgresError(f"{path} exists and is not a private directory of {owner}: refusing to use it")
 
 
 @contextlib.contextmanager
