@@ -402,6 +402,23 @@ def test_server_side_printing_uses_printer_columns(http: Http) -> None:
     assert table["rows"][0]["cells"][:5] == ["acme", "pro", "pooled", "Active", "True"]
 
 
+def test_table_rows_carry_what_include_object_asks_for(http: Http) -> None:
+    http("POST", TENANTS, tenant())
+    as_table = {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"}
+    for query, kind in (("", "PartialObjectMetadata"), ("?includeObject=Metadata", "PartialObjectMetadata"),
+                        ("?includeObject=Object", "Tenant")):
+        for path in (TENANTS, f"{TENANTS}/acme"):
+            table = http("GET", path + query, headers=as_table).json()
+            assert table["kind"] == "Table" and len(table["rows"]) == 1, path + query
+            row = table["rows"][0]
+            assert row["object"]["kind"] == kind and row["object"]["metadata"]["name"] == "acme"
+            assert ("spec" in row["object"]) == (kind == "Tenant")
+    assert "object" not in http("GET", f"{TENANTS}?includeObject=None", headers=as_table).json()["rows"][0]
+    refused = http("GET", f"{TENANTS}/acme?includeObject=Everything", headers=as_table)
+    assert refused.status_code == 400 and refused.json()["message"] == 'unrecognized includeObject value: "Everything"'
+    assert http("GET", f"{TENANTS}/acme").json()["kind"] == "Tenant"
+
+
 def test_kmock_reactions_inject_faults_ahead_of_the_emulation(cluster: Any, http: Http) -> None:
     cluster.api["get /apis/paybill.dev/v1alpha1/tenants"] << 503
     assert http("GET", TENANTS).status_code == 503

@@ -17,7 +17,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -213,7 +213,7 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
         if method == "GET" and route.name is None:
             return self._list(request, route)
         if method == "GET":
-            return self._json(self._get(route))
+            return self._one(request, route)
         if request.data is None and method in ("POST", "PUT", "PATCH"):
             raise _status_error(400, "BadRequest", "the request body is not valid JSON")
         dry_run = _dry_run(method, query, request.data)
@@ -296,6 +296,13 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
             raise not_found(route.rtype, route.name)
         return self._served(route.rtype, obj)
 
+    def _one(self, request: rendering.Request, route: Route) -> aiohttp.web.StreamResponse:
+        obj = self._get(route)
+        include_object = _table_request(request)
+        if include_object is None:
+            return self._json(obj)
+        return self._json(tables.table(route.rtype, [obj], obj["metadata"]["resourceVersion"], include_object))
+
     @staticmethod
     def _served(rtype: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
         """The object as the requested version presents it (CRD versions share one schema here)."""
@@ -317,8 +324,9 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
                  if matches(obj)]
         items.sort(key=lambda obj: (obj["metadata"].get("namespace") or "", obj["metadata"]["name"]))
         revision = str(self.store.revision)
-        if "as=Table" in request.headers.get("Accept", ""):
-            return self._json(tables.table(route.rtype, items, revision))
+        include_object = _table_request(request)
+        if include_object is not None:
+            return self._json(tables.table(route.rtype, items, revision, include_object))
         return self._json({"kind": f"{route.rtype.kind}List", "apiVersion": route.rtype.api_version,
                            "metadata": {"resourceVersion": revision}, "items": items})
 
@@ -330,7 +338,7 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
             matches = lambda obj: by_name(obj) and obj["metadata"]["name"] == route.name  # noqa: E731
         timeout = float(params["timeoutSeconds"]) if params.get("timeoutSeconds") else None
         bookmarks = params.get("allowWatchBookmarks") in ("true", "1")
-        as_table = "as=Table" in request.headers.get("Accept", "")
+        include_object = _table_request(request)
         key = route.rtype.key
 
         queue = self.store.subscribe(key)
@@ -351,8 +359,8 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
 
             async def send(event_type: str, obj: dict[str, Any]) -> None:
                 shown = self._served(route.rtype, obj)
-                if as_table:
-                    shown = tables.table(route.rtype, [shown], obj["metadata"]["resourceVersion"])
+                if include_object is not None and event_type != "BOOKMARK":
+                    shown = tables.table(route.rtype, [shown], obj["metadata"]["resourceVersion"], include_object)
                 await response.write(json.dumps({"type": event_type, "object": shown}).encode() + b"\n")
 
             seen = int(since) if since and since.isdigit() else 0
@@ -743,7 +751,7 @@ def _stamp_new(rtype: ResourceType, obj: dict[str, Any]) -> None:
     meta.update(uid=str(uuid.uuid4()), generation=1, creationTimestamp=_now())
 
 
-def _dry_run(method: str, query: dict[str, str], body: Any) -> bool:
+def _dry_run(method: str, query: Mapping[str, str], body: Any) -> bool:
     """dryRun from the query string or, on DELETE, from the DeleteOptions body; only "All" is a valid value."""
     values = [query["dryRun"]] if "dryRun" in query else []
     if method == "DELETE" and isinstance(body, dict):
@@ -754,6 +762,16 @@ def _dry_run(method: str, query: dict[str, str], body: Any) -> bool:
         raise _status_error(422, "Invalid", f'{kind}.meta.k8s.io "" is invalid: dryRun: Unsupported value: {sent}: '
                                             'supported values: "All"', {"group": "meta.k8s.io", "kind": kind})
     return bool(values)
+
+
+def _table_request(request: rendering.Request) -> str | None:
+    """The includeObject of a request for a meta.k8s.io Table (as kubectl get asks), None for plain objects."""
+    if "as=Table" not in request.headers.get("Accept", ""):
+        return None
+    include_object = request.params.get("includeObject") or "Metadata"
+    if include_object not in tables.INCLUDE_OBJECT:
+        raise _status_error(400, "BadRequest", f"unrecognized includeObject value: {json.dumps(include_object)}")
+    return include_object
 
 
 def _kmock_intent(raw: aiohttp.web.BaseRequest) -> dict[str, Any]:

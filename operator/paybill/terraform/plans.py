@@ -1,0 +1,157 @@
+"""Saved plans: their summary (pure, from `terraform show -json`), and their store in PostgreSQL, outside etcd.
+
+Status carries only the summary; the plan file and its JSON (sensitive values masked) stay in the
+`paybill_terraform.plans` table, keyed by tenant and the plan file's sha256, for approval and audit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from .models import PlanSummary
+
+SCHEMA = "paybill_terraform"
+MASK = "(sensitive)"
+_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+CREATE TABLE IF NOT EXISTS {SCHEMA}.plans (
+    tenant_id  text NOT NULL,
+    plan_hash  text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    summary    jsonb NOT NULL,
+    plan_json  jsonb NOT NULL,
+    plan_file  bytea NOT NULL,
+    PRIMARY KEY (tenant_id, plan_hash)
+)"""
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def artifact_ref(tenant_id: str, plan_hash: str) -> str:
+    return f"postgresql:{SCHEMA}.plans/{tenant_id}/{plan_hash}"
+
+
+def summarize(tenant_id: str, plan: dict[str, Any], plan_hash: str) -> PlanSummary:
+    """Terraform's own counting: a replacement is one add and one destroy; reads and no-ops are nothing."""
+    adds = changes = destroys = 0
+    addresses = []
+    for change in plan.get("resource_changes") or []:
+        actions = set(change.get("change", {}).get("actions", []))
+        if actions <= {"no-op", "read"}:
+            continue
+        addresses.append(change["address"])
+        adds += "create" in actions
+        destroys += "delete" in actions
+        changes += "update" in actions
+    return PlanSummary(tenant_id=tenant_id, adds=adds, changes=changes, destroys=destroys, plan_hash=plan_hash,
+                       artifact=artifact_ref(tenant_id, plan_hash), addresses=tuple(addresses))
+
+
+def drifted_addresses(plan: dict[str, Any]) -> tuple[str, ...]:
+    """Resources whose real or recorded state moved away from the configuration, or that a plan would change."""
+    drift = [entry["address"] for entry in plan.get("resource_drift") or []]
+    changed = [change["address"] for change in plan.get("resource_changes") or []
+               if not set(change.get("change", {}).get("actions", [])) <= {"no-op", "read"}]
+    return tuple(dict.fromkeys(drift + changed))
+
+
+def masked(plan: dict[str, Any]) -> dict[str, Any]:
+    """The plan JSON fit to keep: sensitive values masked, variables of the configuration's sensitive ones
+    masked, prior state (the backend already holds it) dropped."""
+    plan = dict(plan)
+    plan.pop("prior_state", None)
+    for key in ("resource_changes", "resource_drift"):
+        plan[key] = [_mask_change(entry) for entry in plan.get(key) or []]
+    plan["output_changes"] = {name: _mask_change_body(change) for name, change in
+                              (plan.get("output_changes") or {}).items()}
+    plan["planned_values"] = _mask_planned(plan.get("planned_values") or {})
+    sensitive_vars = {name for name, spec in
+                      ((plan.get("configuration") or {}).get("root_module", {}).get("variables") or {}).items()
+                      if spec.get("sensitive")}
+    plan["variables"] = {name: ({"value": MASK} if name in sensitive_vars else value)
+                         for name, value in (plan.get("variables") or {}).items()}
+    return plan
+
+
+def _mask_change(entry: dict[str, Any]) -> dict[str, Any]:
+    return {**entry, "change": _mask_change_body(entry.get("change") or {})}
+
+
+def _mask_change_body(change: dict[str, Any]) -> dict[str, Any]:
+    return {**change, "before": _mask(change.get("before"), change.get("before_sensitive")),
+            "after": _mask(change.get("after"), change.get("after_sensitive"))}
+
+
+def _mask_planned(values: dict[str, Any]) -> dict[str, Any]:
+    outputs = {name: ({**out, "value": MASK} if out.get("sensitive") else out)
+               for name, out in (values.get("outputs") or {}).items()}
+    return {**values, "outputs": outputs, "root_module": _mask_module(values.get("root_module") or {})}
+
+
+def _mask_module(module: dict[str, Any]) -> dict[str, Any]:
+    resources = [{**r, "values": _mask(r.get("values"), r.get("sensitive_values"))}
+                 for r in module.get("resources") or []]
+    children = [_mask_module(child) for child in module.get("child_modules") or []]
+    return {**module, "resources": resources, "child_modules": children}
+
+
+def _mask(value: Any, sensitive: Any) -> Any:
+    """Replace every part of `value` that Terraform's parallel `*_sensitive` structure marks true."""
+    if sensitive is True:
+        return MASK
+    if isinstance(value, dict) and isinstance(sensitive, dict):
+        return {key: _mask(item, sensitive.get(key)) for key, item in value.items()}
+    if isinstance(value, list) and isinstance(sensitive, list):
+        return [_mask(item, sensitive[i] if i < len(sensitive) else None) for i, item in enumerate(value)]
+    return value
+
+
+class PlanStore:
+    """The plans table, reached with the backend's DSN."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        with psycopg.connect(dsn, autocommit=True) as connection:
+            connection.execute("SELECT pg_advisory_lock(hashtext('paybill_terraform.plans ddl'))")
+            connection.execute(_DDL)
+            connection.execute("SELECT pg_advisory_unlock(hashtext('paybill_terraform.plans ddl'))")
+
+    def save(self, summary: PlanSummary, plan_json: dict[str, Any], plan_file: bytes) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as connection:
+            connection.execute(
+                f"""INSERT INTO {SCHEMA}.plans (tenant_id, plan_hash, summary, plan_json, plan_file)
+                    VALUES (%s, %s, %s, %s, %s) ON CONFLICT (tenant_id, plan_hash) DO NOTHING""",
+                [summary.tenant_id, summary.plan_hash, Jsonb(_summary_json(summary)), Jsonb(masked(plan_json)),
+                 plan_file])
+
+    def plan_file(self, tenant_id: str, plan_hash: str) -> bytes | None:
+        with psycopg.connect(self.dsn, autocommit=True) as connection:
+            row = connection.execute(f"SELECT plan_file FROM {SCHEMA}.plans WHERE tenant_id = %s AND plan_hash = %s",
+                                     [tenant_id, plan_hash]).fetchone()
+        return bytes(row[0]) if row else None
+
+    def summary(self, tenant_id: str, plan_hash: str) -> PlanSummary:
+        with psycopg.connect(self.dsn, autocommit=True) as connection:
+            row = connection.execute(f"SELECT summary FROM {SCHEMA}.plans WHERE tenant_id = %s AND plan_hash = %s",
+                                     [tenant_id, plan_hash]).fetchone()
+        if row is None:
+            raise KeyError(plan_hash)
+        fields = dict(row[0])
+        return PlanSummary(**{**fields, "addresses": tuple(fields.get("addresses", ()))})
+
+    def plan_json(self, tenant_id: str, plan_hash: str) -> dict[str, Any] | None:
+        with psycopg.connect(self.dsn, autocommit=True) as connection:
+            row = connection.execute(f"SELECT plan_json FROM {SCHEMA}.plans WHERE tenant_id = %s AND plan_hash = %s",
+                                     [tenant_id, plan_hash]).fetchone()
+        return dict(row[0]) if row else None
+
+
+def _summary_json(summary: PlanSummary) -> dict[str, Any]:
+    return json.loads(json.dumps(summary.__dict__, default=list))

@@ -1,0 +1,280 @@
+"""The Terraform runner: plan, apply exactly an approved plan, outputs, destroy and drift, per tenant, with
+state in PostgreSQL, a bounded number of runs at once, a timeout per run and stale-lock recovery.
+
+Every run gets a fresh working directory (the module, a `pg` backend block, the inputs as tfvars), its own
+environment (nothing inherited from the operator but PATH), and one deadline for all its commands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from python_terraform import IsFlagged, IsNotFlagged  # type: ignore[import-untyped]
+
+from . import backend, binary
+from .config import RunnerConfig, cli_config
+from .errors import (
+    PlanHashMismatch,
+    PlanNotFound,
+    RunnerBusy,
+    StalePlan,
+    StateLocked,
+    TerraformError,
+    error_lines,
+    redact,
+)
+from .models import (
+    ApplyResult,
+    DestroyResult,
+    DriftReport,
+    LockRecovery,
+    ModuleInputs,
+    Outputs,
+    OutputValue,
+    PlanSummary,
+)
+from .plans import PlanStore, drifted_addresses, sha256, summarize
+from .wrapper import RunTerraform
+
+BACKEND_FILE = "paybill_backend.tf"
+VARIABLES_FILE = "paybill.auto.tfvars.json"
+PLAN_FILE = "paybill.tfplan"
+LOCK_ERROR = "Error acquiring the state lock"
+STALE_PLAN_ERRORS = ("Saved plan is stale", "plan file is stale")
+
+
+@dataclass
+class Run:
+    """One run in flight: its id, directory, Terraform and the lock recoveries it needed."""
+
+    run_id: str
+    tenant_id: str
+    workdir: Path
+    terraform: RunTerraform
+    secrets: list[str]
+    recoveries: list[LockRecovery] = field(default_factory=list)
+
+
+class TerraformRunner:
+    def __init__(self, config: RunnerConfig) -> None:
+        self.config = config
+        self.program = config.program or binary.discover()
+        self._slots = threading.BoundedSemaphore(config.concurrency)
+        self._guard = threading.Lock()
+        self._active: dict[str, str] = {}  # run id -> tenant id
+        self._waiting = 0
+        for directory in (config.state_dir / "runs", config.plugin_cache, config.state_dir / "home"):
+            directory.mkdir(parents=True, exist_ok=True)
+        config.cli_config_path.write_text(cli_config(config.plugin_cache, config.provider_mirror))
+        self.plans = PlanStore(config.backend_dsn)
+
+    # -- what callers see ---------------------------------------------------------------------------------
+
+    @property
+    def active_runs(self) -> dict[str, str]:
+        with self._guard:
+            return dict(self._active)
+
+    @property
+    def waiting_runs(self) -> int:
+        with self._guard:
+            return self._waiting
+
+    def plan(self, inputs: ModuleInputs, module: Path) -> PlanSummary:
+        """Plan and keep the plan (file and JSON) in PostgreSQL; status holds the returned summary."""
+        with self._run(inputs, module) as run:
+            return self._plan(run, destroy=False)[0]
+
+    def apply_plan(self, inputs: ModuleInputs, module: Path, plan_hash: str, approved_hash: str) -> ApplyResult:
+        """Apply exactly the saved plan `plan_hash`, only when it is the approved one; anything else applies
+        nothing. Terraform itself refuses a plan made against a state that has moved since (StalePlan)."""
+        if plan_hash != approved_hash:
+            raise PlanHashMismatch(approved_hash, plan_hash)
+        plan_file = self.plans.plan_file(inputs.tenant_id, plan_hash)
+        if plan_file is None:
+            raise PlanNotFound(f"no saved plan {plan_hash[:12]} for tenant {inputs.tenant_id}")
+        if sha256(plan_file) != approved_hash:
+            raise PlanHashMismatch(approved_hash, sha256(plan_file))
+        summary = self.plans.summary(inputs.tenant_id, plan_hash)
+        with self._run(inputs, module) as run:
+            (run.workdir / PLAN_FILE).write_bytes(plan_file)
+            self._apply_saved(run)
+            return ApplyResult(summary, self._outputs(run), tuple(run.recoveries))
+
+    def apply(self, inputs: ModuleInputs, module: Path) -> ApplyResult:
+        """Plan and apply that very plan file in one run (no approval step)."""
+        with self._run(inputs, module) as run:
+            summary, _ = self._plan(run, destroy=False)
+            self._apply_saved(run)
+            return ApplyResult(summary, self._outputs(run), tuple(run.recoveries))
+
+    def outputs(self, inputs: ModuleInputs, module: Path) -> Outputs:
+        with self._run(inputs, module) as run:
+            return self._outputs(run)
+
+    def destroy(self, inputs: ModuleInputs, module: Path) -> DestroyResult:
+        with self._run(inputs, module) as run:
+            code, out, err = self._locking(run, lambda: run.terraform.destroy(
+                force=IsNotFlagged, auto_approve=True, no_color=IsFlagged, input=False))
+            self._check(run, "destroy", code, out, err)
+            return DestroyResult(inputs.tenant_id, _destroyed_count(out), tuple(run.recoveries))
+
+    def drift(self, inputs: ModuleInputs, module: Path) -> DriftReport:
+        """`plan -detailed-exitcode`: exit 2 means the world (or the recorded state) left the configuration."""
+        with self._run(inputs, module) as run:
+            summary, plan_json = self._plan(run, destroy=False)
+            if not summary.has_changes and not plan_json.get("resource_drift"):
+                return DriftReport(inputs.tenant_id, False, ())
+            return DriftReport(inputs.tenant_id, True, drifted_addresses(plan_json), summary)
+
+    # -- one run ------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _run(self, inputs: ModuleInputs, module: Path) -> Iterator[Run]:
+        self._take_slot()
+        run_id = secrets.token_hex(6)
+        workdir = self.config.state_dir / "runs" / f"{inputs.tenant_id}-{run_id}"
+        with self._guard:
+            self._active[run_id] = inputs.tenant_id
+        try:
+            self._prepare(workdir, inputs, module)
+            env = self._environment(inputs.tenant_id, run_id)
+            terraform = RunTerraform(self.program, workdir, env, time.monotonic() + self.config.timeout,
+                                     self.config.timeout)
+            run = Run(run_id, inputs.tenant_id, workdir, terraform,
+                      backend.dsn_secrets(self.config.backend_dsn) + list(self.config.env.values()))
+            self._init(run)
+            yield run
+        finally:
+            with self._guard:
+                self._active.pop(run_id, None)
+            self._slots.release()
+            if not self.config.keep_workdirs:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+    def _take_slot(self) -> None:
+        with self._guard:
+            self._waiting += 1
+        try:
+            if not self._slots.acquire(timeout=self.config.slot_wait):
+                raise RunnerBusy(f"all {self.config.concurrency} run slots stayed taken for {self.config.slot_wait}s")
+        finally:
+            with self._guard:
+                self._waiting -= 1
+
+    def _prepare(self, workdir: Path, inputs: ModuleInputs, module: Path) -> None:
+        workdir.mkdir(mode=0o700, parents=True)
+        for source in sorted(module.iterdir()):
+            if source.is_file() and source.name.endswith((".tf", ".tf.json")):
+                shutil.copyfile(source, workdir / source.name)
+        for name, text in self.config.extra_files.items():
+            (workdir / Path(name).name).write_text(text)
+        (workdir / BACKEND_FILE).write_text('terraform {\n  backend "pg" {}\n}\n')
+        (workdir / VARIABLES_FILE).write_text(json.dumps(inputs.variables()))
+
+    def _environment(self, tenant_id: str, run_id: str) -> dict[str, str]:
+        return {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "HOME": str(self.config.state_dir / "home"),
+            "CHECKPOINT_DISABLE": "1",
+            "TF_IN_AUTOMATION": "1",
+            "TF_INPUT": "0",
+            "TF_CLI_CONFIG_FILE": str(self.config.cli_config_path),
+            "PG_CONN_STR": backend.terraform_conn_str(self.config.backend_dsn, run_id),
+            "PG_SCHEMA_NAME": backend.schema_for(tenant_id),
+            **self.config.env,
+        }
+
+    def _init(self, run: Run) -> None:
+        with self._plugin_cache_lock():
+            code, out, err = run.terraform.init(no_color=IsFlagged, input=False, reconfigure=IsNotFlagged)
+        self._check(run, "init", code, out, err)
+
+    @contextlib.contextmanager
+    def _plugin_cache_lock(self) -> Iterator[None]:
+        """Terraform's plugin cache is not safe for concurrent installs: one init at a time installs
+        providers (modules on built-ins only have nothing to install and skip the wait)."""
+        if self.config.provider_mirror is None:
+            yield
+            return
+        with (self.config.plugin_cache / ".paybill.lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _plan(self, run: Run, destroy: bool) -> tuple[PlanSummary, dict[str, Any]]:
+        code, out, err = self._locking(run, lambda: run.terraform.plan(
+            out=PLAN_FILE, detailed_exitcode=IsFlagged, no_color=IsFlagged, input=False,
+            destroy=IsFlagged if destroy else IsNotFlagged))
+        if code not in (0, 2):
+            self._check(run, "plan", code, out, err)
+        code, out, err = run.terraform.show(PLAN_FILE, json=IsFlagged, no_color=IsFlagged)
+        self._check(run, "show", code, out, err)
+        plan_json = json.loads(out)
+        plan_file = (run.workdir / PLAN_FILE).read_bytes()
+        summary = summarize(run.tenant_id, plan_json, sha256(plan_file))
+        self.plans.save(summary, plan_json, plan_file)
+        return summary, plan_json
+
+    def _apply_saved(self, run: Run) -> None:
+        code, out, err = self._locking(run, lambda: run.terraform.apply(PLAN_FILE, no_color=IsFlagged, input=False,
+                                                                         var=None))
+        self._check(run, "apply", code, out, err)
+
+    def _outputs(self, run: Run) -> Outputs:
+        code, out, err = run.terraform.output_cmd(json=IsFlagged, no_color=IsFlagged)
+        self._check(run, "output", code, out, err)
+        values = json.loads(out or "{}")
+        return Outputs({name: OutputValue(spec.get("value"), bool(spec.get("sensitive")))
+                        for name, spec in values.items()})
+
+    # -- failures -----------------------------------------------------------------------------------------
+
+    def _locking(self, run: Run, command: Callable[[], tuple[int, str, str]]) -> tuple[int, str, str]:
+        """Run a command that takes the state lock; when a stale holder has it, release it once and retry."""
+        code, out, err = command()
+        if code != 0 and LOCK_ERROR in err + out:
+            recovered = self.recover_stale_locks(run.tenant_id)
+            if recovered:
+                run.recoveries.extend(recovered)
+                code, out, err = command()
+        return code, out, err
+
+    def recover_stale_locks(self, tenant_id: str) -> list[LockRecovery]:
+        """Release every lock on this tenant's state that is older than the stale limit and whose holder's run
+        is over; locks of live holders and of sessions that are not a runner's stay."""
+        with psycopg.connect(self.config.backend_dsn, autocommit=True) as connection:
+            holders = backend.lock_holders(connection, backend.state_lock_keys(connection, tenant_id))
+            stale = backend.stale_holders(holders, self.active_runs.keys(), self.config.stale_after)
+            return [backend.release(connection, tenant_id, holder, reason) for holder, reason in stale]
+
+    def _check(self, run: Run, command: str, code: int, out: str, err: str) -> None:
+        if code == 0:
+            return
+        message = redact(error_lines(err, out), run.secrets)
+        if LOCK_ERROR in err + out:
+            raise StateLocked(command, code, message)
+        if any(marker in err + out for marker in STALE_PLAN_ERRORS):
+            raise StalePlan(command, code, message)
+        raise TerraformError(command, code, message)
+
+
+def _destroyed_count(stdout: str) -> int:
+    for line in stdout.splitlines():
+        if line.startswith("Destroy complete! Resources:"):
+            return int(line.split()[3])
+    return 0
