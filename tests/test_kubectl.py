@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -97,3 +98,30 @@ def test_system_namespaces_cannot_be_deleted(kubectl: Any, namespace: str) -> No
         assert (f'Error from server (Forbidden): namespaces "{namespace}" is forbidden: '
                 "this namespace may not be deleted") in refused.stderr
     assert kubectl("get", "namespace", namespace, "-o", "jsonpath={.status.phase}").stdout == "Active"
+
+
+def _headers(columns: list[dict[str, Any]], wide: bool) -> list[str]:
+    shown = [c["name"] for c in columns if wide or not c.get("priority")]
+    return ["NAME", *(name.upper() for name in shown)]
+
+
+def test_get_by_name_sort_by_and_wide_keep_the_printer_columns(kubectl: Any) -> None:
+    kubectl("apply", "-f", str(REPO / "crds"), "-f", str(REPO / "manifests" / "samples"))
+    one = kubectl("get", "tenant", "acme").stdout.splitlines()
+    assert one[0].split() == ["NAME", "PLAN", "ISOLATION", "PHASE", "READY", "AGE"]
+    assert len(one) == 2 and one[1].split()[:2] == ["acme", "pro"]
+    by_plan = kubectl("get", "tenants", "--sort-by=.spec.planRef").stdout.splitlines()
+    assert by_plan[0].split()[:2] == ["NAME", "PLAN"]
+    assert [row.split()[:2] for row in by_plan[1:]] == [["umbrella", "enterprise"], ["globex", "free"],
+                                                        ["acme", "pro"], ["initech", "team"]]
+
+    kubectl("create", "namespace", "tenant-acme")
+    kubectl("apply", "-f", str(REPO / "manifests" / "samples" / "agents" / "support-policy.yaml"))
+    crd = json.loads(kubectl("get", "crd", "agentpolicies.paybill.dev", "-o", "json").stdout)
+    columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+    assert any(c.get("priority") for c in columns)
+    for wide in (False, True):
+        shown = kubectl("get", "agentpolicy", "support", "-n", "tenant-acme", *(["-o", "wide"] if wide else []))
+        assert shown.stdout.splitlines()[0].split() == _headers(columns, wide)
+        assert shown.stdout.splitlines()[1].split()[:2] == ["support", "enforce"]
+
