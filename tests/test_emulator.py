@@ -419,6 +419,30 @@ def test_table_rows_carry_what_include_object_asks_for(http: Http) -> None:
     assert http("GET", f"{TENANTS}/acme").json()["kind"] == "Tenant"
 
 
+def test_events_select_and_print_under_both_api_groups(http: Http) -> None:
+    regarding = {"apiVersion": "paybill.dev/v1alpha1", "kind": "Tenant", "name": "acme", "uid": "u-1"}
+    http("POST", "/api/v1/namespaces/default/events", {
+        "apiVersion": "v1", "kind": "Event", "metadata": {"name": "core"}, "involvedObject": regarding,
+        "type": "Warning", "reason": "PlanNotFound", "message": "plan pro not found", "count": 3,
+        "source": {"component": "paybill"}, "lastTimestamp": "2026-01-01T00:00:00Z"})
+    http("POST", "/apis/events.k8s.io/v1/namespaces/default/events", {
+        "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "v1"}, "regarding": regarding,
+        "type": "Normal", "reason": "Active", "note": "tenant is active", "action": "Reconcile",
+        "reportingController": "paybill.dev/operator", "reportingInstance": "op-1",
+        "eventTime": "2026-01-01T00:00:00.000000Z"})
+    as_table = {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"}
+    core = http("GET", "/api/v1/events?fieldSelector=involvedObject.uid%3Du-1,source%3Dpaybill", headers=as_table)
+    assert [c["name"] for c in core.json()["columnDefinitions"]][:4] == ["Last Seen", "Type", "Reason", "Object"]
+    assert core.json()["rows"][0]["cells"][1:9] == ["Warning", "PlanNotFound", "tenant/acme", "", "paybill",
+                                                    "plan pro not found", "<unknown>", 3]
+    v1 = http("GET", "/apis/events.k8s.io/v1/events?fieldSelector=regarding.name%3Dacme,"
+                     "reportingController%3Dpaybill.dev/operator", headers=as_table).json()
+    assert v1["rows"][0]["cells"][1:7] == ["Normal", "Active", "tenant/acme", "", "paybill.dev/operator, op-1",
+                                           "tenant is active"]
+    refused = http("GET", "/apis/events.k8s.io/v1/events?fieldSelector=involvedObject.name%3Dacme")
+    assert refused.status_code == 400 and refused.json()["message"] == "field label not supported: involvedObject.name"
+
+
 def test_kmock_reactions_inject_faults_ahead_of_the_emulation(cluster: Any, http: Http) -> None:
     cluster.api["get /apis/paybill.dev/v1alpha1/tenants"] << 503
     assert http("GET", TENANTS).status_code == 503

@@ -125,3 +125,69 @@ def test_get_by_name_sort_by_and_wide_keep_the_printer_columns(kubectl: Any) -> 
         assert shown.stdout.splitlines()[0].split() == _headers(columns, wide)
         assert shown.stdout.splitlines()[1].split()[:2] == ["support", "enforce"]
 
+
+
+def _event(name: str, involved: dict[str, str], event_type: str, reason: str, message: str,
+           component: str = "paybill") -> str:
+    """An Event as kopf posts one (core/v1, firstTimestamp/lastTimestamp/eventTime, source and reporting*)."""
+    stamp = "2026-01-01T00:00:00.000000+00:00"
+    return json.dumps({
+        "apiVersion": "v1", "kind": "Event", "metadata": {"name": name, "namespace": "default"},
+        "type": event_type, "reason": reason, "message": message, "action": "Action?",
+        "reportingComponent": component, "reportingInstance": "dev", "source": {"component": component},
+        "involvedObject": involved, "firstTimestamp": stamp, "lastTimestamp": stamp, "eventTime": stamp})
+
+
+def test_events_print_their_columns_and_select_by_field(kubectl: Any) -> None:
+    kubectl("apply", "-f", str(REPO / "crds"), "-f", str(REPO / "manifests" / "samples"))
+    tenants = json.loads(kubectl("get", "tenants", "-o", "json").stdout)["items"]
+    ref = {t["metadata"]["name"]: {"apiVersion": "paybill.dev/v1alpha1", "kind": "Tenant",
+                                   "name": t["metadata"]["name"], "uid": t["metadata"]["uid"]} for t in tenants}
+    # kopf names the namespace it posts a cluster-scoped object's Event in; client-go's recorder leaves it empty
+    kubectl("create", "-f", "-", stdin=_event("acme.1", {**ref["acme"], "namespace": "default"}, "Normal",
+                                             "NamespaceCreated", "namespace tenant-acme created"))
+    kubectl("create", "-f", "-", stdin=_event("acme.2", ref["acme"], "Warning", "PlanNotFound",
+                                             "plan pro not found", component="other"))
+    kubectl("create", "-f", "-", stdin=_event("globex.1", ref["globex"], "Normal", "Active", "tenant is active"))
+
+    listed = kubectl("get", "events").stdout.splitlines()
+    assert listed[0].split() == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    assert any(row.split()[1:5] == ["Warning", "PlanNotFound", "tenant/acme", "plan"] for row in listed[1:])
+    wide = kubectl("get", "events", "-o", "wide").stdout.splitlines()
+    assert wide[0].split() == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "SUBOBJECT", "SOURCE", "MESSAGE", "FIRST",
+                               "SEEN", "COUNT", "NAME"]
+    assert any(row.split()[-2:] == ["1", "globex.1"] and "paybill, dev" in row for row in wide[1:])
+
+    def names(*selector: str) -> list[str]:
+        found = kubectl("get", "events", "-A", "-o", "name", "--field-selector", ",".join(selector)).stdout
+        return sorted(name.removeprefix("event/") for name in found.split())
+
+    acme_uid = ref["acme"]["uid"]
+    assert names("involvedObject.kind=Tenant", "involvedObject.name=acme") == ["acme.1", "acme.2"]
+    assert names(f"involvedObject.uid={acme_uid}", "involvedObject.namespace=") == ["acme.2"]
+    assert names("involvedObject.apiVersion=paybill.dev/v1alpha1", "type=Normal") == ["acme.1", "globex.1"]
+    assert names("reason=PlanNotFound") == ["acme.2"]
+    assert names("source=other") == ["acme.2"] and names("reportingComponent!=other") == ["acme.1", "globex.1"]
+    assert names("involvedObject.resourceVersion=", "involvedObject.fieldPath=", "metadata.name=globex.1",
+                 "metadata.namespace=default") == ["globex.1"]
+    refused = kubectl("get", "events", "--field-selector", "involvedObject.color=red", check=False)
+    assert refused.returncode != 0 and "field label not supported: involvedObject.color" in refused.stderr
+
+    for_acme = kubectl("events", "--for", "tenant/acme").stdout
+    assert "NamespaceCreated" in for_acme and "PlanNotFound" in for_acme and "globex" not in for_acme
+    warnings = kubectl("events", "-A", "--types=Warning").stdout
+    assert "PlanNotFound" in warnings and "NamespaceCreated" not in warnings and "Active" not in warnings
+    described = kubectl("describe", "tenant", "acme").stdout
+    events_section = described[described.index("Events:"):]
+    assert "Warning  PlanNotFound" in events_section and "plan pro not found" in events_section
+    assert "tenant is active" not in events_section
+
+
+def test_the_operators_events_reach_kubectl(operator: Any, kubectl: Any) -> None:
+    kubectl("apply", "-f", str(REPO / "manifests" / "samples" / "plans.yaml"))
+    kubectl("apply", "-f", "-", stdin="apiVersion: paybill.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\n"
+                                      "spec: {planRef: pro}\n")
+    operator.eventually(lambda: "NamespaceCreated" in kubectl("events", "--for", "tenant/acme").stdout)
+    listed = kubectl("get", "events", "--field-selector", "involvedObject.name=acme,reason=NamespaceCreated")
+    assert listed.stdout.splitlines()[0].split() == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    assert "tenant/acme" in listed.stdout and "namespace tenant-acme created" in listed.stdout

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from .registry import ResourceType
+
 Matcher = Callable[[dict[str, Any]], bool]
+FieldGetter = Callable[[dict[str, Any]], str]
 
 _SET_TERM = re.compile(r"^\s*(!?)([\w./-]+)\s*(?:(in|notin)\s*\(([^)]*)\))?\s*$")
 
@@ -81,24 +84,78 @@ def match_label_selector(selector: dict[str, Any] | None, labels: dict[str, str]
     return True
 
 
-def _field_value(obj: dict[str, Any], path: str) -> Any:
+def field_value(obj: dict[str, Any], path: str) -> str:
+    """A field's value as a field selector compares it ("" when absent, booleans as true/false)."""
     node: Any = obj
     for part in path.split("."):
         node = node.get(part) if isinstance(node, dict) else None
-    return node
+    if isinstance(node, bool):
+        return "true" if node else "false"
+    return "" if node is None else str(node)
 
 
-def _field_equals(key: str, value: str, negate: bool) -> Matcher:
-    return lambda obj: (str(_field_value(obj, key) or "") == value) != negate
+def _path(path: str) -> FieldGetter:
+    return lambda obj: field_value(obj, path)
 
 
-def parse_field_selector(text: str | None, allowed: tuple[str, ...] = ()) -> Matcher:
-    """`metadata.name=x,metadata.namespace!=y` (plus any selectable fields of the resource)."""
+def _event_source(event: dict[str, Any]) -> str:
+    return field_value(event, "source.component") or field_value(event, "reportingComponent")
+
+
+def _events_v1_source(event: dict[str, Any]) -> str:
+    return field_value(event, "deprecatedSource.component") or field_value(event, "reportingController")
+
+
+_INVOLVED = ("kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")
+# kube-apiserver's field label conversions: core/v1 Events, and events.k8s.io/v1 under their newer names
+BUILTIN_FIELD_LABELS: dict[tuple[str, str], dict[str, FieldGetter]] = {
+    ("", "events"): {
+        **{f"involvedObject.{part}": _path(f"involvedObject.{part}") for part in _INVOLVED},
+        "reason": _path("reason"), "type": _path("type"), "reportingComponent": _path("reportingComponent"),
+        "source": _event_source,
+    },
+    ("events.k8s.io", "events"): {
+        **{f"regarding.{part}": _path(f"regarding.{part}") for part in _INVOLVED},
+        "reason": _path("reason"), "type": _path("type"), "reportingController": _path("reportingController"),
+        "source": _events_v1_source,
+    },
+    ("", "namespaces"): {"status.phase": _path("status.phase")},
+    ("", "secrets"): {"type": _path("type")},
+}
+
+
+def field_labels(rtype: ResourceType) -> dict[str, FieldGetter]:
+    """The field labels a resource type accepts in a fieldSelector, each with how it reads an object."""
+    return {"metadata.name": _path("metadata.name"), "metadata.namespace": _path("metadata.namespace"),
+            **{path: _path(path) for path in rtype.selectable_fields}, **BUILTIN_FIELD_LABELS.get(rtype.key, {})}
+
+
+def _field_terms(text: str) -> list[str]:
+    """Split on commas that are not escaped (a value escapes `\\`, `,` and `=` with a backslash)."""
+    return [term for term in re.split(r"(?<!\\),", text) if term.strip()]
+
+
+def _field_term(term: str) -> tuple[str, str, bool]:
+    match = re.match(r"^\s*([^!=\s]+)\s*(!=|==|=)(.*)$", term)
+    if not match:
+        raise SelectorError(f"invalid selector: '{term}'; can't understand '{term}'")
+    key, op, value = match.groups()
+    return key, re.sub(r"\\(.)", r"\1", value.strip()), op == "!="
+
+
+def _field_equals(getter: FieldGetter, value: str, negate: bool) -> Matcher:
+    return lambda obj: (getter(obj) == value) != negate
+
+
+def parse_field_selector(text: str | None, labels: Mapping[str, FieldGetter] | None = None) -> Matcher:
+    """`metadata.name=x,metadata.namespace!=y`; ``labels`` are the resource's field labels (default: metadata's).
+    An unknown label answers as kube-apiserver does: "field label not supported: <label>"."""
+    known = labels if labels is not None else {"metadata.name": _path("metadata.name"),
+                                               "metadata.namespace": _path("metadata.namespace")}
     checks: list[Matcher] = []
-    for term in _split_terms(text or ""):
-        negate = "!=" in term
-        key, value = (part.strip() for part in re.split(r"!=|==|=", term, maxsplit=1))
-        if key not in ("metadata.name", "metadata.namespace", *allowed):
-            raise SelectorError(f'field label not supported: {key}')
-        checks.append(_field_equals(key, value, negate))
+    for term in _field_terms(text or ""):
+        key, value, negate = _field_term(term)
+        if key not in known:
+            raise SelectorError(f"field label not supported: {key}")
+        checks.append(_field_equals(known[key], value, negate))
     return lambda obj: all(check(obj) for check in checks)

@@ -32,7 +32,7 @@ from .admission import Admission, AdmissionDenied, AdmissionRequest
 from .patching import APPLY, PatchError, apply_patch
 from .registry import Registry, ResourceType
 from .schema import FieldError, apply_defaults, prune, validate
-from .selectors import SelectorError, parse_field_selector, parse_label_selector
+from .selectors import SelectorError, field_labels, parse_field_selector, parse_label_selector
 from .store import Expired, Store, WatchEvent
 
 logger = logging.getLogger(__name__)
@@ -313,7 +313,7 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
     def _matcher(self, request: rendering.Request, route: Route) -> Callable[[dict[str, Any]], bool]:
         try:
             labels = parse_label_selector(request.params.get("labelSelector"))
-            fields = parse_field_selector(request.params.get("fieldSelector"), route.rtype.selectable_fields)
+            fields = parse_field_selector(request.params.get("fieldSelector"), field_labels(route.rtype))
         except SelectorError as exc:
             raise _status_error(400, "BadRequest", str(exc)) from None
         return lambda obj: labels(obj["metadata"].get("labels") or {}) and fields(obj)
