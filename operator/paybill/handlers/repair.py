@@ -1,28 +1,37 @@
-"""Objects a Tenant owns, deleted by hand, are put back.
+"""Objects a Tenant owns, deleted or changed by hand, are put back as the plan says.
 
 One plain watch per owned kind, filtered by the tenant label on the server, in a background thread.
 kopf's own per-object machinery would keep state for every Secret, Role and quota of every tenant
-(about 0.2 MiB per tenant, see BENCHMARKS.md); these watches keep none and only act on DELETED.
+(about 0.2 MiB per tenant, see BENCHMARKS.md); these watches keep none. A deletion, or a change that
+makes an object differ from the plan, annotates the owning Tenant, whose reconcile converges it. A
+resync thread compares every Tenant's objects with its plan each PAYBILL_RESYNC_SECONDS (300), for
+what a watch cannot see (a label removed by hand, an event lost while the operator was down).
+The credentials Secret is the password's store: only its deletion is repaired.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
 import urllib3
 
 from ..api.meta import API_VERSION
-from ..api.tenant import TenantPhase as Phase
-from ..kube.client import Kube, KubeError, load_config
-from ..lifecycle.tenant import TENANT_LABEL
+from ..kube.client import Kube, KubeError, load_config, resource_path
+from ..lifecycle.drift import Drift, Key, OwnedAction, drift, key_of, maintained, owned_action
+from ..lifecycle.tenant import TENANT_LABEL, owned_manifests
 from .tenant import TRIGGER
 
-OWNED = (("v1", "namespaces"), ("v1", "serviceaccounts"), ("v1", "secrets"), ("v1", "resourcequotas"),
-         ("v1", "limitranges"), ("rbac.authorization.k8s.io/v1", "roles"),
-         ("rbac.authorization.k8s.io/v1", "rolebindings"), ("networking.k8s.io/v1", "networkpolicies"))
+RBAC = "rbac.authorization.k8s.io/v1"
+OWNED = (("v1", "namespaces", "Namespace"), ("v1", "serviceaccounts", "ServiceAccount"), ("v1", "secrets", "Secret"),
+         ("v1", "resourcequotas", "ResourceQuota"), ("v1", "limitranges", "LimitRange"), (RBAC, "roles", "Role"),
+         (RBAC, "rolebindings", "RoleBinding"), ("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy"))
+RESYNC_SECONDS_ENV = "PAYBILL_RESYNC_SECONDS"
+DEFAULT_RESYNC_SECONDS = 300.0
 
 logger = logging.getLogger(__name__)
 
@@ -32,21 +41,36 @@ def touch_owner(kube: Kube, kind: str, obj: dict[str, Any]) -> bool:
     meta = obj.get("metadata") or {}
     name = (meta.get("labels") or {}).get(TENANT_LABEL)
     tenant = kube.get(API_VERSION, "tenants", name) if name else None
-    if not name or tenant is None:
+    if not name or tenant is None or not maintained(tenant):
         return False
-    if tenant["metadata"].get("deletionTimestamp") or tenant.get("spec", {}).get("offboard"):
-        return False
-    if (tenant.get("status") or {}).get("phase") in (Phase.OFFBOARDING, Phase.OFFBOARDED):
-        return False
-    lost = f"{kind}/{meta.get('namespace', '')}/{meta.get('name')}@{meta.get('resourceVersion', '')}"
-    kube.merge_patch(API_VERSION, "tenants", name, {"metadata": {"annotations": {f"{TRIGGER}/repair": lost}}})
+    _touch(kube, name, f"{kind}/{meta.get('namespace', '')}/{meta.get('name')}@{meta.get('resourceVersion', '')}")
     return True
 
 
+def _touch(kube: Kube, tenant: str, what: str) -> None:
+    kube.merge_patch(API_VERSION, "tenants", tenant, {"metadata": {"annotations": {f"{TRIGGER}/repair": what}}})
+
+
+def drifted(kube: Kube, obj: dict[str, Any]) -> bool:
+    """Whether an object a Tenant owns by label differs from what its plan says (or is not the Tenant's)."""
+    name = ((obj.get("metadata") or {}).get("labels") or {}).get(TENANT_LABEL)
+    tenant = kube.get(API_VERSION, "tenants", name) if name else None
+    plan = kube.get(API_VERSION, "plans", tenant["spec"]["planRef"]) if tenant else None
+    if tenant is None or plan is None:
+        return False
+    desired = next((m for m in owned_manifests(tenant, plan) if key_of(m) == key_of(obj)), None)
+    return desired is not None and owned_action(obj, desired) != OwnedAction.KEEP
+
+
 class OwnedObjectsWatch(threading.Thread):
-    def __init__(self, api_version: str, plural: str, stop: threading.Event) -> None:
+    def __init__(self, api_version: str, plural: str, kind: str, stop: threading.Event) -> None:
         super().__init__(name=f"paybill-repair-{plural}", daemon=True)
-        self.api_version, self.plural, self.stop = api_version, plural, stop
+        self.api_version, self.plural, self.kind, self.stop = api_version, plural, kind, stop
+
+    def on_event(self, kube: Kube, event_type: str, obj: dict[str, Any]) -> None:
+        if event_type == "DELETED" or (event_type in ("ADDED", "MODIFIED") and self.kind != "Secret"
+                                       and drifted(kube, {**obj, "kind": self.kind})):
+            touch_owner(kube, self.kind, obj)
 
     def run(self) -> None:
         kube = Kube()
@@ -54,9 +78,7 @@ class OwnedObjectsWatch(threading.Thread):
         while not self.stop.is_set():
             try:
                 if version is None:
-                    listing = kube.request("GET", f"/api/{self.api_version}/{self.plural}"
-                                           if "/" not in self.api_version else
-                                           f"/apis/{self.api_version}/{self.plural}",
+                    listing = kube.request("GET", resource_path(self.api_version, self.plural),
                                            query={"labelSelector": TENANT_LABEL, "limit": "1"})
                     version = str(listing["metadata"]["resourceVersion"])
                 for event in kube.watch(self.api_version, self.plural, version, TENANT_LABEL):
@@ -65,8 +87,7 @@ class OwnedObjectsWatch(threading.Thread):
                         version = None  # expired (410): start again from a fresh list
                         break
                     version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-                    if event.get("type") == "DELETED":
-                        touch_owner(kube, obj.get("kind") or self.plural, obj)
+                    self.on_event(kube, str(event.get("type")), obj)
                     if self.stop.is_set():
                         return
             except (KubeError, OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
@@ -81,12 +102,65 @@ class OwnedObjectsWatch(threading.Thread):
                 self.stop.wait(1.0)
 
 
+def observe_owned(kube: Kube, desired: list[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
+    """The owned objects as they are: one labelled list per kind, then a read of each desired object the lists
+    missed (deleted, or its label removed by hand)."""
+    observed: dict[Key, dict[str, Any]] = {}
+    for api_version, plural, kind in OWNED:
+        listing = kube.request("GET", resource_path(api_version, plural), query={"labelSelector": TENANT_LABEL})
+        observed.update({key_of({**obj, "kind": kind}): obj for obj in listing["items"]})
+    for manifest in desired:
+        if key_of(manifest) not in observed:
+            plural, namespaced = kube.plural_of(manifest["apiVersion"], manifest["kind"])
+            _, namespace, name = key_of(manifest)
+            found = kube.get(manifest["apiVersion"], plural, name, namespace if namespaced else None)
+            if found is not None:
+                observed[key_of(manifest)] = found
+    return observed
+
+
+def resync(kube: Kube) -> dict[str, list[Drift]]:
+    """Compare every maintained Tenant's owned objects with its plan; annotate each Tenant that drifted."""
+    plans = {plan["metadata"]["name"]: plan for plan in kube.list(API_VERSION, "plans")}
+    desired = {tenant["metadata"]["name"]: owned_manifests(tenant, plans[tenant["spec"]["planRef"]])
+               for tenant in kube.list(API_VERSION, "tenants")
+               if maintained(tenant) and tenant["spec"].get("planRef") in plans}
+    observed = observe_owned(kube, [manifest for manifests in desired.values() for manifest in manifests])
+    found = {name: drifts for name, manifests in desired.items() if (drifts := drift(manifests, observed))}
+    for name, drifts in found.items():
+        _touch(kube, name, f"resync: {drifts[0]}@{drifts[0].resource_version}"
+                           + (f" and {len(drifts) - 1} more" if len(drifts) > 1 else ""))
+    return found
+
+
+class Resync(threading.Thread):
+    def __init__(self, period: float, stop: threading.Event) -> None:
+        super().__init__(name="paybill-resync", daemon=True)
+        self.period, self.stop = period, stop
+
+    def run(self) -> None:
+        kube = Kube()
+        while not self.stop.wait(self.period):
+            try:
+                for name, drifts in resync(kube).items():
+                    logger.info("resync: tenant %s drifted from its plan: %s", name, ", ".join(map(str, drifts)))
+            except (KubeError, OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
+                logger.warning("resync failed (%s); next in %s s", exc, self.period)
+            except Exception:  # the loop must not die: log and go on
+                logger.exception("resync crashed; next in %s s", self.period)
+
+
+def resync_period(environ: Mapping[str, str]) -> float:
+    return float(environ.get(RESYNC_SECONDS_ENV) or DEFAULT_RESYNC_SECONDS)
+
+
 @kopf.on.startup()
 def start_repair(memo: kopf.Memo, **_: Any) -> None:
     load_config()  # each watch has its own client (and connection) from the same configuration
     memo.repair_stop = threading.Event()
-    for api_version, plural in OWNED:
-        OwnedObjectsWatch(api_version, plural, memo.repair_stop).start()
+    for api_version, plural, kind in OWNED:
+        OwnedObjectsWatch(api_version, plural, kind, memo.repair_stop).start()
+    Resync(resync_period(os.environ), memo.repair_stop).start()
 
 
 @kopf.on.cleanup()

@@ -26,6 +26,7 @@ from ..database.tenants import DatabaseUnavailable, MigrationError, NameConflict
 from ..errors import first_line
 from ..kube.client import Kube, KubeError, resource_path
 from ..lifecycle.conditions import set_condition
+from ..lifecycle.drift import ObjectConflict, OwnedAction, conflict, converged, describe, owned_action
 from ..lifecycle.machine import Event, SuspensionCause, Transition, TransitionRefused, path, retry_delay, transition
 from ..lifecycle.tenant import (
     CREDENTIALS_SECRET,
@@ -49,7 +50,8 @@ TRIGGER = "trigger.paybill.dev"  # not kopf's own prefix, so a change here re-ru
 TENANT_GRANTS = f"{TRIGGER}/tenant"  # on an AgentPolicy: the tenant state its grants must follow
 OPERATOR_NAMESPACE_ENV = "PAYBILL_OPERATOR_NAMESPACE"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-FAILURES = (DatabaseUnavailable, MigrationError, NameConflict, SecretConflict, KubeError, psycopg.Error)
+FAILURES = (DatabaseUnavailable, MigrationError, NameConflict, SecretConflict, ObjectConflict, KubeError,
+            psycopg.Error)
 
 
 class _Status:
@@ -129,7 +131,7 @@ def reconcile_tenant(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry:
     try:
         _ensure_namespace(kube, body, plan, status, namespace)
         for manifest in tenant_resources(dict(body), plan):
-            _ensure(kube, manifest)
+            converge(kube, body, manifest)
         placement = None
         if memo.databases is not None:
             placement = _ensure_database(body, memo, status, isolation, access, goal)
@@ -177,12 +179,9 @@ def _ensure_namespace(kube: Kube, body: kopf.Body, plan: dict[str, Any], status:
         status.condition("NamespaceReady", False, check.reason, check.message)
         status.wait(status.phase if check.reason == "NamespaceTerminating" else Phase.FAILED, check.reason,
                     check.message)
-    manifest = namespace_manifest(dict(body), plan)
+    converge(kube, body, namespace_manifest(dict(body), plan))
     if check.reason == "Missing":
-        _ensure(kube, manifest)
         kopf.info(body, reason="NamespaceCreated", message=f"namespace {namespace} created")
-    else:
-        kube.merge_patch("v1", "namespaces", namespace, {"metadata": {"labels": manifest["metadata"]["labels"]}})
     status.condition("NamespaceReady", True, "Provisioned", f"namespace {namespace} is ready")
 
 
@@ -196,19 +195,27 @@ def operator_namespace() -> str | None:
         return None
 
 
-def _ensure(kube: Kube, manifest: dict[str, Any]) -> None:
-    """Create, or bring the managed fields of an existing object back to the manifest."""
+def converge(kube: Kube, body: kopf.Body, desired: dict[str, Any]) -> None:
+    """Create the owned object, or bring it back to `desired` where it drifted (an Event says so); ObjectConflict
+    (nothing written) if an object of that name is not the Tenant's."""
+    plural, namespaced = kube.plural_of(desired["apiVersion"], desired["kind"])
+    name, namespace = desired["metadata"]["name"], desired["metadata"].get("namespace") if namespaced else None
+    existing = kube.get(desired["apiVersion"], plural, name, namespace)
+    action = owned_action(existing, desired)
     try:
-        kube.create(manifest)
+        if action == OwnedAction.CONFLICT:
+            raise conflict(existing or {}, desired)
+        if action == OwnedAction.CREATE:
+            kube.create(desired)
+        elif action == OwnedAction.UPDATE and existing is not None:  # only the version checked (resourceVersion)
+            kube.request("PUT", resource_path(desired["apiVersion"], plural, namespace, name),
+                         converged(existing, desired))
+            kopf.info(body, reason="DriftReverted", message=f"{describe(desired)} differed from plan "
+                                                            f"{body.spec.get('planRef')}; restored")
     except KubeError as exc:
         if exc.status != 409:
             raise
-        plural, namespaced = kube.plural_of(manifest["apiVersion"], manifest["kind"])
-        meta = manifest["metadata"]
-        fields = {k: v for k, v in manifest.items() if k not in ("apiVersion", "kind", "metadata", "data")}
-        kube.merge_patch(manifest["apiVersion"], plural, meta["name"],
-                         {**fields, "metadata": {"labels": meta.get("labels", {})}},
-                         meta.get("namespace") if namespaced else None)
+        converge(kube, body, desired)  # made or changed since we read it: decide again on what is there now
 
 
 def _credentials(kube: Kube, body: kopf.Body) -> str:
@@ -314,11 +321,13 @@ def _migrate(body: kopf.Body, memo: kopf.Memo, status: _Status, source: Placemen
 def _fail(body: kopf.Body, memo: kopf.Memo, status: _Status, exc: BaseException, retry: int) -> None:
     reasons: dict[type[BaseException], str] = {DatabaseUnavailable: "DatabaseUnavailable",
                                                MigrationError: "MigrationFailed", NameConflict: "NameConflict",
-                                               SecretConflict: "SecretConflict"}
+                                               SecretConflict: "SecretConflict", ObjectConflict: "ObjectConflict"}
     reason = reasons.get(type(exc), "ProvisioningFailed")
     message = first_line(exc)
     if isinstance(exc, (DatabaseUnavailable, MigrationError, NameConflict, SecretConflict, psycopg.Error)):
         status.condition("DatabaseReady", False, reason, message)
+    if isinstance(exc, ObjectConflict):
+        status.condition("NamespaceReady", False, reason, message)
     phase = status.phase
     if phase in (Phase.PENDING, Phase.PROVISIONING, Phase.MIGRATING):
         _advance(body, memo, phase, Phase.FAILED, message)

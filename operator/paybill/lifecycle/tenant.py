@@ -159,6 +159,11 @@ def tenant_resources(tenant: dict[str, Any], plan: dict[str, Any]) -> list[dict[
     return resources
 
 
+def owned_manifests(tenant: dict[str, Any], plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Everything the Tenant keeps as the plan says: its namespace and the objects in it (not the Secrets)."""
+    return [namespace_manifest(tenant, plan), *tenant_resources(tenant, plan)]
+
+
 def credentials_secret(tenant: dict[str, Any], fields: dict[str, str]) -> dict[str, Any]:
     """The tenant's database credentials."""
     namespace = tenant_namespace(tenant["metadata"]["name"], tenant.get("spec", {}))
