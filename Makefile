@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import paybill, kopf, kmock, psycopg, pglast, postgast, cel"
 	touch $@
 
-demo: install  ## the whole stack locally: emulated API + PostgreSQL + operator; tenants go Active
-	$(BIN)/paybill demo
+demo: install  ## the whole stack locally, from nothing (RESUME=1 keeps the last run's database); tenants go Active
+	$(BIN)/paybill demo $(if $(RESUME),--resume)
 
 test: install lint  ## lint, types, then the full suite (real PostgreSQL, emulated API server, real kopf and kubectl)
 	$(BIN)/python -m pytest

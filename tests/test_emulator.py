@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,16 +32,28 @@ def secret(name: str = "s1", **meta: Any) -> dict[str, Any]:
 
 
 class Http:
-    def __init__(self, url: str) -> None:
-        self.url = url
+    """HTTPS as the cluster's admin: a bearer token, the server's CA trusted (as a kubeconfig has them)."""
+
+    def __init__(self, url: str, api: EmulatedApiServer, directory: Path) -> None:
+        self.url, self.token = url, api.access.tokens.admin_token
+        self.verify = directory / "ca.crt"
+        self.verify.write_bytes(api.access.certificate.certificate_authority)
 
     def __call__(self, method: str, path: str, body: Any = None, **kwargs: Any) -> requests.Response:
-        return requests.request(method, self.url + path, json=body, timeout=10, **kwargs)
+        headers = {"Authorization": f"Bearer {self.token}", **kwargs.pop("headers", {})}
+        return requests.request(method, self.url + path, json=body, timeout=10, headers=headers,
+                                verify=str(self.verify), **kwargs)
+
+    def watch(self, path: str, **params: str) -> Iterator[dict[str, Any]]:
+        response = self("GET", path, params={"watch": "true", **params}, stream=True)
+        for line in response.iter_lines():
+            if line:
+                yield json.loads(line)
 
 
 @pytest.fixture
-def http(cluster: Any) -> Http:
-    return Http(cluster.url)
+def http(cluster: Any, tmp_path: Path) -> Http:
+    return Http(cluster.url, cluster.api, tmp_path)
 
 
 def test_discovery_lists_core_groups_and_registered_crds(http: Http) -> None:
@@ -239,19 +252,12 @@ def test_metadata_limits(http: Http) -> None:
     assert bad_name.status_code == 422 and bad_name.json()["details"]["causes"][0]["field"] == "metadata.name"
 
 
-def _watch(url: str, **params: str) -> Iterator[dict[str, Any]]:
-    response = requests.get(url, params={"watch": "true", **params}, stream=True, timeout=10)
-    for line in response.iter_lines():
-        if line:
-            yield json.loads(line)
-
-
 def test_watch_replays_from_a_resource_version_then_streams(http: Http) -> None:
     start = http("POST", TENANTS, tenant("a")).json()["metadata"]["resourceVersion"]
     http("POST", TENANTS, tenant("b"))
     http("PATCH", f"{TENANTS}/a", {"spec": {"displayName": "A"}}, headers=MERGE)
     http("DELETE", f"{TENANTS}/b")
-    events = _watch(http.url + TENANTS, resourceVersion=start, timeoutSeconds="5")
+    events = http.watch(TENANTS, resourceVersion=start, timeoutSeconds="5")
     seen = [(e["type"], e["object"]["metadata"]["name"]) for _, e in zip(range(3), events, strict=False)]
     assert seen == [("ADDED", "b"), ("MODIFIED", "a"), ("DELETED", "b")]
     later = threading.Timer(0.3, lambda: http("POST", TENANTS, tenant("c")))
@@ -262,19 +268,19 @@ def test_watch_replays_from_a_resource_version_then_streams(http: Http) -> None:
 def test_watch_without_version_lists_first_and_honours_field_selectors(http: Http) -> None:
     http("POST", TENANTS, tenant("a"))
     http("POST", TENANTS, tenant("b"))
-    events = _watch(http.url + TENANTS, fieldSelector="metadata.name=b", timeoutSeconds="1")
+    events = http.watch(TENANTS, fieldSelector="metadata.name=b", timeoutSeconds="1")
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "b")]
 
 
-def test_watch_bookmarks_and_expired_versions() -> None:
+def test_watch_bookmarks_and_expired_versions(tmp_path: Path) -> None:
     with serve_in_thread(api=EmulatedApiServer(bookmark_interval=0.2, store=Store(history=2))) as (api, url):
+        http = Http(url, api, tmp_path)
         for name in ("a", "b", "c", "d"):
-            requests.post(f"{url}/api/v1/namespaces", json={"apiVersion": "v1", "kind": "Namespace",
-                                                            "metadata": {"name": name}}, timeout=5)
-        events = list(_watch(f"{url}/api/v1/namespaces", resourceVersion="2", allowWatchBookmarks="true",
-                             timeoutSeconds="1"))
+            http("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        events = list(http.watch("/api/v1/namespaces", resourceVersion="2", allowWatchBookmarks="true",
+                                 timeoutSeconds="1"))
         assert events[0]["type"] == "ERROR" and events[0]["object"]["code"] == 410
-        live = list(_watch(f"{url}/api/v1/namespaces", resourceVersion=str(api.store.revision),
+        live = list(http.watch("/api/v1/namespaces", resourceVersion=str(api.store.revision),
                            allowWatchBookmarks="true", timeoutSeconds="1"))
         assert live and all(e["type"] == "BOOKMARK" for e in live)
         assert live[-1]["object"]["metadata"]["resourceVersion"] == str(api.store.revision)
@@ -451,5 +457,5 @@ def test_kmock_reactions_inject_faults_ahead_of_the_emulation(cluster: Any, http
 
 def test_emulator_keeps_time_and_memory_bounded_for_idle_watchers(http: Http) -> None:
     started = time.monotonic()
-    assert list(_watch(http.url + TENANTS, timeoutSeconds="1")) == []
+    assert list(http.watch(TENANTS, timeoutSeconds="1")) == []
     assert time.monotonic() - started < 5  # the stream ends at the server-side timeout instead of hanging

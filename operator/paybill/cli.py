@@ -26,12 +26,12 @@ def _crds(args: argparse.Namespace) -> int:
 
 
 def _emulator(args: argparse.Namespace) -> int:
-    from .kube import SYSTEM_NAMESPACES, serve, write_kubeconfig
+    from .kube import SYSTEM_NAMESPACES, serve, write_admin_kubeconfig
 
     async def main() -> None:
-        async with serve(host="127.0.0.1", port=args.port) as (api, url):
+        async with serve(host="127.0.0.1", port=args.port or None) as (api, url):
             api.load(SYSTEM_NAMESPACES)
-            kubeconfig = write_kubeconfig(Path(args.kubeconfig), url)
+            kubeconfig = write_admin_kubeconfig(Path(args.kubeconfig), url, api)
             print(f"Paybill EMULATED Kubernetes API server (not a real cluster) listening on {url}")
             print(f"  export KUBECONFIG={kubeconfig.resolve()}")
             print("  Ctrl-C to stop", flush=True)
@@ -39,6 +39,17 @@ def _emulator(args: argparse.Namespace) -> int:
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
+    return 0
+
+
+def _emulator_kubeconfig(args: argparse.Namespace) -> int:
+    from .kube import write_service_account_kubeconfig
+
+    namespace, _, name = args.service_account.partition("/")
+    if not namespace or not name:
+        raise SystemExit("paybill emulator kubeconfig: --service-account must be NAMESPACE/NAME")
+    path = write_service_account_kubeconfig(Path(args.kubeconfig), namespace, name, Path(args.output), args.duration)
+    print(f"export KUBECONFIG={path.resolve()}  # acts as system:serviceaccount:{namespace}:{name}")
     return 0
 
 
@@ -81,10 +92,7 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import REPO, run_demo
 
     samples = Path(args.samples) if args.samples else REPO / "manifests" / "samples"
-    try:
-        return asyncio.run(run_demo(Path(args.state_dir), samples, args.keep, args.port, args.timeout))
-    except KeyboardInterrupt:
-        return 130
+    return run_demo(Path(args.state_dir), samples, args.keep, args.port, args.timeout, args.resume)
 
 
 def _policy_check(args: argparse.Namespace) -> int:
@@ -116,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     emulator.add_argument("--port", type=int, default=8001)
     emulator.add_argument("--kubeconfig", default=str(STATE_DIR / "kubeconfig"))
     emulator.set_defaults(run=_emulator)
+    emulator_commands = emulator.add_subparsers(dest="emulator_command")
+    account = emulator_commands.add_parser(
+        "kubeconfig", help="write a kubeconfig that acts as a ServiceAccount (token from the TokenRequest API)")
+    account.add_argument("--kubeconfig", default=str(STATE_DIR / "kubeconfig"),
+                         help="the admin kubeconfig the running emulator wrote")
+    account.add_argument("--service-account", required=True, metavar="NAMESPACE/NAME")
+    account.add_argument("-o", "--output", required=True, help="where to write the kubeconfig (mode 0600)")
+    account.add_argument("--duration", type=int, default=86400, help="token lifetime in seconds (at least 600)")
+    account.set_defaults(run=_emulator_kubeconfig)
 
     operator = commands.add_parser("operator", help="run the operator (kopf) against the current kubeconfig")
     # No endpoint unless asked: kopf reads port 0 as "no port" and would bind port 80.
@@ -126,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the whole stack locally and show tenants converge")
     demo.add_argument("--keep", action="store_true", help="leave the stack running until Ctrl-C")
+    demo.add_argument("--resume", action="store_true",
+                      help="keep the previous run's PostgreSQL data (by default every run starts from nothing)")
     demo.add_argument("--state-dir", default=str(STATE_DIR / "demo"))
     demo.add_argument("--samples", default=None)
     demo.add_argument("--port", type=int, default=None)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import contextlib
+import ctypes
+import functools
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import kubernetes
 import psycopg
@@ -17,10 +23,9 @@ import yaml
 
 from .api import API_VERSION
 from .api.crdgen import all_crds
-from .database.server import LocalPostgres
+from .database.server import LocalPostgres, PostgresError
 from .database.tenants import Placement, TenantDatabases
 from .handlers.settings import DATABASE_URL_ENV, STATE_DIR_ENV
-from .kube import SYSTEM_NAMESPACES, serve, write_kubeconfig
 from .kube.client import Kube
 from .lifecycle.conditions import is_true
 from .policy import PolicyEngine
@@ -29,6 +34,10 @@ from .policy.guard import ExecutionGuard
 from .policy.install import tenant_schema
 
 REPO = Path(__file__).resolve().parents[2]
+MARKER = ".paybill-demo"  # written into every state directory the demo makes; nothing else is ever deleted
+DEMO_ENTRIES = frozenset({MARKER, "postgres", "kubeconfig", "emulator.log", "operator.log", "backups"})
+POLL_S = 0.2  # how often every wait looks at the children: a child's exit is noticed within this
+LOG_TAIL_LINES = 20
 
 
 def say(message: str) -> None:
@@ -39,31 +48,271 @@ def load_manifests(directory: Path) -> list[dict[str, Any]]:
     return [doc for path in sorted(directory.glob("*.yaml")) for doc in load_manifests_from(path)]
 
 
-def start_operator(kubeconfig: Path, database_url: str, log_path: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), DATABASE_URL_ENV: database_url,
-           STATE_DIR_ENV: str(log_path.parent)}  # backups in the demo's state directory, 0700
-    log = log_path.open("wb")
-    return subprocess.Popen([sys.executable, "-m", "paybill", "operator"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT: a BaseException, so that no `except Exception` on the way swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
+class ChildExited(Exception):
+    def __init__(self, child: Child, how: str) -> None:
+        super().__init__(f"{child.name} exited ({how})")
+        self.child, self.how = child, how
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
+
+
+@dataclass
+class Child:
+    """One process of the stack: a subprocess of ours, or the PostgreSQL server (daemonized by pg_ctl)."""
+
+    name: str
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+    postgres: LocalPostgres | None = None
+    postmaster: int | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else self.postmaster
+
+    def exited(self) -> str | None:
+        """How it ended, or None while it runs."""
+        if self.process is not None:
+            code = self.process.poll()
+            if code is None:
+                return None
+            return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        return None if self.postmaster is not None and alive(self.postmaster) else "its server process is gone"
+
+    def stop(self) -> None:
+        if self.postgres is not None:
+            self.postgres.stop()
+            if self.postmaster is not None and alive(self.postmaster):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.postmaster, signal.SIGQUIT)  # immediate shutdown
+        elif self.process is not None:
+            stop_process_group(self.process)
+
+
+def start_child(name: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> Child:
+    """A subprocess in its own session (a terminal's Ctrl-C reaches only the demo, which stops it in order)
+    that gets SIGTERM should the demo itself die without cleaning up."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True, preexec_fn=_terminate_with_parent)
+    return Child(name, log, process=process)
+
+
+def _terminate_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def stop_process_group(process: subprocess.Popen[bytes], grace: float = 10) -> None:
+    """SIGTERM the child and everything it started (its session), SIGKILL what is left after `grace`."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=grace)
+            break
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            continue
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # grandchildren that outlived the child
 
 
-async def wait_for_tenants(kube: Kube, names: list[str], timeout: float) -> dict[str, dict[str, Any]]:
+@dataclass
+class Stack:
+    """The demo's children, watched: every wait checks them, so any one exiting ends the demo at once."""
+
+    children: list[Child] = field(default_factory=list)
+
+    def add(self, child: Child) -> Child:
+        self.children.append(child)
+        return child
+
+    def check(self) -> None:
+        for child in self.children:
+            if (how := child.exited()) is not None:
+                raise ChildExited(child, how)
+
+    def wait_for(self, probe: Callable[[], T | None], timeout: float) -> T | None:
+        """`probe()` until it returns something truthy (returned) or `timeout` passes (None)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check()
+            result = probe()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(POLL_S)
+
+    def blame(self, grace: float = 2.0) -> None:
+        """After an error: if a child exited (or is exiting), raise that instead."""
+        self.wait_for(lambda: None, grace)
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+        self.children.clear()
+
+
+T = TypeVar("T")
+
+
+def operator_env(kubeconfig: Path, database_url: str, state_dir: Path) -> dict[str, str]:
+    return {**os.environ, "KUBECONFIG": str(kubeconfig), DATABASE_URL_ENV: database_url,
+            STATE_DIR_ENV: str(state_dir)}  # backups in the demo's state directory, 0700
+
+
+def fresh_state(state_dir: Path, resume: bool) -> None:
+    """Start from nothing (unless resuming): the previous run's server is stopped and its data deleted.
+    Only a directory the demo made (its marker, or nothing but the demo's own files) is ever emptied."""
+    if state_dir.exists():
+        foreign = sorted(entry.name for entry in state_dir.iterdir() if entry.name not in DEMO_ENTRIES)
+        if foreign and not (state_dir / MARKER).exists():
+            raise DemoError(f"{state_dir} holds files the demo did not make ({', '.join(foreign[:3])}); "
+                            "choose another --state-dir")
+    if not resume and state_dir.exists():
+        LocalPostgres(state_dir / "postgres").remove()
+        for entry in state_dir.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (state_dir / MARKER).touch()
+
+
+class DemoError(Exception):
+    pass
+
+
+def run_demo(state_dir: Path, samples: Path, keep: bool, port: int | None, timeout: float,
+             resume: bool = False) -> int:
+    """The whole demo; every way out (success, failure, a child exiting, SIGTERM, Ctrl-C) stops every child."""
+    state_dir = state_dir.resolve()
+    stack = Stack()
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        fresh_state(state_dir, resume)
+        say("Paybill demo: emulated Kubernetes API + local PostgreSQL + the Paybill operator")
+        return _run(stack, state_dir, samples, keep, port, timeout, resume)
+    except ChildExited as exited:
+        say(f"FAILED: the {exited} -- last lines of {exited.child.log}:")
+        print("\n".join(f"  | {line}" for line in tail(exited.child.log)) or "  | (empty)", flush=True)
+        return 1
+    except (DemoError, PostgresError) as error:
+        say(f"FAILED: {error}")
+        return 1
+    except Interrupted as interrupted:
+        say(f"{interrupted}: stopping")
+        return 128 + interrupted.signum
+    finally:
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        stack.stop()
+        say("stopped: operator, emulated API server, PostgreSQL")
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def _run(stack: Stack, state_dir: Path, samples: Path, keep: bool, port: int | None, timeout: float,
+         resume: bool) -> int:
+    postgres = LocalPostgres(state_dir / "postgres")
+    say("starting a local PostgreSQL server (" + ("resuming its data" if resume else "throwaway, loopback only") + ")")
+    database_url = postgres.start()
+    stack.add(Child("PostgreSQL server", postgres.log_path, postgres=postgres, postmaster=postgres.pid))
+    say(f"  PostgreSQL ready on 127.0.0.1:{postgres.port} (pid {postgres.pid}): {postgres.describe()}")
+    kubeconfig = state_dir / "kubeconfig"
+    kubeconfig.unlink(missing_ok=True)
+    emulator = stack.add(start_child("emulated API server", [
+        sys.executable, "-m", "paybill", "emulator", "--port", str(port or 0), "--kubeconfig", str(kubeconfig)],
+        state_dir / "emulator.log"))
+    url = stack.wait_for(lambda: _listening_url(emulator.log), timeout)
+    if url is None:
+        raise DemoError(f"the emulated API server did not start within {timeout:.0f}s; see {emulator.log}")
+    say(f"emulated Kubernetes API server on {url} (pid {emulator.pid}; not a real cluster)")
+    try:
+        kube = Kube(_client_for(kubeconfig))
+        for crd in all_crds():
+            kube.apply(crd)
+        say(f"  {len(all_crds())} Paybill CRDs registered")
+        operator = stack.add(start_child("operator", [sys.executable, "-m", "paybill", "operator"],
+                                         state_dir / "operator.log", operator_env(kubeconfig, database_url, state_dir)))
+        say(f"operator started (pid {operator.pid}, log {operator.log})")
+        return _converge(stack, kube, samples, keep, timeout, kubeconfig, database_url)
+    except Exception:
+        stack.blame()
+        raise
+
+
+def _listening_url(log: Path) -> str | None:
+    """The emulator's URL, once it has written its kubeconfig (it prints the export line after that)."""
+    lines = tail(log, 50)
+    if not any("export KUBECONFIG=" in line for line in lines):
+        return None
+    return next((line.split(" listening on ")[1].strip() for line in lines if " listening on " in line), "?")
+
+
+def _converge(stack: Stack, kube: Kube, samples: Path, keep: bool, timeout: float, kubeconfig: Path,
+              database_url: str) -> int:
+    manifests = load_manifests(samples)
+    for manifest in manifests:
+        result = kube.apply(manifest)
+        say(f"  {manifest['kind'].lower()}/{manifest['metadata']['name']} {result}")
+    names = [m["metadata"]["name"] for m in manifests if m["kind"] == "Tenant"]
+    say(f"waiting for {len(names)} tenants to become Ready")
+    tenants = wait_for_tenants(stack, kube, names, timeout)
+    print("\n".join(summary(tenants)), flush=True)
+    ready = sum(is_true((t.get("status") or {}).get("conditions", []), "Ready") for t in tenants.values())
+    if ready != len(names):
+        say(f"FAILED: {ready}/{len(names)} tenants Ready after {timeout:.0f}s; see {kubeconfig.parent}/operator.log")
+        return 1
+    say(f"all {ready} tenants Ready")
+    if not agent_gate(stack, kube, database_url, samples / "agents", timeout):
+        return 1
+    if not agent_workflows(stack, kube, samples / "agents", timeout):
+        return 1
+    if not billing_walk(stack, kube, "acme", timeout):
+        return 1
+    if keep:
+        say(f"stack left running. In another shell:  export KUBECONFIG={kubeconfig}; kubectl get paybill")
+        say("press Ctrl-C (or send SIGTERM) to stop everything")
+        stack.wait_for(lambda: None, float("inf"))
+    return 0
+
+
+def wait_for_tenants(stack: Stack, kube: Kube, names: list[str], timeout: float) -> dict[str, dict[str, Any]]:
     """Poll until every tenant is Ready, printing each phase change as it happens."""
     seen: dict[str, str] = {}
-    deadline = time.monotonic() + timeout
     tenants: dict[str, dict[str, Any]] = {}
-    while time.monotonic() < deadline:
-        listed = await asyncio.to_thread(kube.list, API_VERSION, "tenants")
+
+    def all_ready() -> bool:
+        nonlocal tenants
+        listed = kube.list(API_VERSION, "tenants")
         tenants = {t["metadata"]["name"]: t for t in listed if t["metadata"]["name"] in names}
         for name, tenant in sorted(tenants.items()):
             status = tenant.get("status") or {}
@@ -73,10 +322,10 @@ async def wait_for_tenants(kube: Kube, names: list[str], timeout: float) -> dict
                 detail = f" ({ready['reason']}: {ready['message']})" if ready else ""
                 say(f"  tenant {name:<10} {seen.get(name, '-'):>12} -> {phase}{detail}")
                 seen[name] = phase
-        if len(tenants) == len(names) and all(is_true((t.get("status") or {}).get("conditions", []), "Ready")
-                                              for t in tenants.values()):
-            break
-        await asyncio.sleep(0.3)
+        return len(tenants) == len(names) and all(
+            is_true((t.get("status") or {}).get("conditions", []), "Ready") for t in tenants.values())
+
+    stack.wait_for(all_ready, timeout)
     return tenants
 
 
@@ -90,65 +339,7 @@ def summary(tenants: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
-async def run_demo(state_dir: Path, samples: Path, keep: bool, port: int | None, timeout: float) -> int:
-    state_dir = state_dir.resolve()
-    state_dir.mkdir(parents=True, exist_ok=True)
-    say("Paybill demo: emulated Kubernetes API + local PostgreSQL + the Paybill operator")
-    postgres = LocalPostgres(state_dir / "postgres")
-    say("starting a local PostgreSQL server (throwaway, loopback only)")
-    database_url = await asyncio.to_thread(postgres.start)
-    say(f"  PostgreSQL ready on 127.0.0.1:{postgres.port}")
-    try:
-        async with serve(port=port) as (api, url):
-            api.load(SYSTEM_NAMESPACES)
-            kubeconfig = write_kubeconfig(state_dir / "kubeconfig", url)
-            say(f"emulated Kubernetes API server on {url} (not a real cluster)")
-            kube = Kube(await asyncio.to_thread(_client_for, kubeconfig))
-            for crd in all_crds():
-                await asyncio.to_thread(kube.apply, crd)
-            say(f"  {len(all_crds())} Paybill CRDs registered")
-            operator = start_operator(kubeconfig, database_url, state_dir / "operator.log")
-            say(f"operator started (pid {operator.pid}, log {state_dir / 'operator.log'})")
-            try:
-                return await _converge(kube, samples, keep, timeout, kubeconfig, operator, database_url)
-            finally:
-                await asyncio.to_thread(stop_process, operator)
-                api.close_watches()
-    finally:
-        await asyncio.to_thread(postgres.stop)
-        say("stopped: operator, emulated API server, PostgreSQL")
-
-
-async def _converge(kube: Kube, samples: Path, keep: bool, timeout: float, kubeconfig: Path,
-                    operator: subprocess.Popen[bytes], database_url: str) -> int:
-    manifests = load_manifests(samples)
-    for manifest in manifests:
-        result = await asyncio.to_thread(kube.apply, manifest)
-        say(f"  {manifest['kind'].lower()}/{manifest['metadata']['name']} {result}")
-    names = [m["metadata"]["name"] for m in manifests if m["kind"] == "Tenant"]
-    say(f"waiting for {len(names)} tenants to become Ready")
-    tenants = await wait_for_tenants(kube, names, timeout)
-    print("\n".join(summary(tenants)), flush=True)
-    ready = sum(is_true((t.get("status") or {}).get("conditions", []), "Ready") for t in tenants.values())
-    if ready != len(names):
-        say(f"FAILED: {ready}/{len(names)} tenants Ready after {timeout:.0f}s; see {kubeconfig.parent}/operator.log")
-        return 1
-    say(f"all {ready} tenants Ready")
-    if not await asyncio.to_thread(agent_gate, kube, database_url, samples / "agents", timeout):
-        return 1
-    if not await asyncio.to_thread(agent_workflows, kube, samples / "agents", timeout):
-        return 1
-    if not await billing_walk(kube, "acme", timeout):
-        return 1
-    if keep:
-        say(f"stack left running. In another shell:  export KUBECONFIG={kubeconfig}; kubectl get paybill")
-        say("press Ctrl-C to stop everything")
-        while operator.poll() is None:
-            await asyncio.sleep(1)
-    return 0
-
-
-async def billing_walk(kube: Kube, name: str, timeout: float) -> bool:
+def billing_walk(stack: Stack, kube: Kube, name: str, timeout: float) -> bool:
     """A payment failure, step by step: grace, read-only, suspended; then the payment, and service is back."""
     say(f"billing: payment failures for tenant {name}")
     steps = (
@@ -159,23 +350,23 @@ async def billing_walk(kube: Kube, name: str, timeout: float) -> bool:
     )
     for billing, days, phase, access, story in steps:
         since = None if days is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - days * 86400))
-        await asyncio.to_thread(kube.merge_patch, API_VERSION, "subscriptions", name,
-                                {"spec": {"billingStatus": billing, "pastDueSince": since}})
-        deadline = time.monotonic() + timeout
-        status: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            status = ((await asyncio.to_thread(kube.get, API_VERSION, "tenants", name)) or {}).get("status") or {}
-            if status.get("phase") == phase and status.get("access") == access:
-                break
-            await asyncio.sleep(0.2)
-        else:
-            say(f"FAILED: tenant {name} did not reach {phase} with access {access} (is {status.get('phase')}, "
-                f"{status.get('access')})")
+        kube.merge_patch(API_VERSION, "subscriptions", name,
+                         {"spec": {"billingStatus": billing, "pastDueSince": since}})
+        status = stack.wait_for(functools.partial(_tenant_reached, kube, name, phase, access), timeout)
+        if status is None:
+            now = (kube.get(API_VERSION, "tenants", name) or {}).get("status") or {}
+            say(f"FAILED: tenant {name} did not reach {phase} with access {access} (is {now.get('phase')}, "
+                f"{now.get('access')})")
             return False
-        probe = await asyncio.to_thread(_probe_tenant_login, kube, name)
+        probe = _probe_tenant_login(kube, name)
         say(f"  {billing:<9} -> tenant {phase:<9} restriction {status.get('restriction'):<17} {story}; "
             f"as the tenant: {probe}")
     return True
+
+
+def _tenant_reached(kube: Kube, name: str, phase: str, access: str) -> dict[str, Any] | None:
+    status = (kube.get(API_VERSION, "tenants", name) or {}).get("status") or {}
+    return status if status.get("phase") == phase and status.get("access") == access else None
 
 
 def _probe_tenant_login(kube: Kube, name: str) -> str:
@@ -224,18 +415,16 @@ def _seed(kube: Kube, tenant: str, first: int) -> None:
                                                     10 * (n + 1)))
 
 
-def agent_gate(kube: Kube, database_url: str, directory: Path, timeout: float, tenant: str = "acme") -> bool:
+def agent_gate(stack: Stack, kube: Kube, database_url: str, directory: Path, timeout: float,
+               tenant: str = "acme") -> bool:
     """Apply the sample AgentPolicy; the operator installs the agent's role; then the agent tries its luck."""
     for name, first in ((tenant, 11), ("globex", 21)):
         _seed(kube, name, first)
     manifest = yaml.safe_load((directory / "support-policy.yaml").read_text())
     name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
     say(f"agent gate: agentpolicy/{name} in {namespace} {kube.apply(manifest)}")
-    deadline = time.monotonic() + timeout
-    status: dict[str, Any] = {}
-    while time.monotonic() < deadline and status.get("phase") != "Ready":
-        time.sleep(0.2)
-        status = (kube.get(API_VERSION, "agentpolicies", name, namespace) or {}).get("status") or {}
+    status: dict[str, Any] = stack.wait_for(lambda: _status_in(kube, "agentpolicies", name, namespace, {"Ready"}),
+                                            timeout) or {}
     if status.get("phase") != "Ready":
         say(f"FAILED: agentpolicy/{name} is {status.get('phase') or 'not reconciled'}")
         return False
@@ -267,7 +456,7 @@ def agent_gate(kube: Kube, database_url: str, directory: Path, timeout: float, t
     return admitted
 
 
-def agent_workflows(kube: Kube, directory: Path, timeout: float) -> bool:
+def agent_workflows(stack: Stack, kube: Kube, directory: Path, timeout: float) -> bool:
     """Submit the sample AgentWorkflows and report what each step did."""
     expected = {"refund-order-13": "Succeeded", "tidy-up": "Denied"}
     workflows = load_manifests_from(directory / "workflows.yaml")
@@ -276,10 +465,8 @@ def agent_workflows(kube: Kube, directory: Path, timeout: float) -> bool:
     ok = True
     for manifest in workflows:
         name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
-        deadline, status = time.monotonic() + timeout, dict[str, Any]()
-        while time.monotonic() < deadline and status.get("phase") not in ("Succeeded", "Denied", "Failed"):
-            time.sleep(0.2)
-            status = (kube.get(API_VERSION, "agentworkflows", name, namespace) or {}).get("status") or {}
+        status = stack.wait_for(functools.partial(_status_in, kube, "agentworkflows", name, namespace,
+                                                  {"Succeeded", "Denied", "Failed"}), timeout) or {}
         ran = status.get("steps", [])
         steps = ", ".join(f"{s['name']} " + (f"ran ({s['rowsReturned'] or s['rowsAffected']} rows)" if s["executed"]
                                              else f"refused ({s['reasons'][0]['code']})") for s in ran)
@@ -291,6 +478,12 @@ def agent_workflows(kube: Kube, directory: Path, timeout: float) -> bool:
     else:
         say("FAILED: the agent workflows did not end as expected")
     return ok
+
+
+def _status_in(kube: Kube, plural: str, name: str, namespace: str, phases: set[str]) -> dict[str, Any] | None:
+    """The object's status once its phase is one of `phases`."""
+    status = (kube.get(API_VERSION, plural, name, namespace) or {}).get("status") or {}
+    return status if status.get("phase") in phases else None
 
 
 def load_manifests_from(path: Path) -> list[dict[str, Any]]:

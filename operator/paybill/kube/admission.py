@@ -8,11 +8,12 @@ import json
 import logging
 import urllib.parse
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
+from .auth import REQUESTER, UserInfo
 from .patching import PatchError, json_patch
 from .registry import ResourceType
 from .selectors import match_label_selector
@@ -38,6 +39,7 @@ class AdmissionRequest:
     old: dict[str, Any] | None
     dry_run: bool
     namespace_labels: dict[str, str]
+    user: UserInfo = field(default_factory=REQUESTER.get)  # who asked for the write
 
 
 def _rule_matches(rule: dict[str, Any], request: AdmissionRequest) -> bool:
@@ -88,7 +90,7 @@ def _review(request: AdmissionRequest, uid: str) -> dict[str, Any]:
         "request": {
             "uid": uid, "kind": gvk, "resource": gvr, "requestKind": gvk, "requestResource": gvr,
             "subResource": request.subresource, "name": request.name, "namespace": request.namespace,
-            "operation": request.operation, "userInfo": {"username": "system:admin", "groups": ["system:masters"]},
+            "operation": request.operation, "userInfo": request.user.to_json(),
             "object": request.obj, "oldObject": request.old, "dryRun": request.dry_run, "options": None,
         },
     }

@@ -24,6 +24,7 @@ class ResourceType:
     description: str = ""
     custom: bool = False
     selectable_fields: tuple[str, ...] = field(default=())
+    verbs: tuple[str, ...] = ALL_VERBS
 
     @property
     def api_version(self) -> str:
@@ -37,7 +38,7 @@ class ResourceType:
     def discovery(self) -> list[dict[str, Any]]:
         entry = {
             "name": self.plural, "singularName": self.singular or self.kind.lower(), "kind": self.kind,
-            "namespaced": self.namespaced, "verbs": list(ALL_VERBS),
+            "namespaced": self.namespaced, "verbs": list(self.verbs),
         }
         if self.short_names:
             entry["shortNames"] = list(self.short_names)
@@ -51,9 +52,14 @@ class ResourceType:
 
 
 def _builtin(group: str, version: str, plural: str, kind: str, namespaced: bool, *, short: tuple[str, ...] = (),
-             status: bool = False, description: str = "") -> ResourceType:
+             status: bool = False, description: str = "", verbs: tuple[str, ...] = ALL_VERBS) -> ResourceType:
     return ResourceType(group, version, plural, kind, namespaced, singular=kind.lower(), short_names=short,
-                        status_subresource=status, description=description)
+                        status_subresource=status, description=description, verbs=verbs)
+
+
+def _review(group: str, plural: str, kind: str, namespaced: bool = False) -> ResourceType:
+    """A create-only review resource (answered by the server's access gate, never stored)."""
+    return _builtin(group, "v1", plural, kind, namespaced, verbs=("create",))
 
 
 BUILTINS: tuple[ResourceType, ...] = (
@@ -82,6 +88,12 @@ BUILTINS: tuple[ResourceType, ...] = (
              "ValidatingWebhookConfiguration", False),
     _builtin("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations",
              "MutatingWebhookConfiguration", False),
+    _review("authorization.k8s.io", "selfsubjectaccessreviews", "SelfSubjectAccessReview"),
+    _review("authorization.k8s.io", "selfsubjectrulesreviews", "SelfSubjectRulesReview"),
+    _review("authorization.k8s.io", "subjectaccessreviews", "SubjectAccessReview"),
+    _review("authorization.k8s.io", "localsubjectaccessreviews", "LocalSubjectAccessReview", namespaced=True),
+    _review("authentication.k8s.io", "selfsubjectreviews", "SelfSubjectReview"),
+    _review("authentication.k8s.io", "tokenreviews", "TokenReview"),
 )
 
 

@@ -28,6 +28,7 @@ import yaml
 from kmock._internal import enums, parsing, rendering
 
 from . import openapi, tables
+from .access import AccessControl, Refused
 from .admission import Admission, AdmissionDenied, AdmissionRequest
 from .patching import APPLY, PatchError, apply_patch
 from .registry import Registry, ResourceType
@@ -90,6 +91,7 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
     store: Store = attrs.field(factory=Store)
     registry: Registry = attrs.field(factory=Registry)
     admission: Admission = attrs.field(factory=Admission)
+    access: AccessControl = attrs.field(factory=AccessControl)
     _dependents: dict[str, set[tuple[tuple[str, str], str | None, str]]] = attrs.field(factory=dict, init=False)
     _lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
     _watches: set[asyncio.Task[Any]] = attrs.field(factory=set, init=False)
@@ -124,7 +126,7 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
             self._requests.append(request)
         try:
             return await self._handle(request)
-        except ApiError as exc:
+        except (ApiError, Refused) as exc:
             return await self._render_error(exc)
         except rendering.StreamingError as exc:  # a watch that broke after its headers went out
             return exc.args[0]
@@ -154,6 +156,10 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
         raw = _raw(request)
         path = raw.path.rstrip("/") or "/"
         method = raw.method
+        self.access.admit(raw, self.store)  # authentication, impersonation, RBAC: 401/403 as kube-apiserver
+        review = self.access.serve(method, path, request.data, self.store)  # reviews and TokenRequest
+        if review is not None:
+            return self._json(review, status=201)
         fixed: dict[str, Callable[[], Any]] = {
             "/": lambda: {"paths": self._root_paths()},
             "/version": lambda: SERVER_VERSION,
@@ -488,6 +494,7 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
                      dry_run: bool, field_validation: str | None) -> dict[str, Any]:
         """Mutating webhooks, then schema pruning/defaulting/validation, then validating webhooks."""
         rtype = route.rtype
+        self.access.check_escalation(rtype.key, obj, old, self.store)  # RBAC escalate/bind
         name = obj["metadata"]["name"]
         namespace = obj["metadata"].get("namespace")
         ns_obj = self.store.get(NAMESPACE_KEY, None, namespace) if namespace else None
