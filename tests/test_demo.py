@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+SLOW = pytest.mark.slow
+LONG = pytest.mark.timeout(600)
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_TIMEOUT = "120"  # seconds per wait inside the demo; generous for a loaded 2-core machine
@@ -179,6 +180,8 @@ def port_80_taken() -> Iterator[None]:
         yield
 
 
+@SLOW
+@LONG
 def test_demo_from_a_private_clone_with_port_80_taken_converges_and_starts_from_nothing_each_time() -> None:
     with state_dir() as private:
         clone = private / "paybill"  # as `git clone` into `mktemp -d`: the postgres user cannot enter it
@@ -199,6 +202,8 @@ def test_demo_from_a_private_clone_with_port_80_taken_converges_and_starts_from_
         assert "throwaway" in runs[1] and agent_lines(runs[1]) == agent_lines(runs[0]), "the second run reused data"
 
 
+@SLOW
+@LONG
 def test_two_demos_at_once_on_one_machine_both_converge() -> None:
     with state_dir() as first, state_dir() as second:
         with demo("--state-dir", str(first)) as one, demo("--state-dir", str(second)) as two:
@@ -209,6 +214,8 @@ def test_two_demos_at_once_on_one_machine_both_converge() -> None:
         assert one.postgres_port() != two.postgres_port()
 
 
+@SLOW
+@LONG
 def test_sigterm_to_a_kept_demo_stops_every_child() -> None:
     with state_dir() as state, demo("--keep", "--state-dir", str(state)) as run:
         children = run.children()
@@ -220,6 +227,8 @@ def test_sigterm_to_a_kept_demo_stops_every_child() -> None:
         assert_nothing_left(children, run.postgres_port())
 
 
+@SLOW
+@LONG
 @pytest.mark.parametrize("victim", ["operator", "emulator", "postgres"])
 def test_a_child_that_exits_ends_the_demo_at_once_with_its_last_log_lines(victim: str) -> None:
     named = {"operator": "operator", "emulator": "emulated API server", "postgres": "PostgreSQL server"}[victim]
@@ -233,3 +242,23 @@ def test_a_child_that_exits_ends_the_demo_at_once_with_its_last_log_lines(victim
         assert noticed < 5, f"noticed {noticed:.1f}s after the kill"  # it polls every 0.2 s (was: the whole timeout)
         assert re.search(r"-- last lines of \S+:\n  \| ", run.output), run.output
         assert_nothing_left(children, run.postgres_port())
+
+
+def test_a_state_directory_the_demo_did_not_make_is_never_emptied(tmp_path: Path) -> None:
+    from paybill.demo import DemoError, fresh_state
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("years of work")
+    with pytest.raises(DemoError, match="did not make"):
+        fresh_state(foreign, resume=False)
+    assert (foreign / "thesis.tex").read_text() == "years of work"
+    ours = tmp_path / "demo"
+    fresh_state(ours, resume=False)
+    (ours / "operator.log").write_text("last run")
+    (ours / "backups").mkdir()
+    fresh_state(ours, resume=True)
+    assert (ours / "operator.log").exists()
+    fresh_state(ours, resume=False)
+    assert sorted(entry.name for entry in ours.iterdir()) == [".paybill-demo"]
+    assert ours.stat().st_mode & 0o777 == 0o700
