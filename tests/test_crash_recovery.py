@@ -22,7 +22,8 @@ from paybill.lifecycle.conditions import is_true
 API = "paybill.dev/v1alpha1"
 PREFIX = "k9"
 MODES = ["pooled"] * 80 + ["bridge"] * 15 + ["silo"] * 5
-pytestmark = pytest.mark.slow
+# its own waits bound each step; 100 onboardings on a loaded 2-core machine take minutes
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def start_operator(cluster: Any, postgres: LocalPostgres, log: Path) -> subprocess.Popen[bytes]:
