@@ -4,9 +4,11 @@ advisory locks held by another connection)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
+import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -40,6 +42,19 @@ def terraform_conn_str(dsn: str, run_id: str) -> str:
 def dsn_secrets(dsn: str) -> list[str]:
     password = conninfo_to_dict(dsn).get("password")
     return [str(password)] if password else []
+
+
+def ensure_state_row(connection: psycopg.Connection, tenant_id: str) -> None:
+    """Give the tenant's workspace an (empty) state row before its first run.
+
+    Without a row, the pg backend locks advisory key -1, which every schema shares, for a whole run: one
+    tenant's first apply would hold off every other tenant's first plan. With it, a run locks its row only.
+    `terraform init` has created the schema and table; a concurrent insert of the same row is a no-op.
+    """
+    empty_state = json.dumps({"version": 4, "terraform_version": "1.0.0", "serial": 0, "lineage": str(uuid.uuid4()),
+                              "outputs": {}, "resources": []})
+    connection.execute(sql.SQL("INSERT INTO {}.states (name, data) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING")
+                       .format(sql.Identifier(schema_for(tenant_id))), [WORKSPACE, empty_state])
 
 
 @dataclass(frozen=True)

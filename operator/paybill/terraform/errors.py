@@ -23,11 +23,15 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     return text
 
 
+_SOURCE_CONTEXT = re.compile(r"^(with \S+,|on \S+ line \d+.*:|\d+:.*)$")
+
+
 def error_lines(stderr: str, stdout: str = "", limit: int = ERROR_LINES) -> str:
-    """Terraform's first error block ("Error: ..." and the lines after it), else the last lines it printed."""
+    """Terraform's first error ("Error: <summary>" and its detail, without the source excerpt), else the last
+    lines it printed."""
     text = stderr if stderr.strip() else stdout
     lines = [line.strip(" │╷╵\t") for line in text.splitlines()]
-    lines = [line for line in lines if line]
+    lines = [line for line in lines if line and not _SOURCE_CONTEXT.match(line)]
     start = next((i for i, line in enumerate(lines) if line.startswith("Error")), max(len(lines) - limit, 0))
     return "\n".join(lines[start:start + limit])
 

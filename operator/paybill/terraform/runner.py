@@ -201,6 +201,8 @@ class TerraformRunner:
         with self._plugin_cache_lock():
             code, out, err = run.terraform.init(no_color=IsFlagged, input=False, reconfigure=IsNotFlagged)
         self._check(run, "init", code, out, err)
+        with psycopg.connect(self.config.backend_dsn, autocommit=True) as connection:
+            backend.ensure_state_row(connection, run.tenant_id)
 
     @contextlib.contextmanager
     def _plugin_cache_lock(self) -> Iterator[None]:

@@ -1,0 +1,241 @@
+"""The runner against the real Terraform binary and the real PostgreSQL (pg backend, a schema per tenant)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from paybill.terraform import (
+    ModuleInputs,
+    PlanHashMismatch,
+    PlanNotFound,
+    RunTimedOut,
+    StalePlan,
+    StateLocked,
+    TerraformError,
+    TerraformRunner,
+)
+from paybill.terraform.backend import application_name, schema_for, state_lock_keys
+from paybill.terraform.process import group_alive
+
+from .conftest import LOCAL_SILO, state_resources, wait_for, write_module
+
+SILO_RESOURCES = ["terraform_data.credentials", "terraform_data.database", "terraform_data.network",
+                  "terraform_data.subnets"]
+
+
+def test_local_module_plan_apply_outputs_destroy_with_state_in_postgres(
+        make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, backend_dsn: str) -> None:
+    runner = make_runner()
+    summary = runner.plan(tenant, LOCAL_SILO)
+    assert (summary.adds, summary.changes, summary.destroys) == (4, 0, 0)
+    assert len(summary.plan_hash) == 64 and summary.artifact.endswith(summary.plan_hash)
+    assert state_resources(backend_dsn, tenant.tenant_id) == []  # planning changes nothing
+
+    result = runner.apply_plan(tenant, LOCAL_SILO, summary.plan_hash, approved_hash=summary.plan_hash)
+    assert state_resources(backend_dsn, tenant.tenant_id) == SILO_RESOURCES
+    outputs = result.outputs.values
+    assert outputs["database_name"].value == f"tenant_{tenant.tenant_id.replace('-', '_')}"
+    assert outputs["database_password"].sensitive and len(outputs["database_password"].value) == 32
+    assert "database_password" not in result.outputs.public()
+    assert outputs["database_password"].value not in repr(result)
+    assert set(result.outputs.secret_data()) == set(outputs)
+
+    stored = runner.plans.plan_json(tenant.tenant_id, summary.plan_hash)
+    assert stored is not None and stored["planned_values"]["outputs"]["database_password"]["value"] == "(sensitive)"
+    assert runner.outputs(tenant, LOCAL_SILO).values["network_id"] == outputs["network_id"]
+
+    destroyed = runner.destroy(tenant, LOCAL_SILO)
+    assert destroyed.destroyed == 4
+    assert state_resources(backend_dsn, tenant.tenant_id) == []
+
+
+def test_failing_apply_gives_terraforms_message_without_secrets(
+        make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, modules_dir: Path) -> None:
+    secret = "sk-" + secrets.token_hex(8)
+    module = write_module(modules_dir / "failing", """
+resource "terraform_data" "broken" {
+  input = var.tenant_id
+  provisioner "local-exec" {
+    command = "echo \\"cannot reach the API with key $PROVIDER_KEY\\" >&2; exit 3"
+  }
+}
+""")
+    runner = make_runner(env={"PROVIDER_KEY": secret})
+    with pytest.raises(TerraformError) as failure:
+        runner.apply(tenant, module)
+    assert failure.value.command == "apply" and failure.value.exit_code == 1
+    assert "local-exec provisioner error" in failure.value.message
+    assert "Output: cannot reach the API with key" in failure.value.message  # Terraform wraps the line here
+    assert failure.value.message.endswith("***")
+    assert secret not in str(failure.value)
+
+
+def test_hanging_run_is_killed_at_its_timeout_with_its_process_group(
+        make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, modules_dir: Path) -> None:
+    marker = f"{600 + secrets.randbelow(300)}.{secrets.randbelow(10**6)}"
+    module = write_module(modules_dir / "hanging", f"""
+resource "terraform_data" "slow" {{
+  input = var.tenant_id
+  provisioner "local-exec" {{
+    command = "sleep {marker}"
+  }}
+}}
+""")
+    runner = make_runner(timeout=25, concurrency=1)
+    started = time.monotonic()
+    with pytest.raises(RunTimedOut) as timed_out:
+        runner.apply(tenant, module)
+    assert timed_out.value.command == "apply"
+    assert time.monotonic() - started < 25 + 2 * 3 + 10  # the timeout, the kill's grace periods, slack
+    wait_for(lambda: not group_alive(timed_out.value.process_group), 10, "process group gone")
+    assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and marker in _cmdline(pid)]
+
+    # the slot is free again: another tenant's run goes through on this one-slot runner
+    other = ModuleInputs(f"{tenant.tenant_id}-next", "gold", "eu-west-1", "cc-42")
+    assert runner.apply(other, LOCAL_SILO).summary.adds == 4
+
+
+def test_stale_lock_is_released_and_recorded_and_a_live_one_is_not(
+        make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, backend_dsn: str) -> None:
+    runner = make_runner(stale_lock_after=1.0)
+    runner.apply(tenant, LOCAL_SILO)
+    with psycopg.connect(backend_dsn, autocommit=True) as probe:
+        key = max(state_lock_keys(probe, tenant.tenant_id))
+    assert key > 0  # the tenant's own state row
+
+    # a live holder: a runner process on this host that is still there (this test's parent)
+    live = _hold_lock(backend_dsn, key, application_name("cafe00000001", pid=os.getppid()))
+    try:
+        wait_for(lambda: _held_seconds(backend_dsn, live) > 1.0, 10, "the lock ages")
+        with pytest.raises(StateLocked) as locked:
+            runner.drift(tenant, LOCAL_SILO)
+        assert "Error acquiring the state lock" in locked.value.message
+        assert _session_alive(backend_dsn, live)
+    finally:
+        live.close()
+
+    # a stale holder: a runner process that is gone, whose session PostgreSQL still keeps
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = _hold_lock(backend_dsn, key, application_name("deadbeef0001", pid=int(gone.stdout)))
+    try:
+        wait_for(lambda: _held_seconds(backend_dsn, stale) > 1.0, 10, "the lock ages")
+        result = runner.apply(tenant, LOCAL_SILO)
+        assert [(r.lock_key, r.holder_backend_pid) for r in result.lock_recoveries] == [(key, stale.info.backend_pid)]
+        assert "is gone" in result.lock_recoveries[0].reason
+        assert not _session_alive(backend_dsn, stale)
+    finally:
+        stale.close()
+
+
+def test_a_plan_applies_only_under_its_own_hash_and_only_while_fresh(
+        make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, backend_dsn: str) -> None:
+    runner = make_runner()
+    first = runner.plan(tenant, LOCAL_SILO)
+    with pytest.raises(PlanHashMismatch):
+        runner.apply_plan(tenant, LOCAL_SILO, first.plan_hash, approved_hash="0" * 64)
+    with pytest.raises(PlanNotFound):
+        runner.apply_plan(tenant, LOCAL_SILO, "0" * 64, approved_hash="0" * 64)
+    assert state_resources(backend_dsn, tenant.tenant_id) == []
+
+    second = runner.plan(tenant, LOCAL_SILO)
+    runner.apply_plan(tenant, LOCAL_SILO, second.plan_hash, approved_hash=second.plan_hash)
+    assert state_resources(backend_dsn, tenant.tenant_id) == SILO_RESOURCES
+    with pytest.raises(StalePlan):  # planned against a state that has changed since
+        runner.apply_plan(tenant, LOCAL_SILO, first.plan_hash, approved_hash=first.plan_hash)
+
+
+def test_drift_in_the_recorded_state_is_detected_with_its_addresses(
+        make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, backend_dsn: str) -> None:
+    runner = make_runner()
+    runner.apply(tenant, LOCAL_SILO)
+    assert not runner.drift(tenant, LOCAL_SILO).drifted
+
+    schema = sql.Identifier(schema_for(tenant.tenant_id))
+    with psycopg.connect(backend_dsn, autocommit=True) as connection:  # out of band: the network's CIDR moved
+        changed = connection.execute(sql.SQL("UPDATE {}.states SET data = replace(data, %s, %s)").format(schema),
+                                     ['"10.0.0.0/16"', '"10.9.0.0/16"']).rowcount
+    assert changed == 1
+    report = runner.drift(tenant, LOCAL_SILO)
+    assert report.drifted and "terraform_data.network" in report.addresses
+    assert report.summary is not None and report.summary.changes >= 1
+
+
+def test_parallel_runs_never_exceed_the_concurrency_limit(
+        make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, modules_dir: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    (gate / "running").mkdir(parents=True)
+    (gate / "seen").mkdir()
+    module = write_module(modules_dir / "gated", f"""
+resource "terraform_data" "work" {{
+  input = var.tenant_id
+  provisioner "local-exec" {{
+    command = <<-EOT
+      touch {gate}/running/${{var.tenant_id}}
+      ls {gate}/running | wc -l > {gate}/seen/${{var.tenant_id}}
+      while [ ! -e {gate}/release ]; do sleep 0.05; done
+      rm {gate}/running/${{var.tenant_id}}
+    EOT
+  }}
+}}
+""")
+    limit, total = 2, 5
+    runner = make_runner(concurrency=limit)
+    tenants = [ModuleInputs(f"{tenant.tenant_id}-{i}", "gold", "eu-west-1", "cc-42") for i in range(total)]
+    errors: list[BaseException] = []
+
+    def apply(inputs: ModuleInputs) -> None:
+        try:
+            runner.apply(inputs, module)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=apply, args=(inputs,)) for inputs in tenants]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: len(list((gate / "running").iterdir())) == limit and runner.waiting_runs == total - limit,
+             90, lambda: f"{limit} runs working, {total - limit} waiting (running: "
+             f"{sorted(p.name for p in (gate / 'running').iterdir())}, waiting: {runner.waiting_runs}, {errors})")
+    (gate / "release").touch()
+    for thread in threads:
+        thread.join(120)
+    assert not errors
+    seen = [int(path.read_text()) for path in (gate / "seen").iterdir()]
+    assert len(seen) == total and max(seen) <= limit
+
+
+def _hold_lock(dsn: str, key: int, application: str) -> psycopg.Connection:
+    connection = psycopg.connect(dsn, autocommit=True, application_name=application)
+    connection.execute("SELECT pg_advisory_lock(%s)", [key])
+    return connection
+
+
+def _held_seconds(dsn: str, holder: psycopg.Connection) -> float:
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        row = connection.execute("SELECT extract(epoch FROM now() - backend_start)::float8 FROM pg_stat_activity "
+                                 "WHERE pid = %s", [holder.info.backend_pid]).fetchone()
+    return float(row[0]) if row else 0.0
+
+
+def _session_alive(dsn: str, holder: psycopg.Connection) -> bool:
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        return connection.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                                  [holder.info.backend_pid]).fetchone() == (1,)
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
