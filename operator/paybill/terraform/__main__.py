@@ -1,0 +1,62 @@
+"""`python -m paybill.terraform OPERATION --tenant T --module DIR`: one run, as the Kubernetes Job runs it.
+
+The backend DSN comes from PAYBILL_TERRAFORM_BACKEND_DSN (a Secret reference in the Job), provider
+credentials from the environment. Prints one JSON line: the summary and the public outputs, never a
+sensitive one (those the operator reads from the state into the tenant's Secret).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .config import RunnerConfig
+from .job import OPERATIONS
+from .models import ModuleInputs
+from .runner import TerraformRunner
+
+PROVIDER_PREFIXES = ("AWS_", "ARM_", "GOOGLE_", "OCI_", "IC_", "TF_VAR_")  # the providers' own variables
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m paybill.terraform")
+    parser.add_argument("operation", choices=OPERATIONS)
+    parser.add_argument("--tenant", required=True)
+    parser.add_argument("--module", type=Path, required=True, help="the module's files and paybill.auto.tfvars.json")
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--plan-hash")
+    args = parser.parse_args(argv)
+    variables = json.loads((args.module / "paybill.auto.tfvars.json").read_text())
+    inputs = ModuleInputs(**{**variables, "tenant_id": args.tenant})
+    provider_env = {key: value for key, value in os.environ.items() if key.startswith(PROVIDER_PREFIXES)}
+    runner = TerraformRunner(RunnerConfig(backend_dsn=os.environ["PAYBILL_TERRAFORM_BACKEND_DSN"],
+                                          state_dir=args.state_dir, timeout=args.timeout, concurrency=1,
+                                          env=provider_env))
+    print(json.dumps(_run(runner, args.operation, inputs, args.module, args.plan_hash), default=list))
+    return 0
+
+
+def _run(runner: TerraformRunner, operation: str, inputs: ModuleInputs, module: Path,
+         plan_hash: str | None) -> dict[str, Any]:
+    if operation == "plan":
+        return {"summary": asdict(runner.plan(inputs, module))}
+    if operation == "apply":
+        assert plan_hash is not None
+        result = runner.apply_plan(inputs, module, plan_hash, plan_hash)
+        return {"summary": asdict(result.summary), "outputs": result.outputs.public(),
+                "lock_recoveries": [asdict(r) for r in result.lock_recoveries]}
+    if operation == "destroy":
+        return asdict(runner.destroy(inputs, module))
+    if operation == "drift":
+        return asdict(runner.drift(inputs, module))
+    return {"outputs": runner.outputs(inputs, module).public()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

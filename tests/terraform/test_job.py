@@ -1,0 +1,73 @@
+"""The Kubernetes Job of one run: its shape (running it needs a real cluster: `make e2e`)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from paybill.terraform.job import BACKEND_KEY, JobSpec, job_manifest
+
+
+def _spec(**changes: object) -> JobSpec:
+    fields: dict[str, object] = dict(
+        tenant_id="acme", run_id="a1b2c3d4e5f6", operation="apply", namespace="paybill-system",
+        image="ghcr.io/paybill/operator:0.1.0", bundle_secret="tf-acme-a1b2c3d4e5f6-bundle",
+        backend_secret="paybill-terraform-backend", provider_secret="paybill-aws-credentials",
+        timeout_seconds=900, plan_hash="f" * 64)
+    fields.update(changes)
+    return JobSpec(**fields)  # type: ignore[arg-type]
+
+
+def test_one_job_per_run_with_everything_secret_from_secrets() -> None:
+    job = job_manifest(_spec())
+    assert job["kind"] == "Job" and job["metadata"]["name"] == "tf-acme-apply-a1b2c3d4e5f6"
+    assert job["metadata"]["labels"]["paybill.dev/tenant"] == "acme"
+    spec = job["spec"]
+    assert spec["activeDeadlineSeconds"] == 900 and spec["backoffLimit"] == 0
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    assert container["args"][:3] == ["apply", "--tenant", "acme"] and "f" * 64 in container["args"]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["PAYBILL_TERRAFORM_BACKEND_DSN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "paybill-terraform-backend", "key": BACKEND_KEY}
+    assert container["envFrom"] == [{"secretRef": {"name": "paybill-aws-credentials"}}]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes["bundle"]["secret"]["secretName"] == "tf-acme-a1b2c3d4e5f6-bundle"
+    mounts = {mount["name"]: mount for mount in container["volumeMounts"]}
+    assert mounts["bundle"]["readOnly"] is True
+    # no value in the manifest but names: only HOME is a literal, and it is a path
+    assert [item["name"] for item in container["env"] if "value" in item] == ["HOME"]
+    assert "postgres" not in json.dumps(job).lower().replace("paybill-terraform-backend", "")
+
+
+def test_the_pod_runs_non_root_read_only_and_bounded() -> None:
+    pod = job_manifest(_spec())["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    context = container["securityContext"]
+    assert context["allowPrivilegeEscalation"] is False and context["readOnlyRootFilesystem"] is True
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    assert set(container["resources"]["limits"]) >= {"cpu", "memory"}
+    assert set(container["resources"]["requests"]) >= {"cpu", "memory"}
+
+
+def test_a_plan_job_without_provider_credentials_has_no_env_from() -> None:
+    job = job_manifest(_spec(operation="plan", plan_hash=None, provider_secret=None, timeout_seconds=60))
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert "envFrom" not in container and "--plan-hash" not in container["args"]
+    assert job["spec"]["activeDeadlineSeconds"] == 60
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"operation": "import"}, "unknown operation"),
+    ({"tenant_id": "Acme;rm"}, "not a DNS label"),
+    ({"plan_hash": None}, "plan_hash is required"),
+    ({"run_id": "../x"}, "run id"),
+    ({"timeout_seconds": 0}, "positive"),
+])
+def test_bad_specs_are_refused(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _spec(**changes)

@@ -1,0 +1,73 @@
+"""Every shipped module parsed (python-hcl2) and held to the one contract; broken copies are caught."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from paybill.terraform.contract import OUTPUTS, violations
+from paybill.terraform.modules import module_dir, shipped
+
+
+def test_every_cloud_ships_every_isolation_model() -> None:
+    assert {(ref.cloud, ref.model) for ref in shipped()} == {
+        (cloud, model) for cloud in ("local", "aws") for model in ("silo", "pooled", "bridge")}
+
+
+@pytest.mark.parametrize("ref", shipped(), ids=lambda ref: f"{ref.cloud}/{ref.model}")
+def test_every_shipped_module_meets_the_contract(ref) -> None:  # type: ignore[no-untyped-def]
+    assert violations(module_dir(ref.cloud, ref.model), stands_for_cloud_objects=ref.cloud == "local") == []
+
+
+def test_unknown_cloud_or_model_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="unknown cloud 'gcp'"):
+        module_dir("gcp", "silo")
+    with pytest.raises(ValueError, match=r"unknown isolation model '\.\./aws'"):
+        module_dir("local", "../aws")
+
+
+def _copy(tmp_path: Path, cloud: str, model: str) -> Path:
+    target = tmp_path / f"{cloud}-{model}"
+    shutil.copytree(module_dir(cloud, model), target)
+    return target
+
+
+def test_a_module_missing_an_output_is_named(tmp_path: Path) -> None:
+    module = _copy(tmp_path, "aws", "silo")
+    outputs = (module / "outputs.tf").read_text()
+    (module / "outputs.tf").write_text(outputs.replace('output "network_id"', 'output "vpc"'))
+    assert violations(module) == ["output network_id is missing"]
+    assert "network_id" in OUTPUTS
+
+
+def test_an_untagged_resource_a_plain_password_and_a_backend_are_named(tmp_path: Path) -> None:
+    module = _copy(tmp_path, "aws", "silo")
+    main = (module / "main.tf").read_text()
+    main = main.replace("  force_destroy = true\n  tags          = local.tags\n", "  force_destroy = true\n")
+    (module / "main.tf").write_text(main + '\nterraform {\n  backend "s3" {}\n}\n')
+    outputs = (module / "outputs.tf").read_text()
+    (module / "outputs.tf").write_text(outputs.replace("  sensitive = true\n", ""))
+    assert violations(module) == [
+        "output database_password must be sensitive",
+        "resource aws_s3_bucket.tenant is not tagged with local.tags",
+        "declares a backend: the runner supplies the pg backend",
+    ]
+
+
+def test_local_records_must_carry_the_tags_too(tmp_path: Path) -> None:
+    module = _copy(tmp_path, "local", "silo")
+    main = (module / "main.tf").read_text()
+    (module / "main.tf").write_text(main.replace(', tags = local.tags }\n}\n\nresource "terraform_data" "subnets"',
+                                                 ' }\n}\n\nresource "terraform_data" "subnets"'))
+    assert violations(module, stands_for_cloud_objects=True) == [
+        "resource terraform_data.network is not tagged with local.tags"]
+
+
+def test_a_wrong_input_type_and_an_extra_input_are_named(tmp_path: Path) -> None:
+    module = _copy(tmp_path, "local", "bridge")
+    variables = (module / "variables.tf").read_text().replace("type        = map(number)", "type        = any")
+    (module / "variables.tf").write_text(variables + '\nvariable "admin_password" {\n  type = string\n}\n')
+    assert violations(module, stands_for_cloud_objects=True) == [
+        "input sizes has type any, not map(number)", "input admin_password is not in the contract"]

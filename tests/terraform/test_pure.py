@@ -1,0 +1,118 @@
+"""The runner's pure parts: backoff, error text and redaction, plan summaries and masking, configuration,
+and who may be judged the holder of a stale lock."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from paybill.terraform import backoff_delay, backoff_schedule
+from paybill.terraform.backend import LockHolder, application_name, holder_gone, schema_for, stale_holders
+from paybill.terraform.config import cli_config
+from paybill.terraform.errors import error_lines, redact
+from paybill.terraform.models import ModuleInputs
+from paybill.terraform.plans import masked, summarize
+
+
+def test_backoff_is_exponential_and_capped() -> None:
+    assert backoff_schedule(6, base=5, factor=2, cap=60) == [5, 10, 20, 40, 60, 60]
+    assert backoff_delay(10_000, base=1, factor=3, cap=900) == 900  # no overflow far past the cap
+    assert backoff_delay(3, base=2, factor=1, cap=10) == 2
+    with pytest.raises(ValueError):
+        backoff_delay(0)
+    with pytest.raises(ValueError):
+        backoff_delay(1, base=10, cap=5)
+
+
+def test_error_lines_keep_terraforms_error_without_the_source_excerpt() -> None:
+    stderr = ("\n╷\n│ Error: Invalid value\n│ \n│   with aws_db_instance.tenant,\n│   on main.tf line 3, in resource:\n"
+              "│    3:   engine = var.engine\n│ \n│ The engine must be postgres.\n╵\n")
+    assert error_lines(stderr) == "Error: Invalid value\nThe engine must be postgres."
+    assert error_lines("", "one\ntwo\n") == "one\ntwo"
+
+
+def test_redaction_removes_known_secrets_and_credential_shapes() -> None:
+    text = ("postgresql://paybill:pa55word@db:5432/x password=hunter22 secret_key=AKIAXYZ "
+            "token=abcd1234 and the key sk-live-42")
+    redacted = redact(text, ["sk-live-42", "abcd1234", "x"])
+    for secret in ("pa55word", "hunter22", "AKIAXYZ", "abcd1234", "sk-live-42"):
+        assert secret not in redacted
+    assert "postgresql://paybill:***@db" in redacted and "db:5432/x" in redacted  # short values are not hunted
+
+
+def _change(address: str, actions: list[str], after: object = None, after_sensitive: object = None) -> dict:
+    return {"address": address, "change": {"actions": actions, "before": None, "after": after,
+                                           "after_sensitive": after_sensitive}}
+
+
+def test_summary_counts_as_terraform_does() -> None:
+    plan = {"resource_changes": [
+        _change("a.create", ["create"]), _change("b.update", ["update"]), _change("c.replace", ["delete", "create"]),
+        _change("d.delete", ["delete"]), _change("e.same", ["no-op"]), _change("f.read", ["read"])]}
+    summary = summarize("acme", plan, "ab" * 32)
+    assert (summary.adds, summary.changes, summary.destroys) == (2, 1, 2)
+    assert summary.addresses == ("a.create", "b.update", "c.replace", "d.delete")
+    assert summary.artifact == f"postgresql:paybill_terraform.plans/acme/{'ab' * 32}"
+
+
+def test_masking_hides_every_sensitive_value_in_a_plan() -> None:
+    plan = {
+        "prior_state": {"values": "everything"},
+        "resource_changes": [_change("db.x", ["create"], {"password": "p1", "tags": {"a": "b"}, "list": ["s", "t"]},
+                                     {"password": True, "list": [False, True]})],
+        "output_changes": {"pw": {"actions": ["create"], "after": "p2", "after_sensitive": True}},
+        "planned_values": {"outputs": {"pw": {"sensitive": True, "value": "p2"}, "ok": {"value": 1}},
+                           "root_module": {"resources": [{"values": {"password": "p1"},
+                                                          "sensitive_values": {"password": True}}]}},
+        "configuration": {"root_module": {"variables": {"token": {"sensitive": True}, "plan": {}}}},
+        "variables": {"token": {"value": "p3"}, "plan": {"value": "gold"}},
+    }
+    kept = masked(plan)
+    assert "prior_state" not in kept
+    text = str(kept)
+    assert not any(secret in text for secret in ("'p1'", "'p2'", "'p3'", "'t'"))
+    assert kept["resource_changes"][0]["change"]["after"]["tags"] == {"a": "b"}
+    assert kept["variables"]["plan"] == {"value": "gold"}
+    assert kept["planned_values"]["outputs"]["ok"] == {"value": 1}
+
+
+def test_cli_config_shares_the_cache_and_installs_from_the_mirror_only(tmp_path: Path) -> None:
+    text = cli_config(tmp_path / "cache", tmp_path / "mirror")
+    assert f'plugin_cache_dir = "{tmp_path}/cache"' in text
+    assert f'filesystem_mirror {{\n    path = "{tmp_path}/mirror"' in text and "direct" not in text
+    assert "provider_installation" not in cli_config(tmp_path / "cache", None)
+    with pytest.raises(ValueError):
+        cli_config(Path('/tmp/x"\n}'), None)
+
+
+def test_tenant_names_map_to_one_schema_and_nothing_else_gets_in() -> None:
+    assert schema_for("acme-eu") == "tf_acme_eu"
+    for bad in ("Acme", "a_b", "a;drop", "-a", "a" * 41, ""):
+        with pytest.raises(ValueError):
+            schema_for(bad)
+        with pytest.raises(ValueError):
+            ModuleInputs(bad, "gold", "eu", "cc")
+
+
+def _holder(application: str, held: float = 100.0, idle: float = 100.0, state: str = "idle") -> LockHolder:
+    return LockHolder(backend_pid=4242, application=application, lock_key=7, held_seconds=held,
+                      idle_seconds=idle, state=state)
+
+
+def test_only_a_runners_session_whose_run_is_over_is_stale() -> None:
+    dead_pid = 2**22 + 12345  # above pid_max's default: never a live process
+    own_run = application_name("aaaaaaaaaaaa")
+    assert holder_gone(_holder(own_run), {"aaaaaaaaaaaa"}, 10) is None  # our run, still going
+    assert holder_gone(_holder(own_run), set(), 10) == "run aaaaaaaaaaaa of this runner has ended"
+    assert holder_gone(_holder(application_name("b", pid=os.getppid())), set(), 10) is None  # a live process
+    assert "is gone" in str(holder_gone(_holder(application_name("b", pid=dead_pid)), set(), 10))
+    assert holder_gone(_holder("psql"), set(), 10) is None  # not ours: never ended
+    assert holder_gone(_holder("paybill-tf/other-host/1/run", idle=5), set(), 10) is None  # talked recently
+    assert holder_gone(_holder("paybill-tf/other-host/1/run", state="active"), set(), 10) is None
+    assert "silent" in str(holder_gone(_holder("paybill-tf/other-host/1/run", idle=50), set(), 10))
+    young = _holder(application_name("c", pid=dead_pid), held=5)
+    assert stale_holders([young], set(), 10) == []  # not older than the limit yet
+    old = _holder(application_name("c", pid=dead_pid), held=50)
+    assert [holder for holder, _ in stale_holders([old, young], set(), 10)] == [old]
