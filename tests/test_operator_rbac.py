@@ -1,0 +1,154 @@
+"""The operator runs under the chart's own ClusterRole, through its ServiceAccount's token, and that role is
+both enough (tenants go Active, agent workflows run, a suspension works, a tenant offboards, drift is
+reverted, and the API server denied the operator nothing) and least (every verb the chart grants on every
+resource was used: a grant nobody needs fails the test)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kopf.testing import KopfRunner
+
+from paybill.kube import write_service_account_kubeconfig
+from paybill.kube.rbac import Attributes
+from paybill.lifecycle.conditions import is_true
+
+REPO = Path(__file__).resolve().parents[1]
+API = "paybill.dev/v1alpha1"
+RELEASE, NAMESPACE = "paybill", "paybill-system"
+OPERATOR = f"system:serviceaccount:{NAMESPACE}:{RELEASE}-operator"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+DRIFTED = (("v1", "namespaces", "tenant-acme"), ("v1", "serviceaccounts", "tenant-admin"),
+           ("v1", "resourcequotas", "paybill-quota"), ("v1", "limitranges", "paybill-limits"),
+           ("rbac.authorization.k8s.io/v1", "roles", "tenant-admin"),
+           ("rbac.authorization.k8s.io/v1", "rolebindings", "tenant-admin"),
+           ("networking.k8s.io/v1", "networkpolicies", "paybill-default-deny"))
+pytestmark = pytest.mark.slow
+
+
+def chart_rbac() -> list[dict[str, Any]]:
+    """charts/paybill/templates/rbac.yaml rendered for release `paybill` in `paybill-system` (the template uses
+    only the release's name and namespace; anything else would need helm here)."""
+    text = (REPO / "charts" / "paybill" / "templates" / "rbac.yaml").read_text()
+    text = text.replace("{{ .Release.Name }}", RELEASE).replace("{{ .Release.Namespace }}", NAMESPACE)
+    assert "{{" not in text, "rbac.yaml uses more than the release name and namespace: render it with helm"
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def chart_rules() -> list[dict[str, Any]]:
+    return next(doc for doc in chart_rbac() if doc["kind"] == "ClusterRole")["rules"]
+
+
+def grants(rule: dict[str, Any]) -> Iterator[tuple[str, str, str, str]]:
+    """(verb, group, resource, name) for each grant of a rule ('' name: any)."""
+    for group in rule.get("apiGroups") or []:
+        for resource in rule.get("resources") or []:
+            for verb in rule.get("verbs") or []:
+                for name in rule.get("resourceNames") or [""]:
+                    yield verb, group, resource, name
+
+
+def used(grant: tuple[str, str, str, str], attributes: Attributes) -> bool:
+    verb, group, resource, name = grant
+    return (attributes.verb, attributes.api_group, attributes.combined_resource) == (verb, group, resource) and \
+        (not name or attributes.name == name)
+
+
+@pytest.fixture
+def chart_operator(cluster: Any, postgres: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The real operator (kopf in this process) authenticated as the chart's ServiceAccount."""
+    kube = cluster.kube
+    kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+    for doc in chart_rbac():
+        kube.apply(doc)
+    kubeconfig = write_service_account_kubeconfig(cluster.kubeconfig, NAMESPACE, f"{RELEASE}-operator",
+                                                  tmp_path / "operator.kubeconfig")
+    cluster.api.access.recorder = []
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setenv("PAYBILL_DATABASE_URL", postgres.dsn)
+    monkeypatch.setenv("PAYBILL_BACKUP_DIR", str(tmp_path / "backups"))
+    with KopfRunner(["run", "--all-namespaces", "--standalone", "-m", "paybill.handlers"], timeout=120) as runner:
+        yield cluster
+    assert runner.exit_code == 0, runner.output
+
+
+def _status(cluster: Any, plural: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+    return (cluster.kube.get(API, plural, name, namespace) or {}).get("status") or {}
+
+
+def _phase(cluster: Any, name: str, phase: str) -> dict[str, Any] | None:
+    status = _status(cluster, "tenants", name)
+    return status if status.get("phase") == phase and is_true(status.get("conditions", []), "Ready") == (
+        phase == "Active") else None
+
+
+def _docs(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def test_the_chart_role_is_enough_and_least_for_the_operator(chart_operator: Any) -> None:
+    try:
+        exercise(chart_operator)
+    finally:  # a refusal explains a timeout above: say it first
+        denied = [message for attributes, message in chart_operator.api.access.denied
+                  if attributes.user.username == OPERATOR]
+        assert denied == [], "the chart's ClusterRole is not enough:\n" + "\n".join(sorted(set(denied)))
+    recorded = list(chart_operator.api.access.recorder or [])
+    allowed = [attributes for attributes, decision in recorded
+               if attributes.user.username == OPERATOR and decision.allowed]
+    assert allowed, "the operator's requests were not made as its ServiceAccount"
+    unused = [grant for rule in chart_rules() for grant in grants(rule)
+              if not any(used(grant, attributes) for attributes in allowed)]
+    assert unused == [], "the chart grants what the operator never used (verb, group, resource, name):\n" + \
+        "\n".join(map(str, unused))
+
+
+def exercise(cluster: Any) -> None:
+    """Everything the operator does: onboarding, agent policies and workflows, suspension, drift and loss
+    repair, policy deletion, offboarding."""
+    kube = cluster.kube
+    samples = REPO / "manifests" / "samples"
+    for path in sorted(samples.glob("*.yaml")):
+        for doc in _docs(path):
+            kube.apply(doc)
+    for name in ("acme", "globex", "initech"):
+        cluster.eventually(lambda n=name: _phase(cluster, n, "Active"), timeout=60)
+
+    # agent workflows: the policy installs, one workflow runs, one is stopped by the policy
+    for doc in _docs(samples / "agents" / "support-policy.yaml") + _docs(samples / "agents" / "workflows.yaml"):
+        kube.apply(doc)
+    cluster.eventually(lambda: _status(cluster, "agentpolicies", "support", "tenant-acme").get("phase") == "Ready",
+                       timeout=60)
+    for workflow, phase in (("refund-order-13", "Succeeded"), ("tidy-up", "Denied")):
+        cluster.eventually(lambda w=workflow, p=phase: _status(cluster, "agentworkflows", w, "tenant-acme")
+                           .get("phase") == p, timeout=60)
+
+    # a suspension and its reversal
+    kube.merge_patch(API, "tenants", "globex", {"spec": {"suspended": True}})
+    cluster.eventually(lambda: _phase(cluster, "globex", "Suspended"), timeout=60)
+    kube.merge_patch(API, "tenants", "globex", {"spec": {"suspended": False}})
+    cluster.eventually(lambda: _phase(cluster, "globex", "Active"), timeout=60)
+
+    # drift on every kind the operator owns is reverted (an update of each), a lost object comes back
+    for api_version, plural, name in DRIFTED:
+        kube.merge_patch(api_version, plural, name, {"metadata": {"labels": {MANAGED_BY: "by-hand"}}},
+                         None if plural == "namespaces" else "tenant-acme")
+    for api_version, plural, name in DRIFTED:
+        cluster.eventually(lambda a=api_version, p=plural, n=name: (kube.get(
+            a, p, n, None if p == "namespaces" else "tenant-acme")["metadata"]["labels"][MANAGED_BY] == "paybill"),
+            timeout=60)
+    kube.delete("v1", "limitranges", "paybill-limits", "tenant-acme")
+    cluster.eventually(lambda: kube.get("v1", "limitranges", "paybill-limits", "tenant-acme"), timeout=60)
+
+    # an AgentPolicy's deletion takes its login Secret; offboarding takes the tenant's namespace
+    kube.delete(API, "agentpolicies", "support", "tenant-acme")
+    cluster.eventually(lambda: kube.get(API, "agentpolicies", "support", "tenant-acme") is None, timeout=60)
+    assert kube.get("v1", "secrets", "agent-support", "tenant-acme") is None
+    kube.delete(API, "tenants", "initech")
+    cluster.eventually(lambda: kube.get(API, "tenants", "initech") is None, timeout=60)
+    assert kube.get("v1", "namespaces", "tenant-initech") is None
+
