@@ -4,12 +4,17 @@ logs name their object, expected waits are warnings, and `--log-format json` giv
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,20 +112,26 @@ def test_the_operator_logs_json_lines_naming_objects_and_a_wait_for_a_plan_as_a_
     log = tmp_path / "operator.log"
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "PAYBILL_DATABASE_URL": postgres.dsn,
            "PAYBILL_STATE_DIR": str(tmp_path / "state")}
-    with log.open("wb") as out:
-        operator = subprocess.Popen([sys.executable, "-m", "paybill", "operator", "--log-format", "json"], env=env,
-                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        cluster.kube.apply(yaml.safe_load(f"""{{apiVersion: {API}, kind: Tenant, metadata: {{name: waits}},
-                                               spec: {{displayName: Waits, planRef: gold}}}}"""))
+    argv = [sys.executable, "-m", "paybill", "operator", "--log-format", "json", "--liveness",
+            "http://127.0.0.1:0/healthz"]  # port 0: a free port, never kopf's fallback to 80
+    with port_80_taken(), log.open("wb") as out:
+        operator = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            cluster.kube.apply(yaml.safe_load(f"""{{apiVersion: {API}, kind: Tenant, metadata: {{name: waits}},
+                                                   spec: {{displayName: Waits, planRef: gold}}}}"""))
 
-        def waited() -> bool:
-            return any("plan 'gold' does not exist" in line["message"] for line in lines(log)[0])
+            def waited() -> bool:
+                return any("plan 'gold' does not exist" in line["message"] for line in lines(log)[0])
 
-        cluster.eventually(waited, timeout=60)
-    finally:
-        operator.terminate()
-        operator.wait(timeout=30)
+            cluster.eventually(waited, timeout=60)
+            url = next(e["message"].split(" at ")[1] for e in lines(log)[0] if "liveness endpoint" in e["message"])
+            assert urllib.parse.urlsplit(url).port not in (0, 80, None)
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                assert answer.status == 200
+        finally:
+            operator.terminate()
+            operator.wait(timeout=30)
+    assert operator.returncode == 0, log.read_text()[-2000:]
     records, unparsed = lines(log)
     assert not unparsed, unparsed[:3]
     assert all(set(entry) >= {"time", "level", "logger", "message", "object"} for entry in records)
@@ -131,6 +142,17 @@ def test_the_operator_logs_json_lines_naming_objects_and_a_wait_for_a_plan_as_a_
     about_objects = [entry for entry in records if entry["logger"] == "kopf.objects"]
     assert about_objects and all(entry["object"] and entry["object"].get("kind") for entry in about_objects)
     assert not [e for e in cluster.kube.list("v1", "events") if e.get("type") not in ("Normal", "Warning")]
+
+
+@contextlib.contextmanager
+def port_80_taken() -> Iterator[None]:
+    with socket.socket() as holder:
+        try:
+            holder.bind(("127.0.0.1", 80))
+            holder.listen()
+        except OSError as error:  # not root, or already taken: the operator must not need it either way
+            warnings.warn(f"port 80 not taken by the test ({error})", stacklevel=1)
+        yield
 
 
 def lines(log: Path) -> tuple[list[dict[str, Any]], list[str]]:

@@ -11,10 +11,13 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import logging
 import os
+import socket
 import textwrap
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 from . import __version__, logs
@@ -119,9 +122,26 @@ def _operator(args: argparse.Namespace) -> int:
 
     _bound_native_memory()
     logs.configure(args.log_format, args.verbose)
+    liveness = liveness_endpoint(args.liveness)
+    if liveness:
+        logging.getLogger("paybill").info("liveness endpoint at %s", liveness)
     with contextlib.suppress(KeyboardInterrupt):
-        kopf.run(clusterwide=True, standalone=True, liveness_endpoint=args.liveness)
+        kopf.run(clusterwide=True, standalone=True, liveness_endpoint=liveness)
     return 0
+
+
+def liveness_endpoint(url: str | None) -> str | None:
+    """The URL kopf should serve: port 0 means a free port, chosen here (kopf would read 0 as "none" and bind 80)."""
+    if not url:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    if parts.port != 0:
+        return url
+    with socket.socket() as probe:
+        probe.bind((parts.hostname or "127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{host}:{port}"))
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -192,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=environment_help())
     # No endpoint unless asked: kopf reads port 0 as "no port" and would bind port 80.
     operator.add_argument("--liveness", default=None, metavar="URL",
-                          help="serve kopf's liveness probe at URL, e.g. http://0.0.0.0:8080/healthz "
-                               "(default: no endpoint, no port bound)")
+                          help="serve kopf's liveness probe at URL, e.g. http://0.0.0.0:8080/healthz; port 0 "
+                               "picks a free port, logged at start (default: no endpoint, no port bound)")
     operator.add_argument("--log-format", choices=logs.LOG_FORMATS, default="text",
                           help="text: one line per record, the object as [Kind namespace/name]; json: one JSON "
                                "object per line with time, level, logger, message, object (default text)")
