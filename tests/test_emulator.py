@@ -449,6 +449,33 @@ def test_events_select_and_print_under_both_api_groups(http: Http) -> None:
     assert refused.status_code == 400 and refused.json()["message"] == "field label not supported: involvedObject.name"
 
 
+def test_core_and_events_k8s_io_events_are_one_collection(http: Http) -> None:
+    core_events, v1_events = "/api/v1/namespaces/default/events", "/apis/events.k8s.io/v1/namespaces/default/events"
+    regarding = {"apiVersion": "paybill.dev/v1alpha1", "kind": "Tenant", "name": "acme", "uid": "u-1"}
+    http("POST", core_events, {"apiVersion": "v1", "kind": "Event", "metadata": {"name": "a"},
+                               "involvedObject": regarding, "message": "from kopf", "count": 2,
+                               "source": {"component": "kopf"}, "firstTimestamp": "2026-01-01T00:00:00Z"})
+    seen = http("GET", f"{v1_events}/a").json()
+    assert seen["apiVersion"] == "events.k8s.io/v1" and seen["regarding"] == regarding
+    assert (seen["note"], seen["deprecatedCount"], seen["deprecatedSource"]) == ("from kopf", 2, {"component": "kopf"})
+    assert seen["deprecatedFirstTimestamp"] == "2026-01-01T00:00:00Z" and "message" not in seen
+    http("POST", v1_events, {"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "b"},
+                             "regarding": regarding, "note": "from client-go", "reportingController": "paybill.dev/op",
+                             "reportingInstance": "op-1", "action": "Reconcile", "type": "Normal", "reason": "Synced",
+                             "eventTime": "2026-01-01T00:00:00.000000Z"})
+    core = http("GET", f"{core_events}/b").json()
+    assert core["apiVersion"] == "v1" and core["message"] == "from client-go"
+    assert core["involvedObject"] == regarding and core["reportingComponent"] == "paybill.dev/op"
+    assert http("PATCH", f"{v1_events}/a", {"note": "edited"}, headers=MERGE).json()["note"] == "edited"
+    assert http("GET", f"{core_events}/a").json()["message"] == "edited"
+    by_core = http("GET", "/api/v1/events?fieldSelector=reportingComponent%3Dpaybill.dev/op").json()["items"]
+    by_v1 = http("GET", "/apis/events.k8s.io/v1/events?fieldSelector=source%3Dkopf").json()["items"]
+    assert [e["metadata"]["name"] for e in by_core] == ["b"] and [e["metadata"]["name"] for e in by_v1] == ["a"]
+    assert by_v1[0]["apiVersion"] == "events.k8s.io/v1" and by_v1[0]["note"] == "edited"
+    http("DELETE", f"{v1_events}/b")
+    assert http("GET", f"{core_events}/b").status_code == 404
+
+
 def test_kmock_reactions_inject_faults_ahead_of_the_emulation(cluster: Any, http: Http) -> None:
     cluster.api["get /apis/paybill.dev/v1alpha1/tenants"] << 503
     assert http("GET", TENANTS).status_code == 503

@@ -170,6 +170,8 @@ def test_events_print_their_columns_and_select_by_field(kubectl: Any) -> None:
     assert names("source=other") == ["acme.2"] and names("reportingComponent!=other") == ["acme.1", "globex.1"]
     assert names("involvedObject.resourceVersion=", "involvedObject.fieldPath=", "metadata.name=globex.1",
                  "metadata.namespace=default") == ["globex.1"]
+    newer = kubectl("get", "events.events.k8s.io", "--field-selector", "regarding.name=acme", "-o", "name").stdout
+    assert sorted(newer.split()) == ["event.events.k8s.io/acme.1", "event.events.k8s.io/acme.2"]
     refused = kubectl("get", "events", "--field-selector", "involvedObject.color=red", check=False)
     assert refused.returncode != 0 and "field label not supported: involvedObject.color" in refused.stderr
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
@@ -24,6 +24,7 @@ class ResourceType:
     description: str = ""
     custom: bool = False
     selectable_fields: tuple[str, ...] = field(default=())
+    stored_as: tuple[str, str] | None = None  # another type's collection, converted on the way (Events)
     verbs: tuple[str, ...] = ALL_VERBS
 
     @property
@@ -33,7 +34,7 @@ class ResourceType:
     @property
     def key(self) -> tuple[str, str]:
         """Identity of the stored collection, independent of the version served."""
-        return (self.group, self.plural)
+        return self.stored_as or (self.group, self.plural)
 
     def discovery(self) -> list[dict[str, Any]]:
         entry = {
@@ -73,7 +74,7 @@ BUILTINS: tuple[ResourceType, ...] = (
     _builtin("", "v1", "resourcequotas", "ResourceQuota", True, short=("quota",), status=True),
     _builtin("", "v1", "limitranges", "LimitRange", True, short=("limits",)),
     _builtin("", "v1", "events", "Event", True, short=("ev",)),
-    _builtin("events.k8s.io", "v1", "events", "Event", True, short=("ev",)),
+    replace(_builtin("events.k8s.io", "v1", "events", "Event", True, short=("ev",)), stored_as=("", "events")),
     _builtin("rbac.authorization.k8s.io", "v1", "roles", "Role", True),
     _builtin("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True),
     _builtin("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False),

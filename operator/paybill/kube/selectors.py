@@ -126,8 +126,9 @@ BUILTIN_FIELD_LABELS: dict[tuple[str, str], dict[str, FieldGetter]] = {
 
 def field_labels(rtype: ResourceType) -> dict[str, FieldGetter]:
     """The field labels a resource type accepts in a fieldSelector, each with how it reads an object."""
+    builtin = BUILTIN_FIELD_LABELS.get((rtype.group, rtype.plural), {})  # by group: Events share a collection
     return {"metadata.name": _path("metadata.name"), "metadata.namespace": _path("metadata.namespace"),
-            **{path: _path(path) for path in rtype.selectable_fields}, **BUILTIN_FIELD_LABELS.get(rtype.key, {})}
+            **{path: _path(path) for path in rtype.selectable_fields}, **builtin}
 
 
 def _field_terms(text: str) -> list[str]:

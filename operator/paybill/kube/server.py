@@ -27,7 +27,7 @@ import kmock
 import yaml
 from kmock._internal import enums, parsing, rendering
 
-from . import openapi, tables
+from . import conversion, openapi, tables
 from .access import AccessControl, Refused
 from .admission import Admission, AdmissionDenied, AdmissionRequest
 from .patching import APPLY, PatchError, apply_patch
@@ -311,10 +311,8 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
 
     @staticmethod
     def _served(rtype: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
-        """The object as the requested version presents it (CRD versions share one schema here)."""
-        if obj.get("apiVersion") == rtype.api_version:
-            return obj
-        return {**obj, "apiVersion": rtype.api_version}
+        """The object as the requested version presents it (the store keeps each as it was written)."""
+        return conversion.served(rtype.api_version, obj)
 
     def _matcher(self, request: rendering.Request, route: Route) -> Callable[[dict[str, Any]], bool]:
         try:
@@ -322,7 +320,7 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
             fields = parse_field_selector(request.params.get("fieldSelector"), field_labels(route.rtype))
         except SelectorError as exc:
             raise _status_error(400, "BadRequest", str(exc)) from None
-        return lambda obj: labels(obj["metadata"].get("labels") or {}) and fields(obj)
+        return lambda obj: labels(obj["metadata"].get("labels") or {}) and fields(self._served(route.rtype, obj))
 
     def _list(self, request: rendering.Request, route: Route) -> aiohttp.web.StreamResponse:
         matches = self._matcher(request, route)
@@ -562,7 +560,7 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
         current = self.store.get(route.rtype.key, route.namespace, route.name)
         if current is None:
             raise not_found(route.rtype, route.name)
-        return current
+        return self._served(route.rtype, current)
 
     async def _write(self, route: Route, current: dict[str, Any], new: dict[str, Any], dry_run: bool,
                      field_validation: str | None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .conversion import core_event
 from .registry import ResourceType
 
 INCLUDE_OBJECT = ("None", "Metadata", "Object")
@@ -192,14 +193,6 @@ def columns(rtype: ResourceType) -> tuple[Column, ...]:
     return BUILTIN_COLUMNS.get(rtype.kind, (NAME, AGE))
 
 
-def core_event(event: dict[str, Any]) -> dict[str, Any]:
-    """An events.k8s.io/v1 Event under its core/v1 field names (kube-apiserver prints both from one type)."""
-    renamed = {"regarding": "involvedObject", "note": "message", "reportingController": "reportingComponent",
-               "deprecatedSource": "source", "deprecatedFirstTimestamp": "firstTimestamp",
-               "deprecatedLastTimestamp": "lastTimestamp", "deprecatedCount": "count"}
-    return {renamed.get(key, key): value for key, value in event.items()}
-
-
 def _row_object(obj: dict[str, Any], include_object: str) -> dict[str, Any]:
     if include_object == "Object":
         return {"object": obj}
@@ -213,7 +206,7 @@ def table(rtype: ResourceType, objects: list[dict[str, Any]], resource_version: 
           include_object: str = "Metadata") -> dict[str, Any]:
     """A meta.k8s.io/v1 Table of ``objects``; ``include_object`` is one of :data:`INCLUDE_OBJECT`."""
     shown = columns(rtype)
-    printed = [core_event(obj) for obj in objects] if rtype.key == ("events.k8s.io", "events") else objects
+    printed = [core_event(obj) for obj in objects] if rtype.kind == "Event" else objects
     rows = [{"cells": [column.cell(row) for column in shown], **_row_object(obj, include_object)}
             for row, obj in zip(printed, objects, strict=True)]
     return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": resource_version},
