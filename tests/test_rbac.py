@@ -178,6 +178,32 @@ def test_whoami_for_the_admin_a_user_and_a_service_account_token(admin: Kubectl,
     assert "Unauthorized" in robot.refused("auth", "whoami")  # ... and stays dead for a new one of that name
 
 
+KUBECTL_RELEASES = sorted(Path(shutil.which("kubectl") or "/nonexistent").resolve().parent.glob("kubectl.1.*"))
+
+
+@pytest.mark.parametrize("binary", KUBECTL_RELEASES or [None], ids=lambda b: b.name if b else "none")
+def test_reviews_and_token_requests_from_every_kubectl_release(binary: Path | None, admin: Kubectl, cluster: Any,
+                                                               tmp_path: Path) -> None:
+    """kubectl 1.32+ sends these bodies as protobuf, earlier releases as JSON: both are read."""
+    if binary is None:
+        pytest.skip("no versioned kubectl binaries next to kubectl")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(binary), *args], env=admin.env, capture_output=True, text=True, timeout=60)
+
+    admin.ok("create", "serviceaccount", "robot")
+    assert run("auth", "can-i", "list", "secrets").stdout.strip() == "yes"
+    denied = run("auth", "can-i", "list", "secrets", "--as", "system:serviceaccount:default:robot")
+    assert (denied.returncode, denied.stdout.strip()) == (1, "no"), denied.stderr
+    token = run("create", "token", "robot", "--duration=15m")
+    assert token.returncode == 0, token.stderr
+    robot = Kubectl(cluster, tmp_path, token.stdout.strip(), "robot")
+    assert robot.ok("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}") == \
+        "system:serviceaccount:default:robot"
+    whoami = run("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")
+    assert whoami.stdout == "kubernetes-admin", whoami.stderr
+
+
 # --- RBAC -------------------------------------------------------------------------------------------------------
 
 

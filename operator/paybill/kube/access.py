@@ -16,7 +16,7 @@ from typing import Any
 
 import kmock
 
-from . import rbac
+from . import protobuf, rbac
 from .auth import (
     DEFAULT_TOKEN_SECONDS,
     MIN_TOKEN_SECONDS,
@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 AUTHORIZATION_GROUP = "authorization.k8s.io"
 AUTHENTICATION_GROUP = "authentication.k8s.io"
 SERVICE_ACCOUNTS = ("", "serviceaccounts")
+SERVED_VERSIONS = {(AUTHENTICATION_GROUP, "selfsubjectreviews"): ("v1", "v1beta1")}  # as kube-apiserver 1.31
 GC_FIELDS = ("ownerReferences", "finalizers", "resourceVersion", "managedFields")
 FULL_AUTHORITY: list[rbac.Rule] = [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]},
                                    {"nonResourceURLs": ["*"], "verbs": ["*"]}]
@@ -111,9 +112,11 @@ class AccessControl:
 
     # --- the review and token APIs ------------------------------------------------------------------------------
 
-    def serve(self, method: str, path: str, body: Any, store: Store) -> dict[str, Any] | None:
-        """The answer to a review or TokenRequest (HTTP 201), None for every other request."""
-        attributes = rbac.request_attributes(REQUESTER.get(), method, path, {})
+    def serve(self, raw: Any, data: Any, body: bytes, store: Store) -> dict[str, Any] | None:
+        """The answer to a review or TokenRequest (HTTP 201), None for every other request. ``data`` is the JSON
+        body the server parsed; ``body`` the bytes, read here when they are protobuf (kubectl 1.32+)."""
+        method = raw.method
+        attributes = rbac.request_attributes(REQUESTER.get(), method, raw.path, {})
         if not attributes.resource_request or (attributes.name and attributes.subresource != "token"):
             return None
         key = (attributes.api_group, attributes.resource)
@@ -129,18 +132,18 @@ class AccessControl:
             if method != "POST":
                 raise Refused(status=405, reason="MethodNotAllowed", message="the server does not allow this "
                                                                              "method on the requested resource")
-            return self._token_request(attributes, body or {}, store)
-        if key not in handlers or attributes.name:
+            return self._token_request(attributes, _body(raw, data, body), store)
+        if key not in handlers or attributes.name or attributes.api_version not in SERVED_VERSIONS.get(key, ("v1",)):
             return None
         if method != "POST":
             raise Refused(status=405, reason="MethodNotAllowed",
                           message="the server does not allow this method on the requested resource")
-        review = dict(body or {}) if isinstance(body, dict) else {}
+        review = _body(raw, data, body)
         kind = {"selfsubjectaccessreviews": "SelfSubjectAccessReview", "subjectaccessreviews": "SubjectAccessReview",
                 "localsubjectaccessreviews": "LocalSubjectAccessReview",
                 "selfsubjectrulesreviews": "SelfSubjectRulesReview", "selfsubjectreviews": "SelfSubjectReview",
                 "tokenreviews": "TokenReview"}[attributes.resource]
-        review.update(apiVersion=f"{attributes.api_group}/v1", kind=kind)
+        review.update(apiVersion=f"{attributes.api_group}/{attributes.api_version}", kind=kind)
         review["metadata"] = {**(review.get("metadata") or {}), "creationTimestamp": None}
         review["status"] = handlers[key](review.get("spec") or {}, attributes, store)
         return review
@@ -277,6 +280,17 @@ class AccessControl:
         missing = rbac.uncovered([grant.rule for grant in resolution.grants], rules)
         if missing:
             raise _forbidden_object(resource, name, rbac.escalation_error(user, missing, resolution.errors))
+
+
+def _body(raw: Any, data: Any, body: bytes) -> dict[str, Any]:
+    """A review's JSON body, from protobuf if it came so (400 for a body that is neither)."""
+    if raw.content_type == protobuf.MEDIA_TYPE:
+        try:
+            return protobuf.review_from_protobuf(body)
+        except (protobuf.ProtobufError, UnicodeDecodeError) as error:
+            raise Refused(status=400, reason="BadRequest", message=f"the request body is not valid: {error}",
+                          details={}) from None
+    return dict(data) if isinstance(data, dict) else {}
 
 
 def _impersonation_attributes(actor: UserInfo, check: ImpersonationCheck) -> Attributes:

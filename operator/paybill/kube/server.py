@@ -157,7 +157,7 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
         path = raw.path.rstrip("/") or "/"
         method = raw.method
         self.access.admit(raw, self.store)  # authentication, impersonation, RBAC: 401/403 as kube-apiserver
-        review = self.access.serve(method, path, request.data, self.store)  # reviews and TokenRequest
+        review = self.access.serve(raw, request.data, request.body, self.store)  # reviews and TokenRequest
         if review is not None:
             return self._json(review, status=201)
         fixed: dict[str, Callable[[], Any]] = {
