@@ -460,3 +460,12 @@ def test_denied_requests_are_recorded(cluster: Any) -> None:
     assert isinstance(attributes, Attributes) and attributes.user.username == "eve"
     assert message == 'secrets is forbidden: User "eve" cannot list resource "secrets" in API group "" at the ' \
                       'cluster scope'
+
+
+def test_impersonating_a_group_without_a_user_is_refused(cluster: Any) -> None:
+    ca = cluster.kubeconfig.parent / "ca.crt"
+    ca.write_bytes(cluster.api.access.certificate.certificate_authority)
+    answer = requests.get(cluster.url + "/api/v1/namespaces", verify=str(ca), timeout=10, headers={
+        "Authorization": f"Bearer {cluster.api.access.tokens.admin_token}", "Impersonate-Group": "system:masters"})
+    assert answer.status_code == 500
+    assert answer.json()["message"].endswith("without impersonating a user")

@@ -88,8 +88,9 @@ class AccessControl:
         try:
             user = impersonate(raw.headers, lambda check: self._impersonation_allowed(store, actor, check)) or actor
         except ImpersonationError as error:
-            if error.check is None:
-                raise forbidden(Attributes(actor, "impersonate", False), error.message) from None
+            if error.check is None:  # the apiserver answers a malformed impersonation as an internal error
+                raise Refused(status=500, reason="InternalError", details={},
+                              message=f'Internal Server Error: "{raw.path_qs}": {error.message}') from None
             raise forbidden(_impersonation_attributes(actor, error.check)) from None
         REQUESTER.set(user)
         attributes = rbac.request_attributes(user, raw.method, raw.path, dict(raw.query))
