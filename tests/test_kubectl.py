@@ -189,7 +189,14 @@ def test_the_operators_events_reach_kubectl(operator: Any, kubectl: Any) -> None
     kubectl("apply", "-f", str(REPO / "manifests" / "samples" / "plans.yaml"))
     kubectl("apply", "-f", "-", stdin="apiVersion: paybill.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\n"
                                       "spec: {planRef: pro}\n")
-    operator.eventually(lambda: "NamespaceCreated" in kubectl("events", "--for", "tenant/acme").stdout)
+    operator.eventually(lambda: "NamespaceCreated" in kubectl("events", "--for", "tenant/acme").stdout, timeout=60)
     listed = kubectl("get", "events", "--field-selector", "involvedObject.name=acme,reason=NamespaceCreated")
     assert listed.stdout.splitlines()[0].split() == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
     assert "tenant/acme" in listed.stdout and "namespace tenant-acme created" in listed.stdout
+    kubectl("apply", "-f", str(REPO / "manifests" / "samples" / "agents" / "support-policy.yaml"))
+
+    def policy_events() -> str:
+        return kubectl("describe", "agentpolicy", "support", "-n", "tenant-acme").stdout.split("Events:")[-1]
+
+    operator.eventually(lambda: "<none>" not in policy_events(), timeout=60)
+    assert {"Type", "Reason", "Age", "From", "Message"} <= set(policy_events().split()) and "kopf" in policy_events()
