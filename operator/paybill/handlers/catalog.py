@@ -1,4 +1,7 @@
-"""Plan and Subscription handlers: validate, resolve references, write status, re-reconcile tenants."""
+"""Plan and Subscription handlers: validate, resolve references, write status, re-reconcile tenants.
+
+A Plan in use is held by its finalizer (the users in a DeletionBlocked condition); a Plan or Tenant that is gone
+all the same makes what referenced it reconcile again, so that broken references show as conditions."""
 
 from __future__ import annotations
 
@@ -11,18 +14,29 @@ from pydantic import ValidationError
 from ..api.meta import API_VERSION, GROUP, VERSION
 from ..api.plan import PlanSpec
 from ..billing.grace import billing_state
-from ..kube.client import Kube, KubeError
+from ..kube.client import Kube
+from ..lifecycle.conditions import set_condition
+from ..lifecycle.references import Problem, plan_deletion_problem, plan_users, subscription_problem
 from .status import write_ready
-from .tenant import TRIGGER
+from .tenant import touch
+
+RELEASE_DELAY = 5  # how often a Plan held by its users looks again
 
 
 def _touch_tenant(kube: Kube, name: str, key: str, value: str) -> None:
-    """Annotate a Tenant so that its own reconcile runs again (kopf sees the annotation change)."""
-    try:
-        kube.merge_patch(API_VERSION, "tenants", name, {"metadata": {"annotations": {f"{TRIGGER}/{key}": value}}})
-    except KubeError as exc:
-        if exc.status != 404:
-            raise
+    touch(kube, "tenants", name, key, value)
+
+
+def _condition_of(body: kopf.Body, type_: str = "Ready") -> tuple[str | None, str | None]:
+    conditions: list[dict[str, Any]] = (body.get("status") or {}).get("conditions") or []
+    condition = next((c for c in conditions if c.get("type") == type_), {})
+    return condition.get("reason"), condition.get("message")
+
+
+def _warn_once(body: kopf.Body, problem: Problem, type_: str = "Ready") -> None:
+    """A Warning Event when the problem is new, not on every retry."""
+    if _condition_of(body, type_) != (problem.reason, problem.message):
+        kopf.warn(body, reason=problem.reason, message=problem.message)
 
 
 @kopf.on.resume(GROUP, VERSION, "plans")
@@ -48,18 +62,21 @@ def _reconcile_subscription(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo)
     phase = str(spec.get("billingStatus", "active")).replace("_", " ").title().replace(" ", "")
     plan = memo.kube.get(API_VERSION, "plans", spec["planRef"])
     tenant = memo.kube.get(API_VERSION, "tenants", spec["tenantRef"])
-    missing = [f"{kind} {name!r}" for kind, name, found in (("plan", spec["planRef"], plan),
-                                                             ("tenant", spec["tenantRef"], tenant)) if found is None]
-    if missing:
-        message = f"{' and '.join(missing)} not found"
-        write_ready(body, patch, phase, False, "ReferenceNotFound", message)
-        kopf.warn(body, reason="ReferenceNotFound", message=message)
-        raise kopf.TemporaryError(message, delay=10)
+    problem = subscription_problem(spec, tenant, plan)
+    if problem is not None:
+        _warn_once(body, problem)
+        if problem.reason != "PlanMismatch":
+            write_ready(body, patch, phase, False, problem.reason, problem.message)
+            raise kopf.TemporaryError(problem.message, delay=10)
+    assert plan is not None  # a missing plan is a problem above
     state = billing_state(spec.get("billingStatus", "active"), spec.get("pastDueSince"),
                           int(plan["spec"].get("gracePeriodDays", 7)), datetime.datetime.now(datetime.UTC))
     previous = (body.get("status") or {}).get("restriction")
-    write_ready(body, patch, phase, True, "Resolved", f"tenant {spec['tenantRef']} on plan {spec['planRef']}: "
-                                                 f"{state.message}", restriction=str(state.restriction))
+    if problem is not None:  # billed all the same, by the plan it names
+        write_ready(body, patch, phase, False, problem.reason, problem.message, restriction=str(state.restriction))
+    else:
+        write_ready(body, patch, phase, True, "Resolved", f"tenant {spec['tenantRef']} on plan {spec['planRef']}: "
+                                                     f"{state.message}", restriction=str(state.restriction))
     if previous != state.restriction:
         kopf.info(body, reason="RestrictionChanged", message=f"{previous or 'none'} -> {state.restriction}: "
                                                              f"{state.message}")
@@ -80,3 +97,42 @@ def reconcile_subscription(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, 
 def grace_clock(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     """A past-due subscription moves on by itself when its grace period ends."""
     _reconcile_subscription(body, patch, memo)
+
+
+@kopf.on.delete(GROUP, VERSION, "plans")
+def release_plan(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """The Plan goes only once no Tenant runs on it and no Subscription bills it; until then its finalizer holds
+    it and a DeletionBlocked condition names the users."""
+    kube: Kube = memo.kube
+    name = body.metadata.name
+    users = plan_users(name, kube.list(API_VERSION, "tenants"), kube.list(API_VERSION, "subscriptions"))
+    problem = plan_deletion_problem(name, users)
+    if problem is None:
+        return
+    _warn_once(body, problem, "DeletionBlocked")
+    conditions = set_condition(list((body.get("status") or {}).get("conditions") or []), "DeletionBlocked", True,
+                               problem.reason, problem.message, body.metadata.get("generation"))
+    kube.merge_patch(API_VERSION, "plans", name, {"status": {"conditions": conditions}}, subresource="status")
+    raise kopf.TemporaryError(problem.message, delay=RELEASE_DELAY)
+
+
+@kopf.on.event(GROUP, VERSION, "plans")
+def plan_gone(type: str, name: str, memo: kopf.Memo, **_: Any) -> None:  # kopf names the argument
+    """A Plan deleted all the same (say, its finalizer removed by hand): what referenced it reconciles again
+    and finds it missing."""
+    if type != "DELETED":
+        return
+    for plural in ("tenants", "subscriptions"):
+        for obj in memo.kube.list(API_VERSION, plural):
+            if (obj.get("spec") or {}).get("planRef") == name:
+                touch(memo.kube, plural, obj["metadata"]["name"], "plan", f"{name} deleted")
+
+
+@kopf.on.event(GROUP, VERSION, "tenants")
+def tenant_gone(type: str, name: str, memo: kopf.Memo, **_: Any) -> None:  # kopf names the argument
+    """A Tenant deleted: its Subscriptions reconcile again and find it missing."""
+    if type != "DELETED":
+        return
+    for subscription in memo.kube.list(API_VERSION, "subscriptions"):
+        if (subscription.get("spec") or {}).get("tenantRef") == name:
+            touch(memo.kube, "subscriptions", subscription["metadata"]["name"], "tenant", f"{name} deleted")

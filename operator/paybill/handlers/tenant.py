@@ -28,6 +28,7 @@ from ..kube.client import Kube, KubeError, resource_path
 from ..lifecycle.conditions import set_condition
 from ..lifecycle.drift import ObjectConflict, OwnedAction, conflict, converged, describe, owned_action
 from ..lifecycle.machine import Event, SuspensionCause, Transition, TransitionRefused, path, retry_delay, transition
+from ..lifecycle.references import tenant_plan_mismatch
 from ..lifecycle.tenant import (
     CREDENTIALS_SECRET,
     SecretAction,
@@ -84,7 +85,7 @@ class _Status:
 @kopf.index(GROUP, VERSION, "subscriptions")
 def subscriptions_by_tenant(name: str, spec: kopf.Spec, **_: Any) -> dict[str, dict[str, Any]]:
     return {spec.get("tenantRef", ""): {"name": name, "billingStatus": spec.get("billingStatus", "active"),
-                                        "pastDueSince": spec.get("pastDueSince")}}
+                                        "pastDueSince": spec.get("pastDueSince"), "planRef": spec.get("planRef")}}
 
 
 def billing_of(index: kopf.Index, tenant: str, plan: dict[str, Any]) -> BillingState:
@@ -141,6 +142,7 @@ def reconcile_tenant(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry:
 
     _advance(body, memo, status.phase, goal, f"plan {plan['metadata']['name']}, {billing.message}")
     status.condition("Billing", billing.restriction == Restriction.NONE, _camel(billing.restriction), billing.message)
+    _check_subscriptions(body, status, list(subscriptions_by_tenant.get(name, [])))
     if causes:
         status.condition("Ready", False, "Suspended", f"suspended ({', '.join(causes)}); data kept, logins refused")
     else:
@@ -152,9 +154,34 @@ def reconcile_tenant(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry:
                  restriction=str(billing.restriction),
                  database=placement.to_status() if placement else None,
                  credentialsSecret=CREDENTIALS_SECRET if placement else None)
+    if before.get("plan") != plan["metadata"]["name"]:  # its subscriptions check the plan they bill again
+        for subscription in subscriptions_by_tenant.get(name, []):
+            touch(kube, "subscriptions", subscription["name"], "tenant-plan", plan["metadata"]["name"])
     grants = agent_grants_key(str(access), placement.to_status()) if placement else None
     if grants and grants != agent_grants_key(before.get("access"), before.get("database")):
         _touch_policies(kube, namespace, grants)
+
+
+def _check_subscriptions(body: kopf.Body, status: _Status, subscriptions: list[dict[str, Any]]) -> None:
+    """A Tenant billed for another plan than its own: a PlanMismatch condition and a Warning Event (once per
+    change); the condition turns False once they agree again."""
+    mismatch = tenant_plan_mismatch(body.spec["planRef"], subscriptions)
+    previous = next((c for c in status.conditions if c.get("type") == "PlanMismatch"), None)
+    if mismatch is not None:
+        if previous is None or previous.get("message") != mismatch.message:
+            kopf.warn(body, reason=mismatch.reason, message=mismatch.message)
+        status.condition("PlanMismatch", True, mismatch.reason, mismatch.message)
+    elif previous is not None:
+        status.condition("PlanMismatch", False, "PlanAgrees", "the tenant's subscriptions bill the plan it is on")
+
+
+def touch(kube: Kube, plural: str, name: str, key: str, value: str) -> None:
+    """Annotate a Paybill object so that its own reconcile runs again (kopf sees the annotation change)."""
+    try:
+        kube.merge_patch(API_VERSION, plural, name, {"metadata": {"annotations": {f"{TRIGGER}/{key}": value}}})
+    except KubeError as exc:
+        if exc.status != 404:
+            raise
 
 
 def agent_grants_key(access: str | None, database: dict[str, Any] | None) -> str:
