@@ -216,14 +216,16 @@ def test_two_demos_at_once_on_one_machine_both_converge() -> None:
 
 @SLOW
 @LONG
-def test_sigterm_to_a_kept_demo_stops_every_child() -> None:
+@pytest.mark.parametrize(("sent", "when"), [(signal.SIGTERM, "stack left running"),  # kept, after the walk
+                                            (signal.SIGINT, "operator started")])  # Ctrl-C while converging
+def test_a_signal_to_the_demo_stops_every_child(sent: signal.Signals, when: str) -> None:
     with state_dir() as state, demo("--keep", "--state-dir", str(state)) as run:
         children = run.children()
-        run.wait_for_line("stack left running", timeout=400)
+        run.wait_for_line(when, timeout=400)
         assert all(alive(pid) for pid in children.values()) and port_open(run.postgres_port())
-        run.process.send_signal(signal.SIGTERM)
-        assert run.finish(timeout=60) == 128 + signal.SIGTERM, run.output
-        assert "SIGTERM: stopping" in run.output
+        run.process.send_signal(sent)
+        assert run.finish(timeout=60) == 128 + sent, run.output
+        assert f"{sent.name}: stopping" in run.output
         assert_nothing_left(children, run.postgres_port())
 
 

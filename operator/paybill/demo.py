@@ -98,6 +98,8 @@ class Child:
             if code is None:
                 return None
             return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        if self.postgres is not None and self.postmaster is None:
+            return None  # still starting
         return None if self.postmaster is not None and alive(self.postmaster) else "its server process is gone"
 
     def stop(self) -> None:
@@ -243,8 +245,9 @@ def _run(stack: Stack, state_dir: Path, samples: Path, keep: bool, port: int | N
          resume: bool) -> int:
     postgres = LocalPostgres(state_dir / "postgres")
     say("starting a local PostgreSQL server (" + ("resuming its data" if resume else "throwaway, loopback only") + ")")
-    database_url = postgres.start()
-    stack.add(Child("PostgreSQL server", postgres.log_path, postgres=postgres, postmaster=postgres.pid))
+    server = stack.add(Child("PostgreSQL server", postgres.log_path, postgres=postgres))  # stopped even if
+    database_url = postgres.start()  # a signal lands while pg_ctl is starting it
+    server.postmaster = postgres.pid
     say(f"  PostgreSQL ready on 127.0.0.1:{postgres.port} (pid {postgres.pid}): {postgres.describe()}")
     kubeconfig = state_dir / "kubeconfig"
     kubeconfig.unlink(missing_ok=True)
