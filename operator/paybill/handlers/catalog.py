@@ -116,23 +116,23 @@ def release_plan(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     raise kopf.TemporaryError(problem.message, delay=RELEASE_DELAY)
 
 
-@kopf.on.event(GROUP, VERSION, "plans")
-def plan_gone(type: str, name: str, memo: kopf.Memo, **_: Any) -> None:  # kopf names the argument
+def _deleted(type: str, **_: Any) -> bool:  # kopf names the argument
+    return type == "DELETED"
+
+
+@kopf.on.event(GROUP, VERSION, "plans", when=_deleted)
+def plan_gone(name: str, memo: kopf.Memo, **_: Any) -> None:
     """A Plan deleted all the same (say, its finalizer removed by hand): what referenced it reconciles again
     and finds it missing."""
-    if type != "DELETED":
-        return
     for plural in ("tenants", "subscriptions"):
         for obj in memo.kube.list(API_VERSION, plural):
             if (obj.get("spec") or {}).get("planRef") == name:
                 touch(memo.kube, plural, obj["metadata"]["name"], "plan", f"{name} deleted")
 
 
-@kopf.on.event(GROUP, VERSION, "tenants")
-def tenant_gone(type: str, name: str, memo: kopf.Memo, **_: Any) -> None:  # kopf names the argument
+@kopf.on.event(GROUP, VERSION, "tenants", when=_deleted)
+def tenant_gone(name: str, memo: kopf.Memo, **_: Any) -> None:
     """A Tenant deleted: its Subscriptions reconcile again and find it missing."""
-    if type != "DELETED":
-        return
     for subscription in memo.kube.list(API_VERSION, "subscriptions"):
         if (subscription.get("spec") or {}).get("tenantRef") == name:
             touch(memo.kube, "subscriptions", subscription["metadata"]["name"], "tenant", f"{name} deleted")
