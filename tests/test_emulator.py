@@ -476,6 +476,33 @@ def test_core_and_events_k8s_io_events_are_one_collection(http: Http) -> None:
     assert http("GET", f"{core_events}/b").status_code == 404
 
 
+def test_events_are_validated_as_kube_apiserver_does(http: Http) -> None:
+    core_events = "/api/v1/namespaces/{}/events"
+    tenant_ref = {"apiVersion": "paybill.dev/v1alpha1", "kind": "Tenant", "name": "acme", "uid": "u-1"}
+    http("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}})
+
+    def post(namespace: str, name: str, **fields: Any) -> requests.Response:
+        return http("POST", core_events.format(namespace), {"apiVersion": "v1", "kind": "Event",
+                                                            "metadata": {"name": name}, **fields})
+
+    assert post("default", "legacy", involvedObject=tenant_ref, reason="R").status_code == 201
+    elsewhere = post("team", "elsewhere", involvedObject=tenant_ref, reason="R")
+    assert elsewhere.status_code == 422 and elsewhere.json()["message"] == (
+        'Event "elsewhere" is invalid: involvedObject.namespace: Invalid value: "": does not match event.namespace')
+    kopf_like = {"involvedObject": {**tenant_ref, "namespace": "default"}, "eventTime": "2026-01-01T00:00:00.000000Z",
+                 "reportingComponent": "kopf", "reportingInstance": "dev", "action": "Action?", "reason": "R"}
+    assert post("default", "kopf", **kopf_like).status_code == 201
+    unreported = post("default", "unreported", **{**kopf_like, "reportingComponent": "", "action": ""})
+    assert unreported.status_code == 422
+    assert [c["field"] for c in unreported.json()["details"]["causes"]] == ["reportingComponent", "action"]
+    strict = http("POST", "/apis/events.k8s.io/v1/namespaces/default/events", {
+        "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "strict"}, "regarding": tenant_ref,
+        "reportingController": "paybill.dev/operator", "reportingInstance": "op-1", "action": "Reconcile",
+        "reason": "R", "type": "Odd", "deprecatedCount": 2})
+    assert strict.status_code == 422 and strict.json()["message"].startswith('Event.events.k8s.io "strict" is invalid')
+    assert {c["field"] for c in strict.json()["details"]["causes"]} == {"eventTime", "type", "deprecatedCount"}
+
+
 def test_kmock_reactions_inject_faults_ahead_of_the_emulation(cluster: Any, http: Http) -> None:
     cluster.api["get /apis/paybill.dev/v1alpha1/tenants"] << 503
     assert http("GET", TENANTS).status_code == 503

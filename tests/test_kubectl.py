@@ -128,11 +128,11 @@ def test_get_by_name_sort_by_and_wide_keep_the_printer_columns(kubectl: Any) -> 
 
 
 def _event(name: str, involved: dict[str, str], event_type: str, reason: str, message: str,
-           component: str = "paybill") -> str:
+           component: str = "paybill", namespace: str = "default") -> str:
     """An Event as kopf posts one (core/v1, firstTimestamp/lastTimestamp/eventTime, source and reporting*)."""
     stamp = "2026-01-01T00:00:00.000000+00:00"
     return json.dumps({
-        "apiVersion": "v1", "kind": "Event", "metadata": {"name": name, "namespace": "default"},
+        "apiVersion": "v1", "kind": "Event", "metadata": {"name": name, "namespace": namespace},
         "type": event_type, "reason": reason, "message": message, "action": "Action?",
         "reportingComponent": component, "reportingInstance": "dev", "source": {"component": component},
         "involvedObject": involved, "firstTimestamp": stamp, "lastTimestamp": stamp, "eventTime": stamp})
@@ -149,6 +149,10 @@ def test_events_print_their_columns_and_select_by_field(kubectl: Any) -> None:
     kubectl("create", "-f", "-", stdin=_event("acme.2", ref["acme"], "Warning", "PlanNotFound",
                                              "plan pro not found", component="other"))
     kubectl("create", "-f", "-", stdin=_event("globex.1", ref["globex"], "Normal", "Active", "tenant is active"))
+    stray_event = _event("stray", ref["acme"], "Normal", "R", "m", namespace="kube-public")
+    stray = kubectl("create", "-f", "-", stdin=stray_event, check=False)
+    assert stray.returncode != 0
+    assert 'involvedObject.namespace: Invalid value: "": does not match event.namespace' in stray.stderr
 
     listed = kubectl("get", "events").stdout.splitlines()
     assert listed[0].split() == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]

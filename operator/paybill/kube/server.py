@@ -30,6 +30,7 @@ from kmock._internal import enums, parsing, rendering
 from . import conversion, openapi, tables
 from .access import AccessControl, Refused
 from .admission import Admission, AdmissionDenied, AdmissionRequest
+from .events import validate_event
 from .patching import APPLY, PatchError, apply_patch
 from .registry import Registry, ResourceType
 from .schema import FieldError, apply_defaults, prune, validate
@@ -514,6 +515,9 @@ class EmulatedApiServer(kmock.KubernetesScaffold):
     def _apply_schema(self, rtype: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None,
                       field_validation: str | None) -> dict[str, Any]:
         if rtype.schema is None:
+            errors = validate_event(obj, creating=old is None) if rtype.kind == "Event" else []
+            if errors:
+                raise self._invalid(rtype, obj["metadata"].get("name", ""), errors)
             return obj
         meta = obj.pop("metadata")
         pruned, dropped = prune(obj, rtype.schema)
