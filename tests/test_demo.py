@@ -249,12 +249,19 @@ def test_a_child_that_exits_ends_the_demo_at_once_with_its_last_log_lines(victim
 def test_a_state_directory_the_demo_did_not_make_is_never_emptied(tmp_path: Path) -> None:
     from paybill.demo import DemoError, fresh_state
 
-    foreign = tmp_path / "mine"
-    foreign.mkdir()
-    (foreign / "thesis.tex").write_text("years of work")
-    with pytest.raises(DemoError, match="did not make"):
-        fresh_state(foreign, resume=False)
-    assert (foreign / "thesis.tex").read_text() == "years of work"
+    for name in ("thesis.tex", "postgres/base"):  # any file, or only names the demo also uses
+        foreign = tmp_path / "mine" / name.replace("/", "-")
+        (foreign / name).parent.mkdir(parents=True)
+        (foreign / name).write_text("years of work")
+        with pytest.raises(DemoError, match="did not make"):
+            fresh_state(foreign, resume=False)
+        assert (foreign / name).read_text() == "years of work"
+    older = tmp_path / "older"  # an earlier version's .state/demo: no marker
+    (older / "postgres").mkdir(parents=True)
+    for name in ("kubeconfig", "operator.log"):
+        (older / name).write_text("")
+    fresh_state(older, resume=False)
+    assert sorted(entry.name for entry in older.iterdir()) == [".paybill-demo"]
     ours = tmp_path / "demo"
     fresh_state(ours, resume=False)
     (ours / "operator.log").write_text("last run")

@@ -188,11 +188,8 @@ def operator_env(kubeconfig: Path, database_url: str, state_dir: Path) -> dict[s
 def fresh_state(state_dir: Path, resume: bool) -> None:
     """Start from nothing (unless resuming): the previous run's server is stopped and its data deleted.
     Only a directory the demo made (its marker, or nothing but the demo's own files) is ever emptied."""
-    if state_dir.exists():
-        foreign = sorted(entry.name for entry in state_dir.iterdir() if entry.name not in DEMO_ENTRIES)
-        if foreign and not (state_dir / MARKER).exists():
-            raise DemoError(f"{state_dir} holds files the demo did not make ({', '.join(foreign[:3])}); "
-                            "choose another --state-dir")
+    if state_dir.exists() and not _made_by_demo(state_dir):
+        raise DemoError(f"{state_dir} holds files the demo did not make; choose another --state-dir")
     if not resume and state_dir.exists():
         LocalPostgres(state_dir / "postgres").remove()
         for entry in state_dir.iterdir():
@@ -202,6 +199,14 @@ def fresh_state(state_dir: Path, resume: bool) -> None:
                 entry.unlink()
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     (state_dir / MARKER).touch()
+
+
+def _made_by_demo(state_dir: Path) -> bool:
+    """Empty, marked by the demo, or an older demo's layout (its kubeconfig and operator log, nothing else)."""
+    entries = {entry.name for entry in state_dir.iterdir()}
+    if not entries or (state_dir / MARKER).is_file():
+        return True
+    return entries <= DEMO_ENTRIES and all((state_dir / name).is_file() for name in ("kubeconfig", "operator.log"))
 
 
 class DemoError(Exception):
