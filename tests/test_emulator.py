@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from paybill.kube import EmulatedApiServer, serve_in_thread
+from paybill.kube import EmulatedApiServer, serve_in_thread, tables
 from paybill.kube.store import Store
 
 TENANTS = "/apis/paybill.dev/v1alpha1/tenants"
@@ -501,6 +501,15 @@ def test_events_are_validated_as_kube_apiserver_does(http: Http) -> None:
         "reason": "R", "type": "Odd", "deprecatedCount": 2})
     assert strict.status_code == 422 and strict.json()["message"].startswith('Event.events.k8s.io "strict" is invalid')
     assert {c["field"] for c in strict.json()["details"]["causes"]} == {"eventTime", "type", "deprecatedCount"}
+
+
+@pytest.mark.parametrize(("seconds", "printed"), [
+    (-5, "<invalid>"), (-1, "0s"), (0, "0s"), (119, "119s"), (120, "2m"), (200, "3m20s"), (600, "10m"),
+    (179 * 60, "179m"), (3 * 3600, "3h"), (5 * 3600 + 600, "5h10m"), (20 * 3600, "20h"), (3 * 86400, "3d"),
+    (3 * 86400 + 4 * 3600, "3d4h"), (30 * 86400, "30d"), (2 * 365 * 86400 + 10 * 86400, "2y10d"),
+    (9 * 365 * 86400, "9y")])
+def test_ages_print_as_apimachinery_human_duration(seconds: int, printed: str) -> None:
+    assert tables.human_duration(seconds) == printed
 
 
 def test_kmock_reactions_inject_faults_ahead_of_the_emulation(cluster: Any, http: Http) -> None:
