@@ -54,14 +54,6 @@ def summarize(tenant_id: str, plan: dict[str, Any], plan_hash: str) -> PlanSumma
                        artifact=artifact_ref(tenant_id, plan_hash), addresses=tuple(addresses))
 
 
-def drifted_addresses(plan: dict[str, Any]) -> tuple[str, ...]:
-    """Resources whose real or recorded state moved away from the configuration, or that a plan would change."""
-    drift = [entry["address"] for entry in plan.get("resource_drift") or []]
-    changed = [change["address"] for change in plan.get("resource_changes") or []
-               if not set(change.get("change", {}).get("actions", [])) <= {"no-op", "read"}]
-    return tuple(dict.fromkeys(drift + changed))
-
-
 def masked(plan: dict[str, Any]) -> dict[str, Any]:
     """The plan JSON fit to keep: sensitive values masked, variables of the configuration's sensitive ones
     masked, prior state (the backend already holds it) dropped."""

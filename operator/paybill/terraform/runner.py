@@ -45,7 +45,7 @@ from .models import (
     OutputValue,
     PlanSummary,
 )
-from .plans import PlanStore, drifted_addresses, sha256, summarize
+from .plans import PlanStore, sha256, summarize
 from .wrapper import RunTerraform
 
 BACKEND_FILE = "paybill_backend.tf"
@@ -132,12 +132,14 @@ class TerraformRunner:
             return DestroyResult(inputs.tenant_id, _destroyed_count(out), tuple(run.recoveries))
 
     def drift(self, inputs: ModuleInputs, module: Path) -> DriftReport:
-        """`plan -detailed-exitcode`: exit 2 means the world (or the recorded state) left the configuration."""
+        """`plan -detailed-exitcode`: exit 2 means applying the configuration would change something, because
+        the world (or the recorded state) left it. Differences the provider reports but the configuration
+        does not care about (Terraform's "changed outside of Terraform" notes) are no drift."""
         with self._run(inputs, module) as run:
-            summary, plan_json = self._plan(run, destroy=False)
-            if not summary.has_changes and not plan_json.get("resource_drift"):
+            summary, _ = self._plan(run, destroy=False)
+            if not summary.has_changes:
                 return DriftReport(inputs.tenant_id, False, ())
-            return DriftReport(inputs.tenant_id, True, drifted_addresses(plan_json), summary)
+            return DriftReport(inputs.tenant_id, True, summary.addresses, summary)
 
     # -- one run ------------------------------------------------------------------------------------------
 
