@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import subprocess
+import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Callable
@@ -13,6 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+import paybill
 from paybill.database.server import LocalPostgres
 
 
@@ -52,6 +56,42 @@ def test_a_data_directory_postgres_cannot_enter_moves_the_server_to_a_private_ru
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(f"host=127.0.0.1 port={server.port} user=postgres", connect_timeout=2)
     shutil.rmtree(private)
+
+
+def interpreter_for(user: str, env: dict[str, str]) -> str | None:
+    """A Python that `user` can run and that imports paybill and psycopg from here, if there is one."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in (sys.executable, f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
+        probe = subprocess.run(["runuser", "-u", user, "--", "env", *[f"{k}={v}" for k, v in env.items()], candidate,
+                                "-c", "import paybill, psycopg"], capture_output=True)
+        if probe.returncode == 0:
+            return candidate
+    return None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_as_a_user_other_than_root_the_server_runs_as_that_user_in_place() -> None:
+    env = {"PYTHONPATH": os.pathsep.join([str(Path(paybill.__file__).parents[1]), sysconfig.get_paths()["purelib"],
+                                          sysconfig.get_paths()["platlib"]])}
+    python = interpreter_for("nobody", env)
+    if python is None:
+        pytest.skip("no Python here that the nobody user can run with this checkout's packages")
+    home = Path(tempfile.mkdtemp(prefix="paybill-nobody-"))  # 0700, owned by nobody: only it can enter
+    shutil.chown(home, "nobody")
+    script = ("import sys; from pathlib import Path; import psycopg\n"
+              "from paybill.database.server import LocalPostgres\n"
+              "server = LocalPostgres(Path(sys.argv[1]))\n"
+              "with psycopg.connect(server.start()) as conn: print(conn.execute('SELECT 1').fetchone()[0])\n"
+              "print(server.describe()); print(server.server_dir); server.remove()")
+    try:
+        ran = subprocess.run(["runuser", "-u", "nobody", "--", "env", *[f"{k}={v}" for k, v in env.items()],
+                              python, "-c", script, str(home / "pg")], capture_output=True, text=True, timeout=120)
+        assert ran.returncode == 0, ran.stderr
+        answer, described, where = ran.stdout.splitlines()
+        assert answer == "1" and described.endswith(f"as nobody, data in {home / 'pg'}") and where == str(home / "pg")
+        assert not (home / "pg").exists()
+    finally:
+        shutil.rmtree(home)
 
 
 def test_remove_stops_a_server_another_instance_left_running() -> None:
