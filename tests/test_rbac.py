@@ -347,17 +347,21 @@ def test_impersonation_needs_the_impersonate_verb(admin: Kubectl, bob: Kubectl, 
 
 
 @needs_kubectl
-def test_roles_and_bindings_cannot_grant_what_the_writer_does_not_hold(admin: Kubectl, bob: Kubectl) -> None:
+def test_roles_and_bindings_cannot_grant_what_the_writer_does_not_hold(admin: Kubectl, bob: Kubectl,
+                                                                      cluster: Any) -> None:
     apply(admin, role("rbac-writer", [
         {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"],
          "verbs": ["create", "get", "patch", "update"]},
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]),
         binding("bob-writes-rbac", "Role", "rbac-writer", BOB))
+    denials = len(cluster.api.access.denied)
     bob.ok("create", "role", "cm-reader", "--verb=get", "--resource=configmaps")  # held: allowed
+    assert len(cluster.api.access.denied) == denials  # no escalate, but nothing was refused either
     assert bob.refused("create", "role", "secret-reader", "--verb=get,list", "--resource=secrets") == (
         'Error from server (Forbidden): roles.rbac.authorization.k8s.io "secret-reader" is forbidden: user "bob" '
         '(groups=["system:authenticated"]) is attempting to grant RBAC permissions not currently held:\n'
         '{APIGroups:[""], Resources:["secrets"], Verbs:["get" "list"]}')
+    assert cluster.api.access.denied[-1][1].startswith('roles.rbac.authorization.k8s.io "secret-reader" is forbidden')
     carol = {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "carol"}
     assert 'rolebindings.rbac.authorization.k8s.io "bob-admin" is forbidden: user "bob"' in bob.refused(
         "apply", "-f", "-", stdin=yaml.safe_dump(binding("bob-admin", "ClusterRole", "cluster-admin", BOB)))

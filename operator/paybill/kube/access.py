@@ -99,11 +99,13 @@ class AccessControl:
             raise forbidden(attributes, decision.reason)
         return user
 
-    def authorize(self, store: Store, attributes: Attributes, record: bool = True) -> Decision:
+    def authorize(self, store: Store, attributes: Attributes, record: bool = True, refuses: bool = True) -> Decision:
+        """RBAC's decision; ``record``: the user really asked this (not a review); ``refuses``: a denial refuses
+        the request (an escalate or bind check does not: holding the permissions granted is enough)."""
         decision = rbac.authorize(store, attributes)
         if record and self.recorder is not None:
             self.recorder.append((attributes, decision))
-        if not decision.allowed and record:
+        if not decision.allowed and record and refuses:
             self.denied.append((attributes, rbac.forbidden_message(attributes, decision.reason)))
             logger.info("RBAC DENY: %s", rbac.forbidden_message(attributes, decision.reason))
         return decision
@@ -246,16 +248,22 @@ class AccessControl:
             return
         meta = obj["metadata"]
         namespace = meta.get("namespace") or ""
-        if key in (rbac.ROLES, rbac.CLUSTER_ROLES):
-            self._check_role(store, user, key[1], obj, namespace, meta["name"] if old is not None else "")
-        else:
-            self._check_binding(store, user, key[1], obj, namespace)
+        try:
+            if key in (rbac.ROLES, rbac.CLUSTER_ROLES):
+                self._check_role(store, user, key[1], obj, namespace, meta["name"] if old is not None else "")
+            else:
+                self._check_binding(store, user, key[1], obj, namespace)
+        except Refused as refused:
+            write = Attributes(user, "create" if old is None else "update", True, api_group=rbac.GROUP,
+                               api_version="v1", namespace=namespace, resource=key[1], name=meta["name"])
+            self.denied.append((write, str(refused.message)))
+            raise
 
     def _check_role(self, store: Store, user: UserInfo, resource: str, role: dict[str, Any], namespace: str,
                     request_name: str) -> None:
         escalate = Attributes(user, "escalate", True, api_group=rbac.GROUP, api_version="*", namespace=namespace,
                               resource=resource, name=request_name)
-        if self.authorize(store, escalate, record=True).allowed:
+        if self.authorize(store, escalate, refuses=False).allowed:
             return
         rules = list(role.get("rules") or []) + (FULL_AUTHORITY if role.get("aggregationRule") else [])
         self._confirm_no_escalation(store, user, namespace, rules, resource, role["metadata"]["name"])
@@ -266,7 +274,7 @@ class AccessControl:
         bind = Attributes(user, "bind", True, api_group=ref.get("apiGroup") or "", namespace=namespace,
                           resource={"Role": "roles", "ClusterRole": "clusterroles"}.get(ref.get("kind") or "", ""),
                           name=ref.get("name") or "")
-        if bind.resource and self.authorize(store, bind, record=True).allowed:
+        if bind.resource and self.authorize(store, bind, refuses=False).allowed:
             return
         name = binding["metadata"]["name"]
         try:
