@@ -107,6 +107,8 @@ def observe_owned(kube: Kube, desired: list[dict[str, Any]]) -> dict[Key, dict[s
     missed (deleted, or its label removed by hand)."""
     observed: dict[Key, dict[str, Any]] = {}
     for api_version, plural, kind in OWNED:
+        if kind == "Secret":  # never compared with a plan: not read in bulk
+            continue
         listing = kube.request("GET", resource_path(api_version, plural), query={"labelSelector": TENANT_LABEL})
         observed.update({key_of({**obj, "kind": kind}): obj for obj in listing["items"]})
     for manifest in desired:
