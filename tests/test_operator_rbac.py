@@ -9,11 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kubernetes
 import pytest
 import yaml
 from kopf.testing import KopfRunner
 
 from paybill.kube import write_service_account_kubeconfig
+from paybill.kube.client import Kube, KubeError
 from paybill.kube.rbac import Attributes
 from paybill.lifecycle.conditions import is_true
 
@@ -152,3 +154,31 @@ def exercise(cluster: Any) -> None:
     cluster.eventually(lambda: kube.get(API, "tenants", "initech") is None, timeout=60)
     assert kube.get("v1", "namespaces", "tenant-initech") is None
 
+
+
+def test_the_operator_token_cannot_reach_beyond_the_chart(cluster: Any, tmp_path: Path) -> None:
+    """What a stolen operator token can do is what the chart says: no cluster-wide grants, no binding of roles
+    other than the two tenant roles, no workloads, no ConfigMaps."""
+    kube = cluster.kube
+    kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+    for doc in chart_rbac():
+        kube.apply(doc)
+    stolen = Kube(kubernetes.config.new_client_from_config(config_file=str(write_service_account_kubeconfig(
+        cluster.kubeconfig, NAMESPACE, f"{RELEASE}-operator", tmp_path / "operator.kubeconfig"))))
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "mine", "namespace": "kube-system"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+               "subjects": [{"kind": "ServiceAccount", "name": f"{RELEASE}-operator", "namespace": NAMESPACE}]}
+    with pytest.raises(KubeError) as refused:
+        stolen.create(binding)
+    assert refused.value.status == 403 and 'rolebindings.rbac.authorization.k8s.io "mine" is forbidden: user ' \
+        f'"{OPERATOR}"' in refused.value.message and "is attempting to grant RBAC permissions not currently held" \
+        in refused.value.message
+    for verb, path in (("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"),
+                       ("GET", "/api/v1/namespaces/kube-system/configmaps"),
+                       ("POST", "/api/v1/namespaces/kube-system/pods"),
+                       ("GET", "/apis/paybill.dev/v1alpha1/tenants/x/status")):
+        with pytest.raises(KubeError) as denied:
+            stolen.request(verb, path, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}}
+                           if verb == "POST" else None)
+        assert denied.value.status == 403, (verb, path)
