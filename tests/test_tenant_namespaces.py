@@ -3,11 +3,14 @@ the handler (issue 10, finding 8)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import kubernetes
 import pytest
 
-from paybill.kube.client import KubeError
+from paybill.kube import write_service_account_kubeconfig
+from paybill.kube.client import Kube, KubeError
 from paybill.lifecycle.tenant import (
     check_namespace,
     may_delete_namespace,
@@ -161,3 +164,64 @@ def test_no_tenant_role_can_escalate_write_secrets_or_enter_pods(account: str) -
 def test_tenant_pods_run_under_the_restricted_pod_security_standard() -> None:
     labels = namespace_manifest(TENANT, PLAN)["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def _as(cluster: Any, tmp_path: Path, namespace: str, account: str) -> Kube:
+    kubeconfig = write_service_account_kubeconfig(cluster.kubeconfig, namespace, account, tmp_path / f"{account}.conf")
+    return Kube(kubernetes.config.new_client_from_config(config_file=str(kubeconfig)))
+
+
+def _refused(call: Any) -> int:
+    try:
+        call()
+    except KubeError as exc:
+        return exc.status
+    return 200
+
+
+@pytest.mark.slow
+def test_a_tenant_admin_runs_workloads_but_cannot_escalate_write_secrets_or_exec(operator: Any,
+                                                                                tmp_path: Path) -> None:
+    """Through the emulated API server's RBAC, as the tenant's own ServiceAccounts."""
+    kube = operator.kube
+    kube.apply({"apiVersion": API, "kind": "Plan", "metadata": {"name": "free"},
+                "spec": {"tier": "free", "isolation": "pooled"}})
+    kube.apply({"apiVersion": API, "kind": "Tenant", "metadata": {"name": "acme"}, "spec": {"planRef": "free"}})
+    operator.eventually(lambda: _phase(operator, "acme") == "Active", timeout=40)
+    ns = "tenant-acme"
+    admin, agent = _as(operator, tmp_path, ns, "tenant-admin"), _as(operator, tmp_path, ns, "tenant-agent")
+    meta = {"namespace": ns}
+
+    admin.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app", **meta}, "data": {"a": "1"}})
+    admin.create({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "app", **meta},
+                  "spec": {"selector": {"matchLabels": {"app": "a"}}, "template": {
+                      "metadata": {"labels": {"app": "a"}}, "spec": {"containers": [{"name": "a", "image": "a"}]}}}})
+    assert admin.get("v1", "secrets", "paybill-database", ns) is not None  # its database login: readable
+    admin.create({"apiVersion": API, "kind": "AgentPolicy", "metadata": {"name": "p", **meta},
+                  "spec": {"subjects": ["agent:bot"], "rules": []}})
+
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "mine", **meta},
+            "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["*"]}]}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "mine", **meta},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant-admin"},
+               "subjects": [{"kind": "User", "name": "mallory"}]}
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", **meta}}
+    refused = {
+        "create secret": lambda: admin.create(secret),
+        "patch the credentials": lambda: admin.merge_patch("v1", "secrets", "paybill-database", {"data": {}}, ns),
+        "create role": lambda: admin.create(role),
+        "create rolebinding": lambda: admin.create(binding),
+        "raise the quota": lambda: admin.merge_patch("v1", "resourcequotas", "paybill-quota",
+                                                     {"spec": {"hard": {"limits.cpu": "100"}}}, ns),
+        "drop the network policy": lambda: admin.delete("networking.k8s.io/v1", "networkpolicies",
+                                                        "paybill-default-deny", ns),
+        "exec into a pod": lambda: admin.request("POST", f"/api/v1/namespaces/{ns}/pods/app/exec"),
+        "another namespace": lambda: admin.list("v1", "configmaps", "default"),
+        "its own tenant": lambda: admin.merge_patch(API, "tenants", "acme", {"spec": {"suspended": True}}),
+        "agent writes a policy": lambda: agent.merge_patch(API, "agentpolicies", "p", {"spec": {"rules": []}}, ns),
+    }
+    assert {what: _refused(call) for what, call in refused.items()} == {what: 403 for what in refused}
+    agent.create({"apiVersion": API, "kind": "AgentWorkflow", "metadata": {"name": "w", **meta},
+                  "spec": {"principal": "agent:bot", "policyRef": "p",
+                           "steps": [{"name": "read", "kind": "query", "sql": "SELECT 1"}]}})
