@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import policy, tenants
+from . import policy, tenants, terraform
 
 
 def machine() -> str:
@@ -47,9 +47,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="fewer iterations (for a smoke run)")
     parser.add_argument("--out", default="BENCHMARKS.md")
-    parser.add_argument("--only", choices=("policy", "tenants"), help="run one group; the file keeps the others")
+    parser.add_argument("--only", choices=("policy", "tenants", "terraform"),
+                        help="run one group; the file keeps the others")
     args = parser.parse_args()
-    groups = {"policy": policy.run, "tenants": tenants.run}
+    groups = {"policy": policy.run, "tenants": tenants.run, "terraform": terraform.run}
     load_before = os.getloadavg()[0]
     sections = [run(args.quick) for name, run in groups.items() if args.only in (None, name)]
     load_after = os.getloadavg()[0]

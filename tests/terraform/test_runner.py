@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import threading
@@ -53,7 +54,7 @@ def test_local_module_plan_apply_outputs_destroy_with_state_in_postgres(
 
     stored = runner.plans.plan_json(tenant.tenant_id, summary.plan_hash)
     assert stored is not None and stored["planned_values"]["outputs"]["database_password"]["value"] == "(sensitive)"
-    assert runner.outputs(tenant, LOCAL_SILO).values["network_id"] == outputs["network_id"]
+    assert runner.outputs(tenant, LOCAL_SILO) == result.outputs  # `terraform output -json` agrees with the state
 
     destroyed = runner.destroy(tenant, LOCAL_SILO)
     assert destroyed.destroyed == 4
@@ -108,7 +109,7 @@ resource "terraform_data" "slow" {{
 
 def test_stale_lock_is_released_and_recorded_and_a_live_one_is_not(
         make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, backend_dsn: str) -> None:
-    runner = make_runner(stale_lock_after=1.0)
+    runner = make_runner(stale_lock_after=1.0, lock_timeout=2.0)
     runner.apply(tenant, LOCAL_SILO)
     with psycopg.connect(backend_dsn, autocommit=True) as probe:
         key = max(state_lock_keys(probe, tenant.tenant_id))
@@ -239,3 +240,19 @@ def _cmdline(pid: str) -> str:
     except OSError:
         return ""
 
+
+
+def test_init_runs_once_per_configuration_and_again_when_it_changes(
+        make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, modules_dir: Path, tmp_path: Path) -> None:
+    runner = make_runner()
+    runner.apply(tenant, LOCAL_SILO)
+    templates = tmp_path / "state" / "init"
+    assert len(list(templates.iterdir())) == 1
+    again = ModuleInputs(tenant.tenant_id, "platinum", tenant.region, tenant.cost_center, {"storage_gib": 40})
+    assert runner.apply(again, LOCAL_SILO).summary.changes == 4  # from the kept data directory, no init
+    assert len(list(templates.iterdir())) == 1
+    changed = modules_dir / "changed"
+    shutil.copytree(LOCAL_SILO, changed)
+    (changed / "extra.tf").write_text('output "extra" {\n  value = var.plan\n}\n')
+    assert runner.apply(again, changed).outputs.values["extra"].value == "platinum"
+    assert len(list(templates.iterdir())) == 2

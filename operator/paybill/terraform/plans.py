@@ -10,9 +10,9 @@ import hashlib
 import json
 from typing import Any
 
-import psycopg
 from psycopg.types.json import Jsonb
 
+from .connections import Connections
 from .models import PlanSummary
 
 SCHEMA = "paybill_terraform"
@@ -108,15 +108,15 @@ def _mask(value: Any, sensitive: Any) -> Any:
 class PlanStore:
     """The plans table, reached with the backend's DSN."""
 
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        with psycopg.connect(dsn, autocommit=True) as connection:
+    def __init__(self, connections: Connections) -> None:
+        self.connections = connections
+        with connections.connection() as connection:
             connection.execute("SELECT pg_advisory_lock(hashtext('paybill_terraform.plans ddl'))")
             connection.execute(_DDL)
             connection.execute("SELECT pg_advisory_unlock(hashtext('paybill_terraform.plans ddl'))")
 
     def save(self, summary: PlanSummary, plan_json: dict[str, Any], plan_file: bytes) -> None:
-        with psycopg.connect(self.dsn, autocommit=True) as connection:
+        with self.connections.connection() as connection:
             connection.execute(
                 f"""INSERT INTO {SCHEMA}.plans (tenant_id, plan_hash, summary, plan_json, plan_file)
                     VALUES (%s, %s, %s, %s, %s) ON CONFLICT (tenant_id, plan_hash) DO NOTHING""",
@@ -124,13 +124,13 @@ class PlanStore:
                  plan_file])
 
     def plan_file(self, tenant_id: str, plan_hash: str) -> bytes | None:
-        with psycopg.connect(self.dsn, autocommit=True) as connection:
+        with self.connections.connection() as connection:
             row = connection.execute(f"SELECT plan_file FROM {SCHEMA}.plans WHERE tenant_id = %s AND plan_hash = %s",
                                      [tenant_id, plan_hash]).fetchone()
         return bytes(row[0]) if row else None
 
     def summary(self, tenant_id: str, plan_hash: str) -> PlanSummary:
-        with psycopg.connect(self.dsn, autocommit=True) as connection:
+        with self.connections.connection() as connection:
             row = connection.execute(f"SELECT summary FROM {SCHEMA}.plans WHERE tenant_id = %s AND plan_hash = %s",
                                      [tenant_id, plan_hash]).fetchone()
         if row is None:
@@ -139,7 +139,7 @@ class PlanStore:
         return PlanSummary(**{**fields, "addresses": tuple(fields.get("addresses", ()))})
 
     def plan_json(self, tenant_id: str, plan_hash: str) -> dict[str, Any] | None:
-        with psycopg.connect(self.dsn, autocommit=True) as connection:
+        with self.connections.connection() as connection:
             row = connection.execute(f"SELECT plan_json FROM {SCHEMA}.plans WHERE tenant_id = %s AND plan_hash = %s",
                                      [tenant_id, plan_hash]).fetchone()
         return dict(row[0]) if row else None

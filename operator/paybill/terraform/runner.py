@@ -16,15 +16,16 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from python_terraform import IsFlagged, IsNotFlagged  # type: ignore[import-untyped]
 
 from . import backend, binary
 from .config import RunnerConfig, cli_config
+from .connections import Connections
 from .errors import (
     PlanHashMismatch,
     PlanNotFound,
@@ -78,7 +79,8 @@ class TerraformRunner:
         for directory in (config.state_dir / "runs", config.plugin_cache, config.state_dir / "home"):
             directory.mkdir(parents=True, exist_ok=True)
         config.cli_config_path.write_text(cli_config(config.plugin_cache, config.provider_mirror))
-        self.plans = PlanStore(config.backend_dsn)
+        self.connections = Connections(config.backend_dsn, kept=config.concurrency)
+        self.plans = PlanStore(self.connections)
 
     # -- what callers see ---------------------------------------------------------------------------------
 
@@ -111,23 +113,37 @@ class TerraformRunner:
         with self._run(inputs, module) as run:
             (run.workdir / PLAN_FILE).write_bytes(plan_file)
             self._apply_saved(run)
-            return ApplyResult(summary, self._outputs(run), tuple(run.recoveries))
+            return ApplyResult(summary, self.state_outputs(inputs.tenant_id), tuple(run.recoveries))
 
     def apply(self, inputs: ModuleInputs, module: Path) -> ApplyResult:
-        """Plan and apply that very plan file in one run (no approval step)."""
+        """Plan and apply that very plan file in one run (no approval step). The plan's summary (`show -json`)
+        is made while the apply runs: nothing waits for it."""
         with self._run(inputs, module) as run:
-            summary, _ = self._plan(run, destroy=False)
-            self._apply_saved(run)
-            return ApplyResult(summary, self._outputs(run), tuple(run.recoveries))
+            self._plan_file(run, destroy=False)
+            with ThreadPoolExecutor(max_workers=1) as side:
+                shown = side.submit(self._summarize, run)
+                self._apply_saved(run)
+                summary, _ = shown.result()
+            return ApplyResult(summary, self.state_outputs(inputs.tenant_id), tuple(run.recoveries))
 
     def outputs(self, inputs: ModuleInputs, module: Path) -> Outputs:
+        """`terraform output -json` in a run of its own."""
         with self._run(inputs, module) as run:
-            return self._outputs(run)
+            code, out, err = run.terraform.output_cmd(json=IsFlagged, no_color=IsFlagged)
+            self._check(run, "output", code, out, err)
+            return _outputs(json.loads(out or "{}"))
+
+    def state_outputs(self, tenant_id: str) -> Outputs:
+        """The outputs as the tenant's state in PostgreSQL holds them (what `terraform output` reads), without
+        starting Terraform: how a run reports its outputs."""
+        with self.connections.connection() as connection:
+            return _outputs(backend.state_outputs(connection, tenant_id))
 
     def destroy(self, inputs: ModuleInputs, module: Path) -> DestroyResult:
         with self._run(inputs, module) as run:
             code, out, err = self._locking(run, lambda: run.terraform.destroy(
-                force=IsNotFlagged, auto_approve=True, no_color=IsFlagged, input=False))
+                force=IsNotFlagged, auto_approve=True, no_color=IsFlagged, input=False,
+                lock_timeout=self._lock_timeout))
             self._check(run, "destroy", code, out, err)
             return DestroyResult(inputs.tenant_id, _destroyed_count(out), tuple(run.recoveries))
 
@@ -151,8 +167,8 @@ class TerraformRunner:
         with self._guard:
             self._active[run_id] = inputs.tenant_id
         try:
-            self._prepare(workdir, inputs, module)
-            env = self._environment(inputs.tenant_id, run_id)
+            self.prepare_workdir(workdir, inputs, module)
+            env = self.environment(inputs.tenant_id, run_id)
             terraform = RunTerraform(self.program, workdir, env, time.monotonic() + self.config.timeout,
                                      self.config.timeout)
             run = Run(run_id, inputs.tenant_id, workdir, terraform,
@@ -176,7 +192,8 @@ class TerraformRunner:
             with self._guard:
                 self._waiting -= 1
 
-    def _prepare(self, workdir: Path, inputs: ModuleInputs, module: Path) -> None:
+    def prepare_workdir(self, workdir: Path, inputs: ModuleInputs, module: Path) -> None:
+        """A run's files: the module's *.tf, the configured extra files, the pg backend block, the inputs."""
         workdir.mkdir(mode=0o700, parents=True)
         for source in sorted(module.iterdir()):
             if source.is_file() and source.name.endswith((".tf", ".tf.json")):
@@ -186,7 +203,8 @@ class TerraformRunner:
         (workdir / BACKEND_FILE).write_text('terraform {\n  backend "pg" {}\n}\n')
         (workdir / VARIABLES_FILE).write_text(json.dumps(inputs.variables()))
 
-    def _environment(self, tenant_id: str, run_id: str) -> dict[str, str]:
+    def environment(self, tenant_id: str, run_id: str) -> dict[str, str]:
+        """All a run's Terraform sees: PATH and nothing else of the operator's environment."""
         return {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             "HOME": str(self.config.state_dir / "home"),
@@ -200,11 +218,43 @@ class TerraformRunner:
         }
 
     def _init(self, run: Run) -> None:
-        with self._plugin_cache_lock():
-            code, out, err = run.terraform.init(no_color=IsFlagged, input=False, reconfigure=IsNotFlagged)
-        self._check(run, "init", code, out, err)
-        with psycopg.connect(self.config.backend_dsn, autocommit=True) as connection:
+        """`terraform init` once per configuration: its data directory (backend settings, provider links into
+        the plugin cache, lock file) does not depend on the tenant, whose schema comes from the environment,
+        so later runs start from a copy. A tenant's first run always inits (that makes its state table), then
+        gets an empty state row, so that no run of it ever holds the backend's shared creation lock."""
+        template = self.config.state_dir / "init" / self._configuration_key(run.workdir)
+        with self.connections.connection() as connection:
+            known_tenant = backend.state_table_exists(connection, run.tenant_id)
+        if known_tenant and template.is_dir():
+            shutil.copytree(template, run.workdir, symlinks=True, dirs_exist_ok=True)
+        else:
+            with self._plugin_cache_lock():
+                code, out, err = run.terraform.init(no_color=IsFlagged, input=False, reconfigure=IsNotFlagged)
+            self._check(run, "init", code, out, err)
+            if not template.is_dir():
+                self._keep_template(run.workdir, template)
+        with self.connections.connection() as connection:
             backend.ensure_state_row(connection, run.tenant_id)
+
+    def _configuration_key(self, workdir: Path) -> str:
+        """What `init` depends on: the program, the CLI configuration and every configuration file."""
+        parts = [" ".join(self.program.argv), self.config.cli_config_path.read_text()]
+        for path in sorted(workdir.iterdir()):
+            if path.is_file() and path.name.endswith((".tf", ".tf.json")):
+                parts += [path.name, path.read_text()]
+        return sha256("\0".join(parts).encode())
+
+    @staticmethod
+    def _keep_template(workdir: Path, template: Path) -> None:
+        staging = template.with_name(f"{template.name}.{secrets.token_hex(4)}")
+        staging.mkdir(parents=True)
+        shutil.copytree(workdir / ".terraform", staging / ".terraform", symlinks=True)
+        if (workdir / ".terraform.lock.hcl").exists():
+            shutil.copyfile(workdir / ".terraform.lock.hcl", staging / ".terraform.lock.hcl")
+        try:
+            staging.rename(template)
+        except OSError:  # another run of the same configuration kept its copy first
+            shutil.rmtree(staging, ignore_errors=True)
 
     @contextlib.contextmanager
     def _plugin_cache_lock(self) -> Iterator[None]:
@@ -221,11 +271,18 @@ class TerraformRunner:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _plan(self, run: Run, destroy: bool) -> tuple[PlanSummary, dict[str, Any]]:
+        self._plan_file(run, destroy)
+        return self._summarize(run)
+
+    def _plan_file(self, run: Run, destroy: bool) -> None:
         code, out, err = self._locking(run, lambda: run.terraform.plan(
             out=PLAN_FILE, detailed_exitcode=IsFlagged, no_color=IsFlagged, input=False,
-            destroy=IsFlagged if destroy else IsNotFlagged))
+            lock_timeout=self._lock_timeout, destroy=IsFlagged if destroy else IsNotFlagged))
         if code not in (0, 2):
             self._check(run, "plan", code, out, err)
+
+    def _summarize(self, run: Run) -> tuple[PlanSummary, dict[str, Any]]:
+        """`show -json` of the saved plan: its summary, and both kept in PostgreSQL under the file's sha256."""
         code, out, err = run.terraform.show(PLAN_FILE, json=IsFlagged, no_color=IsFlagged)
         self._check(run, "show", code, out, err)
         plan_json = json.loads(out)
@@ -235,16 +292,13 @@ class TerraformRunner:
         return summary, plan_json
 
     def _apply_saved(self, run: Run) -> None:
-        code, out, err = self._locking(run, lambda: run.terraform.apply(PLAN_FILE, no_color=IsFlagged, input=False,
-                                                                         var=None))
+        code, out, err = self._locking(run, lambda: run.terraform.apply(
+            PLAN_FILE, no_color=IsFlagged, input=False, lock_timeout=self._lock_timeout))
         self._check(run, "apply", code, out, err)
 
-    def _outputs(self, run: Run) -> Outputs:
-        code, out, err = run.terraform.output_cmd(json=IsFlagged, no_color=IsFlagged)
-        self._check(run, "output", code, out, err)
-        values = json.loads(out or "{}")
-        return Outputs({name: OutputValue(spec.get("value"), bool(spec.get("sensitive")))
-                        for name, spec in values.items()})
+    @property
+    def _lock_timeout(self) -> str:
+        return f"{self.config.lock_timeout:g}s"
 
     # -- failures -----------------------------------------------------------------------------------------
 
@@ -261,7 +315,7 @@ class TerraformRunner:
     def recover_stale_locks(self, tenant_id: str) -> list[LockRecovery]:
         """Release every lock on this tenant's state that is older than the stale limit and whose holder's run
         is over; locks of live holders and of sessions that are not a runner's stay."""
-        with psycopg.connect(self.config.backend_dsn, autocommit=True) as connection:
+        with self.connections.connection() as connection:
             holders = backend.lock_holders(connection, backend.state_lock_keys(connection, tenant_id))
             stale = backend.stale_holders(holders, self.active_runs.keys(), self.config.stale_after)
             return [backend.release(connection, tenant_id, holder, reason) for holder, reason in stale]
@@ -275,6 +329,11 @@ class TerraformRunner:
         if any(marker in err + out for marker in STALE_PLAN_ERRORS):
             raise StalePlan(command, code, message)
         raise TerraformError(command, code, message)
+
+
+def _outputs(values: dict[str, Any]) -> Outputs:
+    return Outputs({name: OutputValue(spec.get("value"), bool(spec.get("sensitive")))
+                    for name, spec in values.items()})
 
 
 def _destroyed_count(stdout: str) -> int:
