@@ -201,28 +201,35 @@ def _bindings(store: Store, user: UserInfo, namespace: str) -> Iterator[tuple[di
                                                f"{_describe_subject(subject, binding_namespace)}")
 
 
-def resolve(store: Store, user: UserInfo, namespace: str) -> Resolution:
-    """Every rule that applies to ``user`` in ``namespace`` (cluster-wide ones included), and resolution errors."""
-    resolution = Resolution()
+def _visit(store: Store, user: UserInfo, namespace: str, errors: list[str]) -> Iterator[Grant]:
+    """The rules that apply to ``user`` in ``namespace``, cluster-wide ones first, lazily (VisitRulesFor);
+    roles that cannot be resolved go to ``errors``."""
     for binding, binding_namespace, source in _bindings(store, user, namespace):
         try:
             rules = role_ref_rules(store, binding.get("roleRef") or {}, binding_namespace)
         except KeyError as missing:
-            resolution.errors.append(str(missing.args[0]))
+            errors.append(str(missing.args[0]))
             continue
-        resolution.grants.extend(Grant(rule, source) for rule in rules)
+        yield from (Grant(rule, source) for rule in rules)
+
+
+def resolve(store: Store, user: UserInfo, namespace: str) -> Resolution:
+    """Every rule that applies to ``user`` in ``namespace`` (cluster-wide ones included), and resolution errors."""
+    resolution = Resolution()
+    resolution.grants.extend(_visit(store, user, namespace, resolution.errors))
     return resolution
 
 
 def authorize(store: Store, attributes: Attributes) -> Decision:
-    """Allow when a rule of a binding that applies to the user allows the request; else deny (no opinion)."""
+    """Allow when a rule of a binding that applies to the user allows the request (the first one found); else
+    deny (RBAC has no opinion), naming roles that could not be resolved."""
     if PRIVILEGED_GROUP in attributes.user.groups:
         return Decision(True)
-    resolution = resolve(store, attributes.user, attributes.namespace)
-    for grant in resolution.grants:
+    errors: list[str] = []
+    for grant in _visit(store, attributes.user, attributes.namespace, errors):
         if rule_allows(grant.rule, attributes):
             return Decision(True, f"RBAC: allowed by {grant.source}")
-    return Decision(False, f"RBAC: {_aggregate(resolution.errors)}" if resolution.errors else "")
+    return Decision(False, f"RBAC: {_aggregate(errors)}" if errors else "")
 
 
 def _aggregate(errors: list[str]) -> str:
