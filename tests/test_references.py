@@ -123,6 +123,10 @@ def test_tenants_of_a_plan_gone_all_the_same_are_not_ready(operator: Any) -> Non
                                                           "ReferenceNotFound"))
     assert subscription["message"] == "plan 'plan-pooled' not found"
 
+    kube.apply(plan("plan-pooled", "pooled"))  # back: both resolve again (the new Plan touches them)
+    operator.eventually(lambda: _condition(operator, "tenants", name, "Ready", "True", "Provisioned"))
+    operator.eventually(lambda: _condition(operator, "subscriptions", name, "Ready", "True", "Resolved"))
+
 
 @pytest.mark.slow
 def test_the_subscription_of_a_deleted_tenant_is_not_ready(operator: Any) -> None:

@@ -23,10 +23,6 @@ from .tenant import touch
 RELEASE_DELAY = 5  # how often a Plan held by its users looks again
 
 
-def _touch_tenant(kube: Kube, name: str, key: str, value: str) -> None:
-    touch(kube, "tenants", name, key, value)
-
-
 def _condition_of(body: kopf.Body, type_: str = "Ready") -> tuple[str | None, str | None]:
     conditions: list[dict[str, Any]] = (body.get("status") or {}).get("conditions") or []
     condition = next((c for c in conditions if c.get("type") == type_), {})
@@ -51,10 +47,16 @@ def reconcile_plan(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, reason: 
         kopf.warn(body, reason="InvalidSpec", message=message)
         return
     write_ready(body, patch, "Ready", True, "Valid", f"{spec.tier} tier with {spec.isolation} isolation")
-    if reason == "update":  # a changed plan re-reconciles its tenants (quotas, isolation, grace period)
-        for tenant in memo.kube.list(API_VERSION, "tenants"):
-            if tenant.get("spec", {}).get("planRef") == body.metadata.name:
-                _touch_tenant(memo.kube, tenant["metadata"]["name"], "plan", str(body.metadata.get("generation")))
+    if reason in ("create", "update"):  # what names it reconciles again: a plan it waited for, or changed quotas,
+        _touch_users(memo.kube, body.metadata.name,  # isolation or grace period
+                     f"{body.metadata.uid}/{body.metadata.get('generation')}")
+
+
+def _touch_users(kube: Kube, plan: str, value: str) -> None:
+    for plural in ("tenants", "subscriptions"):
+        for obj in kube.list(API_VERSION, plural):
+            if (obj.get("spec") or {}).get("planRef") == plan:
+                touch(kube, plural, obj["metadata"]["name"], "plan", value)
 
 
 def _reconcile_subscription(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
@@ -81,8 +83,8 @@ def _reconcile_subscription(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo)
         kopf.info(body, reason="RestrictionChanged", message=f"{previous or 'none'} -> {state.restriction}: "
                                                              f"{state.message}")
     # The tenant reads billing from its index; the touch makes it look now rather than at its next event.
-    _touch_tenant(memo.kube, spec["tenantRef"], "billing",
-                  f"{spec.get('billingStatus', 'active')}/{state.restriction}/{body.metadata.get('generation')}")
+    touch(memo.kube, "tenants", spec["tenantRef"], "billing",
+          f"{spec.get('billingStatus', 'active')}/{state.restriction}/{body.metadata.get('generation')}")
 
 
 @kopf.on.resume(GROUP, VERSION, "subscriptions")
@@ -124,10 +126,7 @@ def _deleted(type: str, **_: Any) -> bool:  # kopf names the argument
 def plan_gone(name: str, memo: kopf.Memo, **_: Any) -> None:
     """A Plan deleted all the same (say, its finalizer removed by hand): what referenced it reconciles again
     and finds it missing."""
-    for plural in ("tenants", "subscriptions"):
-        for obj in memo.kube.list(API_VERSION, plural):
-            if (obj.get("spec") or {}).get("planRef") == name:
-                touch(memo.kube, plural, obj["metadata"]["name"], "plan", f"{name} deleted")
+    _touch_users(memo.kube, name, f"{name} deleted")
 
 
 @kopf.on.event(GROUP, VERSION, "tenants", when=_deleted)
