@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from paybill.terraform.job import BACKEND_KEY, JobSpec, job_manifest
+from paybill.terraform.modules import module_dir
 
 
 def _spec(**changes: object) -> JobSpec:
@@ -71,3 +78,30 @@ def test_a_plan_job_without_provider_credentials_has_no_env_from() -> None:
 def test_bad_specs_are_refused(changes: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         _spec(**changes)
+
+
+def test_the_jobs_entry_point_plans_then_applies_the_approved_plan(backend_dsn: str, tmp_path: Path) -> None:
+    """What the Job's container runs, run here as a process: the bundle directory as the Secret mounts it."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(module_dir("local", "silo"), bundle)
+    (bundle / "paybill.auto.tfvars.json").write_text(json.dumps(
+        {"tenant_id": "ignored", "plan": "gold", "region": "eu-west-1", "cost_center": "cc-1", "sizes": {}}))
+    tenant = f"job-{secrets.token_hex(3)}"
+    env = {"PATH": os.environ["PATH"], "PAYBILL_TERRAFORM_BACKEND_DSN": backend_dsn, "HOME": str(tmp_path)}
+
+    def run(*args: str) -> dict[str, object]:
+        done = subprocess.run([sys.executable, "-m", "paybill.terraform", *args, "--tenant", tenant, "--module",
+                               str(bundle), "--state-dir", str(tmp_path / "work"), "--timeout", "120"],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        result: dict[str, object] = json.loads(done.stdout)
+        assert backend_dsn not in done.stdout + done.stderr
+        return result
+
+    summary = run("plan")["summary"]
+    assert isinstance(summary, dict) and summary["adds"] == 4
+    applied = run("apply", "--plan-hash", str(summary["plan_hash"]))
+    outputs = applied["outputs"]
+    assert isinstance(outputs, dict) and outputs["database_name"] == f"tenant_{tenant.replace('-', '_')}"
+    assert "database_password" not in outputs  # sensitive: never printed
+    assert run("destroy")["destroyed"] == 4

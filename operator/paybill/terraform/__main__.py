@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--plan-hash")
     args = parser.parse_args(argv)
+    if args.operation == "apply" and not args.plan_hash:
+        parser.error("apply runs an approved plan: --plan-hash is required")
     variables = json.loads((args.module / "paybill.auto.tfvars.json").read_text())
     inputs = ModuleInputs(**{**variables, "tenant_id": args.tenant})
     provider_env = {key: value for key, value in os.environ.items() if key.startswith(PROVIDER_PREFIXES)}
@@ -47,8 +49,7 @@ def _run(runner: TerraformRunner, operation: str, inputs: ModuleInputs, module: 
     if operation == "plan":
         return {"summary": asdict(runner.plan(inputs, module))}
     if operation == "apply":
-        assert plan_hash is not None
-        result = runner.apply_plan(inputs, module, plan_hash, plan_hash)
+        result = runner.apply_plan(inputs, module, str(plan_hash), str(plan_hash))
         return {"summary": asdict(result.summary), "outputs": result.outputs.public(),
                 "lock_recoveries": [asdict(r) for r in result.lock_recoveries]}
     if operation == "destroy":

@@ -97,7 +97,7 @@ class TerraformRunner:
     def plan(self, inputs: ModuleInputs, module: Path) -> PlanSummary:
         """Plan and keep the plan (file and JSON) in PostgreSQL; status holds the returned summary."""
         with self._run(inputs, module) as run:
-            return self._plan(run, destroy=False)[0]
+            return self._plan(run)[0]
 
     def apply_plan(self, inputs: ModuleInputs, module: Path, plan_hash: str, approved_hash: str) -> ApplyResult:
         """Apply exactly the saved plan `plan_hash`, only when it is the approved one; anything else applies
@@ -119,7 +119,7 @@ class TerraformRunner:
         """Plan and apply that very plan file in one run (no approval step). The plan's summary (`show -json`)
         is made while the apply runs: nothing waits for it."""
         with self._run(inputs, module) as run:
-            self._plan_file(run, destroy=False)
+            self._plan_file(run)
             with ThreadPoolExecutor(max_workers=1) as side:
                 shown = side.submit(self._summarize, run)
                 self._apply_saved(run)
@@ -152,7 +152,7 @@ class TerraformRunner:
         the world (or the recorded state) left it. Differences the provider reports but the configuration
         does not care about (Terraform's "changed outside of Terraform" notes) are no drift."""
         with self._run(inputs, module) as run:
-            summary, _ = self._plan(run, destroy=False)
+            summary, _ = self._plan(run)
             if not summary.has_changes:
                 return DriftReport(inputs.tenant_id, False, ())
             return DriftReport(inputs.tenant_id, True, summary.addresses, summary)
@@ -270,14 +270,14 @@ class TerraformRunner:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def _plan(self, run: Run, destroy: bool) -> tuple[PlanSummary, dict[str, Any]]:
-        self._plan_file(run, destroy)
+    def _plan(self, run: Run) -> tuple[PlanSummary, dict[str, Any]]:
+        self._plan_file(run)
         return self._summarize(run)
 
-    def _plan_file(self, run: Run, destroy: bool) -> None:
+    def _plan_file(self, run: Run) -> None:
         code, out, err = self._locking(run, lambda: run.terraform.plan(
             out=PLAN_FILE, detailed_exitcode=IsFlagged, no_color=IsFlagged, input=False,
-            lock_timeout=self._lock_timeout, destroy=IsFlagged if destroy else IsNotFlagged))
+            lock_timeout=self._lock_timeout))
         if code not in (0, 2):
             self._check(run, "plan", code, out, err)
 
