@@ -34,7 +34,7 @@ from .policy.guard import ExecutionGuard
 from .policy.install import tenant_schema
 
 REPO = Path(__file__).resolve().parents[2]
-MARKER = ".paybill-demo"  # written into every state directory the demo makes; nothing else is ever deleted
+MARKER = ".paybill-demo"  # in every state directory the demo makes: only such a directory is ever emptied
 DEMO_ENTRIES = frozenset({MARKER, "postgres", "kubeconfig", "emulator.log", "operator.log", "backups"})
 POLL_S = 0.2  # how often every wait looks at the children: a child's exit is noticed within this
 LOG_TAIL_LINES = 20
