@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -36,7 +37,9 @@ SILO_RESOURCES = ["terraform_data.credentials", "terraform_data.database", "terr
 
 
 def test_local_module_plan_apply_outputs_destroy_with_state_in_postgres(
-        make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, backend_dsn: str) -> None:
+        make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, backend_dsn: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     runner = make_runner()
     summary = runner.plan(tenant, LOCAL_SILO)
     assert (summary.adds, summary.changes, summary.destroys) == (4, 0, 0)
@@ -56,6 +59,7 @@ def test_local_module_plan_apply_outputs_destroy_with_state_in_postgres(
     assert stored is not None and stored["planned_values"]["outputs"]["database_password"]["value"] == "(sensitive)"
     assert runner.outputs(tenant, LOCAL_SILO) == result.outputs  # `terraform output -json` agrees with the state
 
+    assert outputs["database_password"].value not in caplog.text  # python_terraform logs output: silenced
     destroyed = runner.destroy(tenant, LOCAL_SILO)
     assert destroyed.destroyed == 4
     assert state_resources(backend_dsn, tenant.tenant_id) == []
