@@ -20,7 +20,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from .models import LockRecovery, checked_tenant_id
 
 APPLICATION_PREFIX = "paybill-tf"
-CREATION_LOCK = -1  # the pg backend takes advisory lock -1 while it creates a workspace's first state
+# The pg backend holds advisory lock -1 (shared by every schema) while it creates a workspace's first state,
+# and takes it for an instant on every lock besides (hence the runner's -lock-timeout)
+CREATION_LOCK = -1
 WORKSPACE = "default"
 _HOST = socket.gethostname()[:24]
 
