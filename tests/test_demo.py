@@ -217,7 +217,8 @@ def test_two_demos_at_once_on_one_machine_both_converge() -> None:
 @SLOW
 @LONG
 @pytest.mark.parametrize(("sent", "when"), [(signal.SIGTERM, "stack left running"),  # kept, after the walk
-                                            (signal.SIGINT, "operator started")])  # Ctrl-C while converging
+                                            (signal.SIGINT, "operator started")],  # Ctrl-C while converging
+                         ids=["SIGTERM-kept", "SIGINT-converging"])
 def test_a_signal_to_the_demo_stops_every_child(sent: signal.Signals, when: str) -> None:
     with state_dir() as state, demo("--keep", "--state-dir", str(state)) as run:
         children = run.children()
