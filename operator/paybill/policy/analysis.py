@@ -50,31 +50,17 @@ VALUES_FIELDS = _ANY_SELECT | {"values_lists"}
 INSERT_VALUES_FIELDS = frozenset({"values_lists", "limit_option", "op"})  # INSERT ... VALUES: the list, nothing else
 
 
-def _field_tests(message: Any, handled: frozenset[str]) -> tuple[tuple[str, int, Any], ...]:
-    """Every field of the message type (from its descriptor, so fields a newer libpg_query adds are in) that
-    `handled` leaves out, with how to tell it is set: cheaper per statement than ListFields()."""
-    tests = []
-    for descriptor in message.DESCRIPTOR.fields:
-        if descriptor.name not in handled:
-            kind = 0 if descriptor.is_repeated else 1 if descriptor.message_type is not None else 2
-            tests.append((descriptor.name, kind, descriptor.default_value if kind == 2 else None))
-    return tuple(tests)
 
 
-def unhandled_fields(message: Any, tests: tuple[tuple[str, int, Any], ...]) -> list[str]:
-    """The fields among `tests` that are set on `message`."""
-    found = []
-    for name, kind, default in tests:
-        if (len(getattr(message, name)) if kind == 0 else message.HasField(name) if kind == 1
-                else getattr(message, name) != default):
-            found.append(name)
-    return found
+def set_fields(message: Any) -> dict[str, Any]:
+    """The fields set on `message` by name, from one ListFields() (every field its descriptor knows, so a field a
+    newer libpg_query adds is in): cheaper than asking for each field, and an unset field is never built."""
+    return {descriptor.name: value for descriptor, value in message.ListFields()}
 
 
-_SELECT_UNHANDLED = _field_tests(pb.SelectStmt, SELECT_FIELDS)
-_SET_OPERATION_UNHANDLED = _field_tests(pb.SelectStmt, SET_OPERATION_FIELDS)
-_VALUES_UNHANDLED = _field_tests(pb.SelectStmt, VALUES_FIELDS)
-_INSERT_VALUES_UNHANDLED = _field_tests(pb.SelectStmt, INSERT_VALUES_FIELDS)
+def unhandled_fields(fields: dict[str, Any], handled: frozenset[str]) -> list[str]:
+    """The set fields (`set_fields`) that `handled` leaves out, in field-number order."""
+    return [name for name in fields if name not in handled]
 
 STATEMENT_KINDS = {"select_stmt": "select", "insert_stmt": "insert", "update_stmt": "update",
                    "delete_stmt": "delete"}
@@ -106,6 +92,7 @@ class FromSlot:
 
 # A base table a derived relation reads rows from: (its slot, its name in its SELECT, that SELECT's WHERE).
 Source = tuple[FromSlot, str, pb.Node]
+_NO_WHERE = pb.Node()  # the WHERE of a SELECT without one (read, never changed)
 
 
 @dataclass
@@ -141,6 +128,9 @@ class ParamType:
     array: bool = False
 
 
+_PARAM_TYPES = {(family, array): ParamType(family, array) for family in TypeFamily for array in (False, True)}
+
+
 @dataclass
 class Target:
     """The table an INSERT, UPDATE or DELETE writes."""
@@ -159,8 +149,14 @@ def _names(nodes: Any) -> list[str]:
     return [n.string.sval for n in nodes]
 
 
-def _star(ref: pb.ColumnRef) -> bool:
-    return ref.fields[-1].WhichOneof("node") == "a_star"
+def _column_names(ref: pb.ColumnRef) -> list[str] | None:
+    """The names of a column reference in one pass over its fields; None for `*` or `rel.*` (a name is never
+    empty: the parser refuses a zero-length quoted identifier, so only a star field reads as "")."""
+    fields = ref.fields
+    names = [n.string.sval for n in fields]
+    if names[-1] or fields[-1].WhichOneof("node") != "a_star":
+        return names
+    return None
 
 
 class Analysis:
@@ -171,7 +167,8 @@ class Analysis:
         self.schema = schema
         self.tenant = tenant
         self.reasons: list[Reason] = []
-        self.accesses: dict[tuple[str, str, str | None], int | None] = {}
+        # (action, table, column) -> the node that first made it (its location is read only for a denial)
+        self.accesses: dict[tuple[str, str, str | None], Any] = {}
         self.param_types: dict[int, ParamType] = {}
         self.params: set[int] = set()
         self.from_slots: list[FromSlot] = []
@@ -185,7 +182,7 @@ class Analysis:
 
     def deny(self, code: str, message: str, node: Any = None) -> None:
         self.reasons.append(Reason(code, message, type(node).__name__ if node is not None else None,
-                                   _location(node)))
+                                   location(node)))
 
     def unsupported(self, node: Any, what: str | None = None) -> None:
         name = type(node).__name__
@@ -194,7 +191,7 @@ class Analysis:
     def access(self, action: str, table: Table, column: str | None, node: Any = None) -> None:
         key = (action, table.name, column)
         if key not in self.accesses:
-            self.accesses[key] = _location(node)
+            self.accesses[key] = node
 
     # -- statements ------------------------------------------------------------------------------
 
@@ -222,60 +219,69 @@ class Analysis:
     def select(self, stmt: pb.SelectStmt, outer: Scope | None, ctes: dict[str, Relation],
                top: bool = False) -> tuple[tuple[str, ...], tuple[Source, ...]]:
         """Walk one SELECT, set operation or VALUES; returns its output columns and the base tables it reads."""
-        if stmt.op != pb.SETOP_NONE:
-            form, tests = "a set operation", _SET_OPERATION_UNHANDLED
-        elif stmt.values_lists:
-            form, tests = "VALUES", _VALUES_UNHANDLED
+        fields = set_fields(stmt)
+        get = fields.get
+        operation = get("op", 0) != pb.SETOP_NONE
+        values = get("values_lists")
+        if operation:
+            form, handled = "a set operation", SET_OPERATION_FIELDS
+        elif values is not None:
+            form, handled = "VALUES", VALUES_FIELDS
         else:
-            form, tests = "SELECT", _SELECT_UNHANDLED
-        unknown = unhandled_fields(stmt, tests)
+            form, handled = "SELECT", SELECT_FIELDS
+        unknown = unhandled_fields(fields, handled)
         if unknown:
             self.unsupported(stmt, f"{', '.join(unknown)} on {form}")
-        if stmt.HasField("with_clause"):
-            ctes = self.with_clause(stmt.with_clause, outer, ctes)
-        if stmt.HasField("into_clause"):
-            self.deny("select_into", "SELECT INTO creates a table and is never admitted", stmt.into_clause)
-        if stmt.limit_option == pb.LIMIT_OPTION_WITH_TIES:
+        if "with_clause" in fields:
+            ctes = self.with_clause(fields["with_clause"], outer, ctes)
+        if "into_clause" in fields:
+            self.deny("select_into", "SELECT INTO creates a table and is never admitted", fields["into_clause"])
+        if get("limit_option") == pb.LIMIT_OPTION_WITH_TIES:
             self.unsupported(stmt, "FETCH ... WITH TIES")
         scope = Scope([], outer, ctes)
         sources: tuple[Source, ...] = ()
-        if stmt.op != pb.SETOP_NONE:
+        if operation:
             columns, sources = self.select(stmt.larg, outer, ctes)
             right, right_sources = self.select(stmt.rarg, outer, ctes)
             if len(columns) != len(right):
                 self.deny("invalid", "each side of a set operation must return the same number of columns", stmt)
             sources += right_sources
             scope.relations.append(Relation("", columns))
-        elif stmt.values_lists:
-            for row in stmt.values_lists:
+        elif values is not None:
+            for row in values:
                 self.expressions(row.list.items, scope)
-            columns = tuple(f"column{n + 1}" for n in range(len(stmt.values_lists[0].list.items)))
+            columns = tuple(f"column{n + 1}" for n in range(len(values[0].list.items)))
         else:
-            columns = self.query(stmt, scope)
-            sources = self.sources(scope.relations, stmt.where_clause)
-        if stmt.locking_clause:
+            columns = self.query(fields, scope)
+            sources = self.sources(scope.relations, get("where_clause", _NO_WHERE))
+        if "locking_clause" in fields:
             self.row_locks(stmt, scope, top and form == "SELECT")
-        for sort in stmt.sort_clause:
+        for sort in get("sort_clause", ()):
             self.sort(sort.sort_by, scope, columns)
-        self.expression(stmt.limit_count, scope)
-        self.expression(stmt.limit_offset, scope)
+        if "limit_count" in fields:
+            self.expression(fields["limit_count"], scope)
+        if "limit_offset" in fields:
+            self.expression(fields["limit_offset"], scope)
         return columns, sources
 
-    def query(self, stmt: pb.SelectStmt, scope: Scope) -> tuple[str, ...]:
-        """The clauses of a plain SELECT before ORDER BY: FROM, the target list, WINDOW, WHERE, GROUP BY..."""
-        for item in stmt.from_clause:
+    def query(self, fields: dict[str, Any], scope: Scope) -> tuple[str, ...]:
+        """The clauses of a plain SELECT (its `set_fields`) before ORDER BY: FROM, the target list, WINDOW, WHERE..."""
+        get = fields.get
+        for item in get("from_clause", ()):
             self.from_item(item, scope, scope.ctes)
-        columns = self.target_list(stmt.target_list, scope)
-        for item in stmt.window_clause:
+        columns = self.target_list(get("target_list", ()), scope)
+        for item in get("window_clause", ()):
             self.window(item.window_def, scope)
-        self.expression(stmt.where_clause, scope)
-        for item in stmt.group_clause:
+        if "where_clause" in fields:
+            self.expression(fields["where_clause"], scope)
+        for item in get("group_clause", ()):
             if item.WhichOneof("node") == "grouping_set":
                 self.unsupported(item.grouping_set, "GROUPING SETS")
             else:
                 self.expression(item, scope, outputs=columns)
-        self.expression(stmt.having_clause, scope)
-        for item in stmt.distinct_clause:
+        if "having_clause" in fields:
+            self.expression(fields["having_clause"], scope)
+        for item in get("distinct_clause", ()):
             self.expression(item, scope)
         return columns
 
@@ -367,7 +373,7 @@ class Analysis:
         if source is None:
             self.deny("insert_columns", "INSERT needs VALUES or a SELECT", stmt)
         elif source.values_lists:
-            extra = unhandled_fields(source, _INSERT_VALUES_UNHANDLED)
+            extra = unhandled_fields(set_fields(source), INSERT_VALUES_FIELDS)
             if extra:  # the rewrite adds the tenant to each row: nothing may pick or reorder the rows
                 self.unsupported(source, f"{', '.join(extra)} after an INSERT's VALUES list")
             self.select(source, None, {})
@@ -609,10 +615,11 @@ class Analysis:
             value = target.val
             if value.WhichOneof("node") == "column_ref":  # the common case, without a second dispatch
                 ref = value.column_ref
-                if _star(ref):
+                parts = _column_names(ref)
+                if parts is None:
                     names.extend(self.star(ref, scope))
                     continue
-                found = self.named_column(ref, scope)
+                found = self.named_column(ref, parts, scope)
                 if found is not None and not target.name:  # its output name, without a second walk
                     names.append(found[1])
                     continue
@@ -649,15 +656,16 @@ class Analysis:
                 self.access("select", relation.table, column, node)
 
     def column(self, ref: pb.ColumnRef, scope: Scope, outputs: tuple[str, ...] = ()) -> tuple[Relation, str] | None:
-        if _star(ref):
+        names = _column_names(ref)
+        if names is None:
             self.star(ref, scope)
             return None
-        return self.named_column(ref, scope, outputs)
+        return self.named_column(ref, names, scope, outputs)
 
-    def named_column(self, ref: pb.ColumnRef, scope: Scope,
+    def named_column(self, ref: pb.ColumnRef, names: list[str], scope: Scope,
                      outputs: tuple[str, ...] = ()) -> tuple[Relation, str] | None:
-        """A column reference that is not `*`: the relation and column it reads, when it names one."""
-        names = _names(ref.fields)
+        """A column reference that is not `*` (its `_column_names`): the relation and column it reads, when it
+        names one."""
         if len(names) == 1:
             name = names[0]
             search: Scope | None = scope
@@ -794,12 +802,15 @@ class Analysis:
         self.expression(node.agg_filter, scope)
 
     def operator(self, node: pb.A_Expr, scope: Scope) -> None:
-        if node.kind not in A_EXPR_KINDS:
-            self.unsupported(node, f"{pb.A_Expr_Kind.Name(node.kind)} expression")
+        kind = node.kind
+        if kind not in A_EXPR_KINDS:
+            self.unsupported(node, f"{pb.A_Expr_Kind.Name(kind)} expression")
             return
-        if node.kind not in (pb.AEXPR_BETWEEN, pb.AEXPR_NOT_BETWEEN):  # their name is the keyword
-            self.operator_name(_names(node.name), OPERATORS, node)
-        left = self.resolved(node.lexpr, scope)
+        names = _names(node.name)
+        if kind not in (pb.AEXPR_BETWEEN, pb.AEXPR_NOT_BETWEEN):  # their name is the keyword
+            self.operator_name(names, OPERATORS, node)
+        left_node = node.lexpr
+        left = self.resolved(left_node, scope)
         right = node.rexpr
         right_kind = right.WhichOneof("node")
         if right_kind == "list":
@@ -807,21 +818,21 @@ class Analysis:
         else:
             right_column = self.resolved(right, scope)
             if left is None and right_column is not None:
-                self.typed_operand(right_column, node.lexpr, node)
+                self.typed_operand(right_column, left_node, kind, names)
                 return
         if left is None:
             return
-        if node.kind in LISTS and right_kind == "list":
+        if kind in LISTS and right_kind == "list":
             for value in right.list.items:
                 self.typed_value(left, value)
-        elif node.kind in (pb.AEXPR_OP_ANY, pb.AEXPR_OP_ALL):
+        elif kind in (pb.AEXPR_OP_ANY, pb.AEXPR_OP_ALL):
             if right_kind == "param_ref":
-                self.expect_param(right.param_ref, ParamType(left, array=True))
+                self.expect_param(right.param_ref, _PARAM_TYPES[left, True])
             elif right_kind == "a_array_expr":
                 for value in right.a_array_expr.elements:
                     self.typed_value(left, value)
         else:
-            self.typed_operand(left, right, node)
+            self.typed_operand(left, right, kind, names)
 
     def operator_name(self, names: list[str], allowed: frozenset[str], node: Any) -> None:
         """An operator wherever it stands (expression, ANY/ALL subquery, ORDER BY USING): unqualified and listed."""
@@ -830,19 +841,23 @@ class Analysis:
         elif names[0] not in allowed:
             self.deny("operator_not_allowed", f"operator {names[0]} is not admitted", node)
 
-    def typed_operand(self, family: TypeFamily, value: pb.Node, node: pb.A_Expr) -> None:
-        if node.kind in (pb.AEXPR_LIKE, pb.AEXPR_ILIKE):
+    def typed_operand(self, family: TypeFamily, value: pb.Node, kind: int, names: list[str]) -> None:
+        """The value an operator (of A_Expr `kind`, named `names`) compares with a column of `family`."""
+        if kind in (pb.AEXPR_LIKE, pb.AEXPR_ILIKE):
             self.typed_value(TypeFamily.TEXT, value)
-        elif node.kind != pb.AEXPR_OP or node.name[0].string.sval in COMPARISONS:
+        elif kind != pb.AEXPR_OP or names[0] in COMPARISONS:
             self.typed_value(family, value)
 
     def resolved(self, node: pb.Node, scope: Scope) -> TypeFamily | None:
         """Walk an operand; for a base-table column, also return its type family."""
-        if node.WhichOneof("node") == "column_ref" and not _star(ref := node.column_ref):
-            found = self.named_column(ref, scope)
-            if found is not None and found[0].table is not None:
-                return found[0].table.columns[found[1]]
-            return None
+        if node.WhichOneof("node") == "column_ref":
+            ref = node.column_ref
+            names = _column_names(ref)
+            if names is not None:
+                found = self.named_column(ref, names, scope)
+                if found is not None and found[0].table is not None:
+                    return found[0].table.columns[found[1]]
+                return None
         self.expression(node, scope)
         return None
 
@@ -855,7 +870,7 @@ class Analysis:
     def typed_value(self, family: TypeFamily, value: pb.Node) -> None:
         kind = value.WhichOneof("node")
         if kind == "param_ref":
-            self.expect_param(value.param_ref, ParamType(family))
+            self.expect_param(value.param_ref, _PARAM_TYPES[family, False])
         elif kind == "a_const" and not value.a_const.isnull:
             const = value.a_const
             literal = const.WhichOneof("val")
@@ -1035,7 +1050,7 @@ def _output_name(node: pb.Node) -> str:
     return "?column?"
 
 
-def _location(node: Any) -> int | None:
+def location(node: Any) -> int | None:
     """A node's offset in the statement text; None when it has none (-1, or no location field)."""
     location = getattr(node, "location", -1)
     return location if location >= 0 else None

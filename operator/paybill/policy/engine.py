@@ -12,7 +12,7 @@ from typing import Any
 from pglast.parser import fingerprint
 
 from ..api.agentpolicy import AgentPolicySpec
-from .analysis import Analysis, ParamType, Relation, Scope, param_fits
+from .analysis import Analysis, ParamType, Relation, Scope, location, param_fits
 from .decision import POLICY_CODES, Decision, Reason, plan_hash
 from .rewrite import rewrite
 from .rules import WILDCARD, PolicyError, RuleSet
@@ -174,23 +174,24 @@ class PolicyEngine:
     def _check_rules(self, analysis: Analysis) -> tuple[tuple[str, ...], frozenset[str] | None, int]:
         """Every access needs an allow rule and no deny rule; collects approvals the allowing rules ask for."""
         allowing: dict[str, Any] = {}
-        for (action, table, column), position in analysis.accesses.items():
+        for (action, table, column), node in analysis.accesses.items():
             match = self.rules.match(action, table, column)
             if match.deny is None and not match.allows and action == "select" and column == TENANT_COLUMN and \
                     analysis.tenant is not None and self.schema.tables[table].pooled:
                 # the agent's own tenant id: readable wherever the table is, unless a rule denies it. Row-filter
                 # columns are not: reading them needs a select rule like any column (rules.predicate_columns)
                 match = self.rules.match(action, table, None)
+            if match.allows and match.deny is None:
+                for rule in match.allows:
+                    allowing.setdefault(rule.id, rule)
+                continue
             target = f"{table}.{column}" if column else table
             if match.deny is not None:
                 analysis.reasons.append(Reason("denied_by_rule", f"{action} on {target} is denied",
-                                               position=position, rule=match.deny.id))
-            elif not match.allows:
-                analysis.reasons.append(Reason("no_allow_rule", f"no rule allows {action} on {target}",
-                                               position=position))
+                                               position=location(node), rule=match.deny.id))
             else:
-                for rule in match.allows:
-                    allowing.setdefault(rule.id, rule)
+                analysis.reasons.append(Reason("no_allow_rule", f"no rule allows {action} on {target}",
+                                               position=location(node)))
         written = analysis.target
         if analysis.where_missing and analysis.kind in ("update", "delete") and written is not None:
             for rule in allowing.values():
