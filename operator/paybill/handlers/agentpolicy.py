@@ -32,6 +32,7 @@ from ..lifecycle.tenant import (
 from ..policy.install import install, uninstall
 from ..policy.rules import PolicyError
 from ..policy.schema import SchemaError
+from . import events
 from .status import wait_for, write_ready
 from .tenant import TENANT_GRANTS, agent_grants_key, delete_owned_secret, publish_secret
 
@@ -89,7 +90,7 @@ def reconcile_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: A
     except (PolicyError, SchemaError) as exc:
         message = first_line(exc)
         write_ready(body, patch, "Invalid", False, "InvalidPolicy", message, tenant=tenant_name)
-        kopf.warn(body, reason="InvalidPolicy", message=message)
+        events.warn(body, reason="InvalidPolicy", message=message)
         return  # permanent until the policy, the tenant or its schema changes
     except NameConflict as exc:  # a role Paybill did not create has the name: never adopted, retried slowly
         _conflict(body, patch, "NameConflict", first_line(exc), tenant_name)
@@ -106,7 +107,7 @@ def reconcile_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: A
                 database=where.database, schema=where.schema, tables=list(installed.tables), access=str(access),
                 policyVersion=installed.version, credentialsSecret=secret_name(name))
     if (current.get("policyVersion"), current.get("access")) != (installed.version, str(access)):
-        kopf.info(body, reason="Installed", message=summary)
+        events.info(body, reason="Installed", message=summary)
         if memo.audit is not None:
             memo.audit.append("AgentPolicy", f"{namespace}/{name}", "Installed", {
                 "tenant": tenant_name, "role": role, "database": where.database, "schema": where.schema,
@@ -125,7 +126,7 @@ def delete_policy(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         except DatabaseUnavailable as exc:
             raise kopf.TemporaryError(str(exc), delay=10) from None
         if dropped:
-            kopf.info(body, reason="Uninstalled", message=f"role {state.get('role')} dropped")
+            events.info(body, reason="Uninstalled", message=f"role {state.get('role')} dropped")
             if memo.audit is not None:
                 memo.audit.append("AgentPolicy", f"{body.metadata.namespace}/{body.metadata.name}", "Uninstalled",
                                   {"tenant": tenant, "role": state.get("role")})
@@ -136,7 +137,7 @@ def delete_policy(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 def _conflict(body: kopf.Body, patch: kopf.Patch, reason: str, message: str, tenant: str) -> NoReturn:
     """Something the policy did not create has a name it needs: said in status and an Event, retried slowly."""
     write_ready(body, patch, "Conflict", False, reason, message, tenant=tenant)
-    kopf.warn(body, reason=reason, message=message)
+    events.warn(body, reason=reason, message=message)
     raise kopf.TemporaryError(message, delay=60)
 
 

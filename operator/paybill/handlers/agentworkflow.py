@@ -29,6 +29,7 @@ from ..policy.rules import PolicyError
 from ..policy.schema import SchemaError
 from ..workflows import StepOutcome, results_secret_data, run_steps
 from ..workflows.pool import WorkflowPool
+from . import events
 from .agentpolicy import secret_name, tenant_of
 from .status import wait_for, write_ready
 from .tenant import delete_owned_secret, publish_secret
@@ -62,7 +63,7 @@ def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
     if state.get("phase") == "Running":  # the operator stopped mid-run: what ran may have committed
         message = f"interrupted after {state.get('completedSteps', 0)} step(s); steps are never run twice"
         write_ready(body, patch, "Failed", False, "Interrupted", message)
-        kopf.warn(body, reason="Interrupted", message=message)
+        events.warn(body, reason="Interrupted", message=message)
         return
     spec = AgentWorkflowSpec.model_validate(dict(body.spec))
     policy = kube.get(API_VERSION, "agentpolicies", spec.policyRef, namespace)
@@ -117,7 +118,7 @@ def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
         try:
             _publish_results(kube, body, results)
         except SecretConflict as exc:  # squatted while the steps ran: the rows are not written there
-            kopf.warn(body, reason="SecretConflict", message=first_line(exc))
+            events.warn(body, reason="SecretConflict", message=first_line(exc))
             results = None
     last = outcomes[-1]
     if last.ok:
@@ -133,7 +134,7 @@ def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
 
 @kopf.on.update(GROUP, VERSION, "agentworkflows", field="spec")
 def refuse_changes(body: kopf.Body, **_: Any) -> None:
-    kopf.warn(body, reason="Immutable", message="an AgentWorkflow's steps are fixed once submitted; "
+    events.warn(body, reason="Immutable", message="an AgentWorkflow's steps are fixed once submitted; "
                                                 "the change is ignored (submit a new AgentWorkflow)")
 
 
@@ -147,7 +148,7 @@ def _finish(body: kopf.Body, patch: kopf.Patch, phase: str, reason: str, message
             steps: list[dict[str, Any]], results: dict[str, str] | None = None, version: str | None = None) -> None:
     write_ready(body, patch, phase, phase == "Succeeded", reason, message, **_progress(steps), policyVersion=version,
                 resultsSecret=_results_name(body.metadata.name) if results else None)
-    (kopf.info if phase == "Succeeded" else kopf.warn)(body, reason=reason, message=message)
+    (events.info if phase == "Succeeded" else events.warn)(body, reason=reason, message=message)
 
 
 def _progress(steps: list[dict[str, Any]]) -> dict[str, Any]:

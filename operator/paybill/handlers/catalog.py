@@ -17,6 +17,7 @@ from ..billing.grace import billing_state
 from ..kube.client import Kube
 from ..lifecycle.conditions import set_condition
 from ..lifecycle.references import Problem, plan_deletion_problem, plan_users, subscription_problem
+from . import events
 from .status import write_ready
 from .tenant import touch
 
@@ -32,7 +33,7 @@ def _condition_of(body: kopf.Body, type_: str = "Ready") -> tuple[str | None, st
 def _warn_once(body: kopf.Body, problem: Problem, type_: str = "Ready") -> None:
     """A Warning Event when the problem is new, not on every retry."""
     if _condition_of(body, type_) != (problem.reason, problem.message):
-        kopf.warn(body, reason=problem.reason, message=problem.message)
+        events.warn(body, reason=problem.reason, message=problem.message)
 
 
 @kopf.on.resume(GROUP, VERSION, "plans")
@@ -44,7 +45,7 @@ def reconcile_plan(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, reason: 
     except ValidationError as exc:
         message = "; ".join(f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         write_ready(body, patch, "Invalid", False, "InvalidSpec", message)
-        kopf.warn(body, reason="InvalidSpec", message=message)
+        events.warn(body, reason="InvalidSpec", message=message)
         return
     write_ready(body, patch, "Ready", True, "Valid", f"{spec.tier} tier with {spec.isolation} isolation")
     if reason in ("create", "update"):  # what names it reconciles again: a plan it waited for, or changed quotas,
@@ -80,7 +81,7 @@ def _reconcile_subscription(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo)
         write_ready(body, patch, phase, True, "Resolved", f"tenant {spec['tenantRef']} on plan {spec['planRef']}: "
                                                      f"{state.message}", restriction=str(state.restriction))
     if previous != state.restriction:
-        kopf.info(body, reason="RestrictionChanged", message=f"{previous or 'none'} -> {state.restriction}: "
+        events.info(body, reason="RestrictionChanged", message=f"{previous or 'none'} -> {state.restriction}: "
                                                              f"{state.message}")
     # The tenant reads billing from its index; the touch makes it look now rather than at its next event.
     touch(memo.kube, "tenants", spec["tenantRef"], "billing",

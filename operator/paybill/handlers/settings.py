@@ -13,6 +13,7 @@ import kopf
 from ..audit import AuditLog
 from ..database.tenants import TenantDatabases
 from ..kube.client import Kube, load_config
+from . import events
 from .persistence import PREFIX, DigestDiffBaseStorage
 
 DATABASE_URL_ENV = "PAYBILL_DATABASE_URL"
@@ -49,6 +50,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo,
     settings.queueing.idle_timeout = 0.5  # a worker holds its slot while idle: free it soon
     load_config()
     memo.kube = Kube()
+    events.install(memo.kube)
     database_url = os.environ.get(DATABASE_URL_ENV) or None
     backup_dir = backup_directory(os.environ)
     memo.databases = TenantDatabases(database_url, backup_dir) if database_url else None

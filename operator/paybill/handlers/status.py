@@ -7,6 +7,7 @@ from typing import Any, NoReturn
 import kopf
 
 from ..lifecycle.conditions import set_condition
+from . import events
 
 
 def write_ready(body: kopf.Body, patch: kopf.Patch, phase: str, ok: bool | None, reason: str, message: str,
@@ -21,6 +22,6 @@ def wait_for(body: kopf.Body, patch: kopf.Patch, reason: str, message: str, dela
     """Pending until something else is ready: said in status, once as a Warning Event, and retried."""
     conditions = (body.get("status") or {}).get("conditions") or []
     if next((c.get("reason") for c in conditions if c.get("type") == "Ready"), None) != reason:
-        kopf.warn(body, reason=reason, message=message)
+        events.warn(body, reason=reason, message=message)
     write_ready(body, patch, "Pending", False, reason, message)
     raise kopf.TemporaryError(message, delay=delay)

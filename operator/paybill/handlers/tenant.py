@@ -45,6 +45,7 @@ from ..lifecycle.tenant import (
     tenant_namespace,
     tenant_resources,
 )
+from . import events
 
 RETRY_DELAY = 10
 TRIGGER = "trigger.paybill.dev"  # not kopf's own prefix, so a change here re-runs the tenant's reconcile
@@ -76,7 +77,7 @@ class _Status:
         """Record why the tenant is not ready, post a Warning Event, and hand the retry to kopf."""
         self.condition("Ready", False, reason, message)
         self.write(phase)
-        kopf.warn(self.body, reason=reason, message=message)
+        events.warn(self.body, reason=reason, message=message)
         raise kopf.TemporaryError(message, delay=delay)
 
 
@@ -111,7 +112,7 @@ def reconcile_tenant(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry:
         if status.phase == Phase.OFFBOARDED and not spec.get("offboard"):
             refused = TransitionRefused(Phase.OFFBOARDED, Event.PROVISION, "offboarding is irreversible; "
                                                                            "create a new Tenant")
-            kopf.warn(body, reason="TransitionRefused", message=str(refused))
+            events.warn(body, reason="TransitionRefused", message=str(refused))
             return
         offboard(body, memo, status)
         return
@@ -169,7 +170,7 @@ def _check_subscriptions(body: kopf.Body, status: _Status, subscriptions: list[d
     previous = next((c for c in status.conditions if c.get("type") == "PlanMismatch"), None)
     if mismatch is not None:
         if previous is None or previous.get("message") != mismatch.message:
-            kopf.warn(body, reason=mismatch.reason, message=mismatch.message)
+            events.warn(body, reason=mismatch.reason, message=mismatch.message)
         status.condition("PlanMismatch", True, mismatch.reason, mismatch.message)
     elif previous is not None:
         status.condition("PlanMismatch", False, "PlanAgrees", "the tenant's subscriptions bill the plan it is on")
@@ -208,7 +209,7 @@ def _ensure_namespace(kube: Kube, body: kopf.Body, plan: dict[str, Any], status:
                     check.message)
     converge(kube, body, namespace_manifest(dict(body), plan))
     if check.reason == "Missing":
-        kopf.info(body, reason="NamespaceCreated", message=f"namespace {namespace} created")
+        events.info(body, reason="NamespaceCreated", message=f"namespace {namespace} created")
     status.condition("NamespaceReady", True, "Provisioned", f"namespace {namespace} is ready")
 
 
@@ -237,7 +238,7 @@ def converge(kube: Kube, body: kopf.Body, desired: dict[str, Any]) -> None:
         elif action == OwnedAction.UPDATE and existing is not None:  # only the version checked (resourceVersion)
             kube.request("PUT", resource_path(desired["apiVersion"], plural, namespace, name),
                          converged(existing, desired))
-            kopf.info(body, reason="DriftReverted", message=f"{describe(desired)} differed from plan "
+            events.info(body, reason="DriftReverted", message=f"{describe(desired)} differed from plan "
                                                             f"{body.spec.get('planRef')}; restored")
     except KubeError as exc:
         if exc.status != 409:
@@ -338,7 +339,7 @@ def _migrate(body: kopf.Body, memo: kopf.Memo, status: _Status, source: Placemen
         status.phase = Phase.MIGRATING
     target = memo.databases.migrate(name, isolation, password)
     checksums = memo.databases.checksums(target)
-    kopf.info(body, reason="Migrated", message=f"data moved from {source.isolation} to {target.isolation}: "
+    events.info(body, reason="Migrated", message=f"data moved from {source.isolation} to {target.isolation}: "
                                                + ", ".join(f"{t} {c.rows} rows" for t, c in checksums.items())
                                                + ", checksums verified")
     status.condition("Migrated", True, "Verified", f"moved from {source.isolation} to {target.isolation}")
@@ -378,16 +379,16 @@ def _advance(body: kopf.Body, memo: kopf.Memo, source: Phase, target: Phase, why
     for step in _chain(source, target):
         message = f"{step.source} -> {step.target} ({step.event}): {why}"
         if step.target == Phase.FAILED:
-            kopf.warn(body, reason=str(step.target), message=message)
+            events.warn(body, reason=str(step.target), message=message)
         else:
-            kopf.info(body, reason=str(step.target), message=message)
+            events.info(body, reason=str(step.target), message=message)
         if memo.audit is not None:
             try:
                 memo.audit.append("Tenant", body.metadata.name, str(step.event),
                                   {"from": str(step.source), "to": str(step.target), "why": why,
                                    "uid": body.metadata.uid, "generation": body.metadata.get("generation")})
             except (DatabaseUnavailable, psycopg.Error):
-                kopf.warn(body, reason="AuditUnavailable", message="could not append the audit record; "
+                events.warn(body, reason="AuditUnavailable", message="could not append the audit record; "
                                                                    "the database is unreachable")
 
 
@@ -420,7 +421,7 @@ def offboard(body: kopf.Body, memo: kopf.Memo, status: _Status | None = None) ->
                     taken = databases.backup(placement, f"{name}-{body.metadata.uid}")
                     backup = {**taken.to_status(), "takenAt": now_rfc3339()}
                     _patch_status(kube, body, {"backup": backup})
-                    kopf.info(body, reason="BackupTaken", message=f"final backup at {backup['location']} "
+                    events.info(body, reason="BackupTaken", message=f"final backup at {backup['location']} "
                                                                   f"(sha256 {backup['sha256']})")
                 if policy != DeletionPolicy.RETAIN:
                     databases.remove(placement)
@@ -434,7 +435,7 @@ def offboard(body: kopf.Body, memo: kopf.Memo, status: _Status | None = None) ->
         _delete_owned_namespace(kube, body, tenant_namespace(name, spec))
     except FAILURES as exc:
         message = first_line(exc)
-        kopf.warn(body, reason="OffboardingFailed", message=message)
+        events.warn(body, reason="OffboardingFailed", message=message)
         raise kopf.TemporaryError(message, delay=RETRY_DELAY) from None
     _advance(body, memo, Phase.OFFBOARDING, Phase.OFFBOARDED, f"deletion policy {policy}")
     if status is not None:
@@ -450,7 +451,7 @@ def _delete_owned_namespace(kube: Kube, body: kopf.Body, namespace: str) -> None
     if existing is None:
         return
     if not may_delete_namespace(existing, body.metadata.uid, operator_namespace()):
-        kopf.info(body, reason="NamespaceKept", message=f"namespace {namespace} is not this tenant's; left as it is")
+        events.info(body, reason="NamespaceKept", message=f"namespace {namespace} is not this tenant's; left as it is")
         return
     try:
         preconditions = {"uid": existing["metadata"]["uid"]}
@@ -474,5 +475,5 @@ def _patch_status(kube: Kube, body: kopf.Body, fields: dict[str, Any]) -> None:
 def delete_tenant(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     backup = offboard(body, memo)
     if backup is not None:
-        kopf.info(body, reason="Offboarded", message=f"tenant deleted; final backup {backup['location']} "
+        events.info(body, reason="Offboarded", message=f"tenant deleted; final backup {backup['location']} "
                                                      f"sha256 {backup['sha256']}")
