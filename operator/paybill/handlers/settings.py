@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo,
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = DigestDiffBaseStorage()
     settings.posting.level = logging.INFO
+    settings.posting.reporting_component = events.COMPONENT  # kopf's own Events (handler outcomes) too
+    settings.posting.reporting_instance = socket.gethostname()
     settings.peering.standalone = True
     settings.watching.server_timeout = 300
     settings.queueing.error_delays = [1, 2, 5, 10, 30, 60]
