@@ -104,3 +104,31 @@ def test_remove_stops_a_server_another_instance_left_running() -> None:
     assert eventually(lambda: not alive(pid))
     assert not (directory / "postgres").exists()
     os.rmdir(directory)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runtime directories are used only as root")
+def test_a_server_whose_starter_was_killed_is_stopped_by_the_next_start() -> None:
+    """A test run or demo killed with SIGKILL cannot stop its server; the next start on the machine does."""
+    directory = Path(tempfile.mkdtemp(prefix="paybill-pg-"))  # 0700: the server goes to a runtime directory
+    starter = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from paybill.database.server import LocalPostgres\n"
+        "server = LocalPostgres(Path(sys.argv[1])); server.start(); print(server.pid, server.server_dir, flush=True)\n"
+        "time.sleep(600)"), str(directory / "orphan")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert starter.stdout is not None
+        pid, server_dir = starter.stdout.readline().split()
+        starter.kill()
+        starter.wait()
+        assert alive(int(pid))  # the killed starter left its server running
+        survivor = LocalPostgres(directory / "resumable")  # a new start sweeps the orphans
+        survivor.start()
+        assert eventually(lambda: not alive(int(pid)))
+        assert Path(server_dir, "pgdata").exists()  # its data directory still exists: resumable, kept
+        shutil.rmtree(directory / "orphan")
+        survivor.stop()
+        survivor.start()  # once its data directory is gone, the orphan's runtime directory goes too
+        assert not Path(server_dir).exists() and survivor.server_dir.exists()
+        survivor.remove()
+    finally:
+        starter.kill()
+        shutil.rmtree(directory, ignore_errors=True)

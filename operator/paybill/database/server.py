@@ -65,6 +65,7 @@ SERVER_USER = "postgres"  # the account the server binaries run as when we are r
 # production servers set the same in postgresql.conf (roles get it too: TenantDatabases.limit_sessions).
 IDLE_IN_TRANSACTION_TIMEOUT = "60s"
 PASSWORD_FILE = "superuser.password"  # in data_dir, 0600, owned by the user that runs LocalPostgres
+OWNER_FILE = "owner"  # in a runtime server directory: `<pid> <start time>` of its starter, then data_dir
 # Where the server's files go when SERVER_USER cannot enter data_dir (a clone under /root or `mktemp -d`):
 # the first of these that is ours; each server gets a private 0700 directory in it, owned by SERVER_USER.
 RUNTIME_BASES = (Path("/run/paybill"), Path(tempfile.gettempdir()) / f"paybill-{os.geteuid()}")
@@ -175,8 +176,10 @@ class LocalPostgres:
             return server_dir
         blocked = _blocked_parent(self.data_dir, SERVER_USER)
         self._why = f"the {SERVER_USER} user cannot enter {blocked}"
+        sweep_orphans(server_dir.parent, keep=server_dir)
         _private_directory(server_dir, SERVER_USER)
         _private_directory(server_dir / "socket", SERVER_USER)
+        _write_private(server_dir / OWNER_FILE, f"{_process_identity(os.getpid())}\n{self.data_dir}")
         return server_dir
 
     def _pg_ctl_start(self, binaries: Path, pgdata: Path, socket_dir: Path, log: Path) -> None:
@@ -352,6 +355,39 @@ def _private_directory(path: Path, owner: str) -> None:
     status = path.lstat()
     if not stat.S_ISDIR(status.st_mode) or status.st_uid != pwd.getpwnam(owner).pw_uid or status.st_mode & 0o077:
         raise PostgresError(f"{path} exists and is not a private directory of {owner}: refusing to use it")
+
+
+def sweep_orphans(base: Path, keep: Path | None = None) -> list[Path]:
+    """Stop the runtime servers in `base` whose owning process is gone (a test run or a demo killed before it
+    could stop its server), and delete those whose data directory is gone too (a resumable one is kept).
+    A server without an owner record is left alone. Returns the directories whose server was stopped."""
+    stopped = []
+    for server_dir in sorted(base.glob("postgres-*")):
+        owner = server_dir / OWNER_FILE
+        if server_dir == keep or not owner.is_file():
+            continue
+        identity, _, data_dir = owner.read_text().strip().partition("\n")
+        pid = identity.split()[0] if identity else ""
+        if not pid.isdigit() or _process_identity(int(pid)) == identity:
+            continue
+        binaries = find_binaries()
+        if binaries is not None and (server_dir / "pgdata" / "postmaster.pid").exists():
+            LocalPostgres._run("pg_ctl stop", ["runuser", "-u", SERVER_USER, "--", str(binaries / "pg_ctl"), "-D",
+                                               str(server_dir / "pgdata"), "-m", "immediate", "-w", "stop"],
+                               check=False)
+            stopped.append(server_dir)
+        if not data_dir or not Path(data_dir).exists():
+            shutil.rmtree(server_dir, ignore_errors=True)
+    return stopped
+
+
+def _process_identity(pid: int) -> str | None:
+    """`<pid> <start time>`: survives pid reuse, since a new process with the same pid starts later."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return f"{pid} {fields[19]}"  # field 22 of stat: starttime, in clock ticks since boot
 
 
 @contextlib.contextmanager
