@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 # Reasons a policy's own rules produce. Under warn and audit they are recorded but do not deny;
 # every other reason (syntax, statement kind, unknown names, catalogs, types) denies in every mode.
 POLICY_CODES = frozenset({"no_allow_rule", "denied_by_rule", "require_where", "function_not_allowed",
@@ -32,7 +34,7 @@ class Reason:
         return data
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Decision:
     allowed: bool
     mode: str
@@ -44,6 +46,15 @@ class Decision:
     plan_hash: str | None = None
     policy_version: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(self, allowed: bool, mode: str, reasons: tuple[Reason, ...] = (), sql: str | None = None,
+                 statement: str | None = None, rules: tuple[str, ...] = (), fingerprint: str | None = None,
+                 plan_hash: str | None = None, policy_version: str = "", extra: dict[str, Any] | None = None) -> None:
+        # One dict update instead of the ten object.__setattr__ calls a frozen dataclass's own __init__ makes:
+        # every call of the engine builds a Decision. Still frozen: assignment raises FrozenInstanceError.
+        vars(self).update(allowed=allowed, mode=mode, reasons=reasons, sql=sql, statement=statement, rules=rules,
+                          fingerprint=fingerprint, plan_hash=plan_hash, policy_version=policy_version,
+                          extra={} if extra is None else extra)
 
     @property
     def enforced(self) -> bool:
@@ -69,10 +80,14 @@ class Decision:
         return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-# One encoder for every hash: `json.dumps` with options builds a new one per call (the same output).
+# For what orjson refuses (integers past 64 bits, non-string keys): the standard encoder takes any value.
 _PLAN_ENCODER = json.JSONEncoder(sort_keys=True, default=str)
 
 
 def plan_hash(fingerprint: str, params: list[Any], policy_version: str, tenant: str | None) -> str:
-    payload = _PLAN_ENCODER.encode([fingerprint, params, policy_version, tenant])
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+    plan = [fingerprint, params, policy_version, tenant]
+    try:
+        payload = orjson.dumps(plan, default=str, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        payload = _PLAN_ENCODER.encode(plan).encode()
+    return hashlib.sha256(payload).hexdigest()[:32]

@@ -6,8 +6,7 @@ import dataclasses
 import functools
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pglast.parser import fingerprint
 
@@ -28,8 +27,7 @@ _SELECTIVE_WHERE = ("compares a column of {table} with a literal or parameter (=
                     "in every branch of an OR")
 
 
-@dataclass(frozen=True)
-class _Admitted:
+class _Admitted(NamedTuple):
     """What the cache keeps for a statement: its decision before parameters are bound."""
 
     decision: Decision
