@@ -12,6 +12,7 @@ a (table, alias, columns, tenant) is built and serialized once per policy. Any o
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -251,10 +252,20 @@ def _spliced_select(result: pb.ParseResult, analysis: Analysis, limits: Limits, 
         return None
     for index, subquery in replaced.items():
         select.from_clause[index] = subquery
-    _limit(stmt, limits.maxRowsRead)
-    select.limit_count = stmt.limit_count.SerializeToString()
-    select.limit_option = stmt.limit_option
+    if select.HasField("limit_count"):
+        _limit(stmt, limits.maxRowsRead)
+        select.limit_count = stmt.limit_count.SerializeToString()
+    else:  # no LIMIT: the one `_limit` writes, serialized once per bound
+        select.limit_count = _integer_node(limits.maxRowsRead)
+    select.limit_option = pb.LIMIT_OPTION_COUNT
     return shallow.SerializeToString()  # type: ignore[no-any-return]
+
+
+@functools.lru_cache(maxsize=64)
+def _integer_node(value: int) -> bytes:
+    node = pb.Node()
+    set_integer(node, value)
+    return node.SerializeToString()  # type: ignore[no-any-return]
 
 
 def _subquery(slot: FromSlot, columns: tuple[str, ...], rules: RuleSet, tenant: str | None) -> bytes:
