@@ -23,7 +23,7 @@ import urllib3
 
 from paybill.api.crdgen import all_crds
 from paybill.database.server import LocalPostgres
-from paybill.kube.client import Kube
+from paybill.kubeclient import Kube
 
 API = "paybill.dev/v1alpha1"
 

@@ -17,7 +17,7 @@ from kopf.testing import KopfRunner
 from paybill.api.crdgen import all_crds
 from paybill.database.server import LocalPostgres
 from paybill.kube import SYSTEM_NAMESPACES, EmulatedApiServer, serve_in_thread, write_admin_kubeconfig
-from paybill.kube.client import Kube
+from paybill.kubeclient import Kube
 
 
 @pytest.fixture(scope="session")

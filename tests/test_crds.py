@@ -244,7 +244,7 @@ def _rule(rule_id: str, **fields: Any) -> dict[str, Any]:
 ])
 def test_the_emulator_refuses_policies_like_a_real_apiserver(cluster: Any, spec: dict[str, Any],
                                                             message: str) -> None:
-    from paybill.kube.client import KubeError
+    from paybill.kubeclient import KubeError
 
     with pytest.raises(KubeError) as refused:
         cluster.kube.create(spec)
@@ -258,7 +258,7 @@ def test_a_policy_with_an_empty_rule_list_is_an_explicit_deny_all(cluster: Any) 
 
 
 def test_a_workflow_with_two_steps_of_one_name_is_refused(cluster: Any) -> None:
-    from paybill.kube.client import KubeError
+    from paybill.kubeclient import KubeError
 
     step = {"name": "read", "kind": "query", "sql": "SELECT 1"}
     workflow = {"apiVersion": "paybill.dev/v1alpha1", "kind": "AgentWorkflow",

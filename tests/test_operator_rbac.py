@@ -15,8 +15,8 @@ import yaml
 from kopf.testing import KopfRunner
 
 from paybill.kube import write_service_account_kubeconfig
-from paybill.kube.client import Kube, KubeError
 from paybill.kube.rbac import Attributes
+from paybill.kubeclient import Kube, KubeError
 from paybill.lifecycle.conditions import is_true
 
 REPO = Path(__file__).resolve().parents[1]

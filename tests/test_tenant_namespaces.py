@@ -10,7 +10,7 @@ import kubernetes
 import pytest
 
 from paybill.kube import write_service_account_kubeconfig
-from paybill.kube.client import Kube, KubeError
+from paybill.kubeclient import Kube, KubeError
 from paybill.lifecycle.tenant import (
     check_namespace,
     may_delete_namespace,

@@ -26,7 +26,7 @@ from .api.crdgen import all_crds
 from .database.server import LocalPostgres, PostgresError
 from .database.tenants import Placement, TenantDatabases
 from .handlers.settings import DATABASE_URL_ENV, STATE_DIR_ENV
-from .kube.client import Kube
+from .kubeclient import Kube
 from .lifecycle.conditions import is_true
 from .policy import PolicyEngine
 from .policy.check import load_policy

@@ -18,7 +18,7 @@ from ..api.tenant import TenantPhase
 from ..billing.grace import Access
 from ..database.tenants import DatabaseUnavailable, NameConflict, Placement, TenantDatabases
 from ..errors import first_line
-from ..kube.client import Kube
+from ..kubeclient import Kube
 from ..lifecycle.tenant import (
     MANAGED_BY,
     TENANT_LABEL,

@@ -21,7 +21,7 @@ from ..api.meta import API_VERSION, GROUP, VERSION
 from ..billing.grace import Access
 from ..database.tenants import DatabaseUnavailable, Placement
 from ..errors import first_line
-from ..kube.client import Kube
+from ..kubeclient import Kube
 from ..lifecycle.tenant import MANAGED_BY, SecretConflict, opaque_secret, owned_secret, owner_reference, secret_field
 from ..policy.guard import ExecutionGuard
 from ..policy.install import engine_for

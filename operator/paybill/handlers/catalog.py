@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from ..api.meta import API_VERSION, GROUP, VERSION
 from ..api.plan import PlanSpec
 from ..billing.grace import billing_state
-from ..kube.client import Kube
+from ..kubeclient import Kube
 from ..lifecycle.conditions import set_condition
 from ..lifecycle.references import Problem, plan_deletion_problem, plan_users, subscription_problem
 from . import events

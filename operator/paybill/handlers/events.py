@@ -14,7 +14,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-from ..kube.client import Kube, KubeError
+from ..kubeclient import Kube, KubeError
 
 COMPONENT = "paybill-operator"
 MAX_MESSAGE = 1024  # kube-apiserver's limit on an Event's message

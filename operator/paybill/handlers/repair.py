@@ -21,7 +21,7 @@ import kopf
 import urllib3
 
 from ..api.meta import API_VERSION
-from ..kube.client import Kube, KubeError, load_config, resource_path
+from ..kubeclient import Kube, KubeError, load_config, resource_path
 from ..lifecycle.drift import Drift, Key, OwnedAction, drift, key_of, maintained, owned_action
 from ..lifecycle.tenant import TENANT_LABEL, owned_manifests
 from .tenant import TRIGGER

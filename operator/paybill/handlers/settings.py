@@ -13,7 +13,7 @@ import kopf
 
 from ..audit import AuditLog
 from ..database.tenants import TenantDatabases
-from ..kube.client import Kube, load_config
+from ..kubeclient import Kube, load_config
 from . import events
 from .persistence import PREFIX, DigestDiffBaseStorage
 

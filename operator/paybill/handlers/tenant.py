@@ -24,7 +24,7 @@ from ..api.tenant import TenantPhase as Phase
 from ..billing.grace import Access, BillingState, billing_state
 from ..database.tenants import DatabaseUnavailable, MigrationError, NameConflict, Placement, TenantDatabases
 from ..errors import first_line
-from ..kube.client import Kube, KubeError, resource_path
+from ..kubeclient import Kube, KubeError, resource_path
 from ..lifecycle.conditions import set_condition
 from ..lifecycle.drift import ObjectConflict, OwnedAction, conflict, converged, describe, owned_action
 from ..lifecycle.machine import Event, SuspensionCause, Transition, TransitionRefused, path, retry_delay, transition

@@ -17,7 +17,7 @@ import kmock
 import kubernetes
 import yaml
 
-from .client import Kube
+from ..kubeclient import Kube
 from .rbac import bootstrap_policy
 from .server import EmulatedApiServer
 
