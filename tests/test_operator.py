@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -121,6 +122,34 @@ def test_a_dead_database_is_reported_and_retried(cluster: Any, monkeypatch: pyte
         events = " ".join(e["message"] for e in cluster.kube.list("v1", "events"))
     assert "s3cret" not in messages + events + runner.output
     assert "cannot connect to the tenant database server" in messages
+
+
+def test_without_a_database_tenants_wait_and_say_so_once(cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never Ready without its data: a tenant of an operator with no PAYBILL_DATABASE_URL waits, and says why
+    in status and in one Warning Event however often it is retried."""
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    monkeypatch.delenv("PAYBILL_DATABASE_URL", raising=False)
+    with KopfRunner(["run", "--all-namespaces", "--standalone", "-m", "paybill.handlers"], timeout=60):
+        cluster.kube.apply({"apiVersion": API, "kind": "Plan", "metadata": {"name": "free"},
+                            "spec": {"tier": "free", "isolation": "pooled"}})
+        cluster.kube.apply({"apiVersion": API, "kind": "Tenant", "metadata": {"name": "t"},
+                            "spec": {"planRef": "free"}})
+        cluster.eventually(lambda: _retries(cluster, "t") >= 2, timeout=40)  # retried at least once
+        conditions = {c["type"]: c for c in _tenant(cluster, "t")["status"]["conditions"]}
+    assert _tenant(cluster, "t")["status"]["phase"] == "Pending"
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("False", "DatabaseNotConfigured")
+    assert (conditions["DatabaseReady"]["status"], conditions["DatabaseReady"]["reason"]) == ("False", "NotConfigured")
+    assert "PAYBILL_DATABASE_URL" in conditions["Ready"]["message"]
+    said = [e["reason"] for e in cluster.kube.list("v1", "events") if e["involvedObject"]["name"] == "t"
+            and e["type"] == "Warning"]
+    assert said == ["DatabaseNotConfigured"]
+
+
+def _retries(cluster: Any, name: str) -> int:
+    """How many times kopf has run the tenant's handler and retried it (its progress annotation)."""
+    annotations = _tenant(cluster, name).get("metadata", {}).get("annotations", {})
+    states = [json.loads(v) for k, v in annotations.items() if k.startswith("paybill.dev/") and v.startswith("{")]
+    return max((state.get("retries", 0) for state in states), default=0)
 
 
 @pytest.mark.kubectl

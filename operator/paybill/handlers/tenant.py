@@ -47,7 +47,8 @@ from ..lifecycle.tenant import (
 )
 from . import events
 
-RETRY_DELAY = 10
+RETRY_DELAY = 10  # the first wait; later ones back off (lifecycle.machine.retry_delay), capped at 5 minutes
+NO_DATABASE = "the operator has no tenant database: set PAYBILL_DATABASE_URL and restart it"
 TRIGGER = "trigger.paybill.dev"  # not kopf's own prefix, so a change here re-runs the tenant's reconcile
 TENANT_GRANTS = f"{TRIGGER}/tenant"  # on an AgentPolicy: the tenant state its grants must follow
 OPERATOR_NAMESPACE_ENV = "PAYBILL_OPERATOR_NAMESPACE"
@@ -74,10 +75,13 @@ class _Status:
                                  **fields)
 
     def wait(self, phase: Phase | str, reason: str, message: str, delay: float = RETRY_DELAY) -> None:
-        """Record why the tenant is not ready, post a Warning Event, and hand the retry to kopf."""
+        """Record why the tenant is not ready, post a Warning Event when the reason is new (not on every
+        retry), and hand the retry to kopf."""
+        said = next((c.get("reason") for c in self.conditions if c.get("type") == "Ready"), None)
         self.condition("Ready", False, reason, message)
         self.write(phase)
-        events.warn(self.body, reason=reason, message=message)
+        if said != reason:
+            events.warn(self.body, reason=reason, message=message)
         raise kopf.TemporaryError(message, delay=delay)
 
 
@@ -120,7 +124,7 @@ def reconcile_tenant(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry:
     plan = kube.get(API_VERSION, "plans", spec["planRef"])
     if plan is None:
         status.wait(status.phase if status.phase != Phase.FAILED else Phase.PENDING, "PlanNotFound",
-                    f"plan {spec['planRef']!r} does not exist")
+                    f"plan {spec['planRef']!r} does not exist", delay=retry_delay(retry, base=RETRY_DELAY))
         return
     billing = billing_of(subscriptions_by_tenant, name, plan)
     causes = [c.value for c in SuspensionCause if (c == SuspensionCause.MANUAL and spec.get("suspended"))
@@ -134,9 +138,10 @@ def reconcile_tenant(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry:
         _ensure_namespace(kube, body, plan, status, namespace)
         for manifest in tenant_resources(dict(body), plan):
             converge(kube, body, manifest)
-        placement = None
-        if memo.databases is not None:
-            placement = _ensure_database(body, memo, status, isolation, access, goal)
+        if memo.databases is None:
+            status.condition("DatabaseReady", False, "NotConfigured", NO_DATABASE)
+            status.wait(status.phase, "DatabaseNotConfigured", NO_DATABASE, delay=retry_delay(retry, base=RETRY_DELAY))
+        placement = _ensure_database(body, memo, status, isolation, access, goal)
     except FAILURES as exc:
         _fail(body, memo, status, exc, retry)
         return
@@ -151,15 +156,13 @@ def reconcile_tenant(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry:
                          + ("; data is read-only" if access == Access.READ_ONLY else ""))
     before = body.get("status") or {}
     status.write(goal, namespace=namespace, plan=plan["metadata"]["name"], suspendedFor=causes,
-                 isolation=str(placement.isolation if placement else isolation), access=str(access),
-                 restriction=str(billing.restriction),
-                 database=placement.to_status() if placement else None,
-                 credentialsSecret=CREDENTIALS_SECRET if placement else None)
+                 isolation=str(placement.isolation), access=str(access), restriction=str(billing.restriction),
+                 database=placement.to_status(), credentialsSecret=CREDENTIALS_SECRET)
     if before.get("plan") != plan["metadata"]["name"]:  # its subscriptions check the plan they bill again
         for subscription in subscriptions_by_tenant.get(name, []):
             touch(kube, "subscriptions", subscription["name"], "tenant-plan", plan["metadata"]["name"])
-    grants = agent_grants_key(str(access), placement.to_status()) if placement else None
-    if grants and grants != agent_grants_key(before.get("access"), before.get("database")):
+    grants = agent_grants_key(str(access), placement.to_status())
+    if grants != agent_grants_key(before.get("access"), before.get("database")):
         _touch_policies(kube, namespace, grants)
 
 
