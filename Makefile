@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-	$(BIN)/python -m pip install --quiet -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(BIN)/python -m pip install --quiet -e '.[emulator,test]' 2>&1 | grep -v '^WARNING: Location' || true
 	$(BIN)/python -c "import paybill, kopf, kmock, psycopg, pglast, postgast, cel"
 	touch $@
 

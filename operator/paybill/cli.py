@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import importlib
 import logging
 import os
 import socket
@@ -65,7 +66,21 @@ def _crds(args: argparse.Namespace) -> int:
     return 0
 
 
+EMULATOR_MODULES = ("kmock", "cel", "cryptography")  # the `emulator` extra (pyproject.toml)
+
+
+def _require_emulator(command: str) -> None:
+    """The local API emulator's dependencies are an optional extra: say how to install them when missing."""
+    for module in EMULATOR_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise SystemExit(f"paybill {command}: the local API emulator needs the `emulator` extra ({module} is not "
+                             "installed): pip install 'paybill[emulator]' (or `make install` in a clone)") from None
+
+
 def _emulator(args: argparse.Namespace) -> int:
+    _require_emulator("emulator")
     from .kube import SYSTEM_NAMESPACES, serve, write_admin_kubeconfig
 
     async def main() -> None:
@@ -83,6 +98,7 @@ def _emulator(args: argparse.Namespace) -> int:
 
 
 def _emulator_kubeconfig(args: argparse.Namespace) -> int:
+    _require_emulator("emulator kubeconfig")
     from .kube import write_service_account_kubeconfig
 
     namespace, _, name = args.service_account.partition("/")
@@ -122,12 +138,25 @@ def _operator(args: argparse.Namespace) -> int:
 
     _bound_native_memory()
     logs.configure(args.log_format, args.verbose)
+    _require_cluster_credentials()
     liveness = liveness_endpoint(args.liveness)
     if liveness:
         logging.getLogger("paybill").info("liveness endpoint at %s", liveness)
     with contextlib.suppress(KeyboardInterrupt):
         kopf.run(clusterwide=True, standalone=True, liveness_endpoint=liveness)
     return 0
+
+
+def _require_cluster_credentials() -> None:
+    """Exit at once, saying what to set, when there is neither an in-cluster account nor a kubeconfig
+    (kopf would log tracebacks and retry forever)."""
+    from .kube.client import load_config
+
+    try:
+        load_config()
+    except Exception as exc:  # the kubernetes package raises ConfigException or OSError here
+        raise SystemExit(f"paybill operator: no Kubernetes credentials ({exc}): set KUBECONFIG, or run in a pod "
+                         "with a ServiceAccount") from None
 
 
 def liveness_endpoint(url: str | None) -> str | None:
@@ -145,6 +174,7 @@ def liveness_endpoint(url: str | None) -> str | None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    _require_emulator("demo")
     from .demo import REPO, run_demo
 
     samples = Path(args.samples) if args.samples else REPO / "manifests" / "samples"
