@@ -272,3 +272,19 @@ def test_a_state_directory_the_demo_did_not_make_is_never_emptied(tmp_path: Path
     fresh_state(ours, resume=False)
     assert sorted(entry.name for entry in ours.iterdir()) == [".paybill-demo"]
     assert ours.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_symbolic_link_in_the_state_directory_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    from paybill.demo import DemoError, fresh_state
+
+    state, precious = tmp_path / "demo", tmp_path / "precious"
+    fresh_state(state, resume=False)
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    for name in ("postgres", "backups", "operator.log"):
+        (state / name).symlink_to(precious)
+        for resume in (False, True):
+            with pytest.raises(DemoError, match=f"{name} is a symbolic link"):
+                fresh_state(state, resume=resume)
+            assert (precious / "thesis.tex").read_text() == "years of work"
+        (state / name).unlink()

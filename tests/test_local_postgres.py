@@ -132,3 +132,16 @@ def test_a_server_whose_starter_was_killed_is_stopped_by_the_next_start() -> Non
     finally:
         starter.kill()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_remove_never_deletes_through_a_symbolic_link(tmp_path: Path) -> None:
+    """A data directory that is a link (say, `ln -s ~/thesis state/postgres`) is unlinked, its target untouched."""
+    precious = tmp_path / "precious"
+    (precious / "chapters").mkdir(parents=True)
+    (precious / "chapters" / "thesis.tex").write_text("years of work")
+    link = tmp_path / "state" / "postgres"
+    link.parent.mkdir()
+    link.symlink_to(precious)
+    LocalPostgres(link).remove()
+    assert (precious / "chapters" / "thesis.tex").read_text() == "years of work"
+    assert not link.is_symlink() and not link.exists()

@@ -190,6 +190,10 @@ def fresh_state(state_dir: Path, resume: bool) -> None:
     Only a directory the demo made (its marker, or nothing but the demo's own files) is ever emptied."""
     if state_dir.exists() and not _made_by_demo(state_dir):
         raise DemoError(f"{state_dir} holds files the demo did not make; choose another --state-dir")
+    for name in sorted(DEMO_ENTRIES):
+        if (state_dir / name).is_symlink():
+            raise DemoError(f"{state_dir / name} is a symbolic link (to {os.readlink(state_dir / name)}): the demo "
+                            "never follows a link out of its state directory; remove the link")
     if not resume and state_dir.exists():
         LocalPostgres(state_dir / "postgres").remove()
         for entry in state_dir.iterdir():

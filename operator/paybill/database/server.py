@@ -90,7 +90,9 @@ class LocalPostgres:
     _why: str = field(default="", init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.data_dir = self.data_dir.resolve()  # the server resolves paths from its own working directory
+        # Absolute (the server resolves paths from its own working directory), links kept as links: remove()
+        # must see a data directory that is a symbolic link as one, never delete what it points to.
+        self.data_dir = Path(os.path.abspath(self.data_dir))
 
     @property
     def dsn(self) -> str:
@@ -235,10 +237,14 @@ class LocalPostgres:
         self._uri = None
 
     def remove(self) -> None:
-        """Stop the server and delete its data, its runtime directory and its password."""
+        """Stop the server and delete its data, its runtime directory and its password. A data directory that
+        is a symbolic link is unlinked, never followed: neither what it points to nor a server there is touched."""
+        if self.data_dir.is_symlink():
+            self.data_dir.unlink()
+            return
         self.stop()
         for directory in {self.server_dir, self.data_dir}:
-            shutil.rmtree(directory, ignore_errors=True)
+            delete_tree(directory)
 
     @staticmethod
     def _run(what: str, argv: list[str], check: bool = True, log: Path | None = None) -> None:
@@ -252,6 +258,19 @@ class LocalPostgres:
 
 class PortTaken(PostgresError):
     """The server could not bind its port (someone took it after it was chosen)."""
+
+
+def delete_tree(path: Path) -> None:
+    """Delete a real directory and everything in it (links inside are unlinked, never followed); a link or a
+    file is unlinked by itself. Nothing outside `path` is ever deleted."""
+    try:
+        status = path.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(status.st_mode):
+        shutil.rmtree(path, ignore_errors=True)  # refuses a link at the top, and does not follow one inside
+    else:
+        path.unlink()
 
 
 def _uri(password: str, host: str, port: int | str) -> str:
@@ -377,7 +396,7 @@ def sweep_orphans(base: Path, keep: Path | None = None) -> list[Path]:
                                check=False)
             stopped.append(server_dir)
         if not data_dir or not Path(data_dir).exists():
-            shutil.rmtree(server_dir, ignore_errors=True)
+            delete_tree(server_dir)
     return stopped
 
 
