@@ -164,3 +164,11 @@ def lines(log: Path) -> tuple[list[dict[str, Any]], list[str]]:
         except json.JSONDecodeError:
             unparsed.append(line)
     return records, unparsed
+
+
+def test_the_operator_without_cluster_credentials_exits_at_once_saying_what_to_set(tmp_path: Path) -> None:
+    env = {**os.environ, "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "missing")}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    run = subprocess.run([sys.executable, "-m", "paybill", "operator"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode != 0 and "set KUBECONFIG" in run.stderr and "Traceback" not in run.stderr

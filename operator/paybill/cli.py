@@ -150,11 +150,13 @@ def _operator(args: argparse.Namespace) -> int:
 def _require_cluster_credentials() -> None:
     """Exit at once, saying what to set, when there is neither an in-cluster account nor a kubeconfig
     (kopf would log tracebacks and retry forever)."""
-    from .kube.client import load_config
+    import kubernetes
+
+    from .kubeclient import load_config
 
     try:
         load_config()
-    except Exception as exc:  # the kubernetes package raises ConfigException or OSError here
+    except (kubernetes.config.ConfigException, OSError) as exc:
         raise SystemExit(f"paybill operator: no Kubernetes credentials ({exc}): set KUBECONFIG, or run in a pod "
                          "with a ServiceAccount") from None
 
