@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 	$(BIN)/python -m pip install --quiet -e '.[emulator,test]' 2>&1 | grep -v '^WARNING: Location' || true
+	@# no PostgreSQL server binaries on this machine: the bundled server (pgserver wheel) instead
+	$(BIN)/python -c "import sys; from paybill.database.server import find_binaries; sys.exit(find_binaries() is None)" \
+	  || $(BIN)/python -m pip install --quiet -e '.[pgserver]'
 	$(BIN)/python -c "import paybill, kopf, kmock, psycopg, pglast, postgast, cel"
 	touch $@
 
