@@ -257,21 +257,55 @@ def test_a_state_directory_the_demo_did_not_make_is_never_emptied(tmp_path: Path
         with pytest.raises(DemoError, match="did not make"):
             fresh_state(foreign, resume=False)
         assert (foreign / name).read_text() == "years of work"
-    older = tmp_path / "older"  # an earlier version's .state/demo: no marker
-    (older / "postgres").mkdir(parents=True)
-    for name in ("kubeconfig", "operator.log"):
-        (older / name).write_text("")
-    fresh_state(older, resume=False)
-    assert sorted(entry.name for entry in older.iterdir()) == [".paybill-demo"]
+    operator_state = tmp_path / "operator"  # an operator's PAYBILL_STATE_DIR has the layout of an older demo's
+    (operator_state / "backups").mkdir(parents=True)
+    for name in ("kubeconfig", "operator.log", "backups/acme.dump"):
+        (operator_state / name).write_text("precious")
+    with pytest.raises(DemoError, match="did not make"):
+        fresh_state(operator_state, resume=False)
+    assert (operator_state / "backups" / "acme.dump").read_text() == "precious"
     ours = tmp_path / "demo"
     fresh_state(ours, resume=False)
     (ours / "operator.log").write_text("last run")
     (ours / "backups").mkdir()
     fresh_state(ours, resume=True)
     assert (ours / "operator.log").exists()
-    fresh_state(ours, resume=False)
-    assert sorted(entry.name for entry in ours.iterdir()) == [".paybill-demo"]
+    (ours / "my-notes.txt").write_text("mine")  # what a user adds to the demo's directory is not the demo's
+    (ours / "backups2").mkdir()
+    assert fresh_state(ours, resume=False) == ["backups2", "my-notes.txt"]
+    assert sorted(entry.name for entry in ours.iterdir()) == [".paybill-demo", "backups2", "my-notes.txt"]
     assert ours.stat().st_mode & 0o777 == 0o700
+
+
+def test_an_adopted_empty_state_directory_becomes_private(tmp_path: Path) -> None:
+    from paybill.demo import fresh_state
+
+    empty = tmp_path / "empty"
+    empty.mkdir(mode=0o755)
+    os.chmod(empty, 0o755)
+    assert fresh_state(empty, resume=False) == []
+    assert empty.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_second_demo_on_a_state_directory_in_use_is_refused_and_touches_nothing(tmp_path: Path) -> None:
+    from paybill.demo import DemoError, claim_state_dir, lock_state_dir
+
+    state = tmp_path / "demo"
+    claim_state_dir(state)
+    held = lock_state_dir(state)
+    try:
+        (state / "postgres").mkdir()
+        (state / "postgres" / "PG_VERSION").write_text("15")  # the running demo's data
+        with pytest.raises(DemoError, match=f"state directory {state} is in use by demo pid {os.getpid()}$"):
+            lock_state_dir(state)
+        second = subprocess.run([sys.executable, "-m", "paybill", "demo", "--state-dir", str(state)], cwd=REPO,
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert f"FAILED: state directory {state} is in use by demo pid {os.getpid()}" in second.stdout
+        assert (state / "postgres" / "PG_VERSION").read_text() == "15"
+    finally:
+        os.close(held)
+    os.close(lock_state_dir(state))  # released with its descriptor (when the demo exits, however it exits)
 
 
 def test_a_symbolic_link_in_the_state_directory_is_refused_and_its_target_untouched(tmp_path: Path) -> None:

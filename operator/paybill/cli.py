@@ -263,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep the previous run's PostgreSQL data (by default every run starts from nothing)")
     demo.add_argument("--state-dir", default=str(STATE_DIR / "demo"),
                       help="the demo's directory: logs, kubeconfig, database password, backups; a directory "
-                           "the demo did not make is refused (default .state/demo)")
+                           "the demo did not make is refused, and in its own it deletes only what it made; one "
+                           "demo at a time per directory (default .state/demo)")
     demo.add_argument("--samples", default=None, metavar="DIR",
                       help="manifests to apply (default: manifests/samples of this checkout)")
     demo.add_argument("--port", type=int, default=None,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
+import fcntl
 import functools
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +23,7 @@ import yaml
 
 from .api import API_VERSION
 from .api.crdgen import all_crds
-from .database.server import LocalPostgres, PostgresError
+from .database.server import LocalPostgres, PostgresError, delete_tree
 from .database.tenants import Placement, TenantDatabases
 from .handlers.settings import DATABASE_URL_ENV, STATE_DIR_ENV
 from .kubeclient import Kube
@@ -34,8 +34,10 @@ from .policy.guard import ExecutionGuard
 from .policy.install import tenant_schema
 
 REPO = Path(__file__).resolve().parents[2]
-MARKER = ".paybill-demo"  # in every state directory the demo makes: only such a directory is ever emptied
-DEMO_ENTRIES = frozenset({MARKER, "postgres", "kubeconfig", "emulator.log", "operator.log", "backups"})
+MARKER = ".paybill-demo"  # in every state directory the demo makes: only such a directory is ever touched
+LOCK = "demo.lock"  # flock'd for the demo's life: one demo per state directory
+# The names the demo creates: the only entries it ever deletes (what a user adds is left alone).
+DEMO_ENTRIES = frozenset({MARKER, LOCK, "postgres", "kubeconfig", "emulator.log", "operator.log", "backups"})
 POLL_S = 0.2  # how often every wait looks at the children: a child's exit is noticed within this
 LOG_TAIL_LINES = 20
 
@@ -185,32 +187,45 @@ def operator_env(kubeconfig: Path, database_url: str, state_dir: Path) -> dict[s
             STATE_DIR_ENV: str(state_dir)}  # backups in the demo's state directory, 0700
 
 
-def fresh_state(state_dir: Path, resume: bool) -> None:
-    """Start from nothing (unless resuming): the previous run's server is stopped and its data deleted.
-    Only a directory the demo made (its marker, or nothing but the demo's own files) is ever emptied."""
-    if state_dir.exists() and not _made_by_demo(state_dir):
-        raise DemoError(f"{state_dir} holds files the demo did not make; choose another --state-dir")
+def claim_state_dir(state_dir: Path) -> None:
+    """Make the state directory (or adopt an empty one), private (0700), and mark it as the demo's. A non-empty
+    directory without the marker is refused: the demo never empties a directory it did not make."""
+    if state_dir.exists() and any(state_dir.iterdir()) and not (state_dir / MARKER).is_file():
+        raise DemoError(f"{state_dir} holds files the demo did not make (no {MARKER} in it); choose another "
+                        "--state-dir")
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(state_dir, 0o700)
+    (state_dir / MARKER).touch()
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    """An exclusive lock on the (claimed) state directory, held while the returned descriptor is open: the
+    demo's life, however it ends. A second demo on the same directory is refused, naming the first one's pid."""
+    descriptor = os.open(state_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(descriptor)
+        raise DemoError(f"state directory {state_dir} is in use by demo pid {holder}") from None
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+    return descriptor
+
+
+def fresh_state(state_dir: Path, resume: bool) -> list[str]:
+    """Start from nothing (unless resuming): the previous run's server is stopped and the demo's own entries
+    deleted. Anything else in the directory is left alone; its names are returned. Links are refused."""
+    claim_state_dir(state_dir)
     for name in sorted(DEMO_ENTRIES):
         if (state_dir / name).is_symlink():
             raise DemoError(f"{state_dir / name} is a symbolic link (to {os.readlink(state_dir / name)}): the demo "
                             "never follows a link out of its state directory; remove the link")
-    if not resume and state_dir.exists():
+    if not resume:
         LocalPostgres(state_dir / "postgres").remove()
-        for entry in state_dir.iterdir():
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    (state_dir / MARKER).touch()
-
-
-def _made_by_demo(state_dir: Path) -> bool:
-    """Empty, marked by the demo, or an older demo's layout (its kubeconfig and operator log, nothing else)."""
-    entries = {entry.name for entry in state_dir.iterdir()}
-    if not entries or (state_dir / MARKER).is_file():
-        return True
-    return entries <= DEMO_ENTRIES and all((state_dir / name).is_file() for name in ("kubeconfig", "operator.log"))
+        for name in DEMO_ENTRIES - {MARKER, LOCK}:
+            delete_tree(state_dir / name)
+    return sorted(entry.name for entry in state_dir.iterdir() if entry.name not in DEMO_ENTRIES)
 
 
 class DemoError(Exception):
@@ -223,9 +238,14 @@ def run_demo(state_dir: Path, samples: Path, keep: bool, port: int | None, timeo
     state_dir = state_dir.resolve()
     stack = Stack()
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    lock = None
     try:
-        fresh_state(state_dir, resume)
+        claim_state_dir(state_dir)
+        lock = lock_state_dir(state_dir)
+        kept = fresh_state(state_dir, resume)
         say("Paybill demo: emulated Kubernetes API + local PostgreSQL + the Paybill operator")
+        if kept:
+            say(f"  left alone in {state_dir} (not the demo's): {', '.join(kept)}")
         return _run(stack, state_dir, samples, keep, port, timeout, resume)
     except ChildExited as exited:
         say(f"FAILED: the {exited} -- last lines of {exited.child.log}:")
@@ -242,6 +262,8 @@ def run_demo(state_dir: Path, samples: Path, keep: bool, port: int | None, timeo
             signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
         stack.stop()
         say("stopped: operator, emulated API server, PostgreSQL")
+        if lock is not None:
+            os.close(lock)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
