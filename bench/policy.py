@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from paybill.api.agentpolicy import AgentPolicySpec
+from paybill.api.agentpolicy import MAX_RULES, AgentPolicySpec
 from paybill.database.server import LocalPostgres
 from paybill.policy import PolicyEngine, Schema
 from paybill.policy.analysis import Analysis
@@ -93,7 +93,7 @@ def decision_rows(runs: int) -> list[tuple[str, ...]]:
     import cedarpy
 
     rows = []
-    for rules in (10, 100, 1000):
+    for rules in (10, 100, MAX_RULES):  # an AgentPolicy holds at most MAX_RULES rules
         schema = Schema.from_ddl(BASE_DDL + filler_tables(rules))
         engine = PolicyEngine(policy(rules), schema)
         decide = functools.partial(_decide, engine)
@@ -300,8 +300,12 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 
 def run(quick: bool = False) -> str:
+    from . import instructions
+
     runs = 500 if quick else 3000
     decisions = decision_rows(runs)
+    counted = instructions.count(100, 200 if quick else instructions.DECISIONS)
+    shown = f"{counted:,}" if counted is not None else "not counted (valgrind is not installed)"
     latency, counts = corpus_comparison(40 if quick else 200)
     execution = execution_rows(rounds=3 if quick else 10, per_round=300 if quick else 1000)
     return "\n".join([
@@ -319,6 +323,9 @@ def run(quick: bool = False) -> str:
         "",
         table(("rules", "cold p50", "cold p99", "cold p50, validator off", "cold p99, validator off", "cached p50",
                "cached p99", "cedarpy p50", "cedarpy p99"), decisions),
+        "",
+        f"Instructions per cold decision at 100 rules, validator included (valgrind cachegrind, `python -m "
+        f"bench.instructions`; independent of load): {shown}.",
         "",
         "## The gate beside its peers, over the legitimate corpus (issue 10)",
         "",
