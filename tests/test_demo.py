@@ -322,3 +322,28 @@ def test_a_symbolic_link_in_the_state_directory_is_refused_and_its_target_untouc
                 fresh_state(state, resume=resume)
             assert (precious / "thesis.tex").read_text() == "years of work"
         (state / name).unlink()
+
+
+def server_processes(pgdata: Path) -> list[int]:
+    """Live processes running on `pgdata` (a postmaster names its data directory on its command line)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if str(pgdata).encode() in cmdline.read_bytes() and alive(int(cmdline.parent.name)):
+                found.append(int(cmdline.parent.name))
+    return found
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_while_postgres_starts_leaves_no_server_behind() -> None:
+    from paybill.database.server import LocalPostgres
+
+    with state_dir() as state, demo("--state-dir", str(state)) as run:
+        pgdata = LocalPostgres(state / "postgres").server_dir / "pgdata"
+        run.wait_for_line("starting a local PostgreSQL server", timeout=60)
+        run.process.send_signal(signal.SIGTERM)  # during initdb or pg_ctl start
+        assert run.finish(timeout=120) == 128 + signal.SIGTERM, run.output
+        assert "SIGTERM: stopping" in run.output
+        assert eventually(lambda: not server_processes(pgdata), 15), (server_processes(pgdata), run.output)
+        stopped = [line for line in run.lines if "stopped: " in line]  # only what ran: PostgreSQL, if it started
+        assert all(line.endswith("stopped: PostgreSQL") for line in stopped), run.output

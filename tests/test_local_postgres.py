@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -145,3 +146,26 @@ def test_remove_never_deletes_through_a_symbolic_link(tmp_path: Path) -> None:
     LocalPostgres(link).remove()
     assert (precious / "chapters" / "thesis.tex").read_text() == "years of work"
     assert not link.is_symlink() and not link.exists()
+
+
+class Interrupted(BaseException):
+    """What the demo's SIGTERM handler raises."""
+
+
+def test_a_helper_interrupted_by_a_signal_is_left_to_finish_and_stop_waits_for_it(tmp_path: Path) -> None:
+    """A signal during initdb or `pg_ctl start` must not orphan the postmaster the helper is starting: the
+    helper runs in its own session (a terminal's Ctrl-C does not reach it) and stop() waits for it."""
+    def interrupt(signum: int, _frame: object) -> None:
+        raise Interrupted(signum)
+
+    done = tmp_path / "helper.session"
+    server = LocalPostgres(tmp_path / "postgres")
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        with pytest.raises(Interrupted):  # the helper signals its parent (us), then goes on working
+            server._run("helper", ["sh", "-c", f"kill -TERM $PPID; sleep 0.5; cut -d' ' -f6 /proc/$$/stat > {done}"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert server.stop() is False  # waited for the helper; no server was started on this data
+    assert done.exists(), "the helper was killed mid-way"
+    assert int(done.read_text()) != os.getsid(0)

@@ -104,14 +104,24 @@ class Child:
             return None  # still starting
         return None if self.postmaster is not None and alive(self.postmaster) else "its server process is gone"
 
-    def stop(self) -> None:
+    @property
+    def label(self) -> str:
+        return "PostgreSQL" if self.postgres is not None else self.name
+
+    def stop(self) -> bool:
+        """Stop it (PostgreSQL: after a start a signal interrupted has finished); True if it was running."""
         if self.postgres is not None:
-            self.postgres.stop()
+            running = self.postgres.stop()
             if self.postmaster is not None and alive(self.postmaster):
+                running = True
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.postmaster, signal.SIGQUIT)  # immediate shutdown
-        elif self.process is not None:
+            return running
+        if self.process is not None:
+            running = self.process.poll() is None
             stop_process_group(self.process)
+            return running
+        return False
 
 
 def start_child(name: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> Child:
@@ -173,10 +183,11 @@ class Stack:
         """After an error: if a child exited (or is exiting), raise that instead."""
         self.wait_for(lambda: None, grace)
 
-    def stop(self) -> None:
-        for child in reversed(self.children):
-            child.stop()
+    def stop(self) -> list[str]:
+        """Stop every child, the last started first; the labels of those that were still running."""
+        stopped = [child.label for child in reversed(self.children) if child.stop()]
         self.children.clear()
+        return stopped
 
 
 T = TypeVar("T")
@@ -260,8 +271,8 @@ def run_demo(state_dir: Path, samples: Path, keep: bool, port: int | None, timeo
     finally:
         for sig in previous:
             signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
-        stack.stop()
-        say("stopped: operator, emulated API server, PostgreSQL")
+        if stopped := stack.stop():
+            say(f"stopped: {', '.join(stopped)}")
         if lock is not None:
             os.close(lock)
         for sig, handler in previous.items():

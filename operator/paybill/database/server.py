@@ -9,6 +9,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -70,6 +71,7 @@ OWNER_FILE = "owner"  # in a runtime server directory: `<pid> <start time>` of i
 # the first of these that is ours; each server gets a private 0700 directory in it, owned by SERVER_USER.
 RUNTIME_BASES = (Path("/run/paybill"), Path(tempfile.gettempdir()) / f"paybill-{os.geteuid()}")
 BIND_ATTEMPTS = 3  # a free port can be taken between choosing it and the server binding it
+HELPER_GRACE_S = 90  # how long stop() waits for an interrupted helper (`pg_ctl start -t 60`) to finish
 
 
 @dataclass
@@ -88,6 +90,7 @@ class LocalPostgres:
     _pgserver: Any = field(default=None, init=False, repr=False)
     _uri: str | None = field(default=None, init=False)
     _why: str = field(default="", init=False, repr=False)
+    _helper: subprocess.Popen[str] | None = field(default=None, init=False, repr=False)  # initdb, pg_ctl running
 
     def __post_init__(self) -> None:
         # Absolute (the server resolves paths from its own working directory), links kept as links: remove()
@@ -226,15 +229,33 @@ class LocalPostgres:
         self._uri = _require_passwords(self._pgserver, self.data_dir)
         return self._uri
 
-    def stop(self) -> None:
-        """Stop the server running on this data, whether this object or an earlier run started it."""
+    def stop(self) -> bool:
+        """Stop the server running on this data, whether this object or an earlier run started it; a helper
+        that a signal interrupted (initdb, `pg_ctl start`) is waited for first. True if a server was running."""
+        self._finish_helper()
+        running = False
         if self._pgserver is not None:
             self._pgserver.cleanup()
             self._pgserver = None
+            running = True
         elif (binaries := find_binaries()) is not None and (self.server_dir / "pgdata" / "postmaster.pid").exists():
             self._run("pg_ctl stop", self._as_postgres(str(binaries / "pg_ctl"), "-D", str(self.server_dir / "pgdata"),
                                                        "-m", "fast", "-w", "stop"), check=False)
+            running = True
         self._uri = None
+        return running
+
+    def _finish_helper(self) -> None:
+        """Let an interrupted helper end (so that the server it starts is known), killed after a grace period."""
+        helper, self._helper = self._helper, None
+        if helper is None:
+            return
+        try:
+            helper.communicate(timeout=HELPER_GRACE_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(helper.pid, signal.SIGKILL)
+            helper.communicate()
 
     def remove(self) -> None:
         """Stop the server and delete its data, its runtime directory and its password. A data directory that
@@ -246,11 +267,15 @@ class LocalPostgres:
         for directory in {self.server_dir, self.data_dir}:
             delete_tree(directory)
 
-    @staticmethod
-    def _run(what: str, argv: list[str], check: bool = True, log: Path | None = None) -> None:
-        result = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        if check and result.returncode != 0:
-            detail = (result.stderr or result.stdout).strip()
+    def _run(self, what: str, argv: list[str], check: bool = True, log: Path | None = None) -> None:
+        """Run a helper in its own session (a terminal's Ctrl-C does not cut it short). When a signal interrupts
+        the wait (the demo's handlers raise), the helper is left running and recorded: stop() waits for it."""
+        self._helper = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        stdout, stderr = self._helper.communicate()
+        returncode, self._helper = self._helper.returncode, None
+        if check and returncode != 0:
+            detail = (stderr or stdout).strip()
             if log is not None and log.exists():
                 detail += "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-5:])
             raise PostgresError(f"{what} failed: {detail}")
@@ -391,9 +416,9 @@ def sweep_orphans(base: Path, keep: Path | None = None) -> list[Path]:
             continue
         binaries = find_binaries()
         if binaries is not None and (server_dir / "pgdata" / "postmaster.pid").exists():
-            LocalPostgres._run("pg_ctl stop", ["runuser", "-u", SERVER_USER, "--", str(binaries / "pg_ctl"), "-D",
-                                               str(server_dir / "pgdata"), "-m", "immediate", "-w", "stop"],
-                               check=False)
+            subprocess.run(["runuser", "-u", SERVER_USER, "--", str(binaries / "pg_ctl"), "-D",
+                            str(server_dir / "pgdata"), "-m", "immediate", "-w", "stop"],
+                           capture_output=True, stdin=subprocess.DEVNULL, check=False)
             stopped.append(server_dir)
         if not data_dir or not Path(data_dir).exists():
             delete_tree(server_dir)
