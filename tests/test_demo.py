@@ -18,6 +18,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -347,3 +348,35 @@ def test_sigterm_while_postgres_starts_leaves_no_server_behind() -> None:
         assert eventually(lambda: not server_processes(pgdata), 15), (server_processes(pgdata), run.output)
         stopped = [line for line in run.lines if "stopped: " in line]  # only what ran: PostgreSQL, if it started
         assert all(line.endswith("stopped: PostgreSQL") for line in stopped), run.output
+
+
+def test_samples_that_cannot_be_applied_are_refused_before_anything_starts(tmp_path: Path) -> None:
+    from paybill.demo import DemoError, check_samples
+
+    with pytest.raises(DemoError, match="no such directory"):
+        check_samples(tmp_path / "missing")
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    with pytest.raises(DemoError, match=r"no \*\.yaml"):
+        check_samples(samples)
+    (samples / "tenants.yaml").write_text("kind: [unclosed")
+    with pytest.raises(DemoError, match=r"tenants\.yaml is not YAML"):
+        check_samples(samples)
+    shutil.copy(REPO / "manifests" / "samples" / "tenants.yaml", samples / "tenants.yaml")
+    with pytest.raises(DemoError, match=r"agents/support-policy\.yaml is missing"):
+        check_samples(samples)
+    assert {m["kind"] for m in check_samples(REPO / "manifests" / "samples")} == {"Plan", "Subscription", "Tenant"}
+    state = tmp_path / "state"
+    ran = subprocess.run([sys.executable, "-m", "paybill", "demo", "--samples", str(tmp_path / "missing"),
+                          "--state-dir", str(state)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 1 and "FAILED: --samples " in ran.stdout, ran.stdout + ran.stderr
+    assert "Traceback" not in ran.stdout + ran.stderr and not state.exists()
+
+
+def test_a_sample_the_api_server_refuses_fails_with_the_servers_message(cluster: Any) -> None:
+    from paybill.demo import DemoError, apply_samples
+
+    tenant = {"apiVersion": "paybill.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "acme"},
+              "spec": {"displayName": "Acme", "planRef": 42}}
+    with pytest.raises(DemoError, match=r"tenant/acme refused by the API server: HTTP 422: .*planRef"):
+        apply_samples(cluster.kube, [tenant])

@@ -26,7 +26,7 @@ from .api.crdgen import all_crds
 from .database.server import LocalPostgres, PostgresError, delete_tree
 from .database.tenants import Placement, TenantDatabases
 from .handlers.settings import DATABASE_URL_ENV, STATE_DIR_ENV
-from .kubeclient import Kube
+from .kubeclient import Kube, KubeError
 from .lifecycle.conditions import is_true
 from .policy import PolicyEngine
 from .policy.check import load_policy
@@ -48,6 +48,43 @@ def say(message: str) -> None:
 
 def load_manifests(directory: Path) -> list[dict[str, Any]]:
     return [doc for path in sorted(directory.glob("*.yaml")) for doc in load_manifests_from(path)]
+
+
+AGENT_SAMPLES = ("agents/support-policy.yaml", "agents/workflows.yaml")  # the agent gate's and workflows' input
+
+
+def check_samples(samples: Path) -> list[dict[str, Any]]:
+    """The manifests to apply, read before anything starts: a directory of YAML with Tenants, and the agent
+    samples beside them; anything else is a DemoError saying what is wrong."""
+    if not samples.is_dir():
+        raise DemoError(f"--samples {samples}: no such directory")
+    if not any(samples.glob("*.yaml")):
+        raise DemoError(f"--samples {samples}: no *.yaml manifests in it")
+    manifests: list[dict[str, Any]] = []
+    for path in [*sorted(samples.glob("*.yaml")), *(samples / name for name in AGENT_SAMPLES)]:
+        shown = path.relative_to(samples)
+        if not path.is_file():
+            raise DemoError(f"--samples {samples}: {shown} is missing (the agent gate's policy and workflows)")
+        try:
+            documents = load_manifests_from(path)
+        except yaml.YAMLError as error:
+            raise DemoError(f"--samples {samples}: {shown} is not YAML: {error}") from None
+        manifests += documents if path.parent == samples else []
+    unnamed = [m for m in manifests if not isinstance(m, dict) or not (m.get("metadata") or {}).get("name")]
+    if unnamed or not any(m.get("kind") == "Tenant" for m in manifests):
+        raise DemoError(f"--samples {samples}: " + ("a manifest without metadata.name" if unnamed else "no Tenant"))
+    return manifests
+
+
+def apply_samples(kube: Kube, manifests: list[dict[str, Any]]) -> None:
+    """Apply each manifest, saying what happened; one the API server refuses is a DemoError with its message."""
+    for manifest in manifests:
+        shown = f"{manifest['kind'].lower()}/{manifest['metadata']['name']}"
+        try:
+            result = kube.apply(manifest)
+        except KubeError as error:
+            raise DemoError(f"{shown} refused by the API server: {error}") from None
+        say(f"  {shown} {result}")
 
 
 class Interrupted(BaseException):
@@ -251,6 +288,7 @@ def run_demo(state_dir: Path, samples: Path, keep: bool, port: int | None, timeo
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     lock = None
     try:
+        check_samples(samples)
         claim_state_dir(state_dir)
         lock = lock_state_dir(state_dir)
         kept = fresh_state(state_dir, resume)
@@ -262,7 +300,7 @@ def run_demo(state_dir: Path, samples: Path, keep: bool, port: int | None, timeo
         say(f"FAILED: the {exited} -- last lines of {exited.child.log}:")
         print("\n".join(f"  | {line}" for line in tail(exited.child.log)) or "  | (empty)", flush=True)
         return 1
-    except (DemoError, PostgresError) as error:
+    except (DemoError, PostgresError, KubeError) as error:
         say(f"FAILED: {error}")
         return 1
     except Interrupted as interrupted:
@@ -324,10 +362,8 @@ def _listening_url(log: Path) -> str | None:
 
 def _converge(stack: Stack, kube: Kube, samples: Path, keep: bool, timeout: float, kubeconfig: Path,
               database_url: str) -> int:
-    manifests = load_manifests(samples)
-    for manifest in manifests:
-        result = kube.apply(manifest)
-        say(f"  {manifest['kind'].lower()}/{manifest['metadata']['name']} {result}")
+    manifests = check_samples(samples)
+    apply_samples(kube, manifests)
     names = [m["metadata"]["name"] for m in manifests if m["kind"] == "Tenant"]
     say(f"waiting for {len(names)} tenants to become Ready")
     tenants = wait_for_tenants(stack, kube, names, timeout)
