@@ -380,3 +380,32 @@ def test_a_sample_the_api_server_refuses_fails_with_the_servers_message(cluster:
               "spec": {"displayName": "Acme", "planRef": 42}}
     with pytest.raises(DemoError, match=r"tenant/acme refused by the API server: HTTP 422: .*planRef"):
         apply_samples(cluster.kube, [tenant])
+
+
+def test_the_kept_stacks_database_hint_never_prints_the_password(tmp_path: Path) -> None:
+    from paybill.demo import database_hint
+
+    password = "s3cret-Pa55word_x"
+    password_file = tmp_path / "state dir" / "superuser.password"
+    password_file.parent.mkdir()
+    password_file.write_text(password + "\n")
+    dsn = f"postgresql://postgres:{password}@127.0.0.1:5433/postgres"
+    hint = database_hint(dsn, password_file)
+    assert password not in hint and str(password_file) in hint and hint.startswith("export PAYBILL_DATABASE_URL=")
+    shell = subprocess.run(["sh", "-c", f'{hint}; printf %s "$PAYBILL_DATABASE_URL"'], capture_output=True,
+                           text=True, check=True)
+    assert shell.stdout == dsn  # pasted into a shell, it is the real URL
+
+
+def test_the_demos_operator_gets_none_of_the_callers_paybill_settings(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from paybill.demo import operator_env
+
+    for name, value in (("PAYBILL_BACKUP_DIR", "/elsewhere"), ("PAYBILL_WORKER_LIMIT", "1"),
+                        ("PAYBILL_DATABASE_URL", "postgresql://production"), ("KUBECONFIG", "/a/real/cluster")):
+        monkeypatch.setenv(name, value)
+    env = operator_env(tmp_path / "kubeconfig", "postgresql://demo", tmp_path)
+    assert {name for name in env if name.startswith("PAYBILL_")} == {"PAYBILL_DATABASE_URL", "PAYBILL_STATE_DIR"}
+    assert (env["PAYBILL_DATABASE_URL"], env["PAYBILL_STATE_DIR"]) == ("postgresql://demo", str(tmp_path))
+    assert env["KUBECONFIG"] == str(tmp_path / "kubeconfig")
+    assert all(env.get(name) == os.environ.get(name) for name in ("PATH", "HOME", "LANG", "PYTHONPATH"))

@@ -255,10 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = command(commands, "demo", "run the whole stack locally and show tenants converge (what `make demo` runs)",
                    "A local PostgreSQL, the emulated API server and the operator (child processes; any one "
                    "exiting ends the demo with its last log lines), the samples applied, the agent gate and a "
-                   "billing walk. Every run starts from nothing unless --resume. Reads no environment variables; "
-                   "it sets the operator's KUBECONFIG, PAYBILL_DATABASE_URL and PAYBILL_STATE_DIR.")
+                   "billing walk. Every run starts from nothing unless --resume. Reads no environment variables: "
+                   "the operator it starts gets the caller's environment without any PAYBILL_* setting, and "
+                   "the demo's own KUBECONFIG, PAYBILL_DATABASE_URL and PAYBILL_STATE_DIR.")
     demo.add_argument("--keep", action="store_true",
-                      help="leave the stack running (with a KUBECONFIG line for kubectl) until Ctrl-C or SIGTERM")
+                      help="leave the stack running until Ctrl-C or SIGTERM, with a KUBECONFIG line for kubectl and a "
+                           "PAYBILL_DATABASE_URL line that reads the password from its 0600 file")
     demo.add_argument("--resume", action="store_true",
                       help="keep the previous run's PostgreSQL data (by default every run starts from nothing)")
     demo.add_argument("--state-dir", default=str(STATE_DIR / "demo"),

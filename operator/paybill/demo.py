@@ -8,6 +8,7 @@ import ctypes
 import fcntl
 import functools
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import yaml
 
 from .api import API_VERSION
 from .api.crdgen import all_crds
-from .database.server import LocalPostgres, PostgresError, delete_tree
+from .database.server import PASSWORD_FILE, LocalPostgres, PostgresError, delete_tree
 from .database.tenants import Placement, TenantDatabases
 from .handlers.settings import DATABASE_URL_ENV, STATE_DIR_ENV
 from .kubeclient import Kube, KubeError
@@ -231,8 +232,20 @@ T = TypeVar("T")
 
 
 def operator_env(kubeconfig: Path, database_url: str, state_dir: Path) -> dict[str, str]:
-    return {**os.environ, "KUBECONFIG": str(kubeconfig), DATABASE_URL_ENV: database_url,
-            STATE_DIR_ENV: str(state_dir)}  # backups in the demo's state directory, 0700
+    """The caller's environment (PATH, HOME, locale...) without its PAYBILL_* settings, which are meant for a
+    real operator, plus the demo's own: its cluster, its database, backups in its state directory (0700)."""
+    inherited = {name: value for name, value in os.environ.items() if not name.startswith("PAYBILL_")}
+    return {**inherited, "KUBECONFIG": str(kubeconfig), DATABASE_URL_ENV: database_url, STATE_DIR_ENV: str(state_dir)}
+
+
+def database_hint(dsn: str, password_file: Path) -> str:
+    """A shell line that sets PAYBILL_DATABASE_URL to `dsn`, reading the password from its 0600 file when the
+    line runs: the password itself is never printed."""
+    password = password_file.read_text().strip()
+    elided = dsn.replace(f":{password}@", f":$(cat {shlex.quote(str(password_file))})@", 1)
+    if password in elided:
+        raise DemoError("the database URL does not have the expected form; not printing it")
+    return f'export PAYBILL_DATABASE_URL="{elided}"'
 
 
 def claim_state_dir(state_dir: Path) -> None:
@@ -346,7 +359,8 @@ def _run(stack: Stack, state_dir: Path, samples: Path, keep: bool, port: int | N
         operator = stack.add(start_child("operator", [sys.executable, "-m", "paybill", "operator"],
                                          state_dir / "operator.log", operator_env(kubeconfig, database_url, state_dir)))
         say(f"operator started (pid {operator.pid}, log {operator.log})")
-        return _converge(stack, kube, samples, keep, timeout, kubeconfig, database_url)
+        return _converge(stack, kube, samples, keep, timeout, kubeconfig, database_url,
+                         postgres.data_dir / PASSWORD_FILE)
     except Exception:
         stack.blame()
         raise
@@ -361,7 +375,7 @@ def _listening_url(log: Path) -> str | None:
 
 
 def _converge(stack: Stack, kube: Kube, samples: Path, keep: bool, timeout: float, kubeconfig: Path,
-              database_url: str) -> int:
+              database_url: str, password_file: Path) -> int:
     manifests = check_samples(samples)
     apply_samples(kube, manifests)
     names = [m["metadata"]["name"] for m in manifests if m["kind"] == "Tenant"]
@@ -381,6 +395,8 @@ def _converge(stack: Stack, kube: Kube, samples: Path, keep: bool, timeout: floa
         return 1
     if keep:
         say(f"stack left running. In another shell:  export KUBECONFIG={kubeconfig}; kubectl get paybill")
+        say(f"  its database (the password stays in {password_file}, mode 0600):  "
+            f"{database_hint(database_url, password_file)}")
         say("press Ctrl-C (or send SIGTERM) to stop everything")
         stack.wait_for(lambda: None, float("inf"))
     return 0
