@@ -270,8 +270,14 @@ class LocalPostgres:
     def _run(self, what: str, argv: list[str], check: bool = True, log: Path | None = None) -> None:
         """Run a helper in its own session (a terminal's Ctrl-C does not cut it short). When a signal interrupts
         the wait (the demo's handlers raise), the helper is left running and recorded: stop() waits for it."""
-        self._helper = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        # Signals wait until the helper is recorded (one landing inside Popen would lose it); the helper inherits
+        # the block, which is harmless: the server sets its own signal mask, and a stuck helper gets SIGKILL.
+        deferred = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        try:
+            self._helper = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, deferred)
         stdout, stderr = self._helper.communicate()
         returncode, self._helper = self._helper.returncode, None
         if check and returncode != 0:
