@@ -409,3 +409,62 @@ def test_the_demos_operator_gets_none_of_the_callers_paybill_settings(tmp_path: 
     assert (env["PAYBILL_DATABASE_URL"], env["PAYBILL_STATE_DIR"]) == ("postgresql://demo", str(tmp_path))
     assert env["KUBECONFIG"] == str(tmp_path / "kubeconfig")
     assert all(env.get(name) == os.environ.get(name) for name in ("PATH", "HOME", "LANG", "PYTHONPATH"))
+
+
+def test_a_resumed_demo_knows_the_agent_steps_already_ran_on_its_data(tmp_path: Path) -> None:
+    from paybill.demo import agents_already_ran, fresh_state, record_agents_ran
+
+    state = tmp_path / "demo"
+    fresh_state(state, resume=False)
+    assert not agents_already_ran(state, resume=True)
+    record_agents_ran(state)
+    assert agents_already_ran(state, resume=True) and not agents_already_ran(state, resume=False)
+    fresh_state(state, resume=True)
+    assert agents_already_ran(state, resume=True)
+    fresh_state(state, resume=False)  # the data it refers to is gone
+    assert not agents_already_ran(state, resume=True)
+
+
+@SLOW
+@LONG
+def test_a_resumed_demo_skips_the_agent_steps_and_still_walks_billing() -> None:
+    with state_dir() as state:
+        with demo("--state-dir", str(state)) as first:
+            assert first.finish(timeout=400) == 0, first.output
+        with demo("--state-dir", str(state), "--resume") as second:
+            assert second.finish(timeout=400) == 0, second.output
+        assert "agent gate and workflows: already ran on this data" in second.output
+        assert "  ALLOWED " not in second.output and "workflow/refund-order-13" not in second.output
+        assert "paid: service restored" in second.output
+
+
+def test_a_refused_login_reads_cleanly() -> None:
+    from paybill.demo import login_refused
+
+    error = ('connection failed: connection to server at "127.0.0.1", port 5433 failed: FATAL:  role "t_acme" is '
+             'not permitted to log in\n')
+    assert login_refused(error) == 'login refused (role "t_acme" is not permitted to log in)'
+
+
+def test_a_timeout_that_is_not_positive_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    from paybill.cli import build_parser
+
+    for value in ("-5", "0", "nan", "soon"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["demo", "--timeout", value])
+        assert "--timeout" in capsys.readouterr().err
+    assert build_parser().parse_args(["demo", "--timeout", "2.5"]).timeout == 2.5
+
+
+def test_the_childrens_logs_are_private(tmp_path: Path) -> None:
+    from paybill.demo import start_child
+
+    log = tmp_path / "operator.log"
+    log.write_text("an earlier run's log, 0644")
+    os.chmod(log, 0o644)
+    child = start_child("echo", ["echo", "hello"], log)
+    assert child.process is not None and child.process.wait(timeout=30) == 0
+    assert log.stat().st_mode & 0o777 == 0o600 and log.read_text() == "hello\n"
+    fresh = start_child("echo", ["echo", "hello"], tmp_path / "emulator.log")
+    assert fresh.process is not None and fresh.process.wait(timeout=30) == 0
+    assert (tmp_path / "emulator.log").stat().st_mode & 0o777 == 0o600

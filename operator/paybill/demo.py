@@ -37,8 +37,10 @@ from .policy.install import tenant_schema
 REPO = Path(__file__).resolve().parents[2]
 MARKER = ".paybill-demo"  # in every state directory the demo makes: only such a directory is ever touched
 LOCK = "demo.lock"  # flock'd for the demo's life: one demo per state directory
+AGENTS_RAN = "agents.ran"  # written once the agent steps ran on this data: a resumed run does not repeat them
 # The names the demo creates: the only entries it ever deletes (what a user adds is left alone).
-DEMO_ENTRIES = frozenset({MARKER, LOCK, "postgres", "kubeconfig", "emulator.log", "operator.log", "backups"})
+DEMO_ENTRIES = frozenset({MARKER, LOCK, AGENTS_RAN, "postgres", "kubeconfig", "emulator.log", "operator.log",
+                          "backups"})
 POLL_S = 0.2  # how often every wait looks at the children: a child's exit is noticed within this
 LOG_TAIL_LINES = 20
 
@@ -165,7 +167,9 @@ class Child:
 def start_child(name: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> Child:
     """A subprocess in its own session (a terminal's Ctrl-C reaches only the demo, which stops it in order)
     that gets SIGTERM should the demo itself die without cleaning up."""
-    with log.open("wb") as out:
+    descriptor = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(descriptor, 0o600)  # an earlier run's log may be wider: statements in error are logged
+    with os.fdopen(descriptor, "wb") as out:
         process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, preexec_fn=_terminate_with_parent)
     return Child(name, log, process=process)
@@ -289,6 +293,15 @@ def fresh_state(state_dir: Path, resume: bool) -> list[str]:
     return sorted(entry.name for entry in state_dir.iterdir() if entry.name not in DEMO_ENTRIES)
 
 
+def agents_already_ran(state_dir: Path, resume: bool) -> bool:
+    """The agent gate and workflows ran on this data before (they change it: the refund would run again)."""
+    return resume and (state_dir / AGENTS_RAN).is_file()
+
+
+def record_agents_ran(state_dir: Path) -> None:
+    (state_dir / AGENTS_RAN).touch()
+
+
 class DemoError(Exception):
     pass
 
@@ -360,7 +373,7 @@ def _run(stack: Stack, state_dir: Path, samples: Path, keep: bool, port: int | N
                                          state_dir / "operator.log", operator_env(kubeconfig, database_url, state_dir)))
         say(f"operator started (pid {operator.pid}, log {operator.log})")
         return _converge(stack, kube, samples, keep, timeout, kubeconfig, database_url,
-                         postgres.data_dir / PASSWORD_FILE)
+                         postgres.data_dir / PASSWORD_FILE, resume)
     except Exception:
         stack.blame()
         raise
@@ -375,7 +388,7 @@ def _listening_url(log: Path) -> str | None:
 
 
 def _converge(stack: Stack, kube: Kube, samples: Path, keep: bool, timeout: float, kubeconfig: Path,
-              database_url: str, password_file: Path) -> int:
+              database_url: str, password_file: Path, resume: bool) -> int:
     manifests = check_samples(samples)
     apply_samples(kube, manifests)
     names = [m["metadata"]["name"] for m in manifests if m["kind"] == "Tenant"]
@@ -387,9 +400,14 @@ def _converge(stack: Stack, kube: Kube, samples: Path, keep: bool, timeout: floa
         say(f"FAILED: {ready}/{len(names)} tenants Ready after {timeout:.0f}s; see {kubeconfig.parent}/operator.log")
         return 1
     say(f"all {ready} tenants Ready")
-    if not agent_gate(stack, kube, database_url, samples / "agents", timeout):
-        return 1
-    if not agent_workflows(stack, kube, samples / "agents", timeout):
+    state_dir = kubeconfig.parent
+    if agents_already_ran(state_dir, resume):
+        say("agent gate and workflows: already ran on this data (again, they would refund an order twice); "
+            "skipped. Run without --resume to see them")
+    elif agent_gate(stack, kube, database_url, samples / "agents", timeout) and \
+            agent_workflows(stack, kube, samples / "agents", timeout):
+        record_agents_ran(state_dir)
+    else:
         return 1
     if not billing_walk(stack, kube, "acme", timeout):
         return 1
@@ -479,7 +497,13 @@ def _probe_tenant_login(kube: Kube, name: str) -> str:
                 return f"login ok, read {rows} rows, write refused"
             return f"login ok, read {rows} rows, write ok"
     except psycopg.OperationalError as error:
-        return "login refused (" + (str(error).strip().splitlines() or ["?"])[-1].split(": ")[-1] + ")"
+        return login_refused(str(error))
+
+
+def login_refused(error: str) -> str:
+    """The server's reason, from the last line of a failed connection's message."""
+    last = (error.strip().splitlines() or ["?"])[-1]
+    return f"login refused ({last.split(': ')[-1].strip()})"
 
 
 HOSTILE = (
