@@ -175,6 +175,17 @@ def liveness_endpoint(url: str | None) -> str | None:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{host}:{port}"))
 
 
+def positive_seconds(text: str) -> float:
+    """An argparse type: a number of seconds greater than zero."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return seconds
+
+
 def _demo(args: argparse.Namespace) -> int:
     _require_emulator("demo")
     from .demo import REPO, run_demo
@@ -271,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="manifests to apply (default: manifests/samples of this checkout)")
     demo.add_argument("--port", type=int, default=None,
                       help="port for the emulated API server (default: one the kernel picks)")
-    demo.add_argument("--timeout", type=float, default=60, metavar="SECONDS",
+    demo.add_argument("--timeout", type=positive_seconds, default=60, metavar="SECONDS",
                       help="how long each step may take before the demo fails (default 60)")
     demo.set_defaults(run=_demo)
 
