@@ -169,3 +169,17 @@ def test_a_helper_interrupted_by_a_signal_is_left_to_finish_and_stop_waits_for_i
     assert server.stop() is False  # waited for the helper; no server was started on this data
     assert done.exists(), "the helper was killed mid-way"
     assert int(done.read_text()) != os.getsid(0)
+
+
+def test_stop_says_whether_a_server_was_running(tmp_path: Path) -> None:
+    server = LocalPostgres(tmp_path / "postgres")
+    assert server.stop() is False  # nothing there yet
+    server.start()
+    pid = server.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)  # gone, its postmaster.pid left behind
+    assert eventually(lambda: not alive(pid))
+    assert server.stop() is False
+    server.start()
+    assert server.stop() is True
+    server.remove()

@@ -239,9 +239,9 @@ class LocalPostgres:
             self._pgserver = None
             running = True
         elif (binaries := find_binaries()) is not None and (self.server_dir / "pgdata" / "postmaster.pid").exists():
+            running = (pid := self.pid) is not None and _alive(pid)  # not a stale pid file
             self._run("pg_ctl stop", self._as_postgres(str(binaries / "pg_ctl"), "-D", str(self.server_dir / "pgdata"),
                                                        "-m", "fast", "-w", "stop"), check=False)
-            running = True
         self._uri = None
         return running
 
@@ -429,6 +429,14 @@ def sweep_orphans(base: Path, keep: Path | None = None) -> list[Path]:
         if not data_dir or not Path(data_dir).exists():
             delete_tree(server_dir)
     return stopped
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (a killed postmaster nobody has reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _process_identity(pid: int) -> str | None:
