@@ -258,6 +258,9 @@ def test_a_state_directory_the_demo_did_not_make_is_never_emptied(tmp_path: Path
         with pytest.raises(DemoError, match="did not make"):
             fresh_state(foreign, resume=False)
         assert (foreign / name).read_text() == "years of work"
+    (tmp_path / "a-file").write_text("not a directory")
+    with pytest.raises(DemoError, match="not a directory"):
+        fresh_state(tmp_path / "a-file", resume=False)
     operator_state = tmp_path / "operator"  # an operator's PAYBILL_STATE_DIR has the layout of an older demo's
     (operator_state / "backups").mkdir(parents=True)
     for name in ("kubeconfig", "operator.log", "backups/acme.dump"):
@@ -364,6 +367,10 @@ def test_samples_that_cannot_be_applied_are_refused_before_anything_starts(tmp_p
         check_samples(samples)
     shutil.copy(REPO / "manifests" / "samples" / "tenants.yaml", samples / "tenants.yaml")
     with pytest.raises(DemoError, match=r"agents/support-policy\.yaml is missing"):
+        check_samples(samples)
+    shutil.copytree(REPO / "manifests" / "samples" / "agents", samples / "agents")
+    (samples / "extra.yaml").write_text("metadata: {name: nameless-kind}")
+    with pytest.raises(DemoError, match=r"without kind or metadata\.name"):
         check_samples(samples)
     assert {m["kind"] for m in check_samples(REPO / "manifests" / "samples")} == {"Plan", "Subscription", "Tenant"}
     state = tmp_path / "state"

@@ -73,9 +73,11 @@ def check_samples(samples: Path) -> list[dict[str, Any]]:
         except yaml.YAMLError as error:
             raise DemoError(f"--samples {samples}: {shown} is not YAML: {error}") from None
         manifests += documents if path.parent == samples else []
-    unnamed = [m for m in manifests if not isinstance(m, dict) or not (m.get("metadata") or {}).get("name")]
+    unnamed = [m for m in manifests
+               if not isinstance(m, dict) or not m.get("kind") or not (m.get("metadata") or {}).get("name")]
     if unnamed or not any(m.get("kind") == "Tenant" for m in manifests):
-        raise DemoError(f"--samples {samples}: " + ("a manifest without metadata.name" if unnamed else "no Tenant"))
+        raise DemoError(f"--samples {samples}: " + ("a manifest without kind or metadata.name" if unnamed
+                                                    else "no Tenant"))
     return manifests
 
 
@@ -255,6 +257,8 @@ def database_hint(dsn: str, password_file: Path) -> str:
 def claim_state_dir(state_dir: Path) -> None:
     """Make the state directory (or adopt an empty one), private (0700), and mark it as the demo's. A non-empty
     directory without the marker is refused: the demo never empties a directory it did not make."""
+    if state_dir.exists() and not state_dir.is_dir():
+        raise DemoError(f"--state-dir {state_dir} is not a directory")
     if state_dir.exists() and any(state_dir.iterdir()) and not (state_dir / MARKER).is_file():
         raise DemoError(f"{state_dir} holds files the demo did not make (no {MARKER} in it); choose another "
                         "--state-dir")
