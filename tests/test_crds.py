@@ -60,7 +60,7 @@ def test_tenant_crd_carries_printer_columns_names_and_rules() -> None:
     assert crd["spec"]["names"]["categories"] == ["paybill"] and crd["spec"]["scope"] == "Cluster"
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert spec["properties"]["deletionPolicy"]["enum"] == ["retain", "snapshot", "destroy"]
-    assert spec["x-kubernetes-validations"][0]["message"] == "namespace is immutable once set"
+    assert spec["x-kubernetes-validations"][0]["message"].startswith("namespace is fixed when the Tenant is created")
     assert Tenant.crd.namespaced is False
 
 
@@ -141,6 +141,11 @@ MACRO = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\.(?:all|exists|exists_one
 REFERENCE = re.compile(r"(?<![\w.])([A-Za-z_]\w*)((?:\.[A-Za-z_]\w*)*)(\s*\()?")
 
 
+# What kube-apiserver lets a rule at the root read of metadata, and its bound (a DNS subdomain).
+METADATA = {"type": "object", "properties": {field: {"type": "string", "maxLength": 253}
+                                             for field in ("name", "generateName")}}
+
+
 def _resolve(node: dict, fields: list[str]) -> dict | None:
     for name in fields:
         if name in (node.get("properties") or {}):
@@ -162,7 +167,8 @@ def unbounded_cel_reads(schema: dict, path: str = "") -> list[str]:
     problems = []
     for rule in schema.get("x-kubernetes-validations", ()):
         expression = re.sub(r"'[^']*'|\"[^\"]*\"", "''", rule["rule"])
-        scope: dict[str, dict | None] = {"self": schema, "oldSelf": schema}
+        node = schema if path else {**schema, "properties": {**schema.get("properties", {}), "metadata": METADATA}}
+        scope: dict[str, dict | None] = {"self": node, "oldSelf": node}
         for target, variable in MACRO.findall(expression):
             head, *fields = target.split(".")
             collection = _resolve(scope[head], fields) if scope.get(head) is not None else None
@@ -269,3 +275,42 @@ def test_a_workflow_with_two_steps_of_one_name_is_refused(cluster: Any) -> None:
     assert refused.value.message.endswith('spec.steps[1]: Duplicate value: map[string]interface {}{"name":"read"}')
     workflow["spec"]["steps"][1]["name"] = "again"
     cluster.kube.create(workflow)
+
+
+def _tenant(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "paybill.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
+            "spec": {"planRef": "pro", **spec}}
+
+
+@pytest.mark.parametrize("name", ["a.b", "x" * 57, "y" * 100])
+def test_a_tenant_name_that_cannot_make_its_namespace_is_refused(cluster: Any, name: str) -> None:
+    """`tenant-<name>` must be a namespace name (a DNS label of at most 63 characters): refused at admission,
+    not after the operator failed to create the namespace."""
+    from paybill.kubeclient import KubeError
+
+    with pytest.raises(KubeError) as refused:
+        cluster.kube.create(_tenant(name))
+    assert refused.value.status == 422 and "must be a DNS label of at most 56 characters" in refused.value.message
+    assert cluster.kube.create(_tenant("z" * 56))["metadata"]["name"] == "z" * 56
+
+
+def test_a_tenants_namespace_is_fixed_when_it_is_created(cluster: Any) -> None:
+    """Setting spec.namespace later would build a second namespace and leave the first behind."""
+    from paybill.kubeclient import KubeError
+
+    cluster.kube.create(_tenant("acme"))
+    cluster.kube.create(_tenant("globex", namespace="globex-ns"))
+    for name, change in (("acme", {"namespace": "tenant-moved"}), ("globex", {"namespace": "elsewhere"}),
+                         ("globex", {"namespace": None})):
+        with pytest.raises(KubeError, match="namespace is fixed when the Tenant is created"):
+            cluster.kube.merge_patch("paybill.dev/v1alpha1", "tenants", name, {"spec": change})
+    assert "namespace" not in cluster.kube.get("paybill.dev/v1alpha1", "tenants", "acme")["spec"]
+
+
+def test_a_namespace_name_longer_than_a_dns_label_is_refused(cluster: Any) -> None:
+    from paybill.kubeclient import KubeError
+
+    with pytest.raises(KubeError) as refused:
+        cluster.kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n" * 64}})
+    assert refused.value.message.endswith(f'metadata.name: Invalid value: "{"n" * 64}": must be no more than 63 '
+                                          "characters")

@@ -143,7 +143,7 @@ def test_defaults_are_applied_and_unknown_fields_pruned_or_refused(http: Http) -
 def test_cel_rules_including_transition_rules(http: Http) -> None:
     http("POST", TENANTS, tenant(namespace="tenant-one"))
     moved = http("PATCH", f"{TENANTS}/acme", {"spec": {"namespace": "tenant-two"}}, headers=MERGE)
-    assert moved.status_code == 422 and "namespace is immutable once set" in moved.json()["message"]
+    assert moved.status_code == 422 and "namespace is fixed when the Tenant is created" in moved.json()["message"]
     policy = {"apiVersion": "paybill.dev/v1alpha1", "kind": "AgentPolicy", "metadata": {"name": "p"},
               "spec": {"subjects": ["agent:a"], "rules": [
                   {"id": "r", "effect": "allow", "actions": ["select"], "tables": ["t"]},

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from . import RESOURCES
-from .meta import CATEGORY, GROUP, VERSION, CustomResource
+from .meta import CATEGORY, GROUP, ROOT, VERSION, CustomResource
 
 # JSON Schema keywords a structural schema keeps; everything else pydantic emits (title, ...) is dropped.
 KEPT_KEYWORDS = {
@@ -76,6 +76,9 @@ def _is_int_or_string(variants: list[dict[str, Any]]) -> bool:
 
 def _place_rules(schema: dict[str, Any], cls: type[CustomResource]) -> None:
     for rule in cls.crd.validations:
+        if rule.path == ROOT:
+            schema.setdefault("x-kubernetes-validations", []).append({"rule": rule.rule, "message": rule.message})
+            continue
         target = schema["properties"]["spec"]
         for part in filter(None, rule.path.split(".")):
             target = target["properties"][part]

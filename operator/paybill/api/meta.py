@@ -81,9 +81,12 @@ class PrinterColumn:
         return column
 
 
+ROOT = "/"  # a ValidationRule path: the whole object (where CEL may read metadata.name)
+
+
 @dataclass(frozen=True)
 class ValidationRule:
-    """A CEL rule (x-kubernetes-validations) placed at a path in the schema ("" = spec)."""
+    """A CEL rule (x-kubernetes-validations) placed at a path in the schema ("" = spec, ROOT = the object)."""
 
     rule: str
     message: str

@@ -11,6 +11,7 @@ from .meta import (
     LIST_SET,
     PHASE_COLUMN,
     READY_COLUMN,
+    ROOT,
     CrdInfo,
     CustomResource,
     Model,
@@ -95,9 +96,13 @@ class Tenant(CustomResource):
         description="Tenant is one customer: its namespace, its data and its lifecycle.",
         printer_columns=(PrinterColumn("Plan", ".spec.planRef"), PrinterColumn("Isolation", ".status.isolation"),
                          PHASE_COLUMN, READY_COLUMN, AGE_COLUMN),
-        validations=(ValidationRule("!has(oldSelf.namespace) || (has(self.namespace) && "
-                                    "self.namespace == oldSelf.namespace)",
-                                    "namespace is immutable once set"),
+        validations=(ValidationRule("has(self.namespace) == has(oldSelf.namespace) && "
+                                    "(!has(self.namespace) || self.namespace == oldSelf.namespace)",
+                                    "namespace is fixed when the Tenant is created (set or left to the default)"),
+                     ValidationRule("self.metadata.name.size() <= 56 && "
+                                    "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+                                    "a Tenant's name must be a DNS label of at most 56 characters (its namespace "
+                                    "is tenant-<name>)", path=ROOT),
                      ValidationRule("!self.startsWith('kube-') && self != 'default'",
                                     "namespace may not be a system namespace (kube-*, default)", path="namespace")),
     )

@@ -45,11 +45,16 @@ def check_meta(rtype: ResourceType, obj: dict[str, Any]) -> None:
     if not name:
         errors.append(FieldError("FieldValueRequired", "metadata.name", "Required value: name or "
                                                                           "generateName is required"))
-    elif not pattern.match(name) or len(name) > 253:
+    elif len(name) > (limit := 63 if pattern is DNS_LABEL else 253):
+        errors.append(FieldError("FieldValueInvalid", "metadata.name",
+                                 f'Invalid value: "{name}": must be no more than {limit} characters'))
+    elif not pattern.match(name):
+        allowed = " or '-'" if pattern is DNS_LABEL else ", '-' or '.'"
         errors.append(FieldError("FieldValueInvalid", "metadata.name",
                                  f'Invalid value: "{name}": a lowercase RFC 1123 '
                                  f'{"label" if pattern is DNS_LABEL else "subdomain"} must consist of lower '
-                                 "case alphanumeric characters, '-' or '.'"))
+                                 f"case alphanumeric characters{allowed}, and must start and end with an "
+                                 "alphanumeric character"))
     annotations = meta.get("annotations") or {}
     if sum(len(k) + len(str(v)) for k, v in annotations.items()) > MAX_ANNOTATIONS_BYTES:
         errors.append(FieldError("FieldValueTooLong", "metadata.annotations",

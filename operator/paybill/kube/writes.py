@@ -109,8 +109,10 @@ class Writes(Finalizers):
             fields = ", ".join(f'unknown field "{path}"' for path in dropped)
             raise status_error(400, "BadRequest", f"strict decoding error: {fields}")
         pruned = apply_defaults(pruned, rtype.schema)
-        old_body = {k: v for k, v in (old or {}).items() if k != "metadata"} if old is not None else None
-        errors = validate(pruned, rtype.schema, old_body) if old_body is not None else validate(pruned, rtype.schema)
+        # CEL rules at the root see metadata.name and metadata.generateName only, as on kube-apiserver
+        checked = {**pruned, "metadata": _cel_metadata(meta)}
+        old_body = {**old, "metadata": _cel_metadata(old["metadata"])} if old is not None else None
+        errors = validate(checked, rtype.schema, old_body) if old_body is not None else validate(checked, rtype.schema)
         if errors:
             raise invalid(rtype, meta.get("name", ""), errors)
         return {"apiVersion": pruned.pop("apiVersion", rtype.api_version), "kind": pruned.pop("kind", rtype.kind),
@@ -257,3 +259,7 @@ class Writes(Finalizers):
                  "message": "the initial names have been accepted", "lastTransitionTime": now()},
             ],
         }
+
+
+def _cel_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    return {key: meta[key] for key in ("name", "generateName") if key in meta}
