@@ -451,6 +451,11 @@ def test_paybill_emulator_writes_a_service_account_kubeconfig(admin: Kubectl, tm
     denied = subprocess.run(["kubectl", "get", "secrets"], env=env, capture_output=True, text=True, timeout=60)
     assert 'User "system:serviceaccount:ops:deployer" cannot list resource "secrets" in API group "" in the ' \
            'namespace "ops"' in denied.stderr
+    for wrong in (["--service-account", "ops/nobody"], ["--service-account", "ops/deployer", "--duration", "10"]):
+        refused = subprocess.run([sys.executable, "-m", "paybill", "emulator", "kubeconfig", "--kubeconfig",
+                                  str(admin.kubeconfig), *wrong, "-o", str(tmp_path / "x")], capture_output=True,
+                                 text=True, timeout=60)
+        assert refused.returncode != 0 and "HTTP 4" in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_denied_requests_are_recorded(cluster: Any) -> None:

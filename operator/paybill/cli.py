@@ -104,7 +104,16 @@ def _emulator_kubeconfig(args: argparse.Namespace) -> int:
     namespace, _, name = args.service_account.partition("/")
     if not namespace or not name:
         raise SystemExit("paybill emulator kubeconfig: --service-account must be NAMESPACE/NAME")
-    path = write_service_account_kubeconfig(Path(args.kubeconfig), namespace, name, Path(args.output), args.duration)
+    import kubernetes
+
+    from .kubeclient import KubeError
+
+    try:
+        path = write_service_account_kubeconfig(Path(args.kubeconfig), namespace, name, Path(args.output),
+                                                args.duration)
+    except (KubeError, kubernetes.config.ConfigException, OSError) as exc:
+        raise SystemExit(f"paybill emulator kubeconfig: {exc} (admin kubeconfig {args.kubeconfig}; the demo "
+                         "writes one in its state directory)") from None
     print(f"export KUBECONFIG={path.resolve()}  # acts as system:serviceaccount:{namespace}:{name}")
     return 0
 
