@@ -50,8 +50,9 @@ $(PEER)/.installed-stamp:
 fuzz: install  ## the long grammar-fuzzing campaign of the agent gate (PAYBILL_FUZZ_CAMPAIGN statements, 100000)
 	$(BIN)/python -m bench.fuzz --benchmarks BENCHMARKS.md
 
-lint: install  ## ruff and mypy
-	$(BIN)/ruff check operator tests
+lint: install  ## ruff (lint and format) and mypy
+	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff format --check operator tests bench
 	$(BIN)/mypy
 
 crds: install  ## regenerate crds/ (and the chart's copy) from operator/paybill/api

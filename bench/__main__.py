@@ -28,8 +28,10 @@ def machine() -> str:
     except (OSError, ValueError, IndexError):
         pass
     postgres = subprocess.run(["pg_ctl", "--version"], capture_output=True, text=True).stdout.strip() or "pgserver"
-    return (f"{cpu}, {os.cpu_count()} cores{memory}; {platform.system()} {platform.release()}; "
-            f"Python {platform.python_version()}; {postgres}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores{memory}; {platform.system()} {platform.release()}; "
+        f"Python {platform.python_version()}; {postgres}"
+    )
 
 
 def kept_sections(previous: str, written: str) -> list[str]:
@@ -47,25 +49,33 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="fewer iterations (for a smoke run)")
     parser.add_argument("--out", default="BENCHMARKS.md")
-    parser.add_argument("--only", choices=("policy", "tenants", "terraform"),
-                        help="run one group; the file keeps the others")
+    parser.add_argument(
+        "--only", choices=("policy", "tenants", "terraform"), help="run one group; the file keeps the others"
+    )
     args = parser.parse_args()
     groups = {"policy": policy.run, "tenants": tenants.run, "terraform": terraform.run}
     load_before = os.getloadavg()[0]
     sections = [run(args.quick) for name, run in groups.items() if args.only in (None, name)]
     load_after = os.getloadavg()[0]
     out = Path(args.out)
-    text = "\n\n".join([
-        "# Benchmarks",
-        f"Machine: {machine()}.",
-        f"Command: `make bench` (`{Path(sys.executable).name} -m bench{' --quick' if args.quick else ''}"
-        f"{f' --only {args.only}' if args.only else ''}`); "
-        "every figure in a table comes from the same run, side by side. Load average (1 min) when the run began and "
-        f"ended: {load_before:.1f} and {load_after:.1f} (other work shares the cores; ratios measured side by side "
-        "hold better than absolute times).",
-        *sections,
-        *kept_sections(out.read_text() if out.exists() else "", "\n".join(sections)),
-    ]) + "\n"
+    text = (
+        "\n\n".join(
+            [
+                "# Benchmarks",
+                f"Machine: {machine()}.",
+                f"Command: `make bench` (`{Path(sys.executable).name} -m bench{' --quick' if args.quick else ''}"
+                f"{f' --only {args.only}' if args.only else ''}`); "
+                "every figure in a table comes from the same run, side by side. Load average (1 min) "
+                "when the run began and "
+                f"ended: {load_before:.1f} and {load_after:.1f} (other work shares the cores; ratios "
+                "measured side by side "
+                "hold better than absolute times).",
+                *sections,
+                *kept_sections(out.read_text() if out.exists() else "", "\n".join(sections)),
+            ]
+        )
+        + "\n"
+    )
     out.write_text(text)
     print(text)
     return 0

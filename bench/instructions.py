@@ -30,9 +30,23 @@ def decide_cold(rules: int, decisions: int) -> None:
 
 
 def _total(rules: int, decisions: int) -> int:
-    done = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-                           sys.executable, "-m", "bench.instructions", str(rules), str(decisions)],
-                          capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent)
+    done = subprocess.run(
+        [
+            "valgrind",
+            "--tool=cachegrind",
+            "--cache-sim=no",
+            "--cachegrind-out-file=/dev/null",
+            sys.executable,
+            "-m",
+            "bench.instructions",
+            str(rules),
+            str(decisions),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     found = _TOTAL.search(done.stderr)
     if found is None:
         raise RuntimeError(f"no instruction count in valgrind's output: {done.stderr[-500:]}")

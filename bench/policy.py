@@ -45,19 +45,27 @@ def policy(rules: int) -> AgentPolicySpec:
     """`rules` rules: the one that matters for the statement, the rest on other tables (a deny every tenth)."""
     body = [{"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"], "columns": ["*"]}]
     for n in range(rules - 1):
-        body.append({"id": f"rule-{n}", "effect": "deny" if n % 10 == 9 else "allow",
-                     "actions": ["select", "update"] if n % 3 else ["select"], "tables": [f"t{n}"],
-                     "columns": ["id", "a"] if n % 2 else ["*"]})
-    return AgentPolicySpec.model_validate({"subjects": [PRINCIPAL], "rules": body,
-                                           "functions": ["count", "lower"], "limits": {"maxCost": 1e9}})
+        body.append(
+            {
+                "id": f"rule-{n}",
+                "effect": "deny" if n % 10 == 9 else "allow",
+                "actions": ["select", "update"] if n % 3 else ["select"],
+                "tables": [f"t{n}"],
+                "columns": ["id", "a"] if n % 2 else ["*"],
+            }
+        )
+    return AgentPolicySpec.model_validate(
+        {"subjects": [PRINCIPAL], "rules": body, "functions": ["count", "lower"], "limits": {"maxCost": 1e9}}
+    )
 
 
 def cedar_policies(rules: int) -> str:
     lines = ['permit(principal == Agent::"support-bot", action == Action::"select", resource == Table::"orders");']
     for n in range(rules - 1):
         effect = "forbid" if n % 10 == 9 else "permit"
-        lines.append(f'{effect}(principal == Agent::"support-bot", action == Action::"select", '
-                     f'resource == Table::"t{n}");')
+        lines.append(
+            f'{effect}(principal == Agent::"support-bot", action == Action::"select", resource == Table::"t{n}");'
+        )
     return "\n".join(lines)
 
 
@@ -110,8 +118,12 @@ def decision_rows(runs: int) -> list[tuple[str, ...]]:
         cold, unvalidated = percentiles(with_validator), percentiles(without_validator)
         cached = percentiles(timed(decide, runs * 5))
         text = cedar_policies(rules)
-        request = {"principal": 'Agent::"support-bot"', "action": 'Action::"select"', "resource": 'Table::"orders"',
-                   "context": {}}
+        request = {
+            "principal": 'Agent::"support-bot"',
+            "action": 'Action::"select"',
+            "resource": 'Table::"orders"',
+            "context": {},
+        }
         assert cedarpy.is_authorized(request, text, []).decision == cedarpy.Decision.Allow
         authorize = functools.partial(_authorize, cedarpy, request, text)
         cedar = percentiles(timed(authorize, max(runs // 4, 200)))
@@ -128,8 +140,9 @@ def load_corpus(name: str) -> list[dict[str, Any]]:
 
 
 def support_engine() -> PolicyEngine:
-    return PolicyEngine(load_policy(CORPUS / "support-policy.yaml").spec,
-                        Schema.from_ddl((CORPUS / "schema.sql").read_text()))
+    return PolicyEngine(
+        load_policy(CORPUS / "support-policy.yaml").spec, Schema.from_ddl((CORPUS / "schema.sql").read_text())
+    )
 
 
 def _decide_case(engine: PolicyEngine, case: dict[str, Any], _: int) -> Decision:
@@ -146,8 +159,12 @@ class Peer:
     """postgres-mcp's SafeSqlDriver (restricted mode) in its own virtualenv, driven over a pipe (bench/peer.py)."""
 
     def __init__(self) -> None:
-        self.process = subprocess.Popen([str(PEER_PYTHON), str(Path(__file__).with_name("peer.py"))],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [str(PEER_PYTHON), str(Path(__file__).with_name("peer.py"))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     def ask(self, **request: Any) -> dict[str, Any]:
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -179,8 +196,15 @@ def cedar_requests(engine: PolicyEngine, case: dict[str, Any]) -> list[dict[str,
     analysis = Analysis(engine.rules, engine.schema, TENANT)
     analysis.statement(parse(case["sql"]).stmts[0].stmt)
     pairs = sorted({(action, table) for action, table, _ in analysis.accesses})
-    return [{"principal": 'Agent::"support-bot"', "action": f'Action::"{action}"', "resource": f'Table::"{table}"',
-             "context": {}} for action, table in pairs]
+    return [
+        {
+            "principal": 'Agent::"support-bot"',
+            "action": f'Action::"{action}"',
+            "resource": f'Table::"{table}"',
+            "context": {},
+        }
+        for action, table in pairs
+    ]
 
 
 def _authorize_case(cedarpy: Any, requests: list[dict[str, Any]], policies: str, _: int) -> object:
@@ -219,21 +243,28 @@ def corpus_comparison(rounds: int, chunks: int = 4) -> tuple[list[tuple[str, ...
             if chunk:
                 for name, values in measured.items():
                     samples[name] += values
-        peer_admitted = {name: peer.ask(op="admitted", name=name)["admitted"] for name in ("legitimate", "adversarial")
-                         } if peer is not None else {}
+        peer_admitted = (
+            {name: peer.ask(op="admitted", name=name)["admitted"] for name in ("legitimate", "adversarial")}
+            if peer is not None
+            else {}
+        )
     finally:
         engine.validator.validate = validate  # type: ignore[method-assign]
         if peer is not None:
             peer.close()
-    ours = {"legitimate": sum(engine.decide(c["principal"], c["sql"], c.get("params"), TENANT).allowed
-                              for c in legitimate),
-            "adversarial": sum(engine.decide(c["principal"], c["sql"], c.get("params"), TENANT).allowed
-                               for c in adversarial)}
+    ours = {
+        "legitimate": sum(engine.decide(c["principal"], c["sql"], c.get("params"), TENANT).allowed for c in legitimate),
+        "adversarial": sum(
+            engine.decide(c["principal"], c["sql"], c.get("params"), TENANT).allowed for c in adversarial
+        ),
+    }
     base = percentiles(samples["paybill"])
-    labels = {"paybill": "Paybill, cold, validator included (parse, analysis, rules, rewrite, deparse, validator)",
-              "unvalidated": "Paybill, cold, validator switched off (the same engine, for its cost)",
-              "cedarpy": "cedarpy: authorization only, the statement's (action, table) pairs in one batch",
-              "peer": "postgres-mcp 0.3.0 `SafeSqlDriver._validate` (restricted mode)"}
+    labels = {
+        "paybill": "Paybill, cold, validator included (parse, analysis, rules, rewrite, deparse, validator)",
+        "unvalidated": "Paybill, cold, validator switched off (the same engine, for its cost)",
+        "cedarpy": "cedarpy: authorization only, the statement's (action, table) pairs in one batch",
+        "peer": "postgres-mcp 0.3.0 `SafeSqlDriver._validate` (restricted mode)",
+    }
     latency = []
     for name, label in labels.items():
         if not samples[name]:
@@ -241,13 +272,23 @@ def corpus_comparison(rounds: int, chunks: int = 4) -> tuple[list[tuple[str, ...
             continue
         p50, p99 = percentiles(samples[name])
         latency.append((label, f"{p50:.0f}", f"{p99:.0f}", f"{p50 / base[0]:.2f}", f"{p99 / base[1]:.2f}"))
-    counts = [("Paybill (enforce, tenant acme)", f"{ours['legitimate']} of {len(legitimate)}",
-               f"{ours['adversarial']} of {len(adversarial)}")]
+    counts = [
+        (
+            "Paybill (enforce, tenant acme)",
+            f"{ours['legitimate']} of {len(legitimate)}",
+            f"{ours['adversarial']} of {len(adversarial)}",
+        )
+    ]
     if peer is not None:
         categories = collections.Counter(adversarial[n]["category"] for n in peer_admitted["adversarial"])
         top = ", ".join(f"{name} {count}" for name, count in categories.most_common(6))
-        counts.append(("postgres-mcp restricted mode", f"{len(peer_admitted['legitimate'])} of {len(legitimate)}",
-                       f"{len(peer_admitted['adversarial'])} of {len(adversarial)} ({top})"))
+        counts.append(
+            (
+                "postgres-mcp restricted mode",
+                f"{len(peer_admitted['legitimate'])} of {len(legitimate)}",
+                f"{len(peer_admitted['adversarial'])} of {len(adversarial)} ({top})",
+            )
+        )
     return latency, counts
 
 
@@ -259,9 +300,11 @@ def execution_rows(rounds: int, per_round: int) -> list[tuple[str, ...]]:
     try:
         with psycopg.connect(server.dsn, autocommit=True) as conn:
             conn.execute(BASE_DDL)
-            conn.execute("INSERT INTO orders (id, tenant_id, customer_id, status, total) "
-                         "SELECT n, CASE WHEN n % 2 = 0 THEN 'acme' ELSE 'globex' END, n, 'open', n "
-                         "FROM generate_series(1, 10000) n")
+            conn.execute(
+                "INSERT INTO orders (id, tenant_id, customer_id, status, total) "
+                "SELECT n, CASE WHEN n % 2 = 0 THEN 'acme' ELSE 'globex' END, n, 'open', n "
+                "FROM generate_series(1, 10000) n"
+            )
             conn.execute("ANALYZE orders")
             schema = Schema.from_ddl(BASE_DDL)
             engine = PolicyEngine(policy(10), schema)
@@ -271,7 +314,7 @@ def execution_rows(rounds: int, per_round: int) -> list[tuple[str, ...]]:
         raw = psycopg.connect(dsn, autocommit=True, cursor_factory=psycopg.RawCursor)
         raw.execute("SET statement_timeout = 2000")
         with raw, ExecutionGuard(engine, dsn, PRINCIPAL, TENANT) as guard:
-            guard.engine.rules.limits.maxStatementsPerRun = 10 ** 9
+            guard.engine.rules.limits.maxStatementsPerRun = 10**9
             ids = [2 * (1 + n % 50) for n in range(per_round)]
             raw_call = lambda i: raw.execute(STATEMENT, [ids[i]]).fetchall()  # noqa: E731
             gated_call = lambda i: guard.execute(STATEMENT, [ids[i]])  # noqa: E731
@@ -288,9 +331,16 @@ def execution_rows(rounds: int, per_round: int) -> list[tuple[str, ...]]:
     raw_p50, raw_p99 = percentiles(raw_samples)
     gated_p50, gated_p99 = percentiles(gated_samples)
     raw_mean, gated_mean = statistics.fmean(raw_samples), statistics.fmean(gated_samples)
-    return [("raw psycopg", f"{raw_p50:.0f}", f"{raw_p99:.0f}", f"{raw_mean:.0f}", "1.00"),
-            ("gated (engine + guard)", f"{gated_p50:.0f}", f"{gated_p99:.0f}", f"{gated_mean:.0f}",
-             f"{gated_p50 / raw_p50:.2f} (p50), {gated_mean / raw_mean:.2f} (mean)")]
+    return [
+        ("raw psycopg", f"{raw_p50:.0f}", f"{raw_p99:.0f}", f"{raw_mean:.0f}", "1.00"),
+        (
+            "gated (engine + guard)",
+            f"{gated_p50:.0f}",
+            f"{gated_p99:.0f}",
+            f"{gated_mean:.0f}",
+            f"{gated_p50 / raw_p50:.2f} (p50), {gated_mean / raw_mean:.2f} (mean)",
+        ),
+    ]
 
 
 def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
@@ -308,47 +358,64 @@ def run(quick: bool = False) -> str:
     shown = f"{counted:,}" if counted is not None else "not counted (valgrind is not installed)"
     latency, counts = corpus_comparison(40 if quick else 200)
     execution = execution_rows(rounds=3 if quick else 10, per_round=300 if quick else 1000)
-    return "\n".join([
-        "## Policy engine (issue 4)",
-        "",
-        f"Decision latency in µs for `{STATEMENT}` with tenant `{TENANT}` (pooled: the tenant predicate and",
-        "LIMIT are injected), including parsing. *Cold*: the decision cache is cleared before every call, so",
-        "each call parses (pglast, C), resolves names, matches rules, rewrites and deparses (C), then the whole-tree",
-        "validator parses the final statement again (C, orjson) and walks every node; *validator off* is the same",
-        "engine with the validator switched off, measured interleaved, for its cost. *Cached*: the same",
-        "statement with a new parameter each call (the cache is keyed by principal, tenant and statement under",
-        "the policy version; parameters are type-checked on every call). cedarpy evaluates an equivalent",
-        "authorization-only request (principal, action select, resource table orders) against the same number",
-        "of permit/forbid policies, passed as policy text as a caller would.",
-        "",
-        table(("rules", "cold p50", "cold p99", "cold p50, validator off", "cold p99, validator off", "cached p50",
-               "cached p99", "cedarpy p50", "cedarpy p99"), decisions),
-        "",
-        f"Instructions per cold decision at 100 rules, validator included (valgrind cachegrind, `python -m "
-        f"bench.instructions`; independent of load): {shown}.",
-        "",
-        "## The gate beside its peers, over the legitimate corpus (issue 10)",
-        "",
-        "Each statement of `tests/policy/legitimate.jsonl` (joins, correlated and LATERAL subqueries, CTEs,",
-        "aggregates, window functions, VALUES, row locks, DML) under the 4-rule support policy, decided cold (cache",
-        "cleared) with tenant `acme`, the gates measured in interleaved chunks of the same run; µs across all",
-        "samples, ratios to Paybill with the validator. The peer runs in its own virtualenv (Python >= 3.12,",
-        "pglast 7) behind a pipe; its samples are taken inside that process, so no pipe time is counted.",
-        "",
-        table(("gate", "p50", "p99", "p50 ratio", "p99 ratio"), latency),
-        "",
-        "Statements admitted: the legitimate corpus (the peer is read-only, so it refuses UPDATE and row locks)",
-        "and the adversarial corpus (`tests/policy/adversarial.jsonl`; for the peer, the categories it admitted most):",
-        "",
-        table(("gate", "legitimate admitted", "adversarial admitted"), counts),
-        "",
-        "Gated vs raw execution of the repeated point SELECT on local PostgreSQL (10,000 rows, half per tenant),",
-        "both logged in as the agent's role over loopback; µs per statement, interleaved rounds. Raw is psycopg's",
-        "execute and fetchall (prepared after 5 runs); gated is the cached decision, then one round trip carrying",
-        "the transaction-local statement_timeout and the statement (both prepared), under the client's deadline:",
-        "",
-        table(("path", "p50", "p99", "mean", "gated/raw"), execution),
-    ])
+    return "\n".join(
+        [
+            "## Policy engine (issue 4)",
+            "",
+            f"Decision latency in µs for `{STATEMENT}` with tenant `{TENANT}` (pooled: the tenant predicate and",
+            "LIMIT are injected), including parsing. *Cold*: the decision cache is cleared before every call, so",
+            "each call parses (pglast, C), resolves names, matches rules, rewrites and deparses (C), "
+            "then the whole-tree",
+            "validator parses the final statement again (C, orjson) and walks every node; *validator off* is the same",
+            "engine with the validator switched off, measured interleaved, for its cost. *Cached*: the same",
+            "statement with a new parameter each call (the cache is keyed by principal, tenant and statement under",
+            "the policy version; parameters are type-checked on every call). cedarpy evaluates an equivalent",
+            "authorization-only request (principal, action select, resource table orders) against the same number",
+            "of permit/forbid policies, passed as policy text as a caller would.",
+            "",
+            table(
+                (
+                    "rules",
+                    "cold p50",
+                    "cold p99",
+                    "cold p50, validator off",
+                    "cold p99, validator off",
+                    "cached p50",
+                    "cached p99",
+                    "cedarpy p50",
+                    "cedarpy p99",
+                ),
+                decisions,
+            ),
+            "",
+            f"Instructions per cold decision at 100 rules, validator included (valgrind cachegrind, `python -m "
+            f"bench.instructions`; independent of load): {shown}.",
+            "",
+            "## The gate beside its peers, over the legitimate corpus (issue 10)",
+            "",
+            "Each statement of `tests/policy/legitimate.jsonl` (joins, correlated and LATERAL subqueries, CTEs,",
+            "aggregates, window functions, VALUES, row locks, DML) under the 4-rule support policy, "
+            "decided cold (cache",
+            "cleared) with tenant `acme`, the gates measured in interleaved chunks of the same run; µs across all",
+            "samples, ratios to Paybill with the validator. The peer runs in its own virtualenv (Python >= 3.12,",
+            "pglast 7) behind a pipe; its samples are taken inside that process, so no pipe time is counted.",
+            "",
+            table(("gate", "p50", "p99", "p50 ratio", "p99 ratio"), latency),
+            "",
+            "Statements admitted: the legitimate corpus (the peer is read-only, so it refuses UPDATE and row locks)",
+            "and the adversarial corpus (`tests/policy/adversarial.jsonl`; for the peer, the "
+            "categories it admitted most):",
+            "",
+            table(("gate", "legitimate admitted", "adversarial admitted"), counts),
+            "",
+            "Gated vs raw execution of the repeated point SELECT on local PostgreSQL (10,000 rows, half per tenant),",
+            "both logged in as the agent's role over loopback; µs per statement, interleaved rounds. Raw is psycopg's",
+            "execute and fetchall (prepared after 5 runs); gated is the cached decision, then one round trip carrying",
+            "the transaction-local statement_timeout and the statement (both prepared), under the client's deadline:",
+            "",
+            table(("path", "p50", "p99", "mean", "gated/raw"), execution),
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -53,9 +53,14 @@ class Stack:
         self.postgres.start()
         port = _free_port()
         kubeconfig = self.directory / "kubeconfig"
-        self.processes.append(subprocess.Popen(
-            [sys.executable, "-m", "paybill", "emulator", "--port", str(port), "--kubeconfig", str(kubeconfig)],
-            stdout=(self.directory / "emulator.log").open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        self.processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "paybill", "emulator", "--port", str(port), "--kubeconfig", str(kubeconfig)],
+                stdout=(self.directory / "emulator.log").open("wb"),
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        )
         deadline = time.monotonic() + 30
         while not kubeconfig.exists():
             if time.monotonic() > deadline:
@@ -68,11 +73,19 @@ class Stack:
         return self.kube
 
     def start_operator(self) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PAYBILL_DATABASE_URL": self.postgres.dsn,
-               "PAYBILL_BACKUP_DIR": str(self.directory / "backups")}
-        operator = subprocess.Popen([sys.executable, "-m", "paybill", "operator"], env=env,
-                                    stdout=(self.directory / "operator.log").open("ab"), stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "PAYBILL_DATABASE_URL": self.postgres.dsn,
+            "PAYBILL_BACKUP_DIR": str(self.directory / "backups"),
+        }
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "paybill", "operator"],
+            env=env,
+            stdout=(self.directory / "operator.log").open("ab"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         self.processes.append(operator)
         return operator
 
@@ -97,8 +110,9 @@ class ActiveWatch(threading.Thread):
 
     def run(self) -> None:
         while not self.stopping:
-            stream = kubernetes.watch.Watch().stream(self.api.list_cluster_custom_object, "paybill.dev", "v1alpha1",
-                                                     "tenants", timeout_seconds=5)
+            stream = kubernetes.watch.Watch().stream(
+                self.api.list_cluster_custom_object, "paybill.dev", "v1alpha1", "tenants", timeout_seconds=5
+            )
             try:
                 for event in stream:
                     obj: dict[str, Any] = event["object"]
@@ -136,8 +150,14 @@ def onboarding(count: int, idle: int) -> dict[str, float]:
     stack = Stack(directory)
     try:
         kube = stack.start()
-        kube.apply({"apiVersion": API, "kind": "Plan", "metadata": {"name": "bench"},
-                    "spec": {"tier": "bench", "isolation": "pooled"}})
+        kube.apply(
+            {
+                "apiVersion": API,
+                "kind": "Plan",
+                "metadata": {"name": "bench"},
+                "spec": {"tier": "bench", "isolation": "pooled"},
+            }
+        )
         operator = stack.start_operator()
         wait_idle(operator.pid, quiet=2)  # started and settled before the clock runs
         baseline = _rss_mib(operator.pid)[0]
@@ -159,16 +179,32 @@ def onboarding(count: int, idle: int) -> dict[str, float]:
         operator.terminate()
         operator.wait(timeout=30)
         for n in range(count, idle):
-            kube.create({"apiVersion": API, "kind": "Tenant", "metadata": {"name": f"bench-{n:05d}"},
-                         "spec": {"planRef": "bench"}})
+            kube.create(
+                {
+                    "apiVersion": API,
+                    "kind": "Tenant",
+                    "metadata": {"name": f"bench-{n:05d}"},
+                    "spec": {"planRef": "bench"},
+                }
+            )
         operator = stack.start_operator()
         settled = wait_idle(operator.pid)
         idle_rss = _rss_mib(operator.pid)
         watch.stopping = True
-        return {"baseline_mib": baseline, "count": count, "total_s": total, "p50_s": statistics.median(latencies),
-                "p95_s": latencies[int(0.95 * (len(latencies) - 1))], "rss_onboarding_mib": rss_after_onboarding[0],
-                "peak_onboarding_mib": rss_after_onboarding[1], "idle": idle, "idle_active": len(watch.active),
-                "idle_settle_s": settled, "idle_rss_mib": idle_rss[0], "idle_peak_mib": idle_rss[1]}
+        return {
+            "baseline_mib": baseline,
+            "count": count,
+            "total_s": total,
+            "p50_s": statistics.median(latencies),
+            "p95_s": latencies[int(0.95 * (len(latencies) - 1))],
+            "rss_onboarding_mib": rss_after_onboarding[0],
+            "peak_onboarding_mib": rss_after_onboarding[1],
+            "idle": idle,
+            "idle_active": len(watch.active),
+            "idle_settle_s": settled,
+            "idle_rss_mib": idle_rss[0],
+            "idle_peak_mib": idle_rss[1],
+        }
     finally:
         stack.stop()
         shutil.rmtree(directory, ignore_errors=True)
@@ -176,25 +212,30 @@ def onboarding(count: int, idle: int) -> dict[str, float]:
 
 def run(quick: bool = False) -> str:
     result = onboarding(100 if quick else 1000, 200 if quick else 10000)
-    return "\n".join([
-        "## Tenant onboarding (issue 5)",
-        "",
-        f"{result['count']:.0f} pooled Tenants applied back to back to the emulated API server, each taken to Active",
-        "by the operator (namespace, 2 ServiceAccounts, 2 Roles, 2 RoleBindings, ResourceQuota, LimitRange,",
-        "NetworkPolicy, credentials Secret, login role, tenant mapping and row-level security on local",
-        "PostgreSQL, status, Events, audit record). Operator, emulated API server and PostgreSQL are separate",
-        "processes sharing the machine. Time-to-Active is from this process's create call to the watch event.",
-        "",
-        "| tenants | apply → all Active | time-to-Active p50 | p95 | operator RSS after | operator peak RSS |",
-        "|---|---|---|---|---|---|",
-        f"| {result['count']:.0f} | {result['total_s']:.1f} s | {result['p50_s']:.1f} s | {result['p95_s']:.1f} s | "
-        f"{result['rss_onboarding_mib']:.0f} MiB | {result['peak_onboarding_mib']:.0f} MiB |",
-        "",
-        f"Idle: with the operator stopped, {result['idle'] - result['count']:.0f} more Tenants were created; "
-        f"the operator was started over all {result['idle']:.0f} (resuming {result['count']:.0f}, onboarding the rest: "
-        f"{result['idle_active']:.0f} Active) and left until",
-        f"its CPU stayed quiet ({result['idle_settle_s']:.0f} s). Operator RSS then, idle: "
-        f"**{result['idle_rss_mib']:.0f} MiB** (peak {result['idle_peak_mib']:.0f} MiB",
-        f"during the burst; {result['baseline_mib']:.0f} MiB right after start with no tenants).",
-        "Goals: 1,000 under 60 s; RSS at most 300 MB.",
-    ])
+    return "\n".join(
+        [
+            "## Tenant onboarding (issue 5)",
+            "",
+            f"{result['count']:.0f} pooled Tenants applied back to back to the emulated API server, "
+            "each taken to Active",
+            "by the operator (namespace, 2 ServiceAccounts, 2 Roles, 2 RoleBindings, ResourceQuota, LimitRange,",
+            "NetworkPolicy, credentials Secret, login role, tenant mapping and row-level security on local",
+            "PostgreSQL, status, Events, audit record). Operator, emulated API server and PostgreSQL are separate",
+            "processes sharing the machine. Time-to-Active is from this process's create call to the watch event.",
+            "",
+            "| tenants | apply → all Active | time-to-Active p50 | p95 | operator RSS after | operator peak RSS |",
+            "|---|---|---|---|---|---|",
+            f"| {result['count']:.0f} | {result['total_s']:.1f} s | {result['p50_s']:.1f} s | "
+            f"{result['p95_s']:.1f} s | "
+            f"{result['rss_onboarding_mib']:.0f} MiB | {result['peak_onboarding_mib']:.0f} MiB |",
+            "",
+            f"Idle: with the operator stopped, {result['idle'] - result['count']:.0f} more Tenants were created; "
+            f"the operator was started over all {result['idle']:.0f} (resuming {result['count']:.0f}, "
+            "onboarding the rest: "
+            f"{result['idle_active']:.0f} Active) and left until",
+            f"its CPU stayed quiet ({result['idle_settle_s']:.0f} s). Operator RSS then, idle: "
+            f"**{result['idle_rss_mib']:.0f} MiB** (peak {result['idle_peak_mib']:.0f} MiB",
+            f"during the burst; {result['baseline_mib']:.0f} MiB right after start with no tenants).",
+            "Goals: 1,000 under 60 s; RSS at most 300 MB.",
+        ]
+    )

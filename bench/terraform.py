@@ -39,8 +39,11 @@ def _bare(runner: TerraformRunner, inputs: ModuleInputs, directory: Path) -> flo
     runner.prepare_workdir(directory, inputs, MODULE)  # the same files the runner writes, counted on both sides
     env = runner.environment(inputs.tenant_id, "bare00000000")
     terraform = runner.program.argv
-    for argv in (["init", "-input=false", "-no-color"], ["plan", "-input=false", "-no-color", f"-out={PLAN_FILE}"],
-                 ["apply", "-input=false", "-no-color", PLAN_FILE]):
+    for argv in (
+        ["init", "-input=false", "-no-color"],
+        ["plan", "-input=false", "-no-color", f"-out={PLAN_FILE}"],
+        ["apply", "-input=false", "-no-color", PLAN_FILE],
+    ):
         subprocess.run([*terraform, *argv], cwd=directory, env=env, check=True, capture_output=True)
     elapsed = time.perf_counter() - started
     shutil.rmtree(directory)
@@ -63,12 +66,23 @@ def overhead(runner: TerraformRunner, directory: Path, rounds: int) -> dict[str,
         for side in order:
             for kind, storage in (("first", 20), ("later", 40)):
                 inputs = _inputs(f"{side}-{n}", storage)
-                elapsed = (_bare(runner, inputs, directory / f"{side}-{n}-{kind}") if side == "bare"
-                           else _runner(runner, inputs))
+                elapsed = (
+                    _bare(runner, inputs, directory / f"{side}-{n}-{kind}")
+                    if side == "bare"
+                    else _runner(runner, inputs)
+                )
                 times[kind][side].append(elapsed)
-    return {kind: {"rounds": rounds, **{f"{side}_{stat}": fn(values) for side, values in sides.items()
-                                        for stat, fn in (("p50", statistics.median), ("mean", statistics.fmean))}}
-            for kind, sides in times.items()}
+    return {
+        kind: {
+            "rounds": rounds,
+            **{
+                f"{side}_{stat}": fn(values)
+                for side, values in sides.items()
+                for stat, fn in (("p50", statistics.median), ("mean", statistics.fmean))
+            },
+        }
+        for kind, sides in times.items()
+    }
 
 
 def fleet(runner: TerraformRunner, count: int) -> dict[str, float]:
@@ -89,8 +103,12 @@ def fleet(runner: TerraformRunner, count: int) -> dict[str, float]:
         thread.join()
     total = time.perf_counter() - started
     latencies.sort()
-    return {"count": len(latencies), "total": total, "p50": statistics.median(latencies),
-            "p95": latencies[max(int(len(latencies) * 0.95) - 1, 0)]}
+    return {
+        "count": len(latencies),
+        "total": total,
+        "p50": statistics.median(latencies),
+        "p95": latencies[max(int(len(latencies) * 0.95) - 1, 0)],
+    }
 
 
 def measure(quick: bool) -> tuple[dict[str, dict[str, float]], dict[str, float], str]:
@@ -102,8 +120,9 @@ def measure(quick: bool) -> tuple[dict[str, dict[str, float]], dict[str, float],
         dsn = psycopg.conninfo.make_conninfo(postgres.dsn, sslmode="disable")
         runner = TerraformRunner(RunnerConfig(backend_dsn=dsn, state_dir=directory / "state", timeout=600))
         side_by_side = overhead(runner, directory / "bare", 3 if quick else 10)
-        parallel = TerraformRunner(RunnerConfig(backend_dsn=dsn, state_dir=directory / "fleet", timeout=600,
-                                                concurrency=4))
+        parallel = TerraformRunner(
+            RunnerConfig(backend_dsn=dsn, state_dir=directory / "fleet", timeout=600, concurrency=4)
+        )
         many = fleet(parallel, 12 if quick else 50)
         version = subprocess.run([*runner.program.argv, "version"], capture_output=True, text=True).stdout
         return side_by_side, many, version.splitlines()[0] if version else runner.program.kind
@@ -123,34 +142,41 @@ def run(quick: bool = False) -> str:
         side = sides[kind]
         ratio = side["runner_p50"] / side["bare_p50"]
         verdicts.append(f"{kind} runs {ratio:.2f}x: **{'met' if ratio <= 1.10 else 'not met'}**")
-        rows.append(f"| {label} | {side['rounds']:.0f} | {side['bare_p50']:.2f} | {side['runner_p50']:.2f} | "
-                    f"{side['bare_mean']:.2f} | {side['runner_mean']:.2f} | **{ratio:.2f}x** |")
-    return "\n".join([
-        "## Terraform runner (issue 14)",
-        "",
-        f"{version}, `local/silo` module (4 `terraform_data`), state in local PostgreSQL through the `pg` backend, one",
-        "schema per tenant. *Bare*: the same files and environment in a fresh directory, then `terraform init`,",
-        "`plan -out`, `apply <plan>` as subprocesses. *Runner*: `TerraformRunner.apply`: python_terraform command",
-        "lines, its own process group and deadline, init (a tenant's first run; later runs of the same",
-        "configuration start from a copy of the kept `.terraform`), the tenant's state row, plan -out, `show -json`",
-        "summarised and stored with the plan file in PostgreSQL (alongside the apply), apply of that plan file,",
-        "outputs read from the state. Interleaved rounds, seconds per run, the whole run on each side.",
-        f"Machine: {machine()}. Command: `python -m bench --only terraform{' --quick' if quick else ''}`. Load",
-        f"average (1 min) when this group began and ended: {load_before:.1f} and {load_after:.1f}.",
-        "",
-        "| run | rounds | bare p50 | runner p50 | bare mean | runner mean | runner / bare (p50) |",
-        "|---|---|---|---|---|---|---|",
-        *rows,
-        "",
-        f"Goal: at most 1.10x the bare run; {'; '.join(verdicts)}. Both sides pay init (a first run), plan and",
-        "apply alike; the runner's extra is `show -json` (0.3-0.45 s of one core here), which overlaps the apply",
-        "only when a core is free.",
-        "",
-        f"{many['count']:.0f} new tenants submitted at once to one runner with concurrency 4 (each: init, plan, show,",
-        "apply, outputs): from submission to applied. (Time-to-Active through the operator comes with the",
-        "lifecycle integration.)",
-        "",
-        "| tenants | all applied | p50 | p95 |",
-        "|---|---|---|---|",
-        f"| {many['count']:.0f} | {many['total']:.1f} s | {many['p50']:.1f} s | {many['p95']:.1f} s |",
-    ])
+        rows.append(
+            f"| {label} | {side['rounds']:.0f} | {side['bare_p50']:.2f} | {side['runner_p50']:.2f} | "
+            f"{side['bare_mean']:.2f} | {side['runner_mean']:.2f} | **{ratio:.2f}x** |"
+        )
+    return "\n".join(
+        [
+            "## Terraform runner (issue 14)",
+            "",
+            f"{version}, `local/silo` module (4 `terraform_data`), state in local PostgreSQL through "
+            "the `pg` backend, one",
+            "schema per tenant. *Bare*: the same files and environment in a fresh directory, then `terraform init`,",
+            "`plan -out`, `apply <plan>` as subprocesses. *Runner*: `TerraformRunner.apply`: python_terraform command",
+            "lines, its own process group and deadline, init (a tenant's first run; later runs of the same",
+            "configuration start from a copy of the kept `.terraform`), the tenant's state row, plan "
+            "-out, `show -json`",
+            "summarised and stored with the plan file in PostgreSQL (alongside the apply), apply of that plan file,",
+            "outputs read from the state. Interleaved rounds, seconds per run, the whole run on each side.",
+            f"Machine: {machine()}. Command: `python -m bench --only terraform{' --quick' if quick else ''}`. Load",
+            f"average (1 min) when this group began and ended: {load_before:.1f} and {load_after:.1f}.",
+            "",
+            "| run | rounds | bare p50 | runner p50 | bare mean | runner mean | runner / bare (p50) |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            f"Goal: at most 1.10x the bare run; {'; '.join(verdicts)}. Both sides pay init (a first run), plan and",
+            "apply alike; the runner's extra is `show -json` (0.3-0.45 s of one core here), which overlaps the apply",
+            "only when a core is free.",
+            "",
+            f"{many['count']:.0f} new tenants submitted at once to one runner with concurrency 4 "
+            "(each: init, plan, show,",
+            "apply, outputs): from submission to applied. (Time-to-Active through the operator comes with the",
+            "lifecycle integration.)",
+            "",
+            "| tenants | all applied | p50 | p95 |",
+            "|---|---|---|---|",
+            f"| {many['count']:.0f} | {many['total']:.1f} s | {many['p50']:.1f} s | {many['p95']:.1f} s |",
+        ]
+    )

@@ -62,8 +62,9 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 
 @pytest.fixture
-def operator(cluster: Cluster, postgres: LocalPostgres, tmp_path: Path,
-             monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+def operator(
+    cluster: Cluster, postgres: LocalPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Cluster]:
     """The real operator (kopf, in this process) against the emulated API server and the real PostgreSQL."""
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
     monkeypatch.setenv("PAYBILL_DATABASE_URL", postgres.dsn)

@@ -32,13 +32,17 @@ API = "paybill.dev/v1alpha1"
 
 def variables_the_code_reads() -> set[str]:
     """Every PAYBILL_* name written as a string literal anywhere in the operator's source."""
-    return {name for path in SOURCE.rglob("*.py") for name in re.findall(r"[\"'](PAYBILL_[A-Z0-9_]+)[\"']",
-                                                                          path.read_text())}
+    return {
+        name
+        for path in SOURCE.rglob("*.py")
+        for name in re.findall(r"[\"'](PAYBILL_[A-Z0-9_]+)[\"']", path.read_text())
+    }
 
 
 def help_of(*argv: str) -> str:
-    return subprocess.run([sys.executable, "-m", "paybill", *argv, "--help"], capture_output=True, text=True,
-                          check=True).stdout
+    return subprocess.run(
+        [sys.executable, "-m", "paybill", *argv, "--help"], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
@@ -79,8 +83,14 @@ def test_every_command_and_option_says_what_it_does() -> None:
             if action.option_strings and action.dest != "help" and (not action.help or action.help == "==SUPPRESS=="):
                 undocumented.append(f"{' '.join(path)} {action.option_strings[0]}")
     assert not undocumented
-    assert {" ".join(path) for path, _ in commands(build_parser())} >= {"crds", "emulator", "operator", "demo",
-                                                                          "policy", "policy check"}
+    assert {" ".join(path) for path, _ in commands(build_parser())} >= {
+        "crds",
+        "emulator",
+        "operator",
+        "demo",
+        "policy",
+        "policy check",
+    }
 
 
 def record(message: str, level: int = logging.INFO, ref: dict[str, Any] | None = None) -> logging.LogRecord:
@@ -95,7 +105,8 @@ def test_text_lines_name_the_object_and_a_retried_wait_is_a_warning() -> None:
     policy = {"apiVersion": API, "kind": "AgentPolicy", "name": "support", "uid": "u2", "namespace": "tenant-acme"}
     text = logs.TextFormatter()
     assert "INFO kopf.objects: [Tenant acme] Handler 'reconcile_tenant' succeeded." in text.format(
-        record("Handler 'reconcile_tenant' succeeded.", ref=tenant))
+        record("Handler 'reconcile_tenant' succeeded.", ref=tenant)
+    )
     assert "[AgentPolicy tenant-acme/support] installed" in text.format(record("installed", ref=policy))
     waits = logs.ExpectedWaits()
     retried = record("Handler 'reconcile_tenant' failed temporarily: plan 'gold' does not exist", logging.ERROR, tenant)
@@ -108,17 +119,32 @@ def test_text_lines_name_the_object_and_a_retried_wait_is_a_warning() -> None:
 
 @pytest.mark.slow
 def test_the_operator_logs_json_lines_naming_objects_and_a_wait_for_a_plan_as_a_warning(
-        cluster: Any, postgres: Any, tmp_path: Path) -> None:
+    cluster: Any, postgres: Any, tmp_path: Path
+) -> None:
     log = tmp_path / "operator.log"
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "PAYBILL_DATABASE_URL": postgres.dsn,
-           "PAYBILL_STATE_DIR": str(tmp_path / "state")}
-    argv = [sys.executable, "-m", "paybill", "operator", "--log-format", "json", "--liveness",
-            "http://127.0.0.1:0/healthz"]  # port 0: a free port, never kopf's fallback to 80
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "PAYBILL_DATABASE_URL": postgres.dsn,
+        "PAYBILL_STATE_DIR": str(tmp_path / "state"),
+    }
+    argv = [
+        sys.executable,
+        "-m",
+        "paybill",
+        "operator",
+        "--log-format",
+        "json",
+        "--liveness",
+        "http://127.0.0.1:0/healthz",
+    ]  # port 0: a free port, never kopf's fallback to 80
     with port_80_taken(), log.open("wb") as out:
         operator = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
-            cluster.kube.apply(yaml.safe_load(f"""{{apiVersion: {API}, kind: Tenant, metadata: {{name: waits}},
-                                                   spec: {{displayName: Waits, planRef: gold}}}}"""))
+            cluster.kube.apply(
+                yaml.safe_load(f"""{{apiVersion: {API}, kind: Tenant, metadata: {{name: waits}},
+                                                   spec: {{displayName: Waits, planRef: gold}}}}""")
+            )
 
             def waited() -> bool:
                 return any("plan 'gold' does not exist" in line["message"] for line in lines(log)[0])
@@ -169,6 +195,7 @@ def lines(log: Path) -> tuple[list[dict[str, Any]], list[str]]:
 def test_the_operator_without_cluster_credentials_exits_at_once_saying_what_to_set(tmp_path: Path) -> None:
     env = {**os.environ, "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "missing")}
     env.pop("KUBERNETES_SERVICE_HOST", None)
-    run = subprocess.run([sys.executable, "-m", "paybill", "operator"], env=env, capture_output=True, text=True,
-                         timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "paybill", "operator"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert run.returncode != 0 and "set KUBECONFIG" in run.stderr and "Traceback" not in run.stderr

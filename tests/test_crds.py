@@ -46,8 +46,9 @@ def _walk(schema: dict, path: str = "") -> list[tuple[str, dict]]:
 def test_schemas_are_structural_and_documented(resource: type) -> None:
     for path, node in _walk(openapi_schema(resource)):
         assert not {"$ref", "anyOf", "allOf", "oneOf", "title", "$defs"} & set(node), path
-        assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields") or \
-            node.get("x-kubernetes-int-or-string"), path
+        assert (
+            "type" in node or node.get("x-kubernetes-preserve-unknown-fields") or node.get("x-kubernetes-int-or-string")
+        ), path
         if path.startswith(".spec.") and not path.endswith(("[]", "{}")):
             assert node.get("description"), f"{resource.crd.kind}{path} has no description (kubectl explain)"
 
@@ -86,10 +87,22 @@ def test_optional_objects_default_only_where_absence_means_nothing() -> None:
     from paybill.kube.schema import apply_defaults
 
     schema = openapi_schema(AgentPolicy)["properties"]["spec"]
-    spec = apply_defaults({"subjects": ["agent:a"], "rules": [
-        {"id": "plain", "effect": "allow", "actions": ["select"], "tables": ["t"]},
-        {"id": "gated", "effect": "allow", "actions": ["update"], "tables": ["t"], "approval": {"approvers": ["u"]}}]},
-        schema)
+    spec = apply_defaults(
+        {
+            "subjects": ["agent:a"],
+            "rules": [
+                {"id": "plain", "effect": "allow", "actions": ["select"], "tables": ["t"]},
+                {
+                    "id": "gated",
+                    "effect": "allow",
+                    "actions": ["update"],
+                    "tables": ["t"],
+                    "approval": {"approvers": ["u"]},
+                },
+            ],
+        },
+        schema,
+    )
     assert "approval" not in spec["rules"][0]
     assert spec["rules"][1]["approval"] == {"approvers": ["u"], "minApprovals": 1}
     assert spec["limits"]["maxRowsRead"] == 1000
@@ -117,8 +130,9 @@ def test_every_list_declares_how_it_merges(resource: type) -> None:
             assert items["type"] == "object" and keys, path
             for key in keys:
                 assert items["properties"][key]["type"] in SCALARS, f"{path}: key {key} must be a scalar"
-                assert key in items.get("required", ()) or "default" in items["properties"][key], \
+                assert key in items.get("required", ()) or "default" in items["properties"][key], (
                     f"{path}: key {key} must be required or defaulted"
+                )
         else:
             assert "x-kubernetes-list-map-keys" not in node, path
 
@@ -142,8 +156,10 @@ REFERENCE = re.compile(r"(?<![\w.])([A-Za-z_]\w*)((?:\.[A-Za-z_]\w*)*)(\s*\()?")
 
 
 # What kube-apiserver lets a rule at the root read of metadata, and its bound (a DNS subdomain).
-METADATA = {"type": "object", "properties": {field: {"type": "string", "maxLength": 253}
-                                             for field in ("name", "generateName")}}
+METADATA = {
+    "type": "object",
+    "properties": {field: {"type": "string", "maxLength": 253} for field in ("name", "generateName")},
+}
 
 
 def _resolve(node: dict, fields: list[str]) -> dict | None:
@@ -207,13 +223,16 @@ def test_the_cel_bound_check_finds_unbounded_reads() -> None:
     maxLength, a rule over an unbounded map, and a rule naming a field the schema lacks."""
     text = {"type": "string"}
     rules = {"type": "array", "items": {"type": "object", "properties": {"id": text}}}
-    schema = {"type": "object", "properties": {
-        "rules": rules, "name": text, "prices": {"type": "object", "additionalProperties": text}},
+    schema = {
+        "type": "object",
+        "properties": {"rules": rules, "name": text, "prices": {"type": "object", "additionalProperties": text}},
         "x-kubernetes-validations": [
             {"rule": "self.rules.all(r, self.rules.exists_one(s, s.id == r.id))", "message": "unique"},
             {"rule": "self.name.startsWith('kube-')", "message": "system"},
             {"rule": "size(self.prices) > 0", "message": "priced"},
-            {"rule": "has(self.missing)", "message": "declared"}]}
+            {"rule": "has(self.missing)", "message": "declared"},
+        ],
+    }
     problems = unbounded_cel_reads(schema)
     assert any("self.rules, a list without maxItems" in p for p in problems)
     assert any("s.id, a string without maxLength" in p for p in problems)
@@ -230,26 +249,37 @@ def _policy(rules: Any = None, **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"subjects": ["agent:a"], **spec}
     if rules is not None:
         body["rules"] = rules
-    return {"apiVersion": "paybill.dev/v1alpha1", "kind": "AgentPolicy", "metadata": {"name": "p",
-                                                                                       "namespace": "default"},
-            "spec": body}
+    return {
+        "apiVersion": "paybill.dev/v1alpha1",
+        "kind": "AgentPolicy",
+        "metadata": {"name": "p", "namespace": "default"},
+        "spec": body,
+    }
 
 
 def _rule(rule_id: str, **fields: Any) -> dict[str, Any]:
     return {"id": rule_id, "effect": "allow", "actions": ["select"], "tables": ["t"], **fields}
 
 
-@pytest.mark.parametrize(("spec", "message"), [
-    (_policy([_rule("x"), _rule("y"), _rule("x", effect="deny")]),
-     'AgentPolicy.paybill.dev "p" is invalid: spec.rules[2]: Duplicate value: map[string]interface {}{"id":"x"}'),
-    (_policy([_rule("x", tables=["orders", "orders"])]),
-     'AgentPolicy.paybill.dev "p" is invalid: spec.rules[0].tables[1]: Duplicate value: "orders"'),
-    (_policy(), 'AgentPolicy.paybill.dev "p" is invalid: spec.rules: Required value'),
-    (_policy([_rule(f"r{n}") for n in range(257)]),
-     'AgentPolicy.paybill.dev "p" is invalid: spec.rules: Too many: 257: must have at most 256 items'),
-])
-def test_the_emulator_refuses_policies_like_a_real_apiserver(cluster: Any, spec: dict[str, Any],
-                                                            message: str) -> None:
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            _policy([_rule("x"), _rule("y"), _rule("x", effect="deny")]),
+            'AgentPolicy.paybill.dev "p" is invalid: spec.rules[2]: Duplicate value: map[string]interface {}{"id":"x"}',
+        ),
+        (
+            _policy([_rule("x", tables=["orders", "orders"])]),
+            'AgentPolicy.paybill.dev "p" is invalid: spec.rules[0].tables[1]: Duplicate value: "orders"',
+        ),
+        (_policy(), 'AgentPolicy.paybill.dev "p" is invalid: spec.rules: Required value'),
+        (
+            _policy([_rule(f"r{n}") for n in range(257)]),
+            'AgentPolicy.paybill.dev "p" is invalid: spec.rules: Too many: 257: must have at most 256 items',
+        ),
+    ],
+)
+def test_the_emulator_refuses_policies_like_a_real_apiserver(cluster: Any, spec: dict[str, Any], message: str) -> None:
     from paybill.kubeclient import KubeError
 
     with pytest.raises(KubeError) as refused:
@@ -267,9 +297,12 @@ def test_a_workflow_with_two_steps_of_one_name_is_refused(cluster: Any) -> None:
     from paybill.kubeclient import KubeError
 
     step = {"name": "read", "kind": "query", "sql": "SELECT 1"}
-    workflow = {"apiVersion": "paybill.dev/v1alpha1", "kind": "AgentWorkflow",
-                "metadata": {"name": "w", "namespace": "default"},
-                "spec": {"principal": "agent:a", "policyRef": "p", "steps": [step, {**step, "sql": "SELECT 2"}]}}
+    workflow = {
+        "apiVersion": "paybill.dev/v1alpha1",
+        "kind": "AgentWorkflow",
+        "metadata": {"name": "w", "namespace": "default"},
+        "spec": {"principal": "agent:a", "policyRef": "p", "steps": [step, {**step, "sql": "SELECT 2"}]},
+    }
     with pytest.raises(KubeError) as refused:
         cluster.kube.create(workflow)
     assert refused.value.message.endswith('spec.steps[1]: Duplicate value: map[string]interface {}{"name":"read"}')
@@ -278,8 +311,12 @@ def test_a_workflow_with_two_steps_of_one_name_is_refused(cluster: Any) -> None:
 
 
 def _tenant(name: str, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "paybill.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
-            "spec": {"planRef": "pro", **spec}}
+    return {
+        "apiVersion": "paybill.dev/v1alpha1",
+        "kind": "Tenant",
+        "metadata": {"name": name},
+        "spec": {"planRef": "pro", **spec},
+    }
 
 
 @pytest.mark.parametrize("name", ["a.b", "x" * 57, "y" * 100])
@@ -300,8 +337,11 @@ def test_a_tenants_namespace_is_fixed_when_it_is_created(cluster: Any) -> None:
 
     cluster.kube.create(_tenant("acme"))
     cluster.kube.create(_tenant("globex", namespace="globex-ns"))
-    for name, change in (("acme", {"namespace": "tenant-moved"}), ("globex", {"namespace": "elsewhere"}),
-                         ("globex", {"namespace": None})):
+    for name, change in (
+        ("acme", {"namespace": "tenant-moved"}),
+        ("globex", {"namespace": "elsewhere"}),
+        ("globex", {"namespace": None}),
+    ):
         with pytest.raises(KubeError, match="namespace is fixed when the Tenant is created"):
             cluster.kube.merge_patch("paybill.dev/v1alpha1", "tenants", name, {"spec": change})
     assert "namespace" not in cluster.kube.get("paybill.dev/v1alpha1", "tenants", "acme")["spec"]
@@ -312,5 +352,6 @@ def test_a_namespace_name_longer_than_a_dns_label_is_refused(cluster: Any) -> No
 
     with pytest.raises(KubeError) as refused:
         cluster.kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n" * 64}})
-    assert refused.value.message.endswith(f'metadata.name: Invalid value: "{"n" * 64}": must be no more than 63 '
-                                          "characters")
+    assert refused.value.message.endswith(
+        f'metadata.name: Invalid value: "{"n" * 64}": must be no more than 63 characters'
+    )

@@ -27,9 +27,11 @@ LONG = pytest.mark.timeout(600)
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_TIMEOUT = "120"  # seconds per wait inside the demo; generous for a loaded 2-core machine
-PIDS = {"postgres": r"PostgreSQL ready on 127\.0\.0\.1:(?P<port>\d+) \(pid (?P<pid>\d+)\)",
-        "emulator": r"emulated Kubernetes API server on \S+ \(pid (?P<pid>\d+)",
-        "operator": r"operator started \(pid (?P<pid>\d+)"}
+PIDS = {
+    "postgres": r"PostgreSQL ready on 127\.0\.0\.1:(?P<port>\d+) \(pid (?P<pid>\d+)\)",
+    "emulator": r"emulated Kubernetes API server on \S+ \(pid (?P<pid>\d+)",
+    "operator": r"operator started \(pid (?P<pid>\d+)",
+}
 
 
 def alive(pid: int) -> bool:
@@ -70,9 +72,15 @@ class Demo:
     """`paybill demo` in a subprocess, its output read line by line as it comes."""
 
     def __init__(self, *args: str, cwd: Path = REPO, env: dict[str, str] | None = None) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "paybill", "demo", "--timeout", DEMO_TIMEOUT, *args],
-                                        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "paybill", "demo", "--timeout", DEMO_TIMEOUT, *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
         self.lines: list[str] = []
         self._ended = False
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -158,8 +166,9 @@ def assert_converged(output: str) -> None:
 
 
 def assert_nothing_left(children: dict[str, int], postgres_port: int) -> None:
-    assert eventually(lambda: not any(alive(pid) for pid in children.values()), 15), \
-        {name: pid for name, pid in children.items() if alive(pid)}
+    assert eventually(lambda: not any(alive(pid) for pid in children.values()), 15), {
+        name: pid for name, pid in children.items() if alive(pid)
+    }
     for name in ("operator", "emulator"):
         assert in_session(children[name]) == [], f"{name}'s processes survived"
     assert not port_open(postgres_port)
@@ -217,9 +226,14 @@ def test_two_demos_at_once_on_one_machine_both_converge() -> None:
 
 @SLOW
 @LONG
-@pytest.mark.parametrize(("sent", "when"), [(signal.SIGTERM, "stack left running"),  # kept, after the walk
-                                            (signal.SIGINT, "operator started")],  # Ctrl-C while converging
-                         ids=["SIGTERM-kept", "SIGINT-converging"])
+@pytest.mark.parametrize(
+    ("sent", "when"),
+    [
+        (signal.SIGTERM, "stack left running"),  # kept, after the walk
+        (signal.SIGINT, "operator started"),
+    ],  # Ctrl-C while converging
+    ids=["SIGTERM-kept", "SIGINT-converging"],
+)
 def test_a_signal_to_the_demo_stops_every_child(sent: signal.Signals, when: str) -> None:
     with state_dir() as state, demo("--keep", "--state-dir", str(state)) as run:
         children = run.children()
@@ -302,8 +316,13 @@ def test_a_second_demo_on_a_state_directory_in_use_is_refused_and_touches_nothin
         (state / "postgres" / "PG_VERSION").write_text("15")  # the running demo's data
         with pytest.raises(DemoError, match=f"state directory {state} is in use by demo pid {os.getpid()}$"):
             lock_state_dir(state)
-        second = subprocess.run([sys.executable, "-m", "paybill", "demo", "--state-dir", str(state)], cwd=REPO,
-                                capture_output=True, text=True, timeout=120)
+        second = subprocess.run(
+            [sys.executable, "-m", "paybill", "demo", "--state-dir", str(state)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert second.returncode == 1, second.stdout + second.stderr
         assert f"FAILED: state directory {state} is in use by demo pid {os.getpid()}" in second.stdout
         assert (state / "postgres" / "PG_VERSION").read_text() == "15"
@@ -374,8 +393,13 @@ def test_samples_that_cannot_be_applied_are_refused_before_anything_starts(tmp_p
         check_samples(samples)
     assert {m["kind"] for m in check_samples(REPO / "manifests" / "samples")} == {"Plan", "Subscription", "Tenant"}
     state = tmp_path / "state"
-    ran = subprocess.run([sys.executable, "-m", "paybill", "demo", "--samples", str(tmp_path / "missing"),
-                          "--state-dir", str(state)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    ran = subprocess.run(
+        [sys.executable, "-m", "paybill", "demo", "--samples", str(tmp_path / "missing"), "--state-dir", str(state)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ran.returncode == 1 and "FAILED: --samples " in ran.stdout, ran.stdout + ran.stderr
     assert "Traceback" not in ran.stdout + ran.stderr and not state.exists()
 
@@ -383,8 +407,12 @@ def test_samples_that_cannot_be_applied_are_refused_before_anything_starts(tmp_p
 def test_a_sample_the_api_server_refuses_fails_with_the_servers_message(cluster: Any) -> None:
     from paybill.demo import DemoError, apply_samples
 
-    tenant = {"apiVersion": "paybill.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "acme"},
-              "spec": {"displayName": "Acme", "planRef": 42}}
+    tenant = {
+        "apiVersion": "paybill.dev/v1alpha1",
+        "kind": "Tenant",
+        "metadata": {"name": "acme"},
+        "spec": {"displayName": "Acme", "planRef": 42},
+    }
     with pytest.raises(DemoError, match=r"tenant/acme refused by the API server: HTTP 422: .*planRef"):
         apply_samples(cluster.kube, [tenant])
 
@@ -399,17 +427,23 @@ def test_the_kept_stacks_database_hint_never_prints_the_password(tmp_path: Path)
     dsn = f"postgresql://postgres:{password}@127.0.0.1:5433/postgres"
     hint = database_hint(dsn, password_file)
     assert password not in hint and str(password_file) in hint and hint.startswith("export PAYBILL_DATABASE_URL=")
-    shell = subprocess.run(["sh", "-c", f'{hint}; printf %s "$PAYBILL_DATABASE_URL"'], capture_output=True,
-                           text=True, check=True)
+    shell = subprocess.run(
+        ["sh", "-c", f'{hint}; printf %s "$PAYBILL_DATABASE_URL"'], capture_output=True, text=True, check=True
+    )
     assert shell.stdout == dsn  # pasted into a shell, it is the real URL
 
 
-def test_the_demos_operator_gets_none_of_the_callers_paybill_settings(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_demos_operator_gets_none_of_the_callers_paybill_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from paybill.demo import operator_env
 
-    for name, value in (("PAYBILL_BACKUP_DIR", "/elsewhere"), ("PAYBILL_WORKER_LIMIT", "1"),
-                        ("PAYBILL_DATABASE_URL", "postgresql://production"), ("KUBECONFIG", "/a/real/cluster")):
+    for name, value in (
+        ("PAYBILL_BACKUP_DIR", "/elsewhere"),
+        ("PAYBILL_WORKER_LIMIT", "1"),
+        ("PAYBILL_DATABASE_URL", "postgresql://production"),
+        ("KUBECONFIG", "/a/real/cluster"),
+    ):
         monkeypatch.setenv(name, value)
     env = operator_env(tmp_path / "kubeconfig", "postgresql://demo", tmp_path)
     assert {name for name in env if name.startswith("PAYBILL_")} == {"PAYBILL_DATABASE_URL", "PAYBILL_STATE_DIR"}
@@ -448,8 +482,10 @@ def test_a_resumed_demo_skips_the_agent_steps_and_still_walks_billing() -> None:
 def test_a_refused_login_reads_cleanly() -> None:
     from paybill.demo import login_refused
 
-    error = ('connection failed: connection to server at "127.0.0.1", port 5433 failed: FATAL:  role "t_acme" is '
-             'not permitted to log in\n')
+    error = (
+        'connection failed: connection to server at "127.0.0.1", port 5433 failed: FATAL:  role "t_acme" is '
+        "not permitted to log in\n"
+    )
     assert login_refused(error) == 'login refused (role "t_acme" is not permitted to log in)'
 
 

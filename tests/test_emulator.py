@@ -23,8 +23,12 @@ MERGE = {"Content-Type": "application/merge-patch+json"}
 
 
 def tenant(name: str = "acme", **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "paybill.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
-            "spec": {"planRef": "pro", **spec}}
+    return {
+        "apiVersion": "paybill.dev/v1alpha1",
+        "kind": "Tenant",
+        "metadata": {"name": name},
+        "spec": {"planRef": "pro", **spec},
+    }
 
 
 def secret(name: str = "s1", **meta: Any) -> dict[str, Any]:
@@ -41,8 +45,9 @@ class Http:
 
     def __call__(self, method: str, path: str, body: Any = None, **kwargs: Any) -> requests.Response:
         headers = {"Authorization": f"Bearer {self.token}", **kwargs.pop("headers", {})}
-        return requests.request(method, self.url + path, json=body, timeout=10, headers=headers,
-                                verify=str(self.verify), **kwargs)
+        return requests.request(
+            method, self.url + path, json=body, timeout=10, headers=headers, verify=str(self.verify), **kwargs
+        )
 
     def watch(self, path: str, **params: str) -> Iterator[dict[str, Any]]:
         response = self("GET", path, params={"watch": "true", **params}, stream=True)
@@ -60,11 +65,26 @@ def test_discovery_lists_core_groups_and_registered_crds(http: Http) -> None:
     assert http("GET", "/version").json()["gitVersion"].endswith("emulated")
     assert http("GET", "/api").json()["versions"] == ["v1"]
     core = {r["name"] for r in http("GET", "/api/v1").json()["resources"]}
-    assert {"namespaces", "namespaces/status", "secrets", "configmaps", "serviceaccounts", "resourcequotas",
-            "limitranges", "events"} <= core
+    assert {
+        "namespaces",
+        "namespaces/status",
+        "secrets",
+        "configmaps",
+        "serviceaccounts",
+        "resourcequotas",
+        "limitranges",
+        "events",
+    } <= core
     groups = {g["name"] for g in http("GET", "/apis").json()["groups"]}
-    assert {"paybill.dev", "rbac.authorization.k8s.io", "networking.k8s.io", "batch", "coordination.k8s.io",
-            "apiextensions.k8s.io", "admissionregistration.k8s.io"} <= groups
+    assert {
+        "paybill.dev",
+        "rbac.authorization.k8s.io",
+        "networking.k8s.io",
+        "batch",
+        "coordination.k8s.io",
+        "apiextensions.k8s.io",
+        "admissionregistration.k8s.io",
+    } <= groups
     paybill = {r["name"]: r for r in http("GET", "/apis/paybill.dev/v1alpha1").json()["resources"]}
     assert paybill["tenants"]["kind"] == "Tenant" and paybill["tenants"]["namespaced"] is False
     assert paybill["agentpolicies"]["namespaced"] is True
@@ -100,8 +120,12 @@ def test_resource_versions_increase_and_stale_writes_conflict(http: Http) -> Non
     assert updated.json()["metadata"]["generation"] == 2
     stale = http("PUT", f"{TENANTS}/acme", {**first, "spec": {**first["spec"], "displayName": "B"}})
     assert stale.status_code == 409 and stale.json()["reason"] == "Conflict"
-    stale_patch = http("PATCH", f"{TENANTS}/acme", {"metadata": {"resourceVersion": first["metadata"][
-        "resourceVersion"]}, "spec": {"displayName": "C"}}, headers=MERGE)
+    stale_patch = http(
+        "PATCH",
+        f"{TENANTS}/acme",
+        {"metadata": {"resourceVersion": first["metadata"]["resourceVersion"]}, "spec": {"displayName": "C"}},
+        headers=MERGE,
+    )
     assert stale_patch.status_code == 409
     no_version = http("PUT", f"{TENANTS}/acme", tenant(displayName="D"))
     assert no_version.status_code == 422 and "resourceVersion" in no_version.json()["message"]
@@ -110,12 +134,14 @@ def test_resource_versions_increase_and_stale_writes_conflict(http: Http) -> Non
 def test_status_subresource_is_separate_from_spec(http: Http) -> None:
     http("POST", TENANTS, {**tenant(), "status": {"phase": "Smuggled"}})
     assert "status" not in http("GET", f"{TENANTS}/acme").json()  # status on create is dropped
-    written = http("PATCH", f"{TENANTS}/acme/status", {"status": {"phase": "Active"}, "spec": {"planRef": "x"}},
-                   headers=MERGE).json()
+    written = http(
+        "PATCH", f"{TENANTS}/acme/status", {"status": {"phase": "Active"}, "spec": {"planRef": "x"}}, headers=MERGE
+    ).json()
     assert written["status"]["phase"] == "Active"
     assert written["spec"]["planRef"] == "pro" and written["metadata"]["generation"] == 1
-    spec_write = http("PATCH", f"{TENANTS}/acme", {"spec": {"displayName": "Acme"}, "status": {"phase": "X"}},
-                      headers=MERGE).json()
+    spec_write = http(
+        "PATCH", f"{TENANTS}/acme", {"spec": {"displayName": "Acme"}, "status": {"phase": "X"}}, headers=MERGE
+    ).json()
     assert spec_write["status"]["phase"] == "Active" and spec_write["metadata"]["generation"] == 2
 
 
@@ -125,17 +151,26 @@ def test_schema_validation_answers_422_with_field_paths(http: Http) -> None:
     body = response.json()
     assert body["reason"] == "Invalid" and body["details"]["kind"] == "Tenant"
     fields = {cause["field"]: cause["reason"] for cause in body["details"]["causes"]}
-    assert fields == {"spec.planRef": "FieldValueInvalid", "spec.deletionPolicy": "FieldValueNotSupported",
-                      "spec.suppended".replace("pp", "sp"): "FieldValueTypeInvalid"}
+    assert fields == {
+        "spec.planRef": "FieldValueInvalid",
+        "spec.deletionPolicy": "FieldValueNotSupported",
+        "spec.suppended".replace("pp", "sp"): "FieldValueTypeInvalid",
+    }
     required = http("POST", TENANTS, {**tenant(), "spec": {}}).json()
-    assert required["details"]["causes"] == [{"reason": "FieldValueRequired", "message": "Required value",
-                                              "field": "spec.planRef"}]
+    assert required["details"]["causes"] == [
+        {"reason": "FieldValueRequired", "message": "Required value", "field": "spec.planRef"}
+    ]
 
 
 def test_defaults_are_applied_and_unknown_fields_pruned_or_refused(http: Http) -> None:
     created = http("POST", TENANTS, {**tenant(), "spec": {"planRef": "pro", "colour": "blue"}}).json()
-    assert created["spec"] == {"planRef": "pro", "displayName": "", "suspended": False,
-                               "deletionPolicy": "snapshot", "offboard": False}
+    assert created["spec"] == {
+        "planRef": "pro",
+        "displayName": "",
+        "suspended": False,
+        "deletionPolicy": "snapshot",
+        "offboard": False,
+    }
     strict = http("POST", TENANTS + "?fieldValidation=Strict", tenant("b", colour="blue"))
     assert strict.status_code == 400 and 'unknown field "spec.colour"' in strict.json()["message"]
 
@@ -144,13 +179,22 @@ def test_cel_rules_including_transition_rules(http: Http) -> None:
     http("POST", TENANTS, tenant(namespace="tenant-one"))
     moved = http("PATCH", f"{TENANTS}/acme", {"spec": {"namespace": "tenant-two"}}, headers=MERGE)
     assert moved.status_code == 422 and "namespace is fixed when the Tenant is created" in moved.json()["message"]
-    policy = {"apiVersion": "paybill.dev/v1alpha1", "kind": "AgentPolicy", "metadata": {"name": "p"},
-              "spec": {"subjects": ["agent:a"], "rules": [
-                  {"id": "r", "effect": "allow", "actions": ["select"], "tables": ["t"]},
-                  {"id": "r", "effect": "deny", "actions": ["delete"], "tables": ["t"]}]}}
+    policy = {
+        "apiVersion": "paybill.dev/v1alpha1",
+        "kind": "AgentPolicy",
+        "metadata": {"name": "p"},
+        "spec": {
+            "subjects": ["agent:a"],
+            "rules": [
+                {"id": "r", "effect": "allow", "actions": ["select"], "tables": ["t"]},
+                {"id": "r", "effect": "deny", "actions": ["delete"], "tables": ["t"]},
+            ],
+        },
+    }
     duplicate = http("POST", "/apis/paybill.dev/v1alpha1/namespaces/default/agentpolicies", policy)
     assert duplicate.status_code == 422 and duplicate.json()["message"].endswith(
-        'spec.rules[1]: Duplicate value: map[string]interface {}{"id":"r"}')
+        'spec.rules[1]: Duplicate value: map[string]interface {}{"id":"r"}'
+    )
 
 
 def test_patch_flavours(http: Http) -> None:
@@ -160,17 +204,35 @@ def test_patch_flavours(http: Http) -> None:
     ops = [{"op": "add", "path": "/metadata/labels/d", "value": "4"}, {"op": "remove", "path": "/data/k"}]
     patched = http("PATCH", f"{SECRETS}/s1", ops, headers={"Content-Type": "application/json-patch+json"})
     assert patched.json()["metadata"]["labels"]["d"] == "4" and patched.json()["data"] == {}
-    failing = http("PATCH", f"{SECRETS}/s1", [{"op": "test", "path": "/type", "value": "nope"}],
-                   headers={"Content-Type": "application/json-patch+json"})
+    failing = http(
+        "PATCH",
+        f"{SECRETS}/s1",
+        [{"op": "test", "path": "/type", "value": "nope"}],
+        headers={"Content-Type": "application/json-patch+json"},
+    )
     assert failing.status_code == 422
-    http("POST", "/apis/batch/v1/namespaces/default/jobs", {
-        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"},
-        "spec": {"template": {"spec": {"containers": [{"name": "a", "image": "x:1"}, {"name": "b", "image": "y:1"}]}}}})
-    strategic = http("PATCH", "/apis/batch/v1/namespaces/default/jobs/j",
-                     {"spec": {"template": {"spec": {"containers": [{"name": "b", "image": "y:2"}]}}}},
-                     headers={"Content-Type": "application/strategic-merge-patch+json"}).json()
+    http(
+        "POST",
+        "/apis/batch/v1/namespaces/default/jobs",
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "j"},
+            "spec": {
+                "template": {"spec": {"containers": [{"name": "a", "image": "x:1"}, {"name": "b", "image": "y:1"}]}}
+            },
+        },
+    )
+    strategic = http(
+        "PATCH",
+        "/apis/batch/v1/namespaces/default/jobs/j",
+        {"spec": {"template": {"spec": {"containers": [{"name": "b", "image": "y:2"}]}}}},
+        headers={"Content-Type": "application/strategic-merge-patch+json"},
+    ).json()
     assert [(c["name"], c["image"]) for c in strategic["spec"]["template"]["spec"]["containers"]] == [
-        ("a", "x:1"), ("b", "y:2")]
+        ("a", "x:1"),
+        ("b", "y:2"),
+    ]
 
 
 def test_dry_run_validates_but_persists_nothing(http: Http) -> None:
@@ -193,7 +255,8 @@ def test_dry_run_in_delete_options_deletes_nothing(http: Http) -> None:
     assert http("GET", f"{SECRETS}/s1").status_code == 200
     refused = http("DELETE", f"{TENANTS}/acme", {**options, "dryRun": ["Some"]})
     assert refused.status_code == 422 and refused.json()["message"] == (
-        'DeleteOptions.meta.k8s.io "" is invalid: dryRun: Unsupported value: []string{"Some"}: supported values: "All"')
+        'DeleteOptions.meta.k8s.io "" is invalid: dryRun: Unsupported value: []string{"Some"}: supported values: "All"'
+    )
     assert http("POST", TENANTS + "?dryRun=Some", tenant("other")).status_code == 422
     assert http("DELETE", SECRETS, {"kind": "DeleteOptions", "apiVersion": "v1"}).status_code == 200
     assert http("GET", f"{SECRETS}/s1").status_code == 404
@@ -213,8 +276,9 @@ def test_finalizers_hold_deletion_until_removed(http: Http) -> None:
     marked = http("DELETE", f"{TENANTS}/acme").json()
     assert marked["metadata"]["deletionTimestamp"] and marked["metadata"]["generation"] == 2
     assert http("GET", f"{TENANTS}/acme").status_code == 200
-    refused = http("PATCH", f"{TENANTS}/acme", {"metadata": {"finalizers": ["a", "paybill.dev/finalizer"]}},
-                   headers=MERGE)
+    refused = http(
+        "PATCH", f"{TENANTS}/acme", {"metadata": {"finalizers": ["a", "paybill.dev/finalizer"]}}, headers=MERGE
+    )
     assert refused.status_code == 422 and "no new finalizers" in refused.json()["message"]
     http("PATCH", f"{TENANTS}/acme", {"metadata": {"finalizers": None}}, headers=MERGE)
     assert http("GET", f"{TENANTS}/acme").status_code == 404
@@ -236,10 +300,16 @@ def test_namespace_deletion_removes_contents_and_waits_for_their_finalizers(http
 def test_owner_references_cascade(http: Http) -> None:
     owner = http("POST", TENANTS, tenant()).json()
     ref = {"apiVersion": "paybill.dev/v1alpha1", "kind": "Tenant", "name": "acme", "uid": owner["metadata"]["uid"]}
-    http("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                        "metadata": {"name": "tenant-acme", "ownerReferences": [ref]}})
-    http("POST", "/api/v1/namespaces/tenant-acme/configmaps",
-         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}})
+    http(
+        "POST",
+        "/api/v1/namespaces",
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tenant-acme", "ownerReferences": [ref]}},
+    )
+    http(
+        "POST",
+        "/api/v1/namespaces/tenant-acme/configmaps",
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}},
+    )
     http("DELETE", f"{TENANTS}/acme")
     assert http("GET", "/api/v1/namespaces/tenant-acme").status_code == 404
     assert http("GET", "/api/v1/namespaces/tenant-acme/configmaps/c").status_code == 404
@@ -277,23 +347,48 @@ def test_watch_bookmarks_and_expired_versions(tmp_path: Path) -> None:
         http = Http(url, api, tmp_path)
         for name in ("a", "b", "c", "d"):
             http("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-        events = list(http.watch("/api/v1/namespaces", resourceVersion="2", allowWatchBookmarks="true",
-                                 timeoutSeconds="1"))
+        events = list(
+            http.watch("/api/v1/namespaces", resourceVersion="2", allowWatchBookmarks="true", timeoutSeconds="1")
+        )
         assert events[0]["type"] == "ERROR" and events[0]["object"]["code"] == 410
-        live = list(http.watch("/api/v1/namespaces", resourceVersion=str(api.store.revision),
-                           allowWatchBookmarks="true", timeoutSeconds="1"))
+        live = list(
+            http.watch(
+                "/api/v1/namespaces",
+                resourceVersion=str(api.store.revision),
+                allowWatchBookmarks="true",
+                timeoutSeconds="1",
+            )
+        )
         assert live and all(e["type"] == "BOOKMARK" for e in live)
         assert live[-1]["object"]["metadata"]["resourceVersion"] == str(api.store.revision)
 
 
 def test_crd_registration_serves_and_removes_kinds(http: Http) -> None:
-    crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-           "metadata": {"name": "widgets.example.com"},
-           "spec": {"group": "example.com", "scope": "Namespaced",
-                    "names": {"kind": "Widget", "plural": "widgets", "singular": "widget"},
-                    "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
-                        "type": "object", "properties": {"spec": {"type": "object", "properties": {
-                            "size": {"type": "integer", "minimum": 1}}}}}}}]}}
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {
+            "group": "example.com",
+            "scope": "Namespaced",
+            "names": {"kind": "Widget", "plural": "widgets", "singular": "widget"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "spec": {"type": "object", "properties": {"size": {"type": "integer", "minimum": 1}}}
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
     created = http("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd).json()
     assert {c["type"] for c in created["status"]["conditions"]} == {"Established", "NamesAccepted"}
     widgets = "/apis/example.com/v1/namespaces/default/widgets"
@@ -317,8 +412,9 @@ class _Webhook(BaseHTTPRequestHandler):
         if self.path == "/mutate":
             patch = [{"op": "add", "path": "/metadata/labels", "value": {"mutated": "yes"}}]
             response.update(patchType="JSONPatch", patch=base64.b64encode(json.dumps(patch).encode()).decode())
-        body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                           "response": response}).encode()
+        body = json.dumps(
+            {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -339,16 +435,38 @@ def webhook() -> Iterator[str]:
 
 
 def _configuration(kind: str, name: str, url: str, failure: str = "Fail") -> dict[str, Any]:
-    return {"apiVersion": "admissionregistration.k8s.io/v1", "kind": kind, "metadata": {"name": name},
-            "webhooks": [{"name": f"{name}.paybill.dev", "clientConfig": {"url": url}, "failurePolicy": failure,
-                          "sideEffects": "None", "admissionReviewVersions": ["v1"], "timeoutSeconds": 2,
-                          "rules": [{"apiGroups": ["paybill.dev"], "apiVersions": ["*"], "resources": ["tenants"],
-                                     "operations": ["CREATE", "UPDATE"], "scope": "*"}]}]}
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "webhooks": [
+            {
+                "name": f"{name}.paybill.dev",
+                "clientConfig": {"url": url},
+                "failurePolicy": failure,
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 2,
+                "rules": [
+                    {
+                        "apiGroups": ["paybill.dev"],
+                        "apiVersions": ["*"],
+                        "resources": ["tenants"],
+                        "operations": ["CREATE", "UPDATE"],
+                        "scope": "*",
+                    }
+                ],
+            }
+        ],
+    }
 
 
 def test_validating_webhooks_are_called_and_can_deny(http: Http, webhook: str) -> None:
-    http("POST", "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
-         _configuration("ValidatingWebhookConfiguration", "v", f"{webhook}/validate"))
+    http(
+        "POST",
+        "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
+        _configuration("ValidatingWebhookConfiguration", "v", f"{webhook}/validate"),
+    )
     assert http("POST", TENANTS, tenant("ok")).status_code == 201
     denied = http("POST", TENANTS, tenant("no", displayName="forbidden"))
     assert denied.status_code == 403
@@ -356,31 +474,44 @@ def test_validating_webhooks_are_called_and_can_deny(http: Http, webhook: str) -
     assert [r["operation"] for r in _Webhook.reviews] == ["CREATE", "CREATE"]
     assert _Webhook.reviews[0]["object"]["spec"]["deletionPolicy"] == "snapshot"  # after defaulting
     http("PATCH", f"{TENANTS}/ok", {"spec": {"displayName": "x"}}, headers=MERGE)
-    assert _Webhook.reviews[-1]["operation"] == "UPDATE" and _Webhook.reviews[-1]["oldObject"]["spec"][
-        "displayName"] == ""
+    assert (
+        _Webhook.reviews[-1]["operation"] == "UPDATE" and _Webhook.reviews[-1]["oldObject"]["spec"]["displayName"] == ""
+    )
 
 
 def test_mutating_webhooks_patch_the_object(http: Http, webhook: str) -> None:
-    http("POST", "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
-         _configuration("MutatingWebhookConfiguration", "m", f"{webhook}/mutate"))
+    http(
+        "POST",
+        "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
+        _configuration("MutatingWebhookConfiguration", "m", f"{webhook}/mutate"),
+    )
     assert http("POST", TENANTS, tenant()).json()["metadata"]["labels"] == {"mutated": "yes"}
 
 
 def test_webhook_failure_policy(http: Http) -> None:
     dead = "http://127.0.0.1:9/validate"
-    http("POST", "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
-         _configuration("ValidatingWebhookConfiguration", "ignore", dead, failure="Ignore"))
+    http(
+        "POST",
+        "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
+        _configuration("ValidatingWebhookConfiguration", "ignore", dead, failure="Ignore"),
+    )
     assert http("POST", TENANTS, tenant("a")).status_code == 201
-    http("POST", "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
-         _configuration("ValidatingWebhookConfiguration", "fail", dead, failure="Fail"))
+    http(
+        "POST",
+        "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
+        _configuration("ValidatingWebhookConfiguration", "fail", dead, failure="Fail"),
+    )
     failed = http("POST", TENANTS, tenant("b"))
     assert failed.status_code == 500 and 'failed calling webhook "fail.paybill.dev"' in failed.json()["message"]
     assert http("GET", f"{TENANTS}/b").status_code == 404
 
 
 def test_webhooks_only_reach_loopback(http: Http) -> None:
-    http("POST", "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
-         _configuration("ValidatingWebhookConfiguration", "far", "https://203.0.113.7/validate"))
+    http(
+        "POST",
+        "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
+        _configuration("ValidatingWebhookConfiguration", "far", "https://203.0.113.7/validate"),
+    )
     refused = http("POST", TENANTS, tenant())
     assert refused.status_code == 500 and "not a loopback address" in refused.json()["message"]
 
@@ -389,8 +520,9 @@ def test_openapi_documents_describe_the_crds(http: Http) -> None:
     root = http("GET", "/openapi/v3").json()["paths"]
     document = http("GET", root["apis/paybill.dev/v1alpha1"]["serverRelativeURL"]).json()
     schema = document["components"]["schemas"]["dev.paybill.v1alpha1.Tenant"]
-    assert schema["x-kubernetes-group-version-kind"] == [{"group": "paybill.dev", "version": "v1alpha1",
-                                                          "kind": "Tenant"}]
+    assert schema["x-kubernetes-group-version-kind"] == [
+        {"group": "paybill.dev", "version": "v1alpha1", "kind": "Tenant"}
+    ]
     assert schema["properties"]["spec"]["properties"]["planRef"]["description"]
     patch_op = document["paths"]["/apis/paybill.dev/v1alpha1/tenants/{name}"]["patch"]
     assert {"name": "fieldValidation", "in": "query"}.items() <= patch_op["parameters"][0].items()
@@ -400,9 +532,20 @@ def test_openapi_documents_describe_the_crds(http: Http) -> None:
 
 def test_server_side_printing_uses_printer_columns(http: Http) -> None:
     http("POST", TENANTS, tenant())
-    http("PATCH", f"{TENANTS}/acme/status", {"status": {"phase": "Active", "isolation": "pooled", "conditions": [
-        {"type": "Ready", "status": "True", "reason": "R", "message": "", "lastTransitionTime": ""}]}},
-         headers=MERGE)
+    http(
+        "PATCH",
+        f"{TENANTS}/acme/status",
+        {
+            "status": {
+                "phase": "Active",
+                "isolation": "pooled",
+                "conditions": [
+                    {"type": "Ready", "status": "True", "reason": "R", "message": "", "lastTransitionTime": ""}
+                ],
+            }
+        },
+        headers=MERGE,
+    )
     table = http("GET", TENANTS, headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"}).json()
     assert [c["name"] for c in table["columnDefinitions"]] == ["Name", "Plan", "Isolation", "Phase", "Ready", "Age"]
     assert table["rows"][0]["cells"][:5] == ["acme", "pro", "pooled", "Active", "True"]
@@ -411,8 +554,11 @@ def test_server_side_printing_uses_printer_columns(http: Http) -> None:
 def test_table_rows_carry_what_include_object_asks_for(http: Http) -> None:
     http("POST", TENANTS, tenant())
     as_table = {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"}
-    for query, kind in (("", "PartialObjectMetadata"), ("?includeObject=Metadata", "PartialObjectMetadata"),
-                        ("?includeObject=Object", "Tenant")):
+    for query, kind in (
+        ("", "PartialObjectMetadata"),
+        ("?includeObject=Metadata", "PartialObjectMetadata"),
+        ("?includeObject=Object", "Tenant"),
+    ):
         for path in (TENANTS, f"{TENANTS}/acme"):
             table = http("GET", path + query, headers=as_table).json()
             assert table["kind"] == "Table" and len(table["rows"]) == 1, path + query
@@ -427,24 +573,65 @@ def test_table_rows_carry_what_include_object_asks_for(http: Http) -> None:
 
 def test_events_select_and_print_under_both_api_groups(http: Http) -> None:
     regarding = {"apiVersion": "paybill.dev/v1alpha1", "kind": "Tenant", "name": "acme", "uid": "u-1"}
-    http("POST", "/api/v1/namespaces/default/events", {
-        "apiVersion": "v1", "kind": "Event", "metadata": {"name": "core"}, "involvedObject": regarding,
-        "type": "Warning", "reason": "PlanNotFound", "message": "plan pro not found", "count": 3,
-        "source": {"component": "paybill"}, "lastTimestamp": "2026-01-01T00:00:00Z"})
-    http("POST", "/apis/events.k8s.io/v1/namespaces/default/events", {
-        "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "v1"}, "regarding": regarding,
-        "type": "Normal", "reason": "Active", "note": "tenant is active", "action": "Reconcile",
-        "reportingController": "paybill.dev/operator", "reportingInstance": "op-1",
-        "eventTime": "2026-01-01T00:00:00.000000Z"})
+    http(
+        "POST",
+        "/api/v1/namespaces/default/events",
+        {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": "core"},
+            "involvedObject": regarding,
+            "type": "Warning",
+            "reason": "PlanNotFound",
+            "message": "plan pro not found",
+            "count": 3,
+            "source": {"component": "paybill"},
+            "lastTimestamp": "2026-01-01T00:00:00Z",
+        },
+    )
+    http(
+        "POST",
+        "/apis/events.k8s.io/v1/namespaces/default/events",
+        {
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {"name": "v1"},
+            "regarding": regarding,
+            "type": "Normal",
+            "reason": "Active",
+            "note": "tenant is active",
+            "action": "Reconcile",
+            "reportingController": "paybill.dev/operator",
+            "reportingInstance": "op-1",
+            "eventTime": "2026-01-01T00:00:00.000000Z",
+        },
+    )
     as_table = {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"}
     core = http("GET", "/api/v1/events?fieldSelector=involvedObject.uid%3Du-1,source%3Dpaybill", headers=as_table)
     assert [c["name"] for c in core.json()["columnDefinitions"]][:4] == ["Last Seen", "Type", "Reason", "Object"]
-    assert core.json()["rows"][0]["cells"][1:9] == ["Warning", "PlanNotFound", "tenant/acme", "", "paybill",
-                                                    "plan pro not found", "<unknown>", 3]
-    v1 = http("GET", "/apis/events.k8s.io/v1/events?fieldSelector=regarding.name%3Dacme,"
-                     "reportingController%3Dpaybill.dev/operator", headers=as_table).json()
-    assert v1["rows"][0]["cells"][1:7] == ["Normal", "Active", "tenant/acme", "", "paybill.dev/operator, op-1",
-                                           "tenant is active"]
+    assert core.json()["rows"][0]["cells"][1:9] == [
+        "Warning",
+        "PlanNotFound",
+        "tenant/acme",
+        "",
+        "paybill",
+        "plan pro not found",
+        "<unknown>",
+        3,
+    ]
+    v1 = http(
+        "GET",
+        "/apis/events.k8s.io/v1/events?fieldSelector=regarding.name%3Dacme,reportingController%3Dpaybill.dev/operator",
+        headers=as_table,
+    ).json()
+    assert v1["rows"][0]["cells"][1:7] == [
+        "Normal",
+        "Active",
+        "tenant/acme",
+        "",
+        "paybill.dev/operator, op-1",
+        "tenant is active",
+    ]
     refused = http("GET", "/apis/events.k8s.io/v1/events?fieldSelector=involvedObject.name%3Dacme")
     assert refused.status_code == 400 and refused.json()["message"] == "field label not supported: involvedObject.name"
 
@@ -452,17 +639,41 @@ def test_events_select_and_print_under_both_api_groups(http: Http) -> None:
 def test_core_and_events_k8s_io_events_are_one_collection(http: Http) -> None:
     core_events, v1_events = "/api/v1/namespaces/default/events", "/apis/events.k8s.io/v1/namespaces/default/events"
     regarding = {"apiVersion": "paybill.dev/v1alpha1", "kind": "Tenant", "name": "acme", "uid": "u-1"}
-    http("POST", core_events, {"apiVersion": "v1", "kind": "Event", "metadata": {"name": "a"},
-                               "involvedObject": regarding, "message": "from kopf", "count": 2,
-                               "source": {"component": "kopf"}, "firstTimestamp": "2026-01-01T00:00:00Z"})
+    http(
+        "POST",
+        core_events,
+        {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": "a"},
+            "involvedObject": regarding,
+            "message": "from kopf",
+            "count": 2,
+            "source": {"component": "kopf"},
+            "firstTimestamp": "2026-01-01T00:00:00Z",
+        },
+    )
     seen = http("GET", f"{v1_events}/a").json()
     assert seen["apiVersion"] == "events.k8s.io/v1" and seen["regarding"] == regarding
     assert (seen["note"], seen["deprecatedCount"], seen["deprecatedSource"]) == ("from kopf", 2, {"component": "kopf"})
     assert seen["deprecatedFirstTimestamp"] == "2026-01-01T00:00:00Z" and "message" not in seen
-    http("POST", v1_events, {"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "b"},
-                             "regarding": regarding, "note": "from client-go", "reportingController": "paybill.dev/op",
-                             "reportingInstance": "op-1", "action": "Reconcile", "type": "Normal", "reason": "Synced",
-                             "eventTime": "2026-01-01T00:00:00.000000Z"})
+    http(
+        "POST",
+        v1_events,
+        {
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {"name": "b"},
+            "regarding": regarding,
+            "note": "from client-go",
+            "reportingController": "paybill.dev/op",
+            "reportingInstance": "op-1",
+            "action": "Reconcile",
+            "type": "Normal",
+            "reason": "Synced",
+            "eventTime": "2026-01-01T00:00:00.000000Z",
+        },
+    )
     core = http("GET", f"{core_events}/b").json()
     assert core["apiVersion"] == "v1" and core["message"] == "from client-go"
     assert core["involvedObject"] == regarding and core["reportingComponent"] == "paybill.dev/op"
@@ -482,32 +693,70 @@ def test_events_are_validated_as_kube_apiserver_does(http: Http) -> None:
     http("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}})
 
     def post(namespace: str, name: str, **fields: Any) -> requests.Response:
-        return http("POST", core_events.format(namespace), {"apiVersion": "v1", "kind": "Event",
-                                                            "metadata": {"name": name}, **fields})
+        return http(
+            "POST",
+            core_events.format(namespace),
+            {"apiVersion": "v1", "kind": "Event", "metadata": {"name": name}, **fields},
+        )
 
     assert post("default", "legacy", involvedObject=tenant_ref, reason="R").status_code == 201
     elsewhere = post("team", "elsewhere", involvedObject=tenant_ref, reason="R")
     assert elsewhere.status_code == 422 and elsewhere.json()["message"] == (
-        'Event "elsewhere" is invalid: involvedObject.namespace: Invalid value: "": does not match event.namespace')
-    kopf_like = {"involvedObject": {**tenant_ref, "namespace": "default"}, "eventTime": "2026-01-01T00:00:00.000000Z",
-                 "reportingComponent": "kopf", "reportingInstance": "dev", "action": "Action?", "reason": "R"}
+        'Event "elsewhere" is invalid: involvedObject.namespace: Invalid value: "": does not match event.namespace'
+    )
+    kopf_like = {
+        "involvedObject": {**tenant_ref, "namespace": "default"},
+        "eventTime": "2026-01-01T00:00:00.000000Z",
+        "reportingComponent": "kopf",
+        "reportingInstance": "dev",
+        "action": "Action?",
+        "reason": "R",
+    }
     assert post("default", "kopf", **kopf_like).status_code == 201
     unreported = post("default", "unreported", **{**kopf_like, "reportingComponent": "", "action": ""})
     assert unreported.status_code == 422
     assert [c["field"] for c in unreported.json()["details"]["causes"]] == ["reportingComponent", "action"]
-    strict = http("POST", "/apis/events.k8s.io/v1/namespaces/default/events", {
-        "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "strict"}, "regarding": tenant_ref,
-        "reportingController": "paybill.dev/operator", "reportingInstance": "op-1", "action": "Reconcile",
-        "reason": "R", "type": "Odd", "deprecatedCount": 2})
+    strict = http(
+        "POST",
+        "/apis/events.k8s.io/v1/namespaces/default/events",
+        {
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {"name": "strict"},
+            "regarding": tenant_ref,
+            "reportingController": "paybill.dev/operator",
+            "reportingInstance": "op-1",
+            "action": "Reconcile",
+            "reason": "R",
+            "type": "Odd",
+            "deprecatedCount": 2,
+        },
+    )
     assert strict.status_code == 422 and strict.json()["message"].startswith('Event.events.k8s.io "strict" is invalid')
     assert {c["field"] for c in strict.json()["details"]["causes"]} == {"eventTime", "type", "deprecatedCount"}
 
 
-@pytest.mark.parametrize(("seconds", "printed"), [
-    (-5, "<invalid>"), (-1, "0s"), (0, "0s"), (119, "119s"), (120, "2m"), (200, "3m20s"), (600, "10m"),
-    (179 * 60, "179m"), (3 * 3600, "3h"), (5 * 3600 + 600, "5h10m"), (20 * 3600, "20h"), (3 * 86400, "3d"),
-    (3 * 86400 + 4 * 3600, "3d4h"), (30 * 86400, "30d"), (2 * 365 * 86400 + 10 * 86400, "2y10d"),
-    (9 * 365 * 86400, "9y")])
+@pytest.mark.parametrize(
+    ("seconds", "printed"),
+    [
+        (-5, "<invalid>"),
+        (-1, "0s"),
+        (0, "0s"),
+        (119, "119s"),
+        (120, "2m"),
+        (200, "3m20s"),
+        (600, "10m"),
+        (179 * 60, "179m"),
+        (3 * 3600, "3h"),
+        (5 * 3600 + 600, "5h10m"),
+        (20 * 3600, "20h"),
+        (3 * 86400, "3d"),
+        (3 * 86400 + 4 * 3600, "3d4h"),
+        (30 * 86400, "30d"),
+        (2 * 365 * 86400 + 10 * 86400, "2y10d"),
+        (9 * 365 * 86400, "9y"),
+    ],
+)
 def test_ages_print_as_apimachinery_human_duration(seconds: int, printed: str) -> None:
     assert tables.human_duration(seconds) == printed
 

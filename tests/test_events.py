@@ -17,10 +17,18 @@ def tenant(namespace: str | None = None) -> dict[str, object]:
 def test_a_cluster_scoped_objects_event_lives_in_default_with_no_namespace_in_the_reference() -> None:
     event = event_body(tenant(), "Warning", "PlanNotFound", "plan pro not found", "op-0", NOW)
     assert event["metadata"]["namespace"] == "default"
-    assert event["involvedObject"] == {"apiVersion": "paybill.dev/v1alpha1", "kind": "Tenant", "name": "acme",
-                                       "uid": "u-1", "resourceVersion": "7"}  # what kubectl describe selects
+    assert event["involvedObject"] == {
+        "apiVersion": "paybill.dev/v1alpha1",
+        "kind": "Tenant",
+        "name": "acme",
+        "uid": "u-1",
+        "resourceVersion": "7",
+    }  # what kubectl describe selects
     assert (event["reportingComponent"], event["source"], event["reportingInstance"]) == (
-        COMPONENT, {"component": COMPONENT}, "op-0")
+        COMPONENT,
+        {"component": COMPONENT},
+        "op-0",
+    )
     assert event["eventTime"] == "2026-11-30T09:00:01.250000Z" and event["lastTimestamp"] == "2026-11-30T09:00:01Z"
     assert event["type"] == "Warning" and event["action"] and event["count"] == 1
 

@@ -20,10 +20,13 @@ for module in pkgutil.iter_modules(paybill.handlers.__path__, "paybill.handlers.
 
 def loaded_emulator_modules(imports: str) -> list[str]:
     """The emulator's modules a fresh interpreter holds after running ``imports``."""
-    report = (f"\nimport sys\nprint('\\n'.join(m for m in sys.modules if any(m == p or m.startswith(p + '.') "
-              f"for p in {EMULATOR_PACKAGES!r})))")
-    result = subprocess.run([sys.executable, "-c", imports + report], capture_output=True, text=True, timeout=60,
-                            check=True)
+    report = (
+        f"\nimport sys\nprint('\\n'.join(m for m in sys.modules if any(m == p or m.startswith(p + '.') "
+        f"for p in {EMULATOR_PACKAGES!r})))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", imports + report], capture_output=True, text=True, timeout=60, check=True
+    )
     return result.stdout.split()
 
 

@@ -23,10 +23,17 @@ _numbers = itertools.count()
 
 
 def onboard(cluster: Any, name: str, isolation: str = "pooled") -> None:
-    cluster.kube.apply({"apiVersion": API, "kind": "Plan", "metadata": {"name": f"plan-{isolation}"},
-                        "spec": {"tier": isolation, "isolation": isolation}})
-    cluster.kube.apply({"apiVersion": API, "kind": "Tenant", "metadata": {"name": name},
-                        "spec": {"planRef": f"plan-{isolation}"}})
+    cluster.kube.apply(
+        {
+            "apiVersion": API,
+            "kind": "Plan",
+            "metadata": {"name": f"plan-{isolation}"},
+            "spec": {"tier": isolation, "isolation": isolation},
+        }
+    )
+    cluster.kube.apply(
+        {"apiVersion": API, "kind": "Tenant", "metadata": {"name": name}, "spec": {"planRef": f"plan-{isolation}"}}
+    )
 
 
 def tenant_status(cluster: Any, name: str) -> dict[str, Any]:
@@ -34,8 +41,9 @@ def tenant_status(cluster: Any, name: str) -> dict[str, Any]:
 
 
 def wait_phase(cluster: Any, name: str, phase: str) -> dict[str, Any]:
-    return cluster.eventually(lambda: tenant_status(cluster, name) if tenant_status(cluster, name).get("phase")
-                              == phase else None, timeout=40)
+    return cluster.eventually(
+        lambda: tenant_status(cluster, name) if tenant_status(cluster, name).get("phase") == phase else None, timeout=40
+    )
 
 
 def secret(cluster: Any, name: str, namespace: str) -> dict[str, str]:
@@ -44,23 +52,40 @@ def secret(cluster: Any, name: str, namespace: str) -> dict[str, str]:
 
 
 def tenant_login(cluster: Any, name: str) -> psycopg.Connection:
-    return psycopg.connect(secret(cluster, "paybill-database", f"tenant-{name}")["uri"], autocommit=True,
-                           connect_timeout=3)
+    return psycopg.connect(
+        secret(cluster, "paybill-database", f"tenant-{name}")["uri"], autocommit=True, connect_timeout=3
+    )
 
 
 def seed(cluster: Any, name: str, order_id: int) -> None:
     with tenant_login(cluster, name) as conn:
         conn.execute("INSERT INTO customers (tenant_id, id, name) VALUES (%s, 1, 'c')", (name,))
-        conn.execute("INSERT INTO orders (tenant_id, id, customer_id, status, total) VALUES (%s, %s, 1, 'open', 1)",
-                     (name, order_id))
+        conn.execute(
+            "INSERT INTO orders (tenant_id, id, customer_id, status, total) VALUES (%s, %s, 1, 'open', 1)",
+            (name, order_id),
+        )
 
 
 def agent_policy(namespace: str, name: str) -> dict[str, Any]:
-    return {"apiVersion": API, "kind": "AgentPolicy", "metadata": {"name": name, "namespace": namespace},
-            "spec": {"subjects": ["agent:bot"], "rules": [
+    return {
+        "apiVersion": API,
+        "kind": "AgentPolicy",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "subjects": ["agent:bot"],
+            "rules": [
                 {"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"]},
-                {"id": "fix-status", "effect": "allow", "actions": ["update"], "tables": ["orders"],
-                 "columns": ["status"], "requireWhere": True}]}}
+                {
+                    "id": "fix-status",
+                    "effect": "allow",
+                    "actions": ["update"],
+                    "tables": ["orders"],
+                    "columns": ["status"],
+                    "requireWhere": True,
+                },
+            ],
+        },
+    }
 
 
 def policy_status(cluster: Any, namespace: str, name: str) -> dict[str, Any]:
@@ -68,8 +93,14 @@ def policy_status(cluster: Any, namespace: str, name: str) -> dict[str, Any]:
 
 
 def wait_policy(cluster: Any, namespace: str, name: str, phase: str) -> dict[str, Any]:
-    return cluster.eventually(lambda: policy_status(cluster, namespace, name) if policy_status(
-        cluster, namespace, name).get("phase") == phase else None, timeout=40)
+    return cluster.eventually(
+        lambda: (
+            policy_status(cluster, namespace, name)
+            if policy_status(cluster, namespace, name).get("phase") == phase
+            else None
+        ),
+        timeout=40,
+    )
 
 
 def agent_login(cluster: Any, namespace: str, policy: str) -> psycopg.Connection:
@@ -111,8 +142,9 @@ def test_policies_whose_role_names_collided_get_their_own_roles_and_stay_isolate
     assert policy_status(operator, victim_ns, "support")["phase"] == "Ready"
 
 
-def test_roles_squatted_before_the_operator_got_to_them_are_never_adopted(operator: Any,
-                                                                         postgres: LocalPostgres) -> None:
+def test_roles_squatted_before_the_operator_got_to_them_are_never_adopted(
+    operator: Any, postgres: LocalPostgres
+) -> None:
     n = next(_numbers)
     names = TenantDatabases(postgres.dsn)
     tenant, squatted = f"owner{n}", f"squatted{n}"
@@ -121,12 +153,20 @@ def test_roles_squatted_before_the_operator_got_to_them_are_never_adopted(operat
     with psycopg.connect(postgres.dsn, autocommit=True) as admin:
         for role in would_be.values():
             admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'squatter'").format(sql.Identifier(role)))
-        before = dict(admin.execute("SELECT rolname, rolpassword FROM pg_authid WHERE rolname = ANY(%s)",
-                                    (list(would_be.values()),)).fetchall())
+        before = dict(
+            admin.execute(
+                "SELECT rolname, rolpassword FROM pg_authid WHERE rolname = ANY(%s)", (list(would_be.values()),)
+            ).fetchall()
+        )
 
     onboard(operator, squatted)  # a Tenant whose role name is taken: refused, said in status and an Event
-    conflict = operator.eventually(lambda: next((c for c in tenant_status(operator, squatted).get("conditions", [])
-                                                 if c.get("reason") == "NameConflict"), None), timeout=40)
+    conflict = operator.eventually(
+        lambda: next(
+            (c for c in tenant_status(operator, squatted).get("conditions", []) if c.get("reason") == "NameConflict"),
+            None,
+        ),
+        timeout=40,
+    )
     assert f"role {would_be['tenant']} exists and was not created by Paybill" in conflict["message"]
 
     onboard(operator, tenant)
@@ -135,26 +175,41 @@ def test_roles_squatted_before_the_operator_got_to_them_are_never_adopted(operat
     status = wait_policy(operator, namespace, "support", "Conflict")
     assert status["conditions"][-1]["reason"] == "NameConflict"
     assert f"role {would_be['agent']} exists and was not created by Paybill" in status["conditions"][-1]["message"]
-    events = operator.eventually(lambda: [e for e in operator.kube.list("v1", "events")
-                                          if e.get("reason") == "NameConflict"
-                                          and e["involvedObject"]["name"] in (squatted, "support")] or None)
+    events = operator.eventually(
+        lambda: (
+            [
+                e
+                for e in operator.kube.list("v1", "events")
+                if e.get("reason") == "NameConflict" and e["involvedObject"]["name"] in (squatted, "support")
+            ]
+            or None
+        )
+    )
     assert {e["involvedObject"]["name"] for e in events} == {squatted, "support"}
     assert operator.kube.get("v1", "secrets", "agent-support", namespace) is None
     superuser_password = str(psycopg.conninfo.conninfo_to_dict(postgres.dsn)["password"])
-    said = str(operator.kube.list(API, "tenants")) + str(operator.kube.list(API, "agentpolicies", namespace)) + str(
-        operator.kube.list("v1", "events"))
+    said = (
+        str(operator.kube.list(API, "tenants"))
+        + str(operator.kube.list(API, "agentpolicies", namespace))
+        + str(operator.kube.list("v1", "events"))
+    )
     assert superuser_password not in said and "squatter" not in said
     with psycopg.connect(postgres.dsn, dbname="paybill_pooled", autocommit=True) as admin:  # left as they were
-        after = dict(admin.execute("SELECT rolname, rolpassword FROM pg_authid WHERE rolname = ANY(%s)",
-                                   (list(would_be.values()),)).fetchall())
+        after = dict(
+            admin.execute(
+                "SELECT rolname, rolpassword FROM pg_authid WHERE rolname = ANY(%s)", (list(would_be.values()),)
+            ).fetchall()
+        )
         assert after == before
         for role in would_be.values():
-            assert admin.execute("SELECT has_table_privilege(%s, 'app.orders', 'SELECT'), pg_has_role(%s, "
-                                 "'paybill_pooled_tenants', 'MEMBER')", (role, role)).fetchone() == (False, False)
+            assert admin.execute(
+                "SELECT has_table_privilege(%s, 'app.orders', 'SELECT'), pg_has_role(%s, "
+                "'paybill_pooled_tenants', 'MEMBER')",
+                (role, role),
+            ).fetchone() == (False, False)
 
 
-def test_a_tenant_reaching_for_the_operators_locks_delays_no_suspension(operator: Any,
-                                                                        postgres: LocalPostgres) -> None:
+def test_a_tenant_reaching_for_the_operators_locks_delays_no_suspension(operator: Any, postgres: LocalPostgres) -> None:
     n = next(_numbers)
     hostile, other = f"hostile{n}", f"other{n}"
     for name in (hostile, other):
@@ -169,8 +224,9 @@ def test_a_tenant_reaching_for_the_operators_locks_delays_no_suspension(operator
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
     # Whoever holds those keys now (a tenant could, before), the operator does not wait for them.
-    holders = [psycopg.connect(postgres.dsn, dbname=database, autocommit=True)
-               for database in ("postgres", "paybill_pooled")]
+    holders = [
+        psycopg.connect(postgres.dsn, dbname=database, autocommit=True) for database in ("postgres", "paybill_pooled")
+    ]
     try:
         for holder in holders:
             for key in OLD_ADVISORY_KEYS:
@@ -195,8 +251,9 @@ def test_a_namespace_labelled_as_a_tenants_gets_none_of_its_data(operator: Any) 
     onboard(operator, victim)
     wait_phase(operator, victim, "Active")
     seed(operator, victim, 7)
-    operator.kube.apply({"apiVersion": "v1", "kind": "Namespace",
-                         "metadata": {"name": rogue, "labels": {"paybill.dev/tenant": victim}}})
+    operator.kube.apply(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": rogue, "labels": {"paybill.dev/tenant": victim}}}
+    )
     operator.kube.apply(agent_policy(rogue, "support"))
     status = operator.eventually(lambda: policy_status(operator, rogue, "support") or None)
     assert status["phase"] != "Ready"
@@ -212,8 +269,9 @@ def quick_idle_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PAYBILL_IDLE_TRANSACTION_SECONDS", "1")
 
 
-def test_a_tenant_that_turns_off_its_idle_timeout_and_locks_a_shared_table_is_ended(quick_idle_sweep: None,
-                                                                                     operator: Any) -> None:
+def test_a_tenant_that_turns_off_its_idle_timeout_and_locks_a_shared_table_is_ended(
+    quick_idle_sweep: None, operator: Any
+) -> None:
     n = next(_numbers)
     attacker, victim = f"locker{n}", f"reader{n}"
     for name in (attacker, victim):

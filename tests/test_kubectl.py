@@ -11,8 +11,11 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = [pytest.mark.kubectl, pytest.mark.slow,
-              pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")]
+pytestmark = [
+    pytest.mark.kubectl,
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed"),
+]
 
 
 @pytest.fixture
@@ -20,8 +23,7 @@ def kubectl(cluster: Any, tmp_path: Path) -> Any:
     env = {"KUBECONFIG": str(cluster.kubeconfig), "PATH": "/usr/bin:/bin:/usr/local/bin", "HOME": str(tmp_path)}
 
     def run(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(["kubectl", *args], env=env, input=stdin, capture_output=True, text=True,
-                                timeout=60)
+        result = subprocess.run(["kubectl", *args], env=env, input=stdin, capture_output=True, text=True, timeout=60)
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
         return result
@@ -61,8 +63,10 @@ def test_an_invalid_tenant_is_refused_naming_the_field(kubectl: Any) -> None:
 
 def test_delete_is_held_by_a_finalizer(kubectl: Any) -> None:
     kubectl("apply", "-f", str(REPO / "crds"))
-    held = ("apiVersion: paybill.dev/v1alpha1\nkind: Tenant\nmetadata: {name: held, finalizers: [paybill.dev/x]}\n"
-            "spec: {planRef: pro}\n")
+    held = (
+        "apiVersion: paybill.dev/v1alpha1\nkind: Tenant\nmetadata: {name: held, finalizers: [paybill.dev/x]}\n"
+        "spec: {planRef: pro}\n"
+    )
     kubectl("apply", "-f", "-", stdin=held)
     kubectl("delete", "tenant", "held", "--wait=false")
     assert kubectl("get", "tenant", "held", "-o", "jsonpath={.metadata.deletionTimestamp}").stdout
@@ -95,8 +99,9 @@ def test_system_namespaces_cannot_be_deleted(kubectl: Any, namespace: str) -> No
     for dry_run in ([], ["--dry-run=server"]):
         refused = kubectl("delete", "namespace", namespace, *dry_run, check=False)
         assert refused.returncode != 0
-        assert (f'Error from server (Forbidden): namespaces "{namespace}" is forbidden: '
-                "this namespace may not be deleted") in refused.stderr
+        assert (
+            f'Error from server (Forbidden): namespaces "{namespace}" is forbidden: this namespace may not be deleted'
+        ) in refused.stderr
     assert kubectl("get", "namespace", namespace, "-o", "jsonpath={.status.phase}").stdout == "Active"
 
 
@@ -112,8 +117,12 @@ def test_get_by_name_sort_by_and_wide_keep_the_printer_columns(kubectl: Any) -> 
     assert len(one) == 2 and one[1].split()[:2] == ["acme", "pro"]
     by_plan = kubectl("get", "tenants", "--sort-by=.spec.planRef").stdout.splitlines()
     assert by_plan[0].split()[:2] == ["NAME", "PLAN"]
-    assert [row.split()[:2] for row in by_plan[1:]] == [["umbrella", "enterprise"], ["globex", "free"],
-                                                        ["acme", "pro"], ["initech", "team"]]
+    assert [row.split()[:2] for row in by_plan[1:]] == [
+        ["umbrella", "enterprise"],
+        ["globex", "free"],
+        ["acme", "pro"],
+        ["initech", "team"],
+    ]
 
     kubectl("create", "namespace", "tenant-acme")
     kubectl("apply", "-f", str(REPO / "manifests" / "samples" / "agents" / "support-policy.yaml"))
@@ -126,28 +135,68 @@ def test_get_by_name_sort_by_and_wide_keep_the_printer_columns(kubectl: Any) -> 
         assert shown.stdout.splitlines()[1].split()[:2] == ["support", "enforce"]
 
 
-
-def _event(name: str, involved: dict[str, str], event_type: str, reason: str, message: str,
-           component: str = "paybill", namespace: str = "default") -> str:
+def _event(
+    name: str,
+    involved: dict[str, str],
+    event_type: str,
+    reason: str,
+    message: str,
+    component: str = "paybill",
+    namespace: str = "default",
+) -> str:
     """An Event as kopf posts one (core/v1, firstTimestamp/lastTimestamp/eventTime, source and reporting*)."""
     stamp = "2026-01-01T00:00:00.000000+00:00"
-    return json.dumps({
-        "apiVersion": "v1", "kind": "Event", "metadata": {"name": name, "namespace": namespace},
-        "type": event_type, "reason": reason, "message": message, "action": "Action?",
-        "reportingComponent": component, "reportingInstance": "dev", "source": {"component": component},
-        "involvedObject": involved, "firstTimestamp": stamp, "lastTimestamp": stamp, "eventTime": stamp})
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": name, "namespace": namespace},
+            "type": event_type,
+            "reason": reason,
+            "message": message,
+            "action": "Action?",
+            "reportingComponent": component,
+            "reportingInstance": "dev",
+            "source": {"component": component},
+            "involvedObject": involved,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "eventTime": stamp,
+        }
+    )
 
 
 def test_events_print_their_columns_and_select_by_field(kubectl: Any) -> None:
     kubectl("apply", "-f", str(REPO / "crds"), "-f", str(REPO / "manifests" / "samples"))
     tenants = json.loads(kubectl("get", "tenants", "-o", "json").stdout)["items"]
-    ref = {t["metadata"]["name"]: {"apiVersion": "paybill.dev/v1alpha1", "kind": "Tenant",
-                                   "name": t["metadata"]["name"], "uid": t["metadata"]["uid"]} for t in tenants}
+    ref = {
+        t["metadata"]["name"]: {
+            "apiVersion": "paybill.dev/v1alpha1",
+            "kind": "Tenant",
+            "name": t["metadata"]["name"],
+            "uid": t["metadata"]["uid"],
+        }
+        for t in tenants
+    }
     # kopf names the namespace it posts a cluster-scoped object's Event in; client-go's recorder leaves it empty
-    kubectl("create", "-f", "-", stdin=_event("acme.1", {**ref["acme"], "namespace": "default"}, "Normal",
-                                             "NamespaceCreated", "namespace tenant-acme created"))
-    kubectl("create", "-f", "-", stdin=_event("acme.2", ref["acme"], "Warning", "PlanNotFound",
-                                             "plan pro not found", component="other"))
+    kubectl(
+        "create",
+        "-f",
+        "-",
+        stdin=_event(
+            "acme.1",
+            {**ref["acme"], "namespace": "default"},
+            "Normal",
+            "NamespaceCreated",
+            "namespace tenant-acme created",
+        ),
+    )
+    kubectl(
+        "create",
+        "-f",
+        "-",
+        stdin=_event("acme.2", ref["acme"], "Warning", "PlanNotFound", "plan pro not found", component="other"),
+    )
     kubectl("create", "-f", "-", stdin=_event("globex.1", ref["globex"], "Normal", "Active", "tenant is active"))
     stray_event = _event("stray", ref["acme"], "Normal", "R", "m", namespace="kube-public")
     stray = kubectl("create", "-f", "-", stdin=stray_event, check=False)
@@ -158,8 +207,20 @@ def test_events_print_their_columns_and_select_by_field(kubectl: Any) -> None:
     assert listed[0].split() == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
     assert any(row.split()[1:5] == ["Warning", "PlanNotFound", "tenant/acme", "plan"] for row in listed[1:])
     wide = kubectl("get", "events", "-o", "wide").stdout.splitlines()
-    assert wide[0].split() == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "SUBOBJECT", "SOURCE", "MESSAGE", "FIRST",
-                               "SEEN", "COUNT", "NAME"]
+    assert wide[0].split() == [
+        "LAST",
+        "SEEN",
+        "TYPE",
+        "REASON",
+        "OBJECT",
+        "SUBOBJECT",
+        "SOURCE",
+        "MESSAGE",
+        "FIRST",
+        "SEEN",
+        "COUNT",
+        "NAME",
+    ]
     assert any(row.split()[-2:] == ["1", "globex.1"] and "paybill, dev" in row for row in wide[1:])
 
     def names(*selector: str) -> list[str]:
@@ -172,8 +233,12 @@ def test_events_print_their_columns_and_select_by_field(kubectl: Any) -> None:
     assert names("involvedObject.apiVersion=paybill.dev/v1alpha1", "type=Normal") == ["acme.1", "globex.1"]
     assert names("reason=PlanNotFound") == ["acme.2"]
     assert names("source=other") == ["acme.2"] and names("reportingComponent!=other") == ["acme.1", "globex.1"]
-    assert names("involvedObject.resourceVersion=", "involvedObject.fieldPath=", "metadata.name=globex.1",
-                 "metadata.namespace=default") == ["globex.1"]
+    assert names(
+        "involvedObject.resourceVersion=",
+        "involvedObject.fieldPath=",
+        "metadata.name=globex.1",
+        "metadata.namespace=default",
+    ) == ["globex.1"]
     newer = kubectl("get", "events.events.k8s.io", "--field-selector", "regarding.name=acme", "-o", "name").stdout
     assert sorted(newer.split()) == ["event.events.k8s.io/acme.1", "event.events.k8s.io/acme.2"]
     refused = kubectl("get", "events", "--field-selector", "involvedObject.color=red", check=False)
@@ -184,15 +249,19 @@ def test_events_print_their_columns_and_select_by_field(kubectl: Any) -> None:
     warnings = kubectl("events", "-A", "--types=Warning").stdout
     assert "PlanNotFound" in warnings and "NamespaceCreated" not in warnings and "Active" not in warnings
     described = kubectl("describe", "tenant", "acme").stdout
-    events_section = described[described.index("Events:"):]
+    events_section = described[described.index("Events:") :]
     assert "Warning  PlanNotFound" in events_section and "plan pro not found" in events_section
     assert "tenant is active" not in events_section
 
 
 def test_the_operators_events_reach_kubectl(operator: Any, kubectl: Any) -> None:
     kubectl("apply", "-f", str(REPO / "manifests" / "samples" / "plans.yaml"))
-    kubectl("apply", "-f", "-", stdin="apiVersion: paybill.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\n"
-                                      "spec: {planRef: pro}\n")
+    kubectl(
+        "apply",
+        "-f",
+        "-",
+        stdin="apiVersion: paybill.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec: {planRef: pro}\n",
+    )
     operator.eventually(lambda: "NamespaceCreated" in kubectl("events", "--for", "tenant/acme").stdout, timeout=60)
     listed = kubectl("get", "events", "--field-selector", "involvedObject.name=acme,reason=NamespaceCreated")
     assert listed.stdout.splitlines()[0].split() == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]

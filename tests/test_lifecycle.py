@@ -25,12 +25,21 @@ def test_every_event_outside_the_table_is_refused_with_a_reason() -> None:
                 assert refused.value.phase == phase and refused.value.reason
 
 
-@pytest.mark.parametrize(("source", "event", "target"), [
-    ("Pending", "provision", "Provisioning"), ("Provisioning", "provisioned", "Active"),
-    ("Active", "suspend", "Suspended"), ("Suspended", "resume", "Active"), ("Active", "migrate", "Migrating"),
-    ("Migrating", "migrated", "Active"), ("Provisioning", "fail", "Failed"), ("Failed", "retry", "Provisioning"),
-    ("Suspended", "offboard", "Offboarding"), ("Offboarding", "offboarded", "Offboarded"),
-])
+@pytest.mark.parametrize(
+    ("source", "event", "target"),
+    [
+        ("Pending", "provision", "Provisioning"),
+        ("Provisioning", "provisioned", "Active"),
+        ("Active", "suspend", "Suspended"),
+        ("Suspended", "resume", "Active"),
+        ("Active", "migrate", "Migrating"),
+        ("Migrating", "migrated", "Active"),
+        ("Provisioning", "fail", "Failed"),
+        ("Failed", "retry", "Provisioning"),
+        ("Suspended", "offboard", "Offboarding"),
+        ("Offboarding", "offboarded", "Offboarded"),
+    ],
+)
 def test_the_documented_transitions(source: str, event: str, target: str) -> None:
     assert transition(source, event).target == target
 
@@ -57,18 +66,22 @@ def test_backoff_doubles_and_is_capped() -> None:
     assert retry_delay(30) == 300
 
 
-@pytest.mark.parametrize(("status", "since_days", "restriction", "access"), [
-    ("active", None, Restriction.NONE, Access.FULL),
-    ("trialing", None, Restriction.NONE, Access.FULL),
-    ("past_due", 1, Restriction.GRACE_PERIOD, Access.FULL),
-    ("past_due", None, Restriction.GRACE_PERIOD, Access.FULL),
-    ("past_due", 8, Restriction.GRACE_PERIOD_OVER, Access.READ_ONLY),
-    ("unpaid", 30, Restriction.RESTRICTED, Access.NONE),
-    ("paused", None, Restriction.RESTRICTED, Access.NONE),
-    ("canceled", None, Restriction.RESTRICTED, Access.NONE),
-])
-def test_billing_restriction_ladder(status: str, since_days: int | None, restriction: Restriction,
-                                    access: Access) -> None:
+@pytest.mark.parametrize(
+    ("status", "since_days", "restriction", "access"),
+    [
+        ("active", None, Restriction.NONE, Access.FULL),
+        ("trialing", None, Restriction.NONE, Access.FULL),
+        ("past_due", 1, Restriction.GRACE_PERIOD, Access.FULL),
+        ("past_due", None, Restriction.GRACE_PERIOD, Access.FULL),
+        ("past_due", 8, Restriction.GRACE_PERIOD_OVER, Access.READ_ONLY),
+        ("unpaid", 30, Restriction.RESTRICTED, Access.NONE),
+        ("paused", None, Restriction.RESTRICTED, Access.NONE),
+        ("canceled", None, Restriction.RESTRICTED, Access.NONE),
+    ],
+)
+def test_billing_restriction_ladder(
+    status: str, since_days: int | None, restriction: Restriction, access: Access
+) -> None:
     since = None if since_days is None else (NOW - datetime.timedelta(days=since_days)).isoformat()
     state = billing_state(status, since, 7, NOW)
     assert state.restriction == restriction and state.access == access

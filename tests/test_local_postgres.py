@@ -63,8 +63,20 @@ def interpreter_for(user: str, env: dict[str, str]) -> str | None:
     """A Python that `user` can run and that imports paybill and psycopg from here, if there is one."""
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     for candidate in (sys.executable, f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
-        probe = subprocess.run(["runuser", "-u", user, "--", "env", *[f"{k}={v}" for k, v in env.items()], candidate,
-                                "-c", "import paybill, psycopg"], capture_output=True)
+        probe = subprocess.run(
+            [
+                "runuser",
+                "-u",
+                user,
+                "--",
+                "env",
+                *[f"{k}={v}" for k, v in env.items()],
+                candidate,
+                "-c",
+                "import paybill, psycopg",
+            ],
+            capture_output=True,
+        )
         if probe.returncode == 0:
             return candidate
     return None
@@ -72,21 +84,41 @@ def interpreter_for(user: str, env: dict[str, str]) -> str | None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
 def test_as_a_user_other_than_root_the_server_runs_as_that_user_in_place() -> None:
-    env = {"PYTHONPATH": os.pathsep.join([str(Path(paybill.__file__).parents[1]), sysconfig.get_paths()["purelib"],
-                                          sysconfig.get_paths()["platlib"]])}
+    env = {
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(paybill.__file__).parents[1]), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+        )
+    }
     python = interpreter_for("nobody", env)
     if python is None:
         pytest.skip("no Python here that the nobody user can run with this checkout's packages")
     home = Path(tempfile.mkdtemp(prefix="paybill-nobody-"))  # 0700, owned by nobody: only it can enter
     shutil.chown(home, "nobody")
-    script = ("import sys; from pathlib import Path; import psycopg\n"
-              "from paybill.database.server import LocalPostgres\n"
-              "server = LocalPostgres(Path(sys.argv[1]))\n"
-              "with psycopg.connect(server.start()) as conn: print(conn.execute('SELECT 1').fetchone()[0])\n"
-              "print(server.describe()); print(server.server_dir); server.remove()")
+    script = (
+        "import sys; from pathlib import Path; import psycopg\n"
+        "from paybill.database.server import LocalPostgres\n"
+        "server = LocalPostgres(Path(sys.argv[1]))\n"
+        "with psycopg.connect(server.start()) as conn: print(conn.execute('SELECT 1').fetchone()[0])\n"
+        "print(server.describe()); print(server.server_dir); server.remove()"
+    )
     try:
-        ran = subprocess.run(["runuser", "-u", "nobody", "--", "env", *[f"{k}={v}" for k, v in env.items()],
-                              python, "-c", script, str(home / "pg")], capture_output=True, text=True, timeout=120)
+        ran = subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "nobody",
+                "--",
+                "env",
+                *[f"{k}={v}" for k, v in env.items()],
+                python,
+                "-c",
+                script,
+                str(home / "pg"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert ran.returncode == 0, ran.stderr
         answer, described, where = ran.stdout.splitlines()
         assert answer == "1" and described.endswith(f"as nobody, data in {home / 'pg'}") and where == str(home / "pg")
@@ -111,10 +143,21 @@ def test_remove_stops_a_server_another_instance_left_running() -> None:
 def test_a_server_whose_starter_was_killed_is_stopped_by_the_next_start() -> None:
     """A test run or demo killed with SIGKILL cannot stop its server; the next start on the machine does."""
     directory = Path(tempfile.mkdtemp(prefix="paybill-pg-"))  # 0700: the server goes to a runtime directory
-    starter = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from paybill.database.server import LocalPostgres\n"
-        "server = LocalPostgres(Path(sys.argv[1])); server.start(); print(server.pid, server.server_dir, flush=True)\n"
-        "time.sleep(600)"), str(directory / "orphan")], stdout=subprocess.PIPE, text=True)
+    starter = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from pathlib import Path; from paybill.database.server import LocalPostgres\n"
+                "server = LocalPostgres(Path(sys.argv[1])); server.start(); print(server.pid, "
+                "server.server_dir, flush=True)\n"
+                "time.sleep(600)"
+            ),
+            str(directory / "orphan"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert starter.stdout is not None
         pid, server_dir = starter.stdout.readline().split()
@@ -155,6 +198,7 @@ class Interrupted(BaseException):
 def test_a_helper_interrupted_by_a_signal_is_left_to_finish_and_stop_waits_for_it(tmp_path: Path) -> None:
     """A signal during initdb or `pg_ctl start` must not orphan the postmaster the helper is starting: the
     helper runs in its own session (a terminal's Ctrl-C does not reach it) and stop() waits for it."""
+
     def interrupt(signum: int, _frame: object) -> None:
         raise Interrupted(signum)
 

@@ -60,42 +60,69 @@ def test_sample_tenants_become_active_with_namespace_role_and_events(operator: A
     reasons = {(e["involvedObject"]["name"], e["reason"]) for e in events}
     assert ("acme", "Active") in reasons and ("acme", "NamespaceCreated") in reasons
     for subscription in ("acme", "globex", "initech"):
-        assert operator.eventually(lambda s=subscription: is_true(
-            (kube.get(API, "subscriptions", s).get("status") or {}).get("conditions", []), "Ready"))
+        assert operator.eventually(
+            lambda s=subscription: is_true(
+                (kube.get(API, "subscriptions", s).get("status") or {}).get("conditions", []), "Ready"
+            )
+        )
 
 
 def test_missing_plan_waits_then_converges(operator: Any) -> None:
     kube = operator.kube
     kube.apply({"apiVersion": API, "kind": "Tenant", "metadata": {"name": "early"}, "spec": {"planRef": "later"}})
-    pending = operator.eventually(lambda: (_tenant(operator, "early").get("status") or {}).get("phase") == "Pending"
-                                  and _tenant(operator, "early"))
+    pending = operator.eventually(
+        lambda: (
+            (_tenant(operator, "early").get("status") or {}).get("phase") == "Pending" and _tenant(operator, "early")
+        )
+    )
     ready = next(c for c in pending["status"]["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "False" and ready["reason"] == "PlanNotFound"
     events = [e for e in kube.list("v1", "events") if e["involvedObject"]["name"] == "early"]
     assert any(e["type"] == "Warning" and e["reason"] == "PlanNotFound" for e in events)
-    kube.apply({"apiVersion": API, "kind": "Plan", "metadata": {"name": "later"},
-                "spec": {"tier": "later", "isolation": "silo"}})
+    kube.apply(
+        {
+            "apiVersion": API,
+            "kind": "Plan",
+            "metadata": {"name": "later"},
+            "spec": {"tier": "later", "isolation": "silo"},
+        }
+    )
     assert operator.eventually(lambda: _ready(operator, "early"), timeout=30)["status"]["isolation"] == "silo"
 
 
 def test_a_foreign_namespace_is_not_taken_over(operator: Any) -> None:
     kube = operator.kube
     kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tenant-squatter"}})
-    kube.apply({"apiVersion": API, "kind": "Plan", "metadata": {"name": "free"},
-                "spec": {"tier": "free", "isolation": "pooled"}})
+    kube.apply(
+        {
+            "apiVersion": API,
+            "kind": "Plan",
+            "metadata": {"name": "free"},
+            "spec": {"tier": "free", "isolation": "pooled"},
+        }
+    )
     kube.apply({"apiVersion": API, "kind": "Tenant", "metadata": {"name": "squatter"}, "spec": {"planRef": "free"}})
-    failed = operator.eventually(lambda: (_tenant(operator, "squatter").get("status") or {}).get("phase")
-                                 == "Failed" and _tenant(operator, "squatter"))
+    failed = operator.eventually(
+        lambda: (
+            (_tenant(operator, "squatter").get("status") or {}).get("phase") == "Failed"
+            and _tenant(operator, "squatter")
+        )
+    )
     reasons = {c["type"]: c["reason"] for c in failed["status"]["conditions"]}
     assert reasons == {"Ready": "NamespaceConflict", "NamespaceReady": "NamespaceConflict"}
-    assert "paybill.dev/tenant" not in (kube.get("v1", "namespaces", "tenant-squatter")["metadata"].get("labels")
-                                        or {})
+    assert "paybill.dev/tenant" not in (kube.get("v1", "namespaces", "tenant-squatter")["metadata"].get("labels") or {})
 
 
 def test_deleting_a_tenant_offboards_namespace_and_role(operator: Any, postgres: Any) -> None:
     kube = operator.kube
-    kube.apply({"apiVersion": API, "kind": "Plan", "metadata": {"name": "free"},
-                "spec": {"tier": "free", "isolation": "pooled"}})
+    kube.apply(
+        {
+            "apiVersion": API,
+            "kind": "Plan",
+            "metadata": {"name": "free"},
+            "spec": {"tier": "free", "isolation": "pooled"},
+        }
+    )
     kube.apply({"apiVersion": API, "kind": "Tenant", "metadata": {"name": "leaver"}, "spec": {"planRef": "free"}})
     tenant = operator.eventually(lambda: _ready(operator, "leaver"))
     assert "paybill.dev/finalizer" in tenant["metadata"]["finalizers"]
@@ -103,20 +130,38 @@ def test_deleting_a_tenant_offboards_namespace_and_role(operator: Any, postgres:
     operator.eventually(lambda: kube.get(API, "tenants", "leaver") is None)
     assert kube.get("v1", "namespaces", "tenant-leaver") is None
     with psycopg.connect(postgres.dsn) as conn:
-        assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
-                            (TenantDatabases(postgres.dsn).tenant_role("leaver"),)).fetchone() is None
+        assert (
+            conn.execute(
+                "SELECT 1 FROM pg_roles WHERE rolname = %s", (TenantDatabases(postgres.dsn).tenant_role("leaver"),)
+            ).fetchone()
+            is None
+        )
 
 
 def test_a_dead_database_is_reported_and_retried(cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
     monkeypatch.setenv("PAYBILL_DATABASE_URL", "postgresql://paybill:s3cret@127.0.0.1:9/paybill")
     with KopfRunner(["run", "--all-namespaces", "--standalone", "-m", "paybill.handlers"], timeout=60) as runner:
-        cluster.kube.apply({"apiVersion": API, "kind": "Plan", "metadata": {"name": "free"},
-                            "spec": {"tier": "free", "isolation": "pooled"}})
-        cluster.kube.apply({"apiVersion": API, "kind": "Tenant", "metadata": {"name": "t"},
-                            "spec": {"planRef": "free"}})
-        tenant = cluster.eventually(lambda: any(c["reason"] == "DatabaseUnavailable" for c in (
-            _tenant(cluster, "t").get("status") or {}).get("conditions", [])) and _tenant(cluster, "t"))
+        cluster.kube.apply(
+            {
+                "apiVersion": API,
+                "kind": "Plan",
+                "metadata": {"name": "free"},
+                "spec": {"tier": "free", "isolation": "pooled"},
+            }
+        )
+        cluster.kube.apply(
+            {"apiVersion": API, "kind": "Tenant", "metadata": {"name": "t"}, "spec": {"planRef": "free"}}
+        )
+        tenant = cluster.eventually(
+            lambda: (
+                any(
+                    c["reason"] == "DatabaseUnavailable"
+                    for c in (_tenant(cluster, "t").get("status") or {}).get("conditions", [])
+                )
+                and _tenant(cluster, "t")
+            )
+        )
         assert tenant["status"]["phase"] == "Failed"  # retried with backoff
         messages = " ".join(c["message"] for c in tenant["status"]["conditions"])
         events = " ".join(e["message"] for e in cluster.kube.list("v1", "events"))
@@ -130,18 +175,28 @@ def test_without_a_database_tenants_wait_and_say_so_once(cluster: Any, monkeypat
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
     monkeypatch.delenv("PAYBILL_DATABASE_URL", raising=False)
     with KopfRunner(["run", "--all-namespaces", "--standalone", "-m", "paybill.handlers"], timeout=60):
-        cluster.kube.apply({"apiVersion": API, "kind": "Plan", "metadata": {"name": "free"},
-                            "spec": {"tier": "free", "isolation": "pooled"}})
-        cluster.kube.apply({"apiVersion": API, "kind": "Tenant", "metadata": {"name": "t"},
-                            "spec": {"planRef": "free"}})
+        cluster.kube.apply(
+            {
+                "apiVersion": API,
+                "kind": "Plan",
+                "metadata": {"name": "free"},
+                "spec": {"tier": "free", "isolation": "pooled"},
+            }
+        )
+        cluster.kube.apply(
+            {"apiVersion": API, "kind": "Tenant", "metadata": {"name": "t"}, "spec": {"planRef": "free"}}
+        )
         cluster.eventually(lambda: _retries(cluster, "t") >= 2, timeout=40)  # retried at least once
         conditions = {c["type"]: c for c in _tenant(cluster, "t")["status"]["conditions"]}
     assert _tenant(cluster, "t")["status"]["phase"] == "Pending"
     assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("False", "DatabaseNotConfigured")
     assert (conditions["DatabaseReady"]["status"], conditions["DatabaseReady"]["reason"]) == ("False", "NotConfigured")
     assert "PAYBILL_DATABASE_URL" in conditions["Ready"]["message"]
-    said = [e["reason"] for e in cluster.kube.list("v1", "events") if e["involvedObject"]["name"] == "t"
-            and e["type"] == "Warning"]
+    said = [
+        e["reason"]
+        for e in cluster.kube.list("v1", "events")
+        if e["involvedObject"]["name"] == "t" and e["type"] == "Warning"
+    ]
     assert said == ["DatabaseNotConfigured"]
 
 
@@ -156,9 +211,14 @@ def _retries(cluster: Any, name: str) -> int:
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 def test_kubectl_wait_for_ready_with_the_operator_running(operator: Any) -> None:
     env = {"KUBECONFIG": str(operator.kubeconfig), "PATH": "/usr/bin:/bin:/usr/local/bin", "HOME": "/tmp"}
-    subprocess.run(["kubectl", "apply", "-f", str(REPO / "manifests" / "samples")], check=True, env=env,
-                   capture_output=True)
-    waited = subprocess.run(["kubectl", "wait", "--for=condition=Ready", "tenant/acme", "--timeout=30s"],
-                            env=env, capture_output=True, text=True)
+    subprocess.run(
+        ["kubectl", "apply", "-f", str(REPO / "manifests" / "samples")], check=True, env=env, capture_output=True
+    )
+    waited = subprocess.run(
+        ["kubectl", "wait", "--for=condition=Ready", "tenant/acme", "--timeout=30s"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert waited.returncode == 0, waited.stderr
     assert "tenant.paybill.dev/acme condition met" in waited.stdout

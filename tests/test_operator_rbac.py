@@ -24,11 +24,15 @@ API = "paybill.dev/v1alpha1"
 RELEASE, NAMESPACE = "paybill", "paybill-system"
 OPERATOR = f"system:serviceaccount:{NAMESPACE}:{RELEASE}-operator"
 MANAGED_BY = "app.kubernetes.io/managed-by"
-DRIFTED = (("v1", "namespaces", "tenant-acme"), ("v1", "serviceaccounts", "tenant-admin"),
-           ("v1", "resourcequotas", "paybill-quota"), ("v1", "limitranges", "paybill-limits"),
-           ("rbac.authorization.k8s.io/v1", "roles", "tenant-admin"),
-           ("rbac.authorization.k8s.io/v1", "rolebindings", "tenant-admin"),
-           ("networking.k8s.io/v1", "networkpolicies", "paybill-default-deny"))
+DRIFTED = (
+    ("v1", "namespaces", "tenant-acme"),
+    ("v1", "serviceaccounts", "tenant-admin"),
+    ("v1", "resourcequotas", "paybill-quota"),
+    ("v1", "limitranges", "paybill-limits"),
+    ("rbac.authorization.k8s.io/v1", "roles", "tenant-admin"),
+    ("rbac.authorization.k8s.io/v1", "rolebindings", "tenant-admin"),
+    ("networking.k8s.io/v1", "networkpolicies", "paybill-default-deny"),
+)
 pytestmark = pytest.mark.slow
 
 
@@ -56,8 +60,9 @@ def grants(rule: dict[str, Any]) -> Iterator[tuple[str, str, str, str]]:
 
 def used(grant: tuple[str, str, str, str], attributes: Attributes) -> bool:
     verb, group, resource, name = grant
-    return (attributes.verb, attributes.api_group, attributes.combined_resource) == (verb, group, resource) and \
-        (not name or attributes.name == name)
+    return (attributes.verb, attributes.api_group, attributes.combined_resource) == (verb, group, resource) and (
+        not name or attributes.name == name
+    )
 
 
 @pytest.fixture
@@ -67,8 +72,9 @@ def chart_operator(cluster: Any, postgres: Any, tmp_path: Path, monkeypatch: pyt
     kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
     for doc in chart_rbac():
         kube.apply(doc)
-    kubeconfig = write_service_account_kubeconfig(cluster.kubeconfig, NAMESPACE, f"{RELEASE}-operator",
-                                                  tmp_path / "operator.kubeconfig")
+    kubeconfig = write_service_account_kubeconfig(
+        cluster.kubeconfig, NAMESPACE, f"{RELEASE}-operator", tmp_path / "operator.kubeconfig"
+    )
     cluster.api.access.recorder = []
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.setenv("PAYBILL_DATABASE_URL", postgres.dsn)
@@ -84,8 +90,11 @@ def _status(cluster: Any, plural: str, name: str, namespace: str | None = None) 
 
 def _phase(cluster: Any, name: str, phase: str) -> dict[str, Any] | None:
     status = _status(cluster, "tenants", name)
-    return status if status.get("phase") == phase and is_true(status.get("conditions", []), "Ready") == (
-        phase == "Active") else None
+    return (
+        status
+        if status.get("phase") == phase and is_true(status.get("conditions", []), "Ready") == (phase == "Active")
+        else None
+    )
 
 
 def _docs(path: Path) -> list[dict[str, Any]]:
@@ -96,17 +105,24 @@ def test_the_chart_role_is_enough_and_least_for_the_operator(chart_operator: Any
     try:
         exercise(chart_operator)
     finally:  # a refusal explains a timeout above: say it first
-        denied = [message for attributes, message in chart_operator.api.access.denied
-                  if attributes.user.username == OPERATOR]
+        denied = [
+            message for attributes, message in chart_operator.api.access.denied if attributes.user.username == OPERATOR
+        ]
         assert denied == [], "the chart's ClusterRole is not enough:\n" + "\n".join(sorted(set(denied)))
     recorded = list(chart_operator.api.access.recorder or [])
-    allowed = [attributes for attributes, decision in recorded
-               if attributes.user.username == OPERATOR and decision.allowed]
+    allowed = [
+        attributes for attributes, decision in recorded if attributes.user.username == OPERATOR and decision.allowed
+    ]
     assert allowed, "the operator's requests were not made as its ServiceAccount"
-    unused = [grant for rule in chart_rules() for grant in grants(rule)
-              if not any(used(grant, attributes) for attributes in allowed)]
-    assert unused == [], "the chart grants what the operator never used (verb, group, resource, name):\n" + \
-        "\n".join(map(str, unused))
+    unused = [
+        grant
+        for rule in chart_rules()
+        for grant in grants(rule)
+        if not any(used(grant, attributes) for attributes in allowed)
+    ]
+    assert unused == [], "the chart grants what the operator never used (verb, group, resource, name):\n" + "\n".join(
+        map(str, unused)
+    )
 
 
 def exercise(cluster: Any) -> None:
@@ -123,11 +139,14 @@ def exercise(cluster: Any) -> None:
     # agent workflows: the policy installs, one workflow runs, one is stopped by the policy
     for doc in _docs(samples / "agents" / "support-policy.yaml") + _docs(samples / "agents" / "workflows.yaml"):
         kube.apply(doc)
-    cluster.eventually(lambda: _status(cluster, "agentpolicies", "support", "tenant-acme").get("phase") == "Ready",
-                       timeout=60)
+    cluster.eventually(
+        lambda: _status(cluster, "agentpolicies", "support", "tenant-acme").get("phase") == "Ready", timeout=60
+    )
     for workflow, phase in (("refund-order-13", "Succeeded"), ("tidy-up", "Denied")):
-        cluster.eventually(lambda w=workflow, p=phase: _status(cluster, "agentworkflows", w, "tenant-acme")
-                           .get("phase") == p, timeout=60)
+        cluster.eventually(
+            lambda w=workflow, p=phase: _status(cluster, "agentworkflows", w, "tenant-acme").get("phase") == p,
+            timeout=60,
+        )
 
     # a suspension and its reversal
     kube.merge_patch(API, "tenants", "globex", {"spec": {"suspended": True}})
@@ -137,12 +156,21 @@ def exercise(cluster: Any) -> None:
 
     # drift on every kind the operator owns is reverted (an update of each), a lost object comes back
     for api_version, plural, name in DRIFTED:
-        kube.merge_patch(api_version, plural, name, {"metadata": {"labels": {MANAGED_BY: "by-hand"}}},
-                         None if plural == "namespaces" else "tenant-acme")
+        kube.merge_patch(
+            api_version,
+            plural,
+            name,
+            {"metadata": {"labels": {MANAGED_BY: "by-hand"}}},
+            None if plural == "namespaces" else "tenant-acme",
+        )
     for api_version, plural, name in DRIFTED:
-        cluster.eventually(lambda a=api_version, p=plural, n=name: (kube.get(
-            a, p, n, None if p == "namespaces" else "tenant-acme")["metadata"]["labels"][MANAGED_BY] == "paybill"),
-            timeout=60)
+        cluster.eventually(
+            lambda a=api_version, p=plural, n=name: (
+                kube.get(a, p, n, None if p == "namespaces" else "tenant-acme")["metadata"]["labels"][MANAGED_BY]
+                == "paybill"
+            ),
+            timeout=60,
+        )
     kube.delete("v1", "limitranges", "paybill-limits", "tenant-acme")
     cluster.eventually(lambda: kube.get("v1", "limitranges", "paybill-limits", "tenant-acme"), timeout=60)
 
@@ -155,7 +183,6 @@ def exercise(cluster: Any) -> None:
     assert kube.get("v1", "namespaces", "tenant-initech") is None
 
 
-
 def test_the_operator_token_cannot_reach_beyond_the_chart(cluster: Any, tmp_path: Path) -> None:
     """What a stolen operator token can do is what the chart says: no cluster-wide grants, no binding of roles
     other than the two tenant roles, no workloads, no ConfigMaps."""
@@ -163,22 +190,37 @@ def test_the_operator_token_cannot_reach_beyond_the_chart(cluster: Any, tmp_path
     kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
     for doc in chart_rbac():
         kube.apply(doc)
-    stolen = Kube(kubernetes.config.new_client_from_config(config_file=str(write_service_account_kubeconfig(
-        cluster.kubeconfig, NAMESPACE, f"{RELEASE}-operator", tmp_path / "operator.kubeconfig"))))
-    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-               "metadata": {"name": "mine", "namespace": "kube-system"},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
-               "subjects": [{"kind": "ServiceAccount", "name": f"{RELEASE}-operator", "namespace": NAMESPACE}]}
+    stolen = Kube(
+        kubernetes.config.new_client_from_config(
+            config_file=str(
+                write_service_account_kubeconfig(
+                    cluster.kubeconfig, NAMESPACE, f"{RELEASE}-operator", tmp_path / "operator.kubeconfig"
+                )
+            )
+        )
+    )
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "mine", "namespace": "kube-system"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": f"{RELEASE}-operator", "namespace": NAMESPACE}],
+    }
     with pytest.raises(KubeError) as refused:
         stolen.create(binding)
-    assert refused.value.status == 403 and 'rolebindings.rbac.authorization.k8s.io "mine" is forbidden: user ' \
-        f'"{OPERATOR}"' in refused.value.message and "is attempting to grant RBAC permissions not currently held" \
-        in refused.value.message
-    for verb, path in (("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"),
-                       ("GET", "/api/v1/namespaces/kube-system/configmaps"),
-                       ("POST", "/api/v1/namespaces/kube-system/pods"),
-                       ("GET", "/apis/paybill.dev/v1alpha1/tenants/x/status")):
+    assert (
+        refused.value.status == 403
+        and f'rolebindings.rbac.authorization.k8s.io "mine" is forbidden: user "{OPERATOR}"' in refused.value.message
+        and "is attempting to grant RBAC permissions not currently held" in refused.value.message
+    )
+    for verb, path in (
+        ("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"),
+        ("GET", "/api/v1/namespaces/kube-system/configmaps"),
+        ("POST", "/api/v1/namespaces/kube-system/pods"),
+        ("GET", "/apis/paybill.dev/v1alpha1/tenants/x/status"),
+    ):
         with pytest.raises(KubeError) as denied:
-            stolen.request(verb, path, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}}
-                           if verb == "POST" else None)
+            stolen.request(
+                verb, path, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}} if verb == "POST" else None
+            )
         assert denied.value.status == 403, (verb, path)

@@ -42,22 +42,28 @@ DESIRED = _secret([owner_reference(POLICY, "AgentPolicy")], password="p", uri="u
 NOT_CONTROLLER = {**owner_reference(POLICY, "AgentPolicy"), "controller": False}
 
 
-@pytest.mark.parametrize(("existing", "action"), [
-    (None, SecretAction.CREATE),
-    (_secret([owner_reference(POLICY, "AgentPolicy")], password="p", uri="u"), SecretAction.KEEP),
-    (_secret([owner_reference(POLICY, "AgentPolicy")], password="p", uri="u", extra="x"), SecretAction.KEEP),
-    (_secret([owner_reference(POLICY, "AgentPolicy")], password="p"), SecretAction.UPDATE),
-    (_secret(None, password="chosen-by-tenant", **{"app-token": "unrelated"}), SecretAction.CONFLICT),
-    (_secret([], password="p", uri="u"), SecretAction.CONFLICT),
-    (_secret([owner_reference(OTHER_POLICY, "AgentPolicy")], password="p", uri="u"), SecretAction.CONFLICT),
-    (_secret([owner_reference(POLICY, "AgentWorkflow")], password="p", uri="u"), SecretAction.CONFLICT),
-    (_secret([owner_reference(POLICY, "Tenant")], password="p", uri="u"), SecretAction.CONFLICT),
-    (_secret([NOT_CONTROLLER], password="p", uri="u"), SecretAction.CONFLICT),
-    (_secret([{**owner_reference(POLICY, "AgentPolicy"), "apiVersion": "evil.dev/v1"}], password="p", uri="u"),
-     SecretAction.CONFLICT),
-])
-def test_secret_action_acts_only_on_a_secret_the_owner_controls(existing: dict[str, Any] | None,
-                                                                action: SecretAction) -> None:
+@pytest.mark.parametrize(
+    ("existing", "action"),
+    [
+        (None, SecretAction.CREATE),
+        (_secret([owner_reference(POLICY, "AgentPolicy")], password="p", uri="u"), SecretAction.KEEP),
+        (_secret([owner_reference(POLICY, "AgentPolicy")], password="p", uri="u", extra="x"), SecretAction.KEEP),
+        (_secret([owner_reference(POLICY, "AgentPolicy")], password="p"), SecretAction.UPDATE),
+        (_secret(None, password="chosen-by-tenant", **{"app-token": "unrelated"}), SecretAction.CONFLICT),
+        (_secret([], password="p", uri="u"), SecretAction.CONFLICT),
+        (_secret([owner_reference(OTHER_POLICY, "AgentPolicy")], password="p", uri="u"), SecretAction.CONFLICT),
+        (_secret([owner_reference(POLICY, "AgentWorkflow")], password="p", uri="u"), SecretAction.CONFLICT),
+        (_secret([owner_reference(POLICY, "Tenant")], password="p", uri="u"), SecretAction.CONFLICT),
+        (_secret([NOT_CONTROLLER], password="p", uri="u"), SecretAction.CONFLICT),
+        (
+            _secret([{**owner_reference(POLICY, "AgentPolicy"), "apiVersion": "evil.dev/v1"}], password="p", uri="u"),
+            SecretAction.CONFLICT,
+        ),
+    ],
+)
+def test_secret_action_acts_only_on_a_secret_the_owner_controls(
+    existing: dict[str, Any] | None, action: SecretAction
+) -> None:
     assert secret_action(existing, DESIRED) == action
 
 
@@ -65,10 +71,13 @@ def test_owned_secret_never_hands_out_a_foreign_secret() -> None:
     assert owned_secret(None, POLICY, "AgentPolicy") is None
     mine = _secret([owner_reference(POLICY, "AgentPolicy")], password="p")
     assert owned_secret(mine, POLICY, "AgentPolicy") is mine
-    for foreign in (_secret(None, password="chosen-by-tenant"),
-                    _secret([owner_reference(OTHER_POLICY, "AgentPolicy")], password="p")):
-        with pytest.raises(SecretConflict, match="secret tenant-acme/agent-yyy exists and is not controlled by "
-                                                 "AgentPolicy yyy") as raised:
+    for foreign in (
+        _secret(None, password="chosen-by-tenant"),
+        _secret([owner_reference(OTHER_POLICY, "AgentPolicy")], password="p"),
+    ):
+        with pytest.raises(
+            SecretConflict, match="secret tenant-acme/agent-yyy exists and is not controlled by AgentPolicy yyy"
+        ) as raised:
             owned_secret(foreign, POLICY, "AgentPolicy")
         assert "chosen-by-tenant" not in str(raised.value)
 
@@ -78,25 +87,39 @@ def _raw(cluster: Any, name: str, namespace: str) -> dict[str, Any]:
 
 
 def _squat(cluster: Any, name: str, namespace: str, **fields: str) -> dict[str, Any]:
-    return cluster.kube.create({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                                "metadata": {"name": name, "namespace": namespace},
-                                "data": {k: base64.b64encode(v.encode()).decode() for k, v in fields.items()}})
+    return cluster.kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {"name": name, "namespace": namespace},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in fields.items()},
+        }
+    )
 
 
 def _warned(cluster: Any, reason: str, name: str) -> list[dict[str, Any]] | None:
-    return [e for e in cluster.kube.list("v1", "events") if e.get("reason") == reason
-            and e["involvedObject"]["name"] == name and e.get("type") == "Warning"] or None
+    return [
+        e
+        for e in cluster.kube.list("v1", "events")
+        if e.get("reason") == reason and e["involvedObject"]["name"] == name and e.get("type") == "Warning"
+    ] or None
 
 
 def _refused(dsn: str, role: str, password: str) -> None:
     conninfo = psycopg.conninfo.conninfo_to_dict(dsn)
     with pytest.raises(psycopg.OperationalError):
-        psycopg.connect(host=conninfo.get("host"), port=conninfo.get("port"), dbname="paybill_pooled", user=role,
-                        password=password, connect_timeout=3).close()
+        psycopg.connect(
+            host=conninfo.get("host"),
+            port=conninfo.get("port"),
+            dbname="paybill_pooled",
+            user=role,
+            password=password,
+            connect_timeout=3,
+        ).close()
 
 
-def test_a_foreign_agent_secret_is_a_conflict_never_adopted_nor_deleted(operator: Any,
-                                                                       postgres: LocalPostgres) -> None:
+def test_a_foreign_agent_secret_is_a_conflict_never_adopted_nor_deleted(operator: Any, postgres: LocalPostgres) -> None:
     n = next(_numbers)
     tenant = f"squat{n}"
     namespace = f"tenant-{tenant}"
@@ -107,12 +130,16 @@ def test_a_foreign_agent_secret_is_a_conflict_never_adopted_nor_deleted(operator
     operator.kube.apply(agent_policy(namespace, "yyy"))
     status = wait_policy(operator, namespace, "yyy", "Conflict")
     assert status["conditions"][-1]["reason"] == "SecretConflict"
-    assert f"secret {namespace}/agent-yyy exists and is not controlled by AgentPolicy yyy" in \
-        status["conditions"][-1]["message"]
+    assert (
+        f"secret {namespace}/agent-yyy exists and is not controlled by AgentPolicy yyy"
+        in status["conditions"][-1]["message"]
+    )
     operator.eventually(lambda: _warned(operator, "SecretConflict", "yyy"))
     after = _raw(operator, "agent-yyy", namespace)
-    assert after["data"] == before["data"] and after["metadata"]["resourceVersion"] == before["metadata"][
-        "resourceVersion"]
+    assert (
+        after["data"] == before["data"]
+        and after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    )
     assert not after["metadata"].get("ownerReferences")
     role = TenantDatabases(postgres.dsn).agent_role(tenant, namespace, "yyy")
     _refused(postgres.dsn, role, "chosen-by-tenant")
@@ -128,7 +155,8 @@ def test_a_foreign_agent_secret_is_a_conflict_never_adopted_nor_deleted(operator
     policy_uid = operator.kube.get(API, "agentpolicies", "zzz", namespace)["metadata"]["uid"]
     made = _raw(operator, "agent-zzz", namespace)
     assert [(r["kind"], r["uid"], r["controller"]) for r in made["metadata"]["ownerReferences"]] == [
-        ("AgentPolicy", policy_uid, True)]
+        ("AgentPolicy", policy_uid, True)
+    ]
     with psycopg.connect(secret(operator, "agent-zzz", namespace)["uri"], connect_timeout=3) as conn:
         assert conn.execute("SELECT count(*) FROM orders").fetchone() == (0,)
     operator.kube.delete(API, "agentpolicies", "zzz", namespace)
@@ -136,22 +164,37 @@ def test_a_foreign_agent_secret_is_a_conflict_never_adopted_nor_deleted(operator
     assert _raw(operator, "agent-yyy", namespace)["data"] == before["data"]
 
 
-def test_a_foreign_tenant_credentials_secret_is_a_conflict_and_no_password_source(operator: Any,
-                                                                                  postgres: LocalPostgres) -> None:
+def test_a_foreign_tenant_credentials_secret_is_a_conflict_and_no_password_source(
+    operator: Any, postgres: LocalPostgres
+) -> None:
     """The namespace is the Tenant's (controlled by its uid) but a Secret paybill-database was there first."""
     n = next(_numbers)
     tenant = f"precreds{n}"
     namespace = f"tenant-{tenant}"
-    operator.kube.apply({"apiVersion": API, "kind": "Tenant", "metadata": {"name": tenant},
-                         "spec": {"planRef": f"plan-late{n}"}})  # no such plan yet: the tenant waits
+    operator.kube.apply(
+        {"apiVersion": API, "kind": "Tenant", "metadata": {"name": tenant}, "spec": {"planRef": f"plan-late{n}"}}
+    )  # no such plan yet: the tenant waits
     uid = operator.eventually(lambda: operator.kube.get(API, "tenants", tenant))["metadata"]["uid"]
-    operator.kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {
-        "name": namespace, "labels": {"paybill.dev/tenant": tenant},
-        "ownerReferences": [owner_reference({"metadata": {"name": tenant, "uid": uid}})]}})
-    before = _squat(operator, CREDENTIALS_SECRET, namespace, password="chosen-by-tenant",
-                    **{"app-token": "unrelated"})
-    operator.kube.apply({"apiVersion": API, "kind": "Plan", "metadata": {"name": f"plan-late{n}"},
-                         "spec": {"tier": "pooled", "isolation": "pooled"}})
+    operator.kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": namespace,
+                "labels": {"paybill.dev/tenant": tenant},
+                "ownerReferences": [owner_reference({"metadata": {"name": tenant, "uid": uid}})],
+            },
+        }
+    )
+    before = _squat(operator, CREDENTIALS_SECRET, namespace, password="chosen-by-tenant", **{"app-token": "unrelated"})
+    operator.kube.apply(
+        {
+            "apiVersion": API,
+            "kind": "Plan",
+            "metadata": {"name": f"plan-late{n}"},
+            "spec": {"tier": "pooled", "isolation": "pooled"},
+        }
+    )
     operator.kube.merge_patch(API, "tenants", tenant, {"metadata": {"annotations": {"trigger.paybill.dev/t": "1"}}})
 
     def conflict() -> dict[str, Any] | None:
@@ -159,8 +202,9 @@ def test_a_foreign_tenant_credentials_secret_is_a_conflict_and_no_password_sourc
         return next((c for c in conditions if c.get("reason") == "SecretConflict"), None)
 
     found = operator.eventually(conflict, timeout=40)
-    assert f"secret {namespace}/{CREDENTIALS_SECRET} exists and is not controlled by Tenant {tenant}" in \
-        found["message"]
+    assert (
+        f"secret {namespace}/{CREDENTIALS_SECRET} exists and is not controlled by Tenant {tenant}" in found["message"]
+    )
     operator.eventually(lambda: _warned(operator, "SecretConflict", tenant))
     after = _raw(operator, CREDENTIALS_SECRET, namespace)
     assert after["data"] == before["data"] and not after["metadata"].get("ownerReferences")
@@ -177,9 +221,16 @@ def test_a_foreign_tenant_credentials_secret_is_a_conflict_and_no_password_sourc
 
 
 def _workflow(namespace: str, name: str) -> dict[str, Any]:
-    return {"apiVersion": API, "kind": "AgentWorkflow", "metadata": {"name": name, "namespace": namespace},
-            "spec": {"principal": "agent:bot", "policyRef": "support",
-                     "steps": [{"name": "read", "kind": "query", "sql": "SELECT id FROM orders"}]}}
+    return {
+        "apiVersion": API,
+        "kind": "AgentWorkflow",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "principal": "agent:bot",
+            "policyRef": "support",
+            "steps": [{"name": "read", "kind": "query", "sql": "SELECT id FROM orders"}],
+        },
+    }
 
 
 def _workflow_status(cluster: Any, namespace: str, name: str) -> dict[str, Any]:
@@ -198,11 +249,18 @@ def test_a_foreign_results_secret_stops_the_workflow_before_any_step(operator: A
     before = _squat(operator, "agentworkflow-w-results", namespace, rows="chosen-by-tenant")
 
     operator.kube.apply(_workflow(namespace, "w"))
-    status = operator.eventually(lambda: (s := _workflow_status(operator, namespace, "w")).get("conditions")
-                                 and s["conditions"][-1]["reason"] == "SecretConflict" and s)
+    status = operator.eventually(
+        lambda: (
+            (s := _workflow_status(operator, namespace, "w")).get("conditions")
+            and s["conditions"][-1]["reason"] == "SecretConflict"
+            and s
+        )
+    )
     assert status["phase"] == "Pending" and not status.get("steps")
-    assert f"secret {namespace}/agentworkflow-w-results exists and is not controlled by AgentWorkflow w" in \
-        status["conditions"][-1]["message"]
+    assert (
+        f"secret {namespace}/agentworkflow-w-results exists and is not controlled by AgentWorkflow w"
+        in status["conditions"][-1]["message"]
+    )
     operator.eventually(lambda: _warned(operator, "SecretConflict", "w"))
     after = _raw(operator, "agentworkflow-w-results", namespace)
     assert after["data"] == before["data"] and not after["metadata"].get("ownerReferences")

@@ -27,18 +27,38 @@ _names = itertools.count()
 
 
 def plan(name: str, isolation: str, grace_days: int = 7) -> dict[str, Any]:
-    return {"apiVersion": API, "kind": "Plan", "metadata": {"name": name},
-            "spec": {"tier": name, "isolation": isolation, "gracePeriodDays": grace_days,
-                     "quotas": {"cpu": "2", "memory": "2Gi", "storage": "5Gi"}}}
+    return {
+        "apiVersion": API,
+        "kind": "Plan",
+        "metadata": {"name": name},
+        "spec": {
+            "tier": name,
+            "isolation": isolation,
+            "gracePeriodDays": grace_days,
+            "quotas": {"cpu": "2", "memory": "2Gi", "storage": "5Gi"},
+        },
+    }
 
 
 def onboard(cluster: Any, isolation: str = "pooled", billing: str = "active", **spec: Any) -> str:
     name = f"t{next(_names)}-{isolation}"
     cluster.kube.apply(plan(f"plan-{isolation}", isolation))
-    cluster.kube.apply({"apiVersion": API, "kind": "Subscription", "metadata": {"name": name},
-                        "spec": {"tenantRef": name, "planRef": f"plan-{isolation}", "billingStatus": billing}})
-    cluster.kube.apply({"apiVersion": API, "kind": "Tenant", "metadata": {"name": name},
-                        "spec": {"planRef": f"plan-{isolation}", **spec}})
+    cluster.kube.apply(
+        {
+            "apiVersion": API,
+            "kind": "Subscription",
+            "metadata": {"name": name},
+            "spec": {"tenantRef": name, "planRef": f"plan-{isolation}", "billingStatus": billing},
+        }
+    )
+    cluster.kube.apply(
+        {
+            "apiVersion": API,
+            "kind": "Tenant",
+            "metadata": {"name": name},
+            "spec": {"planRef": f"plan-{isolation}", **spec},
+        }
+    )
     return name
 
 
@@ -56,6 +76,7 @@ def wait_phase(cluster: Any, name: str, phase: str, **fields: Any) -> dict[str, 
         if current.get("phase") == phase and all(current.get(k) == v for k, v in fields.items()):
             return current
         return None
+
     return cluster.eventually(check, timeout=40)
 
 
@@ -78,13 +99,17 @@ def can_write(cluster: Any, name: str, key: int) -> bool:
 
 
 def set_billing(cluster: Any, name: str, billing: str, past_due_days: int | None = None) -> None:
-    since = None if past_due_days is None else (datetime.datetime.now(datetime.UTC)
-                                                - datetime.timedelta(days=past_due_days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    since = (
+        None
+        if past_due_days is None
+        else (datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=past_due_days)).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        )
+    )
     cluster.kube.merge_patch(API, "subscriptions", name, {"spec": {"billingStatus": billing, "pastDueSince": since}})
 
 
-def test_onboarding_provisions_namespace_objects_and_database_per_model(operator: Any,
-                                                                        postgres: LocalPostgres) -> None:
+def test_onboarding_provisions_namespace_objects_and_database_per_model(operator: Any, postgres: LocalPostgres) -> None:
     names = {isolation: onboard(operator, isolation) for isolation in ("pooled", "bridge", "silo")}
     for isolation, name in names.items():
         current = wait_phase(operator, name, "Active")
@@ -93,7 +118,9 @@ def test_onboarding_provisions_namespace_objects_and_database_per_model(operator
         namespace = f"tenant-{name}"
         kube = operator.kube
         assert {sa["metadata"]["name"] for sa in kube.list("v1", "serviceaccounts", namespace)} == {
-            "tenant-admin", "tenant-agent"}
+            "tenant-admin",
+            "tenant-agent",
+        }
         assert len(kube.list("rbac.authorization.k8s.io/v1", "roles", namespace)) == 2
         assert len(kube.list("rbac.authorization.k8s.io/v1", "rolebindings", namespace)) == 2
         quota = kube.get("v1", "resourcequotas", "paybill-quota", namespace)
@@ -141,8 +168,11 @@ def test_billing_walk_restricts_then_suspends_then_restores(operator: Any) -> No
     set_billing(operator, name, "active")  # paid
     current = wait_phase(operator, name, "Active", restriction="none", access="full")
     assert current["suspendedFor"] == [] and can_write(operator, name, 4)
-    reasons = [e["reason"] for e in operator.kube.list("v1", "events")
-               if e["involvedObject"]["name"] == name and e["involvedObject"]["kind"] == "Tenant"]
+    reasons = [
+        e["reason"]
+        for e in operator.kube.list("v1", "events")
+        if e["involvedObject"]["name"] == name and e["involvedObject"]["kind"] == "Tenant"
+    ]
     assert "Suspended" in reasons and reasons.count("Active") >= 2  # suspended, then resumed
 
 
@@ -160,8 +190,9 @@ def test_manual_suspension_is_reversible_and_independent_of_billing(operator: An
     assert can_write(operator, name, 10)
 
 
-def test_plan_change_migrates_pooled_to_silo_and_back_without_losing_rows(operator: Any,
-                                                                           postgres: LocalPostgres) -> None:
+def test_plan_change_migrates_pooled_to_silo_and_back_without_losing_rows(
+    operator: Any, postgres: LocalPostgres
+) -> None:
     name = onboard(operator, "pooled")
     wait_phase(operator, name, "Active")
     with login(operator, name) as conn:
@@ -187,14 +218,17 @@ def test_plan_change_migrates_pooled_to_silo_and_back_without_losing_rows(operat
 
 @pytest.mark.parametrize("isolation", ["pooled", "silo"])
 def test_offboarding_takes_a_backup_that_restores_then_applies_the_deletion_policy(
-        operator: Any, postgres: LocalPostgres, isolation: str) -> None:
+    operator: Any, postgres: LocalPostgres, isolation: str
+) -> None:
     name = onboard(operator, isolation)
     wait_phase(operator, name, "Active")
     with login(operator, name) as conn:
         for key in range(1, 21):
             conn.execute("INSERT INTO customers (tenant_id, id, name) VALUES (%s, %s, %s)", (name, key, f"c{key}"))
-            conn.execute("INSERT INTO orders (tenant_id, id, customer_id, status, total) VALUES (%s, %s, %s, 'open', "
-                         "%s)", (name, key, key, key * 1.5))
+            conn.execute(
+                "INSERT INTO orders (tenant_id, id, customer_id, status, total) VALUES (%s, %s, %s, 'open', %s)",
+                (name, key, key, key * 1.5),
+            )
     databases = TenantDatabases(postgres.dsn)
     placement, _, _ = databases.recorded(name)
     assert placement is not None
@@ -212,8 +246,13 @@ def test_offboarding_takes_a_backup_that_restores_then_applies_the_deletion_poli
     restored = Placement(name, placement.isolation, restored_db, placement.schema, placement.role)
     assert databases.checksums(restored) == expected
     operator.kube.merge_patch(API, "tenants", name, {"spec": {"offboard": False}})  # irreversible
-    operator.eventually(lambda: any(e["reason"] == "TransitionRefused" for e in operator.kube.list("v1", "events")
-                                    if e["involvedObject"]["name"] == name))
+    operator.eventually(
+        lambda: any(
+            e["reason"] == "TransitionRefused"
+            for e in operator.kube.list("v1", "events")
+            if e["involvedObject"]["name"] == name
+        )
+    )
     assert status(operator, name)["phase"] == "Offboarded"
     databases.close()
 
@@ -226,12 +265,14 @@ def test_owned_objects_deleted_by_hand_come_back(operator: Any) -> None:
     old_uid = kube.get("networking.k8s.io/v1", "networkpolicies", "paybill-default-deny", namespace)["metadata"]["uid"]
     kube.delete("networking.k8s.io/v1", "networkpolicies", "paybill-default-deny", namespace)
     kube.delete("v1", "secrets", "paybill-database", namespace)
-    back = operator.eventually(lambda: kube.get("networking.k8s.io/v1", "networkpolicies", "paybill-default-deny",
-                                                namespace))
+    back = operator.eventually(
+        lambda: kube.get("networking.k8s.io/v1", "networkpolicies", "paybill-default-deny", namespace)
+    )
     assert back["metadata"]["uid"] != old_uid
     # complete: the password is kept first (a crash must not lose it), the login fields follow the role
-    operator.eventually(lambda: "uri" in ((kube.get("v1", "secrets", "paybill-database", namespace) or {})
-                                          .get("data") or {}))
+    operator.eventually(
+        lambda: "uri" in ((kube.get("v1", "secrets", "paybill-database", namespace) or {}).get("data") or {})
+    )
     # A lost Secret means a new password; the role follows it.
     operator.eventually(lambda: can_write(operator, name, 99), timeout=30)
 
@@ -246,24 +287,45 @@ def test_every_transition_is_in_a_verifiable_audit_chain(operator: Any, postgres
         events = [(r.event, r.details["to"]) for r in log.records("Tenant", name)]
         assert events == [("provision", "Provisioning"), ("provisioned", "Active"), ("suspend", "Suspended")]
         assert log.verify() >= 3
-        original = conn.execute("SELECT details FROM paybill.audit_log WHERE name = %s AND event = 'suspend'",
-                                (name,)).fetchone()[0]
-        conn.execute("UPDATE paybill.audit_log SET details = jsonb_set(details, '{why}', '\"edited\"') "
-                     "WHERE name = %s AND event = 'suspend'", (name,))
+        original = conn.execute(
+            "SELECT details FROM paybill.audit_log WHERE name = %s AND event = 'suspend'", (name,)
+        ).fetchone()[0]
+        conn.execute(
+            "UPDATE paybill.audit_log SET details = jsonb_set(details, '{why}', '\"edited\"') "
+            "WHERE name = %s AND event = 'suspend'",
+            (name,),
+        )
         with pytest.raises(ChainBroken, match="content does not match its hash"):
             log.verify()
-        conn.execute("UPDATE paybill.audit_log SET details = %s WHERE name = %s AND event = 'suspend'",
-                     (psycopg.types.json.Jsonb(original), name))
+        conn.execute(
+            "UPDATE paybill.audit_log SET details = %s WHERE name = %s AND event = 'suspend'",
+            (psycopg.types.json.Jsonb(original), name),
+        )
         assert log.verify() >= 3
 
 
 def agent_policy(namespace: str, **changes: Any) -> dict[str, Any]:
-    spec = {"subjects": ["agent:support-bot"], "functions": ["count"], "rules": [
-        {"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"]},
-        {"id": "fix-status", "effect": "allow", "actions": ["update"], "tables": ["orders"], "columns": ["status"],
-         "requireWhere": True}]}
-    return {"apiVersion": API, "kind": "AgentPolicy", "metadata": {"name": "support", "namespace": namespace},
-            "spec": {**spec, **changes}}
+    spec = {
+        "subjects": ["agent:support-bot"],
+        "functions": ["count"],
+        "rules": [
+            {"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"]},
+            {
+                "id": "fix-status",
+                "effect": "allow",
+                "actions": ["update"],
+                "tables": ["orders"],
+                "columns": ["status"],
+                "requireWhere": True,
+            },
+        ],
+    }
+    return {
+        "apiVersion": API,
+        "kind": "AgentPolicy",
+        "metadata": {"name": "support", "namespace": namespace},
+        "spec": {**spec, **changes},
+    }
 
 
 def wait_policy(cluster: Any, namespace: str, phase: str, **fields: Any) -> dict[str, Any]:
@@ -272,6 +334,7 @@ def wait_policy(cluster: Any, namespace: str, phase: str, **fields: Any) -> dict
         if current.get("phase") == phase and all(current.get(k) == v for k, v in fields.items()):
             return current
         return None
+
     return cluster.eventually(check, timeout=40)
 
 
@@ -287,8 +350,9 @@ def test_agent_policy_installs_a_role_whose_grants_follow_the_tenant(operator: A
         wait_phase(operator, name, "Active")
         with login(operator, name) as conn:
             conn.execute("INSERT INTO customers (tenant_id, id, name) VALUES (%s, 1, 'c')", (name,))
-            conn.execute("INSERT INTO orders (tenant_id, id, customer_id, status, total) VALUES (%s, 1, 1, 'open', 10)",
-                         (name,))
+            conn.execute(
+                "INSERT INTO orders (tenant_id, id, customer_id, status, total) VALUES (%s, 1, 1, 'open', 10)", (name,)
+            )
     name, namespace = names[0], f"tenant-{names[0]}"
     operator.kube.apply(agent_policy(namespace))
     current = wait_policy(operator, namespace, "Ready", access="full")
@@ -297,19 +361,40 @@ def test_agent_policy_installs_a_role_whose_grants_follow_the_tenant(operator: A
     with agent_login(operator, namespace) as conn:
         assert conn.execute("SELECT tenant_id, status FROM orders").fetchall() == [(name, "open")]
         assert conn.execute("UPDATE orders SET status = 'fixed' WHERE id = 1").rowcount == 1  # its own row only
-        for refused in ("SELECT name FROM customers", "UPDATE orders SET total = 0 WHERE id = 1",
-                        "DELETE FROM orders", "SELECT api FROM paybill.tenant_roles"):
+        for refused in (
+            "SELECT name FROM customers",
+            "UPDATE orders SET total = 0 WHERE id = 1",
+            "DELETE FROM orders",
+            "SELECT api FROM paybill.tenant_roles",
+        ):
             with pytest.raises((psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedColumn)):
                 conn.execute(refused)
     password = base64.b64decode(operator.kube.get("v1", "secrets", "agent-support", namespace)["data"]["password"])
     everything = str(operator.kube.get(API, "agentpolicies", "support", namespace)) + str(
-        operator.kube.list("v1", "events"))
+        operator.kube.list("v1", "events")
+    )
     assert password.decode() not in everything
 
     # a rowFilter naming a column the live schema lacks: refused with a reason, the installed role kept
-    operator.kube.merge_patch(API, "agentpolicies", "support", {"spec": {"rules": [
-        {"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"],
-         "rowFilter": "region = 'eu'"}]}}, namespace)
+    operator.kube.merge_patch(
+        API,
+        "agentpolicies",
+        "support",
+        {
+            "spec": {
+                "rules": [
+                    {
+                        "id": "read-orders",
+                        "effect": "allow",
+                        "actions": ["select"],
+                        "tables": ["orders"],
+                        "rowFilter": "region = 'eu'",
+                    }
+                ]
+            }
+        },
+        namespace,
+    )
     invalid = wait_policy(operator, namespace, "Invalid")
     assert "rule read-orders: rowFilter on orders: column region does not exist" in invalid["conditions"][-1]["message"]
     assert any(e.get("reason") == "InvalidPolicy" for e in operator.kube.list("v1", "events", namespace))
@@ -346,8 +431,9 @@ def test_agent_grants_move_with_the_tenants_data(operator: Any, postgres: LocalP
     wait_phase(operator, name, "Active")
     with login(operator, name) as conn:
         conn.execute("INSERT INTO customers (tenant_id, id, name) VALUES (%s, 1, 'c')", (name,))
-        conn.execute("INSERT INTO orders (tenant_id, id, customer_id, status, total) VALUES (%s, 7, 1, 'open', 1)",
-                     (name,))
+        conn.execute(
+            "INSERT INTO orders (tenant_id, id, customer_id, status, total) VALUES (%s, 7, 1, 'open', 1)", (name,)
+        )
     role = wait_policy(operator, namespace, "Ready", database="paybill_pooled")["role"]
 
     operator.kube.apply(plan("plan-silo", "silo"))
@@ -356,19 +442,26 @@ def test_agent_grants_move_with_the_tenants_data(operator: Any, postgres: LocalP
     with agent_login(operator, namespace) as conn:
         assert conn.execute("SELECT id, status FROM orders").fetchall() == [(7, "open")]
     with psycopg.connect(postgres.dsn, dbname="paybill_pooled") as conn:  # nothing left in the pool
-        assert conn.execute("SELECT has_table_privilege(%s, 'app.orders', 'SELECT'), count(*) FROM pg_policies "
-                            "WHERE %s = ANY(roles)", (role, role)).fetchone() == (False, 0)
+        assert conn.execute(
+            "SELECT has_table_privilege(%s, 'app.orders', 'SELECT'), count(*) FROM pg_policies WHERE %s = ANY(roles)",
+            (role, role),
+        ).fetchone() == (False, 0)
 
 
 def agent_workflow(namespace: str, name: str, steps: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"apiVersion": API, "kind": "AgentWorkflow", "metadata": {"name": name, "namespace": namespace},
-            "spec": {"principal": "agent:support-bot", "policyRef": "support", "steps": steps}}
+    return {
+        "apiVersion": API,
+        "kind": "AgentWorkflow",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"principal": "agent:support-bot", "policyRef": "support", "steps": steps},
+    }
 
 
 def wait_workflow(cluster: Any, namespace: str, name: str, phase: str) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         current = (cluster.kube.get(API, "agentworkflows", name, namespace) or {}).get("status") or {}
         return current if current.get("phase") == phase else None
+
     return cluster.eventually(check, timeout=40)
 
 
@@ -379,44 +472,90 @@ def test_agent_workflows_run_declared_steps_once_through_the_gate(operator: Any,
     with login(operator, name) as conn:
         conn.execute("INSERT INTO customers (tenant_id, id, name) VALUES (%s, 1, 'c')", (name,))
         for key in (1, 2):
-            conn.execute("INSERT INTO orders (tenant_id, id, customer_id, status, total) VALUES (%s, %s, 1, 'open', 5)",
-                         (name, key))
+            conn.execute(
+                "INSERT INTO orders (tenant_id, id, customer_id, status, total) VALUES (%s, %s, 1, 'open', 5)",
+                (name, key),
+            )
     operator.kube.apply(agent_policy(namespace))
     wait_policy(operator, namespace, "Ready")
 
-    operator.kube.apply(agent_workflow(namespace, "refund", [
-        {"name": "find", "kind": "query", "sql": "SELECT id, status FROM orders WHERE status = $1 ORDER BY id",
-         "params": ["open"]},
-        {"name": "fix", "kind": "mutation", "sql": "UPDATE orders SET status = 'refunded' WHERE id = $1",
-         "params": [1]}]))
+    operator.kube.apply(
+        agent_workflow(
+            namespace,
+            "refund",
+            [
+                {
+                    "name": "find",
+                    "kind": "query",
+                    "sql": "SELECT id, status FROM orders WHERE status = $1 ORDER BY id",
+                    "params": ["open"],
+                },
+                {
+                    "name": "fix",
+                    "kind": "mutation",
+                    "sql": "UPDATE orders SET status = 'refunded' WHERE id = $1",
+                    "params": [1],
+                },
+            ],
+        )
+    )
     done = wait_workflow(operator, namespace, "refund", "Succeeded")
     assert [(s["name"], s["executed"], s["rowsReturned"], s["rowsAffected"]) for s in done["steps"]] == [
-        ("find", True, 2, 0), ("fix", True, 0, 1)]
+        ("find", True, 2, 0),
+        ("fix", True, 0, 1),
+    ]
     assert "tenant_id = '" in done["steps"][0]["sql"] and done["completedSteps"] == 2
     results = operator.kube.get("v1", "secrets", done["resultsSecret"], namespace)["data"]
     assert json.loads(base64.b64decode(results["find.json"])) == {
-        "columns": ["id", "status"], "rows": [[1, "open"], [2, "open"]], "truncated": False}
+        "columns": ["id", "status"],
+        "rows": [[1, "open"], [2, "open"]],
+        "truncated": False,
+    }
 
-    operator.kube.apply(agent_workflow(namespace, "cleanup", [
-        {"name": "look", "kind": "query", "sql": "SELECT count(*) FROM orders"},
-        {"name": "wipe", "kind": "mutation", "sql": "DELETE FROM orders WHERE id = 2"},
-        {"name": "after", "kind": "mutation", "sql": "UPDATE orders SET status = 'x' WHERE id = 2"}]))
+    operator.kube.apply(
+        agent_workflow(
+            namespace,
+            "cleanup",
+            [
+                {"name": "look", "kind": "query", "sql": "SELECT count(*) FROM orders"},
+                {"name": "wipe", "kind": "mutation", "sql": "DELETE FROM orders WHERE id = 2"},
+                {"name": "after", "kind": "mutation", "sql": "UPDATE orders SET status = 'x' WHERE id = 2"},
+            ],
+        )
+    )
     denied = wait_workflow(operator, namespace, "cleanup", "Denied")
     assert [s["name"] for s in denied["steps"]] == ["look", "wipe"]  # the run stopped at the refused step
     assert denied["steps"][1]["reasons"][0]["code"] == "no_allow_rule" and not denied["steps"][1]["executed"]
 
-    operator.kube.apply(agent_workflow(namespace, "sneaky", [
-        {"name": "read", "kind": "query", "sql": "UPDATE orders SET status = 'x' WHERE id = 2"}]))
+    operator.kube.apply(
+        agent_workflow(
+            namespace,
+            "sneaky",
+            [{"name": "read", "kind": "query", "sql": "UPDATE orders SET status = 'x' WHERE id = 2"}],
+        )
+    )
     sneaky = wait_workflow(operator, namespace, "sneaky", "Denied")
     assert sneaky["steps"][0]["reasons"][0]["code"] == "kind_mismatch"
     with login(operator, name) as conn:
         assert conn.execute("SELECT id, status FROM orders ORDER BY id").fetchall() == [(1, "refunded"), (2, "open")]
 
     # steps are fixed once submitted: a changed spec is refused, never re-run
-    operator.kube.merge_patch(API, "agentworkflows", "refund", {"spec": {"steps": [
-        {"name": "again", "kind": "mutation", "sql": "UPDATE orders SET status = 'again' WHERE id = 1"}]}}, namespace)
-    operator.eventually(lambda: any(e.get("reason") == "Immutable" for e in operator.kube.list("v1", "events",
-                                                                                              namespace)))
+    operator.kube.merge_patch(
+        API,
+        "agentworkflows",
+        "refund",
+        {
+            "spec": {
+                "steps": [
+                    {"name": "again", "kind": "mutation", "sql": "UPDATE orders SET status = 'again' WHERE id = 1"}
+                ]
+            }
+        },
+        namespace,
+    )
+    operator.eventually(
+        lambda: any(e.get("reason") == "Immutable" for e in operator.kube.list("v1", "events", namespace))
+    )
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
         log = AuditLog(lambda: conn)
         events = [(r.event, r.details["step"]) for r in log.records("AgentWorkflow", f"{namespace}/refund")]
@@ -425,17 +564,24 @@ def test_agent_workflows_run_declared_steps_once_through_the_gate(operator: Any,
         assert log.verify() > 0
 
     # a run the operator was interrupted in is never repeated: a mutation may have committed
-    interrupted = agent_workflow(namespace, "interrupted", [
-        {"name": "fix", "kind": "mutation", "sql": "UPDATE orders SET status = 'twice' WHERE id = 2"}])
+    interrupted = agent_workflow(
+        namespace,
+        "interrupted",
+        [{"name": "fix", "kind": "mutation", "sql": "UPDATE orders SET status = 'twice' WHERE id = 2"}],
+    )
     interrupted["spec"]["policyRef"] = "later"
     operator.kube.apply(interrupted)
     pending = wait_workflow(operator, namespace, "interrupted", "Pending")
     assert pending["conditions"][-1]["message"] == "agentpolicy/later is missing"
     operator.eventually(lambda: _retries(operator, namespace, "interrupted") >= 2)  # the handler ran again
-    assert [e["reason"] for e in operator.kube.list("v1", "events", namespace)
-            if e["involvedObject"]["name"] == "interrupted"] == ["PolicyNotReady"]  # said once, not per retry
-    operator.kube.merge_patch(API, "agentworkflows", "interrupted", {"status": {"phase": "Running"}}, namespace,
-                              subresource="status")
+    assert [
+        e["reason"]
+        for e in operator.kube.list("v1", "events", namespace)
+        if e["involvedObject"]["name"] == "interrupted"
+    ] == ["PolicyNotReady"]  # said once, not per retry
+    operator.kube.merge_patch(
+        API, "agentworkflows", "interrupted", {"status": {"phase": "Running"}}, namespace, subresource="status"
+    )
     operator.kube.apply({**agent_policy(namespace), "metadata": {"name": "later", "namespace": namespace}})
     failed = wait_workflow(operator, namespace, "interrupted", "Failed")
     assert failed["conditions"][-1]["reason"] == "Interrupted"
@@ -446,6 +592,9 @@ def test_agent_workflows_run_declared_steps_once_through_the_gate(operator: Any,
 def _retries(operator: Any, namespace: str, name: str) -> int:
     """How many times kopf has retried the workflow's handler (its progress annotation, paybill.dev/*)."""
     annotations = operator.kube.get(API, "agentworkflows", name, namespace)["metadata"].get("annotations", {})
-    states = [json.loads(value) for key, value in annotations.items() if key.startswith("paybill.dev/")
-              and value.startswith("{")]
+    states = [
+        json.loads(value)
+        for key, value in annotations.items()
+        if key.startswith("paybill.dev/") and value.startswith("{")
+    ]
     return max((state.get("retries", 0) for state in states), default=0)

@@ -23,18 +23,23 @@ API = "paybill.dev/v1alpha1"
 UID = "0f6c1c52-uid-of-the-tenant"
 
 
-def namespace(name: str, labels: dict[str, str] | None = None, owners: list[dict[str, Any]] | None = None,
-              **meta: Any) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": name, "labels": labels or {}, "ownerReferences": owners or [], **meta}}
+def namespace(
+    name: str, labels: dict[str, str] | None = None, owners: list[dict[str, Any]] | None = None, **meta: Any
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": labels or {}, "ownerReferences": owners or [], **meta},
+    }
 
 
 def owner(uid: str = UID, controller: bool = True, kind: str = "Tenant") -> dict[str, Any]:
     return {"apiVersion": API, "kind": kind, "name": "acme", "uid": uid, "controller": controller}
 
 
-@pytest.mark.parametrize("name", ["kube-system", "kube-public", "kube-node-lease", "kube-foo", "default",
-                                  "paybill-operator"])
+@pytest.mark.parametrize(
+    "name", ["kube-system", "kube-public", "kube-node-lease", "kube-foo", "default", "paybill-operator"]
+)
 def test_system_and_operator_namespaces_are_protected(name: str) -> None:
     assert protected_namespace(name, operator_namespace="paybill-operator")
 
@@ -71,12 +76,24 @@ def test_only_a_namespace_the_tenant_controls_is_adopted() -> None:
 @pytest.mark.parametrize("name", ["kube-system", "default", "kube-foo"])
 def test_system_namespaces_are_refused_at_admission(cluster: Any, name: str) -> None:
     with pytest.raises(KubeError) as refused:
-        cluster.kube.create({"apiVersion": API, "kind": "Tenant", "metadata": {"name": f"t-{name}"},
-                             "spec": {"planRef": "free", "namespace": name}})
+        cluster.kube.create(
+            {
+                "apiVersion": API,
+                "kind": "Tenant",
+                "metadata": {"name": f"t-{name}"},
+                "spec": {"planRef": "free", "namespace": name},
+            }
+        )
     assert refused.value.status == 422 and "system namespace" in refused.value.message
     assert cluster.kube.get(API, "tenants", f"t-{name}") is None
-    cluster.kube.create({"apiVersion": API, "kind": "Tenant", "metadata": {"name": "fine"},
-                         "spec": {"planRef": "free", "namespace": "kubernetes-apps"}})
+    cluster.kube.create(
+        {
+            "apiVersion": API,
+            "kind": "Tenant",
+            "metadata": {"name": "fine"},
+            "spec": {"planRef": "free", "namespace": "kubernetes-apps"},
+        }
+    )
 
 
 def _phase(cluster: Any, name: str) -> str | None:
@@ -88,12 +105,30 @@ def _phase(cluster: Any, name: str) -> str | None:
 def test_a_foreign_namespace_survives_the_tenant_aimed_at_it(operator: Any, how: str) -> None:
     kube = operator.kube
     kube.create(namespace("precious"))
-    kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "crown-jewels", "namespace": "precious"},
-                 "data": {"keep": "me"}})
-    kube.apply({"apiVersion": API, "kind": "Plan", "metadata": {"name": "free"},
-                "spec": {"tier": "free", "isolation": "pooled"}})
-    kube.apply({"apiVersion": API, "kind": "Tenant", "metadata": {"name": "grabber"},
-                "spec": {"planRef": "free", "namespace": "precious"}})
+    kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "crown-jewels", "namespace": "precious"},
+            "data": {"keep": "me"},
+        }
+    )
+    kube.apply(
+        {
+            "apiVersion": API,
+            "kind": "Plan",
+            "metadata": {"name": "free"},
+            "spec": {"tier": "free", "isolation": "pooled"},
+        }
+    )
+    kube.apply(
+        {
+            "apiVersion": API,
+            "kind": "Tenant",
+            "metadata": {"name": "grabber"},
+            "spec": {"planRef": "free", "namespace": "precious"},
+        }
+    )
     operator.eventually(lambda: _phase(operator, "grabber") == "Failed")
     if how == "delete":
         kube.delete(API, "tenants", "grabber")
@@ -118,23 +153,43 @@ WRITE = ["get", "list", "watch", "create", "update", "patch", "delete"]
 
 def _role(name: str) -> list[dict[str, Any]]:
     return next(r for r in tenant_resources(TENANT, PLAN) if r["kind"] == "Role" and r["metadata"]["name"] == name)[
-        "rules"]
+        "rules"
+    ]
 
 
 def _grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
-    return {(group, resource, verb) for rule in rules for group in rule["apiGroups"] for resource in rule["resources"]
-            for verb in rule["verbs"]}
+    return {
+        (group, resource, verb)
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
 
 
 def test_the_tenant_admin_role_names_every_resource_and_verb() -> None:
     """Pinned: a change to what a tenant admin may do is a change to this test."""
     assert _role("tenant-admin") == [
         {"apiGroups": [""], "resources": ["pods", "services", "configmaps", "persistentvolumeclaims"], "verbs": WRITE},
-        {"apiGroups": [""], "resources": ["pods/log", "secrets", "serviceaccounts", "endpoints", "events",
-                                          "resourcequotas", "limitranges"], "verbs": READ},
+        {
+            "apiGroups": [""],
+            "resources": [
+                "pods/log",
+                "secrets",
+                "serviceaccounts",
+                "endpoints",
+                "events",
+                "resourcequotas",
+                "limitranges",
+            ],
+            "verbs": READ,
+        },
         {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": WRITE},
-        {"apiGroups": ["apps"], "resources": ["deployments/scale", "statefulsets/scale"],
-         "verbs": ["get", "update", "patch"]},
+        {
+            "apiGroups": ["apps"],
+            "resources": ["deployments/scale", "statefulsets/scale"],
+            "verbs": ["get", "update", "patch"],
+        },
         {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": READ},
         {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": WRITE},
         {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": READ},
@@ -153,11 +208,22 @@ def test_no_tenant_role_can_escalate_write_secrets_or_enter_pods(account: str) -
     assert not any("*" in grant for grant in grants)
     assert not {verb for _, _, verb in grants} & {"escalate", "bind", "impersonate", "deletecollection", "*"}
     assert not {(g, r, v) for g, r, v in grants if r == "secrets" and v not in READ}
-    assert not {r for _, r, _ in grants} & {"pods/exec", "pods/attach", "pods/portforward", "pods/proxy",
-                                            "services/proxy", "nodes", "namespaces"}
+    assert not {r for _, r, _ in grants} & {
+        "pods/exec",
+        "pods/attach",
+        "pods/portforward",
+        "pods/proxy",
+        "services/proxy",
+        "nodes",
+        "namespaces",
+    }
     assert not {(g, r, v) for g, r, v in grants if g == "rbac.authorization.k8s.io" and v not in READ}
-    assert not {(r, v) for _, r, v in grants if r in ("serviceaccounts", "serviceaccounts/token", "resourcequotas",
-                                                      "limitranges", "networkpolicies") and v not in READ}
+    assert not {
+        (r, v)
+        for _, r, v in grants
+        if r in ("serviceaccounts", "serviceaccounts/token", "resourcequotas", "limitranges", "networkpolicies")
+        and v not in READ
+    }
     assert not {r for _, r, _ in grants if r.endswith("/status")}
 
 
@@ -180,12 +246,17 @@ def _refused(call: Any) -> int:
 
 
 @pytest.mark.slow
-def test_a_tenant_admin_runs_workloads_but_cannot_escalate_write_secrets_or_exec(operator: Any,
-                                                                                tmp_path: Path) -> None:
+def test_a_tenant_admin_runs_workloads_but_cannot_escalate_write_secrets_or_exec(operator: Any, tmp_path: Path) -> None:
     """Through the emulated API server's RBAC, as the tenant's own ServiceAccounts."""
     kube = operator.kube
-    kube.apply({"apiVersion": API, "kind": "Plan", "metadata": {"name": "free"},
-                "spec": {"tier": "free", "isolation": "pooled"}})
+    kube.apply(
+        {
+            "apiVersion": API,
+            "kind": "Plan",
+            "metadata": {"name": "free"},
+            "spec": {"tier": "free", "isolation": "pooled"},
+        }
+    )
     kube.apply({"apiVersion": API, "kind": "Tenant", "metadata": {"name": "acme"}, "spec": {"planRef": "free"}})
     operator.eventually(lambda: _phase(operator, "acme") == "Active", timeout=40)
     ns = "tenant-acme"
@@ -193,35 +264,70 @@ def test_a_tenant_admin_runs_workloads_but_cannot_escalate_write_secrets_or_exec
     meta = {"namespace": ns}
 
     admin.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app", **meta}, "data": {"a": "1"}})
-    admin.create({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "app", **meta},
-                  "spec": {"selector": {"matchLabels": {"app": "a"}}, "template": {
-                      "metadata": {"labels": {"app": "a"}}, "spec": {"containers": [{"name": "a", "image": "a"}]}}}})
+    admin.create(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "app", **meta},
+            "spec": {
+                "selector": {"matchLabels": {"app": "a"}},
+                "template": {
+                    "metadata": {"labels": {"app": "a"}},
+                    "spec": {"containers": [{"name": "a", "image": "a"}]},
+                },
+            },
+        }
+    )
     assert admin.get("v1", "secrets", "paybill-database", ns) is not None  # its database login: readable
-    admin.create({"apiVersion": API, "kind": "AgentPolicy", "metadata": {"name": "p", **meta},
-                  "spec": {"subjects": ["agent:bot"], "rules": []}})
+    admin.create(
+        {
+            "apiVersion": API,
+            "kind": "AgentPolicy",
+            "metadata": {"name": "p", **meta},
+            "spec": {"subjects": ["agent:bot"], "rules": []},
+        }
+    )
 
-    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "mine", **meta},
-            "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["*"]}]}
-    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-               "metadata": {"name": "mine", **meta},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant-admin"},
-               "subjects": [{"kind": "User", "name": "mallory"}]}
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "mine", **meta},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["*"]}],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "mine", **meta},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant-admin"},
+        "subjects": [{"kind": "User", "name": "mallory"}],
+    }
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", **meta}}
     refused = {
         "create secret": lambda: admin.create(secret),
         "patch the credentials": lambda: admin.merge_patch("v1", "secrets", "paybill-database", {"data": {}}, ns),
         "create role": lambda: admin.create(role),
         "create rolebinding": lambda: admin.create(binding),
-        "raise the quota": lambda: admin.merge_patch("v1", "resourcequotas", "paybill-quota",
-                                                     {"spec": {"hard": {"limits.cpu": "100"}}}, ns),
-        "drop the network policy": lambda: admin.delete("networking.k8s.io/v1", "networkpolicies",
-                                                        "paybill-default-deny", ns),
+        "raise the quota": lambda: admin.merge_patch(
+            "v1", "resourcequotas", "paybill-quota", {"spec": {"hard": {"limits.cpu": "100"}}}, ns
+        ),
+        "drop the network policy": lambda: admin.delete(
+            "networking.k8s.io/v1", "networkpolicies", "paybill-default-deny", ns
+        ),
         "exec into a pod": lambda: admin.request("POST", f"/api/v1/namespaces/{ns}/pods/app/exec"),
         "another namespace": lambda: admin.list("v1", "configmaps", "default"),
         "its own tenant": lambda: admin.merge_patch(API, "tenants", "acme", {"spec": {"suspended": True}}),
         "agent writes a policy": lambda: agent.merge_patch(API, "agentpolicies", "p", {"spec": {"rules": []}}, ns),
     }
     assert {what: _refused(call) for what, call in refused.items()} == {what: 403 for what in refused}
-    agent.create({"apiVersion": API, "kind": "AgentWorkflow", "metadata": {"name": "w", **meta},
-                  "spec": {"principal": "agent:bot", "policyRef": "p",
-                           "steps": [{"name": "read", "kind": "query", "sql": "SELECT 1"}]}})
+    agent.create(
+        {
+            "apiVersion": API,
+            "kind": "AgentWorkflow",
+            "metadata": {"name": "w", **meta},
+            "spec": {
+                "principal": "agent:bot",
+                "policyRef": "p",
+                "steps": [{"name": "read", "kind": "query", "sql": "SELECT 1"}],
+            },
+        }
+    )

@@ -19,8 +19,10 @@ from paybill.lifecycle.tenant import TENANT_LABEL, check_namespace
 
 
 def test_merge_patch_follows_rfc7386() -> None:
-    assert merge_patch({"a": "b", "c": {"d": "e", "f": "g"}}, {"a": "z", "c": {"f": None}}) == \
-        {"a": "z", "c": {"d": "e"}}
+    assert merge_patch({"a": "b", "c": {"d": "e", "f": "g"}}, {"a": "z", "c": {"f": None}}) == {
+        "a": "z",
+        "c": {"d": "e"},
+    }
     assert merge_patch({"a": [1, 2]}, {"a": [3]}) == {"a": [3]}
 
 
@@ -37,8 +39,7 @@ def test_label_and_field_selectors() -> None:
     assert match({"tier": "gold", "env": "prod", "team": "x"})
     assert not match({"tier": "gold", "env": "dev", "team": "x"})
     assert not match({"tier": "gold", "env": "prod", "team": "x", "legacy": "1"})
-    assert match_label_selector({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["1"]}]},
-                                {"a": "2"})
+    assert match_label_selector({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["1"]}]}, {"a": "2"})
     by_name = parse_field_selector("metadata.name!=x")
     assert by_name({"metadata": {"name": "y"}}) and not by_name({"metadata": {"name": "x"}})
     with pytest.raises(SelectorError):
@@ -56,8 +57,14 @@ def test_condition_transition_time_moves_only_on_status_change() -> None:
 
 
 def test_namespaces_of_others_are_never_adopted() -> None:
-    ours = {"metadata": {"name": "tenant-a", "ownerReferences": [
-        {"apiVersion": "paybill.dev/v1alpha1", "kind": "Tenant", "name": "a", "uid": "u-a", "controller": True}]}}
+    ours = {
+        "metadata": {
+            "name": "tenant-a",
+            "ownerReferences": [
+                {"apiVersion": "paybill.dev/v1alpha1", "kind": "Tenant", "name": "a", "uid": "u-a", "controller": True}
+            ],
+        }
+    }
     assert check_namespace(ours, "tenant-a", "u-a", None).ok
     assert check_namespace(None, "tenant-a", "u-a", None).reason == "Missing"
     theirs = check_namespace({"metadata": {"name": "tenant-a", "labels": {TENANT_LABEL: "b"}}}, "tenant-a", "u-a", None)
@@ -67,8 +74,12 @@ def test_namespaces_of_others_are_never_adopted() -> None:
 
 def test_kopf_diffbase_stays_small_on_large_objects() -> None:
     storage = DigestDiffBaseStorage()
-    raw = {"apiVersion": "paybill.dev/v1alpha1", "kind": "AgentWorkflow", "metadata": {"name": "w"},
-           "spec": {"steps": [{"name": f"s{i}", "sql": "SELECT 1 " * 400} for i in range(100)]}}
+    raw = {
+        "apiVersion": "paybill.dev/v1alpha1",
+        "kind": "AgentWorkflow",
+        "metadata": {"name": "w"},
+        "spec": {"steps": [{"name": f"s{i}", "sql": "SELECT 1 " * 400} for i in range(100)]},
+    }
     body = kopf.Body(raw)
     patch = kopf.Patch()
     storage.store(body=body, patch=patch, essence=storage.build(body=body))

@@ -42,6 +42,7 @@ async def _until(check: object, timeout: float = 10) -> None:
     async def poll() -> None:
         while not check():  # type: ignore[operator]
             await asyncio.sleep(0.01)
+
     await asyncio.wait_for(poll(), timeout)
 
 
@@ -50,8 +51,11 @@ def test_workflows_are_bounded_overall_and_per_tenant() -> None:
     pool = WorkflowPool(workers=3, per_tenant=2)
 
     async def scenario() -> list[str]:
-        runs = [asyncio.create_task(pool.run(tenant, lambda t=tenant: gate.work(t)))
-                for tenant in ("a", "b") for _ in range(5)]
+        runs = [
+            asyncio.create_task(pool.run(tenant, lambda t=tenant: gate.work(t)))
+            for tenant in ("a", "b")
+            for _ in range(5)
+        ]
         await _until(lambda: gate.running() == 3)
         gate.release.set()
         return await asyncio.gather(*runs)
@@ -81,9 +85,14 @@ def test_a_busy_tenant_never_holds_a_thread_another_tenant_needs() -> None:
         pool.shutdown()
 
 
-@pytest.mark.parametrize(("environ", "workers", "per_tenant"), [
-    ({}, 4, 2), ({"PAYBILL_WORKFLOW_WORKERS": "8", "PAYBILL_WORKFLOW_WORKERS_PER_TENANT": "3"}, 8, 3),
-    ({"PAYBILL_WORKFLOW_WORKERS": "2", "PAYBILL_WORKFLOW_WORKERS_PER_TENANT": "5"}, 2, 2)])
+@pytest.mark.parametrize(
+    ("environ", "workers", "per_tenant"),
+    [
+        ({}, 4, 2),
+        ({"PAYBILL_WORKFLOW_WORKERS": "8", "PAYBILL_WORKFLOW_WORKERS_PER_TENANT": "3"}, 8, 3),
+        ({"PAYBILL_WORKFLOW_WORKERS": "2", "PAYBILL_WORKFLOW_WORKERS_PER_TENANT": "5"}, 2, 2),
+    ],
+)
 def test_pool_size_from_the_environment(environ: dict[str, str], workers: int, per_tenant: int) -> None:
     pool = WorkflowPool.from_environ(environ)
     try:

@@ -10,8 +10,9 @@ from paybill.workflows.run import RESULTS_BUDGET
 
 
 def outcome(name: str, rows: int, executed: bool = True) -> StepOutcome:
-    return StepOutcome(name, Decision(True, "enforce"), executed, (), ("id", "note"),
-                       [(n, "x" * 200) for n in range(rows)])
+    return StepOutcome(
+        name, Decision(True, "enforce"), executed, (), ("id", "note"), [(n, "x" * 200) for n in range(rows)]
+    )
 
 
 def test_results_hold_each_query_and_are_cut_to_what_a_secret_holds() -> None:
@@ -25,11 +26,15 @@ def test_results_hold_each_query_and_are_cut_to_what_a_secret_holds() -> None:
 
 
 def test_a_database_error_is_audited_in_full_but_shown_as_its_sqlstate() -> None:
-    failed = StepOutcome("cast", Decision(True, "enforce"), reasons=(
-        Reason("database_error", "SQLSTATE 22P02 invalid_text_representation"),),
-        error='invalid input syntax for type integer: "secret-customer"')
+    failed = StepOutcome(
+        "cast",
+        Decision(True, "enforce"),
+        reasons=(Reason("database_error", "SQLSTATE 22P02 invalid_text_representation"),),
+        error='invalid input syntax for type integer: "secret-customer"',
+    )
     assert "secret-customer" not in json.dumps(failed.to_status())
-    assert failed.to_status()["reasons"] == [{"code": "database_error",
-                                              "message": "SQLSTATE 22P02 invalid_text_representation"}]
+    assert failed.to_status()["reasons"] == [
+        {"code": "database_error", "message": "SQLSTATE 22P02 invalid_text_representation"}
+    ]
     assert failed.audit_details("agent:bot", "support")["databaseError"] == failed.error
     assert "databaseError" not in outcome("fine", 1).audit_details("agent:bot", "support")

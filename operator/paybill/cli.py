@@ -29,33 +29,45 @@ STATE_DIR = Path(".state")
 # PAYBILL_* variable that is not listed here).
 OPERATOR_ENVIRONMENT: tuple[tuple[str, str], ...] = (
     ("KUBECONFIG", "the cluster to run against, outside a pod (in a pod: its ServiceAccount)"),
-    ("PAYBILL_DATABASE_URL", "PostgreSQL URL of a superuser: tenants' databases and roles, the audit log (unset: "
-                             "tenants wait, DatabaseReady=False)"),
-    ("PAYBILL_STATE_DIR", "the operator's state directory (default $XDG_STATE_HOME/paybill, else "
-                          "~/.local/state/paybill)"),
+    (
+        "PAYBILL_DATABASE_URL",
+        "PostgreSQL URL of a superuser: tenants' databases and roles, the audit log (unset: "
+        "tenants wait, DatabaseReady=False)",
+    ),
+    (
+        "PAYBILL_STATE_DIR",
+        "the operator's state directory (default $XDG_STATE_HOME/paybill, else ~/.local/state/paybill)",
+    ),
     ("PAYBILL_BACKUP_DIR", "where offboarding backups go, made 0700 (default: backups/ in the state directory)"),
     ("PAYBILL_WORKER_LIMIT", "objects handled at once; the rest queue (default 128)"),
-    ("PAYBILL_RESYNC_SECONDS", "how often every tenant's objects are compared with its plan and drift reverted "
-                               "(default 300)"),
-    ("PAYBILL_IDLE_TRANSACTION_SECONDS", "tenant and agent sessions idle in a transaction longer than this are "
-                                         "ended in shared databases (default 60)"),
-    ("PAYBILL_OPERATOR_NAMESPACE", "the operator's own namespace, never given to a tenant (default: the "
-                                   "ServiceAccount's namespace)"),
+    (
+        "PAYBILL_RESYNC_SECONDS",
+        "how often every tenant's objects are compared with its plan and drift reverted (default 300)",
+    ),
+    (
+        "PAYBILL_IDLE_TRANSACTION_SECONDS",
+        "tenant and agent sessions idle in a transaction longer than this are ended in shared databases (default 60)",
+    ),
+    (
+        "PAYBILL_OPERATOR_NAMESPACE",
+        "the operator's own namespace, never given to a tenant (default: the ServiceAccount's namespace)",
+    ),
     ("PAYBILL_WORKFLOW_WORKERS", "AgentWorkflow steps run at once over all tenants (default 4)"),
     ("PAYBILL_WORKFLOW_WORKERS_PER_TENANT", "AgentWorkflow steps run at once for one tenant (default 2)"),
 )
 # Read by the Terraform Job the operator starts (`python -m paybill.terraform`), not by this command.
 TERRAFORM_JOB_ENVIRONMENT: tuple[tuple[str, str], ...] = (
-    ("PAYBILL_TERRAFORM_BACKEND_DSN", "PostgreSQL URL of the Terraform state backend (the Job takes it from a "
-                                      "Secret)"),
+    ("PAYBILL_TERRAFORM_BACKEND_DSN", "PostgreSQL URL of the Terraform state backend (the Job takes it from a Secret)"),
 )
 
 
-def environment_help(settings: tuple[tuple[str, str], ...] = OPERATOR_ENVIRONMENT,
-                     reader: str = "`paybill operator`") -> str:
+def environment_help(
+    settings: tuple[tuple[str, str], ...] = OPERATOR_ENVIRONMENT, reader: str = "`paybill operator`"
+) -> str:
     return f"environment (read by {reader}):\n" + "\n".join(
         f"  {name}\n" + textwrap.fill(text, 100, initial_indent=" " * 6, subsequent_indent=" " * 6)
-        for name, text in settings)
+        for name, text in settings
+    )
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -75,8 +87,10 @@ def _require_emulator(command: str) -> None:
         try:
             importlib.import_module(module)
         except ImportError:
-            raise SystemExit(f"paybill {command}: the local API emulator needs the `emulator` extra ({module} is not "
-                             "installed): pip install 'paybill[emulator]' (or `make install` in a clone)") from None
+            raise SystemExit(
+                f"paybill {command}: the local API emulator needs the `emulator` extra ({module} is not "
+                "installed): pip install 'paybill[emulator]' (or `make install` in a clone)"
+            ) from None
 
 
 def _emulator(args: argparse.Namespace) -> int:
@@ -109,11 +123,14 @@ def _emulator_kubeconfig(args: argparse.Namespace) -> int:
     from .kubeclient import KubeError
 
     try:
-        path = write_service_account_kubeconfig(Path(args.kubeconfig), namespace, name, Path(args.output),
-                                                args.duration)
+        path = write_service_account_kubeconfig(
+            Path(args.kubeconfig), namespace, name, Path(args.output), args.duration
+        )
     except (KubeError, kubernetes.config.ConfigException, OSError) as exc:
-        raise SystemExit(f"paybill emulator kubeconfig: {exc} (admin kubeconfig {args.kubeconfig}; the demo "
-                         "writes one in its state directory)") from None
+        raise SystemExit(
+            f"paybill emulator kubeconfig: {exc} (admin kubeconfig {args.kubeconfig}; the demo "
+            "writes one in its state directory)"
+        ) from None
     print(f"export KUBECONFIG={path.resolve()}  # acts as system:serviceaccount:{namespace}:{name}")
     return 0
 
@@ -166,8 +183,10 @@ def _require_cluster_credentials() -> None:
     try:
         load_config()
     except (kubernetes.config.ConfigException, OSError) as exc:
-        raise SystemExit(f"paybill operator: no Kubernetes credentials ({exc}): set KUBECONFIG, or run in a pod "
-                         "with a ServiceAccount") from None
+        raise SystemExit(
+            f"paybill operator: no Kubernetes credentials ({exc}): set KUBECONFIG, or run in a pod "
+            "with a ServiceAccount"
+        ) from None
 
 
 def liveness_endpoint(url: str | None) -> str | None:
@@ -210,8 +229,15 @@ def _policy_check(args: argparse.Namespace) -> int:
     from .policy.check import run_check
 
     try:
-        for line in run_check(Path(args.policy), args.input, Path(args.schema) if args.schema else None, args.dsn,
-                              args.schema_name, args.tenant, frozenset(args.approve)):
+        for line in run_check(
+            Path(args.policy),
+            args.input,
+            Path(args.schema) if args.schema else None,
+            args.dsn,
+            args.schema_name,
+            args.tenant,
+            frozenset(args.approve),
+        ):
             print(line, flush=False)
     except (ValueError, PolicyError, SchemaError, OSError) as error:
         print(f"paybill policy check: {error}", file=sys.stderr)
@@ -220,95 +246,170 @@ def _policy_check(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    epilog = environment_help() + "\n\n" + environment_help(TERRAFORM_JOB_ENVIRONMENT,
-                                                            "the Terraform Job, `python -m paybill.terraform`")
-    parser = argparse.ArgumentParser(prog="paybill", description=__doc__, epilog=epilog,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"paybill {__version__}",
-                        help="print the version and exit")
+    epilog = (
+        environment_help()
+        + "\n\n"
+        + environment_help(TERRAFORM_JOB_ENVIRONMENT, "the Terraform Job, `python -m paybill.terraform`")
+    )
+    parser = argparse.ArgumentParser(
+        prog="paybill", description=__doc__, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"paybill {__version__}", help="print the version and exit"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str,
-                description: str = "", epilog: str | None = None) -> argparse.ArgumentParser:
+    def command(
+        parent: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        summary: str,
+        description: str = "",
+        epilog: str | None = None,
+    ) -> argparse.ArgumentParser:
         text = textwrap.fill(f"{summary[0].upper()}{summary[1:]}. {description}".strip(), 100)
-        return parent.add_parser(name, help=summary, description=text, epilog=epilog,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        return parent.add_parser(
+            name, help=summary, description=text, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
 
-    crds = command(commands, "crds", "write the CRDs generated from the API models (paybill/api)",
-                   "Reads no environment variables.")
+    crds = command(
+        commands,
+        "crds",
+        "write the CRDs generated from the API models (paybill/api)",
+        "Reads no environment variables.",
+    )
     crds.add_argument("--out", default="crds", help="directory to write one YAML file per CRD into (default: crds)")
     crds.set_defaults(run=_crds)
 
-    emulator = command(commands, "emulator", "run the emulated Kubernetes API server on loopback (not a real "
-                       "cluster) and write an admin kubeconfig for it",
-                       "HTTPS with a throwaway CA, bearer tokens, RBAC. Reads no environment variables.")
-    emulator.add_argument("--port", type=int, default=8001,
-                          help="port on 127.0.0.1 to listen on; 0 lets the kernel pick a free one (default 8001)")
-    emulator.add_argument("--kubeconfig", default=str(STATE_DIR / "kubeconfig"),
-                          help="where to write the admin kubeconfig, mode 0600 (default .state/kubeconfig)")
+    emulator = command(
+        commands,
+        "emulator",
+        "run the emulated Kubernetes API server on loopback (not a real cluster) and write an admin kubeconfig for it",
+        "HTTPS with a throwaway CA, bearer tokens, RBAC. Reads no environment variables.",
+    )
+    emulator.add_argument(
+        "--port",
+        type=int,
+        default=8001,
+        help="port on 127.0.0.1 to listen on; 0 lets the kernel pick a free one (default 8001)",
+    )
+    emulator.add_argument(
+        "--kubeconfig",
+        default=str(STATE_DIR / "kubeconfig"),
+        help="where to write the admin kubeconfig, mode 0600 (default .state/kubeconfig)",
+    )
     emulator.set_defaults(run=_emulator)
     emulator_commands = emulator.add_subparsers(dest="emulator_command", metavar="SUBCOMMAND")
-    account = command(emulator_commands, "kubeconfig",
-                      "write a kubeconfig that acts as a ServiceAccount (token from the TokenRequest API)",
-                      "Needs a running emulator. Reads no environment variables.")
-    account.add_argument("--kubeconfig", default=str(STATE_DIR / "kubeconfig"),
-                         help="the admin kubeconfig the running emulator wrote")
-    account.add_argument("--service-account", required=True, metavar="NAMESPACE/NAME",
-                         help="the ServiceAccount the new kubeconfig acts as")
+    account = command(
+        emulator_commands,
+        "kubeconfig",
+        "write a kubeconfig that acts as a ServiceAccount (token from the TokenRequest API)",
+        "Needs a running emulator. Reads no environment variables.",
+    )
+    account.add_argument(
+        "--kubeconfig", default=str(STATE_DIR / "kubeconfig"), help="the admin kubeconfig the running emulator wrote"
+    )
+    account.add_argument(
+        "--service-account",
+        required=True,
+        metavar="NAMESPACE/NAME",
+        help="the ServiceAccount the new kubeconfig acts as",
+    )
     account.add_argument("-o", "--output", required=True, help="where to write the kubeconfig (mode 0600)")
     account.add_argument("--duration", type=int, default=86400, help="token lifetime in seconds (at least 600)")
     account.set_defaults(run=_emulator_kubeconfig)
 
-    operator = command(commands, "operator", "run the Paybill operator (kopf) until stopped",
-                       "It reconciles Plans, Subscriptions, Tenants, AgentPolicies and AgentWorkflows cluster-wide.",
-                       epilog=environment_help())
+    operator = command(
+        commands,
+        "operator",
+        "run the Paybill operator (kopf) until stopped",
+        "It reconciles Plans, Subscriptions, Tenants, AgentPolicies and AgentWorkflows cluster-wide.",
+        epilog=environment_help(),
+    )
     # No endpoint unless asked: kopf reads port 0 as "no port" and would bind port 80.
-    operator.add_argument("--liveness", default=None, metavar="URL",
-                          help="serve kopf's liveness probe at URL, e.g. http://0.0.0.0:8080/healthz; port 0 "
-                               "picks a free port, logged at start (default: no endpoint, no port bound)")
-    operator.add_argument("--log-format", choices=logs.LOG_FORMATS, default="text",
-                          help="text: one line per record, the object as [Kind namespace/name]; json: one JSON "
-                               "object per line with time, level, logger, message, object (default text)")
+    operator.add_argument(
+        "--liveness",
+        default=None,
+        metavar="URL",
+        help="serve kopf's liveness probe at URL, e.g. http://0.0.0.0:8080/healthz; port 0 "
+        "picks a free port, logged at start (default: no endpoint, no port bound)",
+    )
+    operator.add_argument(
+        "--log-format",
+        choices=logs.LOG_FORMATS,
+        default="text",
+        help="text: one line per record, the object as [Kind namespace/name]; json: one JSON "
+        "object per line with time, level, logger, message, object (default text)",
+    )
     operator.add_argument("--verbose", action="store_true", help="log at DEBUG instead of INFO")
     operator.set_defaults(run=_operator)
 
-    demo = command(commands, "demo", "run the whole stack locally and show tenants converge (what `make demo` runs)",
-                   "A local PostgreSQL, the emulated API server and the operator (child processes; any one "
-                   "exiting ends the demo with its last log lines), the samples applied, the agent gate and a "
-                   "billing walk. Every run starts from nothing unless --resume. Reads no environment variables: "
-                   "the operator it starts gets the caller's environment without any PAYBILL_* setting, and "
-                   "the demo's own KUBECONFIG, PAYBILL_DATABASE_URL and PAYBILL_STATE_DIR.")
-    demo.add_argument("--keep", action="store_true",
-                      help="leave the stack running until Ctrl-C or SIGTERM, with a KUBECONFIG line for kubectl and a "
-                           "PAYBILL_DATABASE_URL line that reads the password from its 0600 file")
-    demo.add_argument("--resume", action="store_true",
-                      help="keep the previous run's PostgreSQL data (by default every run starts from nothing)")
-    demo.add_argument("--state-dir", default=str(STATE_DIR / "demo"),
-                      help="the demo's directory: logs, kubeconfig, database password, backups; a directory "
-                           "the demo did not make is refused, and in its own it deletes only what it made; one "
-                           "demo at a time per directory (default .state/demo)")
-    demo.add_argument("--samples", default=None, metavar="DIR",
-                      help="manifests to apply (default: manifests/samples of this checkout)")
-    demo.add_argument("--port", type=int, default=None,
-                      help="port for the emulated API server (default: one the kernel picks)")
-    demo.add_argument("--timeout", type=positive_seconds, default=60, metavar="SECONDS",
-                      help="how long each step may take before the demo fails (default 60)")
+    demo = command(
+        commands,
+        "demo",
+        "run the whole stack locally and show tenants converge (what `make demo` runs)",
+        "A local PostgreSQL, the emulated API server and the operator (child processes; any one "
+        "exiting ends the demo with its last log lines), the samples applied, the agent gate and a "
+        "billing walk. Every run starts from nothing unless --resume. Reads no environment variables: "
+        "the operator it starts gets the caller's environment without any PAYBILL_* setting, and "
+        "the demo's own KUBECONFIG, PAYBILL_DATABASE_URL and PAYBILL_STATE_DIR.",
+    )
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the stack running until Ctrl-C or SIGTERM, with a KUBECONFIG line for kubectl and a "
+        "PAYBILL_DATABASE_URL line that reads the password from its 0600 file",
+    )
+    demo.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the previous run's PostgreSQL data (by default every run starts from nothing)",
+    )
+    demo.add_argument(
+        "--state-dir",
+        default=str(STATE_DIR / "demo"),
+        help="the demo's directory: logs, kubeconfig, database password, backups; a directory "
+        "the demo did not make is refused, and in its own it deletes only what it made; one "
+        "demo at a time per directory (default .state/demo)",
+    )
+    demo.add_argument(
+        "--samples",
+        default=None,
+        metavar="DIR",
+        help="manifests to apply (default: manifests/samples of this checkout)",
+    )
+    demo.add_argument(
+        "--port", type=int, default=None, help="port for the emulated API server (default: one the kernel picks)"
+    )
+    demo.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=60,
+        metavar="SECONDS",
+        help="how long each step may take before the demo fails (default 60)",
+    )
     demo.set_defaults(run=_demo)
 
-    policy = command(commands, "policy", "the agent gate's policy engine, offline",
-                     "Reads no environment variables.")
+    policy = command(commands, "policy", "the agent gate's policy engine, offline", "Reads no environment variables.")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True, metavar="SUBCOMMAND")
-    check = command(policy_commands, "check",
-                    "decide JSONL cases against an AgentPolicy; writes one JSON decision per line",
-                    "Reads no environment variables.")
+    check = command(
+        policy_commands,
+        "check",
+        "decide JSONL cases against an AgentPolicy; writes one JSON decision per line",
+        "Reads no environment variables.",
+    )
     check.add_argument("--policy", required=True, help="AgentPolicy manifest (YAML)")
     source = check.add_mutually_exclusive_group(required=True)
     source.add_argument("--schema", help="tenant schema as DDL (CREATE TABLE statements)")
     source.add_argument("--dsn", help="read the tenant schema from this live database instead")
     check.add_argument("--schema-name", default="public", help="the tenant's PostgreSQL schema")
     check.add_argument("--tenant", default=None, help="pooled tenant id: its predicate goes into every statement")
-    check.add_argument("--approve", action="append", default=[], metavar="APPROVER",
-                       help="an approval given to every case (repeatable); input lines cannot approve themselves")
+    check.add_argument(
+        "--approve",
+        action="append",
+        default=[],
+        metavar="APPROVER",
+        help="an approval given to every case (repeatable); input lines cannot approve themselves",
+    )
     check.add_argument("--input", required=True, help="cases, one JSON object per line ('-' for stdin)")
     check.set_defaults(run=_policy_check)
     return parser

@@ -39,8 +39,9 @@ MARKER = ".paybill-demo"  # in every state directory the demo makes: only such a
 LOCK = "demo.lock"  # flock'd for the demo's life: one demo per state directory
 AGENTS_RAN = "agents.ran"  # written once the agent steps ran on this data: a resumed run does not repeat them
 # The names the demo creates: the only entries it ever deletes (what a user adds is left alone).
-DEMO_ENTRIES = frozenset({MARKER, LOCK, AGENTS_RAN, "postgres", "kubeconfig", "emulator.log", "operator.log",
-                          "backups"})
+DEMO_ENTRIES = frozenset(
+    {MARKER, LOCK, AGENTS_RAN, "postgres", "kubeconfig", "emulator.log", "operator.log", "backups"}
+)
 POLL_S = 0.2  # how often every wait looks at the children: a child's exit is noticed within this
 LOG_TAIL_LINES = 20
 
@@ -73,11 +74,15 @@ def check_samples(samples: Path) -> list[dict[str, Any]]:
         except yaml.YAMLError as error:
             raise DemoError(f"--samples {samples}: {shown} is not YAML: {error}") from None
         manifests += documents if path.parent == samples else []
-    unnamed = [m for m in manifests
-               if not isinstance(m, dict) or not m.get("kind") or not (m.get("metadata") or {}).get("name")]
+    unnamed = [
+        m
+        for m in manifests
+        if not isinstance(m, dict) or not m.get("kind") or not (m.get("metadata") or {}).get("name")
+    ]
     if unnamed or not any(m.get("kind") == "Tenant" for m in manifests):
-        raise DemoError(f"--samples {samples}: " + ("a manifest without kind or metadata.name" if unnamed
-                                                    else "no Tenant"))
+        raise DemoError(
+            f"--samples {samples}: " + ("a manifest without kind or metadata.name" if unnamed else "no Tenant")
+        )
     return manifests
 
 
@@ -172,8 +177,15 @@ def start_child(name: str, argv: list[str], log: Path, env: dict[str, str] | Non
     descriptor = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     os.fchmod(descriptor, 0o600)  # an earlier run's log may be wider: statements in error are logged
     with os.fdopen(descriptor, "wb") as out:
-        process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, preexec_fn=_terminate_with_parent)
+        process = subprocess.Popen(
+            argv,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_terminate_with_parent,
+        )
     return Child(name, log, process=process)
 
 
@@ -260,8 +272,9 @@ def claim_state_dir(state_dir: Path) -> None:
     if state_dir.exists() and not state_dir.is_dir():
         raise DemoError(f"--state-dir {state_dir} is not a directory")
     if state_dir.exists() and any(state_dir.iterdir()) and not (state_dir / MARKER).is_file():
-        raise DemoError(f"{state_dir} holds files the demo did not make (no {MARKER} in it); choose another "
-                        "--state-dir")
+        raise DemoError(
+            f"{state_dir} holds files the demo did not make (no {MARKER} in it); choose another --state-dir"
+        )
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(state_dir, 0o700)
     (state_dir / MARKER).touch()
@@ -288,8 +301,10 @@ def fresh_state(state_dir: Path, resume: bool) -> list[str]:
     claim_state_dir(state_dir)
     for name in sorted(DEMO_ENTRIES):
         if (state_dir / name).is_symlink():
-            raise DemoError(f"{state_dir / name} is a symbolic link (to {os.readlink(state_dir / name)}): the demo "
-                            "never follows a link out of its state directory; remove the link")
+            raise DemoError(
+                f"{state_dir / name} is a symbolic link (to {os.readlink(state_dir / name)}): the demo "
+                "never follows a link out of its state directory; remove the link"
+            )
     if not resume:
         LocalPostgres(state_dir / "postgres").remove()
         for name in DEMO_ENTRIES - {MARKER, LOCK}:
@@ -310,8 +325,7 @@ class DemoError(Exception):
     pass
 
 
-def run_demo(state_dir: Path, samples: Path, keep: bool, port: int | None, timeout: float,
-             resume: bool = False) -> int:
+def run_demo(state_dir: Path, samples: Path, keep: bool, port: int | None, timeout: float, resume: bool = False) -> int:
     """The whole demo; every way out (success, failure, a child exiting, SIGTERM, Ctrl-C) stops every child."""
     state_dir = state_dir.resolve()
     stack = Stack()
@@ -351,8 +365,9 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise Interrupted(signum)
 
 
-def _run(stack: Stack, state_dir: Path, samples: Path, keep: bool, port: int | None, timeout: float,
-         resume: bool) -> int:
+def _run(
+    stack: Stack, state_dir: Path, samples: Path, keep: bool, port: int | None, timeout: float, resume: bool
+) -> int:
     postgres = LocalPostgres(state_dir / "postgres")
     say("starting a local PostgreSQL server (" + ("resuming its data" if resume else "throwaway, loopback only") + ")")
     server = stack.add(Child("PostgreSQL server", postgres.log_path, postgres=postgres))  # stopped even if
@@ -361,9 +376,13 @@ def _run(stack: Stack, state_dir: Path, samples: Path, keep: bool, port: int | N
     say(f"  PostgreSQL ready on 127.0.0.1:{postgres.port} (pid {postgres.pid}): {postgres.describe()}")
     kubeconfig = state_dir / "kubeconfig"
     kubeconfig.unlink(missing_ok=True)
-    emulator = stack.add(start_child("emulated API server", [
-        sys.executable, "-m", "paybill", "emulator", "--port", str(port or 0), "--kubeconfig", str(kubeconfig)],
-        state_dir / "emulator.log"))
+    emulator = stack.add(
+        start_child(
+            "emulated API server",
+            [sys.executable, "-m", "paybill", "emulator", "--port", str(port or 0), "--kubeconfig", str(kubeconfig)],
+            state_dir / "emulator.log",
+        )
+    )
     url = stack.wait_for(lambda: _listening_url(emulator.log), timeout)
     if url is None:
         raise DemoError(f"the emulated API server did not start within {timeout:.0f}s; see {emulator.log}")
@@ -373,11 +392,18 @@ def _run(stack: Stack, state_dir: Path, samples: Path, keep: bool, port: int | N
         for crd in all_crds():
             kube.apply(crd)
         say(f"  {len(all_crds())} Paybill CRDs registered")
-        operator = stack.add(start_child("operator", [sys.executable, "-m", "paybill", "operator"],
-                                         state_dir / "operator.log", operator_env(kubeconfig, database_url, state_dir)))
+        operator = stack.add(
+            start_child(
+                "operator",
+                [sys.executable, "-m", "paybill", "operator"],
+                state_dir / "operator.log",
+                operator_env(kubeconfig, database_url, state_dir),
+            )
+        )
         say(f"operator started (pid {operator.pid}, log {operator.log})")
-        return _converge(stack, kube, samples, keep, timeout, kubeconfig, database_url,
-                         postgres.data_dir / PASSWORD_FILE, resume)
+        return _converge(
+            stack, kube, samples, keep, timeout, kubeconfig, database_url, postgres.data_dir / PASSWORD_FILE, resume
+        )
     except Exception:
         stack.blame()
         raise
@@ -391,8 +417,17 @@ def _listening_url(log: Path) -> str | None:
     return next((line.split(" listening on ")[1].strip() for line in lines if " listening on " in line), "?")
 
 
-def _converge(stack: Stack, kube: Kube, samples: Path, keep: bool, timeout: float, kubeconfig: Path,
-              database_url: str, password_file: Path, resume: bool) -> int:
+def _converge(
+    stack: Stack,
+    kube: Kube,
+    samples: Path,
+    keep: bool,
+    timeout: float,
+    kubeconfig: Path,
+    database_url: str,
+    password_file: Path,
+    resume: bool,
+) -> int:
     manifests = check_samples(samples)
     apply_samples(kube, manifests)
     names = [m["metadata"]["name"] for m in manifests if m["kind"] == "Tenant"]
@@ -406,10 +441,13 @@ def _converge(stack: Stack, kube: Kube, samples: Path, keep: bool, timeout: floa
     say(f"all {ready} tenants Ready")
     state_dir = kubeconfig.parent
     if agents_already_ran(state_dir, resume):
-        say("agent gate and workflows: already ran on this data (again, they would refund an order twice); "
-            "skipped. Run without --resume to see them")
-    elif agent_gate(stack, kube, database_url, samples / "agents", timeout) and \
-            agent_workflows(stack, kube, samples / "agents", timeout):
+        say(
+            "agent gate and workflows: already ran on this data (again, they would refund an order twice); "
+            "skipped. Run without --resume to see them"
+        )
+    elif agent_gate(stack, kube, database_url, samples / "agents", timeout) and agent_workflows(
+        stack, kube, samples / "agents", timeout
+    ):
         record_agents_ran(state_dir)
     else:
         return 1
@@ -417,8 +455,10 @@ def _converge(stack: Stack, kube: Kube, samples: Path, keep: bool, timeout: floa
         return 1
     if keep:
         say(f"stack left running. In another shell:  export KUBECONFIG={kubeconfig}; kubectl get paybill")
-        say(f"  its database (the password stays in {password_file}, mode 0600):  "
-            f"{database_hint(database_url, password_file)}")
+        say(
+            f"  its database (the password stays in {password_file}, mode 0600):  "
+            f"{database_hint(database_url, password_file)}"
+        )
         say("press Ctrl-C (or send SIGTERM) to stop everything")
         stack.wait_for(lambda: None, float("inf"))
     return 0
@@ -442,7 +482,8 @@ def wait_for_tenants(stack: Stack, kube: Kube, names: list[str], timeout: float)
                 say(f"  tenant {name:<10} {seen.get(name, '-'):>12} -> {phase}{detail}")
                 seen[name] = phase
         return len(tenants) == len(names) and all(
-            is_true((t.get("status") or {}).get("conditions", []), "Ready") for t in tenants.values())
+            is_true((t.get("status") or {}).get("conditions", []), "Ready") for t in tenants.values()
+        )
 
     stack.wait_for(all_ready, timeout)
     return tenants
@@ -453,8 +494,10 @@ def summary(tenants: dict[str, dict[str, Any]]) -> list[str]:
     for name, tenant in sorted(tenants.items()):
         status = tenant.get("status") or {}
         ready = "True" if is_true(status.get("conditions", []), "Ready") else "False"
-        lines.append(f"{name:<10} {status.get('phase', '-'):<10} {ready:<6} {status.get('plan', '-'):<11} "
-                     f"{status.get('isolation', '-'):<10} {status.get('namespace', '-')}")
+        lines.append(
+            f"{name:<10} {status.get('phase', '-'):<10} {ready:<6} {status.get('plan', '-'):<11} "
+            f"{status.get('isolation', '-'):<10} {status.get('namespace', '-')}"
+        )
     return lines
 
 
@@ -469,17 +512,22 @@ def billing_walk(stack: Stack, kube: Kube, name: str, timeout: float) -> bool:
     )
     for billing, days, phase, access, story in steps:
         since = None if days is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - days * 86400))
-        kube.merge_patch(API_VERSION, "subscriptions", name,
-                         {"spec": {"billingStatus": billing, "pastDueSince": since}})
+        kube.merge_patch(
+            API_VERSION, "subscriptions", name, {"spec": {"billingStatus": billing, "pastDueSince": since}}
+        )
         status = stack.wait_for(functools.partial(_tenant_reached, kube, name, phase, access), timeout)
         if status is None:
             now = (kube.get(API_VERSION, "tenants", name) or {}).get("status") or {}
-            say(f"FAILED: tenant {name} did not reach {phase} with access {access} (is {now.get('phase')}, "
-                f"{now.get('access')})")
+            say(
+                f"FAILED: tenant {name} did not reach {phase} with access {access} (is {now.get('phase')}, "
+                f"{now.get('access')})"
+            )
             return False
         probe = _probe_tenant_login(kube, name)
-        say(f"  {billing:<9} -> tenant {phase:<9} restriction {status.get('restriction'):<17} {story}; "
-            f"as the tenant: {probe}")
+        say(
+            f"  {billing:<9} -> tenant {phase:<9} restriction {status.get('restriction'):<17} {story}; "
+            f"as the tenant: {probe}"
+        )
     return True
 
 
@@ -532,24 +580,29 @@ def _seed(kube: Kube, tenant: str, first: int) -> None:
     """A few rows of the SaaS app's data, written by the tenant's own login role."""
     with psycopg.connect(_secret(kube, "paybill-database", f"tenant-{tenant}")["uri"], autocommit=True) as conn:
         for n in range(3):
-            conn.execute("INSERT INTO customers (tenant_id, id, name, email) VALUES (%s, %s, %s, %s) "
-                         "ON CONFLICT DO NOTHING", (tenant, first + n, f"{tenant} customer {n + 1}",
-                                                    f"c{n + 1}@{tenant}.test"))
-            conn.execute("INSERT INTO orders (tenant_id, id, customer_id, status, total) VALUES (%s, %s, %s, %s, %s) "
-                         "ON CONFLICT DO NOTHING", (tenant, first + n, first + n, ("open", "paid", "open")[n],
-                                                    10 * (n + 1)))
+            conn.execute(
+                "INSERT INTO customers (tenant_id, id, name, email) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (tenant, first + n, f"{tenant} customer {n + 1}", f"c{n + 1}@{tenant}.test"),
+            )
+            conn.execute(
+                "INSERT INTO orders (tenant_id, id, customer_id, status, total) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT DO NOTHING",
+                (tenant, first + n, first + n, ("open", "paid", "open")[n], 10 * (n + 1)),
+            )
 
 
-def agent_gate(stack: Stack, kube: Kube, database_url: str, directory: Path, timeout: float,
-               tenant: str = "acme") -> bool:
+def agent_gate(
+    stack: Stack, kube: Kube, database_url: str, directory: Path, timeout: float, tenant: str = "acme"
+) -> bool:
     """Apply the sample AgentPolicy; the operator installs the agent's role; then the agent tries its luck."""
     for name, first in ((tenant, 11), ("globex", 21)):
         _seed(kube, name, first)
     manifest = yaml.safe_load((directory / "support-policy.yaml").read_text())
     name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
     say(f"agent gate: agentpolicy/{name} in {namespace} {kube.apply(manifest)}")
-    status: dict[str, Any] = stack.wait_for(lambda: _status_in(kube, "agentpolicies", name, namespace, {"Ready"}),
-                                            timeout) or {}
+    status: dict[str, Any] = (
+        stack.wait_for(lambda: _status_in(kube, "agentpolicies", name, namespace, {"Ready"}), timeout) or {}
+    )
     if status.get("phase") != "Ready":
         say(f"FAILED: agentpolicy/{name} is {status.get('phase') or 'not reconciled'}")
         return False
@@ -558,8 +611,9 @@ def agent_gate(stack: Stack, kube: Kube, database_url: str, directory: Path, tim
     tenant_status = (kube.get(API_VERSION, "tenants", tenant) or {}).get("status") or {}
     placement = tenant_status["database"]
     where = Placement.from_status(tenant, placement)
-    engine = PolicyEngine(load_policy(directory / "support-policy.yaml").spec,
-                          tenant_schema(TenantDatabases(database_url), where))
+    engine = PolicyEngine(
+        load_policy(directory / "support-policy.yaml").spec, tenant_schema(TenantDatabases(database_url), where)
+    )
     login = _secret(kube, status["credentialsSecret"], namespace)["uri"]
     agent = manifest["spec"]["subjects"][0]
     admitted = True
@@ -572,12 +626,18 @@ def agent_gate(stack: Stack, kube: Kube, database_url: str, directory: Path, tim
         for statement, params in LEGITIMATE:
             outcome = guard.execute(statement, params)
             admitted &= outcome.ok
-            shown = ([", ".join(map(str, row)) for row in outcome.rows] if outcome.decision.statement == "select"
-                     else f"{outcome.rows_affected} row(s)")
+            shown = (
+                [", ".join(map(str, row)) for row in outcome.rows]
+                if outcome.decision.statement == "select"
+                else f"{outcome.rows_affected} row(s)"
+            )
             say(f"  ALLOWED  {statement!r} {params}: {shown}")
             say(f"           ran as: {outcome.decision.sql}")
-    say("agent gate: hostile statements denied, legitimate ones ran, only tenant acme's rows seen" if admitted
-        else "FAILED: the agent gate did not behave as expected")
+    say(
+        "agent gate: hostile statements denied, legitimate ones ran, only tenant acme's rows seen"
+        if admitted
+        else "FAILED: the agent gate did not behave as expected"
+    )
     return admitted
 
 
@@ -590,11 +650,25 @@ def agent_workflows(stack: Stack, kube: Kube, directory: Path, timeout: float) -
     ok = True
     for manifest in workflows:
         name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
-        status = stack.wait_for(functools.partial(_status_in, kube, "agentworkflows", name, namespace,
-                                                  {"Succeeded", "Denied", "Failed"}), timeout) or {}
+        status = (
+            stack.wait_for(
+                functools.partial(
+                    _status_in, kube, "agentworkflows", name, namespace, {"Succeeded", "Denied", "Failed"}
+                ),
+                timeout,
+            )
+            or {}
+        )
         ran = status.get("steps", [])
-        steps = ", ".join(f"{s['name']} " + (f"ran ({s['rowsReturned'] or s['rowsAffected']} rows)" if s["executed"]
-                                             else f"refused ({s['reasons'][0]['code']})") for s in ran)
+        steps = ", ".join(
+            f"{s['name']} "
+            + (
+                f"ran ({s['rowsReturned'] or s['rowsAffected']} rows)"
+                if s["executed"]
+                else f"refused ({s['reasons'][0]['code']})"
+            )
+            for s in ran
+        )
         declared = len(manifest["spec"]["steps"])
         say(f"  workflow/{name} {status.get('phase')}: {steps}; {declared - len(ran)} of {declared} steps never ran")
         ok &= status.get("phase") == expected.get(name)

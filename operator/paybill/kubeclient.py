@@ -27,8 +27,9 @@ def load_config() -> None:
         kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
 
 
-def resource_path(api_version: str, plural: str, namespace: str | None = None, name: str | None = None,
-                  subresource: str | None = None) -> str:
+def resource_path(
+    api_version: str, plural: str, namespace: str | None = None, name: str | None = None, subresource: str | None = None
+) -> str:
     base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
     path = f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
     if name:
@@ -43,12 +44,22 @@ class Kube:
         self.api = api_client or kubernetes.client.ApiClient()
         self._plurals: dict[tuple[str, str], tuple[str, bool]] = {}
 
-    def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
-                query: dict[str, str] | None = None) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str = "application/json",
+        query: dict[str, str] | None = None,
+    ) -> Any:
         params = self.api.param_serialize(
-            method, path, query_params=list((query or {}).items()), body=body,
+            method,
+            path,
+            query_params=list((query or {}).items()),
+            body=body,
             header_params={"Accept": "application/json", "Content-Type": content_type},
-            auth_settings=["BearerToken"])
+            auth_settings=["BearerToken"],
+        )
         try:
             response = self.api.call_api(*params)
             response.read()
@@ -58,13 +69,29 @@ class Kube:
             raise KubeError(response.status, _message(response.data, response.reason))
         return json.loads(response.data) if response.data else None
 
-    def watch(self, api_version: str, plural: str, resource_version: str, label_selector: str | None = None,
-              timeout_seconds: int = 60) -> Iterator[dict[str, Any]]:
+    def watch(
+        self,
+        api_version: str,
+        plural: str,
+        resource_version: str,
+        label_selector: str | None = None,
+        timeout_seconds: int = 60,
+    ) -> Iterator[dict[str, Any]]:
         """Watch events of a collection (all namespaces) from `resource_version`, until the server ends it."""
-        query = {"watch": "1", "resourceVersion": resource_version, "timeoutSeconds": str(timeout_seconds),
-                 "allowWatchBookmarks": "true", **({"labelSelector": label_selector} if label_selector else {})}
-        params = self.api.param_serialize("GET", resource_path(api_version, plural), query_params=list(query.items()),
-                                          header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+        query = {
+            "watch": "1",
+            "resourceVersion": resource_version,
+            "timeoutSeconds": str(timeout_seconds),
+            "allowWatchBookmarks": "true",
+            **({"labelSelector": label_selector} if label_selector else {}),
+        }
+        params = self.api.param_serialize(
+            "GET",
+            resource_path(api_version, plural),
+            query_params=list(query.items()),
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
         try:
             response = self.api.call_api(*params, _request_timeout=timeout_seconds + 10)
         except ApiException as exc:
@@ -95,10 +122,21 @@ class Kube:
         namespace = manifest["metadata"].get("namespace") if namespaced else None
         return self.request("POST", resource_path(manifest["apiVersion"], plural, namespace), manifest)
 
-    def merge_patch(self, api_version: str, plural: str, name: str, patch: dict[str, Any],
-                    namespace: str | None = None, subresource: str | None = None) -> dict[str, Any]:
-        return self.request("PATCH", resource_path(api_version, plural, namespace, name, subresource), patch,
-                            content_type="application/merge-patch+json")
+    def merge_patch(
+        self,
+        api_version: str,
+        plural: str,
+        name: str,
+        patch: dict[str, Any],
+        namespace: str | None = None,
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
+        return self.request(
+            "PATCH",
+            resource_path(api_version, plural, namespace, name, subresource),
+            patch,
+            content_type="application/merge-patch+json",
+        )
 
     def delete(self, api_version: str, plural: str, name: str, namespace: str | None = None) -> None:
         try:

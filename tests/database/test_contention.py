@@ -37,6 +37,7 @@ def databases(postgres: LocalPostgres, tmp_path: Path) -> Iterator[TenantDatabas
 
 # --- #5: one tenant cannot take every connection ---------------------------------------------------------------
 
+
 def _fill(dbs: TenantDatabases, role: str, password: str, database: str, limit: int) -> list[psycopg.Connection]:
     held = []
     try:
@@ -53,7 +54,8 @@ def _fill(dbs: TenantDatabases, role: str, password: str, database: str, limit: 
 
 @pytest.mark.parametrize("isolation", ["pooled", "bridge"])
 def test_a_tenant_or_agent_past_its_connection_limit_is_refused_while_others_connect(
-        databases: TenantDatabases, isolation: str) -> None:
+    databases: TenantDatabases, isolation: str
+) -> None:
     greedy, other = tenant(databases, isolation), tenant(databases, isolation)
     greedy_agent = agent(databases, greedy)
     held = _fill(databases, greedy.role, PASSWORD, greedy.database, TENANT_CONNECTION_LIMIT)
@@ -68,6 +70,7 @@ def test_a_tenant_or_agent_past_its_connection_limit_is_refused_while_others_con
 
 # --- #3: a tenant's table lock is bounded ---------------------------------------------------------------------
 
+
 def test_the_local_server_ends_idle_transactions_by_default(postgres: LocalPostgres) -> None:
     with psycopg.connect(postgres.dsn) as conn:
         assert conn.execute("SHOW idle_in_transaction_session_timeout").fetchone() == ("1min",)
@@ -76,20 +79,24 @@ def test_the_local_server_ends_idle_transactions_by_default(postgres: LocalPostg
 def test_pooled_tenants_write_through_column_privileges_only(databases: TenantDatabases) -> None:
     placement = tenant(databases, "pooled")
     with psycopg.connect(databases.dsn("paybill_pooled"), autocommit=True) as admin:
-        assert admin.execute("SELECT has_table_privilege('paybill_pooled_tenants', 'app.orders', 'INSERT'), "
-                             "has_table_privilege('paybill_pooled_tenants', 'app.orders', 'UPDATE'), "
-                             "has_column_privilege('paybill_pooled_tenants', 'app.orders', 'total', 'UPDATE')"
-                             ).fetchone() == (False, False, True)
+        assert admin.execute(
+            "SELECT has_table_privilege('paybill_pooled_tenants', 'app.orders', 'INSERT'), "
+            "has_table_privilege('paybill_pooled_tenants', 'app.orders', 'UPDATE'), "
+            "has_column_privilege('paybill_pooled_tenants', 'app.orders', 'total', 'UPDATE')"
+        ).fetchone() == (False, False, True)
     with login(databases, placement.role, PASSWORD, placement.database) as conn:
         conn.execute("INSERT INTO customers (tenant_id, id, name) VALUES (%s, 1, 'c')", (placement.tenant,))
-        conn.execute("INSERT INTO orders (tenant_id, id, customer_id, status, total) VALUES (%s, 1, 1, 'new', 1)",
-                     (placement.tenant,))
+        conn.execute(
+            "INSERT INTO orders (tenant_id, id, customer_id, status, total) VALUES (%s, 1, 1, 'new', 1)",
+            (placement.tenant,),
+        )
         conn.execute("UPDATE orders SET total = 2 WHERE id = 1")
         conn.execute("DELETE FROM orders WHERE id = 1")
 
 
 def test_a_tenant_holding_an_exclusive_lock_idle_in_transaction_is_ended_and_others_read(
-        databases: TenantDatabases) -> None:
+    databases: TenantDatabases,
+) -> None:
     attacker, victim = tenant(databases, "pooled"), tenant(databases, "pooled")
     attacker_agent = agent(databases, attacker)
     for user, password in ((attacker.role, PASSWORD), (attacker_agent, AGENT_PASSWORD)):
@@ -111,6 +118,7 @@ def test_a_tenant_holding_an_exclusive_lock_idle_in_transaction_is_ended_and_oth
 
 
 # --- #4: installing an agent policy never queues tenants' reads -------------------------------------------------
+
 
 def _reader_holding_a_transaction(dbs: TenantDatabases, placement_role: str, database: str) -> psycopg.Connection:
     conn = login(dbs, placement_role, PASSWORD, database)
@@ -135,9 +143,20 @@ def test_reinstalling_an_unchanged_policy_takes_no_exclusive_lock(databases: Ten
 def test_a_changed_policy_fails_fast_and_retryably_behind_a_reader(databases: TenantDatabases) -> None:
     owner, holder, reader = (tenant(databases, "pooled") for _ in range(3))
     agent(databases, owner, "changing")
-    changed = AgentPolicySpec.model_validate({"subjects": ["agent:bot"], "rules": [
-        {"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"],
-         "rowFilter": "status = 'open'"}]})
+    changed = AgentPolicySpec.model_validate(
+        {
+            "subjects": ["agent:bot"],
+            "rules": [
+                {
+                    "id": "read-orders",
+                    "effect": "allow",
+                    "actions": ["select"],
+                    "tables": ["orders"],
+                    "rowFilter": "status = 'open'",
+                }
+            ],
+        }
+    )
     held = _reader_holding_a_transaction(databases, holder.role, holder.database)
     try:
         outcome: list[BaseException] = []
@@ -157,8 +176,10 @@ def test_a_changed_policy_fails_fast_and_retryably_behind_a_reader(databases: Te
         assert outcome and "retry" in str(outcome[0])
     finally:
         held.close()
-    within(15, lambda: install(databases, owner, "changing", f"tenant-{owner.tenant}", changed, AGENT_PASSWORD,
-                               Access.FULL))
+    within(
+        15,
+        lambda: install(databases, owner, "changing", f"tenant-{owner.tenant}", changed, AGENT_PASSWORD, Access.FULL),
+    )
 
 
 def test_concurrent_installs_on_one_database_do_not_collide(databases: TenantDatabases) -> None:
@@ -208,11 +229,9 @@ def test_uninstalling_a_policy_behind_a_reader_fails_fast_and_retries(databases:
     held = _reader_holding_a_transaction(databases, holder.role, holder.database)
     try:
         with pytest.raises(DatabaseUnavailable, match="lock timeout"):
-            within(10, lambda: uninstall(databases, "leaving", f"tenant-{owner.tenant}", owner.tenant,
-                                         owner.database))
+            within(10, lambda: uninstall(databases, "leaving", f"tenant-{owner.tenant}", owner.tenant, owner.database))
         with login(databases, reader.role, PASSWORD, reader.database) as conn:
             within(15, lambda: conn.execute("SELECT count(*) FROM orders").fetchone())
     finally:
         held.close()
-    assert within(15, lambda: uninstall(databases, "leaving", f"tenant-{owner.tenant}", owner.tenant,
-                                        owner.database))
+    assert within(15, lambda: uninstall(databases, "leaving", f"tenant-{owner.tenant}", owner.tenant, owner.database))

@@ -27,8 +27,12 @@ from .conftest import fresh
 
 PASSWORD = "tenant-pw"
 AGENT_PASSWORD = "agent-pw"
-POLICY = AgentPolicySpec.model_validate({"subjects": ["agent:bot"], "rules": [
-    {"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"]}]})
+POLICY = AgentPolicySpec.model_validate(
+    {
+        "subjects": ["agent:bot"],
+        "rules": [{"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"]}],
+    }
+)
 OLD_ADVISORY_KEYS = ("paybill-audit", "paybill-pooled", "paybill-control")
 
 
@@ -48,6 +52,7 @@ def agent(dbs: TenantDatabases, placement: Placement, policy: str = "secret-poli
 
 # --- finding 14: every login needs the right password ---------------------------------------------------------
 
+
 @pytest.mark.parametrize("isolation", ["pooled", "bridge", "silo"])
 def test_wrong_passwords_are_refused_for_tenant_and_agent_roles(databases: TenantDatabases, isolation: str) -> None:
     placement = tenant(databases, isolation)
@@ -63,8 +68,9 @@ def test_a_suspended_tenant_cannot_log_in_with_its_right_password(databases: Ten
     placement = tenant(databases, "pooled")
     role = agent(databases, placement)
     databases.set_access(placement, Access.NONE)
-    agent_placement_access = install(databases, placement, "secret-policy", f"tenant-{placement.tenant}", POLICY,
-                                     AGENT_PASSWORD, Access.NONE)
+    agent_placement_access = install(
+        databases, placement, "secret-policy", f"tenant-{placement.tenant}", POLICY, AGENT_PASSWORD, Access.NONE
+    )
     for user, password in ((placement.role, PASSWORD), (agent_placement_access.role, AGENT_PASSWORD)):
         with pytest.raises(psycopg.OperationalError, match="not permitted to log in"):
             login(databases, user, password, placement.database)
@@ -85,6 +91,7 @@ def test_a_rotated_password_invalidates_the_old_one(databases: TenantDatabases) 
 
 
 # --- finding 9: the operator's database and its locks are out of tenants' reach ---------------------------------
+
 
 def test_tenant_and_agent_roles_cannot_connect_to_the_operators_database(databases: TenantDatabases) -> None:
     placement = tenant(databases, "pooled")
@@ -116,8 +123,9 @@ def within(seconds: float, work: Callable[[], object]) -> float:
     return time.monotonic() - started
 
 
-def test_the_old_advisory_keys_held_elsewhere_delay_nothing(databases: TenantDatabases,
-                                                            postgres: LocalPostgres) -> None:
+def test_the_old_advisory_keys_held_elsewhere_delay_nothing(
+    databases: TenantDatabases, postgres: LocalPostgres
+) -> None:
     """Whoever holds the keys the operator used to serialize on (a tenant could, before), suspension,
     provisioning and the audit log go on: the operator serializes on locks only it can take."""
     victim = tenant(databases, "pooled")
@@ -125,8 +133,10 @@ def test_the_old_advisory_keys_held_elsewhere_delay_nothing(databases: TenantDat
         for key in OLD_ADVISORY_KEYS:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
-    holders = [psycopg.connect(postgres.dsn, dbname=database, autocommit=True)
-               for database in ("postgres", "paybill_pooled", "paybill_bridge")]
+    holders = [
+        psycopg.connect(postgres.dsn, dbname=database, autocommit=True)
+        for database in ("postgres", "paybill_pooled", "paybill_bridge")
+    ]
     try:
         for holder in holders:
             for key in (*OLD_ADVISORY_KEYS, "paybill-migrate:app"):
@@ -173,10 +183,14 @@ SIDE_CHANNELS = (
 # No other tenant's row counts or write activity either.
 STATISTICS = (
     "SELECT relname, n_live_tup, n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables",
-    "SELECT * FROM pg_stat_all_tables", "SELECT * FROM pg_stat_xact_user_tables",
-    "SELECT * FROM pg_stat_user_indexes", "SELECT * FROM pg_stat_all_indexes",
-    "SELECT * FROM pg_statio_user_tables", "SELECT * FROM pg_statio_all_indexes",
-    "SELECT * FROM pg_statio_user_sequences", "SELECT * FROM pg_stat_database",
+    "SELECT * FROM pg_stat_all_tables",
+    "SELECT * FROM pg_stat_xact_user_tables",
+    "SELECT * FROM pg_stat_user_indexes",
+    "SELECT * FROM pg_stat_all_indexes",
+    "SELECT * FROM pg_statio_user_tables",
+    "SELECT * FROM pg_statio_all_indexes",
+    "SELECT * FROM pg_statio_user_sequences",
+    "SELECT * FROM pg_stat_database",
     "SELECT pg_stat_get_live_tuples('paybill.tenant_roles'::regclass)",
     "SELECT pg_stat_get_tuples_inserted('orders'::regclass)",
     "SELECT pg_stat_get_db_tuples_inserted(1)",
@@ -184,8 +198,9 @@ STATISTICS = (
 
 
 @pytest.mark.parametrize("isolation", ["pooled", "bridge"])
-def test_shared_databases_refuse_side_channels_to_tenants_and_agents(databases: TenantDatabases,
-                                                                     isolation: str) -> None:
+def test_shared_databases_refuse_side_channels_to_tenants_and_agents(
+    databases: TenantDatabases, isolation: str
+) -> None:
     placement = tenant(databases, isolation)
     role = agent(databases, placement)
     for user, password in ((placement.role, PASSWORD), (role, AGENT_PASSWORD)):
@@ -199,16 +214,22 @@ def test_shared_databases_refuse_side_channels_to_tenants_and_agents(databases: 
 
 
 READABLE_NAMES = (
-    "SELECT rolname FROM pg_roles", "SELECT datname FROM pg_database", "SELECT nspname FROM pg_namespace",
-    "SELECT usename FROM pg_user", "SELECT array_to_string(setconfig, ',') FROM pg_db_role_setting",
-    "SELECT description FROM pg_shdescription", "SELECT description FROM pg_description",
-    "SELECT relname FROM pg_class", "SELECT tenant FROM paybill.tenant_roles",
+    "SELECT rolname FROM pg_roles",
+    "SELECT datname FROM pg_database",
+    "SELECT nspname FROM pg_namespace",
+    "SELECT usename FROM pg_user",
+    "SELECT array_to_string(setconfig, ',') FROM pg_db_role_setting",
+    "SELECT description FROM pg_shdescription",
+    "SELECT description FROM pg_description",
+    "SELECT relname FROM pg_class",
+    "SELECT tenant FROM paybill.tenant_roles",
 )
 
 
 @pytest.mark.parametrize("isolation", ["pooled", "bridge", "silo"])
-def test_no_catalog_a_tenant_or_agent_can_read_names_a_tenant_or_a_policy(databases: TenantDatabases,
-                                                                        isolation: str) -> None:
+def test_no_catalog_a_tenant_or_agent_can_read_names_a_tenant_or_a_policy(
+    databases: TenantDatabases, isolation: str
+) -> None:
     neighbours = {mode: tenant(databases, mode, fresh(f"neighbour-{mode}")) for mode in ("pooled", "bridge", "silo")}
     for mode, neighbour in neighbours.items():
         agent(databases, neighbour, f"hidden-policy-{mode}")
@@ -232,6 +253,7 @@ def test_no_catalog_a_tenant_or_agent_can_read_names_a_tenant_or_a_policy(databa
 
 # --- finding 7: names are injective, and nothing Paybill did not create is adopted -----------------------------
 
+
 def test_names_that_collided_under_the_old_mapping_are_distinct(databases: TenantDatabases) -> None:
     corp, acme_corp = fresh("corp"), None
     acme_corp = f"acme-{corp}"
@@ -249,8 +271,13 @@ def test_ownership_decisions() -> None:
     assert decide("role", "t_1", me, Record(me, 7), None) == Verdict.CREATE  # dropped by hand: made again
     assert decide("role", "t_1", me, Record(me, 7), Found(7)) == Verdict.USE
     assert decide("database", "t_1", me, Record(me, None), Found(9, owned_by_operator=True)) == Verdict.RECORD
-    refused = [(me, None, Found(7)), (me, Record(me, 7), Found(8)), (me, Record(me, None), Found(9)),
-               (me, Record(other, 7), Found(7)), (me, Record(other, 7), None)]
+    refused = [
+        (me, None, Found(7)),
+        (me, Record(me, 7), Found(8)),
+        (me, Record(me, None), Found(9)),
+        (me, Record(other, 7), Found(7)),
+        (me, Record(other, 7), None),
+    ]
     for owner, record, found in refused:
         with pytest.raises(NameConflict):
             decide("role", "t_1", owner, record, found)
@@ -261,9 +288,9 @@ def test_ownership_decisions() -> None:
 
 
 @pytest.mark.parametrize("isolation", ["pooled", "bridge", "silo"])
-def test_a_role_schema_or_database_paybill_did_not_create_is_never_adopted(databases: TenantDatabases,
-                                                                          postgres: LocalPostgres,
-                                                                          isolation: str) -> None:
+def test_a_role_schema_or_database_paybill_did_not_create_is_never_adopted(
+    databases: TenantDatabases, postgres: LocalPostgres, isolation: str
+) -> None:
     name = fresh("squatted")
     would_be = databases.placement_for(name, isolation)
     with psycopg.connect(postgres.dsn, autocommit=True) as admin:
@@ -271,9 +298,11 @@ def test_a_role_schema_or_database_paybill_did_not_create_is_never_adopted(datab
     with pytest.raises(NameConflict, match=f"role {would_be.role} exists and was not created by Paybill"):
         databases.provision(name, isolation, PASSWORD)
     with psycopg.connect(postgres.dsn, autocommit=True) as admin:  # the squatter's role is left as it was
-        assert admin.execute("SELECT rolpassword LIKE 'SCRAM%%', pg_has_role(%s, 'paybill_pooled_tenants', "
-                             "'MEMBER') FROM pg_authid WHERE rolname = %s",
-                             (would_be.role, would_be.role)).fetchone() == (True, False)
+        assert admin.execute(
+            "SELECT rolpassword LIKE 'SCRAM%%', pg_has_role(%s, 'paybill_pooled_tenants', "
+            "'MEMBER') FROM pg_authid WHERE rolname = %s",
+            (would_be.role, would_be.role),
+        ).fetchone() == (True, False)
         admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(would_be.role)))
     if isolation == "silo":
         with psycopg.connect(postgres.dsn, autocommit=True) as admin:
@@ -287,8 +316,9 @@ def test_a_role_schema_or_database_paybill_did_not_create_is_never_adopted(datab
             databases.provision(name, isolation, PASSWORD)
 
 
-def test_an_agent_role_paybill_did_not_create_is_never_adopted(databases: TenantDatabases,
-                                                               postgres: LocalPostgres) -> None:
+def test_an_agent_role_paybill_did_not_create_is_never_adopted(
+    databases: TenantDatabases, postgres: LocalPostgres
+) -> None:
     placement = tenant(databases, "pooled")
     would_be = databases.agent_role(placement.tenant, f"tenant-{placement.tenant}", "support")
     with psycopg.connect(postgres.dsn, autocommit=True) as admin:
@@ -298,11 +328,15 @@ def test_an_agent_role_paybill_did_not_create_is_never_adopted(databases: Tenant
         agent(databases, placement, "support")
     with psycopg.connect(postgres.dsn, dbname="paybill_pooled", autocommit=True) as admin:  # left as it was
         assert admin.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (would_be,)).fetchone() == before
-        assert admin.execute("SELECT has_table_privilege(%s, 'app.orders', 'SELECT'), has_database_privilege("
-                             "%s, 'paybill_pooled', 'CONNECT')", (would_be, would_be)).fetchone() == (False, False)
+        assert admin.execute(
+            "SELECT has_table_privilege(%s, 'app.orders', 'SELECT'), has_database_privilege("
+            "%s, 'paybill_pooled', 'CONNECT')",
+            (would_be, would_be),
+        ).fetchone() == (False, False)
 
 
 # --- finding 12: backups are private -----------------------------------------------------------------------------
+
 
 def test_backups_are_private_from_the_first_byte(databases: TenantDatabases, tmp_path: Path) -> None:
     placement = tenant(databases, "pooled")

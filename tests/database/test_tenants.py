@@ -25,17 +25,22 @@ MODES = ("pooled", "bridge", "silo")
 
 
 def login(dbs: TenantDatabases, placement: Placement, **kwargs: object) -> psycopg.Connection:
-    return psycopg.connect(dbs.dsn(placement.database, user=placement.role, password=PASSWORD), autocommit=True,
-                           **kwargs)
+    return psycopg.connect(
+        dbs.dsn(placement.database, user=placement.role, password=PASSWORD), autocommit=True, **kwargs
+    )
 
 
 def seed(conn: psycopg.Connection, tenant: str, customers: int = 3, orders: int = 2) -> None:
     for c in range(1, customers + 1):
-        conn.execute("INSERT INTO customers (tenant_id, id, name, email) VALUES (%s, %s, %s, %s)",
-                     (tenant, c, f"{tenant} customer {c}", f"c{c}@{tenant}.test"))
+        conn.execute(
+            "INSERT INTO customers (tenant_id, id, name, email) VALUES (%s, %s, %s, %s)",
+            (tenant, c, f"{tenant} customer {c}", f"c{c}@{tenant}.test"),
+        )
         for o in range(orders):
-            conn.execute("INSERT INTO orders (tenant_id, id, customer_id, status, total) VALUES (%s, %s, %s, %s, %s)",
-                         (tenant, c * 100 + o, c, "open", 10 + o))
+            conn.execute(
+                "INSERT INTO orders (tenant_id, id, customer_id, status, total) VALUES (%s, %s, %s, %s, %s)",
+                (tenant, c * 100 + o, c, "open", 10 + o),
+            )
 
 
 def tenant_pair(dbs: TenantDatabases, mode: str) -> tuple[Placement, Placement]:
@@ -53,8 +58,12 @@ def tenant_pair(dbs: TenantDatabases, mode: str) -> tuple[Placement, Placement]:
 def refused(conn: psycopg.Connection, statement: str, params: tuple[object, ...] = ()) -> bool:
     try:
         conn.execute(statement, params)
-    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName,
-            psycopg.errors.UndefinedFunction):
+    except (
+        psycopg.errors.InsufficientPrivilege,
+        psycopg.errors.UndefinedTable,
+        psycopg.errors.InvalidSchemaName,
+        psycopg.errors.UndefinedFunction,
+    ):
         return True
     return False
 
@@ -98,8 +107,10 @@ def test_hostile_attempts_do_not_reach_another_tenant(databases: TenantDatabases
         conn.execute("SET search_path = paybill, app, public, pg_catalog")
         assert refused(conn, "CREATE FUNCTION public.current_user_x() RETURNS text LANGUAGE sql AS 'SELECT 1'")
         assert refused(conn, "CREATE TABLE public.customers (tenant_id text)")
-        assert refused(conn, "CREATE FUNCTION leak() RETURNS SETOF text LANGUAGE sql SECURITY DEFINER "
-                             "AS 'SELECT name FROM customers'")
+        assert refused(
+            conn,
+            "CREATE FUNCTION leak() RETURNS SETOF text LANGUAGE sql SECURITY DEFINER AS 'SELECT name FROM customers'",
+        )
         conn.execute("RESET search_path")
         if mode == "pooled":
             mapping = conn.execute("SELECT role::text, tenant FROM paybill.tenant_roles").fetchall()
@@ -112,12 +123,21 @@ def test_hostile_attempts_do_not_reach_another_tenant(databases: TenantDatabases
             assert refused(conn, f'SELECT * FROM "{b.schema}".customers')
             assert refused(conn, f'CREATE TABLE "{a.schema}".mine (x int)')
         # Catalogs show no other tenant's tables or columns.
-        schemas = {t for (t,) in conn.execute("SELECT table_schema FROM information_schema.tables "
-                                              "WHERE table_schema NOT IN ('pg_catalog', 'information_schema')")}
+        schemas = {
+            t
+            for (t,) in conn.execute(
+                "SELECT table_schema FROM information_schema.tables "
+                "WHERE table_schema NOT IN ('pg_catalog', 'information_schema')"
+            )
+        }
         assert schemas <= {a.schema, "paybill"}
         if mode == "bridge":
-            assert conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_schema = %s",
-                                (b.schema,)).fetchone()[0] == 0
+            assert (
+                conn.execute(
+                    "SELECT count(*) FROM information_schema.columns WHERE table_schema = %s", (b.schema,)
+                ).fetchone()[0]
+                == 0
+            )
         assert refused(conn, "SELECT pg_read_file('/etc/passwd')")
     if mode == "silo":
         with pytest.raises(psycopg.OperationalError, match="permission denied"):
@@ -151,8 +171,9 @@ def test_read_only_then_suspended_then_resumed(databases: TenantDatabases, mode:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_backup_restores_into_a_fresh_database_with_identical_checksums(databases: TenantDatabases,
-                                                                       postgres: LocalPostgres, mode: str) -> None:
+def test_backup_restores_into_a_fresh_database_with_identical_checksums(
+    databases: TenantDatabases, postgres: LocalPostgres, mode: str
+) -> None:
     a, b = tenant_pair(databases, mode)
     backup = databases.backup(a, f"{a.tenant}-final")
     assert backup.path.exists() and len(backup.sha256) == 64 and backup.size > 0
@@ -165,10 +186,12 @@ def test_backup_restores_into_a_fresh_database_with_identical_checksums(database
     assert databases.checksums(restored) == backup.checksums
 
 
-@pytest.mark.parametrize(("start", "steps"), [("pooled", ("bridge", "silo", "bridge", "pooled")),
-                                              ("silo", ("pooled",))])
-def test_migration_between_models_keeps_every_row(databases: TenantDatabases, start: str,
-                                                   steps: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    ("start", "steps"), [("pooled", ("bridge", "silo", "bridge", "pooled")), ("silo", ("pooled",))]
+)
+def test_migration_between_models_keeps_every_row(
+    databases: TenantDatabases, start: str, steps: tuple[str, ...]
+) -> None:
     a, b = tenant_pair(databases, start)
     expected, neighbour = databases.checksums(a), databases.checksums(b)
     current = a
@@ -227,8 +250,9 @@ def test_migration_under_concurrent_reads_loses_no_row(databases: TenantDatabase
     assert databases.checksums(target)["orders"].rows == 6
 
 
-def test_interrupted_migration_resumes_and_writes_are_held_until_cut_over(databases: TenantDatabases,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_migration_resumes_and_writes_are_held_until_cut_over(
+    databases: TenantDatabases, monkeypatch: pytest.MonkeyPatch
+) -> None:
     a, _ = tenant_pair(databases, "pooled")
     expected = databases.checksums(a)
 
@@ -257,8 +281,9 @@ def test_interrupted_migration_resumes_and_writes_are_held_until_cut_over(databa
     assert databases.checksums(target) == expected
 
 
-def test_provisioning_is_idempotent_and_remove_leaves_nothing(databases: TenantDatabases,
-                                                              postgres: LocalPostgres) -> None:
+def test_provisioning_is_idempotent_and_remove_leaves_nothing(
+    databases: TenantDatabases, postgres: LocalPostgres
+) -> None:
     for mode in MODES:
         tenant = fresh("idem")
         first = databases.provision(tenant, mode, PASSWORD)
@@ -272,8 +297,9 @@ def test_provisioning_is_idempotent_and_remove_leaves_nothing(databases: TenantD
             assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (first.role,)).fetchone() is None
             assert conn.execute("SELECT count(*) FROM paybill.owned WHERE name = %s", (first.role,)).fetchone() == (0,)
             if mode == "silo":
-                assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                                    (first.database,)).fetchone() is None
+                assert (
+                    conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (first.database,)).fetchone() is None
+                )
         assert databases.recorded(tenant) == (None, None, None)
 
 

@@ -12,6 +12,9 @@ pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl
 
 def test_crds_are_established_on_the_real_cluster() -> None:
     for name in ("tenants", "plans", "subscriptions", "agentpolicies", "agentworkflows"):
-        result = subprocess.run(["kubectl", "wait", "--for=condition=Established", "--timeout=60s",
-                                 f"crd/{name}.paybill.dev"], capture_output=True, text=True)
+        result = subprocess.run(
+            ["kubectl", "wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}.paybill.dev"],
+            capture_output=True,
+            text=True,
+        )
         assert result.returncode == 0, result.stderr

@@ -52,15 +52,19 @@ def seed(conn: psycopg.Connection) -> None:
     for t, tenant in enumerate(TENANTS):
         for n in range(1, 6):
             key = t * 100 + n
-            conn.execute("INSERT INTO customers (id, tenant_id, name, email, ssn) VALUES (%s, %s, %s, %s, %s)",
-                         (key, tenant, f"{tenant}-customer-{n}", f"c{n}@{tenant}.test", f"{key:09d}"))
+            conn.execute(
+                "INSERT INTO customers (id, tenant_id, name, email, ssn) VALUES (%s, %s, %s, %s, %s)",
+                (key, tenant, f"{tenant}-customer-{n}", f"c{n}@{tenant}.test", f"{key:09d}"),
+            )
             for k in range(4):
-                conn.execute("INSERT INTO orders (id, tenant_id, customer_id, status, total, paid) "
-                             "VALUES (%s, %s, %s, %s, %s, %s)",
-                             (key * 10 + k, tenant, key, ("open", "paid", "shipped", "canceled")[k], 10 * (k + 1) + n,
-                              k == 1))
-        conn.execute("INSERT INTO secrets (id, tenant_id, api_key) VALUES (%s, %s, %s)",
-                     (t + 1, tenant, f"key-{tenant}"))
+                conn.execute(
+                    "INSERT INTO orders (id, tenant_id, customer_id, status, total, paid) "
+                    "VALUES (%s, %s, %s, %s, %s, %s)",
+                    (key * 10 + k, tenant, key, ("open", "paid", "shipped", "canceled")[k], 10 * (k + 1) + n, k == 1),
+                )
+        conn.execute(
+            "INSERT INTO secrets (id, tenant_id, api_key) VALUES (%s, %s, %s)", (t + 1, tenant, f"key-{tenant}")
+        )
 
 
 @dataclass

@@ -26,8 +26,16 @@ T = TypeVar("T")
 INT, NUM, TEXT, BOOL, TS, UUID = "int", "num", "text", "bool", "ts", "uuid"
 TABLES: dict[str, dict[str, str]] = {
     "customers": {"id": INT, "tenant_id": TEXT, "name": TEXT, "email": TEXT, "ssn": TEXT, "created_at": TS},
-    "orders": {"id": INT, "tenant_id": TEXT, "customer_id": INT, "status": TEXT, "total": NUM, "paid": BOOL,
-               "ref": UUID, "created_at": TS},
+    "orders": {
+        "id": INT,
+        "tenant_id": TEXT,
+        "customer_id": INT,
+        "status": TEXT,
+        "total": NUM,
+        "paid": BOOL,
+        "ref": UUID,
+        "created_at": TS,
+    },
     "secrets": {"id": INT, "tenant_id": TEXT, "api_key": TEXT},
 }
 # What the support policy lets an agent read: the generator prefers these, so that statements get admitted.
@@ -42,8 +50,7 @@ TABLE_FORMS = {name: len(columns) for name, columns in TABLES.items()}
 LITERALS: dict[str, tuple[str, ...]] = {
     INT: ("10", "1", "0", "101", "1010", "-1", "2147483647", "'11'"),
     NUM: ("12", "12.5", "0", "1e3", "'21.00'"),
-    TEXT: ("'open'", "'paid'", "'shipped'", "'acme'", "'globex'", "''", "'o%'", "E'\\\\x'", "$$open$$",
-           "U&'\\0061'"),
+    TEXT: ("'open'", "'paid'", "'shipped'", "'acme'", "'globex'", "''", "'o%'", "E'\\\\x'", "$$open$$", "U&'\\0061'"),
     BOOL: ("true", "false", "'t'", "NULL::boolean"),
     TS: ("now()", "CURRENT_TIMESTAMP", "'2020-01-01'::timestamptz", "CURRENT_DATE", "now() - interval '1 day'"),
     UUID: ("'0b5e7c3e-2a4f-4c59-8a0e-8f4b9c1e2d3a'", "NULL::uuid"),
@@ -58,18 +65,48 @@ PARAMS: dict[str, tuple[object, ...]] = {
     UUID: ("0b5e7c3e-2a4f-4c59-8a0e-8f4b9c1e2d3a", "nope"),
 }
 CASTS: dict[str, tuple[str, ...]] = {
-    INT: ("int", "integer", "int4", "bigint", "\"int4\"", "\"INT4\"", "pg_catalog.int4", "smallint"),
-    NUM: ("numeric", "numeric(10,2)", "float8", "\"numeric\"", "real", "double precision"),
-    TEXT: ("text", "varchar", "varchar(3)", "\"text\"", "\"TEXT\"", "pg_catalog.text", "char(2)", "name",
-           "regclass", "regproc", "oid", "xml", "bytea", "\"regclass\"", "pg_catalog.regrole", "public.text"),
-    BOOL: ("boolean", "bool", "\"bool\""),
-    TS: ("timestamptz", "timestamp", "date", "\"timestamptz\""),
+    INT: ("int", "integer", "int4", "bigint", '"int4"', '"INT4"', "pg_catalog.int4", "smallint"),
+    NUM: ("numeric", "numeric(10,2)", "float8", '"numeric"', "real", "double precision"),
+    TEXT: (
+        "text",
+        "varchar",
+        "varchar(3)",
+        '"text"',
+        '"TEXT"',
+        "pg_catalog.text",
+        "char(2)",
+        "name",
+        "regclass",
+        "regproc",
+        "oid",
+        "xml",
+        "bytea",
+        '"regclass"',
+        "pg_catalog.regrole",
+        "public.text",
+    ),
+    BOOL: ("boolean", "bool", '"bool"'),
+    TS: ("timestamptz", "timestamp", "date", '"timestamptz"'),
     UUID: ("uuid",),
 }
 # Operators: the usual ones first (most statements should be admissible), then the ones the gate must refuse.
 COMPARE = ("=", "<>", "<", ">", "<=", ">=", "!=")
-HOSTILE_COMPARE = ("~", "!~*", "~*", "^@", "OPERATOR(pg_catalog.~)", "OPERATOR(pg_catalog.=)", "OPERATOR(public.=)",
-                   "OPERATOR(pg_catalog.<)", "IS DISTINCT FROM", "IS NOT DISTINCT FROM", "@@", "&&", "#>", "=*")
+HOSTILE_COMPARE = (
+    "~",
+    "!~*",
+    "~*",
+    "^@",
+    "OPERATOR(pg_catalog.~)",
+    "OPERATOR(pg_catalog.=)",
+    "OPERATOR(public.=)",
+    "OPERATOR(pg_catalog.<)",
+    "IS DISTINCT FROM",
+    "IS NOT DISTINCT FROM",
+    "@@",
+    "&&",
+    "#>",
+    "=*",
+)
 ARITHMETIC = ("+", "-", "*", "/", "%")
 LOCK_STRENGTHS = ("FOR UPDATE", "FOR NO KEY UPDATE", "FOR SHARE", "FOR KEY SHARE")
 AGGREGATES = {NUM: ("sum", "avg", "min", "max"), TEXT: ("min", "max")}
@@ -80,56 +117,130 @@ HOSTILE: dict[str, tuple[str, ...]] = {
         "length(set_config('statement_timeout', '0', false))",
         "length(set_config('search_path', 'public', false))",
         "length(set_config('row_security', 'off', true))",
-        "pg_advisory_lock(4242)::text::int", "(pg_try_advisory_lock(4242))::int", "pg_advisory_lock_shared(4242)",
-        "lo_from_bytea(0, 'x')::int", "lo_create(0)::int", "(SELECT count(*) FROM pg_roles)::int",
-        "(SELECT count(*) FROM pg_authid)::int", "(SELECT count(*) FROM pg_stat_activity)::int",
-        "(SELECT count(*) FROM pg_policies)::int", "pg_backend_pid()", "hashtext('paybill-pooled')",
-        "(SELECT count(*) FROM information_schema.tables)::int", "length(pg_notify('paybill_fuzz', 'x')::text)",
-        "length(current_setting('is_superuser'))", "length(version())", "txid_current()::int",
-        "(SELECT string_agg(rolname, ',') FROM pg_roles)::int", "\"PG_SLEEP\"(0)::text::int",
-        "length(PG_SLEEP(0)::text)", "pg_catalog.length(pg_catalog.set_config('statement_timeout', '1', false))",
-        "(SELECT max(id) FROM secrets)", "(SELECT count(*) FROM public.customers WHERE ssn IS NOT NULL)::int",
-        "length((SELECT ssn FROM customers LIMIT 1))", "length(query_to_xml('select 1', true, true, '')::text)",
-        "(SELECT count(*) FROM pg_catalog.pg_class)::int", "length(current_user::text)", "nextval('s')::int",
-        "(SELECT id FROM other.orders LIMIT 1)", "length(pg_read_file('/etc/hostname'))",
-        "(pg_sleep(0) IS NULL)::int", "length(format('%s', 1))", "strpos(session_user, 'p')",
-        "(SELECT count(*) FROM orders WHERE tenant_id = 'globex')::int", "random()::int",
-        "length(\"current_setting\"('search_path'))", "length(Set_Config('statement_timeout', '0', false))",
+        "pg_advisory_lock(4242)::text::int",
+        "(pg_try_advisory_lock(4242))::int",
+        "pg_advisory_lock_shared(4242)",
+        "lo_from_bytea(0, 'x')::int",
+        "lo_create(0)::int",
+        "(SELECT count(*) FROM pg_roles)::int",
+        "(SELECT count(*) FROM pg_authid)::int",
+        "(SELECT count(*) FROM pg_stat_activity)::int",
+        "(SELECT count(*) FROM pg_policies)::int",
+        "pg_backend_pid()",
+        "hashtext('paybill-pooled')",
+        "(SELECT count(*) FROM information_schema.tables)::int",
+        "length(pg_notify('paybill_fuzz', 'x')::text)",
+        "length(current_setting('is_superuser'))",
+        "length(version())",
+        "txid_current()::int",
+        "(SELECT string_agg(rolname, ',') FROM pg_roles)::int",
+        '"PG_SLEEP"(0)::text::int',
+        "length(PG_SLEEP(0)::text)",
+        "pg_catalog.length(pg_catalog.set_config('statement_timeout', '1', false))",
+        "(SELECT max(id) FROM secrets)",
+        "(SELECT count(*) FROM public.customers WHERE ssn IS NOT NULL)::int",
+        "length((SELECT ssn FROM customers LIMIT 1))",
+        "length(query_to_xml('select 1', true, true, '')::text)",
+        "(SELECT count(*) FROM pg_catalog.pg_class)::int",
+        "length(current_user::text)",
+        "nextval('s')::int",
+        "(SELECT id FROM other.orders LIMIT 1)",
+        "length(pg_read_file('/etc/hostname'))",
+        "(pg_sleep(0) IS NULL)::int",
+        "length(format('%s', 1))",
+        "strpos(session_user, 'p')",
+        "(SELECT count(*) FROM orders WHERE tenant_id = 'globex')::int",
+        "random()::int",
+        "length(\"current_setting\"('search_path'))",
+        "length(Set_Config('statement_timeout', '0', false))",
     ),
     TEXT: (
-        "set_config('statement_timeout', '0', false)", "current_setting('search_path')", "version()",
-        "(SELECT string_agg(rolname, ',') FROM pg_roles)", "(SELECT rolpassword FROM pg_authid LIMIT 1)",
-        "(SELECT string_agg(query, ',') FROM pg_stat_activity)", "(SELECT string_agg(qual, ',') FROM pg_policies)",
-        "query_to_xml('select * from customers', true, true, '')::text", "pg_notify('paybill_fuzz', 'x')::text",
-        "current_user", "session_user", "CURRENT_ROLE", "current_schema", "current_database()",
-        "(SELECT ssn FROM customers LIMIT 1)", "(SELECT api_key FROM secrets LIMIT 1)", "inet_server_addr()::text",
-        "(SELECT name FROM public.customers LIMIT 1)", "\"LOWER\"(status)", "pg_catalog.\"lower\"('X')",
-        "lo_from_bytea(0, 'leak')::text", "pg_advisory_lock(4242)::text", "\"upper\"('x')", "repeat('x', 3)",
-        "(SELECT email FROM customers WHERE tenant_id = 'globex' LIMIT 1)", "md5('x')", "quote_ident('x')",
-        "current_setting('role')", "(SELECT datname FROM pg_database LIMIT 1)::text",
+        "set_config('statement_timeout', '0', false)",
+        "current_setting('search_path')",
+        "version()",
+        "(SELECT string_agg(rolname, ',') FROM pg_roles)",
+        "(SELECT rolpassword FROM pg_authid LIMIT 1)",
+        "(SELECT string_agg(query, ',') FROM pg_stat_activity)",
+        "(SELECT string_agg(qual, ',') FROM pg_policies)",
+        "query_to_xml('select * from customers', true, true, '')::text",
+        "pg_notify('paybill_fuzz', 'x')::text",
+        "current_user",
+        "session_user",
+        "CURRENT_ROLE",
+        "current_schema",
+        "current_database()",
+        "(SELECT ssn FROM customers LIMIT 1)",
+        "(SELECT api_key FROM secrets LIMIT 1)",
+        "inet_server_addr()::text",
+        "(SELECT name FROM public.customers LIMIT 1)",
+        '"LOWER"(status)',
+        "pg_catalog.\"lower\"('X')",
+        "lo_from_bytea(0, 'leak')::text",
+        "pg_advisory_lock(4242)::text",
+        "\"upper\"('x')",
+        "repeat('x', 3)",
+        "(SELECT email FROM customers WHERE tenant_id = 'globex' LIMIT 1)",
+        "md5('x')",
+        "quote_ident('x')",
+        "current_setting('role')",
+        "(SELECT datname FROM pg_database LIMIT 1)::text",
         "(SELECT rolname FROM pg_catalog.pg_roles WHERE rolsuper LIMIT 1)::text",
-        "string_agg(ssn, ',')", "'pg_authid'::regclass::text", "tenant_id::regrole::text",
+        "string_agg(ssn, ',')",
+        "'pg_authid'::regclass::text",
+        "tenant_id::regrole::text",
     ),
     BOOL: (
-        "pg_try_advisory_lock(4242)", "pg_try_advisory_xact_lock(4242)", "set_config('role', 'postgres', false) > ''",
-        "EXISTS (SELECT 1 FROM pg_roles WHERE rolname LIKE 'agent%')", "pg_notify('paybill_fuzz', 'x') IS NULL",
-        "pg_sleep(0) IS NULL", "lo_from_bytea(0, 'x') > 0", "EXISTS (SELECT 1 FROM pg_authid)",
-        "EXISTS (SELECT 1 FROM secrets)", "EXISTS (SELECT 1 FROM customers WHERE ssn LIKE '%')",
-        "status ~ 'o'", "status OPERATOR(pg_catalog.~) 'o'", "'a' ^@ 'a'", "row_security_active('orders')",
-        "pg_has_role('postgres', 'member')", "has_table_privilege('secrets', 'select')",
-        "EXISTS (SELECT 1 FROM orders WHERE tenant_id = 'globex')", "current_setting('is_superuser')::boolean",
+        "pg_try_advisory_lock(4242)",
+        "pg_try_advisory_xact_lock(4242)",
+        "set_config('role', 'postgres', false) > ''",
+        "EXISTS (SELECT 1 FROM pg_roles WHERE rolname LIKE 'agent%')",
+        "pg_notify('paybill_fuzz', 'x') IS NULL",
+        "pg_sleep(0) IS NULL",
+        "lo_from_bytea(0, 'x') > 0",
+        "EXISTS (SELECT 1 FROM pg_authid)",
+        "EXISTS (SELECT 1 FROM secrets)",
+        "EXISTS (SELECT 1 FROM customers WHERE ssn LIKE '%')",
+        "status ~ 'o'",
+        "status OPERATOR(pg_catalog.~) 'o'",
+        "'a' ^@ 'a'",
+        "row_security_active('orders')",
+        "pg_has_role('postgres', 'member')",
+        "has_table_privilege('secrets', 'select')",
+        "EXISTS (SELECT 1 FROM orders WHERE tenant_id = 'globex')",
+        "current_setting('is_superuser')::boolean",
     ),
 }
 HOSTILE[NUM] = HOSTILE[INT]
-HOSTILE[TS] = ("pg_postmaster_start_time()", "clock_timestamp()", "statement_timestamp()",
-               "(SELECT max(backend_start) FROM pg_stat_activity)", "pg_sleep(0)::text::timestamptz")
+HOSTILE[TS] = (
+    "pg_postmaster_start_time()",
+    "clock_timestamp()",
+    "statement_timestamp()",
+    "(SELECT max(backend_start) FROM pg_stat_activity)",
+    "pg_sleep(0)::text::timestamptz",
+)
 HOSTILE[UUID] = ("gen_random_uuid()", "(SELECT ref FROM orders WHERE tenant_id = 'globex' LIMIT 1)")
 # Relations an agent must never reach, in a FROM list.
 HOSTILE_FROM = (
-    "pg_roles", "pg_catalog.pg_authid", "pg_stat_activity", "pg_policies", "information_schema.tables",
-    "public.secrets", "secrets", "other.orders", "\"Orders\"", "pg_catalog.pg_class", "generate_series(1, 3) g",
-    "pg_largeobject", "ONLY orders", "orders TABLESAMPLE SYSTEM (50)", "pg_settings", "lo_from_bytea(0, 'x') l",
-    "rows from (pg_sleep(0)) r", "json_to_record('{}') AS j(a int)", "pg_catalog.pg_user", "pg_shadow",
+    "pg_roles",
+    "pg_catalog.pg_authid",
+    "pg_stat_activity",
+    "pg_policies",
+    "information_schema.tables",
+    "public.secrets",
+    "secrets",
+    "other.orders",
+    '"Orders"',
+    "pg_catalog.pg_class",
+    "generate_series(1, 3) g",
+    "pg_largeobject",
+    "ONLY orders",
+    "orders TABLESAMPLE SYSTEM (50)",
+    "pg_settings",
+    "lo_from_bytea(0, 'x') l",
+    "rows from (pg_sleep(0)) r",
+    "json_to_record('{}') AS j(a int)",
+    "pg_catalog.pg_user",
+    "pg_shadow",
 )
 
 
@@ -231,8 +342,11 @@ class Grammar:
         from_sql = self.from_list(inner, local) if not self.c.chance(8) else ""
         inner.scope = [*local, *ctx.scope]
         if self.c.chance(8):
-            parts.append(self.c.pick(("DISTINCT", "ALL")) if not local or self.c.chance(50) else
-                         f"DISTINCT ON ({self.expression(inner, self.any_type(), 1)})")
+            parts.append(
+                self.c.pick(("DISTINCT", "ALL"))
+                if not local or self.c.chance(50)
+                else f"DISTINCT ON ({self.expression(inner, self.any_type(), 1)})"
+            )
         grouped = bool(local) and self.c.chance(20)
         targets: list[tuple[str, str]] = []
         group_keys: list[str] = []
@@ -245,12 +359,20 @@ class Grammar:
             if grouped and n == 0 and group_keys:
                 value = group_keys[0]
             else:
-                value = self.expression(inner.inner(scope=inner.scope, aggregates=grouped or self.c.chance(15),
-                                                    windows=not grouped and bool(local)), kind, self.budget)
+                value = self.expression(
+                    inner.inner(
+                        scope=inner.scope, aggregates=grouped or self.c.chance(15), windows=not grouped and bool(local)
+                    ),
+                    kind,
+                    self.budget,
+                )
             targets.append((value, kind))
         if want is None and local and self.c.chance(10):
-            parts.append(self.c.pick(("*", f"{local[0].name}.*")) + ", " +
-                         ", ".join(f"{v} AS c{n}" for n, (v, _) in enumerate(targets)))
+            parts.append(
+                self.c.pick(("*", f"{local[0].name}.*"))
+                + ", "
+                + ", ".join(f"{v} AS c{n}" for n, (v, _) in enumerate(targets))
+            )
         else:
             parts.append(", ".join(f"{v} AS c{n}" for n, (v, _) in enumerate(targets)))
         if from_sql:
@@ -275,10 +397,25 @@ class Grammar:
         if self.c.chance(35):
             items = []
             for _ in range(self.c.number(1, 2)):
-                key = self.c.pick((str(self.c.number(1, outputs)), f"c{self.c.number(0, outputs - 1)}",
-                                   self.expression(ctx, self.any_type(), 1)))
-                direction = self.c.pick(("", " DESC", " ASC NULLS FIRST", " USING <", " USING >",
-                                         " USING ~<~", " USING OPERATOR(pg_catalog.<)", " USING ~>~"))
+                key = self.c.pick(
+                    (
+                        str(self.c.number(1, outputs)),
+                        f"c{self.c.number(0, outputs - 1)}",
+                        self.expression(ctx, self.any_type(), 1),
+                    )
+                )
+                direction = self.c.pick(
+                    (
+                        "",
+                        " DESC",
+                        " ASC NULLS FIRST",
+                        " USING <",
+                        " USING >",
+                        " USING ~<~",
+                        " USING OPERATOR(pg_catalog.<)",
+                        " USING ~>~",
+                    )
+                )
                 items.append(key + direction)
             parts.append("ORDER BY " + ", ".join(items))
         if self.c.chance(30):
@@ -286,8 +423,10 @@ class Grammar:
         if self.c.chance(15):
             parts.append("OFFSET " + self.limit_value(ctx, "OFFSET"))
         if self.c.chance(8) and not any(p.startswith("LIMIT") for p in parts):
-            parts.append(f"FETCH FIRST {self.limit_value(ctx, 'FETCH')} ROWS " +
-                         ("WITH TIES" if parts and parts[0].startswith("ORDER") and self.c.chance(30) else "ONLY"))
+            parts.append(
+                f"FETCH FIRST {self.limit_value(ctx, 'FETCH')} ROWS "
+                + ("WITH TIES" if parts and parts[0].startswith("ORDER") and self.c.chance(30) else "ONLY")
+            )
         return parts
 
     def limit_value(self, ctx: Context, clause: str = "LIMIT") -> str:
@@ -318,8 +457,10 @@ class Grammar:
         text = "VALUES " + ", ".join(rows)
         tail = []
         if self.c.chance(35):
-            tail.append("ORDER BY " + self.c.pick(("1", "column1", "1 DESC", "1 USING ~<~", "column1 USING <",
-                                                   f"({self.hostile(INT)})")))
+            tail.append(
+                "ORDER BY "
+                + self.c.pick(("1", "column1", "1 DESC", "1 USING ~<~", "column1 USING <", f"({self.hostile(INT)})"))
+            )
         if self.c.chance(35):
             tail.append("LIMIT " + self.limit_value(ctx))
         if self.c.chance(25):
@@ -343,8 +484,16 @@ class Grammar:
         if kind == "values":
             return f"({self.values(ctx, types, top=False)})" if self.c.chance(70) else self.values_bare(ctx, types)
         body = self.select(ctx, types, top=False)
-        return f"({body})" if kind == "paren" or " ORDER BY " in body or " LIMIT " in body or " FOR " in body \
-            or " OFFSET " in body or " FETCH " in body else body
+        return (
+            f"({body})"
+            if kind == "paren"
+            or " ORDER BY " in body
+            or " LIMIT " in body
+            or " FOR " in body
+            or " OFFSET " in body
+            or " FETCH " in body
+            else body
+        )
 
     def values_bare(self, ctx: Context, types: Sequence[str]) -> str:
         return "VALUES (" + ", ".join(self.expression(ctx.inner(), t, 1) for t in types) + ")"
@@ -368,8 +517,11 @@ class Grammar:
         recursive = "RECURSIVE " if self.c.chance(4) else ""
         tail = self.c.pick(("select", "select", "update", "delete"))
         inner = ctx.inner(ctes=ctes)
-        main = self.select(inner, None) if tail == "select" else (self.update(inner) if tail == "update"
-                                                                  else self.delete(inner))
+        main = (
+            self.select(inner, None)
+            if tail == "select"
+            else (self.update(inner) if tail == "update" else self.delete(inner))
+        )
         return f"WITH {recursive}" + ", ".join(parts) + " " + main
 
     def query(self, ctx: Context, types: Sequence[str]) -> str:
@@ -403,8 +555,9 @@ class Grammar:
             alias = self.alias() if self.c.chance(50) else name
             local.append(Relation(alias, ctx.ctes[name]))
             return name if alias == name else f"{name} {alias}"
-        table = self.c.pick(("orders", "orders", "customers", "secrets") if self.c.chance(10) else
-                            ("orders", "customers"))
+        table = self.c.pick(
+            ("orders", "orders", "customers", "secrets") if self.c.chance(10) else ("orders", "customers")
+        )
         columns = TABLES[table]
         spelled = self.c.pick((table, table, f"public.{table}", f'"{table}"', table.upper()))
         if self.c.chance(50):
@@ -467,8 +620,11 @@ class Grammar:
             extra = " FROM " + self.from_item(ctx, local, 1)
         scope = ctx.inner(scope=[*local, *ctx.scope])
         sets = []
-        writable = {"orders": ("status", "status", "total", "tenant_id", "paid"), "customers": ("email", "name", "ssn"),
-                    "secrets": ("api_key",)}[table]
+        writable = {
+            "orders": ("status", "status", "total", "tenant_id", "paid"),
+            "customers": ("email", "name", "ssn"),
+            "secrets": ("api_key",),
+        }[table]
         for column in dict.fromkeys(self.c.pick(writable) for _ in range(self.c.number(1, 2))):
             sets.append(f"{column} = {self.expression(scope, TABLES[table][column], 2)}")
         text = f"UPDATE {table}{'' if alias == table else ' ' + alias} SET {', '.join(sets)}{extra}"
@@ -515,8 +671,17 @@ class Grammar:
         text = f"INSERT INTO orders ({', '.join(columns)}) {source}"
         target = Relation("orders", TABLES["orders"], "orders")
         if self.c.chance(50):
-            conflict = self.c.pick(("(id)", "(tenant_id, id)", "(id, tenant_id)", "ON CONSTRAINT orders_pkey", "",
-                                    "(id) WHERE true", "(tenant_id, id) WHERE true"))
+            conflict = self.c.pick(
+                (
+                    "(id)",
+                    "(tenant_id, id)",
+                    "(id, tenant_id)",
+                    "ON CONSTRAINT orders_pkey",
+                    "",
+                    "(id) WHERE true",
+                    "(tenant_id, id) WHERE true",
+                )
+            )
             if self.c.chance(40) and conflict:
                 text += f" ON CONFLICT {conflict} DO NOTHING"
             elif conflict:
@@ -538,11 +703,19 @@ class Grammar:
         key = f"{target.name}.id" if self.c.chance(30) else "id"
         shapes = (
             f"{key} = {self.c.pick(('10', '11', '12', '1', '1010', '101'))}",
-            f"{key} = 11 OR {key} = 12", f"NOT ({key} = 11)", f"{key} IN (10, 11, 1010)",
+            f"{key} = 11 OR {key} = 12",
+            f"NOT ({key} = 11)",
+            f"{key} IN (10, 11, 1010)",
             f"({key} = 10 OR {key} = 1010) AND {self.condition(ctx, 1)}",
-            f"{key} BETWEEN 10 AND 13", "id = id", "tenant_id = tenant_id", "id IS NOT NULL",
-            f"EXISTS (SELECT 1 FROM {self.c.pick(('customers', 'orders'))})", "true", "tenant_id = 'globex'",
-            f"{key} = 10 OR true", f"NOT ({key} <> 10 AND {key} <> 1010)",
+            f"{key} BETWEEN 10 AND 13",
+            "id = id",
+            "tenant_id = tenant_id",
+            "id IS NOT NULL",
+            f"EXISTS (SELECT 1 FROM {self.c.pick(('customers', 'orders'))})",
+            "true",
+            "tenant_id = 'globex'",
+            f"{key} = 10 OR true",
+            f"NOT ({key} <> 10 AND {key} <> 1010)",
         )
         if self.c.chance(40):
             return self.condition(ctx, 2)
@@ -570,8 +743,12 @@ class Grammar:
             for name, type_ in relation.columns.items():
                 if type_ != kind:
                     continue
-                if readable_only and relation.table is not None and name not in READABLE[relation.table] \
-                        and not self.c.chance(3):
+                if (
+                    readable_only
+                    and relation.table is not None
+                    and name not in READABLE[relation.table]
+                    and not self.c.chance(3)
+                ):
                     continue
                 candidates.append((relation.name, name))
         if not candidates:
@@ -596,8 +773,23 @@ class Grammar:
             return column or self.literal(kind)
         if kind == BOOL:
             return self.condition(ctx, depth - 1)
-        shape = self.c.pick(("column", "function", "arith", "case", "coalesce", "cast", "subquery", "window",
-                             "aggregate", "paren", "nullif", "greatest", "odd"))
+        shape = self.c.pick(
+            (
+                "column",
+                "function",
+                "arith",
+                "case",
+                "coalesce",
+                "cast",
+                "subquery",
+                "window",
+                "aggregate",
+                "paren",
+                "nullif",
+                "greatest",
+                "odd",
+            )
+        )
         sub = depth - 1
         if shape == "odd":
             return self.odd(ctx, kind, sub)
@@ -614,16 +806,20 @@ class Grammar:
         if shape == "arith" and kind == TEXT:
             return f"({self.expression(ctx, TEXT, sub)} || {self.expression(ctx, self.any_type(), sub)})"
         if shape == "case":
-            arms = " ".join(f"WHEN {self.condition(ctx, sub)} THEN {self.expression(ctx, kind, sub)}"
-                            for _ in range(self.c.number(1, 2)))
+            arms = " ".join(
+                f"WHEN {self.condition(ctx, sub)} THEN {self.expression(ctx, kind, sub)}"
+                for _ in range(self.c.number(1, 2))
+            )
             return f"CASE {arms} ELSE {self.expression(ctx, kind, sub)} END"
         if shape == "coalesce":
             return f"coalesce({self.expression(ctx, kind, sub)}, {self.expression(ctx, kind, sub)})"
         if shape == "nullif":
             return f"NULLIF({self.expression(ctx, kind, sub)}, {self.expression(ctx, kind, sub)})"
         if shape == "greatest" and kind != BOOL:
-            return (f"{self.c.pick(('GREATEST', 'LEAST'))}({self.expression(ctx, kind, sub)}, "
-                    f"{self.expression(ctx, kind, sub)})")
+            return (
+                f"{self.c.pick(('GREATEST', 'LEAST'))}({self.expression(ctx, kind, sub)}, "
+                f"{self.expression(ctx, kind, sub)})"
+            )
         if shape == "cast":
             source = self.c.pick((kind, TEXT, INT))
             target = self.c.pick(CASTS[kind])
@@ -646,9 +842,13 @@ class Grammar:
         relations = [r for r in ctx.scope if r.table is not None]
         value = self.expression(ctx, kind, depth)
         forms = {
-            TEXT: [f"{value} COLLATE \"C\"", "text 'x'", f"(ARRAY[{value}])[1]", "'x'::\"Text\""],
-            INT: ["int4 '7'", f"(ARRAY[{value}, 1])[1]", "array_length(ARRAY(SUBQUERY), 1)",
-                  f"(SELECT count(*) FROM (TABLE {self.c.pick(('orders', 'customers'))}) x)::int"],
+            TEXT: [f'{value} COLLATE "C"', "text 'x'", f"(ARRAY[{value}])[1]", "'x'::\"Text\""],
+            INT: [
+                "int4 '7'",
+                f"(ARRAY[{value}, 1])[1]",
+                "array_length(ARRAY(SUBQUERY), 1)",
+                f"(SELECT count(*) FROM (TABLE {self.c.pick(('orders', 'customers'))}) x)::int",
+            ],
             NUM: ["numeric '1.5'", f"({value})::numeric(5, 1)"],
             TS: ["timestamptz '2025-01-01'", "date '2025-01-01'", f"{value} AT TIME ZONE 'UTC'"],
             BOOL: [f"ROW({value}, 1) = ROW({value}, 1)", "(1, 'a') < (2, 'b')", f"{value} IS NOT TRUE"],
@@ -657,8 +857,14 @@ class Grammar:
         if relations:
             relation = self.c.pick(relations)
             forms += {
-                TEXT: [f"{relation.name}::text", f"row_to_json({relation.name})::text", f"({relation.name}).name",
-                       f"({relation.name}).\"Name\"", f"{relation.name}.\"Email\"", f"{relation.name}.\"ID\"::text"],
+                TEXT: [
+                    f"{relation.name}::text",
+                    f"row_to_json({relation.name})::text",
+                    f"({relation.name}).name",
+                    f'({relation.name})."Name"',
+                    f'{relation.name}."Email"',
+                    f'{relation.name}."ID"::text',
+                ],
                 INT: [f"({relation.name}).id", f"length({relation.name}::text)"],
                 BOOL: [f"{relation.name} IS NOT NULL", f"{relation.name} = {relation.name}"],
             }.get(kind, [])
@@ -689,8 +895,13 @@ class Grammar:
     def aggregate(self, ctx: Context, kind: str) -> str:
         inner = ctx.inner(scope=ctx.scope)
         if kind == INT:
-            argument = self.c.pick(("*", self.expression(inner, self.any_type(), 1),
-                                    f"DISTINCT {self.expression(inner, self.any_type(), 1)}"))
+            argument = self.c.pick(
+                (
+                    "*",
+                    self.expression(inner, self.any_type(), 1),
+                    f"DISTINCT {self.expression(inner, self.any_type(), 1)}",
+                )
+            )
             call = f"count({argument})"
         elif kind in AGGREGATES:
             call = f"{self.c.pick(AGGREGATES[kind])}({self.expression(inner, kind, 1)}"
@@ -722,29 +933,50 @@ class Grammar:
         if self.c.chance(60):
             parts.append("PARTITION BY " + self.expression(ctx, self.any_type(), 1))
         if self.c.chance(60):
-            parts.append("ORDER BY " + self.expression(ctx, self.any_type(), 1) +
-                         self.c.pick(("", " DESC", " USING <", " USING ~<~")))
+            parts.append(
+                "ORDER BY "
+                + self.expression(ctx, self.any_type(), 1)
+                + self.c.pick(("", " DESC", " USING <", " USING ~<~"))
+            )
         if self.c.chance(40):
             unit = self.c.pick(("ROWS", "RANGE", "GROUPS"))
             offset = self.c.pick(("1", "2", "0", f"({self.hostile(INT)})", f"({self.scalar_subquery(ctx, INT)})"))
             start = self.c.pick((f"{offset} PRECEDING", "UNBOUNDED PRECEDING", "CURRENT ROW"))
             end = self.c.pick(("CURRENT ROW", f"{offset} FOLLOWING", "UNBOUNDED FOLLOWING"))
-            parts.append(f"{unit} BETWEEN {start} AND {end}" +
-                         self.c.pick(("", "", " EXCLUDE CURRENT ROW", " EXCLUDE TIES")))
+            parts.append(
+                f"{unit} BETWEEN {start} AND {end}" + self.c.pick(("", "", " EXCLUDE CURRENT ROW", " EXCLUDE TIES"))
+            )
         return " ".join(parts)
 
     def condition(self, ctx: Context, depth: int) -> str:
         if self.c.chance(self.hostility):
             return self.hostile(BOOL)
-        shape = self.c.pick(("compare", "compare", "compare", "and", "or", "not", "in_list", "null", "like",
-                             "between", "exists", "in_subquery", "any", "bool_column", "any_array", "hostile_op"))
+        shape = self.c.pick(
+            (
+                "compare",
+                "compare",
+                "compare",
+                "and",
+                "or",
+                "not",
+                "in_list",
+                "null",
+                "like",
+                "between",
+                "exists",
+                "in_subquery",
+                "any",
+                "bool_column",
+                "any_array",
+                "hostile_op",
+            )
+        )
         sub = depth - 1
         kind = self.c.pick((INT, TEXT, NUM, INT, TS))
         if depth <= 0 and shape in ("and", "or", "not", "exists", "in_subquery", "any"):
             shape = "compare"
         if shape == "compare":
-            return (f"{self.expression(ctx, kind, sub)} {self.c.pick(COMPARE)} "
-                    f"{self.expression(ctx, kind, sub)}")
+            return f"{self.expression(ctx, kind, sub)} {self.c.pick(COMPARE)} {self.expression(ctx, kind, sub)}"
         if shape in ("and", "or"):
             return f"({self.condition(ctx, sub)} {shape.upper()} {self.condition(ctx, sub)})"
         if shape == "not":
@@ -755,11 +987,15 @@ class Grammar:
         if shape == "null":
             return f"{self.expression(ctx, self.any_type(), sub)} IS {self.c.pick(('', 'NOT '))}NULL"
         if shape == "like":
-            return (f"{self.expression(ctx, TEXT, sub)} {self.c.pick(('LIKE', 'ILIKE', 'NOT LIKE', 'NOT ILIKE'))} "
-                    f"{self.c.pick(LITERALS[TEXT])}")
+            return (
+                f"{self.expression(ctx, TEXT, sub)} {self.c.pick(('LIKE', 'ILIKE', 'NOT LIKE', 'NOT ILIKE'))} "
+                f"{self.c.pick(LITERALS[TEXT])}"
+            )
         if shape == "between":
-            return (f"{self.expression(ctx, kind, sub)} {self.c.pick(('BETWEEN', 'NOT BETWEEN'))} "
-                    f"{self.expression(ctx, kind, 0)} AND {self.expression(ctx, kind, 0)}")
+            return (
+                f"{self.expression(ctx, kind, sub)} {self.c.pick(('BETWEEN', 'NOT BETWEEN'))} "
+                f"{self.expression(ctx, kind, 0)} AND {self.expression(ctx, kind, 0)}"
+            )
         if shape == "exists" and self.budget > 0:
             self.budget -= 1
             try:

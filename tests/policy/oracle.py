@@ -52,19 +52,65 @@ ORACLE_PASSWORD = "fuzz-oracle"  # a throwaway server's throwaway role
 HIDDEN_MARKERS = (OTHER, "SSN-", "APIKEY-")
 
 # Independent of the engine's own lists: what the rewritten SQL may contain.
-SAFE_OPERATORS = frozenset({"=", "<>", "<", ">", "<=", ">=", "+", "-", "*", "/", "%", "||",
-                            "~~", "!~~", "~~*", "!~~*"})
+SAFE_OPERATORS = frozenset({"=", "<>", "<", ">", "<=", ">=", "+", "-", "*", "/", "%", "||", "~~", "!~~", "~~*", "!~~*"})
 RANGE_KINDS = frozenset({pb.AEXPR_BETWEEN, pb.AEXPR_NOT_BETWEEN, pb.AEXPR_BETWEEN_SYM, pb.AEXPR_NOT_BETWEEN_SYM})
 SORT_OPERATORS = frozenset({"<", ">"})
-SAFE_TYPES = frozenset({"int2", "int4", "int8", "smallint", "integer", "int", "bigint", "numeric", "decimal",
-                        "float4", "float8", "real", "text", "varchar", "bpchar", "char", "bool", "boolean", "date",
-                        "time", "timestamp", "timestamptz", "interval", "uuid", "json", "jsonb"})
-TIME_FUNCTIONS = frozenset({pb.SVFOP_CURRENT_DATE, pb.SVFOP_CURRENT_TIME, pb.SVFOP_CURRENT_TIME_N,
-                            pb.SVFOP_CURRENT_TIMESTAMP, pb.SVFOP_CURRENT_TIMESTAMP_N, pb.SVFOP_LOCALTIME,
-                            pb.SVFOP_LOCALTIME_N, pb.SVFOP_LOCALTIMESTAMP, pb.SVFOP_LOCALTIMESTAMP_N})
+SAFE_TYPES = frozenset(
+    {
+        "int2",
+        "int4",
+        "int8",
+        "smallint",
+        "integer",
+        "int",
+        "bigint",
+        "numeric",
+        "decimal",
+        "float4",
+        "float8",
+        "real",
+        "text",
+        "varchar",
+        "bpchar",
+        "char",
+        "bool",
+        "boolean",
+        "date",
+        "time",
+        "timestamp",
+        "timestamptz",
+        "interval",
+        "uuid",
+        "json",
+        "jsonb",
+    }
+)
+TIME_FUNCTIONS = frozenset(
+    {
+        pb.SVFOP_CURRENT_DATE,
+        pb.SVFOP_CURRENT_TIME,
+        pb.SVFOP_CURRENT_TIME_N,
+        pb.SVFOP_CURRENT_TIMESTAMP,
+        pb.SVFOP_CURRENT_TIMESTAMP_N,
+        pb.SVFOP_LOCALTIME,
+        pb.SVFOP_LOCALTIME_N,
+        pb.SVFOP_LOCALTIMESTAMP,
+        pb.SVFOP_LOCALTIMESTAMP_N,
+    }
+)
 # Nodes that reach outside the tenant's tables whatever their arguments are.
-FORBIDDEN_NODES = frozenset({"RangeFunction", "RangeTableFunc", "RangeTableSample", "CurrentOfExpr", "XmlExpr",
-                             "XmlSerialize", "JsonTable", "IntoClause"})
+FORBIDDEN_NODES = frozenset(
+    {
+        "RangeFunction",
+        "RangeTableFunc",
+        "RangeTableSample",
+        "CurrentOfExpr",
+        "XmlExpr",
+        "XmlSerialize",
+        "JsonTable",
+        "IntoClause",
+    }
+)
 
 
 # -- the database ---------------------------------------------------------------------------------------
@@ -101,8 +147,11 @@ def create_database(admin_dsn: str, name: str = "policy_fuzz") -> str:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ORACLE_ROLE,)).fetchone()
         verb = "ALTER" if exists else "CREATE"
-        conn.execute(sql.SQL(verb + " ROLE {} LOGIN BYPASSRLS NOSUPERUSER PASSWORD {}").format(
-            sql.Identifier(ORACLE_ROLE), sql.Literal(ORACLE_PASSWORD)))
+        conn.execute(
+            sql.SQL(verb + " ROLE {} LOGIN BYPASSRLS NOSUPERUSER PASSWORD {}").format(
+                sql.Identifier(ORACLE_ROLE), sql.Literal(ORACLE_PASSWORD)
+            )
+        )
     dsn = psycopg.conninfo.make_conninfo(admin_dsn, dbname=name)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(SCHEMA_SQL)
@@ -110,28 +159,49 @@ def create_database(admin_dsn: str, name: str = "policy_fuzz") -> str:
         for table in ("customers", "orders", "secrets"):
             conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(sql.Identifier(table)))
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(ORACLE_ROLE)))
-        conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}").format(
-            sql.Identifier(ORACLE_ROLE)))
+        conn.execute(
+            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}").format(
+                sql.Identifier(ORACLE_ROLE)
+            )
+        )
     return psycopg.conninfo.make_conninfo(dsn, user=ORACLE_ROLE, password=ORACLE_PASSWORD)
 
 
 def seed(conn: psycopg.Connection) -> None:
     """Every text value carries its tenant's name; SSNs and API keys carry markers found nowhere else."""
     for t, tenant in enumerate((TENANT, OTHER)):
-        conn.execute("INSERT INTO secrets (id, tenant_id, api_key) VALUES (%s, %s, %s)",
-                     (t + 1, tenant, f"APIKEY-{tenant}-{t + 1}"))
+        conn.execute(
+            "INSERT INTO secrets (id, tenant_id, api_key) VALUES (%s, %s, %s)",
+            (t + 1, tenant, f"APIKEY-{tenant}-{t + 1}"),
+        )
         for n in range(1, 6):
             key = t * 100 + n
-            conn.execute("INSERT INTO customers (id, tenant_id, name, email, ssn, created_at) "
-                         "VALUES (%s, %s, %s, %s, %s, %s)",
-                         (key, tenant, f"{tenant}-customer-{n}", f"c{n}@{tenant}.test", f"SSN-{tenant}-{key:05d}",
-                          f"2024-0{n}-0{t + 1} 10:00:00+00"))
+            conn.execute(
+                "INSERT INTO customers (id, tenant_id, name, email, ssn, created_at) VALUES (%s, %s, %s, %s, %s, %s)",
+                (
+                    key,
+                    tenant,
+                    f"{tenant}-customer-{n}",
+                    f"c{n}@{tenant}.test",
+                    f"SSN-{tenant}-{key:05d}",
+                    f"2024-0{n}-0{t + 1} 10:00:00+00",
+                ),
+            )
             for k in range(4):
-                conn.execute("INSERT INTO orders (id, tenant_id, customer_id, status, total, paid, ref, created_at) "
-                             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                             (key * 10 + k, tenant, key, ("open", "paid", "shipped", "canceled")[k],
-                              10 * (k + 1) + n + 100 * t, k == 1, uuid.uuid5(uuid.NAMESPACE_OID, f"{tenant}{key}{k}"),
-                              f"2025-0{k + 1}-{n + 10} 12:00:00+00"))
+                conn.execute(
+                    "INSERT INTO orders (id, tenant_id, customer_id, status, total, paid, ref, created_at) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        key * 10 + k,
+                        tenant,
+                        key,
+                        ("open", "paid", "shipped", "canceled")[k],
+                        10 * (k + 1) + n + 100 * t,
+                        k == 1,
+                        uuid.uuid5(uuid.NAMESPACE_OID, f"{tenant}{key}{k}"),
+                        f"2025-0{k + 1}-{n + 10} 12:00:00+00",
+                    ),
+                )
 
 
 # -- what the policy allows, read from the spec on its own ---------------------------------------------
@@ -165,23 +235,31 @@ class Allowed:
         def whole(action: str, table: str) -> bool:
             rules = [r for r in spec.rules if action in [str(a) for a in r.actions] and {table, "*"} & set(r.tables)]
             return any(r.effect == "allow" for r in rules) and not any(
-                r.effect == "deny" and "*" in r.columns for r in rules)
+                r.effect == "deny" and "*" in r.columns for r in rules
+            )
 
         def row_filter(action: str, table: str) -> str | None:
-            rules = [r for r in spec.rules if r.effect == "allow" and action in [str(a) for a in r.actions]
-                     and {table, "*"} & set(r.tables)]
+            rules = [
+                r
+                for r in spec.rules
+                if r.effect == "allow" and action in [str(a) for a in r.actions] and {table, "*"} & set(r.tables)
+            ]
             if not rules or any(r.rowFilter is None for r in rules):
                 return None
             return " OR ".join(f"({r.rowFilter})" for r in rules)
 
         tables = list(columns)
-        filters = {(a, t): f for a in ("select", "update", "delete") for t in tables
-                   if (f := row_filter(a, t)) is not None}
-        return cls(read={t: granted("select", t) | {"tenant_id"} for t in tables},
-                   update={t: granted("update", t) for t in tables},
-                   insert=frozenset(t for t in tables if whole("insert", t)),
-                   delete=frozenset(t for t in tables if whole("delete", t)),
-                   functions=frozenset(spec.functions), row_filters=filters)
+        filters = {
+            (a, t): f for a in ("select", "update", "delete") for t in tables if (f := row_filter(a, t)) is not None
+        }
+        return cls(
+            read={t: granted("select", t) | {"tenant_id"} for t in tables},
+            update={t: granted("update", t) for t in tables},
+            insert=frozenset(t for t in tables if whole("insert", t)),
+            delete=frozenset(t for t in tables if whole("delete", t)),
+            functions=frozenset(spec.functions),
+            row_filters=filters,
+        )
 
     def may_lock(self, table: str) -> bool:
         """A row lock is a write intent: the table needs an update (or delete) rule."""
@@ -200,8 +278,12 @@ def static_problems(statement: str, allowed: Allowed, tables: Iterable[str]) -> 
     messages = list(_messages(tree))
     ctes = {m.ctename for m in messages if isinstance(m, pb.CommonTableExpr)}
     # FOR UPDATE OF names FROM items (aliases), not relations: the items themselves are checked where they stand
-    aliases = {(n.range_var.relname, n.range_var.location)
-               for m in messages if isinstance(m, pb.LockingClause) for n in m.locked_rels}
+    aliases = {
+        (n.range_var.relname, n.range_var.location)
+        for m in messages
+        if isinstance(m, pb.LockingClause)
+        for n in m.locked_rels
+    }
     known = set(tables)
     problems = []
     for message in messages:
@@ -227,8 +309,9 @@ def static_problems(statement: str, allowed: Allowed, tables: Iterable[str]) -> 
         elif isinstance(message, pb.RangeVar) and (message.relname, message.location) not in aliases:
             local = not message.catalogname and message.schemaname in ("", "public")
             if not local or message.relname not in known | ctes:
-                problems.append(f"reads relation {message.schemaname + '.' if message.schemaname else ''}"
-                                f"{message.relname}")
+                problems.append(
+                    f"reads relation {message.schemaname + '.' if message.schemaname else ''}{message.relname}"
+                )
         elif isinstance(message, pb.SQLValueFunction) and message.op not in TIME_FUNCTIONS:
             problems.append(f"reads session information ({pb.SQLValueFunctionOp.Name(message.op)})")
     return problems
@@ -240,8 +323,11 @@ def _messages(message: Any) -> Iterator[Any]:
         if descriptor.message_type is None:
             continue
         for item in value if descriptor.is_repeated else (value,):
-            inner = getattr(item, item.WhichOneof("node")) if isinstance(item, pb.Node) and item.WhichOneof(
-                "node") else item
+            inner = (
+                getattr(item, item.WhichOneof("node"))
+                if isinstance(item, pb.Node) and item.WhichOneof("node")
+                else item
+            )
             if isinstance(item, pb.Node) and not item.WhichOneof("node"):
                 continue
             yield from _messages(inner)
@@ -319,17 +405,22 @@ class Oracle:
             real = self._run(statement, params, "real")
             after = self._rows(conn)
             problems += self._writes(before, after)
-            problems += self._locks({key[0] for key in set(before) | set(after) if before.get(key) != after.get(key)},
-                                    read)
+            problems += self._locks(
+                {key[0] for key in set(before) | set(after) if before.get(key) != after.get(key)}, read
+            )
             problems += _compare(hidden, real, self.allowed.read, self._filtered)
             sent = (statement + repr(params)).lower()  # a marker the agent sent itself reveals nothing
-            problems += [f"output shows hidden data ({marker})" for marker in HIDDEN_MARKERS
-                         if marker.lower() not in sent and any(marker.lower() in row.lower() for row in real.rows)]
-            if real.error and any(m.lower() in real.error[1].lower() and m.lower() not in sent
-                                  for m in HIDDEN_MARKERS):
+            problems += [
+                f"output shows hidden data ({marker})"
+                for marker in HIDDEN_MARKERS
+                if marker.lower() not in sent and any(marker.lower() in row.lower() for row in real.rows)
+            ]
+            if real.error and any(m.lower() in real.error[1].lower() and m.lower() not in sent for m in HIDDEN_MARKERS):
                 problems.append(f"error text shows hidden data: {real.error[1][:120]}")
-            problems += [f"leaves {what} behind: {before_value!r} -> {after_value!r}"
-                         for what, before_value, after_value in _changes(baseline, self._session(conn))]
+            problems += [
+                f"leaves {what} behind: {before_value!r} -> {after_value!r}"
+                for what, before_value, after_value in _changes(baseline, self._session(conn))
+            ]
             problems += self._notify(conn)
         finally:
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -361,20 +452,25 @@ class Oracle:
         """Delete the other tenant's rows and the rows no select rule's rowFilter admits; scramble every column
         the agent may not read."""
         for table in ("orders", "customers", "secrets"):
-            conn.execute(sql.SQL("DELETE FROM {} WHERE tenant_id <> {}").format(
-                sql.Identifier(table), sql.Literal(TENANT)))
+            conn.execute(
+                sql.SQL("DELETE FROM {} WHERE tenant_id <> {}").format(sql.Identifier(table), sql.Literal(TENANT))
+            )
         self._filtered = set()
         for (action, table), row_filter in self.allowed.row_filters.items():
             if action == "select":
-                deleted = conn.execute(sql.SQL("DELETE FROM {} WHERE ({}) IS NOT TRUE RETURNING tenant_id, id").format(
-                    sql.Identifier(table), sql.SQL(row_filter)))  # the policy's own predicate, trusted here
+                deleted = conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE ({}) IS NOT TRUE RETURNING tenant_id, id").format(
+                        sql.Identifier(table), sql.SQL(row_filter)
+                    )
+                )  # the policy's own predicate, trusted here
                 self._filtered |= {(table, tenant, key) for tenant, key in deleted}
         types = _schema_types()
         for table, columns in self.columns.items():
             hidden = [c for c in columns if c not in self.allowed.read[table] and c != "tenant_id"]
             if hidden:
-                sets = sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(c), _scramble(c, types[table][c]))
-                                          for c in hidden)
+                sets = sql.SQL(", ").join(
+                    sql.SQL("{} = {}").format(sql.Identifier(c), _scramble(c, types[table][c])) for c in hidden
+                )
                 conn.execute(sql.SQL("UPDATE {} SET {}").format(sql.Identifier(table), sets))
 
     def _outside_filters(self, conn: psycopg.Connection) -> dict[str, set[tuple[str, str, int]]]:
@@ -382,8 +478,11 @@ class Oracle:
         unreachable: dict[str, set[tuple[str, str, int]]] = {"update": set(), "delete": set()}
         for (action, table), row_filter in self.allowed.row_filters.items():
             if action in unreachable:
-                rows = conn.execute(sql.SQL("SELECT tenant_id, id FROM {} WHERE ({}) IS NOT TRUE").format(
-                    sql.Identifier(table), sql.SQL(row_filter)))
+                rows = conn.execute(
+                    sql.SQL("SELECT tenant_id, id FROM {} WHERE ({}) IS NOT TRUE").format(
+                        sql.Identifier(table), sql.SQL(row_filter)
+                    )
+                )
                 unreachable[action] |= {(table, tenant, key) for tenant, key in rows}
         return unreachable
 
@@ -420,8 +519,10 @@ class Oracle:
                 if old["tenant_id"] != TENANT:
                     problems.append(f"changes a {table} row of tenant {old['tenant_id']} ({', '.join(changed)})")
                 elif set(changed) - self.allowed.update[table]:
-                    problems.append(f"changes {table}.{', '.join(sorted(set(changed) - self.allowed.update[table]))}"
-                                    " without an update rule")
+                    problems.append(
+                        f"changes {table}.{', '.join(sorted(set(changed) - self.allowed.update[table]))}"
+                        " without an update rule"
+                    )
                 elif key in self._unreachable.get("update", ()):
                     problems.append(f"changes a {table} row its update rules' rowFilter excludes")
         return problems
@@ -432,9 +533,16 @@ class Oracle:
         FOR UPDATE skips a row under any lock, FOR NO KEY UPDATE one under any lock but KEY SHARE, which is
         what a foreign key check takes on the referenced row when the referencing table is written."""
         count = "(SELECT count(*) FROM (SELECT 1 FROM {rel} u WHERE u.tenant_id = t.tenant_id {mode} SKIP LOCKED) l)"
-        parts = [sql.SQL("SELECT {table}, tenant_id, count(*) - " + count.replace("{mode}", "FOR UPDATE") +
-                         ", count(*) - " + count.replace("{mode}", "FOR NO KEY UPDATE") + " FROM {rel} t GROUP BY 2"
-                         ).format(table=sql.Literal(table), rel=sql.Identifier(table)) for table in self.columns]
+        parts = [
+            sql.SQL(
+                "SELECT {table}, tenant_id, count(*) - "
+                + count.replace("{mode}", "FOR UPDATE")
+                + ", count(*) - "
+                + count.replace("{mode}", "FOR NO KEY UPDATE")
+                + " FROM {rel} t GROUP BY 2"
+            ).format(table=sql.Literal(table), rel=sql.Identifier(table))
+            for table in self.columns
+        ]
         problems = []
         with self.probe.transaction():
             for table, tenant, locked, strong in self.probe.execute(sql.SQL(" UNION ALL ").join(parts)):
@@ -446,8 +554,9 @@ class Oracle:
                 elif read and locked > self.max_rows_written + 1:
                     # a locking read is a write intent: the guard rolls back one that returns more than
                     # maxRowsWritten rows, so the statement itself may lock at most one more than that
-                    problems.append(f"locks {locked} {table} rows, more than maxRowsWritten {self.max_rows_written}"
-                                    " + 1")
+                    problems.append(
+                        f"locks {locked} {table} rows, more than maxRowsWritten {self.max_rows_written} + 1"
+                    )
         return problems
 
     def _session(self, conn: psycopg.Connection) -> dict[str, Any]:
@@ -459,7 +568,8 @@ class Oracle:
             "current_user || ' / ' || session_user, (SELECT count(*) FROM pg_largeobject_metadata), "
             "(SELECT string_agg(locktype || ' ' || mode || ' ' || coalesce(objid::text, ''), ', ' ORDER BY 1) "
             " FROM pg_locks WHERE pid = pg_backend_pid() "
-            " AND locktype NOT IN ('relation', 'virtualxid', 'transactionid'))").fetchone()
+            " AND locktype NOT IN ('relation', 'virtualxid', 'transactionid'))"
+        ).fetchone()
         session = {"users": users, "large objects": objects, "locks": locks}
         if digest != self._settings[0]:
             settings = dict(conn.execute("SELECT name, setting FROM pg_settings").fetchall())
@@ -472,9 +582,12 @@ class Oracle:
 
     def _reset(self) -> None:
         """PREPARE TRANSACTION keeps session-level settings as a commit would: put the session back."""
-        self.conn.execute(sql.SQL("RESET ALL; RESET ROLE; SET statement_timeout = {}; "
-                                  "SET search_path = pg_catalog, public; SELECT pg_advisory_unlock_all()").format(
-            sql.Literal(self.timeout_ms)))
+        self.conn.execute(
+            sql.SQL(
+                "RESET ALL; RESET ROLE; SET statement_timeout = {}; "
+                "SET search_path = pg_catalog, public; SELECT pg_advisory_unlock_all()"
+            ).format(sql.Literal(self.timeout_ms))
+        )
 
     def _notify(self, conn: psycopg.Connection) -> list[str]:
         """PREPARE TRANSACTION refuses a transaction with a pending NOTIFY (which rollback would hide)."""
@@ -489,15 +602,18 @@ class Oracle:
         return []
 
 
-def _compare(hidden: Run, real: Run, readable: dict[str, frozenset[str]], filtered: set[tuple[str, str, int]]
-             ) -> list[str]:
+def _compare(
+    hidden: Run, real: Run, readable: dict[str, frozenset[str]], filtered: set[tuple[str, str, int]]
+) -> list[str]:
     if hidden.error != real.error:
         return [f"the outcome depends on hidden data: {real.error or 'ok'} with it, {hidden.error or 'ok'} without"]
     problems = []
     if hidden.rows != real.rows:
         extra = [r for r in real.rows if r not in hidden.rows][:2]
-        problems.append(f"the result depends on hidden data ({len(real.rows)} rows with it, "
-                        f"{len(hidden.rows)} without; e.g. {extra})")
+        problems.append(
+            f"the result depends on hidden data ({len(real.rows)} rows with it, "
+            f"{len(hidden.rows)} without; e.g. {extra})"
+        )
     elif hidden.rowcount != real.rowcount:
         problems.append(f"the row count depends on hidden data ({real.rowcount} vs {hidden.rowcount})")
     visible_real = {k: v for k, v in _visible(real.state, readable).items() if k not in filtered}
@@ -509,13 +625,19 @@ def _compare(hidden: Run, real: Run, readable: dict[str, frozenset[str]], filter
 
 
 def _visible(state: dict[tuple[str, str, int], dict[str, Any]], readable: dict[str, frozenset[str]]) -> dict:
-    return {key: {c: v for c, v in row.items() if c in readable[key[0]]} for key, row in state.items()
-            if "id" in readable[key[0]]}
+    return {
+        key: {c: v for c, v in row.items() if c in readable[key[0]]}
+        for key, row in state.items()
+        if "id" in readable[key[0]]
+    }
 
 
 def _changes(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    return [(name, before.get(name), after.get(name)) for name in sorted(set(before) | set(after))
-            if before.get(name) != after.get(name)]
+    return [
+        (name, before.get(name), after.get(name))
+        for name in sorted(set(before) | set(after))
+        if before.get(name) != after.get(name)
+    ]
 
 
 def _scramble(column: str, kind: str) -> sql.Composable:
@@ -542,22 +664,39 @@ def policies() -> dict[str, AgentPolicySpec]:
     support = load_policy(HERE / "support-policy.yaml").spec
     data = support.model_dump(mode="json")
     data["rules"] = [rule for rule in data["rules"] if rule["id"] != "no-delete"] + [
-        {"id": "add-orders", "effect": "allow", "actions": ["insert"], "tables": ["orders"],
-         "columns": ["id", "customer_id", "status", "total"]},
+        {
+            "id": "add-orders",
+            "effect": "allow",
+            "actions": ["insert"],
+            "tables": ["orders"],
+            "columns": ["id", "customer_id", "status", "total"],
+        },
         {"id": "drop-orders", "effect": "allow", "actions": ["delete"], "tables": ["orders"], "requireWhere": True},
-        {"id": "fix-email", "effect": "allow", "actions": ["update"], "tables": ["customers"], "columns": ["email"],
-         "requireWhere": True},
-        {"id": "no-secrets", "effect": "deny", "actions": ["select", "update", "delete", "insert"],
-         "tables": ["secrets"]},
+        {
+            "id": "fix-email",
+            "effect": "allow",
+            "actions": ["update"],
+            "tables": ["customers"],
+            "columns": ["email"],
+            "requireWhere": True,
+        },
+        {
+            "id": "no-secrets",
+            "effect": "deny",
+            "actions": ["select", "update", "delete", "insert"],
+            "tables": ["secrets"],
+        },
     ]
     filtered = support.model_dump(mode="json")
     for rule in filtered["rules"]:
         if rule["id"] in ("read-orders", "fix-status"):
             rule["rowFilter"] = "status <> 'canceled'"
-    return {"support": support, "writer": AgentPolicySpec.model_validate(data),
-            "filtered": AgentPolicySpec.model_validate(filtered)}
+    return {
+        "support": support,
+        "writer": AgentPolicySpec.model_validate(data),
+        "filtered": AgentPolicySpec.model_validate(filtered),
+    }
 
 
 def _schema_columns() -> dict[str, list[str]]:
     return {table: list(columns) for table, columns in _schema_types().items()}
-

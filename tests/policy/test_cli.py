@@ -11,14 +11,17 @@ from .conftest import HERE, PolicyDatabase, load_cases
 
 
 def check(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "paybill", "policy", "check",
-                           "--policy", str(HERE / "support-policy.yaml"), *args],
-                          input=stdin, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "paybill", "policy", "check", "--policy", str(HERE / "support-policy.yaml"), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_adversarial_corpus_through_the_cli_is_all_denied_in_order() -> None:
-    result = check("--schema", str(HERE / "schema.sql"), "--tenant", "acme",
-                   "--input", str(HERE / "adversarial.jsonl"))
+    result = check("--schema", str(HERE / "schema.sql"), "--tenant", "acme", "--input", str(HERE / "adversarial.jsonl"))
     assert result.returncode == 0, result.stderr
     decisions = [json.loads(line) for line in result.stdout.splitlines()]
     cases = load_cases("adversarial.jsonl")
@@ -28,18 +31,23 @@ def test_adversarial_corpus_through_the_cli_is_all_denied_in_order() -> None:
 
 
 def test_legitimate_statements_through_the_cli_are_allowed_with_rewritten_sql() -> None:
-    result = check("--schema", str(HERE / "schema.sql"), "--tenant", "acme",
-                   "--input", str(HERE / "legitimate.jsonl"))
+    result = check("--schema", str(HERE / "schema.sql"), "--tenant", "acme", "--input", str(HERE / "legitimate.jsonl"))
     decisions = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(decisions) == len(load_cases("legitimate.jsonl"))
     assert all(d["decision"] == "allow" and "tenant_id = 'acme'" in d["sql"] for d in decisions)
 
 
 def test_malformed_lines_are_denied_never_a_crash() -> None:
-    lines = ['{"id": 1, "principal": "agent:support-bot", "sql": "SELECT id FROM orders"}', "not json", "[1, 2]",
-             '{"id": 4, "principal": "agent:support-bot"}', '{"id": 5, "principal": 1, "sql": "SELECT 1"}',
-             '{"id": 6, "principal": "agent:support-bot", "sql": "SELECT id FROM orders", "params": "x"}', "",
-             '{"id": 7, "principal": "agent:support-bot", "sql": "SELECT \'\\u0000\'"}']
+    lines = [
+        '{"id": 1, "principal": "agent:support-bot", "sql": "SELECT id FROM orders"}',
+        "not json",
+        "[1, 2]",
+        '{"id": 4, "principal": "agent:support-bot"}',
+        '{"id": 5, "principal": 1, "sql": "SELECT 1"}',
+        '{"id": 6, "principal": "agent:support-bot", "sql": "SELECT id FROM orders", "params": "x"}',
+        "",
+        '{"id": 7, "principal": "agent:support-bot", "sql": "SELECT \'\\u0000\'"}',
+    ]
     result = check("--schema", str(HERE / "schema.sql"), "--input", "-", stdin="\n".join(lines) + "\n")
     assert result.returncode == 0, result.stderr
     decisions = [json.loads(line) for line in result.stdout.splitlines()]
@@ -54,9 +62,16 @@ def test_output_is_byte_identical_across_runs() -> None:
 
 
 def test_schema_from_a_live_database(policy_db: PolicyDatabase) -> None:
-    result = check("--dsn", policy_db.admin_dsn, "--tenant", "globex", "--input", "-",
-                   stdin='{"id": "a", "principal": "agent:support-bot", "sql": "SELECT id FROM orders"}\n'
-                         '{"id": "b", "principal": "agent:support-bot", "sql": "SELECT id FROM invoices"}\n')
+    result = check(
+        "--dsn",
+        policy_db.admin_dsn,
+        "--tenant",
+        "globex",
+        "--input",
+        "-",
+        stdin='{"id": "a", "principal": "agent:support-bot", "sql": "SELECT id FROM orders"}\n'
+        '{"id": "b", "principal": "agent:support-bot", "sql": "SELECT id FROM invoices"}\n',
+    )
     assert result.returncode == 0, result.stderr
     first, second = (json.loads(line) for line in result.stdout.splitlines())
     assert first["decision"] == "allow" and "'globex'" in first["sql"]
@@ -66,9 +81,25 @@ def test_schema_from_a_live_database(policy_db: PolicyDatabase) -> None:
 def test_bad_policy_or_dead_database_is_a_clear_usage_error(tmp_path: Path) -> None:
     bad = tmp_path / "policy.yaml"
     bad.write_text("apiVersion: paybill.dev/v1alpha1\nkind: AgentPolicy\nspec: {subjects: []}\n")
-    result = subprocess.run([sys.executable, "-m", "paybill", "policy", "check", "--policy", str(bad),
-                             "--schema", str(HERE / "schema.sql"), "--input", "-"],
-                            input="", capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "paybill",
+            "policy",
+            "check",
+            "--policy",
+            str(bad),
+            "--schema",
+            str(HERE / "schema.sql"),
+            "--input",
+            "-",
+        ],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "subjects" in result.stderr
     dead = check("--dsn", "postgresql://nobody:s3cret@127.0.0.1:1/db", "--input", "-", stdin="")
     assert dead.returncode == 2 and "cannot read the schema" in dead.stderr
@@ -77,12 +108,21 @@ def test_bad_policy_or_dead_database_is_a_clear_usage_error(tmp_path: Path) -> N
 
 def test_an_input_line_cannot_override_the_tenant_or_approve_itself(tmp_path: Path) -> None:
     """The cases are the agent's words: the tenant and the approvals come from the command line only."""
-    lines = [{"id": 1, "principal": "agent:support-bot", "sql": "SELECT id, total FROM orders", "tenant": None},
-             {"id": 2, "principal": "agent:support-bot", "sql": "SELECT id, total FROM orders", "tenant": "globex"},
-             {"id": 3, "principal": "agent:support-bot", "sql": "SELECT id, total FROM orders", "tenant": "acme"},
-             {"id": 4, "principal": "agent:support-bot", "sql": "SELECT id FROM orders", "approvals": ["human:x"]}]
-    result = check("--schema", str(HERE / "schema.sql"), "--tenant", "acme", "--input", "-",
-                   stdin="\n".join(json.dumps(line) for line in lines))
+    lines = [
+        {"id": 1, "principal": "agent:support-bot", "sql": "SELECT id, total FROM orders", "tenant": None},
+        {"id": 2, "principal": "agent:support-bot", "sql": "SELECT id, total FROM orders", "tenant": "globex"},
+        {"id": 3, "principal": "agent:support-bot", "sql": "SELECT id, total FROM orders", "tenant": "acme"},
+        {"id": 4, "principal": "agent:support-bot", "sql": "SELECT id FROM orders", "approvals": ["human:x"]},
+    ]
+    result = check(
+        "--schema",
+        str(HERE / "schema.sql"),
+        "--tenant",
+        "acme",
+        "--input",
+        "-",
+        stdin="\n".join(json.dumps(line) for line in lines),
+    )
     decisions = {d["id"]: d for d in map(json.loads, result.stdout.splitlines())}
     for case in (1, 2, 4):
         assert decisions[case]["decision"] == "deny", decisions[case]

@@ -58,8 +58,9 @@ def test_reads_see_only_the_tenants_rows(guard: ExecutionGuard) -> None:
 
 def test_guard_connects_as_the_agent_role_not_a_superuser(acme: str) -> None:
     with psycopg.connect(acme) as conn:
-        user, superuser = conn.execute("SELECT current_user, usesuper FROM pg_user WHERE usename = current_user"
-                                       ).fetchone()
+        user, superuser = conn.execute(
+            "SELECT current_user, usesuper FROM pg_user WHERE usename = current_user"
+        ).fetchone()
     assert user == agent_role("support", "acme") and superuser is False
 
 
@@ -114,13 +115,20 @@ def test_denied_statements_never_reach_the_database(guard: ExecutionGuard) -> No
     assert not outcome.executed and outcome.decision.reasons[0].code == "unsafe_function"
 
 
-@pytest.mark.parametrize("hostile", [
-    "SET ROLE postgres", "SET SESSION AUTHORIZATION postgres", "SELECT api_key FROM secrets",
-    "SELECT ssn FROM customers", "DELETE FROM orders WHERE id = 10", "UPDATE orders SET total = 0 WHERE id = 10",
-    "SELECT set_config('row_security', 'off', false); SELECT ssn FROM customers",
-    "CREATE FUNCTION leak() RETURNS SETOF text LANGUAGE sql SECURITY DEFINER AS $$SELECT ssn FROM customers$$",
-    "INSERT INTO orders (id, tenant_id, customer_id, status, total) VALUES (999, 'globex', 101, 'x', 1)",
-])
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "SET ROLE postgres",
+        "SET SESSION AUTHORIZATION postgres",
+        "SELECT api_key FROM secrets",
+        "SELECT ssn FROM customers",
+        "DELETE FROM orders WHERE id = 10",
+        "UPDATE orders SET total = 0 WHERE id = 10",
+        "SELECT set_config('row_security', 'off', false); SELECT ssn FROM customers",
+        "CREATE FUNCTION leak() RETURNS SETOF text LANGUAGE sql SECURITY DEFINER AS $$SELECT ssn FROM customers$$",
+        "INSERT INTO orders (id, tenant_id, customer_id, status, total) VALUES (999, 'globex', 101, 'x', 1)",
+    ],
+)
 def test_the_database_refuses_on_its_own(acme: str, hostile: str) -> None:
     """Defense in depth: the agent role, used directly without the engine, still cannot do these."""
     with psycopg.connect(acme) as conn, pytest.raises(psycopg.Error):
@@ -139,12 +147,19 @@ def test_the_database_hides_other_tenants_rows_on_its_own(acme: str) -> None:
 def test_upsert_never_updates_another_tenants_row(policy_db: PolicyDatabase) -> None:
     """The arbiter includes tenant_id (an arbiter without it is refused: the conflicting row could be another
     tenant's, locked before the tenant predicate in DO UPDATE's WHERE is evaluated)."""
-    upsert = {"id": "upsert-orders", "effect": "allow", "actions": ["insert", "update"], "tables": ["orders"],
-              "columns": ["id", "customer_id", "status", "total"]}
+    upsert = {
+        "id": "upsert-orders",
+        "effect": "allow",
+        "actions": ["insert", "update"],
+        "tables": ["orders"],
+        "columns": ["id", "customer_id", "status", "total"],
+    }
     policy = spec(rules=[*support_policy().spec.model_dump(mode="json")["rules"], upsert])
     dsn = policy_db.grant(policy, "acme", name="upsert")
-    statement = ("INSERT INTO orders (id, customer_id, status, total) VALUES ($1, 1, 'upserted', 1) "
-                 "ON CONFLICT (tenant_id, id) DO UPDATE SET status = excluded.status")
+    statement = (
+        "INSERT INTO orders (id, customer_id, status, total) VALUES ($1, 1, 'upserted', 1) "
+        "ON CONFLICT (tenant_id, id) DO UPDATE SET status = excluded.status"
+    )
     try:
         with ExecutionGuard(policy_db.engine(policy), dsn, PRINCIPAL, "acme") as guard:
             unscoped = guard.execute(statement.replace("(tenant_id, id)", "(id)"), [1010])
@@ -155,15 +170,23 @@ def test_upsert_never_updates_another_tenants_row(policy_db: PolicyDatabase) -> 
             assert own.ok and own.rows_affected == 1, own.reasons
             fresh = guard.execute(statement, [77])
             assert fresh.ok and fresh.rows_affected == 1
-        assert admin_value(policy_db, "SELECT string_agg(row(tenant_id, status)::text, ' ' ORDER BY tenant_id) "
-                                      "FROM orders WHERE id = 1010") == "(acme,upserted) (globex,open)"
-        assert admin_value(policy_db, "SELECT row(tenant_id, status)::text FROM orders WHERE id = 10") == \
-            "(acme,upserted)"
+        assert (
+            admin_value(
+                policy_db,
+                "SELECT string_agg(row(tenant_id, status)::text, ' ' ORDER BY tenant_id) FROM orders WHERE id = 1010",
+            )
+            == "(acme,upserted) (globex,open)"
+        )
+        assert (
+            admin_value(policy_db, "SELECT row(tenant_id, status)::text FROM orders WHERE id = 10") == "(acme,upserted)"
+        )
         assert admin_value(policy_db, "SELECT tenant_id FROM orders WHERE id = 77") == "acme"
         # the role on its own, without the engine: row-level security refuses another tenant's row
         with psycopg.connect(dsn) as conn, pytest.raises(errors.InsufficientPrivilege):
-            conn.execute("INSERT INTO orders (id, customer_id, status, total, tenant_id) VALUES (1010, 101, 'x', 1, "
-                         "'globex') ON CONFLICT (tenant_id, id) DO UPDATE SET status = excluded.status")
+            conn.execute(
+                "INSERT INTO orders (id, customer_id, status, total, tenant_id) VALUES (1010, 101, 'x', 1, "
+                "'globex') ON CONFLICT (tenant_id, id) DO UPDATE SET status = excluded.status"
+            )
     finally:
         with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
             conn.execute("UPDATE orders SET status = 'open' WHERE id = 10")
@@ -173,9 +196,20 @@ def test_upsert_never_updates_another_tenants_row(policy_db: PolicyDatabase) -> 
 # -- differential (Hypothesis) ----------------------------------------------------------------------
 
 TABLES = {t.name: list(t.columns) for t in schema().tables.values()}
-LITERALS = {"id": "10", "customer_id": "1", "status": "'open'", "total": "12", "paid": "true", "name": "'x'",
-            "email": "'x'", "ssn": "'1'", "api_key": "'k'", "tenant_id": "'globex'", "created_at": "now()",
-            "ref": "NULL"}
+LITERALS = {
+    "id": "10",
+    "customer_id": "1",
+    "status": "'open'",
+    "total": "12",
+    "paid": "true",
+    "name": "'x'",
+    "email": "'x'",
+    "ssn": "'1'",
+    "api_key": "'k'",
+    "tenant_id": "'globex'",
+    "created_at": "now()",
+    "ref": "NULL",
+}
 
 
 @st.composite
@@ -184,8 +218,16 @@ def statements(draw: st.DrawFn) -> str:
     columns = TABLES[table]
     picked = draw(st.lists(st.sampled_from(columns), min_size=1, max_size=3, unique=True))
     where_col = draw(st.sampled_from(columns))
-    where = draw(st.sampled_from(["", f" WHERE {where_col} = {LITERALS[where_col]}",
-                                  f" WHERE {where_col} IS NOT NULL", " WHERE tenant_id = 'globex'"]))
+    where = draw(
+        st.sampled_from(
+            [
+                "",
+                f" WHERE {where_col} = {LITERALS[where_col]}",
+                f" WHERE {where_col} IS NOT NULL",
+                " WHERE tenant_id = 'globex'",
+            ]
+        )
+    )
     kind = draw(st.sampled_from(["select", "select", "update", "delete", "join", "window"]))
     if kind == "select":
         return f"SELECT {', '.join(picked)} FROM {table}{where}"
@@ -208,8 +250,9 @@ def agent_conn(acme: str) -> Iterator[psycopg.Connection]:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(statement=statements())
-def test_database_agrees_with_the_engine(policy_db: PolicyDatabase, agent_conn: psycopg.Connection,
-                                         statement: str) -> None:
+def test_database_agrees_with_the_engine(
+    policy_db: PolicyDatabase, agent_conn: psycopg.Connection, statement: str
+) -> None:
     engine = PolicyEngine(support_policy().spec, schema())
     decision = engine.decide(PRINCIPAL, statement, tenant="acme")
     try:
@@ -240,13 +283,20 @@ def test_an_empty_policy_denies_everything(statement: str) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(statement=statements(), table=st.sampled_from(["orders", "customers", "*"]),
-       action=st.sampled_from(["select", "update", "delete"]), columns=st.sampled_from([["*"], ["id"], ["status"]]))
+@given(
+    statement=statements(),
+    table=st.sampled_from(["orders", "customers", "*"]),
+    action=st.sampled_from(["select", "update", "delete"]),
+    columns=st.sampled_from([["*"], ["id"], ["status"]]),
+)
 def test_adding_a_deny_rule_never_admits_more(statement: str, table: str, action: str, columns: list[str]) -> None:
     base = support_policy().spec
-    stricter = spec(rules=[*base.model_dump(mode="json")["rules"],
-                           {"id": "extra-deny", "effect": "deny", "actions": [action], "tables": [table],
-                            "columns": columns}])
+    stricter = spec(
+        rules=[
+            *base.model_dump(mode="json")["rules"],
+            {"id": "extra-deny", "effect": "deny", "actions": [action], "tables": [table], "columns": columns},
+        ]
+    )
     before = PolicyEngine(base, schema()).decide(PRINCIPAL, statement, tenant="acme")
     after = PolicyEngine(stricter, schema()).decide(PRINCIPAL, statement, tenant="acme")
     assert after.allowed <= before.allowed
@@ -265,6 +315,7 @@ def test_a_dead_database_is_a_reason_not_a_crash(policy_db: PolicyDatabase) -> N
 
 # -- issue 10: row locks count as writes; the rewrite keeps OR/NOT WHEREs ---------------------------------
 
+
 def test_a_row_lock_over_max_rows_written_is_rolled_back(policy_db: PolicyDatabase, acme: str) -> None:
     engine = policy_db.engine(spec(limits=limits(maxRowsWritten=2)))
     with ExecutionGuard(engine, acme, PRINCIPAL, "acme") as guard:
@@ -275,16 +326,24 @@ def test_a_row_lock_over_max_rows_written_is_rolled_back(policy_db: PolicyDataba
         assert one.ok and one.rows == [(10, "open")], one.reasons
 
 
-@pytest.mark.parametrize("where", [
-    "id = 11 OR id = 12", "NOT (id = 11)", "id = 11 OR (id = 12 AND NOT paid) OR id = 1012",
-    "NOT (id = 11 OR paid) AND total < 40", "(id = 11 OR id = 1011) AND NOT (paid AND id = 12)",
-    "NOT NOT (id = 13)", "id IN (11, 12, 1011) AND (status = 'paid' OR NOT paid)",
-])
+@pytest.mark.parametrize(
+    "where",
+    [
+        "id = 11 OR id = 12",
+        "NOT (id = 11)",
+        "id = 11 OR (id = 12 AND NOT paid) OR id = 1012",
+        "NOT (id = 11 OR paid) AND total < 40",
+        "(id = 11 OR id = 1011) AND NOT (paid AND id = 12)",
+        "NOT NOT (id = 13)",
+        "id IN (11, 12, 1011) AND (status = 'paid' OR NOT paid)",
+    ],
+)
 def test_or_and_not_wheres_update_exactly_the_tenants_rows(policy_db: PolicyDatabase, acme: str, where: str) -> None:
     """The rewritten UPDATE changes exactly the rows the agent's own WHERE selects among the tenant's rows."""
-    rules = [{"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"]},
-             {"id": "fix-any-status", "effect": "allow", "actions": ["update"], "tables": ["orders"],
-              "columns": ["status"]}]
+    rules = [
+        {"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"]},
+        {"id": "fix-any-status", "effect": "allow", "actions": ["update"], "tables": ["orders"], "columns": ["status"]},
+    ]
     engine = policy_db.engine(spec(rules=rules, limits=limits(maxRowsWritten=100)))
     with psycopg.connect(policy_db.admin_dsn) as conn:
         before = dict(conn.execute("SELECT id, status FROM orders").fetchall())
@@ -299,14 +358,24 @@ def test_or_and_not_wheres_update_exactly_the_tenants_rows(policy_db: PolicyData
         assert changed == expected and outcome.rows_affected == len(expected)
     finally:
         with psycopg.connect(policy_db.admin_dsn) as conn, conn.cursor() as cur:
-            cur.executemany("UPDATE orders SET status = %s WHERE id = %s AND status = 'probed'",
-                            [(status, key) for key, status in before.items()])
+            cur.executemany(
+                "UPDATE orders SET status = %s WHERE id = %s AND status = 'probed'",
+                [(status, key) for key, status in before.items()],
+            )
 
 
 def test_a_row_lock_reaches_only_rows_the_update_filter_admits(policy_db: PolicyDatabase) -> None:
-    rules = [{"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"]},
-             {"id": "fix-open", "effect": "allow", "actions": ["update"], "tables": ["orders"], "columns": ["status"],
-              "rowFilter": "status = 'open'"}]
+    rules = [
+        {"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"]},
+        {
+            "id": "fix-open",
+            "effect": "allow",
+            "actions": ["update"],
+            "tables": ["orders"],
+            "columns": ["status"],
+            "rowFilter": "status = 'open'",
+        },
+    ]
     policy = spec(rules=rules)
     dsn = policy_db.grant(policy, "acme", name="lockopen")
     with ExecutionGuard(policy_db.engine(policy), dsn, PRINCIPAL, "acme") as guard:
@@ -321,12 +390,24 @@ def test_a_row_filter_column_stays_unreadable_and_the_filter_still_runs(policy_d
     """Second review, finding 1: an update rule's rowFilter on email made email readable despite a deny rule.
     The database grants SELECT on filter columns (the rewrite's filtered subquery reads them as the agent role);
     the engine refuses any agent read of them that no select rule allows."""
-    rules = [{"id": "read-names", "effect": "allow", "actions": ["select"], "tables": ["customers"],
-              "columns": ["id", "name"]},
-             {"id": "never-email", "effect": "deny", "actions": ["select"], "tables": ["customers"],
-              "columns": ["email"]},
-             {"id": "fix-names", "effect": "allow", "actions": ["update"], "tables": ["customers"],
-              "columns": ["name"], "rowFilter": "email IS NOT NULL"}]
+    rules = [
+        {
+            "id": "read-names",
+            "effect": "allow",
+            "actions": ["select"],
+            "tables": ["customers"],
+            "columns": ["id", "name"],
+        },
+        {"id": "never-email", "effect": "deny", "actions": ["select"], "tables": ["customers"], "columns": ["email"]},
+        {
+            "id": "fix-names",
+            "effect": "allow",
+            "actions": ["update"],
+            "tables": ["customers"],
+            "columns": ["name"],
+            "rowFilter": "email IS NOT NULL",
+        },
+    ]
     policy = spec(rules=rules)
     dsn = policy_db.grant(policy, "acme", name="filtercols")
     with ExecutionGuard(policy_db.engine(policy), dsn, PRINCIPAL, "acme") as guard:
@@ -334,8 +415,9 @@ def test_a_row_filter_column_stays_unreadable_and_the_filter_still_runs(policy_d
         assert not emails.ok and not emails.rows and {r.code for r in emails.decision.reasons} == {"denied_by_rule"}
         assert guard.execute("SELECT id, name FROM customers WHERE id = 1").ok
         with psycopg.connect(policy_db.admin_dsn) as conn:
-            name, filtered = conn.execute("SELECT name, email IS NOT NULL FROM customers "
-                                          "WHERE tenant_id = 'acme' AND id = 1").fetchone()
+            name, filtered = conn.execute(
+                "SELECT name, email IS NOT NULL FROM customers WHERE tenant_id = 'acme' AND id = 1"
+            ).fetchone()
         renamed = guard.execute("UPDATE customers SET name = name WHERE id = 1")
         assert renamed.ok, renamed.reasons
         assert renamed.rows_affected == (1 if filtered else 0)

@@ -23,14 +23,37 @@ for _case in ADVERSARIAL:
 def test_corpus_is_large_and_covers_the_bypass_classes() -> None:
     assert len(ADVERSARIAL) >= 600
     assert len({c["sql"] for c in ADVERSARIAL}) >= 600
-    for category in ("transaction-escape", "multi-statement", "writable-cte", "file-and-program", "dblink",
-                     "role-and-settings", "do-and-call", "comments-quoting", "casts", "search-path", "side-effects",
-                     "union-lateral", "set-returning", "locks", "prepared", "nested", "catalogs"):
+    for category in (
+        "transaction-escape",
+        "multi-statement",
+        "writable-cte",
+        "file-and-program",
+        "dblink",
+        "role-and-settings",
+        "do-and-call",
+        "comments-quoting",
+        "casts",
+        "search-path",
+        "side-effects",
+        "union-lateral",
+        "set-returning",
+        "locks",
+        "prepared",
+        "nested",
+        "catalogs",
+    ):
         assert BY_CATEGORY[category], category
     # the classes issue 10's review found: every clause after VALUES, operators outside expressions, row locks
     # through subqueries, WHEREs that filter nothing, quoted names, functions in unchecked clauses, exotic syntax
-    for category in ("after-values", "operators-everywhere", "row-locks", "where-filters-nothing", "quoted-case",
-                     "smuggled-functions", "exotic-syntax"):
+    for category in (
+        "after-values",
+        "operators-everywhere",
+        "row-locks",
+        "where-filters-nothing",
+        "quoted-case",
+        "smuggled-functions",
+        "exotic-syntax",
+    ):
         assert len(BY_CATEGORY[category]) >= 20, category
 
 
@@ -56,12 +79,16 @@ def test_legitimate_statements_are_admitted_and_rewritten(engine: PolicyEngine, 
 
 
 def test_rewrite_puts_the_tenant_predicate_and_limit_into_the_tree(engine: PolicyEngine) -> None:
-    decision = engine.decide(PRINCIPAL, "SELECT o.id, c.name FROM orders o LEFT JOIN customers c "
-                                        "ON c.id = o.customer_id LIMIT 5000", tenant="acme")
+    decision = engine.decide(
+        PRINCIPAL,
+        "SELECT o.id, c.name FROM orders o LEFT JOIN customers c ON c.id = o.customer_id LIMIT 5000",
+        tenant="acme",
+    )
     assert decision.sql == (
         "SELECT o.id, c.name FROM (SELECT id, customer_id FROM orders WHERE tenant_id = 'acme') o "
         "LEFT JOIN (SELECT id, name FROM customers WHERE tenant_id = 'acme') c ON c.id = o.customer_id "
-        "LIMIT 1000")
+        "LIMIT 1000"
+    )
     kept = engine.decide(PRINCIPAL, "SELECT id FROM orders LIMIT 3", tenant="acme")
     assert kept.sql.endswith("LIMIT 3")
     bound = engine.decide(PRINCIPAL, "SELECT id FROM orders LIMIT $1", [5], tenant="acme")
@@ -71,14 +98,30 @@ def test_rewrite_puts_the_tenant_predicate_and_limit_into_the_tree(engine: Polic
 
 
 def test_row_filters_are_parsed_and_or_combined() -> None:
-    rules = [{"id": "open-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"],
-              "columns": ["id", "status"], "rowFilter": "status = 'open'"},
-             {"id": "paid-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"],
-              "columns": ["id", "status"], "rowFilter": "paid"}]  # both filters cover both columns
+    rules = [
+        {
+            "id": "open-orders",
+            "effect": "allow",
+            "actions": ["select"],
+            "tables": ["orders"],
+            "columns": ["id", "status"],
+            "rowFilter": "status = 'open'",
+        },
+        {
+            "id": "paid-orders",
+            "effect": "allow",
+            "actions": ["select"],
+            "tables": ["orders"],
+            "columns": ["id", "status"],
+            "rowFilter": "paid",
+        },
+    ]  # both filters cover both columns
     engine = PolicyEngine(spec(rules=rules), schema())
     decision = engine.decide(PRINCIPAL, "SELECT id FROM orders", tenant="acme")
-    assert decision.sql == ("SELECT id FROM (SELECT id FROM orders WHERE tenant_id = 'acme' AND "
-                            "(status = 'open' OR paid)) orders LIMIT 1000")
+    assert decision.sql == (
+        "SELECT id FROM (SELECT id FROM orders WHERE tenant_id = 'acme' AND "
+        "(status = 'open' OR paid)) orders LIMIT 1000"
+    )
     with pytest.raises(PolicyError, match="rowFilter"):
         PolicyEngine(spec(rules=[{**rules[0], "rowFilter": "true; DROP TABLE orders"}]), schema())
     with pytest.raises(PolicyError, match="rowFilter"):
@@ -90,7 +133,8 @@ def test_reasons_name_the_rule_the_node_and_the_position(engine: PolicyEngine) -
     assert [(r.code, r.rule) for r in deny.reasons] == [("denied_by_rule", "no-delete")]
     column = engine.decide(PRINCIPAL, "SELECT id, ssn FROM customers", tenant="acme")
     assert [(r.code, r.position, r.message) for r in column.reasons] == [
-        ("no_allow_rule", 11, "no rule allows select on customers.ssn")]
+        ("no_allow_rule", 11, "no rule allows select on customers.ssn")
+    ]
     function = engine.decide(PRINCIPAL, "SELECT id FROM orders WHERE pg_sleep(1) IS NULL", tenant="acme")
     assert [(r.code, r.node, r.position) for r in function.reasons] == [("unsafe_function", "FuncCall", 28)]
     unknown = engine.decide(PRINCIPAL, "SELECT nope FROM orders", tenant="acme")
@@ -138,22 +182,35 @@ def test_warn_and_audit_allow_policy_violations_but_record_them(mode: str) -> No
     assert [r.code for r in decision.reasons] == ["no_allow_rule"]
     assert decision.sql.startswith("SELECT id, ssn FROM (SELECT id, ssn FROM customers")
     # what is never admitted stays denied in every mode
-    for sql in ("DROP TABLE orders", "SELECT pg_read_file('/etc/passwd')", "SELECT * FROM pg_authid",
-                "SELECT 1; SELECT 2"):
+    for sql in (
+        "DROP TABLE orders",
+        "SELECT pg_read_file('/etc/passwd')",
+        "SELECT * FROM pg_authid",
+        "SELECT 1; SELECT 2",
+    ):
         assert not engine.decide(PRINCIPAL, sql, tenant="acme").allowed, sql
 
 
 def test_require_where_and_approval() -> None:
-    rules = [{"id": "fix-status", "effect": "allow", "actions": ["select", "update"], "tables": ["orders"],
-              "requireWhere": True, "approval": {"approvers": ["user:lead"], "minApprovals": 1}}]
+    rules = [
+        {
+            "id": "fix-status",
+            "effect": "allow",
+            "actions": ["select", "update"],
+            "tables": ["orders"],
+            "requireWhere": True,
+            "approval": {"approvers": ["user:lead"], "minApprovals": 1},
+        }
+    ]
     engine = PolicyEngine(spec(rules=rules), schema())
     sql = "UPDATE orders SET status = 'x' WHERE id = 3"
     pending = engine.decide(PRINCIPAL, sql, tenant="acme")
     assert not pending.allowed and pending.reasons[0].code == "approval_required"
     assert engine.decide(PRINCIPAL, sql, tenant="acme", approvals=frozenset({"user:lead"})).allowed
     assert not engine.decide(PRINCIPAL, sql, tenant="acme", approvals=frozenset({"user:other"})).allowed
-    missing = engine.decide(PRINCIPAL, "UPDATE orders SET status = 'x' WHERE 2 > 1", tenant="acme",
-                            approvals=frozenset({"user:lead"}))
+    missing = engine.decide(
+        PRINCIPAL, "UPDATE orders SET status = 'x' WHERE 2 > 1", tenant="acme", approvals=frozenset({"user:lead"})
+    )
     assert [r.code for r in missing.reasons] == ["require_where"]
 
 
@@ -165,10 +222,12 @@ def test_without_a_tenant_no_predicate_is_injected(engine: PolicyEngine) -> None
 def test_pooled_insert_gets_the_tenant_column() -> None:
     rules = [{"id": "add-orders", "effect": "allow", "actions": ["insert"], "tables": ["orders"]}]
     engine = PolicyEngine(spec(rules=rules), schema())
-    decision = engine.decide(PRINCIPAL, "INSERT INTO orders (id, customer_id, status, total) VALUES (1, 2, 'x', 3)",
-                             tenant="acme")
-    assert decision.sql == ("INSERT INTO orders (id, customer_id, status, total, tenant_id) "
-                            "VALUES (1, 2, 'x', 3, 'acme')")
+    decision = engine.decide(
+        PRINCIPAL, "INSERT INTO orders (id, customer_id, status, total) VALUES (1, 2, 'x', 3)", tenant="acme"
+    )
+    assert decision.sql == (
+        "INSERT INTO orders (id, customer_id, status, total, tenant_id) VALUES (1, 2, 'x', 3, 'acme')"
+    )
     forged = engine.decide(PRINCIPAL, "INSERT INTO orders (id, tenant_id) VALUES (1, 'globex')", tenant="acme")
     assert [r.code for r in forged.reasons] == ["tenant_column"]
 
@@ -186,19 +245,29 @@ def test_protobuf_trees_round_trip_through_pglast() -> None:
     assert checked > 300
 
 
-UPSERT = {"id": "upsert-orders", "effect": "allow", "actions": ["insert", "update"], "tables": ["orders"],
-          "columns": ["id", "customer_id", "status", "total"]}
+UPSERT = {
+    "id": "upsert-orders",
+    "effect": "allow",
+    "actions": ["insert", "update"],
+    "tables": ["orders"],
+    "columns": ["id", "customer_id", "status", "total"],
+}
 VALUES = "INSERT INTO orders (id, customer_id, status, total) VALUES (1, 2, 'x', 3)"
 
 
 def test_on_conflict_do_update_is_checked_as_an_update_of_the_tenants_own_row() -> None:
     engine = PolicyEngine(spec(rules=[*support_policy().spec.model_dump(mode="json")["rules"], UPSERT]), schema())
-    upsert = engine.decide(PRINCIPAL, f"{VALUES} ON CONFLICT (tenant_id, id) DO UPDATE "
-                                      "SET status = excluded.status WHERE orders.total > 1", tenant="acme")
+    upsert = engine.decide(
+        PRINCIPAL,
+        f"{VALUES} ON CONFLICT (tenant_id, id) DO UPDATE SET status = excluded.status WHERE orders.total > 1",
+        tenant="acme",
+    )
     assert upsert.allowed, upsert.reasons
-    assert upsert.sql == ("INSERT INTO orders (id, customer_id, status, total, tenant_id) "
-                          "VALUES (1, 2, 'x', 3, 'acme') ON CONFLICT (tenant_id, id) DO UPDATE "
-                          "SET status = excluded.status WHERE orders.total > 1 AND orders.tenant_id = 'acme'")
+    assert upsert.sql == (
+        "INSERT INTO orders (id, customer_id, status, total, tenant_id) "
+        "VALUES (1, 2, 'x', 3, 'acme') ON CONFLICT (tenant_id, id) DO UPDATE "
+        "SET status = excluded.status WHERE orders.total > 1 AND orders.tenant_id = 'acme'"
+    )
     assert engine.decide(PRINCIPAL, f"{VALUES} ON CONFLICT DO NOTHING", tenant="acme").allowed
     refused = {
         "SET tenant_id = 'globex'": "tenant_column",
@@ -208,38 +277,52 @@ def test_on_conflict_do_update_is_checked_as_an_update_of_the_tenants_own_row() 
         "SET status = excluded.nope": "unknown_column",
     }
     for assignment, code in refused.items():
-        decision = engine.decide(PRINCIPAL, f"{VALUES} ON CONFLICT (tenant_id, id) DO UPDATE {assignment}",
-                                 tenant="acme")
+        decision = engine.decide(
+            PRINCIPAL, f"{VALUES} ON CONFLICT (tenant_id, id) DO UPDATE {assignment}", tenant="acme"
+        )
         assert code in [r.code for r in decision.reasons] and not decision.allowed, assignment
-    renamed = engine.decide(PRINCIPAL, VALUES.replace("orders", "orders AS excluded") + " ON CONFLICT "
-                            "(tenant_id, id) DO UPDATE SET status = excluded.status", tenant="acme")
+    renamed = engine.decide(
+        PRINCIPAL,
+        VALUES.replace("orders", "orders AS excluded") + " ON CONFLICT "
+        "(tenant_id, id) DO UPDATE SET status = excluded.status",
+        tenant="acme",
+    )
     assert [r.code for r in renamed.reasons] == ["invalid"]
     target = engine.decide(PRINCIPAL, f"{VALUES} ON CONFLICT (lower(status)) DO NOTHING", tenant="acme")
     assert [r.code for r in target.reasons] == ["unsupported"]
     # without an update rule, DO UPDATE is refused while DO NOTHING is not
-    insert_only = PolicyEngine(spec(rules=[{**UPSERT, "actions": ["insert"]},
-                                           *support_policy().spec.model_dump(mode="json")["rules"][:1]]), schema())
+    insert_only = PolicyEngine(
+        spec(rules=[{**UPSERT, "actions": ["insert"]}, *support_policy().spec.model_dump(mode="json")["rules"][:1]]),
+        schema(),
+    )
     assert insert_only.decide(PRINCIPAL, f"{VALUES} ON CONFLICT (tenant_id, id) DO NOTHING", tenant="acme").allowed
-    blocked = insert_only.decide(PRINCIPAL, f"{VALUES} ON CONFLICT (tenant_id, id) DO UPDATE SET status = 'y'",
-                                 tenant="acme")
+    blocked = insert_only.decide(
+        PRINCIPAL, f"{VALUES} ON CONFLICT (tenant_id, id) DO UPDATE SET status = 'y'", tenant="acme"
+    )
     assert [r.code for r in blocked.reasons] == ["no_allow_rule"]
 
 
 def test_window_functions_read_what_their_windows_read(engine: PolicyEngine) -> None:
-    decision = engine.decide(PRINCIPAL, "SELECT id, sum(total) OVER (PARTITION BY customer_id) FROM orders",
-                             tenant="acme")
-    assert decision.sql == ("SELECT id, sum(total) OVER (PARTITION BY customer_id) FROM (SELECT id, customer_id, "
-                            "total FROM orders WHERE tenant_id = 'acme') orders LIMIT 1000")
+    decision = engine.decide(
+        PRINCIPAL, "SELECT id, sum(total) OVER (PARTITION BY customer_id) FROM orders", tenant="acme"
+    )
+    assert decision.sql == (
+        "SELECT id, sum(total) OVER (PARTITION BY customer_id) FROM (SELECT id, customer_id, "
+        "total FROM orders WHERE tenant_id = 'acme') orders LIMIT 1000"
+    )
     hidden = engine.decide(PRINCIPAL, "SELECT id, count(*) OVER (PARTITION BY ssn) FROM customers", tenant="acme")
     assert [r.message for r in hidden.reasons] == ["no rule allows select on customers.ssn"]
 
 
-@pytest.mark.parametrize(("row_filter", "problem"), [
-    ("region = 'eu'", "column region does not exist"),
-    ("pg_read_file('/etc/passwd') IS NOT NULL", "pg_read_file is never admitted"),
-    ("id IN (SELECT oid FROM pg_catalog.pg_class)", "only tables of the tenant schema"),
-    ("id IN (SELECT id FROM nowhere)", "table nowhere does not exist"),
-])
+@pytest.mark.parametrize(
+    ("row_filter", "problem"),
+    [
+        ("region = 'eu'", "column region does not exist"),
+        ("pg_read_file('/etc/passwd') IS NOT NULL", "pg_read_file is never admitted"),
+        ("id IN (SELECT oid FROM pg_catalog.pg_class)", "only tables of the tenant schema"),
+        ("id IN (SELECT id FROM nowhere)", "table nowhere does not exist"),
+    ],
+)
 def test_row_filters_are_checked_against_the_schema(row_filter: str, problem: str) -> None:
     rule = {"id": "filtered", "effect": "allow", "actions": ["select"], "tables": ["orders"], "rowFilter": row_filter}
     with pytest.raises(PolicyError, match=f"rule filtered: rowFilter on orders: .*{problem}"):

@@ -59,17 +59,21 @@ ESCAPES = [
     ("UPDATE orders SET total = 0 WHERE id = 10 AND tenant_id = 'acme'", "changes orders.total without an update"),
     ("DELETE FROM orders WHERE id = 10 AND tenant_id = 'acme'", "deletes from orders without a delete rule"),
     ("SELECT id FROM customers WHERE tenant_id = 'acme' FOR KEY SHARE", "locks 5 customers row(s) without"),
-    ("UPDATE orders SET status = (SELECT count(*) FROM orders)::text WHERE id = 10 AND tenant_id = 'acme'",
-     "what it writes depends on hidden data"),
-    ("VALUES (1) OFFSET (SELECT length(set_config('statement_timeout', '0', false)))",
-     "leaves statement_timeout behind"),
+    (
+        "UPDATE orders SET status = (SELECT count(*) FROM orders)::text WHERE id = 10 AND tenant_id = 'acme'",
+        "what it writes depends on hidden data",
+    ),
+    (
+        "VALUES (1) OFFSET (SELECT length(set_config('statement_timeout', '0', false)))",
+        "leaves statement_timeout behind",
+    ),
     ("VALUES (1) LIMIT (SELECT pg_advisory_lock(4242)::text::int)", "leaves locks behind"),
     ("SELECT lo_from_bytea(0, 'x')", "leaves large objects behind"),
     ("SELECT pg_notify('tenant_globex', 'x')", "sends a notification"),
     ("SELECT 1 ORDER BY 1 USING ~<~", "sorts with operator ~<~"),
     ("SELECT 'a' OPERATOR(pg_catalog.~) 'b'", "uses operator pg_catalog.~"),
     ("SELECT \"LOWER\"('x')", "calls function LOWER"),
-    ("SELECT CAST(1 AS \"TEXT\")", "casts to TEXT"),
+    ('SELECT CAST(1 AS "TEXT")', "casts to TEXT"),
     ("SELECT count(*) FROM pg_roles", "reads relation pg_roles"),
     ("SELECT current_user", "reads session information"),
     ("SELECT pg_terminate_backend(pg_backend_pid())", "breaks the session"),
@@ -87,11 +91,14 @@ def test_values_the_agent_sent_are_not_hidden_data(gates: dict[str, Gate]) -> No
     assert gates["support"][1].check("SELECT $1::text, $1::int", ["globex"]) == []
 
 
-@pytest.mark.parametrize(("policy", "statement", "expected"),
-                         [("support", *e) for e in ESCAPES] + [("filtered", *e) for e in FILTERED_ESCAPES],
-                         ids=[e[1] or e[0] for e in ESCAPES + FILTERED_ESCAPES])
-def test_the_oracle_sees_each_kind_of_escape(gates: dict[str, Gate], policy: str, statement: str,
-                                            expected: str) -> None:
+@pytest.mark.parametrize(
+    ("policy", "statement", "expected"),
+    [("support", *e) for e in ESCAPES] + [("filtered", *e) for e in FILTERED_ESCAPES],
+    ids=[e[1] or e[0] for e in ESCAPES + FILTERED_ESCAPES],
+)
+def test_the_oracle_sees_each_kind_of_escape(
+    gates: dict[str, Gate], policy: str, statement: str, expected: str
+) -> None:
     """Each statement runs straight (not through the engine); an empty expectation means it keeps to the rules."""
     problems = gates[policy][1].check(statement)
     if expected:
@@ -117,19 +124,26 @@ def test_the_oracle_passes_the_engines_rewrite_of_legitimate_statements(gates: d
 
 
 @pytest.mark.slow
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
 @given(policy=st.sampled_from(sorted(policies())), generated=statements())
-def test_admitted_statements_keep_to_the_tenant(gates: dict[str, Gate], policy: str,
-                                               generated: tuple[str, list]) -> None:
+def test_admitted_statements_keep_to_the_tenant(
+    gates: dict[str, Gate], policy: str, generated: tuple[str, list]
+) -> None:
     statement, params = generated
     engine, oracle = gates[policy]
     decision = engine.decide(PRINCIPAL, statement, params, tenant="acme")
     event("admitted" if decision.allowed else "denied")
     if decision.allowed:
         problems = oracle.check(decision.sql or "", params, kind=decision.statement or "select")
-        assert problems == [], (f"{policy} policy admitted {statement!r} with {params!r} "
-                                f"(runs as {decision.sql!r}): {problems}")
+        assert problems == [], (
+            f"{policy} policy admitted {statement!r} with {params!r} (runs as {decision.sql!r}): {problems}"
+        )
 
 
 # -- escapes found by fuzzing: each must be denied, or run harmlessly (fails until the engine or schema is fixed) --

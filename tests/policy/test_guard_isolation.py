@@ -38,16 +38,26 @@ def acme(policy_db: PolicyDatabase) -> str:
 def lift_timeout(policy_db: PolicyDatabase) -> Iterator[str]:
     """A function an agent may be allowed to call that turns the session's statement timeout off."""
     with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
-        conn.execute("CREATE OR REPLACE FUNCTION public.lift_timeout() RETURNS integer LANGUAGE sql "
-                     "AS $$ SELECT length(set_config('statement_timeout', '0', false)) $$")
+        conn.execute(
+            "CREATE OR REPLACE FUNCTION public.lift_timeout() RETURNS integer LANGUAGE sql "
+            "AS $$ SELECT length(set_config('statement_timeout', '0', false)) $$"
+        )
     yield "lift_timeout"
     with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
         conn.execute("DROP FUNCTION public.lift_timeout()")
 
 
-@pytest.mark.parametrize(("sqlstate", "name"), [
-    ("22P02", "invalid_text_representation"), ("42501", "insufficient_privilege"), ("57014", "query_canceled"),
-    ("22012", "division_by_zero"), ("XX000", "internal_error"), ("ZZ999", "unknown")])
+@pytest.mark.parametrize(
+    ("sqlstate", "name"),
+    [
+        ("22P02", "invalid_text_representation"),
+        ("42501", "insufficient_privilege"),
+        ("57014", "query_canceled"),
+        ("22012", "division_by_zero"),
+        ("XX000", "internal_error"),
+        ("ZZ999", "unknown"),
+    ],
+)
 def test_condition_names_come_from_the_sqlstate(sqlstate: str, name: str) -> None:
     assert condition_name(sqlstate) == name
 
@@ -57,13 +67,15 @@ def test_a_database_error_gives_the_agent_its_sqlstate_not_its_text(policy_db: P
         outcome = guard.execute("SELECT CAST(name AS integer) FROM customers")
     assert outcome.decision.allowed and not outcome.executed
     assert [r.to_json() for r in outcome.reasons] == [
-        {"code": "database_error", "message": "SQLSTATE 22P02 invalid_text_representation"}]
+        {"code": "database_error", "message": "SQLSTATE 22P02 invalid_text_representation"}
+    ]
     assert outcome.error is not None and "acme-customer-" in outcome.error  # the full text: for the audit log
     assert "acme-customer-" not in str(outcome.to_json())
 
 
-def test_the_server_timeout_holds_after_a_statement_lifted_it(policy_db: PolicyDatabase, acme: str,
-                                                              lift_timeout: str) -> None:
+def test_the_server_timeout_holds_after_a_statement_lifted_it(
+    policy_db: PolicyDatabase, acme: str, lift_timeout: str
+) -> None:
     engine = policy_db.engine(spec((lift_timeout,), statementTimeoutMs=300, maxCost=1e15))
     with ExecutionGuard(engine, acme, PRINCIPAL, "acme", client_grace_s=30) as guard:  # the server's doing alone
         assert guard.execute(f"SELECT {lift_timeout}()").ok  # the session's timeout is now off
@@ -93,11 +105,13 @@ def test_the_client_cancels_a_statement_the_server_lets_run(postgres: LocalPostg
             assert not deadline.fired
         deadline.close()
     with psycopg.connect(postgres.dsn, autocommit=True) as admin:  # nothing left running on the server
-        assert admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'deadline-test' "
-                             "AND state = 'active'").fetchone() == (0,)
+        assert admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'deadline-test' AND state = 'active'"
+        ).fetchone() == (0,)
 
 
 # -- the guard's own pipeline: errors, cancels and lost connections leave nothing open ------------------------
+
 
 def agent_sessions(policy_db: PolicyDatabase, role: str) -> list[tuple[str, str]]:
     with psycopg.connect(policy_db.admin_dsn, autocommit=True) as admin:
@@ -110,18 +124,23 @@ def pipeline_agent(policy_db: PolicyDatabase) -> tuple[AgentPolicySpec, str, str
     return policy, policy_db.grant(policy, "acme", name="pipeline"), agent_role("pipeline", "acme")
 
 
-@pytest.mark.parametrize("statement", [
-    "SELECT id FROM orders WHERE total / 0 > 1",  # read: fails after the timeout was set, in one round trip
-    "UPDATE orders SET status = 'divided' WHERE id = 10 AND total / 0 > 1",  # write: fails inside BEGIN
-])
-def test_a_failed_statement_leaves_no_transaction_open(policy_db: PolicyDatabase, pipeline_agent: tuple,
-                                                       statement: str) -> None:
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SELECT id FROM orders WHERE total / 0 > 1",  # read: fails after the timeout was set, in one round trip
+        "UPDATE orders SET status = 'divided' WHERE id = 10 AND total / 0 > 1",  # write: fails inside BEGIN
+    ],
+)
+def test_a_failed_statement_leaves_no_transaction_open(
+    policy_db: PolicyDatabase, pipeline_agent: tuple, statement: str
+) -> None:
     policy, dsn, role = pipeline_agent
     with ExecutionGuard(policy_db.engine(policy), dsn, PRINCIPAL, "acme") as guard:
         for _ in range(2):  # the second run reuses the statement prepared by the first
             outcome = guard.execute(statement)
             assert not outcome.executed and [r.to_json() for r in outcome.reasons] == [
-                {"code": "database_error", "message": "SQLSTATE 22012 division_by_zero"}]
+                {"code": "database_error", "message": "SQLSTATE 22012 division_by_zero"}
+            ]
             assert [state for state, _ in agent_sessions(policy_db, role)] == ["idle"]
         assert guard.execute("SELECT id FROM orders WHERE id = 10").rows == [(10,)]  # the same connection
         assert len(agent_sessions(policy_db, role)) == 1
@@ -129,8 +148,9 @@ def test_a_failed_statement_leaves_no_transaction_open(policy_db: PolicyDatabase
         assert admin.execute("SELECT count(*) FROM orders WHERE status = 'divided'").fetchone() == (0,)
 
 
-def test_the_client_cancels_a_guarded_statement_the_server_lets_run(policy_db: PolicyDatabase,
-                                                                    pipeline_agent: tuple) -> None:
+def test_the_client_cancels_a_guarded_statement_the_server_lets_run(
+    policy_db: PolicyDatabase, pipeline_agent: tuple
+) -> None:
     """The server's deadline a minute away, the client's at 0.3 s: the cancel reaches the guard's pipeline."""
     _, dsn, role = pipeline_agent
     engine = policy_db.engine(spec(maxCost=1e15, statementTimeoutMs=60_000))
@@ -144,8 +164,9 @@ def test_the_client_cancels_a_guarded_statement_the_server_lets_run(policy_db: P
         assert guard.execute("SELECT id FROM orders WHERE id = 10").rows == [(10,)]
 
 
-def test_a_lost_connection_is_a_reason_and_the_next_statement_reconnects(policy_db: PolicyDatabase,
-                                                                        pipeline_agent: tuple) -> None:
+def test_a_lost_connection_is_a_reason_and_the_next_statement_reconnects(
+    policy_db: PolicyDatabase, pipeline_agent: tuple
+) -> None:
     policy, dsn, role = pipeline_agent
     with ExecutionGuard(policy_db.engine(policy), dsn, PRINCIPAL, "acme") as guard:
         assert guard.execute("SELECT id FROM orders WHERE id = 10").ok

@@ -32,20 +32,43 @@ CREATE TABLE orders (id integer PRIMARY KEY, tenant_id text NOT NULL,
 CREATE TABLE secrets (id integer PRIMARY KEY, tenant_id text NOT NULL, api_key text NOT NULL);
 """
 WRITER_RULES = [
-    {"id": "add-orders", "effect": "allow", "actions": ["insert"], "tables": ["orders"],
-     "columns": ["id", "customer_id", "status", "total"]},
-    {"id": "upsert-orders", "effect": "allow", "actions": ["update"], "tables": ["orders"],
-     "columns": ["id", "customer_id", "status"]},
+    {
+        "id": "add-orders",
+        "effect": "allow",
+        "actions": ["insert"],
+        "tables": ["orders"],
+        "columns": ["id", "customer_id", "status", "total"],
+    },
+    {
+        "id": "upsert-orders",
+        "effect": "allow",
+        "actions": ["update"],
+        "tables": ["orders"],
+        "columns": ["id", "customer_id", "status"],
+    },
     {"id": "drop-orders", "effect": "allow", "actions": ["delete"], "tables": ["orders"], "requireWhere": True},
-    {"id": "keep-customers", "effect": "allow", "actions": ["insert", "update", "delete"], "tables": ["customers"],
-     "columns": ["id", "name", "email"]},
+    {
+        "id": "keep-customers",
+        "effect": "allow",
+        "actions": ["insert", "update", "delete"],
+        "tables": ["customers"],
+        "columns": ["id", "name", "email"],
+    },
 ]
 # Found by the grammar fuzzer on the shared-key schema (fuzz-findings.jsonl): INSERTs whose outcome, locks or
 # writes depended on another tenant's rows.
-FINDINGS = {f["id"]: f["sql"] for f in load_cases("fuzz-findings.jsonl") if f["id"] in (
-    "fuzz-1-foreign-key-to-other-tenant", "fuzz-2-primary-key-of-other-tenant",
-    "fuzz-3-on-conflict-do-nothing-existence", "fuzz-4-on-conflict-do-update-locks-other-tenant",
-    "fuzz-5-insert-select-key-channels")}
+FINDINGS = {
+    f["id"]: f["sql"]
+    for f in load_cases("fuzz-findings.jsonl")
+    if f["id"]
+    in (
+        "fuzz-1-foreign-key-to-other-tenant",
+        "fuzz-2-primary-key-of-other-tenant",
+        "fuzz-3-on-conflict-do-nothing-existence",
+        "fuzz-4-on-conflict-do-update-locks-other-tenant",
+        "fuzz-5-insert-select-key-channels",
+    )
+}
 
 
 def writer(ddl: str, extra: list[dict] | None = None) -> PolicyEngine:
@@ -86,8 +109,13 @@ ALTER TABLE ONLY children ADD CONSTRAINT children_parent FOREIGN KEY (parent_cod
 
 def described(schema: Schema) -> dict[str, set[tuple]]:
     """Keys without their names (a live database names what the DDL left unnamed)."""
-    return {name: {(k.kind, k.columns, tuple(sorted(k.involves)), k.references, k.referenced, k.on_update,
-                    k.on_delete) for k in table.keys} for name, table in schema.tables.items()}
+    return {
+        name: {
+            (k.kind, k.columns, tuple(sorted(k.involves)), k.references, k.referenced, k.on_update, k.on_delete)
+            for k in table.keys
+        }
+        for name, table in schema.tables.items()
+    }
 
 
 EXPECTED_KEYS = {
@@ -99,8 +127,15 @@ EXPECTED_KEYS = {
     "children": {
         (KeyKind.PRIMARY, ("id",), ("id",), None, (), "a", "a"),
         (KeyKind.UNIQUE, ("tenant_id", "slug"), ("slug", "tenant_id"), None, (), "a", "a"),
-        (KeyKind.FOREIGN, ("tenant_id", "parent_id"), ("parent_id", "tenant_id"), "parents", ("tenant_id", "id"),
-         "a", "c"),
+        (
+            KeyKind.FOREIGN,
+            ("tenant_id", "parent_id"),
+            ("parent_id", "tenant_id"),
+            "parents",
+            ("tenant_id", "id"),
+            "a",
+            "c",
+        ),
         (KeyKind.EXCLUSION, (), ("during",), None, (), "a", "a"),
         (KeyKind.INDEX, (), ("parent_id", "slug"), None, (), "a", "a"),
         (KeyKind.UNIQUE, ("tenant_id", "email"), ("email", "tenant_id"), None, (), "a", "a"),
@@ -142,7 +177,8 @@ def test_keys_read_from_a_live_database_match_the_ddl(postgres: LocalPostgres) -
         live = Schema.from_dsn(postgres.dsn, "keyed")
         assert described(live) == EXPECTED_KEYS
         assert {(k.table, k.columns, k.references) for k in live.inbound} == {
-            ("elsewhere.audit", ("parent",), "parents")}
+            ("elsewhere.audit", ("parent",), "parents")
+        }
         assert live.tables["children"].keys and all(k.name for t in live.tables.values() for k in t.keys)
     finally:
         with psycopg.connect(postgres.dsn, autocommit=True) as conn:
@@ -176,18 +212,40 @@ SHARED_KEY_CASES = [
     ("DELETE FROM orders WHERE id = 10", False, False),
     ("INSERT INTO customers (name) VALUES ('x')", False, False),  # the key is left to its default
     ("INSERT INTO customers (id, name) VALUES (7, 'x')", True, False),
-    ("INSERT INTO orders (id, customer_id, status, total) VALUES (7, 1, 'x', 1) ON CONFLICT (tenant_id, id) "
-     "DO UPDATE SET status = 'y'", True, False),
-    ("INSERT INTO orders (id, customer_id, status, total) VALUES (7, 1, 'x', 1) ON CONFLICT (id, tenant_id) "
-     "DO NOTHING", True, False),
-    ("INSERT INTO orders (id, customer_id, status, total) VALUES (7, 1, 'x', 1) ON CONFLICT (id) DO NOTHING",
-     True, True),
-    ("INSERT INTO orders (id, customer_id, status, total) VALUES (7, 1, 'x', 1) ON CONFLICT (id) WHERE true "
-     "DO NOTHING", True, True),
-    ("INSERT INTO orders (status, total) VALUES ('x', 1) ON CONFLICT (tenant_id, id) DO UPDATE SET id = 8",
-     True, False),
-    ("INSERT INTO orders (status, total) VALUES ('x', 1) ON CONFLICT (tenant_id, id) DO UPDATE "
-     "SET customer_id = 101", True, False),
+    (
+        "INSERT INTO orders (id, customer_id, status, total) VALUES (7, 1, 'x', 1) ON CONFLICT (tenant_id, id) "
+        "DO UPDATE SET status = 'y'",
+        True,
+        False,
+    ),
+    (
+        "INSERT INTO orders (id, customer_id, status, total) VALUES (7, 1, 'x', 1) ON CONFLICT (id, tenant_id) "
+        "DO NOTHING",
+        True,
+        False,
+    ),
+    (
+        "INSERT INTO orders (id, customer_id, status, total) VALUES (7, 1, 'x', 1) ON CONFLICT (id) DO NOTHING",
+        True,
+        True,
+    ),
+    (
+        "INSERT INTO orders (id, customer_id, status, total) VALUES (7, 1, 'x', 1) ON CONFLICT (id) WHERE true "
+        "DO NOTHING",
+        True,
+        True,
+    ),
+    (
+        "INSERT INTO orders (status, total) VALUES ('x', 1) ON CONFLICT (tenant_id, id) DO UPDATE SET id = 8",
+        True,
+        False,
+    ),
+    (
+        "INSERT INTO orders (status, total) VALUES ('x', 1) ON CONFLICT (tenant_id, id) DO UPDATE "
+        "SET customer_id = 101",
+        True,
+        False,
+    ),
 ]
 
 
@@ -207,22 +265,31 @@ def test_without_a_tenant_or_a_tenant_column_keys_are_not_shared_between_tenants
 def test_the_refusal_names_the_key() -> None:
     decision = writer(SHARED_KEYS).decide(PRINCIPAL, FINDINGS["fuzz-1-foreign-key-to-other-tenant"], tenant="acme")
     messages = [r.message for r in decision.reasons if r.code == "tenant_unsafe_key"]
-    assert "orders.id: primary key (id) on orders does not include tenant_id, so writing it depends on other " \
-           "tenants' rows" in messages
+    assert (
+        "orders.id: primary key (id) on orders does not include tenant_id, so writing it depends on other "
+        "tenants' rows" in messages
+    )
     assert any("foreign key (customer_id) REFERENCES customers (id)" in m for m in messages), messages
 
 
-ON_CONSTRAINT = SCHEMA_SQL + """
+ON_CONSTRAINT = (
+    SCHEMA_SQL
+    + """
 ALTER TABLE orders ADD CONSTRAINT orders_by_ref UNIQUE (tenant_id, ref);
 ALTER TABLE orders ADD CONSTRAINT orders_ref_anywhere UNIQUE (ref);
 """
+)
 
 
-@pytest.mark.parametrize(("constraint", "refused"), [("orders_by_ref", False), ("orders_ref_anywhere", True),
-                                                     ("orders_pkey", True), ("nope", True)])
+@pytest.mark.parametrize(
+    ("constraint", "refused"),
+    [("orders_by_ref", False), ("orders_ref_anywhere", True), ("orders_pkey", True), ("nope", True)],
+)
 def test_on_conflict_on_constraint_must_name_a_tenant_scoped_key(constraint: str, refused: bool) -> None:
-    sql = (f"INSERT INTO orders (id, customer_id, status, total) VALUES (7, 1, 'x', 1) "
-           f"ON CONFLICT ON CONSTRAINT {constraint} DO NOTHING")
+    sql = (
+        f"INSERT INTO orders (id, customer_id, status, total) VALUES (7, 1, 'x', 1) "
+        f"ON CONFLICT ON CONSTRAINT {constraint} DO NOTHING"
+    )
     assert ("tenant_unsafe_key" in codes(writer(ON_CONSTRAINT), sql)) == refused
 
 
@@ -232,8 +299,9 @@ def test_on_conflict_without_a_target_needs_every_unique_key_scoped() -> None:
     assert "tenant_unsafe_key" in codes(writer(ON_CONSTRAINT), sql)  # orders_ref_anywhere arbitrates too
 
 
-CASCADING = SCHEMA_SQL.replace("REFERENCES customers (tenant_id, id)",
-                               "REFERENCES customers (tenant_id, id) ON DELETE CASCADE ON UPDATE CASCADE")
+CASCADING = SCHEMA_SQL.replace(
+    "REFERENCES customers (tenant_id, id)", "REFERENCES customers (tenant_id, id) ON DELETE CASCADE ON UPDATE CASCADE"
+)
 
 
 def test_a_foreign_key_action_is_a_write_no_rule_names() -> None:
@@ -260,11 +328,13 @@ def test_the_tenant_application_schema_keys_every_table_by_tenant(postgres: Loca
                 continue
             assert table.pooled and any(k.kind == KeyKind.PRIMARY for k in table.keys), name
             keys = schema.keys[name]
-            assert not (keys.unscoped or keys.unscoped_referenced or keys.unscoped_referencing
-                        or keys.unscoped_unique), (name, keys)
+            assert not (
+                keys.unscoped or keys.unscoped_referenced or keys.unscoped_referencing or keys.unscoped_unique
+            ), (name, keys)
         assert [k.describe() for k in schema.tables["orders"].keys if k.kind == KeyKind.FOREIGN] == [
             "foreign key orders_tenant_id_customer_id_fkey (tenant_id, customer_id) REFERENCES customers "
-            "(tenant_id, id)"]
+            "(tenant_id, id)"
+        ]
     finally:
         with psycopg.connect(postgres.dsn, autocommit=True) as conn:
             conn.execute("DROP SCHEMA app_keys CASCADE")

@@ -14,9 +14,13 @@ from paybill.policy.tree import DecodeError, ParseError, parse_raw
 from .conftest import PRINCIPAL, load_cases, schema, support_policy
 
 CASES = [case["sql"] for name in ("legitimate.jsonl", "adversarial.jsonl") for case in load_cases(name)]
-EXTRA = ["SELECT id FROM orders, customers WHERE orders.id = customers.id LIMIT $1",
-         "SELECT o.id FROM orders AS o LIMIT 5000", "SELECT 1 FROM orders o LIMIT ALL",
-         "SELECT id FROM orders LIMIT 3 OFFSET 2", "SELECT id FROM orders FOR UPDATE"]
+EXTRA = [
+    "SELECT id FROM orders, customers WHERE orders.id = customers.id LIMIT $1",
+    "SELECT o.id FROM orders AS o LIMIT 5000",
+    "SELECT 1 FROM orders o LIMIT ALL",
+    "SELECT id FROM orders LIMIT 3 OFFSET 2",
+    "SELECT id FROM orders FOR UPDATE",
+]
 
 
 def _rewritten(engine: PolicyEngine, sql: str, tenant: str | None, spliced: bool) -> str | None:
@@ -66,4 +70,5 @@ def test_the_common_select_is_spliced_and_other_shapes_are_not() -> None:
     assert not spliced("UPDATE orders SET status = 'x' WHERE id = 1")
     assert engine.decide(PRINCIPAL, "SELECT id, status, total FROM orders WHERE id = $1", [1], "acme").sql == (
         "SELECT id, status, total FROM (SELECT id, status, total FROM orders WHERE tenant_id = 'acme') orders "
-        "WHERE id = $1 LIMIT 1000")
+        "WHERE id = $1 LIMIT 1000"
+    )

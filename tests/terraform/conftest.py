@@ -31,6 +31,7 @@ def make_runner(backend_dsn: str, tmp_path: Path) -> Callable[..., TerraformRunn
     def make(**options: Any) -> TerraformRunner:
         options.setdefault("timeout", 120)
         return TerraformRunner(RunnerConfig(backend_dsn=backend_dsn, state_dir=tmp_path / "state", **options))
+
     return make
 
 
@@ -38,8 +39,7 @@ def make_runner(backend_dsn: str, tmp_path: Path) -> Callable[..., TerraformRunn
 def tenant(request: pytest.FixtureRequest) -> ModuleInputs:
     """Inputs for a tenant no other test uses (state schemas live as long as the session's server)."""
     name = f"t{next(_counter)}-{abs(hash(request.node.name)) % 10**8}"
-    return ModuleInputs(tenant_id=name, plan="gold", region="eu-west-1", cost_center="cc-42",
-                        sizes={"storage_gib": 20})
+    return ModuleInputs(tenant_id=name, plan="gold", region="eu-west-1", cost_center="cc-42", sizes={"storage_gib": 20})
 
 
 def write_module(directory: Path, body: str) -> Path:
@@ -56,8 +56,9 @@ def state_resources(dsn: str, tenant_id: str) -> list[str]:
     with psycopg.connect(dsn, autocommit=True) as connection:
         if not connection.execute("SELECT to_regclass(%s)", [f"{schema}.states"]).fetchone()[0]:  # type: ignore[index]
             return []
-        row = connection.execute(sql.SQL("SELECT data FROM {}.states WHERE name = 'default'")
-                                 .format(sql.Identifier(schema))).fetchone()
+        row = connection.execute(
+            sql.SQL("SELECT data FROM {}.states WHERE name = 'default'").format(sql.Identifier(schema))
+        ).fetchone()
     if row is None:
         return []
     import json

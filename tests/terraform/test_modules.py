@@ -13,7 +13,8 @@ from paybill.terraform.modules import module_dir, shipped
 
 def test_every_cloud_ships_every_isolation_model() -> None:
     assert {(ref.cloud, ref.model) for ref in shipped()} == {
-        (cloud, model) for cloud in ("local", "aws") for model in ("silo", "pooled", "bridge")}
+        (cloud, model) for cloud in ("local", "aws") for model in ("silo", "pooled", "bridge")
+    }
 
 
 @pytest.mark.parametrize("ref", shipped(), ids=lambda ref: f"{ref.cloud}/{ref.model}")
@@ -59,10 +60,15 @@ def test_an_untagged_resource_a_plain_password_and_a_backend_are_named(tmp_path:
 def test_local_records_must_carry_the_tags_too(tmp_path: Path) -> None:
     module = _copy(tmp_path, "local", "silo")
     main = (module / "main.tf").read_text()
-    (module / "main.tf").write_text(main.replace(', tags = local.tags }\n}\n\nresource "terraform_data" "subnets"',
-                                                 ' }\n}\n\nresource "terraform_data" "subnets"'))
+    (module / "main.tf").write_text(
+        main.replace(
+            ', tags = local.tags }\n}\n\nresource "terraform_data" "subnets"',
+            ' }\n}\n\nresource "terraform_data" "subnets"',
+        )
+    )
     assert violations(module, stands_for_cloud_objects=True) == [
-        "resource terraform_data.network is not tagged with local.tags"]
+        "resource terraform_data.network is not tagged with local.tags"
+    ]
 
 
 def test_a_wrong_input_type_and_an_extra_input_are_named(tmp_path: Path) -> None:
@@ -70,4 +76,6 @@ def test_a_wrong_input_type_and_an_extra_input_are_named(tmp_path: Path) -> None
     variables = (module / "variables.tf").read_text().replace("type        = map(number)", "type        = any")
     (module / "variables.tf").write_text(variables + '\nvariable "admin_password" {\n  type = string\n}\n')
     assert violations(module, stands_for_cloud_objects=True) == [
-        "input sizes has type any, not map(number)", "input admin_password is not in the contract"]
+        "input sizes has type any, not map(number)",
+        "input admin_password is not in the contract",
+    ]

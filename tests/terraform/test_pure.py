@@ -27,15 +27,19 @@ def test_backoff_is_exponential_and_capped() -> None:
 
 
 def test_error_lines_keep_terraforms_error_without_the_source_excerpt() -> None:
-    stderr = ("\n╷\n│ Error: Invalid value\n│ \n│   with aws_db_instance.tenant,\n│   on main.tf line 3, in resource:\n"
-              "│    3:   engine = var.engine\n│ \n│ The engine must be postgres.\n╵\n")
+    stderr = (
+        "\n╷\n│ Error: Invalid value\n│ \n│   with aws_db_instance.tenant,\n│   on main.tf line 3, in resource:\n"
+        "│    3:   engine = var.engine\n│ \n│ The engine must be postgres.\n╵\n"
+    )
     assert error_lines(stderr) == "Error: Invalid value\nThe engine must be postgres."
     assert error_lines("", "one\ntwo\n") == "one\ntwo"
 
 
 def test_redaction_removes_known_secrets_and_credential_shapes() -> None:
-    text = ("postgresql://paybill:pa55word@db:5432/x password=hunter22 secret_key=AKIAXYZ "
-            "token=abcd1234 and the key sk-live-42")
+    text = (
+        "postgresql://paybill:pa55word@db:5432/x password=hunter22 secret_key=AKIAXYZ "
+        "token=abcd1234 and the key sk-live-42"
+    )
     redacted = redact(text, ["sk-live-42", "abcd1234", "x"])
     for secret in ("pa55word", "hunter22", "AKIAXYZ", "abcd1234", "sk-live-42"):
         assert secret not in redacted
@@ -43,14 +47,23 @@ def test_redaction_removes_known_secrets_and_credential_shapes() -> None:
 
 
 def _change(address: str, actions: list[str], after: object = None, after_sensitive: object = None) -> dict:
-    return {"address": address, "change": {"actions": actions, "before": None, "after": after,
-                                           "after_sensitive": after_sensitive}}
+    return {
+        "address": address,
+        "change": {"actions": actions, "before": None, "after": after, "after_sensitive": after_sensitive},
+    }
 
 
 def test_summary_counts_as_terraform_does() -> None:
-    plan = {"resource_changes": [
-        _change("a.create", ["create"]), _change("b.update", ["update"]), _change("c.replace", ["delete", "create"]),
-        _change("d.delete", ["delete"]), _change("e.same", ["no-op"]), _change("f.read", ["read"])]}
+    plan = {
+        "resource_changes": [
+            _change("a.create", ["create"]),
+            _change("b.update", ["update"]),
+            _change("c.replace", ["delete", "create"]),
+            _change("d.delete", ["delete"]),
+            _change("e.same", ["no-op"]),
+            _change("f.read", ["read"]),
+        ]
+    }
     summary = summarize("acme", plan, "ab" * 32)
     assert (summary.adds, summary.changes, summary.destroys) == (2, 1, 2)
     assert summary.addresses == ("a.create", "b.update", "c.replace", "d.delete")
@@ -60,12 +73,19 @@ def test_summary_counts_as_terraform_does() -> None:
 def test_masking_hides_every_sensitive_value_in_a_plan() -> None:
     plan = {
         "prior_state": {"values": "everything"},
-        "resource_changes": [_change("db.x", ["create"], {"password": "p1", "tags": {"a": "b"}, "list": ["s", "t"]},
-                                     {"password": True, "list": [False, True]})],
+        "resource_changes": [
+            _change(
+                "db.x",
+                ["create"],
+                {"password": "p1", "tags": {"a": "b"}, "list": ["s", "t"]},
+                {"password": True, "list": [False, True]},
+            )
+        ],
         "output_changes": {"pw": {"actions": ["create"], "after": "p2", "after_sensitive": True}},
-        "planned_values": {"outputs": {"pw": {"sensitive": True, "value": "p2"}, "ok": {"value": 1}},
-                           "root_module": {"resources": [{"values": {"password": "p1"},
-                                                          "sensitive_values": {"password": True}}]}},
+        "planned_values": {
+            "outputs": {"pw": {"sensitive": True, "value": "p2"}, "ok": {"value": 1}},
+            "root_module": {"resources": [{"values": {"password": "p1"}, "sensitive_values": {"password": True}}]},
+        },
         "configuration": {"root_module": {"variables": {"token": {"sensitive": True}, "plan": {}}}},
         "variables": {"token": {"value": "p3"}, "plan": {"value": "gold"}},
     }
@@ -97,8 +117,9 @@ def test_tenant_names_map_to_one_schema_and_nothing_else_gets_in() -> None:
 
 
 def _holder(application: str, held: float = 100.0, idle: float = 100.0, state: str = "idle") -> LockHolder:
-    return LockHolder(backend_pid=4242, application=application, lock_key=7, held_seconds=held,
-                      idle_seconds=idle, state=state)
+    return LockHolder(
+        backend_pid=4242, application=application, lock_key=7, held_seconds=held, idle_seconds=idle, state=state
+    )
 
 
 def test_only_a_runners_session_whose_run_is_over_is_stale() -> None:

@@ -32,13 +32,20 @@ from paybill.terraform.process import group_alive
 
 from .conftest import LOCAL_SILO, state_resources, wait_for, write_module
 
-SILO_RESOURCES = ["terraform_data.credentials", "terraform_data.database", "terraform_data.network",
-                  "terraform_data.subnets"]
+SILO_RESOURCES = [
+    "terraform_data.credentials",
+    "terraform_data.database",
+    "terraform_data.network",
+    "terraform_data.subnets",
+]
 
 
 def test_local_module_plan_apply_outputs_destroy_with_state_in_postgres(
-        make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, backend_dsn: str,
-        caplog: pytest.LogCaptureFixture) -> None:
+    make_runner: Callable[..., TerraformRunner],
+    tenant: ModuleInputs,
+    backend_dsn: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.DEBUG)
     runner = make_runner()
     summary = runner.plan(tenant, LOCAL_SILO)
@@ -66,16 +73,20 @@ def test_local_module_plan_apply_outputs_destroy_with_state_in_postgres(
 
 
 def test_failing_apply_gives_terraforms_message_without_secrets(
-        make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, modules_dir: Path) -> None:
+    make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, modules_dir: Path
+) -> None:
     secret = "sk-" + secrets.token_hex(8)
-    module = write_module(modules_dir / "failing", """
+    module = write_module(
+        modules_dir / "failing",
+        """
 resource "terraform_data" "broken" {
   input = var.tenant_id
   provisioner "local-exec" {
     command = "echo \\"cannot reach the API with key $PROVIDER_KEY\\" >&2; exit 3"
   }
 }
-""")
+""",
+    )
     runner = make_runner(env={"PROVIDER_KEY": secret})
     with pytest.raises(TerraformError) as failure:
         runner.apply(tenant, module)
@@ -87,16 +98,20 @@ resource "terraform_data" "broken" {
 
 
 def test_hanging_run_is_killed_at_its_timeout_with_its_process_group(
-        make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, modules_dir: Path) -> None:
+    make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, modules_dir: Path
+) -> None:
     marker = f"{600 + secrets.randbelow(300)}.{secrets.randbelow(10**6)}"
-    module = write_module(modules_dir / "hanging", f"""
+    module = write_module(
+        modules_dir / "hanging",
+        f"""
 resource "terraform_data" "slow" {{
   input = var.tenant_id
   provisioner "local-exec" {{
     command = "sleep {marker}"
   }}
 }}
-""")
+""",
+    )
     runner = make_runner(timeout=25, concurrency=1)
     started = time.monotonic()
     with pytest.raises(RunTimedOut) as timed_out:
@@ -112,7 +127,8 @@ resource "terraform_data" "slow" {{
 
 
 def test_stale_lock_is_released_and_recorded_and_a_live_one_is_not(
-        make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, backend_dsn: str) -> None:
+    make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, backend_dsn: str
+) -> None:
     runner = make_runner(stale_lock_after=1.0, lock_timeout=2.0)
     runner.apply(tenant, LOCAL_SILO)
     with psycopg.connect(backend_dsn, autocommit=True) as probe:
@@ -144,7 +160,8 @@ def test_stale_lock_is_released_and_recorded_and_a_live_one_is_not(
 
 
 def test_a_plan_applies_only_under_its_own_hash_and_only_while_fresh(
-        make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, backend_dsn: str) -> None:
+    make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, backend_dsn: str
+) -> None:
     runner = make_runner()
     first = runner.plan(tenant, LOCAL_SILO)
     with pytest.raises(PlanHashMismatch):
@@ -161,15 +178,18 @@ def test_a_plan_applies_only_under_its_own_hash_and_only_while_fresh(
 
 
 def test_drift_in_the_recorded_state_is_detected_with_its_addresses(
-        make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, backend_dsn: str) -> None:
+    make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, backend_dsn: str
+) -> None:
     runner = make_runner()
     runner.apply(tenant, LOCAL_SILO)
     assert not runner.drift(tenant, LOCAL_SILO).drifted
 
     schema = sql.Identifier(schema_for(tenant.tenant_id))
     with psycopg.connect(backend_dsn, autocommit=True) as connection:  # out of band: the network's CIDR moved
-        changed = connection.execute(sql.SQL("UPDATE {}.states SET data = replace(data, %s, %s)").format(schema),
-                                     ['"10.0.0.0/16"', '"10.9.0.0/16"']).rowcount
+        changed = connection.execute(
+            sql.SQL("UPDATE {}.states SET data = replace(data, %s, %s)").format(schema),
+            ['"10.0.0.0/16"', '"10.9.0.0/16"'],
+        ).rowcount
     assert changed == 1
     report = runner.drift(tenant, LOCAL_SILO)
     assert report.drifted and "terraform_data.network" in report.addresses
@@ -177,11 +197,14 @@ def test_drift_in_the_recorded_state_is_detected_with_its_addresses(
 
 
 def test_parallel_runs_never_exceed_the_concurrency_limit(
-        make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, modules_dir: Path, tmp_path: Path) -> None:
+    make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, modules_dir: Path, tmp_path: Path
+) -> None:
     gate = tmp_path / "gate"
     (gate / "running").mkdir(parents=True)
     (gate / "seen").mkdir()
-    module = write_module(modules_dir / "gated", f"""
+    module = write_module(
+        modules_dir / "gated",
+        f"""
 resource "terraform_data" "work" {{
   input = var.tenant_id
   provisioner "local-exec" {{
@@ -193,7 +216,8 @@ resource "terraform_data" "work" {{
     EOT
   }}
 }}
-""")
+""",
+    )
     limit, total = 2, 5
     runner = make_runner(concurrency=limit)
     tenants = [ModuleInputs(f"{tenant.tenant_id}-{i}", "gold", "eu-west-1", "cc-42") for i in range(total)]
@@ -208,9 +232,14 @@ resource "terraform_data" "work" {{
     threads = [threading.Thread(target=apply, args=(inputs,)) for inputs in tenants]
     for thread in threads:
         thread.start()
-    wait_for(lambda: len(list((gate / "running").iterdir())) == limit and runner.waiting_runs == total - limit,
-             90, lambda: f"{limit} runs working, {total - limit} waiting (running: "
-             f"{sorted(p.name for p in (gate / 'running').iterdir())}, waiting: {runner.waiting_runs}, {errors})")
+    wait_for(
+        lambda: len(list((gate / "running").iterdir())) == limit and runner.waiting_runs == total - limit,
+        90,
+        lambda: (
+            f"{limit} runs working, {total - limit} waiting (running: "
+            f"{sorted(p.name for p in (gate / 'running').iterdir())}, waiting: {runner.waiting_runs}, {errors})"
+        ),
+    )
     (gate / "release").touch()
     for thread in threads:
         thread.join(120)
@@ -227,15 +256,18 @@ def _hold_lock(dsn: str, key: int, application: str) -> psycopg.Connection:
 
 def _held_seconds(dsn: str, holder: psycopg.Connection) -> float:
     with psycopg.connect(dsn, autocommit=True) as connection:
-        row = connection.execute("SELECT extract(epoch FROM now() - backend_start)::float8 FROM pg_stat_activity "
-                                 "WHERE pid = %s", [holder.info.backend_pid]).fetchone()
+        row = connection.execute(
+            "SELECT extract(epoch FROM now() - backend_start)::float8 FROM pg_stat_activity WHERE pid = %s",
+            [holder.info.backend_pid],
+        ).fetchone()
     return float(row[0]) if row else 0.0
 
 
 def _session_alive(dsn: str, holder: psycopg.Connection) -> bool:
     with psycopg.connect(dsn, autocommit=True) as connection:
-        return connection.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
-                                  [holder.info.backend_pid]).fetchone() == (1,)
+        return connection.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [holder.info.backend_pid]
+        ).fetchone() == (1,)
 
 
 def _cmdline(pid: str) -> str:
@@ -245,9 +277,9 @@ def _cmdline(pid: str) -> str:
         return ""
 
 
-
 def test_init_runs_once_per_configuration_and_again_when_it_changes(
-        make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, modules_dir: Path, tmp_path: Path) -> None:
+    make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, modules_dir: Path, tmp_path: Path
+) -> None:
     runner = make_runner()
     runner.apply(tenant, LOCAL_SILO)
     templates = tmp_path / "state" / "init"

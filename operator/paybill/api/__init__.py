@@ -10,6 +10,16 @@ from .tenant import Tenant
 RESOURCES: tuple[type[CustomResource], ...] = (Plan, Subscription, Tenant, AgentPolicy, AgentWorkflow)
 
 __all__ = [
-    "API_VERSION", "GROUP", "RESOURCES", "VERSION", "AgentPolicy", "AgentWorkflow", "Condition",
-    "CustomResource", "Plan", "Status", "Subscription", "Tenant",
+    "API_VERSION",
+    "GROUP",
+    "RESOURCES",
+    "VERSION",
+    "AgentPolicy",
+    "AgentWorkflow",
+    "Condition",
+    "CustomResource",
+    "Plan",
+    "Status",
+    "Subscription",
+    "Tenant",
 ]

@@ -41,23 +41,28 @@ class Action(StrEnum):
 
 
 class Approval(Model):
-    approvers: list[str] = Field(default_factory=list, json_schema_extra=LIST_SET,
-                                 description="Principals who may approve.")
+    approvers: list[str] = Field(
+        default_factory=list, json_schema_extra=LIST_SET, description="Principals who may approve."
+    )
     minApprovals: int = Field(default=1, ge=1, le=10, description="Approvals needed before the statement runs.")
 
 
 class Rule(Model):
     id: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63, description="Unique rule id.")
     effect: Effect = Field(description="allow or deny; deny wins over allow.")
-    actions: list[Action] = Field(min_length=1, json_schema_extra=LIST_SET,
-                                  description="Statement kinds the rule covers.")
-    tables: list[str] = Field(min_length=1, json_schema_extra=LIST_SET,
-                              description="Tables the rule covers; * for all.")
-    columns: list[str] = Field(default_factory=lambda: ["*"], json_schema_extra=LIST_SET,
-                               description="Columns the rule covers; * for all.")
+    actions: list[Action] = Field(
+        min_length=1, json_schema_extra=LIST_SET, description="Statement kinds the rule covers."
+    )
+    tables: list[str] = Field(
+        min_length=1, json_schema_extra=LIST_SET, description="Tables the rule covers; * for all."
+    )
+    columns: list[str] = Field(
+        default_factory=lambda: ["*"], json_schema_extra=LIST_SET, description="Columns the rule covers; * for all."
+    )
     requireWhere: bool = Field(default=False, description="Refuse UPDATE/DELETE without a WHERE clause.")
-    rowFilter: str | None = Field(default=None, max_length=4096,
-                                  description="SQL predicate added to every statement the rule admits.")
+    rowFilter: str | None = Field(
+        default=None, max_length=4096, description="SQL predicate added to every statement the rule admits."
+    )
     approval: Approval | None = Field(default=None, description="Human approval needed before execution.")
 
 
@@ -70,15 +75,20 @@ class Limits(Model):
 
 
 class AgentPolicySpec(Model):
-    subjects: list[str] = Field(min_length=1, json_schema_extra=LIST_SET,
-                                description="Principals the policy applies to, e.g. agent:bot.")
-    mode: PolicyMode = Field(default=PolicyMode.ENFORCE,
-                             description="enforce denies; warn and audit allow but record what would be denied.")
-    rules: list[Rule] = Field(max_length=MAX_RULES, json_schema_extra=list_map("id"),
-                              description="Ordered rules, unique by id; no matching allow means deny "
-                                          "(an empty list denies everything).")
-    functions: list[str] = Field(default_factory=list, json_schema_extra=LIST_SET,
-                                 description="SQL functions agents may call.")
+    subjects: list[str] = Field(
+        min_length=1, json_schema_extra=LIST_SET, description="Principals the policy applies to, e.g. agent:bot."
+    )
+    mode: PolicyMode = Field(
+        default=PolicyMode.ENFORCE, description="enforce denies; warn and audit allow but record what would be denied."
+    )
+    rules: list[Rule] = Field(
+        max_length=MAX_RULES,
+        json_schema_extra=list_map("id"),
+        description="Ordered rules, unique by id; no matching allow means deny (an empty list denies everything).",
+    )
+    functions: list[str] = Field(
+        default_factory=list, json_schema_extra=LIST_SET, description="SQL functions agents may call."
+    )
     limits: Limits = Field(default_factory=Limits, description="Hard limits per statement and per run.")
 
 
@@ -87,10 +97,13 @@ class AgentPolicyStatus(Status):
     role: str | None = Field(default=None, description="The agent's PostgreSQL login role.")
     database: str | None = Field(default=None, description="The database the role's grants live in.")
     schema_: str | None = Field(default=None, alias="schema", description="The schema the grants cover.")
-    tables: list[str] = Field(default_factory=list, json_schema_extra=LIST_SET,
-                              description="Tables the role holds any privilege on.")
-    access: str | None = Field(default=None, description="The tenant's access the grants follow: full, "
-                                                         "read_only (writes dropped) or none (no login).")
+    tables: list[str] = Field(
+        default_factory=list, json_schema_extra=LIST_SET, description="Tables the role holds any privilege on."
+    )
+    access: str | None = Field(
+        default=None,
+        description="The tenant's access the grants follow: full, read_only (writes dropped) or none (no login).",
+    )
     policyVersion: str | None = Field(default=None, description="Digest of the policy and the live schema.")
     credentialsSecret: str | None = Field(default=None, description="Secret with the role's login.")
 
@@ -99,13 +112,21 @@ class AgentPolicy(CustomResource):
     """The explicit ACL for agents acting on one tenant's data."""
 
     crd = CrdInfo(
-        kind="AgentPolicy", plural="agentpolicies", singular="agentpolicy", namespaced=True,
+        kind="AgentPolicy",
+        plural="agentpolicies",
+        singular="agentpolicy",
+        namespaced=True,
         short_names=("apol",),
         description="AgentPolicy is the explicit access-control list an AI agent's SQL is checked against.",
-        printer_columns=(PrinterColumn("Mode", ".spec.mode"), PrinterColumn("Tenant", ".status.tenant"),
-                         PrinterColumn("Access", ".status.access"), PrinterColumn("Role", ".status.role", priority=1),
-                         PrinterColumn("Rules", ".spec.rules", type="string", priority=1),
-                         READY_COLUMN, AGE_COLUMN),
+        printer_columns=(
+            PrinterColumn("Mode", ".spec.mode"),
+            PrinterColumn("Tenant", ".status.tenant"),
+            PrinterColumn("Access", ".status.access"),
+            PrinterColumn("Role", ".status.role", priority=1),
+            PrinterColumn("Rules", ".spec.rules", type="string", priority=1),
+            READY_COLUMN,
+            AGE_COLUMN,
+        ),
     )
     spec: AgentPolicySpec
     status: AgentPolicyStatus | None = None

@@ -28,15 +28,20 @@ class Step(Model):
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63, description="Step name.")
     kind: StepKind = Field(description="query reads, mutation writes.")
     sql: str = Field(min_length=1, max_length=65536, description="The one SQL statement of the step.")
-    params: list[str | int | float | bool | None] = Field(default_factory=list, json_schema_extra=LIST_ATOMIC,
-                                                          description="Positional parameters ($1, $2, ...).")
+    params: list[str | int | float | bool | None] = Field(
+        default_factory=list, json_schema_extra=LIST_ATOMIC, description="Positional parameters ($1, $2, ...)."
+    )
 
 
 class AgentWorkflowSpec(Model):
     principal: str = Field(pattern=r"^agent:[a-z0-9][-a-z0-9]*$", description="The agent running the workflow.")
     policyRef: str = Field(description="AgentPolicy (same namespace) the steps are checked against.")
-    steps: list[Step] = Field(min_length=1, max_length=100, json_schema_extra=list_map("name"),
-                              description="Declared steps, unique by name, run in order.")
+    steps: list[Step] = Field(
+        min_length=1,
+        max_length=100,
+        json_schema_extra=list_map("name"),
+        description="Declared steps, unique by name, run in order.",
+    )
 
 
 class StepReason(Model):
@@ -50,10 +55,12 @@ class StepStatus(Model):
     name: str = Field(description="The step.")
     decision: str = Field(description="allow or deny, from the policy engine.")
     executed: bool = Field(default=False, description="Whether the statement ran (and committed).")
-    reasons: list[StepReason] = Field(default_factory=list, json_schema_extra=LIST_ATOMIC,
-                                      description="Why it was denied or did not finish.")
-    rowsReturned: int = Field(default=0, ge=0, description="Rows a query returned (the rows are in the "
-                                                           "results Secret).")
+    reasons: list[StepReason] = Field(
+        default_factory=list, json_schema_extra=LIST_ATOMIC, description="Why it was denied or did not finish."
+    )
+    rowsReturned: int = Field(
+        default=0, ge=0, description="Rows a query returned (the rows are in the results Secret)."
+    )
     rowsAffected: int = Field(default=0, ge=0, description="Rows a mutation changed.")
     planHash: str | None = Field(default=None, description="Fingerprint + parameters + policy version.")
     sql: str | None = Field(default=None, description="The rewritten statement that ran.")
@@ -61,8 +68,9 @@ class StepStatus(Model):
 
 class AgentWorkflowStatus(Status):
     completedSteps: int = Field(default=0, ge=0, description="Steps run so far.")
-    steps: list[StepStatus] = Field(default_factory=list, json_schema_extra=list_map("name"),
-                                    description="One entry per step attempted, in order.")
+    steps: list[StepStatus] = Field(
+        default_factory=list, json_schema_extra=list_map("name"), description="One entry per step attempted, in order."
+    )
     resultsSecret: str | None = Field(default=None, description="Secret holding the queries' rows (JSON per step).")
     policyVersion: str | None = Field(default=None, description="The policy version the steps were checked under.")
 
@@ -71,11 +79,18 @@ class AgentWorkflow(CustomResource):
     """A declared sequence of typed steps an agent submits for gated execution."""
 
     crd = CrdInfo(
-        kind="AgentWorkflow", plural="agentworkflows", singular="agentworkflow", namespaced=True,
+        kind="AgentWorkflow",
+        plural="agentworkflows",
+        singular="agentworkflow",
+        namespaced=True,
         short_names=("awf",),
         description="AgentWorkflow is a declared sequence of typed SQL steps run through the agent gate.",
-        printer_columns=(PrinterColumn("Principal", ".spec.principal"), PHASE_COLUMN,
-                         PrinterColumn("Steps", ".status.completedSteps", type="integer"), AGE_COLUMN),
+        printer_columns=(
+            PrinterColumn("Principal", ".spec.principal"),
+            PHASE_COLUMN,
+            PrinterColumn("Steps", ".status.completedSteps", type="integer"),
+            AGE_COLUMN,
+        ),
     )
     spec: AgentWorkflowSpec
     status: AgentWorkflowStatus | None = None

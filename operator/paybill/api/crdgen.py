@@ -12,9 +12,25 @@ from .meta import CATEGORY, GROUP, ROOT, VERSION, CustomResource
 
 # JSON Schema keywords a structural schema keeps; everything else pydantic emits (title, ...) is dropped.
 KEPT_KEYWORDS = {
-    "type", "description", "enum", "pattern", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-    "minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties", "format", "default",
-    "required", "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
+    "type",
+    "description",
+    "enum",
+    "pattern",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
+    "format",
+    "default",
+    "required",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
 }
 
 
@@ -56,9 +72,12 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             for name, sub in out["properties"].items():
                 # An optional object whose fields have defaults defaults to {}, so they apply (and CEL can read them);
                 # not one whose default is null (absent means something there, e.g. no approval needed).
-                if name not in node.get("required", ()) and sub.get("type") == "object" and any(
-                        "default" in field for field in (sub.get("properties") or {}).values()) and (
-                        props[name].get("default", {}) is not None):
+                if (
+                    name not in node.get("required", ())
+                    and sub.get("type") == "object"
+                    and any("default" in field for field in (sub.get("properties") or {}).values())
+                    and (props[name].get("default", {}) is not None)
+                ):
                     sub.setdefault("default", {})
         extra = node.get("additionalProperties")
         if isinstance(extra, dict):
@@ -113,7 +132,10 @@ def openapi_schema(cls: type[CustomResource]) -> dict[str, Any]:
 def crd_manifest(cls: type[CustomResource]) -> dict[str, Any]:
     info = cls.crd
     names: dict[str, Any] = {
-        "kind": info.kind, "listKind": f"{info.kind}List", "plural": info.plural, "singular": info.singular,
+        "kind": info.kind,
+        "listKind": f"{info.kind}List",
+        "plural": info.plural,
+        "singular": info.singular,
         "categories": [CATEGORY],
     }
     if info.short_names:
@@ -126,14 +148,16 @@ def crd_manifest(cls: type[CustomResource]) -> dict[str, Any]:
             "group": GROUP,
             "names": names,
             "scope": "Namespaced" if info.namespaced else "Cluster",
-            "versions": [{
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "schema": {"openAPIV3Schema": openapi_schema(cls)},
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": [column.to_crd() for column in info.printer_columns],
-            }],
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": openapi_schema(cls)},
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [column.to_crd() for column in info.printer_columns],
+                }
+            ],
         },
     }
 

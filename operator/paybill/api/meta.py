@@ -39,26 +39,30 @@ class ConditionStatus(StrEnum):
 class Condition(Model):
     """A standard Kubernetes condition (metav1.Condition)."""
 
-    type: str = Field(description="Type of condition in CamelCase, e.g. Ready.", pattern=r"^[A-Z][A-Za-z0-9]*$",
-                      max_length=316)
+    type: str = Field(
+        description="Type of condition in CamelCase, e.g. Ready.", pattern=r"^[A-Z][A-Za-z0-9]*$", max_length=316
+    )
     status: ConditionStatus = Field(description="Status of the condition: True, False or Unknown.")
-    reason: str = Field(default="", description="Machine-readable CamelCase reason for the last transition.",
-                        max_length=1024)
-    message: str = Field(default="", description="Human-readable details of the last transition.",
-                         max_length=32768)
+    reason: str = Field(
+        default="", description="Machine-readable CamelCase reason for the last transition.", max_length=1024
+    )
+    message: str = Field(default="", description="Human-readable details of the last transition.", max_length=32768)
     lastTransitionTime: str = Field(default="", description="When the condition last changed status (RFC 3339).")
-    observedGeneration: int | None = Field(default=None, ge=0,
-                                           description="The .metadata.generation the condition was set for.")
+    observedGeneration: int | None = Field(
+        default=None, ge=0, description="The .metadata.generation the condition was set for."
+    )
 
 
 class Status(Model):
     """Status shape shared by all Paybill resources."""
 
     phase: str | None = Field(default=None, description="Coarse lifecycle phase of the object.")
-    observedGeneration: int | None = Field(default=None, ge=0,
-                                           description="The .metadata.generation last reconciled.")
-    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=list_map("type"),
-                                        description="Latest observations of the object's state.")
+    observedGeneration: int | None = Field(default=None, ge=0, description="The .metadata.generation last reconciled.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra=list_map("type"),
+        description="Latest observations of the object's state.",
+    )
 
 
 @dataclass(frozen=True)
@@ -105,8 +109,9 @@ class CrdInfo:
     validations: tuple[ValidationRule, ...] = field(default_factory=tuple)
 
 
-READY_COLUMN = PrinterColumn("Ready", '.status.conditions[?(@.type=="Ready")].status',
-                             description="Whether the object is ready.")
+READY_COLUMN = PrinterColumn(
+    "Ready", '.status.conditions[?(@.type=="Ready")].status', description="Whether the object is ready."
+)
 PHASE_COLUMN = PrinterColumn("Phase", ".status.phase", description="Lifecycle phase.")
 AGE_COLUMN = PrinterColumn("Age", ".metadata.creationTimestamp", type="date")
 
@@ -122,8 +127,10 @@ class CustomResource(Model):
     def from_manifest(cls, manifest: dict[str, Any]) -> Self:
         """Validate a whole manifest (apiVersion, kind, metadata, spec) as this resource."""
         if manifest.get("apiVersion") != API_VERSION or manifest.get("kind") != cls.crd.kind:
-            raise ValueError(f"expected apiVersion {API_VERSION} and kind {cls.crd.kind}, got "
-                             f"{manifest.get('apiVersion')!r} and {manifest.get('kind')!r}")
+            raise ValueError(
+                f"expected apiVersion {API_VERSION} and kind {cls.crd.kind}, got "
+                f"{manifest.get('apiVersion')!r} and {manifest.get('kind')!r}"
+            )
         return cls.model_validate({k: v for k, v in manifest.items() if k in ("spec", "status")})
 
     @classmethod

@@ -40,7 +40,8 @@ class Entitlements(Model):
     features: dict[str, bool] = Field(default_factory=dict, description="Boolean feature flags.")
     limits: dict[str, int] = Field(default_factory=dict, description="Numeric limits by name.")
     allowedValues: dict[str, Annotated[list[str], Field(json_schema_extra=LIST_SET)]] = Field(
-        default_factory=dict, description="Sets of allowed values by name.")
+        default_factory=dict, description="Sets of allowed values by name."
+    )
 
 
 class Quotas(Model):
@@ -55,20 +56,24 @@ class Quotas(Model):
 class Pricing(Model):
     interval: BillingInterval = Field(default=BillingInterval.MONTH, description="Billing interval.")
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 currency code.")
-    unitPrices: dict[str, str] = Field(default_factory=dict, max_length=MAX_UNIT_PRICES,
-                                       description="Unit prices by metered unit, as decimal strings.")
+    unitPrices: dict[str, str] = Field(
+        default_factory=dict, max_length=MAX_UNIT_PRICES, description="Unit prices by metered unit, as decimal strings."
+    )
     payAsYouGo: bool = Field(default=False, description="Whether usage is billed in arrears.")
 
 
 class PlanSpec(Model):
     tier: str = Field(pattern=NAME, max_length=63, description="Tier name, e.g. free, pro, enterprise.")
-    isolation: Isolation = Field(description="Tenant data isolation: silo (own database), bridge "
-                                             "(own schema) or pooled (shared tables with row-level security).")
+    isolation: Isolation = Field(
+        description="Tenant data isolation: silo (own database), bridge "
+        "(own schema) or pooled (shared tables with row-level security)."
+    )
     entitlements: Entitlements = Field(default_factory=Entitlements, description="What the plan grants.")
     quotas: Quotas = Field(default_factory=Quotas, description="Resource quotas for each tenant.")
     trialDays: int = Field(default=0, ge=0, le=365, description="Days of free trial.")
-    gracePeriodDays: int = Field(default=7, ge=0, le=90,
-                                 description="Days a past-due tenant keeps service before restriction.")
+    gracePeriodDays: int = Field(
+        default=7, ge=0, le=90, description="Days a past-due tenant keeps service before restriction."
+    )
     pricing: Pricing = Field(default_factory=Pricing, description="Pricing metadata.")
 
 
@@ -76,12 +81,24 @@ class Plan(CustomResource):
     """A commercial tier: isolation model, entitlements, quotas and pricing."""
 
     crd = CrdInfo(
-        kind="Plan", plural="plans", singular="plan", namespaced=False, short_names=("pbplan",),
+        kind="Plan",
+        plural="plans",
+        singular="plan",
+        namespaced=False,
+        short_names=("pbplan",),
         description="Plan is a commercial tier: isolation model, entitlements, quotas and pricing.",
-        printer_columns=(PrinterColumn("Tier", ".spec.tier"), PrinterColumn("Isolation", ".spec.isolation"),
-                         READY_COLUMN, AGE_COLUMN),
-        validations=(ValidationRule("!self.pricing.payAsYouGo || size(self.pricing.unitPrices) > 0",
-                                    "a pay-as-you-go plan needs at least one unit price"),),
+        printer_columns=(
+            PrinterColumn("Tier", ".spec.tier"),
+            PrinterColumn("Isolation", ".spec.isolation"),
+            READY_COLUMN,
+            AGE_COLUMN,
+        ),
+        validations=(
+            ValidationRule(
+                "!self.pricing.payAsYouGo || size(self.pricing.unitPrices) > 0",
+                "a pay-as-you-go plan needs at least one unit price",
+            ),
+        ),
     )
     spec: PlanSpec
     status: Status | None = None

@@ -29,25 +29,35 @@ class Restriction(StrEnum):
 class SubscriptionSpec(Model):
     tenantRef: str = Field(pattern=NAME, max_length=63, description="Name of the Tenant billed.")
     planRef: str = Field(pattern=NAME, max_length=63, description="Name of the Plan subscribed to.")
-    billingStatus: BillingStatus = Field(default=BillingStatus.ACTIVE,
-                                         description="Billing status as reported by the payment provider.")
+    billingStatus: BillingStatus = Field(
+        default=BillingStatus.ACTIVE, description="Billing status as reported by the payment provider."
+    )
     pastDueSince: str | None = Field(default=None, description="When the subscription became past due (RFC 3339).")
 
 
 class SubscriptionStatus(Status):
-    restriction: Restriction = Field(default=Restriction.NONE,
-                                     description="Service restriction derived from billing and grace period.")
+    restriction: Restriction = Field(
+        default=Restriction.NONE, description="Service restriction derived from billing and grace period."
+    )
 
 
 class Subscription(CustomResource):
     """Billing state of one tenant on one plan."""
 
     crd = CrdInfo(
-        kind="Subscription", plural="subscriptions", singular="subscription", namespaced=False,
+        kind="Subscription",
+        plural="subscriptions",
+        singular="subscription",
+        namespaced=False,
         short_names=("pbsub",),
         description="Subscription is the billing state that binds a Tenant to a Plan.",
-        printer_columns=(PrinterColumn("Tenant", ".spec.tenantRef"), PrinterColumn("Plan", ".spec.planRef"),
-                         PrinterColumn("Billing", ".spec.billingStatus"), PHASE_COLUMN, AGE_COLUMN),
+        printer_columns=(
+            PrinterColumn("Tenant", ".spec.tenantRef"),
+            PrinterColumn("Plan", ".spec.planRef"),
+            PrinterColumn("Billing", ".spec.billingStatus"),
+            PHASE_COLUMN,
+            AGE_COLUMN,
+        ),
     )
     spec: SubscriptionSpec
     status: SubscriptionStatus | None = None

@@ -42,16 +42,27 @@ class DeletionPolicy(StrEnum):
 class TenantSpec(Model):
     displayName: str = Field(default="", max_length=256, description="Human-readable tenant name.")
     planRef: str = Field(pattern=NAME, max_length=63, description="Name of the Plan the tenant is on.")
-    namespace: str | None = Field(default=None, pattern=NAME, max_length=63,
-                                  description="Namespace owned by the tenant; defaults to tenant-<name>. "
-                                              "Immutable once set.")
+    namespace: str | None = Field(
+        default=None,
+        pattern=NAME,
+        max_length=63,
+        description="Namespace owned by the tenant; defaults to tenant-<name>. Immutable once set.",
+    )
     suspended: bool = Field(default=False, description="Suspend the tenant by hand (reversible).")
-    deletionPolicy: DeletionPolicy = Field(default=DeletionPolicy.SNAPSHOT,
-                                           description="What happens to tenant data on offboarding.")
-    contactEmail: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254,
-                                     description="Where lifecycle notices are sent.")
-    offboard: bool = Field(default=False, description="Offboard the tenant: final backup, then the deletion "
-                                                      "policy. The Tenant stays as the record; irreversible.")
+    deletionPolicy: DeletionPolicy = Field(
+        default=DeletionPolicy.SNAPSHOT, description="What happens to tenant data on offboarding."
+    )
+    contactEmail: str | None = Field(
+        default=None,
+        pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
+        max_length=254,
+        description="Where lifecycle notices are sent.",
+    )
+    offboard: bool = Field(
+        default=False,
+        description="Offboard the tenant: final backup, then the deletion "
+        "policy. The Tenant stays as the record; irreversible.",
+    )
 
 
 class DatabasePlacement(Model):
@@ -80,31 +91,50 @@ class TenantStatus(Status):
     plan: str | None = Field(default=None, description="Plan in effect.")
     database: DatabasePlacement | None = Field(default=None, description="Where the tenant's data lives.")
     access: str | None = Field(default=None, description="Database access: full, read_only or none.")
-    suspendedFor: list[str] = Field(default_factory=list, json_schema_extra=LIST_SET,
-                                    description="Why the tenant is suspended: billing, manual.")
+    suspendedFor: list[str] = Field(
+        default_factory=list, json_schema_extra=LIST_SET, description="Why the tenant is suspended: billing, manual."
+    )
     restriction: str | None = Field(default=None, description="Billing restriction in effect.")
     backup: BackupStatus | None = Field(default=None, description="The final backup taken on offboarding.")
-    credentialsSecret: str | None = Field(default=None,
-                                          description="Secret in the tenant namespace with database credentials.")
+    credentialsSecret: str | None = Field(
+        default=None, description="Secret in the tenant namespace with database credentials."
+    )
 
 
 class Tenant(CustomResource):
     """One customer of the SaaS: namespace, data, plan and lifecycle."""
 
     crd = CrdInfo(
-        kind="Tenant", plural="tenants", singular="tenant", namespaced=False, short_names=("tn",),
+        kind="Tenant",
+        plural="tenants",
+        singular="tenant",
+        namespaced=False,
+        short_names=("tn",),
         description="Tenant is one customer: its namespace, its data and its lifecycle.",
-        printer_columns=(PrinterColumn("Plan", ".spec.planRef"), PrinterColumn("Isolation", ".status.isolation"),
-                         PHASE_COLUMN, READY_COLUMN, AGE_COLUMN),
-        validations=(ValidationRule("has(self.namespace) == has(oldSelf.namespace) && "
-                                    "(!has(self.namespace) || self.namespace == oldSelf.namespace)",
-                                    "namespace is fixed when the Tenant is created (set or left to the default)"),
-                     ValidationRule("self.metadata.name.size() <= 56 && "
-                                    "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
-                                    "a Tenant's name must be a DNS label of at most 56 characters (its namespace "
-                                    "is tenant-<name>)", path=ROOT),
-                     ValidationRule("!self.startsWith('kube-') && self != 'default'",
-                                    "namespace may not be a system namespace (kube-*, default)", path="namespace")),
+        printer_columns=(
+            PrinterColumn("Plan", ".spec.planRef"),
+            PrinterColumn("Isolation", ".status.isolation"),
+            PHASE_COLUMN,
+            READY_COLUMN,
+            AGE_COLUMN,
+        ),
+        validations=(
+            ValidationRule(
+                "has(self.namespace) == has(oldSelf.namespace) && "
+                "(!has(self.namespace) || self.namespace == oldSelf.namespace)",
+                "namespace is fixed when the Tenant is created (set or left to the default)",
+            ),
+            ValidationRule(
+                "self.metadata.name.size() <= 56 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+                "a Tenant's name must be a DNS label of at most 56 characters (its namespace is tenant-<name>)",
+                path=ROOT,
+            ),
+            ValidationRule(
+                "!self.startsWith('kube-') && self != 'default'",
+                "namespace may not be a system namespace (kube-*, default)",
+                path="namespace",
+            ),
+        ),
     )
     spec: TenantSpec
     status: TenantStatus | None = None

@@ -34,8 +34,12 @@ class AuditRecord:
 
 
 def record_hash(previous: str, kind: str, name: str, event: str, details: dict[str, Any]) -> str:
-    content = json.dumps({"kind": kind, "name": name, "event": event, "details": details}, sort_keys=True,
-                         separators=(",", ":"), default=str)
+    content = json.dumps(
+        {"kind": kind, "name": name, "event": event, "details": details},
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
     return hashlib.sha256(f"{previous}\n{content}".encode()).hexdigest()
 
 
@@ -62,17 +66,21 @@ class AuditLog:
             seq, previous = (last[0] + 1, last[1]) if last else (1, GENESIS)
             details = json.loads(json.dumps(details, default=str))
             digest = record_hash(previous, kind, name, event, details)
-            conn.execute("INSERT INTO paybill.audit_log (seq, kind, name, event, details, previous, hash) "
-                         "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                         (seq, kind, name, event, json.dumps(details), previous, digest))
+            conn.execute(
+                "INSERT INTO paybill.audit_log (seq, kind, name, event, details, previous, hash) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (seq, kind, name, event, json.dumps(details), previous, digest),
+            )
         return AuditRecord(seq, kind, name, event, details, previous, digest)
 
     def records(self, kind: str | None = None, name: str | None = None) -> list[AuditRecord]:
         conn = self._connect()
         self._setup(conn)
-        rows = conn.execute("SELECT seq, kind, name, event, details, previous, hash FROM paybill.audit_log "
-                            "WHERE (%s::text IS NULL OR kind = %s) AND (%s::text IS NULL OR name = %s) ORDER BY seq",
-                            (kind, kind, name, name)).fetchall()
+        rows = conn.execute(
+            "SELECT seq, kind, name, event, details, previous, hash FROM paybill.audit_log "
+            "WHERE (%s::text IS NULL OR kind = %s) AND (%s::text IS NULL OR name = %s) ORDER BY seq",
+            (kind, kind, name, name),
+        ).fetchall()
         return [AuditRecord(*row) for row in rows]
 
     def verify(self) -> int:
@@ -92,7 +100,9 @@ class AuditLog:
 
 def _create_log(conn: psycopg.Connection) -> None:
     conn.execute("CREATE SCHEMA IF NOT EXISTS paybill")
-    conn.execute("CREATE TABLE IF NOT EXISTS paybill.audit_log (seq bigint PRIMARY KEY, "
-                 "at timestamptz NOT NULL DEFAULT now(), kind text NOT NULL, name text NOT NULL, "
-                 "event text NOT NULL, details jsonb NOT NULL, previous text NOT NULL, hash text NOT NULL)")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS paybill.audit_log (seq bigint PRIMARY KEY, "
+        "at timestamptz NOT NULL DEFAULT now(), kind text NOT NULL, name text NOT NULL, "
+        "event text NOT NULL, details jsonb NOT NULL, previous text NOT NULL, hash text NOT NULL)"
+    )
     conn.execute("REVOKE ALL ON paybill.audit_log FROM PUBLIC")

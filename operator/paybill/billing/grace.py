@@ -1,9 +1,9 @@
 """From billing status and grace period to the tenant's restriction and data access. Pure.
 
-    active, trialing                      -> none               full service
-    past_due, within the grace period     -> grace_period       full service, a warning
-    past_due, grace period over           -> grace_period_over  read-only: writes refused
-    unpaid, paused, canceled              -> restricted         suspended (cause: billing)
+active, trialing                      -> none               full service
+past_due, within the grace period     -> grace_period       full service, a warning
+past_due, grace period over           -> grace_period_over  read-only: writes refused
+unpaid, paused, canceled              -> restricted         suspended (cause: billing)
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ def parse_time(value: str | None) -> datetime.datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
 
 
-def billing_state(status: BillingStatus | str, past_due_since: str | None, grace_days: int,
-                  now: datetime.datetime) -> BillingState:
+def billing_state(
+    status: BillingStatus | str, past_due_since: str | None, grace_days: int, now: datetime.datetime
+) -> BillingState:
     status = BillingStatus(status)
     if status in (BillingStatus.ACTIVE, BillingStatus.TRIALING):
         return BillingState(Restriction.NONE, f"subscription is {status}")
@@ -54,9 +55,13 @@ def billing_state(status: BillingStatus | str, past_due_since: str | None, grace
         since = parse_time(past_due_since) or now
         ends = since + datetime.timedelta(days=grace_days)
         if now < ends:
-            return BillingState(Restriction.GRACE_PERIOD,
-                                f"payment past due; full service until the grace period ends at "
-                                f"{ends.strftime('%Y-%m-%dT%H:%M:%SZ')}", (ends - now).total_seconds())
-        return BillingState(Restriction.GRACE_PERIOD_OVER, f"payment past due and the {grace_days}-day grace period "
-                                                           "is over; data is read-only")
+            return BillingState(
+                Restriction.GRACE_PERIOD,
+                f"payment past due; full service until the grace period ends at {ends.strftime('%Y-%m-%dT%H:%M:%SZ')}",
+                (ends - now).total_seconds(),
+            )
+        return BillingState(
+            Restriction.GRACE_PERIOD_OVER,
+            f"payment past due and the {grace_days}-day grace period is over; data is read-only",
+        )
     return BillingState(Restriction.RESTRICTED, f"subscription is {status}; service is suspended")

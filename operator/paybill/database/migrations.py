@@ -22,15 +22,18 @@ class Migration:
 
 
 MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "customers and orders", (
-        """CREATE TABLE customers (
+    Migration(
+        1,
+        "customers and orders",
+        (
+            """CREATE TABLE customers (
                tenant_id text NOT NULL,
                id bigint NOT NULL,
                name text NOT NULL,
                email text,
                created_at timestamptz NOT NULL DEFAULT now(),
                PRIMARY KEY (tenant_id, id))""",
-        """CREATE TABLE orders (
+            """CREATE TABLE orders (
                tenant_id text NOT NULL,
                id bigint NOT NULL,
                customer_id bigint NOT NULL,
@@ -39,10 +42,9 @@ MIGRATIONS: tuple[Migration, ...] = (
                created_at timestamptz NOT NULL DEFAULT now(),
                PRIMARY KEY (tenant_id, id),
                FOREIGN KEY (tenant_id, customer_id) REFERENCES customers (tenant_id, id))""",
-    )),
-    Migration(2, "orders by status", (
-        "CREATE INDEX orders_by_status ON orders (tenant_id, status)",
-    )),
+        ),
+    ),
+    Migration(2, "orders by status", ("CREATE INDEX orders_by_status ON orders (tenant_id, status)",)),
 )
 LATEST = MIGRATIONS[-1].version
 TABLES = ("customers", "orders")  # in foreign-key order: parents first
@@ -55,8 +57,12 @@ def migrate(conn: psycopg.Connection, schema: str) -> int:
 
     def create_ledger(conn: psycopg.Connection) -> None:
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema_id))
-        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (version integer PRIMARY KEY, description text "
-                             "NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())").format(ledger))
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (version integer PRIMARY KEY, description text "
+                "NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            ).format(ledger)
+        )
         conn.execute(sql.SQL("REVOKE ALL ON {} FROM PUBLIC").format(ledger))
 
     create_idempotently(conn, create_ledger)
@@ -72,16 +78,20 @@ def migrate(conn: psycopg.Connection, schema: str) -> int:
                 continue
             for statement in migration.statements:
                 conn.execute(sql.SQL(statement))  # type: ignore[arg-type]  # static text, no interpolation
-            conn.execute(sql.SQL("INSERT INTO {} (version, description) VALUES (%s, %s)").format(
-                sql.Identifier(LEDGER)), (migration.version, migration.description))
+            conn.execute(
+                sql.SQL("INSERT INTO {} (version, description) VALUES (%s, %s)").format(sql.Identifier(LEDGER)),
+                (migration.version, migration.description),
+            )
             ran += 1
     return ran
 
 
 def schema_script(schema: str, conn: psycopg.Connection) -> str:
     """The DDL of the latest schema as a psql script (the head of every backup)."""
-    lines = [sql.SQL("CREATE SCHEMA IF NOT EXISTS {};").format(sql.Identifier(schema)).as_string(conn),
-             sql.SQL("SET search_path = {};").format(sql.Identifier(schema)).as_string(conn)]
+    lines = [
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {};").format(sql.Identifier(schema)).as_string(conn),
+        sql.SQL("SET search_path = {};").format(sql.Identifier(schema)).as_string(conn),
+    ]
     for migration in MIGRATIONS:
         lines += [f"-- migration {migration.version}: {migration.description}"]
         lines += [statement + ";" for statement in migration.statements]

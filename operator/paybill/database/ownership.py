@@ -91,8 +91,9 @@ def decide(kind: str, name: str, owner: str, record: Record | None, found: Found
         return Verdict.USE
     if record.oid is None and found.owned_by_operator:
         return Verdict.RECORD
-    raise NameConflict(f"{kind} {name} exists and was not created by Paybill (it was re-created by someone "
-                       "else); refusing to adopt it")
+    raise NameConflict(
+        f"{kind} {name} exists and was not created by Paybill (it was re-created by someone else); refusing to adopt it"
+    )
 
 
 def create_idempotently(conn: psycopg.Connection, setup: Callable[[psycopg.Connection], None]) -> None:

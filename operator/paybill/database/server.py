@@ -188,13 +188,30 @@ class LocalPostgres:
         return server_dir
 
     def _pg_ctl_start(self, binaries: Path, pgdata: Path, socket_dir: Path, log: Path) -> None:
-        options = (f"-p {self.port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
-                   f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT}")
+        options = (
+            f"-p {self.port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
+            f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT}"
+        )
         logged = log.stat().st_size
         try:
-            self._run("pg_ctl start", self._as_postgres(str(binaries / "pg_ctl"), "-D", str(pgdata), "-o", options,
-                                                        "-l", str(log), "-w", "-t", "60", "start"), log=log)
+            self._run(
+                "pg_ctl start",
+                self._as_postgres(
+                    str(binaries / "pg_ctl"),
+                    "-D",
+                    str(pgdata),
+                    "-o",
+                    options,
+                    "-l",
+                    str(log),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ),
+                log=log,
+            )
         except PostgresError:
             with log.open("rb") as text:
                 text.seek(logged)
@@ -210,10 +227,23 @@ class LocalPostgres:
         pwfile = socket_dir / "initdb.pwfile"  # a directory the postgres user can enter
         _write_private(pwfile, password, owner=SERVER_USER if self.as_root else None)
         try:
-            self._run("initdb", self._as_postgres(
-                str(binaries / "initdb"), "-D", str(pgdata), "--auth-host=scram-sha-256",
-                "--auth-local=scram-sha-256", f"--pwfile={pwfile}", "-U", SUPERUSER, "--no-sync", "-E", "UTF8",
-                "--locale=C"))
+            self._run(
+                "initdb",
+                self._as_postgres(
+                    str(binaries / "initdb"),
+                    "-D",
+                    str(pgdata),
+                    "--auth-host=scram-sha-256",
+                    "--auth-local=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                    "-U",
+                    SUPERUSER,
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                ),
+            )
         finally:
             pwfile.unlink(missing_ok=True)
 
@@ -221,8 +251,9 @@ class LocalPostgres:
         try:
             import pgserver  # type: ignore[import-not-found]
         except ImportError as exc:
-            raise PostgresError(f"{why or 'pgserver requested'} and the pgserver wheel is not installed "
-                                "(pip install pgserver)") from exc
+            raise PostgresError(
+                f"{why or 'pgserver requested'} and the pgserver wheel is not installed (pip install pgserver)"
+            ) from exc
         self._why = why
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._pgserver = pgserver.get_server(str(self.data_dir / "pgserver"), cleanup_mode="stop")
@@ -240,8 +271,13 @@ class LocalPostgres:
             running = True
         elif (binaries := find_binaries()) is not None and (self.server_dir / "pgdata" / "postmaster.pid").exists():
             running = (pid := self.pid) is not None and _alive(pid)  # not a stale pid file
-            self._run("pg_ctl stop", self._as_postgres(str(binaries / "pg_ctl"), "-D", str(self.server_dir / "pgdata"),
-                                                       "-m", "fast", "-w", "stop"), check=False)
+            self._run(
+                "pg_ctl stop",
+                self._as_postgres(
+                    str(binaries / "pg_ctl"), "-D", str(self.server_dir / "pgdata"), "-m", "fast", "-w", "stop"
+                ),
+                check=False,
+            )
         self._uri = None
         return running
 
@@ -274,8 +310,14 @@ class LocalPostgres:
         # the block, which is harmless: the server sets its own signal mask, and a stuck helper gets SIGKILL.
         deferred = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         try:
-            self._helper = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+            self._helper = subprocess.Popen(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, deferred)
         stdout, stderr = self._helper.communicate()
@@ -336,13 +378,19 @@ def _require_passwords(server: Any, data_dir: Path) -> str:
     password = _read_private(path)
     with psycopg.connect(server.get_uri(), autocommit=True) as conn:
         conn.execute("SET password_encryption = 'scram-sha-256'")
-        conn.execute(psycopg.sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-            psycopg.sql.Identifier(SUPERUSER), psycopg.sql.Literal(password)))
-        hba, sockets = (str((conn.execute(query).fetchone() or ("",))[0])
-                        for query in ("SHOW hba_file", "SHOW unix_socket_directories"))
+        conn.execute(
+            psycopg.sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                psycopg.sql.Identifier(SUPERUSER), psycopg.sql.Literal(password)
+            )
+        )
+        hba, sockets = (
+            str((conn.execute(query).fetchone() or ("",))[0])
+            for query in ("SHOW hba_file", "SHOW unix_socket_directories")
+        )
         socket_dir = sockets.split(",")[0].strip()
-        Path(hba).write_text("local all all scram-sha-256\nhost all all 127.0.0.1/32 scram-sha-256\n"
-                             "host all all ::1/128 scram-sha-256\n")
+        Path(hba).write_text(
+            "local all all scram-sha-256\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n"
+        )
         conn.execute(f"ALTER SYSTEM SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT}'")
         conn.execute("SELECT pg_reload_conf()")
     return f"postgresql://{SUPERUSER}:{password}@/postgres?host={socket_dir}"
@@ -393,8 +441,10 @@ def _runtime_base() -> Path:
             os.chmod(base, 0o711)  # others may pass through to their own private directory, not list it
             return base
         refused.append(str(base))
-    raise PostgresError(f"no private runtime directory for the server (not ours or writable by others: "
-                        f"{', '.join(refused) or 'none could be made'})")
+    raise PostgresError(
+        f"no private runtime directory for the server (not ours or writable by others: "
+        f"{', '.join(refused) or 'none could be made'})"
+    )
 
 
 def _private_directory(path: Path, owner: str) -> None:
@@ -422,9 +472,24 @@ def sweep_orphans(base: Path, keep: Path | None = None) -> list[Path]:
             continue
         binaries = find_binaries()
         if binaries is not None and (server_dir / "pgdata" / "postmaster.pid").exists():
-            subprocess.run(["runuser", "-u", SERVER_USER, "--", str(binaries / "pg_ctl"), "-D",
-                            str(server_dir / "pgdata"), "-m", "immediate", "-w", "stop"],
-                           capture_output=True, stdin=subprocess.DEVNULL, check=False)
+            subprocess.run(
+                [
+                    "runuser",
+                    "-u",
+                    SERVER_USER,
+                    "--",
+                    str(binaries / "pg_ctl"),
+                    "-D",
+                    str(server_dir / "pgdata"),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ],
+                capture_output=True,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
             stopped.append(server_dir)
         if not data_dir or not Path(data_dir).exists():
             delete_tree(server_dir)

@@ -68,9 +68,11 @@ SHARED_OWNER = "Paybill shared data"  # the owner recorded for the shared databa
 # What a tenant's application never needs in a shared database (all in pg_catalog but dblink's): large
 # objects, advisory locks (a tenant could stall others), NOTIFY, the xml exports that run any query, and
 # other sessions' activity.
-REVOKED_FUNCTIONS = (r"^(lo_.*|loread|lowrite|pg_advisory_.*|pg_try_advisory_.*|pg_notify|dblink.*|"
-                     r".*_to_xml.*|.*_to_xmlschema|pg_stat_get_.*|pg_lock_status|"
-                     r"pg_blocking_pids|pg_safe_snapshot_blocking_pids)$")
+REVOKED_FUNCTIONS = (
+    r"^(lo_.*|loread|lowrite|pg_advisory_.*|pg_try_advisory_.*|pg_notify|dblink.*|"
+    r".*_to_xml.*|.*_to_xmlschema|pg_stat_get_.*|pg_lock_status|"
+    r"pg_blocking_pids|pg_safe_snapshot_blocking_pids)$"
+)
 # Other agents' predicates, other sessions' activity and locks.
 REVOKED_CATALOGS = ("pg_policies", "pg_policy", "pg_locks")
 # Every statistics view (pg_stat_*, pg_statio_*: other tenants' row counts and writes, sessions, the database's
@@ -105,8 +107,7 @@ class Placement:
         return self.isolation == Isolation.POOLED
 
     def to_status(self) -> dict[str, str]:
-        return {"isolation": str(self.isolation), "database": self.database, "schema": self.schema,
-                "role": self.role}
+        return {"isolation": str(self.isolation), "database": self.database, "schema": self.schema, "role": self.role}
 
     @classmethod
     def from_status(cls, tenant: str, status: dict[str, Any]) -> Placement:
@@ -138,8 +139,12 @@ class Backup:
     checksums: dict[str, TableChecksum]
 
     def to_status(self) -> dict[str, Any]:
-        return {"location": str(self.path), "sha256": self.sha256, "bytes": self.size,
-                "tables": {name: {"rows": c.rows, "md5": c.md5} for name, c in sorted(self.checksums.items())}}
+        return {
+            "location": str(self.path),
+            "sha256": self.sha256,
+            "bytes": self.size,
+            "tables": {name: {"rows": c.rows, "md5": c.md5} for name, c in sorted(self.checksums.items())},
+        }
 
 
 class TenantDatabases:
@@ -149,8 +154,12 @@ class TenantDatabases:
     placement records. Connections to the shared databases are kept per thread.
     """
 
-    def __init__(self, admin_dsn: str, backup_dir: Path | None = None,
-                 idle_in_transaction_timeout: str = IDLE_IN_TRANSACTION_TIMEOUT) -> None:
+    def __init__(
+        self,
+        admin_dsn: str,
+        backup_dir: Path | None = None,
+        idle_in_transaction_timeout: str = IDLE_IN_TRANSACTION_TIMEOUT,
+    ) -> None:
         self.admin_dsn = admin_dsn
         self.idle_in_transaction_timeout = idle_in_transaction_timeout
         self.backup_dir = backup_dir
@@ -169,8 +178,9 @@ class TenantDatabases:
 
     def _open(self, database: str | None) -> psycopg.Connection:
         try:
-            return psycopg.connect(self.dsn(database), autocommit=True, connect_timeout=5,
-                                   options=f"-c lock_timeout={LOCK_TIMEOUT_MS}")
+            return psycopg.connect(
+                self.dsn(database), autocommit=True, connect_timeout=5, options=f"-c lock_timeout={LOCK_TIMEOUT_MS}"
+            )
         except psycopg.OperationalError as exc:
             # Names host and port at most; the DSN (which may hold a password) is never echoed.
             raise DatabaseUnavailable(f"cannot connect to the tenant database server: {first_line(exc)}") from None
@@ -179,9 +189,15 @@ class TenantDatabases:
         """What a client needs to log in as `role` (the content of a credentials Secret)."""
         params = conninfo.conninfo_to_dict(self.admin_dsn)
         host, port = str(params.get("host", "127.0.0.1")), str(params.get("port", "5432"))
-        return {"password": password, "username": role, "database": database, "schema": schema, "host": host,
-                "port": port, "uri": conninfo.make_conninfo(host=host, port=port, dbname=database, user=role,
-                                                            password=password)}
+        return {
+            "password": password,
+            "username": role,
+            "database": database,
+            "schema": schema,
+            "host": host,
+            "port": port,
+            "uri": conninfo.make_conninfo(host=host, port=port, dbname=database, user=role, password=password),
+        }
 
     def connect(self, database: str | None = None) -> psycopg.Connection:
         """A cached autocommit connection for this thread (the operator's database when None)."""
@@ -222,8 +238,9 @@ class TenantDatabases:
             create_idempotently(conn, _create_control_tables)
             for database in {conn.info.dbname, "postgres", "template1"}:
                 if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
-                    conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(
-                        sql.Identifier(database)))
+                    conn.execute(
+                        sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(database))
+                    )
             self._ready.add(("", CONTROL_SCHEMA))
 
     # --- names and ownership ---------------------------------------------------------------------------
@@ -233,8 +250,10 @@ class TenantDatabases:
         if self._key is None:
             with self.session() as conn:
                 self._control(conn)
-                conn.execute("INSERT INTO paybill.naming_key (id, key) VALUES (true, %s) ON CONFLICT DO NOTHING",
-                             (secrets.token_bytes(32),))
+                conn.execute(
+                    "INSERT INTO paybill.naming_key (id, key) VALUES (true, %s) ON CONFLICT DO NOTHING",
+                    (secrets.token_bytes(32),),
+                )
                 row = conn.execute("SELECT key FROM paybill.naming_key").fetchone()
             assert row is not None
             self._key = bytes(row[0])
@@ -250,21 +269,27 @@ class TenantDatabases:
         return placement_at(tenant, isolation, self.tenant_role(tenant))
 
     def _record(self, conn: psycopg.Connection, kind: str, name: str, database: str = "") -> Record | None:
-        row = conn.execute("SELECT owner, oid FROM paybill.owned WHERE kind = %s AND database = %s AND name = %s",
-                           (kind, database, name)).fetchone()
+        row = conn.execute(
+            "SELECT owner, oid FROM paybill.owned WHERE kind = %s AND database = %s AND name = %s",
+            (kind, database, name),
+        ).fetchone()
         return Record(row[0], None if row[1] is None else int(row[1])) if row else None
 
-    def _remember(self, conn: psycopg.Connection, kind: str, name: str, owner: str, oid: int | None,
-                  database: str = "") -> None:
-        conn.execute("INSERT INTO paybill.owned (kind, database, name, owner, oid) VALUES (%s, %s, %s, %s, %s) "
-                     "ON CONFLICT (kind, database, name) DO UPDATE SET oid = excluded.oid",
-                     (kind, database, name, owner, oid))
+    def _remember(
+        self, conn: psycopg.Connection, kind: str, name: str, owner: str, oid: int | None, database: str = ""
+    ) -> None:
+        conn.execute(
+            "INSERT INTO paybill.owned (kind, database, name, owner, oid) VALUES (%s, %s, %s, %s, %s) "
+            "ON CONFLICT (kind, database, name) DO UPDATE SET oid = excluded.oid",
+            (kind, database, name, owner, oid),
+        )
 
     def _forget_object(self, kind: str, name: str, database: str = "") -> None:
         with self.session() as conn:
             self._control(conn)
-            conn.execute("DELETE FROM paybill.owned WHERE kind = %s AND database = %s AND name = %s",
-                         (kind, database, name))
+            conn.execute(
+                "DELETE FROM paybill.owned WHERE kind = %s AND database = %s AND name = %s", (kind, database, name)
+            )
 
     # --- agent policies ----------------------------------------------------------------------------------
 
@@ -278,22 +303,29 @@ class TenantDatabases:
         """The digests of `role`'s row security policy statements last installed in `database`."""
         with self.session() as conn:
             self._control(conn)
-            return {str(statement): str(digest) for statement, digest in conn.execute(
-                "SELECT statement, digest FROM paybill.row_policies WHERE database = %s AND role = %s",
-                (database, role))}
+            return {
+                str(statement): str(digest)
+                for statement, digest in conn.execute(
+                    "SELECT statement, digest FROM paybill.row_policies WHERE database = %s AND role = %s",
+                    (database, role),
+                )
+            }
 
     def remember_row_policies(self, database: str, role: str, digests: dict[str, str]) -> None:
         with self.session() as conn, conn.transaction():
             self._control(conn)
             conn.execute("DELETE FROM paybill.row_policies WHERE database = %s AND role = %s", (database, role))
             with conn.cursor() as cursor:
-                cursor.executemany("INSERT INTO paybill.row_policies (database, role, statement, digest) "
-                                   "VALUES (%s, %s, %s, %s)", [(database, role, s, d) for s, d in digests.items()])
+                cursor.executemany(
+                    "INSERT INTO paybill.row_policies (database, role, statement, digest) VALUES (%s, %s, %s, %s)",
+                    [(database, role, s, d) for s, d in digests.items()],
+                )
 
     def grant_connect(self, database: str, role: str) -> None:
         with self._setup, self.session(database) as conn:  # one database row: concurrent GRANTs on it would fail
-            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
-                sql.Identifier(database), sql.Identifier(role)))
+            conn.execute(
+                sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), sql.Identifier(role))
+            )
 
     def claim_role(self, role: str, owner: str, attributes: str) -> None:
         """Create `role` for `owner` (recorded in the same transaction), or check it is the one we created.
@@ -302,8 +334,9 @@ class TenantDatabases:
             self._control(conn)
             with conn.transaction():
                 found = conn.execute("SELECT oid FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
-                verdict = decide("role", role, owner, self._record(conn, "role", role),
-                                 Found(int(found[0])) if found else None)
+                verdict = decide(
+                    "role", role, owner, self._record(conn, "role", role), Found(int(found[0])) if found else None
+                )
                 if verdict == Verdict.CREATE:
                     conn.execute(sql.SQL("CREATE ROLE {} " + attributes).format(sql.Identifier(role)))
                     oid = conn.execute("SELECT oid FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
@@ -317,18 +350,27 @@ class TenantDatabases:
             if found is None:
                 return False
             try:
-                return decide("role", role, owner, self._record(conn, "role", role), Found(int(found[0]))) \
-                    == Verdict.USE
+                return (
+                    decide("role", role, owner, self._record(conn, "role", role), Found(int(found[0]))) == Verdict.USE
+                )
             except NameConflict:
                 return False
 
     def _claim_database(self, database: str, owner: str) -> None:
         with self.session() as conn:
             self._control(conn)
-            found = conn.execute("SELECT oid, datdba = (SELECT oid FROM pg_roles WHERE rolname = current_user) "
-                                 "FROM pg_database WHERE datname = %s", (database,)).fetchone()
-            verdict = decide("database", database, owner, self._record(conn, "database", database),
-                             Found(int(found[0]), bool(found[1])) if found else None)
+            found = conn.execute(
+                "SELECT oid, datdba = (SELECT oid FROM pg_roles WHERE rolname = current_user) "
+                "FROM pg_database WHERE datname = %s",
+                (database,),
+            ).fetchone()
+            verdict = decide(
+                "database",
+                database,
+                owner,
+                self._record(conn, "database", database),
+                Found(int(found[0]), bool(found[1])) if found else None,
+            )
             if verdict == Verdict.CREATE:
                 self._remember(conn, "database", database, owner, None)  # claimed first: CREATE DATABASE
                 try:  # is no transaction
@@ -349,19 +391,29 @@ class TenantDatabases:
             self._control(control)
             record = self._record(control, "schema", placement.schema, placement.database)
         try:
-            return decide("schema", placement.schema, tenant_identity(placement.tenant), record,
-                          Found(int(found[0]))) == Verdict.USE
+            return (
+                decide("schema", placement.schema, tenant_identity(placement.tenant), record, Found(int(found[0])))
+                == Verdict.USE
+            )
         except NameConflict:
             return False
 
     def _claim_schema(self, conn: psycopg.Connection, database: str, schema: str, owner: str) -> None:
         """Like `_claim_database`, for a schema in `database` (conn is connected to it)."""
-        found = conn.execute("SELECT oid, nspowner = (SELECT oid FROM pg_roles WHERE rolname = current_user) "
-                             "FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
+        found = conn.execute(
+            "SELECT oid, nspowner = (SELECT oid FROM pg_roles WHERE rolname = current_user) "
+            "FROM pg_namespace WHERE nspname = %s",
+            (schema,),
+        ).fetchone()
         with self.session() as control:
             self._control(control)
-            verdict = decide("schema", schema, owner, self._record(control, "schema", schema, database),
-                             Found(int(found[0]), bool(found[1])) if found else None)
+            verdict = decide(
+                "schema",
+                schema,
+                owner,
+                self._record(control, "schema", schema, database),
+                Found(int(found[0]), bool(found[1])) if found else None,
+            )
             if verdict == Verdict.CREATE:
                 self._remember(control, "schema", schema, owner, None, database)
                 conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
@@ -373,20 +425,22 @@ class TenantDatabases:
         """(current placement, isolation a migration is heading to, isolation left to clean up)."""
         with self.session() as conn:
             self._control(conn)
-            row = conn.execute("SELECT isolation, migrating_to, previous FROM paybill.placements WHERE tenant = %s",
-                               (tenant,)).fetchone()
+            row = conn.execute(
+                "SELECT isolation, migrating_to, previous FROM paybill.placements WHERE tenant = %s", (tenant,)
+            ).fetchone()
         if row is None:
             return None, None, None
         return self.placement_for(tenant, row[0]), row[1], row[2]
 
-    def _place(self, tenant: str, isolation: str, migrating_to: str | None = None,
-               previous: str | None = None) -> None:
+    def _place(self, tenant: str, isolation: str, migrating_to: str | None = None, previous: str | None = None) -> None:
         with self.session() as conn:
             self._control(conn)
-            conn.execute("INSERT INTO paybill.placements (tenant, isolation, migrating_to, previous) "
-                         "VALUES (%s, %s, %s, %s) ON CONFLICT (tenant) DO UPDATE SET isolation = excluded.isolation, "
-                         "migrating_to = excluded.migrating_to, previous = excluded.previous, updated_at = now()",
-                         (tenant, isolation, migrating_to, previous))
+            conn.execute(
+                "INSERT INTO paybill.placements (tenant, isolation, migrating_to, previous) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (tenant) DO UPDATE SET isolation = excluded.isolation, "
+                "migrating_to = excluded.migrating_to, previous = excluded.previous, updated_at = now()",
+                (tenant, isolation, migrating_to, previous),
+            )
 
     def forget(self, tenant: str) -> None:
         with self.session() as conn:
@@ -421,28 +475,39 @@ class TenantDatabases:
             role, schema = sql.Identifier(placement.role), sql.Identifier(placement.schema)
             if placement.pooled:
                 conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(POOLED_GROUP), role))
-                conn.execute("INSERT INTO paybill.tenant_roles (role, tenant) VALUES (%s, %s) "
-                             "ON CONFLICT (role) DO NOTHING", (placement.role, placement.tenant))
-                mapped = conn.execute("SELECT tenant FROM paybill.tenant_roles WHERE role = %s",
-                                      (placement.role,)).fetchone()
+                conn.execute(
+                    "INSERT INTO paybill.tenant_roles (role, tenant) VALUES (%s, %s) ON CONFLICT (role) DO NOTHING",
+                    (placement.role, placement.tenant),
+                )
+                mapped = conn.execute(
+                    "SELECT tenant FROM paybill.tenant_roles WHERE role = %s", (placement.role,)
+                ).fetchone()
                 if mapped is None or mapped[0] != placement.tenant:
                     raise MigrationError(f"role {placement.role} is mapped to another tenant")
             else:
                 with self._setup:  # one database row: concurrent GRANTs on it would fail
-                    conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
-                        sql.Identifier(placement.database), role))
+                    conn.execute(
+                        sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(placement.database), role)
+                    )
                 conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, role))
                 conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(schema, role))
                 conn.execute(sql.SQL("REVOKE ALL ON {}.{} FROM {}").format(schema, sql.Identifier(LEDGER), role))
-            conn.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} SET search_path = {}").format(
-                role, sql.Identifier(placement.database), schema))
+            conn.execute(
+                sql.SQL("ALTER ROLE {} IN DATABASE {} SET search_path = {}").format(
+                    role, sql.Identifier(placement.database), schema
+                )
+            )
 
     def _ensure_role(self, placement: Placement, password: str) -> None:
-        self.claim_role(placement.role, tenant_identity(placement.tenant),
-                        "NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT")
+        self.claim_role(
+            placement.role,
+            tenant_identity(placement.tenant),
+            "NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT",
+        )
         with self.session() as conn:
-            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(placement.role),
-                                                                     sql.Literal(password)))
+            conn.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(placement.role), sql.Literal(password))
+            )
         self.limit_sessions(placement.role, TENANT_CONNECTION_LIMIT)
 
     def limit_sessions(self, role: str, connections: int) -> None:
@@ -453,10 +518,14 @@ class TenantDatabases:
         role_id = sql.Identifier(role)
         with self.session() as conn:
             conn.execute(sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(role_id, sql.Literal(connections)))
-            conn.execute(sql.SQL("ALTER ROLE {} SET idle_in_transaction_session_timeout = {}").format(
-                role_id, sql.Literal(self.idle_in_transaction_timeout)))
-            conn.execute(sql.SQL("ALTER ROLE {} SET lock_timeout = {}").format(
-                role_id, sql.Literal(TENANT_LOCK_TIMEOUT)))
+            conn.execute(
+                sql.SQL("ALTER ROLE {} SET idle_in_transaction_session_timeout = {}").format(
+                    role_id, sql.Literal(self.idle_in_transaction_timeout)
+                )
+            )
+            conn.execute(
+                sql.SQL("ALTER ROLE {} SET lock_timeout = {}").format(role_id, sql.Literal(TENANT_LOCK_TIMEOUT))
+            )
 
     def _ensure_database(self, placement: Placement) -> None:
         if (placement.database, "") in self._ready:
@@ -510,21 +579,27 @@ class TenantDatabases:
         role, schema = sql.Identifier(placement.role), sql.Identifier(placement.schema)
         with self.session(placement.database) as conn:
             if placement.pooled:
-                conn.execute("UPDATE paybill.tenant_roles SET writable = %s WHERE role = %s AND writable <> %s",
-                             (writable, placement.role, writable))
+                conn.execute(
+                    "UPDATE paybill.tenant_roles SET writable = %s WHERE role = %s AND writable <> %s",
+                    (writable, placement.role, writable),
+                )
             elif writable:
-                conn.execute(sql.SQL("GRANT {} ON ALL TABLES IN SCHEMA {} TO {}").format(
-                    WRITE_PRIVILEGES, schema, role))
+                conn.execute(
+                    sql.SQL("GRANT {} ON ALL TABLES IN SCHEMA {} TO {}").format(WRITE_PRIVILEGES, schema, role)
+                )
                 conn.execute(sql.SQL("REVOKE ALL ON {}.{} FROM {}").format(schema, sql.Identifier(LEDGER), role))
             else:
-                conn.execute(sql.SQL("REVOKE {} ON ALL TABLES IN SCHEMA {} FROM {}").format(
-                    WRITE_PRIVILEGES, schema, role))
+                conn.execute(
+                    sql.SQL("REVOKE {} ON ALL TABLES IN SCHEMA {} FROM {}").format(WRITE_PRIVILEGES, schema, role)
+                )
 
     @staticmethod
     def end_sessions(conn: psycopg.Connection, role: str, database: str | None = None) -> int:
-        row = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE pid <> "
-                           "pg_backend_pid() AND usename = %s AND (%s::text IS NULL OR datname = %s)",
-                           (role, database, database)).fetchone()
+        row = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE pid <> "
+            "pg_backend_pid() AND usename = %s AND (%s::text IS NULL OR datname = %s)",
+            (role, database, database),
+        ).fetchone()
         return int(row[0]) if row else 0
 
     def end_idle_transactions(self, max_idle_seconds: float) -> int:
@@ -539,7 +614,8 @@ class TenantDatabases:
                 "AND a.state IN ('idle in transaction', 'idle in transaction (aborted)') "
                 "AND a.state_change < now() - make_interval(secs => %s) AND EXISTS (SELECT 1 FROM paybill.owned o "
                 "WHERE o.kind = 'role' AND o.database = '' AND o.name = a.usename AND o.owner <> %s)",
-                ([POOLED_DATABASE, BRIDGE_DATABASE], max_idle_seconds, SHARED_OWNER)).fetchone()
+                ([POOLED_DATABASE, BRIDGE_DATABASE], max_idle_seconds, SHARED_OWNER),
+            ).fetchone()
         return int(row[0]) if row else 0
 
     def access_of(self, placement: Placement) -> Access:
@@ -549,12 +625,15 @@ class TenantDatabases:
             return Access.NONE
         with self.session(placement.database) as conn:
             if placement.pooled:
-                found = conn.execute("SELECT writable FROM paybill.tenant_roles WHERE role = %s",
-                                     (placement.role,)).fetchone()
+                found = conn.execute(
+                    "SELECT writable FROM paybill.tenant_roles WHERE role = %s", (placement.role,)
+                ).fetchone()
                 writable = bool(found and found[0])
             else:
-                found = conn.execute("SELECT has_table_privilege(%s, %s, 'INSERT')", (
-                    placement.role, f"{sql.Identifier(placement.schema).as_string(conn)}.orders")).fetchone()
+                found = conn.execute(
+                    "SELECT has_table_privilege(%s, %s, 'INSERT')",
+                    (placement.role, f"{sql.Identifier(placement.schema).as_string(conn)}.orders"),
+                ).fetchone()
                 writable = bool(found and found[0])
         return Access.FULL if writable else Access.READ_ONLY
 
@@ -565,8 +644,9 @@ class TenantDatabases:
         result = {}
         with self.session(placement.database) as conn:
             for table in TABLES:
-                query = sql.SQL("SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) "
-                                "FROM {} AS t").format(sql.Identifier(placement.schema, table))
+                query = sql.SQL(
+                    "SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM {} AS t"
+                ).format(sql.Identifier(placement.schema, table))
                 if placement.pooled:
                     query += sql.SQL(" WHERE t.tenant_id = {}").format(sql.Literal(placement.tenant))
                 rows, digest = conn.execute(query).fetchone() or (0, "")
@@ -587,8 +667,10 @@ class TenantDatabases:
             head = schema_script(placement.schema, conn)
         partial.unlink(missing_ok=True)
         with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
-            out.write(f"-- Paybill backup of tenant {placement.tenant} ({placement.isolation} isolation, "
-                      f"schema {placement.schema}, migration {LATEST})\n{head}")
+            out.write(
+                f"-- Paybill backup of tenant {placement.tenant} ({placement.isolation} isolation, "
+                f"schema {placement.schema}, migration {LATEST})\n{head}"
+            )
             out.flush()
             try:
                 if placement.pooled:
@@ -605,8 +687,18 @@ class TenantDatabases:
 
     def _pg_dump(self, placement: Placement, out: IO[str]) -> None:
         dbname, env = _client_connection(self.dsn(placement.database))
-        argv = [tool_path("pg_dump"), "--data-only", "--no-owner", "--no-privileges", "--schema", placement.schema,
-                "--exclude-table", f"{placement.schema}.{LEDGER}", "--dbname", dbname]
+        argv = [
+            tool_path("pg_dump"),
+            "--data-only",
+            "--no-owner",
+            "--no-privileges",
+            "--schema",
+            placement.schema,
+            "--exclude-table",
+            f"{placement.schema}.{LEDGER}",
+            "--dbname",
+            dbname,
+        ]
         result = subprocess.run(argv, stdout=out, stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL)
         if result.returncode != 0:
             raise DatabaseUnavailable(f"pg_dump failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
@@ -618,11 +710,14 @@ class TenantDatabases:
             conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(placement.role)))
             for table in TABLES:
                 table_id = sql.Identifier(placement.schema, table)
-                columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in conn.execute(
-                    sql.SQL("SELECT * FROM {} LIMIT 0").format(table_id)).description or ())
+                columns = sql.SQL(", ").join(
+                    sql.Identifier(c.name)
+                    for c in conn.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(table_id)).description or ()
+                )
                 out.write(sql.SQL("COPY {} ({}) FROM stdin;\n").format(sql.Identifier(table), columns).as_string(conn))
                 select = sql.SQL("COPY (SELECT {} FROM {} WHERE tenant_id = {}) TO STDOUT").format(
-                    columns, table_id, sql.Literal(placement.tenant))
+                    columns, table_id, sql.Literal(placement.tenant)
+                )
                 with conn.cursor().copy(select) as copy:
                     for chunk in copy:
                         out.write(bytes(chunk).decode())
@@ -634,8 +729,9 @@ class TenantDatabases:
         if placement.isolation == Isolation.SILO:
             if self._owns_database(placement):
                 with self.session() as conn:
-                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                        sql.Identifier(placement.database)))
+                    conn.execute(
+                        sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(placement.database))
+                    )
                 self._forget_object("database", placement.database)
             self._ready.difference_update({(placement.database, placement.schema), (placement.database, "")})
             return
@@ -647,16 +743,20 @@ class TenantDatabases:
                 if placement.pooled:
                     conn.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(POOLED_GROUP), role))
                 with self._setup:  # one database row: concurrent GRANTs on it would fail
-                    conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(
-                        sql.Identifier(placement.database), role))
-                conn.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} RESET ALL").format(
-                    role, sql.Identifier(placement.database)))
+                    conn.execute(
+                        sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(sql.Identifier(placement.database), role)
+                    )
+                conn.execute(
+                    sql.SQL("ALTER ROLE {} IN DATABASE {} RESET ALL").format(role, sql.Identifier(placement.database))
+                )
                 self.end_sessions(conn, placement.role, placement.database)
             if placement.pooled:
                 with conn.transaction():
                     for table in reversed(TABLES):
-                        conn.execute(sql.SQL("DELETE FROM {} WHERE tenant_id = %s").format(
-                            sql.Identifier(APP_SCHEMA, table)), (placement.tenant,))
+                        conn.execute(
+                            sql.SQL("DELETE FROM {} WHERE tenant_id = %s").format(sql.Identifier(APP_SCHEMA, table)),
+                            (placement.tenant,),
+                        )
                     conn.execute("DELETE FROM paybill.tenant_roles WHERE role = %s", (placement.role,))
             else:
                 if self._owns_schema(conn, placement):  # a schema of someone else is left alone
@@ -704,13 +804,20 @@ class TenantDatabases:
             found = conn.execute("SELECT oid FROM pg_database WHERE datname = %s", (placement.database,)).fetchone()
             if found is None:
                 return False
-            return decide("database", placement.database, tenant_identity(placement.tenant),
-                          self._record(conn, "database", placement.database), Found(int(found[0]))) == Verdict.USE
+            return (
+                decide(
+                    "database",
+                    placement.database,
+                    tenant_identity(placement.tenant),
+                    self._record(conn, "database", placement.database),
+                    Found(int(found[0])),
+                )
+                == Verdict.USE
+            )
 
     def _database_exists(self, database: str) -> bool:
         with self.session() as conn:
             return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is not None
-
 
     # --- migration between isolation models ---------------------------------------------------------------
 
@@ -735,8 +842,10 @@ class TenantDatabases:
         self._copy(source, target)
         before, after = self.checksums(source), self.checksums(target)
         if before != after:
-            raise MigrationError(f"copy to {target.isolation} did not verify: {_diff(before, after)}; "
-                                 f"the tenant stays on {source.isolation}")
+            raise MigrationError(
+                f"copy to {target.isolation} did not verify: {_diff(before, after)}; "
+                f"the tenant stays on {source.isolation}"
+            )
         self._place(tenant, str(target.isolation), previous=str(source.isolation))
         self._cleanup(target, str(source.isolation))
         return target
@@ -764,8 +873,14 @@ class TenantDatabases:
 
 
 def _diff(before: dict[str, TableChecksum], after: dict[str, TableChecksum]) -> str:
-    return ", ".join(f"{table}: {before[table].rows} rows before, {after[table].rows} after"
-                     for table in before if before[table] != after.get(table)) or "checksums differ"
+    return (
+        ", ".join(
+            f"{table}: {before[table].rows} rows before, {after[table].rows} after"
+            for table in before
+            if before[table] != after.get(table)
+        )
+        or "checksums differ"
+    )
 
 
 def _private_directory(directory: Path) -> None:
@@ -775,8 +890,10 @@ def _private_directory(directory: Path) -> None:
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
         raise UnsafeBackupDirectory(f"backup directory {directory} is not a directory owned by the operator's user")
     if info.st_mode & 0o077:
-        raise UnsafeBackupDirectory(f"backup directory {directory} is readable by others (mode "
-                              f"{oct(info.st_mode & 0o777)}); use a directory only the operator can enter")
+        raise UnsafeBackupDirectory(
+            f"backup directory {directory} is readable by others (mode "
+            f"{oct(info.st_mode & 0o777)}); use a directory only the operator can enter"
+        )
 
 
 def _client_connection(dsn: str) -> tuple[str, dict[str, str]]:
@@ -792,24 +909,37 @@ def restore_backup(admin_dsn: str, path: Path, database: str) -> None:
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
     dbname, env = _client_connection(conninfo.make_conninfo(admin_dsn, dbname=database))
-    result = subprocess.run([tool_path("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(path),
-                             "--dbname", dbname], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [tool_path("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(path), "--dbname", dbname],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
     if result.returncode != 0:
         raise DatabaseUnavailable(f"restore failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+
 
 def _create_control_tables(conn: psycopg.Connection) -> None:
     """The operator's bookkeeping, in its own database: placements, owned names and the naming key."""
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(CONTROL_SCHEMA)))
-    conn.execute("CREATE TABLE IF NOT EXISTS paybill.placements (tenant text PRIMARY KEY, "
-                 "isolation text NOT NULL, migrating_to text, previous text, "
-                 "updated_at timestamptz NOT NULL DEFAULT now())")
-    conn.execute("CREATE TABLE IF NOT EXISTS paybill.owned (kind text NOT NULL, database text NOT NULL, "
-                 "name text NOT NULL, owner text NOT NULL, oid oid, created_at timestamptz NOT NULL DEFAULT now(), "
-                 "PRIMARY KEY (kind, database, name))")
-    conn.execute("CREATE TABLE IF NOT EXISTS paybill.row_policies (database text NOT NULL, role name NOT NULL, "
-                 "statement text NOT NULL, digest text NOT NULL, PRIMARY KEY (database, role, statement))")
-    conn.execute("CREATE TABLE IF NOT EXISTS paybill.naming_key (id boolean PRIMARY KEY CHECK (id), "
-                 "key bytea NOT NULL)")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS paybill.placements (tenant text PRIMARY KEY, "
+        "isolation text NOT NULL, migrating_to text, previous text, "
+        "updated_at timestamptz NOT NULL DEFAULT now())"
+    )
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS paybill.owned (kind text NOT NULL, database text NOT NULL, "
+        "name text NOT NULL, owner text NOT NULL, oid oid, created_at timestamptz NOT NULL DEFAULT now(), "
+        "PRIMARY KEY (kind, database, name))"
+    )
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS paybill.row_policies (database text NOT NULL, role name NOT NULL, "
+        "statement text NOT NULL, digest text NOT NULL, PRIMARY KEY (database, role, statement))"
+    )
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS paybill.naming_key (id boolean PRIMARY KEY CHECK (id), key bytea NOT NULL)"
+    )
     conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(CONTROL_SCHEMA)))
 
 
@@ -817,14 +947,25 @@ def _harden_shared_database(conn: psycopg.Connection) -> None:
     """Close what a tenant's application does not need in a shared database (run as a superuser)."""
     conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
     conn.execute("REVOKE USAGE ON LANGUAGE plpgsql FROM PUBLIC")  # no DO blocks
-    views = [str(v) for (v,) in conn.execute("SELECT c.relname FROM pg_class c WHERE c.relnamespace = "
-                                             "'pg_catalog'::regnamespace AND c.relkind = 'v' AND c.relname ~ %s "
-                                             "ORDER BY 1", (REVOKED_VIEWS,))]
+    views = [
+        str(v)
+        for (v,) in conn.execute(
+            "SELECT c.relname FROM pg_class c WHERE c.relnamespace = "
+            "'pg_catalog'::regnamespace AND c.relkind = 'v' AND c.relname ~ %s "
+            "ORDER BY 1",
+            (REVOKED_VIEWS,),
+        )
+    ]
     for catalog in (*REVOKED_CATALOGS, *views):
         conn.execute(sql.SQL("REVOKE ALL ON {} FROM PUBLIC").format(sql.Identifier("pg_catalog", catalog)))
-    functions = [str(f) for (f,) in conn.execute(  # those PUBLIC may still execute (a NULL acl means it may)
-        "SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.proname ~ %s AND (p.proacl IS NULL OR "
-        "EXISTS (SELECT 1 FROM aclexplode(p.proacl) a WHERE a.grantee = 0)) ORDER BY 1", (REVOKED_FUNCTIONS,))]
+    functions = [
+        str(f)
+        for (f,) in conn.execute(  # those PUBLIC may still execute (a NULL acl means it may)
+            "SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.proname ~ %s AND (p.proacl IS NULL OR "
+            "EXISTS (SELECT 1 FROM aclexplode(p.proacl) a WHERE a.grantee = 0)) ORDER BY 1",
+            (REVOKED_FUNCTIONS,),
+        )
+    ]
     for function in functions:  # regprocedure text is already a quoted, schema-qualified signature
         conn.execute(sql.SQL("REVOKE EXECUTE ON FUNCTION {} FROM PUBLIC").format(sql.SQL(function)))  # type: ignore[arg-type]
 
@@ -834,19 +975,27 @@ def _ensure_pooled(conn: psycopg.Connection) -> None:
     group = sql.Identifier(POOLED_GROUP)
     conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(POOLED_DATABASE), group))
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(CONTROL_SCHEMA)))
-    conn.execute("CREATE TABLE IF NOT EXISTS paybill.tenant_roles (role name PRIMARY KEY, "
-                 "tenant text NOT NULL UNIQUE, writable boolean NOT NULL DEFAULT false)")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS paybill.tenant_roles (role name PRIMARY KEY, "
+        "tenant text NOT NULL UNIQUE, writable boolean NOT NULL DEFAULT false)"
+    )
     enable_row_security(conn, sql.Identifier(CONTROL_SCHEMA, "tenant_roles"))
-    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {}, {} TO {}").format(
-        sql.Identifier(CONTROL_SCHEMA), sql.Identifier(APP_SCHEMA), group))
+    conn.execute(
+        sql.SQL("GRANT USAGE ON SCHEMA {}, {} TO {}").format(
+            sql.Identifier(CONTROL_SCHEMA), sql.Identifier(APP_SCHEMA), group
+        )
+    )
     conn.execute(sql.SQL("GRANT SELECT ON paybill.tenant_roles TO {}").format(group))
-    existing = {(t, p) for t, p in conn.execute(
-        "SELECT tablename, policyname FROM pg_policies WHERE schemaname IN ('paybill', 'app')")}
+    existing = {
+        (t, p)
+        for t, p in conn.execute("SELECT tablename, policyname FROM pg_policies WHERE schemaname IN ('paybill', 'app')")
+    }
     if ("tenant_roles", "own_mapping") not in existing:
         conn.execute("CREATE POLICY own_mapping ON paybill.tenant_roles FOR SELECT USING (role = current_user)")
     mine = sql.SQL("tenant_id = (SELECT m.tenant FROM paybill.tenant_roles m WHERE m.role = current_user)")
-    writable = sql.SQL("tenant_id = (SELECT m.tenant FROM paybill.tenant_roles m "
-                       "WHERE m.role = current_user AND m.writable)")
+    writable = sql.SQL(
+        "tenant_id = (SELECT m.tenant FROM paybill.tenant_roles m WHERE m.role = current_user AND m.writable)"
+    )
     policies = {
         "tenant_select": sql.SQL("FOR SELECT TO {} USING ({})").format(group, mine),
         "tenant_insert": sql.SQL("FOR INSERT TO {} WITH CHECK ({})").format(group, writable),
@@ -858,12 +1007,18 @@ def _ensure_pooled(conn: psycopg.Connection) -> None:
         enable_row_security(conn, table_id)
         # INSERT and UPDATE by column: a table-level UPDATE would also allow LOCK TABLE in any mode (DELETE,
         # which has no column form, still does: idle_in_transaction_session_timeout bounds that).
-        columns = sql.SQL(", ").join(sql.Identifier(c) for (c,) in conn.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
-            "ORDER BY attnum", (f"{APP_SCHEMA}.{table}",)))
+        columns = sql.SQL(", ").join(
+            sql.Identifier(c)
+            for (c,) in conn.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
+                "ORDER BY attnum",
+                (f"{APP_SCHEMA}.{table}",),
+            )
+        )
         conn.execute(sql.SQL("REVOKE INSERT, UPDATE ON {} FROM {}").format(table_id, group))
-        conn.execute(sql.SQL("GRANT SELECT, DELETE, INSERT ({1}), UPDATE ({1}) ON {0} TO {2}").format(
-            table_id, columns, group))
+        conn.execute(
+            sql.SQL("GRANT SELECT, DELETE, INSERT ({1}), UPDATE ({1}) ON {0} TO {2}").format(table_id, columns, group)
+        )
         for name, body in policies.items():
             if (table, name) not in existing:
                 conn.execute(sql.SQL("CREATE POLICY {} ON {} ").format(sql.Identifier(name), table_id) + body)
@@ -872,7 +1027,10 @@ def _ensure_pooled(conn: psycopg.Connection) -> None:
 def enable_row_security(conn: psycopg.Connection, table: sql.Composable) -> None:
     """ENABLE ROW LEVEL SECURITY unless it is on: the ALTER takes an ACCESS EXCLUSIVE lock, queued behind
     every reader of the table and queuing every later one."""
-    enabled = conn.execute(sql.SQL("SELECT relrowsecurity FROM pg_class WHERE oid = {}::regclass").format(
-        sql.Literal(table.as_string(conn)))).fetchone()
+    enabled = conn.execute(
+        sql.SQL("SELECT relrowsecurity FROM pg_class WHERE oid = {}::regclass").format(
+            sql.Literal(table.as_string(conn))
+        )
+    ).fetchone()
     if not (enabled and enabled[0]):
         conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(table))

@@ -72,8 +72,13 @@ def reconcile_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: A
         write_ready(body, patch, "Pending", False, "DatabaseNotConfigured", "the operator has no tenant database")
         return
     if state.get("phase") not in INSTALLED_PHASES or not placement:
-        wait_for(body, patch, "WaitingForTenant", f"tenant {tenant_name} is {state.get('phase') or 'new'}; "
-                                                  "its database is not ready", delay=10)
+        wait_for(
+            body,
+            patch,
+            "WaitingForTenant",
+            f"tenant {tenant_name} is {state.get('phase') or 'new'}; its database is not ready",
+            delay=10,
+        )
     expected = (body.metadata.annotations or {}).get(TENANT_GRANTS)
     if expected and expected != agent_grants_key(state.get("access"), placement):
         raise kopf.TemporaryError(f"tenant {tenant_name} is changing to {expected}", delay=1)
@@ -85,8 +90,9 @@ def reconcile_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: A
     except SecretConflict as exc:  # a Secret the policy does not control has its name: never read nor adopted
         _conflict(body, patch, "SecretConflict", first_line(exc), tenant_name)
     try:
-        installed = install(databases, where, name, namespace, spec, password, access,
-                            previous_database=current.get("database"))
+        installed = install(
+            databases, where, name, namespace, spec, password, access, previous_database=current.get("database")
+        )
     except (PolicyError, SchemaError) as exc:
         message = first_line(exc)
         write_ready(body, patch, "Invalid", False, "InvalidPolicy", message, tenant=tenant_name)
@@ -101,17 +107,43 @@ def reconcile_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: A
         _publish(kube, body, databases.login_fields(role, password, where.database, where.schema))
     except SecretConflict as exc:  # squatted since the password was read
         _conflict(body, patch, "SecretConflict", first_line(exc), tenant_name)
-    summary = (f"role {role} in {where.database}.{where.schema}: {len(spec.rules)} rules over "
-               f"{', '.join(installed.tables) or 'no tables'}; tenant access {access}")
-    write_ready(body, patch, "Ready", True, "Installed", summary, tenant=tenant_name, role=role,
-                database=where.database, schema=where.schema, tables=list(installed.tables), access=str(access),
-                policyVersion=installed.version, credentialsSecret=secret_name(name))
+    summary = (
+        f"role {role} in {where.database}.{where.schema}: {len(spec.rules)} rules over "
+        f"{', '.join(installed.tables) or 'no tables'}; tenant access {access}"
+    )
+    write_ready(
+        body,
+        patch,
+        "Ready",
+        True,
+        "Installed",
+        summary,
+        tenant=tenant_name,
+        role=role,
+        database=where.database,
+        schema=where.schema,
+        tables=list(installed.tables),
+        access=str(access),
+        policyVersion=installed.version,
+        credentialsSecret=secret_name(name),
+    )
     if (current.get("policyVersion"), current.get("access")) != (installed.version, str(access)):
         events.info(body, reason="Installed", message=summary)
         if memo.audit is not None:
-            memo.audit.append("AgentPolicy", f"{namespace}/{name}", "Installed", {
-                "tenant": tenant_name, "role": role, "database": where.database, "schema": where.schema,
-                "access": str(access), "policyVersion": installed.version, "tables": list(installed.tables)})
+            memo.audit.append(
+                "AgentPolicy",
+                f"{namespace}/{name}",
+                "Installed",
+                {
+                    "tenant": tenant_name,
+                    "role": role,
+                    "database": where.database,
+                    "schema": where.schema,
+                    "access": str(access),
+                    "policyVersion": installed.version,
+                    "tables": list(installed.tables),
+                },
+            )
 
 
 @kopf.on.delete(GROUP, VERSION, "agentpolicies", retries=5)
@@ -121,17 +153,21 @@ def delete_policy(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     tenant = state.get("tenant")
     if memo.databases is not None and tenant:
         try:
-            dropped = uninstall(memo.databases, body.metadata.name, str(body.metadata.namespace), tenant,
-                                state.get("database"))
+            dropped = uninstall(
+                memo.databases, body.metadata.name, str(body.metadata.namespace), tenant, state.get("database")
+            )
         except DatabaseUnavailable as exc:
             raise kopf.TemporaryError(str(exc), delay=10) from None
         if dropped:
             events.info(body, reason="Uninstalled", message=f"role {state.get('role')} dropped")
             if memo.audit is not None:
-                memo.audit.append("AgentPolicy", f"{body.metadata.namespace}/{body.metadata.name}", "Uninstalled",
-                                  {"tenant": tenant, "role": state.get("role")})
-    delete_owned_secret(memo.kube, secret_name(body.metadata.name), str(body.metadata.namespace), body,
-                        "AgentPolicy")
+                memo.audit.append(
+                    "AgentPolicy",
+                    f"{body.metadata.namespace}/{body.metadata.name}",
+                    "Uninstalled",
+                    {"tenant": tenant, "role": state.get("role")},
+                )
+    delete_owned_secret(memo.kube, secret_name(body.metadata.name), str(body.metadata.namespace), body, "AgentPolicy")
 
 
 def _conflict(body: kopf.Body, patch: kopf.Patch, reason: str, message: str, tenant: str) -> NoReturn:
@@ -144,12 +180,22 @@ def _conflict(body: kopf.Body, patch: kopf.Patch, reason: str, message: str, ten
 def _password(kube: Kube, body: kopf.Body) -> str:
     """The agent role's password: kept in the Secret the policy controls, made once (again if the Secret is
     lost). SecretConflict if a Secret of that name is not the policy's: its password is never used."""
-    secret = owned_secret(kube.get("v1", "secrets", secret_name(body.metadata.name), body.metadata.namespace),
-                          body, "AgentPolicy")
+    secret = owned_secret(
+        kube.get("v1", "secrets", secret_name(body.metadata.name), body.metadata.namespace), body, "AgentPolicy"
+    )
     return (secret_field(secret, "password") if secret else None) or secrets.token_urlsafe(24)
 
 
 def _publish(kube: Kube, body: kopf.Body, fields: dict[str, str]) -> None:
-    publish_secret(kube, opaque_secret({
-        "name": secret_name(body.metadata.name), "namespace": body.metadata.namespace, "labels": dict(MANAGED_BY),
-        "ownerReferences": [owner_reference(body, "AgentPolicy")]}, fields))
+    publish_secret(
+        kube,
+        opaque_secret(
+            {
+                "name": secret_name(body.metadata.name),
+                "namespace": body.metadata.namespace,
+                "labels": dict(MANAGED_BY),
+                "ownerReferences": [owner_reference(body, "AgentPolicy")],
+            },
+            fields,
+        ),
+    )

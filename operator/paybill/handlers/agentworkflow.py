@@ -72,8 +72,14 @@ def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
         state_of = "missing" if policy is None else policy_state.get("phase")
         wait_for(body, patch, "PolicyNotReady", f"agentpolicy/{spec.policyRef} is {state_of}", delay=5)
     if policy_state.get("access") == Access.NONE:
-        _finish(body, patch, "Denied", "TenantSuspended", f"tenant {policy_state.get('tenant')} is suspended; "
-                                                          "its agents cannot run", [])
+        _finish(
+            body,
+            patch,
+            "Denied",
+            "TenantSuspended",
+            f"tenant {policy_state.get('tenant')} is suspended; its agents cannot run",
+            [],
+        )
         return
     tenant = tenant_of(kube, str(namespace))  # namespaced: never None
     placement = ((tenant or {}).get("status") or {}).get("database")
@@ -81,8 +87,9 @@ def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
         wait_for(body, patch, "WaitingForTenant", "the tenant's database is not ready", delay=5)
     where = Placement.from_status(tenant["metadata"]["name"], placement)
     try:
-        engine = engine_for(memo.databases, where, AgentPolicySpec.model_validate(policy["spec"]),
-                            Access(policy_state["access"]))
+        engine = engine_for(
+            memo.databases, where, AgentPolicySpec.model_validate(policy["spec"]), Access(policy_state["access"])
+        )
     except (PolicyError, SchemaError) as exc:
         _finish(body, patch, "Denied", "InvalidPolicy", first_line(exc), [])
         return
@@ -95,8 +102,7 @@ def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
         wait_for(body, patch, "SecretConflict", first_line(exc), delay=30)
     login = secret_field(secret, "uri") if secret else None
     if not login:
-        wait_for(body, patch, "CredentialsMissing", f"secret/{secret_name(spec.policyRef)} is not there yet",
-                 delay=5)
+        wait_for(body, patch, "CredentialsMissing", f"secret/{secret_name(spec.policyRef)} is not there yet", delay=5)
 
     progress: list[dict[str, Any]] = []
 
@@ -104,13 +110,21 @@ def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
         progress.append(outcome.to_status())
         if memo.audit is not None:
             event = "StepRan" if outcome.ok else "StepDenied" if outcome.refused else "StepFailed"
-            memo.audit.append("AgentWorkflow", f"{namespace}/{name}", event,
-                              outcome.audit_details(spec.principal, spec.policyRef))
-        kube.merge_patch(API_VERSION, "agentworkflows", name, {"status": {"phase": "Running", **_progress(progress)}},
-                         namespace, subresource="status")
+            memo.audit.append(
+                "AgentWorkflow", f"{namespace}/{name}", event, outcome.audit_details(spec.principal, spec.policyRef)
+            )
+        kube.merge_patch(
+            API_VERSION,
+            "agentworkflows",
+            name,
+            {"status": {"phase": "Running", **_progress(progress)}},
+            namespace,
+            subresource="status",
+        )
 
-    kube.merge_patch(API_VERSION, "agentworkflows", name, {"status": {"phase": "Running"}}, namespace,
-                     subresource="status")
+    kube.merge_patch(
+        API_VERSION, "agentworkflows", name, {"status": {"phase": "Running"}}, namespace, subresource="status"
+    )
     with ExecutionGuard(engine, login, spec.principal, where.tenant) as guard:
         outcomes = run_steps(spec, guard, record)
     results: dict[str, str] | None = results_secret_data(outcomes)
@@ -122,32 +136,69 @@ def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
             results = None
     last = outcomes[-1]
     if last.ok:
-        _finish(body, patch, "Succeeded", "Completed", f"{len(outcomes)} step(s) ran under policy version "
-                                                       f"{engine.version}", progress, results, engine.version)
+        _finish(
+            body,
+            patch,
+            "Succeeded",
+            "Completed",
+            f"{len(outcomes)} step(s) ran under policy version {engine.version}",
+            progress,
+            results,
+            engine.version,
+        )
     else:
         phase = "Denied" if last.refused else "Failed"
         reason = last.reasons[0] if last.reasons else None
-        _finish(body, patch, phase, "StepDenied" if phase == "Denied" else "StepFailed",
-                f"step {last.name}: {reason.code + ': ' + reason.message if reason else 'did not run'}; "
-                f"later steps were not run", progress, results, engine.version)
+        _finish(
+            body,
+            patch,
+            phase,
+            "StepDenied" if phase == "Denied" else "StepFailed",
+            f"step {last.name}: {reason.code + ': ' + reason.message if reason else 'did not run'}; "
+            f"later steps were not run",
+            progress,
+            results,
+            engine.version,
+        )
 
 
 @kopf.on.update(GROUP, VERSION, "agentworkflows", field="spec")
 def refuse_changes(body: kopf.Body, **_: Any) -> None:
-    events.warn(body, reason="Immutable", message="an AgentWorkflow's steps are fixed once submitted; "
-                                                "the change is ignored (submit a new AgentWorkflow)")
+    events.warn(
+        body,
+        reason="Immutable",
+        message="an AgentWorkflow's steps are fixed once submitted; the change is ignored (submit a new AgentWorkflow)",
+    )
 
 
 @kopf.on.delete(GROUP, VERSION, "agentworkflows", optional=True)
 def delete_results(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    delete_owned_secret(memo.kube, _results_name(body.metadata.name), str(body.metadata.namespace), body,
-                        "AgentWorkflow")
+    delete_owned_secret(
+        memo.kube, _results_name(body.metadata.name), str(body.metadata.namespace), body, "AgentWorkflow"
+    )
 
 
-def _finish(body: kopf.Body, patch: kopf.Patch, phase: str, reason: str, message: str,
-            steps: list[dict[str, Any]], results: dict[str, str] | None = None, version: str | None = None) -> None:
-    write_ready(body, patch, phase, phase == "Succeeded", reason, message, **_progress(steps), policyVersion=version,
-                resultsSecret=_results_name(body.metadata.name) if results else None)
+def _finish(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    phase: str,
+    reason: str,
+    message: str,
+    steps: list[dict[str, Any]],
+    results: dict[str, str] | None = None,
+    version: str | None = None,
+) -> None:
+    write_ready(
+        body,
+        patch,
+        phase,
+        phase == "Succeeded",
+        reason,
+        message,
+        **_progress(steps),
+        policyVersion=version,
+        resultsSecret=_results_name(body.metadata.name) if results else None,
+    )
     (events.info if phase == "Succeeded" else events.warn)(body, reason=reason, message=message)
 
 
@@ -160,6 +211,15 @@ def _results_name(workflow: str) -> str:
 
 
 def _publish_results(kube: Kube, body: kopf.Body, data: dict[str, str]) -> None:
-    publish_secret(kube, opaque_secret({
-        "name": _results_name(body.metadata.name), "namespace": body.metadata.namespace,
-        "labels": dict(MANAGED_BY), "ownerReferences": [owner_reference(body, "AgentWorkflow")]}, data))
+    publish_secret(
+        kube,
+        opaque_secret(
+            {
+                "name": _results_name(body.metadata.name),
+                "namespace": body.metadata.namespace,
+                "labels": dict(MANAGED_BY),
+                "ownerReferences": [owner_reference(body, "AgentWorkflow")],
+            },
+            data,
+        ),
+    )

@@ -49,8 +49,11 @@ def reconcile_plan(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, reason: 
         return
     write_ready(body, patch, "Ready", True, "Valid", f"{spec.tier} tier with {spec.isolation} isolation")
     if reason in ("create", "update"):  # what names it reconciles again: a plan it waited for, or changed quotas,
-        _touch_users(memo.kube, body.metadata.name,  # isolation or grace period
-                     f"{body.metadata.uid}/{body.metadata.get('generation')}")
+        _touch_users(
+            memo.kube,
+            body.metadata.name,  # isolation or grace period
+            f"{body.metadata.uid}/{body.metadata.get('generation')}",
+        )
 
 
 def _touch_users(kube: Kube, plan: str, value: str) -> None:
@@ -72,20 +75,37 @@ def _reconcile_subscription(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo)
             write_ready(body, patch, phase, False, problem.reason, problem.message)
             raise kopf.TemporaryError(problem.message, delay=10)
     assert plan is not None  # a missing plan is a problem above
-    state = billing_state(spec.get("billingStatus", "active"), spec.get("pastDueSince"),
-                          int(plan["spec"].get("gracePeriodDays", 7)), datetime.datetime.now(datetime.UTC))
+    state = billing_state(
+        spec.get("billingStatus", "active"),
+        spec.get("pastDueSince"),
+        int(plan["spec"].get("gracePeriodDays", 7)),
+        datetime.datetime.now(datetime.UTC),
+    )
     previous = (body.get("status") or {}).get("restriction")
     if problem is not None:  # billed all the same, by the plan it names
         write_ready(body, patch, phase, False, problem.reason, problem.message, restriction=str(state.restriction))
     else:
-        write_ready(body, patch, phase, True, "Resolved", f"tenant {spec['tenantRef']} on plan {spec['planRef']}: "
-                                                     f"{state.message}", restriction=str(state.restriction))
+        write_ready(
+            body,
+            patch,
+            phase,
+            True,
+            "Resolved",
+            f"tenant {spec['tenantRef']} on plan {spec['planRef']}: {state.message}",
+            restriction=str(state.restriction),
+        )
     if previous != state.restriction:
-        events.info(body, reason="RestrictionChanged", message=f"{previous or 'none'} -> {state.restriction}: "
-                                                             f"{state.message}")
+        events.info(
+            body, reason="RestrictionChanged", message=f"{previous or 'none'} -> {state.restriction}: {state.message}"
+        )
     # The tenant reads billing from its index; the touch makes it look now rather than at its next event.
-    touch(memo.kube, "tenants", spec["tenantRef"], "billing",
-          f"{spec.get('billingStatus', 'active')}/{state.restriction}/{body.metadata.get('generation')}")
+    touch(
+        memo.kube,
+        "tenants",
+        spec["tenantRef"],
+        "billing",
+        f"{spec.get('billingStatus', 'active')}/{state.restriction}/{body.metadata.get('generation')}",
+    )
 
 
 @kopf.on.resume(GROUP, VERSION, "subscriptions")
@@ -95,8 +115,14 @@ def reconcile_subscription(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, 
     _reconcile_subscription(body, patch, memo)
 
 
-@kopf.timer(GROUP, VERSION, "subscriptions", interval=60, idle=30,
-            when=lambda spec, **_: spec.get("billingStatus") == "past_due")
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "subscriptions",
+    interval=60,
+    idle=30,
+    when=lambda spec, **_: spec.get("billingStatus") == "past_due",
+)
 def grace_clock(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     """A past-due subscription moves on by itself when its grace period ends."""
     _reconcile_subscription(body, patch, memo)
@@ -113,8 +139,14 @@ def release_plan(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if problem is None:
         return
     _warn_once(body, problem, "DeletionBlocked")
-    conditions = set_condition(list((body.get("status") or {}).get("conditions") or []), "DeletionBlocked", True,
-                               problem.reason, problem.message, body.metadata.get("generation"))
+    conditions = set_condition(
+        list((body.get("status") or {}).get("conditions") or []),
+        "DeletionBlocked",
+        True,
+        problem.reason,
+        problem.message,
+        body.metadata.get("generation"),
+    )
     kube.merge_patch(API_VERSION, "plans", name, {"status": {"conditions": conditions}}, subresource="status")
     raise kopf.TemporaryError(problem.message, delay=RELEASE_DELAY)
 

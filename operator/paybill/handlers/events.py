@@ -24,24 +24,40 @@ log = logging.getLogger(__name__)
 _recorder: Recorder | None = None
 
 
-def event_body(obj: Mapping[str, Any], type_: str, reason: str, message: str, instance: str,
-               now: datetime.datetime) -> dict[str, Any]:
+def event_body(
+    obj: Mapping[str, Any], type_: str, reason: str, message: str, instance: str, now: datetime.datetime
+) -> dict[str, Any]:
     """The core/v1 Event about `obj`; a cluster-scoped object's lives in `default`."""
     meta = obj.get("metadata") or {}
-    involved = {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta.get("name"),
-                "uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion")}
+    involved = {
+        "apiVersion": obj.get("apiVersion"),
+        "kind": obj.get("kind"),
+        "name": meta.get("name"),
+        "uid": meta.get("uid"),
+        "resourceVersion": meta.get("resourceVersion"),
+    }
     if meta.get("namespace"):
         involved["namespace"] = meta["namespace"]
     stamp = now.astimezone(datetime.UTC)
     return {
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": f"{meta.get('name')}.{int(stamp.timestamp() * 1e9):x}",
-                     "namespace": meta.get("namespace") or "default"},
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "name": f"{meta.get('name')}.{int(stamp.timestamp() * 1e9):x}",
+            "namespace": meta.get("namespace") or "default",
+        },
         "involvedObject": {key: value for key, value in involved.items() if value},
-        "type": type_, "reason": reason, "message": shorten(message), "action": "Reconcile",
-        "source": {"component": COMPONENT}, "reportingComponent": COMPONENT, "reportingInstance": instance,
-        "firstTimestamp": stamp.strftime("%Y-%m-%dT%H:%M:%SZ"), "lastTimestamp": stamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "eventTime": stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "count": 1,
+        "type": type_,
+        "reason": reason,
+        "message": shorten(message),
+        "action": "Reconcile",
+        "source": {"component": COMPONENT},
+        "reportingComponent": COMPONENT,
+        "reportingInstance": instance,
+        "firstTimestamp": stamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "lastTimestamp": stamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "eventTime": stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "count": 1,
     }
 
 
@@ -63,8 +79,13 @@ class Recorder:
         try:
             self.kube.request("POST", f"/api/v1/namespaces/{body['metadata']['namespace']}/events", body)
         except KubeError as exc:  # an Event is best effort: the status already says it
-            log.warning("could not post Event %s about %s %s: %s", reason, obj.get("kind"),
-                        body["involvedObject"].get("name"), exc)
+            log.warning(
+                "could not post Event %s about %s %s: %s",
+                reason,
+                obj.get("kind"),
+                body["involvedObject"].get("name"),
+                exc,
+            )
 
 
 def install(kube: Kube) -> None:

@@ -27,9 +27,16 @@ from ..lifecycle.tenant import TENANT_LABEL, owned_manifests
 from .tenant import TRIGGER
 
 RBAC = "rbac.authorization.k8s.io/v1"
-OWNED = (("v1", "namespaces", "Namespace"), ("v1", "serviceaccounts", "ServiceAccount"), ("v1", "secrets", "Secret"),
-         ("v1", "resourcequotas", "ResourceQuota"), ("v1", "limitranges", "LimitRange"), (RBAC, "roles", "Role"),
-         (RBAC, "rolebindings", "RoleBinding"), ("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy"))
+OWNED = (
+    ("v1", "namespaces", "Namespace"),
+    ("v1", "serviceaccounts", "ServiceAccount"),
+    ("v1", "secrets", "Secret"),
+    ("v1", "resourcequotas", "ResourceQuota"),
+    ("v1", "limitranges", "LimitRange"),
+    (RBAC, "roles", "Role"),
+    (RBAC, "rolebindings", "RoleBinding"),
+    ("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy"),
+)
 RESYNC_SECONDS_ENV = "PAYBILL_RESYNC_SECONDS"
 DEFAULT_RESYNC_SECONDS = 300.0
 
@@ -68,8 +75,9 @@ class OwnedObjectsWatch(threading.Thread):
         self.api_version, self.plural, self.kind, self.stop = api_version, plural, kind, stop
 
     def on_event(self, kube: Kube, event_type: str, obj: dict[str, Any]) -> None:
-        if event_type == "DELETED" or (event_type in ("ADDED", "MODIFIED") and self.kind != "Secret"
-                                       and drifted(kube, {**obj, "kind": self.kind})):
+        if event_type == "DELETED" or (
+            event_type in ("ADDED", "MODIFIED") and self.kind != "Secret" and drifted(kube, {**obj, "kind": self.kind})
+        ):
             touch_owner(kube, self.kind, obj)
 
     def run(self) -> None:
@@ -78,8 +86,11 @@ class OwnedObjectsWatch(threading.Thread):
         while not self.stop.is_set():
             try:
                 if version is None:
-                    listing = kube.request("GET", resource_path(self.api_version, self.plural),
-                                           query={"labelSelector": TENANT_LABEL, "limit": "1"})
+                    listing = kube.request(
+                        "GET",
+                        resource_path(self.api_version, self.plural),
+                        query={"labelSelector": TENANT_LABEL, "limit": "1"},
+                    )
                     version = str(listing["metadata"]["resourceVersion"])
                 for event in kube.watch(self.api_version, self.plural, version, TENANT_LABEL):
                     obj = event.get("object") or {}
@@ -124,14 +135,20 @@ def observe_owned(kube: Kube, desired: list[dict[str, Any]]) -> dict[Key, dict[s
 def resync(kube: Kube) -> dict[str, list[Drift]]:
     """Compare every maintained Tenant's owned objects with its plan; annotate each Tenant that drifted."""
     plans = {plan["metadata"]["name"]: plan for plan in kube.list(API_VERSION, "plans")}
-    desired = {tenant["metadata"]["name"]: owned_manifests(tenant, plans[tenant["spec"]["planRef"]])
-               for tenant in kube.list(API_VERSION, "tenants")
-               if maintained(tenant) and tenant["spec"].get("planRef") in plans}
+    desired = {
+        tenant["metadata"]["name"]: owned_manifests(tenant, plans[tenant["spec"]["planRef"]])
+        for tenant in kube.list(API_VERSION, "tenants")
+        if maintained(tenant) and tenant["spec"].get("planRef") in plans
+    }
     observed = observe_owned(kube, [manifest for manifests in desired.values() for manifest in manifests])
     found = {name: drifts for name, manifests in desired.items() if (drifts := drift(manifests, observed))}
     for name, drifts in found.items():
-        _touch(kube, name, f"resync: {drifts[0]}@{drifts[0].resource_version}"
-                           + (f" and {len(drifts) - 1} more" if len(drifts) > 1 else ""))
+        _touch(
+            kube,
+            name,
+            f"resync: {drifts[0]}@{drifts[0].resource_version}"
+            + (f" and {len(drifts) - 1} more" if len(drifts) > 1 else ""),
+        )
     return found
 
 

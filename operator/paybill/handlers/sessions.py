@@ -41,8 +41,9 @@ class IdleTransactionSweep(threading.Thread):
                 logger.warning("idle-transaction sweep skipped: %s", first_line(error))
                 continue
             if ended:
-                logger.warning("ended %d tenant session(s) idle in a transaction for more than %g s", ended,
-                               self.limit_s)
+                logger.warning(
+                    "ended %d tenant session(s) idle in a transaction for more than %g s", ended, self.limit_s
+                )
 
 
 @kopf.on.startup()

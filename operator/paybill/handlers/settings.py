@@ -36,8 +36,9 @@ def backup_directory(environ: Mapping[str, str]) -> Path:
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo,
-              logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
+def configure(
+    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+) -> None:
     settings.persistence.finalizer = f"{PREFIX}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = DigestDiffBaseStorage()
@@ -58,8 +59,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo,
     backup_dir = backup_directory(os.environ)
     memo.databases = TenantDatabases(database_url, backup_dir) if database_url else None
     memo.audit = AuditLog(memo.databases.connect) if memo.databases else None
-    logger.info("Paybill operator started; tenant database %s; backups in %s",
-                "configured" if database_url else f"not configured (set {DATABASE_URL_ENV})", backup_dir)
+    logger.info(
+        "Paybill operator started; tenant database %s; backups in %s",
+        "configured" if database_url else f"not configured (set {DATABASE_URL_ENV})",
+        backup_dir,
+    )
 
 
 @kopf.on.probe(id="kube")

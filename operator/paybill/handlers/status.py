@@ -10,11 +10,13 @@ from ..lifecycle.conditions import set_condition
 from . import events
 
 
-def write_ready(body: kopf.Body, patch: kopf.Patch, phase: str, ok: bool | None, reason: str, message: str,
-                **fields: Any) -> None:
+def write_ready(
+    body: kopf.Body, patch: kopf.Patch, phase: str, ok: bool | None, reason: str, message: str, **fields: Any
+) -> None:
     generation = body.metadata.get("generation")
-    conditions = set_condition(list((body.get("status") or {}).get("conditions") or []), "Ready", ok, reason,
-                               message, generation)
+    conditions = set_condition(
+        list((body.get("status") or {}).get("conditions") or []), "Ready", ok, reason, message, generation
+    )
     patch.status.update(phase=phase, observedGeneration=generation, conditions=conditions, **fields)
 
 

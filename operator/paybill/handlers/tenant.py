@@ -53,8 +53,7 @@ TRIGGER = "trigger.paybill.dev"  # not kopf's own prefix, so a change here re-ru
 TENANT_GRANTS = f"{TRIGGER}/tenant"  # on an AgentPolicy: the tenant state its grants must follow
 OPERATOR_NAMESPACE_ENV = "PAYBILL_OPERATOR_NAMESPACE"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-FAILURES = (DatabaseUnavailable, MigrationError, NameConflict, SecretConflict, ObjectConflict, KubeError,
-            psycopg.Error)
+FAILURES = (DatabaseUnavailable, MigrationError, NameConflict, SecretConflict, ObjectConflict, KubeError, psycopg.Error)
 
 
 class _Status:
@@ -71,8 +70,9 @@ class _Status:
         self.conditions = set_condition(self.conditions, type_, ok, reason, message, self.generation)
 
     def write(self, phase: Phase | str, **fields: Any) -> None:
-        self.patch.status.update(phase=str(phase), observedGeneration=self.generation, conditions=self.conditions,
-                                 **fields)
+        self.patch.status.update(
+            phase=str(phase), observedGeneration=self.generation, conditions=self.conditions, **fields
+        )
 
     def wait(self, phase: Phase | str, reason: str, message: str, delay: float = RETRY_DELAY) -> None:
         """Record why the tenant is not ready, post a Warning Event when the reason is new (not on every
@@ -87,10 +87,17 @@ class _Status:
 
 # --- billing: the subscription of each tenant, indexed in memory ------------------------------------------------
 
+
 @kopf.index(GROUP, VERSION, "subscriptions")
 def subscriptions_by_tenant(name: str, spec: kopf.Spec, **_: Any) -> dict[str, dict[str, Any]]:
-    return {spec.get("tenantRef", ""): {"name": name, "billingStatus": spec.get("billingStatus", "active"),
-                                        "pastDueSince": spec.get("pastDueSince"), "planRef": spec.get("planRef")}}
+    return {
+        spec.get("tenantRef", ""): {
+            "name": name,
+            "billingStatus": spec.get("billingStatus", "active"),
+            "pastDueSince": spec.get("pastDueSince"),
+            "planRef": spec.get("planRef"),
+        }
+    }
 
 
 def billing_of(index: kopf.Index, tenant: str, plan: dict[str, Any]) -> BillingState:
@@ -98,24 +105,31 @@ def billing_of(index: kopf.Index, tenant: str, plan: dict[str, Any]) -> BillingS
     if not subscriptions:
         return BillingState(Restriction.NONE, "no subscription: not billed")
     subscription = subscriptions[0]
-    return billing_state(subscription["billingStatus"], subscription.get("pastDueSince"),
-                         int(plan["spec"].get("gracePeriodDays", 7)), datetime.datetime.now(datetime.UTC))
+    return billing_state(
+        subscription["billingStatus"],
+        subscription.get("pastDueSince"),
+        int(plan["spec"].get("gracePeriodDays", 7)),
+        datetime.datetime.now(datetime.UTC),
+    )
 
 
 # --- reconcile ------------------------------------------------------------------------------------------------
 
+
 @kopf.on.resume(GROUP, VERSION, "tenants")
 @kopf.on.create(GROUP, VERSION, "tenants")
 @kopf.on.update(GROUP, VERSION, "tenants")  # type: ignore[arg-type]  # kopf passes the index by its name
-def reconcile_tenant(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int,
-                     subscriptions_by_tenant: kopf.Index, **_: Any) -> None:
+def reconcile_tenant(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, subscriptions_by_tenant: kopf.Index, **_: Any
+) -> None:
     kube: Kube = memo.kube
     name, spec = body.metadata.name, dict(body.spec)
     status = _Status(body, patch)
     if status.phase in (Phase.OFFBOARDING, Phase.OFFBOARDED) or spec.get("offboard"):
         if status.phase == Phase.OFFBOARDED and not spec.get("offboard"):
-            refused = TransitionRefused(Phase.OFFBOARDED, Event.PROVISION, "offboarding is irreversible; "
-                                                                           "create a new Tenant")
+            refused = TransitionRefused(
+                Phase.OFFBOARDED, Event.PROVISION, "offboarding is irreversible; create a new Tenant"
+            )
             events.warn(body, reason="TransitionRefused", message=str(refused))
             return
         offboard(body, memo, status)
@@ -123,12 +137,20 @@ def reconcile_tenant(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry:
 
     plan = kube.get(API_VERSION, "plans", spec["planRef"])
     if plan is None:
-        status.wait(status.phase if status.phase != Phase.FAILED else Phase.PENDING, "PlanNotFound",
-                    f"plan {spec['planRef']!r} does not exist", delay=retry_delay(retry, base=RETRY_DELAY))
+        status.wait(
+            status.phase if status.phase != Phase.FAILED else Phase.PENDING,
+            "PlanNotFound",
+            f"plan {spec['planRef']!r} does not exist",
+            delay=retry_delay(retry, base=RETRY_DELAY),
+        )
         return
     billing = billing_of(subscriptions_by_tenant, name, plan)
-    causes = [c.value for c in SuspensionCause if (c == SuspensionCause.MANUAL and spec.get("suspended"))
-              or (c == SuspensionCause.BILLING and billing.suspends)]
+    causes = [
+        c.value
+        for c in SuspensionCause
+        if (c == SuspensionCause.MANUAL and spec.get("suspended"))
+        or (c == SuspensionCause.BILLING and billing.suspends)
+    ]
     goal = Phase.SUSPENDED if causes else Phase.ACTIVE
     access = Access.NONE if causes else billing.access
     isolation = Isolation(plan["spec"]["isolation"])
@@ -152,12 +174,25 @@ def reconcile_tenant(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry:
     if causes:
         status.condition("Ready", False, "Suspended", f"suspended ({', '.join(causes)}); data kept, logins refused")
     else:
-        status.condition("Ready", True, "Provisioned", f"tenant is active on plan {plan['metadata']['name']}"
-                         + ("; data is read-only" if access == Access.READ_ONLY else ""))
+        status.condition(
+            "Ready",
+            True,
+            "Provisioned",
+            f"tenant is active on plan {plan['metadata']['name']}"
+            + ("; data is read-only" if access == Access.READ_ONLY else ""),
+        )
     before = body.get("status") or {}
-    status.write(goal, namespace=namespace, plan=plan["metadata"]["name"], suspendedFor=causes,
-                 isolation=str(placement.isolation), access=str(access), restriction=str(billing.restriction),
-                 database=placement.to_status(), credentialsSecret=CREDENTIALS_SECRET)
+    status.write(
+        goal,
+        namespace=namespace,
+        plan=plan["metadata"]["name"],
+        suspendedFor=causes,
+        isolation=str(placement.isolation),
+        access=str(access),
+        restriction=str(billing.restriction),
+        database=placement.to_status(),
+        credentialsSecret=CREDENTIALS_SECRET,
+    )
     if before.get("plan") != plan["metadata"]["name"]:  # its subscriptions check the plan they bill again
         for subscription in subscriptions_by_tenant.get(name, []):
             touch(kube, "subscriptions", subscription["name"], "tenant-plan", plan["metadata"]["name"])
@@ -199,17 +234,22 @@ def _touch_policies(kube: Kube, namespace: str, key: str) -> None:
     kopf writes this reconcile's status only after it returns, so a policy may read the old status
     first; the annotation tells it to wait for the new one."""
     for policy in kube.list(API_VERSION, "agentpolicies", namespace):
-        kube.merge_patch(API_VERSION, "agentpolicies", policy["metadata"]["name"],
-                         {"metadata": {"annotations": {TENANT_GRANTS: key}}}, namespace)
+        kube.merge_patch(
+            API_VERSION,
+            "agentpolicies",
+            policy["metadata"]["name"],
+            {"metadata": {"annotations": {TENANT_GRANTS: key}}},
+            namespace,
+        )
 
 
 def _ensure_namespace(kube: Kube, body: kopf.Body, plan: dict[str, Any], status: _Status, namespace: str) -> None:
-    check = check_namespace(kube.get("v1", "namespaces", namespace), namespace, body.metadata.uid,
-                            operator_namespace())
+    check = check_namespace(kube.get("v1", "namespaces", namespace), namespace, body.metadata.uid, operator_namespace())
     if not check.ok:
         status.condition("NamespaceReady", False, check.reason, check.message)
-        status.wait(status.phase if check.reason == "NamespaceTerminating" else Phase.FAILED, check.reason,
-                    check.message)
+        status.wait(
+            status.phase if check.reason == "NamespaceTerminating" else Phase.FAILED, check.reason, check.message
+        )
     converge(kube, body, namespace_manifest(dict(body), plan))
     if check.reason == "Missing":
         events.info(body, reason="NamespaceCreated", message=f"namespace {namespace} created")
@@ -239,10 +279,14 @@ def converge(kube: Kube, body: kopf.Body, desired: dict[str, Any]) -> None:
         if action == OwnedAction.CREATE:
             kube.create(desired)
         elif action == OwnedAction.UPDATE and existing is not None:  # only the version checked (resourceVersion)
-            kube.request("PUT", resource_path(desired["apiVersion"], plural, namespace, name),
-                         converged(existing, desired))
-            events.info(body, reason="DriftReverted", message=f"{describe(desired)} differed from plan "
-                                                            f"{body.spec.get('planRef')}; restored")
+            kube.request(
+                "PUT", resource_path(desired["apiVersion"], plural, namespace, name), converged(existing, desired)
+            )
+            events.info(
+                body,
+                reason="DriftReverted",
+                message=f"{describe(desired)} differed from plan {body.spec.get('planRef')}; restored",
+            )
     except KubeError as exc:
         if exc.status != 409:
             raise
@@ -267,8 +311,9 @@ def _credentials(kube: Kube, body: kopf.Body) -> str:
     return password
 
 
-def _publish_credentials(kube: Kube, body: kopf.Body, databases: TenantDatabases, placement: Placement,
-                         password: str) -> None:
+def _publish_credentials(
+    kube: Kube, body: kopf.Body, databases: TenantDatabases, placement: Placement, password: str
+) -> None:
     fields = databases.login_fields(placement.role, password, placement.database, placement.schema)
     publish_secret(kube, credentials_secret(dict(body), fields))
 
@@ -286,8 +331,18 @@ def publish_secret(kube: Kube, desired: dict[str, Any]) -> None:
         if action == SecretAction.CREATE:
             kube.create(desired)
         elif action == SecretAction.UPDATE and current is not None:  # only the version we checked: ownership
-            kube.merge_patch("v1", "secrets", meta["name"], {"metadata": {  # cannot change in between
-                "resourceVersion": current["metadata"]["resourceVersion"]}, "data": desired["data"]}, meta["namespace"])
+            kube.merge_patch(
+                "v1",
+                "secrets",
+                meta["name"],
+                {
+                    "metadata": {  # cannot change in between
+                        "resourceVersion": current["metadata"]["resourceVersion"]
+                    },
+                    "data": desired["data"],
+                },
+                meta["namespace"],
+            )
     except KubeError as exc:
         if exc.status != 409:
             raise
@@ -312,47 +367,65 @@ def delete_owned_secret(kube: Kube, name: str, namespace: str, owner: kopf.Body,
             raise
 
 
-def _ensure_database(body: kopf.Body, memo: kopf.Memo, status: _Status, isolation: Isolation, access: Access,
-                     goal: Phase) -> Placement:
+def _ensure_database(
+    body: kopf.Body, memo: kopf.Memo, status: _Status, isolation: Isolation, access: Access, goal: Phase
+) -> Placement:
     databases: TenantDatabases = memo.databases
     name = body.metadata.name
     password = _credentials(memo.kube, body)
     placement = databases.provision(name, isolation, password)
     if placement.isolation != isolation:
         if goal == Phase.SUSPENDED:
-            status.condition("Migrated", False, "WaitingForResume",
-                             f"moving from {placement.isolation} to {isolation} waits until the tenant resumes")
+            status.condition(
+                "Migrated",
+                False,
+                "WaitingForResume",
+                f"moving from {placement.isolation} to {isolation} waits until the tenant resumes",
+            )
         else:
             placement = _migrate(body, memo, status, placement, isolation, password)
     databases.set_access(placement, access)
     _publish_credentials(memo.kube, body, databases, placement, password)
-    status.condition("DatabaseReady", True, "Provisioned",
-                     f"{placement.isolation} data in database {placement.database}, schema {placement.schema}; "
-                     f"access {access}")
+    status.condition(
+        "DatabaseReady",
+        True,
+        "Provisioned",
+        f"{placement.isolation} data in database {placement.database}, schema {placement.schema}; access {access}",
+    )
     return placement
 
 
-def _migrate(body: kopf.Body, memo: kopf.Memo, status: _Status, source: Placement, isolation: Isolation,
-             password: str) -> Placement:
+def _migrate(
+    body: kopf.Body, memo: kopf.Memo, status: _Status, source: Placement, isolation: Isolation, password: str
+) -> Placement:
     name = body.metadata.name
     if status.phase == Phase.ACTIVE:
         _advance(body, memo, Phase.ACTIVE, Phase.MIGRATING, f"{source.isolation} -> {isolation}")
-        memo.kube.merge_patch(API_VERSION, "tenants", name, {"status": {"phase": Phase.MIGRATING}},
-                              subresource="status")
+        memo.kube.merge_patch(
+            API_VERSION, "tenants", name, {"status": {"phase": Phase.MIGRATING}}, subresource="status"
+        )
         status.phase = Phase.MIGRATING
     target = memo.databases.migrate(name, isolation, password)
     checksums = memo.databases.checksums(target)
-    events.info(body, reason="Migrated", message=f"data moved from {source.isolation} to {target.isolation}: "
-                                               + ", ".join(f"{t} {c.rows} rows" for t, c in checksums.items())
-                                               + ", checksums verified")
+    events.info(
+        body,
+        reason="Migrated",
+        message=f"data moved from {source.isolation} to {target.isolation}: "
+        + ", ".join(f"{t} {c.rows} rows" for t, c in checksums.items())
+        + ", checksums verified",
+    )
     status.condition("Migrated", True, "Verified", f"moved from {source.isolation} to {target.isolation}")
     return target
 
 
 def _fail(body: kopf.Body, memo: kopf.Memo, status: _Status, exc: BaseException, retry: int) -> None:
-    reasons: dict[type[BaseException], str] = {DatabaseUnavailable: "DatabaseUnavailable",
-                                               MigrationError: "MigrationFailed", NameConflict: "NameConflict",
-                                               SecretConflict: "SecretConflict", ObjectConflict: "ObjectConflict"}
+    reasons: dict[type[BaseException], str] = {
+        DatabaseUnavailable: "DatabaseUnavailable",
+        MigrationError: "MigrationFailed",
+        NameConflict: "NameConflict",
+        SecretConflict: "SecretConflict",
+        ObjectConflict: "ObjectConflict",
+    }
     reason = reasons.get(type(exc), "ProvisioningFailed")
     message = first_line(exc)
     if isinstance(exc, (DatabaseUnavailable, MigrationError, NameConflict, SecretConflict, psycopg.Error)):
@@ -367,6 +440,7 @@ def _fail(body: kopf.Body, memo: kopf.Memo, status: _Status, exc: BaseException,
 
 
 # --- transitions: Events and audit records -----------------------------------------------------------------------
+
 
 def _chain(source: Phase, target: Phase) -> list[Transition]:
     if source == target:
@@ -387,12 +461,24 @@ def _advance(body: kopf.Body, memo: kopf.Memo, source: Phase, target: Phase, why
             events.info(body, reason=str(step.target), message=message)
         if memo.audit is not None:
             try:
-                memo.audit.append("Tenant", body.metadata.name, str(step.event),
-                                  {"from": str(step.source), "to": str(step.target), "why": why,
-                                   "uid": body.metadata.uid, "generation": body.metadata.get("generation")})
+                memo.audit.append(
+                    "Tenant",
+                    body.metadata.name,
+                    str(step.event),
+                    {
+                        "from": str(step.source),
+                        "to": str(step.target),
+                        "why": why,
+                        "uid": body.metadata.uid,
+                        "generation": body.metadata.get("generation"),
+                    },
+                )
             except (DatabaseUnavailable, psycopg.Error):
-                events.warn(body, reason="AuditUnavailable", message="could not append the audit record; "
-                                                                   "the database is unreachable")
+                events.warn(
+                    body,
+                    reason="AuditUnavailable",
+                    message="could not append the audit record; the database is unreachable",
+                )
 
 
 def _camel(value: str) -> str:
@@ -400,6 +486,7 @@ def _camel(value: str) -> str:
 
 
 # --- offboarding --------------------------------------------------------------------------------------------------
+
 
 def offboard(body: kopf.Body, memo: kopf.Memo, status: _Status | None = None) -> dict[str, Any] | None:
     """Final backup, then the deletion policy, then the namespace. Each step is safe to repeat."""
@@ -424,8 +511,11 @@ def offboard(body: kopf.Body, memo: kopf.Memo, status: _Status | None = None) ->
                     taken = databases.backup(placement, f"{name}-{body.metadata.uid}")
                     backup = {**taken.to_status(), "takenAt": now_rfc3339()}
                     _patch_status(kube, body, {"backup": backup})
-                    events.info(body, reason="BackupTaken", message=f"final backup at {backup['location']} "
-                                                                  f"(sha256 {backup['sha256']})")
+                    events.info(
+                        body,
+                        reason="BackupTaken",
+                        message=f"final backup at {backup['location']} (sha256 {backup['sha256']})",
+                    )
                 if policy != DeletionPolicy.RETAIN:
                     databases.remove(placement)
                     if previous:
@@ -458,8 +548,11 @@ def _delete_owned_namespace(kube: Kube, body: kopf.Body, namespace: str) -> None
         return
     try:
         preconditions = {"uid": existing["metadata"]["uid"]}
-        kube.request("DELETE", resource_path("v1", "namespaces", None, namespace),
-                     {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": preconditions})
+        kube.request(
+            "DELETE",
+            resource_path("v1", "namespaces", None, namespace),
+            {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": preconditions},
+        )
     except KubeError as exc:
         if exc.status not in (404, 409):  # gone already, or no longer the namespace we checked
             raise
@@ -478,5 +571,8 @@ def _patch_status(kube: Kube, body: kopf.Body, fields: dict[str, Any]) -> None:
 def delete_tenant(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     backup = offboard(body, memo)
     if backup is not None:
-        events.info(body, reason="Offboarded", message=f"tenant deleted; final backup {backup['location']} "
-                                                     f"sha256 {backup['sha256']}")
+        events.info(
+            body,
+            reason="Offboarded",
+            message=f"tenant deleted; final backup {backup['location']} sha256 {backup['sha256']}",
+        )

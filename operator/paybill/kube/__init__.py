@@ -21,13 +21,16 @@ from ..kubeclient import Kube
 from .rbac import bootstrap_policy
 from .server import EmulatedApiServer
 
-SYSTEM_NAMESPACES: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-                                           for name in ("default", "kube-system", "kube-public")]
+SYSTEM_NAMESPACES: list[dict[str, Any]] = [
+    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    for name in ("default", "kube-system", "kube-public")
+]
 
 
 @contextlib.asynccontextmanager
-async def serve(host: str = "127.0.0.1", port: int | None = None,
-                api: EmulatedApiServer | None = None) -> AsyncIterator[tuple[EmulatedApiServer, str]]:
+async def serve(
+    host: str = "127.0.0.1", port: int | None = None, api: EmulatedApiServer | None = None
+) -> AsyncIterator[tuple[EmulatedApiServer, str]]:
     """Run an emulated API server on loopback; yield it and its base URL."""
     api = api if api is not None else EmulatedApiServer()  # kmock handlers are falsy until they see requests
     api.load(bootstrap_policy())  # the default ClusterRoles and bindings a kube-apiserver creates at start
@@ -37,8 +40,9 @@ async def serve(host: str = "127.0.0.1", port: int | None = None,
 
 
 @contextlib.contextmanager
-def serve_in_thread(seed: list[dict[str, Any]] | None = None,
-                    api: EmulatedApiServer | None = None) -> Iterator[tuple[EmulatedApiServer, str]]:
+def serve_in_thread(
+    seed: list[dict[str, Any]] | None = None, api: EmulatedApiServer | None = None
+) -> Iterator[tuple[EmulatedApiServer, str]]:
     """Run an emulated API server on its own event loop in a thread, so blocking clients (the `kubernetes`
     package, kubectl, a kopf runner) can talk to it from this one."""
     ready = threading.Event()
@@ -83,14 +87,22 @@ def _tls_server(context: ssl.SSLContext) -> type[aiohttp.test_utils.RawTestServe
     return TlsServer
 
 
-def write_kubeconfig(path: Path, url: str, certificate_authority: bytes, token: str,
-                     context: str = "paybill-emulated", namespace: str = "default") -> Path:
+def write_kubeconfig(
+    path: Path,
+    url: str,
+    certificate_authority: bytes,
+    token: str,
+    context: str = "paybill-emulated",
+    namespace: str = "default",
+) -> Path:
     """A kubeconfig (mode 0600) for the emulated API server: HTTPS on loopback trusting its CA, a bearer token.
     The admin token (``api.access.tokens.admin_token``) acts as a member of system:masters, as a cluster's
     admin does; see :func:`write_admin_kubeconfig`."""
     ca_data = base64.b64encode(certificate_authority).decode()
     config = {
-        "apiVersion": "v1", "kind": "Config", "current-context": context,
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": context,
         "clusters": [{"name": context, "cluster": {"server": url, "certificate-authority-data": ca_data}}],
         "users": [{"name": context, "user": {"token": token}}],
         "contexts": [{"name": context, "context": {"cluster": context, "user": context, "namespace": namespace}}],
@@ -110,22 +122,35 @@ def write_admin_kubeconfig(path: Path, url: str, api: EmulatedApiServer) -> Path
 
 def service_account_token(kube: Kube, namespace: str, name: str, seconds: int = 86400) -> str:
     """A bound token for a ServiceAccount through the TokenRequest API (as `kubectl create token`)."""
-    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-               "spec": {"expirationSeconds": seconds}}
+    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": seconds}}
     answer = kube.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token", request)
     return str(answer["status"]["token"])
 
 
-def write_service_account_kubeconfig(admin_kubeconfig: Path, namespace: str, name: str, path: Path,
-                                     seconds: int = 86400) -> Path:
+def write_service_account_kubeconfig(
+    admin_kubeconfig: Path, namespace: str, name: str, path: Path, seconds: int = 86400
+) -> Path:
     """A kubeconfig acting as ServiceAccount ``namespace/name``, its token requested with ``admin_kubeconfig``."""
     kube = Kube(kubernetes.config.new_client_from_config(config_file=str(admin_kubeconfig)))
     admin = yaml.safe_load(admin_kubeconfig.read_text())
     cluster = admin["clusters"][0]["cluster"]
-    return write_kubeconfig(path, cluster["server"], base64.b64decode(cluster["certificate-authority-data"]),
-                            service_account_token(kube, namespace, name, seconds),
-                            context=f"{name}@paybill-emulated", namespace=namespace)
+    return write_kubeconfig(
+        path,
+        cluster["server"],
+        base64.b64decode(cluster["certificate-authority-data"]),
+        service_account_token(kube, namespace, name, seconds),
+        context=f"{name}@paybill-emulated",
+        namespace=namespace,
+    )
 
 
-__all__ = ["SYSTEM_NAMESPACES", "EmulatedApiServer", "serve", "serve_in_thread", "service_account_token",
-           "write_admin_kubeconfig", "write_kubeconfig", "write_service_account_kubeconfig"]
+__all__ = [
+    "SYSTEM_NAMESPACES",
+    "EmulatedApiServer",
+    "serve",
+    "serve_in_thread",
+    "service_account_token",
+    "write_admin_kubeconfig",
+    "write_kubeconfig",
+    "write_service_account_kubeconfig",
+]

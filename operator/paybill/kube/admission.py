@@ -51,16 +51,21 @@ def _rule_matches(rule: dict[str, Any], request: AdmissionRequest) -> bool:
     resource_ok = resource in resources or "*/*" in resources or (not request.subresource and "*" in resources)
     scope = rule.get("scope", "*")
     scope_ok = scope == "*" or (scope == "Namespaced") == request.rtype.namespaced
-    return (matches(rule.get("apiGroups"), request.rtype.group) and
-            matches(rule.get("apiVersions"), request.rtype.version) and
-            matches(rule.get("operations"), request.operation) and resource_ok and scope_ok)
+    return (
+        matches(rule.get("apiGroups"), request.rtype.group)
+        and matches(rule.get("apiVersions"), request.rtype.version)
+        and matches(rule.get("operations"), request.operation)
+        and resource_ok
+        and scope_ok
+    )
 
 
 def _webhook_applies(webhook: dict[str, Any], request: AdmissionRequest) -> bool:
     if not any(_rule_matches(rule, request) for rule in webhook.get("rules") or []):
         return False
-    if request.rtype.namespaced and not match_label_selector(webhook.get("namespaceSelector"),
-                                                             request.namespace_labels):
+    if request.rtype.namespaced and not match_label_selector(
+        webhook.get("namespaceSelector"), request.namespace_labels
+    ):
         return False
     target = request.obj or request.old or {}
     return match_label_selector(webhook.get("objectSelector"), target.get("metadata", {}).get("labels") or {})
@@ -69,8 +74,10 @@ def _webhook_applies(webhook: dict[str, Any], request: AdmissionRequest) -> bool
 def _loopback_url(client_config: dict[str, Any]) -> str:
     url = client_config.get("url")
     if not url:
-        raise ValueError("only clientConfig.url webhooks are supported by the emulated API server "
-                         "(there is no in-cluster service network)")
+        raise ValueError(
+            "only clientConfig.url webhooks are supported by the emulated API server "
+            "(there is no in-cluster service network)"
+        )
     host = urllib.parse.urlsplit(url).hostname or ""
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
@@ -86,12 +93,23 @@ def _review(request: AdmissionRequest, uid: str) -> dict[str, Any]:
     gvk = {"group": rtype.group, "version": rtype.version, "kind": rtype.kind}
     gvr = {"group": rtype.group, "version": rtype.version, "resource": rtype.plural}
     return {
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
         "request": {
-            "uid": uid, "kind": gvk, "resource": gvr, "requestKind": gvk, "requestResource": gvr,
-            "subResource": request.subresource, "name": request.name, "namespace": request.namespace,
-            "operation": request.operation, "userInfo": request.user.to_json(),
-            "object": request.obj, "oldObject": request.old, "dryRun": request.dry_run, "options": None,
+            "uid": uid,
+            "kind": gvk,
+            "resource": gvr,
+            "requestKind": gvk,
+            "requestResource": gvr,
+            "subResource": request.subresource,
+            "name": request.name,
+            "namespace": request.namespace,
+            "operation": request.operation,
+            "userInfo": request.user.to_json(),
+            "object": request.obj,
+            "oldObject": request.old,
+            "dryRun": request.dry_run,
+            "options": None,
         },
     }
 
@@ -122,8 +140,9 @@ class Admission:
             raise ValueError("webhook response uid does not match the request uid")
         return answer
 
-    async def review(self, configurations: list[dict[str, Any]], request: AdmissionRequest,
-                     mutating: bool) -> dict[str, Any] | None:
+    async def review(
+        self, configurations: list[dict[str, Any]], request: AdmissionRequest, mutating: bool
+    ) -> dict[str, Any] | None:
         """Call every matching webhook; return the (possibly mutated) object or raise AdmissionDenied."""
         obj = request.obj
         for configuration in configurations:
@@ -138,18 +157,24 @@ class Admission:
                     if webhook.get("failurePolicy", "Fail") == "Ignore":
                         logger.warning("webhook %s failed and is ignored (failurePolicy=Ignore): %s", name, exc)
                         continue
-                    raise AdmissionDenied(500, f'Internal error occurred: failed calling webhook "{name}": '
-                                               f"{exc}", "InternalError") from exc
+                    raise AdmissionDenied(
+                        500, f'Internal error occurred: failed calling webhook "{name}": {exc}', "InternalError"
+                    ) from exc
                 if not answer.get("allowed"):
                     status = answer.get("status") or {}
                     message = status.get("message") or "without explanation"
-                    raise AdmissionDenied(max(int(status.get("code") or 400), 400),
-                                          f'admission webhook "{name}" denied the request: {message}',
-                                          status.get("reason") or "BadRequest")
+                    raise AdmissionDenied(
+                        max(int(status.get("code") or 400), 400),
+                        f'admission webhook "{name}" denied the request: {message}',
+                        status.get("reason") or "BadRequest",
+                    )
                 if mutating and answer.get("patch") and obj is not None:
                     try:
                         obj = json_patch(obj, json.loads(base64.b64decode(answer["patch"])))
                     except (PatchError, ValueError) as exc:
-                        raise AdmissionDenied(500, f'Internal error occurred: webhook "{name}" returned an '
-                                                   f"invalid patch: {exc}", "InternalError") from exc
+                        raise AdmissionDenied(
+                            500,
+                            f'Internal error occurred: webhook "{name}" returned an invalid patch: {exc}',
+                            "InternalError",
+                        ) from exc
         return obj

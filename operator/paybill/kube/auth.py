@@ -56,8 +56,7 @@ def service_account_groups(namespace: str) -> tuple[str, ...]:
 
 
 def service_account_user(namespace: str, name: str, uid: str = "") -> UserInfo:
-    return UserInfo(service_account_username(namespace, name), uid,
-                    (*service_account_groups(namespace), AUTHENTICATED))
+    return UserInfo(service_account_username(namespace, name), uid, (*service_account_groups(namespace), AUTHENTICATED))
 
 
 def parse_service_account(username: str) -> tuple[str, str] | None:
@@ -142,13 +141,17 @@ class ImpersonationError(Exception):
         self.message = message
 
 
-def impersonation_checks(user: str | None, groups: list[str], uid: str | None,
-                         extra: dict[str, list[str]]) -> list[ImpersonationCheck]:
+def impersonation_checks(
+    user: str | None, groups: list[str], uid: str | None, extra: dict[str, list[str]]
+) -> list[ImpersonationCheck]:
     checks: list[ImpersonationCheck] = []
     if user is not None:
         account = parse_service_account(user)
-        checks.append(ImpersonationCheck("", "serviceaccounts", account[1], account[0]) if account
-                      else ImpersonationCheck("", "users", user))
+        checks.append(
+            ImpersonationCheck("", "serviceaccounts", account[1], account[0])
+            if account
+            else ImpersonationCheck("", "users", user)
+        )
     checks.extend(ImpersonationCheck("", "groups", group) for group in groups)
     if uid is not None:
         checks.append(ImpersonationCheck("authentication.k8s.io", "uids", uid))
@@ -176,7 +179,7 @@ def impersonate(headers: Any, authorized: Callable[[ImpersonationCheck], bool]) 
     extra: dict[str, list[str]] = {}
     for header, value in headers.items():
         if header.lower().startswith("impersonate-extra-"):
-            extra.setdefault(header[len("impersonate-extra-"):].lower(), []).append(value)
+            extra.setdefault(header[len("impersonate-extra-") :].lower(), []).append(value)
     if user is None and not groups and uid is None and not extra:
         return None
     if user is None:

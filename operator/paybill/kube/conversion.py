@@ -12,9 +12,15 @@ from typing import Any
 
 EVENTS_V1 = "events.k8s.io/v1"
 # core/v1 Event field -> events.k8s.io/v1 Event field (the others keep their names)
-EVENT_RENAMES = {"involvedObject": "regarding", "message": "note", "reportingComponent": "reportingController",
-                 "source": "deprecatedSource", "firstTimestamp": "deprecatedFirstTimestamp",
-                 "lastTimestamp": "deprecatedLastTimestamp", "count": "deprecatedCount"}
+EVENT_RENAMES = {
+    "involvedObject": "regarding",
+    "message": "note",
+    "reportingComponent": "reportingController",
+    "source": "deprecatedSource",
+    "firstTimestamp": "deprecatedFirstTimestamp",
+    "lastTimestamp": "deprecatedLastTimestamp",
+    "count": "deprecatedCount",
+}
 _EVENT_NAMES_BACK = {new: old for old, new in EVENT_RENAMES.items()}
 
 

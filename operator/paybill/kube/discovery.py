@@ -11,9 +11,17 @@ from . import openapi
 from .registry import Registry
 from .replies import Replies, status_error
 
-SERVER_VERSION = {"major": "1", "minor": "31", "gitVersion": "v1.31.0-paybill-emulated", "gitCommit": "emulated",
-                  "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.22",
-                  "compiler": "gc", "platform": "linux/amd64"}
+SERVER_VERSION = {
+    "major": "1",
+    "minor": "31",
+    "gitVersion": "v1.31.0-paybill-emulated",
+    "gitCommit": "emulated",
+    "gitTreeState": "clean",
+    "buildDate": "2026-01-01T00:00:00Z",
+    "goVersion": "go1.22",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
 
 
 class Discovery(Replies):
@@ -33,20 +41,31 @@ class Discovery(Replies):
         if not versions:
             raise status_error(404, "NotFound", "the server could not find the requested resource")
         listed = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
-        return {"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": listed,
-                "preferredVersion": listed[0]}
+        return {
+            "kind": "APIGroup",
+            "apiVersion": "v1",
+            "name": group,
+            "versions": listed,
+            "preferredVersion": listed[0],
+        }
 
     def _api_groups(self) -> dict[str, Any]:
-        return {"kind": "APIGroupList", "apiVersion": "v1",
-                "groups": [self._group(group) for group in self.registry.groups()]}
+        return {
+            "kind": "APIGroupList",
+            "apiVersion": "v1",
+            "groups": [self._group(group) for group in self.registry.groups()],
+        }
 
     def _resource_list(self, group: str, version: str) -> dict[str, Any]:
         rtypes = self.registry.in_version(group, version)
         if not rtypes:
             raise status_error(404, "NotFound", "the server could not find the requested resource")
-        return {"kind": "APIResourceList", "apiVersion": "v1",
-                "groupVersion": f"{group}/{version}" if group else version,
-                "resources": [entry for rtype in rtypes for entry in rtype.discovery()]}
+        return {
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": f"{group}/{version}" if group else version,
+            "resources": [entry for rtype in rtypes for entry in rtype.discovery()],
+        }
 
     def _openapi_v2(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         accept = request.headers.get("Accept", "")

@@ -13,8 +13,10 @@ from typing import Any
 from .conversion import EVENTS_V1, core_event
 from .schema import FieldError
 
-QUALIFIED_NAME = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-                            r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+QUALIFIED_NAME = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
 LIMITS = {"reportingInstance": 128, "action": 128, "reason": 128, "message": 1024}  # message: the note limit
 
 
@@ -42,9 +44,15 @@ def _reporting_errors(event: dict[str, Any], controller_field: str) -> list[Fiel
     if not controller:
         errors.append(_required(controller_field))
     elif not QUALIFIED_NAME.match(controller):
-        errors.append(_invalid(controller_field, controller, "name part must consist of alphanumeric characters, "
-                                                              "'-', '_' or '.', and must start and end with an "
-                                                              "alphanumeric character"))
+        errors.append(
+            _invalid(
+                controller_field,
+                controller,
+                "name part must consist of alphanumeric characters, "
+                "'-', '_' or '.', and must start and end with an "
+                "alphanumeric character",
+            )
+        )
     for name, limit in LIMITS.items():
         value = str(event.get(name) or "")
         if not value and name != "message":
@@ -59,8 +67,12 @@ def _strict_errors(event: dict[str, Any]) -> list[FieldError]:
     errors = [] if event.get("eventTime") else [_required("eventTime")]
     if event.get("type") not in ("Normal", "Warning"):
         errors.append(_invalid("type", "", f"has invalid value: {event.get('type') or ''}"))
-    deprecated = {"firstTimestamp": "deprecatedFirstTimestamp", "lastTimestamp": "deprecatedLastTimestamp",
-                  "count": "deprecatedCount", "source": "deprecatedSource"}
+    deprecated = {
+        "firstTimestamp": "deprecatedFirstTimestamp",
+        "lastTimestamp": "deprecatedLastTimestamp",
+        "count": "deprecatedCount",
+        "source": "deprecatedSource",
+    }
     errors += [_invalid(path, "", "needs to be unset") for name, path in deprecated.items() if event.get(name)]
     return errors
 

@@ -22,8 +22,11 @@ class Finalizers(Replies):
             return current
         if rtype.key == NAMESPACE_KEY or current["metadata"].get("finalizers"):
             obj = copy.deepcopy(current)
-            obj["metadata"].update(deletionTimestamp=now(), deletionGracePeriodSeconds=0,
-                                   generation=int(obj["metadata"].get("generation", 1)) + 1)
+            obj["metadata"].update(
+                deletionTimestamp=now(),
+                deletionGracePeriodSeconds=0,
+                generation=int(obj["metadata"].get("generation", 1)) + 1,
+            )
             if rtype.key == NAMESPACE_KEY:
                 obj["status"] = {"phase": "Terminating"}
             self._commit(rtype, obj, "MODIFIED")

@@ -15,12 +15,21 @@ _META_SCHEMA = {
     "properties": {
         "name": {"type": "string", "description": "Name must be unique within a namespace."},
         "namespace": {"type": "string", "description": "Namespace the object lives in."},
-        "labels": {"type": "object", "additionalProperties": {"type": "string"},
-                   "description": "Map of string keys and values to organize and select objects."},
-        "annotations": {"type": "object", "additionalProperties": {"type": "string"},
-                        "description": "Unstructured key-value data stored with the object."},
-        "finalizers": {"type": "array", "items": {"type": "string"},
-                       "description": "Must be empty before the object is deleted from the registry."},
+        "labels": {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+            "description": "Map of string keys and values to organize and select objects.",
+        },
+        "annotations": {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+            "description": "Unstructured key-value data stored with the object.",
+        },
+        "finalizers": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Must be empty before the object is deleted from the registry.",
+        },
         "uid": {"type": "string", "description": "Unique in time and space; set by the server."},
         "resourceVersion": {"type": "string", "description": "Opaque version for optimistic concurrency."},
         "generation": {"type": "integer", "description": "Sequence number of the desired state."},
@@ -40,11 +49,16 @@ def _gvk(rtype: ResourceType) -> dict[str, str]:
 
 
 def _schema(rtype: ResourceType, ref_prefix: str) -> dict[str, Any]:
-    base = rtype.schema or {"type": "object", "description": rtype.description,
-                            "x-kubernetes-preserve-unknown-fields": True}
+    base = rtype.schema or {
+        "type": "object",
+        "description": rtype.description,
+        "x-kubernetes-preserve-unknown-fields": True,
+    }
     schema = json.loads(json.dumps(base))
-    schema.setdefault("properties", {})["metadata"] = {"$ref": f"{ref_prefix}{OBJECT_META}",
-                                                       "description": "Standard object metadata."}
+    schema.setdefault("properties", {})["metadata"] = {
+        "$ref": f"{ref_prefix}{OBJECT_META}",
+        "description": "Standard object metadata.",
+    }
     schema["x-kubernetes-group-version-kind"] = [_gvk(rtype)]
     return schema
 
@@ -53,9 +67,12 @@ def _paths(rtype: ResourceType, v3: bool) -> dict[str, Any]:
     prefix = f"/apis/{rtype.group}/{rtype.version}" if rtype.group else f"/api/{rtype.version}"
     scope = f"{prefix}/namespaces/{{namespace}}" if rtype.namespaced else prefix
     extension = {"x-kubernetes-group-version-kind": _gvk(rtype)}
-    field_validation = {"name": "fieldValidation", "in": "query", "schema" if v3 else "type":
-                        {"type": "string"} if v3 else "string",
-                        "description": "Ignore, Warn or Strict handling of unknown fields."}
+    field_validation = {
+        "name": "fieldValidation",
+        "in": "query",
+        "schema" if v3 else "type": {"type": "string"} if v3 else "string",
+        "description": "Ignore, Warn or Strict handling of unknown fields.",
+    }
     item = {
         "get": {"operationId": f"read{rtype.kind}", **extension},
         "put": {"operationId": f"replace{rtype.kind}", "parameters": [field_validation], **extension},
@@ -78,8 +95,12 @@ def v3_document(rtypes: list[ResourceType]) -> dict[str, Any]:
     for rtype in rtypes:
         schemas[_definition_name(rtype)] = _schema(rtype, "#/components/schemas/")
         paths.update(_paths(rtype, v3=True))
-    return {"openapi": "3.0.0", "info": {"title": "Kubernetes (Paybill emulated)", "version": "v1.31.0"},
-            "paths": paths, "components": {"schemas": schemas}}
+    return {
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes (Paybill emulated)", "version": "v1.31.0"},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
 
 
 def v3_root(groups: dict[str, list[str]]) -> dict[str, Any]:
@@ -96,8 +117,12 @@ def v2_document(rtypes: list[ResourceType]) -> dict[str, Any]:
     for rtype in rtypes:
         definitions[_definition_name(rtype)] = _schema(rtype, "#/definitions/")
         paths.update(_paths(rtype, v3=False))
-    return {"swagger": "2.0", "info": {"title": "Kubernetes (Paybill emulated)", "version": "v1.31.0"},
-            "paths": paths, "definitions": definitions}
+    return {
+        "swagger": "2.0",
+        "info": {"title": "Kubernetes (Paybill emulated)", "version": "v1.31.0"},
+        "paths": paths,
+        "definitions": definitions,
+    }
 
 
 def etag(document: dict[str, Any]) -> str:

@@ -15,24 +15,38 @@ MAGIC = b"k8s\x00"
 
 # field number -> (JSON name, message schema | "string" | "int" | "bytes", repeated)
 Schema = dict[int, tuple[str, Any, bool]]
-RESOURCE_ATTRIBUTES: Schema = {1: ("namespace", "string", False), 2: ("verb", "string", False),
-                               3: ("group", "string", False), 4: ("version", "string", False),
-                               5: ("resource", "string", False), 6: ("subresource", "string", False),
-                               7: ("name", "string", False)}
+RESOURCE_ATTRIBUTES: Schema = {
+    1: ("namespace", "string", False),
+    2: ("verb", "string", False),
+    3: ("group", "string", False),
+    4: ("version", "string", False),
+    5: ("resource", "string", False),
+    6: ("subresource", "string", False),
+    7: ("name", "string", False),
+}
 NON_RESOURCE_ATTRIBUTES: Schema = {1: ("path", "string", False), 2: ("verb", "string", False)}
 EXTRA_ENTRY: Schema = {1: ("key", "string", False), 2: ("value", {1: ("items", "string", True)}, False)}
-ACCESS_REVIEW_SPEC: Schema = {1: ("resourceAttributes", RESOURCE_ATTRIBUTES, False),
-                              2: ("nonResourceAttributes", NON_RESOURCE_ATTRIBUTES, False),
-                              3: ("user", "string", False), 4: ("groups", "string", True),
-                              5: ("extra", EXTRA_ENTRY, True), 6: ("uid", "string", False)}
+ACCESS_REVIEW_SPEC: Schema = {
+    1: ("resourceAttributes", RESOURCE_ATTRIBUTES, False),
+    2: ("nonResourceAttributes", NON_RESOURCE_ATTRIBUTES, False),
+    3: ("user", "string", False),
+    4: ("groups", "string", True),
+    5: ("extra", EXTRA_ENTRY, True),
+    6: ("uid", "string", False),
+}
 SPECS: dict[str, Schema] = {
-    "SelfSubjectAccessReview": ACCESS_REVIEW_SPEC, "SubjectAccessReview": ACCESS_REVIEW_SPEC,
-    "LocalSubjectAccessReview": ACCESS_REVIEW_SPEC, "SelfSubjectRulesReview": {1: ("namespace", "string", False)},
-    "SelfSubjectReview": {}, "TokenReview": {1: ("token", "string", False), 2: ("audiences", "string", True)},
+    "SelfSubjectAccessReview": ACCESS_REVIEW_SPEC,
+    "SubjectAccessReview": ACCESS_REVIEW_SPEC,
+    "LocalSubjectAccessReview": ACCESS_REVIEW_SPEC,
+    "SelfSubjectRulesReview": {1: ("namespace", "string", False)},
+    "SelfSubjectReview": {},
+    "TokenReview": {1: ("token", "string", False), 2: ("audiences", "string", True)},
     "TokenRequest": {1: ("audiences", "string", True), 4: ("expirationSeconds", "int", False)},
 }
-UNKNOWN: Schema = {1: ("typeMeta", {1: ("apiVersion", "string", False), 2: ("kind", "string", False)}, False),
-                   2: ("raw", "bytes", False)}
+UNKNOWN: Schema = {
+    1: ("typeMeta", {1: ("apiVersion", "string", False), 2: ("kind", "string", False)}, False),
+    2: ("raw", "bytes", False),
+}
 
 
 class ProtobufError(ValueError):
@@ -65,7 +79,7 @@ def _fields(data: bytes) -> list[tuple[int, int | bytes]]:
             length, at = _varint(data, at)
             if at + length > len(data):
                 raise ProtobufError("truncated field")
-            fields.append((number, data[at:at + length]))
+            fields.append((number, data[at : at + length]))
             at += length
         elif wire in (1, 5):
             at += 8 if wire == 1 else 4
@@ -101,7 +115,7 @@ def review_from_protobuf(body: bytes) -> dict[str, Any]:
     """The JSON form of a review or TokenRequest sent as protobuf (ProtobufError if it is not one)."""
     if not body.startswith(MAGIC):
         raise ProtobufError("not a Kubernetes protobuf message")
-    envelope = _decode(body[len(MAGIC):], UNKNOWN)
+    envelope = _decode(body[len(MAGIC) :], UNKNOWN)
     type_meta = envelope.get("typeMeta") or {}
     kind = type_meta.get("kind", "")
     if kind not in SPECS:

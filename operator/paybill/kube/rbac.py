@@ -76,8 +76,18 @@ def request_attributes(user: UserInfo, method: str, path: str, query: dict[str, 
         verb = "watch" if watching else ("get" if name else "list")
     elif method == "DELETE":
         verb = "delete" if name else "deletecollection"
-    return Attributes(user, verb, True, path="/" + "/".join(parts), api_group=group, api_version=version,
-                      namespace=namespace, resource=resource, subresource=subresource, name=name)
+    return Attributes(
+        user,
+        verb,
+        True,
+        path="/" + "/".join(parts),
+        api_group=group,
+        api_version=version,
+        namespace=namespace,
+        resource=resource,
+        subresource=subresource,
+        name=name,
+    )
 
 
 # --- rule matching (rbac/v1 helpers) ----------------------------------------------------------------------------
@@ -110,9 +120,11 @@ def rule_allows(rule: Rule, attributes: Attributes) -> bool:
     if not attributes.resource_request:
         return _non_resource_url_matches(rule, attributes.path)
     names = rule.get("resourceNames") or []
-    return (_has(rule.get("apiGroups"), attributes.api_group)
-            and _resource_matches(rule, attributes.combined_resource, attributes.subresource)
-            and (not names or attributes.name in names))
+    return (
+        _has(rule.get("apiGroups"), attributes.api_group)
+        and _resource_matches(rule, attributes.combined_resource, attributes.subresource)
+        and (not names or attributes.name in names)
+    )
 
 
 # --- resolving the rules that apply to a user --------------------------------------------------------------------
@@ -191,14 +203,21 @@ def _bindings(store: Store, user: UserInfo, namespace: str) -> Iterator[tuple[di
     for key, in_namespace, kind in sources:
         for binding in sorted(store.list(key, in_namespace), key=lambda o: o["metadata"]["name"]):
             binding_namespace = in_namespace or ""
-            subject = next((s for s in binding.get("subjects") or []
-                            if _subject_applies(user, s, binding_namespace)), None)
+            subject = next(
+                (s for s in binding.get("subjects") or [] if _subject_applies(user, s, binding_namespace)), None
+            )
             if subject is None:
                 continue
             name = binding["metadata"]["name"] + (f"/{binding_namespace}" if binding_namespace else "")
             ref = binding.get("roleRef") or {}
-            yield binding, binding_namespace, (f'{kind} "{name}" of {ref.get("kind")} "{ref.get("name")}" to '
-                                               f"{_describe_subject(subject, binding_namespace)}")
+            yield (
+                binding,
+                binding_namespace,
+                (
+                    f'{kind} "{name}" of {ref.get("kind")} "{ref.get("name")}" to '
+                    f"{_describe_subject(subject, binding_namespace)}"
+                ),
+            )
 
 
 def _visit(store: Store, user: UserInfo, namespace: str, errors: list[str]) -> Iterator[Grant]:
@@ -248,9 +267,11 @@ def forbidden_message(attributes: Attributes, reason: str = "") -> str:
         message = f'forbidden: User "{user}" cannot {attributes.verb} path "{attributes.path}"'
     else:
         resource = attributes.combined_resource
-        scope = (f'in the namespace "{attributes.namespace}"' if attributes.namespace else "at the cluster scope")
-        detail = (f'User "{user}" cannot {attributes.verb} resource "{resource}" in API group '
-                  f'"{attributes.api_group}" {scope}')
+        scope = f'in the namespace "{attributes.namespace}"' if attributes.namespace else "at the cluster scope"
+        detail = (
+            f'User "{user}" cannot {attributes.verb} resource "{resource}" in API group '
+            f'"{attributes.api_group}" {scope}'
+        )
         qualified = f"{attributes.resource}.{attributes.api_group}" if attributes.api_group else attributes.resource
         named = f'{qualified} "{attributes.name}"' if attributes.name else qualified
         message = f"{named} is forbidden: {detail}"
@@ -268,8 +289,10 @@ def _breakdown(rule: Rule) -> list[Rule]:
             for verb in rule.get("verbs") or []:
                 names = rule.get("resourceNames") or []
                 if names:
-                    simple.extend({"apiGroups": [group], "resources": [resource], "verbs": [verb],
-                                   "resourceNames": [name]} for name in names)
+                    simple.extend(
+                        {"apiGroups": [group], "resources": [resource], "verbs": [verb], "resourceNames": [name]}
+                        for name in names
+                    )
                 else:
                     simple.append({"apiGroups": [group], "resources": [resource], "verbs": [verb]})
     for url in rule.get("nonResourceURLs") or []:
@@ -291,8 +314,10 @@ def _resources_cover(owner: list[str], requested: list[str]) -> bool:
 
 
 def _urls_cover(owner: list[str], requested: list[str]) -> bool:
-    return all(any(o == url or o == "*" or (o.endswith("*") and url.startswith(o.rstrip("*"))) for o in owner)
-               for url in requested)
+    return all(
+        any(o == url or o == "*" or (o.endswith("*") and url.startswith(o.rstrip("*"))) for o in owner)
+        for url in requested
+    )
 
 
 def _rule_covers(owner: Rule, rule: Rule) -> bool:
@@ -302,22 +327,38 @@ def _rule_covers(owner: Rule, rule: Rule) -> bool:
 
     owner_names, names = owner.get("resourceNames") or [], rule.get("resourceNames") or []
     names_ok = not owner_names or (bool(names) and set(names) <= set(owner_names))
-    return (all_in("verbs") and all_in("apiGroups") and _resources_cover(owner.get("resources") or [],
-                                                                         rule.get("resources") or [])
-            and _urls_cover(owner.get("nonResourceURLs") or [], rule.get("nonResourceURLs") or []) and names_ok)
+    return (
+        all_in("verbs")
+        and all_in("apiGroups")
+        and _resources_cover(owner.get("resources") or [], rule.get("resources") or [])
+        and _urls_cover(owner.get("nonResourceURLs") or [], rule.get("nonResourceURLs") or [])
+        and names_ok
+    )
 
 
 def uncovered(owner_rules: list[Rule], rules: list[Rule]) -> list[Rule]:
     """The simple rules of ``rules`` that no owner rule covers."""
-    return [simple for rule in rules for simple in _breakdown(rule)
-            if not any(_rule_covers(owner, simple) for owner in owner_rules)]
+    return [
+        simple
+        for rule in rules
+        for simple in _breakdown(rule)
+        if not any(_rule_covers(owner, simple) for owner in owner_rules)
+    ]
 
 
 def compact_string(rule: Rule) -> str:
     """rbacv1helpers.CompactString."""
-    parts = [f"{label}:{_go_quoted(rule[key])}" for label, key in (
-        ("APIGroups", "apiGroups"), ("Resources", "resources"), ("NonResourceURLs", "nonResourceURLs"),
-        ("ResourceNames", "resourceNames"), ("Verbs", "verbs")) if rule.get(key)]
+    parts = [
+        f"{label}:{_go_quoted(rule[key])}"
+        for label, key in (
+            ("APIGroups", "apiGroups"),
+            ("Resources", "resources"),
+            ("NonResourceURLs", "nonResourceURLs"),
+            ("ResourceNames", "resourceNames"),
+            ("Verbs", "verbs"),
+        )
+        if rule.get(key)
+    ]
     return "{" + ", ".join(parts) + "}"
 
 
@@ -335,8 +376,10 @@ def _compact(missing: list[Rule]) -> list[Rule]:
 
 def escalation_error(user: UserInfo, missing: list[Rule], errors: list[str]) -> str:
     lines = sorted({compact_string(rule) for rule in _compact(missing)})
-    message = (f"user \"{user.username}\" (groups={_go_quoted(user.groups)}) is attempting to grant RBAC "
-               "permissions not currently held:\n" + "\n".join(lines))
+    message = (
+        f'user "{user.username}" (groups={_go_quoted(user.groups)}) is attempting to grant RBAC '
+        "permissions not currently held:\n" + "\n".join(lines)
+    )
     if errors:
         message += f"; resolution errors: [{', '.join(errors)}]"
     return message
@@ -345,28 +388,53 @@ def escalation_error(user: UserInfo, missing: list[Rule], errors: list[str]) -> 
 # --- the default policy a real cluster bootstraps -----------------------------------------------------------------
 
 
-def _cluster_role(name: str, rules: list[Rule], labels: dict[str, str] | None = None,
-                  aggregate_from: str | None = None) -> dict[str, Any]:
-    role: dict[str, Any] = {"apiVersion": f"{GROUP}/v1", "kind": "ClusterRole", "metadata": {
-        "name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults", **(labels or {})},
-        "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"}}, "rules": rules}
+def _cluster_role(
+    name: str, rules: list[Rule], labels: dict[str, str] | None = None, aggregate_from: str | None = None
+) -> dict[str, Any]:
+    role: dict[str, Any] = {
+        "apiVersion": f"{GROUP}/v1",
+        "kind": "ClusterRole",
+        "metadata": {
+            "name": name,
+            "labels": {"kubernetes.io/bootstrapping": "rbac-defaults", **(labels or {})},
+            "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"},
+        },
+        "rules": rules,
+    }
     if aggregate_from:
         role["aggregationRule"] = {"clusterRoleSelectors": [{"matchLabels": {aggregate_from: "true"}}]}
     return role
 
 
 def _cluster_binding(name: str, role: str, groups: list[str]) -> dict[str, Any]:
-    return {"apiVersion": f"{GROUP}/v1", "kind": "ClusterRoleBinding", "metadata": {
-        "name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"},
-        "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"}},
+    return {
+        "apiVersion": f"{GROUP}/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {
+            "name": name,
+            "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"},
+            "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"},
+        },
         "roleRef": {"apiGroup": GROUP, "kind": "ClusterRole", "name": role},
-        "subjects": [{"apiGroup": GROUP, "kind": "Group", "name": group} for group in groups]}
+        "subjects": [{"apiGroup": GROUP, "kind": "Group", "name": group} for group in groups],
+    }
 
 
 READ = ["get", "list", "watch"]
 WRITE = ["create", "delete", "deletecollection", "patch", "update"]
-DISCOVERY_URLS = ["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi", "/openapi/*", "/readyz",
-                  "/version", "/version/"]
+DISCOVERY_URLS = [
+    "/api",
+    "/api/*",
+    "/apis",
+    "/apis/*",
+    "/healthz",
+    "/livez",
+    "/openapi",
+    "/openapi/*",
+    "/readyz",
+    "/version",
+    "/version/",
+]
 
 
 def bootstrap_policy() -> list[dict[str, Any]]:
@@ -375,10 +443,24 @@ def bootstrap_policy() -> list[dict[str, Any]]:
     aggregated admin/edit/view user-facing roles."""
     namespaced_core = ["configmaps", "secrets", "serviceaccounts", "services", "pods", "events"]
     view_rules = [
-        {"apiGroups": [""], "resources": ["configmaps", "serviceaccounts", "services", "pods", "events",
-                                          "resourcequotas", "limitranges", "namespaces", "pods/status",
-                                          "services/status", "resourcequotas/status", "namespaces/status"],
-         "verbs": READ},
+        {
+            "apiGroups": [""],
+            "resources": [
+                "configmaps",
+                "serviceaccounts",
+                "services",
+                "pods",
+                "events",
+                "resourcequotas",
+                "limitranges",
+                "namespaces",
+                "pods/status",
+                "services/status",
+                "resourcequotas/status",
+                "namespaces/status",
+            ],
+            "verbs": READ,
+        },
         {"apiGroups": ["apps"], "resources": ["deployments", "deployments/status"], "verbs": READ},
         {"apiGroups": ["batch"], "resources": ["jobs", "jobs/status"], "verbs": READ},
         {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": READ},
@@ -395,26 +477,46 @@ def bootstrap_policy() -> list[dict[str, Any]]:
         {"apiGroups": ["authorization.k8s.io"], "resources": ["localsubjectaccessreviews"], "verbs": ["create"]},
     ]
     return [
-        _cluster_role("cluster-admin", [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]},
-                                        {"nonResourceURLs": ["*"], "verbs": ["*"]}]),
+        _cluster_role(
+            "cluster-admin",
+            [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}, {"nonResourceURLs": ["*"], "verbs": ["*"]}],
+        ),
         _cluster_role("system:discovery", [{"nonResourceURLs": DISCOVERY_URLS, "verbs": ["get"]}]),
-        _cluster_role("system:public-info-viewer", [
-            {"nonResourceURLs": ["/healthz", "/livez", "/readyz", "/version", "/version/"], "verbs": ["get"]}]),
-        _cluster_role("system:basic-user", [
-            {"apiGroups": ["authentication.k8s.io"], "resources": ["selfsubjectreviews"], "verbs": ["create"]},
-            {"apiGroups": ["authorization.k8s.io"], "resources": ["selfsubjectaccessreviews",
-                                                                  "selfsubjectrulesreviews"], "verbs": ["create"]}]),
+        _cluster_role(
+            "system:public-info-viewer",
+            [{"nonResourceURLs": ["/healthz", "/livez", "/readyz", "/version", "/version/"], "verbs": ["get"]}],
+        ),
+        _cluster_role(
+            "system:basic-user",
+            [
+                {"apiGroups": ["authentication.k8s.io"], "resources": ["selfsubjectreviews"], "verbs": ["create"]},
+                {
+                    "apiGroups": ["authorization.k8s.io"],
+                    "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
+                    "verbs": ["create"],
+                },
+            ],
+        ),
         _cluster_role("admin", [], aggregate_from="rbac.authorization.k8s.io/aggregate-to-admin"),
-        _cluster_role("edit", [], {"rbac.authorization.k8s.io/aggregate-to-admin": "true"},
-                      aggregate_from="rbac.authorization.k8s.io/aggregate-to-edit"),
-        _cluster_role("view", [], {"rbac.authorization.k8s.io/aggregate-to-edit": "true"},
-                      aggregate_from="rbac.authorization.k8s.io/aggregate-to-view"),
+        _cluster_role(
+            "edit",
+            [],
+            {"rbac.authorization.k8s.io/aggregate-to-admin": "true"},
+            aggregate_from="rbac.authorization.k8s.io/aggregate-to-edit",
+        ),
+        _cluster_role(
+            "view",
+            [],
+            {"rbac.authorization.k8s.io/aggregate-to-edit": "true"},
+            aggregate_from="rbac.authorization.k8s.io/aggregate-to-view",
+        ),
         _cluster_role("system:aggregate-to-admin", admin_rules, {f"{GROUP}/aggregate-to-admin": "true"}),
         _cluster_role("system:aggregate-to-edit", edit_rules, {f"{GROUP}/aggregate-to-edit": "true"}),
         _cluster_role("system:aggregate-to-view", view_rules, {f"{GROUP}/aggregate-to-view": "true"}),
         _cluster_binding("cluster-admin", "cluster-admin", [PRIVILEGED_GROUP]),
         _cluster_binding("system:discovery", "system:discovery", ["system:authenticated"]),
         _cluster_binding("system:basic-user", "system:basic-user", ["system:authenticated"]),
-        _cluster_binding("system:public-info-viewer", "system:public-info-viewer",
-                         ["system:authenticated", "system:unauthenticated"]),
+        _cluster_binding(
+            "system:public-info-viewer", "system:public-info-viewer", ["system:authenticated", "system:unauthenticated"]
+        ),
     ]

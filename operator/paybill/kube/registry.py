@@ -40,8 +40,11 @@ class ResourceType:
 
     def discovery(self) -> list[dict[str, Any]]:
         entry = {
-            "name": self.plural, "singularName": self.singular or self.kind.lower(), "kind": self.kind,
-            "namespaced": self.namespaced, "verbs": list(self.verbs),
+            "name": self.plural,
+            "singularName": self.singular or self.kind.lower(),
+            "kind": self.kind,
+            "namespaced": self.namespaced,
+            "verbs": list(self.verbs),
         }
         if self.short_names:
             entry["shortNames"] = list(self.short_names)
@@ -49,15 +52,42 @@ class ResourceType:
             entry["categories"] = list(self.categories)
         entries = [entry]
         if self.status_subresource:
-            entries.append({"name": f"{self.plural}/status", "singularName": "", "kind": self.kind,
-                            "namespaced": self.namespaced, "verbs": ["get", "patch", "update"]})
+            entries.append(
+                {
+                    "name": f"{self.plural}/status",
+                    "singularName": "",
+                    "kind": self.kind,
+                    "namespaced": self.namespaced,
+                    "verbs": ["get", "patch", "update"],
+                }
+            )
         return entries
 
 
-def _builtin(group: str, version: str, plural: str, kind: str, namespaced: bool, *, short: tuple[str, ...] = (),
-             status: bool = False, description: str = "", verbs: tuple[str, ...] = ALL_VERBS) -> ResourceType:
-    return ResourceType(group, version, plural, kind, namespaced, singular=kind.lower(), short_names=short,
-                        status_subresource=status, description=description, verbs=verbs)
+def _builtin(
+    group: str,
+    version: str,
+    plural: str,
+    kind: str,
+    namespaced: bool,
+    *,
+    short: tuple[str, ...] = (),
+    status: bool = False,
+    description: str = "",
+    verbs: tuple[str, ...] = ALL_VERBS,
+) -> ResourceType:
+    return ResourceType(
+        group,
+        version,
+        plural,
+        kind,
+        namespaced,
+        singular=kind.lower(),
+        short_names=short,
+        status_subresource=status,
+        description=description,
+        verbs=verbs,
+    )
 
 
 def _review(group: str, plural: str, kind: str, namespaced: bool = False) -> ResourceType:
@@ -66,8 +96,16 @@ def _review(group: str, plural: str, kind: str, namespaced: bool = False) -> Res
 
 
 BUILTINS: tuple[ResourceType, ...] = (
-    _builtin("", "v1", "namespaces", "Namespace", False, short=("ns",), status=True,
-             description="Namespace provides a scope for names."),
+    _builtin(
+        "",
+        "v1",
+        "namespaces",
+        "Namespace",
+        False,
+        short=("ns",),
+        status=True,
+        description="Namespace provides a scope for names.",
+    ),
     _builtin("", "v1", "secrets", "Secret", True, description="Secret holds secret data of a certain type."),
     _builtin("", "v1", "configmaps", "ConfigMap", True, short=("cm",), description="ConfigMap holds configuration."),
     _builtin("", "v1", "serviceaccounts", "ServiceAccount", True, short=("sa",)),
@@ -85,12 +123,21 @@ BUILTINS: tuple[ResourceType, ...] = (
     _builtin("batch", "v1", "jobs", "Job", True, status=True),
     _builtin("apps", "v1", "deployments", "Deployment", True, short=("deploy",), status=True),
     _builtin("coordination.k8s.io", "v1", "leases", "Lease", True),
-    _builtin("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False,
-             short=("crd", "crds"), status=True),
-    _builtin("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations",
-             "ValidatingWebhookConfiguration", False),
-    _builtin("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations",
-             "MutatingWebhookConfiguration", False),
+    _builtin(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        False,
+        short=("crd", "crds"),
+        status=True,
+    ),
+    _builtin(
+        "admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations", "ValidatingWebhookConfiguration", False
+    ),
+    _builtin(
+        "admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations", "MutatingWebhookConfiguration", False
+    ),
     _review("authorization.k8s.io", "selfsubjectaccessreviews", "SelfSubjectAccessReview"),
     _review("authorization.k8s.io", "selfsubjectrulesreviews", "SelfSubjectRulesReview"),
     _review("authorization.k8s.io", "subjectaccessreviews", "SubjectAccessReview"),
@@ -108,18 +155,28 @@ def from_crd(crd: dict[str, Any]) -> list[ResourceType]:
     for version in spec.get("versions", []):
         if not version.get("served", True):
             continue
-        schema = (version.get("schema") or {}).get("openAPIV3Schema") or {"type": "object",
-                                                                         "x-kubernetes-preserve-unknown-fields": True}
-        served.append(ResourceType(
-            group=spec["group"], version=version["name"], plural=names["plural"], kind=names["kind"],
-            namespaced=spec.get("scope", "Namespaced") == "Namespaced",
-            singular=names.get("singular", names["kind"].lower()),
-            short_names=tuple(names.get("shortNames", ())), categories=tuple(names.get("categories", ())),
-            status_subresource="status" in (version.get("subresources") or {}),
-            schema=schema, printer_columns=tuple(version.get("additionalPrinterColumns", ())),
-            description=schema.get("description", ""), custom=True,
-            selectable_fields=tuple(f["jsonPath"].lstrip(".") for f in version.get("selectableFields", ())),
-        ))
+        schema = (version.get("schema") or {}).get("openAPIV3Schema") or {
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": True,
+        }
+        served.append(
+            ResourceType(
+                group=spec["group"],
+                version=version["name"],
+                plural=names["plural"],
+                kind=names["kind"],
+                namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+                singular=names.get("singular", names["kind"].lower()),
+                short_names=tuple(names.get("shortNames", ())),
+                categories=tuple(names.get("categories", ())),
+                status_subresource="status" in (version.get("subresources") or {}),
+                schema=schema,
+                printer_columns=tuple(version.get("additionalPrinterColumns", ())),
+                description=schema.get("description", ""),
+                custom=True,
+                selectable_fields=tuple(f["jsonPath"].lstrip(".") for f in version.get("selectableFields", ())),
+            )
+        )
     return served
 
 

@@ -29,8 +29,12 @@ def status_error(code: int, reason: str, message: str, details: dict[str, Any] |
 
 
 def not_found(rtype: ResourceType, name: str) -> ApiError:
-    return status_error(404, "NotFound", f'{qualified(rtype)} "{name}" not found',
-                        {"name": name, "group": rtype.group, "kind": rtype.plural})
+    return status_error(
+        404,
+        "NotFound",
+        f'{qualified(rtype)} "{name}" not found',
+        {"name": name, "group": rtype.group, "kind": rtype.plural},
+    )
 
 
 def qualified(rtype: ResourceType) -> str:
@@ -40,9 +44,12 @@ def qualified(rtype: ResourceType) -> str:
 def invalid(rtype: ResourceType, name: str, errors: list[FieldError]) -> ApiError:
     kind = f"{rtype.kind}.{rtype.group}" if rtype.group else rtype.kind
     summary = errors[0] if len(errors) == 1 else "[" + ", ".join(str(e) for e in errors) + "]"
-    return status_error(422, "Invalid", f'{kind} "{name}" is invalid: {summary}',
-                        {"name": name, "group": rtype.group, "kind": rtype.kind,
-                         "causes": [e.cause() for e in errors]})
+    return status_error(
+        422,
+        "Invalid",
+        f'{kind} "{name}" is invalid: {summary}',
+        {"name": name, "group": rtype.group, "kind": rtype.kind, "causes": [e.cause() for e in errors]},
+    )
 
 
 class Replies:
@@ -52,8 +59,12 @@ class Replies:
 
     @staticmethod
     def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> aiohttp.web.Response:
-        return aiohttp.web.Response(text=json.dumps(payload, separators=(",", ":")), status=status,
-                                    content_type="application/json", headers=headers)
+        return aiohttp.web.Response(
+            text=json.dumps(payload, separators=(",", ":")),
+            status=status,
+            content_type="application/json",
+            headers=headers,
+        )
 
     @staticmethod
     def _served(rtype: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:

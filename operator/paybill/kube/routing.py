@@ -35,8 +35,11 @@ def resource_route(registry: Registry, parts: list[str]) -> Route | None:
     else:
         return None
     namespace = None
-    is_namespace_object = group == "" and rest[0] == "namespaces" and (
-        len(rest) <= 2 or (len(rest) == 3 and rest[2] in ("status", "finalize")))
+    is_namespace_object = (
+        group == ""
+        and rest[0] == "namespaces"
+        and (len(rest) <= 2 or (len(rest) == 3 and rest[2] in ("status", "finalize")))
+    )
     if rest[0] == "namespaces" and not is_namespace_object:
         namespace, rest = rest[1], rest[2:]
     if not rest or len(rest) > 3:
@@ -48,8 +51,7 @@ def resource_route(registry: Registry, parts: list[str]) -> Route | None:
         return None
     name = rest[1] if len(rest) > 1 else None
     subresource = rest[2] if len(rest) > 2 else None
-    if subresource not in (None, "status", "finalize") or (subresource == "status"
-                                                           and not rtype.status_subresource):
+    if subresource not in (None, "status", "finalize") or (subresource == "status" and not rtype.status_subresource):
         return None
     return Route(rtype, namespace, name, subresource)
 
@@ -62,8 +64,12 @@ def requested_dry_run(method: str, query: Mapping[str, str], body: Any) -> bool:
     if any(value != "All" for value in values):
         sent = "[]string{" + ", ".join(json.dumps(value) for value in values) + "}"
         kind = OPTIONS_KINDS.get(method, "ListOptions")
-        raise status_error(422, "Invalid", f'{kind}.meta.k8s.io "" is invalid: dryRun: Unsupported value: {sent}: '
-                                           'supported values: "All"', {"group": "meta.k8s.io", "kind": kind})
+        raise status_error(
+            422,
+            "Invalid",
+            f'{kind}.meta.k8s.io "" is invalid: dryRun: Unsupported value: {sent}: supported values: "All"',
+            {"group": "meta.k8s.io", "kind": kind},
+        )
     return bool(values)
 
 
@@ -85,8 +91,13 @@ def kmock_intent(raw: aiohttp.web.BaseRequest) -> dict[str, Any]:
     except (ValueError, TypeError):
         return {"action": None, "resource": None, "namespace": None, "name": None, "subresource": None}
     resource = None if k8s.group is None else kmock.resource(group=k8s.group, version=k8s.version, plural=k8s.plural)
-    return {"action": action, "resource": resource, "namespace": k8s.namespace, "name": k8s.name,
-            "subresource": k8s.subresource}
+    return {
+        "action": action,
+        "resource": resource,
+        "namespace": k8s.namespace,
+        "name": k8s.name,
+        "subresource": k8s.subresource,
+    }
 
 
 def raw_request(request: rendering.Request) -> aiohttp.web.BaseRequest:

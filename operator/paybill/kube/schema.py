@@ -55,8 +55,9 @@ def prune(value: Any, schema: dict[str, Any], path: str = "") -> tuple[Any, list
                 result[key], lost = prune(item, props[key], _path(path, key))
             elif isinstance(extra, dict):
                 result[key], lost = prune(item, extra, _path(path, key))
-            elif extra is True or schema.get("x-kubernetes-preserve-unknown-fields") or (props is None
-                                                                                         and extra is None):
+            elif (
+                extra is True or schema.get("x-kubernetes-preserve-unknown-fields") or (props is None and extra is None)
+            ):
                 result[key], lost = item, []
             else:
                 dropped.append(_path(path, key))
@@ -102,8 +103,9 @@ def _type_ok(value: Any, schema: dict[str, Any]) -> bool:
     if expected is None:
         return True
     if expected == "integer":
-        return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float)
-                                                                          and value.is_integer())
+        return (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, float) and value.is_integer()
+        )
     if expected == "number":
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     return isinstance(value, TYPES.get(expected, object))
@@ -112,42 +114,72 @@ def _type_ok(value: Any, schema: dict[str, Any]) -> bool:
 def _validate(value: Any, schema: dict[str, Any], old: Any, path: str, errors: list[FieldError]) -> None:
     if value is None:
         if not schema.get("nullable") and not schema.get("x-kubernetes-preserve-unknown-fields"):
-            errors.append(FieldError("FieldValueInvalid", path, f'Invalid value: "null": {path} in body must be '
-                                                                f'of type {schema.get("type", "object")}: "null"'))
+            errors.append(
+                FieldError(
+                    "FieldValueInvalid",
+                    path,
+                    f'Invalid value: "null": {path} in body must be of type {schema.get("type", "object")}: "null"',
+                )
+            )
         return
     if not _type_ok(value, schema):
         shown = type(value).__name__ if not isinstance(value, (dict, list)) else _render(value)
-        errors.append(FieldError("FieldValueTypeInvalid", path,
-                                 f"Invalid value: {_render(value)}: {path} in body must be of type "
-                                 f"{schema.get('type')}: {json.dumps(shown)}"))
+        errors.append(
+            FieldError(
+                "FieldValueTypeInvalid",
+                path,
+                f"Invalid value: {_render(value)}: {path} in body must be of type "
+                f"{schema.get('type')}: {json.dumps(shown)}",
+            )
+        )
         return
     if "enum" in schema and value not in schema["enum"]:
         supported = ", ".join(json.dumps(v) for v in schema["enum"])
-        errors.append(FieldError("FieldValueNotSupported", path,
-                                 f"Unsupported value: {_render(value)}: supported values: {supported}"))
+        errors.append(
+            FieldError(
+                "FieldValueNotSupported", path, f"Unsupported value: {_render(value)}: supported values: {supported}"
+            )
+        )
     if isinstance(value, str):
         _check_string(value, schema, path, errors)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         _check_number(value, schema, path, errors)
     elif isinstance(value, list):
         if "maxItems" in schema and len(value) > schema["maxItems"]:
-            errors.append(FieldError("FieldValueTooMany", path,
-                                     f"Too many: {len(value)}: must have at most {schema['maxItems']} items"))
+            errors.append(
+                FieldError(
+                    "FieldValueTooMany", path, f"Too many: {len(value)}: must have at most {schema['maxItems']} items"
+                )
+            )
         if "minItems" in schema and len(value) < schema["minItems"]:
-            errors.append(FieldError("FieldValueInvalid", path,
-                                     f"Invalid value: {len(value)}: {path} in body should have at least "
-                                     f"{schema['minItems']} items"))
+            errors.append(
+                FieldError(
+                    "FieldValueInvalid",
+                    path,
+                    f"Invalid value: {len(value)}: {path} in body should have at least {schema['minItems']} items",
+                )
+            )
         for index, item in enumerate(value):
             _validate(item, schema.get("items", {}), _MISSING, _path(path, index), errors)
         errors += list_type_errors(value, schema, path)
     elif isinstance(value, dict):
         if "maxProperties" in schema and len(value) > schema["maxProperties"]:
-            errors.append(FieldError("FieldValueTooMany", path,
-                                     f"Too many: {len(value)}: must have at most {schema['maxProperties']} items"))
+            errors.append(
+                FieldError(
+                    "FieldValueTooMany",
+                    path,
+                    f"Too many: {len(value)}: must have at most {schema['maxProperties']} items",
+                )
+            )
         if "minProperties" in schema and len(value) < schema["minProperties"]:
-            errors.append(FieldError("FieldValueInvalid", path,
-                                     f"Invalid value: {len(value)}: {path} in body should have at least "
-                                     f"{schema['minProperties']} properties"))
+            errors.append(
+                FieldError(
+                    "FieldValueInvalid",
+                    path,
+                    f"Invalid value: {len(value)}: {path} in body should have at least "
+                    f"{schema['minProperties']} properties",
+                )
+            )
         for name in schema.get("required", ()):
             if name not in value:
                 errors.append(FieldError("FieldValueRequired", _path(path, name), "Required value"))
@@ -201,14 +233,25 @@ def _go(value: Any, nested: bool = False) -> str:
 
 def _check_string(value: str, schema: dict[str, Any], path: str, errors: list[FieldError]) -> None:
     if "maxLength" in schema and len(value) > schema["maxLength"]:
-        errors.append(FieldError("FieldValueTooLong", path,
-                                 f"Too long: may not be more than {schema['maxLength']} bytes"))
+        errors.append(
+            FieldError("FieldValueTooLong", path, f"Too long: may not be more than {schema['maxLength']} bytes")
+        )
     if "minLength" in schema and len(value) < schema["minLength"]:
-        errors.append(FieldError("FieldValueInvalid", path, f"Invalid value: {_render(value)}: {path} in body "
-                                                            f"should be at least {schema['minLength']} chars long"))
+        errors.append(
+            FieldError(
+                "FieldValueInvalid",
+                path,
+                f"Invalid value: {_render(value)}: {path} in body should be at least {schema['minLength']} chars long",
+            )
+        )
     if "pattern" in schema and not _regex(schema["pattern"]).search(value):
-        errors.append(FieldError("FieldValueInvalid", path, f"Invalid value: {_render(value)}: {path} in body "
-                                                            f"should match '{schema['pattern']}'"))
+        errors.append(
+            FieldError(
+                "FieldValueInvalid",
+                path,
+                f"Invalid value: {_render(value)}: {path} in body should match '{schema['pattern']}'",
+            )
+        )
 
 
 def _check_number(value: float, schema: dict[str, Any], path: str, errors: list[FieldError]) -> None:
@@ -216,14 +259,24 @@ def _check_number(value: float, schema: dict[str, Any], path: str, errors: list[
         exclusive = schema.get("exclusiveMinimum") is True
         if value < schema["minimum"] or (exclusive and value == schema["minimum"]):
             relation = "greater than" if exclusive else "greater than or equal to"
-            errors.append(FieldError("FieldValueInvalid", path, f"Invalid value: {value}: {path} in body should "
-                                                                f"be {relation} {schema['minimum']}"))
+            errors.append(
+                FieldError(
+                    "FieldValueInvalid",
+                    path,
+                    f"Invalid value: {value}: {path} in body should be {relation} {schema['minimum']}",
+                )
+            )
     if "maximum" in schema:
         exclusive = schema.get("exclusiveMaximum") is True
         if value > schema["maximum"] or (exclusive and value == schema["maximum"]):
             relation = "less than" if exclusive else "less than or equal to"
-            errors.append(FieldError("FieldValueInvalid", path, f"Invalid value: {value}: {path} in body should "
-                                                                f"be {relation} {schema['maximum']}"))
+            errors.append(
+                FieldError(
+                    "FieldValueInvalid",
+                    path,
+                    f"Invalid value: {value}: {path} in body should be {relation} {schema['maximum']}",
+                )
+            )
 
 
 @functools.lru_cache(maxsize=1024)
@@ -253,5 +306,10 @@ def _check_rules(value: Any, rules: list[dict[str, Any]], old: Any, path: str, e
         if passed is not True:
             message = rule.get("message") or f"failed rule: {expression}"
             shown = _render(value) if not isinstance(value, (dict, list)) else '"object"'
-            errors.append(FieldError("FieldValueInvalid", _path(path, rule["fieldPath"].lstrip("."))
-                                     if rule.get("fieldPath") else path, f"Invalid value: {shown}: {message}"))
+            errors.append(
+                FieldError(
+                    "FieldValueInvalid",
+                    _path(path, rule["fieldPath"].lstrip(".")) if rule.get("fieldPath") else path,
+                    f"Invalid value: {shown}: {message}",
+                )
+            )

@@ -78,8 +78,12 @@ def match_label_selector(selector: dict[str, Any] | None, labels: dict[str, str]
             return False
     for expr in selector.get("matchExpressions") or []:
         key, op, values = expr["key"], expr["operator"], set(expr.get("values") or [])
-        if (op == "In" and labels.get(key) not in values) or (op == "NotIn" and labels.get(key) in values) or \
-                (op == "Exists" and key not in labels) or (op == "DoesNotExist" and key in labels):
+        if (
+            (op == "In" and labels.get(key) not in values)
+            or (op == "NotIn" and labels.get(key) in values)
+            or (op == "Exists" and key not in labels)
+            or (op == "DoesNotExist" and key in labels)
+        ):
             return False
     return True
 
@@ -111,12 +115,16 @@ _INVOLVED = ("kind", "namespace", "name", "uid", "apiVersion", "resourceVersion"
 BUILTIN_FIELD_LABELS: dict[tuple[str, str], dict[str, FieldGetter]] = {
     ("", "events"): {
         **{f"involvedObject.{part}": _path(f"involvedObject.{part}") for part in _INVOLVED},
-        "reason": _path("reason"), "type": _path("type"), "reportingComponent": _path("reportingComponent"),
+        "reason": _path("reason"),
+        "type": _path("type"),
+        "reportingComponent": _path("reportingComponent"),
         "source": _event_source,
     },
     ("events.k8s.io", "events"): {
         **{f"regarding.{part}": _path(f"regarding.{part}") for part in _INVOLVED},
-        "reason": _path("reason"), "type": _path("type"), "reportingController": _path("reportingController"),
+        "reason": _path("reason"),
+        "type": _path("type"),
+        "reportingController": _path("reportingController"),
         "source": _events_v1_source,
     },
     ("", "namespaces"): {"status.phase": _path("status.phase")},
@@ -127,8 +135,12 @@ BUILTIN_FIELD_LABELS: dict[tuple[str, str], dict[str, FieldGetter]] = {
 def field_labels(rtype: ResourceType) -> dict[str, FieldGetter]:
     """The field labels a resource type accepts in a fieldSelector, each with how it reads an object."""
     builtin = BUILTIN_FIELD_LABELS.get((rtype.group, rtype.plural), {})  # by group: Events share a collection
-    return {"metadata.name": _path("metadata.name"), "metadata.namespace": _path("metadata.namespace"),
-            **{path: _path(path) for path in rtype.selectable_fields}, **builtin}
+    return {
+        "metadata.name": _path("metadata.name"),
+        "metadata.namespace": _path("metadata.namespace"),
+        **{path: _path(path) for path in rtype.selectable_fields},
+        **builtin,
+    }
 
 
 def _field_terms(text: str) -> list[str]:
@@ -151,8 +163,11 @@ def _field_equals(getter: FieldGetter, value: str, negate: bool) -> Matcher:
 def parse_field_selector(text: str | None, labels: Mapping[str, FieldGetter] | None = None) -> Matcher:
     """`metadata.name=x,metadata.namespace!=y`; ``labels`` are the resource's field labels (default: metadata's).
     An unknown label answers as kube-apiserver does: "field label not supported: <label>"."""
-    known = labels if labels is not None else {"metadata.name": _path("metadata.name"),
-                                               "metadata.namespace": _path("metadata.namespace")}
+    known = (
+        labels
+        if labels is not None
+        else {"metadata.name": _path("metadata.name"), "metadata.namespace": _path("metadata.namespace")}
+    )
     checks: list[Matcher] = []
     for term in _field_terms(text or ""):
         key, value, negate = _field_term(term)

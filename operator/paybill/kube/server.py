@@ -79,9 +79,17 @@ class EmulatedApiServer(Writes, Watching, Discovery, kmock.KubernetesScaffold):
         except ValueError:
             data = yaml.safe_load(body) if raw.content_type == APPLY else None
         request = rendering.Request(
-            id=len(self._requests), raw_request=raw, url=raw.url, method=raw.method, params=dict(raw.query),
-            headers=dict(raw.headers), cookies=dict(raw.cookies), data=data, body=body,
-            text=body.decode(errors="replace"), **kmock_intent(raw),
+            id=len(self._requests),
+            raw_request=raw,
+            url=raw.url,
+            method=raw.method,
+            params=dict(raw.query),
+            headers=dict(raw.headers),
+            cookies=dict(raw.cookies),
+            data=data,
+            body=body,
+            text=body.decode(errors="replace"),
+            **kmock_intent(raw),
         )
         if self.record_requests or self._payloads:  # kmock's DSL selects among the recorded requests
             self._requests.append(request)
@@ -105,10 +113,19 @@ class EmulatedApiServer(Writes, Watching, Discovery, kmock.KubernetesScaffold):
 
     async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
         if isinstance(exc, kmock.KubernetesError):
-            return aiohttp.web.json_response({
-                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": exc.message, "reason": exc.reason, "details": exc.details or {}, "code": exc.status,
-            }, status=exc.status)
+            return aiohttp.web.json_response(
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": exc.message,
+                    "reason": exc.reason,
+                    "details": exc.details or {},
+                    "code": exc.status,
+                },
+                status=exc.status,
+            )
         return await super()._render_error(exc)
 
     # --- routing ----------------------------------------------------------------------------------------------
@@ -124,11 +141,16 @@ class EmulatedApiServer(Writes, Watching, Discovery, kmock.KubernetesScaffold):
         fixed: dict[str, Callable[[], Any]] = {
             "/": lambda: {"paths": self._root_paths()},
             "/version": lambda: SERVER_VERSION,
-            "/api": lambda: {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
-                {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{raw.host}"}]},
+            "/api": lambda: {
+                "kind": "APIVersions",
+                "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": f"{raw.host}"}],
+            },
             "/apis": self._api_groups,
             "/openapi/v3": lambda: openapi.v3_root(self.registry.groups()),
-            "/healthz": lambda: "ok", "/livez": lambda: "ok", "/readyz": lambda: "ok",
+            "/healthz": lambda: "ok",
+            "/livez": lambda: "ok",
+            "/readyz": lambda: "ok",
         }
         if method == "GET" and path in fixed:
             payload = fixed[path]()
@@ -174,6 +196,7 @@ class EmulatedApiServer(Writes, Watching, Discovery, kmock.KubernetesScaffold):
             if method == "DELETE":
                 return self._json(await self._delete_collection(request, route, dry_run))
         raise status_error(405, "MethodNotAllowed", f"method {method} is not supported here")
+
     # --- reads --------------------------------------------------------------------------------------------------
 
     def _get(self, route: Route) -> dict[str, Any]:
@@ -192,22 +215,30 @@ class EmulatedApiServer(Writes, Watching, Discovery, kmock.KubernetesScaffold):
 
     def _list(self, request: rendering.Request, route: Route) -> aiohttp.web.StreamResponse:
         matches = self._matcher(request, route)
-        items = [self._served(route.rtype, obj) for obj in self.store.list(route.rtype.key, route.namespace)
-                 if matches(obj)]
+        items = [
+            self._served(route.rtype, obj) for obj in self.store.list(route.rtype.key, route.namespace) if matches(obj)
+        ]
         items.sort(key=lambda obj: (obj["metadata"].get("namespace") or "", obj["metadata"]["name"]))
         revision = str(self.store.revision)
         include_object = table_request(request)
         if include_object is not None:
             return self._json(tables.table(route.rtype, items, revision, include_object))
-        return self._json({"kind": f"{route.rtype.kind}List", "apiVersion": route.rtype.api_version,
-                           "metadata": {"resourceVersion": revision}, "items": items})
+        return self._json(
+            {
+                "kind": f"{route.rtype.kind}List",
+                "apiVersion": route.rtype.api_version,
+                "metadata": {"resourceVersion": revision},
+                "items": items,
+            }
+        )
 
     def load(self, manifests: list[dict[str, Any]]) -> None:
         """Seed objects synchronously (before serving), CRDs first."""
         for obj in sorted(manifests, key=lambda o: o.get("kind") != "CustomResourceDefinition"):
             group, _, version = obj["apiVersion"].rpartition("/")
-            rtype = next(r for r in self.registry.all() if r.group == group and r.version == version
-                         and r.kind == obj["kind"])
+            rtype = next(
+                r for r in self.registry.all() if r.group == group and r.version == version and r.kind == obj["kind"]
+            )
             obj = copy.deepcopy(obj)
             stamp_new(rtype, obj)
             if rtype.key == CRD_KEY:

@@ -43,27 +43,48 @@ def check_meta(rtype: ResourceType, obj: dict[str, Any]) -> None:
     errors = []
     pattern = DNS_LABEL if rtype.key == NAMESPACE_KEY else DNS_SUBDOMAIN
     if not name:
-        errors.append(FieldError("FieldValueRequired", "metadata.name", "Required value: name or "
-                                                                          "generateName is required"))
+        errors.append(
+            FieldError("FieldValueRequired", "metadata.name", "Required value: name or generateName is required")
+        )
     elif len(name) > (limit := 63 if pattern is DNS_LABEL else 253):
-        errors.append(FieldError("FieldValueInvalid", "metadata.name",
-                                 f'Invalid value: "{name}": must be no more than {limit} characters'))
+        errors.append(
+            FieldError(
+                "FieldValueInvalid",
+                "metadata.name",
+                f'Invalid value: "{name}": must be no more than {limit} characters',
+            )
+        )
     elif not pattern.match(name):
         allowed = " or '-'" if pattern is DNS_LABEL else ", '-' or '.'"
-        errors.append(FieldError("FieldValueInvalid", "metadata.name",
-                                 f'Invalid value: "{name}": a lowercase RFC 1123 '
-                                 f'{"label" if pattern is DNS_LABEL else "subdomain"} must consist of lower '
-                                 f"case alphanumeric characters{allowed}, and must start and end with an "
-                                 "alphanumeric character"))
+        errors.append(
+            FieldError(
+                "FieldValueInvalid",
+                "metadata.name",
+                f'Invalid value: "{name}": a lowercase RFC 1123 '
+                f"{'label' if pattern is DNS_LABEL else 'subdomain'} must consist of lower "
+                f"case alphanumeric characters{allowed}, and must start and end with an "
+                "alphanumeric character",
+            )
+        )
     annotations = meta.get("annotations") or {}
     if sum(len(k) + len(str(v)) for k, v in annotations.items()) > MAX_ANNOTATIONS_BYTES:
-        errors.append(FieldError("FieldValueTooLong", "metadata.annotations",
-                                 f"Too long: must have at most {MAX_ANNOTATIONS_BYTES} bytes"))
+        errors.append(
+            FieldError(
+                "FieldValueTooLong",
+                "metadata.annotations",
+                f"Too long: must have at most {MAX_ANNOTATIONS_BYTES} bytes",
+            )
+        )
     for key, value in (meta.get("labels") or {}).items():
         if not isinstance(value, str) or len(value) > 63 or not LABEL_VALUE.match(value):
-            errors.append(FieldError("FieldValueInvalid", f"metadata.labels[{key}]",
-                                     f'Invalid value: "{value}": a valid label must be 63 characters or less, '
-                                     "alphanumeric, '-', '_' or '.'"))
+            errors.append(
+                FieldError(
+                    "FieldValueInvalid",
+                    f"metadata.labels[{key}]",
+                    f'Invalid value: "{value}": a valid label must be 63 characters or less, '
+                    "alphanumeric, '-', '_' or '.'",
+                )
+            )
     if errors:
         raise invalid(rtype, name, errors)
 
@@ -73,8 +94,9 @@ def _body(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def spec_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    return _body(old) != _body(new) or (bool(new["metadata"].get("deletionTimestamp"))
-                                        and not old["metadata"].get("deletionTimestamp"))
+    return _body(old) != _body(new) or (
+        bool(new["metadata"].get("deletionTimestamp")) and not old["metadata"].get("deletionTimestamp")
+    )
 
 
 def unchanged(old: dict[str, Any], new: dict[str, Any]) -> bool:

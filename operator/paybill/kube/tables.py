@@ -35,8 +35,13 @@ class Column:
     description: str = ""
 
     def definition(self) -> dict[str, Any]:
-        return {"name": self.name, "type": self.type, "format": self.format, "description": self.description,
-                "priority": self.priority}
+        return {
+            "name": self.name,
+            "type": self.type,
+            "format": self.format,
+            "description": self.description,
+            "priority": self.priority,
+        }
 
 
 def jsonpath(obj: Any, path: str) -> list[Any]:
@@ -57,8 +62,9 @@ def jsonpath(obj: Any, path: str) -> list[Any]:
                         following.append(node[index])
                 elif match := _FILTER.match(inner):
                     key, value = match.groups()
-                    following.extend(item for item in node if str(jsonpath(item, key)[:1] and
-                                                                   jsonpath(item, key)[0]) == value)
+                    following.extend(
+                        item for item in node if str(jsonpath(item, key)[:1] and jsonpath(item, key)[0]) == value
+                    )
             elif isinstance(node, dict) and token in node:
                 following.append(node[token])
         nodes = following
@@ -115,6 +121,7 @@ def _custom_cell(path: str, column_type: str) -> Cell:
         if isinstance(value, (dict, list)):
             return json.dumps(value, separators=(",", ":"))
         return value
+
     return cell
 
 
@@ -123,8 +130,11 @@ def _name(obj: dict[str, Any]) -> str:
 
 
 NAME = Column("Name", _name, format="name", description=NAME_DESCRIPTION)
-AGE = Column("Age", lambda obj: human_age(obj["metadata"].get("creationTimestamp")),
-             description="CreationTimestamp is a timestamp representing the server time when this object was created.")
+AGE = Column(
+    "Age",
+    lambda obj: human_age(obj["metadata"].get("creationTimestamp")),
+    description="CreationTimestamp is a timestamp representing the server time when this object was created.",
+)
 
 
 def _event_first_seen(event: dict[str, Any]) -> str:
@@ -155,30 +165,61 @@ def _event_source(event: dict[str, Any]) -> str:
 
 
 EVENT_COLUMNS = (
-    Column("Last Seen", _event_last_seen, description="The time at which the most recent occurrence of this event "
-                                                      "was recorded."),
+    Column(
+        "Last Seen",
+        _event_last_seen,
+        description="The time at which the most recent occurrence of this event was recorded.",
+    ),
     Column("Type", lambda e: e.get("type", ""), description="Type of this event (Normal, Warning)."),
-    Column("Reason", lambda e: e.get("reason", ""), description="The reason for the transition into the object's "
-                                                                "current status."),
+    Column(
+        "Reason",
+        lambda e: e.get("reason", ""),
+        description="The reason for the transition into the object's current status.",
+    ),
     Column("Object", _event_object, description="The object that this event is about."),
-    Column("Subobject", lambda e: (e.get("involvedObject") or {}).get("fieldPath", ""), priority=1,
-           description="A piece of the object the event is about."),
+    Column(
+        "Subobject",
+        lambda e: (e.get("involvedObject") or {}).get("fieldPath", ""),
+        priority=1,
+        description="A piece of the object the event is about.",
+    ),
     Column("Source", _event_source, priority=1, description="The component reporting this event."),
     Column("Message", lambda e: str(e.get("message", "")).strip(), description="A description of the event."),
-    Column("First Seen", _event_first_seen, priority=1, description="The time at which the event was first "
-                                                                    "recorded."),
+    Column("First Seen", _event_first_seen, priority=1, description="The time at which the event was first recorded."),
     Column("Count", _event_count, priority=1, description="The number of times this event has occurred."),
     Column("Name", _name, priority=1, format="name", description=NAME_DESCRIPTION),
 )
 
 BUILTIN_COLUMNS: dict[str, tuple[Column, ...]] = {
-    "Namespace": (NAME, Column("Status", lambda ns: (ns.get("status") or {}).get("phase", ""),
-                               description="The current lifecycle phase of the namespace."), AGE),
-    "Secret": (NAME, Column("Type", lambda s: s.get("type", "Opaque"), description="The type of the secret."),
-               Column("Data", lambda s: len(s.get("data") or {}) + len(s.get("stringData") or {}), type="string",
-                      description="The number of keys in the secret."), AGE),
-    "ConfigMap": (NAME, Column("Data", lambda c: len(c.get("data") or {}) + len(c.get("binaryData") or {}),
-                               description="The number of keys in the config map."), AGE),
+    "Namespace": (
+        NAME,
+        Column(
+            "Status",
+            lambda ns: (ns.get("status") or {}).get("phase", ""),
+            description="The current lifecycle phase of the namespace.",
+        ),
+        AGE,
+    ),
+    "Secret": (
+        NAME,
+        Column("Type", lambda s: s.get("type", "Opaque"), description="The type of the secret."),
+        Column(
+            "Data",
+            lambda s: len(s.get("data") or {}) + len(s.get("stringData") or {}),
+            type="string",
+            description="The number of keys in the secret.",
+        ),
+        AGE,
+    ),
+    "ConfigMap": (
+        NAME,
+        Column(
+            "Data",
+            lambda c: len(c.get("data") or {}) + len(c.get("binaryData") or {}),
+            description="The number of keys in the config map.",
+        ),
+        AGE,
+    ),
     "Event": EVENT_COLUMNS,
 }
 
@@ -187,9 +228,20 @@ def columns(rtype: ResourceType) -> tuple[Column, ...]:
     """What `kubectl get` prints for a resource type: the CRD's printer columns, or a built-in printer's."""
     if rtype.custom:
         custom = rtype.printer_columns or ({"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},)
-        return (NAME, *(Column(c["name"], _custom_cell(c["jsonPath"], c.get("type", "string")), c.get("type", "string"),
-                               int(c.get("priority", 0)), c.get("format", ""), c.get("description", ""))
-                        for c in custom))
+        return (
+            NAME,
+            *(
+                Column(
+                    c["name"],
+                    _custom_cell(c["jsonPath"], c.get("type", "string")),
+                    c.get("type", "string"),
+                    int(c.get("priority", 0)),
+                    c.get("format", ""),
+                    c.get("description", ""),
+                )
+                for c in custom
+            ),
+        )
     return BUILTIN_COLUMNS.get(rtype.kind, (NAME, AGE))
 
 
@@ -197,17 +249,26 @@ def _row_object(obj: dict[str, Any], include_object: str) -> dict[str, Any]:
     if include_object == "Object":
         return {"object": obj}
     if include_object == "Metadata":
-        return {"object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                           "metadata": obj["metadata"]}}
+        return {
+            "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]}
+        }
     return {}
 
 
-def table(rtype: ResourceType, objects: list[dict[str, Any]], resource_version: str,
-          include_object: str = "Metadata") -> dict[str, Any]:
+def table(
+    rtype: ResourceType, objects: list[dict[str, Any]], resource_version: str, include_object: str = "Metadata"
+) -> dict[str, Any]:
     """A meta.k8s.io/v1 Table of ``objects``; ``include_object`` is one of :data:`INCLUDE_OBJECT`."""
     shown = columns(rtype)
     printed = [core_event(obj) for obj in objects] if rtype.kind == "Event" else objects
-    rows = [{"cells": [column.cell(row) for column in shown], **_row_object(obj, include_object)}
-            for row, obj in zip(printed, objects, strict=True)]
-    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": resource_version},
-            "columnDefinitions": [column.definition() for column in shown], "rows": rows}
+    rows = [
+        {"cells": [column.cell(row) for column in shown], **_row_object(obj, include_object)}
+        for row, obj in zip(printed, objects, strict=True)
+    ]
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": {"resourceVersion": resource_version},
+        "columnDefinitions": [column.definition() for column in shown],
+        "rows": rows,
+    }

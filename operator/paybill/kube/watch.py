@@ -69,8 +69,14 @@ class Watching(Replies):
                     event = await asyncio.wait_for(queue.get(), timeout=max(wait, 0))
                 except TimeoutError:
                     if bookmarks:
-                        await send("BOOKMARK", {"kind": route.rtype.kind, "apiVersion": route.rtype.api_version,
-                                                "metadata": {"resourceVersion": str(self.store.revision)}})
+                        await send(
+                            "BOOKMARK",
+                            {
+                                "kind": route.rtype.kind,
+                                "apiVersion": route.rtype.api_version,
+                                "metadata": {"resourceVersion": str(self.store.revision)},
+                            },
+                        )
                     continue
                 if event.resource_version <= seen:
                     continue
@@ -88,8 +94,15 @@ class Watching(Replies):
     async def _expired_stream(self, request: rendering.Request, since: str) -> aiohttp.web.StreamResponse:
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(raw_request(request))
-        status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "Expired",
-                  "message": f"too old resource version: {since}", "code": 410}
+        status = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "reason": "Expired",
+            "message": f"too old resource version: {since}",
+            "code": 410,
+        }
         await response.write(json.dumps({"type": "ERROR", "object": status}).encode() + b"\n")
         await response.write_eof()
         return response

@@ -21,8 +21,10 @@ from .schema import FieldError, apply_defaults, prune, validate
 from .stamping import check_meta, now, spec_changed, stamp_new, unchanged
 
 IMMORTAL_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
-WEBHOOK_KEYS = {"mutating": ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"),
-                "validating": ("admissionregistration.k8s.io", "validatingwebhookconfigurations")}
+WEBHOOK_KEYS = {
+    "mutating": ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"),
+    "validating": ("admissionregistration.k8s.io", "validatingwebhookconfigurations"),
+}
 
 
 class Writes(Finalizers):
@@ -43,8 +45,11 @@ class Writes(Finalizers):
         if rtype.namespaced:
             namespace = route.namespace or meta.get("namespace")
             if meta.get("namespace") and route.namespace and meta["namespace"] != route.namespace:
-                raise status_error(400, "BadRequest", "the namespace of the provided object does not match "
-                                                      "the namespace sent on the request")
+                raise status_error(
+                    400,
+                    "BadRequest",
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                )
             if not namespace:
                 raise status_error(400, "BadRequest", "a namespace is required for namespaced resources")
             self._require_live_namespace(namespace)
@@ -53,8 +58,12 @@ class Writes(Finalizers):
             meta.pop("namespace", None)
         check_meta(rtype, obj)
         if self.store.get(rtype.key, meta.get("namespace"), name) is not None:
-            raise status_error(409, "AlreadyExists", f'{qualified(rtype)} "{name}" already exists',
-                               {"name": name, "group": rtype.group, "kind": rtype.plural})
+            raise status_error(
+                409,
+                "AlreadyExists",
+                f'{qualified(rtype)} "{name}" already exists',
+                {"name": name, "group": rtype.group, "kind": rtype.plural},
+            )
         stamp_new(rtype, obj)
         obj = await self._admit(route, "CREATE", obj, None, dry_run, field_validation)
         if rtype.key == CRD_KEY:
@@ -67,14 +76,25 @@ class Writes(Finalizers):
     def _require_live_namespace(self, namespace: str) -> None:
         ns = self.store.get(NAMESPACE_KEY, None, namespace)
         if ns is None:
-            raise status_error(404, "NotFound", f'namespaces "{namespace}" not found',
-                               {"name": namespace, "kind": "namespaces"})
+            raise status_error(
+                404, "NotFound", f'namespaces "{namespace}" not found', {"name": namespace, "kind": "namespaces"}
+            )
         if ns["metadata"].get("deletionTimestamp"):
-            raise status_error(403, "Forbidden", f"unable to create new content in namespace {namespace} "
-                                                 "because it is being terminated")
+            raise status_error(
+                403,
+                "Forbidden",
+                f"unable to create new content in namespace {namespace} because it is being terminated",
+            )
 
-    async def _admit(self, route: Route, operation: str, obj: dict[str, Any], old: dict[str, Any] | None,
-                     dry_run: bool, field_validation: str | None) -> dict[str, Any]:
+    async def _admit(
+        self,
+        route: Route,
+        operation: str,
+        obj: dict[str, Any],
+        old: dict[str, Any] | None,
+        dry_run: bool,
+        field_validation: str | None,
+    ) -> dict[str, Any]:
         """Mutating webhooks, then schema pruning/defaulting/validation, then validating webhooks."""
         rtype = route.rtype
         self.access.check_escalation(rtype.key, obj, old, self.store)  # RBAC escalate/bind
@@ -87,8 +107,9 @@ class Writes(Finalizers):
             mutated = await self.admission.review(self._webhooks("mutating"), request, mutating=True)
             assert mutated is not None
             obj = self._apply_schema(rtype, mutated, old, field_validation)
-            await self.admission.review(self._webhooks("validating"),
-                                        AdmissionRequest(**{**request.__dict__, "obj": obj}), mutating=False)
+            await self.admission.review(
+                self._webhooks("validating"), AdmissionRequest(**{**request.__dict__, "obj": obj}), mutating=False
+            )
         except AdmissionDenied as denied:
             raise status_error(denied.code, denied.reason, denied.message) from None
         return obj
@@ -96,8 +117,9 @@ class Writes(Finalizers):
     def _webhooks(self, kind: str) -> list[dict[str, Any]]:
         return self.store.list(WEBHOOK_KEYS[kind])
 
-    def _apply_schema(self, rtype: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None,
-                      field_validation: str | None) -> dict[str, Any]:
+    def _apply_schema(
+        self, rtype: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None, field_validation: str | None
+    ) -> dict[str, Any]:
         if rtype.schema is None:
             errors = validate_event(obj, creating=old is None) if rtype.kind == "Event" else []
             if errors:
@@ -115,8 +137,12 @@ class Writes(Finalizers):
         errors = validate(checked, rtype.schema, old_body) if old_body is not None else validate(checked, rtype.schema)
         if errors:
             raise invalid(rtype, meta.get("name", ""), errors)
-        return {"apiVersion": pruned.pop("apiVersion", rtype.api_version), "kind": pruned.pop("kind", rtype.kind),
-                "metadata": meta, **pruned}
+        return {
+            "apiVersion": pruned.pop("apiVersion", rtype.api_version),
+            "kind": pruned.pop("kind", rtype.kind),
+            "metadata": meta,
+            **pruned,
+        }
 
     async def _update(self, route: Route, body: Any, dry_run: bool, field_validation: str | None) -> dict[str, Any]:
         current = self._current(route)
@@ -124,17 +150,29 @@ class Writes(Finalizers):
             raise status_error(400, "BadRequest", "the request body must be a JSON object")
         sent_version = (body.get("metadata") or {}).get("resourceVersion")
         if not sent_version and route.rtype.custom and route.subresource is None:
-            raise invalid(route.rtype, route.name or "", [FieldError(
-                "FieldValueInvalid", "metadata.resourceVersion", "Invalid value: 0x0: must be specified for an "
-                                                                 "update")])
+            raise invalid(
+                route.rtype,
+                route.name or "",
+                [
+                    FieldError(
+                        "FieldValueInvalid",
+                        "metadata.resourceVersion",
+                        "Invalid value: 0x0: must be specified for an update",
+                    )
+                ],
+            )
         return await self._write(route, current, copy.deepcopy(body), dry_run, field_validation)
 
-    async def _patch(self, route: Route, content_type: str, patch: Any, dry_run: bool,
-                     field_validation: str | None) -> dict[str, Any]:
+    async def _patch(
+        self, route: Route, content_type: str, patch: Any, dry_run: bool, field_validation: str | None
+    ) -> dict[str, Any]:
         current = self._current(route)
         if content_type == APPLY:
-            raise status_error(415, "UnsupportedMediaType", "server-side apply is not supported by the emulated "
-                                                            "API server; use client-side apply")
+            raise status_error(
+                415,
+                "UnsupportedMediaType",
+                "server-side apply is not supported by the emulated API server; use client-side apply",
+            )
         try:
             patched = apply_patch(content_type, current, patch)
         except PatchError as exc:
@@ -152,18 +190,23 @@ class Writes(Finalizers):
             raise not_found(route.rtype, route.name)
         return self._served(route.rtype, current)
 
-    async def _write(self, route: Route, current: dict[str, Any], new: dict[str, Any], dry_run: bool,
-                     field_validation: str | None) -> dict[str, Any]:
+    async def _write(
+        self, route: Route, current: dict[str, Any], new: dict[str, Any], dry_run: bool, field_validation: str | None
+    ) -> dict[str, Any]:
         """Replace ``current`` by ``new`` with the apiserver's rules for the main resource and /status."""
         rtype = route.rtype
         meta = new.setdefault("metadata", {})
         old_meta = current["metadata"]
         sent_version = meta.get("resourceVersion")
         if sent_version and sent_version != old_meta["resourceVersion"]:
-            raise status_error(409, "Conflict", f'Operation cannot be fulfilled on {qualified(rtype)} '
-                                                f'"{route.name}": the object has been modified; please apply '
-                                                "your changes to the latest version and try again",
-                               {"name": route.name, "group": rtype.group, "kind": rtype.plural})
+            raise status_error(
+                409,
+                "Conflict",
+                f"Operation cannot be fulfilled on {qualified(rtype)} "
+                f'"{route.name}": the object has been modified; please apply '
+                "your changes to the latest version and try again",
+                {"name": route.name, "group": rtype.group, "kind": rtype.plural},
+            )
         if route.subresource == "status":
             obj = copy.deepcopy(current)
             if "status" in new:
@@ -177,8 +220,15 @@ class Writes(Finalizers):
                     obj["status"] = copy.deepcopy(current["status"])
                 else:
                     obj.pop("status", None)
-            for kept in ("uid", "creationTimestamp", "namespace", "name", "deletionTimestamp",
-                         "deletionGracePeriodSeconds", "generation"):
+            for kept in (
+                "uid",
+                "creationTimestamp",
+                "namespace",
+                "name",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+            ):
                 if kept in old_meta:
                     meta[kept] = old_meta[kept]
                 else:
@@ -186,9 +236,17 @@ class Writes(Finalizers):
             if old_meta.get("deletionTimestamp"):
                 added = set(meta.get("finalizers") or []) - set(old_meta.get("finalizers") or [])
                 if added:
-                    raise invalid(rtype, route.name or "", [FieldError(
-                        "FieldValueForbidden", "metadata.finalizers",
-                        "Forbidden: no new finalizers can be added if the object is being deleted")])
+                    raise invalid(
+                        rtype,
+                        route.name or "",
+                        [
+                            FieldError(
+                                "FieldValueForbidden",
+                                "metadata.finalizers",
+                                "Forbidden: no new finalizers can be added if the object is being deleted",
+                            )
+                        ],
+                    )
             check_meta(rtype, obj)
         obj["apiVersion"], obj["kind"] = rtype.api_version, rtype.kind
         obj = await self._admit(route, "UPDATE", obj, current, dry_run, field_validation)
@@ -209,15 +267,23 @@ class Writes(Finalizers):
     async def _delete(self, route: Route, options: dict[str, Any], dry_run: bool) -> dict[str, Any]:
         rtype = route.rtype
         if rtype.key == NAMESPACE_KEY and route.name in IMMORTAL_NAMESPACES:  # the NamespaceLifecycle admission
-            raise status_error(403, "Forbidden", f'namespaces "{route.name}" is forbidden: this namespace may not '
-                                                 "be deleted", {"name": route.name, "kind": "namespaces"})
+            raise status_error(
+                403,
+                "Forbidden",
+                f'namespaces "{route.name}" is forbidden: this namespace may not be deleted',
+                {"name": route.name, "kind": "namespaces"},
+            )
         current = self._current(route)
         preconditions = options.get("preconditions") or {}
         for field_name in ("uid", "resourceVersion"):
             if preconditions.get(field_name) and preconditions[field_name] != current["metadata"].get(field_name):
-                raise status_error(409, "Conflict", f"Precondition failed: {field_name} in precondition: "
-                                                    f"{preconditions[field_name]}, {field_name} in object meta: "
-                                                    f"{current['metadata'].get(field_name)}")
+                raise status_error(
+                    409,
+                    "Conflict",
+                    f"Precondition failed: {field_name} in precondition: "
+                    f"{preconditions[field_name]}, {field_name} in object meta: "
+                    f"{current['metadata'].get(field_name)}",
+                )
         await self._admit_delete(route, current, dry_run)
         if dry_run:
             return current
@@ -225,8 +291,9 @@ class Writes(Finalizers):
 
     async def _admit_delete(self, route: Route, current: dict[str, Any], dry_run: bool) -> None:
         meta = current["metadata"]
-        request = AdmissionRequest(route.rtype, "DELETE", meta["name"], meta.get("namespace"), None, None, current,
-                                   dry_run, {})
+        request = AdmissionRequest(
+            route.rtype, "DELETE", meta["name"], meta.get("namespace"), None, None, current, dry_run, {}
+        )
         try:
             await self.admission.review(self._webhooks("validating"), request, mutating=False)
         except AdmissionDenied as denied:
@@ -239,8 +306,12 @@ class Writes(Finalizers):
             if matches(obj):
                 item_route = Route(route.rtype, obj["metadata"].get("namespace"), obj["metadata"]["name"], None)
                 deleted.append(await self._delete(item_route, {}, dry_run))
-        return {"kind": f"{route.rtype.kind}List", "apiVersion": route.rtype.api_version,
-                "metadata": {"resourceVersion": str(self.store.revision)}, "items": deleted}
+        return {
+            "kind": f"{route.rtype.kind}List",
+            "apiVersion": route.rtype.api_version,
+            "metadata": {"resourceVersion": str(self.store.revision)},
+            "items": deleted,
+        }
 
     def _accept_crd(self, crd: dict[str, Any]) -> None:
         try:
@@ -249,14 +320,27 @@ class Writes(Finalizers):
             raise status_error(422, "Invalid", f"CustomResourceDefinition is invalid: missing {exc}") from None
         names = crd["spec"]["names"]
         crd["status"] = {
-            "acceptedNames": {k: names[k] for k in ("kind", "listKind", "plural", "singular", "shortNames",
-                                                    "categories") if k in names},
+            "acceptedNames": {
+                k: names[k]
+                for k in ("kind", "listKind", "plural", "singular", "shortNames", "categories")
+                if k in names
+            },
             "storedVersions": [v["name"] for v in crd["spec"].get("versions", []) if v.get("storage")],
             "conditions": [
-                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
-                 "message": "no conflicts found", "lastTransitionTime": now()},
-                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
-                 "message": "the initial names have been accepted", "lastTransitionTime": now()},
+                {
+                    "type": "NamesAccepted",
+                    "status": "True",
+                    "reason": "NoConflicts",
+                    "message": "no conflicts found",
+                    "lastTransitionTime": now(),
+                },
+                {
+                    "type": "Established",
+                    "status": "True",
+                    "reason": "InitialNamesAccepted",
+                    "message": "the initial names have been accepted",
+                    "lastTransitionTime": now(),
+                },
             ],
         }
 

@@ -59,7 +59,8 @@ def in_sync(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
     labels = (existing.get("metadata") or {}).get("labels") or {}
     wanted = desired["metadata"].get("labels") or {}
     return all(labels.get(k) == v for k, v in wanted.items()) and all(
-        same(value, existing.get(field)) for field, value in desired.items() if field not in UNMANAGED)
+        same(value, existing.get(field)) for field, value in desired.items() if field not in UNMANAGED
+    )
 
 
 def same(desired: Any, observed: Any) -> bool:
@@ -93,8 +94,9 @@ def converged(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[s
 
 def conflict(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> ObjectConflict:
     owner = controller_reference(desired)
-    return ObjectConflict(f"{describe(existing)} exists and is not controlled by {owner['kind']} {owner['name']}; "
-                          "it is left as it is")
+    return ObjectConflict(
+        f"{describe(existing)} exists and is not controlled by {owner['kind']} {owner['name']}; it is left as it is"
+    )
 
 
 @dataclass(frozen=True)
@@ -122,5 +124,8 @@ def drift(desired: Sequence[Mapping[str, Any]], observed: Mapping[Key, Mapping[s
 def maintained(tenant: Mapping[str, Any]) -> bool:
     """Whether the Tenant's owned objects are kept as the plan says: not once it is being deleted or offboarded."""
     phase = (tenant.get("status") or {}).get("phase")
-    return not ((tenant.get("metadata") or {}).get("deletionTimestamp") or (tenant.get("spec") or {}).get("offboard")
-                or phase in (TenantPhase.OFFBOARDING, TenantPhase.OFFBOARDED))
+    return not (
+        (tenant.get("metadata") or {}).get("deletionTimestamp")
+        or (tenant.get("spec") or {}).get("offboard")
+        or phase in (TenantPhase.OFFBOARDING, TenantPhase.OFFBOARDED)
+    )

@@ -46,8 +46,11 @@ TRANSITIONS: dict[tuple[Phase, Event], Phase] = {
     (Phase.MIGRATING, Event.MIGRATED): Phase.ACTIVE,
     (Phase.MIGRATING, Event.FAIL): Phase.FAILED,
     (Phase.OFFBOARDING, Event.OFFBOARDED): Phase.OFFBOARDED,
-    **{(phase, Event.OFFBOARD): Phase.OFFBOARDING for phase in Phase
-       if phase not in (Phase.OFFBOARDING, Phase.OFFBOARDED)},
+    **{
+        (phase, Event.OFFBOARD): Phase.OFFBOARDING
+        for phase in Phase
+        if phase not in (Phase.OFFBOARDING, Phase.OFFBOARDED)
+    },
 }
 
 # Why an event is refused in a phase, where the table alone would only say "not allowed".

@@ -29,20 +29,26 @@ def _spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return obj.get("spec") or {}
 
 
-def subscription_problem(spec: Mapping[str, Any], tenant: Mapping[str, Any] | None,
-                         plan: Mapping[str, Any] | None) -> Problem | None:
+def subscription_problem(
+    spec: Mapping[str, Any], tenant: Mapping[str, Any] | None, plan: Mapping[str, Any] | None
+) -> Problem | None:
     """Why a Subscription is not Ready: a missing or departing Tenant or Plan, or a Tenant on another plan."""
     tenant_ref, plan_ref = spec["tenantRef"], spec["planRef"]
-    missing = [f"{kind} {name!r}" for kind, name, found in (("plan", plan_ref, plan), ("tenant", tenant_ref, tenant))
-               if found is None]
+    missing = [
+        f"{kind} {name!r}"
+        for kind, name, found in (("plan", plan_ref, plan), ("tenant", tenant_ref, tenant))
+        if found is None
+    ]
     if missing:
         return Problem("ReferenceNotFound", f"{' and '.join(missing)} not found")
     if deleting(tenant):
         return Problem("TenantDeleting", f"tenant {tenant_ref!r} is being deleted")
     tenant_plan = _spec(tenant or {}).get("planRef")
     if tenant_plan != plan_ref:
-        return Problem("PlanMismatch", f"tenant {tenant_ref!r} is on plan {tenant_plan!r}, this subscription bills "
-                                       f"plan {plan_ref!r}")
+        return Problem(
+            "PlanMismatch",
+            f"tenant {tenant_ref!r} is on plan {tenant_plan!r}, this subscription bills plan {plan_ref!r}",
+        )
     return None
 
 
@@ -64,22 +70,39 @@ class PlanUsers:
         return bool(self.tenants or self.subscriptions)
 
     def __str__(self) -> str:
-        parts = [f"{kind} {', '.join(names)}" for kind, names in (("tenants", self.tenants),
-                                                                  ("subscriptions", self.subscriptions)) if names]
+        parts = [
+            f"{kind} {', '.join(names)}"
+            for kind, names in (("tenants", self.tenants), ("subscriptions", self.subscriptions))
+            if names
+        ]
         return "; ".join(parts) or "nothing"
 
 
-def plan_users(plan: str, tenants: Iterable[Mapping[str, Any]],
-               subscriptions: Iterable[Mapping[str, Any]]) -> PlanUsers:
+def plan_users(
+    plan: str, tenants: Iterable[Mapping[str, Any]], subscriptions: Iterable[Mapping[str, Any]]
+) -> PlanUsers:
     """What still needs the plan: Tenants on it (not offboarded nor being deleted) and Subscriptions billing it
     (not canceled nor being deleted)."""
     return PlanUsers(
-        tenants=tuple(sorted(t["metadata"]["name"] for t in tenants if _spec(t).get("planRef") == plan
-                             and not deleting(t)
-                             and (t.get("status") or {}).get("phase") != TenantPhase.OFFBOARDED)),
-        subscriptions=tuple(sorted(s["metadata"]["name"] for s in subscriptions if _spec(s).get("planRef") == plan
-                                   and not deleting(s)
-                                   and _spec(s).get("billingStatus") != BillingStatus.CANCELED)))
+        tenants=tuple(
+            sorted(
+                t["metadata"]["name"]
+                for t in tenants
+                if _spec(t).get("planRef") == plan
+                and not deleting(t)
+                and (t.get("status") or {}).get("phase") != TenantPhase.OFFBOARDED
+            )
+        ),
+        subscriptions=tuple(
+            sorted(
+                s["metadata"]["name"]
+                for s in subscriptions
+                if _spec(s).get("planRef") == plan
+                and not deleting(s)
+                and _spec(s).get("billingStatus") != BillingStatus.CANCELED
+            )
+        ),
+    )
 
 
 def plan_deletion_problem(plan: str, users: PlanUsers) -> Problem | None:

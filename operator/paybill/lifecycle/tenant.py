@@ -26,13 +26,27 @@ def namespace_manifest(tenant: dict[str, Any], plan: dict[str, Any]) -> dict[str
     """The tenant's namespace, labelled for selection and owned by the Tenant (deleted with it)."""
     meta = tenant["metadata"]
     return {
-        "apiVersion": "v1", "kind": "Namespace",
+        "apiVersion": "v1",
+        "kind": "Namespace",
         "metadata": {
             "name": tenant_namespace(meta["name"], tenant.get("spec", {})),
-            "labels": {**MANAGED_BY, **POD_SECURITY, TENANT_LABEL: meta["name"], PLAN_LABEL: plan["metadata"]["name"],
-                       ISOLATION_LABEL: plan["spec"]["isolation"]},
-            "ownerReferences": [{"apiVersion": API_VERSION, "kind": "Tenant", "name": meta["name"],
-                                 "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}],
+            "labels": {
+                **MANAGED_BY,
+                **POD_SECURITY,
+                TENANT_LABEL: meta["name"],
+                PLAN_LABEL: plan["metadata"]["name"],
+                ISOLATION_LABEL: plan["spec"]["isolation"],
+            },
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": "Tenant",
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
         },
     }
 
@@ -49,15 +63,22 @@ def protected_namespace(name: str, operator_namespace: str | None) -> bool:
 
 def controlled_by(existing: Mapping[str, Any], owner_uid: str, kind: str = "Tenant") -> bool:
     """The object's controller is this very Paybill object (its uid, not a name or a label anyone can write)."""
-    return any(ref.get("uid") == owner_uid and ref.get("controller") is True and ref.get("kind") == kind
-               and ref.get("apiVersion") == API_VERSION
-               for ref in (existing.get("metadata") or {}).get("ownerReferences") or [])
+    return any(
+        ref.get("uid") == owner_uid
+        and ref.get("controller") is True
+        and ref.get("kind") == kind
+        and ref.get("apiVersion") == API_VERSION
+        for ref in (existing.get("metadata") or {}).get("ownerReferences") or []
+    )
 
 
 def may_delete_namespace(existing: dict[str, Any] | None, tenant_uid: str, operator_namespace: str | None) -> bool:
     """Only a namespace the Tenant created and controls, and never a protected one, goes with the Tenant."""
-    return (existing is not None and not protected_namespace(existing["metadata"]["name"], operator_namespace)
-            and controlled_by(existing, tenant_uid))
+    return (
+        existing is not None
+        and not protected_namespace(existing["metadata"]["name"], operator_namespace)
+        and controlled_by(existing, tenant_uid)
+    )
 
 
 @dataclass(frozen=True)
@@ -67,12 +88,14 @@ class NamespaceCheck:
     message: str
 
 
-def check_namespace(existing: dict[str, Any] | None, name: str, tenant_uid: str,
-                    operator_namespace: str | None) -> NamespaceCheck:
+def check_namespace(
+    existing: dict[str, Any] | None, name: str, tenant_uid: str, operator_namespace: str | None
+) -> NamespaceCheck:
     """A namespace may be adopted only if it is ours: never a system one, another tenant's or a user's."""
     if protected_namespace(name, operator_namespace):
-        return NamespaceCheck(False, "NamespaceProtected", f"namespace {name!r} is a system namespace; "
-                                                           "a tenant may not use it")
+        return NamespaceCheck(
+            False, "NamespaceProtected", f"namespace {name!r} is a system namespace; a tenant may not use it"
+        )
     if existing is None:
         return NamespaceCheck(True, "Missing", "namespace will be created")
     if not controlled_by(existing, tenant_uid):
@@ -100,11 +123,17 @@ WRITE = [*READ, "create", "update", "patch", "delete"]
 # status subresource or deletecollection.
 TENANT_ADMIN_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["pods", "services", "configmaps", "persistentvolumeclaims"], "verbs": WRITE},
-    {"apiGroups": [""], "resources": ["pods/log", "secrets", "serviceaccounts", "endpoints", "events",
-                                      "resourcequotas", "limitranges"], "verbs": READ},
+    {
+        "apiGroups": [""],
+        "resources": ["pods/log", "secrets", "serviceaccounts", "endpoints", "events", "resourcequotas", "limitranges"],
+        "verbs": READ,
+    },
     {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": WRITE},
-    {"apiGroups": ["apps"], "resources": ["deployments/scale", "statefulsets/scale"],
-     "verbs": ["get", "update", "patch"]},
+    {
+        "apiGroups": ["apps"],
+        "resources": ["deployments/scale", "statefulsets/scale"],
+        "verbs": ["get", "update", "patch"],
+    },
     {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": READ},
     {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": WRITE},
     {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": READ},
@@ -122,13 +151,23 @@ ROLE_RULES = {ADMIN_ACCOUNT: TENANT_ADMIN_RULES, AGENT_ACCOUNT: TENANT_AGENT_RUL
 def owner_reference(owner: Mapping[str, Any], kind: str = "Tenant") -> dict[str, Any]:
     """A controller reference to a Paybill object (a Tenant unless `kind` says otherwise)."""
     meta = owner["metadata"]
-    return {"apiVersion": API_VERSION, "kind": kind, "name": meta["name"], "uid": meta["uid"],
-            "controller": True, "blockOwnerDeletion": True}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": kind,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 def _meta(tenant: dict[str, Any], name: str, namespace: str) -> dict[str, Any]:
-    return {"name": name, "namespace": namespace, "labels": {**MANAGED_BY, TENANT_LABEL: tenant["metadata"]["name"]},
-            "ownerReferences": [owner_reference(tenant)]}
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": {**MANAGED_BY, TENANT_LABEL: tenant["metadata"]["name"]},
+        "ownerReferences": [owner_reference(tenant)],
+    }
 
 
 def tenant_resources(tenant: dict[str, Any], plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -139,23 +178,65 @@ def tenant_resources(tenant: dict[str, Any], plan: dict[str, Any]) -> list[dict[
     for account in (ADMIN_ACCOUNT, AGENT_ACCOUNT):
         resources.append({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(tenant, account, namespace)})
     for account, role_rules in ROLE_RULES.items():
-        resources.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-                          "metadata": _meta(tenant, account, namespace), "rules": role_rules})
-        resources.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                          "metadata": _meta(tenant, account, namespace),
-                          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
-                          "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]})
-    resources.append({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": _meta(tenant, QUOTA, namespace),
-                      "spec": {"hard": {"requests.cpu": quotas["cpu"], "limits.cpu": quotas["cpu"],
-                                        "requests.memory": quotas["memory"], "limits.memory": quotas["memory"],
-                                        "requests.storage": quotas["storage"]}}})
+        resources.append(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": _meta(tenant, account, namespace),
+                "rules": role_rules,
+            }
+        )
+        resources.append(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": _meta(tenant, account, namespace),
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+                "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+            }
+        )
+    resources.append(
+        {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": _meta(tenant, QUOTA, namespace),
+            "spec": {
+                "hard": {
+                    "requests.cpu": quotas["cpu"],
+                    "limits.cpu": quotas["cpu"],
+                    "requests.memory": quotas["memory"],
+                    "limits.memory": quotas["memory"],
+                    "requests.storage": quotas["storage"],
+                }
+            },
+        }
+    )
     ceiling = {"cpu": quotas["cpu"], "memory": quotas["memory"]}
-    resources.append({"apiVersion": "v1", "kind": "LimitRange", "metadata": _meta(tenant, LIMITS, namespace),
-                      "spec": {"limits": [{"type": "Container", "max": ceiling, "default": ceiling,
-                                           "defaultRequest": {"cpu": "50m", "memory": "64Mi"}}]}})
-    resources.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-                      "metadata": _meta(tenant, NETWORK_POLICY, namespace),
-                      "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}})
+    resources.append(
+        {
+            "apiVersion": "v1",
+            "kind": "LimitRange",
+            "metadata": _meta(tenant, LIMITS, namespace),
+            "spec": {
+                "limits": [
+                    {
+                        "type": "Container",
+                        "max": ceiling,
+                        "default": ceiling,
+                        "defaultRequest": {"cpu": "50m", "memory": "64Mi"},
+                    }
+                ]
+            },
+        }
+    )
+    resources.append(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _meta(tenant, NETWORK_POLICY, namespace),
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+        }
+    )
     return resources
 
 
@@ -172,8 +253,13 @@ def credentials_secret(tenant: dict[str, Any], fields: dict[str, str]) -> dict[s
 
 def opaque_secret(metadata: dict[str, Any], fields: dict[str, str]) -> dict[str, Any]:
     """A Secret; `fields` are encoded here and never logged or put in status."""
-    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": metadata,
-            "data": {key: base64.b64encode(value.encode()).decode() for key, value in sorted(fields.items())}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": metadata,
+        "data": {key: base64.b64encode(value.encode()).decode() for key, value in sorted(fields.items())},
+    }
 
 
 def secret_field(secret: dict[str, Any], key: str) -> str | None:
@@ -199,8 +285,10 @@ def controller_reference(manifest: Mapping[str, Any]) -> dict[str, Any]:
 
 def secret_conflict(existing: Mapping[str, Any], kind: str, owner_name: str) -> SecretConflict:
     meta = existing.get("metadata") or {}
-    return SecretConflict(f"secret {meta.get('namespace')}/{meta.get('name')} exists and is not controlled by "
-                          f"{kind} {owner_name}; it is left as it is")
+    return SecretConflict(
+        f"secret {meta.get('namespace')}/{meta.get('name')} exists and is not controlled by "
+        f"{kind} {owner_name}; it is left as it is"
+    )
 
 
 def owned_secret(existing: dict[str, Any] | None, owner: Mapping[str, Any], kind: str) -> dict[str, Any] | None:

@@ -5,5 +5,14 @@ from .engine import PolicyEngine
 from .rules import PolicyError, RuleSet
 from .schema import Schema, SchemaError, Table, TypeFamily
 
-__all__ = ["Decision", "PolicyEngine", "PolicyError", "Reason", "RuleSet", "Schema", "SchemaError", "Table",
-           "TypeFamily"]
+__all__ = [
+    "Decision",
+    "PolicyEngine",
+    "PolicyError",
+    "Reason",
+    "RuleSet",
+    "Schema",
+    "SchemaError",
+    "Table",
+    "TypeFamily",
+]

@@ -23,33 +23,92 @@ OPERATORS = COMPARISONS | frozenset({"+", "-", "*", "/", "%", "||", "~~", "!~~",
 ORDERINGS = frozenset({"<", ">"})  # what ORDER BY ... USING may name
 # Comparisons that pick rows by a value (the sense of requireWhere); <> and != pick nearly all rows.
 SELECTIVE = frozenset({"=", "<", ">", "<=", ">="})
-CASTS = frozenset({"int2", "int4", "int8", "smallint", "integer", "int", "bigint", "numeric", "decimal", "float4",
-                   "float8", "real", "text", "varchar", "bpchar", "char", "bool", "boolean", "date", "time",
-                   "timestamp", "timestamptz", "interval", "uuid", "json", "jsonb"})
-TIME_VALUE_FUNCTIONS = frozenset({
-    pb.SVFOP_CURRENT_DATE, pb.SVFOP_CURRENT_TIME, pb.SVFOP_CURRENT_TIME_N, pb.SVFOP_CURRENT_TIMESTAMP,
-    pb.SVFOP_CURRENT_TIMESTAMP_N, pb.SVFOP_LOCALTIME, pb.SVFOP_LOCALTIME_N, pb.SVFOP_LOCALTIMESTAMP,
-    pb.SVFOP_LOCALTIMESTAMP_N})
-A_EXPR_KINDS = frozenset({
-    pb.AEXPR_OP, pb.AEXPR_OP_ANY, pb.AEXPR_OP_ALL, pb.AEXPR_DISTINCT, pb.AEXPR_NOT_DISTINCT, pb.AEXPR_NULLIF,
-    pb.AEXPR_IN, pb.AEXPR_LIKE, pb.AEXPR_ILIKE, pb.AEXPR_BETWEEN, pb.AEXPR_NOT_BETWEEN})
+CASTS = frozenset(
+    {
+        "int2",
+        "int4",
+        "int8",
+        "smallint",
+        "integer",
+        "int",
+        "bigint",
+        "numeric",
+        "decimal",
+        "float4",
+        "float8",
+        "real",
+        "text",
+        "varchar",
+        "bpchar",
+        "char",
+        "bool",
+        "boolean",
+        "date",
+        "time",
+        "timestamp",
+        "timestamptz",
+        "interval",
+        "uuid",
+        "json",
+        "jsonb",
+    }
+)
+TIME_VALUE_FUNCTIONS = frozenset(
+    {
+        pb.SVFOP_CURRENT_DATE,
+        pb.SVFOP_CURRENT_TIME,
+        pb.SVFOP_CURRENT_TIME_N,
+        pb.SVFOP_CURRENT_TIMESTAMP,
+        pb.SVFOP_CURRENT_TIMESTAMP_N,
+        pb.SVFOP_LOCALTIME,
+        pb.SVFOP_LOCALTIME_N,
+        pb.SVFOP_LOCALTIMESTAMP,
+        pb.SVFOP_LOCALTIMESTAMP_N,
+    }
+)
+A_EXPR_KINDS = frozenset(
+    {
+        pb.AEXPR_OP,
+        pb.AEXPR_OP_ANY,
+        pb.AEXPR_OP_ALL,
+        pb.AEXPR_DISTINCT,
+        pb.AEXPR_NOT_DISTINCT,
+        pb.AEXPR_NULLIF,
+        pb.AEXPR_IN,
+        pb.AEXPR_LIKE,
+        pb.AEXPR_ILIKE,
+        pb.AEXPR_BETWEEN,
+        pb.AEXPR_NOT_BETWEEN,
+    }
+)
 LISTS = frozenset({pb.AEXPR_IN, pb.AEXPR_BETWEEN, pb.AEXPR_NOT_BETWEEN})
 SUBLINKS = frozenset({pb.EXISTS_SUBLINK, pb.ANY_SUBLINK, pb.ALL_SUBLINK, pb.EXPR_SUBLINK})
 ARGUMENT_LISTS = frozenset({"bool_expr", "coalesce_expr", "min_max_expr", "row_expr"})
-LOCK_STRENGTHS = {pb.LCS_FORKEYSHARE: "FOR KEY SHARE", pb.LCS_FORSHARE: "FOR SHARE",
-                  pb.LCS_FORNOKEYUPDATE: "FOR NO KEY UPDATE", pb.LCS_FORUPDATE: "FOR UPDATE"}
+LOCK_STRENGTHS = {
+    pb.LCS_FORKEYSHARE: "FOR KEY SHARE",
+    pb.LCS_FORSHARE: "FOR SHARE",
+    pb.LCS_FORNOKEYUPDATE: "FOR NO KEY UPDATE",
+    pb.LCS_FORUPDATE: "FOR UPDATE",
+}
 
 # The SelectStmt fields each form of SELECT handles. Any other field set is a denial that names it, so a
 # clause the walker forgets is refused rather than passed (deny by default, field by field).
-_ANY_SELECT = frozenset({"with_clause", "into_clause", "sort_clause", "limit_offset", "limit_count", "limit_option",
-                         "locking_clause", "op"})
-SELECT_FIELDS = _ANY_SELECT | {"distinct_clause", "target_list", "from_clause", "where_clause", "group_clause",
-                               "group_distinct", "having_clause", "window_clause"}
+_ANY_SELECT = frozenset(
+    {"with_clause", "into_clause", "sort_clause", "limit_offset", "limit_count", "limit_option", "locking_clause", "op"}
+)
+SELECT_FIELDS = _ANY_SELECT | {
+    "distinct_clause",
+    "target_list",
+    "from_clause",
+    "where_clause",
+    "group_clause",
+    "group_distinct",
+    "having_clause",
+    "window_clause",
+}
 SET_OPERATION_FIELDS = _ANY_SELECT | {"all", "larg", "rarg"}
 VALUES_FIELDS = _ANY_SELECT | {"values_lists"}
 INSERT_VALUES_FIELDS = frozenset({"values_lists", "limit_option", "op"})  # INSERT ... VALUES: the list, nothing else
-
-
 
 
 def set_fields(message: Any) -> dict[str, Any]:
@@ -62,18 +121,39 @@ def unhandled_fields(fields: dict[str, Any], handled: frozenset[str]) -> list[st
     """The set fields (`set_fields`) that `handled` leaves out, in field-number order."""
     return [name for name in fields if name not in handled]
 
-STATEMENT_KINDS = {"select_stmt": "select", "insert_stmt": "insert", "update_stmt": "update",
-                   "delete_stmt": "delete"}
+
+STATEMENT_KINDS = {"select_stmt": "select", "insert_stmt": "insert", "update_stmt": "update", "delete_stmt": "delete"}
 _NEVER = {
-    "TransactionStmt": "transaction control", "VariableSetStmt": "SET/RESET", "VariableShowStmt": "SHOW",
-    "CopyStmt": "COPY", "DoStmt": "DO blocks", "CallStmt": "CALL", "ExplainStmt": "EXPLAIN",
-    "PrepareStmt": "PREPARE", "ExecuteStmt": "EXECUTE", "DeallocateStmt": "DEALLOCATE", "LockStmt": "LOCK",
-    "ListenStmt": "LISTEN", "NotifyStmt": "NOTIFY", "UnlistenStmt": "UNLISTEN", "DiscardStmt": "DISCARD",
-    "GrantStmt": "GRANT/REVOKE", "GrantRoleStmt": "GRANT/REVOKE", "VacuumStmt": "VACUUM/ANALYZE",
-    "CheckPointStmt": "CHECKPOINT", "LoadStmt": "LOAD", "TruncateStmt": "TRUNCATE", "MergeStmt": "MERGE",
-    "DeclareCursorStmt": "cursors", "FetchStmt": "cursors", "ClosePortalStmt": "cursors",
-    "CreateTableAsStmt": "CREATE TABLE AS", "SecLabelStmt": "SECURITY LABEL", "ReindexStmt": "REINDEX",
-    "ClusterStmt": "CLUSTER", "RefreshMatViewStmt": "REFRESH MATERIALIZED VIEW",
+    "TransactionStmt": "transaction control",
+    "VariableSetStmt": "SET/RESET",
+    "VariableShowStmt": "SHOW",
+    "CopyStmt": "COPY",
+    "DoStmt": "DO blocks",
+    "CallStmt": "CALL",
+    "ExplainStmt": "EXPLAIN",
+    "PrepareStmt": "PREPARE",
+    "ExecuteStmt": "EXECUTE",
+    "DeallocateStmt": "DEALLOCATE",
+    "LockStmt": "LOCK",
+    "ListenStmt": "LISTEN",
+    "NotifyStmt": "NOTIFY",
+    "UnlistenStmt": "UNLISTEN",
+    "DiscardStmt": "DISCARD",
+    "GrantStmt": "GRANT/REVOKE",
+    "GrantRoleStmt": "GRANT/REVOKE",
+    "VacuumStmt": "VACUUM/ANALYZE",
+    "CheckPointStmt": "CHECKPOINT",
+    "LoadStmt": "LOAD",
+    "TruncateStmt": "TRUNCATE",
+    "MergeStmt": "MERGE",
+    "DeclareCursorStmt": "cursors",
+    "FetchStmt": "cursors",
+    "ClosePortalStmt": "cursors",
+    "CreateTableAsStmt": "CREATE TABLE AS",
+    "SecLabelStmt": "SECURITY LABEL",
+    "ReindexStmt": "REINDEX",
+    "ClusterStmt": "CLUSTER",
+    "RefreshMatViewStmt": "REFRESH MATERIALIZED VIEW",
 }
 
 _INTEGER = re.compile(r"^\s*[+-]?\d+\s*$")
@@ -181,8 +261,7 @@ class Analysis:
     # -- reasons and accesses -------------------------------------------------------------------
 
     def deny(self, code: str, message: str, node: Any = None) -> None:
-        self.reasons.append(Reason(code, message, type(node).__name__ if node is not None else None,
-                                   location(node)))
+        self.reasons.append(Reason(code, message, type(node).__name__ if node is not None else None, location(node)))
 
     def unsupported(self, node: Any, what: str | None = None) -> None:
         name = type(node).__name__
@@ -216,8 +295,9 @@ class Analysis:
         else:
             self.delete(stmt)
 
-    def select(self, stmt: pb.SelectStmt, outer: Scope | None, ctes: dict[str, Relation],
-               top: bool = False) -> tuple[tuple[str, ...], tuple[Source, ...]]:
+    def select(
+        self, stmt: pb.SelectStmt, outer: Scope | None, ctes: dict[str, Relation], top: bool = False
+    ) -> tuple[tuple[str, ...], tuple[Source, ...]]:
         """Walk one SELECT, set operation or VALUES; returns its output columns and the base tables it reads."""
         fields = set_fields(stmt)
         get = fields.get
@@ -310,8 +390,10 @@ class Analysis:
                 self.unsupported(clause, f"OFFSET with a row lock ({label})")
             obstacle = _lock_obstacle(stmt, scope)
             if obstacle:  # the guard counts returned rows as locked rows: only true where each row is one row
-                self.unsupported(clause, f"a row lock ({label}) with {obstacle} (only a single-level SELECT over "
-                                         "base tables may lock rows)")
+                self.unsupported(
+                    clause,
+                    f"a row lock ({label}) with {obstacle} (only a single-level SELECT over base tables may lock rows)",
+                )
                 continue
             relations = scope.relations
             if clause.locked_rels:
@@ -320,16 +402,16 @@ class Analysis:
                     range_var = node.range_var
                     found = [r for r in scope.relations if r.name == range_var.relname]
                     if range_var.schemaname or range_var.catalogname or not found:
-                        self.deny("unknown_table", f"{range_var.relname} in {label} OF is not in the FROM clause",
-                                  range_var)
+                        self.deny(
+                            "unknown_table", f"{range_var.relname} in {label} OF is not in the FROM clause", range_var
+                        )
                     relations.extend(found)
             for slot, name, where in self.sources(relations, stmt.where_clause):
                 slot.locked = True
                 self.access("update", slot.table, None, clause)
                 self.locks.append((slot.table.name, restricts(where, name, slot.table)))
 
-    def with_clause(self, clause: pb.WithClause, outer: Scope | None,
-                    ctes: dict[str, Relation]) -> dict[str, Relation]:
+    def with_clause(self, clause: pb.WithClause, outer: Scope | None, ctes: dict[str, Relation]) -> dict[str, Relation]:
         if clause.recursive:
             self.unsupported(clause, "WITH RECURSIVE")
         ctes = dict(ctes)
@@ -499,14 +581,20 @@ class Analysis:
         if self.tenant is not None and table.pooled:
             key = keys.unscoped.get(column) or (keys.unscoped_referenced.get(column) if update else None)
             if key is not None:
-                self.deny("tenant_unsafe_key", f"{table.name}.{column}: {key.describe()} on {key.table} does not "
-                                               f"include {TENANT_COLUMN}, so writing it depends on other tenants' rows",
-                          node)
+                self.deny(
+                    "tenant_unsafe_key",
+                    f"{table.name}.{column}: {key.describe()} on {key.table} does not "
+                    f"include {TENANT_COLUMN}, so writing it depends on other tenants' rows",
+                    node,
+                )
         writing = keys.writing_referenced.get(column) if update else None
         if writing is not None:
-            self.deny("foreign_key_action", f"{table.name}.{column}: {writing.describe()} on {writing.table} is "
-                                            f"ON UPDATE {WRITING_ACTIONS[writing.on_update]}, a write no rule names",
-                      node)
+            self.deny(
+                "foreign_key_action",
+                f"{table.name}.{column}: {writing.describe()} on {writing.table} is "
+                f"ON UPDATE {WRITING_ACTIONS[writing.on_update]}, a write no rule names",
+                node,
+            )
 
     def conflict_arbiter(self, clause: pb.OnConflictClause, table: Table) -> None:
         """ON CONFLICT's arbiter must include the tenant column, or the conflicting row may be another tenant's
@@ -516,35 +604,54 @@ class Analysis:
         keys = self.schema.keys[table.name]
         if not clause.HasField("infer"):
             if keys.unscoped_unique:
-                self.deny("tenant_unsafe_key", f"ON CONFLICT without a target on {table.name} arbitrates on "
-                                               f"{keys.unscoped_unique[0].describe()}, which does not include "
-                                               f"{TENANT_COLUMN}", clause)
+                self.deny(
+                    "tenant_unsafe_key",
+                    f"ON CONFLICT without a target on {table.name} arbitrates on "
+                    f"{keys.unscoped_unique[0].describe()}, which does not include "
+                    f"{TENANT_COLUMN}",
+                    clause,
+                )
             return
         infer = clause.infer
         if infer.conname:
             key = keys.unique_by_name.get(infer.conname)
             if key is None or not key.tenant_scoped:
-                self.deny("tenant_unsafe_key", f"ON CONFLICT ON CONSTRAINT {infer.conname}: not a unique key of "
-                                               f"{table.name} known to include {TENANT_COLUMN}", infer)
+                self.deny(
+                    "tenant_unsafe_key",
+                    f"ON CONFLICT ON CONSTRAINT {infer.conname}: not a unique key of "
+                    f"{table.name} known to include {TENANT_COLUMN}",
+                    infer,
+                )
             return
         names = [item.index_elem.name for item in infer.index_elems]
         if TENANT_COLUMN not in names and all(names):  # an expression target is refused as unsupported
-            self.deny("tenant_unsafe_key", f"ON CONFLICT ({', '.join(names)}) on {table.name} does not include "
-                                           f"{TENANT_COLUMN}: the conflicting row may be another tenant's", infer)
+            self.deny(
+                "tenant_unsafe_key",
+                f"ON CONFLICT ({', '.join(names)}) on {table.name} does not include "
+                f"{TENANT_COLUMN}: the conflicting row may be another tenant's",
+                infer,
+            )
 
     def deletes_referenced(self, table: Table, node: Any) -> None:
         """Other tenants' rows referencing a deleted row make the DELETE fail; an ON DELETE action writes them."""
         keys = self.schema.keys[table.name]
         key = keys.unscoped_referencing if self.tenant is not None and table.pooled else None
         if key is not None:
-            self.deny("tenant_unsafe_key", f"{table.name} is referenced by {key.describe()} on {key.table}, which "
-                                           f"does not include {TENANT_COLUMN}: deleting depends on other tenants' "
-                                           "rows", node)
+            self.deny(
+                "tenant_unsafe_key",
+                f"{table.name} is referenced by {key.describe()} on {key.table}, which "
+                f"does not include {TENANT_COLUMN}: deleting depends on other tenants' "
+                "rows",
+                node,
+            )
         if keys.writing_on_delete is not None:
             writing = keys.writing_on_delete
-            self.deny("foreign_key_action", f"{table.name} is referenced by {writing.describe()} on {writing.table}, "
-                                            f"ON DELETE {WRITING_ACTIONS[writing.on_delete]}: a write no rule names",
-                      node)
+            self.deny(
+                "foreign_key_action",
+                f"{table.name} is referenced by {writing.describe()} on {writing.table}, "
+                f"ON DELETE {WRITING_ACTIONS[writing.on_delete]}: a write no rule names",
+                node,
+            )
 
     # -- FROM ------------------------------------------------------------------------------------
 
@@ -662,8 +769,9 @@ class Analysis:
             return None
         return self.named_column(ref, names, scope, outputs)
 
-    def named_column(self, ref: pb.ColumnRef, names: list[str], scope: Scope,
-                     outputs: tuple[str, ...] = ()) -> tuple[Relation, str] | None:
+    def named_column(
+        self, ref: pb.ColumnRef, names: list[str], scope: Scope, outputs: tuple[str, ...] = ()
+    ) -> tuple[Relation, str] | None:
         """A column reference that is not `*` (its `_column_names`): the relation and column it reads, when it
         names one."""
         if len(names) == 1:
@@ -749,8 +857,11 @@ class Analysis:
         elif kind == "sqlvalue_function":
             function = node.sqlvalue_function
             if function.op not in TIME_VALUE_FUNCTIONS:
-                self.deny("session_information", f"{pb.SQLValueFunctionOp.Name(function.op)} reads session "
-                                                 "information", function)
+                self.deny(
+                    "session_information",
+                    f"{pb.SQLValueFunctionOp.Name(function.op)} reads session information",
+                    function,
+                )
         else:
             self.unsupported(getattr(node, kind))
 
@@ -881,8 +992,9 @@ class Analysis:
                 python = const.fval.fval
                 ok = value_fits(family, float(python))
             else:
-                python = const.ival.ival if literal == "ival" else (
-                    const.boolval.boolval if literal == "boolval" else None)
+                python = (
+                    const.ival.ival if literal == "ival" else (const.boolval.boolval if literal == "boolval" else None)
+                )
                 ok = value_fits(family, python)
             if not ok:
                 shown = repr(python) if len(repr(python)) <= 40 else repr(python)[:37] + "..."
@@ -911,7 +1023,8 @@ def restricts(where: pb.Node, name: str, table: Table) -> bool:
     left, right = expr.lexpr, expr.rexpr
     if expr.kind == pb.AEXPR_OP and operator in SELECTIVE:
         return (_target_column(left, name, table) and _value(right)) or (
-            _target_column(right, name, table) and _value(left))
+            _target_column(right, name, table) and _value(left)
+        )
     if not _target_column(left, name, table):
         return False
     if expr.kind in (pb.AEXPR_IN, pb.AEXPR_BETWEEN, pb.AEXPR_BETWEEN_SYM):
@@ -919,19 +1032,49 @@ def restricts(where: pb.Node, name: str, table: Table) -> bool:
         return in_list and right.WhichOneof("node") == "list" and all(_value(v) for v in right.list.items)
     if expr.kind == pb.AEXPR_OP_ANY and operator == "=":
         values = right.WhichOneof("node")
-        return values == "param_ref" or (values == "a_array_expr" and all(
-            _value(v) for v in right.a_array_expr.elements) and bool(right.a_array_expr.elements))
+        return values == "param_ref" or (
+            values == "a_array_expr"
+            and all(_value(v) for v in right.a_array_expr.elements)
+            and bool(right.a_array_expr.elements)
+        )
     if expr.kind in (pb.AEXPR_LIKE, pb.AEXPR_ILIKE) and operator in ("~~", "~~*"):
         # a parameter never counts: its value ('%') is unknown here, and the decision is cached without it
         pattern = _literal(right)
-        return pattern is not None and pattern.WhichOneof("node") == "a_const" and bool(
-            pattern.a_const.WhichOneof("val") == "sval" and pattern.a_const.sval.sval.strip("%_"))
+        return (
+            pattern is not None
+            and pattern.WhichOneof("node") == "a_const"
+            and bool(pattern.a_const.WhichOneof("val") == "sval" and pattern.a_const.sval.sval.strip("%_"))
+        )
     return False
 
 
-AGGREGATES = frozenset({"count", "sum", "avg", "min", "max", "array_agg", "string_agg", "bool_and", "bool_or",
-                        "every", "json_agg", "jsonb_agg", "json_object_agg", "jsonb_object_agg", "bit_and", "bit_or",
-                        "xmlagg", "stddev", "stddev_pop", "stddev_samp", "variance", "var_pop", "var_samp"})
+AGGREGATES = frozenset(
+    {
+        "count",
+        "sum",
+        "avg",
+        "min",
+        "max",
+        "array_agg",
+        "string_agg",
+        "bool_and",
+        "bool_or",
+        "every",
+        "json_agg",
+        "jsonb_agg",
+        "json_object_agg",
+        "jsonb_object_agg",
+        "bit_and",
+        "bit_or",
+        "xmlagg",
+        "stddev",
+        "stddev_pop",
+        "stddev_samp",
+        "variance",
+        "var_pop",
+        "var_samp",
+    }
+)
 
 
 def _lock_obstacle(stmt: pb.SelectStmt, scope: Scope) -> str | None:
@@ -940,9 +1083,13 @@ def _lock_obstacle(stmt: pb.SelectStmt, scope: Scope) -> str | None:
     GROUP BY, HAVING, or an aggregate or window function (one returned row for many locked)."""
     if any(relation.slot is None for relation in scope.relations):
         return "a subquery, CTE or function in FROM"
-    for present, what in ((stmt.HasField("with_clause"), "WITH"), (bool(stmt.distinct_clause), "DISTINCT"),
-                          (bool(stmt.group_clause), "GROUP BY"), (stmt.HasField("having_clause"), "HAVING"),
-                          (bool(stmt.window_clause), "a window function")):
+    for present, what in (
+        (stmt.HasField("with_clause"), "WITH"),
+        (bool(stmt.distinct_clause), "DISTINCT"),
+        (bool(stmt.group_clause), "GROUP BY"),
+        (stmt.HasField("having_clause"), "HAVING"),
+        (bool(stmt.window_clause), "a window function"),
+    ):
         if present:
             return what
     for node in (*stmt.target_list, *stmt.sort_clause):
@@ -957,13 +1104,19 @@ def _aggregate_or_window(message: Any) -> str | None:
     for descriptor, value in message.ListFields():
         if descriptor.message_type is None or descriptor.name == "sub_link":
             continue
-        for item in (value if isinstance(value, Sequence) else (value,)):
+        for item in value if isinstance(value, Sequence) else (value,):
             if isinstance(item, pb.FuncCall):
                 if item.HasField("over"):
                     return "a window function"
                 name = item.funcname[-1].string.sval if item.funcname else ""
-                if item.agg_star or item.agg_distinct or item.agg_order or item.HasField("agg_filter") or \
-                        item.agg_within_group or name.lower() in AGGREGATES:
+                if (
+                    item.agg_star
+                    or item.agg_distinct
+                    or item.agg_order
+                    or item.HasField("agg_filter")
+                    or item.agg_within_group
+                    or name.lower() in AGGREGATES
+                ):
                     return "an aggregate function"
             found = _aggregate_or_window(item)
             if found:
@@ -979,8 +1132,9 @@ def _target_column(node: pb.Node, name: str, table: Table) -> bool:
     if (len(fields) == 2 and fields[0].string.sval != name) or len(fields) > 2:
         return False
     last = fields[-1]
-    return last.WhichOneof("node") == "string" and last.string.sval in table.columns and \
-        last.string.sval != TENANT_COLUMN
+    return (
+        last.WhichOneof("node") == "string" and last.string.sval in table.columns and last.string.sval != TENANT_COLUMN
+    )
 
 
 def _literal(node: pb.Node) -> pb.Node | None:

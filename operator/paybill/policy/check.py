@@ -30,12 +30,17 @@ def load_policy(path: Path) -> AgentPolicy:
 
 
 def _malformed(case_id: Any, message: str) -> dict[str, Any]:
-    return {"id": case_id, "decision": "deny", "reasons": [{"code": "malformed_input", "message": message}],
-            "sql": None}
+    return {
+        "id": case_id,
+        "decision": "deny",
+        "reasons": [{"code": "malformed_input", "message": message}],
+        "sql": None,
+    }
 
 
-def check_lines(engine: PolicyEngine, lines: Iterable[str], tenant: str | None,
-                approvals: frozenset[str] = frozenset()) -> Iterator[str]:
+def check_lines(
+    engine: PolicyEngine, lines: Iterable[str], tenant: str | None, approvals: frozenset[str] = frozenset()
+) -> Iterator[str]:
     """One output line per non-blank input line; never raises on bad input.
 
     The lines are the agent's words: the tenant and the approvals come from the caller, never from a line
@@ -52,8 +57,9 @@ def check_lines(engine: PolicyEngine, lines: Iterable[str], tenant: str | None,
         yield json.dumps(result, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _check_case(engine: PolicyEngine, case: Any, number: int, tenant: str | None,
-                approvals: frozenset[str]) -> dict[str, Any]:
+def _check_case(
+    engine: PolicyEngine, case: Any, number: int, tenant: str | None, approvals: frozenset[str]
+) -> dict[str, Any]:
     if not isinstance(case, dict):
         return _malformed(None, f"line {number} is not a JSON object")
     case_id = case.get("id")
@@ -73,8 +79,15 @@ def _check_case(engine: PolicyEngine, case: Any, number: int, tenant: str | None
     return {"id": case_id, **decision.to_json()}
 
 
-def run_check(policy: Path, input_path: str, schema: Path | None, dsn: str | None, schema_name: str,
-              tenant: str | None, approvals: frozenset[str] = frozenset()) -> Iterator[str]:
+def run_check(
+    policy: Path,
+    input_path: str,
+    schema: Path | None,
+    dsn: str | None,
+    schema_name: str,
+    tenant: str | None,
+    approvals: frozenset[str] = frozenset(),
+) -> Iterator[str]:
     resource = load_policy(policy)
     if dsn:
         loaded = Schema.from_dsn(dsn, schema_name)

@@ -11,8 +11,9 @@ import orjson
 
 # Reasons a policy's own rules produce. Under warn and audit they are recorded but do not deny;
 # every other reason (syntax, statement kind, unknown names, catalogs, types) denies in every mode.
-POLICY_CODES = frozenset({"no_allow_rule", "denied_by_rule", "require_where", "function_not_allowed",
-                          "approval_required"})
+POLICY_CODES = frozenset(
+    {"no_allow_rule", "denied_by_rule", "require_where", "function_not_allowed", "approval_required"}
+)
 
 
 @dataclass(frozen=True)
@@ -47,14 +48,33 @@ class Decision:
     policy_version: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def __init__(self, allowed: bool, mode: str, reasons: tuple[Reason, ...] = (), sql: str | None = None,
-                 statement: str | None = None, rules: tuple[str, ...] = (), fingerprint: str | None = None,
-                 plan_hash: str | None = None, policy_version: str = "", extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        allowed: bool,
+        mode: str,
+        reasons: tuple[Reason, ...] = (),
+        sql: str | None = None,
+        statement: str | None = None,
+        rules: tuple[str, ...] = (),
+        fingerprint: str | None = None,
+        plan_hash: str | None = None,
+        policy_version: str = "",
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         # One dict update instead of the ten object.__setattr__ calls a frozen dataclass's own __init__ makes:
         # every call of the engine builds a Decision. Still frozen: assignment raises FrozenInstanceError.
-        vars(self).update(allowed=allowed, mode=mode, reasons=reasons, sql=sql, statement=statement, rules=rules,
-                          fingerprint=fingerprint, plan_hash=plan_hash, policy_version=policy_version,
-                          extra={} if extra is None else extra)
+        vars(self).update(
+            allowed=allowed,
+            mode=mode,
+            reasons=reasons,
+            sql=sql,
+            statement=statement,
+            rules=rules,
+            fingerprint=fingerprint,
+            plan_hash=plan_hash,
+            policy_version=policy_version,
+            extra={} if extra is None else extra,
+        )
 
     @property
     def enforced(self) -> bool:

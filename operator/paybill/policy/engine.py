@@ -23,8 +23,9 @@ MAX_SQL_LENGTH = 65536
 # What a rowFilter, written by the policy's author, may do that an agent's statement may not.
 AUTHOR_ONLY = frozenset({"function_not_allowed", "session_information"})
 logger = logging.getLogger(__name__)
-_SELECTIVE_WHERE = ("compares a column of {table} with a literal or parameter (=, IN, a range or LIKE), "
-                    "in every branch of an OR")
+_SELECTIVE_WHERE = (
+    "compares a column of {table} with a literal or parameter (=, IN, a range or LIKE), in every branch of an OR"
+)
 
 
 class _Admitted(NamedTuple):
@@ -69,8 +70,14 @@ class PolicyEngine:
     def clear_cache(self) -> None:
         self._cache.clear()
 
-    def decide(self, principal: str, sql: str, params: list[Any] | None = None, tenant: str | None = None,
-               approvals: frozenset[str] = frozenset()) -> Decision:
+    def decide(
+        self,
+        principal: str,
+        sql: str,
+        params: list[Any] | None = None,
+        tenant: str | None = None,
+        approvals: frozenset[str] = frozenset(),
+    ) -> Decision:
         params = params or []
         key = (principal, tenant, sql)
         admitted = self._cache.get(key)
@@ -82,47 +89,67 @@ class PolicyEngine:
                     self._cache.popitem(last=False)
         return self._bind(admitted, params, tenant, approvals)
 
-    def _bind(self, admitted: _Admitted, params: list[Any], tenant: str | None,
-              approvals: frozenset[str]) -> Decision:
+    def _bind(self, admitted: _Admitted, params: list[Any], tenant: str | None, approvals: frozenset[str]) -> Decision:
         decision = admitted.decision
         digest = plan_hash(decision.fingerprint or "", params, self.version, tenant)
         if decision.allowed and admitted.approvers is None and _params_fit(admitted.params, params):
             # The hot path (a cached, admitted statement with good parameters): no new reasons.
-            return Decision(True, decision.mode, decision.reasons, decision.sql, decision.statement, decision.rules,
-                            decision.fingerprint, digest, decision.policy_version, decision.extra)
+            return Decision(
+                True,
+                decision.mode,
+                decision.reasons,
+                decision.sql,
+                decision.statement,
+                decision.rules,
+                decision.fingerprint,
+                digest,
+                decision.policy_version,
+                decision.extra,
+            )
         reasons = list(decision.reasons)
         expected = admitted.params
         if decision.fingerprint is not None:
             if len(params) != len(expected):
-                reasons.append(Reason("param_count", f"statement takes {len(expected)} parameters, "
-                                                     f"got {len(params)}"))
+                reasons.append(Reason("param_count", f"statement takes {len(expected)} parameters, got {len(params)}"))
             else:
                 for number, value in enumerate(params, start=1):
                     kind = expected.get(number)
                     if kind is not None and not param_fits(kind, value):
-                        reasons.append(Reason("param_type", f"${number} is not a valid {kind.family}"
-                                                            f"{' array' if kind.array else ''} value"))
+                        reasons.append(
+                            Reason(
+                                "param_type",
+                                f"${number} is not a valid {kind.family}{' array' if kind.array else ''} value",
+                            )
+                        )
                     elif kind is None and not _scalar(value):
                         reasons.append(Reason("param_type", f"${number} must be a scalar"))
         if admitted.approvers is not None:
             granted = approvals & admitted.approvers
             if len(granted) < admitted.min_approvals:
-                reasons.append(Reason("approval_required", f"needs {admitted.min_approvals} approval(s) from "
-                                                           f"{', '.join(sorted(admitted.approvers))}"))
+                reasons.append(
+                    Reason(
+                        "approval_required",
+                        f"needs {admitted.min_approvals} approval(s) from {', '.join(sorted(admitted.approvers))}",
+                    )
+                )
         allowed = decision.allowed and not any(
-            r.code not in POLICY_CODES or decision.mode == "enforce" for r in reasons[len(decision.reasons):])
-        return dataclasses.replace(decision, allowed=allowed, reasons=tuple(reasons),
-                                   sql=decision.sql if allowed else None, plan_hash=digest)
+            r.code not in POLICY_CODES or decision.mode == "enforce" for r in reasons[len(decision.reasons) :]
+        )
+        return dataclasses.replace(
+            decision, allowed=allowed, reasons=tuple(reasons), sql=decision.sql if allowed else None, plan_hash=digest
+        )
 
     def _admit(self, principal: str, sql: str, tenant: str | None) -> _Admitted:
         mode = self.rules.mode
         deny = functools.partial(Decision, False, mode, policy_version=self.version)
         if principal not in self.rules.subjects:
-            return _Admitted(deny((Reason("principal_not_subject", f"{principal} is not a subject of the policy"),)),
-                             {}, None, 1)
+            return _Admitted(
+                deny((Reason("principal_not_subject", f"{principal} is not a subject of the policy"),)), {}, None, 1
+            )
         if len(sql) > MAX_SQL_LENGTH:
-            return _Admitted(deny((Reason("too_long", f"statement is longer than {MAX_SQL_LENGTH} characters"),)),
-                             {}, None, 1)
+            return _Admitted(
+                deny((Reason("too_long", f"statement is longer than {MAX_SQL_LENGTH} characters"),)), {}, None, 1
+            )
         if "\x00" in sql:
             return _Admitted(deny((Reason("syntax_error", "statement contains a NUL character"),)), {}, None, 1)
         try:
@@ -133,8 +160,12 @@ class PolicyEngine:
         except (DecodeError, RecursionError):
             return _Admitted(deny((Reason("too_complex", "statement is nested too deeply"),)), {}, None, 1)
         if len(tree.stmts) != 1:
-            return _Admitted(deny((Reason("statement_count", f"exactly one statement is admitted, "
-                                                             f"got {len(tree.stmts)}"),)), {}, None, 1)
+            return _Admitted(
+                deny((Reason("statement_count", f"exactly one statement is admitted, got {len(tree.stmts)}"),)),
+                {},
+                None,
+                1,
+            )
         stmt = tree.stmts[0].stmt
         analysis = Analysis(self.rules, self.schema, tenant)
         try:
@@ -143,8 +174,9 @@ class PolicyEngine:
             analysis.reasons.append(Reason("too_complex", "statement is nested too deeply"))
         except Exception as error:  # a tree shape the walker does not know: default deny
             logger.warning("policy analysis failed on a %s: %r", stmt.WhichOneof("node"), error)
-            analysis.reasons.append(Reason("unsupported", f"the engine cannot analyse this statement "
-                                                          f"({type(error).__name__})"))
+            analysis.reasons.append(
+                Reason("unsupported", f"the engine cannot analyse this statement ({type(error).__name__})")
+            )
         rules, approvers, min_approvals = self._check_rules(analysis)
         params = analysis.param_types
         if analysis.params and analysis.params != set(range(1, max(analysis.params) + 1)):
@@ -165,8 +197,17 @@ class PolicyEngine:
             blocking = [r for r in found if r.code not in POLICY_CODES or mode == "enforce"]
             if blocking:
                 rewritten = None
-        decision = Decision(not blocking, mode, reasons, rewritten, analysis.kind, rules, fingerprint(sql),
-                            policy_version=self.version, extra={"locks": True} if analysis.locking else {})
+        decision = Decision(
+            not blocking,
+            mode,
+            reasons,
+            rewritten,
+            analysis.kind,
+            rules,
+            fingerprint(sql),
+            policy_version=self.version,
+            extra={"locks": True} if analysis.locking else {},
+        )
         return _Admitted(decision, {n: params.get(n) for n in analysis.params}, approvers, min_approvals)
 
     def _check_rules(self, analysis: Analysis) -> tuple[tuple[str, ...], frozenset[str] | None, int]:
@@ -174,8 +215,14 @@ class PolicyEngine:
         allowing: dict[str, Any] = {}
         for (action, table, column), node in analysis.accesses.items():
             match = self.rules.match(action, table, column)
-            if match.deny is None and not match.allows and action == "select" and column == TENANT_COLUMN and \
-                    analysis.tenant is not None and self.schema.tables[table].pooled:
+            if (
+                match.deny is None
+                and not match.allows
+                and action == "select"
+                and column == TENANT_COLUMN
+                and analysis.tenant is not None
+                and self.schema.tables[table].pooled
+            ):
                 # the agent's own tenant id: readable wherever the table is, unless a rule denies it. Row-filter
                 # columns are not: reading them needs a select rule like any column (rules.predicate_columns)
                 match = self.rules.match(action, table, None)
@@ -185,23 +232,37 @@ class PolicyEngine:
                 continue
             target = f"{table}.{column}" if column else table
             if match.deny is not None:
-                analysis.reasons.append(Reason("denied_by_rule", f"{action} on {target} is denied",
-                                               position=location(node), rule=match.deny.id))
+                analysis.reasons.append(
+                    Reason(
+                        "denied_by_rule", f"{action} on {target} is denied", position=location(node), rule=match.deny.id
+                    )
+                )
             else:
-                analysis.reasons.append(Reason("no_allow_rule", f"no rule allows {action} on {target}",
-                                               position=location(node)))
+                analysis.reasons.append(
+                    Reason("no_allow_rule", f"no rule allows {action} on {target}", position=location(node))
+                )
         written = analysis.target
         if analysis.where_missing and analysis.kind in ("update", "delete") and written is not None:
             for rule in allowing.values():
                 if rule.requireWhere and analysis.kind in rule.actions:
-                    analysis.reasons.append(Reason("require_where", f"{analysis.kind.upper()} needs a WHERE clause "
-                                                   f"that {_SELECTIVE_WHERE.format(table=written.table.name)}",
-                                                   rule=rule.id))
+                    analysis.reasons.append(
+                        Reason(
+                            "require_where",
+                            f"{analysis.kind.upper()} needs a WHERE clause "
+                            f"that {_SELECTIVE_WHERE.format(table=written.table.name)}",
+                            rule=rule.id,
+                        )
+                    )
         for table in sorted({table for table, restricted in analysis.locks if not restricted}):
             for rule in self.rules.match("update", table, None).allows:
                 if rule.requireWhere:  # a row lock is a write intent: the update rule's requireWhere holds
-                    analysis.reasons.append(Reason("require_where", f"a row lock on {table} needs a WHERE clause "
-                                                   f"that {_SELECTIVE_WHERE.format(table=table)}", rule=rule.id))
+                    analysis.reasons.append(
+                        Reason(
+                            "require_where",
+                            f"a row lock on {table} needs a WHERE clause that {_SELECTIVE_WHERE.format(table=table)}",
+                            rule=rule.id,
+                        )
+                    )
         approvers: set[str] = set()
         min_approvals = 0
         for rule in allowing.values():

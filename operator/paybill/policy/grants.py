@@ -71,8 +71,11 @@ def grant_statements(rules: RuleSet, schema: Schema, role: str, tenant: str | No
             granted["insert"].append(TENANT_COLUMN)
         for action, columns in granted.items():
             if columns:
-                statements.append(sql.SQL("GRANT {} ({}) ON {} TO {}").format(
-                    sql.SQL(action.upper()), sql.SQL(", ").join(map(sql.Identifier, columns)), table_id, role_id))
+                statements.append(
+                    sql.SQL("GRANT {} ({}) ON {} TO {}").format(
+                        sql.SQL(action.upper()), sql.SQL(", ").join(map(sql.Identifier, columns)), table_id, role_id
+                    )
+                )
         if delete:
             statements.append(sql.SQL("GRANT DELETE ON {} TO {}").format(table_id, role_id))
         statements.append(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(table_id))
@@ -83,8 +86,11 @@ def grant_statements(rules: RuleSet, schema: Schema, role: str, tenant: str | No
             predicate = _predicate(rules, action, table, tenant)
             statements.append(sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(name, table_id))
             clause = {"insert": "WITH CHECK ({4})", "update": "USING ({4}) WITH CHECK ({4})"}.get(action, "USING ({4})")
-            statements.append(sql.SQL("CREATE POLICY {0} ON {1} AS PERMISSIVE FOR {2} TO {3} " + clause).format(
-                name, table_id, sql.SQL(action.upper()), role_id, predicate))
+            statements.append(
+                sql.SQL("CREATE POLICY {0} ON {1} AS PERMISSIVE FOR {2} TO {3} " + clause).format(
+                    name, table_id, sql.SQL(action.upper()), role_id, predicate
+                )
+            )
     return statements
 
 
@@ -100,8 +106,15 @@ def _policy_name(role: str, action: str) -> str:
     return name if len(name) <= 63 else f"paybill_{hashlib.sha256(name.encode()).hexdigest()[:40]}_{action}"
 
 
-def apply_grants(conn: Connection, rules: RuleSet, schema: Schema, role: str, tenant: str | None,
-                 password: str | None = None, installed: Mapping[str, str] | None = None) -> dict[str, str]:
+def apply_grants(
+    conn: Connection,
+    rules: RuleSet,
+    schema: Schema,
+    role: str,
+    tenant: str | None,
+    password: str | None = None,
+    installed: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     """Create or update the agent role and its privileges in one transaction; safe to re-run.
 
     Row security DDL takes an ACCESS EXCLUSIVE lock that queues behind every reader of a shared table and
@@ -115,12 +128,16 @@ def apply_grants(conn: Connection, rules: RuleSet, schema: Schema, role: str, te
         conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(DDL_LOCK_TIMEOUT)))
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
         if not exists:
-            conn.execute(sql.SQL("CREATE ROLE {} NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOBYPASSRLS")
-                         .format(role_id))
+            conn.execute(
+                sql.SQL("CREATE ROLE {} NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOBYPASSRLS").format(role_id)
+            )
         login = sql.SQL("LOGIN PASSWORD {}").format(sql.Literal(password)) if password else sql.SQL("NOLOGIN")
         conn.execute(sql.SQL("ALTER ROLE {} ").format(role_id) + login)
-        conn.execute(sql.SQL("ALTER ROLE {} SET statement_timeout = {}").format(
-            role_id, sql.Literal(rules.limits.statementTimeoutMs)))
+        conn.execute(
+            sql.SQL("ALTER ROLE {} SET statement_timeout = {}").format(
+                role_id, sql.Literal(rules.limits.statementTimeoutMs)
+            )
+        )
         drop: str | None = None
         for statement in (s.as_string(conn) for s in grant_statements(rules, schema, role, tenant)):
             if (enable := ENABLE_ROW_SECURITY.match(statement)) is not None:
@@ -143,5 +160,9 @@ def _policy_exists(conn: Connection, drop: str) -> bool:
     found = DROP_POLICY.match(drop)
     assert found is not None, drop
     name = found.group(1)[1:-1].replace('""', '"')
-    return conn.execute("SELECT 1 FROM pg_policy WHERE polrelid = %s::regclass AND polname = %s",
-                        (found.group(2), name)).fetchone() is not None
+    return (
+        conn.execute(
+            "SELECT 1 FROM pg_policy WHERE polrelid = %s::regclass AND polname = %s", (found.group(2), name)
+        ).fetchone()
+        is not None
+    )

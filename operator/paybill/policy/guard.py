@@ -257,15 +257,28 @@ class Outcome:
         return self.executed and not self.reasons
 
     def to_json(self) -> dict[str, Any]:
-        return {"decision": self.decision.to_json(), "executed": self.executed, "rowsAffected": self.rows_affected,
-                "rowsReturned": len(self.rows), "cost": self.cost, "reasons": [r.to_json() for r in self.reasons]}
+        return {
+            "decision": self.decision.to_json(),
+            "executed": self.executed,
+            "rowsAffected": self.rows_affected,
+            "rowsReturned": len(self.rows),
+            "cost": self.cost,
+            "reasons": [r.to_json() for r in self.reasons],
+        }
 
 
 class ExecutionGuard:
     """Runs one agent's statements for one tenant; `statements` counts toward maxStatementsPerRun."""
 
-    def __init__(self, engine: PolicyEngine, conninfo: str, principal: str, tenant: str | None = None,
-                 approvals: frozenset[str] = frozenset(), client_grace_s: float = CLIENT_GRACE_S) -> None:
+    def __init__(
+        self,
+        engine: PolicyEngine,
+        conninfo: str,
+        principal: str,
+        tenant: str | None = None,
+        approvals: frozenset[str] = frozenset(),
+        client_grace_s: float = CLIENT_GRACE_S,
+    ) -> None:
         self.engine = engine
         self.client_grace_s = client_grace_s  # how long after the server's deadline the client cancels
         self.principal = principal
@@ -293,8 +306,9 @@ class ExecutionGuard:
             self.close()
             conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
             try:
-                conn.execute(sql.SQL("SET search_path = pg_catalog, {}").format(
-                    sql.Identifier(self.engine.schema.name)))
+                conn.execute(
+                    sql.SQL("SET search_path = pg_catalog, {}").format(sql.Identifier(self.engine.schema.name))
+                )
             except BaseException:
                 conn.close()
                 raise
@@ -307,30 +321,42 @@ class ExecutionGuard:
         limits = self.engine.rules.limits
         self.statements += 1
         if self.statements > limits.maxStatementsPerRun:
-            return Outcome(decision, reasons=(Reason("statements_exceeded", f"run already issued "
-                                                     f"{limits.maxStatementsPerRun} statements"),))
+            return Outcome(
+                decision,
+                reasons=(Reason("statements_exceeded", f"run already issued {limits.maxStatementsPerRun} statements"),),
+            )
         if not decision.allowed or decision.sql is None:
             return Outcome(decision, reasons=(Reason("denied", "the policy engine denied the statement"),))
         try:
             session = self._connect()
             cost = self._cost(session, decision.sql, params)
             if cost > limits.maxCost:
-                return Outcome(decision, cost=cost, reasons=(Reason(
-                    "cost_exceeded", f"planner cost {cost:.0f} is above maxCost {limits.maxCost:.0f}"),))
+                return Outcome(
+                    decision,
+                    cost=cost,
+                    reasons=(
+                        Reason("cost_exceeded", f"planner cost {cost:.0f} is above maxCost {limits.maxCost:.0f}"),
+                    ),
+                )
             return self._run(session, decision, decision.sql, params, cost)
         except _Rollback as rollback:
             return Outcome(decision, reasons=(rollback.reason,))
         except _TimedOut as timed_out:
-            return Outcome(decision, reasons=(Reason("timeout", f"statement ran longer than "
-                                                                f"{limits.statementTimeoutMs} ms; stopped by the "
-                                                                f"{timed_out.by}"),))
+            return Outcome(
+                decision,
+                reasons=(
+                    Reason(
+                        "timeout",
+                        f"statement ran longer than {limits.statementTimeoutMs} ms; stopped by the {timed_out.by}",
+                    ),
+                ),
+            )
         except errors.InsufficientPrivilege as error:
             return Outcome(decision, reasons=(database_reason("database_denied", error),), error=str(error))
         except psycopg.Error as error:
             return Outcome(decision, reasons=(database_reason("database_error", error),), error=str(error))
 
-    def _guarded(self, session: Session, command: Command, writes: str | None = None, prepare: bool = True
-                 ) -> PGresult:
+    def _guarded(self, session: Session, command: Command, writes: str | None = None, prepare: bool = True) -> PGresult:
         """One statement under the policy's timeout, on the server (statement_timeout set transaction-locally
         by the command before it, in its own transaction) and on the client (cancelled shortly after the
         deadline). A read is one implicit transaction in one round trip; a write is an explicit one, checked
@@ -346,9 +372,14 @@ class ExecutionGuard:
                     result = session.exchange((BEGIN, timeout, command), prepare)[-1]
                     written = result.command_tuples or 0
                     if written > limits.maxRowsWritten:
-                        raise _Rollback(Reason("rows_written_exceeded", f"statement {writes} "
-                                               f"{written} rows, more than maxRowsWritten {limits.maxRowsWritten}; "
-                                               "rolled back"))
+                        raise _Rollback(
+                            Reason(
+                                "rows_written_exceeded",
+                                f"statement {writes} "
+                                f"{written} rows, more than maxRowsWritten {limits.maxRowsWritten}; "
+                                "rolled back",
+                            )
+                        )
                     session.exchange((COMMIT,))
                     return result
                 except errors.QueryCanceled:
@@ -378,8 +409,7 @@ class ExecutionGuard:
             self._costs[rewritten] = cost
         return cost
 
-    def _run(self, session: Session, decision: Decision, rewritten: str, params: list[Any],
-             cost: float) -> Outcome:
+    def _run(self, session: Session, decision: Decision, rewritten: str, params: list[Any], cost: float) -> Outcome:
         limits = self.engine.rules.limits
         writes = "changed" if decision.statement != "select" else "locked" if decision.extra.get("locks") else None
         result = self._guarded(session, (rewritten, params), writes)  # a locking read's rows count as written
@@ -387,7 +417,8 @@ class ExecutionGuard:
             columns = self._columns.get(rewritten)
             if columns is None:
                 columns = self._columns[rewritten] = tuple(
-                    (result.fname(i) or b"").decode() for i in range(result.nfields))
+                    (result.fname(i) or b"").decode() for i in range(result.nfields)
+                )
             rows = session.load_rows(result, limits.maxRowsRead)
         else:
             columns, rows = (), []

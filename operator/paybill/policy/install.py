@@ -51,15 +51,22 @@ def for_access(spec: AgentPolicySpec, access: Access) -> AgentPolicySpec:
     return spec.model_copy(update={"rules": rules})
 
 
-def engine_for(databases: TenantDatabases, placement: Placement, spec: AgentPolicySpec,
-               access: Access) -> PolicyEngine:
+def engine_for(databases: TenantDatabases, placement: Placement, spec: AgentPolicySpec, access: Access) -> PolicyEngine:
     """The engine that checks an agent's statements on this tenant: the policy as the access allows, the live
     schema. Raises PolicyError when the policy does not fit the schema."""
     return PolicyEngine(for_access(spec, access), tenant_schema(databases, placement))
 
 
-def install(databases: TenantDatabases, placement: Placement, policy: str, namespace: str, spec: AgentPolicySpec,
-            password: str, access: Access, previous_database: str | None = None) -> Installation:
+def install(
+    databases: TenantDatabases,
+    placement: Placement,
+    policy: str,
+    namespace: str,
+    spec: AgentPolicySpec,
+    password: str,
+    access: Access,
+    previous_database: str | None = None,
+) -> Installation:
     """Create or update the agent role for AgentPolicy namespace/policy on the tenant. Raises PolicyError for
     a policy that cannot apply, NameConflict when the role's name is taken by a role Paybill did not create
     for this policy (never adopted: its password and grants stay as they are).
@@ -76,20 +83,35 @@ def install(databases: TenantDatabases, placement: Placement, policy: str, names
         installed = databases.installed_row_policies(placement.database, role)
         with databases.session(placement.database) as conn:
             try:
-                in_place = apply_grants(conn, engine.rules, schema, role, placement.tenant,
-                                        password=password if access != Access.NONE else None, installed=installed)
+                in_place = apply_grants(
+                    conn,
+                    engine.rules,
+                    schema,
+                    role,
+                    placement.tenant,
+                    password=password if access != Access.NONE else None,
+                    installed=installed,
+                )
             except errors.LockNotAvailable:
-                raise DatabaseUnavailable(f"changing the row security of {placement.database} waited "
-                                          f"{DDL_LOCK_TIMEOUT} for tenants' open transactions; will retry") from None
+                raise DatabaseUnavailable(
+                    f"changing the row security of {placement.database} waited "
+                    f"{DDL_LOCK_TIMEOUT} for tenants' open transactions; will retry"
+                ) from None
         databases.remember_row_policies(placement.database, role, in_place)
     databases.grant_connect(placement.database, role)
     with databases.session(placement.database) as conn:
-        conn.execute(sql.SQL("ALTER ROLE {} SET search_path = {}").format(
-            sql.Identifier(role), sql.Identifier(schema.name)))
-        tables = tuple(name for (name,) in conn.execute(
-            "SELECT table_name FROM information_schema.role_table_grants WHERE grantee = %s AND table_schema = %s "
-            "UNION SELECT table_name FROM information_schema.role_column_grants WHERE grantee = %s "
-            "AND table_schema = %s ORDER BY 1", (role, schema.name, role, schema.name)))
+        conn.execute(
+            sql.SQL("ALTER ROLE {} SET search_path = {}").format(sql.Identifier(role), sql.Identifier(schema.name))
+        )
+        tables = tuple(
+            name
+            for (name,) in conn.execute(
+                "SELECT table_name FROM information_schema.role_table_grants WHERE grantee = %s AND table_schema = %s "
+                "UNION SELECT table_name FROM information_schema.role_column_grants WHERE grantee = %s "
+                "AND table_schema = %s ORDER BY 1",
+                (role, schema.name, role, schema.name),
+            )
+        )
     if access == Access.NONE:
         with databases.session() as conn:
             databases.end_sessions(conn, role)
@@ -100,8 +122,9 @@ def uninstall(databases: TenantDatabases, policy: str, namespace: str, tenant: s
     """Drop the agent role, its grants and its row-level security policies; False if there was no role of
     this policy's (a role of the same name Paybill did not create for it is left alone)."""
     role = databases.agent_role(tenant, namespace, policy)
-    return databases.drop_agent_role(role, agent_identity(tenant, namespace, policy),
-                                     (database,) if database is not None else ())
+    return databases.drop_agent_role(
+        role, agent_identity(tenant, namespace, policy), (database,) if database is not None else ()
+    )
 
 
 def _drop_owned(databases: TenantDatabases, database: str | None, role: str) -> None:

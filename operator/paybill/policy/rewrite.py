@@ -33,9 +33,14 @@ def rewrite(result: pb.ParseResult, analysis: Analysis, limits: Limits, serializ
     rules, tenant = analysis.rules, analysis.tenant
     for slot in analysis.from_slots:
         if _restricted(slot.table, "select", rules, tenant) or (
-                slot.locked and rules.row_filters_for("update", slot.table.name)):
-            _filter(slot, [c for c in slot.table.columns if ("select", slot.table.name, c) in analysis.accesses],
-                    rules, tenant)
+            slot.locked and rules.row_filters_for("update", slot.table.name)
+        ):
+            _filter(
+                slot,
+                [c for c in slot.table.columns if ("select", slot.table.name, c) in analysis.accesses],
+                rules,
+                tenant,
+            )
     target = analysis.target
     if target is not None and analysis.kind in ("update", "delete"):
         _restrict(target.stmt.where_clause, target.table, analysis.kind, rules, tenant, target.name)
@@ -82,8 +87,9 @@ def _conjunct(where: pb.Node) -> pb.Node:
     return both.args.add()
 
 
-def _predicate(node: pb.Node, table: Table, action: str, rules: RuleSet, tenant: str | None,
-               qualifier: str | None) -> None:
+def _predicate(
+    node: pb.Node, table: Table, action: str, rules: RuleSet, tenant: str | None, qualifier: str | None
+) -> None:
     """Write into `node` the tenant predicate AND the OR of the row filters for (action, table)."""
     filters = rules.row_filters_for(action, table.name)
     if tenant is None or not table.pooled:
@@ -191,10 +197,13 @@ def _limit(stmt: pb.SelectStmt, max_rows: int) -> None:
 # message field below them read as raw bytes (enums as int32, presence kept: proto2). upb parses and writes them
 # in C without visiting the Nodes inside; fields they do not declare are kept as unknown fields, byte for byte.
 def _shallow_types() -> dict[str, Any]:
-    file = descriptor_pb2.FileDescriptorProto(name="paybill_shallow.proto", package="paybill.shallow",
-                                              syntax="proto2")
-    nested = {"ParseResult": {"stmts": "RawStmt"}, "RawStmt": {"stmt": "Node"}, "Node": {"select_stmt": "SelectStmt"},
-              "SelectStmt": {}}
+    file = descriptor_pb2.FileDescriptorProto(name="paybill_shallow.proto", package="paybill.shallow", syntax="proto2")
+    nested = {
+        "ParseResult": {"stmts": "RawStmt"},
+        "RawStmt": {"stmt": "Node"},
+        "Node": {"select_stmt": "SelectStmt"},
+        "SelectStmt": {},
+    }
     for name, children in nested.items():
         message = file.message_type.add(name=name)
         for field in pb.DESCRIPTOR.message_types_by_name[name].fields:
@@ -213,8 +222,9 @@ def _shallow_types() -> dict[str, Any]:
                 shallow.type = field.type
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
-    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"paybill.shallow.{name}"))
-            for name in nested}
+    return {
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"paybill.shallow.{name}")) for name in nested
+    }
 
 
 _SHALLOW = _shallow_types()

@@ -16,28 +16,94 @@ WILDCARD = "*"
 
 # Functions never admitted, whatever a policy lists: they read files, reach other servers, change
 # settings or sessions, sleep, lock, or write outside the statement's tables.
-UNSAFE_FUNCTIONS = frozenset({
-    "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "pg_ls_logdir", "pg_ls_waldir",
-    "lo_import", "lo_export", "lo_open", "lo_create", "lo_unlink", "lo_get", "lo_put", "lo_from_bytea",
-    "dblink", "dblink_exec", "dblink_connect", "dblink_send_query", "set_config", "current_setting",
-    "pg_sleep", "pg_sleep_for", "pg_sleep_until", "pg_terminate_backend", "pg_cancel_backend",
-    "pg_reload_conf", "pg_rotate_logfile", "pg_notify", "nextval", "setval", "txid_current",
-    "pg_advisory_lock", "pg_advisory_xact_lock", "pg_try_advisory_lock", "query_to_xml",
-    "query_to_xml_and_xmlschema", "cursor_to_xml", "table_to_xml", "database_to_xml", "schema_to_xml",
-    "pg_switch_wal", "pg_create_restore_point", "pg_backup_start", "pg_backup_stop", "pg_logical_emit_message",
-    "pg_replication_origin_create", "pg_file_write", "copy_from", "pg_execute_server_program",
-    # they run SQL text the engine never sees
-    "ts_stat", "ts_rewrite", "query_to_xmlschema", "cursor_to_xmlschema", "table_to_xmlschema",
-    "table_to_xml_and_xmlschema", "schema_to_xmlschema", "schema_to_xml_and_xmlschema", "database_to_xmlschema",
-    "database_to_xml_and_xmlschema",
-    # sequences, transactions and indexes: state outside the statement's rows
-    "currval", "lastval", "brin_summarize_new_values", "brin_summarize_range", "brin_desummarize_range",
-    "gin_clean_pending_list",
-    # the server, the session and the catalogs
-    "version", "current_database", "current_schema", "current_schemas", "current_user", "session_user",
-    "system_user", "inet_client_addr", "inet_client_port", "inet_server_addr", "inet_server_port",
-    "obj_description", "col_description", "shobj_description", "format_type", "row_security_active",
-})
+UNSAFE_FUNCTIONS = frozenset(
+    {
+        "pg_read_file",
+        "pg_read_binary_file",
+        "pg_ls_dir",
+        "pg_stat_file",
+        "pg_ls_logdir",
+        "pg_ls_waldir",
+        "lo_import",
+        "lo_export",
+        "lo_open",
+        "lo_create",
+        "lo_unlink",
+        "lo_get",
+        "lo_put",
+        "lo_from_bytea",
+        "dblink",
+        "dblink_exec",
+        "dblink_connect",
+        "dblink_send_query",
+        "set_config",
+        "current_setting",
+        "pg_sleep",
+        "pg_sleep_for",
+        "pg_sleep_until",
+        "pg_terminate_backend",
+        "pg_cancel_backend",
+        "pg_reload_conf",
+        "pg_rotate_logfile",
+        "pg_notify",
+        "nextval",
+        "setval",
+        "txid_current",
+        "pg_advisory_lock",
+        "pg_advisory_xact_lock",
+        "pg_try_advisory_lock",
+        "query_to_xml",
+        "query_to_xml_and_xmlschema",
+        "cursor_to_xml",
+        "table_to_xml",
+        "database_to_xml",
+        "schema_to_xml",
+        "pg_switch_wal",
+        "pg_create_restore_point",
+        "pg_backup_start",
+        "pg_backup_stop",
+        "pg_logical_emit_message",
+        "pg_replication_origin_create",
+        "pg_file_write",
+        "copy_from",
+        "pg_execute_server_program",
+        # they run SQL text the engine never sees
+        "ts_stat",
+        "ts_rewrite",
+        "query_to_xmlschema",
+        "cursor_to_xmlschema",
+        "table_to_xmlschema",
+        "table_to_xml_and_xmlschema",
+        "schema_to_xmlschema",
+        "schema_to_xml_and_xmlschema",
+        "database_to_xmlschema",
+        "database_to_xml_and_xmlschema",
+        # sequences, transactions and indexes: state outside the statement's rows
+        "currval",
+        "lastval",
+        "brin_summarize_new_values",
+        "brin_summarize_range",
+        "brin_desummarize_range",
+        "gin_clean_pending_list",
+        # the server, the session and the catalogs
+        "version",
+        "current_database",
+        "current_schema",
+        "current_schemas",
+        "current_user",
+        "session_user",
+        "system_user",
+        "inet_client_addr",
+        "inet_client_port",
+        "inet_server_addr",
+        "inet_server_port",
+        "obj_description",
+        "col_description",
+        "shobj_description",
+        "format_type",
+        "row_security_active",
+    }
+)
 # Prefixes of function families never admitted, whatever a policy lists.
 UNSAFE_PREFIXES = ("pg_", "lo_", "dblink", "txid_", "has_", "to_reg", "binary_upgrade_")
 
@@ -91,8 +157,9 @@ class RuleSet:
 
     def __init__(self, spec: AgentPolicySpec) -> None:
         self.spec = spec
-        self.version = hashlib.sha256(
-            json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+        self.version = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[
+            :16
+        ]
         self.mode = str(spec.mode)
         self.subjects = frozenset(spec.subjects)
         self.functions = frozenset(f.lower() for f in spec.functions)
@@ -123,23 +190,29 @@ class RuleSet:
         if action == "insert":
             for rule in allows:
                 if rule.rowFilter is not None:
-                    raise PolicyError(f"rule {rule.id}: a rowFilter on an insert rule is not supported (the engine "
-                                      "cannot check inserted rows against it)")
+                    raise PolicyError(
+                        f"rule {rule.id}: a rowFilter on an insert rule is not supported (the engine "
+                        "cannot check inserted rows against it)"
+                    )
         filters = {rule.rowFilter for rule in allows}
         if len(filters) < 2:
             return
         named = sorted({column for rule in allows for column in rule.columns if column != WILDCARD})
-        covered = [(f"{table}.{column}", [r for r in allows if column in r.columns or WILDCARD in r.columns])
-                   for column in named]
+        covered = [
+            (f"{table}.{column}", [r for r in allows if column in r.columns or WILDCARD in r.columns])
+            for column in named
+        ]
         covered.append((f"{table} (every other column)", [r for r in allows if WILDCARD in r.columns]))
         for name, rules in covered:
             mine = {rule.rowFilter for rule in rules}
             if rules and None not in mine and mine != filters:
                 others = sorted(rule.id for rule in allows if rule not in rules)
-                raise PolicyError(f"rule {', '.join(sorted(r.id for r in rules))}: {action} on {name} is allowed "
-                                  f"only under its rowFilter, but rule {', '.join(others)} admits {action} on {table} "
-                                  "with another or no rowFilter; filters apply to the whole table, so cover "
-                                  "that column under every filter of the table (or none)")
+                raise PolicyError(
+                    f"rule {', '.join(sorted(r.id for r in rules))}: {action} on {name} is allowed "
+                    f"only under its rowFilter, but rule {', '.join(others)} admits {action} on {table} "
+                    "with another or no rowFilter; filters apply to the whole table, so cover "
+                    "that column under every filter of the table (or none)"
+                )
 
     def rules_for(self, action: str, table: str) -> tuple[Rule, ...]:
         """Rules naming (action, table) or (action, *), in policy order."""
@@ -171,8 +244,9 @@ class RuleSet:
                 allows.append(rule)
         return Match(None, tuple(allows))
 
-    def predicate_columns(self, table: str, columns: Mapping[str, object], pooled: bool,
-                          tenant: str | None) -> set[str]:
+    def predicate_columns(
+        self, table: str, columns: Mapping[str, object], pooled: bool, tenant: str | None
+    ) -> set[str]:
         """Columns Paybill's own predicates read on `table`, which the agent role is GRANTed SELECT on.
 
         The grant is needed at the database: the rewrite's filtered subquery (`WHERE tenant_id = ... AND

@@ -37,17 +37,33 @@ class TypeFamily(StrEnum):
 
 
 _FAMILIES: dict[str, TypeFamily] = {
-    **dict.fromkeys(("int2", "int4", "int8", "smallint", "integer", "int", "bigint", "serial", "bigserial",
-                     "smallserial"), TypeFamily.INTEGER),
-    **dict.fromkeys(("numeric", "decimal", "float4", "float8", "real", "double precision", "money"),
-                    TypeFamily.NUMERIC),
-    **dict.fromkeys(("text", "varchar", "character varying", "bpchar", "char", "character", "name", "citext"),
-                    TypeFamily.TEXT),
+    **dict.fromkeys(
+        ("int2", "int4", "int8", "smallint", "integer", "int", "bigint", "serial", "bigserial", "smallserial"),
+        TypeFamily.INTEGER,
+    ),
+    **dict.fromkeys(
+        ("numeric", "decimal", "float4", "float8", "real", "double precision", "money"), TypeFamily.NUMERIC
+    ),
+    **dict.fromkeys(
+        ("text", "varchar", "character varying", "bpchar", "char", "character", "name", "citext"), TypeFamily.TEXT
+    ),
     **dict.fromkeys(("bool", "boolean"), TypeFamily.BOOLEAN),
     "uuid": TypeFamily.UUID,
-    **dict.fromkeys(("date", "time", "timetz", "timestamp", "timestamptz", "timestamp without time zone",
-                     "timestamp with time zone", "time without time zone", "time with time zone", "interval"),
-                    TypeFamily.TEMPORAL),
+    **dict.fromkeys(
+        (
+            "date",
+            "time",
+            "timetz",
+            "timestamp",
+            "timestamptz",
+            "timestamp without time zone",
+            "timestamp with time zone",
+            "time without time zone",
+            "time with time zone",
+            "interval",
+        ),
+        TypeFamily.TEMPORAL,
+    ),
     **dict.fromkeys(("json", "jsonb"), TypeFamily.JSON),
 }
 
@@ -97,8 +113,10 @@ class Key:
         foreign key, references the referenced table's tenant column)?"""
         if self.kind != KeyKind.FOREIGN:
             return TENANT_COLUMN in self.columns
-        return any(mine == TENANT_COLUMN and theirs == TENANT_COLUMN
-                   for mine, theirs in zip(self.columns, self.referenced, strict=False))
+        return any(
+            mine == TENANT_COLUMN and theirs == TENANT_COLUMN
+            for mine, theirs in zip(self.columns, self.referenced, strict=False)
+        )
 
     def describe(self) -> str:
         shown = ", ".join(self.columns) if self.columns else ", ".join(sorted(self.involves))
@@ -108,8 +126,17 @@ class Key:
         return text
 
     def canonical(self) -> list[object]:
-        return [self.kind.value, self.table, list(self.columns), sorted(self.involves), self.name, self.references,
-                list(self.referenced), self.on_update, self.on_delete]
+        return [
+            self.kind.value,
+            self.table,
+            list(self.columns),
+            sorted(self.involves),
+            self.name,
+            self.references,
+            list(self.referenced),
+            self.on_update,
+            self.on_delete,
+        ]
 
 
 @dataclass(frozen=True)
@@ -150,10 +177,15 @@ def table_keys(table: Table, inbound: Iterable[Key]) -> TableKeys:
                 unscoped_referenced.setdefault(column, key)
             if key.on_update in WRITING_ACTIONS:
                 writing_referenced.setdefault(column, key)
-    return TableKeys(unscoped, unscoped_referenced, writing_referenced,
-                     next((k for k in referencing if not k.tenant_scoped), None),
-                     next((k for k in referencing if k.on_delete in WRITING_ACTIONS), None),
-                     tuple(unscoped_unique), by_name)
+    return TableKeys(
+        unscoped,
+        unscoped_referenced,
+        writing_referenced,
+        next((k for k in referencing if not k.tenant_scoped), None),
+        next((k for k in referencing if k.on_delete in WRITING_ACTIONS), None),
+        tuple(unscoped_unique),
+        by_name,
+    )
 
 
 @dataclass(frozen=True)
@@ -182,9 +214,13 @@ class Schema:
 
     @property
     def digest(self) -> str:
-        canonical = {t.name: {"columns": {c: f.value for c, f in t.columns.items()},
-                              "keys": sorted(json.dumps(k.canonical()) for k in t.keys)}
-                     for t in self.tables.values()}
+        canonical = {
+            t.name: {
+                "columns": {c: f.value for c, f in t.columns.items()},
+                "keys": sorted(json.dumps(k.canonical()) for k in t.keys),
+            }
+            for t in self.tables.values()
+        }
         inbound = sorted(json.dumps(k.canonical()) for k in self.inbound)
         return hashlib.sha256(json.dumps([self.name, canonical, inbound], sort_keys=True).encode()).hexdigest()[:16]
 
@@ -213,7 +249,9 @@ class Schema:
             with psycopg.connect(dsn, connect_timeout=5) as conn:
                 rows = conn.execute(
                     "SELECT table_name, column_name, udt_name FROM information_schema.columns"
-                    " WHERE table_schema = %s ORDER BY table_name, ordinal_position", (name,)).fetchall()
+                    " WHERE table_schema = %s ORDER BY table_name, ordinal_position",
+                    (name,),
+                ).fetchall()
                 conn.execute("SET LOCAL search_path = pg_catalog")  # definitions name every table qualified
                 definitions = conn.execute(_KEY_DEFINITIONS, {"schema": name}).fetchall()
         except psycopg.OperationalError as error:
@@ -360,10 +398,22 @@ class _DdlReader:
 
     def foreign(self, table: str, constraint: ast.Constraint, column: str | None, pktable: ast.RangeVar) -> Key:
         columns = _strings(constraint.fk_attrs) or ((column,) if column else ())
-        references = pktable.relname if pktable.schemaname in (None, "", self.schema) else \
-            f"{pktable.schemaname}.{pktable.relname}"
-        return Key(KeyKind.FOREIGN, table, columns, frozenset(columns), constraint.conname or None, references,
-                   _strings(constraint.pk_attrs), constraint.fk_upd_action or "a", constraint.fk_del_action or "a")
+        references = (
+            pktable.relname
+            if pktable.schemaname in (None, "", self.schema)
+            else f"{pktable.schemaname}.{pktable.relname}"
+        )
+        return Key(
+            KeyKind.FOREIGN,
+            table,
+            columns,
+            frozenset(columns),
+            constraint.conname or None,
+            references,
+            _strings(constraint.pk_attrs),
+            constraint.fk_upd_action or "a",
+            constraint.fk_del_action or "a",
+        )
 
     def index(self, stmt: ast.IndexStmt, relation: ast.RangeVar) -> None:
         table = relation.relname
@@ -397,5 +447,7 @@ class _DdlReader:
         return result
 
     def tables(self) -> dict[str, Table]:
-        return {name: Table(name, columns, tuple(self.resolved(self.keys.get(name, ()))))
-                for name, columns in self.columns.items()}
+        return {
+            name: Table(name, columns, tuple(self.resolved(self.keys.get(name, ()))))
+            for name, columns in self.columns.items()
+        }

@@ -13,8 +13,19 @@ from google.protobuf.message import DecodeError
 from pglast.parser import ParseError, deparse_protobuf, parse_sql_protobuf
 from postgast import pg_query_pb2 as pb
 
-__all__ = ["DecodeError", "ParseError", "deparse", "deparse_serialized", "parse", "parse_raw", "pb", "set_column",
-           "set_integer", "set_text", "unwrap"]
+__all__ = [
+    "DecodeError",
+    "ParseError",
+    "deparse",
+    "deparse_serialized",
+    "parse",
+    "parse_raw",
+    "pb",
+    "set_column",
+    "set_integer",
+    "set_text",
+    "unwrap",
+]
 
 
 def parse(sql: str) -> pb.ParseResult:

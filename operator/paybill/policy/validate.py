@@ -41,48 +41,122 @@ Body = dict[str, Any]
 # -- what is admitted --------------------------------------------------------------------------------------
 # Message type -> its admitted fields (protobuf names) -> None (any value; children are walked) or the set of
 # admitted values (enum names, or scalar values). Anything not here is denied.
-_EXPRESSION_KINDS = frozenset({"AEXPR_OP", "AEXPR_OP_ANY", "AEXPR_OP_ALL", "AEXPR_DISTINCT", "AEXPR_NOT_DISTINCT",
-                               "AEXPR_NULLIF", "AEXPR_IN", "AEXPR_LIKE", "AEXPR_ILIKE", "AEXPR_BETWEEN",
-                               "AEXPR_NOT_BETWEEN"})
-_TIME_FUNCTIONS = frozenset({"SVFOP_CURRENT_DATE", "SVFOP_CURRENT_TIME", "SVFOP_CURRENT_TIME_N",
-                             "SVFOP_CURRENT_TIMESTAMP", "SVFOP_CURRENT_TIMESTAMP_N", "SVFOP_LOCALTIME",
-                             "SVFOP_LOCALTIME_N", "SVFOP_LOCALTIMESTAMP", "SVFOP_LOCALTIMESTAMP_N"})
-_SORT = {"node": None, "sortby_dir": frozenset({"SORTBY_DEFAULT", "SORTBY_ASC", "SORTBY_DESC", "SORTBY_USING"}),
-         "sortby_nulls": frozenset({"SORTBY_NULLS_DEFAULT", "SORTBY_NULLS_FIRST", "SORTBY_NULLS_LAST"}),
-         "use_op": None, "location": None}
+_EXPRESSION_KINDS = frozenset(
+    {
+        "AEXPR_OP",
+        "AEXPR_OP_ANY",
+        "AEXPR_OP_ALL",
+        "AEXPR_DISTINCT",
+        "AEXPR_NOT_DISTINCT",
+        "AEXPR_NULLIF",
+        "AEXPR_IN",
+        "AEXPR_LIKE",
+        "AEXPR_ILIKE",
+        "AEXPR_BETWEEN",
+        "AEXPR_NOT_BETWEEN",
+    }
+)
+_TIME_FUNCTIONS = frozenset(
+    {
+        "SVFOP_CURRENT_DATE",
+        "SVFOP_CURRENT_TIME",
+        "SVFOP_CURRENT_TIME_N",
+        "SVFOP_CURRENT_TIMESTAMP",
+        "SVFOP_CURRENT_TIMESTAMP_N",
+        "SVFOP_LOCALTIME",
+        "SVFOP_LOCALTIME_N",
+        "SVFOP_LOCALTIMESTAMP",
+        "SVFOP_LOCALTIMESTAMP_N",
+    }
+)
+_SORT = {
+    "node": None,
+    "sortby_dir": frozenset({"SORTBY_DEFAULT", "SORTBY_ASC", "SORTBY_DESC", "SORTBY_USING"}),
+    "sortby_nulls": frozenset({"SORTBY_NULLS_DEFAULT", "SORTBY_NULLS_FIRST", "SORTBY_NULLS_LAST"}),
+    "use_op": None,
+    "location": None,
+}
 ADMITTED: dict[str, dict[str, frozenset[Any] | None]] = {
     "SelectStmt": {
-        "distinct_clause": None, "target_list": None, "from_clause": None, "where_clause": None,
-        "group_clause": None, "having_clause": None, "window_clause": None, "values_lists": None,
-        "sort_clause": None, "limit_offset": None, "limit_count": None, "locking_clause": None, "with_clause": None,
+        "distinct_clause": None,
+        "target_list": None,
+        "from_clause": None,
+        "where_clause": None,
+        "group_clause": None,
+        "having_clause": None,
+        "window_clause": None,
+        "values_lists": None,
+        "sort_clause": None,
+        "limit_offset": None,
+        "limit_count": None,
+        "locking_clause": None,
+        "with_clause": None,
         "limit_option": frozenset({"LIMIT_OPTION_DEFAULT", "LIMIT_OPTION_COUNT"}),
         "op": frozenset({"SETOP_NONE", "SETOP_UNION", "SETOP_INTERSECT", "SETOP_EXCEPT"}),
-        "all": None, "larg": None, "rarg": None},
-    "InsertStmt": {"relation": None, "cols": None, "select_stmt": None, "on_conflict_clause": None,
-                   "returning_clause": None, "override": frozenset({"OVERRIDING_NOT_SET"})},
-    "UpdateStmt": {"relation": None, "target_list": None, "where_clause": None, "from_clause": None,
-                   "returning_clause": None},
+        "all": None,
+        "larg": None,
+        "rarg": None,
+    },
+    "InsertStmt": {
+        "relation": None,
+        "cols": None,
+        "select_stmt": None,
+        "on_conflict_clause": None,
+        "returning_clause": None,
+        "override": frozenset({"OVERRIDING_NOT_SET"}),
+    },
+    "UpdateStmt": {
+        "relation": None,
+        "target_list": None,
+        "where_clause": None,
+        "from_clause": None,
+        "returning_clause": None,
+    },
     "DeleteStmt": {"relation": None, "using_clause": None, "where_clause": None, "returning_clause": None},
     "ReturningClause": {"exprs": None},
-    "OnConflictClause": {"action": frozenset({"ONCONFLICT_NOTHING", "ONCONFLICT_UPDATE"}), "infer": None,
-                         "target_list": None, "where_clause": None, "location": None},
+    "OnConflictClause": {
+        "action": frozenset({"ONCONFLICT_NOTHING", "ONCONFLICT_UPDATE"}),
+        "infer": None,
+        "target_list": None,
+        "where_clause": None,
+        "location": None,
+    },
     "InferClause": {"index_elems": None, "where_clause": None, "location": None},
-    "IndexElem": {"name": None, "ordering": frozenset({"SORTBY_DEFAULT"}),
-                  "nulls_ordering": frozenset({"SORTBY_NULLS_DEFAULT"})},
+    "IndexElem": {
+        "name": None,
+        "ordering": frozenset({"SORTBY_DEFAULT"}),
+        "nulls_ordering": frozenset({"SORTBY_NULLS_DEFAULT"}),
+    },
     "WithClause": {"ctes": None, "location": None},
-    "CommonTableExpr": {"ctename": None, "aliascolnames": None, "ctequery": None, "location": None,
-                        "ctematerialized": frozenset({"CTEMaterializeDefault", "CTEMaterializeAlways",
-                                                      "CTEMaterializeNever"})},
-    "RangeVar": {"schemaname": None, "relname": None, "inh": None, "relpersistence": frozenset({"p"}),
-                 "alias": None, "location": None},
+    "CommonTableExpr": {
+        "ctename": None,
+        "aliascolnames": None,
+        "ctequery": None,
+        "location": None,
+        "ctematerialized": frozenset({"CTEMaterializeDefault", "CTEMaterializeAlways", "CTEMaterializeNever"}),
+    },
+    "RangeVar": {
+        "schemaname": None,
+        "relname": None,
+        "inh": None,
+        "relpersistence": frozenset({"p"}),
+        "alias": None,
+        "location": None,
+    },
     "RangeSubselect": {"lateral": None, "subquery": None, "alias": None},
-    "JoinExpr": {"jointype": frozenset({"JOIN_INNER", "JOIN_LEFT", "JOIN_FULL", "JOIN_RIGHT"}), "larg": None,
-                 "rarg": None, "using_clause": None, "quals": None},
+    "JoinExpr": {
+        "jointype": frozenset({"JOIN_INNER", "JOIN_LEFT", "JOIN_FULL", "JOIN_RIGHT"}),
+        "larg": None,
+        "rarg": None,
+        "using_clause": None,
+        "quals": None,
+    },
     "Alias": {"aliasname": None, "colnames": None},
-    "LockingClause": {"locked_rels": None,
-                      "strength": frozenset({"LCS_FORKEYSHARE", "LCS_FORSHARE", "LCS_FORNOKEYUPDATE",
-                                             "LCS_FORUPDATE"}),
-                      "wait_policy": frozenset({"LockWaitBlock", "LockWaitSkip", "LockWaitError"})},
+    "LockingClause": {
+        "locked_rels": None,
+        "strength": frozenset({"LCS_FORKEYSHARE", "LCS_FORSHARE", "LCS_FORNOKEYUPDATE", "LCS_FORUPDATE"}),
+        "wait_policy": frozenset({"LockWaitBlock", "LockWaitSkip", "LockWaitError"}),
+    },
     "ResTarget": {"name": None, "val": None, "location": None},
     "ColumnRef": {"fields": None, "location": None},
     "A_Star": {},
@@ -91,31 +165,74 @@ ADMITTED: dict[str, dict[str, frozenset[Any] | None]] = {
     "Float": {"fval": None},
     "Boolean": {"boolval": None},
     "BitString": {"bsval": None},
-    "A_Const": {"ival": None, "fval": None, "boolval": None, "sval": None, "bsval": None, "isnull": None,
-                "location": None},
+    "A_Const": {
+        "ival": None,
+        "fval": None,
+        "boolval": None,
+        "sval": None,
+        "bsval": None,
+        "isnull": None,
+        "location": None,
+    },
     "ParamRef": {"number": None, "location": None},
     "List": {"items": None},
-    "A_Expr": {"kind": _EXPRESSION_KINDS, "name": None, "lexpr": None, "rexpr": None, "rexpr_list_start": None,
-               "rexpr_list_end": None, "location": None},
+    "A_Expr": {
+        "kind": _EXPRESSION_KINDS,
+        "name": None,
+        "lexpr": None,
+        "rexpr": None,
+        "rexpr_list_start": None,
+        "rexpr_list_end": None,
+        "location": None,
+    },
     "BoolExpr": {"boolop": frozenset({"AND_EXPR", "OR_EXPR", "NOT_EXPR"}), "args": None, "location": None},
     "NullTest": {"arg": None, "nulltesttype": frozenset({"IS_NULL", "IS_NOT_NULL"}), "location": None},
-    "BooleanTest": {"arg": None, "booltesttype": frozenset({"IS_TRUE", "IS_NOT_TRUE", "IS_FALSE", "IS_NOT_FALSE",
-                                                            "IS_UNKNOWN", "IS_NOT_UNKNOWN"}), "location": None},
+    "BooleanTest": {
+        "arg": None,
+        "booltesttype": frozenset(
+            {"IS_TRUE", "IS_NOT_TRUE", "IS_FALSE", "IS_NOT_FALSE", "IS_UNKNOWN", "IS_NOT_UNKNOWN"}
+        ),
+        "location": None,
+    },
     "CaseExpr": {"arg": None, "args": None, "defresult": None, "location": None},
     "CaseWhen": {"expr": None, "result": None, "location": None},
     "CoalesceExpr": {"args": None, "location": None},
     "MinMaxExpr": {"op": frozenset({"IS_GREATEST", "IS_LEAST"}), "args": None, "location": None},
-    "RowExpr": {"args": None, "row_format": frozenset({"COERCE_EXPLICIT_CALL", "COERCE_IMPLICIT_CAST"}),
-                "location": None},
+    "RowExpr": {
+        "args": None,
+        "row_format": frozenset({"COERCE_EXPLICIT_CALL", "COERCE_IMPLICIT_CAST"}),
+        "location": None,
+    },
     "A_ArrayExpr": {"elements": None, "list_start": None, "list_end": None, "location": None},
-    "SubLink": {"sub_link_type": frozenset({"EXISTS_SUBLINK", "ANY_SUBLINK", "ALL_SUBLINK", "EXPR_SUBLINK"}),
-                "testexpr": None, "oper_name": None, "subselect": None, "location": None},
+    "SubLink": {
+        "sub_link_type": frozenset({"EXISTS_SUBLINK", "ANY_SUBLINK", "ALL_SUBLINK", "EXPR_SUBLINK"}),
+        "testexpr": None,
+        "oper_name": None,
+        "subselect": None,
+        "location": None,
+    },
     "SQLValueFunction": {"op": _TIME_FUNCTIONS, "typmod": None, "location": None},
-    "FuncCall": {"funcname": None, "args": None, "agg_order": None, "agg_filter": None, "over": None,
-                 "agg_star": None, "agg_distinct": None,
-                 "funcformat": frozenset({"COERCE_EXPLICIT_CALL", "COERCE_SQL_SYNTAX"}), "location": None},
-    "WindowDef": {"name": None, "refname": None, "partition_clause": None, "order_clause": None,
-                  "frame_options": None, "start_offset": None, "end_offset": None, "location": None},
+    "FuncCall": {
+        "funcname": None,
+        "args": None,
+        "agg_order": None,
+        "agg_filter": None,
+        "over": None,
+        "agg_star": None,
+        "agg_distinct": None,
+        "funcformat": frozenset({"COERCE_EXPLICIT_CALL", "COERCE_SQL_SYNTAX"}),
+        "location": None,
+    },
+    "WindowDef": {
+        "name": None,
+        "refname": None,
+        "partition_clause": None,
+        "order_clause": None,
+        "frame_options": None,
+        "start_offset": None,
+        "end_offset": None,
+        "location": None,
+    },
     "SortBy": _SORT,
     "TypeCast": {"arg": None, "type_name": None, "location": None},
     "TypeName": {"names": None, "typmods": None, "typemod": frozenset({-1}), "location": None},
@@ -145,8 +262,11 @@ class _Type:
             keys.add(field.json_name)
             message = field.message_type
             if message is not None:
-                kind = (_NODES if field.is_repeated else _NODE) if message.name == "Node" else (
-                    _MESSAGES if field.is_repeated else _MESSAGE)
+                kind = (
+                    (_NODES if field.is_repeated else _NODE)
+                    if message.name == "Node"
+                    else (_MESSAGES if field.is_repeated else _MESSAGE)
+                )
                 self.children[field.json_name] = (kind, None if message.name == "Node" else message.name)
             if values is not None:
                 default = field.enum_type.values[0].name if field.enum_type is not None else field.default_value
@@ -159,11 +279,30 @@ class _Type:
 TYPES: dict[str, _Type] = {name: _Type(name, fields) for name, fields in ADMITTED.items()}
 # Types checked where they are met, without queueing (no handler, no enum; children only names or leaves, else
 # `_DEEP` sends them to the generic walk): their admitted JSON keys. They are most of any tree.
-LEAVES = {name: TYPES[name].keys for name in ("String", "A_Star", "Integer", "Float", "Boolean", "BitString",
-                                              "ParamRef", "ColumnRef", "A_Const", "Alias", "ResTarget")}
+LEAVES = {
+    name: TYPES[name].keys
+    for name in (
+        "String",
+        "A_Star",
+        "Integer",
+        "Float",
+        "Boolean",
+        "BitString",
+        "ParamRef",
+        "ColumnRef",
+        "A_Const",
+        "Alias",
+        "ResTarget",
+    )
+}
 _STRING_KEYS = frozenset({"sval"})
-_CONST_KEYS = {"ival": frozenset({"ival"}), "fval": frozenset({"fval"}), "boolval": frozenset({"boolval"}),
-               "sval": frozenset({"sval"}), "bsval": frozenset({"bsval"})}
+_CONST_KEYS = {
+    "ival": frozenset({"ival"}),
+    "fval": frozenset({"fval"}),
+    "boolval": frozenset({"boolval"}),
+    "sval": frozenset({"sval"}),
+    "bsval": frozenset({"bsval"}),
+}
 NESTED = frozenset(TYPES) - {"InsertStmt", "UpdateStmt", "DeleteStmt"}  # statements that may stand inside another
 _EMPTY: frozenset[str] = frozenset()
 _MISSING = object()
@@ -183,10 +322,18 @@ class Validator:
         # Handlers see a message first; each returns the keys it consumed (the rest is walked generically), or
         # None when it walked the message itself.
         self._handlers: dict[str, Callable[[Body, frozenset[str], _Walk], Iterable[str] | None]] = {
-            "SelectStmt": self._select, "JoinExpr": self._join, "RangeVar": self._stray_relation,
-            "InsertStmt": self._insert, "UpdateStmt": self._update, "DeleteStmt": self._delete,
-            "FuncCall": self._function, "A_Expr": self._operator, "SubLink": self._sublink, "SortBy": self._sort,
-            "TypeName": self._type}
+            "SelectStmt": self._select,
+            "JoinExpr": self._join,
+            "RangeVar": self._stray_relation,
+            "InsertStmt": self._insert,
+            "UpdateStmt": self._update,
+            "DeleteStmt": self._delete,
+            "FuncCall": self._function,
+            "A_Expr": self._operator,
+            "SubLink": self._sublink,
+            "SortBy": self._sort,
+            "TypeName": self._type,
+        }
 
     def validate(self, sql: str, tenant: str | None) -> list[Reason]:
         """Reasons to deny the final statement `sql` for `tenant`; empty when every node is admitted."""
@@ -254,8 +401,9 @@ class Validator:
             walk.fields("CommonTableExpr", cte, frozenset(visible), ("ctequery",))
             query = cte.get("ctequery", {})
             if set(query) != {"SelectStmt"}:
-                walk.deny("validator_node", f"WITH {cte.get('ctename')}: only a SELECT is admitted in WITH",
-                          "CommonTableExpr")
+                walk.deny(
+                    "validator_node", f"WITH {cte.get('ctename')}: only a SELECT is admitted in WITH", "CommonTableExpr"
+                )
             else:
                 walk.stack.append(("SelectStmt", query["SelectStmt"], frozenset(visible)))
             visible.add(cte.get("ctename", ""))
@@ -282,11 +430,13 @@ class Validator:
         for rel in clause.get("lockedRels", ()):
             body = rel.get("RangeVar")
             if body is None or len(rel) != 1 or not body.keys() <= _LOCKED_KEYS:
-                walk.deny("validator_relation", "FOR UPDATE/SHARE OF names only relations of the FROM list",
-                          "LockingClause")
+                walk.deny(
+                    "validator_relation", "FOR UPDATE/SHARE OF names only relations of the FROM list", "LockingClause"
+                )
 
-    def _relation(self, body: Body, ctes: frozenset[str], walk: _Walk, action: str, where: Body | None,
-                  qualifier: str | None) -> bool:
+    def _relation(
+        self, body: Body, ctes: frozenset[str], walk: _Walk, action: str, where: Body | None, qualifier: str | None
+    ) -> bool:
         """Check one relation reference; True when `where` held the required filter (and was walked here)."""
         walk.fields("RangeVar", body, ctes, ())
         name = body.get("relname", "")
@@ -306,16 +456,20 @@ class Validator:
             return False
         rest = _without(where, required) if where is not None else None
         if rest is None:
-            walk.deny("validator_relation", f"relation {shown} is not wrapped in the {action} filter Paybill "
-                                            f"requires for it", "RangeVar")
+            walk.deny(
+                "validator_relation",
+                f"relation {shown} is not wrapped in the {action} filter Paybill requires for it",
+                "RangeVar",
+            )
             return False
         for conjunct in rest:
             walk.node(conjunct, ctes)
         return True
 
     def _stray_relation(self, body: Body, ctes: frozenset[str], walk: _Walk) -> Iterable[str]:
-        walk.deny("validator_relation", f"relation {body.get('relname')} appears where no relation is admitted",
-                  "RangeVar")
+        walk.deny(
+            "validator_relation", f"relation {body.get('relname')} appears where no relation is admitted", "RangeVar"
+        )
         return ()
 
     def _required(self, action: str, table: Table, tenant: str | None, qualifier: str | None) -> list[_Term] | None:
@@ -368,16 +522,22 @@ class Validator:
             return ("relation",)
         qualifier = relation.get("alias", {}).get("aliasname", relation.get("relname"))
         if walk.tenant is not None and table.pooled and not _inserts_tenant(body, walk.tenant):
-            walk.deny("validator_relation", f"INSERT into {table.name} does not set {TENANT_COLUMN} to the tenant",
-                      "InsertStmt")
+            walk.deny(
+                "validator_relation",
+                f"INSERT into {table.name} does not set {TENANT_COLUMN} to the tenant",
+                "InsertStmt",
+            )
         conflict = body.get("onConflictClause")
         if conflict is not None and conflict.get("action") == "ONCONFLICT_UPDATE":
             required = self._required("update", table, walk.tenant, qualifier)
             if required is not None:
                 rest = _without(conflict.get("whereClause"), required)
                 if rest is None:
-                    walk.deny("validator_relation", f"ON CONFLICT DO UPDATE of {table.name} lacks the update "
-                                                    "filter Paybill requires", "OnConflictClause")
+                    walk.deny(
+                        "validator_relation",
+                        f"ON CONFLICT DO UPDATE of {table.name} lacks the update filter Paybill requires",
+                        "OnConflictClause",
+                    )
                 else:
                     walk.fields("OnConflictClause", conflict, ctes, ("whereClause",))
                     for conjunct in rest:
@@ -407,8 +567,11 @@ class Validator:
         where = body.get("whereClause")
         rest = _without(where, required) if where is not None else None
         if rest is None:
-            walk.deny("validator_relation", f"the WHERE of this {action.upper()} lacks the filter Paybill "
-                                            f"requires on {table.name}", "RangeVar")
+            walk.deny(
+                "validator_relation",
+                f"the WHERE of this {action.upper()} lacks the filter Paybill requires on {table.name}",
+                "RangeVar",
+            )
             return ("relation", sources)
         for conjunct in rest:
             walk.node(conjunct, ctes)
@@ -418,8 +581,11 @@ class Validator:
         schema = relation.get("schemaname", "")
         table = self.schema.tables.get(relation.get("relname", "")) if schema in ("", self.schema.name) else None
         if table is None:
-            walk.deny("validator_relation", f"relation {relation.get('relname')} is not a table of the tenant "
-                                            "schema", "RangeVar")
+            walk.deny(
+                "validator_relation",
+                f"relation {relation.get('relname')} is not a table of the tenant schema",
+                "RangeVar",
+            )
         return table
 
     # -- names -----------------------------------------------------------------------------------------------
@@ -457,22 +623,31 @@ class Validator:
         if "operName" in body:
             names = _names(body["operName"])
             if names is None or len(names) != 1 or names[0] not in OPERATORS:
-                walk.deny("validator_operator", f"operator {'.'.join(names or ['?'])} is not admitted in a "
-                                                "subquery comparison", "SubLink")
+                walk.deny(
+                    "validator_operator",
+                    f"operator {'.'.join(names or ['?'])} is not admitted in a subquery comparison",
+                    "SubLink",
+                )
         return ("operName",)
 
     def _sort(self, body: Body, ctes: frozenset[str], walk: _Walk) -> Iterable[str]:
         if "useOp" in body:
             names = _names(body["useOp"])
             if names is None or len(names) != 1 or names[0] not in ORDERINGS:
-                walk.deny("validator_operator", f"ORDER BY ... USING {'.'.join(names or ['?'])} is not admitted",
-                          "SortBy")
+                walk.deny(
+                    "validator_operator", f"ORDER BY ... USING {'.'.join(names or ['?'])} is not admitted", "SortBy"
+                )
         return ("useOp",)
 
     def _type(self, body: Body, ctes: frozenset[str], walk: _Walk) -> Iterable[str]:
         names = _names(body.get("names", ()))
-        if (names is None or not names or len(names) > 2 or (len(names) == 2 and names[0] != "pg_catalog")
-                or names[-1] not in CASTS):
+        if (
+            names is None
+            or not names
+            or len(names) > 2
+            or (len(names) == 2 and names[0] != "pg_catalog")
+            or names[-1] not in CASTS
+        ):
             walk.deny("validator_type", f"type {'.'.join(names or ['?'])} is not admitted", "TypeName")
         return ("names",)
 
@@ -572,8 +747,9 @@ def _plain_constant(body: Body) -> bool:
 
 def _plain_names(body: Body) -> bool:
     """An Alias whose column names, if any, are plain strings."""
-    return all(len(item) == 1 and item.get("String", _NOT_STRING).keys() <= _STRING_KEYS
-               for item in body.get("colnames", ()))
+    return all(
+        len(item) == 1 and item.get("String", _NOT_STRING).keys() <= _STRING_KEYS for item in body.get("colnames", ())
+    )
 
 
 def _plain_target(body: Body) -> bool:
@@ -592,11 +768,16 @@ def _plain_target(body: Body) -> bool:
 
 _NOT_STRING = {"": None}
 _STAR: Body = {"A_Star": {}}
-_DEEP: dict[str, Callable[[Body], bool]] = {"ColumnRef": _plain_reference, "A_Const": _plain_constant,
-                                           "Alias": _plain_names, "ResTarget": _plain_target}
+_DEEP: dict[str, Callable[[Body], bool]] = {
+    "ColumnRef": _plain_reference,
+    "A_Const": _plain_constant,
+    "Alias": _plain_names,
+    "ResTarget": _plain_target,
+}
 
 
 # -- pure helpers ---------------------------------------------------------------------------------------------
+
 
 def _safe_function(name: str) -> bool:
     folded = name.lower()
@@ -677,9 +858,17 @@ class _TenantTerm:
             return False
         left, right = expr.get("lexpr", {}), expr.get("rexpr", {})
         ref, const = left.get("ColumnRef"), right.get("A_Const")
-        return (expr.get("name") == _EQUALS and ref is not None and len(left) == 1 and const is not None
-                and len(right) == 1 and ref.keys() <= _REF_KEYS and ref.get("fields") == self.fields
-                and const.keys() <= _TEXT_CONST_KEYS and const.get("sval") == self.tenant)
+        return (
+            expr.get("name") == _EQUALS
+            and ref is not None
+            and len(left) == 1
+            and const is not None
+            and len(right) == 1
+            and ref.keys() <= _REF_KEYS
+            and ref.get("fields") == self.fields
+            and const.keys() <= _TEXT_CONST_KEYS
+            and const.get("sval") == self.tenant
+        )
 
 
 _Term = _Exact | _TenantTerm
@@ -704,8 +893,11 @@ def _same(actual: Any, expected: Any) -> bool:
             matched += 1
         return matched == len(expected)
     if type(actual) is list:
-        return (type(expected) is list and len(actual) == len(expected)
-                and all(_same(a, e) for a, e in zip(actual, expected, strict=True)))
+        return (
+            type(expected) is list
+            and len(actual) == len(expected)
+            and all(_same(a, e) for a, e in zip(actual, expected, strict=True))
+        )
     return bool(actual == expected and type(actual) is type(expected))
 
 

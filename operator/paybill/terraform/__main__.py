@@ -37,21 +37,31 @@ def main(argv: list[str] | None = None) -> int:
     variables = json.loads((args.module / "paybill.auto.tfvars.json").read_text())
     inputs = ModuleInputs(**{**variables, "tenant_id": args.tenant})
     provider_env = {key: value for key, value in os.environ.items() if key.startswith(PROVIDER_PREFIXES)}
-    runner = TerraformRunner(RunnerConfig(backend_dsn=os.environ["PAYBILL_TERRAFORM_BACKEND_DSN"],
-                                          state_dir=args.state_dir, timeout=args.timeout, concurrency=1,
-                                          env=provider_env))
+    runner = TerraformRunner(
+        RunnerConfig(
+            backend_dsn=os.environ["PAYBILL_TERRAFORM_BACKEND_DSN"],
+            state_dir=args.state_dir,
+            timeout=args.timeout,
+            concurrency=1,
+            env=provider_env,
+        )
+    )
     print(json.dumps(_run(runner, args.operation, inputs, args.module, args.plan_hash), default=list))
     return 0
 
 
-def _run(runner: TerraformRunner, operation: str, inputs: ModuleInputs, module: Path,
-         plan_hash: str | None) -> dict[str, Any]:
+def _run(
+    runner: TerraformRunner, operation: str, inputs: ModuleInputs, module: Path, plan_hash: str | None
+) -> dict[str, Any]:
     if operation == "plan":
         return {"summary": asdict(runner.plan(inputs, module))}
     if operation == "apply":
         result = runner.apply_plan(inputs, module, str(plan_hash), str(plan_hash))
-        return {"summary": asdict(result.summary), "outputs": result.outputs.public(),
-                "lock_recoveries": [asdict(r) for r in result.lock_recoveries]}
+        return {
+            "summary": asdict(result.summary),
+            "outputs": result.outputs.public(),
+            "lock_recoveries": [asdict(r) for r in result.lock_recoveries],
+        }
     if operation == "destroy":
         return asdict(runner.destroy(inputs, module))
     if operation == "drift":

@@ -59,16 +59,29 @@ def ensure_state_row(connection: psycopg.Connection, tenant_id: str) -> None:
     tenant's first apply would hold off every other tenant's first plan. With it, a run locks its row only.
     The backend has created the schema and table; a concurrent insert of the same row is a no-op.
     """
-    empty_state = json.dumps({"version": 4, "terraform_version": "1.0.0", "serial": 0, "lineage": str(uuid.uuid4()),
-                              "outputs": {}, "resources": []})
-    connection.execute(sql.SQL("INSERT INTO {}.states (name, data) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING")
-                       .format(sql.Identifier(schema_for(tenant_id))), [WORKSPACE, empty_state])
+    empty_state = json.dumps(
+        {
+            "version": 4,
+            "terraform_version": "1.0.0",
+            "serial": 0,
+            "lineage": str(uuid.uuid4()),
+            "outputs": {},
+            "resources": [],
+        }
+    )
+    connection.execute(
+        sql.SQL("INSERT INTO {}.states (name, data) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING").format(
+            sql.Identifier(schema_for(tenant_id))
+        ),
+        [WORKSPACE, empty_state],
+    )
 
 
 def state_outputs(connection: psycopg.Connection, tenant_id: str) -> dict[str, Any]:
     """The root module's outputs in the tenant's state (format version 4: name -> value, type, sensitive)."""
-    row = connection.execute(sql.SQL("SELECT data FROM {}.states WHERE name = %s")
-                             .format(sql.Identifier(schema_for(tenant_id))), [WORKSPACE]).fetchone()
+    row = connection.execute(
+        sql.SQL("SELECT data FROM {}.states WHERE name = %s").format(sql.Identifier(schema_for(tenant_id))), [WORKSPACE]
+    ).fetchone()
     outputs: dict[str, Any] = json.loads(row[0]).get("outputs", {}) if row and row[0] else {}
     return outputs
 
@@ -96,8 +109,9 @@ def state_lock_keys(connection: psycopg.Connection, tenant_id: str) -> list[int]
     keys = [CREATION_LOCK]
     schema = schema_for(tenant_id)
     if state_table_exists(connection, tenant_id):
-        row = connection.execute(sql.SQL("SELECT id FROM {}.states WHERE name = %s").format(sql.Identifier(schema)),
-                                 [WORKSPACE]).fetchone()
+        row = connection.execute(
+            sql.SQL("SELECT id FROM {}.states WHERE name = %s").format(sql.Identifier(schema)), [WORKSPACE]
+        ).fetchone()
         if row:
             keys.append(int(row[0]))
     return keys
@@ -112,7 +126,9 @@ def lock_holders(connection: psycopg.Connection, keys: Collection[int]) -> list[
              FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
               AND ((l.classid::bigint << 32) | l.objid::bigint) = ANY(%s)
-              AND a.pid <> pg_backend_pid()""", [list(keys)]).fetchall()
+              AND a.pid <> pg_backend_pid()""",
+        [list(keys)],
+    ).fetchall()
     return [LockHolder(*row) for row in rows]
 
 
@@ -135,8 +151,9 @@ def holder_gone(holder: LockHolder, active_runs: Collection[str], stale_after: f
     return None
 
 
-def stale_holders(holders: list[LockHolder], active_runs: Collection[str],
-                  stale_after: float) -> list[tuple[LockHolder, str]]:
+def stale_holders(
+    holders: list[LockHolder], active_runs: Collection[str], stale_after: float
+) -> list[tuple[LockHolder, str]]:
     """Holders older than `stale_after` seconds whose run is over: ours to release."""
     stale = []
     for holder in holders:
@@ -148,8 +165,9 @@ def stale_holders(holders: list[LockHolder], active_runs: Collection[str],
     return stale
 
 
-def release(connection: psycopg.Connection, tenant_id: str, holder: LockHolder, reason: str,
-            wait_seconds: float = 10.0) -> LockRecovery:
+def release(
+    connection: psycopg.Connection, tenant_id: str, holder: LockHolder, reason: str, wait_seconds: float = 10.0
+) -> LockRecovery:
     """End the holder's session (PostgreSQL drops its advisory locks with it) and wait until the lock is free."""
     connection.execute("SELECT pg_terminate_backend(%s)", [holder.backend_pid])
     deadline = time.monotonic() + wait_seconds
@@ -157,9 +175,14 @@ def release(connection: psycopg.Connection, tenant_id: str, holder: LockHolder, 
         if time.monotonic() > deadline:
             raise TimeoutError(f"session {holder.backend_pid} still holds lock {holder.lock_key}")
         time.sleep(0.05)
-    return LockRecovery(tenant_id=tenant_id, lock_key=holder.lock_key, holder_backend_pid=holder.backend_pid,
-                        holder_application=holder.application, held_seconds=round(holder.held_seconds, 1),
-                        reason=reason)
+    return LockRecovery(
+        tenant_id=tenant_id,
+        lock_key=holder.lock_key,
+        holder_backend_pid=holder.backend_pid,
+        holder_application=holder.application,
+        held_seconds=round(holder.held_seconds, 1),
+        reason=reason,
+    )
 
 
 def _alive(pid: int) -> bool:

@@ -40,12 +40,13 @@ class RunnerConfig:
 def cli_config(plugin_cache: Path, provider_mirror: Path | None) -> str:
     """A CLI configuration: the shared plugin cache and, when given, providers from the mirror only (no
     network installation at all: deny by default)."""
-    lines = [f"plugin_cache_dir = {_quoted(plugin_cache)}",
-             "plugin_cache_may_break_dependency_lock_file = true"]
+    lines = [f"plugin_cache_dir = {_quoted(plugin_cache)}", "plugin_cache_may_break_dependency_lock_file = true"]
     if provider_mirror is not None:
-        lines += ["provider_installation {",
-                  f"  filesystem_mirror {{\n    path = {_quoted(provider_mirror)}\n  }}",
-                  "}"]
+        lines += [
+            "provider_installation {",
+            f"  filesystem_mirror {{\n    path = {_quoted(provider_mirror)}\n  }}",
+            "}",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -12,15 +12,32 @@ from typing import Any
 
 import hcl2  # type: ignore[import-untyped]
 
-INPUTS = {"tenant_id": "string", "plan": "string", "region": "string", "cost_center": "string",
-          "sizes": "map(number)", "pool": "string"}
+INPUTS = {
+    "tenant_id": "string",
+    "plan": "string",
+    "region": "string",
+    "cost_center": "string",
+    "sizes": "map(number)",
+    "pool": "string",
+}
 DEFAULTED_INPUTS = ("sizes", "pool")
-OUTPUTS = ("endpoint", "database_host", "database_port", "database_name", "database_user", "database_password",
-           "network_id", "subnet_ids")
+OUTPUTS = (
+    "endpoint",
+    "database_host",
+    "database_port",
+    "database_name",
+    "database_user",
+    "database_password",
+    "network_id",
+    "subnet_ids",
+)
 SENSITIVE_OUTPUTS = ("database_password",)
 TAG_KEYS = ("paybill.dev/tenant", "paybill.dev/plan", "paybill.dev/cost-center")
-TAG_VALUES = {"paybill.dev/tenant": "var.tenant_id", "paybill.dev/plan": "var.plan",
-              "paybill.dev/cost-center": "var.cost_center"}
+TAG_VALUES = {
+    "paybill.dev/tenant": "var.tenant_id",
+    "paybill.dev/plan": "var.plan",
+    "paybill.dev/cost-center": "var.cost_center",
+}
 # Resource types that cannot carry tags (their parent resource does); terraform_data is no cloud object,
 # except in the `local` modules, where it stands for one and carries the tags in its input.
 UNTAGGABLE = ("aws_iam_role_policy", "aws_iam_role_policy_attachment")
@@ -66,10 +83,16 @@ def _input_violations(variables: dict[str, dict[str, Any]]) -> list[str]:
 
 def _output_violations(outputs: dict[str, dict[str, Any]]) -> list[str]:
     found = [f"output {name} is missing" for name in OUTPUTS if name not in outputs]
-    found += [f"output {name} must be sensitive" for name in SENSITIVE_OUTPUTS
-              if name in outputs and outputs[name].get("sensitive") is not True]
-    found += [f"output {name} is sensitive but not in {SENSITIVE_OUTPUTS}" for name, spec in outputs.items()
-              if spec.get("sensitive") is True and name not in SENSITIVE_OUTPUTS]
+    found += [
+        f"output {name} must be sensitive"
+        for name in SENSITIVE_OUTPUTS
+        if name in outputs and outputs[name].get("sensitive") is not True
+    ]
+    found += [
+        f"output {name} is sensitive but not in {SENSITIVE_OUTPUTS}"
+        for name, spec in outputs.items()
+        if spec.get("sensitive") is True and name not in SENSITIVE_OUTPUTS
+    ]
     return found
 
 
@@ -88,9 +111,14 @@ def _tag_violations(blocks: dict[str, list[Any]], stands_for_cloud_objects: bool
 
 
 def _resources(blocks: dict[str, list[Any]]) -> list[tuple[str, str, dict[str, Any]]]:
-    return [(_unquote(kind), _unquote(name), body) for entry in blocks.get("resource", [])
-            for kind, named in entry.items() if not kind.startswith("__")
-            for name, body in named.items() if not name.startswith("__")]
+    return [
+        (_unquote(kind), _unquote(name), body)
+        for entry in blocks.get("resource", [])
+        for kind, named in entry.items()
+        if not kind.startswith("__")
+        for name, body in named.items()
+        if not name.startswith("__")
+    ]
 
 
 def _named(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

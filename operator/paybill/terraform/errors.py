@@ -33,7 +33,7 @@ def error_lines(stderr: str, stdout: str = "", limit: int = ERROR_LINES) -> str:
     lines = [line.strip(" │╷╵\t") for line in text.splitlines()]
     lines = [line for line in lines if line and not _SOURCE_CONTEXT.match(line)]
     start = next((i for i, line in enumerate(lines) if line.startswith("Error")), max(len(lines) - limit, 0))
-    return "\n".join(lines[start:start + limit])
+    return "\n".join(lines[start : start + limit])
 
 
 class TerraformError(RuntimeError):

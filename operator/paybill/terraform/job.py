@@ -34,8 +34,7 @@ class JobSpec:
     plan_hash: str | None = None  # apply: the approved plan
     service_account: str = "paybill-terraform"
     requests: dict[str, str] = field(default_factory=lambda: {"cpu": "250m", "memory": "256Mi"})
-    limits: dict[str, str] = field(default_factory=lambda: {"cpu": "1", "memory": "1Gi",
-                                                            "ephemeral-storage": "2Gi"})
+    limits: dict[str, str] = field(default_factory=lambda: {"cpu": "1", "memory": "1Gi", "ephemeral-storage": "2Gi"})
 
     def __post_init__(self) -> None:
         checked_tenant_id(self.tenant_id)
@@ -54,16 +53,31 @@ class JobSpec:
 
 
 def job_manifest(spec: JobSpec) -> dict[str, Any]:
-    labels = {"app.kubernetes.io/name": "paybill-terraform", "app.kubernetes.io/managed-by": "paybill",
-              "paybill.dev/tenant": spec.tenant_id, "paybill.dev/run": spec.run_id,
-              "paybill.dev/operation": spec.operation}
-    args = [spec.operation, "--tenant", spec.tenant_id, "--module", BUNDLE_MOUNT, "--state-dir", WORK_MOUNT,
-            "--timeout", str(spec.timeout_seconds)]
+    labels = {
+        "app.kubernetes.io/name": "paybill-terraform",
+        "app.kubernetes.io/managed-by": "paybill",
+        "paybill.dev/tenant": spec.tenant_id,
+        "paybill.dev/run": spec.run_id,
+        "paybill.dev/operation": spec.operation,
+    }
+    args = [
+        spec.operation,
+        "--tenant",
+        spec.tenant_id,
+        "--module",
+        BUNDLE_MOUNT,
+        "--state-dir",
+        WORK_MOUNT,
+        "--timeout",
+        str(spec.timeout_seconds),
+    ]
     if spec.plan_hash:
         args += ["--plan-hash", spec.plan_hash]
     env: list[dict[str, Any]] = [
-        {"name": "PAYBILL_TERRAFORM_BACKEND_DSN",
-         "valueFrom": {"secretKeyRef": {"name": spec.backend_secret, "key": BACKEND_KEY}}},
+        {
+            "name": "PAYBILL_TERRAFORM_BACKEND_DSN",
+            "valueFrom": {"secretKeyRef": {"name": spec.backend_secret, "key": BACKEND_KEY}},
+        },
         {"name": "HOME", "value": WORK_MOUNT},
     ]
     container: dict[str, Any] = {
@@ -72,12 +86,19 @@ def job_manifest(spec: JobSpec) -> dict[str, Any]:
         "command": ["python", "-m", "paybill.terraform"],
         "args": args,
         "env": env,
-        "volumeMounts": [{"name": "bundle", "mountPath": BUNDLE_MOUNT, "readOnly": True},
-                         {"name": "work", "mountPath": WORK_MOUNT}],
+        "volumeMounts": [
+            {"name": "bundle", "mountPath": BUNDLE_MOUNT, "readOnly": True},
+            {"name": "work", "mountPath": WORK_MOUNT},
+        ],
         "resources": {"requests": dict(spec.requests), "limits": dict(spec.limits)},
-        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_USER, "runAsGroup": RUN_USER,
-                            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                            "capabilities": {"drop": ["ALL"]}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_USER,
+            "runAsGroup": RUN_USER,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
     }
     if spec.provider_secret:
         container["envFrom"] = [{"secretRef": {"name": spec.provider_secret}}]
@@ -96,8 +117,12 @@ def job_manifest(spec: JobSpec) -> dict[str, Any]:
                     "serviceAccountName": spec.service_account,
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_USER, "fsGroup": RUN_USER,
-                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": RUN_USER,
+                        "fsGroup": RUN_USER,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
                     "containers": [container],
                     "volumes": [
                         {"name": "bundle", "secret": {"secretName": spec.bundle_secret, "defaultMode": 0o400}},

@@ -34,8 +34,14 @@ class ModuleInputs:
         checked_tenant_id(self.tenant_id)
 
     def variables(self) -> dict[str, Any]:
-        return {"tenant_id": self.tenant_id, "plan": self.plan, "region": self.region,
-                "cost_center": self.cost_center, "sizes": dict(self.sizes), "pool": self.pool}
+        return {
+            "tenant_id": self.tenant_id,
+            "plan": self.plan,
+            "region": self.region,
+            "cost_center": self.cost_center,
+            "sizes": dict(self.sizes),
+            "pool": self.pool,
+        }
 
 
 @dataclass(frozen=True)
@@ -86,8 +92,9 @@ class Outputs:
 
     def secret_data(self) -> dict[str, str]:
         """Every output as strings, for the tenant's Secret (the only place sensitive ones go)."""
-        return {name: out.value if isinstance(out.value, str) else _json(out.value)
-                for name, out in self.values.items()}
+        return {
+            name: out.value if isinstance(out.value, str) else _json(out.value) for name, out in self.values.items()
+        }
 
 
 @dataclass(frozen=True)

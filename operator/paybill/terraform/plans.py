@@ -50,8 +50,15 @@ def summarize(tenant_id: str, plan: dict[str, Any], plan_hash: str) -> PlanSumma
         adds += "create" in actions
         destroys += "delete" in actions
         changes += "update" in actions
-    return PlanSummary(tenant_id=tenant_id, adds=adds, changes=changes, destroys=destroys, plan_hash=plan_hash,
-                       artifact=artifact_ref(tenant_id, plan_hash), addresses=tuple(addresses))
+    return PlanSummary(
+        tenant_id=tenant_id,
+        adds=adds,
+        changes=changes,
+        destroys=destroys,
+        plan_hash=plan_hash,
+        artifact=artifact_ref(tenant_id, plan_hash),
+        addresses=tuple(addresses),
+    )
 
 
 def masked(plan: dict[str, Any]) -> dict[str, Any]:
@@ -61,14 +68,19 @@ def masked(plan: dict[str, Any]) -> dict[str, Any]:
     plan.pop("prior_state", None)
     for key in ("resource_changes", "resource_drift"):
         plan[key] = [_mask_change(entry) for entry in plan.get(key) or []]
-    plan["output_changes"] = {name: _mask_change_body(change) for name, change in
-                              (plan.get("output_changes") or {}).items()}
+    plan["output_changes"] = {
+        name: _mask_change_body(change) for name, change in (plan.get("output_changes") or {}).items()
+    }
     plan["planned_values"] = _mask_planned(plan.get("planned_values") or {})
-    sensitive_vars = {name for name, spec in
-                      ((plan.get("configuration") or {}).get("root_module", {}).get("variables") or {}).items()
-                      if spec.get("sensitive")}
-    plan["variables"] = {name: ({"value": MASK} if name in sensitive_vars else value)
-                         for name, value in (plan.get("variables") or {}).items()}
+    sensitive_vars = {
+        name
+        for name, spec in ((plan.get("configuration") or {}).get("root_module", {}).get("variables") or {}).items()
+        if spec.get("sensitive")
+    }
+    plan["variables"] = {
+        name: ({"value": MASK} if name in sensitive_vars else value)
+        for name, value in (plan.get("variables") or {}).items()
+    }
     return plan
 
 
@@ -77,19 +89,25 @@ def _mask_change(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def _mask_change_body(change: dict[str, Any]) -> dict[str, Any]:
-    return {**change, "before": _mask(change.get("before"), change.get("before_sensitive")),
-            "after": _mask(change.get("after"), change.get("after_sensitive"))}
+    return {
+        **change,
+        "before": _mask(change.get("before"), change.get("before_sensitive")),
+        "after": _mask(change.get("after"), change.get("after_sensitive")),
+    }
 
 
 def _mask_planned(values: dict[str, Any]) -> dict[str, Any]:
-    outputs = {name: ({**out, "value": MASK} if out.get("sensitive") else out)
-               for name, out in (values.get("outputs") or {}).items()}
+    outputs = {
+        name: ({**out, "value": MASK} if out.get("sensitive") else out)
+        for name, out in (values.get("outputs") or {}).items()
+    }
     return {**values, "outputs": outputs, "root_module": _mask_module(values.get("root_module") or {})}
 
 
 def _mask_module(module: dict[str, Any]) -> dict[str, Any]:
-    resources = [{**r, "values": _mask(r.get("values"), r.get("sensitive_values"))}
-                 for r in module.get("resources") or []]
+    resources = [
+        {**r, "values": _mask(r.get("values"), r.get("sensitive_values"))} for r in module.get("resources") or []
+    ]
     children = [_mask_module(child) for child in module.get("child_modules") or []]
     return {**module, "resources": resources, "child_modules": children}
 
@@ -120,19 +138,27 @@ class PlanStore:
             connection.execute(
                 f"""INSERT INTO {SCHEMA}.plans (tenant_id, plan_hash, summary, plan_json, plan_file)
                     VALUES (%s, %s, %s, %s, %s) ON CONFLICT (tenant_id, plan_hash) DO NOTHING""",
-                [summary.tenant_id, summary.plan_hash, Jsonb(_summary_json(summary)), Jsonb(masked(plan_json)),
-                 plan_file])
+                [
+                    summary.tenant_id,
+                    summary.plan_hash,
+                    Jsonb(_summary_json(summary)),
+                    Jsonb(masked(plan_json)),
+                    plan_file,
+                ],
+            )
 
     def plan_file(self, tenant_id: str, plan_hash: str) -> bytes | None:
         with self.connections.connection() as connection:
-            row = connection.execute(f"SELECT plan_file FROM {SCHEMA}.plans WHERE tenant_id = %s AND plan_hash = %s",
-                                     [tenant_id, plan_hash]).fetchone()
+            row = connection.execute(
+                f"SELECT plan_file FROM {SCHEMA}.plans WHERE tenant_id = %s AND plan_hash = %s", [tenant_id, plan_hash]
+            ).fetchone()
         return bytes(row[0]) if row else None
 
     def summary(self, tenant_id: str, plan_hash: str) -> PlanSummary:
         with self.connections.connection() as connection:
-            row = connection.execute(f"SELECT summary FROM {SCHEMA}.plans WHERE tenant_id = %s AND plan_hash = %s",
-                                     [tenant_id, plan_hash]).fetchone()
+            row = connection.execute(
+                f"SELECT summary FROM {SCHEMA}.plans WHERE tenant_id = %s AND plan_hash = %s", [tenant_id, plan_hash]
+            ).fetchone()
         if row is None:
             raise KeyError(plan_hash)
         fields = dict(row[0])
@@ -140,8 +166,9 @@ class PlanStore:
 
     def plan_json(self, tenant_id: str, plan_hash: str) -> dict[str, Any] | None:
         with self.connections.connection() as connection:
-            row = connection.execute(f"SELECT plan_json FROM {SCHEMA}.plans WHERE tenant_id = %s AND plan_hash = %s",
-                                     [tenant_id, plan_hash]).fetchone()
+            row = connection.execute(
+                f"SELECT plan_json FROM {SCHEMA}.plans WHERE tenant_id = %s AND plan_hash = %s", [tenant_id, plan_hash]
+            ).fetchone()
         return dict(row[0]) if row else None
 
 

@@ -23,12 +23,20 @@ class Completed:
     stderr: str
 
 
-def run(argv: Sequence[str], cwd: Path, env: Mapping[str, str], deadline: float, timeout: float,
-        command: str) -> Completed:
+def run(
+    argv: Sequence[str], cwd: Path, env: Mapping[str, str], deadline: float, timeout: float, command: str
+) -> Completed:
     """Run `argv` until it exits or `deadline` (time.monotonic, the end of a run of `timeout` seconds) passes;
     then its whole process group goes."""
-    process = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    process = subprocess.Popen(
+        list(argv),
+        cwd=cwd,
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         out, err = process.communicate(timeout=max(deadline - time.monotonic(), 0.01))
     except subprocess.TimeoutExpired:
@@ -64,4 +72,3 @@ def group_alive(group: int) -> bool:
 def _signal_group(group: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(group, sig)
-

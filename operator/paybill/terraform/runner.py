@@ -141,9 +141,16 @@ class TerraformRunner:
 
     def destroy(self, inputs: ModuleInputs, module: Path) -> DestroyResult:
         with self._run(inputs, module) as run:
-            code, out, err = self._locking(run, lambda: run.terraform.destroy(
-                force=IsNotFlagged, auto_approve=True, no_color=IsFlagged, input=False,
-                lock_timeout=self._lock_timeout))
+            code, out, err = self._locking(
+                run,
+                lambda: run.terraform.destroy(
+                    force=IsNotFlagged,
+                    auto_approve=True,
+                    no_color=IsFlagged,
+                    input=False,
+                    lock_timeout=self._lock_timeout,
+                ),
+            )
             self._check(run, "destroy", code, out, err)
             return DestroyResult(inputs.tenant_id, _destroyed_count(out), tuple(run.recoveries))
 
@@ -169,10 +176,16 @@ class TerraformRunner:
         try:
             self.prepare_workdir(workdir, inputs, module)
             env = self.environment(inputs.tenant_id, run_id)
-            terraform = RunTerraform(self.program, workdir, env, time.monotonic() + self.config.timeout,
-                                     self.config.timeout)
-            run = Run(run_id, inputs.tenant_id, workdir, terraform,
-                      backend.dsn_secrets(self.config.backend_dsn) + list(self.config.env.values()))
+            terraform = RunTerraform(
+                self.program, workdir, env, time.monotonic() + self.config.timeout, self.config.timeout
+            )
+            run = Run(
+                run_id,
+                inputs.tenant_id,
+                workdir,
+                terraform,
+                backend.dsn_secrets(self.config.backend_dsn) + list(self.config.env.values()),
+            )
             self._init(run)
             yield run
         finally:
@@ -275,9 +288,16 @@ class TerraformRunner:
         return self._summarize(run)
 
     def _plan_file(self, run: Run) -> None:
-        code, out, err = self._locking(run, lambda: run.terraform.plan(
-            out=PLAN_FILE, detailed_exitcode=IsFlagged, no_color=IsFlagged, input=False,
-            lock_timeout=self._lock_timeout))
+        code, out, err = self._locking(
+            run,
+            lambda: run.terraform.plan(
+                out=PLAN_FILE,
+                detailed_exitcode=IsFlagged,
+                no_color=IsFlagged,
+                input=False,
+                lock_timeout=self._lock_timeout,
+            ),
+        )
         if code not in (0, 2):
             self._check(run, "plan", code, out, err)
 
@@ -292,8 +312,10 @@ class TerraformRunner:
         return summary, plan_json
 
     def _apply_saved(self, run: Run) -> None:
-        code, out, err = self._locking(run, lambda: run.terraform.apply(
-            PLAN_FILE, no_color=IsFlagged, input=False, lock_timeout=self._lock_timeout))
+        code, out, err = self._locking(
+            run,
+            lambda: run.terraform.apply(PLAN_FILE, no_color=IsFlagged, input=False, lock_timeout=self._lock_timeout),
+        )
         self._check(run, "apply", code, out, err)
 
     @property
@@ -332,8 +354,7 @@ class TerraformRunner:
 
 
 def _outputs(values: dict[str, Any]) -> Outputs:
-    return Outputs({name: OutputValue(spec.get("value"), bool(spec.get("sensitive")))
-                    for name, spec in values.items()})
+    return Outputs({name: OutputValue(spec.get("value"), bool(spec.get("sensitive"))) for name, spec in values.items()})
 
 
 def _destroyed_count(stdout: str) -> int:

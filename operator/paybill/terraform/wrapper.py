@@ -23,10 +23,10 @@ logging.getLogger("python_terraform").disabled = True  # it logs command output 
 class RunTerraform(Terraform):  # type: ignore[misc]
     """One run's Terraform: every command shares `deadline` and the run's environment."""
 
-    def __init__(self, program: TerraformProgram, working_dir: Path, env: Mapping[str, str], deadline: float,
-                 timeout: float) -> None:
-        super().__init__(working_dir=str(working_dir), terraform_bin_path=program.argv[0],
-                         is_env_vars_included=False)
+    def __init__(
+        self, program: TerraformProgram, working_dir: Path, env: Mapping[str, str], deadline: float, timeout: float
+    ) -> None:
+        super().__init__(working_dir=str(working_dir), terraform_bin_path=program.argv[0], is_env_vars_included=False)
         self.program, self.env, self.deadline, self.timeout = program, dict(env), deadline, timeout
 
     def read_state_file(self, file_path: str | None = None) -> None:

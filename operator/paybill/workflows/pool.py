@@ -29,8 +29,9 @@ class WorkflowPool:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> WorkflowPool:
-        return cls(int(environ.get(WORKERS_ENV) or DEFAULT_WORKERS),
-                   int(environ.get(PER_TENANT_ENV) or DEFAULT_PER_TENANT))
+        return cls(
+            int(environ.get(WORKERS_ENV) or DEFAULT_WORKERS), int(environ.get(PER_TENANT_ENV) or DEFAULT_PER_TENANT)
+        )
 
     async def run(self, tenant: str, work: Callable[[], T]) -> T:
         """Run blocking `work` for `tenant` in the pool (kopf's context variables carried over, for Events)."""

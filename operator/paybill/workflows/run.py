@@ -41,39 +41,70 @@ class StepOutcome:
         return not self.ok and not any(r.code == "database_error" for r in self.reasons)
 
     def to_status(self) -> dict[str, Any]:
-        reasons = [{k: v for k, v in r.to_json().items() if k in ("code", "message", "rule", "position")}
-                   for r in self.reasons]
-        return {"name": self.name, "decision": "allow" if self.decision.allowed else "deny",
-                "executed": self.executed, "reasons": reasons, "rowsReturned": len(self.rows),
-                "rowsAffected": self.rows_affected, "planHash": self.decision.plan_hash,
-                "sql": self.decision.sql if self.executed else None}
+        reasons = [
+            {k: v for k, v in r.to_json().items() if k in ("code", "message", "rule", "position")} for r in self.reasons
+        ]
+        return {
+            "name": self.name,
+            "decision": "allow" if self.decision.allowed else "deny",
+            "executed": self.executed,
+            "reasons": reasons,
+            "rowsReturned": len(self.rows),
+            "rowsAffected": self.rows_affected,
+            "planHash": self.decision.plan_hash,
+            "sql": self.decision.sql if self.executed else None,
+        }
 
     def audit_details(self, principal: str, policy: str) -> dict[str, Any]:
         """What the audit log keeps: the decision and its effect (with the database's full error), never the rows."""
-        details = {"step": self.name, "principal": principal, "policy": policy, "executed": self.executed,
-                   "rowsReturned": len(self.rows), "rowsAffected": self.rows_affected,
-                   "reasons": [r.to_json() for r in self.reasons], "decision": self.decision.to_json()}
+        details = {
+            "step": self.name,
+            "principal": principal,
+            "policy": policy,
+            "executed": self.executed,
+            "rowsReturned": len(self.rows),
+            "rowsAffected": self.rows_affected,
+            "reasons": [r.to_json() for r in self.reasons],
+            "decision": self.decision.to_json(),
+        }
         if self.error is not None:
             details["databaseError"] = self.error
         return details
 
 
-def run_steps(spec: AgentWorkflowSpec, guard: ExecutionGuard,
-              record: Callable[[StepOutcome], None]) -> list[StepOutcome]:
+def run_steps(
+    spec: AgentWorkflowSpec, guard: ExecutionGuard, record: Callable[[StepOutcome], None]
+) -> list[StepOutcome]:
     """Run the steps in order until one is refused or fails; `record` sees each outcome as it happens."""
     outcomes: list[StepOutcome] = []
     for step in spec.steps:
         params = list(step.params)
         decision = guard.engine.decide(spec.principal, step.sql, params, guard.tenant, guard.approvals)
         if decision.allowed and decision.statement not in STATEMENTS[StepKind(step.kind)]:
-            outcome = StepOutcome(step.name, decision, reasons=(Reason(
-                "kind_mismatch", f"step {step.name} is declared a {step.kind} but its statement is "
-                                 f"{str(decision.statement).upper()}"),))
+            outcome = StepOutcome(
+                step.name,
+                decision,
+                reasons=(
+                    Reason(
+                        "kind_mismatch",
+                        f"step {step.name} is declared a {step.kind} but its statement is "
+                        f"{str(decision.statement).upper()}",
+                    ),
+                ),
+            )
         else:
             ran = guard.execute(step.sql, params)
             reasons = ran.reasons if ran.decision.allowed else ran.decision.reasons + ran.reasons
-            outcome = StepOutcome(step.name, ran.decision, ran.executed, tuple(reasons), ran.columns, ran.rows,
-                                  ran.rows_affected, ran.error)
+            outcome = StepOutcome(
+                step.name,
+                ran.decision,
+                ran.executed,
+                tuple(reasons),
+                ran.columns,
+                ran.rows,
+                ran.rows_affected,
+                ran.error,
+            )
         record(outcome)
         outcomes.append(outcome)
         if not outcome.ok:

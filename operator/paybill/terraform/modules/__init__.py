@@ -19,6 +19,10 @@ def module_dir(cloud: str, model: str) -> Path:
 
 
 def shipped() -> list[ModuleRef]:
-    return [ModuleRef(cloud.name, model.name) for cloud in sorted(ROOT.iterdir()) if cloud.is_dir()
-            and not cloud.name.startswith("_") for model in sorted(cloud.iterdir())
-            if model.is_dir() and model.name in ("silo", "pooled", "bridge")]
+    return [
+        ModuleRef(cloud.name, model.name)
+        for cloud in sorted(ROOT.iterdir())
+        if cloud.is_dir() and not cloud.name.startswith("_")
+        for model in sorted(cloud.iterdir())
+        if model.is_dir() and model.name in ("silo", "pooled", "bridge")
+    ]
