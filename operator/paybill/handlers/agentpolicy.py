@@ -23,6 +23,7 @@ from ..lifecycle.tenant import (
     MANAGED_BY,
     TENANT_LABEL,
     SecretConflict,
+    agent_grants_key,
     controlled_by,
     opaque_secret,
     owned_secret,
@@ -33,8 +34,7 @@ from ..policy.install import install, uninstall
 from ..policy.rules import PolicyError
 from ..policy.schema import SchemaError
 from . import events
-from .status import wait_for, write_ready
-from .tenant import TENANT_GRANTS, agent_grants_key, delete_owned_secret, publish_secret
+from .apply import TENANT_GRANTS, delete_owned_secret, publish_secret, wait_for, write_ready
 
 INSTALLED_PHASES = (TenantPhase.ACTIVE, TenantPhase.SUSPENDED)
 

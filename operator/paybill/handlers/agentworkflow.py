@@ -31,8 +31,7 @@ from ..workflows import StepOutcome, results_secret_data, run_steps
 from ..workflows.pool import WorkflowPool
 from . import events
 from .agentpolicy import secret_name, tenant_of
-from .status import wait_for, write_ready
-from .tenant import delete_owned_secret, publish_secret
+from .apply import delete_owned_secret, publish_secret, wait_for, write_ready
 
 FINISHED = ("Succeeded", "Denied", "Failed")
 

@@ -18,8 +18,7 @@ from ..kubeclient import Kube
 from ..lifecycle.conditions import set_condition
 from ..lifecycle.references import Problem, plan_deletion_problem, plan_users, subscription_problem
 from . import events
-from .status import write_ready
-from .tenant import touch
+from .apply import touch, write_ready
 
 RELEASE_DELAY = 5  # how often a Plan held by its users looks again
 

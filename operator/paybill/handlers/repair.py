@@ -24,7 +24,7 @@ from ..api.meta import API_VERSION
 from ..kubeclient import Kube, KubeError, load_config, resource_path
 from ..lifecycle.drift import Drift, Key, OwnedAction, drift, key_of, maintained, owned_action
 from ..lifecycle.tenant import TENANT_LABEL, owned_manifests
-from .tenant import TRIGGER
+from .apply import TRIGGER
 
 RBAC = "rbac.authorization.k8s.io/v1"
 OWNED = (

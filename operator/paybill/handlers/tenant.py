@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -26,33 +25,27 @@ from ..database.tenants import DatabaseUnavailable, MigrationError, NameConflict
 from ..errors import first_line
 from ..kubeclient import Kube, KubeError, resource_path
 from ..lifecycle.conditions import set_condition
-from ..lifecycle.drift import ObjectConflict, OwnedAction, conflict, converged, describe, owned_action
+from ..lifecycle.drift import ObjectConflict
 from ..lifecycle.machine import Event, SuspensionCause, Transition, TransitionRefused, path, retry_delay, transition
 from ..lifecycle.references import tenant_plan_mismatch
 from ..lifecycle.tenant import (
     CREDENTIALS_SECRET,
-    SecretAction,
     SecretConflict,
+    agent_grants_key,
     check_namespace,
-    controller_reference,
     credentials_secret,
     may_delete_namespace,
     namespace_manifest,
     owned_secret,
-    secret_action,
-    secret_conflict,
     secret_field,
     tenant_namespace,
     tenant_resources,
 )
 from . import events
+from .apply import TENANT_GRANTS, converge, operator_namespace, publish_secret, touch
 
 RETRY_DELAY = 10  # the first wait; later ones back off (lifecycle.machine.retry_delay), capped at 5 minutes
 NO_DATABASE = "the operator has no tenant database: set PAYBILL_DATABASE_URL and restart it"
-TRIGGER = "trigger.paybill.dev"  # not kopf's own prefix, so a change here re-runs the tenant's reconcile
-TENANT_GRANTS = f"{TRIGGER}/tenant"  # on an AgentPolicy: the tenant state its grants must follow
-OPERATOR_NAMESPACE_ENV = "PAYBILL_OPERATOR_NAMESPACE"
-SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 FAILURES = (DatabaseUnavailable, MigrationError, NameConflict, SecretConflict, ObjectConflict, KubeError, psycopg.Error)
 
 
@@ -214,20 +207,6 @@ def _check_subscriptions(body: kopf.Body, status: _Status, subscriptions: list[d
         status.condition("PlanMismatch", False, "PlanAgrees", "the tenant's subscriptions bill the plan it is on")
 
 
-def touch(kube: Kube, plural: str, name: str, key: str, value: str) -> None:
-    """Annotate a Paybill object so that its own reconcile runs again (kopf sees the annotation change)."""
-    try:
-        kube.merge_patch(API_VERSION, plural, name, {"metadata": {"annotations": {f"{TRIGGER}/{key}": value}}})
-    except KubeError as exc:
-        if exc.status != 404:
-            raise
-
-
-def agent_grants_key(access: str | None, database: dict[str, Any] | None) -> str:
-    """What an agent's grants depend on in a tenant's status: its access and where its data lives."""
-    return f"{access}/{(database or {}).get('database')}/{(database or {}).get('schema')}"
-
-
 def _touch_policies(kube: Kube, namespace: str, key: str) -> None:
     """The agents' grants follow the tenant: its AgentPolicies reconcile again, told what to expect.
 
@@ -256,43 +235,6 @@ def _ensure_namespace(kube: Kube, body: kopf.Body, plan: dict[str, Any], status:
     status.condition("NamespaceReady", True, "Provisioned", f"namespace {namespace} is ready")
 
 
-def operator_namespace() -> str | None:
-    """The namespace the operator runs in (set by the chart from the downward API, else the service account's)."""
-    if os.environ.get(OPERATOR_NAMESPACE_ENV):
-        return os.environ[OPERATOR_NAMESPACE_ENV]
-    try:
-        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or None
-    except OSError:
-        return None
-
-
-def converge(kube: Kube, body: kopf.Body, desired: dict[str, Any]) -> None:
-    """Create the owned object, or bring it back to `desired` where it drifted (an Event says so); ObjectConflict
-    (nothing written) if an object of that name is not the Tenant's."""
-    plural, namespaced = kube.plural_of(desired["apiVersion"], desired["kind"])
-    name, namespace = desired["metadata"]["name"], desired["metadata"].get("namespace") if namespaced else None
-    existing = kube.get(desired["apiVersion"], plural, name, namespace)
-    action = owned_action(existing, desired)
-    try:
-        if action == OwnedAction.CONFLICT:
-            raise conflict(existing or {}, desired)
-        if action == OwnedAction.CREATE:
-            kube.create(desired)
-        elif action == OwnedAction.UPDATE and existing is not None:  # only the version checked (resourceVersion)
-            kube.request(
-                "PUT", resource_path(desired["apiVersion"], plural, namespace, name), converged(existing, desired)
-            )
-            events.info(
-                body,
-                reason="DriftReverted",
-                message=f"{describe(desired)} differed from plan {body.spec.get('planRef')}; restored",
-            )
-    except KubeError as exc:
-        if exc.status != 409:
-            raise
-        converge(kube, body, desired)  # made or changed since we read it: decide again on what is there now
-
-
 def _credentials(kube: Kube, body: kopf.Body) -> str:
     """The tenant role's password: kept in the credentials Secret the Tenant controls, made once (again if the
     Secret is lost). A Secret of that name it does not control is a SecretConflict, never a password source."""
@@ -316,55 +258,6 @@ def _publish_credentials(
 ) -> None:
     fields = databases.login_fields(placement.role, password, placement.database, placement.schema)
     publish_secret(kube, credentials_secret(dict(body), fields))
-
-
-def publish_secret(kube: Kube, desired: dict[str, Any]) -> None:
-    """Create the Secret, or patch its data where it differs from `desired`, if it is the desired controller's;
-    SecretConflict (nothing written) if a Secret of that name is someone else's."""
-    meta = desired["metadata"]
-    current = kube.get("v1", "secrets", meta["name"], meta["namespace"])
-    action = secret_action(current, desired)
-    try:
-        if action == SecretAction.CONFLICT:
-            owner = controller_reference(desired)
-            raise secret_conflict(current or {}, owner["kind"], owner["name"])
-        if action == SecretAction.CREATE:
-            kube.create(desired)
-        elif action == SecretAction.UPDATE and current is not None:  # only the version we checked: ownership
-            kube.merge_patch(
-                "v1",
-                "secrets",
-                meta["name"],
-                {
-                    "metadata": {  # cannot change in between
-                        "resourceVersion": current["metadata"]["resourceVersion"]
-                    },
-                    "data": desired["data"],
-                },
-                meta["namespace"],
-            )
-    except KubeError as exc:
-        if exc.status != 409:
-            raise
-        publish_secret(kube, desired)  # made or changed since we read it: decide again on what is there now
-
-
-def delete_owned_secret(kube: Kube, name: str, namespace: str, owner: kopf.Body, kind: str) -> None:
-    """Delete the Secret only if `owner` controls it (the checked uid and version as preconditions)."""
-    try:
-        secret = owned_secret(kube.get("v1", "secrets", name, namespace), owner, kind)
-    except SecretConflict:
-        return  # someone else's: left as it is
-    if secret is None:
-        return
-    preconditions = {key: secret["metadata"][key] for key in ("uid", "resourceVersion")}
-    try:
-        kube.request("DELETE", resource_path("v1", "secrets", namespace, name), {"preconditions": preconditions})
-    except KubeError as exc:
-        if exc.status == 409:
-            delete_owned_secret(kube, name, namespace, owner, kind)
-        elif exc.status != 404:
-            raise
 
 
 def _ensure_database(

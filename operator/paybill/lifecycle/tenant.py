@@ -308,3 +308,8 @@ def secret_action(existing: dict[str, Any] | None, desired: Mapping[str, Any]) -
         return SecretAction.CONFLICT
     current = existing.get("data") or {}
     return SecretAction.KEEP if all(current.get(k) == v for k, v in desired["data"].items()) else SecretAction.UPDATE
+
+
+def agent_grants_key(access: str | None, database: dict[str, Any] | None) -> str:
+    """What an agent's grants depend on in a tenant's status: its access and where its data lives."""
+    return f"{access}/{(database or {}).get('database')}/{(database or {}).get('schema')}"
