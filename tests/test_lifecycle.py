@@ -7,8 +7,9 @@ import datetime
 import pytest
 
 from paybill.api.subscription import Restriction
+from paybill.api.tenant import Access
 from paybill.api.tenant import TenantPhase as Phase
-from paybill.billing.grace import Access, billing_state
+from paybill.billing.grace import billing_state
 from paybill.lifecycle.machine import TRANSITIONS, Event, TransitionRefused, path, retry_delay, transition
 
 NOW = datetime.datetime(2026, 11, 25, 12, tzinfo=datetime.UTC)

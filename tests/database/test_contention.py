@@ -12,7 +12,8 @@ import psycopg
 import pytest
 
 from paybill.api.agentpolicy import AgentPolicySpec
-from paybill.billing.grace import Access
+from paybill.api.tenant import Access
+from paybill.database.agents.install import install, uninstall
 from paybill.database.server import LocalPostgres
 from paybill.database.tenants import (
     AGENT_CONNECTION_LIMIT,
@@ -20,7 +21,6 @@ from paybill.database.tenants import (
     DatabaseUnavailable,
     TenantDatabases,
 )
-from paybill.policy.install import install, uninstall
 
 from .conftest import fresh
 from .test_hardening import AGENT_PASSWORD, PASSWORD, POLICY, agent, login, tenant, within

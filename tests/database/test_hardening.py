@@ -15,13 +15,13 @@ import pytest
 from psycopg import sql
 
 from paybill.api.agentpolicy import AgentPolicySpec
+from paybill.api.tenant import Access
 from paybill.audit import AuditLog
-from paybill.billing.grace import Access
+from paybill.database.agents.install import install
 from paybill.database.ownership import Found, Record, Verdict, decide, opaque_name
 from paybill.database.server import LocalPostgres
 from paybill.database.tenants import NameConflict, Placement, TenantDatabases, UnsafeBackupDirectory
 from paybill.handlers.settings import backup_directory
-from paybill.policy.install import install
 
 from .conftest import fresh
 

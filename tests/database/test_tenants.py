@@ -9,7 +9,7 @@ import time
 import psycopg
 import pytest
 
-from paybill.billing.grace import Access
+from paybill.api.tenant import Access
 from paybill.database.server import LocalPostgres
 from paybill.database.tenants import (
     DatabaseUnavailable,

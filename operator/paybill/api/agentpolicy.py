@@ -17,6 +17,7 @@ from .meta import (
     Status,
     list_map,
 )
+from .tenant import Access
 
 IDENT = r"^([A-Za-z_][A-Za-z0-9_$]*|\*)$"
 MAX_RULES = 256
@@ -100,7 +101,7 @@ class AgentPolicyStatus(Status):
     tables: list[str] = Field(
         default_factory=list, json_schema_extra=LIST_SET, description="Tables the role holds any privilege on."
     )
-    access: str | None = Field(
+    access: Access | None = Field(
         default=None,
         description="The tenant's access the grants follow: full, read_only (writes dropped) or none (no login).",
     )

@@ -33,6 +33,14 @@ class TenantPhase(StrEnum):
     FAILED = "Failed"
 
 
+class Access(StrEnum):
+    """What the tenant's login role may do in its data (shared by billing, the database and the agents)."""
+
+    FULL = "full"
+    READ_ONLY = "read_only"
+    NONE = "none"
+
+
 class DeletionPolicy(StrEnum):
     RETAIN = "retain"
     SNAPSHOT = "snapshot"
@@ -90,7 +98,7 @@ class TenantStatus(Status):
     isolation: str | None = Field(default=None, description="Isolation model in effect.")
     plan: str | None = Field(default=None, description="Plan in effect.")
     database: DatabasePlacement | None = Field(default=None, description="Where the tenant's data lives.")
-    access: str | None = Field(default=None, description="Database access: full, read_only or none.")
+    access: Access | None = Field(default=None, description="Database access: full, read_only or none.")
     suspendedFor: list[str] = Field(
         default_factory=list, json_schema_extra=LIST_SET, description="Why the tenant is suspended: billing, manual."
     )

@@ -10,15 +10,9 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
-from enum import StrEnum
 
 from ..api.subscription import BillingStatus, Restriction
-
-
-class Access(StrEnum):
-    FULL = "full"
-    READ_ONLY = "read_only"
-    NONE = "none"
+from ..api.tenant import Access
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import secrets
 import stat
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -35,7 +35,7 @@ import psycopg
 from psycopg import conninfo, errors, sql
 
 from ..api.plan import Isolation
-from ..billing.grace import Access
+from ..api.tenant import Access, BackupStatus, DatabasePlacement, TableChecksum
 from ..errors import first_line
 from .migrations import LATEST, LEDGER, TABLES, migrate, schema_script
 from .ownership import (
@@ -106,13 +106,21 @@ class Placement:
     def pooled(self) -> bool:
         return self.isolation == Isolation.POOLED
 
+    def to_model(self) -> DatabasePlacement:
+        """The Tenant's status.database: where the data lives, without the tenant's name."""
+        return DatabasePlacement(
+            isolation=str(self.isolation), database=self.database, schema=self.schema, role=self.role
+        )
+
     def to_status(self) -> dict[str, str]:
-        return {"isolation": str(self.isolation), "database": self.database, "schema": self.schema, "role": self.role}
+        """`to_model` as written into a Tenant's status."""
+        return self.to_model().model_dump(by_alias=True)
 
     @classmethod
-    def from_status(cls, tenant: str, status: dict[str, Any]) -> Placement:
+    def from_status(cls, tenant: str, status: DatabasePlacement | Mapping[str, Any]) -> Placement:
         """The placement a Tenant's status.database records (the inverse of `to_status`)."""
-        return cls(tenant, Isolation(status["isolation"]), status["database"], status["schema"], status["role"])
+        model = status if isinstance(status, DatabasePlacement) else DatabasePlacement.model_validate(status)
+        return cls(tenant, Isolation(model.isolation), model.database, model.schema_, model.role)
 
 
 def placement_at(tenant: str, isolation: Isolation | str, role: str) -> Placement:
@@ -126,25 +134,21 @@ def placement_at(tenant: str, isolation: Isolation | str, role: str) -> Placemen
 
 
 @dataclass(frozen=True)
-class TableChecksum:
-    rows: int
-    md5: str
-
-
-@dataclass(frozen=True)
 class Backup:
     path: Path
     sha256: str
     size: int
     checksums: dict[str, TableChecksum]
 
+    def to_model(self) -> BackupStatus:
+        """The Tenant's status.backup (without takenAt, which the caller stamps)."""
+        return BackupStatus(
+            location=str(self.path), sha256=self.sha256, bytes=self.size, tables=dict(sorted(self.checksums.items()))
+        )
+
     def to_status(self) -> dict[str, Any]:
-        return {
-            "location": str(self.path),
-            "sha256": self.sha256,
-            "bytes": self.size,
-            "tables": {name: {"rows": c.rows, "md5": c.md5} for name, c in sorted(self.checksums.items())},
-        }
+        """`to_model` as written into a Tenant's status."""
+        return self.to_model().model_dump(by_alias=True, exclude_none=True)
 
 
 class TenantDatabases:
@@ -650,7 +654,7 @@ class TenantDatabases:
                 if placement.pooled:
                     query += sql.SQL(" WHERE t.tenant_id = {}").format(sql.Literal(placement.tenant))
                 rows, digest = conn.execute(query).fetchone() or (0, "")
-                result[table] = TableChecksum(int(rows), str(digest))
+                result[table] = TableChecksum(rows=int(rows), md5=str(digest))
         return result
 
     def backup(self, placement: Placement, name: str) -> Backup:

@@ -14,8 +14,7 @@ import kopf
 
 from ..api.agentpolicy import AgentPolicySpec
 from ..api.meta import API_VERSION, GROUP, VERSION
-from ..api.tenant import TenantPhase
-from ..billing.grace import Access
+from ..api.tenant import Access, TenantPhase
 from ..database.tenants import DatabaseUnavailable, NameConflict, Placement, TenantDatabases
 from ..errors import first_line
 from ..kubeclient import Kube

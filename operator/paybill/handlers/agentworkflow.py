@@ -18,7 +18,7 @@ import kopf
 from ..api.agentpolicy import AgentPolicySpec
 from ..api.agentworkflow import AgentWorkflowSpec
 from ..api.meta import API_VERSION, GROUP, VERSION
-from ..billing.grace import Access
+from ..api.tenant import Access
 from ..database.tenants import DatabaseUnavailable, Placement
 from ..errors import first_line
 from ..kubeclient import Kube

@@ -18,9 +18,9 @@ import psycopg
 from ..api.meta import API_VERSION, GROUP, VERSION, now_rfc3339
 from ..api.plan import Isolation
 from ..api.subscription import Restriction
-from ..api.tenant import DeletionPolicy
+from ..api.tenant import Access, DeletionPolicy
 from ..api.tenant import TenantPhase as Phase
-from ..billing.grace import Access, BillingState, billing_state
+from ..billing.grace import BillingState, billing_state
 from ..database.tenants import DatabaseUnavailable, MigrationError, NameConflict, Placement, TenantDatabases
 from ..errors import first_line
 from ..kubeclient import Kube, KubeError, resource_path

@@ -29,21 +29,38 @@ def _spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return obj.get("spec") or {}
 
 
+@dataclass(frozen=True)
+class TenantSeen:
+    """What a Subscription reads of its Tenant: the plan it is on, and whether it is being deleted."""
+
+    plan_ref: str | None
+    deleting: bool = False
+
+    @classmethod
+    def of(cls, tenant: Mapping[str, Any]) -> TenantSeen:
+        return cls(_spec(tenant).get("planRef"), deleting(tenant))
+
+
 def subscription_problem(
     spec: Mapping[str, Any], tenant: Mapping[str, Any] | None, plan: Mapping[str, Any] | None
 ) -> Problem | None:
+    """`reference_problem` over the objects as read."""
+    seen = None if tenant is None else TenantSeen.of(tenant)
+    return reference_problem(spec["tenantRef"], spec["planRef"], seen, plan_found=plan is not None)
+
+
+def reference_problem(tenant_ref: str, plan_ref: str, tenant: TenantSeen | None, plan_found: bool) -> Problem | None:
     """Why a Subscription is not Ready: a missing or departing Tenant or Plan, or a Tenant on another plan."""
-    tenant_ref, plan_ref = spec["tenantRef"], spec["planRef"]
-    missing = [
-        f"{kind} {name!r}"
-        for kind, name, found in (("plan", plan_ref, plan), ("tenant", tenant_ref, tenant))
-        if found is None
-    ]
-    if missing:
+    if tenant is None or not plan_found:
+        missing = [
+            f"{kind} {name!r}"
+            for kind, name, found in (("plan", plan_ref, plan_found), ("tenant", tenant_ref, tenant is not None))
+            if not found
+        ]
         return Problem("ReferenceNotFound", f"{' and '.join(missing)} not found")
-    if deleting(tenant):
+    if tenant.deleting:
         return Problem("TenantDeleting", f"tenant {tenant_ref!r} is being deleted")
-    tenant_plan = _spec(tenant or {}).get("planRef")
+    tenant_plan = tenant.plan_ref
     if tenant_plan != plan_ref:
         return Problem(
             "PlanMismatch",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from psycopg import errors, sql
 
 from ..api.agentpolicy import AgentPolicySpec, Effect
-from ..billing.grace import Access
+from ..api.tenant import Access
 from ..database.migrations import LEDGER
 from ..database.ownership import agent_identity
 from ..database.tenants import AGENT_CONNECTION_LIMIT, DDL_LOCK_TIMEOUT, DatabaseUnavailable, Placement, TenantDatabases
