@@ -18,13 +18,13 @@ from typing import Any
 import psycopg
 
 from paybill.api.agentpolicy import MAX_RULES, AgentPolicySpec
+from paybill.database.agents.grants import agent_role, apply_grants
+from paybill.database.agents.guard import ExecutionGuard
 from paybill.database.server import LocalPostgres
 from paybill.policy import PolicyEngine, Schema
 from paybill.policy.analysis import Analysis
 from paybill.policy.check import load_policy
 from paybill.policy.decision import Decision
-from paybill.policy.grants import agent_role, apply_grants
-from paybill.policy.guard import ExecutionGuard
 from paybill.policy.tree import parse
 
 PRINCIPAL = "agent:support-bot"

@@ -225,19 +225,20 @@ def _demo(args: argparse.Namespace) -> int:
 def _policy_check(args: argparse.Namespace) -> int:
     import sys
 
-    from .policy import PolicyError, SchemaError
-    from .policy.check import run_check
+    from .policy import PolicyError, Schema, SchemaError
+    from .policy.check import load_policy, run_check
 
     try:
-        for line in run_check(
-            Path(args.policy),
-            args.input,
-            Path(args.schema) if args.schema else None,
-            args.dsn,
-            args.schema_name,
-            args.tenant,
-            frozenset(args.approve),
-        ):
+        policy = load_policy(Path(args.policy))
+        if args.dsn:
+            from .database.agents.catalog import read_schema
+
+            schema = read_schema(args.dsn, args.schema_name)
+        elif args.schema:
+            schema = Schema.from_ddl(Path(args.schema).read_text(), args.schema_name)
+        else:
+            raise SchemaError("a schema is needed: a DDL file or a database DSN")
+        for line in run_check(policy.spec, args.input, schema, args.tenant, frozenset(args.approve)):
             print(line, flush=False)
     except (ValueError, PolicyError, SchemaError, OSError) as error:
         print(f"paybill policy check: {error}", file=sys.stderr)

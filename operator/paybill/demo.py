@@ -24,6 +24,8 @@ import yaml
 
 from .api import API_VERSION
 from .api.crdgen import all_crds
+from .database.agents.guard import ExecutionGuard
+from .database.agents.install import tenant_schema
 from .database.server import PASSWORD_FILE, LocalPostgres, PostgresError, delete_tree
 from .database.tenants import Placement, TenantDatabases
 from .handlers.settings import DATABASE_URL_ENV, STATE_DIR_ENV
@@ -31,8 +33,6 @@ from .kubeclient import Kube, KubeError
 from .lifecycle.conditions import is_true
 from .policy import PolicyEngine
 from .policy.check import load_policy
-from .policy.guard import ExecutionGuard
-from .policy.install import tenant_schema
 
 REPO = Path(__file__).resolve().parents[2]
 MARKER = ".paybill-demo"  # in every state directory the demo makes: only such a directory is ever touched

@@ -13,10 +13,10 @@ import pytest
 from psycopg import sql
 
 from paybill.api.agentpolicy import AgentPolicy, AgentPolicySpec
+from paybill.database.agents.grants import agent_role, apply_grants
 from paybill.database.server import LocalPostgres
 from paybill.policy import PolicyEngine, Schema
 from paybill.policy.check import load_policy
-from paybill.policy.grants import agent_role, apply_grants
 
 HERE = Path(__file__).parent
 SCHEMA_SQL = (HERE / "schema.sql").read_text()

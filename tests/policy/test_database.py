@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import errors
 
+from paybill.database.agents.grants import agent_role
+from paybill.database.agents.guard import ExecutionGuard
 from paybill.policy import PolicyEngine
-from paybill.policy.grants import agent_role
-from paybill.policy.guard import ExecutionGuard
 
 from .conftest import PRINCIPAL, PolicyDatabase, load_cases, schema, spec, support_policy
 

@@ -12,9 +12,9 @@ import pytest
 from psycopg import errors
 
 from paybill.api.agentpolicy import AgentPolicySpec
+from paybill.database.agents.grants import agent_role
+from paybill.database.agents.guard import PREPARED_MAX, ClientDeadline, ExecutionGuard, condition_name
 from paybill.database.server import LocalPostgres
-from paybill.policy.grants import agent_role
-from paybill.policy.guard import PREPARED_MAX, ClientDeadline, ExecutionGuard, condition_name
 
 from .conftest import PRINCIPAL, PolicyDatabase, support_policy
 

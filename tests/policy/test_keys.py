@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from paybill.api.agentpolicy import AgentPolicySpec
+from paybill.database.agents.catalog import read_schema
 from paybill.database.migrations import LEDGER, migrate
 from paybill.database.server import LocalPostgres
 from paybill.policy import PolicyEngine, Schema
@@ -174,7 +175,7 @@ def test_keys_read_from_a_live_database_match_the_ddl(postgres: LocalPostgres) -
         conn.execute("CREATE SCHEMA elsewhere")
         conn.execute("CREATE TABLE elsewhere.audit (parent text REFERENCES keyed.parents (code))")
     try:
-        live = Schema.from_dsn(postgres.dsn, "keyed")
+        live = read_schema(postgres.dsn, "keyed")
         assert described(live) == EXPECTED_KEYS
         assert {(k.table, k.columns, k.references) for k in live.inbound} == {
             ("elsewhere.audit", ("parent",), "parents")
@@ -321,7 +322,7 @@ def test_the_tenant_application_schema_keys_every_table_by_tenant(postgres: Loca
         conn.execute("DROP SCHEMA IF EXISTS app_keys CASCADE")
         migrate(conn, "app_keys")
     try:
-        schema = Schema.from_dsn(postgres.dsn, "app_keys")
+        schema = read_schema(postgres.dsn, "app_keys")
         assert {"customers", "orders"} <= set(schema.tables)
         for name, table in schema.tables.items():
             if name == LEDGER:

@@ -15,6 +15,7 @@ import kopf
 from ..api.agentpolicy import AgentPolicySpec
 from ..api.meta import API_VERSION, GROUP, VERSION
 from ..api.tenant import Access, TenantPhase
+from ..database.agents.install import install, uninstall
 from ..database.tenants import DatabaseUnavailable, NameConflict, Placement, TenantDatabases
 from ..errors import first_line
 from ..kubeclient import Kube
@@ -29,7 +30,6 @@ from ..lifecycle.tenant import (
     owner_reference,
     secret_field,
 )
-from ..policy.install import install, uninstall
 from ..policy.rules import PolicyError
 from ..policy.schema import SchemaError
 from . import events

@@ -19,12 +19,12 @@ from ..api.agentpolicy import AgentPolicySpec
 from ..api.agentworkflow import AgentWorkflowSpec
 from ..api.meta import API_VERSION, GROUP, VERSION
 from ..api.tenant import Access
+from ..database.agents.guard import ExecutionGuard
+from ..database.agents.install import engine_for
 from ..database.tenants import DatabaseUnavailable, Placement
 from ..errors import first_line
 from ..kubeclient import Kube
 from ..lifecycle.tenant import MANAGED_BY, SecretConflict, opaque_secret, owned_secret, owner_reference, secret_field
-from ..policy.guard import ExecutionGuard
-from ..policy.install import engine_for
 from ..policy.rules import PolicyError
 from ..policy.schema import SchemaError
 from ..workflows import StepOutcome, results_secret_data, run_steps

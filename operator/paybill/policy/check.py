@@ -10,9 +10,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ..api.agentpolicy import AgentPolicy
+from ..api.agentpolicy import AgentPolicy, AgentPolicySpec
 from .engine import PolicyEngine
-from .schema import Schema, SchemaError
+from .schema import Schema
 
 
 def load_policy(path: Path) -> AgentPolicy:
@@ -80,22 +80,15 @@ def _check_case(
 
 
 def run_check(
-    policy: Path,
+    policy: AgentPolicySpec,
     input_path: str,
-    schema: Path | None,
-    dsn: str | None,
-    schema_name: str,
+    schema: Schema,
     tenant: str | None,
     approvals: frozenset[str] = frozenset(),
 ) -> Iterator[str]:
-    resource = load_policy(policy)
-    if dsn:
-        loaded = Schema.from_dsn(dsn, schema_name)
-    elif schema is not None:
-        loaded = Schema.from_ddl(schema.read_text(), schema_name)
-    else:
-        raise SchemaError("a schema is needed: a DDL file or a database DSN")
-    engine = PolicyEngine(resource.spec, loaded)
+    """Decisions for the cases in `input_path` ("-": standard input) under `policy`, against `schema` (from DDL,
+    or read from a live database by the caller: this module opens no connection)."""
+    engine = PolicyEngine(policy, schema)
     if input_path == "-":
         import sys
 

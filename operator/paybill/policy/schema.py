@@ -1,7 +1,8 @@
 """The tenant schema a policy is checked against: tables, columns and their type families, and their keys.
 
 Read either from DDL (CREATE TABLE, CREATE UNIQUE INDEX, ALTER TABLE ... ADD, parsed with pglast) or from a
-live database (its constraint and index definitions, read back through the same DDL reader).
+live database's catalog (its constraint and index definitions, read back through the same DDL reader; the
+reading itself is the database side's, paybill.database.agents.catalog: this module opens no connection).
 
 Keys matter to isolation: in a pooled table a primary key, unique constraint or foreign key without the
 tenant column spans every tenant's rows, so writing its columns succeeds, fails or locks according to
@@ -240,24 +241,15 @@ class Schema:
         return cls(name, reader.tables())
 
     @classmethod
-    def from_dsn(cls, dsn: str, name: str = "public") -> Schema:
-        """Tables, columns and keys of one schema of a live database (information_schema, pg_constraint,
-        pg_index); also the foreign keys of other schemas' tables that reference it."""
-        import psycopg
-
-        try:
-            with psycopg.connect(dsn, connect_timeout=5) as conn:
-                rows = conn.execute(
-                    "SELECT table_name, column_name, udt_name FROM information_schema.columns"
-                    " WHERE table_schema = %s ORDER BY table_name, ordinal_position",
-                    (name,),
-                ).fetchall()
-                conn.execute("SET LOCAL search_path = pg_catalog")  # definitions name every table qualified
-                definitions = conn.execute(_KEY_DEFINITIONS, {"schema": name}).fetchall()
-        except psycopg.OperationalError as error:
-            raise SchemaError(f"cannot read the schema from the database: {type(error).__name__}") from None
+    def from_catalog(
+        cls, name: str, columns: Iterable[tuple[str, str, str]], definitions: Iterable[tuple[str, str, str]]
+    ) -> Schema:
+        """Tables, columns and keys of schema `name` as a live database's catalog describes them: (table, column,
+        udt name) rows, and (schema, table, definition) rows, each definition an ALTER TABLE ... ADD CONSTRAINT or
+        CREATE UNIQUE INDEX statement; definitions of other schemas' tables contribute the foreign keys that
+        reference this one. The database side reads them (paybill.database.agents.catalog)."""
         reader = _DdlReader(name)
-        for table, column, udt in rows:
+        for table, column, udt in columns:
             reader.columns.setdefault(table, {})[column] = type_family(udt)
         if not reader.columns:
             raise SchemaError(f"schema {name!r} has no tables")
@@ -271,29 +263,6 @@ class Schema:
                 outside.statement(parse_sql(definition)[0].stmt)
                 inbound += [dataclasses.replace(k, table=f"{table_schema}.{table}") for k in outside.keys[table]]
         return cls(name, reader.tables(), tuple(reader.resolved(inbound)))
-
-
-# Constraint definitions as ALTER TABLE statements, unique indexes that back no constraint as CREATE UNIQUE
-# INDEX: one reader for DDL and for a live database. Identifiers are quoted with quote_ident.
-_KEY_DEFINITIONS = """
-SELECT ns.nspname, rel.relname,
-       'ALTER TABLE ' || quote_ident(ns.nspname) || '.' || quote_ident(rel.relname) || ' ADD CONSTRAINT '
-       || quote_ident(con.conname) || ' ' || pg_get_constraintdef(con.oid)
-  FROM pg_constraint con
-  JOIN pg_class rel ON rel.oid = con.conrelid
-  JOIN pg_namespace ns ON ns.oid = rel.relnamespace
-  LEFT JOIN pg_class ref ON ref.oid = con.confrelid
-  LEFT JOIN pg_namespace refns ON refns.oid = ref.relnamespace
- WHERE con.contype IN ('p', 'u', 'x', 'f')
-   AND (ns.nspname = %(schema)s OR (con.contype = 'f' AND refns.nspname = %(schema)s))
-UNION ALL
-SELECT ns.nspname, rel.relname, pg_get_indexdef(i.indexrelid)
-  FROM pg_index i
-  JOIN pg_class rel ON rel.oid = i.indrelid
-  JOIN pg_namespace ns ON ns.oid = rel.relnamespace
- WHERE ns.nspname = %(schema)s AND i.indisunique
-   AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid AND c.contype IN ('p', 'u', 'x'))
- ORDER BY 1, 2, 3"""
 
 
 class _ColumnNames(Visitor):

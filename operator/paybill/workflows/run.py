@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..api.agentworkflow import AgentWorkflowSpec, StepKind
 from ..policy.decision import Decision, Reason
-from ..policy.guard import ExecutionGuard
+
+if TYPE_CHECKING:  # the guard is the database side's; a run only calls it
+    from ..database.agents.guard import ExecutionGuard
 
 STATEMENTS = {StepKind.QUERY: ("select",), StepKind.MUTATION: ("insert", "update", "delete")}
 RESULTS_BUDGET = 900 * 1024  # a Secret holds at most 1 MiB

@@ -34,8 +34,8 @@ from psycopg.adapt import PyFormat, Transformer
 from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.pq.abc import PGresult
 
-from .decision import Decision, Reason
-from .engine import PolicyEngine
+from ...policy.decision import Decision, Reason
+from ...policy.engine import PolicyEngine
 
 CLIENT_GRACE_S = 1.0  # the server's timeout fires first; the client's cancel is the backstop
 CANCEL_TIMEOUT_S = 5.0

@@ -15,10 +15,10 @@ from pglast import ast, parse_sql
 from pglast.stream import RawStream
 from psycopg import Connection, sql
 
-from ..database.ownership import agent_name
-from ..database.tenants import DDL_LOCK_TIMEOUT, enable_row_security
-from .rules import RuleSet
-from .schema import TENANT_COLUMN, Schema, Table
+from ...policy.rules import RuleSet
+from ...policy.schema import TENANT_COLUMN, Schema, Table
+from ..ownership import agent_name
+from ..tenants import DDL_LOCK_TIMEOUT, enable_row_security
 
 ACTIONS = ("select", "insert", "update", "delete")
 ENABLE_ROW_SECURITY = re.compile(r"^ALTER TABLE (.+) ENABLE ROW LEVEL SECURITY$", re.DOTALL)

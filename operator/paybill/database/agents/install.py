@@ -11,14 +11,15 @@ from dataclasses import dataclass
 
 from psycopg import errors, sql
 
-from ..api.agentpolicy import AgentPolicySpec, Effect
-from ..api.tenant import Access
-from ..database.migrations import LEDGER
-from ..database.ownership import agent_identity
-from ..database.tenants import AGENT_CONNECTION_LIMIT, DDL_LOCK_TIMEOUT, DatabaseUnavailable, Placement, TenantDatabases
-from .engine import PolicyEngine
+from ...api.agentpolicy import AgentPolicySpec, Effect
+from ...api.tenant import Access
+from ...policy.engine import PolicyEngine
+from ...policy.schema import Schema
+from ..migrations import LEDGER
+from ..ownership import agent_identity
+from ..tenants import AGENT_CONNECTION_LIMIT, DDL_LOCK_TIMEOUT, DatabaseUnavailable, Placement, TenantDatabases
+from .catalog import read_schema
 from .grants import apply_grants
-from .schema import Schema
 
 AGENT_ROLE_ATTRIBUTES = "NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT NOBYPASSRLS"
 
@@ -32,7 +33,7 @@ class Installation:
 
 def tenant_schema(databases: TenantDatabases, placement: Placement) -> Schema:
     """The tables an agent may be granted: the tenant's schema without Paybill's own bookkeeping."""
-    schema = Schema.from_dsn(databases.dsn(placement.database), placement.schema)
+    schema = read_schema(databases.dsn(placement.database), placement.schema)
     return Schema(schema.name, {name: table for name, table in schema.tables.items() if name != LEDGER}, schema.inbound)
 
 
