@@ -1,112 +1,235 @@
-"""Tenant handlers: read the object, call the lifecycle and database domains, write status.
+"""Tenant handlers: read the world, ask lifecycle.reconcile what to do, do it, write the status it built.
 
-Level-based and idempotent: every reconcile reads the world (plan, subscription, namespace, recorded
-database placement) and converges it, so an operator killed at any point reaches the same end state.
+Level-based and idempotent: every reconcile reads the world (plan, subscriptions, namespace, recorded database
+placement) and converges it, so an operator killed at any point reaches the same end state.
 """
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 import kopf
 import psycopg
 
 from ..api.meta import API_VERSION, GROUP, VERSION, now_rfc3339
-from ..api.plan import Isolation
-from ..api.subscription import Restriction
-from ..api.tenant import Access, DeletionPolicy
+from ..api.plan import PlanSpec
+from ..api.subscription import SubscriptionSpec
 from ..api.tenant import TenantPhase as Phase
-from ..billing.grace import BillingState, billing_state
-from ..database.tenants import DatabaseUnavailable, MigrationError, NameConflict, Placement, TenantDatabases
+from ..api.tenant import TenantSpec, TenantStatus
+from ..billing.subscription import Billed
+from ..database import DatabaseUnavailable, MigrationError, NameConflict, TenantDatabases
 from ..errors import first_line
-from ..kubeclient import Kube, KubeError, resource_path
-from ..lifecycle.conditions import set_condition
+from ..kubeclient import KubeError, resource_path
+from ..lifecycle import reconcile as decisions
 from ..lifecycle.drift import ObjectConflict
-from ..lifecycle.machine import Event, SuspensionCause, Transition, TransitionRefused, path, retry_delay, transition
-from ..lifecycle.references import tenant_plan_mismatch
-from ..lifecycle.tenant import (
-    CREDENTIALS_SECRET,
-    SecretConflict,
-    agent_grants_key,
-    check_namespace,
-    credentials_secret,
-    may_delete_namespace,
-    namespace_manifest,
-    owned_secret,
-    secret_field,
-    tenant_namespace,
-    tenant_resources,
-)
+from ..lifecycle.machine import Transition
+from ..lifecycle.reconcile import Failure, FailureKind, Observed, Outcome, TenantObject
+from ..lifecycle.tenant import CREDENTIALS_SECRET, SecretConflict, credentials_secret, owned_secret, secret_field
 from . import events
 from .apply import TENANT_GRANTS, converge, operator_namespace, publish_secret, touch
 
-RETRY_DELAY = 10  # the first wait; later ones back off (lifecycle.machine.retry_delay), capped at 5 minutes
-NO_DATABASE = "the operator has no tenant database: set PAYBILL_DATABASE_URL and restart it"
-FAILURES = (DatabaseUnavailable, MigrationError, NameConflict, SecretConflict, ObjectConflict, KubeError, psycopg.Error)
+FAILURES: dict[type[BaseException], FailureKind] = {
+    DatabaseUnavailable: FailureKind.DATABASE_UNAVAILABLE,
+    MigrationError: FailureKind.MIGRATION_FAILED,
+    NameConflict: FailureKind.NAME_CONFLICT,
+    SecretConflict: FailureKind.SECRET_CONFLICT,
+    ObjectConflict: FailureKind.OBJECT_CONFLICT,
+    psycopg.Error: FailureKind.DATABASE_ERROR,
+    KubeError: FailureKind.API_ERROR,
+}
 
 
-class _Status:
-    """Accumulates the status patch of one reconcile."""
-
-    def __init__(self, body: kopf.Body, patch: kopf.Patch) -> None:
-        self.body, self.patch = body, patch
-        self.generation = body.metadata.get("generation")
-        self.current = dict(body.get("status") or {})
-        self.phase = Phase(self.current.get("phase") or Phase.PENDING)
-        self.conditions = list(self.current.get("conditions") or [])
-
-    def condition(self, type_: str, ok: bool | None, reason: str, message: str) -> None:
-        self.conditions = set_condition(self.conditions, type_, ok, reason, message, self.generation)
-
-    def write(self, phase: Phase | str, **fields: Any) -> None:
-        self.patch.status.update(
-            phase=str(phase), observedGeneration=self.generation, conditions=self.conditions, **fields
-        )
-
-    def wait(self, phase: Phase | str, reason: str, message: str, delay: float = RETRY_DELAY) -> None:
-        """Record why the tenant is not ready, post a Warning Event when the reason is new (not on every
-        retry), and hand the retry to kopf."""
-        said = next((c.get("reason") for c in self.conditions if c.get("type") == "Ready"), None)
-        self.condition("Ready", False, reason, message)
-        self.write(phase)
-        if said != reason:
-            events.warn(self.body, reason=reason, message=message)
-        raise kopf.TemporaryError(message, delay=delay)
-
-
-# --- billing: the subscription of each tenant, indexed in memory ------------------------------------------------
+def failure_of(exc: BaseException) -> Failure | None:
+    kind = next((kind for cls, kind in FAILURES.items() if isinstance(exc, cls)), None)
+    return None if kind is None else Failure(kind, first_line(exc))
 
 
 @kopf.index(GROUP, VERSION, "subscriptions")
-def subscriptions_by_tenant(name: str, spec: kopf.Spec, **_: Any) -> dict[str, dict[str, Any]]:
-    return {
-        spec.get("tenantRef", ""): {
-            "name": name,
-            "billingStatus": spec.get("billingStatus", "active"),
-            "pastDueSince": spec.get("pastDueSince"),
-            "planRef": spec.get("planRef"),
-        }
-    }
+def subscriptions_by_tenant(name: str, spec: kopf.Spec, **_: Any) -> dict[str, Billed]:
+    """The subscriptions of each tenant, in memory (the billing the reconcile reads)."""
+    return {spec.get("tenantRef", ""): Billed(name, SubscriptionSpec.model_validate(dict(spec)))}
 
 
-def billing_of(index: kopf.Index, tenant: str, plan: dict[str, Any]) -> BillingState:
-    subscriptions = sorted(index.get(tenant, []), key=lambda s: s["name"])
-    if not subscriptions:
-        return BillingState(Restriction.NONE, "no subscription: not billed")
-    subscription = subscriptions[0]
-    return billing_state(
-        subscription["billingStatus"],
-        subscription.get("pastDueSince"),
-        int(plan["spec"].get("gracePeriodDays", 7)),
-        datetime.datetime.now(datetime.UTC),
-    )
+class Shell:
+    """Reads the world for one reconcile and carries out what `decisions` asked for."""
+
+    def __init__(self, body: kopf.Body, memo: kopf.Memo) -> None:
+        self.body, self.kube, self.audit = body, memo.kube, memo.audit
+        self.databases: TenantDatabases | None = memo.databases
+        self.tenant = TenantObject(
+            name=body.metadata.name,
+            uid=body.metadata.uid,
+            spec=TenantSpec.model_validate(dict(body.spec)),
+            status=TenantStatus.model_validate(dict(body.get("status") or {})),
+            generation=body.metadata.get("generation"),
+        )
+        self.phase = self.tenant.phase
+        self.backup = self.tenant.status.backup
+        self._password: str | None = None
+
+    def observe(self, subscriptions: list[Billed], retry: int) -> Observed:
+        plan = self.kube.get(API_VERSION, "plans", self.tenant.spec.planRef)
+        return Observed(
+            plan=decisions.PlanObject(plan["metadata"]["name"], PlanSpec.model_validate(plan["spec"]))
+            if plan
+            else None,
+            subscriptions=tuple(subscriptions),
+            namespace=self.kube.get("v1", "namespaces", self.tenant.namespace),
+            operator_namespace=operator_namespace(),
+            database_configured=self.databases is not None,
+            retry=retry,
+            **self._observe_data(plan["spec"]["isolation"] if plan else None),
+        )
+
+    def _observe_data(self, isolation: str | None) -> dict[str, Any]:
+        if self.databases is None:
+            return {}
+        try:
+            current, _, previous = self.databases.recorded(self.tenant.name)
+            target = self.databases.placement_for(self.tenant.name, isolation) if isolation else None
+            left = (self.databases.placement_for(self.tenant.name, previous),) if previous else ()
+        except (DatabaseUnavailable, psycopg.Error) as exc:
+            return {"data_error": failure_of(exc)}
+        backup = self.tenant.status.backup
+        intact = backup is not None and _intact(Path(backup.location), backup.sha256)
+        return {"data": decisions.DataPlacement(current, left, target), "backup_intact": intact}
+
+    def carry_out(self, outcome: Outcome, retry: int, patch: kopf.Patch | None) -> None:
+        """The actions in order; if one fails, what `decisions.failed` makes of it instead of the rest."""
+        try:
+            for action in outcome.actions:
+                self.act(action)
+        except tuple(FAILURES) as exc:
+            failure = failure_of(exc)
+            assert failure is not None
+            if outcome.offboarding:
+                outcome = decisions.failed_offboarding(failure.message)
+            else:
+                outcome = decisions.failed(self.tenant, failure, retry, self.phase)
+        self.record(outcome.transitions, outcome.why)
+        if outcome.status is not None and patch is not None:
+            patch.status.update(outcome.status.model_dump(mode="json", by_alias=True, exclude_unset=True))
+        for notice in outcome.events:
+            (events.warn if notice.warning else events.info)(self.body, reason=notice.reason, message=notice.message)
+        if outcome.retry is not None:
+            raise kopf.TemporaryError(outcome.retry_message, delay=outcome.retry)
+
+    def act(self, action: decisions.Action) -> None:
+        name, databases = self.tenant.name, self.databases
+        match action:
+            case decisions.ConvergeObject(manifest, announce):
+                converge(self.kube, self.body, dict(manifest))
+                if announce is not None:
+                    events.info(self.body, reason=announce.reason, message=announce.message)
+            case decisions.ProvisionData(isolation):
+                assert databases is not None
+                databases.provision(name, isolation, self.password())
+            case decisions.EnterPhase(transitions, why):
+                self.record(transitions, why)
+                self.phase = transitions[-1].target
+                self.patch_status({"phase": str(self.phase)})
+            case decisions.MigrateData(source, target):
+                assert databases is not None
+                moved = databases.migrate(name, target.isolation, self.password())
+                checksums = ", ".join(f"{t} {c.rows} rows" for t, c in databases.checksums(moved).items())
+                message = f"data moved from {source.isolation} to {moved.isolation}: {checksums}, checksums verified"
+                events.info(self.body, reason="Migrated", message=message)
+            case decisions.SetAccess(placement, access):
+                assert databases is not None
+                databases.set_access(placement, access)
+            case decisions.PublishCredentials(p):
+                assert databases is not None
+                fields = databases.login_fields(p.role, self.password(), p.database, p.schema)
+                publish_secret(self.kube, credentials_secret(self.tenant.manifest(), fields))
+            case decisions.Touch(plural, target, key, value):
+                touch(self.kube, plural, target, key, value)
+            case decisions.TouchPolicies(namespace, key):
+                for policy in self.kube.list(API_VERSION, "agentpolicies", namespace):
+                    annotations = {"metadata": {"annotations": {TENANT_GRANTS: key}}}
+                    self.kube.merge_patch(
+                        API_VERSION, "agentpolicies", policy["metadata"]["name"], annotations, namespace
+                    )
+            case decisions.TakeBackup(placement, label):
+                assert databases is not None
+                self.backup = decisions.backup_status(databases.backup(placement, label).to_status(), now_rfc3339())
+                self.patch_status({"backup": self.backup.model_dump(mode="json", exclude_none=True)})
+                message = f"final backup at {self.backup.location} (sha256 {self.backup.sha256})"
+                events.info(self.body, reason="BackupTaken", message=message)
+            case decisions.RemoveData(placements):
+                assert databases is not None
+                for placement in placements:
+                    databases.remove(placement)
+                databases.drop_role(name)
+                databases.forget(name)
+            case decisions.DeleteBackupFile():
+                if self.backup is not None:
+                    Path(self.backup.location).unlink(missing_ok=True)
+                    self.backup = decisions.destroyed(self.backup)
+                    self.patch_status({"backup": self.backup.model_dump(mode="json", exclude_none=True)})
+            case decisions.DeleteNamespace(namespace, uid):
+                self.delete_namespace(namespace, uid)
+            case _:
+                assert_never(action)
+
+    def password(self) -> str:
+        """The tenant role's password: kept in the credentials Secret the Tenant controls, made once (again if the
+        Secret is lost). A Secret of that name it does not control is a SecretConflict, never a password source."""
+        if self._password is None:
+            self._password = self._credentials()
+        return self._password
+
+    def _credentials(self) -> str:
+        found = self.kube.get("v1", "secrets", CREDENTIALS_SECRET, self.tenant.namespace)
+        secret = owned_secret(found, self.body, "Tenant")
+        password = secret_field(secret, "password") if secret else None
+        if password:
+            return password
+        password = secrets.token_urlsafe(24)
+        try:
+            self.kube.create(credentials_secret(self.tenant.manifest(), {"password": password}))
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
+            return self._credentials()  # another reconcile made it first: use theirs
+        return password
+
+    def delete_namespace(self, namespace: str, uid: str) -> None:
+        """The uid precondition stops a namespace that was replaced since it was checked from going too."""
+        options = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}}
+        try:
+            self.kube.request("DELETE", resource_path("v1", "namespaces", None, namespace), options)
+        except KubeError as exc:
+            if exc.status not in (404, 409):  # gone already, or no longer the namespace we checked
+                raise
+
+    def record(self, transitions: tuple[Transition, ...], why: str) -> None:
+        """Each transition: an Event, and a record in the audit log."""
+        for step in transitions:
+            message = f"{step.source} -> {step.target} ({step.event}): {why}"
+            (events.warn if step.target == Phase.FAILED else events.info)(
+                self.body, reason=str(step.target), message=message
+            )
+            if self.audit is None:
+                continue
+            details = {"from": str(step.source), "to": str(step.target), "why": why, "uid": self.tenant.uid}
+            try:
+                self.audit.append(
+                    "Tenant", self.tenant.name, str(step.event), {**details, "generation": self.tenant.generation}
+                )
+            except (DatabaseUnavailable, psycopg.Error):
+                message = "could not append the audit record; the database is unreachable"
+                events.warn(self.body, reason="AuditUnavailable", message=message)
+
+    def patch_status(self, fields: dict[str, Any]) -> None:
+        """Written at once (not at the end of the reconcile), so that a restart resumes from there."""
+        self.kube.merge_patch(API_VERSION, "tenants", self.tenant.name, {"status": fields}, subresource="status")
 
 
-# --- reconcile ------------------------------------------------------------------------------------------------
+def _intact(location: Path, sha256: str) -> bool:
+    return location.exists() and hashlib.sha256(location.read_bytes()).hexdigest() == sha256
 
 
 @kopf.on.resume(GROUP, VERSION, "tenants")
@@ -115,357 +238,15 @@ def billing_of(index: kopf.Index, tenant: str, plan: dict[str, Any]) -> BillingS
 def reconcile_tenant(
     body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, subscriptions_by_tenant: kopf.Index, **_: Any
 ) -> None:
-    kube: Kube = memo.kube
-    name, spec = body.metadata.name, dict(body.spec)
-    status = _Status(body, patch)
-    if status.phase in (Phase.OFFBOARDING, Phase.OFFBOARDED) or spec.get("offboard"):
-        if status.phase == Phase.OFFBOARDED and not spec.get("offboard"):
-            refused = TransitionRefused(
-                Phase.OFFBOARDED, Event.PROVISION, "offboarding is irreversible; create a new Tenant"
-            )
-            events.warn(body, reason="TransitionRefused", message=str(refused))
-            return
-        offboard(body, memo, status)
-        return
-
-    plan = kube.get(API_VERSION, "plans", spec["planRef"])
-    if plan is None:
-        status.wait(
-            status.phase if status.phase != Phase.FAILED else Phase.PENDING,
-            "PlanNotFound",
-            f"plan {spec['planRef']!r} does not exist",
-            delay=retry_delay(retry, base=RETRY_DELAY),
-        )
-        return
-    billing = billing_of(subscriptions_by_tenant, name, plan)
-    causes = [
-        c.value
-        for c in SuspensionCause
-        if (c == SuspensionCause.MANUAL and spec.get("suspended"))
-        or (c == SuspensionCause.BILLING and billing.suspends)
-    ]
-    goal = Phase.SUSPENDED if causes else Phase.ACTIVE
-    access = Access.NONE if causes else billing.access
-    isolation = Isolation(plan["spec"]["isolation"])
-    namespace = tenant_namespace(name, spec)
-
-    try:
-        _ensure_namespace(kube, body, plan, status, namespace)
-        for manifest in tenant_resources(dict(body), plan):
-            converge(kube, body, manifest)
-        if memo.databases is None:
-            status.condition("DatabaseReady", False, "NotConfigured", NO_DATABASE)
-            status.wait(status.phase, "DatabaseNotConfigured", NO_DATABASE, delay=retry_delay(retry, base=RETRY_DELAY))
-        placement = _ensure_database(body, memo, status, isolation, access, goal)
-    except FAILURES as exc:
-        _fail(body, memo, status, exc, retry)
-        return
-
-    _advance(body, memo, status.phase, goal, f"plan {plan['metadata']['name']}, {billing.message}")
-    status.condition("Billing", billing.restriction == Restriction.NONE, _camel(billing.restriction), billing.message)
-    _check_subscriptions(body, status, list(subscriptions_by_tenant.get(name, [])))
-    if causes:
-        status.condition("Ready", False, "Suspended", f"suspended ({', '.join(causes)}); data kept, logins refused")
-    else:
-        status.condition(
-            "Ready",
-            True,
-            "Provisioned",
-            f"tenant is active on plan {plan['metadata']['name']}"
-            + ("; data is read-only" if access == Access.READ_ONLY else ""),
-        )
-    before = body.get("status") or {}
-    status.write(
-        goal,
-        namespace=namespace,
-        plan=plan["metadata"]["name"],
-        suspendedFor=causes,
-        isolation=str(placement.isolation),
-        access=str(access),
-        restriction=str(billing.restriction),
-        database=placement.to_status(),
-        credentialsSecret=CREDENTIALS_SECRET,
-    )
-    if before.get("plan") != plan["metadata"]["name"]:  # its subscriptions check the plan they bill again
-        for subscription in subscriptions_by_tenant.get(name, []):
-            touch(kube, "subscriptions", subscription["name"], "tenant-plan", plan["metadata"]["name"])
-    grants = agent_grants_key(str(access), placement.to_status())
-    if grants != agent_grants_key(before.get("access"), before.get("database")):
-        _touch_policies(kube, namespace, grants)
-
-
-def _check_subscriptions(body: kopf.Body, status: _Status, subscriptions: list[dict[str, Any]]) -> None:
-    """A Tenant billed for another plan than its own: a PlanMismatch condition and a Warning Event (once per
-    change); the condition turns False once they agree again."""
-    mismatch = tenant_plan_mismatch(body.spec["planRef"], subscriptions)
-    previous = next((c for c in status.conditions if c.get("type") == "PlanMismatch"), None)
-    if mismatch is not None:
-        if previous is None or previous.get("message") != mismatch.message:
-            events.warn(body, reason=mismatch.reason, message=mismatch.message)
-        status.condition("PlanMismatch", True, mismatch.reason, mismatch.message)
-    elif previous is not None:
-        status.condition("PlanMismatch", False, "PlanAgrees", "the tenant's subscriptions bill the plan it is on")
-
-
-def _touch_policies(kube: Kube, namespace: str, key: str) -> None:
-    """The agents' grants follow the tenant: its AgentPolicies reconcile again, told what to expect.
-
-    kopf writes this reconcile's status only after it returns, so a policy may read the old status
-    first; the annotation tells it to wait for the new one."""
-    for policy in kube.list(API_VERSION, "agentpolicies", namespace):
-        kube.merge_patch(
-            API_VERSION,
-            "agentpolicies",
-            policy["metadata"]["name"],
-            {"metadata": {"annotations": {TENANT_GRANTS: key}}},
-            namespace,
-        )
-
-
-def _ensure_namespace(kube: Kube, body: kopf.Body, plan: dict[str, Any], status: _Status, namespace: str) -> None:
-    check = check_namespace(kube.get("v1", "namespaces", namespace), namespace, body.metadata.uid, operator_namespace())
-    if not check.ok:
-        status.condition("NamespaceReady", False, check.reason, check.message)
-        status.wait(
-            status.phase if check.reason == "NamespaceTerminating" else Phase.FAILED, check.reason, check.message
-        )
-    converge(kube, body, namespace_manifest(dict(body), plan))
-    if check.reason == "Missing":
-        events.info(body, reason="NamespaceCreated", message=f"namespace {namespace} created")
-    status.condition("NamespaceReady", True, "Provisioned", f"namespace {namespace} is ready")
-
-
-def _credentials(kube: Kube, body: kopf.Body) -> str:
-    """The tenant role's password: kept in the credentials Secret the Tenant controls, made once (again if the
-    Secret is lost). A Secret of that name it does not control is a SecretConflict, never a password source."""
-    namespace = tenant_namespace(body.metadata.name, dict(body.spec))
-    secret = owned_secret(kube.get("v1", "secrets", CREDENTIALS_SECRET, namespace), body, "Tenant")
-    password = secret_field(secret, "password") if secret else None
-    if password:
-        return password
-    password = secrets.token_urlsafe(24)
-    try:
-        kube.create(credentials_secret(dict(body), {"password": password}))
-    except KubeError as exc:
-        if exc.status != 409:
-            raise
-        return _credentials(kube, body)  # another reconcile made it first: use theirs
-    return password
-
-
-def _publish_credentials(
-    kube: Kube, body: kopf.Body, databases: TenantDatabases, placement: Placement, password: str
-) -> None:
-    fields = databases.login_fields(placement.role, password, placement.database, placement.schema)
-    publish_secret(kube, credentials_secret(dict(body), fields))
-
-
-def _ensure_database(
-    body: kopf.Body, memo: kopf.Memo, status: _Status, isolation: Isolation, access: Access, goal: Phase
-) -> Placement:
-    databases: TenantDatabases = memo.databases
-    name = body.metadata.name
-    password = _credentials(memo.kube, body)
-    placement = databases.provision(name, isolation, password)
-    if placement.isolation != isolation:
-        if goal == Phase.SUSPENDED:
-            status.condition(
-                "Migrated",
-                False,
-                "WaitingForResume",
-                f"moving from {placement.isolation} to {isolation} waits until the tenant resumes",
-            )
-        else:
-            placement = _migrate(body, memo, status, placement, isolation, password)
-    databases.set_access(placement, access)
-    _publish_credentials(memo.kube, body, databases, placement, password)
-    status.condition(
-        "DatabaseReady",
-        True,
-        "Provisioned",
-        f"{placement.isolation} data in database {placement.database}, schema {placement.schema}; access {access}",
-    )
-    return placement
-
-
-def _migrate(
-    body: kopf.Body, memo: kopf.Memo, status: _Status, source: Placement, isolation: Isolation, password: str
-) -> Placement:
-    name = body.metadata.name
-    if status.phase == Phase.ACTIVE:
-        _advance(body, memo, Phase.ACTIVE, Phase.MIGRATING, f"{source.isolation} -> {isolation}")
-        memo.kube.merge_patch(
-            API_VERSION, "tenants", name, {"status": {"phase": Phase.MIGRATING}}, subresource="status"
-        )
-        status.phase = Phase.MIGRATING
-    target = memo.databases.migrate(name, isolation, password)
-    checksums = memo.databases.checksums(target)
-    events.info(
-        body,
-        reason="Migrated",
-        message=f"data moved from {source.isolation} to {target.isolation}: "
-        + ", ".join(f"{t} {c.rows} rows" for t, c in checksums.items())
-        + ", checksums verified",
-    )
-    status.condition("Migrated", True, "Verified", f"moved from {source.isolation} to {target.isolation}")
-    return target
-
-
-def _fail(body: kopf.Body, memo: kopf.Memo, status: _Status, exc: BaseException, retry: int) -> None:
-    reasons: dict[type[BaseException], str] = {
-        DatabaseUnavailable: "DatabaseUnavailable",
-        MigrationError: "MigrationFailed",
-        NameConflict: "NameConflict",
-        SecretConflict: "SecretConflict",
-        ObjectConflict: "ObjectConflict",
-    }
-    reason = reasons.get(type(exc), "ProvisioningFailed")
-    message = first_line(exc)
-    if isinstance(exc, (DatabaseUnavailable, MigrationError, NameConflict, SecretConflict, psycopg.Error)):
-        status.condition("DatabaseReady", False, reason, message)
-    if isinstance(exc, ObjectConflict):
-        status.condition("NamespaceReady", False, reason, message)
-    phase = status.phase
-    if phase in (Phase.PENDING, Phase.PROVISIONING, Phase.MIGRATING):
-        _advance(body, memo, phase, Phase.FAILED, message)
-        phase = Phase.FAILED
-    status.wait(phase, reason, message, delay=retry_delay(retry))
-
-
-# --- transitions: Events and audit records -----------------------------------------------------------------------
-
-
-def _chain(source: Phase, target: Phase) -> list[Transition]:
-    if source == target:
-        return []
-    if target == Phase.FAILED:
-        if source == Phase.MIGRATING:
-            return [transition(source, Event.FAIL)]
-        return [*path(source, Phase.PROVISIONING), transition(Phase.PROVISIONING, Event.FAIL)]
-    return path(source, target)
-
-
-def _advance(body: kopf.Body, memo: kopf.Memo, source: Phase, target: Phase, why: str) -> None:
-    for step in _chain(source, target):
-        message = f"{step.source} -> {step.target} ({step.event}): {why}"
-        if step.target == Phase.FAILED:
-            events.warn(body, reason=str(step.target), message=message)
-        else:
-            events.info(body, reason=str(step.target), message=message)
-        if memo.audit is not None:
-            try:
-                memo.audit.append(
-                    "Tenant",
-                    body.metadata.name,
-                    str(step.event),
-                    {
-                        "from": str(step.source),
-                        "to": str(step.target),
-                        "why": why,
-                        "uid": body.metadata.uid,
-                        "generation": body.metadata.get("generation"),
-                    },
-                )
-            except (DatabaseUnavailable, psycopg.Error):
-                events.warn(
-                    body,
-                    reason="AuditUnavailable",
-                    message="could not append the audit record; the database is unreachable",
-                )
-
-
-def _camel(value: str) -> str:
-    return "".join(part.title() for part in str(value).split("_"))
-
-
-# --- offboarding --------------------------------------------------------------------------------------------------
-
-
-def offboard(body: kopf.Body, memo: kopf.Memo, status: _Status | None = None) -> dict[str, Any] | None:
-    """Final backup, then the deletion policy, then the namespace. Each step is safe to repeat."""
-    kube: Kube = memo.kube
-    name, spec = body.metadata.name, dict(body.spec)
-    current = dict(body.get("status") or {})
-    phase = Phase(current.get("phase") or Phase.PENDING)
-    if phase == Phase.OFFBOARDED:
-        return current.get("backup")
-    if phase != Phase.OFFBOARDING:
-        _advance(body, memo, phase, Phase.OFFBOARDING, "offboarding requested")
-        _patch_status(kube, body, {"phase": Phase.OFFBOARDING})
-    backup = current.get("backup")
-    policy = DeletionPolicy(spec.get("deletionPolicy", DeletionPolicy.SNAPSHOT))
-    databases: TenantDatabases | None = memo.databases
-    try:
-        if databases is not None:
-            placement, _, previous = databases.recorded(name)
-            if placement is not None:
-                databases.set_access(placement, Access.NONE)
-                if backup is None or not _backup_intact(backup):
-                    taken = databases.backup(placement, f"{name}-{body.metadata.uid}")
-                    backup = {**taken.to_status(), "takenAt": now_rfc3339()}
-                    _patch_status(kube, body, {"backup": backup})
-                    events.info(
-                        body,
-                        reason="BackupTaken",
-                        message=f"final backup at {backup['location']} (sha256 {backup['sha256']})",
-                    )
-                if policy != DeletionPolicy.RETAIN:
-                    databases.remove(placement)
-                    if previous:
-                        databases.remove(databases.placement_for(name, previous))
-                    databases.drop_role(name)
-                    databases.forget(name)
-                if policy == DeletionPolicy.DESTROY and backup is not None:
-                    Path(backup["location"]).unlink(missing_ok=True)
-                    backup = {**backup, "location": f"{backup['location']} (deleted: deletionPolicy destroy)"}
-        _delete_owned_namespace(kube, body, tenant_namespace(name, spec))
-    except FAILURES as exc:
-        message = first_line(exc)
-        events.warn(body, reason="OffboardingFailed", message=message)
-        raise kopf.TemporaryError(message, delay=RETRY_DELAY) from None
-    _advance(body, memo, Phase.OFFBOARDING, Phase.OFFBOARDED, f"deletion policy {policy}")
-    if status is not None:
-        status.condition("Ready", False, "Offboarded", f"offboarded; data {policy}")
-        status.write(Phase.OFFBOARDED, backup=backup, access=str(Access.NONE))
-    return backup
-
-
-def _delete_owned_namespace(kube: Kube, body: kopf.Body, namespace: str) -> None:
-    """Delete the namespace only if this Tenant controls it; the uid precondition stops a namespace that was
-    replaced in between from going too."""
-    existing = kube.get("v1", "namespaces", namespace)
-    if existing is None:
-        return
-    if not may_delete_namespace(existing, body.metadata.uid, operator_namespace()):
-        events.info(body, reason="NamespaceKept", message=f"namespace {namespace} is not this tenant's; left as it is")
-        return
-    try:
-        preconditions = {"uid": existing["metadata"]["uid"]}
-        kube.request(
-            "DELETE",
-            resource_path("v1", "namespaces", None, namespace),
-            {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": preconditions},
-        )
-    except KubeError as exc:
-        if exc.status not in (404, 409):  # gone already, or no longer the namespace we checked
-            raise
-
-
-def _backup_intact(backup: dict[str, Any]) -> bool:
-    location = Path(backup["location"])
-    return location.exists() and hashlib.sha256(location.read_bytes()).hexdigest() == backup["sha256"]
-
-
-def _patch_status(kube: Kube, body: kopf.Body, fields: dict[str, Any]) -> None:
-    kube.merge_patch(API_VERSION, "tenants", body.metadata.name, {"status": fields}, subresource="status")
+    shell = Shell(body, memo)
+    seen = shell.observe(list(subscriptions_by_tenant.get(body.metadata.name, [])), retry)
+    shell.carry_out(decisions.decide(shell.tenant, seen), retry, patch)
 
 
 @kopf.on.delete(GROUP, VERSION, "tenants")
 def delete_tenant(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    backup = offboard(body, memo)
-    if backup is not None:
-        events.info(
-            body,
-            reason="Offboarded",
-            message=f"tenant deleted; final backup {backup['location']} sha256 {backup['sha256']}",
-        )
+    shell = Shell(body, memo)
+    shell.carry_out(decisions.offboard(shell.tenant, shell.observe([], 0), deleting=True), 0, None)
+    if shell.backup is not None:
+        message = f"tenant deleted; final backup {shell.backup.location} sha256 {shell.backup.sha256}"
+        events.info(body, reason="Offboarded", message=message)

@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Any
 
 from ..api.meta import API_VERSION
+from ..api.plan import Quotas
 
 TENANT_LABEL = "paybill.dev/tenant"
 PLAN_LABEL = "paybill.dev/plan"
@@ -173,7 +174,7 @@ def _meta(tenant: dict[str, Any], name: str, namespace: str) -> dict[str, Any]:
 def tenant_resources(tenant: dict[str, Any], plan: dict[str, Any]) -> list[dict[str, Any]]:
     """Everything in the tenant's namespace but the credentials: accounts, RBAC, quotas, default-deny network."""
     namespace = tenant_namespace(tenant["metadata"]["name"], tenant.get("spec", {}))
-    quotas = {"cpu": "1", "memory": "1Gi", "storage": "5Gi", **(plan.get("spec", {}).get("quotas") or {})}
+    quotas = Quotas.model_validate(plan.get("spec", {}).get("quotas") or {}).model_dump()  # defaults from api/
     resources: list[dict[str, Any]] = []
     for account in (ADMIN_ACCOUNT, AGENT_ACCOUNT):
         resources.append({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(tenant, account, namespace)})

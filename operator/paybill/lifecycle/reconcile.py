@@ -1,0 +1,530 @@
+"""The Tenant reconciler's decisions: (the Tenant, what was observed) -> actions, status, Events. Pure.
+
+The handler (handlers/tenant.py) reads the world into `Observed`, calls `decide` (or `failed` when an action
+raises), carries out the actions in order and writes the status this module built. Phases move only along the
+state machine's table (lifecycle/machine.py), and each step is an Event and an audit record.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from ..api.meta import Condition
+from ..api.plan import Isolation, PlanSpec
+from ..api.subscription import Restriction
+from ..api.tenant import Access, BackupStatus, DatabasePlacement, DeletionPolicy, TenantSpec, TenantStatus
+from ..api.tenant import TenantPhase as Phase
+from ..billing.subscription import Billed, billing_of
+from .conditions import set_condition
+from .machine import Event, SuspensionCause, Transition, TransitionRefused, path, retry_delay, transition
+from .outcome import Notice, Touch
+from .references import tenant_plan_mismatch
+from .tenant import (
+    CREDENTIALS_SECRET,
+    NamespaceCheck,
+    agent_grants_key,
+    check_namespace,
+    may_delete_namespace,
+    namespace_manifest,
+    tenant_namespace,
+    tenant_resources,
+)
+
+if TYPE_CHECKING:
+    from ..database.placement import Placement
+
+RETRY_DELAY = 10.0  # the first wait; later ones back off (machine.retry_delay), capped at 5 minutes
+NO_DATABASE = "the operator has no tenant database: set PAYBILL_DATABASE_URL and restart it"
+
+
+# --- what the reconciler reads -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TenantObject:
+    """The Tenant as read, parsed once through its models."""
+
+    name: str
+    uid: str
+    spec: TenantSpec
+    status: TenantStatus = field(default_factory=TenantStatus)
+    generation: int | None = None
+
+    @property
+    def phase(self) -> Phase:
+        return Phase(self.status.phase or Phase.PENDING)
+
+    @property
+    def namespace(self) -> str:
+        return tenant_namespace(self.name, self.spec.model_dump())
+
+    def manifest(self) -> dict[str, Any]:
+        """The shape the owned-object builders read (name, uid and spec)."""
+        return {"metadata": {"name": self.name, "uid": self.uid}, "spec": self.spec.model_dump(exclude_none=True)}
+
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.status.conditions if c.type == type_), None)
+
+
+@dataclass(frozen=True)
+class PlanObject:
+    name: str
+    spec: PlanSpec
+
+    def manifest(self) -> dict[str, Any]:
+        return {"metadata": {"name": self.name}, "spec": self.spec.model_dump(mode="json")}
+
+
+@dataclass(frozen=True)
+class DataPlacement:
+    """Where the tenant's data is recorded to live, and where each isolation model would put it."""
+
+    recorded: Placement | None
+    previous: tuple[Placement, ...] = ()  # left behind by a migration, removed on offboarding
+    target: Placement | None = None  # where the plan's isolation puts it
+
+
+@dataclass(frozen=True)
+class Observed:
+    """The world as the handler read it for one reconcile."""
+
+    plan: PlanObject | None = None
+    subscriptions: tuple[Billed, ...] = ()
+    namespace: Mapping[str, Any] | None = None
+    operator_namespace: str | None = None
+    database_configured: bool = True
+    data: DataPlacement | None = None
+    data_error: Failure | None = None  # reading the placement failed: the reconcile fails after the namespace
+    backup_intact: bool = False
+    now: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.UTC))
+    retry: int = 0
+
+
+# --- what it asks the shell to do ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConvergeObject:
+    """Create the owned object or bring it back to the manifest; post `announce` once it is done."""
+
+    manifest: Mapping[str, Any]
+    announce: Notice | None = None
+
+
+@dataclass(frozen=True)
+class ProvisionData:
+    """The tenant's role and data location exist (created where the plan says if the tenant has none)."""
+
+    isolation: Isolation
+
+
+@dataclass(frozen=True)
+class EnterPhase:
+    """Record `transitions` (Events, audit) and write the phase they end in to status at once, before what
+    follows, so that an operator killed in between resumes from there."""
+
+    transitions: tuple[Transition, ...]
+    why: str
+
+
+@dataclass(frozen=True)
+class MigrateData:
+    """Copy, verify and cut over to `target` (the shell posts the checksums in a Migrated Event)."""
+
+    source: Placement
+    target: Placement
+
+
+@dataclass(frozen=True)
+class SetAccess:
+    placement: Placement
+    access: Access
+
+
+@dataclass(frozen=True)
+class PublishCredentials:
+    """The credentials Secret says how to log in at `placement`."""
+
+    placement: Placement
+
+
+@dataclass(frozen=True)
+class TouchPolicies:
+    """The tenant's AgentPolicies reconcile again, told the grants key to wait for."""
+
+    namespace: str
+    key: str
+
+
+@dataclass(frozen=True)
+class TakeBackup:
+    """The final backup (recorded in status at once, with a BackupTaken Event)."""
+
+    placement: Placement
+    name: str
+
+
+@dataclass(frozen=True)
+class RemoveData:
+    """Drop the tenant's data wherever it was placed, then its role and its placement record."""
+
+    placements: tuple[Placement, ...]
+
+
+@dataclass(frozen=True)
+class DeleteBackupFile:
+    """deletionPolicy destroy: the backup file goes too (status keeps its checksum and says so)."""
+
+
+@dataclass(frozen=True)
+class DeleteNamespace:
+    """Delete the namespace, on the condition (uid precondition) that it is the one that was checked."""
+
+    name: str
+    uid: str
+
+
+Action = (
+    ConvergeObject
+    | ProvisionData
+    | EnterPhase
+    | MigrateData
+    | SetAccess
+    | PublishCredentials
+    | Touch
+    | TouchPolicies
+    | TakeBackup
+    | RemoveData
+    | DeleteBackupFile
+    | DeleteNamespace
+)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Do `actions` in order; then record `transitions`, write `status` (if any), post `events`; then, if
+    `retry` is set, hand the Tenant back to kopf to try again in that many seconds (`retry_message` says why)."""
+
+    actions: tuple[Action, ...] = ()
+    transitions: tuple[Transition, ...] = ()
+    why: str = ""
+    status: TenantStatus | None = None
+    events: tuple[Notice, ...] = ()
+    retry: float | None = None
+    retry_message: str = ""
+    offboarding: bool = False  # an action that fails is an offboarding step (failed_offboarding), not provisioning
+
+
+class FailureKind(StrEnum):
+    """What went wrong, as the shell classifies an exception; each has its reason and the condition it sets."""
+
+    DATABASE_UNAVAILABLE = "DatabaseUnavailable"
+    MIGRATION_FAILED = "MigrationFailed"
+    NAME_CONFLICT = "NameConflict"
+    SECRET_CONFLICT = "SecretConflict"
+    OBJECT_CONFLICT = "ObjectConflict"
+    DATABASE_ERROR = "DatabaseError"  # any other error from PostgreSQL
+    API_ERROR = "ApiError"  # the Kubernetes API refused or failed
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: FailureKind
+    message: str
+
+    @property
+    def reason(self) -> str:
+        return "ProvisioningFailed" if self.kind in (FailureKind.DATABASE_ERROR, FailureKind.API_ERROR) else self.kind
+
+    @property
+    def condition(self) -> str | None:
+        """The condition the failure turns False, besides Ready."""
+        if self.kind == FailureKind.OBJECT_CONFLICT:
+            return "NamespaceReady"
+        return None if self.kind == FailureKind.API_ERROR else "DatabaseReady"
+
+
+# --- status ---------------------------------------------------------------------------------------------------
+
+
+class _Status:
+    """The status one reconcile builds: conditions kept stable, the rest set field by field."""
+
+    def __init__(self, tenant: TenantObject) -> None:
+        self.tenant = tenant
+        self.conditions = [c.model_dump(exclude_none=True) for c in tenant.status.conditions]
+
+    def condition(self, type_: str, ok: bool | None, reason: str, message: str) -> None:
+        self.conditions = set_condition(self.conditions, type_, ok, reason, message, self.tenant.generation)
+
+    def build(self, phase: Phase, **fields: Any) -> TenantStatus:
+        return TenantStatus(
+            phase=phase,
+            observedGeneration=self.tenant.generation,
+            conditions=[Condition.model_validate(c) for c in self.conditions],
+            **fields,
+        )
+
+    def wait(self, phase: Phase, reason: str, message: str, delay: float, actions: Sequence[Action] = ()) -> Outcome:
+        """Not ready: said in status, once as a Warning Event (not on every retry), and retried."""
+        said = self.tenant.condition("Ready")
+        self.condition("Ready", False, reason, message)
+        events = () if said is not None and said.reason == reason else (Notice(reason, message, warning=True),)
+        return Outcome(
+            actions=tuple(actions),
+            status=self.build(phase),
+            events=events,
+            retry=delay,
+            retry_message=message,
+        )
+
+
+# --- decisions --------------------------------------------------------------------------------------------------
+
+
+def decide(tenant: TenantObject, seen: Observed) -> Outcome:
+    """What one reconcile of `tenant` does, given what was observed."""
+    if tenant.phase in (Phase.OFFBOARDING, Phase.OFFBOARDED) or tenant.spec.offboard:
+        if tenant.phase == Phase.OFFBOARDED and not tenant.spec.offboard:
+            return _refused(tenant.phase, Event.PROVISION)
+        return offboard(tenant, seen)
+    status = _Status(tenant)
+    if seen.plan is None:
+        waiting = tenant.phase if tenant.phase != Phase.FAILED else Phase.PENDING
+        message = f"plan {tenant.spec.planRef!r} does not exist"
+        return status.wait(waiting, "PlanNotFound", message, retry_delay(seen.retry, base=RETRY_DELAY))
+    plan = seen.plan
+    billing = billing_of(seen.subscriptions, plan.spec, seen.now)
+    causes = [
+        cause.value
+        for cause in SuspensionCause
+        if (cause == SuspensionCause.MANUAL and tenant.spec.suspended)
+        or (cause == SuspensionCause.BILLING and billing.suspends)
+    ]
+    goal = Phase.SUSPENDED if causes else Phase.ACTIVE
+    access = Access.NONE if causes else billing.access
+
+    namespace = tenant.namespace
+    check = check_namespace(
+        dict(seen.namespace) if seen.namespace is not None else None, namespace, tenant.uid, seen.operator_namespace
+    )
+    if not check.ok:
+        status.condition("NamespaceReady", False, check.reason, check.message)
+        stuck = tenant.phase if check.reason == "NamespaceTerminating" else Phase.FAILED
+        return status.wait(stuck, check.reason, check.message, RETRY_DELAY)
+    actions: list[Action] = [_namespace_action(tenant, plan, check)]
+    status.condition("NamespaceReady", True, "Provisioned", f"namespace {namespace} is ready")
+    actions += [ConvergeObject(manifest) for manifest in tenant_resources(tenant.manifest(), plan.manifest())]
+    if not seen.database_configured:
+        status.condition("DatabaseReady", False, "NotConfigured", NO_DATABASE)
+        delay = retry_delay(seen.retry, base=RETRY_DELAY)
+        return status.wait(tenant.phase, "DatabaseNotConfigured", NO_DATABASE, delay, actions)
+    if seen.data_error is not None or seen.data is None or seen.data.target is None:
+        failure = seen.data_error or Failure(FailureKind.DATABASE_UNAVAILABLE, "the tenant database was not read")
+        return _with_actions(failed(tenant, failure, seen.retry), actions)
+
+    isolation = Isolation(plan.spec.isolation)
+    target = seen.data.target
+    placement = seen.data.recorded or target
+    actions.append(ProvisionData(isolation))
+    phase: Phase = tenant.phase
+    if placement.isolation != isolation:
+        if goal == Phase.SUSPENDED:
+            status.condition(
+                "Migrated",
+                False,
+                "WaitingForResume",
+                f"moving from {placement.isolation} to {isolation} waits until the tenant resumes",
+            )
+        else:
+            if phase == Phase.ACTIVE:
+                actions.append(EnterPhase((transition(phase, Event.MIGRATE),), f"{placement.isolation} -> {isolation}"))
+                phase = Phase.MIGRATING
+            actions.append(MigrateData(placement, target))
+            status.condition("Migrated", True, "Verified", f"moved from {placement.isolation} to {target.isolation}")
+            placement = target
+    actions += [SetAccess(placement, access), PublishCredentials(placement)]
+    status.condition(
+        "DatabaseReady",
+        True,
+        "Provisioned",
+        f"{placement.isolation} data in database {placement.database}, schema {placement.schema}; access {access}",
+    )
+
+    status.condition("Billing", billing.restriction == Restriction.NONE, _camel(billing.restriction), billing.message)
+    events = _plan_mismatch(tenant, status, seen.subscriptions)
+    if causes:
+        status.condition("Ready", False, "Suspended", f"suspended ({', '.join(causes)}); data kept, logins refused")
+    else:
+        read_only = "; data is read-only" if access == Access.READ_ONLY else ""
+        status.condition("Ready", True, "Provisioned", f"tenant is active on plan {plan.name}{read_only}")
+    database = DatabasePlacement.model_validate(placement.to_status())
+    if tenant.status.plan != plan.name:  # its subscriptions check the plan they bill again
+        actions += [Touch("subscriptions", billed.name, "tenant-plan", plan.name) for billed in seen.subscriptions]
+    grants = agent_grants_key(str(access), database.model_dump(by_alias=True))
+    before = tenant.status.database.model_dump(by_alias=True) if tenant.status.database else None
+    if grants != agent_grants_key(tenant.status.access, before):
+        actions.append(TouchPolicies(namespace, grants))
+    return Outcome(
+        actions=tuple(actions),
+        transitions=tuple(_chain(phase, goal)),
+        why=f"plan {plan.name}, {billing.message}",
+        status=status.build(
+            goal,
+            namespace=namespace,
+            plan=plan.name,
+            suspendedFor=causes,
+            isolation=str(placement.isolation),
+            access=access,
+            restriction=str(billing.restriction),
+            database=database,
+            credentialsSecret=CREDENTIALS_SECRET,
+        ),
+        events=events,
+    )
+
+
+def failed(tenant: TenantObject, failure: Failure, retry: int, phase: Phase | None = None) -> Outcome:
+    """An action failed (or the database could not be read): the conditions say why, a tenant still being set up
+    goes to Failed, and the reconcile is retried with backoff. `phase` is where the actions left the tenant."""
+    status = _Status(tenant)
+    if failure.condition is not None:
+        status.condition(failure.condition, False, failure.reason, failure.message)
+    phase = phase or tenant.phase
+    transitions: list[Transition] = []
+    if phase in (Phase.PENDING, Phase.PROVISIONING, Phase.MIGRATING):
+        transitions = _chain(phase, Phase.FAILED)
+        phase = Phase.FAILED
+    outcome = status.wait(phase, failure.reason, failure.message, retry_delay(retry))
+    return Outcome(
+        transitions=tuple(transitions),
+        why=failure.message,
+        status=outcome.status,
+        events=outcome.events,
+        retry=outcome.retry,
+        retry_message=outcome.retry_message,
+    )
+
+
+def offboard(tenant: TenantObject, seen: Observed, deleting: bool = False) -> Outcome:
+    """Final backup, then the deletion policy, then the namespace; each step is safe to repeat. `deleting`: the
+    Tenant itself is going (no status is written)."""
+    if tenant.phase == Phase.OFFBOARDED:
+        return Outcome()
+    actions: list[Action] = []
+    if tenant.phase != Phase.OFFBOARDING:
+        actions.append(EnterPhase(tuple(path(tenant.phase, Phase.OFFBOARDING)), "offboarding requested"))
+    if seen.data_error is not None:
+        return _with_actions(failed_offboarding(seen.data_error.message), actions)
+    policy = DeletionPolicy(tenant.spec.deletionPolicy)
+    data = seen.data
+    if data is not None and data.recorded is not None:
+        actions.append(SetAccess(data.recorded, Access.NONE))
+        if tenant.status.backup is None or not seen.backup_intact:
+            actions.append(TakeBackup(data.recorded, f"{tenant.name}-{tenant.uid}"))
+        if policy != DeletionPolicy.RETAIN:
+            actions.append(RemoveData((data.recorded, *data.previous)))
+        if policy == DeletionPolicy.DESTROY:
+            actions.append(DeleteBackupFile())
+    existing = seen.namespace
+    events: tuple[Notice, ...] = ()
+    if existing is not None:
+        if may_delete_namespace(dict(existing), tenant.uid, seen.operator_namespace):
+            actions.append(DeleteNamespace(existing["metadata"]["name"], existing["metadata"]["uid"]))
+        else:
+            name = existing["metadata"]["name"]
+            events = (Notice("NamespaceKept", f"namespace {name} is not this tenant's; left as it is"),)
+    status = None
+    if not deleting:
+        builder = _Status(tenant)
+        builder.condition("Ready", False, "Offboarded", f"offboarded; data {policy}")
+        status = builder.build(Phase.OFFBOARDED, access=Access.NONE)
+    return Outcome(
+        actions=tuple(actions),
+        transitions=(transition(Phase.OFFBOARDING, Event.OFFBOARDED),),
+        why=f"deletion policy {policy}",
+        status=status,
+        events=events,
+        offboarding=True,
+    )
+
+
+def failed_offboarding(message: str) -> Outcome:
+    """A step of offboarding failed: said in an Event, and retried (each step is safe to repeat)."""
+    notice = Notice("OffboardingFailed", message, warning=True)
+    return Outcome(events=(notice,), retry=RETRY_DELAY, retry_message=message, offboarding=True)
+
+
+def backup_status(taken: Mapping[str, Any], taken_at: str) -> BackupStatus:
+    return BackupStatus.model_validate({**taken, "takenAt": taken_at})
+
+
+def destroyed(backup: BackupStatus) -> BackupStatus:
+    """The record of a backup whose file deletionPolicy destroy removed."""
+    return backup.model_copy(update={"location": f"{backup.location} (deleted: deletionPolicy destroy)"})
+
+
+# --- pieces -----------------------------------------------------------------------------------------------------
+
+
+def _refused(phase: Phase, event: Event) -> Outcome:
+    """An event the state machine refuses in this phase: a Warning Event says why; nothing changes."""
+    try:
+        transition(phase, event)
+    except TransitionRefused as refused:
+        return Outcome(events=(Notice("TransitionRefused", str(refused), warning=True),))
+    raise AssertionError(f"{event} is allowed in {phase}")
+
+
+def _namespace_action(tenant: TenantObject, plan: PlanObject, check: NamespaceCheck) -> ConvergeObject:
+    namespace = tenant.namespace
+    created = Notice("NamespaceCreated", f"namespace {namespace} created") if check.reason == "Missing" else None
+    return ConvergeObject(namespace_manifest(tenant.manifest(), plan.manifest()), announce=created)
+
+
+def _plan_mismatch(tenant: TenantObject, status: _Status, subscriptions: Sequence[Billed]) -> tuple[Notice, ...]:
+    """A Tenant billed for another plan than its own: a PlanMismatch condition and a Warning Event (once per
+    change); the condition turns False once they agree again."""
+    mismatch = tenant_plan_mismatch(
+        tenant.spec.planRef, [{"name": billed.name, "planRef": billed.spec.planRef} for billed in subscriptions]
+    )
+    previous = tenant.condition("PlanMismatch")
+    if mismatch is not None:
+        status.condition("PlanMismatch", True, mismatch.reason, mismatch.message)
+        if previous is None or previous.message != mismatch.message:
+            return (Notice(mismatch.reason, mismatch.message, warning=True),)
+    elif previous is not None:
+        status.condition("PlanMismatch", False, "PlanAgrees", "the tenant's subscriptions bill the plan it is on")
+    return ()
+
+
+def _chain(source: Phase, target: Phase) -> list[Transition]:
+    """The transitions from `source` to `target`; to Failed through Provisioning (or straight from Migrating)."""
+    if source == target:
+        return []
+    if target == Phase.FAILED:
+        if source == Phase.MIGRATING:
+            return [transition(source, Event.FAIL)]
+        return [*path(source, Phase.PROVISIONING), transition(Phase.PROVISIONING, Event.FAIL)]
+    return path(source, target)
+
+
+def _with_actions(outcome: Outcome, actions: Sequence[Action]) -> Outcome:
+    return Outcome(
+        actions=(*actions, *outcome.actions),
+        transitions=outcome.transitions,
+        why=outcome.why,
+        status=outcome.status,
+        events=outcome.events,
+        retry=outcome.retry,
+        retry_message=outcome.retry_message,
+        offboarding=outcome.offboarding,
+    )
+
+
+def _camel(value: str) -> str:
+    return "".join(part.title() for part in str(value).split("_"))
