@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api.plan import PlanSpec
-from ..api.subscription import BillingStatus, Restriction, SubscriptionSpec
+from ..api.subscription import BillingStatus, Restriction, SubscriptionSpec, SubscriptionStatus
 from ..lifecycle.outcome import InvalidSpec, Notice, Readiness, Said, Touch, warn_once
 from ..lifecycle.references import Problem, TenantSeen, reference_problem
 from .grace import BillingState, billing_state
@@ -38,6 +38,12 @@ class SubscriptionOutcome:
     events: tuple[Notice, ...] = ()
     touches: tuple[Touch, ...] = ()
     retry_after: float | None = None  # seconds until it looks again; the Ready message says why
+
+    def status_fields(self) -> dict[str, Any]:
+        """The status fields beside phase and conditions, through the model: the restriction, when billed."""
+        if self.restriction is None:
+            return {}
+        return SubscriptionStatus(restriction=self.restriction).model_dump(include={"restriction"})
 
 
 def phase_of(status: BillingStatus | str) -> str:

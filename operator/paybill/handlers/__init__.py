@@ -1,5 +1,5 @@
 """Thin kopf handlers: `kopf run -m paybill.handlers` (or `paybill operator`) registers them all."""
 
-from . import agentpolicy, agentworkflow, catalog, repair, sessions, settings, tenant
+from . import agentpolicy, agentworkflow, plan, repair, sessions, settings, subscription, tenant
 
-__all__ = ["agentpolicy", "agentworkflow", "catalog", "repair", "sessions", "settings", "tenant"]
+__all__ = ["agentpolicy", "agentworkflow", "plan", "repair", "sessions", "settings", "subscription", "tenant"]

@@ -4,6 +4,7 @@ Paybill object to reconcile again, and write phase, observed generation and the 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -13,6 +14,7 @@ from ..api.meta import API_VERSION
 from ..kubeclient import Kube, KubeError, resource_path
 from ..lifecycle.conditions import set_condition
 from ..lifecycle.drift import OwnedAction, conflict, converged, describe, owned_action
+from ..lifecycle.outcome import Notice, Touch
 from ..lifecycle.tenant import (
     SecretAction,
     SecretConflict,
@@ -36,6 +38,17 @@ def touch(kube: Kube, plural: str, name: str, key: str, value: str) -> None:
     except KubeError as exc:
         if exc.status != 404:
             raise
+
+
+def touch_all(kube: Kube, touches: Iterable[Touch]) -> None:
+    for t in touches:
+        touch(kube, t.plural, t.name, t.key, t.value)
+
+
+def post(body: kopf.Body, notices: Iterable[Notice]) -> None:
+    """The Events a decision asked for, about `body`."""
+    for notice in notices:
+        (events.warn if notice.warning else events.info)(body, reason=notice.reason, message=notice.message)
 
 
 def operator_namespace() -> str | None:
