@@ -58,6 +58,7 @@ def test_the_phase_and_restriction_follow_the_billing_status(
     assert outcome.ready.ok is True and outcome.ready.reason == "Resolved"
     assert outcome.ready.message.startswith("tenant acme on plan pro: ") and says in outcome.ready.message
     assert outcome.events == ()  # the restriction did not change
+    assert outcome.status_fields() == {"restriction": str(restriction)}
     assert outcome.touches == (Touch("tenants", "acme", "billing", f"{billing}/{restriction}/3"),)
 
 
@@ -84,6 +85,7 @@ def test_a_broken_reference_is_not_ready_not_billed_and_retried(
     assert outcome.phase == "Unpaid"
     assert outcome.ready == Readiness(False, reason, message)
     assert (outcome.restriction, outcome.touches, outcome.retry_after) == (None, (), REFERENCE_RETRY)
+    assert outcome.status_fields() == {}  # the restriction last written stays
     assert outcome.events == (Notice(reason, message, warning=True),)
 
 
