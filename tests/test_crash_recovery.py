@@ -15,8 +15,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from paybill.database import TenantDatabases
 from paybill.database.server import LocalPostgres
-from paybill.database.tenants import TenantDatabases
 from paybill.lifecycle.conditions import is_true
 
 API = "paybill.dev/v1alpha1"

@@ -13,8 +13,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from paybill.database import TenantDatabases
 from paybill.database.server import LocalPostgres
-from paybill.database.tenants import TenantDatabases
 
 API = "paybill.dev/v1alpha1"
 OLD_ADVISORY_KEYS = ("paybill-audit", "paybill-pooled", "paybill-control")

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from kopf.testing import KopfRunner
 
-from paybill.database.tenants import TenantDatabases
+from paybill.database import TenantDatabases
 from paybill.lifecycle.conditions import is_true
 
 REPO = Path(__file__).resolve().parents[1]

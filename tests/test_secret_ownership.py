@@ -11,8 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from paybill.database import TenantDatabases
 from paybill.database.server import LocalPostgres
-from paybill.database.tenants import TenantDatabases
 from paybill.lifecycle.tenant import (
     CREDENTIALS_SECRET,
     SecretAction,

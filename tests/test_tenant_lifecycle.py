@@ -17,8 +17,8 @@ import psycopg
 import pytest
 
 from paybill.audit import AuditLog, ChainBroken
+from paybill.database import Placement, TenantDatabases, restore_backup
 from paybill.database.server import LocalPostgres
-from paybill.database.tenants import Placement, TenantDatabases, restore_backup
 from paybill.lifecycle.conditions import is_true
 
 API = "paybill.dev/v1alpha1"

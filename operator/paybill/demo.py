@@ -24,10 +24,10 @@ import yaml
 
 from .api import API_VERSION
 from .api.crdgen import all_crds
+from .database import Placement, TenantDatabases
 from .database.agents.guard import ExecutionGuard
 from .database.agents.install import tenant_schema
 from .database.server import PASSWORD_FILE, LocalPostgres, PostgresError, delete_tree
-from .database.tenants import Placement, TenantDatabases
 from .handlers.settings import DATABASE_URL_ENV, STATE_DIR_ENV
 from .kubeclient import Kube, KubeError
 from .lifecycle.conditions import is_true

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from paybill.database import TenantDatabases
 from paybill.database.server import LocalPostgres
-from paybill.database.tenants import TenantDatabases
 
 _names = itertools.count()
 

@@ -13,14 +13,14 @@ import pytest
 
 from paybill.api.agentpolicy import AgentPolicySpec
 from paybill.api.tenant import Access
-from paybill.database.agents.install import install, uninstall
-from paybill.database.server import LocalPostgres
-from paybill.database.tenants import (
+from paybill.database import (
     AGENT_CONNECTION_LIMIT,
     TENANT_CONNECTION_LIMIT,
     DatabaseUnavailable,
     TenantDatabases,
 )
+from paybill.database.agents.install import install, uninstall
+from paybill.database.server import LocalPostgres
 
 from .conftest import fresh
 from .test_hardening import AGENT_PASSWORD, PASSWORD, POLICY, agent, login, tenant, within

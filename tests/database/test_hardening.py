@@ -17,10 +17,10 @@ from psycopg import sql
 from paybill.api.agentpolicy import AgentPolicySpec
 from paybill.api.tenant import Access
 from paybill.audit import AuditLog
+from paybill.database import NameConflict, Placement, TenantDatabases, UnsafeBackupDirectory
 from paybill.database.agents.install import install
 from paybill.database.ownership import Found, Record, Verdict, decide, opaque_name
 from paybill.database.server import LocalPostgres
-from paybill.database.tenants import NameConflict, Placement, TenantDatabases, UnsafeBackupDirectory
 from paybill.handlers.settings import backup_directory
 
 from .conftest import fresh

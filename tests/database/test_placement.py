@@ -8,7 +8,7 @@ import pytest
 
 from paybill.api.plan import Isolation
 from paybill.api.tenant import BackupStatus, DatabasePlacement, TableChecksum, TenantStatus
-from paybill.database.tenants import Backup, Placement, placement_at
+from paybill.database import Backup, Placement, placement_at
 
 ROLE = "t_0123456789abcdef01234567"
 

@@ -10,13 +10,13 @@ import psycopg
 import pytest
 
 from paybill.api.tenant import Access
-from paybill.database.server import LocalPostgres
-from paybill.database.tenants import (
+from paybill.database import (
     DatabaseUnavailable,
     Placement,
     TenantDatabases,
     restore_backup,
 )
+from paybill.database.server import LocalPostgres
 
 from .conftest import fresh
 
@@ -259,7 +259,7 @@ def test_interrupted_migration_resumes_and_writes_are_held_until_cut_over(
     def crash(*_: object) -> None:
         raise RuntimeError("operator killed")
 
-    monkeypatch.setattr(databases, "_cleanup", crash)  # dies right after the cut-over record
+    monkeypatch.setattr(databases.moves, "cleanup", crash)  # dies right after the cut-over record
     with pytest.raises(RuntimeError):
         databases.migrate(a.tenant, "bridge", PASSWORD)
     current, migrating_to, previous = databases.recorded(a.tenant)
@@ -270,7 +270,7 @@ def test_interrupted_migration_resumes_and_writes_are_held_until_cut_over(
     assert databases.checksums(current) == expected
     assert all(c.rows == 0 for c in databases.checksums(a).values())
 
-    monkeypatch.setattr(databases, "_copy", crash)  # dies before anything was copied
+    monkeypatch.setattr(databases.moves, "copy", crash)  # dies before anything was copied
     with pytest.raises(RuntimeError):
         databases.migrate(a.tenant, "silo", PASSWORD)
     assert databases.recorded(a.tenant) == (current, "silo", None)

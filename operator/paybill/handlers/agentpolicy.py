@@ -15,8 +15,8 @@ import kopf
 from ..api.agentpolicy import AgentPolicySpec
 from ..api.meta import API_VERSION, GROUP, VERSION
 from ..api.tenant import Access, TenantPhase
+from ..database import DatabaseUnavailable, NameConflict, Placement, TenantDatabases
 from ..database.agents.install import install, uninstall
-from ..database.tenants import DatabaseUnavailable, NameConflict, Placement, TenantDatabases
 from ..errors import first_line
 from ..kubeclient import Kube
 from ..lifecycle.tenant import (

@@ -19,9 +19,9 @@ from ..api.agentpolicy import AgentPolicySpec
 from ..api.agentworkflow import AgentWorkflowSpec
 from ..api.meta import API_VERSION, GROUP, VERSION
 from ..api.tenant import Access
+from ..database import DatabaseUnavailable, Placement
 from ..database.agents.guard import ExecutionGuard
 from ..database.agents.install import engine_for
-from ..database.tenants import DatabaseUnavailable, Placement
 from ..errors import first_line
 from ..kubeclient import Kube
 from ..lifecycle.tenant import MANAGED_BY, SecretConflict, opaque_secret, owned_secret, owner_reference, secret_field

@@ -15,7 +15,7 @@ from typing import Any
 import kopf
 import psycopg
 
-from ..database.tenants import DatabaseUnavailable
+from ..database import DatabaseUnavailable
 from ..errors import first_line
 
 IDLE_LIMIT_ENV = "PAYBILL_IDLE_TRANSACTION_SECONDS"

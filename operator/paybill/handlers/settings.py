@@ -12,7 +12,7 @@ from typing import Any
 import kopf
 
 from ..audit import AuditLog
-from ..database.tenants import TenantDatabases
+from ..database import TenantDatabases
 from ..kubeclient import Kube, load_config
 from . import events
 from .persistence import PREFIX, DigestDiffBaseStorage

@@ -17,8 +17,8 @@ from psycopg import Connection, sql
 
 from ...policy.rules import RuleSet
 from ...policy.schema import TENANT_COLUMN, Schema, Table
+from .. import DDL_LOCK_TIMEOUT, enable_row_security
 from ..ownership import agent_name
-from ..tenants import DDL_LOCK_TIMEOUT, enable_row_security
 
 ACTIONS = ("select", "insert", "update", "delete")
 ENABLE_ROW_SECURITY = re.compile(r"^ALTER TABLE (.+) ENABLE ROW LEVEL SECURITY$", re.DOTALL)

@@ -15,9 +15,9 @@ from ...api.agentpolicy import AgentPolicySpec, Effect
 from ...api.tenant import Access
 from ...policy.engine import PolicyEngine
 from ...policy.schema import Schema
+from .. import AGENT_CONNECTION_LIMIT, DDL_LOCK_TIMEOUT, DatabaseUnavailable, Placement, TenantDatabases
 from ..migrations import LEDGER
 from ..ownership import agent_identity
-from ..tenants import AGENT_CONNECTION_LIMIT, DDL_LOCK_TIMEOUT, DatabaseUnavailable, Placement, TenantDatabases
 from .catalog import read_schema
 from .grants import apply_grants
 

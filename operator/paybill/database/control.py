@@ -1,0 +1,168 @@
+"""The operator's own database: the naming key and the role names it keys, where each tenant is placed (and a
+migration in flight), every name Paybill created with its owner, and the row security statements installed
+for each agent. Closed to everyone else, tenants included (nor may they connect to postgres or template1).
+
+The placement row is the commit point of a migration: before it the source is authoritative, after it the
+target.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import psycopg
+from psycopg import sql
+
+from ..api.plan import Isolation
+from .connections import Connections
+from .ownership import Record, agent_name, create_idempotently, tenant_name
+from .placement import CONTROL_SCHEMA, Placement, placement_at
+
+
+class Control:
+    """The operator's records, in the database `admin_dsn` names."""
+
+    def __init__(self, connections: Connections) -> None:
+        self.connections = connections
+        self._key: bytes | None = None
+
+    def prepare(self, conn: psycopg.Connection) -> None:
+        """The operator's own tables, and its database closed to everyone else (tenants included)."""
+        ready = self.connections.ready
+        if ("", CONTROL_SCHEMA) in ready:
+            return
+        with self.connections.setup:
+            if ("", CONTROL_SCHEMA) in ready:
+                return
+            create_idempotently(conn, _create_control_tables)
+            for database in {conn.info.dbname, "postgres", "template1"}:
+                if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
+                    conn.execute(
+                        sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(database))
+                    )
+            ready.add(("", CONTROL_SCHEMA))
+
+    # --- names -----------------------------------------------------------------------------------------
+
+    def naming_key(self) -> bytes:
+        """The secret that keys every opaque name; made once, kept in the operator's database."""
+        if self._key is None:
+            with self.connections.session() as conn:
+                self.prepare(conn)
+                conn.execute(
+                    "INSERT INTO paybill.naming_key (id, key) VALUES (true, %s) ON CONFLICT DO NOTHING",
+                    (secrets.token_bytes(32),),
+                )
+                row = conn.execute("SELECT key FROM paybill.naming_key").fetchone()
+            assert row is not None
+            self._key = bytes(row[0])
+        return self._key
+
+    def tenant_role(self, tenant: str) -> str:
+        return tenant_name(self.naming_key(), tenant)
+
+    def agent_role(self, tenant: str, namespace: str, policy: str) -> str:
+        return agent_name(self.naming_key(), tenant, namespace, policy)
+
+    def placement_for(self, tenant: str, isolation: Isolation | str) -> Placement:
+        return placement_at(tenant, isolation, self.tenant_role(tenant))
+
+    # --- what Paybill created, and for whom ---------------------------------------------------------------
+
+    def record(self, conn: psycopg.Connection, kind: str, name: str, database: str = "") -> Record | None:
+        row = conn.execute(
+            "SELECT owner, oid FROM paybill.owned WHERE kind = %s AND database = %s AND name = %s",
+            (kind, database, name),
+        ).fetchone()
+        return Record(row[0], None if row[1] is None else int(row[1])) if row else None
+
+    def remember(
+        self, conn: psycopg.Connection, kind: str, name: str, owner: str, oid: int | None, database: str = ""
+    ) -> None:
+        conn.execute(
+            "INSERT INTO paybill.owned (kind, database, name, owner, oid) VALUES (%s, %s, %s, %s, %s) "
+            "ON CONFLICT (kind, database, name) DO UPDATE SET oid = excluded.oid",
+            (kind, database, name, owner, oid),
+        )
+
+    def forget_object(self, kind: str, name: str, database: str = "") -> None:
+        with self.connections.session() as conn:
+            self.prepare(conn)
+            conn.execute(
+                "DELETE FROM paybill.owned WHERE kind = %s AND database = %s AND name = %s", (kind, database, name)
+            )
+
+    # --- placements ------------------------------------------------------------------------------------
+
+    def recorded(self, tenant: str) -> tuple[Placement | None, str | None, str | None]:
+        """(current placement, isolation a migration is heading to, isolation left to clean up)."""
+        with self.connections.session() as conn:
+            self.prepare(conn)
+            row = conn.execute(
+                "SELECT isolation, migrating_to, previous FROM paybill.placements WHERE tenant = %s", (tenant,)
+            ).fetchone()
+        if row is None:
+            return None, None, None
+        return self.placement_for(tenant, row[0]), row[1], row[2]
+
+    def place(self, tenant: str, isolation: str, migrating_to: str | None = None, previous: str | None = None) -> None:
+        with self.connections.session() as conn:
+            self.prepare(conn)
+            conn.execute(
+                "INSERT INTO paybill.placements (tenant, isolation, migrating_to, previous) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (tenant) DO UPDATE SET isolation = excluded.isolation, "
+                "migrating_to = excluded.migrating_to, previous = excluded.previous, updated_at = now()",
+                (tenant, isolation, migrating_to, previous),
+            )
+
+    def forget(self, tenant: str) -> None:
+        with self.connections.session() as conn:
+            self.prepare(conn)
+            conn.execute("DELETE FROM paybill.placements WHERE tenant = %s", (tenant,))
+
+    # --- agents' row security policies -------------------------------------------------------------------
+
+    def installed_row_policies(self, database: str, role: str) -> dict[str, str]:
+        """The digests of `role`'s row security policy statements last installed in `database`."""
+        with self.connections.session() as conn:
+            self.prepare(conn)
+            return {
+                str(statement): str(digest)
+                for statement, digest in conn.execute(
+                    "SELECT statement, digest FROM paybill.row_policies WHERE database = %s AND role = %s",
+                    (database, role),
+                )
+            }
+
+    def remember_row_policies(self, database: str, role: str, digests: dict[str, str]) -> None:
+        with self.connections.session() as conn, conn.transaction():
+            self.prepare(conn)
+            conn.execute("DELETE FROM paybill.row_policies WHERE database = %s AND role = %s", (database, role))
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO paybill.row_policies (database, role, statement, digest) VALUES (%s, %s, %s, %s)",
+                    [(database, role, s, d) for s, d in digests.items()],
+                )
+
+
+def _create_control_tables(conn: psycopg.Connection) -> None:
+    """The operator's bookkeeping, in its own database: placements, owned names and the naming key."""
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(CONTROL_SCHEMA)))
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS paybill.placements (tenant text PRIMARY KEY, "
+        "isolation text NOT NULL, migrating_to text, previous text, "
+        "updated_at timestamptz NOT NULL DEFAULT now())"
+    )
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS paybill.owned (kind text NOT NULL, database text NOT NULL, "
+        "name text NOT NULL, owner text NOT NULL, oid oid, created_at timestamptz NOT NULL DEFAULT now(), "
+        "PRIMARY KEY (kind, database, name))"
+    )
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS paybill.row_policies (database text NOT NULL, role name NOT NULL, "
+        "statement text NOT NULL, digest text NOT NULL, PRIMARY KEY (database, role, statement))"
+    )
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS paybill.naming_key (id boolean PRIMARY KEY CHECK (id), key bytea NOT NULL)"
+    )
+    conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(CONTROL_SCHEMA)))
