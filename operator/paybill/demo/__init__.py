@@ -22,19 +22,19 @@ import kubernetes
 import psycopg
 import yaml
 
-from .api import API_VERSION
-from .api.crdgen import all_crds
-from .database import Placement, TenantDatabases
-from .database.agents.guard import ExecutionGuard
-from .database.agents.install import tenant_schema
-from .database.server import PASSWORD_FILE, LocalPostgres, PostgresError, delete_tree
-from .handlers.settings import DATABASE_URL_ENV, STATE_DIR_ENV
-from .kubeclient import Kube, KubeError
-from .lifecycle.conditions import is_true
-from .policy import PolicyEngine
-from .policy.check import load_policy
+from ..api import API_VERSION
+from ..api.crdgen import all_crds
+from ..database import Placement, TenantDatabases
+from ..database.agents.guard import ExecutionGuard
+from ..database.agents.install import tenant_schema
+from ..database.server import PASSWORD_FILE, LocalPostgres, PostgresError, delete_tree
+from ..handlers.settings import DATABASE_URL_ENV, STATE_DIR_ENV
+from ..kubeclient import Kube, KubeError
+from ..lifecycle.conditions import is_true
+from ..policy import PolicyEngine
+from ..policy.check import load_policy
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 MARKER = ".paybill-demo"  # in every state directory the demo makes: only such a directory is ever touched
 LOCK = "demo.lock"  # flock'd for the demo's life: one demo per state directory
 AGENTS_RAN = "agents.ran"  # written once the agent steps ran on this data: a resumed run does not repeat them
