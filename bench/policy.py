@@ -295,7 +295,7 @@ def corpus_comparison(rounds: int, chunks: int = 4) -> tuple[list[tuple[str, ...
 def execution_rows(rounds: int, per_round: int) -> list[tuple[str, ...]]:
     directory = Path(tempfile.mkdtemp(prefix="paybill-bench-pg-"))
     os.chmod(directory, 0o755)
-    server = LocalPostgres(directory)
+    server = LocalPostgres(directory, durable=False)  # throwaway benchmark data
     server.start()
     try:
         with psycopg.connect(server.dsn, autocommit=True) as conn:

@@ -114,7 +114,7 @@ def fleet(runner: TerraformRunner, count: int) -> dict[str, float]:
 def measure(quick: bool) -> tuple[dict[str, dict[str, float]], dict[str, float], str]:
     directory = Path(tempfile.mkdtemp(prefix="paybill-bench-tf-"))
     os.chmod(directory, 0o755)
-    postgres = LocalPostgres(directory / "postgres")
+    postgres = LocalPostgres(directory / "postgres", durable=False)  # throwaway benchmark data
     postgres.start()
     try:
         dsn = psycopg.conninfo.make_conninfo(postgres.dsn, sslmode="disable")

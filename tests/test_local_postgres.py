@@ -227,3 +227,22 @@ def test_stop_says_whether_a_server_was_running(tmp_path: Path) -> None:
     server.start()
     assert server.stop() is True
     server.remove()
+
+
+def test_the_operators_database_keeps_acknowledged_commits_and_only_throwaway_data_may_not(
+    tmp_path: Path, postgres: LocalPostgres
+) -> None:
+    """The demo's and the operator's server: fsync, synchronous commit and full page writes on, so a commit the
+    operator was told succeeded survives a crash. The tests' shared server says it relaxes them (conftest)."""
+    settings = ("fsync", "synchronous_commit", "full_page_writes")
+    server = LocalPostgres(tmp_path / "postgres")
+    server.start()
+    try:
+        with psycopg.connect(server.dsn) as conn:
+            durable = {name: conn.execute(f"SHOW {name}").fetchone()[0] for name in settings}  # type: ignore[index]
+    finally:
+        server.remove()
+    assert durable == dict.fromkeys(settings, "on")
+    with psycopg.connect(postgres.dsn) as conn:
+        relaxed = {name: conn.execute(f"SHOW {name}").fetchone()[0] for name in settings}  # type: ignore[index]
+    assert relaxed == dict.fromkeys(settings, "off")

@@ -14,7 +14,6 @@ import socket
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +86,9 @@ class LocalPostgres:
 
     data_dir: Path
     port: int = field(default_factory=free_port)
+    # Acknowledged commits survive a crash (fsync, synchronous commit, full page writes). Only throwaway data, the
+    # tests' and benchmarks', may turn this off for speed, and must say so.
+    durable: bool = True
     _pgserver: Any = field(default=None, init=False, repr=False)
     _uri: str | None = field(default=None, init=False)
     _why: str = field(default="", init=False, repr=False)
@@ -189,10 +191,11 @@ class LocalPostgres:
 
     def _pg_ctl_start(self, binaries: Path, pgdata: Path, socket_dir: Path, log: Path) -> None:
         options = (
-            f"-p {self.port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
+            f"-p {self.port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c max_connections=200 "
             f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT}"
         )
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         logged = log.stat().st_size
         try:
             self._run(
@@ -511,13 +514,3 @@ def _process_identity(pid: int) -> str | None:
     except (OSError, IndexError):
         return None
     return f"{pid} {fields[19]}"  # field 22 of stat: starttime, in clock ticks since boot
-
-
-@contextlib.contextmanager
-def running(data_dir: Path) -> Iterator[LocalPostgres]:
-    server = LocalPostgres(data_dir)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
