@@ -2,28 +2,44 @@
 
 The policy lives in a tenant's namespace; its agent gets a login role of its own (credentials in a Secret,
 never in status), column GRANTs and row-level security generated from the same rules the engine checks.
-The grants follow the tenant: re-applied when its access or its database placement changes.
+The grants follow the tenant: re-applied when its access or its database placement changes. What to do is
+decided in lifecycle/agentpolicy.py; these handlers read, carry it out and write what it says.
 """
 
 from __future__ import annotations
 
 import secrets
-from typing import Any, NoReturn
+from typing import Any
 
 import kopf
 
-from ..api.agentpolicy import AgentPolicySpec
+from ..api.agentpolicy import AgentPolicySpec, AgentPolicyStatus
 from ..api.meta import API_VERSION, GROUP, VERSION
-from ..api.tenant import Access, TenantPhase
+from ..api.tenant import TenantStatus
 from ..database import DatabaseUnavailable, NameConflict, Placement, TenantDatabases
 from ..database.agents.install import install, uninstall
 from ..errors import first_line
 from ..kubeclient import Kube
+from ..lifecycle.agentpolicy import (
+    Failure,
+    FailureKind,
+    Install,
+    Observed,
+    PolicyObject,
+    TenantView,
+    Uninstall,
+    decide,
+    deleting,
+    failed,
+    installed,
+    secret_name,
+    uninstalled,
+)
+from ..lifecycle.agents import Outcome
 from ..lifecycle.tenant import (
     MANAGED_BY,
     TENANT_LABEL,
     SecretConflict,
-    agent_grants_key,
     controlled_by,
     opaque_secret,
     owned_secret,
@@ -34,12 +50,6 @@ from ..policy.rules import PolicyError
 from ..policy.schema import SchemaError
 from . import events
 from .apply import TENANT_GRANTS, delete_owned_secret, publish_secret, wait_for, write_ready
-
-INSTALLED_PHASES = (TenantPhase.ACTIVE, TenantPhase.SUSPENDED)
-
-
-def secret_name(policy: str) -> str:
-    return f"agent-{policy}"
 
 
 def tenant_of(kube: Kube, namespace: str) -> dict[str, Any] | None:
@@ -53,136 +63,108 @@ def tenant_of(kube: Kube, namespace: str) -> dict[str, Any] | None:
     return tenant
 
 
+def policy_object(body: kopf.Body) -> PolicyObject:
+    """The policy parsed through its models (the CRD schema has already refused bad shapes)."""
+    return PolicyObject(
+        body.metadata.name,
+        str(body.metadata.namespace),  # namespaced: never None
+        AgentPolicySpec.model_validate(dict(body.spec)),
+        AgentPolicyStatus.model_validate(dict(body.get("status") or {})),
+        (body.metadata.annotations or {}).get(TENANT_GRANTS),
+    )
+
+
+def tenant_view(tenant: dict[str, Any] | None) -> TenantView | None:
+    if tenant is None:
+        return None
+    return TenantView(tenant["metadata"]["name"], TenantStatus.model_validate(tenant.get("status") or {}))
+
+
 @kopf.on.resume(GROUP, VERSION, "agentpolicies")
 @kopf.on.create(GROUP, VERSION, "agentpolicies")
 @kopf.on.update(GROUP, VERSION, "agentpolicies")
 def reconcile_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     kube: Kube = memo.kube
-    databases: TenantDatabases | None = memo.databases
-    name, namespace = body.metadata.name, str(body.metadata.namespace)  # namespaced: never None
-    spec = AgentPolicySpec.model_validate(dict(body.spec))  # the CRD schema has already refused bad shapes
-    tenant = tenant_of(kube, namespace)
-    if tenant is None:
-        wait_for(body, patch, "TenantNotFound", f"namespace {namespace} belongs to no Tenant", delay=30)
-    tenant_name = tenant["metadata"]["name"]
-    state = tenant.get("status") or {}
-    placement = state.get("database")
-    if databases is None:
-        write_ready(body, patch, "Pending", False, "DatabaseNotConfigured", "the operator has no tenant database")
-        return
-    if state.get("phase") not in INSTALLED_PHASES or not placement:
-        wait_for(
-            body,
-            patch,
-            "WaitingForTenant",
-            f"tenant {tenant_name} is {state.get('phase') or 'new'}; its database is not ready",
-            delay=10,
-        )
-    expected = (body.metadata.annotations or {}).get(TENANT_GRANTS)
-    if expected and expected != agent_grants_key(state.get("access"), placement):
-        raise kopf.TemporaryError(f"tenant {tenant_name} is changing to {expected}", delay=1)
-    where = Placement.from_status(tenant_name, placement)
-    access = Access(state.get("access") or Access.NONE)
-    current = body.get("status") or {}
-    try:
-        password = _password(kube, body)
-    except SecretConflict as exc:  # a Secret the policy does not control has its name: never read nor adopted
-        _conflict(body, patch, "SecretConflict", first_line(exc), tenant_name)
-    try:
-        installed = install(
-            databases, where, name, namespace, spec, password, access, previous_database=current.get("database")
-        )
-    except (PolicyError, SchemaError) as exc:
-        message = first_line(exc)
-        write_ready(body, patch, "Invalid", False, "InvalidPolicy", message, tenant=tenant_name)
-        events.warn(body, reason="InvalidPolicy", message=message)
-        return  # permanent until the policy, the tenant or its schema changes
-    except NameConflict as exc:  # a role Paybill did not create has the name: never adopted, retried slowly
-        _conflict(body, patch, "NameConflict", first_line(exc), tenant_name)
-    except DatabaseUnavailable as exc:
-        wait_for(body, patch, "DatabaseUnavailable", str(exc), delay=10)
-    role = installed.role
-    try:
-        _publish(kube, body, databases.login_fields(role, password, where.database, where.schema))
-    except SecretConflict as exc:  # squatted since the password was read
-        _conflict(body, patch, "SecretConflict", first_line(exc), tenant_name)
-    summary = (
-        f"role {role} in {where.database}.{where.schema}: {len(spec.rules)} rules over "
-        f"{', '.join(installed.tables) or 'no tables'}; tenant access {access}"
-    )
-    write_ready(
-        body,
-        patch,
-        "Ready",
-        True,
-        "Installed",
-        summary,
-        tenant=tenant_name,
-        role=role,
-        database=where.database,
-        schema=where.schema,
-        tables=list(installed.tables),
-        access=str(access),
-        policyVersion=installed.version,
-        credentialsSecret=secret_name(name),
-    )
-    if (current.get("policyVersion"), current.get("access")) != (installed.version, str(access)):
-        events.info(body, reason="Installed", message=summary)
-        if memo.audit is not None:
-            memo.audit.append(
-                "AgentPolicy",
-                f"{namespace}/{name}",
-                "Installed",
-                {
-                    "tenant": tenant_name,
-                    "role": role,
-                    "database": where.database,
-                    "schema": where.schema,
-                    "access": str(access),
-                    "policyVersion": installed.version,
-                    "tables": list(installed.tables),
-                },
-            )
+    policy = policy_object(body)
+    tenant = tenant_of(kube, policy.namespace)
+    password, conflict = _password(kube, body)
+    seen = Observed(tenant_view(tenant), memo.databases is not None, conflict)
+    outcome = decide(policy, seen)
+    if isinstance(outcome.action, Install):
+        outcome = _install(kube, memo.databases, body, policy, outcome.action, password)
+    apply_outcome(body, patch, memo, outcome)
 
 
 @kopf.on.delete(GROUP, VERSION, "agentpolicies", retries=5)
-def delete_policy(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+def delete_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     """The role, its grants and its RLS policies go with the policy; so does its Secret."""
-    state = body.get("status") or {}
-    tenant = state.get("tenant")
-    if memo.databases is not None and tenant:
+    policy = policy_object(body)
+    outcome = deleting(policy, memo.databases is not None)
+    if isinstance(outcome.action, Uninstall):
         try:
             dropped = uninstall(
-                memo.databases, body.metadata.name, str(body.metadata.namespace), tenant, state.get("database")
+                memo.databases, policy.name, policy.namespace, outcome.action.tenant, outcome.action.database
             )
         except DatabaseUnavailable as exc:
             raise kopf.TemporaryError(str(exc), delay=10) from None
-        if dropped:
-            events.info(body, reason="Uninstalled", message=f"role {state.get('role')} dropped")
-            if memo.audit is not None:
-                memo.audit.append(
-                    "AgentPolicy",
-                    f"{body.metadata.namespace}/{body.metadata.name}",
-                    "Uninstalled",
-                    {"tenant": tenant, "role": state.get("role")},
-                )
-    delete_owned_secret(memo.kube, secret_name(body.metadata.name), str(body.metadata.namespace), body, "AgentPolicy")
+        apply_outcome(body, patch, memo, uninstalled(policy, dropped))
+    delete_owned_secret(memo.kube, secret_name(policy.name), policy.namespace, body, "AgentPolicy")
 
 
-def _conflict(body: kopf.Body, patch: kopf.Patch, reason: str, message: str, tenant: str) -> NoReturn:
-    """Something the policy did not create has a name it needs: said in status and an Event, retried slowly."""
-    write_ready(body, patch, "Conflict", False, reason, message, tenant=tenant)
-    events.warn(body, reason=reason, message=message)
-    raise kopf.TemporaryError(message, delay=60)
+def apply_outcome(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, outcome: Outcome) -> None:
+    """Write the status or the wait the outcome says, post its Events, append its audit record, retry if asked."""
+    if outcome.wait is not None:
+        wait_for(body, patch, outcome.wait.reason, outcome.wait.message, outcome.wait.delay)
+    report = outcome.report
+    if report is not None:
+        write_ready(body, patch, report.phase, report.ok, report.reason, report.message, **report.written())
+    for notice in outcome.events:
+        (events.warn if notice.warning else events.info)(body, reason=notice.reason, message=notice.message)
+    if outcome.audit is not None and memo.audit is not None:
+        record = outcome.audit
+        memo.audit.append(record.kind, record.name, record.event, record.details)
+    if outcome.retry is not None:
+        raise kopf.TemporaryError(outcome.retry.message, delay=outcome.retry.delay)
 
 
-def _password(kube: Kube, body: kopf.Body) -> str:
+def _install(
+    kube: Kube, databases: TenantDatabases, body: kopf.Body, policy: PolicyObject, action: Install, password: str
+) -> Outcome:
+    """Install the policy and publish its login; what came of it, decided."""
+    where = Placement.from_status(action.tenant, action.placement)
+    try:
+        done = install(
+            databases,
+            where,
+            policy.name,
+            policy.namespace,
+            policy.spec,
+            password,
+            action.access,
+            previous_database=action.previous_database,
+        )
+        _publish(kube, body, databases.login_fields(done.role, password, where.database, where.schema))
+    except (PolicyError, SchemaError) as exc:
+        return failed(Failure(FailureKind.INVALID_POLICY, first_line(exc)), action.tenant)
+    except NameConflict as exc:
+        return failed(Failure(FailureKind.NAME_CONFLICT, first_line(exc)), action.tenant)
+    except SecretConflict as exc:  # squatted since the password was read
+        return failed(Failure(FailureKind.SECRET_CONFLICT, first_line(exc)), action.tenant)
+    except DatabaseUnavailable as exc:
+        return failed(Failure(FailureKind.DATABASE_UNAVAILABLE, str(exc)), action.tenant)
+    return installed(policy, action, done)
+
+
+def _password(kube: Kube, body: kopf.Body) -> tuple[str, str | None]:
     """The agent role's password: kept in the Secret the policy controls, made once (again if the Secret is
-    lost). SecretConflict if a Secret of that name is not the policy's: its password is never used."""
-    secret = owned_secret(
-        kube.get("v1", "secrets", secret_name(body.metadata.name), body.metadata.namespace), body, "AgentPolicy"
-    )
-    return (secret_field(secret, "password") if secret else None) or secrets.token_urlsafe(24)
+    lost). A Secret of that name that is not the policy's is a conflict: its password is never used."""
+    try:
+        secret = owned_secret(
+            kube.get("v1", "secrets", secret_name(body.metadata.name), body.metadata.namespace), body, "AgentPolicy"
+        )
+    except SecretConflict as exc:
+        return secrets.token_urlsafe(24), first_line(exc)
+    return (secret_field(secret, "password") if secret else None) or secrets.token_urlsafe(24), None
 
 
 def _publish(kube: Kube, body: kopf.Body, fields: dict[str, str]) -> None:

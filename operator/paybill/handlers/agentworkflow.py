@@ -4,7 +4,8 @@ At most once: progress is written to status after every step, and a run the oper
 is marked Failed, never run again (a mutation may have committed). Steps are fixed once submitted.
 Every decision goes to the tamper-evident audit log; query rows go to a Secret, never to status.
 A run happens in the workflow pool (threads of its own, bounded overall and per tenant), never in kopf's
-executor, so agent work cannot delay tenant reconciliation.
+executor, so agent work cannot delay tenant reconciliation. What to do is decided in workflows/reconcile.py;
+these handlers read, carry it out and write what it says.
 """
 
 from __future__ import annotations
@@ -15,25 +16,43 @@ from typing import Any
 
 import kopf
 
-from ..api.agentpolicy import AgentPolicySpec
-from ..api.agentworkflow import AgentWorkflowSpec
+from ..api.agentpolicy import AgentPolicySpec, AgentPolicyStatus
+from ..api.agentworkflow import AgentWorkflowSpec, AgentWorkflowStatus
 from ..api.meta import API_VERSION, GROUP, VERSION
-from ..api.tenant import Access
 from ..database import DatabaseUnavailable, Placement
 from ..database.agents.guard import ExecutionGuard
 from ..database.agents.install import engine_for
 from ..errors import first_line
 from ..kubeclient import Kube
+from ..lifecycle.agentpolicy import secret_name
+from ..lifecycle.agents import Outcome
 from ..lifecycle.tenant import MANAGED_BY, SecretConflict, opaque_secret, owned_secret, owner_reference, secret_field
+from ..policy import PolicyEngine
 from ..policy.rules import PolicyError
 from ..policy.schema import SchemaError
 from ..workflows import StepOutcome, results_secret_data, run_steps
 from ..workflows.pool import WorkflowPool
+from ..workflows.reconcile import (
+    RUNNING,
+    EngineFailure,
+    LoadEngine,
+    Observed,
+    PolicyView,
+    Run,
+    RunSteps,
+    WorkflowObject,
+    decide,
+    finished,
+    prepared,
+    progress,
+    results_name,
+    settled,
+    status_fields,
+    step_record,
+)
 from . import events
-from .agentpolicy import secret_name, tenant_of
-from .apply import delete_owned_secret, publish_secret, wait_for, write_ready
-
-FINISHED = ("Succeeded", "Denied", "Failed")
+from .agentpolicy import apply_outcome, tenant_of, tenant_view
+from .apply import delete_owned_secret, publish_secret
 
 
 @kopf.on.startup()
@@ -53,112 +72,107 @@ async def run_workflow(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_:
     await pool.run(str(body.metadata.namespace), functools.partial(_run, body, patch, memo))
 
 
+def workflow_object(body: kopf.Body) -> WorkflowObject:
+    """The workflow parsed through its models (the CRD schema has already refused bad shapes)."""
+    return WorkflowObject(
+        body.metadata.name,
+        str(body.metadata.namespace),  # namespaced: never None
+        AgentWorkflowSpec.model_validate(dict(body.spec)),
+        AgentWorkflowStatus.model_validate(dict(body.get("status") or {})),
+    )
+
+
 def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
-    kube: Kube = memo.kube
-    name, namespace = body.metadata.name, body.metadata.namespace
-    state = body.get("status") or {}
-    if state.get("phase") in FINISHED:
-        return
-    if state.get("phase") == "Running":  # the operator stopped mid-run: what ran may have committed
-        message = f"interrupted after {state.get('completedSteps', 0)} step(s); steps are never run twice"
-        write_ready(body, patch, "Failed", False, "Interrupted", message)
-        events.warn(body, reason="Interrupted", message=message)
-        return
-    spec = AgentWorkflowSpec.model_validate(dict(body.spec))
-    policy = kube.get(API_VERSION, "agentpolicies", spec.policyRef, namespace)
-    policy_state = (policy or {}).get("status") or {}
-    if policy is None or policy_state.get("phase") != "Ready":
-        state_of = "missing" if policy is None else policy_state.get("phase")
-        wait_for(body, patch, "PolicyNotReady", f"agentpolicy/{spec.policyRef} is {state_of}", delay=5)
-    if policy_state.get("access") == Access.NONE:
-        _finish(
-            body,
-            patch,
-            "Denied",
-            "TenantSuspended",
-            f"tenant {policy_state.get('tenant')} is suspended; its agents cannot run",
-            [],
-        )
-        return
-    tenant = tenant_of(kube, str(namespace))  # namespaced: never None
-    placement = ((tenant or {}).get("status") or {}).get("database")
-    if tenant is None or memo.databases is None or not placement:
-        wait_for(body, patch, "WaitingForTenant", "the tenant's database is not ready", delay=5)
-    where = Placement.from_status(tenant["metadata"]["name"], placement)
+    workflow = workflow_object(body)
+    outcome = settled(workflow)
+    if outcome is None:
+        seen, login = _observe(memo.kube, body, workflow, memo.databases is not None)
+        outcome = decide(workflow, seen)
+        if isinstance(outcome.action, LoadEngine):
+            engine, failure = _engine(memo, outcome.action)
+            outcome = prepared(workflow, seen, outcome.action, failure)
+            if isinstance(outcome.action, RunSteps):
+                assert engine is not None and login is not None  # prepared runs only with both
+                outcome = _run_steps(body, memo, workflow, engine, login, outcome.action)
+    apply_outcome(body, patch, memo, outcome)
+
+
+def _observe(kube: Kube, body: kopf.Body, workflow: WorkflowObject, database: bool) -> tuple[Observed, str | None]:
+    """The policy the workflow names, the Tenant, and the Secrets the run uses (the login kept out of `Observed`)."""
+    policy = kube.get(API_VERSION, "agentpolicies", workflow.spec.policyRef, workflow.namespace)
+    login, conflict = None, None
+    if policy is not None:
+        try:
+            login = _login(kube, body, workflow, policy)
+        except SecretConflict as exc:
+            conflict = first_line(exc)
+    seen = Observed(
+        policy_view(policy), tenant_view(tenant_of(kube, workflow.namespace)), database, conflict, bool(login)
+    )
+    return seen, login
+
+
+def policy_view(policy: dict[str, Any] | None) -> PolicyView | None:
+    if policy is None:
+        return None
+    status = AgentPolicyStatus.model_validate(policy.get("status") or {})
+    return PolicyView(AgentPolicySpec.model_validate(policy["spec"]), status)
+
+
+def _login(kube: Kube, body: kopf.Body, workflow: WorkflowObject, policy: dict[str, Any]) -> str | None:
+    """The agent's login, from the policy's own Secret only; SecretConflict if that Secret, or one of the results'
+    name, is someone else's."""
+    ref, namespace = workflow.spec.policyRef, workflow.namespace
+    secret = owned_secret(kube.get("v1", "secrets", secret_name(ref), namespace), policy, "AgentPolicy")
+    owned_secret(kube.get("v1", "secrets", results_name(workflow.name), namespace), body, "AgentWorkflow")
+    return secret_field(secret, "uri") if secret else None
+
+
+def _engine(memo: kopf.Memo, load: LoadEngine) -> tuple[PolicyEngine | None, EngineFailure | None]:
+    """The engine on the tenant's live schema, or why it could not be built."""
     try:
-        engine = engine_for(
-            memo.databases, where, AgentPolicySpec.model_validate(policy["spec"]), Access(policy_state["access"])
-        )
+        where = Placement.from_status(load.tenant, load.placement)
+        return engine_for(memo.databases, where, load.policy, load.access), None
     except (PolicyError, SchemaError) as exc:
-        _finish(body, patch, "Denied", "InvalidPolicy", first_line(exc), [])
-        return
+        return None, EngineFailure(first_line(exc), invalid_policy=True)
     except DatabaseUnavailable as exc:
-        wait_for(body, patch, "DatabaseUnavailable", str(exc), delay=5)
-    try:  # only the policy's own Secret holds its login; the results name must be free or this workflow's
-        secret = owned_secret(kube.get("v1", "secrets", secret_name(spec.policyRef), namespace), policy, "AgentPolicy")
-        owned_secret(kube.get("v1", "secrets", _results_name(name), namespace), body, "AgentWorkflow")
-    except SecretConflict as exc:
-        wait_for(body, patch, "SecretConflict", first_line(exc), delay=30)
-    login = secret_field(secret, "uri") if secret else None
-    if not login:
-        wait_for(body, patch, "CredentialsMissing", f"secret/{secret_name(spec.policyRef)} is not there yet", delay=5)
+        return None, EngineFailure(str(exc), invalid_policy=False)
 
-    progress: list[dict[str, Any]] = []
 
-    def record(outcome: StepOutcome) -> None:
-        progress.append(outcome.to_status())
-        if memo.audit is not None:
-            event = "StepRan" if outcome.ok else "StepDenied" if outcome.refused else "StepFailed"
-            memo.audit.append(
-                "AgentWorkflow", f"{namespace}/{name}", event, outcome.audit_details(spec.principal, spec.policyRef)
-            )
+def _run_steps(
+    body: kopf.Body, memo: kopf.Memo, workflow: WorkflowObject, engine: PolicyEngine, login: str, run: RunSteps
+) -> Outcome:
+    """Mark the workflow Running, run its steps (status and audit record after each), publish the rows."""
+    kube: Kube = memo.kube
+    outcomes: list[StepOutcome] = []
+
+    def write(status: AgentWorkflowStatus) -> None:
         kube.merge_patch(
             API_VERSION,
             "agentworkflows",
-            name,
-            {"status": {"phase": "Running", **_progress(progress)}},
-            namespace,
+            workflow.name,
+            {"status": status_fields(status)},
+            workflow.namespace,
             subresource="status",
         )
 
-    kube.merge_patch(
-        API_VERSION, "agentworkflows", name, {"status": {"phase": "Running"}}, namespace, subresource="status"
-    )
-    with ExecutionGuard(engine, login, spec.principal, where.tenant) as guard:
-        outcomes = run_steps(spec, guard, record)
-    results: dict[str, str] | None = results_secret_data(outcomes)
+    def record(outcome: StepOutcome) -> None:
+        outcomes.append(outcome)
+        if memo.audit is not None:
+            entry = step_record(workflow, outcome)
+            memo.audit.append(entry.kind, entry.name, entry.event, entry.details)
+        write(progress(outcomes))
+
+    write(AgentWorkflowStatus(phase=RUNNING))
+    with ExecutionGuard(engine, login, workflow.spec.principal, run.tenant) as guard:
+        ran = run_steps(workflow.spec, guard, record)
+    results, conflict = results_secret_data(ran), None
     if results:
         try:
             _publish_results(kube, body, results)
         except SecretConflict as exc:  # squatted while the steps ran: the rows are not written there
-            events.warn(body, reason="SecretConflict", message=first_line(exc))
-            results = None
-    last = outcomes[-1]
-    if last.ok:
-        _finish(
-            body,
-            patch,
-            "Succeeded",
-            "Completed",
-            f"{len(outcomes)} step(s) ran under policy version {engine.version}",
-            progress,
-            results,
-            engine.version,
-        )
-    else:
-        phase = "Denied" if last.refused else "Failed"
-        reason = last.reasons[0] if last.reasons else None
-        _finish(
-            body,
-            patch,
-            phase,
-            "StepDenied" if phase == "Denied" else "StepFailed",
-            f"step {last.name}: {reason.code + ': ' + reason.message if reason else 'did not run'}; "
-            f"later steps were not run",
-            progress,
-            results,
-            engine.version,
-        )
+            results, conflict = {}, first_line(exc)
+    return finished(workflow, Run(ran, engine.version, bool(results), conflict))
 
 
 @kopf.on.update(GROUP, VERSION, "agentworkflows", field="spec")
@@ -173,40 +187,8 @@ def refuse_changes(body: kopf.Body, **_: Any) -> None:
 @kopf.on.delete(GROUP, VERSION, "agentworkflows", optional=True)
 def delete_results(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     delete_owned_secret(
-        memo.kube, _results_name(body.metadata.name), str(body.metadata.namespace), body, "AgentWorkflow"
+        memo.kube, results_name(body.metadata.name), str(body.metadata.namespace), body, "AgentWorkflow"
     )
-
-
-def _finish(
-    body: kopf.Body,
-    patch: kopf.Patch,
-    phase: str,
-    reason: str,
-    message: str,
-    steps: list[dict[str, Any]],
-    results: dict[str, str] | None = None,
-    version: str | None = None,
-) -> None:
-    write_ready(
-        body,
-        patch,
-        phase,
-        phase == "Succeeded",
-        reason,
-        message,
-        **_progress(steps),
-        policyVersion=version,
-        resultsSecret=_results_name(body.metadata.name) if results else None,
-    )
-    (events.info if phase == "Succeeded" else events.warn)(body, reason=reason, message=message)
-
-
-def _progress(steps: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"steps": steps, "completedSteps": sum(step["executed"] for step in steps)}
-
-
-def _results_name(workflow: str) -> str:
-    return f"agentworkflow-{workflow}-results"
 
 
 def _publish_results(kube: Kube, body: kopf.Body, data: dict[str, str]) -> None:
@@ -214,7 +196,7 @@ def _publish_results(kube: Kube, body: kopf.Body, data: dict[str, str]) -> None:
         kube,
         opaque_secret(
             {
-                "name": _results_name(body.metadata.name),
+                "name": results_name(body.metadata.name),
                 "namespace": body.metadata.namespace,
                 "labels": dict(MANAGED_BY),
                 "ownerReferences": [owner_reference(body, "AgentWorkflow")],

@@ -7,12 +7,11 @@ read-only tenant's agents keep only their reads, a suspended tenant's agents can
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from psycopg import errors, sql
 
 from ...api.agentpolicy import AgentPolicySpec, Effect
 from ...api.tenant import Access
+from ...lifecycle.agentpolicy import Installation
 from ...policy.engine import PolicyEngine
 from ...policy.schema import Schema
 from .. import AGENT_CONNECTION_LIMIT, DDL_LOCK_TIMEOUT, DatabaseUnavailable, Placement, TenantDatabases
@@ -22,13 +21,6 @@ from .catalog import read_schema
 from .grants import apply_grants
 
 AGENT_ROLE_ATTRIBUTES = "NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT NOBYPASSRLS"
-
-
-@dataclass(frozen=True)
-class Installation:
-    role: str
-    version: str
-    tables: tuple[str, ...]
 
 
 def tenant_schema(databases: TenantDatabases, placement: Placement) -> Schema:
