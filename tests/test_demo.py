@@ -16,11 +16,13 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from paybill.demo.waiting import wait_until
 
 SLOW = pytest.mark.slow
 LONG = pytest.mark.timeout(600)
@@ -57,15 +59,6 @@ def port_open(port: int) -> bool:
     with socket.socket() as probe:
         probe.settimeout(1)
         return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
-def eventually(check: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 class Demo:
@@ -166,7 +159,7 @@ def assert_converged(output: str) -> None:
 
 
 def assert_nothing_left(children: dict[str, int], postgres_port: int) -> None:
-    assert eventually(lambda: not any(alive(pid) for pid in children.values()), 15), {
+    assert wait_until(lambda: not any(alive(pid) for pid in children.values()), 15), {
         name: pid for name, pid in children.items() if alive(pid)
     }
     for name in ("operator", "emulator"):
@@ -263,7 +256,8 @@ def test_a_child_that_exits_ends_the_demo_at_once_with_its_last_log_lines(victim
 
 
 def test_a_state_directory_the_demo_did_not_make_is_never_emptied(tmp_path: Path) -> None:
-    from paybill.demo import DemoError, fresh_state
+    from paybill.demo.console import DemoError
+    from paybill.demo.state import fresh_state
 
     for name in ("thesis.tex", "postgres/base"):  # any file, or only names the demo also uses
         foreign = tmp_path / "mine" / name.replace("/", "-")
@@ -296,7 +290,7 @@ def test_a_state_directory_the_demo_did_not_make_is_never_emptied(tmp_path: Path
 
 
 def test_an_adopted_empty_state_directory_becomes_private(tmp_path: Path) -> None:
-    from paybill.demo import fresh_state
+    from paybill.demo.state import fresh_state
 
     empty = tmp_path / "empty"
     empty.mkdir(mode=0o755)
@@ -306,7 +300,8 @@ def test_an_adopted_empty_state_directory_becomes_private(tmp_path: Path) -> Non
 
 
 def test_a_second_demo_on_a_state_directory_in_use_is_refused_and_touches_nothing(tmp_path: Path) -> None:
-    from paybill.demo import DemoError, claim_state_dir, lock_state_dir
+    from paybill.demo.console import DemoError
+    from paybill.demo.state import claim_state_dir, lock_state_dir
 
     state = tmp_path / "demo"
     claim_state_dir(state)
@@ -332,7 +327,8 @@ def test_a_second_demo_on_a_state_directory_in_use_is_refused_and_touches_nothin
 
 
 def test_a_symbolic_link_in_the_state_directory_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
-    from paybill.demo import DemoError, fresh_state
+    from paybill.demo.console import DemoError
+    from paybill.demo.state import fresh_state
 
     state, precious = tmp_path / "demo", tmp_path / "precious"
     fresh_state(state, resume=False)
@@ -367,13 +363,14 @@ def test_sigterm_while_postgres_starts_leaves_no_server_behind() -> None:
         run.process.send_signal(signal.SIGTERM)  # during initdb or pg_ctl start
         assert run.finish(timeout=120) == 128 + signal.SIGTERM, run.output
         assert "SIGTERM: stopping" in run.output
-        assert eventually(lambda: not server_processes(pgdata), 15), (server_processes(pgdata), run.output)
+        assert wait_until(lambda: not server_processes(pgdata), 15), (server_processes(pgdata), run.output)
         stopped = [line for line in run.lines if "stopped: " in line]  # only what ran: PostgreSQL, if it started
         assert all(line.endswith("stopped: PostgreSQL") for line in stopped), run.output
 
 
 def test_samples_that_cannot_be_applied_are_refused_before_anything_starts(tmp_path: Path) -> None:
-    from paybill.demo import DemoError, check_samples
+    from paybill.demo.console import DemoError
+    from paybill.demo.scenarios import check_samples
 
     with pytest.raises(DemoError, match="no such directory"):
         check_samples(tmp_path / "missing")
@@ -405,7 +402,8 @@ def test_samples_that_cannot_be_applied_are_refused_before_anything_starts(tmp_p
 
 
 def test_a_sample_the_api_server_refuses_fails_with_the_servers_message(cluster: Any) -> None:
-    from paybill.demo import DemoError, apply_samples
+    from paybill.demo.console import DemoError
+    from paybill.demo.scenarios import apply_samples
 
     tenant = {
         "apiVersion": "paybill.dev/v1alpha1",
@@ -418,7 +416,7 @@ def test_a_sample_the_api_server_refuses_fails_with_the_servers_message(cluster:
 
 
 def test_the_kept_stacks_database_hint_never_prints_the_password(tmp_path: Path) -> None:
-    from paybill.demo import database_hint
+    from paybill.demo.stack import database_hint
 
     password = "s3cret-Pa55word_x"
     password_file = tmp_path / "state dir" / "superuser.password"
@@ -436,7 +434,7 @@ def test_the_kept_stacks_database_hint_never_prints_the_password(tmp_path: Path)
 def test_the_demos_operator_gets_none_of_the_callers_paybill_settings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from paybill.demo import operator_env
+    from paybill.demo.stack import operator_env
 
     for name, value in (
         ("PAYBILL_BACKUP_DIR", "/elsewhere"),
@@ -453,7 +451,7 @@ def test_the_demos_operator_gets_none_of_the_callers_paybill_settings(
 
 
 def test_a_resumed_demo_knows_the_agent_steps_already_ran_on_its_data(tmp_path: Path) -> None:
-    from paybill.demo import agents_already_ran, fresh_state, record_agents_ran
+    from paybill.demo.state import agents_already_ran, fresh_state, record_agents_ran
 
     state = tmp_path / "demo"
     fresh_state(state, resume=False)
@@ -480,7 +478,7 @@ def test_a_resumed_demo_skips_the_agent_steps_and_still_walks_billing() -> None:
 
 
 def test_a_refused_login_reads_cleanly() -> None:
-    from paybill.demo import login_refused
+    from paybill.demo.scenarios import login_refused
 
     error = (
         'connection failed: connection to server at "127.0.0.1", port 5433 failed: FATAL:  role "t_acme" is '
@@ -500,7 +498,7 @@ def test_a_timeout_that_is_not_positive_is_refused(capsys: pytest.CaptureFixture
 
 
 def test_the_childrens_logs_are_private(tmp_path: Path) -> None:
-    from paybill.demo import start_child
+    from paybill.demo.stack import start_child
 
     log = tmp_path / "operator.log"
     log.write_text("an earlier run's log, 0644")
