@@ -1,0 +1,321 @@
+"""The audit chain survives a database outage and sees its own tail being lost (issue 13, item 2).
+
+Against a real PostgreSQL of this module's own (stopped and started here; the session's server is shared), and
+the real checkpoint stores: a file, and a ConfigMap on the emulated API server. Each test has its own database.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import psycopg
+import pytest
+from psycopg import conninfo, sql
+
+from paybill.audit import AuditLog, AuditUnavailable, ChainBroken, RecordsMissing
+from paybill.audit.chain import GENESIS, AuditRecord, check_chain, record_hash
+from paybill.audit.checkpoint import CheckpointStore, ConfigMapCheckpoint, FileCheckpoint, Head
+from paybill.database import TenantDatabases
+from paybill.database.server import LocalPostgres
+from paybill.handlers.settings import checkpoint_store
+from paybill.kubeclient import Kube
+
+_databases = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LocalPostgres]:
+    """A durable server of this module's own, so that stopping it disturbs no other test."""
+    directory = Path(tempfile.mkdtemp(prefix="paybill-audit-pg-"))
+    local = LocalPostgres(directory / "postgres")
+    local.start()
+    yield local
+    local.remove()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def dsn(server: LocalPostgres) -> str:
+    """A fresh database on the module's server (the operator's database, as far as the log knows)."""
+    name = f"audit_{next(_databases)}"
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return conninfo.make_conninfo(server.dsn, dbname=name)
+
+
+@pytest.fixture
+def databases(dsn: str, tmp_path: Path) -> Iterator[TenantDatabases]:
+    """What the operator hands the log (handlers/settings.py): per-thread connections as its admin role."""
+    dbs = TenantDatabases(dsn, tmp_path / "backups")
+    yield dbs
+    dbs.close()
+
+
+def stored(dsn: str) -> list[AuditRecord]:
+    """The records as a fresh session sees them (not the log's own, possibly broken, connection)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return AuditLog(lambda: conn).records()
+
+
+def within(seconds: float, check: Callable[[], Any]) -> Any:
+    """Wait for `check` to return something true, with a deadline."""
+    deadline = time.monotonic() + seconds
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"not within {seconds}s: {check}"
+        time.sleep(0.05)
+    return result
+
+
+# --- (1) an outage: records are kept and written in order once the database is back ---------------------------
+
+
+def test_records_appended_while_the_database_is_down_are_written_in_order_once_it_is_back(
+    server: LocalPostgres, dsn: str, databases: TenantDatabases, tmp_path: Path
+) -> None:
+    store = FileCheckpoint(tmp_path / "audit")
+    log = AuditLog(databases.connect, store, retry_interval=0.2)
+    first = log.append("Tenant", "acme", "provision", {"n": 0})
+    assert first is not None and first.seq == 1
+    port = server.port
+    server.stop()
+    try:
+        for n in range(1, 6):  # no exception: the handler goes on, the record waits in memory
+            assert log.append("Tenant", "acme", "step", {"n": n}) is None
+        assert log.pending == 5
+        assert store.load(log.chain) == Head(log.chain, 1, first.hash)  # nothing new committed: nothing checkpointed
+    finally:
+        server.start()
+    assert server.port == port, "the server came back on another port"
+    # No further append: the background flush writes them, in order, still chained.
+    within(30, lambda: len(stored(dsn)) == 6)
+    assert [r.details["n"] for r in stored(dsn)] == [0, 1, 2, 3, 4, 5]
+    assert log.pending == 0
+    assert log.verify() == 6
+    last = stored(dsn)[-1]
+    assert store.load(log.chain) == Head(log.chain, 6, last.hash)
+
+
+def test_past_its_bound_the_buffer_refuses_loudly_and_the_chain_records_how_many_were_dropped(
+    server: LocalPostgres, dsn: str, databases: TenantDatabases, tmp_path: Path
+) -> None:
+    log = AuditLog(databases.connect, FileCheckpoint(tmp_path / "audit"), buffer_limit=3, retry_interval=3600)
+    log.append("Tenant", "acme", "provision", {"n": 0})
+    server.stop()
+    try:
+        for n in (1, 2, 3):
+            assert log.append("Tenant", "acme", "step", {"n": n}) is None
+        for n in (4, 5):
+            with pytest.raises(AuditUnavailable, match="3 records are waiting"):
+                log.append("Tenant", "acme", "step", {"n": n})
+        assert log.pending == 3 and log.dropped == 2
+    finally:
+        server.start()
+    # The next append writes what waited first (the background retry is an hour away), then the loss, then itself.
+    written = log.append("Tenant", "acme", "after", {"n": 6})
+    assert written is not None and written.seq == 6
+    records = stored(dsn)
+    assert [(r.event, r.details.get("n")) for r in records] == [
+        ("provision", 0),
+        ("step", 1),
+        ("step", 2),
+        ("step", 3),
+        ("RecordsDropped", None),
+        ("after", 6),
+    ]
+    assert records[4].kind == "AuditLog" and records[4].details["count"] == 2
+    assert log.verify() == 6 and log.dropped == 0
+
+
+# --- (2) a crash that loses the tail: verify says so, with the count ------------------------------------------
+
+
+def test_a_lost_tail_is_reported_as_truncated_with_the_count(
+    dsn: str, databases: TenantDatabases, tmp_path: Path
+) -> None:
+    store = FileCheckpoint(tmp_path / "audit")
+    log = AuditLog(databases.connect, store)
+    written = [log.append("Tenant", "acme", "step", {"n": n}) for n in range(10)]
+    assert log.verify() == 10
+    with psycopg.connect(dsn, autocommit=True) as superuser:  # what an immediate stop did to unflushed commits
+        superuser.execute("DELETE FROM paybill.audit_log WHERE seq > 7")
+    with pytest.raises(RecordsMissing, match=r"^truncated: 3 records missing after seq 7$") as caught:
+        log.verify()
+    assert (caught.value.after, caught.value.missing) == (7, 3)
+    # Without its checkpoint the chain looks whole: this is what the checkpoint adds.
+    assert AuditLog(databases.connect).verify() == 7
+
+    # An operator restarted after the crash goes on appending, and the loss stays visible.
+    restarted = AuditLog(databases.connect, store)
+    again = restarted.append("Tenant", "acme", "step", {"n": 10})
+    assert again is not None and again.seq == 11
+    assert again.previous == (written[-1] or again).hash  # chained to the checkpoint: the gap stays in the chain itself
+    with pytest.raises(RecordsMissing, match=r"^truncated: 3 records missing after seq 7$"):
+        restarted.verify()
+
+
+def test_a_database_restored_from_an_earlier_copy_is_reported_as_truncated(
+    server: LocalPostgres, dsn: str, databases: TenantDatabases, tmp_path: Path
+) -> None:
+    log = AuditLog(databases.connect, FileCheckpoint(tmp_path / "audit"))
+    for n in range(4):
+        log.append("Tenant", "acme", "step", {"n": n})
+    name = conninfo.conninfo_to_dict(dsn)["dbname"]
+    databases.close()
+    with psycopg.connect(server.dsn, autocommit=True) as superuser:
+        superuser.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(f"{name}_copy"), sql.Identifier(name))
+        )
+    for n in range(4, 9):
+        log.append("Tenant", "acme", "step", {"n": n})
+    databases.close()
+    with psycopg.connect(server.dsn, autocommit=True) as superuser:
+        superuser.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
+        superuser.execute(
+            sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(f"{name}_copy"), sql.Identifier(name))
+        )
+    with pytest.raises(RecordsMissing, match=r"^truncated: 5 records missing after seq 4$"):
+        log.verify()
+
+
+def test_a_log_that_lost_every_record_is_truncated_after_seq_0(
+    dsn: str, databases: TenantDatabases, tmp_path: Path
+) -> None:
+    log = AuditLog(databases.connect, FileCheckpoint(tmp_path / "audit"))
+    for n in range(3):
+        log.append("Tenant", "acme", "step", {"n": n})
+    with psycopg.connect(dsn, autocommit=True) as superuser:
+        superuser.execute("DELETE FROM paybill.audit_log")
+    with pytest.raises(RecordsMissing, match=r"^truncated: 3 records missing after seq 0$"):
+        log.verify()
+
+
+def test_a_log_rewritten_at_the_checkpoint_is_a_broken_chain(
+    dsn: str, databases: TenantDatabases, tmp_path: Path
+) -> None:
+    """Same length as the checkpoint, other content: the tail was replaced, not only lost."""
+    log = AuditLog(databases.connect, FileCheckpoint(tmp_path / "audit"))
+    for n in range(3):
+        log.append("Tenant", "acme", "step", {"n": n})
+    with psycopg.connect(dsn, autocommit=True) as superuser:
+        superuser.execute("DELETE FROM paybill.audit_log WHERE seq = 3")
+    AuditLog(databases.connect).append("Tenant", "acme", "forged", {})  # a writer that knows no checkpoint
+    with pytest.raises(ChainBroken, match="audit record 3: differs from the checkpoint"):
+        log.verify()
+
+
+# --- (3) the checkpoint never lags a committed record ---------------------------------------------------------
+
+
+@pytest.fixture(params=["file", "configmap"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> CheckpointStore:
+    if request.param == "file":
+        return FileCheckpoint(tmp_path / "audit")
+    cluster = request.getfixturevalue("cluster")
+    cluster.kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "paybill-system"}})
+    return ConfigMapCheckpoint(cluster.kube, "paybill-system")
+
+
+def test_the_checkpoint_never_lags_a_committed_record(
+    dsn: str, databases: TenantDatabases, store: CheckpointStore
+) -> None:
+    log = AuditLog(databases.connect, store)
+    lagged: list[tuple[int, int]] = []
+
+    def appender(worker: int) -> None:
+        for n in range(10):
+            record = log.append("Tenant", f"t{worker}", "step", {"n": n})
+            assert record is not None
+            head = store.load(log.chain)
+            if head is None or head.seq < record.seq:
+                lagged.append((record.seq, head.seq if head else 0))
+
+    threads = [threading.Thread(target=appender, args=(worker,)) for worker in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert lagged == []
+    records = stored(databases.dsn())
+    assert len(records) == 40
+    assert store.load(log.chain) == Head(log.chain, 40, records[-1].hash)
+    assert log.verify() == 40
+
+
+def test_a_checkpoint_is_taken_from_the_database_when_none_was_kept(
+    dsn: str, databases: TenantDatabases, tmp_path: Path
+) -> None:
+    """An existing log (before checkpoints, or a lost state directory): its head is adopted at the first append."""
+    plain = AuditLog(databases.connect)
+    for n in range(3):
+        plain.append("Tenant", "acme", "step", {"n": n})
+    store = FileCheckpoint(tmp_path / "audit")
+    log = AuditLog(databases.connect, store)
+    assert log.append("Tenant", "acme", "step", {"n": 3}) is not None
+    assert store.load(log.chain) == Head(log.chain, 4, stored(dsn)[-1].hash)
+
+
+def test_a_checkpoint_of_another_chain_is_not_this_ones(tmp_path: Path) -> None:
+    store = FileCheckpoint(tmp_path / "audit")
+    store.save(Head("one", 5, "a" * 64))
+    store.save(Head("one", 3, "b" * 64))  # never lowered
+    store.save(Head("two", 1, "c" * 64))
+    assert store.load("one") == Head("one", 5, "a" * 64)
+    assert store.load("two") == Head("two", 1, "c" * 64)
+    assert store.load("three") is None
+    assert (tmp_path / "audit").stat().st_mode & 0o777 == 0o700
+
+
+# --- the pure check, table-driven -------------------------------------------------------------------------------
+
+
+def chain_of(count: int) -> list[AuditRecord]:
+    records, previous = [], GENESIS
+    for seq in range(1, count + 1):
+        digest = record_hash(previous, "Tenant", "acme", "step", {"seq": seq})
+        records.append(AuditRecord(seq, "Tenant", "acme", "step", {"seq": seq}, previous, digest))
+        previous = digest
+    return records
+
+
+FIVE = chain_of(5)
+
+
+@pytest.mark.parametrize(
+    ("records", "head", "outcome"),
+    [
+        (FIVE, None, 5),
+        ([], None, 0),
+        (FIVE, Head("c", 5, FIVE[4].hash), 5),
+        (FIVE, Head("c", 3, FIVE[2].hash), 5),  # the checkpoint lagged (a crash between commit and checkpoint)
+        (FIVE[:3], Head("c", 5, FIVE[4].hash), "truncated: 2 records missing after seq 3"),
+        ([], Head("c", 5, FIVE[4].hash), "truncated: 5 records missing after seq 0"),
+        (FIVE[:2] + FIVE[4:], None, "truncated: 2 records missing after seq 2"),
+        (FIVE, Head("c", 4, "f" * 64), "audit record 4: differs from the checkpoint"),
+        ([*FIVE[:2], FIVE[3]], None, "truncated: 1 record missing after seq 2"),
+    ],
+)
+def test_check_chain(records: list[AuditRecord], head: Head | None, outcome: int | str) -> None:
+    if isinstance(outcome, int):
+        assert check_chain(records, head) == outcome
+    else:
+        with pytest.raises(ChainBroken) as caught:
+            check_chain(records, head)
+        assert str(caught.value) == outcome
+
+
+def test_the_operator_keeps_its_checkpoint_in_its_namespace_else_in_its_state_directory(tmp_path: Path) -> None:
+    kube = Kube(kubernetes.client.ApiClient())
+    in_cluster = checkpoint_store({"PAYBILL_STATE_DIR": str(tmp_path)}, kube, "paybill-system")
+    assert isinstance(in_cluster, ConfigMapCheckpoint) and in_cluster.namespace == "paybill-system"
+    local = checkpoint_store({"PAYBILL_STATE_DIR": str(tmp_path)}, kube, None)
+    assert isinstance(local, FileCheckpoint) and local.directory == tmp_path / "audit"
+    home = checkpoint_store({"HOME": str(tmp_path / "home")}, kube, None)
+    assert isinstance(home, FileCheckpoint) and home.directory == tmp_path / "home/.local/state/paybill/audit"
