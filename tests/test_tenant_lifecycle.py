@@ -10,6 +10,8 @@ import base64
 import datetime
 import itertools
 import json
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +257,39 @@ def test_offboarding_takes_a_backup_that_restores_then_applies_the_deletion_poli
     )
     assert status(operator, name)["phase"] == "Offboarded"
     databases.close()
+
+
+def test_an_unwritable_backup_location_is_a_condition_and_an_event_until_it_is_fixed(
+    operator: Any, tmp_path: Path
+) -> None:
+    """As root, chmod proves nothing: the backup directory is made immutable (chattr +i) instead."""
+    name = onboard(operator)
+    wait_phase(operator, name, "Active")
+    backups = tmp_path / "backups"  # the operator fixture's PAYBILL_BACKUP_DIR
+    backups.mkdir(mode=0o700, exist_ok=True)
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(backups)]).returncode != 0:
+        pytest.skip("this filesystem has no immutable attribute (chattr +i)")
+    try:
+        operator.kube.merge_patch(API, "tenants", name, {"spec": {"offboard": True}})
+
+        def stuck() -> dict[str, Any] | None:
+            current = status(operator, name)
+            ready = next((c for c in current.get("conditions") or [] if c["type"] == "Ready"), {})
+            failing = current.get("phase") == "Offboarding" and ready.get("reason") == "OffboardingFailed"
+            return ready if failing and ready.get("status") == "False" else None
+
+        ready = operator.eventually(stuck, timeout=40)
+        assert "TakeBackup" in ready["message"] or str(backups) in ready["message"], ready
+        warnings = [
+            e
+            for e in operator.kube.list("v1", "events")
+            if e["involvedObject"]["name"] == name and e["reason"] == "OffboardingFailed"
+        ]
+        assert warnings and warnings[0]["type"] == "Warning"
+    finally:
+        subprocess.run(["chattr", "-i", str(backups)], check=True)
+    current = wait_phase(operator, name, "Offboarded")
+    assert Path(current["backup"]["location"]).parent == backups
 
 
 def test_owned_objects_deleted_by_hand_come_back(operator: Any) -> None:

@@ -38,6 +38,7 @@ from paybill.lifecycle.reconcile import (
     TouchPolicies,
     decide,
     failed,
+    failed_offboarding,
     offboard,
 )
 
@@ -311,6 +312,7 @@ def test_a_failure_moves_only_a_tenant_being_set_up_to_failed(
         (FailureKind.DATABASE_ERROR, "ProvisioningFailed", "DatabaseReady"),
         (FailureKind.OBJECT_CONFLICT, "ObjectConflict", "NamespaceReady"),
         (FailureKind.API_ERROR, "ProvisioningFailed", None),
+        (FailureKind.UNEXPECTED, "UnexpectedError", None),
     ],
 )
 def test_each_failure_has_its_reason_and_condition(kind: FailureKind, reason: str, also: str | None) -> None:
@@ -488,7 +490,30 @@ def test_an_unreadable_database_stops_offboarding_after_it_is_recorded() -> None
     outcome = decide(tenant(Phase.ACTIVE, offboard=True), Observed(data_error=down))
     assert kinds(outcome) == ["EnterPhase"]
     assert [e.reason for e in outcome.events] == ["OffboardingFailed"] and outcome.retry == 10
+    assert outcome.status is not None and outcome.status.phase == Phase.OFFBOARDING
+    assert (condition(outcome, "Ready").status, condition(outcome, "Ready").message) == ("False", "down")
+
+
+def test_a_failed_offboarding_step_is_said_in_ready_and_warned_once() -> None:
+    failure = Failure(FailureKind.UNEXPECTED, "TakeBackup failed: PermissionError: [Errno 1] Operation not permitted")
+    first = failed_offboarding(tenant(Phase.OFFBOARDING, offboard=True), failure)
+    assert first.status is not None and first.status.phase == Phase.OFFBOARDING and first.offboarding
+    assert condition(first, "Ready").reason == "OffboardingFailed" and "TakeBackup" in condition(first, "Ready").message
+    assert [e.reason for e in first.events] == ["OffboardingFailed"] and first.retry == 10
+    said = tenant(Phase.OFFBOARDING, conditions=(("Ready", "False", "OffboardingFailed"),), offboard=True)
+    assert failed_offboarding(said, failure).events == ()
 
 
 def _owner() -> dict[str, Any]:
     return {"apiVersion": "paybill.dev/v1alpha1", "kind": "Tenant", "name": "acme", "uid": UID, "controller": True}
+
+
+def test_an_unforeseen_error_names_the_step_and_its_type() -> None:
+    from paybill.database import DatabaseUnavailable
+    from paybill.handlers.tenant_actions import failure_of
+
+    unforeseen = failure_of(PermissionError(1, "Operation not permitted"), "TakeBackup")
+    assert unforeseen.kind == FailureKind.UNEXPECTED
+    assert unforeseen.message == "TakeBackup failed: PermissionError: [Errno 1] Operation not permitted"
+    known = failure_of(DatabaseUnavailable("connection refused\nDETAIL: more"), "ProvisionData")
+    assert (known.kind, known.message) == (FailureKind.DATABASE_UNAVAILABLE, "connection refused")

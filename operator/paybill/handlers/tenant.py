@@ -7,6 +7,7 @@ placement) and converges it, so an operator killed at any point reaches the same
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,33 +17,15 @@ import psycopg
 from ..api.meta import API_VERSION, GROUP, VERSION
 from ..api.plan import PlanSpec
 from ..api.subscription import SubscriptionSpec
+from ..api.tenant import TenantPhase as Phase
 from ..api.tenant import TenantSpec, TenantStatus
 from ..billing.subscription import Billed
-from ..database import DatabaseUnavailable, MigrationError, NameConflict, TenantDatabases
-from ..errors import first_line
-from ..kubeclient import KubeError
+from ..database import DatabaseUnavailable, TenantDatabases
 from ..lifecycle import reconcile as decisions
-from ..lifecycle.drift import ObjectConflict
-from ..lifecycle.reconcile import Failure, FailureKind, Observed, Outcome, TenantObject
-from ..lifecycle.tenant import SecretConflict
+from ..lifecycle.reconcile import Observed, Outcome, TenantObject
 from . import events
 from .apply import operator_namespace, post
-from .tenant_actions import TenantActions
-
-FAILURES: dict[type[BaseException], FailureKind] = {
-    DatabaseUnavailable: FailureKind.DATABASE_UNAVAILABLE,
-    MigrationError: FailureKind.MIGRATION_FAILED,
-    NameConflict: FailureKind.NAME_CONFLICT,
-    SecretConflict: FailureKind.SECRET_CONFLICT,
-    ObjectConflict: FailureKind.OBJECT_CONFLICT,
-    psycopg.Error: FailureKind.DATABASE_ERROR,
-    KubeError: FailureKind.API_ERROR,
-}
-
-
-def failure_of(exc: BaseException) -> Failure | None:
-    kind = next((kind for cls, kind in FAILURES.items() if isinstance(exc, cls)), None)
-    return None if kind is None else Failure(kind, first_line(exc))
+from .tenant_actions import TenantActions, failure_of
 
 
 @kopf.index(GROUP, VERSION, "subscriptions")
@@ -85,23 +68,35 @@ def _observe_data(tenant: TenantObject, databases: TenantDatabases | None, isola
         target = databases.placement_for(tenant.name, isolation) if isolation else None
         left = (databases.placement_for(tenant.name, previous),) if previous else ()
     except (DatabaseUnavailable, psycopg.Error) as exc:
-        return {"data_error": failure_of(exc)}
+        return {"data_error": failure_of(exc, "reading the placement")}
     backup = tenant.status.backup
     intact = backup is not None and _intact(Path(backup.location), backup.sha256)
     return {"data": decisions.DataPlacement(current, left, target), "backup_intact": intact}
 
 
+def decide_safely(tenant: TenantObject, decide: Callable[[], Outcome], retry: int) -> Outcome:
+    """The decision; if reading the world failed, the decision on that failure."""
+    try:
+        return decide()
+    except Exception as exc:  # a failed read is a condition and an Event too
+        failure = failure_of(exc, "reading the world")
+        if tenant.phase in (Phase.OFFBOARDING, Phase.OFFBOARDED) or tenant.spec.offboard:
+            return decisions.failed_offboarding(tenant, failure)
+        return decisions.failed(tenant, failure, retry)
+
+
 def carry_out(actions: TenantActions, outcome: Outcome, retry: int, patch: kopf.Patch | None) -> None:
     """The actions in order (if one fails, what the decisions make of the failure instead of the rest); then the
     transitions, the status, the Events, and a retry if one is asked for."""
+    step = "reconcile"
     try:
         for action in outcome.actions:
+            step = type(action).__name__
             actions.act(action)
-    except tuple(FAILURES) as exc:
-        failure = failure_of(exc)
-        assert failure is not None
+    except Exception as exc:  # every failure is a condition, an Event and a retry, never only a log line
+        failure = failure_of(exc, step)
         if outcome.offboarding:
-            outcome = decisions.failed_offboarding(failure.message)
+            outcome = decisions.failed_offboarding(actions.tenant, failure, actions.phase)
         else:
             outcome = decisions.failed(actions.tenant, failure, retry, actions.phase)
     actions.record(outcome.transitions, outcome.why)
@@ -123,15 +118,21 @@ def reconcile_tenant(
     body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, subscriptions_by_tenant: kopf.Index, **_: Any
 ) -> None:
     tenant = read(body)
-    seen = observe(tenant, memo, list(subscriptions_by_tenant.get(tenant.name, [])), retry)
-    carry_out(TenantActions(body, tenant, memo), decisions.decide(tenant, seen), retry, patch)
+    subscriptions = list(subscriptions_by_tenant.get(tenant.name, []))
+    outcome = decide_safely(
+        tenant, lambda: decisions.decide(tenant, observe(tenant, memo, subscriptions, retry)), retry
+    )
+    carry_out(TenantActions(body, tenant, memo), outcome, retry, patch)
 
 
 @kopf.on.delete(GROUP, VERSION, "tenants")
-def delete_tenant(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+def delete_tenant(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any) -> None:
     tenant = read(body)
     actions = TenantActions(body, tenant, memo)
-    carry_out(actions, decisions.offboard(tenant, observe(tenant, memo, [], 0), deleting=True), 0, None)
+    offboarding = decide_safely(
+        tenant, lambda: decisions.offboard(tenant, observe(tenant, memo, [], retry), True), retry
+    )
+    carry_out(actions, offboarding, retry, patch)
     if actions.backup is not None:
         message = f"tenant deleted; final backup {actions.backup.location} sha256 {actions.backup.sha256}"
         events.info(body, reason="Offboarded", message=message)

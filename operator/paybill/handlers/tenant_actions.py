@@ -14,14 +14,34 @@ from ..api.meta import API_VERSION, now_rfc3339
 from ..api.tenant import BackupStatus
 from ..api.tenant import TenantPhase as Phase
 from ..audit import AuditLog
-from ..database import DatabaseUnavailable, TenantDatabases
+from ..database import DatabaseUnavailable, MigrationError, NameConflict, TenantDatabases
+from ..errors import first_line
 from ..kubeclient import Kube, KubeError, resource_path
 from ..lifecycle import reconcile as decisions
+from ..lifecycle.drift import ObjectConflict
 from ..lifecycle.machine import Transition
-from ..lifecycle.reconcile import TenantObject
-from ..lifecycle.tenant import CREDENTIALS_SECRET, credentials_secret, owned_secret, secret_field
+from ..lifecycle.reconcile import Failure, FailureKind, TenantObject
+from ..lifecycle.tenant import CREDENTIALS_SECRET, SecretConflict, credentials_secret, owned_secret, secret_field
 from . import events
 from .apply import TENANT_GRANTS, converge, publish_secret, touch
+
+FAILURES: dict[type[BaseException], FailureKind] = {
+    DatabaseUnavailable: FailureKind.DATABASE_UNAVAILABLE,
+    MigrationError: FailureKind.MIGRATION_FAILED,
+    NameConflict: FailureKind.NAME_CONFLICT,
+    SecretConflict: FailureKind.SECRET_CONFLICT,
+    ObjectConflict: FailureKind.OBJECT_CONFLICT,
+    psycopg.Error: FailureKind.DATABASE_ERROR,
+    KubeError: FailureKind.API_ERROR,
+}
+
+
+def failure_of(exc: Exception, step: str) -> Failure:
+    """What went wrong, in the decisions' terms; anything unforeseen names the step and the error's type."""
+    kind = next((kind for cls, kind in FAILURES.items() if isinstance(exc, cls)), FailureKind.UNEXPECTED)
+    if kind == FailureKind.UNEXPECTED:
+        return Failure(kind, f"{step} failed: {type(exc).__name__}: {first_line(exc)}")
+    return Failure(kind, first_line(exc))
 
 
 class TenantActions:

@@ -229,6 +229,7 @@ class FailureKind(StrEnum):
     OBJECT_CONFLICT = "ObjectConflict"
     DATABASE_ERROR = "DatabaseError"  # any other error from PostgreSQL
     API_ERROR = "ApiError"  # the Kubernetes API refused or failed
+    UNEXPECTED = "UnexpectedError"  # anything else (a full disk, a bug): still a condition, an Event and a retry
 
 
 @dataclass(frozen=True)
@@ -245,7 +246,7 @@ class Failure:
         """The condition the failure turns False, besides Ready."""
         if self.kind == FailureKind.OBJECT_CONFLICT:
             return "NamespaceReady"
-        return None if self.kind == FailureKind.API_ERROR else "DatabaseReady"
+        return None if self.kind in (FailureKind.API_ERROR, FailureKind.UNEXPECTED) else "DatabaseReady"
 
 
 # --- status ---------------------------------------------------------------------------------------------------
@@ -419,7 +420,7 @@ def offboard(tenant: TenantObject, seen: Observed, deleting: bool = False) -> Ou
     if tenant.phase != Phase.OFFBOARDING:
         actions.append(EnterPhase(tuple(path(tenant.phase, Phase.OFFBOARDING)), "offboarding requested"))
     if seen.data_error is not None:
-        return _with_actions(failed_offboarding(seen.data_error.message), actions)
+        return _with_actions(failed_offboarding(tenant, seen.data_error, _entered(actions, tenant.phase)), actions)
     policy = DeletionPolicy(tenant.spec.deletionPolicy)
     data = seen.data
     if data is not None and data.recorded is not None:
@@ -453,10 +454,18 @@ def offboard(tenant: TenantObject, seen: Observed, deleting: bool = False) -> Ou
     )
 
 
-def failed_offboarding(message: str) -> Outcome:
-    """A step of offboarding failed: said in an Event, and retried (each step is safe to repeat)."""
-    notice = Notice("OffboardingFailed", message, warning=True)
-    return Outcome(events=(notice,), retry=RETRY_DELAY, retry_message=message, offboarding=True)
+def failed_offboarding(tenant: TenantObject, failure: Failure, phase: Phase | None = None) -> Outcome:
+    """A step of offboarding failed: Ready says which and why (the phase stays), a Warning Event once per reason,
+    and a retry (each step is safe to repeat)."""
+    status = _Status(tenant)
+    outcome = status.wait(phase or tenant.phase, "OffboardingFailed", failure.message, RETRY_DELAY)
+    return Outcome(
+        status=outcome.status,
+        events=outcome.events,
+        retry=outcome.retry,
+        retry_message=outcome.retry_message,
+        offboarding=True,
+    )
 
 
 def backup_status(taken: Mapping[str, Any], taken_at: str) -> BackupStatus:
@@ -524,6 +533,14 @@ def _with_actions(outcome: Outcome, actions: Sequence[Action]) -> Outcome:
         retry_message=outcome.retry_message,
         offboarding=outcome.offboarding,
     )
+
+
+def _entered(actions: Sequence[Action], phase: Phase) -> Phase:
+    """The phase the actions' EnterPhase steps leave the tenant in."""
+    for action in actions:
+        if isinstance(action, EnterPhase):
+            phase = action.transitions[-1].target
+    return phase
 
 
 def _camel(value: str) -> str:
