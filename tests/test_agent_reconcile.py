@@ -286,6 +286,11 @@ def test_deleting_a_policy(status: dict[str, Any], configured: bool, expected: O
     assert policies.deleting(policy(**status), configured) == expected
 
 
+def test_a_deletion_waits_for_an_unavailable_database() -> None:
+    """The role must not outlive its policy: the deletion is retried, nothing else is said."""
+    assert policies.uninstall_failed("database unavailable") == Outcome(retry=Retry("database unavailable", 10))
+
+
 def test_an_uninstalled_role_is_announced_and_recorded_only_when_dropped() -> None:
     installed = policy(tenant="acme", role="a_support")
     assert policies.uninstalled(installed, dropped=False) == Outcome()

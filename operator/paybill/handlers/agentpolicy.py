@@ -33,6 +33,7 @@ from ..lifecycle.agentpolicy import (
     failed,
     installed,
     secret_name,
+    uninstall_failed,
     uninstalled,
 )
 from ..lifecycle.agents import Outcome
@@ -48,8 +49,7 @@ from ..lifecycle.tenant import (
 )
 from ..policy.rules import PolicyError
 from ..policy.schema import SchemaError
-from . import events
-from .apply import TENANT_GRANTS, delete_owned_secret, publish_secret, wait_for, write_ready
+from .apply import TENANT_GRANTS, apply_agent_outcome, delete_owned_secret, publish_secret
 
 
 def tenant_of(kube: Kube, namespace: str) -> dict[str, Any] | None:
@@ -92,7 +92,7 @@ def reconcile_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: A
     outcome = decide(policy, seen)
     if isinstance(outcome.action, Install):
         outcome = _install(kube, memo.databases, body, policy, outcome.action, password)
-    apply_outcome(body, patch, memo, outcome)
+    apply_agent_outcome(body, patch, memo, outcome)
 
 
 @kopf.on.delete(GROUP, VERSION, "agentpolicies", retries=5)
@@ -106,25 +106,9 @@ def delete_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any)
                 memo.databases, policy.name, policy.namespace, outcome.action.tenant, outcome.action.database
             )
         except DatabaseUnavailable as exc:
-            raise kopf.TemporaryError(str(exc), delay=10) from None
-        apply_outcome(body, patch, memo, uninstalled(policy, dropped))
+            apply_agent_outcome(body, patch, memo, uninstall_failed(str(exc)))
+        apply_agent_outcome(body, patch, memo, uninstalled(policy, dropped))
     delete_owned_secret(memo.kube, secret_name(policy.name), policy.namespace, body, "AgentPolicy")
-
-
-def apply_outcome(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, outcome: Outcome) -> None:
-    """Write the status or the wait the outcome says, post its Events, append its audit record, retry if asked."""
-    if outcome.wait is not None:
-        wait_for(body, patch, outcome.wait.reason, outcome.wait.message, outcome.wait.delay)
-    report = outcome.report
-    if report is not None:
-        write_ready(body, patch, report.phase, report.ok, report.reason, report.message, **report.written())
-    for notice in outcome.events:
-        (events.warn if notice.warning else events.info)(body, reason=notice.reason, message=notice.message)
-    if outcome.audit is not None and memo.audit is not None:
-        record = outcome.audit
-        memo.audit.append(record.kind, record.name, record.event, record.details)
-    if outcome.retry is not None:
-        raise kopf.TemporaryError(outcome.retry.message, delay=outcome.retry.delay)
 
 
 def _install(

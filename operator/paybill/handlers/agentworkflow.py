@@ -51,8 +51,8 @@ from ..workflows.reconcile import (
     step_record,
 )
 from . import events
-from .agentpolicy import apply_outcome, tenant_of, tenant_view
-from .apply import delete_owned_secret, publish_secret
+from .agentpolicy import tenant_of, tenant_view
+from .apply import apply_agent_outcome, delete_owned_secret, publish_secret
 
 
 @kopf.on.startup()
@@ -94,7 +94,7 @@ def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
             if isinstance(outcome.action, RunSteps):
                 assert engine is not None and login is not None  # prepared runs only with both
                 outcome = _run_steps(body, memo, workflow, engine, login, outcome.action)
-    apply_outcome(body, patch, memo, outcome)
+    apply_agent_outcome(body, patch, memo, outcome)
 
 
 def _observe(kube: Kube, body: kopf.Body, workflow: WorkflowObject, database: bool) -> tuple[Observed, str | None]:

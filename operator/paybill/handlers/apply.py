@@ -12,6 +12,7 @@ import kopf
 
 from ..api.meta import API_VERSION
 from ..kubeclient import Kube, KubeError, resource_path
+from ..lifecycle.agents import Outcome as AgentOutcome
 from ..lifecycle.conditions import set_condition
 from ..lifecycle.drift import OwnedAction, conflict, converged, describe, owned_action
 from ..lifecycle.outcome import Notice, Touch
@@ -154,3 +155,18 @@ def wait_for(body: kopf.Body, patch: kopf.Patch, reason: str, message: str, dela
         events.warn(body, reason=reason, message=message)
     write_ready(body, patch, "Pending", False, reason, message)
     raise kopf.TemporaryError(message, delay=delay)
+
+
+def apply_agent_outcome(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, outcome: AgentOutcome) -> None:
+    """What an agent reconciler decided (lifecycle/agents.py): the status or the wait, the Events, the audit
+    record, then a retry if asked."""
+    if outcome.wait is not None:
+        wait_for(body, patch, outcome.wait.reason, outcome.wait.message, outcome.wait.delay)
+    if outcome.report is not None:
+        report = outcome.report
+        write_ready(body, patch, report.phase, report.ok, report.reason, report.message, **report.written())
+    post(body, outcome.events)
+    if outcome.audit is not None and memo.audit is not None:
+        memo.audit.append(outcome.audit.kind, outcome.audit.name, outcome.audit.event, outcome.audit.details)
+    if outcome.retry is not None:
+        raise kopf.TemporaryError(outcome.retry.message, delay=outcome.retry.delay)

@@ -2,7 +2,8 @@
 
 The handler (handlers/agentpolicy.py) reads the policy's Tenant and its credentials Secret into `Observed` and
 calls `decide`; when that asks it to install, it installs and publishes the credentials, and hands what came
-of it to `installed` or `failed`. Deleting a policy is `deleting`, then `uninstalled`.
+of it to `installed` or `failed`. Deleting a policy is `deleting`, then `uninstalled` (or
+`uninstall_failed`).
 """
 
 from __future__ import annotations
@@ -172,6 +173,11 @@ def deleting(policy: PolicyObject, database_configured: bool) -> Outcome:
     if not database_configured or not policy.status.tenant:
         return Outcome()
     return Outcome(action=Uninstall(policy.status.tenant, policy.status.database))
+
+
+def uninstall_failed(message: str) -> Outcome:
+    """The database was unavailable: the deletion waits for it (the role must not outlive its policy)."""
+    return Outcome(retry=Retry(message, 10))
 
 
 def uninstalled(policy: PolicyObject, dropped: bool) -> Outcome:
