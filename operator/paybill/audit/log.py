@@ -1,77 +1,214 @@
-"""A hash-chained audit log in PostgreSQL: each record's hash covers its content and the previous hash,
-so editing, dropping or reordering any record breaks the chain from there on (`verify` says where)."""
+"""The hash-chained audit log in PostgreSQL (the chain itself: chain.py), made durable against the database:
+
+- after each commit the chain's head is checkpointed outside the database (checkpoint.py), so `verify` sees a
+  tail the database lost ("truncated: N records missing after seq X");
+- a record that cannot be written (the database unreachable) waits in memory, at most `buffer_limit` of them,
+  and is written in order, still chained, by the next append or a background retry. Past the bound an append
+  raises `AuditUnavailable` and the record is not kept; the chain then says how many were dropped (a
+  `RecordsDropped` record). What waits is lost if the operator stops before the database is back (its log
+  says how many).
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
+import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
+from ..database import DatabaseUnavailable
 from ..database.ownership import create_idempotently
+from ..errors import first_line
+from .chain import AuditRecord, Head, chain_after, check_chain, record_hash
+from .checkpoint import CheckpointStore, CheckpointUnavailable
 
-GENESIS = "0" * 64
+BUFFER_LIMIT = 10_000  # records waiting for the database: about 10-20 MB at most (details are small)
+RETRY_INTERVAL = 2.0  # seconds between background attempts while records wait
+UNREACHABLE = (DatabaseUnavailable, psycopg.OperationalError)  # a lock timeout is one too: retried alike
+
+logger = logging.getLogger(__name__)
 
 
-class ChainBroken(RuntimeError):
-    def __init__(self, seq: int, message: str) -> None:
-        super().__init__(f"audit record {seq}: {message}")
-        self.seq = seq
+class AuditUnavailable(DatabaseUnavailable):
+    """The record was not kept: the database is unreachable and the buffer is full."""
 
 
 @dataclass(frozen=True)
-class AuditRecord:
-    seq: int
+class Entry:
     kind: str
     name: str
     event: str
     details: dict[str, Any]
-    previous: str
-    hash: str
-
-
-def record_hash(previous: str, kind: str, name: str, event: str, details: dict[str, Any]) -> str:
-    content = json.dumps(
-        {"kind": kind, "name": name, "event": event, "details": details},
-        sort_keys=True,
-        separators=(",", ":"),
-        default=str,
-    )
-    return hashlib.sha256(f"{previous}\n{content}".encode()).hexdigest()
 
 
 class AuditLog:
     """Appends under a lock on the log table itself (only the operator can take it: no tenant may even
-    connect to its database), so concurrent writers still form one chain."""
+    connect to its database), so concurrent writers still form one chain; in this process, appends, flushes and
+    checkpoint writes happen one at a time, so a checkpoint is written before the next record is.
 
-    def __init__(self, connect: Callable[[], psycopg.Connection]) -> None:
+    Without a `checkpoint` store (a reader, or a test) nothing is buffered beyond this and `verify` checks the
+    chain alone."""
+
+    def __init__(
+        self,
+        connect: Callable[[], psycopg.Connection],
+        checkpoint: CheckpointStore | None = None,
+        *,
+        buffer_limit: int = BUFFER_LIMIT,
+        retry_interval: float = RETRY_INTERVAL,
+    ) -> None:
         self._connect = connect
-        self._ready = False
+        self._checkpoint = checkpoint
+        self._limit, self._interval = buffer_limit, retry_interval
+        self._chain: str | None = None
+        self._head: Head | None = None  # the latest head known: committed here, or checkpointed before
+        self._saved = 0  # the seq last checkpointed by this process
+        self._waiting: deque[Entry] = deque()
+        self.dropped = 0  # records refused since the buffer filled; written as one RecordsDropped record
+        self._lock = threading.RLock()
+        self._flusher: threading.Thread | None = None
+        self._closing = threading.Event()
+
+    @property
+    def pending(self) -> int:
+        """Records waiting for the database."""
+        return len(self._waiting)
+
+    @property
+    def chain(self) -> str:
+        """This log's id (kept in its database): what its checkpoint is filed under."""
+        if self._chain is None:
+            self._setup(self._connect())
+        assert self._chain is not None
+        return self._chain
 
     def _setup(self, conn: psycopg.Connection) -> None:
-        if self._ready:
+        if self._chain is not None:
             return
         create_idempotently(conn, _create_log)
-        self._ready = True
+        row = conn.execute("SELECT id FROM paybill.audit_chain").fetchone()
+        assert row is not None
+        self._chain = str(row[0])
 
-    def append(self, kind: str, name: str, event: str, details: dict[str, Any]) -> AuditRecord:
+    def append(self, kind: str, name: str, event: str, details: dict[str, Any]) -> AuditRecord | None:
+        """The record, written and checkpointed; None if it waits for the database (AuditUnavailable if it
+        cannot even wait)."""
+        entry = Entry(kind, name, event, json.loads(json.dumps(details, default=str)))
+        with self._lock:
+            if len(self._waiting) >= self._limit:
+                self._flush()
+            if len(self._waiting) >= self._limit:
+                self.dropped += 1
+                logger.error("audit record %s %s %s not kept: %d records wait already", kind, name, event, self._limit)
+                raise AuditUnavailable(
+                    f"the audit log's database is unreachable and {self._limit} records are waiting: this record "
+                    "is not kept (the chain will say how many were dropped)"
+                )
+            self._waiting.append(entry)
+            written = self._flush()
+            return written[-1] if written else None
+
+    def flush(self) -> int:
+        """Write what waits now if the database answers; the number of records still waiting."""
+        with self._lock:
+            self._flush()
+            return len(self._waiting)
+
+    def close(self) -> None:
+        """A last attempt to write what waits; what cannot be is reported (it is lost with this process)."""
+        self._closing.set()
+        left = self.flush()
+        if left or self.dropped:
+            logger.error("audit log: %d records never reached the database (and %d were dropped)", left, self.dropped)
+
+    def _flush(self) -> list[AuditRecord]:
+        """Everything waiting, in one transaction, then the checkpoint; [] and a background retry if the database
+        is unreachable."""
+        batch = list(self._waiting)
+        if self.dropped:
+            batch.append(Entry("AuditLog", "buffer", "RecordsDropped", {"count": self.dropped, "bound": self._limit}))
+        written: list[AuditRecord] = []
+        if batch:
+            try:
+                written = self._write(batch)
+            except UNREACHABLE as exc:
+                if self._flusher is None:
+                    logger.warning("audit log: database unreachable, %d records wait: %s", len(batch), first_line(exc))
+                    self._start_flusher()
+                return []
+            self._waiting.clear()
+            self.dropped = 0
+        self._save_checkpoint()
+        return written
+
+    def _write(self, batch: list[Entry]) -> list[AuditRecord]:
         conn = self._connect()
         self._setup(conn)
+        assert self._chain is not None
+        written = []
         with conn.transaction():
             conn.execute("LOCK TABLE paybill.audit_log IN SHARE ROW EXCLUSIVE MODE")  # appenders wait, readers not
-            last = conn.execute("SELECT seq, hash FROM paybill.audit_log ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, previous = (last[0] + 1, last[1]) if last else (1, GENESIS)
-            details = json.loads(json.dumps(details, default=str))
-            digest = record_hash(previous, kind, name, event, details)
-            conn.execute(
-                "INSERT INTO paybill.audit_log (seq, kind, name, event, details, previous, hash) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (seq, kind, name, event, json.dumps(details), previous, digest),
+            row = conn.execute("SELECT seq, hash FROM paybill.audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+            last = Head(self._chain, row[0], row[1]) if row else None
+            seq, previous = chain_after(last, self._known_head())
+            if last is not None and seq > last.seq + 1:
+                logger.error(
+                    "audit log: the database lost records %d to %d (its checkpoint is ahead)", last.seq + 1, seq - 1
+                )
+            for entry in batch:
+                digest = record_hash(previous, entry.kind, entry.name, entry.event, entry.details)
+                conn.execute(
+                    "INSERT INTO paybill.audit_log (seq, kind, name, event, details, previous, hash) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    (seq, entry.kind, entry.name, entry.event, json.dumps(entry.details), previous, digest),
+                )
+                written.append(AuditRecord(seq, entry.kind, entry.name, entry.event, entry.details, previous, digest))
+                seq, previous = seq + 1, digest
+        self._head = Head(self._chain, written[-1].seq, written[-1].hash)
+        return written
+
+    def _known_head(self) -> Head | None:
+        """The head this process committed last, else the checkpoint's (read once; unreadable: none known, and
+        the checkpoint, which is never lowered, still catches a lost tail when `verify` reads it)."""
+        if self._head is None and self._checkpoint is not None and self._chain is not None:
+            try:
+                self._head = self._checkpoint.load(self._chain)
+            except CheckpointUnavailable as exc:
+                logger.warning("audit log: %s", exc)
+        return self._head
+
+    def _save_checkpoint(self) -> None:
+        head = self._head
+        if self._checkpoint is None or head is None or head.seq <= self._saved:
+            return
+        try:
+            self._checkpoint.save(head)
+        except CheckpointUnavailable as exc:
+            logger.warning(
+                "audit log: checkpoint at record %d not written, retried at the next append: %s", head.seq, exc
             )
-        return AuditRecord(seq, kind, name, event, details, previous, digest)
+            return
+        self._saved = head.seq
+
+    def _start_flusher(self) -> None:
+        self._flusher = threading.Thread(target=self._retry_until_written, name="audit-flush", daemon=True)
+        self._flusher.start()
+
+    def _retry_until_written(self) -> None:
+        while not self._closing.wait(self._interval):
+            with self._lock:
+                self._flush()
+                if not self._waiting and not self.dropped:
+                    logger.info("audit log: the records that waited are written")
+                    self._flusher = None
+                    return
+        with self._lock:
+            self._flusher = None
 
     def records(self, kind: str | None = None, name: str | None = None) -> list[AuditRecord]:
         conn = self._connect()
@@ -84,18 +221,11 @@ class AuditLog:
         return [AuditRecord(*row) for row in rows]
 
     def verify(self) -> int:
-        """Walk the whole chain; returns its length or raises ChainBroken at the first bad record."""
-        previous, count = GENESIS, 0
-        for record in self.records():
-            count += 1
-            if record.seq != count:
-                raise ChainBroken(record.seq, f"expected sequence number {count}")
-            if record.previous != previous:
-                raise ChainBroken(record.seq, "does not follow the previous record")
-            if record_hash(previous, record.kind, record.name, record.event, record.details) != record.hash:
-                raise ChainBroken(record.seq, "content does not match its hash")
-            previous = record.hash
-        return count
+        """Walk the whole chain and hold it against the checkpoint; returns its length, or raises ChainBroken at
+        the first bad record (RecordsMissing when records are gone, a lost tail included)."""
+        records = self.records()
+        checkpoint = self._checkpoint.load(self.chain) if self._checkpoint is not None else None
+        return check_chain(records, checkpoint)
 
 
 def _create_log(conn: psycopg.Connection) -> None:
@@ -106,3 +236,10 @@ def _create_log(conn: psycopg.Connection) -> None:
         "event text NOT NULL, details jsonb NOT NULL, previous text NOT NULL, hash text NOT NULL)"
     )
     conn.execute("REVOKE ALL ON paybill.audit_log FROM PUBLIC")
+    # The log's id: its checkpoint is filed under it, so a new database is never held to another's checkpoint.
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS paybill.audit_chain (one boolean PRIMARY KEY DEFAULT true CHECK (one), "
+        "id text NOT NULL DEFAULT gen_random_uuid()::text)"
+    )
+    conn.execute("INSERT INTO paybill.audit_chain DEFAULT VALUES ON CONFLICT DO NOTHING")
+    conn.execute("REVOKE ALL ON paybill.audit_chain FROM PUBLIC")

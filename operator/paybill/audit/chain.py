@@ -1,0 +1,89 @@
+"""The chain itself, pure: a record's hash covers its content and the previous hash, so editing, dropping or
+reordering any record breaks the chain from there on; a checkpoint (the head kept outside the database) shows a
+tail the database lost with it. `check_chain` says which."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+GENESIS = "0" * 64
+
+
+@dataclass(frozen=True)
+class Head:
+    """The last record of a chain: its sequence number and hash. `chain` names the log (one per database)."""
+
+    chain: str
+    seq: int
+    hash: str
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    seq: int
+    kind: str
+    name: str
+    event: str
+    details: dict[str, Any]
+    previous: str
+    hash: str
+
+
+class ChainBroken(RuntimeError):
+    def __init__(self, seq: int, message: str) -> None:
+        super().__init__(f"audit record {seq}: {message}")
+        self.seq = seq
+
+
+class RecordsMissing(ChainBroken):
+    """Records are gone after `after`: the tail the checkpoint saw, or a run in the middle."""
+
+    def __init__(self, after: int, missing: int) -> None:
+        RuntimeError.__init__(
+            self, f"truncated: {missing} record{'s' if missing != 1 else ''} missing after seq {after}"
+        )
+        self.seq, self.after, self.missing = after + 1, after, missing
+
+
+def record_hash(previous: str, kind: str, name: str, event: str, details: dict[str, Any]) -> str:
+    content = json.dumps(
+        {"kind": kind, "name": name, "event": event, "details": details},
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
+    return hashlib.sha256(f"{previous}\n{content}".encode()).hexdigest()
+
+
+def chain_after(last: Head | None, checkpoint: Head | None) -> tuple[int, str]:
+    """(seq, previous) of the next record: after the database's last record, or after the checkpoint when the
+    database lost records behind it (so the gap stays in the chain, and `check_chain` keeps reporting it)."""
+    heads = [head for head in (last, checkpoint) if head is not None]
+    if not heads:
+        return 1, GENESIS
+    head = max(heads, key=lambda h: h.seq)
+    return head.seq + 1, head.hash
+
+
+def check_chain(records: list[AuditRecord], checkpoint: Head | None) -> int:
+    """The chain's length, or ChainBroken at its first fault: a record edited, missing or out of place, the
+    database behind its checkpoint (RecordsMissing), or the record at the checkpoint not the one checkpointed."""
+    previous, expected = GENESIS, 1
+    for record in records:
+        if record.seq > expected:
+            raise RecordsMissing(expected - 1, record.seq - expected)
+        if record.seq != expected:
+            raise ChainBroken(record.seq, f"expected sequence number {expected}")
+        if record.previous != previous:
+            raise ChainBroken(record.seq, "does not follow the previous record")
+        if record_hash(previous, record.kind, record.name, record.event, record.details) != record.hash:
+            raise ChainBroken(record.seq, "content does not match its hash")
+        if checkpoint is not None and record.seq == checkpoint.seq and record.hash != checkpoint.hash:
+            raise ChainBroken(record.seq, "differs from the checkpoint")
+        previous, expected = record.hash, expected + 1
+    if checkpoint is not None and checkpoint.seq >= expected:
+        raise RecordsMissing(expected - 1, checkpoint.seq - expected + 1)
+    return len(records)

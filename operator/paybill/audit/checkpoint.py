@@ -1,0 +1,163 @@
+"""Where the chain's head is kept outside its database, so that a database that lost its tail (a crash losing
+acknowledged commits, a restore from an earlier copy) cannot lose the head with it: a ConfigMap in the
+operator's namespace (in a cluster: it outlives the operator's Pod, whose state directory may be an emptyDir),
+else a file in the operator's state directory (a local run). No MAC: the checkpoint's worth is that it is
+somewhere else; the chain's hashes bind every record to it.
+
+A store never lowers a chain's head (a late writer cannot undo a newer checkpoint)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..kubeclient import Kube, KubeError
+from .chain import Head
+
+CONFIGMAP = "paybill-audit-checkpoint"
+WRITE_ATTEMPTS = 5
+CHAIN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # the log's id, from its database: a file name only if plain
+
+
+class CheckpointUnavailable(RuntimeError):
+    """The checkpoint could not be read or written (nothing about the chain is known from it)."""
+
+
+class CheckpointStore(Protocol):
+    def load(self, chain: str) -> Head | None:
+        """The head checkpointed for `chain`; None if none was."""
+
+    def save(self, head: Head) -> None:
+        """Keep `head`, unless the store already holds a later one of its chain."""
+
+
+class FileCheckpoint:
+    """`<directory>/<chain>.json` (0600 in a 0700 directory the operator's user owns), replaced atomically and
+    synced, under a lock on the directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def load(self, chain: str) -> Head | None:
+        try:
+            text = self._path(chain).read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CheckpointUnavailable(f"cannot read the audit checkpoint in {self.directory}: {exc}") from None
+        try:
+            return _parse(chain, json.loads(text))
+        except ValueError:
+            raise CheckpointUnavailable(f"the audit checkpoint {self._path(chain)} is not JSON") from None
+
+    def save(self, head: Head) -> None:
+        try:
+            with self._locked():
+                current = self.load(head.chain)
+                if current is not None and current.seq >= head.seq:
+                    return
+                self._replace(self._path(head.chain), json.dumps(_fields(head)))
+        except OSError as exc:
+            raise CheckpointUnavailable(f"cannot write the audit checkpoint in {self.directory}: {exc}") from None
+
+    def _path(self, chain: str) -> Path:
+        if not CHAIN_ID.fullmatch(chain):
+            raise CheckpointUnavailable(f"not an audit chain id: {chain!r}")
+        return self.directory / f"{chain}.json"
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = self.directory.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            raise CheckpointUnavailable(f"{self.directory} is not a private directory of the operator's user")
+        descriptor = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)  # releases the lock
+
+    def _replace(self, path: Path, text: str) -> None:
+        partial = path.with_suffix(".partial")
+        partial.unlink(missing_ok=True)
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, path)
+        directory = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)  # the rename itself survives a crash
+        finally:
+            os.close(directory)
+
+
+class ConfigMapCheckpoint:
+    """ConfigMap `paybill-audit-checkpoint` in `namespace`: one chain's head (the operator's database's)."""
+
+    def __init__(self, kube: Kube, namespace: str) -> None:
+        self.kube, self.namespace = kube, namespace
+
+    def load(self, chain: str) -> Head | None:
+        found = self._get()
+        return _parse(chain, (found or {}).get("data") or {})
+
+    def save(self, head: Head) -> None:
+        for _ in range(WRITE_ATTEMPTS):
+            found = self._get()
+            current = _parse(head.chain, (found or {}).get("data") or {})
+            if current is not None and current.seq >= head.seq:
+                return
+            try:
+                if found is None:
+                    self.kube.create(self._manifest(head))
+                else:  # the resourceVersion makes the write conditional: a concurrent writer means read again
+                    meta = {"resourceVersion": found["metadata"]["resourceVersion"]}
+                    patch = {"metadata": meta, "data": _fields(head)}
+                    self.kube.merge_patch("v1", "configmaps", CONFIGMAP, patch, self.namespace)
+                return
+            except KubeError as exc:
+                if exc.status != 409:
+                    raise CheckpointUnavailable(f"cannot write the audit checkpoint: {exc}") from None
+        raise CheckpointUnavailable(f"the audit checkpoint kept changing under {WRITE_ATTEMPTS} writes")
+
+    def _get(self) -> dict[str, Any] | None:
+        try:
+            return self.kube.get("v1", "configmaps", CONFIGMAP, self.namespace)
+        except KubeError as exc:
+            raise CheckpointUnavailable(f"cannot read the audit checkpoint: {exc}") from None
+
+    def _manifest(self, head: Head) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": CONFIGMAP,
+                "namespace": self.namespace,
+                "labels": {"app.kubernetes.io/managed-by": "paybill"},
+            },
+            "data": _fields(head),
+        }
+
+
+def _fields(head: Head) -> dict[str, str]:
+    return {"chain": head.chain, "seq": str(head.seq), "hash": head.hash}
+
+
+def _parse(chain: str, fields: object) -> Head | None:
+    """The head in `fields` if it is `chain`'s (another chain's checkpoint says nothing about this one)."""
+    if not isinstance(fields, dict) or fields.get("chain") != chain:
+        return None
+    try:
+        return Head(chain, int(fields["seq"]), str(fields["hash"]))
+    except (KeyError, ValueError) as exc:
+        raise CheckpointUnavailable(f"the audit checkpoint is malformed: {exc}") from None
