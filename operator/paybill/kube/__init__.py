@@ -18,6 +18,7 @@ import kubernetes
 import yaml
 
 from ..kubeclient import Kube
+from .persistence import StateDirError
 from .rbac import bootstrap_policy
 from .server import EmulatedApiServer
 
@@ -41,10 +42,11 @@ async def serve(
 
 @contextlib.contextmanager
 def serve_in_thread(
-    seed: list[dict[str, Any]] | None = None, api: EmulatedApiServer | None = None
+    seed: list[dict[str, Any]] | None = None, api: EmulatedApiServer | None = None, port: int | None = None
 ) -> Iterator[tuple[EmulatedApiServer, str]]:
     """Run an emulated API server on its own event loop in a thread, so blocking clients (the `kubernetes`
-    package, kubectl, a kopf runner) can talk to it from this one."""
+    package, kubectl, a kopf runner) can talk to it from this one. ``port``: a fixed one (a restart on the
+    same address), else one the kernel picks."""
     ready = threading.Event()
     stop: asyncio.Event | None = None
     loop: asyncio.AbstractEventLoop | None = None
@@ -54,7 +56,7 @@ def serve_in_thread(
         nonlocal stop, loop
         stop, loop = asyncio.Event(), asyncio.get_running_loop()
         try:
-            async with serve(api=api) as (server, url):
+            async with serve(port=port, api=api) as (server, url):
                 server.load(seed or [])
                 result.update(server=server, url=url)
                 ready.set()
@@ -147,6 +149,7 @@ def write_service_account_kubeconfig(
 __all__ = [
     "SYSTEM_NAMESPACES",
     "EmulatedApiServer",
+    "StateDirError",
     "serve",
     "serve_in_thread",
     "service_account_token",

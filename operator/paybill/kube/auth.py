@@ -80,17 +80,53 @@ ServiceAccountLookup = Callable[[str, str], "dict[str, Any] | None"]
 
 @dataclass
 class Tokens:
-    """Bearer token → identity. Tokens are random (secrets.token_urlsafe) and live in memory only."""
+    """Bearer token → identity. Tokens are random (secrets.token_urlsafe); in memory, or saved by ``changed``
+    (the server's state directory) whenever one is issued, so that they outlive a restart."""
 
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     _static: dict[str, UserInfo] = field(default_factory=dict)
     _bound: dict[str, BoundToken] = field(default_factory=dict)
+    changed: Callable[[], None] | None = None
 
     def add_user(self, username: str, groups: tuple[str, ...] = (), uid: str = "") -> str:
         """A static token for a user (as a token file on a real server); system:authenticated is added."""
         token = secrets.token_urlsafe(32)
         self._static[token] = UserInfo(username, uid, (*groups, AUTHENTICATED))
+        self._saved()
         return token
+
+    def _saved(self) -> None:
+        if self.changed is not None:
+            self.changed()
+
+    def to_json(self) -> dict[str, Any]:
+        now = time.time()
+        return {
+            "admin": self.admin_token,
+            "static": {
+                token: {"username": user.username, "uid": user.uid, "groups": list(user.groups)}
+                for token, user in self._static.items()
+            },
+            "bound": {
+                token: {"namespace": b.namespace, "name": b.name, "uid": b.uid, "expires": b.expires}
+                for token, b in self._bound.items()
+                if b.expires > now
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Tokens:
+        return cls(
+            admin_token=str(data["admin"]),
+            _static={
+                token: UserInfo(str(u["username"]), str(u["uid"]), tuple(u["groups"]))
+                for token, u in data["static"].items()
+            },
+            _bound={
+                token: BoundToken(str(b["namespace"]), str(b["name"]), str(b["uid"]), float(b["expires"]))
+                for token, b in data["bound"].items()
+            },
+        )
 
     def issue(self, service_account: dict[str, Any], seconds: int) -> tuple[str, str]:
         """A bound token for a ServiceAccount object: (token, expirationTimestamp)."""
@@ -98,6 +134,7 @@ class Tokens:
         token = secrets.token_urlsafe(32)
         expires = time.time() + seconds
         self._bound[token] = BoundToken(meta["namespace"], meta["name"], meta["uid"], expires)
+        self._saved()
         stamp = datetime.datetime.fromtimestamp(int(expires), datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return token, stamp
 

@@ -38,13 +38,13 @@ class Finalizers(Replies):
 
     def _commit(self, rtype: ResourceType, obj: dict[str, Any], event_type: str) -> None:
         obj["metadata"]["resourceVersion"] = str(self.store.next_revision())
-        self._index_owners(rtype, obj)
+        self._index_owners(rtype.key, obj)
         self.store.put(rtype.key, obj, event_type)
 
-    def _index_owners(self, rtype: ResourceType, obj: dict[str, Any]) -> None:
+    def _index_owners(self, key: tuple[str, str], obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
         for ref in meta.get("ownerReferences") or []:
-            self._dependents.setdefault(ref["uid"], set()).add((rtype.key, meta.get("namespace"), meta["name"]))
+            self._dependents.setdefault(ref["uid"], set()).add((key, meta.get("namespace"), meta["name"]))
 
     def _finalize(self, rtype: ResourceType, obj: dict[str, Any]) -> None:
         """Remove an object for good, then everything that depended on it."""

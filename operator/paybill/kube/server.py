@@ -18,7 +18,8 @@ import asyncio
 import copy
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp.web
@@ -30,13 +31,14 @@ from kmock._internal import rendering
 from . import openapi, tables
 from .access import AccessControl, Refused
 from .admission import Admission
+from .credentials import persistent_access
 from .discovery import SERVER_VERSION, Discovery
 from .patching import APPLY
 from .registry import CRD_KEY, Registry
 from .replies import ApiError, not_found, status_error
 from .routing import Route, kmock_intent, raw_request, requested_dry_run, resource_route, table_request
 from .stamping import stamp_new
-from .store import Store
+from .store import Expired, Store
 from .watch import Watching
 from .writes import Writes
 
@@ -58,11 +60,27 @@ class EmulatedApiServer(Writes, Watching, Discovery, kmock.KubernetesScaffold):
     _watches: set[asyncio.Task[Any]] = attrs.field(factory=set, init=False)
 
     def __attrs_post_init__(self) -> None:
-        """No scaffold fallbacks: everything kmock's DSL does not intercept is served by ``_serve``."""
+        """No scaffold fallbacks: everything kmock's DSL does not intercept is served by ``_serve``. A store
+        opened on a state directory brings its objects: their CRDs are served again, their owners indexed."""
+        for key, obj in self.store.items():
+            if key == CRD_KEY:
+                self.registry.register_crd(obj)
+            self._index_owners(key, obj)
+
+    @classmethod
+    def persistent(cls, state_dir: Path, **kwargs: Any) -> EmulatedApiServer:
+        """A server whose objects and credentials live in ``state_dir`` (made 0700; refused if it is a link or
+        writable by others): restarted on it, it serves what it held, and issues larger resourceVersions."""
+        store = Store.open(state_dir)
+        return cls(store=store, access=persistent_access(state_dir), **kwargs)
 
     async def __aexit__(self, *exc: Any) -> None:
         self.close_watches()
         await self.admission.close()
+        try:
+            await self.store.sync()
+        finally:
+            self.store.close()
         await super().__aexit__(*exc)
 
     def close_watches(self) -> None:
@@ -179,22 +197,28 @@ class EmulatedApiServer(Writes, Watching, Discovery, kmock.KubernetesScaffold):
             return self._one(request, route)
         if request.data is None and method in ("POST", "PUT", "PATCH"):
             raise status_error(400, "BadRequest", "the request body is not valid JSON")
-        dry_run = requested_dry_run(method, query, request.data)
         async with self._lock:
-            if method == "POST" and route.name is None:
-                obj = await self._create(route, request.data, dry_run, query.get("fieldValidation"))
-                return self._json(obj, status=201)
-            if method == "PUT" and route.name:
-                obj = await self._update(route, request.data, dry_run, query.get("fieldValidation"))
-                return self._json(obj)
-            if method == "PATCH" and route.name:
-                content_type = raw_request(request).content_type
-                obj = await self._patch(route, content_type, request.data, dry_run, query.get("fieldValidation"))
-                return self._json(obj)
-            if method == "DELETE" and route.name:
-                return self._json(await self._delete(route, request.data or {}, dry_run))
-            if method == "DELETE":
-                return self._json(await self._delete_collection(request, route, dry_run))
+            response = await self._serve_write(request, route)
+        await self.store.sync()  # answered once on disk (several writes share one fsync)
+        return response
+
+    async def _serve_write(self, request: rendering.Request, route: Route) -> aiohttp.web.StreamResponse:
+        method, query = raw_request(request).method, request.params
+        dry_run = requested_dry_run(method, query, request.data)
+        if method == "POST" and route.name is None:
+            obj = await self._create(route, request.data, dry_run, query.get("fieldValidation"))
+            return self._json(obj, status=201)
+        if method == "PUT" and route.name:
+            obj = await self._update(route, request.data, dry_run, query.get("fieldValidation"))
+            return self._json(obj)
+        if method == "PATCH" and route.name:
+            content_type = raw_request(request).content_type
+            obj = await self._patch(route, content_type, request.data, dry_run, query.get("fieldValidation"))
+            return self._json(obj)
+        if method == "DELETE" and route.name:
+            return self._json(await self._delete(route, request.data or {}, dry_run))
+        if method == "DELETE":
+            return self._json(await self._delete_collection(request, route, dry_run))
         raise status_error(405, "MethodNotAllowed", f"method {method} is not supported here")
 
     # --- reads --------------------------------------------------------------------------------------------------
@@ -214,6 +238,7 @@ class EmulatedApiServer(Writes, Watching, Discovery, kmock.KubernetesScaffold):
         return self._json(tables.table(route.rtype, [obj], obj["metadata"]["resourceVersion"], include_object))
 
     def _list(self, request: rendering.Request, route: Route) -> aiohttp.web.StreamResponse:
+        self._require_listable_version(request.params)
         matches = self._matcher(request, route)
         items = [
             self._served(route.rtype, obj) for obj in self.store.list(route.rtype.key, route.namespace) if matches(obj)
@@ -232,13 +257,35 @@ class EmulatedApiServer(Writes, Watching, Discovery, kmock.KubernetesScaffold):
             }
         )
 
+    def _require_listable_version(self, params: Mapping[str, str]) -> None:
+        """A list is served at the current revision: for resourceVersion unset or "0" (any), or one not newer
+        (NotOlderThan, the default). A version this server never issued (ahead of it, after its storage was
+        reset) or an Exact one that is not the current (history is not kept for lists) is 410, as kube-apiserver
+        answers a version compacted away, so that clients relist from scratch instead of waiting."""
+        requested = params.get("resourceVersion") or "0"
+        if requested == "0":
+            return
+        if not requested.isdigit():
+            raise status_error(400, "BadRequest", f"invalid resource version: {requested}")
+        version = int(requested)
+        try:
+            self.store.require_issued(version)
+        except Expired as expired:
+            raise status_error(410, "Expired", str(expired)) from None
+        if params.get("resourceVersionMatch") == "Exact" and version != self.store.revision:
+            raise status_error(410, "Expired", f"too old resource version: {version} ({self.store.revision})")
+
     def load(self, manifests: list[dict[str, Any]]) -> None:
-        """Seed objects synchronously (before serving), CRDs first."""
+        """Seed objects synchronously (before serving), CRDs first; one that exists already (a server restarted
+        on its state directory) is kept as it is, as kube-apiserver keeps its bootstrap objects."""
         for obj in sorted(manifests, key=lambda o: o.get("kind") != "CustomResourceDefinition"):
             group, _, version = obj["apiVersion"].rpartition("/")
             rtype = next(
                 r for r in self.registry.all() if r.group == group and r.version == version and r.kind == obj["kind"]
             )
+            meta = obj.get("metadata", {})
+            if self.store.get(rtype.key, meta.get("namespace"), meta.get("name", "")) is not None:
+                continue
             obj = copy.deepcopy(obj)
             stamp_new(rtype, obj)
             if rtype.key == CRD_KEY:

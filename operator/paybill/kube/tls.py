@@ -3,7 +3,8 @@
 A kube-apiserver serves HTTPS only, and clients send their credentials only over TLS (kubectl's kubeconfig
 loader drops a user's token for an http:// server). The CA's certificate goes into kubeconfigs
 (``certificate-authority-data``); the keys never leave this process's memory and a private temporary file
-that is removed once loaded.
+that is removed once loaded, unless the server has a state directory: then they are kept in its 0600
+credentials file (``credentials``), as a kube-apiserver keeps its PKI on disk.
 """
 
 from __future__ import annotations

@@ -41,8 +41,10 @@ class Watching(Replies):
             if since and since != "0":
                 try:
                     backlog = self.store.events_since(key, int(since))
-                except (Expired, ValueError):
-                    return await self._expired_stream(request, since)
+                except Expired as expired:
+                    return await self._expired_stream(request, str(expired))
+                except ValueError:
+                    return await self._expired_stream(request, f"too old resource version: {since}")
             else:
                 backlog = [synthetic_added(obj) for obj in self.store.list(key, route.namespace)]
             response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -91,7 +93,8 @@ class Watching(Replies):
             self.store.unsubscribe(key, queue)
             self._watches.discard(task)  # type: ignore[arg-type]
 
-    async def _expired_stream(self, request: rendering.Request, since: str) -> aiohttp.web.StreamResponse:
+    async def _expired_stream(self, request: rendering.Request, message: str) -> aiohttp.web.StreamResponse:
+        """kube-apiserver's answer to a watch from a version it cannot serve: one ERROR event, a 410 Status."""
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(raw_request(request))
         status = {
@@ -100,7 +103,7 @@ class Watching(Replies):
             "metadata": {},
             "status": "Failure",
             "reason": "Expired",
-            "message": f"too old resource version: {since}",
+            "message": message,
             "code": 410,
         }
         await response.write(json.dumps({"type": "ERROR", "object": status}).encode() + b"\n")
