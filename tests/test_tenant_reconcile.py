@@ -21,6 +21,7 @@ from paybill.lifecycle.machine import Event
 from paybill.lifecycle.outcome import Touch
 from paybill.lifecycle.reconcile import (
     ConvergeObject,
+    DataHealth,
     DataPlacement,
     DeleteNamespace,
     EnterPhase,
@@ -31,11 +32,13 @@ from paybill.lifecycle.reconcile import (
     Outcome,
     PlanObject,
     ProvisionData,
+    PublishCredentials,
     RemoveData,
     SetAccess,
     TakeBackup,
     TenantObject,
     TouchPolicies,
+    data_problems,
     decide,
     failed,
     failed_offboarding,
@@ -517,3 +520,79 @@ def test_an_unforeseen_error_names_the_step_and_its_type() -> None:
     assert unforeseen.message == "TakeBackup failed: PermissionError: [Errno 1] Operation not permitted"
     known = failure_of(DatabaseUnavailable("connection refused\nDETAIL: more"), "ProvisionData")
     assert (known.kind, known.message) == (FailureKind.DATABASE_UNAVAILABLE, "connection refused")
+
+
+# --- the data of a provisioned tenant, checked on every reconcile and by the periodic resync --------------------
+
+
+def provisioned(phase: Phase = Phase.ACTIVE, access: Access = Access.FULL, healthy: bool | None = None) -> TenantObject:
+    conditions = () if healthy is None else (("DataHealthy", "True" if healthy else "False", "x"),)
+    database = DatabasePlacement.model_validate(at(Isolation.POOLED).to_status())
+    return with_status(tenant(phase, conditions=conditions), access=access, database=database, plan="pro")
+
+
+@pytest.mark.parametrize(
+    ("recorded", "health", "reason"),
+    [
+        (None, DataHealth(Access.FULL, True), "PlacementMissing"),
+        (Isolation.POOLED, DataHealth(Access.NONE, False), "AccessChanged"),
+        (Isolation.POOLED, DataHealth(Access.READ_ONLY, True), "AccessChanged"),
+        (Isolation.POOLED, DataHealth(Access.FULL, False), "CredentialsRejected"),
+    ],
+)
+def test_broken_data_is_said_repaired_and_verified(recorded: Isolation | None, health: DataHealth, reason: str) -> None:
+    outcome = decide(provisioned(), seen(recorded=recorded, health=health))
+    assert (
+        ProvisionData(Isolation.POOLED) in outcome.actions
+        and SetAccess(at(Isolation.POOLED), Access.FULL) in outcome.actions
+    )
+    assert PublishCredentials(at(Isolation.POOLED)) in outcome.actions
+    assert (condition(outcome, "DataHealthy").status, condition(outcome, "DataHealthy").reason) == ("False", reason)
+    assert (condition(outcome, "Ready").status, condition(outcome, "Ready").reason) == ("False", "Repairing")
+    assert [(e.reason, e.warning) for e in outcome.events] == [(reason, True)]
+    assert outcome.retry == 1.0  # looked at again at once, to verify the repair
+    assert outcome.status is not None and outcome.status.phase == Phase.ACTIVE and outcome.transitions == ()
+
+
+def test_verified_data_says_so_and_a_repair_is_announced_once() -> None:
+    healthy = DataHealth(Access.FULL, True)
+    after_repair = decide(provisioned(healthy=False), seen(recorded=Isolation.POOLED, health=healthy))
+    assert (
+        condition(after_repair, "DataHealthy").reason == "Verified"
+        and condition(after_repair, "Ready").status == "True"
+    )
+    assert [e.reason for e in after_repair.events] == ["DataRepaired"] and after_repair.retry is None
+    steady = decide(provisioned(healthy=True), seen(recorded=Isolation.POOLED, health=healthy))
+    assert steady.events == () and condition(steady, "DataHealthy").status == "True"
+
+
+@pytest.mark.parametrize(
+    ("tenant_now", "subscriptions", "health"),
+    [
+        # the operator is suspending it: the role still logs in, as it did until now
+        (provisioned(), (billed("canceled"),), DataHealth(Access.FULL, True)),
+        # the operator is resuming it: the role cannot log in yet
+        (provisioned(Phase.SUSPENDED, Access.NONE), (billed("active"),), DataHealth(Access.NONE, False)),
+        # suspended: a refused login is what suspension means
+        (provisioned(Phase.SUSPENDED, Access.NONE), (billed("canceled"),), DataHealth(Access.NONE, False)),
+    ],
+)
+def test_a_change_the_operator_is_making_is_not_taken_for_damage(
+    tenant_now: TenantObject, subscriptions: tuple[Billed, ...], health: DataHealth
+) -> None:
+    outcome = decide(tenant_now, seen(recorded=Isolation.POOLED, health=health, subscriptions=subscriptions))
+    assert (
+        data_problems(
+            tenant_now,
+            seen(recorded=Isolation.POOLED, health=health, subscriptions=subscriptions),
+            outcome.status.access,
+        )
+        == []
+    )  # type: ignore[union-attr]
+    assert condition(outcome, "DataHealthy").status == "True" and outcome.retry is None
+
+
+def test_a_tenant_not_yet_provisioned_is_not_checked() -> None:
+    outcome = decide(tenant(), seen(health=DataHealth(Access.NONE, False)))
+    assert outcome.status is not None and "DataHealthy" not in {c.type for c in outcome.status.conditions}
+    assert data_problems(tenant(), seen(), Access.FULL) == []

@@ -18,6 +18,9 @@ from ..errors import first_line
 from .errors import DatabaseUnavailable
 from .placement import BRIDGE_DATABASE, POOLED_DATABASE
 
+# What PostgreSQL answers to credentials it refuses (its messages; a refusal at connect carries no SQLSTATE here).
+LOGIN_REFUSALS = ("password authentication failed", "is not permitted to log in", "permission denied for database",
+                  "does not exist")
 LOCK_TIMEOUT_MS = 20000  # a lock a tenant holds makes the operator's step fail loudly (and retry), never hang
 
 
@@ -61,6 +64,17 @@ class Connections:
             "port": port,
             "uri": conninfo.make_conninfo(host=host, port=port, dbname=database, user=role, password=password),
         }
+
+    def logs_in(self, uri: str) -> bool:
+        """Whether a tenant's or agent's credentials log in. False when the server refuses them (password,
+        LOGIN, CONNECT); DatabaseUnavailable when it cannot be reached or is busy (no verdict on the credentials)."""
+        try:
+            psycopg.connect(uri, connect_timeout=5).close()
+        except psycopg.OperationalError as exc:
+            if any(refusal in str(exc) for refusal in LOGIN_REFUSALS):
+                return False
+            raise DatabaseUnavailable(f"cannot connect to the tenant database server: {first_line(exc)}") from None
+        return True
 
     def connect(self, database: str | None = None) -> psycopg.Connection:
         """A cached autocommit connection for this thread (the operator's database when None)."""

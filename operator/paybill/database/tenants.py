@@ -55,6 +55,7 @@ class TenantDatabases:
         # What callers use, by concern. Connections:
         self.dsn = self.connections.dsn
         self.login_fields = self.connections.login_fields
+        self.logs_in = self.connections.logs_in
         self.connect = self.connections.connect
         self.session = self.connections.session
         self.close = self.connections.close

@@ -21,10 +21,14 @@ import kopf
 import urllib3
 
 from ..api.meta import API_VERSION
+from ..api.tenant import Access
+from ..database import DatabaseUnavailable, TenantDatabases
 from ..kubeclient import Kube, KubeError, load_config, resource_path
 from ..lifecycle.drift import Drift, Key, OwnedAction, drift, key_of, maintained, owned_action
-from ..lifecycle.tenant import TENANT_LABEL, owned_manifests
+from ..lifecycle.reconcile import DataPlacement, Observed, TenantObject, data_problems
+from ..lifecycle.tenant import TENANT_LABEL, SecretConflict, owned_manifests
 from .apply import TRIGGER
+from .health import checked, observe_health
 
 RBAC = "rbac.authorization.k8s.io/v1"
 OWNED = (
@@ -152,10 +156,30 @@ def resync(kube: Kube) -> dict[str, list[Drift]]:
     return found
 
 
+def resync_data(kube: Kube, databases: TenantDatabases) -> dict[str, list[tuple[str, str]]]:
+    """Check every provisioned Tenant's data (placement record, role access, credentials); annotate each one
+    found broken, so that its reconcile says so and repairs it."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for manifest in kube.list(API_VERSION, "tenants"):
+        tenant = TenantObject.of(manifest)
+        if not checked(tenant) or tenant.status.access is None:
+            continue
+        recorded, _, _ = databases.recorded(tenant.name)
+        try:
+            health = observe_health(kube, databases, tenant, recorded) if recorded else None
+        except SecretConflict:  # not the tenant's Secret: its reconcile says so
+            continue
+        seen = Observed(data=DataPlacement(recorded), health=health)
+        if problems := data_problems(tenant, seen, Access(tenant.status.access)):
+            found[tenant.name] = problems
+            _touch(kube, tenant.name, f"resync: {problems[0][0]}@{manifest['metadata'].get('resourceVersion', '')}")
+    return found
+
+
 class Resync(threading.Thread):
-    def __init__(self, period: float, stop: threading.Event) -> None:
+    def __init__(self, period: float, stop: threading.Event, memo: kopf.Memo) -> None:
         super().__init__(name="paybill-resync", daemon=True)
-        self.period, self.stop = period, stop
+        self.period, self.stop, self.memo = period, stop, memo
 
     def run(self) -> None:
         kube = Kube()
@@ -163,7 +187,10 @@ class Resync(threading.Thread):
             try:
                 for name, drifts in resync(kube).items():
                     logger.info("resync: tenant %s drifted from its plan: %s", name, ", ".join(map(str, drifts)))
-            except (KubeError, OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
+                databases: TenantDatabases | None = self.memo.databases
+                for name, problems in (resync_data(kube, databases) if databases else {}).items():
+                    logger.warning("resync: tenant %s: %s", name, "; ".join(message for _, message in problems))
+            except (KubeError, DatabaseUnavailable, OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
                 logger.warning("resync failed (%s); next in %s s", exc, self.period)
             except Exception:  # the loop must not die: log and go on
                 logger.exception("resync crashed; next in %s s", self.period)
@@ -179,7 +206,7 @@ def start_repair(memo: kopf.Memo, **_: Any) -> None:
     memo.repair_stop = threading.Event()
     for api_version, plural, kind in OWNED:
         OwnedObjectsWatch(api_version, plural, kind, memo.repair_stop).start()
-    Resync(resync_period(os.environ), memo.repair_stop).start()
+    Resync(resync_period(os.environ), memo.repair_stop, memo).start()
 
 
 @kopf.on.cleanup()

@@ -18,13 +18,14 @@ from ..api.meta import API_VERSION, GROUP, VERSION
 from ..api.plan import PlanSpec
 from ..api.subscription import SubscriptionSpec
 from ..api.tenant import TenantPhase as Phase
-from ..api.tenant import TenantSpec, TenantStatus
 from ..billing.subscription import Billed
 from ..database import DatabaseUnavailable, TenantDatabases
 from ..lifecycle import reconcile as decisions
 from ..lifecycle.reconcile import Observed, Outcome, TenantObject
+from ..lifecycle.tenant import SecretConflict
 from . import events
 from .apply import operator_namespace, post
+from .health import checked, observe_health
 from .tenant_actions import TenantActions, failure_of
 
 
@@ -36,13 +37,7 @@ def subscriptions_by_tenant(name: str, spec: kopf.Spec, **_: Any) -> dict[str, B
 
 def read(body: kopf.Body) -> TenantObject:
     """The Tenant, parsed once through its models."""
-    return TenantObject(
-        name=body.metadata.name,
-        uid=body.metadata.uid,
-        spec=TenantSpec.model_validate(dict(body.spec)),
-        status=TenantStatus.model_validate(dict(body.get("status") or {})),
-        generation=body.metadata.get("generation"),
-    )
+    return TenantObject.of(body)
 
 
 def observe(tenant: TenantObject, memo: kopf.Memo, subscriptions: list[Billed], retry: int) -> Observed:
@@ -56,22 +51,24 @@ def observe(tenant: TenantObject, memo: kopf.Memo, subscriptions: list[Billed], 
         operator_namespace=operator_namespace(),
         database_configured=memo.databases is not None,
         retry=retry,
-        **_observe_data(tenant, memo.databases, spec.isolation if spec else None),
+        **_observe_data(tenant, memo, spec.isolation if spec else None),
     )
 
 
-def _observe_data(tenant: TenantObject, databases: TenantDatabases | None, isolation: str | None) -> dict[str, Any]:
+def _observe_data(tenant: TenantObject, memo: kopf.Memo, isolation: str | None) -> dict[str, Any]:
+    databases: TenantDatabases | None = memo.databases
     if databases is None:
         return {}
     try:
         current, _, previous = databases.recorded(tenant.name)
         target = databases.placement_for(tenant.name, isolation) if isolation else None
         left = (databases.placement_for(tenant.name, previous),) if previous else ()
-    except (DatabaseUnavailable, psycopg.Error) as exc:
+        health = observe_health(memo.kube, databases, tenant, current) if current and checked(tenant) else None
+    except (DatabaseUnavailable, psycopg.Error, SecretConflict) as exc:
         return {"data_error": failure_of(exc, "reading the placement")}
     backup = tenant.status.backup
     intact = backup is not None and _intact(Path(backup.location), backup.sha256)
-    return {"data": decisions.DataPlacement(current, left, target), "backup_intact": intact}
+    return {"data": decisions.DataPlacement(current, left, target), "backup_intact": intact, "health": health}
 
 
 def decide_safely(tenant: TenantObject, decide: Callable[[], Outcome], retry: int) -> Outcome:

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from ..database.placement import Placement
 
 RETRY_DELAY = 10.0  # the first wait; later ones back off (machine.retry_delay), capped at 5 minutes
+VERIFY_DELAY = 1.0  # after a repair of broken data, look again this soon
 NO_DATABASE = "the operator has no tenant database: set PAYBILL_DATABASE_URL and restart it"
 
 
@@ -53,6 +54,18 @@ class TenantObject:
     spec: TenantSpec
     status: TenantStatus = field(default_factory=TenantStatus)
     generation: int | None = None
+
+    @classmethod
+    def of(cls, manifest: Mapping[str, Any]) -> TenantObject:
+        """Parse a Tenant as the API server returned it."""
+        meta = manifest["metadata"]
+        return cls(
+            name=meta["name"],
+            uid=meta["uid"],
+            spec=TenantSpec.model_validate(dict(manifest["spec"])),
+            status=TenantStatus.model_validate(dict(manifest.get("status") or {})),
+            generation=meta.get("generation"),
+        )
 
     @property
     def phase(self) -> Phase:
@@ -89,6 +102,14 @@ class DataPlacement:
 
 
 @dataclass(frozen=True)
+class DataHealth:
+    """How the tenant's data answers now: what its role may do, and whether its credentials Secret logs in."""
+
+    access: Access
+    logs_in: bool | None = None  # None: there were no credentials to try
+
+
+@dataclass(frozen=True)
 class Observed:
     """The world as the handler read it for one reconcile."""
 
@@ -100,6 +121,7 @@ class Observed:
     data: DataPlacement | None = None
     data_error: Failure | None = None  # reading the placement failed: the reconcile fails after the namespace
     backup_intact: bool = False
+    health: DataHealth | None = None  # checked once the tenant was provisioned
     now: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.UTC))
     retry: int = 0
 
@@ -358,7 +380,12 @@ def decide(tenant: TenantObject, seen: Observed) -> Outcome:
 
     status.condition("Billing", billing.restriction == Restriction.NONE, _camel(billing.restriction), billing.message)
     events = _plan_mismatch(tenant, status, seen.subscriptions)
-    if causes:
+    broken = data_problems(tenant, seen, access)
+    events += _data_health(tenant, status, broken, checked=seen.health is not None and _provisioned(tenant))
+    if broken:
+        found = "; ".join(message for _, message in broken)
+        status.condition("Ready", False, "Repairing", f"{found}; repaired as the plan says, verifying")
+    elif causes:
         status.condition("Ready", False, "Suspended", f"suspended ({', '.join(causes)}); data kept, logins refused")
     else:
         read_only = "; data is read-only" if access == Access.READ_ONLY else ""
@@ -386,7 +413,48 @@ def decide(tenant: TenantObject, seen: Observed) -> Outcome:
             credentialsSecret=CREDENTIALS_SECRET,
         ),
         events=events,
+        retry=VERIFY_DELAY if broken else None,
+        retry_message="verifying the repair of the tenant's data",
     )
+
+
+def data_problems(tenant: TenantObject, seen: Observed, access: Access) -> list[tuple[str, str]]:
+    """What is wrong with a provisioned tenant's data that the operator did not do: its placement record gone,
+    its role's access changed, its credentials refused. Only in a steady state (the access it should have is
+    the access it had), so a change the operator is making is never taken for damage."""
+    if not _provisioned(tenant):
+        return []
+    problems = []
+    if seen.data is not None and seen.data.recorded is None:
+        problems.append(("PlacementMissing", "the record of where the tenant's data lives was missing"))
+    health, steady = seen.health, tenant.status.access == access
+    if health is not None and steady and health.access != access:
+        problems.append(("AccessChanged", f"the tenant's role had access {health.access}, not {access}"))
+    if health is not None and steady and access != Access.NONE and health.logs_in is False:
+        problems.append(("CredentialsRejected", f"the credentials in secret {CREDENTIALS_SECRET} did not log in"))
+    return problems
+
+
+def _provisioned(tenant: TenantObject) -> bool:
+    """Provisioned and kept serving: the tenants whose data is checked."""
+    return tenant.status.database is not None and tenant.phase in (Phase.ACTIVE, Phase.SUSPENDED)
+
+
+def _data_health(
+    tenant: TenantObject, status: _Status, problems: list[tuple[str, str]], checked: bool
+) -> tuple[Notice, ...]:
+    """DataHealthy False and a Warning Event while the data is broken; True again (and an Event) once verified."""
+    previous = tenant.condition("DataHealthy")
+    if problems:
+        reason, message = problems[0][0], "; ".join(m for _, m in problems)
+        status.condition("DataHealthy", False, reason, message)
+        return (Notice(reason, f"{message}; repairing", warning=True),)
+    if not checked:
+        return ()
+    status.condition("DataHealthy", True, "Verified", "placement recorded, role access as planned, credentials log in")
+    if previous is not None and previous.status == "False":
+        return (Notice("DataRepaired", "the tenant's data answers as planned again"),)
+    return ()
 
 
 def failed(tenant: TenantObject, failure: Failure, retry: int, phase: Phase | None = None) -> Outcome:

@@ -1,0 +1,95 @@
+"""Faults injected behind the operator's back into a provisioned tenant's data: each is noticed within one resync
+period, said in a condition and a Warning Event while it is broken, and repaired (issue 13, items 1 and 7)."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+from paybill.database.server import LocalPostgres
+
+API = "paybill.dev/v1alpha1"
+pytestmark = pytest.mark.slow
+_names = itertools.count()
+
+
+@pytest.fixture
+def resync_often(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Set before the operator starts (list it before `operator`): the periodic check runs every 2 s."""
+    monkeypatch.setenv("PAYBILL_RESYNC_SECONDS", "2")
+
+
+def active_tenant(cluster: Any) -> tuple[str, dict[str, Any]]:
+    name = f"fault{next(_names)}"
+    cluster.kube.apply(
+        {
+            "apiVersion": API,
+            "kind": "Plan",
+            "metadata": {"name": "pooled"},
+            "spec": {"tier": "pro", "isolation": "pooled"},
+        }
+    )
+    cluster.kube.apply({"apiVersion": API, "kind": "Tenant", "metadata": {"name": name}, "spec": {"planRef": "pooled"}})
+    status = cluster.eventually(lambda: healthy(cluster, name), timeout=60)
+    return name, status
+
+
+def healthy(cluster: Any, name: str) -> dict[str, Any] | None:
+    status = (cluster.kube.get(API, "tenants", name) or {}).get("status") or {}
+    conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
+    ok = status.get("phase") == "Active" and conditions.get("Ready") == "True"
+    return status if ok and conditions.get("DataHealthy") == "True" else None
+
+
+def logs_in(cluster: Any, name: str) -> bool:
+    secret = cluster.kube.get("v1", "secrets", "paybill-database", f"tenant-{name}")
+    try:
+        psycopg.connect(base64.b64decode(secret["data"]["uri"]).decode(), connect_timeout=3).close()
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
+def reasons(cluster: Any, name: str) -> list[str]:
+    return [e["reason"] for e in cluster.kube.list("v1", "events") if e["involvedObject"]["name"] == name]
+
+
+def warnings(cluster: Any, name: str) -> list[str]:
+    return [
+        e["reason"]
+        for e in cluster.kube.list("v1", "events")
+        if e["involvedObject"]["name"] == name and e["type"] == "Warning"
+    ]
+
+
+FAULTS: dict[str, tuple[str, Callable[[psycopg.Connection, str, str], object]]] = {
+    "login disabled": ("AccessChanged", lambda conn, _tenant, role: conn.execute(f'ALTER ROLE "{role}" NOLOGIN')),
+    "password changed": (
+        "CredentialsRejected",
+        lambda conn, _tenant, role: conn.execute(f"ALTER ROLE \"{role}\" PASSWORD 'rotated-behind-its-back'"),
+    ),
+    "placement record lost": (
+        "PlacementMissing",
+        lambda conn, tenant, _role: conn.execute("DELETE FROM paybill.placements WHERE tenant = %s", (tenant,)),
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_broken_data_is_noticed_said_and_repaired(
+    resync_often: None, operator: Any, postgres: LocalPostgres, fault: str
+) -> None:
+    name, status = active_tenant(operator)
+    assert logs_in(operator, name)
+    reason, inject = FAULTS[fault]
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        inject(conn, name, status["database"]["role"])
+    assert operator.eventually(lambda: reason in warnings(operator, name), timeout=40)
+    operator.eventually(lambda: "DataRepaired" in reasons(operator, name), timeout=40)  # after a verifying look
+    operator.eventually(lambda: healthy(operator, name), timeout=40)
+    assert logs_in(operator, name)
