@@ -13,7 +13,7 @@ import pytest
 from paybill.api.meta import Condition
 from paybill.api.plan import Isolation, PlanSpec
 from paybill.api.subscription import SubscriptionSpec
-from paybill.api.tenant import Access, BackupStatus, DatabasePlacement, TenantSpec, TenantStatus
+from paybill.api.tenant import Access, BackupStatus, TenantSpec, TenantStatus
 from paybill.api.tenant import TenantPhase as Phase
 from paybill.billing.subscription import Billed
 from paybill.database import Placement, placement_at
@@ -115,7 +115,7 @@ def test_a_new_tenant_is_placed_then_made_active_along_the_table() -> None:
     assert outcome.actions[11] == SetAccess(at(Isolation.POOLED), Access.FULL)
     assert steps(outcome) == [("Pending", "provision", "Provisioning"), ("Provisioning", "provisioned", "Active")]
     assert outcome.status is not None and outcome.status.phase == Phase.ACTIVE
-    assert outcome.status.database == DatabasePlacement.model_validate(at(Isolation.POOLED).to_status())
+    assert outcome.status.database == at(Isolation.POOLED).to_model()
     assert outcome.status.credentialsSecret == "paybill-database"
     assert (condition(outcome, "Ready").status, condition(outcome, "Ready").reason) == ("True", "Provisioned")
     assert outcome.retry is None and outcome.events == ()
@@ -404,7 +404,7 @@ def test_subscriptions_are_touched_when_the_tenants_plan_changes() -> None:
 
 
 def test_agent_policies_are_touched_only_when_access_or_placement_changes() -> None:
-    database = DatabasePlacement.model_validate(at(Isolation.POOLED).to_status())
+    database = at(Isolation.POOLED).to_model()
     settled = with_status(tenant(Phase.ACTIVE), access=Access.FULL, database=database, plan="pro")
     assert not any(isinstance(a, TouchPolicies) for a in decide(settled, seen()).actions)
     suspended = decide(settled, seen(subscriptions=(billed("canceled"),)))
@@ -527,7 +527,7 @@ def test_an_unforeseen_error_names_the_step_and_its_type() -> None:
 
 def provisioned(phase: Phase = Phase.ACTIVE, access: Access = Access.FULL, healthy: bool | None = None) -> TenantObject:
     conditions = () if healthy is None else (("DataHealthy", "True" if healthy else "False", "x"),)
-    database = DatabasePlacement.model_validate(at(Isolation.POOLED).to_status())
+    database = at(Isolation.POOLED).to_model()
     return with_status(tenant(phase, conditions=conditions), access=access, database=database, plan="pro")
 
 

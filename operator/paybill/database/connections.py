@@ -19,8 +19,12 @@ from .errors import DatabaseUnavailable
 from .placement import BRIDGE_DATABASE, POOLED_DATABASE
 
 # What PostgreSQL answers to credentials it refuses (its messages; a refusal at connect carries no SQLSTATE here).
-LOGIN_REFUSALS = ("password authentication failed", "is not permitted to log in", "permission denied for database",
-                  "does not exist")
+LOGIN_REFUSALS = (
+    "password authentication failed",
+    "is not permitted to log in",
+    "permission denied for database",
+    "does not exist",
+)
 LOCK_TIMEOUT_MS = 20000  # a lock a tenant holds makes the operator's step fail loudly (and retry), never hang
 
 

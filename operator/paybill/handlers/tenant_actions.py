@@ -93,7 +93,9 @@ class TenantActions:
                     )
             case decisions.TakeBackup(placement, label):
                 assert databases is not None
-                self.backup = decisions.backup_status(databases.backup(placement, label).to_status(), now_rfc3339())
+                self.backup = (
+                    databases.backup(placement, label).to_model().model_copy(update={"takenAt": now_rfc3339()})
+                )
                 self.patch_status({"backup": self.backup.model_dump(mode="json", exclude_none=True)})
                 message = f"final backup at {self.backup.location} (sha256 {self.backup.sha256})"
                 events.info(self.body, reason="BackupTaken", message=message)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..api.meta import Condition
 from ..api.plan import Isolation, PlanSpec
 from ..api.subscription import Restriction
-from ..api.tenant import Access, BackupStatus, DatabasePlacement, DeletionPolicy, TenantSpec, TenantStatus
+from ..api.tenant import Access, BackupStatus, DeletionPolicy, TenantSpec, TenantStatus
 from ..api.tenant import TenantPhase as Phase
 from ..billing.subscription import Billed, billing_of
 from .conditions import set_condition
@@ -390,7 +390,7 @@ def decide(tenant: TenantObject, seen: Observed) -> Outcome:
     else:
         read_only = "; data is read-only" if access == Access.READ_ONLY else ""
         status.condition("Ready", True, "Provisioned", f"tenant is active on plan {plan.name}{read_only}")
-    database = DatabasePlacement.model_validate(placement.to_status())
+    database = placement.to_model()
     if tenant.status.plan != plan.name:  # its subscriptions check the plan they bill again
         actions += [Touch("subscriptions", billed.name, "tenant-plan", plan.name) for billed in seen.subscriptions]
     grants = agent_grants_key(str(access), database.model_dump(by_alias=True))
@@ -534,10 +534,6 @@ def failed_offboarding(tenant: TenantObject, failure: Failure, phase: Phase | No
         retry_message=outcome.retry_message,
         offboarding=True,
     )
-
-
-def backup_status(taken: Mapping[str, Any], taken_at: str) -> BackupStatus:
-    return BackupStatus.model_validate({**taken, "takenAt": taken_at})
 
 
 def destroyed(backup: BackupStatus) -> BackupStatus:
