@@ -134,6 +134,25 @@ def test_past_its_bound_the_buffer_refuses_loudly_and_the_chain_records_how_many
     assert log.verify() == 6 and log.dropped == 0
 
 
+@pytest.mark.parametrize(
+    "details", [{"why": "nul \x00 here"}, {"nul\x00key": 1}, {"n": float("nan")}, {"s": ["\ud800"]}]
+)
+def test_a_record_no_database_could_store_is_refused_before_it_waits(
+    server: LocalPostgres, dsn: str, databases: TenantDatabases, tmp_path: Path, details: dict[str, Any]
+) -> None:
+    """Refused to the caller at once, so that it never sits in the buffer blocking the records after it."""
+    log = AuditLog(databases.connect, FileCheckpoint(tmp_path / "audit"), retry_interval=0.2)
+    server.stop()
+    try:
+        with pytest.raises(ValueError):
+            log.append("Tenant", "acme", "step", details)
+        assert log.append("Tenant", "acme", "step", {"n": 1}) is None
+        assert log.pending == 1
+    finally:
+        server.start()
+    within(30, lambda: [r.details for r in stored(dsn)] == [{"n": 1}])
+
+
 # --- (2) a crash that loses the tail: verify says so, with the count ------------------------------------------
 
 

@@ -3,7 +3,8 @@
 - after each commit the chain's head is checkpointed outside the database (checkpoint.py), so `verify` sees a
   tail the database lost ("truncated: N records missing after seq X");
 - a record that cannot be written (the database unreachable) waits in memory, at most `buffer_limit` of them,
-  and is written in order, still chained, by the next append or a background retry. Past the bound an append
+  and is written in order, still chained, by a background retry (every `retry_interval`) or by an append
+  that finds the buffer full; meanwhile appends do not touch the database (no wait). Past the bound an append
   raises `AuditUnavailable` and the record is not kept; the chain then says how many were dropped (a
   `RecordsDropped` record). What waits is lost if the operator stops before the database is back (its log
   says how many).
@@ -29,7 +30,9 @@ from .checkpoint import CheckpointStore, CheckpointUnavailable
 
 BUFFER_LIMIT = 10_000  # records waiting for the database: about 10-20 MB at most (details are small)
 RETRY_INTERVAL = 2.0  # seconds between background attempts while records wait
-UNREACHABLE = (DatabaseUnavailable, psycopg.OperationalError)  # a lock timeout is one too: retried alike
+# The database cannot take records now (down, a lock timeout, read-only, out of disk...): they wait. What no
+# database could ever store is refused before it waits (`storable`), so nothing that waits blocks the rest.
+WRITE_FAILURES = (DatabaseUnavailable, psycopg.Error)
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ class AuditLog:
         self._waiting: deque[Entry] = deque()
         self.dropped = 0  # records refused since the buffer filled; written as one RecordsDropped record
         self._lock = threading.RLock()
-        self._flusher: threading.Thread | None = None
+        self._outage: threading.Event | None = None  # set while a background retry runs; set() ends it
         self._closing = threading.Event()
 
     @property
@@ -90,15 +93,20 @@ class AuditLog:
     def _setup(self, conn: psycopg.Connection) -> None:
         if self._chain is not None:
             return
-        create_idempotently(conn, _create_log)
+        if not _log_exists(conn):  # DDL only the first time: concurrent REVOKEs fail ("tuple concurrently updated")
+            try:
+                create_idempotently(conn, _create_log)
+            except psycopg.errors.InternalError_:
+                if not _log_exists(conn):  # not that race, then
+                    raise
         row = conn.execute("SELECT id FROM paybill.audit_chain").fetchone()
         assert row is not None
         self._chain = str(row[0])
 
     def append(self, kind: str, name: str, event: str, details: dict[str, Any]) -> AuditRecord | None:
         """The record, written and checkpointed; None if it waits for the database (AuditUnavailable if it
-        cannot even wait)."""
-        entry = Entry(kind, name, event, json.loads(json.dumps(details, default=str)))
+        cannot even wait; ValueError, and nothing kept, if PostgreSQL could never store it)."""
+        entry = storable(kind, name, event, details)
         with self._lock:
             if len(self._waiting) >= self._limit:
                 self._flush()
@@ -110,6 +118,8 @@ class AuditLog:
                     "is not kept (the chain will say how many were dropped)"
                 )
             self._waiting.append(entry)
+            if self._outage is not None:  # the background retry writes it, after those before it; no wait here
+                return None
             written = self._flush()
             return written[-1] if written else None
 
@@ -123,12 +133,14 @@ class AuditLog:
         """A last attempt to write what waits; what cannot be is reported (it is lost with this process)."""
         self._closing.set()
         left = self.flush()
+        if self._outage is not None:
+            self._outage.set()  # the background retry ends
         if left or self.dropped:
             logger.error("audit log: %d records never reached the database (and %d were dropped)", left, self.dropped)
 
     def _flush(self) -> list[AuditRecord]:
         """Everything waiting, in one transaction, then the checkpoint; [] and a background retry if the database
-        is unreachable."""
+        cannot take it now."""
         batch = list(self._waiting)
         if self.dropped:
             batch.append(Entry("AuditLog", "buffer", "RecordsDropped", {"count": self.dropped, "bound": self._limit}))
@@ -136,15 +148,28 @@ class AuditLog:
         if batch:
             try:
                 written = self._write(batch)
-            except UNREACHABLE as exc:
-                if self._flusher is None:
+            except WRITE_FAILURES as exc:
+                if self._outage is None and not self._closing.is_set():
                     logger.warning("audit log: database unreachable, %d records wait: %s", len(batch), first_line(exc))
-                    self._start_flusher()
+                    self._outage = threading.Event()
+                    threading.Thread(target=self._retry, args=(self._outage,), name="audit-flush", daemon=True).start()
                 return []
             self._waiting.clear()
             self.dropped = 0
+            if self._outage is not None:
+                logger.info("audit log: the database is back, %d records written", len(written))
+                self._outage.set()
+                self._outage = None
         self._save_checkpoint()
         return written
+
+    def _retry(self, over: threading.Event) -> None:
+        """Until the outage is over (a flush wrote everything) or the log closes: try again every interval."""
+        while not over.wait(self._interval):
+            try:
+                self.flush()
+            except Exception:  # a bug must not end the retries silently: what waits would wait for ever
+                logger.exception("audit log: writing the records that wait failed")
 
     def _write(self, batch: list[Entry]) -> list[AuditRecord]:
         conn = self._connect()
@@ -195,21 +220,6 @@ class AuditLog:
             return
         self._saved = head.seq
 
-    def _start_flusher(self) -> None:
-        self._flusher = threading.Thread(target=self._retry_until_written, name="audit-flush", daemon=True)
-        self._flusher.start()
-
-    def _retry_until_written(self) -> None:
-        while not self._closing.wait(self._interval):
-            with self._lock:
-                self._flush()
-                if not self._waiting and not self.dropped:
-                    logger.info("audit log: the records that waited are written")
-                    self._flusher = None
-                    return
-        with self._lock:
-            self._flusher = None
-
     def records(self, kind: str | None = None, name: str | None = None) -> list[AuditRecord]:
         conn = self._connect()
         self._setup(conn)
@@ -226,6 +236,36 @@ class AuditLog:
         records = self.records()
         checkpoint = self._checkpoint.load(self.chain) if self._checkpoint is not None else None
         return check_chain(records, checkpoint)
+
+
+def storable(kind: str, name: str, event: str, details: dict[str, Any]) -> Entry:
+    """The entry as it will be stored (details through JSON), or ValueError if PostgreSQL would refuse it: a NUL
+    character in text, a NaN, a lone surrogate."""
+    normal = json.loads(json.dumps(details, default=str, allow_nan=False))
+    texts = [kind, name, event, *_strings(normal)]
+    for text in texts:
+        text.encode()  # UnicodeEncodeError (a ValueError) for a lone surrogate
+        if "\x00" in text:
+            raise ValueError("an audit record cannot hold a NUL character")
+    return Entry(kind, name, event, normal)
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for key, item in value.items() for text in (key, *_strings(item))]
+    if isinstance(value, list):
+        return [text for item in value for text in _strings(item)]
+    return []
+
+
+def _log_exists(conn: psycopg.Connection) -> bool:
+    """Both tables (made, with the chain's id, in one transaction)."""
+    row = conn.execute(
+        "SELECT to_regclass('paybill.audit_log') IS NOT NULL AND to_regclass('paybill.audit_chain') IS NOT NULL"
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def _create_log(conn: psycopg.Connection) -> None:
