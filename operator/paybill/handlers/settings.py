@@ -11,10 +11,12 @@ from typing import Any
 
 import kopf
 
-from ..audit import AuditLog
+from ..api.crdgen import all_crds
+from ..audit import AuditLog, CheckpointStore, ConfigMapCheckpoint, FileCheckpoint
 from ..database import TenantDatabases
 from ..kubeclient import Kube, load_config
-from . import events
+from . import events, watches
+from .apply import operator_namespace
 from .persistence import PREFIX, DigestDiffBaseStorage
 
 DATABASE_URL_ENV = "PAYBILL_DATABASE_URL"
@@ -23,16 +25,29 @@ STATE_DIR_ENV = "PAYBILL_STATE_DIR"
 WORKER_LIMIT_ENV = "PAYBILL_WORKER_LIMIT"
 
 
+def state_directory(environ: Mapping[str, str]) -> Path:
+    """The operator's state directory: PAYBILL_STATE_DIR, else $XDG_STATE_HOME/paybill, else
+    ~/.local/state/paybill (never a shared temporary directory)."""
+    if environ.get(STATE_DIR_ENV):
+        return Path(environ[STATE_DIR_ENV])
+    home = Path(environ.get("HOME") or Path.home())
+    return Path(environ.get("XDG_STATE_HOME") or home / ".local" / "state") / "paybill"
+
+
 def backup_directory(environ: Mapping[str, str]) -> Path:
-    """Where final backups go: PAYBILL_BACKUP_DIR, else `backups` in the operator's state directory
-    (PAYBILL_STATE_DIR, else $XDG_STATE_HOME/paybill, else ~/.local/state/paybill), never a shared temporary
-    directory. It is made 0700 and files in it 0600 when the first backup is written."""
+    """Where final backups go: PAYBILL_BACKUP_DIR, else `backups` in the operator's state directory. It is made
+    0700 and files in it 0600 when the first backup is written."""
     if environ.get(BACKUP_DIR_ENV):
         return Path(environ[BACKUP_DIR_ENV])
-    if environ.get(STATE_DIR_ENV):
-        return Path(environ[STATE_DIR_ENV]) / "backups"
-    home = Path(environ.get("HOME") or Path.home())
-    return Path(environ.get("XDG_STATE_HOME") or home / ".local" / "state") / "paybill" / "backups"
+    return state_directory(environ) / "backups"
+
+
+def checkpoint_store(environ: Mapping[str, str], kube: Kube, namespace: str | None) -> CheckpointStore:
+    """Where the audit chain's head is kept: a ConfigMap in the operator's namespace when it has one (it outlives
+    the Pod, whose state directory may be an emptyDir), else `audit/` in the state directory (a local run)."""
+    if namespace:
+        return ConfigMapCheckpoint(kube, namespace)
+    return FileCheckpoint(state_directory(environ) / "audit")
 
 
 @kopf.on.startup()
@@ -58,17 +73,52 @@ def configure(
     database_url = os.environ.get(DATABASE_URL_ENV) or None
     backup_dir = backup_directory(os.environ)
     memo.databases = TenantDatabases(database_url, backup_dir) if database_url else None
-    memo.audit = AuditLog(memo.databases.connect) if memo.databases else None
+    checkpoint = checkpoint_store(os.environ, memo.kube, operator_namespace())
+    memo.audit = AuditLog(memo.databases.connect, checkpoint) if memo.databases else None
     logger.info(
         "Paybill operator started; tenant database %s; backups in %s",
         "configured" if database_url else f"not configured (set {DATABASE_URL_ENV})",
         backup_dir,
     )
+    watches.PROGRESS.reset()
+    watches.observe_kopf_watches()
+    missing = watches.missing_crds(memo.kube, tuple(crd["metadata"]["name"] for crd in all_crds()))
+    watches.PROGRESS.missing_at_start = missing
+    if missing:
+        logger.warning(
+            "Paybill's CRDs are not installed (%s): waiting for them, they are served as soon as they appear; "
+            "apply them (crds/, or `paybill crds`)",
+            ", ".join(missing),
+        )
+
+
+@kopf.on.cleanup()
+def flush_audit(memo: kopf.Memo, **_: Any) -> None:
+    """Records still waiting for the database get a last attempt; the log says how many could not be written."""
+    if memo.get("audit") is not None:
+        memo.audit.close()
 
 
 @kopf.on.probe(id="kube")
 def kube_reachable(memo: kopf.Memo, **_: Any) -> str:
-    return str(memo.kube.request("GET", "/version")["gitVersion"])
+    """The API server's version, or why it cannot be reached now (liveness is the watches probe's verdict:
+    a raising probe would be retried by kopf, and /healthz would hang instead of answering)."""
+    try:
+        return str(memo.kube.request("GET", "/version")["gitVersion"])
+    except Exception as error:  # any failure to reach it is a report, not a crash of the probe
+        return f"unreachable: {type(error).__name__}"
+
+
+# PERMANENT: a probe that raises fails /healthz (500) at once; by default kopf would retry it, and the request
+# would hang instead of failing.
+@kopf.on.probe(id="watches", errors=kopf.ErrorsMode.PERMANENT)
+def watches_progress(**_: Any) -> dict[str, Any]:
+    """Liveness: every watch stream made progress (an event, a bookmark, a listing) within the threshold;
+    streams waiting for a missing CRD are reported, not failed."""
+    health = watches.PROGRESS.health(watches.stale_after(os.environ))
+    if not health.alive:
+        raise kopf.PermanentError(health.failure())
+    return health.summary()
 
 
 @kopf.on.login()
