@@ -1,13 +1,25 @@
 """Backups of a tenant's data: a psql script (schema, then rows) in a directory only the operator can enter,
 with its sha256 and the tables' checksums; and its restore into a fresh database. pg_dump and psql get the
-password through their environment, never their command line."""
+password through their environment, never their command line.
+
+pg_dump and psql never outlive the operator: each runs in its own process group, killed on any exception
+(a timeout, an interrupt), and with a parent-death signal, so a SIGKILLed operator takes them along. One run at
+a time writes a backup: each holds an exclusive lock (flock on `<name>.lock`) while it writes `<name>.partial`
+and renames it; a second run of the same name waits for it, then writes its own (or gives up after
+`lock_wait` seconds with BackupInProgress, which callers retry like DatabaseUnavailable)."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import fcntl
 import hashlib
 import os
+import signal
 import stat
 import subprocess
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -22,6 +34,15 @@ from .migrations import LATEST, LEDGER, TABLES, schema_script
 from .moves import checksums
 from .placement import Placement
 from .server import tool_path
+
+LOCK_WAIT_SECONDS = 120.0  # how long a second backup of one name waits for the first before it gives up
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# libc's prctl, looked up here: a child between fork and exec should only call it, not load anything.
+_PRCTL: Callable[..., int] | None = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
+
+
+class BackupInProgress(DatabaseUnavailable):
+    """Another run is writing this backup; the caller retries later."""
 
 
 @dataclass(frozen=True)
@@ -43,19 +64,25 @@ class Backup:
 
 
 class Backups:
-    def __init__(self, connections: Connections, backup_dir: Path | None) -> None:
+    def __init__(self, connections: Connections, backup_dir: Path | None, lock_wait: float = LOCK_WAIT_SECONDS) -> None:
         self.connections = connections
         self.backup_dir = backup_dir
+        self.lock_wait = lock_wait
 
     def backup(self, placement: Placement, name: str) -> Backup:
         """A psql script that restores the tenant's tables into an empty database: schema, then data (from
         pg_dump; for pooled tenants COPY run as the tenant's own role under row security, so it holds only
         their rows, and needs no catalog a tenant may not read). Written 0600 beside, then renamed into a
-        0700 directory: a file at the final path is always complete, and only the operator can read it."""
+        0700 directory: a file at the final path is always complete, and only the operator can read it. Runs of
+        one name take turns (an exclusive lock on `<name>.lock`)."""
         if self.backup_dir is None:
             raise DatabaseUnavailable("no backup directory is configured")
         _private_directory(self.backup_dir)
         path = self.backup_dir / f"{name}.sql"
+        with _exclusive(path.with_suffix(".lock"), self.lock_wait):
+            return self._write(placement, path)
+
+    def _write(self, placement: Placement, path: Path) -> Backup:
         partial = path.with_suffix(".partial")
         with self.connections.session(placement.database) as conn:
             head = schema_script(placement.schema, conn)
@@ -93,9 +120,9 @@ class Backups:
             "--dbname",
             dbname,
         ]
-        result = subprocess.run(argv, stdout=out, stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL)
-        if result.returncode != 0:
-            raise DatabaseUnavailable(f"pg_dump failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+        returncode, _, stderr = run_child(argv, env, stdout=out)
+        if returncode != 0:
+            raise DatabaseUnavailable(f"pg_dump failed: {(stderr.strip().splitlines() or ['?'])[-1]}")
 
     def _copy_rows_as_tenant(self, placement: Placement, out: IO[str]) -> None:
         """Every table's rows as psql COPY blocks, read in one snapshot as the tenant's role."""
@@ -144,12 +171,71 @@ def restore_backup(admin_dsn: str, path: Path, database: str) -> None:
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
     dbname, env = _client_connection(conninfo.make_conninfo(admin_dsn, dbname=database))
-    result = subprocess.run(
-        [tool_path("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(path), "--dbname", dbname],
-        capture_output=True,
+    returncode, _, stderr = run_child(
+        [tool_path("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(path), "--dbname", dbname], env
+    )
+    if returncode != 0:
+        raise DatabaseUnavailable(f"restore failed: {(stderr.strip().splitlines() or ['?'])[-1]}")
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path, wait: float) -> Iterator[None]:
+    """Hold an exclusive flock on `lock_path` (created 0600, never removed: removing a lock file lets two runs
+    lock two different files). The kernel drops it when its holder dies, however it dies."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise BackupInProgress(
+                        f"another backup is being written to {lock_path.with_suffix('.sql')} (waited {wait:.0f} s)"
+                    ) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def run_child(argv: list[str], env: dict[str, str], stdout: IO[str] | int = subprocess.PIPE) -> tuple[int, str, str]:
+    """Run a client tool to its end: (exit status, stdout, stderr). It never outlives this process: its own
+    process group is killed on any exception here (a KeyboardInterrupt, a timeout), and a parent-death signal
+    kills it if this process dies (the signal follows the thread that started it, which waits here meanwhile)."""
+    process = subprocess.Popen(
+        argv,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
         text=True,
         env=env,
-        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_die_with(os.getpid()),
     )
-    if result.returncode != 0:
-        raise DatabaseUnavailable(f"restore failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+    try:
+        out, err = process.communicate()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
+    return process.returncode, out or "", err or ""
+
+
+def _die_with(parent: int) -> Callable[[], None] | None:
+    """What the child runs before exec: ask for SIGKILL when its parent dies, and die at once if the parent is
+    already gone (it died between fork and prctl). None where there is no prctl (not Linux)."""
+    prctl = _PRCTL
+    if prctl is None:
+        return None
+    kill = int(signal.SIGKILL)
+
+    def die_with_parent() -> None:
+        if prctl(PR_SET_PDEATHSIG, kill, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:
+            os.kill(os.getpid(), kill)
+
+    return die_with_parent
