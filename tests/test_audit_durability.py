@@ -216,6 +216,21 @@ def test_a_log_that_lost_every_record_is_truncated_after_seq_0(
         log.verify()
 
 
+def test_a_log_dropped_under_a_running_operator_is_truncated_not_started_again(
+    dsn: str, databases: TenantDatabases, tmp_path: Path
+) -> None:
+    log = AuditLog(databases.connect, FileCheckpoint(tmp_path / "audit"), retry_interval=0.1)
+    for n in range(3):
+        log.append("Tenant", "acme", "step", {"n": n})
+    with psycopg.connect(dsn, autocommit=True) as superuser:
+        superuser.execute("DROP SCHEMA paybill CASCADE")
+    assert log.append("Tenant", "acme", "step", {"n": 3}) is None  # waits; set up again by the retry
+    within(30, lambda: log.pending == 0)
+    assert [r.seq for r in stored(dsn)] == [4]
+    with pytest.raises(RecordsMissing, match=r"^truncated: 3 records missing after seq 0$"):
+        log.verify()
+
+
 def test_a_log_rewritten_at_the_checkpoint_is_a_broken_chain(
     dsn: str, databases: TenantDatabases, tmp_path: Path
 ) -> None:

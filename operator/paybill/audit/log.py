@@ -33,6 +33,7 @@ RETRY_INTERVAL = 2.0  # seconds between background attempts while records wait
 # The database cannot take records now (down, a lock timeout, read-only, out of disk...): they wait. What no
 # database could ever store is refused before it waits (`storable`), so nothing that waits blocks the rest.
 WRITE_FAILURES = (DatabaseUnavailable, psycopg.Error)
+MISSING = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
 
 logger = logging.getLogger(__name__)
 
@@ -149,8 +150,12 @@ class AuditLog:
             try:
                 written = self._write(batch)
             except WRITE_FAILURES as exc:
+                if isinstance(exc, MISSING):  # the log was dropped or the database replaced: set up again
+                    self._chain = None
                 if self._outage is None and not self._closing.is_set():
-                    logger.warning("audit log: database unreachable, %d records wait: %s", len(batch), first_line(exc))
+                    logger.warning(
+                        "audit log: the database cannot take records, %d wait: %s", len(batch), first_line(exc)
+                    )
                     self._outage = threading.Event()
                     threading.Thread(target=self._retry, args=(self._outage,), name="audit-flush", daemon=True).start()
                 return []
