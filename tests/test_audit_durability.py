@@ -18,6 +18,7 @@ from typing import Any
 import kubernetes
 import psycopg
 import pytest
+from kopf.testing import KopfRunner
 from psycopg import conninfo, sql
 
 from paybill.audit import AuditLog, AuditUnavailable, ChainBroken, RecordsMissing
@@ -28,6 +29,7 @@ from paybill.database.server import LocalPostgres
 from paybill.handlers.settings import checkpoint_store
 from paybill.kubeclient import Kube
 
+API = "paybill.dev/v1alpha1"
 _databases = itertools.count()
 
 
@@ -151,6 +153,71 @@ def test_a_record_no_database_could_store_is_refused_before_it_waits(
     finally:
         server.start()
     within(30, lambda: [r.details for r in stored(dsn)] == [{"n": 1}])
+
+
+@pytest.mark.slow
+def test_the_operators_transitions_during_an_outage_reach_the_chain_in_order(
+    server: LocalPostgres, cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real operator: a tenant created while PostgreSQL is stopped goes Provisioning -> Failed; those
+    records wait (no AuditUnavailable Event) and precede its later ones in the chain, which holds against the
+    operator's own checkpoint."""
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    monkeypatch.setenv("PAYBILL_DATABASE_URL", server.dsn)
+    monkeypatch.setenv("PAYBILL_STATE_DIR", str(tmp_path / "state"))
+    name, port = "outage", server.port
+    with KopfRunner(["run", "--all-namespaces", "--standalone", "-m", "paybill.handlers"], timeout=120) as runner:
+        server.stop()
+        try:
+            onboard(cluster, name)
+            cluster.eventually(lambda: status(cluster, name).get("phase") == "Failed", timeout=40)
+        finally:
+            server.start()
+        assert server.port == port, "the server came back on another port"
+        cluster.eventually(lambda: status(cluster, name).get("phase") == "Active", timeout=90)
+        transitions = cluster.eventually(lambda: tenant_records(server.dsn, name), timeout=30)
+    assert runner.exit_code == 0, runner.output
+    assert transitions[:2] == [("provision", "Provisioning"), ("fail", "Failed")], transitions
+    assert transitions[-1][1] == "Active"
+    reasons = {e.get("reason") for e in cluster.kube.list("v1", "events") if e["involvedObject"].get("name") == name}
+    assert "AuditUnavailable" not in reasons
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        checkpoint = FileCheckpoint(tmp_path / "state" / "audit")
+        log = AuditLog(lambda: conn, checkpoint)
+        assert log.verify() == len(log.records())
+        last = log.records()[-1]
+        assert checkpoint.load(log.chain) == Head(log.chain, last.seq, last.hash)
+
+
+def tenant_records(dsn: str, name: str) -> list[tuple[str, str]] | None:
+    """The tenant's (event, phase entered) records once it has reached Active in the chain."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        records = [(r.event, r.details["to"]) for r in AuditLog(lambda: conn).records("Tenant", name)]
+    return records if records and records[-1][1] == "Active" else None
+
+
+def onboard(cluster: Any, name: str) -> None:
+    cluster.kube.apply(
+        {
+            "apiVersion": API,
+            "kind": "Plan",
+            "metadata": {"name": "plan-pooled"},
+            "spec": {
+                "tier": "pooled",
+                "isolation": "pooled",
+                "quotas": {"cpu": "1", "memory": "1Gi", "storage": "1Gi"},
+            },
+        }
+    )
+    for kind, spec in (
+        ("Subscription", {"tenantRef": name, "planRef": "plan-pooled"}),
+        ("Tenant", {"planRef": "plan-pooled"}),
+    ):
+        cluster.kube.apply({"apiVersion": API, "kind": kind, "metadata": {"name": name}, "spec": spec})
+
+
+def status(cluster: Any, name: str) -> dict[str, Any]:
+    return (cluster.kube.get(API, "tenants", name) or {}).get("status") or {}
 
 
 # --- (2) a crash that loses the tail: verify says so, with the count ------------------------------------------
