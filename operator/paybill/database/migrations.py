@@ -1,7 +1,11 @@
 """The tenant application schema, as ordered migrations. Each runs once per schema, in a transaction.
 
 The tables are the same in every isolation model (tenant_id included), so moving a tenant between
-pooled, bridge and silo copies rows as they are and compares checksums of identical row text.
+pooled, bridge and silo copies rows as they are and compares checksums of identical row text. Every key and
+index leads with tenant_id, and every foreign key has an index on its columns (tests/database/
+test_pooled_scaling.py checks both), so a tenant's rows are found, copied and deleted in time linear in their
+number. Existing schemas get new indexes from the next `migrate` (CREATE INDEX blocks writes to the table
+while it builds).
 """
 
 from __future__ import annotations
@@ -45,6 +49,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(2, "orders by status", ("CREATE INDEX orders_by_status ON orders (tenant_id, status)",)),
+    # Every foreign key gets an index leading with its columns: deleting a customer checks for its orders, and
+    # without one that check reads all of the tenant's orders, once per customer (a pooled tenant's removal
+    # grew with the square of its rows: 40k rows, 66 s).
+    Migration(3, "orders by customer", ("CREATE INDEX orders_by_customer ON orders (tenant_id, customer_id)",)),
 )
 LATEST = MIGRATIONS[-1].version
 TABLES = ("customers", "orders")  # in foreign-key order: parents first
