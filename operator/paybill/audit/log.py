@@ -172,6 +172,10 @@ class AuditLog:
         """Until the outage is over (a flush wrote everything) or the log closes: try again every interval."""
         while not over.wait(self._interval):
             try:
+                self._connect()  # outside the lock: an append never waits on a connection attempt that hangs
+            except WRITE_FAILURES:
+                continue
+            try:
                 self.flush()
             except Exception:  # a bug must not end the retries silently: what waits would wait for ever
                 logger.exception("audit log: writing the records that wait failed")
@@ -186,9 +190,10 @@ class AuditLog:
             row = conn.execute("SELECT seq, hash FROM paybill.audit_log ORDER BY seq DESC LIMIT 1").fetchone()
             last = Head(self._chain, row[0], row[1]) if row else None
             seq, previous = chain_after(last, self._known_head())
-            if last is not None and seq > last.seq + 1:
+            after = last.seq if last is not None else 0
+            if seq > after + 1:
                 logger.error(
-                    "audit log: the database lost records %d to %d (its checkpoint is ahead)", last.seq + 1, seq - 1
+                    "audit log: the database lost records %d to %d (its checkpoint is ahead)", after + 1, seq - 1
                 )
             for entry in batch:
                 digest = record_hash(previous, entry.kind, entry.name, entry.event, entry.details)
