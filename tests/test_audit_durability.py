@@ -22,7 +22,7 @@ from kopf.testing import KopfRunner
 from psycopg import conninfo, sql
 
 from paybill.audit import AuditLog, AuditUnavailable, ChainBroken, RecordsMissing
-from paybill.audit.chain import GENESIS, AuditRecord, check_chain, record_hash
+from paybill.audit.chain import GENESIS, AuditRecord, chain_after, check_chain, record_hash
 from paybill.audit.checkpoint import CheckpointStore, ConfigMapCheckpoint, FileCheckpoint, Head
 from paybill.database import TenantDatabases
 from paybill.database.server import LocalPostgres
@@ -410,6 +410,21 @@ def test_check_chain(records: list[AuditRecord], head: Head | None, outcome: int
         with pytest.raises(ChainBroken) as caught:
             check_chain(records, head)
         assert str(caught.value) == outcome
+
+
+@pytest.mark.parametrize(
+    ("last", "checkpoint", "after"),
+    [
+        (None, None, (1, GENESIS)),
+        (Head("c", 5, "e" * 64), None, (6, "e" * 64)),
+        (Head("c", 5, "e" * 64), Head("c", 3, "d" * 64), (6, "e" * 64)),  # the checkpoint lagged: the database leads
+        (Head("c", 5, "e" * 64), Head("c", 5, "e" * 64), (6, "e" * 64)),
+        (Head("c", 3, "d" * 64), Head("c", 5, "e" * 64), (6, "e" * 64)),  # the database lost 4 and 5: the gap stays
+        (None, Head("c", 5, "e" * 64), (6, "e" * 64)),
+    ],
+)
+def test_chain_after(last: Head | None, checkpoint: Head | None, after: tuple[int, str]) -> None:
+    assert chain_after(last, checkpoint) == after
 
 
 def test_the_operator_keeps_its_checkpoint_in_its_namespace_else_in_its_state_directory(tmp_path: Path) -> None:
