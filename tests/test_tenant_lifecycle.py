@@ -218,6 +218,58 @@ def test_plan_change_migrates_pooled_to_silo_and_back_without_losing_rows(
         assert conn.execute("SELECT count(*) FROM customers").fetchone()[0] == 50
 
 
+def test_a_move_abandoned_half_way_is_rolled_back_and_the_tenant_can_still_be_deleted(
+    operator: Any, postgres: LocalPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What an operator killed mid-copy of a pooled->silo move leaves (the silo database made, the move recorded,
+    the source read-only, status Migrating), after which the plan was changed back to pooled."""
+    name = onboard(operator, "pooled")
+    wait_phase(operator, name, "Active")
+    with login(operator, name) as conn:
+        conn.execute("INSERT INTO customers (tenant_id, id, name) VALUES (%s, 1, 'kept')", (name,))
+    databases = TenantDatabases(postgres.dsn)
+
+    def killed(*_: object) -> None:
+        raise RuntimeError("operator killed mid-copy")
+
+    monkeypatch.setattr(databases.moves, "copy", killed)
+    for _ in range(10):  # this second writer may meet the operator's own GRANTs ("tuple concurrently updated")
+        try:
+            databases.migrate(name, "silo", credentials(operator, name)["password"])
+        except psycopg.errors.InternalError:
+            continue
+        except RuntimeError:
+            break
+    else:
+        pytest.fail("the move was never interrupted")
+    silo = databases.placement_for(name, "silo")
+    operator.kube.merge_patch(API, "tenants", name, {"status": {"phase": "Migrating"}}, subresource="status")
+    operator.kube.merge_patch(API, "tenants", name, {"metadata": {"annotations": {"trigger.paybill.dev/t": "1"}}})
+
+    def said(reason: str, text: str = "") -> bool:
+        return any(
+            e["reason"] == reason and text in e["message"]
+            for e in operator.kube.list("v1", "events")
+            if e["involvedObject"]["name"] == name
+        )
+
+    operator.eventually(lambda: said("MigrationAbandoned") and said("Active", "(roll_back)"), timeout=40)
+    assert not said("Active", "(migrated)")  # never said to have moved
+    wait_phase(operator, name, "Active", isolation="pooled")
+    assert databases.recorded(name) == (databases.placement_for(name, "pooled"), None, None)
+    with psycopg.connect(postgres.dsn) as conn:
+        assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (silo.database,)).fetchone() is None
+    assert can_write(operator, name, 2)  # the source is writable again
+    with login(operator, name) as conn:
+        assert conn.execute("SELECT count(*) FROM customers").fetchone()[0] == 2
+
+    operator.kube.delete(API, "tenants", name)  # offboarding drops everything the tenant owns, then its role
+    operator.eventually(lambda: operator.kube.get(API, "tenants", name) is None, timeout=60)
+    with psycopg.connect(postgres.dsn) as conn:
+        assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (silo.role,)).fetchone() is None
+    databases.close()
+
+
 @pytest.mark.parametrize("isolation", ["pooled", "silo"])
 def test_offboarding_takes_a_backup_that_restores_then_applies_the_deletion_policy(
     operator: Any, postgres: LocalPostgres, isolation: str

@@ -20,6 +20,7 @@ from paybill.database import Placement, placement_at
 from paybill.lifecycle.machine import Event
 from paybill.lifecycle.outcome import Touch
 from paybill.lifecycle.reconcile import (
+    AbandonMove,
     ConvergeObject,
     DataHealth,
     DataPlacement,
@@ -363,6 +364,7 @@ def test_a_plan_that_changes_isolation_migrates_an_active_tenant_through_migrati
         "MigrateData",
         "SetAccess",
         "PublishCredentials",
+        "FinishMove",  # the source goes only once the credentials point at the target
         "TouchPolicies",
     ]
     enter = outcome.actions[11]
@@ -374,6 +376,86 @@ def test_a_plan_that_changes_isolation_migrates_an_active_tenant_through_migrati
     assert steps(outcome) == [("Migrating", "migrated", "Active")]
     assert condition(outcome, "Migrated").reason == "Verified"
     assert outcome.status is not None and outcome.status.isolation == "silo"
+
+
+def moving(recorded: Isolation, to: Isolation | None, previous: Isolation | None = None) -> DataPlacement:
+    return DataPlacement(at(recorded), (at(previous),) if previous else (), None, at(to) if to else None)
+
+
+@pytest.mark.parametrize(
+    ("plan_now", "data", "status_isolation", "expected", "transitions", "notices"),
+    [
+        # killed mid-copy to silo, the plan changed back to pooled: the partial copy goes, rolled back
+        (
+            Isolation.POOLED,
+            moving(Isolation.POOLED, Isolation.SILO),
+            "pooled",
+            ["ProvisionData", "AbandonMove", "EnterPhase", "SetAccess", "PublishCredentials"],
+            [("Migrating", "roll_back", "Active")],
+            ["MigrationAbandoned"],
+        ),
+        # killed mid-copy to silo, the plan still says silo: the move resumes and completes
+        (
+            Isolation.SILO,
+            moving(Isolation.POOLED, Isolation.SILO),
+            "pooled",
+            ["ProvisionData", "MigrateData", "SetAccess", "PublishCredentials", "FinishMove"],
+            [("Migrating", "migrated", "Active")],
+            [],
+        ),
+        # killed mid-copy to silo, the plan now says bridge: the silo copy goes, then the move to bridge
+        (
+            Isolation.BRIDGE,
+            moving(Isolation.POOLED, Isolation.SILO),
+            "pooled",
+            ["ProvisionData", "AbandonMove", "MigrateData", "SetAccess", "PublishCredentials", "FinishMove"],
+            [("Migrating", "migrated", "Active")],
+            ["MigrationAbandoned"],
+        ),
+        # killed after the cut-over, before its status was written: it did move, its source still to remove
+        (
+            Isolation.SILO,
+            moving(Isolation.SILO, None, previous=Isolation.POOLED),
+            "pooled",
+            ["ProvisionData", "SetAccess", "PublishCredentials", "FinishMove"],
+            [("Migrating", "migrated", "Active")],
+            [],
+        ),
+        # killed after entering Migrating, before the move was recorded, the plan changed back: nothing moved
+        (
+            Isolation.POOLED,
+            moving(Isolation.POOLED, None),
+            "pooled",
+            ["ProvisionData", "EnterPhase", "SetAccess", "PublishCredentials"],
+            [("Migrating", "roll_back", "Active")],
+            [],
+        ),
+    ],
+)
+def test_an_interrupted_move_is_resumed_or_rolled_back_and_said_as_it_happened(
+    plan_now: Isolation,
+    data: DataPlacement,
+    status_isolation: str,
+    expected: list[str],
+    transitions: list[tuple[str, str, str]],
+    notices: list[str],
+) -> None:
+    interrupted = with_status(tenant(Phase.MIGRATING), isolation=status_isolation, access=Access.FULL, plan="pro")
+    observed = Observed(
+        plan=plan(plan_now), data=DataPlacement(data.recorded, data.previous, at(plan_now), data.moving_to), now=NOW
+    )
+    outcome = decide(interrupted, observed)
+    assert kinds(outcome)[10:] == [*expected, "TouchPolicies"]  # its status named no database yet
+    recorded = [
+        (str(t.source), str(t.event), str(t.target))
+        for a in outcome.actions
+        if isinstance(a, EnterPhase)
+        for t in a.transitions
+    ]
+    assert recorded + steps(outcome) == transitions
+    assert [e.reason for e in outcome.events] == notices
+    if "AbandonMove" in expected:
+        assert AbandonMove(at(Isolation.SILO)) in outcome.actions
 
 
 def test_a_failed_tenant_migrates_without_entering_migrating() -> None:
@@ -442,13 +524,15 @@ def ours() -> dict[str, Any]:
 def test_offboarding_takes_the_backup_before_the_deletion_policy_and_the_namespace_last(
     policy: str, expected: list[str]
 ) -> None:
-    data = DataPlacement(at(Isolation.SILO), (at(Isolation.POOLED),), None)
+    others = (at(Isolation.POOLED), at(Isolation.BRIDGE))
+    data = DataPlacement(at(Isolation.SILO), (at(Isolation.POOLED),), None, others=others)
     outcome = decide(tenant(Phase.ACTIVE, offboard=True, deletionPolicy=policy), Observed(data=data, namespace=ours()))
     assert kinds(outcome) == expected
     assert outcome.actions[1] == SetAccess(at(Isolation.SILO), Access.NONE)
     assert outcome.actions[2] == TakeBackup(at(Isolation.SILO), f"acme-{UID}")
     if "RemoveData" in expected:
-        assert RemoveData((at(Isolation.SILO), at(Isolation.POOLED))) in outcome.actions
+        # every placement a move may have left data in, so that the role can be dropped after them
+        assert RemoveData((at(Isolation.SILO), *others)) in outcome.actions
     assert outcome.actions[-1] == DeleteNamespace("tenant-acme", "ns-uid")
     assert steps(outcome) == [("Offboarding", "offboarded", "Offboarded")]
     enter = outcome.actions[0]

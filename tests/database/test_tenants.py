@@ -200,6 +200,8 @@ def test_migration_between_models_keeps_every_row(
         current = databases.migrate(a.tenant, isolation, PASSWORD)
         assert current == databases.placement_for(a.tenant, isolation)
         assert databases.checksums(current) == expected
+        assert databases.recorded(a.tenant) == (current, None, str(previous.isolation))  # the source is kept
+        assert databases.finish_move(a.tenant) == previous  # until the credentials point at the target
         assert databases.recorded(a.tenant) == (current, None, None)
         databases.set_access(current, Access.FULL)
         with login(databases, current) as conn:
@@ -239,6 +241,8 @@ def test_migration_under_concurrent_reads_loses_no_row(databases: TenantDatabase
         target = databases.migrate(a.tenant, "silo", PASSWORD)
         databases.set_access(target, Access.FULL)
         wait_for(len(counts) + 5)
+        databases.finish_move(a.tenant)  # the source is revoked under the reader, then removed
+        wait_for(len(counts) + 5)
     finally:
         stop.set()
         thread.join(timeout=10)
@@ -259,13 +263,11 @@ def test_interrupted_migration_resumes_and_writes_are_held_until_cut_over(
     def crash(*_: object) -> None:
         raise RuntimeError("operator killed")
 
-    monkeypatch.setattr(databases.moves, "cleanup", crash)  # dies right after the cut-over record
-    with pytest.raises(RuntimeError):
-        databases.migrate(a.tenant, "bridge", PASSWORD)
+    databases.migrate(a.tenant, "bridge", PASSWORD)  # cut over; the operator dies before finishing the move
     current, migrating_to, previous = databases.recorded(a.tenant)
     assert current == databases.placement_for(a.tenant, "bridge") and migrating_to is None and previous == "pooled"
-    monkeypatch.undo()
-    assert databases.provision(a.tenant, "bridge", PASSWORD) == current  # the restart cleans up
+    assert databases.provision(a.tenant, "bridge", PASSWORD) == current  # the restart keeps the source until
+    assert databases.finish_move(a.tenant) == a  # the credentials point at the target, then removes it
     assert databases.recorded(a.tenant) == (current, None, None)
     assert databases.checksums(current) == expected
     assert all(c.rows == 0 for c in databases.checksums(a).values())
@@ -279,6 +281,34 @@ def test_interrupted_migration_resumes_and_writes_are_held_until_cut_over(
     monkeypatch.undo()
     target = databases.migrate(a.tenant, "silo", PASSWORD)
     assert databases.checksums(target) == expected
+
+
+def test_an_abandoned_move_removes_its_partial_copy_and_keeps_the_source(
+    databases: TenantDatabases, postgres: LocalPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, _ = tenant_pair(databases, "pooled")
+    expected = databases.checksums(a)
+
+    def crash(*_: object) -> None:
+        raise RuntimeError("operator killed")
+
+    monkeypatch.setattr(databases.moves, "copy", crash)  # the silo database exists, nothing copied yet
+    with pytest.raises(RuntimeError):
+        databases.migrate(a.tenant, "silo", PASSWORD)
+    monkeypatch.undo()
+    silo = databases.placement_for(a.tenant, "silo")
+    assert databases.recorded(a.tenant) == (a, "silo", None)
+    assert databases.abandon_move(a.tenant) == silo
+    assert databases.recorded(a.tenant) == (a, None, None)
+    with psycopg.connect(postgres.dsn) as conn:
+        assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (silo.database,)).fetchone() is None
+    databases.set_access(a, Access.FULL)  # the source is writable again
+    with login(databases, a) as conn:
+        conn.execute("INSERT INTO customers (tenant_id, id, name) VALUES (%s, 78, 'kept')", (a.tenant,))
+    assert databases.checksums(a)["customers"].rows == expected["customers"].rows + 1
+    assert databases.abandon_move(a.tenant) is None  # nothing under way: nothing to do
+    databases.remove(a)
+    databases.drop_role(a.tenant)  # nothing of the role is left anywhere: it can be dropped
 
 
 def test_provisioning_is_idempotent_and_remove_leaves_nothing(

@@ -36,35 +36,36 @@ class Moves:
     def provision(self, tenant: str, isolation: Isolation | str, password: str) -> Placement:
         """Make sure the tenant's role and data location exist; returns where its data lives now.
 
-        A tenant already placed elsewhere stays there (moving it is `migrate`); a placement left over by
-        an interrupted migration is cleaned up first.
+        A tenant already placed elsewhere stays there (moving it is `migrate`); what a move left behind is
+        `finish`'s and `abandon`'s to remove.
         """
-        current, _, previous = self.control.recorded(tenant)
+        current, _, _ = self.control.recorded(tenant)
         if current is None:
             current = self.control.placement_for(tenant, isolation)
             self.provisioning.ensure(current, password)
             self.control.place(tenant, str(current.isolation))
             return current
         self.provisioning.ensure(current, password)
-        if previous:
-            self.cleanup(current, previous)
         return current
 
     def migrate(self, tenant: str, isolation: Isolation | str, password: str) -> Placement:
-        """Move the tenant's data to `isolation`: copy, verify row counts and checksums, cut over, clean up.
+        """Move the tenant's data to `isolation`: copy, verify row counts and checksums, cut over. The source is
+        left for `finish` to remove once the tenant's credentials point at the target.
 
         The source is read-only from the first copy to the cut-over (reads go on), so a copy can be
         repeated after a crash without losing writes. The placement record is the commit point: before
         it the source is authoritative, after it the target.
         """
-        source, _, previous = self.control.recorded(tenant)
+        source, moving_to, previous = self.control.recorded(tenant)
         target = self.control.placement_for(tenant, isolation)
         if source is None:
             return self.provision(tenant, isolation, password)
         if source == target:
-            if previous:
-                self.cleanup(source, previous)
             return source
+        if moving_to and moving_to != str(target.isolation):
+            self.abandon(tenant)  # a move to somewhere else was interrupted: its partial copy goes first
+        if previous:
+            self.finish(tenant)  # one source at a time is kept
         self.control.place(tenant, str(source.isolation), migrating_to=str(target.isolation))
         self.provisioning.ensure(target, password)
         self.access.set_writable(source, False)
@@ -76,7 +77,6 @@ class Moves:
                 f"the tenant stays on {source.isolation}"
             )
         self.control.place(tenant, str(target.isolation), previous=str(source.isolation))
-        self.cleanup(target, str(source.isolation))
         return target
 
     def copy(self, source: Placement, target: Placement) -> None:
@@ -97,9 +97,28 @@ class Moves:
                     for chunk in reader:
                         writer.write(chunk)
 
-    def cleanup(self, current: Placement, previous: str) -> None:
-        self.removal.remove(self.control.placement_for(current.tenant, previous))
-        self.control.place(current.tenant, str(current.isolation))
+    def finish(self, tenant: str) -> Placement | None:
+        """Remove what a completed move left at its source; returns it (None if there was nothing)."""
+        current, moving_to, previous = self.control.recorded(tenant)
+        if current is None or not previous:
+            return None
+        left = self.control.placement_for(tenant, previous)
+        if left != current:
+            self.removal.remove(left)
+        self.control.place(tenant, str(current.isolation), migrating_to=moving_to)
+        return left
+
+    def abandon(self, tenant: str) -> Placement | None:
+        """Roll an interrupted move back: remove its partial target; the source stays authoritative (and is made
+        writable again by the next `set_access`). Returns the target removed (None if no move was under way)."""
+        current, moving_to, previous = self.control.recorded(tenant)
+        if current is None or not moving_to:
+            return None
+        target = self.control.placement_for(tenant, moving_to)
+        if target != current:
+            self.removal.remove(target)
+        self.control.place(tenant, str(current.isolation), previous=previous)
+        return target
 
 
 def checksums(connections: Connections, placement: Placement) -> dict[str, TableChecksum]:

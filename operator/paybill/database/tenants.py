@@ -87,6 +87,8 @@ class TenantDatabases:
         self.backup = self.backups.backup
         self.provision = self.moves.provision
         self.migrate = self.moves.migrate
+        self.finish_move = self.moves.finish
+        self.abandon_move = self.moves.abandon
 
     @property
     def admin_dsn(self) -> str:

@@ -6,6 +6,7 @@ placement) and converges it, so an operator killed at any point reaches the same
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ import kopf
 import psycopg
 
 from ..api.meta import API_VERSION, GROUP, VERSION
-from ..api.plan import PlanSpec
+from ..api.plan import Isolation, PlanSpec
 from ..api.subscription import SubscriptionSpec
 from ..api.tenant import TenantPhase as Phase
 from ..billing.subscription import Billed
@@ -60,15 +61,17 @@ def _observe_data(tenant: TenantObject, memo: kopf.Memo, isolation: str | None) 
     if databases is None:
         return {}
     try:
-        current, _, previous = databases.recorded(tenant.name)
-        target = databases.placement_for(tenant.name, isolation) if isolation else None
-        left = (databases.placement_for(tenant.name, previous),) if previous else ()
+        current, moving_to, previous = databases.recorded(tenant.name)
+        place = functools.partial(databases.placement_for, tenant.name)
+        target, left = place(isolation) if isolation else None, (place(previous),) if previous else ()
+        others = tuple(place(other) for other in Isolation if current is None or other != current.isolation)
         health = observe_health(memo.kube, databases, tenant, current) if current and checked(tenant) else None
     except (DatabaseUnavailable, psycopg.Error, SecretConflict) as exc:
         return {"data_error": failure_of(exc, "reading the placement")}
     backup = tenant.status.backup
     intact = backup is not None and _intact(Path(backup.location), backup.sha256)
-    return {"data": decisions.DataPlacement(current, left, target), "backup_intact": intact, "health": health}
+    data = decisions.DataPlacement(current, left, target, place(moving_to) if moving_to else None, others)
+    return {"data": data, "backup_intact": intact, "health": health}
 
 
 def decide_safely(tenant: TenantObject, decide: Callable[[], Outcome], retry: int) -> Outcome:

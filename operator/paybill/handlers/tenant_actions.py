@@ -76,6 +76,12 @@ class TenantActions:
                 checksums = ", ".join(f"{t} {c.rows} rows" for t, c in databases.checksums(moved).items())
                 message = f"data moved from {source.isolation} to {moved.isolation}: {checksums}, checksums verified"
                 events.info(self.body, reason="Migrated", message=message)
+            case decisions.AbandonMove():
+                assert databases is not None
+                databases.abandon_move(name)
+            case decisions.FinishMove():
+                assert databases is not None
+                databases.finish_move(name)
             case decisions.SetAccess(placement, access):
                 assert databases is not None
                 databases.set_access(placement, access)

@@ -6,7 +6,8 @@
                   Failed     Migrating   (plan changes that change isolation)
 
 Failed is retried with backoff. Suspension has causes (billing, manual); the tenant resumes only when
-none is left. Offboarding can start from any phase but Offboarded.
+none is left. A move (Migrating) ends migrated, or rolled back when it was abandoned half-way (the plan
+changed back); either is said as it happened. Offboarding can start from any phase but Offboarded.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Event(StrEnum):
     RESUME = "resume"
     MIGRATE = "migrate"
     MIGRATED = "migrated"
+    ROLL_BACK = "roll_back"  # an interrupted move abandoned: the data stays where it was
     OFFBOARD = "offboard"
     OFFBOARDED = "offboarded"
 
@@ -44,6 +46,7 @@ TRANSITIONS: dict[tuple[Phase, Event], Phase] = {
     (Phase.SUSPENDED, Event.RESUME): Phase.ACTIVE,
     (Phase.ACTIVE, Event.MIGRATE): Phase.MIGRATING,
     (Phase.MIGRATING, Event.MIGRATED): Phase.ACTIVE,
+    (Phase.MIGRATING, Event.ROLL_BACK): Phase.ACTIVE,
     (Phase.MIGRATING, Event.FAIL): Phase.FAILED,
     (Phase.OFFBOARDING, Event.OFFBOARDED): Phase.OFFBOARDED,
     **{
@@ -60,6 +63,10 @@ REFUSALS: dict[tuple[Phase, Event], str] = {
     (Phase.OFFBOARDED, Event.RESUME): "an offboarded tenant cannot resume",
     (Phase.MIGRATING, Event.SUSPEND): "a migrating tenant is suspended once the migration has cut over",
 }
+
+
+# Taken only when a decision names them, never on the way to a goal.
+DETOURS = frozenset({Event.FAIL, Event.ROLL_BACK})
 
 
 class TransitionRefused(ValueError):
@@ -96,7 +103,7 @@ def path(phase: Phase | str, goal: Phase | str) -> list[Transition]:
         if current == goal:
             return steps
         for (source, event), target in TRANSITIONS.items():
-            if source == current and target not in seen and event is not Event.FAIL:
+            if source == current and target not in seen and event not in DETOURS:
                 seen.add(target)
                 frontier.append((target, [*steps, Transition(source, event, target)]))
     raise TransitionRefused(phase, Event.PROVISION, f"no way from {phase} to {goal}")

@@ -97,8 +97,10 @@ class DataPlacement:
     """Where the tenant's data is recorded to live, and where each isolation model would put it."""
 
     recorded: Placement | None
-    previous: tuple[Placement, ...] = ()  # left behind by a migration, removed on offboarding
+    previous: tuple[Placement, ...] = ()  # left behind by a completed move, removed once credentials moved on
     target: Placement | None = None  # where the plan's isolation puts it
+    moving_to: Placement | None = None  # the target of a move under way (or interrupted)
+    others: tuple[Placement, ...] = ()  # where every other isolation model would put it (offboarding removes all)
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,18 @@ class MigrateData:
 
 
 @dataclass(frozen=True)
+class AbandonMove:
+    """Roll an interrupted move back: its partial copy at `target` is removed; the source stays."""
+
+    target: Placement
+
+
+@dataclass(frozen=True)
+class FinishMove:
+    """Remove what a completed move left at its source (after the credentials point at the target)."""
+
+
+@dataclass(frozen=True)
 class SetAccess:
     placement: Placement
     access: Access
@@ -215,6 +229,8 @@ Action = (
     | ProvisionData
     | EnterPhase
     | MigrateData
+    | AbandonMove
+    | FinishMove
     | SetAccess
     | PublishCredentials
     | Touch
@@ -350,11 +366,23 @@ def decide(tenant: TenantObject, seen: Observed) -> Outcome:
         failure = seen.data_error or Failure(FailureKind.DATABASE_UNAVAILABLE, "the tenant database was not read")
         return _with_actions(failed(tenant, failure, seen.retry), actions)
 
+    events: tuple[Notice, ...] = ()
     isolation = Isolation(plan.spec.isolation)
     target = seen.data.target
     placement = seen.data.recorded or target
     actions.append(ProvisionData(isolation))
     phase: Phase = tenant.phase
+    moving_to, moved = seen.data.moving_to, False
+    if moving_to is not None and moving_to.isolation != isolation:  # the plan changed back mid-way: roll back
+        actions.append(AbandonMove(moving_to))
+        events += (
+            Notice(
+                "MigrationAbandoned",
+                f"the move to {moving_to.isolation} was abandoned (the plan now says {isolation}); "
+                f"its partial copy is removed and the data stays on {placement.isolation}",
+                warning=True,
+            ),
+        )
     if placement.isolation != isolation:
         if goal == Phase.SUSPENDED:
             status.condition(
@@ -369,8 +397,15 @@ def decide(tenant: TenantObject, seen: Observed) -> Outcome:
                 phase = Phase.MIGRATING
             actions.append(MigrateData(placement, target))
             status.condition("Migrated", True, "Verified", f"moved from {placement.isolation} to {target.isolation}")
-            placement = target
+            placement, moved = target, True
+    if phase == Phase.MIGRATING and not moved and tenant.status.isolation == str(placement.isolation):
+        # interrupted before anything moved, and not to be resumed: say it was rolled back, not migrated
+        why = f"the move was abandoned; the data stays on {placement.isolation}"
+        actions.append(EnterPhase((transition(phase, Event.ROLL_BACK),), why))
+        phase = Phase.ACTIVE
     actions += [SetAccess(placement, access), PublishCredentials(placement)]
+    if moved or seen.data.previous:  # the source goes only once the credentials point at the target
+        actions.append(FinishMove())
     status.condition(
         "DatabaseReady",
         True,
@@ -379,7 +414,7 @@ def decide(tenant: TenantObject, seen: Observed) -> Outcome:
     )
 
     status.condition("Billing", billing.restriction == Restriction.NONE, _camel(billing.restriction), billing.message)
-    events = _plan_mismatch(tenant, status, seen.subscriptions)
+    events += _plan_mismatch(tenant, status, seen.subscriptions)
     broken = data_problems(tenant, seen, access)
     events += _data_health(tenant, status, broken, checked=seen.health is not None and _provisioned(tenant))
     if broken:
@@ -495,8 +530,8 @@ def offboard(tenant: TenantObject, seen: Observed, deleting: bool = False) -> Ou
         actions.append(SetAccess(data.recorded, Access.NONE))
         if tenant.status.backup is None or not seen.backup_intact:
             actions.append(TakeBackup(data.recorded, f"{tenant.name}-{tenant.uid}"))
-        if policy != DeletionPolicy.RETAIN:
-            actions.append(RemoveData((data.recorded, *data.previous)))
+        if policy != DeletionPolicy.RETAIN:  # wherever a move may have left data too, so the role can be dropped
+            actions.append(RemoveData((data.recorded, *data.others)))
         if policy == DeletionPolicy.DESTROY:
             actions.append(DeleteBackupFile())
     existing = seen.namespace
