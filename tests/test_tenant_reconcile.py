@@ -327,8 +327,13 @@ def test_each_failure_has_its_reason_and_condition(kind: FailureKind, reason: st
     assert others == ({also} if also else set())
 
 
-def test_failures_back_off_and_warn_once() -> None:
+def test_an_unreachable_database_is_retried_soon_whatever_the_attempt() -> None:
     failure = Failure(FailureKind.DATABASE_UNAVAILABLE, "down")
+    assert [failed(tenant(Phase.FAILED), failure, retry).retry for retry in range(8)] == [5] * 8
+
+
+def test_failures_back_off_and_warn_once() -> None:
+    failure = Failure(FailureKind.NAME_CONFLICT, "taken")
     assert [failed(tenant(Phase.FAILED), failure, retry).retry for retry in range(8)] == [
         5,
         10,
@@ -340,8 +345,8 @@ def test_failures_back_off_and_warn_once() -> None:
         300,
     ]
     first = failed(tenant(Phase.FAILED), failure, 0)
-    again = failed(tenant(Phase.FAILED, conditions=(("Ready", "False", "DatabaseUnavailable"),)), failure, 1)
-    assert [e.reason for e in first.events] == ["DatabaseUnavailable"] and again.events == ()
+    again = failed(tenant(Phase.FAILED, conditions=(("Ready", "False", "NameConflict"),)), failure, 1)
+    assert [e.reason for e in first.events] == ["NameConflict"] and again.events == ()
 
 
 def test_an_unreadable_database_fails_after_the_namespace_is_made() -> None:

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 RETRY_DELAY = 10.0  # the first wait; later ones back off (machine.retry_delay), capped at 5 minutes
 VERIFY_DELAY = 1.0  # after a repair of broken data, look again this soon
+OUTAGE_RETRY_CAP = 5.0  # an unreachable database is retried at most this far apart (a refused connect is cheap)
 NO_DATABASE = "the operator has no tenant database: set PAYBILL_DATABASE_URL and restart it"
 
 
@@ -503,7 +504,10 @@ def failed(tenant: TenantObject, failure: Failure, retry: int, phase: Phase | No
     if phase in (Phase.PENDING, Phase.PROVISIONING, Phase.MIGRATING):
         transitions = _chain(phase, Phase.FAILED)
         phase = Phase.FAILED
-    outcome = status.wait(phase, failure.reason, failure.message, retry_delay(retry))
+    delay = retry_delay(retry)
+    if failure.kind == FailureKind.DATABASE_UNAVAILABLE:  # an outage: look again soon, so recovery is quick
+        delay = min(delay, OUTAGE_RETRY_CAP)
+    outcome = status.wait(phase, failure.reason, failure.message, delay)
     return Outcome(
         transitions=tuple(transitions),
         why=failure.message,
