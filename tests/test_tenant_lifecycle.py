@@ -178,20 +178,6 @@ def test_billing_walk_restricts_then_suspends_then_restores(operator: Any) -> No
     assert "Suspended" in reasons and reasons.count("Active") >= 2  # suspended, then resumed
 
 
-def test_manual_suspension_is_reversible_and_independent_of_billing(operator: Any) -> None:
-    name = onboard(operator, "bridge")
-    wait_phase(operator, name, "Active")
-    operator.kube.merge_patch(API, "tenants", name, {"spec": {"suspended": True}})
-    assert wait_phase(operator, name, "Suspended")["suspendedFor"] == ["manual"]
-    set_billing(operator, name, "unpaid")
-    assert wait_phase(operator, name, "Suspended", suspendedFor=["billing", "manual"])
-    operator.kube.merge_patch(API, "tenants", name, {"spec": {"suspended": False}})
-    assert wait_phase(operator, name, "Suspended", suspendedFor=["billing"])  # billing still holds it
-    set_billing(operator, name, "active")
-    wait_phase(operator, name, "Active", suspendedFor=[])
-    assert can_write(operator, name, 10)
-
-
 def test_plan_change_migrates_pooled_to_silo_and_back_without_losing_rows(
     operator: Any, postgres: LocalPostgres
 ) -> None:

@@ -203,6 +203,25 @@ def test_the_grace_period_is_the_plans() -> None:
     assert shortened.status is not None and shortened.status.access == Access.READ_ONLY
 
 
+@pytest.mark.parametrize(
+    ("suspended", "billing", "causes"),
+    [(True, "active", ["manual"]), (True, "unpaid", ["billing", "manual"]), (False, "unpaid", ["billing"])],
+)
+def test_a_suspended_tenant_stays_suspended_while_any_cause_is_left(
+    suspended: bool, billing: str, causes: list[str]
+) -> None:
+    """Lifting one cause (manual or billing) does not resume a tenant the other still holds."""
+    outcome = decide(
+        tenant(Phase.SUSPENDED, suspended=suspended),
+        seen(Isolation.BRIDGE, recorded=Isolation.BRIDGE, subscriptions=(billed(billing),)),
+    )
+    assert outcome.status is not None and (outcome.status.phase, outcome.status.suspendedFor) == (
+        Phase.SUSPENDED,
+        causes,
+    )
+    assert outcome.transitions == () and SetAccess(at(Isolation.BRIDGE), Access.NONE) in outcome.actions
+
+
 def test_a_suspended_tenant_resumes_when_no_cause_is_left() -> None:
     outcome = decide(tenant(Phase.SUSPENDED), seen(subscriptions=(billed("active"),)))
     assert steps(outcome) == [("Suspended", "resume", "Active")]
