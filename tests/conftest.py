@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -38,6 +39,13 @@ class Cluster:
     def __init__(self, api: EmulatedApiServer, url: str, kubeconfig: Path) -> None:
         self.api, self.url, self.kubeconfig = api, url, kubeconfig
         self.kube = Kube(kubernetes.config.new_client_from_config(config_file=str(kubeconfig)))
+
+    def kopf_retries(self, plural: str, name: str, namespace: str | None = None) -> int:
+        """How many times kopf has retried a Paybill object's handler (its progress annotations, paybill.dev/*)."""
+        found = self.kube.get("paybill.dev/v1alpha1", plural, name, namespace) or {}
+        annotations = (found.get("metadata") or {}).get("annotations") or {}
+        states = [json.loads(v) for k, v in annotations.items() if k.startswith("paybill.dev/") and v.startswith("{")]
+        return max((state.get("retries", 0) for state in states), default=0)
 
     def eventually(self, check: Callable[[], Any], timeout: float = 20, interval: float = 0.1) -> Any:
         deadline = time.monotonic() + timeout

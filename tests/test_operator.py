@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -186,7 +185,7 @@ def test_without_a_database_tenants_wait_and_say_so_once(cluster: Any, monkeypat
         cluster.kube.apply(
             {"apiVersion": API, "kind": "Tenant", "metadata": {"name": "t"}, "spec": {"planRef": "free"}}
         )
-        cluster.eventually(lambda: _retries(cluster, "t") >= 2, timeout=40)  # retried at least once
+        cluster.eventually(lambda: cluster.kopf_retries("tenants", "t") >= 2, timeout=40)  # retried at least once
         conditions = {c["type"]: c for c in _tenant(cluster, "t")["status"]["conditions"]}
     assert _tenant(cluster, "t")["status"]["phase"] == "Pending"
     assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("False", "DatabaseNotConfigured")
@@ -198,13 +197,6 @@ def test_without_a_database_tenants_wait_and_say_so_once(cluster: Any, monkeypat
         if e["involvedObject"]["name"] == "t" and e["type"] == "Warning"
     ]
     assert said == ["DatabaseNotConfigured"]
-
-
-def _retries(cluster: Any, name: str) -> int:
-    """How many times kopf has run the tenant's handler and retried it (its progress annotation)."""
-    annotations = _tenant(cluster, name).get("metadata", {}).get("annotations", {})
-    states = [json.loads(v) for k, v in annotations.items() if k.startswith("paybill.dev/") and v.startswith("{")]
-    return max((state.get("retries", 0) for state in states), default=0)
 
 
 @pytest.mark.kubectl

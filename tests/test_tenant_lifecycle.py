@@ -646,7 +646,9 @@ def test_agent_workflows_run_declared_steps_once_through_the_gate(operator: Any,
     operator.kube.apply(interrupted)
     pending = wait_workflow(operator, namespace, "interrupted", "Pending")
     assert pending["conditions"][-1]["message"] == "agentpolicy/later is missing"
-    operator.eventually(lambda: _retries(operator, namespace, "interrupted") >= 2)  # the handler ran again
+    operator.eventually(
+        lambda: operator.kopf_retries("agentworkflows", "interrupted", namespace) >= 2
+    )  # the handler ran again
     assert [
         e["reason"]
         for e in operator.kube.list("v1", "events", namespace)
@@ -660,14 +662,3 @@ def test_agent_workflows_run_declared_steps_once_through_the_gate(operator: Any,
     assert failed["conditions"][-1]["reason"] == "Interrupted"
     with login(operator, name) as conn:
         assert conn.execute("SELECT status FROM orders WHERE id = 2").fetchone() == ("open",)
-
-
-def _retries(operator: Any, namespace: str, name: str) -> int:
-    """How many times kopf has retried the workflow's handler (its progress annotation, paybill.dev/*)."""
-    annotations = operator.kube.get(API, "agentworkflows", name, namespace)["metadata"].get("annotations", {})
-    states = [
-        json.loads(value)
-        for key, value in annotations.items()
-        if key.startswith("paybill.dev/") and value.startswith("{")
-    ]
-    return max((state.get("retries", 0) for state in states), default=0)
