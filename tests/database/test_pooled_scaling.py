@@ -15,6 +15,7 @@ from paybill.api.tenant import Access
 from paybill.database import Placement, TenantDatabases
 from paybill.database.migrations import LEDGER, TABLES, migrate
 from paybill.database.placement import APP_SCHEMA, CONTROL_SCHEMA
+from paybill.database.removal import delete_in_batches
 
 from .conftest import fresh
 
@@ -157,3 +158,21 @@ def test_an_existing_schema_gets_the_foreign_key_index_from_the_next_migration(d
         assert migrate(conn, placement.schema) == 1
 
         assert [k for k in foreign_keys(conn, [placement.schema]) if not k[2]] == []
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 1000])
+def test_batched_deletes_take_every_key_of_the_tenant_and_no_other(databases: TenantDatabases, batch: int) -> None:
+    leaving, staying = (databases.provision(fresh(name), "pooled", PASSWORD) for name in ("batched", "kept"))
+    keys = [-(2**63), -5, 0, 1, 2, 7, 2**63 - 1]  # the ends of bigint included
+    with databases.session(leaving.database) as conn:
+        for placement in (leaving, staying):
+            for key in keys:
+                conn.execute(
+                    "INSERT INTO app.customers (tenant_id, id, name) VALUES (%s, %s, 'c')", (placement.tenant, key)
+                )
+        kept = databases.checksums(staying)
+
+        assert delete_in_batches(conn, "customers", leaving.tenant, batch) == len(keys)
+
+        assert databases.checksums(leaving)["customers"].rows == 0
+        assert databases.checksums(staying) == kept
