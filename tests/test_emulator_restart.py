@@ -8,14 +8,18 @@ import itertools
 import json
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kubernetes
 import pytest
 
 from paybill.api.crdgen import all_crds
 from paybill.kube import SYSTEM_NAMESPACES, EmulatedApiServer, StateDirError, serve_in_thread
+from paybill.kubeclient import Kube
 from test_emulator import MERGE, SECRETS, TENANTS, Http, secret, tenant
 
 SEED = SYSTEM_NAMESPACES + [crd for crd in all_crds() if crd["spec"]["names"]["kind"] == "Tenant"]
@@ -25,14 +29,18 @@ class Restartable:
     """An emulated API server on a fixed port that can be stopped and started again on the same state directory
     (``state=None``: in memory, as before persistence existed)."""
 
-    def __init__(self, state: Path | None, port: int | None = None) -> None:
-        self.state, self.port = state, port
+    def __init__(self, state: Path | None, port: int | None = None, **options: Any) -> None:
+        self.state, self.port, self.options = state, port, options
         self._running: Any = None
         self.api: EmulatedApiServer
         self.url = ""
 
     def start(self, seed: list[dict[str, Any]] = SEED) -> None:
-        api = EmulatedApiServer.persistent(self.state) if self.state else EmulatedApiServer()
+        api = (
+            EmulatedApiServer.persistent(self.state, **self.options)
+            if self.state
+            else EmulatedApiServer(**self.options)
+        )
         self._running = serve_in_thread(seed=seed, api=api, port=self.port)
         self.api, self.url = self._running.__enter__()
         self.port = int(self.url.rsplit(":", 1)[1])
@@ -202,3 +210,36 @@ def test_each_write_is_journaled_before_it_is_answered(tmp_path: Path) -> None:
         assert record["object"]["metadata"]["name"] == "one" and record["type"] == "ADDED"
     finally:
         server.stop()
+
+
+def _start_cli_emulator(state: Path, kubeconfig: Path, port: int) -> tuple[subprocess.Popen[str], str]:
+    command = [sys.executable, "-m", "paybill", "emulator", "--port", str(port), "--kubeconfig", str(kubeconfig)]
+    child = subprocess.Popen([*command, "--state-dir", str(state)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    for line in child.stdout:
+        if "listening on " in line:
+            return child, line.rsplit(" ", 1)[1].strip()
+    raise AssertionError(f"paybill emulator exited with {child.wait()} before listening")
+
+
+def test_paybill_emulator_killed_and_restarted_on_its_state_dir_serves_what_it_held(tmp_path: Path) -> None:
+    """SIGKILL, not a clean stop: a write that was answered is in the journal already."""
+    state, kubeconfig = tmp_path / "state", tmp_path / "kubeconfig"
+    child, url = _start_cli_emulator(state, kubeconfig, 0)
+    try:
+        kube = Kube(kubernetes.config.new_client_from_config(config_file=str(kubeconfig)))
+        created = kube.create(
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kept", "namespace": "default"}}
+        )
+    finally:
+        child.kill()
+        child.wait()
+    child, url_again = _start_cli_emulator(state, kubeconfig, int(url.rsplit(":", 1)[1]))
+    try:
+        assert url_again == url
+        kube = Kube(kubernetes.config.new_client_from_config(config_file=str(kubeconfig)))
+        kept = kube.get("v1", "configmaps", "kept", "default")
+        assert kept["metadata"]["uid"] == created["metadata"]["uid"]
+    finally:
+        child.terminate()
+        child.wait()

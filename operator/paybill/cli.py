@@ -95,13 +95,20 @@ def _require_emulator(command: str) -> None:
 
 def _emulator(args: argparse.Namespace) -> int:
     _require_emulator("emulator")
-    from .kube import SYSTEM_NAMESPACES, serve, write_admin_kubeconfig
+    from .kube import SYSTEM_NAMESPACES, EmulatedApiServer, StateDirError, serve, write_admin_kubeconfig
+
+    try:
+        persisted = EmulatedApiServer.persistent(Path(args.state_dir)) if args.state_dir else None
+    except (StateDirError, OSError) as exc:
+        raise SystemExit(f"paybill emulator: {exc}") from None
 
     async def main() -> None:
-        async with serve(host="127.0.0.1", port=args.port or None) as (api, url):
+        async with serve(host="127.0.0.1", port=args.port or None, api=persisted) as (api, url):
             api.load(SYSTEM_NAMESPACES)
             kubeconfig = write_admin_kubeconfig(Path(args.kubeconfig), url, api)
             print(f"Paybill EMULATED Kubernetes API server (not a real cluster) listening on {url}")
+            if args.state_dir:
+                print(f"  state in {Path(args.state_dir).resolve()} (revision {api.store.revision})")
             print(f"  export KUBECONFIG={kubeconfig.resolve()}")
             print("  Ctrl-C to stop", flush=True)
             await asyncio.Event().wait()
@@ -297,6 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--kubeconfig",
         default=str(STATE_DIR / "kubeconfig"),
         help="where to write the admin kubeconfig, mode 0600 (default .state/kubeconfig)",
+    )
+    emulator.add_argument(
+        "--state-dir",
+        default=None,
+        metavar="DIR",
+        help="keep the objects, the CA and the tokens in DIR (made 0700; a link or a directory others can "
+        "write is refused): restarted on it, the server serves what it held, with larger resourceVersions, "
+        "and kubeconfigs stay valid (restart it on the same --port); default: in memory, lost when it stops",
     )
     emulator.set_defaults(run=_emulator)
     emulator_commands = emulator.add_subparsers(dest="emulator_command", metavar="SUBCOMMAND")

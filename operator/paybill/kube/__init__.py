@@ -74,7 +74,7 @@ def serve_in_thread(
         yield result["server"], result["url"]
     finally:
         assert loop is not None and stop is not None
-        loop.call_soon_threadsafe(result["server"].close_watches)
+        loop.call_soon_threadsafe(result["server"].stop_serving)
         loop.call_soon_threadsafe(stop.set)
         thread.join(timeout=30)
 

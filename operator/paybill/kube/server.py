@@ -58,6 +58,7 @@ class EmulatedApiServer(Writes, Watching, Discovery, kmock.KubernetesScaffold):
     _dependents: dict[str, set[tuple[tuple[str, str], str | None, str]]] = attrs.field(factory=dict, init=False)
     _lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
     _watches: set[asyncio.Task[Any]] = attrs.field(factory=set, init=False)
+    _stopping: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
         """No scaffold fallbacks: everything kmock's DSL does not intercept is served by ``_serve``. A store
@@ -75,7 +76,7 @@ class EmulatedApiServer(Writes, Watching, Discovery, kmock.KubernetesScaffold):
         return cls(store=store, access=persistent_access(state_dir), **kwargs)
 
     async def __aexit__(self, *exc: Any) -> None:
-        self.close_watches()
+        self.stop_serving()
         await self.admission.close()
         try:
             await self.store.sync()
@@ -87,6 +88,12 @@ class EmulatedApiServer(Writes, Watching, Discovery, kmock.KubernetesScaffold):
         """End every open watch stream (clients see the stream close, as on an apiserver restart)."""
         for task in list(self._watches):
             task.cancel()
+
+    def stop_serving(self) -> None:
+        """Shutting down: end every watch and refuse new ones (a client reconnecting at once would otherwise
+        hold a stream on a server that is going away, and wait on it until its own inactivity timeout)."""
+        self._stopping = True
+        self.close_watches()
 
     # --- HTTP entry -------------------------------------------------------------------------------------------
 

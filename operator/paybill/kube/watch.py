@@ -10,7 +10,7 @@ import aiohttp.web
 from kmock._internal import rendering
 
 from . import tables
-from .replies import Replies
+from .replies import Replies, status_error
 from .routing import Route, raw_request, table_request
 from .store import Expired, WatchEvent
 
@@ -20,8 +20,11 @@ class Watching(Replies):
 
     bookmark_interval: float
     _watches: set[asyncio.Task[Any]]
+    _stopping: bool
 
     async def _watch(self, request: rendering.Request, route: Route) -> aiohttp.web.StreamResponse:
+        if self._stopping:
+            raise status_error(503, "ServiceUnavailable", "the apiserver is shutting down")
         params = request.params
         matches = self._matcher(request, route)
         if route.name:
