@@ -52,6 +52,11 @@ OPERATOR_ENVIRONMENT: tuple[tuple[str, str], ...] = (
         "PAYBILL_OPERATOR_NAMESPACE",
         "the operator's own namespace, never given to a tenant (default: the ServiceAccount's namespace)",
     ),
+    (
+        "PAYBILL_WATCH_STALE_SECONDS",
+        "the liveness endpoint fails when a watch stream has had no event, bookmark or listing for longer than "
+        "this (default 180); a stream waiting for its missing CRD is reported, not failed",
+    ),
     ("PAYBILL_WORKFLOW_WORKERS", "AgentWorkflow steps run at once over all tenants (default 4)"),
     ("PAYBILL_WORKFLOW_WORKERS_PER_TENANT", "AgentWorkflow steps run at once for one tenant (default 2)"),
 )
