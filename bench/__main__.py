@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import policy, scaling, tenants, terraform
+from . import policy, recovery, scaling, tenants, terraform
 
 
 def machine() -> str:
@@ -50,10 +50,18 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer iterations (for a smoke run)")
     parser.add_argument("--out", default="BENCHMARKS.md")
     parser.add_argument(
-        "--only", choices=("policy", "tenants", "terraform", "scaling"), help="run one group; the file keeps the others"
+        "--only",
+        choices=("policy", "tenants", "terraform", "scaling", "recovery"),
+        help="run one group; the file keeps the others",
     )
     args = parser.parse_args()
-    groups = {"policy": policy.run, "tenants": tenants.run, "terraform": terraform.run, "scaling": scaling.run}
+    groups = {
+        "policy": policy.run,
+        "tenants": tenants.run,
+        "terraform": terraform.run,
+        "scaling": scaling.run,
+        "recovery": recovery.run,
+    }
     load_before = os.getloadavg()[0]
     sections = [run(args.quick) for name, run in groups.items() if args.only in (None, name)]
     load_after = os.getloadavg()[0]
