@@ -111,7 +111,11 @@ def table(results: list[dict[str, float]]) -> list[str]:
 
 
 def run(quick: bool = False) -> str:
+    from .__main__ import machine  # imported here: __main__ imports this module
+
+    load_before = os.getloadavg()[0]
     results = scaling(QUICK_SIZES if quick else SIZES)
+    load_after = os.getloadavg()[0]
     return "\n".join(
         [
             "## Pooled tenant offboarding and migration against rows per tenant (issue 13 item 5)",
@@ -125,6 +129,8 @@ def run(quick: bool = False) -> str:
             "then `finish_move` (the pooled source removed), on a second tenant of the same size. Linear growth shows "
             "as a constant µs/row",
             "(migration µs/row counts both of its steps).",
+            f"Machine: {machine()}. Command: `python -m bench --only scaling{' --quick' if quick else ''}`. Load",
+            f"average (1 min) when this group began and ended: {load_before:.1f} and {load_after:.1f}.",
             "",
             *table(results),
         ]
