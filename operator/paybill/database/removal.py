@@ -23,7 +23,7 @@ from .placement import APP_SCHEMA, BRIDGE_DATABASE, POOLED_DATABASE, POOLED_GROU
 from .provisioning import DDL_LOCK_TIMEOUT
 
 DELETE_BATCH = 10_000  # rows per transaction when a pooled tenant's rows are removed
-BIGINT_MIN = -(2**63)
+BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1  # the range of the tables' id keys
 
 
 class Removal:
@@ -123,8 +123,8 @@ def delete_in_batches(conn: psycopg.Connection, table: str, tenant: str, batch: 
     deleted, start = 0, BIGINT_MIN
     while True:
         row = conn.execute(end_of_batch, (tenant, start, batch - 1)).fetchone()
-        end = int(row[0]) if row else -BIGINT_MIN - 1
+        end = int(row[0]) if row else BIGINT_MAX
         deleted += conn.execute(delete, (tenant, start, end)).rowcount
-        if row is None or end == -BIGINT_MIN - 1:
+        if end == BIGINT_MAX:
             return deleted
         start = end + 1
