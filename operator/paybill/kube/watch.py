@@ -90,7 +90,12 @@ class Watching(Replies):
                     await send(event.type, event.object)
             await response.write_eof()
             return response
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:
+            raise
+        except asyncio.CancelledError:  # ended by the server (close_watches): the client must see the close
+            transport = raw_request(request).transport
+            if transport is not None:
+                transport.close()
             raise
         finally:
             self.store.unsubscribe(key, queue)
