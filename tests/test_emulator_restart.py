@@ -19,6 +19,8 @@ import pytest
 
 from paybill.api.crdgen import all_crds
 from paybill.kube import SYSTEM_NAMESPACES, EmulatedApiServer, StateDirError, serve_in_thread
+from paybill.kube import store as store_module
+from paybill.kube.store import Store
 from paybill.kubeclient import Kube
 from test_emulator import MERGE, SECRETS, TENANTS, Http, secret, tenant
 
@@ -243,3 +245,25 @@ def test_paybill_emulator_killed_and_restarted_on_its_state_dir_serves_what_it_h
     finally:
         child.terminate()
         child.wait()
+
+
+def test_the_journal_is_folded_into_a_snapshot_that_reads_back_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "COMPACT_AFTER", 5)
+    store = Store.open(tmp_path / "state")
+    key = ("", "configmaps")
+    for i in range(12):
+        revision = str(store.next_revision())
+        obj = {"metadata": {"name": f"c{i % 3}", "namespace": "default", "resourceVersion": revision}, "data": {"i": i}}
+        store.put(key, obj, "MODIFIED")
+    store.remove(key, store.get(key, "default", "c0"))  # type: ignore[arg-type]
+    journal = (tmp_path / "state" / "store.journal").read_bytes().splitlines()
+    assert len(journal) < 13  # folded into the snapshot on the way
+    revision, kept = store.revision, {o["metadata"]["name"]: o["data"] for o in store.list(key)}
+    store.close()
+
+    again = Store.open(tmp_path / "state")
+    assert again.revision == revision and {o["metadata"]["name"]: o["data"] for o in again.list(key)} == kept
+    assert kept == {"c1": {"i": 10}, "c2": {"i": 11}}
+    again.close()

@@ -9,7 +9,9 @@ defaulting, admission webhooks, dryRun, server-side printing and OpenAPI documen
 
 This module is the HTTP entry, the routing table and reads; each other concern is a module of its own:
 ``routing`` (the URL as a route), ``discovery`` (and OpenAPI), ``watch``, ``writes`` (and admission),
-``stamping`` (metadata), ``finalizers`` (and garbage collection), ``replies`` (Status errors, JSON).
+``stamping`` (metadata), ``finalizers`` (and garbage collection), ``replies`` (Status errors, JSON), ``store``
+and ``persistence`` (objects, resourceVersions and, with a state directory, their snapshot and journal on disk),
+``credentials`` (the CA and tokens kept there).
 """
 
 from __future__ import annotations
