@@ -1,10 +1,17 @@
-"""The watches' liveness verdict (handlers/watches.py): pure, table-driven, no cluster."""
+"""The watches' liveness verdict (handlers/watches.py): pure and table-driven; and the CRD check at start."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import kubernetes
 import pytest
 
-from paybill.handlers.watches import DEFAULT_STALE_SECONDS, Stream, WatchProgress, judge, stale_after
+from paybill.api.crdgen import all_crds
+from paybill.handlers.watches import DEFAULT_STALE_SECONDS, Stream, WatchProgress, judge, missing_crds, stale_after
+from paybill.kube import SYSTEM_NAMESPACES, serve_in_thread, write_admin_kubeconfig
+from paybill.kubeclient import Kube
 
 
 @pytest.mark.parametrize(
@@ -65,3 +72,12 @@ def test_progress_clears_waiting_and_a_closed_stream_is_forgotten() -> None:
 def test_the_stale_threshold_comes_from_the_environment() -> None:
     assert stale_after({}) == DEFAULT_STALE_SECONDS
     assert stale_after({"PAYBILL_WATCH_STALE_SECONDS": "7.5"}) == 7.5
+
+
+def test_missing_crds_asks_the_api_servers_discovery(cluster: Any, tmp_path: Path) -> None:
+    names = tuple(crd["metadata"]["name"] for crd in all_crds())
+    assert missing_crds(cluster.kube, names) == ()
+    with serve_in_thread(seed=SYSTEM_NAMESPACES) as (api, url):
+        bare = Kube(kubernetes.config.new_client_from_config(str(write_admin_kubeconfig(tmp_path / "k", url, api))))
+        assert missing_crds(bare, names) == names
+    assert missing_crds(bare, names) == ()  # gone: cannot tell, the streams' 404s will say

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import urllib3
 from kopf._cogs.clients import errors as kopf_errors
 from kopf._cogs.clients import watching as kopf_watching
 
@@ -155,13 +156,16 @@ def observe_kopf_watches(progress: WatchProgress = PROGRESS) -> None:
 
 
 def missing_crds(kube: Kube, expected: tuple[str, ...]) -> tuple[str, ...]:
-    """Which of the operator's resources (plural.group) the API server does not serve now."""
+    """Which of the operator's resources (plural.group) the API server does not serve now; none when it cannot
+    be asked (the streams' own 404s report a missing CRD then)."""
     try:
         served = kube.request("GET", f"/apis/{GROUP_VERSION}")["resources"]
     except KubeError as error:
         if error.status != 404:
-            raise
+            return ()
         served = []
+    except (OSError, urllib3.exceptions.HTTPError):
+        return ()
     group = GROUP_VERSION.split("/")[0]
     plurals = {f"{resource['name']}.{group}" for resource in served if "/" not in resource["name"]}
     return tuple(name for name in expected if name not in plurals)
