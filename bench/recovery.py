@@ -31,7 +31,7 @@ from .tenants import API, Stack, wait_idle
 MIX = (("pooled", 44), ("bridge", 3), ("silo", 3))
 STOP_AFTER_ACTIVE = 10  # the database goes down once this many tenants are Active
 OUTAGE_S = 20.0
-RUNS = 3
+RUNS = 5
 RECOVERY_TIMEOUT_S = 300.0
 POLL_S = 0.2
 
@@ -93,7 +93,7 @@ class RecoveryStack(Stack):
 
 @dataclass(frozen=True)
 class Recovery:
-    active_at_stop: int  # tenants Active when the database went down
+    active_at_stop: int  # tenants Active at the crash (seen Active by the end of the outage)
     failed_in_outage: int  # tenants seen Failed while it was down
     ready_s: float  # restart (pg_ctl start) -> the server accepts connections: PostgreSQL's crash recovery
     first_recovered_s: float  # restart -> the first tenant that was not Active turns Active
@@ -125,12 +125,15 @@ def outage_run(directory: Path, outage_s: float = OUTAGE_S) -> Recovery:
             kube.create(
                 {"apiVersion": API, "kind": "Tenant", "metadata": {"name": name}, "spec": {"planRef": plans[name]}}
             )
-        active = _wait_healthy(kube, STOP_AFTER_ACTIVE)
+        _wait_healthy(kube, STOP_AFTER_ACTIVE)
         stop_immediately(stack.postgres)
         down = time.monotonic()
+        active: set[str] = set()  # Active at the crash (a status written during the outage: committed before it)
         failed: set[str] = set()
         while time.monotonic() - down < outage_s:  # the fault's length, not a wait for a condition
-            failed |= {t["metadata"]["name"] for t in kube.list(API, "tenants") if stuck(t)}
+            tenants = kube.list(API, "tenants")
+            active |= {t["metadata"]["name"] for t in tenants if healthy(t)}
+            failed |= {t["metadata"]["name"] for t in tenants if stuck(t)}
             time.sleep(POLL_S)
         restarted = time.monotonic()
         stack.postgres.start()  # returns once the server accepts connections (after its crash recovery)
@@ -139,21 +142,20 @@ def outage_run(directory: Path, outage_s: float = OUTAGE_S) -> Recovery:
         stack.stop()
 
 
-def _wait_healthy(kube: Kube, count: int) -> list[str]:
-    """The tenants healthy once at least `count` are."""
+def _wait_healthy(kube: Kube, count: int) -> None:
+    """Until at least `count` tenants are healthy."""
     deadline = time.monotonic() + RECOVERY_TIMEOUT_S
-    while len(active := [t["metadata"]["name"] for t in kube.list(API, "tenants") if healthy(t)]) < count:
+    while sum(healthy(t) for t in kube.list(API, "tenants")) < count:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{count} tenants did not become Active")
         time.sleep(0.05)
-    return active
 
 
 def _recovery(
     kube: Kube,
     postgres: LocalPostgres,
     names: list[str],
-    active: list[str],
+    active: set[str],
     failed: set[str],
     restarted: float,
     ready_s: float,
@@ -202,7 +204,17 @@ def measure(runs: int, outage_s: float) -> list[Recovery]:
 
 
 def run(quick: bool = False) -> str:
+    from .__main__ import machine  # imported here: __main__ imports this module
+
+    load_before = os.getloadavg()[0]
     results = measure(1 if quick else RUNS, OUTAGE_S)
+    load_after = os.getloadavg()[0]
+    return section(
+        results, machine(), f"python -m bench --only recovery{' --quick' if quick else ''}", (load_before, load_after)
+    )
+
+
+def section(results: list[Recovery], machine: str, command: str, load: tuple[float, float]) -> str:
     total = sum(count for _, count in MIX)
     rows = [
         f"| {n + 1} | {r.active_at_stop} | {r.failed_in_outage} | {r.ready_s:.1f} s | {r.first_recovered_s:.1f} s | "
@@ -227,10 +239,13 @@ def run(quick: bool = False) -> str:
                 "*First recovered*: the first tenant that was not Active turns Active. *None stuck*: no tenant Failed "
                 "nor with a condition other than Ready False. *All healthy*: every tenant Active, Ready=True and "
                 "DataHealthy not False (a tenant just onboarded has no DataHealthy condition yet; *verified* counts "
-                "those with DataHealthy=True at the end). *Intact*: of the tenants Active before the outage, how many "
-                "still log in with their Secret and have their placement row.",
+                "those with DataHealthy=True at the end). *Active at stop*: seen Active by the end of the outage "
+                "(their status may be written just after the crash; their data was committed before it). *Intact*: of "
+                "those, how many still log in with their Secret and have their placement row after the recovery.",
                 width=115,
             ),
+            f"Machine: {machine}. Command: `{command}`. Load average (1 min) when this group began and ended: "
+            f"{load[0]:.1f} and {load[1]:.1f}.",
             "",
             "| run | Active at stop | Failed in outage | server ready | first recovered | none stuck | all healthy "
             "| after ready | slowest | intact | verified |",
