@@ -77,6 +77,7 @@ def operator(
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
     monkeypatch.setenv("PAYBILL_DATABASE_URL", postgres.dsn)
     monkeypatch.setenv("PAYBILL_BACKUP_DIR", str(tmp_path / "backups"))
+    monkeypatch.setenv("PAYBILL_STATE_DIR", str(tmp_path / "state"))  # the audit checkpoint: the test's own
     with KopfRunner(["run", "--all-namespaces", "--standalone", "-m", "paybill.handlers"], timeout=90) as runner:
         yield cluster
     assert runner.exit_code == 0, runner.output

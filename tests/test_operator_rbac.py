@@ -46,7 +46,8 @@ def chart_rbac() -> list[dict[str, Any]]:
 
 
 def chart_rules() -> list[dict[str, Any]]:
-    return next(doc for doc in chart_rbac() if doc["kind"] == "ClusterRole")["rules"]
+    """The ClusterRole's rules and the Role's (in the release's namespace: the audit checkpoint)."""
+    return [rule for doc in chart_rbac() if doc["kind"] in ("ClusterRole", "Role") for rule in doc["rules"]]
 
 
 def grants(rule: dict[str, Any]) -> Iterator[tuple[str, str, str, str]]:
@@ -79,6 +80,7 @@ def chart_operator(cluster: Any, postgres: Any, tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.setenv("PAYBILL_DATABASE_URL", postgres.dsn)
     monkeypatch.setenv("PAYBILL_BACKUP_DIR", str(tmp_path / "backups"))
+    monkeypatch.setenv("PAYBILL_OPERATOR_NAMESPACE", NAMESPACE)  # as the chart sets it: the audit checkpoint's home
     with KopfRunner(["run", "--all-namespaces", "--standalone", "-m", "paybill.handlers"], timeout=120) as runner:
         yield cluster
     assert runner.exit_code == 0, runner.output

@@ -52,7 +52,7 @@ from ..workflows.reconcile import (
 )
 from . import events
 from .agentpolicy import tenant_of, tenant_view
-from .apply import apply_agent_outcome, delete_owned_secret, publish_secret
+from .apply import apply_agent_outcome, audit, delete_owned_secret, publish_secret
 
 
 @kopf.on.startup()
@@ -158,9 +158,8 @@ def _run_steps(
 
     def record(outcome: StepOutcome) -> None:
         outcomes.append(outcome)
-        if memo.audit is not None:
-            entry = step_record(workflow, outcome)
-            memo.audit.append(entry.kind, entry.name, entry.event, entry.details)
+        entry = step_record(workflow, outcome)
+        audit(body, memo.audit, entry.kind, entry.name, entry.event, entry.details)
         write(progress(outcomes))
 
     write(AgentWorkflowStatus(phase=RUNNING))

@@ -11,6 +11,8 @@ from typing import Any, NoReturn
 import kopf
 
 from ..api.meta import API_VERSION
+from ..audit import AuditLog, AuditUnavailable
+from ..errors import first_line
 from ..kubeclient import Kube, KubeError, resource_path
 from ..lifecycle.agents import Outcome as AgentOutcome
 from ..lifecycle.conditions import set_condition
@@ -157,6 +159,17 @@ def wait_for(body: kopf.Body, patch: kopf.Patch, reason: str, message: str, dela
     raise kopf.TemporaryError(message, delay=delay)
 
 
+def audit(body: kopf.Body, log: AuditLog | None, kind: str, name: str, event: str, details: dict[str, Any]) -> None:
+    """Append to the audit log. A record it refuses (its outage buffer full, or a value no database could store)
+    is never silent: a Warning Event says so, and the log itself records how many it dropped."""
+    if log is None:
+        return
+    try:
+        log.append(kind, name, event, details)
+    except (AuditUnavailable, ValueError) as exc:
+        events.warn(body, reason="AuditUnavailable", message=f"audit record {event} dropped: {first_line(exc)}")
+
+
 def apply_agent_outcome(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, outcome: AgentOutcome) -> None:
     """What an agent reconciler decided (lifecycle/agents.py): the status or the wait, the Events, the audit
     record, then a retry if asked."""
@@ -166,7 +179,7 @@ def apply_agent_outcome(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, out
         report = outcome.report
         write_ready(body, patch, report.phase, report.ok, report.reason, report.message, **report.written())
     post(body, outcome.events)
-    if outcome.audit is not None and memo.audit is not None:
-        memo.audit.append(outcome.audit.kind, outcome.audit.name, outcome.audit.event, outcome.audit.details)
+    if outcome.audit is not None:
+        audit(body, memo.audit, outcome.audit.kind, outcome.audit.name, outcome.audit.event, outcome.audit.details)
     if outcome.retry is not None:
         raise kopf.TemporaryError(outcome.retry.message, delay=outcome.retry.delay)

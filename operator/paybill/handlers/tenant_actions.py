@@ -23,7 +23,7 @@ from ..lifecycle.machine import Transition
 from ..lifecycle.reconcile import Failure, FailureKind, TenantObject
 from ..lifecycle.tenant import CREDENTIALS_SECRET, SecretConflict, credentials_secret, owned_secret, secret_field
 from . import events
-from .apply import TENANT_GRANTS, converge, publish_secret, touch
+from .apply import TENANT_GRANTS, audit, converge, publish_secret, touch
 
 FAILURES: dict[type[BaseException], FailureKind] = {
     DatabaseUnavailable: FailureKind.DATABASE_UNAVAILABLE,
@@ -159,16 +159,9 @@ class TenantActions:
             (events.warn if step.target == Phase.FAILED else events.info)(
                 self.body, reason=str(step.target), message=message
             )
-            if self.audit is None:
-                continue
-            details = {"from": str(step.source), "to": str(step.target), "why": why, "uid": self.tenant.uid}
-            try:
-                self.audit.append(
-                    "Tenant", self.tenant.name, str(step.event), {**details, "generation": self.tenant.generation}
-                )
-            except (DatabaseUnavailable, psycopg.Error):
-                message = "could not append the audit record; the database is unreachable"
-                events.warn(self.body, reason="AuditUnavailable", message=message)
+            details: dict[str, Any] = {"from": str(step.source), "to": str(step.target), "why": why}
+            details |= {"uid": self.tenant.uid, "generation": self.tenant.generation}
+            audit(self.body, self.audit, "Tenant", self.tenant.name, str(step.event), details)
 
     def patch_status(self, fields: dict[str, Any]) -> None:
         """Written at once (not at the end of the reconcile), so that a restart resumes from there."""
