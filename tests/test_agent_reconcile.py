@@ -8,6 +8,7 @@ import subprocess
 import sys
 from typing import Any
 
+import kopf
 import pytest
 
 from paybill.api.agentpolicy import AgentPolicySpec, AgentPolicyStatus
@@ -286,9 +287,20 @@ def test_deleting_a_policy(status: dict[str, Any], configured: bool, expected: O
     assert policies.deleting(policy(**status), configured) == expected
 
 
-def test_a_deletion_waits_for_an_unavailable_database() -> None:
-    """The role must not outlive its policy: the deletion is retried, nothing else is said."""
-    assert policies.uninstall_failed("database unavailable") == Outcome(retry=Retry("database unavailable", 10))
+def test_a_deletion_waits_for_an_unavailable_database_and_says_so() -> None:
+    """The role must not outlive its policy: the deletion is retried (the handler sets no retry limit) and a
+    Warning Event says why the policy has not gone yet."""
+    outcome = policies.uninstall_failed("database unavailable")
+    assert outcome.retry == Retry("database unavailable", 10)
+    assert [(e.reason, e.warning) for e in outcome.events] == [("UninstallWaiting", True)]
+
+
+def test_a_policy_deletion_is_retried_without_a_limit() -> None:
+    import paybill.handlers.agentpolicy as handler
+
+    registry = kopf.get_default_registry()
+    deletions = [h for h in registry._changing.get_all_handlers() if h.fn is handler.delete_policy]  # type: ignore[attr-defined]
+    assert deletions and all(h.retries is None for h in deletions)
 
 
 def test_an_uninstalled_role_is_announced_and_recorded_only_when_dropped() -> None:

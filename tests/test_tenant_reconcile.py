@@ -633,10 +633,12 @@ def test_an_unforeseen_error_names_the_step_and_its_type() -> None:
 # --- the data of a provisioned tenant, checked on every reconcile and by the periodic resync --------------------
 
 
-def provisioned(phase: Phase = Phase.ACTIVE, access: Access = Access.FULL, healthy: bool | None = None) -> TenantObject:
+def provisioned(
+    phase: Phase = Phase.ACTIVE, access: Access = Access.FULL, healthy: bool | None = None, **spec: Any
+) -> TenantObject:
     conditions = () if healthy is None else (("DataHealthy", "True" if healthy else "False", "x"),)
     database = at(Isolation.POOLED).to_model()
-    return with_status(tenant(phase, conditions=conditions), access=access, database=database, plan="pro")
+    return with_status(tenant(phase, conditions=conditions, **spec), access=access, database=database, plan="pro")
 
 
 @pytest.mark.parametrize(
@@ -704,3 +706,44 @@ def test_a_tenant_not_yet_provisioned_is_not_checked() -> None:
     outcome = decide(tenant(), seen(health=DataHealth(Access.NONE, False)))
     assert outcome.status is not None and "DataHealthy" not in {c.type for c in outcome.status.conditions}
     assert data_problems(tenant(), seen(), Access.FULL) == []
+
+
+def test_a_lost_placement_record_is_made_again_where_the_data_is_never_at_the_plans_new_place() -> None:
+    """The record gone and the plan changed to silo: the data is still pooled, so it is placed there again and
+    then moved with its rows; a new empty silo would lose them."""
+    lost = DataPlacement(None, (), at(Isolation.SILO), last_known=at(Isolation.POOLED))
+    outcome = decide(provisioned(), Observed(plan=plan(Isolation.SILO), data=lost, now=NOW))
+    assert outcome.actions[10] == ProvisionData(Isolation.POOLED)
+    assert MigrateData(at(Isolation.POOLED), at(Isolation.SILO)) in outcome.actions
+    assert condition(outcome, "DataHealthy").reason == "PlacementMissing"
+
+
+def test_offboarding_a_tenant_whose_record_was_lost_still_backs_up_and_removes_its_data() -> None:
+    lost = DataPlacement(
+        None, (), None, others=(at(Isolation.SILO), at(Isolation.BRIDGE)), last_known=at(Isolation.POOLED)
+    )
+    outcome = decide(provisioned(offboard=True), Observed(data=lost))
+    assert kinds(outcome) == ["EnterPhase", "SetAccess", "TakeBackup", "RemoveData"]
+    assert outcome.actions[1] == SetAccess(at(Isolation.POOLED), Access.NONE)
+    assert RemoveData((at(Isolation.POOLED), at(Isolation.SILO), at(Isolation.BRIDGE))) in outcome.actions
+
+
+@pytest.mark.parametrize(("policy", "database_reason"), [("snapshot", "Removed"), ("retain", "Retained")])
+def test_an_offboarded_tenants_status_no_longer_says_its_data_and_namespace_are_ready(
+    policy: str, database_reason: str
+) -> None:
+    outcome = decide(
+        provisioned(healthy=True, offboard=True, deletionPolicy=policy), Observed(data=DataPlacement(None))
+    )
+    said = {c.type: (c.status, c.reason) for c in outcome.status.conditions}  # type: ignore[union-attr]
+    assert said["DatabaseReady"] == ("False", database_reason) and said["NamespaceReady"] == ("False", "Deleted")
+    assert said["DataHealthy"] == ("Unknown", "Offboarded") and said["Ready"] == ("False", "Offboarded")
+    dumped = outcome.status.model_dump(mode="json", by_alias=True, exclude_unset=True)  # type: ignore[union-attr]
+    assert ("database" in dumped and dumped["database"] is None) == (policy != "retain")  # removed: cleared
+
+
+def test_while_data_moves_ready_says_so() -> None:
+    outcome = decide(tenant(Phase.ACTIVE), seen(Isolation.SILO, recorded=Isolation.POOLED))
+    enter = next(a for a in outcome.actions if isinstance(a, EnterPhase))
+    ready = next(c for c in enter.conditions if c.type == "Ready")
+    assert (ready.status, ready.reason) == ("False", "Migrating") and "pooled to silo" in ready.message

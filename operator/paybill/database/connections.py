@@ -84,7 +84,7 @@ class Connections:
         """A cached autocommit connection for this thread (the operator's database when None)."""
         cache: dict[str | None, psycopg.Connection] = self._local.__dict__.setdefault("connections", {})
         conn = cache.get(database)
-        if conn is None or conn.closed or conn.broken:
+        if conn is None or conn.closed or conn.broken or not _alive(conn):
             conn = cache[database] = self._open(database)
         return conn
 
@@ -106,3 +106,13 @@ class Connections:
         for conn in self._local.__dict__.get("connections", {}).values():
             conn.close()
         self._local.__dict__["connections"] = {}
+
+
+def _alive(conn: psycopg.Connection) -> bool:
+    """A cached connection still reaches its server (one a server restart cut looks healthy until used)."""
+    try:
+        conn.execute("SELECT 1")
+    except psycopg.Error:
+        conn.close()
+        return False
+    return True

@@ -95,7 +95,7 @@ def reconcile_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: A
     apply_agent_outcome(body, patch, memo, outcome)
 
 
-@kopf.on.delete(GROUP, VERSION, "agentpolicies", retries=5)
+@kopf.on.delete(GROUP, VERSION, "agentpolicies")  # retried until done: the role must not outlive its policy
 def delete_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     """The role, its grants and its RLS policies go with the policy; so does its Secret."""
     policy = policy_object(body)

@@ -18,11 +18,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
+import psycopg
 import urllib3
 
 from ..api.meta import API_VERSION
 from ..api.tenant import Access
 from ..database import DatabaseUnavailable, TenantDatabases
+from ..errors import first_line
 from ..kubeclient import Kube, KubeError, load_config, resource_path
 from ..lifecycle.drift import Drift, Key, OwnedAction, drift, key_of, maintained, owned_action
 from ..lifecycle.reconcile import DataPlacement, Observed, TenantObject, data_problems
@@ -164,10 +166,14 @@ def resync_data(kube: Kube, databases: TenantDatabases) -> dict[str, list[tuple[
         tenant = TenantObject.of(manifest)
         if not checked(tenant) or tenant.status.access is None:
             continue
-        recorded, _, _ = databases.recorded(tenant.name)
-        try:
+        try:  # each tenant on its own: one that cannot be checked never stops the checks of the others
+            recorded, _, _ = databases.recorded(tenant.name)
             health = observe_health(kube, databases, tenant, recorded) if recorded else None
         except SecretConflict:  # not the tenant's Secret: its reconcile says so
+            continue
+        except (DatabaseUnavailable, psycopg.Error) as exc:  # its reconcile finds out and says so in Ready
+            found[tenant.name] = [("DatabaseUnavailable", first_line(exc))]
+            _touch(kube, tenant.name, f"resync: unreachable@{manifest['metadata'].get('resourceVersion', '')}")
             continue
         seen = Observed(data=DataPlacement(recorded), health=health)
         if problems := data_problems(tenant, seen, Access(tenant.status.access)):
@@ -190,7 +196,7 @@ class Resync(threading.Thread):
                 databases: TenantDatabases | None = self.memo.databases
                 for name, problems in (resync_data(kube, databases) if databases else {}).items():
                     logger.warning("resync: tenant %s: %s", name, "; ".join(message for _, message in problems))
-            except (KubeError, DatabaseUnavailable, OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
+            except (KubeError, OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
                 logger.warning("resync failed (%s); next in %s s", exc, self.period)
             except Exception:  # the loop must not die: log and go on
                 logger.exception("resync crashed; next in %s s", self.period)

@@ -26,7 +26,7 @@ from ..lifecycle.reconcile import Observed, Outcome, TenantObject
 from ..lifecycle.tenant import SecretConflict
 from . import events
 from .apply import operator_namespace, post
-from .health import checked, observe_health
+from .health import checked, last_known, observe_health
 from .tenant_actions import TenantActions, failure_of
 
 
@@ -65,12 +65,13 @@ def _observe_data(tenant: TenantObject, memo: kopf.Memo, isolation: str | None) 
         place = functools.partial(databases.placement_for, tenant.name)
         target, left = place(isolation) if isolation else None, (place(previous),) if previous else ()
         others = tuple(place(other) for other in Isolation if current is None or other != current.isolation)
+        known = last_known(databases, tenant) if current is None else None
         health = observe_health(memo.kube, databases, tenant, current) if current and checked(tenant) else None
     except (DatabaseUnavailable, psycopg.Error, SecretConflict) as exc:
         return {"data_error": failure_of(exc, "reading the placement")}
     backup = tenant.status.backup
     intact = backup is not None and _intact(Path(backup.location), backup.sha256)
-    data = decisions.DataPlacement(current, left, target, place(moving_to) if moving_to else None, others)
+    data = decisions.DataPlacement(current, left, target, place(moving_to) if moving_to else None, others, known)
     return {"data": data, "backup_intact": intact, "health": health}
 
 

@@ -66,10 +66,11 @@ class TenantActions:
             case decisions.ProvisionData(isolation):
                 assert databases is not None
                 databases.provision(name, isolation, self.password())
-            case decisions.EnterPhase(transitions, why):
+            case decisions.EnterPhase(transitions, why, conditions):
                 self.record(transitions, why)
                 self.phase = transitions[-1].target
-                self.patch_status({"phase": str(self.phase)})
+                said = [c.model_dump(mode="json", exclude_none=True) for c in conditions]
+                self.patch_status({"phase": str(self.phase), **({"conditions": said} if said else {})})
             case decisions.MigrateData(source, target):
                 assert databases is not None
                 moved = databases.migrate(name, target.isolation, self.password())

@@ -176,8 +176,10 @@ def deleting(policy: PolicyObject, database_configured: bool) -> Outcome:
 
 
 def uninstall_failed(message: str) -> Outcome:
-    """The database was unavailable: the deletion waits for it (the role must not outlive its policy)."""
-    return Outcome(retry=Retry(message, 10))
+    """The database was unavailable: the deletion waits for it, as long as it takes (the role must not outlive its
+    policy), and a Warning Event says why it has not gone yet."""
+    notice = Notice("UninstallWaiting", f"the policy's role is dropped once the database answers: {message}", True)
+    return Outcome(events=(notice,), retry=Retry(message, 10))
 
 
 def uninstalled(policy: PolicyObject, dropped: bool) -> Outcome:

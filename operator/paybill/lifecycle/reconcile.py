@@ -102,6 +102,12 @@ class DataPlacement:
     target: Placement | None = None  # where the plan's isolation puts it
     moving_to: Placement | None = None  # the target of a move under way (or interrupted)
     others: tuple[Placement, ...] = ()  # where every other isolation model would put it (offboarding removes all)
+    last_known: Placement | None = None  # where status last said the data is, while Paybill still owns its role
+
+    @property
+    def current(self) -> Placement | None:
+        """Where the data is: the record, or when the record was lost, where it last was (never a new place)."""
+        return self.recorded or self.last_known
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,7 @@ class EnterPhase:
 
     transitions: tuple[Transition, ...]
     why: str
+    conditions: tuple[Condition, ...] = ()  # written with the phase when set (what Ready says meanwhile)
 
 
 @dataclass(frozen=True)
@@ -370,8 +377,8 @@ def decide(tenant: TenantObject, seen: Observed) -> Outcome:
     events: tuple[Notice, ...] = ()
     isolation = Isolation(plan.spec.isolation)
     target = seen.data.target
-    placement = seen.data.recorded or target
-    actions.append(ProvisionData(isolation))
+    placement = seen.data.current or target
+    actions.append(ProvisionData(placement.isolation))  # a lost record is made again where the data is
     phase: Phase = tenant.phase
     moving_to, moved = seen.data.moving_to, False
     if moving_to is not None and moving_to.isolation != isolation:  # the plan changed back mid-way: roll back
@@ -394,7 +401,15 @@ def decide(tenant: TenantObject, seen: Observed) -> Outcome:
             )
         else:
             if phase == Phase.ACTIVE:
-                actions.append(EnterPhase((transition(phase, Event.MIGRATE),), f"{placement.isolation} -> {isolation}"))
+                moving = f"moving from {placement.isolation} to {isolation}; writes wait until the move is verified"
+                meanwhile = _Status(tenant)
+                meanwhile.condition("Ready", False, "Migrating", moving)
+                entered = (transition(phase, Event.MIGRATE),)
+                actions.append(
+                    EnterPhase(
+                        entered, f"{placement.isolation} -> {isolation}", tuple(meanwhile.build(phase).conditions)
+                    )
+                )
                 phase = Phase.MIGRATING
             actions.append(MigrateData(placement, target))
             status.condition("Migrated", True, "Verified", f"moved from {placement.isolation} to {target.isolation}")
@@ -530,12 +545,13 @@ def offboard(tenant: TenantObject, seen: Observed, deleting: bool = False) -> Ou
         return _with_actions(failed_offboarding(tenant, seen.data_error, _entered(actions, tenant.phase)), actions)
     policy = DeletionPolicy(tenant.spec.deletionPolicy)
     data = seen.data
-    if data is not None and data.recorded is not None:
-        actions.append(SetAccess(data.recorded, Access.NONE))
+    placement = data.current if data is not None else None
+    if data is not None and placement is not None:
+        actions.append(SetAccess(placement, Access.NONE))
         if tenant.status.backup is None or not seen.backup_intact:
-            actions.append(TakeBackup(data.recorded, f"{tenant.name}-{tenant.uid}"))
+            actions.append(TakeBackup(placement, f"{tenant.name}-{tenant.uid}"))
         if policy != DeletionPolicy.RETAIN:  # wherever a move may have left data too, so the role can be dropped
-            actions.append(RemoveData((data.recorded, *data.others)))
+            actions.append(RemoveData((placement, *(p for p in data.others if p != placement))))
         if policy == DeletionPolicy.DESTROY:
             actions.append(DeleteBackupFile())
     existing = seen.namespace
@@ -550,7 +566,15 @@ def offboard(tenant: TenantObject, seen: Observed, deleting: bool = False) -> Ou
     if not deleting:
         builder = _Status(tenant)
         builder.condition("Ready", False, "Offboarded", f"offboarded; data {policy}")
-        status = builder.build(Phase.OFFBOARDED, access=Access.NONE)
+        kept = policy == DeletionPolicy.RETAIN
+        data_said = "kept where it was; logins refused" if kept else "removed; the final backup is kept"
+        builder.condition(
+            "DatabaseReady", False, "Retained" if kept else "Removed", f"the tenant's data is {data_said}"
+        )
+        builder.condition("NamespaceReady", False, "Deleted", "the tenant's namespace is deleted (unless not its own)")
+        if tenant.condition("DataHealthy") is not None:
+            builder.condition("DataHealthy", None, "Offboarded", "an offboarded tenant's data is no longer checked")
+        status = builder.build(Phase.OFFBOARDED, access=Access.NONE, **({} if kept else {"database": None}))
     return Outcome(
         actions=tuple(actions),
         transitions=(transition(Phase.OFFBOARDING, Event.OFFBOARDED),),
