@@ -330,6 +330,31 @@ def test_an_unwritable_backup_location_is_a_condition_and_an_event_until_it_is_f
     assert Path(current["backup"]["location"]).parent == backups
 
 
+def test_a_new_tenant_with_the_name_of_one_whose_data_was_retained_never_gets_that_data(operator: Any) -> None:
+    """Found by an outsider: deleted with deletionPolicy retain, recreated under the same name, the new Tenant
+    logged in to the earlier customer's rows."""
+    name = onboard(operator, "bridge", deletionPolicy="retain")
+    wait_phase(operator, name, "Active")
+    with login(operator, name) as conn:
+        conn.execute("INSERT INTO customers (tenant_id, id, name) VALUES (%s, 1, 'a private record')", (name,))
+    operator.kube.delete(API, "tenants", name)
+    operator.eventually(lambda: operator.kube.get(API, "tenants", name) is None, timeout=60)
+    operator.eventually(lambda: operator.kube.get("v1", "namespaces", f"tenant-{name}") is None, timeout=60)
+    operator.kube.apply(
+        {"apiVersion": API, "kind": "Tenant", "metadata": {"name": name}, "spec": {"planRef": "plan-bridge"}}
+    )
+
+    def refused() -> dict[str, Any] | None:
+        said = {c["type"]: c for c in status(operator, name).get("conditions") or []}
+        return said.get("DatabaseReady") if said.get("DatabaseReady", {}).get("reason") == "NameConflict" else None
+
+    assert "earlier Tenant" in operator.eventually(refused, timeout=40)["message"]
+    secret = operator.kube.get("v1", "secrets", "paybill-database", f"tenant-{name}") or {}
+    assert "uri" not in (secret.get("data") or {})  # no login to the earlier data was handed out
+    operator.kube.delete(API, "tenants", name)  # the refused Tenant goes; the retained data stays untouched
+    operator.eventually(lambda: operator.kube.get(API, "tenants", name) is None, timeout=60)
+
+
 def test_owned_objects_deleted_by_hand_come_back(operator: Any) -> None:
     name = onboard(operator, "pooled")
     wait_phase(operator, name, "Active")

@@ -747,3 +747,12 @@ def test_while_data_moves_ready_says_so() -> None:
     enter = next(a for a in outcome.actions if isinstance(a, EnterPhase))
     ready = next(c for c in enter.conditions if c.type == "Ready")
     assert (ready.status, ready.reason) == ("False", "Migrating") and "pooled to silo" in ready.message
+
+
+def test_an_earlier_tenants_retained_data_is_never_given_to_a_new_tenant_of_the_same_name() -> None:
+    retained = "the data of an earlier Tenant named acme (uid old) is retained"
+    outcome = decide(tenant(), Observed(plan=plan(), now=NOW, retained=retained))
+    assert kinds(outcome) == ["ConvergeObject"] * 10  # its namespace, never the data
+    assert (condition(outcome, "DatabaseReady").reason, condition(outcome, "Ready").reason) == ("NameConflict",) * 2
+    offboarding = decide(tenant(Phase.FAILED, offboard=True), Observed(retained=retained, namespace=ours()))
+    assert kinds(offboarding) == ["EnterPhase", "DeleteNamespace"]  # the earlier Tenant's data is left alone

@@ -12,6 +12,7 @@ import pytest
 from paybill.api.tenant import Access
 from paybill.database import (
     DatabaseUnavailable,
+    NameConflict,
     Placement,
     TenantDatabases,
     restore_backup,
@@ -338,3 +339,15 @@ def test_a_dead_server_is_a_clear_error_without_secrets() -> None:
     with pytest.raises(DatabaseUnavailable) as caught:
         dbs.provision("x", "pooled", PASSWORD)
     assert "s3cret" not in str(caught.value) and PASSWORD not in str(caught.value)
+
+
+def test_the_data_under_a_name_belongs_to_one_tenant_object(databases: TenantDatabases) -> None:
+    name = fresh("owner")
+    databases.claim_tenant(name, "uid-1")
+    databases.claim_tenant(name, "uid-1")  # the same Tenant again: fine
+    with pytest.raises(NameConflict, match="earlier Tenant"):
+        databases.claim_tenant(name, "uid-2")  # a new Tenant of the same name
+    assert databases.tenant_owner(name) == "uid-1"
+    databases.forget(name)  # its data removed: the name is free
+    databases.claim_tenant(name, "uid-2")
+    assert databases.tenant_owner(name) == "uid-2"

@@ -15,7 +15,7 @@ from psycopg import sql
 
 from ..api.plan import Isolation
 from .connections import Connections
-from .ownership import Record, agent_name, create_idempotently, tenant_name
+from .ownership import NameConflict, Record, agent_name, create_idempotently, tenant_name
 from .placement import CONTROL_SCHEMA, Placement, placement_at
 
 
@@ -116,9 +116,30 @@ class Control:
             )
 
     def forget(self, tenant: str) -> None:
-        with self.connections.session() as conn:
+        with self.connections.session() as conn, conn.transaction():
             self.prepare(conn)
             conn.execute("DELETE FROM paybill.placements WHERE tenant = %s", (tenant,))
+            conn.execute("DELETE FROM paybill.tenant_owners WHERE tenant = %s", (tenant,))
+
+    def tenant_owner(self, tenant: str) -> str | None:
+        """The uid of the Tenant whose data is kept under this name (None: no data is kept for it)."""
+        with self.connections.session() as conn:
+            self.prepare(conn)
+            row = conn.execute("SELECT uid FROM paybill.tenant_owners WHERE tenant = %s", (tenant,)).fetchone()
+        return str(row[0]) if row else None
+
+    def claim_tenant(self, tenant: str, uid: str) -> None:
+        """The data kept under a tenant's name is that Tenant object's (its uid), never a later one's of the same
+        name: NameConflict if an earlier Tenant's data is retained under it."""
+        with self.connections.session() as conn:
+            self.prepare(conn)
+            conn.execute(
+                "INSERT INTO paybill.tenant_owners (tenant, uid) VALUES (%s, %s) ON CONFLICT (tenant) DO NOTHING",
+                (tenant, uid),
+            )
+        owner = self.tenant_owner(tenant)
+        if owner != uid:
+            raise NameConflict(retained_message(tenant, owner))
 
     # --- agents' row security policies -------------------------------------------------------------------
 
@@ -154,6 +175,10 @@ def _create_control_tables(conn: psycopg.Connection) -> None:
         "updated_at timestamptz NOT NULL DEFAULT now())"
     )
     conn.execute(
+        "CREATE TABLE IF NOT EXISTS paybill.tenant_owners (tenant text PRIMARY KEY, uid text NOT NULL, "
+        "claimed_at timestamptz NOT NULL DEFAULT now())"
+    )
+    conn.execute(
         "CREATE TABLE IF NOT EXISTS paybill.owned (kind text NOT NULL, database text NOT NULL, "
         "name text NOT NULL, owner text NOT NULL, oid oid, created_at timestamptz NOT NULL DEFAULT now(), "
         "PRIMARY KEY (kind, database, name))"
@@ -166,3 +191,10 @@ def _create_control_tables(conn: psycopg.Connection) -> None:
         "CREATE TABLE IF NOT EXISTS paybill.naming_key (id boolean PRIMARY KEY CHECK (id), key bytea NOT NULL)"
     )
     conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(CONTROL_SCHEMA)))
+
+
+def retained_message(tenant: str, owner: str | None) -> str:
+    return (
+        f"the data of an earlier Tenant named {tenant} (uid {owner}) is retained (deletionPolicy retain); it is "
+        "never given to a new Tenant of the same name: remove it, or choose another name"
+    )

@@ -66,6 +66,8 @@ class TenantDatabases:
         self.placement_for = self.control.placement_for
         self.recorded = self.control.recorded
         self.forget = self.control.forget
+        self.tenant_owner = self.control.tenant_owner
+        self.claim_tenant = self.control.claim_tenant
         self.installed_row_policies = self.control.installed_row_policies
         self.remember_row_policies = self.control.remember_row_policies
         self.claim_role = self.claims.claim_role

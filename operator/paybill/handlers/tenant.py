@@ -21,6 +21,7 @@ from ..api.subscription import SubscriptionSpec
 from ..api.tenant import TenantPhase as Phase
 from ..billing.subscription import Billed
 from ..database import DatabaseUnavailable, TenantDatabases
+from ..database.control import retained_message
 from ..lifecycle import reconcile as decisions
 from ..lifecycle.reconcile import Observed, Outcome, TenantObject
 from ..lifecycle.tenant import SecretConflict
@@ -61,6 +62,9 @@ def _observe_data(tenant: TenantObject, memo: kopf.Memo, isolation: str | None) 
     if databases is None:
         return {}
     try:
+        owner = databases.tenant_owner(tenant.name)
+        if owner is not None and owner != tenant.uid:  # an earlier Tenant's retained data: never this one's
+            return {"retained": retained_message(tenant.name, owner)}
         current, moving_to, previous = databases.recorded(tenant.name)
         place = functools.partial(databases.placement_for, tenant.name)
         target, left = place(isolation) if isolation else None, (place(previous),) if previous else ()

@@ -65,6 +65,7 @@ class TenantActions:
                     events.info(self.body, reason=announce.reason, message=announce.message)
             case decisions.ProvisionData(isolation):
                 assert databases is not None
+                databases.claim_tenant(name, self.tenant.uid)  # the data under this name is this Tenant's
                 databases.provision(name, isolation, self.password())
             case decisions.EnterPhase(transitions, why, conditions):
                 self.record(transitions, why)

@@ -131,6 +131,7 @@ class Observed:
     data_error: Failure | None = None  # reading the placement failed: the reconcile fails after the namespace
     backup_intact: bool = False
     health: DataHealth | None = None  # checked once the tenant was provisioned
+    retained: str | None = None  # an earlier Tenant of this name keeps its data here: never this one's
     now: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.UTC))
     retry: int = 0
 
@@ -370,6 +371,8 @@ def decide(tenant: TenantObject, seen: Observed) -> Outcome:
         status.condition("DatabaseReady", False, "NotConfigured", NO_DATABASE)
         delay = retry_delay(seen.retry, base=RETRY_DELAY)
         return status.wait(tenant.phase, "DatabaseNotConfigured", NO_DATABASE, delay, actions)
+    if seen.retained is not None:
+        return _with_actions(failed(tenant, Failure(FailureKind.NAME_CONFLICT, seen.retained), seen.retry), actions)
     if seen.data_error is not None or seen.data is None or seen.data.target is None:
         failure = seen.data_error or Failure(FailureKind.DATABASE_UNAVAILABLE, "the tenant database was not read")
         return _with_actions(failed(tenant, failure, seen.retry), actions)
