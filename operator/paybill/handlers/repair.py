@@ -176,9 +176,12 @@ def resync_data(kube: Kube, databases: TenantDatabases) -> dict[str, list[tuple[
             _touch(kube, tenant.name, f"resync: unreachable@{manifest['metadata'].get('resourceVersion', '')}")
             continue
         seen = Observed(data=DataPlacement(recorded), health=health)
+        version = manifest["metadata"].get("resourceVersion", "")
         if problems := data_problems(tenant, seen, Access(tenant.status.access)):
             found[tenant.name] = problems
-            _touch(kube, tenant.name, f"resync: {problems[0][0]}@{manifest['metadata'].get('resourceVersion', '')}")
+            _touch(kube, tenant.name, f"resync: {problems[0][0]}@{version}")
+        elif tenant.condition("DataHealthy") is None:  # provisioned, never verified: its reconcile says so
+            _touch(kube, tenant.name, f"resync: verify@{version}")
     return found
 
 
