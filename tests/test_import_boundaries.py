@@ -87,6 +87,12 @@ def test_database_and_billing_never_import_each_other(package: str, never: str) 
     assert within(imported_modules(package), f"paybill.{never}") == set()
 
 
+def test_billing_is_below_lifecycle() -> None:
+    """Billing is arithmetic over the api types; lifecycle's deciders use it, never the other way (no cycle)."""
+    assert within(imported_modules("billing"), "paybill.lifecycle") == set()
+    assert "paybill.billing.grace" in imported_modules("lifecycle")  # the check reads the imports it means to
+
+
 def test_the_import_reader_resolves_relative_imports() -> None:
     """The check above would pass vacuously if relative imports were misread: database does import paybill.api."""
     assert "paybill.api.plan" in within(imported_modules("database"), "paybill.api")

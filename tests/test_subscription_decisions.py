@@ -10,16 +10,15 @@ import pytest
 
 from paybill.api.plan import PlanSpec
 from paybill.api.subscription import Restriction, SubscriptionSpec
-from paybill.billing.subscription import (
+from paybill.billing.grace import Billed, billing_of
+from paybill.lifecycle.outcome import InvalidSpec, Notice, Readiness, Touch
+from paybill.lifecycle.references import TenantSeen
+from paybill.lifecycle.subscription import (
     REFERENCE_RETRY,
-    Billed,
     SubscriptionSeen,
-    billing_of,
     decide_subscription,
     subscriptions_of_tenant_gone,
 )
-from paybill.lifecycle.outcome import InvalidSpec, Notice, Readiness, Touch
-from paybill.lifecycle.references import TenantSeen
 
 NOW = datetime.datetime(2026, 11, 30, 12, tzinfo=datetime.UTC)
 PLAN = PlanSpec.model_validate({"tier": "pro", "isolation": "pooled"})  # the default 7-day grace period

@@ -15,7 +15,7 @@ from paybill.api.plan import Isolation, PlanSpec
 from paybill.api.subscription import SubscriptionSpec
 from paybill.api.tenant import Access, BackupStatus, TenantSpec, TenantStatus
 from paybill.api.tenant import TenantPhase as Phase
-from paybill.billing.subscription import Billed
+from paybill.billing.grace import Billed
 from paybill.database import Placement, placement_at
 from paybill.lifecycle.machine import Event
 from paybill.lifecycle.outcome import Touch

@@ -9,9 +9,11 @@ unpaid, paused, canceled              -> restricted         suspended (cause: bi
 from __future__ import annotations
 
 import datetime
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..api.subscription import BillingStatus, Restriction
+from ..api.plan import PlanSpec
+from ..api.subscription import BillingStatus, Restriction, SubscriptionSpec
 from ..api.tenant import Access
 
 
@@ -59,3 +61,20 @@ def billing_state(
             f"payment past due and the {grace_days}-day grace period is over; data is read-only",
         )
     return BillingState(Restriction.RESTRICTED, f"subscription is {status}; service is suspended")
+
+
+@dataclass(frozen=True)
+class Billed:
+    """One Subscription of a Tenant, by name."""
+
+    name: str
+    spec: SubscriptionSpec
+
+
+def billing_of(subscriptions: Iterable[Billed], plan: PlanSpec, now: datetime.datetime) -> BillingState:
+    """A Tenant's billing: by its Subscription first in name order, under its Plan's grace period; not billed
+    without one."""
+    first = min(subscriptions, key=lambda billed: billed.name, default=None)
+    if first is None:
+        return BillingState(Restriction.NONE, "no subscription: not billed")
+    return billing_state(first.spec.billingStatus, first.spec.pastDueSince, plan.gracePeriodDays, now)

@@ -1,4 +1,4 @@
-"""Subscription handlers: read the Subscription, its Tenant and its Plan, ask billing/subscription.py, apply its
+"""Subscription handlers: read the Subscription, its Tenant and its Plan, ask lifecycle/subscription.py, apply its
 answer (status, Events, a nudge to the Tenant). A past-due Subscription is looked at again every minute, so its
 grace period runs out on time; a deleted Tenant makes its Subscriptions reconcile again and find it missing."""
 
@@ -11,11 +11,11 @@ import kopf
 
 from ..api.meta import API_VERSION, GROUP, VERSION
 from ..api.subscription import BillingStatus, SubscriptionSpec
-from ..billing.subscription import SubscriptionSeen, decide_subscription, subscriptions_of_tenant_gone
 from ..kubeclient import Kube
 from ..lifecycle.outcome import said
 from ..lifecycle.plan import parse_plan
 from ..lifecycle.references import TenantSeen
+from ..lifecycle.subscription import SubscriptionSeen, decide_subscription, subscriptions_of_tenant_gone
 from .apply import post, touch_all, write_ready
 
 

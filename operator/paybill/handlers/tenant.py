@@ -19,7 +19,7 @@ from ..api.meta import API_VERSION, GROUP, VERSION
 from ..api.plan import Isolation, PlanSpec
 from ..api.subscription import SubscriptionSpec
 from ..api.tenant import TenantPhase as Phase
-from ..billing.subscription import Billed
+from ..billing.grace import Billed
 from ..database import DatabaseUnavailable, TenantDatabases
 from ..database.control import retained_message
 from ..lifecycle import reconcile as decisions

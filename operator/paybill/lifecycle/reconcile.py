@@ -18,7 +18,7 @@ from ..api.plan import Isolation, PlanSpec
 from ..api.subscription import Restriction
 from ..api.tenant import Access, BackupStatus, DeletionPolicy, TenantSpec, TenantStatus
 from ..api.tenant import TenantPhase as Phase
-from ..billing.subscription import Billed, billing_of
+from ..billing.grace import Billed, billing_of
 from .conditions import set_condition
 from .machine import Event, SuspensionCause, Transition, TransitionRefused, path, retry_delay, transition
 from .outcome import Notice, Touch

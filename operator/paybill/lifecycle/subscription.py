@@ -11,9 +11,9 @@ from typing import Any
 
 from ..api.plan import PlanSpec
 from ..api.subscription import BillingStatus, Restriction, SubscriptionSpec, SubscriptionStatus
-from ..lifecycle.outcome import InvalidSpec, Notice, Readiness, Said, Touch, warn_once
-from ..lifecycle.references import Problem, TenantSeen, reference_problem
-from .grace import BillingState, billing_state
+from ..billing.grace import BillingState, billing_state
+from .outcome import InvalidSpec, Notice, Readiness, Said, Touch, warn_once
+from .references import Problem, TenantSeen, reference_problem
 
 REFERENCE_RETRY = 10  # seconds: how often a Subscription with a broken reference looks again
 PLAN_MISMATCH = "PlanMismatch"  # a problem that leaves the Subscription billed, by the plan it names
@@ -90,20 +90,3 @@ def subscriptions_of_tenant_gone(tenant: str, subscriptions: Iterable[Mapping[st
         for s in subscriptions
         if (s.get("spec") or {}).get("tenantRef") == tenant
     )
-
-
-@dataclass(frozen=True)
-class Billed:
-    """One Subscription of a Tenant, by name."""
-
-    name: str
-    spec: SubscriptionSpec
-
-
-def billing_of(subscriptions: Iterable[Billed], plan: PlanSpec, now: datetime.datetime) -> BillingState:
-    """A Tenant's billing: by its Subscription first in name order, under its Plan's grace period; not billed
-    without one."""
-    first = min(subscriptions, key=lambda billed: billed.name, default=None)
-    if first is None:
-        return BillingState(Restriction.NONE, "no subscription: not billed")
-    return billing_state(first.spec.billingStatus, first.spec.pastDueSince, plan.gracePeriodDays, now)
