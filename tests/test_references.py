@@ -11,9 +11,10 @@ import pytest
 from paybill.lifecycle.references import (
     PlanUsers,
     Problem,
+    TenantSeen,
     plan_deletion_problem,
     plan_users,
-    subscription_problem,
+    reference_problem,
     tenant_plan_mismatch,
 )
 from test_tenant_lifecycle import onboard, plan, wait_phase
@@ -46,7 +47,8 @@ SUB = {"tenantRef": "acme", "planRef": "pro"}
     ],
 )
 def test_subscription_problems(tenant: dict[str, Any] | None, plan_found: bool, problem: Problem | None) -> None:
-    assert subscription_problem(SUB, tenant, obj("pro") if plan_found else None) == problem
+    seen = None if tenant is None else TenantSeen.of(tenant)
+    assert reference_problem(SUB["tenantRef"], SUB["planRef"], seen, plan_found) == problem
 
 
 def test_a_tenant_billed_for_another_plan_is_a_mismatch() -> None:

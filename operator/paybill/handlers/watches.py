@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -169,7 +168,3 @@ def missing_crds(kube: Kube, expected: tuple[str, ...]) -> tuple[str, ...]:
     group = GROUP_VERSION.split("/")[0]
     plurals = {f"{resource['name']}.{group}" for resource in served if "/" not in resource["name"]}
     return tuple(name for name in expected if name not in plurals)
-
-
-def stale_seconds_from_environment() -> float:
-    return stale_after(os.environ)

@@ -41,14 +41,6 @@ class TenantSeen:
         return cls(_spec(tenant).get("planRef"), deleting(tenant))
 
 
-def subscription_problem(
-    spec: Mapping[str, Any], tenant: Mapping[str, Any] | None, plan: Mapping[str, Any] | None
-) -> Problem | None:
-    """`reference_problem` over the objects as read."""
-    seen = None if tenant is None else TenantSeen.of(tenant)
-    return reference_problem(spec["tenantRef"], spec["planRef"], seen, plan_found=plan is not None)
-
-
 def reference_problem(tenant_ref: str, plan_ref: str, tenant: TenantSeen | None, plan_found: bool) -> Problem | None:
     """Why a Subscription is not Ready: a missing or departing Tenant or Plan, or a Tenant on another plan."""
     if tenant is None or not plan_found:
