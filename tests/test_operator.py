@@ -212,7 +212,7 @@ def test_kubectl_wait_for_ready_with_the_operator_running(operator: Any) -> None
         ["kubectl", "apply", "-f", str(REPO / "manifests" / "samples")], check=True, env=env, capture_output=True
     )
     waited = subprocess.run(
-        ["kubectl", "wait", "--for=condition=Ready", "tenant/acme", "--timeout=30s"],
+        ["kubectl", "wait", "--for=condition=Ready", "tenant/acme", "--timeout=120s"],
         env=env,
         capture_output=True,
         text=True,

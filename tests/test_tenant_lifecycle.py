@@ -330,7 +330,9 @@ def test_an_unwritable_backup_location_is_a_condition_and_an_event_until_it_is_f
     assert Path(current["backup"]["location"]).parent == backups
 
 
-def test_a_new_tenant_with_the_name_of_one_whose_data_was_retained_never_gets_that_data(operator: Any) -> None:
+def test_a_new_tenant_with_the_name_of_one_whose_data_was_retained_never_gets_that_data(
+    operator: Any, postgres: LocalPostgres
+) -> None:
     """Found by an outsider: deleted with deletionPolicy retain, recreated under the same name, the new Tenant
     logged in to the earlier customer's rows."""
     name = onboard(operator, "bridge", deletionPolicy="retain")

@@ -541,7 +541,7 @@ def ours() -> dict[str, Any]:
     ("policy", "expected"),
     [
         ("snapshot", ["EnterPhase", "SetAccess", "TakeBackup", "RemoveData", "DeleteNamespace"]),
-        ("retain", ["EnterPhase", "SetAccess", "TakeBackup", "DeleteNamespace"]),
+        ("retain", ["EnterPhase", "SetAccess", "TakeBackup", "RetainName", "DeleteNamespace"]),
         ("destroy", ["EnterPhase", "SetAccess", "TakeBackup", "RemoveData", "DeleteBackupFile", "DeleteNamespace"]),
     ],
 )
@@ -572,7 +572,7 @@ def test_an_intact_backup_is_not_taken_again_and_a_repeated_offboarding_skips_wh
     intact = decide(offboarding, Observed(data=data, backup_intact=True))
     assert kinds(intact) == ["SetAccess", "RemoveData"]
     assert "TakeBackup" in kinds(decide(offboarding, Observed(data=data, backup_intact=False)))
-    assert kinds(decide(offboarding, Observed(data=DataPlacement(None)))) == []
+    assert kinds(decide(offboarding, Observed(data=DataPlacement(None)))) == ["ReleaseName"]  # nothing left: the name
 
 
 def test_a_namespace_that_is_not_the_tenants_is_kept_on_offboarding() -> None:
@@ -756,3 +756,22 @@ def test_an_earlier_tenants_retained_data_is_never_given_to_a_new_tenant_of_the_
     assert (condition(outcome, "DatabaseReady").reason, condition(outcome, "Ready").reason) == ("NameConflict",) * 2
     offboarding = decide(tenant(Phase.FAILED, offboard=True), Observed(retained=retained, namespace=ours()))
     assert kinds(offboarding) == ["EnterPhase", "DeleteNamespace"]  # the earlier Tenant's data is left alone
+
+
+def test_a_tenant_deleted_before_anything_was_placed_frees_its_name() -> None:
+    """It claimed the name, then provisioning failed: its deletion must not lock the name for good."""
+    outcome = decide(tenant(Phase.FAILED, offboard=True, deletionPolicy="destroy"), Observed(data=DataPlacement(None)))
+    assert kinds(outcome) == ["EnterPhase", "ReleaseName"]
+    retained = Observed(retained="an earlier Tenant's data")  # another Tenant's claim is never released
+    assert "ReleaseName" not in kinds(decide(tenant(Phase.FAILED, offboard=True), retained))
+
+
+def test_a_repair_that_does_not_take_is_warned_once_and_looked_at_less_and_less_often() -> None:
+    broken = DataHealth(Access.FULL, False)
+    first = decide(provisioned(), seen(recorded=Isolation.POOLED, health=broken))
+    assert [e.reason for e in first.events] == ["CredentialsRejected"] and first.retry == 1.0
+    assert first.status is not None
+    again = with_status(provisioned(), conditions=first.status.conditions)
+    later = [decide(again, seen(recorded=Isolation.POOLED, health=broken, retry=r)) for r in (1, 2, 3)]
+    assert all(o.events == () for o in later)
+    assert [o.retry for o in later] == [2.0, 4.0, 8.0]

@@ -341,13 +341,15 @@ def test_a_dead_server_is_a_clear_error_without_secrets() -> None:
     assert "s3cret" not in str(caught.value) and PASSWORD not in str(caught.value)
 
 
-def test_the_data_under_a_name_belongs_to_one_tenant_object(databases: TenantDatabases) -> None:
+def test_data_retained_under_a_name_belongs_to_the_tenant_that_kept_it(databases: TenantDatabases) -> None:
     name = fresh("owner")
     databases.claim_tenant(name, "uid-1")
-    databases.claim_tenant(name, "uid-1")  # the same Tenant again: fine
+    databases.claim_tenant(name, "uid-2")  # the Tenant object recreated (a restore, a re-apply): it carries on
+    databases.retain_tenant(name)  # offboarded with deletionPolicy retain
+    assert databases.retained_by(name) == "uid-2"
+    databases.claim_tenant(name, "uid-2")  # the same Tenant again: fine
     with pytest.raises(NameConflict, match="earlier Tenant"):
-        databases.claim_tenant(name, "uid-2")  # a new Tenant of the same name
-    assert databases.tenant_owner(name) == "uid-1"
-    databases.forget(name)  # its data removed: the name is free
-    databases.claim_tenant(name, "uid-2")
-    assert databases.tenant_owner(name) == "uid-2"
+        databases.claim_tenant(name, "uid-3")  # a new Tenant of the same name never gets the kept data
+    databases.forget(name)  # the data removed: the name is free
+    databases.claim_tenant(name, "uid-3")
+    assert databases.retained_by(name) is None

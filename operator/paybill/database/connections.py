@@ -75,6 +75,8 @@ class Connections:
         try:
             psycopg.connect(uri, connect_timeout=5).close()
         except psycopg.OperationalError as exc:
+            if "too many connections for role" in str(exc):  # checked after the password was accepted
+                return True
             if any(refusal in str(exc) for refusal in LOGIN_REFUSALS):
                 return False
             raise DatabaseUnavailable(f"cannot connect to the tenant database server: {first_line(exc)}") from None

@@ -121,25 +121,35 @@ class Control:
             conn.execute("DELETE FROM paybill.placements WHERE tenant = %s", (tenant,))
             conn.execute("DELETE FROM paybill.tenant_owners WHERE tenant = %s", (tenant,))
 
-    def tenant_owner(self, tenant: str) -> str | None:
-        """The uid of the Tenant whose data is kept under this name (None: no data is kept for it)."""
+    def retained_by(self, tenant: str) -> str | None:
+        """The uid of the Tenant that was offboarded keeping its data under this name (deletionPolicy retain), if
+        any: that data is never a new Tenant's of the same name."""
         with self.connections.session() as conn:
             self.prepare(conn)
-            row = conn.execute("SELECT uid FROM paybill.tenant_owners WHERE tenant = %s", (tenant,)).fetchone()
+            row = conn.execute(
+                "SELECT uid FROM paybill.tenant_owners WHERE tenant = %s AND retained", (tenant,)
+            ).fetchone()
         return str(row[0]) if row else None
 
-    def claim_tenant(self, tenant: str, uid: str) -> None:
-        """The data kept under a tenant's name is that Tenant object's (its uid), never a later one's of the same
-        name: NameConflict if an earlier Tenant's data is retained under it."""
+    def retain_tenant(self, tenant: str) -> None:
+        """The Tenant is offboarded and its data kept: from now on no other Tenant of the name may have it."""
         with self.connections.session() as conn:
             self.prepare(conn)
+            conn.execute("UPDATE paybill.tenant_owners SET retained = true WHERE tenant = %s", (tenant,))
+
+    def claim_tenant(self, tenant: str, uid: str) -> None:
+        """The data kept under a tenant's name is this Tenant object's (its uid). NameConflict if an earlier Tenant
+        of the name was offboarded keeping its data (deletionPolicy retain): that is never a new Tenant's."""
+        retained = self.retained_by(tenant)
+        if retained is not None and retained != uid:
+            raise NameConflict(retained_message(tenant, retained))
+        with self.connections.session() as conn:  # a Tenant object recreated (a restore, a re-apply) carries on
+            self.prepare(conn)
             conn.execute(
-                "INSERT INTO paybill.tenant_owners (tenant, uid) VALUES (%s, %s) ON CONFLICT (tenant) DO NOTHING",
+                "INSERT INTO paybill.tenant_owners (tenant, uid) VALUES (%s, %s) "
+                "ON CONFLICT (tenant) DO UPDATE SET uid = excluded.uid WHERE NOT paybill.tenant_owners.retained",
                 (tenant, uid),
             )
-        owner = self.tenant_owner(tenant)
-        if owner != uid:
-            raise NameConflict(retained_message(tenant, owner))
 
     # --- agents' row security policies -------------------------------------------------------------------
 
@@ -176,8 +186,9 @@ def _create_control_tables(conn: psycopg.Connection) -> None:
     )
     conn.execute(
         "CREATE TABLE IF NOT EXISTS paybill.tenant_owners (tenant text PRIMARY KEY, uid text NOT NULL, "
-        "claimed_at timestamptz NOT NULL DEFAULT now())"
+        "retained boolean NOT NULL DEFAULT false, claimed_at timestamptz NOT NULL DEFAULT now())"
     )
+    conn.execute("ALTER TABLE paybill.tenant_owners ADD COLUMN IF NOT EXISTS retained boolean NOT NULL DEFAULT false")
     conn.execute(
         "CREATE TABLE IF NOT EXISTS paybill.owned (kind text NOT NULL, database text NOT NULL, "
         "name text NOT NULL, owner text NOT NULL, oid oid, created_at timestamptz NOT NULL DEFAULT now(), "
@@ -193,8 +204,8 @@ def _create_control_tables(conn: psycopg.Connection) -> None:
     conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(CONTROL_SCHEMA)))
 
 
-def retained_message(tenant: str, owner: str | None) -> str:
+def retained_message(tenant: str, owner: str) -> str:
     return (
-        f"the data of an earlier Tenant named {tenant} (uid {owner}) is retained (deletionPolicy retain); it is "
+        f"the data of an earlier Tenant named {tenant} (uid {owner}) was retained when it was offboarded; it is "
         "never given to a new Tenant of the same name: remove it, or choose another name"
     )

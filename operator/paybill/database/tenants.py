@@ -66,7 +66,8 @@ class TenantDatabases:
         self.placement_for = self.control.placement_for
         self.recorded = self.control.recorded
         self.forget = self.control.forget
-        self.tenant_owner = self.control.tenant_owner
+        self.retained_by = self.control.retained_by
+        self.retain_tenant = self.control.retain_tenant
         self.claim_tenant = self.control.claim_tenant
         self.installed_row_policies = self.control.installed_row_policies
         self.remember_row_policies = self.control.remember_row_policies

@@ -62,17 +62,20 @@ def _observe_data(tenant: TenantObject, memo: kopf.Memo, isolation: str | None) 
     if databases is None:
         return {}
     try:
-        owner = databases.tenant_owner(tenant.name)
-        if owner is not None and owner != tenant.uid:  # an earlier Tenant's retained data: never this one's
-            return {"retained": retained_message(tenant.name, owner)}
+        retained = databases.retained_by(tenant.name)
+        if retained is not None and retained != tenant.uid:  # an earlier Tenant's retained data: never this one's
+            return {"retained": retained_message(tenant.name, retained)}
         current, moving_to, previous = databases.recorded(tenant.name)
         place = functools.partial(databases.placement_for, tenant.name)
         target, left = place(isolation) if isolation else None, (place(previous),) if previous else ()
         others = tuple(place(other) for other in Isolation if current is None or other != current.isolation)
         known = last_known(databases, tenant) if current is None else None
-        health = observe_health(memo.kube, databases, tenant, current) if current and checked(tenant) else None
     except (DatabaseUnavailable, psycopg.Error, SecretConflict) as exc:
         return {"data_error": failure_of(exc, "reading the placement")}
+    try:  # a check that cannot be made never holds up what the decision must do (a suspension, say)
+        health = observe_health(memo.kube, databases, tenant, current) if current and checked(tenant) else None
+    except (DatabaseUnavailable, psycopg.Error, SecretConflict):
+        health = None
     backup = tenant.status.backup
     intact = backup is not None and _intact(Path(backup.location), backup.sha256)
     data = decisions.DataPlacement(current, left, target, place(moving_to) if moving_to else None, others, known)

@@ -118,6 +118,12 @@ class TenantActions:
                     Path(self.backup.location).unlink(missing_ok=True)
                     self.backup = decisions.destroyed(self.backup)
                     self.patch_status({"backup": self.backup.model_dump(mode="json", exclude_none=True)})
+            case decisions.RetainName():
+                assert databases is not None
+                databases.retain_tenant(name)
+            case decisions.ReleaseName():
+                assert databases is not None
+                databases.forget(name)
             case decisions.DeleteNamespace(namespace, uid):
                 self.delete_namespace(namespace, uid)
             case _:

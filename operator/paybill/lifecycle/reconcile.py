@@ -226,6 +226,16 @@ class DeleteBackupFile:
 
 
 @dataclass(frozen=True)
+class RetainName:
+    """Record that this Tenant was offboarded keeping its data: no later Tenant of the name may have it."""
+
+
+@dataclass(frozen=True)
+class ReleaseName:
+    """Forget the tenant's placement record and its claim on the name (there is no data left under it)."""
+
+
+@dataclass(frozen=True)
 class DeleteNamespace:
     """Delete the namespace, on the condition (uid precondition) that it is the one that was checked."""
 
@@ -247,6 +257,8 @@ Action = (
     | TakeBackup
     | RemoveData
     | DeleteBackupFile
+    | RetainName
+    | ReleaseName
     | DeleteNamespace
 )
 
@@ -467,7 +479,7 @@ def decide(tenant: TenantObject, seen: Observed) -> Outcome:
             credentialsSecret=CREDENTIALS_SECRET,
         ),
         events=events,
-        retry=VERIFY_DELAY if broken else None,
+        retry=retry_delay(seen.retry, base=VERIFY_DELAY) if broken else None,  # backs off if it does not take
         retry_message="verifying the repair of the tenant's data",
     )
 
@@ -502,6 +514,8 @@ def _data_health(
     if problems:
         reason, message = problems[0][0], "; ".join(m for _, m in problems)
         status.condition("DataHealthy", False, reason, message)
+        if previous is not None and previous.status == "False" and previous.message == message:
+            return ()  # said already: a repair that does not take is not warned about every second
         return (Notice(reason, f"{message}; repairing", warning=True),)
     if not checked:
         return ()
@@ -557,6 +571,10 @@ def offboard(tenant: TenantObject, seen: Observed, deleting: bool = False) -> Ou
             actions.append(RemoveData((placement, *(p for p in data.others if p != placement))))
         if policy == DeletionPolicy.DESTROY:
             actions.append(DeleteBackupFile())
+        if policy == DeletionPolicy.RETAIN:
+            actions.append(RetainName())  # the data kept is never a later Tenant's of the same name
+    if data is not None and placement is None and seen.retained is None:
+        actions.append(ReleaseName())  # nothing was placed (or all is removed): the name is free for a new Tenant
     existing = seen.namespace
     events: tuple[Notice, ...] = ()
     if existing is not None:
