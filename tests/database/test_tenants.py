@@ -8,6 +8,7 @@ import time
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from paybill.api.tenant import Access
 from paybill.database import (
@@ -353,3 +354,24 @@ def test_data_retained_under_a_name_belongs_to_the_tenant_that_kept_it(databases
     databases.forget(name)  # the data removed: the name is free
     databases.claim_tenant(name, "uid-3")
     assert databases.retained_by(name) is None
+
+
+@pytest.mark.parametrize("isolation", ["bridge", "silo"])
+def test_row_security_turned_on_for_an_agent_never_hides_the_tenants_own_rows_from_it(
+    databases: TenantDatabases, isolation: str
+) -> None:
+    """Found by an outsider: an AgentPolicy's install turns row security on for its tables; in a bridge or silo
+    schema the tenant's role had no policy of its own, so it read nothing and could write nothing."""
+    placement = databases.provision(fresh("rls"), isolation, PASSWORD)
+    databases.set_access(placement, Access.FULL)
+    with login(databases, placement) as conn:
+        conn.execute("INSERT INTO customers (tenant_id, id, name) VALUES (%s, 1, 'mine')", (placement.tenant,))
+    with databases.session(placement.database) as conn:  # what an agent policy's install does to the table
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(sql.Identifier(placement.schema, "customers"))
+        )
+    with login(databases, placement) as conn:
+        assert conn.execute("SELECT name FROM customers").fetchall() == [("mine",)]
+        conn.execute("INSERT INTO customers (tenant_id, id, name) VALUES (%s, 2, 'more')", (placement.tenant,))
+    databases.remove(placement)
+    databases.drop_role(placement.tenant)

@@ -89,6 +89,7 @@ class Provisioning:
                 conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, role))
                 conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(schema, role))
                 conn.execute(sql.SQL("REVOKE ALL ON {}.{} FROM {}").format(schema, sql.Identifier(LEDGER), role))
+                _own_rows_under_row_security(conn, placement)
             conn.execute(
                 sql.SQL("ALTER ROLE {} IN DATABASE {} SET search_path = {}").format(
                     role, sql.Identifier(placement.database), schema
@@ -255,6 +256,26 @@ def _ensure_pooled(conn: psycopg.Connection) -> None:
         for name, body in policies.items():
             if (table, name) not in existing:
                 conn.execute(sql.SQL("CREATE POLICY {} ON {} ").format(sql.Identifier(name), table_id) + body)
+
+
+TENANT_POLICY = "paybill_tenant_owns_every_row"
+
+
+def _own_rows_under_row_security(conn: psycopg.Connection, placement: Placement) -> None:
+    """In its own schema or database the tenant's role sees and writes every row, also once row security is on
+    for an agent's policy (without a policy of its own, row security would hide all of them from it)."""
+    for table in TABLES:
+        table_id = sql.Identifier(placement.schema, table)
+        exists = conn.execute(
+            "SELECT 1 FROM pg_policy WHERE polname = %s AND polrelid = %s::regclass",
+            (TENANT_POLICY, table_id.as_string(conn)),
+        ).fetchone()
+        if exists is None:
+            conn.execute(
+                sql.SQL("CREATE POLICY {} ON {} AS PERMISSIVE FOR ALL TO {} USING (true) WITH CHECK (true)").format(
+                    sql.Identifier(TENANT_POLICY), table_id, sql.Identifier(placement.role)
+                )
+            )
 
 
 def enable_row_security(conn: psycopg.Connection, table: sql.Composable) -> None:
