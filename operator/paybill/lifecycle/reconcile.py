@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -540,14 +540,7 @@ def failed(tenant: TenantObject, failure: Failure, retry: int, phase: Phase | No
     if failure.kind == FailureKind.DATABASE_UNAVAILABLE:  # an outage: look again soon, so recovery is quick
         delay = min(delay, OUTAGE_RETRY_CAP)
     outcome = status.wait(phase, failure.reason, failure.message, delay)
-    return Outcome(
-        transitions=tuple(transitions),
-        why=failure.message,
-        status=outcome.status,
-        events=outcome.events,
-        retry=outcome.retry,
-        retry_message=outcome.retry_message,
-    )
+    return replace(outcome, transitions=tuple(transitions), why=failure.message)
 
 
 def offboard(tenant: TenantObject, seen: Observed, deleting: bool = False) -> Outcome:
@@ -611,13 +604,7 @@ def failed_offboarding(tenant: TenantObject, failure: Failure, phase: Phase | No
     and a retry (each step is safe to repeat)."""
     status = _Status(tenant)
     outcome = status.wait(phase or tenant.phase, "OffboardingFailed", failure.message, RETRY_DELAY)
-    return Outcome(
-        status=outcome.status,
-        events=outcome.events,
-        retry=outcome.retry,
-        retry_message=outcome.retry_message,
-        offboarding=True,
-    )
+    return replace(outcome, offboarding=True)
 
 
 def destroyed(backup: BackupStatus) -> BackupStatus:
@@ -671,16 +658,7 @@ def _chain(source: Phase, target: Phase) -> list[Transition]:
 
 
 def _with_actions(outcome: Outcome, actions: Sequence[Action]) -> Outcome:
-    return Outcome(
-        actions=(*actions, *outcome.actions),
-        transitions=outcome.transitions,
-        why=outcome.why,
-        status=outcome.status,
-        events=outcome.events,
-        retry=outcome.retry,
-        retry_message=outcome.retry_message,
-        offboarding=outcome.offboarding,
-    )
+    return replace(outcome, actions=(*actions, *outcome.actions))
 
 
 def _entered(actions: Sequence[Action], phase: Phase) -> Phase:
