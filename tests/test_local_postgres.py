@@ -178,6 +178,72 @@ def test_a_server_whose_starter_was_killed_is_stopped_by_the_next_start() -> Non
         shutil.rmtree(directory, ignore_errors=True)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="as a normal user the server runs in place: no runtime directory")
+def test_a_killed_throwaway_server_and_half_made_runtime_directories_are_deleted_by_the_next_start() -> None:
+    """A test session killed with SIGKILL leaves a throwaway server (durable=False) whose data nobody resumes:
+    the next start deletes it whole. A runtime directory left half-made (no owner record, no data) is deleted
+    once it is old enough that nobody can still be making it."""
+    directory = Path(tempfile.mkdtemp(prefix="paybill-pg-"))  # 0700: the server goes to a runtime directory
+    starter = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from pathlib import Path; from paybill.database.server import LocalPostgres\n"
+                "server = LocalPostgres(Path(sys.argv[1]), durable=False); server.start(); print(server.pid, "
+                "server.server_dir, flush=True)\n"
+                "time.sleep(600)"
+            ),
+            str(directory / "throwaway"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    survivor = LocalPostgres(directory / "survivor")
+    half_made = [survivor.server_dir.parent / f"postgres-halfmade{age}" for age in ("old", "new")]
+    try:
+        assert starter.stdout is not None
+        pid, server_dir = starter.stdout.readline().split()
+        starter.kill()
+        starter.wait()
+        for path in half_made:
+            (path / "socket").mkdir(parents=True)
+        os.utime(half_made[0], (time.time() - 7200, time.time() - 7200))
+        survivor.start()
+        assert eventually(lambda: not alive(int(pid)))
+        assert not Path(server_dir).exists() and not (directory / "throwaway").exists()
+        assert not half_made[0].exists() and half_made[1].exists()  # a new one may still be being made
+        survivor.remove()
+    finally:
+        starter.kill()
+        for path in half_made:
+            shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as a normal user the server runs in place: no runtime directory")
+def test_an_owner_record_the_server_user_wrote_never_gets_a_directory_deleted(tmp_path: Path) -> None:
+    """The server user can write in its runtime directory: a record it forged (a dead starter, a throwaway mark,
+    a victim directory) must not make root delete anything."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious").write_text("kept")
+    survivor = LocalPostgres(Path(tempfile.mkdtemp(prefix="paybill-pg-")) / "survivor")
+    forged = survivor.server_dir.parent / "postgres-forged"
+    forged.mkdir()
+    (forged / "pgdata").mkdir()
+    (forged / "owner").write_text(f"1 1\n{victim}\nthrowaway")
+    postgres = pwd.getpwnam("postgres")
+    for path in (forged, forged / "pgdata", forged / "owner"):
+        os.chown(path, postgres.pw_uid, postgres.pw_gid)
+    try:
+        survivor.start()
+        assert (victim / "precious").read_text() == "kept" and forged.exists()
+    finally:
+        survivor.remove()
+        shutil.rmtree(forged, ignore_errors=True)
+
+
 def test_remove_never_deletes_through_a_symbolic_link(tmp_path: Path) -> None:
     """A data directory that is a link (say, `ln -s ~/thesis state/postgres`) is unlinked, its target untouched."""
     precious = tmp_path / "precious"

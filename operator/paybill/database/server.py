@@ -14,6 +14,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,10 @@ SERVER_USER = "postgres"  # the account the server binaries run as when we are r
 # production servers set the same in postgresql.conf (roles get it too: TenantDatabases.limit_sessions).
 IDLE_IN_TRANSACTION_TIMEOUT = "60s"
 PASSWORD_FILE = "superuser.password"  # in data_dir, 0600, owned by the user that runs LocalPostgres
-OWNER_FILE = "owner"  # in a runtime server directory: `<pid> <start time>` of its starter, then data_dir
+# In a runtime server directory: `<pid> <start time>` of its starter, then data_dir, then THROWAWAY if not durable.
+OWNER_FILE = "owner"
+THROWAWAY = "throwaway"  # nobody resumes such a server: once its starter is gone, it is deleted whole
+HALF_MADE_AFTER_S = 3600  # a runtime directory without owner record or data this old is a start killed midway
 # Where the server's files go when SERVER_USER cannot enter data_dir (a clone under /root or `mktemp -d`):
 # the first of these that is ours; each server gets a private 0700 directory in it, owned by SERVER_USER.
 RUNTIME_BASES = (Path("/run/paybill"), Path(tempfile.gettempdir()) / f"paybill-{os.geteuid()}")
@@ -186,7 +190,8 @@ class LocalPostgres:
         sweep_orphans(server_dir.parent, keep=server_dir)
         _private_directory(server_dir, SERVER_USER)
         _private_directory(server_dir / "socket", SERVER_USER)
-        _write_private(server_dir / OWNER_FILE, f"{_process_identity(os.getpid())}\n{self.data_dir}")
+        record = f"{_process_identity(os.getpid())}\n{self.data_dir}" + ("" if self.durable else f"\n{THROWAWAY}")
+        _write_private(server_dir / OWNER_FILE, record)
         return server_dir
 
     def _pg_ctl_start(self, binaries: Path, pgdata: Path, socket_dir: Path, log: Path) -> None:
@@ -462,14 +467,19 @@ def _private_directory(path: Path, owner: str) -> None:
 
 def sweep_orphans(base: Path, keep: Path | None = None) -> list[Path]:
     """Stop the runtime servers in `base` whose owning process is gone (a test run or a demo killed before it
-    could stop its server), and delete those whose data directory is gone too (a resumable one is kept).
-    A server without an owner record is left alone. Returns the directories whose server was stopped."""
+    could stop its server), and delete those whose data directory is gone too or that were throwaway (a
+    resumable one is kept). A directory without an owner record is left alone unless it holds no data and is
+    older than HALF_MADE_AFTER_S. Returns the directories whose server was stopped."""
     stopped = []
     for server_dir in sorted(base.glob("postgres-*")):
         owner = server_dir / OWNER_FILE
-        if server_dir == keep or not owner.is_file():
+        if server_dir == keep:
             continue
-        identity, _, data_dir = owner.read_text().strip().partition("\n")
+        if not _ours(owner):  # the server user can write in server_dir, so only a record we wrote is believed
+            if _half_made(server_dir):
+                delete_tree(server_dir)
+            continue
+        identity, data_dir, *marks = owner.read_text().strip().split("\n") + [""]
         pid = identity.split()[0] if identity else ""
         if not pid.isdigit() or _process_identity(int(pid)) == identity:
             continue
@@ -494,9 +504,28 @@ def sweep_orphans(base: Path, keep: Path | None = None) -> list[Path]:
                 check=False,
             )
             stopped.append(server_dir)
+        if THROWAWAY in marks and data_dir:
+            delete_tree(Path(data_dir))
         if not data_dir or not Path(data_dir).exists():
             delete_tree(server_dir)
     return stopped
+
+
+def _ours(path: Path) -> bool:
+    """A regular file this process's user owns (not a link, not a file the server user put there)."""
+    try:
+        status = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISREG(status.st_mode) and status.st_uid == os.geteuid()
+
+
+def _half_made(server_dir: Path) -> bool:
+    """No data and old enough that no start can still be making it (the owner record follows the directory)."""
+    with contextlib.suppress(OSError):
+        old = time.time() - server_dir.lstat().st_mtime > HALF_MADE_AFTER_S
+        return old and not (server_dir / "pgdata").exists()
+    return False
 
 
 def _alive(pid: int) -> bool:
