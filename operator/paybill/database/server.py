@@ -479,7 +479,7 @@ def sweep_orphans(base: Path, keep: Path | None = None) -> list[Path]:
             if _half_made(server_dir):
                 delete_tree(server_dir)
             continue
-        identity, data_dir, *marks = owner.read_text().strip().split("\n") + [""]
+        identity, data_dir, *marks = [*owner.read_text().strip().split("\n"), ""]
         pid = identity.split()[0] if identity else ""
         if not pid.isdigit() or _process_identity(int(pid)) == identity:
             continue
