@@ -96,15 +96,18 @@ def test_local_postgres_starts_serves_and_stops() -> None:
     directory = Path(tempfile.mkdtemp(prefix="paybill-pg-"))
     os.chmod(directory, 0o755)
     server = LocalPostgres(directory)
-    dsn = server.start()
-    assert dsn.startswith("postgresql://postgres:")
-    with psycopg.connect(dsn) as conn:
-        assert conn.execute("SHOW listen_addresses").fetchone() == ("127.0.0.1",)
-    for wrong in ({"password": "wrong"}, {"password": ""}):  # scram-sha-256: no login without the password
-        with pytest.raises(psycopg.OperationalError, match="password"):
-            psycopg.connect(psycopg.conninfo.make_conninfo(dsn, **wrong), connect_timeout=2)
-    assert not list(directory.rglob("*pwfile*"))  # initdb's password file is gone
-    assert (directory / "superuser.password").stat().st_mode & 0o777 == 0o600
-    server.stop()
-    with pytest.raises(psycopg.OperationalError):
-        psycopg.connect(dsn, connect_timeout=2)
+    try:
+        dsn = server.start()
+        assert dsn.startswith("postgresql://postgres:")
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SHOW listen_addresses").fetchone() == ("127.0.0.1",)
+        for wrong in ({"password": "wrong"}, {"password": ""}):  # scram-sha-256: no login without the password
+            with pytest.raises(psycopg.OperationalError, match="password"):
+                psycopg.connect(psycopg.conninfo.make_conninfo(dsn, **wrong), connect_timeout=2)
+        assert not list(directory.rglob("*pwfile*"))  # initdb's password file is gone
+        assert (directory / "superuser.password").stat().st_mode & 0o777 == 0o600
+        server.stop()
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(dsn, connect_timeout=2)
+    finally:
+        server.remove()  # its 40 MB of data too, every run
