@@ -11,9 +11,18 @@ from typing import Any
 import pytest
 
 from paybill.handlers.repair import resync
-from paybill.lifecycle.drift import OwnedAction, converged, drift, key_of, maintained, owned_action, same
+from paybill.lifecycle.drift import (
+    OwnedAction,
+    converged,
+    drift,
+    key_of,
+    maintained,
+    owned_action,
+    same,
+    stamped,
+)
 from paybill.lifecycle.tenant import TENANT_ADMIN_RULES, owned_manifests, tenant_resources
-from test_tenant_lifecycle import onboard, wait_phase
+from test_tenant_lifecycle import onboard, plan, wait_phase
 
 API = "paybill.dev/v1alpha1"
 RBAC = "rbac.authorization.k8s.io/v1"
@@ -116,6 +125,19 @@ def test_a_widened_role_is_drift_and_is_replaced_whole() -> None:
     assert body["metadata"]["labels"]["team"] == "billing" and body["status"] == widened["status"]
 
 
+def test_an_object_the_plan_now_wants_different_is_updated_and_only_an_edited_one_is_drift() -> None:
+    written = stored(stamped(desired("ResourceQuota")))
+    assert owned_action(written, desired("ResourceQuota")) == OwnedAction.KEEP
+    edited = copy.deepcopy(written)
+    edited["spec"]["hard"]["requests.cpu"] = "100"
+    assert owned_action(edited, desired("ResourceQuota")) == OwnedAction.REVERT
+    bigger = {**PLAN, "spec": {**PLAN["spec"], "quotas": {"cpu": "4", "memory": "2Gi"}}}
+    wanted = next(m for m in owned_manifests(TENANT, bigger) if m["kind"] == "ResourceQuota")
+    assert owned_action(written, wanted) == OwnedAction.UPDATE
+    assert owned_action(stored(stamped(wanted)), wanted) == OwnedAction.KEEP
+    assert owned_action(converged(edited, wanted), wanted) == OwnedAction.KEEP  # the update records what it wrote
+
+
 def test_quantities_compare_by_value_and_nothing_else_does() -> None:
     assert same("1", "1000m") and same("1Gi", "1024Mi") and same({"cpu": "0.5"}, {"cpu": "500m"})
     assert not same("1", "100") and not same("Ingress", "Egress") and not same(["a"], ["a", "b"])
@@ -208,6 +230,27 @@ def test_objects_edited_by_hand_return_to_the_plan(operator: Any) -> None:
     reverted = operator.eventually(lambda: _events(operator, name, "DriftReverted"))
     assert any("ResourceQuota" in e["message"] for e in reverted)
     assert wait_phase(operator, name, "Active")["conditions"]
+
+
+@pytest.mark.slow
+def test_a_plan_change_is_applied_to_the_objects_and_not_called_drift(operator: Any) -> None:
+    kube, name = operator.kube, "grows"
+    kube.apply(plan("plan-grows", "pooled"))
+    kube.apply(
+        {
+            "apiVersion": API,
+            "kind": "Subscription",
+            "metadata": {"name": name},
+            "spec": {"tenantRef": name, "planRef": "plan-grows", "billingStatus": "active"},
+        }
+    )
+    kube.apply({"apiVersion": API, "kind": "Tenant", "metadata": {"name": name}, "spec": {"planRef": "plan-grows"}})
+    wait_phase(operator, name, "Active")
+    kube.merge_patch(API, "plans", "plan-grows", {"spec": {"quotas": {"cpu": "3"}}})
+    operator.eventually(lambda: _quota(operator, f"tenant-{name}")["spec"]["hard"]["requests.cpu"] == "3")
+    applied = operator.eventually(lambda: _events(operator, name, "PlanApplied"))
+    assert any("ResourceQuota" in e["message"] and "plan-grows" in e["message"] for e in applied)
+    assert _events(operator, name, "DriftReverted") == []
 
 
 @pytest.fixture

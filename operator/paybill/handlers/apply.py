@@ -16,7 +16,7 @@ from ..errors import first_line
 from ..kubeclient import Kube, KubeError, resource_path
 from ..lifecycle.agents import Outcome as AgentOutcome
 from ..lifecycle.conditions import set_condition
-from ..lifecycle.drift import OwnedAction, conflict, converged, describe, owned_action
+from ..lifecycle.drift import OwnedAction, conflict, converged, describe, owned_action, stamped
 from ..lifecycle.outcome import Notice, Touch
 from ..lifecycle.tenant import (
     SecretAction,
@@ -75,16 +75,19 @@ def converge(kube: Kube, body: kopf.Body, desired: dict[str, Any]) -> None:
         if action == OwnedAction.CONFLICT:
             raise conflict(existing or {}, desired)
         if action == OwnedAction.CREATE:
-            kube.create(desired)
-        elif action == OwnedAction.UPDATE and existing is not None:  # only the version checked (resourceVersion)
+            kube.create(stamped(desired))
+        elif action in (OwnedAction.UPDATE, OwnedAction.REVERT) and existing is not None:
+            # only the version checked (resourceVersion) is replaced
             kube.request(
                 "PUT", resource_path(desired["apiVersion"], plural, namespace, name), converged(existing, desired)
             )
-            events.info(
-                body,
-                reason="DriftReverted",
-                message=f"{describe(desired)} differed from plan {body.spec.get('planRef')}; restored",
-            )
+            plan = body.spec.get("planRef")
+            if action == OwnedAction.REVERT:
+                events.info(
+                    body, reason="DriftReverted", message=f"{describe(desired)} was edited; restored to plan {plan}"
+                )
+            else:
+                events.info(body, reason="PlanApplied", message=f"{describe(desired)} updated to plan {plan}")
     except KubeError as exc:
         if exc.status != 409:
             raise

@@ -3,11 +3,14 @@
 Only an object the Tenant controls (its uid in a controller ownerReference) is ever overwritten; one it does not
 control is a conflict, reported and left as it is. The managed fields are the manifest's top-level fields (spec,
 rules, roleRef, subjects) and its labels; anything else on the object (status, annotations, other labels) is
-the server's or the user's.
+the server's or the user's, except one annotation: a digest of what the operator last wrote, so that an object
+the plan now wants different is said to be updated, and only one edited behind the operator's back is drift.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -20,12 +23,14 @@ from ..api.tenant import TenantPhase
 from .tenant import controlled_by, controller_reference
 
 UNMANAGED = ("apiVersion", "kind", "metadata", "status")
+WRITTEN = "paybill.dev/written"  # annotation: digest of the managed fields the operator last wrote
 Key = tuple[str, str, str]  # (kind, namespace or "", name)
 
 
 class OwnedAction(StrEnum):
     CREATE = "Create"
-    UPDATE = "Update"
+    UPDATE = "Update"  # the plan wants it different from what the operator last wrote
+    REVERT = "Revert"  # edited behind the operator's back: it is what was written, no longer what is there
     KEEP = "Keep"
     CONFLICT = "Conflict"
 
@@ -52,7 +57,24 @@ def owned_action(existing: Mapping[str, Any] | None, desired: Mapping[str, Any])
     owner = controller_reference(desired)
     if not controlled_by(existing, owner["uid"], owner["kind"]):
         return OwnedAction.CONFLICT
-    return OwnedAction.KEEP if in_sync(existing, desired) else OwnedAction.UPDATE
+    if in_sync(existing, desired):
+        return OwnedAction.KEEP
+    annotations = (existing.get("metadata") or {}).get("annotations") or {}
+    return OwnedAction.REVERT if annotations.get(WRITTEN) == written(desired) else OwnedAction.UPDATE
+
+
+def written(desired: Mapping[str, Any]) -> str:
+    """The digest of what the operator writes for `desired`: its managed fields and labels."""
+    managed = {field: value for field, value in desired.items() if field not in UNMANAGED}
+    managed["labels"] = desired["metadata"].get("labels") or {}
+    return hashlib.sha256(json.dumps(managed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def stamped(desired: Mapping[str, Any]) -> dict[str, Any]:
+    """`desired` as created: annotated with the digest of what is written."""
+    meta = dict(desired["metadata"])
+    meta["annotations"] = {**(meta.get("annotations") or {}), WRITTEN: written(desired)}
+    return {**desired, "metadata": meta}
 
 
 def in_sync(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
@@ -85,9 +107,11 @@ def _quantity(text: str) -> Decimal | None:
 
 def converged(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
     """The body of an update (PUT) that brings `existing` back to `desired`: its managed fields replaced whole,
-    its labels added to, its resourceVersion kept (the update only lands on the version that was checked)."""
+    its labels added to, the digest of what is written recorded, its resourceVersion kept (the update only lands
+    on the version that was checked)."""
     meta = dict(existing["metadata"])
     meta["labels"] = {**(meta.get("labels") or {}), **(desired["metadata"].get("labels") or {})}
+    meta["annotations"] = {**(meta.get("annotations") or {}), WRITTEN: written(desired)}
     managed = {field: value for field, value in desired.items() if field not in UNMANAGED}
     return {**existing, **managed, "metadata": meta}
 
