@@ -7,6 +7,7 @@ import psycopg
 from psycopg import sql
 
 from ..api.tenant import Access
+from .agents.hold import AgentWrites
 from .claims import Claims
 from .connections import Connections
 from .control import Control
@@ -18,10 +19,11 @@ WRITE_PRIVILEGES = sql.SQL("INSERT, UPDATE, DELETE")
 
 
 class AccessLevels:
-    def __init__(self, connections: Connections, control: Control, claims: Claims) -> None:
+    def __init__(self, connections: Connections, control: Control, claims: Claims, agents: AgentWrites) -> None:
         self.connections = connections
         self.control = control
         self.claims = claims
+        self.agents = agents
 
     def set_access(self, placement: Placement, access: Access) -> None:
         """full: log in and write; read_only: log in, writes refused; none: no login, sessions ended."""
@@ -36,6 +38,11 @@ class AccessLevels:
             self.set_writable(placement, access == Access.FULL)
 
     def set_writable(self, placement: Placement, writable: bool) -> None:
+        """The tenant's role may write at `placement`, or only read; its agents follow (`AgentWrites`)."""
+        self._set_tenant_writable(placement, writable)
+        self.agents.follow(placement, writable)
+
+    def _set_tenant_writable(self, placement: Placement, writable: bool) -> None:
         role, schema = sql.Identifier(placement.role), sql.Identifier(placement.schema)
         with self.connections.session(placement.database) as conn:
             if placement.pooled:
@@ -75,18 +82,20 @@ class AccessLevels:
         if not row or not row[0]:
             return Access.NONE
         with self.connections.session(placement.database) as conn:
-            if placement.pooled:
-                found = conn.execute(
-                    "SELECT writable FROM paybill.tenant_roles WHERE role = %s", (placement.role,)
-                ).fetchone()
-                writable = bool(found and found[0])
-            else:
-                found = conn.execute(
-                    "SELECT has_table_privilege(%s, %s, 'INSERT')",
-                    (placement.role, f"{sql.Identifier(placement.schema).as_string(conn)}.orders"),
-                ).fetchone()
-                writable = bool(found and found[0])
+            writable = tenant_writable(conn, placement)
         return Access.FULL if writable else Access.READ_ONLY
+
+
+def tenant_writable(conn: psycopg.Connection, placement: Placement) -> bool:
+    """Whether the tenant's role may write at `placement` (`conn` is in its database)."""
+    if placement.pooled:
+        found = conn.execute("SELECT writable FROM paybill.tenant_roles WHERE role = %s", (placement.role,)).fetchone()
+    else:
+        found = conn.execute(
+            "SELECT has_table_privilege(%s, %s, 'INSERT')",
+            (placement.role, f"{sql.Identifier(placement.schema).as_string(conn)}.orders"),
+        ).fetchone()
+    return bool(found and found[0])
 
 
 def end_sessions(conn: psycopg.Connection, role: str, database: str | None = None) -> int:

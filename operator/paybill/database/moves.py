@@ -9,6 +9,7 @@ from psycopg import sql
 from ..api.plan import Isolation
 from ..api.tenant import TableChecksum
 from .access import AccessLevels
+from .agents.hold import AgentWrites
 from .connections import Connections
 from .control import Control
 from .errors import MigrationError
@@ -26,12 +27,14 @@ class Moves:
         provisioning: Provisioning,
         access: AccessLevels,
         removal: Removal,
+        agents: AgentWrites,
     ) -> None:
         self.connections = connections
         self.control = control
         self.provisioning = provisioning
         self.access = access
         self.removal = removal
+        self.agents = agents
 
     def provision(self, tenant: str, isolation: Isolation | str, password: str) -> Placement:
         """Make sure the tenant's role and data location exist; returns where its data lives now.
@@ -52,9 +55,11 @@ class Moves:
         """Move the tenant's data to `isolation`: copy, verify row counts and checksums, cut over. The source is
         left for `finish` to remove once the tenant's credentials point at the target.
 
-        The source is read-only from the first copy to the cut-over (reads go on), so a copy can be
-        repeated after a crash without losing writes. The placement record is the commit point: before
-        it the source is authoritative, after it the target.
+        The source is read-only from the first copy on (reads go on), for the tenant's role and its agents'
+        alike, and a transaction open there is ended (rolled back, its client told), so a copy can be repeated
+        after a crash and no write lands on the source after it was copied. The placement record is the commit
+        point: before it the source is authoritative, after it the target (its agents are installed there
+        before `finish` removes the source).
         """
         source, moving_to, previous = self.control.recorded(tenant)
         target = self.control.placement_for(tenant, isolation)
@@ -69,6 +74,7 @@ class Moves:
         self.control.place(tenant, str(source.isolation), migrating_to=str(target.isolation))
         self.provisioning.ensure(target, password)
         self.access.set_writable(source, False)
+        self.agents.end_writers(source, [source.role, *self.agents.roles(tenant)])
         self.copy(source, target)
         before, after = checksums(self.connections, source), checksums(self.connections, target)
         if before != after:
@@ -104,13 +110,15 @@ class Moves:
             return None
         left = self.control.placement_for(tenant, previous)
         if left != current:
+            self.agents.remove(left)
             self.removal.remove(left)
         self.control.place(tenant, str(current.isolation), migrating_to=moving_to)
         return left
 
     def abandon(self, tenant: str) -> Placement | None:
         """Roll an interrupted move back: remove its partial target; the source stays authoritative (and is made
-        writable again by the next `set_access`). Returns the target removed (None if no move was under way)."""
+        writable again, for the tenant's role and its agents, by the next `set_access`). Returns the target
+        removed (None if no move was under way)."""
         current, moving_to, previous = self.control.recorded(tenant)
         if current is None or not moving_to:
             return None

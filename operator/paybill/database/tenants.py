@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..api.tenant import TableChecksum
 from .access import AccessLevels, end_sessions
+from .agents.hold import AgentWrites
 from .backups import Backups
 from .claims import Claims
 from .connections import Connections
@@ -47,10 +48,13 @@ class TenantDatabases:
         self.control = Control(self.connections)
         self.claims = Claims(self.connections, self.control)
         self.provisioning = Provisioning(self.connections, self.claims, idle_in_transaction_timeout)
-        self.access_levels = AccessLevels(self.connections, self.control, self.claims)
+        self.agent_writes = AgentWrites(self.connections, self.control, self.provisioning.policy_lock)
+        self.access_levels = AccessLevels(self.connections, self.control, self.claims, self.agent_writes)
         self.removal = Removal(self.connections, self.control, self.claims)
         self.backups = Backups(self.connections, backup_dir)
-        self.moves = Moves(self.connections, self.control, self.provisioning, self.access_levels, self.removal)
+        self.moves = Moves(
+            self.connections, self.control, self.provisioning, self.access_levels, self.removal, self.agent_writes
+        )
 
         # What callers use, by concern. Connections:
         self.dsn = self.connections.dsn

@@ -2,7 +2,8 @@
 
 The policy is checked against the tenant's live schema first (a policy that names unknown columns or
 unsafe functions is refused before anything changes). The grants follow the tenant's access: a
-read-only tenant's agents keep only their reads, a suspended tenant's agents cannot log in.
+read-only tenant's agents keep only their reads, a suspended tenant's agents cannot log in; where the tenant's
+role may not write (its data is moving away), the agent's writes are kept and held (`hold`), not granted.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ...lifecycle.agentpolicy import Installation
 from ...policy.engine import PolicyEngine
 from ...policy.schema import Schema
 from .. import AGENT_CONNECTION_LIMIT, DDL_LOCK_TIMEOUT, DatabaseUnavailable, Placement, TenantDatabases
+from ..access import tenant_writable
 from ..migrations import LEDGER
 from ..ownership import agent_identity
 from .catalog import read_schema
@@ -76,15 +78,20 @@ def install(
         installed = databases.installed_row_policies(placement.database, role)
         with databases.session(placement.database) as conn:
             try:
-                in_place = apply_grants(
-                    conn,
-                    engine.rules,
-                    schema,
-                    role,
-                    placement.tenant,
-                    password=password if access != Access.NONE else None,
-                    installed=installed,
-                )
+                with conn.transaction():  # grants and hold commit together: a held agent never writes in between
+                    in_place = apply_grants(
+                        conn,
+                        engine.rules,
+                        schema,
+                        role,
+                        placement.tenant,
+                        password=password if access != Access.NONE else None,
+                        installed=installed,
+                    )
+                    if tenant_writable(conn, placement):
+                        databases.agent_writes.forget(placement.database, role)
+                    else:
+                        databases.agent_writes.hold(conn, placement, role, replace=True)
             except errors.LockNotAvailable:
                 raise DatabaseUnavailable(
                     f"changing the row security of {placement.database} waited "
