@@ -23,6 +23,7 @@ from ..lifecycle.machine import Transition
 from ..lifecycle.reconcile import Failure, FailureKind, TenantObject
 from ..lifecycle.tenant import CREDENTIALS_SECRET, SecretConflict, credentials_secret, owned_secret, secret_field
 from . import events
+from .agent_moves import install_agents_where_the_data_is
 from .apply import TENANT_GRANTS, audit, converge, publish_secret, touch
 
 FAILURES: dict[type[BaseException], FailureKind] = {
@@ -83,6 +84,7 @@ class TenantActions:
                 databases.abandon_move(name)
             case decisions.FinishMove():
                 assert databases is not None
+                install_agents_where_the_data_is(self.kube, databases, name, self.tenant.namespace)
                 databases.finish_move(name)
             case decisions.SetAccess(placement, access):
                 assert databases is not None
