@@ -219,3 +219,18 @@ def test_kubectl_wait_for_ready_with_the_operator_running(operator: Any) -> None
     )
     assert waited.returncode == 0, waited.stderr
     assert "tenant.paybill.dev/acme condition met" in waited.stdout
+
+
+def test_a_spec_edited_and_edited_back_at_once_is_observed(operator: Any) -> None:
+    """Two edits back to back (the second undoing the first) may reach kopf as one unchanged spec; the
+    generation moved on all the same, and status.observedGeneration must follow it."""
+    from test_tenant_lifecycle import onboard, wait_phase
+
+    name = onboard(operator, "pooled")
+    wait_phase(operator, name, "Active")
+    for policy in ("retain", "snapshot", "retain", "snapshot"):
+        operator.kube.merge_patch(API, "tenants", name, {"spec": {"deletionPolicy": policy}})
+    generation = _tenant(operator, name)["metadata"]["generation"]
+    assert operator.eventually(
+        lambda: _tenant(operator, name)["status"].get("observedGeneration") == generation, timeout=60
+    )

@@ -92,6 +92,21 @@ def test_kopf_diffbase_stays_small_on_large_objects() -> None:
     assert storage.fetch(body=changed) != storage.build(body=changed)  # changed: kopf sees an update
 
 
+def test_a_spec_edited_and_edited_back_is_still_an_update_for_kopf() -> None:
+    """Edits A -> B -> A seen only at A leave the spec as kopf last handled it, but the generation moved on:
+    kopf must call the update handler, or status.observedGeneration stays behind metadata.generation."""
+    storage = DigestDiffBaseStorage()
+    raw = {"apiVersion": "paybill.dev/v1alpha1", "kind": "Tenant", "spec": {"planRef": "pro"}}
+    handled = kopf.Body({**raw, "metadata": {"name": "t", "generation": 1}})
+    patch = kopf.Patch()
+    storage.store(body=handled, patch=patch, essence=storage.build(body=handled))
+    annotations = dict(patch["metadata"]["annotations"])
+    same = kopf.Body({**raw, "metadata": {"name": "t", "generation": 1, "annotations": annotations}})
+    assert storage.fetch(body=same) == storage.build(body=same)
+    reverted = kopf.Body({**raw, "metadata": {"name": "t", "generation": 3, "annotations": annotations}})
+    assert storage.fetch(body=reverted) != storage.build(body=reverted)
+
+
 def test_local_postgres_starts_serves_and_stops() -> None:
     directory = Path(tempfile.mkdtemp(prefix="paybill-pg-"))
     os.chmod(directory, 0o755)

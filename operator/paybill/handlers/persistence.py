@@ -21,10 +21,19 @@ def essence_digest(essence: Any) -> str:
 
 
 class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
-    """Stores sha256(essence) instead of the essence (64 bytes, whatever the object's size)."""
+    """Stores sha256(essence) instead of the essence (64 bytes, whatever the object's size). The essence holds
+    metadata.generation too: a spec edited and edited back before kopf saw the first edit is still an update,
+    so status.observedGeneration catches up with it."""
 
     def __init__(self) -> None:
         super().__init__(prefix=PREFIX, key="last-handled-digest")
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        essence = super().build(body=body, extra_fields=extra_fields)
+        generation = body.metadata.get("generation")
+        if generation is None:
+            return essence
+        return {**essence, "metadata": {**(essence.get("metadata") or {}), "generation": generation}}
 
     def fetch(self, *, body: kopf.Body) -> Any:
         for key in self.make_keys(self.key, body=body):
