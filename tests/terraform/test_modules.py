@@ -79,3 +79,13 @@ def test_a_wrong_input_type_and_an_extra_input_are_named(tmp_path: Path) -> None
         "input sizes has type any, not map(number)",
         "input admin_password is not in the contract",
     ]
+
+
+def test_modules_parsed_in_many_threads_at_once_are_each_read_right() -> None:
+    """python-hcl2 shares one parser: the operator checks modules from kopf's threads (Plans and Tenants at once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    modules = [module_dir(ref.cloud, ref.model) for ref in shipped()] * 6
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        found = list(pool.map(lambda path: violations(path, stands_for_cloud_objects="local" in path.parts), modules))
+    assert found == [[]] * len(modules)

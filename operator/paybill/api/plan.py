@@ -36,6 +36,49 @@ class BillingInterval(StrEnum):
     NONE = "none"
 
 
+class Cloud(StrEnum):
+    """Where a plan's tenants get their infrastructure (operator/paybill/terraform/modules/<cloud>/<isolation>)."""
+
+    LOCAL = "local"
+    AWS = "aws"
+
+
+class Approval(StrEnum):
+    AUTO = "auto"
+    MANUAL = "manual"
+
+
+class Provisioning(Model):
+    cloud: Cloud = Field(description="Cloud whose module (one per isolation model) builds each tenant's resources.")
+    module: str | None = Field(
+        default=None,
+        pattern=NAME,
+        max_length=63,
+        description="A module directory under the operator's PAYBILL_TERRAFORM_MODULES_DIR, used instead of the "
+        "shipped <cloud>/<isolation> module; it must meet the module contract.",
+    )
+    approval: Approval = Field(
+        default=Approval.AUTO,
+        description="auto applies each plan at once; manual stops after planning until the Tenant is annotated "
+        "paybill.dev/approve-plan=<plan hash>.",
+    )
+    region: str = Field(default="us-east-1", pattern=NAME, max_length=63, description="Region passed to the module.")
+    costCenter: str = Field(
+        default="", max_length=63, description="Tagged on every resource; defaults to the plan's tier."
+    )
+    credentialsSecret: str | None = Field(
+        default=None,
+        pattern=NAME,
+        max_length=253,
+        description="Secret in the operator's namespace with the provider's credentials (aws: AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY); only provider variables (AWS_*, ARM_*, GOOGLE_*, ...) reach Terraform.",
+    )
+    driftCheckSeconds: int = Field(
+        default=0, ge=0, le=604800, description="Check each tenant's infrastructure for drift this often (0: never)."
+    )
+    autoRemediate: bool = Field(default=False, description="Re-apply the module when drift is found.")
+
+
 class Entitlements(Model):
     features: dict[str, bool] = Field(default_factory=dict, description="Boolean feature flags.")
     limits: dict[str, int] = Field(default_factory=dict, description="Numeric limits by name.")
@@ -75,6 +118,11 @@ class PlanSpec(Model):
         default=7, ge=0, le=90, description="Days a past-due tenant keeps service before restriction."
     )
     pricing: Pricing = Field(default_factory=Pricing, description="Pricing metadata.")
+    provisioning: Provisioning | None = Field(
+        default=None,
+        description="Infrastructure per tenant, built by Terraform before the tenant turns Active and destroyed on "
+        "offboarding; absent: no infrastructure.",
+    )
 
 
 class Plan(CustomResource):

@@ -21,6 +21,9 @@ from .meta import (
 )
 from .plan import NAME
 
+# On a Tenant: the uid of the earlier Tenant of its name whose retained data it takes over (README, Tenant lifecycle).
+ADOPT_RETAINED_DATA = "adopt.paybill.dev/retained-data"
+
 
 class TenantPhase(StrEnum):
     PENDING = "Pending"
@@ -93,6 +96,36 @@ class BackupStatus(Model):
     takenAt: str | None = Field(default=None, description="When the backup was taken (RFC 3339).")
 
 
+class InfrastructureStatus(Model):
+    """What the tenant's Terraform runs did: counts, hashes and references, never an output's value (those go
+    to the Secret paybill-infrastructure in the tenant's namespace)."""
+
+    module: str | None = Field(default=None, description="The module run: <cloud>/<isolation> or a named override.")
+    running: str | None = Field(default=None, description="The run in progress: plan, apply, destroy or drift.")
+    runId: str | None = Field(default=None, description="The last run started.")
+    lastRun: str | None = Field(default=None, description="The last run that ended: plan, apply, destroy or drift.")
+    lastResult: str | None = Field(
+        default=None, description="Succeeded, Failed, AwaitingApproval or Stale (a plan the state moved past)."
+    )
+    lastRunAt: str | None = Field(default=None, description="When the last run ended (RFC 3339).")
+    message: str | None = Field(default=None, description="Terraform's summary, or its first error lines.")
+    failures: int = Field(default=0, ge=0, description="Failed runs in a row (the retry backs off on it).")
+    configDigest: str | None = Field(default=None, description="sha256 of the module and inputs last planned.")
+    appliedDigest: str | None = Field(default=None, description="sha256 of the module and inputs last applied.")
+    planHash: str | None = Field(default=None, description="sha256 of the last saved plan file.")
+    appliedHash: str | None = Field(default=None, description="sha256 of the plan last applied.")
+    artifact: str | None = Field(default=None, description="Where the plan's JSON is kept (outside etcd).")
+    adds: int = Field(default=0, ge=0, description="Resources the plan adds.")
+    changes: int = Field(default=0, ge=0, description="Resources the plan changes.")
+    destroys: int = Field(default=0, ge=0, description="Resources the plan destroys.")
+    destroyed: bool = Field(default=False, description="The infrastructure was destroyed (offboarding).")
+    driftCheckedAt: str | None = Field(default=None, description="When drift was last checked (RFC 3339).")
+    drifted: list[str] = Field(
+        default_factory=list, json_schema_extra=LIST_SET, description="Resource addresses found drifted."
+    )
+    outputsSecret: str | None = Field(default=None, description="Secret in the tenant namespace with the outputs.")
+
+
 class TenantStatus(Status):
     namespace: str | None = Field(default=None, description="The namespace provisioned for the tenant.")
     isolation: str | None = Field(default=None, description="Isolation model in effect.")
@@ -106,6 +139,9 @@ class TenantStatus(Status):
     backup: BackupStatus | None = Field(default=None, description="The final backup taken on offboarding.")
     credentialsSecret: str | None = Field(
         default=None, description="Secret in the tenant namespace with database credentials."
+    )
+    infrastructure: InfrastructureStatus | None = Field(
+        default=None, description="The tenant's Terraform runs (when its plan has spec.provisioning)."
     )
 
 

@@ -1,5 +1,15 @@
 """Thin kopf handlers: `kopf run -m paybill.handlers` (or `paybill operator`) registers them all."""
 
-from . import agentpolicy, agentworkflow, plan, repair, sessions, settings, subscription, tenant
+from . import agentpolicy, agentworkflow, infrastructure, plan, repair, sessions, settings, subscription, tenant
 
-__all__ = ["agentpolicy", "agentworkflow", "plan", "repair", "sessions", "settings", "subscription", "tenant"]
+__all__ = [
+    "agentpolicy",
+    "agentworkflow",
+    "infrastructure",
+    "plan",
+    "repair",
+    "sessions",
+    "settings",
+    "subscription",
+    "tenant",
+]

@@ -10,11 +10,13 @@ from typing import Any
 import kopf
 
 from ..api.meta import API_VERSION, GROUP, VERSION
+from ..api.plan import PlanSpec
 from ..kubeclient import Kube
 from ..lifecycle.conditions import set_condition
 from ..lifecycle.outcome import said
 from ..lifecycle.plan import decide_plan, decide_plan_release, parse_plan, plan_user_touches
 from .apply import post, touch_all, write_ready
+from .infrastructure import plan_problems
 
 
 @kopf.on.resume(GROUP, VERSION, "plans")
@@ -22,7 +24,9 @@ from .apply import post, touch_all, write_ready
 @kopf.on.update(GROUP, VERSION, "plans")
 def reconcile_plan(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, reason: str, **_: Any) -> None:
     meta = body.metadata
-    outcome = decide_plan(parse_plan(body.spec), reason in ("create", "update"), meta.uid, meta.get("generation"))
+    spec = parse_plan(body.spec)
+    problems = plan_problems(memo.kube, spec) if isinstance(spec, PlanSpec) else ()
+    outcome = decide_plan(spec, reason in ("create", "update"), meta.uid, meta.get("generation"), problems)
     write_ready(body, patch, outcome.phase, outcome.ready.ok, outcome.ready.reason, outcome.ready.message)
     post(body, outcome.events)
     if outcome.touch_users is not None:

@@ -28,6 +28,7 @@ from ..lifecycle.tenant import SecretConflict
 from . import events
 from .apply import operator_namespace, post
 from .health import checked, last_known, observe_health
+from .infrastructure import observe_infrastructure
 from .tenant_actions import TenantActions, failure_of
 
 
@@ -46,13 +47,15 @@ def observe(tenant: TenantObject, memo: kopf.Memo, subscriptions: list[Billed], 
     """The world one reconcile decides on: plan, billing, namespace, and where the data is."""
     plan = memo.kube.get(API_VERSION, "plans", tenant.spec.planRef)
     spec = PlanSpec.model_validate(plan["spec"]) if plan is not None else None
+    plan_object = decisions.PlanObject(plan["metadata"]["name"], spec) if plan is not None and spec else None
     return Observed(
-        plan=decisions.PlanObject(plan["metadata"]["name"], spec) if plan is not None and spec else None,
+        plan=plan_object,
         subscriptions=tuple(subscriptions),
         namespace=memo.kube.get("v1", "namespaces", tenant.namespace),
         operator_namespace=operator_namespace(),
         database_configured=memo.databases is not None,
         retry=retry,
+        infrastructure=observe_infrastructure(memo, tenant, plan_object),
         **_observe_data(tenant, memo, spec.isolation if spec else None),
     )
 

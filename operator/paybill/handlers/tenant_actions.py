@@ -17,6 +17,7 @@ from ..audit import AuditLog
 from ..database import DatabaseUnavailable, MigrationError, NameConflict, TenantDatabases
 from ..errors import first_line
 from ..kubeclient import Kube, KubeError, resource_path
+from ..lifecycle import infrastructure as infra
 from ..lifecycle import reconcile as decisions
 from ..lifecycle.drift import ObjectConflict
 from ..lifecycle.machine import Transition
@@ -25,6 +26,7 @@ from ..lifecycle.tenant import CREDENTIALS_SECRET, SecretConflict, credentials_s
 from . import events
 from .agent_moves import install_agents_where_the_data_is
 from .apply import TENANT_GRANTS, audit, converge, publish_secret, touch
+from .infrastructure import InfrastructureRuns
 
 FAILURES: dict[type[BaseException], FailureKind] = {
     DatabaseUnavailable: FailureKind.DATABASE_UNAVAILABLE,
@@ -53,6 +55,7 @@ class TenantActions:
         self.kube: Kube = memo.kube
         self.databases: TenantDatabases | None = memo.databases
         self.audit: AuditLog | None = memo.audit
+        self.infrastructure: InfrastructureRuns | None = memo.get("infrastructure")
         self.phase: Phase = tenant.phase
         self.backup: BackupStatus | None = tenant.status.backup
         self._password: str | None = None
@@ -128,6 +131,14 @@ class TenantActions:
                 databases.forget(name)
             case decisions.DeleteNamespace(namespace, uid):
                 self.delete_namespace(namespace, uid)
+            case (
+                infra.PlanInfrastructure()
+                | infra.ApplyInfrastructure()
+                | infra.CheckDrift()
+                | infra.DestroyInfrastructure()
+            ):
+                assert self.infrastructure is not None
+                self.infrastructure.start(self.body, self.tenant, action)
             case _:
                 assert_never(action)
 

@@ -32,15 +32,29 @@ class PlanOutcome:
     touch_users: str | None = None  # annotate the Tenants and Subscriptions naming the Plan with this value
 
 
-def decide_plan(spec: PlanSpec | InvalidSpec, changed: bool, uid: str | None, generation: int | None) -> PlanOutcome:
+def decide_plan(
+    spec: PlanSpec | InvalidSpec,
+    changed: bool,
+    uid: str | None,
+    generation: int | None,
+    provisioning_problems: tuple[str, ...] = (),
+) -> PlanOutcome:
     """`changed`: created or updated (not resumed), so what names the Plan looks again: a Tenant or Subscription
-    that waited for it, or one whose quotas, isolation or grace period it changed."""
+    that waited for it, or one whose quotas, isolation or grace period it changed. `provisioning_problems`: what
+    its spec.provisioning lacks (module, contract, credentials), found before any Terraform run; its tenants
+    wait while there are any (they are touched all the same, so that they say why)."""
     if isinstance(spec, InvalidSpec):
         return PlanOutcome(
             "Invalid", Readiness(False, "InvalidSpec", spec.message), (Notice("InvalidSpec", spec.message, True),)
         )
-    ready = Readiness(True, "Valid", f"{spec.tier} tier with {spec.isolation} isolation")
-    return PlanOutcome("Ready", ready, touch_users=f"{uid}/{generation}" if changed else None)
+    touch = f"{uid}/{generation}" if changed else None
+    if provisioning_problems:
+        message = "spec.provisioning: " + "; ".join(provisioning_problems)
+        notice = Notice("ProvisioningInvalid", message, True)
+        return PlanOutcome("Invalid", Readiness(False, "ProvisioningInvalid", message), (notice,), touch)
+    provisioned = f", infrastructure from {spec.provisioning.cloud}" if spec.provisioning else ""
+    ready = Readiness(True, "Valid", f"{spec.tier} tier with {spec.isolation} isolation{provisioned}")
+    return PlanOutcome("Ready", ready, touch_users=touch)
 
 
 def plan_user_touches(

@@ -20,6 +20,15 @@ from ..api.tenant import Access, BackupStatus, DeletionPolicy, TenantSpec, Tenan
 from ..api.tenant import TenantPhase as Phase
 from ..billing.grace import Billed, billing_of
 from .conditions import set_condition
+from .infrastructure import (
+    APPROVE_ANNOTATION,
+    InfraAction,
+    InfraDecision,
+    InfraSeen,
+    Teardown,
+    decide_infrastructure,
+    decide_teardown,
+)
 from .machine import Event, SuspensionCause, Transition, TransitionRefused, path, retry_delay, transition
 from .outcome import Notice, Touch
 from .references import tenant_plan_mismatch
@@ -55,6 +64,7 @@ class TenantObject:
     spec: TenantSpec
     status: TenantStatus = field(default_factory=TenantStatus)
     generation: int | None = None
+    approved_plan: str | None = None  # the paybill.dev/approve-plan annotation (manual approval of a plan)
 
     @classmethod
     def of(cls, manifest: Mapping[str, Any]) -> TenantObject:
@@ -66,6 +76,7 @@ class TenantObject:
             spec=TenantSpec.model_validate(dict(manifest["spec"])),
             status=TenantStatus.model_validate(dict(manifest.get("status") or {})),
             generation=meta.get("generation"),
+            approved_plan=(meta.get("annotations") or {}).get(APPROVE_ANNOTATION),
         )
 
     @property
@@ -132,6 +143,7 @@ class Observed:
     backup_intact: bool = False
     health: DataHealth | None = None  # checked once the tenant was provisioned
     retained: str | None = None  # an earlier Tenant of this name keeps its data here: never this one's
+    infrastructure: InfraSeen | None = None  # the plan's provisioning (None: the plan has no infrastructure)
     now: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.UTC))
     retry: int = 0
 
@@ -260,6 +272,7 @@ Action = (
     | RetainName
     | ReleaseName
     | DeleteNamespace
+    | InfraAction
 )
 
 
@@ -389,7 +402,11 @@ def decide(tenant: TenantObject, seen: Observed) -> Outcome:
         failure = seen.data_error or Failure(FailureKind.DATABASE_UNAVAILABLE, "the tenant database was not read")
         return _with_actions(failed(tenant, failure, seen.retry), actions)
 
-    events: tuple[Notice, ...] = ()
+    infra = _infrastructure(tenant, seen, status)
+    if infra is not None and not infra.ready and not _provisioned(tenant):  # Active only once the module is applied
+        return _provisioning_infrastructure(tenant, status, infra, actions)
+    events: tuple[Notice, ...] = infra.events if infra is not None else ()
+    actions += infra.actions if infra is not None else ()
     isolation = Isolation(plan.spec.isolation)
     target = seen.data.target
     placement = seen.data.current or target
@@ -407,7 +424,11 @@ def decide(tenant: TenantObject, seen: Observed) -> Outcome:
             ),
         )
     if placement.isolation != isolation:
-        if goal == Phase.SUSPENDED:
+        if infra is not None and not infra.ready:  # the new model's infrastructure first, then the data
+            status.condition(
+                "Migrated", False, "WaitingForInfrastructure", f"moving to {isolation} waits: {infra.provisioned[2]}"
+            )
+        elif goal == Phase.SUSPENDED:
             status.condition(
                 "Migrated",
                 False,
@@ -479,9 +500,46 @@ def decide(tenant: TenantObject, seen: Observed) -> Outcome:
             credentialsSecret=CREDENTIALS_SECRET,
         ),
         events=events,
-        retry=retry_delay(seen.retry, base=VERIFY_DELAY) if broken else None,  # backs off if it does not take
-        retry_message="verifying the repair of the tenant's data",
+        retry=_sooner(retry_delay(seen.retry, base=VERIFY_DELAY) if broken else None, infra.retry if infra else None),
+        retry_message="verifying the repair of the tenant's data" if broken else "looking at the infrastructure again",
     )
+
+
+def _infrastructure(tenant: TenantObject, seen: Observed, status: _Status) -> InfraDecision | None:
+    """The plan's infrastructure for the tenant (None without spec.provisioning): its conditions set in `status`."""
+    if seen.infrastructure is None:
+        return None
+    infra = decide_infrastructure(
+        seen.infrastructure, tenant.status.infrastructure, tenant.condition("Provisioned"), seen.now, tenant.name
+    )
+    status.condition("Provisioned", *infra.provisioned)
+    if infra.drifted is not None:
+        status.condition("Drifted", *infra.drifted)
+    return infra
+
+
+def _provisioning_infrastructure(
+    tenant: TenantObject, status: _Status, infra: InfraDecision, actions: Sequence[Action]
+) -> Outcome:
+    """Provisioning until the module is applied (Failed while a failed run waits for its retry): Ready says which
+    run is under way or why it failed. A run that ends makes the tenant reconcile again (no retry needed)."""
+    _, reason, message = infra.provisioned
+    status.condition("Ready", False, reason, message)
+    phase = Phase.FAILED if infra.failed else Phase.PROVISIONING
+    transitions = [] if tenant.phase == phase else _chain(tenant.phase, phase)
+    return Outcome(
+        actions=(*actions, *infra.actions),
+        transitions=tuple(transitions),
+        why=message,
+        status=status.build(phase, namespace=tenant.namespace),
+        events=infra.events,
+        retry=infra.retry,
+        retry_message=message,
+    )
+
+
+def _sooner(*delays: float | None) -> float | None:
+    return min((d for d in delays if d is not None), default=None)
 
 
 def data_problems(tenant: TenantObject, seen: Observed, access: Access) -> list[tuple[str, str]]:
@@ -568,6 +626,11 @@ def offboard(tenant: TenantObject, seen: Observed, deleting: bool = False) -> Ou
             actions.append(RetainName())  # the data kept is never a later Tenant's of the same name
     if data is not None and placement is None and seen.retained is None:
         actions.append(ReleaseName())  # nothing was placed (or all is removed): the name is free for a new Tenant
+    kept = policy == DeletionPolicy.RETAIN  # the infrastructure holding kept data stays too
+    ready = tenant.condition("Ready")
+    teardown = decide_teardown(seen.infrastructure, tenant.status.infrastructure, kept, ready, seen.now)
+    if not teardown.done:
+        return _tearing_down(tenant, actions, teardown)
     existing = seen.namespace
     events: tuple[Notice, ...] = ()
     if existing is not None:
@@ -580,7 +643,9 @@ def offboard(tenant: TenantObject, seen: Observed, deleting: bool = False) -> Ou
     if not deleting:
         builder = _Status(tenant)
         builder.condition("Ready", False, "Offboarded", f"offboarded; data {policy}")
-        kept = policy == DeletionPolicy.RETAIN
+        if tenant.status.infrastructure is not None:
+            said = "kept with the data" if kept else "destroyed"
+            builder.condition("Provisioned", False, "Kept" if kept else "Destroyed", f"the infrastructure is {said}")
         data_said = "kept where it was; logins refused" if kept else "removed; the final backup is kept"
         builder.condition(
             "DatabaseReady", False, "Retained" if kept else "Removed", f"the tenant's data is {data_said}"
@@ -595,6 +660,22 @@ def offboard(tenant: TenantObject, seen: Observed, deleting: bool = False) -> Ou
         why=f"deletion policy {policy}",
         status=status,
         events=events,
+        offboarding=True,
+    )
+
+
+def _tearing_down(tenant: TenantObject, actions: Sequence[Action], teardown: Teardown) -> Outcome:
+    """Offboarding waits for the infrastructure's destroy (the namespace and the finalizer stay): Ready and
+    Provisioned say which step and, when it failed, Terraform's reason."""
+    status = _Status(tenant)
+    status.condition("Provisioned", False, teardown.reason, teardown.message)
+    status.condition("Ready", False, teardown.reason, teardown.message)
+    return Outcome(
+        actions=(*actions, *teardown.actions),
+        status=status.build(_entered(actions, tenant.phase)),
+        events=teardown.events,
+        retry=teardown.retry,
+        retry_message=teardown.message,
         offboarding=True,
     )
 

@@ -7,6 +7,7 @@ Every cloud resource is tagged with the tenant id, plan and cost center; the bac
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +42,15 @@ TAG_VALUES = {
 # Resource types that cannot carry tags (their parent resource does); terraform_data is no cloud object,
 # except in the `local` modules, where it stands for one and carries the tags in its input.
 UNTAGGABLE = ("aws_iam_role_policy", "aws_iam_role_policy_attachment")
+# python-hcl2's parser is one shared lark instance: two threads parsing at once get each other's trees
+_PARSING = threading.Lock()
 
 
 def parse(module: Path) -> dict[str, list[Any]]:
     """Every top-level block of every *.tf file in the module, merged by block type."""
     blocks: dict[str, list[Any]] = {}
     for path in sorted(module.glob("*.tf")):
-        with path.open() as handle:
+        with path.open() as handle, _PARSING:
             for kind, entries in hcl2.load(handle).items():
                 if not kind.startswith("__"):
                     blocks.setdefault(kind, []).extend(entries)

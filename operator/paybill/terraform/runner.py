@@ -15,7 +15,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,12 +94,20 @@ class TerraformRunner:
         with self._guard:
             return self._waiting
 
-    def plan(self, inputs: ModuleInputs, module: Path) -> PlanSummary:
-        """Plan and keep the plan (file and JSON) in PostgreSQL; status holds the returned summary."""
-        with self._run(inputs, module) as run:
+    def plan(self, inputs: ModuleInputs, module: Path, env: Mapping[str, str] | None = None) -> PlanSummary:
+        """Plan and keep the plan (file and JSON) in PostgreSQL; status holds the returned summary. `env` (here and
+        in every run): this run's provider credentials, on top of the configured ones, redacted in errors."""
+        with self._run(inputs, module, env) as run:
             return self._plan(run)[0]
 
-    def apply_plan(self, inputs: ModuleInputs, module: Path, plan_hash: str, approved_hash: str) -> ApplyResult:
+    def apply_plan(
+        self,
+        inputs: ModuleInputs,
+        module: Path,
+        plan_hash: str,
+        approved_hash: str,
+        env: Mapping[str, str] | None = None,
+    ) -> ApplyResult:
         """Apply exactly the saved plan `plan_hash`, only when it is the approved one; anything else applies
         nothing. Terraform itself refuses a plan made against a state that has moved since (StalePlan)."""
         if plan_hash != approved_hash:
@@ -110,15 +118,15 @@ class TerraformRunner:
         if sha256(plan_file) != approved_hash:
             raise PlanHashMismatch(approved_hash, sha256(plan_file))
         summary = self.plans.summary(inputs.tenant_id, plan_hash)
-        with self._run(inputs, module) as run:
+        with self._run(inputs, module, env) as run:
             (run.workdir / PLAN_FILE).write_bytes(plan_file)
             self._apply_saved(run)
             return ApplyResult(summary, self.state_outputs(inputs.tenant_id), tuple(run.recoveries))
 
-    def apply(self, inputs: ModuleInputs, module: Path) -> ApplyResult:
+    def apply(self, inputs: ModuleInputs, module: Path, env: Mapping[str, str] | None = None) -> ApplyResult:
         """Plan and apply that very plan file in one run (no approval step). The plan's summary (`show -json`)
         is made while the apply runs: nothing waits for it."""
-        with self._run(inputs, module) as run:
+        with self._run(inputs, module, env) as run:
             self._plan_file(run)
             with ThreadPoolExecutor(max_workers=1) as side:
                 shown = side.submit(self._summarize, run)
@@ -139,8 +147,8 @@ class TerraformRunner:
         with self.connections.connection() as connection:
             return _outputs(backend.state_outputs(connection, tenant_id))
 
-    def destroy(self, inputs: ModuleInputs, module: Path) -> DestroyResult:
-        with self._run(inputs, module) as run:
+    def destroy(self, inputs: ModuleInputs, module: Path, env: Mapping[str, str] | None = None) -> DestroyResult:
+        with self._run(inputs, module, env) as run:
             code, out, err = self._locking(
                 run,
                 lambda: run.terraform.destroy(
@@ -154,11 +162,11 @@ class TerraformRunner:
             self._check(run, "destroy", code, out, err)
             return DestroyResult(inputs.tenant_id, _destroyed_count(out), tuple(run.recoveries))
 
-    def drift(self, inputs: ModuleInputs, module: Path) -> DriftReport:
+    def drift(self, inputs: ModuleInputs, module: Path, env: Mapping[str, str] | None = None) -> DriftReport:
         """`plan -detailed-exitcode`: exit 2 means applying the configuration would change something, because
         the world (or the recorded state) left it. Differences the provider reports but the configuration
         does not care about (Terraform's "changed outside of Terraform" notes) are no drift."""
-        with self._run(inputs, module) as run:
+        with self._run(inputs, module, env) as run:
             summary, _ = self._plan(run)
             if not summary.has_changes:
                 return DriftReport(inputs.tenant_id, False, ())
@@ -167,7 +175,7 @@ class TerraformRunner:
     # -- one run ------------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _run(self, inputs: ModuleInputs, module: Path) -> Iterator[Run]:
+    def _run(self, inputs: ModuleInputs, module: Path, env: Mapping[str, str] | None = None) -> Iterator[Run]:
         self._take_slot()
         run_id = secrets.token_hex(6)
         workdir = self.config.state_dir / "runs" / f"{inputs.tenant_id}-{run_id}"
@@ -175,16 +183,18 @@ class TerraformRunner:
             self._active[run_id] = inputs.tenant_id
         try:
             self.prepare_workdir(workdir, inputs, module)
-            env = self.environment(inputs.tenant_id, run_id)
+            environment = {**self.environment(inputs.tenant_id, run_id), **(env or {})}
             terraform = RunTerraform(
-                self.program, workdir, env, time.monotonic() + self.config.timeout, self.config.timeout
+                self.program, workdir, environment, time.monotonic() + self.config.timeout, self.config.timeout
             )
             run = Run(
                 run_id,
                 inputs.tenant_id,
                 workdir,
                 terraform,
-                backend.dsn_secrets(self.config.backend_dsn) + list(self.config.env.values()),
+                backend.dsn_secrets(self.config.backend_dsn)
+                + list(self.config.env.values())
+                + list((env or {}).values()),
             )
             self._init(run)
             yield run

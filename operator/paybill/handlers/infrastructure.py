@@ -1,0 +1,449 @@
+"""Terraform for tenants, in the operator: what a Plan's `spec.provisioning` resolves to (module, contract,
+credentials), and the runs lifecycle/infrastructure.py asks for, carried out in a worker pool of their own.
+
+A run never holds kopf's event loop or its executor: the reconcile that asks for it only records it in status
+(`running`) and hands it to the pool; when it ends, the worker writes its result to `status.infrastructure`
+(summary, hashes, Terraform's first error lines; outputs go to the tenant's Secret paybill-infrastructure,
+never to status) and touches the Tenant, whose next reconcile decides on it. At most PAYBILL_TERRAFORM_CONCURRENCY
+runs at once; one tenant's failing or slow run holds nobody else's.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextvars
+import datetime
+import functools
+import hashlib
+import json
+import logging
+import os
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import kopf
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from ..api.meta import API_VERSION, GROUP, VERSION, now_rfc3339
+from ..api.plan import Cloud, Isolation, PlanSpec
+from ..api.tenant import InfrastructureStatus
+from ..errors import first_line
+from ..kubeclient import Kube, KubeError
+from ..lifecycle import infrastructure as infra
+from ..lifecycle.reconcile import PlanObject, TenantObject
+from ..terraform import ApplyResult, ModuleInputs, RunnerConfig, StalePlan, TerraformError, TerraformRunner
+from ..terraform.contract import violations
+from ..terraform.errors import PlanHashMismatch, PlanNotFound, redact
+from ..terraform.modules import module_dir
+from .apply import TRIGGER, audit, delete_owned_secret, operator_namespace, publish_secret, touch
+from .settings import DATABASE_URL_ENV, state_directory
+
+BACKEND_DSN_ENV = "PAYBILL_TERRAFORM_BACKEND_DSN"
+CONCURRENCY_ENV = "PAYBILL_TERRAFORM_CONCURRENCY"
+TIMEOUT_ENV = "PAYBILL_TERRAFORM_TIMEOUT"
+MODULES_DIR_ENV = "PAYBILL_TERRAFORM_MODULES_DIR"
+DRIFT_TICK = 5.0  # seconds: how often a provisioned tenant looks whether its drift check is due
+SETUPS_KEPT = 4096
+KINDS = {
+    infra.PlanInfrastructure: "plan",
+    infra.ApplyInfrastructure: "apply",
+    infra.CheckDrift: "drift",
+    infra.DestroyInfrastructure: "destroy",
+}
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """What a run of one Desired configuration needs: the module's directory, its inputs, the credentials Secret."""
+
+    module: Path
+    inputs: ModuleInputs
+    credentials_secret: str | None
+
+
+# --- what a Plan's provisioning resolves to ------------------------------------------------------------------------
+
+
+def resolve_module(
+    cloud: str, isolation: str, override: str | None, environ: Mapping[str, str]
+) -> tuple[str, Path | None]:
+    """The module's name and directory: the override under PAYBILL_TERRAFORM_MODULES_DIR, else the shipped one."""
+    if override is not None:
+        root = environ.get(MODULES_DIR_ENV)
+        if not root:
+            return f"{override} (no {MODULES_DIR_ENV} to look in)", None
+        return override, Path(root) / override
+    try:
+        return f"{cloud}/{isolation}", module_dir(cloud, isolation)
+    except ValueError:
+        return f"{cloud}/{isolation}", None
+
+
+def module_check(name: str, directory: Path | None, cloud: str) -> infra.ModuleCheck:
+    if directory is None or not directory.is_dir():
+        return infra.ModuleCheck(name, False)
+    return infra.ModuleCheck(name, True, _violations(str(directory), _files_digest(directory), cloud == Cloud.LOCAL))
+
+
+@functools.lru_cache(maxsize=256)
+def _violations(directory: str, digest: str, stands_for_cloud_objects: bool) -> tuple[str, ...]:
+    """The contract check, once per version of a module's files (`digest` is the cache key)."""
+    return tuple(violations(Path(directory), stands_for_cloud_objects))
+
+
+def _files_digest(directory: Path) -> str:
+    parts = []
+    for path in sorted(directory.iterdir()):
+        if path.is_file() and path.name.endswith((".tf", ".tf.json")):
+            parts += [path.name, path.read_text()]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def credentials_check(kube: Kube, secret: str | None) -> infra.CredentialsCheck:
+    """Only the Secret's key names are read into the decision (its values go to a run's environment only)."""
+    namespace = operator_namespace()
+    if secret is None or namespace is None:
+        return infra.CredentialsCheck(secret, namespace)
+    found = kube.get("v1", "secrets", secret, namespace)
+    keys = frozenset((found.get("data") or {}).keys()) if found is not None else None
+    return infra.CredentialsCheck(secret, namespace, keys)
+
+
+def plan_problems(kube: Kube, spec: PlanSpec) -> tuple[str, ...]:
+    """What a Plan's provisioning lacks, found before any run: unknown module, a broken contract, credentials."""
+    provisioning = spec.provisioning
+    if provisioning is None:
+        return ()
+    name, directory = resolve_module(str(provisioning.cloud), str(spec.isolation), provisioning.module, os.environ)
+    check = module_check(name, directory, str(provisioning.cloud))
+    return infra.provisioning_problems(provisioning, check, credentials_check(kube, provisioning.credentialsSecret))
+
+
+def module_inputs(tenant: str, plan: PlanObject) -> ModuleInputs:
+    provisioning = plan.spec.provisioning
+    assert provisioning is not None
+    quotas = plan.spec.quotas
+    return ModuleInputs(
+        tenant_id=tenant,
+        plan=plan.name,
+        region=provisioning.region,
+        cost_center=provisioning.costCenter or plan.spec.tier,
+        sizes={"storage_gib": infra.storage_gib(quotas.databaseSizeMi), "agents": quotas.maxAgents},
+    )
+
+
+def config_digest(module: Path | None, inputs: Mapping[str, Any], credentials_secret: str | None) -> str:
+    """What a plan depends on: the module's files, the inputs and where the credentials come from."""
+    files = _files_digest(module) if module is not None and module.is_dir() else "-"
+    text = json.dumps([files, dict(inputs), credentials_secret], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --- the runs ------------------------------------------------------------------------------------------------------
+
+
+class InfrastructureRuns:
+    """The operator's Terraform runs: a bounded pool, the runs in flight per tenant, and the runner (made on first
+    use, so an operator without Terraform still serves every tenant whose plan needs none)."""
+
+    def __init__(self, kube: Kube, audit_log: Any, environ: Mapping[str, str]) -> None:
+        self.kube, self.audit, self.environ = kube, audit_log, dict(environ)
+        self.concurrency = max(1, int(environ.get(CONCURRENCY_ENV) or 4))
+        self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="paybill-terraform")
+        self._guard = threading.Lock()
+        self._running: dict[str, str] = {}  # tenant -> kind
+        self._finished: dict[str, str] = {}  # tenant -> id of the last run this operator finished
+        self._setups: OrderedDict[str, RunSetup] = OrderedDict()
+        self._runner: TerraformRunner | None = None
+
+    # -- observing ------------------------------------------------------------------------------------------------
+
+    def seen(self, tenant: TenantObject, plan: PlanObject | None) -> infra.InfraSeen | None:
+        """The tenant's desired infrastructure and its runs, for the decision (None: the plan has none)."""
+        if plan is None or plan.spec.provisioning is None:
+            return None
+        desired = self.desire(tenant.name, plan)
+        recorded = tenant.status.infrastructure
+        with self._guard:
+            running = self._running.get(tenant.name)
+            finished = self._finished.get(tenant.name)
+        settled = finished is None or (recorded is not None and recorded.runId == finished)
+        return infra.InfraSeen(desired, running, settled, tenant.approved_plan)
+
+    def desire(self, tenant: str, plan: PlanObject) -> infra.Desired:
+        provisioning = plan.spec.provisioning
+        assert provisioning is not None
+        cloud, isolation = str(provisioning.cloud), str(Isolation(plan.spec.isolation))
+        name, directory = resolve_module(cloud, isolation, provisioning.module, self.environ)
+        problems = infra.provisioning_problems(
+            provisioning,
+            module_check(name, directory, cloud),
+            credentials_check(self.kube, provisioning.credentialsSecret),
+        )
+        try:
+            inputs: ModuleInputs | None = module_inputs(tenant, plan)
+        except ValueError as exc:
+            problems, inputs = (*problems, str(exc)), None
+        variables = inputs.variables() if inputs is not None else {"tenant_id": tenant}
+        digest = config_digest(directory, variables, provisioning.credentialsSecret)
+        if directory is not None and inputs is not None and not problems:
+            self._keep(digest, RunSetup(directory, inputs, provisioning.credentialsSecret))
+        return infra.Desired(
+            name, digest, provisioning.approval, provisioning.driftCheckSeconds, provisioning.autoRemediate, problems
+        )
+
+    def _keep(self, digest: str, setup: RunSetup) -> None:
+        with self._guard:
+            self._setups[digest] = setup
+            self._setups.move_to_end(digest)
+            while len(self._setups) > SETUPS_KEPT:
+                self._setups.popitem(last=False)
+
+    # -- running ------------------------------------------------------------------------------------------------------
+
+    def start(self, body: Mapping[str, Any], tenant: TenantObject, action: infra.InfraAction) -> None:
+        """Record the run in status and hand it to the pool; nothing if the tenant has a run in flight already."""
+        kind = KINDS[type(action)]
+        with self._guard:
+            setup = self._setups.get(action.desired.digest)
+            if tenant.name in self._running:
+                return
+            if setup is None:
+                raise RuntimeError(f"no run setup for {action.desired.module}: reconcile again")
+            run_id = secrets.token_hex(6)
+            self._running[tenant.name] = kind
+        ref = {"apiVersion": API_VERSION, "kind": "Tenant", "metadata": {"name": tenant.name, "uid": tenant.uid}}
+        try:
+            self._write(tenant.name, {"running": kind, "runId": run_id, "module": action.desired.module})
+            context = contextvars.copy_context()
+            self._executor.submit(context.run, self._execute, ref, tenant, setup, action, run_id)
+        except BaseException:
+            with self._guard:
+                self._running.pop(tenant.name, None)
+            raise
+
+    def _execute(
+        self, ref: dict[str, Any], tenant: TenantObject, setup: RunSetup, action: infra.InfraAction, run_id: str
+    ) -> None:
+        kind = KINDS[type(action)]
+        try:
+            fields = self._perform(ref, tenant, setup, action)
+        except Exception as exc:  # every failure is a result in status, never only a log line
+            fields = self._failed(tenant.name, action, exc)
+        fields |= {"running": None, "runId": run_id, "lastRun": kind, "lastRunAt": now_rfc3339()}
+        try:
+            self._write(tenant.name, fields)
+        except KubeError as exc:
+            log.warning("[Tenant %s] terraform %s result not written: %s", tenant.name, kind, first_line(exc))
+        finally:
+            with self._guard:
+                self._running.pop(tenant.name, None)
+                self._finished[tenant.name] = run_id
+        try:
+            touch(self.kube, "tenants", tenant.name, "infrastructure", run_id)
+        except KubeError as exc:
+            log.warning("[Tenant %s] not touched after terraform %s: %s", tenant.name, kind, first_line(exc))
+
+    def _perform(
+        self, ref: dict[str, Any], tenant: TenantObject, setup: RunSetup, action: infra.InfraAction
+    ) -> dict[str, Any]:
+        runner, env = self.runner(), self._credentials(setup.credentials_secret)
+        digest = action.desired.digest
+        match action:
+            case infra.PlanInfrastructure():
+                summary = runner.plan(setup.inputs, setup.module, env)
+                return {
+                    **_summary(summary),
+                    "lastResult": infra.AWAITING,
+                    "configDigest": digest,
+                    "failures": 0,
+                    "message": f"plan {summary.plan_hash[:12]} awaits approval",
+                }
+            case infra.ApplyInfrastructure(_, plan_hash):
+                if plan_hash is None:
+                    result = runner.apply(setup.inputs, setup.module, env)
+                else:
+                    result = runner.apply_plan(setup.inputs, setup.module, plan_hash, plan_hash, env)
+                return self._applied(ref, tenant, result, digest)
+            case infra.CheckDrift():
+                report = runner.drift(setup.inputs, setup.module, env)
+                found = f"{len(report.addresses)} resources drifted" if report.drifted else "no drift"
+                return {
+                    "lastResult": infra.SUCCEEDED,
+                    "driftCheckedAt": now_rfc3339(),
+                    "drifted": sorted(report.addresses),
+                    "failures": 0,
+                    "message": found,
+                }
+            case infra.DestroyInfrastructure():
+                destroyed = runner.destroy(setup.inputs, setup.module, env)
+                self._recovered(ref, tenant.name, destroyed.lock_recoveries)
+                delete_owned_secret(self.kube, infra.OUTPUTS_SECRET, tenant.namespace, ref, "Tenant")  # type: ignore[arg-type]
+                return {
+                    "lastResult": infra.SUCCEEDED,
+                    "destroyed": True,
+                    "appliedDigest": None,
+                    "failures": 0,
+                    "message": f"destroyed {destroyed.destroyed} resources",
+                    "outputsSecret": None,
+                }
+
+    def _applied(self, ref: dict[str, Any], tenant: TenantObject, result: ApplyResult, digest: str) -> dict[str, Any]:
+        """The outputs into the tenant's Secret (sensitive ones nowhere else); the summary into status."""
+        secret = infra.outputs_secret(ref, tenant.namespace, result.outputs.secret_data())
+        publish_secret(self.kube, secret)
+        self._recovered(ref, tenant.name, result.lock_recoveries)
+        summary = result.summary
+        return {
+            **_summary(summary),
+            "lastResult": infra.SUCCEEDED,
+            "configDigest": digest,
+            "appliedDigest": digest,
+            "appliedHash": summary.plan_hash,
+            "destroyed": False,
+            "failures": 0,
+            "driftCheckedAt": now_rfc3339(),
+            "drifted": [],
+            "outputsSecret": infra.OUTPUTS_SECRET,
+            "message": f"applied: {summary.adds} added, {summary.changes} changed, {summary.destroys} destroyed",
+        }
+
+    def _recovered(self, ref: dict[str, Any], tenant: str, recoveries: tuple[Any, ...]) -> None:
+        for recovery in recoveries:
+            audit(ref, self.audit, "Tenant", tenant, "terraform-lock-released", asdict(recovery))  # type: ignore[arg-type]
+
+    def _failed(self, tenant: str, action: infra.InfraAction, exc: Exception) -> dict[str, Any]:
+        """Terraform's first error lines (secrets redacted), and the failures in a row for the backoff."""
+        if isinstance(exc, (StalePlan, PlanHashMismatch, PlanNotFound)):
+            message = f"the plan could not be applied ({first_line(exc)}); nothing applied"
+            return {"lastResult": infra.STALE, "message": redact(message)}
+        message = exc.message if isinstance(exc, TerraformError) else f"{type(exc).__name__}: {first_line(exc)}"
+        found = self.kube.get(API_VERSION, "tenants", tenant) or {}
+        record = InfrastructureStatus.model_validate(((found.get("status") or {}).get("infrastructure")) or {})
+        fields: dict[str, Any] = {
+            "lastResult": infra.FAILED,
+            "message": redact(message, self._secret_values()),
+            "failures": record.failures + 1,
+            "configDigest": action.desired.digest,
+        }
+        if isinstance(action, infra.CheckDrift):
+            fields["driftCheckedAt"] = now_rfc3339()  # looked at again next period, not at once
+        return fields
+
+    def runner(self) -> TerraformRunner:
+        with self._guard:
+            if self._runner is None:
+                self._runner = TerraformRunner(self._config())
+            return self._runner
+
+    def _config(self) -> RunnerConfig:
+        dsn = self.environ.get(BACKEND_DSN_ENV) or self.environ.get(DATABASE_URL_ENV)
+        if not dsn:
+            raise RuntimeError(f"no PostgreSQL for Terraform's state: set {BACKEND_DSN_ENV} or {DATABASE_URL_ENV}")
+        return RunnerConfig(
+            backend_dsn=backend_dsn(dsn),
+            state_dir=state_directory(self.environ) / "terraform",
+            timeout=float(self.environ.get(TIMEOUT_ENV) or 900),
+            concurrency=self.concurrency,
+        )
+
+    def _credentials(self, secret: str | None) -> dict[str, str]:
+        namespace = operator_namespace()
+        if secret is None or namespace is None:
+            return {}
+        found = self.kube.get("v1", "secrets", secret, namespace) or {}
+        data = {key: base64.b64decode(value).decode() for key, value in (found.get("data") or {}).items()}
+        return infra.provider_environment(data)
+
+    def _secret_values(self) -> list[str]:
+        dsn = self.environ.get(BACKEND_DSN_ENV) or self.environ.get(DATABASE_URL_ENV) or ""
+        password = conninfo_to_dict(dsn).get("password") if dsn else None
+        return [str(password)] if password else []
+
+    def _write(self, tenant: str, fields: dict[str, Any]) -> None:
+        status = {"status": {"infrastructure": fields}}
+        try:
+            self.kube.merge_patch(API_VERSION, "tenants", tenant, status, subresource="status")
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+
+    def shutdown(self) -> None:
+        """Queued runs are dropped (their tenants start them again); runs in progress end at their timeout."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def backend_dsn(dsn: str) -> str:
+    """The DSN for Terraform's lib/pq, which requires TLS unless told: a loopback server without a stated sslmode
+    is asked without it (as psycopg's `prefer` would end up), any other keeps what the DSN says."""
+    parts = conninfo_to_dict(dsn)
+    loopback = str(parts.get("host", "")) in ("", "localhost", "127.0.0.1", "::1") or str(parts.get("host")).startswith(
+        "/"
+    )
+    return make_conninfo(dsn, sslmode="disable") if loopback and "sslmode" not in parts else dsn
+
+
+def _summary(summary: Any) -> dict[str, Any]:
+    return {
+        "planHash": summary.plan_hash,
+        "artifact": summary.artifact,
+        "adds": summary.adds,
+        "changes": summary.changes,
+        "destroys": summary.destroys,
+    }
+
+
+def observe_infrastructure(memo: kopf.Memo, tenant: TenantObject, plan: PlanObject | None) -> infra.InfraSeen | None:
+    runs: InfrastructureRuns | None = memo.get("infrastructure")
+    return runs.seen(tenant, plan) if runs is not None else None
+
+
+# --- kopf ------------------------------------------------------------------------------------------------------------
+
+
+@kopf.on.startup()
+def start_infrastructure_runs(memo: kopf.Memo, **_: Any) -> None:
+    memo.infrastructure = InfrastructureRuns(memo.kube, memo.get("audit"), os.environ)
+
+
+@kopf.on.cleanup()
+def stop_infrastructure_runs(memo: kopf.Memo, **_: Any) -> None:
+    if memo.get("infrastructure") is not None:
+        memo.infrastructure.shutdown()
+
+
+APPROVAL_SEEN = f"{TRIGGER}/approve-plan"
+
+
+def _approval_unseen(annotations: kopf.Annotations, **_: Any) -> bool:
+    approved = annotations.get(infra.APPROVE_ANNOTATION)
+    return approved is not None and approved != annotations.get(APPROVAL_SEEN)
+
+
+@kopf.on.event(GROUP, VERSION, "tenants", when=_approval_unseen)
+def relay_approval(name: str, annotations: kopf.Annotations, memo: kopf.Memo, **_: Any) -> None:
+    """kopf leaves its own prefix's annotations (paybill.dev/*) out of what counts as a change: an approval is
+    relayed to a trigger annotation, so that the tenant reconciles on it."""
+    touch(memo.kube, "tenants", name, "approve-plan", annotations[infra.APPROVE_ANNOTATION])
+
+
+def _provisioned(status: kopf.Status, **_: Any) -> bool:
+    return bool((status.get("infrastructure") or {}).get("appliedDigest"))
+
+
+@kopf.timer(GROUP, VERSION, "tenants", interval=DRIFT_TICK, when=_provisioned)
+def drift_due(name: str, spec: kopf.Spec, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
+    """A tenant whose drift check is due reconciles (the decision starts the check); one touch per period."""
+    plan = memo.kube.get(API_VERSION, "plans", spec.get("planRef", ""))
+    every = (((plan or {}).get("spec") or {}).get("provisioning") or {}).get("driftCheckSeconds") or 0
+    checked = (status.get("infrastructure") or {}).get("driftCheckedAt")
+    if every and infra.elapsed(checked, datetime.datetime.now(datetime.UTC)) >= every:
+        touch(memo.kube, "tenants", name, "drift", str(checked))

@@ -1,0 +1,376 @@
+"""A tenant's infrastructure, decided: what its Plan's `spec.provisioning` lacks, whether the module is applied for
+the tenant's current configuration, which Terraform run to start next (plan, apply, an approved plan, a drift
+check, a destroy), and what the Provisioned and Drifted conditions say. Pure: the handler (handlers/infrastructure.py)
+reads the module, the credentials Secret and the runs in flight, and carries out the actions in a worker pool of
+its own; a run that ends writes `status.infrastructure` and makes the tenant reconcile again.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..api.meta import Condition
+from ..api.plan import Approval, Provisioning
+from ..api.tenant import InfrastructureStatus
+from .machine import retry_delay
+from .outcome import Notice
+from .tenant import owner_reference
+
+APPROVE_ANNOTATION = "paybill.dev/approve-plan"
+OUTPUTS_SECRET = "paybill-infrastructure"
+REQUIRED_CREDENTIALS: Mapping[str, tuple[str, ...]] = {
+    "local": (),
+    "aws": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
+}
+PROVIDER_PREFIXES = ("AWS_", "ARM_", "GOOGLE_", "OCI_", "IC_")  # the providers' own variables; nothing else passes
+PROBLEM_RETRY = 30.0  # a Plan's provisioning that lacks something is looked at again this often
+DESTROY_POLL = 2.0  # offboarding waits for a destroy in flight this often
+FAILURE_BASE = 5.0  # a failed run is tried again after 5 s, 10 s, 20 s ... capped at 5 minutes
+
+# results a run writes to status.infrastructure.lastResult
+SUCCEEDED, FAILED, AWAITING, STALE = "Succeeded", "Failed", "AwaitingApproval", "Stale"
+
+
+# --- what a Plan's provisioning lacks ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModuleCheck:
+    """The module a Plan's provisioning names, as the handler found it."""
+
+    name: str  # <cloud>/<isolation>, or the override's name
+    found: bool
+    violations: tuple[str, ...] = ()  # of the module contract (terraform/contract.py)
+
+
+@dataclass(frozen=True)
+class CredentialsCheck:
+    """The provider credentials Secret, as the handler found it: only its key names, never a value."""
+
+    secret: str | None
+    operator_namespace: str | None
+    keys: frozenset[str] | None = None  # None: no such Secret
+
+
+def provisioning_problems(
+    provisioning: Provisioning, module: ModuleCheck, credentials: CredentialsCheck
+) -> tuple[str, ...]:
+    """Everything that would make a run fail before it starts, each naming what is missing."""
+    problems: list[str] = []
+    if not module.found:
+        problems.append(f"module {module.name} does not exist")
+    problems += [f"module {module.name}: {violation}" for violation in module.violations]
+    needed = REQUIRED_CREDENTIALS.get(str(provisioning.cloud))
+    if needed is None:
+        problems.append(f"unknown cloud {provisioning.cloud!r}: one of {', '.join(REQUIRED_CREDENTIALS)}")
+        return tuple(problems)
+    if not needed:
+        return tuple(problems)
+    if credentials.secret is None:
+        problems.append(
+            f"cloud {provisioning.cloud} needs provider credentials ({', '.join(needed)}): "
+            "set credentialsSecret to a Secret in the operator's namespace"
+        )
+    elif credentials.operator_namespace is None:
+        problems.append(
+            f"credentials secret {credentials.secret}: the operator has no namespace to read it from "
+            "(set PAYBILL_OPERATOR_NAMESPACE)"
+        )
+    elif credentials.keys is None:
+        problems.append(f"credentials secret {credentials.operator_namespace}/{credentials.secret} does not exist")
+    else:
+        missing = [key for key in needed if key not in credentials.keys]
+        if missing:
+            where = f"{credentials.operator_namespace}/{credentials.secret}"
+            problems.append(f"credentials secret {where} lacks {', '.join(missing)}")
+    return tuple(problems)
+
+
+def provider_environment(data: Mapping[str, str]) -> dict[str, str]:
+    """The variables of a credentials Secret that reach Terraform: the providers' own, nothing else."""
+    return {key: value for key, value in data.items() if key.startswith(PROVIDER_PREFIXES)}
+
+
+def storage_gib(database_size_mi: int) -> int:
+    return max(1, -(-database_size_mi // 1024))
+
+
+# --- what the tenant's reconcile sees ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Desired:
+    """The infrastructure the tenant's Plan asks for: the module, its inputs (by digest), how runs are approved and
+    how often drift is checked. `problems`: what the Plan's provisioning lacks (no run starts)."""
+
+    module: str
+    digest: str  # sha256 of the module's files and the inputs
+    approval: Approval = Approval.AUTO
+    drift_every: int = 0
+    auto_remediate: bool = False
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class InfraSeen:
+    desired: Desired
+    running: str | None = None  # a run of this operator in flight for the tenant (plan, apply, destroy, drift)
+    settled: bool = True  # False: a run just ended and its result is being written (decide on the next read)
+    approved: str | None = None  # the tenant's paybill.dev/approve-plan annotation
+
+
+# --- what it asks the shell to do -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanInfrastructure:
+    """Plan and keep the plan (manual approval): the summary and hash go to status, nothing is applied."""
+
+    desired: Desired
+
+
+@dataclass(frozen=True)
+class ApplyInfrastructure:
+    """Apply the module: exactly the saved plan `plan_hash` (approved), or, when None, a plan made and applied in
+    one run (auto). The outputs go to the tenant's Secret paybill-infrastructure."""
+
+    desired: Desired
+    plan_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class CheckDrift:
+    """`plan -detailed-exitcode`: the addresses that differ from the configuration go to status."""
+
+    desired: Desired
+
+
+@dataclass(frozen=True)
+class DestroyInfrastructure:
+    desired: Desired
+
+
+InfraAction = PlanInfrastructure | ApplyInfrastructure | CheckDrift | DestroyInfrastructure
+
+
+@dataclass(frozen=True)
+class InfraDecision:
+    ready: bool  # applied for the desired configuration: the tenant may be (or stay) Active
+    provisioned: tuple[bool | None, str, str]  # the Provisioned condition: status, reason, message
+    actions: tuple[InfraAction, ...] = ()
+    drifted: tuple[bool, str, str] | None = None  # the Drifted condition, once drift was checked
+    events: tuple[Notice, ...] = ()
+    retry: float | None = None  # look again then; None: a run that ends makes the tenant reconcile again
+    failed: bool = False  # the last run failed and its retry waits (a tenant not yet Active is Failed meanwhile)
+
+
+def decide_infrastructure(
+    seen: InfraSeen,
+    recorded: InfrastructureStatus | None,
+    said: Condition | None,
+    now: datetime.datetime,
+    tenant: str,
+) -> InfraDecision:
+    """What the tenant's infrastructure needs next. `said`: the Provisioned condition as it stands."""
+    desired, record = seen.desired, recorded or InfrastructureStatus()
+    applied = record.appliedDigest == desired.digest and not record.destroyed
+    drifted = _drifted(record) if applied else None
+    if desired.problems:
+        message = "spec.provisioning of the plan: " + "; ".join(desired.problems)
+        return _decision(applied, (False, "ProvisioningInvalid", message), said, retry=PROBLEM_RETRY, warn=True)
+    if seen.running is not None or not seen.settled:
+        verb = seen.running or "run"
+        if applied:
+            return _decision(True, (True, "Applied", f"{_applied(record)}; terraform {verb} running"), said, drifted)
+        return _decision(False, (False, _running_reason(verb), f"terraform {verb} of {desired.module} running"), said)
+    remediate = applied and bool(record.drifted) and desired.auto_remediate
+    if applied and not remediate:
+        due = desired.drift_every > 0 and elapsed(record.driftCheckedAt, now) >= desired.drift_every
+        actions: tuple[InfraAction, ...] = (CheckDrift(desired),) if due else ()
+        ok = (True, "Applied", _applied(record))
+        return _decision(True, ok, said, drifted, actions, events=_applied_notice(record, said))
+    if record.lastResult == FAILED and record.configDigest == desired.digest:
+        wait = retry_delay(record.failures - 1, base=FAILURE_BASE) - elapsed(record.lastRunAt, now)
+        if wait > 0:
+            failure = (False, f"{(record.lastRun or 'run').title()}Failed", record.message or "terraform failed")
+            return InfraDecision(applied, failure, (), drifted, _warn_if_new(failure, said), wait, failed=True)
+    if desired.approval == Approval.AUTO:
+        verb = "re-applying after drift" if remediate else f"applying {desired.module}"
+        return _decision(applied, (applied, "Applying", verb), said, drifted, (ApplyInfrastructure(desired),))
+    return _manual(seen, record, applied, drifted, said, tenant)
+
+
+def _manual(
+    seen: InfraSeen,
+    record: InfrastructureStatus,
+    applied: bool,
+    drifted: tuple[bool, str, str] | None,
+    said: Condition | None,
+    tenant: str,
+) -> InfraDecision:
+    """Approval manual: plan, stop with the plan in status; apply only the plan whose hash the annotation names."""
+    desired = seen.desired
+    pending = record.lastResult == AWAITING and record.configDigest == desired.digest and record.planHash
+    if not pending:
+        why = f"planning {desired.module}"
+        if record.lastResult == AWAITING and record.planHash:
+            why = f"the spec changed since plan {record.planHash[:12]}, which is not applied: {why}"
+        elif record.lastResult == STALE:
+            why = f"{record.message}: {why} again"
+        return _decision(applied, (applied, "Planning", why), said, drifted, (PlanInfrastructure(desired),))
+    plan_hash = str(record.planHash)
+    if seen.approved == plan_hash:
+        doing = (applied, "Applying", f"applying approved plan {plan_hash[:12]}")
+        return _decision(applied, doing, said, drifted, (ApplyInfrastructure(desired, plan_hash),))
+    if seen.approved and seen.approved != record.appliedHash:
+        refused = (
+            False,
+            "ApprovalMismatch",
+            f"{APPROVE_ANNOTATION}={seen.approved[:64]} does not name the pending plan {plan_hash}: nothing applied "
+            "(a stale or wrong hash, or the spec changed since that plan)",
+        )
+        return _decision(applied, refused, said, drifted, warn=True)
+    waiting = (
+        False,
+        "AwaitingApproval",
+        f"plan {plan_hash}: {_counts(record)}; apply it with "
+        f"kubectl annotate tenant/{tenant} {APPROVE_ANNOTATION}={plan_hash}",
+    )
+    return _decision(applied, waiting, said, drifted, events=_notice_if_new("PlanAwaitingApproval", waiting, said))
+
+
+# --- offboarding ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Teardown:
+    done: bool  # nothing (more) to destroy: offboarding goes on
+    actions: tuple[InfraAction, ...] = ()
+    reason: str = ""
+    message: str = ""
+    events: tuple[Notice, ...] = ()
+    retry: float | None = None
+
+
+def decide_teardown(
+    seen: InfraSeen | None,
+    recorded: InfrastructureStatus | None,
+    keep: bool,
+    said: Condition | None,
+    now: datetime.datetime,
+) -> Teardown:
+    """Offboarding destroys what Terraform built (unless the deletion policy keeps the data, and with it the
+    infrastructure holding it). A destroy that fails is said (OffboardFailed, Terraform's message, a Warning Event
+    once) and retried with backoff: the finalizer never waits in silence."""
+    if keep or recorded is None or recorded.destroyed or recorded.runId is None:
+        return Teardown(True)
+    if seen is None:
+        return Teardown(
+            False, (), "OffboardFailed", "the plan's provisioning is gone: cannot destroy", (), PROBLEM_RETRY
+        )
+    if seen.running is not None or not seen.settled:
+        return Teardown(
+            False, (), "DestroyingInfrastructure", f"terraform {seen.running or 'run'} running", (), DESTROY_POLL
+        )
+    destroy = (DestroyInfrastructure(seen.desired),)
+    if recorded.lastRun == "destroy" and recorded.lastResult == FAILED:
+        message = f"destroying the infrastructure failed: {recorded.message}"
+        events = () if said is not None and said.message == message else (Notice("OffboardFailed", message, True),)
+        wait = retry_delay(recorded.failures - 1, base=FAILURE_BASE) - elapsed(recorded.lastRunAt, now)
+        if wait > 0:
+            return Teardown(False, (), "OffboardFailed", message, events, wait)
+        return Teardown(False, destroy, "OffboardFailed", message, events, DESTROY_POLL)
+    return Teardown(False, destroy, "DestroyingInfrastructure", f"destroying {seen.desired.module}", (), DESTROY_POLL)
+
+
+# --- the outputs Secret ---------------------------------------------------------------------------------------------
+
+
+def outputs_secret(tenant: Mapping[str, Any], namespace: str, data: Mapping[str, str]) -> dict[str, Any]:
+    """Every output of the module (sensitive ones only here), base64 as a Secret's data, owned by the Tenant."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": OUTPUTS_SECRET,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": "paybill", "paybill.dev/tenant": tenant["metadata"]["name"]},
+            "ownerReferences": [owner_reference(dict(tenant))],
+        },
+        "data": {key: base64.b64encode(value.encode()).decode() for key, value in sorted(data.items())},
+    }
+
+
+# --- pieces --------------------------------------------------------------------------------------------------------
+
+
+def _decision(
+    ready: bool,
+    provisioned: tuple[bool | None, str, str],
+    said: Condition | None,
+    drifted: tuple[bool, str, str] | None = None,
+    actions: tuple[InfraAction, ...] = (),
+    events: tuple[Notice, ...] = (),
+    retry: float | None = None,
+    warn: bool = False,
+) -> InfraDecision:
+    notices = events + (_warn_if_new(provisioned, said) if warn else ())
+    return InfraDecision(ready, provisioned, actions, drifted, notices, retry)
+
+
+def _warn_if_new(provisioned: tuple[bool | None, str, str], said: Condition | None) -> tuple[Notice, ...]:
+    _, reason, message = provisioned
+    if said is not None and said.reason == reason and said.message == message:
+        return ()
+    return (Notice(reason, message, warning=True),)
+
+
+def _notice_if_new(
+    reason: str, provisioned: tuple[bool | None, str, str], said: Condition | None
+) -> tuple[Notice, ...]:
+    _, said_reason, message = provisioned
+    if said is not None and said.reason == said_reason and said.message == message:
+        return ()
+    return (Notice(reason, message),)
+
+
+def _applied_notice(record: InfrastructureStatus, said: Condition | None) -> tuple[Notice, ...]:
+    message = _applied(record)
+    if said is not None and said.status == "True" and said.message == message:
+        return ()
+    return (Notice("InfrastructureApplied", message),)
+
+
+def _applied(record: InfrastructureStatus) -> str:
+    return f"{record.module} applied (plan {str(record.appliedHash)[:12]}: {_counts(record)})"
+
+
+def _counts(record: InfrastructureStatus) -> str:
+    return f"{record.adds} to add, {record.changes} to change, {record.destroys} to destroy"
+
+
+def _drifted(record: InfrastructureStatus) -> tuple[bool, str, str] | None:
+    if record.driftCheckedAt is None:
+        return None
+    if record.drifted:
+        return True, "DriftFound", f"changed outside Terraform: {', '.join(record.drifted)}"
+    return False, "NoDrift", f"no drift at {record.driftCheckedAt}"
+
+
+def _running_reason(verb: str) -> str:
+    return {"plan": "Planning", "apply": "Applying", "destroy": "Destroying", "drift": "CheckingDrift"}.get(
+        verb, "Running"
+    )
+
+
+def elapsed(stamp: str | None, now: datetime.datetime) -> float:
+    """Seconds since an RFC 3339 stamp (infinitely long ago when there is none)."""
+    if not stamp:
+        return float("inf")
+    then = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return (now - then).total_seconds()

@@ -1,0 +1,260 @@
+"""Terraform through the operator: real kopf, the emulated API server, the real PostgreSQL (state per tenant in the
+pg backend) and the real Terraform on the `local` modules. A Plan's spec.provisioning makes each of its tenants
+Active only once its module is applied; failures, approvals and destroys show in the Tenant's status."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from paybill.database.server import LocalPostgres
+from paybill.terraform.modules import module_dir
+
+from .conftest import state_resources
+
+API = "paybill.dev/v1alpha1"
+pytestmark = pytest.mark.slow
+_names = itertools.count()
+SILO = ["terraform_data.credentials", "terraform_data.database", "terraform_data.network", "terraform_data.subnets"]
+
+
+@pytest.fixture
+def modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """PAYBILL_TERRAFORM_MODULES_DIR for module overrides (set before the operator starts)."""
+    root = tmp_path / "modules"
+    root.mkdir()
+    monkeypatch.setenv("PAYBILL_TERRAFORM_MODULES_DIR", str(root))
+    monkeypatch.setenv("PAYBILL_TERRAFORM_TIMEOUT", "120")
+    return root
+
+
+@pytest.fixture
+def tf_operator(modules: Path, operator: Any) -> Iterator[Any]:
+    yield operator
+
+
+def silo_module(root: Path, name: str, extra: str = "") -> Path:
+    """The shipped local/silo module under another name, with `extra` resources."""
+    target = root / name
+    shutil.copytree(module_dir("local", "silo"), target)
+    (target / "extra.tf").write_text(extra)
+    return target
+
+
+def plan(name: str, approval: str = "auto", module: str | None = None, isolation: str = "silo") -> dict[str, Any]:
+    provisioning: dict[str, Any] = {"cloud": "local", "approval": approval, "costCenter": "cc-7"}
+    if module is not None:
+        provisioning["module"] = module
+    return {
+        "apiVersion": API,
+        "kind": "Plan",
+        "metadata": {"name": name},
+        "spec": {"tier": name, "isolation": isolation, "provisioning": provisioning},
+    }
+
+
+def onboard(cluster: Any, plan_name: str, **spec: Any) -> str:
+    name = f"tf{next(_names)}-{secrets.token_hex(3)}"
+    cluster.kube.apply(
+        {"apiVersion": API, "kind": "Tenant", "metadata": {"name": name}, "spec": {"planRef": plan_name, **spec}}
+    )
+    return name
+
+
+def status(cluster: Any, name: str) -> dict[str, Any]:
+    return (cluster.kube.get(API, "tenants", name) or {}).get("status") or {}
+
+
+def condition(cluster: Any, name: str, type_: str) -> dict[str, Any]:
+    return next((c for c in status(cluster, name).get("conditions", []) if c["type"] == type_), {})
+
+
+def events(cluster: Any, name: str) -> list[dict[str, Any]]:
+    return [e for e in cluster.kube.list("v1", "events") if e["involvedObject"].get("name") == name]
+
+
+def dsn(postgres: LocalPostgres) -> str:
+    return psycopg.conninfo.make_conninfo(postgres.dsn, sslmode="disable")
+
+
+def test_a_silo_tenant_goes_active_only_once_its_module_is_applied_and_its_outputs_land_in_its_secret(
+    tf_operator: Any, postgres: LocalPostgres
+) -> None:
+    cluster = tf_operator
+    cluster.kube.apply(plan("tf-silo"))
+    name = onboard(cluster, "tf-silo")
+    seen_active_unapplied = []
+
+    def active() -> dict[str, Any] | None:
+        current = status(cluster, name)
+        if current.get("phase") == "Active" and not (current.get("infrastructure") or {}).get("appliedDigest"):
+            seen_active_unapplied.append(current)
+        return (
+            current
+            if current.get("phase") == "Active" and condition(cluster, name, "Ready").get("status") == "True"
+            else None
+        )
+
+    current = cluster.eventually(active, timeout=120)
+    assert seen_active_unapplied == []
+    infrastructure = current["infrastructure"]
+    assert infrastructure["lastResult"] == "Succeeded" and infrastructure["module"] == "local/silo"
+    assert (infrastructure["adds"], infrastructure["changes"], infrastructure["destroys"]) == (4, 0, 0)
+    assert infrastructure["appliedHash"] == infrastructure["planHash"] and len(infrastructure["planHash"]) == 64
+    assert infrastructure["artifact"].endswith(infrastructure["planHash"])
+    assert condition(cluster, name, "Provisioned")["status"] == "True"
+    assert state_resources(dsn(postgres), name) == SILO
+    secret = cluster.kube.get("v1", "secrets", "paybill-infrastructure", f"tenant-{name}")
+    outputs = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+    assert outputs["database_name"] == f"tenant_{name.replace('-', '_')}" and len(outputs["database_password"]) == 32
+    assert secret["metadata"]["ownerReferences"][0]["kind"] == "Tenant"
+    everywhere = str(cluster.kube.get(API, "tenants", name)) + str(events(cluster, name))
+    assert outputs["database_password"] not in everywhere  # a sensitive output is in the Secret only
+    reasons = [e["reason"] for e in events(cluster, name)]
+    assert "Provisioning" in reasons and "InfrastructureApplied" in reasons and "Active" in reasons
+
+
+def test_an_apply_that_fails_says_terraforms_message_then_succeeds_once_fixed(
+    tf_operator: Any, modules: Path, postgres: LocalPostgres, tmp_path: Path
+) -> None:
+    cluster, marker = tf_operator, tmp_path / "gate-open"
+    gate = f"""
+resource "terraform_data" "gate" {{
+  input = {{ tags = local.tags }}
+  provisioner "local-exec" {{
+    command = "test -f {marker} || (echo 'gate: the marker is missing' >&2; exit 1)"
+  }}
+}}
+"""
+    silo_module(modules, "gated", gate)
+    cluster.kube.apply(plan("tf-gated", module="gated"))
+    name = onboard(cluster, "tf-gated")
+
+    def failed() -> dict[str, Any] | None:
+        said = condition(cluster, name, "Provisioned")
+        return said if said.get("reason") == "ApplyFailed" else None
+
+    said = cluster.eventually(failed, timeout=120)
+    assert "gate: the marker is missing" in said["message"] and said["status"] == "False"
+    assert status(cluster, name)["phase"] == "Failed"
+    assert any(e["type"] == "Warning" and e["reason"] == "ApplyFailed" for e in events(cluster, name))
+    marker.touch()
+    current = cluster.eventually(
+        lambda: status(cluster, name).get("phase") == "Active" and status(cluster, name), timeout=120
+    )
+    assert current["infrastructure"]["lastResult"] == "Succeeded" and current["infrastructure"]["failures"] == 0
+    assert "terraform_data.gate" in state_resources(dsn(postgres), name)
+
+
+def test_manual_approval_applies_nothing_under_a_wrong_hash_and_exactly_the_approved_plan(
+    tf_operator: Any, postgres: LocalPostgres
+) -> None:
+    cluster = tf_operator
+    cluster.kube.apply(plan("tf-manual", approval="manual"))
+    name = onboard(cluster, "tf-manual")
+
+    def awaiting() -> dict[str, Any] | None:
+        said = condition(cluster, name, "Provisioned")
+        return said if said.get("reason") == "AwaitingApproval" else None
+
+    said = cluster.eventually(awaiting, timeout=120)
+    plan_hash = status(cluster, name)["infrastructure"]["planHash"]
+    assert plan_hash in said["message"] and "4 to add" in said["message"]
+    assert status(cluster, name)["phase"] == "Provisioning" and state_resources(dsn(postgres), name) == []
+
+    wrong = "0" * 64
+    cluster.kube.merge_patch(API, "tenants", name, {"metadata": {"annotations": {"paybill.dev/approve-plan": wrong}}})
+    refused = cluster.eventually(
+        lambda: (
+            condition(cluster, name, "Provisioned").get("reason") == "ApprovalMismatch"
+            and condition(cluster, name, "Provisioned")
+        ),
+        timeout=60,
+    )
+    assert f"does not name the pending plan {plan_hash}: nothing applied" in refused["message"]
+    assert state_resources(dsn(postgres), name) == [] and status(cluster, name)["phase"] == "Provisioning"
+    assert any(e["type"] == "Warning" and e["reason"] == "ApprovalMismatch" for e in events(cluster, name))
+
+    cluster.kube.merge_patch(
+        API, "tenants", name, {"metadata": {"annotations": {"paybill.dev/approve-plan": plan_hash}}}
+    )
+    current = cluster.eventually(
+        lambda: status(cluster, name).get("phase") == "Active" and status(cluster, name), timeout=120
+    )
+    assert current["infrastructure"]["appliedHash"] == plan_hash
+    assert state_resources(dsn(postgres), name) == SILO
+
+
+def test_a_plan_whose_module_breaks_the_contract_is_refused_and_its_tenant_starts_no_run(
+    tf_operator: Any, modules: Path, postgres: LocalPostgres
+) -> None:
+    cluster = tf_operator
+    broken = silo_module(modules, "broken")
+    outputs = (broken / "outputs.tf").read_text()
+    (broken / "outputs.tf").write_text(outputs.replace('output "network_id"', 'output "network"'))
+    cluster.kube.apply(plan("tf-broken", module="broken"))
+    ready = cluster.eventually(
+        lambda: next(
+            (
+                c
+                for c in ((cluster.kube.get(API, "plans", "tf-broken") or {}).get("status") or {}).get("conditions", [])
+                if c["type"] == "Ready" and c["reason"] == "ProvisioningInvalid"
+            ),
+            None,
+        ),
+        timeout=30,
+    )
+    assert "module broken: output network_id is missing" in ready["message"]
+    name = onboard(cluster, "tf-broken")
+    said = cluster.eventually(
+        lambda: (
+            condition(cluster, name, "Provisioned").get("reason") == "ProvisioningInvalid"
+            and condition(cluster, name, "Provisioned")
+        ),
+        timeout=60,
+    )
+    assert "output network_id is missing" in said["message"]
+    assert status(cluster, name)["phase"] == "Provisioning" and "infrastructure" not in status(cluster, name)
+    assert state_resources(dsn(postgres), name) == []
+
+
+def test_offboarding_destroys_and_a_failing_destroy_is_visible_and_retried(
+    tf_operator: Any, modules: Path, postgres: LocalPostgres, tmp_path: Path
+) -> None:
+    cluster, marker = tf_operator, tmp_path / "may-destroy"
+    guard = f"""
+resource "terraform_data" "guard" {{
+  input = {{ tags = local.tags }}
+  provisioner "local-exec" {{
+    when    = destroy
+    command = "test -f {marker} || (echo 'guard: destroying is not allowed yet' >&2; exit 1)"
+  }}
+}}
+"""
+    silo_module(modules, "guarded", guard)
+    cluster.kube.apply(plan("tf-guarded", module="guarded"))
+    name = onboard(cluster, "tf-guarded", deletionPolicy="destroy")
+    cluster.eventually(lambda: status(cluster, name).get("phase") == "Active", timeout=120)
+    assert "terraform_data.guard" in state_resources(dsn(postgres), name)
+
+    cluster.kube.delete(API, "tenants", name)
+    failed = cluster.eventually(
+        lambda: (
+            condition(cluster, name, "Ready").get("reason") == "OffboardFailed" and condition(cluster, name, "Ready")
+        ),
+        timeout=120,
+    )
+    assert "guard: destroying is not allowed yet" in failed["message"]
+    assert cluster.kube.get(API, "tenants", name) is not None  # held by its finalizer, and says why
+    assert any(e["type"] == "Warning" and e["reason"] == "OffboardFailed" for e in events(cluster, name))
+    marker.touch()
+    cluster.eventually(lambda: cluster.kube.get(API, "tenants", name) is None, timeout=120)
+    assert state_resources(dsn(postgres), name) == []

@@ -1,0 +1,347 @@
+"""A tenant's infrastructure, decided without a cluster, a database or Terraform: what a Plan's provisioning lacks,
+which run comes next (apply, plan, an approved plan, a drift check, a destroy), what Provisioned and Drifted say,
+and how the Tenant's reconcile waits for it (Active only once applied; offboarding destroys before it ends)."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import pytest
+
+from paybill.api.meta import Condition, ConditionStatus
+from paybill.api.plan import Approval, Cloud, Isolation, PlanSpec, Provisioning
+from paybill.api.tenant import InfrastructureStatus, TenantSpec, TenantStatus
+from paybill.api.tenant import TenantPhase as Phase
+from paybill.database import placement_at
+from paybill.lifecycle import infrastructure as infra
+from paybill.lifecycle.plan import decide_plan
+from paybill.lifecycle.reconcile import (
+    DataPlacement,
+    DeleteNamespace,
+    Observed,
+    PlanObject,
+    ProvisionData,
+    RemoveData,
+    TenantObject,
+    decide,
+    offboard,
+)
+
+NOW = datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.UTC)
+DIGEST = "d" * 64
+PLAN_HASH = "a" * 64
+UID = "0f0e0d0c-0000-4000-8000-000000000001"
+
+
+def stamp(seconds_ago: float) -> str:
+    return (NOW - datetime.timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def desired(**fields: Any) -> infra.Desired:
+    return infra.Desired(**{"module": "local/silo", "digest": DIGEST, **fields})
+
+
+def seen(**fields: Any) -> infra.InfraSeen:
+    return infra.InfraSeen(**{"desired": desired(), **fields})
+
+
+def applied(**fields: Any) -> InfrastructureStatus:
+    base = {
+        "module": "local/silo",
+        "runId": "r1",
+        "lastRun": "apply",
+        "lastResult": infra.SUCCEEDED,
+        "lastRunAt": stamp(60),
+        "configDigest": DIGEST,
+        "appliedDigest": DIGEST,
+        "planHash": PLAN_HASH,
+        "appliedHash": PLAN_HASH,
+        "adds": 4,
+        "driftCheckedAt": stamp(60),
+    }
+    return InfrastructureStatus(**{**base, **fields})
+
+
+def decided(
+    view: infra.InfraSeen, record: InfrastructureStatus | None = None, said: Condition | None = None
+) -> infra.InfraDecision:
+    return infra.decide_infrastructure(view, record, said, NOW, "acme")
+
+
+# --- the Plan ---------------------------------------------------------------------------------------------------------
+
+
+def test_local_needs_no_credentials_and_a_shipped_module_meets_the_contract() -> None:
+    provisioning = Provisioning(cloud=Cloud.LOCAL)
+    assert (
+        infra.provisioning_problems(
+            provisioning, infra.ModuleCheck("local/silo", True), infra.CredentialsCheck(None, None)
+        )
+        == ()
+    )
+
+
+@pytest.mark.parametrize(
+    ("module", "credentials", "expected"),
+    [
+        (infra.ModuleCheck("x", False), infra.CredentialsCheck(None, None), "module x does not exist"),
+        (
+            infra.ModuleCheck("broken", True, ("output network_id is missing",)),
+            infra.CredentialsCheck(None, None),
+            "module broken: output network_id is missing",
+        ),
+        (
+            infra.ModuleCheck("aws/silo", True),
+            infra.CredentialsCheck(None, "paybill"),
+            "cloud aws needs provider credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)",
+        ),
+        (
+            infra.ModuleCheck("aws/silo", True),
+            infra.CredentialsCheck("aws", None),
+            "the operator has no namespace to read it from",
+        ),
+        (
+            infra.ModuleCheck("aws/silo", True),
+            infra.CredentialsCheck("aws", "paybill"),
+            "credentials secret paybill/aws does not exist",
+        ),
+        (
+            infra.ModuleCheck("aws/silo", True),
+            infra.CredentialsCheck("aws", "paybill", frozenset({"AWS_ACCESS_KEY_ID"})),
+            "credentials secret paybill/aws lacks AWS_SECRET_ACCESS_KEY",
+        ),
+    ],
+)
+def test_what_a_plans_provisioning_lacks_is_named(
+    module: infra.ModuleCheck, credentials: infra.CredentialsCheck, expected: str
+) -> None:
+    cloud = "aws" if module.name.startswith("aws") else "local"
+    problems = infra.provisioning_problems(Provisioning(cloud=Cloud(cloud)), module, credentials)
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_a_plan_whose_provisioning_lacks_something_is_invalid_with_a_warning() -> None:
+    spec = PlanSpec(tier="pro", isolation=Isolation.SILO, provisioning=Provisioning(cloud=Cloud.LOCAL))
+    outcome = decide_plan(spec, True, "uid", 1, ("module broken: output network_id is missing",))
+    assert outcome.phase == "Invalid" and outcome.ready.reason == "ProvisioningInvalid"
+    assert "output network_id is missing" in outcome.ready.message
+    assert outcome.events[0].warning and outcome.touch_users == "uid/1"  # its tenants say why too
+    assert decide_plan(spec, False, "uid", 1).ready.ok
+
+
+def test_only_the_providers_variables_reach_terraform() -> None:
+    data = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "PG_CONN_STR": "x", "PATH": "/tmp", "TF_LOG": "1"}
+    assert infra.provider_environment(data) == {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+
+
+# --- provisioning ----------------------------------------------------------------------------------------------------
+
+
+def test_a_new_tenant_on_auto_approval_applies_and_is_not_ready_until_then() -> None:
+    decision = decided(seen())
+    assert decision.actions == (infra.ApplyInfrastructure(desired()),)
+    assert not decision.ready and decision.provisioned[:2] == (False, "Applying") and decision.retry is None
+
+
+@pytest.mark.parametrize("view", [seen(running="apply"), seen(settled=False)])
+def test_a_run_in_flight_or_a_result_being_written_starts_nothing(view: infra.InfraSeen) -> None:
+    decision = decided(view)
+    assert decision.actions == () and not decision.ready and decision.retry is None
+
+
+def test_applied_for_the_current_configuration_is_ready_and_said_once() -> None:
+    decision = decided(seen(), applied())
+    assert decision.ready and decision.actions == () and decision.provisioned[:2] == (True, "Applied")
+    assert [e.reason for e in decision.events] == ["InfrastructureApplied"]
+    said = Condition(type="Provisioned", status=ConditionStatus.TRUE, reason="Applied", message=decision.provisioned[2])
+    assert decided(seen(), applied(), said).events == ()
+
+
+def test_a_changed_configuration_applies_again() -> None:
+    decision = decided(seen(), applied(appliedDigest="e" * 64))
+    assert not decision.ready and decision.actions == (infra.ApplyInfrastructure(desired()),)
+
+
+def test_a_failed_apply_says_terraforms_message_and_waits_its_backoff_then_retries() -> None:
+    failed = applied(appliedDigest=None, lastResult=infra.FAILED, failures=2, lastRunAt=stamp(3), message="Error: boom")
+    decision = decided(seen(), failed)
+    assert decision.failed and decision.actions == () and decision.retry == pytest.approx(7)  # 10 s after 2 failures
+    assert decision.provisioned == (False, "ApplyFailed", "Error: boom")
+    assert [(e.reason, e.warning) for e in decision.events] == [("ApplyFailed", True)]
+    said = Condition(type="Provisioned", status=ConditionStatus.FALSE, reason="ApplyFailed", message="Error: boom")
+    assert decided(seen(), failed, said).events == ()  # warned once, not on every retry
+    later = failed.model_copy(update={"lastRunAt": stamp(11)})
+    assert decided(seen(), later).actions == (infra.ApplyInfrastructure(desired()),)
+
+
+def test_a_failure_of_another_configuration_does_not_hold_up_the_new_one() -> None:
+    failed = applied(appliedDigest=None, lastResult=infra.FAILED, failures=5, lastRunAt=stamp(1), configDigest="e" * 64)
+    assert decided(seen(), failed).actions == (infra.ApplyInfrastructure(desired()),)
+
+
+def test_invalid_provisioning_starts_no_run_and_says_what_is_missing() -> None:
+    decision = decided(seen(desired=desired(problems=("module x does not exist",))))
+    assert decision.actions == () and decision.provisioned[1] == "ProvisioningInvalid"
+    assert "module x does not exist" in decision.provisioned[2] and decision.events[0].warning
+
+
+# --- manual approval -------------------------------------------------------------------------------------------------
+
+
+def manual(**fields: Any) -> infra.InfraSeen:
+    return seen(desired=desired(approval=Approval.MANUAL), **fields)
+
+
+def awaiting(**fields: Any) -> InfrastructureStatus:
+    base = {
+        "runId": "r1",
+        "lastRun": "plan",
+        "lastResult": infra.AWAITING,
+        "configDigest": DIGEST,
+        "planHash": PLAN_HASH,
+        "adds": 4,
+    }
+    return InfrastructureStatus(**{**base, **fields})
+
+
+def test_manual_approval_plans_first_and_stops_with_the_summary_and_hash() -> None:
+    assert decided(manual()).actions == (infra.PlanInfrastructure(desired(approval=Approval.MANUAL)),)
+    decision = decided(manual(), awaiting())
+    assert decision.actions == () and not decision.ready
+    ok, reason, message = decision.provisioned
+    assert (ok, reason) == (False, "AwaitingApproval") and PLAN_HASH in message and "4 to add" in message
+    assert f"kubectl annotate tenant/acme paybill.dev/approve-plan={PLAN_HASH}" in message
+
+
+def test_the_approved_hash_applies_exactly_that_plan() -> None:
+    decision = decided(manual(approved=PLAN_HASH), awaiting())
+    assert decision.actions == (infra.ApplyInfrastructure(desired(approval=Approval.MANUAL), PLAN_HASH),)
+
+
+@pytest.mark.parametrize("wrong", ["b" * 64, PLAN_HASH[:12], "not-a-hash"])
+def test_a_wrong_hash_applies_nothing_and_says_why(wrong: str) -> None:
+    decision = decided(manual(approved=wrong), awaiting())
+    assert decision.actions == () and decision.provisioned[1] == "ApprovalMismatch"
+    assert f"does not name the pending plan {PLAN_HASH}: nothing applied" in decision.provisioned[2]
+    assert decision.events[0].warning
+
+
+def test_a_spec_changed_since_the_plan_plans_again_and_its_old_approval_applies_nothing() -> None:
+    decision = decided(manual(approved=PLAN_HASH), awaiting(configDigest="e" * 64))
+    assert decision.actions == (infra.PlanInfrastructure(desired(approval=Approval.MANUAL)),)
+    assert "the spec changed since plan" in decision.provisioned[2]
+
+
+def test_a_stale_plan_is_planned_again() -> None:
+    stale = awaiting(lastResult=infra.STALE, message="the plan could not be applied (Saved plan is stale)")
+    decision = decided(manual(approved=PLAN_HASH), stale)
+    assert decision.actions == (infra.PlanInfrastructure(desired(approval=Approval.MANUAL)),)
+    assert "stale" in decision.provisioned[2]
+
+
+# --- drift -----------------------------------------------------------------------------------------------------------
+
+
+def test_drift_is_checked_when_due_and_said_with_the_addresses() -> None:
+    every = seen(desired=desired(drift_every=30))
+    assert decided(every, applied(driftCheckedAt=stamp(10))).actions == ()
+    assert decided(every, applied(driftCheckedAt=stamp(31))).actions == (infra.CheckDrift(every.desired),)
+    found = decided(every, applied(drifted=["terraform_data.network"]))
+    assert found.ready and found.drifted == (True, "DriftFound", "changed outside Terraform: terraform_data.network")
+    assert decided(every, applied()).drifted is not None and decided(every, applied()).drifted[0] is False  # type: ignore[index]
+
+
+def test_drift_is_re_applied_only_when_the_plan_says_auto_remediate() -> None:
+    record = applied(drifted=["terraform_data.network"])
+    assert decided(seen(desired=desired(auto_remediate=False)), record).actions == ()
+    remediating = decided(seen(desired=desired(auto_remediate=True)), record)
+    assert remediating.actions == (infra.ApplyInfrastructure(desired(auto_remediate=True)),)
+    assert remediating.ready  # the tenant keeps serving while its infrastructure is put back
+
+
+# --- offboarding -----------------------------------------------------------------------------------------------------
+
+
+def test_teardown_destroys_unless_the_data_is_kept_or_nothing_was_built() -> None:
+    assert infra.decide_teardown(seen(), applied(), True, None, NOW).done
+    assert infra.decide_teardown(seen(), None, False, None, NOW).done
+    assert infra.decide_teardown(seen(), applied(destroyed=True), False, None, NOW).done
+    tearing = infra.decide_teardown(seen(), applied(), False, None, NOW)
+    assert not tearing.done and tearing.actions == (infra.DestroyInfrastructure(desired()),) and tearing.retry
+    running = infra.decide_teardown(seen(running="destroy"), applied(), False, None, NOW)
+    assert running.actions == () and running.reason == "DestroyingInfrastructure"
+
+
+def test_a_failed_destroy_is_visible_warned_once_and_retried_after_its_backoff() -> None:
+    failed = applied(lastRun="destroy", lastResult=infra.FAILED, failures=1, lastRunAt=stamp(2), message="Error: no")
+    waiting = infra.decide_teardown(seen(), failed, False, None, NOW)
+    assert (waiting.done, waiting.actions, waiting.reason) == (False, (), "OffboardFailed")
+    assert "Error: no" in waiting.message and waiting.events[0].warning and waiting.retry == pytest.approx(3)
+    said = Condition(type="Ready", status=ConditionStatus.FALSE, reason="OffboardFailed", message=waiting.message)
+    assert infra.decide_teardown(seen(), failed, False, said, NOW).events == ()
+    later = failed.model_copy(update={"lastRunAt": stamp(6)})
+    assert infra.decide_teardown(seen(), later, False, said, NOW).actions == (infra.DestroyInfrastructure(desired()),)
+
+
+# --- through the Tenant's decide -------------------------------------------------------------------------------------
+
+
+def tenant(phase: Phase | None = None, record: InfrastructureStatus | None = None, **spec: Any) -> TenantObject:
+    status = TenantStatus(phase=phase, infrastructure=record)
+    if phase == Phase.ACTIVE:
+        status = status.model_copy(update={"database": placement_at("acme", Isolation.SILO, "t_0").to_model()})
+    return TenantObject("acme", UID, TenantSpec(planRef="pro", **spec), status, generation=1)
+
+
+def world(view: infra.InfraSeen | None, **fields: Any) -> Observed:
+    plan = PlanObject(
+        "pro", PlanSpec(tier="pro", isolation=Isolation.SILO, provisioning=Provisioning(cloud=Cloud.LOCAL))
+    )
+    target = placement_at("acme", Isolation.SILO, "t_0")
+    data = DataPlacement(recorded=fields.pop("recorded", None), target=target)
+    return Observed(plan=plan, data=data, infrastructure=view, now=NOW, **fields)
+
+
+def test_a_tenant_is_provisioning_until_its_module_is_applied_then_active() -> None:
+    waiting = decide(tenant(), world(seen()))
+    assert waiting.status is not None and waiting.status.phase == Phase.PROVISIONING
+    assert [t.target for t in waiting.transitions] == [Phase.PROVISIONING]
+    assert infra.ApplyInfrastructure(desired()) in waiting.actions
+    assert not any(isinstance(a, ProvisionData) for a in waiting.actions)  # the data waits for the infrastructure
+    ready = {c.type: (c.status, c.reason) for c in waiting.status.conditions}
+    assert ready["Ready"] == ("False", "Applying") and ready["Provisioned"] == ("False", "Applying")
+    done = decide(tenant(Phase.PROVISIONING, applied()), world(seen()))
+    assert done.status is not None and done.status.phase == Phase.ACTIVE
+    assert any(isinstance(a, ProvisionData) for a in done.actions)
+    said = {c.type: c.status for c in done.status.conditions}
+    assert said["Provisioned"] == "True" and said["Ready"] == "True"
+
+
+def test_a_failed_run_makes_a_new_tenant_failed_until_its_retry() -> None:
+    failed = applied(appliedDigest=None, lastResult=infra.FAILED, failures=1, lastRunAt=stamp(1), message="Error: x")
+    outcome = decide(tenant(Phase.PROVISIONING, failed), world(seen()))
+    assert outcome.status is not None and outcome.status.phase == Phase.FAILED and outcome.retry == pytest.approx(4)
+    assert [e.reason for e in outcome.events] == ["ApplyFailed"]
+
+
+def test_a_plan_without_provisioning_decides_as_before() -> None:
+    outcome = decide(tenant(), world(None))
+    assert outcome.status is not None and outcome.status.phase == Phase.ACTIVE
+    assert not any(isinstance(a, infra.InfraAction.__args__) for a in outcome.actions)  # type: ignore[attr-defined]
+    assert "Provisioned" not in {c.type for c in outcome.status.conditions}
+
+
+def test_offboarding_destroys_before_the_namespace_goes_and_then_finishes() -> None:
+    namespace = {
+        "metadata": {"name": "tenant-acme", "uid": "ns", "ownerReferences": [{"uid": UID, "controller": True}]}
+    }
+    spec = {"offboard": True, "deletionPolicy": "destroy"}
+    tearing = offboard(tenant(Phase.OFFBOARDING, applied(), **spec), world(seen(), namespace=namespace))
+    assert infra.DestroyInfrastructure(desired()) in tearing.actions
+    assert not any(isinstance(a, DeleteNamespace) for a in tearing.actions) and tearing.retry is not None
+    done = offboard(tenant(Phase.OFFBOARDING, applied(destroyed=True), **spec), world(seen(), namespace=namespace))
+    assert not any(isinstance(a, infra.DestroyInfrastructure) for a in done.actions)
+    assert done.status is not None and done.status.phase == Phase.OFFBOARDED
+    retained = offboard(tenant(Phase.OFFBOARDING, applied(), offboard=True, deletionPolicy="retain"), world(seen()))
+    assert not any(isinstance(a, (infra.DestroyInfrastructure, RemoveData)) for a in retained.actions)
