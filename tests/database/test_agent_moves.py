@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from paybill.api.agentpolicy import AgentPolicySpec
 from paybill.api.tenant import Access
@@ -104,9 +105,9 @@ def status_of(databases: TenantDatabases, placement: Placement, order: int) -> s
     return None if row is None else str(row[0])
 
 
-def refused_as_privilege(outcome: Outcome) -> bool:
-    """The step reports the refusal: not run as a success, the database's denial as its reason."""
-    return not outcome.ok and [r.code for r in outcome.reasons] == ["database_denied"]
+def held(outcome: Outcome) -> bool:
+    """The step reports the refusal and why: never a success, nothing written."""
+    return not outcome.ok and outcome.rows_affected == 0 and [r.code for r in outcome.reasons] == ["writes_held"]
 
 
 @pytest.mark.parametrize(("start", "goal"), MOVES)
@@ -132,7 +133,7 @@ def test_an_agent_write_during_the_copy_is_refused_and_nothing_is_lost(
 
     monkeypatch.setattr(databases.moves, "copy", copy_while_the_agent_writes)
     target = databases.migrate(source.tenant, goal, PASSWORD)
-    assert refused_as_privilege(during[0]) and refused_as_privilege(during[1]), during
+    assert held(during[0]) and held(during[1]), during
     assert during[2].ok and during[2].rows == [(101, "before"), (102, "open")]  # reads go on
     assert databases.checksums(target) == databases.checksums(source)
     assert (status_of(databases, target, 101), status_of(databases, target, 102)) == ("before", "open")
@@ -162,7 +163,7 @@ def test_after_the_move_an_agent_writes_on_the_target_and_its_write_survives_fin
     at_source = guard_at(source)
     target = databases.migrate(source.tenant, goal, PASSWORD)  # cut over: the source is kept until finish
     databases.set_access(target, Access.FULL)
-    assert refused_as_privilege(fix_status(at_source, 101, "lost?"))  # the old source takes no write
+    assert held(fix_status(at_source, 101, "lost?"))  # the old source takes no write
     with agent_login(databases, source) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute("UPDATE orders SET status = 'lost?' WHERE id = 102")
 
@@ -199,7 +200,7 @@ def test_a_rolled_back_move_gives_the_agent_its_writes_back_on_the_source(
     with pytest.raises(RuntimeError):
         databases.migrate(source.tenant, goal, PASSWORD)
     monkeypatch.undo()
-    assert refused_as_privilege(fix_status(guard_at(source), 101, "held"))
+    assert held(fix_status(guard_at(source), 101, "held"))
     assert databases.abandon_move(source.tenant) == databases.placement_for(source.tenant, goal)
     databases.set_access(source, Access.FULL)  # the reconcile after AbandonMove: the source is writable again
     written = fix_status(guard_at(source), 101, "rolled back")
@@ -212,7 +213,20 @@ def test_an_agent_follows_its_tenants_read_only_access_at_once(
 ) -> None:
     placement = tenant_with_agent(databases, "pooled")
     databases.set_access(placement, Access.READ_ONLY)  # before its policy is installed again for the new access
-    assert refused_as_privilege(fix_status(guard_at(placement), 101, "read-only"))
+    assert held(fix_status(guard_at(placement), 101, "read-only"))
     databases.set_access(placement, Access.FULL)
     assert fix_status(guard_at(placement), 101, "full").ok
     assert status_of(databases, placement, 101) == "full"
+
+
+def test_a_write_refused_while_the_agent_may_write_elsewhere_is_not_called_held(
+    databases: TenantDatabases, guard_at: Callable[[Placement], ExecutionGuard]
+) -> None:
+    placement = tenant_with_agent(databases, "bridge")
+    role = databases.agent_role(placement.tenant, NAMESPACE_PREFIX + placement.tenant, "support")
+    with databases.session(placement.database) as conn:  # not a hold: one privilege gone, another still there
+        agent = sql.Identifier(role)
+        conn.execute(sql.SQL("REVOKE UPDATE ON {} FROM {}").format(sql.Identifier(placement.schema, "orders"), agent))
+        conn.execute(sql.SQL("GRANT DELETE ON {} TO {}").format(sql.Identifier(placement.schema, "customers"), agent))
+    outcome = fix_status(guard_at(placement), 101, "refused")
+    assert not outcome.ok and [r.code for r in outcome.reasons] == ["database_denied"]

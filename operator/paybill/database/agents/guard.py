@@ -37,6 +37,16 @@ from psycopg.pq.abc import PGresult
 from ...policy.decision import Decision, Reason
 from ...policy.engine import PolicyEngine
 
+# Whether the agent's role may write nothing in its schema (run as the agent; $1: the schema).
+HOLDS_NO_WRITE = (
+    "SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.relnamespace = (SELECT n.oid FROM "
+    "pg_catalog.pg_namespace n WHERE n.nspname = $1) AND c.relkind IN ('r', 'p') AND "
+    "(pg_catalog.has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE') "
+    "OR pg_catalog.has_any_column_privilege(c.oid, 'INSERT, UPDATE')))"
+)
+WRITES_HELD = (
+    "the tenant's data takes no writes now (it is moving to another placement, or read-only): nothing was written"
+)
 CLIENT_GRACE_S = 1.0  # the server's timeout fires first; the client's cancel is the backstop
 CANCEL_TIMEOUT_S = 5.0
 
@@ -352,9 +362,23 @@ class ExecutionGuard:
                 ),
             )
         except errors.InsufficientPrivilege as error:
-            return Outcome(decision, reasons=(database_reason("database_denied", error),), error=str(error))
+            return Outcome(decision, reasons=(self._refusal(decision, error),), error=str(error))
         except psycopg.Error as error:
             return Outcome(decision, reasons=(database_reason("database_error", error),), error=str(error))
+
+    def _refusal(self, decision: Decision, error: psycopg.Error) -> Reason:
+        """Why the database refused: a write the policy allows, refused while the role holds no write privilege
+        at all in its schema, is held (its tenant's data is moving, or read-only); anything else, its SQLSTATE."""
+        if decision.statement == "select" or self._session is None or self._session.closed:
+            return database_reason("database_denied", error)
+        try:
+            result = self._guarded(self._session, (HOLDS_NO_WRITE, [self.engine.schema.name]), prepare=False)
+            ((held,),) = self._session.load_rows(result, 1)
+        except (psycopg.Error, _TimedOut):
+            return database_reason("database_denied", error)
+        if not held:
+            return database_reason("database_denied", error)
+        return Reason("writes_held", WRITES_HELD)
 
     def _guarded(self, session: Session, command: Command, writes: str | None = None, prepare: bool = True) -> PGresult:
         """One statement under the policy's timeout, on the server (statement_timeout set transaction-locally
