@@ -25,6 +25,7 @@ from paybill.lifecycle.agentpolicy import (
     Uninstall,
 )
 from paybill.lifecycle.agents import AuditRecord, Outcome, Report, Retry, Wait
+from paybill.lifecycle.evidence import Records
 from paybill.lifecycle.outcome import Notice
 from paybill.policy.decision import Decision, Reason
 from paybill.workflows import StepOutcome
@@ -56,7 +57,10 @@ def policy(expected: str | None = None, **status: Any) -> PolicyObject:
 
 
 def seen(**observed: Any) -> policies.Observed:
-    return policies.Observed(**{"tenant": tenant(), **observed})
+    """What the handler reads; the operator's records agree with the tenant's status unless `records` says."""
+    given = {"tenant": tenant(), **observed}
+    view = given["tenant"]
+    return policies.Observed(**{"records": Records(view.status.database if view else None), **given})
 
 
 def install(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import errors, sql
 
+from ..api.plan import Isolation
 from .connections import Connections
 from .control import Control
 from .ownership import Found, NameConflict, Verdict, decide, tenant_identity
@@ -94,6 +95,26 @@ class Claims:
                 )
                 == Verdict.USE
             )
+
+    def holds_data(self, placement: Placement) -> bool:
+        """True when the tenant's data is at `placement`: its silo database or bridge schema exists and is the one
+        Paybill created for it, or (pooled) its role is mapped to it in the pooled database."""
+        if placement.isolation == Isolation.SILO:
+            try:
+                return self.owns_database(placement)
+            except NameConflict:
+                return False
+        if not self.database_exists(placement.database):
+            return False
+        with self.connections.session(placement.database) as conn:
+            if placement.isolation == Isolation.BRIDGE:
+                return self.owns_schema(conn, placement)
+            if conn.execute("SELECT to_regclass('paybill.tenant_roles')").fetchone() == (None,):
+                return False
+            mapped = conn.execute(
+                "SELECT 1 FROM paybill.tenant_roles WHERE role = %s AND tenant = %s", (placement.role, placement.tenant)
+            ).fetchone()
+        return mapped is not None
 
     def database_exists(self, database: str) -> bool:
         with self.connections.session() as conn:

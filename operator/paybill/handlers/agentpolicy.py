@@ -2,8 +2,9 @@
 
 The policy lives in a tenant's namespace; its agent gets a login role of its own (credentials in a Secret,
 never in status), column GRANTs and row-level security generated from the same rules the engine checks.
-The grants follow the tenant: re-applied when its access or its database placement changes. What to do is
-decided in lifecycle/agentpolicy.py; these handlers read, carry it out and write what it says.
+The grants follow the tenant: re-applied when its access or its database placement changes, and only where the
+operator's own placement record says the tenant's data is (the Tenant's status is evidence, lifecycle/evidence.py).
+What to do is decided in lifecycle/agentpolicy.py; these handlers read, carry it out and write what it says.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import secrets
 from typing import Any
 
 import kopf
+import psycopg
 
 from ..api.agentpolicy import AgentPolicySpec, AgentPolicyStatus
 from ..api.meta import API_VERSION, GROUP, VERSION
@@ -37,6 +39,7 @@ from ..lifecycle.agentpolicy import (
     uninstalled,
 )
 from ..lifecycle.agents import Outcome
+from ..lifecycle.evidence import Records
 from ..lifecycle.tenant import (
     MANAGED_BY,
     TENANT_LABEL,
@@ -77,7 +80,18 @@ def policy_object(body: kopf.Body) -> PolicyObject:
 def tenant_view(tenant: dict[str, Any] | None) -> TenantView | None:
     if tenant is None:
         return None
-    return TenantView(tenant["metadata"]["name"], TenantStatus.model_validate(tenant.get("status") or {}))
+    meta = tenant["metadata"]
+    return TenantView(meta["name"], TenantStatus.model_validate(tenant.get("status") or {}), meta["uid"])
+
+
+def records_of(databases: TenantDatabases | None, tenant: dict[str, Any] | None) -> Records:
+    """The operator's own records of the tenant's data: where it placed it, and whether an earlier Tenant of the
+    name kept its data under it."""
+    if databases is None or tenant is None:
+        return Records(None)
+    name = tenant["metadata"]["name"]
+    recorded, _, _ = databases.recorded(name)
+    return Records(recorded.to_model() if recorded else None, databases.retained_by(name))
 
 
 @kopf.on.resume(GROUP, VERSION, "agentpolicies")
@@ -88,7 +102,13 @@ def reconcile_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: A
     policy = policy_object(body)
     tenant = tenant_of(kube, policy.namespace)
     password, conflict = _password(kube, body)
-    seen = Observed(tenant_view(tenant), memo.databases is not None, conflict)
+    try:
+        records = records_of(memo.databases, tenant)
+    except (DatabaseUnavailable, psycopg.Error) as exc:
+        failure = Failure(FailureKind.DATABASE_UNAVAILABLE, first_line(exc))
+        apply_agent_outcome(body, patch, memo, failed(failure, tenant["metadata"]["name"] if tenant else ""))
+        return
+    seen = Observed(tenant_view(tenant), memo.databases is not None, records, conflict)
     outcome = decide(policy, seen)
     if isinstance(outcome.action, Install):
         outcome = _install(kube, memo.databases, body, policy, outcome.action, password)

@@ -23,6 +23,7 @@ from ..billing.grace import Billed
 from ..database import DatabaseUnavailable, TenantDatabases
 from ..database.control import retained_message
 from ..lifecycle import reconcile as decisions
+from ..lifecycle.evidence import PlacementMismatch
 from ..lifecycle.reconcile import Observed, Outcome, TenantObject
 from ..lifecycle.tenant import SecretConflict
 from . import events
@@ -73,7 +74,7 @@ def _observe_data(tenant: TenantObject, memo: kopf.Memo, isolation: str | None) 
         target, left = place(isolation) if isolation else None, (place(previous),) if previous else ()
         others = tuple(place(other) for other in Isolation if current is None or other != current.isolation)
         known = last_known(databases, tenant) if current is None else None
-    except (DatabaseUnavailable, psycopg.Error, SecretConflict) as exc:
+    except (DatabaseUnavailable, psycopg.Error, SecretConflict, PlacementMismatch) as exc:
         return {"data_error": failure_of(exc, "reading the placement")}
     try:  # a check that cannot be made never holds up what the decision must do (a suspension, say)
         health = observe_health(memo.kube, databases, tenant, current) if current and checked(tenant) else None

@@ -20,6 +20,7 @@ from ..kubeclient import Kube, KubeError, resource_path
 from ..lifecycle import infrastructure as infra
 from ..lifecycle import reconcile as decisions
 from ..lifecycle.drift import ObjectConflict
+from ..lifecycle.evidence import PlacementMismatch
 from ..lifecycle.machine import Transition
 from ..lifecycle.reconcile import Failure, FailureKind, TenantObject
 from ..lifecycle.tenant import CREDENTIALS_SECRET, SecretConflict, credentials_secret, owned_secret, secret_field
@@ -32,6 +33,7 @@ FAILURES: dict[type[BaseException], FailureKind] = {
     DatabaseUnavailable: FailureKind.DATABASE_UNAVAILABLE,
     MigrationError: FailureKind.MIGRATION_FAILED,
     NameConflict: FailureKind.NAME_CONFLICT,
+    PlacementMismatch: FailureKind.PLACEMENT_MISMATCH,
     SecretConflict: FailureKind.SECRET_CONFLICT,
     ObjectConflict: FailureKind.OBJECT_CONFLICT,
     psycopg.Error: FailureKind.DATABASE_ERROR,

@@ -1,9 +1,9 @@
 """The AgentPolicy reconciler's decisions: (the policy, what was observed) -> the action, status, Events. Pure.
 
-The handler (handlers/agentpolicy.py) reads the policy's Tenant and its credentials Secret into `Observed` and
-calls `decide`; when that asks it to install, it installs and publishes the credentials, and hands what came
-of it to `installed` or `failed`. Deleting a policy is `deleting`, then `uninstalled` (or
-`uninstall_failed`).
+The handler (handlers/agentpolicy.py) reads the policy's Tenant, the operator's records of its data and its
+credentials Secret into `Observed` and calls `decide`; when that asks it to install, it installs and publishes the
+credentials, and hands what came of it to `installed` or `failed`. Deleting a policy is `deleting`, then
+`uninstalled` (or `uninstall_failed`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from enum import StrEnum
 from ..api.agentpolicy import AgentPolicySpec, AgentPolicyStatus
 from ..api.tenant import Access, DatabasePlacement, TenantPhase, TenantStatus
 from .agents import AuditRecord, Outcome, Report, Retry, Wait
+from .evidence import Records, agent_placement_problem
 from .outcome import Notice
 from .tenant import agent_grants_key
 
@@ -44,6 +45,7 @@ class TenantView:
 
     name: str
     status: TenantStatus = field(default_factory=TenantStatus)
+    uid: str = ""
 
     @property
     def access(self) -> Access:
@@ -56,6 +58,7 @@ class Observed:
 
     tenant: TenantView | None
     database_configured: bool = True
+    records: Records = field(default_factory=lambda: Records(None))  # the operator's own records of its data
     secret_conflict: str | None = None  # a Secret of the credentials' name the policy does not control
 
 
@@ -89,6 +92,7 @@ class Installation:
 class FailureKind(StrEnum):
     INVALID_POLICY = "InvalidPolicy"  # the policy does not fit the tenant's schema: permanent until something changes
     NAME_CONFLICT = "NameConflict"  # a role Paybill did not create has the name: never adopted
+    PLACEMENT_MISMATCH = "PlacementMismatch"  # the Tenant's status names data the operator's records do not bear out
     SECRET_CONFLICT = "SecretConflict"  # a Secret the policy does not control has the credentials' name
     DATABASE_UNAVAILABLE = "DatabaseUnavailable"
 
@@ -100,8 +104,9 @@ class Failure:
 
 
 def decide(policy: PolicyObject, seen: Observed) -> Outcome:
-    """Install when the tenant's data is ready and the credentials' name is free; otherwise say what is waited
-    for."""
+    """Install when the tenant's data is ready, where the operator's own records say it is, and the credentials'
+    name is free; otherwise say what is waited for. The Tenant's status is only evidence: an agent is never
+    installed where it alone says the tenant's data is (it could name another tenant's)."""
     tenant = seen.tenant
     if tenant is None:
         return Outcome(wait=Wait("TenantNotFound", f"namespace {policy.namespace} belongs to no Tenant", 30))
@@ -114,6 +119,8 @@ def decide(policy: PolicyObject, seen: Observed) -> Outcome:
     grants = agent_grants_key(tenant.status.access, placement.model_dump(by_alias=True))
     if policy.expected_grants and policy.expected_grants != grants:
         return Outcome(retry=Retry(f"tenant {tenant.name} is changing to {policy.expected_grants}", 1))
+    if problem := agent_placement_problem(tenant.name, tenant.uid, placement, seen.records):
+        return _conflict(FailureKind.PLACEMENT_MISMATCH, problem, tenant.name)
     if seen.secret_conflict is not None:
         return _conflict(FailureKind.SECRET_CONFLICT, seen.secret_conflict, tenant.name)
     return Outcome(action=Install(tenant.name, placement, tenant.access, policy.status.database))

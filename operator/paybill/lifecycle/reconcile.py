@@ -297,6 +297,7 @@ class FailureKind(StrEnum):
     DATABASE_UNAVAILABLE = "DatabaseUnavailable"
     MIGRATION_FAILED = "MigrationFailed"
     NAME_CONFLICT = "NameConflict"
+    PLACEMENT_MISMATCH = "PlacementMismatch"  # status names data the operator's records do not bear out (evidence.py)
     SECRET_CONFLICT = "SecretConflict"
     OBJECT_CONFLICT = "ObjectConflict"
     DATABASE_ERROR = "DatabaseError"  # any other error from PostgreSQL
