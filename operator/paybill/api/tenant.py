@@ -24,9 +24,6 @@ from .plan import NAME
 # On a Tenant: the uid of the earlier Tenant of its name whose retained data it takes over (README, Tenant lifecycle).
 ADOPT_RETAINED_DATA = "adopt.paybill.dev/retained-data"
 
-# On a Tenant: the uid of the earlier Tenant of its name whose retained data it takes over (README, Tenant lifecycle).
-ADOPT_RETAINED_DATA = "adopt.paybill.dev/retained-data"
-
 
 class TenantPhase(StrEnum):
     PENDING = "Pending"
