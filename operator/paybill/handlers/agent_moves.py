@@ -1,8 +1,9 @@
 """A tenant's agents moved with its data: before a completed move's source is removed (FinishMove), each of the
 tenant's AgentPolicies is installed where the data is now and its login published there, so its agent goes on
 working on the new placement instead of waiting for its own reconcile. Until then its writes at the source are
-held (database/agents/hold.py): refused, never lost. A policy that cannot be installed here is left to its own
-reconcile, which says why in its status."""
+held (database/agents/hold.py): refused, never lost. A policy that cannot be installed here (invalid, a name or
+Secret taken, row security DDL that waited too long) is left to its own reconcile, which retries it or says why
+in its status; the move is not held up by it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 from ..api.agentpolicy import AgentPolicySpec
 from ..api.meta import API_VERSION
 from ..api.tenant import Access
-from ..database import NameConflict, Placement, TenantDatabases
+from ..database import DatabaseUnavailable, NameConflict, Placement, TenantDatabases
 from ..database.agents.install import install
 from ..kubeclient import Kube
 from ..lifecycle.agentpolicy import secret_name
@@ -31,8 +32,8 @@ def install_agents_where_the_data_is(kube: Kube, databases: TenantDatabases, ten
     for policy in kube.list(API_VERSION, "agentpolicies", namespace):
         try:
             _install(kube, databases, policy, current, access)
-        except (PolicyError, SchemaError, NameConflict, SecretConflict):
-            continue  # its own reconcile reports it; its agent's writes at the source stay refused meanwhile
+        except (PolicyError, SchemaError, NameConflict, SecretConflict, DatabaseUnavailable):
+            continue  # its own reconcile retries or reports it; its agent's writes at the source stay refused
 
 
 def _install(kube: Kube, databases: TenantDatabases, policy: dict[str, Any], where: Placement, access: Access) -> None:
