@@ -148,6 +148,9 @@ def state_dir() -> Iterator[Path]:
 
 def assert_converged(output: str) -> None:
     assert "all 4 tenants Ready" in output
+    assert "  umbrella: terraform local/silo apply Succeeded, plan " in output  # the silo sample, by Terraform
+    assert "4 added, 0 changed, 0 destroyed; plan JSON in postgresql:paybill_terraform.plans/umbrella/" in output
+    assert "  umbrella: outputs in secret tenant-umbrella/paybill-infrastructure: endpoint=https://umbrella." in output
     assert output.count("  DENIED ") == 5 and output.count("  ALLOWED ") == 2
     assert "only tenant acme's rows seen" in output and "globex customer" not in output
     assert "workflow/refund-order-13 Succeeded: open-orders ran (1 rows), refund ran (1 rows)" in output
@@ -509,3 +512,23 @@ def test_the_childrens_logs_are_private(tmp_path: Path) -> None:
     fresh = start_child("echo", ["echo", "hello"], tmp_path / "emulator.log")
     assert fresh.process is not None and fresh.process.wait(timeout=30) == 0
     assert (tmp_path / "emulator.log").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_terraform_summary_names_the_run_and_never_a_sensitive_output() -> None:
+    from paybill.demo.scenarios import infrastructure_lines
+
+    run = {
+        "module": "local/silo",
+        "lastRun": "apply",
+        "lastResult": "Succeeded",
+        "appliedHash": "ab" * 32,
+        "adds": 4,
+        "artifact": "postgresql:paybill_terraform.plans/umbrella/" + "ab" * 32,
+        "outputsSecret": "paybill-infrastructure",
+    }
+    tenants = {"umbrella": {"status": {"infrastructure": run}}, "acme": {"status": {}}}
+    outputs = {"umbrella": {"endpoint": "https://umbrella.example", "database_password": "s3cret-value"}}
+    lines = infrastructure_lines(tenants, outputs)
+    assert lines[0].startswith("  umbrella: terraform local/silo apply Succeeded, plan abababababab: 4 added")
+    assert "endpoint=https://umbrella.example, 2 outputs (database_password)" in lines[1]
+    assert len(lines) == 2 and "s3cret-value" not in "\n".join(lines)

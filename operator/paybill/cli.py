@@ -59,6 +59,16 @@ OPERATOR_ENVIRONMENT: tuple[tuple[str, str], ...] = (
     ),
     ("PAYBILL_WORKFLOW_WORKERS", "AgentWorkflow steps run at once over all tenants (default 4)"),
     ("PAYBILL_WORKFLOW_WORKERS_PER_TENANT", "AgentWorkflow steps run at once for one tenant (default 2)"),
+    ("PAYBILL_TERRAFORM_CONCURRENCY", "Terraform runs at once over all tenants (default 4)"),
+    ("PAYBILL_TERRAFORM_TIMEOUT", "seconds a Terraform run may take before its process group is killed (default 900)"),
+    (
+        "PAYBILL_TERRAFORM_MODULES_DIR",
+        "where a Plan's spec.provisioning.module override is looked up (unset: only the shipped modules)",
+    ),
+    (
+        "PAYBILL_TERRAFORM_BACKEND_DSN",
+        "PostgreSQL URL of the Terraform state backend (default: PAYBILL_DATABASE_URL)",
+    ),
 )
 # Read by the Terraform Job the operator starts (`python -m paybill.terraform`), not by this command.
 TERRAFORM_JOB_ENVIRONMENT: tuple[tuple[str, str], ...] = (

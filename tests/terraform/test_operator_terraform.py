@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import psycopg.sql
 import pytest
 
 from paybill.database.server import LocalPostgres
+from paybill.terraform.backend import schema_for
 from paybill.terraform.modules import module_dir
 
 from .conftest import state_resources
@@ -258,3 +260,37 @@ resource "terraform_data" "guard" {{
     marker.touch()
     cluster.eventually(lambda: cluster.kube.get(API, "tenants", name) is None, timeout=120)
     assert state_resources(dsn(postgres), name) == []
+
+
+def test_drift_is_found_on_the_plans_schedule_and_re_applied_when_it_says_auto_remediate(
+    tf_operator: Any, postgres: LocalPostgres
+) -> None:
+    cluster = tf_operator
+    drifting = plan("tf-drift")
+    drifting["spec"]["provisioning"]["driftCheckSeconds"] = 1
+    cluster.kube.apply(drifting)
+    name = onboard(cluster, "tf-drift")
+    cluster.eventually(lambda: status(cluster, name).get("phase") == "Active", timeout=120)
+    cluster.eventually(lambda: condition(cluster, name, "Drifted").get("status") == "False", timeout=60)
+
+    schema = psycopg.sql.Identifier(schema_for(name))
+    with psycopg.connect(dsn(postgres), autocommit=True) as connection:  # out of band: the network's CIDR moved
+        connection.execute(
+            psycopg.sql.SQL("UPDATE {}.states SET data = replace(data, %s, %s)").format(schema),
+            ['"10.0.0.0/16"', '"10.9.0.0/16"'],
+        )
+    drifted = cluster.eventually(
+        lambda: condition(cluster, name, "Drifted").get("status") == "True" and condition(cluster, name, "Drifted"),
+        timeout=60,
+    )
+    assert "terraform_data.network" in drifted["message"] and status(cluster, name)["phase"] == "Active"
+    assert "terraform_data.network" in status(cluster, name)["infrastructure"]["drifted"]
+    applied_before = status(cluster, name)["infrastructure"]["appliedHash"]
+
+    drifting["spec"]["provisioning"]["autoRemediate"] = True
+    cluster.kube.apply(drifting)
+    cluster.eventually(lambda: condition(cluster, name, "Drifted").get("status") == "False", timeout=120)
+    assert status(cluster, name)["infrastructure"]["appliedHash"] != applied_before  # a new plan was applied
+    with psycopg.connect(dsn(postgres), autocommit=True) as connection:
+        data = connection.execute(psycopg.sql.SQL("SELECT data FROM {}.states").format(schema)).fetchone()
+    assert data is not None and '"10.0.0.0/16"' in data[0] and '"10.9.0.0/16"' not in data[0]

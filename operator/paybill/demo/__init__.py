@@ -19,7 +19,9 @@ from .scenarios import (
     apply_samples,
     billing_walk,
     check_samples,
+    infrastructure_lines,
     summary,
+    terraform_outputs,
     wait_for_tenants,
 )
 from .stack import (
@@ -114,6 +116,10 @@ def _converge(
     say(f"waiting for {len(names)} tenants to become Ready")
     tenants = wait_for_tenants(stack.check, kube, names, timeout)
     print("\n".join(summary(tenants)), flush=True)
+    provisioned = infrastructure_lines(tenants, terraform_outputs(kube, tenants))
+    if provisioned:
+        say("infrastructure built by Terraform (module per isolation model, state in PostgreSQL):")
+        print("\n".join(provisioned), flush=True)
     ready = sum(is_true((t.get("status") or {}).get("conditions", []), "Ready") for t in tenants.values())
     if ready != len(names):
         say(f"FAILED: {ready}/{len(names)} tenants Ready after {timeout:.0f}s; see {kubeconfig.parent}/operator.log")

@@ -107,6 +107,37 @@ def summary(tenants: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def infrastructure_lines(tenants: dict[str, dict[str, Any]], outputs: dict[str, dict[str, str]]) -> list[str]:
+    """Each Terraform-provisioned tenant's run: module, plan hash and counts, where the plan is kept, and its
+    outputs Secret (the endpoint's value; of the rest only the names, a sensitive one never shown)."""
+    lines = []
+    for name, tenant in sorted(tenants.items()):
+        run = (tenant.get("status") or {}).get("infrastructure") or {}
+        if not run.get("appliedHash"):
+            continue
+        secret = run.get("outputsSecret") or "-"
+        values = outputs.get(name, {})
+        lines += [
+            f"  {name}: terraform {run.get('module')} {run.get('lastRun')} {run.get('lastResult')}, plan "
+            f"{run['appliedHash'][:12]}: {run.get('adds', 0)} added, {run.get('changes', 0)} changed, "
+            f"{run.get('destroys', 0)} destroyed; plan JSON in {run.get('artifact')}",
+            f"  {name}: outputs in secret tenant-{name}/{secret}: endpoint={values.get('endpoint', '-')}, "
+            f"{len(values)} outputs ({', '.join(sorted(key for key in values if key != 'endpoint'))})",
+        ]
+    return lines
+
+
+def terraform_outputs(kube: Kube, tenants: dict[str, dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """The outputs Secret of each provisioned tenant (read to show names and the endpoint, never printed whole)."""
+    found = {}
+    for name, tenant in tenants.items():
+        run = (tenant.get("status") or {}).get("infrastructure") or {}
+        namespace = (tenant.get("status") or {}).get("namespace")
+        if run.get("outputsSecret") and namespace:
+            found[name] = _secret(kube, run["outputsSecret"], namespace)
+    return found
+
+
 def billing_walk(check: Check, kube: Kube, name: str, timeout: float) -> bool:
     """A payment failure, step by step: grace, read-only, suspended; then the payment, and service is back."""
     say(f"billing: payment failures for tenant {name}")

@@ -15,7 +15,18 @@ LOCK = "demo.lock"  # flock'd for the demo's life: one demo per state directory
 AGENTS_RAN = "agents.ran"  # written once the agent steps ran on this data: a resumed run does not repeat them
 # The names the demo creates: the only entries it ever deletes (what a user adds is left alone).
 DEMO_ENTRIES = frozenset(
-    {MARKER, LOCK, AGENTS_RAN, "postgres", "kubeconfig", "emulator.log", "operator.log", "backups", "audit"}
+    {
+        MARKER,
+        LOCK,
+        AGENTS_RAN,
+        "postgres",
+        "kubeconfig",
+        "emulator.log",
+        "operator.log",
+        "backups",
+        "audit",
+        "terraform",
+    }
 )
 
 
