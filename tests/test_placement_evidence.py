@@ -223,7 +223,7 @@ def test_retained_data_is_adopted_only_by_a_tenant_that_names_its_earlier_owner(
     adopted = [
         e
         for e in operator.kube.list("v1", "events")
-        if e["involvedObject"]["name"] == name and e["reason"] == "Adopted"
+        if e["involvedObject"]["name"] == name and e["reason"] == "RetainedDataAdopted"
     ]
     assert adopted and earlier in adopted[0]["message"] and adopted[0]["type"] == "Normal"
     later = operator.kube.get(API, "tenants", name)["metadata"]["uid"]

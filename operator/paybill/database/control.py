@@ -9,11 +9,13 @@ target.
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 
 from ..api.plan import Isolation
+from ..api.tenant import ADOPT_RETAINED_DATA
 from .connections import Connections
 from .ownership import NameConflict, Record, agent_name, create_idempotently, tenant_name
 from .placement import CONTROL_SCHEMA, Placement, placement_at
@@ -137,19 +139,31 @@ class Control:
             self.prepare(conn)
             conn.execute("UPDATE paybill.tenant_owners SET retained = true WHERE tenant = %s", (tenant,))
 
-    def claim_tenant(self, tenant: str, uid: str) -> None:
+    def claim_tenant(self, tenant: str, uid: str, adopt: str | None = None) -> str | None:
         """The data kept under a tenant's name is this Tenant object's (its uid). NameConflict if an earlier Tenant
-        of the name was offboarded keeping its data (deletionPolicy retain): that is never a new Tenant's."""
-        retained = self.retained_by(tenant)
-        if retained is not None and retained != uid:
-            raise NameConflict(retained_message(tenant, retained))
+        of the name was offboarded keeping its data (deletionPolicy retain): that is never a new Tenant's, unless it
+        adopts it (`adopt`: the earlier Tenant's uid, from its ADOPT_RETAINED_DATA annotation). Returns the uid of
+        the Tenant whose retained data this one has just adopted (None: nothing adopted now)."""
+        claim = name_claim(tenant, uid, self.retained_by(tenant), adopt)
+        if claim.refused is not None:
+            raise NameConflict(claim.refused)
         with self.connections.session() as conn:  # a Tenant object recreated (a restore, a re-apply) carries on
             self.prepare(conn)
+            if claim.adopts is not None:
+                taken = conn.execute(
+                    "UPDATE paybill.tenant_owners SET uid = %s, retained = false, claimed_at = now() "
+                    "WHERE tenant = %s AND uid = %s AND retained",
+                    (uid, tenant, claim.adopts),
+                ).rowcount
+                if taken != 1:
+                    raise NameConflict(f"the data retained under the name {tenant} changed hands while adopted")
+                return claim.adopts
             conn.execute(
                 "INSERT INTO paybill.tenant_owners (tenant, uid) VALUES (%s, %s) "
                 "ON CONFLICT (tenant) DO UPDATE SET uid = excluded.uid WHERE NOT paybill.tenant_owners.retained",
                 (tenant, uid),
             )
+        return None
 
     # --- agents' row security policies -------------------------------------------------------------------
 
@@ -204,8 +218,33 @@ def _create_control_tables(conn: psycopg.Connection) -> None:
     conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(CONTROL_SCHEMA)))
 
 
+@dataclass(frozen=True)
+class NameClaim:
+    """What a Tenant object may do with the data kept under its name: have it (neither field set), adopt an earlier
+    Tenant's retained data (`adopts`: that Tenant's uid), or nothing (`refused`: why)."""
+
+    adopts: str | None = None
+    refused: str | None = None
+
+
+def name_claim(tenant: str, uid: str, retained_by: str | None, adopt: str | None) -> NameClaim:
+    """Data an earlier Tenant of the name kept (deletionPolicy retain) goes to a new Tenant only when it names that
+    Tenant's uid in its ADOPT_RETAINED_DATA annotation: a deliberate restore, never a coincidence of names."""
+    if retained_by is None or retained_by == uid:
+        return NameClaim()
+    if adopt == retained_by:
+        return NameClaim(adopts=retained_by)
+    if adopt:
+        return NameClaim(
+            refused=f"annotation {ADOPT_RETAINED_DATA}={adopt} names another Tenant than the one whose data is "
+            f"retained under the name {tenant} (uid {retained_by}); nothing is adopted"
+        )
+    return NameClaim(refused=retained_message(tenant, retained_by))
+
+
 def retained_message(tenant: str, owner: str) -> str:
     return (
         f"the data of an earlier Tenant named {tenant} (uid {owner}) was retained when it was offboarded; it is "
-        "never given to a new Tenant of the same name: remove it, or choose another name"
+        "never given to a new Tenant of the same name by chance: remove it, choose another name, or take it over "
+        f"deliberately (a restore) by annotating this Tenant {ADOPT_RETAINED_DATA}={owner}"
     )

@@ -21,7 +21,7 @@ from ..api.subscription import SubscriptionSpec
 from ..api.tenant import TenantPhase as Phase
 from ..billing.grace import Billed
 from ..database import DatabaseUnavailable, TenantDatabases
-from ..database.control import retained_message
+from ..database.control import name_claim
 from ..lifecycle import reconcile as decisions
 from ..lifecycle.evidence import PlacementMismatch
 from ..lifecycle.reconcile import Observed, Outcome, TenantObject
@@ -66,9 +66,9 @@ def _observe_data(tenant: TenantObject, memo: kopf.Memo, isolation: str | None) 
     if databases is None:
         return {}
     try:
-        retained = databases.retained_by(tenant.name)
-        if retained is not None and retained != tenant.uid:  # an earlier Tenant's retained data: never this one's
-            return {"retained": retained_message(tenant.name, retained)}
+        claim = name_claim(tenant.name, tenant.uid, databases.retained_by(tenant.name), tenant.adopt_retained)
+        if claim.refused is not None:  # an earlier Tenant's retained data: never this one's unless it adopts it
+            return {"retained": claim.refused}
         current, moving_to, previous = databases.recorded(tenant.name)
         place = functools.partial(databases.placement_for, tenant.name)
         target, left = place(isolation) if isolation else None, (place(previous),) if previous else ()

@@ -71,7 +71,11 @@ class TenantActions:
                     events.info(self.body, reason=announce.reason, message=announce.message)
             case decisions.ProvisionData(isolation):
                 assert databases is not None
-                databases.claim_tenant(name, self.tenant.uid)  # the data under this name is this Tenant's
+                if adopted := databases.claim_tenant(name, self.tenant.uid, self.tenant.adopt_retained):
+                    took = f"took over the data Tenant uid {adopted} retained under the name {name} (annotation)"
+                    events.info(self.body, reason="RetainedDataAdopted", message=took)
+                    details = {"uid": self.tenant.uid, "retainedBy": adopted}
+                    audit(self.body, self.audit, "Tenant", name, "adopted_retained_data", details)
                 databases.provision(name, isolation, self.password())
             case decisions.EnterPhase(transitions, why, conditions):
                 self.record(transitions, why)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..api.meta import Condition
 from ..api.plan import Isolation, PlanSpec
 from ..api.subscription import Restriction
-from ..api.tenant import Access, BackupStatus, DeletionPolicy, TenantSpec, TenantStatus
+from ..api.tenant import ADOPT_RETAINED_DATA, Access, BackupStatus, DeletionPolicy, TenantSpec, TenantStatus
 from ..api.tenant import TenantPhase as Phase
 from ..billing.grace import Billed, billing_of
 from .conditions import set_condition
@@ -65,6 +65,7 @@ class TenantObject:
     status: TenantStatus = field(default_factory=TenantStatus)
     generation: int | None = None
     approved_plan: str | None = None  # the paybill.dev/approve-plan annotation (manual approval of a plan)
+    adopt_retained: str | None = None  # the earlier Tenant whose retained data it takes over (its annotation)
 
     @classmethod
     def of(cls, manifest: Mapping[str, Any]) -> TenantObject:
@@ -77,6 +78,7 @@ class TenantObject:
             status=TenantStatus.model_validate(dict(manifest.get("status") or {})),
             generation=meta.get("generation"),
             approved_plan=(meta.get("annotations") or {}).get(APPROVE_ANNOTATION),
+            adopt_retained=(meta.get("annotations") or {}).get(ADOPT_RETAINED_DATA),
         )
 
     @property
