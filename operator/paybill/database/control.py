@@ -4,18 +4,23 @@ for each agent. Closed to everyone else, tenants included (nor may they connect 
 
 The placement row is the commit point of a migration: before it the source is authoritative, after it the
 target.
+
+Data a Tenant kept when it was offboarded with deletionPolicy retain is marked (tenant_owners.retained) so that
+no later Tenant of the name gets it by chance. Data retained by an operator from before that mark carries none: the
+first start of an operator that has it marks what its own records prove was retained (`unmarked_retained`), once.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 
 from ..api.plan import Isolation
-from ..api.tenant import ADOPT_RETAINED_DATA
+from ..api.tenant import ADOPT_RETAINED_DATA, DeletionPolicy, TenantPhase
 from .connections import Connections
 from .ownership import NameConflict, Record, agent_name, create_idempotently, tenant_name
 from .placement import CONTROL_SCHEMA, Placement, placement_at
@@ -37,6 +42,7 @@ class Control:
             if ("", CONTROL_SCHEMA) in ready:
                 return
             create_idempotently(conn, _create_control_tables)
+            _mark_data_retained_before_the_mark(conn)
             for database in {conn.info.dbname, "postgres", "template1"}:
                 if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
                     conn.execute(
@@ -215,7 +221,72 @@ def _create_control_tables(conn: psycopg.Connection) -> None:
     conn.execute(
         "CREATE TABLE IF NOT EXISTS paybill.naming_key (id boolean PRIMARY KEY CHECK (id), key bytea NOT NULL)"
     )
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS paybill.control_steps (name text PRIMARY KEY, "
+        "done_at timestamptz NOT NULL DEFAULT now())"
+    )
     conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(CONTROL_SCHEMA)))
+
+
+RETAINED_MARKS_STEP = "mark data retained before the retained mark existed"
+RETAINED_WHY = f"deletion policy {DeletionPolicy.RETAIN}"  # what the audit record of a retaining offboarding says
+
+
+@dataclass(frozen=True)
+class LastTransition:
+    """The latest lifecycle transition the audit log holds for a tenant name."""
+
+    uid: str | None
+    to: str | None
+    why: str | None
+
+
+def unmarked_retained(
+    placed: Iterable[str], owners: Mapping[str, bool], last: Mapping[str, LastTransition]
+) -> dict[str, str]:
+    """The names whose data was retained but carries no mark, with the uid of the Tenant that kept it. Sound
+    evidence only, from the operator's own records: the placement record is still there (offboarding with any
+    other policy removes it with the data), and the name's latest transition in the hash-chained audit log is the
+    Tenant of that uid reaching Offboarded under deletionPolicy retain (every operator version wrote it so). A
+    later Tenant's transition after it, no audit record, or a record without a uid prove nothing: not marked.
+    `owners`: whether each name's claim is marked retained already."""
+    marks = {}
+    for tenant in placed:
+        seen = last.get(tenant)
+        if seen is None or seen.uid is None or owners.get(tenant, False):
+            continue
+        if (seen.to, seen.why) == (TenantPhase.OFFBOARDED, RETAINED_WHY):
+            marks[tenant] = seen.uid
+    return marks
+
+
+def _mark_data_retained_before_the_mark(conn: psycopg.Connection) -> None:
+    """`unmarked_retained`, marked, once per operator database (the operators starting serialize on the table
+    that records it; after it, offboarding marks what it retains itself)."""
+    with conn.transaction():
+        conn.execute("LOCK TABLE paybill.control_steps IN SHARE ROW EXCLUSIVE MODE")
+        if conn.execute("SELECT 1 FROM paybill.control_steps WHERE name = %s", (RETAINED_MARKS_STEP,)).fetchone():
+            return
+        placed = [str(tenant) for (tenant,) in conn.execute("SELECT tenant FROM paybill.placements")]
+        owners = {str(t): bool(r) for t, r in conn.execute("SELECT tenant, retained FROM paybill.tenant_owners")}
+        last: dict[str, LastTransition] = {}
+        if conn.execute("SELECT to_regclass('paybill.audit_log')").fetchone() != (None,):
+            last = {
+                str(name): LastTransition(uid, to, why)
+                for name, uid, to, why in conn.execute(
+                    "SELECT DISTINCT ON (name) name, details->>'uid', details->>'to', details->>'why' "
+                    "FROM paybill.audit_log WHERE kind = 'Tenant' AND name = ANY(%s) AND details ? 'to' "
+                    "ORDER BY name, seq DESC",
+                    (placed,),
+                )
+            }
+        for tenant, uid in unmarked_retained(placed, owners, last).items():
+            conn.execute(
+                "INSERT INTO paybill.tenant_owners (tenant, uid, retained) VALUES (%s, %s, true) "
+                "ON CONFLICT (tenant) DO UPDATE SET uid = excluded.uid, retained = true",
+                (tenant, uid),
+            )
+        conn.execute("INSERT INTO paybill.control_steps (name) VALUES (%s)", (RETAINED_MARKS_STEP,))
 
 
 @dataclass(frozen=True)
