@@ -482,12 +482,42 @@ def test_an_interrupted_move_is_resumed_or_rolled_back_and_said_as_it_happened(
         assert AbandonMove(at(Isolation.SILO)) in outcome.actions
 
 
-def test_a_failed_tenant_migrates_without_entering_migrating() -> None:
-    outcome = decide(tenant(Phase.FAILED), seen(Isolation.SILO, recorded=Isolation.POOLED))
-    assert (
-        "EnterPhase" not in kinds(outcome) and MigrateData(at(Isolation.POOLED), at(Isolation.SILO)) in outcome.actions
+@pytest.mark.parametrize(
+    ("phase", "entered"),
+    [
+        (Phase.FAILED, [("Failed", "retry", "Provisioning"), ("Provisioning", "provisioned", "Active")]),
+        (Phase.SUSPENDED, [("Suspended", "resume", "Active")]),  # resumed and moved in one reconcile
+    ],
+)
+def test_a_move_from_failed_or_suspended_is_recorded_through_migrating(
+    phase: Phase, entered: list[tuple[str, str, str]]
+) -> None:
+    outcome = decide(tenant(phase), seen(Isolation.SILO, recorded=Isolation.POOLED))
+    enter = next(a for a in outcome.actions if isinstance(a, EnterPhase))
+    assert [(str(t.source), str(t.event), str(t.target)) for t in enter.transitions] == [
+        *entered,
+        ("Active", "migrate", "Migrating"),
+    ]
+    assert kinds(outcome).index("EnterPhase") < kinds(outcome).index("MigrateData")
+    assert steps(outcome) == [("Migrating", "migrated", "Active")]
+
+
+def test_a_move_interrupted_then_suspended_is_said_to_wait_not_to_be_rolled_back() -> None:
+    interrupted = with_status(
+        tenant(Phase.MIGRATING, suspended=True), isolation="pooled", access=Access.FULL, plan="pro"
     )
-    assert steps(outcome) == [("Failed", "retry", "Provisioning"), ("Provisioning", "provisioned", "Active")]
+    data = moving(Isolation.POOLED, Isolation.SILO)
+    observed = Observed(
+        plan=plan(Isolation.SILO), data=DataPlacement(data.recorded, (), at(Isolation.SILO), data.moving_to), now=NOW
+    )
+    outcome = decide(interrupted, observed)
+    assert "AbandonMove" not in kinds(outcome) and "MigrateData" not in kinds(outcome)  # the copy waits, kept
+    enter = next(a for a in outcome.actions if isinstance(a, EnterPhase))
+    assert [(str(t.source), str(t.event), str(t.target)) for t in enter.transitions] == [
+        ("Migrating", "pause", "Active")
+    ]
+    assert "waits until the tenant resumes" in enter.why and "abandoned" not in enter.why
+    assert steps(outcome) == [("Active", "suspend", "Suspended")]
 
 
 def test_a_suspended_tenant_is_not_migrated_until_it_resumes() -> None:

@@ -6,8 +6,10 @@
                   Failed     Migrating   (plan changes that change isolation)
 
 Failed is retried with backoff. Suspension has causes (billing, manual); the tenant resumes only when
-none is left. A move (Migrating) ends migrated, or rolled back when it was abandoned half-way (the plan
-changed back); either is said as it happened. Offboarding can start from any phase but Offboarded.
+none is left. A move (Migrating) ends migrated, rolled back when it was abandoned half-way (the plan
+changed back), or paused while it cannot go on (the tenant suspended meanwhile); each is said as it
+happened. A move that starts from Failed or Suspended goes through Active to Migrating, so it is recorded
+as a move too. Offboarding can start from any phase but Offboarded.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Event(StrEnum):
     MIGRATE = "migrate"
     MIGRATED = "migrated"
     ROLL_BACK = "roll_back"  # an interrupted move abandoned: the data stays where it was
+    PAUSE = "pause"  # an interrupted move waits (tenant suspended, infrastructure not ready): data stays, copy kept
     OFFBOARD = "offboard"
     OFFBOARDED = "offboarded"
 
@@ -47,6 +50,7 @@ TRANSITIONS: dict[tuple[Phase, Event], Phase] = {
     (Phase.ACTIVE, Event.MIGRATE): Phase.MIGRATING,
     (Phase.MIGRATING, Event.MIGRATED): Phase.ACTIVE,
     (Phase.MIGRATING, Event.ROLL_BACK): Phase.ACTIVE,
+    (Phase.MIGRATING, Event.PAUSE): Phase.ACTIVE,
     (Phase.MIGRATING, Event.FAIL): Phase.FAILED,
     (Phase.OFFBOARDING, Event.OFFBOARDED): Phase.OFFBOARDED,
     **{
@@ -66,7 +70,7 @@ REFUSALS: dict[tuple[Phase, Event], str] = {
 
 
 # Taken only when a decision names them, never on the way to a goal.
-DETOURS = frozenset({Event.FAIL, Event.ROLL_BACK})
+DETOURS = frozenset({Event.FAIL, Event.ROLL_BACK, Event.PAUSE})
 
 
 class TransitionRefused(ValueError):

@@ -27,6 +27,7 @@ from .infrastructure import (
     InfraSeen,
     Teardown,
     decide_infrastructure,
+    decide_retirement,
     decide_teardown,
 )
 from .machine import Event, SuspensionCause, Transition, TransitionRefused, path, retry_delay, transition
@@ -439,11 +440,11 @@ def decide(tenant: TenantObject, seen: Observed) -> Outcome:
                 f"moving from {placement.isolation} to {isolation} waits until the tenant resumes",
             )
         else:
-            if phase == Phase.ACTIVE:
+            if phase != Phase.MIGRATING:  # from Failed or Suspended too: through Active, recorded as a move
                 moving = f"moving from {placement.isolation} to {isolation}; writes wait until the move is verified"
                 meanwhile = _Status(tenant)
                 meanwhile.condition("Ready", False, "Migrating", moving)
-                entered = (transition(phase, Event.MIGRATE),)
+                entered = (*path(phase, Phase.ACTIVE), transition(Phase.ACTIVE, Event.MIGRATE))
                 actions.append(
                     EnterPhase(
                         entered, f"{placement.isolation} -> {isolation}", tuple(meanwhile.build(phase).conditions)
@@ -454,13 +455,21 @@ def decide(tenant: TenantObject, seen: Observed) -> Outcome:
             status.condition("Migrated", True, "Verified", f"moved from {placement.isolation} to {target.isolation}")
             placement, moved = target, True
     if phase == Phase.MIGRATING and not moved and tenant.status.isolation == str(placement.isolation):
-        # interrupted before anything moved, and not to be resumed: say it was rolled back, not migrated
-        why = f"the move was abandoned; the data stays on {placement.isolation}"
-        actions.append(EnterPhase((transition(phase, Event.ROLL_BACK),), why))
+        # interrupted before anything moved: rolled back, or paused while it cannot go on; never "migrated"
+        if placement.isolation != isolation:  # still wanted: the tenant is suspended, or the infrastructure not ready
+            waits = "until the tenant resumes" if goal == Phase.SUSPENDED else "for its infrastructure"
+            why = f"the move to {isolation} waits {waits}; the data stays on {placement.isolation}"
+            actions.append(EnterPhase((transition(phase, Event.PAUSE),), why))
+        else:
+            why = f"the move was abandoned; the data stays on {placement.isolation}"
+            actions.append(EnterPhase((transition(phase, Event.ROLL_BACK),), why))
         phase = Phase.ACTIVE
     actions += [SetAccess(placement, access), PublishCredentials(placement)]
     if moved or seen.data.previous:  # the source goes only once the credentials point at the target
         actions.append(FinishMove())
+    if infra is not None and infra.ready and placement.isolation == isolation and seen.infrastructure is not None:
+        # the model left behind: its infrastructure goes once the data is on the new one
+        actions += decide_retirement(seen.infrastructure, tenant.status.infrastructure, seen.now)
     status.condition(
         "DatabaseReady",
         True,
