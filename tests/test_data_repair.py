@@ -93,3 +93,58 @@ def test_broken_data_is_noticed_said_and_repaired(
     operator.eventually(lambda: "DataRepaired" in reasons(operator, name), timeout=40)  # after a verifying look
     operator.eventually(lambda: healthy(operator, name), timeout=40)
     assert logs_in(operator, name)
+
+
+def agent_logs_in(cluster: Any, namespace: str) -> bool:
+    secret = cluster.kube.get("v1", "secrets", "agent-support", namespace)
+    if secret is None:
+        return False
+    try:
+        psycopg.connect(base64.b64decode(secret["data"]["uri"]).decode(), connect_timeout=3).close()
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
+def test_a_deleted_agent_secret_is_made_again_with_a_login_that_works(operator: Any) -> None:
+    """The AgentPolicy's Secret is its agent's only copy of the password: deleted by hand, the operator makes a
+    new password, sets it on the agent's role and publishes it again (issue 13 finding)."""
+    from test_tenant_lifecycle import agent_policy, wait_policy
+
+    name, _ = active_tenant(operator)
+    namespace = f"tenant-{name}"
+    operator.kube.apply(agent_policy(namespace))
+    wait_policy(operator, namespace, "Ready")
+    assert agent_logs_in(operator, namespace)
+    before = operator.kube.get("v1", "secrets", "agent-support", namespace)["data"]["password"]
+    operator.kube.delete("v1", "secrets", "agent-support", namespace)
+    operator.eventually(lambda: agent_logs_in(operator, namespace), timeout=40)
+    assert operator.kube.get("v1", "secrets", "agent-support", namespace)["data"]["password"] != before
+
+
+def test_a_resync_finds_a_ready_agent_policy_whose_secret_is_gone(cluster: Any) -> None:
+    """What no watch saw (a Secret deleted while the operator was down) the resync finds; a policy whose Secret
+    is there, or that is not Ready yet, is left alone."""
+    from paybill.handlers.repair import resync_agent_secrets
+
+    for policy, phase in (("lost", "Ready"), ("kept", "Ready"), ("new", "Pending")):
+        cluster.kube.create(
+            {
+                "apiVersion": API,
+                "kind": "AgentPolicy",
+                "metadata": {"name": policy, "namespace": "default"},
+                "spec": {"subjects": ["agent:a"], "rules": []},
+            }
+        )
+        cluster.kube.request(
+            "PATCH",
+            f"/apis/{API}/namespaces/default/agentpolicies/{policy}/status",
+            {"status": {"phase": phase}},
+            content_type="application/merge-patch+json",
+        )
+    cluster.kube.create(
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "agent-kept", "namespace": "default"}}
+    )
+    assert resync_agent_secrets(cluster.kube) == [("default", "lost")]
+    annotations = cluster.kube.get(API, "agentpolicies", "lost", "default")["metadata"].get("annotations") or {}
+    assert any(key.startswith("trigger.paybill.dev/") for key in annotations)

@@ -23,6 +23,7 @@ from ..database.agents.install import install, uninstall
 from ..errors import first_line
 from ..kubeclient import Kube
 from ..lifecycle.agentpolicy import (
+    AGENT_SECRET_LABEL,
     Failure,
     FailureKind,
     Install,
@@ -178,7 +179,7 @@ def _publish(kube: Kube, body: kopf.Body, fields: dict[str, str]) -> None:
             {
                 "name": secret_name(body.metadata.name),
                 "namespace": body.metadata.namespace,
-                "labels": dict(MANAGED_BY),
+                "labels": {**MANAGED_BY, AGENT_SECRET_LABEL: "true"},  # a name may be too long for a label
                 "ownerReferences": [owner_reference(body, "AgentPolicy")],
             },
             fields,

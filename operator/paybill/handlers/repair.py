@@ -6,7 +6,8 @@ kopf's own per-object machinery would keep state for every Secret, Role and quot
 makes an object differ from the plan, annotates the owning Tenant, whose reconcile converges it. A
 resync thread compares every Tenant's objects with its plan each PAYBILL_RESYNC_SECONDS (300), for
 what a watch cannot see (a label removed by hand, an event lost while the operator was down).
-The credentials Secret is the password's store: only its deletion is repaired.
+The credentials Secret is the password's store: only its deletion is repaired. So is an AgentPolicy's Secret
+(its agent's login): its deletion annotates the policy, whose reconcile sets a new password and publishes it.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from ..api.tenant import Access
 from ..database import DatabaseUnavailable, TenantDatabases
 from ..errors import first_line
 from ..kubeclient import Kube, KubeError, load_config, resource_path
+from ..lifecycle.agentpolicy import AGENT_SECRET_LABEL, secret_name
 from ..lifecycle.drift import Drift, Key, OwnedAction, drift, key_of, maintained, owned_action
 from ..lifecycle.reconcile import DataPlacement, Observed, TenantObject, data_problems
-from ..lifecycle.tenant import TENANT_LABEL, SecretConflict, owned_manifests
+from ..lifecycle.tenant import TENANT_LABEL, SecretConflict, controlled_by, owned_manifests
 from .apply import TRIGGER
 from .health import checked, observe_health
 
@@ -64,6 +66,26 @@ def _touch(kube: Kube, tenant: str, what: str) -> None:
     kube.merge_patch(API_VERSION, "tenants", tenant, {"metadata": {"annotations": {f"{TRIGGER}/repair": what}}})
 
 
+def touch_policy(kube: Kube, secret: dict[str, Any]) -> bool:
+    """Annotate the AgentPolicy that controlled a deleted agent Secret (by uid: the label only filters the watch),
+    so that its reconcile publishes the login again. False if that policy is gone or being deleted."""
+    meta = secret.get("metadata") or {}
+    owner = next((ref for ref in meta.get("ownerReferences") or [] if ref.get("kind") == "AgentPolicy"), None)
+    policy = kube.get(API_VERSION, "agentpolicies", owner["name"], meta.get("namespace")) if owner else None
+    if owner is None or policy is None or policy["metadata"].get("deletionTimestamp"):
+        return False
+    if not controlled_by(secret, policy["metadata"]["uid"], "AgentPolicy"):
+        return False
+    _touch_policy(kube, policy, f"Secret/{meta.get('namespace')}/{meta.get('name')}@{meta.get('resourceVersion', '')}")
+    return True
+
+
+def _touch_policy(kube: Kube, policy: dict[str, Any], what: str) -> None:
+    meta = policy["metadata"]
+    patch = {"metadata": {"annotations": {f"{TRIGGER}/repair": what}}}
+    kube.merge_patch(API_VERSION, "agentpolicies", meta["name"], patch, meta["namespace"])
+
+
 def drifted(kube: Kube, obj: dict[str, Any]) -> bool:
     """Whether an object a Tenant owns by label differs from what its plan says (or is not the Tenant's)."""
     name = ((obj.get("metadata") or {}).get("labels") or {}).get(TENANT_LABEL)
@@ -76,8 +98,10 @@ def drifted(kube: Kube, obj: dict[str, Any]) -> bool:
 
 
 class OwnedObjectsWatch(threading.Thread):
+    selector = TENANT_LABEL
+
     def __init__(self, api_version: str, plural: str, kind: str, stop: threading.Event) -> None:
-        super().__init__(name=f"paybill-repair-{plural}", daemon=True)
+        super().__init__(name=f"paybill-repair-{plural}-{self.selector}", daemon=True)
         self.api_version, self.plural, self.kind, self.stop = api_version, plural, kind, stop
 
     def on_event(self, kube: Kube, event_type: str, obj: dict[str, Any]) -> None:
@@ -95,10 +119,10 @@ class OwnedObjectsWatch(threading.Thread):
                     listing = kube.request(
                         "GET",
                         resource_path(self.api_version, self.plural),
-                        query={"labelSelector": TENANT_LABEL, "limit": "1"},
+                        query={"labelSelector": self.selector, "limit": "1"},
                     )
                     version = str(listing["metadata"]["resourceVersion"])
-                for event in kube.watch(self.api_version, self.plural, version, TENANT_LABEL):
+                for event in kube.watch(self.api_version, self.plural, version, self.selector):
                     obj = event.get("object") or {}
                     if event.get("type") == "ERROR":
                         version = None  # expired (410): start again from a fresh list
@@ -117,6 +141,16 @@ class OwnedObjectsWatch(threading.Thread):
                 logger.exception("watch of %s crashed; restarting", self.plural)
                 version = None
                 self.stop.wait(1.0)
+
+
+class AgentSecretsWatch(OwnedObjectsWatch):
+    """The AgentPolicies' Secrets: a deletion has the policy publish its login again."""
+
+    selector = AGENT_SECRET_LABEL
+
+    def on_event(self, kube: Kube, event_type: str, obj: dict[str, Any]) -> None:
+        if event_type == "DELETED":
+            touch_policy(kube, obj)
 
 
 def observe_owned(kube: Kube, desired: list[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
@@ -185,6 +219,20 @@ def resync_data(kube: Kube, databases: TenantDatabases) -> dict[str, list[tuple[
     return found
 
 
+def resync_agent_secrets(kube: Kube) -> list[tuple[str, str]]:
+    """Annotate every Ready AgentPolicy whose Secret is gone (deleted while no watch saw it); (namespace, name)
+    of each one annotated."""
+    lost = []
+    for policy in kube.list(API_VERSION, "agentpolicies"):
+        meta = policy["metadata"]
+        if (policy.get("status") or {}).get("phase") != "Ready" or meta.get("deletionTimestamp"):
+            continue
+        if kube.get("v1", "secrets", secret_name(meta["name"]), meta["namespace"]) is None:
+            _touch_policy(kube, policy, f"resync: Secret/{meta['namespace']}/{secret_name(meta['name'])} missing")
+            lost.append((meta["namespace"], meta["name"]))
+    return lost
+
+
 class Resync(threading.Thread):
     def __init__(self, period: float, stop: threading.Event, memo: kopf.Memo) -> None:
         super().__init__(name="paybill-resync", daemon=True)
@@ -196,6 +244,10 @@ class Resync(threading.Thread):
             try:
                 for name, drifts in resync(kube).items():
                     logger.info("resync: tenant %s drifted from its plan: %s", name, ", ".join(map(str, drifts)))
+                for namespace, name in resync_agent_secrets(kube):
+                    logger.warning(
+                        "resync: the Secret of AgentPolicy %s/%s was gone; publishing it again", namespace, name
+                    )
                 databases: TenantDatabases | None = self.memo.databases
                 for name, problems in (resync_data(kube, databases) if databases else {}).items():
                     logger.warning("resync: tenant %s: %s", name, "; ".join(message for _, message in problems))
@@ -215,6 +267,7 @@ def start_repair(memo: kopf.Memo, **_: Any) -> None:
     memo.repair_stop = threading.Event()
     for api_version, plural, kind in OWNED:
         OwnedObjectsWatch(api_version, plural, kind, memo.repair_stop).start()
+    AgentSecretsWatch("v1", "secrets", "Secret", memo.repair_stop).start()
     Resync(resync_period(os.environ), memo.repair_stop, memo).start()
 
 

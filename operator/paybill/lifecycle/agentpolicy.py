@@ -23,6 +23,9 @@ NO_DATABASE = "the operator has no tenant database"
 CONFLICT_DELAY = 60.0  # a name someone else holds: looked at again slowly
 
 
+AGENT_SECRET_LABEL = "paybill.dev/agent-login"  # "true" on an agent's Secret: what the repair watch lists
+
+
 def secret_name(policy: str) -> str:
     """The Secret holding the agent's login."""
     return f"agent-{policy}"
