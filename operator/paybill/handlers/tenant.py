@@ -18,7 +18,6 @@ import psycopg
 from ..api.meta import API_VERSION, GROUP, VERSION
 from ..api.plan import Isolation, PlanSpec
 from ..api.subscription import SubscriptionSpec
-from ..api.tenant import TenantPhase as Phase
 from ..billing.grace import Billed
 from ..database import DatabaseUnavailable, TenantDatabases
 from ..database.control import name_claim
@@ -92,7 +91,7 @@ def decide_safely(tenant: TenantObject, decide: Callable[[], Outcome], retry: in
         return decide()
     except Exception as exc:  # a failed read is a condition and an Event too
         failure = failure_of(exc, "reading the world")
-        if tenant.phase in (Phase.OFFBOARDING, Phase.OFFBOARDED) or tenant.spec.offboard:
+        if decisions.offboarding(tenant):
             return decisions.failed_offboarding(tenant, failure)
         return decisions.failed(tenant, failure, retry)
 

@@ -363,9 +363,14 @@ class _Status:
 # --- decisions --------------------------------------------------------------------------------------------------
 
 
+def offboarding(tenant: TenantObject) -> bool:
+    """Being offboarded (or offboarded): asked for, or under way."""
+    return tenant.phase in (Phase.OFFBOARDING, Phase.OFFBOARDED) or tenant.spec.offboard
+
+
 def decide(tenant: TenantObject, seen: Observed) -> Outcome:
     """What one reconcile of `tenant` does, given what was observed."""
-    if tenant.phase in (Phase.OFFBOARDING, Phase.OFFBOARDED) or tenant.spec.offboard:
+    if offboarding(tenant):
         if tenant.phase == Phase.OFFBOARDED and not tenant.spec.offboard:
             return _refused(tenant.phase, Event.PROVISION)
         return offboard(tenant, seen)
