@@ -33,7 +33,7 @@ def last_known(databases: TenantDatabases, tenant: TenantObject) -> Placement | 
     expected = {str(isolation): databases.placement_for(tenant.name, isolation) for isolation in Isolation}
     holdings = Holdings(
         expected,
-        databases.owns_role(expected[str(Isolation.POOLED)].role, tenant_identity(tenant.name)),
+        databases.owns_role(databases.tenant_role(tenant.name), tenant_identity(tenant.name)),
         frozenset(isolation for isolation, placement in expected.items() if databases.claims.holds_data(placement)),
     )
     found = recovered_placement(tenant.name, said, holdings)
