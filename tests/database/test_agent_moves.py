@@ -230,3 +230,17 @@ def test_a_write_refused_while_the_agent_may_write_elsewhere_is_not_called_held(
         conn.execute(sql.SQL("GRANT DELETE ON {} TO {}").format(sql.Identifier(placement.schema, "customers"), agent))
     outcome = fix_status(guard_at(placement), 101, "refused")
     assert not outcome.ok and [r.code for r in outcome.reasons] == ["database_denied"]
+
+
+def test_an_agent_dropped_while_its_writes_are_held_leaves_no_saved_privileges(databases: TenantDatabases) -> None:
+    from paybill.database.agents.install import uninstall
+
+    placement = tenant_with_agent(databases, "bridge")
+    role = databases.agent_role(placement.tenant, NAMESPACE_PREFIX + placement.tenant, "support")
+    databases.set_access(placement, Access.READ_ONLY)  # its writes are saved and revoked
+    saved = "SELECT count(*) FROM paybill.held_agent_writes WHERE role = %s"
+    with databases.session() as conn:
+        assert conn.execute(saved, (role,)).fetchone() == (1,)
+    assert uninstall(databases, "support", NAMESPACE_PREFIX + placement.tenant, placement.tenant, placement.database)
+    with databases.session() as conn:
+        assert conn.execute(saved, (role,)).fetchone() == (0,)

@@ -14,6 +14,7 @@ from psycopg import sql
 
 from ..api.plan import Isolation
 from .access import end_sessions
+from .agents.hold import HELD_TABLE
 from .claims import Claims
 from .connections import Connections
 from .control import Control
@@ -104,6 +105,10 @@ class Removal:
                     db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
         with self.connections.session() as conn:
             conn.execute("DELETE FROM paybill.row_policies WHERE role = %s", (role,))
+            if conn.execute("SELECT to_regclass(%s)", (f"paybill.{HELD_TABLE}",)).fetchone() != (None,):
+                conn.execute(
+                    sql.SQL("DELETE FROM paybill.{} WHERE role = %s").format(sql.Identifier(HELD_TABLE)), (role,)
+                )
             conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
         self.control.forget_object("role", role)
