@@ -345,3 +345,55 @@ def test_offboarding_destroys_before_the_namespace_goes_and_then_finishes() -> N
     assert done.status is not None and done.status.phase == Phase.OFFBOARDED
     retained = offboard(tenant(Phase.OFFBOARDING, applied(), offboard=True, deletionPolicy="retain"), world(seen()))
     assert not any(isinstance(a, (infra.DestroyInfrastructure, RemoveData)) for a in retained.actions)
+
+
+# --- a change of isolation model -------------------------------------------------------------------------------------
+
+
+def test_the_model_left_is_destroyed_only_once_the_data_is_on_the_new_one() -> None:
+    retired = desired(module="local/pooled", digest="p" * 64, workspace="pooled")
+    view = seen(desired=desired(workspace="silo"), retired=retired)
+    record = applied(workspace="silo", retiring="pooled", retiringModule="local/pooled")
+    tenant_on_silo = tenant(Phase.ACTIVE, record)
+    moved = decide(tenant_on_silo, world(view, recorded=placement_at("acme", Isolation.SILO, "t_0")))
+    assert infra.DestroyInfrastructure(retired) in moved.actions
+    still_pooled = decide(tenant_on_silo, world(view, recorded=placement_at("acme", Isolation.POOLED, "t_0")))
+    migrate = [type(a).__name__ for a in still_pooled.actions]
+    assert migrate.index("MigrateData") < migrate.index("DestroyInfrastructure")  # data first, then the old model
+    waiting = decide(tenant_on_silo, world(seen(desired=view.desired, retired=retired, running="apply")))
+    assert not any(isinstance(a, infra.DestroyInfrastructure) for a in waiting.actions)
+
+
+def test_the_new_models_infrastructure_comes_before_the_data_moves() -> None:
+    record = applied(workspace="pooled", appliedDigest="p" * 64)  # applied for the old model only
+    outcome = decide(
+        tenant(Phase.ACTIVE, record),
+        world(seen(desired=desired(workspace="silo")), recorded=placement_at("acme", Isolation.POOLED, "t_0")),
+    )
+    names = [type(a).__name__ for a in outcome.actions]
+    assert "ApplyInfrastructure" in names and "MigrateData" not in names
+    assert outcome.status is not None and outcome.status.phase == Phase.ACTIVE  # serving meanwhile
+    said = {c.type: c.reason for c in outcome.status.conditions}
+    assert said["Migrated"] == "WaitingForInfrastructure"
+
+
+def test_a_failed_destroy_of_the_model_left_waits_its_backoff() -> None:
+    retired = desired(module="local/pooled", digest="p" * 64, workspace="pooled")
+    failed = applied(retiring="pooled", lastRun="destroy", lastResult=infra.FAILED, failures=2, lastRunAt=stamp(3))
+    assert infra.decide_retirement(seen(retired=retired), failed, NOW) == ()
+    later = failed.model_copy(update={"lastRunAt": stamp(11)})
+    assert infra.decide_retirement(seen(retired=retired), later, NOW) == (infra.DestroyInfrastructure(retired),)
+
+
+def test_offboarding_destroys_the_model_left_then_the_current_one() -> None:
+    retired = desired(module="local/pooled", digest="p" * 64, workspace="pooled")
+    record = applied(retiring="pooled", retiringModule="local/pooled")
+    first = infra.decide_teardown(seen(retired=retired), record, False, None, NOW)
+    assert first.actions == (infra.DestroyInfrastructure(retired),)
+    current_gone = record.model_copy(update={"destroyed": True})
+    assert infra.decide_teardown(seen(retired=retired), current_gone, False, None, NOW).actions == (
+        infra.DestroyInfrastructure(retired),
+    )
+    assert infra.decide_teardown(seen(), record.model_copy(update={"retiring": None}), False, None, NOW).actions == (
+        infra.DestroyInfrastructure(desired()),
+    )

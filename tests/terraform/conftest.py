@@ -50,14 +50,14 @@ def write_module(directory: Path, body: str) -> Path:
     return directory
 
 
-def state_resources(dsn: str, tenant_id: str) -> list[str]:
-    """Resource addresses in the tenant's state, read straight from the pg backend's table."""
+def state_resources(dsn: str, tenant_id: str, workspace: str = "default") -> list[str]:
+    """Resource addresses in the tenant's state (of `workspace`), read straight from the pg backend's table."""
     schema = schema_for(tenant_id)
     with psycopg.connect(dsn, autocommit=True) as connection:
         if not connection.execute("SELECT to_regclass(%s)", [f"{schema}.states"]).fetchone()[0]:  # type: ignore[index]
             return []
         row = connection.execute(
-            sql.SQL("SELECT data FROM {}.states WHERE name = 'default'").format(sql.Identifier(schema))
+            sql.SQL("SELECT data FROM {}.states WHERE name = %s").format(sql.Identifier(schema)), [workspace]
         ).fetchone()
     if row is None:
         return []

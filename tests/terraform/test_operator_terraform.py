@@ -8,6 +8,7 @@ import base64
 import itertools
 import secrets
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,9 @@ from paybill.terraform.modules import module_dir
 from .conftest import state_resources
 
 API = "paybill.dev/v1alpha1"
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 _names = itertools.count()
+CONCURRENCY = 4
 SILO = ["terraform_data.credentials", "terraform_data.database", "terraform_data.network", "terraform_data.subnets"]
 
 
@@ -35,6 +37,7 @@ def modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root.mkdir()
     monkeypatch.setenv("PAYBILL_TERRAFORM_MODULES_DIR", str(root))
     monkeypatch.setenv("PAYBILL_TERRAFORM_TIMEOUT", "120")
+    monkeypatch.setenv("PAYBILL_TERRAFORM_CONCURRENCY", str(CONCURRENCY))
     return root
 
 
@@ -113,7 +116,7 @@ def test_a_silo_tenant_goes_active_only_once_its_module_is_applied_and_its_outpu
     assert infrastructure["appliedHash"] == infrastructure["planHash"] and len(infrastructure["planHash"]) == 64
     assert infrastructure["artifact"].endswith(infrastructure["planHash"])
     assert condition(cluster, name, "Provisioned")["status"] == "True"
-    assert state_resources(dsn(postgres), name) == SILO
+    assert state_resources(dsn(postgres), name, "silo") == SILO
     secret = cluster.kube.get("v1", "secrets", "paybill-infrastructure", f"tenant-{name}")
     outputs = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
     assert outputs["database_name"] == f"tenant_{name.replace('-', '_')}" and len(outputs["database_password"]) == 32
@@ -153,7 +156,7 @@ resource "terraform_data" "gate" {{
         lambda: status(cluster, name).get("phase") == "Active" and status(cluster, name), timeout=120
     )
     assert current["infrastructure"]["lastResult"] == "Succeeded" and current["infrastructure"]["failures"] == 0
-    assert "terraform_data.gate" in state_resources(dsn(postgres), name)
+    assert "terraform_data.gate" in state_resources(dsn(postgres), name, "silo")
 
 
 def test_manual_approval_applies_nothing_under_a_wrong_hash_and_exactly_the_approved_plan(
@@ -170,7 +173,7 @@ def test_manual_approval_applies_nothing_under_a_wrong_hash_and_exactly_the_appr
     said = cluster.eventually(awaiting, timeout=120)
     plan_hash = status(cluster, name)["infrastructure"]["planHash"]
     assert plan_hash in said["message"] and "4 to add" in said["message"]
-    assert status(cluster, name)["phase"] == "Provisioning" and state_resources(dsn(postgres), name) == []
+    assert status(cluster, name)["phase"] == "Provisioning" and state_resources(dsn(postgres), name, "silo") == []
 
     wrong = "0" * 64
     cluster.kube.merge_patch(API, "tenants", name, {"metadata": {"annotations": {"paybill.dev/approve-plan": wrong}}})
@@ -182,7 +185,7 @@ def test_manual_approval_applies_nothing_under_a_wrong_hash_and_exactly_the_appr
         timeout=60,
     )
     assert f"does not name the pending plan {plan_hash}: nothing applied" in refused["message"]
-    assert state_resources(dsn(postgres), name) == [] and status(cluster, name)["phase"] == "Provisioning"
+    assert state_resources(dsn(postgres), name, "silo") == [] and status(cluster, name)["phase"] == "Provisioning"
     assert any(e["type"] == "Warning" and e["reason"] == "ApprovalMismatch" for e in events(cluster, name))
 
     cluster.kube.merge_patch(
@@ -192,7 +195,7 @@ def test_manual_approval_applies_nothing_under_a_wrong_hash_and_exactly_the_appr
         lambda: status(cluster, name).get("phase") == "Active" and status(cluster, name), timeout=120
     )
     assert current["infrastructure"]["appliedHash"] == plan_hash
-    assert state_resources(dsn(postgres), name) == SILO
+    assert state_resources(dsn(postgres), name, "silo") == SILO
 
 
 def test_a_plan_whose_module_breaks_the_contract_is_refused_and_its_tenant_starts_no_run(
@@ -225,7 +228,7 @@ def test_a_plan_whose_module_breaks_the_contract_is_refused_and_its_tenant_start
     )
     assert "output network_id is missing" in said["message"]
     assert status(cluster, name)["phase"] == "Provisioning" and "infrastructure" not in status(cluster, name)
-    assert state_resources(dsn(postgres), name) == []
+    assert state_resources(dsn(postgres), name, "silo") == []
 
 
 def test_offboarding_destroys_and_a_failing_destroy_is_visible_and_retried(
@@ -245,7 +248,7 @@ resource "terraform_data" "guard" {{
     cluster.kube.apply(plan("tf-guarded", module="guarded"))
     name = onboard(cluster, "tf-guarded", deletionPolicy="destroy")
     cluster.eventually(lambda: status(cluster, name).get("phase") == "Active", timeout=120)
-    assert "terraform_data.guard" in state_resources(dsn(postgres), name)
+    assert "terraform_data.guard" in state_resources(dsn(postgres), name, "silo")
 
     cluster.kube.delete(API, "tenants", name)
     failed = cluster.eventually(
@@ -259,7 +262,7 @@ resource "terraform_data" "guard" {{
     assert any(e["type"] == "Warning" and e["reason"] == "OffboardFailed" for e in events(cluster, name))
     marker.touch()
     cluster.eventually(lambda: cluster.kube.get(API, "tenants", name) is None, timeout=120)
-    assert state_resources(dsn(postgres), name) == []
+    assert state_resources(dsn(postgres), name, "silo") == []
 
 
 def test_drift_is_found_on_the_plans_schedule_and_re_applied_when_it_says_auto_remediate(
@@ -276,7 +279,7 @@ def test_drift_is_found_on_the_plans_schedule_and_re_applied_when_it_says_auto_r
     schema = psycopg.sql.Identifier(schema_for(name))
     with psycopg.connect(dsn(postgres), autocommit=True) as connection:  # out of band: the network's CIDR moved
         connection.execute(
-            psycopg.sql.SQL("UPDATE {}.states SET data = replace(data, %s, %s)").format(schema),
+            psycopg.sql.SQL("UPDATE {}.states SET data = replace(data, %s, %s) WHERE name = 'silo'").format(schema),
             ['"10.0.0.0/16"', '"10.9.0.0/16"'],
         )
     drifted = cluster.eventually(
@@ -292,5 +295,75 @@ def test_drift_is_found_on_the_plans_schedule_and_re_applied_when_it_says_auto_r
     cluster.eventually(lambda: condition(cluster, name, "Drifted").get("status") == "False", timeout=120)
     assert status(cluster, name)["infrastructure"]["appliedHash"] != applied_before  # a new plan was applied
     with psycopg.connect(dsn(postgres), autocommit=True) as connection:
-        data = connection.execute(psycopg.sql.SQL("SELECT data FROM {}.states").format(schema)).fetchone()
+        data = connection.execute(
+            psycopg.sql.SQL("SELECT data FROM {}.states WHERE name = 'silo'").format(schema)
+        ).fetchone()
     assert data is not None and '"10.0.0.0/16"' in data[0] and '"10.9.0.0/16"' not in data[0]
+
+
+def terraform_runs() -> int:
+    """Runs with a Terraform command going now, machine-wide: the distinct working directories (one per run; a
+    run may have two commands at once, its apply and the `show -json` of its plan)."""
+    workdirs = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if proc.name.isdigit() and Path(argv[0].decode(errors="replace")).name == "terraform":
+                workdirs.add((proc / "cwd").resolve())
+        except OSError:
+            continue
+    return len(workdirs)
+
+
+def test_twenty_tenants_provisioning_at_once_all_end_active_with_at_most_four_runs_at_a_time(
+    tf_operator: Any, postgres: LocalPostgres
+) -> None:
+    cluster = tf_operator
+    cluster.kube.apply(plan("tf-many"))
+    started = time.monotonic()
+    names = [onboard(cluster, "tf-many") for _ in range(20)]
+    active_at: dict[str, float] = {}
+    most = 0
+
+    def all_active() -> bool:
+        nonlocal most
+        most = max(most, terraform_runs())
+        for tenant in cluster.kube.list(API, "tenants"):
+            name = tenant["metadata"]["name"]
+            if name in names and name not in active_at and (tenant.get("status") or {}).get("phase") == "Active":
+                active_at[name] = time.monotonic() - started
+        return len(active_at) == len(names)
+
+    cluster.eventually(all_active, timeout=400, interval=0.05)
+    assert 1 <= most <= CONCURRENCY
+    for name in names:
+        assert state_resources(dsn(postgres), name, "silo") == SILO
+    times = sorted(active_at.values())
+    p50, p95 = times[9], times[18]
+    print(f"20 tenants, {CONCURRENCY} runs at once: to Active p50 {p50:.1f}s p95 {p95:.1f}s max {times[-1]:.1f}s")
+
+
+def test_a_change_of_isolation_model_builds_the_new_infrastructure_moves_the_data_then_destroys_the_old(
+    tf_operator: Any, postgres: LocalPostgres
+) -> None:
+    cluster = tf_operator
+    cluster.kube.apply(plan("tf-pool", isolation="pooled"))
+    cluster.kube.apply(plan("tf-own", isolation="silo"))
+    name = onboard(cluster, "tf-pool")
+    cluster.eventually(lambda: status(cluster, name).get("phase") == "Active", timeout=120)
+    assert state_resources(dsn(postgres), name, "pooled") == SILO  # the local modules share resource names
+    assert status(cluster, name)["infrastructure"]["workspace"] == "pooled"
+
+    cluster.kube.merge_patch(API, "tenants", name, {"spec": {"planRef": "tf-own"}})
+
+    def moved_and_retired() -> dict[str, Any] | None:
+        current = status(cluster, name)
+        run = current.get("infrastructure") or {}
+        done = current.get("isolation") == "silo" and run.get("workspace") == "silo" and not run.get("retiring")
+        return current if done and current.get("phase") == "Active" and not run.get("running") else None
+
+    current = cluster.eventually(moved_and_retired, timeout=180)
+    assert current["infrastructure"]["module"] == "local/silo"
+    assert state_resources(dsn(postgres), name, "silo") == SILO
+    assert state_resources(dsn(postgres), name, "pooled") == []  # the old model's infrastructure is gone
+    assert "Migrated" in [e["reason"] for e in events(cluster, name)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
@@ -292,3 +293,34 @@ def test_init_runs_once_per_configuration_and_again_when_it_changes(
     (changed / "extra.tf").write_text('output "extra" {\n  value = var.plan\n}\n')
     assert runner.apply(again, changed).outputs.values["extra"].value == "platinum"
     assert len(list(templates.iterdir())) == 2
+
+
+def test_each_workspace_of_a_tenant_is_a_state_of_its_own(
+    make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, backend_dsn: str
+) -> None:
+    """One state per isolation model: a tenant moving to another model gets the new one built before the old one
+    is destroyed."""
+    runner = make_runner()
+    pooled, silo = (dataclasses.replace(tenant, workspace=name) for name in ("pooled", "silo"))
+    first = runner.apply(pooled, LOCAL_SILO)
+    second = runner.apply(silo, LOCAL_SILO)
+    assert (first.summary.adds, second.summary.adds) == (4, 4)  # nothing of the other workspace is seen
+    assert first.outputs.values["network_id"].value != second.outputs.values["network_id"].value
+    assert runner.state_outputs(tenant.tenant_id, "pooled").values["network_id"] == first.outputs.values["network_id"]
+    assert runner.destroy(pooled, LOCAL_SILO).destroyed == 4
+    assert runner.state_outputs(tenant.tenant_id, "pooled").values == {}
+    assert runner.state_outputs(tenant.tenant_id, "silo").values["network_id"] == second.outputs.values["network_id"]
+    assert state_resources(backend_dsn, tenant.tenant_id) == []  # the default workspace was never used
+    with pytest.raises(ValueError, match="workspace"):
+        dataclasses.replace(tenant, workspace="Silo; DROP")
+
+
+def test_a_new_workspace_of_a_known_tenant_is_made_by_a_run_from_a_fresh_init(
+    make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, modules_dir: Path
+) -> None:
+    """A tenant moving to another model: its state table exists, the new model's module has never been initialized
+    here (no init template to copy), and its workspace is not in the table yet."""
+    runner = make_runner()
+    runner.apply(dataclasses.replace(tenant, workspace="pooled"), LOCAL_SILO)
+    other = write_module(modules_dir / "other", 'resource "terraform_data" "x" {\n  input = var.tenant_id\n}\n')
+    assert runner.apply(dataclasses.replace(tenant, workspace="silo"), other).summary.adds == 1

@@ -101,6 +101,11 @@ class InfrastructureStatus(Model):
     to the Secret paybill-infrastructure in the tenant's namespace)."""
 
     module: str | None = Field(default=None, description="The module run: <cloud>/<isolation> or a named override.")
+    workspace: str | None = Field(default=None, description="The tenant's state the module is applied in (its model).")
+    retiring: str | None = Field(
+        default=None, description="A model's workspace the tenant left: destroyed once its data has moved."
+    )
+    retiringModule: str | None = Field(default=None, description="The module the retiring workspace was built from.")
     running: str | None = Field(default=None, description="The run in progress: plan, apply, destroy or drift.")
     runId: str | None = Field(default=None, description="The last run started.")
     lastRun: str | None = Field(default=None, description="The last run that ended: plan, apply, destroy or drift.")

@@ -127,7 +127,8 @@ def plan_problems(kube: Kube, spec: PlanSpec) -> tuple[str, ...]:
     return infra.provisioning_problems(provisioning, check, credentials_check(kube, provisioning.credentialsSecret))
 
 
-def module_inputs(tenant: str, plan: PlanObject) -> ModuleInputs:
+def module_inputs(tenant: str, plan: PlanObject, workspace: str) -> ModuleInputs:
+    """The module's inputs for the tenant, in the workspace (state) of `workspace`, an isolation model."""
     provisioning = plan.spec.provisioning
     assert provisioning is not None
     quotas = plan.spec.quotas
@@ -137,13 +138,16 @@ def module_inputs(tenant: str, plan: PlanObject) -> ModuleInputs:
         region=provisioning.region,
         cost_center=provisioning.costCenter or plan.spec.tier,
         sizes={"storage_gib": infra.storage_gib(quotas.databaseSizeMi), "agents": quotas.maxAgents},
+        workspace=workspace,
     )
 
 
-def config_digest(module: Path | None, inputs: Mapping[str, Any], credentials_secret: str | None) -> str:
-    """What a plan depends on: the module's files, the inputs and where the credentials come from."""
+def config_digest(
+    module: Path | None, inputs: Mapping[str, Any], credentials_secret: str | None, workspace: str
+) -> str:
+    """What a plan depends on: the module's files, the inputs, the workspace and where the credentials come from."""
     files = _files_digest(module) if module is not None and module.is_dir() else "-"
-    text = json.dumps([files, dict(inputs), credentials_secret], sort_keys=True)
+    text = json.dumps([files, dict(inputs), credentials_secret, workspace], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -176,7 +180,8 @@ class InfrastructureRuns:
             running = self._running.get(tenant.name)
             finished = self._finished.get(tenant.name)
         settled = finished is None or (recorded is not None and recorded.runId == finished)
-        return infra.InfraSeen(desired, running, settled, tenant.approved_plan)
+        retired = self.retired(tenant.name, plan, recorded) if recorded is not None and recorded.retiring else None
+        return infra.InfraSeen(desired, running, settled, tenant.approved_plan, retired)
 
     def desire(self, tenant: str, plan: PlanObject) -> infra.Desired:
         provisioning = plan.spec.provisioning
@@ -189,16 +194,39 @@ class InfrastructureRuns:
             credentials_check(self.kube, provisioning.credentialsSecret),
         )
         try:
-            inputs: ModuleInputs | None = module_inputs(tenant, plan)
+            inputs: ModuleInputs | None = module_inputs(tenant, plan, isolation)
         except ValueError as exc:
             problems, inputs = (*problems, str(exc)), None
         variables = inputs.variables() if inputs is not None else {"tenant_id": tenant}
-        digest = config_digest(directory, variables, provisioning.credentialsSecret)
+        digest = config_digest(directory, variables, provisioning.credentialsSecret, isolation)
         if directory is not None and inputs is not None and not problems:
             self._keep(digest, RunSetup(directory, inputs, provisioning.credentialsSecret))
         return infra.Desired(
-            name, digest, provisioning.approval, provisioning.driftCheckSeconds, provisioning.autoRemediate, problems
+            name,
+            digest,
+            provisioning.approval,
+            provisioning.driftCheckSeconds,
+            provisioning.autoRemediate,
+            problems,
+            isolation,
         )
+
+    def retired(self, tenant: str, plan: PlanObject, recorded: InfrastructureStatus) -> infra.Desired | None:
+        """The workspace of the model the tenant left, with the module it was built from (None: not found)."""
+        provisioning, workspace = plan.spec.provisioning, str(recorded.retiring)
+        module = str(recorded.retiringModule or "")
+        if provisioning is None or not module:
+            return None
+        cloud, _, model = module.partition("/")
+        _, directory = (
+            resolve_module(cloud, model, None, self.environ) if model else resolve_module("", "", module, self.environ)
+        )
+        if directory is None or not directory.is_dir():
+            return None
+        inputs = module_inputs(tenant, plan, workspace)
+        digest = config_digest(directory, inputs.variables(), provisioning.credentialsSecret, workspace)
+        self._keep(digest, RunSetup(directory, inputs, provisioning.credentialsSecret))
+        return infra.Desired(module, digest, workspace=workspace)
 
     def _keep(self, digest: str, setup: RunSetup) -> None:
         with self._guard:
@@ -222,7 +250,7 @@ class InfrastructureRuns:
             self._running[tenant.name] = kind
         ref = {"apiVersion": API_VERSION, "kind": "Tenant", "metadata": {"name": tenant.name, "uid": tenant.uid}}
         try:
-            self._write(tenant.name, {"running": kind, "runId": run_id, "module": action.desired.module})
+            self._write(tenant.name, {"running": kind, "runId": run_id})
             context = contextvars.copy_context()
             self._executor.submit(context.run, self._execute, ref, tenant, setup, action, run_id)
         except BaseException:
@@ -263,6 +291,7 @@ class InfrastructureRuns:
                 return {
                     **_summary(summary),
                     "lastResult": infra.AWAITING,
+                    "module": action.desired.module,
                     "configDigest": digest,
                     "failures": 0,
                     "message": f"plan {summary.plan_hash[:12]} awaits approval",
@@ -272,7 +301,7 @@ class InfrastructureRuns:
                     result = runner.apply(setup.inputs, setup.module, env)
                 else:
                     result = runner.apply_plan(setup.inputs, setup.module, plan_hash, plan_hash, env)
-                return self._applied(ref, tenant, result, digest)
+                return self._applied(ref, tenant, result, action.desired)
             case infra.CheckDrift():
                 report = runner.drift(setup.inputs, setup.module, env)
                 found = f"{len(report.addresses)} resources drifted" if report.drifted else "no drift"
@@ -282,6 +311,16 @@ class InfrastructureRuns:
                     "drifted": sorted(report.addresses),
                     "failures": 0,
                     "message": found,
+                }
+            case infra.DestroyInfrastructure(desired) if desired.workspace == self._recorded(tenant.name).retiring:
+                destroyed = runner.destroy(setup.inputs, setup.module, env)
+                self._recovered(ref, tenant.name, destroyed.lock_recoveries)
+                return {
+                    "lastResult": infra.SUCCEEDED,
+                    "retiring": None,
+                    "retiringModule": None,
+                    "failures": 0,
+                    "message": f"destroyed {destroyed.destroyed} resources of {desired.module}, left for another model",
                 }
             case infra.DestroyInfrastructure():
                 destroyed = runner.destroy(setup.inputs, setup.module, env)
@@ -296,17 +335,22 @@ class InfrastructureRuns:
                     "outputsSecret": None,
                 }
 
-    def _applied(self, ref: dict[str, Any], tenant: TenantObject, result: ApplyResult, digest: str) -> dict[str, Any]:
+    def _applied(
+        self, ref: dict[str, Any], tenant: TenantObject, result: ApplyResult, desired: infra.Desired
+    ) -> dict[str, Any]:
         """The outputs into the tenant's Secret (sensitive ones nowhere else); the summary into status."""
         secret = infra.outputs_secret(ref, tenant.namespace, result.outputs.secret_data())
         publish_secret(self.kube, secret)
         self._recovered(ref, tenant.name, result.lock_recoveries)
-        summary = result.summary
+        summary, before = result.summary, self._recorded(tenant.name)
         return {
+            **_retiring(before, desired.workspace),
+            "workspace": desired.workspace,
+            "module": desired.module,
             **_summary(summary),
             "lastResult": infra.SUCCEEDED,
-            "configDigest": digest,
-            "appliedDigest": digest,
+            "configDigest": desired.digest,
+            "appliedDigest": desired.digest,
             "appliedHash": summary.plan_hash,
             "destroyed": False,
             "failures": 0,
@@ -326,8 +370,7 @@ class InfrastructureRuns:
             message = f"the plan could not be applied ({first_line(exc)}); nothing applied"
             return {"lastResult": infra.STALE, "message": redact(message)}
         message = exc.message if isinstance(exc, TerraformError) else f"{type(exc).__name__}: {first_line(exc)}"
-        found = self.kube.get(API_VERSION, "tenants", tenant) or {}
-        record = InfrastructureStatus.model_validate(((found.get("status") or {}).get("infrastructure")) or {})
+        record = self._recorded(tenant)
         fields: dict[str, Any] = {
             "lastResult": infra.FAILED,
             "message": redact(message, self._secret_values()),
@@ -337,6 +380,11 @@ class InfrastructureRuns:
         if isinstance(action, infra.CheckDrift):
             fields["driftCheckedAt"] = now_rfc3339()  # looked at again next period, not at once
         return fields
+
+    def _recorded(self, tenant: str) -> InfrastructureStatus:
+        """The tenant's status.infrastructure as it stands now (a run reads it when it ends)."""
+        found = self.kube.get(API_VERSION, "tenants", tenant) or {}
+        return InfrastructureStatus.model_validate(((found.get("status") or {}).get("infrastructure")) or {})
 
     def runner(self) -> TerraformRunner:
         with self._guard:
@@ -389,6 +437,17 @@ def backend_dsn(dsn: str) -> str:
         "/"
     )
     return make_conninfo(dsn, sslmode="disable") if loopback and "sslmode" not in parts else dsn
+
+
+def _retiring(before: InfrastructureStatus, workspace: str) -> dict[str, Any]:
+    """An apply in a new model's workspace leaves the previous model's infrastructure to destroy once the data
+    moved (one at a time: a model left before that one was destroyed stays recorded)."""
+    left = (
+        before.workspace is not None and before.workspace != workspace and before.appliedDigest and not before.destroyed
+    )
+    if not left or before.retiring:
+        return {}
+    return {"retiring": before.workspace, "retiringModule": before.module}
 
 
 def _summary(summary: Any) -> dict[str, Any]:

@@ -113,6 +113,7 @@ class Desired:
     drift_every: int = 0
     auto_remediate: bool = False
     problems: tuple[str, ...] = ()
+    workspace: str = "default"  # the tenant's state of this module: one per isolation model
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ class InfraSeen:
     running: str | None = None  # a run of this operator in flight for the tenant (plan, apply, destroy, drift)
     settled: bool = True  # False: a run just ended and its result is being written (decide on the next read)
     approved: str | None = None  # the tenant's paybill.dev/approve-plan annotation
+    retired: Desired | None = None  # the infrastructure of the model the tenant left, to destroy once data moved
 
 
 # --- what it asks the shell to do -------------------------------------------------------------------------------
@@ -243,6 +245,19 @@ def _manual(
     return _decision(applied, waiting, said, drifted, events=_notice_if_new("PlanAwaitingApproval", waiting, said))
 
 
+def decide_retirement(
+    seen: InfraSeen, recorded: InfrastructureStatus | None, now: datetime.datetime
+) -> tuple[InfraAction, ...]:
+    """Once the tenant's data has moved to its new model (and the new model's module is applied), the old model's
+    infrastructure is destroyed; a failed destroy is tried again after its backoff."""
+    if seen.retired is None or recorded is None or seen.running is not None or not seen.settled:
+        return ()
+    failed = recorded.lastRun == "destroy" and recorded.lastResult == FAILED
+    if failed and retry_delay(recorded.failures - 1, base=FAILURE_BASE) > elapsed(recorded.lastRunAt, now):
+        return ()
+    return (DestroyInfrastructure(seen.retired),)
+
+
 # --- offboarding ---------------------------------------------------------------------------------------------------
 
 
@@ -266,7 +281,7 @@ def decide_teardown(
     """Offboarding destroys what Terraform built (unless the deletion policy keeps the data, and with it the
     infrastructure holding it). A destroy that fails is said (OffboardFailed, Terraform's message, a Warning Event
     once) and retried with backoff: the finalizer never waits in silence."""
-    if keep or recorded is None or recorded.destroyed or recorded.runId is None:
+    if keep or recorded is None or recorded.runId is None or (recorded.destroyed and not recorded.retiring):
         return Teardown(True)
     if seen is None:
         return Teardown(
@@ -276,7 +291,7 @@ def decide_teardown(
         return Teardown(
             False, (), "DestroyingInfrastructure", f"terraform {seen.running or 'run'} running", (), DESTROY_POLL
         )
-    destroy = (DestroyInfrastructure(seen.desired),)
+    destroy = (DestroyInfrastructure(seen.retired or seen.desired),)  # a model left earlier first
     if recorded.lastRun == "destroy" and recorded.lastResult == FAILED:
         message = f"destroying the infrastructure failed: {recorded.message}"
         events = () if said is not None and said.message == message else (Notice("OffboardFailed", message, True),)

@@ -52,7 +52,7 @@ def state_table_exists(connection: psycopg.Connection, tenant_id: str) -> bool:
     return bool(row and row[0])
 
 
-def ensure_state_row(connection: psycopg.Connection, tenant_id: str) -> None:
+def ensure_state_row(connection: psycopg.Connection, tenant_id: str, workspace: str = WORKSPACE) -> None:
     """Give the tenant's workspace an (empty) state row before its first run.
 
     Without a row, the pg backend locks advisory key -1, which every schema shares, for a whole run: one
@@ -73,14 +73,14 @@ def ensure_state_row(connection: psycopg.Connection, tenant_id: str) -> None:
         sql.SQL("INSERT INTO {}.states (name, data) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING").format(
             sql.Identifier(schema_for(tenant_id))
         ),
-        [WORKSPACE, empty_state],
+        [workspace, empty_state],
     )
 
 
-def state_outputs(connection: psycopg.Connection, tenant_id: str) -> dict[str, Any]:
+def state_outputs(connection: psycopg.Connection, tenant_id: str, workspace: str = WORKSPACE) -> dict[str, Any]:
     """The root module's outputs in the tenant's state (format version 4: name -> value, type, sensitive)."""
     row = connection.execute(
-        sql.SQL("SELECT data FROM {}.states WHERE name = %s").format(sql.Identifier(schema_for(tenant_id))), [WORKSPACE]
+        sql.SQL("SELECT data FROM {}.states WHERE name = %s").format(sql.Identifier(schema_for(tenant_id))), [workspace]
     ).fetchone()
     outputs: dict[str, Any] = json.loads(row[0]).get("outputs", {}) if row and row[0] else {}
     return outputs
@@ -104,13 +104,13 @@ class LockHolder:
         return parts[1], int(parts[2]), parts[3]
 
 
-def state_lock_keys(connection: psycopg.Connection, tenant_id: str) -> list[int]:
+def state_lock_keys(connection: psycopg.Connection, tenant_id: str, workspace: str = WORKSPACE) -> list[int]:
     """The advisory keys that lock this tenant's state: its row in <schema>.states, and workspace creation."""
     keys = [CREATION_LOCK]
     schema = schema_for(tenant_id)
     if state_table_exists(connection, tenant_id):
         row = connection.execute(
-            sql.SQL("SELECT id FROM {}.states WHERE name = %s").format(sql.Identifier(schema)), [WORKSPACE]
+            sql.SQL("SELECT id FROM {}.states WHERE name = %s").format(sql.Identifier(schema)), [workspace]
         ).fetchone()
         if row:
             keys.append(int(row[0]))

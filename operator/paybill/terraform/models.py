@@ -9,6 +9,7 @@ from typing import Any
 
 # A tenant id names a PostgreSQL schema, a working directory and Kubernetes objects: a DNS label, nothing else.
 TENANT_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
+WORKSPACE = re.compile(r"^[a-z][a-z0-9]{0,19}$")
 CLOUDS = ("local", "aws")
 MODELS = ("silo", "pooled", "bridge")
 
@@ -29,9 +30,12 @@ class ModuleInputs:
     cost_center: str
     sizes: Mapping[str, int] = field(default_factory=dict)  # from the plan's quotas
     pool: str = "default"
+    workspace: str = "default"  # the tenant's state of this module (one per isolation model), not an input
 
     def __post_init__(self) -> None:
         checked_tenant_id(self.tenant_id)
+        if not WORKSPACE.fullmatch(self.workspace):
+            raise ValueError(f"workspace {self.workspace!r} is not a lowercase name of at most 20 characters")
 
     def variables(self) -> dict[str, Any]:
         return {

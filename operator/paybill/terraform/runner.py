@@ -62,6 +62,7 @@ class Run:
 
     run_id: str
     tenant_id: str
+    workspace: str
     workdir: Path
     terraform: RunTerraform
     secrets: list[str]
@@ -121,7 +122,7 @@ class TerraformRunner:
         with self._run(inputs, module, env) as run:
             (run.workdir / PLAN_FILE).write_bytes(plan_file)
             self._apply_saved(run)
-            return ApplyResult(summary, self.state_outputs(inputs.tenant_id), tuple(run.recoveries))
+            return ApplyResult(summary, self.state_outputs(inputs.tenant_id, inputs.workspace), tuple(run.recoveries))
 
     def apply(self, inputs: ModuleInputs, module: Path, env: Mapping[str, str] | None = None) -> ApplyResult:
         """Plan and apply that very plan file in one run (no approval step). The plan's summary (`show -json`)
@@ -132,7 +133,7 @@ class TerraformRunner:
                 shown = side.submit(self._summarize, run)
                 self._apply_saved(run)
                 summary, _ = shown.result()
-            return ApplyResult(summary, self.state_outputs(inputs.tenant_id), tuple(run.recoveries))
+            return ApplyResult(summary, self.state_outputs(inputs.tenant_id, inputs.workspace), tuple(run.recoveries))
 
     def outputs(self, inputs: ModuleInputs, module: Path) -> Outputs:
         """`terraform output -json` in a run of its own."""
@@ -141,11 +142,11 @@ class TerraformRunner:
             self._check(run, "output", code, out, err)
             return _outputs(json.loads(out or "{}"))
 
-    def state_outputs(self, tenant_id: str) -> Outputs:
+    def state_outputs(self, tenant_id: str, workspace: str = backend.WORKSPACE) -> Outputs:
         """The outputs as the tenant's state in PostgreSQL holds them (what `terraform output` reads), without
         starting Terraform: how a run reports its outputs."""
         with self.connections.connection() as connection:
-            return _outputs(backend.state_outputs(connection, tenant_id))
+            return _outputs(backend.state_outputs(connection, tenant_id, workspace))
 
     def destroy(self, inputs: ModuleInputs, module: Path, env: Mapping[str, str] | None = None) -> DestroyResult:
         with self._run(inputs, module, env) as run:
@@ -178,18 +179,19 @@ class TerraformRunner:
     def _run(self, inputs: ModuleInputs, module: Path, env: Mapping[str, str] | None = None) -> Iterator[Run]:
         self._take_slot()
         run_id = secrets.token_hex(6)
-        workdir = self.config.state_dir / "runs" / f"{inputs.tenant_id}-{run_id}"
+        workdir = self.config.state_dir / "runs" / f"{inputs.tenant_id}-{inputs.workspace}-{run_id}"
         with self._guard:
             self._active[run_id] = inputs.tenant_id
         try:
             self.prepare_workdir(workdir, inputs, module)
-            environment = {**self.environment(inputs.tenant_id, run_id), **(env or {})}
+            environment = {**self.environment(inputs.tenant_id, run_id, inputs.workspace), **(env or {})}
             terraform = RunTerraform(
                 self.program, workdir, environment, time.monotonic() + self.config.timeout, self.config.timeout
             )
             run = Run(
                 run_id,
                 inputs.tenant_id,
+                inputs.workspace,
                 workdir,
                 terraform,
                 backend.dsn_secrets(self.config.backend_dsn)
@@ -226,9 +228,11 @@ class TerraformRunner:
         (workdir / BACKEND_FILE).write_text('terraform {\n  backend "pg" {}\n}\n')
         (workdir / VARIABLES_FILE).write_text(json.dumps(inputs.variables()))
 
-    def environment(self, tenant_id: str, run_id: str) -> dict[str, str]:
-        """All a run's Terraform sees: PATH and nothing else of the operator's environment."""
+    def environment(self, tenant_id: str, run_id: str, workspace: str = backend.WORKSPACE) -> dict[str, str]:
+        """All a run's Terraform sees: PATH and nothing else of the operator's environment. `workspace`: which of
+        the tenant's states (one per isolation model; `init` makes a new one)."""
         return {
+            **({"TF_WORKSPACE": workspace} if workspace != backend.WORKSPACE else {}),
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             "HOME": str(self.config.state_dir / "home"),
             "CHECKPOINT_DISABLE": "1",
@@ -248,6 +252,8 @@ class TerraformRunner:
         template = self.config.state_dir / "init" / self._configuration_key(run.workdir)
         with self.connections.connection() as connection:
             known_tenant = backend.state_table_exists(connection, run.tenant_id)
+            if known_tenant:  # a fresh `init` refuses a workspace the backend does not list yet
+                backend.ensure_state_row(connection, run.tenant_id, run.workspace)
         if known_tenant and template.is_dir():
             shutil.copytree(template, run.workdir, symlinks=True, dirs_exist_ok=True)
         else:
@@ -257,7 +263,7 @@ class TerraformRunner:
             if not template.is_dir():
                 self._keep_template(run.workdir, template)
         with self.connections.connection() as connection:
-            backend.ensure_state_row(connection, run.tenant_id)
+            backend.ensure_state_row(connection, run.tenant_id, run.workspace)
 
     def _configuration_key(self, workdir: Path) -> str:
         """What `init` depends on: the program, the CLI configuration and every configuration file."""
@@ -338,17 +344,17 @@ class TerraformRunner:
         """Run a command that takes the state lock; when a stale holder has it, release it once and retry."""
         code, out, err = command()
         if code != 0 and LOCK_ERROR in err + out:
-            recovered = self.recover_stale_locks(run.tenant_id)
+            recovered = self.recover_stale_locks(run.tenant_id, run.workspace)
             if recovered:
                 run.recoveries.extend(recovered)
                 code, out, err = command()
         return code, out, err
 
-    def recover_stale_locks(self, tenant_id: str) -> list[LockRecovery]:
+    def recover_stale_locks(self, tenant_id: str, workspace: str = backend.WORKSPACE) -> list[LockRecovery]:
         """Release every lock on this tenant's state that is older than the stale limit and whose holder's run
         is over; locks of live holders and of sessions that are not a runner's stay."""
         with self.connections.connection() as connection:
-            holders = backend.lock_holders(connection, backend.state_lock_keys(connection, tenant_id))
+            holders = backend.lock_holders(connection, backend.state_lock_keys(connection, tenant_id, workspace))
             stale = backend.stale_holders(holders, self.active_runs.keys(), self.config.stale_after)
             return [backend.release(connection, tenant_id, holder, reason) for holder, reason in stale]
 
