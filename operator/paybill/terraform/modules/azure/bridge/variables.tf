@@ -1,0 +1,32 @@
+# The input contract every Paybill module takes (operator/paybill/terraform/contract.py checks it).
+variable "tenant_id" {
+  type        = string
+  description = "The Tenant's name (a DNS label)"
+}
+
+variable "plan" {
+  type        = string
+  description = "The Plan the tenant subscribes to"
+}
+
+variable "region" {
+  type        = string
+  description = "Where the tenant's infrastructure lives"
+}
+
+variable "cost_center" {
+  type        = string
+  description = "Tagged on every resource, for the bill"
+}
+
+variable "sizes" {
+  type        = map(number)
+  default     = {}
+  description = "From the plan's quotas: storage_gib, connections, instance_units"
+}
+
+variable "pool" {
+  type        = string
+  default     = "default"
+  description = "The shared pool a pooled or bridge tenant registers into"
+}

@@ -1,0 +1,46 @@
+# Bridge: the pool's network and compute are shared; the database is the tenant's own Cloud SQL instance, on a
+# private address in the pool's network (whose private services access the pool set up).
+locals {
+  # GCP labels: lowercase keys and values of at most 63 characters from [a-z0-9_-] (the tenant id is a DNS label)
+  labels = {
+    "paybill-tenant"      = var.tenant_id
+    "paybill-plan"        = substr(lower(replace(var.plan, "/[^a-zA-Z0-9_-]/", "_")), 0, 63)
+    "paybill-cost-center" = substr(lower(replace(var.cost_center, "/[^a-zA-Z0-9_-]/", "_")), 0, 63)
+  }
+  name     = "paybill-${var.tenant_id}"
+  database = "tenant_${replace(var.tenant_id, "-", "_")}"
+}
+
+resource "terraform_data" "password" {
+  input = replace(uuid(), "-", "")
+  lifecycle {
+    ignore_changes = [input]
+  }
+}
+
+resource "google_sql_database_instance" "tenant" {
+  name                = local.name
+  region              = var.region
+  database_version    = "POSTGRES_15"
+  deletion_protection = false
+  settings {
+    tier        = "db-f1-micro"
+    disk_size   = lookup(var.sizes, "storage_gib", 10)
+    user_labels = local.labels
+    ip_configuration {
+      ipv4_enabled    = false
+      private_network = data.google_compute_network.pool.id
+    }
+  }
+}
+
+resource "google_sql_database" "tenant" {
+  name     = local.database
+  instance = google_sql_database_instance.tenant.name
+}
+
+resource "google_sql_user" "tenant" {
+  name     = local.database
+  instance = google_sql_database_instance.tenant.name
+  password = terraform_data.password.output
+}
