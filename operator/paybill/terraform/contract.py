@@ -2,12 +2,18 @@
 
 In: tenant_id, plan, region, cost_center (required), sizes (from the plan's quotas) and pool (defaulted).
 Out: endpoint, database_host/port/name/user, database_password (sensitive), network_id, subnet_ids.
-Every cloud resource is tagged with the tenant id, plan and cost center; the backend is the runner's.
+Every cloud resource is tagged with the tenant id, plan and cost center in its cloud's convention (TAG_CONVENTIONS:
+AWS and Azure `tags`, GCP `labels`, OCI `freeform_tags`, IBM "key:value" user tags); the backend is the runner's;
+credentials and regions are never written in a module (they come from the environment and var.region) and every
+provider it uses is pinned (a source and a version constraint with an upper bound).
 """
 
 from __future__ import annotations
 
+import re
 import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +48,104 @@ TAG_VALUES = {
 # Resource types that cannot carry tags (their parent resource does); terraform_data is no cloud object,
 # except in the `local` modules, where it stands for one and carries the tags in its input.
 UNTAGGABLE = ("aws_iam_role_policy", "aws_iam_role_policy_attachment")
+
+
+@dataclass(frozen=True)
+class TagConvention:
+    """How one cloud's resources carry the tenant id, plan and cost center."""
+
+    provider: str  # the provider's local name: the prefix of its resource types
+    source: str  # where required_providers must take it from
+    keys: tuple[str, str, str]  # the tag keys of the tenant id, plan and cost center, in that order
+    local: str = "tags"  # the locals entry every resource's tags come from
+    carrier: str = "tags"  # the resource attribute that carries them
+    untaggable: frozenset[str] = frozenset()  # resource types the provider gives no tags (their parent has them)
+    nested: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # types that carry them in a block
+    key_value_strings: bool = False  # a list of "key:value" strings, not a map
+    lowercase: bool = False  # values lowercased in the module (the tenant id, a DNS label, already is)
+    context_inputs: Mapping[str, str] = field(default_factory=dict)  # inputs besides INPUTS the cloud needs
+
+
+_KEYS = ("paybill-tenant", "paybill-plan", "paybill-cost-center")  # no '/' (Azure), no '.' (OCI), lowercase (GCP)
+TAG_CONVENTIONS: Mapping[str, TagConvention] = {
+    "aws": TagConvention("aws", "hashicorp/aws", TAG_KEYS, untaggable=frozenset(UNTAGGABLE)),
+    "azure": TagConvention(
+        "azurerm",
+        "hashicorp/azurerm",
+        _KEYS,
+        untaggable=frozenset(
+            {
+                "azurerm_subnet",
+                "azurerm_subnet_network_security_group_association",
+                "azurerm_postgresql_flexible_server_database",
+                "azurerm_postgresql_flexible_server_firewall_rule",
+                "azurerm_storage_container",
+                "azurerm_role_assignment",
+            }
+        ),
+    ),
+    "gcp": TagConvention(
+        "google",
+        "hashicorp/google",
+        _KEYS,
+        local="labels",
+        carrier="labels",
+        untaggable=frozenset(
+            {
+                "google_compute_network",
+                "google_compute_subnetwork",
+                "google_compute_firewall",
+                "google_service_networking_connection",
+                "google_sql_database",
+                "google_sql_user",
+                "google_service_account",
+                "google_storage_bucket_iam_member",
+                "google_storage_bucket_object",
+            }
+        ),
+        nested={"google_sql_database_instance": ("settings", "user_labels")},
+        lowercase=True,
+    ),
+    "oci": TagConvention(
+        "oci",
+        "oracle/oci",
+        _KEYS,
+        carrier="freeform_tags",
+        untaggable=frozenset({"oci_objectstorage_object", "oci_core_network_security_group_security_rule"}),
+        # Terraform cannot read the provider's tenancy: the compartment comes as TF_VAR_compartment_ocid
+        context_inputs={"compartment_ocid": "string"},
+    ),
+    "ibm": TagConvention(
+        "ibm",
+        "ibm-cloud/ibm",
+        _KEYS,
+        untaggable=frozenset({"ibm_cos_bucket", "ibm_cos_bucket_object", "ibm_is_security_group_rule"}),
+        key_value_strings=True,
+    ),
+}
+_DEFAULT_CONVENTION = TAG_CONVENTIONS["aws"]  # modules of built-in resources only (`local`) tag as AWS does
+# Credentials are never written in a module: attributes of these names are generated or come from the environment
+_CREDENTIAL = re.compile(
+    r"(password|secret|secret_key|access_key|api_key|apikey|private_key|token|fingerprint|credentials)$"
+)
+_PROVIDER_IDENTITY = frozenset(
+    {"client_id", "tenant_id", "subscription_id", "user_ocid", "tenancy_ocid", "profile", "config_file_profile"}
+)
+_REGION_KEYS = frozenset(
+    {"region", "location", "zone", "availability_zone", "availability_domain", "region_location", "bucket_region"}
+)
+_NOT_REGIONS = frozenset({"global"})  # IBM's location for global services
+_KNOWN_REGION = re.compile(
+    r"\b(?:"
+    r"(?:us|eu|ap|sa|ca|me|af|il|mx|uk|jp|in|sg|kr|au|br)-(?:gov-)?[a-z]+-\d+"  # AWS, OCI, IBM zones
+    r"|(?:us|europe|asia|australia|northamerica|southamerica|me|africa)-[a-z]+\d+"  # GCP
+    r"|(?:us-south|us-east|eu-gb|eu-de|eu-es|jp-tok|jp-osa|au-syd|ca-tor|br-sao|in-che|kr-seo)"  # IBM
+    r"|(?:east|west|north|south|central|northcentral|southcentral|westcentral|southeast|northeast)"
+    r"(?:us|europe|asia|uk|india|japan|australia)\d?"  # Azure
+    r"|(?:uk|japan|australia|korea|canada|france|germany|india|brazil|uae|sweden|norway|switzerland|qatar|poland"
+    r"|italy|israel|mexico|spain|newzealand|southafrica)(?:east|west|north|south|central|westcentral|southeast)\d?"
+    r")\b"
+)
 # python-hcl2's parser is one shared lark instance: two threads parsing at once get each other's trees
 _PARSING = threading.Lock()
 
@@ -61,18 +165,29 @@ def violations(module: Path, stands_for_cloud_objects: bool = False) -> list[str
     """What the module at `module` lacks or breaks of the contract; [] when it meets it.
     `stands_for_cloud_objects`: its terraform_data resources play cloud resources (the `local` modules)."""
     blocks = parse(module)
-    found: list[str] = []
-    found += _input_violations(_named(blocks.get("variable", [])))
+    convention, found = _convention(blocks)
+    found += _input_violations(_named(blocks.get("variable", [])), convention.context_inputs)
     found += _output_violations(_named(blocks.get("output", [])))
-    found += _tag_violations(blocks, stands_for_cloud_objects)
+    found += _tag_violations(blocks, stands_for_cloud_objects, convention)
     if any("backend" in block for block in blocks.get("terraform", [])):
         found.append("declares a backend: the runner supplies the pg backend")
-    return found
+    return found + _hygiene_violations(blocks)
 
 
-def _input_violations(variables: dict[str, dict[str, Any]]) -> list[str]:
+def pool_violations(module: Path) -> list[str]:
+    """What a pool's shared module (<cloud>/shared) breaks: every taggable resource carries the module's tags,
+    no backend, no credentials or regions written in it, its providers pinned; [] when it meets that."""
+    blocks = parse(module)
+    convention, found = _convention(blocks)
+    found += _carrier_violations(blocks, False, convention)
+    if any("backend" in block for block in blocks.get("terraform", [])):
+        found.append("declares a backend: the runner supplies the pg backend")
+    return found + _hygiene_violations(blocks)
+
+
+def _input_violations(variables: dict[str, dict[str, Any]], context: Mapping[str, str]) -> list[str]:
     found = []
-    for name, kind in INPUTS.items():
+    for name, kind in {**INPUTS, **context}.items():
         spec = variables.get(name)
         if spec is None:
             found.append(f"input {name} is missing")
@@ -80,7 +195,9 @@ def _input_violations(variables: dict[str, dict[str, Any]]) -> list[str]:
             found.append(f"input {name} has type {_expression(spec.get('type', ''))}, not {kind}")
         elif ("default" in spec) != (name in DEFAULTED_INPUTS):
             found.append(f"input {name} {'needs' if name in DEFAULTED_INPUTS else 'must not have'} a default")
-    found += [f"input {name} is not in the contract" for name in variables if name not in INPUTS]
+    found += [
+        f"input {name} is not in the contract" for name in variables if name not in INPUTS and name not in context
+    ]
     return found
 
 
@@ -99,24 +216,166 @@ def _output_violations(outputs: dict[str, dict[str, Any]]) -> list[str]:
     return found
 
 
-def _tag_violations(blocks: dict[str, list[Any]], stands_for_cloud_objects: bool) -> list[str]:
+def _convention(blocks: dict[str, list[Any]]) -> tuple[TagConvention, list[str]]:
+    """The tag convention of the cloud the module's resources and data sources are of (one cloud per module)."""
+    used = _providers_used(blocks)
+    clouds = sorted(cloud for cloud, convention in TAG_CONVENTIONS.items() if convention.provider in used)
+    if not clouds:
+        return _DEFAULT_CONVENTION, []
+    found = [f"mixes clouds ({', '.join(clouds)}): a module builds on one cloud"] if len(clouds) > 1 else []
+    return TAG_CONVENTIONS[clouds[0]], found
+
+
+def _tag_violations(
+    blocks: dict[str, list[Any]], stands_for_cloud_objects: bool, convention: TagConvention
+) -> list[str]:
+    tags = next((entry[convention.local] for entry in blocks.get("locals", []) if convention.local in entry), None)
+    found = _declared_tag_violations(tags, convention)
+    return found + _carrier_violations(blocks, stands_for_cloud_objects, convention)
+
+
+def _declared_tag_violations(tags: Any, convention: TagConvention) -> list[str]:
+    """The module's locals entry maps (or, for IBM, lists) the convention's keys to the tenant id, plan and cost
+    center inputs, lowercased where the cloud needs it."""
+    inputs = dict(zip(convention.keys, ("tenant_id", "plan", "cost_center"), strict=True))
+    if convention.key_value_strings:
+        listed = [_unquote(str(entry)) for entry in tags] if isinstance(tags, list) else []
+        if all(any(t.startswith(f"{k}:") and f"var.{v}" in t for t in listed) for k, v in inputs.items()):
+            return []
+        keys = ", ".join(f'"{key}:"' for key in convention.keys)
+        return [f"locals.{convention.local} must list {keys} user tags of the tenant id, plan and cost center"]
+    mapped = {_unquote(k): _expression(v) for k, v in tags.items()} if isinstance(tags, dict) else {}
+    if set(mapped) != set(inputs) or any(f"var.{inputs[key]}" not in value for key, value in mapped.items()):
+        return [
+            f"locals.{convention.local} must map {', '.join(convention.keys)} to the tenant id, plan and cost center"
+        ]
+    if not convention.lowercase:
+        wrong = [key for key, value in mapped.items() if value != f"var.{inputs[key]}"]
+        return [f"locals.{convention.local}: {key} must be var.{inputs[key]} itself" for key in wrong]
+    return [
+        f"locals.{convention.local}: label {key} must be lowercased with lower(...) (GCP label rules)"
+        for key, value in mapped.items()
+        if value != "var.tenant_id" and "lower(" not in value
+    ]
+
+
+def _carrier_violations(
+    blocks: dict[str, list[Any]], stands_for_cloud_objects: bool, convention: TagConvention
+) -> list[str]:
     found = []
-    tags = next((entry["tags"] for entry in blocks.get("locals", []) if "tags" in entry), None)
-    if not isinstance(tags, dict) or {_unquote(k): _expression(v) for k, v in tags.items()} != TAG_VALUES:
-        found.append(f"locals.tags must map {', '.join(TAG_KEYS)} to the tenant id, plan and cost center")
     for kind, name, body in _resources(blocks):
-        if kind in UNTAGGABLE or (kind == "terraform_data" and not stands_for_cloud_objects):
+        if kind in convention.untaggable or (kind == "terraform_data" and not stands_for_cloud_objects):
             continue
-        carrier = body.get("input") if kind == "terraform_data" else body.get("tags")
-        if "local.tags" not in str(carrier):
-            found.append(f"resource {kind}.{name} is not tagged with local.tags")
+        path = ("input",) if kind == "terraform_data" else convention.nested.get(kind, (convention.carrier,))
+        if f"local.{convention.local}" not in str(_at(body, path)):
+            found.append(f"resource {kind}.{name} is not tagged with local.{convention.local}")
     return found
 
 
-def _resources(blocks: dict[str, list[Any]]) -> list[tuple[str, str, dict[str, Any]]]:
+def _at(body: Any, path: tuple[str, ...]) -> list[Any]:
+    """The values at `path` in a resource body, through nested blocks (lists of bodies)."""
+    values = [body]
+    for key in path:
+        values = [item for value in values for item in (value if isinstance(value, list) else [value])]
+        values = [value[key] for value in values if isinstance(value, dict) and key in value]
+    return values
+
+
+def _hygiene_violations(blocks: dict[str, list[Any]]) -> list[str]:
+    """No credential or region written in the module; every provider it uses pinned from its source."""
+    found = []
+    for where, key, value in _attributes(blocks):
+        provider = where.startswith("provider ")
+        if provider and (_CREDENTIAL.search(key) or key in _PROVIDER_IDENTITY):
+            found.append(f"{where} sets {key}: credentials come from the environment, never the module")
+        elif _CREDENTIAL.search(key) and _literal(value):
+            found.append(
+                f"{where}: {key} is written in the module (credentials come from the environment or are generated)"
+            )
+        elif key in _REGION_KEYS and _literal(value) and _unquote(str(value)) not in _NOT_REGIONS:
+            found.append(f'{where}: {key} is hard-coded ("{_unquote(str(value))}")')
+        elif isinstance(value, str) and key != "description" and (region := _KNOWN_REGION.search(value)):
+            found.append(f'{where}: hard-codes the region "{region.group(0)}"')
+    return found + _pinning_violations(blocks)
+
+
+def _pinning_violations(blocks: dict[str, list[Any]]) -> list[str]:
+    required = {
+        _unquote(name): spec
+        for block in blocks.get("terraform", [])
+        for entry in block.get("required_providers", [])
+        for name, spec in entry.items()
+        if not name.startswith("__")
+    }
+    sources = {convention.provider: convention.source for convention in TAG_CONVENTIONS.values()}
+    found = []
+    for name in sorted(_providers_used(blocks) | set(_named(blocks.get("provider", [])))):
+        spec = required.get(name)
+        source = _unquote(str(spec.get("source", ""))).lower() if isinstance(spec, dict) else ""
+        version = _unquote(str(spec.get("version", ""))) if isinstance(spec, dict) else ""
+        if not source or not version:
+            found.append(f"provider {name} is not in required_providers with a source and a version")
+        elif name in sources and source != sources[name]:
+            found.append(f"provider {name} comes from {source}, not {sources[name]}")
+        elif not re.search(r"<|~>|^=?\s*\d+(\.\d+)*$", version):
+            found.append(f"provider {name} is not pinned: its version constraint needs an upper bound (<, ~> or =)")
+    return found
+
+
+def _providers_used(blocks: dict[str, list[Any]]) -> set[str]:
+    kinds = [kind for kind, _, _ in _resources(blocks)] + [kind for kind, _, _ in _resources(blocks, "data")]
+    return {kind.split("_", 1)[0] for kind in kinds} - {"terraform"}
+
+
+def _attributes(blocks: dict[str, list[Any]]) -> Iterator[tuple[str, str, Any]]:
+    """(where, attribute name, value) of every attribute of every resource, data source, provider, locals and
+    output, nested blocks included."""
+    for section in ("resource", "data"):
+        for kind, name, body in _resources(blocks, section):
+            yield from _walk(f"{'resource' if section == 'resource' else 'data'} {kind}.{name}", body)
+    for name, body in _named(blocks.get("provider", [])).items():
+        yield from _walk(f"provider {name}", body)
+    for entry in blocks.get("locals", []):
+        yield from _walk("locals", entry)
+    for name, body in _named(blocks.get("output", [])).items():
+        yield from _walk(f"output {name}", body)
+
+
+def _walk(where: str, body: Any) -> Iterator[tuple[str, str, Any]]:
+    if isinstance(body, list):
+        for item in body:
+            yield from _walk(where, item)
+    elif isinstance(body, dict):
+        for key, value in body.items():
+            if key.startswith("__"):
+                continue
+            if isinstance(value, dict | list) and not _is_map_value(value):
+                yield from _walk(where, value)
+            else:
+                yield where, _unquote(key), value
+                if isinstance(value, dict | list):
+                    yield from _walk(where, value)
+
+
+def _is_map_value(value: Any) -> bool:
+    """A map or list written as an attribute's value (not a nested block, which hcl2 marks __is_block__)."""
+    items = value if isinstance(value, list) else [value]
+    return not any(isinstance(item, dict) and item.get("__is_block__") for item in items)
+
+
+def _literal(value: Any) -> bool:
+    """A value written out in the module, not computed: a quoted string without interpolation, or a number."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return True
+    return isinstance(value, str) and value.startswith('"') and value.endswith('"') and "${" not in value
+
+
+def _resources(blocks: dict[str, list[Any]], section: str = "resource") -> list[tuple[str, str, dict[str, Any]]]:
     return [
         (_unquote(kind), _unquote(name), body)
-        for entry in blocks.get("resource", [])
+        for entry in blocks.get(section, [])
         for kind, named in entry.items()
         if not kind.startswith("__")
         for name, body in named.items()

