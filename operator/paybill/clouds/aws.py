@@ -1,0 +1,208 @@
+"""AWS through boto3: EC2 instances and RDS databases by the `paybill.dev/tenant` tag, VPC quota for silo tenants.
+
+Credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) from the Plan's Secret. botocore's
+own retries are off; RetryPolicy retries (see retry.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterator, Mapping
+from functools import partial
+from typing import Any, TypeVar
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from . import tags
+from .model import Cloud, CloudError, CloudPlan, PowerChange, PowerState, Preflight, Resource, Verdict
+from .power import power_change, wait_for_state
+from .retry import Failure, RetryPolicy, calling, retry_after
+
+T = TypeVar("T")
+CLOUD = Cloud.AWS
+VPC_QUOTA = ("vpc", "L-F678F1CE")  # VPCs per Region: a silo tenant gets one
+_STATES = {
+    "pending": PowerState.STARTING,
+    "running": PowerState.RUNNING,
+    "stopping": PowerState.STOPPING,
+    "stopped": PowerState.STOPPED,
+    "shutting-down": PowerState.TERMINATED,
+    "terminated": PowerState.TERMINATED,
+    "available": PowerState.RUNNING,  # RDS
+}
+_BAD_CREDENTIALS = frozenset(
+    {"InvalidClientTokenId", "SignatureDoesNotMatch", "AuthFailure", "UnrecognizedClientException", "ExpiredToken"}
+)
+_NOT_FOUND = frozenset(
+    {"InvalidInstanceID.NotFound", "DBInstanceNotFound", "NoSuchResource", "NoSuchResourceException"}
+)
+
+
+def _read(exc: Exception) -> Failure | None:
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        meta = exc.response.get("ResponseMetadata", {})
+        status = meta.get("HTTPStatusCode")
+        code = error.get("Code", "Unknown")
+        if code in {"Throttling", "ThrottlingException", "RequestLimitExceeded"}:
+            status = 429
+        return Failure(
+            status, code, error.get("Message", ""), retry_after(meta.get("HTTPHeaders", {}).get("retry-after"))
+        )
+    if isinstance(exc, BotoCoreError):
+        return Failure(None, type(exc).__name__, str(exc))
+    return None
+
+
+class AwsAdapter:
+    cloud = CLOUD
+
+    def __init__(
+        self,
+        credentials: Mapping[str, str],
+        region: str,
+        endpoint: str | None = None,
+        retry: RetryPolicy | None = None,
+        poll_seconds: float = 2.0,
+        deadline_seconds: float = 600.0,
+        page_size: int = 100,
+    ) -> None:
+        self.region = region
+        self.page_size = page_size
+        self.retry = retry or RetryPolicy()
+        self.poll_seconds = poll_seconds
+        self.deadline_seconds = deadline_seconds
+        self.calls = 0
+        self._secrets = tuple(v for k, v in credentials.items() if k != "AWS_ACCESS_KEY_ID")
+        session = boto3.session.Session(
+            aws_access_key_id=credentials.get("AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=credentials.get("AWS_SECRET_ACCESS_KEY"),
+            aws_session_token=credentials.get("AWS_SESSION_TOKEN"),
+        )
+        config = Config(retries={"total_max_attempts": 1}, connect_timeout=10, read_timeout=60)
+
+        def client(service: str, region_name: str) -> Any:
+            return session.client(service, region_name=region_name, endpoint_url=endpoint, config=config)
+
+        self._sts = client("sts", "us-east-1")
+        self._home = client("ec2", "us-east-1")  # DescribeRegions answers from any region
+        self._ec2 = client("ec2", region)
+        self._rds = client("rds", region)
+        self._quotas = client("service-quotas", region)
+
+    def _call(self, call: Callable[[], T]) -> T:
+        def counted() -> T:
+            self.calls += 1
+            return call()
+
+        return calling(CLOUD, self.retry, _read, self._secrets, counted)
+
+    def preflight(self, plan: CloudPlan) -> Preflight:
+        try:
+            self._call(self._sts.get_caller_identity)
+        except CloudError as error:
+            if error.code in _BAD_CREDENTIALS:
+                return Preflight(CLOUD, Verdict.INVALID_CREDENTIALS, f"credentials refused ({error.code})")
+            raise
+        regions = self._call(lambda: self._home.describe_regions(AllRegions=True))["Regions"]
+        if plan.region not in {region["RegionName"] for region in regions}:
+            return Preflight(CLOUD, Verdict.UNKNOWN_REGION, f"region {plan.region} does not exist (DescribeRegions)")
+        if plan.networks == 0:
+            return Preflight(CLOUD, Verdict.OK, f"credentials valid, region {plan.region} exists")
+        limit = self._call(lambda: self._quotas.get_service_quota(ServiceCode=VPC_QUOTA[0], QuotaCode=VPC_QUOTA[1]))
+        used = sum(
+            len(page["Vpcs"]) for page in self._pages(self._ec2.describe_vpcs, "Vpcs", MaxResults=self.page_size)
+        )
+        available = limit["Quota"]["Value"] - used
+        quota = {"vpcs": (available, float(plan.networks))}
+        if available < plan.networks:
+            return Preflight(
+                CLOUD,
+                Verdict.INSUFFICIENT_QUOTA,
+                f"VPCs per region ({VPC_QUOTA[1]}): {available:g} available of {limit['Quota']['Value']:g}, "
+                f"a {plan.isolation} tenant needs {plan.networks}",
+                quota,
+            )
+        return Preflight(CLOUD, Verdict.OK, f"credentials valid, region {plan.region} exists, quota suffices", quota)
+
+    def _pages(
+        self, method: Callable[..., dict[str, Any]], key: str, token: str = "NextToken", **kwargs: Any
+    ) -> Iterator[dict[str, Any]]:
+        """Every page of a paginated Describe call (NextToken or Marker), each page one call."""
+        marker: str | None = None
+        while True:
+            arguments = {**kwargs, **({token: marker} if marker else {})}
+            page = self._call(partial(method, **arguments))
+            yield page
+            marker = page.get(token)
+            if not marker:
+                return
+
+    def _instances(self, filters: list[dict[str, Any]]) -> list[Resource]:
+        found = []
+        for page in self._pages(
+            self._ec2.describe_instances, "Reservations", Filters=filters, MaxResults=self.page_size
+        ):
+            for reservation in page["Reservations"]:
+                for instance in reservation["Instances"]:
+                    found.append(
+                        self._resource(
+                            "instance", instance["InstanceId"], instance["State"]["Name"], instance.get("Tags", [])
+                        )
+                    )
+        return found
+
+    def _databases(self) -> list[Resource]:
+        found = []
+        for page in self._pages(
+            self._rds.describe_db_instances, "DBInstances", token="Marker", MaxRecords=max(20, self.page_size)
+        ):
+            for database in page["DBInstances"]:
+                resource = self._resource(
+                    "database",
+                    database["DBInstanceIdentifier"],
+                    database["DBInstanceStatus"],
+                    database.get("TagList", []),
+                )
+                if resource.tenant:
+                    found.append(resource)
+        return found
+
+    def _resource(self, kind: str, ident: str, state: str, found: list[dict[str, str]]) -> Resource:
+        tenant, plan, cost_center = tags.read(CLOUD, {tag["Key"]: tag["Value"] for tag in found})
+        name = next((tag["Value"] for tag in found if tag["Key"] == "Name"), ident)
+        return Resource(
+            CLOUD, kind, ident, name, _STATES.get(state, PowerState.OTHER), tenant, plan, cost_center, self.region
+        )
+
+    def inventory(self, tenant: str) -> list[Resource]:
+        instances = self._instances([{"Name": f"tag:{tags.tenant_key(CLOUD)}", "Values": [tenant]}])
+        return instances + [database for database in self._databases() if database.tenant == tenant]
+
+    def _power(self, tenant: str, wanted: PowerState) -> PowerChange:
+        instances = [r for r in self.inventory(tenant) if r.kind == "instance"]
+        change = power_change(instances, wanted)
+        if change.changed:
+            ids = list(change.changed)
+            if wanted is PowerState.STOPPED:
+                self._call(lambda: self._ec2.stop_instances(InstanceIds=ids))
+            else:
+                self._call(lambda: self._ec2.start_instances(InstanceIds=ids))
+            wait_for_state(
+                lambda: [r.state for r in self.inventory(tenant) if r.id in ids],
+                wanted,
+                self.poll_seconds,
+                self.deadline_seconds,
+            )
+        return change
+
+    def suspend(self, tenant: str) -> PowerChange:
+        return self._power(tenant, PowerState.STOPPED)
+
+    def resume(self, tenant: str) -> PowerChange:
+        return self._power(tenant, PowerState.RUNNING)
+
+    def orphans(self, known_tenants: Collection[str]) -> list[Resource]:
+        tagged = self._instances([{"Name": "tag-key", "Values": [tags.tenant_key(CLOUD)]}]) + self._databases()
+        return [r for r in tagged if r.tenant not in known_tenants and r.state is not PowerState.TERMINATED]
