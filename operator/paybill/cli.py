@@ -69,6 +69,24 @@ OPERATOR_ENVIRONMENT: tuple[tuple[str, str], ...] = (
         "PAYBILL_TERRAFORM_BACKEND_DSN",
         "PostgreSQL URL of the Terraform state backend (default: PAYBILL_DATABASE_URL)",
     ),
+    (
+        "PAYBILL_TERRAFORM_LOCK_TIMEOUT",
+        "seconds a Terraform command waits for a tenant's state lock before the runner looks for a stale holder "
+        "(default 30)",
+    ),
+    (
+        "PAYBILL_TERRAFORM_STALE_LOCK_SECONDS",
+        "a state lock held this long by a runner that is gone is released and recorded in the audit log "
+        "(default: PAYBILL_TERRAFORM_TIMEOUT)",
+    ),
+    (
+        "PAYBILL_TERRAFORM_PROVIDER_MIRROR",
+        "a filesystem_mirror directory Terraform installs providers from (unset: built-in providers only)",
+    ),
+    (
+        "PAYBILL_TERRAFORM_OVERRIDES_DIR",
+        "*_override.tf files put in every Terraform run, e.g. provider endpoints (unset: none)",
+    ),
 )
 # Read by the Terraform Job the operator starts (`python -m paybill.terraform`), not by this command.
 TERRAFORM_JOB_ENVIRONMENT: tuple[tuple[str, str], ...] = (

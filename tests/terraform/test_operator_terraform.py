@@ -8,6 +8,7 @@ import base64
 import itertools
 import secrets
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +18,9 @@ import psycopg
 import psycopg.sql
 import pytest
 
+from paybill.audit import AuditLog
 from paybill.database.server import LocalPostgres
-from paybill.terraform.backend import schema_for
+from paybill.terraform.backend import _HOST, schema_for
 from paybill.terraform.modules import module_dir
 
 from .conftest import state_resources
@@ -301,22 +303,24 @@ def test_drift_is_found_on_the_plans_schedule_and_re_applied_when_it_says_auto_r
     assert data is not None and '"10.0.0.0/16"' in data[0] and '"10.9.0.0/16"' not in data[0]
 
 
-def terraform_runs() -> int:
-    """Runs with a Terraform command going now, machine-wide: the distinct working directories (one per run; a
+def terraform_runs(root: Path) -> int:
+    """Runs with a Terraform command going now under `root`: the distinct working directories (one per run; a
     run may have two commands at once, its apply and the `show -json` of its plan)."""
     workdirs = set()
     for proc in Path("/proc").iterdir():
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
             if proc.name.isdigit() and Path(argv[0].decode(errors="replace")).name == "terraform":
-                workdirs.add((proc / "cwd").resolve())
+                cwd = (proc / "cwd").resolve()
+                if cwd.is_relative_to(root):
+                    workdirs.add(cwd)
         except OSError:
             continue
     return len(workdirs)
 
 
 def test_twenty_tenants_provisioning_at_once_all_end_active_with_at_most_four_runs_at_a_time(
-    tf_operator: Any, postgres: LocalPostgres
+    tf_operator: Any, postgres: LocalPostgres, tmp_path: Path
 ) -> None:
     cluster = tf_operator
     cluster.kube.apply(plan("tf-many"))
@@ -327,7 +331,7 @@ def test_twenty_tenants_provisioning_at_once_all_end_active_with_at_most_four_ru
 
     def all_active() -> bool:
         nonlocal most
-        most = max(most, terraform_runs())
+        most = max(most, terraform_runs(tmp_path.resolve()))
         for tenant in cluster.kube.list(API, "tenants"):
             name = tenant["metadata"]["name"]
             if name in names and name not in active_at and (tenant.get("status") or {}).get("phase") == "Active":
@@ -340,7 +344,10 @@ def test_twenty_tenants_provisioning_at_once_all_end_active_with_at_most_four_ru
         assert state_resources(dsn(postgres), name, "silo") == SILO
     times = sorted(active_at.values())
     p50, p95 = times[9], times[18]
-    print(f"20 tenants, {CONCURRENCY} runs at once: to Active p50 {p50:.1f}s p95 {p95:.1f}s max {times[-1]:.1f}s")
+    print(
+        f"20 tenants, {CONCURRENCY} runs at once: to Active p50 {p50:.1f}s p95 {p95:.1f}s max {times[-1]:.1f}s",
+        file=sys.__stdout__,  # past the capture, for `pytest -s` and the log of a run
+    )
 
 
 def test_a_change_of_isolation_model_builds_the_new_infrastructure_moves_the_data_then_destroys_the_old(
@@ -367,3 +374,57 @@ def test_a_change_of_isolation_model_builds_the_new_infrastructure_moves_the_dat
     assert state_resources(dsn(postgres), name, "silo") == SILO
     assert state_resources(dsn(postgres), name, "pooled") == []  # the old model's infrastructure is gone
     assert "Migrated" in [e["reason"] for e in events(cluster, name)]
+
+
+@pytest.fixture
+def quick_locks(modules: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Short lock waits, and a lock held 2 s by a runner that is gone counts as stale (before the operator starts)."""
+    monkeypatch.setenv("PAYBILL_TERRAFORM_LOCK_TIMEOUT", "2")
+    monkeypatch.setenv("PAYBILL_TERRAFORM_STALE_LOCK_SECONDS", "2")
+
+
+def test_a_state_lock_left_by_a_runner_that_is_gone_is_released_audited_and_the_run_goes_on(
+    quick_locks: None, operator: Any, postgres: LocalPostgres
+) -> None:
+    cluster = operator
+    locked = plan("tf-locked")
+    cluster.kube.apply(locked)
+    name = onboard(cluster, "tf-locked")
+    first = cluster.eventually(
+        lambda: status(cluster, name).get("phase") == "Active" and status(cluster, name), timeout=120
+    )
+    dead_pid = 4_194_304 + 1  # above Linux's largest pid_max: a runner process that certainly is gone
+    holder = psycopg.connect(
+        dsn(postgres), autocommit=True, application_name=f"paybill-tf/{_HOST}/{dead_pid}/deadbeef0000"
+    )
+    try:
+        key = holder.execute(
+            psycopg.sql.SQL("SELECT id FROM {}.states WHERE name = 'silo'").format(
+                psycopg.sql.Identifier(schema_for(name))
+            )
+        ).fetchone()[0]  # type: ignore[index]
+        holder.execute("SELECT pg_advisory_lock(%s)", [key])  # as a runner killed mid-run on a partitioned network
+        age = "SELECT extract(epoch FROM now() - backend_start) FROM pg_stat_activity WHERE pid = %s"
+        with psycopg.connect(dsn(postgres), autocommit=True) as watcher:
+            cluster.eventually(lambda: watcher.execute(age, [holder.info.backend_pid]).fetchone()[0] > 2.5, timeout=30)  # type: ignore[index]
+        locked["spec"]["provisioning"]["costCenter"] = "cc-8"  # a change to apply: its plan needs the lock
+        cluster.kube.apply(locked)
+        cluster.eventually(
+            lambda: (
+                (status(cluster, name).get("infrastructure") or {}).get("appliedDigest")
+                not in (None, first["infrastructure"]["appliedDigest"])
+            ),
+            timeout=120,
+        )
+        with pytest.raises(psycopg.OperationalError):
+            holder.execute("SELECT 1")  # its session was ended: that released the lock
+    finally:
+        holder.close()
+    with psycopg.connect(postgres.dsn, autocommit=True) as connection:
+        released = [
+            r.details
+            for r in AuditLog(lambda: connection).records("Tenant", name)
+            if r.event == "terraform-lock-released"
+        ]
+    assert len(released) == 1 and released[0]["lock_key"] == key
+    assert released[0]["reason"] == f"runner process {dead_pid} on {_HOST} is gone"

@@ -47,7 +47,11 @@ from .settings import DATABASE_URL_ENV, state_directory
 BACKEND_DSN_ENV = "PAYBILL_TERRAFORM_BACKEND_DSN"
 CONCURRENCY_ENV = "PAYBILL_TERRAFORM_CONCURRENCY"
 TIMEOUT_ENV = "PAYBILL_TERRAFORM_TIMEOUT"
+LOCK_TIMEOUT_ENV = "PAYBILL_TERRAFORM_LOCK_TIMEOUT"
+STALE_LOCK_ENV = "PAYBILL_TERRAFORM_STALE_LOCK_SECONDS"
 MODULES_DIR_ENV = "PAYBILL_TERRAFORM_MODULES_DIR"
+PROVIDER_MIRROR_ENV = "PAYBILL_TERRAFORM_PROVIDER_MIRROR"
+OVERRIDES_DIR_ENV = "PAYBILL_TERRAFORM_OVERRIDES_DIR"
 DRIFT_TICK = 5.0  # seconds: how often a provisioned tenant looks whether its drift check is due
 SETUPS_KEPT = 4096
 KINDS = {
@@ -396,11 +400,16 @@ class InfrastructureRuns:
         dsn = self.environ.get(BACKEND_DSN_ENV) or self.environ.get(DATABASE_URL_ENV)
         if not dsn:
             raise RuntimeError(f"no PostgreSQL for Terraform's state: set {BACKEND_DSN_ENV} or {DATABASE_URL_ENV}")
+        mirror = self.environ.get(PROVIDER_MIRROR_ENV)
         return RunnerConfig(
             backend_dsn=backend_dsn(dsn),
             state_dir=state_directory(self.environ) / "terraform",
             timeout=float(self.environ.get(TIMEOUT_ENV) or 900),
             concurrency=self.concurrency,
+            lock_timeout=float(self.environ.get(LOCK_TIMEOUT_ENV) or 30),
+            stale_lock_after=float(self.environ[STALE_LOCK_ENV]) if self.environ.get(STALE_LOCK_ENV) else None,
+            provider_mirror=Path(mirror) if mirror else None,
+            extra_files=override_files(self.environ.get(OVERRIDES_DIR_ENV)),
         )
 
     def _credentials(self, secret: str | None) -> dict[str, str]:
@@ -427,6 +436,13 @@ class InfrastructureRuns:
     def shutdown(self) -> None:
         """Queued runs are dropped (their tenants start them again); runs in progress end at their timeout."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def override_files(directory: str | None) -> dict[str, str]:
+    """The `*_override.tf` files of PAYBILL_TERRAFORM_OVERRIDES_DIR, put in every run (say, provider endpoints)."""
+    if not directory:
+        return {}
+    return {path.name: path.read_text() for path in sorted(Path(directory).glob("*_override.tf")) if path.is_file()}
 
 
 def backend_dsn(dsn: str) -> str:
