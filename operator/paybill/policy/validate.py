@@ -277,24 +277,6 @@ class _Type:
 
 
 TYPES: dict[str, _Type] = {name: _Type(name, fields) for name, fields in ADMITTED.items()}
-# Types checked where they are met, without queueing (no handler, no enum; children only names or leaves, else
-# `_DEEP` sends them to the generic walk): their admitted JSON keys. They are most of any tree.
-LEAVES = {
-    name: TYPES[name].keys
-    for name in (
-        "String",
-        "A_Star",
-        "Integer",
-        "Float",
-        "Boolean",
-        "BitString",
-        "ParamRef",
-        "ColumnRef",
-        "A_Const",
-        "Alias",
-        "ResTarget",
-    )
-}
 _STRING_KEYS = frozenset({"sval"})
 _CONST_KEYS = {
     "ival": frozenset({"ival"}),
@@ -671,13 +653,13 @@ class _Walk:
     def node(self, item: Body, ctes: frozenset[str] = _EMPTY) -> None:
         """Check or queue a Node (`{"Type": {...}}`; `{}` is an unset Node); `fields` inlines the same steps."""
         for kind, body in item.items():
-            keys = LEAVES.get(kind)
-            if keys is None:
+            leaf = LEAVES.get(kind)
+            if leaf is None:
                 if kind in NESTED:
                     self.stack.append((kind, body, ctes))
                 else:
                     self.deny("validator_node", f"{kind} is not an admitted node type", kind)
-            elif not body.keys() <= keys or (kind in _DEEP and not _DEEP[kind](body)):
+            elif not leaf(body):
                 self.fields(kind, body, ctes)
 
     def fields(self, kind: str, body: Body, ctes: frozenset[str], consumed: Iterable[str] = ()) -> None:
@@ -702,10 +684,10 @@ class _Walk:
                 continue
             shape, message = child
             if shape == _MESSAGE:
-                keys = LEAVES.get(message)  # type: ignore[arg-type]
-                if keys is None:
+                leaf = LEAVES.get(message)  # type: ignore[arg-type]
+                if leaf is None:
                     stack.append((message, value, ctes))  # type: ignore[arg-type]
-                elif not value.keys() <= keys or (message in _DEEP and not _DEEP[message](value)):
+                elif not leaf(value):
                     self.fields(message, value, ctes)  # type: ignore[arg-type]
                 continue
             if shape == _MESSAGES:
@@ -713,13 +695,13 @@ class _Walk:
                 continue
             for item in (value,) if shape == _NODE else value:
                 for node_kind, node in item.items():
-                    keys = LEAVES.get(node_kind)
-                    if keys is None:
+                    leaf = LEAVES.get(node_kind)
+                    if leaf is None:
                         if node_kind in NESTED:
                             stack.append((node_kind, node, ctes))
                         else:
                             self.deny("validator_node", f"{node_kind} is not an admitted node type", node_kind)
-                    elif not node.keys() <= keys or (node_kind in _DEEP and not _DEEP[node_kind](node)):
+                    elif not leaf(node):
                         self.fields(node_kind, node, ctes)  # names what is wrong
 
     def unadmitted(self, spec: _Type, body: Body) -> None:
@@ -729,8 +711,23 @@ class _Walk:
             self.deny("validator_field", f"{what} is not admitted", spec.name)
 
 
+# -- leaves: most nodes of any tree, checked where they are met, without queueing ----------------------------
+# Each says whether a message is admitted as it is, with nothing below it to walk: every key admitted for its
+# type, and any names or constants under it plain. False sends it to `fields`, which names what is wrong (or
+# walks what is below it). So a leaf check may only be as strict as `fields` or stricter, never looser.
+
+
+def _keys_within(admitted: frozenset[str]) -> Callable[[Body], bool]:
+    def within(body: Body) -> bool:
+        return body.keys() <= admitted
+
+    return within
+
+
 def _plain_reference(body: Body) -> bool:
     """A ColumnRef of plain names and `*` (what the generic walk would find, without walking)."""
+    if not body.keys() <= _REF_KEYS:
+        return False
     for field in body.get("fields", ()):
         string = field.get("String")
         if string is None:
@@ -742,33 +739,52 @@ def _plain_reference(body: Body) -> bool:
 
 
 def _plain_constant(body: Body) -> bool:
+    if not body.keys() <= _CONST_FIELDS:
+        return False
     return all(type(value) is not dict or value.keys() <= _CONST_KEYS[key] for key, value in body.items())
 
 
 def _plain_names(body: Body) -> bool:
     """An Alias whose column names, if any, are plain strings."""
-    return all(
+    return body.keys() <= _ALIAS_KEYS and all(
         len(item) == 1 and item.get("String", _NOT_STRING).keys() <= _STRING_KEYS for item in body.get("colnames", ())
     )
 
 
 def _plain_target(body: Body) -> bool:
     """A ResTarget with nothing to walk below it: no value, or a plain column reference or constant."""
+    if not body.keys() <= _TARGET_KEYS:
+        return False
     value = body.get("val")
     if value is None:
         return True
     if len(value) != 1:
         return False
     reference = value.get("ColumnRef")
-    if reference is not None:
-        return reference.keys() <= _REF_KEYS and _plain_reference(reference)
-    constant = value.get("A_Const")
-    return constant is not None and constant.keys() <= _CONST_FIELDS and _plain_constant(constant)
+    if reference is None:
+        constant = value.get("A_Const")
+        return constant is not None and _plain_constant(constant)
+    if not reference.keys() <= _REF_KEYS:  # `_plain_reference`, inlined: most targets are plain columns
+        return False
+    for field in reference.get("fields", ()):
+        string = field.get("String")
+        if string is None:
+            if field != _STAR:
+                return False
+        elif len(field) != 1 or not string.keys() <= _STRING_KEYS:
+            return False
+    return True
 
 
 _NOT_STRING = {"": None}
 _STAR: Body = {"A_Star": {}}
-_DEEP: dict[str, Callable[[Body], bool]] = {
+_ALIAS_KEYS = TYPES["Alias"].keys
+_TARGET_KEYS = TYPES["ResTarget"].keys
+LEAVES: dict[str, Callable[[Body], bool]] = {
+    **{
+        name: _keys_within(TYPES[name].keys)
+        for name in ("String", "A_Star", "Integer", "Float", "Boolean", "BitString", "ParamRef")
+    },
     "ColumnRef": _plain_reference,
     "A_Const": _plain_constant,
     "Alias": _plain_names,
