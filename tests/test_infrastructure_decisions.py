@@ -127,6 +127,16 @@ def test_a_plan_whose_provisioning_lacks_something_is_invalid_with_a_warning() -
     assert outcome.phase == "Invalid" and outcome.ready.reason == "ProvisioningInvalid"
     assert "output network_id is missing" in outcome.ready.message
     assert outcome.events[0].warning and outcome.touch_users == "uid/1"  # its tenants say why too
+    assert outcome.retry_after == 30  # a credentials Secret made later is seen
+    again = decide_plan(
+        spec,
+        False,
+        "uid",
+        1,
+        ("module broken: output network_id is missing",),
+        said_ready=(outcome.ready.reason, outcome.ready.message),
+    )
+    assert again.events == () and again.phase == "Invalid"  # warned once
     assert decide_plan(spec, False, "uid", 1).ready.ok
 
 

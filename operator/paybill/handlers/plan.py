@@ -26,11 +26,14 @@ def reconcile_plan(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, reason: 
     meta = body.metadata
     spec = parse_plan(body.spec)
     problems = plan_problems(memo.kube, spec) if isinstance(spec, PlanSpec) else ()
-    outcome = decide_plan(spec, reason in ("create", "update"), meta.uid, meta.get("generation"), problems)
+    changed = reason in ("create", "update")
+    outcome = decide_plan(spec, changed, meta.uid, meta.get("generation"), problems, said(body.get("status")))
     write_ready(body, patch, outcome.phase, outcome.ready.ok, outcome.ready.reason, outcome.ready.message)
     post(body, outcome.events)
     if outcome.touch_users is not None:
         _touch_users(memo.kube, meta.name, outcome.touch_users)
+    if outcome.retry_after is not None:
+        raise kopf.TemporaryError(outcome.ready.message, delay=outcome.retry_after)
 
 
 def _touch_users(kube: Kube, plan: str, value: str) -> None:

@@ -15,6 +15,7 @@ from .outcome import InvalidSpec, Notice, Readiness, Said, Touch, warn_once
 from .references import Problem, plan_deletion_problem, plan_users
 
 RELEASE_DELAY = 5  # seconds: how often a Plan held by its users looks again
+PROVISIONING_RECHECK = 30  # seconds: a Plan whose provisioning lacks something looks again (a Secret made later)
 
 
 def parse_plan(spec: Mapping[str, Any]) -> PlanSpec | InvalidSpec:
@@ -30,6 +31,7 @@ class PlanOutcome:
     ready: Readiness
     events: tuple[Notice, ...] = ()
     touch_users: str | None = None  # annotate the Tenants and Subscriptions naming the Plan with this value
+    retry_after: float | None = None  # look again then
 
 
 def decide_plan(
@@ -38,11 +40,13 @@ def decide_plan(
     uid: str | None,
     generation: int | None,
     provisioning_problems: tuple[str, ...] = (),
+    said_ready: Said = (None, None),
 ) -> PlanOutcome:
     """`changed`: created or updated (not resumed), so what names the Plan looks again: a Tenant or Subscription
     that waited for it, or one whose quotas, isolation or grace period it changed. `provisioning_problems`: what
     its spec.provisioning lacks (module, contract, credentials), found before any Terraform run; its tenants
-    wait while there are any (they are touched all the same, so that they say why)."""
+    wait while there are any (they are touched all the same, so that they say why); it looks again every
+    PROVISIONING_RECHECK seconds, warning once per problem."""
     if isinstance(spec, InvalidSpec):
         return PlanOutcome(
             "Invalid", Readiness(False, "InvalidSpec", spec.message), (Notice("InvalidSpec", spec.message, True),)
@@ -50,8 +54,9 @@ def decide_plan(
     touch = f"{uid}/{generation}" if changed else None
     if provisioning_problems:
         message = "spec.provisioning: " + "; ".join(provisioning_problems)
-        notice = Notice("ProvisioningInvalid", message, True)
-        return PlanOutcome("Invalid", Readiness(False, "ProvisioningInvalid", message), (notice,), touch)
+        events = warn_once(said_ready, "ProvisioningInvalid", message)
+        ready = Readiness(False, "ProvisioningInvalid", message)
+        return PlanOutcome("Invalid", ready, events, touch, PROVISIONING_RECHECK)
     provisioned = f", infrastructure from {spec.provisioning.cloud}" if spec.provisioning else ""
     ready = Readiness(True, "Valid", f"{spec.tier} tier with {spec.isolation} isolation{provisioned}")
     return PlanOutcome("Ready", ready, touch_users=touch)
