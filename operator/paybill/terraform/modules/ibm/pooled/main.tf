@@ -1,5 +1,6 @@
-# Pooled: the tenant only registers into the pool: a prefix of its own in the shared bucket, and a service ID whose
-# policy reaches that prefix and nothing else. Its rows live in the shared database (RLS).
+# Pooled: the tenant only registers into the pool: a prefix of its own in the shared bucket, and a service ID with
+# Writer on that bucket (IBM COS policies are scoped to a bucket here, not to the prefix: unlike aws and gcp, the
+# prefix is the tenant's by convention). Its rows live in the shared database (RLS).
 locals {
   # IBM user tags: "key:value" strings from [A-Za-z0-9 _.:-] (IBM Cloud lowercases them), at most 128 characters
   tags = [

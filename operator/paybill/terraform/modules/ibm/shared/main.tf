@@ -95,7 +95,6 @@ resource "ibm_is_instance" "compute" {
   profile        = "cx2-4x8"
   vpc            = ibm_is_vpc.pool.id
   zone           = data.ibm_is_zones.here.zones[0]
-  keys           = []
   resource_group = data.ibm_resource_group.default.id
   primary_network_interface {
     subnet = ibm_is_subnet.compute.id

@@ -123,7 +123,6 @@ resource "ibm_is_instance" "compute" {
   profile        = local.large ? "cx2-4x8" : "cx2-2x4"
   vpc            = ibm_is_vpc.tenant.id
   zone           = data.ibm_is_zones.here.zones[0]
-  keys           = []
   resource_group = data.ibm_resource_group.default.id
   primary_network_interface {
     subnet = ibm_is_subnet.compute.id
