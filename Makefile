@@ -20,7 +20,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet -c $(CONSTRAINTS) --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[emulator,test]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[emulator,test,clouds]' 2>&1 | grep -v '^WARNING: Location' || true
 	@# no PostgreSQL server binaries on this machine: the bundled server (pgserver wheel) instead
 	$(BIN)/python -c "import sys; from paybill.database.server import find_binaries; sys.exit(find_binaries() is None)" \
 	  || $(PIP) install --quiet -c $(CONSTRAINTS) -e '.[pgserver]'
@@ -71,8 +71,8 @@ lock:  ## rewrite constraints*.txt: the versions installed now, resolved afresh 
 	@test -f $(STAMP) || { echo "lock: run make install first (the pins are what $(VENV) has)"; exit 1; }
 	@mkdir -p .state/lock
 	$(if $(UPGRADE),: >,$(PIP) freeze --exclude-editable >) .state/lock/main.txt
-	{ echo "# make lock: every package of .[emulator,test,bench,pgserver] on Python 3.11, installed with -c by make install" && \
-	  $(call RESOLVE,$(BIN)/python,.state/lock/main.txt) '.[emulator,test,bench,pgserver]' | $(BIN)/python -c '$(PINS)' && \
+	{ echo "# make lock: every package of .[emulator,test,bench,pgserver,clouds] on Python 3.11, installed with -c by make install" && \
+	  $(call RESOLVE,$(BIN)/python,.state/lock/main.txt) '.[emulator,test,bench,pgserver,clouds]' | $(BIN)/python -c '$(PINS)' && \
 	  echo "pip==$$($(PIP) --version | cut -d' ' -f2)"; } > .state/lock/constraints.txt
 	cmp -s .state/lock/constraints.txt constraints.txt || mv .state/lock/constraints.txt constraints.txt
 	$(if $(UPGRADE),: >,{ test -x .state/venv-aws/bin/pip && .state/venv-aws/bin/pip freeze || true; } >) .state/lock/aws.txt

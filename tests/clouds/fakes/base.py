@@ -45,10 +45,23 @@ class WrongRequest(Exception):
     """The adapter called the API wrongly: answered 400 and recorded, so the test fails."""
 
 
+@dataclass
+class Instance:
+    """One instance as every fake keeps it; each fake renders it in its API's shape."""
+
+    id: str
+    name: str
+    region: str
+    tags: dict[str, str]
+    state: str  # running | stopping | stopped | starting (the fake's own vocabulary)
+    polls: int = 0  # reads since its last transition began (a transition ends at the second read)
+
+
 class FakeCloud:
     """Subclasses implement route(request) -> Answer and may raise WrongRequest."""
 
     def __init__(self) -> None:
+        self.instances: dict[str, Instance] = {}
         self.seen: list[Request] = []
         self.wrong: list[str] = []
         self._faults: list[Fault] = []
@@ -127,3 +140,19 @@ class FakeCloud:
 def expect(condition: bool, why: str) -> None:
     if not condition:
         raise WrongRequest(why)
+
+
+def settle(instance: Instance) -> None:
+    """A stopping or starting instance reaches its state on the second read after the action."""
+    if instance.state in ("stopping", "starting"):
+        instance.polls += 1
+        if instance.polls >= 2:
+            instance.state = "stopped" if instance.state == "stopping" else "running"
+            instance.polls = 0
+
+
+def page(items: list[Any], token: str | None, size: int) -> tuple[list[Any], str | None]:
+    """items[token:token+size] and the next token ("" or None at the end)."""
+    start = int(token or 0)
+    end = start + size
+    return items[start:end], (str(end) if end < len(items) else None)
