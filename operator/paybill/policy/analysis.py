@@ -111,10 +111,23 @@ VALUES_FIELDS = _ANY_SELECT | {"values_lists"}
 INSERT_VALUES_FIELDS = frozenset({"values_lists", "limit_option", "op"})  # INSERT ... VALUES: the list, nothing else
 
 
+class _FieldNames(dict[Any, str]):
+    """Field descriptor -> its name, each read from the descriptor once (descriptors are long-lived singletons)."""
+
+    def __missing__(self, descriptor: Any) -> str:
+        name: str = descriptor.name
+        self[descriptor] = name
+        return name
+
+
+_FIELD_NAMES = _FieldNames()
+
+
 def set_fields(message: Any) -> dict[str, Any]:
     """The fields set on `message` by name, from one ListFields() (every field its descriptor knows, so a field a
     newer libpg_query adds is in): cheaper than asking for each field, and an unset field is never built."""
-    return {descriptor.name: value for descriptor, value in message.ListFields()}
+    names = _FIELD_NAMES
+    return {names[descriptor]: value for descriptor, value in message.ListFields()}
 
 
 def unhandled_fields(fields: dict[str, Any], handled: frozenset[str]) -> list[str]:
@@ -168,6 +181,7 @@ class FromSlot:
     range_var: pb.RangeVar
     table: Table
     locked: bool = False  # a row lock reaches it: the update rules' row filters apply too
+    position: int | None = None  # its index in the FROM list of the top-level SELECT, when it is an item of it
 
 
 # A base table a derived relation reads rows from: (its slot, its name in its SELECT, that SELECT's WHERE).
@@ -257,6 +271,7 @@ class Analysis:
         self.where_missing = False
         self.locking = False  # a top-level FOR UPDATE/SHARE: the guard counts locked rows as written
         self.locks: list[tuple[str, bool]] = []  # (locked base table, whether its WHERE restricts it)
+        self.top_from_items = 0  # the number of items in the top-level SELECT's FROM list
 
     # -- reasons and accesses -------------------------------------------------------------------
 
@@ -332,7 +347,7 @@ class Analysis:
                 self.expressions(row.list.items, scope)
             columns = tuple(f"column{n + 1}" for n in range(len(values[0].list.items)))
         else:
-            columns = self.query(fields, scope)
+            columns = self.query(fields, scope, top)
             sources = self.sources(scope.relations, get("where_clause", _NO_WHERE))
         if "locking_clause" in fields:
             self.row_locks(stmt, scope, top and form == "SELECT")
@@ -344,11 +359,17 @@ class Analysis:
             self.expression(fields["limit_offset"], scope)
         return columns, sources
 
-    def query(self, fields: dict[str, Any], scope: Scope) -> tuple[str, ...]:
-        """The clauses of a plain SELECT (its `set_fields`) before ORDER BY: FROM, the target list, WINDOW, WHERE..."""
+    def query(self, fields: dict[str, Any], scope: Scope, top: bool = False) -> tuple[str, ...]:
+        """The clauses of a plain SELECT (its `set_fields`) before ORDER BY: FROM, the target list, WINDOW, WHERE...
+
+        `top`: the statement's own SELECT, whose FROM items the rewriter may splice (`FromSlot.position`)."""
         get = fields.get
+        position = 0
         for item in get("from_clause", ()):
-            self.from_item(item, scope, scope.ctes)
+            self.from_item(item, scope, scope.ctes, position if top else None)
+            position += 1
+        if top:
+            self.top_from_items = position
         columns = self.target_list(get("target_list", ()), scope)
         for item in get("window_clause", ()):
             self.window(item.window_def, scope)
@@ -656,32 +677,37 @@ class Analysis:
     # -- FROM ------------------------------------------------------------------------------------
 
     def base_table(self, range_var: pb.RangeVar) -> Table | None:
-        if range_var.catalogname or range_var.schemaname not in ("", self.schema.name):
-            qualified = ".".join(p for p in (range_var.catalogname, range_var.schemaname, range_var.relname) if p)
+        return self.table_named(range_var, range_var.catalogname, range_var.schemaname, range_var.relname)
+
+    def table_named(self, range_var: pb.RangeVar, catalog: str, schema: str, name: str) -> Table | None:
+        """`base_table`, with the names of `range_var` already read."""
+        if catalog or schema not in ("", self.schema.name):
+            qualified = ".".join(p for p in (catalog, schema, name) if p)
             self.deny("other_schema", f"{qualified}: only tables of the tenant schema are admitted", range_var)
             return None
-        table = self.schema.tables.get(range_var.relname)
+        table = self.schema.tables.get(name)
         if table is None:
-            self.deny("unknown_table", f"table {range_var.relname} does not exist in the tenant schema", range_var)
+            self.deny("unknown_table", f"table {name} does not exist in the tenant schema", range_var)
         return table
 
-    def from_item(self, item: pb.Node, scope: Scope, ctes: dict[str, Relation]) -> None:
+    def from_item(self, item: pb.Node, scope: Scope, ctes: dict[str, Relation], position: int | None = None) -> None:
         kind = item.WhichOneof("node")
         if kind == "range_var":
             range_var = item.range_var
             alias = _alias(range_var)
             if alias is not None and alias.colnames:
                 self.unsupported(alias, "column aliases on a table")
-            name = alias.aliasname if alias is not None else range_var.relname
-            if not range_var.schemaname and not range_var.catalogname and range_var.relname in ctes:
-                cte = ctes[range_var.relname]
+            catalog, schema, relname = range_var.catalogname, range_var.schemaname, range_var.relname
+            name = alias.aliasname if alias is not None else relname
+            if not schema and not catalog and relname in ctes:
+                cte = ctes[relname]
                 scope.relations.append(Relation(name, cte.columns, sources=cte.sources))
                 return
-            table = self.base_table(range_var)
+            table = self.table_named(range_var, catalog, schema, relname)
             if table is None:
                 return
             self.access("select", table, None, range_var)
-            slot = FromSlot(item, range_var, table)
+            slot = FromSlot(item, range_var, table, position=position)
             scope.relations.append(Relation(name, tuple(table.columns), table, slot=slot))
             self.from_slots.append(slot)
         elif kind == "join_expr":

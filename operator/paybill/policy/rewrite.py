@@ -241,15 +241,13 @@ def _spliced_select(result: pb.ParseResult, analysis: Analysis, limits: Limits, 
     if analysis.kind != "select" or analysis.locking or analysis.target is not None:
         return None
     rules, tenant = analysis.rules, analysis.tenant
-    stmt = result.stmts[0].stmt.select_stmt
-    items = list(stmt.from_clause)
     replaced: dict[int, bytes] = {}
     for slot in analysis.from_slots:
         if slot.locked:
             return None
         if not _restricted(slot.table, "select", rules, tenant):
             continue
-        index = next((n for n, item in enumerate(items) if item is slot.node), None)
+        index = slot.position  # set by the analysis for the items of the top-level FROM list only
         if index is None:
             return None
         columns = tuple(c for c in slot.table.columns if ("select", slot.table.name, c) in analysis.accesses)
@@ -258,11 +256,12 @@ def _spliced_select(result: pb.ParseResult, analysis: Analysis, limits: Limits, 
     if len(shallow.stmts) != 1 or not shallow.stmts[0].stmt.HasField("select_stmt"):
         return None
     select = shallow.stmts[0].stmt.select_stmt
-    if len(select.from_clause) != len(items):
+    if len(select.from_clause) != analysis.top_from_items:
         return None
     for index, subquery in replaced.items():
         select.from_clause[index] = subquery
     if select.HasField("limit_count"):
+        stmt = result.stmts[0].stmt.select_stmt
         _limit(stmt, limits.maxRowsRead)
         select.limit_count = stmt.limit_count.SerializeToString()
     else:  # no LIMIT: the one `_limit` writes, serialized once per bound
