@@ -12,7 +12,7 @@ from paybill.clouds import tags
 from paybill.clouds.model import Cloud
 from paybill.clouds.retry import RetryPolicy
 
-from .fakes import gcp
+from .fakes import azure, gcp
 from .fakes.base import Answer, FakeCloud, Instance
 
 
@@ -30,6 +30,8 @@ class Harness:
     unavailable: Callable[[], Answer]  # the cloud's 503
     exhaust_quota: Callable[[], None]
     page_size: int
+    new_instance: Callable[[int, str, dict[str, str], str], Instance]  # (serial, tenant, tags, state)
+    adapter_id: Callable[[Instance], str] = lambda instance: instance.id
 
     def adapter(self, credentials: dict[str, str] | None = None, region: str | None = None, **kw: Any) -> Any:
         retry = kw.pop("retry", RetryPolicy(sleep=lambda _: None))
@@ -39,21 +41,10 @@ class Harness:
         """`count` instances tagged for the tenant; their adapter ids."""
         made = []
         for _ in range(count):
-            n = next(_serial)
-            found = tags.tags(self.cloud, tenant, plan, "cc-7")
-            instance = Instance(self.instance_id(n), f"vm-{tenant}-{n}", self.zone(), found, state)
+            instance = self.new_instance(next(_serial), tenant, tags.tags(self.cloud, tenant, plan, "cc-7"), state)
             self.fake.instances[instance.id] = instance
             made.append(self.adapter_id(instance))
         return sorted(made)
-
-    def instance_id(self, n: int) -> str:
-        return str(10_000_000 + n)
-
-    def zone(self) -> str:
-        return {Cloud.GCP: f"{self.region}-a"}.get(self.cloud, self.region)
-
-    def adapter_id(self, instance: Instance) -> str:
-        return {Cloud.GCP: f"{instance.region}/{instance.name}"}.get(self.cloud, instance.id)
 
 
 _serial = itertools.count(1)
@@ -86,7 +77,46 @@ def gcp_harness() -> Harness:
         lambda: gcp.error(503, "backendError", "The service is currently unavailable."),
         exhaust,
         page_size=7,
+        new_instance=lambda n, tenant, found, state: Instance(
+            str(10_000_000 + n), f"vm-{tenant}-{n}", "us-central1-a", found, state
+        ),
+        adapter_id=lambda instance: f"{instance.region}/{instance.name}",
     )
 
 
-HARNESSES: dict[str, Callable[[], Harness]] = {"gcp": gcp_harness}
+def azure_harness() -> Harness:
+    from paybill.clouds.azure import AzureAdapter
+
+    fake = azure.FakeAzure()
+
+    def build(credentials: dict[str, str], region: str, endpoint: str, retry: RetryPolicy, **kw: Any) -> AzureAdapter:
+        return AzureAdapter(credentials, region, endpoint=endpoint, retry=retry, poll_seconds=0.01, **kw)
+
+    def exhaust() -> None:
+        fake.usages["cores"] = (100, 99)
+
+    def new_instance(n: int, tenant: str, found: dict[str, str], state: str) -> Instance:
+        name = f"vm-{tenant}-{n}"
+        return Instance(azure.machine_id(f"paybill-{tenant}", name), name, "westeurope", found, state)
+
+    good = {"ARM_SUBSCRIPTION_ID": azure.SUBSCRIPTION, "ARM_ACCESS_TOKEN": azure.TOKEN}
+    return Harness(
+        Cloud.AZURE,
+        fake,
+        "westeurope",
+        good,
+        {**good, "ARM_ACCESS_TOKEN": "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.stolen-looking"},
+        build,
+        rf"/subscriptions/{azure.SUBSCRIPTION}/providers/Microsoft.Compute/virtualMachines",
+        "GET",
+        lambda after: azure.error(
+            429, "SubscriptionRequestsThrottled", "Number of requests exceeded the limit", {"Retry-After": after}
+        ),
+        lambda: azure.error(503, "ServiceUnavailable", "The service is temporarily unavailable."),
+        exhaust,
+        page_size=7,
+        new_instance=new_instance,
+    )
+
+
+HARNESSES: dict[str, Callable[[], Harness]] = {"azure": azure_harness, "gcp": gcp_harness}
