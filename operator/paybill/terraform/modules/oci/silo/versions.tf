@@ -7,9 +7,8 @@ terraform {
   }
 }
 
-# Credentials come from the environment (TF_VAR_tenancy_ocid, TF_VAR_user_ocid, TF_VAR_fingerprint,
-# TF_VAR_private_key, or the operator's instance/workload principal), never from the module; the region is
-# var.region.
+# Credentials come from the environment (OCI_TENANCY_OCID, OCI_USER_OCID, OCI_FINGERPRINT, OCI_PRIVATE_KEY, or the
+# operator's instance/workload principal), never from the module; the region is var.region.
 provider "oci" {
   region = var.region
 }
