@@ -839,17 +839,19 @@ class Analysis:
         for node in nodes:
             self.expression(node, scope)
 
-    def expression(self, node: pb.Node, scope: Scope, outputs: tuple[str, ...] = ()) -> None:
-        kind = node.WhichOneof("node")
+    def expression(self, node: pb.Node, scope: Scope, outputs: tuple[str, ...] = (), which: str | None = None) -> None:
+        """`which`: the node's kind when the caller has read it already."""
+        kind = node.WhichOneof("node") if which is None else which
         if kind is None or kind == "a_const":
             return
         if kind == "column_ref":
             self.column(node.column_ref, scope, outputs)
         elif kind == "param_ref":
             param = node.param_ref
-            if param.number < 1 or param.number > 1000:
-                self.deny("invalid", f"parameter ${param.number} is out of range", param)
-            self.params.add(param.number)
+            number = param.number
+            if number < 1 or number > 1000:
+                self.deny("invalid", f"parameter ${number} is out of range", param)
+            self.params.add(number)
         elif kind == "a_expr":
             self.operator(node.a_expr, scope)
         elif kind == "func_call":
@@ -953,7 +955,7 @@ class Analysis:
         if right_kind == "list":
             self.expressions(right.list.items, scope)
         else:
-            right_column = self.resolved(right, scope)
+            right_column = self.resolved(right, scope, right_kind)
             if left is None and right_column is not None:
                 self.typed_operand(right_column, left_node, kind, names)
                 return
@@ -969,7 +971,7 @@ class Analysis:
                 for value in right.a_array_expr.elements:
                     self.typed_value(left, value)
         else:
-            self.typed_operand(left, right, kind, names)
+            self.typed_operand(left, right, kind, names, right_kind)
 
     def operator_name(self, names: list[str], allowed: frozenset[str], node: Any) -> None:
         """An operator wherever it stands (expression, ANY/ALL subquery, ORDER BY USING): unqualified and listed."""
@@ -978,16 +980,20 @@ class Analysis:
         elif names[0] not in allowed:
             self.deny("operator_not_allowed", f"operator {names[0]} is not admitted", node)
 
-    def typed_operand(self, family: TypeFamily, value: pb.Node, kind: int, names: list[str]) -> None:
+    def typed_operand(
+        self, family: TypeFamily, value: pb.Node, kind: int, names: list[str], which: str | None = None
+    ) -> None:
         """The value an operator (of A_Expr `kind`, named `names`) compares with a column of `family`."""
         if kind in (pb.AEXPR_LIKE, pb.AEXPR_ILIKE):
-            self.typed_value(TypeFamily.TEXT, value)
+            self.typed_value(TypeFamily.TEXT, value, which)
         elif kind != pb.AEXPR_OP or names[0] in COMPARISONS:
-            self.typed_value(family, value)
+            self.typed_value(family, value, which)
 
-    def resolved(self, node: pb.Node, scope: Scope) -> TypeFamily | None:
+    def resolved(self, node: pb.Node, scope: Scope, which: str | None = None) -> TypeFamily | None:
         """Walk an operand; for a base-table column, also return its type family."""
-        if node.WhichOneof("node") == "column_ref":
+        if which is None:
+            which = node.WhichOneof("node")
+        if which == "column_ref":
             ref = node.column_ref
             names = _column_names(ref)
             if names is not None:
@@ -995,17 +1001,19 @@ class Analysis:
                 if found is not None and found[0].table is not None:
                     return found[0].table.columns[found[1]]
                 return None
-        self.expression(node, scope)
+        self.expression(node, scope, which=which)
         return None
 
     # -- literal and parameter types -----------------------------------------------------------
 
     def expect_param(self, param: pb.ParamRef, expected: ParamType) -> None:
-        self.params.add(param.number)
-        self.param_types.setdefault(param.number, expected)
+        number = param.number
+        self.params.add(number)
+        self.param_types.setdefault(number, expected)
 
-    def typed_value(self, family: TypeFamily, value: pb.Node) -> None:
-        kind = value.WhichOneof("node")
+    def typed_value(self, family: TypeFamily, value: pb.Node, which: str | None = None) -> None:
+        """`which`: the value's kind when the caller has read it already."""
+        kind = value.WhichOneof("node") if which is None else which
         if kind == "param_ref":
             self.expect_param(value.param_ref, _PARAM_TYPES[family, False])
         elif kind == "a_const" and not value.a_const.isnull:
