@@ -124,6 +124,18 @@ def test_every_module_validates_where_its_provider_can_be_had(cloud: str, model:
     assert "Success! The configuration is valid." in done.stdout
 
 
+def test_a_badly_formatted_copy_fails_fmt_check_and_a_broken_reference_fails_validate(tmp_path: Path) -> None:
+    module = _copy(tmp_path, "ibm", "bridge")
+    _edit(module, "main.tf", '  plan              = "standard"', '  plan = "standard"')
+    done = _terraform(["fmt", "-check"], module, tmp_path / "home")
+    assert done.returncode != 0 and "main.tf" in done.stdout
+    local = _copy(tmp_path, "local", "silo")
+    _edit(local, "outputs.tf", "terraform_data.network.id", "terraform_data.netwrok.id")
+    assert _terraform(["init", "-backend=false", "-input=false"], local, tmp_path / "home").returncode == 0
+    done = _terraform(["validate"], local, tmp_path / "home")
+    assert done.returncode != 0 and "terraform_data.netwrok" in done.stderr
+
+
 # --- copies broken on purpose are refused, each for its reason -----------------------------------------------------
 
 CARRIER = re.compile(r"^\s*(tags|labels|freeform_tags)\s*=")
