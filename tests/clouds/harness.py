@@ -4,6 +4,7 @@ name the call to fail; test_fakes.py runs the same cases through each."""
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,7 @@ from paybill.clouds import tags
 from paybill.clouds.model import Cloud
 from paybill.clouds.retry import RetryPolicy
 
-from .fakes import azure, gcp
+from .fakes import azure, gcp, oci
 from .fakes.base import Answer, FakeCloud, Instance
 
 
@@ -31,7 +32,13 @@ class Harness:
     exhaust_quota: Callable[[], None]
     page_size: int
     new_instance: Callable[[int, str, dict[str, str], str], Instance]  # (serial, tenant, tags, state)
+    action: tuple[str, str] = ("POST", "")  # method and path regex of a power action
     adapter_id: Callable[[Instance], str] = lambda instance: instance.id
+
+    def acted(self, since: int) -> bool:
+        """Whether a power action was asked since the fake's `since`-th request."""
+        method, path = self.action
+        return any(r.method == method and re.fullmatch(path, r.path) for r in self.fake.seen[since:])
 
     def adapter(self, credentials: dict[str, str] | None = None, region: str | None = None, **kw: Any) -> Any:
         retry = kw.pop("retry", RetryPolicy(sleep=lambda _: None))
@@ -116,7 +123,50 @@ def azure_harness() -> Harness:
         exhaust,
         page_size=7,
         new_instance=new_instance,
+        action=("POST", r".*/virtualMachines/[^/]+/(deallocate|start)"),
     )
 
 
-HARNESSES: dict[str, Callable[[], Harness]] = {"azure": azure_harness, "gcp": gcp_harness}
+def oci_harness() -> Harness:
+    from paybill.clouds.oci import OciAdapter
+
+    fake = oci.FakeOci()
+
+    def build(credentials: dict[str, str], region: str, endpoint: str, retry: RetryPolicy, **kw: Any) -> OciAdapter:
+        return OciAdapter(credentials, region, endpoint=endpoint, retry=retry, poll_seconds=0.01, **kw)
+
+    def exhaust() -> None:
+        for domain in fake.cores:
+            fake.cores[domain] = (0.0, 100.0)
+
+    good = {
+        "OCI_TENANCY_OCID": oci.TENANCY,
+        "OCI_USER_OCID": oci.USER,
+        "OCI_FINGERPRINT": oci.FINGERPRINT,
+        "OCI_PRIVATE_KEY": oci.PRIVATE_KEY,
+    }
+    return Harness(
+        Cloud.OCI,
+        fake,
+        "eu-frankfurt-1",
+        good,
+        {
+            **good,
+            "OCI_PRIVATE_KEY": oci.OTHER_PRIVATE_KEY,
+            "OCI_FINGERPRINT": "aa:bb:cc:dd:ee:ff:00:11:22:33:44:55:66:77:88:99",
+        },
+        build,
+        r"/20180409/resources",
+        "POST",
+        lambda after: oci.error(429, "TooManyRequests", "Too many requests for the user", {"retry-after": after}),
+        lambda: oci.error(503, "ServiceUnavailable", "The service is currently unavailable."),
+        exhaust,
+        page_size=7,
+        new_instance=lambda n, tenant, found, state: Instance(
+            f"ocid1.instance.oc1.eu-frankfurt-1.{n:08d}", f"vm-{tenant}-{n}", "eu-frankfurt-1", found, state
+        ),
+        action=("POST", r"/20160918/instances/[^/]+"),
+    )
+
+
+HARNESSES: dict[str, Callable[[], Harness]] = {"azure": azure_harness, "gcp": gcp_harness, "oci": oci_harness}
