@@ -364,3 +364,43 @@ def test_the_schema_check_names_an_unknown_attribute_a_missing_argument_and_a_wr
         "resource google_sql_database.tenant: required name is missing",
         "resource google_sql_database_instance.tenant.settings.ip_configuration: no attribute or block tier",
     ]
+
+
+def test_names_that_only_look_like_regions_are_not_refused(tmp_path: Path) -> None:
+    module = _copy(tmp_path, "local", "silo")
+    (module / "extra.tf").write_text(
+        'resource "terraform_data" "cache" {\n'
+        '  input = { tags = local.tags, kind = "in-memory-1", bundle = "ca-bundle-2", size = "me-small-3" }\n'
+        "}\n"
+    )
+    assert violations(module, stands_for_cloud_objects=True) == []
+    (module / "extra.tf").write_text(
+        'resource "terraform_data" "cache" {\n  input = { tags = local.tags, at = "ap-southeast-2" }\n}\n'
+    )
+    assert violations(module, stands_for_cloud_objects=True) == [
+        'resource terraform_data.cache: hard-codes the region "ap-southeast-2"'
+    ]
+
+
+@pytest.mark.parametrize(
+    "region",
+    [
+        "eu-west-1",
+        "us-gov-west-1",
+        "westeurope",
+        "eastus2",
+        "europe-west1",
+        "us-central1-a",
+        "eu-frankfurt-1",
+        "us-south",
+        "eu-de-2",
+    ],
+)
+def test_each_clouds_region_names_are_found_inside_expressions(region: str, tmp_path: Path) -> None:
+    module = _copy(tmp_path, "local", "bridge")
+    (module / "extra.tf").write_text(
+        f'resource "terraform_data" "where" {{\n  input = {{ tags = local.tags, at = "${{"{region}"}}" }}\n}}\n'
+    )
+    assert violations(module, stands_for_cloud_objects=True) == [
+        f'resource terraform_data.where: hard-codes the region "{region.removesuffix("-a")}"'
+    ]

@@ -137,9 +137,16 @@ _REGION_KEYS = frozenset(
 _NOT_REGIONS = frozenset({"global"})  # IBM's location for global services
 _KNOWN_REGION = re.compile(
     r"\b(?:"
-    r"(?:us|eu|ap|sa|ca|me|af|il|mx|uk|jp|in|sg|kr|au|br)-(?:gov-)?[a-z]+-\d+"  # AWS, OCI, IBM zones
-    r"|(?:us|europe|asia|australia|northamerica|southamerica|me|africa)-[a-z]+\d+"  # GCP
-    r"|(?:us-south|us-east|eu-gb|eu-de|eu-es|jp-tok|jp-osa|au-syd|ca-tor|br-sao|in-che|kr-seo)"  # IBM
+    r"(?:us|eu|ap|sa|ca|me|af|il|mx)-(?:gov-|iso-|isob-)?(?:north|south|east|west|central|northeast|southeast"
+    r"|northwest|southwest)-\d+"  # AWS
+    r"|[a-z]{2}-(?:ashburn|phoenix|sanjose|chicago|frankfurt|london|cardiff|amsterdam|zurich|marseille|milan|paris"
+    r"|stockholm|madrid|tokyo|osaka|seoul|chuncheon|mumbai|hyderabad|singapore|sydney|melbourne|montreal|toronto"
+    r"|saopaulo|vinhedo|santiago|valparaiso|bogota|jeddah|riyadh|dubai|abudhabi|jerusalem|johannesburg|queretaro"
+    r"|monterrey|batam)-\d+"  # OCI
+    r"|(?:us|europe|asia|australia|northamerica|southamerica|me|africa)-(?:north|south|east|west|central|northeast"
+    r"|southeast|northwest|southwest)\d+"  # GCP
+    r"|(?:us-south|us-east|eu-gb|eu-de|eu-es|eu-fr2|jp-tok|jp-osa|au-syd|ca-tor|ca-mon|br-sao|in-che|kr-seo)"
+    r"(?:-\d)?"  # IBM regions and zones
     r"|(?:east|west|north|south|central|northcentral|southcentral|westcentral|southeast|northeast)"
     r"(?:us|europe|asia|uk|india|japan|australia)\d?"  # Azure
     r"|(?:uk|japan|australia|korea|canada|france|germany|india|brazil|uae|sweden|norway|switzerland|qatar|poland"
