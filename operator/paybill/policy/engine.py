@@ -159,14 +159,15 @@ class PolicyEngine:
             return _Admitted(deny((Reason("syntax_error", str(error.args[0]), position=position),)), {}, None, 1)
         except (DecodeError, RecursionError):
             return _Admitted(deny((Reason("too_complex", "statement is nested too deeply"),)), {}, None, 1)
-        if len(tree.stmts) != 1:
+        statements = tree.stmts
+        if len(statements) != 1:
             return _Admitted(
-                deny((Reason("statement_count", f"exactly one statement is admitted, got {len(tree.stmts)}"),)),
+                deny((Reason("statement_count", f"exactly one statement is admitted, got {len(statements)}"),)),
                 {},
                 None,
                 1,
             )
-        stmt = tree.stmts[0].stmt
+        stmt = statements[0].stmt
         analysis = Analysis(self.rules, self.schema, tenant)
         try:
             analysis.statement(stmt)

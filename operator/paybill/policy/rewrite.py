@@ -253,9 +253,13 @@ def _spliced_select(result: pb.ParseResult, analysis: Analysis, limits: Limits, 
         columns = tuple(c for c in slot.table.columns if ("select", slot.table.name, c) in analysis.accesses)
         replaced[index] = _subquery(slot, columns, rules, tenant)
     shallow = _SHALLOW["ParseResult"].FromString(serialized)
-    if len(shallow.stmts) != 1 or not shallow.stmts[0].stmt.HasField("select_stmt"):
+    statements = shallow.stmts
+    if len(statements) != 1:
         return None
-    select = shallow.stmts[0].stmt.select_stmt
+    node = statements[0].stmt
+    if not node.HasField("select_stmt"):
+        return None
+    select = node.select_stmt
     if len(select.from_clause) != analysis.top_from_items:
         return None
     for index, subquery in replaced.items():
@@ -281,7 +285,16 @@ def _subquery(slot: FromSlot, columns: tuple[str, ...], rules: RuleSet, tenant: 
     """The serialized `(SELECT <columns> FROM t WHERE <filters>) alias` Node that `_filter` builds, cached."""
     range_var = slot.range_var
     alias = range_var.alias.aliasname if range_var.HasField("alias") else None
-    key = (*(getattr(range_var, name) for name in _RANGE_VAR_KEY), alias, columns, tenant)
+    key = (  # the fields of _RANGE_VAR_KEY
+        range_var.catalogname,
+        range_var.schemaname,
+        range_var.relname,
+        range_var.inh,
+        range_var.relpersistence,
+        alias,
+        columns,
+        tenant,
+    )
     cache = rules.subqueries
     found = cache.get(key)
     if found is None:
