@@ -281,7 +281,12 @@ def test_each_clouds_tag_keys_and_value_rules_are_held(tmp_path: Path) -> None:
     ]
     gcp = _copy(tmp_path, "gcp", "bridge")  # label values must be lowercase
     _edit(gcp, "main.tf", 'substr(lower(replace(var.plan, "/[^a-zA-Z0-9_-]/", "_")), 0, 63)', "var.plan")
-    assert violations(gcp) == ["locals.labels: label paybill-plan must be lowercased with lower(...) (GCP label rules)"]
+    assert violations(gcp) == ["locals.labels: paybill-plan must be lowercased with lower(...) (the cloud's tag rules)"]
+    lowered = _copy(tmp_path, "ibm", "silo")  # IBM's are lowercased too
+    _edit(lowered, "main.tf", '${lower(replace(var.cost_center, "/[^a-zA-Z0-9_.-]/", "_"))}', "${var.cost_center}")
+    assert violations(lowered) == [
+        "locals.tags: paybill-cost-center must be lowercased with lower(...) (the cloud's tag rules)"
+    ]
     ibm = _copy(tmp_path, "ibm", "bridge")  # user tags are "key:value" strings
     _edit(ibm, "main.tf", '"paybill-tenant:${var.tenant_id}"', '"tenant=${var.tenant_id}"')
     assert violations(ibm) == [

@@ -121,6 +121,7 @@ TAG_CONVENTIONS: Mapping[str, TagConvention] = {
         _KEYS,
         untaggable=frozenset({"ibm_cos_bucket", "ibm_cos_bucket_object", "ibm_is_security_group_rule"}),
         key_value_strings=True,
+        lowercase=True,
     ),
 }
 _DEFAULT_CONVENTION = TAG_CONVENTIONS["aws"]  # modules of built-in resources only (`local`) tag as AWS does
@@ -242,25 +243,25 @@ def _tag_violations(
 
 
 def _declared_tag_violations(tags: Any, convention: TagConvention) -> list[str]:
-    """The module's locals entry maps (or, for IBM, lists) the convention's keys to the tenant id, plan and cost
-    center inputs, lowercased where the cloud needs it."""
+    """The module's locals entry maps (or, for IBM, lists as "key:value") the convention's keys to the tenant id, plan
+    and cost center inputs, lowercased where the cloud needs it."""
     inputs = dict(zip(convention.keys, ("tenant_id", "plan", "cost_center"), strict=True))
     if convention.key_value_strings:
         listed = [_unquote(str(entry)) for entry in tags] if isinstance(tags, list) else []
-        if all(any(t.startswith(f"{k}:") and f"var.{v}" in t for t in listed) for k, v in inputs.items()):
-            return []
-        keys = ", ".join(f'"{key}:"' for key in convention.keys)
-        return [f"locals.{convention.local} must list {keys} user tags of the tenant id, plan and cost center"]
-    mapped = {_unquote(k): _expression(v) for k, v in tags.items()} if isinstance(tags, dict) else {}
-    if set(mapped) != set(inputs) or any(f"var.{inputs[key]}" not in value for key, value in mapped.items()):
-        return [
-            f"locals.{convention.local} must map {', '.join(convention.keys)} to the tenant id, plan and cost center"
-        ]
+        mapped = {key: _expression(t.split(":", 1)[1]) for t in listed for key in inputs if t.startswith(f"{key}:")}
+        if set(mapped) != set(inputs) or any(f"var.{inputs[key]}" not in value for key, value in mapped.items()):
+            keys = ", ".join(f'"{key}:"' for key in convention.keys)
+            return [f"locals.{convention.local} must list {keys} user tags of the tenant id, plan and cost center"]
+    else:
+        mapped = {_unquote(k): _expression(v) for k, v in tags.items()} if isinstance(tags, dict) else {}
+        if set(mapped) != set(inputs) or any(f"var.{inputs[key]}" not in value for key, value in mapped.items()):
+            keys = ", ".join(convention.keys)
+            return [f"locals.{convention.local} must map {keys} to the tenant id, plan and cost center"]
     if not convention.lowercase:
         wrong = [key for key, value in mapped.items() if value != f"var.{inputs[key]}"]
         return [f"locals.{convention.local}: {key} must be var.{inputs[key]} itself" for key in wrong]
     return [
-        f"locals.{convention.local}: label {key} must be lowercased with lower(...) (GCP label rules)"
+        f"locals.{convention.local}: {key} must be lowercased with lower(...) (the cloud's tag rules)"
         for key, value in mapped.items()
         if value != "var.tenant_id" and "lower(" not in value
     ]
