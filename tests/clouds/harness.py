@@ -13,7 +13,7 @@ from paybill.clouds import tags
 from paybill.clouds.model import Cloud
 from paybill.clouds.retry import RetryPolicy
 
-from .fakes import azure, gcp, oci
+from .fakes import azure, gcp, ibm, oci
 from .fakes.base import Answer, FakeCloud, Instance
 
 
@@ -29,7 +29,7 @@ class Harness:
     list_method: str
     throttle: Callable[[str], Answer]  # Retry-After -> the cloud's 429
     unavailable: Callable[[], Answer]  # the cloud's 503
-    exhaust_quota: Callable[[], None]
+    exhaust_quota: Callable[[], None] | None  # None: the cloud exposes no quota to check
     page_size: int
     new_instance: Callable[[int, str, dict[str, str], str], Instance]  # (serial, tenant, tags, state)
     action: tuple[str, str] = ("POST", "")  # method and path regex of a power action
@@ -169,4 +169,38 @@ def oci_harness() -> Harness:
     )
 
 
-HARNESSES: dict[str, Callable[[], Harness]] = {"azure": azure_harness, "gcp": gcp_harness, "oci": oci_harness}
+def ibm_harness() -> Harness:
+    from paybill.clouds.ibm import IbmAdapter
+
+    fake = ibm.FakeIbm()
+
+    def build(credentials: dict[str, str], region: str, endpoint: str, retry: RetryPolicy, **kw: Any) -> IbmAdapter:
+        return IbmAdapter(credentials, region, endpoint=endpoint, retry=retry, poll_seconds=0.01, **kw)
+
+    def tagged(n: int, tenant: str, found: dict[str, str], state: str) -> Instance:
+        return Instance(f"0717_{n:08d}", f"vm-{tenant}-{n}", "us-south", found, state)
+
+    return Harness(
+        Cloud.IBM,
+        fake,
+        "us-south",
+        {"IC_API_KEY": ibm.API_KEY},
+        {"IC_API_KEY": "ibm-stolen-looking-key-9876543210"},
+        build,
+        r"/v3/resources/search",
+        "POST",
+        lambda after: ibm.error(429, "too_many_requests", "Rate limit exceeded", {"Retry-After": after}),
+        lambda: ibm.error(503, "service_unavailable", "The service is temporarily unavailable."),
+        None,  # the VPC API exposes no quota
+        page_size=7,
+        new_instance=tagged,
+        action=("POST", r"/v1/instances/[^/]+/actions"),
+    )
+
+
+HARNESSES: dict[str, Callable[[], Harness]] = {
+    "azure": azure_harness,
+    "gcp": gcp_harness,
+    "oci": oci_harness,
+    "ibm": ibm_harness,
+}
