@@ -278,6 +278,7 @@ class _Type:
 
 TYPES: dict[str, _Type] = {name: _Type(name, fields) for name, fields in ADMITTED.items()}
 _STRING_KEYS = frozenset({"sval"})
+_RAW_STMT_KEYS = frozenset({"stmt", "stmt_location", "stmt_len"})
 _CONST_KEYS = {
     "ival": frozenset({"ival"}),
     "fval": frozenset({"fval"}),
@@ -331,7 +332,7 @@ class Validator:
         """Reasons to deny a parse tree in libpg_query's JSON form (what `validate` parses)."""
         walk = _Walk(tenant)
         statements = tree.get("stmts", ())
-        if len(statements) != 1 or not statements[0].keys() <= {"stmt", "stmt_location", "stmt_len"}:
+        if len(statements) != 1 or not statements[0].keys() <= _RAW_STMT_KEYS:
             return [Reason("validator_node", "the final statement must be exactly one statement")]
         stmt = statements[0].get("stmt", {})
         if len(stmt) != 1:
@@ -805,7 +806,7 @@ def _names(items: Iterable[Body]) -> list[str] | None:
     names = []
     for item in items:
         string = item.get("String")
-        if string is None or len(item) != 1 or not string.keys() <= {"sval"}:
+        if string is None or len(item) != 1 or not string.keys() <= _STRING_KEYS:
             return None
         names.append(string.get("sval", ""))
     return names
