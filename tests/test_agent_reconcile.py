@@ -337,8 +337,11 @@ def workflow(**status: Any) -> WorkflowObject:
 
 
 def observed(policy_status: dict[str, Any] | None = READY, **rest: Any) -> workflows.Observed:
+    """What the handler reads; the operator's records agree with the tenant's status unless `records` says."""
     view = None if policy_status is None else PolicyView(SPEC, AgentPolicyStatus.model_validate(policy_status))
-    return workflows.Observed(**{"policy": view, "tenant": tenant(), "has_login": True, **rest})
+    given = {"policy": view, "tenant": tenant(), "has_login": True, **rest}
+    said = given["tenant"].status.database if given["tenant"] else None
+    return workflows.Observed(**{"records": Records(said), **given})
 
 
 def finish(phase: str, reason: str, message: str, fields: dict[str, Any]) -> tuple[Any, ...]:
@@ -423,6 +426,25 @@ def test_a_workflow_yet_to_run_is_not_settled(phase: str | None) -> None:
 )
 def test_workflow_decide(status: dict[str, Any], seen_: workflows.Observed, expected: Outcome) -> None:
     assert workflows.decide(workflow(**status), seen_) == expected
+
+
+@pytest.mark.parametrize(
+    ("records", "problem"),
+    [
+        (Records(None), "the operator has no record of where tenant acme's data is"),
+        (Records(MOVED), "but the operator's record says"),
+        (Records(PLACEMENT, retained_by="uid-earlier"), "retained by an earlier Tenant"),
+    ],
+    ids=["no-record", "another-place", "retained-by-another"],
+)
+def test_a_workflow_never_loads_its_engine_where_only_the_tenants_status_says_the_data_is(
+    records: Records, problem: str
+) -> None:
+    """A forged Tenant status must not point the engine (its schema reads) at another tenant's database: the
+    operator's own records decide, and a workflow waits while they disagree with status."""
+    outcome = workflows.decide(workflow(), observed(READY, records=records))
+    assert outcome.action is None and outcome.wait is not None
+    assert outcome.wait.reason == "PlacementMismatch" and problem in outcome.wait.message
 
 
 @pytest.mark.parametrize("access", [{"access": "none"}, {"access": None}], ids=["suspended", "no-recorded-access"])

@@ -15,17 +15,19 @@ import os
 from typing import Any
 
 import kopf
+import psycopg
 
 from ..api.agentpolicy import AgentPolicySpec, AgentPolicyStatus
 from ..api.agentworkflow import AgentWorkflowSpec, AgentWorkflowStatus
 from ..api.meta import API_VERSION, GROUP, VERSION
-from ..database import DatabaseUnavailable, Placement
+from ..database import DatabaseUnavailable, Placement, TenantDatabases
 from ..database.agents.guard import ExecutionGuard
 from ..database.agents.install import engine_for
 from ..errors import first_line
 from ..kubeclient import Kube
 from ..lifecycle.agentpolicy import secret_name
 from ..lifecycle.agents import Outcome
+from ..lifecycle.evidence import Records
 from ..lifecycle.tenant import MANAGED_BY, SecretConflict, opaque_secret, owned_secret, owner_reference, secret_field
 from ..policy import PolicyEngine
 from ..policy.rules import PolicyError
@@ -51,7 +53,7 @@ from ..workflows.reconcile import (
     step_record,
 )
 from . import events
-from .agentpolicy import tenant_of, tenant_view
+from .agentpolicy import records_of, tenant_of, tenant_view
 from .apply import apply_agent_outcome, audit, delete_owned_secret, publish_secret
 
 
@@ -86,7 +88,7 @@ def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
     workflow = workflow_object(body)
     outcome = settled(workflow)
     if outcome is None:
-        seen, login = _observe(memo.kube, body, workflow, memo.databases is not None)
+        seen, login = _observe(memo.kube, body, workflow, memo.databases)
         outcome = decide(workflow, seen)
         if isinstance(outcome.action, LoadEngine):
             engine, failure = _engine(memo, outcome.action)
@@ -97,8 +99,11 @@ def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
     apply_agent_outcome(body, patch, memo, outcome)
 
 
-def _observe(kube: Kube, body: kopf.Body, workflow: WorkflowObject, database: bool) -> tuple[Observed, str | None]:
-    """The policy the workflow names, the Tenant, and the Secrets the run uses (the login kept out of `Observed`)."""
+def _observe(
+    kube: Kube, body: kopf.Body, workflow: WorkflowObject, databases: TenantDatabases | None
+) -> tuple[Observed, str | None]:
+    """The policy the workflow names, the Tenant, the operator's records of its data, and the Secrets the run uses
+    (the login kept out of `Observed`)."""
     policy = kube.get(API_VERSION, "agentpolicies", workflow.spec.policyRef, workflow.namespace)
     login, conflict = None, None
     if policy is not None:
@@ -106,9 +111,12 @@ def _observe(kube: Kube, body: kopf.Body, workflow: WorkflowObject, database: bo
             login = _login(kube, body, workflow, policy)
         except SecretConflict as exc:
             conflict = first_line(exc)
-    seen = Observed(
-        policy_view(policy), tenant_view(tenant_of(kube, workflow.namespace)), database, conflict, bool(login)
-    )
+    tenant = tenant_of(kube, workflow.namespace)
+    try:
+        records: Records | None = records_of(databases, tenant)
+    except (DatabaseUnavailable, psycopg.Error):
+        records = None
+    seen = Observed(policy_view(policy), tenant_view(tenant), databases is not None, conflict, bool(login), records)
     return seen, login
 
 

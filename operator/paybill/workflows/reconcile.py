@@ -18,6 +18,7 @@ from ..api.agentworkflow import AgentWorkflowSpec, AgentWorkflowStatus, StepStat
 from ..api.tenant import Access, DatabasePlacement
 from ..lifecycle.agentpolicy import TenantView, secret_name
 from ..lifecycle.agents import AuditRecord, Outcome, Report, Wait
+from ..lifecycle.evidence import Records, agent_placement_problem
 from ..lifecycle.outcome import Notice
 from .run import StepOutcome
 
@@ -57,6 +58,7 @@ class Observed:
     database_configured: bool = True
     secret_conflict: str | None = None  # the policy's login Secret, or the results' name, is someone else's
     has_login: bool = False  # the policy's Secret holds its login
+    records: Records | None = None  # the operator's own records of the tenant's data (None: could not be read)
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,11 @@ def decide(workflow: WorkflowObject, seen: Observed) -> Outcome:
     placement = seen.tenant.status.database if seen.tenant is not None else None
     if seen.tenant is None or not seen.database_configured or placement is None:
         return Outcome(wait=Wait("WaitingForTenant", "the tenant's database is not ready", 5))
+    # status is only evidence: the engine reads the schema where the operator's own records say the data is
+    if seen.records is None:
+        return Outcome(wait=Wait("DatabaseUnavailable", "the operator's records of the tenant's data were not read", 5))
+    if problem := agent_placement_problem(seen.tenant.name, seen.tenant.uid, placement, seen.records):
+        return Outcome(wait=Wait("PlacementMismatch", problem, 5))
     return Outcome(action=LoadEngine(seen.tenant.name, placement, policy.spec, access))
 
 
