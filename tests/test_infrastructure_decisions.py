@@ -390,9 +390,26 @@ def test_the_new_models_infrastructure_comes_before_the_data_moves() -> None:
 def test_a_failed_destroy_of_the_model_left_waits_its_backoff() -> None:
     retired = desired(module="local/pooled", digest="p" * 64, workspace="pooled")
     failed = applied(retiring="pooled", lastRun="destroy", lastResult=infra.FAILED, failures=2, lastRunAt=stamp(3))
-    assert infra.decide_retirement(seen(retired=retired), failed, NOW) == ()
+    assert infra.decide_retirement(seen(retired=retired), failed, "silo", NOW) == ()
     later = failed.model_copy(update={"lastRunAt": stamp(11)})
-    assert infra.decide_retirement(seen(retired=retired), later, NOW) == (infra.DestroyInfrastructure(retired),)
+    assert infra.decide_retirement(seen(retired=retired), later, "silo", NOW) == (infra.DestroyInfrastructure(retired),)
+    assert infra.decide_retirement(seen(retired=retired), later, "pooled", NOW) == ()  # the data is still there
+
+
+def test_a_second_change_of_model_waits_until_the_first_model_left_is_destroyed() -> None:
+    """pooled -> silo -> bridge before pooled's infrastructure went: bridge is applied only once pooled is gone (so
+    that silo, left next, is recorded and destroyed in its turn, never leaked); pooled goes meanwhile, the data
+    being on silo."""
+    record = applied(workspace="silo", retiring="pooled", retiringModule="local/pooled")
+    view = seen(desired=desired(module="local/bridge", digest="b" * 64, workspace="bridge"))
+    decision = decided(view, record)
+    assert decision.actions == () and decision.provisioned[1] == "RetiringPrevious" and not decision.ready
+    retired = desired(module="local/pooled", digest="p" * 64, workspace="pooled")
+    assert infra.decide_retirement(seen(retired=retired), record, "silo", NOW) == (
+        infra.DestroyInfrastructure(retired),
+    )
+    gone = record.model_copy(update={"retiring": None, "retiringModule": None})
+    assert decided(view, gone).actions == (infra.ApplyInfrastructure(view.desired),)
 
 
 def test_offboarding_destroys_the_model_left_then_the_current_one() -> None:

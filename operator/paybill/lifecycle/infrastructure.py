@@ -189,6 +189,9 @@ def decide_infrastructure(
         if applied:
             return _decision(True, (True, "Applied", f"{_applied(record)}; terraform {verb} running"), said, drifted)
         return _decision(False, (False, _running_reason(verb), f"terraform {verb} of {desired.module} running"), said)
+    if record.retiring and not applied and desired.workspace != record.workspace:
+        waiting = f"a model left earlier ({record.retiring}) is destroyed first, then {desired.module} is applied"
+        return _decision(False, (False, "RetiringPrevious", waiting), said, drifted)
     remediate = applied and bool(record.drifted) and desired.auto_remediate
     if applied and not remediate:
         due = desired.drift_every > 0 and elapsed(record.driftCheckedAt, now) >= desired.drift_every
@@ -246,11 +249,13 @@ def _manual(
 
 
 def decide_retirement(
-    seen: InfraSeen, recorded: InfrastructureStatus | None, now: datetime.datetime
+    seen: InfraSeen, recorded: InfrastructureStatus | None, data_on: str, now: datetime.datetime
 ) -> tuple[InfraAction, ...]:
-    """Once the tenant's data has moved to its new model (and the new model's module is applied), the old model's
-    infrastructure is destroyed; a failed destroy is tried again after its backoff."""
+    """Once the tenant's data is no longer on the model it left (`data_on`: where it is after this reconcile's
+    move), that model's infrastructure is destroyed; a failed destroy is tried again after its backoff."""
     if seen.retired is None or recorded is None or seen.running is not None or not seen.settled:
+        return ()
+    if recorded.retiring == data_on:
         return ()
     failed = recorded.lastRun == "destroy" and recorded.lastResult == FAILED
     if failed and retry_delay(recorded.failures - 1, base=FAILURE_BASE) > elapsed(recorded.lastRunAt, now):

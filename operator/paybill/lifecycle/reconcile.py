@@ -472,9 +472,10 @@ def decide(tenant: TenantObject, seen: Observed) -> Outcome:
     actions += [SetAccess(placement, access), PublishCredentials(placement)]
     if moved or seen.data.previous:  # the source goes only once the credentials point at the target
         actions.append(FinishMove())
-    if infra is not None and infra.ready and placement.isolation == isolation and seen.infrastructure is not None:
-        # the model left behind: its infrastructure goes once the data is on the new one
-        actions += decide_retirement(seen.infrastructure, tenant.status.infrastructure, seen.now)
+    if seen.infrastructure is not None:  # a model left behind: its infrastructure goes once the data is off it
+        actions += decide_retirement(
+            seen.infrastructure, tenant.status.infrastructure, str(placement.isolation), seen.now
+        )
     status.condition(
         "DatabaseReady",
         True,
