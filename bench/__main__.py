@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import policy, recovery, scaling, tenants, terraform
+from . import clouds, policy, recovery, scaling, tenants, terraform
 
 
 def machine() -> str:
@@ -51,7 +51,7 @@ def main() -> int:
     parser.add_argument("--out", default="BENCHMARKS.md")
     parser.add_argument(
         "--only",
-        choices=("policy", "tenants", "terraform", "scaling", "recovery"),
+        choices=("policy", "tenants", "terraform", "scaling", "recovery", "clouds"),
         help="run one group; the file keeps the others",
     )
     args = parser.parse_args()
@@ -61,6 +61,7 @@ def main() -> int:
         "terraform": terraform.run,
         "scaling": scaling.run,
         "recovery": recovery.run,
+        "clouds": clouds.run,
     }
     load_before = os.getloadavg()[0]
     sections = [run(args.quick) for name, run in groups.items() if args.only in (None, name)]
