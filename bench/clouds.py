@@ -31,7 +31,8 @@ TENANTS = 1000
 QUICK_TENANTS = 100
 HOW = {
     Cloud.AWS: "EC2 DescribeInstances, tag filter (server side); RDS DescribeDBInstances (tags in the answer)",
-    Cloud.AZURE: "virtualMachines listAll statusOnly, every page, tag matched by the adapter (no tag filter in the compute API)",
+    Cloud.AZURE: "virtualMachines listAll statusOnly, every page, tag matched by the adapter (the compute API "
+    "filters no tags)",
     Cloud.GCP: "instances aggregatedList, label filter (server side)",
     Cloud.OCI: "Resource Search structured query on the freeform tag (server side)",
     Cloud.IBM: "Global Search on the user tag (server side), then one VPC GET instance each for its status",
@@ -84,30 +85,32 @@ def _aws(names: list[str]) -> Figures:
     import boto3
 
     region = "eu-west-1"
-    with tempfile.TemporaryDirectory(prefix="bench-clouds-") as directory:
-        with moto_with_authentication(Path(directory) / "moto.log") as moto:
-            credentials = {k: moto[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-            ec2 = boto3.client(
-                "ec2",
-                endpoint_url=moto["url"],
-                region_name=region,
-                aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
-                aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-clouds-") as directory,
+        moto_with_authentication(Path(directory) / "moto.log") as moto,
+    ):
+        credentials = {k: moto[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+        ec2 = boto3.client(
+            "ec2",
+            endpoint_url=moto["url"],
+            region_name=region,
+            aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+        )
+
+        def launch(name: str) -> None:
+            found = [{"Key": k, "Value": v} for k, v in tags.tags(Cloud.AWS, name, "gold", "cc-bench").items()]
+            ec2.run_instances(
+                ImageId="ami-12c6146b",
+                InstanceType="t3.micro",
+                MinCount=1,
+                MaxCount=1,
+                TagSpecifications=[{"ResourceType": "instance", "Tags": found}],
             )
 
-            def launch(name: str) -> None:
-                found = [{"Key": k, "Value": v} for k, v in tags.tags(Cloud.AWS, name, "gold", "cc-bench").items()]
-                ec2.run_instances(
-                    ImageId="ami-12c6146b",
-                    InstanceType="t3.micro",
-                    MinCount=1,
-                    MaxCount=1,
-                    TagSpecifications=[{"ResourceType": "instance", "Tags": found}],
-                )
-
-            with ThreadPoolExecutor(4) as pool:
-                list(pool.map(launch, names))
-            return _measure(Cloud.AWS, lambda: AwsAdapter(credentials, region, endpoint=moto["url"]), names)
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(launch, names))
+        return _measure(Cloud.AWS, lambda: AwsAdapter(credentials, region, endpoint=moto["url"]), names)
 
 
 def measure(tenants: int) -> list[Figures]:
@@ -123,8 +126,8 @@ def table(figures: list[Figures]) -> list[str]:
     ]
     for f in figures:
         rows.append(
-            f"| {f.cloud.value} | {HOW[f.cloud]} | {f.tenants} | {f.seconds:.1f} | {1000 * f.seconds / f.tenants:.1f} | "
-            f"{f.calls / f.tenants:.2f} | {f.sweep_seconds:.2f} | {f.sweep_calls} |"
+            f"| {f.cloud.value} | {HOW[f.cloud]} | {f.tenants} | {f.seconds:.1f} | "
+            f"{1000 * f.seconds / f.tenants:.1f} | {f.calls / f.tenants:.2f} | {f.sweep_seconds:.2f} | {f.sweep_calls} |"
         )
     return rows
 
