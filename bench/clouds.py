@@ -127,7 +127,8 @@ def table(figures: list[Figures]) -> list[str]:
     for f in figures:
         rows.append(
             f"| {f.cloud.value} | {HOW[f.cloud]} | {f.tenants} | {f.seconds:.1f} | "
-            f"{1000 * f.seconds / f.tenants:.1f} | {f.calls / f.tenants:.2f} | {f.sweep_seconds:.2f} | {f.sweep_calls} |"
+            f"{1000 * f.seconds / f.tenants:.1f} | {f.calls / f.tenants:.2f} | "
+            f"{f.sweep_seconds:.2f} | {f.sweep_calls} |"
         )
     return rows
 
