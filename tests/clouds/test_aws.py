@@ -12,6 +12,8 @@ from paybill.clouds.retry import RetryPolicy
 
 from .fakes.aws import MotoProxy, error
 
+# moto's venv is made on first use (minutes on a new machine), as tests/terraform/test_aws.py's
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 AMI = "ami-12c6146b"
 
 
