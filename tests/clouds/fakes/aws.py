@@ -86,4 +86,8 @@ def moto_with_authentication(log: Path) -> Iterator[dict[str, str]]:
         yield {"url": url, "AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
     finally:
         process.terminate()
-        process.wait(10)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:  # a loaded machine: moto's werkzeug may not end in time
+            process.kill()
+            process.wait()
