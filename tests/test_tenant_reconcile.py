@@ -612,6 +612,29 @@ def test_a_namespace_that_is_not_the_tenants_is_kept_on_offboarding() -> None:
     assert [e.reason for e in outcome.events] == ["NamespaceKept"]
 
 
+@pytest.mark.parametrize("forged", [Phase.OFFBOARDING, Phase.OFFBOARDED])
+def test_an_offboarding_phase_status_alone_never_removes_data(forged: Phase) -> None:
+    """Offboarding is asked for by spec.offboard (or by deleting the Tenant), never by status: a Tenant whose status
+    says Offboarding or Offboarded while its data is in place is reconciled from the data, nothing removed, its
+    suspension still enforced (outsider's review of issue 13, finding 1)."""
+    forged_tenant = with_status(tenant(forged, suspended=True), isolation="pooled", access=Access.FULL, plan="pro")
+    outcome = decide(forged_tenant, seen(Isolation.POOLED, recorded=Isolation.POOLED))
+    assert not {"TakeBackup", "RemoveData", "DeleteNamespace", "DeleteBackupFile"} & set(kinds(outcome))
+    assert SetAccess(at(Isolation.POOLED), Access.NONE) in outcome.actions
+    assert outcome.status is not None and outcome.status.phase == Phase.SUSPENDED
+    assert [e.reason for e in outcome.events][:1] == ["StatusDisowned"]
+
+
+def test_an_offboarding_whose_data_is_gone_or_kept_by_the_tenant_stays_offboarded() -> None:
+    gone = decide(with_status(tenant(Phase.OFFBOARDED), plan="pro"), seen(Isolation.POOLED))  # nothing recorded
+    kept = decide(
+        with_status(tenant(Phase.OFFBOARDED), plan="pro"),
+        seen(Isolation.POOLED, recorded=Isolation.POOLED, kept_by_this_tenant=True),
+    )
+    for outcome in (gone, kept):
+        assert outcome.actions == () and [e.reason for e in outcome.events] == ["TransitionRefused"]
+
+
 def test_an_offboarded_tenant_is_never_provisioned_again() -> None:
     outcome = decide(tenant(Phase.OFFBOARDED), seen())
     assert outcome.actions == () and outcome.status is None

@@ -65,7 +65,8 @@ def _observe_data(tenant: TenantObject, memo: kopf.Memo, isolation: str | None) 
     if databases is None:
         return {}
     try:
-        claim = name_claim(tenant.name, tenant.uid, databases.retained_by(tenant.name), tenant.adopt_retained)
+        retained_by = databases.retained_by(tenant.name)
+        claim = name_claim(tenant.name, tenant.uid, retained_by, tenant.adopt_retained)
         if claim.refused is not None:  # an earlier Tenant's retained data: never this one's unless it adopts it
             return {"retained": claim.refused}
         current, moving_to, previous = databases.recorded(tenant.name)
@@ -79,10 +80,11 @@ def _observe_data(tenant: TenantObject, memo: kopf.Memo, isolation: str | None) 
         health = observe_health(memo.kube, databases, tenant, current) if current and checked(tenant) else None
     except (DatabaseUnavailable, psycopg.Error, SecretConflict):
         health = None
-    backup = tenant.status.backup
-    intact = backup is not None and _intact(Path(backup.location), backup.sha256)
+    backup, own = tenant.status.backup, own_backup(databases, tenant)
+    intact = backup is not None and Path(backup.location) == own and _intact(own, backup.sha256)
     data = decisions.DataPlacement(current, left, target, place(moving_to) if moving_to else None, others, known)
-    return {"data": data, "backup_intact": intact, "health": health}
+    kept = retained_by == tenant.uid
+    return {"data": data, "backup_intact": intact, "health": health, "kept_by_this_tenant": kept}
 
 
 def decide_safely(tenant: TenantObject, decide: Callable[[], Outcome], retry: int) -> Outcome:
@@ -116,6 +118,12 @@ def carry_out(actions: TenantActions, outcome: Outcome, retry: int, patch: kopf.
     post(actions.body, outcome.events)
     if outcome.retry is not None:
         raise kopf.TemporaryError(outcome.retry_message, delay=outcome.retry)
+
+
+def own_backup(databases: TenantDatabases, tenant: TenantObject) -> Path | None:
+    """Where this Tenant's final backup is, by the operator's own naming (never a path status names)."""
+    directory = databases.backup_dir
+    return directory / f"{decisions.backup_label(tenant)}.sql" if directory is not None else None
 
 
 def _intact(location: Path, sha256: str) -> bool:

@@ -125,8 +125,10 @@ class TenantActions:
                 databases.drop_role(name)
                 databases.forget(name)
             case decisions.DeleteBackupFile():
-                if self.backup is not None:
-                    Path(self.backup.location).unlink(missing_ok=True)
+                assert databases is not None and databases.backup_dir is not None
+                own = databases.backup_dir / f"{decisions.backup_label(self.tenant)}.sql"
+                if self.backup is not None and Path(self.backup.location) == own:  # never a file status names
+                    own.unlink(missing_ok=True)
                     self.backup = decisions.destroyed(self.backup)
                     self.patch_status({"backup": self.backup.model_dump(mode="json", exclude_none=True)})
             case decisions.RetainName():

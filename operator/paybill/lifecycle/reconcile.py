@@ -146,6 +146,7 @@ class Observed:
     backup_intact: bool = False
     health: DataHealth | None = None  # checked once the tenant was provisioned
     retained: str | None = None  # an earlier Tenant of this name keeps its data here: never this one's
+    kept_by_this_tenant: bool = False  # this Tenant was offboarded with deletionPolicy retain (the operator's record)
     infrastructure: InfraSeen | None = None  # the plan's provisioning (None: the plan has no infrastructure)
     now: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.UTC))
     retry: int = 0
@@ -370,10 +371,35 @@ def offboarding(tenant: TenantObject) -> bool:
 
 def decide(tenant: TenantObject, seen: Observed) -> Outcome:
     """What one reconcile of `tenant` does, given what was observed."""
-    if offboarding(tenant):
-        if tenant.phase == Phase.OFFBOARDED and not tenant.spec.offboard:
-            return _refused(tenant.phase, Event.PROVISION)
+    if tenant.spec.offboard:
         return offboard(tenant, seen)
+    disowned: tuple[Notice, ...] = ()
+    if tenant.phase in (Phase.OFFBOARDING, Phase.OFFBOARDED):  # never asked for by spec.offboard: status says so
+        if _data_in_place(seen) and not seen.kept_by_this_tenant:  # status is not an order: nothing is removed
+            message = (
+                f"status said {tenant.phase}, but offboarding was never asked for (spec.offboard is false) and the "
+                "tenant's data is in place; reconciled from the data, nothing removed"
+            )
+            disowned = (Notice("StatusDisowned", message, warning=True),)
+            tenant = replace(tenant, status=tenant.status.model_copy(update={"phase": Phase.ACTIVE}))
+        elif tenant.phase == Phase.OFFBOARDED:
+            return _refused(tenant.phase, Event.PROVISION)
+        else:
+            return offboard(tenant, seen)  # its data already went: the rest of offboarding, as it was under way
+    outcome = _decide(tenant, seen)
+    return replace(outcome, events=disowned + tuple(outcome.events)) if disowned else outcome
+
+
+def backup_label(tenant: TenantObject) -> str:
+    """The name of the Tenant's final backup (its file is `<label>.sql` in the backup directory)."""
+    return f"{tenant.name}-{tenant.uid}"
+
+
+def _data_in_place(seen: Observed) -> bool:
+    return seen.data is not None and seen.data.current is not None
+
+
+def _decide(tenant: TenantObject, seen: Observed) -> Outcome:
     status = _Status(tenant)
     if seen.plan is None:
         waiting = tenant.phase if tenant.phase != Phase.FAILED else Phase.PENDING
@@ -635,7 +661,7 @@ def offboard(tenant: TenantObject, seen: Observed, deleting: bool = False) -> Ou
     if data is not None and placement is not None:
         actions.append(SetAccess(placement, Access.NONE))
         if tenant.status.backup is None or not seen.backup_intact:
-            actions.append(TakeBackup(placement, f"{tenant.name}-{tenant.uid}"))
+            actions.append(TakeBackup(placement, backup_label(tenant)))
         if policy != DeletionPolicy.RETAIN:  # wherever a move may have left data too, so the role can be dropped
             actions.append(RemoveData((placement, *(p for p in data.others if p != placement))))
         if policy == DeletionPolicy.DESTROY:
