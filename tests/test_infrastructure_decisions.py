@@ -396,6 +396,15 @@ def test_a_failed_destroy_of_the_model_left_waits_its_backoff() -> None:
     assert infra.decide_retirement(seen(retired=retired), later, "pooled", NOW) == ()  # the data is still there
 
 
+@pytest.mark.parametrize("forged", ["silo", "default", "SILO", "pooled "])
+def test_a_retiring_workspace_status_names_is_destroyed_only_if_it_is_another_model(forged: str) -> None:
+    """status.infrastructure is evidence (third outsider, issue 13, finding 3): a forged `retiring` naming the current
+    workspace, or no model at all, destroys nothing."""
+    record = applied(workspace="silo", retiring=forged, retiringModule="local/silo")
+    retired = desired(module="local/silo", digest="s" * 64, workspace=forged)
+    assert infra.decide_retirement(seen(retired=retired), record, "bridge", NOW) == ()
+
+
 def test_a_second_change_of_model_waits_until_the_first_model_left_is_destroyed() -> None:
     """pooled -> silo -> bridge before pooled's infrastructure went: bridge is applied only once pooled is gone (so
     that silo, left next, is recorded and destroyed in its turn, never leaked); pooled goes meanwhile, the data

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api.meta import Condition
-from ..api.plan import Approval, Provisioning
+from ..api.plan import Approval, Isolation, Provisioning
 from ..api.tenant import InfrastructureStatus
 from .machine import retry_delay
 from .outcome import Notice
@@ -255,7 +255,9 @@ def decide_retirement(
     move), that model's infrastructure is destroyed; a failed destroy is tried again after its backoff."""
     if seen.retired is None or recorded is None or seen.running is not None or not seen.settled:
         return ()
-    if recorded.retiring == data_on:
+    models = {str(isolation) for isolation in Isolation}
+    # status is evidence: only another model's workspace, never the current one nor a name that is no model
+    if recorded.retiring == data_on or recorded.retiring == recorded.workspace or recorded.retiring not in models:
         return ()
     failed = recorded.lastRun == "destroy" and recorded.lastResult == FAILED
     if failed and retry_delay(recorded.failures - 1, base=FAILURE_BASE) > elapsed(recorded.lastRunAt, now):
