@@ -60,13 +60,34 @@ def seen(**observed: Any) -> policies.Observed:
     """What the handler reads; the operator's records agree with the tenant's status unless `records` says."""
     given = {"tenant": tenant(), **observed}
     view = given["tenant"]
-    return policies.Observed(**{"records": Records(view.status.database if view else None), **given})
+    records = Records(view.status.database, access=view.access) if view else Records(None)
+    return policies.Observed(**{"records": records, **given})
 
 
 def install(
     access: Access = Access.FULL, placement: DatabasePlacement = PLACEMENT, previous: str | None = None
 ) -> Outcome:
     return Outcome(action=Install("acme", placement, access, previous))
+
+
+@pytest.mark.parametrize(
+    ("said", "database", "granted"),
+    [
+        (Access.FULL, Access.NONE, Access.NONE),  # a suspended tenant whose status was forged to full
+        (Access.FULL, Access.READ_ONLY, Access.READ_ONLY),
+        (Access.FULL, None, Access.NONE),  # the role's access not read: nothing granted
+        (Access.READ_ONLY, Access.FULL, Access.READ_ONLY),  # the tenant being restricted: status first
+        (Access.FULL, Access.FULL, Access.FULL),
+    ],
+)
+def test_an_agent_gets_no_more_than_its_tenants_role_has_in_the_database(
+    said: Access, database: Access | None, granted: Access
+) -> None:
+    """status.access is evidence (third outsider, issue 13, finding 4): the agent is installed with the least of
+    what status says and what the tenant's role may do in the database."""
+    view = tenant(access=str(said))
+    seen_ = policies.Observed(view, records=Records(view.status.database, access=database))
+    assert policies.decide(policy(), seen_) == install(granted)
 
 
 def waiting(reason: str, message: str, delay: float) -> Outcome:

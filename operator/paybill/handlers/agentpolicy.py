@@ -92,7 +92,8 @@ def records_of(databases: TenantDatabases | None, tenant: dict[str, Any] | None)
         return Records(None)
     name = tenant["metadata"]["name"]
     recorded, _, _ = databases.recorded(name)
-    return Records(recorded.to_model() if recorded else None, databases.retained_by(name))
+    access = databases.access_of(recorded) if recorded else None
+    return Records(recorded.to_model() if recorded else None, databases.retained_by(name), access)
 
 
 @kopf.on.resume(GROUP, VERSION, "agentpolicies")

@@ -14,7 +14,7 @@ from enum import StrEnum
 from ..api.agentpolicy import AgentPolicySpec, AgentPolicyStatus
 from ..api.tenant import Access, DatabasePlacement, TenantPhase, TenantStatus
 from .agents import AuditRecord, Outcome, Report, Retry, Wait
-from .evidence import Records, agent_placement_problem
+from .evidence import Records, agent_placement_problem, least_access
 from .outcome import Notice
 from .tenant import agent_grants_key
 
@@ -126,7 +126,9 @@ def decide(policy: PolicyObject, seen: Observed) -> Outcome:
         return _conflict(FailureKind.PLACEMENT_MISMATCH, problem, tenant.name)
     if seen.secret_conflict is not None:
         return _conflict(FailureKind.SECRET_CONFLICT, seen.secret_conflict, tenant.name)
-    return Outcome(action=Install(tenant.name, placement, tenant.access, policy.status.database))
+    # the agent may do no more than the tenant's role does in the database: status alone never grants
+    access = least_access(tenant.access, seen.records.access)
+    return Outcome(action=Install(tenant.name, placement, access, policy.status.database))
 
 
 def installed(policy: PolicyObject, action: Install, done: Installation) -> Outcome:

@@ -14,7 +14,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..api.tenant import DatabasePlacement
+from ..api.tenant import Access, DatabasePlacement
 
 if TYPE_CHECKING:
     from ..database.placement import Placement
@@ -44,11 +44,21 @@ class Holdings:
 
 @dataclass(frozen=True)
 class Records:
-    """The operator's records of a tenant's data, for an AgentPolicy: where it is placed (None: no record), and the
-    uid of an earlier Tenant of the name that kept its data when it was offboarded (deletionPolicy retain)."""
+    """The operator's records of a tenant's data, for an AgentPolicy: where it is placed (None: no record), the
+    uid of an earlier Tenant of the name that kept its data when it was offboarded (deletionPolicy retain), and
+    what the tenant's role may do there as the database has it (None: not read, which grants nothing)."""
 
     placement: DatabasePlacement | None
     retained_by: str | None = None
+    access: Access | None = None
+
+
+ACCESS_ORDER = (Access.NONE, Access.READ_ONLY, Access.FULL)
+
+
+def least_access(*given: Access | None) -> Access:
+    """The least of the accesses given; one not known (None) is none."""
+    return min((a or Access.NONE for a in given), key=ACCESS_ORDER.index)
 
 
 def describe(placement: DatabasePlacement) -> str:
