@@ -123,3 +123,8 @@ def test_a_tenant_with_nothing_is_an_empty_result(cloud: Harness) -> None:
     assert adapter.inventory("nobody") == []
     assert adapter.suspend("nobody").changed == ()
     assert adapter.orphans(set()) == []
+
+
+def test_inventory_ends_on_a_full_last_page(cloud: Harness) -> None:
+    mine = cloud.seed("acme", 2 * cloud.page_size)
+    assert sorted(r.id for r in cloud.adapter(page_size=cloud.page_size).inventory("acme")) == mine

@@ -121,7 +121,9 @@ class FakeIbm(FakeCloud):
         )
         size = int(request.param("limit") or 10)
         expect(1 <= size <= 1000, "limit out of 1..1000")
-        found, cursor = page(chosen, body.get("search_cursor"), size)
+        cursor = body.get("search_cursor")
+        # Global Search always hands back a cursor; past the last item the next page is empty
+        found, cursor = ([], None) if cursor == "end" else page(chosen, cursor, size)
         items = [
             {
                 "crn": crn(i.region, i.id),
