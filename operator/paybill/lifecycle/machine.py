@@ -8,8 +8,8 @@
 Failed is retried with backoff. Suspension has causes (billing, manual); the tenant resumes only when
 none is left. A move (Migrating) ends migrated, rolled back when it was abandoned half-way (the plan
 changed back), or paused while it cannot go on (the tenant suspended meanwhile); each is said as it
-happened. A move that starts from Failed or Suspended goes through Active to Migrating, so it is recorded
-as a move too. Offboarding can start from any phase but Offboarded.
+happened. A move tried again from Failed goes straight to Migrating; one that starts as a Suspended tenant
+resumes goes through Active; either is recorded as a move. Offboarding can start from any phase but Offboarded.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ TRANSITIONS: dict[tuple[Phase, Event], Phase] = {
     (Phase.ACTIVE, Event.SUSPEND): Phase.SUSPENDED,
     (Phase.SUSPENDED, Event.RESUME): Phase.ACTIVE,
     (Phase.ACTIVE, Event.MIGRATE): Phase.MIGRATING,
+    (Phase.FAILED, Event.MIGRATE): Phase.MIGRATING,  # a failed move tried again: never said Active meanwhile
     (Phase.MIGRATING, Event.MIGRATED): Phase.ACTIVE,
     (Phase.MIGRATING, Event.ROLL_BACK): Phase.ACTIVE,
     (Phase.MIGRATING, Event.PAUSE): Phase.ACTIVE,
@@ -70,7 +71,7 @@ REFUSALS: dict[tuple[Phase, Event], str] = {
 
 
 # Taken only when a decision names them, never on the way to a goal.
-DETOURS = frozenset({Event.FAIL, Event.ROLL_BACK, Event.PAUSE})
+DETOURS = frozenset({Event.FAIL, Event.ROLL_BACK, Event.PAUSE, Event.MIGRATE})
 
 
 class TransitionRefused(ValueError):

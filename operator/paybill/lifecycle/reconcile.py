@@ -475,7 +475,10 @@ def _decide(tenant: TenantObject, seen: Observed) -> Outcome:
                 moving = f"moving from {placement.isolation} to {isolation}; writes wait until the move is verified"
                 meanwhile = _Status(tenant)
                 meanwhile.condition("Ready", False, "Migrating", moving)
-                entered = (*path(phase, Phase.ACTIVE), transition(Phase.ACTIVE, Event.MIGRATE))
+                if phase == Phase.FAILED:  # a failed move tried again: never said Active mid-move
+                    entered: tuple[Transition, ...] = (transition(phase, Event.MIGRATE),)
+                else:
+                    entered = (*path(phase, Phase.ACTIVE), transition(Phase.ACTIVE, Event.MIGRATE))
                 actions.append(
                     EnterPhase(
                         entered, f"{placement.isolation} -> {isolation}", tuple(meanwhile.build(phase).conditions)
