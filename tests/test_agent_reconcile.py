@@ -34,7 +34,7 @@ from paybill.workflows.reconcile import EngineFailure, LoadEngine, PolicyView, R
 
 SPEC = AgentPolicySpec.model_validate(
     {
-        "subjects": ["agent:bot"],
+        "subjects": [{"serviceAccount": "tenant-agent", "agent": "agent:bot"}],
         "rules": [
             {"id": "read", "effect": "allow", "actions": ["select"], "tables": ["orders"]},
             {"id": "write", "effect": "allow", "actions": ["update"], "tables": ["orders"], "columns": ["status"]},

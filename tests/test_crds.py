@@ -89,7 +89,7 @@ def test_optional_objects_default_only_where_absence_means_nothing() -> None:
     schema = openapi_schema(AgentPolicy)["properties"]["spec"]
     spec = apply_defaults(
         {
-            "subjects": ["agent:a"],
+            "subjects": [{"serviceAccount": "tenant-agent", "agent": "agent:a"}],
             "rules": [
                 {"id": "plain", "effect": "allow", "actions": ["select"], "tables": ["t"]},
                 {
@@ -246,7 +246,7 @@ def test_the_cel_bound_check_finds_unbounded_reads() -> None:
 
 
 def _policy(rules: Any = None, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"subjects": ["agent:a"], **spec}
+    body: dict[str, Any] = {"subjects": [{"serviceAccount": "tenant-agent", "agent": "agent:a"}], **spec}
     if rules is not None:
         body["rules"] = rules
     return {

@@ -145,7 +145,7 @@ def test_a_resync_finds_a_ready_agent_policy_whose_secret_is_gone(cluster: Any) 
                 "apiVersion": API,
                 "kind": "AgentPolicy",
                 "metadata": {"name": policy, "namespace": "default"},
-                "spec": {"subjects": ["agent:a"], "rules": []},
+                "spec": {"subjects": [{"serviceAccount": "tenant-agent", "agent": "agent:a"}], "rules": []},
             }
         )
         cluster.kube.request(

@@ -184,7 +184,7 @@ def test_cel_rules_including_transition_rules(http: Http) -> None:
         "kind": "AgentPolicy",
         "metadata": {"name": "p"},
         "spec": {
-            "subjects": ["agent:a"],
+            "subjects": [{"serviceAccount": "tenant-agent", "agent": "agent:a"}],
             "rules": [
                 {"id": "r", "effect": "allow", "actions": ["select"], "tables": ["t"]},
                 {"id": "r", "effect": "deny", "actions": ["delete"], "tables": ["t"]},

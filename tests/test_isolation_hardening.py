@@ -72,7 +72,7 @@ def agent_policy(namespace: str, name: str) -> dict[str, Any]:
         "kind": "AgentPolicy",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
-            "subjects": ["agent:bot"],
+            "subjects": [{"serviceAccount": "tenant-agent", "agent": "agent:bot"}],
             "rules": [
                 {"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"]},
                 {

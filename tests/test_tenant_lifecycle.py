@@ -406,7 +406,7 @@ def test_every_transition_is_in_a_verifiable_audit_chain(operator: Any, postgres
 
 def agent_policy(namespace: str, **changes: Any) -> dict[str, Any]:
     spec = {
-        "subjects": ["agent:support-bot"],
+        "subjects": [{"serviceAccount": "tenant-agent", "agent": "agent:support-bot"}],
         "functions": ["count"],
         "rules": [
             {"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"]},

@@ -284,7 +284,7 @@ def test_a_tenant_admin_runs_workloads_but_cannot_escalate_write_secrets_or_exec
             "apiVersion": API,
             "kind": "AgentPolicy",
             "metadata": {"name": "p", **meta},
-            "spec": {"subjects": ["agent:bot"], "rules": []},
+            "spec": {"subjects": [{"serviceAccount": "tenant-agent", "agent": "agent:bot"}], "rules": []},
         }
     )
 

@@ -24,7 +24,7 @@ AGENT_PASSWORD = "agent-pw"
 PRINCIPAL = "agent:support-bot"
 POLICY = AgentPolicySpec.model_validate(
     {
-        "subjects": [PRINCIPAL],
+        "subjects": [{"serviceAccount": "tenant-agent", "agent": PRINCIPAL}],
         "rules": [
             {"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"]},
             {

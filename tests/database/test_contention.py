@@ -145,7 +145,7 @@ def test_a_changed_policy_fails_fast_and_retryably_behind_a_reader(databases: Te
     agent(databases, owner, "changing")
     changed = AgentPolicySpec.model_validate(
         {
-            "subjects": ["agent:bot"],
+            "subjects": [{"serviceAccount": "tenant-agent", "agent": "agent:bot"}],
             "rules": [
                 {
                     "id": "read-orders",

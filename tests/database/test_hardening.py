@@ -29,7 +29,7 @@ PASSWORD = "tenant-pw"
 AGENT_PASSWORD = "agent-pw"
 POLICY = AgentPolicySpec.model_validate(
     {
-        "subjects": ["agent:bot"],
+        "subjects": [{"serviceAccount": "tenant-agent", "agent": "agent:bot"}],
         "rules": [{"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"]}],
     }
 )

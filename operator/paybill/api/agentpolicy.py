@@ -20,6 +20,7 @@ from .meta import (
 from .tenant import Access
 
 IDENT = r"^([A-Za-z_][A-Za-z0-9_$]*|\*)$"
+AGENT_NAME = r"^agent:[a-z0-9][-a-z0-9]*$"
 MAX_RULES = 256
 
 
@@ -67,6 +68,21 @@ class Rule(Model):
     approval: Approval | None = Field(default=None, description="Human approval needed before execution.")
 
 
+class Subject(Model):
+    """An agent: the ServiceAccount the API server authenticates, and the name its workflows run under."""
+
+    serviceAccount: str = Field(
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        max_length=253,
+        description="A ServiceAccount in the policy's namespace: the agent's identity, as the API server says it.",
+    )
+    agent: str = Field(
+        pattern=AGENT_NAME,
+        max_length=63,
+        description="The agent's display name (an AgentWorkflow's spec.principal), bound to this one ServiceAccount.",
+    )
+
+
 class Limits(Model):
     maxRowsRead: int = Field(default=1000, ge=1, description="Rows a statement may return.")
     maxRowsWritten: int = Field(default=10, ge=0, description="Rows a statement may change.")
@@ -76,8 +92,12 @@ class Limits(Model):
 
 
 class AgentPolicySpec(Model):
-    subjects: list[str] = Field(
-        min_length=1, json_schema_extra=LIST_SET, description="Principals the policy applies to, e.g. agent:bot."
+    subjects: list[Subject] = Field(
+        min_length=1,
+        max_length=64,
+        json_schema_extra=list_map("agent"),
+        description="The agents the policy applies to: each display name bound to one ServiceAccount of the "
+        "namespace (a workflow is admitted only from the ServiceAccount its principal is bound to).",
     )
     mode: PolicyMode = Field(
         default=PolicyMode.ENFORCE, description="enforce denies; warn and audit allow but record what would be denied."

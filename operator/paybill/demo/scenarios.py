@@ -267,7 +267,7 @@ def agent_gate(
         load_policy(directory / "support-policy.yaml").spec, tenant_schema(TenantDatabases(database_url), where)
     )
     login = _secret(kube, status["credentialsSecret"], namespace)["uri"]
-    agent = manifest["spec"]["subjects"][0]
+    agent = manifest["spec"]["subjects"][0]["agent"]
     admitted = True
     with ExecutionGuard(engine, login, agent, tenant) as guard:
         for statement in HOSTILE:

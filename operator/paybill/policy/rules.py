@@ -161,7 +161,7 @@ class RuleSet:
             :16
         ]
         self.mode = str(spec.mode)
-        self.subjects = frozenset(spec.subjects)
+        self.subjects = frozenset(subject.agent for subject in spec.subjects)  # display names; identity: admission
         self.functions = frozenset(f.lower() for f in spec.functions)
         self.limits = spec.limits
         self.row_filters = {rule.id: rule.rowFilter for rule in spec.rules}
