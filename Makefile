@@ -89,9 +89,9 @@ lock:  ## rewrite constraints*.txt: the versions installed now, resolved afresh 
 	  } > .state/lock/constraints-peer.txt && { cmp -s .state/lock/constraints-peer.txt constraints-peer.txt || mv .state/lock/constraints-peer.txt constraints-peer.txt; }; \
 	else echo "lock: no $(PEER) (make bench makes it); constraints-peer.txt left as it is"; fi
 
-crds: install  ## regenerate crds/ (and the chart's copy) from operator/paybill/api
+crds: install  ## regenerate crds/ (and the chart's copy, templates/crds.yaml renders it) from operator/paybill/api
 	$(BIN)/paybill crds --out crds
-	mkdir -p charts/paybill/crds && cp crds/*.yaml charts/paybill/crds/
+	mkdir -p charts/paybill/files/crds && cp crds/*.yaml charts/paybill/files/crds/
 
 emulator: install  ## the emulated API server on 127.0.0.1:8001 with a kubeconfig in .state/
 	$(BIN)/paybill emulator
