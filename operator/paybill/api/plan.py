@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .meta import (
     AGE_COLUMN,
@@ -41,6 +42,38 @@ class Cloud(StrEnum):
 
     LOCAL = "local"
     AWS = "aws"
+    AZURE = "azure"
+    GCP = "gcp"
+    OCI = "oci"
+    IBM = "ibm"
+
+
+# Each cloud's region when a Plan names none, and the shape of its region names (preflight asks the cloud whether
+# the region exists; the shape refuses another cloud's name, e.g. eastus on aws, at the API server already)
+DEFAULT_REGIONS = {
+    Cloud.LOCAL: "us-east-1",
+    Cloud.AWS: "us-east-1",
+    Cloud.AZURE: "eastus",
+    Cloud.GCP: "us-central1",
+    Cloud.OCI: "us-ashburn-1",
+    Cloud.IBM: "us-south",
+}
+REGION_SHAPES = {
+    Cloud.AWS: (r"^[a-z]{2}(-gov|-iso|-isob)?-[a-z]+-[0-9]+$", "like us-east-1"),
+    Cloud.AZURE: (r"^[a-z]+[0-9]*$", "like eastus or westeurope"),
+    Cloud.GCP: (r"^[a-z]+-[a-z]+[0-9]+$", "like us-central1"),
+    Cloud.OCI: (r"^[a-z]{2}-[a-z]+-[0-9]+$", "like us-ashburn-1"),
+    Cloud.IBM: (r"^[a-z]{2}-[a-z]{2,5}$", "like us-south or eu-de"),
+}
+
+
+def _region_rule(cloud: Cloud) -> ValidationRule:
+    pattern, example = REGION_SHAPES[cloud]
+    return ValidationRule(
+        f"self.cloud != '{cloud.value}' || !has(self.region) || self.region.matches('{pattern}')",
+        f"region is not a {cloud.value} region name ({example})",
+        "provisioning",
+    )
 
 
 class Approval(StrEnum):
@@ -62,7 +95,13 @@ class Provisioning(Model):
         description="auto applies each plan at once; manual stops after planning until the Tenant is annotated "
         "paybill.dev/approve-plan=<plan hash>.",
     )
-    region: str = Field(default="us-east-1", pattern=NAME, max_length=63, description="Region passed to the module.")
+    region: str | None = Field(
+        default=None,
+        pattern=NAME,
+        max_length=63,
+        description="Region passed to the module and checked by preflight; default per cloud: aws us-east-1, "
+        "azure eastus, gcp us-central1, oci us-ashburn-1, ibm us-south.",
+    )
     costCenter: str = Field(
         default="", max_length=63, description="Tagged on every resource; defaults to the plan's tier."
     )
@@ -71,12 +110,27 @@ class Provisioning(Model):
         pattern=NAME,
         max_length=253,
         description="Secret in the operator's namespace with the provider's credentials (aws: AWS_ACCESS_KEY_ID, "
-        "AWS_SECRET_ACCESS_KEY); only provider variables (AWS_*, ARM_*, GOOGLE_*, ...) reach Terraform.",
+        "AWS_SECRET_ACCESS_KEY; azure: ARM_SUBSCRIPTION_ID, ARM_TENANT_ID, ARM_CLIENT_ID, ARM_CLIENT_SECRET, "
+        "ARM_ACCESS_TOKEN; gcp: GOOGLE_PROJECT and GOOGLE_CREDENTIALS or GOOGLE_OAUTH_ACCESS_TOKEN; oci: "
+        "OCI_TENANCY_OCID, OCI_USER_OCID, OCI_FINGERPRINT, OCI_PRIVATE_KEY, OCI_COMPARTMENT_OCID; ibm: IC_API_KEY); "
+        "only provider variables (AWS_*, ARM_*, GOOGLE_*, OCI_*, IC_*) reach Terraform.",
     )
     driftCheckSeconds: int = Field(
         default=0, ge=0, le=604800, description="Check each tenant's infrastructure for drift this often (0: never)."
     )
     autoRemediate: bool = Field(default=False, description="Re-apply the module when drift is found.")
+
+    @model_validator(mode="after")
+    def _region_of_the_cloud(self) -> Provisioning:
+        shape = REGION_SHAPES.get(self.cloud)
+        if shape is not None and self.region is not None and not re.fullmatch(shape[0], self.region):
+            raise ValueError(f"region {self.region!r} is not a {self.cloud} region name ({shape[1]})")
+        return self
+
+    @property
+    def target_region(self) -> str:
+        """The region named, or the cloud's default."""
+        return self.region or DEFAULT_REGIONS[self.cloud]
 
 
 class Entitlements(Model):
@@ -146,6 +200,7 @@ class Plan(CustomResource):
                 "!self.pricing.payAsYouGo || size(self.pricing.unitPrices) > 0",
                 "a pay-as-you-go plan needs at least one unit price",
             ),
+            *(_region_rule(cloud) for cloud in REGION_SHAPES),
         ),
     )
     spec: PlanSpec

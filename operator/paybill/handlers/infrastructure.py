@@ -139,7 +139,7 @@ def module_inputs(tenant: str, plan: PlanObject, workspace: str) -> ModuleInputs
     return ModuleInputs(
         tenant_id=tenant,
         plan=plan.name,
-        region=provisioning.region,
+        region=provisioning.target_region,
         cost_center=provisioning.costCenter or plan.spec.tier,
         sizes={"storage_gib": infra.storage_gib(quotas.databaseSizeMi), "agents": quotas.maxAgents},
         workspace=workspace,

@@ -25,7 +25,14 @@ OUTPUTS_SECRET = "paybill-infrastructure"
 REQUIRED_CREDENTIALS: Mapping[str, tuple[str, ...]] = {
     "local": (),
     "aws": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
+    # azurerm's service principal, and the bearer token the adapter (preflight, inventory, power) calls ARM with
+    "azure": ("ARM_SUBSCRIPTION_ID", "ARM_TENANT_ID", "ARM_CLIENT_ID", "ARM_CLIENT_SECRET", "ARM_ACCESS_TOKEN"),
+    "gcp": ("GOOGLE_PROJECT", "GOOGLE_CREDENTIALS"),  # a service account's JSON key
+    # the compartment reaches Terraform as TF_VAR_compartment_ocid (provider_environment)
+    "oci": ("OCI_TENANCY_OCID", "OCI_USER_OCID", "OCI_FINGERPRINT", "OCI_PRIVATE_KEY", "OCI_COMPARTMENT_OCID"),
+    "ibm": ("IC_API_KEY",),
 }
+CONTEXT_VARIABLES = {"OCI_COMPARTMENT_OCID": "TF_VAR_compartment_ocid"}  # a module input from the credentials
 PROVIDER_PREFIXES = ("AWS_", "ARM_", "GOOGLE_", "OCI_", "IC_")  # the providers' own variables; nothing else passes
 PROBLEM_RETRY = 30.0  # a Plan's provisioning that lacks something is looked at again this often
 DESTROY_POLL = 2.0  # offboarding waits for a destroy in flight this often
@@ -91,8 +98,10 @@ def provisioning_problems(
 
 
 def provider_environment(data: Mapping[str, str]) -> dict[str, str]:
-    """The variables of a credentials Secret that reach Terraform: the providers' own, nothing else."""
-    return {key: value for key, value in data.items() if key.startswith(PROVIDER_PREFIXES)}
+    """The variables of a credentials Secret that reach Terraform: the providers' own (and the module inputs some
+    of them carry, CONTEXT_VARIABLES), nothing else."""
+    found = {key: value for key, value in data.items() if key.startswith(PROVIDER_PREFIXES)}
+    return found | {CONTEXT_VARIABLES[key]: value for key, value in found.items() if key in CONTEXT_VARIABLES}
 
 
 def storage_gib(database_size_mi: int) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 # A tenant id names a PostgreSQL schema, a working directory and Kubernetes objects: a DNS label, nothing else.
 TENANT_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 WORKSPACE = re.compile(r"^[a-z][a-z0-9]{0,19}$")
-CLOUDS = ("local", "aws")
+CLOUDS = ("local", "aws", "azure", "gcp", "oci", "ibm")
 MODELS = ("silo", "pooled", "bridge")
 
 

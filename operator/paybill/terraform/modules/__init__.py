@@ -24,8 +24,8 @@ def shipped() -> list[ModuleRef]:
 
 
 def checked_by_contract() -> list[tuple[str, str]]:
-    """Every tenant module here as (cloud, model), with the clouds only checked by contract so far (azure, gcp,
-    oci, ibm: their providers cannot be installed offline, and the operator does not run them yet)."""
+    """Every tenant module here as (cloud, model). azure, gcp, oci and ibm are checked by contract only here (their
+    providers cannot be installed offline); the operator runs them where a provider mirror holds the provider."""
     return [
         (cloud.name, model.name)
         for cloud in sorted(ROOT.iterdir())
