@@ -66,6 +66,18 @@ class StepStatus(Model):
     sql: str | None = Field(default=None, description="The rewritten statement that ran.")
 
 
+class ApprovalStatus(Model):
+    step: str = Field(description="The step waiting for approval.")
+    planHash: str = Field(description="The plan hash to approve: paybill.dev/approve-<step>=<planHash>.")
+    policyVersion: str | None = Field(default=None, description="The policy version the plan hash was computed under.")
+    voided: list[str] = Field(
+        default_factory=list,
+        json_schema_extra=LIST_ATOMIC,
+        description="Earlier plan hashes of the step: approvals of them are void (the policy or the schema changed).",
+    )
+    message: str = Field(default="", description="What is awaited, and how to approve or reject it.")
+
+
 class AgentWorkflowStatus(Status):
     completedSteps: int = Field(default=0, ge=0, description="Steps run so far.")
     steps: list[StepStatus] = Field(
@@ -73,6 +85,10 @@ class AgentWorkflowStatus(Status):
     )
     resultsSecret: str | None = Field(default=None, description="Secret holding the queries' rows (JSON per step).")
     policyVersion: str | None = Field(default=None, description="The policy version the steps were checked under.")
+    approval: ApprovalStatus | None = Field(default=None, description="The approval the run waits for, if any.")
+    resultsExpireAt: str | None = Field(
+        default=None, description="When the results Secret is deleted (RFC 3339; the operator's retention period)."
+    )
 
 
 class AgentWorkflow(CustomResource):
