@@ -1,7 +1,8 @@
 """AgentWorkflow handlers: run the declared steps once, through the AgentPolicy they name, and record everything.
 
-At most once: progress is written to status after every step, and a run the operator was interrupted in
-is marked Failed, never run again (a mutation may have committed). Steps are fixed once submitted.
+Exactly once per step: each step commits with its completion record in the tenant's database, and a run the
+operator was interrupted in resumes at the first step not recorded (workflows/run.py). Steps are fixed once
+submitted.
 Every decision goes to the tamper-evident audit log; query rows go to a Secret, never to status.
 A run happens in the workflow pool (threads of its own, bounded overall and per tenant), never in kopf's
 executor, so agent work cannot delay tenant reconciliation. What to do is decided in workflows/reconcile.py;
@@ -20,6 +21,7 @@ import psycopg
 from ..api.agentpolicy import AgentPolicySpec, AgentPolicyStatus
 from ..api.agentworkflow import AgentWorkflowSpec, AgentWorkflowStatus
 from ..api.meta import API_VERSION, GROUP, VERSION
+from ..audit.versions import PolicyVersions
 from ..database import DatabaseUnavailable, Placement, TenantDatabases
 from ..database.agents.guard import ExecutionGuard
 from ..database.agents.install import engine_for
@@ -170,9 +172,10 @@ def _run_steps(
         audit(body, memo.audit, entry.kind, entry.name, entry.event, entry.details)
         write(progress(outcomes))
 
+    version = PolicyVersions(memo.databases.connect).store(engine.rules.spec, engine.schema)  # for replay
     write(AgentWorkflowStatus(phase=RUNNING))
     with ExecutionGuard(engine, login, workflow.spec.principal, run.tenant) as guard:
-        ran = run_steps(workflow.spec, guard, record)
+        ran = run_steps(workflow.spec, guard, record, str(body.metadata.uid), version)
     results, conflict = results_secret_data(ran), None
     if results:
         try:

@@ -97,17 +97,11 @@ class Run:
 
 
 def settled(workflow: WorkflowObject) -> Outcome | None:
-    """What a workflow past its run gets, without looking at anything else: nothing once finished, Failed when the
-    operator was interrupted in it (what ran may have committed: steps never run twice). None: yet to run."""
-    phase = workflow.status.phase
-    if phase in FINISHED:
+    """What a workflow past its run gets, without looking at anything else: nothing once finished. None: yet to
+    run, or to resume (a run the operator was interrupted in continues at its first step not recorded as done in
+    the tenant's database, workflows/run.py: status is no evidence of what committed)."""
+    if workflow.status.phase in FINISHED:
         return Outcome()
-    if phase == RUNNING:
-        message = f"interrupted after {workflow.status.completedSteps} step(s); steps are never run twice"
-        return Outcome(
-            report=Report("Failed", False, "Interrupted", message, AgentWorkflowStatus()),
-            events=(Notice("Interrupted", message, warning=True),),
-        )
     return None
 
 
@@ -158,7 +152,8 @@ def progress(outcomes: Sequence[StepOutcome]) -> AgentWorkflowStatus:
 
 def step_record(workflow: WorkflowObject, outcome: StepOutcome) -> AuditRecord:
     """The audit record of one step: ran, denied by the gate, or failed."""
-    event = "StepRan" if outcome.ok else "StepDenied" if outcome.refused else "StepFailed"
+    ran = "StepResumed" if outcome.resumed is not None else "StepRan"
+    event = ran if outcome.ok else "StepDenied" if outcome.refused else "StepFailed"
     spec = workflow.spec
     return AuditRecord(
         "AgentWorkflow",

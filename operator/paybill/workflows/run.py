@@ -2,7 +2,8 @@
 
 A step runs only if the engine admits it *and* it is the kind it was declared as (a query reads, a
 mutation writes); the first step that is refused or fails stops the run, so later steps never run. Each
-step commits on its own (the guard runs every statement in its own transaction).
+step commits on its own, with its completion record (database/agents/steps.py) in the same transaction: a run
+interrupted anywhere resumes at the first step not recorded, and a recorded step is never run again.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ..policy.decision import Decision, Reason
 
 if TYPE_CHECKING:  # the guard is the database side's; a run only calls it
     from ..database.agents.guard import ExecutionGuard
+    from ..database.agents.steps import StepRecord
 
 STATEMENTS = {StepKind.QUERY: ("select",), StepKind.MUTATION: ("insert", "update", "delete")}
 RESULTS_BUDGET = 900 * 1024  # a Secret holds at most 1 MiB
@@ -32,10 +34,16 @@ class StepOutcome:
     rows: list[tuple[Any, ...]] = field(default_factory=list)
     rows_affected: int = 0
     error: str | None = None  # the database's full message: the audit log only
+    resumed: StepRecord | None = None  # done in an interrupted run (its record): not run again
+    replay: dict[str, Any] = field(default_factory=dict)  # what the audit needs to decide it again (audit/replay.py)
 
     @property
     def ok(self) -> bool:
         return self.executed and not self.reasons
+
+    @property
+    def plan_hash(self) -> str | None:
+        return self.resumed.plan_hash if self.resumed is not None else self.decision.plan_hash
 
     @property
     def refused(self) -> bool:
@@ -48,12 +56,12 @@ class StepOutcome:
         ]
         return {
             "name": self.name,
-            "decision": "allow" if self.decision.allowed else "deny",
+            "decision": "allow" if self.decision.allowed or self.resumed is not None else "deny",
             "executed": self.executed,
             "reasons": reasons,
             "rowsReturned": len(self.rows),
             "rowsAffected": self.rows_affected,
-            "planHash": self.decision.plan_hash,
+            "planHash": self.plan_hash,
             "sql": self.decision.sql if self.executed else None,
         }
 
@@ -71,18 +79,39 @@ class StepOutcome:
         }
         if self.error is not None:
             details["databaseError"] = self.error
-        return details
+        if self.resumed is not None:
+            details["resumed"] = {"rows": self.resumed.rows, "planHash": self.resumed.plan_hash}
+        return {**details, **self.replay}
 
 
 def run_steps(
-    spec: AgentWorkflowSpec, guard: ExecutionGuard, record: Callable[[StepOutcome], None]
+    spec: AgentWorkflowSpec,
+    guard: ExecutionGuard,
+    record: Callable[[StepOutcome], None],
+    workflow: str,
+    policy_content: str | None = None,
 ) -> list[StepOutcome]:
-    """Run the steps in order until one is refused or fails; `record` sees each outcome as it happens."""
+    """Run the steps of run `workflow` (the AgentWorkflow's uid) in order until one is refused or fails, skipping
+    those recorded as done; `record` sees each outcome as it happens. `policy_content`: the policy version's
+    content address (audit/versions.py), kept with each decision so that it can be replayed."""
+    from ..database.agents.steps import StepKey  # the database side, loaded with the guard that runs the steps
+
+    done = guard.recorded(workflow)
     outcomes: list[StepOutcome] = []
-    for step in spec.steps:
+    for index, step in enumerate(spec.steps):
         params = list(step.params)
         decision = guard.engine.decide(spec.principal, step.sql, params, guard.tenant, guard.approvals)
-        if decision.allowed and decision.statement not in STATEMENTS[StepKind(step.kind)]:
+        replay = {
+            "statement": step.sql,
+            "params": params,
+            "tenant": guard.tenant,
+            "approvals": sorted(guard.approvals),
+            "policyContent": policy_content,
+        }
+        if (past := done.get(index)) is not None:
+            rows = past.rows if StepKind(step.kind) == StepKind.MUTATION else 0
+            outcome = StepOutcome(step.name, decision, True, rows_affected=rows, resumed=past, replay=replay)
+        elif decision.allowed and decision.statement not in STATEMENTS[StepKind(step.kind)]:
             outcome = StepOutcome(
                 step.name,
                 decision,
@@ -93,9 +122,10 @@ def run_steps(
                         f"{str(decision.statement).upper()}",
                     ),
                 ),
+                replay=replay,
             )
         else:
-            ran = guard.execute(step.sql, params)
+            ran = guard.execute(step.sql, params, StepKey(workflow, index, step.name))
             reasons = ran.reasons if ran.decision.allowed else ran.decision.reasons + ran.reasons
             outcome = StepOutcome(
                 step.name,
@@ -106,6 +136,7 @@ def run_steps(
                 ran.rows,
                 ran.rows_affected,
                 ran.error,
+                replay=replay,
             )
         record(outcome)
         outcomes.append(outcome)

@@ -18,6 +18,7 @@ A database error reaches the agent as its SQLSTATE and condition name only: the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import re
@@ -36,6 +37,7 @@ from psycopg.pq.abc import PGresult
 
 from ...policy.decision import Decision, Reason
 from ...policy.engine import PolicyEngine
+from .steps import PRIMARY_KEY, RECORD, RECORDED, StepKey, StepRecord
 
 # Whether the agent's role may write nothing in its schema (run as the agent; $1: the schema).
 HOLDS_NO_WRITE = (
@@ -325,7 +327,16 @@ class ExecutionGuard:
             self._session = Session(conn)
         return self._session
 
-    def execute(self, statement: str, params: list[Any] | None = None) -> Outcome:
+    def recorded(self, workflow: str) -> dict[int, StepRecord]:
+        """The steps of `workflow` this agent's role recorded as done (committed with their statements)."""
+        session = self._connect()
+        result = session.exchange(((RECORDED, [workflow]),), prepare=False)[0]
+        rows = session.load_rows(result, result.ntuples)
+        return {step: StepRecord(step, name, rows_, plan_hash) for step, name, rows_, plan_hash in rows}
+
+    def execute(self, statement: str, params: list[Any] | None = None, step: StepKey | None = None) -> Outcome:
+        """Run one statement if the engine admits it. With `step`, its completion record is inserted and committed
+        in the statement's own transaction (a step already recorded is refused and rolled back)."""
         params = params or []
         decision = self.engine.decide(self.principal, statement, params, self.tenant, self.approvals)
         limits = self.engine.rules.limits
@@ -348,7 +359,7 @@ class ExecutionGuard:
                         Reason("cost_exceeded", f"planner cost {cost:.0f} is above maxCost {limits.maxCost:.0f}"),
                     ),
                 )
-            return self._run(session, decision, decision.sql, params, cost)
+            return self._run(session, decision, decision.sql, params, cost, step)
         except _Rollback as rollback:
             return Outcome(decision, reasons=(rollback.reason,))
         except _TimedOut as timed_out:
@@ -380,22 +391,30 @@ class ExecutionGuard:
             return database_reason("database_denied", error)
         return Reason("writes_held", WRITES_HELD)
 
-    def _guarded(self, session: Session, command: Command, writes: str | None = None, prepare: bool = True) -> PGresult:
+    def _guarded(
+        self,
+        session: Session,
+        command: Command,
+        writes: str | None = None,
+        prepare: bool = True,
+        step: StepKey | None = None,
+    ) -> PGresult:
         """One statement under the policy's timeout, on the server (statement_timeout set transaction-locally
         by the command before it, in its own transaction) and on the client (cancelled shortly after the
         deadline). A read is one implicit transaction in one round trip; a write is an explicit one, checked
         against maxRowsWritten before it commits (a second round trip); `writes` says what it does to its rows
-        ("changed", "locked"). No transaction outlives an error or a refused write."""
+        ("changed", "locked"). With `step`, a read is an explicit transaction too, and the step's record is inserted
+        just before COMMIT, in the same round trip. No transaction outlives an error or a refused write."""
         limits = self.engine.rules.limits
         timeout = set_timeout(limits.statementTimeoutMs)
         try:
             with session.deadline.armed(limits.statementTimeoutMs / 1000 + self.client_grace_s) as deadline:
                 try:
-                    if not writes:
+                    if not writes and step is None:
                         return session.exchange((timeout, command), prepare)[-1]
                     result = session.exchange((BEGIN, timeout, command), prepare)[-1]
                     written = result.command_tuples or 0
-                    if written > limits.maxRowsWritten:
+                    if writes and written > limits.maxRowsWritten:
                         raise _Rollback(
                             Reason(
                                 "rows_written_exceeded",
@@ -404,13 +423,27 @@ class ExecutionGuard:
                                 "rolled back",
                             )
                         )
-                    session.exchange((COMMIT,))
+                    session.exchange((*self._record(step, result), COMMIT))
                     return result
                 except errors.QueryCanceled:
                     raise _TimedOut("client" if deadline.fired else "server") from None
+                except errors.UniqueViolation as error:
+                    if step is None or error.diag.constraint_name != PRIMARY_KEY:
+                        raise
+                    raise _Rollback(
+                        Reason("step_already_done", f"step {step.name} is recorded as done already; rolled back")
+                    ) from None
         except BaseException:
             self._end_transaction(session)
             raise
+
+    @staticmethod
+    def _record(step: StepKey | None, result: PGresult) -> tuple[Command, ...]:
+        """The insert recording `step` as done (none without a step): rows written, else rows returned."""
+        if step is None:
+            return ()
+        rows = result.command_tuples if result.command_tuples is not None else result.ntuples
+        return ((RECORD, [step.workflow, step.step, step.name, rows, step.plan_hash]),)
 
     def _end_transaction(self, session: Session) -> None:
         """After an error or a refused write: roll back what is open, or drop the connection."""
@@ -433,10 +466,13 @@ class ExecutionGuard:
             self._costs[rewritten] = cost
         return cost
 
-    def _run(self, session: Session, decision: Decision, rewritten: str, params: list[Any], cost: float) -> Outcome:
+    def _run(
+        self, session: Session, decision: Decision, rewritten: str, params: list[Any], cost: float, step: StepKey | None
+    ) -> Outcome:
         limits = self.engine.rules.limits
         writes = "changed" if decision.statement != "select" else "locked" if decision.extra.get("locks") else None
-        result = self._guarded(session, (rewritten, params), writes)  # a locking read's rows count as written
+        recorded = step if step is None else dataclasses.replace(step, plan_hash=decision.plan_hash)
+        result = self._guarded(session, (rewritten, params), writes, step=recorded)  # locked rows count as written
         if result.nfields:
             columns = self._columns.get(rewritten)
             if columns is None:

@@ -19,6 +19,7 @@ from .. import AGENT_CONNECTION_LIMIT, DDL_LOCK_TIMEOUT, DatabaseUnavailable, Pl
 from ..access import tenant_writable
 from ..migrations import LEDGER
 from ..ownership import agent_identity
+from . import steps
 from .catalog import read_schema
 from .grants import apply_grants
 
@@ -88,6 +89,7 @@ def install(
                         password=password if access != Access.NONE else None,
                         installed=installed,
                     )
+                    steps.prepare(conn, role)  # the agent records its workflow steps in their own transactions
                     if tenant_writable(conn, placement):
                         databases.agent_writes.forget(placement.database, role)
                     else:

@@ -1,0 +1,191 @@
+"""Exactly once per workflow step (issue 16 item 5), against a real operator process killed with SIGKILL.
+
+The operator is stopped from outside at the worst moment: the test holds a lock on the audit log's table, so
+the run is stuck right after a mutation committed and before its audit record and status are written (the
+operator waits for that lock). It is killed there, the lock is released and a new operator is started: the
+committed step is not run again, and the run goes on with the next one."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from paybill.audit import AuditLog
+from paybill.database.agents.steps import SCHEMA, TABLE
+from paybill.database.server import LocalPostgres
+
+API = "paybill.dev/v1alpha1"
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+@contextmanager
+def operator_process(cluster: Any, postgres: LocalPostgres, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`paybill operator` in a child process (a real kopf run), ended by the test or by the SIGKILL under test."""
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "PAYBILL_DATABASE_URL": postgres.dsn,
+        "PAYBILL_BACKUP_DIR": str(tmp_path / "backups"),
+        "PAYBILL_STATE_DIR": str(tmp_path / "state"),
+    }
+    with (tmp_path / "operator.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "paybill", "operator"], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def onboard(cluster: Any, name: str) -> None:
+    kube = cluster.kube
+    kube.apply(
+        {
+            "apiVersion": API,
+            "kind": "Plan",
+            "metadata": {"name": "once"},
+            "spec": {"tier": "once", "isolation": "pooled"},
+        }
+    )
+    kube.apply(
+        {
+            "apiVersion": API,
+            "kind": "Subscription",
+            "metadata": {"name": name},
+            "spec": {"tenantRef": name, "planRef": "once", "billingStatus": "active"},
+        }
+    )
+    kube.apply({"apiVersion": API, "kind": "Tenant", "metadata": {"name": name}, "spec": {"planRef": "once"}})
+
+
+def status(cluster: Any, plural: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+    return (cluster.kube.get(API, plural, name, namespace) or {}).get("status") or {}
+
+
+def secret_uri(cluster: Any, name: str, namespace: str) -> str:
+    return base64.b64decode(cluster.kube.get("v1", "secrets", name, namespace)["data"]["uri"]).decode()
+
+
+def policy(namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API,
+        "kind": "AgentPolicy",
+        "metadata": {"name": "support", "namespace": namespace},
+        "spec": {
+            "subjects": [{"serviceAccount": "tenant-agent", "agent": "agent:support-bot"}],
+            "rules": [
+                {"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"]},
+                {
+                    "id": "fix-orders",
+                    "effect": "allow",
+                    "actions": ["update"],
+                    "tables": ["orders"],
+                    "columns": ["status", "total"],
+                    "requireWhere": True,
+                },
+            ],
+        },
+    }
+
+
+def workflow(namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API,
+        "kind": "AgentWorkflow",
+        "metadata": {"name": "credit", "namespace": namespace},
+        "spec": {
+            "principal": "agent:support-bot",
+            "policyRef": "support",
+            "steps": [
+                {"name": "credit", "kind": "mutation", "sql": "UPDATE orders SET total = total + 10 WHERE id = 1"},
+                {"name": "mark", "kind": "mutation", "sql": "UPDATE orders SET status = 'credited' WHERE id = 1"},
+            ],
+        },
+    }
+
+
+def stuck_on_the_audit_log(postgres: LocalPostgres) -> bool:
+    """Some session waits for the lock the test holds on the audit log's table (the operator, appending)."""
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE 'LOCK TABLE paybill.audit_log%%'"
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def test_a_step_that_committed_before_a_sigkill_is_not_run_again_and_the_run_resumes_after_it(
+    cluster: Any, postgres: LocalPostgres, tmp_path: Path
+) -> None:
+    name = f"once-{uuid.uuid4().hex[:6]}"
+    namespace = f"tenant-{name}"
+    with operator_process(cluster, postgres, tmp_path) as first:
+        onboard(cluster, name)
+        cluster.eventually(lambda: status(cluster, "tenants", name).get("phase") == "Active", timeout=90)
+        with psycopg.connect(secret_uri(cluster, "paybill-database", namespace), autocommit=True) as conn:
+            conn.execute("INSERT INTO customers (tenant_id, id, name) VALUES (%s, 1, 'c')", (name,))
+            conn.execute(
+                "INSERT INTO orders (tenant_id, id, customer_id, status, total) VALUES (%s, 1, 1, 'open', 5)", (name,)
+            )
+        cluster.kube.apply(policy(namespace))
+        cluster.eventually(lambda: status(cluster, "agentpolicies", "support", namespace).get("phase") == "Ready", 60)
+
+        with psycopg.connect(postgres.dsn) as holder:  # the operator's database: where the audit log is
+            holder.execute("LOCK TABLE paybill.audit_log IN EXCLUSIVE MODE")
+            cluster.kube.apply(workflow(namespace))
+            # The first step committed, and the operator waits to audit it: nothing else of the run happened yet.
+            cluster.eventually(lambda: totals(cluster, name, namespace) == [(15, "open")], timeout=60)
+            cluster.eventually(lambda: stuck_on_the_audit_log(postgres), timeout=30)
+            assert status(cluster, "agentworkflows", "credit", namespace).get("completedSteps") in (None, 0)
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=30)
+            holder.rollback()
+
+    uid = cluster.kube.get(API, "agentworkflows", "credit", namespace)["metadata"]["uid"]
+    with psycopg.connect(postgres.dsn, dbname="paybill_pooled") as conn:
+        recorded = conn.execute(f"SELECT step, name, rows FROM {SCHEMA}.{TABLE} WHERE workflow = %s", (uid,)).fetchall()
+    assert recorded == [(0, "credit", 1)]  # committed with the step itself
+
+    with operator_process(cluster, postgres, tmp_path):
+        done = cluster.eventually(
+            lambda: (
+                (s := status(cluster, "agentworkflows", "credit", namespace)).get("phase")
+                in ("Succeeded", "Failed", "Denied")
+                and s
+            ),
+            timeout=90,
+        )
+    assert done["phase"] == "Succeeded", done
+    assert [(s["name"], s["executed"], s["rowsAffected"]) for s in done["steps"]] == [
+        ("credit", True, 1),
+        ("mark", True, 1),
+    ]
+    assert totals(cluster, name, namespace) == [(15, "credited")]  # credited once, not twice
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        log = AuditLog(lambda: conn)
+        steps = [(r.event, r.details["step"]) for r in log.records("AgentWorkflow", f"{namespace}/credit")]
+        assert steps == [("StepResumed", "credit"), ("StepRan", "mark")]
+        assert log.verify() > 0
+
+
+def totals(cluster: Any, name: str, namespace: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(secret_uri(cluster, "paybill-database", namespace), autocommit=True) as conn:
+        return [(int(total), status) for total, status in conn.execute("SELECT total, status FROM orders WHERE id = 1")]
