@@ -17,7 +17,13 @@ from kopf.testing import KopfRunner
 
 from paybill.api.crdgen import all_crds
 from paybill.database.server import LocalPostgres
-from paybill.kube import SYSTEM_NAMESPACES, EmulatedApiServer, serve_in_thread, write_admin_kubeconfig
+from paybill.kube import (
+    SYSTEM_NAMESPACES,
+    EmulatedApiServer,
+    serve_in_thread,
+    write_admin_kubeconfig,
+    write_service_account_kubeconfig,
+)
 from paybill.kubeclient import Kube
 
 
@@ -46,6 +52,16 @@ class Cluster:
         annotations = (found.get("metadata") or {}).get("annotations") or {}
         states = [json.loads(v) for k, v in annotations.items() if k.startswith("paybill.dev/") and v.startswith("{")]
         return max((state.get("retries", 0) for state in states), default=0)
+
+    def service_account_kubeconfig(self, namespace: str, name: str) -> Path:
+        """A kubeconfig acting as ServiceAccount namespace/name (a bound token from the TokenRequest API)."""
+        path = self.kubeconfig.with_name(f"serviceaccount-{namespace}-{name}.conf")
+        return write_service_account_kubeconfig(self.kubeconfig, namespace, name, path)
+
+    def as_service_account(self, namespace: str, name: str) -> Kube:
+        """A client acting as ServiceAccount namespace/name: how an agent submits its AgentWorkflows."""
+        config = self.service_account_kubeconfig(namespace, name)
+        return Kube(kubernetes.config.new_client_from_config(config_file=str(config)))
 
     def eventually(self, check: Callable[[], Any], timeout: float = 20, interval: float = 0.1) -> Any:
         deadline = time.monotonic() + timeout

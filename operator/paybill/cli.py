@@ -58,6 +58,18 @@ OPERATOR_ENVIRONMENT: tuple[tuple[str, str], ...] = (
         "this (default 180); a stream waiting for its missing CRD is reported, not failed",
     ),
     ("PAYBILL_WORKFLOW_WORKERS", "AgentWorkflow steps run at once over all tenants (default 4)"),
+    (
+        "PAYBILL_WEBHOOK_CERT_DIR",
+        "tls.crt, tls.key and ca.crt of the AgentWorkflow admission webhook: HTTPS on PAYBILL_WEBHOOK_ADDR "
+        "(default 0.0.0.0) port 9443; unset: plain HTTP on 127.0.0.1 only (the emulated API server)",
+    ),
+    ("PAYBILL_WEBHOOK_ADDR", "the admission webhook's listening address (without certificates: loopback only)"),
+    ("PAYBILL_WEBHOOK_PORT", "the admission webhook's port (default 9443 with certificates, else a free port)"),
+    (
+        "PAYBILL_WEBHOOK_HOST",
+        "with PAYBILL_WEBHOOK_CERT_DIR: the operator registers the webhooks at https://HOST:PORT itself "
+        "(unset: the chart registers them)",
+    ),
     ("PAYBILL_WORKFLOW_WORKERS_PER_TENANT", "AgentWorkflow steps run at once for one tenant (default 2)"),
     ("PAYBILL_TERRAFORM_CONCURRENCY", "Terraform runs at once over all tenants (default 4)"),
     ("PAYBILL_TERRAFORM_TIMEOUT", "seconds a Terraform run may take before its process group is killed (default 900)"),

@@ -1,8 +1,20 @@
 """Thin kopf handlers: `kopf run -m paybill.handlers` (or `paybill operator`) registers them all."""
 
-from . import agentpolicy, agentworkflow, infrastructure, plan, repair, sessions, settings, subscription, tenant
+from . import (
+    admission,
+    agentpolicy,
+    agentworkflow,
+    infrastructure,
+    plan,
+    repair,
+    sessions,
+    settings,
+    subscription,
+    tenant,
+)
 
 __all__ = [
+    "admission",
     "agentpolicy",
     "agentworkflow",
     "infrastructure",

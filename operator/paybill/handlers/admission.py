@@ -1,0 +1,388 @@
+"""AgentWorkflow admission webhooks, served by the operator (kopf's webhook server), failurePolicy Fail.
+
+The API server calls the mutating webhook (stamps the requester, the policy version and each step's plan hash)
+and then the validating one (admits or refuses with every reason; checks the stamp is the one it computes) before
+it stores a workflow; both are persistent, so with the operator stopped the API server cannot reach them and
+admits nothing. What to answer is decided in workflows/admission.py; these handlers read the request and the
+operator's in-memory indexes (no API call on the request path), build the policy's engine once per policy version
+(its schema is read from the tenant's database) and answer.
+
+Where it listens (the only place these are set; the chart and the docs take them from here):
+- without PAYBILL_WEBHOOK_CERT_DIR: plain HTTP on 127.0.0.1 (loopback only: the emulated API server), on
+  PAYBILL_WEBHOOK_PORT or a free port, and the operator registers both configurations (named CONFIGURATION);
+- with PAYBILL_WEBHOOK_CERT_DIR (tls.crt, tls.key, ca.crt, e.g. a Secret the chart makes from a generated CA):
+  HTTPS on PAYBILL_WEBHOOK_ADDR (default 0.0.0.0) port PAYBILL_WEBHOOK_PORT (default 9443); the chart registers
+  the configurations (a Service to that port, paths below, caBundle ca.crt), unless PAYBILL_WEBHOOK_HOST is set:
+  then the operator registers https://HOST:PORT with caBundle ca.crt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import os
+import ssl
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pydantic
+
+from ..api.agentpolicy import AgentPolicySpec, AgentPolicyStatus
+from ..api.agentworkflow import AgentWorkflowSpec
+from ..api.meta import GROUP, VERSION
+from ..api.plan import PlanSpec
+from ..api.tenant import Access, DatabasePlacement, TenantSpec, TenantStatus
+from ..database import DatabaseUnavailable, Placement, TenantDatabases
+from ..database.agents.install import engine_for
+from ..errors import first_line
+from ..lifecycle.evidence import agent_placement_problem
+from ..lifecycle.tenant import TENANT_LABEL
+from ..policy import PolicyEngine
+from ..policy.rules import PolicyError
+from ..policy.schema import SchemaError
+from ..workflows.admission import (
+    REQUESTER,
+    Request,
+    Tenancy,
+    Verdict,
+    World,
+    admit,
+    agents_named,
+    refuse,
+    stamp_matches,
+    statements_today,
+)
+from ..workflows.reconcile import PolicyView
+from .agentpolicy import records_of
+from .agentworkflow import review_approvals
+
+# -- the webhooks' names, paths and port: the one place they are declared ------------------------------------------
+CONFIGURATION = "admission.paybill.dev"  # ValidatingWebhookConfiguration and MutatingWebhookConfiguration
+VALIDATE_ID = "validate-agentworkflow"  # webhook validate-agentworkflow.admission.paybill.dev
+STAMP_ID = "stamp-agentworkflow"  # webhook stamp-agentworkflow.admission.paybill.dev
+PATH = "/admission"  # each webhook at PATH/<id>: /admission/validate-agentworkflow, /admission/stamp-agentworkflow
+TLS_PORT = 9443
+CERT_DIR_ENV = "PAYBILL_WEBHOOK_CERT_DIR"
+ADDR_ENV = "PAYBILL_WEBHOOK_ADDR"
+PORT_ENV = "PAYBILL_WEBHOOK_PORT"
+HOST_ENV = "PAYBILL_WEBHOOK_HOST"
+LOOPBACK = "127.0.0.1"
+
+
+def webhook_name(handler_id: str) -> str:
+    return f"{handler_id}.{CONFIGURATION}"
+
+
+def webhook_path(handler_id: str) -> str:
+    return f"{PATH}/{handler_id}"
+
+
+@dataclass(frozen=True)
+class Listening:
+    """How the webhook server listens and who registers it."""
+
+    addr: str
+    port: int | None  # None: a free port
+    cert_dir: Path | None  # None: plain HTTP (loopback only)
+    host: str | None  # the host in the registered URL
+    managed: bool  # the operator registers the configurations
+
+
+def listening(environ: Mapping[str, str]) -> Listening:
+    """Read the webhook settings; plain HTTP anywhere but loopback is refused."""
+    cert_dir = Path(environ[CERT_DIR_ENV]) if environ.get(CERT_DIR_ENV) else None
+    port = int(environ[PORT_ENV]) if environ.get(PORT_ENV) else (TLS_PORT if cert_dir else None)
+    host = environ.get(HOST_ENV) or None
+    if cert_dir is None:
+        addr = environ.get(ADDR_ENV) or LOOPBACK
+        if not ipaddress.ip_address(addr).is_loopback:
+            raise ValueError(f"{ADDR_ENV}={addr}: plain HTTP is served on loopback only; set {CERT_DIR_ENV}")
+        return Listening(addr, port, None, host or addr, managed=True)
+    return Listening(environ.get(ADDR_ENV) or "0.0.0.0", port, cert_dir, host, managed=host is not None)
+
+
+def webhook_server(where: Listening) -> kopf.WebhookServer:
+    if where.cert_dir is None:
+        return kopf.WebhookServer(addr=where.addr, port=where.port, path=PATH, host=where.host, insecure=True)
+    context = ssl.create_default_context(purpose=ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(where.cert_dir / "tls.crt", where.cert_dir / "tls.key")
+    return kopf.WebhookServer(
+        addr=where.addr,
+        port=where.port,
+        path=PATH,
+        host=where.host,
+        context=context,
+        cafile=where.cert_dir / "ca.crt",
+        certfile=where.cert_dir / "tls.crt",  # watched: a renewed certificate restarts the server
+        pkeyfile=where.cert_dir / "tls.key",
+    )
+
+
+@kopf.on.startup()
+def configure_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    where = listening(os.environ)
+    settings.admission.server = webhook_server(where)
+    settings.admission.managed = CONFIGURATION if where.managed else None
+    memo.admission_engines = EngineCache()
+
+
+# -- the operator's view of the world, kept by kopf's indexes (watch-fed, in memory) --------------------------------
+
+
+@dataclass(frozen=True)
+class TenantEntry:
+    uid: str
+    spec: TenantSpec
+    status: TenantStatus
+
+
+@dataclass(frozen=True)
+class PolicyEntry:
+    name: str
+    uid: str
+    generation: int
+    view: PolicyView
+
+
+@kopf.index("namespaces")
+def admission_namespaces(name: str, labels: kopf.Labels, meta: kopf.Meta, **_: Any) -> dict[str, Any]:
+    """Namespace -> (the Tenant its label names, the uids of its controllers)."""
+    owners = meta.get("ownerReferences") or []
+    controllers = frozenset(str(ref.get("uid")) for ref in owners if ref.get("controller"))
+    return {name: (labels.get(TENANT_LABEL), controllers)}
+
+
+@kopf.index(GROUP, VERSION, "tenants")
+def admission_tenants(name: str, uid: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, Any] | None:
+    try:
+        return {
+            name: TenantEntry(uid, TenantSpec.model_validate(dict(spec)), TenantStatus.model_validate(dict(status)))
+        }
+    except pydantic.ValidationError:
+        return None  # the CRD schema refuses such objects; never trusted if one gets through
+
+
+@kopf.index(GROUP, VERSION, "plans")
+def admission_plans(name: str, spec: kopf.Spec, **_: Any) -> dict[str, Any] | None:
+    try:
+        return {name: PlanSpec.model_validate(dict(spec))}
+    except pydantic.ValidationError:
+        return None
+
+
+@kopf.index(GROUP, VERSION, "agentpolicies")
+def admission_policies(
+    name: str, namespace: str | None, uid: str, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> dict[str, Any] | None:
+    try:
+        view = PolicyView(AgentPolicySpec.model_validate(dict(spec)), AgentPolicyStatus.model_validate(dict(status)))
+    except pydantic.ValidationError:
+        return None
+    return {str(namespace): PolicyEntry(name, uid, int(meta.get("generation") or 0), view)}
+
+
+@kopf.index(GROUP, VERSION, "agentworkflows")
+def admission_workflows(namespace: str | None, meta: kopf.Meta, spec: kopf.Spec, **_: Any) -> dict[str, Any]:
+    """Namespace -> (the UTC day each workflow was created, its number of steps): the day's statement count."""
+    created = datetime.datetime.fromisoformat(str(meta.get("creationTimestamp")).replace("Z", "+00:00"))
+    return {str(namespace): (created.astimezone(datetime.UTC).date(), len(spec.get("steps") or []))}
+
+
+def _one(index: kopf.Index[Any, Any], key: Any) -> Any:
+    store = index.get(key)
+    return next(iter(store), None) if store is not None else None
+
+
+def tenant_of_namespace(
+    namespace: str, namespaces: kopf.Index[Any, Any], tenants: kopf.Index[Any, Any]
+) -> TenantEntry | None:
+    """The Tenant whose namespace this is: the label only says which Tenant to ask; the Tenant must control the
+    namespace by uid."""
+    found = _one(namespaces, namespace)
+    if found is None or not found[0]:
+        return None
+    tenant: TenantEntry | None = _one(tenants, found[0])
+    return tenant if tenant is not None and tenant.uid in found[1] else None
+
+
+def observe(
+    namespace: str, spec: AgentWorkflowSpec, indices: Mapping[str, kopf.Index[Any, Any]], today: datetime.date
+) -> tuple[World, TenantEntry | None, PolicyEntry | None]:
+    tenant_name = ""
+    entry = tenant_of_namespace(namespace, indices["admission_namespaces"], indices["admission_tenants"])
+    tenancy = None
+    if entry is not None:
+        tenant_name = _tenant_name(namespace, indices["admission_namespaces"])
+        tenancy = Tenancy(
+            tenant_name,
+            entry.spec.suspended,
+            Access(entry.status.access or Access.NONE),
+            entry.spec.planRef,
+            _one(indices["admission_plans"], entry.spec.planRef),
+        )
+    policies: list[PolicyEntry] = list(indices["admission_policies"].get(namespace) or [])
+    policy = next((p for p in policies if p.name == spec.policyRef), None)
+    workflows: list[tuple[datetime.date, int]] = list(indices["admission_workflows"].get(namespace) or [])
+    world = World(
+        tenancy,
+        policy.view if policy is not None else None,
+        agents_named([p.view.spec for p in policies]),
+        statements_today(workflows, today),
+    )
+    return world, entry, policy
+
+
+def _tenant_name(namespace: str, namespaces: kopf.Index[Any, Any]) -> str:
+    return str(_one(namespaces, namespace)[0])
+
+
+# -- the policy's engine, built once per (policy generation and version, tenant access, placement) ------------------
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    tenant: str
+    tenant_uid: str
+    policy_uid: str
+    generation: int
+    version: str | None
+    access: Access
+    placement: str  # DatabasePlacement as JSON (hashable)
+
+
+class EngineCache:
+    """Engines by what they depend on; a miss reads the tenant's live schema (in a thread, off the event loop)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._engines: dict[EngineKey, PolicyEngine] = {}
+        self._lock = threading.Lock()
+        self._size = size
+
+    async def get(
+        self, databases: TenantDatabases | None, key: EngineKey, spec: AgentPolicySpec
+    ) -> tuple[PolicyEngine | None, str | None]:
+        engine = self._engines.get(key)
+        if engine is not None:
+            return engine, None
+        if databases is None:
+            return None, "the operator has no tenant database configured"
+        try:
+            engine = await asyncio.to_thread(_build_engine, databases, key, spec)
+        except (PolicyError, SchemaError, DatabaseUnavailable, EngineRefused) as exc:
+            return None, first_line(exc)
+        with self._lock:
+            if len(self._engines) >= self._size:
+                self._engines.pop(next(iter(self._engines)))
+            self._engines[key] = engine
+        return engine, None
+
+
+class EngineRefused(Exception):
+    """The operator's own records do not put the tenant's data where its status says."""
+
+
+def _build_engine(databases: TenantDatabases, key: EngineKey, spec: AgentPolicySpec) -> PolicyEngine:
+    records = records_of(databases, {"metadata": {"name": key.tenant}})
+    placement = DatabasePlacement.model_validate_json(key.placement)
+    if problem := agent_placement_problem(key.tenant, key.tenant_uid, placement, records):
+        raise EngineRefused(problem)
+    return engine_for(databases, Placement.from_status(key.tenant, placement), spec, key.access)
+
+
+async def engine_of(
+    memo: kopf.Memo, tenant: TenantEntry | None, policy: PolicyEntry | None, name: str
+) -> tuple[PolicyEngine | None, str | None]:
+    if tenant is None or policy is None:
+        return None, None  # admission refuses before it needs one
+    placement = tenant.status.database
+    if placement is None:
+        return None, f"tenant {name}'s database is not ready"
+    access = min(
+        (Access(tenant.status.access or Access.NONE), Access(policy.view.status.access or Access.NONE)),
+        key=(Access.NONE, Access.READ_ONLY, Access.FULL).index,
+    )
+    version = policy.view.status.policyVersion
+    key = EngineKey(name, tenant.uid, policy.uid, policy.generation, version, access, placement.model_dump_json())
+    cache: EngineCache = memo.admission_engines
+    return await cache.get(memo.databases, key, policy.view.spec)
+
+
+# -- the webhooks ----------------------------------------------------------------------------------------------------
+
+
+async def review(
+    operation: str | None,
+    body: kopf.Body,
+    old: kopf.Body | None,
+    userinfo: Mapping[str, Any],
+    memo: kopf.Memo,
+    indices: Mapping[str, kopf.Index[Any, Any]],
+) -> Verdict:
+    """Read the request and the world, build the engine, ask `admit`."""
+    namespace = str(body.metadata.namespace)
+    try:
+        spec = AgentWorkflowSpec.model_validate(dict(body.spec))
+        old_spec = AgentWorkflowSpec.model_validate(dict(old.spec)) if old is not None else None
+    except pydantic.ValidationError as exc:
+        return refuse(f"spec is invalid: {first_line(exc)}")
+    request = Request(
+        str(operation),
+        namespace,
+        str(userinfo.get("username") or ""),
+        spec,
+        dict(body.metadata.annotations),
+        old_spec,
+        dict(old.metadata.annotations) if old is not None else {},
+    )
+    engine, problem = None, None
+    world, tenant, policy = observe(namespace, spec, indices, datetime.datetime.now(datetime.UTC).date())
+    if request.operation == "CREATE" and world.tenancy is not None:
+        engine, problem = await engine_of(memo, tenant, policy, world.tenancy.tenant)
+    return admit(request, world, engine, problem)
+
+
+def _indices(kwargs: Mapping[str, Any]) -> dict[str, kopf.Index[Any, Any]]:
+    return {key: value for key, value in kwargs.items() if key.startswith("admission_")}
+
+
+@kopf.on.mutate(GROUP, VERSION, "agentworkflows", id=STAMP_ID, operations=["CREATE"], persistent=True)
+async def stamp_workflow(
+    body: kopf.Body,
+    userinfo: kopf.UserInfo,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    operation: str | None = None,
+    **kwargs: Any,
+) -> None:
+    verdict = await review(operation, body, None, userinfo, memo, _indices(kwargs))
+    if not verdict.allowed:
+        raise kopf.AdmissionError(verdict.message, code=403)
+    patch.metadata.annotations.update(verdict.stamp)
+
+
+@kopf.on.validate(GROUP, VERSION, "agentworkflows", id=VALIDATE_ID, operations=["CREATE", "UPDATE"], persistent=True)
+async def validate_workflow(
+    body: kopf.Body,
+    userinfo: kopf.UserInfo,
+    memo: kopf.Memo,
+    operation: str | None = None,
+    old: kopf.Body | None = None,
+    **kwargs: Any,
+) -> None:
+    verdict = await review(operation, body, old, userinfo, memo, _indices(kwargs))
+    if not verdict.allowed:
+        raise kopf.AdmissionError(verdict.message, code=403)
+    if operation == "CREATE" and not stamp_matches(body.metadata.annotations, verdict):
+        raise kopf.AdmissionError(
+            "the admission stamp is missing or altered (the mutating webhook writes it)", code=403
+        )
+    # approvals: who writes paybill.dev/approve-*/reject-* (workflows/approvals.py); recorded last, once admitted
+    submitter = (old or body).metadata.annotations.get(REQUESTER)
+    refused = await review_approvals(operation, body, old, userinfo, memo, bool(kwargs.get("dryrun")), submitter)
+    if refused is not None:
+        raise kopf.AdmissionError(refused, code=403)
