@@ -47,9 +47,19 @@ def workflow(namespace: str, name: str, steps: list[dict[str, Any]], principal: 
     return yaml.safe_dump(body)
 
 
-READ = {"name": "find", "kind": "query", "sql": "SELECT id, status FROM orders WHERE status = $1", "params": ["open"]}
-FIX = {"name": "fix", "kind": "mutation", "sql": "UPDATE orders SET status = 'refunded' WHERE id = $1", "params": [1]}
-HOSTILE = [
+READ: dict[str, Any] = {
+    "name": "find",
+    "kind": "query",
+    "sql": "SELECT id, status FROM orders WHERE status = $1",
+    "params": ["open"],
+}
+FIX: dict[str, Any] = {
+    "name": "fix",
+    "kind": "mutation",
+    "sql": "UPDATE orders SET status = 'refunded' WHERE id = $1",
+    "params": [1],
+}
+HOSTILE: list[dict[str, Any]] = [
     READ,
     {"name": "wipe", "kind": "mutation", "sql": "DELETE FROM orders"},
     {"name": "peek", "kind": "query", "sql": "SELECT usename, passwd FROM pg_shadow"},
