@@ -1,13 +1,16 @@
-"""Kubernetes protobuf request bodies of the review and token APIs, read into their JSON form.
+"""Kubernetes protobuf request bodies of the review and token APIs, and of Secrets and ConfigMaps, read into their
+JSON form.
 
 kubectl 1.32+ sends built-in kinds as ``application/vnd.kubernetes.protobuf`` (``kubectl auth can-i``,
-``kubectl create token``): the ``k8s\\0`` magic, a ``runtime.Unknown`` envelope, then the object's message.
+``kubectl create token``), and Helm writes its release records (Secrets, or ConfigMaps) so: the ``k8s\\0``
+magic, a ``runtime.Unknown`` envelope, then the object's message.
 Only the fields of the messages below are read (field numbers from k8s.io/api's generated.proto); the
 answers go back as JSON, which those clients accept too.
 """
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 MEDIA_TYPE = "application/vnd.kubernetes.protobuf"
@@ -42,6 +45,42 @@ SPECS: dict[str, Schema] = {
     "SelfSubjectReview": {},
     "TokenReview": {1: ("token", "string", False), 2: ("audiences", "string", True)},
     "TokenRequest": {1: ("audiences", "string", True), 4: ("expirationSeconds", "int", False)},
+}
+MAP_ENTRY: Schema = {1: ("key", "string", False), 2: ("value", "string", False)}
+BYTES_MAP_ENTRY: Schema = {1: ("key", "string", False), 2: ("value", "bytes", False)}
+OBJECT_META: Schema = {
+    1: ("name", "string", False),
+    2: ("generateName", "string", False),
+    3: ("namespace", "string", False),
+    5: ("uid", "string", False),
+    6: ("resourceVersion", "string", False),
+    11: ("labels", MAP_ENTRY, True),
+    12: ("annotations", MAP_ENTRY, True),
+    14: ("finalizers", "string", True),
+}
+# kind -> (its message, which of its fields are maps, which of those carry bytes: base64 in JSON)
+OBJECTS: dict[str, tuple[Schema, tuple[str, ...], tuple[str, ...]]] = {
+    "Secret": (
+        {
+            1: ("metadata", OBJECT_META, False),
+            2: ("data", BYTES_MAP_ENTRY, True),
+            3: ("type", "string", False),
+            4: ("stringData", MAP_ENTRY, True),
+            5: ("immutable", "int", False),
+        },
+        ("data", "stringData"),
+        ("data",),
+    ),
+    "ConfigMap": (
+        {
+            1: ("metadata", OBJECT_META, False),
+            2: ("data", MAP_ENTRY, True),
+            3: ("binaryData", BYTES_MAP_ENTRY, True),
+            4: ("immutable", "int", False),
+        },
+        ("data", "binaryData"),
+        ("binaryData",),
+    ),
 }
 UNKNOWN: Schema = {
     1: ("typeMeta", {1: ("apiVersion", "string", False), 2: ("kind", "string", False)}, False),
@@ -125,3 +164,35 @@ def review_from_protobuf(body: bytes) -> dict[str, Any]:
     if "extra" in spec:
         spec["extra"] = {entry.get("key", ""): (entry.get("value") or {}).get("items", []) for entry in spec["extra"]}
     return {"apiVersion": type_meta.get("apiVersion", ""), "kind": kind, "spec": spec}
+
+
+def _entries(entries: list[dict[str, Any]], base64_values: bool) -> dict[str, Any]:
+    return {
+        entry.get("key", ""): base64.b64encode(entry.get("value") or b"").decode()
+        if base64_values
+        else entry.get("value", "")
+        for entry in entries
+    }
+
+
+def object_from_protobuf(body: bytes) -> dict[str, Any]:
+    """The JSON form of a Secret or ConfigMap sent as protobuf (ProtobufError if it is not one)."""
+    if not body.startswith(MAGIC):
+        raise ProtobufError("not a Kubernetes protobuf message")
+    envelope = _decode(body[len(MAGIC) :], UNKNOWN)
+    type_meta = envelope.get("typeMeta") or {}
+    kind = type_meta.get("kind", "")
+    if kind not in OBJECTS:
+        raise ProtobufError(f"unsupported kind {kind!r}")
+    schema, maps, binary = OBJECTS[kind]
+    obj = _decode(envelope.get("raw") or b"", schema)
+    metadata = obj.setdefault("metadata", {})
+    for field in ("labels", "annotations"):
+        if field in metadata:
+            metadata[field] = _entries(metadata[field], base64_values=False)
+    for field in maps:
+        if field in obj:
+            obj[field] = _entries(obj[field], base64_values=field in binary)
+    if "immutable" in obj:
+        obj["immutable"] = bool(obj["immutable"])
+    return {"apiVersion": type_meta.get("apiVersion", ""), "kind": kind, **obj}

@@ -123,6 +123,7 @@ BUILTINS: tuple[ResourceType, ...] = (
     _builtin("batch", "v1", "jobs", "Job", True, status=True),
     _builtin("apps", "v1", "deployments", "Deployment", True, short=("deploy",), status=True),
     _builtin("coordination.k8s.io", "v1", "leases", "Lease", True),
+    _builtin("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True, short=("pdb",), status=True),
     _builtin(
         "apiextensions.k8s.io",
         "v1",

@@ -30,7 +30,7 @@ import kmock
 import yaml
 from kmock._internal import rendering
 
-from . import openapi, tables
+from . import openapi, protobuf, tables
 from .access import AccessControl, Refused
 from .admission import Admission
 from .credentials import persistent_access
@@ -45,6 +45,17 @@ from .watch import Watching
 from .writes import Writes
 
 logger = logging.getLogger(__name__)
+
+
+def _protobuf_object(content_type: str, body: bytes) -> dict[str, Any] | None:
+    """A Secret or ConfigMap sent as protobuf (Helm stores its release records so), in its JSON form; None for
+    anything else (reviews and token requests are read by the access gate)."""
+    if content_type != protobuf.MEDIA_TYPE:
+        return None
+    try:
+        return protobuf.object_from_protobuf(body)
+    except (protobuf.ProtobufError, UnicodeDecodeError):
+        return None
 
 
 @attrs.define(kw_only=True)
@@ -104,7 +115,7 @@ class EmulatedApiServer(Writes, Watching, Discovery, kmock.KubernetesScaffold):
         try:
             data = json.loads(body) if body else None
         except ValueError:
-            data = yaml.safe_load(body) if raw.content_type == APPLY else None
+            data = yaml.safe_load(body) if raw.content_type == APPLY else _protobuf_object(raw.content_type, body)
         request = rendering.Request(
             id=len(self._requests),
             raw_request=raw,
