@@ -14,6 +14,7 @@ import pytest
 import yaml
 from kopf.testing import KopfRunner
 
+from chart.rendering import template
 from paybill.kube import write_service_account_kubeconfig
 from paybill.kube.rbac import Attributes
 from paybill.kubeclient import Kube, KubeError
@@ -37,12 +38,10 @@ pytestmark = pytest.mark.slow
 
 
 def chart_rbac() -> list[dict[str, Any]]:
-    """charts/paybill/templates/rbac.yaml rendered for release `paybill` in `paybill-system` (the template uses
-    only the release's name and namespace; anything else would need helm here)."""
-    text = (REPO / "charts" / "paybill" / "templates" / "rbac.yaml").read_text()
-    text = text.replace("{{ .Release.Name }}", RELEASE).replace("{{ .Release.Namespace }}", NAMESPACE)
-    assert "{{" not in text, "rbac.yaml uses more than the release name and namespace: render it with helm"
-    return [doc for doc in yaml.safe_load_all(text) if doc]
+    """The operator's ServiceAccount, roles and bindings, as the real helm renders the chart for release `paybill`
+    in `paybill-system` (charts/paybill/templates/rbac.yaml; the roles for people are in rbac-users.yaml)."""
+    shown = ("--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml")
+    return template(None, *shown, release=RELEASE, namespace=NAMESPACE)
 
 
 def chart_rules() -> list[dict[str, Any]]:

@@ -41,3 +41,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The operator's admission webhooks (name, path, kind, operations): the handlers in handlers/admission.py. */}}
+{{- define "paybill.admissionWebhooks" -}}
+- {name: stamp.agentworkflows.paybill.dev, kind: Mutating, path: /mutate-agentworkflow, operations: [CREATE]}
+- {name: validate.agentworkflows.paybill.dev, kind: Validating, path: /validate-agentworkflow, operations: [CREATE, UPDATE]}
+{{- end -}}
