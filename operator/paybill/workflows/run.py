@@ -90,17 +90,22 @@ def run_steps(
     record: Callable[[StepOutcome], None],
     workflow: str,
     policy_content: str | None = None,
+    approvals: Callable[[str, str | None], frozenset[str]] | None = None,
 ) -> list[StepOutcome]:
     """Run the steps of run `workflow` (the AgentWorkflow's uid) in order until one is refused or fails, skipping
     those recorded as done; `record` sees each outcome as it happens. `policy_content`: the policy version's
-    content address (audit/versions.py), kept with each decision so that it can be replayed."""
+    content address (audit/versions.py), kept with each decision so that it can be replayed. `approvals(step,
+    plan hash)`: who approved exactly that plan hash of that step (workflows/approvals.py); given to that step only."""
     from ..database.agents.steps import StepKey  # the database side, loaded with the guard that runs the steps
 
     done = guard.recorded(workflow)
     outcomes: list[StepOutcome] = []
     for index, step in enumerate(spec.steps):
         params = list(step.params)
-        decision = guard.engine.decide(spec.principal, step.sql, params, guard.tenant, guard.approvals)
+        decision = guard.engine.decide(spec.principal, step.sql, params, guard.tenant)
+        guard.approvals = approvals(step.name, decision.plan_hash) if approvals is not None else frozenset()
+        if guard.approvals:
+            decision = guard.engine.decide(spec.principal, step.sql, params, guard.tenant, guard.approvals)
         replay = {
             "statement": step.sql,
             "params": params,
