@@ -33,6 +33,7 @@ def moto(cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
         overrides.mkdir()
         (overrides / "paybill_moto_override.tf").write_text(aws_sim.provider_override(url))
         monkeypatch.setenv("PAYBILL_TERRAFORM_PROVIDER_MIRROR", str(mirror))
+        monkeypatch.setenv("PAYBILL_CLOUD_ENDPOINTS", f"aws={url}")  # the Plan's cloud preflight asks moto too
         monkeypatch.setenv("PAYBILL_TERRAFORM_OVERRIDES_DIR", str(overrides))
         monkeypatch.setenv("PAYBILL_TERRAFORM_TIMEOUT", "900")
         monkeypatch.setenv("PAYBILL_OPERATOR_NAMESPACE", OPERATOR_NAMESPACE)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextvars
+import dataclasses
 import datetime
 import functools
 import hashlib
@@ -33,6 +34,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from ..api.meta import API_VERSION, GROUP, VERSION, now_rfc3339
 from ..api.plan import Cloud, Isolation, PlanSpec
 from ..api.tenant import InfrastructureStatus
+from ..clouds.preflight import gate as cloud_gate
 from ..errors import first_line
 from ..kubeclient import Kube, KubeError
 from ..lifecycle import infrastructure as infra
@@ -179,6 +181,9 @@ class InfrastructureRuns:
         if plan is None or plan.spec.provisioning is None:
             return None
         desired = self.desire(tenant.name, plan)
+        blocked = cloud_gate(self.kube.get(API_VERSION, "plans", plan.name))  # its cloud preflight, on the Plan
+        if blocked is not None:  # no new run starts (a destroy of what was built still may)
+            desired = dataclasses.replace(desired, problems=(*desired.problems, blocked))
         recorded = tenant.status.infrastructure
         with self._guard:
             running = self._running.get(tenant.name)

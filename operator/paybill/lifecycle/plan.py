@@ -41,12 +41,14 @@ def decide_plan(
     generation: int | None,
     provisioning_problems: tuple[str, ...] = (),
     said_ready: Said = (None, None),
+    cloud_ready: tuple[bool, str, str] | None = None,
 ) -> PlanOutcome:
     """`changed`: created or updated (not resumed), so what names the Plan looks again: a Tenant or Subscription
     that waited for it, or one whose quotas, isolation or grace period it changed. `provisioning_problems`: what
     its spec.provisioning lacks (module, contract, credentials), found before any Terraform run; its tenants
     wait while there are any (they are touched all the same, so that they say why); it looks again every
-    PROVISIONING_RECHECK seconds, warning once per problem."""
+    PROVISIONING_RECHECK seconds, warning once per problem. `cloud_ready`: the cloud preflight's CloudReady
+    condition (None: none was made); failed, the Plan is not Ready for the same reason, looked at again as well."""
     if isinstance(spec, InvalidSpec):
         return PlanOutcome(
             "Invalid", Readiness(False, "InvalidSpec", spec.message), (Notice("InvalidSpec", spec.message, True),)
@@ -57,6 +59,16 @@ def decide_plan(
         events = warn_once(said_ready, "ProvisioningInvalid", message)
         ready = Readiness(False, "ProvisioningInvalid", message)
         return PlanOutcome("Invalid", ready, events, touch, PROVISIONING_RECHECK)
+    if cloud_ready is not None and not cloud_ready[0]:
+        _, reason, message = cloud_ready
+        message = f"cloud preflight: {message}"
+        return PlanOutcome(
+            "Invalid",
+            Readiness(False, reason, message),
+            warn_once(said_ready, reason, message),
+            touch,
+            PROVISIONING_RECHECK,
+        )
     provisioned = f", infrastructure from {spec.provisioning.cloud}" if spec.provisioning else ""
     ready = Readiness(True, "Valid", f"{spec.tier} tier with {spec.isolation} isolation{provisioned}")
     return PlanOutcome("Ready", ready, touch_users=touch)
