@@ -21,6 +21,7 @@ import pytest
 from paybill.audit import AuditLog, ChainBroken
 from paybill.database import Placement, TenantDatabases, restore_backup
 from paybill.database.server import LocalPostgres
+from paybill.kubeclient import KubeError
 from paybill.lifecycle.conditions import is_true
 
 API = "paybill.dev/v1alpha1"
@@ -557,6 +558,14 @@ def agent_workflow(namespace: str, name: str, steps: list[dict[str, Any]]) -> di
     }
 
 
+def submit(cluster: Any, workflow: dict[str, Any]) -> dict[str, Any]:
+    """Submit an AgentWorkflow as its agent does: as ServiceAccount tenant-agent of its namespace (the identity the
+    admission webhook checks against the policy's subjects)."""
+    agent = cluster.as_service_account(workflow["metadata"]["namespace"], "tenant-agent")
+    created: dict[str, Any] = agent.create(workflow)
+    return created
+
+
 def wait_workflow(cluster: Any, namespace: str, name: str, phase: str) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         current = (cluster.kube.get(API, "agentworkflows", name, namespace) or {}).get("status") or {}
@@ -579,7 +588,8 @@ def test_agent_workflows_run_declared_steps_once_through_the_gate(operator: Any,
     operator.kube.apply(agent_policy(namespace))
     wait_policy(operator, namespace, "Ready")
 
-    operator.kube.apply(
+    submit(
+        operator,
         agent_workflow(
             namespace,
             "refund",
@@ -597,7 +607,7 @@ def test_agent_workflows_run_declared_steps_once_through_the_gate(operator: Any,
                     "params": [1],
                 },
             ],
-        )
+        ),
     )
     done = wait_workflow(operator, namespace, "refund", "Succeeded")
     assert [(s["name"], s["executed"], s["rowsReturned"], s["rowsAffected"]) for s in done["steps"]] == [
@@ -612,80 +622,66 @@ def test_agent_workflows_run_declared_steps_once_through_the_gate(operator: Any,
         "truncated": False,
     }
 
-    operator.kube.apply(
-        agent_workflow(
-            namespace,
+    # a step the policy refuses, or that is not the kind it declares, is refused at submission with its reasons
+    for refused, steps, expected in (
+        (
             "cleanup",
             [
                 {"name": "look", "kind": "query", "sql": "SELECT count(*) FROM orders"},
                 {"name": "wipe", "kind": "mutation", "sql": "DELETE FROM orders WHERE id = 2"},
-                {"name": "after", "kind": "mutation", "sql": "UPDATE orders SET status = 'x' WHERE id = 2"},
             ],
-        )
-    )
-    denied = wait_workflow(operator, namespace, "cleanup", "Denied")
-    assert [s["name"] for s in denied["steps"]] == ["look", "wipe"]  # the run stopped at the refused step
-    assert denied["steps"][1]["reasons"][0]["code"] == "no_allow_rule" and not denied["steps"][1]["executed"]
-
-    operator.kube.apply(
-        agent_workflow(
-            namespace,
+            "step wipe: no_allow_rule",
+        ),
+        (
             "sneaky",
             [{"name": "read", "kind": "query", "sql": "UPDATE orders SET status = 'x' WHERE id = 2"}],
-        )
-    )
-    sneaky = wait_workflow(operator, namespace, "sneaky", "Denied")
-    assert sneaky["steps"][0]["reasons"][0]["code"] == "kind_mismatch"
+            "step read: kind_mismatch",
+        ),
+    ):
+        with pytest.raises(KubeError) as error:
+            submit(operator, agent_workflow(namespace, refused, steps))
+        assert error.value.status == 403 and expected in error.value.message
+        assert operator.kube.get(API, "agentworkflows", refused, namespace) is None
     with login(operator, name) as conn:
         assert conn.execute("SELECT id, status FROM orders ORDER BY id").fetchall() == [(1, "refunded"), (2, "open")]
 
-    # steps are fixed once submitted: a changed spec is refused, never re-run
-    operator.kube.merge_patch(
-        API,
-        "agentworkflows",
-        "refund",
-        {
-            "spec": {
-                "steps": [
-                    {"name": "again", "kind": "mutation", "sql": "UPDATE orders SET status = 'again' WHERE id = 1"}
-                ]
-            }
-        },
-        namespace,
-    )
-    operator.eventually(
-        lambda: any(e.get("reason") == "Immutable" for e in operator.kube.list("v1", "events", namespace))
-    )
+    # steps are fixed once submitted: a changed spec is refused by the API server, never re-run
+    again = [{"name": "again", "kind": "mutation", "sql": "UPDATE orders SET status = 'again' WHERE id = 1"}]
+    with pytest.raises(KubeError) as error:
+        operator.kube.merge_patch(API, "agentworkflows", "refund", {"spec": {"steps": again}}, namespace)
+    assert error.value.status == 403 and "fixed once submitted" in error.value.message
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
         log = AuditLog(lambda: conn)
         events = [(r.event, r.details["step"]) for r in log.records("AgentWorkflow", f"{namespace}/refund")]
         assert events == [("StepRan", "find"), ("StepRan", "fix")]
-        assert [r.event for r in log.records("AgentWorkflow", f"{namespace}/sneaky")] == ["StepDenied"]
+        assert log.records("AgentWorkflow", f"{namespace}/sneaky") == []  # refused before it was stored
         assert log.verify() > 0
 
-    # a Running status is no evidence of what ran: the tenant's step records are (none here), so it runs, once
-    interrupted = agent_workflow(
-        namespace,
-        "interrupted",
-        [{"name": "fix", "kind": "mutation", "sql": "UPDATE orders SET status = 'twice' WHERE id = 2"}],
+    # a Running status is no evidence of what ran: the tenant's step records are (none here), so it runs, once.
+    # Admitted (its policy is Ready), it is held Pending by a results Secret of someone else's until that is gone.
+    squatted = {"name": "agentworkflow-interrupted-results", "namespace": namespace}
+    operator.kube.apply({"apiVersion": "v1", "kind": "Secret", "metadata": squatted, "stringData": {"rows": "mine"}})
+    submit(
+        operator,
+        agent_workflow(
+            namespace,
+            "interrupted",
+            [{"name": "fix", "kind": "mutation", "sql": "UPDATE orders SET status = 'twice' WHERE id = 2"}],
+        ),
     )
-    interrupted["spec"]["policyRef"] = "later"
-    operator.kube.apply(interrupted)
     pending = wait_workflow(operator, namespace, "interrupted", "Pending")
-    assert pending["conditions"][-1]["message"] == "agentpolicy/later is missing"
-    operator.eventually(
-        lambda: operator.kopf_retries("agentworkflows", "interrupted", namespace) >= 2
-    )  # the handler ran again
-    assert [
-        e["reason"]
-        for e in operator.kube.list("v1", "events", namespace)
-        if e["involvedObject"]["name"] == "interrupted"
-    ] == ["PolicyNotReady"]  # said once, not per retry
+    assert pending["conditions"][-1]["reason"] == "SecretConflict"
     operator.kube.merge_patch(
         API, "agentworkflows", "interrupted", {"status": {"phase": "Running"}}, namespace, subresource="status"
     )
-    operator.kube.apply({**agent_policy(namespace), "metadata": {"name": "later", "namespace": namespace}})
-    resumed = wait_workflow(operator, namespace, "interrupted", "Succeeded")
+    operator.kube.delete("v1", "secrets", squatted["name"], namespace)
+    resumed = operator.eventually(  # after the wait's 30 s backoff
+        lambda: (
+            (w := operator.kube.get(API, "agentworkflows", "interrupted", namespace)["status"])["phase"] == "Succeeded"
+            and w
+        ),
+        timeout=90,
+    )
     assert [(s["name"], s["executed"], s["rowsAffected"]) for s in resumed["steps"]] == [("fix", True, 1)]
     with login(operator, name) as conn:
         assert conn.execute("SELECT status FROM orders WHERE id = 2").fetchone() == ("twice",)
