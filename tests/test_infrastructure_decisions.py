@@ -274,24 +274,84 @@ def test_drift_is_re_applied_only_when_the_plan_says_auto_remediate() -> None:
 
 
 def test_teardown_destroys_unless_the_data_is_kept_or_nothing_was_built() -> None:
-    assert infra.decide_teardown(seen(), applied(), True, None, NOW).done
-    assert infra.decide_teardown(seen(), None, False, None, NOW).done
-    assert infra.decide_teardown(seen(), applied(destroyed=True), False, None, NOW).done
-    tearing = infra.decide_teardown(seen(), applied(), False, None, NOW)
+    built = seen(built=(desired(),))
+    assert infra.decide_teardown(built, applied(), True, None, NOW).done
+    assert infra.decide_teardown(seen(), applied(), False, None, NOW).done  # the state holds nothing
+    tearing = infra.decide_teardown(built, applied(), False, None, NOW)
     assert not tearing.done and tearing.actions == (infra.DestroyInfrastructure(desired()),) and tearing.retry
-    running = infra.decide_teardown(seen(running="destroy"), applied(), False, None, NOW)
+    running = infra.decide_teardown(seen(running="destroy", built=(desired(),)), applied(), False, None, NOW)
     assert running.actions == () and running.reason == "DestroyingInfrastructure"
 
 
+@pytest.mark.parametrize(
+    "forged",
+    [applied(destroyed=True), applied(destroyed=True, appliedDigest=None, runId=None), None],
+    ids=["destroyed", "destroyed-and-never-run", "no-infrastructure-status"],
+)
+def test_a_status_saying_nothing_is_left_never_skips_what_the_state_holds(forged: InfrastructureStatus | None) -> None:
+    """Offboarding rests on the Terraform state in PostgreSQL (a workspace holding resources), not on status: a
+    forged status.infrastructure (destroyed, or none at all) tears down no less."""
+    tearing = infra.decide_teardown(seen(built=(desired(),)), forged, False, None, NOW)
+    assert not tearing.done and tearing.actions == (infra.DestroyInfrastructure(desired()),)
+
+
+def test_an_unreadable_state_or_a_workspace_nothing_speaks_for_holds_offboarding_and_says_why() -> None:
+    unreadable = infra.decide_teardown(seen(built=None, state_error="connection refused"), None, False, None, NOW)
+    assert (unreadable.done, unreadable.actions, unreadable.reason) == (False, (), "OffboardFailed")
+    assert "connection refused" in unreadable.message and unreadable.events[0].warning and unreadable.retry
+    unknown = desired(module="unknown", digest="-", workspace="bridge", problems=("no record says which module",))
+    held = infra.decide_teardown(seen(built=(unknown,)), applied(), False, None, NOW)
+    assert held.actions == () and held.reason == "OffboardFailed" and "workspace bridge" in held.message
+
+
+def test_each_workspace_is_destroyed_with_what_it_was_applied_with_a_model_left_first() -> None:
+    """The Desired of a built workspace carries its recorded module and inputs (by digest), not today's plan's."""
+    left = desired(module="local/pooled", digest="p" * 64, workspace="pooled")
+    current = desired(workspace="silo", digest="r" * 64)
+    view = seen(desired=desired(workspace="silo"), built=(current, left))
+    assert infra.decide_teardown(view, applied(), False, None, NOW).actions == (infra.DestroyInfrastructure(left),)
+    view = seen(desired=desired(workspace="silo"), built=(current,))
+    assert infra.decide_teardown(view, applied(), False, None, NOW).actions == (infra.DestroyInfrastructure(current),)
+
+
 def test_a_failed_destroy_is_visible_warned_once_and_retried_after_its_backoff() -> None:
+    built = seen(built=(desired(),))
     failed = applied(lastRun="destroy", lastResult=infra.FAILED, failures=1, lastRunAt=stamp(2), message="Error: no")
-    waiting = infra.decide_teardown(seen(), failed, False, None, NOW)
+    waiting = infra.decide_teardown(built, failed, False, None, NOW)
     assert (waiting.done, waiting.actions, waiting.reason) == (False, (), "OffboardFailed")
     assert "Error: no" in waiting.message and waiting.events[0].warning and waiting.retry == pytest.approx(3)
     said = Condition(type="Ready", status=ConditionStatus.FALSE, reason="OffboardFailed", message=waiting.message)
-    assert infra.decide_teardown(seen(), failed, False, said, NOW).events == ()
+    assert infra.decide_teardown(built, failed, False, said, NOW).events == ()
     later = failed.model_copy(update={"lastRunAt": stamp(6)})
-    assert infra.decide_teardown(seen(), later, False, said, NOW).actions == (infra.DestroyInfrastructure(desired()),)
+    assert infra.decide_teardown(built, later, False, said, NOW).actions == (infra.DestroyInfrastructure(desired()),)
+
+
+# --- a tenant's name --------------------------------------------------------------------------------------------------
+
+
+def test_a_name_too_long_to_provision_is_said_on_the_tenant_and_starts_no_run() -> None:
+    name = "a" * 41
+    decision = infra.decide_infrastructure(seen(), None, None, NOW, name)
+    assert decision.actions == () and not decision.ready and decision.provisioned[:2] == (False, "TenantNameTooLong")
+    assert (
+        f"tenant name {name} has 41 characters" in decision.provisioned[2] and "at most 40" in decision.provisioned[2]
+    )
+    assert [(e.reason, e.warning) for e in decision.events] == [("TenantNameTooLong", True)]
+    said = Condition(
+        type="Provisioned", status=ConditionStatus.FALSE, reason="TenantNameTooLong", message=decision.provisioned[2]
+    )
+    assert infra.decide_infrastructure(seen(), None, said, NOW, name).events == ()  # warned once
+    assert infra.decide_infrastructure(seen(), None, None, NOW, "a" * 40).actions == (
+        infra.ApplyInfrastructure(desired()),
+    )
+
+
+def test_the_decisions_name_limit_is_the_runners() -> None:
+    from paybill.terraform.models import checked_tenant_id
+
+    assert checked_tenant_id("a" * infra.MAX_TENANT_NAME)
+    with pytest.raises(ValueError, match="at most 40"):
+        checked_tenant_id("a" * (infra.MAX_TENANT_NAME + 1))
 
 
 # --- through the Tenant's decide -------------------------------------------------------------------------------------
@@ -347,13 +407,15 @@ def test_offboarding_destroys_before_the_namespace_goes_and_then_finishes() -> N
         "metadata": {"name": "tenant-acme", "uid": "ns", "ownerReferences": [{"uid": UID, "controller": True}]}
     }
     spec = {"offboard": True, "deletionPolicy": "destroy"}
-    tearing = offboard(tenant(Phase.OFFBOARDING, applied(), **spec), world(seen(), namespace=namespace))
+    built = seen(built=(desired(),))
+    tearing = offboard(tenant(Phase.OFFBOARDING, applied(), **spec), world(built, namespace=namespace))
     assert infra.DestroyInfrastructure(desired()) in tearing.actions
     assert not any(isinstance(a, DeleteNamespace) for a in tearing.actions) and tearing.retry is not None
     done = offboard(tenant(Phase.OFFBOARDING, applied(destroyed=True), **spec), world(seen(), namespace=namespace))
+    assert done.status is not None and done.status.phase == Phase.OFFBOARDED  # the state holds nothing any more
     assert not any(isinstance(a, infra.DestroyInfrastructure) for a in done.actions)
     assert done.status is not None and done.status.phase == Phase.OFFBOARDED
-    retained = offboard(tenant(Phase.OFFBOARDING, applied(), offboard=True, deletionPolicy="retain"), world(seen()))
+    retained = offboard(tenant(Phase.OFFBOARDING, applied(), offboard=True, deletionPolicy="retain"), world(built))
     assert not any(isinstance(a, (infra.DestroyInfrastructure, RemoveData)) for a in retained.actions)
 
 
@@ -424,12 +486,13 @@ def test_a_second_change_of_model_waits_until_the_first_model_left_is_destroyed(
 def test_offboarding_destroys_the_model_left_then_the_current_one() -> None:
     retired = desired(module="local/pooled", digest="p" * 64, workspace="pooled")
     record = applied(retiring="pooled", retiringModule="local/pooled")
-    first = infra.decide_teardown(seen(retired=retired), record, False, None, NOW)
-    assert first.actions == (infra.DestroyInfrastructure(retired),)
+    both = seen(retired=retired, built=(desired(), retired))
+    assert infra.decide_teardown(both, record, False, None, NOW).actions == (infra.DestroyInfrastructure(retired),)
     current_gone = record.model_copy(update={"destroyed": True})
-    assert infra.decide_teardown(seen(retired=retired), current_gone, False, None, NOW).actions == (
+    assert infra.decide_teardown(seen(retired=retired, built=(retired,)), current_gone, False, None, NOW).actions == (
         infra.DestroyInfrastructure(retired),
     )
-    assert infra.decide_teardown(seen(), record.model_copy(update={"retiring": None}), False, None, NOW).actions == (
+    left_gone = record.model_copy(update={"retiring": None})
+    assert infra.decide_teardown(seen(built=(desired(),)), left_gone, False, None, NOW).actions == (
         infra.DestroyInfrastructure(desired()),
     )

@@ -56,8 +56,10 @@ def silo_module(root: Path, name: str, extra: str = "") -> Path:
     return target
 
 
-def plan(name: str, approval: str = "auto", module: str | None = None, isolation: str = "silo") -> dict[str, Any]:
-    provisioning: dict[str, Any] = {"cloud": "local", "approval": approval, "costCenter": "cc-7"}
+def plan(
+    name: str, approval: str = "auto", module: str | None = None, isolation: str = "silo", region: str = "us-east-1"
+) -> dict[str, Any]:
+    provisioning: dict[str, Any] = {"cloud": "local", "approval": approval, "costCenter": "cc-7", "region": region}
     if module is not None:
         provisioning["module"] = module
     return {
@@ -68,8 +70,8 @@ def plan(name: str, approval: str = "auto", module: str | None = None, isolation
     }
 
 
-def onboard(cluster: Any, plan_name: str, **spec: Any) -> str:
-    name = f"tf{next(_names)}-{secrets.token_hex(3)}"
+def onboard(cluster: Any, plan_name: str, name: str | None = None, **spec: Any) -> str:
+    name = name or f"tf{next(_names)}-{secrets.token_hex(3)}"
     cluster.kube.apply(
         {"apiVersion": API, "kind": "Tenant", "metadata": {"name": name}, "spec": {"planRef": plan_name, **spec}}
     )
@@ -428,3 +430,121 @@ def test_a_state_lock_left_by_a_runner_that_is_gone_is_released_audited_and_the_
         ]
     assert len(released) == 1 and released[0]["lock_key"] == key
     assert released[0]["reason"] == f"runner process {dead_pid} on {_HOST} is gone"
+
+
+def guarded_destroy(root: Path, name: str, marker: Path, base: str = "silo") -> Path:
+    """The shipped local module `base` with a resource whose destroy fails until `marker` exists."""
+    target = root / name
+    shutil.copytree(module_dir("local", base), target)
+    (target / "guard.tf").write_text(
+        f"""
+resource "terraform_data" "guard" {{
+  input = {{ tags = local.tags }}
+  provisioner "local-exec" {{
+    when    = destroy
+    command = "test -f {marker} || (echo 'guard: destroying is not allowed yet' >&2; exit 1)"
+  }}
+}}
+"""
+    )
+    return target
+
+
+def test_a_forged_destroyed_status_never_skips_the_teardown_of_what_the_state_holds(
+    tf_operator: Any, modules: Path, postgres: LocalPostgres, tmp_path: Path
+) -> None:
+    """Offboarding rests on the Terraform state in PostgreSQL, not on status: a status saying the infrastructure
+    is destroyed (or saying nothing of it) while the tenant's workspace still holds resources tears nothing less
+    down; the finalizer stays until the state is empty."""
+    cluster, marker = tf_operator, tmp_path / "may-destroy"
+    guarded_destroy(modules, "forged", marker)
+    cluster.kube.apply(plan("tf-forged", module="forged"))
+    name = onboard(cluster, "tf-forged", deletionPolicy="destroy")
+    cluster.eventually(lambda: status(cluster, name).get("phase") == "Active", timeout=120)
+    built = state_resources(dsn(postgres), name, "silo")
+    assert "terraform_data.guard" in built
+
+    cluster.kube.delete(API, "tenants", name)
+    cluster.eventually(lambda: condition(cluster, name, "Ready").get("reason") == "OffboardFailed", timeout=120)
+    forged = {"destroyed": True, "appliedDigest": None, "lastRun": "apply", "lastResult": "Succeeded"}
+    cluster.kube.merge_patch(API, "tenants", name, {"status": {"infrastructure": forged}}, subresource="status")
+    run_before = status(cluster, name)["infrastructure"]["runId"]
+
+    def retried_or_gone() -> bool:
+        current = cluster.kube.get(API, "tenants", name)
+        if current is None:
+            return True
+        run = (current.get("status") or {}).get("infrastructure") or {}
+        return run.get("runId") != run_before and run.get("lastRun") == "destroy" and run.get("lastResult") == "Failed"
+
+    cluster.eventually(retried_or_gone, timeout=120)
+    assert state_resources(dsn(postgres), name, "silo") == ["terraform_data.guard"]  # its destroy keeps failing
+    assert cluster.kube.get(API, "tenants", name) is not None, "the Tenant went while its state still holds resources"
+    marker.touch()
+    cluster.eventually(lambda: cluster.kube.get(API, "tenants", name) is None, timeout=120)
+    assert state_resources(dsn(postgres), name, "silo") == []
+
+
+def regional_module(root: Path, name: str, base: str, region: str) -> Path:
+    """The shipped local module `base`, refusing (in any plan, a destroy's too) a region other than `region`: the
+    stand-in for a cloud provider, which finds a resource only in the region it was built in."""
+    target = root / name
+    shutil.copytree(module_dir("local", base), target)
+    variables = (target / "variables.tf").read_text()
+    start = variables.index('variable "region" {')
+    end = variables.index("}", start)
+    check = f"""  validation {{
+    condition     = var.region == "{region}"
+    error_message = "Built in {region} only."
+  }}
+"""
+    (target / "variables.tf").write_text(variables[:end] + check + variables[end:])
+    return target
+
+
+def test_the_model_left_is_destroyed_with_the_inputs_it_was_applied_with(
+    tf_operator: Any, modules: Path, postgres: LocalPostgres
+) -> None:
+    """A change of plan that changes the isolation model and the region: the old model's workspace is destroyed
+    with the region it was built in (recorded when applied), not the new plan's."""
+    cluster = tf_operator
+    regional_module(modules, "pooled-eu", "pooled", "eu-west-1")
+    cluster.kube.apply(plan("tf-eu-pool", isolation="pooled", module="pooled-eu", region="eu-west-1"))
+    cluster.kube.apply(plan("tf-us-silo", isolation="silo", region="us-east-1"))
+    name = onboard(cluster, "tf-eu-pool")
+    cluster.eventually(lambda: status(cluster, name).get("phase") == "Active", timeout=120)
+    assert state_resources(dsn(postgres), name, "pooled") == SILO
+
+    cluster.kube.merge_patch(API, "tenants", name, {"spec": {"planRef": "tf-us-silo"}})
+
+    def retired() -> dict[str, Any] | None:
+        current = status(cluster, name)
+        run = current.get("infrastructure") or {}
+        done = current.get("isolation") == "silo" and run.get("workspace") == "silo" and not run.get("retiring")
+        return current if done and not run.get("running") else None
+
+    def why() -> str:
+        return f"the pooled workspace destroyed; status: {status(cluster, name).get('infrastructure')}"
+
+    cluster.eventually(retired, timeout=180)
+    assert state_resources(dsn(postgres), name, "pooled") == [], why()
+    assert state_resources(dsn(postgres), name, "silo") == SILO
+
+
+def test_a_tenant_name_too_long_for_its_clouds_resource_names_is_refused_with_a_condition(tf_operator: Any) -> None:
+    """A name of 41-56 characters is a valid Tenant, but too long to be provisioned (paybill-<name> is an RDS
+    identifier and an S3 bucket, at most 63): said on the Tenant, naming the limit, with a Warning; no run."""
+    cluster = tf_operator
+    cluster.kube.apply(plan("tf-long"))
+    name = onboard(cluster, "tf-long", name=f"tf-{secrets.token_hex(3)}-" + "x" * 34)  # 44 characters
+    said = cluster.eventually(
+        lambda: (
+            condition(cluster, name, "Provisioned").get("reason") == "TenantNameTooLong"
+            and condition(cluster, name, "Provisioned")
+        ),
+        timeout=60,
+    )
+    assert f"tenant name {name} has 44 characters" in said["message"] and "at most 40" in said["message"]
+    assert "spec.provisioning of the plan" not in said["message"]  # the plan is fine; the name is not
+    assert status(cluster, name)["phase"] == "Provisioning" and "infrastructure" not in status(cluster, name)
+    assert any(e["type"] == "Warning" and e["reason"] == "TenantNameTooLong" for e in events(cluster, name))

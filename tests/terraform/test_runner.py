@@ -324,3 +324,20 @@ def test_a_new_workspace_of_a_known_tenant_is_made_by_a_run_from_a_fresh_init(
     runner.apply(dataclasses.replace(tenant, workspace="pooled"), LOCAL_SILO)
     other = write_module(modules_dir / "other", 'resource "terraform_data" "x" {\n  input = var.tenant_id\n}\n')
     assert runner.apply(dataclasses.replace(tenant, workspace="silo"), other).summary.adds == 1
+
+
+def test_each_workspace_says_what_its_state_holds_and_what_it_was_applied_with(
+    make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs
+) -> None:
+    """What offboarding and a model's retirement rest on: resources counted in the state in PostgreSQL, and the
+    module and inputs recorded before the apply (a destroy uses them, whatever the plan says by then)."""
+    runner = make_runner()
+    assert runner.workspaces(tenant.tenant_id) == {}
+    silo = dataclasses.replace(tenant, workspace="silo", region="eu-central-1")
+    runner.record_applied(silo, "local/silo", "creds")
+    runner.apply(silo, LOCAL_SILO)
+    found = runner.workspaces(tenant.tenant_id)["silo"]
+    assert (found.resources, found.module, found.credentials_secret) == (4, "local/silo", "creds")
+    assert found.variables == silo.variables() and found.variables["region"] == "eu-central-1"
+    runner.destroy(silo, LOCAL_SILO)
+    assert runner.workspaces(tenant.tenant_id)["silo"].resources == 0

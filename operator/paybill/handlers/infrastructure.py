@@ -21,6 +21,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -39,10 +40,12 @@ from ..errors import first_line
 from ..kubeclient import Kube, KubeError
 from ..lifecycle import infrastructure as infra
 from ..lifecycle.reconcile import PlanObject, TenantObject
+from ..metrics import terraform_ran
 from ..terraform import ApplyResult, ModuleInputs, RunnerConfig, StalePlan, TerraformError, TerraformRunner
 from ..terraform.contract import violations
 from ..terraform.errors import PlanHashMismatch, PlanNotFound, redact
 from ..terraform.modules import module_dir
+from ..terraform.workspaces import Workspace
 from .apply import TRIGGER, audit, delete_owned_secret, operator_namespace, publish_secret, touch
 from .settings import DATABASE_URL_ENV, state_directory
 
@@ -189,8 +192,44 @@ class InfrastructureRuns:
             running = self._running.get(tenant.name)
             finished = self._finished.get(tenant.name)
         settled = finished is None or (recorded is not None and recorded.runId == finished)
-        retired = self.retired(tenant.name, plan, recorded) if recorded is not None and recorded.retiring else None
-        return infra.InfraSeen(desired, running, settled, tenant.approved_plan, retired)
+        try:
+            found = self._workspaces(tenant.name)
+        except Exception as exc:  # the decision waits, and says why
+            return infra.InfraSeen(desired, running, settled, tenant.approved_plan, None, None, redact(first_line(exc)))
+        built = tuple(self._built(tenant.name, plan, desired, found[name]) for name in found if found[name].resources)
+        retired = None
+        if recorded is not None and recorded.retiring:
+            retired = self.retired(tenant.name, plan, recorded, found.get(str(recorded.retiring)))
+        return infra.InfraSeen(desired, running, settled, tenant.approved_plan, retired, built)
+
+    def _workspaces(self, tenant: str) -> dict[str, Workspace]:
+        """The tenant's workspaces as PostgreSQL has them (none can exist under a name too long to provision)."""
+        if infra.name_too_long(tenant):
+            return {}
+        return self.runner().workspaces(tenant)
+
+    def _built(self, tenant: str, plan: PlanObject, desired: infra.Desired, found: Workspace) -> infra.Desired:
+        """What destroys a workspace holding resources: the module and inputs it was applied with. A workspace no
+        record speaks for (applied before records were kept) is the current model's, with today's inputs."""
+        if found.module is not None:
+            return self._recorded_desired(tenant, found)
+        if found.name == desired.workspace:
+            return desired
+        problem = f"it holds {found.resources} resources, but no record says which module and inputs built them"
+        return infra.Desired("unknown", "-", problems=(problem,), workspace=found.name)
+
+    def _recorded_desired(self, tenant: str, found: Workspace) -> infra.Desired:
+        module = str(found.module)
+        cloud, _, model = module.partition("/")
+        _, directory = (
+            resolve_module(cloud, model, None, self.environ) if model else resolve_module("", "", module, self.environ)
+        )
+        if directory is None or not directory.is_dir():
+            return infra.Desired(module, "-", problems=(f"module {module} does not exist",), workspace=found.name)
+        inputs = ModuleInputs(**{**found.variables, "tenant_id": tenant, "workspace": found.name})
+        digest = config_digest(directory, inputs.variables(), found.credentials_secret, found.name)
+        self._keep(digest, RunSetup(directory, inputs, found.credentials_secret))
+        return infra.Desired(module, digest, workspace=found.name)
 
     def desire(self, tenant: str, plan: PlanObject) -> infra.Desired:
         provisioning = plan.spec.provisioning
@@ -202,10 +241,12 @@ class InfrastructureRuns:
             module_check(name, directory, cloud),
             credentials_check(self.kube, provisioning.credentialsSecret),
         )
-        try:
-            inputs: ModuleInputs | None = module_inputs(tenant, plan, isolation)
-        except ValueError as exc:
-            problems, inputs = (*problems, str(exc)), None
+        inputs: ModuleInputs | None = None
+        if not infra.name_too_long(tenant):  # a name too long is the decision's to say, not the plan's problem
+            try:
+                inputs = module_inputs(tenant, plan, isolation)
+            except ValueError as exc:
+                problems = (*problems, str(exc))
         variables = inputs.variables() if inputs is not None else {"tenant_id": tenant}
         digest = config_digest(directory, variables, provisioning.credentialsSecret, isolation)
         if directory is not None and inputs is not None and not problems:
@@ -220,9 +261,14 @@ class InfrastructureRuns:
             isolation,
         )
 
-    def retired(self, tenant: str, plan: PlanObject, recorded: InfrastructureStatus) -> infra.Desired | None:
-        """The workspace of the model the tenant left, with the module it was built from (None: not found)."""
+    def retired(
+        self, tenant: str, plan: PlanObject, recorded: InfrastructureStatus, found: Workspace | None
+    ) -> infra.Desired | None:
+        """The workspace of the model the tenant left, with the module and inputs it was applied with (recorded in
+        PostgreSQL; without a record, the module status names and today's inputs). None: not found."""
         provisioning, workspace = plan.spec.provisioning, str(recorded.retiring)
+        if found is not None and found.module is not None:
+            return self._recorded_desired(tenant, found)
         module = str(recorded.retiringModule or "")
         if provisioning is None or not module:
             return None
@@ -271,10 +317,12 @@ class InfrastructureRuns:
         self, ref: dict[str, Any], tenant: TenantObject, setup: RunSetup, action: infra.InfraAction, run_id: str
     ) -> None:
         kind = KINDS[type(action)]
+        started = time.monotonic()
         try:
             fields = self._perform(ref, tenant, setup, action)
         except Exception as exc:  # every failure is a result in status, never only a log line
             fields = self._failed(tenant.name, action, exc)
+        terraform_ran(kind, str(fields.get("lastResult")), time.monotonic() - started)
         fields |= {"running": None, "runId": run_id, "lastRun": kind, "lastRunAt": now_rfc3339()}
         try:
             self._write(tenant.name, fields)
@@ -306,6 +354,7 @@ class InfrastructureRuns:
                     "message": f"plan {summary.plan_hash[:12]} awaits approval",
                 }
             case infra.ApplyInfrastructure(_, plan_hash):
+                runner.record_applied(setup.inputs, action.desired.module, setup.credentials_secret)
                 if plan_hash is None:
                     result = runner.apply(setup.inputs, setup.module, env)
                 else:

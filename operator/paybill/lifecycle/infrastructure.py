@@ -37,6 +37,9 @@ PROVIDER_PREFIXES = ("AWS_", "ARM_", "GOOGLE_", "OCI_", "IC_")  # the providers'
 PROBLEM_RETRY = 30.0  # a Plan's provisioning that lacks something is looked at again this often
 DESTROY_POLL = 2.0  # offboarding waits for a destroy in flight this often
 FAILURE_BASE = 5.0  # a failed run is tried again after 5 s, 10 s, 20 s ... capped at 5 minutes
+# a provisioned tenant's name (terraform/models.py TENANT_ID): `paybill-<name>` names its cloud resources (an RDS
+# identifier, an S3 bucket: at most 63 characters), `tf_<name>` its state's schema
+MAX_TENANT_NAME = 40
 
 # results a run writes to status.infrastructure.lastResult
 SUCCEEDED, FAILED, AWAITING, STALE = "Succeeded", "Failed", "AwaitingApproval", "Stale"
@@ -97,6 +100,17 @@ def provisioning_problems(
     return tuple(problems)
 
 
+def name_too_long(tenant: str) -> str | None:
+    """Why the tenant's name cannot be provisioned (None: it can). A Tenant's name may have 56 characters."""
+    if len(tenant) <= MAX_TENANT_NAME:
+        return None
+    return (
+        f"tenant name {tenant} has {len(tenant)} characters: a tenant whose plan builds infrastructure may have at "
+        f"most {MAX_TENANT_NAME} (its cloud resources are named paybill-<name>, e.g. an RDS instance or S3 bucket, "
+        "at most 63); nothing is built: recreate it under a shorter name, or put it on a plan without provisioning"
+    )
+
+
 def provider_environment(data: Mapping[str, str]) -> dict[str, str]:
     """The variables of a credentials Secret that reach Terraform: the providers' own (and the module inputs some
     of them carry, CONTEXT_VARIABLES), nothing else."""
@@ -132,6 +146,10 @@ class InfraSeen:
     settled: bool = True  # False: a run just ended and its result is being written (decide on the next read)
     approved: str | None = None  # the tenant's paybill.dev/approve-plan annotation
     retired: Desired | None = None  # the infrastructure of the model the tenant left, to destroy once data moved
+    # the tenant's workspaces whose Terraform state (in PostgreSQL, never status) holds resources, each with the
+    # module and inputs it was applied with; None: the state could not be read (`state_error` says why)
+    built: tuple[Desired, ...] | None = ()
+    state_error: str = ""
 
 
 # --- what it asks the shell to do -------------------------------------------------------------------------------
@@ -190,6 +208,9 @@ def decide_infrastructure(
     desired, record = seen.desired, recorded or InfrastructureStatus()
     applied = record.appliedDigest == desired.digest and not record.destroyed
     drifted = _drifted(record) if applied else None
+    too_long = name_too_long(tenant)
+    if too_long:
+        return _decision(False, (False, "TenantNameTooLong", too_long), said, warn=True)
     if desired.problems:
         message = "spec.provisioning of the plan: " + "; ".join(desired.problems)
         return _decision(applied, (False, "ProvisioningInvalid", message), said, retry=PROBLEM_RETRY, warn=True)
@@ -295,27 +316,45 @@ def decide_teardown(
     now: datetime.datetime,
 ) -> Teardown:
     """Offboarding destroys what Terraform built (unless the deletion policy keeps the data, and with it the
-    infrastructure holding it). A destroy that fails is said (OffboardFailed, Terraform's message, a Warning Event
+    infrastructure holding it): every workspace whose state in PostgreSQL holds resources, a model left earlier
+    first, each with the inputs it was applied with. Status is evidence, not an order: what it says was destroyed
+    is no reason to skip one. A destroy that fails is said (OffboardFailed, Terraform's message, a Warning Event
     once) and retried with backoff: the finalizer never waits in silence."""
-    if keep or recorded is None or recorded.runId is None or (recorded.destroyed and not recorded.retiring):
+    if keep:
         return Teardown(True)
-    if seen is None:
+    if seen is None:  # the plan builds nothing (any more): only a status saying something was built waits
+        if recorded is None or recorded.runId is None or (recorded.destroyed and not recorded.retiring):
+            return Teardown(True)
         return Teardown(
             False, (), "OffboardFailed", "the plan's provisioning is gone: cannot destroy", (), PROBLEM_RETRY
         )
+    if seen.built is None:
+        message = f"the tenant's Terraform state cannot be read, so what to destroy is unknown: {seen.state_error}"
+        return Teardown(False, (), "OffboardFailed", message, _offboard_notice(message, said), PROBLEM_RETRY)
+    if not seen.built:
+        return Teardown(True)
     if seen.running is not None or not seen.settled:
         return Teardown(
             False, (), "DestroyingInfrastructure", f"terraform {seen.running or 'run'} running", (), DESTROY_POLL
         )
-    destroy = (DestroyInfrastructure(seen.retired or seen.desired),)  # a model left earlier first
-    if recorded.lastRun == "destroy" and recorded.lastResult == FAILED:
-        message = f"destroying the infrastructure failed: {recorded.message}"
-        events = () if said is not None and said.message == message else (Notice("OffboardFailed", message, True),)
-        wait = retry_delay(recorded.failures - 1, base=FAILURE_BASE) - elapsed(recorded.lastRunAt, now)
+    target = next((built for built in seen.built if built.workspace != seen.desired.workspace), seen.built[0])
+    if target.problems:
+        message = f"cannot destroy workspace {target.workspace}: {'; '.join(target.problems)}"
+        return Teardown(False, (), "OffboardFailed", message, _offboard_notice(message, said), PROBLEM_RETRY)
+    destroy = (DestroyInfrastructure(target),)
+    record = recorded or InfrastructureStatus()
+    if record.lastRun == "destroy" and record.lastResult == FAILED:
+        message = f"destroying the infrastructure failed: {record.message}"
+        events = _offboard_notice(message, said)
+        wait = retry_delay(record.failures - 1, base=FAILURE_BASE) - elapsed(record.lastRunAt, now)
         if wait > 0:
             return Teardown(False, (), "OffboardFailed", message, events, wait)
         return Teardown(False, destroy, "OffboardFailed", message, events, DESTROY_POLL)
-    return Teardown(False, destroy, "DestroyingInfrastructure", f"destroying {seen.desired.module}", (), DESTROY_POLL)
+    return Teardown(False, destroy, "DestroyingInfrastructure", f"destroying {target.module}", (), DESTROY_POLL)
+
+
+def _offboard_notice(message: str, said: Condition | None) -> tuple[Notice, ...]:
+    return () if said is not None and said.message == message else (Notice("OffboardFailed", message, True),)
 
 
 # --- the outputs Secret ---------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Saved plans: their summary (pure, from `terraform show -json`), and their store in PostgreSQL, outside etcd.
 
 Status carries only the summary; the plan file and its JSON (sensitive values masked) stay in the
-`paybill_terraform.plans` table, keyed by tenant and the plan file's sha256, for approval and audit.
+`paybill_terraform.plans` table, keyed by tenant and the plan file's sha256, for approval and audit. The same
+schema keeps what each workspace was applied with (`applied`, workspaces.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,15 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.plans (
     plan_json  jsonb NOT NULL,
     plan_file  bytea NOT NULL,
     PRIMARY KEY (tenant_id, plan_hash)
+);
+CREATE TABLE IF NOT EXISTS {SCHEMA}.applied (
+    tenant_id          text NOT NULL,
+    workspace          text NOT NULL,
+    module             text NOT NULL,
+    variables          jsonb NOT NULL,
+    credentials_secret text,
+    recorded_at        timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, workspace)
 )"""
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from python_terraform import IsFlagged, IsNotFlagged  # type: ignore[import-untyped]
 
 from . import backend, binary
+from . import workspaces as records
 from .config import RunnerConfig, cli_config
 from .connections import Connections
 from .errors import (
@@ -147,6 +148,18 @@ class TerraformRunner:
         starting Terraform: how a run reports its outputs."""
         with self.connections.connection() as connection:
             return _outputs(backend.state_outputs(connection, tenant_id, workspace))
+
+    def workspaces(self, tenant_id: str) -> dict[str, records.Workspace]:
+        """The tenant's workspaces as PostgreSQL has them: resources in each state, what each was applied with."""
+        with self.connections.connection() as connection:
+            return records.workspaces(connection, tenant_id)
+
+    def record_applied(self, inputs: ModuleInputs, module: str, credentials_secret: str | None) -> None:
+        """Before an apply: the module (by name) and inputs that build `inputs.workspace`, for its destroy."""
+        with self.connections.connection() as connection:
+            records.record_applied(
+                connection, inputs.tenant_id, inputs.workspace, module, inputs.variables(), credentials_secret
+            )
 
     def destroy(self, inputs: ModuleInputs, module: Path, env: Mapping[str, str] | None = None) -> DestroyResult:
         with self._run(inputs, module, env) as run:
