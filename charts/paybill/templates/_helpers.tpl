@@ -42,8 +42,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 {{- end -}}
 
-{{/* The operator's admission webhooks (name, path, kind, operations): the handlers in handlers/admission.py. */}}
+{{/* The operator's admission webhooks, as paybill/handlers/admission.py declares them (CONFIGURATION, the handler
+ids, PATH; test_the_webhooks_are_the_ones_the_operator_serves compares): kind, name, path, operations. */}}
+{{- define "paybill.admissionConfiguration" -}}admission.paybill.dev{{- end -}}
 {{- define "paybill.admissionWebhooks" -}}
-- {name: stamp.agentworkflows.paybill.dev, kind: Mutating, path: /mutate-agentworkflow, operations: [CREATE]}
-- {name: validate.agentworkflows.paybill.dev, kind: Validating, path: /validate-agentworkflow, operations: [CREATE, UPDATE]}
+- {kind: Mutating, name: stamp-agentworkflow.admission.paybill.dev, path: /admission/stamp-agentworkflow, operations: [CREATE]}
+- {kind: Validating, name: validate-agentworkflow.admission.paybill.dev, path: /admission/validate-agentworkflow, operations: [CREATE, UPDATE]}
 {{- end -}}
