@@ -59,6 +59,16 @@ OPERATOR_ENVIRONMENT: tuple[tuple[str, str], ...] = (
     ),
     ("PAYBILL_WORKFLOW_WORKERS", "AgentWorkflow steps run at once over all tenants (default 4)"),
     (
+        "PAYBILL_PEERING",
+        "leader election: the ClusterKopfPeering (kopf.dev/v1) the replicas share; the oldest live replica works, "
+        "the others stand by (unset: this replica runs alone)",
+    ),
+    (
+        "PAYBILL_PEERING_LIFETIME",
+        "seconds a replica's peering record lives without renewal: a killed leader is replaced after at most this "
+        "(default 30, at least 10)",
+    ),
+    (
         "PAYBILL_WEBHOOK_CERT_DIR",
         "tls.crt, tls.key and ca.crt of the AgentWorkflow admission webhook: HTTPS on PAYBILL_WEBHOOK_ADDR "
         "(default 0.0.0.0) port 9443; unset: plain HTTP on 127.0.0.1 only (the emulated API server)",
@@ -212,7 +222,7 @@ def _bound_native_memory(arenas: int = 2, trim_every: float = 5.0) -> None:
 def _operator(args: argparse.Namespace) -> int:
     import kopf
 
-    from . import handlers  # noqa: F401  (registers the handlers)
+    from . import handlers, metrics, peering  # noqa: F401  (importing the handlers registers them)
 
     _bound_native_memory()
     logs.configure(args.log_format, args.verbose)
@@ -220,8 +230,12 @@ def _operator(args: argparse.Namespace) -> int:
     liveness = liveness_endpoint(args.liveness)
     if liveness:
         logging.getLogger("paybill").info("liveness endpoint at %s", liveness)
+    if args.metrics_bind_address:
+        host, port = metrics.serve(args.metrics_bind_address).server_address[:2]
+        logging.getLogger("paybill").info("metrics at http://%s:%s/metrics, readiness at /readyz", host, port)
+    peering.IDENTITY = peering.own_identity(os.environ)  # kopf's peering and the election share it
     with contextlib.suppress(KeyboardInterrupt):
-        kopf.run(clusterwide=True, standalone=True, liveness_endpoint=liveness)
+        kopf.run(clusterwide=True, identity=peering.IDENTITY, liveness_endpoint=liveness)  # type: ignore[arg-type]
     return 0
 
 
@@ -253,6 +267,16 @@ def liveness_endpoint(url: str | None) -> str | None:
         port = probe.getsockname()[1]
     host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{host}:{port}"))
+
+
+def bind_address(text: str) -> tuple[str, int]:
+    """An argparse type: HOST:PORT, or :PORT for every address."""
+    from .metrics import parse_address
+
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def positive_seconds(text: str) -> float:
@@ -393,6 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="serve kopf's liveness probe at URL, e.g. http://0.0.0.0:8080/healthz; port 0 "
         "picks a free port, logged at start (default: no endpoint, no port bound)",
+    )
+    operator.add_argument(
+        "--metrics-bind-address",
+        default=None,
+        metavar="HOST:PORT",
+        type=bind_address,
+        help="serve Prometheus metrics at /metrics and readiness at /readyz there, e.g. :8081 (every address); "
+        "port 0 picks a free port, logged at start (default: not served)",
     )
     operator.add_argument(
         "--log-format",

@@ -51,6 +51,7 @@ class Kube:
         body: Any = None,
         content_type: str = "application/json",
         query: dict[str, str] | None = None,
+        timeout: float | None = None,
     ) -> Any:
         params = self.api.param_serialize(
             method,
@@ -61,7 +62,7 @@ class Kube:
             auth_settings=["BearerToken"],
         )
         try:
-            response = self.api.call_api(*params)
+            response = self.api.call_api(*params, _request_timeout=timeout)
             response.read()
         except ApiException as exc:
             raise KubeError(exc.status or 0, str(exc.reason)) from None

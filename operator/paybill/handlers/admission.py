@@ -42,6 +42,7 @@ from ..database.agents.install import engine_for
 from ..errors import first_line
 from ..lifecycle.evidence import agent_placement_problem
 from ..lifecycle.tenant import TENANT_LABEL
+from ..metrics import counting, timed_engine
 from ..policy import PolicyEngine
 from ..policy.rules import PolicyError
 from ..policy.schema import SchemaError
@@ -291,7 +292,7 @@ def _build_engine(databases: TenantDatabases, key: EngineKey, spec: AgentPolicyS
     placement = DatabasePlacement.model_validate_json(key.placement)
     if problem := agent_placement_problem(key.tenant, key.tenant_uid, placement, records):
         raise EngineRefused(problem)
-    return engine_for(databases, Placement.from_status(key.tenant, placement), spec, key.access)
+    return timed_engine(engine_for(databases, Placement.from_status(key.tenant, placement), spec, key.access))
 
 
 async def engine_of(
@@ -359,7 +360,8 @@ async def stamp_workflow(
     operation: str | None = None,
     **kwargs: Any,
 ) -> None:
-    verdict = await review(operation, body, None, userinfo, memo, _indices(kwargs))
+    with counting("admission"):  # each submission once: this webhook is asked first (validation decides again)
+        verdict = await review(operation, body, None, userinfo, memo, _indices(kwargs))
     if not verdict.allowed:
         raise kopf.AdmissionError(verdict.message, code=403)
     patch.metadata.annotations.update(verdict.stamp)

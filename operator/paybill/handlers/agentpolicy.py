@@ -54,6 +54,7 @@ from ..lifecycle.tenant import (
 from ..policy.rules import PolicyError
 from ..policy.schema import SchemaError
 from .apply import TENANT_GRANTS, apply_agent_outcome, delete_owned_secret, publish_secret
+from .instrument import reconciles
 
 
 def tenant_of(kube: Kube, namespace: str) -> dict[str, Any] | None:
@@ -99,6 +100,7 @@ def records_of(databases: TenantDatabases | None, tenant: dict[str, Any] | None)
 @kopf.on.resume(GROUP, VERSION, "agentpolicies")
 @kopf.on.create(GROUP, VERSION, "agentpolicies")
 @kopf.on.update(GROUP, VERSION, "agentpolicies")
+@reconciles("agentpolicy")
 def reconcile_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     kube: Kube = memo.kube
     policy = policy_object(body)
@@ -118,6 +120,7 @@ def reconcile_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: A
 
 
 @kopf.on.delete(GROUP, VERSION, "agentpolicies")  # retried until done: the role must not outlive its policy
+@reconciles("agentpolicy")
 def delete_policy(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     """The role, its grants and its RLS policies go with the policy; so does its Secret."""
     policy = policy_object(body)

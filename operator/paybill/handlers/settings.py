@@ -11,10 +11,11 @@ from typing import Any
 
 import kopf
 
+from .. import metrics, peering
 from ..api.crdgen import all_crds
 from ..audit import AuditLog, CheckpointStore, ConfigMapCheckpoint, FileCheckpoint
 from ..database import TenantDatabases
-from ..kubeclient import Kube, load_config
+from ..kubeclient import Kube, KubeError, load_config
 from . import events, watches
 from .apply import operator_namespace
 from .persistence import PREFIX, DigestDiffBaseStorage
@@ -60,7 +61,6 @@ def configure(
     settings.posting.level = logging.INFO
     settings.posting.reporting_component = events.COMPONENT  # kopf's own Events (handler outcomes) too
     settings.posting.reporting_instance = socket.gethostname()
-    settings.peering.standalone = True
     settings.watching.server_timeout = 300
     settings.queueing.error_delays = [1, 2, 5, 10, 30, 60]
     # Objects are worked on by at most this many workers at once (the rest queue): at startup over
@@ -90,6 +90,45 @@ def configure(
             "apply them (crds/, or `paybill crds`)",
             ", ".join(missing),
         )
+    elected = join_election(settings, memo.kube, logger)  # last: kopf's own keepalive follows at once
+    metrics.STATE.operator = metrics.Operator(memo.kube, database_url, elected)
+    metrics.STATE.operator.started.set()
+
+
+def join_election(
+    settings: kopf.OperatorSettings, kube: Kube, logger: logging.Logger | logging.LoggerAdapter[Any]
+) -> peering.Election | None:
+    """With PAYBILL_PEERING, take a ticket in that ClusterKopfPeering and run as kopf's mandatory peering with its
+    priority (paused until this replica is the oldest live one: paybill/peering.py); without it, run alone."""
+    try:
+        elected = peering.election(os.environ, peering.IDENTITY)
+    except ValueError as exc:
+        raise kopf.PermanentError(str(exc)) from None
+    if elected is None:
+        settings.peering.standalone = True
+        return None
+    try:
+        priority = peering.register(kube, elected)
+    except KubeError as exc:
+        raise kopf.TemporaryError(
+            f"cannot join the election in ClusterKopfPeering {elected.name} ({exc}): is the peering CRD "
+            f"({peering.PEERING_CRD['metadata']['name']}) installed?",
+            delay=10,
+        ) from None
+    settings.peering.standalone = False
+    settings.peering.mandatory = True
+    settings.peering.clusterwide = True
+    settings.peering.name = elected.name
+    settings.peering.priority = priority
+    settings.peering.lifetime = elected.lifetime
+    settings.peering.stealth = True  # no log line per keepalive
+    logger.info(
+        "leader election in ClusterKopfPeering %s as %s (ticket %d): paused while an older replica lives",
+        elected.name,
+        elected.identity,
+        -priority,
+    )
+    return elected
 
 
 @kopf.on.cleanup()

@@ -17,6 +17,7 @@ from ..lifecycle.plan import parse_plan
 from ..lifecycle.references import TenantSeen
 from ..lifecycle.subscription import SubscriptionSeen, decide_subscription, subscriptions_of_tenant_gone
 from .apply import post, touch_all, write_ready
+from .instrument import reconciles
 
 
 def _observe(kube: Kube, body: kopf.Body, spec: SubscriptionSpec) -> SubscriptionSeen:
@@ -46,6 +47,7 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
 @kopf.on.resume(GROUP, VERSION, "subscriptions")
 @kopf.on.create(GROUP, VERSION, "subscriptions")
 @kopf.on.update(GROUP, VERSION, "subscriptions")
+@reconciles("subscription")
 def reconcile_subscription(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     _reconcile(body, patch, memo)
 

@@ -29,6 +29,7 @@ from . import events
 from .apply import operator_namespace, post
 from .health import checked, last_known, observe_health
 from .infrastructure import observe_infrastructure
+from .instrument import reconciles
 from .tenant_actions import TenantActions, failure_of
 
 
@@ -133,6 +134,7 @@ def _intact(location: Path, sha256: str) -> bool:
 @kopf.on.resume(GROUP, VERSION, "tenants")
 @kopf.on.create(GROUP, VERSION, "tenants")
 @kopf.on.update(GROUP, VERSION, "tenants")  # type: ignore[arg-type]  # kopf passes the index by its name
+@reconciles("tenant")
 def reconcile_tenant(
     body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, subscriptions_by_tenant: kopf.Index, **_: Any
 ) -> None:

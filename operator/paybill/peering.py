@@ -1,0 +1,182 @@
+"""Leader election over kopf's peering: of the replicas, exactly one handles the cluster, the others stand by.
+
+kopf pauses an operator that sees a live peer of higher priority in the ClusterKopfPeering object, and pauses
+every one that sees a peer of the same priority; it has no leases. So each replica takes a ticket when it starts,
+one higher than any taken before, by a compare-and-swap write on the peering object (its resourceVersion as the
+precondition), and runs with priority ``-ticket``: the replica that started first leads; the others stay paused
+(kopf starts a mandatory peering paused, and lists the object only after this registration, so a later replica
+always sees the earlier one). When the leader stops, its record goes at once; when it is killed, its record
+expires after ``lifetime`` seconds, and the next oldest replica resumes. No two tickets are equal, so no two
+replicas ever run at once, and none waits forever for a twin.
+
+The pure part (tickets, who leads) works on the object's ``status``: ``{identity: {priority, lifetime, lastseen}}``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import secrets
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .kubeclient import Kube, KubeError
+
+API_VERSION = "kopf.dev/v1"
+PLURAL = "clusterkopfpeerings"
+KIND = "ClusterKopfPeering"
+TICKET_ANNOTATION = "paybill.dev/peering-ticket"
+PEERING_ENV = "PAYBILL_PEERING"
+LIFETIME_ENV = "PAYBILL_PEERING_LIFETIME"
+DEFAULT_LIFETIME = 30  # seconds; kopf renews 5-10 s before it ends
+MIN_LIFETIME = 10  # kopf's renewal comes 5-10 s early: a shorter record could expire between renewals
+REGISTER_ATTEMPTS = 20
+IDENTITY: str | None = None  # set by `paybill operator` before kopf starts: the identity it gives kopf's peering too
+
+# kopf's peering CRD (kopf ships it in its documentation only). Cluster-wide: the operator is.
+PEERING_CRD: dict[str, Any] = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": f"{PLURAL}.kopf.dev"},
+    "spec": {
+        "scope": "Cluster",
+        "group": "kopf.dev",
+        "names": {"kind": KIND, "plural": PLURAL, "singular": "clusterkopfpeering"},
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                        },
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+@dataclass(frozen=True)
+class Election:
+    """This replica's part in the election: the peering object's name, its own identity, its record's lifetime."""
+
+    name: str
+    identity: str
+    lifetime: int
+
+
+@dataclass(frozen=True)
+class PeerRecord:
+    identity: str
+    priority: int
+    deadline: datetime.datetime
+
+    def alive(self, now: datetime.datetime) -> bool:
+        return self.deadline > now
+
+
+def own_identity(environ: Mapping[str, str]) -> str:
+    """The Pod's name when the chart gives it (POD_ID, as kopf reads it), else host, process and a random part."""
+    return environ.get("POD_ID") or f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
+
+
+def election(environ: Mapping[str, str], identity: str | None) -> Election | None:
+    """The election this replica takes part in: PAYBILL_PEERING names the peering object; unset, it runs alone.
+    ValueError when peering is asked for without an identity kopf shares (only `paybill operator` gives one)."""
+    name = environ.get(PEERING_ENV) or ""
+    if not name:
+        return None
+    if identity is None:
+        raise ValueError(f"{PEERING_ENV} needs `paybill operator` (it gives kopf and the election one identity)")
+    lifetime = int(environ.get(LIFETIME_ENV) or DEFAULT_LIFETIME)
+    if lifetime < MIN_LIFETIME:
+        raise ValueError(f"{LIFETIME_ENV} must be at least {MIN_LIFETIME} seconds (kopf renews 5-10 s early)")
+    return Election(name, identity, lifetime)
+
+
+def records(status: Mapping[str, Any]) -> list[PeerRecord]:
+    """The peers a peering object's status lists (kopf's own reading: a record without lastseen is fresh, one
+    without lifetime lives 60 s); malformed entries are not peers."""
+    found = []
+    now = datetime.datetime.now(datetime.UTC)
+    for identity, info in status.items():
+        if not isinstance(info, Mapping):
+            continue
+        try:
+            priority = int(info.get("priority", 0))
+            lifetime = datetime.timedelta(seconds=int(info.get("lifetime", 60)))
+            lastseen = datetime.datetime.fromisoformat(info["lastseen"]) if info.get("lastseen") else now
+        except (TypeError, ValueError):
+            continue
+        if lastseen.tzinfo is None:
+            lastseen = lastseen.replace(tzinfo=datetime.UTC)
+        found.append(PeerRecord(str(identity), priority, lastseen + lifetime))
+    return found
+
+
+def next_ticket(annotations: Mapping[str, str], peers: list[PeerRecord]) -> int:
+    """One more than any ticket taken: the annotation's count, or any record's ticket (priority -ticket) above it."""
+    text = annotations.get(TICKET_ANNOTATION, "0")
+    taken = int(text) if text.isdigit() else 0
+    return max([taken, *(-peer.priority for peer in peers if peer.priority <= 0)]) + 1
+
+
+def leader(peers: list[PeerRecord], now: datetime.datetime) -> str | None:
+    """Who handles the cluster now: the live peer of the highest priority, if no other live one has as much (kopf
+    pauses both of a tie)."""
+    alive = sorted((p for p in peers if p.alive(now)), key=lambda p: p.priority, reverse=True)
+    if not alive or (len(alive) > 1 and alive[1].priority == alive[0].priority):
+        return None
+    return alive[0].identity
+
+
+def record(priority: int, lifetime: int, now: datetime.datetime) -> dict[str, Any]:
+    """A peer's record as kopf writes it."""
+    return {"priority": priority, "lifetime": lifetime, "lastseen": now.isoformat()}
+
+
+def register(kube: Kube, elected: Election) -> int:
+    """Take this replica's ticket and write its record, in one compare-and-swap write; the priority to run with.
+    The peering object is made when missing. KubeError (404) when the peering CRD is not installed."""
+    for _ in range(REGISTER_ATTEMPTS):
+        found = kube.get(API_VERSION, PLURAL, elected.name)
+        if found is None:
+            try:
+                kube.create({"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": elected.name}})
+            except KubeError as exc:
+                if exc.status != 409:
+                    raise
+            continue
+        meta = found["metadata"]
+        ticket = next_ticket(meta.get("annotations") or {}, records(found.get("status") or {}))
+        now = datetime.datetime.now(datetime.UTC)
+        patch = {
+            "metadata": {"resourceVersion": meta["resourceVersion"], "annotations": {TICKET_ANNOTATION: str(ticket)}},
+            "status": {elected.identity: record(-ticket, elected.lifetime, now)},
+        }
+        try:
+            kube.merge_patch(API_VERSION, PLURAL, elected.name, patch)
+        except KubeError as exc:
+            if exc.status == 409:  # another replica took a ticket meanwhile: take the next one
+                continue
+            raise
+        return -ticket
+    raise KubeError(409, f"no ticket taken in {elected.name} after {REGISTER_ATTEMPTS} attempts")
+
+
+def role(kube: Kube, elected: Election) -> str:
+    """`leader` or `standby` as the peering object says now; `unregistered` when this replica has no live record
+    (it cannot take over)."""
+    found = kube.get(API_VERSION, PLURAL, elected.name) or {}
+    peers = records(found.get("status") or {})
+    now = datetime.datetime.now(datetime.UTC)
+    if not any(peer.identity == elected.identity and peer.alive(now) for peer in peers):
+        return "unregistered"
+    return "leader" if leader(peers, now) == elected.identity else "standby"
