@@ -22,6 +22,7 @@ from test_tenant_lifecycle import (
     login,
     onboard,
     plan,
+    submit,
     wait_phase,
     wait_policy,
     wait_workflow,
@@ -71,7 +72,7 @@ def test_a_workflow_writing_during_the_copy_is_denied_with_the_reason_and_writes
     move_to_silo(operator, name)
     try:
         operator.eventually(copying.is_set, timeout=40)
-        operator.kube.apply(agent_workflow(namespace, "during-move", [{**REFUND, "params": [7]}]))
+        submit(operator, agent_workflow(namespace, "during-move", [{**REFUND, "params": [7]}]))
         denied = wait_workflow(operator, namespace, "during-move", "Denied")
     finally:
         go_on.set()
@@ -92,7 +93,7 @@ def test_an_agent_writes_at_the_new_placement_as_soon_as_the_move_is_done(
         assert conn.info.dbname == silo
         assert conn.execute("UPDATE orders SET status = 'fixed' WHERE id = 7").rowcount == 1
 
-    operator.kube.apply(agent_workflow(namespace, "after-move", [{**REFUND, "params": [7]}]))
+    submit(operator, agent_workflow(namespace, "after-move", [{**REFUND, "params": [7]}]))
     done = wait_workflow(operator, namespace, "after-move", "Succeeded")
     assert done["steps"][0]["rowsAffected"] == 1
     assert status_of_order(postgres, silo, name) == ("refunded",)

@@ -154,7 +154,9 @@ def assert_converged(output: str) -> None:
     assert output.count("  DENIED ") == 5 and output.count("  ALLOWED ") == 2
     assert "only tenant acme's rows seen" in output and "globex customer" not in output
     assert "workflow/refund-order-13 Succeeded: open-orders ran (1 rows), refund ran (1 rows)" in output
-    assert "workflow/tidy-up Denied: count-paid ran (1 rows), drop-paid refused (denied_by_rule); 1 of 3" in output
+    assert "agentworkflow/refund-order-13 admitted (submitted as serviceaccount tenant-acme/tenant-agent)" in output
+    assert "agentworkflow/tidy-up refused at submission (HTTP 403):" in output
+    assert "step drop-paid: denied_by_rule" in output and "workflow/tidy-up Denied" not in output  # never run
     walk = [line for line in output.splitlines() if "-> tenant" in line]
     outcomes = [next(k for k in ("write ok", "write refused", "login refused") if k in line) for line in walk]
     assert outcomes == ["write ok", "write refused", "login refused", "write ok"]

@@ -23,6 +23,7 @@ from paybill.lifecycle.tenant import (
     secret_action,
 )
 from test_isolation_hardening import agent_policy, onboard, secret, seed, wait_phase, wait_policy
+from test_tenant_lifecycle import submit
 
 API = "paybill.dev/v1alpha1"
 _numbers = itertools.count()
@@ -248,7 +249,7 @@ def test_a_foreign_results_secret_stops_the_workflow_before_any_step(operator: A
     wait_policy(operator, namespace, "support", "Ready")
     before = _squat(operator, "agentworkflow-w-results", namespace, rows="chosen-by-tenant")
 
-    operator.kube.apply(_workflow(namespace, "w"))
+    submit(operator, _workflow(namespace, "w"))
     status = operator.eventually(
         lambda: (
             (s := _workflow_status(operator, namespace, "w")).get("conditions")
@@ -268,7 +269,7 @@ def test_a_foreign_results_secret_stops_the_workflow_before_any_step(operator: A
     operator.eventually(lambda: operator.kube.get(API, "agentworkflows", "w", namespace) is None)
     assert _raw(operator, "agentworkflow-w-results", namespace)["data"] == before["data"]
 
-    operator.kube.apply(_workflow(namespace, "v"))  # the normal path: the results Secret is the workflow's
+    submit(operator, _workflow(namespace, "v"))  # the normal path: the results Secret is the workflow's
     operator.eventually(lambda: _workflow_status(operator, namespace, "v").get("phase") == "Succeeded")
     uid = operator.kube.get(API, "agentworkflows", "v", namespace)["metadata"]["uid"]
     made = _raw(operator, "agentworkflow-v-results", namespace)

@@ -19,6 +19,7 @@ from test_tenant_lifecycle import (
     agent_workflow,
     login,
     onboard,
+    submit,
     wait_phase,
     wait_policy,
     wait_workflow,
@@ -51,10 +52,11 @@ def test_a_database_error_reaches_status_as_its_sqlstate_and_the_audit_log_in_fu
         )
     operator.kube.apply(agent_policy(namespace))
     wait_policy(operator, namespace, "Ready")
-    operator.kube.apply(
+    submit(
+        operator,
         agent_workflow(
             namespace, "cast", [{"name": "leak", "kind": "query", "sql": "SELECT CAST(status AS integer) FROM orders"}]
-        )
+        ),
     )
     failed = wait_workflow(operator, namespace, "cast", "Failed")
     assert failed["steps"][0]["reasons"] == [
@@ -105,8 +107,8 @@ def test_long_agent_work_never_delays_another_tenants_suspension(
     wait_policy(operator, namespace, "Ready")
     workflows = [f"nap-{n}" for n in range(WORKERS * 3)]  # more than the pool, more than kopf's own threads
     for workflow in workflows:
-        operator.kube.apply(
-            agent_workflow(namespace, workflow, [{"name": "nap", "kind": "query", "sql": "SELECT nap(100)"}])
+        submit(
+            operator, agent_workflow(namespace, workflow, [{"name": "nap", "kind": "query", "sql": "SELECT nap(100)"}])
         )
     operator.eventually(lambda: len(_naps(postgres, placement["database"])) == PER_TENANT, timeout=40)
 
@@ -153,7 +155,8 @@ def test_a_workflow_that_lifts_its_timeout_is_still_stopped_at_the_deadline(
     policy["spec"]["limits"] = {"statementTimeoutMs": 500}
     operator.kube.apply(policy)
     wait_policy(operator, namespace, "Ready")
-    operator.kube.apply(
+    submit(
+        operator,
         agent_workflow(
             namespace,
             "escape",
@@ -161,7 +164,7 @@ def test_a_workflow_that_lifts_its_timeout_is_still_stopped_at_the_deadline(
                 {"name": "lift", "kind": "query", "sql": "SELECT lift()"},
                 {"name": "sleep", "kind": "query", "sql": "SELECT nap(600)"},
             ],
-        )
+        ),
     )
     denied = wait_workflow(operator, namespace, "escape", "Denied")  # within wait_workflow's 40 s, not 600
     assert [s["executed"] for s in denied["steps"]] == [True, False]
