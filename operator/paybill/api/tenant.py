@@ -131,6 +131,22 @@ class InfrastructureStatus(Model):
     outputsSecret: str | None = Field(default=None, description="Secret in the tenant namespace with the outputs.")
 
 
+class ComputeStatus(Model):
+    """What the cloud's adapter last did to the tenant's instances (silo, bridge): stopped while the tenant is
+    Suspended, started when it resumes."""
+
+    wanted: str = Field(description="stopped or running.")
+    result: str = Field(description="Done, or Failed (message says why, with the cloud's error code).")
+    changed: list[str] = Field(
+        default_factory=list, json_schema_extra=LIST_SET, description="Instances the adapter stopped or started."
+    )
+    unchanged: list[str] = Field(
+        default_factory=list, json_schema_extra=LIST_SET, description="Instances already in the wanted state."
+    )
+    message: str | None = Field(default=None, description="What happened, or the cloud's error (never a credential).")
+    at: str | None = Field(default=None, description="When (RFC 3339).")
+
+
 class TenantStatus(Status):
     namespace: str | None = Field(default=None, description="The namespace provisioned for the tenant.")
     isolation: str | None = Field(default=None, description="Isolation model in effect.")
@@ -147,6 +163,9 @@ class TenantStatus(Status):
     )
     infrastructure: InfrastructureStatus | None = Field(
         default=None, description="The tenant's Terraform runs (when its plan has spec.provisioning)."
+    )
+    compute: ComputeStatus | None = Field(
+        default=None, description="The tenant's instances stopped or started by the cloud's adapter (silo, bridge)."
     )
 
 

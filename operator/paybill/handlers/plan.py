@@ -5,7 +5,6 @@ makes what referenced it reconcile again, so that broken references show as cond
 
 from __future__ import annotations
 
-import base64
 import os
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,8 @@ from ..kubeclient import Kube
 from ..lifecycle.conditions import set_condition
 from ..lifecycle.outcome import said
 from ..lifecycle.plan import decide_plan, decide_plan_release, parse_plan, plan_user_touches
-from .apply import operator_namespace, post, touch_all, write_ready
+from .apply import post, touch_all, write_ready
+from .compute import cloud_adapter
 from .infrastructure import PROVIDER_MIRROR_ENV, plan_problems
 from .instrument import reconciles
 
@@ -100,32 +100,18 @@ def preflight(kube: Kube, plan: str, spec: PlanSpec) -> tuple[bool, str, str] | 
     provisioning = spec.provisioning
     if provisioning is None or provisioning.cloud == Cloud.LOCAL:
         return None
-    cloud = AdapterCloud(str(provisioning.cloud))
     mirror = os.environ.get(PROVIDER_MIRROR_ENV)
-    missing = cloud_preflight.provider_missing(cloud, Path(mirror) if mirror else None)
+    missing = cloud_preflight.provider_missing(AdapterCloud(str(provisioning.cloud)), Path(mirror) if mirror else None)
     if missing is not None:
         return False, cloud_preflight.PROVIDER_MISSING, missing
+    needs = CloudPlan.per_model(plan, provisioning.target_region, str(spec.isolation), provisioning.costCenter)
+    secrets: dict[str, str] = {}
     try:
-        endpoint = cloud_preflight.endpoints(os.environ.get(cloud_preflight.ENDPOINTS_ENV)).get(cloud)
+        adapter, secrets = cloud_adapter(kube, provisioning)
+        return cloud_preflight.readiness(adapter.preflight(needs), secrets.values())
+    except CloudError as error:
+        return cloud_preflight.readiness(error, secrets.values())
     except ValueError as exc:
         return False, "EndpointRefused", str(exc)
-    credentials = _credentials(kube, provisioning.credentialsSecret)
-    needs = CloudPlan.per_model(plan, provisioning.target_region, str(spec.isolation), provisioning.costCenter)
-    try:
-        from ..clouds.adapters import adapter
-
-        answer = adapter(cloud, credentials, provisioning.target_region, endpoint=endpoint).preflight(needs)
-    except CloudError as error:
-        return cloud_preflight.readiness(error, credentials.values())
     except ImportError as exc:
-        return False, "SdkMissing", f"the {cloud} SDK is not installed (the clouds extra): {exc.name}"
-    return cloud_preflight.readiness(answer, credentials.values())
-
-
-def _credentials(kube: Kube, secret: str | None) -> dict[str, str]:
-    """The Plan's credentials Secret's values (for the adapter only: never in status, Events or logs)."""
-    namespace = operator_namespace()
-    if secret is None or namespace is None:
-        return {}
-    found = kube.get("v1", "secrets", secret, namespace) or {}
-    return {key: base64.b64decode(value).decode() for key, value in (found.get("data") or {}).items()}
+        return False, "SdkMissing", f"the {provisioning.cloud} SDK is not installed (the clouds extra): {exc.name}"

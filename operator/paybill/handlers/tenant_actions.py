@@ -27,6 +27,7 @@ from ..lifecycle.tenant import CREDENTIALS_SECRET, SecretConflict, credentials_s
 from . import events
 from .agent_moves import install_agents_where_the_data_is
 from .apply import TENANT_GRANTS, audit, converge, publish_secret, touch
+from .compute import power_compute
 from .infrastructure import InfrastructureRuns
 
 FAILURES: dict[type[BaseException], FailureKind] = {
@@ -137,6 +138,8 @@ class TenantActions:
             case decisions.ReleaseName():
                 assert databases is not None
                 databases.forget(name)
+            case decisions.PowerCompute(wanted):
+                power_compute(self.kube, self.body, name, wanted)
             case decisions.DeleteNamespace(namespace, uid):
                 self.delete_namespace(namespace, uid)
             case (

@@ -19,6 +19,8 @@ from ..api.subscription import Restriction
 from ..api.tenant import ADOPT_RETAINED_DATA, Access, BackupStatus, DeletionPolicy, TenantSpec, TenantStatus
 from ..api.tenant import TenantPhase as Phase
 from ..billing.grace import Billed, billing_of
+from ..clouds.compute import CONDITION as COMPUTE_CONDITION
+from ..clouds.compute import PowerCompute, decide_compute
 from .conditions import set_condition
 from .infrastructure import (
     APPROVE_ANNOTATION,
@@ -277,6 +279,7 @@ Action = (
     | ReleaseName
     | DeleteNamespace
     | InfraAction
+    | PowerCompute
 )
 
 
@@ -531,6 +534,11 @@ def _decide(tenant: TenantObject, seen: Observed) -> Outcome:
     before = tenant.status.database.model_dump(by_alias=True) if tenant.status.database else None
     if grants != agent_grants_key(tenant.status.access, before):
         actions.append(TouchPolicies(namespace, grants))
+    provisioned = infra is not None and infra.ready  # a silo or bridge tenant's instances stop while it is suspended
+    compute = decide_compute(plan.spec, goal == Phase.SUSPENDED, provisioned, tenant.status.compute)
+    actions += compute.actions
+    if compute.condition is not None:
+        status.condition(COMPUTE_CONDITION, *compute.condition)
     return Outcome(
         actions=tuple(actions),
         transitions=tuple(_chain(phase, goal)),

@@ -1,0 +1,204 @@
+"""Suspend and resume stop and start a silo tenant's instances through the operator: real kopf, the emulated API
+server, the real PostgreSQL and Terraform, and the real SDK clients: boto3 against moto's server (signatures
+checked) and azure-mgmt-compute against the loopback Azure fake, each pointed at by PAYBILL_CLOUD_ENDPOINTS.
+
+The tenant's module is a stand-in (the local module's built-in resources under PAYBILL_TERRAFORM_MODULES_DIR: no
+provider for Azure can be installed here, and a whole AWS silo takes minutes in moto); its instances are made in
+the cloud with the tenant's tags, as the module's would be."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from paybill.clouds import tags
+from paybill.clouds.model import Cloud
+from paybill.terraform.modules import module_dir
+
+from .fakes import azure
+from .fakes.base import Instance
+
+API = "paybill.dev/v1alpha1"
+OPERATOR_NAMESPACE = "paybill-system"
+AMI = "ami-12c6146b"
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+
+@dataclass
+class Target:
+    cloud: str
+    region: str
+    endpoint: str
+    credentials: dict[str, str]
+    provider: str  # its Terraform provider's directory in the mirror
+    launch: Callable[[str, int], list[str]]  # (tenant, count) -> instance ids
+    states: Callable[[list[str]], set[str]]  # the instances' states, in the cloud's own words
+    stopped: str
+    running: str
+    power_actions: Callable[[], int] | None  # stop/start requests the cloud received so far
+
+
+def azure_target() -> Iterator[Target]:
+    fake = azure.FakeAzure()
+    serial = iter(range(1, 1000))
+
+    def launch(tenant: str, count: int) -> list[str]:
+        made = []
+        for _ in range(count):
+            name = f"vm-{tenant}-{next(serial)}"
+            instance = Instance(
+                azure.machine_id(f"paybill-{tenant}", name),
+                name,
+                "westeurope",
+                tags.tags(Cloud.AZURE, tenant, "gold", "cc"),
+                "running",
+            )
+            fake.instances[instance.id] = instance
+            made.append(instance.id)
+        return made
+
+    credentials = {
+        "ARM_SUBSCRIPTION_ID": azure.SUBSCRIPTION,
+        "ARM_TENANT_ID": "11111111-0000-4000-8000-000000000000",
+        "ARM_CLIENT_ID": "22222222-0000-4000-8000-000000000000",
+        "ARM_CLIENT_SECRET": "client-s3cret-never-shown",
+        "ARM_ACCESS_TOKEN": azure.TOKEN,
+    }
+    try:
+        yield Target(
+            "azure",
+            "westeurope",
+            fake.url,
+            credentials,
+            "hashicorp/azurerm",
+            launch,
+            lambda ids: {fake.instances[i].state for i in ids},
+            "stopped",
+            "running",
+            lambda: fake.count("POST", r".*/virtualMachines/[^/]+/(deallocate|start)"),
+        )
+    finally:
+        assert fake.wrong == []
+        fake.close()
+
+
+def aws_target(moto: dict[str, str]) -> Iterator[Target]:
+    import boto3
+
+    region = "ca-central-1"
+    credentials = {k: moto[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    ec2 = boto3.client(
+        "ec2", endpoint_url=moto["url"], region_name=region, **{k.lower(): v for k, v in credentials.items()}
+    )
+
+    def launch(tenant: str, count: int) -> list[str]:
+        tagged = [{"Key": k, "Value": v} for k, v in tags.tags(Cloud.AWS, tenant, "gold", "cc").items()]
+        reservation = ec2.run_instances(
+            ImageId=AMI,
+            InstanceType="t3.micro",
+            MinCount=count,
+            MaxCount=count,
+            TagSpecifications=[{"ResourceType": "instance", "Tags": tagged}],
+        )
+        return sorted(i["InstanceId"] for i in reservation["Instances"])
+
+    def states(ids: list[str]) -> set[str]:
+        found = ec2.describe_instances(InstanceIds=ids)["Reservations"]
+        return {i["State"]["Name"] for r in found for i in r["Instances"]}
+
+    yield Target(
+        "aws",
+        region,
+        moto["url"],
+        credentials,
+        "hashicorp/aws",
+        launch,
+        states,
+        "stopped",
+        "running",
+        None,  # moto keeps no request log to count them by: the states say it
+    )
+
+
+@pytest.fixture(params=["aws", "azure"])
+def target(request: pytest.FixtureRequest) -> Iterator[Target]:
+    if request.param == "azure":
+        yield from azure_target()
+    else:
+        yield from aws_target(request.getfixturevalue("moto"))
+
+
+@pytest.fixture
+def setup(target: Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cluster: Any) -> Target:
+    """The stand-in module, the provider's directory in the mirror, the endpoint and the credentials Secret."""
+    modules, mirror = tmp_path / "modules", tmp_path / "mirror"
+    shutil.copytree(module_dir("local", "silo"), modules / "stand-in")
+    (mirror / "registry.terraform.io" / target.provider / "0.0.0" / "linux_amd64").mkdir(parents=True)
+    (mirror / "registry.terraform.io" / target.provider / "0.0.0" / "linux_amd64" / "provider").touch()
+    monkeypatch.setenv("PAYBILL_TERRAFORM_MODULES_DIR", str(modules))
+    monkeypatch.setenv("PAYBILL_TERRAFORM_PROVIDER_MIRROR", str(mirror))
+    monkeypatch.setenv("PAYBILL_CLOUD_ENDPOINTS", f"{target.cloud}={target.endpoint}")
+    monkeypatch.setenv("PAYBILL_OPERATOR_NAMESPACE", OPERATOR_NAMESPACE)
+    cluster.kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}})
+    data = {key: base64.b64encode(value.encode()).decode() for key, value in target.credentials.items()}
+    meta = {"name": "cloud-credentials", "namespace": OPERATOR_NAMESPACE}
+    cluster.kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": meta, "data": data})
+    return target
+
+
+def test_suspending_a_silo_tenant_stops_its_instances_and_resuming_starts_them_once(
+    setup: Target, operator: Any
+) -> None:
+    cluster, target = operator, setup
+    provisioning = {
+        "cloud": target.cloud,
+        "region": target.region,
+        "module": "stand-in",
+        "credentialsSecret": "cloud-credentials",
+    }
+    spec = {"tier": "gold", "isolation": "silo", "provisioning": provisioning}
+    cluster.kube.create({"apiVersion": API, "kind": "Plan", "metadata": {"name": "gold"}, "spec": spec})
+    name = f"pw-{target.cloud}"
+    tenant_spec = {"planRef": "gold", "deletionPolicy": "destroy"}
+    cluster.kube.create({"apiVersion": API, "kind": "Tenant", "metadata": {"name": name}, "spec": tenant_spec})
+
+    def status() -> dict[str, Any]:
+        return (cluster.kube.get(API, "tenants", name) or {}).get("status") or {}
+
+    def compute_condition() -> dict[str, Any]:
+        return next((c for c in status().get("conditions", []) if c["type"] == "Compute"), {})
+
+    cluster.eventually(lambda: status().get("phase") == "Active", timeout=300, interval=0.5)
+    assert "compute" not in status()  # as built: nothing stopped or started
+    ids = target.launch(name, 3)
+
+    cluster.kube.merge_patch(API, "tenants", name, {"spec": {"suspended": True}})
+    cluster.eventually(lambda: (status().get("compute") or {}).get("wanted") == "stopped", timeout=300, interval=0.5)
+    compute = status()["compute"]
+    assert compute["result"] == "Done", compute
+    assert sorted(compute["changed"]) == sorted(ids) and compute["unchanged"] == []
+    assert target.states(ids) == {target.stopped}
+    said = cluster.eventually(
+        lambda: compute_condition().get("reason") == "Stopped" and compute_condition(), timeout=60
+    )
+    assert said["status"] == "True" and status()["phase"] == "Suspended"
+
+    cluster.kube.merge_patch(API, "tenants", name, {"spec": {"suspended": False}})
+    cluster.eventually(lambda: (status().get("compute") or {}).get("wanted") == "running", timeout=300, interval=0.5)
+    compute = status()["compute"]
+    assert compute["result"] == "Done" and sorted(compute["changed"]) == sorted(ids), compute
+    assert target.states(ids) == {target.running}
+    cluster.eventually(lambda: compute_condition().get("reason") == "Running", timeout=60)
+    assert status()["phase"] == "Active"
+    if target.power_actions is not None:  # each instance stopped once and started once, whatever reconciled since
+        assert target.power_actions() == 2 * len(ids)
+    everything = str(cluster.kube.get(API, "tenants", name)) + str(cluster.kube.list("v1", "events"))
+    assert all(
+        secret not in everything for key, secret in target.credentials.items() if "SECRET" in key or "TOKEN" in key
+    )
