@@ -15,6 +15,10 @@ import pytest
 from paybill.terraform.job import BACKEND_KEY, JobSpec, job_manifest
 from paybill.terraform.modules import module_dir
 
+from .conftest import state_resources
+
+SILO = ["terraform_data.credentials", "terraform_data.database", "terraform_data.network", "terraform_data.subnets"]
+
 
 def _spec(**changes: object) -> JobSpec:
     fields: dict[str, object] = dict(
@@ -43,6 +47,10 @@ def test_one_job_per_run_with_everything_secret_from_secrets() -> None:
     assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
     (container,) = pod["containers"]
     assert container["args"][:3] == ["apply", "--tenant", "acme"] and "f" * 64 in container["args"]
+    args = container["args"]
+    assert args[args.index("--workspace") + 1] == "default"
+    args = job_manifest(_spec(workspace="silo"))["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--workspace") + 1] == "silo"  # the operator's runs are per isolation model
     env = {item["name"]: item for item in container["env"]}
     assert env["PAYBILL_TERRAFORM_BACKEND_DSN"]["valueFrom"]["secretKeyRef"] == {
         "name": "paybill-terraform-backend",
@@ -85,6 +93,7 @@ def test_a_plan_job_without_provider_credentials_has_no_env_from() -> None:
         ({"plan_hash": None}, "plan_hash is required"),
         ({"run_id": "../x"}, "run id"),
         ({"timeout_seconds": 0}, "positive"),
+        ({"workspace": "../silo"}, "workspace"),
     ],
 )
 def test_bad_specs_are_refused(changes: dict[str, object], message: str) -> None:
@@ -117,6 +126,8 @@ def test_the_jobs_entry_point_plans_then_applies_the_approved_plan(backend_dsn: 
                 str(tmp_path / "work"),
                 "--timeout",
                 "120",
+                "--workspace",
+                "silo",
             ],
             env=env,
             capture_output=True,
@@ -134,4 +145,5 @@ def test_the_jobs_entry_point_plans_then_applies_the_approved_plan(backend_dsn: 
     outputs = applied["outputs"]
     assert isinstance(outputs, dict) and outputs["database_name"] == f"tenant_{tenant.replace('-', '_')}"
     assert "database_password" not in outputs  # sensitive: never printed
+    assert state_resources(backend_dsn, tenant, "silo") == SILO and state_resources(backend_dsn, tenant) == []
     assert run("destroy")["destroyed"] == 4

@@ -31,11 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--plan-hash")
+    parser.add_argument("--workspace", default="default", help="the tenant's state: one per isolation model")
     args = parser.parse_args(argv)
     if args.operation == "apply" and not args.plan_hash:
         parser.error("apply runs an approved plan: --plan-hash is required")
     variables = json.loads((args.module / "paybill.auto.tfvars.json").read_text())
-    inputs = ModuleInputs(**{**variables, "tenant_id": args.tenant})
+    inputs = ModuleInputs(**{**variables, "tenant_id": args.tenant, "workspace": args.workspace})
     provider_env = {key: value for key, value in os.environ.items() if key.startswith(PROVIDER_PREFIXES)}
     runner = TerraformRunner(
         RunnerConfig(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .models import checked_tenant_id
+from .models import WORKSPACE, checked_tenant_id
 
 OPERATIONS = ("plan", "apply", "destroy", "drift", "outputs")
 BUNDLE_MOUNT = "/paybill/module"
@@ -32,6 +32,7 @@ class JobSpec:
     provider_secret: str | None  # provider credentials as environment variables (AWS_ACCESS_KEY_ID, ...)
     timeout_seconds: int
     plan_hash: str | None = None  # apply: the approved plan
+    workspace: str = "default"  # the tenant's state to run in: one per isolation model, as the operator's runs
     service_account: str = "paybill-terraform"
     requests: dict[str, str] = field(default_factory=lambda: {"cpu": "250m", "memory": "256Mi"})
     limits: dict[str, str] = field(default_factory=lambda: {"cpu": "1", "memory": "1Gi", "ephemeral-storage": "2Gi"})
@@ -46,6 +47,8 @@ class JobSpec:
             raise ValueError("apply runs an approved plan: plan_hash is required")
         if self.timeout_seconds <= 0:
             raise ValueError("timeout_seconds must be positive")
+        if not WORKSPACE.fullmatch(self.workspace):
+            raise ValueError(f"workspace {self.workspace!r} is not a lowercase name of at most 20 characters")
 
     @property
     def name(self) -> str:
@@ -70,6 +73,8 @@ def job_manifest(spec: JobSpec) -> dict[str, Any]:
         WORK_MOUNT,
         "--timeout",
         str(spec.timeout_seconds),
+        "--workspace",
+        spec.workspace,
     ]
     if spec.plan_hash:
         args += ["--plan-hash", spec.plan_hash]
