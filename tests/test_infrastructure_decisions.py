@@ -402,6 +402,20 @@ def test_a_plan_without_provisioning_decides_as_before() -> None:
     assert "Provisioned" not in {c.type for c in outcome.status.conditions}
 
 
+def test_suspension_keeps_the_infrastructure_and_resuming_builds_nothing_again() -> None:
+    """Suspended (by hand, or by billing) keeps what Terraform built: no run at all, Provisioned stays True."""
+    built = seen(built=(desired(),))
+    for suspended in (
+        decide(tenant(Phase.ACTIVE, applied(), suspended=True), world(built)),
+        decide(tenant(Phase.SUSPENDED, applied(), suspended=True), world(built)),
+        decide(tenant(Phase.SUSPENDED, applied()), world(built)),  # resuming
+    ):
+        assert not any(isinstance(a, infra.InfraAction.__args__) for a in suspended.actions)  # type: ignore[attr-defined]
+        assert suspended.status is not None
+        assert {c.type: c.status for c in suspended.status.conditions}["Provisioned"] == "True"
+    assert decide(tenant(Phase.ACTIVE, applied(), suspended=True), world(built)).status.phase == Phase.SUSPENDED  # type: ignore[union-attr]
+
+
 def test_offboarding_destroys_before_the_namespace_goes_and_then_finishes() -> None:
     namespace = {
         "metadata": {"name": "tenant-acme", "uid": "ns", "ownerReferences": [{"uid": UID, "controller": True}]}

@@ -49,7 +49,7 @@ def aws_operator(moto: tuple[Path, str], operator: Any) -> Iterator[Any]:
     yield operator
 
 
-def test_an_aws_silo_tenant_is_built_in_moto_found_by_its_tags_and_destroyed_on_offboarding(
+def test_an_aws_silo_tenant_is_built_in_moto_found_by_its_tags_its_drift_seen_and_destroyed_on_offboarding(
     moto: tuple[Path, str], aws_operator: Any
 ) -> None:
     python, url = moto
@@ -59,6 +59,7 @@ def test_an_aws_silo_tenant_is_built_in_moto_found_by_its_tags_and_destroyed_on_
         "region": aws_sim.REGION,
         "costCenter": "cc-7",
         "credentialsSecret": "aws-credentials",
+        "driftCheckSeconds": 5,
     }
     plan = {"tier": "aws-enterprise", "isolation": "silo", "provisioning": provisioning}
     cluster.kube.apply({"apiVersion": API, "kind": "Plan", "metadata": {"name": "aws-enterprise"}, "spec": plan})
@@ -83,6 +84,15 @@ def test_an_aws_silo_tenant_is_built_in_moto_found_by_its_tags_and_destroyed_on_
         outputs["database_password"] not in everything
         and aws_sim.CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in everything
     )
+
+    def drifted() -> dict[str, Any]:
+        return next((c for c in status().get("conditions", []) if c["type"] == "Drifted"), {})
+
+    cluster.eventually(lambda: drifted().get("status") == "False", timeout=300, interval=1)  # a clean check first
+    aws_sim.set_ec2_tag(python, url, outputs["network_id"], "paybill.dev/cost-center", "someone-else")  # boto3
+    said = cluster.eventually(lambda: drifted().get("status") == "True" and drifted(), timeout=300, interval=1)
+    assert said["reason"] == "DriftFound" and "aws_vpc.tenant" in said["message"]
+    assert status()["infrastructure"]["drifted"] == ["aws_vpc.tenant"] and status()["phase"] == "Active"
 
     cluster.kube.delete(API, "tenants", name)
     cluster.eventually(lambda: cluster.kube.get(API, "tenants", name) is None, timeout=900, interval=1)

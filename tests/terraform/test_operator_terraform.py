@@ -548,3 +548,74 @@ def test_a_tenant_name_too_long_for_its_clouds_resource_names_is_refused_with_a_
     assert "spec.provisioning of the plan" not in said["message"]  # the plan is fine; the name is not
     assert status(cluster, name)["phase"] == "Provisioning" and "infrastructure" not in status(cluster, name)
     assert any(e["type"] == "Warning" and e["reason"] == "TenantNameTooLong" for e in events(cluster, name))
+
+
+def test_a_failing_tenant_and_a_hanging_one_hold_up_no_other_tenant(
+    tf_operator: Any, modules: Path, tmp_path: Path
+) -> None:
+    """One tenant whose apply fails (and is retried with backoff) and one whose apply hangs (holding its run slot
+    until the run's timeout) leave the other slots to everyone else: three other tenants turn Active meanwhile."""
+    cluster, release = tf_operator, tmp_path / "release"
+    silo_module(
+        modules,
+        "failing",
+        """
+resource "terraform_data" "broken" {
+  input = { tags = local.tags }
+  provisioner "local-exec" {
+    command = "echo 'broken: this apply always fails' >&2; exit 1"
+  }
+}
+""",
+    )
+    silo_module(
+        modules,
+        "hanging",
+        f"""
+resource "terraform_data" "stuck" {{
+  input = {{ tags = local.tags }}
+  provisioner "local-exec" {{
+    command = "while [ ! -e {release} ]; do sleep 0.2; done"
+  }}
+}}
+""",
+    )
+    for name, module in (("tf-failing", "failing"), ("tf-hanging", "hanging"), ("tf-fine", None)):
+        cluster.kube.apply(plan(name, module=module))
+    failing, hanging = onboard(cluster, "tf-failing"), onboard(cluster, "tf-hanging")
+    cluster.eventually(lambda: (status(cluster, hanging).get("infrastructure") or {}).get("running"), timeout=60)
+    try:
+        others = [onboard(cluster, "tf-fine") for _ in range(3)]
+        cluster.eventually(lambda: all(status(cluster, n).get("phase") == "Active" for n in others), timeout=180)
+        assert condition(cluster, failing, "Provisioned").get("reason") in ("ApplyFailed", "Applying")
+        assert (status(cluster, failing).get("infrastructure") or {}).get("failures", 0) >= 1
+        assert status(cluster, failing)["phase"] in ("Failed", "Provisioning")
+        assert (status(cluster, hanging).get("infrastructure") or {}).get("running") == "apply"  # still stuck
+        assert status(cluster, hanging)["phase"] == "Provisioning"
+    finally:
+        release.touch()
+    cluster.eventually(lambda: status(cluster, hanging).get("phase") == "Active", timeout=120)
+
+
+def test_a_plan_lacking_its_clouds_credentials_is_refused_and_its_tenant_starts_no_run(tf_operator: Any) -> None:
+    """Bad input at the Plan, before any run: an aws plan without credentialsSecret names the keys it needs."""
+    cluster = tf_operator
+    spec = {"tier": "tf-nocreds", "isolation": "silo", "provisioning": {"cloud": "aws", "region": "us-east-1"}}
+    cluster.kube.apply({"apiVersion": API, "kind": "Plan", "metadata": {"name": "tf-nocreds"}, "spec": spec})
+
+    def refused() -> dict[str, Any] | None:
+        plan_status = (cluster.kube.get(API, "plans", "tf-nocreds") or {}).get("status") or {}
+        ready = next((c for c in plan_status.get("conditions", []) if c["type"] == "Ready"), {})
+        return ready if ready.get("reason") == "ProvisioningInvalid" else None
+
+    ready = cluster.eventually(refused, timeout=60)
+    assert "needs provider credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)" in ready["message"]
+    name = onboard(cluster, "tf-nocreds")
+    said = cluster.eventually(
+        lambda: (
+            condition(cluster, name, "Provisioned").get("reason") == "ProvisioningInvalid"
+            and condition(cluster, name, "Provisioned")
+        ),
+        timeout=60,
+    )
+    assert "AWS_SECRET_ACCESS_KEY" in said["message"] and "infrastructure" not in status(cluster, name)
