@@ -155,8 +155,22 @@ def test_the_approver_role_can_approve_and_nothing_more() -> None:
 # -- a run that waits for approval -----------------------------------------------------------------------------------
 
 
+GUARD_DENIED = Reason("denied", "the policy engine denied the statement")
+
+
 def waiting_step(plan_hash: str = H1) -> StepOutcome:
-    return StepOutcome("refund", Decision(False, "enforce", (NEEDS,), plan_hash=plan_hash), reasons=(NEEDS,))
+    """As the run reports it: the engine's reason, and the guard's own for any refused statement."""
+    decision = Decision(False, "enforce", (NEEDS,), plan_hash=plan_hash)
+    return StepOutcome("refund", decision, reasons=(NEEDS, GUARD_DENIED))
+
+
+def test_a_step_refused_for_anything_else_does_not_wait() -> None:
+    other = Reason("no_allow_rule", "no rule allows delete on orders")
+    both = StepOutcome("refund", Decision(False, "enforce", (NEEDS, other)), reasons=(NEEDS, other, GUARD_DENIED))
+    assert not workflows.awaits_approval(both)
+    assert workflows.awaits_approval(waiting_step())
+    limited = StepOutcome("refund", Decision(False, "enforce", (NEEDS,)), reasons=(NEEDS, Reason("timeout", "t")))
+    assert not workflows.awaits_approval(limited)
 
 
 FOUND = StepOutcome("find", Decision(True, "enforce", plan_hash=H3, sql="SELECT id FROM orders"), True)

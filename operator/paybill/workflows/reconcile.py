@@ -233,9 +233,14 @@ def approval_news(workflow: WorkflowObject, seen: Observed) -> bool:
 
 
 def awaits_approval(outcome: StepOutcome) -> bool:
-    """The step was refused only because its rule needs approvals it does not have yet."""
+    """The step was refused only because its rule needs approvals it does not have yet (the engine's only reason;
+    the guard adds its own `denied` to any refused statement)."""
+    decided = outcome.decision.reasons
     return (
-        not outcome.executed and bool(outcome.reasons) and all(r.code == "approval_required" for r in outcome.reasons)
+        not outcome.executed
+        and bool(decided)
+        and all(r.code == "approval_required" for r in decided)
+        and all(r.code in ("approval_required", "denied") for r in outcome.reasons)
     )
 
 
