@@ -15,6 +15,7 @@ import yaml
 from kopf.testing import KopfRunner
 
 from chart.rendering import template
+from chart.webhooks import register_on_loopback, serve_webhooks_over_tls
 from paybill.kube import write_service_account_kubeconfig
 from paybill.kube.rbac import Attributes
 from paybill.kubeclient import Kube, KubeError
@@ -75,6 +76,10 @@ def chart_operator(cluster: Any, postgres: Any, tmp_path: Path, monkeypatch: pyt
     kubeconfig = write_service_account_kubeconfig(
         cluster.kubeconfig, NAMESPACE, f"{RELEASE}-operator", tmp_path / "operator.kubeconfig"
     )
+    # the chart registers the admission webhooks, the operator only serves them (HTTPS, here on loopback)
+    port, certificate_authority = serve_webhooks_over_tls(tmp_path / "webhook", monkeypatch)
+    webhooks = template(None, "--show-only", "templates/webhook.yaml", release=RELEASE, namespace=NAMESPACE)
+    register_on_loopback(kube, webhooks, port, certificate_authority)
     cluster.api.access.recorder = []
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.setenv("PAYBILL_DATABASE_URL", postgres.dsn)
@@ -137,17 +142,31 @@ def exercise(cluster: Any) -> None:
     for name in ("acme", "globex", "initech"):
         cluster.eventually(lambda n=name: _phase(cluster, n, "Active"), timeout=60)
 
-    # agent workflows: the policy installs, one workflow runs, one is stopped by the policy
-    for doc in _docs(samples / "agents" / "support-policy.yaml") + _docs(samples / "agents" / "workflows.yaml"):
+    # agent workflows: the policy installs, one workflow runs, one is stopped by the policy; workflows are submitted
+    # by the agent's ServiceAccount (the admission webhook refuses anyone else)
+    for doc in _docs(samples / "agents" / "support-policy.yaml"):
         kube.apply(doc)
     cluster.eventually(
         lambda: _status(cluster, "agentpolicies", "support", "tenant-acme").get("phase") == "Ready", timeout=60
     )
-    for workflow, phase in (("refund-order-13", "Succeeded"), ("tidy-up", "Denied")):
-        cluster.eventually(
-            lambda w=workflow, p=phase: _status(cluster, "agentworkflows", w, "tenant-acme").get("phase") == p,
-            timeout=60,
+    agent = Kube(
+        kubernetes.config.new_client_from_config(
+            config_file=str(
+                write_service_account_kubeconfig(
+                    cluster.kubeconfig, "tenant-acme", "tenant-agent", cluster.kubeconfig.parent / "agent.kubeconfig"
+                )
+            )
         )
+    )
+    workflows = {doc["metadata"]["name"]: doc for doc in _docs(samples / "agents" / "workflows.yaml")}
+    agent.create(workflows["refund-order-13"])
+    with pytest.raises(KubeError) as refused:  # the policy refuses it at admission, before it is stored
+        agent.create(workflows["tidy-up"])
+    assert refused.value.status == 403 and "denied_by_rule" in refused.value.message
+    cluster.eventually(
+        lambda: _status(cluster, "agentworkflows", "refund-order-13", "tenant-acme").get("phase") == "Succeeded",
+        timeout=60,
+    )
 
     # a suspension and its reversal
     kube.merge_patch(API, "tenants", "globex", {"spec": {"suspended": True}})

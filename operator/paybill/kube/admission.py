@@ -6,6 +6,7 @@ import base64
 import ipaddress
 import json
 import logging
+import ssl
 import urllib.parse
 import uuid
 from dataclasses import dataclass, field
@@ -88,6 +89,14 @@ def _loopback_url(client_config: dict[str, Any]) -> str:
     return url
 
 
+def _trust(client_config: dict[str, Any]) -> ssl.SSLContext | bool:
+    """An HTTPS webhook is trusted as kube-apiserver trusts it: through its caBundle, else the system's CAs."""
+    bundle = client_config.get("caBundle")
+    if not bundle:
+        return True
+    return ssl.create_default_context(cadata=base64.b64decode(bundle).decode())
+
+
 def _review(request: AdmissionRequest, uid: str) -> dict[str, Any]:
     rtype = request.rtype
     gvk = {"group": rtype.group, "version": rtype.version, "kind": rtype.kind}
@@ -129,9 +138,11 @@ class Admission:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         uid = str(uuid.uuid4())
-        url = _loopback_url(webhook.get("clientConfig") or {})
+        client_config = webhook.get("clientConfig") or {}
+        url = _loopback_url(client_config)
         timeout = aiohttp.ClientTimeout(total=webhook.get("timeoutSeconds", 10))
-        async with self._session.post(url, json=_review(request, uid), timeout=timeout) as response:
+        trust = _trust(client_config)
+        async with self._session.post(url, json=_review(request, uid), timeout=timeout, ssl=trust) as response:
             if response.status != 200:
                 raise ValueError(f"webhook answered HTTP {response.status}")
             body = await response.json(content_type=None)
