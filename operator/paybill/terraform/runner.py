@@ -275,8 +275,9 @@ class TerraformRunner:
             self._check(run, "init", code, out, err)
             if not template.is_dir():
                 self._keep_template(run.workdir, template)
-        with self.connections.connection() as connection:
-            backend.ensure_state_row(connection, run.tenant_id, run.workspace)
+        if not known_tenant:  # its init has just made the state table
+            with self.connections.connection() as connection:
+                backend.ensure_state_row(connection, run.tenant_id, run.workspace)
 
     def _configuration_key(self, workdir: Path) -> str:
         """What `init` depends on: the program, the CLI configuration and every configuration file."""
