@@ -285,7 +285,8 @@ def _results_kept(status: kopf.Status, **_: Any) -> bool:
 
 @kopf.daemon(GROUP, VERSION, "agentworkflows", when=_results_kept, cancellation_timeout=10)
 async def expire_results(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
-    """Delete a finished workflow's results Secret (and the Role that reads it) once its retention is over."""
+    """Delete a finished workflow's results Secret once its retention is over (the Role that reads it names only
+    that Secret, and goes with the workflow)."""
     status = AgentWorkflowStatus.model_validate(dict(body.get("status") or {}))
     while not stopped:
         left = results_expired(status, datetime.datetime.now(datetime.UTC))
