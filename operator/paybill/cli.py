@@ -81,6 +81,10 @@ OPERATOR_ENVIRONMENT: tuple[tuple[str, str], ...] = (
         "(unset: the chart registers them)",
     ),
     ("PAYBILL_WORKFLOW_WORKERS_PER_TENANT", "AgentWorkflow steps run at once for one tenant (default 2)"),
+    (
+        "PAYBILL_WORKFLOW_RESULTS_RETENTION",
+        "seconds a finished AgentWorkflow's results Secret is kept before it is deleted (default 604800, 7 days)",
+    ),
     ("PAYBILL_TERRAFORM_CONCURRENCY", "Terraform runs at once over all tenants (default 4)"),
     ("PAYBILL_TERRAFORM_TIMEOUT", "seconds a Terraform run may take before its process group is killed (default 900)"),
     (
