@@ -11,6 +11,8 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import datetime
+import functools
 import importlib
 import logging
 import os
@@ -326,6 +328,25 @@ def _policy_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    import sys
+
+    from .audit import commands
+
+    dsn = args.dsn or os.environ.get("PAYBILL_DATABASE_URL")
+    if args.audit_command == "verify":
+        checkpoint = Path(args.checkpoint) if args.checkpoint else None
+        return commands.reported("verify", dsn, lambda url: commands.verify(url, checkpoint, sys.stdout))
+    if args.audit_command == "replay":
+        return commands.reported("replay", dsn, lambda url: commands.replay_decisions(url, sys.stdout, sys.stderr))
+    with contextlib.ExitStack() as stack:
+        private = functools.partial(os.open, mode=0o600)  # a tenant's records: readable by their owner only
+        out = stack.enter_context(open(args.output, "w", opener=private)) if args.output else sys.stdout
+        return commands.reported(
+            "export", dsn, lambda url: commands.export(url, args.tenant, args.since, args.until, out)
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     epilog = (
         environment_help()
@@ -509,7 +530,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--input", required=True, help="cases, one JSON object per line ('-' for stdin)")
     check.set_defaults(run=_policy_check)
+
+    audit = command(
+        commands,
+        "audit",
+        "review the hash-chained audit log in the operator's database (read only)",
+        "Reads PAYBILL_DATABASE_URL when --dsn is not given.",
+    )
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
+    verify = command(
+        audit_commands,
+        "verify",
+        "check the hash chain; name the first edited, deleted or reordered record (exit 1)",
+    )
+    verify.add_argument(
+        "--checkpoint",
+        metavar="DIR",
+        help="the operator's audit checkpoint directory (<state dir>/audit): also finds a deleted tail",
+    )
+    replay = command(
+        audit_commands,
+        "replay",
+        "decide every recorded gate decision again under its recorded policy version",
+        "Writes one JSON line per decision that differs (exit 1 if any), a summary on stderr.",
+    )
+    export = command(audit_commands, "export", "write a tenant's records as JSON lines, credentials taken out")
+    export.add_argument("--tenant", required=True, help="the Tenant whose records to write")
+    export.add_argument("--since", required=True, type=_audit_time, help="ISO 8601 time (UTC without a zone)")
+    export.add_argument("--until", type=_audit_time, default=None, help="ISO 8601 time, exclusive (default: now)")
+    export.add_argument("-o", "--output", default=None, help="file to write (default: stdout)")
+    for sub in (verify, replay, export):
+        sub.add_argument("--dsn", default=None, help="PostgreSQL URL of the operator's database")
+        sub.set_defaults(run=_audit)
     return parser
+
+
+def _audit_time(text: str) -> datetime.datetime:
+    from .audit.commands import timestamp
+
+    try:
+        return timestamp(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

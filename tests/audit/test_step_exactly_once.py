@@ -21,7 +21,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from paybill.audit import AuditLog
+from paybill.audit import AuditLog, AuditRecord
+from paybill.audit.review import belongs_to, replay
+from paybill.audit.versions import load_version
 from paybill.database.agents.steps import SCHEMA, TABLE
 from paybill.database.server import LocalPostgres
 
@@ -150,7 +152,7 @@ def test_a_step_that_committed_before_a_sigkill_is_not_run_again_and_the_run_res
 
         with psycopg.connect(postgres.dsn) as holder:  # the operator's database: where the audit log is
             holder.execute("LOCK TABLE paybill.audit_log IN EXCLUSIVE MODE")
-            cluster.kube.apply(workflow(namespace))
+            cluster.as_service_account(namespace, "tenant-agent").create(workflow(namespace))  # as the agent
             # The first step committed, and the operator waits to audit it: nothing else of the run happened yet.
             cluster.eventually(lambda: totals(cluster, name, namespace) == [(15, "open")], timeout=60)
             cluster.eventually(lambda: stuck_on_the_audit_log(postgres), timeout=30)
@@ -181,9 +183,38 @@ def test_a_step_that_committed_before_a_sigkill_is_not_run_again_and_the_run_res
     assert totals(cluster, name, namespace) == [(15, "credited")]  # credited once, not twice
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
         log = AuditLog(lambda: conn)
-        steps = [(r.event, r.details["step"]) for r in log.records("AgentWorkflow", f"{namespace}/credit")]
-        assert steps == [("StepResumed", "credit"), ("StepRan", "mark")]
+        records = log.records("AgentWorkflow", f"{namespace}/credit")
+        assert [(r.event, r.details["step"]) for r in records] == [("StepResumed", "credit"), ("StepRan", "mark")]
         assert log.verify() > 0
+        # the tenant's lifecycle, its agent's installation and its steps are on that one chain
+        kinds = {r.kind for r in log.records() if belongs_to(r, name)}
+        assert kinds == {"Tenant", "AgentPolicy", "AgentWorkflow"}
+        assert_replayed_under_the_stored_policy_version(conn, records)
+
+
+def assert_replayed_under_the_stored_policy_version(conn: psycopg.Connection, records: list[AuditRecord]) -> None:
+    """The run's decisions come out the same from the stored policy version, and differently once it is edited."""
+    replayed = replay(records, lambda address: load_version(conn, address))
+    assert (replayed.decisions, replayed.differences, replayed.edited_versions) == (2, [], [])
+    (address,) = {r.details["policyContent"] for r in records}
+    stored = load_version(conn, address)
+    assert stored is not None and stored.intact
+    try:
+        conn.execute(
+            "UPDATE paybill.policy_versions SET content = replace(content, %s, %s) WHERE address = %s",
+            ('"actions":["update"]', '"actions":["select"]', address),
+        )
+        edited = replay(records, lambda address: load_version(conn, address))
+    finally:  # the version may be another test's too (same policy, same schema)
+        conn.execute("UPDATE paybill.policy_versions SET content = %s WHERE address = %s", (stored.content, address))
+    assert [
+        (d.record.details["step"], d.recorded["decision"], (d.replayed or {}).get("decision"))
+        for d in edited.differences
+    ] == [
+        ("credit", "allow", "deny"),
+        ("mark", "allow", "deny"),
+    ]
+    assert edited.edited_versions == [address]
 
 
 def totals(cluster: Any, name: str, namespace: str) -> list[tuple[Any, ...]]:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import threading
@@ -239,6 +240,19 @@ class AuditLog:
             (kind, kind, name, name),
         ).fetchall()
         return [AuditRecord(*row) for row in rows]
+
+    def timed_records(
+        self, since: datetime.datetime | None = None, until: datetime.datetime | None = None
+    ) -> list[tuple[AuditRecord, datetime.datetime]]:
+        """Records with the time each was written (`at`, which the hashes do not cover), in [since, until)."""
+        conn = self._connect()
+        self._setup(conn)
+        rows = conn.execute(
+            "SELECT seq, kind, name, event, details, previous, hash, at FROM paybill.audit_log "
+            "WHERE (%s::timestamptz IS NULL OR at >= %s) AND (%s::timestamptz IS NULL OR at < %s) ORDER BY seq",
+            (since, since, until, until),
+        ).fetchall()
+        return [(AuditRecord(*row[:7]), row[7]) for row in rows]
 
     def verify(self) -> int:
         """Walk the whole chain and hold it against the checkpoint; returns its length, or raises ChainBroken at

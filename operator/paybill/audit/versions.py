@@ -68,12 +68,7 @@ class PolicyVersions:
         return address
 
     def load(self, address: str) -> StoredVersion | None:
-        row = (
-            self._connection()
-            .execute("SELECT content FROM paybill.policy_versions WHERE address = %s", (address,))
-            .fetchone()
-        )
-        return StoredVersion(address, row[0]) if row else None
+        return load_version(self._connection(), address)
 
     def _connection(self) -> psycopg.Connection:
         conn = self._connect()
@@ -81,6 +76,15 @@ class PolicyVersions:
             create_idempotently(conn, _create_store)
             self._ready = True
         return conn
+
+
+def load_version(conn: psycopg.Connection, address: str) -> StoredVersion | None:
+    """The version stored under `address`; None if there is none (or no store at all: nothing is created)."""
+    exists = conn.execute("SELECT to_regclass('paybill.policy_versions') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return None
+    row = conn.execute("SELECT content FROM paybill.policy_versions WHERE address = %s", (address,)).fetchone()
+    return StoredVersion(address, row[0]) if row else None
 
 
 def _create_store(conn: psycopg.Connection) -> None:

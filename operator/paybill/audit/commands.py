@@ -1,0 +1,102 @@
+"""`paybill audit verify | replay | export`: the reviewer's commands, over the operator's database (read only:
+nothing is created or changed in it). Exit status 0: intact / nothing differs / written; 1: the chain is broken
+or a decision differs; 2: the database or the checkpoint could not be read."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+
+import psycopg
+
+from ..errors import first_line
+from .checkpoint import CheckpointUnavailable, FileCheckpoint
+from .log import AuditLog, _log_exists
+from .review import belongs_to, export_line, first_break, replay
+from .versions import load_version
+
+
+class Unreadable(RuntimeError):
+    """The audit log cannot be read: no database, no log in it, or an unreadable checkpoint."""
+
+
+@contextmanager
+def _log(dsn: str) -> Iterator[tuple[psycopg.Connection, AuditLog]]:
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise Unreadable(f"cannot connect to the audit log's database: {first_line(exc)}") from None
+    with conn:
+        if not _log_exists(conn):
+            raise Unreadable("this database holds no Paybill audit log (paybill.audit_log)")
+        yield conn, AuditLog(lambda: conn)
+
+
+def verify(dsn: str, checkpoint_dir: Path | None, out: TextIO) -> int:
+    """Check the whole chain (against the checkpoint in `checkpoint_dir`, if given); name its first fault."""
+    with _log(dsn) as (_, log):
+        records = log.records()
+        try:
+            checkpoint = FileCheckpoint(checkpoint_dir).load(log.chain) if checkpoint_dir is not None else None
+        except CheckpointUnavailable as exc:
+            raise Unreadable(str(exc)) from None
+    fault = first_break(records, checkpoint)
+    if fault is not None:
+        print(f"audit chain broken at {fault.describe()}", file=out)
+        return 1
+    against = f", up to its checkpoint at record {checkpoint.seq}" if checkpoint is not None else ""
+    print(f"audit chain intact: {len(records)} records{against}", file=out)
+    return 0
+
+
+def replay_decisions(dsn: str, out: TextIO, summary: TextIO) -> int:
+    """Every recorded gate decision decided again under its recorded policy version; one JSON line per decision
+    that differs (and per stored version that was edited)."""
+    with _log(dsn) as (conn, log):
+        result = replay(log.records(), lambda address: load_version(conn, address))
+    for difference in result.differences:
+        print(json.dumps(difference.to_json(), sort_keys=True), file=out)
+    for address in result.edited_versions:
+        print(json.dumps({"policyContent": address, "problem": "edited: no longer hashes to its address"}), file=out)
+    print(
+        f"replayed {result.decisions} decisions: {len(result.differences)} differ; "
+        f"{len(result.edited_versions)} stored policy versions edited",
+        file=summary,
+    )
+    return 1 if result.differences or result.edited_versions else 0
+
+
+def export(dsn: str, tenant: str, since: datetime.datetime, until: datetime.datetime | None, out: TextIO) -> int:
+    """The tenant's records written in [since, until), one JSON line each, credentials taken out."""
+    with _log(dsn) as (_, log):
+        rows = log.timed_records(since, until)
+    for record, at in rows:
+        if belongs_to(record, tenant):
+            out.write(export_line(record, at) + "\n")
+    return 0
+
+
+def timestamp(text: str) -> datetime.datetime:
+    """An ISO 8601 time; without a zone it is UTC."""
+    try:
+        value = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 time: {text!r}") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=datetime.UTC)
+
+
+def reported(command: str, dsn: str | None, call: Callable[[str], int]) -> int:
+    """`call(dsn)`, with an unreadable log as a message and status 2, never a traceback."""
+    if not dsn:
+        print(f"paybill audit {command}: no database (--dsn, or PAYBILL_DATABASE_URL)", file=sys.stderr)
+        return 2
+    try:
+        return call(dsn)
+    except Unreadable as exc:
+        print(f"paybill audit {command}: {exc}", file=sys.stderr)
+        return 2

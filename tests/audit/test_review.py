@@ -1,0 +1,226 @@
+"""`paybill audit verify | replay | export` against a real PostgreSQL (issue 16 item 6): each test has a database of
+its own, holding an audit log written by AuditLog, tampered with by plain SQL as someone with access to the
+database would."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import conninfo, sql
+
+from paybill import cli
+from paybill.api.agentpolicy import AgentPolicySpec
+from paybill.audit import AuditLog, FileCheckpoint
+from paybill.audit.versions import PolicyVersions, address_of
+from paybill.database.server import LocalPostgres
+from paybill.policy.engine import PolicyEngine
+from paybill.policy.schema import Schema
+from paybill.workflows.run import StepOutcome
+
+SCHEMA = Schema.from_ddl(
+    "CREATE TABLE orders (tenant_id text NOT NULL, id int NOT NULL, status text, total numeric, "
+    "PRIMARY KEY (tenant_id, id))",
+    "app",
+)
+POLICY = AgentPolicySpec.model_validate(
+    {
+        "subjects": [{"serviceAccount": "bot", "agent": "agent:bot"}],
+        "rules": [
+            {"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"]},
+            {
+                "id": "fix-status",
+                "effect": "allow",
+                "actions": ["update"],
+                "tables": ["orders"],
+                "columns": ["status"],
+                "requireWhere": True,
+            },
+        ],
+    }
+)
+
+
+@pytest.fixture
+def dsn(postgres: LocalPostgres) -> Iterator[str]:
+    """A database of the test's own (the audit log's tables are made in it by the first append)."""
+    name = f"audit_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield conninfo.make_conninfo(postgres.dsn, dbname=name)
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def connect(dsn: str) -> Iterator[Callable[[], psycopg.Connection]]:
+    conn = psycopg.connect(dsn, autocommit=True)
+    yield lambda: conn
+    conn.close()
+
+
+def paybill(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def lifecycle(log: AuditLog, tenant: str) -> None:
+    for event, (source, target) in {
+        "Provision": ("Pending", "Provisioning"),
+        "Provisioned": ("Provisioning", "Active"),
+        "Suspend": ("Active", "Suspended"),
+        "Resume": ("Suspended", "Active"),
+    }.items():
+        log.append("Tenant", tenant, event, {"from": source, "to": target, "why": "test"})
+
+
+@pytest.mark.parametrize(
+    ("tampering", "found"),
+    [
+        (
+            'UPDATE paybill.audit_log SET details = details || \'{"to": "Offboarded"}\' WHERE seq = 3',
+            "record 3 (Tenant acme Suspend): edited: content does not match its hash",
+        ),
+        (
+            "DELETE FROM paybill.audit_log WHERE seq = 3",
+            "record 3: deleted: record 3 missing, the chain resumes at record 4 (Tenant acme Resume)",
+        ),
+        (
+            "UPDATE paybill.audit_log SET seq = -seq WHERE seq IN (2, 3); "
+            "UPDATE paybill.audit_log SET seq = CASE seq WHEN -2 THEN 3 ELSE 2 END WHERE seq < 0",
+            "record 2 (Tenant acme Suspend): does not follow the previous record (a record before it was removed, "
+            "or records were reordered)",
+        ),
+    ],
+    ids=["edited", "deleted", "reordered"],
+)
+def test_verify_names_the_first_tampered_record(
+    dsn: str, connect: Callable[[], psycopg.Connection], capsys: pytest.CaptureFixture[str], tampering: str, found: str
+) -> None:
+    log = AuditLog(connect)
+    lifecycle(log, "acme")
+    assert paybill(capsys, "audit", "verify", "--dsn", dsn) == (0, "audit chain intact: 4 records\n", "")
+    for statement in tampering.split("; "):
+        connect().execute(statement)
+    status, out, _ = paybill(capsys, "audit", "verify", "--dsn", dsn)
+    assert status == 1 and out == f"audit chain broken at {found}\n"
+
+
+def test_verify_finds_a_deleted_tail_through_the_checkpoint(
+    dsn: str, connect: Callable[[], psycopg.Connection], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    checkpoints = tmp_path / "state" / "audit"
+    lifecycle(AuditLog(connect, FileCheckpoint(checkpoints)), "acme")
+    args = ("audit", "verify", "--dsn", dsn, "--checkpoint", str(checkpoints))
+    assert paybill(capsys, *args)[:2] == (0, "audit chain intact: 4 records, up to its checkpoint at record 4\n")
+    connect().execute("DELETE FROM paybill.audit_log WHERE seq = 4")
+    assert paybill(capsys, "audit", "verify", "--dsn", dsn)[0] == 0  # the chain alone cannot see a lost tail
+    assert paybill(capsys, *args)[:2] == (1, "audit chain broken at record 4: deleted: record 4 missing\n")
+
+
+def record_step(log: AuditLog, versions: PolicyVersions, workflow: str, step: str, statement: str) -> None:
+    """A workflow step's decision, recorded as the operator's run records it (workflows/run.py)."""
+    engine = PolicyEngine(POLICY, SCHEMA)
+    decision = engine.decide("agent:bot", statement, [], "acme")
+    replay = {
+        "statement": statement,
+        "params": [],
+        "tenant": "acme",
+        "approvals": [],
+        "policyContent": versions.store(POLICY, SCHEMA),
+    }
+    outcome = StepOutcome(step, decision, decision.allowed, replay=replay)
+    log.append("AgentWorkflow", f"tenant-acme/{workflow}", "StepRan", outcome.audit_details("agent:bot", "support"))
+
+
+def test_replay_reports_the_decisions_an_edited_policy_version_changes(
+    dsn: str, connect: Callable[[], psycopg.Connection], capsys: pytest.CaptureFixture[str]
+) -> None:
+    log, versions = AuditLog(connect), PolicyVersions(connect)
+    lifecycle(log, "acme")  # not decisions: replay skips them
+    record_step(log, versions, "refund", "look", "SELECT id, status FROM orders WHERE id = 1")
+    record_step(log, versions, "refund", "fix", "UPDATE orders SET status = 'refunded' WHERE id = 1")
+    record_step(log, versions, "wipe", "wipe", "DELETE FROM orders WHERE id = 1")
+    status, out, err = paybill(capsys, "audit", "replay", "--dsn", dsn)
+    assert (status, out, err) == (0, "", "replayed 3 decisions: 0 differ; 0 stored policy versions edited\n")
+
+    # The policy object could be anything by now: replay reads only the stored version, so edit that.
+    address = address_of(versions.load(versions.store(POLICY, SCHEMA)).content)  # type: ignore[union-attr]
+    connect().execute(
+        'UPDATE paybill.policy_versions SET content = replace(content, \'"actions":["update"]\', '
+        '\'"actions":["update","delete"]\') WHERE address = %s',
+        (address,),
+    )
+    status, out, err = paybill(capsys, "audit", "replay", "--dsn", dsn)
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert status == 1 and err == "replayed 3 decisions: 1 differ; 1 stored policy versions edited\n"
+    assert [(d.get("name"), d.get("step"), d.get("problem")) for d in lines] == [
+        (
+            "tenant-acme/wipe",
+            "wipe",
+            "the decision differs (the stored policy version was edited: it no longer hashes to its address)",
+        ),
+        (None, None, "edited: no longer hashes to its address"),
+    ]
+    assert lines[0]["recorded"]["decision"] == "deny" and lines[0]["replayed"]["decision"] == "allow"
+    assert lines[0]["seq"] == 7 and lines[1]["policyContent"] == address
+
+
+def test_export_writes_one_tenants_records_since_a_time_without_secrets(
+    dsn: str, connect: Callable[[], psycopg.Connection], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    log = AuditLog(connect)
+    lifecycle(log, "acme")
+    lifecycle(log, "globex")
+    credentials: dict[str, Any] = {
+        "tenant": "acme",
+        "role": "a_123",
+        "password": "s3cret-pw",
+        "uri": "postgresql://a_123:s3cret-pw@127.0.0.1:5432/acme",
+        "note": "host=127.0.0.1 password=s3cret-pw user=a_123",
+    }
+    log.append("AgentPolicy", "tenant-acme/support", "Installed", credentials)
+    log.append("AgentPolicy", "tenant-globex/support", "Installed", {"tenant": "globex"})
+    # `at` is when each record was written: spread them over a week (seq 1-2 and 5-6 before the cut)
+    week = datetime.datetime(2026, 11, 1, tzinfo=datetime.UTC)
+    connect().execute("UPDATE paybill.audit_log SET at = %s + seq * interval '1 day'", (week,))
+    since = (week + datetime.timedelta(days=3)).isoformat()
+
+    out = tmp_path / "acme.jsonl"
+    assert paybill(capsys, "audit", "export", "--dsn", dsn, "--tenant", "acme", "--since", since, "-o", str(out)) == (
+        0,
+        "",
+        "",
+    )
+    text = out.read_text()
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert [(line["seq"], line["kind"], line["name"], line["event"]) for line in lines] == [
+        (3, "Tenant", "acme", "Suspend"),
+        (4, "Tenant", "acme", "Resume"),
+        (9, "AgentPolicy", "tenant-acme/support", "Installed"),
+    ]
+    assert lines[0]["at"] == (week + datetime.timedelta(days=3)).isoformat()
+    assert "s3cret-pw" not in text and lines[2]["details"]["role"] == "a_123"
+    assert lines[2]["details"]["note"] == "host=127.0.0.1 password=[redacted] user=a_123"
+    assert out.stat().st_mode & 0o777 == 0o600
+
+    until = (week + datetime.timedelta(days=4)).isoformat()
+    status, text, _ = paybill(
+        capsys, "audit", "export", "--dsn", dsn, "--tenant", "acme", "--since", since, "--until", until
+    )
+    assert status == 0 and [json.loads(line)["seq"] for line in text.splitlines()] == [3]
+
+
+def test_the_audit_commands_refuse_a_database_without_a_log(dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+    for command in (["verify"], ["replay"], ["export", "--tenant", "acme", "--since", "2026-01-01"]):
+        status, out, err = paybill(capsys, "audit", *command, "--dsn", dsn)
+        assert (status, out) == (2, "") and "holds no Paybill audit log" in err
+    with psycopg.connect(dsn) as conn:  # read only: nothing was created
+        assert conn.execute("SELECT to_regnamespace('paybill')").fetchone() == (None,)
