@@ -21,6 +21,15 @@ from .conftest import state_resources
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
+def provider_binaries(root: Path) -> list[Path]:
+    """The directories holding an actual provider binary under `root` (links not followed): one per copy."""
+    return [
+        Path(directory)
+        for directory, _, files in os.walk(root, followlinks=False)
+        if any(name.startswith("terraform-provider-aws") for name in files)
+    ]
+
+
 def test_aws_silo_applied_against_moto_is_found_by_tenant_tag_and_gone_after_destroy(
     make_runner: Callable[..., TerraformRunner], backend_dsn: str, tmp_path: Path
 ) -> None:
@@ -64,6 +73,9 @@ def test_aws_silo_applied_against_moto_is_found_by_tenant_tag_and_gone_after_des
         assert not runner.drift(tenant, module).drifted
         aws_sim.set_ec2_tag(python, url, outputs["network_id"].value, "paybill.dev/cost-center", "someone-else")
         assert runner.drift(tenant, module).addresses == ("aws_vpc.tenant",)
+        # four runs, one copy of the provider: the shared plugin cache's (each run's data directory links to it)
+        (copy,) = provider_binaries(tmp_path / "state")
+        assert copy.is_relative_to(tmp_path / "state" / "plugin-cache")
         assert runner.destroy(tenant, module).destroyed == 10
         assert all(not ids for ids in aws_sim.find_by_tag(python, url, "paybill.dev/tenant", tenant.tenant_id).values())
         assert state_resources(backend_dsn, tenant.tenant_id) == []
