@@ -133,8 +133,9 @@ def environment_help(
 
 def _crds(args: argparse.Namespace) -> int:
     from .api.crdgen import write_all
+    from .peering import write_peering_crd
 
-    for path in write_all(Path(args.out)):
+    for path in [*write_all(Path(args.out)), write_peering_crd(Path(args.out))]:
         print(path)
     return 0
 

@@ -20,7 +20,10 @@ import secrets
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from .kubeclient import Kube, KubeError
 
@@ -63,6 +66,14 @@ PEERING_CRD: dict[str, Any] = {
 }
 
 
+def write_peering_crd(directory: Path) -> Path:
+    """crds/clusterkopfpeerings.kopf.dev.yaml, beside Paybill's own CRDs (`make crds`; the chart installs it)."""
+    path = directory / f"{PEERING_CRD['metadata']['name']}.yaml"
+    header = "# kopf's peering CRD (leader election: operator/paybill/peering.py), written by `make crds`.\n"
+    path.write_text(header + yaml.safe_dump(PEERING_CRD, sort_keys=False, width=120))
+    return path
+
+
 @dataclass(frozen=True)
 class Election:
     """This replica's part in the election: the peering object's name, its own identity, its record's lifetime."""
@@ -89,12 +100,16 @@ def own_identity(environ: Mapping[str, str]) -> str:
 
 def election(environ: Mapping[str, str], identity: str | None) -> Election | None:
     """The election this replica takes part in: PAYBILL_PEERING names the peering object; unset, it runs alone.
-    ValueError when peering is asked for without an identity kopf shares (only `paybill operator` gives one)."""
+    ValueError when peering is asked for without an identity kopf shares (`paybill operator` gives one, and
+    kopf takes POD_ID as its own)."""
     name = environ.get(PEERING_ENV) or ""
     if not name:
         return None
-    if identity is None:
-        raise ValueError(f"{PEERING_ENV} needs `paybill operator` (it gives kopf and the election one identity)")
+    identity = identity or environ.get("POD_ID")  # kopf's own identity when it is given one
+    if not identity:
+        raise ValueError(
+            f"{PEERING_ENV} needs `paybill operator`, or POD_ID (kopf and the election share one identity)"
+        )
     lifetime = int(environ.get(LIFETIME_ENV) or DEFAULT_LIFETIME)
     if lifetime < MIN_LIFETIME:
         raise ValueError(f"{LIFETIME_ENV} must be at least {MIN_LIFETIME} seconds (kopf renews 5-10 s early)")

@@ -6,20 +6,20 @@ own retries are off; RetryPolicy retries (see retry.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import tags
-from .model import Cloud, CloudError, CloudPlan, PowerChange, PowerState, Preflight, Resource, Verdict
-from .power import power_change, wait_for_state
-from .retry import Failure, RetryPolicy, calling, retry_after
+from .base import AdapterBase
+from .model import Cloud, CloudError, CloudPlan, PowerState, Preflight, Resource, Verdict
+from .power import wait_for_state
+from .retry import Failure, retry_after
 
-T = TypeVar("T")
 CLOUD = Cloud.AWS
 VPC_QUOTA = ("vpc", "L-F678F1CE")  # VPCs per Region: a silo tenant gets one
 _STATES = {
@@ -55,26 +55,13 @@ def _read(exc: Exception) -> Failure | None:
     return None
 
 
-class AwsAdapter:
+class AwsAdapter(AdapterBase):
     cloud = CLOUD
+    POLL_SECONDS, DEADLINE_SECONDS, PAGE_SIZE = 2.0, 600.0, 100
+    PUBLIC_KEYS = frozenset({"AWS_ACCESS_KEY_ID"})
+    _read = staticmethod(_read)
 
-    def __init__(
-        self,
-        credentials: Mapping[str, str],
-        region: str,
-        endpoint: str | None = None,
-        retry: RetryPolicy | None = None,
-        poll_seconds: float = 2.0,
-        deadline_seconds: float = 600.0,
-        page_size: int = 100,
-    ) -> None:
-        self.region = region
-        self.page_size = page_size
-        self.retry = retry or RetryPolicy()
-        self.poll_seconds = poll_seconds
-        self.deadline_seconds = deadline_seconds
-        self.calls = 0
-        self._secrets = tuple(v for k, v in credentials.items() if k != "AWS_ACCESS_KEY_ID")
+    def _connect(self, credentials: Mapping[str, str], endpoint: str | None) -> None:
         session = boto3.session.Session(
             aws_access_key_id=credentials.get("AWS_ACCESS_KEY_ID"),
             aws_secret_access_key=credentials.get("AWS_SECRET_ACCESS_KEY"),
@@ -87,16 +74,9 @@ class AwsAdapter:
 
         self._sts = client("sts", "us-east-1")
         self._home = client("ec2", "us-east-1")  # DescribeRegions answers from any region
-        self._ec2 = client("ec2", region)
-        self._rds = client("rds", region)
-        self._quotas = client("service-quotas", region)
-
-    def _call(self, call: Callable[[], T]) -> T:
-        def counted() -> T:
-            self.calls += 1
-            return call()
-
-        return calling(CLOUD, self.retry, _read, self._secrets, counted)
+        self._ec2 = client("ec2", self.region)
+        self._rds = client("rds", self.region)
+        self._quotas = client("service-quotas", self.region)
 
     def preflight(self, plan: CloudPlan) -> Preflight:
         try:
@@ -180,29 +160,17 @@ class AwsAdapter:
         instances = self._instances([{"Name": f"tag:{tags.tenant_key(CLOUD)}", "Values": [tenant]}])
         return instances + [database for database in self._databases() if database.tenant == tenant]
 
-    def _power(self, tenant: str, wanted: PowerState) -> PowerChange:
-        instances = [r for r in self.inventory(tenant) if r.kind == "instance"]
-        change = power_change(instances, wanted)
-        if change.changed:
-            ids = list(change.changed)
-            if wanted is PowerState.STOPPED:
-                self._call(lambda: self._ec2.stop_instances(InstanceIds=ids))
-            else:
-                self._call(lambda: self._ec2.start_instances(InstanceIds=ids))
-            wait_for_state(
-                lambda: [r.state for r in self.inventory(tenant) if r.id in ids],
-                wanted,
-                self.poll_seconds,
-                self.deadline_seconds,
-            )
-        return change
+    def _act(self, ids: tuple[str, ...], wanted: PowerState) -> None:
+        if wanted is PowerState.STOPPED:
+            self._call(lambda: self._ec2.stop_instances(InstanceIds=list(ids)))
+        else:
+            self._call(lambda: self._ec2.start_instances(InstanceIds=list(ids)))
+        wait_for_state(
+            lambda: [r.state for r in self._instances([{"Name": "instance-id", "Values": list(ids)}])],
+            wanted,
+            self.poll_seconds,
+            self.deadline_seconds,
+        )
 
-    def suspend(self, tenant: str) -> PowerChange:
-        return self._power(tenant, PowerState.STOPPED)
-
-    def resume(self, tenant: str) -> PowerChange:
-        return self._power(tenant, PowerState.RUNNING)
-
-    def orphans(self, known_tenants: Collection[str]) -> list[Resource]:
-        tagged = self._instances([{"Name": "tag-key", "Values": [tags.tenant_key(CLOUD)]}]) + self._databases()
-        return [r for r in tagged if r.tenant not in known_tenants and r.state is not PowerState.TERMINATED]
+    def _tagged(self) -> list[Resource]:
+        return self._instances([{"Name": "tag-key", "Values": [tags.tenant_key(CLOUD)]}]) + self._databases()

@@ -10,9 +10,9 @@ retries are off; RetryPolicy retries (see retry.py).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import HttpResponseError
@@ -20,11 +20,10 @@ from azure.core.pipeline.policies import SansIOHTTPPolicy
 from azure.mgmt.compute import ComputeManagementClient
 
 from . import tags
-from .model import Cloud, CloudError, CloudPlan, PowerChange, PowerState, Preflight, Resource, Verdict
-from .power import power_change
-from .retry import Failure, RetryPolicy, calling, retry_after
+from .base import AdapterBase
+from .model import Cloud, CloudError, CloudPlan, PowerState, Preflight, Resource, Verdict
+from .retry import Failure, retry_after
 
-T = TypeVar("T")
 CLOUD = Cloud.AZURE
 _STATES = {
     "PowerState/running": PowerState.RUNNING,
@@ -71,25 +70,14 @@ def _loopback(endpoint: str | None) -> bool:
     return bool(endpoint) and endpoint.startswith(("http://127.0.0.1", "http://localhost"))  # type: ignore[union-attr]
 
 
-class AzureAdapter:
+class AzureAdapter(AdapterBase):
     cloud = CLOUD
+    PAGE_SIZE = 0  # Azure chooses its pages
+    PUBLIC_KEYS = frozenset({"ARM_SUBSCRIPTION_ID", "ARM_TENANT_ID", "ARM_CLIENT_ID"})
+    _read = staticmethod(_read)
 
-    def __init__(
-        self,
-        credentials: Mapping[str, str],
-        region: str,
-        endpoint: str | None = None,
-        retry: RetryPolicy | None = None,
-        poll_seconds: float = 5.0,
-        deadline_seconds: float = 900.0,
-        page_size: int = 0,  # Azure chooses its pages; accepted for a common signature
-    ) -> None:
-        self.region = region
-        self.retry = retry or RetryPolicy()
-        self.deadline_seconds = deadline_seconds
-        self.calls = 0
-        self._secrets = (credentials.get("ARM_ACCESS_TOKEN", ""),)
-        options: dict[str, Any] = {"retry_total": 0, "polling_interval": poll_seconds}
+    def _connect(self, credentials: Mapping[str, str], endpoint: str | None) -> None:
+        options: dict[str, Any] = {"retry_total": 0, "polling_interval": self.poll_seconds}
         if endpoint:
             options["base_url"] = endpoint
         if _loopback(endpoint):
@@ -99,13 +87,6 @@ class AzureAdapter:
             credentials.get("ARM_SUBSCRIPTION_ID", ""),
             **options,
         )
-
-    def _call(self, call: Callable[[], T]) -> T:
-        def counted() -> T:
-            self.calls += 1
-            return call()
-
-        return calling(CLOUD, self.retry, _read, self._secrets, counted)
 
     def _pages(self, paged: Callable[[], Any]) -> Iterator[list[Any]]:
         """Each page of an ItemPaged listing, one call each: the nextLink is kept, a retried page is that page."""
@@ -165,24 +146,16 @@ class AzureAdapter:
     def inventory(self, tenant: str) -> list[Resource]:
         return [r for r in self._machines() if r.tenant == tenant]
 
-    def _power(self, tenant: str, wanted: PowerState) -> PowerChange:
-        change = power_change(self.inventory(tenant), wanted)
+    def _act(self, ids: tuple[str, ...], wanted: PowerState) -> None:
         operations = self._client.virtual_machines
         begin = operations.begin_deallocate if wanted is PowerState.STOPPED else operations.begin_start
         pollers = []
-        for ident in change.changed:
+        for ident in ids:
             parts = ident.split("/")
             group, name = parts[parts.index("resourceGroups") + 1], parts[-1]
             pollers.append(self._call(partial(begin, group, name)))
         for poller in pollers:  # each polled (Azure-AsyncOperation) until Succeeded
             self._call(partial(poller.result, timeout=self.deadline_seconds))
-        return change
 
-    def suspend(self, tenant: str) -> PowerChange:
-        return self._power(tenant, PowerState.STOPPED)
-
-    def resume(self, tenant: str) -> PowerChange:
-        return self._power(tenant, PowerState.RUNNING)
-
-    def orphans(self, known_tenants: Collection[str]) -> list[Resource]:
-        return [r for r in self._machines() if r.tenant not in known_tenants]
+    def _tagged(self) -> list[Resource]:
+        return self._machines()

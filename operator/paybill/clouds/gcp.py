@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 from google.api_core import exceptions as google_errors
 from google.api_core.client_options import ClientOptions
@@ -21,11 +21,10 @@ from google.oauth2 import credentials as oauth2
 from google.oauth2 import service_account
 
 from . import tags
-from .model import Cloud, CloudError, CloudPlan, PowerChange, PowerState, Preflight, Resource, Verdict
-from .power import power_change
-from .retry import Failure, RetryPolicy, calling, retry_after
+from .base import AdapterBase
+from .model import Cloud, CloudError, CloudPlan, PowerState, Preflight, Resource, Verdict
+from .retry import Failure, retry_after
 
-T = TypeVar("T")
 CLOUD = Cloud.GCP
 SCOPE = "https://www.googleapis.com/auth/compute"
 _STATES = {
@@ -57,27 +56,14 @@ def _credentials(secret: Mapping[str, str]) -> Any:
     return oauth2.Credentials(token=secret.get("GOOGLE_OAUTH_ACCESS_TOKEN"))
 
 
-class GcpAdapter:
+class GcpAdapter(AdapterBase):
     cloud = CLOUD
+    POLL_SECONDS, DEADLINE_SECONDS, PAGE_SIZE = 2.0, 600.0, 500
+    PUBLIC_KEYS = frozenset({"GOOGLE_PROJECT"})
+    _read = staticmethod(_read)
 
-    def __init__(
-        self,
-        credentials: Mapping[str, str],
-        region: str,
-        endpoint: str | None = None,
-        retry: RetryPolicy | None = None,
-        deadline_seconds: float = 600.0,
-        page_size: int = 500,
-        poll_seconds: float = 2.0,
-    ) -> None:
-        self.region = region
+    def _connect(self, credentials: Mapping[str, str], endpoint: str | None) -> None:
         self.project = credentials.get("GOOGLE_PROJECT", "")
-        self.retry = retry or RetryPolicy()
-        self.deadline_seconds = deadline_seconds
-        self.poll_seconds = poll_seconds
-        self.page_size = page_size
-        self.calls = 0
-        self._secrets = tuple(v for k, v in credentials.items() if k != "GOOGLE_PROJECT")
         options = ClientOptions(api_endpoint=endpoint) if endpoint else None
         kwargs: dict[str, Any] = {
             "credentials": _credentials(credentials),
@@ -87,13 +73,6 @@ class GcpAdapter:
         self._instances = compute_v1.InstancesClient(**kwargs)
         self._regions = compute_v1.RegionsClient(**kwargs)
         self._operations = compute_v1.ZoneOperationsClient(**kwargs)
-
-    def _call(self, call: Callable[[], T]) -> T:
-        def counted() -> T:
-            self.calls += 1
-            return call()
-
-        return calling(CLOUD, self.retry, _read, self._secrets, counted)
 
     def preflight(self, plan: CloudPlan) -> Preflight:
         try:
@@ -161,16 +140,14 @@ class GcpAdapter:
     def inventory(self, tenant: str) -> list[Resource]:
         return self._listed(f'labels.{tags.tenant_key(CLOUD)} = "{tenant.lower()}"')
 
-    def _power(self, tenant: str, wanted: PowerState) -> PowerChange:
-        change = power_change(self.inventory(tenant), wanted)
+    def _act(self, ids: tuple[str, ...], wanted: PowerState) -> None:
         act = self._instances.stop if wanted is PowerState.STOPPED else self._instances.start
         operations = []
-        for ident in change.changed:
+        for ident in ids:
             zone, name = ident.split("/", 1)
             operations.append(self._call(partial(act, project=self.project, zone=zone, instance=name, retry=None)))
-        for ident, operation in zip(change.changed, operations, strict=True):
+        for ident, operation in zip(ids, operations, strict=True):
             self._wait(ident.split("/", 1)[0], operation.name)
-        return change
 
     def _wait(self, zone: str, name: str) -> None:
         """Poll zoneOperations.get until the operation is DONE (the SDK's own poller ignores api_endpoint)."""
@@ -188,12 +165,5 @@ class GcpAdapter:
                 raise TimeoutError(f"operation {name} not done after {self.deadline_seconds:g} s")
             time.sleep(self.poll_seconds)
 
-    def suspend(self, tenant: str) -> PowerChange:
-        return self._power(tenant, PowerState.STOPPED)
-
-    def resume(self, tenant: str) -> PowerChange:
-        return self._power(tenant, PowerState.RUNNING)
-
-    def orphans(self, known_tenants: Collection[str]) -> list[Resource]:
-        known = {tenant.lower() for tenant in known_tenants}
-        return [r for r in self._listed(f"labels.{tags.tenant_key(CLOUD)}:*") if r.tenant not in known]
+    def _tagged(self) -> list[Resource]:
+        return self._listed(f"labels.{tags.tenant_key(CLOUD)}:*")

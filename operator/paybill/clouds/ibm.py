@@ -10,7 +10,7 @@ time, with IBM's code, in the Terraform run). The SDK's retries are off; RetryPo
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from typing import Any, TypeVar
 
@@ -19,9 +19,10 @@ from ibm_cloud_sdk_core.authenticators import IAMAuthenticator
 from ibm_vpc import VpcV1
 
 from . import tags
-from .model import Cloud, CloudError, CloudPlan, PowerChange, PowerState, Preflight, Resource, Verdict
-from .power import power_change, wait_for_state
-from .retry import Failure, RetryPolicy, calling, retry_after
+from .base import AdapterBase
+from .model import Cloud, CloudError, CloudPlan, PowerState, Preflight, Resource, Verdict
+from .power import wait_for_state
+from .retry import Failure, retry_after
 
 T = TypeVar("T")
 CLOUD = Cloud.IBM
@@ -73,44 +74,25 @@ class _GlobalSearch(BaseService):  # type: ignore[misc]
         return result
 
 
-class IbmAdapter:
+class IbmAdapter(AdapterBase):
     cloud = CLOUD
+    _read = staticmethod(_read)
 
-    def __init__(
-        self,
-        credentials: Mapping[str, str],
-        region: str,
-        endpoint: str | None = None,
-        retry: RetryPolicy | None = None,
-        poll_seconds: float = 5.0,
-        deadline_seconds: float = 900.0,
-        page_size: int = 1000,
-    ) -> None:
+    def _connect(self, credentials: Mapping[str, str], endpoint: str | None) -> None:
         """`endpoint` (tests) stands for all three services: IAM, Global Search and the VPC API (under /v1)."""
-        self.region = region
-        self.retry = retry or RetryPolicy()
-        self.poll_seconds = poll_seconds
-        self.deadline_seconds = deadline_seconds
-        self.page_size = page_size
-        self.calls = 0
-        self._secrets = (credentials.get("IC_API_KEY", ""),)
         authenticator = IAMAuthenticator(credentials.get("IC_API_KEY", "") or "-", url=endpoint or IAM_URL)
         self._authenticator = authenticator
         self._vpc = VpcV1(authenticator=authenticator)
-        self._vpc.set_service_url(f"{endpoint}/v1" if endpoint else f"https://{region}.iaas.cloud.ibm.com/v1")
+        self._vpc.set_service_url(f"{endpoint}/v1" if endpoint else f"https://{self.region}.iaas.cloud.ibm.com/v1")
         self._search = _GlobalSearch(service_url=endpoint or SEARCH_URL, authenticator=authenticator)
 
-    def _call(self, call: Callable[[], T]) -> T:
-        def counted() -> T:
-            self.calls += 1
-            try:
-                return call()
-            except ApiException:
-                # the SDK leaves a failed token request marked active, and the next call would wait 60 s for it
-                self._authenticator.token_manager.request_time = 0
-                raise
-
-        return calling(CLOUD, self.retry, _read, self._secrets, counted)
+    def _attempt(self, call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except ApiException:
+            # the SDK leaves a failed token request marked active, and the next call would wait 60 s for it
+            self._authenticator.token_manager.request_time = 0
+            raise
 
     def preflight(self, plan: CloudPlan) -> Preflight:
         try:
@@ -173,21 +155,11 @@ class IbmAdapter:
         key = tags.tenant_key(CLOUD)
         return [r for r in self._found(f'tags:"{key}:{tenant}"') if r.state is not PowerState.TERMINATED]
 
-    def _power(self, tenant: str, wanted: PowerState) -> PowerChange:
-        change = power_change(self.inventory(tenant), wanted)
+    def _act(self, ids: tuple[str, ...], wanted: PowerState) -> None:
         action = "stop" if wanted is PowerState.STOPPED else "start"
-        for ident in change.changed:
+        for ident in ids:
             self._call(partial(self._vpc.create_instance_action, ident, action))
-        ids = list(change.changed)
         wait_for_state(lambda: [self._state(i) for i in ids], wanted, self.poll_seconds, self.deadline_seconds)
-        return change
 
-    def suspend(self, tenant: str) -> PowerChange:
-        return self._power(tenant, PowerState.STOPPED)
-
-    def resume(self, tenant: str) -> PowerChange:
-        return self._power(tenant, PowerState.RUNNING)
-
-    def orphans(self, known_tenants: Collection[str]) -> list[Resource]:
-        tagged = self._found(f"tags:{tags.tenant_key(CLOUD)}\\:*")
-        return [r for r in tagged if r.tenant not in known_tenants and r.state is not PowerState.TERMINATED]
+    def _tagged(self) -> list[Resource]:
+        return self._found(f"tags:{tags.tenant_key(CLOUD)}\\:*")

@@ -8,18 +8,18 @@ Plan's Secret; requests are signed by the SDK. Its retries are off; RetryPolicy 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import oci
 
 from . import tags
-from .model import Cloud, CloudError, CloudPlan, PowerChange, PowerState, Preflight, Resource, Verdict
-from .power import power_change, wait_for_state
-from .retry import Failure, RetryPolicy, calling, retry_after
+from .base import AdapterBase
+from .model import Cloud, CloudError, CloudPlan, PowerState, Preflight, Resource, Verdict
+from .power import wait_for_state
+from .retry import Failure, retry_after
 
-T = TypeVar("T")
 CLOUD = Cloud.OCI
 CORE_LIMIT = ("compute", "standard-e4-core-count")  # the E4 Flex OCPUs the modules' instances use, per AD
 _STATES = {
@@ -44,33 +44,19 @@ def _read(exc: Exception) -> Failure | None:
     return None
 
 
-class OciAdapter:
+class OciAdapter(AdapterBase):
     cloud = CLOUD
+    PUBLIC_KEYS = frozenset({"OCI_TENANCY_OCID", "OCI_USER_OCID", "OCI_COMPARTMENT_OCID"})
+    _read = staticmethod(_read)
 
-    def __init__(
-        self,
-        credentials: Mapping[str, str],
-        region: str,
-        endpoint: str | None = None,
-        retry: RetryPolicy | None = None,
-        poll_seconds: float = 5.0,
-        deadline_seconds: float = 900.0,
-        page_size: int = 1000,
-    ) -> None:
-        self.region = region
+    def _connect(self, credentials: Mapping[str, str], endpoint: str | None) -> None:
         self.tenancy = credentials.get("OCI_TENANCY_OCID", "")
-        self.retry = retry or RetryPolicy()
-        self.poll_seconds = poll_seconds
-        self.deadline_seconds = deadline_seconds
-        self.page_size = page_size
-        self.calls = 0
-        self._secrets = (credentials.get("OCI_PRIVATE_KEY", ""), credentials.get("OCI_FINGERPRINT", ""))
         config = {
             "tenancy": self.tenancy,
             "user": credentials.get("OCI_USER_OCID", ""),
             "fingerprint": credentials.get("OCI_FINGERPRINT", ""),
             "key_content": credentials.get("OCI_PRIVATE_KEY", ""),
-            "region": region,
+            "region": self.region,
         }
         options: dict[str, Any] = {"retry_strategy": oci.retry.NoneRetryStrategy()}
         if endpoint:
@@ -79,13 +65,6 @@ class OciAdapter:
         self._limits = oci.limits.LimitsClient(config, **options)
         self._search = oci.resource_search.ResourceSearchClient(config, **options)
         self._compute = oci.core.ComputeClient(config, **options)
-
-    def _call(self, call: Callable[[], T]) -> T:
-        def counted() -> T:
-            self.calls += 1
-            return call()
-
-        return calling(CLOUD, self.retry, _read, self._secrets, counted)
 
     def preflight(self, plan: CloudPlan) -> Preflight:
         try:
@@ -177,27 +156,19 @@ class OciAdapter:
             raise
         return _STATES.get(instance.lifecycle_state, PowerState.OTHER)
 
-    def _power(self, tenant: str, wanted: PowerState) -> PowerChange:
+    def _power_targets(self, tenant: str) -> list[Resource]:
         # Search answers from an index that may lag: each instance's state is read from Compute itself
         instances = [r for r in self.inventory(tenant) if r.state is not PowerState.TERMINATED]
-        current = [Resource(CLOUD, r.kind, r.id, r.name, self._state(r.id), r.tenant) for r in instances]
-        change = power_change(current, wanted)
+        return [Resource(CLOUD, r.kind, r.id, r.name, self._state(r.id), r.tenant) for r in instances]
+
+    def _act(self, ids: tuple[str, ...], wanted: PowerState) -> None:
         action = "SOFTSTOP" if wanted is PowerState.STOPPED else "START"
-        for ident in change.changed:
+        for ident in ids:
             self._call(partial(self._compute.instance_action, ident, action))
-        ids = list(change.changed)
         wait_for_state(lambda: [self._state(i) for i in ids], wanted, self.poll_seconds, self.deadline_seconds)
-        return change
 
-    def suspend(self, tenant: str) -> PowerChange:
-        return self._power(tenant, PowerState.STOPPED)
-
-    def resume(self, tenant: str) -> PowerChange:
-        return self._power(tenant, PowerState.RUNNING)
-
-    def orphans(self, known_tenants: Collection[str]) -> list[Resource]:
-        tagged = self._found(f"query instance resources where freeformTags.key = '{tags.tenant_key(CLOUD)}'")
-        return [r for r in tagged if r.tenant not in known_tenants and r.state is not PowerState.TERMINATED]
+    def _tagged(self) -> list[Resource]:
+        return self._found(f"query instance resources where freeformTags.key = '{tags.tenant_key(CLOUD)}'")
 
 
 def _quoted(value: str) -> str:

@@ -1,0 +1,153 @@
+"""High availability: two real operators (`paybill operator`, child processes) in one election over kopf's peering
+against the emulated API server and a real PostgreSQL. The standby runs no handler while the leader lives; the
+leader killed with SIGKILL, the standby takes over once the leader's record expires, every tenant converges, and
+nothing was done twice (the audit log, the Events, the handlers' counters say so). Then the election's rules
+table-tested without a cluster."""
+
+from __future__ import annotations
+
+import datetime
+import signal
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from paybill import peering
+from paybill.audit import AuditLog
+from paybill.database.server import LocalPostgres
+from test_metrics import Operator, total, value
+from test_tenant_lifecycle import onboard, wait_phase
+
+ELECTION = {"PAYBILL_PEERING": "paybill", "PAYBILL_PEERING_LIFETIME": "10"}
+RECONCILES = "controller_runtime_reconcile_total"
+
+
+def role(operator: Operator) -> str:
+    return str(operator.readiness()[1].get("role"))
+
+
+def tenant_events(cluster: Any, name: str) -> Counter[tuple[str, str]]:
+    """The operator's Events about Tenant `name`: (reason, message) with how many times each was posted."""
+    posted: Counter[tuple[str, str]] = Counter()
+    for event in cluster.kube.list("v1", "events"):
+        involved = event.get("involvedObject") or {}
+        if involved.get("kind") == "Tenant" and involved.get("name") == name:
+            posted[(event.get("reason", ""), event.get("message", ""))] += int(event.get("count") or 1)
+    return posted
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_killed_leader_is_replaced_by_the_standby_and_nothing_is_done_twice(
+    cluster: Any, postgres: LocalPostgres, tmp_path: Path
+) -> None:
+    cluster.kube.create(peering.PEERING_CRD)
+    cluster.eventually(lambda: cluster.kube.request("GET", f"/apis/{peering.API_VERSION}"), timeout=30)
+    first = Operator(cluster, postgres.dsn, tmp_path / "first.log", POD_ID="paybill-first", **ELECTION)
+    second = None
+    try:
+        cluster.eventually(lambda: role(first) == "leader", timeout=60)
+        second = Operator(cluster, postgres.dsn, tmp_path / "second.log", POD_ID="paybill-second", **ELECTION)
+        cluster.eventually(lambda: second.readiness()[0] == 200 and role(second) == "standby", timeout=60)
+        assert role(first) == "leader"  # the younger replica never takes over from a live leader
+
+        active = ("paybill_tenants", frozenset({("phase", "Active"), ("plan", "plan-pooled")}))
+        before = [onboard(cluster, "pooled") for _ in range(3)]
+        for name in before:
+            wait_phase(cluster, name, "Active")
+        leading = cluster.eventually(lambda: (s := first.samples()).get(active) == 3 and s, timeout=30)
+        standing_by = second.samples()
+        assert total(leading, RECONCILES, controller="tenant") >= 3
+        assert total(standing_by, RECONCILES) == 0  # the standby ran no handler at all
+        assert value(leading, "leader_election_master_status", name="paybill") == 1
+        assert value(standing_by, "leader_election_master_status", name="paybill") == 0
+        assert value(standing_by, "paybill_tenants", phase="Active", plan="plan-pooled") is None  # the leader's
+        seen = {name: tenant_events(cluster, name) for name in before}
+
+        first.stop(signal.SIGKILL)
+        after = [onboard(cluster, "pooled") for _ in range(2)]  # created while no replica works
+        cluster.eventually(lambda: role(second) == "leader", timeout=60)
+        for name in before + after:
+            wait_phase(cluster, name, "Active")
+        took_over = cluster.eventually(lambda: (s := second.samples()).get(active) == 5 and s, timeout=30)
+        assert total(took_over, RECONCILES, controller="tenant") >= 2
+        assert value(took_over, "leader_election_master_status", name="paybill") == 1
+
+        # nothing done twice: one audit record per transition, no Event posted again for the tenants done before
+        with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+            log = AuditLog(lambda: conn)
+            for name in before + after:
+                transitions = [(r.event, r.details["to"]) for r in log.records("Tenant", name)]
+                assert transitions == [("provision", "Provisioning"), ("provisioned", "Active")], name
+            assert log.verify() > 0
+        for name in before:
+            assert tenant_events(cluster, name) == seen[name], name
+        for name in before + after:
+            assert all(count == 1 for count in tenant_events(cluster, name).values()), name
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    assert second.process.returncode == 0, second.log.read_text()[-3000:]
+    gone = cluster.kube.get(peering.API_VERSION, peering.PLURAL, "paybill") or {}
+    assert "paybill-second" not in (gone.get("status") or {})  # a stopped replica takes its record away
+
+
+NOW = datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.UTC)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_peering_crd_is_written_with_paybills_and_the_chart_installs_it(tmp_path: Path) -> None:
+    written = peering.write_peering_crd(tmp_path).read_text()
+    for copy in (REPO / "crds", REPO / "charts" / "paybill" / "files" / "crds"):
+        assert (copy / "clusterkopfpeerings.kopf.dev.yaml").read_text() == written, f"{copy} is stale: make crds"
+
+
+def record(identity: str, priority: int, seconds_ago: int, lifetime: int = 10) -> peering.PeerRecord:
+    return peering.PeerRecord(identity, priority, NOW - datetime.timedelta(seconds=seconds_ago - lifetime))
+
+
+@pytest.mark.parametrize(
+    ("peers", "expected"),
+    [
+        ([], None),
+        ([record("a", -1, 0)], "a"),
+        ([record("a", -1, 0), record("b", -2, 0)], "a"),  # the older ticket leads
+        ([record("a", -1, 11), record("b", -2, 0)], "b"),  # its record expired: killed
+        ([record("a", -1, 0), record("b", -1, 0)], None),  # a tie pauses both (kopf's rule)
+        ([record("a", -1, 0), record("dev", 666, 0)], "dev"),  # `kopf run --dev` or a freeze outranks tickets
+    ],
+)
+def test_the_oldest_live_ticket_leads(peers: list[peering.PeerRecord], expected: str | None) -> None:
+    assert peering.leader(peers, NOW) == expected
+
+
+def test_a_ticket_is_one_more_than_any_taken() -> None:
+    assert peering.next_ticket({}, []) == 1
+    assert peering.next_ticket({peering.TICKET_ANNOTATION: "7"}, [record("a", -3, 0)]) == 8
+    assert peering.next_ticket({peering.TICKET_ANNOTATION: "2"}, [record("a", -9, 0)]) == 10  # a record above
+    assert peering.next_ticket({peering.TICKET_ANNOTATION: "x"}, [record("dev", 666, 0)]) == 1  # not a ticket
+
+
+def test_records_read_as_kopf_writes_them_and_skip_what_is_not_one() -> None:
+    status = {
+        "a": peering.record(-1, 10, NOW),
+        "b": {"priority": "not a number"},
+        "c": "not a record",
+    }
+    assert peering.records(status) == [peering.PeerRecord("a", -1, NOW + datetime.timedelta(seconds=10))]
+
+
+def test_peering_is_asked_for_by_name_and_needs_the_operators_identity() -> None:
+    assert peering.election({}, "pod") is None
+    assert peering.election({"PAYBILL_PEERING": "paybill"}, "pod") == peering.Election("paybill", "pod", 30)
+    with pytest.raises(ValueError, match="needs `paybill operator`, or POD_ID"):
+        peering.election({"PAYBILL_PEERING": "paybill"}, None)
+    assert peering.election({"PAYBILL_PEERING": "p", "POD_ID": "paybill-0"}, None) == peering.Election(
+        "p", "paybill-0", 30
+    )
+    with pytest.raises(ValueError, match="at least 10"):
+        peering.election({"PAYBILL_PEERING": "paybill", "PAYBILL_PEERING_LIFETIME": "5"}, "pod")
