@@ -19,6 +19,7 @@ from .scenarios import (
     apply_samples,
     billing_walk,
     check_samples,
+    cloud_lines,
     infrastructure_lines,
     summary,
     terraform_outputs,
@@ -120,6 +121,8 @@ def _converge(
     if provisioned:
         say("infrastructure built by Terraform (module per isolation model, state in PostgreSQL):")
         print("\n".join(provisioned), flush=True)
+    say("clouds:")
+    print("\n".join(cloud_lines(tenants)), flush=True)
     ready = sum(is_true((t.get("status") or {}).get("conditions", []), "Ready") for t in tenants.values())
     if ready != len(names):
         say(f"FAILED: {ready}/{len(names)} tenants Ready after {timeout:.0f}s; see {kubeconfig.parent}/operator.log")
