@@ -92,7 +92,7 @@ def test_each_value_set_lints_strictly_and_meets_the_schema(name: str) -> None:
     assert find(template(values), "Deployment")
 
 
-REFUSED = {
+REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "unknown key": ({"foo": "bar"}, "Additional property foo is not allowed"),
     "unknown nested key": ({"image": {"name": "x"}}, "Additional property name is not allowed"),
     "replicas as text": ({"replicaCount": "two"}, "Invalid type. Expected: integer"),

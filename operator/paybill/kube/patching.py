@@ -28,10 +28,11 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
-def strategic_merge_patch(target: Any, patch: Any) -> Any:
+def strategic_merge_patch(target: Any, patch: Any, named_lists_merge: bool = True) -> Any:
     """Strategic merge patch for the shapes kubectl sends: maps merge, lists of named maps merge by name,
     other lists are replaced; ``$patch: delete`` and the ``$setElementOrder``/``$retainKeys`` directives
-    are honoured or ignored like the apiserver does for types without patch metadata."""
+    are honoured or ignored like the apiserver does for types without patch metadata. Without
+    ``named_lists_merge`` every list is replaced (a type that declares no merge key, as a CRD)."""
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
     if patch.get("$patch") == "replace":
@@ -42,10 +43,10 @@ def strategic_merge_patch(target: Any, patch: Any) -> Any:
             continue
         if value is None:
             result.pop(key, None)
-        elif isinstance(value, list) and _named(value) and _named(result.get(key)):
+        elif named_lists_merge and isinstance(value, list) and _named(value) and _named(result.get(key)):
             result[key] = _merge_named(result[key], value)
         else:
-            result[key] = strategic_merge_patch(result.get(key), value)
+            result[key] = strategic_merge_patch(result.get(key), value, named_lists_merge)
     return result
 
 
@@ -161,7 +162,8 @@ def apply_patch(content_type: str, target: dict[str, Any], patch: Any) -> dict[s
     if content_type == JSON_PATCH:
         result = json_patch(target, patch)
     elif content_type == STRATEGIC:
-        result = strategic_merge_patch(target, patch)
+        # a CustomResourceDefinition's lists (versions, printer columns) carry no merge key: replaced whole
+        result = strategic_merge_patch(target, patch, target.get("kind") != "CustomResourceDefinition")
     elif content_type == MERGE:
         result = merge_patch(target, patch)
     else:
