@@ -29,10 +29,10 @@ HEADER = f"""# Paybill release manifest: `kubectl apply -f manifests/paybill.yam
 """
 
 
-def render() -> str:
+def render(chart: Path = CHART) -> str:
     namespace = yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
     rendered = run_helm(
-        "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--skip-tests", *values_args(VALUES)
+        "template", RELEASE, str(chart), "--namespace", NAMESPACE, "--skip-tests", *values_args(VALUES)
     ).stdout
     values = "webhook.certManager.enabled=true"
     return HEADER.format(values=values) + "---\n" + namespace + rendered
