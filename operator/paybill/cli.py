@@ -109,7 +109,13 @@ OPERATOR_ENVIRONMENT: tuple[tuple[str, str], ...] = (
     ),
     (
         "PAYBILL_TERRAFORM_PROVIDER_MIRROR",
-        "a filesystem_mirror directory Terraform installs providers from (unset: built-in providers only)",
+        "a filesystem_mirror directory Terraform installs providers from (unset: built-in providers only); a Plan "
+        "on a cloud whose provider it lacks fails its cloud preflight (ProviderMissing)",
+    ),
+    (
+        "PAYBILL_CLOUD_ENDPOINTS",
+        "cloud=URL pairs, comma separated (aws=http://127.0.0.1:5000,azure=...): each cloud adapter's API at a "
+        "loopback address (a fake or moto, for tests); any other address is refused (unset: the clouds' own APIs)",
     ),
     (
         "PAYBILL_TERRAFORM_OVERRIDES_DIR",
