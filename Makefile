@@ -118,7 +118,8 @@ operator: install  ## the operator against the current kubeconfig
 e2e: install $(HELM)  ## against a real cluster (kind): installs the chart (IMAGE=...) and runs the scenario; skips cleanly when none is reachable
 	@if command -v kubectl >/dev/null && kubectl version --request-timeout=5s >/dev/null 2>&1 \
 	    && ! kubectl version -o json 2>/dev/null | grep -q emulated; then \
-	  PAYBILL_E2E_HELM=$(HELM) PAYBILL_E2E_IMAGE=$(IMAGE) $(BIN)/python -m pytest tests/e2e; \
+	  if command -v kind >/dev/null; then kind load docker-image $(IMAGE) || exit 1; fi; \
+	  PAYBILL_E2E_HELM=$(abspath $(HELM)) PAYBILL_E2E_IMAGE=$(IMAGE) $(BIN)/python -m pytest tests/e2e; \
 	else echo "e2e: no real Kubernetes cluster reachable; skipped"; fi
 
 clean:
