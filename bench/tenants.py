@@ -62,7 +62,7 @@ class Stack:
             )
         )
         deadline = time.monotonic() + 30
-        while not kubeconfig.exists():
+        while not kubeconfig.exists() or not kubeconfig.stat().st_size:  # written, not only created
             if time.monotonic() > deadline:
                 raise RuntimeError("the emulated API server did not start")
             time.sleep(0.1)

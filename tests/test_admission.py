@@ -3,6 +3,7 @@ kubectl acting as the agent's ServiceAccount (a bound token), a real PostgreSQL 
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 import yaml
 from kopf.testing import KopfRunner
 
+from chart.webhooks import serve_webhooks_over_tls
 from paybill.database.server import LocalPostgres
 from paybill.handlers.admission import CONFIGURATION, STAMP_ID, VALIDATE_ID, webhook_name
 from paybill.workflows.admission import PLAN_HASHES, POLICY_VERSION, REQUESTER
@@ -170,6 +172,28 @@ def test_a_suspended_or_read_only_tenants_mutation_is_refused(operator: Any, tmp
     refused = agent("apply", "-f", "-", stdin=workflow(namespace, "while-suspended", [FIX]))
     assert refused.returncode != 0 and f"tenant {name} is suspended" in refused.stderr
     assert operator.kube.get(API, "agentworkflows", "while-suspended", namespace) is None
+
+
+def test_over_tls_the_operator_registers_https_webhooks_trusting_its_ca(
+    cluster: Any, postgres: LocalPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, certificate_authority = serve_webhooks_over_tls(tmp_path / "webhook", monkeypatch)
+    monkeypatch.setenv("PAYBILL_WEBHOOK_HOST", "127.0.0.1")  # the operator registers https://HOST:PORT itself
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    monkeypatch.setenv("PAYBILL_DATABASE_URL", postgres.dsn)
+    monkeypatch.setenv("PAYBILL_BACKUP_DIR", str(tmp_path / "backups"))
+    monkeypatch.setenv("PAYBILL_STATE_DIR", str(tmp_path / "state"))
+    with KopfRunner(["run", "--all-namespaces", "--standalone", "-m", "paybill.handlers"], timeout=90) as runner:
+        _, namespace = tenant_with_policy(cluster)
+        found = cluster.kube.get("admissionregistration.k8s.io/v1", "validatingwebhookconfigurations", CONFIGURATION)
+        (hook,) = found["webhooks"]
+        assert hook["clientConfig"]["url"] == f"https://127.0.0.1:{port}/admission/{VALIDATE_ID}"
+        assert base64.b64decode(hook["clientConfig"]["caBundle"]) == certificate_authority
+        agent = kubectl_as(cluster.service_account_kubeconfig(namespace, AGENT), tmp_path)
+        assert agent("apply", "-f", "-", stdin=workflow(namespace, "over-tls", [READ])).returncode == 0
+        refused = agent("apply", "-f", "-", stdin=workflow(namespace, "hostile", HOSTILE))
+        assert refused.returncode != 0 and "step wipe: no_allow_rule" in refused.stderr
+    assert runner.exit_code == 0, runner.output
 
 
 def test_with_the_webhook_stopped_nothing_is_admitted(

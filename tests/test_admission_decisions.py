@@ -13,6 +13,7 @@ from paybill.api.agentpolicy import AgentPolicySpec, AgentPolicyStatus
 from paybill.api.agentworkflow import AgentWorkflowSpec
 from paybill.api.plan import PlanSpec
 from paybill.api.tenant import Access
+from paybill.handlers.admission import Listening, listening
 from paybill.policy import PolicyEngine
 from paybill.policy.schema import Schema
 from paybill.workflows.admission import (
@@ -209,3 +210,12 @@ def test_the_days_statements_and_the_tenants_agents() -> None:
     today = datetime.date(2026, 11, 30)
     assert statements_today([(today, 3), (today - datetime.timedelta(days=1), 50), (today, 2)], today) == 5
     assert agents_named([POLICY, POLICY]) == frozenset({"tenant-agent", "billing"})
+
+
+def test_plain_http_is_served_on_loopback_only() -> None:
+    assert listening({}) == Listening("127.0.0.1", None, None, "127.0.0.1", managed=True)
+    with pytest.raises(ValueError, match="plain HTTP is served on loopback only"):
+        listening({"PAYBILL_WEBHOOK_ADDR": "0.0.0.0"})
+    tls = listening({"PAYBILL_WEBHOOK_CERT_DIR": "/certs"})
+    assert (tls.addr, tls.port, tls.managed) == ("0.0.0.0", 9443, False)  # the chart registers it
+    assert listening({"PAYBILL_WEBHOOK_CERT_DIR": "/certs", "PAYBILL_WEBHOOK_HOST": "paybill.example"}).managed

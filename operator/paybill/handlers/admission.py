@@ -140,6 +140,7 @@ class TenantEntry:
     uid: str
     spec: TenantSpec
     status: TenantStatus
+    placement: str | None  # status.database as JSON: part of the engine's cache key, serialised once per change
 
 
 @dataclass(frozen=True)
@@ -161,9 +162,9 @@ def admission_namespaces(name: str, labels: kopf.Labels, meta: kopf.Meta, **_: A
 @kopf.index(GROUP, VERSION, "tenants")
 def admission_tenants(name: str, uid: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, Any] | None:
     try:
-        return {
-            name: TenantEntry(uid, TenantSpec.model_validate(dict(spec)), TenantStatus.model_validate(dict(status)))
-        }
+        seen = TenantStatus.model_validate(dict(status))
+        placement = seen.database.model_dump_json() if seen.database is not None else None
+        return {name: TenantEntry(uid, TenantSpec.model_validate(dict(spec)), seen, placement)}
     except pydantic.ValidationError:
         return None  # the CRD schema refuses such objects; never trusted if one gets through
 
@@ -300,7 +301,7 @@ async def engine_of(
 ) -> tuple[PolicyEngine | None, str | None]:
     if tenant is None or policy is None:
         return None, None  # admission refuses before it needs one
-    placement = tenant.status.database
+    placement = tenant.placement
     if placement is None:
         return None, f"tenant {name}'s database is not ready"
     access = min(
@@ -308,7 +309,7 @@ async def engine_of(
         key=(Access.NONE, Access.READ_ONLY, Access.FULL).index,
     )
     version = policy.view.status.policyVersion
-    key = EngineKey(name, tenant.uid, policy.uid, policy.generation, version, access, placement.model_dump_json())
+    key = EngineKey(name, tenant.uid, policy.uid, policy.generation, version, access, placement)
     cache: EngineCache = memo.admission_engines
     return await cache.get(memo.databases, key, policy.view.spec)
 
