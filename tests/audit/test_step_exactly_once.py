@@ -8,6 +8,7 @@ committed step is not run again, and the run goes on with the next one."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import subprocess
@@ -118,6 +119,7 @@ def workflow(namespace: str) -> dict[str, Any]:
             "policyRef": "support",
             "steps": [
                 {"name": "credit", "kind": "mutation", "sql": "UPDATE orders SET total = total + 10 WHERE id = 1"},
+                {"name": "look", "kind": "query", "sql": "SELECT id, total FROM orders WHERE id = 1"},
                 {"name": "mark", "kind": "mutation", "sql": "UPDATE orders SET status = 'credited' WHERE id = 1"},
             ],
         },
@@ -178,13 +180,20 @@ def test_a_step_that_committed_before_a_sigkill_is_not_run_again_and_the_run_res
     assert done["phase"] == "Succeeded", done
     assert [(s["name"], s["executed"], s["rowsAffected"]) for s in done["steps"]] == [
         ("credit", True, 1),
+        ("look", True, 0),
         ("mark", True, 1),
     ]
+    results = cluster.kube.get("v1", "secrets", done["resultsSecret"], namespace)["data"]
+    assert json.loads(base64.b64decode(results["look.json"]))["rows"] == [[1, "15.00"]]  # read after the credit
     assert totals(cluster, name, namespace) == [(15, "credited")]  # credited once, not twice
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
         log = AuditLog(lambda: conn)
         records = log.records("AgentWorkflow", f"{namespace}/credit")
-        assert [(r.event, r.details["step"]) for r in records] == [("StepResumed", "credit"), ("StepRan", "mark")]
+        assert [(r.event, r.details["step"]) for r in records] == [
+            ("StepResumed", "credit"),
+            ("StepRan", "look"),
+            ("StepRan", "mark"),
+        ]
         assert log.verify() > 0
         # the tenant's lifecycle, its agent's installation and its steps are on that one chain
         kinds = {r.kind for r in log.records() if belongs_to(r, name)}
@@ -195,7 +204,7 @@ def test_a_step_that_committed_before_a_sigkill_is_not_run_again_and_the_run_res
 def assert_replayed_under_the_stored_policy_version(conn: psycopg.Connection, records: list[AuditRecord]) -> None:
     """The run's decisions come out the same from the stored policy version, and differently once it is edited."""
     replayed = replay(records, lambda address: load_version(conn, address))
-    assert (replayed.decisions, replayed.differences, replayed.edited_versions) == (2, [], [])
+    assert (replayed.decisions, replayed.differences, replayed.edited_versions) == (3, [], [])
     (address,) = {r.details["policyContent"] for r in records}
     stored = load_version(conn, address)
     assert stored is not None and stored.intact
@@ -212,7 +221,7 @@ def assert_replayed_under_the_stored_policy_version(conn: psycopg.Connection, re
         for d in edited.differences
     ] == [
         ("credit", "allow", "deny"),
-        ("mark", "allow", "deny"),
+        ("mark", "allow", "deny"),  # the read is still allowed
     ]
     assert edited.edited_versions == [address]
 

@@ -2,8 +2,10 @@
 
 A step runs only if the engine admits it *and* it is the kind it was declared as (a query reads, a
 mutation writes); the first step that is refused or fails stops the run, so later steps never run. Each
-step commits on its own, with its completion record (database/agents/steps.py) in the same transaction: a run
-interrupted anywhere resumes at the first step not recorded, and a recorded step is never run again.
+step commits on its own; a mutation commits with its completion record (database/agents/steps.py) in the same
+transaction. A run interrupted anywhere (or taken up again after an approval) skips the mutations recorded, which
+never run again, and runs every other step: a query changes nothing, and is read again so that its rows are in
+the results.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class StepOutcome:
     rows_affected: int = 0
     error: str | None = None  # the database's full message: the audit log only
     resumed: StepRecord | None = None  # done in an interrupted run (its record): not run again
-    replay: dict[str, Any] = field(default_factory=dict)  # what the audit needs to decide it again (audit/replay.py)
+    replay: dict[str, Any] = field(default_factory=dict)  # what the audit needs to decide it again (audit/review.py)
 
     @property
     def ok(self) -> bool:
@@ -93,7 +95,7 @@ def run_steps(
     approvals: Callable[[str, str | None], frozenset[str]] | None = None,
 ) -> list[StepOutcome]:
     """Run the steps of run `workflow` (the AgentWorkflow's uid) in order until one is refused or fails, skipping
-    those recorded as done; `record` sees each outcome as it happens. `policy_content`: the policy version's
+    the mutations recorded as done; `record` sees each outcome as it happens. `policy_content`: the policy version's
     content address (audit/versions.py), kept with each decision so that it can be replayed. `approvals(step,
     plan hash)`: who approved exactly that plan hash of that step (workflows/approvals.py); given to that step only."""
     from ..database.agents.steps import StepKey  # the database side, loaded with the guard that runs the steps
@@ -113,9 +115,9 @@ def run_steps(
             "approvals": sorted(guard.approvals),
             "policyContent": policy_content,
         }
-        if (past := done.get(index)) is not None:
-            rows = past.rows if StepKind(step.kind) == StepKind.MUTATION else 0
-            outcome = StepOutcome(step.name, decision, True, rows_affected=rows, resumed=past, replay=replay)
+        mutation = StepKind(step.kind) == StepKind.MUTATION
+        if mutation and (past := done.get(index)) is not None:
+            outcome = StepOutcome(step.name, decision, True, rows_affected=past.rows, resumed=past, replay=replay)
         elif decision.allowed and decision.statement not in STATEMENTS[StepKind(step.kind)]:
             outcome = StepOutcome(
                 step.name,
@@ -130,7 +132,7 @@ def run_steps(
                 replay=replay,
             )
         else:
-            ran = guard.execute(step.sql, params, StepKey(workflow, index, step.name))
+            ran = guard.execute(step.sql, params, StepKey(workflow, index, step.name) if mutation else None)
             reasons = ran.reasons if ran.decision.allowed else ran.decision.reasons + ran.reasons
             outcome = StepOutcome(
                 step.name,
