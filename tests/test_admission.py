@@ -113,7 +113,9 @@ def test_a_valid_workflow_is_admitted_stamped_and_runs(operator: Any, tmp_path: 
         assert conn.execute("SELECT status FROM orders WHERE id = 1").fetchone() == ("refunded",)
 
 
-def test_a_hostile_workflow_is_refused_at_apply_time_with_each_steps_reasons(operator: Any, tmp_path: Path) -> None:
+def test_a_hostile_workflow_is_refused_at_apply_time_with_each_steps_reasons(
+    operator: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     name, namespace = tenant_with_policy(operator)
     agent = kubectl_as(operator.service_account_kubeconfig(namespace, AGENT), tmp_path)
     refused = agent("apply", "-f", "-", stdin=workflow(namespace, "hostile", HOSTILE))
@@ -127,6 +129,8 @@ def test_a_hostile_workflow_is_refused_at_apply_time_with_each_steps_reasons(ope
     assert operator.kube.get(API, "agentworkflows", "hostile", namespace) is None
     with login(operator, name) as conn:
         assert conn.execute("SELECT status FROM orders WHERE id = 1").fetchone() == ("open",)
+    refusals = [r for r in caplog.records if "step wipe: no_allow_rule" in r.getMessage()]
+    assert refusals and {r.levelname for r in refusals} == {"INFO"}  # an answer, not an operator error
 
 
 def test_a_service_account_claiming_another_agent_is_refused(operator: Any, tmp_path: Path) -> None:

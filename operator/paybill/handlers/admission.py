@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import logging
 import os
 import ssl
 import threading
@@ -124,12 +125,27 @@ def webhook_server(where: Listening) -> kopf.WebhookServer:
     )
 
 
+class RefusalsAreAnswers(logging.Filter):
+    """kopf logs a refused admission as an ERROR ("failed permanently"); a refusal is the webhook's answer to a
+    request, not a fault of the operator: it is logged as INFO (the reasons stay in the line)."""
+
+    PREFIXES = tuple(f"Webhook {handler_id!r} failed permanently" for handler_id in (STAMP_ID, VALIDATE_ID))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and isinstance(record.msg, str) and record.msg.startswith(self.PREFIXES):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 @kopf.on.startup()
 def configure_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     where = listening(os.environ)
     settings.admission.server = webhook_server(where)
     settings.admission.managed = CONFIGURATION if where.managed else None
     memo.admission_engines = EngineCache()
+    objects = logging.getLogger("kopf.objects")
+    if not any(isinstance(f, RefusalsAreAnswers) for f in objects.filters):
+        objects.addFilter(RefusalsAreAnswers())
 
 
 # -- the operator's view of the world, kept by kopf's indexes (watch-fed, in memory) --------------------------------
