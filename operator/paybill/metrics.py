@@ -102,6 +102,12 @@ TERRAFORM_DURATION = prometheus_client.Histogram(
     buckets=TERRAFORM_BUCKETS,
 )
 READINESS_CHECKS = ("apiServer", "database")
+# read when scraped (StateCollector)
+LEADER_METRIC, TENANTS_METRIC, AUDIT_METRIC = (
+    "leader_election_master_status",
+    "paybill_tenants",
+    "paybill_audit_chain_length",
+)
 
 
 # -- reconciles -------------------------------------------------------------------------------------------------------
@@ -310,13 +316,11 @@ class StateCollector(Collector):
             return
         role = _answer(operator.role)
         if operator.election is not None:
-            leading = GaugeMetricFamily(
-                "leader_election_master_status", "1 while this replica leads, else 0", labels=["name"]
-            )
+            leading = GaugeMetricFamily(LEADER_METRIC, "1 while this replica leads, else 0", labels=["name"])
             leading.add_metric([operator.election.name], 1.0 if role == "leader" else 0.0)
             yield leading
         tenants = GaugeMetricFamily(
-            "paybill_tenants", "Tenants by phase and plan, as the leader's watch sees them", labels=["phase", "plan"]
+            TENANTS_METRIC, "Tenants by phase and plan, as the leader's watch sees them", labels=["phase", "plan"]
         )
         if role in ("leader", "standalone"):
             for (phase, plan), count in sorted(TENANTS.counts().items()):
@@ -324,7 +328,7 @@ class StateCollector(Collector):
         yield tenants
         length = operator.audit_chain_length()
         if length is not None:
-            yield GaugeMetricFamily("paybill_audit_chain_length", "Records in the hash-chained audit log", length)
+            yield GaugeMetricFamily(AUDIT_METRIC, "Records in the hash-chained audit log", length)
 
 
 STATE = StateCollector()

@@ -1,5 +1,5 @@
 """Where the handlers meet the metrics (paybill/metrics.py): the reconcile wrapper every reconciling handler wears,
-the tenants' phases as the watch sees them, and kopf's per-object queues.
+kopf's per-object queues, and the tenants' phases as their events are taken from those queues.
 
 kopf has no work queue to read a depth from: each object has a queue of watch events and a worker. So the watch
 stream every resource goes through (kopf 1.45's ``infinite_watch``) counts an event in when it delivers one, and
@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, TypeVar
 
 import kopf
@@ -21,7 +21,7 @@ from kopf._cogs.clients import watching as kopf_watching
 from kopf._core.reactor import processing as kopf_processing
 
 from .. import metrics
-from ..api.meta import GROUP, VERSION
+from ..api.meta import GROUP
 from ..api.tenant import TenantPhase
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -61,15 +61,16 @@ def reconciles(controller: str) -> Callable[[F], F]:
     return wrap
 
 
-@kopf.on.event(GROUP, VERSION, "tenants")
-def tenant_seen(type: str | None, body: kopf.Body, **_: Any) -> None:  # kopf's argument name
-    """paybill_tenants: each tenant's phase (Pending until it has one) and plan, as the watch delivers it."""
-    uid = str(body.metadata.uid)
-    if type == "DELETED":
+def tenant_seen(raw_event: Mapping[str, Any]) -> None:
+    """paybill_tenants: each tenant's phase (Pending until it has one) and plan, as its worker takes the event (no
+    handler: kopf would log each call)."""
+    body = raw_event.get("object") or {}
+    uid = str((body.get("metadata") or {}).get("uid", ""))
+    if raw_event.get("type") == "DELETED":
         metrics.TENANTS.gone(uid)
     else:
         phase = (body.get("status") or {}).get("phase") or TenantPhase.PENDING
-        metrics.TENANTS.saw(uid, str(phase), str(body.spec.get("planRef", "")))
+        metrics.TENANTS.saw(uid, str(phase), str((body.get("spec") or {}).get("planRef", "")))
 
 
 def controller_of(resource: Any) -> str | None:
@@ -93,11 +94,13 @@ def observe_kopf_queues(queue: metrics.WorkQueue = metrics.WORKQUEUE) -> None:
                 queue.added(name)  # the watcher hands exactly these to the object's queue
             yield item
 
-    async def process_resource_event(*, resource: Any, **kwargs: Any) -> Any:
+    async def process_resource_event(*, resource: Any, raw_event: Any, **kwargs: Any) -> Any:
         name = controller_of(resource)
         if name is not None:
             queue.taken(name)
-        return await process(resource=resource, **kwargs)
+        if name == "tenant":
+            tenant_seen(raw_event)
+        return await process(resource=resource, raw_event=raw_event, **kwargs)
 
     infinite_watch.paybill_queued = True  # type: ignore[attr-defined]
     kopf_watching.infinite_watch = infinite_watch  # type: ignore[assignment]
