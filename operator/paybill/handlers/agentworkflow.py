@@ -31,7 +31,7 @@ from ..database import DatabaseUnavailable, Placement, TenantDatabases
 from ..database.agents.guard import ExecutionGuard
 from ..database.agents.install import engine_for
 from ..errors import first_line
-from ..kubeclient import Kube
+from ..kubeclient import Kube, KubeError
 from ..lifecycle.agentpolicy import secret_name
 from ..lifecycle.agents import Outcome
 from ..lifecycle.drift import ObjectConflict
@@ -326,7 +326,10 @@ async def review_approvals(
         return None
     requester = Requester.from_user_info(userinfo)
     namespace, name = str(body.metadata.namespace), str(body.metadata.name)
-    may = await asyncio.to_thread(_may_approve, memo.kube, requester, namespace, name)
+    try:
+        may = await asyncio.to_thread(_may_approve, memo.kube, requester, namespace, name)
+    except KubeError as exc:  # the API server could not say: nothing is approved on a guess
+        return f"whether {requester.username} may approve could not be checked: {first_line(exc)}"
     steps = [str(step.get("name")) for step in body.spec.get("steps") or []]
     uid = str((old or body).metadata.uid)
     verdict = approvals.review(old_annotations, new_annotations, requester, may, uid, steps, submitter)
