@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import clouds, policy, recovery, scaling, tenants, terraform
+from . import admission, clouds, policy, recovery, scaling, tenants, terraform
 
 
 def machine() -> str:
@@ -51,7 +51,7 @@ def main() -> int:
     parser.add_argument("--out", default="BENCHMARKS.md")
     parser.add_argument(
         "--only",
-        choices=("policy", "tenants", "terraform", "scaling", "recovery", "clouds"),
+        choices=("policy", "tenants", "terraform", "scaling", "recovery", "clouds", "admission"),
         help="run one group; the file keeps the others",
     )
     args = parser.parse_args()
@@ -62,6 +62,7 @@ def main() -> int:
         "scaling": scaling.run,
         "recovery": recovery.run,
         "clouds": clouds.run,
+        "admission": admission.run,
     }
     load_before = os.getloadavg()[0]
     sections = [run(args.quick) for name, run in groups.items() if args.only in (None, name)]

@@ -55,7 +55,12 @@ def policy(rules: int) -> AgentPolicySpec:
             }
         )
     return AgentPolicySpec.model_validate(
-        {"subjects": [{"serviceAccount": "tenant-agent", "agent": PRINCIPAL}], "rules": body, "functions": ["count", "lower"], "limits": {"maxCost": 1e9}}
+        {
+            "subjects": [{"serviceAccount": "tenant-agent", "agent": PRINCIPAL}],
+            "rules": body,
+            "functions": ["count", "lower"],
+            "limits": {"maxCost": 1e9},
+        }
     )
 
 
