@@ -42,6 +42,7 @@ class Target:
     stopped: str
     running: str
     power_actions: Callable[[], int] | None  # stop/start requests the cloud received so far
+    fake: Any = None  # the loopback fake (None: moto)
 
 
 def azure_target() -> Iterator[Target]:
@@ -82,6 +83,7 @@ def azure_target() -> Iterator[Target]:
             "stopped",
             "running",
             lambda: fake.count("POST", r".*/virtualMachines/[^/]+/(deallocate|start)"),
+            fake,
         )
     finally:
         assert fake.wrong == []
@@ -152,10 +154,8 @@ def setup(target: Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clust
     return target
 
 
-def test_suspending_a_silo_tenant_stops_its_instances_and_resuming_starts_them_once(
-    setup: Target, operator: Any
-) -> None:
-    cluster, target = operator, setup
+def onboard(cluster: Any, target: Target) -> str:
+    """A Plan on the target's cloud (the stand-in module) and a silo Tenant on it; the tenant's name."""
     provisioning = {
         "cloud": target.cloud,
         "region": target.region,
@@ -167,6 +167,14 @@ def test_suspending_a_silo_tenant_stops_its_instances_and_resuming_starts_them_o
     name = f"pw-{target.cloud}"
     tenant_spec = {"planRef": "gold", "deletionPolicy": "destroy"}
     cluster.kube.create({"apiVersion": API, "kind": "Tenant", "metadata": {"name": name}, "spec": tenant_spec})
+    return name
+
+
+def test_suspending_a_silo_tenant_stops_its_instances_and_resuming_starts_them_once(
+    setup: Target, operator: Any
+) -> None:
+    cluster, target = operator, setup
+    name = onboard(cluster, target)
 
     def status() -> dict[str, Any]:
         return (cluster.kube.get(API, "tenants", name) or {}).get("status") or {}
@@ -202,3 +210,33 @@ def test_suspending_a_silo_tenant_stops_its_instances_and_resuming_starts_them_o
     assert all(
         secret not in everything for key, secret in target.credentials.items() if "SECRET" in key or "TOKEN" in key
     )
+
+
+@pytest.mark.parametrize("target", ["azure"], indirect=True)
+def test_a_cloud_error_stopping_instances_reaches_the_tenant_with_the_clouds_code_and_is_tried_again(
+    setup: Target, operator: Any
+) -> None:
+    cluster, target = operator, setup
+    name = onboard(cluster, target)
+
+    def status() -> dict[str, Any]:
+        return (cluster.kube.get(API, "tenants", name) or {}).get("status") or {}
+
+    cluster.eventually(lambda: status().get("phase") == "Active", timeout=300, interval=0.5)
+    ids = target.launch(name, 1)
+    refused = azure.error(403, "AuthorizationFailed", "The client has no authorization to perform deallocate")
+    target.fake.inject("POST", r".*/virtualMachines/[^/]+/deallocate", refused, times=2)
+    cluster.kube.merge_patch(API, "tenants", name, {"spec": {"suspended": True}})
+
+    def warned() -> list[dict[str, Any]]:
+        found = [e for e in cluster.kube.list("v1", "events") if e.get("involvedObject", {}).get("name") == name]
+        return [e for e in found if e.get("type") == "Warning" and "AuthorizationFailed (HTTP 403)" in e["message"]]
+
+    said = cluster.eventually(lambda: len({e["reason"] for e in warned()}) >= 2 and warned(), timeout=120)
+    assert {"PowerFailed"} < {e["reason"] for e in said}  # and the reconcile's own failure, on the Ready condition
+    cluster.eventually(lambda: (status().get("compute") or {}).get("result") == "Done", timeout=300, interval=0.5)
+    assert status()["compute"]["changed"] == ids and target.states(ids) == {"stopped"}
+    assert target.power_actions is not None and target.power_actions() == 3  # refused twice, then done
+    cluster.eventually(lambda: status().get("phase") == "Suspended", timeout=60, interval=0.5)
+    everything = str(cluster.kube.get(API, "tenants", name)) + str(cluster.kube.list("v1", "events"))
+    assert azure.TOKEN not in everything and target.credentials["ARM_CLIENT_SECRET"] not in everything

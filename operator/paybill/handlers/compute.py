@@ -22,6 +22,10 @@ from . import events
 from .apply import operator_namespace, touch
 
 
+class ComputeFailed(Exception):
+    """The adapter could not stop or start the instances: the cloud's code and message, no credential."""
+
+
 def provider_credentials(kube: Kube, secret: str | None) -> dict[str, str]:
     """The Plan's credentials Secret's values (for the adapter only: never in status, Events or logs)."""
     namespace = operator_namespace()
@@ -44,7 +48,9 @@ def cloud_adapter(kube: Kube, provisioning: Provisioning) -> tuple[CloudAdapter,
 
 def power_compute(kube: Kube, body: kopf.Body, tenant: str, wanted: str) -> None:
     """Stop or start the tenant's instances; the result (or the cloud's error code) goes to status.compute, then
-    the tenant reconciles again and its Compute condition says it."""
+    the tenant reconciles again and its Compute condition says it. A failure is recorded, then raised
+    (ComputeFailed): the tenant's Ready condition carries the cloud's code and the reconcile is retried with
+    backoff, the action asked again."""
     plan = kube.get(API_VERSION, "plans", body["spec"]["planRef"]) or {}
     provisioning = PlanSpec.model_validate(plan.get("spec") or {}).provisioning if plan else None
     if provisioning is None:
@@ -78,5 +84,6 @@ def power_compute(kube: Kube, body: kopf.Body, tenant: str, wanted: str) -> None
         events.info(body, reason="Stopped" if wanted == STOPPED else "Started", message=record["message"])
     compute = {"wanted": wanted, "at": now_rfc3339(), **record}
     kube.merge_patch(API_VERSION, "tenants", tenant, {"status": {"compute": compute}}, subresource="status")
-    if record["result"] == DONE:  # a failure is tried again on the tenant's next reconcile, never in a tight loop
-        touch(kube, "tenants", tenant, "compute", f"{wanted}/{compute['at']}")
+    if record["result"] == FAILED:  # the reconcile fails with it: Ready says it, retried with backoff
+        raise ComputeFailed(record["message"])
+    touch(kube, "tenants", tenant, "compute", f"{wanted}/{compute['at']}")
