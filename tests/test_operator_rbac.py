@@ -16,10 +16,11 @@ from kopf.testing import KopfRunner
 
 from chart.rendering import template
 from chart.webhooks import register_on_loopback, serve_webhooks_over_tls
-from paybill.kube import write_service_account_kubeconfig
+from paybill.kube import write_kubeconfig, write_service_account_kubeconfig
 from paybill.kube.rbac import Attributes
 from paybill.kubeclient import Kube, KubeError
 from paybill.lifecycle.conditions import is_true
+from paybill.workflows.approvals import APPROVE_PREFIX, APPROVER_ROLE
 
 REPO = Path(__file__).resolve().parents[1]
 API = "paybill.dev/v1alpha1"
@@ -167,6 +168,7 @@ def exercise(cluster: Any) -> None:
         lambda: _status(cluster, "agentworkflows", "refund-order-13", "tenant-acme").get("phase") == "Succeeded",
         timeout=60,
     )
+    approve(cluster, agent)
 
     # a suspension and its reversal
     kube.merge_patch(API, "tenants", "globex", {"spec": {"suspended": True}})
@@ -201,6 +203,71 @@ def exercise(cluster: Any) -> None:
     kube.delete(API, "tenants", "initech")
     cluster.eventually(lambda: kube.get(API, "tenants", "initech") is None, timeout=60)
     assert kube.get("v1", "namespaces", "tenant-initech") is None
+
+
+def approve(cluster: Any, agent: Kube) -> None:
+    """A step that needs alice's approval runs once she, holding the chart's approver ClusterRole in the tenant's
+    namespace, approves its plan hash (the webhook asks the API server whether she may: a SubjectAccessReview)."""
+    kube = cluster.kube
+    [policy] = _docs(REPO / "manifests" / "samples" / "agents" / "support-policy.yaml")
+    for rule in policy["spec"]["rules"]:
+        if rule["id"] == "fix-status":
+            rule["approval"] = {"approvers": ["user:alice"], "minApprovals": 1}
+    kube.apply(policy)
+
+    def installed() -> bool:
+        found = kube.get(API, "agentpolicies", "support", "tenant-acme") or {}
+        status = found.get("status") or {}
+        return status.get("phase") == "Ready" and status.get("observedGeneration") == found["metadata"]["generation"]
+
+    cluster.eventually(installed, timeout=60)
+    users = template(None, "--show-only", "templates/rbac-users.yaml", release=RELEASE, namespace=NAMESPACE)
+    kube.apply(next(doc for doc in users if doc["metadata"]["name"] == APPROVER_ROLE))
+    kube.apply(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "approver-alice", "namespace": "tenant-acme"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": APPROVER_ROLE},
+            "subjects": [{"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}],
+        }
+    )
+    token = cluster.api.access.tokens.add_user("alice")
+    alice_config = write_kubeconfig(
+        cluster.kubeconfig.parent / "alice.kubeconfig",
+        cluster.url,
+        cluster.api.access.certificate.certificate_authority,
+        token,
+    )
+    alice = Kube(kubernetes.config.new_client_from_config(config_file=str(alice_config)))
+    step = {
+        "name": "refund",
+        "kind": "mutation",
+        "sql": "UPDATE orders SET status = 'refunded' WHERE id = $1",
+        "params": [13],
+    }
+    agent.create(
+        {
+            "apiVersion": API,
+            "kind": "AgentWorkflow",
+            "metadata": {"name": "refund-approved", "namespace": "tenant-acme"},
+            "spec": {"principal": "agent:support-bot", "policyRef": "support", "steps": [step]},
+        }
+    )
+    waiting = cluster.eventually(
+        lambda: (
+            lambda s: s if s.get("phase") == "AwaitingApproval" and (s.get("approval") or {}).get("planHash") else None
+        )(_status(cluster, "agentworkflows", "refund-approved", "tenant-acme")),
+        timeout=60,
+    )
+    annotation = {APPROVE_PREFIX + "refund": waiting["approval"]["planHash"]}
+    alice.merge_patch(
+        API, "agentworkflows", "refund-approved", {"metadata": {"annotations": annotation}}, "tenant-acme"
+    )
+    cluster.eventually(
+        lambda: _status(cluster, "agentworkflows", "refund-approved", "tenant-acme").get("phase") == "Succeeded",
+        timeout=60,
+    )
 
 
 def test_the_operator_token_cannot_reach_beyond_the_chart(cluster: Any, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ subresource, admission (webhooks and CRD schemas), dryRun and CRD registration."
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import uuid
 from typing import Any
@@ -15,7 +16,7 @@ from .events import validate_event
 from .finalizers import Finalizers
 from .patching import APPLY, PatchError, apply_patch
 from .registry import CRD_KEY, NAMESPACE_KEY, ResourceType
-from .replies import invalid, not_found, qualified, status_error
+from .replies import ApiError, invalid, not_found, qualified, status_error
 from .routing import Route
 from .schema import FieldError, apply_defaults, prune, validate
 from .stamping import check_meta, now, spec_changed, stamp_new, unchanged
@@ -27,11 +28,19 @@ WEBHOOK_KEYS = {
 }
 
 
+PATCH_ATTEMPTS = 5
+
+
+class Stale(ApiError):
+    """The object changed while the webhooks ran (a 409 Conflict; a patch is applied again)."""
+
+
 class Writes(Finalizers):
     """Create, update, patch, delete (a mixin of EmulatedApiServer)."""
 
     admission: Admission
     access: AccessControl
+    _lock: asyncio.Lock
 
     async def _create(self, route: Route, body: Any, dry_run: bool, field_validation: str | None) -> dict[str, Any]:
         rtype = route.rtype
@@ -104,18 +113,50 @@ class Writes(Finalizers):
         ns_labels = (ns_obj or {}).get("metadata", {}).get("labels") or {}
         request = AdmissionRequest(rtype, operation, name, namespace, route.subresource, obj, old, dry_run, ns_labels)
         try:
-            mutated = await self.admission.review(self._webhooks("mutating"), request, mutating=True)
+            mutated = await self._review("mutating", request)
             assert mutated is not None
             obj = self._apply_schema(rtype, mutated, old, field_validation)
-            await self.admission.review(
-                self._webhooks("validating"), AdmissionRequest(**{**request.__dict__, "obj": obj}), mutating=False
-            )
+            await self._review("validating", AdmissionRequest(**{**request.__dict__, "obj": obj}))
         except AdmissionDenied as denied:
             raise status_error(denied.code, denied.reason, denied.message) from None
+        self._unchanged_since(route, obj, old)
         return obj
 
     def _webhooks(self, kind: str) -> list[dict[str, Any]]:
         return self.store.list(WEBHOOK_KEYS[kind])
+
+    async def _review(self, kind: str, request: AdmissionRequest) -> dict[str, Any] | None:
+        """Call the webhooks of `kind` with the write lock released, as kube-apiserver serves other requests while
+        it waits for a webhook (a webhook that writes through the API server, as the operator's audit checkpoint
+        does, would otherwise wait on its own request until it times out). The caller checks, once it holds the
+        lock again, that the object did not change meanwhile (`_unchanged_since`)."""
+        configurations = self._webhooks(kind)
+        if not configurations:
+            return request.obj
+        self._lock.release()
+        try:
+            return await self.admission.review(configurations, request, mutating=kind == "mutating")
+        finally:
+            await self._lock.acquire()
+
+    def _unchanged_since(self, route: Route, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+        """409, as etcd's compare-and-swap answers kube-apiserver, when the object was written (or, for a create,
+        made) while the webhooks ran."""
+        rtype, meta = route.rtype, obj["metadata"]
+        stored = self.store.get(rtype.key, meta.get("namespace") if rtype.namespaced else None, meta["name"])
+        details = {"name": meta["name"], "group": rtype.group, "kind": rtype.plural}
+        if old is None and stored is not None:
+            raise status_error(409, "AlreadyExists", f'{qualified(rtype)} "{meta["name"]}" already exists', details)
+        if old is not None and (stored or {}).get("metadata", {}).get("resourceVersion") != old["metadata"].get(
+            "resourceVersion"
+        ):
+            raise Stale(
+                status=409,
+                reason="Conflict",
+                message=f'Operation cannot be fulfilled on {qualified(rtype)} "{meta["name"]}": the object has been '
+                "modified; please apply your changes to the latest version and try again",
+                details=details,
+            )
 
     def _apply_schema(
         self, rtype: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None, field_validation: str | None
@@ -164,6 +205,19 @@ class Writes(Finalizers):
         return await self._write(route, current, copy.deepcopy(body), dry_run, field_validation)
 
     async def _patch(
+        self, route: Route, content_type: str, patch: Any, dry_run: bool, field_validation: str | None
+    ) -> dict[str, Any]:
+        """A patch without a resourceVersion is applied again to the object as it is now when it was written while
+        the webhooks ran (kube-apiserver's GuaranteedUpdate); with one, that is a 409."""
+        for _ in range(PATCH_ATTEMPTS - 1):
+            try:
+                return await self._patch_once(route, content_type, patch, dry_run, field_validation)
+            except Stale:
+                if isinstance(patch, dict) and (patch.get("metadata") or {}).get("resourceVersion"):
+                    raise
+        return await self._patch_once(route, content_type, patch, dry_run, field_validation)
+
+    async def _patch_once(
         self, route: Route, content_type: str, patch: Any, dry_run: bool, field_validation: str | None
     ) -> dict[str, Any]:
         current = self._current(route)
@@ -285,6 +339,7 @@ class Writes(Finalizers):
                     f"{current['metadata'].get(field_name)}",
                 )
         await self._admit_delete(route, current, dry_run)
+        current = self._current(route)  # as it is now: webhooks ran without the lock
         if dry_run:
             return current
         return self._mark_or_remove(rtype, current)
@@ -295,7 +350,7 @@ class Writes(Finalizers):
             route.rtype, "DELETE", meta["name"], meta.get("namespace"), None, None, current, dry_run, {}
         )
         try:
-            await self.admission.review(self._webhooks("validating"), request, mutating=False)
+            await self._review("validating", request)
         except AdmissionDenied as denied:
             raise status_error(denied.code, denied.reason, denied.message) from None
 
