@@ -72,19 +72,29 @@ class PolicyVersions:
 
     def _connection(self) -> psycopg.Connection:
         conn = self._connect()
+        # DDL only when the store is missing: concurrent REVOKEs fail ("tuple concurrently updated")
         if not self._ready:
-            create_idempotently(conn, _create_store)
+            if not _store_exists(conn):
+                try:
+                    create_idempotently(conn, _create_store)
+                except psycopg.errors.InternalError_:
+                    if not _store_exists(conn):  # not that race, then
+                        raise
             self._ready = True
         return conn
 
 
 def load_version(conn: psycopg.Connection, address: str) -> StoredVersion | None:
     """The version stored under `address`; None if there is none (or no store at all: nothing is created)."""
-    exists = conn.execute("SELECT to_regclass('paybill.policy_versions') IS NOT NULL").fetchone()
-    if not exists or not exists[0]:
+    if not _store_exists(conn):
         return None
     row = conn.execute("SELECT content FROM paybill.policy_versions WHERE address = %s", (address,)).fetchone()
     return StoredVersion(address, row[0]) if row else None
+
+
+def _store_exists(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT to_regclass('paybill.policy_versions') IS NOT NULL").fetchone()
+    return bool(row and row[0])
 
 
 def _create_store(conn: psycopg.Connection) -> None:
