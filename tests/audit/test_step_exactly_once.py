@@ -94,6 +94,7 @@ def policy(namespace: str) -> dict[str, Any]:
         "metadata": {"name": "support", "namespace": namespace},
         "spec": {
             "subjects": [{"serviceAccount": "tenant-agent", "agent": "agent:support-bot"}],
+            "limits": {"statementTimeoutMs": 120000},
             "rules": [
                 {"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"]},
                 {
@@ -136,9 +137,13 @@ def stuck_on_the_audit_log(postgres: LocalPostgres) -> bool:
     return bool(row and row[0])
 
 
-def test_a_step_that_committed_before_a_sigkill_is_not_run_again_and_the_run_resumes_after_it(
-    cluster: Any, postgres: LocalPostgres, tmp_path: Path
+@pytest.mark.parametrize("kill", ["after_the_commit", "before_the_commit"])
+def test_a_sigkill_around_a_mutations_commit_neither_repeats_nor_loses_it(
+    cluster: Any, postgres: LocalPostgres, tmp_path: Path, kill: str
 ) -> None:
+    """after_the_commit: the step committed, its audit record and status are not written (the operator waits for
+    the audit log's table, locked by the test). before_the_commit: the step's UPDATE waits for a row the test has
+    locked, inside the step's transaction. The operator is killed there; a new one finishes the run."""
     name = f"once-{uuid.uuid4().hex[:6]}"
     namespace = f"tenant-{name}"
     with operator_process(cluster, postgres, tmp_path) as first:
@@ -152,12 +157,18 @@ def test_a_step_that_committed_before_a_sigkill_is_not_run_again_and_the_run_res
         cluster.kube.apply(policy(namespace))
         cluster.eventually(lambda: status(cluster, "agentpolicies", "support", namespace).get("phase") == "Ready", 60)
 
-        with psycopg.connect(postgres.dsn) as holder:  # the operator's database: where the audit log is
+        if kill == "after_the_commit":
+            holder = psycopg.connect(postgres.dsn)  # the operator's database: where the audit log is
             holder.execute("LOCK TABLE paybill.audit_log IN EXCLUSIVE MODE")
+            stuck, seen = (lambda: stuck_on_the_audit_log(postgres)), [(15, "open")]
+        else:
+            holder = psycopg.connect(secret_uri(cluster, "paybill-database", namespace))  # the tenant's own login
+            holder.execute("SELECT id FROM orders WHERE id = 1 FOR UPDATE")
+            stuck, seen = (lambda: agent_waits_for_a_row(postgres)), [(5, "open")]
+        with holder:
             cluster.as_service_account(namespace, "tenant-agent").create(workflow(namespace))  # as the agent
-            # The first step committed, and the operator waits to audit it: nothing else of the run happened yet.
-            cluster.eventually(lambda: totals(cluster, name, namespace) == [(15, "open")], timeout=60)
-            cluster.eventually(lambda: stuck_on_the_audit_log(postgres), timeout=30)
+            cluster.eventually(stuck, timeout=60)
+            assert totals(cluster, name, namespace) == seen
             assert status(cluster, "agentworkflows", "credit", namespace).get("completedSteps") in (None, 0)
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=30)
@@ -166,7 +177,7 @@ def test_a_step_that_committed_before_a_sigkill_is_not_run_again_and_the_run_res
     uid = cluster.kube.get(API, "agentworkflows", "credit", namespace)["metadata"]["uid"]
     with psycopg.connect(postgres.dsn, dbname="paybill_pooled") as conn:
         recorded = conn.execute(f"SELECT step, name, rows FROM {SCHEMA}.{TABLE} WHERE workflow = %s", (uid,)).fetchall()
-    assert recorded == [(0, "credit", 1)]  # committed with the step itself
+    assert recorded == ([(0, "credit", 1)] if kill == "after_the_commit" else [])  # committed with the step, or not
 
     with operator_process(cluster, postgres, tmp_path):
         done = cluster.eventually(
@@ -190,7 +201,7 @@ def test_a_step_that_committed_before_a_sigkill_is_not_run_again_and_the_run_res
         log = AuditLog(lambda: conn)
         records = log.records("AgentWorkflow", f"{namespace}/credit")
         assert [(r.event, r.details["step"]) for r in records] == [
-            ("StepResumed", "credit"),
+            ("StepResumed" if kill == "after_the_commit" else "StepRan", "credit"),
             ("StepRan", "look"),
             ("StepRan", "mark"),
         ]
@@ -224,6 +235,16 @@ def assert_replayed_under_the_stored_policy_version(conn: psycopg.Connection, re
         ("mark", "allow", "deny"),  # the read is still allowed
     ]
     assert edited.edited_versions == [address]
+
+
+def agent_waits_for_a_row(postgres: LocalPostgres) -> bool:
+    """The agent's UPDATE (its role's session, an a_... role) waits for a row lock."""
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND usename LIKE 'a\\_%%' "
+            "AND query LIKE 'UPDATE%%'"
+        ).fetchone()
+    return bool(row and row[0])
 
 
 def totals(cluster: Any, name: str, namespace: str) -> list[tuple[Any, ...]]:
