@@ -128,6 +128,15 @@ def order_status(cluster: Any, tenant: str) -> str:
     return str(row[0])
 
 
+def records(postgres: LocalPostgres, namespace: str, name: str) -> list[Any]:
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        return AuditLog(lambda: conn).records("AgentWorkflow", f"{namespace}/{name}")
+
+
+def audited(postgres: LocalPostgres, namespace: str, name: str, event: str) -> int:
+    return sum(r.event == event for r in records(postgres, namespace, name))
+
+
 def annotate(who: Kubectl, namespace: str, name: str, key: str, value: str) -> subprocess.CompletedProcess[str]:
     return who("annotate", f"agentworkflow/{name}", "-n", namespace, f"{key}={value}", "--overwrite")
 
@@ -200,6 +209,7 @@ def test_only_the_approver_approving_exactly_the_hash_runs_the_step(
     looked_again(operator, namespace, "refund")
     assert workflow_status(operator, namespace, "refund")["phase"] == "AwaitingApproval"
     assert order_status(operator, name) == "open"
+    assert audited(postgres, namespace, "refund", "StepDenied") == 1  # looked at, never run again
 
     # the right hash: the step runs, once
     approved = annotate(alice, namespace, "refund", key, plan_hash)
@@ -211,9 +221,7 @@ def test_only_the_approver_approving_exactly_the_hash_runs_the_step(
     assert done["phase"] == "Succeeded" and "approval" not in done
     assert [(s["name"], s["executed"]) for s in done["steps"]] == [("find", True), ("fix", True)]
     assert order_status(operator, name) == "refunded"
-    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-        records = AuditLog(lambda: conn).records("AgentWorkflow", f"{namespace}/refund")
-    grants = [r.details for r in records if r.event == "ApprovalGranted"]
+    grants = [r.details for r in records(postgres, namespace, "refund") if r.event == "ApprovalGranted"]
     assert [(g["planHash"], g["approver"]) for g in grants] == [(wrong, "user:alice"), (plan_hash, "user:alice")]
 
 
