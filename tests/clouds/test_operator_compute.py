@@ -1,6 +1,7 @@
-"""Suspend and resume stop and start a silo tenant's instances through the operator: real kopf, the emulated API
-server, the real PostgreSQL and Terraform, and the real SDK clients: boto3 against moto's server (signatures
-checked) and azure-mgmt-compute against the loopback Azure fake, each pointed at by PAYBILL_CLOUD_ENDPOINTS.
+"""Suspend and resume stop and start a silo tenant's instances through the operator on each of the five clouds: real
+kopf, the emulated API server, the real PostgreSQL and Terraform, and the real SDK clients: boto3 against moto's
+server (signatures checked), azure-mgmt-compute, google-cloud-compute, oci and ibm-vpc against the loopback fakes,
+each pointed at by PAYBILL_CLOUD_ENDPOINTS.
 
 The tenant's module is a stand-in (the local module's built-in resources under PAYBILL_TERRAFORM_MODULES_DIR: no
 provider for Azure can be installed here, and a whole AWS silo takes minutes in moto); its instances are made in
@@ -19,10 +20,12 @@ import pytest
 
 from paybill.clouds import tags
 from paybill.clouds.model import Cloud
+from paybill.terraform.contract import TAG_CONVENTIONS
 from paybill.terraform.modules import module_dir
 
 from .fakes import azure
 from .fakes.base import Instance
+from .harness import HARNESSES
 
 API = "paybill.dev/v1alpha1"
 OPERATOR_NAMESPACE = "paybill-system"
@@ -128,12 +131,51 @@ def aws_target(moto: dict[str, str]) -> Iterator[Target]:
     )
 
 
-@pytest.fixture(params=["aws", "azure"])
+def harness_target(cloud: str) -> Iterator[Target]:
+    """GCP, OCI or IBM: the adapter tests' harness (its fake, a region it knows, its credentials)."""
+    harness = HARNESSES[cloud]()
+    by_adapter_id: dict[str, str] = {}
+
+    def launch(tenant: str, count: int) -> list[str]:
+        before = set(harness.fake.instances)
+        made = harness.seed(tenant, count)
+        for ident in set(harness.fake.instances) - before:
+            by_adapter_id[harness.adapter_id(harness.fake.instances[ident])] = ident
+        return made
+
+    method, path = harness.action
+    path = path or r".*/zones/[^/]+/instances/[^/]+/(stop|start)"  # GCP's (its harness names none)
+    credentials = {
+        **harness.credentials,
+        **({"OCI_COMPARTMENT_OCID": "ocid1.compartment.oc1..paybill"} if cloud == "oci" else {}),
+    }
+    try:
+        yield Target(
+            cloud,
+            harness.region,
+            harness.fake.url,
+            credentials,
+            TAG_CONVENTIONS[cloud].source,
+            launch,
+            lambda ids: {harness.fake.instances[by_adapter_id[i]].state for i in ids},
+            "stopped",
+            "running",
+            lambda: harness.fake.count(method, path),
+            harness.fake,
+        )
+    finally:
+        assert harness.fake.wrong == []
+        harness.fake.close()
+
+
+@pytest.fixture(params=["aws", "azure", "gcp", "oci", "ibm"])
 def target(request: pytest.FixtureRequest) -> Iterator[Target]:
     if request.param == "azure":
         yield from azure_target()
-    else:
+    elif request.param == "aws":
         yield from aws_target(request.getfixturevalue("moto"))
+    else:
+        yield from harness_target(request.param)
 
 
 @pytest.fixture

@@ -80,6 +80,18 @@ def test_each_cloud_needs_its_own_credentials_named(cloud: str) -> None:
     assert len(none) == 1 and "set credentialsSecret" in none[0]
 
 
+def test_gcp_takes_a_service_account_key_or_an_access_token() -> None:
+    parsed = parse_plan(plan("gcp", credentialsSecret="creds"))
+    assert isinstance(parsed, PlanSpec) and parsed.provisioning is not None
+    module = ModuleCheck("gcp/silo", True)
+    token = CredentialsCheck("creds", "ops", frozenset({"GOOGLE_PROJECT", "GOOGLE_OAUTH_ACCESS_TOKEN"}))
+    assert provisioning_problems(parsed.provisioning, module, token) == ()
+    neither = provisioning_problems(parsed.provisioning, module, CredentialsCheck("creds", "ops", frozenset()))
+    assert neither == (
+        "credentials secret ops/creds lacks GOOGLE_PROJECT, GOOGLE_CREDENTIALS or GOOGLE_OAUTH_ACCESS_TOKEN",
+    )
+
+
 def test_the_oci_compartment_reaches_terraform_as_the_modules_input_and_nothing_else_passes() -> None:
     environment = provider_environment(
         {"OCI_COMPARTMENT_OCID": "ocid1.compartment.oc1..x", "OCI_USER_OCID": "u", "PATH": "/evil", "TF_VAR_x": "y"}

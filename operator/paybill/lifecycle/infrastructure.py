@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ REQUIRED_CREDENTIALS: Mapping[str, tuple[str, ...]] = {
     "aws": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
     # azurerm's service principal, and the bearer token the adapter (preflight, inventory, power) calls ARM with
     "azure": ("ARM_SUBSCRIPTION_ID", "ARM_TENANT_ID", "ARM_CLIENT_ID", "ARM_CLIENT_SECRET", "ARM_ACCESS_TOKEN"),
-    "gcp": ("GOOGLE_PROJECT", "GOOGLE_CREDENTIALS"),  # a service account's JSON key
+    "gcp": ("GOOGLE_PROJECT", "GOOGLE_CREDENTIALS|GOOGLE_OAUTH_ACCESS_TOKEN"),  # a service account's key, or a token
     # the compartment reaches Terraform as TF_VAR_compartment_ocid (provider_environment)
     "oci": ("OCI_TENANCY_OCID", "OCI_USER_OCID", "OCI_FINGERPRINT", "OCI_PRIVATE_KEY", "OCI_COMPARTMENT_OCID"),
     "ibm": ("IC_API_KEY",),
@@ -82,7 +82,7 @@ def provisioning_problems(
         return tuple(problems)
     if credentials.secret is None:
         problems.append(
-            f"cloud {provisioning.cloud} needs provider credentials ({', '.join(needed)}): "
+            f"cloud {provisioning.cloud} needs provider credentials ({_named(needed)}): "
             "set credentialsSecret to a Secret in the operator's namespace"
         )
     elif credentials.operator_namespace is None:
@@ -93,11 +93,17 @@ def provisioning_problems(
     elif credentials.keys is None:
         problems.append(f"credentials secret {credentials.operator_namespace}/{credentials.secret} does not exist")
     else:
-        missing = [key for key in needed if key not in credentials.keys]
+        found = credentials.keys
+        missing = [keys for keys in needed if not any(key in found for key in keys.split("|"))]
         if missing:
             where = f"{credentials.operator_namespace}/{credentials.secret}"
-            problems.append(f"credentials secret {where} lacks {', '.join(missing)}")
+            problems.append(f"credentials secret {where} lacks {_named(missing)}")
     return tuple(problems)
+
+
+def _named(keys: Iterable[str]) -> str:
+    """Required keys for a message: "A|B" (either will do) reads "A or B"."""
+    return ", ".join(key.replace("|", " or ") for key in keys)
 
 
 def name_too_long(tenant: str) -> str | None:
