@@ -267,3 +267,14 @@ def test_a_waiting_workflow_runs_again_only_on_news(
         assert outcome.retry is None  # it goes on to load the engine (or wait for what that needs)
     else:
         assert outcome.retry is not None and outcome.retry.message == "approve it" and outcome.report is None
+
+
+def test_every_recorded_approver_of_the_annotated_hash_counts() -> None:
+    """minApprovals > 1: each approver's write is recorded (a second approver removes and sets the annotation again:
+    a write that changes nothing is no approval), and the engine counts them all."""
+    bob = Grant(UID, "refund", Verdict.APPROVE, H1, "user:bob")
+    assert approvals.granted("refund", H1, {APPROVE_PREFIX + "refund": H1}, [APPROVED, bob]) == {
+        "user:alice",
+        "user:bob",
+    }
+    assert review({APPROVE_PREFIX + "refund": H1}, {APPROVE_PREFIX + "refund": H1}, Requester("bob")).grants == ()
