@@ -75,7 +75,10 @@ def test_an_agent_is_installed_only_where_the_placement_record_says(
 
 
 SPEC = AgentPolicySpec.model_validate(
-    {"subjects": [{"serviceAccount": "tenant-agent", "agent": "agent:a"}], "rules": [{"id": "r", "effect": "allow", "actions": ["select"], "tables": ["orders"]}]}
+    {
+        "subjects": [{"serviceAccount": "tenant-agent", "agent": "agent:a"}],
+        "rules": [{"id": "r", "effect": "allow", "actions": ["select"], "tables": ["orders"]}],
+    }
 )
 
 
