@@ -342,8 +342,14 @@ def _audit(args: argparse.Namespace) -> int:
 
     dsn = args.dsn or os.environ.get("PAYBILL_DATABASE_URL")
     if args.audit_command == "verify":
-        checkpoint = Path(args.checkpoint) if args.checkpoint else None
-        return commands.reported("verify", dsn, lambda url: commands.verify(url, checkpoint, sys.stdout))
+        directory = Path(args.checkpoint) if args.checkpoint else None
+        return commands.reported(
+            "verify",
+            dsn,
+            lambda url: commands.verify(
+                url, commands.checkpoint_store(directory, args.checkpoint_namespace), sys.stdout
+            ),
+        )
     if args.audit_command == "replay":
         return commands.reported("replay", dsn, lambda url: commands.replay_decisions(url, sys.stdout, sys.stderr))
     with contextlib.ExitStack() as stack:
@@ -550,10 +556,12 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         "check the hash chain; name the first edited, deleted or reordered record (exit 1)",
     )
-    verify.add_argument(
-        "--checkpoint",
-        metavar="DIR",
-        help="the operator's audit checkpoint directory (<state dir>/audit): also finds a deleted tail",
+    head = verify.add_mutually_exclusive_group()  # where the operator keeps the chain's head: finds a deleted tail
+    head.add_argument("--checkpoint", metavar="DIR", help="a local operator's checkpoint directory (<state dir>/audit)")
+    head.add_argument(
+        "--checkpoint-namespace",
+        metavar="NAMESPACE",
+        help="the operator's namespace in a cluster: its ConfigMap paybill-audit-checkpoint (reads KUBECONFIG)",
     )
     replay = command(
         audit_commands,

@@ -17,7 +17,7 @@ from psycopg import conninfo, sql
 
 from paybill import cli
 from paybill.api.agentpolicy import AgentPolicySpec
-from paybill.audit import AuditLog, FileCheckpoint
+from paybill.audit import AuditLog, ConfigMapCheckpoint, FileCheckpoint
 from paybill.audit.versions import PolicyVersions, address_of
 from paybill.database.server import LocalPostgres
 from paybill.policy.engine import PolicyEngine
@@ -123,6 +123,23 @@ def test_verify_finds_a_deleted_tail_through_the_checkpoint(
     connect().execute("DELETE FROM paybill.audit_log WHERE seq = 4")
     assert paybill(capsys, "audit", "verify", "--dsn", dsn)[0] == 0  # the chain alone cannot see a lost tail
     assert paybill(capsys, *args)[:2] == (1, "audit chain broken at record 4: deleted: record 4 missing\n")
+
+
+def test_verify_finds_a_deleted_tail_through_the_configmap_checkpoint_in_a_cluster(
+    dsn: str,
+    connect: Callable[[], psycopg.Connection],
+    capsys: pytest.CaptureFixture[str],
+    cluster: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lifecycle(AuditLog(connect, ConfigMapCheckpoint(cluster.kube, "default")), "acme")  # as the operator in a Pod
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    args = ("audit", "verify", "--dsn", dsn, "--checkpoint-namespace", "default")
+    assert paybill(capsys, *args)[:2] == (0, "audit chain intact: 4 records, up to its checkpoint at record 4\n")
+    connect().execute("DELETE FROM paybill.audit_log WHERE seq >= 3")
+    assert paybill(capsys, *args)[:2] == (1, "audit chain broken at record 3: deleted: records 3 to 4 missing\n")
+    elsewhere = paybill(capsys, "audit", "verify", "--dsn", dsn, "--checkpoint-namespace", "elsewhere")
+    assert elsewhere[:2] == (0, "audit chain intact: 2 records\n")  # no checkpoint there: the chain alone
 
 
 def record_step(log: AuditLog, versions: PolicyVersions, workflow: str, step: str, statement: str) -> None:

@@ -12,10 +12,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
+import kubernetes
 import psycopg
 
 from ..errors import first_line
-from .checkpoint import CheckpointUnavailable, FileCheckpoint
+from ..kubeclient import Kube, load_config
+from .checkpoint import CheckpointStore, CheckpointUnavailable, ConfigMapCheckpoint, FileCheckpoint
 from .log import AuditLog, _log_exists
 from .review import belongs_to, export_line, first_break, replay
 from .versions import load_version
@@ -37,12 +39,24 @@ def _log(dsn: str) -> Iterator[tuple[psycopg.Connection, AuditLog]]:
         yield conn, AuditLog(lambda: conn)
 
 
-def verify(dsn: str, checkpoint_dir: Path | None, out: TextIO) -> int:
-    """Check the whole chain (against the checkpoint in `checkpoint_dir`, if given); name its first fault."""
+def checkpoint_store(directory: Path | None, namespace: str | None) -> CheckpointStore | None:
+    """Where the operator keeps the chain's head: its ConfigMap in `namespace` (in a cluster; the kubeconfig or the
+    in-cluster account), or the files in `directory` (a local run's <state dir>/audit); None: neither given."""
+    if namespace is not None:
+        try:
+            load_config()
+        except (kubernetes.config.ConfigException, OSError) as exc:
+            raise Unreadable(f"cannot reach the cluster for the audit checkpoint: {first_line(exc)}") from None
+        return ConfigMapCheckpoint(Kube(), namespace)
+    return FileCheckpoint(directory) if directory is not None else None
+
+
+def verify(dsn: str, store: CheckpointStore | None, out: TextIO) -> int:
+    """Check the whole chain (against the checkpoint in `store`, if given); name its first fault."""
     with _log(dsn) as (_, log):
         records = log.records()
         try:
-            checkpoint = FileCheckpoint(checkpoint_dir).load(log.chain) if checkpoint_dir is not None else None
+            checkpoint = store.load(log.chain) if store is not None else None
         except CheckpointUnavailable as exc:
             raise Unreadable(str(exc)) from None
     fault = first_break(records, checkpoint)
