@@ -99,7 +99,9 @@ def test_the_operator_registers_fail_closed_webhooks(operator: Any) -> None:
     assert all(hook["clientConfig"]["url"].startswith("http://127.0.0.1:") for hook in hooks)
 
 
-def test_a_valid_workflow_is_admitted_stamped_and_runs(operator: Any, tmp_path: Path) -> None:
+def test_a_valid_workflow_is_admitted_stamped_and_runs(
+    operator: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     name, namespace = tenant_with_policy(operator)
     agent = kubectl_as(operator.service_account_kubeconfig(namespace, AGENT), tmp_path)
     applied = agent("apply", "-f", "-", stdin=workflow(namespace, "refund", [READ, FIX]))
@@ -111,6 +113,8 @@ def test_a_valid_workflow_is_admitted_stamped_and_runs(operator: Any, tmp_path: 
     assert json.loads(annotations[PLAN_HASHES]) == {step["name"]: step["planHash"] for step in done["steps"]}
     with login(operator, name) as conn:
         assert conn.execute("SELECT status FROM orders WHERE id = 1").fetchone() == ("refunded",)
+    said = [r.getMessage() for r in caplog.records]
+    assert not [line for line in said if "agentworkflow' succeeded" in line or '"POST /admission/' in line]
 
 
 def test_a_hostile_workflow_is_refused_at_apply_time_with_each_steps_reasons(
