@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -37,6 +38,7 @@ from test_tenant_lifecycle import (
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+API = "paybill.dev/v1alpha1"
 SERVING = re.compile(rb"metrics at http://([\d.]+):(\d+)/metrics")
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -222,3 +224,35 @@ def test_readiness_is_false_while_the_database_is_down(
         cluster.eventually(lambda: operator.readiness()[0] == 200, timeout=60)
     finally:
         operator.stop()
+
+
+def test_terraform_runs_are_counted_by_operation_and_result_with_their_duration(
+    running: Operator, postgres: LocalPostgres
+) -> None:
+    cluster = running.cluster
+    provisioning = {"cloud": "local", "approval": "auto", "costCenter": "cc-7", "region": "us-east-1"}
+    plan = {"tier": "tf-silo", "isolation": "silo", "provisioning": provisioning}
+    cluster.kube.apply({"apiVersion": API, "kind": "Plan", "metadata": {"name": "tf-silo"}, "spec": plan})
+    name = f"m-{secrets.token_hex(3)}"
+    cluster.kube.apply(
+        {"apiVersion": API, "kind": "Tenant", "metadata": {"name": name}, "spec": {"planRef": "tf-silo"}}
+    )
+
+    def active() -> dict[str, Any] | None:  # Terraform under a loaded machine: a longer wait than wait_phase's
+        current = (cluster.kube.get(API, "tenants", name) or {}).get("status") or {}
+        return current if current.get("phase") == "Active" else None
+
+    assert cluster.eventually(active, timeout=240)["infrastructure"]["lastResult"] == "Succeeded"
+
+    def counted() -> Samples | None:
+        """The run is counted when it ends, the tenant when its worker takes the Active event: wait for both."""
+        samples = running.samples()
+        ran = value(samples, "paybill_terraform_run_duration_seconds_count", operation="apply")
+        return samples if ran and value(samples, "paybill_tenants", phase="Active", plan="tf-silo") else None
+
+    samples = cluster.eventually(counted, timeout=30)
+    assert value(samples, "paybill_terraform_runs_total", operation="apply", result="Succeeded") == 1
+    assert total(samples, "paybill_terraform_runs_total", operation="apply") == 1
+    assert value(samples, "paybill_terraform_run_duration_seconds_count", operation="apply") == 1
+    assert 0 < value(samples, "paybill_terraform_run_duration_seconds_sum", operation="apply") < 600  # type: ignore[operator]
+    assert value(samples, "paybill_tenants", phase="Active", plan="tf-silo") == 1
