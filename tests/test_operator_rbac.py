@@ -74,6 +74,10 @@ def chart_operator(cluster: Any, postgres: Any, tmp_path: Path, monkeypatch: pyt
     kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
     for doc in chart_rbac():
         kube.apply(doc)
+    crds = template(None, "--show-only", "templates/crds.yaml", release=RELEASE, namespace=NAMESPACE)
+    for crd in crds:
+        if crd["spec"]["group"] == "kopf.dev":  # leader election's peering object (the chart installs it)
+            kube.apply(crd)
     kubeconfig = write_service_account_kubeconfig(
         cluster.kubeconfig, NAMESPACE, f"{RELEASE}-operator", tmp_path / "operator.kubeconfig"
     )
@@ -86,7 +90,9 @@ def chart_operator(cluster: Any, postgres: Any, tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("PAYBILL_DATABASE_URL", postgres.dsn)
     monkeypatch.setenv("PAYBILL_BACKUP_DIR", str(tmp_path / "backups"))
     monkeypatch.setenv("PAYBILL_OPERATOR_NAMESPACE", NAMESPACE)  # as the chart sets it: the audit checkpoint's home
-    with KopfRunner(["run", "--all-namespaces", "--standalone", "-m", "paybill.handlers"], timeout=120) as runner:
+    monkeypatch.setenv("PAYBILL_PEERING", f"{RELEASE}-operator")  # as the chart sets it: leader election
+    monkeypatch.setenv("POD_ID", f"{RELEASE}-operator-0")  # the Pod's name: kopf's and the election's identity
+    with KopfRunner(["run", "--all-namespaces", "-m", "paybill.handlers"], timeout=120) as runner:
         yield cluster
     assert runner.exit_code == 0, runner.output
 

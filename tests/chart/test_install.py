@@ -123,7 +123,9 @@ def test_helm_installs_upgrades_and_uninstalls_and_the_operator_runs_as_the_inst
     monkeypatch.setenv("PAYBILL_DATABASE_URL", postgres.dsn)
     monkeypatch.setenv("PAYBILL_BACKUP_DIR", str(tmp_path / "backups"))
     monkeypatch.setenv("PAYBILL_OPERATOR_NAMESPACE", NAMESPACE)
-    with KopfRunner(["run", "--all-namespaces", "--standalone", "-m", "paybill.handlers"], timeout=120) as runner:
+    monkeypatch.setenv("PAYBILL_PEERING", f"{RELEASE}-operator")  # leader election, as the chart's Pods run
+    monkeypatch.setenv("POD_ID", f"{RELEASE}-operator-0")
+    with KopfRunner(["run", "--all-namespaces", "-m", "paybill.handlers"], timeout=120) as runner:
         for path in ("plans.yaml", "subscriptions.yaml", "tenants.yaml"):
             for doc in yaml.safe_load_all((SAMPLES / path).read_text()):
                 if doc:
