@@ -357,3 +357,28 @@ def test_the_release_manifest_is_fresh() -> None:
     assert {"ValidatingWebhookConfiguration", "MutatingWebhookConfiguration", "Certificate"} <= kinds
     assert "Secret" not in kinds, "a committed release file must carry no private key"
     assert not [d for d in docs if "helm.sh/hook" in (d["metadata"].get("annotations") or {})]
+
+
+def test_helm_test_checks_every_replica_is_ready_with_a_read_only_look_at_the_deployment() -> None:
+    docs = template()
+    hooks = [d for d in docs if (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
+    [pod] = find(hooks, "Pod")
+    [role] = find(hooks, "Role")
+    assert role["rules"] == [
+        {
+            "apiGroups": ["apps"],
+            "resources": ["deployments"],
+            "verbs": ["get"],
+            "resourceNames": [f"{RELEASE}-operator"],
+        }
+    ]
+    [binding] = find(hooks, "RoleBinding")
+    assert binding["subjects"][0]["name"] == pod["spec"]["serviceAccountName"] == role["metadata"]["name"]
+    [container] = pod["spec"]["containers"]
+    [operator] = operator_pod(docs)["containers"]
+    assert container["image"] == operator["image"] and container["securityContext"] == operator["securityContext"]
+    script = container["args"][0]
+    assert "read_namespaced_deployment_status" in script and "ready_replicas" in script and "wanted = 2" in script
+    [deployment] = find(docs, "Deployment")
+    selector = deployment["spec"]["selector"]["matchLabels"].items()
+    assert not selector <= pod["metadata"]["labels"].items(), "the operator's selectors must not pick the test Pod"
