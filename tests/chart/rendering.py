@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import subprocess
@@ -57,9 +58,10 @@ def values_args(values: dict[str, Any] | None) -> list[str]:
     """`--values -` is not portable across helm subcommands: values go as a JSON file argument instead."""
     if not values:
         return []
-    path = REPO / ".state" / "helm-home" / f"values-{abs(hash(json.dumps(values, sort_keys=True)))}.json"
+    text = json.dumps(values, sort_keys=True)
+    path = REPO / ".state" / "helm-home" / f"values-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(values))
+    path.write_text(text)
     return ["--values", str(path)]
 
 

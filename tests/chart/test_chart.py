@@ -30,7 +30,7 @@ DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())
 PRODUCTION: dict[str, Any] = {
     "replicaCount": 3,
     "image": {"digest": "sha256:" + "ab" * 32},
-    "imagePullSecrets": ["registry"],
+    "imagePullSecrets": [{"name": "registry"}],
     "serviceAccount": {"name": "paybill", "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/p"}},
     "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
     "nodeSelector": {"kubernetes.io/os": "linux"},
@@ -114,6 +114,7 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "env from nothing": ({"extraEnvFrom": [{"secretRef": {}}]}, "name is required"),
     "env without a name": ({"extraEnv": [{"value": "x"}]}, "name is required"),
     "log format": ({"logFormat": "xml"}, "logFormat"),
+    "pull secret as a bare name": ({"imagePullSecrets": ["registry"]}, "imagePullSecrets.0"),
 }
 
 
