@@ -161,6 +161,10 @@ def test_metrics_after_a_tenant_goes_active_and_workflows_are_decided(
         assert value(samples, "controller_runtime_active_workers", controller=controller) is not None
         assert value(samples, "workqueue_adds_total", name=controller), controller
         assert value(samples, "workqueue_depth", name=controller) is not None
+    quiet = cluster.eventually(  # every event delivered was taken by its worker: each queue drains
+        lambda: total(s := running.samples(), "workqueue_depth") == 0 and s, timeout=30
+    )
+    assert total(quiet, "workqueue_adds_total") >= total(samples, "workqueue_adds_total") > 0
     results = {dict(series)["result"] for series in labels_of(samples, "controller_runtime_reconcile_total")}
     assert results <= {"success", "error", "requeue", "requeue_after"}
     errors = total(samples, "controller_runtime_reconcile_errors_total")
