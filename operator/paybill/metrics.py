@@ -260,7 +260,7 @@ class Operator:
         """`leader`, `standby`, `unregistered` (no live peering record), or `standalone` (no election)."""
         if self.election is None:
             return "standalone"
-        return peering.role(self.kube, self.election)
+        return peering.role(self.kube, self.election, CHECK_TIMEOUT)
 
     def api_server(self) -> str:
         self.kube.request("GET", "/version", timeout=CHECK_TIMEOUT)

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from .kubeclient import Kube, KubeError
+from .kubeclient import Kube, KubeError, resource_path
 
 API_VERSION = "kopf.dev/v1"
 PLURAL = "clusterkopfpeerings"
@@ -186,10 +186,15 @@ def register(kube: Kube, elected: Election) -> int:
     raise KubeError(409, f"no ticket taken in {elected.name} after {REGISTER_ATTEMPTS} attempts")
 
 
-def role(kube: Kube, elected: Election) -> str:
+def role(kube: Kube, elected: Election, timeout: float | None = None) -> str:
     """`leader` or `standby` as the peering object says now; `unregistered` when this replica has no live record
-    (it cannot take over)."""
-    found = kube.get(API_VERSION, PLURAL, elected.name) or {}
+    (it cannot take over). KubeError (or a connection error) when it cannot be read within `timeout` seconds."""
+    try:
+        found = kube.request("GET", resource_path(API_VERSION, PLURAL, name=elected.name), timeout=timeout) or {}
+    except KubeError as exc:
+        if exc.status != 404:
+            raise
+        found = {}
     peers = records(found.get("status") or {})
     now = datetime.datetime.now(datetime.UTC)
     if not any(peer.identity == elected.identity and peer.alive(now) for peer in peers):
