@@ -5,6 +5,9 @@ the hash approved, under the policy version it was computed for."""
 
 from __future__ import annotations
 
+import datetime
+import io
+import json
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -16,6 +19,7 @@ import pytest
 import yaml
 
 from paybill.audit import AuditLog
+from paybill.audit.commands import export as audit_export
 from paybill.database.server import LocalPostgres
 from paybill.kube import write_kubeconfig
 from paybill.workflows.approvals import APPROVE_PREFIX, REJECT_PREFIX, approver_cluster_role
@@ -223,6 +227,15 @@ def test_only_the_approver_approving_exactly_the_hash_runs_the_step(
     assert order_status(operator, name) == "refunded"
     grants = [r.details for r in records(postgres, namespace, "refund") if r.event == "ApprovalGranted"]
     assert [(g["planHash"], g["approver"]) for g in grants] == [(wrong, "user:alice"), (plan_hash, "user:alice")]
+    exported = io.StringIO()  # the reviewer's view of the tenant holds who approved
+    assert (
+        audit_export(
+            postgres.dsn, name, datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1), None, exported
+        )
+        == 0
+    )
+    lines = [json.loads(line) for line in exported.getvalue().splitlines()]
+    assert [line["details"]["planHash"] for line in lines if line["event"] == "ApprovalGranted"] == [wrong, plan_hash]
 
 
 def test_a_policy_change_voids_a_pending_approval_and_a_rejection_ends_the_step(

@@ -338,12 +338,17 @@ async def review_approvals(
     log: AuditLog | None = memo.audit
     if log is None:
         return "approvals are recorded in the audit log, and this operator has none"
+    try:  # the Tenant the record belongs to, so `paybill audit export --tenant` finds it
+        tenant = await asyncio.to_thread(tenant_of, memo.kube, namespace)
+    except KubeError as exc:
+        return f"the tenant of namespace {namespace} could not be read: {first_line(exc)}"
+    if tenant is None:
+        return f"namespace {namespace} is not a tenant's"
     for grant in verdict.grants:
         event = approvals.AUDIT_EVENTS[grant.verdict]
+        details = {**grant.details(), "tenant": tenant["metadata"]["name"]}
         try:
-            written = await asyncio.to_thread(
-                log.append, approvals.AUDIT_KIND, f"{namespace}/{name}", event, grant.details()
-            )
+            written = await asyncio.to_thread(log.append, approvals.AUDIT_KIND, f"{namespace}/{name}", event, details)
         except (AuditUnavailable, ValueError) as exc:
             return f"the approval could not be recorded: {first_line(exc)}"
         if written is None:
