@@ -88,10 +88,12 @@ def world(
     policy_access: Access = Access.FULL,
     statements: int = 0,
     agents: frozenset[str] = frozenset({"tenant-agent", "billing"}),
+    phase: str = "Active",
+    installed: int = 3,
 ) -> World:
-    tenancy = Tenancy("acme", suspended, access, "pro", plan)
-    status = AgentPolicyStatus(phase=policy_phase, access=policy_access)
-    return World(tenancy, PolicyView(POLICY, status), agents, statements)
+    tenancy = Tenancy("acme", suspended, access, "pro", plan, phase)
+    status = AgentPolicyStatus(phase=policy_phase, access=policy_access, observedGeneration=installed)
+    return World(tenancy, PolicyView(POLICY, status), agents, statements, policy_generation=3)
 
 
 def test_a_legitimate_workflow_is_admitted_with_its_stamp() -> None:
@@ -157,6 +159,9 @@ def test_a_principal_the_policy_does_not_name_is_refused() -> None:
         (world(policy_phase="Invalid"), "agentpolicy/support is Invalid, not Ready"),
         (world(policy_phase=None), "agentpolicy/support is not installed yet, not Ready"),
         (world(policy_access=Access.NONE), "tenant acme's agents have no access now"),
+        (world(installed=2), "agentpolicy/support has changes the operator has not installed yet"),
+        (world(phase="Offboarding"), "tenant acme is Offboarding"),
+        (world(phase="Offboarded"), "tenant acme is Offboarded"),
         (world(plan=None), "plan pro of tenant acme does not exist"),
         (world(agents=frozenset({"a", "b", "c"})), "name 3 agents; plan pro allows 2"),
         (world(statements=999), "999 agent statements were submitted today and this workflow adds 2"),

@@ -250,6 +250,7 @@ def observe(
             Access(entry.status.access or Access.NONE),
             entry.spec.planRef,
             _one(indices["admission_plans"], entry.spec.planRef),
+            entry.status.phase,
         )
     policies: list[PolicyEntry] = list(indices["admission_policies"].get(namespace) or [])
     policy = next((p for p in policies if p.name == spec.policyRef), None)
@@ -259,6 +260,7 @@ def observe(
         policy.view if policy is not None else None,
         agents_named([p.view.spec for p in policies]),
         statements_today(workflows, today),
+        policy.generation if policy is not None else None,
     )
     return world, entry, policy
 

@@ -31,6 +31,7 @@ PLAN_HASHES = STAMP_PREFIX + "plan-hashes"
 SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
 STEPS_LIMIT = "agentWorkflowSteps"  # Plan.spec.entitlements.limits key; absent: the CRD's 100
 ADMITTED_PENDING = frozenset({"approval_required"})  # a step that waits for approval is admitted, not refused
+LEAVING = ("Offboarding", "Offboarded")  # a tenant on its way out runs no agent
 
 
 class Engine(Protocol):
@@ -84,6 +85,7 @@ class Tenancy:
     access: Access  # status.access; none when not recorded
     plan_name: str
     plan: PlanSpec | None  # None: the Plan does not exist
+    phase: str | None = None  # status.phase
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class World:
     policy: PolicyView | None  # the AgentPolicy spec.policyRef names; None: missing
     agents: frozenset[str] = frozenset()  # ServiceAccounts the namespace's AgentPolicies name
     statements_today: int = 0  # steps of the namespace's workflows submitted since 00:00 UTC (this one excluded)
+    policy_generation: int | None = None  # the policy's metadata.generation (its status must be of that spec)
 
 
 @dataclass(frozen=True)
@@ -172,12 +175,16 @@ def _who_and_where(request: Request, world: World) -> list[str]:
     tenancy, policy, ref = world.tenancy, world.policy, request.spec.policyRef
     if tenancy is None:
         return [f"namespace {request.namespace} is not a tenant's"]
+    if tenancy.phase in LEAVING:
+        return [f"tenant {tenancy.tenant} is {tenancy.phase}: its agents cannot run"]
     if tenancy.suspended or tenancy.access == Access.NONE:
         return [f"tenant {tenancy.tenant} is suspended: its agents cannot run"]
     if policy is None:
         return [f"agentpolicy/{ref} does not exist in namespace {request.namespace}"]
     if policy.status.phase != "Ready":
         return [f"agentpolicy/{ref} is {policy.status.phase or 'not installed yet'}, not Ready"]
+    if world.policy_generation is not None and policy.status.observedGeneration != world.policy_generation:
+        return [f"agentpolicy/{ref} has changes the operator has not installed yet"]
     problems = _identity(request.spec.principal, account, policy.spec, ref)
     access = _least(tenancy.access, Access(policy.status.access or Access.NONE))
     if access == Access.NONE:
