@@ -5,6 +5,7 @@ database would."""
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import uuid
 from collections.abc import Callable, Iterator
@@ -89,6 +90,10 @@ def lifecycle(log: AuditLog, tenant: str) -> None:
             "record 3 (Tenant acme Suspend): edited: content does not match its hash",
         ),
         (
+            "UPDATE paybill.audit_log SET at = at - interval '3 days' WHERE seq = 3",
+            "record 3 (Tenant acme Suspend): edited: content does not match its hash",
+        ),
+        (
             "DELETE FROM paybill.audit_log WHERE seq = 3",
             "record 3: deleted: record 3 missing, the chain resumes at record 4 (Tenant acme Resume)",
         ),
@@ -99,7 +104,7 @@ def lifecycle(log: AuditLog, tenant: str) -> None:
             "or records were reordered)",
         ),
     ],
-    ids=["edited", "deleted", "reordered"],
+    ids=["edited", "time-edited", "deleted", "reordered"],
 )
 def test_verify_names_the_first_tampered_record(
     dsn: str, connect: Callable[[], psycopg.Connection], capsys: pytest.CaptureFixture[str], tampering: str, found: str
@@ -111,6 +116,83 @@ def test_verify_names_the_first_tampered_record(
         connect().execute(statement)
     status, out, _ = paybill(capsys, "audit", "verify", "--dsn", dsn)
     assert status == 1 and out == f"audit chain broken at {found}\n"
+
+
+# The log as operators before hash format 2 made it: no hash_format column, `at` outside the hash.
+OLD_LOG = (
+    "CREATE SCHEMA paybill",
+    "CREATE TABLE paybill.audit_log (seq bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now(), "
+    "kind text NOT NULL, name text NOT NULL, event text NOT NULL, details jsonb NOT NULL, previous text NOT NULL, "
+    "hash text NOT NULL)",
+    "CREATE TABLE paybill.audit_chain (one boolean PRIMARY KEY DEFAULT true CHECK (one), "
+    "id text NOT NULL DEFAULT gen_random_uuid()::text)",
+    "INSERT INTO paybill.audit_chain DEFAULT VALUES",
+)
+
+
+def old_format_records(conn: psycopg.Connection, tenant: str) -> None:
+    """Four records written as the old operator wrote them (its hash, spelled out here: never the code under test)."""
+    previous = "0" * 64
+    for seq, event in enumerate(("Provision", "Provisioned", "Suspend", "Resume"), start=1):
+        details = {"why": "before the upgrade"}
+        content = json.dumps(
+            {"kind": "Tenant", "name": tenant, "event": event, "details": details},
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        digest = hashlib.sha256(f"{previous}\n{content}".encode()).hexdigest()
+        conn.execute(
+            "INSERT INTO paybill.audit_log (seq, kind, name, event, details, previous, hash) "
+            "VALUES (%s, 'Tenant', %s, %s, %s, %s, %s)",
+            (seq, tenant, event, json.dumps(details), previous, digest),
+        )
+        previous = digest
+
+
+def test_records_of_the_old_hash_format_verify_as_before_and_are_reported_as_such(
+    dsn: str, connect: Callable[[], psycopg.Connection], capsys: pytest.CaptureFixture[str]
+) -> None:
+    for statement in OLD_LOG:
+        connect().execute(statement)
+    old_format_records(connect(), "acme")
+    old = "4 written under hash format 1, which does not cover their times (records 1 to 4)"
+    assert paybill(capsys, "audit", "verify", "--dsn", dsn) == (0, f"audit chain intact: 4 records; {old}\n", "")
+    with psycopg.connect(dsn) as conn:  # verify only reads: the old table is as it was
+        columns = "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'paybill' AND column_name = %s"
+        assert conn.execute(columns, ("hash_format",)).fetchone() == (0,)
+
+    lifecycle(AuditLog(connect), "acme")  # the upgraded operator appends: hash format 2, its time covered
+    assert paybill(capsys, "audit", "verify", "--dsn", dsn) == (0, f"audit chain intact: 8 records; {old}\n", "")
+    connect().execute("UPDATE paybill.audit_log SET at = at - interval '1 year' WHERE seq = 2")
+    assert paybill(capsys, "audit", "verify", "--dsn", dsn)[0] == 0  # an old record's time was never covered
+
+    for tampering, undo, found in (
+        (  # the time of a new record
+            "at = at + interval '1 hour' WHERE seq = 6",
+            "at = at - interval '1 hour' WHERE seq = 6",
+            "record 6 (Tenant acme Provisioned): edited: content does not match its hash",
+        ),
+        (  # a new record passed off as an old one, so that its time would not count
+            "hash_format = 1, at = at + interval '1 hour' WHERE seq = 6",
+            "hash_format = 2, at = at - interval '1 hour' WHERE seq = 6",
+            "record 6 (Tenant acme Provisioned): edited: content does not match its hash",
+        ),
+        (  # an old record passed off as a new one
+            "hash_format = 2 WHERE seq = 3",
+            "hash_format = 1 WHERE seq = 3",
+            "record 3 (Tenant acme Suspend): edited: content does not match its hash",
+        ),
+        (  # a format this Paybill does not know is never taken on trust
+            "hash_format = 3 WHERE seq = 7",
+            "hash_format = 2 WHERE seq = 7",
+            "record 7 (Tenant acme Suspend): hash format 3 is unknown to this Paybill: the record cannot be verified",
+        ),
+    ):
+        connect().execute("UPDATE paybill.audit_log SET " + tampering)
+        status, out, _ = paybill(capsys, "audit", "verify", "--dsn", dsn)
+        assert (status, out) == (1, f"audit chain broken at {found}\n"), tampering
+        connect().execute("UPDATE paybill.audit_log SET " + undo)
+    assert paybill(capsys, "audit", "verify", "--dsn", dsn)[0] == 0
 
 
 def test_verify_finds_a_deleted_tail_through_the_checkpoint(

@@ -1,6 +1,11 @@
 """The chain itself, pure: a record's hash covers its content and the previous hash, so editing, dropping or
 reordering any record breaks the chain from there on; a checkpoint (the head kept outside the database) shows a
-tail the database lost with it. `check_chain` says which."""
+tail the database lost with it. `check_chain` says which.
+
+What a hash covers is its record's hash format, kept with the record: format 1 (records written before formats
+existed) covers kind, name, event and details; format 2 also the time the record was written. Changing a record's
+format breaks its hash like any edit, and a format this code does not know is a fault, never taken on trust.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 GENESIS = "0" * 64
+LEGACY_FORMAT = 1  # kind, name, event, details: the time a record was written is outside its hash
+TIMED_FORMAT = 2  # and the time it was written, as `at` text (UTC, microseconds)
+CURRENT_FORMAT = TIMED_FORMAT
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,13 @@ class AuditRecord:
     details: dict[str, Any]
     previous: str
     hash: str
+    at: str | None = None  # when it was written, as its hash covers it (log.AT_TEXT); None: not read, or no time
+    hash_format: int = LEGACY_FORMAT  # what the hash covers; records made without one are format 1's
+
+
+class UnknownFormat(ValueError):
+    def __init__(self, hash_format: int) -> None:
+        super().__init__(f"hash format {hash_format} is unknown to this Paybill: the record cannot be verified")
 
 
 class ChainBroken(RuntimeError):
@@ -48,14 +63,30 @@ class RecordsMissing(ChainBroken):
         self.seq, self.after, self.missing = after + 1, after, missing
 
 
-def record_hash(previous: str, kind: str, name: str, event: str, details: dict[str, Any]) -> str:
-    content = json.dumps(
-        {"kind": kind, "name": name, "event": event, "details": details},
-        sort_keys=True,
-        separators=(",", ":"),
-        default=str,
-    )
+def record_hash(
+    previous: str,
+    kind: str,
+    name: str,
+    event: str,
+    details: dict[str, Any],
+    hash_format: int = LEGACY_FORMAT,
+    at: str | None = None,
+) -> str:
+    """The record's hash under `hash_format` (UnknownFormat for any other than 1 and 2)."""
+    fields: dict[str, Any] = {"kind": kind, "name": name, "event": event, "details": details}
+    if hash_format == TIMED_FORMAT:
+        fields |= {"format": TIMED_FORMAT, "at": at}
+    elif hash_format != LEGACY_FORMAT:
+        raise UnknownFormat(hash_format)
+    content = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(f"{previous}\n{content}".encode()).hexdigest()
+
+
+def hash_of(record: AuditRecord) -> str:
+    """What `record`'s hash must be, given the record before it (UnknownFormat if its format is unknown)."""
+    return record_hash(
+        record.previous, record.kind, record.name, record.event, record.details, record.hash_format, record.at
+    )
 
 
 def chain_after(last: Head | None, checkpoint: Head | None) -> tuple[int, str]:
@@ -79,7 +110,11 @@ def check_chain(records: list[AuditRecord], checkpoint: Head | None) -> int:
             raise ChainBroken(record.seq, f"expected sequence number {expected}")
         if record.previous != previous:
             raise ChainBroken(record.seq, "does not follow the previous record")
-        if record_hash(previous, record.kind, record.name, record.event, record.details) != record.hash:
+        try:
+            intact = hash_of(record) == record.hash
+        except UnknownFormat as exc:
+            raise ChainBroken(record.seq, str(exc)) from None
+        if not intact:
             raise ChainBroken(record.seq, "content does not match its hash")
         if checkpoint is not None and record.seq == checkpoint.seq and record.hash != checkpoint.hash:
             raise ChainBroken(record.seq, "differs from the checkpoint")

@@ -19,7 +19,7 @@ from ..errors import first_line
 from ..kubeclient import Kube, load_config
 from .checkpoint import CheckpointStore, CheckpointUnavailable, ConfigMapCheckpoint, FileCheckpoint
 from .log import AuditLog, _log_exists
-from .review import belongs_to, export_line, first_break, replay
+from .review import belongs_to, export_line, first_break, replay, untimed
 from .versions import load_version
 
 
@@ -64,7 +64,8 @@ def verify(dsn: str, store: CheckpointStore | None, out: TextIO) -> int:
         print(f"audit chain broken at {fault.describe()}", file=out)
         return 1
     against = f", up to its checkpoint at record {checkpoint.seq}" if checkpoint is not None else ""
-    print(f"audit chain intact: {len(records)} records{against}", file=out)
+    old = untimed(records)
+    print(f"audit chain intact: {len(records)} records{against}{f'; {old}' if old else ''}", file=out)
     return 0
 
 

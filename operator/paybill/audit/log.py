@@ -26,15 +26,27 @@ import psycopg
 from ..database import DatabaseUnavailable
 from ..database.ownership import create_idempotently
 from ..errors import first_line
-from .chain import AuditRecord, Head, chain_after, check_chain, record_hash
+from .chain import CURRENT_FORMAT, LEGACY_FORMAT, AuditRecord, Head, chain_after, check_chain, record_hash
 from .checkpoint import CheckpointStore, CheckpointUnavailable
 
 BUFFER_LIMIT = 10_000  # records waiting for the database: about 10-20 MB at most (details are small)
+# What each record's hash covers (chain.py). Its default, format 1, is what an operator that knows no formats (an
+# older replica, during an upgrade) writes: it hashes its records that way.
+FORMAT_COLUMN = f"hash_format integer NOT NULL DEFAULT {LEGACY_FORMAT}"
 RETRY_INTERVAL = 2.0  # seconds between background attempts while records wait
 # The database cannot take records now (down, a lock timeout, read-only, out of disk...): they wait. What no
 # database could ever store is refused before it waits (`storable`), so nothing that waits blocks the rest.
 WRITE_FAILURES = (DatabaseUnavailable, psycopg.Error)
 MISSING = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
+INSERT = (
+    "INSERT INTO paybill.audit_log (seq, at, kind, name, event, details, previous, hash, hash_format) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+# `at` as hashes cover it: UTC, microseconds, whatever the session's TimeZone and DateStyle; NULL for an infinite time.
+AT_TEXT = (
+    "to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') "
+    "|| CASE WHEN extract(year FROM {0} AT TIME ZONE 'UTC') < 1 THEN ' BC' ELSE '' END"
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +83,7 @@ class AuditLog:
         self._checkpoint = checkpoint
         self._limit, self._interval = buffer_limit, retry_interval
         self._chain: str | None = None
+        self._formats = False  # the log has its hash_format column (made by the first write of this version)
         self._head: Head | None = None  # the latest head known: committed here, or checkpointed before
         self._saved = 0  # the seq last checkpointed by this process
         self._waiting: deque[Entry] = deque()
@@ -187,6 +200,8 @@ class AuditLog:
         assert self._chain is not None
         written = []
         with conn.transaction():
+            if not self._formats:
+                _add_formats(conn)
             conn.execute("LOCK TABLE paybill.audit_log IN SHARE ROW EXCLUSIVE MODE")  # appenders wait, readers not
             row = conn.execute("SELECT seq, hash FROM paybill.audit_log ORDER BY seq DESC LIMIT 1").fetchone()
             last = Head(self._chain, row[0], row[1]) if row else None
@@ -196,15 +211,20 @@ class AuditLog:
                 logger.error(
                     "audit log: the database lost records %d to %d (its checkpoint is ahead)", after + 1, seq - 1
                 )
+            now = conn.execute(f"SELECT t, {AT_TEXT.format('t')} FROM clock_timestamp() AS t").fetchone()
+            assert now is not None
+            at, at_text = now
             for entry in batch:
-                digest = record_hash(previous, entry.kind, entry.name, entry.event, entry.details)
-                conn.execute(
-                    "INSERT INTO paybill.audit_log (seq, kind, name, event, details, previous, hash) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    (seq, entry.kind, entry.name, entry.event, json.dumps(entry.details), previous, digest),
+                digest = record_hash(
+                    previous, entry.kind, entry.name, entry.event, entry.details, CURRENT_FORMAT, at_text
                 )
-                written.append(AuditRecord(seq, entry.kind, entry.name, entry.event, entry.details, previous, digest))
+                record = AuditRecord(
+                    seq, entry.kind, entry.name, entry.event, entry.details, previous, digest, at_text, CURRENT_FORMAT
+                )
+                _insert(conn, record, at)
+                written.append(record)
                 seq, previous = seq + 1, digest
+        self._formats = True
         self._head = Head(self._chain, written[-1].seq, written[-1].hash)
         return written
 
@@ -235,7 +255,7 @@ class AuditLog:
         conn = self._connect()
         self._setup(conn)
         rows = conn.execute(
-            "SELECT seq, kind, name, event, details, previous, hash FROM paybill.audit_log "
+            f"SELECT {_record_columns(conn)} FROM paybill.audit_log "
             "WHERE (%s::text IS NULL OR kind = %s) AND (%s::text IS NULL OR name = %s) ORDER BY seq",
             (kind, kind, name, name),
         ).fetchall()
@@ -244,15 +264,15 @@ class AuditLog:
     def timed_records(
         self, since: datetime.datetime | None = None, until: datetime.datetime | None = None
     ) -> list[tuple[AuditRecord, datetime.datetime]]:
-        """Records with the time each was written (`at`, which the hashes do not cover), in [since, until)."""
+        """Records with the time each was written (`at`: covered by the hash from format 2 on), in [since, until)."""
         conn = self._connect()
         self._setup(conn)
         rows = conn.execute(
-            "SELECT seq, kind, name, event, details, previous, hash, at FROM paybill.audit_log "
+            f"SELECT {_record_columns(conn)}, at FROM paybill.audit_log "
             "WHERE (%s::timestamptz IS NULL OR at >= %s) AND (%s::timestamptz IS NULL OR at < %s) ORDER BY seq",
             (since, since, until, until),
         ).fetchall()
-        return [(AuditRecord(*row[:7]), row[7]) for row in rows]
+        return [(AuditRecord(*row[:-1]), row[-1]) for row in rows]
 
     def verify(self) -> int:
         """Walk the whole chain and hold it against the checkpoint; returns its length, or raises ChainBroken at
@@ -284,6 +304,33 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
+def _insert(conn: psycopg.Connection, record: AuditRecord, at: datetime.datetime) -> None:
+    details = json.dumps(record.details)
+    row = (record.seq, at, record.kind, record.name, record.event, details, record.previous, record.hash)
+    conn.execute(INSERT, (*row, record.hash_format))
+
+
+def _record_columns(conn: psycopg.Connection) -> str:
+    """The columns of an AuditRecord; a log no writer of hash formats has touched yet holds format 1 only (readers
+    never change the log)."""
+    formats = "hash_format" if _has_formats(conn) else str(LEGACY_FORMAT)
+    return f"seq, kind, name, event, details, previous, hash, {AT_TEXT.format('at')}, {formats}"
+
+
+def _has_formats(conn: psycopg.Connection) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = 'paybill.audit_log'::regclass "
+        "AND attname = 'hash_format' AND NOT attisdropped"
+    ).fetchone()
+    return row is not None
+
+
+def _add_formats(conn: psycopg.Connection) -> None:
+    """Give a log made before hash formats its column: its records are format 1's."""
+    if not _has_formats(conn):
+        conn.execute(f"ALTER TABLE paybill.audit_log ADD COLUMN IF NOT EXISTS {FORMAT_COLUMN}")
+
+
 def _log_exists(conn: psycopg.Connection) -> bool:
     """Both tables (made, with the chain's id, in one transaction)."""
     row = conn.execute(
@@ -297,7 +344,7 @@ def _create_log(conn: psycopg.Connection) -> None:
     conn.execute(
         "CREATE TABLE IF NOT EXISTS paybill.audit_log (seq bigint PRIMARY KEY, "
         "at timestamptz NOT NULL DEFAULT now(), kind text NOT NULL, name text NOT NULL, "
-        "event text NOT NULL, details jsonb NOT NULL, previous text NOT NULL, hash text NOT NULL)"
+        f"event text NOT NULL, details jsonb NOT NULL, previous text NOT NULL, hash text NOT NULL, {FORMAT_COLUMN})"
     )
     conn.execute("REVOKE ALL ON paybill.audit_log FROM PUBLIC")
     # The log's id: its checkpoint is filed under it, so a new database is never held to another's checkpoint.

@@ -1,6 +1,7 @@
 """What a reviewer does with the audit log (`paybill audit verify | replay | export`), over records already read.
 
 - `first_break`: the chain's first fault, with the record it is at (edited, deleted or moved records).
+- `untimed`: what an intact chain cannot vouch for: the times of records written under hash format 1.
 - `replay`: every recorded gate decision made again under the policy version recorded with it (versions.py),
   and the ones that come out differently. A stored version whose text no longer hashes to its address was edited.
 - `export_line`: one record as a JSON line for a tenant's export, with anything credential-like taken out.
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .chain import AuditRecord, ChainBroken, Head, RecordsMissing, check_chain
+from .chain import LEGACY_FORMAT, AuditRecord, ChainBroken, Head, RecordsMissing, check_chain
 from .versions import StoredVersion
 
 REDACTED = "[redacted]"
@@ -61,6 +62,25 @@ def first_break(records: list[AuditRecord], checkpoint: Head | None = None) -> B
             message = "edited: " + message
         return Break(exc.seq, message, found)
     return None
+
+
+def untimed(records: list[AuditRecord]) -> str | None:
+    """Which records' times the chain does not cover (written under hash format 1), said for a reviewer; None: all
+    are covered."""
+    seqs = [record.seq for record in records if record.hash_format == LEGACY_FORMAT]
+    if not seqs:
+        return None
+    spans: list[list[int]] = []
+    for seq in seqs:
+        if spans and spans[-1][1] == seq - 1:
+            spans[-1][1] = seq
+        else:
+            spans.append([seq, seq])
+    named = ", ".join(f"{first}" if first == last else f"{first} to {last}" for first, last in spans)
+    return (
+        f"{len(seqs)} written under hash format {LEGACY_FORMAT}, which does not cover their times "
+        f"(record{'s' if len(seqs) > 1 else ''} {named})"
+    )
 
 
 @dataclass(frozen=True)
