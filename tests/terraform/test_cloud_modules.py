@@ -409,3 +409,12 @@ def test_each_clouds_region_names_are_found_inside_expressions(region: str, tmp_
     assert violations(module, stands_for_cloud_objects=True) == [
         f'resource terraform_data.where: hard-codes the region "{region.removesuffix("-a")}"'
     ]
+
+
+def test_an_aws_module_tags_every_resource_managed_by_paybill(tmp_path: Path) -> None:
+    """Recovery after a killed apply adopts only resources with this tag (terraform/adoption.py)."""
+    module = _copy(tmp_path, "aws", "silo")
+    _edit(module, "main.tf", '    "paybill.dev/managed-by"  = "paybill"\n', "")
+    assert violations(module) == ['locals.tags must map "paybill.dev/managed-by" to "paybill"']
+    _edit(module, "main.tf", "var.cost_center\n  }", 'var.cost_center\n    "paybill.dev/managed-by" = "me"\n  }')
+    assert violations(module) == ['locals.tags must map "paybill.dev/managed-by" to "paybill"']

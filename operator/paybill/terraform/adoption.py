@@ -18,8 +18,9 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-MANAGED_BY = ("paybill.dev/managed-by", "paybill")  # the tag every AWS module gives its resources
-TENANT_TAG = "paybill.dev/tenant"
+from .contract import MANAGED_BY, TAG_KEYS
+
+TENANT_TAG = TAG_KEYS[0]
 NAME_ATTRIBUTES = ("name", "bucket", "identifier")  # where a resource's deterministic name is, when it has one
 IMPORT_FILE = "paybill_adopt.tf"
 Key = tuple[str, str]  # (resource type, id): ids repeat across types (a bucket and a role both named paybill-<t>)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,8 @@ TAG_VALUES = {
 # Resource types that cannot carry tags (their parent resource does); terraform_data is no cloud object,
 # except in the `local` modules, where it stands for one and carries the tags in its input.
 UNTAGGABLE = ("aws_iam_role_policy", "aws_iam_role_policy_attachment")
+# The tag that says Paybill made a resource: recovery adopts only resources carrying it (terraform/adoption.py)
+MANAGED_BY = ("paybill.dev/managed-by", "paybill")
 
 
 @dataclass(frozen=True)
@@ -64,11 +66,12 @@ class TagConvention:
     key_value_strings: bool = False  # a list of "key:value" strings, not a map
     lowercase: bool = False  # values lowercased in the module (the tenant id, a DNS label, already is)
     context_inputs: Mapping[str, str] = field(default_factory=dict)  # inputs besides INPUTS the cloud needs
+    managed_by: tuple[str, str] | None = None  # a tag (key, literal value) every resource carries besides the keys
 
 
 _KEYS = ("paybill-tenant", "paybill-plan", "paybill-cost-center")  # no '/' (Azure), no '.' (OCI), lowercase (GCP)
 TAG_CONVENTIONS: Mapping[str, TagConvention] = {
-    "aws": TagConvention("aws", "hashicorp/aws", TAG_KEYS, untaggable=frozenset(UNTAGGABLE)),
+    "aws": TagConvention("aws", "hashicorp/aws", TAG_KEYS, untaggable=frozenset(UNTAGGABLE), managed_by=MANAGED_BY),
     "azure": TagConvention(
         "azurerm",
         "hashicorp/azurerm",
@@ -124,7 +127,8 @@ TAG_CONVENTIONS: Mapping[str, TagConvention] = {
         lowercase=True,
     ),
 }
-_DEFAULT_CONVENTION = TAG_CONVENTIONS["aws"]  # modules of built-in resources only (`local`) tag as AWS does
+# modules of built-in resources only (`local`) tag as AWS does (no cloud object of theirs is ever adopted)
+_DEFAULT_CONVENTION = replace(TAG_CONVENTIONS["aws"], managed_by=None)
 # Credentials are never written in a module: attributes of these names are generated or come from the environment
 _CREDENTIAL = re.compile(
     r"(password|secret|secret_key|access_key|api_key|apikey|private_key|token|fingerprint|credentials)$"
@@ -254,6 +258,10 @@ def _declared_tag_violations(tags: Any, convention: TagConvention) -> list[str]:
             return [f"locals.{convention.local} must list {keys} user tags of the tenant id, plan and cost center"]
     else:
         mapped = {_unquote(k): _expression(v) for k, v in tags.items()} if isinstance(tags, dict) else {}
+        if convention.managed_by is not None:
+            key, value = convention.managed_by
+            if mapped.pop(key, None) != value:
+                return [f'locals.{convention.local} must map "{key}" to "{value}"']
         if set(mapped) != set(inputs) or any(f"var.{inputs[key]}" not in value for key, value in mapped.items()):
             keys = ", ".join(convention.keys)
             return [f"locals.{convention.local} must map {keys} to the tenant id, plan and cost center"]

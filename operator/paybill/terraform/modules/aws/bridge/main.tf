@@ -5,6 +5,7 @@ locals {
     "paybill.dev/tenant"      = var.tenant_id
     "paybill.dev/plan"        = var.plan
     "paybill.dev/cost-center" = var.cost_center
+    "paybill.dev/managed-by"  = "paybill"
   }
   name     = "paybill-${var.tenant_id}"
   database = "tenant_${replace(var.tenant_id, "-", "_")}"
