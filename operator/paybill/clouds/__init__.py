@@ -13,6 +13,7 @@ from .model import (
     PowerState,
     Preflight,
     Resource,
+    Unsupported,
     Verdict,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "PowerState",
     "Preflight",
     "Resource",
+    "Unsupported",
     "Verdict",
 ]

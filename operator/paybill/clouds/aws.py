@@ -14,6 +14,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from paybill.terraform.adoption import CloudObject
+
 from . import tags
 from .base import AdapterBase
 from .model import Cloud, CloudError, CloudPlan, PowerState, Preflight, Resource, Verdict
@@ -36,6 +38,10 @@ _BAD_CREDENTIALS = frozenset(
 )
 _NOT_FOUND = frozenset(
     {"InvalidInstanceID.NotFound", "DBInstanceNotFound", "NoSuchResource", "NoSuchResourceException"}
+)
+# "there is none by that name" from the lookups of named objects (an empty answer, not an error)
+_ABSENT = frozenset(
+    {"DBInstanceNotFound", "DBSubnetGroupNotFoundFault", "NoSuchBucket", "NoSuchEntity", "404", "NoSuchTagSet"}
 )
 
 
@@ -77,6 +83,8 @@ class AwsAdapter(AdapterBase):
         self._ec2 = client("ec2", self.region)
         self._rds = client("rds", self.region)
         self._quotas = client("service-quotas", self.region)
+        self._s3 = client("s3", self.region)
+        self._iam = client("iam", "us-east-1")  # IAM is global
 
     def preflight(self, plan: CloudPlan) -> Preflight:
         try:
@@ -174,3 +182,81 @@ class AwsAdapter(AdapterBase):
 
     def _tagged(self) -> list[Resource]:
         return self._instances([{"Name": "tag-key", "Values": [tags.tenant_key(CLOUD)]}]) + self._databases()
+
+    # -- what an interrupted apply may have left untracked (terraform/adoption.py decides what is adopted) ------------
+
+    def tenant_objects(self, tenant: str) -> list[CloudObject]:
+        """The tenant's VPCs, subnets and security groups by its tag; its DB instance, DB subnet group, bucket and IAM
+        role (with the role's inline policies) by the name the modules give them, paybill-<tenant>."""
+        by_tag = [{"Name": f"tag:{tags.tenant_key(CLOUD)}", "Values": [tenant]}]
+        name = f"paybill-{tenant}"
+        return [
+            *self._ec2_objects("aws_vpc", self._ec2.describe_vpcs, "Vpcs", "VpcId", by_tag),
+            *self._ec2_objects("aws_subnet", self._ec2.describe_subnets, "Subnets", "SubnetId", by_tag),
+            *self._ec2_objects(
+                "aws_security_group", self._ec2.describe_security_groups, "SecurityGroups", "GroupId", by_tag
+            ),
+            *self._named(self._db_instance, name),
+            *self._named(self._db_subnet_group, name),
+            *self._named(self._bucket, name),
+            *self._role_objects(name),
+        ]
+
+    def _ec2_objects(
+        self, kind: str, method: Callable[..., dict[str, Any]], key: str, id_key: str, filters: list[dict[str, Any]]
+    ) -> list[CloudObject]:
+        found = []
+        for page in self._pages(method, key, Filters=filters):
+            for item in page[key]:
+                name = item.get("GroupName", "") if kind == "aws_security_group" else ""
+                found.append(CloudObject(kind, item[id_key], name, _tag_map(item.get("Tags"))))
+        return found
+
+    def _named(self, lookup: Callable[[str], CloudObject], name: str) -> list[CloudObject]:
+        """The object of that name, or none when the cloud has none by it."""
+        try:
+            return [lookup(name)]
+        except CloudError as error:
+            if error.code in _ABSENT:
+                return []
+            raise
+
+    def _db_instance(self, name: str) -> CloudObject:
+        found = self._call(lambda: self._rds.describe_db_instances(DBInstanceIdentifier=name))["DBInstances"][0]
+        return CloudObject("aws_db_instance", name, name, _tag_map(found.get("TagList")))
+
+    def _db_subnet_group(self, name: str) -> CloudObject:
+        group = self._call(lambda: self._rds.describe_db_subnet_groups(DBSubnetGroupName=name))["DBSubnetGroups"][0]
+        listed = self._call(lambda: self._rds.list_tags_for_resource(ResourceName=group["DBSubnetGroupArn"]))
+        return CloudObject("aws_db_subnet_group", name, name, _tag_map(listed.get("TagList")))
+
+    def _bucket(self, name: str) -> CloudObject:
+        self._call(lambda: self._s3.head_bucket(Bucket=name))
+        try:
+            found = self._call(lambda: self._s3.get_bucket_tagging(Bucket=name)).get("TagSet")
+        except CloudError as error:
+            if error.code != "NoSuchTagSet":
+                raise
+            found = []
+        return CloudObject("aws_s3_bucket", name, name, _tag_map(found))
+
+    def _role_objects(self, name: str) -> list[CloudObject]:
+        """The role and its inline policies (which carry no tags: they are the role's)."""
+        roles = self._named(self._role, name)
+        if not roles:
+            return []
+        listed = self._call(lambda: self._iam.list_role_policies(RoleName=name)).get("PolicyNames", [])
+        policies = [
+            CloudObject("aws_iam_role_policy", f"{name}:{policy}", policy, parent=("aws_iam_role", name))
+            for policy in listed
+        ]
+        return roles + policies
+
+    def _role(self, name: str) -> CloudObject:
+        self._call(lambda: self._iam.get_role(RoleName=name))
+        listed = self._call(lambda: self._iam.list_role_tags(RoleName=name)).get("Tags")
+        return CloudObject("aws_iam_role", name, name, _tag_map(listed))
+
+
+def _tag_map(found: list[dict[str, str]] | None) -> dict[str, str]:
+    return {tag["Key"]: tag["Value"] for tag in found or []}

@@ -8,9 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from typing import ClassVar, TypeVar
 
+from paybill.terraform.adoption import CloudObject
 from paybill.terraform.contract import TAG_CONVENTIONS
 
-from .model import Cloud, CloudPlan, PowerChange, PowerState, Preflight, Resource
+from .model import Cloud, CloudPlan, PowerChange, PowerState, Preflight, Resource, Unsupported
 from .power import power_change
 from .retry import Failure, RetryPolicy, calling
 
@@ -63,6 +64,9 @@ class AdapterBase:
     def _tagged(self) -> list[Resource]:
         """Every resource carrying the tenant tag, whichever tenant."""
         raise NotImplementedError
+
+    def tenant_objects(self, tenant: str) -> list[CloudObject]:
+        raise Unsupported(f"finding a tenant's resources to adopt into Terraform is not supported for {self.cloud}")
 
     def _act(self, ids: tuple[str, ...], wanted: PowerState) -> None:
         """Stop (wanted STOPPED) or start these instances, returning once they are (TimeoutError past the deadline)."""

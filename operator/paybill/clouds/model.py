@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+from paybill.terraform.adoption import CloudObject
+
 
 class Cloud(StrEnum):
     AWS = "aws"
@@ -115,6 +117,10 @@ class CloudError(Exception):
         self.status = status
 
 
+class Unsupported(Exception):
+    """What this cloud's adapter cannot do here (say, find a tenant's resources for Terraform to adopt)."""
+
+
 class CloudAdapter(Protocol):
     """One cloud account in one region, seen through Paybill's tags."""
 
@@ -129,3 +135,9 @@ class CloudAdapter(Protocol):
     def resume(self, tenant: str) -> PowerChange: ...
 
     def orphans(self, known_tenants: Collection[str]) -> list[Resource]: ...
+
+    def tenant_objects(self, tenant: str) -> list[CloudObject]:
+        """The tenant's objects as Terraform types them (with their tags, to be checked: a name proves nothing),
+        found by its tag and by the names the modules give: what an interrupted apply may have left untracked.
+        Unsupported for a cloud without this lookup."""
+        ...
