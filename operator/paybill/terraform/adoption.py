@@ -84,7 +84,8 @@ def planned_creates(plan_json: Mapping[str, Any]) -> list[PlannedCreate]:
             continue
         after = (change.get("change") or {}).get("after") or {}
         names = frozenset(str(after[key]) for key in NAME_ATTRIBUTES if isinstance(after.get(key), str) and after[key])
-        tags = after.get("tags") if isinstance(after.get("tags"), dict) else {}
+        tags = after.get("tags")
+        tags = tags if isinstance(tags, dict) else {}
         creates.append(PlannedCreate(change["address"], change["type"], names, str(tags.get("Name") or "")))
     return creates
 
