@@ -23,7 +23,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +35,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from ..api.meta import API_VERSION, GROUP, VERSION, now_rfc3339
 from ..api.plan import Cloud, Isolation, PlanSpec
 from ..api.tenant import InfrastructureStatus
+from ..clouds import Cloud as CloudName
+from ..clouds import preflight as cloud_preflight
 from ..clouds.preflight import gate as cloud_gate
 from ..errors import first_line
 from ..kubeclient import Kube, KubeError
@@ -42,9 +44,11 @@ from ..lifecycle import infrastructure as infra
 from ..lifecycle.reconcile import PlanObject, TenantObject
 from ..metrics import terraform_ran
 from ..terraform import ApplyResult, ModuleInputs, RunnerConfig, StalePlan, TerraformError, TerraformRunner
+from ..terraform.adoption import CloudObject
 from ..terraform.contract import violations
 from ..terraform.errors import PlanHashMismatch, PlanNotFound, redact
 from ..terraform.modules import module_dir
+from ..terraform.runner import Finder
 from ..terraform.workspaces import Workspace
 from .apply import TRIGGER, audit, delete_owned_secret, operator_namespace, publish_secret, touch
 from .settings import DATABASE_URL_ENV, state_directory
@@ -76,6 +80,7 @@ class RunSetup:
     module: Path
     inputs: ModuleInputs
     credentials_secret: str | None
+    cloud: str = Cloud.LOCAL  # whose adapter finds what an interrupted apply left (local: nothing in a cloud)
 
 
 # --- what a Plan's provisioning resolves to ------------------------------------------------------------------------
@@ -250,7 +255,7 @@ class InfrastructureRuns:
         variables = inputs.variables() if inputs is not None else {"tenant_id": tenant}
         digest = config_digest(directory, variables, provisioning.credentialsSecret, isolation)
         if directory is not None and inputs is not None and not problems:
-            self._keep(digest, RunSetup(directory, inputs, provisioning.credentialsSecret))
+            self._keep(digest, RunSetup(directory, inputs, provisioning.credentialsSecret, cloud))
         return infra.Desired(
             name,
             digest,
@@ -344,7 +349,7 @@ class InfrastructureRuns:
         digest = action.desired.digest
         match action:
             case infra.PlanInfrastructure():
-                summary = runner.plan(setup.inputs, setup.module, env)
+                summary = runner.plan(setup.inputs, setup.module, env, self._finder(setup, env))
                 return {
                     **_summary(summary),
                     "lastResult": infra.AWAITING,
@@ -356,7 +361,7 @@ class InfrastructureRuns:
             case infra.ApplyInfrastructure(_, plan_hash):
                 runner.record_applied(setup.inputs, action.desired.module, setup.credentials_secret)
                 if plan_hash is None:
-                    result = runner.apply(setup.inputs, setup.module, env)
+                    result = runner.apply(setup.inputs, setup.module, env, self._finder(setup, env))
                 else:
                     result = runner.apply_plan(setup.inputs, setup.module, plan_hash, plan_hash, env)
                 return self._applied(ref, tenant, result, action.desired)
@@ -400,6 +405,9 @@ class InfrastructureRuns:
         secret = infra.outputs_secret(ref, tenant.namespace, result.outputs.secret_data())
         publish_secret(self.kube, secret)
         self._recovered(ref, tenant.name, result.lock_recoveries)
+        if result.adoption is not None:
+            record = {"workspace": desired.workspace, "module": desired.module, **result.adoption.record}
+            audit(ref, self.audit, "Tenant", tenant.name, "terraform-resources-adopted", record)  # type: ignore[arg-type]
         summary, before = result.summary, self._recorded(tenant.name)
         return {
             **_retiring(before, desired.workspace),
@@ -465,6 +473,21 @@ class InfrastructureRuns:
             provider_mirror=Path(mirror) if mirror else None,
             extra_files=override_files(self.environ.get(OVERRIDES_DIR_ENV)),
         )
+
+    def _finder(self, setup: RunSetup, credentials: Mapping[str, str]) -> Finder | None:
+        """The cloud adapter's lookup of a tenant's objects, for the recovery after an apply that never finished
+        (made only if one did: the runner calls it then). None for the local module, which builds nothing in a cloud."""
+        if setup.cloud == Cloud.LOCAL:
+            return None
+
+        def tenant_objects(tenant: str) -> Sequence[CloudObject]:
+            from ..clouds.adapters import adapter  # the SDKs are the `clouds` extra
+
+            cloud = CloudName(str(setup.cloud))
+            endpoint = cloud_preflight.endpoints(self.environ.get(cloud_preflight.ENDPOINTS_ENV)).get(cloud)
+            return adapter(cloud, credentials, setup.inputs.region, endpoint=endpoint).tenant_objects(tenant)
+
+        return tenant_objects
 
     def _credentials(self, secret: str | None) -> dict[str, str]:
         namespace = operator_namespace()

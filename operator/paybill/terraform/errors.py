@@ -60,6 +60,11 @@ class StalePlan(TerraformError):
     """Terraform refused a saved plan made against a state that has changed since."""
 
 
+class AdoptionBlocked(TerraformError):
+    """After an interrupted apply, what it left in the cloud cannot be adopted without guessing (or the cloud has no
+    lookup here): nothing is planned or applied until someone decides; the message names each object."""
+
+
 class PlanHashMismatch(RuntimeError):
     """The saved plan's sha256 is not the approved one: nothing was applied."""
 

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .adoption import Adoption
+
 # A tenant id names a PostgreSQL schema, a working directory and Kubernetes objects: a DNS label, nothing else.
 TENANT_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 WORKSPACE = re.compile(r"^[a-z][a-z0-9]{0,19}$")
@@ -118,6 +120,7 @@ class ApplyResult:
     summary: PlanSummary
     outputs: Outputs
     lock_recoveries: tuple[LockRecovery, ...] = ()
+    adoption: Adoption | None = None  # what an interrupted apply had left in the cloud, imported by this one
 
 
 @dataclass(frozen=True)

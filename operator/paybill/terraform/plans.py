@@ -37,6 +37,13 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.applied (
     credentials_secret text,
     recorded_at        timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, workspace)
+);
+CREATE TABLE IF NOT EXISTS {SCHEMA}.applying (
+    tenant_id  text NOT NULL,
+    workspace  text NOT NULL,
+    run_id     text NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, workspace)
 )"""
 
 

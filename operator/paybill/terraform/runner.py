@@ -15,7 +15,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +23,12 @@ from typing import Any
 
 from python_terraform import IsFlagged, IsNotFlagged  # type: ignore[import-untyped]
 
-from . import backend, binary
+from . import adoption, backend, binary, recovery
 from . import workspaces as records
 from .config import RunnerConfig, cli_config
 from .connections import Connections
 from .errors import (
+    AdoptionBlocked,
     PlanHashMismatch,
     PlanNotFound,
     RunnerBusy,
@@ -55,6 +56,8 @@ VARIABLES_FILE = "paybill.auto.tfvars.json"
 PLAN_FILE = "paybill.tfplan"
 LOCK_ERROR = "Error acquiring the state lock"
 STALE_PLAN_ERRORS = ("Saved plan is stale", "plan file is stale")
+# A cloud adapter's lookup of a tenant's objects (clouds CloudAdapter.tenant_objects), for recovery to adopt from
+Finder = Callable[[str], Sequence[adoption.CloudObject]]
 
 
 @dataclass
@@ -68,6 +71,7 @@ class Run:
     terraform: RunTerraform
     secrets: list[str]
     recoveries: list[LockRecovery] = field(default_factory=list)
+    adoption: adoption.Adoption | None = None
 
 
 class TerraformRunner:
@@ -96,10 +100,15 @@ class TerraformRunner:
         with self._guard:
             return self._waiting
 
-    def plan(self, inputs: ModuleInputs, module: Path, env: Mapping[str, str] | None = None) -> PlanSummary:
+    def plan(
+        self, inputs: ModuleInputs, module: Path, env: Mapping[str, str] | None = None, finder: Finder | None = None
+    ) -> PlanSummary:
         """Plan and keep the plan (file and JSON) in PostgreSQL; status holds the returned summary. `env` (here and
-        in every run): this run's provider credentials, on top of the configured ones, redacted in errors."""
+        in every run): this run's provider credentials, on top of the configured ones, redacted in errors.
+        `finder` (here and in apply): the cloud's lookup of the tenant's objects, for the recovery of an apply
+        that never finished (None: the module builds nothing in a cloud)."""
         with self._run(inputs, module, env) as run:
+            self._adopt_if_interrupted(run, finder)
             return self._plan(run)[0]
 
     def apply_plan(
@@ -120,21 +129,26 @@ class TerraformRunner:
         if sha256(plan_file) != approved_hash:
             raise PlanHashMismatch(approved_hash, sha256(plan_file))
         summary = self.plans.summary(inputs.tenant_id, plan_hash)
+        self._refuse_if_made_before_an_interruption(inputs, plan_hash)
         with self._run(inputs, module, env) as run:
             (run.workdir / PLAN_FILE).write_bytes(plan_file)
             self._apply_saved(run)
             return ApplyResult(summary, self.state_outputs(inputs.tenant_id, inputs.workspace), tuple(run.recoveries))
 
-    def apply(self, inputs: ModuleInputs, module: Path, env: Mapping[str, str] | None = None) -> ApplyResult:
+    def apply(
+        self, inputs: ModuleInputs, module: Path, env: Mapping[str, str] | None = None, finder: Finder | None = None
+    ) -> ApplyResult:
         """Plan and apply that very plan file in one run (no approval step). The plan's summary (`show -json`)
         is made while the apply runs: nothing waits for it."""
         with self._run(inputs, module, env) as run:
+            self._adopt_if_interrupted(run, finder)
             self._plan_file(run)
             with ThreadPoolExecutor(max_workers=1) as side:
                 shown = side.submit(self._summarize, run)
                 self._apply_saved(run)
                 summary, _ = shown.result()
-            return ApplyResult(summary, self.state_outputs(inputs.tenant_id, inputs.workspace), tuple(run.recoveries))
+            outputs = self.state_outputs(inputs.tenant_id, inputs.workspace)
+            return ApplyResult(summary, outputs, tuple(run.recoveries), run.adoption)
 
     def outputs(self, inputs: ModuleInputs, module: Path) -> Outputs:
         """`terraform output -json` in a run of its own."""
@@ -342,11 +356,66 @@ class TerraformRunner:
         return summary, plan_json
 
     def _apply_saved(self, run: Run) -> None:
+        """The apply, marked in PostgreSQL while it runs: a mark left behind is an apply that never finished."""
+        with self.connections.connection() as connection:
+            recovery.mark_applying(connection, run.tenant_id, run.workspace, run.run_id)
         code, out, err = self._locking(
             run,
             lambda: run.terraform.apply(PLAN_FILE, no_color=IsFlagged, input=False, lock_timeout=self._lock_timeout),
         )
+        if LOCK_ERROR not in err + out:  # Terraform ran the apply and wrote its state, whatever came of it
+            with self.connections.connection() as connection:
+                recovery.clear_applying(connection, run.tenant_id, run.workspace)
         self._check(run, "apply", code, out, err)
+
+    # -- after an apply that never finished ---------------------------------------------------------------------
+
+    def _adopt_if_interrupted(self, run: Run, finder: Finder | None) -> None:
+        """When an apply of this workspace never finished, the objects it made that the state lacks are written
+        into the run as `import {}` blocks before the real plan (adoption.py decides which, naming what it
+        cannot map: AdoptionBlocked). A module that builds nothing in a cloud (finder None) has nothing to adopt."""
+        with self.connections.connection() as connection:
+            since = recovery.interrupted_since(connection, run.tenant_id, run.workspace)
+            tracked = recovery.tracked(connection, run.tenant_id, run.workspace) if since else set()
+        if since is None or finder is None:
+            return
+        self._plan_file(run)
+        planned = adoption.planned_creates(self._show_json(run))
+        if not planned:
+            return
+        try:
+            found = finder(run.tenant_id)
+        except Exception as exc:  # Unsupported for the cloud, or a CloudError: nothing is applied blind
+            raise AdoptionBlocked("adopt", None, self._blocked(run, f"{type(exc).__name__}: {exc}")) from exc
+        result = adoption.adopt(run.tenant_id, found, tracked, planned)
+        if result.problems:
+            raise AdoptionBlocked("adopt", None, self._blocked(run, "; ".join(result.problems)))
+        if result.imports:
+            (run.workdir / adoption.IMPORT_FILE).write_text(adoption.import_blocks(result.imports))
+        run.adoption = result
+
+    def _blocked(self, run: Run, why: str) -> str:
+        return redact(
+            f"an apply of {run.workspace} never finished and what it made cannot be adopted without guessing: {why}",
+            run.secrets,
+        )
+
+    def _show_json(self, run: Run) -> dict[str, Any]:
+        code, out, err = run.terraform.show(PLAN_FILE, json=IsFlagged, no_color=IsFlagged)
+        self._check(run, "show", code, out, err)
+        shown: dict[str, Any] = json.loads(out)
+        return shown
+
+    def _refuse_if_made_before_an_interruption(self, inputs: ModuleInputs, plan_hash: str) -> None:
+        """A saved plan made before an apply that never finished does not know what that apply made: planned again
+        (with the adoption) instead."""
+        with self.connections.connection() as connection:
+            since = recovery.interrupted_since(connection, inputs.tenant_id, inputs.workspace)
+            made = recovery.plan_made_at(connection, inputs.tenant_id, plan_hash) if since else None
+        if since is not None and made is not None and made <= since:
+            raise StalePlan(
+                "apply", None, f"an apply never finished after plan {plan_hash[:12]} was made: it is planned again"
+            )
 
     @property
     def _lock_timeout(self) -> str:
