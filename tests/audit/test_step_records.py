@@ -76,8 +76,11 @@ def guard(databases: TenantDatabases, placement: Placement, uri: str) -> Executi
 
 def status_of_order(databases: TenantDatabases, placement: Placement) -> str:
     with databases.session(placement.database) as conn:
-        row = conn.execute(
-            sql.SQL("SELECT status FROM {}.orders WHERE id = 101").format(sql.Identifier(placement.schema))
+        row = conn.execute(  # the tenant's own order 101: a pooled database holds other tenants' too
+            sql.SQL("SELECT status FROM {}.orders WHERE tenant_id = %s AND id = 101").format(
+                sql.Identifier(placement.schema)
+            ),
+            (placement.tenant,),
         ).fetchone()
     assert row is not None
     return str(row[0])

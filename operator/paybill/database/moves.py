@@ -9,6 +9,7 @@ from psycopg import sql
 from ..api.plan import Isolation
 from ..api.tenant import TableChecksum
 from .access import AccessLevels
+from .agents import steps
 from .agents.hold import AgentWrites
 from .connections import Connections
 from .control import Control
@@ -74,8 +75,10 @@ class Moves:
         self.control.place(tenant, str(source.isolation), migrating_to=str(target.isolation))
         self.provisioning.ensure(target, password)
         self.access.set_writable(source, False)
-        self.agents.end_writers(source, [source.role, *self.agents.roles(tenant)])
+        agents = self.agents.roles(tenant)
+        self.agents.end_writers(source, [source.role, *agents])
         self.copy(source, target)
+        self.carry_step_records(source, target, agents)
         before, after = checksums(self.connections, source), checksums(self.connections, target)
         if before != after:
             raise MigrationError(
@@ -102,6 +105,14 @@ class Moves:
                 with src.cursor().copy(copy_out) as reader, dst.cursor().copy(copy_in) as writer:
                     for chunk in reader:
                         writer.write(chunk)
+
+    def carry_step_records(self, source: Placement, target: Placement, agents: list[str]) -> int:
+        """The workflow step records of the tenant's agents go with its data (agents/steps.py): a run interrupted
+        before the move and taken up after it skips the steps it did. Only theirs, never another tenant's beside
+        them in a shared database. Returns how many the source holds."""
+        session = self.connections.session
+        with self.agents.lock(target.database), session(source.database) as src, session(target.database) as dst:
+            return steps.carry(src, dst, agents)
 
     def finish(self, tenant: str) -> Placement | None:
         """Remove what a completed move left at its source; returns it (None if there was nothing)."""

@@ -9,10 +9,15 @@ statement is rolled back with it).
 The table belongs to the operator. An agent role may insert records and read back its own (row-level security:
 `role` is the inserting role, by default and by check), never change or delete one, and never write another
 role's: a record only ever speaks for the role that ran the step.
+
+Records go where the tenant's data goes: a move copies the records of the tenant's agents (`carry`; agent roles
+keep their names across placements), so a run interrupted before a move and taken up after it still skips what it
+did. In a shared database other tenants' agents record beside them: only the named roles' rows are carried.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -28,6 +33,7 @@ RECORD = f"INSERT INTO {SCHEMA}.{TABLE} (workflow, step, name, rows, plan_hash) 
 RECORDED = f"SELECT step, name, rows, plan_hash FROM {SCHEMA}.{TABLE} WHERE workflow = $1 ORDER BY step"
 PRIMARY_KEY = f"{TABLE}_pkey"
 AGENT_COLUMNS = ("workflow", "step", "name", "rows", "plan_hash")
+CARRIED_COLUMNS = ("role", *AGENT_COLUMNS, "at")
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,48 @@ def prepare(conn: psycopg.Connection, role: str) -> None:
     """Create the records table if it is not there (in the connection's database, as the operator) and let `role`
     record its steps. NameConflict if the schema or the table exists but is not the operator's (a tenant that owns
     its database could have made one first: it is never adopted)."""
-    schema, table = sql.Identifier(SCHEMA), sql.SQL("{}.{}").format(sql.Identifier(SCHEMA), sql.Identifier(TABLE))
+    ensure_table(conn)
+    schema, table = sql.Identifier(SCHEMA), sql.Identifier(SCHEMA, TABLE)
+    role_id, columns = sql.Identifier(role), sql.SQL(", ").join(map(sql.Identifier, AGENT_COLUMNS))
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, role_id))
+    conn.execute(sql.SQL("GRANT INSERT ({}) ON {} TO {}").format(columns, table, role_id))
+    conn.execute(sql.SQL("GRANT SELECT ({}, role) ON {} TO {}").format(columns, table, role_id))
+
+
+def carry(source: psycopg.Connection, target: psycopg.Connection, roles: Sequence[str]) -> int:
+    """Copy the records of `roles` (one tenant's agents) from `source`'s database to `target`'s, both connected as
+    the operator; returns how many the source holds. Records already at the target stay (each says a step
+    committed: a tenant moving back finds its earlier copy), and the rows of every other role stay where they are.
+    Nothing is read from a source table that is not the operator's (no agent could record there: `prepare`
+    refuses it); NameConflict for such a table at the target, which its owner could empty."""
+    if not roles or not _exists(source) or not _owned(source):
+        return 0
+    table, columns = sql.Identifier(SCHEMA, TABLE), sql.SQL(", ").join(map(sql.Identifier, CARRIED_COLUMNS))
+    select = sql.SQL("SELECT {} FROM {} WHERE role = ANY({}::name[])").format(columns, table, sql.Literal(list(roles)))
+    with target.transaction():
+        ensure_table(target)
+        target.execute(
+            sql.SQL("CREATE TEMPORARY TABLE carried ON COMMIT DROP AS SELECT {} FROM {} LIMIT 0").format(columns, table)
+        )
+        copy_out = sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(select)
+        with (
+            source.cursor().copy(copy_out) as reader,
+            target.cursor().copy("COPY pg_temp.carried FROM STDIN (FORMAT binary)") as writer,
+        ):
+            for chunk in reader:
+                writer.write(chunk)
+        row = target.execute("SELECT count(*) FROM pg_temp.carried").fetchone()
+        target.execute(
+            sql.SQL("INSERT INTO {} ({}) SELECT {} FROM pg_temp.carried ON CONFLICT DO NOTHING").format(
+                table, columns, columns
+            )
+        )
+    return int(row[0]) if row else 0
+
+
+def ensure_table(conn: psycopg.Connection) -> None:
+    """The records table with its row-level security, made if missing; NameConflict if it is not the operator's."""
+    schema, table = sql.Identifier(SCHEMA), sql.Identifier(SCHEMA, TABLE)
     if not _exists(conn):
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
         conn.execute(
@@ -74,10 +121,6 @@ def prepare(conn: psycopg.Connection, role: str) -> None:
             ).format(table)
         )
     _check_owned(conn)
-    role_id, columns = sql.Identifier(role), sql.SQL(", ").join(map(sql.Identifier, AGENT_COLUMNS))
-    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, role_id))
-    conn.execute(sql.SQL("GRANT INSERT ({}) ON {} TO {}").format(columns, table, role_id))
-    conn.execute(sql.SQL("GRANT SELECT ({}, role) ON {} TO {}").format(columns, table, role_id))
 
 
 def _exists(conn: psycopg.Connection) -> bool:
@@ -86,11 +129,16 @@ def _exists(conn: psycopg.Connection) -> bool:
 
 
 def _check_owned(conn: psycopg.Connection) -> None:
+    if not _owned(conn):
+        raise NameConflict(f"{SCHEMA}.{TABLE} in this database is not Paybill's: workflow steps cannot be recorded")
+
+
+def _owned(conn: psycopg.Connection) -> bool:
+    """The schema and the table are both the connected role's (the operator's)."""
     row = conn.execute(
         "SELECT n.nspowner = r.oid AND c.relowner = r.oid FROM pg_catalog.pg_namespace n "
         "JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = %s "
         "JOIN pg_catalog.pg_roles r ON r.rolname = current_user WHERE n.nspname = %s",
         (TABLE, SCHEMA),
     ).fetchone()
-    if row is None or not row[0]:
-        raise NameConflict(f"{SCHEMA}.{TABLE} in this database is not Paybill's: workflow steps cannot be recorded")
+    return bool(row and row[0])
