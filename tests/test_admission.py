@@ -4,6 +4,7 @@ kubectl acting as the agent's ServiceAccount (a bound token), a real PostgreSQL 
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import shutil
 import subprocess
@@ -16,8 +17,10 @@ import yaml
 from kopf.testing import KopfRunner
 
 from chart.webhooks import serve_webhooks_over_tls
+from paybill.api.agentworkflow import AgentWorkflowSpec
+from paybill.api.tenant import Access
 from paybill.database.server import LocalPostgres
-from paybill.handlers.admission import CONFIGURATION, STAMP_ID, VALIDATE_ID, webhook_name
+from paybill.handlers.admission import CONFIGURATION, STAMP_ID, VALIDATE_ID, observe, read_world, webhook_name
 from paybill.workflows.admission import PLAN_HASHES, POLICY_VERSION, REQUESTER
 from test_tenant_lifecycle import API, agent_policy, login, onboard, wait_phase, wait_policy, wait_workflow
 
@@ -220,3 +223,49 @@ def test_with_the_webhook_stopped_nothing_is_admitted(
     assert after.returncode != 0
     assert f'failed calling webhook "{webhook_name(STAMP_ID)}"' in after.stderr
     assert cluster.kube.get(API, "agentworkflows", "after", namespace) is None
+
+
+def test_a_standby_replica_reads_the_world_from_the_api_server(cluster: Any) -> None:
+    """Under leader election kopf pauses a standby's watches, so its indexes are stale: its webhook reads the same
+    facts from the API server (read_world) through the same entry functions."""
+    kube = cluster.kube
+    kube.apply(
+        {"apiVersion": API, "kind": "Plan", "metadata": {"name": "p"}, "spec": {"tier": "p", "isolation": "pooled"}}
+    )
+    tenant = kube.create({"apiVersion": API, "kind": "Tenant", "metadata": {"name": "acme"}, "spec": {"planRef": "p"}})
+    placement = {"isolation": "pooled", "database": "paybill_pooled", "schema": "app", "role": "r"}
+    kube.merge_patch(
+        API, "tenants", "acme", {"status": {"access": "read_only", "database": placement}}, subresource="status"
+    )
+    owner = {"apiVersion": API, "kind": "Tenant", "name": "acme", "uid": tenant["metadata"]["uid"], "controller": True}
+    meta = {"name": "tenant-acme", "labels": {"paybill.dev/tenant": "acme"}, "ownerReferences": [owner]}
+    kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": meta})
+    kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": "squat", "labels": {"paybill.dev/tenant": "acme"}},
+        }
+    )
+    policy = yaml.safe_load(workflow("tenant-acme", "x", [READ]))  # only for its shape below
+    kube.create(
+        {
+            "apiVersion": API,
+            "kind": "AgentPolicy",
+            "metadata": {"name": "support", "namespace": "tenant-acme"},
+            "spec": {"subjects": [{"serviceAccount": AGENT, "agent": "agent:support-bot"}], "rules": []},
+        }
+    )
+    kube.merge_patch(
+        API, "agentpolicies", "support", {"status": {"phase": "Ready"}}, "tenant-acme", subresource="status"
+    )
+    kube.create(yaml.safe_load(workflow("tenant-acme", "earlier", [READ, FIX])))
+    spec = AgentWorkflowSpec.model_validate(policy["spec"])
+    today = datetime.datetime.now(datetime.UTC).date()
+    world, _, _ = observe("tenant-acme", spec, read_world(kube, "tenant-acme"), today)
+    assert world.tenancy is not None and (world.tenancy.tenant, world.tenancy.access) == ("acme", Access.READ_ONLY)
+    assert world.tenancy.plan is not None and world.policy is not None and world.policy.status.phase == "Ready"
+    assert (world.agents, world.statements_today) == (frozenset({AGENT}), 2)
+    squatted, _, _ = observe("squat", spec, read_world(kube, "squat"), today)  # the label alone names no tenant
+    assert squatted.tenancy is None
+    assert observe("nowhere", spec, read_world(kube, "nowhere"), today)[0].tenancy is None

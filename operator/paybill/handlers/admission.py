@@ -25,6 +25,7 @@ import logging
 import os
 import ssl
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,14 +34,16 @@ from typing import Any
 import kopf
 import pydantic
 
+from .. import metrics
 from ..api.agentpolicy import AgentPolicySpec, AgentPolicyStatus
 from ..api.agentworkflow import AgentWorkflowSpec
-from ..api.meta import GROUP, VERSION
+from ..api.meta import API_VERSION, GROUP, VERSION
 from ..api.plan import PlanSpec
 from ..api.tenant import Access, DatabasePlacement, TenantSpec, TenantStatus
 from ..database import DatabaseUnavailable, Placement, TenantDatabases
 from ..database.agents.install import engine_for
 from ..errors import first_line
+from ..kubeclient import Kube
 from ..lifecycle.evidence import agent_placement_problem
 from ..lifecycle.tenant import TENANT_LABEL
 from ..metrics import counting, timed_engine
@@ -175,48 +178,73 @@ class PolicyEntry:
     view: PolicyView
 
 
-@kopf.index("namespaces")
-def admission_namespaces(name: str, labels: kopf.Labels, meta: kopf.Meta, **_: Any) -> dict[str, Any]:
+def namespace_entry(obj: Mapping[str, Any]) -> dict[str, Any]:
     """Namespace -> (the Tenant its label names, the uids of its controllers)."""
-    owners = meta.get("ownerReferences") or []
-    controllers = frozenset(str(ref.get("uid")) for ref in owners if ref.get("controller"))
-    return {name: (labels.get(TENANT_LABEL), controllers)}
+    meta = obj["metadata"]
+    controllers = frozenset(str(ref.get("uid")) for ref in meta.get("ownerReferences") or [] if ref.get("controller"))
+    return {meta["name"]: ((meta.get("labels") or {}).get(TENANT_LABEL), controllers)}
+
+
+def tenant_entry(obj: Mapping[str, Any]) -> dict[str, Any] | None:
+    meta = obj["metadata"]
+    try:
+        seen = TenantStatus.model_validate(dict(obj.get("status") or {}))
+        spec = TenantSpec.model_validate(dict(obj.get("spec") or {}))
+    except pydantic.ValidationError:
+        return None  # the CRD schema refuses such objects; never trusted if one gets through
+    placement = seen.database.model_dump_json() if seen.database is not None else None
+    return {meta["name"]: TenantEntry(str(meta.get("uid")), spec, seen, placement)}
+
+
+def plan_entry(obj: Mapping[str, Any]) -> dict[str, Any] | None:
+    try:
+        return {obj["metadata"]["name"]: PlanSpec.model_validate(dict(obj.get("spec") or {}))}
+    except pydantic.ValidationError:
+        return None
+
+
+def policy_entry(obj: Mapping[str, Any]) -> dict[str, Any] | None:
+    meta = obj["metadata"]
+    try:
+        spec = AgentPolicySpec.model_validate(dict(obj.get("spec") or {}))
+        view = PolicyView(spec, AgentPolicyStatus.model_validate(dict(obj.get("status") or {})))
+    except pydantic.ValidationError:
+        return None
+    entry = PolicyEntry(meta["name"], str(meta.get("uid")), int(meta.get("generation") or 0), view)
+    return {str(meta.get("namespace")): entry}
+
+
+def workflow_entry(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """Namespace -> (the UTC day the workflow was created, its number of steps): the day's statement count."""
+    meta = obj["metadata"]
+    created = datetime.datetime.fromisoformat(str(meta.get("creationTimestamp")).replace("Z", "+00:00"))
+    steps = len((obj.get("spec") or {}).get("steps") or [])
+    return {str(meta.get("namespace")): (created.astimezone(datetime.UTC).date(), steps)}
+
+
+@kopf.index("namespaces")
+def admission_namespaces(body: kopf.Body, **_: Any) -> dict[str, Any]:
+    return namespace_entry(body)
 
 
 @kopf.index(GROUP, VERSION, "tenants")
-def admission_tenants(name: str, uid: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, Any] | None:
-    try:
-        seen = TenantStatus.model_validate(dict(status))
-        placement = seen.database.model_dump_json() if seen.database is not None else None
-        return {name: TenantEntry(uid, TenantSpec.model_validate(dict(spec)), seen, placement)}
-    except pydantic.ValidationError:
-        return None  # the CRD schema refuses such objects; never trusted if one gets through
+def admission_tenants(body: kopf.Body, **_: Any) -> dict[str, Any] | None:
+    return tenant_entry(body)
 
 
 @kopf.index(GROUP, VERSION, "plans")
-def admission_plans(name: str, spec: kopf.Spec, **_: Any) -> dict[str, Any] | None:
-    try:
-        return {name: PlanSpec.model_validate(dict(spec))}
-    except pydantic.ValidationError:
-        return None
+def admission_plans(body: kopf.Body, **_: Any) -> dict[str, Any] | None:
+    return plan_entry(body)
 
 
 @kopf.index(GROUP, VERSION, "agentpolicies")
-def admission_policies(
-    name: str, namespace: str | None, uid: str, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, **_: Any
-) -> dict[str, Any] | None:
-    try:
-        view = PolicyView(AgentPolicySpec.model_validate(dict(spec)), AgentPolicyStatus.model_validate(dict(status)))
-    except pydantic.ValidationError:
-        return None
-    return {str(namespace): PolicyEntry(name, uid, int(meta.get("generation") or 0), view)}
+def admission_policies(body: kopf.Body, **_: Any) -> dict[str, Any] | None:
+    return policy_entry(body)
 
 
 @kopf.index(GROUP, VERSION, "agentworkflows")
-def admission_workflows(namespace: str | None, meta: kopf.Meta, spec: kopf.Spec, **_: Any) -> dict[str, Any]:
-    """Namespace -> (the UTC day each workflow was created, its number of steps): the day's statement count."""
-    created = datetime.datetime.fromisoformat(str(meta.get("creationTimestamp")).replace("Z", "+00:00"))
-    return {str(namespace): (created.astimezone(datetime.UTC).date(), len(spec.get("steps") or []))}
+def admission_workflows(body: kopf.Body, **_: Any) -> dict[str, Any]:
+    return workflow_entry(body)
 
 
 def _one(index: kopf.Index[Any, Any], key: Any) -> Any:
@@ -267,6 +295,72 @@ def observe(
 
 def _tenant_name(namespace: str, namespaces: kopf.Index[Any, Any]) -> str:
     return str(_one(namespaces, namespace)[0])
+
+
+# -- a standby replica's view: kopf pauses its watches (and so its indexes), so it reads the API server instead ------
+
+
+def indexed(entries: Mapping[str, Any] | None) -> dict[str, list[Any]]:
+    """An index function's answer for one object, shaped as kopf's index ({key: [value]})."""
+    return {key: [value] for key, value in (entries or {}).items()}
+
+
+def read_world(kube: Kube, namespace: str) -> dict[str, dict[str, list[Any]]]:
+    """The indexes' content for one namespace, read from the API server through the same entry functions (a
+    replica whose watches kopf paused, a standby under leader election, would otherwise answer from stale ones)."""
+    views: dict[str, dict[str, list[Any]]] = {name: {} for name in INDEXES}
+    found = kube.get("v1", "namespaces", namespace)
+    if found is None:
+        return views
+    views["admission_namespaces"] = indexed(namespace_entry(found))
+    tenant_name = (found["metadata"].get("labels") or {}).get(TENANT_LABEL)
+    tenant = kube.get(API_VERSION, "tenants", tenant_name) if tenant_name else None
+    if tenant is not None:
+        views["admission_tenants"] = indexed(tenant_entry(tenant))
+        plan_name = (tenant.get("spec") or {}).get("planRef")
+        plan = kube.get(API_VERSION, "plans", plan_name) if plan_name else None
+        views["admission_plans"] = indexed(plan_entry(plan)) if plan is not None else {}
+    for index, plural, entry in (
+        ("admission_policies", "agentpolicies", policy_entry),
+        ("admission_workflows", "agentworkflows", workflow_entry),
+    ):
+        items = [entry(item) for item in kube.list(API_VERSION, plural, namespace)]
+        views[index] = {namespace: [value for item in items if item for value in item.values()]}
+    return views
+
+
+INDEXES = ("admission_namespaces", "admission_tenants", "admission_plans", "admission_policies", "admission_workflows")
+ROLE_TTL = 2.0  # seconds a replica's role (leader or standby) is taken as known
+
+
+class Leadership:
+    """Whether this replica's watches run (standalone, or leading an election): then its indexes are live."""
+
+    def __init__(self) -> None:
+        self._known: tuple[float, bool] | None = None
+
+    async def live(self) -> bool:
+        operator = metrics.STATE.operator
+        if operator is None or operator.election is None:
+            return True
+        now = time.monotonic()
+        if self._known is None or now - self._known[0] > ROLE_TTL:
+            try:
+                leading = await asyncio.to_thread(operator.role) == "leader"
+            except Exception:  # an unknown role is not leading: read the API server
+                leading = False
+            self._known = (now, leading)
+        return self._known[1]
+
+
+LEADERSHIP = Leadership()
+
+
+async def world_indexes(memo: kopf.Memo, namespace: str, kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """kopf's indexes while this replica's watches run; else what the API server says now."""
+    if await LEADERSHIP.live():
+        return {name: kwargs[name] for name in INDEXES}
+    return await asyncio.to_thread(read_world, memo.kube, namespace)
 
 
 # -- the policy's engine, built once per (policy generation and version, tenant access, placement) ------------------
@@ -374,10 +468,6 @@ async def review(
     return admit(request, world, engine, problem)
 
 
-def _indices(kwargs: Mapping[str, Any]) -> dict[str, kopf.Index[Any, Any]]:
-    return {key: value for key, value in kwargs.items() if key.startswith("admission_")}
-
-
 @kopf.on.mutate(GROUP, VERSION, "agentworkflows", id=STAMP_ID, operations=["CREATE"], persistent=True)
 async def stamp_workflow(
     body: kopf.Body,
@@ -388,7 +478,8 @@ async def stamp_workflow(
     **kwargs: Any,
 ) -> None:
     with counting("admission"):  # each submission once: this webhook is asked first (validation decides again)
-        verdict = await review(operation, body, None, userinfo, memo, _indices(kwargs))
+        indexes = await world_indexes(memo, str(body.metadata.namespace), kwargs)
+        verdict = await review(operation, body, None, userinfo, memo, indexes)
     if not verdict.allowed:
         raise kopf.AdmissionError(verdict.message, code=403)
     patch.metadata.annotations.update(verdict.stamp)
@@ -403,7 +494,8 @@ async def validate_workflow(
     old: kopf.Body | None = None,
     **kwargs: Any,
 ) -> None:
-    verdict = await review(operation, body, old, userinfo, memo, _indices(kwargs))
+    indexes = await world_indexes(memo, str(body.metadata.namespace), kwargs)
+    verdict = await review(operation, body, old, userinfo, memo, indexes)
     if not verdict.allowed:
         raise kopf.AdmissionError(verdict.message, code=403)
     if operation == "CREATE" and not stamp_matches(body.metadata.annotations, verdict):
