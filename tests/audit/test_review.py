@@ -163,6 +163,8 @@ def test_records_of_the_old_hash_format_verify_as_before_and_are_reported_as_suc
 
     lifecycle(AuditLog(connect), "acme")  # the upgraded operator appends: hash format 2, its time covered
     assert paybill(capsys, "audit", "verify", "--dsn", dsn) == (0, f"audit chain intact: 8 records; {old}\n", "")
+    status, text, _ = paybill(capsys, "audit", "export", "--dsn", dsn, "--tenant", "acme", "--since", "2000-01-01")
+    assert status == 0 and [json.loads(line)["hashFormat"] for line in text.splitlines()] == [1] * 4 + [2] * 4
     connect().execute("UPDATE paybill.audit_log SET at = at - interval '1 year' WHERE seq = 2")
     assert paybill(capsys, "audit", "verify", "--dsn", dsn)[0] == 0  # an old record's time was never covered
 
@@ -306,6 +308,7 @@ def test_export_writes_one_tenants_records_since_a_time_without_secrets(
         (9, "AgentPolicy", "tenant-acme/support", "Installed"),
     ]
     assert lines[0]["at"] == (week + datetime.timedelta(days=3)).isoformat()
+    assert {line["hashFormat"] for line in lines} == {2}  # what the chain covers: their times too (edited here)
     assert "s3cret-pw" not in text and lines[2]["details"]["role"] == "a_123"
     assert lines[2]["details"]["note"] == "host=127.0.0.1 password=[redacted] user=a_123"
     assert out.stat().st_mode & 0o777 == 0o600

@@ -176,6 +176,7 @@ def export_line(record: AuditRecord, at: datetime.datetime) -> str:
         "details": redact(record.details),
         "previous": record.previous,
         "hash": record.hash,
+        "hashFormat": record.hash_format,  # 1: the chain does not vouch for `at`
     }
     return json.dumps(line, sort_keys=True, ensure_ascii=False, default=str)
 
