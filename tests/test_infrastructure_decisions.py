@@ -510,3 +510,41 @@ def test_offboarding_destroys_the_model_left_then_the_current_one() -> None:
     assert infra.decide_teardown(seen(built=(desired(),)), left_gone, False, None, NOW).actions == (
         infra.DestroyInfrastructure(desired()),
     )
+
+
+# --- a plan that no longer builds anything ---------------------------------------------------------------------------
+
+
+def unplanned_world(view: infra.InfraSeen | None, **fields: Any) -> Observed:
+    """The tenant's plan has no spec.provisioning (any more): only its Terraform state is observed."""
+    plan = PlanObject("pro", PlanSpec(tier="pro", isolation=Isolation.SILO))
+    data = DataPlacement(recorded=None, target=placement_at("acme", Isolation.SILO, "t_0"))
+    return Observed(plan=plan, data=data, infrastructure=view, now=NOW, **fields)
+
+
+@pytest.mark.parametrize(
+    "record", [None, InfrastructureStatus(), applied(destroyed=True)], ids=["none", "empty", "said"]
+)
+def test_a_plan_without_provisioning_still_destroys_what_the_state_holds_whatever_status_says(
+    record: InfrastructureStatus | None,
+) -> None:
+    spec = {"offboard": True, "deletionPolicy": "destroy"}
+    left = desired(module="local/silo", digest="s" * 64, workspace="silo")
+    tearing = offboard(tenant(Phase.OFFBOARDING, record, **spec), unplanned_world(infra.state_only((left,))))
+    assert infra.DestroyInfrastructure(left) in tearing.actions
+    assert tearing.status is not None and tearing.status.phase == Phase.OFFBOARDING
+
+
+def test_a_plan_without_provisioning_whose_state_holds_nothing_offboards_though_status_says_built() -> None:
+    spec = {"offboard": True, "deletionPolicy": "destroy"}
+    done = offboard(tenant(Phase.OFFBOARDING, applied(), **spec), unplanned_world(infra.state_only(())))
+    assert done.status is not None and done.status.phase == Phase.OFFBOARDED
+    unreadable = infra.decide_teardown(infra.state_only(None, "connection refused"), None, False, None, NOW)
+    assert not unreadable.done and unreadable.reason == "OffboardFailed" and "connection refused" in unreadable.message
+
+
+def test_a_plan_without_provisioning_decides_nothing_about_infrastructure_while_the_tenant_lives() -> None:
+    outcome = decide(tenant(), unplanned_world(infra.state_only((desired(),))))
+    assert outcome.status is not None and outcome.status.phase == Phase.ACTIVE
+    assert not any(isinstance(a, infra.InfraAction.__args__) for a in outcome.actions)  # type: ignore[attr-defined]
+    assert "Provisioned" not in {c.type for c in outcome.status.conditions}

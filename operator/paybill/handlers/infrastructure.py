@@ -44,7 +44,10 @@ from ..lifecycle import infrastructure as infra
 from ..lifecycle.reconcile import PlanObject, TenantObject
 from ..metrics import terraform_ran
 from ..terraform import ApplyResult, ModuleInputs, RunnerConfig, StalePlan, TerraformError, TerraformRunner
+from ..terraform import workspaces as records
 from ..terraform.adoption import CloudObject
+from ..terraform.backend import state_table_exists
+from ..terraform.connections import Connections
 from ..terraform.contract import violations
 from ..terraform.errors import PlanHashMismatch, PlanNotFound, redact
 from ..terraform.modules import module_dir
@@ -181,13 +184,15 @@ class InfrastructureRuns:
         self._finished: dict[str, str] = {}  # tenant -> id of the last run this operator finished
         self._setups: OrderedDict[str, RunSetup] = OrderedDict()
         self._runner: TerraformRunner | None = None
+        self._state_reader: Connections | None = None  # the state of tenants whose plan no longer provisions
 
     # -- observing ------------------------------------------------------------------------------------------------
 
-    def seen(self, tenant: TenantObject, plan: PlanObject | None) -> infra.InfraSeen | None:
-        """The tenant's desired infrastructure and its runs, for the decision (None: the plan has none)."""
+    def seen(self, tenant: TenantObject, plan: PlanObject | None) -> infra.InfraSeen:
+        """The tenant's desired infrastructure and its runs, for the decision; when the plan has no provisioning
+        (any more), what the tenant's Terraform state holds all the same, for offboarding to destroy."""
         if plan is None or plan.spec.provisioning is None:
-            return None
+            return self._state_only(tenant)
         desired = self.desire(tenant.name, plan)
         blocked = cloud_gate(self.kube.get(API_VERSION, "plans", plan.name))  # its cloud preflight, on the Plan
         if blocked is not None:  # no new run starts (a destroy of what was built still may)
@@ -206,6 +211,44 @@ class InfrastructureRuns:
         if recorded is not None and recorded.retiring:
             retired = self.retired(tenant.name, plan, recorded, found.get(str(recorded.retiring)))
         return infra.InfraSeen(desired, running, settled, tenant.approved_plan, retired, built)
+
+    def _state_only(self, tenant: TenantObject) -> infra.InfraSeen:
+        with self._guard:
+            running = self._running.get(tenant.name)
+            finished = self._finished.get(tenant.name)
+        recorded = tenant.status.infrastructure
+        settled = finished is None or (recorded is not None and recorded.runId == finished)
+        try:
+            found = self._state_workspaces(tenant.name)
+        except Exception as exc:  # offboarding waits, and says why
+            return infra.state_only(None, redact(first_line(exc), self._secret_values()), running, settled)
+        built = tuple(self._state_built(tenant.name, found[name]) for name in found if found[name].resources)
+        return infra.state_only(built, "", running, settled)
+
+    def _state_workspaces(self, tenant: str) -> dict[str, Workspace]:
+        """The tenant's workspaces, read without Terraform (an operator without it has its state all the same)."""
+        if infra.name_too_long(tenant):
+            return {}
+        if self._runner is not None:
+            return self._runner.workspaces(tenant)
+        dsn = self.environ.get(BACKEND_DSN_ENV) or self.environ.get(DATABASE_URL_ENV)
+        if not dsn:  # no PostgreSQL for state: nothing was ever built
+            return {}
+        with self._state_connections(dsn).connection() as connection:
+            return records.workspaces(connection, tenant) if state_table_exists(connection, tenant) else {}
+
+    def _state_connections(self, dsn: str) -> Connections:
+        with self._guard:
+            if self._state_reader is None:
+                self._state_reader = Connections(dsn, kept=1)
+            return self._state_reader
+
+    def _state_built(self, tenant: str, found: Workspace) -> infra.Desired:
+        """A workspace of a plan that no longer provisions: destroyed with what it was applied with, if recorded."""
+        if found.module is not None:
+            return self._recorded_desired(tenant, found)
+        problem = f"it holds {found.resources} resources, but no record says which module and inputs built them"
+        return infra.Desired("unknown", "-", problems=(problem,), workspace=found.name)
 
     def _workspaces(self, tenant: str) -> dict[str, Workspace]:
         """The tenant's workspaces as PostgreSQL has them (none can exist under a name too long to provision)."""
@@ -554,6 +597,7 @@ def _summary(summary: Any) -> dict[str, Any]:
 
 
 def observe_infrastructure(memo: kopf.Memo, tenant: TenantObject, plan: PlanObject | None) -> infra.InfraSeen | None:
+    """None: this operator runs no Terraform at all."""
     runs: InfrastructureRuns | None = memo.get("infrastructure")
     return runs.seen(tenant, plan) if runs is not None else None
 

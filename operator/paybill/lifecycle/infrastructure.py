@@ -156,6 +156,17 @@ class InfraSeen:
     # module and inputs it was applied with; None: the state could not be read (`state_error` says why)
     built: tuple[Desired, ...] | None = ()
     state_error: str = ""
+    planned: bool = True  # False: the plan builds nothing (any more); only the tenant's Terraform state was read
+
+
+def state_only(
+    built: tuple[Desired, ...] | None, state_error: str = "", running: str | None = None, settled: bool = True
+) -> InfraSeen:
+    """The observation of a tenant whose plan has no provisioning (any more): what its Terraform state holds, which
+    offboarding destroys all the same; nothing is planned or applied for it."""
+    return InfraSeen(
+        Desired("-", "-", workspace=""), running, settled, built=built, state_error=state_error, planned=False
+    )
 
 
 # --- what it asks the shell to do -------------------------------------------------------------------------------
@@ -324,11 +335,12 @@ def decide_teardown(
     """Offboarding destroys what Terraform built (unless the deletion policy keeps the data, and with it the
     infrastructure holding it): every workspace whose state in PostgreSQL holds resources, a model left earlier
     first, each with the inputs it was applied with. Status is evidence, not an order: what it says was destroyed
-    is no reason to skip one. A destroy that fails is said (OffboardFailed, Terraform's message, a Warning Event
-    once) and retried with backoff: the finalizer never waits in silence."""
+    is no reason to skip one, nor a plan that no longer has provisioning (`state_only`). A destroy that fails is
+    said (OffboardFailed, Terraform's message, a Warning Event once) and retried with backoff: the finalizer never
+    waits in silence."""
     if keep:
         return Teardown(True)
-    if seen is None:  # the plan builds nothing (any more): only a status saying something was built waits
+    if seen is None:  # no Terraform state observed at all (no runs in this operator): only a status saying so waits
         if recorded is None or recorded.runId is None or (recorded.destroyed and not recorded.retiring):
             return Teardown(True)
         return Teardown(

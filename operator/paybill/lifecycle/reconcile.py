@@ -562,7 +562,7 @@ def _decide(tenant: TenantObject, seen: Observed) -> Outcome:
 
 def _infrastructure(tenant: TenantObject, seen: Observed, status: _Status) -> InfraDecision | None:
     """The plan's infrastructure for the tenant (None without spec.provisioning): its conditions set in `status`."""
-    if seen.infrastructure is None:
+    if seen.infrastructure is None or not seen.infrastructure.planned:  # a state only observed for offboarding
         return None
     infra = decide_infrastructure(
         seen.infrastructure, tenant.status.infrastructure, tenant.condition("Provisioned"), seen.now, tenant.name
