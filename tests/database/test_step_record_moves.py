@@ -11,14 +11,16 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from paybill.api.agentworkflow import AgentWorkflowSpec
 from paybill.api.tenant import Access
 from paybill.database import Placement, TenantDatabases
 from paybill.database.agents.guard import ExecutionGuard
 from paybill.database.agents.steps import SCHEMA, TABLE, StepKey, StepRecord
 from paybill.database.ownership import NameConflict
+from paybill.workflows.run import StepOutcome, run_steps
 
 from .conftest import fresh
-from .test_agent_moves import AGENT_PASSWORD, PASSWORD, guard_at, install_agent, status_of, tenant_with_agent
+from .test_agent_moves import AGENT_PASSWORD, PASSWORD, PRINCIPAL, guard_at, install_agent, status_of, tenant_with_agent
 
 __all__ = ["guard_at"]  # the fixture, used by name
 
@@ -67,6 +69,42 @@ def test_a_step_recorded_at_the_source_is_refused_as_done_at_the_destination(
 
     assert records_of(databases, target, agent_role(databases, neighbour)) == []  # never another tenant's
     assert guard_at(neighbour).recorded(theirs).keys() == {0}  # and theirs stay where their data is
+
+
+class Crashed(Exception):
+    """The operator gone right after a step committed, before it could write the step's audit record or status."""
+
+
+def test_a_run_interrupted_before_a_move_resumes_after_it_with_the_first_step_not_done(
+    databases: TenantDatabases, guard_at: Callable[[Placement], ExecutionGuard]
+) -> None:
+    source = tenant_with_agent(databases, "pooled")
+    spec = AgentWorkflowSpec.model_validate(
+        {
+            "principal": PRINCIPAL,
+            "policyRef": "support",
+            "steps": [
+                {"name": "mark", "kind": "mutation", "sql": MARK},
+                {"name": "close", "kind": "mutation", "sql": "UPDATE orders SET status = 'closed' WHERE id = 102"},
+            ],
+        }
+    )
+    workflow = str(uuid.uuid4())
+
+    def crash(outcome: StepOutcome) -> None:
+        raise Crashed(outcome.name)
+
+    with pytest.raises(Crashed, match="mark"):
+        run_steps(spec, guard_at(source), crash, workflow)
+    target = databases.migrate(source.tenant, "silo", PASSWORD)
+    databases.set_access(target, Access.FULL)
+    install_agent(databases, target)
+    databases.finish_move(source.tenant)
+
+    seen: list[StepOutcome] = []
+    outcomes = run_steps(spec, guard_at(target), seen.append, workflow)  # the run taken up again, where the data is
+    assert [(o.name, o.ok, o.resumed is not None) for o in outcomes] == [("mark", True, True), ("close", True, False)]
+    assert (status_of(databases, target, 101), status_of(databases, target, 102)) == ("open+", "closed")
 
 
 def test_a_records_table_at_the_destination_paybill_did_not_make_stops_the_move(
