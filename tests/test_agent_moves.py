@@ -78,7 +78,8 @@ def test_a_workflow_writing_during_the_copy_is_denied_with_the_reason_and_writes
         go_on.set()
     assert denied["steps"][0]["executed"] is False and denied["steps"][0]["rowsAffected"] == 0
     assert [r["code"] for r in denied["steps"][0]["reasons"]] == ["writes_held"]
-    assert "writes_held" in denied["conditions"][-1]["message"]
+    said = {c["type"]: c for c in denied["conditions"]}
+    assert said["Denied"]["status"] == "True" and "writes_held" in said["Denied"]["message"]
     silo = wait_phase(operator, name, "Active", isolation="silo")["database"]["database"]
     assert status_of_order(postgres, silo, name) == ("open",)  # nothing was written anywhere, nothing lost
 
@@ -93,6 +94,7 @@ def test_an_agent_writes_at_the_new_placement_as_soon_as_the_move_is_done(
         assert conn.info.dbname == silo
         assert conn.execute("UPDATE orders SET status = 'fixed' WHERE id = 7").rowcount == 1
 
+    wait_policy(operator, namespace, "Ready", database=silo)  # admission takes workflows of a Ready policy only
     submit(operator, agent_workflow(namespace, "after-move", [{**REFUND, "params": [7]}]))
     done = wait_workflow(operator, namespace, "after-move", "Succeeded")
     assert done["steps"][0]["rowsAffected"] == 1
