@@ -13,11 +13,11 @@ PEER_GATEWAY := postgres-mcp==0.3.0
 PEER_PACKAGES := 'attrs>=25.3' 'humanize>=4.8' 'instructor>=1.7.9' 'mcp[cli]>=1.5,<2' 'pglast>=7.2,<8' \
   'psycopg-pool>=3.2.6' 'psycopg[binary]>=3.2.6'
 
-.PHONY: install demo test test-fast lint lock crds emulator operator e2e bench fuzz clean helm manifests docker-build
+.PHONY: install compile demo test test-fast lint lock crds emulator operator e2e bench fuzz clean helm manifests docker-build
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+$(STAMP): pyproject.toml setup.py $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet -c $(CONSTRAINTS) --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[emulator,test,clouds]' 2>&1 | grep -v '^WARNING: Location' || true
@@ -26,6 +26,11 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	  || $(PIP) install --quiet -c $(CONSTRAINTS) -e '.[pgserver]'
 	$(BIN)/python -c "import paybill, kopf, kmock, psycopg, pglast, postgast, cel"
 	touch $@
+
+# The install compiles the policy engine's hot modules (setup.py, mypyc; paybill/policy/compiled.py lists them).
+# After editing one, they run from source (slower, same decisions) until compiled again:
+compile: install  ## compile the policy engine's modules again in place, after editing one of them
+	$(BIN)/python setup.py --quiet build_ext --inplace
 
 demo: install  ## the whole stack locally, from nothing (RESUME=1 keeps the last run's database); tenants go Active
 	$(BIN)/paybill demo $(if $(RESUME),--resume)

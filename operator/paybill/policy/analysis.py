@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from .decision import Reason
 from .rules import UNSAFE_FUNCTIONS, UNSAFE_PREFIXES, RuleSet
 from .schema import TENANT_COLUMN, WRITING_ACTIONS, Schema, Table, TypeFamily
@@ -253,6 +255,7 @@ def _column_names(ref: pb.ColumnRef) -> list[str] | None:
     return None
 
 
+@mypyc_attr(native_class=False)  # a plain class even when compiled: its methods can be replaced (the tests do)
 class Analysis:
     """The result of walking one statement. `reasons` empty means the syntax and names are admissible."""
 
