@@ -25,7 +25,7 @@ is generic: a field the descriptors do not know, or a node type not listed, is a
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from pglast.parser import ParseError, parse_sql_json
@@ -241,7 +241,10 @@ STATEMENTS = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt"})
 BETWEEN_NAMES = frozenset({"BETWEEN", "NOT BETWEEN"})
 
 # -- field tables from the protobuf descriptors --------------------------------------------------------------
-_NODE, _NODES, _MESSAGE, _MESSAGES = range(4)
+_NODE: Final = 0
+_NODES: Final = 1
+_MESSAGE: Final = 2
+_MESSAGES: Final = 3
 
 
 class _Type:
@@ -276,19 +279,20 @@ class _Type:
         self.checks = tuple(checks)
 
 
-TYPES: dict[str, _Type] = {name: _Type(name, fields) for name, fields in ADMITTED.items()}
-_STRING_KEYS = frozenset({"sval"})
-_RAW_STMT_KEYS = frozenset({"stmt", "stmt_location", "stmt_len"})
-_CONST_KEYS = {
+TYPES: Final[dict[str, _Type]] = {name: _Type(name, fields) for name, fields in ADMITTED.items()}
+_STRING_KEYS: Final = frozenset({"sval"})
+_RAW_STMT_KEYS: Final = frozenset({"stmt", "stmt_location", "stmt_len"})
+_CONST_KEYS: Final = {
     "ival": frozenset({"ival"}),
     "fval": frozenset({"fval"}),
     "boolval": frozenset({"boolval"}),
     "sval": frozenset({"sval"}),
     "bsval": frozenset({"bsval"}),
 }
-NESTED = frozenset(TYPES) - {"InsertStmt", "UpdateStmt", "DeleteStmt"}  # statements that may stand inside another
-_EMPTY: frozenset[str] = frozenset()
-_MISSING = object()
+# statements that may stand inside another
+NESTED: Final = frozenset(TYPES) - {"InsertStmt", "UpdateStmt", "DeleteStmt"}
+_EMPTY: Final[frozenset[str]] = frozenset()
+_MISSING: Final = object()
 _TERMS_CACHED = 1024
 
 
@@ -332,7 +336,7 @@ class Validator:
         """Reasons to deny a parse tree in libpg_query's JSON form (what `validate` parses)."""
         walk = _Walk(tenant)
         statements = tree.get("stmts", ())
-        if len(statements) != 1 or not statements[0].keys() <= _RAW_STMT_KEYS:
+        if len(statements) != 1 or not _within(statements[0], _RAW_STMT_KEYS):
             return [Reason("validator_node", "the final statement must be exactly one statement")]
         stmt = statements[0].get("stmt", {})
         if len(stmt) != 1:
@@ -361,7 +365,7 @@ class Validator:
         with_clause = body.get("withClause")
         if with_clause is not None:
             ctes = self._with(with_clause, ctes, walk)
-        items = body.get("fromClause", ())
+        items: list[Body] = body.get("fromClause", _NO_NODES)
         for item in items:
             if len(items) == 1 and len(item) == 1 and "RangeVar" in item:
                 if self._relation(item["RangeVar"], ctes, walk, "select", body.get("whereClause"), None):
@@ -412,7 +416,7 @@ class Validator:
         walk.fields("LockingClause", clause, _EMPTY, ("lockedRels",))
         for rel in clause.get("lockedRels", ()):
             body = rel.get("RangeVar")
-            if body is None or len(rel) != 1 or not body.keys() <= _LOCKED_KEYS:
+            if body is None or len(rel) != 1 or not _within(body, _LOCKED_KEYS):
                 walk.deny(
                     "validator_relation", "FOR UPDATE/SHARE OF names only relations of the FROM list", "LockingClause"
                 )
@@ -635,7 +639,7 @@ class Validator:
         return ("names",)
 
 
-_LOCKED_KEYS = frozenset({"relname", "inh", "relpersistence", "location"})
+_LOCKED_KEYS: Final = frozenset({"relname", "inh", "relpersistence", "location"})
 
 
 class _Walk:
@@ -668,7 +672,7 @@ class _Walk:
 
         Leaves (names, constants, column references: most nodes) are checked on the spot, not queued."""
         spec = TYPES[kind]
-        if not body.keys() <= spec.keys:
+        if not _within(body, spec.keys):
             self.unadmitted(spec, body)
         for key, values, field, required in spec.checks:
             value = body.get(key)
@@ -694,7 +698,8 @@ class _Walk:
             if shape == _MESSAGES:
                 stack.extend([(message, item, ctes) for item in value])  # type: ignore[misc]
                 continue
-            for item in (value,) if shape == _NODE else value:
+            items: list[Body] = [value] if shape == _NODE else value
+            for item in items:
                 for node_kind, node in item.items():
                     leaf = LEAVES.get(node_kind)
                     if leaf is None:
@@ -720,68 +725,71 @@ class _Walk:
 
 def _keys_within(admitted: frozenset[str]) -> Callable[[Body], bool]:
     def within(body: Body) -> bool:
-        return body.keys() <= admitted
+        return _within(body, admitted)
 
     return within
 
 
 def _plain_reference(body: Body) -> bool:
     """A ColumnRef of plain names and `*` (what the generic walk would find, without walking)."""
-    if not body.keys() <= _REF_KEYS:
+    if not _within(body, _REF_KEYS):
         return False
-    for field in body.get("fields", ()):
-        string = field.get("String")
+    fields: list[Body] = body.get("fields", _NO_NODES)
+    for field in fields:
+        string: Body | None = field.get("String")
         if string is None:
             if field != _STAR:
                 return False
-        elif len(field) != 1 or not string.keys() <= _STRING_KEYS:
+        elif len(field) != 1 or not _within(string, _STRING_KEYS):
             return False
     return True
 
 
 def _plain_constant(body: Body) -> bool:
-    if not body.keys() <= _CONST_FIELDS:
+    if not _within(body, _CONST_FIELDS):
         return False
-    return all(type(value) is not dict or value.keys() <= _CONST_KEYS[key] for key, value in body.items())
+    return all(type(value) is not dict or _within(value, _CONST_KEYS[key]) for key, value in body.items())
 
 
 def _plain_names(body: Body) -> bool:
     """An Alias whose column names, if any, are plain strings."""
-    return body.keys() <= _ALIAS_KEYS and all(
-        len(item) == 1 and item.get("String", _NOT_STRING).keys() <= _STRING_KEYS for item in body.get("colnames", ())
+    return _within(body, _ALIAS_KEYS) and all(
+        len(item) == 1 and _within(item.get("String", _NOT_STRING), _STRING_KEYS) for item in body.get("colnames", ())
     )
 
 
 def _plain_target(body: Body) -> bool:
     """A ResTarget with nothing to walk below it: no value, or a plain column reference or constant."""
-    if not body.keys() <= _TARGET_KEYS:
+    if not _within(body, _TARGET_KEYS):
         return False
-    value = body.get("val")
+    value: Body | None = body.get("val")
     if value is None:
         return True
     if len(value) != 1:
         return False
-    reference = value.get("ColumnRef")
+    reference: Body | None = value.get("ColumnRef")
     if reference is None:
-        constant = value.get("A_Const")
+        constant: Body | None = value.get("A_Const")
         return constant is not None and _plain_constant(constant)
-    if not reference.keys() <= _REF_KEYS:  # `_plain_reference`, inlined: most targets are plain columns
+    if not _within(reference, _REF_KEYS):  # `_plain_reference`, inlined: most targets are plain columns
         return False
-    for field in reference.get("fields", ()):
-        string = field.get("String")
+    fields: list[Body] = reference.get("fields", _NO_NODES)
+    for field in fields:
+        string: Body | None = field.get("String")
         if string is None:
             if field != _STAR:
                 return False
-        elif len(field) != 1 or not string.keys() <= _STRING_KEYS:
+        elif len(field) != 1 or not _within(string, _STRING_KEYS):
             return False
     return True
 
 
-_NOT_STRING = {"": None}
-_STAR: Body = {"A_Star": {}}
-_ALIAS_KEYS = TYPES["Alias"].keys
-_TARGET_KEYS = TYPES["ResTarget"].keys
-LEAVES: dict[str, Callable[[Body], bool]] = {
+_NOT_STRING: Final[Body] = {"": None}
+_STAR: Final[Body] = {"A_Star": {}}
+_NO_NODES: Final[list[Body]] = []  # what a missing list field reads as (never changed)
+_ALIAS_KEYS: Final = TYPES["Alias"].keys
+_TARGET_KEYS: Final = TYPES["ResTarget"].keys
+LEAVES: Final[dict[str, Callable[[Body], bool]]] = {
     **{
         name: _keys_within(TYPES[name].keys)
         for name in ("String", "A_Star", "Integer", "Float", "Boolean", "BitString", "ParamRef")
@@ -796,6 +804,11 @@ LEAVES: dict[str, Callable[[Body], bool]] = {
 # -- pure helpers ---------------------------------------------------------------------------------------------
 
 
+def _within(body: Body, admitted: frozenset[str]) -> bool:
+    """`body.keys() <= admitted`, as a loop: compiled (mypyc), it runs in C, without a generic comparison."""
+    return all(key in admitted for key in body)
+
+
 def _safe_function(name: str) -> bool:
     folded = name.lower()
     return folded not in UNSAFE_FUNCTIONS and not folded.startswith(UNSAFE_PREFIXES)
@@ -805,8 +818,8 @@ def _names(items: Iterable[Body]) -> list[str] | None:
     """The strings of a name list, or None when an item is anything but a plain String."""
     names = []
     for item in items:
-        string = item.get("String")
-        if string is None or len(item) != 1 or not string.keys() <= _STRING_KEYS:
+        string: Body | None = item.get("String")
+        if string is None or len(item) != 1 or not _within(string, _STRING_KEYS):
             return None
         names.append(string.get("sval", ""))
     return names
@@ -818,15 +831,15 @@ def _conjuncts(node: Body) -> list[Body]:
     pending = [node]
     while pending:
         node = pending.pop()
-        boolean = node.get("BoolExpr")
-        if boolean is None or boolean.get("boolop") != "AND_EXPR" or not boolean.keys() <= _AND_KEYS:
+        boolean: Body | None = node.get("BoolExpr")
+        if boolean is None or boolean.get("boolop") != "AND_EXPR" or not _within(boolean, _AND_KEYS):
             terms.append(node)
         else:
             pending.extend(reversed(boolean.get("args", ())))
     return terms
 
 
-_AND_KEYS = frozenset({"boolop", "args", "location"})
+_AND_KEYS: Final = frozenset({"boolop", "args", "location"})
 
 
 def _without(where: Body | None, required: list[_Term]) -> list[Body] | None:
@@ -870,30 +883,32 @@ class _TenantTerm:
         self.tenant = {"sval": tenant}
 
     def matches(self, node: Body) -> bool:
-        expr = node.get("A_Expr")
-        if expr is None or len(node) != 1 or not expr.keys() <= _OPERATOR_KEYS or expr.get("kind") != "AEXPR_OP":
+        expr: Body | None = node.get("A_Expr")
+        if expr is None or len(node) != 1 or not _within(expr, _OPERATOR_KEYS) or expr.get("kind") != "AEXPR_OP":
             return False
-        left, right = expr.get("lexpr", {}), expr.get("rexpr", {})
-        ref, const = left.get("ColumnRef"), right.get("A_Const")
+        left: Body = expr.get("lexpr", {})
+        right: Body = expr.get("rexpr", {})
+        ref: Body | None = left.get("ColumnRef")
+        const: Body | None = right.get("A_Const")
         return (
             expr.get("name") == _EQUALS
             and ref is not None
             and len(left) == 1
             and const is not None
             and len(right) == 1
-            and ref.keys() <= _REF_KEYS
+            and _within(ref, _REF_KEYS)
             and ref.get("fields") == self.fields
-            and const.keys() <= _TEXT_CONST_KEYS
+            and _within(const, _TEXT_CONST_KEYS)
             and const.get("sval") == self.tenant
         )
 
 
 _Term = _Exact | _TenantTerm
-_OPERATOR_KEYS = frozenset({"kind", "name", "lexpr", "rexpr", "location"})
-_EQUALS = [{"String": {"sval": "="}}]
-_REF_KEYS = frozenset({"fields", "location"})
-_CONST_FIELDS = frozenset({"ival", "fval", "boolval", "sval", "bsval", "isnull", "location"})
-_TEXT_CONST_KEYS = frozenset({"sval", "location"})
+_OPERATOR_KEYS: Final = frozenset({"kind", "name", "lexpr", "rexpr", "location"})
+_EQUALS: Final = [{"String": {"sval": "="}}]
+_REF_KEYS: Final = frozenset({"fields", "location"})
+_CONST_FIELDS: Final = frozenset({"ival", "fval", "boolval", "sval", "bsval", "isnull", "location"})
+_TEXT_CONST_KEYS: Final = frozenset({"sval", "location"})
 
 
 def _same(actual: Any, expected: Any) -> bool:
