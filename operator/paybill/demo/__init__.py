@@ -12,6 +12,7 @@ from pathlib import Path
 from ..database.server import PASSWORD_FILE, PostgresError
 from ..kubeclient import Kube, KubeError
 from ..lifecycle.conditions import is_true
+from . import aws
 from .console import DemoError, say
 from .scenarios import (
     agent_gate,
@@ -91,9 +92,21 @@ def _run(
     try:
         kube = Kube(client_for(kubeconfig))
         register_crds(kube)
-        start_operator(stack, state_dir, kubeconfig, database_url)
+        sim = aws.start_moto(stack, state_dir, timeout)  # the AWS part's moto, or why there is none
+        start_operator(
+            stack, state_dir, kubeconfig, database_url, sim.operator_env() if isinstance(sim, aws.AwsSim) else None
+        )
         return _converge(
-            stack, kube, samples, keep, timeout, kubeconfig, database_url, postgres.data_dir / PASSWORD_FILE, resume
+            stack,
+            kube,
+            samples,
+            keep,
+            timeout,
+            kubeconfig,
+            database_url,
+            postgres.data_dir / PASSWORD_FILE,
+            resume,
+            sim,
         )
     except Exception:
         stack.blame()
@@ -110,9 +123,12 @@ def _converge(
     database_url: str,
     password_file: Path,
     resume: bool,
+    sim: aws.AwsSim | str,
 ) -> int:
     manifests = check_samples(samples)
     apply_samples(kube, manifests)
+    if isinstance(sim, aws.AwsSim):
+        aws.apply_aws_plan(kube)  # its cloud preflight runs in moto while the samples converge
     names = [m["metadata"]["name"] for m in manifests if m["kind"] == "Tenant"]
     say(f"waiting for {len(names)} tenants to become Ready")
     tenants = wait_for_tenants(stack.check, kube, names, timeout)
@@ -121,13 +137,13 @@ def _converge(
     if provisioned:
         say("infrastructure built by Terraform (module per isolation model, state in PostgreSQL):")
         print("\n".join(provisioned), flush=True)
-    say("clouds:")
-    print("\n".join(cloud_lines(tenants)), flush=True)
     ready = sum(is_true((t.get("status") or {}).get("conditions", []), "Ready") for t in tenants.values())
     if ready != len(names):
         say(f"FAILED: {ready}/{len(names)} tenants Ready after {timeout:.0f}s; see {kubeconfig.parent}/operator.log")
         return 1
     say(f"all {ready} tenants Ready")
+    if isinstance(sim, aws.AwsSim) and not aws.apply_aws_tenant(stack.check, kube, timeout):
+        return 1
     state_dir = kubeconfig.parent
     if agents_already_ran(state_dir, resume):
         say(
@@ -141,6 +157,11 @@ def _converge(
     else:
         return 1
     if not billing_walk(stack.check, kube, "acme", timeout):
+        return 1
+    outcome = aws.aws_walk(stack.check, kube, sim, timeout) if isinstance(sim, aws.AwsSim) else sim
+    say("clouds:")
+    print("\n".join(cloud_lines(tenants, aws.summary(outcome or "its AWS part failed"))), flush=True)
+    if outcome is None:
         return 1
     if keep:
         say(f"stack left running. In another shell:  export KUBECONFIG={kubeconfig}; kubectl get paybill")

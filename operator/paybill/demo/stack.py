@@ -162,11 +162,15 @@ class Stack:
         return stopped
 
 
-def operator_env(kubeconfig: Path, database_url: str, state_dir: Path) -> dict[str, str]:
+def operator_env(
+    kubeconfig: Path, database_url: str, state_dir: Path, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     """The caller's environment (PATH, HOME, locale...) without its PAYBILL_* settings, which are meant for a
-    real operator, plus the demo's own: its cluster, its database, backups in its state directory (0700)."""
+    real operator, plus the demo's own: its cluster, its database, backups in its state directory (0700), and
+    `extra` (the AWS part's moto endpoint and provider mirror)."""
     inherited = {name: value for name, value in os.environ.items() if not name.startswith("PAYBILL_")}
-    return {**inherited, "KUBECONFIG": str(kubeconfig), DATABASE_URL_ENV: database_url, STATE_DIR_ENV: str(state_dir)}
+    own = {"KUBECONFIG": str(kubeconfig), DATABASE_URL_ENV: database_url, STATE_DIR_ENV: str(state_dir)}
+    return {**inherited, **own, **(extra or {})}
 
 
 def database_hint(dsn: str, password_file: Path) -> str:
@@ -215,13 +219,15 @@ def register_crds(kube: Kube) -> None:
     say(f"  {len(all_crds())} Paybill CRDs registered")
 
 
-def start_operator(stack: Stack, state_dir: Path, kubeconfig: Path, database_url: str) -> None:
+def start_operator(
+    stack: Stack, state_dir: Path, kubeconfig: Path, database_url: str, extra: dict[str, str] | None = None
+) -> None:
     operator = stack.add(
         start_child(
             "operator",
             [sys.executable, "-m", "paybill", "operator"],
             state_dir / "operator.log",
-            operator_env(kubeconfig, database_url, state_dir),
+            operator_env(kubeconfig, database_url, state_dir, extra),
         )
     )
     say(f"operator started (pid {operator.pid}, log {operator.log})")
