@@ -161,6 +161,10 @@ def _install(
         return failed(Failure(FailureKind.SECRET_CONFLICT, first_line(exc)), action.tenant)
     except DatabaseUnavailable as exc:
         return failed(Failure(FailureKind.DATABASE_UNAVAILABLE, str(exc)), action.tenant)
+    except psycopg.errors.InternalError_ as exc:  # another session changed the same catalog row: try again soon
+        if "concurrently" not in str(exc):
+            raise
+        return failed(Failure(FailureKind.DATABASE_UNAVAILABLE, f"{first_line(exc)}; will retry"), action.tenant)
     return installed(policy, action, done)
 
 
