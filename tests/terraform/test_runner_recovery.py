@@ -101,3 +101,17 @@ def test_a_saved_plan_older_than_an_interrupted_apply_is_planned_again_with_the_
     assert finder.calls == 1
     runner.apply_plan(tenant, LOCAL_SILO, after.plan_hash, after.plan_hash)
     assert not _marked(backend_dsn, tenant) and len(state_resources(backend_dsn, tenant.tenant_id)) == 4
+
+
+def test_a_destroy_after_an_apply_that_never_finished_looks_for_what_it_made_first(
+    make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, backend_dsn: str
+) -> None:
+    runner = make_runner()
+    runner.apply(tenant, LOCAL_SILO)
+    _interrupt(backend_dsn, tenant)
+    finder = Finder()
+    destroyed = runner.destroy(tenant, LOCAL_SILO, finder=finder)
+    assert finder.calls == 0 and destroyed.destroyed == 4  # the state holds all the configuration makes: no lookup
+    _interrupt(backend_dsn, tenant)
+    runner.destroy(tenant, LOCAL_SILO, finder=finder)  # nothing in the state: everything would be created
+    assert finder.calls == 1 and not _marked(backend_dsn, tenant)

@@ -45,7 +45,7 @@ from ..lifecycle.reconcile import PlanObject, TenantObject
 from ..metrics import terraform_ran
 from ..terraform import ApplyResult, ModuleInputs, RunnerConfig, StalePlan, TerraformError, TerraformRunner
 from ..terraform import workspaces as records
-from ..terraform.adoption import CloudObject
+from ..terraform.adoption import Adoption, CloudObject
 from ..terraform.backend import state_table_exists
 from ..terraform.connections import Connections
 from ..terraform.contract import violations
@@ -276,7 +276,7 @@ class InfrastructureRuns:
             return infra.Desired(module, "-", problems=(f"module {module} does not exist",), workspace=found.name)
         inputs = ModuleInputs(**{**found.variables, "tenant_id": tenant, "workspace": found.name})
         digest = config_digest(directory, inputs.variables(), found.credentials_secret, found.name)
-        self._keep(digest, RunSetup(directory, inputs, found.credentials_secret))
+        self._keep(digest, RunSetup(directory, inputs, found.credentials_secret, _cloud_of(module)))
         return infra.Desired(module, digest, workspace=found.name)
 
     def desire(self, tenant: str, plan: PlanObject) -> infra.Desired:
@@ -328,7 +328,7 @@ class InfrastructureRuns:
             return None
         inputs = module_inputs(tenant, plan, workspace)
         digest = config_digest(directory, inputs.variables(), provisioning.credentialsSecret, workspace)
-        self._keep(digest, RunSetup(directory, inputs, provisioning.credentialsSecret))
+        self._keep(digest, RunSetup(directory, inputs, provisioning.credentialsSecret, _cloud_of(module)))
         return infra.Desired(module, digest, workspace=workspace)
 
     def _keep(self, digest: str, setup: RunSetup) -> None:
@@ -419,8 +419,9 @@ class InfrastructureRuns:
                     "message": found,
                 }
             case infra.DestroyInfrastructure(desired) if desired.workspace == self._recorded(tenant.name).retiring:
-                destroyed = runner.destroy(setup.inputs, setup.module, env)
+                destroyed = runner.destroy(setup.inputs, setup.module, env, self._finder(setup, env))
                 self._recovered(ref, tenant.name, destroyed.lock_recoveries)
+                self._adopted(ref, tenant.name, desired, destroyed.adoption)
                 return {
                     "lastResult": infra.SUCCEEDED,
                     "retiring": None,
@@ -429,8 +430,9 @@ class InfrastructureRuns:
                     "message": f"destroyed {destroyed.destroyed} resources of {desired.module}, left for another model",
                 }
             case infra.DestroyInfrastructure():
-                destroyed = runner.destroy(setup.inputs, setup.module, env)
+                destroyed = runner.destroy(setup.inputs, setup.module, env, self._finder(setup, env))
                 self._recovered(ref, tenant.name, destroyed.lock_recoveries)
+                self._adopted(ref, tenant.name, action.desired, destroyed.adoption)
                 delete_owned_secret(self.kube, infra.OUTPUTS_SECRET, tenant.namespace, ref, "Tenant")  # type: ignore[arg-type]
                 return {
                     "lastResult": infra.SUCCEEDED,
@@ -448,9 +450,7 @@ class InfrastructureRuns:
         secret = infra.outputs_secret(ref, tenant.namespace, result.outputs.secret_data())
         publish_secret(self.kube, secret)
         self._recovered(ref, tenant.name, result.lock_recoveries)
-        if result.adoption is not None:
-            record = {"workspace": desired.workspace, "module": desired.module, **result.adoption.record}
-            audit(ref, self.audit, "Tenant", tenant.name, "terraform-resources-adopted", record)  # type: ignore[arg-type]
+        self._adopted(ref, tenant.name, desired, result.adoption)
         summary, before = result.summary, self._recorded(tenant.name)
         return {
             **_retiring(before, desired.workspace),
@@ -468,6 +468,12 @@ class InfrastructureRuns:
             "outputsSecret": infra.OUTPUTS_SECRET,
             "message": f"applied: {summary.adds} added, {summary.changes} changed, {summary.destroys} destroyed",
         }
+
+    def _adopted(self, ref: dict[str, Any], tenant: str, desired: infra.Desired, adopted: Adoption | None) -> None:
+        """What a run adopted after an apply that never finished, in the audit chain."""
+        if adopted is not None:
+            record = {"workspace": desired.workspace, "module": desired.module, **adopted.record}
+            audit(ref, self.audit, "Tenant", tenant, "terraform-resources-adopted", record)  # type: ignore[arg-type]
 
     def _recovered(self, ref: dict[str, Any], tenant: str, recoveries: tuple[Any, ...]) -> None:
         for recovery in recoveries:
@@ -556,6 +562,12 @@ class InfrastructureRuns:
     def shutdown(self) -> None:
         """Queued runs are dropped (their tenants start them again); runs in progress end at their timeout."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _cloud_of(module: str) -> str:
+    """The cloud of a shipped module's name (<cloud>/<model>); an override module's is not known: local."""
+    cloud, _, model = module.partition("/")
+    return cloud if model and cloud in {str(c) for c in Cloud} else str(Cloud.LOCAL)
 
 
 def override_files(directory: str | None) -> dict[str, str]:

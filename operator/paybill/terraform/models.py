@@ -128,6 +128,7 @@ class DestroyResult:
     tenant_id: str
     destroyed: int
     lock_recoveries: tuple[LockRecovery, ...] = ()
+    adoption: Adoption | None = None  # what an interrupted apply had left in the cloud, imported to be destroyed
 
 
 @dataclass(frozen=True)

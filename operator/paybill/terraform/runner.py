@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import secrets
@@ -175,8 +176,13 @@ class TerraformRunner:
                 connection, inputs.tenant_id, inputs.workspace, module, inputs.variables(), credentials_secret
             )
 
-    def destroy(self, inputs: ModuleInputs, module: Path, env: Mapping[str, str] | None = None) -> DestroyResult:
+    def destroy(
+        self, inputs: ModuleInputs, module: Path, env: Mapping[str, str] | None = None, finder: Finder | None = None
+    ) -> DestroyResult:
+        """Destroy what the state holds, and, after an apply that never finished, what that apply made first (each
+        object imported into the state, then destroyed with the rest)."""
         with self._run(inputs, module, env) as run:
+            self._import_if_interrupted(run, finder)
             code, out, err = self._locking(
                 run,
                 lambda: run.terraform.destroy(
@@ -188,7 +194,7 @@ class TerraformRunner:
                 ),
             )
             self._check(run, "destroy", code, out, err)
-            return DestroyResult(inputs.tenant_id, _destroyed_count(out), tuple(run.recoveries))
+            return DestroyResult(inputs.tenant_id, _destroyed_count(out), tuple(run.recoveries), run.adoption)
 
     def drift(self, inputs: ModuleInputs, module: Path, env: Mapping[str, str] | None = None) -> DriftReport:
         """`plan -detailed-exitcode`: exit 2 means applying the configuration would change something, because
@@ -393,6 +399,28 @@ class TerraformRunner:
         if result.imports:
             (run.workdir / adoption.IMPORT_FILE).write_text(adoption.import_blocks(result.imports))
         run.adoption = result
+
+    def _import_if_interrupted(self, run: Run, finder: Finder | None) -> None:
+        """Before a destroy: the adopted objects imported one by one (`terraform import`; a destroy plans no import
+        blocks), then the mark removed: the state knows all there is."""
+        self._adopt_if_interrupted(run, finder)
+        if run.adoption is None:
+            return
+        (run.workdir / adoption.IMPORT_FILE).unlink(missing_ok=True)
+        for item in run.adoption.imports:
+            command = functools.partial(
+                run.terraform.cmd,
+                "import",
+                item.address,
+                item.id,
+                no_color=IsFlagged,
+                input=False,
+                lock_timeout=self._lock_timeout,
+            )
+            code, out, err = self._locking(run, command)
+            self._check(run, "import", code, out, err)
+        with self.connections.connection() as connection:
+            recovery.clear_applying(connection, run.tenant_id, run.workspace)
 
     def _blocked(self, run: Run, why: str) -> str:
         return redact(
