@@ -146,7 +146,9 @@ def state_dir() -> Iterator[Path]:
         shutil.rmtree(parent, ignore_errors=True)
 
 
-def assert_converged(output: str) -> None:
+def assert_converged(output: str, aws: bool = True) -> None:
+    """The samples converged, the agent gate and billing walk ran; with `aws`, the AWS part was built for real on
+    moto (else it said why it was not and the rest went on)."""
     assert "all 4 tenants Ready" in output
     assert "  umbrella: terraform local/silo apply Succeeded, plan " in output  # the silo sample, by Terraform
     assert "4 added, 0 changed, 0 destroyed; plan JSON in postgresql:paybill_terraform.plans/umbrella/" in output
@@ -160,7 +162,50 @@ def assert_converged(output: str) -> None:
     walk = [line for line in output.splitlines() if "-> tenant" in line]
     outcomes = [next(k for k in ("write ok", "write refused", "login refused") if k in line) for line in walk]
     assert outcomes == ["write ok", "write refused", "login refused", "write ok"]
-    assert "stopped: operator, emulated API server, PostgreSQL" in output
+    assert [line.split(":")[0].strip() for line in output.split("] clouds:\n", 1)[1].splitlines()[1:6]] == [
+        "aws",
+        "azure",
+        "gcp",
+        "oci",
+        "ibm",
+    ]
+    assert output.count(": by contract and adapter fakes (") == 4
+    if aws:
+        assert_built_on_aws(output)
+        assert "stopped: operator, moto (AWS on loopback), emulated API server, PostgreSQL" in output
+    else:
+        assert "; the demo goes on without its AWS part" in output and "  aws: not built by this run (" in output
+        assert "stopped: operator, emulated API server, PostgreSQL" in output
+
+
+def assert_built_on_aws(output: str) -> None:
+    """The AWS tenant: preflight passed in moto, Active through the real provider, its objects found by tag with
+    boto3, its instance stopped on suspension (the inventory says so) and started on resume."""
+    assert "aws: plan/aws-enterprise cloud preflight passed in moto (aws: credentials valid" in output
+    assert re.search(r"tenant hooli +\S+ -> Active \(Provisioned: tenant is active on plan aws-enterprise\)", output)
+    assert "  hooli: terraform aws/silo apply Succeeded: 10 added in moto" in output
+    found = re.search(r"finds the tenant's objects by tag paybill\.dev/tenant=hooli: (.*) \((\d+) objects\)", output)
+    assert found, output
+    counts = {kind: count for count, kind in (item.split(" ") for item in found[1].split(", "))}
+    assert counts["aws_vpc"] == "1" and counts["aws_subnet"] == "2" and counts["aws_db_instance"] == "1"
+    assert counts["aws_s3_bucket"] == "1" and counts["aws_iam_role"] == "1" and counts["aws_security_group"] == "1"
+    app = re.search(r"the tenant's app server (i-[0-9a-f]+) launched", output)
+    assert app, output
+    assert f"inventory: instance {app[1]} running, database paybill-hooli " in output
+    assert (
+        f"hooli suspended: the operator stopped 1 instance(s) through the adapter; inventory: instance {app[1]} "
+        "stopped" in output
+    )
+    assert (
+        f"hooli resumed: the operator started 1 instance(s) through the adapter; inventory: instance {app[1]} "
+        "running" in output
+    )
+    assert re.search(
+        r"  aws: built for real on moto \(tenant hooli, aws/silo: 10 resources added by the real provider, "
+        rf"{found[2]} found by tag with boto3, 1 database in the inventory, 1 instance\(s\) stopped on suspension and "
+        r"1 started on resume\)",
+        output,
+    ), output
 
 
 def assert_nothing_left(children: dict[str, int], postgres_port: int) -> None:
@@ -203,7 +248,8 @@ def test_demo_from_a_private_clone_with_port_80_taken_converges_and_starts_from_
                     assert run.finish(timeout=400) == 0, run.output
                     runs.append(run.output)
         for output in runs:
-            assert_converged(output)
+            assert_converged(output, aws=False)  # the copy has no constraints-aws.txt: said, and the rest goes on
+            assert f"aws: moto is not available ({clone / 'constraints-aws.txt'} is missing" in output
             assert "operator started (pid" in output and str(clone / ".state" / "demo" / "operator.log") in output
             if os.geteuid() == 0:
                 assert "as postgres, data in /" in output and f"(the postgres user cannot enter {private})" in output

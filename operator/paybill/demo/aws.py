@@ -114,7 +114,7 @@ def _unavailable(reason: str) -> str:
 
 def _pip_progress(line: str) -> None:
     if line.startswith(("Collecting", "Installing", "Successfully")):
-        say(f"  pip: {line}")
+        say(f"  pip: {line if len(line) <= 150 else line[:147] + '...'}")
 
 
 def apply_aws_plan(kube: Kube) -> None:
