@@ -121,6 +121,11 @@ OPERATOR_ENVIRONMENT: tuple[tuple[str, str], ...] = (
         "PAYBILL_TERRAFORM_OVERRIDES_DIR",
         "*_override.tf files put in every Terraform run, e.g. provider endpoints (unset: none)",
     ),
+    (
+        "PAYBILL_COMPUTE_CHECK_SECONDS",
+        "how often a Suspended tenant's cloud inventory is looked at; an instance found running is stopped again, "
+        "with a Warning Event (default 60)",
+    ),
 )
 # Read by the Terraform Job the operator starts (`python -m paybill.terraform`), not by this command.
 TERRAFORM_JOB_ENVIRONMENT: tuple[tuple[str, str], ...] = (

@@ -9,7 +9,8 @@ import pytest
 
 from paybill.api.plan import PlanSpec
 from paybill.api.tenant import ComputeStatus
-from paybill.clouds.compute import ComputeDecision, PowerCompute, decide_compute
+from paybill.clouds.compute import ComputeDecision, PowerCompute, decide_compute, strays
+from paybill.clouds.model import Cloud, PowerState, Resource
 
 
 def plan(cloud: str = "azure", isolation: str = "silo") -> PlanSpec:
@@ -58,3 +59,24 @@ def test_nothing_is_asked_without_provisioning() -> None:
     assert decide_compute(PlanSpec.model_validate({"tier": "t", "isolation": "silo"}), True, True, None) == (
         ComputeDecision()
     )
+
+
+def found(*states: tuple[str, str, str]) -> list[Resource]:
+    return [Resource(Cloud.AWS, kind, ident, ident, PowerState(state), "t") for kind, ident, state in states]
+
+
+def test_instances_up_while_suspended_after_the_stop_are_strays_and_nothing_else_is() -> None:
+    seen = found(
+        ("instance", "i-2", "running"),
+        ("instance", "i-1", "starting"),
+        ("instance", "i-3", "stopped"),
+        ("instance", "i-4", "terminated"),
+        ("database", "db-1", "running"),  # a database is never stopped by the compute check
+    )
+    assert strays(True, done("stopped"), seen) == ("i-1", "i-2")
+    assert strays(False, done("stopped"), seen) == ()  # resuming: starting them is the reconcile's
+    assert strays(True, done("running"), seen) == ()  # the suspension's own stop is not done yet
+    assert strays(True, None, seen) == ()
+    failed = ComputeStatus.model_validate({"wanted": "stopped", "result": "Failed", "message": "AccessDenied"})
+    assert strays(True, failed, seen) == ()  # the reconcile retries a failed stop itself
+    assert strays(True, done("stopped"), found(("instance", "i-3", "stopped"))) == ()

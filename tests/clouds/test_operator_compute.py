@@ -282,3 +282,48 @@ def test_a_cloud_error_stopping_instances_reaches_the_tenant_with_the_clouds_cod
     cluster.eventually(lambda: status().get("phase") == "Suspended", timeout=60, interval=0.5)
     everything = str(cluster.kube.get(API, "tenants", name)) + str(cluster.kube.list("v1", "events"))
     assert azure.TOKEN not in everything and target.credentials["ARM_CLIENT_SECRET"] not in everything
+
+
+@pytest.mark.parametrize("target", ["aws"], indirect=True)
+def test_an_instance_started_by_hand_while_suspended_is_stopped_again_with_a_warning(
+    setup: Target, operator: Any, moto: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boto3
+
+    monkeypatch.setenv("PAYBILL_COMPUTE_CHECK_SECONDS", "1")  # read at each check: due at every 5 s tick
+    cluster, target = operator, setup
+    name = onboard(cluster, target)
+
+    def status() -> dict[str, Any]:
+        return (cluster.kube.get(API, "tenants", name) or {}).get("status") or {}
+
+    def warnings() -> list[str]:
+        return [
+            e["message"]
+            for e in cluster.kube.list("v1", "events")
+            if e.get("involvedObject", {}).get("name") == name and e.get("reason") == "RunningWhileSuspended"
+        ]
+
+    cluster.eventually(lambda: status().get("phase") == "Active", timeout=300, interval=0.5)
+    by_hand, other = target.launch(name, 2)
+    cluster.kube.merge_patch(API, "tenants", name, {"spec": {"suspended": True}})
+    cluster.eventually(lambda: (status().get("compute") or {}).get("result") == "Done", timeout=300, interval=0.5)
+    assert target.states([by_hand, other]) == {"stopped"} and status()["phase"] == "Suspended"
+    assert warnings() == []  # nothing ran while suspended yet
+
+    keys = {key.lower(): value for key, value in target.credentials.items()}
+    ec2 = boto3.client("ec2", endpoint_url=moto["url"], region_name=target.region, **keys)
+    ec2.start_instances(InstanceIds=[by_hand])  # someone starts it again behind the operator's back
+    assert target.states([by_hand]) == {"running"}
+    said = cluster.eventually(lambda: warnings() or None, timeout=120, interval=0.5)
+    assert said == [f"1 instance(s) running while the tenant is Suspended, stopping them again: {by_hand}"]
+    cluster.eventually(lambda: target.states([by_hand]) == {"stopped"}, timeout=120, interval=0.5)
+    compute = cluster.eventually(
+        lambda: (status().get("compute") or {}).get("changed") == [by_hand] and status()["compute"], timeout=60
+    )
+    assert compute["wanted"] == "stopped" and compute["result"] == "Done" and compute["unchanged"] == [other]
+    assert target.states([other]) == {"stopped"} and status()["phase"] == "Suspended"
+
+    cluster.kube.merge_patch(API, "tenants", name, {"spec": {"suspended": False}})  # resuming starts both, once
+    cluster.eventually(lambda: (status().get("compute") or {}).get("wanted") == "running", timeout=300, interval=0.5)
+    assert target.states([by_hand, other]) == {"running"} and len(warnings()) == 1

@@ -5,14 +5,17 @@ reads (so a done change is not asked again: idempotent, and each adapter's suspe
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..api.plan import Cloud, Isolation, PlanSpec
 from ..api.tenant import ComputeStatus
+from .model import PowerState, Resource
 
 STOPPED, RUNNING = "stopped", "running"
 DONE, FAILED = "Done", "Failed"
 CONDITION = "Compute"
+UP = frozenset({PowerState.RUNNING, PowerState.STARTING})  # costing money: what a suspended tenant must not have
 
 
 @dataclass(frozen=True)
@@ -49,3 +52,12 @@ def decide_compute(
         why = (False, "PowerFailed", f"{verb} the instances failed, tried again: {recorded.message}")
         return ComputeDecision((PowerCompute(wanted),), why)
     return ComputeDecision((PowerCompute(wanted),), (False, verb.capitalize(), f"{verb} the tenant's instances"))
+
+
+def strays(suspended: bool, recorded: ComputeStatus | None, found: Iterable[Resource]) -> tuple[str, ...]:
+    """The tenant's instances up while it stays Suspended after its instances were stopped (started by hand, or by
+    anything but the operator): the periodic check stops them again. None before the suspension's stop is done (the
+    reconcile does that, and retries a failure) and none once the tenant resumes (`suspended`: its phase now)."""
+    if not suspended or recorded is None or recorded.wanted != STOPPED or recorded.result != DONE:
+        return ()
+    return tuple(sorted(r.id for r in found if r.kind == "instance" and r.state in UP))

@@ -1,20 +1,28 @@
 """A tenant's instances stopped and started through its plan's cloud adapter (the PowerCompute action
 clouds/compute.py decides), and the adapter a Plan's provisioning points at: its credentials Secret, and the
-loopback endpoint PAYBILL_CLOUD_ENDPOINTS may name for it (tests and fakes)."""
+loopback endpoint PAYBILL_CLOUD_ENDPOINTS may name for it (tests and fakes).
+
+While a tenant stays Suspended a periodic check (every PAYBILL_COMPUTE_CHECK_SECONDS, 60) looks at the adapter's
+inventory and stops again what runs (an instance started by hand): the reconcile alone never would, status.compute
+already says stopped. The check and the reconcile's power actions hold one lock per tenant, and the check reads the
+tenant afresh under it, so a resume recorded meanwhile is never undone."""
 
 from __future__ import annotations
 
 import base64
 import os
+import threading
+import time
 from typing import Any
 
 import kopf
 
-from ..api.meta import API_VERSION, now_rfc3339
+from ..api.meta import API_VERSION, GROUP, VERSION, now_rfc3339
 from ..api.plan import PlanSpec, Provisioning
+from ..api.tenant import ComputeStatus, TenantPhase
 from ..clouds import Cloud, CloudAdapter, CloudError
 from ..clouds import preflight as cloud_preflight
-from ..clouds.compute import DONE, FAILED, STOPPED
+from ..clouds.compute import DONE, FAILED, STOPPED, strays
 from ..clouds.retry import redact
 from ..errors import first_line
 from ..kubeclient import Kube
@@ -46,13 +54,36 @@ def cloud_adapter(kube: Kube, provisioning: Provisioning) -> tuple[CloudAdapter,
     return adapter(cloud, credentials, provisioning.target_region, endpoint=endpoint), credentials
 
 
+COMPUTE_CHECK_ENV = "PAYBILL_COMPUTE_CHECK_SECONDS"
+DEFAULT_COMPUTE_CHECK_SECONDS = 60.0
+COMPUTE_TICK = 5.0  # seconds: how often a suspended tenant looks whether its compute check is due
+_locks: dict[str, threading.RLock] = {}
+_locks_guard = threading.Lock()
+_checked_at: dict[str, float] = {}  # tenant -> monotonic time of its last compute check
+
+
+def tenant_lock(tenant: str) -> threading.RLock:
+    """The lock a tenant's power actions and compute checks hold (one operator process: the leader)."""
+    with _locks_guard:
+        return _locks.setdefault(tenant, threading.RLock())
+
+
+def plan_provisioning(kube: Kube, body: kopf.Body) -> Provisioning | None:
+    plan = kube.get(API_VERSION, "plans", body["spec"]["planRef"]) or {}
+    return PlanSpec.model_validate(plan.get("spec") or {}).provisioning if plan else None
+
+
 def power_compute(kube: Kube, body: kopf.Body, tenant: str, wanted: str) -> None:
     """Stop or start the tenant's instances; the result (or the cloud's error code) goes to status.compute, then
     the tenant reconciles again and its Compute condition says it. A failure is recorded, then raised
     (ComputeFailed): the tenant's Ready condition carries the cloud's code and the reconcile is retried with
     backoff, the action asked again."""
-    plan = kube.get(API_VERSION, "plans", body["spec"]["planRef"]) or {}
-    provisioning = PlanSpec.model_validate(plan.get("spec") or {}).provisioning if plan else None
+    with tenant_lock(tenant):
+        _power_compute(kube, body, tenant, wanted)
+
+
+def _power_compute(kube: Kube, body: kopf.Body, tenant: str, wanted: str) -> None:
+    provisioning = plan_provisioning(kube, body)
     if provisioning is None:
         return
     secrets: dict[str, str] = {}
@@ -87,3 +118,47 @@ def power_compute(kube: Kube, body: kopf.Body, tenant: str, wanted: str) -> None
     if record["result"] == FAILED:  # the reconcile fails with it: Ready says it, retried with backoff
         raise ComputeFailed(record["message"])
     touch(kube, "tenants", tenant, "compute", f"{wanted}/{compute['at']}")
+
+
+def _stopped_while_suspended(status: kopf.Status, **_: Any) -> bool:
+    compute = status.get("compute") or {}
+    return (
+        status.get("phase") == TenantPhase.SUSPENDED
+        and compute.get("wanted") == STOPPED
+        and compute.get("result") == DONE
+    )
+
+
+def _check_due(tenant: str, now: float) -> bool:
+    every = float(os.environ.get(COMPUTE_CHECK_ENV) or DEFAULT_COMPUTE_CHECK_SECONDS)
+    if now - _checked_at.get(tenant, float("-inf")) < every:
+        return False
+    _checked_at[tenant] = now
+    return True
+
+
+@kopf.timer(GROUP, VERSION, "tenants", interval=COMPUTE_TICK, when=_stopped_while_suspended)
+def keep_suspended_compute_stopped(name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A Suspended tenant whose instances were stopped: what its cloud's inventory shows running now is stopped
+    again, with a Warning Event naming it (CloudError: kopf logs it, the next check tries again)."""
+    if not _check_due(name, time.monotonic()):
+        return
+    kube: Kube = memo.kube
+    with tenant_lock(name):
+        fresh = kube.get(API_VERSION, "tenants", name) or {}  # a resume may have been recorded since the event
+        status = fresh.get("status") or {}
+        recorded = ComputeStatus.model_validate(status["compute"]) if status.get("compute") else None
+        provisioning = plan_provisioning(kube, body)
+        if provisioning is None or recorded is None:
+            return
+        adapter, _secrets = cloud_adapter(kube, provisioning)
+        running = strays(status.get("phase") == TenantPhase.SUSPENDED, recorded, adapter.inventory(name))
+        if not running:
+            return
+        events.warn(
+            body,
+            reason="RunningWhileSuspended",
+            message=f"{len(running)} instance(s) running while the tenant is Suspended, stopping them again: "
+            + ", ".join(running),
+        )
+        _power_compute(kube, body, name, STOPPED)
