@@ -18,6 +18,7 @@ from ..clouds import Cloud, CloudAdapter, tags
 from ..clouds.preflight import CONDITION as CLOUD_READY
 from ..clouds.preflight import ENDPOINTS_ENV
 from ..handlers.apply import OPERATOR_NAMESPACE_ENV
+from ..handlers.compute import COMPUTE_CHECK_ENV
 from ..handlers.infrastructure import OVERRIDES_DIR_ENV, PROVIDER_MIRROR_ENV
 from ..kubeclient import Kube
 from . import moto
@@ -36,6 +37,7 @@ PLAN = "aws-enterprise"
 TENANT = "hooli"
 COST_CENTER = "aws-sales"
 BUILD_TIMEOUT_S = 600.0  # the aws/silo apply in moto: ~35 s of the provider polling RDS, more on a loaded machine
+CHECK_SECONDS = 5  # the demo operator's compute check of a Suspended tenant (60 by default)
 APP_AMI = "ami-12c6146b"  # one of moto's built-in images
 MODULE_KINDS = (
     "aws_vpc",
@@ -63,6 +65,7 @@ class AwsSim:
             OVERRIDES_DIR_ENV: str(self.overrides),
             ENDPOINTS_ENV: f"aws={self.url}",
             OPERATOR_NAMESPACE_ENV: NAMESPACE,
+            COMPUTE_CHECK_ENV: str(CHECK_SECONDS),
         }
 
 
@@ -75,6 +78,7 @@ class AwsOutcome:
     found: dict[str, int]  # Terraform type -> objects boto3 found by the tenant's tag or name
     databases: int
     stopped: int  # instances the operator stopped on suspension
+    stopped_again: int  # started by hand while suspended, stopped again by the periodic check
     started: int  # and started on resume
 
 
@@ -91,15 +95,15 @@ def start_moto(stack: Stack, state_dir: Path, timeout: float) -> AwsSim | str:
     except Exception as error:  # venv creation failing (CalledProcessError) and the like: said, never silent
         return _unavailable(f"moto's virtualenv could not be made ({type(error).__name__}: {error})")
     port = moto.free_port()
-    child = start_child("moto (AWS on loopback)", moto.server_argv(python, port), state_dir / "moto.log")
+    log = state_dir / "moto.log"
+    child = stack.add(start_child("moto (AWS on loopback)", moto.server_argv(python, port), log))  # stopped however
     url = f"http://127.0.0.1:{port}"
     answered = wait_until(lambda: child.exited() or ("up" if moto.answers(url) else None), timeout)
-    if answered != "up":
+    if answered != "up":  # its own exit ends only the AWS part: out of the stack's watch
+        stack.children.remove(child)
         how = answered or f"no answer within {timeout:.0f}s"
         child.stop()
-        last = " | ".join(tail(child.log, 3)) or "(empty log)"
-        return _unavailable(f"moto did not start ({how}: {last})")
-    stack.add(child)
+        return _unavailable(f"moto did not start ({how}: {' | '.join(tail(log, 3)) or '(empty log)'})")
     overrides = state_dir / "aws-overrides"
     overrides.mkdir(exist_ok=True)
     (overrides / "paybill_moto_override.tf").write_text(moto.provider_override(url))
@@ -182,23 +186,54 @@ def aws_walk(check: Check, kube: Kube, sim: AwsSim, timeout: float) -> AwsOutcom
     if stopped is None:
         _failed(kube, "Suspended with its instances stopped")
         return None
+    if not stopped_again(check, kube, sim, aws, app, timeout):
+        return None
     started = _power(check, kube, aws, False, "Active", "running", timeout)
     if started is None:
         _failed(kube, "Active with its instances started")
         return None
     databases = sum(1 for r in aws.inventory(TENANT) if r.kind == "database")
-    return AwsOutcome(str(run.get("module")), int(run.get("adds", 0)), dict(found), databases, stopped, started)
+    return AwsOutcome(str(run.get("module")), int(run.get("adds", 0)), dict(found), databases, stopped, 1, started)
+
+
+def stopped_again(check: Check, kube: Kube, sim: AwsSim, aws: CloudAdapter, app: str, timeout: float) -> bool:
+    """The app server started by hand (boto3) while its tenant is Suspended: the operator's periodic check finds it
+    running in the inventory and stops it again, with a Warning Event; False (said) if it does not."""
+    _ec2(sim).start_instances(InstanceIds=[app])
+    say(f"  {app} started by hand while {TENANT} is Suspended; the operator's periodic compute check looks")
+
+    def warned() -> str | None:
+        stopped = all(r.state == "stopped" for r in aws.inventory(TENANT) if r.id == app)
+        return next((e["message"] for e in _warnings(kube) if app in e["message"]), None) if stopped else None
+
+    message = wait_until(warned, max(timeout, 2 * CHECK_SECONDS + 30), check)
+    if message is None:
+        _failed(kube, f"Suspended with {app} stopped again")
+        return False
+    say(f"  stopped again (Warning RunningWhileSuspended: {message}); inventory: {_inventory(aws)}")
+    return True
+
+
+def _warnings(kube: Kube) -> list[dict[str, Any]]:
+    return [
+        event
+        for event in kube.list("v1", "events", "default")  # a cluster-scoped object's Events are in default
+        if event.get("involvedObject", {}).get("name") == TENANT and event.get("reason") == "RunningWhileSuspended"
+    ]
+
+
+def _ec2(sim: AwsSim) -> Any:
+    import boto3
+
+    keys = {key.lower(): moto.CREDENTIALS[key] for key in KEYS}
+    return boto3.client("ec2", endpoint_url=sim.url, region_name=moto.REGION, **keys)
 
 
 def launch_app_server(sim: AwsSim, aws: CloudAdapter) -> str:
     """An EC2 instance in the tenant's first subnet with the tenant's tags, as its deployment would make it."""
-    import boto3
-
     subnets = sorted(o.id for o in aws.tenant_objects(TENANT) if o.type == "aws_subnet")
-    keys = {key.lower(): moto.CREDENTIALS[key] for key in KEYS}
-    ec2 = boto3.client("ec2", endpoint_url=sim.url, region_name=moto.REGION, **keys)
     tagged = [{"Key": k, "Value": v} for k, v in tags.tags(Cloud.AWS, TENANT, PLAN, COST_CENTER).items()]
-    made = ec2.run_instances(
+    made = _ec2(sim).run_instances(
         ImageId=APP_AMI,
         InstanceType="t3.micro",
         MinCount=1,
@@ -261,5 +296,6 @@ def summary(outcome: AwsOutcome | str) -> str:
     return (
         f"built for real on moto (tenant {TENANT}, {outcome.module}: {outcome.added} resources added by the real "
         f"provider, {sum(outcome.found.values())} found by tag with boto3, {outcome.databases} database in the "
-        f"inventory, {outcome.stopped} instance(s) stopped on suspension and {outcome.started} started on resume)"
+        f"inventory, {outcome.stopped} instance(s) stopped on suspension, {outcome.stopped_again} started by hand "
+        f"while suspended stopped again, {outcome.started} started on resume)"
     )
