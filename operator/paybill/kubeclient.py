@@ -77,8 +77,10 @@ class Kube:
         resource_version: str,
         label_selector: str | None = None,
         timeout_seconds: int = 60,
+        namespace: str | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Watch events of a collection (all namespaces) from `resource_version`, until the server ends it."""
+        """Watch events of a collection (all namespaces, or `namespace`'s) from `resource_version`, until the server
+        ends it."""
         query = {
             "watch": "1",
             "resourceVersion": resource_version,
@@ -88,7 +90,7 @@ class Kube:
         }
         params = self.api.param_serialize(
             "GET",
-            resource_path(api_version, plural),
+            resource_path(api_version, plural, namespace),
             query_params=list(query.items()),
             header_params={"Accept": "application/json"},
             auth_settings=["BearerToken"],

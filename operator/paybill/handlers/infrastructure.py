@@ -32,6 +32,7 @@ from typing import Any
 import kopf
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from .. import __version__
 from ..api.meta import API_VERSION, GROUP, VERSION, now_rfc3339
 from ..api.plan import Cloud, Isolation, PlanSpec
 from ..api.tenant import InfrastructureStatus
@@ -50,6 +51,7 @@ from ..terraform.backend import state_table_exists
 from ..terraform.connections import Connections
 from ..terraform.contract import violations
 from ..terraform.errors import PlanHashMismatch, PlanNotFound, redact
+from ..terraform.jobs import Executor, JobExecutor, JobSettings, ProviderEnvironment
 from ..terraform.modules import module_dir
 from ..terraform.runner import Finder
 from ..terraform.workspaces import Workspace
@@ -64,6 +66,11 @@ STALE_LOCK_ENV = "PAYBILL_TERRAFORM_STALE_LOCK_SECONDS"
 MODULES_DIR_ENV = "PAYBILL_TERRAFORM_MODULES_DIR"
 PROVIDER_MIRROR_ENV = "PAYBILL_TERRAFORM_PROVIDER_MIRROR"
 OVERRIDES_DIR_ENV = "PAYBILL_TERRAFORM_OVERRIDES_DIR"
+EXECUTOR_ENV = "PAYBILL_TERRAFORM_EXECUTOR"  # local (a process per run, here) | job (a Kubernetes Job per run)
+JOB_IMAGE_ENV = "PAYBILL_TERRAFORM_JOB_IMAGE"
+JOB_BACKEND_SECRET_ENV = "PAYBILL_TERRAFORM_JOB_BACKEND_SECRET"
+JOB_SERVICE_ACCOUNT_ENV = "PAYBILL_TERRAFORM_JOB_SERVICE_ACCOUNT"
+EXECUTORS = ("local", "job")
 DRIFT_TICK = 5.0  # seconds: how often a provisioned tenant looks whether its drift check is due
 SETUPS_KEPT = 4096
 KINDS = {
@@ -183,7 +190,7 @@ class InfrastructureRuns:
         self._running: dict[str, str] = {}  # tenant -> kind
         self._finished: dict[str, str] = {}  # tenant -> id of the last run this operator finished
         self._setups: OrderedDict[str, RunSetup] = OrderedDict()
-        self._runner: TerraformRunner | None = None
+        self._runner: Executor | None = None
         self._state_reader: Connections | None = None  # the state of tenants whose plan no longer provisions
 
     # -- observing ------------------------------------------------------------------------------------------------
@@ -501,11 +508,30 @@ class InfrastructureRuns:
         found = self.kube.get(API_VERSION, "tenants", tenant) or {}
         return InfrastructureStatus.model_validate(((found.get("status") or {}).get("infrastructure")) or {})
 
-    def runner(self) -> TerraformRunner:
+    def runner(self) -> Executor:
+        """The executor PAYBILL_TERRAFORM_EXECUTOR names: this process's runner (local) or a Job per run (job)."""
         with self._guard:
             if self._runner is None:
-                self._runner = TerraformRunner(self._config())
+                self._runner = self._executor_of(self.environ.get(EXECUTOR_ENV) or "local")
             return self._runner
+
+    def _executor_of(self, kind: str) -> Executor:
+        if kind not in EXECUTORS:
+            raise RuntimeError(f"{EXECUTOR_ENV}={kind!r}: one of {', '.join(EXECUTORS)}")
+        config = self._config()
+        if kind == "local":
+            return TerraformRunner(config)
+        namespace = operator_namespace()
+        if namespace is None:
+            raise RuntimeError("the job executor runs Jobs in the operator's namespace: set PAYBILL_OPERATOR_NAMESPACE")
+        settings = JobSettings(
+            namespace=namespace,
+            image=self.environ.get(JOB_IMAGE_ENV) or f"ghcr.io/paybill/paybill:{__version__}",
+            backend_secret=self.environ.get(JOB_BACKEND_SECRET_ENV) or "paybill-terraform-backend",
+            timeout=config.timeout,
+            service_account=self.environ.get(JOB_SERVICE_ACCOUNT_ENV) or "paybill-terraform",
+        )
+        return JobExecutor(self.kube, settings, config.backend_dsn, config.extra_files)
 
     def _config(self) -> RunnerConfig:
         dsn = self.environ.get(BACKEND_DSN_ENV) or self.environ.get(DATABASE_URL_ENV)
@@ -544,7 +570,7 @@ class InfrastructureRuns:
             return {}
         found = self.kube.get("v1", "secrets", secret, namespace) or {}
         data = {key: base64.b64decode(value).decode() for key, value in (found.get("data") or {}).items()}
-        return infra.provider_environment(data)
+        return ProviderEnvironment(infra.provider_environment(data), secret)
 
     def _secret_values(self) -> list[str]:
         dsn = self.environ.get(BACKEND_DSN_ENV) or self.environ.get(DATABASE_URL_ENV) or ""

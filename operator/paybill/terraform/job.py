@@ -13,7 +13,7 @@ from typing import Any
 
 from .models import WORKSPACE, checked_tenant_id
 
-OPERATIONS = ("plan", "apply", "destroy", "drift", "outputs")
+OPERATIONS = ("plan", "apply", "plan-apply", "destroy", "drift", "outputs")  # plan-apply: plan, then apply that plan
 BUNDLE_MOUNT = "/paybill/module"
 WORK_MOUNT = "/paybill/work"
 BACKEND_KEY = "dsn"
@@ -34,6 +34,8 @@ class JobSpec:
     plan_hash: str | None = None  # apply: the approved plan
     workspace: str = "default"  # the tenant's state to run in: one per isolation model, as the operator's runs
     service_account: str = "paybill-terraform"
+    owner: dict[str, str] | None = None  # the Tenant's apiVersion, kind, name and uid: the Job goes with it
+    ttl_seconds: int = 3600  # a finished Job (and its pod) is kept this long, then deleted by Kubernetes
     requests: dict[str, str] = field(default_factory=lambda: {"cpu": "250m", "memory": "256Mi"})
     limits: dict[str, str] = field(default_factory=lambda: {"cpu": "1", "memory": "1Gi", "ephemeral-storage": "2Gi"})
 
@@ -52,7 +54,9 @@ class JobSpec:
 
     @property
     def name(self) -> str:
-        return f"tf-{self.tenant_id}-{self.operation}-{self.run_id}".lower()[:63].rstrip("-")
+        """tf-<tenant>-<operation>-<run id>, the tenant's part shortened to fit 63 characters: the run id stays."""
+        suffix = f"-{self.run_id}".lower()
+        return f"tf-{self.tenant_id}-{self.operation}".lower()[: 63 - len(suffix)].rstrip("-") + suffix
 
 
 def job_manifest(spec: JobSpec) -> dict[str, Any]:
@@ -75,6 +79,8 @@ def job_manifest(spec: JobSpec) -> dict[str, Any]:
         str(spec.timeout_seconds),
         "--workspace",
         spec.workspace,
+        "--run-id",
+        spec.run_id,
     ]
     if spec.plan_hash:
         args += ["--plan-hash", spec.plan_hash]
@@ -110,11 +116,11 @@ def job_manifest(spec: JobSpec) -> dict[str, Any]:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": labels},
+        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": labels, **_owned(spec.owner)},
         "spec": {
             "backoffLimit": 0,
             "activeDeadlineSeconds": spec.timeout_seconds,
-            "ttlSecondsAfterFinished": 3600,
+            "ttlSecondsAfterFinished": spec.ttl_seconds,
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {
@@ -137,3 +143,10 @@ def job_manifest(spec: JobSpec) -> dict[str, Any]:
             },
         },
     }
+
+
+def _owned(owner: dict[str, str] | None) -> dict[str, Any]:
+    """ownerReferences to the Tenant (cluster-scoped, so it may own objects in any namespace)."""
+    if owner is None:
+        return {}
+    return {"ownerReferences": [{**owner, "blockOwnerDeletion": False, "controller": False}]}
