@@ -5,8 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PEER := .venv-peer
 # Every install takes its versions from a constraints file (`make lock` writes them): a fresh clone next month
-# installs what was tested. constraints.txt: this venv, all extras; constraints-aws.txt: the tests' moto/boto3
-# venv (.state/venv-aws, made by tests/terraform/aws_sim.py); constraints-peer.txt: the bench's peer gateway.
+# installs what was tested. constraints.txt: this venv, all extras; constraints-aws.txt: the demo's and the tests' moto
+# venv (.state/venv-aws, made by operator/paybill/demo/moto.py); constraints-peer.txt: the bench's peer gateway.
 CONSTRAINTS := constraints.txt
 PIP := $(BIN)/python -m pip
 PEER_GATEWAY := postgres-mcp==0.3.0
