@@ -90,6 +90,25 @@ OPERATOR_ENVIRONMENT: tuple[tuple[str, str], ...] = (
     ("PAYBILL_TERRAFORM_CONCURRENCY", "Terraform runs at once over all tenants (default 4)"),
     ("PAYBILL_TERRAFORM_TIMEOUT", "seconds a Terraform run may take before its process group is killed (default 900)"),
     (
+        "PAYBILL_TERRAFORM_EXECUTOR",
+        "where Terraform runs: local (a process of the operator, default) or job (a Kubernetes Job per run in the "
+        "operator's namespace, its result written by the Job to PostgreSQL)",
+    ),
+    (
+        "PAYBILL_TERRAFORM_JOB_IMAGE",
+        "executor job: the Jobs' image, which holds `python -m paybill.terraform` and Terraform "
+        "(default ghcr.io/paybill/paybill:<version>)",
+    ),
+    (
+        "PAYBILL_TERRAFORM_JOB_BACKEND_SECRET",
+        "executor job: the Secret (key dsn) in the operator's namespace the Jobs read the state backend's DSN from "
+        "(default paybill-terraform-backend, made from the operator's DSN when missing)",
+    ),
+    (
+        "PAYBILL_TERRAFORM_JOB_SERVICE_ACCOUNT",
+        "executor job: the Jobs' ServiceAccount (default paybill-terraform; its token is not mounted)",
+    ),
+    (
         "PAYBILL_TERRAFORM_MODULES_DIR",
         "where a Plan's spec.provisioning.module override is looked up (unset: only the shipped modules)",
     ),
