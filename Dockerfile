@@ -13,12 +13,18 @@ FROM ${TERRAFORM_BASE} AS terraform
 FROM ${PYTHON_BASE} AS build
 ARG EXTRAS=clouds
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+# A C compiler, in this stage only: setup.py compiles the policy engine's hot modules with mypyc
+# (paybill/policy/compiled.py lists them); the runtime gets the built extension modules, never gcc.
+RUN apt-get update \
+ && apt-get install --yes --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml setup.py constraints.txt README.md ./
 COPY operator/ operator/
 RUN python -m venv /opt/paybill \
  && /opt/paybill/bin/pip install --no-compile -c constraints.txt ".${EXTRAS:+[$EXTRAS]}" \
- && /opt/paybill/bin/python -c "import paybill.cli, paybill.handlers, kopf, psycopg, pglast"
+ && /opt/paybill/bin/python -c "import paybill.cli, paybill.handlers, kopf, psycopg, pglast" \
+ && /opt/paybill/bin/python -c "from paybill.policy import compiled as c; assert c.built() == list(c.COMPILED) and not c.stale()"
 
 # The runtime: Python, the PostgreSQL client tools (pg_dump/psql for final backups), Terraform, the venv.
 FROM ${PYTHON_BASE} AS runtime

@@ -208,7 +208,7 @@ def test_the_build_context_holds_what_the_image_needs_and_nothing_else() -> None
     assert not [
         f
         for f in context
-        if not f.startswith("operator/") and f not in ("pyproject.toml", "constraints.txt", "README.md")
+        if not f.startswith("operator/") and f not in ("pyproject.toml", "setup.py", "constraints.txt", "README.md")
     ]
     assert not [f for f in context for p in SECRET_FILES if fnmatch.fnmatch(Path(f).name, p)]
 
@@ -225,3 +225,17 @@ def test_the_charts_default_image_is_the_one_this_dockerfile_builds() -> None:
     assert (
         f"IMAGE ?= {values['image']['repository']}:$(shell sed" in makefile and "docker build -t $(IMAGE) ." in makefile
     )
+
+
+def test_the_build_stage_compiles_the_policy_engine_and_the_runtime_has_no_compiler() -> None:
+    """setup.py compiles the engine's hot modules (mypyc): the build stage has setup.py and gcc, checks the install
+    built every listed module from its source, and the runtime stage installs no compiler."""
+    parsed = stages(instructions(DOCKERFILE.read_text()))
+    build, runtime = next(s for s in parsed if s[0].arguments.split()[-1] == "build"), parsed[-1]
+    copied = [w for i in build if i.keyword == "COPY" for w in shlex.split(i.arguments)[:-1]]
+    assert "setup.py" in copied and "operator/" in copied
+    build_runs = " ".join(i.arguments for i in build if i.keyword == "RUN")
+    assert re.search(r"apt-get install .*\bgcc\b.*\blibc6-dev\b", build_runs)
+    assert "c.built() == list(c.COMPILED) and not c.stale()" in build_runs, "the build fails if nothing was compiled"
+    runtime_runs = " ".join(i.arguments for i in runtime if i.keyword == "RUN")
+    assert not re.search(r"\b(gcc|libc6-dev|build-essential|clang)\b", runtime_runs)
