@@ -3,7 +3,6 @@ engine on a schema from DDL, the request and the world as typed inputs."""
 
 from __future__ import annotations
 
-import datetime
 import json
 from typing import Any
 
@@ -27,7 +26,6 @@ from paybill.workflows.admission import (
     admit,
     agents_named,
     stamp_matches,
-    statements_today,
 )
 from paybill.workflows.reconcile import PolicyView
 
@@ -86,14 +84,13 @@ def world(
     plan: PlanSpec | None = PLAN,
     policy_phase: str | None = "Ready",
     policy_access: Access = Access.FULL,
-    statements: int = 0,
     agents: frozenset[str] = frozenset({"tenant-agent", "billing"}),
     phase: str = "Active",
     installed: int = 3,
 ) -> World:
     tenancy = Tenancy("acme", suspended, access, "pro", plan, phase)
     status = AgentPolicyStatus(phase=policy_phase, access=policy_access, observedGeneration=installed)
-    return World(tenancy, PolicyView(POLICY, status), agents, statements, policy_generation=3)
+    return World(tenancy, PolicyView(POLICY, status), agents, policy_generation=3)
 
 
 def test_a_legitimate_workflow_is_admitted_with_its_stamp() -> None:
@@ -164,7 +161,10 @@ def test_a_principal_the_policy_does_not_name_is_refused() -> None:
         (world(phase="Offboarded"), "tenant acme is Offboarded"),
         (world(plan=None), "plan pro of tenant acme does not exist"),
         (world(agents=frozenset({"a", "b", "c"})), "name 3 agents; plan pro allows 2"),
-        (world(statements=999), "999 agent statements were submitted today and this workflow adds 2"),
+        (
+            world(plan=PLAN.model_copy(update={"quotas": PLAN.quotas.model_copy(update={"agentStatementsPerDay": 1})})),
+            "the workflow declares 2 statements; plan pro allows 1 a day",
+        ),
     ],
 )
 def test_the_tenant_the_policy_and_the_plan_must_allow_it(seen: World, expected: str) -> None:
@@ -211,9 +211,7 @@ def test_service_accounts_are_parsed_strictly() -> None:
         assert ServiceAccount.of(other) is None
 
 
-def test_the_days_statements_and_the_tenants_agents() -> None:
-    today = datetime.date(2026, 11, 30)
-    assert statements_today([(today, 3), (today - datetime.timedelta(days=1), 50), (today, 2)], today) == 5
+def test_the_tenants_agents() -> None:
     assert agents_named([POLICY, POLICY]) == frozenset({"tenant-agent", "billing"})
 
 

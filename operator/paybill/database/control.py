@@ -12,6 +12,7 @@ first start of an operator that has it marks what its own records prove was reta
 
 from __future__ import annotations
 
+import datetime
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -195,6 +196,49 @@ class Control:
                     [(database, role, s, d) for s, d in digests.items()],
                 )
 
+    # --- admission: the agents' statements per UTC day, and the stamp's keys (local runs) ---------------------
+
+    def charge_statements(self, tenant: str, day: datetime.date, statements: int, limit: int) -> int | None:
+        """Add `statements` to the tenant's count for `day` if it stays within `limit`: the count after it, or None
+        (nothing added). Atomic: concurrent charges serialize on the row, and each sees the others' sums."""
+        with self.connections.session() as conn:
+            self.prepare(conn)
+            conn.execute(
+                "INSERT INTO paybill.agent_statements (tenant, day) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (tenant, day),
+            )
+            row = conn.execute(
+                "UPDATE paybill.agent_statements SET used = used + %s "
+                "WHERE tenant = %s AND day = %s AND used + %s <= %s RETURNING used",
+                (statements, tenant, day, statements, limit),
+            ).fetchone()
+        return int(row[0]) if row else None
+
+    def statements_used(self, tenant: str, day: datetime.date) -> int:
+        with self.connections.session() as conn:
+            self.prepare(conn)
+            row = conn.execute(
+                "SELECT used FROM paybill.agent_statements WHERE tenant = %s AND day = %s", (tenant, day)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def admission_keys(self, made: Mapping[str, bytes]) -> dict[str, bytes]:
+        """The admission stamp's key ring as stored fields (workflows/stamp.py), `made` stored if there is none yet
+        (the first operator to ask makes it; the others read it). Where the operator has no namespace to keep it in a
+        Secret: its own database is closed to everyone else."""
+        with self.connections.session() as conn, conn.transaction():
+            self.prepare(conn)
+            conn.execute("LOCK TABLE paybill.admission_keys IN SHARE ROW EXCLUSIVE MODE")
+            if not conn.execute("SELECT 1 FROM paybill.admission_keys").fetchone():
+                with conn.cursor() as cursor:
+                    cursor.executemany(
+                        "INSERT INTO paybill.admission_keys (field, value) VALUES (%s, %s)", list(made.items())
+                    )
+            return {
+                str(f): bytes(v)
+                for f, v in conn.execute("SELECT field, value FROM paybill.admission_keys ORDER BY seq")
+            }
+
 
 def _create_control_tables(conn: psycopg.Connection) -> None:
     """The operator's bookkeeping, in its own database: placements, owned names and the naming key."""
@@ -224,6 +268,14 @@ def _create_control_tables(conn: psycopg.Connection) -> None:
     conn.execute(
         "CREATE TABLE IF NOT EXISTS paybill.control_steps (name text PRIMARY KEY, "
         "done_at timestamptz NOT NULL DEFAULT now())"
+    )
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS paybill.agent_statements (tenant text NOT NULL, day date NOT NULL, "
+        "used integer NOT NULL DEFAULT 0 CHECK (used >= 0), PRIMARY KEY (tenant, day))"
+    )
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS paybill.admission_keys (seq bigserial, field text PRIMARY KEY, "
+        "value bytea NOT NULL)"
     )
     conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(CONTROL_SCHEMA)))
 

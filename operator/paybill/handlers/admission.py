@@ -9,7 +9,9 @@ and then the validating one (admits or refuses with every reason; checks the sta
 it stores a workflow; both are persistent, so with the operator stopped the API server cannot reach them and
 admits nothing. What to answer is decided in workflows/admission.py; these handlers read the request and the
 operator's in-memory indexes (no API call on the request path), build the policy's engine once per policy version
-(its schema is read from the tenant's database) and answer.
+(its schema is read from the tenant's database) and answer. The stamp is signed (HMAC, the operator's key ring) and
+an admitted create's statements are charged to its tenant's UTC day in the control database (handlers/stamping.py):
+the one database write on the request path, in the validating webhook, last.
 
 Where it listens (the only place these are set; the chart and the docs take them from here):
 - without PAYBILL_WEBHOOK_CERT_DIR: plain HTTP on 127.0.0.1 (loopback only: the emulated API server), on
@@ -65,7 +67,6 @@ from ..workflows.admission import (
     agents_named,
     refuse,
     stamp_matches,
-    statements_today,
 )
 from ..workflows.reconcile import PolicyView
 from .admission_server import (
@@ -81,6 +82,7 @@ from .admission_server import (
 )
 from .agentpolicy import records_of
 from .agentworkflow import review_approvals
+from .stamping import charged, signed
 
 # -- the webhooks' names, paths and port: the one place they are declared ------------------------------------------
 CONFIGURATION = "admission.paybill.dev"  # ValidatingWebhookConfiguration and MutatingWebhookConfiguration
@@ -241,14 +243,6 @@ def policy_entry(obj: Mapping[str, Any]) -> dict[str, Any] | None:
     return {str(meta.get("namespace")): entry}
 
 
-def workflow_entry(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """Namespace -> (the UTC day the workflow was created, its number of steps): the day's statement count."""
-    meta = obj["metadata"]
-    created = datetime.datetime.fromisoformat(str(meta.get("creationTimestamp")).replace("Z", "+00:00"))
-    steps = len((obj.get("spec") or {}).get("steps") or [])
-    return {str(meta.get("namespace")): (created.astimezone(datetime.UTC).date(), steps)}
-
-
 @kopf.index("namespaces")
 def admission_namespaces(body: kopf.Body, **_: Any) -> dict[str, Any]:
     return namespace_entry(body)
@@ -269,11 +263,6 @@ def admission_policies(body: kopf.Body, **_: Any) -> dict[str, Any] | None:
     return policy_entry(body)
 
 
-@kopf.index(GROUP, VERSION, "agentworkflows")
-def admission_workflows(body: kopf.Body, **_: Any) -> dict[str, Any]:
-    return workflow_entry(body)
-
-
 def _one(index: kopf.Index[Any, Any], key: Any) -> Any:
     store = index.get(key)
     return next(iter(store), None) if store is not None else None
@@ -292,7 +281,7 @@ def tenant_of_namespace(
 
 
 def observe(
-    namespace: str, spec: AgentWorkflowSpec, indices: Mapping[str, kopf.Index[Any, Any]], today: datetime.date
+    namespace: str, spec: AgentWorkflowSpec, indices: Mapping[str, kopf.Index[Any, Any]]
 ) -> tuple[World, TenantEntry | None, PolicyEntry | None]:
     tenant_name = ""
     entry = tenant_of_namespace(namespace, indices["admission_namespaces"], indices["admission_tenants"])
@@ -309,12 +298,10 @@ def observe(
         )
     policies: list[PolicyEntry] = list(indices["admission_policies"].get(namespace) or [])
     policy = next((p for p in policies if p.name == spec.policyRef), None)
-    workflows: list[tuple[datetime.date, int]] = list(indices["admission_workflows"].get(namespace) or [])
     world = World(
         tenancy,
         policy.view if policy is not None else None,
         agents_named([p.view.spec for p in policies]),
-        statements_today(workflows, today),
         policy.generation if policy is not None else None,
     )
     return world, entry, policy
@@ -347,16 +334,12 @@ def read_world(kube: Kube, namespace: str) -> dict[str, dict[str, list[Any]]]:
         plan_name = (tenant.get("spec") or {}).get("planRef")
         plan = kube.get(API_VERSION, "plans", plan_name) if plan_name else None
         views["admission_plans"] = indexed(plan_entry(plan)) if plan is not None else {}
-    for index, plural, entry in (
-        ("admission_policies", "agentpolicies", policy_entry),
-        ("admission_workflows", "agentworkflows", workflow_entry),
-    ):
-        items = [entry(item) for item in kube.list(API_VERSION, plural, namespace)]
-        views[index] = {namespace: [value for item in items if item for value in item.values()]}
+    policies = [policy_entry(item) for item in kube.list(API_VERSION, "agentpolicies", namespace)]
+    views["admission_policies"] = {namespace: [value for item in policies if item for value in item.values()]}
     return views
 
 
-INDEXES = ("admission_namespaces", "admission_tenants", "admission_plans", "admission_policies", "admission_workflows")
+INDEXES = ("admission_namespaces", "admission_tenants", "admission_plans", "admission_policies")
 ROLE_TTL = 2.0  # seconds a replica's role (leader or standby) is taken as known
 
 
@@ -501,10 +484,10 @@ async def review(
         _annotations(old) if old is not None else {},
     )
     engine, problem = None, None
-    world, tenant, policy = observe(namespace, spec, indices, datetime.datetime.now(datetime.UTC).date())
+    world, tenant, policy = observe(namespace, spec, indices)
     if request.operation == "CREATE" and world.tenancy is not None:
         engine, problem = await engine_of(memo, tenant, policy, world.tenancy.tenant)
-    return admit(request, world, engine, problem)
+    return await signed(admit(request, world, engine, problem), body, spec, memo)  # stamp.py: signed, verified
 
 
 async def stamp_verdict(
@@ -538,7 +521,10 @@ async def validation_problem(
         return "the admission stamp is missing or altered (the mutating webhook writes it)"
     # approvals: who writes paybill.dev/approve-*/reject-* (workflows/approvals.py); recorded last, once admitted
     submitter = _annotations(old or body).get(REQUESTER)
-    return await _approvals_problem(operation, body, old, userinfo, memo, dryrun, submitter)
+    refused = await _approvals_problem(operation, body, old, userinfo, memo, dryrun, submitter)
+    if refused is not None:
+        return refused
+    return await charged(verdict, memo, dryrun, datetime.datetime.now(datetime.UTC))  # last, so counted once
 
 
 async def _approvals_problem(

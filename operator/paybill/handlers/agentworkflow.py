@@ -42,6 +42,7 @@ from ..policy import PolicyEngine
 from ..policy.rules import PolicyError
 from ..policy.schema import SchemaError
 from ..workflows import StepOutcome, approvals, results_secret_data, run_steps
+from ..workflows.admission import REQUESTER
 from ..workflows.approvals import Grant, Requester
 from ..workflows.pool import WorkflowPool
 from ..workflows.reconcile import (
@@ -67,10 +68,12 @@ from ..workflows.reconcile import (
     step_record,
     terminal_conditions,
 )
+from ..workflows.stamp import admission_outcome
 from . import events
 from .agentpolicy import records_of, tenant_of, tenant_view
 from .apply import apply_agent_outcome, audit, converge, delete_owned_secret, publish_secret
 from .instrument import reconciles
+from .stamping import ring_for
 
 RETENTION_ENV = "PAYBILL_WORKFLOW_RESULTS_RETENTION"
 RETENTION_DEFAULT = 7 * 24 * 3600  # seconds a finished workflow's results Secret is kept
@@ -117,7 +120,9 @@ def workflow_object(body: kopf.Body) -> WorkflowObject:
 
 def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
     workflow = workflow_object(body)
-    outcome = settled(workflow)
+    outcome = settled(workflow) or admission_outcome(  # nothing runs without the operator's own admission stamp
+        workflow.namespace, workflow.name, workflow.spec, workflow.annotations, ring_for(memo, workflow.annotations)
+    )
     if outcome is None:
         seen, login = _observe(memo.kube, body, workflow, memo.databases)
         seen = dataclasses.replace(seen, grants=recorded_grants(memo.audit, workflow))
@@ -223,7 +228,8 @@ def _run_steps(
         gate_step(outcome)
         outcomes.append(outcome)
         entry = step_record(workflow, outcome)
-        audit(body, memo.audit, entry.kind, entry.name, entry.event, entry.details)
+        details = {**entry.details, "requester": workflow.annotations[REQUESTER]}  # verified before the run
+        audit(body, memo.audit, entry.kind, entry.name, entry.event, details)
         write(progress(outcomes))
 
     version = PolicyVersions(memo.databases.connect).store(engine.rules.spec, engine.schema)  # for replay

@@ -10,9 +10,8 @@ and the validating webhook checks. An update may not touch the spec or the stamp
 
 from __future__ import annotations
 
-import datetime
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -21,6 +20,7 @@ from ..api.agentworkflow import AgentWorkflowSpec, Step, StepKind
 from ..api.plan import PlanSpec
 from ..api.tenant import Access
 from ..policy.decision import Decision
+from .quota import StatementCharge
 from .reconcile import PolicyView
 from .run import STATEMENTS
 
@@ -95,7 +95,6 @@ class World:
     tenancy: Tenancy | None  # None: the namespace is no tenant's
     policy: PolicyView | None  # the AgentPolicy spec.policyRef names; None: missing
     agents: frozenset[str] = frozenset()  # ServiceAccounts the namespace's AgentPolicies name
-    statements_today: int = 0  # steps of the namespace's workflows submitted since 00:00 UTC (this one excluded)
     policy_generation: int | None = None  # the policy's metadata.generation (its status must be of that spec)
 
 
@@ -104,6 +103,7 @@ class Verdict:
     allowed: bool
     reasons: tuple[str, ...] = ()
     stamp: Mapping[str, str] = field(default_factory=dict)  # the annotations an admitted create carries
+    statements: StatementCharge | None = None  # what an admitted create adds to its tenant's day (workflows/quota.py)
 
     @property
     def message(self) -> str:
@@ -130,7 +130,12 @@ def admit(request: Request, world: World, engine: Engine | None, engine_problem:
     decisions, problems = _check_steps(request.spec, engine, world.tenancy.tenant)
     if problems:
         return refuse(*problems)
-    return Verdict(True, stamp=stamp(request.username, engine.version, decisions))
+    tenancy, plan = world.tenancy, world.tenancy.plan
+    assert plan is not None  # checked by _entitlements
+    charge = StatementCharge(
+        tenancy.tenant, len(request.spec.steps), plan.quotas.agentStatementsPerDay, tenancy.plan_name
+    )
+    return Verdict(True, stamp=stamp(request.username, engine.version, decisions), statements=charge)
 
 
 def stamp(username: str, version: str, decisions: Mapping[str, Decision]) -> dict[str, str]:
@@ -225,10 +230,9 @@ def _entitlements(spec: AgentWorkflowSpec, tenancy: Tenancy, world: World) -> li
     steps_limit = plan.entitlements.limits.get(STEPS_LIMIT)
     if steps_limit is not None and len(spec.steps) > steps_limit:
         problems.append(f"the workflow declares {len(spec.steps)} steps; {where} allows {steps_limit}")
-    if world.statements_today + len(spec.steps) > quotas.agentStatementsPerDay:
+    if len(spec.steps) > quotas.agentStatementsPerDay:  # the day's count is charged once admitted (quota.py)
         problems.append(
-            f"{world.statements_today} agent statements were submitted today and this workflow adds "
-            f"{len(spec.steps)}; {where} allows {quotas.agentStatementsPerDay} a day"
+            f"the workflow declares {len(spec.steps)} statements; {where} allows {quotas.agentStatementsPerDay} a day"
         )
     return problems
 
@@ -259,11 +263,6 @@ def step_problems(step: Step, decision: Decision) -> list[str]:
 def _describe(code: str, message: str, rule: str | None, position: int | None) -> str:
     where = "".join((f" (rule {rule})" if rule else "", f" at position {position}" if position is not None else ""))
     return f"{code}: {message}{where}"
-
-
-def statements_today(workflows: Iterable[tuple[datetime.date, int]], today: datetime.date) -> int:
-    """Steps of the workflows submitted on `today` (UTC): what the day's statement quota counts."""
-    return sum(steps for day, steps in workflows if day == today)
 
 
 def agents_named(policies: Sequence[AgentPolicySpec]) -> frozenset[str]:
