@@ -53,7 +53,7 @@ from ..kubeclient import Kube
 from ..lifecycle.evidence import agent_placement_problem
 from ..lifecycle.tenant import TENANT_LABEL
 from ..metrics import counting, timed_engine
-from ..policy import PolicyEngine
+from ..policy import Gate
 from ..policy.rules import PolicyError
 from ..policy.schema import SchemaError
 from ..workflows import approvals
@@ -391,13 +391,13 @@ class EngineCache:
     """Engines by what they depend on; a miss reads the tenant's live schema (in a thread, off the event loop)."""
 
     def __init__(self, size: int = 256) -> None:
-        self._engines: dict[EngineKey, PolicyEngine] = {}
+        self._engines: dict[EngineKey, Gate] = {}
         self._lock = threading.Lock()
         self._size = size
 
     async def get(
         self, databases: TenantDatabases | None, key: EngineKey, spec: AgentPolicySpec
-    ) -> tuple[PolicyEngine | None, str | None]:
+    ) -> tuple[Gate | None, str | None]:
         engine = self._engines.get(key)
         if engine is not None:
             return engine, None
@@ -418,7 +418,7 @@ class EngineRefused(Exception):
     """The operator's own records do not put the tenant's data where its status says."""
 
 
-def _build_engine(databases: TenantDatabases, key: EngineKey, spec: AgentPolicySpec) -> PolicyEngine:
+def _build_engine(databases: TenantDatabases, key: EngineKey, spec: AgentPolicySpec) -> Gate:
     records = records_of(databases, {"metadata": {"name": key.tenant}})
     placement = DatabasePlacement.model_validate_json(key.placement)
     if problem := agent_placement_problem(key.tenant, key.tenant_uid, placement, records):
@@ -428,7 +428,7 @@ def _build_engine(databases: TenantDatabases, key: EngineKey, spec: AgentPolicyS
 
 async def engine_of(
     memo: kopf.Memo, tenant: TenantEntry | None, policy: PolicyEntry | None, name: str
-) -> tuple[PolicyEngine | None, str | None]:
+) -> tuple[Gate | None, str | None]:
     if tenant is None or policy is None:
         return None, None  # admission refuses before it needs one
     placement = tenant.placement

@@ -38,7 +38,7 @@ from ..lifecycle.drift import ObjectConflict
 from ..lifecycle.evidence import Records
 from ..lifecycle.tenant import MANAGED_BY, SecretConflict, opaque_secret, owned_secret, owner_reference, secret_field
 from ..metrics import gate_step, timed_engine
-from ..policy import PolicyEngine
+from ..policy import Gate
 from ..policy.rules import PolicyError
 from ..policy.schema import SchemaError
 from ..workflows import StepOutcome, approvals, results_secret_data, run_steps
@@ -189,7 +189,7 @@ def _login(kube: Kube, body: kopf.Body, workflow: WorkflowObject, policy: dict[s
     return secret_field(secret, "uri") if secret else None
 
 
-def _engine(memo: kopf.Memo, load: LoadEngine) -> tuple[PolicyEngine | None, EngineFailure | None]:
+def _engine(memo: kopf.Memo, load: LoadEngine) -> tuple[Gate | None, EngineFailure | None]:
     """The engine on the tenant's live schema, or why it could not be built."""
     try:
         where = Placement.from_status(load.tenant, load.placement)
@@ -204,7 +204,7 @@ def _run_steps(
     body: kopf.Body,
     memo: kopf.Memo,
     workflow: WorkflowObject,
-    engine: PolicyEngine,
+    engine: Gate,
     login: str,
     run: RunSteps,
     grants: tuple[Grant, ...],

@@ -21,9 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-# Not engine.py: PolicyEngine is extended elsewhere (metrics.TimedEngine), and mypyc checks the exact class of `self`
-# in the methods of a compiled class even when it is declared open to subclasses.
-COMPILED = ("tree", "analysis", "validate", "rewrite")
+COMPILED = ("tree", "analysis", "validate", "rewrite", "engine")
 MANIFEST = "compiled.json"
 HERE = Path(__file__).resolve().parent
 logger = logging.getLogger(__name__)

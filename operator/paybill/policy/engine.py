@@ -6,7 +6,7 @@ import dataclasses
 import functools
 import logging
 from collections import OrderedDict
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from pglast.parser import fingerprint
 
@@ -35,6 +35,23 @@ class _Admitted(NamedTuple):
     params: dict[int, ParamType | None]
     approvers: frozenset[str] | None
     min_approvals: int
+
+
+class Gate(Protocol):
+    """What the operator asks of a policy engine: a PolicyEngine, or one wrapped (metrics.TimedEngine)."""
+
+    rules: RuleSet
+    schema: Schema
+    version: str
+
+    def decide(
+        self,
+        principal: str,
+        sql: str,
+        params: list[Any] | None = None,
+        tenant: str | None = None,
+        approvals: frozenset[str] = frozenset(),
+    ) -> Decision: ...
 
 
 class PolicyEngine:

@@ -36,7 +36,7 @@ from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.pq.abc import PGresult
 
 from ...policy.decision import Decision, Reason
-from ...policy.engine import PolicyEngine
+from ...policy.engine import Gate
 from .steps import PRIMARY_KEY, RECORD, RECORDED, StepKey, StepRecord
 
 # Whether the agent's role may write nothing in its schema (run as the agent; $1: the schema).
@@ -284,7 +284,7 @@ class ExecutionGuard:
 
     def __init__(
         self,
-        engine: PolicyEngine,
+        engine: Gate,
         conninfo: str,
         principal: str,
         tenant: str | None = None,
