@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+import urllib3
 
 from ..kubeclient import Kube, KubeError, resource_path
 from . import backend, jobruns
@@ -40,7 +43,9 @@ from .plans import PlanStore
 from .runner import VARIABLES_FILE, Finder
 
 TENANTS = ("paybill.dev/v1alpha1", "tenants")
-WATCH_SLICE = 60  # seconds: one watch request at most this long, then watched again from where it stopped
+WATCH_SLICE = 60  # seconds: one watch request at most this long, then listed and watched again
+
+log = logging.getLogger(__name__)
 
 
 class Executor(Protocol):
@@ -261,31 +266,25 @@ class JobExecutor:
         deadline = time.monotonic() + spec.timeout_seconds
         path = resource_path("batch/v1", "jobs", spec.namespace)
         selector = f"paybill.dev/run={spec.run_id}"
-        while True:
+        while (remaining := deadline - time.monotonic()) > 0:
             listing = self.kube.request("GET", path, query={"labelSelector": selector})
             found = [job for job in listing["items"] if job["metadata"]["name"] == spec.name]
-            if not found:
-                return None
-            if _ended(found[0]):
-                return found[0]
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            version = listing["metadata"]["resourceVersion"]
-            for event in self.kube.watch(
-                "batch/v1", "jobs", version, selector, max(1, min(int(remaining) + 1, WATCH_SLICE)), spec.namespace
-            ):
-                job = event.get("object") or {}
-                if event.get("type") == "BOOKMARK" or job.get("metadata", {}).get("name") != spec.name:
-                    continue
-                if event.get("type") == "DELETED":
-                    return None
-                if _ended(job):
-                    return job
-                if time.monotonic() >= deadline:
-                    break
-            if time.monotonic() >= deadline:
-                break
+            if not found or _ended(found[0]):
+                return found[0] if found else None
+            seconds = max(1, min(int(remaining) + 1, WATCH_SLICE))
+            try:
+                for event in self.kube.watch(
+                    "batch/v1", "jobs", listing["metadata"]["resourceVersion"], selector, seconds, spec.namespace
+                ):
+                    job = event.get("object") or {}
+                    if job.get("metadata", {}).get("name") != spec.name or event.get("type") == "BOOKMARK":
+                        continue
+                    if event.get("type") == "DELETED":
+                        return None
+                    if _ended(job) or time.monotonic() >= deadline:
+                        break
+            except (KubeError, urllib3.exceptions.HTTPError) as exc:  # expired (410) or broken: listed again
+                log.info("[Tenant %s] watch of Job %s ended (%s): listed again", spec.tenant_id, spec.name, exc)
         self._delete_job(spec)
         raise JobFailed(
             spec.operation,
