@@ -147,3 +147,14 @@ def test_the_jobs_entry_point_plans_then_applies_the_approved_plan(backend_dsn: 
     assert "database_password" not in outputs  # sensitive: never printed
     assert state_resources(backend_dsn, tenant, "silo") == SILO and state_resources(backend_dsn, tenant) == []
     assert run("destroy")["destroyed"] == 4
+
+
+def test_a_jobs_name_keeps_its_run_id_and_the_job_is_owned_by_the_tenant() -> None:
+    owner = {"apiVersion": "paybill.dev/v1alpha1", "kind": "Tenant", "name": "t" * 40, "uid": "u-1"}
+    job = job_manifest(_spec(tenant_id="t" * 40, operation="plan-apply", plan_hash=None, owner=owner))
+    name = job["metadata"]["name"]
+    assert len(name) <= 63 and name.endswith("-a1b2c3d4e5f6") and name.startswith("tf-ttt")
+    assert [(o["kind"], o["uid"]) for o in job["metadata"]["ownerReferences"]] == [("Tenant", "u-1")]
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[0] == "plan-apply" and args[args.index("--run-id") + 1] == "a1b2c3d4e5f6"
+    assert job["spec"]["ttlSecondsAfterFinished"] == 3600
