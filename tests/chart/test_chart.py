@@ -140,6 +140,15 @@ def test_a_disruption_budget_that_blocks_every_drain_is_refused() -> None:
     assert result.returncode != 0 and "must be below replicaCount" in result.stderr
 
 
+def test_replicas_without_an_election_are_refused_and_one_is_recreated_never_surged() -> None:
+    """Without leader election two replicas (or a surge during a rollout) would both reconcile every object."""
+    refused = run_helm("template", RELEASE, str(CHART), "--set", "leaderElection.enabled=false", check=False)
+    assert refused.returncode != 0 and "needs leaderElection.enabled" in refused.stderr
+    single = {"leaderElection": {"enabled": False}, "replicaCount": 1, "podDisruptionBudget": {"enabled": False}}
+    [deployment] = find(template(single), "Deployment")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+
 def test_the_defaults_run_two_hardened_replicas() -> None:
     docs = template()
     [deployment] = find(docs, "Deployment")
