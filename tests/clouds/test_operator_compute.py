@@ -196,8 +196,9 @@ def setup(target: Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clust
     return target
 
 
-def onboard(cluster: Any, target: Target) -> str:
-    """A Plan on the target's cloud (the stand-in module) and a silo Tenant on it; the tenant's name."""
+def onboard(cluster: Any, target: Target, name: str = "") -> str:
+    """A Plan on the target's cloud (the stand-in module) and a silo Tenant on it (`name`, else pw-<cloud>: moto is
+    the session's, so a test that counts instances names its own tenant); the tenant's name."""
     provisioning = {
         "cloud": target.cloud,
         "region": target.region,
@@ -206,7 +207,7 @@ def onboard(cluster: Any, target: Target) -> str:
     }
     spec = {"tier": "gold", "isolation": "silo", "provisioning": provisioning}
     cluster.kube.create({"apiVersion": API, "kind": "Plan", "metadata": {"name": "gold"}, "spec": spec})
-    name = f"pw-{target.cloud}"
+    name = name or f"pw-{target.cloud}"
     tenant_spec = {"planRef": "gold", "deletionPolicy": "destroy"}
     cluster.kube.create({"apiVersion": API, "kind": "Tenant", "metadata": {"name": name}, "spec": tenant_spec})
     return name
@@ -292,7 +293,7 @@ def test_an_instance_started_by_hand_while_suspended_is_stopped_again_with_a_war
 
     monkeypatch.setenv("PAYBILL_COMPUTE_CHECK_SECONDS", "1")  # read at each check: due at every 5 s tick
     cluster, target = operator, setup
-    name = onboard(cluster, target)
+    name = onboard(cluster, target, "by-hand-aws")
 
     def status() -> dict[str, Any]:
         return (cluster.kube.get(API, "tenants", name) or {}).get("status") or {}
