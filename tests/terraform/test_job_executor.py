@@ -218,6 +218,14 @@ def test_a_silo_tenant_goes_active_through_a_job_and_its_run_record_holds_the_jo
     assert result["summary"]["adds"] == 4 and result["summary"]["plan_hash"] == infrastructure["appliedHash"]
     assert "database_password" not in result["outputs"] and json.loads(output) == result
 
+    # offboarding destroys through another Job
+    cluster.kube.delete("paybill.dev/v1alpha1", "tenants", name)
+    cluster.eventually(lambda: cluster.kube.get("paybill.dev/v1alpha1", "tenants", name) is None, timeout=240)
+    assert state_resources(dsn(postgres), name, "silo") == []
+    assert [(op, ok, result.get("destroyed")) for op, ok, result, _ in _run_records(postgres, name)][1:] == [
+        ("destroy", True, 4)
+    ]
+
 
 def test_a_failing_job_says_terraforms_message(
     job_operator: Any, jobs: JobController, job_env: Path, postgres: LocalPostgres
