@@ -59,9 +59,13 @@ class PolicyEngine:
 
     Decisions are cached by (principal, tenant, statement) under the policy and schema version;
     parameters are checked on every call, so a cached statement still rejects a badly typed value.
+    `analysis` is the clause walker (the tests give one that forgets a clause, to show the validator denies it).
     """
 
-    def __init__(self, policy: AgentPolicySpec, schema: Schema, cache_size: int = 4096) -> None:
+    def __init__(
+        self, policy: AgentPolicySpec, schema: Schema, cache_size: int = 4096, analysis: type[Analysis] = Analysis
+    ) -> None:
+        self.analysis = analysis
         self.rules = RuleSet(policy)
         self.schema = schema
         self.validator = Validator(self.rules, schema)
@@ -77,7 +81,7 @@ class PolicyEngine:
                 continue
             names = self.schema.tables if WILDCARD in rule.tables else rule.tables
             for table in (self.schema.tables[n] for n in names if n in self.schema.tables):
-                analysis = Analysis(self.rules, self.schema, None)
+                analysis = self.analysis(self.rules, self.schema, None)
                 scope = Scope([Relation(table.name, tuple(table.columns), table)])
                 analysis.expression(self.rules.predicates[rule.rowFilter], scope)
                 problems = [r.message for r in analysis.reasons if r.code not in AUTHOR_ONLY]
@@ -185,7 +189,7 @@ class PolicyEngine:
                 1,
             )
         stmt = statements[0].stmt
-        analysis = Analysis(self.rules, self.schema, tenant)
+        analysis = self.analysis(self.rules, self.schema, tenant)
         try:
             analysis.statement(stmt)
         except RecursionError:
