@@ -28,6 +28,7 @@ from paybill.workflows.stamp import (
     SIGNATURE,
     KeyRing,
     admission_outcome,
+    claim_outcome,
     key_id_at,
     new_ring,
     ring_fields,
@@ -102,6 +103,15 @@ def test_a_hand_written_stamp_is_unadmitted_and_says_why() -> None:
     assert (denied.report.phase, denied.report.reason) == ("Denied", "Unadmitted")
     assert [(e.reason, e.warning) for e in denied.events] == [("Unadmitted", True)]
     assert "no step was run" in denied.events[0].message
+
+
+def test_a_stamp_runs_on_the_one_object_admission_let_through() -> None:
+    assert claim_outcome("uid-1", "uid-1") is None
+    replay = claim_outcome("uid-2", "uid-1")
+    assert replay is not None and replay.report is not None and replay.report.reason == "Unadmitted"
+    assert "admitted for another object of this name (uid uid-1): a replay" in replay.report.message
+    unknown = claim_outcome("uid-1", None)
+    assert unknown is not None and "admission has no record of this stamp" in str(unknown.report)
 
 
 def test_without_its_keys_the_operator_waits_and_runs_nothing() -> None:
@@ -198,10 +208,26 @@ def test_with_the_webhooks_deleted_a_forged_stamp_is_denied_unadmitted_and_an_ad
 
     for plural in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
         cluster.kube.delete("admissionregistration.k8s.io/v1", plural, CONFIGURATION)
+    # the admitted workflow deleted and stored again, stamp and all: a valid signature, on an object never admitted
+    replayed = cluster.kube.get(API, "agentworkflows", "refund", namespace)
+    stamp = {k: v for k, v in genuine.items() if k.startswith("admission.paybill.dev/")}  # not kopf's progress
+    cluster.kube.delete(API, "agentworkflows", "refund", namespace)
+    cluster.eventually(lambda: cluster.kube.get(API, "agentworkflows", "refund", namespace) is None, timeout=30)
+    cluster.kube.create(
+        {
+            "apiVersion": API,
+            "kind": "AgentWorkflow",
+            "metadata": {"name": "refund", "namespace": namespace, "annotations": stamp},
+            "spec": replayed["spec"],
+        }
+    )
+    again = wait_workflow(cluster, namespace, "refund", "Denied")
+    assert "a replay" in next(c["message"] for c in again["conditions"] if c["type"] == "Denied")
+    assert len(step_records(postgres, namespace, "refund")) == len(records)  # nothing ran again
     # another ServiceAccount of the namespace, allowed to create AgentWorkflows, claims the agent's identity
     intruder = kubectl_as(cluster.service_account_kubeconfig(namespace, "tenant-admin"), tmp_path)
     forged_stamps = {
-        "copied": {k: v for k, v in genuine.items() if k.startswith("admission.paybill.dev/")},
+        "copied": stamp,
         "hand-written": {
             REQUESTER: f"system:serviceaccount:{namespace}:{AGENT}",
             POLICY_VERSION: genuine[POLICY_VERSION],

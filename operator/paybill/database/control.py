@@ -198,21 +198,42 @@ class Control:
 
     # --- admission: the agents' statements per UTC day, and the stamp's keys (local runs) ---------------------
 
-    def charge_statements(self, tenant: str, day: datetime.date, statements: int, limit: int) -> int | None:
+    def charge_statements(
+        self, tenant: str, day: datetime.date, statements: int, limit: int, ticket: str | None = None
+    ) -> int | None:
         """Add `statements` to the tenant's count for `day` if it stays within `limit`: the count after it, or None
-        (nothing added). Atomic: concurrent charges serialize on the row, and each sees the others' sums."""
+        (nothing added). Atomic: concurrent charges serialize on the row, and each sees the others' sums. With the
+        charge, in the same transaction, the admitted stamp's `ticket` (its signature) is recorded unclaimed."""
         with self.connections.session() as conn:
             self.prepare(conn)
             conn.execute(
                 "INSERT INTO paybill.agent_statements (tenant, day) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                 (tenant, day),
             )
-            row = conn.execute(
-                "UPDATE paybill.agent_statements SET used = used + %s "
-                "WHERE tenant = %s AND day = %s AND used + %s <= %s RETURNING used",
-                (statements, tenant, day, statements, limit),
-            ).fetchone()
+            with conn.transaction():
+                row = conn.execute(
+                    "UPDATE paybill.agent_statements SET used = used + %s "
+                    "WHERE tenant = %s AND day = %s AND used + %s <= %s RETURNING used",
+                    (statements, tenant, day, statements, limit),
+                ).fetchone()
+                if row is not None and ticket is not None:
+                    conn.execute(
+                        "INSERT INTO paybill.admission_tickets (ticket) VALUES (%s) "
+                        "ON CONFLICT (ticket) DO UPDATE SET uid = NULL, admitted_at = now()",
+                        (ticket,),
+                    )
         return int(row[0]) if row else None
+
+    def claim_ticket(self, ticket: str, uid: str) -> str | None:
+        """The uid of the workflow object the admission `ticket` belongs to, claimed for `uid` if no object has it
+        yet (the first run of an admitted workflow); None when admission never recorded it."""
+        with self.connections.session() as conn:
+            self.prepare(conn)
+            row = conn.execute(
+                "UPDATE paybill.admission_tickets SET uid = COALESCE(uid, %s) WHERE ticket = %s RETURNING uid",
+                (uid, ticket),
+            ).fetchone()
+        return str(row[0]) if row else None
 
     def statements_used(self, tenant: str, day: datetime.date) -> int:
         with self.connections.session() as conn:
@@ -272,6 +293,10 @@ def _create_control_tables(conn: psycopg.Connection) -> None:
     conn.execute(
         "CREATE TABLE IF NOT EXISTS paybill.agent_statements (tenant text NOT NULL, day date NOT NULL, "
         "used integer NOT NULL DEFAULT 0 CHECK (used >= 0), PRIMARY KEY (tenant, day))"
+    )
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS paybill.admission_tickets (ticket text PRIMARY KEY, uid text, "
+        "admitted_at timestamptz NOT NULL DEFAULT now())"
     )
     conn.execute(
         "CREATE TABLE IF NOT EXISTS paybill.admission_keys (seq bigserial, field text PRIMARY KEY, "

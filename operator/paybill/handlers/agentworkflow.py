@@ -73,7 +73,7 @@ from . import events
 from .agentpolicy import records_of, tenant_of, tenant_view
 from .apply import apply_agent_outcome, audit, converge, delete_owned_secret, publish_secret
 from .instrument import reconciles
-from .stamping import ring_for
+from .stamping import claimed, ring_for
 
 RETENTION_ENV = "PAYBILL_WORKFLOW_RESULTS_RETENTION"
 RETENTION_DEFAULT = 7 * 24 * 3600  # seconds a finished workflow's results Secret is kept
@@ -120,8 +120,12 @@ def workflow_object(body: kopf.Body) -> WorkflowObject:
 
 def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
     workflow = workflow_object(body)
-    outcome = settled(workflow) or admission_outcome(  # nothing runs without the operator's own admission stamp
-        workflow.namespace, workflow.name, workflow.spec, workflow.annotations, ring_for(memo, workflow.annotations)
+    outcome = (  # nothing runs without the operator's own admission stamp, on the one object it admitted
+        settled(workflow)
+        or admission_outcome(
+            workflow.namespace, workflow.name, workflow.spec, workflow.annotations, ring_for(memo, workflow.annotations)
+        )
+        or claimed(memo, workflow)
     )
     if outcome is None:
         seen, login = _observe(memo.kube, body, workflow, memo.databases)

@@ -25,10 +25,22 @@ from ..database import DatabaseUnavailable, TenantDatabases
 from ..database.control import Control
 from ..errors import first_line
 from ..kubeclient import Kube, KubeError
+from ..lifecycle.agents import Outcome, Wait
 from ..lifecycle.tenant import MANAGED_BY
 from ..workflows.admission import Verdict, refuse
 from ..workflows.quota import over_quota, utc_day
-from ..workflows.stamp import KeyRing, key_id_at, new_ring, ring_fields, ring_of, sign, signing_key
+from ..workflows.reconcile import WorkflowObject
+from ..workflows.stamp import (
+    SIGNATURE,
+    KeyRing,
+    claim_outcome,
+    key_id_at,
+    new_ring,
+    ring_fields,
+    ring_of,
+    sign,
+    signing_key,
+)
 from .apply import operator_namespace
 
 KEYS_SECRET = "paybill-admission-keys"
@@ -161,11 +173,25 @@ async def charged(verdict: Verdict, memo: kopf.Memo, dryrun: bool, now: datetime
         if dryrun:
             used = await asyncio.to_thread(control.statements_used, charge.tenant, day)
             return None if used + charge.statements <= charge.limit else over_quota(charge, used, day)
-        if (
-            await asyncio.to_thread(control.charge_statements, charge.tenant, day, charge.statements, charge.limit)
-            is None
-        ):
+        ticket = verdict.stamp.get(SIGNATURE)
+        after = await asyncio.to_thread(
+            control.charge_statements, charge.tenant, day, charge.statements, charge.limit, ticket
+        )
+        if after is None:
             return over_quota(charge, await asyncio.to_thread(control.statements_used, charge.tenant, day), day)
     except (DatabaseUnavailable, psycopg.Error) as exc:
         return f"the day's agent statements could not be counted: {first_line(exc)}"
     return None
+
+
+def claimed(memo: kopf.Memo, workflow: WorkflowObject) -> Outcome | None:
+    """After its stamp verified: the workflow object is the one admission let through (its ticket is, or now
+    becomes, this uid's). Nothing runs while the record cannot be read."""
+    databases: TenantDatabases | None = memo.databases
+    if databases is None:
+        return Outcome(wait=Wait("DatabaseUnavailable", "the operator has no control database", 10))
+    try:
+        owner = databases.control.claim_ticket(workflow.annotations[SIGNATURE], workflow.uid)
+    except (DatabaseUnavailable, psycopg.Error) as exc:
+        return Outcome(wait=Wait("DatabaseUnavailable", f"admission records not read: {first_line(exc)}", 10))
+    return claim_outcome(workflow.uid, owner)

@@ -150,6 +150,17 @@ def admission_outcome(
     return unadmitted(check.problem) if check.problem is not None else None
 
 
+def claim_outcome(uid: str, owner: str | None) -> Outcome | None:
+    """A verified stamp is good for the one object admission let through: the first to run claims it (`owner`, the
+    uid that holds it now). A stamp copied onto a new object of the same name and spec (the webhooks bypassed, the
+    admitted one deleted) is a replay."""
+    if owner is None:
+        return unadmitted("admission has no record of this stamp")
+    if owner != uid:
+        return unadmitted(f"this stamp was admitted for another object of this name (uid {owner}): a replay")
+    return None
+
+
 def unadmitted(problem: str) -> Outcome:
     """A workflow whose stamp is not the operator's: Denied, a Warning Event naming what is wrong, nothing run."""
     message = f"the admission stamp is not valid ({problem}); no step was run"
