@@ -259,11 +259,14 @@ class Operator:
     database_url: str | None
     election: peering.Election | None = None
     started: threading.Event = field(default_factory=threading.Event)
+    fence: peering.Fence | None = None  # the handlers' own check: the role they act on is the one reported
 
     def role(self) -> str:
         """`leader`, `standby`, `unregistered` (no live peering record), or `standalone` (no election)."""
         if self.election is None:
             return "standalone"
+        if self.fence is not None:
+            return self.fence.role()
         return peering.role(self.kube, self.election, CHECK_TIMEOUT)
 
     def api_server(self) -> str:

@@ -18,6 +18,8 @@ import datetime
 import os
 import secrets
 import socket
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,6 +191,11 @@ def register(kube: Kube, elected: Election) -> int:
 def role(kube: Kube, elected: Election, timeout: float | None = None) -> str:
     """`leader` or `standby` as the peering object says now; `unregistered` when this replica has no live record
     (it cannot take over). KubeError (or a connection error) when it cannot be read within `timeout` seconds."""
+    return _standing(kube, elected, timeout)[0]
+
+
+def _standing(kube: Kube, elected: Election, timeout: float | None) -> tuple[str, datetime.datetime | None]:
+    """This replica's role as the peering object says now, and while leading, its own record's deadline."""
     try:
         found = kube.request("GET", resource_path(API_VERSION, PLURAL, name=elected.name), timeout=timeout) or {}
     except KubeError as exc:
@@ -197,6 +204,88 @@ def role(kube: Kube, elected: Election, timeout: float | None = None) -> str:
         found = {}
     peers = records(found.get("status") or {})
     now = datetime.datetime.now(datetime.UTC)
-    if not any(peer.identity == elected.identity and peer.alive(now) for peer in peers):
-        return "unregistered"
-    return "leader" if leader(peers, now) == elected.identity else "standby"
+    own = next((peer for peer in peers if peer.identity == elected.identity and peer.alive(now)), None)
+    if own is None:
+        return "unregistered", None
+    return ("leader", own.deadline) if leader(peers, now) == elected.identity else ("standby", None)
+
+
+class NotLeading(Exception):
+    """This replica does not hold the election now (or cannot tell): it must not act on the cluster."""
+
+
+FENCE_MARGIN = datetime.timedelta(seconds=1)  # a leading answer is not trusted this close to the record's deadline
+
+
+class Fence:
+    """Whether this replica holds the election right now, read fresh from the API server and cached for at most
+    `ttl` seconds (well under the lifetime) and never past its own record's deadline. kopf's pause stops its watches
+    only: a handler already queued or running, or a replica frozen past its record's expiry and resumed, would act
+    beside the new leader. Every reconciling handler asks the fence first."""
+
+    def __init__(self, kube: Kube, elected: Election, ttl: float | None = None, timeout: float = 3.0) -> None:
+        self.kube, self.elected, self.timeout = kube, elected, timeout
+        self.ttl = ttl if ttl is not None else min(1.0, elected.lifetime / 10)
+        self._known: tuple[float, str, datetime.datetime | None] | None = None
+        self._lock = threading.Lock()
+
+    def role(self) -> str:
+        """`leader`, `standby` or `unregistered` (no live record); a read error raises."""
+        with self._lock:
+            if self._known is None or not self._valid(*self._known):
+                role, deadline = _standing(self.kube, self.elected, self.timeout)
+                self._known = (time.monotonic(), role, deadline)
+            return self._known[1]
+
+    def _valid(self, read_at: float, role: str, deadline: datetime.datetime | None) -> bool:
+        if time.monotonic() - read_at >= self.ttl:  # the monotonic clock runs on while the process is frozen
+            return False
+        return deadline is None or datetime.datetime.now(datetime.UTC) < deadline - FENCE_MARGIN
+
+    def cached(self) -> str | None:
+        """The role while the last reading is still valid, without reading (None: ask `role`)."""
+        known = self._known
+        return known[1] if known is not None and self._valid(*known) else None
+
+    def forget(self) -> None:
+        with self._lock:
+            self._known = None
+
+    def ensure(self) -> None:
+        """NotLeading unless this replica leads now."""
+        try:
+            role = self.role()
+        except Exception as exc:  # cannot tell: not leading
+            raise NotLeading(f"the election cannot be read ({type(exc).__name__})") from None
+        if role != "leader":
+            raise NotLeading(f"this replica is {role} in ClusterKopfPeering {self.elected.name}, not the leader")
+
+
+FENCE: Fence | None = None  # set by the operator's startup when it takes part in an election
+
+
+def renew(kube: Kube, elected: Election, priority: int) -> int:
+    """Renew this replica's record, in a compare-and-swap write, only while it is still live with `priority`; a
+    record that expired (a replica frozen or cut off past its lifetime) or was cleaned away means the election was
+    lost: a new ticket is taken (`register`), so the replica stands by behind whoever took over. The priority to
+    run with from now on."""
+    for _ in range(REGISTER_ATTEMPTS):
+        found = kube.get(API_VERSION, PLURAL, elected.name)
+        if found is None:
+            return register(kube, elected)
+        now = datetime.datetime.now(datetime.UTC)
+        own = next((p for p in records(found.get("status") or {}) if p.identity == elected.identity), None)
+        if own is None or not own.alive(now) or own.priority != priority:
+            return register(kube, elected)
+        patch = {
+            "metadata": {"resourceVersion": found["metadata"]["resourceVersion"]},
+            "status": {elected.identity: record(priority, elected.lifetime, now)},
+        }
+        try:
+            kube.merge_patch(API_VERSION, PLURAL, elected.name, patch)
+        except KubeError as exc:
+            if exc.status == 409:  # written meanwhile (a peer's renewal or cleaning): read again
+                continue
+            raise
+        return priority
+    raise KubeError(409, f"record not renewed in {elected.name} after {REGISTER_ATTEMPTS} attempts")

@@ -11,16 +11,18 @@ processor (``paybill operator`` and ``kopf run -m paybill.handlers`` import the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import kopf
 from kopf._cogs.clients import watching as kopf_watching
 from kopf._core.reactor import processing as kopf_processing
 
-from .. import metrics
+from .. import metrics, peering
 from ..api.meta import GROUP
 from ..api.tenant import TenantPhase
 
@@ -37,9 +39,25 @@ def result_of(exc: BaseException) -> str:
     return "error"
 
 
+NOT_LEADING_DELAY = 5  # seconds before a handler refused by the fence is tried again (if this replica leads then)
+
+
+def ensure_leading() -> None:
+    """kopf.TemporaryError unless this replica holds the election now (peering.Fence; always, without an election).
+    Never a quiet return: kopf would record the change as handled, and the leader might skip it."""
+    fence = peering.FENCE
+    if fence is None:
+        return
+    try:
+        fence.ensure()
+    except peering.NotLeading as exc:
+        raise kopf.TemporaryError(f"not acting: {exc}", delay=NOT_LEADING_DELAY) from None
+
+
 def reconciles(controller: str) -> Callable[[F], F]:
-    """Count and time each call of a reconciling handler as one reconcile of `controller`. Put it under kopf's
-    decorators: the handler keeps its name (kopf's handler id) and stays sync or async as it was."""
+    """Count and time each call of a reconciling handler as one reconcile of `controller`, and let it act only
+    while this replica leads (`ensure_leading`). Put it under kopf's decorators: the handler keeps its name (kopf's
+    handler id) and stays sync or async as it was."""
 
     def wrap(handler: F) -> F:
         if inspect.iscoroutinefunction(handler):
@@ -47,6 +65,7 @@ def reconciles(controller: str) -> Callable[[F], F]:
             @functools.wraps(handler)
             async def timed_async(*args: Any, **kwargs: Any) -> Any:
                 with metrics.reconciling(controller, result_of):
+                    await asyncio.to_thread(ensure_leading)
                     return await handler(*args, **kwargs)
 
             return timed_async  # type: ignore[return-value]
@@ -54,6 +73,7 @@ def reconciles(controller: str) -> Callable[[F], F]:
         @functools.wraps(handler)
         def timed(*args: Any, **kwargs: Any) -> Any:
             with metrics.reconciling(controller, result_of):
+                ensure_leading()
                 return handler(*args, **kwargs)
 
         return timed  # type: ignore[return-value]
@@ -81,21 +101,75 @@ def controller_of(resource: Any) -> str | None:
     return str(resource.kind).lower()
 
 
-def observe_kopf_queues(queue: metrics.WorkQueue = metrics.WORKQUEUE) -> None:
-    """Wrap kopf's watch stream and its per-event processor (once per process) to count events in and out."""
+@dataclass
+class IndexStreams:
+    """Whether kopf's in-memory indexes of a resource (by plural) are as fresh as its watch: its current stream has
+    listed (a stream closes when kopf pauses, and lists again when it resumes), no event it delivered waits for its
+    object's worker (the index is updated when the worker takes the event), and kopf is not paused now. Touched on
+    the event loop only."""
+
+    listed: dict[str, bool] = field(default_factory=dict)
+    pending: dict[str, int] = field(default_factory=dict)
+    paused: Any = None  # kopf's operator_paused toggle set, once a watch has started
+
+    def opened(self, plural: str) -> None:
+        self.listed[plural] = False
+
+    def closed(self, plural: str) -> None:
+        self.listed[plural] = False
+
+    def delivered(self, plural: str, item: Any) -> None:
+        if item is kopf_watching.Bookmark.LISTED:
+            self.listed[plural] = True
+        elif isinstance(item, dict) and item.get("type") != "BOOKMARK":
+            self.pending[plural] = self.pending.get(plural, 0) + 1
+
+    def taken(self, plural: str) -> None:
+        self.pending[plural] = max(0, self.pending.get(plural, 0) - 1)
+
+    def fresh(self, plurals: Iterable[str]) -> bool:
+        if self.paused is not None and self.paused.is_on():
+            return False
+        return all(self.listed.get(plural) and not self.pending.get(plural) for plural in plurals)
+
+
+INDEX_STREAMS = IndexStreams()
+
+
+def _plural(resource: Any) -> str:
+    return str(getattr(resource, "plural", ""))
+
+
+def observe_kopf_queues(queue: metrics.WorkQueue = metrics.WORKQUEUE, streams: IndexStreams = INDEX_STREAMS) -> None:
+    """Wrap kopf's watch stream, its streaming block and its per-event processor (once per process) to count events
+    in and out and to know when a resource's indexes are fresh."""
     if getattr(kopf_watching.infinite_watch, "paybill_queued", False):
         return
     watch, process = kopf_watching.infinite_watch, kopf_processing.process_resource_event
+    block = kopf_watching.streaming_block
 
     async def infinite_watch(*, resource: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        name = controller_of(resource)
+        name, plural = controller_of(resource), _plural(resource)
+        streams.paused = kwargs.get("operator_paused", streams.paused)
         async for item in watch(resource=resource, **kwargs):
+            streams.delivered(plural, item)
             if name is not None and isinstance(item, dict) and item.get("type") != "BOOKMARK":
                 queue.added(name)  # the watcher hands exactly these to the object's queue
             yield item
 
+    @contextlib.asynccontextmanager
+    async def streaming_block(*, resource: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        async with block(resource=resource, **kwargs) as waiter:
+            streams.opened(_plural(resource))  # unpaused: a new stream starts, and lists first
+            try:
+                yield waiter
+            finally:
+                streams.closed(_plural(resource))
+
     async def process_resource_event(*, resource: Any, raw_event: Any, **kwargs: Any) -> Any:
         name = controller_of(resource)
+        if isinstance(raw_event, dict) and raw_event.get("type") != "BOOKMARK":
+            streams.taken(_plural(resource))
         if name is not None:
             queue.taken(name)
         if name == "tenant":
@@ -104,6 +178,7 @@ def observe_kopf_queues(queue: metrics.WorkQueue = metrics.WORKQUEUE) -> None:
 
     infinite_watch.paybill_queued = True  # type: ignore[attr-defined]
     kopf_watching.infinite_watch = infinite_watch  # type: ignore[assignment]
+    kopf_watching.streaming_block = streaming_block  # type: ignore[assignment]
     kopf_processing.process_resource_event = process_resource_event  # type: ignore[assignment]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import kopf
+from kopf._core.engines import peering as kopf_peering
 
 from .. import metrics, peering
 from ..api.crdgen import all_crds
@@ -91,7 +93,8 @@ def configure(
             ", ".join(missing),
         )
     elected = join_election(settings, memo.kube, logger)  # last: kopf's own keepalive follows at once
-    metrics.STATE.operator = metrics.Operator(memo.kube, database_url, elected)
+    peering.FENCE = peering.Fence(memo.kube, elected) if elected is not None else None
+    metrics.STATE.operator = metrics.Operator(memo.kube, database_url, elected, fence=peering.FENCE)
     metrics.STATE.operator.started.set()
 
 
@@ -122,6 +125,7 @@ def join_election(
     settings.peering.priority = priority
     settings.peering.lifetime = elected.lifetime
     settings.peering.stealth = True  # no log line per keepalive
+    renew_only_while_elected(elected, kube)
     logger.info(
         "leader election in ClusterKopfPeering %s as %s (ticket %d): paused while an older replica lives",
         elected.name,
@@ -129,6 +133,37 @@ def join_election(
         -priority,
     )
     return elected
+
+
+def renew_only_while_elected(elected: peering.Election, kube: Kube) -> None:
+    """kopf renews a replica's record blindly: a leader frozen past its record's lifetime (SIGSTOP, a stalled node)
+    would, once resumed, write it again and outrank the replica that took over. Its renewals go through
+    peering.renew instead: a record that expired or was cleaned away means the election was lost, and the replica
+    takes a new ticket and stands by (kopf pauses it at the next peering event; the fence refuses its handlers
+    meanwhile). Removing the record on exit (lifetime 0) stays kopf's."""
+    touch = getattr(kopf_peering.touch, "paybill_wrapped", kopf_peering.touch)
+
+    async def renew(
+        *, identity: Any, settings: kopf.OperatorSettings, lifetime: int | None = None, **kwargs: Any
+    ) -> None:
+        if lifetime == 0 or identity != elected.identity:
+            await touch(identity=identity, settings=settings, lifetime=lifetime, **kwargs)
+            return
+        held = settings.peering.priority
+        priority = await asyncio.to_thread(peering.renew, kube, elected, held)
+        if priority != held:
+            logging.getLogger("paybill.peering").warning(
+                "this replica's record in ClusterKopfPeering %s expired (frozen or cut off past its lifetime): the "
+                "election is lost; standing by with ticket %d",
+                elected.name,
+                -priority,
+            )
+            settings.peering.priority = priority
+            if peering.FENCE is not None:
+                peering.FENCE.forget()
+
+    renew.paybill_wrapped = touch  # type: ignore[attr-defined]
+    kopf_peering.touch = renew  # type: ignore[assignment]
 
 
 @kopf.on.cleanup()
