@@ -202,26 +202,23 @@ class Control:
         self, tenant: str, day: datetime.date, statements: int, limit: int, ticket: str | None = None
     ) -> int | None:
         """Add `statements` to the tenant's count for `day` if it stays within `limit`: the count after it, or None
-        (nothing added). Atomic: concurrent charges serialize on the row, and each sees the others' sums. With the
-        charge, in the same transaction, the admitted stamp's `ticket` (its signature) is recorded unclaimed."""
+        (nothing added). One statement, atomic: concurrent charges serialize on the row, and each sees the others'
+        sums. With the charge, the admitted stamp's `ticket` (its signature) is recorded unclaimed."""
         with self.connections.session() as conn:
             self.prepare(conn)
-            conn.execute(
-                "INSERT INTO paybill.agent_statements (tenant, day) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                (tenant, day),
-            )
-            with conn.transaction():
-                row = conn.execute(
-                    "UPDATE paybill.agent_statements SET used = used + %s "
-                    "WHERE tenant = %s AND day = %s AND used + %s <= %s RETURNING used",
-                    (statements, tenant, day, statements, limit),
-                ).fetchone()
-                if row is not None and ticket is not None:
-                    conn.execute(
-                        "INSERT INTO paybill.admission_tickets (ticket) VALUES (%s) "
-                        "ON CONFLICT (ticket) DO UPDATE SET uid = NULL, admitted_at = now()",
-                        (ticket,),
-                    )
+            row = conn.execute(
+                "WITH charged AS ("
+                " INSERT INTO paybill.agent_statements AS s (tenant, day, used)"
+                " SELECT %(tenant)s, %(day)s, %(n)s WHERE %(n)s <= %(limit)s"
+                " ON CONFLICT (tenant, day) DO UPDATE SET used = s.used + excluded.used"
+                " WHERE s.used + excluded.used <= %(limit)s RETURNING used),"
+                " ticket AS ("
+                " INSERT INTO paybill.admission_tickets (ticket) SELECT %(ticket)s::text FROM charged"
+                " WHERE %(ticket)s::text IS NOT NULL"
+                " ON CONFLICT (ticket) DO UPDATE SET uid = NULL, admitted_at = now() RETURNING 1)"
+                " SELECT used FROM charged",
+                {"tenant": tenant, "day": day, "n": statements, "limit": limit, "ticket": ticket},
+            ).fetchone()
         return int(row[0]) if row else None
 
     def claim_ticket(self, ticket: str, uid: str) -> str | None:
