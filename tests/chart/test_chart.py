@@ -149,6 +149,17 @@ def test_replicas_without_an_election_are_refused_and_one_is_recreated_never_sur
     assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
 
 
+def test_the_release_manifest_can_be_deleted_without_its_crds() -> None:
+    """README: `kubectl delete -f manifests/paybill.yaml -l 'app.kubernetes.io/component!=crd'` keeps the CRDs."""
+    docs = [d for d in yaml.safe_load_all(MANIFEST.read_text()) if d]
+    crd = {
+        d["metadata"]["name"]
+        for d in docs
+        if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "crd"
+    }
+    assert crd and crd == {d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition"}
+
+
 def test_the_defaults_run_two_hardened_replicas() -> None:
     docs = template()
     [deployment] = find(docs, "Deployment")
