@@ -6,6 +6,7 @@ takes a new ticket and stands by: every tenant is provisioned exactly once, by t
 
 from __future__ import annotations
 
+import datetime
 import signal
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,13 @@ import psycopg
 import pytest
 
 from paybill import peering
+from paybill.api.plan import PlanSpec
+from paybill.api.subscription import SubscriptionSpec
+from paybill.api.tenant import TenantSpec
 from paybill.audit import AuditLog
+from paybill.billing.grace import Billed
 from paybill.database.server import LocalPostgres
+from paybill.workflows.reconcile import tenant_suspended
 from test_ha import ELECTION, RECONCILES, role
 from test_metrics import Operator, total, value
 from test_tenant_lifecycle import onboard, wait_phase
@@ -64,3 +70,74 @@ def test_a_leader_frozen_past_its_lifetime_stands_by_when_resumed_and_nothing_is
         first.stop()
         if second is not None:
             second.stop()
+
+
+def _frozen(cluster: Any, identity: str, seconds: int) -> None:
+    """`identity`'s record as a replica frozen `seconds` ago left it (its lastseen not renewed since)."""
+    then = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=seconds)
+    found = cluster.kube.get(peering.API_VERSION, peering.PLURAL, "paybill")
+    priority = found["status"][identity]["priority"]
+    patch = {"status": {identity: peering.record(priority, 10, then)}}
+    cluster.kube.merge_patch(peering.API_VERSION, peering.PLURAL, "paybill", patch)
+
+
+def test_a_replica_whose_record_expired_is_fenced_and_renews_only_with_a_new_ticket(cluster: Any) -> None:
+    cluster.kube.create(peering.PEERING_CRD)
+    cluster.eventually(lambda: cluster.kube.request("GET", f"/apis/{peering.API_VERSION}"), timeout=30)
+    old, new = peering.Election("paybill", "old", 10), peering.Election("paybill", "new", 10)
+    assert (peering.register(cluster.kube, old), peering.register(cluster.kube, new)) == (-1, -2)
+    fence = peering.Fence(cluster.kube, old)
+    assert fence.role() == "leader"
+    fence.ensure()
+    assert peering.renew(cluster.kube, old, -1) == -1  # live: renewed as it was
+
+    _frozen(cluster, "old", 11)
+    fence.forget()
+    assert fence.role() == "unregistered"
+    with pytest.raises(peering.NotLeading, match="unregistered"):
+        fence.ensure()
+    assert peering.Fence(cluster.kube, new).role() == "leader"  # took over
+    assert peering.renew(cluster.kube, old, -1) == -3  # lost: a new ticket, behind the new leader
+    assert peering.Fence(cluster.kube, old).role() == "standby"
+    assert peering.Fence(cluster.kube, new).role() == "leader"
+    assert peering.renew(cluster.kube, new, -2) == -2
+
+
+def test_a_fence_trusts_a_leading_answer_no_longer_than_its_ttl_nor_near_its_records_deadline(cluster: Any) -> None:
+    cluster.kube.create(peering.PEERING_CRD)
+    cluster.eventually(lambda: cluster.kube.request("GET", f"/apis/{peering.API_VERSION}"), timeout=30)
+    elected = peering.Election("paybill", "only", 10)
+    peering.register(cluster.kube, elected)
+    assert peering.Fence(cluster.kube, elected).ttl == 1.0  # well under the lifetime
+    fence = peering.Fence(cluster.kube, elected, ttl=3600)
+    assert fence.role() == "leader" and fence.cached() == "leader"
+    _frozen(cluster, "only", 9)  # read again: 1 s left, within the margin
+    fence.forget()
+    assert fence.role() == "leader"
+    assert fence.cached() is None  # never trusted that close to the deadline, whatever the ttl
+
+
+BILLING = {"tenantRef": "t", "planRef": "p"}
+PLAN = PlanSpec(tier="pro", isolation="pooled", gracePeriodDays=7)
+NOW = datetime.datetime(2026, 11, 30, 20, 0, tzinfo=datetime.UTC)
+
+
+@pytest.mark.parametrize(
+    ("suspended", "plan", "billing", "expected"),
+    [
+        (False, PLAN, [], False),
+        (True, PLAN, [], True),  # by hand, before the status says so
+        (False, PLAN, [{"billingStatus": "canceled"}], True),
+        (False, PLAN, [{"billingStatus": "unpaid"}], True),
+        (False, PLAN, [{"billingStatus": "paused"}], True),
+        (False, PLAN, [{"billingStatus": "past_due", "pastDueSince": "2026-11-29T00:00:00Z"}], False),  # in grace
+        (False, PLAN, [{"billingStatus": "active"}], False),
+        (False, None, [{"billingStatus": "canceled"}], False),  # no plan: admission and the runner refuse anyway
+    ],
+)
+def test_a_tenant_is_suspended_by_its_spec_or_its_subscription_before_its_status_says_so(
+    suspended: bool, plan: PlanSpec | None, billing: list[dict[str, str]], expected: bool
+) -> None:
+    spec = TenantSpec(planRef="p", suspended=suspended)
+    billed = [Billed(f"s{i}", SubscriptionSpec.model_validate({**BILLING, **b})) for i, b in enumerate(billing)]
+    assert tenant_suspended(spec, plan, billed, NOW) is expected

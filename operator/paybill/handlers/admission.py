@@ -31,7 +31,6 @@ import logging
 import os
 import ssl
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +67,7 @@ from ..workflows.admission import (
     refuse,
     stamp_matches,
 )
-from ..workflows.reconcile import PolicyView
+from ..workflows.reconcile import PolicyView, tenant_suspended
 from .admission_server import (
     Answer,
     RequestPayload,
@@ -82,7 +81,9 @@ from .admission_server import (
 )
 from .agentpolicy import records_of
 from .agentworkflow import review_approvals
+from .instrument import INDEX_STREAMS
 from .stamping import charged, signed
+from .suspension import subscriptions_of
 
 # -- the webhooks' names, paths and port: the one place they are declared ------------------------------------------
 CONFIGURATION = "admission.paybill.dev"  # ValidatingWebhookConfiguration and MutatingWebhookConfiguration
@@ -288,12 +289,15 @@ def observe(
     tenancy = None
     if entry is not None:
         tenant_name = _tenant_name(namespace, indices["admission_namespaces"])
+        plan = _one(indices["admission_plans"], entry.spec.planRef)
+        subscriptions = indices.get("subscriptions_by_tenant")
+        billed = list(subscriptions.get(tenant_name) or []) if subscriptions is not None else []
         tenancy = Tenancy(
             tenant_name,
-            entry.spec.suspended,
+            tenant_suspended(entry.spec, plan, billed, datetime.datetime.now(datetime.UTC)),
             Access(entry.status.access or Access.NONE),
             entry.spec.planRef,
-            _one(indices["admission_plans"], entry.spec.planRef),
+            plan,
             entry.status.phase,
         )
     policies: list[PolicyEntry] = list(indices["admission_policies"].get(namespace) or [])
@@ -334,33 +338,40 @@ def read_world(kube: Kube, namespace: str) -> dict[str, dict[str, list[Any]]]:
         plan_name = (tenant.get("spec") or {}).get("planRef")
         plan = kube.get(API_VERSION, "plans", plan_name) if plan_name else None
         views["admission_plans"] = indexed(plan_entry(plan)) if plan is not None else {}
+        views["subscriptions_by_tenant"] = {str(tenant_name): subscriptions_of(kube, str(tenant_name))}
     policies = [policy_entry(item) for item in kube.list(API_VERSION, "agentpolicies", namespace)]
     views["admission_policies"] = {namespace: [value for item in policies if item for value in item.values()]}
     return views
 
 
-INDEXES = ("admission_namespaces", "admission_tenants", "admission_plans", "admission_policies")
-ROLE_TTL = 2.0  # seconds a replica's role (leader or standby) is taken as known
+INDEXES = (
+    "admission_namespaces",
+    "admission_tenants",
+    "admission_plans",
+    "admission_policies",
+    "subscriptions_by_tenant",  # handlers/tenant.py's
+)
+INDEX_RESOURCES = ("namespaces", "tenants", "plans", "agentpolicies", "subscriptions")  # what INDEXES are kept from
 
 
 class Leadership:
-    """Whether this replica's watches run (standalone, or leading an election): then its indexes are live."""
-
-    def __init__(self) -> None:
-        self._known: tuple[float, bool] | None = None
+    """Whether kopf's indexes may answer: standalone, or leading the election now (peering.Fence, read fresh), with
+    every indexed resource listed again since kopf last resumed and no event of it waiting for its worker
+    (instrument.IndexStreams). A replica that just took over answers from the API server until then."""
 
     async def live(self) -> bool:
         operator = metrics.STATE.operator
         if operator is None or operator.election is None:
             return True
-        now = time.monotonic()
-        if self._known is None or now - self._known[0] > ROLE_TTL:
+        if not INDEX_STREAMS.fresh(INDEX_RESOURCES):
+            return False
+        role = operator.fence.cached() if operator.fence is not None else None
+        if role is None:
             try:
-                leading = await asyncio.to_thread(operator.role) == "leader"
+                role = await asyncio.to_thread(operator.role)
             except Exception:  # an unknown role is not leading: read the API server
-                leading = False
-            self._known = (now, leading)
-        return self._known[1]
+                return False
+        return role == "leader"
 
 
 LEADERSHIP = Leadership()

@@ -74,6 +74,7 @@ from .agentpolicy import records_of, tenant_of, tenant_view
 from .apply import apply_agent_outcome, audit, converge, delete_owned_secret, publish_secret
 from .instrument import reconciles
 from .stamping import claimed, ring_for
+from .suspension import suspended_now
 
 RETENTION_ENV = "PAYBILL_WORKFLOW_RESULTS_RETENTION"
 RETENTION_DEFAULT = 7 * 24 * 3600  # seconds a finished workflow's results Secret is kept
@@ -174,7 +175,7 @@ def _observe(
     except (DatabaseUnavailable, psycopg.Error):
         records = None
     seen = Observed(policy_view(policy), tenant_view(tenant), databases is not None, conflict, bool(login), records)
-    return seen, login
+    return dataclasses.replace(seen, suspended=suspended_now(kube, tenant)), login
 
 
 def policy_view(policy: dict[str, Any] | None) -> PolicyView | None:

@@ -22,7 +22,9 @@ from typing import Any
 
 from ..api.agentpolicy import AgentPolicySpec, AgentPolicyStatus
 from ..api.agentworkflow import AgentWorkflowSpec, AgentWorkflowStatus, ApprovalStatus, StepStatus
-from ..api.tenant import Access, DatabasePlacement
+from ..api.plan import PlanSpec
+from ..api.tenant import Access, DatabasePlacement, TenantSpec
+from ..billing.grace import Billed, billing_of
 from ..lifecycle.agentpolicy import TenantView, secret_name
 from ..lifecycle.agents import AuditRecord, Outcome, Report, Retry, Wait
 from ..lifecycle.conditions import set_condition
@@ -77,6 +79,7 @@ class Observed:
     has_login: bool = False  # the policy's Secret holds its login
     records: Records | None = None  # the operator's own records of the tenant's data (None: could not be read)
     grants: tuple[Grant, ...] = ()  # approvals and rejections the admission webhook admitted and recorded
+    suspended: bool = False  # the tenant's spec or its subscription suspends it now (`tenant_suspended`)
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,12 @@ class Run:
     results_expire_at: str | None = None  # when the results Secret is to be deleted
 
 
+def tenant_suspended(spec: TenantSpec, plan: PlanSpec | None, billed: Sequence[Billed], now: datetime.datetime) -> bool:
+    """Suspended as the tenant's lifecycle decides it (by hand, or by its subscription: unpaid, paused, canceled),
+    from what its spec and its subscriptions say now; its status says so only once the leader has reconciled it."""
+    return spec.suspended or (plan is not None and billing_of(billed, plan, now).suspends)
+
+
 def settled(workflow: WorkflowObject) -> Outcome | None:
     """What a workflow past its run gets, without looking at anything else: nothing once finished. None: yet to
     run, or to resume (a run the operator was interrupted in continues at its first step not recorded as done in
@@ -141,6 +150,9 @@ def decide(workflow: WorkflowObject, seen: Observed) -> Outcome:
         return _finish(
             workflow, "Denied", "TenantSuspended", f"tenant {policy.status.tenant} is suspended; its agents cannot run"
         )
+    if seen.suspended:  # before its status says so: the leader may not have reconciled the change yet
+        tenant = seen.tenant.name if seen.tenant is not None else policy.status.tenant
+        return _finish(workflow, "Denied", "TenantSuspended", f"tenant {tenant} is suspended; its agents cannot run")
     placement = seen.tenant.status.database if seen.tenant is not None else None
     if seen.tenant is None or not seen.database_configured or placement is None:
         return Outcome(wait=Wait("WaitingForTenant", "the tenant's database is not ready", 5))
