@@ -21,7 +21,9 @@ from paybill.api.tenant import TenantSpec
 from paybill.audit import AuditLog
 from paybill.billing.grace import Billed
 from paybill.database.server import LocalPostgres
+from paybill.workflows import reconcile as workflows
 from paybill.workflows.reconcile import tenant_suspended
+from test_agent_reconcile import READY, UNRUN_FIELDS, finish, observed, said, workflow
 from test_ha import ELECTION, RECONCILES, role
 from test_metrics import Operator, total, value
 from test_tenant_lifecycle import onboard, wait_phase
@@ -141,3 +143,10 @@ def test_a_tenant_is_suspended_by_its_spec_or_its_subscription_before_its_status
     spec = TenantSpec(planRef="p", suspended=suspended)
     billed = [Billed(f"s{i}", SubscriptionSpec.model_validate({**BILLING, **b})) for i, b in enumerate(billing)]
     assert tenant_suspended(spec, plan, billed, NOW) is expected
+
+
+def test_the_runner_denies_a_tenant_suspended_by_its_spec_or_subscription_while_its_status_says_active() -> None:
+    message = "tenant acme is suspended; its agents cannot run"
+    assert workflows.decide(workflow(), observed(READY)).action is not None  # status full access: it would run
+    outcome = workflows.decide(workflow(), observed(READY, suspended=True))
+    assert said(outcome) == finish("Denied", "TenantSuspended", message, UNRUN_FIELDS)
