@@ -157,7 +157,8 @@ def test_a_new_tenant_on_auto_approval_applies_and_is_not_ready_until_then() -> 
 @pytest.mark.parametrize("view", [seen(running="apply"), seen(settled=False)])
 def test_a_run_in_flight_or_a_result_being_written_starts_nothing(view: infra.InfraSeen) -> None:
     decision = decided(view)
-    assert decision.actions == () and not decision.ready and decision.retry is None
+    assert decision.actions == () and not decision.ready
+    assert decision.retry == (None if view.running else infra.SETTLE_GRACE)
 
 
 def test_applied_for_the_current_configuration_is_ready_and_said_once() -> None:
@@ -548,3 +549,33 @@ def test_a_plan_without_provisioning_decides_nothing_about_infrastructure_while_
     assert outcome.status is not None and outcome.status.phase == Phase.ACTIVE
     assert not any(isinstance(a, infra.InfraAction.__args__) for a in outcome.actions)  # type: ignore[attr-defined]
     assert "Provisioned" not in {c.type for c in outcome.status.conditions}
+
+
+# --- a Tenant's own runs, and the name's data it does not own --------------------------------------------------------
+
+
+def test_a_run_id_this_process_never_started_for_this_tenant_never_holds_it() -> None:
+    """A new Tenant of a deleted one's name (no status yet), or a forged status.infrastructure.runId: settled."""
+    started = ("r1", "r2")
+    assert infra.run_settled(None, None, started, 0.0)  # this Tenant never had a run here
+    assert infra.run_settled(None, "r2", started, 0.0)  # status has no run yet (a new object of a reused name)
+    assert infra.run_settled("forged", "r2", started, 0.0)  # no run of ours has that id
+    assert infra.run_settled("r2", "r2", started, 0.0)  # the result is written
+    assert not infra.run_settled("r1", "r2", started, 0.0)  # an earlier run of ours: the result is on its way
+    assert infra.run_settled("r1", "r2", started, infra.SETTLE_GRACE + 1)  # ... but never for long
+
+
+def test_a_result_being_written_is_looked_at_again_soon() -> None:
+    decision = decided(seen(settled=False))
+    assert decision.actions == () and decision.retry == infra.SETTLE_GRACE
+
+
+def test_a_tenant_refused_the_names_retained_data_destroys_nothing_of_that_name() -> None:
+    """Its deletion must not destroy the infrastructure that holds the earlier Tenant's retained data."""
+    built = seen(built=(desired(),))
+    assert infra.decide_teardown(built, None, False, None, NOW, owns_name=False) == infra.Teardown(True)
+    spec = {"offboard": True, "deletionPolicy": "destroy"}
+    refused = offboard(tenant(Phase.FAILED, None, **spec), world(built, retained="0ld-uid"))
+    assert not any(isinstance(a, infra.InfraAction.__args__) for a in refused.actions)  # type: ignore[attr-defined]
+    owner = offboard(tenant(Phase.OFFBOARDING, applied(), **spec), world(built))
+    assert infra.DestroyInfrastructure(desired()) in owner.actions

@@ -22,7 +22,7 @@ import os
 import secrets
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -81,6 +81,15 @@ KINDS = {
 }
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class TenantRuns:
+    """One Tenant object's runs in this process (by uid: a new Tenant of a reused name has none)."""
+
+    started: deque[str] = dataclasses.field(default_factory=lambda: deque(maxlen=16))
+    finished: str | None = None  # the id of its last run this process finished
+    finished_at: float = 0.0  # time.monotonic() then
 
 
 @dataclass(frozen=True)
@@ -188,7 +197,7 @@ class InfrastructureRuns:
         self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="paybill-terraform")
         self._guard = threading.Lock()
         self._running: dict[str, str] = {}  # tenant -> kind
-        self._finished: dict[str, str] = {}  # tenant -> id of the last run this operator finished
+        self._runs: OrderedDict[str, TenantRuns] = OrderedDict()  # Tenant uid -> its runs in this process
         self._setups: OrderedDict[str, RunSetup] = OrderedDict()
         self._runner: Executor | None = None
         self._state_reader: Connections | None = None  # the state of tenants whose plan no longer provisions
@@ -205,10 +214,7 @@ class InfrastructureRuns:
         if blocked is not None:  # no new run starts (a destroy of what was built still may)
             desired = dataclasses.replace(desired, problems=(*desired.problems, blocked))
         recorded = tenant.status.infrastructure
-        with self._guard:
-            running = self._running.get(tenant.name)
-            finished = self._finished.get(tenant.name)
-        settled = finished is None or (recorded is not None and recorded.runId == finished)
+        running, settled = self._in_flight(tenant)
         try:
             found = self._workspaces(tenant.name)
         except Exception as exc:  # the decision waits, and says why
@@ -220,17 +226,36 @@ class InfrastructureRuns:
         return infra.InfraSeen(desired, running, settled, tenant.approved_plan, retired, built)
 
     def _state_only(self, tenant: TenantObject) -> infra.InfraSeen:
-        with self._guard:
-            running = self._running.get(tenant.name)
-            finished = self._finished.get(tenant.name)
-        recorded = tenant.status.infrastructure
-        settled = finished is None or (recorded is not None and recorded.runId == finished)
+        running, settled = self._in_flight(tenant)
         try:
             found = self._state_workspaces(tenant.name)
         except Exception as exc:  # offboarding waits, and says why
             return infra.state_only(None, redact(first_line(exc), self._secret_values()), running, settled)
         built = tuple(self._state_built(tenant.name, found[name]) for name in found if found[name].resources)
         return infra.state_only(built, "", running, settled)
+
+    def _in_flight(self, tenant: TenantObject) -> tuple[str | None, bool]:
+        """The run in flight under the tenant's name, and whether status holds this Tenant's last result."""
+        recorded = tenant.status.infrastructure
+        with self._guard:
+            running = self._running.get(tenant.name)
+            runs = self._runs.get(tenant.uid) or TenantRuns()
+            since = time.monotonic() - runs.finished_at
+            settled = infra.run_settled(recorded.runId if recorded else None, runs.finished, runs.started, since)
+        return running, settled
+
+    def _runs_of(self, uid: str) -> TenantRuns:
+        """Under the guard: the Tenant's runs, made on first use (at most SETUPS_KEPT Tenants remembered)."""
+        runs = self._runs.setdefault(uid, TenantRuns())
+        self._runs.move_to_end(uid)
+        while len(self._runs) > SETUPS_KEPT:
+            self._runs.popitem(last=False)
+        return runs
+
+    def forget(self, uid: str) -> None:
+        """The Tenant is gone: its runs say nothing about a later Tenant of its name."""
+        with self._guard:
+            self._runs.pop(uid, None)
 
     def _state_workspaces(self, tenant: str) -> dict[str, Workspace]:
         """The tenant's workspaces, read without Terraform (an operator without it has its state all the same)."""
@@ -358,6 +383,7 @@ class InfrastructureRuns:
                 raise RuntimeError(f"no run setup for {action.desired.module}: reconcile again")
             run_id = secrets.token_hex(6)
             self._running[tenant.name] = kind
+            self._runs_of(tenant.uid).started.append(run_id)
         ref = {"apiVersion": API_VERSION, "kind": "Tenant", "metadata": {"name": tenant.name, "uid": tenant.uid}}
         try:
             self._write(tenant.name, {"running": kind, "runId": run_id})
@@ -386,7 +412,8 @@ class InfrastructureRuns:
         finally:
             with self._guard:
                 self._running.pop(tenant.name, None)
-                self._finished[tenant.name] = run_id
+                runs = self._runs_of(tenant.uid)
+                runs.finished, runs.finished_at = run_id, time.monotonic()
         try:
             touch(self.kube, "tenants", tenant.name, "infrastructure", run_id)
         except KubeError as exc:
@@ -652,6 +679,18 @@ def start_infrastructure_runs(memo: kopf.Memo, **_: Any) -> None:
 def stop_infrastructure_runs(memo: kopf.Memo, **_: Any) -> None:
     if memo.get("infrastructure") is not None:
         memo.infrastructure.shutdown()
+
+
+def _deleted(type: str, **_: Any) -> bool:
+    return type == "DELETED"
+
+
+@kopf.on.event(GROUP, VERSION, "tenants", when=_deleted)
+def forget_tenant_runs(uid: str, memo: kopf.Memo, **_: Any) -> None:
+    """A deleted Tenant's runs are forgotten: a new Tenant of its name starts with none."""
+    runs: InfrastructureRuns | None = memo.get("infrastructure")
+    if runs is not None:
+        runs.forget(uid)
 
 
 APPROVAL_SEEN = f"{TRIGGER}/approve-plan"

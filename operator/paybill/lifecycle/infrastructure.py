@@ -36,6 +36,7 @@ CONTEXT_VARIABLES = {"OCI_COMPARTMENT_OCID": "TF_VAR_compartment_ocid"}  # a mod
 PROVIDER_PREFIXES = ("AWS_", "ARM_", "GOOGLE_", "OCI_", "IC_")  # the providers' own variables; nothing else passes
 PROBLEM_RETRY = 30.0  # a Plan's provisioning that lacks something is looked at again this often
 DESTROY_POLL = 2.0  # offboarding waits for a destroy in flight this often
+SETTLE_GRACE = 5.0  # seconds a result being written may hold a tenant's decision (a stale read), never longer
 FAILURE_BASE = 5.0  # a failed run is tried again after 5 s, 10 s, 20 s ... capped at 5 minutes
 # a provisioned tenant's name (terraform/models.py TENANT_ID): `paybill-<name>` names its cloud resources (an RDS
 # identifier, an S3 bucket: at most 63 characters), `tf_<name>` its state's schema
@@ -159,6 +160,15 @@ class InfraSeen:
     planned: bool = True  # False: the plan builds nothing (any more); only the tenant's Terraform state was read
 
 
+def run_settled(recorded: str | None, finished: str | None, started: Iterable[str], since_finished: float) -> bool:
+    """Whether status (its runId `recorded`) holds the result of the Tenant's last run this process finished.
+    Only an earlier run of this Tenant in this process makes it wait, and only for SETTLE_GRACE seconds: a run id
+    no run of ours has (a forged one, or a Tenant of a reused name) never holds a decision."""
+    if finished is None or recorded == finished or recorded not in set(started):
+        return True
+    return since_finished > SETTLE_GRACE
+
+
 def state_only(
     built: tuple[Desired, ...] | None, state_error: str = "", running: str | None = None, settled: bool = True
 ) -> InfraSeen:
@@ -233,9 +243,12 @@ def decide_infrastructure(
         return _decision(applied, (False, "ProvisioningInvalid", message), said, retry=PROBLEM_RETRY, warn=True)
     if seen.running is not None or not seen.settled:
         verb = seen.running or "run"
+        again = SETTLE_GRACE if seen.running is None else None  # a run that ends touches the tenant; a write may not
         if applied:
-            return _decision(True, (True, "Applied", f"{_applied(record)}; terraform {verb} running"), said, drifted)
-        return _decision(False, (False, _running_reason(verb), f"terraform {verb} of {desired.module} running"), said)
+            running = (True, "Applied", f"{_applied(record)}; terraform {verb} running")
+            return _decision(True, running, said, drifted, retry=again)
+        running = (False, _running_reason(verb), f"terraform {verb} of {desired.module} running")
+        return _decision(False, running, said, retry=again)
     if record.retiring and not applied and desired.workspace != record.workspace:
         waiting = f"a model left earlier ({record.retiring}) is destroyed first, then {desired.module} is applied"
         return _decision(False, (False, "RetiringPrevious", waiting), said, drifted)
@@ -331,14 +344,16 @@ def decide_teardown(
     keep: bool,
     said: Condition | None,
     now: datetime.datetime,
+    owns_name: bool = True,
 ) -> Teardown:
     """Offboarding destroys what Terraform built (unless the deletion policy keeps the data, and with it the
     infrastructure holding it): every workspace whose state in PostgreSQL holds resources, a model left earlier
     first, each with the inputs it was applied with. Status is evidence, not an order: what it says was destroyed
     is no reason to skip one, nor a plan that no longer has provisioning (`state_only`). A destroy that fails is
     said (OffboardFailed, Terraform's message, a Warning Event once) and retried with backoff: the finalizer never
-    waits in silence."""
-    if keep:
+    waits in silence. `owns_name`: False for a Tenant refused the name's retained data (its claim does not hold):
+    the workspaces under the name are the earlier Tenant's, and nothing of them is destroyed."""
+    if keep or not owns_name:
         return Teardown(True)
     if seen is None:  # no Terraform state observed at all (no runs in this operator): only a status saying so waits
         if recorded is None or recorded.runId is None or (recorded.destroyed and not recorded.retiring):

@@ -683,7 +683,8 @@ def offboard(tenant: TenantObject, seen: Observed, deleting: bool = False) -> Ou
         actions.append(ReleaseName())  # nothing was placed (or all is removed): the name is free for a new Tenant
     kept = policy == DeletionPolicy.RETAIN  # the infrastructure holding kept data stays too
     ready = tenant.condition("Ready")
-    teardown = decide_teardown(seen.infrastructure, tenant.status.infrastructure, kept, ready, seen.now)
+    owns_name = seen.retained is None  # refused the name's retained data: its infrastructure is not this Tenant's
+    teardown = decide_teardown(seen.infrastructure, tenant.status.infrastructure, kept, ready, seen.now, owns_name)
     if not teardown.done:
         return _tearing_down(tenant, actions, teardown)
     existing = seen.namespace
