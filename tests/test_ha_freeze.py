@@ -120,7 +120,7 @@ def test_a_fence_trusts_a_leading_answer_no_longer_than_its_ttl_nor_near_its_rec
 
 
 BILLING = {"tenantRef": "t", "planRef": "p"}
-PLAN = PlanSpec(tier="pro", isolation="pooled", gracePeriodDays=7)
+PLAN = PlanSpec.model_validate({"tier": "pro", "isolation": "pooled", "gracePeriodDays": 7})
 NOW = datetime.datetime(2026, 11, 30, 20, 0, tzinfo=datetime.UTC)
 
 
