@@ -115,6 +115,31 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "env without a name": ({"extraEnv": [{"value": "x"}]}, "name is required"),
     "log format": ({"logFormat": "xml"}, "logFormat"),
     "pull secret as a bare name": ({"imagePullSecrets": ["registry"]}, "imagePullSecrets.0"),
+    "a budget allowing no disruption": ({"podDisruptionBudget": {"maxUnavailable": 0}}, "maxUnavailable"),
+    "a budget allowing no disruption in percent": ({"podDisruptionBudget": {"maxUnavailable": "0%"}}, "maxUnavailable"),
+    "a budget keeping every pod": ({"podDisruptionBudget": {"minAvailable": "100%"}}, "minAvailable"),
+    "a budget with both keys": (
+        {"podDisruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}},
+        "podDisruptionBudget: Must not validate the schema",
+    ),
+    "a lease without end": ({"leaderElection": {"leaseDurationSeconds": 3600}}, "leaseDurationSeconds"),
+    "a tag that is no tag": ({"image": {"tag": "1.0:latest"}}, "image.tag"),
+    "a name that is no name": ({"fullnameOverride": "Paybill_Prod"}, "fullnameOverride"),
+    "root group": ({"podSecurityContext": {"runAsGroup": 0}}, "podSecurityContext.runAsGroup"),
+    "root file system group": ({"podSecurityContext": {"fsGroup": 0}}, "podSecurityContext.fsGroup"),
+    "root supplemental group": ({"podSecurityContext": {"supplementalGroups": [10002, 0]}}, "supplementalGroups.1"),
+    "container root group": ({"securityContext": {"runAsGroup": 0}}, "securityContext.runAsGroup"),
+    "a localhost seccomp profile": (
+        {"podSecurityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"}}},
+        "seccompProfile.type",
+    ),
+    "a container localhost seccomp profile": (
+        {"securityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"}}},
+        "seccompProfile.type",
+    ),
+    "an unknown terraform executor": ({"terraform": {"executor": "remote"}}, "terraform.executor"),
+    "a job image with spaces": ({"terraform": {"job": {"image": "my image"}}}, "terraform.job.image"),
+    "a backend secret that is no name": ({"terraform": {"job": {"backendSecret": "Tf_DSN"}}}, "backendSecret"),
 }
 
 
@@ -138,6 +163,33 @@ def test_set_on_the_command_line_is_checked_too() -> None:
 def test_a_disruption_budget_that_blocks_every_drain_is_refused() -> None:
     result = run_helm("template", RELEASE, str(CHART), "--set", "podDisruptionBudget.minAvailable=2", check=False)
     assert result.returncode != 0 and "must be below replicaCount" in result.stderr
+    # a percentage is rounded up: 60% of 2 Pods keeps both
+    result = run_helm("template", RELEASE, str(CHART), "--set", "podDisruptionBudget.minAvailable=60%", check=False)
+    assert result.returncode != 0 and "must be below replicaCount" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "ports",
+    [
+        {"webhook": {"port": 8081}},
+        {"metrics": {"port": 8080}},
+        {"livenessProbe": {"port": 9443}},
+    ],
+)
+def test_ports_that_collide_are_refused(ports: dict[str, Any]) -> None:
+    """Two servers of the operator on one port: the second cannot bind (address in use) and the operator crashes."""
+    result = run_helm("template", RELEASE, str(CHART), *values_args(ports), check=False)
+    assert result.returncode != 0 and "ports collide" in result.stderr, result.stderr
+    # --set gives integers where values files give floats: they collide all the same
+    result = run_helm("template", RELEASE, str(CHART), "--set", "webhook.port=8080", check=False)
+    assert result.returncode != 0 and "ports collide" in result.stderr, result.stderr
+
+
+def test_a_budget_named_by_max_unavailable_alone_keeps_one_pod_by_default() -> None:
+    [budget] = find(template({"podDisruptionBudget": {"maxUnavailable": "50%"}}), "PodDisruptionBudget")
+    assert budget["spec"] == {"maxUnavailable": "50%", "selector": budget["spec"]["selector"]}
+    [budget] = find(template({"podDisruptionBudget": {"minAvailable": "50%"}}), "PodDisruptionBudget")
+    assert budget["spec"] == {"minAvailable": "50%", "selector": budget["spec"]["selector"]}
 
 
 def test_replicas_without_an_election_are_refused_and_one_is_recreated_never_surged() -> None:
@@ -236,6 +288,53 @@ def test_the_minimal_values_leave_out_what_they_turn_off() -> None:
     assert operator_pod(docs)["serviceAccountName"] == "existing"
     people = [d["metadata"]["name"] for d in find(docs, "ClusterRole")]
     assert sorted(people) == sorted([f"{RELEASE}-operator", APPROVER_ROLE])
+
+
+def _env(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    [container] = operator_pod(docs)["containers"]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def _jobs_rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    [role] = find(docs, "Role", f"{RELEASE}-operator")
+    return [rule for rule in role["rules"] if "batch" in rule["apiGroups"]]
+
+
+def test_terraform_runs_in_the_operator_by_default_with_no_job_rights_or_account() -> None:
+    docs = template()
+    env = _env(docs)
+    assert env["PAYBILL_TERRAFORM_EXECUTOR"] == "local"
+    assert not {name for name in env if name.startswith("PAYBILL_TERRAFORM_JOB_")}
+    assert not find(docs, "ServiceAccount", f"{RELEASE}-terraform")
+    assert _jobs_rules(docs) == []
+    assert all("batch" not in r["apiGroups"] for c in find(docs, "ClusterRole") for r in c.get("rules") or [])
+
+
+def test_the_job_executor_gets_its_env_a_tokenless_account_and_jobs_rights_in_its_namespace_only() -> None:
+    """operator/paybill/terraform/jobs.py: each run a Job in the operator's namespace, under an account of its own."""
+    docs = template({"terraform": {"executor": "job"}, "imagePullSecrets": [{"name": "registry"}]})
+    env = _env(docs)
+    [container] = operator_pod(docs)["containers"]
+    assert env["PAYBILL_TERRAFORM_EXECUTOR"] == "job"
+    assert env["PAYBILL_TERRAFORM_JOB_IMAGE"] == container["image"]
+    assert env["PAYBILL_TERRAFORM_JOB_BACKEND_SECRET"] == f"{RELEASE}-terraform-backend"
+    assert env["PAYBILL_TERRAFORM_JOB_SERVICE_ACCOUNT"] == f"{RELEASE}-terraform"
+    [account] = find(docs, "ServiceAccount", f"{RELEASE}-terraform")
+    assert account["metadata"]["namespace"] == NAMESPACE
+    assert account["automountServiceAccountToken"] is False
+    assert account["imagePullSecrets"] == [{"name": "registry"}]  # the Jobs pull the operator's image
+    bound = [s["name"] for b in find(docs, "ClusterRoleBinding") + find(docs, "RoleBinding") for s in b["subjects"]]
+    assert f"{RELEASE}-terraform" not in bound  # no rights at all
+    assert _jobs_rules(docs) == [
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "list", "watch", "delete"]}
+    ]
+    assert all("batch" not in r["apiGroups"] for c in find(docs, "ClusterRole") for r in c.get("rules") or [])
+
+    chosen = {"image": "registry.example/paybill-terraform:1.9", "backendSecret": "tf-state"}
+    env = _env(template({"terraform": {"executor": "job", "job": chosen}, "fullnameOverride": "billing"}))
+    assert env["PAYBILL_TERRAFORM_JOB_IMAGE"] == chosen["image"]
+    assert env["PAYBILL_TERRAFORM_JOB_BACKEND_SECRET"] == "tf-state"
+    assert env["PAYBILL_TERRAFORM_JOB_SERVICE_ACCOUNT"] == "billing-terraform"
 
 
 def test_the_network_policy_denies_all_but_the_webhook_dns_api_and_database() -> None:

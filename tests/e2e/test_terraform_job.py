@@ -24,13 +24,8 @@ PLAN: dict[str, Any] = {
 
 def test_a_silo_tenant_is_provisioned_and_destroyed_through_kubernetes_jobs(database: str) -> None:
     repository, _, tag = IMAGE.rpartition(":")
-    env = [
-        ("PAYBILL_TERRAFORM_EXECUTOR", "job"),
-        ("PAYBILL_TERRAFORM_JOB_IMAGE", IMAGE),
-        ("PAYBILL_TERRAFORM_TIMEOUT", "600"),
-    ]
+    env = [("PAYBILL_TERRAFORM_TIMEOUT", "600")]
     settings = [f"extraEnv[{i}].name={name},extraEnv[{i}].value={value}" for i, (name, value) in enumerate(env)]
-    kubectl("create", "serviceaccount", "paybill-terraform")  # the Jobs' account (no token mounted, no role)
     run(
         HELM,
         "--namespace",
@@ -41,9 +36,8 @@ def test_a_silo_tenant_is_provisioned_and_destroyed_through_kubernetes_jobs(data
         "--wait",
         "--timeout",
         "5m",
-        "--skip-schema-validation",  # terraform.executor: the values schema does not know the key yet
         "--set",
-        "terraform.executor=job",
+        "terraform.executor=job",  # the Jobs run the operator's image under the chart's paybill-terraform account
         "--set",
         f"image.repository={repository}",
         "--set",

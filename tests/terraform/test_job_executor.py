@@ -279,7 +279,7 @@ def chart_job_operator(
     jobs: JobController, cluster: Any, postgres: LocalPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Any]:
     """The operator (kopf in this process) as the chart's ServiceAccount, under the chart's roles rendered with
-    terraform.executor=job (the values schema does not know the key yet: H-chart's to add, so it is not checked)."""
+    terraform.executor=job."""
     from kopf.testing import KopfRunner
 
     from chart.rendering import template
@@ -287,7 +287,7 @@ def chart_job_operator(
     from paybill.kube import write_service_account_kubeconfig
 
     shown = ("--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml")
-    rbac = template({"terraform": {"executor": "job"}}, *shown, "--skip-schema-validation", namespace=NAMESPACE)
+    rbac = template({"terraform": {"executor": "job"}}, *shown, namespace=NAMESPACE)
     for doc in rbac:
         cluster.kube.apply(doc)
     kubeconfig = write_service_account_kubeconfig(

@@ -21,6 +21,11 @@
 {{- end -}}
 {{- end -}}
 
+{{/* The Terraform Jobs' ServiceAccount (terraform.executor job): no role, no token. */}}
+{{- define "paybill.terraformServiceAccountName" -}}
+{{- printf "%s-terraform" (include "paybill.fullname" .) -}}
+{{- end -}}
+
 {{- define "paybill.selectorLabels" -}}
 app.kubernetes.io/name: paybill
 app.kubernetes.io/instance: {{ .Release.Name }}
