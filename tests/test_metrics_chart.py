@@ -38,7 +38,9 @@ def test_leader_election_is_on_by_default_and_the_peering_crd_comes_with_the_crd
     assert env["PAYBILL_PEERING_LIFETIME"] == "30"
     assert env["POD_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert find(docs, "CustomResourceDefinition", "clusterkopfpeerings.kopf.dev")
-    alone = env_of(operator_container(template({"leaderElection": {"enabled": False}})))
+    # one replica without an election (more are refused), and no budget (it would keep that one)
+    single = {"leaderElection": {"enabled": False}, "replicaCount": 1, "podDisruptionBudget": {"enabled": False}}
+    alone = env_of(operator_container(template(single)))
     assert "PAYBILL_PEERING" not in alone and "POD_ID" not in alone
 
 
