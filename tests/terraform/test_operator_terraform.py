@@ -20,7 +20,7 @@ import pytest
 
 from paybill.audit import AuditLog
 from paybill.database.server import LocalPostgres
-from paybill.terraform.backend import _HOST, schema_for
+from paybill.terraform.backend import application_name, schema_for
 from paybill.terraform.modules import module_dir
 
 from .conftest import state_resources
@@ -395,9 +395,9 @@ def test_a_state_lock_left_by_a_runner_that_is_gone_is_released_audited_and_the_
     first = cluster.eventually(
         lambda: status(cluster, name).get("phase") == "Active" and status(cluster, name), timeout=120
     )
-    dead_pid = 4_194_304 + 1  # above Linux's largest pid_max: a runner process that certainly is gone
+    gone = "fedcba987654"  # a runner instance (a process before a restart, a replica on a lost node) that is gone
     holder = psycopg.connect(
-        dsn(postgres), autocommit=True, application_name=f"paybill-tf/{_HOST}/{dead_pid}/deadbeef0000"
+        dsn(postgres), autocommit=True, application_name=application_name("deadbeef0000", instance=gone)
     )
     try:
         key = holder.execute(
@@ -406,7 +406,7 @@ def test_a_state_lock_left_by_a_runner_that_is_gone_is_released_audited_and_the_
             )
         ).fetchone()[0]  # type: ignore[index]
         holder.execute("SELECT pg_advisory_lock(%s)", [key])  # as a runner killed mid-run on a partitioned network
-        age = "SELECT extract(epoch FROM now() - backend_start) FROM pg_stat_activity WHERE pid = %s"
+        age = "SELECT extract(epoch FROM now() - state_change) FROM pg_stat_activity WHERE pid = %s"  # silent since
         with psycopg.connect(dsn(postgres), autocommit=True) as watcher:
             cluster.eventually(lambda: watcher.execute(age, [holder.info.backend_pid]).fetchone()[0] > 2.5, timeout=30)  # type: ignore[index]
         locked["spec"]["provisioning"]["costCenter"] = "cc-8"  # a change to apply: its plan needs the lock
@@ -429,7 +429,8 @@ def test_a_state_lock_left_by_a_runner_that_is_gone_is_released_audited_and_the_
             if r.event == "terraform-lock-released"
         ]
     assert len(released) == 1 and released[0]["lock_key"] == key
-    assert released[0]["reason"] == f"runner process {dead_pid} on {_HOST} is gone"
+    assert released[0]["reason"].startswith(f"runner {gone} on ") and "no session active" in released[0]["reason"]
+    assert released[0]["holder_application"].startswith(f"paybill-tf/{gone}/deadbeef0000/")
 
 
 def guarded_destroy(root: Path, name: str, marker: Path, base: str = "silo") -> Path:

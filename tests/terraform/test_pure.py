@@ -4,6 +4,7 @@ and who may be judged the holder of a stale lock."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -116,24 +117,49 @@ def test_tenant_names_map_to_one_schema_and_nothing_else_gets_in() -> None:
             ModuleInputs(bad, "gold", "eu", "cc")
 
 
-def _holder(application: str, held: float = 100.0, idle: float = 100.0, state: str = "idle") -> LockHolder:
+def _holder(
+    application: str, held: float = 100.0, idle: float = 100.0, state: str = "idle", quiet: float = 100.0
+) -> LockHolder:
     return LockHolder(
-        backend_pid=4242, application=application, lock_key=7, held_seconds=held, idle_seconds=idle, state=state
+        backend_pid=4242,
+        application=application,
+        lock_key=7,
+        session_seconds=held,
+        idle_seconds=idle,
+        state=state,
+        now=time.time(),
+        instance_quiet_seconds=quiet,
     )
 
 
 def test_only_a_runners_session_whose_run_is_over_is_stale() -> None:
-    dead_pid = 2**22 + 12345  # above pid_max's default: never a live process
-    own_run = application_name("aaaaaaaaaaaa")
-    assert holder_gone(_holder(own_run), {"aaaaaaaaaaaa"}, 10) is None  # our run, still going
-    assert holder_gone(_holder(own_run), set(), 10) == "run aaaaaaaaaaaa of this runner has ended"
-    assert holder_gone(_holder(application_name("b", pid=os.getppid())), set(), 10) is None  # a live process
-    assert "is gone" in str(holder_gone(_holder(application_name("b", pid=dead_pid)), set(), 10))
-    assert holder_gone(_holder("psql"), set(), 10) is None  # not ours: never ended
-    assert holder_gone(_holder("paybill-tf/other-host/1/run", idle=5), set(), 10) is None  # talked recently
-    assert holder_gone(_holder("paybill-tf/other-host/1/run", state="active"), set(), 10) is None
-    assert "silent" in str(holder_gone(_holder("paybill-tf/other-host/1/run", idle=50), set(), 10))
-    young = _holder(application_name("c", pid=dead_pid), held=5)
-    assert stale_holders([young], set(), 10) == []  # not older than the limit yet
-    old = _holder(application_name("c", pid=dead_pid), held=50)
-    assert [holder for holder, _ in stale_holders([old, young], set(), 10)] == [old]
+    ours, theirs = "aaaaaaaaaaaa", "bbbbbbbbbbbb"
+    long_ago = time.time() - 1000
+    own_run = application_name("r1", started=long_ago, instance=ours)
+    assert holder_gone(_holder(own_run), {"r1"}, 10, ours) is None  # our run, still going
+    assert holder_gone(_holder(own_run), set(), 10, ours) == "run r1 of this runner has ended"
+    # another instance, whatever its host and pid say: alive while any of its sessions was active within the limit
+    other = application_name("r2", started=long_ago, instance=theirs)
+    assert holder_gone(_holder(other), set(), 10, ours) is not None
+    assert holder_gone(_holder(other, state="active", quiet=0), set(), 10, ours) is None
+    assert holder_gone(_holder(other, state="idle in transaction", quiet=50), set(), 10, ours) is None
+    assert holder_gone(_holder(other, quiet=5), set(), 10, ours) is None  # another of its sessions talked
+    assert holder_gone(_holder(f"paybill-tf/host-{os.getpid()}/{os.getpid()}/r3"), set(), 10, ours) is None  # old form
+    assert holder_gone(_holder("psql"), set(), 10, ours) is None  # not a runner's: never ended
+    # held since the run started or the session opened, whichever came later
+    assert stale_holders([_holder(application_name("r4", instance=theirs))], set(), 10, ours) == []
+    young = _holder(other, held=5)
+    assert stale_holders([young], set(), 10, ours) == []  # not older than the limit yet
+    old = _holder(other, held=50)
+    assert [holder for holder, _ in stale_holders([old, young], set(), 10, ours)] == [old]
+
+
+def test_a_runners_session_name_keeps_its_instance_run_and_start_and_cuts_only_the_host() -> None:
+    name = application_name("0123456789ab", started=1_800_000_000, instance="cafecafecafe", host="h" * 80)
+    assert len(name) == 63 and name.startswith("paybill-tf/cafecafecafe/0123456789ab/1800000000/hh")
+    identity = _holder(name).identity
+    assert identity is not None and (identity.instance, identity.run_id, identity.started) == (
+        "cafecafecafe",
+        "0123456789ab",
+        1_800_000_000,
+    )

@@ -7,8 +7,6 @@ import logging
 import os
 import secrets
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,11 +22,10 @@ from paybill.terraform import (
     PlanNotFound,
     RunTimedOut,
     StalePlan,
-    StateLocked,
     TerraformError,
     TerraformRunner,
 )
-from paybill.terraform.backend import application_name, schema_for, state_lock_keys
+from paybill.terraform.backend import schema_for
 from paybill.terraform.process import group_alive
 
 from .conftest import LOCAL_SILO, state_resources, wait_for, write_module
@@ -127,39 +124,6 @@ resource "terraform_data" "slow" {{
     assert runner.apply(other, LOCAL_SILO).summary.adds == 4
 
 
-def test_stale_lock_is_released_and_recorded_and_a_live_one_is_not(
-    make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, backend_dsn: str
-) -> None:
-    runner = make_runner(stale_lock_after=1.0, lock_timeout=2.0)
-    runner.apply(tenant, LOCAL_SILO)
-    with psycopg.connect(backend_dsn, autocommit=True) as probe:
-        key = max(state_lock_keys(probe, tenant.tenant_id))
-    assert key > 0  # the tenant's own state row
-
-    # a live holder: a runner process on this host that is still there (this test's parent)
-    live = _hold_lock(backend_dsn, key, application_name("cafe00000001", pid=os.getppid()))
-    try:
-        wait_for(lambda: _held_seconds(backend_dsn, live) > 1.0, 10, "the lock ages")
-        with pytest.raises(StateLocked) as locked:
-            runner.drift(tenant, LOCAL_SILO)
-        assert "Error acquiring the state lock" in locked.value.message
-        assert _session_alive(backend_dsn, live)
-    finally:
-        live.close()
-
-    # a stale holder: a runner process that is gone, whose session PostgreSQL still keeps
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = _hold_lock(backend_dsn, key, application_name("deadbeef0001", pid=int(gone.stdout)))
-    try:
-        wait_for(lambda: _held_seconds(backend_dsn, stale) > 1.0, 10, "the lock ages")
-        result = runner.apply(tenant, LOCAL_SILO)
-        assert [(r.lock_key, r.holder_backend_pid) for r in result.lock_recoveries] == [(key, stale.info.backend_pid)]
-        assert "is gone" in result.lock_recoveries[0].reason
-        assert not _session_alive(backend_dsn, stale)
-    finally:
-        stale.close()
-
-
 def test_a_plan_applies_only_under_its_own_hash_and_only_while_fresh(
     make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, backend_dsn: str
 ) -> None:
@@ -247,28 +211,6 @@ resource "terraform_data" "work" {{
     assert not errors
     seen = [int(path.read_text()) for path in (gate / "seen").iterdir()]
     assert len(seen) == total and max(seen) <= limit
-
-
-def _hold_lock(dsn: str, key: int, application: str) -> psycopg.Connection:
-    connection = psycopg.connect(dsn, autocommit=True, application_name=application)
-    connection.execute("SELECT pg_advisory_lock(%s)", [key])
-    return connection
-
-
-def _held_seconds(dsn: str, holder: psycopg.Connection) -> float:
-    with psycopg.connect(dsn, autocommit=True) as connection:
-        row = connection.execute(
-            "SELECT extract(epoch FROM now() - backend_start)::float8 FROM pg_stat_activity WHERE pid = %s",
-            [holder.info.backend_pid],
-        ).fetchone()
-    return float(row[0]) if row else 0.0
-
-
-def _session_alive(dsn: str, holder: psycopg.Connection) -> bool:
-    with psycopg.connect(dsn, autocommit=True) as connection:
-        return connection.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [holder.info.backend_pid]
-        ).fetchone() == (1,)
 
 
 def _cmdline(pid: str) -> str:

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import time
 import uuid
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
@@ -24,7 +25,9 @@ APPLICATION_PREFIX = "paybill-tf"
 # and takes it for an instant on every lock besides (hence the runner's -lock-timeout)
 CREATION_LOCK = -1
 WORKSPACE = "default"
-_HOST = socket.gethostname()[:24]
+APPLICATION_NAME_MAX = 63  # PostgreSQL keeps NAMEDATALEN - 1 bytes of an application_name
+_HOST = socket.gethostname()
+_instance: tuple[int, str] | None = None  # (the pid it was made in, the id)
 
 
 def schema_for(tenant_id: str) -> str:
@@ -32,9 +35,21 @@ def schema_for(tenant_id: str) -> str:
     return "tf_" + checked_tenant_id(tenant_id).replace("-", "_")
 
 
-def application_name(run_id: str, host: str = _HOST, pid: int | None = None) -> str:
-    """Who holds a lock, as pg_stat_activity shows it: host, runner process and run."""
-    return f"{APPLICATION_PREFIX}/{host}/{os.getpid() if pid is None else pid}/{run_id}"
+def instance_id() -> str:
+    """This runner process's identity in the names of its sessions: random, made once per process (a forked child
+    makes its own). Never its host or pid: two replicas' Pod names can share a prefix, and each is PID 1 in its Pod."""
+    global _instance
+    if _instance is None or _instance[0] != os.getpid():
+        _instance = (os.getpid(), secrets.token_hex(6))
+    return _instance[1]
+
+
+def application_name(run_id: str, started: float | None = None, instance: str | None = None, host: str = _HOST) -> str:
+    """Who holds a lock, as pg_stat_activity shows it: the runner instance, its run, when the run started (no lock
+    it takes is older) and, for humans, the host (cut to fit; the other parts never are)."""
+    when = int(time.time() if started is None else started)
+    name = f"{APPLICATION_PREFIX}/{instance or instance_id()}/{run_id}/{when}/{host}"
+    return name.encode()[:APPLICATION_NAME_MAX].decode(errors="ignore")
 
 
 def terraform_conn_str(dsn: str, run_id: str) -> str:
@@ -87,21 +102,39 @@ def state_outputs(connection: psycopg.Connection, tenant_id: str, workspace: str
 
 
 @dataclass(frozen=True)
+class RunnerIdentity:
+    instance: str
+    run_id: str
+    started: int
+    host: str
+
+
+@dataclass(frozen=True)
 class LockHolder:
     backend_pid: int
     application: str
     lock_key: int
-    held_seconds: float
-    idle_seconds: float
+    session_seconds: float  # since the session holding the lock was opened
+    idle_seconds: float  # since its last statement ended (when idle, the lock is at least this old)
     state: str
+    now: float  # the server's clock when this was read
+    instance_quiet_seconds: float = 0.0  # since any session of the holder's runner instance was last active
 
     @property
-    def identity(self) -> tuple[str, int, str] | None:
-        """(host, runner pid, run id) when the session is one of ours; None for anyone else's."""
-        parts = self.application.split("/")
-        if len(parts) != 4 or parts[0] != APPLICATION_PREFIX or not parts[2].isdigit():
+    def identity(self) -> RunnerIdentity | None:
+        """Which runner instance and run the session is; None for anyone else's."""
+        parts = self.application.split("/", 4)
+        if len(parts) != 5 or parts[0] != APPLICATION_PREFIX or not parts[3].isdigit() or not all(parts[1:3]):
             return None
-        return parts[1], int(parts[2]), parts[3]
+        return RunnerIdentity(parts[1], parts[2], int(parts[3]), parts[4])
+
+    @property
+    def held_seconds(self) -> float:
+        """How long the lock has been held, at most: it was taken after the holder's run started and its session
+        opened (pg_locks keeps no time)."""
+        identity = self.identity
+        since_run = self.now - identity.started if identity else self.session_seconds
+        return max(0.0, min(self.session_seconds, since_run))
 
 
 def state_lock_keys(connection: psycopg.Connection, tenant_id: str, workspace: str = WORKSPACE) -> list[int]:
@@ -122,44 +155,67 @@ def lock_holders(connection: psycopg.Connection, keys: Collection[int]) -> list[
         """SELECT a.pid, coalesce(a.application_name, ''), (l.classid::bigint << 32) | l.objid::bigint,
                   extract(epoch FROM now() - a.backend_start)::float8,
                   extract(epoch FROM now() - coalesce(a.state_change, a.backend_start))::float8,
-                  coalesce(a.state, '')
+                  coalesce(a.state, ''), extract(epoch FROM now())::float8
              FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
               AND ((l.classid::bigint << 32) | l.objid::bigint) = ANY(%s)
               AND a.pid <> pg_backend_pid()""",
         [list(keys)],
     ).fetchall()
-    return [LockHolder(*row) for row in rows]
+    holders = [LockHolder(*row) for row in rows]
+    quiet = _instances_quiet_seconds(connection)
+    return [
+        replace(h, instance_quiet_seconds=quiet.get(h.identity.instance, 0.0) if h.identity else 0.0) for h in holders
+    ]
 
 
-def holder_gone(holder: LockHolder, active_runs: Collection[str], stale_after: float) -> str | None:
+def _instances_quiet_seconds(connection: psycopg.Connection) -> dict[str, float]:
+    """For each runner instance with a session: seconds since any of its sessions was last active (0: one is now)."""
+    rows = connection.execute(
+        """SELECT application_name,
+                  CASE WHEN state = 'idle'
+                       THEN extract(epoch FROM now() - coalesce(state_change, backend_start))::float8 ELSE 0 END
+             FROM pg_stat_activity WHERE application_name LIKE %s AND pid <> pg_backend_pid()""",
+        [APPLICATION_PREFIX + "/%"],
+    ).fetchall()
+    quiet: dict[str, float] = {}
+    for application, seconds in rows:
+        instance = application.split("/")[1]
+        quiet[instance] = min(quiet.get(instance, float(seconds)), float(seconds))
+    return quiet
+
+
+def holder_gone(
+    holder: LockHolder, active_runs: Collection[str], stale_after: float, own_instance: str | None = None
+) -> str | None:
     """Why this holder's run is certainly over (None: it may be alive, or it is not ours to judge).
 
-    Our own runs we know; another runner process on this host is gone when its pid is; a runner elsewhere
-    (a Job's pod) when its session has sent nothing for `stale_after` (Terraform writes state while it works).
+    A run of this very process is over when it is not among `active_runs`. Another runner instance (another
+    replica, a Job's pod, a process before a restart) is gone only when none of its sessions, the holder's
+    included, has been active for `stale_after`: a live runner's run ends (or is killed) within its timeout.
     """
     identity = holder.identity
     if identity is None:
         return None
-    host, pid, run_id = identity
-    if host == _HOST and pid == os.getpid():
-        return None if run_id in active_runs else f"run {run_id} of this runner has ended"
-    if host == _HOST:
-        return None if _alive(pid) else f"runner process {pid} on {host} is gone"
-    if holder.state == "idle" and holder.idle_seconds > stale_after:
-        return f"runner {pid} on {host} has been silent for {holder.idle_seconds:.0f}s"
+    if identity.instance == (own_instance or instance_id()):
+        return None if identity.run_id in active_runs else f"run {identity.run_id} of this runner has ended"
+    if holder.state == "idle" and holder.instance_quiet_seconds > stale_after:
+        return (
+            f"runner {identity.instance} on {identity.host} has had no session active"
+            f" for {holder.instance_quiet_seconds:.0f}s"
+        )
     return None
 
 
 def stale_holders(
-    holders: list[LockHolder], active_runs: Collection[str], stale_after: float
+    holders: list[LockHolder], active_runs: Collection[str], stale_after: float, own_instance: str | None = None
 ) -> list[tuple[LockHolder, str]]:
-    """Holders older than `stale_after` seconds whose run is over: ours to release."""
+    """Holders of a lock taken more than `stale_after` seconds ago whose run is over: ours to release."""
     stale = []
     for holder in holders:
         if holder.held_seconds <= stale_after:
             continue
-        reason = holder_gone(holder, active_runs, stale_after)
+        reason = holder_gone(holder, active_runs, stale_after, own_instance)
         if reason:
             stale.append((holder, reason))
     return stale
@@ -183,13 +239,3 @@ def release(
         held_seconds=round(holder.held_seconds, 1),
         reason=reason,
     )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
