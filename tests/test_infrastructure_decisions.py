@@ -43,7 +43,7 @@ def desired(**fields: Any) -> infra.Desired:
 
 
 def seen(**fields: Any) -> infra.InfraSeen:
-    return infra.InfraSeen(**{"desired": desired(), **fields})
+    return infra.InfraSeen(**{"desired": desired(), "applied_digest": DIGEST, **fields})
 
 
 def applied(**fields: Any) -> InfrastructureStatus:
@@ -579,3 +579,13 @@ def test_a_tenant_refused_the_names_retained_data_destroys_nothing_of_that_name(
     assert not any(isinstance(a, infra.InfraAction.__args__) for a in refused.actions)  # type: ignore[attr-defined]
     owner = offboard(tenant(Phase.OFFBOARDING, applied(), **spec), world(built))
     assert infra.DestroyInfrastructure(desired()) in owner.actions
+
+
+def test_a_forged_applied_digest_is_not_applied_without_the_record_of_the_apply_in_postgresql() -> None:
+    """status.infrastructure.appliedDigest alone never skips a manual approval: PostgreSQL's record of the last
+    apply in the workspace must name the same configuration."""
+    manual = desired(approval=Approval.MANUAL)
+    for unrecorded in (None, "e" * 64):
+        forged = decided(seen(desired=manual, applied_digest=unrecorded), applied())
+        assert not forged.ready and forged.actions == (infra.PlanInfrastructure(manual),)
+    assert decided(seen(desired=manual), applied()).ready

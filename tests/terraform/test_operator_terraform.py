@@ -620,3 +620,19 @@ def test_a_plan_lacking_its_clouds_credentials_is_refused_and_its_tenant_starts_
         timeout=60,
     )
     assert "AWS_SECRET_ACCESS_KEY" in said["message"] and "infrastructure" not in status(cluster, name)
+
+
+def test_a_new_tenant_of_a_deleted_tenants_name_is_provisioned_not_held_by_the_old_ones_run(
+    tf_operator: Any, postgres: LocalPostgres
+) -> None:
+    """The runs this operator finished are the deleted Tenant object's (its uid), never its name's."""
+    cluster = tf_operator
+    cluster.kube.apply(plan("tf-reused"))
+    name = onboard(cluster, "tf-reused", deletionPolicy="destroy")
+    cluster.eventually(lambda: status(cluster, name).get("phase") == "Active", timeout=120)
+    cluster.kube.delete(API, "tenants", name)
+    cluster.eventually(lambda: cluster.kube.get(API, "tenants", name) is None, timeout=120)
+    onboard(cluster, "tf-reused", name=name, deletionPolicy="destroy")
+    cluster.eventually(lambda: status(cluster, name).get("phase") == "Active", timeout=120)
+    assert status(cluster, name)["infrastructure"]["lastResult"] == "Succeeded"
+    assert state_resources(dsn(postgres), name, "silo") == SILO

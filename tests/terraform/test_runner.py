@@ -283,3 +283,23 @@ def test_each_workspace_says_what_its_state_holds_and_what_it_was_applied_with(
     assert found.variables == silo.variables() and found.variables["region"] == "eu-central-1"
     runner.destroy(silo, LOCAL_SILO)
     assert runner.workspaces(tenant.tenant_id)["silo"].resources == 0
+
+
+def test_the_configuration_applied_and_each_plans_configuration_are_recorded_in_postgresql(
+    make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs
+) -> None:
+    """What 'applied' and an approved plan rest on, never the Tenant's status: the config digest recorded once an
+    apply succeeded (cleared when the next one starts), and the config digest each saved plan was made for."""
+    runner = make_runner()
+    silo = dataclasses.replace(tenant, workspace="silo")
+    runner.record_applied(silo, "local/silo", None)
+    assert runner.workspaces(tenant.tenant_id)["silo"].config_digest is None  # an apply under way is not applied
+    runner.apply(silo, LOCAL_SILO)
+    runner.record_applied(silo, "local/silo", None, config_digest="d1")
+    assert runner.workspaces(tenant.tenant_id)["silo"].config_digest == "d1"
+    runner.record_applied(silo, "local/silo", None)
+    assert runner.workspaces(tenant.tenant_id)["silo"].config_digest is None
+    runner.record_planned(tenant.tenant_id, "h1", "d1")
+    assert runner.planned_digest(tenant.tenant_id, "h1") == "d1"
+    assert runner.planned_digest(tenant.tenant_id, "h2") is None
+    assert runner.planned_digest(tenant.tenant_id + "x", "h1") is None

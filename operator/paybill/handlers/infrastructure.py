@@ -223,7 +223,9 @@ class InfrastructureRuns:
         retired = None
         if recorded is not None and recorded.retiring:
             retired = self.retired(tenant.name, plan, recorded, found.get(str(recorded.retiring)))
-        return infra.InfraSeen(desired, running, settled, tenant.approved_plan, retired, built)
+        workspace = found.get(desired.workspace)
+        applied = workspace.config_digest if workspace is not None else None
+        return infra.InfraSeen(desired, running, settled, tenant.approved_plan, retired, built, applied_digest=applied)
 
     def _state_only(self, tenant: TenantObject) -> infra.InfraSeen:
         running, settled = self._in_flight(tenant)
@@ -427,6 +429,7 @@ class InfrastructureRuns:
         match action:
             case infra.PlanInfrastructure():
                 summary = runner.plan(setup.inputs, setup.module, env, self._finder(setup, env))
+                runner.record_planned(tenant.name, summary.plan_hash, digest)
                 return {
                     **_summary(summary),
                     "lastResult": infra.AWAITING,
@@ -436,11 +439,14 @@ class InfrastructureRuns:
                     "message": f"plan {summary.plan_hash[:12]} awaits approval",
                 }
             case infra.ApplyInfrastructure(_, plan_hash):
+                if plan_hash is not None and runner.planned_digest(tenant.name, plan_hash) != digest:
+                    raise PlanNotFound(f"plan {plan_hash[:12]} was not made for the tenant's current configuration")
                 runner.record_applied(setup.inputs, action.desired.module, setup.credentials_secret)
                 if plan_hash is None:
                     result = runner.apply(setup.inputs, setup.module, env, self._finder(setup, env))
                 else:
                     result = runner.apply_plan(setup.inputs, setup.module, plan_hash, plan_hash, env)
+                runner.record_applied(setup.inputs, action.desired.module, setup.credentials_secret, digest)
                 return self._applied(ref, tenant, result, action.desired)
             case infra.CheckDrift():
                 report = runner.drift(setup.inputs, setup.module, env)
@@ -454,6 +460,7 @@ class InfrastructureRuns:
                 }
             case infra.DestroyInfrastructure(desired) if desired.workspace == self._recorded(tenant.name).retiring:
                 destroyed = runner.destroy(setup.inputs, setup.module, env, self._finder(setup, env))
+                runner.record_applied(setup.inputs, desired.module, setup.credentials_secret)  # nothing applied now
                 self._recovered(ref, tenant.name, destroyed.lock_recoveries)
                 self._adopted(ref, tenant.name, desired, destroyed.adoption)
                 return {
@@ -465,6 +472,7 @@ class InfrastructureRuns:
                 }
             case infra.DestroyInfrastructure():
                 destroyed = runner.destroy(setup.inputs, setup.module, env, self._finder(setup, env))
+                runner.record_applied(setup.inputs, action.desired.module, setup.credentials_secret)  # none applied
                 self._recovered(ref, tenant.name, destroyed.lock_recoveries)
                 self._adopted(ref, tenant.name, action.desired, destroyed.adoption)
                 delete_owned_secret(self.kube, infra.OUTPUTS_SECRET, tenant.namespace, ref, "Tenant")  # type: ignore[arg-type]

@@ -158,6 +158,8 @@ class InfraSeen:
     built: tuple[Desired, ...] | None = ()
     state_error: str = ""
     planned: bool = True  # False: the plan builds nothing (any more); only the tenant's Terraform state was read
+    # the config digest PostgreSQL records for the last apply that succeeded in the desired workspace (None: none)
+    applied_digest: str | None = None
 
 
 def run_settled(recorded: str | None, finished: str | None, started: Iterable[str], since_finished: float) -> bool:
@@ -233,7 +235,8 @@ def decide_infrastructure(
 ) -> InfraDecision:
     """What the tenant's infrastructure needs next. `said`: the Provisioned condition as it stands."""
     desired, record = seen.desired, recorded or InfrastructureStatus()
-    applied = record.appliedDigest == desired.digest and not record.destroyed
+    # applied as PostgreSQL's record of the last apply says; status alone (forgeable) never makes it so
+    applied = seen.applied_digest == desired.digest == record.appliedDigest and not record.destroyed
     drifted = _drifted(record) if applied else None
     too_long = name_too_long(tenant)
     if too_long:

@@ -76,7 +76,13 @@ class Executor(Protocol):
 
     def workspaces(self, tenant_id: str) -> dict[str, records.Workspace]: ...
 
-    def record_applied(self, inputs: ModuleInputs, module: str, credentials_secret: str | None) -> None: ...
+    def record_applied(
+        self, inputs: ModuleInputs, module: str, credentials_secret: str | None, config_digest: str | None = None
+    ) -> None: ...
+
+    def record_planned(self, tenant_id: str, plan_hash: str, config_digest: str) -> None: ...
+
+    def planned_digest(self, tenant_id: str, plan_hash: str) -> str | None: ...
 
 
 class JobFailed(TerraformError):
@@ -165,11 +171,27 @@ class JobExecutor:
                 return {}
             return records.workspaces(connection, tenant_id)
 
-    def record_applied(self, inputs: ModuleInputs, module: str, credentials_secret: str | None) -> None:
+    def record_applied(
+        self, inputs: ModuleInputs, module: str, credentials_secret: str | None, config_digest: str | None = None
+    ) -> None:
         with self.connections.connection() as connection:
             records.record_applied(
-                connection, inputs.tenant_id, inputs.workspace, module, inputs.variables(), credentials_secret
+                connection,
+                inputs.tenant_id,
+                inputs.workspace,
+                module,
+                inputs.variables(),
+                credentials_secret,
+                config_digest,
             )
+
+    def record_planned(self, tenant_id: str, plan_hash: str, config_digest: str) -> None:
+        with self.connections.connection() as connection:
+            records.record_planned(connection, tenant_id, plan_hash, config_digest)
+
+    def planned_digest(self, tenant_id: str, plan_hash: str) -> str | None:
+        with self.connections.connection() as connection:
+            return records.planned_digest(connection, tenant_id, plan_hash)
 
     # -- one run, one Job ------------------------------------------------------------------------------------------
 

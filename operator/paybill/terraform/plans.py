@@ -38,6 +38,13 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.applied (
     recorded_at        timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, workspace)
 );
+ALTER TABLE {SCHEMA}.applied ADD COLUMN IF NOT EXISTS config_digest text;
+CREATE TABLE IF NOT EXISTS {SCHEMA}.planned (
+    tenant_id     text NOT NULL,
+    plan_hash     text NOT NULL,
+    config_digest text NOT NULL,
+    PRIMARY KEY (tenant_id, plan_hash)
+);
 CREATE TABLE IF NOT EXISTS {SCHEMA}.applying (
     tenant_id  text NOT NULL,
     workspace  text NOT NULL,

@@ -24,6 +24,7 @@ class Workspace:
     module: str | None = None  # the module last applied in it (None: no record, e.g. applied by an older operator)
     variables: Mapping[str, Any] = field(default_factory=dict)  # the inputs it was applied with
     credentials_secret: str | None = None
+    config_digest: str | None = None  # the configuration its last apply that succeeded was for (None: not applied)
 
 
 def record_applied(
@@ -33,22 +34,43 @@ def record_applied(
     module: str,
     variables: Mapping[str, Any],
     credentials_secret: str | None,
+    config_digest: str | None = None,
 ) -> None:
-    """Before an apply: the module and inputs that build the workspace from now on (a destroy uses them)."""
+    """Before an apply: the module and inputs that build the workspace from now on (a destroy uses them), and no
+    configuration applied; once it succeeded, the same with its config digest (what 'applied' rests on)."""
     connection.execute(
-        f"""INSERT INTO {SCHEMA}.applied (tenant_id, workspace, module, variables, credentials_secret)
-            VALUES (%s, %s, %s, %s, %s)
+        f"""INSERT INTO {SCHEMA}.applied (tenant_id, workspace, module, variables, credentials_secret, config_digest)
+            VALUES (%s, %s, %s, %s, %s, %s)
             ON CONFLICT (tenant_id, workspace) DO UPDATE SET module = excluded.module, variables = excluded.variables,
-                credentials_secret = excluded.credentials_secret, recorded_at = now()""",
-        [tenant_id, workspace, module, Jsonb(dict(variables)), credentials_secret],
+                credentials_secret = excluded.credentials_secret, config_digest = excluded.config_digest,
+                recorded_at = now()""",
+        [tenant_id, workspace, module, Jsonb(dict(variables)), credentials_secret, config_digest],
     )
+
+
+def record_planned(connection: psycopg.Connection, tenant_id: str, plan_hash: str, config_digest: str) -> None:
+    """A saved plan's configuration: an approval applies it only while that is still the tenant's configuration."""
+    connection.execute(
+        f"""INSERT INTO {SCHEMA}.planned (tenant_id, plan_hash, config_digest) VALUES (%s, %s, %s)
+            ON CONFLICT (tenant_id, plan_hash) DO UPDATE SET config_digest = excluded.config_digest""",
+        [tenant_id, plan_hash, config_digest],
+    )
+
+
+def planned_digest(connection: psycopg.Connection, tenant_id: str, plan_hash: str) -> str | None:
+    """The configuration the saved plan was made for (None: no record of this plan for this tenant)."""
+    row = connection.execute(
+        f"SELECT config_digest FROM {SCHEMA}.planned WHERE tenant_id = %s AND plan_hash = %s", [tenant_id, plan_hash]
+    ).fetchone()
+    return str(row[0]) if row else None
 
 
 def workspaces(connection: psycopg.Connection, tenant_id: str) -> dict[str, Workspace]:
     """Every workspace of the tenant's state, with its resource count and what it was last applied with."""
     counts = _resource_counts(connection, tenant_id)
     rows = connection.execute(
-        f"SELECT workspace, module, variables, credentials_secret FROM {SCHEMA}.applied WHERE tenant_id = %s",
+        f"""SELECT workspace, module, variables, credentials_secret, config_digest
+            FROM {SCHEMA}.applied WHERE tenant_id = %s""",
         [tenant_id],
     ).fetchall()
     applied = {row[0]: row[1:] for row in rows}
