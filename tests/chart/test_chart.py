@@ -336,6 +336,10 @@ def test_the_job_executor_gets_its_env_a_tokenless_account_and_jobs_rights_in_it
     assert env["PAYBILL_TERRAFORM_JOB_BACKEND_SECRET"] == "tf-state"
     assert env["PAYBILL_TERRAFORM_JOB_SERVICE_ACCOUNT"] == "billing-terraform"
 
+    shared = {"terraform": {"executor": "job"}, "serviceAccount": {"name": f"{RELEASE}-terraform"}}
+    refused = run_helm("template", RELEASE, str(CHART), *values_args(shared), check=False)
+    assert refused.returncode != 0 and "the operator needs one of its own" in refused.stderr
+
 
 def test_the_network_policy_denies_all_but_the_webhook_dns_api_and_database() -> None:
     [policy] = find(template(), "NetworkPolicy")
