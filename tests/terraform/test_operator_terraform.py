@@ -636,3 +636,21 @@ def test_a_new_tenant_of_a_deleted_tenants_name_is_provisioned_not_held_by_the_o
     cluster.eventually(lambda: status(cluster, name).get("phase") == "Active", timeout=120)
     assert status(cluster, name)["infrastructure"]["lastResult"] == "Succeeded"
     assert state_resources(dsn(postgres), name, "silo") == SILO
+
+
+def test_deleting_a_tenant_refused_the_names_retained_data_destroys_none_of_its_infrastructure(
+    tf_operator: Any, postgres: LocalPostgres
+) -> None:
+    """The retained tenant's infrastructure (in the name's workspaces) is not a later Tenant's of that name to destroy
+    unless it adopts the data."""
+    cluster = tf_operator
+    cluster.kube.apply(plan("tf-kept"))
+    name = onboard(cluster, "tf-kept", deletionPolicy="retain")
+    cluster.eventually(lambda: status(cluster, name).get("phase") == "Active", timeout=120)
+    cluster.kube.delete(API, "tenants", name)
+    cluster.eventually(lambda: cluster.kube.get(API, "tenants", name) is None, timeout=120)
+    onboard(cluster, "tf-kept", name=name, deletionPolicy="destroy")
+    cluster.eventually(lambda: condition(cluster, name, "Ready").get("reason") == "NameConflict", timeout=120)
+    cluster.kube.delete(API, "tenants", name)
+    cluster.eventually(lambda: cluster.kube.get(API, "tenants", name) is None, timeout=120)
+    assert state_resources(dsn(postgres), name, "silo") == SILO
