@@ -41,6 +41,7 @@ from .models import (
 )
 from .plans import PlanStore
 from .runner import VARIABLES_FILE, Finder
+from .runrecords import RunRecords
 
 TENANTS = ("paybill.dev/v1alpha1", "tenants")
 WATCH_SLICE = 60  # seconds: one watch request at most this long, then listed and watched again
@@ -108,7 +109,7 @@ class JobSettings:
     ttl_seconds: int = 3600
 
 
-class JobExecutor:
+class JobExecutor(RunRecords):
     def __init__(self, kube: Kube, settings: JobSettings, backend_dsn: str, extra_files: Mapping[str, str]) -> None:
         self.kube, self.settings, self.extra_files = kube, settings, dict(extra_files)
         self.backend_dsn = backend_dsn
@@ -170,28 +171,6 @@ class JobExecutor:
             if not backend.state_table_exists(connection, tenant_id):
                 return {}
             return records.workspaces(connection, tenant_id)
-
-    def record_applied(
-        self, inputs: ModuleInputs, module: str, credentials_secret: str | None, config_digest: str | None = None
-    ) -> None:
-        with self.connections.connection() as connection:
-            records.record_applied(
-                connection,
-                inputs.tenant_id,
-                inputs.workspace,
-                module,
-                inputs.variables(),
-                credentials_secret,
-                config_digest,
-            )
-
-    def record_planned(self, tenant_id: str, plan_hash: str, config_digest: str) -> None:
-        with self.connections.connection() as connection:
-            records.record_planned(connection, tenant_id, plan_hash, config_digest)
-
-    def planned_digest(self, tenant_id: str, plan_hash: str) -> str | None:
-        with self.connections.connection() as connection:
-            return records.planned_digest(connection, tenant_id, plan_hash)
 
     # -- one run, one Job ------------------------------------------------------------------------------------------
 

@@ -50,6 +50,7 @@ from .models import (
     PlanSummary,
 )
 from .plans import PlanStore, sha256, summarize
+from .runrecords import RunRecords
 from .wrapper import RunTerraform
 
 BACKEND_FILE = "paybill_backend.tf"
@@ -75,7 +76,7 @@ class Run:
     adoption: adoption.Adoption | None = None
 
 
-class TerraformRunner:
+class TerraformRunner(RunRecords):
     def __init__(self, config: RunnerConfig) -> None:
         self.config = config
         self.program = config.program or binary.discover()
@@ -168,31 +169,6 @@ class TerraformRunner:
         """The tenant's workspaces as PostgreSQL has them: resources in each state, what each was applied with."""
         with self.connections.connection() as connection:
             return records.workspaces(connection, tenant_id)
-
-    def record_applied(
-        self, inputs: ModuleInputs, module: str, credentials_secret: str | None, config_digest: str | None = None
-    ) -> None:
-        """Before an apply: the module (by name) and inputs that build `inputs.workspace`, for its destroy; after
-        one that succeeded, with the config digest it applied."""
-        with self.connections.connection() as connection:
-            records.record_applied(
-                connection,
-                inputs.tenant_id,
-                inputs.workspace,
-                module,
-                inputs.variables(),
-                credentials_secret,
-                config_digest,
-            )
-
-    def record_planned(self, tenant_id: str, plan_hash: str, config_digest: str) -> None:
-        """A saved plan's configuration (an approval applies it only while that is still the configuration)."""
-        with self.connections.connection() as connection:
-            records.record_planned(connection, tenant_id, plan_hash, config_digest)
-
-    def planned_digest(self, tenant_id: str, plan_hash: str) -> str | None:
-        with self.connections.connection() as connection:
-            return records.planned_digest(connection, tenant_id, plan_hash)
 
     def destroy(
         self, inputs: ModuleInputs, module: Path, env: Mapping[str, str] | None = None, finder: Finder | None = None
