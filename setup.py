@@ -1,21 +1,22 @@
 """Paybill's build (metadata in pyproject.toml): the policy engine's hot modules are compiled with mypyc.
 
 The modules in `paybill/policy/compiled.py`'s COMPILED are compiled from their own source, the source mypy
-checks and the tests import; each source's digest goes to `compiled.json` beside them, so a module edited after
-the build runs from its source until it is built again (`make compile`). PAYBILL_PURE_PYTHON=1 builds without a
-C compiler: the same engine, pure Python, slower.
+checks and the tests import. Only once the compiler succeeded does `compiled.json` record, beside them, the digest
+of every source the build read and every binary it produced (in place and in the build directory a wheel is made
+from): a module edited after the build, or a build that failed half way, runs from its source until it is built
+again (`make compile`). PAYBILL_PURE_PYTHON=1 builds without a C compiler: the same engine, pure Python, slower.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
 
 POLICY = Path("operator/paybill/policy")
 # The commands that build extension modules. pip first asks for requirements and metadata (egg_info, dist_info),
@@ -23,29 +24,41 @@ POLICY = Path("operator/paybill/policy")
 BUILDS = frozenset({"build", "build_ext", "bdist_wheel", "editable_wheel", "develop", "install", "bdist", "bdist_egg"})
 
 
-def _compiled_list() -> tuple[str, ...]:
+def _compiled() -> ModuleType:
     spec = importlib.util.spec_from_file_location("_paybill_compiled", POLICY / "compiled.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return tuple(module.COMPILED)
+    return module
+
+
+class RecordedBuildExt(build_ext):
+    """build_ext that writes the build record after the extension modules are built, never before."""
+
+    def run(self) -> None:
+        compiled = _compiled()
+        super().run()  # a compiler error ends the build here: no record, so the old binaries are not trusted
+        outputs = [Path(self.get_ext_fullpath(ext.name)) for ext in self.extensions]
+        inplace, self.inplace = self.inplace, False
+        built = [Path(self.get_ext_fullpath(ext.name)) for ext in self.extensions]  # what a wheel is made from
+        self.inplace = inplace
+        staged = Path(self.build_lib) / "paybill" / "policy"
+        if all((staged / f"{name}.py").is_file() for name in compiled.COMPILED):  # build_py ran: a wheel's tree
+            compiled.record(staged, built)
+        if inplace:
+            compiled.record(POLICY, outputs)
 
 
 def _extensions() -> list[object]:
     if not BUILDS.intersection(sys.argv[1:]):
         return []
-    manifest = POLICY / "compiled.json"
-    manifest.unlink(missing_ok=True)
+    (POLICY / "compiled.json").unlink(missing_ok=True)  # until this build succeeds, no binary is trusted
     if os.environ.get("PAYBILL_PURE_PYTHON"):
         return []
     from mypyc.build import mypycify
 
-    names = _compiled_list()
-    sources = [POLICY / f"{name}.py" for name in names]
-    extensions = mypycify([str(s) for s in sources], opt_level="3", group_name="paybill_policy")
-    digests = {name: hashlib.sha256(s.read_bytes()).hexdigest() for name, s in zip(names, sources, strict=True)}
-    manifest.write_text(json.dumps(digests))
-    return extensions
+    sources = [str(POLICY / f"{name}.py") for name in _compiled().COMPILED]
+    return list(mypycify(sources, opt_level="3", group_name="paybill_policy"))
 
 
-setup(ext_modules=_extensions())
+setup(ext_modules=_extensions(), cmdclass={"build_ext": RecordedBuildExt})

@@ -319,6 +319,9 @@ def test_a_tenant_admin_runs_workloads_but_cannot_escalate_write_secrets_or_exec
         "agent writes a policy": lambda: agent.merge_patch(API, "agentpolicies", "p", {"spec": {"rules": []}}, ns),
     }
     assert {what: _refused(call) for what, call in refused.items()} == {what: 403 for what in refused}
+    # admission refuses a workflow under a policy the operator has not installed yet: wait for it, as an agent would
+    policy_phase = lambda: (kube.get(API, "agentpolicies", "p", ns) or {}).get("status", {}).get("phase")  # noqa: E731
+    operator.eventually(lambda: policy_phase() == "Ready")
     agent.create(
         {
             "apiVersion": API,

@@ -3,6 +3,8 @@ back, every cached connection failed once, minutes later, a migration among them
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -44,3 +46,26 @@ def test_a_role_at_its_connection_limit_still_logs_in_so_its_suspension_is_not_h
         databases.close()
     finally:
         server.remove()
+
+
+def test_close_ends_every_threads_cached_connections(postgres: LocalPostgres) -> None:
+    """The operator's worker threads each keep connections; at shutdown they are all closed, not left to the
+    garbage collector (a process that started operators one after another ran the server out of slots)."""
+    databases = TenantDatabases(postgres.dsn)
+
+    def backend() -> int:
+        with databases.session() as conn:
+            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+            assert row is not None
+            return int(row[0])
+
+    with ThreadPoolExecutor(max_workers=3) as pool:  # its threads (and their caches) live on past close()
+        barrier = threading.Barrier(3)
+        pids = set(pool.map(lambda _: (barrier.wait(), backend())[1], range(3)))
+        assert len(pids) == 3
+        databases.close()
+        with psycopg.connect(postgres.dsn) as conn:
+            alive = conn.execute("SELECT pid FROM pg_stat_activity WHERE pid = ANY(%s)", [list(pids)]).fetchall()
+        assert alive == []
+    assert backend() not in pids  # a connection needed after close is opened again
+    databases.close()

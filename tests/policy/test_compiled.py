@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.machinery
-import json
+import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,17 +45,73 @@ def package(tmp_path: Path) -> Iterator[Path]:
         del sys.modules[name]
 
 
+def _record(package: Path) -> None:
+    compiled.record(package, [package / f"tree{importlib.machinery.EXTENSION_SUFFIXES[0]}"])
+
+
 def test_a_module_edited_after_the_build_runs_from_its_source(package: Path) -> None:
-    (package / compiled.MANIFEST).write_text(json.dumps({"tree": "the digest of an older source"}))
-    assert compiled.stale(package) == ["tree"]
-    assert compiled.guard(PACKAGE, package) == ["tree"]
+    _record(package)
+    (package / "tree.py").write_text("RUNS = 'source'  # edited\n")
+    assert compiled.stale(package) == ["tree.py"]
+    assert compiled.guard(PACKAGE, package) == ["tree.py"]
     assert importlib.import_module(f"{PACKAGE}.tree").RUNS == "source"
 
 
 def test_a_build_without_its_record_is_stale_and_a_current_one_is_not(package: Path) -> None:
-    assert compiled.stale(package) == ["tree"]  # no compiled.json: nothing says what it was built from
-    (package / compiled.MANIFEST).write_text(json.dumps({"tree": compiled.digest(package / "tree.py")}))
+    assert compiled.stale(package) == [compiled.MANIFEST]  # nothing says what it was built from
+    _record(package)
     assert compiled.stale(package) == []
     assert compiled.guard(PACKAGE, package) == []
     with pytest.raises(ImportError):  # the extension module is what Python imports when it is current
         importlib.import_module(f"{PACKAGE}.tree")
+
+
+def test_a_binary_replaced_after_the_build_or_never_recorded_is_stale(package: Path) -> None:
+    binary = package / f"tree{importlib.machinery.EXTENSION_SUFFIXES[0]}"
+    _record(package)
+    binary.write_bytes(b"another shared object")
+    assert compiled.stale(package) == [binary.name]
+    compiled.record(package, [])
+    assert compiled.stale(package) == [binary.name]
+
+
+def test_an_imported_module_of_the_package_is_a_build_input(package: Path) -> None:
+    """mypyc may fold an imported constant into the binary: editing the imported module makes the build stale."""
+    (package / "rules.py").write_text("LIMIT = 1\n")
+    (package / "tree.py").write_text("from .rules import LIMIT\nRUNS = 'source'\n")
+    assert compiled.build_inputs(package) == ["rules.py", "tree.py"]
+    _record(package)
+    (package / "rules.py").write_text("LIMIT = 2\n")
+    assert compiled.stale(package) == ["rules.py"]
+
+
+def test_a_shipped_build_records_the_engine_and_what_it_imports() -> None:
+    inputs = compiled.build_inputs()
+    assert {f"{name}.py" for name in compiled.COMPILED} <= set(inputs)
+    assert {"rules.py", "schema.py", "decision.py", "../api/agentpolicy.py"} <= set(inputs)
+
+
+@pytest.mark.slow
+def test_a_build_that_fails_after_an_edit_leaves_the_old_binaries_untrusted(tmp_path: Path) -> None:
+    """setup.py records a build only once the compiler succeeded: the binaries of the previous build, left in place
+    by a build that failed (here: at the C compiler), are never taken for the edited source."""
+    if not compiled.built():
+        pytest.skip("a pure-Python install (PAYBILL_PURE_PYTHON=1): nothing is compiled")
+    root = Path(__file__).resolve().parents[2]
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(root / name, tmp_path / name)
+    shutil.copytree(root / "operator", tmp_path / "operator", ignore=shutil.ignore_patterns("__pycache__"))
+    policy = tmp_path / "operator" / "paybill" / "policy"
+    assert compiled.stale(policy) == []  # the copy of the current build is current
+    (policy / "rules.py").write_text((policy / "rules.py").read_text() + "\nEDITED = True\n")
+    build = subprocess.run(
+        [sys.executable, "setup.py", "--quiet", "build_ext", "--inplace"],
+        cwd=tmp_path,
+        env={**os.environ, "CC": "false", "LDSHARED": "false"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert build.returncode != 0, build.stdout + build.stderr
+    assert compiled.built(policy) == list(compiled.COMPILED)  # the old binaries are still there...
+    assert compiled.stale(policy) == [compiled.MANIFEST]  # ...and nothing vouches for them

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,6 +39,8 @@ class Connections:
     def __init__(self, admin_dsn: str) -> None:
         self.admin_dsn = admin_dsn
         self._local = threading.local()
+        self._cached: weakref.WeakSet[psycopg.Connection] = weakref.WeakSet()  # every thread's, for close()
+        self._cached_guard = threading.Lock()
         self.ready: set[tuple[str, str]] = set()  # (database, schema) at the latest migration, set up
         # One thread at a time sets up shared objects (concurrent GRANTs on one object fail with "tuple
         # concurrently updated"): a lock in this process, which no tenant can reach.
@@ -88,7 +91,17 @@ class Connections:
         conn = cache.get(database)
         if conn is None or conn.closed or conn.broken or not _alive(conn):
             conn = cache[database] = self._open(database)
+            with self._cached_guard:
+                self._cached.add(conn)
         return conn
+
+    def close(self) -> None:
+        """Close every thread's cached connection (at shutdown: a thread-local one otherwise stays open until
+        the garbage collector finds it, and a process that starts operators repeatedly runs out of slots)."""
+        with self._cached_guard:
+            cached, self._cached = list(self._cached), weakref.WeakSet()
+        for conn in cached:
+            conn.close()
 
     @contextlib.contextmanager
     def session(self, database: str | None = None) -> Iterator[psycopg.Connection]:
@@ -103,11 +116,6 @@ class Connections:
         finally:
             if not shared:
                 conn.close()
-
-    def close(self) -> None:
-        for conn in self._local.__dict__.get("connections", {}).values():
-            conn.close()
-        self._local.__dict__["connections"] = {}
 
 
 def _alive(conn: psycopg.Connection) -> bool:

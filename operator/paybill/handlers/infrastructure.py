@@ -621,8 +621,13 @@ class InfrastructureRuns:
                 raise
 
     def shutdown(self) -> None:
-        """Queued runs are dropped (their tenants start them again); runs in progress end at their timeout."""
+        """Queued runs are dropped (their tenants start them again); runs in progress end at their timeout. The
+        backend connections kept between runs are closed."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._runner is not None:
+            self._runner.close()
+        if self._state_reader is not None:
+            self._state_reader.close()
 
 
 def _cloud_of(module: str) -> str:

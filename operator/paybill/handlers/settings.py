@@ -168,9 +168,12 @@ def renew_only_while_elected(elected: peering.Election, kube: Kube) -> None:
 
 @kopf.on.cleanup()
 def flush_audit(memo: kopf.Memo, **_: Any) -> None:
-    """Records still waiting for the database get a last attempt; the log says how many could not be written."""
+    """Records still waiting for the database get a last attempt; the log says how many could not be written.
+    Then the database connections are closed (the audit log writes through them)."""
     if memo.get("audit") is not None:
         memo.audit.close()
+    if memo.get("databases") is not None:
+        memo.databases.close()
 
 
 @kopf.on.probe(id="kube")

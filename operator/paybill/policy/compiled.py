@@ -1,21 +1,24 @@
 """The engine's compiled build: which modules mypyc compiles, and a guard that never runs a stale one.
 
-`setup.py` compiles these modules of the same, type-checked source (mypyc, at install: `make install`) and
-records each source's digest in `compiled.json` beside them. CPython imports an extension module before the
-`.py` of the same name, so a source edited after the build would be shadowed by the old binary: when a module's
-source no longer matches the digest it was compiled from, every compiled module is imported from its source
-instead (the same code, slower; `make compile` builds them again). Standard library only: `setup.py` reads
-`COMPILED` from here before anything is installed.
+`setup.py` compiles these modules of the same, type-checked source (mypyc, at install: `make install`) and, only
+once the build succeeded, records in `compiled.json` beside them the digest of every source the build read (the
+compiled modules and the package modules they import) and of every binary it produced. CPython imports an
+extension module before the `.py` of the same name, so a source edited after the build would be shadowed by the
+old binary: when any recorded source or binary no longer matches (or there is no record), every compiled module
+is imported from its source instead (the same code, slower; `make compile` builds them again). Standard library
+only: `setup.py` uses this module before anything is installed.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,8 +30,8 @@ HERE = Path(__file__).resolve().parent
 logger = logging.getLogger(__name__)
 
 
-def digest(source: Path) -> str:
-    return hashlib.sha256(source.read_bytes()).hexdigest()
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def built(directory: Path = HERE) -> list[str]:
@@ -37,13 +40,59 @@ def built(directory: Path = HERE) -> list[str]:
     return [name for name in COMPILED if any((directory / f"{name}{suffix}").exists() for suffix in suffixes)]
 
 
+def build_inputs(directory: Path = HERE) -> list[str]:
+    """The sources a build reads, relative to `directory`: the compiled modules and every module of the package
+    they import (mypyc may fold an imported constant into the binary)."""
+    present = [name for name in COMPILED if (directory / f"{name}.py").is_file()]
+    inputs = {f"{name}.py" for name in present}
+    for name in present:
+        tree = ast.parse((directory / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level > 0 and node.module:
+                path = Path(*[".."] * (node.level - 1), *node.module.split("."))
+                module = directory / path
+                inputs.add(f"{path}.py" if module.with_suffix(".py").is_file() else f"{path}/__init__.py")
+    return sorted(inputs)
+
+
+def record(directory: Path, binaries: Sequence[Path]) -> None:
+    """After a build succeeded: what it was built from and what it produced (`binaries`, anywhere)."""
+    manifest = {
+        "sources": {name: digest(directory / name) for name in build_inputs(directory)},
+        "binaries": {os.path.relpath(binary, directory): digest(binary) for binary in binaries},
+    }
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+
+
 def stale(directory: Path = HERE) -> list[str]:
-    """Compiled modules whose source is not the one they were compiled from (or with no record of it)."""
+    """What differs from the build record, relative to `directory` (changed or missing sources and binaries, a
+    compiled module with no recorded binary, or no record at all); empty when the compiled build is current or
+    nothing is compiled."""
+    modules = built(directory)
+    if not modules:
+        return []
     try:
         recorded = json.loads((directory / MANIFEST).read_text())
-    except (OSError, ValueError):
-        recorded = {}
-    return [name for name in built(directory) if recorded.get(name) != digest(directory / f"{name}.py")]
+        sources, binaries = dict(recorded["sources"]), dict(recorded["binaries"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return [MANIFEST]
+    recorded_files = sorted({**sources, **binaries}.items())
+    found = [name for name, expected in recorded_files if _digest_or_none(directory / name) != expected]
+    suffixes = importlib.machinery.EXTENSION_SUFFIXES
+    found += [
+        f"{name}{suffix}"
+        for name in modules
+        for suffix in suffixes
+        if (directory / f"{name}{suffix}").exists() and f"{name}{suffix}" not in binaries
+    ]
+    return found
+
+
+def _digest_or_none(path: Path) -> str | None:
+    try:
+        return digest(path)
+    except OSError:
+        return None
 
 
 class _FromSource(importlib.abc.MetaPathFinder):
@@ -60,11 +109,11 @@ class _FromSource(importlib.abc.MetaPathFinder):
 
 
 def guard(package: str, directory: Path = HERE) -> list[str]:
-    """Import every compiled module from its source when any of them is stale; returns the stale ones."""
+    """Import every compiled module from its source when the build is stale; returns what differs."""
     found = stale(directory)
     if found:
         logger.warning(
-            "%s: %s compiled from an older source; running the source (make compile builds it again)",
+            "%s: the compiled build does not match %s; running the source (make compile builds it again)",
             package,
             ", ".join(found),
         )

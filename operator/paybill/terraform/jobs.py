@@ -85,6 +85,8 @@ class Executor(Protocol):
 
     def planned_digest(self, tenant_id: str, plan_hash: str) -> str | None: ...
 
+    def close(self) -> None: ...
+
 
 class JobFailed(TerraformError):
     """The run's Job ended without a record of its own (deleted, past its deadline, never started)."""

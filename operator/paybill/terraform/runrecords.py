@@ -37,3 +37,7 @@ class RunRecords:
     def planned_digest(self, tenant_id: str, plan_hash: str) -> str | None:
         with self.connections.connection() as connection:
             return records.planned_digest(connection, tenant_id, plan_hash)
+
+    def close(self) -> None:
+        """Close the backend connections kept between runs (at shutdown)."""
+        self.connections.close()
