@@ -26,6 +26,7 @@ from types import ModuleType
 
 COMPILED = ("tree", "analysis", "validate", "rewrite", "engine")
 MANIFEST = "compiled.json"
+SOURCE_ENV = "PAYBILL_POLICY_SOURCE"  # =1: run the compiled modules from source (debugging; the differential test)
 HERE = Path(__file__).resolve().parent
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,11 @@ class _FromSource(importlib.abc.MetaPathFinder):
 
 
 def guard(package: str, directory: Path = HERE) -> list[str]:
-    """Import every compiled module from its source when the build is stale; returns what differs."""
+    """Import every compiled module from its source when the build is stale (or PAYBILL_POLICY_SOURCE=1);
+    returns what differs."""
+    if os.environ.get(SOURCE_ENV) == "1":
+        sys.meta_path.insert(0, _FromSource(package, directory))
+        return []
     found = stale(directory)
     if found:
         logger.warning(
