@@ -13,7 +13,7 @@ PEER_GATEWAY := postgres-mcp==0.3.0
 PEER_PACKAGES := 'attrs>=25.3' 'humanize>=4.8' 'instructor>=1.7.9' 'mcp[cli]>=1.5,<2' 'pglast>=7.2,<8' \
   'psycopg-pool>=3.2.6' 'psycopg[binary]>=3.2.6'
 
-.PHONY: install compile demo test test-fast lint lock crds emulator operator e2e bench fuzz clean helm manifests docker-build
+.PHONY: install compile demo test test-fast aws-sim lint lock crds emulator operator e2e bench fuzz clean helm manifests docker-build
 
 install: $(STAMP)
 
@@ -40,8 +40,14 @@ demo: install  ## the whole stack locally, from nothing (RESUME=1 keeps the last
 TEST_WORKERS ?= 4
 PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
-test: install lint  ## lint, types, then the full suite (real PostgreSQL, emulated API server, real kopf and kubectl)
+test: install lint aws-sim  ## lint, types, then the full suite (real PostgreSQL, emulated API server, real kopf and kubectl)
 	$(PYTEST)
+
+# moto's virtualenv (the AWS tests' and the demo's simulated AWS, .state/venv-aws) before the suite starts, not inside
+# the first AWS test's timeout; where it cannot be made (no package index) those tests skip and say why.
+aws-sim: install
+	@$(BIN)/python -c "from paybill.demo.moto import ensure_venv; ensure_venv()" \
+	  || echo "aws-sim: moto's virtualenv could not be made; the AWS tests will skip"
 
 test-fast: install  ## without the slow groups (operator end to end, kubectl, demo)
 	$(PYTEST) -m "not slow"

@@ -145,6 +145,10 @@ OPERATOR_ENVIRONMENT: tuple[tuple[str, str], ...] = (
         "how often a Suspended tenant's cloud inventory is looked at; an instance found running is stopped again, "
         "with a Warning Event (default 60)",
     ),
+    (
+        "PAYBILL_POLICY_SOURCE",
+        "1: the policy engine's compiled modules run from their source (debugging; same decisions, slower)",
+    ),
 )
 # Read by the Terraform Job the operator starts (`python -m paybill.terraform`), not by this command.
 TERRAFORM_JOB_ENVIRONMENT: tuple[tuple[str, str], ...] = (
