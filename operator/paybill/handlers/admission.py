@@ -20,6 +20,11 @@ Where it listens (the only place these are set; the chart and the docs take them
   HTTPS on PAYBILL_WEBHOOK_ADDR (default 0.0.0.0) port PAYBILL_WEBHOOK_PORT (default 9443); the chart registers
   the configurations (a Service to that port, paths below, caBundle ca.crt), unless PAYBILL_WEBHOOK_HOST is set:
   then the operator registers https://HOST:PORT with caBundle ca.crt.
+- with PAYBILL_WEBHOOK_CLIENT_CA (a PEM CA bundle; HTTPS only): only a caller with a client certificate signed by
+  that CA completes the TLS handshake (kube-apiserver presents one when its AdmissionConfiguration gives the webhook
+  a kubeConfigFile with client-certificate/client-key), and with PAYBILL_WEBHOOK_CLIENT_NAMES (a comma list) only
+  one whose subject CN is named is answered: a review POSTed by anyone else, which could name any approver in its
+  userInfo, is never read.
 """
 
 from __future__ import annotations
@@ -95,6 +100,8 @@ CERT_DIR_ENV = "PAYBILL_WEBHOOK_CERT_DIR"
 ADDR_ENV = "PAYBILL_WEBHOOK_ADDR"
 PORT_ENV = "PAYBILL_WEBHOOK_PORT"
 HOST_ENV = "PAYBILL_WEBHOOK_HOST"
+CLIENT_CA_ENV = "PAYBILL_WEBHOOK_CLIENT_CA"
+CLIENT_NAMES_ENV = "PAYBILL_WEBHOOK_CLIENT_NAMES"
 LOOPBACK = "127.0.0.1"
 WORKFLOWS = Resource(GROUP, VERSION, "agentworkflows")
 Operation = Literal["CREATE", "UPDATE", "DELETE", "CONNECT"]
@@ -119,19 +126,41 @@ class Listening:
     cert_dir: Path | None  # None: plain HTTP (loopback only)
     host: str | None  # the host in the registered URL
     managed: bool  # the operator registers the configurations
+    client_ca: Path | None = None  # callers must present a client certificate signed by this CA bundle
+    client_names: tuple[str, ...] = ()  # and, if any, have one of these subject CNs
 
 
 def listening(environ: Mapping[str, str]) -> Listening:
-    """Read the webhook settings; plain HTTP anywhere but loopback is refused."""
+    """Read the webhook settings; plain HTTP anywhere but loopback is refused, and a client CA without HTTPS."""
     cert_dir = Path(environ[CERT_DIR_ENV]) if environ.get(CERT_DIR_ENV) else None
     port = int(environ[PORT_ENV]) if environ.get(PORT_ENV) else (TLS_PORT if cert_dir else None)
     host = environ.get(HOST_ENV) or None
+    client_ca = Path(environ[CLIENT_CA_ENV]) if environ.get(CLIENT_CA_ENV) else None
+    names = tuple(name.strip() for name in (environ.get(CLIENT_NAMES_ENV) or "").split(",") if name.strip())
     if cert_dir is None:
+        if client_ca is not None or names:
+            raise ValueError(f"{CLIENT_CA_ENV} needs HTTPS (client certificates are a TLS feature); set {CERT_DIR_ENV}")
         addr = environ.get(ADDR_ENV) or LOOPBACK
         if not ipaddress.ip_address(addr).is_loopback:
             raise ValueError(f"{ADDR_ENV}={addr}: plain HTTP is served on loopback only; set {CERT_DIR_ENV}")
         return Listening(addr, port, None, host or addr, managed=True)
-    return Listening(environ.get(ADDR_ENV) or "0.0.0.0", port, cert_dir, host, managed=host is not None)
+    if names and client_ca is None:
+        raise ValueError(f"{CLIENT_NAMES_ENV} names client certificates: set {CLIENT_CA_ENV} too")
+    addr = environ.get(ADDR_ENV) or "0.0.0.0"
+    return Listening(addr, port, cert_dir, host, managed=host is not None, client_ca=client_ca, client_names=names)
+
+
+def server_context(where: Listening) -> ssl.SSLContext:
+    """The HTTPS server's TLS context: no CA trusted for callers unless a client CA is set, and then that CA alone,
+    a client certificate required (create_default_context would add the system's public CAs to verify them)."""
+    assert where.cert_dir is not None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(where.cert_dir / "tls.crt", where.cert_dir / "tls.key")
+    if where.client_ca is not None:
+        context.load_verify_locations(cafile=where.client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def webhook_server(where: Listening, answers: Mapping[str, Answer]) -> ReviewServer:
@@ -141,16 +170,15 @@ def webhook_server(where: Listening, answers: Mapping[str, Answer]) -> ReviewSer
             resource=WORKFLOWS, answers=answers, addr=where.addr, port=where.port, path=PATH, host=where.host,
             insecure=True,
         )  # fmt: skip
-    context = ssl.create_default_context(purpose=ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(where.cert_dir / "tls.crt", where.cert_dir / "tls.key")
     return ReviewServer(
         resource=WORKFLOWS,
         answers=answers,
+        client_names=where.client_names,
         addr=where.addr,
         port=where.port,
         path=PATH,
         host=where.host,
-        context=context,
+        context=server_context(where),
         cafile=where.cert_dir / "ca.crt",
         certfile=where.cert_dir / "tls.crt",  # watched: a renewed certificate restarts the server
         pkeyfile=where.cert_dir / "tls.key",

@@ -121,15 +121,32 @@ async def answer_review(answer: Answer, webhook: str, request: RequestPayload) -
     return response
 
 
-class ReviewServer(kopf.WebhookServer):
-    """kopf's webhook server; reviews for the webhook ids in `answers` are answered by them, the rest by kopf."""
+def caller_allowed(peercert: Mapping[str, Any] | None, names: tuple[str, ...]) -> bool:
+    """Whether the caller's verified client certificate (ssl's getpeercert()) has one of the subject CNs `names`;
+    without names, any caller the TLS handshake let in."""
+    if not names:
+        return True
+    subject = (peercert or {}).get("subject") or ()
+    common_names = {value for rdn in subject for key, value in rdn if key == "commonName"}
+    return not common_names.isdisjoint(names)
 
-    def __init__(self, *, resource: Resource, answers: Mapping[str, Answer], **options: Any) -> None:
+
+class ReviewServer(kopf.WebhookServer):
+    """kopf's webhook server; reviews for the webhook ids in `answers` are answered by them, the rest by kopf.
+    With `client_names`, a caller whose client certificate has none of those CNs is refused (403) unread."""
+
+    def __init__(
+        self, *, resource: Resource, answers: Mapping[str, Answer], client_names: tuple[str, ...] = (), **options: Any
+    ) -> None:
         super().__init__(**options)
         self.resource = resource
         self.answers = dict(answers)
+        self.client_names = client_names
 
     async def _serve(self, fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:  # type: ignore[override]
+        peercert = request.transport.get_extra_info("peercert") if request.transport else None
+        if not caller_allowed(peercert, self.client_names):
+            raise aiohttp.web.HTTPForbidden(reason="the client certificate names no permitted caller")
         webhook = request.match_info.get("id") or ""
         answer = self.answers.get(webhook)
         if answer is None:

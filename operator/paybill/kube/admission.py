@@ -18,6 +18,7 @@ from .auth import REQUESTER, UserInfo
 from .patching import PatchError, json_patch
 from .registry import ResourceType
 from .selectors import match_label_selector
+from .tls import ClientCertificate
 
 logger = logging.getLogger(__name__)
 
@@ -89,12 +90,16 @@ def _loopback_url(client_config: dict[str, Any]) -> str:
     return url
 
 
-def _trust(client_config: dict[str, Any]) -> ssl.SSLContext | bool:
-    """An HTTPS webhook is trusted as kube-apiserver trusts it: through its caBundle, else the system's CAs."""
+def _trust(client_config: dict[str, Any], identity: ClientCertificate | None = None) -> ssl.SSLContext | bool:
+    """An HTTPS webhook is trusted as kube-apiserver trusts it: through its caBundle, else the system's CAs; with an
+    identity, its client certificate is presented (kube-apiserver's admission kubeconfig client-certificate)."""
     bundle = client_config.get("caBundle")
-    if not bundle:
+    if not bundle and identity is None:
         return True
-    return ssl.create_default_context(cadata=base64.b64decode(bundle).decode())
+    context = ssl.create_default_context(cadata=base64.b64decode(bundle).decode() if bundle else None)
+    if identity is not None:
+        identity.load_into(context)
+    return context
 
 
 def _review(request: AdmissionRequest, uid: str) -> dict[str, Any]:
@@ -126,8 +131,9 @@ def _review(request: AdmissionRequest, uid: str) -> dict[str, Any]:
 class Admission:
     """Runs the registered webhook configurations against a write."""
 
-    def __init__(self) -> None:
+    def __init__(self, identity: ClientCertificate | None = None) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self.identity = identity  # presented to HTTPS webhooks, as an admission kubeconfig's client-certificate
 
     async def close(self) -> None:
         if self._session is not None:
@@ -141,7 +147,7 @@ class Admission:
         client_config = webhook.get("clientConfig") or {}
         url = _loopback_url(client_config)
         timeout = aiohttp.ClientTimeout(total=webhook.get("timeoutSeconds", 10))
-        trust = _trust(client_config)
+        trust = _trust(client_config, self.identity)
         async with self._session.post(url, json=_review(request, uid), timeout=timeout, ssl=trust) as response:
             if response.status != 200:
                 raise ValueError(f"webhook answered HTTP {response.status}")
