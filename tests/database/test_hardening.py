@@ -77,6 +77,65 @@ def test_a_suspended_tenant_cannot_log_in_with_its_right_password(databases: Ten
     assert agent_placement_access.role == role
 
 
+def test_suspension_locks_the_agents_out_at_once_whatever_their_policy_install_does(
+    databases: TenantDatabases,
+) -> None:
+    """Outsider's finding: suspension switched an agent's login off only inside its policy's reinstall, whose row
+    security DDL can wait on a tenant's lock (and fail): the agent of a tenant suspended for non-payment kept its
+    login and its open session. Now suspension itself ends both; an install that still saw the tenant active
+    gives no login back."""
+    placement = tenant(databases, "pooled")
+    role = agent(databases, placement)
+    session = login(databases, role, AGENT_PASSWORD, placement.database)
+    databases.set_access(placement, Access.NONE)  # no reinstall of the policy at all
+    with pytest.raises(psycopg.OperationalError):
+        session.execute("SELECT 1")
+    with pytest.raises(psycopg.OperationalError, match="not permitted to log in"):
+        login(databases, role, AGENT_PASSWORD, placement.database)
+    # a reinstall that read the tenant as active before the suspension (access FULL): still no login
+    install(databases, placement, "secret-policy", f"tenant-{placement.tenant}", POLICY, AGENT_PASSWORD, Access.FULL)
+    with pytest.raises(psycopg.OperationalError, match="not permitted to log in"):
+        login(databases, role, AGENT_PASSWORD, placement.database)
+    databases.set_access(placement, Access.FULL)  # resumed: the next install gives the agent its login back
+    install(databases, placement, "secret-policy", f"tenant-{placement.tenant}", POLICY, AGENT_PASSWORD, Access.FULL)
+    login(databases, role, AGENT_PASSWORD, placement.database).close()
+
+
+def test_going_read_only_ends_a_transaction_whose_snapshot_still_says_writable(databases: TenantDatabases) -> None:
+    """Outsider's finding: read-only is a flag the pooled row policies read through the transaction's snapshot;
+    a REPEATABLE READ transaction opened while the tenant was paid went on writing after it turned read-only."""
+    placement = tenant(databases, "pooled")
+    session = login(databases, placement.role, PASSWORD, placement.database)
+    session.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    session.execute(sql.SQL("SELECT count(*) FROM {}.orders").format(sql.Identifier(placement.schema)))
+    idle = login(databases, placement.role, PASSWORD, placement.database)  # outside a transaction: kept
+    databases.set_access(placement, Access.READ_ONLY)
+    with pytest.raises(psycopg.OperationalError):
+        session.execute(
+            sql.SQL("INSERT INTO {}.orders (id, status) VALUES (1, 'late')").format(sql.Identifier(placement.schema))
+        )
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        idle.execute(
+            sql.SQL("INSERT INTO {}.orders (id, status) VALUES (2, 'late')").format(sql.Identifier(placement.schema))
+        )
+    idle.close()
+
+
+def test_a_database_created_before_a_crash_is_closed_to_public_when_claimed_again(databases: TenantDatabases) -> None:
+    """Outsider's finding: REVOKE ALL ON DATABASE ... FROM PUBLIC ran only right after CREATE DATABASE; an operator
+    killed in between left the database open to every role, and the next claim (recording it) never revoked."""
+    name = fresh("crashed").replace("-", "_")
+    owner = "Tenant crashed"
+    with databases.session() as conn:
+        databases.control.prepare(conn)
+        databases.control.remember(conn, "database", name, owner, None)  # claimed, then CREATE DATABASE, then killed
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    databases.claims.claim_database(name, owner)
+    with databases.session() as conn:
+        public = conn.execute("SELECT has_database_privilege('public', %s, 'CONNECT')", (name,)).fetchone()
+    assert public == (False,)
+
+
 def test_a_rotated_password_invalidates_the_old_one(databases: TenantDatabases) -> None:
     placement = tenant(databases, "bridge")
     databases.ensure(placement, "rotated-pw")

@@ -34,7 +34,9 @@ class AccessLevels:
             conn.execute(sql.SQL("ALTER ROLE {} " + ("NOLOGIN" if access == Access.NONE else "LOGIN")).format(role))
             if access == Access.NONE:
                 end_sessions(conn, placement.role)
-        if access != Access.NONE:
+        if access == Access.NONE:
+            self.agents.lock_out(placement)  # its agents too, whatever their policies' installs are waiting for
+        else:
             self.set_writable(placement, access == Access.FULL)
 
     def set_writable(self, placement: Placement, writable: bool) -> None:
@@ -46,10 +48,12 @@ class AccessLevels:
         role, schema = sql.Identifier(placement.role), sql.Identifier(placement.schema)
         with self.connections.session(placement.database) as conn:
             if placement.pooled:
-                conn.execute(
+                changed = conn.execute(
                     "UPDATE paybill.tenant_roles SET writable = %s WHERE role = %s AND writable <> %s",
                     (writable, placement.role, writable),
-                )
+                ).rowcount
+                if changed and not writable:  # a transaction begun before sees writable in its snapshot: end it
+                    end_transactions(conn, placement.role, placement.database)
             elif writable:
                 conn.execute(
                     sql.SQL("GRANT {} ON ALL TABLES IN SCHEMA {} TO {}").format(WRITE_PRIVILEGES, schema, role)
@@ -103,5 +107,16 @@ def end_sessions(conn: psycopg.Connection, role: str, database: str | None = Non
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE pid <> "
         "pg_backend_pid() AND usename = %s AND (%s::text IS NULL OR datname = %s)",
         (role, database, database),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def end_transactions(conn: psycopg.Connection, role: str, database: str) -> int:
+    """End the role's sessions in `database` that are inside a transaction (idle ones start their next one
+    with a new snapshot)."""
+    row = conn.execute(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+        "AND usename = %s AND datname = %s AND state IS DISTINCT FROM 'idle'",
+        (role, database),
     ).fetchone()
     return int(row[0]) if row else 0

@@ -74,8 +74,9 @@ class Claims:
                     conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
                 except (errors.DuplicateDatabase, errors.UniqueViolation):
                     return self.claim_database(database, owner)  # another reconcile of ours won the race
-                conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(database)))
             if verdict != Verdict.USE:
+                # until its oid is recorded (a crash after CREATE DATABASE included): no one else may connect
+                conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(database)))
                 oid = conn.execute("SELECT oid FROM pg_database WHERE datname = %s", (database,)).fetchone()
                 self.control.remember(conn, "database", database, owner, int(oid[0]) if oid else None)
 

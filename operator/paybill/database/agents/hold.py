@@ -106,6 +106,23 @@ class AgentWrites:
             self._prepare(conn)
             conn.execute(f"DELETE FROM paybill.{HELD_TABLE} WHERE database = %s AND role = %s", (database, role))
 
+    def lock_out(self, placement: Placement) -> int:
+        """The tenant's agents may no longer log in and their sessions end, at once and on their own: a policy
+        install waiting on a lock (or failing) never leaves a suspended tenant's agent a login. Returns how many
+        sessions were ended."""
+        roles = self.roles(placement.tenant)
+        if not roles:
+            return 0
+        with self.lock(placement.database), self.connections.session() as conn:  # never between an install's steps
+            for role in roles:
+                conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role)))
+            row = conn.execute(
+                "SELECT count(pg_terminate_backend(pid, %s)) FROM pg_stat_activity WHERE usename = ANY(%s) "
+                "AND pid <> pg_backend_pid()",
+                (TERMINATE_WAIT_MS, roles),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
     def end_writers(self, placement: Placement, roles: Iterable[str]) -> int:
         """End the sessions of `roles` at `placement`'s database that are inside a transaction, and wait until
         they are gone: a write begun before a hold is rolled back (its client gets an error) instead of

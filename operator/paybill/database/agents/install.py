@@ -76,6 +76,9 @@ def install(
         _drop_owned(databases, previous_database, role)
     databases.limit_sessions(role, AGENT_CONNECTION_LIMIT)
     with databases.policy_lock(placement.database):
+        # the tenant's own login, read under the lock suspension takes to lock its agents out: an install that
+        # read the tenant as active before it was suspended gives its agent no login after
+        login = access != Access.NONE and databases.access_of(placement) != Access.NONE
         installed = databases.installed_row_policies(placement.database, role)
         with databases.session(placement.database) as conn:
             try:
@@ -86,7 +89,7 @@ def install(
                         schema,
                         role,
                         placement.tenant,
-                        password=password if access != Access.NONE else None,
+                        password=password if login else None,
                         installed=installed,
                     )
                     steps.prepare(conn, role)  # the agent records its workflow steps in their own transactions
@@ -114,7 +117,7 @@ def install(
                 (role, schema.name, role, schema.name),
             )
         )
-    if access == Access.NONE:
+    if not login:
         with databases.session() as conn:
             databases.end_sessions(conn, role)
     return Installation(role, engine.version, tables)
