@@ -115,3 +115,24 @@ def test_a_build_that_fails_after_an_edit_leaves_the_old_binaries_untrusted(tmp_
     assert build.returncode != 0, build.stdout + build.stderr
     assert compiled.built(policy) == list(compiled.COMPILED)  # the old binaries are still there...
     assert compiled.stale(policy) == [compiled.MANIFEST]  # ...and nothing vouches for them
+
+
+def test_a_shared_library_of_the_same_name_earlier_on_sys_path_is_not_taken_for_the_build(
+    package: Path, tmp_path: Path
+) -> None:
+    """Outsider's finding: mypyc's shared library is a top-level module the compiled modules import by name, so a
+    library of that name in the current directory or on PYTHONPATH ran as the recorded build (a tampered engine
+    admitted a hidden column) with no warning."""
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    group = tmp_path / f"paybill_probe_group{suffix}"  # beside the package, as in site-packages
+    group.write_bytes(b"the build's shared library")
+    compiled.record(package, [package / f"tree{suffix}", group])
+    assert compiled.stale(package) == []
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    (elsewhere / group.name).write_bytes(b"another build's shared library")
+    sys.path.insert(0, str(elsewhere))
+    try:
+        assert compiled.stale(package) == [f"paybill_probe_group (imported from {elsewhere / group.name})"]
+    finally:
+        sys.path.remove(str(elsewhere))

@@ -86,7 +86,32 @@ def stale(directory: Path = HERE) -> list[str]:
         for suffix in suffixes
         if (directory / f"{name}{suffix}").exists() and f"{name}{suffix}" not in binaries
     ]
+    return found + _shadowed(directory, binaries)
+
+
+def _shadowed(directory: Path, binaries: dict[str, str]) -> list[str]:
+    """Recorded top-level binaries (mypyc's shared library, which the compiled modules import by name) that
+    Python would import from elsewhere: an earlier sys.path entry (the current directory, PYTHONPATH) holding
+    another build of the same name."""
+    found = []
+    for name in binaries:
+        path = (directory / name).resolve()
+        if path.parent == directory.resolve():
+            continue  # a module of the package: imported by its package's path, not sys.path
+        module = path.name.split(".")[0]
+        loaded = sys.modules.get(module)
+        origin = getattr(loaded, "__file__", None) if loaded else _origin(module)
+        if origin is None or Path(origin).resolve() != path:
+            found.append(f"{module} (imported from {origin or 'nowhere'})")
     return found
+
+
+def _origin(module: str) -> str | None:
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    return spec.origin if spec else None
 
 
 def _digest_or_none(path: Path) -> str | None:
