@@ -533,3 +533,28 @@ def test_an_insert_rule_with_a_row_filter_is_an_invalid_policy() -> None:
         PolicyEngine(spec(rules=rules_with(rule)), schema())
     with pytest.raises(PolicyError, match=r"small-orders.*insert"):
         PolicyEngine(spec(rules=rules_with({**rule, "actions": ["select", "insert"]})), schema())
+
+
+# -- outside review (F6): a rule's approval holds in every mode --------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["warn", "audit", "enforce"])
+def test_approvals_are_enforced_in_every_mode(mode: str) -> None:
+    """warn/audit relax policy-level denials; a human approval the rule asks for is not one of them."""
+    refund = {
+        "id": "refund",
+        "effect": "allow",
+        "actions": ["update"],
+        "tables": ["orders"],
+        "columns": ["status"],
+        "requireWhere": True,
+        "approval": {"approvers": ["user:alice"], "minApprovals": 1},
+    }
+    engine = PolicyEngine(spec(mode=mode, rules=rules_with(refund)), schema())
+    sql = "UPDATE orders SET status = 'refunded' WHERE id = 13"
+    pending = engine.decide(PRINCIPAL, sql, tenant="acme")
+    assert not pending.allowed and pending.sql is None, pending
+    assert [r.code for r in pending.reasons] == ["approval_required"]
+    assert not engine.decide(PRINCIPAL, sql, tenant="acme", approvals=frozenset({"user:bob"})).allowed
+    approved = engine.decide(PRINCIPAL, sql, tenant="acme", approvals=frozenset({"user:alice"}))
+    assert approved.allowed and approved.sql is not None and approved.enforced

@@ -10,10 +10,9 @@ from typing import Any
 import orjson
 
 # Reasons a policy's own rules produce. Under warn and audit they are recorded but do not deny;
-# every other reason (syntax, statement kind, unknown names, catalogs, types) denies in every mode.
-POLICY_CODES = frozenset(
-    {"no_allow_rule", "denied_by_rule", "require_where", "function_not_allowed", "approval_required"}
-)
+# every other reason (syntax, statement kind, unknown names, catalogs, types) denies in every mode, and so does
+# approval_required: a human approval a rule asks for is a control, not a denial to observe in shadow mode.
+POLICY_CODES = frozenset({"no_allow_rule", "denied_by_rule", "require_where", "function_not_allowed"})
 
 
 @dataclass(frozen=True)
