@@ -373,6 +373,22 @@ def test_quoted_lower_case_names_are_the_same_names(engine: PolicyEngine) -> Non
         "row_security_active('orders')",
         "binary_upgrade_set_next_pg_type_oid(1)",
         "system_user",
+        # outside review F7: session information, settings and random state under other names
+        "getpgusername()",
+        "current_query()",
+        "setseed(0.42)",
+        "getdatabaseencoding()",
+        "get_current_ts_config()",
+        "mxid_age('1'::xid)",
+        "currtid2('orders', '(0,1)'::tid)",
+        "regclass('secrets')",
+        "regrolein('postgres')",
+        "aclexplode(NULL)",
+        "amvalidate(1)",
+        "plpgsql_validator(1)",
+        "fmgr_sql_validator(1)",
+        "loread(0, 1)",
+        "lowrite(0, 'x')",
     ],
 )
 def test_functions_that_escape_the_statement_are_unsafe_in_every_mode(mode: str, call: str) -> None:

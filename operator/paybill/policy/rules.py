@@ -102,6 +102,38 @@ UNSAFE_FUNCTIONS = frozenset(
         "shobj_description",
         "format_type",
         "row_security_active",
+        # the same under other names (outside review F7; pg_proc's stable and volatile functions reviewed):
+        # the session's role and query, server settings and counters, the session's random seed
+        "getpgusername",
+        "current_query",
+        "setseed",
+        "getdatabaseencoding",
+        "get_current_ts_config",
+        "mxid_age",
+        "currtid2",
+        "aclexplode",
+        # catalog lookups by name (what to_regclass does), validators and large objects by descriptor
+        "regclass",
+        "regclassin",
+        "regcollationin",
+        "regconfigin",
+        "regdictionaryin",
+        "regnamespacein",
+        "regoperatorin",
+        "regoperin",
+        "regprocedurein",
+        "regprocin",
+        "regrolein",
+        "regtypein",
+        "amvalidate",
+        "fmgr_c_validator",
+        "fmgr_internal_validator",
+        "fmgr_sql_validator",
+        "plpgsql_validator",
+        "plpgsql_inline_handler",
+        "plpgsql_call_handler",
+        "loread",
+        "lowrite",
     }
 )
 # Prefixes of function families never admitted, whatever a policy lists.
