@@ -91,6 +91,9 @@ def test_cost_precheck_refuses_before_running(policy_db: PolicyDatabase, acme: s
         outcome = guard.execute(SLOW)
         assert not outcome.executed and outcome.reasons[0].code == "cost_exceeded"
         assert outcome.cost > 50
+        # outside review F1: the estimate comes from statistics over every tenant's rows; the agent never sees it
+        assert outcome.reasons[0].message == "the statement's estimated cost is above maxCost 50"
+        assert f"{outcome.cost:.0f}" not in outcome.reasons[0].message
         assert guard.execute("SELECT id FROM orders WHERE id = 10").ok
 
 

@@ -355,8 +355,11 @@ class ExecutionGuard:
                 return Outcome(
                     decision,
                     cost=cost,
+                    # never the estimate: it comes from statistics over every tenant's rows of a shared table
                     reasons=(
-                        Reason("cost_exceeded", f"planner cost {cost:.0f} is above maxCost {limits.maxCost:.0f}"),
+                        Reason(
+                            "cost_exceeded", f"the statement's estimated cost is above maxCost {limits.maxCost:.0f}"
+                        ),
                     ),
                 )
             return self._run(session, decision, decision.sql, params, cost, step)
