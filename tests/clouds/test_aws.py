@@ -141,3 +141,31 @@ def test_throttling_waits_retry_after_and_transient_5xx_back_off(moto: dict[str,
         assert proxy.wrong == []
     finally:
         proxy.close()
+
+
+def test_suspending_stops_the_tenants_rds_instance_too_and_resuming_starts_it(moto: dict[str, str]) -> None:
+    """Outsider's finding: suspension stopped EC2 instances only; a suspended tenant's RDS database kept running
+    (and the tenant kept using it with the credentials in its infrastructure Secret)."""
+    region = "eu-north-1"
+    tagged = [{"Key": k, "Value": v} for k, v in tags.tags(Cloud.AWS, "rds-acme", "gold", "cc-7").items()]
+    rds = boto3.client(
+        "rds", endpoint_url=moto["url"], region_name=region, **{k.lower(): v for k, v in _credentials(moto).items()}
+    )
+    rds.create_db_instance(
+        DBInstanceIdentifier="paybill-rds-acme",
+        DBInstanceClass="db.t3.micro",
+        Engine="postgres",
+        MasterUsername="paybill",
+        MasterUserPassword="not-a-real-password",
+        AllocatedStorage=20,
+        Tags=tagged,
+    )
+    instance = _launch(moto, region, "rds-acme", 1)
+    adapter = _adapter(moto, region)
+    assert sorted(adapter.suspend("rds-acme").changed) == sorted([*instance, "paybill-rds-acme"])
+    status = rds.describe_db_instances(DBInstanceIdentifier="paybill-rds-acme")["DBInstances"][0]["DBInstanceStatus"]
+    assert status == "stopped"
+    assert adapter.suspend("rds-acme").changed == ()
+    assert sorted(adapter.resume("rds-acme").changed) == sorted([*instance, "paybill-rds-acme"])
+    status = rds.describe_db_instances(DBInstanceIdentifier="paybill-rds-acme")["DBInstances"][0]["DBInstanceStatus"]
+    assert status == "available"

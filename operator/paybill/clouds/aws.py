@@ -32,6 +32,7 @@ _STATES = {
     "shutting-down": PowerState.TERMINATED,
     "terminated": PowerState.TERMINATED,
     "available": PowerState.RUNNING,  # RDS
+    "starting": PowerState.STARTING,  # RDS
 }
 _BAD_CREDENTIALS = frozenset(
     {"InvalidClientTokenId", "SignatureDoesNotMatch", "AuthFailure", "UnrecognizedClientException", "ExpiredToken"}
@@ -168,17 +169,30 @@ class AwsAdapter(AdapterBase):
         instances = self._instances([{"Name": f"tag:{tags.tenant_key(CLOUD)}", "Values": [tenant]}])
         return instances + [database for database in self._databases() if database.tenant == tenant]
 
+    def _power_targets(self, tenant: str) -> list[Resource]:
+        """The tenant's EC2 instances and RDS instances: a suspended tenant's database is stopped too (else the
+        tenant keeps using it, and paying for nothing)."""
+        return [r for r in self.inventory(tenant) if r.kind in ("instance", "database")]
+
     def _act(self, ids: tuple[str, ...], wanted: PowerState) -> None:
-        if wanted is PowerState.STOPPED:
-            self._call(lambda: self._ec2.stop_instances(InstanceIds=list(ids)))
-        else:
-            self._call(lambda: self._ec2.start_instances(InstanceIds=list(ids)))
-        wait_for_state(
-            lambda: [r.state for r in self._instances([{"Name": "instance-id", "Values": list(ids)}])],
-            wanted,
-            self.poll_seconds,
-            self.deadline_seconds,
-        )
+        stop = wanted is PowerState.STOPPED
+        instances = [i for i in ids if i.startswith("i-")]
+        databases = [i for i in ids if not i.startswith("i-")]
+        if instances:
+            if stop:
+                self._call(lambda: self._ec2.stop_instances(InstanceIds=instances))
+            else:
+                self._call(lambda: self._ec2.start_instances(InstanceIds=instances))
+        for database in databases:
+            if stop:
+                self._call(lambda name=database: self._rds.stop_db_instance(DBInstanceIdentifier=name))
+            else:
+                self._call(lambda name=database: self._rds.start_db_instance(DBInstanceIdentifier=name))
+        wait_for_state(lambda: self._states(instances, databases), wanted, self.poll_seconds, self.deadline_seconds)
+
+    def _states(self, instances: list[str], databases: list[str]) -> list[PowerState]:
+        found = [r.state for r in self._instances([{"Name": "instance-id", "Values": instances}])] if instances else []
+        return found + [r.state for r in self._databases() if r.id in databases]
 
     def _tagged(self) -> list[Resource]:
         return self._instances([{"Name": "tag-key", "Values": [tags.tenant_key(CLOUD)]}]) + self._databases()
