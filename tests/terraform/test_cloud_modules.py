@@ -140,7 +140,11 @@ def test_a_badly_formatted_copy_fails_fmt_check_and_a_broken_reference_fails_val
 
 CARRIER = re.compile(r"^\s*(tags|labels|freeform_tags)\s*=")
 UNTAGGED = {  # (file, the carrier line taken out, the resource then named)
-    "aws": ("main.tf", "  force_destroy = true\n  tags          = local.tags\n", "aws_s3_bucket.tenant"),
+    "aws": (
+        "main.tf",
+        '  force_destroy = var.deletion_policy == "destroy"\n  tags          = local.tags\n',
+        "aws_s3_bucket.tenant",
+    ),
     "azure": (
         "main.tf",
         "  allow_nested_items_to_be_public = false\n  tags                            = local.tags\n",

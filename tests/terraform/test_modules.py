@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from paybill.terraform.contract import OUTPUTS, violations
+from paybill.terraform.models import ModuleInputs
 from paybill.terraform.modules import module_dir, shipped
 
 
@@ -48,7 +49,8 @@ def test_a_module_missing_an_output_is_named(tmp_path: Path) -> None:
 def test_an_untagged_resource_a_plain_password_and_a_backend_are_named(tmp_path: Path) -> None:
     module = _copy(tmp_path, "aws", "silo")
     main = (module / "main.tf").read_text()
-    main = main.replace("  force_destroy = true\n  tags          = local.tags\n", "  force_destroy = true\n")
+    untagged = '  force_destroy = var.deletion_policy == "destroy"\n'
+    main = main.replace(untagged + "  tags          = local.tags\n", untagged)
     (module / "main.tf").write_text(main + '\nterraform {\n  backend "s3" {}\n}\n')
     outputs = (module / "outputs.tf").read_text()
     (module / "outputs.tf").write_text(outputs.replace("  sensitive = true\n", ""))
@@ -91,3 +93,63 @@ def test_modules_parsed_in_many_threads_at_once_are_each_read_right() -> None:
     with ThreadPoolExecutor(max_workers=8) as pool:
         found = list(pool.map(lambda path: violations(path, stands_for_cloud_objects="local" in path.parts), modules))
     assert found == [[]] * len(modules)
+
+
+@pytest.mark.parametrize(
+    ("cloud", "model", "policy_line", "literal", "named"),
+    [
+        (
+            "aws",
+            "silo",
+            'skip_final_snapshot       = var.deletion_policy == "destroy"',
+            "true",
+            "aws_db_instance.tenant",
+        ),
+        (
+            "aws",
+            "bridge",
+            'skip_final_snapshot       = var.deletion_policy == "destroy"',
+            "true",
+            "aws_db_instance.tenant",
+        ),
+        ("aws", "silo", 'force_destroy = var.deletion_policy == "destroy"', "true", "aws_s3_bucket.tenant"),
+        (
+            "gcp",
+            "silo",
+            'force_destroy               = var.deletion_policy == "destroy"',
+            "true",
+            "google_storage_bucket.tenant",
+        ),
+        (
+            "gcp",
+            "bridge",
+            'deletion_protection = var.deletion_policy == "retain"',
+            "false",
+            "google_sql_database_instance.tenant",
+        ),
+        ("ibm", "silo", 'force_delete = var.deletion_policy == "destroy"', "true", "ibm_cos_bucket.tenant"),
+    ],
+)
+def test_a_data_bearing_resource_that_ignores_the_deletion_policy_is_named(
+    cloud: str, model: str, policy_line: str, literal: str, named: str, tmp_path: Path
+) -> None:
+    """A database or bucket whose destroy deletes the data whatever the Tenant's deletionPolicy says (the finding:
+    skip_final_snapshot = true, force_destroy = true) breaks the contract."""
+    module = _copy(tmp_path, cloud, model)
+    main = (module / "main.tf").read_text()
+    assert policy_line in main
+    attribute = policy_line.split()[0]
+    (module / "main.tf").write_text(main.replace(policy_line, f"{attribute} = {literal}"))
+    assert violations(module) == [f"resource {named}: {attribute} must follow var.deletion_policy"]
+
+
+def test_every_tenant_module_takes_the_deletion_policy_and_refuses_an_unknown_one(tmp_path: Path) -> None:
+    for ref in shipped():
+        variables = (module_dir(ref.cloud, ref.model) / "variables.tf").read_text()
+        assert 'variable "deletion_policy"' in variables and 'default     = "snapshot"' in variables, ref
+    module = _copy(tmp_path, "local", "silo")
+    (module / "variables.tf").write_text((module / "variables.tf").read_text().replace('default     = "snapshot"', ""))
+    assert violations(module, stands_for_cloud_objects=True) == ["input deletion_policy needs a default"]
+    with pytest.raises(ValueError, match="deletion policy 'keep'"):
+        ModuleInputs("t1", "gold", "eu-west-1", "cc", deletion_policy="keep")
+    assert ModuleInputs("t1", "gold", "eu-west-1", "cc").variables()["deletion_policy"] == "snapshot"

@@ -12,7 +12,7 @@ import pytest
 from paybill.terraform import backoff_delay, backoff_schedule
 from paybill.terraform.backend import LockHolder, application_name, holder_gone, schema_for, stale_holders
 from paybill.terraform.config import cli_config
-from paybill.terraform.errors import error_lines, redact
+from paybill.terraform.errors import error_lines, kept_data, redact
 from paybill.terraform.models import ModuleInputs
 from paybill.terraform.plans import masked, summarize
 
@@ -163,3 +163,16 @@ def test_a_runners_session_name_keeps_its_instance_run_and_start_and_cuts_only_t
         "0123456789ab",
         1_800_000_000,
     )
+
+
+def test_a_bucket_the_deletion_policy_keeps_is_said_so_and_only_then() -> None:
+    aws = "Error: error deleting S3 Bucket (paybill-hooli): BucketNotEmpty: The bucket you tried to delete is not empty"
+    gcs = "Error: Error trying to delete bucket paybill-hooli containing objects without `force_destroy` set to true"
+    for message in (aws, gcs):
+        said = kept_data(message, "snapshot")
+        assert said is not None and said.startswith(
+            "bucket paybill-hooli holds objects, kept by deletionPolicy snapshot"
+        )
+        assert "set deletionPolicy destroy" in said and message.splitlines()[0] in said
+        assert kept_data(message, "destroy") is None  # under destroy a refusal is an ordinary failure
+    assert kept_data("Error: creating RDS DB Instance: InvalidParameterValue", "snapshot") is None

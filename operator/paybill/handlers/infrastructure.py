@@ -35,7 +35,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from .. import __version__
 from ..api.meta import API_VERSION, GROUP, VERSION, now_rfc3339
 from ..api.plan import Cloud, Isolation, PlanSpec
-from ..api.tenant import InfrastructureStatus
+from ..api.tenant import DeletionPolicy, InfrastructureStatus
 from ..clouds import Cloud as CloudName
 from ..clouds import preflight as cloud_preflight
 from ..clouds.preflight import gate as cloud_gate
@@ -71,6 +71,7 @@ JOB_IMAGE_ENV = "PAYBILL_TERRAFORM_JOB_IMAGE"
 JOB_BACKEND_SECRET_ENV = "PAYBILL_TERRAFORM_JOB_BACKEND_SECRET"
 JOB_SERVICE_ACCOUNT_ENV = "PAYBILL_TERRAFORM_JOB_SERVICE_ACCOUNT"
 EXECUTORS = ("local", "job")
+DEFAULT_POLICY = str(DeletionPolicy.SNAPSHOT)  # a Tenant's deletionPolicy default
 DRIFT_TICK = 5.0  # seconds: how often a provisioned tenant looks whether its drift check is due
 SETUPS_KEPT = 4096
 KINDS = {
@@ -160,8 +161,9 @@ def plan_problems(kube: Kube, spec: PlanSpec) -> tuple[str, ...]:
     return infra.provisioning_problems(provisioning, check, credentials_check(kube, provisioning.credentialsSecret))
 
 
-def module_inputs(tenant: str, plan: PlanObject, workspace: str) -> ModuleInputs:
-    """The module's inputs for the tenant, in the workspace (state) of `workspace`, an isolation model."""
+def module_inputs(tenant: str, plan: PlanObject, workspace: str, policy: str = DEFAULT_POLICY) -> ModuleInputs:
+    """The module's inputs for the tenant, in the workspace (state) of `workspace`, an isolation model; `policy`:
+    the Tenant's deletionPolicy, what a destroy does to its databases and buckets."""
     provisioning = plan.spec.provisioning
     assert provisioning is not None
     quotas = plan.spec.quotas
@@ -171,6 +173,7 @@ def module_inputs(tenant: str, plan: PlanObject, workspace: str) -> ModuleInputs
         region=provisioning.target_region,
         cost_center=provisioning.costCenter or plan.spec.tier,
         sizes={"storage_gib": infra.storage_gib(quotas.databaseSizeMi), "agents": quotas.maxAgents},
+        deletion_policy=policy,
         workspace=workspace,
     )
 
@@ -209,7 +212,8 @@ class InfrastructureRuns:
         (any more), what the tenant's Terraform state holds all the same, for offboarding to destroy."""
         if plan is None or plan.spec.provisioning is None:
             return self._state_only(tenant)
-        desired = self.desire(tenant.name, plan)
+        policy = str(tenant.spec.deletionPolicy)  # the Tenant's now: every run, a destroy too, takes it
+        desired = self.desire(tenant.name, plan, policy)
         blocked = cloud_gate(self.kube.get(API_VERSION, "plans", plan.name))  # its cloud preflight, on the Plan
         if blocked is not None:  # no new run starts (a destroy of what was built still may)
             desired = dataclasses.replace(desired, problems=(*desired.problems, blocked))
@@ -219,10 +223,10 @@ class InfrastructureRuns:
             found = self._workspaces(tenant.name)
         except Exception as exc:  # the decision waits, and says why
             return infra.InfraSeen(desired, running, settled, tenant.approved_plan, None, None, redact(first_line(exc)))
-        built = tuple(self._built(tenant.name, plan, desired, found[name]) for name in found if found[name].resources)
+        built = tuple(self._built(tenant.name, desired, found[name], policy) for name in found if found[name].resources)
         retired = None
         if recorded is not None and recorded.retiring:
-            retired = self.retired(tenant.name, plan, recorded, found.get(str(recorded.retiring)))
+            retired = self.retired(tenant.name, plan, recorded, found.get(str(recorded.retiring)), policy)
         workspace = found.get(desired.workspace)
         applied = workspace.config_digest if workspace is not None else None
         return infra.InfraSeen(desired, running, settled, tenant.approved_plan, retired, built, applied_digest=applied)
@@ -233,7 +237,8 @@ class InfrastructureRuns:
             found = self._state_workspaces(tenant.name)
         except Exception as exc:  # offboarding waits, and says why
             return infra.state_only(None, redact(first_line(exc), self._secret_values()), running, settled)
-        built = tuple(self._state_built(tenant.name, found[name]) for name in found if found[name].resources)
+        policy = str(tenant.spec.deletionPolicy)
+        built = tuple(self._state_built(tenant.name, found[name], policy) for name in found if found[name].resources)
         return infra.state_only(built, "", running, settled)
 
     def _in_flight(self, tenant: TenantObject) -> tuple[str | None, bool]:
@@ -277,10 +282,10 @@ class InfrastructureRuns:
                 self._state_reader = Connections(dsn, kept=1)
             return self._state_reader
 
-    def _state_built(self, tenant: str, found: Workspace) -> infra.Desired:
+    def _state_built(self, tenant: str, found: Workspace, policy: str) -> infra.Desired:
         """A workspace of a plan that no longer provisions: destroyed with what it was applied with, if recorded."""
         if found.module is not None:
-            return self._recorded_desired(tenant, found)
+            return self._recorded_desired(tenant, found, policy)
         problem = f"it holds {found.resources} resources, but no record says which module and inputs built them"
         return infra.Desired("unknown", "-", problems=(problem,), workspace=found.name)
 
@@ -290,17 +295,20 @@ class InfrastructureRuns:
             return {}
         return self.runner().workspaces(tenant)
 
-    def _built(self, tenant: str, plan: PlanObject, desired: infra.Desired, found: Workspace) -> infra.Desired:
-        """What destroys a workspace holding resources: the module and inputs it was applied with. A workspace no
-        record speaks for (applied before records were kept) is the current model's, with today's inputs."""
+    def _built(self, tenant: str, desired: infra.Desired, found: Workspace, policy: str) -> infra.Desired:
+        """What destroys a workspace holding resources: the module and inputs it was applied with, but the Tenant's
+        deletion policy as it is now. A workspace no record speaks for (applied before records were kept) is the
+        current model's, with today's inputs."""
         if found.module is not None:
-            return self._recorded_desired(tenant, found)
+            return self._recorded_desired(tenant, found, policy)
         if found.name == desired.workspace:
             return desired
         problem = f"it holds {found.resources} resources, but no record says which module and inputs built them"
         return infra.Desired("unknown", "-", problems=(problem,), workspace=found.name)
 
-    def _recorded_desired(self, tenant: str, found: Workspace) -> infra.Desired:
+    def _recorded_desired(self, tenant: str, found: Workspace, policy: str) -> infra.Desired:
+        """The workspace's recorded module and inputs, with the Tenant's current deletion policy: what a destroy of
+        it does to the data is decided now, never by the policy of its last apply."""
         module = str(found.module)
         cloud, _, model = module.partition("/")
         _, directory = (
@@ -308,12 +316,13 @@ class InfrastructureRuns:
         )
         if directory is None or not directory.is_dir():
             return infra.Desired(module, "-", problems=(f"module {module} does not exist",), workspace=found.name)
-        inputs = ModuleInputs(**{**found.variables, "tenant_id": tenant, "workspace": found.name})
+        recorded = {**found.variables, "tenant_id": tenant, "workspace": found.name, "deletion_policy": policy}
+        inputs = ModuleInputs(**recorded)
         digest = config_digest(directory, inputs.variables(), found.credentials_secret, found.name)
         self._keep(digest, RunSetup(directory, inputs, found.credentials_secret, _cloud_of(module)))
         return infra.Desired(module, digest, workspace=found.name)
 
-    def desire(self, tenant: str, plan: PlanObject) -> infra.Desired:
+    def desire(self, tenant: str, plan: PlanObject, policy: str = DEFAULT_POLICY) -> infra.Desired:
         provisioning = plan.spec.provisioning
         assert provisioning is not None
         cloud, isolation = str(provisioning.cloud), str(Isolation(plan.spec.isolation))
@@ -326,7 +335,7 @@ class InfrastructureRuns:
         inputs: ModuleInputs | None = None
         if not infra.name_too_long(tenant):  # a name too long is the decision's to say, not the plan's problem
             try:
-                inputs = module_inputs(tenant, plan, isolation)
+                inputs = module_inputs(tenant, plan, isolation, policy)
             except ValueError as exc:
                 problems = (*problems, str(exc))
         variables = inputs.variables() if inputs is not None else {"tenant_id": tenant}
@@ -344,13 +353,18 @@ class InfrastructureRuns:
         )
 
     def retired(
-        self, tenant: str, plan: PlanObject, recorded: InfrastructureStatus, found: Workspace | None
+        self,
+        tenant: str,
+        plan: PlanObject,
+        recorded: InfrastructureStatus,
+        found: Workspace | None,
+        policy: str = DEFAULT_POLICY,
     ) -> infra.Desired | None:
         """The workspace of the model the tenant left, with the module and inputs it was applied with (recorded in
         PostgreSQL; without a record, the module status names and today's inputs). None: not found."""
         provisioning, workspace = plan.spec.provisioning, str(recorded.retiring)
         if found is not None and found.module is not None:
-            return self._recorded_desired(tenant, found)
+            return self._recorded_desired(tenant, found, policy)
         module = str(recorded.retiringModule or "")
         if provisioning is None or not module:
             return None
@@ -360,7 +374,7 @@ class InfrastructureRuns:
         )
         if directory is None or not directory.is_dir():
             return None
-        inputs = module_inputs(tenant, plan, workspace)
+        inputs = module_inputs(tenant, plan, workspace, policy)
         digest = config_digest(directory, inputs.variables(), provisioning.credentialsSecret, workspace)
         self._keep(digest, RunSetup(directory, inputs, provisioning.credentialsSecret, _cloud_of(module)))
         return infra.Desired(module, digest, workspace=workspace)

@@ -1,6 +1,7 @@
 """The module contract, checked by parsing the module (python-hcl2), before any run starts.
 
-In: tenant_id, plan, region, cost_center (required), sizes (from the plan's quotas) and pool (defaulted).
+In: tenant_id, plan, region, cost_center (required), sizes (from the plan's quotas), pool and deletion_policy
+(defaulted; what a destroy does to the tenant's databases and buckets).
 Out: endpoint, database_host/port/name/user, database_password (sensitive), network_id, subnet_ids.
 Every cloud resource is tagged with the tenant id, plan and cost center in its cloud's convention (TAG_CONVENTIONS:
 AWS and Azure `tags`, GCP `labels`, OCI `freeform_tags`, IBM "key:value" user tags); the backend is the runner's;
@@ -26,8 +27,9 @@ INPUTS = {
     "cost_center": "string",
     "sizes": "map(number)",
     "pool": "string",
+    "deletion_policy": "string",
 }
-DEFAULTED_INPUTS = ("sizes", "pool")
+DEFAULTED_INPUTS = ("sizes", "pool", "deletion_policy")
 OUTPUTS = (
     "endpoint",
     "database_host",
@@ -48,6 +50,30 @@ TAG_VALUES = {
 # Resource types that cannot carry tags (their parent resource does); terraform_data is no cloud object,
 # except in the `local` modules, where it stands for one and carries the tags in its input.
 UNTAGGABLE = ("aws_iam_role_policy", "aws_iam_role_policy_attachment")
+# Resource types holding a tenant's data: a destroy treats them as its deletion policy says (var.deletion_policy)
+DATA_BEARING = frozenset(
+    {
+        "aws_db_instance",
+        "aws_s3_bucket",
+        "google_sql_database_instance",
+        "google_storage_bucket",
+        "azurerm_postgresql_flexible_server",
+        "azurerm_storage_account",
+        "oci_psql_db_system",
+        "oci_objectstorage_bucket",
+        "ibm_database",
+        "ibm_cos_bucket",
+    }
+)
+# The attribute of a data-bearing type that decides what its destroy does to the data: it must follow
+# var.deletion_policy (a literal `true` there would delete a tenant's data whatever its Tenant says)
+POLICY_ATTRIBUTES = {
+    "aws_db_instance": "skip_final_snapshot",
+    "aws_s3_bucket": "force_destroy",
+    "google_sql_database_instance": "deletion_protection",
+    "google_storage_bucket": "force_destroy",
+    "ibm_cos_bucket": "force_delete",
+}
 # The tag that says Paybill made a resource: recovery adopts only resources carrying it (terraform/adoption.py)
 MANAGED_BY = ("paybill.dev/managed-by", "paybill")
 
@@ -181,6 +207,7 @@ def violations(module: Path, stands_for_cloud_objects: bool = False) -> list[str
     found += _input_violations(_named(blocks.get("variable", [])), convention.context_inputs)
     found += _output_violations(_named(blocks.get("output", [])))
     found += _tag_violations(blocks, stands_for_cloud_objects, convention)
+    found += _deletion_policy_violations(blocks)
     if any("backend" in block for block in blocks.get("terraform", [])):
         found.append("declares a backend: the runner supplies the pg backend")
     return found + _hygiene_violations(blocks)
@@ -286,6 +313,14 @@ def _carrier_violations(
         if f"local.{convention.local}" not in str(_at(body, path)):
             found.append(f"resource {kind}.{name} is not tagged with local.{convention.local}")
     return found
+
+
+def _deletion_policy_violations(blocks: dict[str, list[Any]]) -> list[str]:
+    return [
+        f"resource {kind}.{name}: {POLICY_ATTRIBUTES[kind]} must follow var.deletion_policy"
+        for kind, name, body in _resources(blocks)
+        if kind in POLICY_ATTRIBUTES and "var.deletion_policy" not in str(body.get(POLICY_ATTRIBUTES[kind], ""))
+    ]
 
 
 def _at(body: Any, path: tuple[str, ...]) -> list[Any]:

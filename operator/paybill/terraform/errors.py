@@ -65,6 +65,36 @@ class AdoptionBlocked(TerraformError):
     lookup here): nothing is planned or applied until someone decides; the message names each object."""
 
 
+class DataKept(TerraformError):
+    """A destroy stopped at a resource that holds data the deletion policy keeps (a bucket with objects in it, a
+    database Terraform must not delete): nothing of that data was deleted; the message says what to do."""
+
+
+class PolicyNotSettled(TerraformError):
+    """Before a destroy, carrying the deletion policy into the state of the resources holding data would do more
+    than update them in place (create or replace something): nothing was applied or destroyed."""
+
+
+# a provider refusing to delete a bucket that still holds objects: S3 and S3-compatible (IBM COS, OCI), GCS
+_BUCKET_NOT_EMPTY = re.compile(r"BucketNotEmpty|bucket is not empty|containing objects without `?force_destroy", re.I)
+_BUCKET_NAME = re.compile(r"[Bb]ucket \(([^)\s]+)\)|delete bucket ([^\s]+) containing|Bucket named '([^']+)'")
+
+
+def kept_data(message: str, policy: str) -> str | None:
+    """What a failed destroy's message means under a deletion policy that keeps data: why it stopped and what to do
+    (None: not a refusal to delete kept data)."""
+    if policy == "destroy" or not _BUCKET_NOT_EMPTY.search(message):
+        return None
+    named = _BUCKET_NAME.search(message)
+    bucket = next((group for group in named.groups() if group), "") if named else ""
+    return (
+        f"bucket {bucket or '(see the error below)'} holds objects, kept by deletionPolicy {policy}: the destroy "
+        "stopped there and deleted none of them (a database's final snapshot or backups are kept); copy out what is "
+        "needed and empty the bucket, or set deletionPolicy destroy, and offboarding goes on. Terraform: "
+        + message.splitlines()[0]
+    )
+
+
 class PlanHashMismatch(RuntimeError):
     """The saved plan's sha256 is not the approved one: nothing was applied."""
 

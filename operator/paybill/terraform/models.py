@@ -14,6 +14,8 @@ TENANT_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 WORKSPACE = re.compile(r"^[a-z][a-z0-9]{0,19}$")
 CLOUDS = ("local", "aws", "azure", "gcp", "oci", "ibm")
 MODELS = ("silo", "pooled", "bridge")
+# what a destroy does to the data-bearing resources (databases, buckets): the Tenant's spec.deletionPolicy
+DELETION_POLICIES = ("destroy", "snapshot", "retain")
 
 
 def checked_tenant_id(tenant_id: str) -> str:
@@ -32,10 +34,13 @@ class ModuleInputs:
     cost_center: str
     sizes: Mapping[str, int] = field(default_factory=dict)  # from the plan's quotas
     pool: str = "default"
+    deletion_policy: str = "snapshot"  # destroy: data goes; snapshot: a final snapshot first, objects kept; retain
     workspace: str = "default"  # the tenant's state of this module (one per isolation model), not an input
 
     def __post_init__(self) -> None:
         checked_tenant_id(self.tenant_id)
+        if self.deletion_policy not in DELETION_POLICIES:
+            raise ValueError(f"deletion policy {self.deletion_policy!r}: one of {', '.join(DELETION_POLICIES)}")
         if not WORKSPACE.fullmatch(self.workspace):
             raise ValueError(f"workspace {self.workspace!r} is not a lowercase name of at most 20 characters")
 
@@ -47,6 +52,7 @@ class ModuleInputs:
             "cost_center": self.cost_center,
             "sizes": dict(self.sizes),
             "pool": self.pool,
+            "deletion_policy": self.deletion_policy,
         }
 
 

@@ -28,15 +28,19 @@ from . import adoption, backend, binary, recovery
 from . import workspaces as records
 from .config import RunnerConfig, cli_config
 from .connections import Connections
+from .contract import DATA_BEARING
 from .errors import (
     AdoptionBlocked,
+    DataKept,
     PlanHashMismatch,
     PlanNotFound,
+    PolicyNotSettled,
     RunnerBusy,
     StalePlan,
     StateLocked,
     TerraformError,
     error_lines,
+    kept_data,
     redact,
 )
 from .models import (
@@ -58,6 +62,7 @@ VARIABLES_FILE = "paybill.auto.tfvars.json"
 PLAN_FILE = "paybill.tfplan"
 LOCK_ERROR = "Error acquiring the state lock"
 STALE_PLAN_ERRORS = ("Saved plan is stale", "plan file is stale")
+IN_PLACE = {"no-op", "update", "read"}  # what carrying the deletion policy into the state may do before a destroy
 # A cloud adapter's lookup of a tenant's objects (clouds CloudAdapter.tenant_objects), for recovery to adopt from
 Finder = Callable[[str], Sequence[adoption.CloudObject]]
 
@@ -174,9 +179,12 @@ class TerraformRunner(RunRecords):
         self, inputs: ModuleInputs, module: Path, env: Mapping[str, str] | None = None, finder: Finder | None = None
     ) -> DestroyResult:
         """Destroy what the state holds, and, after an apply that never finished, what that apply made first (each
-        object imported into the state, then destroyed with the rest)."""
+        object imported into the state, then destroyed with the rest). The resources holding data are first brought
+        to `inputs.deletion_policy` (a destroy reads a final snapshot's or force_destroy's setting from the state,
+        not the configuration); a bucket the policy keeps the objects of stops the destroy: DataKept says so."""
         with self._run(inputs, module, env) as run:
             self._import_if_interrupted(run, finder)
+            self._settle_deletion_policy(run)
             code, out, err = self._locking(
                 run,
                 lambda: run.terraform.destroy(
@@ -187,6 +195,9 @@ class TerraformRunner(RunRecords):
                     lock_timeout=self._lock_timeout,
                 ),
             )
+            kept = kept_data(redact(error_lines(err, out), run.secrets), inputs.deletion_policy) if code else None
+            if kept is not None:
+                raise DataKept("destroy", code, kept)
             self._check(run, "destroy", code, out, err)
             return DestroyResult(inputs.tenant_id, _destroyed_count(out), tuple(run.recoveries), run.adoption)
 
@@ -415,6 +426,45 @@ class TerraformRunner(RunRecords):
             self._check(run, "import", code, out, err)
         with self.connections.connection() as connection:
             recovery.clear_applying(connection, run.tenant_id, run.workspace)
+
+    def _settle_deletion_policy(self, run: Run) -> None:
+        """Before a destroy: an apply targeting the resources that hold data (contract.DATA_BEARING), so that their
+        state carries the current deletion policy (skip_final_snapshot, force_destroy, deletion_protection ...)
+        whatever the last apply was made with. Only updates in place are applied: a plan that would create or
+        replace anything applies nothing and stops the destroy (PolicyNotSettled)."""
+        with self.connections.connection() as connection:
+            found = records.managed_addresses(connection, run.tenant_id, run.workspace)
+        targets = sorted({address for kind, address in found if kind in DATA_BEARING})
+        if not targets:
+            return
+        code, out, err = self._locking(
+            run,
+            lambda: run.terraform.plan(
+                out=PLAN_FILE,
+                target=targets,
+                detailed_exitcode=IsFlagged,
+                no_color=IsFlagged,
+                input=False,
+                lock_timeout=self._lock_timeout,
+            ),
+        )
+        if code == 0:
+            return
+        if code != 2:
+            self._check(run, "plan", code, out, err)
+        beyond = [
+            f"{change['address']} ({'/'.join(change['change']['actions'])})"
+            for change in self._show_json(run).get("resource_changes") or []
+            if not set(change["change"]["actions"]) <= IN_PLACE
+        ]
+        if beyond:
+            raise PolicyNotSettled(
+                "destroy",
+                None,
+                "the deletion policy could not be carried into the state of the resources holding data without "
+                f"more than an update in place: {', '.join(beyond)}; nothing was applied or destroyed",
+            )
+        self._apply_saved(run)
 
     def _blocked(self, run: Run, why: str) -> str:
         return redact(

@@ -80,6 +80,22 @@ def workspaces(connection: psycopg.Connection, tenant_id: str) -> dict[str, Work
     }
 
 
+def managed_addresses(connection: psycopg.Connection, tenant_id: str, workspace: str) -> list[tuple[str, str]]:
+    """(resource type, address) of every managed resource in the workspace's state ([] when it has none)."""
+    if not state_table_exists(connection, tenant_id):
+        return []
+    row = connection.execute(
+        sql.SQL("SELECT data FROM {}.states WHERE name = %s").format(sql.Identifier(schema_for(tenant_id))),
+        [workspace],
+    ).fetchone()
+    state = json.loads(row[0]) if row and row[0] else {}
+    return [
+        (str(resource["type"]), ".".join(filter(None, (resource.get("module"), resource["type"], resource["name"]))))
+        for resource in state.get("resources") or []
+        if resource.get("mode") == "managed"
+    ]
+
+
 def _resource_counts(connection: psycopg.Connection, tenant_id: str) -> dict[str, int]:
     if not state_table_exists(connection, tenant_id):
         return {}

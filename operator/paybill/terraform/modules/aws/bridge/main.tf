@@ -31,19 +31,21 @@ resource "terraform_data" "password" {
   }
 }
 
+# deletion_policy snapshot (and retain): destroying the instance leaves a final snapshot of it
 resource "aws_db_instance" "tenant" {
-  identifier             = local.name
-  engine                 = "postgres"
-  engine_version         = "15.4"
-  instance_class         = "db.t3.micro"
-  allocated_storage      = lookup(var.sizes, "storage_gib", 20)
-  name                   = local.database
-  username               = local.database
-  password               = terraform_data.password.output
-  db_subnet_group_name   = "paybill-pool-${var.pool}"
-  vpc_security_group_ids = [aws_security_group.database.id]
-  skip_final_snapshot    = true
-  tags                   = local.tags
+  identifier                = local.name
+  engine                    = "postgres"
+  engine_version            = "15.4"
+  instance_class            = "db.t3.micro"
+  allocated_storage         = lookup(var.sizes, "storage_gib", 20)
+  name                      = local.database
+  username                  = local.database
+  password                  = terraform_data.password.output
+  db_subnet_group_name      = "paybill-pool-${var.pool}"
+  vpc_security_group_ids    = [aws_security_group.database.id]
+  skip_final_snapshot       = var.deletion_policy == "destroy"
+  final_snapshot_identifier = "${local.name}-bridge-final"
+  tags                      = local.tags
 }
 
 resource "aws_iam_role" "tenant" {

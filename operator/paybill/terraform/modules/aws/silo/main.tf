@@ -52,25 +52,29 @@ resource "terraform_data" "password" {
   }
 }
 
+# deletion_policy snapshot (and retain): destroying the instance leaves a final snapshot of it
 resource "aws_db_instance" "tenant" {
-  identifier             = local.name
-  engine                 = "postgres"
-  engine_version         = "15.4"
-  instance_class         = lookup(var.sizes, "instance_units", 1) > 1 ? "db.t3.small" : "db.t3.micro"
-  allocated_storage      = lookup(var.sizes, "storage_gib", 20)
-  name                   = local.database
-  username               = local.database
-  password               = terraform_data.password.output
-  db_subnet_group_name   = aws_db_subnet_group.tenant.name
-  vpc_security_group_ids = [aws_security_group.database.id]
-  skip_final_snapshot    = true
-  tags                   = local.tags
+  identifier                = local.name
+  engine                    = "postgres"
+  engine_version            = "15.4"
+  instance_class            = lookup(var.sizes, "instance_units", 1) > 1 ? "db.t3.small" : "db.t3.micro"
+  allocated_storage         = lookup(var.sizes, "storage_gib", 20)
+  name                      = local.database
+  username                  = local.database
+  password                  = terraform_data.password.output
+  db_subnet_group_name      = aws_db_subnet_group.tenant.name
+  vpc_security_group_ids    = [aws_security_group.database.id]
+  skip_final_snapshot       = var.deletion_policy == "destroy"
+  final_snapshot_identifier = "${local.name}-silo-final"
+  tags                      = local.tags
 }
 
+# only deletion_policy destroy deletes the tenant's objects: otherwise a destroy of a bucket that holds any
+# fails (BucketNotEmpty) and the offboarding says why, the objects untouched
 resource "aws_s3_bucket" "tenant" {
   bucket        = local.name
   acl           = "private"
-  force_destroy = true
+  force_destroy = var.deletion_policy == "destroy"
   tags          = local.tags
 }
 

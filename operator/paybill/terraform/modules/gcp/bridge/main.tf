@@ -18,11 +18,12 @@ resource "terraform_data" "password" {
   }
 }
 
+# deletion_policy retain: Terraform refuses to delete the instance; snapshot: its backups (taken daily) outlive it
 resource "google_sql_database_instance" "tenant" {
   name                = local.name
   region              = var.region
   database_version    = "POSTGRES_15"
-  deletion_protection = false
+  deletion_protection = var.deletion_policy == "retain"
   settings {
     tier        = "db-f1-micro"
     disk_size   = lookup(var.sizes, "storage_gib", 10)
@@ -31,6 +32,10 @@ resource "google_sql_database_instance" "tenant" {
       ipv4_enabled    = false
       private_network = data.google_compute_network.pool.id
     }
+    backup_configuration {
+      enabled = var.deletion_policy != "destroy"
+    }
+    retain_backups_on_delete = var.deletion_policy != "destroy"
   }
 }
 

@@ -58,11 +58,12 @@ resource "terraform_data" "password" {
   }
 }
 
+# deletion_policy retain: Terraform refuses to delete the instance; snapshot: its backups (taken daily) outlive it
 resource "google_sql_database_instance" "tenant" {
   name                = local.name
   region              = var.region
   database_version    = "POSTGRES_15"
-  deletion_protection = false
+  deletion_protection = var.deletion_policy == "retain"
   settings {
     tier        = local.large ? "db-custom-2-7680" : "db-f1-micro"
     disk_size   = lookup(var.sizes, "storage_gib", 10)
@@ -71,6 +72,10 @@ resource "google_sql_database_instance" "tenant" {
       ipv4_enabled    = false
       private_network = google_compute_network.tenant.id
     }
+    backup_configuration {
+      enabled = var.deletion_policy != "destroy"
+    }
+    retain_backups_on_delete = var.deletion_policy != "destroy"
   }
   depends_on = [google_service_networking_connection.database]
 }
@@ -86,10 +91,11 @@ resource "google_sql_user" "tenant" {
   password = terraform_data.password.output
 }
 
+# only deletion_policy destroy deletes the tenant's objects: otherwise destroying a bucket that holds any fails
 resource "google_storage_bucket" "tenant" {
   name                        = local.name
   location                    = var.region
-  force_destroy               = true
+  force_destroy               = var.deletion_policy == "destroy"
   uniform_bucket_level_access = true
   labels                      = local.labels
 }

@@ -93,6 +93,8 @@ resource "ibm_cos_bucket" "tenant" {
   resource_instance_id = ibm_resource_instance.storage.id
   region_location      = var.region
   storage_class        = "standard"
+  # the provider's default (true) empties the bucket first: only deletion_policy destroy deletes the tenant's objects
+  force_delete = var.deletion_policy == "destroy"
 }
 
 resource "ibm_iam_service_id" "tenant" {

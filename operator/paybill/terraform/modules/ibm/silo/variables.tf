@@ -30,3 +30,13 @@ variable "pool" {
   default     = "default"
   description = "The shared pool a pooled or bridge tenant registers into"
 }
+
+variable "deletion_policy" {
+  type        = string
+  default     = "snapshot"
+  description = "What a destroy does to the tenant's data (its Tenant's deletionPolicy): destroy, snapshot or retain"
+  validation {
+    condition     = contains(["destroy", "snapshot", "retain"], var.deletion_policy)
+    error_message = "deletion_policy is destroy, snapshot or retain."
+  }
+}

@@ -31,6 +31,16 @@ variable "pool" {
   description = "The shared pool a pooled or bridge tenant registers into"
 }
 
+variable "deletion_policy" {
+  type        = string
+  default     = "snapshot"
+  description = "What a destroy does to the tenant's data (its Tenant's deletionPolicy): destroy, snapshot or retain"
+  validation {
+    condition     = contains(["destroy", "snapshot", "retain"], var.deletion_policy)
+    error_message = "deletion_policy is destroy, snapshot or retain."
+  }
+}
+
 # OCI needs a compartment for every resource and Terraform cannot read the provider's tenancy: the compartment
 # comes with the credentials (TF_VAR_compartment_ocid in the Plan's credentials Secret), never from the module.
 variable "compartment_ocid" {
