@@ -183,11 +183,9 @@ class AwsAdapter(AdapterBase):
                 self._call(lambda: self._ec2.stop_instances(InstanceIds=instances))
             else:
                 self._call(lambda: self._ec2.start_instances(InstanceIds=instances))
+        rds_action = self._rds.stop_db_instance if stop else self._rds.start_db_instance
         for database in databases:
-            if stop:
-                self._call(lambda name=database: self._rds.stop_db_instance(DBInstanceIdentifier=name))
-            else:
-                self._call(lambda name=database: self._rds.start_db_instance(DBInstanceIdentifier=name))
+            self._call(partial(rds_action, DBInstanceIdentifier=database))
         wait_for_state(lambda: self._states(instances, databases), wanted, self.poll_seconds, self.deadline_seconds)
 
     def _states(self, instances: list[str], databases: list[str]) -> list[PowerState]:
