@@ -68,7 +68,7 @@ def test_dml_over_max_rows_written_is_rolled_back(policy_db: PolicyDatabase, acm
     engine = policy_db.engine(spec(limits=limits(maxRowsWritten=2)))
     before = admin_value(policy_db, "SELECT count(*) FROM orders WHERE status = 'bulk'")
     with ExecutionGuard(engine, acme, PRINCIPAL, "acme") as guard:
-        outcome = guard.execute("UPDATE orders SET status = 'bulk' WHERE total > 0")
+        outcome = guard.execute("UPDATE orders SET status = 'bulk' WHERE total BETWEEN 0 AND 1000")
         assert not outcome.ok and outcome.reasons[0].code == "rows_written_exceeded"
         assert "20 rows" in outcome.reasons[0].message
         assert guard.execute("UPDATE orders SET status = 'bulk' WHERE id = $1", [10]).rows_affected == 1
@@ -322,7 +322,7 @@ def test_a_dead_database_is_a_reason_not_a_crash(policy_db: PolicyDatabase) -> N
 def test_a_row_lock_over_max_rows_written_is_rolled_back(policy_db: PolicyDatabase, acme: str) -> None:
     engine = policy_db.engine(spec(limits=limits(maxRowsWritten=2)))
     with ExecutionGuard(engine, acme, PRINCIPAL, "acme") as guard:
-        many = guard.execute("SELECT id FROM orders WHERE total > 0 FOR UPDATE")
+        many = guard.execute("SELECT id FROM orders WHERE total >= 0 AND total <= 1000 FOR UPDATE")
         assert not many.executed and many.rows == [], many.reasons
         assert many.reasons[0].code == "rows_written_exceeded" and "3 rows" in many.reasons[0].message
         one = guard.execute("SELECT id, status FROM orders WHERE id = $1 FOR NO KEY UPDATE", [10])

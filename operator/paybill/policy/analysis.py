@@ -24,7 +24,6 @@ COMPARISONS = frozenset({"=", "<>", "!=", "<", ">", "<=", ">="})
 OPERATORS = COMPARISONS | frozenset({"+", "-", "*", "/", "%", "||", "~~", "!~~", "~~*", "!~~*"})
 ORDERINGS = frozenset({"<", ">"})  # what ORDER BY ... USING may name
 # Comparisons that pick rows by a value (the sense of requireWhere); <> and != pick nearly all rows.
-SELECTIVE = frozenset({"=", "<", ">", "<=", ">="})
 CASTS = frozenset(
     {
         "int2",
@@ -1041,15 +1040,16 @@ class Analysis:
 def restricts(where: pb.Node, name: str, table: Table) -> bool:
     """Does `where` pick rows of `table` (called `name` in its statement) by a value, as requireWhere demands?
 
-    Yes for a column of the table compared with a literal or parameter (=, <, >, <=, >=, IN, = ANY, BETWEEN,
-    LIKE/ILIKE with a literal pattern that is not only wildcards, never a parameter); for an AND when one
-    conjunct does; for an OR when every branch does. Nothing else counts: `id = id`, `id IS NOT NULL`,
-    `EXISTS (...)`, NOT, `<>`."""
+    Yes for a non-boolean column of the table compared with literals or parameters by =, IN or = ANY; for a range
+    bounded on both sides (BETWEEN, or a lower and an upper bound on the same column in one AND), never by an
+    infinity or NaN; for LIKE/ILIKE with a literal prefix (no leading % or _, never a parameter); for an AND when
+    one conjunct does; for an OR when every branch does. Nothing else counts: `id = id`, `id IS NOT NULL`,
+    `EXISTS (...)`, NOT, `<>`, a one-sided range (`status >= ''`), a boolean (`paid = true OR paid = false`)."""
     kind = where.WhichOneof("node")
     if kind == "bool_expr":
         expr = where.bool_expr
         if expr.boolop == pb.AND_EXPR:
-            return any(restricts(arg, name, table) for arg in expr.args)
+            return any(restricts(arg, name, table) for arg in expr.args) or _closed_range(expr.args, name, table)
         if expr.boolop == pb.OR_EXPR:
             return all(restricts(arg, name, table) for arg in expr.args)
         return False
@@ -1058,15 +1058,14 @@ def restricts(where: pb.Node, name: str, table: Table) -> bool:
     expr = where.a_expr
     operator = expr.name[0].string.sval if len(expr.name) == 1 else None
     left, right = expr.lexpr, expr.rexpr
-    if expr.kind == pb.AEXPR_OP and operator in SELECTIVE:
-        return (_target_column(left, name, table) and _value(right)) or (
-            _target_column(right, name, table) and _value(left)
-        )
-    if not _target_column(left, name, table):
+    if expr.kind == pb.AEXPR_OP and operator == "=":
+        return (_key_column(left, name, table) and _value(right)) or (_key_column(right, name, table) and _value(left))
+    if not _key_column(left, name, table):
         return False
-    if expr.kind in (pb.AEXPR_IN, pb.AEXPR_BETWEEN, pb.AEXPR_BETWEEN_SYM):
-        in_list = expr.kind != pb.AEXPR_IN or operator == "="
-        return in_list and right.WhichOneof("node") == "list" and all(_value(v) for v in right.list.items)
+    if expr.kind in (pb.AEXPR_BETWEEN, pb.AEXPR_BETWEEN_SYM):
+        return right.WhichOneof("node") == "list" and all(_bound(v) for v in right.list.items)
+    if expr.kind == pb.AEXPR_IN:
+        return operator == "=" and right.WhichOneof("node") == "list" and all(_value(v) for v in right.list.items)
     if expr.kind == pb.AEXPR_OP_ANY and operator == "=":
         values = right.WhichOneof("node")
         return values == "param_ref" or (
@@ -1080,9 +1079,56 @@ def restricts(where: pb.Node, name: str, table: Table) -> bool:
         return (
             pattern is not None
             and pattern.WhichOneof("node") == "a_const"
-            and bool(pattern.a_const.WhichOneof("val") == "sval" and pattern.a_const.sval.sval.strip("%_"))
+            and pattern.a_const.WhichOneof("val") == "sval"
+            and pattern.a_const.sval.sval[:1] not in ("", "%", "_")
         )
     return False
+
+
+_LOWER_BOUNDS = {">": True, ">=": True, "<": False, "<=": False}  # operator -> bounds from below (column on the left)
+_UNBOUNDED = frozenset({"infinity", "+infinity", "-infinity", "inf", "+inf", "-inf", "nan"})
+
+
+def _closed_range(conjuncts: Sequence[pb.Node], name: str, table: Table) -> bool:
+    """Do the conjuncts of one AND bound the same column from below and from above?"""
+    lower: set[str] = set()
+    upper: set[str] = set()
+    for conjunct in conjuncts:
+        if conjunct.WhichOneof("node") != "a_expr":
+            continue
+        expr = conjunct.a_expr
+        operator = expr.name[0].string.sval if len(expr.name) == 1 else ""
+        if expr.kind != pb.AEXPR_OP or operator not in _LOWER_BOUNDS:
+            continue
+        from_below = _LOWER_BOUNDS[operator]
+        if _key_column(expr.lexpr, name, table) and _bound(expr.rexpr):
+            column = expr.lexpr
+        elif _key_column(expr.rexpr, name, table) and _bound(expr.lexpr):
+            column, from_below = expr.rexpr, not from_below
+        else:
+            continue
+        (lower if from_below else upper).add(column.column_ref.fields[-1].string.sval)
+    return bool(lower & upper)
+
+
+def _key_column(node: pb.Node, name: str, table: Table) -> bool:
+    """A column of the target that can pick rows by value: a boolean's two values cover every row."""
+    return _target_column(node, name, table) and table.columns[node.column_ref.fields[-1].string.sval] != (
+        TypeFamily.BOOLEAN
+    )
+
+
+def _bound(node: pb.Node) -> bool:
+    """A literal or parameter that bounds a range: never an infinity or NaN (beyond every value of the type)."""
+    value = _literal(node)
+    if value is None:
+        return False
+    text = (
+        value.a_const.sval.sval
+        if value.WhichOneof("node") == "a_const" and value.a_const.WhichOneof("val") == "sval"
+        else ""
+    )
+    return text.strip().lower() not in _UNBOUNDED
 
 
 AGGREGATES = frozenset(

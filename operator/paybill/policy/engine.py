@@ -24,7 +24,8 @@ MAX_SQL_LENGTH = 65536
 AUTHOR_ONLY = frozenset({"function_not_allowed", "session_information"})
 logger = logging.getLogger(__name__)
 _SELECTIVE_WHERE = (
-    "compares a column of {table} with a literal or parameter (=, IN, a range or LIKE), in every branch of an OR"
+    "picks rows of {table} by value in every branch of an OR: a non-boolean column = or IN literals or parameters,"
+    " a range bounded on both sides, or LIKE with a literal prefix"
 )
 
 
