@@ -30,6 +30,7 @@ __all__ = [
     "REGION",
     "SERVICES",
     "VENV",
+    "data_kept",
     "ensure_venv",
     "find_by_tag",
     "moto_server",
@@ -98,3 +99,32 @@ def set_ec2_tag(python: Path, url: str, resource: str, key: str, value: str) -> 
     subprocess.run(
         [str(python), "-c", _SET_TAG, url, resource, key, value], check=True, capture_output=True, timeout=120
     )
+
+
+_KEPT = """
+import json, sys
+import boto3
+url, bucket, key = sys.argv[1:4]
+kw = dict(endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="x")
+rds, s3 = boto3.client("rds", **kw), boto3.client("s3", **kw)
+if key:
+    s3.put_object(Bucket=bucket, Key=key, Body=b"the tenant's invoice")
+buckets = [b["Name"] for b in s3.list_buckets()["Buckets"]]
+objects = s3.list_objects_v2(Bucket=bucket).get("Contents", []) if bucket in buckets else []
+print(json.dumps({
+    "snapshots": sorted(s["DBSnapshotIdentifier"] for s in rds.describe_db_snapshots()["DBSnapshots"]),
+    "db_instances": sorted(d["DBInstanceIdentifier"] for d in rds.describe_db_instances()["DBInstances"]),
+    "buckets": sorted(buckets),
+    "objects": sorted(o["Key"] for o in objects),
+}))
+"""
+
+
+def data_kept(python: Path, url: str, bucket: str, put: str = "") -> dict[str, list[str]]:
+    """What moto holds of a tenant's data: DB snapshots and instances, buckets, the objects in `bucket` (after
+    putting an object under the key `put`, if given)."""
+    done = subprocess.run([str(python), "-c", _KEPT, url, bucket, put], capture_output=True, text=True, timeout=120)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-2000:])
+    found: dict[str, list[str]] = json.loads(done.stdout)
+    return found
