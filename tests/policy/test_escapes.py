@@ -603,3 +603,55 @@ def test_approvals_are_enforced_in_every_mode(mode: str) -> None:
     assert not engine.decide(PRINCIPAL, sql, tenant="acme", approvals=frozenset({"user:bob"})).allowed
     approved = engine.decide(PRINCIPAL, sql, tenant="acme", approvals=frozenset({"user:alice"}))
     assert approved.allowed and approved.sql is not None and approved.enforced
+
+
+# -- outside review (F8): ON CONFLICT DO UPDATE obeys the update rule's requireWhere ----------------------
+
+UPSERT_RULES = [
+    {"id": "read-orders", "effect": "allow", "actions": ["select"], "tables": ["orders"]},
+    {
+        "id": "add-orders",
+        "effect": "allow",
+        "actions": ["insert"],
+        "tables": ["orders"],
+        "columns": ["id", "customer_id", "status", "total"],
+    },
+    {"id": "fix-status", "effect": "allow", "actions": ["update"], "tables": ["orders"], "columns": ["status"]},
+]
+UPSERT = "INSERT INTO orders (id, customer_id, status, total) {source} ON CONFLICT (tenant_id, id) DO UPDATE SET "
+
+
+def upsert_engine(require_where: bool) -> PolicyEngine:
+    rules = [dict(rule) for rule in UPSERT_RULES]
+    rules[2]["requireWhere"] = require_where
+    return PolicyEngine(spec(rules=rules), schema())
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "SELECT id, customer_id, status, total FROM orders",
+        "SELECT id, customer_id, status, total FROM orders WHERE id = 1",
+        "VALUES (1, 2, 'x', 3), (id, 2, 'x', 3)",
+        "VALUES (1, 2, 'x', 3 + 0)",
+    ],
+)
+def test_an_upsert_from_anything_but_a_values_list_of_values_fails_require_where(source: str) -> None:
+    """Each conflicting row of the source is updated: only a VALUES list of literals names the rows by key."""
+    sql = UPSERT.format(source=source) + "status = 'bulk'"
+    refused_with(upsert_engine(True), sql, "require_where", "fix-status")
+    decision = upsert_engine(False).decide(PRINCIPAL, sql, tenant="acme")
+    assert not any(r.code == "require_where" for r in decision.reasons), decision.reasons
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["VALUES (1, 2, 'x', 3)", "VALUES ($1, $2, $3, $4), (7, 8, 'y', 9.5)"],
+)
+def test_an_upsert_from_a_values_list_of_values_meets_require_where(source: str) -> None:
+    sql = UPSERT.format(source=source) + "status = 'bulk'"
+    params = [1, 2, "x", 3] if "$1" in source else None
+    decision = upsert_engine(True).decide(PRINCIPAL, sql, params, tenant="acme")
+    assert decision.allowed, decision.reasons
+    on_nothing = "INSERT INTO orders (id, customer_id, status, total) SELECT id, customer_id, status, total FROM orders"
+    assert upsert_engine(True).decide(PRINCIPAL, on_nothing + " ON CONFLICT DO NOTHING", tenant="acme").allowed

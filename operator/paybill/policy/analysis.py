@@ -497,6 +497,13 @@ class Analysis:
                 self.deny("invalid", "INSERT ... SELECT returns a different number of columns", source)
         if stmt.HasField("on_conflict_clause"):
             self.on_conflict(stmt.on_conflict_clause, table, name)
+            # DO UPDATE updates each conflicting row of the source: an update rule's requireWhere is met only by a
+            # VALUES list of literals and parameters, which names those rows by key one by one (never a SELECT)
+            self.where_missing = stmt.on_conflict_clause.action == pb.ONCONFLICT_UPDATE and not (
+                source is not None
+                and bool(source.values_lists)
+                and all(_value(value) for row in source.values_lists for value in row.list.items)
+            )
         self.returning(stmt, Scope([Relation(name, tuple(table.columns), table)]))
 
     def on_conflict(self, clause: pb.OnConflictClause, table: Table, name: str) -> None:

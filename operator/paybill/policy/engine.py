@@ -276,6 +276,17 @@ class PolicyEngine:
                             rule=rule.id,
                         )
                     )
+        if analysis.where_missing and analysis.kind == "insert" and written is not None:
+            for rule in allowing.values():
+                if rule.requireWhere and "update" in rule.actions:  # ON CONFLICT DO UPDATE is an UPDATE
+                    analysis.reasons.append(
+                        Reason(
+                            "require_where",
+                            f"INSERT ... ON CONFLICT DO UPDATE on {written.table.name} needs a VALUES list of "
+                            "literals and parameters as its source (each row names the row it updates by key)",
+                            rule=rule.id,
+                        )
+                    )
         for table in sorted({table for table, restricted in analysis.locks if not restricted}):
             for rule in self.rules.match("update", table, None).allows:
                 if rule.requireWhere:  # a row lock is a write intent: the update rule's requireWhere holds
