@@ -4,11 +4,15 @@ Each test names the finding it closes. The database side of findings 3 and 5 is 
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 
+from paybill.database.agents.catalog import read_schema
+from paybill.database.server import LocalPostgres
 from paybill.policy import PolicyEngine
 from paybill.policy.analysis import SELECT_FIELDS, SET_OPERATION_FIELDS, VALUES_FIELDS, Analysis, restricts
 from paybill.policy.rules import PolicyError
+from paybill.policy.schema import Schema, SchemaError
 from paybill.policy.tree import parse, pb, set_integer
 
 from .conftest import PRINCIPAL, schema, spec, support_policy
@@ -655,3 +659,40 @@ def test_an_upsert_from_a_values_list_of_values_meets_require_where(source: str)
     assert decision.allowed, decision.reasons
     on_nothing = "INSERT INTO orders (id, customer_id, status, total) SELECT id, customer_id, status, total FROM orders"
     assert upsert_engine(True).decide(PRINCIPAL, on_nothing + " ON CONFLICT DO NOTHING", tenant="acme").allowed
+
+
+# -- outside review (F4): a tenant table named like a catalog relation would run as pg_catalog's ------------
+
+
+@pytest.mark.parametrize(
+    "ddl",
+    [
+        "CREATE TABLE pg_settings (name text, setting text)",
+        "CREATE TABLE orders (id integer); CREATE TABLE pg_roles (rolname text, rolsuper boolean)",
+        "CREATE TABLE orders (id integer, pg_note text)",
+        "CREATE TABLE orders (id integer); ALTER TABLE orders ADD COLUMN pg_class text",
+    ],
+)
+def test_a_tenant_name_starting_with_pg_is_refused_when_the_schema_is_read(ddl: str) -> None:
+    """The guard resolves names with pg_catalog first: the engine would check the tenant's table, the catalog's run."""
+    with pytest.raises(SchemaError, match="pg_"):
+        Schema.from_ddl(ddl, "app")
+
+
+def test_a_live_catalog_with_a_pg_table_is_refused() -> None:
+    with pytest.raises(SchemaError, match="pg_settings"):
+        Schema.from_catalog("app", [("pg_settings", "name", "text"), ("orders", "id", "int4")], [])
+    assert Schema.from_catalog("app", [("orders", "id", "int4"), ("orders", "pgx", "text")], []).tables["orders"]
+
+
+def test_a_live_schema_with_a_table_named_like_a_catalog_is_refused(postgres: LocalPostgres) -> None:
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS catalog_named CASCADE")
+        conn.execute("CREATE SCHEMA catalog_named")
+        conn.execute("CREATE TABLE catalog_named.pg_settings (name text PRIMARY KEY, setting text)")
+    try:
+        with pytest.raises(SchemaError, match="pg_settings"):
+            read_schema(postgres.dsn, "catalog_named")
+    finally:
+        with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA catalog_named CASCADE")

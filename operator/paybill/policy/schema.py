@@ -201,6 +201,9 @@ class Table:
         return TENANT_COLUMN in self.columns
 
 
+CATALOG_PREFIX = "pg_"  # names pg_catalog's relations use; never a tenant's table or column
+
+
 @dataclass(frozen=True)
 class Schema:
     name: str = "public"
@@ -210,6 +213,13 @@ class Schema:
     keys: dict[str, TableKeys] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        for table in self.tables.values():
+            for reserved in (n for n in (table.name, *table.columns) if n.startswith(CATALOG_PREFIX)):
+                # the guard resolves names with pg_catalog first: the engine would check this table, the catalog's run
+                raise SchemaError(
+                    f"table {table.name}: {reserved} starts with {CATALOG_PREFIX}, a prefix reserved for PostgreSQL's "
+                    "catalogs; rename it to let agents use this schema"
+                )
         foreign = [k for t in self.tables.values() for k in t.keys if k.kind == KeyKind.FOREIGN] + list(self.inbound)
         object.__setattr__(self, "keys", {name: table_keys(table, foreign) for name, table in self.tables.items()})
 
