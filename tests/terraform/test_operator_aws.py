@@ -97,3 +97,52 @@ def test_an_aws_silo_tenant_is_built_in_moto_found_by_its_tags_its_drift_seen_an
     cluster.kube.delete(API, "tenants", name)
     cluster.eventually(lambda: cluster.kube.get(API, "tenants", name) is None, timeout=900, interval=1)
     assert all(not ids for ids in aws_sim.find_by_tag(python, url, "paybill.dev/tenant", name).values())
+    assert aws_sim.data_kept(python, url, f"paybill-{name}")["snapshots"] == []  # deletionPolicy destroy: none
+
+
+def test_an_aws_silo_tenant_offboarded_under_snapshot_keeps_a_final_snapshot_and_its_bucket_until_told_otherwise(
+    moto: tuple[Path, str], aws_operator: Any
+) -> None:
+    """The finding: `offboard: true` under the default deletionPolicy (snapshot) left no RDS snapshot and emptied the
+    bucket. Now the instance goes with a final snapshot, the bucket holding an object stops the offboarding, which
+    says why, the object untouched; set to destroy, offboarding goes on and nothing is left."""
+    python, url = moto
+    cluster = aws_operator
+    provisioning = {
+        "cloud": "aws",
+        "region": aws_sim.REGION,
+        "costCenter": "cc-7",
+        "credentialsSecret": "aws-credentials",
+    }
+    plan = {"tier": "aws-silo", "isolation": "silo", "provisioning": provisioning}
+    cluster.kube.apply({"apiVersion": API, "kind": "Plan", "metadata": {"name": "aws-silo"}, "spec": plan})
+    name = f"hooli-{secrets.token_hex(3)}"
+    bucket = f"paybill-{name}"
+    cluster.kube.apply(
+        {"apiVersion": API, "kind": "Tenant", "metadata": {"name": name}, "spec": {"planRef": "aws-silo"}}
+    )
+
+    def tenant() -> dict[str, Any]:
+        return cluster.kube.get(API, "tenants", name) or {}
+
+    def ready() -> dict[str, Any]:
+        conditions = (tenant().get("status") or {}).get("conditions", [])
+        return next((c for c in conditions if c["type"] == "Ready"), {})
+
+    cluster.eventually(lambda: (tenant().get("status") or {}).get("phase") == "Active", timeout=900, interval=1)
+    assert aws_sim.data_kept(python, url, bucket, put="invoices/2026-11.pdf")["objects"] == ["invoices/2026-11.pdf"]
+
+    cluster.kube.merge_patch(API, "tenants", name, {"spec": {"offboard": True}})
+    stopped = cluster.eventually(
+        lambda: "kept by deletionPolicy snapshot" in ready().get("message", "") and ready(), timeout=900, interval=1
+    )
+    assert stopped["reason"] == "OffboardFailed" and f"bucket {bucket} holds objects" in stopped["message"]
+    kept = aws_sim.data_kept(python, url, bucket)
+    assert f"paybill-{name}-silo-final" in kept["snapshots"] and bucket not in kept["db_instances"]
+    assert kept["objects"] == ["invoices/2026-11.pdf"]
+    assert tenant()["status"]["phase"] == "Offboarding"
+
+    cluster.kube.merge_patch(API, "tenants", name, {"spec": {"deletionPolicy": "destroy"}})
+    cluster.eventually(lambda: (tenant().get("status") or {}).get("phase") == "Offboarded", timeout=900, interval=1)
+    assert bucket not in aws_sim.data_kept(python, url, bucket)["buckets"]
+    assert all(not ids for ids in aws_sim.find_by_tag(python, url, "paybill.dev/tenant", name).values())
