@@ -4,16 +4,23 @@ Each test names the finding it closes. The database side of findings 3 and 5 is 
 
 from __future__ import annotations
 
+import dataclasses
+
 import psycopg
 import pytest
 
+from paybill.api.agentworkflow import Step
 from paybill.database.agents.catalog import read_schema
 from paybill.database.server import LocalPostgres
 from paybill.policy import PolicyEngine
 from paybill.policy.analysis import SELECT_FIELDS, SET_OPERATION_FIELDS, VALUES_FIELDS, Analysis, restricts
+from paybill.policy.decision import Reason
 from paybill.policy.rules import PolicyError
 from paybill.policy.schema import Schema, SchemaError
 from paybill.policy.tree import parse, pb, set_integer
+from paybill.workflows.admission import step_problems
+from paybill.workflows.reconcile import awaits_approval
+from paybill.workflows.run import StepOutcome
 
 from .conftest import PRINCIPAL, schema, spec, support_policy
 
@@ -696,3 +703,27 @@ def test_a_live_schema_with_a_table_named_like_a_catalog_is_refused(postgres: Lo
     finally:
         with psycopg.connect(postgres.dsn, autocommit=True) as conn:
             conn.execute("DROP SCHEMA catalog_named CASCADE")
+
+
+def test_in_warn_mode_a_step_with_recorded_reasons_waits_for_its_approval() -> None:
+    """F6 follow-on: warn mode records a column no rule allows; the approval is what keeps the step waiting, so
+    admission admits it as pending and the run awaits the approval (it is not refused as Denied)."""
+    refund = {
+        "id": "refund",
+        "effect": "allow",
+        "actions": ["update"],
+        "tables": ["orders"],
+        "columns": ["status"],
+        "approval": {"approvers": ["user:alice"], "minApprovals": 1},
+    }
+    engine = PolicyEngine(spec(mode="warn", rules=[refund]), schema())
+    decision = engine.decide(PRINCIPAL, "UPDATE orders SET status = 'x', total = 1 WHERE id = 13", tenant="acme")
+    assert not decision.allowed
+    assert {r.code for r in decision.reasons} == {"no_allow_rule", "approval_required"}
+    assert [r.code for r in decision.refusing()] == ["approval_required"]
+    step = Step(name="refund", kind="mutation", sql="UPDATE orders SET status = 'x', total = 1 WHERE id = 13")
+    assert step_problems(step, decision) == []
+    refused = StepOutcome("refund", decision, reasons=(Reason("denied", "the policy engine denied the statement"),))
+    assert awaits_approval(refused)
+    enforced = PolicyEngine(spec(rules=[refund]), schema()).decide(PRINCIPAL, step.sql, tenant="acme")
+    assert step_problems(step, enforced) and not awaits_approval(dataclasses.replace(refused, decision=enforced))

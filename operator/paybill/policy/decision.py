@@ -80,6 +80,10 @@ class Decision:
         """False when warn/audit let through a statement enforce mode would deny."""
         return not any(r.code in POLICY_CODES for r in self.reasons) or not self.allowed or self.mode == "enforce"
 
+    def refusing(self) -> tuple[Reason, ...]:
+        """The reasons that refuse the statement: under warn and audit, policy-level ones are only recorded."""
+        return tuple(r for r in self.reasons if r.code not in POLICY_CODES or self.mode == "enforce")
+
     def to_json(self) -> dict[str, Any]:
         return {
             "decision": "allow" if self.allowed else "deny",

@@ -251,7 +251,7 @@ def _check_steps(spec: AgentWorkflowSpec, engine: Engine, tenant: str) -> tuple[
 def step_problems(step: Step, decision: Decision) -> list[str]:
     """Why the engine's decision refuses the step (a step waiting only for approval is not refused), and whether
     its statement is the kind it declares."""
-    blocking = [r for r in decision.reasons if r.code not in ADMITTED_PENDING] if not decision.allowed else []
+    blocking = [r for r in decision.refusing() if r.code not in ADMITTED_PENDING] if not decision.allowed else []
     problems = [_describe(r.code, r.message, r.rule, r.position) for r in blocking]
     if not decision.allowed and not blocking and not decision.reasons:
         problems.append("denied: the engine gave no reason")

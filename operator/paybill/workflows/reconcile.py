@@ -246,8 +246,8 @@ def approval_news(workflow: WorkflowObject, seen: Observed) -> bool:
 
 def awaits_approval(outcome: StepOutcome) -> bool:
     """The step was refused only because its rule needs approvals it does not have yet (the engine's only reason;
-    the guard adds its own `denied` to any refused statement)."""
-    decided = outcome.decision.reasons
+    the guard adds its own `denied` to any refused statement; warn and audit only record policy-level reasons)."""
+    decided = outcome.decision.refusing()
     return (
         not outcome.executed
         and bool(decided)
