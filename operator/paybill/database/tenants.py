@@ -6,6 +6,7 @@
 - `claims`: roles, databases and schemas created for their owner, or checked against that record;
 - `provisioning`: a tenant's role, database, schema and tables, row security in the shared databases;
 - `access`: full, read_only or none, and the sweep of idle transactions;
+- `watchdog` (decisions in `lock_holders`): tenant sessions holding locks that stall other tenants are ended;
 - `removal`, `backups`, and `moves` (first placement and migration between isolation models).
 
 Role, schema and database names are opaque (`t_<digest>`, see `ownership`), recorded with their owner in
@@ -29,6 +30,7 @@ from .placement import Placement
 from .provisioning import Provisioning
 from .removal import Removal
 from .server import IDLE_IN_TRANSACTION_TIMEOUT
+from .watchdog import LockWatchdog
 
 
 class TenantDatabases:
@@ -86,6 +88,7 @@ class TenantDatabases:
         self.set_access = self.access_levels.set_access
         self.access_of = self.access_levels.access_of
         self.end_idle_transactions = self.access_levels.end_idle_transactions
+        self.end_lock_holders = LockWatchdog(self.connections, self.control).end_lock_holders
         self.end_sessions = end_sessions
         # removal, backups, placement and migration:
         self.remove = self.removal.remove
