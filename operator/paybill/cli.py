@@ -51,6 +51,12 @@ OPERATOR_ENVIRONMENT: tuple[tuple[str, str], ...] = (
         "tenant and agent sessions idle in a transaction longer than this are ended in shared databases (default 60)",
     ),
     (
+        "PAYBILL_LOCK_HOLD_SECONDS",
+        "a tenant or agent session blocking another tenant (or the operator) in a shared database with a "
+        "transaction open longer than this is ended; one holding a SHARE-or-stronger lock on a shared table at "
+        "once (default 10)",
+    ),
+    (
         "PAYBILL_OPERATOR_NAMESPACE",
         "the operator's own namespace, never given to a tenant (default: the ServiceAccount's namespace)",
     ),
