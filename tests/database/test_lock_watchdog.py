@@ -12,7 +12,10 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from paybill.api.agentpolicy import AgentPolicySpec
+from paybill.api.tenant import Access
 from paybill.database import DatabaseUnavailable, TenantDatabases
+from paybill.database.agents.install import install
 from paybill.database.lock_holders import (
     LockRow,
     SessionRow,
@@ -228,18 +231,27 @@ def test_a_tenants_long_select_blocking_another_tenants_policy_install_is_ended_
         slow.close()
 
 
+DELETING = AgentPolicySpec.model_validate(
+    {
+        "subjects": [{"serviceAccount": "tenant-agent", "agent": "agent:bot"}],
+        "rules": [{"id": "tidy", "effect": "allow", "actions": ["select", "delete"], "tables": ["orders"]}],
+    }
+)
+
+
 def test_an_agent_of_a_tenant_is_watched_too(databases: TenantDatabases, watchdog: Watchdog) -> None:
     owner, victim = tenant(databases, "pooled"), tenant(databases, "pooled")
-    role = agent(databases, owner)
+    role = install(databases, owner, "tidy", f"tenant-{owner.tenant}", DELETING, AGENT_PASSWORD, Access.FULL).role
     with login(databases, role, AGENT_PASSWORD, owner.database) as conn:
-        conn.execute("SET statement_timeout = 0")
+        conn.execute("SET idle_in_transaction_session_timeout = 0")
         conn.execute("BEGIN")
-        try:
-            conn.execute("LOCK TABLE app.orders IN ACCESS EXCLUSIVE MODE")
-        except psycopg.errors.InsufficientPrivilege:
-            return  # a read-only agent cannot take it at all
-        with login(databases, victim.role, PASSWORD, victim.database) as reader:
-            within(LIMIT_S + 15, lambda: reader.execute("SELECT count(*) FROM orders").fetchone())
+        conn.execute("LOCK TABLE app.orders IN EXCLUSIVE MODE")  # its table-level DELETE allows it
+        with login(databases, victim.role, PASSWORD, victim.database) as writer:  # EXCLUSIVE stalls writes
+            within(LIMIT_S + 15, lambda: writer.execute("DELETE FROM orders WHERE id = -1"))
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("SELECT 1")
+    ended = [t for t in watchdog.ended if t.role == role]
+    assert [(t.tenant, t.why, t.mode) for t in ended] == [(owner.tenant, Why.STALLING_LOCK, "EXCLUSIVE")]
 
 
 def test_a_session_of_a_role_paybill_did_not_create_is_never_ended(databases: TenantDatabases) -> None:
