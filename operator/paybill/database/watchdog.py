@@ -33,7 +33,6 @@ class LockWatchdog:
     def end_lock_holders(self, limit_s: float) -> list[Termination]:
         """End the tenant and agent sessions of the shared databases that stall other tenants (`lock_holders`);
         the ones ended."""
-        tenants = self._tenants()
         ended = []
         for database in self._shared_databases():
             with self.connections.session(database) as conn:
@@ -42,19 +41,22 @@ class LockWatchdog:
                     for p, s, r, d, t, b in conn.execute(SESSIONS)
                 ]
                 locks = [LockRow(int(p), str(n), str(c), str(m), bool(g)) for p, n, c, m, g in conn.execute(LOCKS)]
+                tenants = self._tenants({s.role for s in sessions})
                 for termination in sessions_to_end(sessions, locks, tenants, SHARED_TABLES, limit_s):
                     row = conn.execute(TERMINATE, (termination.pid, termination.started, termination.role)).fetchone()
                     if row and row[0]:
                         ended.append(termination)
         return ended
 
-    def _tenants(self) -> dict[str, str]:
+    def _tenants(self, roles: set[str]) -> dict[str, str]:
+        """Role -> tenant for those of `roles` Paybill created for a tenant or an agent."""
         with self.connections.session() as conn:
             self.control.prepare(conn)
             owned = [
                 (str(name), str(owner))
                 for name, owner in conn.execute(
-                    "SELECT name, owner FROM paybill.owned WHERE kind = 'role' AND database = ''"
+                    "SELECT name, owner FROM paybill.owned WHERE kind = 'role' AND database = '' AND name = ANY(%s)",
+                    (sorted(roles),),
                 )
             ]
         return tenants_of_roles(self.control.naming_key(), owned)
