@@ -88,6 +88,15 @@ OPERATOR_ENVIRONMENT: tuple[tuple[str, str], ...] = (
         "with PAYBILL_WEBHOOK_CERT_DIR: the operator registers the webhooks at https://HOST:PORT itself "
         "(unset: the chart registers them)",
     ),
+    (
+        "PAYBILL_WEBHOOK_CLIENT_CA",
+        "with PAYBILL_WEBHOOK_CERT_DIR: a PEM CA; only callers with a client certificate it signed (the API "
+        "server's admission kubeconfig) reach the webhooks (unset: any caller that reaches the port)",
+    ),
+    (
+        "PAYBILL_WEBHOOK_CLIENT_NAMES",
+        "with PAYBILL_WEBHOOK_CLIENT_CA: the client certificates' subject CNs answered, comma separated (unset: any)",
+    ),
     ("PAYBILL_WORKFLOW_WORKERS_PER_TENANT", "AgentWorkflow steps run at once for one tenant (default 2)"),
     (
         "PAYBILL_WORKFLOW_RESULTS_RETENTION",
