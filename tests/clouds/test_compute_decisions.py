@@ -71,9 +71,10 @@ def test_instances_up_while_suspended_after_the_stop_are_strays_and_nothing_else
         ("instance", "i-1", "starting"),
         ("instance", "i-3", "stopped"),
         ("instance", "i-4", "terminated"),
-        ("database", "db-1", "running"),  # a database is never stopped by the compute check
+        ("database", "db-1", "running"),  # AWS starts a stopped RDS instance again after seven days
+        ("database", "db-2", "stopped"),
     )
-    assert strays(True, done("stopped"), seen) == ("i-1", "i-2")
+    assert strays(True, done("stopped"), seen) == ("db-1", "i-1", "i-2")
     assert strays(False, done("stopped"), seen) == ()  # resuming: starting them is the reconcile's
     assert strays(True, done("running"), seen) == ()  # the suspension's own stop is not done yet
     assert strays(True, None, seen) == ()

@@ -54,10 +54,15 @@ def decide_compute(
     return ComputeDecision((PowerCompute(wanted),), (False, verb.capitalize(), f"{verb} the tenant's instances"))
 
 
+# What suspension stops: instances, and the databases an adapter lists (AWS RDS, which AWS itself starts again
+# after seven days stopped)
+POWERED = frozenset({"instance", "database"})
+
+
 def strays(suspended: bool, recorded: ComputeStatus | None, found: Iterable[Resource]) -> tuple[str, ...]:
     """The tenant's instances up while it stays Suspended after its instances were stopped (started by hand, or by
     anything but the operator): the periodic check stops them again. None before the suspension's stop is done (the
     reconcile does that, and retries a failure) and none once the tenant resumes (`suspended`: its phase now)."""
     if not suspended or recorded is None or recorded.wanted != STOPPED or recorded.result != DONE:
         return ()
-    return tuple(sorted(r.id for r in found if r.kind == "instance" and r.state in UP))
+    return tuple(sorted(r.id for r in found if r.kind in POWERED and r.state in UP))
