@@ -192,23 +192,26 @@ def assert_built_on_aws(output: str) -> None:
     app = re.search(r"the tenant's app server (i-[0-9a-f]+) launched", output)
     assert app, output
     assert f"inventory: instance {app[1]} running, database paybill-hooli " in output
-    assert (
-        f"hooli suspended: the operator stopped 1 instance(s) through the adapter; inventory: instance {app[1]} "
-        "stopped" in output
-    )
+    assert re.search(  # its app server and its RDS database
+        rf"hooli suspended: the operator stopped 2 of its instances and databases through the adapter; "
+        rf"inventory: instance {app[1]} stopped, database paybill-hooli\S* stopped",
+        output,
+    ), output
     assert f"  {app[1]} started by hand while hooli is Suspended; the operator's periodic compute check looks" in output
     assert (
         "stopped again (Warning RunningWhileSuspended: 1 instance(s) running while the tenant is Suspended, "
         f"stopping them again: {app[1]}); inventory: instance {app[1]} stopped" in output
     )
-    assert (
-        f"hooli resumed: the operator started 1 instance(s) through the adapter; inventory: instance {app[1]} "
-        "running" in output
-    )
+    assert re.search(
+        rf"hooli resumed: the operator started 2 of its instances and databases through the adapter; "
+        rf"inventory: instance {app[1]} running, database paybill-hooli\S* running",
+        output,
+    ), output
     assert re.search(
         r"  aws: built for real on moto \(tenant hooli, aws/silo: 10 resources added by the real provider, "
-        rf"{found[2]} found by tag with boto3, 1 database in the inventory, 1 instance\(s\) stopped on suspension, "
-        r"1 started by hand while suspended stopped again, 1 started on resume\)",
+        rf"{found[2]} found by tag with boto3, 1 database in the inventory, "
+        r"2 instances and databases stopped on suspension, "
+        r"1 started by hand while suspended stopped again, 2 started on resume\)",
         output,
     ), output
 

@@ -259,7 +259,7 @@ def _power(
         return None
     changed = len(status["compute"].get("changed", []))
     verb = "suspended: the operator stopped" if suspended else "resumed: the operator started"
-    say(f"  {TENANT} {verb} {changed} instance(s) through the adapter; inventory: {_inventory(aws)}")
+    say(f"  {TENANT} {verb} {changed} of its instances and databases through the adapter; inventory: {_inventory(aws)}")
     return changed
 
 
@@ -296,6 +296,6 @@ def summary(outcome: AwsOutcome | str) -> str:
     return (
         f"built for real on moto (tenant {TENANT}, {outcome.module}: {outcome.added} resources added by the real "
         f"provider, {sum(outcome.found.values())} found by tag with boto3, {outcome.databases} database in the "
-        f"inventory, {outcome.stopped} instance(s) stopped on suspension, {outcome.stopped_again} started by hand "
-        f"while suspended stopped again, {outcome.started} started on resume)"
+        f"inventory, {outcome.stopped} instances and databases stopped on suspension, {outcome.stopped_again} "
+        f"started by hand while suspended stopped again, {outcome.started} started on resume)"
     )
