@@ -67,28 +67,36 @@ def test_ordinary_locks_and_a_bridge_tenants_own_tables_are_left() -> None:
     )
 
 
-def test_blocking_another_tenant_or_the_operator_past_the_limit_is_ended() -> None:
+def test_blocking_the_operator_past_the_limit_is_ended_and_blocking_another_tenant_is_not() -> None:
+    """Re-attack finding: tenant B queues a strong LOCK (or a duplicate key) behind tenant A's transaction, so A
+    looks like B's blocker; ending A on that would let B end A's work. Only the operator's waits count."""
     locks = [
         LockRow(1, "app", "orders", "ShareUpdateExclusiveLock", True),
         LockRow(2, "app", "orders", "ShareUpdateExclusiveLock", False),
     ]
-    for waiter in ("t_b", "postgres"):
-        young = sessions_to_end(
-            [_session(1, "t_a", held=LIMIT_S - 0.5), _session(2, waiter, blocked_by=(1,))],
-            locks,
-            TENANTS,
-            SHARED_TABLES,
-            LIMIT_S,
-        )
-        assert young == []
-        old = sessions_to_end(
-            [_session(1, "t_a", held=LIMIT_S + 0.5), _session(2, waiter, blocked_by=(1,))],
-            locks,
-            TENANTS,
-            SHARED_TABLES,
-            LIMIT_S,
-        )
-        assert [(t.pid, t.why, t.tables, t.blocked) for t in old] == [(1, Why.BLOCKING, ("app.orders",), 1)]
+    assert not sessions_to_end(
+        [_session(1, "t_a", held=LIMIT_S + 100), _session(2, "t_b", blocked_by=(1,))],
+        locks,
+        TENANTS,
+        SHARED_TABLES,
+        LIMIT_S,
+    )
+    young = sessions_to_end(
+        [_session(1, "t_a", held=LIMIT_S - 0.5), _session(2, "postgres", blocked_by=(1,))],
+        locks,
+        TENANTS,
+        SHARED_TABLES,
+        LIMIT_S,
+    )
+    assert young == []
+    old = sessions_to_end(
+        [_session(1, "t_a", held=LIMIT_S + 0.5), _session(2, "postgres", blocked_by=(1,))],
+        locks,
+        TENANTS,
+        SHARED_TABLES,
+        LIMIT_S,
+    )
+    assert [(t.pid, t.why, t.tables, t.blocked) for t in old] == [(1, Why.BLOCKING, ("app.orders",), 1)]
 
 
 def test_blocking_its_own_agent_or_being_an_unknown_role_is_left() -> None:
