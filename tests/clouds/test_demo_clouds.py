@@ -14,8 +14,8 @@ def test_the_demo_names_what_it_built_for_real_and_how_each_other_cloud_is_exerc
     assert lines[0] == "  local: built for real by this demo: globex (local/silo)"
     assert lines[1] == (
         "  aws: built for real on moto (tenant hooli, aws/silo: 10 resources added by the real provider, 6 found by "
-        "tag with boto3, 1 database in the inventory, 1 instance(s) stopped on suspension, 1 started by hand while "
-        "suspended stopped again, 1 started on resume)"
+        "tag with boto3, 1 database in the inventory, 1 instances and databases stopped on suspension, "
+        "1 started by hand while suspended stopped again, 1 started on resume)"
     )
     assert [line.split(":")[0].strip() for line in lines[2:]] == ["azure", "gcp", "oci", "ibm"]
     assert all(": by contract and adapter fakes (" in line and "loopback fake" in line for line in lines[2:])
