@@ -53,7 +53,7 @@ class AccessLevels:
                     (writable, placement.role, writable),
                 ).rowcount
                 if changed and not writable:  # a transaction begun before sees writable in its snapshot: end it
-                    end_transactions(conn, placement.role, placement.database)
+                    self.agents.end_writers(placement, [placement.role])
             elif writable:
                 conn.execute(
                     sql.SQL("GRANT {} ON ALL TABLES IN SCHEMA {} TO {}").format(WRITE_PRIVILEGES, schema, role)
@@ -107,16 +107,5 @@ def end_sessions(conn: psycopg.Connection, role: str, database: str | None = Non
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE pid <> "
         "pg_backend_pid() AND usename = %s AND (%s::text IS NULL OR datname = %s)",
         (role, database, database),
-    ).fetchone()
-    return int(row[0]) if row else 0
-
-
-def end_transactions(conn: psycopg.Connection, role: str, database: str) -> int:
-    """End the role's sessions in `database` that are inside a transaction (idle ones start their next one
-    with a new snapshot)."""
-    row = conn.execute(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
-        "AND usename = %s AND datname = %s AND state IS DISTINCT FROM 'idle'",
-        (role, database),
     ).fetchone()
     return int(row[0]) if row else 0
