@@ -251,6 +251,24 @@ def test_a_stale_plan_is_planned_again() -> None:
     assert "stale" in decision.provisioned[2]
 
 
+def test_an_auto_apply_held_before_deleting_data_waits_for_approval_of_that_plan() -> None:
+    """The runner applied nothing of a plan that replaces the tenant's database (DataAtRisk): approval auto or not,
+    only the annotation naming that plan applies it, and a changed spec plans and applies as usual."""
+    why = f"plan {PLAN_HASH[:12]} deletes or replaces aws_db_instance.tenant, which hold the tenant's data"
+    held = awaiting(lastRun="apply", message=why)
+    decision = decided(seen(applied_digest=None), held)
+    assert decision.actions == () and not decision.ready
+    ok, reason, message = decision.provisioned
+    assert (ok, reason) == (False, "AwaitingApproval") and message.startswith(why)
+    assert message.endswith(f"kubectl annotate tenant/acme paybill.dev/approve-plan={PLAN_HASH}")
+    assert [event.warning for event in decision.events] == [True]
+    approved = decided(seen(applied_digest=None, approved=PLAN_HASH), held)
+    assert approved.actions == (infra.ApplyInfrastructure(desired(), PLAN_HASH),)
+    changed = decided(seen(applied_digest=None), awaiting(lastRun="apply", message=why, configDigest="e" * 64))
+    assert changed.actions == (infra.ApplyInfrastructure(desired()),)
+    assert decided(seen(applied_digest=None), awaiting()).actions == (infra.ApplyInfrastructure(desired()),)
+
+
 # --- drift -----------------------------------------------------------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
@@ -155,6 +155,14 @@ class Watchdog:
         while not self.stop.wait(0.2):
             self.ended += self.databases.end_lock_holders(LIMIT_S)
 
+    def recorded(self, match: Callable[[Termination], bool]) -> list[Termination]:
+        """The ends that match, once recorded: a session sees its connection go before the pass that ended it
+        returns (up to 10 s; an empty list after that)."""
+        deadline = time.monotonic() + 10
+        while not (found := [t for t in self.ended if match(t)]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return found
+
 
 @pytest.fixture
 def watchdog(databases: TenantDatabases) -> Iterator[Watchdog]:
@@ -195,7 +203,7 @@ def test_a_tenant_holding_access_exclusive_on_a_shared_table_is_ended_and_the_ot
         sleeper.join(15)
         assert not sleeper.is_alive() and isinstance(failures[0], psycopg.OperationalError)
         assert took < LIMIT_S + 15
-        ended = [t for t in watchdog.ended if t.tenant == attacker.tenant]
+        ended = watchdog.recorded(lambda t: t.tenant == attacker.tenant)
         assert [(t.why, t.tables, t.mode) for t in ended] == [(Why.STALLING_LOCK, ("app.orders",), "ACCESS EXCLUSIVE")]
         assert not [t for t in watchdog.ended if t.tenant == victim.tenant]
     finally:
@@ -258,7 +266,7 @@ def test_an_agent_of_a_tenant_is_watched_too(databases: TenantDatabases, watchdo
             within(LIMIT_S + 15, lambda: writer.execute("DELETE FROM orders WHERE id = -1"))
         with pytest.raises(psycopg.OperationalError):
             conn.execute("SELECT 1")
-    ended = [t for t in watchdog.ended if t.role == role]
+    ended = watchdog.recorded(lambda t: t.role == role)
     assert [(t.tenant, t.why, t.mode) for t in ended] == [(owner.tenant, Why.STALLING_LOCK, "EXCLUSIVE")]
 
 

@@ -325,6 +325,30 @@ def test_a_pool_module_with_an_untagged_resource_or_a_literal_region_is_refused(
     ]
 
 
+def test_a_pool_module_that_would_delete_its_tenants_data_with_it_is_refused(tmp_path: Path) -> None:
+    """A pool holds many tenants' data and has no deletion policy of its own: it keeps the data on a delete."""
+    aws = tmp_path / "aws-shared"
+    shutil.copytree(ROOT / "aws" / "shared", aws)
+    _edit(aws, "main.tf", "skip_final_snapshot       = false", "skip_final_snapshot       = true")
+    _edit(aws, "main.tf", "force_destroy = false", 'force_destroy = var.pool != ""')
+    gcp = tmp_path / "gcp-shared"
+    shutil.copytree(ROOT / "gcp" / "shared", gcp)
+    _edit(gcp, "main.tf", '  deletion_policy = "ABANDON"\n', "")
+    ibm = tmp_path / "ibm-shared"
+    shutil.copytree(ROOT / "ibm" / "shared", ibm)
+    _edit(ibm, "main.tf", "  force_delete         = false\n", "")
+    assert pool_violations(aws) == [
+        "resource aws_db_instance.pool: skip_final_snapshot must be false (a pool holds tenants' data)",
+        "resource aws_s3_bucket.pool: force_destroy must be false (a pool holds tenants' data)",
+    ]
+    assert pool_violations(gcp) == [
+        "resource google_sql_database.pool: deletion_policy must be abandon (a pool holds tenants' data)"
+    ]
+    assert pool_violations(ibm) == [
+        "resource ibm_cos_bucket.pool: force_delete must be false (a pool holds tenants' data)"
+    ]
+
+
 # --- azure, gcp and oci against their providers' published schemas (no provider binary to run validate with) -------
 
 SCHEMA_CASES = [
@@ -358,9 +382,8 @@ def test_the_schema_check_names_an_unknown_attribute_a_missing_argument_and_a_wr
     module = _copy(tmp_path, "gcp", "silo")
     _edit(module, "main.tf", "  auto_create_subnetworks = false", "  auto_create_subnetwork = false")
     _edit(module, "main.tf", "    ipv4_enabled    = false\n", "    ipv4_enabled    = false\n    tier = 1\n")
-    database = "  name     = local.database\n  instance = google_sql_database_instance.tenant.name\n"
-    database += '}\n\nresource "google_sql_user"'
-    _edit(module, "main.tf", database, database.replace("  name     = local.database\n", "", 1))
+    database = "  name            = local.database\n  instance        = google_sql_database_instance.tenant.name\n"
+    _edit(module, "main.tf", database, database.replace("  name            = local.database\n", "", 1))
     _edit(
         module,
         "outputs.tf",

@@ -44,13 +44,21 @@ from ..kubeclient import Kube, KubeError
 from ..lifecycle import infrastructure as infra
 from ..lifecycle.reconcile import PlanObject, TenantObject
 from ..metrics import terraform_ran
-from ..terraform import ApplyResult, ModuleInputs, RunnerConfig, StalePlan, TerraformError, TerraformRunner
+from ..terraform import (
+    ApplyResult,
+    ModuleInputs,
+    PlanSummary,
+    RunnerConfig,
+    StalePlan,
+    TerraformError,
+    TerraformRunner,
+)
 from ..terraform import workspaces as records
 from ..terraform.adoption import Adoption, CloudObject
 from ..terraform.backend import state_table_exists
 from ..terraform.connections import Connections
 from ..terraform.contract import violations
-from ..terraform.errors import PlanHashMismatch, PlanNotFound, redact
+from ..terraform.errors import DataAtRisk, PlanHashMismatch, PlanNotFound, redact
 from ..terraform.jobs import Executor, JobExecutor, JobSettings, ProviderEnvironment
 from ..terraform.modules import module_dir
 from ..terraform.runner import Finder
@@ -443,21 +451,18 @@ class InfrastructureRuns:
         match action:
             case infra.PlanInfrastructure():
                 summary = runner.plan(setup.inputs, setup.module, env, self._finder(setup, env))
-                runner.record_planned(tenant.name, summary.plan_hash, digest)
-                return {
-                    **_summary(summary),
-                    "lastResult": infra.AWAITING,
-                    "module": action.desired.module,
-                    "configDigest": digest,
-                    "failures": 0,
-                    "message": f"plan {summary.plan_hash[:12]} awaits approval",
-                }
+                awaits = f"plan {summary.plan_hash[:12]} awaits approval"
+                return _awaiting(runner, tenant.name, action.desired, summary, awaits)
             case infra.ApplyInfrastructure(_, plan_hash):
                 if plan_hash is not None and runner.planned_digest(tenant.name, plan_hash) != digest:
                     raise PlanNotFound(f"plan {plan_hash[:12]} was not made for the tenant's current configuration")
                 runner.record_applied(setup.inputs, action.desired.module, setup.credentials_secret)
                 if plan_hash is None:
-                    result = runner.apply(setup.inputs, setup.module, env, self._finder(setup, env))
+                    try:
+                        result = runner.apply(setup.inputs, setup.module, env, self._finder(setup, env))
+                    except DataAtRisk as held:  # its plan waits for a person's approval, as under approval manual
+                        summary = runner.planned_summary(tenant.name, held.plan_hash)
+                        return _awaiting(runner, tenant.name, action.desired, summary, held.message)
                 else:
                     result = runner.apply_plan(setup.inputs, setup.module, plan_hash, plan_hash, env)
                 runner.record_applied(setup.inputs, action.desired.module, setup.credentials_secret, digest)
@@ -676,6 +681,21 @@ def _retiring(before: InfrastructureStatus, workspace: str) -> dict[str, Any]:
     if not left or before.retiring:
         return {}
     return {"retiring": before.workspace, "retiringModule": before.module}
+
+
+def _awaiting(
+    runner: Executor, tenant: str, desired: infra.Desired, summary: PlanSummary, message: str
+) -> dict[str, Any]:
+    """A saved plan that only an approval applies: recorded with the configuration it was made from."""
+    runner.record_planned(tenant, summary.plan_hash, desired.digest)
+    return {
+        **_summary(summary),
+        "lastResult": infra.AWAITING,
+        "module": desired.module,
+        "configDigest": desired.digest,
+        "failures": 0,
+        "message": message,
+    }
 
 
 def _summary(summary: Any) -> dict[str, Any]:

@@ -266,7 +266,10 @@ def decide_infrastructure(
         if wait > 0:
             failure = (False, f"{(record.lastRun or 'run').title()}Failed", record.message or "terraform failed")
             return InfraDecision(applied, failure, (), drifted, _warn_if_new(failure, said), wait, failed=True)
-    if desired.approval == Approval.AUTO:
+    # an apply that stopped before deleting or replacing a resource with the tenant's data waits for a person even
+    # under approval auto (the runner's DataAtRisk); a changed configuration plans again
+    held = record.lastResult == AWAITING and record.lastRun == "apply" and record.configDigest == desired.digest
+    if desired.approval == Approval.AUTO and not held:
         verb = "re-applying after drift" if remediate else f"applying {desired.module}"
         return _decision(applied, (applied, "Applying", verb), said, drifted, (ApplyInfrastructure(desired),))
     return _manual(seen, record, applied, drifted, said, tenant)
@@ -280,7 +283,8 @@ def _manual(
     said: Condition | None,
     tenant: str,
 ) -> InfraDecision:
-    """Approval manual: plan, stop with the plan in status; apply only the plan whose hash the annotation names."""
+    """Approval manual (or an apply held before deleting data): plan, stop with the plan in status; apply only the
+    plan whose hash the annotation names."""
     desired = seen.desired
     pending = record.lastResult == AWAITING and record.configDigest == desired.digest and record.planHash
     if not pending:
@@ -302,12 +306,15 @@ def _manual(
             "(a stale or wrong hash, or the spec changed since that plan)",
         )
         return _decision(applied, refused, said, drifted, warn=True)
+    held_data = record.lastRun == "apply" and bool(record.message)
     waiting = (
         False,
         "AwaitingApproval",
-        f"plan {plan_hash}: {_counts(record)}; apply it with "
+        f"{record.message if held_data else f'plan {plan_hash}: {_counts(record)}'}; apply it with "
         f"kubectl annotate tenant/{tenant} {APPROVE_ANNOTATION}={plan_hash}",
     )
+    if held_data:
+        return _decision(applied, waiting, said, drifted, warn=True)
     return _decision(applied, waiting, said, drifted, events=_notice_if_new("PlanAwaitingApproval", waiting, said))
 
 

@@ -21,7 +21,7 @@ from . import jobruns
 from .backend import dsn_secrets
 from .config import RunnerConfig
 from .connections import Connections
-from .errors import TerraformError, redact
+from .errors import DataAtRisk, TerraformError, redact
 from .job import OPERATIONS
 from .models import ModuleInputs
 from .runner import TerraformRunner
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         text = exc.message if isinstance(exc, TerraformError) else f"{type(exc).__name__}: {exc}"
         succeeded, output = False, redact(text, dsn_secrets(dsn) + list(provider_env.values()))
-        result = {"error": type(exc).__name__}
+        result = {"error": type(exc).__name__, **({"plan_hash": exc.plan_hash} if isinstance(exc, DataAtRisk) else {})}
     if args.run_id is not None:
         run = jobruns.JobRun(args.run_id, args.tenant, args.workspace, args.operation, succeeded, result, output)
         with Connections(dsn, kept=0).connection() as connection:

@@ -20,6 +20,8 @@ from typing import Any
 
 import hcl2  # type: ignore[import-untyped]
 
+from .keeping import KEEPS_DATA
+
 INPUTS = {
     "tenant_id": "string",
     "plan": "string",
@@ -50,29 +52,26 @@ TAG_VALUES = {
 # Resource types that cannot carry tags (their parent resource does); terraform_data is no cloud object,
 # except in the `local` modules, where it stands for one and carries the tags in its input.
 UNTAGGABLE = ("aws_iam_role_policy", "aws_iam_role_policy_attachment")
-# Resource types holding a tenant's data: a destroy treats them as its deletion policy says (var.deletion_policy)
-DATA_BEARING = frozenset(
-    {
-        "aws_db_instance",
-        "aws_s3_bucket",
-        "google_sql_database_instance",
-        "google_storage_bucket",
-        "azurerm_postgresql_flexible_server",
-        "azurerm_storage_account",
-        "oci_psql_db_system",
-        "oci_objectstorage_bucket",
-        "ibm_database",
-        "ibm_cos_bucket",
-    }
-)
+# Resource types holding a tenant's data: a destroy treats them as its deletion policy says (var.deletion_policy),
+# and no run deletes one without a copy of its data where the policy keeps data (keeping.py says how each keeps it)
+DATA_BEARING = frozenset(KEEPS_DATA)
 # The attribute of a data-bearing type that decides what its destroy does to the data: it must follow
 # var.deletion_policy (a literal `true` there would delete a tenant's data whatever its Tenant says)
 POLICY_ATTRIBUTES = {
     "aws_db_instance": "skip_final_snapshot",
     "aws_s3_bucket": "force_destroy",
     "google_sql_database_instance": "deletion_protection",
+    "google_sql_database": "deletion_policy",
     "google_storage_bucket": "force_destroy",
     "ibm_cos_bucket": "force_delete",
+}
+# In a pool's shared module (many tenants' data, no deletion policy of its own) each of them is set to keep it
+POOL_KEEPS = {
+    "skip_final_snapshot": "false",
+    "force_destroy": "false",
+    "force_delete": "false",
+    "deletion_protection": "true",
+    "deletion_policy": "abandon",
 }
 # The tag that says Paybill made a resource: recovery adopts only resources carrying it (terraform/adoption.py)
 MANAGED_BY = ("paybill.dev/managed-by", "paybill")
@@ -219,6 +218,7 @@ def pool_violations(module: Path) -> list[str]:
     blocks = parse(module)
     convention, found = _convention(blocks)
     found += _carrier_violations(blocks, False, convention)
+    found += _pool_keeping_violations(blocks)
     if any("backend" in block for block in blocks.get("terraform", [])):
         found.append("declares a backend: the runner supplies the pg backend")
     return found + _hygiene_violations(blocks)
@@ -321,6 +321,17 @@ def _deletion_policy_violations(blocks: dict[str, list[Any]]) -> list[str]:
         for kind, name, body in _resources(blocks)
         if kind in POLICY_ATTRIBUTES and "var.deletion_policy" not in str(body.get(POLICY_ATTRIBUTES[kind], ""))
     ]
+
+
+def _pool_keeping_violations(blocks: dict[str, list[Any]]) -> list[str]:
+    found = []
+    for kind, name, body in _resources(blocks):
+        attribute = POLICY_ATTRIBUTES.get(kind)
+        if attribute is not None and _expression(body.get(attribute, "")).lower() != POOL_KEEPS[attribute]:
+            found.append(
+                f"resource {kind}.{name}: {attribute} must be {POOL_KEEPS[attribute]} (a pool holds tenants' data)"
+            )
+    return found
 
 
 def _at(body: Any, path: tuple[str, ...]) -> list[Any]:

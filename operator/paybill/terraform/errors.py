@@ -70,6 +70,16 @@ class DataKept(TerraformError):
     database Terraform must not delete): nothing of that data was deleted; the message says what to do."""
 
 
+class DataAtRisk(TerraformError):
+    """A run would delete a resource holding the tenant's data (keeping.py): a destroy that would keep no copy of it
+    under a deletion policy that keeps data, or an unapproved apply that deletes or replaces one. Nothing was applied
+    or destroyed. `plan_hash`: the apply's saved plan, which only a person's approval applies ("" for a destroy)."""
+
+    def __init__(self, command: str, message: str, plan_hash: str = "") -> None:
+        super().__init__(command, None, message)
+        self.plan_hash = plan_hash
+
+
 class PolicyNotSettled(TerraformError):
     """Before a destroy, carrying the deletion policy into the state of the resources holding data would do more
     than update them in place (create or replace something): nothing was applied or destroyed."""
@@ -77,21 +87,31 @@ class PolicyNotSettled(TerraformError):
 
 # a provider refusing to delete a bucket that still holds objects: S3 and S3-compatible (IBM COS, OCI), GCS
 _BUCKET_NOT_EMPTY = re.compile(r"BucketNotEmpty|bucket is not empty|containing objects without `?force_destroy", re.I)
+# a provider refusing to delete a database its deletion protection keeps (deletionPolicy retain)
+_PROTECTED = re.compile(r"deletion_protection|deletion protection", re.I)
 _BUCKET_NAME = re.compile(r"[Bb]ucket \(([^)\s]+)\)|delete bucket ([^\s]+) containing|Bucket named '([^']+)'")
 
 
 def kept_data(message: str, policy: str) -> str | None:
     """What a failed destroy's message means under a deletion policy that keeps data: why it stopped and what to do
     (None: not a refusal to delete kept data)."""
-    if policy == "destroy" or not _BUCKET_NOT_EMPTY.search(message):
+    if policy == "destroy":
+        return None
+    first = message.splitlines()[0] if message else ""
+    if _PROTECTED.search(message):
+        return (
+            f"a database is protected from deletion by deletionPolicy {policy}: the destroy stopped there and "
+            "deleted none of it; copy out what is needed, then set deletionPolicy destroy, and offboarding goes on. "
+            f"Terraform: {first}"
+        )
+    if not _BUCKET_NOT_EMPTY.search(message):
         return None
     named = _BUCKET_NAME.search(message)
     bucket = next((group for group in named.groups() if group), "") if named else ""
     return (
         f"bucket {bucket or '(see the error below)'} holds objects, kept by deletionPolicy {policy}: the destroy "
         "stopped there and deleted none of them (a database's final snapshot or backups are kept); copy out what is "
-        "needed and empty the bucket, or set deletionPolicy destroy, and offboarding goes on. Terraform: "
-        + message.splitlines()[0]
+        f"needed and empty the bucket, or set deletionPolicy destroy, and offboarding goes on. Terraform: {first}"
     )
 
 

@@ -27,7 +27,17 @@ from ..kubeclient import Kube, KubeError, resource_path
 from . import backend, jobruns
 from . import workspaces as records
 from .connections import Connections
-from .errors import AdoptionBlocked, PlanHashMismatch, PlanNotFound, StalePlan, StateLocked, TerraformError, redact
+from .errors import (
+    AdoptionBlocked,
+    DataAtRisk,
+    DataKept,
+    PlanHashMismatch,
+    PlanNotFound,
+    StalePlan,
+    StateLocked,
+    TerraformError,
+    redact,
+)
 from .job import BACKEND_KEY, JobSpec, job_manifest
 from .models import (
     ApplyResult,
@@ -82,6 +92,8 @@ class Executor(Protocol):
     ) -> None: ...
 
     def record_planned(self, tenant_id: str, plan_hash: str, config_digest: str) -> None: ...
+
+    def planned_summary(self, tenant_id: str, plan_hash: str) -> PlanSummary: ...
 
     def planned_digest(self, tenant_id: str, plan_hash: str) -> str | None: ...
 
@@ -313,7 +325,7 @@ class JobExecutor(RunRecords):
         if record is not None and record.succeeded:
             return record.result
         if record is not None:  # Terraform's own words, redacted by the entry point (and again here)
-            raise _error(spec.operation, str(record.result.get("error")), redact(record.output, secret_values))
+            raise _error(spec.operation, record.result, redact(record.output, secret_values))
         if ended is None:
             raise JobFailed(spec.operation, None, f"Job {spec.name} was deleted before it finished")
         reason = _failure(ended) or "it ended without writing its run record"
@@ -340,11 +352,14 @@ def _summary(fields: Mapping[str, Any]) -> PlanSummary:
     return PlanSummary(**{**fields, "addresses": tuple(fields.get("addresses") or ())})
 
 
-_RAISED = {"StalePlan": StalePlan, "StateLocked": StateLocked, "AdoptionBlocked": AdoptionBlocked}
+_RAISED = {"StalePlan": StalePlan, "StateLocked": StateLocked, "AdoptionBlocked": AdoptionBlocked, "DataKept": DataKept}
 
 
-def _error(operation: str, kind: str, message: str) -> Exception:
+def _error(operation: str, result: Mapping[str, Any], message: str) -> Exception:
     """The runner's error the Job's run ended with, raised again here as the local runner would have raised it."""
+    kind = str(result.get("error"))
     if kind == "PlanNotFound":
         return PlanNotFound(message)
+    if kind == "DataAtRisk":
+        return DataAtRisk(operation, message, str(result.get("plan_hash") or ""))
     return _RAISED.get(kind, TerraformError)(operation, 1, message)

@@ -24,13 +24,14 @@ from typing import Any
 
 from python_terraform import IsFlagged, IsNotFlagged  # type: ignore[import-untyped]
 
-from . import adoption, backend, binary, recovery
+from . import adoption, backend, binary, keeping, recovery
 from . import workspaces as records
 from .config import RunnerConfig, cli_config
 from .connections import Connections
 from .contract import DATA_BEARING
 from .errors import (
     AdoptionBlocked,
+    DataAtRisk,
     DataKept,
     PlanHashMismatch,
     PlanNotFound,
@@ -146,14 +147,21 @@ class TerraformRunner(RunRecords):
         self, inputs: ModuleInputs, module: Path, env: Mapping[str, str] | None = None, finder: Finder | None = None
     ) -> ApplyResult:
         """Plan and apply that very plan file in one run (no approval step). The plan's summary (`show -json`)
-        is made while the apply runs: nothing waits for it."""
+        is made while the apply runs, except when the state holds resources with the tenant's data: then the plan
+        is read first, and one that deletes or replaces any of them applies nothing (DataAtRisk: only a person's
+        approval of that saved plan applies it, through apply_plan)."""
         with self._run(inputs, module, env) as run:
             self._adopt_if_interrupted(run, finder)
             self._plan_file(run)
-            with ThreadPoolExecutor(max_workers=1) as side:
-                shown = side.submit(self._summarize, run)
+            if self._holding_data(run):  # the plan is read before anything is applied
+                summary, plan_json = self._summarize(run)
+                self._refuse_deleting_data(summary, plan_json)
                 self._apply_saved(run)
-                summary, _ = shown.result()
+            else:
+                with ThreadPoolExecutor(max_workers=1) as side:
+                    shown = side.submit(self._summarize, run)
+                    self._apply_saved(run)
+                    summary, _ = shown.result()
             outputs = self.state_outputs(inputs.tenant_id, inputs.workspace)
             return ApplyResult(summary, outputs, tuple(run.recoveries), run.adoption)
 
@@ -181,10 +189,13 @@ class TerraformRunner(RunRecords):
         """Destroy what the state holds, and, after an apply that never finished, what that apply made first (each
         object imported into the state, then destroyed with the rest). The resources holding data are first brought
         to `inputs.deletion_policy` (a destroy reads a final snapshot's or force_destroy's setting from the state,
-        not the configuration); a bucket the policy keeps the objects of stops the destroy: DataKept says so."""
+        not the configuration); a bucket the policy keeps the objects of stops the destroy: DataKept says so. Under
+        a policy that keeps data, a destroy that would delete a resource holding data with no copy kept (a type
+        that cannot keep one, a state that says none is made) destroys nothing: DataAtRisk names each."""
         with self._run(inputs, module, env) as run:
             self._import_if_interrupted(run, finder)
             self._settle_deletion_policy(run)
+            self._refuse_losing_data(run, inputs.deletion_policy)
             code, out, err = self._locking(
                 run,
                 lambda: run.terraform.destroy(
@@ -432,9 +443,7 @@ class TerraformRunner(RunRecords):
         state carries the current deletion policy (skip_final_snapshot, force_destroy, deletion_protection ...)
         whatever the last apply was made with. Only updates in place are applied: a plan that would create or
         replace anything applies nothing and stops the destroy (PolicyNotSettled)."""
-        with self.connections.connection() as connection:
-            found = records.managed_addresses(connection, run.tenant_id, run.workspace)
-        targets = sorted({address for kind, address in found if kind in DATA_BEARING})
+        targets = self._holding_data(run)
         if not targets:
             return
         code, out, err = self._locking(
@@ -465,6 +474,50 @@ class TerraformRunner(RunRecords):
                 f"more than an update in place: {', '.join(beyond)}; nothing was applied or destroyed",
             )
         self._apply_saved(run)
+
+    def _holding_data(self, run: Run) -> list[str]:
+        """The addresses of the resources in the run's state that hold the tenant's data (contract.DATA_BEARING)."""
+        with self.connections.connection() as connection:
+            found = records.managed_addresses(connection, run.tenant_id, run.workspace)
+        return sorted({address for kind, address in found if kind in DATA_BEARING})
+
+    @staticmethod
+    def _refuse_deleting_data(summary: PlanSummary, plan_json: dict[str, Any]) -> None:
+        deleted = keeping.deleted(plan_json)
+        if deleted:
+            raise DataAtRisk(
+                "apply",
+                f"plan {summary.plan_hash[:12]} deletes or replaces {', '.join(deleted)}, which hold the tenant's "
+                "data: nothing was applied; only an approval of exactly this plan applies it",
+                summary.plan_hash,
+            )
+
+    def _refuse_losing_data(self, run: Run, policy: str) -> None:
+        """Before a destroy under a policy that keeps data: the destroy planned and read; one that would delete
+        data with no copy kept destroys nothing."""
+        if policy == "destroy" or not self._holding_data(run):
+            return
+        code, out, err = self._locking(
+            run,
+            lambda: run.terraform.plan(
+                out=PLAN_FILE,
+                destroy=IsFlagged,
+                detailed_exitcode=IsFlagged,
+                no_color=IsFlagged,
+                input=False,
+                lock_timeout=self._lock_timeout,
+            ),
+        )
+        if code not in (0, 2):
+            self._check(run, "plan", code, out, err)
+        lost = keeping.unkept(self._show_json(run))
+        if lost:
+            raise DataAtRisk(
+                "destroy",
+                f"deletionPolicy {policy} keeps the tenant's data, and the destroy would delete it with no copy "
+                f"kept: {'; '.join(lost)}; nothing was destroyed. Copy out what is needed, then set deletionPolicy "
+                "destroy, and the destroy goes on",
+            )
 
     def _blocked(self, run: Run, why: str) -> str:
         return redact(

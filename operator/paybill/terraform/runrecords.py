@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from . import workspaces as records
 from .connections import Connections
-from .models import ModuleInputs
+from .models import ModuleInputs, PlanSummary
+from .plans import PlanStore
 
 
 class RunRecords:
@@ -37,6 +38,10 @@ class RunRecords:
     def planned_digest(self, tenant_id: str, plan_hash: str) -> str | None:
         with self.connections.connection() as connection:
             return records.planned_digest(connection, tenant_id, plan_hash)
+
+    def planned_summary(self, tenant_id: str, plan_hash: str) -> PlanSummary:
+        """A saved plan's summary (KeyError: no such plan of the tenant)."""
+        return PlanStore(self.connections).summary(tenant_id, plan_hash)
 
     def close(self) -> None:
         """Close the backend connections kept between runs (at shutdown)."""

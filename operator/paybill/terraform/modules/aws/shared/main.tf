@@ -48,24 +48,25 @@ resource "terraform_data" "password" {
 }
 
 resource "aws_db_instance" "pool" {
-  identifier             = local.name
-  engine                 = "postgres"
-  engine_version         = "15.4"
-  instance_class         = "db.t3.medium"
-  allocated_storage      = lookup(var.sizes, "storage_gib", 100)
-  name                   = replace(local.name, "-", "_")
-  username               = "paybill"
-  password               = terraform_data.password.output
-  db_subnet_group_name   = aws_db_subnet_group.pool.name
-  vpc_security_group_ids = [aws_security_group.database.id]
-  skip_final_snapshot    = true
-  tags                   = local.tags
+  identifier                = local.name
+  engine                    = "postgres"
+  engine_version            = "15.4"
+  instance_class            = "db.t3.medium"
+  allocated_storage         = lookup(var.sizes, "storage_gib", 100)
+  name                      = replace(local.name, "-", "_")
+  username                  = "paybill"
+  password                  = terraform_data.password.output
+  db_subnet_group_name      = aws_db_subnet_group.pool.name
+  vpc_security_group_ids    = [aws_security_group.database.id]
+  skip_final_snapshot       = false
+  final_snapshot_identifier = "${local.name}-final"
+  tags                      = local.tags
 }
 
 resource "aws_s3_bucket" "pool" {
   bucket        = local.name
   acl           = "private"
-  force_destroy = true
+  force_destroy = false
   tags          = local.tags
 }
 

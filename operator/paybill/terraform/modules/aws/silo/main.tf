@@ -52,6 +52,15 @@ resource "terraform_data" "password" {
   }
 }
 
+# Made once for the life of the tenant's infrastructure: a final snapshot's name never collides with one kept from
+# an earlier life of a tenant of the same name
+resource "terraform_data" "generation" {
+  input = substr(replace(uuid(), "-", ""), 0, 8)
+  lifecycle {
+    ignore_changes = [input]
+  }
+}
+
 # deletion_policy snapshot (and retain): destroying the instance leaves a final snapshot of it
 resource "aws_db_instance" "tenant" {
   identifier                = local.name
@@ -65,7 +74,7 @@ resource "aws_db_instance" "tenant" {
   db_subnet_group_name      = aws_db_subnet_group.tenant.name
   vpc_security_group_ids    = [aws_security_group.database.id]
   skip_final_snapshot       = var.deletion_policy == "destroy"
-  final_snapshot_identifier = "${local.name}-silo-final"
+  final_snapshot_identifier = "${local.name}-silo-final-${terraform_data.generation.output}"
   tags                      = local.tags
 }
 

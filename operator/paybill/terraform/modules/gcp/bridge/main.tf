@@ -18,7 +18,9 @@ resource "terraform_data" "password" {
   }
 }
 
-# deletion_policy retain: Terraform refuses to delete the instance; snapshot: its backups (taken daily) outlive it
+# deletion_policy retain: Terraform refuses to delete the instance. snapshot: its daily backups outlive it, but the
+# provider (6.x) takes no final backup, so the runner's destroy refuses to delete it (keeping.py) until the policy is
+# destroy
 resource "google_sql_database_instance" "tenant" {
   name                = local.name
   region              = var.region
@@ -39,9 +41,11 @@ resource "google_sql_database_instance" "tenant" {
   }
 }
 
+# dropped only under deletion_policy destroy: otherwise it stays in the instance (and in whatever backup is kept)
 resource "google_sql_database" "tenant" {
-  name     = local.database
-  instance = google_sql_database_instance.tenant.name
+  name            = local.database
+  instance        = google_sql_database_instance.tenant.name
+  deletion_policy = var.deletion_policy == "destroy" ? "DELETE" : "ABANDON"
 }
 
 resource "google_sql_user" "tenant" {

@@ -58,7 +58,7 @@ resource "google_sql_database_instance" "pool" {
   name                = local.name
   region              = var.region
   database_version    = "POSTGRES_15"
-  deletion_protection = false
+  deletion_protection = true
   settings {
     tier        = "db-custom-2-7680"
     disk_size   = lookup(var.sizes, "storage_gib", 100)
@@ -72,8 +72,9 @@ resource "google_sql_database_instance" "pool" {
 }
 
 resource "google_sql_database" "pool" {
-  name     = replace(local.name, "-", "_")
-  instance = google_sql_database_instance.pool.name
+  name            = replace(local.name, "-", "_")
+  instance        = google_sql_database_instance.pool.name
+  deletion_policy = "ABANDON"
 }
 
 resource "google_sql_user" "pool" {
@@ -85,7 +86,7 @@ resource "google_sql_user" "pool" {
 resource "google_storage_bucket" "pool" {
   name                        = local.name
   location                    = var.region
-  force_destroy               = true
+  force_destroy               = false
   uniform_bucket_level_access = true
   labels                      = local.labels
 }

@@ -82,6 +82,7 @@ resource "ibm_cos_bucket" "pool" {
   resource_instance_id = ibm_resource_instance.storage.id
   region_location      = var.region
   storage_class        = "standard"
+  force_delete         = false
 }
 
 data "ibm_is_images" "public" {
