@@ -176,3 +176,14 @@ def test_a_bucket_the_deletion_policy_keeps_is_said_so_and_only_then() -> None:
         assert "set deletionPolicy destroy" in said and message.splitlines()[0] in said
         assert kept_data(message, "destroy") is None  # under destroy a refusal is an ordinary failure
     assert kept_data("Error: creating RDS DB Instance: InvalidParameterValue", "snapshot") is None
+
+
+def test_a_database_protected_by_retain_is_said_so_and_only_then() -> None:
+    google = (
+        'Error: Error when reading or editing SQL Database Instance "paybill-hooli": cannot destroy instance '
+        "without setting deletion_protection=false and running `terraform apply`"
+    )
+    said = kept_data(google, "retain")
+    assert said is not None and said.startswith("a database is protected from deletion by deletionPolicy retain")
+    assert google in said and "set deletionPolicy destroy" in said
+    assert kept_data(google, "destroy") is None
