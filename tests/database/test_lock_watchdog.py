@@ -17,10 +17,14 @@ from paybill.api.tenant import Access
 from paybill.database import DatabaseUnavailable, TenantDatabases
 from paybill.database.agents.install import install
 from paybill.database.lock_holders import (
+    FORGET_AFTER_S,
+    PASS_CAP_S,
     LockRow,
     SessionRow,
     Termination,
     Why,
+    operator_waiting,
+    operator_waits,
     sessions_to_end,
     tenants_of_roles,
 )
@@ -97,6 +101,24 @@ def test_blocking_the_operator_past_the_limit_is_ended_and_blocking_another_tena
         LIMIT_S,
     )
     assert [(t.pid, t.why, t.tables, t.blocked) for t in old] == [(1, Why.BLOCKING, ("app.orders",), 1)]
+
+
+def test_the_operators_waits_add_up_across_attempts_and_a_young_blocker_of_a_starved_table_is_ended() -> None:
+    waits = operator_waits({}, {"app.orders"}, now=100.0)
+    assert waits["app.orders"].seconds == 0.0  # first seen: nothing counted yet
+    for now in (100.5, 101.0, 106.0, 106.5):  # a gap between attempts counts at most PASS_CAP_S
+        waits = operator_waits(waits, {"app.orders"}, now)
+    assert waits["app.orders"].seconds == 0.5 + 0.5 + PASS_CAP_S + 0.5
+    assert operator_waits(waits, set(), now=106.5 + FORGET_AFTER_S + 1) == {}
+    locks = [
+        LockRow(1, "app", "orders", "AccessShareLock", True),
+        LockRow(2, "app", "orders", "AccessExclusiveLock", False),
+    ]
+    sessions = [_session(1, "t_a", held=0.5), _session(2, "postgres", blocked_by=(1,))]
+    assert operator_waiting(sessions, locks, TENANTS) == {"app.orders"}
+    assert not sessions_to_end(sessions, locks, TENANTS, SHARED_TABLES, LIMIT_S, {"app.customers": waits["app.orders"]})
+    starved = sessions_to_end(sessions, locks, TENANTS, SHARED_TABLES, LIMIT_S, waits)
+    assert [(t.pid, t.why, t.held_seconds) for t in starved] == [(1, Why.BLOCKING, 0.5)]
 
 
 def test_blocking_its_own_agent_or_being_an_unknown_role_is_left() -> None:
@@ -245,6 +267,47 @@ def test_a_tenants_long_select_blocking_another_tenants_policy_install_is_ended_
         assert set(ended[0].tables) <= {"app.orders", "app.customers", "app.invoices", "app.payments"}
     finally:
         slow.close()
+
+
+def test_a_chain_of_young_transactions_starving_the_operator_is_ended_once_its_waits_add_up(
+    databases: TenantDatabases, watchdog: Watchdog
+) -> None:
+    """Re-attack finding: the operator's DDL waits a short while per attempt and retries, so a tenant handing a lock
+    from one transaction to the next between the attempts, each younger than the limit, would starve it forever;
+    the operator's waits are summed across attempts instead."""
+    holder = tenant(databases, "pooled")
+    links = [login(databases, holder.role, PASSWORD, holder.database) for _ in range(2)]
+    operator = psycopg.connect(databases.dsn("paybill_pooled"), autocommit=True)
+    try:
+        operator.execute("SET lock_timeout = '300ms'")
+        attempts, deadline = 0, time.monotonic() + 8 * LIMIT_S
+        current = _hold(links[0])
+        while time.monotonic() < deadline:
+            attempts += 1
+            try:
+                with operator.transaction():
+                    operator.execute("LOCK TABLE app.orders IN ACCESS EXCLUSIVE MODE")
+                break
+            except psycopg.errors.LockNotAvailable:
+                pass
+            following = _hold(links[attempts % 2])  # between two attempts: the lock goes on to a new transaction
+            current.execute("COMMIT")
+            current = following
+        else:
+            pytest.fail(f"the operator never got its lock in {attempts} attempts")
+    finally:
+        operator.close()
+        for link in links:
+            link.close()
+    ended = watchdog.recorded(lambda t: t.tenant == holder.tenant)
+    assert [t.why for t in ended] == [Why.BLOCKING] and ended[0].held_seconds < LIMIT_S
+    assert attempts > 3  # it was starved first: its waits added up to the limit over several attempts
+
+
+def _hold(conn: psycopg.Connection) -> psycopg.Connection:
+    conn.execute("BEGIN")
+    conn.execute("SELECT count(*) FROM app.orders")
+    return conn
 
 
 DELETING = AgentPolicySpec.model_validate(

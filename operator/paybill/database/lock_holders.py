@@ -6,10 +6,10 @@ shared databases and ends a session of a role it created for a tenant or a tenan
 
 - holds (or queues for) a table lock on a shared table in a mode that stalls other tenants' reads or writes
   (SHARE and stronger): no statement of a tenant's takes one but LOCK TABLE, so it is ended at once;
-- blocks a session that is not its own tenant's (another tenant's, an agent's of another tenant, the operator's
-  policy install) while its transaction has been open for longer than the limit. The operator's row-security
-  DDL waits only 2 s per attempt and retries, so the blocked side's wait is short: the blocker's transaction
-  age is the measure (it holds its locks since some point inside it).
+- blocks a session of the operator's (its row-security DDL, a policy install) while its transaction has been open
+  for longer than the limit, or whatever its age once the operator has been trying to lock that table for longer
+  than the limit: the operator's DDL waits only 2 s per attempt and retries, so a chain of transactions each
+  younger than the limit would starve it; its waits are summed across attempts (`operator_waits`).
 
 Sessions of any other role (the operator's admin, a role Paybill did not create) are never ended.
 """
@@ -130,15 +130,48 @@ def _tenant_of(key: bytes, role: str, owner: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Waited:
+    """How long the operator's sessions have been seen waiting to lock one table, summed over the watchdog's passes."""
+
+    seconds: float
+    last_seen: float  # time.monotonic() of the last pass that saw it
+
+
+PASS_CAP_S = 2.0  # at most this much is counted between two passes (a gap between attempts counts little)
+FORGET_AFTER_S = 60.0  # a table not waited on for this long starts again from zero
+
+
+def operator_waits(
+    before: Mapping[str, Waited], waiting: Iterable[str], now: float, forget_after: float = FORGET_AFTER_S
+) -> dict[str, Waited]:
+    """The operator's summed waits per "schema.table" after a pass that sees it waiting for `waiting`: each table
+    seen again gets the time since it was last seen (at most PASS_CAP_S); one first seen starts at zero."""
+    waits = {table: wait for table, wait in before.items() if now - wait.last_seen <= forget_after}
+    for table in set(waiting):
+        earlier = waits.get(table)
+        added = min(now - earlier.last_seen, PASS_CAP_S) if earlier else 0.0
+        waits[table] = Waited((earlier.seconds if earlier else 0.0) + added, now)
+    return waits
+
+
+def operator_waiting(sessions: Iterable[SessionRow], locks: Iterable[LockRow], tenants: Mapping[str, str]) -> set[str]:
+    """The tables ("schema.table") a session of none of the tenant and agent roles is queued to lock."""
+    others = {session.pid for session in sessions if session.role not in tenants}
+    return {f"{lock.schema}.{lock.table}" for lock in locks if not lock.granted and lock.pid in others}
+
+
 def sessions_to_end(
     sessions: Iterable[SessionRow],
     locks: Iterable[LockRow],
     tenants: Mapping[str, str],
     shared_tables: Mapping[str, frozenset[str]],
     limit_s: float,
+    waited: Mapping[str, Waited] | None = None,
 ) -> list[Termination]:
     """The tenant sessions to end. `tenants`: role -> tenant of Paybill's tenant and agent roles (no other role's
-    session is ever ended); `shared_tables`: database -> schemas whose tables every tenant of it uses."""
+    session is ever ended); `shared_tables`: database -> schemas whose tables every tenant of it uses; `waited`:
+    the operator's summed waits per table (operator_waits)."""
     sessions, locks = list(sessions), list(locks)
     ended = []
     for session in sessions:
@@ -165,12 +198,14 @@ def sessions_to_end(
             strongest = max(stalling, key=lambda lock: _strength(lock.mode))
             tables = _names(stalling)
             ended.append(_end(session, tenant, Why.STALLING_LOCK, tables, MODE_NAMES[strongest.mode], held, victims))
-        elif victims and held >= limit_s:
+        elif victims:
             waited_on = {
                 (lock.schema, lock.table) for v in victims for lock in locks if lock.pid == v.pid and not lock.granted
             }
             tables = _names(lock for lock in mine if (lock.schema, lock.table) in waited_on)
-            ended.append(_end(session, tenant, Why.BLOCKING, tables, None, held, victims))
+            starved = any(wait.seconds >= limit_s for table, wait in (waited or {}).items() if table in tables)
+            if held >= limit_s or starved:
+                ended.append(_end(session, tenant, Why.BLOCKING, tables, None, held, victims))
     return ended
 
 

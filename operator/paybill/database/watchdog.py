@@ -3,9 +3,20 @@ tenant sessions to end, and ends them (a session is named by pid and start time,
 
 from __future__ import annotations
 
+import time
+
 from .connections import Connections
 from .control import Control
-from .lock_holders import LockRow, SessionRow, Termination, sessions_to_end, tenants_of_roles
+from .lock_holders import (
+    LockRow,
+    SessionRow,
+    Termination,
+    Waited,
+    operator_waiting,
+    operator_waits,
+    sessions_to_end,
+    tenants_of_roles,
+)
 from .placement import APP_SCHEMA, BRIDGE_DATABASE, CONTROL_SCHEMA, POOLED_DATABASE
 
 # Tables every tenant of a shared database uses (a bridge tenant's schema is its own).
@@ -29,6 +40,7 @@ class LockWatchdog:
     def __init__(self, connections: Connections, control: Control) -> None:
         self.connections = connections
         self.control = control
+        self._waited: dict[str, dict[str, Waited]] = {}  # database -> the operator's summed waits per table
 
     def end_lock_holders(self, limit_s: float) -> list[Termination]:
         """End the tenant and agent sessions of the shared databases that stall other tenants (`lock_holders`);
@@ -42,7 +54,11 @@ class LockWatchdog:
                 ]
                 locks = [LockRow(int(p), str(n), str(c), str(m), bool(g)) for p, n, c, m, g in conn.execute(LOCKS)]
                 tenants = self._tenants({s.role for s in sessions})
-                for termination in sessions_to_end(sessions, locks, tenants, SHARED_TABLES, limit_s):
+                waiting = operator_waiting(sessions, locks, tenants)
+                waited = self._waited[database] = operator_waits(
+                    self._waited.get(database, {}), waiting, time.monotonic()
+                )
+                for termination in sessions_to_end(sessions, locks, tenants, SHARED_TABLES, limit_s, waited):
                     row = conn.execute(TERMINATE, (termination.pid, termination.started, termination.role)).fetchone()
                     if row and row[0]:
                         ended.append(termination)
