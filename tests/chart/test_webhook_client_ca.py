@@ -67,3 +67,16 @@ def test_both_sources_names_without_a_ca_and_bad_names_are_refused() -> None:
     unnamed = {"webhook": {"clientCA": {"names": ["kube-apiserver"]}}}
     result = run_helm("template", RELEASE, str(CHART), *values_args(unnamed), check=False)
     assert result.returncode != 0 and "webhook.clientCA.names names client certificates" in result.stderr
+
+
+def test_a_ca_without_names_is_refused_unless_it_is_said_to_sign_nothing_else() -> None:
+    """The cluster's client CA signs every user's and kubelet's certificate: with it and no names, any of them could
+    POST a review naming any approver."""
+    any_client = {"webhook": {"clientCA": {"configMapName": "apiserver-client-ca"}}}
+    result = run_helm("template", RELEASE, str(CHART), *values_args(any_client), check=False)
+    assert result.returncode != 0 and "webhook.clientCA: set names" in result.stderr
+    dedicated = merged(any_client, {"webhook": {"clientCA": {"dedicated": True}}})
+    env = _env(template(dedicated))
+    assert env[CLIENT_CA_ENV] == f"{MOUNT}/ca.crt" and CLIENT_NAMES_ENV not in env
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(merged(DEFAULTS, {"webhook": {"clientCA": {"dedicated": "yes"}}}), SCHEMA)
