@@ -371,6 +371,19 @@ def test_the_decisions_name_limit_is_the_runners() -> None:
     assert checked_tenant_id("a" * infra.MAX_TENANT_NAME)
     with pytest.raises(ValueError, match="at most 40"):
         checked_tenant_id("a" * (infra.MAX_TENANT_NAME + 1))
+    with pytest.raises(ValueError, match="names pools' resources"):
+        checked_tenant_id(f"{infra.RESERVED_PREFIX}default")
+
+
+def test_a_name_a_pools_resources_would_have_is_refused_and_starts_no_run() -> None:
+    """Re-attack: tenant pool-default's bucket paybill-pool-default is the pool's own (S3 answers a create of a bucket
+    the account owns with 200), so its offboarding under destroy emptied every pooled tenant's objects."""
+    decision = infra.decide_infrastructure(seen(), None, None, NOW, "pool-default")
+    assert decision.actions == () and decision.provisioned[:2] == (False, "TenantNameReserved")
+    assert "would be named like a pool's" in decision.provisioned[2] and decision.events[0].warning
+    assert infra.decide_infrastructure(seen(), None, None, NOW, "poolside").actions == (
+        infra.ApplyInfrastructure(desired()),
+    )
 
 
 # --- through the Tenant's decide -------------------------------------------------------------------------------------

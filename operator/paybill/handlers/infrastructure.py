@@ -234,7 +234,8 @@ class InfrastructureRuns:
         built = tuple(self._built(tenant.name, desired, found[name], policy) for name in found if found[name].resources)
         retired = None
         if recorded is not None and recorded.retiring:
-            retired = self.retired(tenant.name, plan, recorded, found.get(str(recorded.retiring)), policy)
+            retiring = found.get(str(recorded.retiring))
+            retired = self.retired(tenant.name, plan, recorded, retiring, infra.RETIRING_POLICY)
         workspace = found.get(desired.workspace)
         applied = workspace.config_digest if workspace is not None else None
         return infra.InfraSeen(desired, running, settled, tenant.approved_plan, retired, built, applied_digest=applied)

@@ -41,6 +41,11 @@ FAILURE_BASE = 5.0  # a failed run is tried again after 5 s, 10 s, 20 s ... capp
 # a provisioned tenant's name (terraform/models.py TENANT_ID): `paybill-<name>` names its cloud resources (an RDS
 # identifier, an S3 bucket: at most 63 characters), `tf_<name>` its state's schema
 MAX_TENANT_NAME = 40
+RESERVED_PREFIX = "pool-"  # a pool's cloud resources are paybill-pool-<pool> (terraform/models.py RESERVED_PREFIX)
+# The deletion policy a model left is destroyed under, whatever the Tenant's: the move copies the operator's own
+# tables, not what the tenant's applications wrote into the module's databases and buckets, so their data is kept
+# (a final snapshot, a bucket left while it holds objects) or the destroy stops and says why
+RETIRING_POLICY = "snapshot"
 
 # results a run writes to status.infrastructure.lastResult
 SUCCEEDED, FAILED, AWAITING, STALE = "Succeeded", "Failed", "AwaitingApproval", "Stale"
@@ -105,6 +110,18 @@ def provisioning_problems(
 def _named(keys: Iterable[str]) -> str:
     """Required keys for a message: "A|B" (either will do) reads "A or B"."""
     return ", ".join(key.replace("|", " or ") for key in keys)
+
+
+def name_reserved(tenant: str) -> str | None:
+    """Why the tenant's name cannot be provisioned though short enough: its cloud resources' names would be a pool's
+    (paybill-pool-<pool>), and a cloud that answers "created" for a name its account already owns (S3) would hand
+    the pool's bucket to the tenant's state, and its offboarding every pooled tenant's data (None: it can)."""
+    if not tenant.startswith(RESERVED_PREFIX):
+        return None
+    return (
+        f"tenant name {tenant} starts with {RESERVED_PREFIX}: its cloud resources would be named like a pool's "
+        "(paybill-pool-<pool>); nothing is built: recreate it under another name"
+    )
 
 
 def name_too_long(tenant: str) -> str | None:
@@ -241,6 +258,9 @@ def decide_infrastructure(
     too_long = name_too_long(tenant)
     if too_long:
         return _decision(False, (False, "TenantNameTooLong", too_long), said, warn=True)
+    reserved = name_reserved(tenant)
+    if reserved:
+        return _decision(False, (False, "TenantNameReserved", reserved), said, warn=True)
     if desired.problems:
         message = "spec.provisioning of the plan: " + "; ".join(desired.problems)
         return _decision(applied, (False, "ProvisioningInvalid", message), said, retry=PROBLEM_RETRY, warn=True)
