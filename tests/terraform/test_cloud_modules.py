@@ -272,6 +272,7 @@ def test_an_unpinned_or_undeclared_provider_is_refused(tmp_path: Path) -> None:
     (gcp / "extra.tf").write_text('resource "random_password" "x" {\n  length = 16\n}\n')
     assert violations(gcp) == [
         "resource random_password.x is not tagged with local.labels",
+        "resource type random_password: keeping.py does not say whether it holds data or how a delete keeps it",
         "provider google comes from someone/google, not hashicorp/google",
         "provider random is not in required_providers with a source and a version",
     ]

@@ -1,9 +1,11 @@
 """What deleting a resource that holds a tenant's data does to that data, read from a saved plan (`show -json`).
 
-Every data-bearing resource type is listed in KEEPS_DATA with how its delete keeps a copy of the data, judged on
-the values the resource has before the delete (what Terraform's delete acts on), or with None: its delete takes
-the data with it and nothing Terraform sets can keep a copy (Azure flexible servers and storage, OCI and IBM
-databases). A type not listed here is no data-bearing type; contract.DATA_BEARING is this table's keys.
+Deny by default: every resource type holds data unless DATA_FREE lists it (networks, identities, markers, the
+stateless compute instances of the shipped modules). A data-bearing type is listed in KEEPS_DATA with how its delete
+keeps a copy of the data, judged on the values the resource has before the delete (what Terraform's delete acts
+on), or with None: its delete takes the data with it and nothing Terraform sets can keep a copy (Azure flexible
+servers and storage, OCI and IBM databases); a type in neither table is treated as None. The module contract refuses
+a type in neither table, so a new one is classified before it is ever applied.
 
 Two checks use it. A destroy under a deletion policy that keeps data (snapshot, retain) deletes nothing while one
 of its deletes would lose data (`unkept`); an ordinary apply never deletes or replaces a data-bearing resource
@@ -70,7 +72,65 @@ KEEPS_DATA: Mapping[str, Callable[[Values], bool] | None] = {
     "oci_core_volume": None,
     "ibm_database": None,
     "ibm_is_volume": None,
+    "ibm_resource_instance": None,  # a service instance: Databases, or the COS instance holding buckets
 }
+
+# Types that hold no tenant data: deleting one loses nothing a copy could keep
+DATA_FREE = frozenset(
+    {
+        "terraform_data",
+        # networks, addresses, firewalls and private DNS
+        "aws_vpc",
+        "aws_subnet",
+        "aws_security_group",
+        "aws_db_subnet_group",
+        "azurerm_resource_group",  # its provider refuses to delete one that holds resources it does not manage
+        "azurerm_virtual_network",
+        "azurerm_subnet",
+        "azurerm_network_security_group",
+        "azurerm_subnet_network_security_group_association",
+        "azurerm_network_interface",
+        "azurerm_private_dns_zone",
+        "azurerm_private_dns_zone_virtual_network_link",
+        "google_compute_network",
+        "google_compute_subnetwork",
+        "google_compute_firewall",
+        "google_compute_global_address",
+        "google_service_networking_connection",
+        "oci_core_vcn",
+        "oci_core_subnet",
+        "oci_core_security_list",
+        "ibm_is_vpc",
+        "ibm_is_subnet",
+        # identities, grants and database users (the data stays where it is)
+        "aws_iam_role",
+        "aws_iam_policy",
+        "aws_iam_role_policy",
+        "aws_iam_role_policy_attachment",
+        "azurerm_user_assigned_identity",
+        "azurerm_role_assignment",
+        "google_service_account",
+        "google_storage_bucket_iam_member",
+        "google_sql_user",
+        "ibm_iam_service_id",
+        "ibm_iam_service_policy",
+        # the empty marker object of a pooled tenant's prefix (its objects are the pool bucket's)
+        "aws_s3_bucket_object",
+        "google_storage_bucket_object",
+        "ibm_cos_bucket_object",
+        "oci_objectstorage_object",
+        # the shipped modules' compute instances run the tenant's application and keep nothing of its data
+        "azurerm_linux_virtual_machine",
+        "google_compute_instance",
+        "oci_core_instance",
+        "ibm_is_instance",
+    }
+)
+
+
+def holds_data(kind: str) -> bool:
+    """Whether a resource type may hold a tenant's data: every type but DATA_FREE's."""
+    return kind not in DATA_FREE
 
 
 def _deletes(plan: Mapping[str, Any]) -> list[tuple[str, str, Values]]:
@@ -78,7 +138,7 @@ def _deletes(plan: Mapping[str, Any]) -> list[tuple[str, str, Values]]:
     return [
         (str(change.get("address")), str(change.get("type")), change["change"].get("before") or {})
         for change in plan.get("resource_changes") or []
-        if change.get("type") in KEEPS_DATA and "delete" in (change.get("change") or {}).get("actions", ())
+        if holds_data(str(change.get("type"))) and "delete" in (change.get("change") or {}).get("actions", ())
     ]
 
 
@@ -91,8 +151,10 @@ def unkept(plan: Mapping[str, Any]) -> list[str]:
     """The data-bearing resources the plan deletes with no copy of their data kept, each with why."""
     found = []
     for address, kind, before in _deletes(plan):
-        keeps = KEEPS_DATA[kind]
-        if keeps is None:
+        keeps = KEEPS_DATA.get(kind)
+        if kind not in KEEPS_DATA:
+            found.append(f"{address} (a {kind}: no type Paybill knows to hold no data or to keep it on delete)")
+        elif keeps is None:
             found.append(f"{address} (deleting a {kind} deletes its data: Terraform cannot keep a copy)")
         elif not keeps(before):
             found.append(f"{address} (its state says no copy is kept on delete)")

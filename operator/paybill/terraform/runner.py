@@ -28,7 +28,6 @@ from . import adoption, backend, binary, keeping, recovery
 from . import workspaces as records
 from .config import RunnerConfig, cli_config
 from .connections import Connections
-from .contract import DATA_BEARING
 from .errors import (
     AdoptionBlocked,
     DataAtRisk,
@@ -439,7 +438,7 @@ class TerraformRunner(RunRecords):
             recovery.clear_applying(connection, run.tenant_id, run.workspace)
 
     def _settle_deletion_policy(self, run: Run) -> None:
-        """Before a destroy: an apply targeting the resources that hold data (contract.DATA_BEARING), so that their
+        """Before a destroy: an apply targeting the resources that may hold data (keeping.holds_data), so that their
         state carries the current deletion policy (skip_final_snapshot, force_destroy, deletion_protection ...)
         whatever the last apply was made with. Only updates in place are applied: a plan that would create or
         replace anything applies nothing and stops the destroy (PolicyNotSettled)."""
@@ -476,10 +475,10 @@ class TerraformRunner(RunRecords):
         self._apply_saved(run)
 
     def _holding_data(self, run: Run) -> list[str]:
-        """The addresses of the resources in the run's state that hold the tenant's data (contract.DATA_BEARING)."""
+        """The addresses of the resources in the run's state that may hold the tenant's data (keeping.holds_data)."""
         with self.connections.connection() as connection:
             found = records.managed_addresses(connection, run.tenant_id, run.workspace)
-        return sorted({address for kind, address in found if kind in DATA_BEARING})
+        return sorted({address for kind, address in found if keeping.holds_data(kind)})
 
     @staticmethod
     def _refuse_deleting_data(summary: PlanSummary, plan_json: dict[str, Any]) -> None:
