@@ -183,7 +183,7 @@ def assert_built_on_aws(output: str) -> None:
     boto3, its instance stopped on suspension (the inventory says so) and started on resume."""
     assert "aws: plan/aws-enterprise cloud preflight passed in moto (aws: credentials valid" in output
     assert re.search(r"tenant hooli +\S+ -> Active \(Provisioned: tenant is active on plan aws-enterprise\)", output)
-    assert "  hooli: terraform aws/silo apply Succeeded: 10 added in moto" in output
+    assert "  hooli: terraform aws/silo apply Succeeded: 11 added in moto" in output
     found = re.search(r"finds the tenant's objects by tag paybill\.dev/tenant=hooli: (.*) \((\d+) objects\)", output)
     assert found, output
     counts = {kind: count for count, kind in (item.split(" ") for item in found[1].split(", "))}
@@ -208,7 +208,7 @@ def assert_built_on_aws(output: str) -> None:
         output,
     ), output
     assert re.search(
-        r"  aws: built for real on moto \(tenant hooli, aws/silo: 10 resources added by the real provider, "
+        r"  aws: built for real on moto \(tenant hooli, aws/silo: 11 resources added by the real provider, "
         rf"{found[2]} found by tag with boto3, 1 database in the inventory, "
         r"2 instances and databases stopped on suspension, "
         r"1 started by hand while suspended stopped again, 2 started on resume\)",

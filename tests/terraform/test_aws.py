@@ -48,7 +48,7 @@ def test_aws_silo_applied_against_moto_is_found_by_tenant_tag_and_gone_after_des
             extra_files={"paybill_moto_override.tf": aws_sim.provider_override(url)},
         )
         summary = runner.plan(tenant, module)
-        assert summary.adds == 10 and summary.destroys == 0
+        assert summary.adds == 11 and summary.destroys == 0
         result = runner.apply_plan(tenant, module, summary.plan_hash, approved_hash=summary.plan_hash)
         outputs = result.outputs.values
         assert outputs["network_id"].value.startswith("vpc-")
@@ -76,7 +76,7 @@ def test_aws_silo_applied_against_moto_is_found_by_tenant_tag_and_gone_after_des
         # four runs, one copy of the provider: the shared plugin cache's (each run's data directory links to it)
         (copy,) = provider_binaries(tmp_path / "state")
         assert copy.is_relative_to(tmp_path / "state" / "plugin-cache")
-        assert runner.destroy(tenant, module).destroyed == 10
+        assert runner.destroy(tenant, module).destroyed == 11
         assert all(not ids for ids in aws_sim.find_by_tag(python, url, "paybill.dev/tenant", tenant.tenant_id).values())
         assert state_resources(backend_dsn, tenant.tenant_id) == []
 
