@@ -352,7 +352,8 @@ class TerraformRunner(RunRecords):
         self._plan_file(run)
         return self._summarize(run)
 
-    def _plan_file(self, run: Run) -> None:
+    def _plan_file(self, run: Run, **options: Any) -> bool:
+        """`plan -out` (with `options`, e.g. target, destroy); whether the plan changes anything."""
         code, out, err = self._locking(
             run,
             lambda: run.terraform.plan(
@@ -361,10 +362,12 @@ class TerraformRunner(RunRecords):
                 no_color=IsFlagged,
                 input=False,
                 lock_timeout=self._lock_timeout,
+                **options,
             ),
         )
         if code not in (0, 2):
             self._check(run, "plan", code, out, err)
+        return code == 2
 
     def _summarize(self, run: Run) -> tuple[PlanSummary, dict[str, Any]]:
         """`show -json` of the saved plan: its summary, and both kept in PostgreSQL under the file's sha256."""
@@ -445,21 +448,8 @@ class TerraformRunner(RunRecords):
         targets = self._holding_data(run)
         if not targets:
             return
-        code, out, err = self._locking(
-            run,
-            lambda: run.terraform.plan(
-                out=PLAN_FILE,
-                target=targets,
-                detailed_exitcode=IsFlagged,
-                no_color=IsFlagged,
-                input=False,
-                lock_timeout=self._lock_timeout,
-            ),
-        )
-        if code == 0:
+        if not self._plan_file(run, target=targets):
             return
-        if code != 2:
-            self._check(run, "plan", code, out, err)
         beyond = [
             f"{change['address']} ({'/'.join(change['change']['actions'])})"
             for change in self._show_json(run).get("resource_changes") or []
@@ -496,19 +486,7 @@ class TerraformRunner(RunRecords):
         data with no copy kept destroys nothing."""
         if policy == "destroy" or not self._holding_data(run):
             return
-        code, out, err = self._locking(
-            run,
-            lambda: run.terraform.plan(
-                out=PLAN_FILE,
-                destroy=IsFlagged,
-                detailed_exitcode=IsFlagged,
-                no_color=IsFlagged,
-                input=False,
-                lock_timeout=self._lock_timeout,
-            ),
-        )
-        if code not in (0, 2):
-            self._check(run, "plan", code, out, err)
+        self._plan_file(run, destroy=IsFlagged)
         lost = keeping.unkept(self._show_json(run))
         if lost:
             raise DataAtRisk(
