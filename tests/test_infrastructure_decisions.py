@@ -269,6 +269,15 @@ def test_an_auto_apply_held_before_deleting_data_waits_for_approval_of_that_plan
     assert decided(seen(applied_digest=None), awaiting()).actions == (infra.ApplyInfrastructure(desired()),)
 
 
+def test_a_manual_plan_deleting_data_is_awaited_with_a_warning_naming_what_it_deletes() -> None:
+    why = f"plan {PLAN_HASH[:12]} awaits approval; it deletes or replaces aws_db_instance.tenant, {infra.HOLDS_DATA}"
+    decision = decided(manual(), awaiting(message=why))
+    assert decision.provisioned[:2] == (False, "AwaitingApproval") and decision.provisioned[2].startswith(why)
+    assert [event.warning for event in decision.events] == [True]
+    plain = decided(manual(), awaiting(message=f"plan {PLAN_HASH[:12]} awaits approval"))
+    assert [(event.reason, event.warning) for event in plain.events] == [("PlanAwaitingApproval", False)]
+
+
 # --- drift -----------------------------------------------------------------------------------------------------------
 
 

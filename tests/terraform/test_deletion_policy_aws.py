@@ -56,6 +56,7 @@ def test_snapshot_keeps_a_final_snapshot_and_a_bucket_holding_objects_then_destr
             runner.apply(applied, replacing)
         assert "deletes or replaces aws_db_instance.tenant" in held.value.message
         assert runner.planned_summary(name, held.value.plan_hash).destroys == 1
+        assert runner.planned_deletions(name, held.value.plan_hash) == ["aws_db_instance.tenant"]
         # a destroy whose module says "no final snapshot" under snapshot deletes nothing at all
         skipping = _edited(module, tmp_path / "skipping", "  skip_final_snapshot ", "  skip_final_snapshot = true\n  #")
         with pytest.raises(DataAtRisk) as refused:

@@ -453,6 +453,9 @@ class InfrastructureRuns:
             case infra.PlanInfrastructure():
                 summary = runner.plan(setup.inputs, setup.module, env, self._finder(setup, env))
                 awaits = f"plan {summary.plan_hash[:12]} awaits approval"
+                deleted = runner.planned_deletions(tenant.name, summary.plan_hash)
+                if deleted:
+                    awaits += f"; it deletes or replaces {', '.join(deleted)}, {infra.HOLDS_DATA}"
                 return _awaiting(runner, tenant.name, action.desired, summary, awaits)
             case infra.ApplyInfrastructure(_, plan_hash):
                 if plan_hash is not None and runner.planned_digest(tenant.name, plan_hash) != digest:

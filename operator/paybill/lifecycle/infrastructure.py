@@ -46,6 +46,9 @@ RESERVED_PREFIX = "pool-"  # a pool's cloud resources are paybill-pool-<pool> (t
 # tables, not what the tenant's applications wrote into the module's databases and buckets, so their data is kept
 # (a final snapshot, a bucket left while it holds objects) or the destroy stops and says why
 RETIRING_POLICY = "snapshot"
+# How a plan's message says it deletes or replaces resources with the tenant's data (the runner's DataAtRisk too):
+# its approval is asked for with a Warning
+HOLDS_DATA = "which hold the tenant's data"
 
 # results a run writes to status.infrastructure.lastResult
 SUCCEEDED, FAILED, AWAITING, STALE = "Succeeded", "Failed", "AwaitingApproval", "Stale"
@@ -326,7 +329,7 @@ def _manual(
             "(a stale or wrong hash, or the spec changed since that plan)",
         )
         return _decision(applied, refused, said, drifted, warn=True)
-    held_data = record.lastRun == "apply" and bool(record.message)
+    held_data = HOLDS_DATA in (record.message or "")
     waiting = (
         False,
         "AwaitingApproval",

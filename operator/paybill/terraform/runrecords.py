@@ -3,6 +3,7 @@ the configuration each saved plan was made from."""
 
 from __future__ import annotations
 
+from . import keeping
 from . import workspaces as records
 from .connections import Connections
 from .models import ModuleInputs, PlanSummary
@@ -42,6 +43,10 @@ class RunRecords:
     def planned_summary(self, tenant_id: str, plan_hash: str) -> PlanSummary:
         """A saved plan's summary (KeyError: no such plan of the tenant)."""
         return PlanStore(self.connections).summary(tenant_id, plan_hash)
+
+    def planned_deletions(self, tenant_id: str, plan_hash: str) -> list[str]:
+        """The resources holding data a saved plan deletes or replaces (keeping.deleted)."""
+        return keeping.deleted(PlanStore(self.connections).plan_json(tenant_id, plan_hash) or {})
 
     def close(self) -> None:
         """Close the backend connections kept between runs (at shutdown)."""
