@@ -380,8 +380,6 @@ def test_the_decisions_name_limit_is_the_runners() -> None:
     assert checked_tenant_id("a" * infra.MAX_TENANT_NAME)
     with pytest.raises(ValueError, match="at most 40"):
         checked_tenant_id("a" * (infra.MAX_TENANT_NAME + 1))
-    with pytest.raises(ValueError, match="names pools' resources"):
-        checked_tenant_id(f"{infra.RESERVED_PREFIX}default")
 
 
 def test_a_name_a_pools_resources_would_have_is_refused_and_starts_no_run() -> None:

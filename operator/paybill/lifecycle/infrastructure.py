@@ -41,7 +41,8 @@ FAILURE_BASE = 5.0  # a failed run is tried again after 5 s, 10 s, 20 s ... capp
 # a provisioned tenant's name (terraform/models.py TENANT_ID): `paybill-<name>` names its cloud resources (an RDS
 # identifier, an S3 bucket: at most 63 characters), `tf_<name>` its state's schema
 MAX_TENANT_NAME = 40
-RESERVED_PREFIX = "pool-"  # a pool's cloud resources are paybill-pool-<pool> (terraform/models.py RESERVED_PREFIX)
+# a pool is applied as the runner's tenant id pool-<pool> (its cloud resources paybill-pool-<pool>): no Tenant's name
+RESERVED_PREFIX = "pool-"
 # The deletion policy a model left is destroyed under, whatever the Tenant's: the move copies the operator's own
 # tables, not what the tenant's applications wrote into the module's databases and buckets, so their data is kept
 # (a final snapshot, a bucket left while it holds objects) or the destroy stops and says why

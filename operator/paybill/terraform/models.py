@@ -18,15 +18,9 @@ MODELS = ("silo", "pooled", "bridge")
 DELETION_POLICIES = ("destroy", "snapshot", "retain")
 
 
-# a pool's cloud resources are named paybill-pool-<pool>, a tenant's paybill-<tenant id>: no tenant id starts so
-RESERVED_PREFIX = "pool-"
-
-
 def checked_tenant_id(tenant_id: str) -> str:
     if not TENANT_ID.fullmatch(tenant_id):
         raise ValueError(f"tenant id {tenant_id!r} is not a DNS label of at most 40 characters")
-    if tenant_id.startswith(RESERVED_PREFIX):
-        raise ValueError(f"tenant id {tenant_id!r} starts with {RESERVED_PREFIX}, which names pools' resources")
     return tenant_id
 
 
