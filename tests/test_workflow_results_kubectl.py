@@ -128,7 +128,12 @@ def test_results_are_deleted_when_their_retention_is_over(short_retention_operat
 
     after = operator.eventually(deleted, timeout=60)
     assert after["phase"] == "Succeeded" and after["resultsExpireAt"] == status["resultsExpireAt"]
-    reasons = [e for e in operator.kube.list("v1", "events", namespace) if e.get("reason") == "ResultsExpired"]
+
+    def expired_events() -> list[dict[str, Any]] | None:  # posted after the Secret and status go (r18 race)
+        found = [e for e in operator.kube.list("v1", "events", namespace) if e.get("reason") == "ResultsExpired"]
+        return found or None
+
+    reasons = operator.eventually(expired_events, timeout=30)
     assert len(reasons) == 1 and "retention period is over" in reasons[0]["message"]
     said = (
         reasons[0].get("eventTime") or reasons[0].get("firstTimestamp") or reasons[0]["metadata"]["creationTimestamp"]
