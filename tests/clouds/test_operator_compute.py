@@ -308,8 +308,13 @@ def test_an_instance_started_by_hand_while_suspended_is_stopped_again_with_a_war
     cluster.eventually(lambda: status().get("phase") == "Active", timeout=300, interval=0.5)
     by_hand, other = target.launch(name, 2)
     cluster.kube.merge_patch(API, "tenants", name, {"spec": {"suspended": True}})
-    cluster.eventually(lambda: (status().get("compute") or {}).get("result") == "Done", timeout=300, interval=0.5)
-    assert target.states([by_hand, other]) == {"stopped"} and status()["phase"] == "Suspended"
+
+    def suspended() -> bool:  # the instances stopped, and the phase written (not only the compute result: r18)
+        compute, phase = status().get("compute") or {}, status().get("phase")
+        return (compute.get("wanted"), compute.get("result"), phase) == ("stopped", "Done", "Suspended")
+
+    cluster.eventually(suspended, timeout=300, interval=0.5)
+    assert target.states([by_hand, other]) == {"stopped"}
     assert warnings() == []  # nothing ran while suspended yet
 
     keys = {key.lower(): value for key, value in target.credentials.items()}
