@@ -328,15 +328,12 @@ def test_a_pool_module_with_an_untagged_resource_or_a_literal_region_is_refused(
 
 def test_a_pool_module_that_would_delete_its_tenants_data_with_it_is_refused(tmp_path: Path) -> None:
     """A pool holds many tenants' data and has no deletion policy of its own: it keeps the data on a delete."""
-    aws = tmp_path / "aws-shared"
-    shutil.copytree(ROOT / "aws" / "shared", aws)
+    aws = _copy(tmp_path, "aws", "shared")
     _edit(aws, "main.tf", "skip_final_snapshot       = false", "skip_final_snapshot       = true")
     _edit(aws, "main.tf", "force_destroy = false", 'force_destroy = var.pool != ""')
-    gcp = tmp_path / "gcp-shared"
-    shutil.copytree(ROOT / "gcp" / "shared", gcp)
+    gcp = _copy(tmp_path, "gcp", "shared")
     _edit(gcp, "main.tf", '  deletion_policy = "ABANDON"\n', "")
-    ibm = tmp_path / "ibm-shared"
-    shutil.copytree(ROOT / "ibm" / "shared", ibm)
+    ibm = _copy(tmp_path, "ibm", "shared")
     _edit(ibm, "main.tf", "  force_delete         = false\n", "")
     assert pool_violations(aws) == [
         "resource aws_db_instance.pool: skip_final_snapshot must be false (a pool holds tenants' data)",
