@@ -303,3 +303,23 @@ def test_the_configuration_applied_and_each_plans_configuration_are_recorded_in_
     assert runner.planned_digest(tenant.tenant_id, "h1") == "d1"
     assert runner.planned_digest(tenant.tenant_id, "h2") is None
     assert runner.planned_digest(tenant.tenant_id + "x", "h1") is None
+
+
+def test_a_new_tenants_first_init_waits_for_the_backends_shared_creation_lock(
+    make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, backend_dsn: str
+) -> None:
+    """The pg backend makes a new workspace under one advisory lock (-1) shared by every schema of the database:
+    two new tenants' first inits at once collide on it (CI: a tenant failed with "Error acquiring the state lock",
+    Operation: init). The init retries it for the lock timeout, as every other command does, instead of failing."""
+    runner = make_runner(lock_timeout=20.0)
+    with psycopg.connect(backend_dsn, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(-1)")
+        release = threading.Timer(2.0, lambda: holder.execute("SELECT pg_advisory_unlock(-1)"))
+        started = time.monotonic()
+        release.start()
+        try:
+            applied = runner.apply(dataclasses.replace(tenant, workspace="silo"), LOCAL_SILO)
+        finally:
+            release.join()
+    assert applied.summary.adds == 4
+    assert time.monotonic() - started >= 2.0  # it waited for the lock rather than going round it

@@ -61,6 +61,8 @@ BACKEND_FILE = "paybill_backend.tf"
 VARIABLES_FILE = "paybill.auto.tfvars.json"
 PLAN_FILE = "paybill.tfplan"
 LOCK_ERROR = "Error acquiring the state lock"
+CREATION_LOCKED = "locked for workspace creation"  # the pg backend's one lock for making any workspace
+CREATION_RETRY_S = 0.25
 STALE_PLAN_ERRORS = ("Saved plan is stale", "plan file is stale")
 IN_PLACE = {"no-op", "update", "read"}  # what carrying the deletion policy into the state may do before a destroy
 # A cloud adapter's lookup of a tenant's objects (clouds CloudAdapter.tenant_objects), for recovery to adopt from
@@ -296,7 +298,8 @@ class TerraformRunner(RunRecords):
         """`terraform init` once per configuration: its data directory (backend settings, provider links into
         the plugin cache, lock file) does not depend on the tenant, whose schema comes from the environment,
         so later runs start from a copy. A tenant's first run always inits (that makes its state table), then
-        gets an empty state row, so that no run of it ever holds the backend's shared creation lock."""
+        gets an empty state row, so that no run of it ever holds the backend's shared creation lock (one for every
+        schema of the database, which two new tenants' first inits both take)."""
         template = self.config.state_dir / "init" / self._configuration_key(run.workdir)
         with self.connections.connection() as connection:
             known_tenant = backend.state_table_exists(connection, run.tenant_id)
@@ -305,14 +308,24 @@ class TerraformRunner(RunRecords):
         if known_tenant and template.is_dir():
             shutil.copytree(template, run.workdir, symlinks=True, dirs_exist_ok=True)
         else:
-            with self._plugin_cache_lock():
-                code, out, err = run.terraform.init(no_color=IsFlagged, input=False, reconfigure=IsNotFlagged)
+            code, out, err = self._first_init(run)
             self._check(run, "init", code, out, err)
             if not template.is_dir():
                 self._keep_template(run.workdir, template)
         if not known_tenant:  # its init has just made the state table
             with self.connections.connection() as connection:
                 backend.ensure_state_row(connection, run.tenant_id, run.workspace)
+
+    def _first_init(self, run: Run) -> tuple[int, str, str]:
+        """`init`, again while another init holds the backend's creation lock, for up to the lock timeout: Terraform
+        takes that lock without waiting (-lock-timeout does not reach it)."""
+        deadline = time.monotonic() + self.config.lock_timeout
+        while True:
+            with self._plugin_cache_lock():
+                code, out, err = run.terraform.init(no_color=IsFlagged, input=False, reconfigure=IsNotFlagged)
+            if code == 0 or CREATION_LOCKED not in err + out or time.monotonic() >= deadline:
+                return code, out, err
+            time.sleep(CREATION_RETRY_S)
 
     def _configuration_key(self, workdir: Path) -> str:
         """What `init` depends on: the program, the CLI configuration and every configuration file."""
