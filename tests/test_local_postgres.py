@@ -10,9 +10,11 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -279,6 +281,42 @@ def test_a_helper_interrupted_by_a_signal_is_left_to_finish_and_stop_waits_for_i
     assert server.stop() is False  # waited for the helper; no server was started on this data
     assert done.exists(), "the helper was killed mid-way"
     assert int(done.read_text()) != os.getsid(0)
+
+
+def test_a_signal_handled_while_the_helper_is_being_started_still_leaves_it_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process-directed signal may land on another thread, which no mask of the main thread holds back; Python
+    then runs the (raising) handler in the main thread at its next check, which can be inside Popen, after the
+    fork: the helper must be recorded all the same (r18: stop() did not wait, and the helper was cut short)."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise Interrupted(signum)
+
+    bystander_done = threading.Event()
+    bystander = threading.Thread(target=bystander_done.wait, args=(30,), daemon=True)
+    bystander.start()
+
+    class SignalledJustAfterTheFork(subprocess.Popen):  # type: ignore[type-arg]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            assert bystander.ident is not None
+            signal.pthread_kill(bystander.ident, signal.SIGTERM)
+            time.sleep(0.05)  # the main thread takes the GIL back, sees the signal and runs the handler here
+
+    done = tmp_path / "helper.done"
+    server = LocalPostgres(tmp_path / "postgres")
+    monkeypatch.setattr(subprocess, "Popen", SignalledJustAfterTheFork)
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        with pytest.raises(Interrupted):
+            server._run("helper", ["sh", "-c", f"sleep 0.5; echo finished > {done}"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        monkeypatch.undo()
+        bystander_done.set()
+    assert server.stop() is False
+    assert done.exists(), "stop() did not wait for the helper"
 
 
 def test_stop_says_whether_a_server_was_running(tmp_path: Path) -> None:

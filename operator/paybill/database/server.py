@@ -14,7 +14,9 @@ import socket
 import stat
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,7 @@ HALF_MADE_AFTER_S = 3600  # a runtime directory without owner record or data thi
 # the first of these that is ours; each server gets a private 0700 directory in it, owned by SERVER_USER.
 RUNTIME_BASES = (Path("/run/paybill"), Path(tempfile.gettempdir()) / f"paybill-{os.geteuid()}")
 BIND_ATTEMPTS = 3  # a free port can be taken between choosing it and the server binding it
+HELD_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HELPER_GRACE_S = 90  # how long stop() waits for an interrupted helper (`pg_ctl start -t 60`) to finish
 
 
@@ -314,10 +317,7 @@ class LocalPostgres:
     def _run(self, what: str, argv: list[str], check: bool = True, log: Path | None = None) -> None:
         """Run a helper in its own session (a terminal's Ctrl-C does not cut it short). When a signal interrupts
         the wait (the demo's handlers raise), the helper is left running and recorded: stop() waits for it."""
-        # Signals wait until the helper is recorded (one landing inside Popen would lose it); the helper inherits
-        # the block, which is harmless: the server sets its own signal mask, and a stuck helper gets SIGKILL.
-        deferred = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-        try:
+        with _signals_held():  # a handler raising inside Popen, after the fork, would lose the helper
             self._helper = subprocess.Popen(
                 argv,
                 stdout=subprocess.PIPE,
@@ -326,8 +326,6 @@ class LocalPostgres:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, deferred)
         stdout, stderr = self._helper.communicate()
         returncode, self._helper = self._helper.returncode, None
         if check and returncode != 0:
@@ -335,6 +333,29 @@ class LocalPostgres:
             if log is not None and log.exists():
                 detail += "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-5:])
             raise PostgresError(f"{what} failed: {detail}")
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGTERM and SIGINT arriving inside the block are handled as it ends. Blocking them in this thread's mask is
+    not enough: a process-directed signal may land on another thread, and Python still runs the handler here.
+    Only the main thread runs Python handlers (and may set them); elsewhere there is nothing to hold."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {
+        signum: signal.signal(signum, lambda received, _frame: held.append(received))
+        for signum in HELD_SIGNALS
+        if signal.getsignal(signum) is not None  # a handler set outside Python cannot be put back
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for received in held:
+            signal.raise_signal(received)
 
 
 class PortTaken(PostgresError):
