@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,8 @@ def test_a_leader_frozen_past_its_lifetime_stands_by_when_resumed_and_nothing_is
 
         for name in created:
             wait_phase(cluster, name, "Active")
-        cluster.eventually(lambda: role(first) == "standby", timeout=60)  # it noticed it lost, and stands by
+        answer = _readiness_once(first, "standby", timeout=60)  # it noticed it lost, and stands by
+        assert answer[1].get("role") == "standby", f"{answer}\n{first.log.read_text()[-4000:]}"
         assert role(second) == "leader"
         assert value(first.samples(), "leader_election_master_status", name="paybill") == 0
         assert value(second.samples(), "leader_election_master_status", name="paybill") == 1
@@ -72,6 +74,16 @@ def test_a_leader_frozen_past_its_lifetime_stands_by_when_resumed_and_nothing_is
         first.stop()
         if second is not None:
             second.stop()
+
+
+def _readiness_once(operator: Operator, role: str, timeout: float) -> tuple[int, dict[str, Any]]:
+    """The replica's readiness as soon as it reports `role`; its last answer when it has not within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = operator.readiness()
+        if answer[1].get("role") == role or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.2)
 
 
 def _frozen(cluster: Any, identity: str, seconds: int) -> None:

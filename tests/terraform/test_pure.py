@@ -15,6 +15,7 @@ from paybill.terraform.config import cli_config
 from paybill.terraform.errors import error_lines, kept_data, redact
 from paybill.terraform.models import ModuleInputs
 from paybill.terraform.plans import masked, summarize
+from paybill.terraform.runner import destroyed_count
 
 
 def test_backoff_is_exponential_and_capped() -> None:
@@ -187,3 +188,17 @@ def test_a_database_protected_by_retain_is_said_so_and_only_then() -> None:
     assert said is not None and said.startswith("a database is protected from deletion by deletionPolicy retain")
     assert google in said and "set deletionPolicy destroy" in said
     assert kept_data(google, "destroy") is None
+
+
+def test_the_destroyed_count_is_read_from_a_destroy_and_from_an_applied_destroy_plan() -> None:
+    """A destroy under a policy that keeps data applies its checked destroy plan, whose summary Terraform prints as
+    an apply's (both lines as Terraform 1.x prints them)."""
+    assert (
+        destroyed_count(
+            "aws_s3_bucket.tenant: Destruction complete after 1s\n\nDestroy complete! Resources: 3 destroyed.\n"
+        )
+        == 3
+    )
+    assert destroyed_count("\nApply complete! Resources: 0 added, 0 changed, 11 destroyed.\n") == 11
+    assert destroyed_count("Apply complete! Resources: 2 added, 0 changed, 0 destroyed.\n") == 0
+    assert destroyed_count("No changes. No objects need to be destroyed.\n") == 0

@@ -12,6 +12,7 @@ import fcntl
 import functools
 import json
 import os
+import re
 import secrets
 import shutil
 import threading
@@ -63,6 +64,7 @@ PLAN_FILE = "paybill.tfplan"
 LOCK_ERROR = "Error acquiring the state lock"
 CREATION_LOCKED = "locked for workspace creation"  # the pg backend's one lock for making any workspace
 CREATION_RETRY_S = 0.25
+DESTROYED = re.compile(r"(?:Destroy|Apply) complete! Resources: (?:\d+ added, \d+ changed, )?(\d+) destroyed\.")
 STALE_PLAN_ERRORS = ("Saved plan is stale", "plan file is stale")
 IN_PLACE = {"no-op", "update", "read"}  # what carrying the deletion policy into the state may do before a destroy
 # A cloud adapter's lookup of a tenant's objects (clouds CloudAdapter.tenant_objects), for recovery to adopt from
@@ -191,27 +193,26 @@ class TerraformRunner(RunRecords):
         object imported into the state, then destroyed with the rest). The resources holding data are first brought
         to `inputs.deletion_policy` (a destroy reads a final snapshot's or force_destroy's setting from the state,
         not the configuration); a bucket the policy keeps the objects of stops the destroy: DataKept says so. Under
-        a policy that keeps data, a destroy that would delete a resource holding data with no copy kept (a type
-        that cannot keep one, a state that says none is made) destroys nothing: DataAtRisk names each."""
+        a policy that keeps data, the destroy is planned and read first: one that would delete a resource holding
+        data with no copy kept (a type that cannot keep one, a state that says none is made) destroys nothing
+        (DataAtRisk names each); otherwise exactly that plan is applied."""
         with self._run(inputs, module, env) as run:
             self._import_if_interrupted(run, finder)
-            self._settle_deletion_policy(run)
-            self._refuse_losing_data(run, inputs.deletion_policy)
+            holding = self._holding_data(run)
+            self._settle_deletion_policy(run, holding)
+            if holding and inputs.deletion_policy != "destroy":
+                self._refuse_losing_data(run, inputs.deletion_policy)
+                destroy = functools.partial(run.terraform.apply, PLAN_FILE)  # exactly the destroy plan checked
+            else:
+                destroy = functools.partial(run.terraform.destroy, force=IsNotFlagged, auto_approve=True)
             code, out, err = self._locking(
-                run,
-                lambda: run.terraform.destroy(
-                    force=IsNotFlagged,
-                    auto_approve=True,
-                    no_color=IsFlagged,
-                    input=False,
-                    lock_timeout=self._lock_timeout,
-                ),
+                run, lambda: destroy(no_color=IsFlagged, input=False, lock_timeout=self._lock_timeout)
             )
             kept = kept_data(redact(error_lines(err, out), run.secrets), inputs.deletion_policy) if code else None
             if kept is not None:
                 raise DataKept("destroy", code, kept)
             self._check(run, "destroy", code, out, err)
-            return DestroyResult(inputs.tenant_id, _destroyed_count(out), tuple(run.recoveries), run.adoption)
+            return DestroyResult(inputs.tenant_id, destroyed_count(out), tuple(run.recoveries), run.adoption)
 
     def drift(self, inputs: ModuleInputs, module: Path, env: Mapping[str, str] | None = None) -> DriftReport:
         """`plan -detailed-exitcode`: exit 2 means applying the configuration would change something, because
@@ -453,12 +454,11 @@ class TerraformRunner(RunRecords):
         with self.connections.connection() as connection:
             recovery.clear_applying(connection, run.tenant_id, run.workspace)
 
-    def _settle_deletion_policy(self, run: Run) -> None:
-        """Before a destroy: an apply targeting the resources that may hold data (keeping.holds_data), so that their
-        state carries the current deletion policy (skip_final_snapshot, force_destroy, deletion_protection ...)
-        whatever the last apply was made with. Only updates in place are applied: a plan that would create or
-        replace anything applies nothing and stops the destroy (PolicyNotSettled)."""
-        targets = self._holding_data(run)
+    def _settle_deletion_policy(self, run: Run, targets: list[str]) -> None:
+        """Before a destroy: an apply targeting the resources that may hold data (`targets`), so that their state
+        carries the current deletion policy (skip_final_snapshot, force_destroy, deletion_protection ...) whatever
+        the last apply was made with. Only updates in place are applied: a plan that would create or replace
+        anything applies nothing and stops the destroy (PolicyNotSettled)."""
         if not targets:
             return
         if not self._plan_file(run, target=targets):
@@ -495,10 +495,8 @@ class TerraformRunner(RunRecords):
             )
 
     def _refuse_losing_data(self, run: Run, policy: str) -> None:
-        """Before a destroy under a policy that keeps data: the destroy planned and read; one that would delete
-        data with no copy kept destroys nothing."""
-        if policy == "destroy" or not self._holding_data(run):
-            return
+        """Before a destroy under a policy that keeps data: the destroy planned into the run's plan file and read;
+        one that would delete data with no copy kept destroys nothing (the file is what the destroy then applies)."""
         self._plan_file(run, destroy=IsFlagged)
         lost = keeping.unkept(self._show_json(run))
         if lost:
@@ -571,8 +569,11 @@ def _outputs(values: dict[str, Any]) -> Outputs:
     return Outputs({name: OutputValue(spec.get("value"), bool(spec.get("sensitive"))) for name, spec in values.items()})
 
 
-def _destroyed_count(stdout: str) -> int:
+def destroyed_count(stdout: str) -> int:
+    """How many resources a destroy removed: `terraform destroy` says "Destroy complete! Resources: N destroyed.",
+    an apply of a saved destroy plan "Apply complete! Resources: 0 added, 0 changed, N destroyed."."""
     for line in stdout.splitlines():
-        if line.startswith("Destroy complete! Resources:"):
-            return int(line.split()[3])
+        found = DESTROYED.match(line.strip())
+        if found:
+            return int(found.group(1))
     return 0
