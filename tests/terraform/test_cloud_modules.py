@@ -443,3 +443,39 @@ def test_an_aws_module_tags_every_resource_managed_by_paybill(tmp_path: Path) ->
     assert violations(module) == ['locals.tags must map "paybill.dev/managed-by" to "paybill"']
     _edit(module, "main.tf", "var.cost_center\n  }", 'var.cost_center\n    "paybill.dev/managed-by" = "me"\n  }')
     assert violations(module) == ['locals.tags must map "paybill.dev/managed-by" to "paybill"']
+
+
+def test_a_pool_resource_whose_delete_can_keep_no_copy_must_be_protected_from_destroy(tmp_path: Path) -> None:
+    """Fail closed: a data-bearing resource of a pool with no setting that keeps a copy on delete (an Azure flexible
+    server, an OCI or IBM database) is refused unless Terraform may never destroy it (prevent_destroy)."""
+    protected = (
+        "  lifecycle {\n    prevent_destroy = true # a pool holds many tenants' data: never destroyed by a run\n  }\n"
+    )
+    azure = _copy(tmp_path, "azure", "shared")
+    _edit(azure, "main.tf", protected, "")
+    oci = _copy(tmp_path, "oci", "shared")
+    _edit(oci, "main.tf", "prevent_destroy = true", "prevent_destroy = false")
+    assert pool_violations(azure) == [
+        "resource azurerm_postgresql_flexible_server.pool: its delete keeps no copy of the tenants' data "
+        "it holds: a pool's must have lifecycle { prevent_destroy = true }"
+    ]
+    assert pool_violations(oci)[0].startswith("resource oci_psql_db_system.pool: its delete keeps no copy")
+
+
+def test_a_pool_bucket_with_a_rule_that_expires_objects_is_refused(tmp_path: Path) -> None:
+    """A lifecycle rule deleting objects after a while deletes tenants' data on a schedule, with no run at all."""
+    gcp = _copy(tmp_path, "gcp", "shared")
+    rule = (
+        '  lifecycle_rule {\n    condition {\n      age = 30\n    }\n    action {\n      type = "Delete"\n    }\n  }\n'
+    )
+    _edit(gcp, "main.tf", "  force_destroy               = false\n", "  force_destroy               = false\n" + rule)
+    ibm = _copy(tmp_path, "ibm", "shared")
+    expiry = '  expire_rule {\n    rule_id = "old"\n    enable  = true\n    days    = 30\n  }\n'
+    _edit(ibm, "main.tf", "  force_delete         = false\n", "  force_delete         = false\n" + expiry)
+    assert pool_violations(gcp) == [
+        "resource google_storage_bucket.pool: lifecycle_rule can delete objects on a schedule (a pool holds "
+        "tenants' data)"
+    ]
+    assert pool_violations(ibm) == [
+        "resource ibm_cos_bucket.pool: expire_rule can delete objects on a schedule (a pool holds tenants' data)"
+    ]

@@ -73,6 +73,12 @@ POOL_KEEPS = {
     "deletion_protection": "true",
     "deletion_policy": "abandon",
 }
+# The blocks of a bucket that delete its objects after a while (a transition-only rule is refused with them)
+EXPIRY_RULES = {
+    "aws_s3_bucket": ("lifecycle_rule",),
+    "google_storage_bucket": ("lifecycle_rule",),
+    "ibm_cos_bucket": ("expire_rule", "noncurrent_version_expiration"),
+}
 # The tag that says Paybill made a resource: recovery adopts only resources carrying it (terraform/adoption.py)
 MANAGED_BY = ("paybill.dev/managed-by", "paybill")
 
@@ -333,13 +339,28 @@ def _unclassified(blocks: dict[str, list[Any]]) -> list[str]:
 
 
 def _pool_keeping_violations(blocks: dict[str, list[Any]]) -> list[str]:
+    """Every data-bearing resource of a pool keeps the data on a delete: its setting that keeps a copy, or, for a
+    type with none, Terraform never destroys it (prevent_destroy); and no rule of it deletes objects on a schedule."""
     found = []
     for kind, name, body in _resources(blocks):
+        if kind not in DATA_BEARING:
+            continue
         attribute = POLICY_ATTRIBUTES.get(kind)
+        protected = any(str(value).lower() == "true" for value in _at(body, ("lifecycle", "prevent_destroy")))
         if attribute is not None and _expression(body.get(attribute, "")).lower() != POOL_KEEPS[attribute]:
             found.append(
                 f"resource {kind}.{name}: {attribute} must be {POOL_KEEPS[attribute]} (a pool holds tenants' data)"
             )
+        elif attribute is None and not protected:
+            found.append(
+                f"resource {kind}.{name}: its delete keeps no copy of the tenants' data it holds: a pool's must have "
+                "lifecycle { prevent_destroy = true }"
+            )
+        found += [
+            f"resource {kind}.{name}: {rule} can delete objects on a schedule (a pool holds tenants' data)"
+            for rule in EXPIRY_RULES.get(kind, ())
+            if rule in body
+        ]
     return found
 
 

@@ -109,6 +109,9 @@ resource "azurerm_postgresql_flexible_server" "pool" {
   administrator_password        = terraform_data.password.output
   tags                          = local.tags
   depends_on                    = [azurerm_private_dns_zone_virtual_network_link.pool]
+  lifecycle {
+    prevent_destroy = true # a pool holds many tenants' data: never destroyed by a run
+  }
 }
 
 resource "azurerm_postgresql_flexible_server_database" "pool" {
@@ -116,6 +119,9 @@ resource "azurerm_postgresql_flexible_server_database" "pool" {
   server_id = azurerm_postgresql_flexible_server.pool.id
   charset   = "UTF8"
   collation = "en_US.utf8"
+  lifecycle {
+    prevent_destroy = true # a pool holds many tenants' data: never destroyed by a run
+  }
 }
 
 resource "azurerm_storage_account" "pool" {
@@ -126,6 +132,9 @@ resource "azurerm_storage_account" "pool" {
   account_replication_type        = "LRS"
   allow_nested_items_to_be_public = false
   tags                            = local.tags
+  lifecycle {
+    prevent_destroy = true # a pool holds many tenants' data: never destroyed by a run
+  }
 }
 
 resource "azurerm_network_interface" "compute" {

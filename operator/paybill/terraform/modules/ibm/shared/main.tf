@@ -66,6 +66,9 @@ resource "ibm_database" "pool" {
     }
   }
   tags = local.tags
+  lifecycle {
+    prevent_destroy = true # a pool holds many tenants' data: never destroyed by a run
+  }
 }
 
 resource "ibm_resource_instance" "storage" {
@@ -75,6 +78,9 @@ resource "ibm_resource_instance" "storage" {
   location          = "global"
   resource_group_id = data.ibm_resource_group.default.id
   tags              = local.tags
+  lifecycle {
+    prevent_destroy = true # a pool holds many tenants' data: never destroyed by a run
+  }
 }
 
 resource "ibm_cos_bucket" "pool" {

@@ -79,6 +79,9 @@ resource "oci_psql_db_system" "pool" {
     }
   }
   freeform_tags = local.tags
+  lifecycle {
+    prevent_destroy = true # a pool holds many tenants' data: never destroyed by a run
+  }
 }
 
 data "oci_objectstorage_namespace" "tenancy" {
@@ -91,6 +94,9 @@ resource "oci_objectstorage_bucket" "pool" {
   name           = local.name
   access_type    = "NoPublicAccess"
   freeform_tags  = local.tags
+  lifecycle {
+    prevent_destroy = true # a pool holds many tenants' data: never destroyed by a run
+  }
 }
 
 data "oci_identity_availability_domains" "here" {
