@@ -110,7 +110,11 @@ def test_a_pooled_tenant_registers_into_the_shared_pool_and_leaves_it_standing(
         assert result.outputs.values["endpoint"].value == f"s3://paybill-pool-{pool_name}/tenants/{tenant.tenant_id}/"
         assert result.outputs.values["network_id"].value == standing["vpc"][0]
         found = aws_sim.find_by_tag(python, url, "paybill.dev/tenant", tenant.tenant_id)
-        assert found["iam_role"] == [f"paybill-{tenant.tenant_id}"] and not found["vpc"] and not found["db_instance"]
+        assert (
+            found["iam_role"] == [f"paybill-{tenant.tenant_id}-pooled"]
+            and not found["vpc"]
+            and not found["db_instance"]
+        )
 
         assert runner.destroy(tenant, pooled).destroyed == 5
         assert not any(aws_sim.find_by_tag(python, url, "paybill.dev/tenant", tenant.tenant_id).values())

@@ -6,6 +6,7 @@ local needs none); copies broken on purpose are refused, each for its reason.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -16,7 +17,7 @@ import pytest
 
 from paybill.terraform import binary
 from paybill.terraform.config import cli_config
-from paybill.terraform.contract import TAG_CONVENTIONS, pool_violations, violations
+from paybill.terraform.contract import TAG_CONVENTIONS, parse, pool_violations, violations
 from paybill.terraform.modules import ROOT, checked_by_contract
 
 from . import aws_sim, provider_schema
@@ -479,3 +480,53 @@ def test_a_pool_bucket_with_a_rule_that_expires_objects_is_refused(tmp_path: Pat
     assert pool_violations(ibm) == [
         "resource ibm_cos_bucket.pool: expire_rule can delete objects on a schedule (a pool holds tenants' data)"
     ]
+
+
+NAME_KEYS = ("name", "identifier", "bucket", "bucket_name", "display_name", "account_id")
+# names that live inside a parent named per model (a database in its instance): alike in two models is no clash
+SCOPED = {
+    ("aws_db_instance", "name"),
+    ("azurerm_postgresql_flexible_server_database", "name"),
+    ("google_sql_database", "name"),
+    ("google_sql_user", "name"),
+}
+REFERENCE = re.compile(r"\b([a-z_][a-z0-9_]*)\.([a-z0-9_]+)")
+
+
+def _cloud_names(module: Path) -> set[tuple[str, str]]:
+    """(type, name expression) of each resource named from the inputs alone, its locals written out: two modules
+    giving a type the same expression name it alike for a tenant. Names from other resources are left out."""
+    blocks = parse(module)
+    known = {
+        f"local.{key}": str(value)
+        for entry in blocks.get("locals", [])
+        for key, value in entry.items()
+        if not key.startswith("__")
+    }
+
+    def written_out(text: str) -> str:
+        for _ in range(5):
+            text = re.sub(r"\blocal\.[a-z0-9_]+", lambda found: known.get(found.group(0), found.group(0)), text)
+        return text
+
+    found = set()
+    for entry in blocks.get("resource", []):
+        for kind, named in entry.items():
+            for body in (body for name, body in named.items() if not name.startswith("__")):
+                for key in (key for key in NAME_KEYS if key in body and (kind.strip('"'), key) not in SCOPED):
+                    name = written_out(str(body[key]))
+                    if all(first in ("var", "count") for first, _ in REFERENCE.findall(name)):
+                        found.add((kind.strip('"'), name))
+    return found
+
+
+@pytest.mark.parametrize("cloud", CLOUDS[1:])  # local: terraform_data, no cloud names
+def test_no_two_isolation_models_of_a_cloud_name_a_resource_alike(cloud: str) -> None:
+    """A change of model builds the new model's resources before the old model's go: a name both use (an RDS
+    identifier, an IAM role, a bucket) would fail the new apply with "already exists" on a real cloud."""
+    names = {model: _cloud_names(ROOT / cloud / model) for model in MODELS}
+    assert names["silo"], "no resource name resolved: the test reads nothing"
+    alike = {
+        f"{first}/{second}": sorted(names[first] & names[second]) for first, second in itertools.combinations(MODELS, 2)
+    }
+    assert not any(alike.values()), f"{cloud}: {alike}"

@@ -7,7 +7,7 @@ locals {
     "paybill.dev/cost-center" = var.cost_center
     "paybill.dev/managed-by"  = "paybill"
   }
-  name     = "paybill-${var.tenant_id}"
+  name     = "paybill-${var.tenant_id}-bridge" # distinct from the other models\' names: a change of model builds this beside them
   database = "tenant_${replace(var.tenant_id, "-", "_")}"
 }
 
@@ -53,7 +53,7 @@ resource "aws_db_instance" "tenant" {
   db_subnet_group_name      = "paybill-pool-${var.pool}"
   vpc_security_group_ids    = [aws_security_group.database.id]
   skip_final_snapshot       = var.deletion_policy == "destroy"
-  final_snapshot_identifier = "${local.name}-bridge-final-${terraform_data.generation.output}"
+  final_snapshot_identifier = "${local.name}-final-${terraform_data.generation.output}"
   tags                      = local.tags
 }
 

@@ -7,7 +7,7 @@ locals {
     "paybill.dev/cost-center" = var.cost_center
     "paybill.dev/managed-by"  = "paybill"
   }
-  name   = "paybill-${var.tenant_id}"
+  name   = "paybill-${var.tenant_id}-pooled" # distinct from the other models\' names: a change of model builds this beside them
   prefix = "tenants/${var.tenant_id}/"
   user   = "tenant_${replace(var.tenant_id, "-", "_")}"
 }

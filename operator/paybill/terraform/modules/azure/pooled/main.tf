@@ -6,7 +6,7 @@ locals {
     "paybill-plan"        = var.plan
     "paybill-cost-center" = var.cost_center
   }
-  name      = "paybill-${var.tenant_id}"
+  name      = "paybill-${var.tenant_id}-pooled" # distinct from the other models\' names: a change of model builds this beside them
   container = "tenant-${var.tenant_id}"
   user      = "tenant_${replace(var.tenant_id, "-", "_")}"
 }

@@ -7,7 +7,7 @@ locals {
     "paybill-plan"        = substr(lower(replace(var.plan, "/[^a-zA-Z0-9_-]/", "_")), 0, 63)
     "paybill-cost-center" = substr(lower(replace(var.cost_center, "/[^a-zA-Z0-9_-]/", "_")), 0, 63)
   }
-  name     = "paybill-${var.tenant_id}"
+  name     = "paybill-${var.tenant_id}-bridge" # distinct from the other models\' names: a change of model builds this beside them
   database = "tenant_${replace(var.tenant_id, "-", "_")}"
 }
 

@@ -20,8 +20,8 @@ resource "google_storage_bucket_object" "prefix" {
 }
 
 resource "google_service_account" "tenant" {
-  account_id   = "pb-${substr(sha1(var.tenant_id), 0, 24)}"
-  display_name = "Paybill tenant ${var.tenant_id}"
+  account_id   = "pb-${substr(sha1("${var.tenant_id}/pooled"), 0, 24)}"
+  display_name = "Paybill tenant ${var.tenant_id} (pooled)"
 }
 
 resource "google_storage_bucket_iam_member" "tenant" {

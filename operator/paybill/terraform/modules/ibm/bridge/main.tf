@@ -7,7 +7,7 @@ locals {
     "paybill-plan:${lower(replace(var.plan, "/[^a-zA-Z0-9_.-]/", "_"))}",
     "paybill-cost-center:${lower(replace(var.cost_center, "/[^a-zA-Z0-9_.-]/", "_"))}",
   ]
-  name = "paybill-${var.tenant_id}"
+  name = "paybill-${var.tenant_id}-bridge" # distinct from the other models\' names: a change of model builds this beside them
 }
 
 resource "terraform_data" "password" {

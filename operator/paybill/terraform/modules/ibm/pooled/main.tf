@@ -8,7 +8,7 @@ locals {
     "paybill-plan:${lower(replace(var.plan, "/[^a-zA-Z0-9_.-]/", "_"))}",
     "paybill-cost-center:${lower(replace(var.cost_center, "/[^a-zA-Z0-9_.-]/", "_"))}",
   ]
-  name   = "paybill-${var.tenant_id}"
+  name   = "paybill-${var.tenant_id}-pooled" # distinct from the other models\' names: a change of model builds this beside them
   prefix = "tenants/${var.tenant_id}/"
   user   = "tenant_${replace(var.tenant_id, "-", "_")}"
 }
