@@ -201,6 +201,13 @@ def test_manual_approval_applies_nothing_under_a_wrong_hash_and_exactly_the_appr
     )
     assert current["infrastructure"]["appliedHash"] == plan_hash
     assert state_resources(dsn(postgres), name, "silo") == SILO
+    with psycopg.connect(postgres.dsn, autocommit=True) as connection:
+        approved = [
+            (r.details["planHash"], r.details["adds"], r.details["workspace"])
+            for r in AuditLog(lambda: connection).records("Tenant", name)
+            if r.event == "terraform-plan-applied-on-approval"
+        ]
+    assert approved == [(plan_hash, 4, "silo")]  # once, the approved plan only (the wrong hash applied nothing)
 
 
 def test_a_plan_whose_module_breaks_the_contract_is_refused_and_its_tenant_starts_no_run(

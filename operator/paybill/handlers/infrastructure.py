@@ -469,6 +469,7 @@ class InfrastructureRuns:
                         return _awaiting(runner, tenant.name, action.desired, summary, held.message)
                 else:
                     result = runner.apply_plan(setup.inputs, setup.module, plan_hash, plan_hash, env)
+                    self._approved(ref, tenant.name, action.desired, result.summary)
                 runner.record_applied(setup.inputs, action.desired.module, setup.credentials_secret, digest)
                 return self._applied(ref, tenant, result, action.desired)
             case infra.CheckDrift():
@@ -539,6 +540,11 @@ class InfrastructureRuns:
         if adopted is not None:
             record = {"workspace": desired.workspace, "module": desired.module, **adopted.record}
             audit(ref, self.audit, "Tenant", tenant, "terraform-resources-adopted", record)  # type: ignore[arg-type]
+
+    def _approved(self, ref: dict[str, Any], tenant: str, desired: infra.Desired, summary: PlanSummary) -> None:
+        """A plan applied on a person's approval (the annotation naming its hash), in the audit chain."""
+        record = {"workspace": desired.workspace, "module": desired.module, **_summary(summary)}
+        audit(ref, self.audit, "Tenant", tenant, "terraform-plan-applied-on-approval", record)  # type: ignore[arg-type]
 
     def _recovered(self, ref: dict[str, Any], tenant: str, recoveries: tuple[Any, ...]) -> None:
         for recovery in recoveries:
