@@ -333,3 +333,61 @@ def test_an_instance_started_by_hand_while_suspended_is_stopped_again_with_a_war
     cluster.kube.merge_patch(API, "tenants", name, {"spec": {"suspended": False}})  # resuming starts both, once
     cluster.eventually(lambda: (status().get("compute") or {}).get("wanted") == "running", timeout=300, interval=0.5)
     assert target.states([by_hand, other]) == {"running"} and len(warnings()) == 1
+
+
+def test_resources_tagged_with_a_tenant_that_no_longer_exists_are_reported_on_the_plan_with_a_warning(
+    setup: Target, operator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Orphans: instances left in the Plan's cloud account by a tenant that is gone (offboarded by hand, a state
+    lost) are found through the adapter, named in the Plan's status.orphans and said in a Warning Event; a live
+    tenant's instances are not."""
+    monkeypatch.setenv("PAYBILL_ORPHAN_CHECK_SECONDS", "1")  # read at each check: due at every 5 s tick
+    cluster, target = operator, setup
+    kept = onboard(cluster, target, f"kept-{target.cloud}")
+    live = target.launch(kept, 1)
+    gone = target.launch(f"gone-{target.cloud}", 2)
+
+    def report() -> dict[str, Any] | None:
+        found = ((cluster.kube.get(API, "plans", "gold") or {}).get("status") or {}).get("orphans") or {}
+        listed = " ".join(found.get("resources") or [])
+        return found if all(ident in listed for ident in gone) else None
+
+    found = cluster.eventually(report, timeout=120, interval=0.5)
+    assert f"gone-{target.cloud}" in found["tenants"] and kept not in found["tenants"]
+    assert not any(ident in " ".join(found["resources"]) for ident in live) and found.get("error") is None
+    warnings = [
+        e["message"]
+        for e in cluster.kube.list("v1", "events")
+        if e.get("involvedObject", {}).get("kind") == "Plan" and e.get("reason") == "OrphanedResources"
+    ]
+    assert warnings and all(ident in warnings[-1] for ident in gone)
+    everything = str(cluster.kube.get(API, "plans", "gold")) + str(cluster.kube.list("v1", "events"))
+    assert all(
+        secret not in everything for key, secret in target.credentials.items() if "SECRET" in key or "TOKEN" in key
+    )
+
+
+@pytest.mark.parametrize("target", ["azure"], indirect=True)
+def test_a_look_for_orphans_the_cloud_refuses_is_said_on_the_plan_with_the_clouds_code(
+    setup: Target, operator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PAYBILL_ORPHAN_CHECK_SECONDS", "1")
+    cluster, target = operator, setup
+    refused = azure.error(403, "AuthorizationFailed", "The client has no authorization to list virtual machines")
+    target.fake.inject("GET", r".*/providers/Microsoft.Compute/virtualMachines", refused, times=1000)
+    onboard(cluster, target, "kept-refused")
+
+    def report() -> dict[str, Any] | None:
+        found = ((cluster.kube.get(API, "plans", "gold") or {}).get("status") or {}).get("orphans") or {}
+        return found if found.get("error") else None
+
+    found = cluster.eventually(report, timeout=120, interval=0.5)
+    assert "AuthorizationFailed (HTTP 403)" in found["error"] and found["count"] == 0
+    cluster.eventually(lambda: (report() or {}).get("checkedAt") != found["checkedAt"], timeout=60, interval=0.5)
+    said = [
+        e
+        for e in cluster.kube.list("v1", "events")
+        if e.get("involvedObject", {}).get("kind") == "Plan" and e.get("reason") == "OrphanCheckFailed"
+    ]
+    assert len(said) == 1 and said[0]["type"] == "Warning"  # said once, not at every look
+    assert target.credentials["ARM_CLIENT_SECRET"] not in str(cluster.kube.get(API, "plans", "gold"))

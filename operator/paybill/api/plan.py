@@ -179,6 +179,32 @@ class PlanSpec(Model):
     )
 
 
+ORPHANS_LISTED = 20  # the orphans a Plan's status names (the count says how many there are)
+
+
+class OrphanReport(Model):
+    """The last look in the Plan's cloud account and region for resources tagged with a tenant that no longer
+    exists: left behind, they keep costing money."""
+
+    checkedAt: str = Field(description="When the cloud was last looked at (RFC 3339).")
+    count: int = Field(default=0, ge=0, description="Orphaned resources found (instances and databases).")
+    tenants: list[str] = Field(
+        default_factory=list, max_length=ORPHANS_LISTED, description="The tenants they are tagged with (first ones)."
+    )
+    resources: list[str] = Field(
+        default_factory=list,
+        max_length=ORPHANS_LISTED,
+        description="The first orphans, as `<kind> <id> (tenant <name>)`.",
+    )
+    error: str | None = Field(default=None, description="Why the cloud could not be looked at (its error code).")
+
+
+class PlanStatus(Status):
+    orphans: OrphanReport | None = Field(
+        default=None, description="Cloud resources of tenants that no longer exist, as last looked for."
+    )
+
+
 class Plan(CustomResource):
     """A commercial tier: isolation model, entitlements, quotas and pricing."""
 
@@ -204,4 +230,4 @@ class Plan(CustomResource):
         ),
     )
     spec: PlanSpec
-    status: Status | None = None
+    status: PlanStatus | None = None

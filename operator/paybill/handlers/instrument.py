@@ -54,6 +54,16 @@ def ensure_leading() -> None:
         raise kopf.TemporaryError(f"not acting: {exc}", delay=NOT_LEADING_DELAY) from None
 
 
+def leading_now() -> bool:
+    """Whether this replica holds the election now (always, without one), for timers: they run again at their next
+    interval, so one that is not leading just does nothing (a read error counts as not leading)."""
+    try:
+        ensure_leading()
+    except kopf.TemporaryError:
+        return False
+    return True
+
+
 def reconciles(controller: str) -> Callable[[F], F]:
     """Count and time each call of a reconciling handler as one reconcile of `controller`, and let it act only
     while this replica leads (`ensure_leading`). Put it under kopf's decorators: the handler keeps its name (kopf's

@@ -1,0 +1,65 @@
+"""Orphans: every PAYBILL_ORPHAN_CHECK_SECONDS (3600) each Plan provisioning on a cloud looks, through its
+adapter, for resources tagged with a tenant that no longer exists. The finding goes to the Plan's status.orphans,
+and a new or changed one to a Warning Event on the Plan (clouds/orphans.py decides both)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import kopf
+
+from ..api.meta import API_VERSION, GROUP, VERSION, now_rfc3339
+from ..api.plan import Cloud, PlanSpec
+from ..clouds import CloudError
+from ..clouds import orphans as decide
+from ..clouds.retry import redact
+from ..errors import first_line
+from ..kubeclient import Kube
+from . import events
+from .compute import cloud_adapter
+from .instrument import leading_now
+
+ORPHAN_CHECK_ENV = "PAYBILL_ORPHAN_CHECK_SECONDS"
+DEFAULT_ORPHAN_CHECK_SECONDS = 3600.0
+ORPHAN_TICK = 5.0  # seconds: how often a Plan looks whether its check is due
+_checked_at: dict[str, float] = {}  # Plan uid -> monotonic time of its last check
+
+
+def _on_a_cloud(spec: kopf.Spec, **_: Any) -> bool:
+    provisioning = spec.get("provisioning") or {}
+    return bool(provisioning.get("cloud")) and provisioning.get("cloud") != Cloud.LOCAL
+
+
+def _due(uid: str, now: float) -> bool:
+    every = float(os.environ.get(ORPHAN_CHECK_ENV) or DEFAULT_ORPHAN_CHECK_SECONDS)
+    if now - _checked_at.get(uid, float("-inf")) < every:
+        return False
+    _checked_at[uid] = now
+    return True
+
+
+@kopf.timer(GROUP, VERSION, "plans", interval=ORPHAN_TICK, when=_on_a_cloud)
+def look_for_orphans(name: str, uid: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    provisioning = PlanSpec.model_validate(body["spec"]).provisioning
+    if provisioning is None or not leading_now() or not _due(uid, time.monotonic()):
+        return
+    kube: Kube = memo.kube
+    known = [tenant["metadata"]["name"] for tenant in kube.list(API_VERSION, "tenants")]  # before the cloud is read
+    secrets: dict[str, str] = {}
+    try:
+        adapter, secrets = cloud_adapter(kube, provisioning)
+        found = decide.report(adapter.orphans(known), now_rfc3339())
+    except CloudError as error:
+        status = f" (HTTP {error.status})" if error.status else ""
+        message = f"{error.cloud} answered {error.code}{status}: {error.message}"
+        found = decide.failed(redact(message, secrets.values())[:500], now_rfc3339())
+    except (TimeoutError, ValueError, ImportError) as exc:
+        message = f"{type(exc).__name__}: {first_line(exc)}"
+        found = decide.failed(redact(message, secrets.values())[:500], now_rfc3339())
+    said = decide.warning(found, (body.get("status") or {}).get("orphans"))
+    if said is not None:
+        events.warn(body, reason=decide.FAILED_REASON if found.error else decide.REASON, message=said)
+    patch = {"status": {"orphans": found.model_dump()}}  # a None (no error now) removes the old one
+    kube.merge_patch(API_VERSION, "plans", name, patch, subresource="status")
