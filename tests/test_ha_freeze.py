@@ -22,6 +22,7 @@ from paybill.api.tenant import TenantSpec
 from paybill.audit import AuditLog
 from paybill.billing.grace import Billed
 from paybill.database.server import LocalPostgres
+from paybill.handlers.instrument import leading_now
 from paybill.workflows import reconcile as workflows
 from paybill.workflows.reconcile import tenant_suspended
 from test_agent_reconcile import READY, UNRUN_FIELDS, finish, observed, said, workflow
@@ -162,3 +163,18 @@ def test_the_runner_denies_a_tenant_suspended_by_its_spec_or_subscription_while_
     assert workflows.decide(workflow(), observed(READY)).action is not None  # status full access: it would run
     outcome = workflows.decide(workflow(), observed(READY, suspended=True))
     assert said(outcome) == finish("Denied", "TenantSuspended", message, UNRUN_FIELDS)
+
+
+def test_timers_act_only_on_the_replica_that_leads_now(cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The timers that act on clouds and billing (orphans, compute rechecks, grace clocks) ask leading_now: a
+    standby's timer does nothing, without an error kopf would log at every tick."""
+    cluster.kube.create(peering.PEERING_CRD)
+    cluster.eventually(lambda: cluster.kube.request("GET", f"/apis/{peering.API_VERSION}"), timeout=30)
+    first, second = peering.Election("paybill", "first", 10), peering.Election("paybill", "second", 10)
+    peering.register(cluster.kube, first), peering.register(cluster.kube, second)
+    monkeypatch.setattr(peering, "FENCE", peering.Fence(cluster.kube, second))
+    assert leading_now() is False
+    monkeypatch.setattr(peering, "FENCE", peering.Fence(cluster.kube, first))
+    assert leading_now() is True
+    monkeypatch.setattr(peering, "FENCE", None)  # no election: it runs alone, and leads
+    assert leading_now() is True

@@ -28,6 +28,7 @@ from ..errors import first_line
 from ..kubeclient import Kube
 from . import events
 from .apply import operator_namespace, touch
+from .instrument import leading_now
 
 
 class ComputeFailed(Exception):
@@ -141,7 +142,7 @@ def _check_due(tenant: str, now: float) -> bool:
 def keep_suspended_compute_stopped(name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A Suspended tenant whose instances were stopped: what its cloud's inventory shows running now is stopped
     again, with a Warning Event naming it (CloudError: kopf logs it, the next check tries again)."""
-    if not _check_due(name, time.monotonic()):
+    if not leading_now() or not _check_due(name, time.monotonic()):
         return
     kube: Kube = memo.kube
     with tenant_lock(name):

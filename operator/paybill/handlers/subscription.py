@@ -17,7 +17,7 @@ from ..lifecycle.plan import parse_plan
 from ..lifecycle.references import TenantSeen
 from ..lifecycle.subscription import SubscriptionSeen, decide_subscription, subscriptions_of_tenant_gone
 from .apply import post, touch_all, write_ready
-from .instrument import reconciles
+from .instrument import leading_now, reconciles
 
 
 def _observe(kube: Kube, body: kopf.Body, spec: SubscriptionSpec) -> SubscriptionSeen:
@@ -61,8 +61,9 @@ def reconcile_subscription(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, 
     when=lambda spec, **_: spec.get("billingStatus") == BillingStatus.PAST_DUE,
 )
 def grace_clock(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    """A past-due subscription moves on by itself when its grace period ends."""
-    _reconcile(body, patch, memo)
+    """A past-due subscription moves on by itself when its grace period ends (on the leader only)."""
+    if leading_now():
+        _reconcile(body, patch, memo)
 
 
 def _deleted(type: str, **_: Any) -> bool:  # kopf names the argument
