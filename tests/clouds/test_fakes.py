@@ -128,3 +128,17 @@ def test_a_tenant_with_nothing_is_an_empty_result(cloud: Harness) -> None:
 def test_inventory_ends_on_a_full_last_page(cloud: Harness) -> None:
     mine = cloud.seed("acme", 2 * cloud.page_size)
     assert sorted(r.id for r in cloud.adapter(page_size=cloud.page_size).inventory("acme")) == mine
+
+
+@pytest.mark.parametrize("cloud", ["oci", "ibm"], indirect=True)
+def test_a_search_that_answers_another_tenants_instances_never_has_them_stopped(cloud: Harness) -> None:
+    """OCI's Resource Search and IBM's Global Search answer from an index: whatever it returns, the adapter acts
+    only on instances whose own tenant tag names the tenant (never on "acme-corp" when asked for "acme")."""
+    ours, neighbours = cloud.seed("acme", 1), cloud.seed("acme-corp", 2)
+    cloud.fake.over_match = True
+    adapter = cloud.adapter()
+    assert sorted(r.id for r in adapter.inventory("acme")) == ours
+    change = adapter.suspend("acme")
+    assert list(change.changed) == ours
+    assert {r.state for r in adapter.inventory("acme-corp")} == {PowerState.RUNNING}
+    assert {r.id for r in adapter.inventory("acme-corp")} == set(neighbours)

@@ -167,7 +167,7 @@ class AwsAdapter(AdapterBase):
 
     def inventory(self, tenant: str) -> list[Resource]:
         instances = self._instances([{"Name": f"tag:{tags.tenant_key(CLOUD)}", "Values": [tenant]}])
-        return instances + [database for database in self._databases() if database.tenant == tenant]
+        return [r for r in instances + self._databases() if r.tenant == tenant]  # never trust a filter alone
 
     def _power_targets(self, tenant: str) -> list[Resource]:
         """The tenant's EC2 instances and RDS instances: a suspended tenant's database is stopped too (else the

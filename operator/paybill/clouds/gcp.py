@@ -138,7 +138,9 @@ class GcpAdapter(AdapterBase):
         return found
 
     def inventory(self, tenant: str) -> list[Resource]:
-        return self._listed(f'labels.{tags.tenant_key(CLOUD)} = "{tenant.lower()}"')
+        """The filtered list, kept to the instances whose own label names the tenant (never trust a filter alone)."""
+        found = self._listed(f'labels.{tags.tenant_key(CLOUD)} = "{tenant.lower()}"')
+        return [r for r in found if r.tenant == tenant.lower()]
 
     def _act(self, ids: tuple[str, ...], wanted: PowerState) -> None:
         act = self._instances.stop if wanted is PowerState.STOPPED else self._instances.start

@@ -152,8 +152,11 @@ class IbmAdapter(AdapterBase):
         return _STATES.get(instance.get("status", ""), PowerState.OTHER)
 
     def inventory(self, tenant: str) -> list[Resource]:
+        """The search's answer, kept to the live instances whose own tag names the tenant (the index may answer
+        more: a search for acme must never hand back acme-corp's)."""
         key = tags.tenant_key(CLOUD)
-        return [r for r in self._found(f'tags:"{key}:{tenant}"') if r.state is not PowerState.TERMINATED]
+        found = self._found(f'tags:"{key}:{tenant}"')
+        return [r for r in found if r.tenant == tenant and r.state is not PowerState.TERMINATED]
 
     def _act(self, ids: tuple[str, ...], wanted: PowerState) -> None:
         action = "stop" if wanted is PowerState.STOPPED else "start"

@@ -142,10 +142,12 @@ class OciAdapter(AdapterBase):
         return found
 
     def inventory(self, tenant: str) -> list[Resource]:
+        """The search's answer, kept to the instances whose own tag names the tenant (the index may answer more)."""
         key = tags.tenant_key(CLOUD)
-        return self._found(
+        found = self._found(
             f"query instance resources where (freeformTags.key = '{key}' && freeformTags.value = '{_quoted(tenant)}')"
         )
+        return [r for r in found if r.tenant == tenant]
 
     def _state(self, ident: str) -> PowerState:
         try:

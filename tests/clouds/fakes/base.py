@@ -64,6 +64,7 @@ class FakeCloud:
         self.instances: dict[str, Instance] = {}
         self.seen: list[Request] = []
         self.wrong: list[str] = []
+        self.over_match = False  # a search whose index answers more than asked (fakes with a search API honour it)
         self._faults: list[Fault] = []
         self._lock = threading.RLock()
         fake = self

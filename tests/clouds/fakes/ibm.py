@@ -102,6 +102,10 @@ class FakeIbm(FakeCloud):
             },
         )
 
+    def _matches(self, value: str, asked: str) -> bool:
+        """A tag value the query asks for; `over_match`: any value starting with it (an index that over-matches)."""
+        return value.startswith(asked) if self.over_match else value == asked
+
     def _search(self, request: Request) -> Answer:
         body = request.body or {}
         expect(set(body.get("fields", [])) >= {"crn", "tags"}, f"fields {body.get('fields')}")
@@ -115,7 +119,7 @@ class FakeIbm(FakeCloud):
             (
                 i
                 for i in self.instances.values()
-                if i.region == region and key in i.tags and (one is None or i.tags[key] == one.group(3))
+                if i.region == region and key in i.tags and (one is None or self._matches(i.tags[key], one.group(3)))
             ),
             key=lambda i: i.id,
         )

@@ -124,6 +124,10 @@ class FakeOci(FakeCloud):
             return False
         return True
 
+    def _matches(self, value: str, asked: str) -> bool:
+        """A tag value the query asks for; `over_match`: any value starting with it (an index that over-matches)."""
+        return value.startswith(asked) if self.over_match else value == asked
+
     def _search(self, request: Request) -> Answer:
         body = request.body or {}
         expect(body.get("type") == "Structured" and body.get("matchingContextType") == "NONE", f"search details {body}")
@@ -132,7 +136,11 @@ class FakeOci(FakeCloud):
         expect(one is not None or any_ is not None, f"unexpected query {query!r}")
         key = (one or any_).group(1)  # type: ignore[union-attr]
         chosen = sorted(
-            (i for i in self.instances.values() if key in i.tags and (one is None or i.tags[key] == one.group(2))),
+            (
+                i
+                for i in self.instances.values()
+                if key in i.tags and (one is None or self._matches(i.tags[key], one.group(2)))
+            ),
             key=lambda i: i.id,
         )
         size = int(request.param("limit") or 100)
