@@ -183,6 +183,7 @@ def setup(target: Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clust
     """The stand-in module, the provider's directory in the mirror, the endpoint and the credentials Secret."""
     modules, mirror = tmp_path / "modules", tmp_path / "mirror"
     shutil.copytree(module_dir("local", "silo"), modules / "stand-in")
+    shutil.copytree(module_dir("local", "bridge"), modules / "stand-in-bridge")
     (mirror / "registry.terraform.io" / target.provider / "0.0.0" / "linux_amd64").mkdir(parents=True)
     (mirror / "registry.terraform.io" / target.provider / "0.0.0" / "linux_amd64" / "provider").touch()
     monkeypatch.setenv("PAYBILL_TERRAFORM_MODULES_DIR", str(modules))
@@ -196,16 +197,16 @@ def setup(target: Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clust
     return target
 
 
-def onboard(cluster: Any, target: Target, name: str = "") -> str:
-    """A Plan on the target's cloud (the stand-in module) and a silo Tenant on it (`name`, else pw-<cloud>: moto is
-    the session's, so a test that counts instances names its own tenant); the tenant's name."""
+def onboard(cluster: Any, target: Target, name: str = "", isolation: str = "silo") -> str:
+    """A Plan on the target's cloud (the stand-in module) and a Tenant of `isolation` on it (`name`, else
+    pw-<cloud>: moto is the session's, so a test that counts instances names its own tenant); the tenant's name."""
     provisioning = {
         "cloud": target.cloud,
         "region": target.region,
-        "module": "stand-in",
+        "module": "stand-in" if isolation == "silo" else f"stand-in-{isolation}",
         "credentialsSecret": "cloud-credentials",
     }
-    spec = {"tier": "gold", "isolation": "silo", "provisioning": provisioning}
+    spec = {"tier": "gold", "isolation": isolation, "provisioning": provisioning}
     cluster.kube.create({"apiVersion": API, "kind": "Plan", "metadata": {"name": "gold"}, "spec": spec})
     name = name or f"pw-{target.cloud}"
     tenant_spec = {"planRef": "gold", "deletionPolicy": "destroy"}
@@ -391,3 +392,26 @@ def test_a_look_for_orphans_the_cloud_refuses_is_said_on_the_plan_with_the_cloud
     ]
     assert len(said) == 1 and said[0]["type"] == "Warning"  # said once, not at every look
     assert target.credentials["ARM_CLIENT_SECRET"] not in str(cluster.kube.get(API, "plans", "gold"))
+
+
+@pytest.mark.parametrize("target", ["gcp"], indirect=True)
+def test_a_bridge_tenants_instances_are_stopped_while_suspended_and_started_on_resume(
+    setup: Target, operator: Any
+) -> None:
+    """A bridge tenant has compute of its own (in the pool's network): suspension stops it too."""
+    cluster, target = operator, setup
+    name = onboard(cluster, target, "bridged-gcp", isolation="bridge")
+
+    def status() -> dict[str, Any]:
+        return (cluster.kube.get(API, "tenants", name) or {}).get("status") or {}
+
+    cluster.eventually(lambda: status().get("phase") == "Active", timeout=300, interval=0.5)
+    ids = target.launch(name, 2)
+    cluster.kube.merge_patch(API, "tenants", name, {"spec": {"suspended": True}})
+    cluster.eventually(lambda: (status().get("compute") or {}).get("result") == "Done", timeout=300, interval=0.5)
+    assert status()["compute"]["wanted"] == "stopped" and sorted(status()["compute"]["changed"]) == sorted(ids)
+    assert target.states(ids) == {target.stopped}
+    cluster.kube.merge_patch(API, "tenants", name, {"spec": {"suspended": False}})
+    cluster.eventually(lambda: (status().get("compute") or {}).get("wanted") == "running", timeout=300, interval=0.5)
+    cluster.eventually(lambda: target.states(ids) == {target.running}, timeout=120, interval=0.5)
+    cluster.eventually(lambda: status().get("phase") == "Active", timeout=120, interval=0.5)
