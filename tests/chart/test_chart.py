@@ -350,6 +350,25 @@ def test_the_network_policy_denies_all_but_the_webhook_dns_api_and_database() ->
     assert ports == [("TCP", 53), ("TCP", 443), ("TCP", 5432), ("TCP", 6443), ("UDP", 53)]
 
 
+def test_the_webhook_can_be_opened_to_the_control_plane_only() -> None:
+    control_plane = [{"ipBlock": {"cidr": "10.0.0.0/28"}}]
+    [policy] = find(template({"networkPolicy": {"webhookFrom": control_plane}}), "NetworkPolicy")
+    assert policy["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": "webhook"}], "from": control_plane}]
+
+
+def test_terraform_job_pods_get_a_policy_of_their_own_no_ingress_and_only_dns_https_and_postgres_out() -> None:
+    """jobs.py labels each run's Pod app.kubernetes.io/name=paybill-terraform: a run holding cloud credentials is
+    reachable by nothing, and reaches only what a run needs."""
+    docs = template({"terraform": {"executor": "job"}, "networkPolicy": {"extraEgress": [{"ports": [{"port": 6432}]}]}})
+    [runs] = find(docs, "NetworkPolicy", f"{RELEASE}-terraform")
+    spec = runs["spec"]
+    assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "paybill-terraform"
+    assert spec["policyTypes"] == ["Ingress", "Egress"] and spec["ingress"] == []
+    ports = sorted((p.get("protocol", "TCP"), p["port"]) for rule in spec["egress"] for p in rule["ports"])
+    assert ports == [("TCP", 53), ("TCP", 443), ("TCP", 5432), ("TCP", 6432), ("UDP", 53)]
+    assert not find(template(), "NetworkPolicy", f"{RELEASE}-terraform")  # the local executor runs no Pods
+
+
 def test_the_chart_crds_are_the_generated_ones_upgraded_with_the_release_and_kept() -> None:
     rendered = {d["metadata"]["name"]: d for d in find(template(), "CustomResourceDefinition")}
     generated = {crd["metadata"]["name"]: crd for crd in all_crds()}
