@@ -78,6 +78,7 @@ def reconciles(controller: str) -> Callable[[F], F]:
                     await asyncio.to_thread(ensure_leading)
                     return await handler(*args, **kwargs)
 
+            timed_async.paybill_fenced = True  # type: ignore[attr-defined]
             return timed_async  # type: ignore[return-value]
 
         @functools.wraps(handler)
@@ -86,6 +87,7 @@ def reconciles(controller: str) -> Callable[[F], F]:
                 ensure_leading()
                 return handler(*args, **kwargs)
 
+        timed.paybill_fenced = True  # type: ignore[attr-defined]
         return timed  # type: ignore[return-value]
 
     return wrap

@@ -147,6 +147,7 @@ def reconcile_tenant(
 
 
 @kopf.on.delete(GROUP, VERSION, "tenants")
+@reconciles("tenant")
 def delete_tenant(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any) -> None:
     tenant = read(body)
     actions = TenantActions(body, tenant, memo)
