@@ -627,3 +627,25 @@ def test_a_forged_applied_digest_is_not_applied_without_the_record_of_the_apply_
         forged = decided(seen(desired=manual, applied_digest=unrecorded), applied())
         assert not forged.ready and forged.actions == (infra.PlanInfrastructure(manual),)
     assert decided(seen(desired=manual), applied()).ready
+
+
+def test_a_tenant_named_like_a_pool_destroys_nothing_when_it_goes() -> None:
+    """pool-<pool> is the pool's own state (the runner applies the shared module as that tenant id): a Tenant of that
+    name, never built, must not destroy the pool's infrastructure when it is offboarded, nor wait on it forever."""
+    spec = {"offboard": True, "deletionPolicy": "destroy"}
+    pooled = TenantObject("pool-default", UID, TenantSpec(planRef="pro", **spec), TenantStatus(), generation=1)
+    outcome = offboard(pooled, world(seen(built=(desired(),))))
+    assert not any(isinstance(a, infra.DestroyInfrastructure) for a in outcome.actions)
+    assert outcome.status is not None and outcome.status.phase == Phase.OFFBOARDED
+
+
+def test_a_name_another_tenants_bridge_or_pooled_resources_would_have_is_refused() -> None:
+    """An outsider's review: silo tenant x-bridge is named paybill-x-bridge, as bridge tenant x's resources are:
+    whichever came second could never be built."""
+    for name in ("shop-bridge", "shop-pooled"):
+        decision = infra.decide_infrastructure(seen(), None, None, NOW, name)
+        assert decision.actions == () and decision.provisioned[:2] == (False, "TenantNameReserved")
+        assert f"like the {name.rsplit('-', 1)[1]} resources of a tenant shop" in decision.provisioned[2]
+    assert infra.decide_infrastructure(seen(), None, None, NOW, "bridgeport").actions == (
+        infra.ApplyInfrastructure(desired()),
+    )

@@ -15,6 +15,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from paybill.terraform.adoption import CloudObject
+from paybill.terraform.models import MODEL_SUFFIXES
 
 from . import tags
 from .base import AdapterBase
@@ -199,19 +200,24 @@ class AwsAdapter(AdapterBase):
 
     def tenant_objects(self, tenant: str) -> list[CloudObject]:
         """The tenant's VPCs, subnets and security groups by its tag; its DB instance, DB subnet group, bucket and IAM
-        role (with the role's inline policies) by the name the modules give them, paybill-<tenant>."""
+        role (with the role's inline policies) by the names the modules give them: paybill-<tenant> (silo), and
+        paybill-<tenant>-bridge and -pooled (each model names its objects apart)."""
         by_tag = [{"Name": f"tag:{tags.tenant_key(CLOUD)}", "Values": [tenant]}]
-        name = f"paybill-{tenant}"
+        named: list[CloudObject] = []
+        for name in (f"paybill-{tenant}", *(f"paybill-{tenant}-{model}" for model in MODEL_SUFFIXES)):
+            named += [
+                *self._named(self._db_instance, name),
+                *self._named(self._db_subnet_group, name),
+                *self._named(self._bucket, name),
+                *self._role_objects(name),
+            ]
         return [
             *self._ec2_objects("aws_vpc", self._ec2.describe_vpcs, "Vpcs", "VpcId", by_tag),
             *self._ec2_objects("aws_subnet", self._ec2.describe_subnets, "Subnets", "SubnetId", by_tag),
             *self._ec2_objects(
                 "aws_security_group", self._ec2.describe_security_groups, "SecurityGroups", "GroupId", by_tag
             ),
-            *self._named(self._db_instance, name),
-            *self._named(self._db_subnet_group, name),
-            *self._named(self._bucket, name),
-            *self._role_objects(name),
+            *named,
         ]
 
     def _ec2_objects(

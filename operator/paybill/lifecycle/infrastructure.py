@@ -16,6 +16,7 @@ from typing import Any
 from ..api.meta import Condition
 from ..api.plan import Approval, Isolation, Provisioning
 from ..api.tenant import InfrastructureStatus
+from ..terraform.models import MODEL_SUFFIXES
 from .machine import retry_delay
 from .outcome import Notice
 from .tenant import owner_reference
@@ -117,14 +118,23 @@ def _named(keys: Iterable[str]) -> str:
 
 
 def name_reserved(tenant: str) -> str | None:
-    """Why the tenant's name cannot be provisioned though short enough: its cloud resources' names would be a pool's
-    (paybill-pool-<pool>), and a cloud that answers "created" for a name its account already owns (S3) would hand
-    the pool's bucket to the tenant's state, and its offboarding every pooled tenant's data (None: it can)."""
-    if not tenant.startswith(RESERVED_PREFIX):
+    """Why the tenant's name cannot be provisioned though short enough (None: it can): its cloud resources' names
+    would be a pool's (paybill-pool-<pool>), and a cloud that answers "created" for a name its account already owns
+    (S3) would hand the pool's bucket to the tenant's state, and its offboarding every pooled tenant's data; or
+    another tenant's bridge or pooled resources' (paybill-<other>-bridge): whichever came second never builds."""
+    if tenant.startswith(RESERVED_PREFIX):
+        return (
+            f"tenant name {tenant} starts with {RESERVED_PREFIX}: its cloud resources would be named like a pool's "
+            "(paybill-pool-<pool>); nothing is built: recreate it under another name"
+        )
+    taken = next((model for model in MODEL_SUFFIXES if tenant.endswith(f"-{model}")), None)
+    if taken is None:
         return None
+    other = tenant.removesuffix(f"-{taken}")
     return (
-        f"tenant name {tenant} starts with {RESERVED_PREFIX}: its cloud resources would be named like a pool's "
-        "(paybill-pool-<pool>); nothing is built: recreate it under another name"
+        f"tenant name {tenant} ends with -{taken}: its cloud resources (paybill-{tenant}) would be named like the "
+        f"{taken} resources of a tenant {other}, and one of the two could never be built; nothing is built: "
+        "recreate it under another name"
     )
 
 

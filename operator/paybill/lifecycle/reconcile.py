@@ -24,6 +24,7 @@ from ..clouds.compute import PowerCompute, decide_compute
 from .conditions import set_condition
 from .infrastructure import (
     APPROVE_ANNOTATION,
+    RESERVED_PREFIX,
     InfraAction,
     InfraDecision,
     InfraSeen,
@@ -683,7 +684,8 @@ def offboard(tenant: TenantObject, seen: Observed, deleting: bool = False) -> Ou
         actions.append(ReleaseName())  # nothing was placed (or all is removed): the name is free for a new Tenant
     kept = policy == DeletionPolicy.RETAIN  # the infrastructure holding kept data stays too
     ready = tenant.condition("Ready")
-    owns_name = seen.retained is None  # refused the name's retained data: its infrastructure is not this Tenant's
+    # refused the name's retained data, or a pool's name (pool-<pool> is the pool's own state): not this Tenant's
+    owns_name = seen.retained is None and not tenant.name.startswith(RESERVED_PREFIX)
     teardown = decide_teardown(seen.infrastructure, tenant.status.infrastructure, kept, ready, seen.now, owns_name)
     if not teardown.done:
         return _tearing_down(tenant, actions, teardown)

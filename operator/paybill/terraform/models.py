@@ -16,6 +16,9 @@ CLOUDS = ("local", "aws", "azure", "gcp", "oci", "ibm")
 MODELS = ("silo", "pooled", "bridge")
 # what a destroy does to the data-bearing resources (databases, buckets): the Tenant's spec.deletionPolicy
 DELETION_POLICIES = ("destroy", "snapshot", "retain")
+# The bridge and pooled modules name their objects paybill-<tenant>-<model> (silo's are paybill-<tenant>): a change
+# of model builds the new model's objects beside the old ones
+MODEL_SUFFIXES = ("bridge", "pooled")
 
 
 def checked_tenant_id(tenant_id: str) -> str:
