@@ -530,3 +530,13 @@ def test_no_two_isolation_models_of_a_cloud_name_a_resource_alike(cloud: str) ->
         f"{first}/{second}": sorted(names[first] & names[second]) for first, second in itertools.combinations(MODELS, 2)
     }
     assert not any(alike.values()), f"{cloud}: {alike}"
+
+
+def test_a_module_file_in_terraform_json_is_refused_as_the_contract_cannot_read_it(tmp_path: Path) -> None:
+    """An outsider's review: an untagged bucket with force_destroy, an unclassified type and a backend in a
+    *.tf.json file passed the contract (which read *.tf only) and were run."""
+    silo, pool = _copy(tmp_path, "aws", "silo"), _copy(tmp_path, "aws", "shared")
+    for module in (silo, pool):
+        (module / "zz.tf.json").write_text('{"resource": {"aws_s3_bucket": {"x": {"force_destroy": true}}}}')
+    said = "zz.tf.json: Terraform JSON is not read by the contract check; write the module in HCL (*.tf)"
+    assert said in violations(silo) and said in pool_violations(pool)

@@ -209,6 +209,7 @@ def violations(module: Path, stands_for_cloud_objects: bool = False) -> list[str
     `stands_for_cloud_objects`: its terraform_data resources play cloud resources (the `local` modules)."""
     blocks = parse(module)
     convention, found = _convention(blocks)
+    found += _unchecked_files(module)
     found += _input_violations(_named(blocks.get("variable", [])), convention.context_inputs)
     found += _output_violations(_named(blocks.get("output", [])))
     found += _tag_violations(blocks, stands_for_cloud_objects, convention)
@@ -223,11 +224,21 @@ def pool_violations(module: Path) -> list[str]:
     no backend, no credentials or regions written in it, its providers pinned; [] when it meets that."""
     blocks = parse(module)
     convention, found = _convention(blocks)
+    found += _unchecked_files(module)
     found += _carrier_violations(blocks, False, convention)
     found += _pool_keeping_violations(blocks) + _unclassified(blocks)
     if any("backend" in block for block in blocks.get("terraform", [])):
         found.append("declares a backend: the runner supplies the pg backend")
     return found + _hygiene_violations(blocks)
+
+
+def _unchecked_files(module: Path) -> list[str]:
+    """Terraform runs *.tf.json as it runs *.tf, and the runner copies both: the contract reads HCL only, so a JSON
+    file would pass unchecked (an untagged bucket, a backend, a type no table classifies)."""
+    return [
+        f"{path.name}: Terraform JSON is not read by the contract check; write the module in HCL (*.tf)"
+        for path in sorted(module.glob("*.tf.json"))
+    ]
 
 
 def _input_violations(variables: dict[str, dict[str, Any]], context: Mapping[str, str]) -> list[str]:
