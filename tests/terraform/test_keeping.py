@@ -115,3 +115,32 @@ def test_the_contract_refuses_a_module_with_a_type_keeping_does_not_know(tmp_pat
     assert violations(module) == [
         "resource type aws_redshift_cluster: keeping.py does not say whether it holds data or how a delete keeps it"
     ]
+
+
+def _update(
+    address: str, before: dict[str, Any], after: dict[str, Any], actions: tuple[str, ...] = ("update",)
+) -> dict[str, Any]:
+    kind = address.split(".")[0]
+    return {"address": address, "type": kind, "change": {"actions": list(actions), "before": before, "after": after}}
+
+
+def test_settling_the_policy_may_update_the_deletion_settings_and_nothing_else() -> None:
+    """An outsider's review: the settle step applied whatever else the module had changed (an object expiry rule)
+    before a destroy under snapshot, with no approval, and the kept bucket's objects expired a day later."""
+    settled = _update(
+        "aws_db_instance.tenant",
+        {"skip_final_snapshot": True, "final_snapshot_identifier": None, "engine": "postgres"},
+        {"skip_final_snapshot": False, "final_snapshot_identifier": "paybill-acme-final-1", "engine": "postgres"},
+    )
+    assert keeping.beyond_policy({"resource_changes": [settled]}) == []
+    expiry = _update(
+        "aws_s3_bucket.tenant",
+        {"force_destroy": True, "lifecycle_rule": []},
+        {"force_destroy": False, "lifecycle_rule": [{"expiration": [{"days": 1}]}]},
+    )
+    replaced = _update("aws_db_instance.tenant", {}, {}, ("delete", "create"))
+    untouched = _update("aws_security_group.database", {"name": "x"}, {"name": "x"}, ("no-op",))
+    assert keeping.beyond_policy({"resource_changes": [expiry, replaced, untouched]}) == [
+        "aws_s3_bucket.tenant (update of lifecycle_rule)",
+        "aws_db_instance.tenant (delete/create)",
+    ]

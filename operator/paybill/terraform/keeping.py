@@ -159,3 +159,40 @@ def unkept(plan: Mapping[str, Any]) -> list[str]:
         elif not keeps(before):
             found.append(f"{address} (its state says no copy is kept on delete)")
     return found
+
+
+# What carrying the deletion policy into the state before a destroy may change: the attributes that decide what a
+# delete keeps (a final snapshot and its name, emptying a bucket, protection, abandoning a database)
+POLICY_SETTINGS = frozenset(
+    {
+        "skip_final_snapshot",
+        "final_snapshot_identifier",
+        "force_destroy",
+        "force_delete",
+        "deletion_protection",
+        "deletion_protection_enabled",
+        "deletion_policy",
+        "delete_contents_on_destroy",
+    }
+)
+IN_PLACE = frozenset({"no-op", "update", "read"})
+
+
+def beyond_policy(plan: Mapping[str, Any]) -> list[str]:
+    """What a plan made to carry the deletion policy into the state would do besides: a create, delete or replace,
+    or an update of any other attribute (a module changed since the last apply, whose changes wait for their own
+    apply and, under approval manual, a person): each as "address (what)"."""
+    found = []
+    for change in plan.get("resource_changes") or []:
+        actions, address = set(change["change"].get("actions", ())), str(change.get("address"))
+        if not actions <= IN_PLACE:
+            found.append(f"{address} ({'/'.join(change['change']['actions'])})")
+            continue
+        before, after = change["change"].get("before") or {}, change["change"].get("after") or {}
+        unknown = change["change"].get("after_unknown") or {}
+        changed = {key for key in {*before, *after} if before.get(key) != after.get(key)} | {
+            key for key, value in unknown.items() if value
+        }
+        if "update" in actions and changed - POLICY_SETTINGS:
+            found.append(f"{address} (update of {', '.join(sorted(changed - POLICY_SETTINGS))})")
+    return found

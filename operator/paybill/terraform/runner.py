@@ -66,7 +66,6 @@ CREATION_LOCKED = "locked for workspace creation"  # the pg backend's one lock f
 CREATION_RETRY_S = 0.25
 DESTROYED = re.compile(r"(?:Destroy|Apply) complete! Resources: (?:\d+ added, \d+ changed, )?(\d+) destroyed\.")
 STALE_PLAN_ERRORS = ("Saved plan is stale", "plan file is stale")
-IN_PLACE = {"no-op", "update", "read"}  # what carrying the deletion policy into the state may do before a destroy
 # A cloud adapter's lookup of a tenant's objects (clouds CloudAdapter.tenant_objects), for recovery to adopt from
 Finder = Callable[[str], Sequence[adoption.CloudObject]]
 
@@ -457,23 +456,21 @@ class TerraformRunner(RunRecords):
     def _settle_deletion_policy(self, run: Run, targets: list[str]) -> None:
         """Before a destroy: an apply targeting the resources that may hold data (`targets`), so that their state
         carries the current deletion policy (skip_final_snapshot, force_destroy, deletion_protection ...) whatever
-        the last apply was made with. Only updates in place are applied: a plan that would create or replace
-        anything applies nothing and stops the destroy (PolicyNotSettled)."""
+        the last apply was made with. Only updates of those settings are applied: a plan that would create or
+        replace anything, or update anything else (a module changed since, whose changes wait for their own apply
+        and approval), applies nothing and stops the destroy (PolicyNotSettled)."""
         if not targets:
             return
         if not self._plan_file(run, target=targets):
             return
-        beyond = [
-            f"{change['address']} ({'/'.join(change['change']['actions'])})"
-            for change in self._show_json(run).get("resource_changes") or []
-            if not set(change["change"]["actions"]) <= IN_PLACE
-        ]
+        beyond = keeping.beyond_policy(self._show_json(run))
         if beyond:
             raise PolicyNotSettled(
                 "destroy",
                 None,
                 "the deletion policy could not be carried into the state of the resources holding data without "
-                f"more than an update in place: {', '.join(beyond)}; nothing was applied or destroyed",
+                f"more than updating their deletion settings: {', '.join(beyond)}; nothing was applied or destroyed "
+                "(apply the module's changes first, or set deletionPolicy destroy)",
             )
         self._apply_saved(run)
 
