@@ -161,6 +161,11 @@ OPERATOR_ENVIRONMENT: tuple[tuple[str, str], ...] = (
         "with a Warning Event (default 60)",
     ),
     (
+        "PAYBILL_ORPHAN_CHECK_SECONDS",
+        "how often each Plan on a cloud looks for resources tagged with a tenant that no longer exists: the Plan's "
+        "status.orphans and a Warning Event OrphanedResources (default 3600)",
+    ),
+    (
         "PAYBILL_POLICY_SOURCE",
         "1: the policy engine's compiled modules run from their source (debugging; same decisions, slower)",
     ),

@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from .meta import (
     AGE_COLUMN,
+    LIST_ATOMIC,
     LIST_SET,
     READY_COLUMN,
     CrdInfo,
@@ -189,11 +190,15 @@ class OrphanReport(Model):
     checkedAt: str = Field(description="When the cloud was last looked at (RFC 3339).")
     count: int = Field(default=0, ge=0, description="Orphaned resources found (instances and databases).")
     tenants: list[str] = Field(
-        default_factory=list, max_length=ORPHANS_LISTED, description="The tenants they are tagged with (first ones)."
+        default_factory=list,
+        max_length=ORPHANS_LISTED,
+        json_schema_extra=LIST_SET,
+        description="The tenants they are tagged with (first ones).",
     )
     resources: list[str] = Field(
         default_factory=list,
         max_length=ORPHANS_LISTED,
+        json_schema_extra=LIST_ATOMIC,
         description="The first orphans, as `<kind> <id> (tenant <name>)`.",
     )
     error: str | None = Field(default=None, description="Why the cloud could not be looked at (its error code).")

@@ -14,6 +14,7 @@ from ..api.meta import API_VERSION, GROUP, VERSION, now_rfc3339
 from ..api.plan import Cloud, PlanSpec
 from ..clouds import CloudError
 from ..clouds import orphans as decide
+from ..clouds.preflight import gate as cloud_gate
 from ..clouds.retry import redact
 from ..errors import first_line
 from ..kubeclient import Kube
@@ -43,7 +44,9 @@ def _due(uid: str, now: float) -> bool:
 @kopf.timer(GROUP, VERSION, "plans", interval=ORPHAN_TICK, when=_on_a_cloud)
 def look_for_orphans(name: str, uid: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     provisioning = PlanSpec.model_validate(body["spec"]).provisioning
-    if provisioning is None or not leading_now() or not _due(uid, time.monotonic()):
+    if provisioning is None or cloud_gate(body) is not None:  # a cloud whose preflight has not passed is not asked
+        return
+    if not leading_now() or not _due(uid, time.monotonic()):
         return
     kube: Kube = memo.kube
     known = [tenant["metadata"]["name"] for tenant in kube.list(API_VERSION, "tenants")]  # before the cloud is read
