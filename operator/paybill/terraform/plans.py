@@ -87,7 +87,10 @@ def summarize(tenant_id: str, plan: dict[str, Any], plan_hash: str) -> PlanSumma
 
 def masked(plan: dict[str, Any]) -> dict[str, Any]:
     """The plan JSON fit to keep: sensitive values masked, variables of the configuration's sensitive ones
-    masked, prior state (the backend already holds it) dropped."""
+    masked, prior state (the backend already holds it) dropped; then every value Terraform marked sensitive
+    anywhere is masked wherever else it appears unmarked (a password made in terraform_data, whose output
+    carries no mark, flows into other resources' attributes and outputs)."""
+    secrets = _marked_values(plan)
     plan = dict(plan)
     plan.pop("prior_state", None)
     for key in ("resource_changes", "resource_drift"):
@@ -105,7 +108,55 @@ def masked(plan: dict[str, Any]) -> dict[str, Any]:
         name: ({"value": MASK} if name in sensitive_vars else value)
         for name, value in (plan.get("variables") or {}).items()
     }
-    return plan
+    masked_plan: dict[str, Any] = _mask_values(plan, secrets)
+    return masked_plan
+
+
+SECRET_MIN_LENGTH = 8  # a marked value shorter than this (a port, a flag) is not hunted for elsewhere
+
+
+def _marked_values(plan: dict[str, Any]) -> set[str]:
+    """The strings (of SECRET_MIN_LENGTH or more) Terraform marks sensitive in the plan's changes and outputs."""
+    found: set[str] = set()
+    for key in ("resource_changes", "resource_drift"):
+        for entry in plan.get(key) or []:
+            change = entry.get("change") or {}
+            found |= _strings_under(change.get("before"), change.get("before_sensitive"))
+            found |= _strings_under(change.get("after"), change.get("after_sensitive"))
+    for change in (plan.get("output_changes") or {}).values():
+        found |= _strings_under(change.get("before"), change.get("before_sensitive"))
+        found |= _strings_under(change.get("after"), change.get("after_sensitive"))
+    return {value for value in found if len(value) >= SECRET_MIN_LENGTH}
+
+
+def _strings_under(value: Any, sensitive: Any, marked: bool = False) -> set[str]:
+    marked = marked or sensitive is True
+    if isinstance(value, str):
+        return {value} if marked else set()
+    if isinstance(value, dict):
+        inner = sensitive if isinstance(sensitive, dict) else {}
+        return {s for key, item in value.items() for s in _strings_under(item, inner.get(key), marked)}
+    if isinstance(value, list):
+        inner_list = sensitive if isinstance(sensitive, list) else []
+        return {
+            s
+            for i, item in enumerate(value)
+            for s in _strings_under(item, inner_list[i] if i < len(inner_list) else None, marked)
+        }
+    return set()
+
+
+def _mask_values(value: Any, secrets: set[str]) -> Any:
+    """`value` with every string that holds one of `secrets` masked."""
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        return MASK if any(secret in value for secret in secrets) else value
+    if isinstance(value, dict):
+        return {key: _mask_values(item, secrets) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_mask_values(item, secrets) for item in value]
+    return value
 
 
 def _mask_change(entry: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ resource "aws_security_group" "database" {
 }
 
 resource "terraform_data" "password" {
-  input = replace(uuid(), "-", "")
+  input = sensitive(replace(uuid(), "-", ""))
   lifecycle {
     ignore_changes = [input]
   }

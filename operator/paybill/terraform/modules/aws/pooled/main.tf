@@ -48,7 +48,7 @@ resource "aws_iam_role_policy_attachment" "tenant" {
 
 # The tenant's login in the shared database (the operator creates the role itself)
 resource "terraform_data" "password" {
-  input = replace(uuid(), "-", "")
+  input = sensitive(replace(uuid(), "-", ""))
   lifecycle {
     ignore_changes = [input]
   }

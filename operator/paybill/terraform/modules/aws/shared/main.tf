@@ -41,7 +41,7 @@ resource "aws_db_subnet_group" "pool" {
 }
 
 resource "terraform_data" "password" {
-  input = replace(uuid(), "-", "")
+  input = sensitive(replace(uuid(), "-", ""))
   lifecycle {
     ignore_changes = [input]
   }

@@ -46,7 +46,7 @@ resource "aws_db_subnet_group" "tenant" {
 
 # A password made once (uuid() is built in; ignore_changes keeps it from changing on every plan)
 resource "terraform_data" "password" {
-  input = replace(uuid(), "-", "")
+  input = sensitive(replace(uuid(), "-", ""))
   lifecycle {
     ignore_changes = [input]
   }

@@ -17,7 +17,7 @@ resource "azurerm_resource_group" "tenant" {
 }
 
 resource "terraform_data" "password" {
-  input = "Pb-${replace(uuid(), "-", "")}"
+  input = sensitive("Pb-${replace(uuid(), "-", "")}")
   lifecycle {
     ignore_changes = [input]
   }

@@ -32,7 +32,7 @@ resource "azurerm_role_assignment" "container" {
 
 # The tenant's login in the shared database (the operator creates the role itself)
 resource "terraform_data" "password" {
-  input = replace(uuid(), "-", "")
+  input = sensitive(replace(uuid(), "-", ""))
   lifecycle {
     ignore_changes = [input]
   }

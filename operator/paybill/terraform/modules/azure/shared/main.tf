@@ -82,14 +82,14 @@ resource "azurerm_private_dns_zone_virtual_network_link" "pool" {
 }
 
 resource "terraform_data" "password" {
-  input = "Pb-${replace(uuid(), "-", "")}"
+  input = sensitive("Pb-${replace(uuid(), "-", "")}")
   lifecycle {
     ignore_changes = [input]
   }
 }
 
 resource "terraform_data" "compute_password" {
-  input = "Pb-${replace(uuid(), "-", "")}"
+  input = sensitive("Pb-${replace(uuid(), "-", "")}")
   lifecycle {
     ignore_changes = [input]
   }

@@ -87,14 +87,14 @@ resource "azurerm_private_dns_zone_virtual_network_link" "database" {
 # Passwords made once (uuid() is built in; ignore_changes keeps them from changing on every plan); the prefix
 # gives Azure's complexity rules an upper case letter and a symbol.
 resource "terraform_data" "password" {
-  input = "Pb-${replace(uuid(), "-", "")}"
+  input = sensitive("Pb-${replace(uuid(), "-", "")}")
   lifecycle {
     ignore_changes = [input]
   }
 }
 
 resource "terraform_data" "compute_password" {
-  input = "Pb-${replace(uuid(), "-", "")}"
+  input = sensitive("Pb-${replace(uuid(), "-", "")}")
   lifecycle {
     ignore_changes = [input]
   }

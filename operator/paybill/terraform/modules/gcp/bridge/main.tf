@@ -12,7 +12,7 @@ locals {
 }
 
 resource "terraform_data" "password" {
-  input = replace(uuid(), "-", "")
+  input = sensitive(replace(uuid(), "-", ""))
   lifecycle {
     ignore_changes = [input]
   }

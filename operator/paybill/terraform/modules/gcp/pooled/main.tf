@@ -36,7 +36,7 @@ resource "google_storage_bucket_iam_member" "tenant" {
 
 # The tenant's login in the shared database (the operator creates the role itself)
 resource "terraform_data" "password" {
-  input = replace(uuid(), "-", "")
+  input = sensitive(replace(uuid(), "-", ""))
   lifecycle {
     ignore_changes = [input]
   }

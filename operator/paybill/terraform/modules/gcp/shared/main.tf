@@ -48,7 +48,7 @@ resource "google_service_networking_connection" "database" {
 }
 
 resource "terraform_data" "password" {
-  input = replace(uuid(), "-", "")
+  input = sensitive(replace(uuid(), "-", ""))
   lifecycle {
     ignore_changes = [input]
   }

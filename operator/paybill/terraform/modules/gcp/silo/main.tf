@@ -52,7 +52,7 @@ resource "google_service_networking_connection" "database" {
 
 # A password made once (uuid() is built in; ignore_changes keeps it from changing on every plan)
 resource "terraform_data" "password" {
-  input = replace(uuid(), "-", "")
+  input = sensitive(replace(uuid(), "-", ""))
   lifecycle {
     ignore_changes = [input]
   }

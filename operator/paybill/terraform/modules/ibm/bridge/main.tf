@@ -11,7 +11,7 @@ locals {
 }
 
 resource "terraform_data" "password" {
-  input = "Pb${substr(replace(uuid(), "-", ""), 0, 28)}"
+  input = sensitive("Pb${substr(replace(uuid(), "-", ""), 0, 28)}")
   lifecycle {
     ignore_changes = [input]
   }

@@ -39,7 +39,7 @@ resource "ibm_iam_service_policy" "prefix" {
 
 # The tenant's login in the shared database (the operator creates the role itself)
 resource "terraform_data" "password" {
-  input = replace(uuid(), "-", "")
+  input = sensitive(replace(uuid(), "-", ""))
   lifecycle {
     ignore_changes = [input]
   }

@@ -44,7 +44,7 @@ resource "ibm_is_subnet" "database" {
 }
 
 resource "terraform_data" "password" {
-  input = "Pb${substr(replace(uuid(), "-", ""), 0, 28)}"
+  input = sensitive("Pb${substr(replace(uuid(), "-", ""), 0, 28)}")
   lifecycle {
     ignore_changes = [input]
   }

@@ -48,7 +48,7 @@ resource "ibm_is_subnet" "database" {
 # A password made once (uuid() is built in; ignore_changes keeps it from changing on every plan); letters and
 # digits only, 30 characters, within Databases for PostgreSQL's 15 to 32.
 resource "terraform_data" "password" {
-  input = "Pb${substr(replace(uuid(), "-", ""), 0, 28)}"
+  input = sensitive("Pb${substr(replace(uuid(), "-", ""), 0, 28)}")
   lifecycle {
     ignore_changes = [input]
   }

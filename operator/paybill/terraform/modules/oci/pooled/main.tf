@@ -22,7 +22,7 @@ resource "oci_objectstorage_object" "prefix" {
 
 # The tenant's login in the shared database (the operator creates the role itself)
 resource "terraform_data" "password" {
-  input = replace(uuid(), "-", "")
+  input = sensitive(replace(uuid(), "-", ""))
   lifecycle {
     ignore_changes = [input]
   }

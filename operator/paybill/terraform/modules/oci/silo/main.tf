@@ -56,7 +56,7 @@ resource "oci_core_subnet" "database" {
 # A password made once (uuid() is built in; ignore_changes keeps it from changing on every plan); the prefix gives
 # OCI's rules an upper case letter and a symbol.
 resource "terraform_data" "password" {
-  input = "Pb-${substr(replace(uuid(), "-", ""), 0, 28)}"
+  input = sensitive("Pb-${substr(replace(uuid(), "-", ""), 0, 28)}")
   lifecycle {
     ignore_changes = [input]
   }
