@@ -30,7 +30,11 @@ HEADER = f"""# Paybill release manifest: `kubectl apply -f manifests/paybill.yam
 
 
 def render(chart: Path = CHART) -> str:
-    namespace = yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+    # labelled so that deleting "everything but the CRDs" keeps it too: it holds the database URL Secret, the audit
+    # checkpoint and the backups claim
+    labels = {"app.kubernetes.io/component": "namespace"}
+    meta = {"name": NAMESPACE, "labels": labels}
+    namespace = yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace", "metadata": meta})
     rendered = run_helm(
         "template", RELEASE, str(chart), "--namespace", NAMESPACE, "--skip-tests", *values_args(VALUES)
     ).stdout
