@@ -6,8 +6,10 @@ takes a new ticket and stands by: every tenant is provisioned exactly once, by t
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from paybill.api.tenant import TenantSpec
 from paybill.audit import AuditLog
 from paybill.billing.grace import Billed
 from paybill.database.server import LocalPostgres
-from paybill.handlers.instrument import leading_now
+from paybill.handlers.instrument import leading_now, reconciles
 from paybill.workflows import reconcile as workflows
 from paybill.workflows.reconcile import tenant_suspended
 from test_agent_reconcile import READY, UNRUN_FIELDS, finish, observed, said, workflow
@@ -178,3 +180,79 @@ def test_timers_act_only_on_the_replica_that_leads_now(cluster: Any, monkeypatch
     assert leading_now() is True
     monkeypatch.setattr(peering, "FENCE", None)  # no election: it runs alone, and leads
     assert leading_now() is True
+
+
+def test_a_replica_shutting_down_lets_its_running_handlers_finish_before_it_resigns(
+    cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kopf removes a replica's record as soon as it is told to stop (SIGTERM: every rolling update, every drain),
+    and the standby takes over while handlers here still run (an outsider's review: two final backups of one
+    tenant). Resigning refuses new handlers at once and waits for the running ones before the record goes."""
+    import kopf
+
+    cluster.kube.create(peering.PEERING_CRD)
+    cluster.eventually(lambda: cluster.kube.request("GET", f"/apis/{peering.API_VERSION}"), timeout=30)
+    leading = peering.Election("paybill", "leading", 10)
+    peering.register(cluster.kube, leading)
+    fence = peering.Fence(cluster.kube, leading)
+    monkeypatch.setattr(peering, "FENCE", fence)
+    entered, release = threading.Event(), threading.Event()
+
+    @reconciles("test")
+    def backup(**_: Any) -> str:
+        entered.set()
+        release.wait(30)
+        return "done"
+
+    running = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+    first = running.submit(backup)
+    assert entered.wait(10)
+    resigned = running.submit(fence.resign, 30)
+    cluster.eventually(lambda: fence.role() == peering.RESIGNING, timeout=10)
+    with pytest.raises(kopf.TemporaryError, match="resigning"):
+        backup()  # nothing new begins
+    time.sleep(0.5)
+    assert not resigned.done()  # the running one is waited for
+    release.set()
+    assert first.result(10) == "done" and resigned.result(10) == 0
+
+    stuck = peering.Fence(cluster.kube, leading)
+    monkeypatch.setattr(peering, "FENCE", stuck)
+    entered.clear(), release.clear()
+    hanging = running.submit(backup)
+    assert entered.wait(10)
+    assert stuck.resign(0.2) == 1  # a handler that outlasts the wait is counted, and the replica goes all the same
+    release.set()
+    assert hanging.result(10) == "done"
+    running.shutdown()
+
+
+def test_a_record_no_live_replica_keeps_is_cleared_by_the_next_renewal(cluster: Any) -> None:
+    """An outsider's review: a record without lastseen (kopf reads it as fresh forever) or stamped an hour ahead
+    outranked every replica, all of them stood by and reported ready, and nothing reconciled. Renewals clear such
+    records; the oldest live replica leads again."""
+    cluster.kube.create(peering.PEERING_CRD)
+    cluster.eventually(lambda: cluster.kube.request("GET", f"/apis/{peering.API_VERSION}"), timeout=30)
+    live = peering.Election("paybill", "live", 10)
+    priority = peering.register(cluster.kube, live)
+    ahead = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)).isoformat()
+    ghosts = {"ghost": {"priority": 0}, "ahead": {"priority": 5, "lifetime": 10, "lastseen": ahead}}
+    cluster.kube.merge_patch(peering.API_VERSION, peering.PLURAL, "paybill", {"status": ghosts})
+    assert peering.Fence(cluster.kube, live).role() == "standby"  # outranked by records nobody keeps
+    assert peering.renew(cluster.kube, live, priority) == priority
+    status = cluster.kube.get(peering.API_VERSION, peering.PLURAL, "paybill")["status"]
+    assert set(status) == {"live"} and peering.Fence(cluster.kube, live).role() == "leader"
+
+
+def test_ghost_records_are_those_without_lastseen_or_stamped_past_their_lifetime_ahead() -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    soon = (now + datetime.timedelta(seconds=5)).isoformat()  # a clock a little ahead: still a live replica's
+    late = (now + datetime.timedelta(seconds=60)).isoformat()
+    status = {
+        "fresh": {"priority": -1, "lifetime": 10, "lastseen": now.isoformat()},
+        "skewed": {"priority": -2, "lifetime": 10, "lastseen": soon},
+        "ahead": {"priority": -3, "lifetime": 10, "lastseen": late},
+        "bare": {"priority": 0},
+        "broken": {"priority": 0, "lastseen": "yesterday"},
+    }
+    assert sorted(peering.ghosts(status, now)) == ["ahead", "bare", "broken"]

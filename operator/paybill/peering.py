@@ -138,6 +138,27 @@ def records(status: Mapping[str, Any]) -> list[PeerRecord]:
     return found
 
 
+def ghosts(status: Mapping[str, Any], now: datetime.datetime) -> list[str]:
+    """Records no live replica keeps: kopf reads one without lastseen as fresh forever, and one stamped in the future
+    (a clock far ahead, a hand-made entry) as alive until then; either would pause every replica behind it. A record
+    stamped more than its lifetime ahead cannot be a renewal: nobody renews a record that far in advance."""
+    found = []
+    for identity, info in status.items():
+        if not isinstance(info, Mapping):
+            continue
+        try:
+            lastseen = datetime.datetime.fromisoformat(info["lastseen"]) if info.get("lastseen") else None
+            lifetime = datetime.timedelta(seconds=int(info.get("lifetime", 60)))
+        except (TypeError, ValueError):
+            found.append(str(identity))
+            continue
+        if lastseen is not None and lastseen.tzinfo is None:
+            lastseen = lastseen.replace(tzinfo=datetime.UTC)
+        if lastseen is None or lastseen > now + lifetime:
+            found.append(str(identity))
+    return found
+
+
 def next_ticket(annotations: Mapping[str, str], peers: list[PeerRecord]) -> int:
     """One more than any ticket taken: the annotation's count, or any record's ticket (priority -ticket) above it."""
     text = annotations.get(TICKET_ANNOTATION, "0")
@@ -214,6 +235,7 @@ class NotLeading(Exception):
     """This replica does not hold the election now (or cannot tell): it must not act on the cluster."""
 
 
+RESIGNING = "resigning"
 FENCE_MARGIN = datetime.timedelta(seconds=1)  # a leading answer is not trusted this close to the record's deadline
 
 
@@ -228,9 +250,14 @@ class Fence:
         self.ttl = ttl if ttl is not None else min(1.0, elected.lifetime / 10)
         self._known: tuple[float, str, datetime.datetime | None] | None = None
         self._lock = threading.Lock()
+        self._acting = threading.Condition()  # guards the two below
+        self._handlers = 0  # handlers between begin() and end()
+        self._resigned = False
 
     def role(self) -> str:
-        """`leader`, `standby` or `unregistered` (no live record); a read error raises."""
+        """`leader`, `standby`, `unregistered` (no live record) or `resigning` (shutting down); a read error raises."""
+        if self._resigned:
+            return RESIGNING
         with self._lock:
             if self._known is None or not self._valid(*self._known):
                 role, deadline = _standing(self.kube, self.elected, self.timeout)
@@ -251,6 +278,33 @@ class Fence:
         with self._lock:
             self._known = None
 
+    def begin(self) -> None:
+        """A handler starts acting: NotLeading unless this replica leads now and is not resigning. Each begin()
+        that returns is matched by one end()."""
+        with self._acting:
+            if self._resigned:
+                raise NotLeading(f"this replica is {RESIGNING} from ClusterKopfPeering {self.elected.name}")
+            self._handlers += 1
+        try:
+            self.ensure()
+        except NotLeading:
+            self.end()
+            raise
+
+    def end(self) -> None:
+        with self._acting:
+            self._handlers -= 1
+            self._acting.notify_all()
+
+    def resign(self, timeout: float) -> int:
+        """Stop acting before the record goes (a replica shutting down: kopf removes its record at once, and the
+        standby takes over while handlers here may still run): no handler begins from now on, and the running ones
+        are waited for, up to `timeout` seconds. How many still run then."""
+        with self._acting:
+            self._resigned = True
+            self._acting.wait_for(lambda: self._handlers == 0, timeout)
+            return self._handlers
+
     def ensure(self) -> None:
         """NotLeading unless this replica leads now."""
         try:
@@ -267,8 +321,8 @@ FENCE: Fence | None = None  # set by the operator's startup when it takes part i
 def renew(kube: Kube, elected: Election, priority: int) -> int:
     """Renew this replica's record, in a compare-and-swap write, only while it is still live with `priority`; a
     record that expired (a replica frozen or cut off past its lifetime) or was cleaned away means the election was
-    lost: a new ticket is taken (`register`), so the replica stands by behind whoever took over. The priority to
-    run with from now on."""
+    lost: a new ticket is taken (`register`), so the replica stands by behind whoever took over. Ghost records
+    (`ghosts`) go in the same write. The priority to run with from now on."""
     for _ in range(REGISTER_ATTEMPTS):
         found = kube.get(API_VERSION, PLURAL, elected.name)
         if found is None:
@@ -277,9 +331,10 @@ def renew(kube: Kube, elected: Election, priority: int) -> int:
         own = next((p for p in records(found.get("status") or {}) if p.identity == elected.identity), None)
         if own is None or not own.alive(now) or own.priority != priority:
             return register(kube, elected)
+        cleared: dict[str, Any] = {ghost: None for ghost in ghosts(found.get("status") or {}, now)}
         patch = {
             "metadata": {"resourceVersion": found["metadata"]["resourceVersion"]},
-            "status": {elected.identity: record(priority, elected.lifetime, now)},
+            "status": {**cleared, elected.identity: record(priority, elected.lifetime, now)},
         }
         try:
             kube.merge_patch(API_VERSION, PLURAL, elected.name, patch)

@@ -54,6 +54,18 @@ def ensure_leading() -> None:
         raise kopf.TemporaryError(f"not acting: {exc}", delay=NOT_LEADING_DELAY) from None
 
 
+def _begin() -> peering.Fence | None:
+    """The fence a handler begins acting under (None: no election); kopf.TemporaryError if this replica may not."""
+    fence = peering.FENCE
+    if fence is None:
+        return None
+    try:
+        fence.begin()
+    except peering.NotLeading as exc:
+        raise kopf.TemporaryError(f"not acting: {exc}", delay=NOT_LEADING_DELAY) from None
+    return fence
+
+
 def leading_now() -> bool:
     """Whether this replica holds the election now (always, without one), for timers: they run again at their next
     interval, so one that is not leading just does nothing (a read error counts as not leading)."""
@@ -66,8 +78,8 @@ def leading_now() -> bool:
 
 def reconciles(controller: str) -> Callable[[F], F]:
     """Count and time each call of a reconciling handler as one reconcile of `controller`, and let it act only
-    while this replica leads (`ensure_leading`). Put it under kopf's decorators: the handler keeps its name (kopf's
-    handler id) and stays sync or async as it was."""
+    while this replica leads (the fence's begin/end: a replica resigning waits for the handlers running). Put it
+    under kopf's decorators: the handler keeps its name (kopf's handler id) and stays sync or async as it was."""
 
     def wrap(handler: F) -> F:
         if inspect.iscoroutinefunction(handler):
@@ -75,8 +87,12 @@ def reconciles(controller: str) -> Callable[[F], F]:
             @functools.wraps(handler)
             async def timed_async(*args: Any, **kwargs: Any) -> Any:
                 with metrics.reconciling(controller, result_of):
-                    await asyncio.to_thread(ensure_leading)
-                    return await handler(*args, **kwargs)
+                    fence = await asyncio.to_thread(_begin)
+                    try:
+                        return await handler(*args, **kwargs)
+                    finally:
+                        if fence is not None:
+                            fence.end()
 
             timed_async.paybill_fenced = True  # type: ignore[attr-defined]
             return timed_async  # type: ignore[return-value]
@@ -84,8 +100,12 @@ def reconciles(controller: str) -> Callable[[F], F]:
         @functools.wraps(handler)
         def timed(*args: Any, **kwargs: Any) -> Any:
             with metrics.reconciling(controller, result_of):
-                ensure_leading()
-                return handler(*args, **kwargs)
+                fence = _begin()
+                try:
+                    return handler(*args, **kwargs)
+                finally:
+                    if fence is not None:
+                        fence.end()
 
         timed.paybill_fenced = True  # type: ignore[attr-defined]
         return timed  # type: ignore[return-value]

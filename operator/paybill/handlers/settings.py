@@ -135,6 +135,9 @@ def join_election(
     return elected
 
 
+RESIGN_WAIT_S = 20.0  # the handlers running at shutdown are waited for this long (under the Pod's 30 s grace)
+
+
 def renew_only_while_elected(elected: peering.Election, kube: Kube) -> None:
     """kopf renews a replica's record blindly: a leader frozen past its record's lifetime (SIGSTOP, a stalled node)
     would, once resumed, write it again and outrank the replica that took over. Its renewals go through
@@ -146,6 +149,16 @@ def renew_only_while_elected(elected: peering.Election, kube: Kube) -> None:
     async def renew(
         *, identity: Any, settings: kopf.OperatorSettings, lifetime: int | None = None, **kwargs: Any
     ) -> None:
+        if lifetime == 0 and identity == elected.identity and peering.FENCE is not None:
+            # shutting down: the handlers running finish (and no new one begins) before the standby may take over
+            running = await asyncio.to_thread(peering.FENCE.resign, RESIGN_WAIT_S)
+            if running:
+                logging.getLogger("paybill.peering").warning(
+                    "resigning from ClusterKopfPeering %s with %d handler(s) still running after %ss",
+                    elected.name,
+                    running,
+                    RESIGN_WAIT_S,
+                )
         if lifetime == 0 or identity != elected.identity:
             await touch(identity=identity, settings=settings, lifetime=lifetime, **kwargs)
             return
