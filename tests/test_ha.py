@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import signal
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from paybill import peering
 from paybill.audit import AuditLog
 from paybill.database.server import LocalPostgres
 from test_metrics import Operator, total, value
-from test_tenant_lifecycle import onboard, wait_phase
+from test_tenant_lifecycle import API, onboard, wait_phase
 
 ELECTION = {"PAYBILL_PEERING": "paybill", "PAYBILL_PEERING_LIFETIME": "10"}
 RECONCILES = "controller_runtime_reconcile_total"
@@ -168,3 +169,60 @@ def test_every_change_handler_acts_only_on_the_replica_that_leads() -> None:
     unfenced = {h.id for h in changing if not getattr(h.fn, "paybill_fenced", False)} - UNFENCED_CHANGE_HANDLERS
     assert {h.id for h in changing} >= {"delete_tenant", "reconcile_tenant", "delete_policy"}
     assert unfenced == set()
+
+
+def _dumps_waiting(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_leader_told_to_stop_mid_handler_finishes_it_before_the_standby_takes_over(
+    cluster: Any, postgres: LocalPostgres, tmp_path: Path
+) -> None:
+    """A rolling update SIGTERMs the leader while its offboarding waits in pg_dump (a table locked): kopf would drop
+    its record at once and the standby would offboard the tenant a second time beside it (an outsider's review).
+    The leader resigns only once its handler is done: the standby waits, and the tenant is offboarded once."""
+    from psycopg import sql
+
+    from paybill.database import TenantDatabases
+
+    cluster.kube.create(peering.PEERING_CRD)
+    cluster.eventually(lambda: cluster.kube.request("GET", f"/apis/{peering.API_VERSION}"), timeout=30)
+    first = Operator(cluster, postgres.dsn, tmp_path / "first.log", POD_ID="paybill-first", **ELECTION)
+    second = None
+    try:
+        cluster.eventually(lambda: role(first) == "leader", timeout=60)
+        second = Operator(cluster, postgres.dsn, tmp_path / "second.log", POD_ID="paybill-second", **ELECTION)
+        cluster.eventually(lambda: second.readiness()[0] == 200 and role(second) == "standby", timeout=60)
+        name = onboard(cluster, "bridge")
+        wait_phase(cluster, name, "Active")
+        databases = TenantDatabases(postgres.dsn)
+        placement, _, _ = databases.recorded(name)
+        databases.close()
+        assert placement is not None
+        dsn = postgres.dsn.rsplit("/", 1)[0] + "/" + placement.database
+        with psycopg.connect(dsn) as lock:
+            lock.execute(
+                sql.SQL("LOCK TABLE {}.customers IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(placement.schema))
+            )
+            cluster.kube.merge_patch(API, "tenants", name, {"spec": {"offboard": True}})
+            cluster.eventually(lambda: _dumps_waiting(postgres.dsn) >= 1, timeout=60)
+            first.process.send_signal(signal.SIGTERM)  # a rolling update
+            time.sleep(3)
+            assert role(second) == "standby"  # the leader's record stays while its handler runs
+            assert _dumps_waiting(postgres.dsn) == 1
+            lock.rollback()
+        wait_phase(cluster, name, "Offboarded")
+        cluster.eventually(lambda: role(second) == "leader", timeout=60)
+        with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+            events = [r.event for r in AuditLog(lambda: conn).records("Tenant", name)]
+        assert events.count("offboarded") == 1, events
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()

@@ -251,7 +251,7 @@ class Fence:
         self._known: tuple[float, str, datetime.datetime | None] | None = None
         self._lock = threading.Lock()
         self._acting = threading.Condition()  # guards the two below
-        self._handlers = 0  # handlers between begin() and end()
+        self._handlers = 0  # handlers (begin) and events in process (enter) not ended yet
         self._resigned = False
 
     def role(self) -> str:
@@ -290,6 +290,12 @@ class Fence:
         except NotLeading:
             self.end()
             raise
+
+    def enter(self) -> None:
+        """An event is being processed (its handlers, then kopf's patch of the result): resign() waits for it too;
+        matched by one end()."""
+        with self._acting:
+            self._handlers += 1
 
     def end(self) -> None:
         with self._acting:

@@ -206,7 +206,14 @@ def observe_kopf_queues(queue: metrics.WorkQueue = metrics.WORKQUEUE, streams: I
             queue.taken(name)
         if name == "tenant":
             tenant_seen(raw_event)
-        return await process(resource=resource, raw_event=raw_event, **kwargs)
+        fence = peering.FENCE  # a replica resigning waits for the event's handlers and the patch of their result
+        if fence is None:
+            return await process(resource=resource, raw_event=raw_event, **kwargs)
+        fence.enter()
+        try:
+            return await process(resource=resource, raw_event=raw_event, **kwargs)
+        finally:
+            fence.end()
 
     infinite_watch.paybill_queued = True  # type: ignore[attr-defined]
     kopf_watching.infinite_watch = infinite_watch  # type: ignore[assignment]

@@ -26,6 +26,7 @@ DATABASE_URL_ENV = "PAYBILL_DATABASE_URL"
 BACKUP_DIR_ENV = "PAYBILL_BACKUP_DIR"
 STATE_DIR_ENV = "PAYBILL_STATE_DIR"
 WORKER_LIMIT_ENV = "PAYBILL_WORKER_LIMIT"
+RESIGN_WAIT_S = 20.0  # at shutdown, the events and handlers in process are waited for this long (Pod grace: 30 s)
 
 
 def state_directory(environ: Mapping[str, str]) -> Path:
@@ -69,6 +70,7 @@ def configure(
     # thousands of tenants, an unbounded burst keeps its high-water memory for good.
     settings.queueing.worker_limit = int(os.environ.get(WORKER_LIMIT_ENV) or 128)
     settings.queueing.idle_timeout = 0.5  # a worker holds its slot while idle: free it soon
+    settings.queueing.exit_timeout = RESIGN_WAIT_S  # at shutdown, the events in process finish (kopf: 2 s)
     load_config()
     memo.kube = Kube()
     events.install(memo.kube)
@@ -133,9 +135,6 @@ def join_election(
         -priority,
     )
     return elected
-
-
-RESIGN_WAIT_S = 20.0  # the handlers running at shutdown are waited for this long (under the Pod's 30 s grace)
 
 
 def renew_only_while_elected(elected: peering.Election, kube: Kube) -> None:
