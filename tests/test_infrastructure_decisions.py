@@ -649,3 +649,30 @@ def test_a_name_another_tenants_bridge_or_pooled_resources_would_have_is_refused
     assert infra.decide_infrastructure(seen(), None, None, NOW, "bridgeport").actions == (
         infra.ApplyInfrastructure(desired()),
     )
+
+
+def test_a_pooled_tenant_on_a_cloud_keeps_its_name_held_whatever_its_policy() -> None:
+    """An outsider's review: a pooled tenant's objects under tenants/<name>/ in the pool's bucket are not
+    Terraform's (its destroy deletes the prefix's marker only), and a later Tenant of the same name got a role on
+    exactly that prefix. The name stays held by this Tenant's uid (a new Tenant of it is refused unless it adopts
+    them), with a Warning saying where the objects are; nothing of the placement is forgotten."""
+    from paybill.lifecycle.reconcile import ReleaseName, RetainName
+
+    pooled = applied(module="aws/pooled", workspace="pooled")
+    recorded = placement_at("acme", Isolation.SILO, "t_0")
+    for policy in ("destroy", "snapshot"):
+        spec = {"offboard": True, "deletionPolicy": policy}
+        outcome = offboard(tenant(Phase.OFFBOARDING, pooled, **spec), world(seen(), recorded=recorded))
+        removed = [a for a in outcome.actions if isinstance(a, RemoveData)]
+        assert removed and removed[0].keep_claim and RetainName() in outcome.actions, policy
+        said = [e for e in outcome.events if e.reason == "PoolObjectsKept"]
+        assert said and said[0].warning and "tenants/acme/" in said[0].message
+    after = offboard(
+        tenant(Phase.OFFBOARDING, pooled, offboard=True, deletionPolicy="destroy"),
+        world(seen(), kept_by_this_tenant=True),
+    )
+    assert ReleaseName() not in after.actions  # the hold is not let go once the data is gone
+    silo = offboard(
+        tenant(Phase.OFFBOARDING, applied(), offboard=True, deletionPolicy="destroy"), world(seen(), recorded=recorded)
+    )
+    assert RetainName() not in silo.actions and not any(a.keep_claim for a in silo.actions if isinstance(a, RemoveData))

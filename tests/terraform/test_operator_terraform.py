@@ -667,3 +667,31 @@ def test_deleting_a_tenant_refused_the_names_retained_data_destroys_none_of_its_
     cluster.kube.delete(API, "tenants", name)
     cluster.eventually(lambda: cluster.kube.get(API, "tenants", name) is None, timeout=120)
     assert state_resources(dsn(postgres), name, "silo") == SILO
+
+
+def test_a_pooled_tenants_name_stays_held_after_it_goes_so_no_later_tenant_is_given_its_prefix(
+    tf_operator: Any, modules: Path
+) -> None:
+    """An outsider's review: a pooled tenant's objects under tenants/<name>/ in the pool's bucket are not
+    Terraform's, and outlive its destroy; a later Tenant of the same name was given a role on exactly that prefix.
+    Offboarded (under destroy), the tenant says where its objects stay, and a new Tenant of its name is refused,
+    nothing built for it, until it adopts them deliberately."""
+    cluster = tf_operator
+    shutil.copytree(module_dir("local", "pooled"), modules / "prefixed")
+    cluster.kube.apply(plan("tf-prefixed", module="prefixed", isolation="pooled"))
+    name = onboard(cluster, "tf-prefixed", deletionPolicy="destroy")
+    cluster.eventually(lambda: status(cluster, name).get("phase") == "Active", timeout=180)
+    cluster.kube.merge_patch(API, "tenants", name, {"spec": {"offboard": True}})
+    cluster.eventually(lambda: status(cluster, name).get("phase") == "Offboarded", timeout=180)
+    kept = [e for e in events(cluster, name) if e["reason"] == "PoolObjectsKept"]
+    assert kept and kept[0]["type"] == "Warning" and f"tenants/{name}/" in kept[0]["message"]
+    first_uid = cluster.kube.get(API, "tenants", name)["metadata"]["uid"]
+    cluster.kube.delete(API, "tenants", name)
+    cluster.eventually(lambda: cluster.kube.get(API, "tenants", name) is None, timeout=120)
+
+    onboard(cluster, "tf-prefixed", name=name)
+    refused = cluster.eventually(
+        lambda: (said := condition(cluster, name, "Ready")).get("reason") == "NameConflict" and said, timeout=120
+    )
+    assert f"uid {first_uid}" in refused["message"] and "retained" in refused["message"]
+    assert (status(cluster, name).get("infrastructure") or {}).get("runId") is None  # nothing run for it

@@ -124,11 +124,14 @@ class Control:
                 (tenant, isolation, migrating_to, previous),
             )
 
-    def forget(self, tenant: str) -> None:
+    def forget(self, tenant: str, keep_claim: bool = False) -> None:
+        """The tenant's placement record goes, and unless `keep_claim`, its claim on the name (data stays under the
+        name that no later Tenant may have by chance: retain_tenant marks the claim)."""
         with self.connections.session() as conn, conn.transaction():
             self.prepare(conn)
             conn.execute("DELETE FROM paybill.placements WHERE tenant = %s", (tenant,))
-            conn.execute("DELETE FROM paybill.tenant_owners WHERE tenant = %s", (tenant,))
+            if not keep_claim:
+                conn.execute("DELETE FROM paybill.tenant_owners WHERE tenant = %s", (tenant,))
 
     def retained_by(self, tenant: str) -> str | None:
         """The uid of the Tenant that was offboarded keeping its data under this name (deletionPolicy retain), if

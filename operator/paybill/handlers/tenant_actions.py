@@ -124,7 +124,7 @@ class TenantActions:
                 for placement in placements:
                     databases.remove(placement)
                 databases.drop_role(name)
-                databases.forget(name)
+                databases.forget(name, keep_claim=action.keep_claim)
             case decisions.DeleteBackupFile():
                 assert databases is not None and databases.backup_dir is not None
                 own = databases.backup_dir / f"{decisions.backup_label(self.tenant)}.sql"

@@ -138,6 +138,30 @@ def name_reserved(tenant: str) -> str | None:
     )
 
 
+# The shipped pooled modules whose tenant writes objects under tenants/<name>/ in the pool's bucket: Terraform makes
+# the prefix's marker only, so a destroy leaves what the tenant wrote (azure's pooled tenants get a container of
+# their own, which Terraform deletes with its blobs or refuses to)
+PREFIX_MODULES = frozenset({"aws/pooled", "gcp/pooled", "oci/pooled", "ibm/pooled"})
+
+
+def pool_objects_left(tenant: str, recorded: InfrastructureStatus | None) -> str | None:
+    """What a pooled tenant's offboarding leaves in the pool's bucket, to say (None: nothing). A pooled module of
+    the operator's own (an override) is taken to leave some too: nothing says it does not."""
+    if recorded is None:
+        return None
+    built = ((recorded.module, recorded.workspace), (recorded.retiringModule, recorded.retiring))
+    if not any(
+        module in PREFIX_MODULES or (workspace == "pooled" and module and "/" not in module)
+        for module, workspace in built
+    ):
+        return None
+    return (
+        f"objects under tenants/{tenant}/ in the pool's bucket are the tenant's application's, not Terraform's: "
+        "they are kept (delete them by hand if they must go), and the name stays held by this Tenant, so no later "
+        "Tenant of it is given that prefix unless it adopts them"
+    )
+
+
 def name_too_long(tenant: str) -> str | None:
     """Why the tenant's name cannot be provisioned (None: it can). A Tenant's name may have 56 characters."""
     if len(tenant) <= MAX_TENANT_NAME:

@@ -32,6 +32,7 @@ from .infrastructure import (
     decide_infrastructure,
     decide_retirement,
     decide_teardown,
+    pool_objects_left,
 )
 from .machine import Event, SuspensionCause, Transition, TransitionRefused, path, retry_delay, transition
 from .outcome import Notice, Touch
@@ -234,9 +235,11 @@ class TakeBackup:
 
 @dataclass(frozen=True)
 class RemoveData:
-    """Drop the tenant's data wherever it was placed, then its role and its placement record."""
+    """Drop the tenant's data wherever it was placed, then its role and its placement record, and its claim on the
+    name unless `keep_claim` (data outside the database stays under the name)."""
 
     placements: tuple[Placement, ...]
+    keep_claim: bool = False
 
 
 @dataclass(frozen=True)
@@ -670,17 +673,20 @@ def offboard(tenant: TenantObject, seen: Observed, deleting: bool = False) -> Ou
     policy = DeletionPolicy(tenant.spec.deletionPolicy)
     data = seen.data
     placement = data.current if data is not None else None
+    objects_left = pool_objects_left(tenant.name, tenant.status.infrastructure)
+    held = policy == DeletionPolicy.RETAIN or objects_left is not None  # data stays under the name
     if data is not None and placement is not None:
         actions.append(SetAccess(placement, Access.NONE))
         if tenant.status.backup is None or not seen.backup_intact:
             actions.append(TakeBackup(placement, backup_label(tenant)))
         if policy != DeletionPolicy.RETAIN:  # wherever a move may have left data too, so the role can be dropped
-            actions.append(RemoveData((placement, *(p for p in data.others if p != placement))))
+            actions.append(RemoveData((placement, *(p for p in data.others if p != placement)), keep_claim=held))
         if policy == DeletionPolicy.DESTROY:
             actions.append(DeleteBackupFile())
-        if policy == DeletionPolicy.RETAIN:
+        if held:
             actions.append(RetainName())  # the data kept is never a later Tenant's of the same name
-    if data is not None and placement is None and seen.retained is None:
+    free = seen.retained is None and not seen.kept_by_this_tenant
+    if data is not None and placement is None and free and not held:
         actions.append(ReleaseName())  # nothing was placed (or all is removed): the name is free for a new Tenant
     kept = policy == DeletionPolicy.RETAIN  # the infrastructure holding kept data stays too
     ready = tenant.condition("Ready")
@@ -690,13 +696,13 @@ def offboard(tenant: TenantObject, seen: Observed, deleting: bool = False) -> Ou
     if not teardown.done:
         return _tearing_down(tenant, actions, teardown)
     existing = seen.namespace
-    events: tuple[Notice, ...] = ()
+    events: tuple[Notice, ...] = (Notice("PoolObjectsKept", objects_left, warning=True),) if objects_left else ()
     if existing is not None:
         if may_delete_namespace(dict(existing), tenant.uid, seen.operator_namespace):
             actions.append(DeleteNamespace(existing["metadata"]["name"], existing["metadata"]["uid"]))
         else:
             name = existing["metadata"]["name"]
-            events = (Notice("NamespaceKept", f"namespace {name} is not this tenant's; left as it is"),)
+            events += (Notice("NamespaceKept", f"namespace {name} is not this tenant's; left as it is"),)
     status = None
     if not deleting:
         builder = _Status(tenant)
