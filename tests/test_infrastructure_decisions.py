@@ -676,3 +676,16 @@ def test_a_pooled_tenant_on_a_cloud_keeps_its_name_held_whatever_its_policy() ->
         tenant(Phase.OFFBOARDING, applied(), offboard=True, deletionPolicy="destroy"), world(seen(), recorded=recorded)
     )
     assert RetainName() not in silo.actions and not any(a.keep_claim for a in silo.actions if isinstance(a, RemoveData))
+
+
+def test_a_pool_module_that_cannot_confine_a_tenant_to_its_prefix_is_refused_at_the_plan() -> None:
+    """An outsider's review: ibm/pooled gives each pooled tenant's service ID Writer on the whole pool bucket."""
+    ibm = Provisioning(cloud=Cloud.IBM, region="us-south", credentialsSecret="ibm")
+    keys = frozenset({"IC_API_KEY"})
+    problems = infra.provisioning_problems(
+        ibm, infra.ModuleCheck("ibm/pooled", True), infra.CredentialsCheck("ibm", "paybill", keys)
+    )
+    assert len(problems) == 1 and "Writer on the whole pool bucket" in problems[0] and "bridge or silo" in problems[0]
+    assert not infra.provisioning_problems(
+        ibm, infra.ModuleCheck("ibm/bridge", True), infra.CredentialsCheck("ibm", "paybill", keys)
+    )

@@ -84,6 +84,8 @@ def provisioning_problems(
     problems: list[str] = []
     if not module.found:
         problems.append(f"module {module.name} does not exist")
+    if module.name in UNCONFINED_POOLS:
+        problems.append(f"module {module.name}: {UNCONFINED_POOLS[module.name]}")
     problems += [f"module {module.name}: {violation}" for violation in module.violations]
     needed = REQUIRED_CREDENTIALS.get(str(provisioning.cloud))
     if needed is None:
@@ -138,6 +140,11 @@ def name_reserved(tenant: str) -> str | None:
     )
 
 
+# Shipped modules that cannot confine a tenant to its own part of a pool: refused at the Plan
+UNCONFINED_POOLS = {
+    "ibm/pooled": "its service ID is given Writer on the whole pool bucket (this module grants no prefix-scoped "
+    "COS access), so each pooled tenant could read and delete every other's objects; use isolation bridge or silo",
+}
 # The shipped pooled modules whose tenant writes objects under tenants/<name>/ in the pool's bucket: Terraform makes
 # the prefix's marker only, so a destroy leaves what the tenant wrote (azure's pooled tenants get a container of
 # their own, which Terraform deletes with its blobs or refuses to)
