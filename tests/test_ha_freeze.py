@@ -246,11 +246,13 @@ def test_a_record_no_live_replica_keeps_is_cleared_by_the_next_renewal(cluster: 
 
 def test_ghost_records_are_those_without_lastseen_or_stamped_past_their_lifetime_ahead() -> None:
     now = datetime.datetime.now(datetime.UTC)
-    soon = (now + datetime.timedelta(seconds=5)).isoformat()  # a clock a little ahead: still a live replica's
-    late = (now + datetime.timedelta(seconds=60)).isoformat()
+    # a clock a few minutes ahead (or this one's behind): still a live replica's, never cleared (a re-attack: clearing
+    # a live leader's record stamped past its lifetime ahead made two replicas lead)
+    skewed = (now + datetime.timedelta(minutes=3)).isoformat()
+    late = (now + datetime.timedelta(hours=1)).isoformat()
     status = {
         "fresh": {"priority": -1, "lifetime": 10, "lastseen": now.isoformat()},
-        "skewed": {"priority": -2, "lifetime": 10, "lastseen": soon},
+        "skewed": {"priority": -2, "lifetime": 10, "lastseen": skewed},
         "ahead": {"priority": -3, "lifetime": 10, "lastseen": late},
         "bare": {"priority": 0},
         "broken": {"priority": 0, "lastseen": "yesterday"},

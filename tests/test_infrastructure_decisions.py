@@ -689,3 +689,19 @@ def test_a_pool_module_that_cannot_confine_a_tenant_to_its_prefix_is_refused_at_
     assert not infra.provisioning_problems(
         ibm, infra.ModuleCheck("ibm/bridge", True), infra.CredentialsCheck("ibm", "paybill", keys)
     )
+
+
+def test_a_tenant_once_pooled_keeps_its_name_held_after_moving_to_another_model() -> None:
+    """A re-attack: pooled, then silo (the pooled workspace destroyed, retiring cleared), then offboarded: the
+    objects under its prefix were still in the pool's bucket, and the name was freed."""
+    from paybill.lifecycle.reconcile import RetainName
+
+    moved = applied(module="aws/silo", workspace="silo", poolObjects=True)
+    spec = {"offboard": True, "deletionPolicy": "destroy"}
+    recorded = placement_at("acme", Isolation.SILO, "t_0")
+    outcome = offboard(tenant(Phase.OFFBOARDING, moved, **spec), world(seen(), recorded=recorded))
+    assert RetainName() in outcome.actions and any(e.reason == "PoolObjectsKept" for e in outcome.events)
+    assert infra.leaves_pool_objects("gcp/pooled", "pooled") and infra.leaves_pool_objects("mine", "pooled")
+    assert not infra.leaves_pool_objects("azure/pooled", "pooled") and not infra.leaves_pool_objects(
+        "local/pooled", "pooled"
+    )

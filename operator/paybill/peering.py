@@ -36,6 +36,7 @@ TICKET_ANNOTATION = "paybill.dev/peering-ticket"
 PEERING_ENV = "PAYBILL_PEERING"
 LIFETIME_ENV = "PAYBILL_PEERING_LIFETIME"
 DEFAULT_LIFETIME = 30  # seconds; kopf renews 5-10 s before it ends
+GHOST_AHEAD = datetime.timedelta(minutes=10)  # a record stamped further ahead is no live replica's renewal
 MIN_LIFETIME = 10  # kopf's renewal comes 5-10 s early: a shorter record could expire between renewals
 REGISTER_ATTEMPTS = 20
 IDENTITY: str | None = None  # set by `paybill operator` before kopf starts: the identity it gives kopf's peering too
@@ -140,8 +141,9 @@ def records(status: Mapping[str, Any]) -> list[PeerRecord]:
 
 def ghosts(status: Mapping[str, Any], now: datetime.datetime) -> list[str]:
     """Records no live replica keeps: kopf reads one without lastseen as fresh forever, and one stamped in the future
-    (a clock far ahead, a hand-made entry) as alive until then; either would pause every replica behind it. A record
-    stamped more than its lifetime ahead cannot be a renewal: nobody renews a record that far in advance."""
+    (a hand-made entry, a clock far off) as alive until then; either would pause every replica behind it. Only a
+    stamp more than GHOST_AHEAD ahead of this replica's clock counts: a live peer whose clock runs somewhat ahead (or
+    this one's behind) must never have its record cleared, or two replicas would lead."""
     found = []
     for identity, info in status.items():
         if not isinstance(info, Mapping):
@@ -154,7 +156,7 @@ def ghosts(status: Mapping[str, Any], now: datetime.datetime) -> list[str]:
             continue
         if lastseen is not None and lastseen.tzinfo is None:
             lastseen = lastseen.replace(tzinfo=datetime.UTC)
-        if lastseen is None or lastseen > now + lifetime:
+        if lastseen is None or lastseen > now + max(lifetime, GHOST_AHEAD):
             found.append(str(identity))
     return found
 
@@ -301,6 +303,13 @@ class Fence:
         with self._acting:
             self._handlers -= 1
             self._acting.notify_all()
+
+    def rejoin(self) -> None:
+        """Acting again after a resignation that was no shutdown (kopf ends a keepalive when the peering resource
+        leaves its view, and starts a new one when it comes back)."""
+        with self._acting:
+            self._resigned = False
+        self.forget()
 
     def resign(self, timeout: float) -> int:
         """Stop acting before the record goes (a replica shutting down: kopf removes its record at once, and the

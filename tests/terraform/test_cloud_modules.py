@@ -540,3 +540,22 @@ def test_a_module_file_in_terraform_json_is_refused_as_the_contract_cannot_read_
         (module / "zz.tf.json").write_text('{"resource": {"aws_s3_bucket": {"x": {"force_destroy": true}}}}')
     said = "zz.tf.json: Terraform JSON is not read by the contract check; write the module in HCL (*.tf)"
     assert said in violations(silo) and said in pool_violations(pool)
+
+
+def test_a_pool_expiry_rule_made_by_a_dynamic_block_and_a_called_module_are_refused(tmp_path: Path) -> None:
+    """A re-attack: `dynamic "lifecycle_rule"` hid an expiry rule from the pool check, and a `module` call (an S3
+    bucket module with force_destroy) passed both checks unread."""
+    gcp = _copy(tmp_path, "gcp", "shared")
+    rule = (
+        '  dynamic "lifecycle_rule" {\n    for_each = [30]\n    content {\n      condition {\n'
+        '        age = lifecycle_rule.value\n      }\n      action {\n        type = "Delete"\n      }\n    }\n  }\n'
+    )
+    _edit(gcp, "main.tf", "  force_destroy               = false\n", "  force_destroy               = false\n" + rule)
+    assert (
+        "resource google_storage_bucket.pool: lifecycle_rule can delete objects on a schedule (a pool holds "
+        "tenants' data)"
+    ) in pool_violations(gcp)
+    silo = _copy(tmp_path, "aws", "silo")
+    (silo / "more.tf").write_text('module "bucket" {\n  source        = "./bucket"\n  force_destroy = true\n}\n')
+    said = "module bucket: a called module is not read by the contract check; write its resources here"
+    assert said in violations(silo)

@@ -144,3 +144,30 @@ def test_settling_the_policy_may_update_the_deletion_settings_and_nothing_else()
         "aws_s3_bucket.tenant (update of lifecycle_rule)",
         "aws_db_instance.tenant (delete/create)",
     ]
+
+
+def test_cloud_sqls_nested_backup_settings_are_deletion_settings_too() -> None:
+    """A re-attack: the GCP modules carry the policy in settings.backup_configuration.enabled and
+    settings.retain_backups_on_delete; compared by top-level key, the settle refused every GCP destroy."""
+    settings = {"tier": "db-custom-2-7680", "backup_configuration": [{"enabled": True, "start_time": "03:00"}]}
+    before = {"deletion_protection": False, "settings": [{**settings, "retain_backups_on_delete": True}]}
+    after = {
+        "deletion_protection": False,
+        "settings": [
+            {
+                **settings,
+                "backup_configuration": [{"enabled": False, "start_time": "03:00"}],
+                "retain_backups_on_delete": False,
+            }
+        ],
+    }
+    settled = _update("google_sql_database_instance.tenant", before, after)
+    assert keeping.beyond_policy({"resource_changes": [settled]}) == []
+    resized = _update(
+        "google_sql_database_instance.tenant",
+        before,
+        {**before, "settings": [{**settings, "tier": "db-f1-micro", "retain_backups_on_delete": True}]},
+    )
+    assert keeping.beyond_policy({"resource_changes": [resized]}) == [
+        "google_sql_database_instance.tenant (update of settings.tier)"
+    ]

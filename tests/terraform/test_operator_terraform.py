@@ -681,6 +681,7 @@ def test_a_pooled_tenants_name_stays_held_after_it_goes_so_no_later_tenant_is_gi
     cluster.kube.apply(plan("tf-prefixed", module="prefixed", isolation="pooled"))
     name = onboard(cluster, "tf-prefixed", deletionPolicy="destroy")
     cluster.eventually(lambda: status(cluster, name).get("phase") == "Active", timeout=180)
+    assert status(cluster, name)["infrastructure"]["poolObjects"] is True  # stays, whatever model comes next
     cluster.kube.merge_patch(API, "tenants", name, {"spec": {"offboard": True}})
     cluster.eventually(lambda: status(cluster, name).get("phase") == "Offboarded", timeout=180)
     kept = [e for e in events(cluster, name) if e["reason"] == "PoolObjectsKept"]

@@ -124,6 +124,11 @@ class InfrastructureStatus(Model):
     changes: int = Field(default=0, ge=0, description="Resources the plan changes.")
     destroys: int = Field(default=0, ge=0, description="Resources the plan destroys.")
     destroyed: bool = Field(default=False, description="The infrastructure was destroyed (offboarding).")
+    poolObjects: bool = Field(
+        default=False,
+        description="A pooled module that gives the tenant a prefix in the pool's bucket was applied for it (ever: "
+        "what its application wrote there outlives the module).",
+    )
     driftCheckedAt: str | None = Field(default=None, description="When drift was last checked (RFC 3339).")
     drifted: list[str] = Field(
         default_factory=list, json_schema_extra=LIST_SET, description="Resource addresses found drifted."

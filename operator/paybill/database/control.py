@@ -125,12 +125,14 @@ class Control:
             )
 
     def forget(self, tenant: str, keep_claim: bool = False) -> None:
-        """The tenant's placement record goes, and unless `keep_claim`, its claim on the name (data stays under the
-        name that no later Tenant may have by chance: retain_tenant marks the claim)."""
+        """The tenant's placement record goes, and its claim on the name, unless `keep_claim`: data stays under the
+        name, which no later Tenant may have by chance, so the claim is marked retained (as retain_tenant does)."""
         with self.connections.session() as conn, conn.transaction():
             self.prepare(conn)
             conn.execute("DELETE FROM paybill.placements WHERE tenant = %s", (tenant,))
-            if not keep_claim:
+            if keep_claim:  # marked in the same transaction: no later step can fail between the two
+                conn.execute("UPDATE paybill.tenant_owners SET retained = true WHERE tenant = %s", (tenant,))
+            else:
                 conn.execute("DELETE FROM paybill.tenant_owners WHERE tenant = %s", (tenant,))
 
     def retained_by(self, tenant: str) -> str | None:

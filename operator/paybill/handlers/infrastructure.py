@@ -518,10 +518,12 @@ class InfrastructureRuns:
         self._recovered(ref, tenant.name, result.lock_recoveries)
         self._adopted(ref, tenant.name, desired, result.adoption)
         summary, before = result.summary, self._recorded(tenant.name)
+        ever_pooled = before.poolObjects
         return {
             **_retiring(before, desired.workspace),
             "workspace": desired.workspace,
             "module": desired.module,
+            "poolObjects": ever_pooled or infra.leaves_pool_objects(desired.module, desired.workspace),
             **_summary(summary),
             "lastResult": infra.SUCCEEDED,
             "configDigest": desired.digest,

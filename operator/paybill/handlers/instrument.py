@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import kopf
 from kopf._cogs.clients import watching as kopf_watching
 from kopf._core.reactor import processing as kopf_processing
+from kopf._core.reactor import queueing as kopf_queueing
 
 from .. import metrics, peering
 from ..api.meta import GROUP
@@ -215,6 +216,17 @@ def observe_kopf_queues(queue: metrics.WorkQueue = metrics.WORKQUEUE, streams: I
         finally:
             fence.end()
 
+    depletion = kopf_queueing._wait_for_depletion
+
+    async def wait_for_depletion(*, streams: dict[Any, Any], **kwargs: Any) -> None:
+        """Shutting down, a worker sleeping out a handler's retry delay wakes (its stream's pressure) and takes the
+        end of its stream at once: kopf waits up to exit_timeout for the workers, raised so that a running handler
+        and the patch of its result finish, and would otherwise wait out every such delay."""
+        for stream in list(streams.values()):
+            stream.pressure.set()
+        await depletion(streams=streams, **kwargs)
+
+    kopf_queueing._wait_for_depletion = wait_for_depletion  # type: ignore[assignment]
     infinite_watch.paybill_queued = True  # type: ignore[attr-defined]
     kopf_watching.infinite_watch = infinite_watch  # type: ignore[assignment]
     kopf_watching.streaming_block = streaming_block  # type: ignore[assignment]

@@ -163,6 +163,8 @@ def renew_only_while_elected(elected: peering.Election, kube: Kube) -> None:
             return
         held = settings.peering.priority
         priority = await asyncio.to_thread(peering.renew, kube, elected, held)
+        if peering.FENCE is not None and peering.FENCE.role() == peering.RESIGNING:
+            peering.FENCE.rejoin()  # a keepalive started again: that resignation was no shutdown
         if priority != held:
             logging.getLogger("paybill.peering").warning(
                 "this replica's record in ClusterKopfPeering %s expired (frozen or cut off past its lifetime): the "

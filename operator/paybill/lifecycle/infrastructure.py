@@ -151,16 +151,19 @@ UNCONFINED_POOLS = {
 PREFIX_MODULES = frozenset({"aws/pooled", "gcp/pooled", "oci/pooled", "ibm/pooled"})
 
 
+def leaves_pool_objects(module: str | None, workspace: str | None) -> bool:
+    """Whether applying `module` in `workspace` gives the tenant a prefix in a pool's bucket. A pooled module of
+    the operator's own (an override) is taken to: nothing says it does not."""
+    return module in PREFIX_MODULES or (workspace == "pooled" and bool(module) and "/" not in str(module))
+
+
 def pool_objects_left(tenant: str, recorded: InfrastructureStatus | None) -> str | None:
-    """What a pooled tenant's offboarding leaves in the pool's bucket, to say (None: nothing). A pooled module of
-    the operator's own (an override) is taken to leave some too: nothing says it does not."""
+    """What a pooled tenant's offboarding leaves in the pool's bucket, to say (None: nothing): ever pooled, even if
+    it moved to another model since (poolObjects stays)."""
     if recorded is None:
         return None
     built = ((recorded.module, recorded.workspace), (recorded.retiringModule, recorded.retiring))
-    if not any(
-        module in PREFIX_MODULES or (workspace == "pooled" and module and "/" not in module)
-        for module, workspace in built
-    ):
+    if not recorded.poolObjects and not any(leaves_pool_objects(*pair) for pair in built):
         return None
     return (
         f"objects under tenants/{tenant}/ in the pool's bucket are the tenant's application's, not Terraform's: "

@@ -209,7 +209,7 @@ def violations(module: Path, stands_for_cloud_objects: bool = False) -> list[str
     `stands_for_cloud_objects`: its terraform_data resources play cloud resources (the `local` modules)."""
     blocks = parse(module)
     convention, found = _convention(blocks)
-    found += _unchecked_files(module)
+    found += _unchecked_files(module) + _module_calls(blocks)
     found += _input_violations(_named(blocks.get("variable", [])), convention.context_inputs)
     found += _output_violations(_named(blocks.get("output", [])))
     found += _tag_violations(blocks, stands_for_cloud_objects, convention)
@@ -224,12 +224,22 @@ def pool_violations(module: Path) -> list[str]:
     no backend, no credentials or regions written in it, its providers pinned; [] when it meets that."""
     blocks = parse(module)
     convention, found = _convention(blocks)
-    found += _unchecked_files(module)
+    found += _unchecked_files(module) + _module_calls(blocks)
     found += _carrier_violations(blocks, False, convention)
     found += _pool_keeping_violations(blocks) + _unclassified(blocks)
     if any("backend" in block for block in blocks.get("terraform", [])):
         found.append("declares a backend: the runner supplies the pg backend")
     return found + _hygiene_violations(blocks)
+
+
+def _module_calls(blocks: dict[str, list[Any]]) -> list[str]:
+    """A module it calls is run with it, unread by this check (its resources, tags and deletion settings)."""
+    return [
+        f"module {_unquote(name)}: a called module is not read by the contract check; write its resources here"
+        for entry in blocks.get("module", [])
+        for name in entry
+        if not name.startswith("__")
+    ]
 
 
 def _unchecked_files(module: Path) -> list[str]:
@@ -367,10 +377,11 @@ def _pool_keeping_violations(blocks: dict[str, list[Any]]) -> list[str]:
                 f"resource {kind}.{name}: its delete keeps no copy of the tenants' data it holds: a pool's must have "
                 "lifecycle { prevent_destroy = true }"
             )
+        generated = {key for block in body.get("dynamic") or [] for key in block if not key.startswith("__")}
         found += [
             f"resource {kind}.{name}: {rule} can delete objects on a schedule (a pool holds tenants' data)"
             for rule in EXPIRY_RULES.get(kind, ())
-            if rule in body
+            if rule in body or _unquote(rule) in {_unquote(key) for key in generated}
         ]
     return found
 

@@ -162,7 +162,8 @@ def unkept(plan: Mapping[str, Any]) -> list[str]:
 
 
 # What carrying the deletion policy into the state before a destroy may change: the attributes that decide what a
-# delete keeps (a final snapshot and its name, emptying a bucket, protection, abandoning a database)
+# delete keeps (a final snapshot and its name, emptying a bucket, protection, abandoning a database, backups kept),
+# at any depth, and the nested settings that are only that (Cloud SQL's backups outliving the instance)
 POLICY_SETTINGS = frozenset(
     {
         "skip_final_snapshot",
@@ -173,26 +174,50 @@ POLICY_SETTINGS = frozenset(
         "deletion_protection_enabled",
         "deletion_policy",
         "delete_contents_on_destroy",
+        "retain_backups_on_delete",
     }
 )
+POLICY_PATHS = frozenset({("settings", "backup_configuration", "enabled")})
 IN_PLACE = frozenset({"no-op", "update", "read"})
+
+
+def _changed(before: Any, after: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The paths (keys only, list positions dropped) where `after` differs from `before`."""
+    if isinstance(before, Mapping) and isinstance(after, Mapping):
+        return [p for key in {*before, *after} for p in _changed(before.get(key), after.get(key), (*path, str(key)))]
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        return [p for old, new in zip(before, after, strict=True) for p in _changed(old, new, path)]
+    return [] if before == after else [path]
+
+
+def _unknown(marks: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The paths Terraform marks known only after the apply (`after_unknown`)."""
+    if marks is True:
+        return [path]
+    if isinstance(marks, Mapping):
+        return [p for key, value in marks.items() for p in _unknown(value, (*path, str(key)))]
+    if isinstance(marks, list):
+        return [p for value in marks for p in _unknown(value, path)]
+    return []
+
+
+def _policy_only(path: tuple[str, ...]) -> bool:
+    return any(key in POLICY_SETTINGS for key in path) or path in POLICY_PATHS
 
 
 def beyond_policy(plan: Mapping[str, Any]) -> list[str]:
     """What a plan made to carry the deletion policy into the state would do besides: a create, delete or replace,
-    or an update of any other attribute (a module changed since the last apply, whose changes wait for their own
-    apply and, under approval manual, a person): each as "address (what)"."""
+    or an update of anything but those settings (a module changed since the last apply, whose changes wait for
+    their own apply and, under approval manual, a person): each as "address (what)"."""
     found = []
     for change in plan.get("resource_changes") or []:
         actions, address = set(change["change"].get("actions", ())), str(change.get("address"))
         if not actions <= IN_PLACE:
             found.append(f"{address} ({'/'.join(change['change']['actions'])})")
             continue
-        before, after = change["change"].get("before") or {}, change["change"].get("after") or {}
-        unknown = change["change"].get("after_unknown") or {}
-        changed = {key for key in {*before, *after} if before.get(key) != after.get(key)} | {
-            key for key, value in unknown.items() if value
-        }
-        if "update" in actions and changed - POLICY_SETTINGS:
-            found.append(f"{address} (update of {', '.join(sorted(changed - POLICY_SETTINGS))})")
+        body = change["change"]
+        paths = _changed(body.get("before") or {}, body.get("after") or {}) + _unknown(body.get("after_unknown"))
+        other = sorted({".".join(path) for path in paths if not _policy_only(path)})
+        if "update" in actions and other:
+            found.append(f"{address} (update of {', '.join(other)})")
     return found
