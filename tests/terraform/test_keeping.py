@@ -171,3 +171,21 @@ def test_cloud_sqls_nested_backup_settings_are_deletion_settings_too() -> None:
     assert keeping.beyond_policy({"resource_changes": [resized]}) == [
         "google_sql_database_instance.tenant (update of settings.tier)"
     ]
+
+
+def test_drift_put_back_on_what_holds_no_data_and_labels_go_along_with_the_settle() -> None:
+    """CI-like run r22: a tenant whose VPC tag drifted could never be destroyed (the settle's targeted plan puts the
+    VPC's tags back, and that was refused); a network holds no data, and a label is no data either."""
+    vpc = _update(
+        "aws_vpc.tenant",
+        {"tags": {"cc": "x"}, "cidr_block": "10.0.0.0/16"},
+        {"tags": {"cc": "y"}, "cidr_block": "10.0.0.0/16"},
+    )
+    bucket = _update(
+        "aws_s3_bucket.tenant",
+        {"force_destroy": False, "tags_all": {"a": "1"}},
+        {"force_destroy": True, "tags_all": {"a": "2"}},
+    )
+    assert keeping.beyond_policy({"resource_changes": [vpc, bucket]}) == []
+    created = _update("aws_vpc.tenant", {}, {}, ("create",))
+    assert keeping.beyond_policy({"resource_changes": [created]}) == ["aws_vpc.tenant (create)"]

@@ -178,6 +178,9 @@ POLICY_SETTINGS = frozenset(
     }
 )
 POLICY_PATHS = frozenset({("settings", "backup_configuration", "enabled")})
+# Labels on anything, and any update of a resource that holds no data (a network's tags put back after drift), change
+# nothing of the data: the settle may carry them along
+METADATA = frozenset({"tags", "tags_all", "labels", "terraform_labels", "effective_labels", "freeform_tags"})
 IN_PLACE = frozenset({"no-op", "update", "read"})
 
 
@@ -202,18 +205,21 @@ def _unknown(marks: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
 
 
 def _policy_only(path: tuple[str, ...]) -> bool:
-    return any(key in POLICY_SETTINGS for key in path) or path in POLICY_PATHS
+    return any(key in POLICY_SETTINGS for key in path) or path in POLICY_PATHS or path[:1] in {(k,) for k in METADATA}
 
 
 def beyond_policy(plan: Mapping[str, Any]) -> list[str]:
     """What a plan made to carry the deletion policy into the state would do besides: a create, delete or replace,
-    or an update of anything but those settings (a module changed since the last apply, whose changes wait for
-    their own apply and, under approval manual, a person): each as "address (what)"."""
+    or an update of a resource holding data beyond those settings and its labels (a module changed since the last
+    apply, whose changes wait for their own apply and, under approval manual, a person): each as "address (what)".
+    Updates of resources holding no data (drift put back on a network) go along."""
     found = []
     for change in plan.get("resource_changes") or []:
         actions, address = set(change["change"].get("actions", ())), str(change.get("address"))
         if not actions <= IN_PLACE:
             found.append(f"{address} ({'/'.join(change['change']['actions'])})")
+            continue
+        if not holds_data(str(change.get("type"))):
             continue
         body = change["change"]
         paths = _changed(body.get("before") or {}, body.get("after") or {}) + _unknown(body.get("after_unknown"))
