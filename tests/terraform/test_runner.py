@@ -347,3 +347,23 @@ def test_a_generated_password_kept_in_terraform_data_never_reaches_the_kept_plan
     kept = runner.plans.plan_json(tenant.tenant_id, summary.plan_hash)
     assert kept is not None and password not in json.dumps(kept)
     assert kept["resource_changes"][1]["change"]["after"]["input"] == 1  # what is no secret stays readable
+
+
+def test_a_module_changed_since_its_last_recorded_apply_is_told_apart_from_drift(
+    make_runner: Callable[..., TerraformRunner], tenant: ModuleInputs, modules_dir: Path
+) -> None:
+    """What the settle before a destroy may apply depends on it: drift and imports put right (the module as last
+    applied) go along; a changed module's other changes wait for their own apply (a re-attack's expiry rule)."""
+    from paybill.terraform import workspaces as records
+
+    module = write_module(modules_dir / "kept", 'resource "terraform_data" "x" {\n  input = var.tenant_id\n}\n')
+    runner = make_runner()
+    assert runner._changed_since_applied(tenant, module) is False  # no recorded apply: nothing to compare
+    runner.apply(tenant, module)
+    digest = records.config_digest(module, tenant.variables(), None, tenant.workspace)
+    runner.record_applied(tenant, "kept", None, digest)
+    assert runner._changed_since_applied(tenant, module) is False
+    retained = dataclasses.replace(tenant, deletion_policy="retain")  # the policy alone is no module change
+    assert runner._changed_since_applied(retained, module) is False
+    (module / "main.tf").write_text('resource "terraform_data" "x" {\n  input = "${var.tenant_id}-2"\n}\n')
+    assert runner._changed_since_applied(tenant, module) is True

@@ -15,8 +15,6 @@ import contextvars
 import dataclasses
 import datetime
 import functools
-import hashlib
-import json
 import logging
 import os
 import secrets
@@ -62,7 +60,7 @@ from ..terraform.errors import DataAtRisk, PlanHashMismatch, PlanNotFound, redac
 from ..terraform.jobs import Executor, JobExecutor, JobSettings, ProviderEnvironment
 from ..terraform.modules import module_dir
 from ..terraform.runner import Finder
-from ..terraform.workspaces import Workspace
+from ..terraform.workspaces import Workspace, config_digest, files_digest
 from .apply import TRIGGER, audit, delete_owned_secret, operator_namespace, publish_secret, touch
 from .settings import DATABASE_URL_ENV, state_directory
 
@@ -132,21 +130,13 @@ def resolve_module(
 def module_check(name: str, directory: Path | None, cloud: str) -> infra.ModuleCheck:
     if directory is None or not directory.is_dir():
         return infra.ModuleCheck(name, False)
-    return infra.ModuleCheck(name, True, _violations(str(directory), _files_digest(directory), cloud == Cloud.LOCAL))
+    return infra.ModuleCheck(name, True, _violations(str(directory), files_digest(directory), cloud == Cloud.LOCAL))
 
 
 @functools.lru_cache(maxsize=256)
 def _violations(directory: str, digest: str, stands_for_cloud_objects: bool) -> tuple[str, ...]:
     """The contract check, once per version of a module's files (`digest` is the cache key)."""
     return tuple(violations(Path(directory), stands_for_cloud_objects))
-
-
-def _files_digest(directory: Path) -> str:
-    parts = []
-    for path in sorted(directory.iterdir()):
-        if path.is_file() and path.name.endswith((".tf", ".tf.json")):
-            parts += [path.name, path.read_text()]
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
 def credentials_check(kube: Kube, secret: str | None) -> infra.CredentialsCheck:
@@ -184,15 +174,6 @@ def module_inputs(tenant: str, plan: PlanObject, workspace: str, policy: str = D
         deletion_policy=policy,
         workspace=workspace,
     )
-
-
-def config_digest(
-    module: Path | None, inputs: Mapping[str, Any], credentials_secret: str | None, workspace: str
-) -> str:
-    """What a plan depends on: the module's files, the inputs, the workspace and where the credentials come from."""
-    files = _files_digest(module) if module is not None and module.is_dir() else "-"
-    text = json.dumps([files, dict(inputs), credentials_secret, workspace], sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # --- the runs ------------------------------------------------------------------------------------------------------

@@ -208,18 +208,19 @@ def _policy_only(path: tuple[str, ...]) -> bool:
     return any(key in POLICY_SETTINGS for key in path) or path in POLICY_PATHS or path[:1] in {(k,) for k in METADATA}
 
 
-def beyond_policy(plan: Mapping[str, Any]) -> list[str]:
+def beyond_policy(plan: Mapping[str, Any], settings_only: bool = True) -> list[str]:
     """What a plan made to carry the deletion policy into the state would do besides: a create, delete or replace,
     or an update of a resource holding data beyond those settings and its labels (a module changed since the last
     apply, whose changes wait for their own apply and, under approval manual, a person): each as "address (what)".
-    Updates of resources holding no data (drift put back on a network) go along."""
+    Updates of resources holding no data (drift put back on a network) go along; with `settings_only` False (the
+    module is the one last applied: only drift and imports to put right), every update in place does."""
     found = []
     for change in plan.get("resource_changes") or []:
         actions, address = set(change["change"].get("actions", ())), str(change.get("address"))
         if not actions <= IN_PLACE:
             found.append(f"{address} ({'/'.join(change['change']['actions'])})")
             continue
-        if not holds_data(str(change.get("type"))):
+        if not settings_only or not holds_data(str(change.get("type"))):
             continue
         body = change["change"]
         paths = _changed(body.get("before") or {}, body.get("after") or {}) + _unknown(body.get("after_unknown"))

@@ -198,7 +198,7 @@ class TerraformRunner(RunRecords):
         with self._run(inputs, module, env) as run:
             self._import_if_interrupted(run, finder)
             holding = self._holding_data(run)
-            self._settle_deletion_policy(run, holding)
+            self._settle_deletion_policy(run, holding, self._changed_since_applied(inputs, module))
             if holding and inputs.deletion_policy != "destroy":
                 self._refuse_losing_data(run, inputs.deletion_policy)
                 destroy = functools.partial(run.terraform.apply, PLAN_FILE)  # exactly the destroy plan checked
@@ -453,17 +453,18 @@ class TerraformRunner(RunRecords):
         with self.connections.connection() as connection:
             recovery.clear_applying(connection, run.tenant_id, run.workspace)
 
-    def _settle_deletion_policy(self, run: Run, targets: list[str]) -> None:
+    def _settle_deletion_policy(self, run: Run, targets: list[str], module_changed: bool) -> None:
         """Before a destroy: an apply targeting the resources that may hold data (`targets`), so that their state
         carries the current deletion policy (skip_final_snapshot, force_destroy, deletion_protection ...) whatever
-        the last apply was made with. Only updates of those settings are applied: a plan that would create or
-        replace anything, or update anything else (a module changed since, whose changes wait for their own apply
-        and approval), applies nothing and stops the destroy (PolicyNotSettled)."""
+        the last apply was made with. Only updates in place are applied: a plan that would create or replace
+        anything stops the destroy (PolicyNotSettled). When the module changed since its last apply
+        (`module_changed`), only updates of the deletion settings are: its other changes wait for their own apply
+        (and, under approval manual, a person), and the destroy stops until then."""
         if not targets:
             return
         if not self._plan_file(run, target=targets):
             return
-        beyond = keeping.beyond_policy(self._show_json(run))
+        beyond = keeping.beyond_policy(self._show_json(run), settings_only=module_changed)
         if beyond:
             raise PolicyNotSettled(
                 "destroy",
@@ -473,6 +474,19 @@ class TerraformRunner(RunRecords):
                 "(apply the module's changes first, or set deletionPolicy destroy)",
             )
         self._apply_saved(run)
+
+    def _changed_since_applied(self, inputs: ModuleInputs, module: Path) -> bool:
+        """Whether the module's files differ from those of the workspace's last recorded apply (its inputs but the
+        deletion policy are the recorded ones). No record of an apply: nothing to compare, False."""
+        found = self.workspaces(inputs.tenant_id).get(inputs.workspace)
+        if found is None or found.config_digest is None or found.module is None:
+            return False
+        try:
+            applied = ModuleInputs(**{**found.variables, "tenant_id": inputs.tenant_id, "workspace": inputs.workspace})
+        except (TypeError, ValueError):  # a record this operator cannot read: take it as changed
+            return True
+        digest = records.config_digest(module, applied.variables(), found.credentials_secret, inputs.workspace)
+        return digest != found.config_digest
 
     def _holding_data(self, run: Run) -> list[str]:
         """The addresses of the resources in the run's state that may hold the tenant's data (keeping.holds_data)."""

@@ -4,9 +4,11 @@ destroy, and the module and inputs (region, ...) to destroy it with, rest on the
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -108,3 +110,21 @@ def _resource_counts(connection: psycopg.Connection, tenant_id: str) -> dict[str
 def _managed(data: str | None) -> int:
     state = json.loads(data) if data else {}
     return sum(1 for resource in state.get("resources") or [] if resource.get("mode") == "managed")
+
+
+def files_digest(directory: Path) -> str:
+    """The module's Terraform files, as one sha256."""
+    parts = []
+    for path in sorted(directory.iterdir()):
+        if path.is_file() and path.name.endswith((".tf", ".tf.json")):
+            parts += [path.name, path.read_text()]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def config_digest(
+    module: Path | None, inputs: Mapping[str, Any], credentials_secret: str | None, workspace: str
+) -> str:
+    """What a plan depends on: the module's files, the inputs, the workspace and where the credentials come from."""
+    files = files_digest(module) if module is not None and module.is_dir() else "-"
+    text = json.dumps([files, dict(inputs), credentials_secret, workspace], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
