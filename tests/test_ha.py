@@ -30,6 +30,30 @@ def role(operator: Operator) -> str:
     return str(operator.readiness()[1].get("role"))
 
 
+def leader(cluster: Any, postgres: LocalPostgres, tmp_path: Path) -> Operator:
+    """The peering CRD installed, and a first replica (paybill-first), once it leads."""
+    cluster.kube.create(peering.PEERING_CRD)
+    cluster.eventually(lambda: cluster.kube.request("GET", f"/apis/{peering.API_VERSION}"), timeout=30)
+    first = Operator(cluster, postgres.dsn, tmp_path / "first.log", POD_ID="paybill-first", **ELECTION)
+    try:
+        cluster.eventually(lambda: role(first) == "leader", timeout=60)
+    except BaseException:
+        first.stop()
+        raise
+    return first
+
+
+def standby(cluster: Any, postgres: LocalPostgres, tmp_path: Path) -> Operator:
+    """A second replica (paybill-second), once it is ready and stands by."""
+    second = Operator(cluster, postgres.dsn, tmp_path / "second.log", POD_ID="paybill-second", **ELECTION)
+    try:
+        cluster.eventually(lambda: second.readiness()[0] == 200 and role(second) == "standby", timeout=60)
+    except BaseException:
+        second.stop()
+        raise
+    return second
+
+
 def tenant_events(cluster: Any, name: str) -> Counter[tuple[str, str]]:
     """The operator's Events about Tenant `name`: (reason, message) with how many times each was posted."""
     posted: Counter[tuple[str, str]] = Counter()
@@ -45,14 +69,9 @@ def tenant_events(cluster: Any, name: str) -> Counter[tuple[str, str]]:
 def test_a_killed_leader_is_replaced_by_the_standby_and_nothing_is_done_twice(
     cluster: Any, postgres: LocalPostgres, tmp_path: Path
 ) -> None:
-    cluster.kube.create(peering.PEERING_CRD)
-    cluster.eventually(lambda: cluster.kube.request("GET", f"/apis/{peering.API_VERSION}"), timeout=30)
-    first = Operator(cluster, postgres.dsn, tmp_path / "first.log", POD_ID="paybill-first", **ELECTION)
-    second = None
+    first, second = leader(cluster, postgres, tmp_path), None
     try:
-        cluster.eventually(lambda: role(first) == "leader", timeout=60)
-        second = Operator(cluster, postgres.dsn, tmp_path / "second.log", POD_ID="paybill-second", **ELECTION)
-        cluster.eventually(lambda: second.readiness()[0] == 200 and role(second) == "standby", timeout=60)
+        second = standby(cluster, postgres, tmp_path)
         assert role(first) == "leader"  # the younger replica never takes over from a live leader
 
         active = ("paybill_tenants", frozenset({("phase", "Active"), ("plan", "plan-pooled")}))
@@ -191,14 +210,9 @@ def test_a_leader_told_to_stop_mid_handler_finishes_it_before_the_standby_takes_
 
     from paybill.database import TenantDatabases
 
-    cluster.kube.create(peering.PEERING_CRD)
-    cluster.eventually(lambda: cluster.kube.request("GET", f"/apis/{peering.API_VERSION}"), timeout=30)
-    first = Operator(cluster, postgres.dsn, tmp_path / "first.log", POD_ID="paybill-first", **ELECTION)
-    second = None
+    first, second = leader(cluster, postgres, tmp_path), None
     try:
-        cluster.eventually(lambda: role(first) == "leader", timeout=60)
-        second = Operator(cluster, postgres.dsn, tmp_path / "second.log", POD_ID="paybill-second", **ELECTION)
-        cluster.eventually(lambda: second.readiness()[0] == 200 and role(second) == "standby", timeout=60)
+        second = standby(cluster, postgres, tmp_path)
         name = onboard(cluster, "bridge")
         wait_phase(cluster, name, "Active")
         databases = TenantDatabases(postgres.dsn)

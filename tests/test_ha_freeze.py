@@ -28,7 +28,7 @@ from paybill.handlers.instrument import leading_now, reconciles
 from paybill.workflows import reconcile as workflows
 from paybill.workflows.reconcile import tenant_suspended
 from test_agent_reconcile import READY, UNRUN_FIELDS, finish, observed, said, workflow
-from test_ha import ELECTION, RECONCILES, role
+from test_ha import RECONCILES, leader, role, standby
 from test_metrics import Operator, total, value
 from test_tenant_lifecycle import onboard, wait_phase
 
@@ -38,14 +38,9 @@ from test_tenant_lifecycle import onboard, wait_phase
 def test_a_leader_frozen_past_its_lifetime_stands_by_when_resumed_and_nothing_is_done_twice(
     cluster: Any, postgres: LocalPostgres, tmp_path: Path
 ) -> None:
-    cluster.kube.create(peering.PEERING_CRD)
-    cluster.eventually(lambda: cluster.kube.request("GET", f"/apis/{peering.API_VERSION}"), timeout=30)
-    first = Operator(cluster, postgres.dsn, tmp_path / "first.log", POD_ID="paybill-first", **ELECTION)
-    second = None
+    first, second = leader(cluster, postgres, tmp_path), None
     try:
-        cluster.eventually(lambda: role(first) == "leader", timeout=60)
-        second = Operator(cluster, postgres.dsn, tmp_path / "second.log", POD_ID="paybill-second", **ELECTION)
-        cluster.eventually(lambda: second.readiness()[0] == 200 and role(second) == "standby", timeout=60)
+        second = standby(cluster, postgres, tmp_path)
         warm = onboard(cluster, "pooled")  # the leader's watches and workers are busy, as in production
         wait_phase(cluster, warm, "Active")
 

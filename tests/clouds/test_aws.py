@@ -39,6 +39,23 @@ def _launch(moto: dict[str, str], region: str, tenant: str, count: int) -> list[
     return sorted(i["InstanceId"] for i in reservation["Instances"])
 
 
+def _database(moto: dict[str, str], region: str, identifier: str, tenant: str):  # type: ignore[no-untyped-def]
+    """An RDS instance tagged for `tenant`, as the modules tag theirs; the RDS client."""
+    tagged = [{"Key": k, "Value": v} for k, v in tags.tags(Cloud.AWS, tenant, "gold", "cc-7").items()]
+    keys = {k.lower(): v for k, v in _credentials(moto).items()}
+    rds = boto3.client("rds", endpoint_url=moto["url"], region_name=region, **keys)
+    rds.create_db_instance(
+        DBInstanceIdentifier=identifier,
+        DBInstanceClass="db.t3.micro",
+        Engine="postgres",
+        MasterUsername="paybill",
+        MasterUserPassword="not-a-real-password",
+        AllocatedStorage=20,
+        Tags=tagged,
+    )
+    return rds
+
+
 def _adapter(moto: dict[str, str], region: str, endpoint: str | None = None, **kw: object) -> AwsAdapter:
     return AwsAdapter(_credentials(moto), region, endpoint=endpoint or moto["url"], poll_seconds=0.05, **kw)  # type: ignore[arg-type]
 
@@ -147,19 +164,7 @@ def test_suspending_stops_the_tenants_rds_instance_too_and_resuming_starts_it(mo
     """Outsider's finding: suspension stopped EC2 instances only; a suspended tenant's RDS database kept running
     (and the tenant kept using it with the credentials in its infrastructure Secret)."""
     region = "eu-north-1"
-    tagged = [{"Key": k, "Value": v} for k, v in tags.tags(Cloud.AWS, "rds-acme", "gold", "cc-7").items()]
-    rds = boto3.client(
-        "rds", endpoint_url=moto["url"], region_name=region, **{k.lower(): v for k, v in _credentials(moto).items()}
-    )
-    rds.create_db_instance(
-        DBInstanceIdentifier="paybill-rds-acme",
-        DBInstanceClass="db.t3.micro",
-        Engine="postgres",
-        MasterUsername="paybill",
-        MasterUserPassword="not-a-real-password",
-        AllocatedStorage=20,
-        Tags=tagged,
-    )
+    rds = _database(moto, region, "paybill-rds-acme", "rds-acme")
     instance = _launch(moto, region, "rds-acme", 1)
     adapter = _adapter(moto, region)
     assert sorted(adapter.suspend("rds-acme").changed) == sorted([*instance, "paybill-rds-acme"])
@@ -178,16 +183,7 @@ def test_what_an_interrupted_apply_left_is_found_under_every_models_names(moto: 
     region = "eu-west-3"
     keys = {k.lower(): v for k, v in _credentials(moto).items()}
     tagged = [{"Key": k, "Value": v} for k, v in tags.tags(Cloud.AWS, "mixed", "gold", "cc-7").items()]
-    rds = boto3.client("rds", endpoint_url=moto["url"], region_name=region, **keys)
-    rds.create_db_instance(
-        DBInstanceIdentifier="paybill-mixed-bridge",
-        DBInstanceClass="db.t3.micro",
-        Engine="postgres",
-        MasterUsername="paybill",
-        MasterUserPassword="not-a-real-password",
-        AllocatedStorage=20,
-        Tags=tagged,
-    )
+    _database(moto, region, "paybill-mixed-bridge", "mixed")
     iam = boto3.client("iam", endpoint_url=moto["url"], region_name=region, **keys)
     trust = '{"Version": "2012-10-17", "Statement": []}'
     for role in ("paybill-mixed-bridge", "paybill-mixed-pooled"):

@@ -60,7 +60,6 @@ DEFAULT_COMPUTE_CHECK_SECONDS = 60.0
 COMPUTE_TICK = 5.0  # seconds: how often a suspended tenant looks whether its compute check is due
 _locks: dict[str, threading.RLock] = {}
 _locks_guard = threading.Lock()
-_checked_at: dict[str, float] = {}  # tenant -> monotonic time of its last compute check
 
 
 def tenant_lock(tenant: str) -> threading.RLock:
@@ -130,19 +129,30 @@ def _stopped_while_suspended(status: kopf.Status, **_: Any) -> bool:
     )
 
 
-def _check_due(tenant: str, now: float) -> bool:
-    every = float(os.environ.get(COMPUTE_CHECK_ENV) or DEFAULT_COMPUTE_CHECK_SECONDS)
-    if now - _checked_at.get(tenant, float("-inf")) < every:
-        return False
-    _checked_at[tenant] = now
-    return True
+class Every:
+    """A periodic check per object, at most every `environ[variable]` seconds (read at each tick, default
+    `default`), timed on the monotonic clock: due() says whether it is due now, and if so counts it done."""
+
+    def __init__(self, variable: str, default: float) -> None:
+        self.variable, self.default = variable, default
+        self._last: dict[str, float] = {}
+
+    def due(self, key: str, now: float) -> bool:
+        every = float(os.environ.get(self.variable) or self.default)
+        if now - self._last.get(key, float("-inf")) < every:
+            return False
+        self._last[key] = now
+        return True
+
+
+_compute_checks = Every(COMPUTE_CHECK_ENV, DEFAULT_COMPUTE_CHECK_SECONDS)
 
 
 @kopf.timer(GROUP, VERSION, "tenants", interval=COMPUTE_TICK, when=_stopped_while_suspended)
 def keep_suspended_compute_stopped(name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A Suspended tenant whose instances were stopped: what its cloud's inventory shows running now is stopped
     again, with a Warning Event naming it (CloudError: kopf logs it, the next check tries again)."""
-    if not leading_now() or not _check_due(name, time.monotonic()):
+    if not leading_now() or not _compute_checks.due(name, time.monotonic()):
         return
     kube: Kube = memo.kube
     with tenant_lock(name):

@@ -4,7 +4,6 @@ and a new or changed one to a Warning Event on the Plan (clouds/orphans.py decid
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -19,13 +18,13 @@ from ..clouds.retry import redact
 from ..errors import first_line
 from ..kubeclient import Kube
 from . import events
-from .compute import cloud_adapter
+from .compute import Every, cloud_adapter
 from .instrument import leading_now
 
 ORPHAN_CHECK_ENV = "PAYBILL_ORPHAN_CHECK_SECONDS"
 DEFAULT_ORPHAN_CHECK_SECONDS = 3600.0
 ORPHAN_TICK = 5.0  # seconds: how often a Plan looks whether its check is due
-_checked_at: dict[str, float] = {}  # Plan uid -> monotonic time of its last check
+_checks = Every(ORPHAN_CHECK_ENV, DEFAULT_ORPHAN_CHECK_SECONDS)  # by Plan uid
 
 
 def _on_a_cloud(spec: kopf.Spec, **_: Any) -> bool:
@@ -33,20 +32,12 @@ def _on_a_cloud(spec: kopf.Spec, **_: Any) -> bool:
     return bool(provisioning.get("cloud")) and provisioning.get("cloud") != Cloud.LOCAL
 
 
-def _due(uid: str, now: float) -> bool:
-    every = float(os.environ.get(ORPHAN_CHECK_ENV) or DEFAULT_ORPHAN_CHECK_SECONDS)
-    if now - _checked_at.get(uid, float("-inf")) < every:
-        return False
-    _checked_at[uid] = now
-    return True
-
-
 @kopf.timer(GROUP, VERSION, "plans", interval=ORPHAN_TICK, when=_on_a_cloud)
 def look_for_orphans(name: str, uid: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     provisioning = PlanSpec.model_validate(body["spec"]).provisioning
     if provisioning is None or cloud_gate(body) is not None:  # a cloud whose preflight has not passed is not asked
         return
-    if not leading_now() or not _due(uid, time.monotonic()):
+    if not leading_now() or not _checks.due(uid, time.monotonic()):
         return
     kube: Kube = memo.kube
     known = [tenant["metadata"]["name"] for tenant in kube.list(API_VERSION, "tenants")]  # before the cloud is read
