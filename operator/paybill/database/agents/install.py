@@ -8,6 +8,10 @@ role may not write (its data is moving away), the agent's writes are kept and he
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
+
+import psycopg
 from psycopg import errors, sql
 
 from ...api.agentpolicy import AgentPolicySpec, Effect
@@ -81,27 +85,9 @@ def install(
         login = access != Access.NONE and databases.access_of(placement) != Access.NONE
         installed = databases.installed_row_policies(placement.database, role)
         with databases.session(placement.database) as conn:
-            try:
-                with conn.transaction():  # grants and hold commit together: a held agent never writes in between
-                    in_place = apply_grants(
-                        conn,
-                        engine.rules,
-                        schema,
-                        role,
-                        placement.tenant,
-                        password=password if login else None,
-                        installed=installed,
-                    )
-                    steps.prepare(conn, role)  # the agent records its workflow steps in their own transactions
-                    if tenant_writable(conn, placement):
-                        databases.agent_writes.forget(placement.database, role)
-                    else:
-                        databases.agent_writes.hold(conn, placement, role, replace=True)
-            except errors.LockNotAvailable:
-                raise DatabaseUnavailable(
-                    f"changing the row security of {placement.database} waited "
-                    f"{DDL_LOCK_TIMEOUT} for tenants' open transactions; will retry"
-                ) from None
+            in_place = _grant_in_one_transaction(
+                conn, databases, engine, placement, role, password if login else None, installed
+            )
         databases.remember_row_policies(placement.database, role, in_place)
     databases.grant_connect(placement.database, role)
     with databases.session(placement.database) as conn:
@@ -121,6 +107,47 @@ def install(
         with databases.session() as conn:
             databases.end_sessions(conn, role)
     return Installation(role, engine.version, tables)
+
+
+DEADLOCK_ATTEMPTS = 3  # a deadlock with another session's DDL on the shared tables rolls back the whole transaction
+
+
+def _grant_in_one_transaction(
+    conn: psycopg.Connection,
+    databases: TenantDatabases,
+    engine: PolicyEngine,
+    placement: Placement,
+    role: str,
+    password: str | None,
+    installed: Mapping[str, str],
+) -> dict[str, str]:
+    """The grants, row policies and write hold, committed together (a held agent never writes in between); run
+    again when PostgreSQL picked this transaction to break a deadlock (none of it was kept)."""
+    attempt = 1
+    while True:
+        try:
+            with conn.transaction():
+                in_place = apply_grants(
+                    conn, engine.rules, engine.schema, role, placement.tenant, password=password, installed=installed
+                )
+                steps.prepare(conn, role)  # the agent records its workflow steps in their own transactions
+                if tenant_writable(conn, placement):
+                    databases.agent_writes.forget(placement.database, role)
+                else:
+                    databases.agent_writes.hold(conn, placement, role, replace=True)
+            return in_place
+        except errors.DeadlockDetected:
+            if attempt == DEADLOCK_ATTEMPTS:
+                raise DatabaseUnavailable(
+                    f"changing the row security of {placement.database} deadlocked {attempt} times; will retry"
+                ) from None
+            attempt += 1
+            time.sleep(0.1 * attempt)
+        except errors.LockNotAvailable:
+            raise DatabaseUnavailable(
+                f"changing the row security of {placement.database} waited "
+                f"{DDL_LOCK_TIMEOUT} for tenants' open transactions; will retry"
+            ) from None
 
 
 def uninstall(databases: TenantDatabases, policy: str, namespace: str, tenant: str, database: str | None) -> bool:
