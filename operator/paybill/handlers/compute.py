@@ -55,6 +55,18 @@ def cloud_adapter(kube: Kube, provisioning: Provisioning) -> tuple[CloudAdapter,
     return adapter(cloud, credentials, provisioning.target_region, endpoint=endpoint), credentials
 
 
+# What an adapter call may fail with: the cloud's answer, or the adapter not being buildable or answering in time
+ADAPTER_FAILURES = (CloudError, TimeoutError, ValueError, ImportError)
+
+
+def failure_message(exc: Exception) -> str:
+    """An adapter failure as status and Events say it (the cloud's code and HTTP status); redact credentials."""
+    if isinstance(exc, CloudError):
+        status = f" (HTTP {exc.status})" if exc.status else ""
+        return f"{exc.cloud} answered {exc.code}{status}: {exc.message}"
+    return f"{type(exc).__name__}: {first_line(exc)}"
+
+
 COMPUTE_CHECK_ENV = "PAYBILL_COMPUTE_CHECK_SECONDS"
 DEFAULT_COMPUTE_CHECK_SECONDS = 60.0
 COMPUTE_TICK = 5.0  # seconds: how often a suspended tenant looks whether its compute check is due
@@ -97,17 +109,8 @@ def _power_compute(kube: Kube, body: kopf.Body, tenant: str, wanted: str) -> Non
             "unchanged": list(change.unchanged),
             "message": f"{len(change.changed)} instance(s) {verb}, {len(change.unchanged)} already {wanted}",
         }
-    except CloudError as error:
-        status = f" (HTTP {error.status})" if error.status else ""
-        message = f"{error.cloud} answered {error.code}{status}: {error.message}"
-        record = {"result": FAILED, "changed": [], "unchanged": [], "message": message}
-    except (TimeoutError, ValueError, ImportError) as exc:
-        record = {
-            "result": FAILED,
-            "changed": [],
-            "unchanged": [],
-            "message": f"{type(exc).__name__}: {first_line(exc)}",
-        }
+    except ADAPTER_FAILURES as exc:
+        record = {"result": FAILED, "changed": [], "unchanged": [], "message": failure_message(exc)}
     record["message"] = redact(record["message"], secrets.values())[:500]
     if record["result"] == FAILED:
         events.warn(body, reason="PowerFailed", message=record["message"])

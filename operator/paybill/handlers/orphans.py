@@ -11,14 +11,12 @@ import kopf
 
 from ..api.meta import API_VERSION, GROUP, VERSION, now_rfc3339
 from ..api.plan import Cloud, PlanSpec
-from ..clouds import CloudError
 from ..clouds import orphans as decide
 from ..clouds.preflight import gate as cloud_gate
 from ..clouds.retry import redact
-from ..errors import first_line
 from ..kubeclient import Kube
 from . import events
-from .compute import Every, cloud_adapter
+from .compute import ADAPTER_FAILURES, Every, cloud_adapter, failure_message
 from .instrument import leading_now
 
 ORPHAN_CHECK_ENV = "PAYBILL_ORPHAN_CHECK_SECONDS"
@@ -45,13 +43,8 @@ def look_for_orphans(name: str, uid: str, body: kopf.Body, memo: kopf.Memo, **_:
     try:
         adapter, secrets = cloud_adapter(kube, provisioning)
         found = decide.report(adapter.orphans(known), now_rfc3339())
-    except CloudError as error:
-        status = f" (HTTP {error.status})" if error.status else ""
-        message = f"{error.cloud} answered {error.code}{status}: {error.message}"
-        found = decide.failed(redact(message, secrets.values())[:500], now_rfc3339())
-    except (TimeoutError, ValueError, ImportError) as exc:
-        message = f"{type(exc).__name__}: {first_line(exc)}"
-        found = decide.failed(redact(message, secrets.values())[:500], now_rfc3339())
+    except ADAPTER_FAILURES as exc:
+        found = decide.failed(redact(failure_message(exc), secrets.values())[:500], now_rfc3339())
     said = decide.warning(found, (body.get("status") or {}).get("orphans"))
     if said is not None:
         events.warn(body, reason=decide.FAILED_REASON if found.error else decide.REASON, message=said)

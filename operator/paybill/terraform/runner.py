@@ -198,7 +198,7 @@ class TerraformRunner(RunRecords):
         with self._run(inputs, module, env) as run:
             self._import_if_interrupted(run, finder)
             holding = self._holding_data(run)
-            self._settle_deletion_policy(run, holding, self._changed_since_applied(inputs, module))
+            self._settle_deletion_policy(run, holding, inputs, module)
             if holding and inputs.deletion_policy != "destroy":
                 self._refuse_losing_data(run, inputs.deletion_policy)
                 destroy = functools.partial(run.terraform.apply, PLAN_FILE)  # exactly the destroy plan checked
@@ -453,18 +453,19 @@ class TerraformRunner(RunRecords):
         with self.connections.connection() as connection:
             recovery.clear_applying(connection, run.tenant_id, run.workspace)
 
-    def _settle_deletion_policy(self, run: Run, targets: list[str], module_changed: bool) -> None:
+    def _settle_deletion_policy(self, run: Run, targets: list[str], inputs: ModuleInputs, module: Path) -> None:
         """Before a destroy: an apply targeting the resources that may hold data (`targets`), so that their state
         carries the current deletion policy (skip_final_snapshot, force_destroy, deletion_protection ...) whatever
         the last apply was made with. Only updates in place are applied: a plan that would create or replace
-        anything stops the destroy (PolicyNotSettled). When the module changed since its last apply
-        (`module_changed`), only updates of the deletion settings are: its other changes wait for their own apply
-        (and, under approval manual, a person), and the destroy stops until then."""
+        anything stops the destroy (PolicyNotSettled). When the module changed since its last apply, only updates
+        of the deletion settings are: its other changes wait for their own apply (and, under approval manual, a
+        person), and the destroy stops until then."""
         if not targets:
             return
         if not self._plan_file(run, target=targets):
             return
-        beyond = keeping.beyond_policy(self._show_json(run), settings_only=module_changed)
+        changed = self._changed_since_applied(inputs, module)  # read only when there is something to settle
+        beyond = keeping.beyond_policy(self._show_json(run), settings_only=changed)
         if beyond:
             raise PolicyNotSettled(
                 "destroy",
