@@ -15,8 +15,8 @@ import asyncio
 import base64
 import datetime
 import ipaddress
+import itertools
 import json
-import math
 import os
 import shutil
 import ssl
@@ -43,7 +43,10 @@ from . import tenants
 from .tenants import API, Stack, _free_port
 
 CLIENTS = 50
-RATE = 100.0  # reviews a second from the paced clients: far above a cluster's AgentWorkflow submissions
+# reviews a second from the paced clients: 100 is far above a cluster's AgentWorkflow submissions; the higher ones
+# find where p99 passes the goal
+RATES = (100.0, 200.0, 400.0, 800.0)
+GOAL_MS = 10.0
 TENANT, NAMESPACE, AGENT = "bench-acme", "tenant-bench-acme", "tenant-agent"
 USER = {
     "username": f"system:serviceaccount:{NAMESPACE}:{AGENT}",
@@ -201,10 +204,14 @@ def _malformed(obj: dict[str, Any]) -> dict[str, Any]:
     return sent
 
 
-async def load(base: str, trust: ssl.SSLContext, requests: int, rate: float, operator: int) -> dict[str, Any]:
+async def load(
+    base: str, trust: ssl.SSLContext, requests: int, rates: tuple[float, ...], operator: int
+) -> dict[str, Any]:
     """Stamp once (the mutating webhook), then time each webhook three ways: CLIENTS clients each sending its next
     review as soon as the last was answered (saturation: latency is mostly queueing), CLIENTS clients sending
-    `rate` reviews a second between them (paced), and one client alone (the service time)."""
+    `rate` reviews a second between them, spread evenly in time (paced: an open load, as reviews reach a webhook
+    from many users), and one client alone (the service time). The validating webhook is paced at every rate of
+    `rates`, the others at the first."""
     connector = aiohttp.TCPConnector(limit=CLIENTS, ssl=trust)
     async with aiohttp.ClientSession(connector=connector) as session:
         obj = workflow()
@@ -222,25 +229,29 @@ async def load(base: str, trust: ssl.SSLContext, requests: int, rate: float, ope
             latencies: list[float] = []
 
             async def client(
-                count: int, pause: float, url: str = url, latencies: list[float] = latencies, make: Any = make,
-                expected: Any = expected,
+                count: int, pause: float, offset: float, url: str = url, latencies: list[float] = latencies,
+                make: Any = make, expected: Any = expected,
             ) -> None:  # fmt: skip
-                for _ in range(count):
-                    started = time.perf_counter()
+                """`count` reviews, the k-th sent at offset + k x pause (or at once if the last is still out)."""
+                start = time.perf_counter() + offset
+                for k in range(count):
+                    await asyncio.sleep(max(0.0, start + k * pause - time.perf_counter()))
                     elapsed, answer = await _post(session, url, make(obj))
                     assert expected(answer), answer
                     latencies.append(elapsed)
-                    await asyncio.sleep(max(0.0, pause - (time.perf_counter() - started)))
 
-            await asyncio.gather(*(client(10, 0) for _ in range(CLIENTS)))  # warm: connections, caches
-            for mode, clients, pause, count in (
-                (f"{CLIENTS} clients, back to back", CLIENTS, 0.0, requests // CLIENTS),
-                (f"{CLIENTS} clients, {rate:.0f} reviews/s in all", CLIENTS, CLIENTS / rate, requests // CLIENTS // 5),
-                ("1 client", 1, 0.0, requests // 5),
-            ):
+            await asyncio.gather(*(client(10, 0, 0) for _ in range(CLIENTS)))  # warm: connections, caches
+            modes = [(f"{CLIENTS} clients, back to back", CLIENTS, 0.0, requests // CLIENTS)]
+            modes += [
+                (f"{CLIENTS} clients, {paced:.0f} reviews/s in all", CLIENTS, CLIENTS / paced, requests // CLIENTS // 5)
+                for paced in (rates if name == "validating" else rates[:1])
+            ]
+            modes.append(("1 client", 1, 0.0, requests // 5))
+            for mode, clients, pause, count in modes:
                 latencies.clear()
                 started, cpu = time.perf_counter(), tenants._cpu_seconds(operator)
-                await asyncio.gather(*(client(count, pause) for _ in range(clients)))
+                # paced clients take turns: client i sends at i/rate, then every CLIENTS/rate seconds
+                await asyncio.gather(*(client(count, pause, i * pause / clients) for i in range(clients)))
                 wall, cpu = time.perf_counter() - started, tenants._cpu_seconds(operator) - cpu
                 results[f"{name}, {mode}"] = {
                     **_percentiles(latencies),
@@ -298,7 +309,7 @@ def measure(quick: bool) -> dict[str, Any]:
         placement = _status(stack, "tenants", TENANT, None)["database"]
         trust = ssl.create_default_context(cadata=ca.decode())
         load_before = os.getloadavg()[0]
-        webhook = asyncio.run(load(f"https://127.0.0.1:{port}", trust, 1000 if quick else 5000, RATE, operator.pid))
+        webhook = asyncio.run(load(f"https://127.0.0.1:{port}", trust, 1000 if quick else 5000, RATES, operator.pid))
         load_after = os.getloadavg()[0]
         engine = engine_times(stack.postgres.dsn, placement, 200 if quick else 2000)
         return {"webhook": webhook, "engine": engine, "load": (load_before, load_after)}
@@ -335,33 +346,34 @@ def run(quick: bool = False) -> str:
             f"{CLIENTS} concurrent clients on keep-alive connections, after a warm-up; beside the policy engine "
             f"deciding the same 5 steps in-process. The clients run in the benchmark's process on the same 2 cores "
             f"as the operator, the emulated API server and PostgreSQL. Load average (1 min) when the timed requests "
-            f"began and ended: {before:.1f} and {after:.1f}. Goal: p99 < 10 ms.",
+            f"began and ended: {before:.1f} and {after:.1f}.",
             "",
             "| | p50 (ms) | p99 (ms) | operator CPU per review (ms) | |",
             "| --- | ---: | ---: | ---: | --- |",
             *rows,
             "",
-            *idle_estimate(webhook),
+            *verdict(webhook),
         ]
     )
 
 
-def idle_estimate(webhook: dict[str, Any]) -> list[str]:
-    """What the measured CPU per review (service time S, one event loop) predicts on an idle machine."""
-    alone = f"{CLIENTS} clients, back to back"
-    service = webhook["validating, 1 client"]["cpu"]
-    stamping = webhook["mutating, 1 client"]["cpu"]
-    transport = webhook["transport only (malformed review, 400), 1 client"]["cpu"]
-    utilisation = RATE * service / 1000
-    paced_p99 = service / (1 - utilisation) * math.log(100) if utilisation < 1 else math.inf
+def verdict(webhook: dict[str, Any]) -> list[str]:
+    """The goal read off the table: the paced rates whose p99 is under 10 ms, and why saturation is not."""
+    paced = [(float(name.split(", ")[1].split()[0]), figures) for name, figures in webhook.items()
+             if name.startswith("validating, ") and "reviews/s in all" in name]  # fmt: skip
+    met = list(itertools.takewhile(lambda paced_rate: paced_rate[1]["p99"] < GOAL_MS, paced))
+    saturated = webhook[f"validating, {CLIENTS} clients, back to back"]
+    transport = webhook[f"transport only (malformed review, 400), {CLIENTS} clients, back to back"]["cpu"]
+    in_flight = saturated["rps"] * saturated["p50"] / 1000
+    measured = ", ".join(f"{rate:.0f}/s {figures['p99']:.1f} ms" for rate, figures in paced)
     return [
-        f"On an idle machine (the arithmetic, from the CPU column): a validating review costs the operator S = "
-        f"{service:.2f} ms of CPU ({stamping:.2f} ms the mutating one), of which {transport:.2f} ms is the transport "
-        f"alone (TLS, HTTP, JSON of a review answered 400 before any admission work). The webhook is one event loop, "
-        f"so at most one core: {alone}, each waits for the {CLIENTS - 1} others, p50 ≈ p99 ≈ {CLIENTS} x S = "
-        f"{CLIENTS * service:.0f} ms whatever the number of idle cores; p99 < 10 ms there needs S < "
-        f"{10 / CLIENTS:.1f} ms. At {RATE:.0f} reviews/s the loop is busy U = {utilisation:.0%} of the time; as an "
-        f"M/M/1 queue (pessimistic for same-size reviews) p99 in the operator ≈ S / (1 - U) x ln 100 = "
-        f"{paced_p99:.1f} ms, "
-        f"plus the loopback round trip.",
+        f"Goal p99 < {GOAL_MS:.0f} ms (validating, {CLIENTS} clients): "
+        + (f"**met at every paced rate up to {met[-1][0]:.0f} reviews/s**" if met else "**not met at any paced rate**")
+        + f" (p99 at each rate: {measured}). "
+        f"Not met with the {CLIENTS} clients back to back: that is the webhook saturated, where latency is queueing "
+        f"by Little's law (in flight = throughput x latency: {saturated['rps']:.0f} reviews/s x "
+        f"{saturated['p50']:.1f} ms p50 = {in_flight:.0f} reviews waiting), so p99 < {GOAL_MS:.0f} ms there needs "
+        f"{CLIENTS / GOAL_MS * 1000:.0f} reviews/s, {CLIENTS / GOAL_MS * 1000 / saturated['rps']:.1f} times "
+        f"what one event loop answers here at {saturated['cpu']:.2f} ms of CPU per review (the transport alone, "
+        f"TLS, HTTP and JSON of a review answered 400 unread: {transport:.2f} ms).",
     ]

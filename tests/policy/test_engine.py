@@ -159,6 +159,20 @@ def test_plan_hash_covers_fingerprint_parameters_and_policy_version(engine: Poli
     assert changed.policy_version != one.policy_version and changed.plan_hash != one.plan_hash
 
 
+def test_plan_hash_binds_the_exact_statement_not_its_shape(engine: PolicyEngine) -> None:
+    """The fingerprint ignores constants and spelling; an approval of `... WHERE id = 11` must not fit `id = 12`."""
+    hashes = {
+        engine.decide(PRINCIPAL, sql, tenant="acme").plan_hash
+        for sql in (
+            "UPDATE orders SET status = 'shipped' WHERE id = 11",
+            "UPDATE orders SET status = 'shipped' WHERE id = 12",
+            "UPDATE orders SET status = 'refunded' WHERE id = 11",
+            "UPDATE orders SET status = 'shipped' WHERE id IN (11)",
+        )
+    }
+    assert len(hashes) == 4
+
+
 def test_cached_statements_still_check_their_parameters(engine: PolicyEngine) -> None:
     sql = "SELECT id FROM orders WHERE ref = $1"
     assert engine.decide(PRINCIPAL, sql, ["0b5e7c3e-2a4f-4c59-8a0e-8f4b9c1e2d3a"], tenant="acme").allowed

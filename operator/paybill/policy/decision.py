@@ -107,8 +107,10 @@ class Decision:
 _PLAN_ENCODER = json.JSONEncoder(sort_keys=True, default=str)
 
 
-def plan_hash(fingerprint: str, params: list[Any], policy_version: str, tenant: str | None) -> str:
-    plan = [fingerprint, params, policy_version, tenant]
+def plan_hash(sql: str, params: list[Any], policy_version: str, tenant: str | None) -> str:
+    """The statement exactly as submitted (not its fingerprint, which ignores constants), its parameters, the policy
+    version and the tenant: what an approval is bound to."""
+    plan = [sql, params, policy_version, tenant]
     try:
         payload = orjson.dumps(plan, default=str, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:

@@ -109,11 +109,13 @@ class PolicyEngine:
                 self._cache[key] = admitted
                 if len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
-        return self._bind(admitted, params, tenant, approvals)
+        return self._bind(admitted, sql, params, tenant, approvals)
 
-    def _bind(self, admitted: _Admitted, params: list[Any], tenant: str | None, approvals: frozenset[str]) -> Decision:
+    def _bind(
+        self, admitted: _Admitted, sql: str, params: list[Any], tenant: str | None, approvals: frozenset[str]
+    ) -> Decision:
         decision = admitted.decision
-        digest = plan_hash(decision.fingerprint or "", params, self.version, tenant)
+        digest = plan_hash(sql, params, self.version, tenant)
         if decision.allowed and admitted.approvers is None and _params_fit(admitted.params, params):
             # The hot path (a cached, admitted statement with good parameters): no new reasons.
             return Decision(
