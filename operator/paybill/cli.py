@@ -309,8 +309,8 @@ def _operator(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
         kopf.run(
             clusterwide=True,
-            identity=peering.IDENTITY,
-            liveness_endpoint=liveness,  # type: ignore[arg-type]
+            identity=peering.IDENTITY,  # type: ignore[arg-type]
+            liveness_endpoint=liveness,
             loop=runner.get_loop(),
         )
     return 0
