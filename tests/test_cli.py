@@ -117,6 +117,47 @@ def test_text_lines_name_the_object_and_a_retried_wait_is_a_warning() -> None:
     assert [retried.levelname, final.levelname, crashed.levelname] == ["WARNING", "ERROR", "ERROR"]
 
 
+def test_a_wait_retried_again_and_again_is_said_once_per_quiet_period() -> None:
+    """A workflow awaiting approval is looked at every few seconds for hours: one WARNING line (and Event, which kopf
+    posts from INFO up) per object and message per quiet period, the repeats at DEBUG."""
+    workflow = {"kind": "AgentWorkflow", "name": "refund", "namespace": "tenant-acme", "uid": "u3"}
+    other = {**workflow, "name": "refund-2", "uid": "u4"}
+    now = [1000.0]
+    waits = logs.ExpectedWaits(quiet=300, clock=lambda: now[0])
+    objects = logging.getLogger("kopf.objects")
+    previous = objects.level
+    objects.setLevel(logging.INFO)
+    try:
+        _repeats_are_quiet(waits, now, workflow, other)
+    finally:
+        objects.setLevel(previous)
+
+
+def _repeats_are_quiet(
+    waits: logs.ExpectedWaits, now: list[float], workflow: dict[str, Any], other: dict[str, Any]
+) -> None:
+    def level(message: str, ref: dict[str, Any]) -> str:
+        entry = record(f"Handler 'run_workflow' failed temporarily: {message}", logging.ERROR, ref)
+        kept = waits.filter(entry)
+        assert kept == (entry.levelname == "WARNING")  # a DEBUG line is dropped while the logger is at INFO
+        return entry.levelname
+
+    awaiting = "step refund needs approval: approve plan hash 3f2a"
+    assert level(awaiting, workflow) == "WARNING"
+    now[0] += 3
+    assert level(awaiting, workflow) == "DEBUG"
+    assert level(awaiting, other) == "WARNING"  # another object
+    assert level("step refund was rejected", workflow) == "WARNING"  # another message
+    now[0] += 296  # 299 s after the line said: still quiet, however many repeats came between
+    assert level(awaiting, workflow) == "DEBUG"
+    now[0] += 2
+    assert level(awaiting, workflow) == "WARNING"
+    crashed = record("Handler 'x' failed with an exception. Will retry.", logging.ERROR, workflow)
+    for _ in range(2):
+        waits.filter(crashed)
+        assert crashed.levelname == "ERROR"  # only retried waits are quieted
+
+
 @pytest.mark.slow
 def test_the_operator_logs_json_lines_naming_objects_and_a_wait_for_a_plan_as_a_warning(
     cluster: Any, postgres: Any, tmp_path: Path
