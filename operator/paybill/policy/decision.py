@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from pglast.parser import fingerprint as pglast_fingerprint
 
 # Reasons a policy's own rules produce. Under warn and audit they are recorded but do not deny;
 # every other reason (syntax, statement kind, unknown names, catalogs, types) denies in every mode, and so does
@@ -42,7 +44,7 @@ class Decision:
     sql: str | None = None
     statement: str | None = None
     rules: tuple[str, ...] = ()
-    fingerprint: str | None = None
+    source: str | None = None  # the statement as submitted, when it parsed
     plan_hash: str | None = None
     policy_version: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -55,7 +57,7 @@ class Decision:
         sql: str | None = None,
         statement: str | None = None,
         rules: tuple[str, ...] = (),
-        fingerprint: str | None = None,
+        source: str | None = None,
         plan_hash: str | None = None,
         policy_version: str = "",
         extra: dict[str, Any] | None = None,
@@ -69,11 +71,17 @@ class Decision:
             sql=sql,
             statement=statement,
             rules=rules,
-            fingerprint=fingerprint,
+            source=source,
             plan_hash=plan_hash,
             policy_version=policy_version,
             extra={} if extra is None else extra,
         )
+
+    @functools.cached_property
+    def fingerprint(self) -> str | None:
+        """libpg_query's fingerprint of the statement (its shape: constants and spelling ignored), for grouping
+        decisions in the audit log; worked out when a record asks for it, since no decision depends on it."""
+        return None if self.source is None else pglast_fingerprint(self.source)
 
     @property
     def enforced(self) -> bool:

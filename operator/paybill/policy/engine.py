@@ -8,8 +8,6 @@ import logging
 from collections import OrderedDict
 from typing import Any, NamedTuple, Protocol
 
-from pglast.parser import fingerprint
-
 from ..api.agentpolicy import AgentPolicySpec
 from .analysis import Analysis, ParamType, Relation, Scope, location, param_fits
 from .decision import POLICY_CODES, Decision, Reason, plan_hash
@@ -105,7 +103,7 @@ class PolicyEngine:
         admitted = self._cache.get(key)
         if admitted is None:
             admitted = self._admit(principal, sql, tenant)
-            if admitted.decision.fingerprint is not None:
+            if admitted.decision.source is not None:
                 self._cache[key] = admitted
                 if len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
@@ -125,14 +123,14 @@ class PolicyEngine:
                 decision.sql,
                 decision.statement,
                 decision.rules,
-                decision.fingerprint,
+                decision.source,
                 digest,
                 decision.policy_version,
                 decision.extra,
             )
         reasons = list(decision.reasons)
         expected = admitted.params
-        if decision.fingerprint is not None:
+        if decision.source is not None:
             if len(params) != len(expected):
                 reasons.append(Reason("param_count", f"statement takes {len(expected)} parameters, got {len(params)}"))
             else:
@@ -229,7 +227,7 @@ class PolicyEngine:
             rewritten,
             analysis.kind,
             rules,
-            fingerprint(sql),
+            sql,
             policy_version=self.version,
             extra={"locks": True} if analysis.locking else {},
         )
