@@ -269,12 +269,32 @@ def test_a_waiting_workflow_runs_again_only_on_news(
         assert outcome.retry is not None and outcome.retry.message == "approve it" and outcome.report is None
 
 
-def test_every_recorded_approver_of_the_annotated_hash_counts() -> None:
-    """minApprovals > 1: each approver's write is recorded (a second approver removes and sets the annotation again:
-    a write that changes nothing is no approval), and the engine counts them all."""
-    bob = Grant(UID, "refund", Verdict.APPROVE, H1, "user:bob")
-    assert approvals.granted("refund", H1, {APPROVE_PREFIX + "refund": H1}, [APPROVED, bob]) == {
-        "user:alice",
-        "user:bob",
-    }
+def test_each_approver_approves_under_a_key_of_their_own() -> None:
+    """minApprovals > 1: a write that changes nothing is no approval, so a second approver adds
+    `approve-<step>.<anything>`; each key counts for whoever last wrote it, while it still names the hash."""
+    bob_key = APPROVE_PREFIX + "refund.bob"
+    written = review({APPROVE_PREFIX + "refund": H1}, {APPROVE_PREFIX + "refund": H1, bob_key: H1}, Requester("bob"))
+    bob = Grant(UID, "refund", Verdict.APPROVE, H1, "user:bob", bob_key)
+    assert written.allowed and written.grants == (bob,)
+    both = {APPROVE_PREFIX + "refund": H1, bob_key: H1}
+    assert approvals.granted("refund", H1, both, [APPROVED, bob]) == {"user:alice", "user:bob"}
+    assert approvals.granted("refund", H1, {bob_key: H1}, [APPROVED, bob]) == {"user:bob"}  # alice withdrew hers
+    assert approvals.granted("refund", H1, {bob_key: H2}, [APPROVED, bob]) == frozenset()
     assert review({APPROVE_PREFIX + "refund": H1}, {APPROVE_PREFIX + "refund": H1}, Requester("bob")).grants == ()
+    unknown = review({}, {APPROVE_PREFIX + "nosuch.bob": H1}, Requester("bob"))
+    assert not unknown.allowed and "no step 'nosuch'" in unknown.message
+
+
+def test_a_withdrawn_approval_does_not_come_back_when_another_approver_sets_the_same_key() -> None:
+    """alice approves, withdraws (removing the annotation is recorded nowhere), bob sets the same key: bob's
+    approval counts, alice's does not come back with it."""
+    bob = Grant(UID, "refund", Verdict.APPROVE, H1, "user:bob", APPROVE_PREFIX + "refund")
+    assert approvals.granted("refund", H1, {APPROVE_PREFIX + "refund": H1}, [APPROVED, bob]) == {"user:bob"}
+
+
+def test_records_without_their_key_are_the_plain_keys() -> None:
+    """Grants recorded before keys were recorded with them stand for `approve-<step>` / `reject-<step>`."""
+    details = APPROVED.details()
+    del details["annotation"]
+    assert Grant.from_details(details) == APPROVED
+    assert APPROVED.annotation == APPROVE_PREFIX + "refund"

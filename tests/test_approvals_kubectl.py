@@ -276,3 +276,38 @@ def test_a_policy_change_voids_a_pending_approval_and_a_rejection_ends_the_step(
     assert order_status(operator, name) == "open"
     events = operator.kube.list("v1", "events", namespace)
     assert {"AwaitingApproval", "ApprovalVoided", "Rejected"} <= {e.get("reason") for e in events}
+
+
+def test_two_approvals_each_under_its_own_key_run_the_step(
+    operator: Any, tenant: tuple[str, str], tmp_path: Path, postgres: LocalPostgres
+) -> None:
+    """minApprovals 2: alice approves, bob rewriting her key with the same value changes nothing (no approval),
+    bob under a key of his own is the second approval, and the step runs."""
+    name, namespace = tenant
+    needs_two = {"approvers": ["user:alice", "user:bob"], "minApprovals": 2}
+    policy = approval_policy(namespace)
+    policy["spec"]["rules"][1]["approval"] = needs_two
+    operator.kube.apply(policy)
+    wait_policy(operator, namespace, "Ready")
+    agent = kubectl_as(operator.service_account_kubeconfig(namespace, AGENT), tmp_path)
+    alice = kubectl_as(user_kubeconfig(operator, "alice"), tmp_path)
+    bob = kubectl_as(user_kubeconfig(operator, "bob"), tmp_path)
+    for person in ("alice", "bob"):
+        bind_approver(operator, namespace, {"kind": "User", "name": person, "apiGroup": "rbac.authorization.k8s.io"})
+    submit(agent, namespace, "refund")
+    plan_hash = awaiting(operator, namespace, "refund")["approval"]["planHash"]
+    key = APPROVE_PREFIX + "fix"
+
+    assert annotate(alice, namespace, "refund", key, plan_hash).returncode == 0
+    assert annotate(bob, namespace, "refund", key, plan_hash).returncode == 0  # the same value: no change
+    looked_again(operator, namespace, "refund")
+    assert workflow_status(operator, namespace, "refund")["phase"] == "AwaitingApproval"
+    assert order_status(operator, name) == "open"
+
+    assert annotate(bob, namespace, "refund", key + ".bob", plan_hash).returncode == 0
+    admin = kubectl_as(operator.kubeconfig, tmp_path)
+    waited = admin("wait", "--for=condition=Complete", "agentworkflow/refund", "-n", namespace, "--timeout=90s")
+    assert waited.returncode == 0, waited.stderr
+    assert order_status(operator, name) == "refunded"
+    grants = [r.details for r in records(postgres, namespace, "refund") if r.event == "ApprovalGranted"]
+    assert [(g["approver"], g["annotation"]) for g in grants] == [("user:alice", key), ("user:bob", key + ".bob")]

@@ -4,7 +4,9 @@ A step whose policy rule needs approval waits (phase AwaitingApproval) with its 
 the approver role for the tenant (ClusterRole `paybill-agentworkflow-approver`, bound in the tenant's namespace:
 the `approve` verb on agentworkflows) approves exactly that hash,
 `kubectl annotate agentworkflow/<name> paybill.dev/approve-<step>=<hash>`, or rejects the step,
-`kubectl annotate agentworkflow/<name> paybill.dev/reject-<step>=<hash>`.
+`kubectl annotate agentworkflow/<name> paybill.dev/reject-<step>=<hash>`. Where a rule needs more than one approval,
+each further approver writes a key of their own, `paybill.dev/approve-<step>.<anything>=<hash>`: a write that
+changes no annotation is no approval, and each key counts for whoever last wrote it.
 
 An annotation alone is never trusted: anyone who may patch the workflow can write one. The operator's admission
 webhook sees who writes it (the API server's userInfo) and `review` admits the change only from a person (never a
@@ -58,6 +60,7 @@ class Verdict(StrEnum):
 
 
 AUDIT_EVENTS = {Verdict.APPROVE: "ApprovalGranted", Verdict.REJECT: "ApprovalRejected"}
+PREFIXES = {Verdict.APPROVE: APPROVE_PREFIX, Verdict.REJECT: REJECT_PREFIX}
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ class Change:
     verdict: Verdict
     step: str
     value: str | None
+    key: str  # the annotation: <prefix><step>, or <prefix><step>.<anything> (a second approver's own)
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,11 @@ class Grant:
     verdict: Verdict
     plan_hash: str
     approver: str  # the principal, e.g. user:alice
+    annotation: str = ""  # the key written; "" is the plain <prefix><step>
+
+    def __post_init__(self) -> None:
+        if not self.annotation:
+            object.__setattr__(self, "annotation", PREFIXES[self.verdict] + self.step)
 
     def details(self) -> dict[str, Any]:
         return {
@@ -108,6 +117,7 @@ class Grant:
             "verdict": str(self.verdict),
             "planHash": self.plan_hash,
             "approver": self.approver,
+            "annotation": self.annotation,
         }
 
     @classmethod
@@ -120,6 +130,7 @@ class Grant:
                 Verdict(details["verdict"]),
                 str(details["planHash"]),
                 str(details["approver"]),
+                str(details.get("annotation") or ""),  # records made before keys were recorded: the plain key
             )
         except (KeyError, ValueError):
             return None
@@ -141,9 +152,10 @@ def changes(old: Mapping[str, str] | None, new: Mapping[str, str] | None) -> lis
     for key in sorted(set(old) | set(new)):
         if old.get(key) == new.get(key):
             continue
-        for verdict, prefix in ((Verdict.APPROVE, APPROVE_PREFIX), (Verdict.REJECT, REJECT_PREFIX)):
+        for verdict, prefix in PREFIXES.items():
             if key.startswith(prefix):
-                found.append(Change(verdict, key[len(prefix) :], new.get(key)))
+                step = key[len(prefix) :].partition(".")[0]  # step names have no dots (the CRD's pattern)
+                found.append(Change(verdict, step, new.get(key), key))
     return found
 
 
@@ -178,14 +190,13 @@ def review(
     known = set(steps)
     grants = []
     for change in written:
-        prefix = APPROVE_PREFIX if change.verdict == Verdict.APPROVE else REJECT_PREFIX
         if change.step not in known:
-            return Review(False, f"{prefix}{change.step}: the workflow has no step {change.step!r}")
+            return Review(False, f"{change.key}: the workflow has no step {change.step!r}")
         if change.value is None:  # withdrawn: nothing to record, nothing it could grant
             continue
         if not PLAN_HASH.match(change.value):
-            return Review(False, f"{prefix}{change.step}: the value must be the step's plan hash (32 hex digits)")
-        grants.append(Grant(workflow_uid, change.step, change.verdict, change.value, requester.principal))
+            return Review(False, f"{change.key}: the value must be the step's plan hash (32 hex digits)")
+        grants.append(Grant(workflow_uid, change.step, change.verdict, change.value, requester.principal, change.key))
     return Review(True, grants=tuple(grants))
 
 
@@ -199,25 +210,33 @@ def recorded(records: Iterable[Mapping[str, Any]], workflow_uid: str) -> list[Gr
 def granted(
     step: str, plan_hash: str | None, annotations: Mapping[str, str], grants: Sequence[Grant]
 ) -> frozenset[str]:
-    """The approvers of exactly `plan_hash` for `step`: the annotation names that hash and an admitted record of an
-    approval of it stands behind it."""
-    if plan_hash is None or annotations.get(APPROVE_PREFIX + step) != plan_hash:
+    """The approvers of exactly `plan_hash` for `step`: each approve annotation of the step that names that hash
+    counts for whoever the last admitted write of that key recorded (so an approval withdrawn and the key set again
+    by someone else is theirs alone)."""
+    if plan_hash is None:
         return frozenset()
     return frozenset(
-        g.approver for g in grants if g.step == step and g.verdict == Verdict.APPROVE and g.plan_hash == plan_hash
+        g.approver
+        for key, g in _latest(step, Verdict.APPROVE, grants).items()
+        if g.plan_hash == plan_hash and annotations.get(key) == plan_hash
     )
 
 
 def rejection(step: str, annotations: Mapping[str, str], grants: Sequence[Grant]) -> Grant | None:
     """The admitted rejection of `step` the annotation stands for, if any (a rejection ends the step whatever hash
     it named: refusing is always safe)."""
-    value = annotations.get(REJECT_PREFIX + step)
-    if value is None:
-        return None
-    return next(
-        (g for g in reversed(grants) if g.step == step and g.verdict == Verdict.REJECT and g.plan_hash == value),
-        None,
-    )
+    standing = [g for key, g in _latest(step, Verdict.REJECT, grants).items() if annotations.get(key) == g.plan_hash]
+    return standing[-1] if standing else None
+
+
+def _latest(step: str, verdict: Verdict, grants: Sequence[Grant]) -> dict[str, Grant]:
+    """The last admitted write of each annotation key of `step` with `verdict` (grants are in the audit's order)."""
+    latest: dict[str, Grant] = {}
+    for g in grants:
+        if g.step == step and g.verdict == verdict:
+            latest.pop(g.annotation, None)  # re-inserted last: the dict's order is the order of the writes
+            latest[g.annotation] = g
+    return latest
 
 
 def voided(step: str, plan_hash: str | None, grants: Sequence[Grant]) -> list[Grant]:
