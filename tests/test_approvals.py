@@ -95,8 +95,16 @@ def test_an_approval_names_a_step_and_a_plan_hash(new: dict[str, str], message: 
     assert not verdict.allowed and message in verdict.message
 
 
-def test_withdrawing_an_approval_records_nothing() -> None:
-    assert review({APPROVE_PREFIX + "refund": H1}, {}) == approvals.Review(True)
+def test_withdrawing_an_approval_is_recorded_and_grants_nothing() -> None:
+    key = APPROVE_PREFIX + "refund"
+    withdrawn = review({key: H1}, {})
+    assert withdrawn.allowed and withdrawn.grants == (Grant(UID, "refund", Verdict.APPROVE, "", "user:alice", key),)
+    assert withdrawn.grants[0].event == "ApprovalWithdrawn"
+    assert review({REJECT_PREFIX + "refund": H1}, {}).grants[0].event == "RejectionWithdrawn"
+    # withdrawn, then set again by bob: bob's alone; and a withdrawal voids no hash in status
+    bob = Grant(UID, "refund", Verdict.APPROVE, H1, "user:bob")
+    assert approvals.granted("refund", H1, {key: H1}, [APPROVED, *withdrawn.grants, bob]) == {"user:bob"}
+    assert approvals.voided("refund", H2, [APPROVED, *withdrawn.grants]) == [APPROVED]
 
 
 def test_requesters_from_user_info() -> None:

@@ -153,8 +153,7 @@ def recorded_grants(log: AuditLog | None, workflow: WorkflowObject) -> tuple[Gra
     if log is None:
         return ()
     records = log.records(approvals.AUDIT_KIND, f"{workflow.namespace}/{workflow.name}")
-    events_ = set(approvals.AUDIT_EVENTS.values())
-    return tuple(approvals.recorded((r.details for r in records if r.event in events_), workflow.uid))
+    return tuple(approvals.recorded((r.details for r in records if r.event in approvals.GRANT_EVENTS), workflow.uid))
 
 
 def _observe(
@@ -356,10 +355,11 @@ async def review_approvals(
     if tenant is None:
         return f"namespace {namespace} is not a tenant's"
     for grant in verdict.grants:
-        event = approvals.AUDIT_EVENTS[grant.verdict]
         details = {**grant.details(), "tenant": tenant["metadata"]["name"]}
         try:
-            written = await asyncio.to_thread(log.append, approvals.AUDIT_KIND, f"{namespace}/{name}", event, details)
+            written = await asyncio.to_thread(
+                log.append, approvals.AUDIT_KIND, f"{namespace}/{name}", grant.event, details
+            )
         except (AuditUnavailable, ValueError) as exc:
             return f"the approval could not be recorded: {first_line(exc)}"
         if written is None:

@@ -60,6 +60,8 @@ class Verdict(StrEnum):
 
 
 AUDIT_EVENTS = {Verdict.APPROVE: "ApprovalGranted", Verdict.REJECT: "ApprovalRejected"}
+WITHDRAWN_EVENTS = {Verdict.APPROVE: "ApprovalWithdrawn", Verdict.REJECT: "RejectionWithdrawn"}
+GRANT_EVENTS = frozenset(AUDIT_EVENTS.values()) | frozenset(WITHDRAWN_EVENTS.values())  # what `recorded` reads
 PREFIXES = {Verdict.APPROVE: APPROVE_PREFIX, Verdict.REJECT: REJECT_PREFIX}
 
 
@@ -102,13 +104,18 @@ class Grant:
     workflow_uid: str
     step: str
     verdict: Verdict
-    plan_hash: str
+    plan_hash: str  # "": the annotation was removed (a withdrawal)
     approver: str  # the principal, e.g. user:alice
     annotation: str = ""  # the key written; "" is the plain <prefix><step>
 
     def __post_init__(self) -> None:
         if not self.annotation:
             object.__setattr__(self, "annotation", PREFIXES[self.verdict] + self.step)
+
+    @property
+    def event(self) -> str:
+        """The audit record's event."""
+        return (WITHDRAWN_EVENTS if not self.plan_hash else AUDIT_EVENTS)[self.verdict]
 
     def details(self) -> dict[str, Any]:
         return {
@@ -192,7 +199,8 @@ def review(
     for change in written:
         if change.step not in known:
             return Review(False, f"{change.key}: the workflow has no step {change.step!r}")
-        if change.value is None:  # withdrawn: nothing to record, nothing it could grant
+        if change.value is None:  # withdrawn: recorded, so the key counts for nobody until written again
+            grants.append(Grant(workflow_uid, change.step, change.verdict, "", requester.principal, change.key))
             continue
         if not PLAN_HASH.match(change.value):
             return Review(False, f"{change.key}: the value must be the step's plan hash (32 hex digits)")
@@ -241,7 +249,7 @@ def _latest(step: str, verdict: Verdict, grants: Sequence[Grant]) -> dict[str, G
 
 def voided(step: str, plan_hash: str | None, grants: Sequence[Grant]) -> list[Grant]:
     """Approvals of `step` given for another plan hash (the policy, the schema or the tenant changed since)."""
-    return [g for g in grants if g.step == step and g.verdict == Verdict.APPROVE and g.plan_hash != plan_hash]
+    return [g for g in grants if g.step == step and g.verdict == Verdict.APPROVE and g.plan_hash not in ("", plan_hash)]
 
 
 def approve_command(workflow: str, step: str, plan_hash: str) -> str:
