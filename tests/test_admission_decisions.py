@@ -3,6 +3,7 @@ engine on a schema from DDL, the request and the world as typed inputs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -185,6 +186,19 @@ def test_the_plans_step_entitlement_counts() -> None:
     )
     verdict = admit(create(spec(READ, FIX)), world(plan=limited), ENGINE)
     assert not verdict.allowed and "declares 2 steps; plan pro allows 1" in verdict.message
+
+
+def test_a_workflow_the_policys_run_limit_would_stop_part_way_is_refused() -> None:
+    """Each step is a statement: a run of more than maxStatementsPerRun would be stopped part-way, its earlier
+    mutations committed; refused at apply time instead."""
+    seen = world()
+    assert seen.policy is not None
+    limited = POLICY.model_copy(update={"limits": POLICY.limits.model_copy(update={"maxStatementsPerRun": 1})})
+    verdict = admit(
+        create(spec(READ, FIX)), dataclasses.replace(seen, policy=PolicyView(limited, seen.policy.status)), ENGINE
+    )
+    assert not verdict.allowed and "declares 2 statements; agentpolicy/support allows 1 a run" in verdict.message
+    assert admit(create(spec(READ, FIX)), seen, ENGINE).allowed
 
 
 def test_no_engine_no_admission() -> None:

@@ -234,6 +234,11 @@ def _entitlements(spec: AgentWorkflowSpec, tenancy: Tenancy, world: World) -> li
         problems.append(
             f"the workflow declares {len(spec.steps)} statements; {where} allows {quotas.agentStatementsPerDay} a day"
         )
+    per_run = world.policy.spec.limits.maxStatementsPerRun if world.policy is not None else None
+    if per_run is not None and len(spec.steps) > per_run:  # the guard would stop the run there, part-way
+        problems.append(
+            f"the workflow declares {len(spec.steps)} statements; agentpolicy/{spec.policyRef} allows {per_run} a run"
+        )
     return problems
 
 
