@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import datetime
+import hashlib
+import hmac
 import json
 import shutil
 from collections.abc import Iterator
@@ -24,17 +26,20 @@ from paybill.handlers.admission import CONFIGURATION
 from paybill.handlers.stamping import KEYS_SECRET
 from paybill.workflows.admission import PLAN_HASHES, POLICY_VERSION, REQUESTER
 from paybill.workflows.stamp import (
+    ADMISSION_ID,
     RING_SIZE,
     SIGNATURE,
     KeyRing,
     admission_outcome,
     claim_outcome,
     key_id_at,
+    new_admission_id,
     new_ring,
     ring_fields,
     ring_of,
     rotated,
     sign,
+    spec_digest,
     verify,
 )
 from test_admission import AGENT, FIX, READ, kubectl_as, tenant_with_policy, workflow
@@ -50,6 +55,7 @@ STAMP = {
     PLAN_HASHES: json.dumps({"find": "aa", "fix": "bb"}, separators=(",", ":")),
 }
 NOW = datetime.datetime(2026, 11, 30, 19, 30, tzinfo=datetime.UTC)
+ADMITTED = "5f" * 16  # the admission id the mutating webhook made
 
 
 # -- the signature, pure ------------------------------------------------------------------------------------------
@@ -57,10 +63,31 @@ NOW = datetime.datetime(2026, 11, 30, 19, 30, tzinfo=datetime.UTC)
 
 def test_a_signed_stamp_verifies_and_names_its_requester() -> None:
     ring = new_ring(key_id_at(NOW))
-    signed = sign(NAMESPACE, NAME, SPEC, STAMP, ring)
-    assert signed[SIGNATURE].startswith(f"v1:{ring.current}:")
+    signed = sign(NAMESPACE, NAME, SPEC, STAMP, ring, ADMITTED)
+    assert signed[SIGNATURE].startswith(f"v2:{ring.current}:") and signed[ADMISSION_ID] == ADMITTED
     assert verify(NAMESPACE, NAME, SPEC, signed, ring).requester == STAMP[REQUESTER]
     assert admission_outcome(NAMESPACE, NAME, SPEC, signed, ring) is None
+
+
+def test_each_admission_of_the_same_workflow_signs_a_ticket_of_its_own() -> None:
+    """The signature is the ticket one object claims: two admissions of the same namespace, name and spec (one then
+    refused 409, or deleted and submitted again) must not share it."""
+    ring = new_ring(key_id_at(NOW))
+    first, second = (sign(NAMESPACE, NAME, SPEC, STAMP, ring, new_admission_id()) for _ in range(2))
+    assert first[SIGNATURE] != second[SIGNATURE]
+    assert verify(NAMESPACE, NAME, SPEC, first, ring).problem is None
+    assert verify(NAMESPACE, NAME, SPEC, second, ring).problem is None
+
+
+def test_a_stamp_of_the_format_before_admission_ids_still_verifies() -> None:
+    """Workflows admitted by an older operator (v1: no admission id) run after an upgrade."""
+    ring = new_ring(key_id_at(NOW))
+    message = ["v1", NAMESPACE, NAME, *(STAMP[k] for k in (REQUESTER, POLICY_VERSION, PLAN_HASHES)), spec_digest(SPEC)]
+    mac = hmac.new(ring.keys[ring.current], json.dumps(message, separators=(",", ":")).encode(), hashlib.sha256)
+    legacy = {**STAMP, SIGNATURE: f"v1:{ring.current}:{mac.hexdigest()}"}
+    assert verify(NAMESPACE, NAME, SPEC, legacy, ring).requester == STAMP[REQUESTER]
+    forged = {**legacy, SIGNATURE: legacy[SIGNATURE].replace("v1:", "v2:", 1)}  # no id, and v2 covers one
+    assert verify(NAMESPACE, NAME, SPEC, forged, ring).problem is not None
 
 
 OTHER_SPEC = AgentWorkflowSpec.model_validate({**SPEC.model_dump(mode="json"), "steps": [READ]})
@@ -75,28 +102,32 @@ OTHER_SPEC = AgentWorkflowSpec.model_validate({**SPEC.model_dump(mode="json"), "
         (NAMESPACE, NAME, SPEC, {REQUESTER: f"system:serviceaccount:{NAMESPACE}:billing"}),
         (NAMESPACE, NAME, SPEC, {POLICY_VERSION: "v-9999"}),
         (NAMESPACE, NAME, SPEC, {PLAN_HASHES: json.dumps({"find": "aa", "fix": "cc"}, separators=(",", ":"))}),
+        (NAMESPACE, NAME, SPEC, {ADMISSION_ID: "6a" * 16}),
     ],
-    ids=["namespace", "name", "spec", "requester", "policy-version", "plan-hashes"],
+    ids=["namespace", "name", "spec", "requester", "policy-version", "plan-hashes", "admission-id"],
 )
 def test_a_stamp_moved_or_altered_does_not_verify(
     namespace: str, name: str, spec: AgentWorkflowSpec, changed: dict[str, str]
 ) -> None:
     ring = new_ring(key_id_at(NOW))
-    signed = {**sign(NAMESPACE, NAME, SPEC, STAMP, ring), **changed}
+    signed = {**sign(NAMESPACE, NAME, SPEC, STAMP, ring, ADMITTED), **changed}
     check = verify(namespace, name, spec, signed, ring)
     assert check.requester is None and check.problem is not None and "does not match" in check.problem
 
 
 def test_a_hand_written_stamp_is_unadmitted_and_says_why() -> None:
     ring = new_ring(key_id_at(NOW))
-    genuine = sign(NAMESPACE, NAME, SPEC, STAMP, ring)
-    assert "signature missing" in str(verify(NAMESPACE, NAME, SPEC, STAMP, ring).problem)
-    assert "not a v1 signature" in str(verify(NAMESPACE, NAME, SPEC, {**STAMP, SIGNATURE: "forged"}, ring).problem)
-    other_key = sign(NAMESPACE, NAME, SPEC, STAMP, new_ring("someoneelse"))
+    genuine = sign(NAMESPACE, NAME, SPEC, STAMP, ring, ADMITTED)
+    assert "signature, admission.paybill.dev/admission-id missing" in str(
+        verify(NAMESPACE, NAME, SPEC, STAMP, ring).problem
+    )
+    forged = {**STAMP, ADMISSION_ID: ADMITTED, SIGNATURE: "forged"}
+    assert "not a v2 signature" in str(verify(NAMESPACE, NAME, SPEC, forged, ring).problem)
+    other_key = sign(NAMESPACE, NAME, SPEC, STAMP, new_ring("someoneelse"), ADMITTED)
     assert "names key someoneelse, which is not in the operator's key ring" in str(
         verify(NAMESPACE, NAME, SPEC, other_key, ring).problem
     )
-    same_id_other_key = sign(NAMESPACE, NAME, SPEC, STAMP, new_ring(ring.current))
+    same_id_other_key = sign(NAMESPACE, NAME, SPEC, STAMP, new_ring(ring.current), ADMITTED)
     assert "does not match" in str(verify(NAMESPACE, NAME, SPEC, same_id_other_key, ring).problem)
     denied = admission_outcome(NAMESPACE, NAME, SPEC, {**genuine, REQUESTER: "x"}, ring)
     assert denied is not None and denied.report is not None
@@ -121,11 +152,11 @@ def test_without_its_keys_the_operator_waits_and_runs_nothing() -> None:
 
 def test_a_rotated_ring_signs_with_its_new_key_and_still_verifies_the_last_ones() -> None:
     ring = new_ring(key_id_at(NOW))
-    first = sign(NAMESPACE, NAME, SPEC, STAMP, ring)
+    first = sign(NAMESPACE, NAME, SPEC, STAMP, ring, ADMITTED)
     for hour in range(1, RING_SIZE + 1):
         ring = rotated(ring, key_id_at(NOW + datetime.timedelta(hours=hour)))
         assert len(ring.keys) == min(hour + 1, RING_SIZE)
-        latest = sign(NAMESPACE, NAME, SPEC, STAMP, ring)
+        latest = sign(NAMESPACE, NAME, SPEC, STAMP, ring, ADMITTED)
         assert latest[SIGNATURE].split(":")[1] == ring.current
         assert verify(NAMESPACE, NAME, SPEC, latest, ring).problem is None
         expected_first = None if hour < RING_SIZE else "not in the operator's key ring"
@@ -201,10 +232,14 @@ def test_with_the_webhooks_deleted_a_forged_stamp_is_denied_unadmitted_and_an_ad
     assert admitted.returncode == 0, admitted.stderr
     wait_workflow(cluster, namespace, "refund", "Succeeded")
     genuine = cluster.kube.get(API, "agentworkflows", "refund", namespace)["metadata"]["annotations"]
-    assert genuine[SIGNATURE].startswith("v1:")
+    assert genuine[SIGNATURE].startswith("v2:")
     assert cluster.kube.get("v1", "secrets", KEYS_SECRET, OPERATOR_NAMESPACE) is not None
     records = step_records(postgres, namespace, "refund")
     assert records and {r["requester"] for r in records} == {f"system:serviceaccount:{namespace}:{AGENT}"}
+    # submitted again while it exists: the webhooks admit it (as kube-apiserver asks them before the store finds
+    # the name taken), then 409; that admission is its own and frees nothing of the first one's
+    twice = agent("create", "-f", "-", stdin=workflow(namespace, "refund", [READ]))
+    assert twice.returncode != 0 and "already exists" in twice.stderr, twice.stderr
 
     for plural in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
         cluster.kube.delete("admissionregistration.k8s.io/v1", plural, CONFIGURATION)
@@ -232,7 +267,8 @@ def test_with_the_webhooks_deleted_a_forged_stamp_is_denied_unadmitted_and_an_ad
             REQUESTER: f"system:serviceaccount:{namespace}:{AGENT}",
             POLICY_VERSION: genuine[POLICY_VERSION],
             PLAN_HASHES: genuine[PLAN_HASHES],
-            SIGNATURE: "v1:" + genuine[SIGNATURE].split(":")[1] + ":" + "0" * 64,
+            ADMISSION_ID: genuine[ADMISSION_ID],
+            SIGNATURE: "v2:" + genuine[SIGNATURE].split(":")[1] + ":" + "0" * 64,
         },
         "none": {},
     }
@@ -252,7 +288,7 @@ def test_with_the_webhooks_deleted_a_forged_stamp_is_denied_unadmitted_and_an_ad
         assert cluster.kube.get("v1", "secrets", f"agentworkflow-{name}-results", namespace) is None
     assert "does not match" in warnings_about(cluster, namespace, "copied", "Unadmitted")[0]
     assert "does not match" in warnings_about(cluster, namespace, "hand-written", "Unadmitted")[0]
-    assert "signature missing" in warnings_about(cluster, namespace, "none", "Unadmitted")[0]
+    assert "admission-id missing" in warnings_about(cluster, namespace, "none", "Unadmitted")[0]
     with login(cluster, tenant) as conn:  # the forged FIX never ran
         assert conn.execute("SELECT status FROM orders WHERE id = 1").fetchone() == ("open",)
 

@@ -405,7 +405,7 @@ class _Webhook(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         request = review["request"]
-        self.reviews.append(request)
+        self.reviews.append({**request, "path": self.path})
         response: dict[str, Any] = {"uid": request["uid"], "allowed": True}
         if self.path == "/validate" and request["object"]["spec"].get("displayName") == "forbidden":
             response = {"uid": request["uid"], "allowed": False, "status": {"code": 403, "message": "no way"}}
@@ -486,6 +486,40 @@ def test_mutating_webhooks_patch_the_object(http: Http, webhook: str) -> None:
         _configuration("MutatingWebhookConfiguration", "m", f"{webhook}/mutate"),
     )
     assert http("POST", TENANTS, tenant()).json()["metadata"]["labels"] == {"mutated": "yes"}
+
+
+def test_a_generated_name_is_made_between_the_mutating_and_the_validating_webhooks(http: Http, webhook: str) -> None:
+    """As kube-apiserver: mutating webhooks see a generateName create without a name (the name is made, and
+    metadata validated, when the object is about to be stored), validating webhooks see the name made."""
+    for kind, name, path in (("Mutating", "m", "mutate"), ("Validating", "v", "validate")):
+        http(
+            "POST",
+            f"/apis/admissionregistration.k8s.io/v1/{kind.lower()}webhookconfigurations",
+            _configuration(f"{kind}WebhookConfiguration", name, f"{webhook}/{path}"),
+        )
+    body = tenant()
+    body["metadata"] = {"generateName": "gen-"}
+    created = http("POST", TENANTS, body)
+    assert created.status_code == 201, created.text
+    made = created.json()["metadata"]["name"]
+    mutating, validating = _Webhook.reviews
+    assert mutating["path"] == "/mutate" and not mutating["object"]["metadata"].get("name")
+    assert validating["path"] == "/validate" and validating["object"]["metadata"]["name"] == made
+    assert made.startswith("gen-") and len(made) == len("gen-") + 5
+
+
+def test_a_create_of_a_name_taken_is_refused_after_the_webhooks(http: Http, webhook: str) -> None:
+    """kube-apiserver asks every webhook before the store says the name is taken (409): a webhook with side effects
+    sees creates that are then refused."""
+    http(
+        "POST",
+        "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
+        _configuration("ValidatingWebhookConfiguration", "v", f"{webhook}/validate"),
+    )
+    assert http("POST", TENANTS, tenant("taken")).status_code == 201
+    again = http("POST", TENANTS, tenant("taken"))
+    assert again.status_code == 409 and again.json()["reason"] == "AlreadyExists"
+    assert [r["operation"] for r in _Webhook.reviews] == ["CREATE", "CREATE"]
 
 
 def test_webhook_failure_policy(http: Http) -> None:

@@ -208,7 +208,8 @@ class Control:
     ) -> int | None:
         """Add `statements` to the tenant's count for `day` if it stays within `limit`: the count after it, or None
         (nothing added). One statement, atomic: concurrent charges serialize on the row, and each sees the others'
-        sums. With the charge, the admitted stamp's `ticket` (its signature) is recorded unclaimed."""
+        sums. With the charge, the admitted stamp's `ticket` (its signature, unique to one admission: the stamp carries
+        an admission id) is recorded unclaimed; charged again, it keeps whatever claimed it."""
         with self.connections.session() as conn:
             self.prepare(conn)
             row = conn.execute(
@@ -220,7 +221,7 @@ class Control:
                 " ticket AS ("
                 " INSERT INTO paybill.admission_tickets (ticket) SELECT %(ticket)s::text FROM charged"
                 " WHERE %(ticket)s::text IS NOT NULL"
-                " ON CONFLICT (ticket) DO UPDATE SET uid = NULL, admitted_at = now() RETURNING 1)"
+                " ON CONFLICT (ticket) DO NOTHING RETURNING 1)"  # one admission's: its claim is never freed
                 " SELECT used FROM charged",
                 {"tenant": tenant, "day": day, "n": statements, "limit": limit, "ticket": ticket},
             ).fetchone()

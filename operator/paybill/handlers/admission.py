@@ -73,6 +73,7 @@ from ..workflows.admission import (
     stamp_matches,
 )
 from ..workflows.reconcile import PolicyView, tenant_suspended
+from ..workflows.stamp import ADMISSION_ID, new_admission_id
 from .admission_server import (
     Answer,
     RequestPayload,
@@ -505,8 +506,10 @@ async def review(
     userinfo: Mapping[str, Any],
     memo: kopf.Memo,
     indices: Mapping[str, kopf.Index[Any, Any]],
+    admission_id: str,
 ) -> Verdict:
-    """Read the request (the objects as the API server sent them) and the world, build the engine, ask `admit`."""
+    """Read the request (the objects as the API server sent them) and the world, build the engine, ask `admit`;
+    an admitted create's stamp is signed with `admission_id`."""
     namespace = _namespace(body)
     try:
         spec = AgentWorkflowSpec.model_validate(dict(body.get("spec") or {}))
@@ -526,7 +529,8 @@ async def review(
     world, tenant, policy = observe(namespace, spec, indices)
     if request.operation == "CREATE" and world.tenancy is not None:
         engine, problem = await engine_of(memo, tenant, policy, world.tenancy.tenant)
-    return await signed(admit(request, world, engine, problem), body, spec, memo)  # stamp.py: signed, verified
+    verdict = admit(request, world, engine, problem)
+    return await signed(verdict, body, spec, memo, admission_id)  # stamp.py: signed, verified
 
 
 async def stamp_verdict(
@@ -539,7 +543,7 @@ async def stamp_verdict(
     """The mutating webhook: a created workflow admitted with the stamp to write, or refused with every reason."""
     with counting("admission"):  # each submission once: this webhook is asked first (validation decides again)
         indexes = await world_indexes(memo, _namespace(body), indices)
-        return await review(operation, body, None, userinfo, memo, indexes)
+        return await review(operation, body, None, userinfo, memo, indexes, new_admission_id())
 
 
 async def validation_problem(
@@ -553,7 +557,8 @@ async def validation_problem(
 ) -> str | None:
     """The validating webhook: why this create or update is refused, or None."""
     indexes = await world_indexes(memo, _namespace(body), indices)
-    verdict = await review(operation, body, old, userinfo, memo, indexes)
+    admission_id = _annotations(body).get(ADMISSION_ID, "")  # the mutating webhook's: the stamp must match it
+    verdict = await review(operation, body, old, userinfo, memo, indexes, admission_id)
     if not verdict.allowed:
         return verdict.message
     if operation == "CREATE" and not stamp_matches(_annotations(body), verdict):

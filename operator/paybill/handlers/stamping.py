@@ -144,8 +144,11 @@ def ring_for(memo: kopf.Memo, annotations: Mapping[str, str]) -> KeyRing | None:
 # -- the webhooks' side ----------------------------------------------------------------------------------------------
 
 
-async def signed(verdict: Verdict, body: Mapping[str, Any], spec: AgentWorkflowSpec, memo: kopf.Memo) -> Verdict:
-    """An admitted create's stamp with its signature over the workflow's namespace, name and spec."""
+async def signed(
+    verdict: Verdict, body: Mapping[str, Any], spec: AgentWorkflowSpec, memo: kopf.Memo, admission_id: str
+) -> Verdict:
+    """An admitted create's stamp with its admission id and its signature over the workflow's namespace, name, spec
+    and that id (the mutating webhook makes the id; the validating one checks the stamp with the id it carries)."""
     if not verdict.allowed or not verdict.stamp:
         return verdict
     meta = body.get("metadata") or {}
@@ -156,7 +159,7 @@ async def signed(verdict: Verdict, body: Mapping[str, Any], spec: AgentWorkflowS
     ring = keys.cached() or await asyncio.to_thread(keys.ring)
     if ring is None:
         return refuse("the operator's admission keys could not be read: nothing is admitted unsigned")
-    return dataclasses.replace(verdict, stamp=sign(namespace, name, spec, verdict.stamp, ring))
+    return dataclasses.replace(verdict, stamp=sign(namespace, name, spec, verdict.stamp, ring, admission_id))
 
 
 async def charged(verdict: Verdict, memo: kopf.Memo, dryrun: bool, now: datetime.datetime) -> str | None:

@@ -33,8 +33,18 @@ def stamp_new(rtype: ResourceType, obj: dict[str, Any]) -> None:
     if rtype.key == NAMESPACE_KEY:
         obj["spec"] = {"finalizers": ["kubernetes"]}
         obj["status"] = {"phase": "Active"}
-        meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = meta["name"]
     meta.update(uid=str(uuid.uuid4()), generation=1, creationTimestamp=now())
+
+
+def named(rtype: ResourceType, obj: dict[str, Any]) -> None:
+    """A new object's name, once the mutating webhooks have run: made from generateName if it has none, then
+    checked (422 without one)."""
+    meta = obj["metadata"]
+    if not meta.get("name") and meta.get("generateName"):
+        meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+    check_meta(rtype, obj)
+    if rtype.key == NAMESPACE_KEY:
+        meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = meta["name"]
 
 
 def check_meta(rtype: ResourceType, obj: dict[str, Any]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import uuid
 from typing import Any
 
 from kmock._internal import rendering
@@ -19,7 +18,7 @@ from .registry import CRD_KEY, NAMESPACE_KEY, ResourceType
 from .replies import ApiError, invalid, not_found, qualified, status_error
 from .routing import Route
 from .schema import FieldError, apply_defaults, prune, validate
-from .stamping import check_meta, now, spec_changed, stamp_new, unchanged
+from .stamping import check_meta, named, now, spec_changed, stamp_new, unchanged
 
 IMMORTAL_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
 WEBHOOK_KEYS = {
@@ -48,9 +47,6 @@ class Writes(Finalizers):
             raise status_error(400, "BadRequest", "the request body must be a JSON object")
         obj = copy.deepcopy(body)
         meta = obj.setdefault("metadata", {})
-        if not meta.get("name") and meta.get("generateName"):
-            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
-        name = meta.get("name") or ""
         if rtype.namespaced:
             namespace = route.namespace or meta.get("namespace")
             if meta.get("namespace") and route.namespace and meta["namespace"] != route.namespace:
@@ -65,15 +61,9 @@ class Writes(Finalizers):
             meta["namespace"] = namespace
         else:
             meta.pop("namespace", None)
-        check_meta(rtype, obj)
-        if self.store.get(rtype.key, meta.get("namespace"), name) is not None:
-            raise status_error(
-                409,
-                "AlreadyExists",
-                f'{qualified(rtype)} "{name}" already exists',
-                {"name": name, "group": rtype.group, "kind": rtype.plural},
-            )
         stamp_new(rtype, obj)
+        # as kube-apiserver: a generated name and the metadata checks come after the mutating webhooks, and a name
+        # already taken is found when the object is stored, after every webhook (_unchanged_since)
         obj = await self._admit(route, "CREATE", obj, None, dry_run, field_validation)
         if rtype.key == CRD_KEY:
             self._accept_crd(obj)
@@ -107,7 +97,7 @@ class Writes(Finalizers):
         """Mutating webhooks, then schema pruning/defaulting/validation, then validating webhooks."""
         rtype = route.rtype
         self.access.check_escalation(rtype.key, obj, old, self.store)  # RBAC escalate/bind
-        name = obj["metadata"]["name"]
+        name = obj["metadata"].get("name") or ""  # none yet for a generateName create
         namespace = obj["metadata"].get("namespace")
         ns_obj = self.store.get(NAMESPACE_KEY, None, namespace) if namespace else None
         ns_labels = (ns_obj or {}).get("metadata", {}).get("labels") or {}
@@ -115,6 +105,8 @@ class Writes(Finalizers):
         try:
             mutated = await self._review("mutating", request)
             assert mutated is not None
+            if old is None:
+                named(rtype, mutated)
             obj = self._apply_schema(rtype, mutated, old, field_validation)
             await self._review("validating", AdmissionRequest(**{**request.__dict__, "obj": obj}))
         except AdmissionDenied as denied:

@@ -4,10 +4,11 @@ The webhooks stamp an admitted workflow with its requester, the policy version a
 (workflows/admission.py), but a stamp is only annotations: with the webhook configurations deleted (by an admin, an
 uninstall, a broken upgrade) anyone allowed to create AgentWorkflows could write one naming another agent. So the
 stamp carries an HMAC-SHA256 over the workflow's identity that does not depend on its uid (unknown at admission):
-namespace, name, requester, policy version, plan hashes and a digest of the spec. The key is the operator's own
-(made once, kept where only the operator reads it: handlers/stamping.py), in a small ring by id so that keys can be
-rotated while workflows signed with an older one are still verified. The operator runs a workflow only if `verify`
-finds its stamp whole; otherwise it is Denied (`Unadmitted`) and nothing runs.
+namespace, name, requester, policy version, plan hashes, a digest of the spec and an admission id the mutating
+webhook makes for each admission (so each admission's signature, the ticket its object claims, is its own). The
+key is the operator's own (made once, kept where only the operator reads it: handlers/stamping.py), in a small ring
+by id so that keys can be rotated while workflows signed with an older one are still verified. The operator runs
+a workflow only if `verify` finds its stamp whole; otherwise it is Denied (`Unadmitted`) and nothing runs.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from ..lifecycle.agents import Outcome, Report, Wait
 from ..lifecycle.outcome import Notice
 from .admission import PLAN_HASHES, POLICY_VERSION, REQUESTER, STAMP_PREFIX
 
-SIGNATURE = STAMP_PREFIX + "signature"  # "v1:<key id>:<hex HMAC-SHA256>"
-FORMAT = "v1"
+SIGNATURE = STAMP_PREFIX + "signature"  # "v2:<key id>:<hex HMAC-SHA256>"
+ADMISSION_ID = STAMP_PREFIX + "admission-id"  # random, one per admission: signed (v2)
+FORMAT = "v2"
+LEGACY_FORMAT = "v1"  # stamps of workflows admitted before admission ids: verified, never made
 KEY_BYTES = 32
 RING_SIZE = 4  # keys kept: the current one and the last three it replaced
 KEY_ID = re.compile(r"^[a-z0-9]{1,32}$")
@@ -91,16 +94,30 @@ def spec_digest(spec: AgentWorkflowSpec) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _mac(key: bytes, namespace: str, name: str, stamp: Mapping[str, str], spec: AgentWorkflowSpec) -> str:
-    message = [FORMAT, namespace, name, *(stamp.get(k, "") for k in SIGNED), spec_digest(spec)]
+def _mac(key: bytes, form: str, namespace: str, name: str, stamp: Mapping[str, str], spec: AgentWorkflowSpec) -> str:
+    message = [form, namespace, name, *(stamp.get(k, "") for k in SIGNED), spec_digest(spec)]
+    if form == FORMAT:
+        message.append(stamp.get(ADMISSION_ID, ""))
     encoded = json.dumps(message, separators=(",", ":"), ensure_ascii=True).encode()
     return hmac.new(key, encoded, hashlib.sha256).hexdigest()
 
 
-def sign(namespace: str, name: str, spec: AgentWorkflowSpec, stamp: Mapping[str, str], ring: KeyRing) -> dict[str, str]:
-    """The stamp with its signature, by the ring's current key."""
-    mac = _mac(ring.keys[ring.current], namespace, name, stamp, spec)
-    return {**stamp, SIGNATURE: f"{FORMAT}:{ring.current}:{mac}"}
+def new_admission_id() -> str:
+    return secrets.token_hex(16)
+
+
+def sign(
+    namespace: str,
+    name: str,
+    spec: AgentWorkflowSpec,
+    stamp: Mapping[str, str],
+    ring: KeyRing,
+    admission_id: str,
+) -> dict[str, str]:
+    """The stamp with its admission id and its signature, by the ring's current key."""
+    stamped = {**stamp, ADMISSION_ID: admission_id}
+    mac = _mac(ring.keys[ring.current], FORMAT, namespace, name, stamped, spec)
+    return {**stamped, SIGNATURE: f"{FORMAT}:{ring.current}:{mac}"}
 
 
 @dataclass(frozen=True)
@@ -114,24 +131,25 @@ class StampCheck:
 def signing_key(annotations: Mapping[str, str]) -> str | None:
     """The key id a signature names (None: no signature of this format)."""
     form, _, rest = annotations.get(SIGNATURE, "").partition(":")
-    return rest.partition(":")[0] or None if form == FORMAT else None
+    return rest.partition(":")[0] or None if form in (FORMAT, LEGACY_FORMAT) else None
 
 
 def verify(
     namespace: str, name: str, spec: AgentWorkflowSpec, annotations: Mapping[str, str], ring: KeyRing
 ) -> StampCheck:
     """Whether the workflow carries a stamp the operator's webhook signed for exactly this namespace, name and spec."""
-    missing = [key for key in (*SIGNED, SIGNATURE) if not annotations.get(key)]
+    form, _, rest = annotations.get(SIGNATURE, "").partition(":")
+    needed = (*SIGNED, SIGNATURE, ADMISSION_ID) if form != LEGACY_FORMAT else (*SIGNED, SIGNATURE)
+    missing = [key for key in needed if not annotations.get(key)]
     if missing:
         return StampCheck(problem=f"not admitted by the operator's webhook: {', '.join(missing)} missing")
-    form, _, rest = annotations[SIGNATURE].partition(":")
     key_id, _, mac = rest.partition(":")
-    if form != FORMAT or not key_id or not mac:
+    if form not in (FORMAT, LEGACY_FORMAT) or not key_id or not mac:
         return StampCheck(problem=f"{SIGNATURE} is not a {FORMAT} signature")
     key = ring.keys.get(key_id)
     if key is None:
         return StampCheck(problem=f"{SIGNATURE} names key {key_id}, which is not in the operator's key ring")
-    if not hmac.compare_digest(mac, _mac(key, namespace, name, annotations, spec)):
+    if not hmac.compare_digest(mac, _mac(key, form, namespace, name, annotations, spec)):
         return StampCheck(
             problem=f"{SIGNATURE} does not match the workflow's namespace, name, requester, policy version, plan "
             "hashes and spec: the stamp was written or changed by someone other than the operator's webhook"
