@@ -77,6 +77,16 @@ def test_who_may_not_approve_or_reject(who: Requester, may: bool, submitter: str
             assert not verdict.allowed and message in verdict.message and verdict.grants == ()
 
 
+def test_a_person_who_can_act_as_the_submitting_account_may_not_approve() -> None:
+    """Whoever may mint the agent's tokens or impersonate it can submit as the agent: approving too would be one
+    person doing both."""
+    key = APPROVE_PREFIX + "refund"
+    verdict = review({}, {key: H1}, acts_as_submitter=True, submitter=AGENT.username)
+    assert not verdict.allowed and verdict.grants == ()
+    assert "can act as system:serviceaccount:tenant-acme:tenant-agent, which submitted this workflow" in verdict.message
+    assert review({}, {key: H1}, acts_as_submitter=False, submitter=AGENT.username).allowed
+
+
 def test_a_create_that_carries_an_approval_is_the_agent_approving_itself() -> None:
     verdict = review(None, {APPROVE_PREFIX + "refund": H1}, AGENT)
     assert not verdict.allowed and "ServiceAccount" in verdict.message

@@ -311,3 +311,44 @@ def test_two_approvals_each_under_its_own_key_run_the_step(
     assert order_status(operator, name) == "refunded"
     grants = [r.details for r in records(postgres, namespace, "refund") if r.event == "ApprovalGranted"]
     assert [(g["approver"], g["annotation"]) for g in grants] == [("user:alice", key), ("user:bob", key + ".bob")]
+
+
+def test_a_person_who_can_mint_the_agents_tokens_may_not_approve_its_steps(
+    operator: Any, tenant: tuple[str, str], tmp_path: Path
+) -> None:
+    """alice, an approver who may also create tokens for the agent's ServiceAccount, could submit as the agent and
+    approve as herself: the webhook refuses her approval (outside review: one person both submitting and
+    approving)."""
+    _, namespace = tenant
+    agent = kubectl_as(operator.service_account_kubeconfig(namespace, AGENT), tmp_path)
+    alice = kubectl_as(user_kubeconfig(operator, "alice"), tmp_path)
+    bind_approver(operator, namespace, {"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"})
+    operator.kube.apply(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": "agent-tokens", "namespace": namespace},
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["serviceaccounts/token"],
+                    "verbs": ["create"],
+                    "resourceNames": [AGENT],
+                }
+            ],
+        }
+    )
+    operator.kube.apply(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "agent-tokens-alice", "namespace": namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "agent-tokens"},
+            "subjects": [{"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}],
+        }
+    )
+    submit(agent, namespace, "refund")
+    plan_hash = awaiting(operator, namespace, "refund")["approval"]["planHash"]
+    refused = annotate(alice, namespace, "refund", APPROVE_PREFIX + "fix", plan_hash)
+    assert refused.returncode != 0 and "which submitted this workflow" in refused.stderr, refused.stderr
+    assert workflow_status(operator, namespace, "refund")["phase"] == "AwaitingApproval"

@@ -338,11 +338,12 @@ async def review_approvals(
     namespace, name = str(body.metadata.namespace), str(body.metadata.name)
     try:
         may = await asyncio.to_thread(_may_approve, memo.kube, requester, namespace, name)
+        acts_as = await asyncio.to_thread(_acts_as, memo.kube, requester, submitter) if may and submitter else False
     except KubeError as exc:  # the API server could not say: nothing is approved on a guess
         return f"whether {requester.username} may approve could not be checked: {first_line(exc)}"
     steps = [str(step.get("name")) for step in body.spec.get("steps") or []]
     uid = str((old or body).metadata.uid)
-    verdict = approvals.review(old_annotations, new_annotations, requester, may, uid, steps, submitter)
+    verdict = approvals.review(old_annotations, new_annotations, requester, may, uid, steps, submitter, acts_as)
     if not verdict.allowed or dryrun or not verdict.grants:
         return None if verdict.allowed else verdict.message
     log: AuditLog | None = memo.audit
@@ -369,22 +370,29 @@ async def review_approvals(
 
 def _may_approve(kube: Kube, requester: Requester, namespace: str, name: str) -> bool:
     """The API server's answer: may the requester `approve` this AgentWorkflow (a SubjectAccessReview)."""
+    attributes = {"verb": approvals.APPROVE_VERB, "group": GROUP, "resource": "agentworkflows", "name": name}
+    return _allowed(kube, requester, {"namespace": namespace, **attributes})
+
+
+def _acts_as(kube: Kube, requester: Requester, submitter: str) -> bool:
+    """Whether the requester may act as the ServiceAccount `submitter` names (system:serviceaccount:<ns>:<name>):
+    mint its tokens or impersonate it (a person who can do either could have submitted the workflow)."""
+    namespace, _, account = submitter.removeprefix(approvals.SERVICE_ACCOUNT_USER).partition(":")
+    if not submitter.startswith(approvals.SERVICE_ACCOUNT_USER) or not namespace or not account:
+        return False
+    mint = {"namespace": namespace, "verb": "create", "resource": "serviceaccounts", "subresource": "token"}
+    impersonate = {"namespace": namespace, "verb": "impersonate", "resource": "serviceaccounts"}
+    return any(_allowed(kube, requester, {**attributes, "name": account}) for attributes in (mint, impersonate))
+
+
+def _allowed(kube: Kube, requester: Requester, attributes: Mapping[str, str]) -> bool:
+    """A SubjectAccessReview of the requester for `attributes`."""
     review = kube.create(
         {
             "apiVersion": "authorization.k8s.io/v1",
             "kind": "SubjectAccessReview",
             "metadata": {},
-            "spec": {
-                "user": requester.username,
-                "groups": list(requester.groups),
-                "resourceAttributes": {
-                    "namespace": namespace,
-                    "verb": approvals.APPROVE_VERB,
-                    "group": GROUP,
-                    "resource": "agentworkflows",
-                    "name": name,
-                },
-            },
+            "spec": {"user": requester.username, "groups": list(requester.groups), "resourceAttributes": attributes},
         }
     )
     return bool((review.get("status") or {}).get("allowed"))

@@ -174,12 +174,15 @@ def review(
     workflow_uid: str,
     steps: Iterable[str],
     submitter: str | None = None,
+    acts_as_submitter: bool = False,
 ) -> Review:
     """Admit a write of approve-/reject- annotations only from a person with the approve verb on this workflow who
     did not submit it, for steps it has, with a plan hash as value; what it sets becomes a Grant to record.
 
     `may_approve`: the API server's answer (SubjectAccessReview) to whether the requester may `approve`
-    agentworkflows in the workflow's namespace. `submitter`: the username that created the workflow, if known."""
+    agentworkflows in the workflow's namespace. `submitter`: the username that created the workflow, if known;
+    `acts_as_submitter`: whether the requester may mint that ServiceAccount's tokens or impersonate it (and so
+    submit as it)."""
     written = changes(old, new)
     if not written:
         return Review(True)
@@ -188,6 +191,12 @@ def review(
         return Review(False, f"{who} is a ServiceAccount: only a person with the approver role approves or rejects")
     if submitter is not None and requester.username == submitter:
         return Review(False, f"{who} submitted this workflow and may not approve or reject its steps")
+    if submitter is not None and acts_as_submitter:
+        return Review(
+            False,
+            f"{who} can act as {submitter}, which submitted this workflow (its tokens or impersonation): one "
+            "person may not both submit and approve",
+        )
     if not may_approve:
         return Review(
             False,
