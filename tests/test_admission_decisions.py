@@ -217,6 +217,10 @@ def test_updates_may_not_touch_the_spec_or_the_stamp() -> None:
     assert "written by admission only" in admit(forged, world(), ENGINE).message
     removed = Request("UPDATE", NAMESPACE, "admin", spec(READ), {}, spec(READ), stamp)
     assert not admit(removed, world(), ENGINE).allowed
+    # a parameter 1 made true (or 1.0): equal in Python, another statement to run; the spec is compared as JSON
+    for other in (True, 1.0):
+        changed = Request("UPDATE", NAMESPACE, "admin", spec({**FIX, "params": [other]}), stamp, spec(FIX), stamp)
+        assert "fixed once submitted" in admit(changed, world(), ENGINE).message, other
 
 
 def test_service_accounts_are_parsed_strictly() -> None:

@@ -157,9 +157,14 @@ def stamp_matches(annotations: Mapping[str, str], verdict: Verdict) -> bool:
     return stamp_of(annotations) == dict(verdict.stamp)
 
 
+def canonical_spec(spec: AgentWorkflowSpec) -> str:
+    """The spec as canonical JSON: what is compared and signed (Python's == takes 1, 1.0 and True for one value)."""
+    return json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+
+
 def _admit_update(request: Request) -> Verdict:
     reasons = []
-    if request.old_spec is not None and request.old_spec != request.spec:
+    if request.old_spec is not None and canonical_spec(request.old_spec) != canonical_spec(request.spec):
         reasons.append(
             "an AgentWorkflow's spec (steps, principal, policyRef) is fixed once submitted: submit a new one"
         )

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from ..api.agentworkflow import AgentWorkflowSpec, AgentWorkflowStatus
 from ..lifecycle.agents import Outcome, Report, Wait
 from ..lifecycle.outcome import Notice
-from .admission import PLAN_HASHES, POLICY_VERSION, REQUESTER, STAMP_PREFIX
+from .admission import PLAN_HASHES, POLICY_VERSION, REQUESTER, STAMP_PREFIX, canonical_spec
 
 SIGNATURE = STAMP_PREFIX + "signature"  # "v2:<key id>:<hex HMAC-SHA256>"
 ADMISSION_ID = STAMP_PREFIX + "admission-id"  # random, one per admission: signed (v2)
@@ -90,8 +90,7 @@ def ring_of(fields: Mapping[str, bytes]) -> KeyRing:
 
 def spec_digest(spec: AgentWorkflowSpec) -> str:
     """SHA-256 of the spec as its model reads it (canonical JSON): what was admitted is what runs."""
-    canonical = json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(canonical_spec(spec).encode()).hexdigest()
 
 
 def _mac(key: bytes, form: str, namespace: str, name: str, stamp: Mapping[str, str], spec: AgentWorkflowSpec) -> str:
