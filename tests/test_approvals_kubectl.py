@@ -88,6 +88,19 @@ def bind_approver(cluster: Any, namespace: str, subject: dict[str, str]) -> None
     )
 
 
+def bind_user(cluster: Any, namespace: str, role_kind: str, role: str, user: str) -> None:
+    """A RoleBinding in `namespace` of the Role or ClusterRole `role` to the person `user`."""
+    cluster.kube.apply(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": f"{role}-{user}", "namespace": namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
+            "subjects": [{"kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io"}],
+        }
+    )
+
+
 def submit(agent: Kubectl, namespace: str, name: str) -> None:
     body = {
         "apiVersion": API,
@@ -193,15 +206,7 @@ def test_only_the_approver_approving_exactly_the_hash_runs_the_step(
             "rules": [{"apiGroups": ["paybill.dev"], "resources": ["agentworkflows"], "verbs": ["get", "patch"]}],
         }
     )
-    operator.kube.apply(
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": {"name": "editor-mallory", "namespace": namespace},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "workflow-editor"},
-            "subjects": [{"kind": "User", "name": "mallory", "apiGroup": "rbac.authorization.k8s.io"}],
-        }
-    )
+    bind_user(operator, namespace, "ClusterRole", "workflow-editor", "mallory")
     editor = annotate(mallory, namespace, "refund", key, plan_hash)
     assert editor.returncode != 0 and "may not approve agentworkflows" in editor.stderr, editor.stderr
     annotations = operator.kube.get(API, "agentworkflows", "refund", namespace)["metadata"].get("annotations") or {}
@@ -338,15 +343,7 @@ def test_a_person_who_can_mint_the_agents_tokens_may_not_approve_its_steps(
             ],
         }
     )
-    operator.kube.apply(
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": {"name": "agent-tokens-alice", "namespace": namespace},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "agent-tokens"},
-            "subjects": [{"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}],
-        }
-    )
+    bind_user(operator, namespace, "Role", "agent-tokens", "alice")
     submit(agent, namespace, "refund")
     plan_hash = awaiting(operator, namespace, "refund")["approval"]["planHash"]
     refused = annotate(alice, namespace, "refund", APPROVE_PREFIX + "fix", plan_hash)
