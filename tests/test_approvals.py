@@ -280,7 +280,24 @@ AWAITING = {
 def test_a_waiting_workflow_runs_again_only_on_news(
     annotations: dict[str, str], observed: workflows.Observed, runs: bool
 ) -> None:
-    outcome = workflows.decide(workflow(annotations, **AWAITING), observed)
+    _runs_again_only_on_news(annotations, observed, runs, AWAITING)
+
+
+def test_approvals_already_counted_are_no_news() -> None:
+    """minApprovals 2 and one given: the run was tried with it, and trying again at every look changes nothing."""
+    counted = {**AWAITING, "approval": {**AWAITING["approval"], "approvedBy": ["user:alice"]}}
+    approved = {APPROVE_PREFIX + "refund": H1}
+    _runs_again_only_on_news(approved, seen(grants=(APPROVED,)), False, counted)
+    bob = Grant(UID, "refund", Verdict.APPROVE, H1, "user:bob", APPROVE_PREFIX + "refund.bob")
+    both = {**approved, APPROVE_PREFIX + "refund.bob": H1}
+    _runs_again_only_on_news(both, seen(grants=(APPROVED, bob)), True, counted)  # a second approver
+    _runs_again_only_on_news({}, seen(grants=(APPROVED,)), True, counted)  # alice withdrew: status says so again
+
+
+def _runs_again_only_on_news(
+    annotations: dict[str, str], observed: workflows.Observed, runs: bool, status: dict[str, Any]
+) -> None:
+    outcome = workflows.decide(workflow(annotations, **status), observed)
     if runs:
         assert outcome.retry is None  # it goes on to load the engine (or wait for what that needs)
     else:

@@ -308,6 +308,9 @@ def test_two_approvals_each_under_its_own_key_run_the_step(
     looked_again(operator, namespace, "refund")
     assert workflow_status(operator, namespace, "refund")["phase"] == "AwaitingApproval"
     assert order_status(operator, name) == "open"
+    denied = audited(postgres, namespace, "refund", "StepDenied")
+    looked_again(operator, namespace, "refund", times=3)  # one approval of two is no news at every look
+    assert audited(postgres, namespace, "refund", "StepDenied") == denied
 
     assert annotate(bob, namespace, "refund", key + ".bob", plan_hash).returncode == 0
     admin = kubectl_as(operator.kubeconfig, tmp_path)

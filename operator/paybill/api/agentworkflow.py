@@ -75,6 +75,11 @@ class ApprovalStatus(Model):
         json_schema_extra=LIST_ATOMIC,
         description="Earlier plan hashes of the step: approvals of them are void (the policy or the schema changed).",
     )
+    approvedBy: list[str] = Field(
+        default_factory=list,
+        json_schema_extra=LIST_ATOMIC,
+        description="Who has approved the awaited plan hash so far (recorded approvals of it, e.g. user:alice).",
+    )
     message: str = Field(default="", description="What is awaited, and how to approve or reject it.")
 
 

@@ -231,16 +231,17 @@ def step_record(workflow: WorkflowObject, outcome: StepOutcome) -> AuditRecord:
 
 
 def approval_news(workflow: WorkflowObject, seen: Observed) -> bool:
-    """Whether a workflow waiting for approval may run further: an approval of the awaited hash or a rejection was
-    admitted, or the policy's version moved (the awaited hash is void). Only a trigger: what runs is decided again."""
+    """Whether a workflow waiting for approval may run further: the approvers of the awaited hash changed since the
+    last look, a rejection was admitted, or the policy's version moved (the awaited hash is void). Only a trigger:
+    what runs is decided again."""
     pending = workflow.status.approval
     if pending is None:
         return True
     annotations, grants = workflow.annotations, seen.grants
     if approvals.rejection(pending.step, annotations, grants) is not None:
         return True
-    if approvals.granted(pending.step, pending.planHash, annotations, grants):
-        return True
+    if approvals.granted(pending.step, pending.planHash, annotations, grants) != set(pending.approvedBy):
+        return True  # an approval more (or one withdrawn): fewer than a rule needs is no news at every look
     return seen.policy is not None and seen.policy.status.policyVersion != pending.policyVersion
 
 
@@ -316,7 +317,12 @@ def awaiting(workflow: WorkflowObject, run: Run, grants: Sequence[Grant], said: 
         completedSteps=running.completedSteps,
         policyVersion=run.version,
         approval=ApprovalStatus(
-            step=last.name, planHash=plan_hash, policyVersion=run.version, voided=sorted(void), message=message
+            step=last.name,
+            planHash=plan_hash,
+            policyVersion=run.version,
+            voided=sorted(void),
+            approvedBy=sorted(approvals.granted(last.name, plan_hash, workflow.annotations, grants)),
+            message=message,
         ),
     )
     events: tuple[Notice, ...] = ()
