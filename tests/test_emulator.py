@@ -471,6 +471,7 @@ def test_validating_webhooks_are_called_and_can_deny(http: Http, webhook: str) -
     denied = http("POST", TENANTS, tenant("no", displayName="forbidden"))
     assert denied.status_code == 403
     assert denied.json()["message"] == 'admission webhook "v.paybill.dev" denied the request: no way'
+    assert not denied.json().get("reason")  # the webhook gave none (kubectl: "Error from server: ...")
     assert [r["operation"] for r in _Webhook.reviews] == ["CREATE", "CREATE"]
     assert _Webhook.reviews[0]["object"]["spec"]["deletionPolicy"] == "snapshot"  # after defaulting
     http("PATCH", f"{TENANTS}/ok", {"spec": {"displayName": "x"}}, headers=MERGE)

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 class AdmissionDenied(Exception):
     code: int
     message: str
-    reason: str = "BadRequest"
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ class Admission:
                     raise AdmissionDenied(
                         max(int(status.get("code") or 400), 400),
                         f'admission webhook "{name}" denied the request: {message}',
-                        status.get("reason") or "BadRequest",
+                        str(status.get("reason") or ""),  # as kube-apiserver: the webhook's, if it gave one
                     )
                 if mutating and answer.get("patch") and obj is not None:
                     try:
