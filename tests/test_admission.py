@@ -99,6 +99,8 @@ def test_the_operator_registers_fail_closed_webhooks(operator: Any) -> None:
     assert sorted(hook["name"] for hook in hooks) == sorted([webhook_name(STAMP_ID), webhook_name(VALIDATE_ID)])
     assert {hook["failurePolicy"] for hook in hooks} == {"Fail"}
     assert all(hook["clientConfig"]["url"].startswith("http://127.0.0.1:") for hook in hooks)
+    effects = {hook["name"]: hook["sideEffects"] for hook in hooks}  # approvals and charges: never on a dry run
+    assert effects == {webhook_name(STAMP_ID): "None", webhook_name(VALIDATE_ID): "NoneOnDryRun"}
 
 
 def test_a_valid_workflow_is_admitted_stamped_and_runs(

@@ -321,12 +321,23 @@ def test_two_approvals_each_under_its_own_key_run_the_step(
     assert [(g["approver"], g["annotation"]) for g in grants] == [("user:alice", key), ("user:bob", key + ".bob")]
 
 
-def test_a_person_who_can_mint_the_agents_tokens_may_not_approve_its_steps(
-    operator: Any, tenant: tuple[str, str], tmp_path: Path
+@pytest.mark.parametrize(
+    "rule",
+    [
+        pytest.param(
+            {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"], "resourceNames": [AGENT]},
+            id="mints-its-tokens",
+        ),
+        pytest.param({"apiGroups": [""], "resources": ["pods"], "verbs": ["create"]}, id="runs-a-pod-as-it"),
+        pytest.param({"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["patch"]}, id="changes-a-job's-account"),
+    ],
+)
+def test_a_person_who_can_act_as_the_agent_may_not_approve_its_steps(
+    operator: Any, tenant: tuple[str, str], tmp_path: Path, rule: dict[str, Any]
 ) -> None:
-    """alice, an approver who may also create tokens for the agent's ServiceAccount, could submit as the agent and
-    approve as herself: the webhook refuses her approval (outside review: one person both submitting and
-    approving)."""
+    """alice, an approver who may also mint the agent ServiceAccount's tokens, or run a workload (a Pod may name any
+    ServiceAccount of its namespace) as it, could submit as the agent and approve as herself: the webhook refuses
+    her approval (outside reviews: one person both submitting and approving)."""
     _, namespace = tenant
     agent = kubectl_as(operator.service_account_kubeconfig(namespace, AGENT), tmp_path)
     alice = kubectl_as(user_kubeconfig(operator, "alice"), tmp_path)
@@ -335,18 +346,11 @@ def test_a_person_who_can_mint_the_agents_tokens_may_not_approve_its_steps(
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
-            "metadata": {"name": "agent-tokens", "namespace": namespace},
-            "rules": [
-                {
-                    "apiGroups": [""],
-                    "resources": ["serviceaccounts/token"],
-                    "verbs": ["create"],
-                    "resourceNames": [AGENT],
-                }
-            ],
+            "metadata": {"name": "act-as-agent", "namespace": namespace},
+            "rules": [rule],
         }
     )
-    bind_user(operator, namespace, "Role", "agent-tokens", "alice")
+    bind_user(operator, namespace, "Role", "act-as-agent", "alice")
     submit(agent, namespace, "refund")
     plan_hash = awaiting(operator, namespace, "refund")["approval"]["planHash"]
     refused = annotate(alice, namespace, "refund", APPROVE_PREFIX + "fix", plan_hash)

@@ -19,6 +19,7 @@ from ..api.crdgen import all_crds
 from ..database.server import LocalPostgres
 from ..handlers.settings import DATABASE_URL_ENV, STATE_DIR_ENV
 from ..kubeclient import Kube
+from ..workflows.approvals import APPROVER_ROLE, approver_cluster_role
 from .console import DemoError, say
 from .waiting import wait_until
 
@@ -214,9 +215,11 @@ def start_emulator(stack: Stack, state_dir: Path, port: int | None, timeout: flo
 
 
 def register_crds(kube: Kube) -> None:
+    """The CRDs, and the approver ClusterRole the chart ships (bound to a person, it approves workflow steps)."""
     for crd in all_crds():
         kube.apply(crd)
-    say(f"  {len(all_crds())} Paybill CRDs registered")
+    kube.apply(approver_cluster_role())
+    say(f"  {len(all_crds())} Paybill CRDs registered, and ClusterRole {APPROVER_ROLE}")
 
 
 def start_operator(

@@ -638,8 +638,14 @@ async def stamp_workflow(
     patch.metadata.annotations.update(verdict.stamp)
 
 
-@kopf.on.validate(
-    GROUP, VERSION, "agentworkflows", id=VALIDATE_ID, operations=list(VALIDATE_OPERATIONS), persistent=True
+@kopf.on.validate(  # side effects (approvals recorded, statements charged), never for a dry run: NoneOnDryRun
+    GROUP,
+    VERSION,
+    "agentworkflows",
+    id=VALIDATE_ID,
+    operations=list(VALIDATE_OPERATIONS),
+    persistent=True,
+    side_effects=True,
 )
 async def validate_workflow(
     body: kopf.Body,

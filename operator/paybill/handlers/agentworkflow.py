@@ -376,13 +376,22 @@ def _may_approve(kube: Kube, requester: Requester, namespace: str, name: str) ->
 
 def _acts_as(kube: Kube, requester: Requester, submitter: str) -> bool:
     """Whether the requester may act as the ServiceAccount `submitter` names (system:serviceaccount:<ns>:<name>):
-    mint its tokens or impersonate it (a person who can do either could have submitted the workflow)."""
+    mint its tokens, impersonate it, or run or exec into a workload in its namespace (a person who can could have
+    submitted the workflow). Tokens minted earlier by someone who has since lost the right are not seen."""
     namespace, _, account = submitter.removeprefix(approvals.SERVICE_ACCOUNT_USER).partition(":")
     if not submitter.startswith(approvals.SERVICE_ACCOUNT_USER) or not namespace or not account:
         return False
-    mint = {"namespace": namespace, "verb": "create", "resource": "serviceaccounts", "subresource": "token"}
-    impersonate = {"namespace": namespace, "verb": "impersonate", "resource": "serviceaccounts"}
-    return any(_allowed(kube, requester, {**attributes, "name": account}) for attributes in (mint, impersonate))
+    checks = [(*check, account) for check in approvals.ACTING_AS_ACCOUNT]
+    checks += [(*check, "") for check in approvals.RUNNING_AS_ACCOUNT]
+    return any(
+        _allowed(
+            kube,
+            requester,
+            {"namespace": namespace, "group": group, "resource": resource, "subresource": sub, "verb": verb}
+            | ({"name": name} if name else {}),
+        )
+        for group, resource, sub, verb, name in checks
+    )
 
 
 def _allowed(kube: Kube, requester: Requester, attributes: Mapping[str, str]) -> bool:

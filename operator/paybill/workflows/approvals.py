@@ -40,6 +40,20 @@ APPROVER_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["paybill.dev"], "resources": ["agentpolicies"], "verbs": ["get", "list", "watch"]},
 ]
 PLAN_HASH = re.compile(r"^[0-9a-f]{32}$")
+# What lets a person act as a ServiceAccount of a namespace (and so submit as an agent): mint its tokens,
+# impersonate it, or run a workload under it (any Pod may name any ServiceAccount of its namespace) or exec into one.
+# (group, resource, subresource, verb); checked only where the ServiceAccount's name is given.
+ACTING_AS_ACCOUNT: tuple[tuple[str, str, str, str], ...] = (
+    ("", "serviceaccounts", "token", "create"),
+    ("", "serviceaccounts", "", "impersonate"),
+)
+RUNNING_AS_ACCOUNT: tuple[tuple[str, str, str, str], ...] = (
+    *(("", "pods", sub, "create") for sub in ("", "exec", "attach")),
+    *((group, resource, "", verb) for group, resource in (
+        ("", "replicationcontrollers"), ("apps", "deployments"), ("apps", "statefulsets"), ("apps", "daemonsets"),
+        ("apps", "replicasets"), ("batch", "jobs"), ("batch", "cronjobs"),
+    ) for verb in ("create", "update", "patch")),
+)  # fmt: skip
 SERVICE_ACCOUNT_USER = "system:serviceaccount:"
 AUDIT_KIND = "AgentWorkflow"
 
@@ -181,8 +195,8 @@ def review(
 
     `may_approve`: the API server's answer (SubjectAccessReview) to whether the requester may `approve`
     agentworkflows in the workflow's namespace. `submitter`: the username that created the workflow, if known;
-    `acts_as_submitter`: whether the requester may mint that ServiceAccount's tokens or impersonate it (and so
-    submit as it)."""
+    `acts_as_submitter`: whether the requester may act as that ServiceAccount (ACTING_AS_ACCOUNT,
+    RUNNING_AS_ACCOUNT), and so could have submitted as it."""
     written = changes(old, new)
     if not written:
         return Review(True)
@@ -194,8 +208,8 @@ def review(
     if submitter is not None and acts_as_submitter:
         return Review(
             False,
-            f"{who} can act as {submitter}, which submitted this workflow (its tokens or impersonation): one "
-            "person may not both submit and approve",
+            f"{who} can act as {submitter}, which submitted this workflow (its tokens, impersonation, or a "
+            "workload run as it): one person may not both submit and approve",
         )
     if not may_approve:
         return Review(
