@@ -509,6 +509,42 @@ def test_a_generated_name_is_made_between_the_mutating_and_the_validating_webhoo
     assert made.startswith("gen-") and len(made) == len("gen-") + 5
 
 
+@pytest.mark.parametrize(
+    "key",
+    ["a/b/c", "bad key", "paybill.dev/approve-x.", "paybill.dev/" + "n" * 64, "Upper.Case/x", "/x"],
+)
+def test_label_and_annotation_keys_are_qualified_names(http: Http, key: str) -> None:
+    for field in ("annotations", "labels"):
+        body = tenant(f"keys-{field}")
+        body["metadata"][field] = {key: "v"}
+        refused = http("POST", TENANTS, body)
+        assert refused.status_code == 422 and f"metadata.{field}" in refused.text, (field, key, refused.text)
+    assert (
+        http(
+            "POST",
+            TENANTS,
+            {
+                **tenant("keys-ok"),
+                "metadata": {
+                    "name": "keys-ok",
+                    "annotations": {
+                        "paybill.dev/approve-fix.alice": "x",
+                        "kopf.zalando.org/last-handled-configuration": "{}",
+                    },
+                },
+            },
+        ).status_code
+        == 201
+    )
+
+
+def test_a_long_generate_name_is_cut_to_leave_a_name_of_63(http: Http) -> None:
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "p" * 100}}
+    created = http("POST", "/api/v1/namespaces/default/configmaps", body)
+    assert created.status_code == 201, created.text
+    assert len(created.json()["metadata"]["name"]) == 63
+
+
 def test_a_create_of_a_name_taken_is_refused_after_the_webhooks(http: Http, webhook: str) -> None:
     """kube-apiserver asks every webhook before the store says the name is taken (409): a webhook with side effects
     sees creates that are then refused."""

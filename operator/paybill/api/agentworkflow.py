@@ -25,7 +25,8 @@ class StepKind(StrEnum):
 
 
 class Step(Model):
-    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63, description="Step name.")
+    # 48: the approval annotation paybill.dev/approve-<step>.<who> keeps within the 63 characters of a key's name
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=48, description="Step name.")
     kind: StepKind = Field(description="query reads, mutation writes.")
     sql: str = Field(min_length=1, max_length=65536, description="The one SQL statement of the step.")
     params: list[str | int | float | bool | None] = Field(

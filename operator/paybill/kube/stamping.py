@@ -14,6 +14,7 @@ from .schema import FieldError
 
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 MAX_ANNOTATIONS_BYTES = 262144
 
@@ -40,11 +41,26 @@ def named(rtype: ResourceType, obj: dict[str, Any]) -> None:
     """A new object's name, once the mutating webhooks have run: made from generateName if it has none, then
     checked (422 without one)."""
     meta = obj["metadata"]
-    if not meta.get("name") and meta.get("generateName"):
-        meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+    if not meta.get("name") and meta.get("generateName"):  # the prefix cut to 58, as kube-apiserver does
+        meta["name"] = str(meta["generateName"])[:58] + uuid.uuid4().hex[:5]
     check_meta(rtype, obj)
     if rtype.key == NAMESPACE_KEY:
         meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = meta["name"]
+
+
+def qualified_name_problem(key: str) -> str | None:
+    """What kube-apiserver finds wrong with a label or annotation key ([prefix/]name), or None."""
+    prefix, slash, name = key.rpartition("/")
+    if slash and (not prefix or len(prefix) > 253 or not DNS_SUBDOMAIN.match(prefix)):
+        return "prefix part a lowercase RFC 1123 subdomain of at most 253 characters"
+    if len(name) > 63:
+        return "name part must be no more than 63 characters"
+    if not QUALIFIED_NAME.match(name):
+        return (
+            "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
+            "alphanumeric character"
+        )
+    return None
 
 
 def check_meta(rtype: ResourceType, obj: dict[str, Any]) -> None:
@@ -85,6 +101,12 @@ def check_meta(rtype: ResourceType, obj: dict[str, Any]) -> None:
                 f"Too long: must have at most {MAX_ANNOTATIONS_BYTES} bytes",
             )
         )
+    for field, keys in (("annotations", annotations), ("labels", meta.get("labels") or {})):
+        for key in keys:
+            if (problem := qualified_name_problem(str(key))) is not None:
+                errors.append(
+                    FieldError("FieldValueInvalid", f"metadata.{field}", f'Invalid value: "{key}": {problem}')
+                )
     for key, value in (meta.get("labels") or {}).items():
         if not isinstance(value, str) or len(value) > 63 or not LABEL_VALUE.match(value):
             errors.append(
