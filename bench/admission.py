@@ -359,7 +359,7 @@ def run(quick: bool = False) -> str:
 
 def verdict(webhook: dict[str, Any]) -> list[str]:
     """The goal read off the table: the paced rates whose p99 is under 10 ms, and why saturation is not."""
-    paced = [(float(name.split(", ")[1].split()[0]), figures) for name, figures in webhook.items()
+    paced = [(float(name.split(", ")[2].split()[0]), figures) for name, figures in webhook.items()
              if name.startswith("validating, ") and "reviews/s in all" in name]  # fmt: skip
     met = list(itertools.takewhile(lambda paced_rate: paced_rate[1]["p99"] < GOAL_MS, paced))
     saturated = webhook[f"validating, {CLIENTS} clients, back to back"]
