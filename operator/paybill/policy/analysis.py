@@ -274,6 +274,9 @@ class Analysis:
         self.locking = False  # a top-level FOR UPDATE/SHARE: the guard counts locked rows as written
         self.locks: list[tuple[str, bool]] = []  # (locked base table, whether its WHERE restricts it)
         self.top_from_items = 0  # the number of items in the top-level SELECT's FROM list
+        # the CTEs and FROM subqueries the statement wrote: the rewrite fences each, so that PostgreSQL plans it once,
+        # alone (inlined, a column read twice at each level doubles the expression: exponential planning)
+        self.fences: list[Any] = []
 
     # -- reasons and accesses -------------------------------------------------------------------
 
@@ -444,6 +447,7 @@ class Analysis:
                 self.deny("data_modifying_cte", f"WITH {cte.ctename}: only SELECT is admitted inside WITH", cte)
                 continue
             columns, sources = self.select(cte.ctequery.select_stmt, outer, ctes)
+            self.fences.append(cte)
             if cte.aliascolnames:
                 columns = tuple(_names(cte.aliascolnames))
             ctes[cte.ctename] = Relation(cte.ctename, columns, sources=sources)
@@ -739,6 +743,7 @@ class Analysis:
             subselect = item.range_subselect
             outer = scope if subselect.lateral else scope.parent
             columns, sources = self.select(subselect.subquery.select_stmt, outer, ctes)
+            self.fences.append(subselect.subquery.select_stmt)
             alias = _alias(subselect)
             if alias is not None and alias.colnames:
                 columns = tuple(_names(alias.colnames))

@@ -26,10 +26,11 @@ from .tree import deparse, deparse_serialized, pb, set_column, set_integer, set_
 
 def rewrite(result: pb.ParseResult, analysis: Analysis, limits: Limits, serialized: bytes | None = None) -> str:
     """The final SQL. `serialized`, when given, is the parser's serialization of `result` before any change."""
-    if serialized is not None:
+    if serialized is not None and not analysis.fences:
         spliced = _spliced_select(result, analysis, limits, serialized)
         if spliced is not None:
             return deparse_serialized(spliced)
+    _fence(analysis.fences)
     rules, tenant = analysis.rules, analysis.tenant
     for slot in analysis.from_slots:
         if _restricted(slot.table, "select", rules, tenant) or (
@@ -56,6 +57,16 @@ def rewrite(result: pb.ParseResult, analysis: Analysis, limits: Limits, serializ
         rows = min(limits.maxRowsRead, limits.maxRowsWritten + 1) if analysis.locking else limits.maxRowsRead
         _limit(result.stmts[0].stmt.select_stmt, rows)
     return deparse(result)
+
+
+def _fence(written: list[Any]) -> None:
+    """Every CTE the statement wrote MATERIALIZED, every FROM subquery without its own LIMIT or OFFSET given OFFSET 0:
+    PostgreSQL then plans each once, alone, instead of inlining it into the query that reads it (same rows)."""
+    for node in written:
+        if isinstance(node, pb.CommonTableExpr):
+            node.ctematerialized = pb.CTEMaterializeAlways
+        elif not node.HasField("limit_offset") and not node.HasField("limit_count"):
+            set_integer(node.limit_offset, 0)
 
 
 def _restricted(table: Table, action: str, rules: RuleSet, tenant: str | None) -> bool:
