@@ -184,3 +184,25 @@ def test_statements_beyond_the_prepared_ones_still_run(policy_db: PolicyDatabase
         for n in range(PREPARED_MAX + 5):
             key = 10 + n % 4
             assert guard.execute(f"SELECT id, {n} FROM orders WHERE id = $1", [key]).rows == [(key, n)]
+
+
+def test_max_cost_is_held_against_the_work_under_the_limit_the_engine_adds(
+    policy_db: PolicyDatabase, acme: str
+) -> None:
+    """The top Limit node's cost is scaled down to the rows it expects to need, but a join whose filter keeps
+    nothing runs to the end under it (outside review: maxCost dodged by leaving off an aggregate). maxCost is held
+    against the costliest node of the plan."""
+    sql = "SELECT a.id FROM orders a, orders b WHERE a.total + b.total < 0"
+    engine = policy_db.engine(spec(maxRowsRead=1, maxCost=1e15))
+    decided = engine.decide(PRINCIPAL, sql, [], "acme").sql
+    assert decided is not None and decided.endswith("LIMIT 1")
+    with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
+        ((plan,),) = conn.execute("EXPLAIN (FORMAT JSON) " + decided).fetchall()
+    top = plan[0]["Plan"]
+    under = max(float(child["Total Cost"]) for child in top["Plans"])
+    assert top["Node Type"] == "Limit" and float(top["Total Cost"]) < under
+    between = (float(top["Total Cost"]) + under) / 2
+    limited = policy_db.engine(spec(maxRowsRead=1, maxCost=between))
+    with ExecutionGuard(limited, acme, PRINCIPAL, "acme") as guard:
+        outcome = guard.execute(sql)
+    assert [r.code for r in outcome.reasons] == ["cost_exceeded"] and not outcome.executed, outcome.reasons

@@ -53,6 +53,12 @@ CLIENT_GRACE_S = 1.0  # the server's timeout fires first; the client's cancel is
 CANCEL_TIMEOUT_S = 5.0
 
 
+def plan_cost(node: dict[str, Any]) -> float:
+    """The costliest node of an EXPLAIN (FORMAT JSON) plan: a Limit's own cost is scaled down to the rows it expects
+    to need, but what runs under it (a join whose filter keeps nothing) may go to its end all the same."""
+    return max([float(node["Total Cost"]), *(plan_cost(child) for child in node.get("Plans") or ())])
+
+
 def condition_name(sqlstate: str) -> str:
     """PostgreSQL's condition name for a SQLSTATE (invalid_text_representation for 22P02), else "unknown"."""
     try:
@@ -465,7 +471,7 @@ class ExecutionGuard:
             result = self._guarded(session, ("EXPLAIN (FORMAT JSON) " + rewritten, params), prepare=False)
             ((plan,),) = session.load_rows(result, 1)
             plan = json.loads(plan) if isinstance(plan, str) else plan
-            cost = float(plan[0]["Plan"]["Total Cost"])
+            cost = plan_cost(plan[0]["Plan"])
             self._costs[rewritten] = cost
         return cost
 
