@@ -97,6 +97,25 @@ def test_rewrite_puts_the_tenant_predicate_and_limit_into_the_tree(engine: Polic
     assert update.sql == "UPDATE orders SET status = 'x' WHERE id = 1 AND orders.tenant_id = 'acme'"
 
 
+def test_an_update_or_delete_reads_only_rows_the_select_filter_shows() -> None:
+    """An UPDATE's WHERE and RETURNING read the rows it matches: the rows a select rowFilter hides stay hidden
+    from them, as PostgreSQL's row security applies SELECT policies to an UPDATE that reads (outside review)."""
+    rules = [
+        {"id": "read", "effect": "allow", "actions": ["select"], "tables": ["orders"],
+         "columns": ["id", "status", "customer_id"], "rowFilter": "status <> 'secret'"},
+        {"id": "fix", "effect": "allow", "actions": ["update", "delete"], "tables": ["orders"], "columns": ["status"],
+         "rowFilter": "customer_id = 11"},
+    ]  # fmt: skip
+    engine = PolicyEngine(spec(rules=rules), schema())
+    for sql in (
+        "UPDATE orders SET status = status WHERE id = 1 AND status = 'secret' RETURNING id, status, customer_id",
+        "DELETE FROM orders WHERE id = 1 AND status = 'secret' RETURNING id",
+    ):
+        decision = engine.decide(PRINCIPAL, sql, tenant="acme")
+        assert decision.allowed and decision.sql is not None, decision.reasons
+        assert "customer_id = 11" in decision.sql and "status <> 'secret'" in decision.sql, decision.sql
+
+
 def test_row_filters_are_parsed_and_or_combined() -> None:
     rules = [
         {

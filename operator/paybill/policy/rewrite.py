@@ -45,6 +45,9 @@ def rewrite(result: pb.ParseResult, analysis: Analysis, limits: Limits, serializ
     target = analysis.target
     if target is not None and analysis.kind in ("update", "delete"):
         _restrict(target.stmt.where_clause, target.table, analysis.kind, rules, tenant, target.name)
+        hidden = rules.row_filters_for("select", target.table.name)  # its WHERE and RETURNING read the rows
+        if hidden:
+            _row_filters(_conjunct(target.stmt.where_clause), hidden, rules, target.name)
     if target is not None and analysis.kind == "insert":
         if tenant is not None and target.table.pooled:
             _insert_tenant(target.stmt, tenant)
