@@ -240,15 +240,18 @@ def _alias(message: Any) -> pb.Alias | None:
 
 
 def _names(nodes: Any) -> list[str]:
-    """The strings of a name list (function, operator, type and column names)."""
-    return [n.string.sval for n in nodes]
+    """The strings of a name list (function, operator, type and column names).
+
+    Hot loops read a repeated field through a slice (`nodes[:]`, a list): iterating upb's container itself ends
+    each loop by raising and catching an IndexError."""
+    return [n.string.sval for n in nodes[:]]
 
 
 def _column_names(ref: pb.ColumnRef) -> list[str] | None:
     """The names of a column reference in one pass over its fields; None for `*` or `rel.*` (a name is never
     empty: the parser refuses a zero-length quoted identifier, so only a star field reads as "")."""
     fields = ref.fields
-    names = [n.string.sval for n in fields]
+    names = [n.string.sval for n in fields[:]]
     if names[-1] or fields[-1].WhichOneof("node") != "a_star":
         return names
     return None
@@ -356,7 +359,7 @@ class Analysis:
             sources = self.sources(scope.relations, get("where_clause", _NO_WHERE))
         if "locking_clause" in fields:
             self.row_locks(stmt, scope, top and form == "SELECT")
-        for sort in get("sort_clause", ()):
+        for sort in get("sort_clause", ())[:]:
             self.sort(sort.sort_by, scope, columns)
         if "limit_count" in fields:
             self.expression(fields["limit_count"], scope)
@@ -370,24 +373,24 @@ class Analysis:
         `top`: the statement's own SELECT, whose FROM items the rewriter may splice (`FromSlot.position`)."""
         get = fields.get
         position = 0
-        for item in get("from_clause", ()):
+        for item in get("from_clause", ())[:]:
             self.from_item(item, scope, scope.ctes, position if top else None)
             position += 1
         if top:
             self.top_from_items = position
         columns = self.target_list(get("target_list", ()), scope)
-        for item in get("window_clause", ()):
+        for item in get("window_clause", ())[:]:
             self.window(item.window_def, scope)
         if "where_clause" in fields:
             self.expression(fields["where_clause"], scope)
-        for item in get("group_clause", ()):
+        for item in get("group_clause", ())[:]:
             if item.WhichOneof("node") == "grouping_set":
                 self.unsupported(item.grouping_set, "GROUPING SETS")
             else:
                 self.expression(item, scope, outputs=columns)
         if "having_clause" in fields:
             self.expression(fields["having_clause"], scope)
-        for item in get("distinct_clause", ()):
+        for item in get("distinct_clause", ())[:]:
             self.expression(item, scope)
         return columns
 
@@ -757,7 +760,7 @@ class Analysis:
 
     def target_list(self, targets: Any, scope: Scope) -> tuple[str, ...]:
         names: list[str] = []
-        for item in targets:
+        for item in targets[:]:
             target = item.res_target
             value = target.val
             if value.WhichOneof("node") == "column_ref":  # the common case, without a second dispatch
@@ -850,7 +853,7 @@ class Analysis:
         return None
 
     def expressions(self, nodes: Any, scope: Scope) -> None:
-        for node in nodes:
+        for node in nodes[:]:
             self.expression(node, scope)
 
     def expression(self, node: pb.Node, scope: Scope, outputs: tuple[str, ...] = (), which: str | None = None) -> None:
@@ -945,7 +948,7 @@ class Analysis:
             self.window(node.over, scope)
         if node.func_variadic:
             self.unsupported(node, "VARIADIC")
-        for arg in node.args:
+        for arg in node.args[:]:
             if arg.WhichOneof("node") == "named_arg_expr":
                 self.unsupported(arg.named_arg_expr, "named arguments")
             else:
