@@ -103,16 +103,34 @@ def _authorize(cedarpy: Any, request: dict[str, Any], policies: str, _: int) -> 
     return cedarpy.is_authorized(request, policies, [])
 
 
-def decision_rows(runs: int) -> list[tuple[str, ...]]:
+def _fixed_work(iterations: int, _: int) -> int:
+    total = 0
+    for i in range(iterations):
+        total += i
+    return total
+
+
+def fixed_work(median_us: float) -> Callable[[int], object]:
+    """Work that is the same on every call (a pure-Python loop; nothing allocated, nothing cached), sized to take
+    `median_us` at the median: timed beside the engine, its tail is what the host adds to any computation that long."""
+    iterations = 1000
+    took = percentiles(timed(functools.partial(_fixed_work, iterations), 300))[0]
+    return functools.partial(_fixed_work, max(1, round(iterations * median_us / took)))
+
+
+def decision_rows(runs: int) -> tuple[list[tuple[str, ...]], tuple[float, float]]:
+    """The latency table's rows, and the fixed work's (p50, p99) timed interleaved with the 100-rule engine."""
     import cedarpy
 
     rows = []
+    reference: list[float] = []
     for rules in (10, 100, MAX_RULES):  # an AgentPolicy holds at most MAX_RULES rules
         schema = Schema.from_ddl(BASE_DDL + filler_tables(rules))
         engine = PolicyEngine(policy(rules), schema)
         decide = functools.partial(_decide, engine)
         assert decide(0).allowed
-        timed(decide, 200, engine.clear_cache)
+        warm = timed(decide, 300, engine.clear_cache)
+        work = fixed_work(percentiles(warm)[0]) if rules == 100 else None
         validator, switched_off = engine.validator, _NoValidation(engine.rules, engine.schema)
         with_validator: list[float] = []
         without_validator: list[float] = []
@@ -121,6 +139,8 @@ def decision_rows(runs: int) -> list[tuple[str, ...]]:
             engine.validator = switched_off
             without_validator += timed(decide, runs // 4, engine.clear_cache)
             engine.validator = validator
+            if work is not None:
+                reference += timed(work, runs // 4)
         cold, unvalidated = percentiles(with_validator), percentiles(without_validator)
         cached = percentiles(timed(decide, runs * 5))
         text = cedar_policies(rules)
@@ -134,7 +154,7 @@ def decision_rows(runs: int) -> list[tuple[str, ...]]:
         authorize = functools.partial(_authorize, cedarpy, request, text)
         cedar = percentiles(timed(authorize, max(runs // 4, 200)))
         rows.append((str(rules), *(f"{v:.0f}" for v in (*cold, *unvalidated, *cached, *cedar))))
-    return rows
+    return rows, percentiles(reference)
 
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "policy"
@@ -362,7 +382,7 @@ def run(quick: bool = False) -> str:
     from . import instructions
 
     runs = 500 if quick else 3000
-    decisions = decision_rows(runs)
+    decisions, (work_p50, work_p99) = decision_rows(runs)
     counted = instructions.count(100, 200 if quick else instructions.DECISIONS)
     shown = f"{counted:,}" if counted is not None else "not counted (valgrind is not installed)"
     latency, counts = corpus_comparison(40 if quick else 200)
@@ -396,6 +416,11 @@ def run(quick: bool = False) -> str:
                 ),
                 decisions,
             ),
+            "",
+            "*The host's own tail*, timed interleaved with the 100-rule cold decisions: fixed work sized to the same",
+            "median (a pure-Python loop that allocates nothing, so nothing in it varies between calls) took p50",
+            f"{work_p50:.0f} µs and p99 {work_p99:.0f} µs. What the host adds to any computation of that length is",
+            f"p99 - p50 = {work_p99 - work_p50:.0f} µs; compare the engine's cold p99 - p50 at 100 rules above.",
             "",
             f"Instructions per cold decision at 100 rules, validator included (valgrind cachegrind, `python -m "
             f"bench.instructions`; independent of load): {shown}.",
