@@ -107,6 +107,7 @@ def test_optional_objects_default_only_where_absence_means_nothing() -> None:
     assert "approval" not in spec["rules"][0]
     assert spec["rules"][1]["approval"] == {"approvers": ["u"], "minApprovals": 1}
     assert spec["limits"]["maxRowsRead"] == 1000
+    assert spec["limits"]["maxBytesRead"] == 16 * 1024 * 1024
 
 
 # --- list semantics and CEL cost (issue 11, item 9) -----------------------------------------------------------------

@@ -83,6 +83,39 @@ def test_reads_are_truncated_at_max_rows_read(policy_db: PolicyDatabase, acme: s
         assert len(guard.execute("SELECT id FROM orders LIMIT 500").rows) == 3
 
 
+# Third outside review (MEDIUM): values built inside the limits (`s || s`, doubled at each CTE) reached the operator's
+# memory whole: maxRowsRead counts rows, and one row can carry a value of hundreds of megabytes.
+DOUBLING = (
+    "WITH a AS (SELECT name || name AS s FROM customers), b AS (SELECT s || s AS s FROM a), "
+    "c AS (SELECT s || s AS s FROM b), d AS (SELECT s || s AS s FROM c), e AS (SELECT s || s AS s FROM d) "
+    "SELECT s FROM e"
+)
+
+
+def test_a_result_past_max_bytes_read_is_refused_and_nothing_of_it_kept(policy_db: PolicyDatabase, acme: str) -> None:
+    engine = policy_db.engine(spec(limits=limits(maxBytesRead=2000)))
+    with ExecutionGuard(engine, acme, PRINCIPAL, "acme") as guard:
+        outcome = guard.execute(DOUBLING)  # 5 rows of 32 copies of a 6-7 character name: over 1,000 bytes each
+        assert not outcome.ok and outcome.rows == []
+        assert outcome.reasons[0].code == "bytes_read_exceeded"
+        assert outcome.reasons[0].message == "the statement returned more than maxBytesRead 2000 bytes; none are kept"
+        assert guard.execute("SELECT s FROM (SELECT name || name AS s FROM customers) x LIMIT 2").ok  # reconnected
+        small = guard.execute("SELECT id, name FROM customers")
+        assert small.ok and len(small.rows) == 5
+
+
+def test_a_write_returning_past_max_bytes_read_is_rolled_back(policy_db: PolicyDatabase, acme: str) -> None:
+    engine = policy_db.engine(spec(limits=limits(maxBytesRead=20)))  # returns 32 bytes
+    before = admin_value(policy_db, "SELECT status FROM orders WHERE id = 10")
+    with ExecutionGuard(engine, acme, PRINCIPAL, "acme") as guard:
+        returning = "status || status || status || status || status || status || status || status"
+        outcome = guard.execute(f"UPDATE orders SET status = 'huge' WHERE id = $1 RETURNING {returning}", [10])
+        assert not outcome.ok and outcome.reasons[0].code == "bytes_read_exceeded"
+        assert admin_value(policy_db, "SELECT status FROM orders WHERE id = 10") == before
+        assert admin_value(policy_db, "SELECT count(*) FROM orders WHERE status = 'huge'") == 0
+        assert guard.execute("SELECT id FROM orders WHERE id = $1", [10]).rows == [(10,)]
+
+
 SLOW = "SELECT count(*) FROM orders a, orders b, orders c, orders d, orders e"
 
 

@@ -85,6 +85,13 @@ class Subject(Model):
 
 class Limits(Model):
     maxRowsRead: int = Field(default=1000, ge=1, description="Rows a statement may return.")
+    maxBytesRead: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1,
+        le=1024 * 1024 * 1024,
+        description="Bytes a statement may return: the sum of its values' lengths as the server sends them. Past it, "
+        "the statement is stopped and rolled back and none of its rows are kept.",
+    )
     maxRowsWritten: int = Field(default=10, ge=0, description="Rows a statement may change.")
     statementTimeoutMs: int = Field(default=2000, ge=1, le=600000, description="Statement timeout.")
     maxCost: float = Field(default=100000, gt=0, description="Highest planner cost admitted.")

@@ -9,7 +9,10 @@ was lifted. A read is one round trip; a write (or a row lock) runs in an explici
 rolled back when it writes more rows than allowed. The guard speaks to libpq directly (`Session`): the
 timeout and the statement go out as one pipeline, both prepared once per connection, and psycopg's loaders
 build the rows, which costs less than psycopg's own pipeline around every statement. A planner-cost precheck
-(cached per rewritten statement) refuses expensive statements; reads stop at maxRowsRead.
+(cached per rewritten statement) refuses expensive statements; reads stop at maxRowsRead. The agent's statement
+is read in chunks as it arrives, and once its values pass maxBytesRead the connection is dropped: the server stops
+the statement and rolls back its transaction, and none of its rows are kept. (libpq still takes in one row whole:
+the memory a statement can cost the operator is maxBytesRead plus its largest row, which PostgreSQL limits.)
 
 A database error reaches the agent as its SQLSTATE and condition name only: the message can carry data
 (a failed cast quotes the value) and goes to `Outcome.error`, for the audit log alone.
@@ -128,6 +131,30 @@ COMMIT: Command = ("COMMIT", ())
 ROLLBACK: Command = ("ROLLBACK", ())
 Key = tuple[str, tuple[int, ...]]
 PREPARED_MAX = 100  # statements prepared per connection; any further one is parsed on every run
+CHUNK_ROWS = 64  # rows libpq hands over at a time while the agent's statement is read
+
+
+@dataclass
+class Reading:
+    """How an exchange reads its last command's rows: in chunks as they arrive, keeping the first `keep`, and
+    refused with `ResultTooLarge` once the lengths of its values pass `max_bytes`."""
+
+    keep: int
+    max_bytes: int
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    received: int = 0
+    tagged: int | None = None  # the rows its command tag counts (SELECT 3, UPDATE 3): libpq puts it on the last chunk
+
+
+def tag_rows(result: PGresult, reading: Reading | None) -> int | None:
+    """The rows a command's tag counts, wherever libpq put it (`Reading.tagged`)."""
+    if result.command_tuples is not None or reading is None:
+        return result.command_tuples
+    return reading.tagged
+
+
+class ResultTooLarge(Exception):
+    """An exchange stopped reading past its Reading's `max_bytes`; its connection is closed."""
 
 
 @functools.cache
@@ -167,14 +194,19 @@ class Session:
         self.deadline.close()
         self.conn.close()
 
-    def exchange(self, commands: Sequence[Command], prepare: bool = True) -> list[PGresult]:
+    def exchange(
+        self, commands: Sequence[Command], prepare: bool = True, reading: Reading | None = None
+    ) -> list[PGresult]:
         """Runs the commands in one round trip; returns their results, or raises the first one's error once
-        the whole pipeline has been read (the commands after it are skipped by the server)."""
+        the whole pipeline has been read (the commands after it are skipped by the server). With `reading`, the
+        last command's rows go to `reading.rows` and its result holds none (its columns and command tag only)."""
         try:
             self._pgconn.enter_pipeline_mode()
             parses = [self._send(sql, params, prepare) for sql, params in commands]
             self._pgconn.pipeline_sync()
-            results = self._read_to_sync()
+            # each result is followed by one None: the last command's own comes after this many
+            nones_before = len(commands) - 1 + sum(parse is not None for parse in parses)
+            results = self._read_to_sync(reading, nones_before)
             self._pgconn.exit_pipeline_mode()
             if len(results) != 2 * len(commands) - parses.count(None):
                 raise psycopg.OperationalError(f"{len(results)} results for {len(commands)} commands")
@@ -222,14 +254,18 @@ class Session:
             self._pgconn.send_query_prepared(name, values, formats)
         return parsing
 
-    def _read_to_sync(self) -> list[PGresult]:
+    def _read_to_sync(self, reading: Reading | None, nones_before: int) -> list[PGresult]:
         pgconn = self._pgconn
         while pgconn.flush():  # a non-blocking connection: wait until the server can take the rest
             if any(event & select.POLLIN for _, event in self._writable.poll()):
                 pgconn.consume_input()
         results: list[PGresult] = []
         between = False  # libpq ends each command's results with one None; two in a row: nothing is coming
+        nones, chunked = 0, reading is None
         while True:
+            if not chunked and nones == nones_before:  # before libpq parses any of the last command's reply
+                pgconn.set_chunked_rows_mode(CHUNK_ROWS)
+                chunked = True
             while pgconn.is_busy():
                 self._readable.poll()
                 pgconn.consume_input()
@@ -238,11 +274,31 @@ class Session:
                 if between:
                     raise psycopg.OperationalError("the connection ended before the pipeline's Sync")
                 between = True
+                nones += 1
             elif result.status == ExecStatus.PIPELINE_SYNC:
                 return results
+            elif result.status == ExecStatus.TUPLES_CHUNK and reading is not None:
+                between = False
+                self._take(result, reading)
             else:
                 between = False
                 results.append(result)
+
+    def _take(self, chunk: PGresult, reading: Reading) -> None:
+        width, value = (
+            chunk.nfields,
+            chunk.get_value,
+        )  # a copy of one value at a time (libpq's PQgetlength is not bound)
+        for row in range(chunk.ntuples):
+            reading.received += sum(len(value(row, column) or b"") for column in range(width))
+        if reading.received > reading.max_bytes:
+            raise ResultTooLarge(f"more than {reading.max_bytes} bytes")
+        if chunk.command_tuples is not None:
+            reading.tagged = chunk.command_tuples
+        room = reading.keep - len(reading.rows)
+        if room > 0:
+            self._transformer.set_pgresult(chunk)
+            reading.rows += self._transformer.load_rows(0, min(chunk.ntuples, room), tuple)
 
 
 class _Rollback(Exception):
@@ -407,22 +463,24 @@ class ExecutionGuard:
         writes: str | None = None,
         prepare: bool = True,
         step: StepKey | None = None,
+        reading: Reading | None = None,
     ) -> PGresult:
         """One statement under the policy's timeout, on the server (statement_timeout set transaction-locally
         by the command before it, in its own transaction) and on the client (cancelled shortly after the
         deadline). A read is one implicit transaction in one round trip; a write is an explicit one, checked
         against maxRowsWritten before it commits (a second round trip); `writes` says what it does to its rows
         ("changed", "locked"). With `step`, a read is an explicit transaction too, and the step's record is inserted
-        just before COMMIT, in the same round trip. No transaction outlives an error or a refused write."""
+        just before COMMIT, in the same round trip. No transaction outlives an error or a refused write. With
+        `reading`, the statement's rows go to it (`Session.exchange`); past its bytes, nothing is kept or committed."""
         limits = self.engine.rules.limits
         timeout = set_timeout(limits.statementTimeoutMs)
         try:
             with session.deadline.armed(limits.statementTimeoutMs / 1000 + self.client_grace_s) as deadline:
                 try:
                     if not writes and step is None:
-                        return session.exchange((timeout, command), prepare)[-1]
-                    result = session.exchange((BEGIN, timeout, command), prepare)[-1]
-                    written = result.command_tuples or 0
+                        return session.exchange((timeout, command), prepare, reading)[-1]
+                    result = session.exchange((BEGIN, timeout, command), prepare, reading)[-1]
+                    written = tag_rows(result, reading) or 0
                     if writes and written > limits.maxRowsWritten:
                         raise _Rollback(
                             Reason(
@@ -432,10 +490,17 @@ class ExecutionGuard:
                                 "rolled back",
                             )
                         )
-                    session.exchange((*self._record(step, result), COMMIT))
+                    session.exchange((*self._record(step, result, reading), COMMIT))
                     return result
                 except errors.QueryCanceled:
                     raise _TimedOut("client" if deadline.fired else "server") from None
+                except ResultTooLarge:  # the connection is closed: the server rolls back what the statement did
+                    raise _Rollback(
+                        Reason(
+                            "bytes_read_exceeded",
+                            f"the statement returned more than maxBytesRead {limits.maxBytesRead} bytes; none are kept",
+                        )
+                    ) from None
                 except errors.UniqueViolation as error:
                     if step is None or error.diag.constraint_name != PRIMARY_KEY:
                         raise
@@ -447,11 +512,12 @@ class ExecutionGuard:
             raise
 
     @staticmethod
-    def _record(step: StepKey | None, result: PGresult) -> tuple[Command, ...]:
+    def _record(step: StepKey | None, result: PGresult, reading: Reading | None) -> tuple[Command, ...]:
         """The insert recording `step` as done (none without a step): rows written, else rows returned."""
         if step is None:
             return ()
-        rows = result.command_tuples if result.command_tuples is not None else result.ntuples
+        tagged = tag_rows(result, reading)
+        rows = tagged if tagged is not None else result.ntuples
         return ((RECORD, [step.workflow, step.step, step.name, rows, step.plan_hash]),)
 
     def _end_transaction(self, session: Session) -> None:
@@ -481,15 +547,17 @@ class ExecutionGuard:
         limits = self.engine.rules.limits
         writes = "changed" if decision.statement != "select" else "locked" if decision.extra.get("locks") else None
         recorded = step if step is None else dataclasses.replace(step, plan_hash=decision.plan_hash)
-        result = self._guarded(session, (rewritten, params), writes, step=recorded)  # locked rows count as written
+        reading = Reading(limits.maxRowsRead, limits.maxBytesRead)
+        # locked rows count as written
+        result = self._guarded(session, (rewritten, params), writes, step=recorded, reading=reading)
         if result.nfields:
             columns = self._columns.get(rewritten)
             if columns is None:
                 columns = self._columns[rewritten] = tuple(
                     (result.fname(i) or b"").decode() for i in range(result.nfields)
                 )
-            rows = session.load_rows(result, limits.maxRowsRead)
+            rows = reading.rows
         else:
             columns, rows = (), []
-        affected = (result.command_tuples or 0) if decision.statement != "select" else 0
+        affected = (tag_rows(result, reading) or 0) if decision.statement != "select" else 0
         return Outcome(decision, True, columns, rows, affected, cost)
