@@ -22,7 +22,18 @@ from kopf.testing import KopfRunner
 from psycopg import conninfo, sql
 
 from paybill.audit import AuditLog, AuditUnavailable, ChainBroken, RecordsMissing
-from paybill.audit.chain import GENESIS, AuditRecord, chain_after, check_chain, record_hash
+from paybill.audit.chain import (
+    GENESIS,
+    SEALED_FORMAT,
+    TIMED_FORMAT,
+    AuditRecord,
+    Seal,
+    SealNeeded,
+    chain_after,
+    check_chain,
+    record_hash,
+    unchecked,
+)
 from paybill.audit.checkpoint import CheckpointStore, ConfigMapCheckpoint, FileCheckpoint, Head
 from paybill.database import TenantDatabases
 from paybill.database.server import LocalPostgres
@@ -235,8 +246,11 @@ def test_a_lost_tail_is_reported_as_truncated_with_the_count(
     with pytest.raises(RecordsMissing, match=r"^truncated: 3 records missing after seq 7$") as caught:
         log.verify()
     assert (caught.value.after, caught.value.missing) == (7, 3)
-    # Without its checkpoint the chain looks whole: this is what the checkpoint adds.
-    assert AuditLog(databases.connect).verify() == 7
+    # Without its checkpoint the chain looks whole: this is what the checkpoint adds. (Without the store at all, the
+    # sealed chain cannot be checked: its seal is kept there too.)
+    assert check_chain(log.records(), None, store.load_seal(log.chain)) == 7
+    with pytest.raises(SealNeeded):
+        AuditLog(databases.connect).verify()
 
     # An operator restarted after the crash goes on appending, and the loss stays visible.
     restarted = AuditLog(databases.connect, store)
@@ -307,8 +321,13 @@ def test_a_log_rewritten_at_the_checkpoint_is_a_broken_chain(
         log.append("Tenant", "acme", "step", {"n": n})
     with psycopg.connect(dsn, autocommit=True) as superuser:
         superuser.execute("DELETE FROM paybill.audit_log WHERE seq = 3")
-    AuditLog(databases.connect).append("Tenant", "acme", "forged", {})  # a writer that knows no checkpoint
-    with pytest.raises(ChainBroken, match="audit record 3: differs from the checkpoint"):
+    AuditLog(databases.connect).append("Tenant", "acme", "forged", {})  # a writer that knows no checkpoint (nor seal)
+    with pytest.raises(ChainBroken, match="audit record 3: not sealed, though the chain is sealed from record 1 on"):
+        log.verify()
+    with psycopg.connect(dsn, autocommit=True) as superuser:  # one that seals under a key of its own
+        superuser.execute("DELETE FROM paybill.audit_log WHERE seq = 3")
+    AuditLog(databases.connect, FileCheckpoint(tmp_path / "elsewhere")).append("Tenant", "acme", "forged", {})
+    with pytest.raises(ChainBroken, match="audit record 3: content does not match its hash"):
         log.verify()
 
 
@@ -410,6 +429,54 @@ def test_check_chain(records: list[AuditRecord], head: Head | None, outcome: int
         with pytest.raises(ChainBroken) as caught:
             check_chain(records, head)
         assert str(caught.value) == outcome
+
+
+KEY, OTHER_KEY = b"k" * 32, b"o" * 32
+UNSEALED = "not sealed, though the chain is sealed from record 1 on"
+
+
+def sealed_chain(*keys: bytes | None) -> list[AuditRecord]:
+    """One record per key: sealed under it, or in plain hashes (format 2) for None."""
+    records, previous = [], GENESIS
+    for seq, key in enumerate(keys, start=1):
+        hash_format = TIMED_FORMAT if key is None else SEALED_FORMAT
+        at = f"2026-12-01T00:00:0{seq}.000000Z"
+        digest = record_hash(previous, "Tenant", "acme", "step", {"seq": seq}, hash_format, at, key)
+        records.append(AuditRecord(seq, "Tenant", "acme", "step", {"seq": seq}, previous, digest, at, hash_format))
+        previous = digest
+    return records
+
+
+@pytest.mark.parametrize(
+    ("records", "since", "outcome", "not_checked"),
+    [
+        (sealed_chain(KEY, KEY, KEY), 1, 3, []),
+        (sealed_chain(None, None, KEY, KEY), 3, 4, []),  # sealed from an upgrade on: the plain ones checked as before
+        (sealed_chain(None, OTHER_KEY, KEY), 3, 3, [2]),  # another store's seal, before this one: its place only
+        (
+            sealed_chain(KEY, None, KEY),
+            1,
+            "audit record 2: not sealed, though the chain is sealed from record 1 on",
+            [],
+        ),
+        (sealed_chain(KEY, OTHER_KEY, KEY), 1, "audit record 2: content does not match its hash", []),
+        (sealed_chain(None, None), 1, "audit record 1: not sealed, though the chain is sealed from record 1 on", []),
+    ],
+)
+def test_check_chain_with_its_seal(
+    records: list[AuditRecord], since: int, outcome: int | str, not_checked: list[int]
+) -> None:
+    seal = Seal("c", KEY, since)
+    if isinstance(outcome, int):
+        assert check_chain(records, None, seal) == outcome
+    else:
+        with pytest.raises(ChainBroken) as caught:
+            check_chain(records, None, seal)
+        assert str(caught.value) == outcome
+    assert unchecked(records, seal) == not_checked
+    if any(r.hash_format == SEALED_FORMAT for r in records):
+        with pytest.raises(SealNeeded):
+            check_chain(records, None)
 
 
 @pytest.mark.parametrize(

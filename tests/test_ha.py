@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from paybill import peering
-from paybill.audit import AuditLog
+from paybill.audit import AuditLog, FileCheckpoint
 from paybill.database.server import LocalPostgres
 from test_metrics import Operator, total, value
 from test_tenant_lifecycle import API, onboard, wait_phase
@@ -34,7 +34,14 @@ def leader(cluster: Any, postgres: LocalPostgres, tmp_path: Path) -> Operator:
     """The peering CRD installed, and a first replica (paybill-first), once it leads."""
     cluster.kube.create(peering.PEERING_CRD)
     cluster.eventually(lambda: cluster.kube.request("GET", f"/apis/{peering.API_VERSION}"), timeout=30)
-    first = Operator(cluster, postgres.dsn, tmp_path / "first.log", POD_ID="paybill-first", **ELECTION)
+    first = Operator(
+        cluster,
+        postgres.dsn,
+        tmp_path / "first.log",
+        POD_ID="paybill-first",
+        **ELECTION,
+        PAYBILL_STATE_DIR=str(tmp_path / "state"),
+    )
     try:
         cluster.eventually(lambda: role(first) == "leader", timeout=60)
     except BaseException:
@@ -45,7 +52,14 @@ def leader(cluster: Any, postgres: LocalPostgres, tmp_path: Path) -> Operator:
 
 def standby(cluster: Any, postgres: LocalPostgres, tmp_path: Path) -> Operator:
     """A second replica (paybill-second), once it is ready and stands by."""
-    second = Operator(cluster, postgres.dsn, tmp_path / "second.log", POD_ID="paybill-second", **ELECTION)
+    second = Operator(
+        cluster,
+        postgres.dsn,
+        tmp_path / "second.log",
+        POD_ID="paybill-second",
+        **ELECTION,
+        PAYBILL_STATE_DIR=str(tmp_path / "state"),
+    )
     try:
         cluster.eventually(lambda: second.readiness()[0] == 200 and role(second) == "standby", timeout=60)
     except BaseException:
@@ -98,7 +112,7 @@ def test_a_killed_leader_is_replaced_by_the_standby_and_nothing_is_done_twice(
 
         # nothing done twice: one audit record per transition, no Event posted again for the tenants done before
         with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-            log = AuditLog(lambda: conn)
+            log = AuditLog(lambda: conn, FileCheckpoint(tmp_path / "state" / "audit"))  # the replicas' seal
             for name in before + after:
                 transitions = [(r.event, r.details["to"]) for r in log.records("Tenant", name)]
                 assert transitions == [("provision", "Provisioning"), ("provisioned", "Active")], name

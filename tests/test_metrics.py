@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from paybill.audit import AuditLog
+from paybill.audit import AuditLog, FileCheckpoint
 from paybill.database.server import LocalPostgres
 from paybill.kubeclient import KubeError
 from test_tenant_lifecycle import (
@@ -122,7 +122,7 @@ def running(cluster: Any, postgres: LocalPostgres, tmp_path: Path) -> Iterator[O
 
 
 def test_metrics_after_a_tenant_goes_active_and_workflows_are_decided(
-    running: Operator, postgres: LocalPostgres
+    running: Operator, postgres: LocalPostgres, tmp_path: Path
 ) -> None:
     cluster = running.cluster
     name = onboard(cluster, "pooled")
@@ -182,7 +182,7 @@ def test_metrics_after_a_tenant_goes_active_and_workflows_are_decided(
     assert value(samples, "paybill_guard_rows_read_total") == 2
     assert value(samples, "paybill_guard_rows_written_total") == 1
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-        length = AuditLog(lambda: conn).verify()
+        length = AuditLog(lambda: conn, FileCheckpoint(tmp_path / "operator-state" / "audit")).verify()
     assert value(samples, "paybill_audit_chain_length") == length > 0
     assert not labels_of(samples, "paybill_terraform_runs_total")  # a pooled plan runs no Terraform
     assert value(samples, "process_resident_memory_bytes")  # the process collector is there too

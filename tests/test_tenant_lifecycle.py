@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from paybill.audit import AuditLog, ChainBroken
+from paybill.audit import AuditLog, ChainBroken, FileCheckpoint
 from paybill.database import Placement, TenantDatabases, restore_backup
 from paybill.database.server import LocalPostgres
 from paybill.kubeclient import KubeError
@@ -394,13 +394,15 @@ def test_owned_objects_deleted_by_hand_come_back(operator: Any) -> None:
     operator.eventually(lambda: can_write(operator, name, 99), timeout=30)
 
 
-def test_every_transition_is_in_a_verifiable_audit_chain(operator: Any, postgres: LocalPostgres) -> None:
+def test_every_transition_is_in_a_verifiable_audit_chain(
+    operator: Any, postgres: LocalPostgres, tmp_path: Path
+) -> None:
     name = onboard(operator, "pooled")
     wait_phase(operator, name, "Active")
     operator.kube.merge_patch(API, "tenants", name, {"spec": {"suspended": True}})
     wait_phase(operator, name, "Suspended")
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-        log = AuditLog(lambda: conn)
+        log = AuditLog(lambda: conn, FileCheckpoint(tmp_path / "state" / "audit"))  # the operator's: its seal too
         events = [(r.event, r.details["to"]) for r in log.records("Tenant", name)]
         assert events == [("provision", "Provisioning"), ("provisioned", "Active"), ("suspend", "Suspended")]
         assert log.verify() >= 3
@@ -590,7 +592,9 @@ def wait_workflow(cluster: Any, namespace: str, name: str, phase: str) -> dict[s
     return cluster.eventually(check, timeout=40)
 
 
-def test_agent_workflows_run_declared_steps_once_through_the_gate(operator: Any, postgres: LocalPostgres) -> None:
+def test_agent_workflows_run_declared_steps_once_through_the_gate(
+    operator: Any, postgres: LocalPostgres, tmp_path: Path
+) -> None:
     name = onboard(operator, "pooled")
     namespace = f"tenant-{name}"
     wait_phase(operator, name, "Active")
@@ -667,7 +671,7 @@ def test_agent_workflows_run_declared_steps_once_through_the_gate(operator: Any,
         operator.kube.merge_patch(API, "agentworkflows", "refund", {"spec": {"steps": again}}, namespace)
     assert error.value.status == 403 and "fixed once submitted" in error.value.message
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-        log = AuditLog(lambda: conn)
+        log = AuditLog(lambda: conn, FileCheckpoint(tmp_path / "state" / "audit"))
         events = [(r.event, r.details["step"]) for r in log.records("AgentWorkflow", f"{namespace}/refund")]
         assert events == [("StepRan", "find"), ("StepRan", "fix")]
         assert log.records("AgentWorkflow", f"{namespace}/sneaky") == []  # refused before it was stored

@@ -620,12 +620,16 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         "check the hash chain; name the first edited, deleted or reordered record (exit 1)",
     )
-    head = verify.add_mutually_exclusive_group()  # where the operator keeps the chain's head: finds a deleted tail
-    head.add_argument("--checkpoint", metavar="DIR", help="a local operator's checkpoint directory (<state dir>/audit)")
+    # where the operator keeps the chain's head (finds a deleted tail) and its seal (checks sealed records)
+    head = verify.add_mutually_exclusive_group()
+    head.add_argument(
+        "--checkpoint", metavar="DIR", help="a local operator's checkpoint and seal directory (<state dir>/audit)"
+    )
     head.add_argument(
         "--checkpoint-namespace",
         metavar="NAMESPACE",
-        help="the operator's namespace in a cluster: its ConfigMap paybill-audit-checkpoint (reads KUBECONFIG)",
+        help="the operator's namespace in a cluster: its ConfigMap paybill-audit-checkpoint and Secret "
+        "paybill-audit-seal (reads KUBECONFIG)",
     )
     replay = command(
         audit_commands,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import secrets
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from psycopg import conninfo, sql
 from paybill import cli
 from paybill.api.agentpolicy import AgentPolicySpec
 from paybill.audit import AuditLog, ConfigMapCheckpoint, FileCheckpoint
+from paybill.audit.chain import GENESIS, record_hash
 from paybill.audit.versions import PolicyVersions, address_of
 from paybill.database.server import LocalPostgres
 from paybill.policy.engine import PolicyEngine
@@ -185,9 +187,9 @@ def test_records_of_the_old_hash_format_verify_as_before_and_are_reported_as_suc
             "record 3 (Tenant acme Suspend): edited: content does not match its hash",
         ),
         (  # a format this Paybill does not know is never taken on trust
-            "hash_format = 3 WHERE seq = 7",
+            "hash_format = 4 WHERE seq = 7",
             "hash_format = 2 WHERE seq = 7",
-            "record 7 (Tenant acme Suspend): hash format 3 is unknown to this Paybill: the record cannot be verified",
+            "record 7 (Tenant acme Suspend): hash format 4 is unknown to this Paybill: the record cannot be verified",
         ),
     ):
         connect().execute("UPDATE paybill.audit_log SET " + tampering)
@@ -203,10 +205,52 @@ def test_verify_finds_a_deleted_tail_through_the_checkpoint(
     checkpoints = tmp_path / "state" / "audit"
     lifecycle(AuditLog(connect, FileCheckpoint(checkpoints)), "acme")
     args = ("audit", "verify", "--dsn", dsn, "--checkpoint", str(checkpoints))
-    assert paybill(capsys, *args)[:2] == (0, "audit chain intact: 4 records, up to its checkpoint at record 4\n")
+    intact = "audit chain intact: 4 records, up to its checkpoint at record 4, sealed from record 1\n"
+    assert paybill(capsys, *args)[:2] == (0, intact)
     connect().execute("DELETE FROM paybill.audit_log WHERE seq = 4")
-    assert paybill(capsys, "audit", "verify", "--dsn", dsn)[0] == 0  # the chain alone cannot see a lost tail
     assert paybill(capsys, *args)[:2] == (1, "audit chain broken at record 4: deleted: record 4 missing\n")
+
+
+def rehash(conn: psycopg.Connection, start: int, hash_format: int, key: bytes | None = None) -> None:
+    """What someone who can write the database does after editing record `start`: every hash from there on made
+    again, under `hash_format` (format 3 with `key`, a guess at the seal's)."""
+    records = AuditLog(lambda: conn).records()
+    previous = records[start - 2].hash if start > 1 else GENESIS
+    for record in records[start - 1 :]:
+        digest = record_hash(
+            previous, record.kind, record.name, record.event, record.details, hash_format, record.at, key
+        )
+        conn.execute(
+            "UPDATE paybill.audit_log SET previous = %s, hash = %s, hash_format = %s WHERE seq = %s",
+            (previous, digest, hash_format, record.seq),
+        )
+        previous = digest
+
+
+def test_a_sealed_chain_cannot_be_edited_and_hashed_again_without_its_key(
+    dsn: str, connect: Callable[[], psycopg.Connection], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Third outside review: with plain hashes, someone who can write the database edited a record and computed every
+    later hash again; the chain alone then verified intact, and the checkpoint said only that the chain differed."""
+    checkpoints = tmp_path / "state" / "audit"
+    lifecycle(AuditLog(connect, FileCheckpoint(checkpoints)), "acme")
+    args = ("audit", "verify", "--dsn", dsn, "--checkpoint", str(checkpoints))
+    connect().execute("""UPDATE paybill.audit_log SET details = details || '{"why": "forged"}' WHERE seq = 2""")
+    for hash_format, key, found in (
+        (2, None, "record 2 (Tenant acme Provisioned): not sealed, though the chain is sealed from record 1 on"),
+        (3, secrets.token_bytes(32), "record 2 (Tenant acme Provisioned): edited: content does not match its hash"),
+    ):
+        rehash(connect(), 2, hash_format, key)
+        assert paybill(capsys, *args)[:2] == (1, f"audit chain broken at {found}\n")
+    rehash(connect(), 1, 2)  # the whole chain in plain hashes, as if it had never been sealed
+    found = "record 1 (Tenant acme Provision): not sealed, though the chain is sealed from record 1 on"
+    assert paybill(capsys, *args)[:2] == (1, f"audit chain broken at {found}\n")
+    status, _, err = paybill(capsys, "audit", "verify", "--dsn", dsn)  # the chain alone says nothing of its seal
+    assert status == 0
+    rehash(connect(), 1, 3, secrets.token_bytes(32))
+    status, _, err = paybill(capsys, "audit", "verify", "--dsn", dsn)
+    assert status == 2 and "the chain is sealed (record 1 on)" in err and "--checkpoint DIR" in err
+    assert oct((checkpoints / f"{AuditLog(connect).chain}.seal").stat().st_mode & 0o777) == "0o600"
 
 
 def test_verify_finds_a_deleted_tail_through_the_configmap_checkpoint_in_a_cluster(
@@ -219,11 +263,14 @@ def test_verify_finds_a_deleted_tail_through_the_configmap_checkpoint_in_a_clust
     lifecycle(AuditLog(connect, ConfigMapCheckpoint(cluster.kube, "default")), "acme")  # as the operator in a Pod
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
     args = ("audit", "verify", "--dsn", dsn, "--checkpoint-namespace", "default")
-    assert paybill(capsys, *args)[:2] == (0, "audit chain intact: 4 records, up to its checkpoint at record 4\n")
+    intact = "audit chain intact: 4 records, up to its checkpoint at record 4, sealed from record 1\n"
+    assert paybill(capsys, *args)[:2] == (0, intact)
+    seal = cluster.kube.get("v1", "secrets", "paybill-audit-seal", "default")  # the seal: a Secret, not the ConfigMap
+    assert set(seal["data"]) == {"chain", "key", "since"}
     connect().execute("DELETE FROM paybill.audit_log WHERE seq >= 3")
     assert paybill(capsys, *args)[:2] == (1, "audit chain broken at record 3: deleted: records 3 to 4 missing\n")
     elsewhere = paybill(capsys, "audit", "verify", "--dsn", dsn, "--checkpoint-namespace", "elsewhere")
-    assert elsewhere[:2] == (0, "audit chain intact: 2 records\n")  # no checkpoint there: the chain alone
+    assert elsewhere[0] == 2 and "no seal for this chain" in elsewhere[2]  # the records are sealed: no key, no check
 
 
 def record_step(log: AuditLog, versions: PolicyVersions, workflow: str, step: str, statement: str) -> None:

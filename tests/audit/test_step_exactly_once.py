@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from paybill.audit import AuditLog, AuditRecord
+from paybill.audit import AuditLog, AuditRecord, FileCheckpoint
 from paybill.audit.review import belongs_to, replay
 from paybill.audit.versions import load_version
 from paybill.database.agents.steps import SCHEMA, TABLE
@@ -198,7 +198,7 @@ def test_a_sigkill_around_a_mutations_commit_neither_repeats_nor_loses_it(
     assert json.loads(base64.b64decode(results["look.json"]))["rows"] == [[1, "15.00"]]  # read after the credit
     assert totals(cluster, name, namespace) == [(15, "credited")]  # credited once, not twice
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-        log = AuditLog(lambda: conn)
+        log = AuditLog(lambda: conn, FileCheckpoint(tmp_path / "state" / "audit"))  # the operator's: its seal too
         records = log.records("AgentWorkflow", f"{namespace}/credit")
         assert [(r.event, r.details["step"]) for r in records] == [
             ("StepResumed" if kill == "after_the_commit" else "StepRan", "credit"),

@@ -5,19 +5,29 @@ tail the database lost with it. `check_chain` says which.
 What a hash covers is its record's hash format, kept with the record: format 1 (records written before formats
 existed) covers kind, name, event and details; format 2 also the time the record was written. Changing a record's
 format breaks its hash like any edit, and a format this code does not know is a fault, never taken on trust.
+
+Format 3 is format 2 sealed: an HMAC under the chain's seal key, which is kept outside the database with the
+checkpoint. Plain hashes can be computed by anyone: someone who can write the database could edit a record and
+compute every later hash again, which only the checkpoint would show (and not where). A sealed record cannot be
+made again without the key. The seal says from which record on the chain is sealed: a record there that is not
+sealed is a fault, so rewriting the chain in plain hashes is seen too. A sealed record before that (sealed under
+another key: a seal that was lost, or another store's) can only be checked for its place in the chain, and
+`unchecked` names such records for the reviewer.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 GENESIS = "0" * 64
 LEGACY_FORMAT = 1  # kind, name, event, details: the time a record was written is outside its hash
 TIMED_FORMAT = 2  # and the time it was written, as `at` text (UTC, microseconds)
-CURRENT_FORMAT = TIMED_FORMAT
+SEALED_FORMAT = 3  # what format 2 covers, as an HMAC-SHA256 under the chain's seal key
+CURRENT_FORMAT = TIMED_FORMAT  # what a log writes without a seal
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,15 @@ class Head:
     chain: str
     seq: int
     hash: str
+
+
+@dataclass(frozen=True)
+class Seal:
+    """The chain's seal key, and the first record sealed with it: every record from `since` on must be sealed."""
+
+    chain: str
+    key: bytes = field(repr=False)
+    since: int
 
 
 @dataclass(frozen=True)
@@ -45,6 +64,16 @@ class AuditRecord:
 class UnknownFormat(ValueError):
     def __init__(self, hash_format: int) -> None:
         super().__init__(f"hash format {hash_format} is unknown to this Paybill: the record cannot be verified")
+
+
+class SealNeeded(RuntimeError):
+    """Sealed records, and no seal key to check them with."""
+
+    def __init__(self, seq: int) -> None:
+        super().__init__(
+            f"the chain is sealed (record {seq} on): checking it needs its seal key, kept with its checkpoint"
+        )
+        self.seq = seq
 
 
 class ChainBroken(RuntimeError):
@@ -71,21 +100,26 @@ def record_hash(
     details: dict[str, Any],
     hash_format: int = LEGACY_FORMAT,
     at: str | None = None,
+    key: bytes | None = None,
 ) -> str:
-    """The record's hash under `hash_format` (UnknownFormat for any other than 1 and 2)."""
+    """The record's hash under `hash_format` (UnknownFormat for any other than 1, 2 and 3; format 3 needs `key`)."""
     fields: dict[str, Any] = {"kind": kind, "name": name, "event": event, "details": details}
-    if hash_format == TIMED_FORMAT:
-        fields |= {"format": TIMED_FORMAT, "at": at}
+    if hash_format in (TIMED_FORMAT, SEALED_FORMAT):
+        fields |= {"format": hash_format, "at": at}
     elif hash_format != LEGACY_FORMAT:
         raise UnknownFormat(hash_format)
-    content = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(f"{previous}\n{content}".encode()).hexdigest()
+    content = f"{previous}\n{json.dumps(fields, sort_keys=True, separators=(',', ':'), default=str)}".encode()
+    if hash_format == SEALED_FORMAT:
+        if key is None:
+            raise ValueError("a sealed record's hash needs the seal key")
+        return hmac.new(key, content, hashlib.sha256).hexdigest()
+    return hashlib.sha256(content).hexdigest()
 
 
-def hash_of(record: AuditRecord) -> str:
+def hash_of(record: AuditRecord, key: bytes | None = None) -> str:
     """What `record`'s hash must be, given the record before it (UnknownFormat if its format is unknown)."""
     return record_hash(
-        record.previous, record.kind, record.name, record.event, record.details, record.hash_format, record.at
+        record.previous, record.kind, record.name, record.event, record.details, record.hash_format, record.at, key
     )
 
 
@@ -99,9 +133,14 @@ def chain_after(last: Head | None, checkpoint: Head | None) -> tuple[int, str]:
     return head.seq + 1, head.hash
 
 
-def check_chain(records: list[AuditRecord], checkpoint: Head | None) -> int:
+def check_chain(records: list[AuditRecord], checkpoint: Head | None, seal: Seal | None = None) -> int:
     """The chain's length, or ChainBroken at its first fault: a record edited, missing or out of place, the
-    database behind its checkpoint (RecordsMissing), or the record at the checkpoint not the one checkpointed."""
+    database behind its checkpoint (RecordsMissing), the record at the checkpoint not the one checkpointed, or a
+    record from the seal's `since` on not sealed. SealNeeded: sealed records, and no `seal` to check them with."""
+    if seal is None:
+        sealed = next((r.seq for r in records if r.hash_format == SEALED_FORMAT), None)
+        if sealed is not None:
+            raise SealNeeded(sealed)
     previous, expected = GENESIS, 1
     for record in records:
         if record.seq > expected:
@@ -110,8 +149,14 @@ def check_chain(records: list[AuditRecord], checkpoint: Head | None) -> int:
             raise ChainBroken(record.seq, f"expected sequence number {expected}")
         if record.previous != previous:
             raise ChainBroken(record.seq, "does not follow the previous record")
+        sealed = record.hash_format == SEALED_FORMAT
+        if seal is not None and record.seq >= seal.since and not sealed:
+            raise ChainBroken(record.seq, f"not sealed, though the chain is sealed from record {seal.since} on")
         try:
-            intact = hash_of(record) == record.hash
+            # a record sealed before this seal began: under another key, so only its place in the chain is checked
+            intact = (sealed and seal is not None and record.seq < seal.since) or hash_of(
+                record, seal.key if seal is not None else None
+            ) == record.hash
         except UnknownFormat as exc:
             raise ChainBroken(record.seq, str(exc)) from None
         if not intact:
@@ -122,3 +167,10 @@ def check_chain(records: list[AuditRecord], checkpoint: Head | None) -> int:
     if checkpoint is not None and checkpoint.seq >= expected:
         raise RecordsMissing(expected - 1, checkpoint.seq - expected + 1)
     return len(records)
+
+
+def unchecked(records: list[AuditRecord], seal: Seal | None) -> list[int]:
+    """The records `check_chain` could check only for their place in the chain: sealed before `seal` began."""
+    if seal is None:
+        return []
+    return [r.seq for r in records if r.hash_format == SEALED_FORMAT and r.seq < seal.since]

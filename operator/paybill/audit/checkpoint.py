@@ -1,27 +1,33 @@
-"""Where the chain's head is kept outside its database, so that a database that lost its tail (a crash losing
-acknowledged commits, a restore from an earlier copy) cannot lose the head with it: a ConfigMap in the
-operator's namespace (in a cluster: it outlives the operator's Pod, whose state directory may be an emptyDir),
-else a file in the operator's state directory (a local run). No MAC: the checkpoint's worth is that it is
-somewhere else; the chain's hashes bind every record to it.
+"""Where the chain's head and its seal key are kept outside its database, so that a database that lost its tail
+(a crash losing acknowledged commits, a restore from an earlier copy) cannot lose the head with it, and someone who
+can write the database cannot seal a record: in a cluster a ConfigMap (the head) and a Secret (the seal) in the
+operator's namespace, which outlive the operator's Pod (its state directory may be an emptyDir); else files in the
+operator's state directory (a local run). The checkpoint itself has no MAC: its worth is that it is somewhere
+else; the chain's hashes bind every record to it.
 
-A store never lowers a chain's head (a late writer cannot undo a newer checkpoint)."""
+A store never lowers a chain's head (a late writer cannot undo a newer checkpoint), and never replaces a chain's
+seal: the first one made is the one every writer and reader uses."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import json
 import os
 import re
+import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..kubeclient import Kube, KubeError
-from .chain import Head
+from .chain import Head, Seal
 
 CONFIGMAP = "paybill-audit-checkpoint"
+SEAL_SECRET = "paybill-audit-seal"
+KEY_BYTES = 32
 WRITE_ATTEMPTS = 5
 CHAIN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # the log's id, from its database: a file name only if plain
 
@@ -36,6 +42,16 @@ class CheckpointStore(Protocol):
 
     def save(self, head: Head) -> None:
         """Keep `head`, unless the store already holds a later one of its chain."""
+
+    def load_seal(self, chain: str) -> Seal | None:
+        """`chain`'s seal; None if it has none."""
+
+    def seal(self, chain: str, since: int) -> Seal:
+        """`chain`'s seal, made now with a new key, sealing from record `since`, if it has none."""
+
+
+def new_seal(chain: str, since: int) -> Seal:
+    return Seal(chain, secrets.token_bytes(KEY_BYTES), since)
 
 
 class FileCheckpoint:
@@ -67,10 +83,36 @@ class FileCheckpoint:
         except OSError as exc:
             raise CheckpointUnavailable(f"cannot write the audit checkpoint in {self.directory}: {exc}") from None
 
-    def _path(self, chain: str) -> Path:
+    def load_seal(self, chain: str) -> Seal | None:
+        """`<directory>/<chain>.seal`, 0600 like the checkpoint."""
+        path = self._path(chain, ".seal")
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CheckpointUnavailable(f"cannot read the audit seal in {self.directory}: {exc}") from None
+        try:
+            return _parse_seal(chain, json.loads(text))
+        except ValueError:
+            raise CheckpointUnavailable(f"the audit seal {path} is not JSON") from None
+
+    def seal(self, chain: str, since: int) -> Seal:
+        try:
+            with self._locked():
+                found = self.load_seal(chain)
+                if found is not None:
+                    return found
+                made = new_seal(chain, since)
+                self._replace(self._path(chain, ".seal"), json.dumps(_seal_fields(made)))
+                return made
+        except OSError as exc:
+            raise CheckpointUnavailable(f"cannot write the audit seal in {self.directory}: {exc}") from None
+
+    def _path(self, chain: str, suffix: str = ".json") -> Path:
         if not CHAIN_ID.fullmatch(chain):
             raise CheckpointUnavailable(f"not an audit chain id: {chain!r}")
-        return self.directory / f"{chain}.json"
+        return self.directory / f"{chain}{suffix}"
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -136,6 +178,58 @@ class ConfigMapCheckpoint:
         except KubeError as exc:
             raise CheckpointUnavailable(f"cannot read the audit checkpoint: {exc}") from None
 
+    def load_seal(self, chain: str) -> Seal | None:
+        """Secret `paybill-audit-seal` in the namespace: the seal of one chain (the operator's database's)."""
+        found = self._get_seal()
+        if found is None:
+            return None
+        try:
+            fields = {k: base64.b64decode(v).decode() for k, v in (found.get("data") or {}).items()}
+        except ValueError:
+            raise CheckpointUnavailable(f"the audit seal (Secret {SEAL_SECRET}) is malformed") from None
+        return _parse_seal(chain, fields)
+
+    def seal(self, chain: str, since: int) -> Seal:
+        for _ in range(WRITE_ATTEMPTS):
+            found = self.load_seal(chain)
+            if found is not None:
+                return found
+            made = new_seal(chain, since)
+            existing = self._get_seal()
+            try:
+                if existing is None:
+                    self.kube.create(self._seal_manifest(made))
+                else:  # another chain's (its database was replaced): this chain's from now on, if still unchanged
+                    meta = {"resourceVersion": existing["metadata"]["resourceVersion"]}
+                    patch = {"metadata": meta, "data": _encoded(_seal_fields(made))}
+                    self.kube.merge_patch("v1", "secrets", SEAL_SECRET, patch, self.namespace)
+            except KubeError as exc:
+                if exc.status != 409:
+                    raise CheckpointUnavailable(f"cannot write the audit seal: {exc}") from None
+        found = self.load_seal(chain)  # a writer that raced this one made it
+        if found is None:
+            raise CheckpointUnavailable(f"the audit seal kept changing under {WRITE_ATTEMPTS} writes")
+        return found
+
+    def _get_seal(self) -> dict[str, Any] | None:
+        try:
+            return self.kube.get("v1", "secrets", SEAL_SECRET, self.namespace)
+        except KubeError as exc:
+            raise CheckpointUnavailable(f"cannot read the audit seal: {exc}") from None
+
+    def _seal_manifest(self, seal: Seal) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": SEAL_SECRET,
+                "namespace": self.namespace,
+                "labels": {"app.kubernetes.io/managed-by": "paybill"},
+            },
+            "type": "Opaque",
+            "data": _encoded(_seal_fields(seal)),
+        }
+
     def _manifest(self, head: Head) -> dict[str, Any]:
         return {
             "apiVersion": "v1",
@@ -147,6 +241,27 @@ class ConfigMapCheckpoint:
             },
             "data": _fields(head),
         }
+
+
+def _seal_fields(seal: Seal) -> dict[str, str]:
+    return {"chain": seal.chain, "key": seal.key.hex(), "since": str(seal.since)}
+
+
+def _encoded(fields: dict[str, str]) -> dict[str, str]:
+    return {key: base64.b64encode(value.encode()).decode() for key, value in fields.items()}
+
+
+def _parse_seal(chain: str, fields: object) -> Seal | None:
+    """The seal in `fields` if it is `chain`'s."""
+    if not isinstance(fields, dict) or fields.get("chain") != chain:
+        return None
+    try:
+        key, since = bytes.fromhex(str(fields["key"])), int(fields["since"])
+    except (KeyError, ValueError) as exc:
+        raise CheckpointUnavailable(f"the audit seal is malformed: {exc}") from None
+    if len(key) != KEY_BYTES or since < 1:
+        raise CheckpointUnavailable("the audit seal is malformed: a key of the wrong length, or no first record")
+    return Seal(chain, key, since)
 
 
 def _fields(head: Head) -> dict[str, str]:

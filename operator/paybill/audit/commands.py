@@ -1,6 +1,7 @@
 """`paybill audit verify | replay | export`: the reviewer's commands, over the operator's database (read only:
 nothing is created or changed in it). Exit status 0: intact / nothing differs / written; 1: the chain is broken
-or a decision differs; 2: the database or the checkpoint could not be read."""
+or a decision differs; 2: the database, the checkpoint or the seal could not be read (a sealed chain is checked
+only with its seal, which is kept with the checkpoint)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ import psycopg
 
 from ..errors import first_line
 from ..kubeclient import Kube, load_config
+from .chain import SealNeeded
 from .checkpoint import CheckpointStore, CheckpointUnavailable, ConfigMapCheckpoint, FileCheckpoint
 from .log import AuditLog, _log_exists
-from .review import belongs_to, export_line, first_break, replay, untimed
+from .review import belongs_to, export_line, first_break, foreign_seals, replay, untimed
 from .versions import load_version
 
 
@@ -52,20 +54,32 @@ def checkpoint_store(directory: Path | None, namespace: str | None) -> Checkpoin
 
 
 def verify(dsn: str, store: CheckpointStore | None, out: TextIO) -> int:
-    """Check the whole chain (against the checkpoint in `store`, if given); name its first fault."""
+    """Check the whole chain (against the checkpoint and with the seal in `store`, if given); name its first fault."""
     with _log(dsn) as (_, log):
         records = log.records()
         try:
             checkpoint = store.load(log.chain) if store is not None else None
+            seal = store.load_seal(log.chain) if store is not None else None
         except CheckpointUnavailable as exc:
             raise Unreadable(str(exc)) from None
-    fault = first_break(records, checkpoint)
+    try:
+        fault = first_break(records, checkpoint, seal)
+    except SealNeeded as exc:
+        where = (
+            "give --checkpoint DIR or --checkpoint-namespace NS"
+            if store is None
+            else "the checkpoint given holds no seal for this chain: the wrong one, or its seal was deleted"
+        )
+        raise Unreadable(f"{exc} ({where})") from None
     if fault is not None:
         print(f"audit chain broken at {fault.describe()}", file=out)
         return 1
     against = f", up to its checkpoint at record {checkpoint.seq}" if checkpoint is not None else ""
-    old = untimed(records)
-    print(f"audit chain intact: {len(records)} records{against}{f'; {old}' if old else ''}", file=out)
+    sealed = (
+        f", sealed from record {seal.since}" if seal is not None and records and seal.since <= records[-1].seq else ""
+    )
+    notes = "".join(f"; {note}" for note in (foreign_seals(records, seal), untimed(records)) if note)
+    print(f"audit chain intact: {len(records)} records{against}{sealed}{notes}", file=out)
     return 0
 
 

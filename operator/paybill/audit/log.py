@@ -2,6 +2,8 @@
 
 - after each commit the chain's head is checkpointed outside the database (checkpoint.py), so `verify` sees a
   tail the database lost ("truncated: N records missing after seq X");
+- with a checkpoint store, records are sealed (hash format 3: an HMAC under the chain's seal key, kept in the store
+  and made by the first writer that finds none), so that a record edited in the database cannot be sealed again;
 - a record that cannot be written (the database unreachable) waits in memory, at most `buffer_limit` of them,
   and is written in order, still chained, by a background retry (every `retry_interval`) or by an append
   that finds the buffer full; meanwhile appends do not touch the database (no wait). Past the bound an append
@@ -26,7 +28,17 @@ import psycopg
 from ..database import DatabaseUnavailable
 from ..database.ownership import create_idempotently
 from ..errors import first_line
-from .chain import CURRENT_FORMAT, LEGACY_FORMAT, AuditRecord, Head, chain_after, check_chain, record_hash
+from .chain import (
+    CURRENT_FORMAT,
+    LEGACY_FORMAT,
+    SEALED_FORMAT,
+    AuditRecord,
+    Head,
+    Seal,
+    chain_after,
+    check_chain,
+    record_hash,
+)
 from .checkpoint import CheckpointStore, CheckpointUnavailable
 
 BUFFER_LIMIT = 10_000  # records waiting for the database: about 10-20 MB at most (details are small)
@@ -34,9 +46,10 @@ BUFFER_LIMIT = 10_000  # records waiting for the database: about 10-20 MB at mos
 # older replica, during an upgrade) writes: it hashes its records that way.
 FORMAT_COLUMN = f"hash_format integer NOT NULL DEFAULT {LEGACY_FORMAT}"
 RETRY_INTERVAL = 2.0  # seconds between background attempts while records wait
-# The database cannot take records now (down, a lock timeout, read-only, out of disk...): they wait. What no
-# database could ever store is refused before it waits (`storable`), so nothing that waits blocks the rest.
-WRITE_FAILURES = (DatabaseUnavailable, psycopg.Error)
+# The database cannot take records now (down, a lock timeout, read-only, out of disk...), or the seal key cannot be
+# read: they wait. What no database could ever store is refused before it waits (`storable`), so nothing that waits
+# blocks the rest.
+WRITE_FAILURES = (DatabaseUnavailable, psycopg.Error, CheckpointUnavailable)
 MISSING = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
 INSERT = (
     "INSERT INTO paybill.audit_log (seq, at, kind, name, event, details, previous, hash, hash_format) "
@@ -85,6 +98,7 @@ class AuditLog:
         self._chain: str | None = None
         self._formats = False  # the log has its hash_format column (made by the first write of this version)
         self._head: Head | None = None  # the latest head known: committed here, or checkpointed before
+        self._seal: Seal | None = None  # the chain's seal, once read from (or made in) the checkpoint store
         self._saved = 0  # the seq last checkpointed by this process
         self._waiting: deque[Entry] = deque()
         self.dropped = 0  # records refused since the buffer filled; written as one RecordsDropped record
@@ -165,7 +179,7 @@ class AuditLog:
                 written = self._write(batch)
             except WRITE_FAILURES as exc:
                 if isinstance(exc, MISSING):  # the log was dropped or the database replaced: set up again
-                    self._chain = None
+                    self._chain, self._seal = None, None
                 if self._outage is None and not self._closing.is_set():
                     logger.warning(
                         "audit log: the database cannot take records, %d wait: %s", len(batch), first_line(exc)
@@ -214,12 +228,17 @@ class AuditLog:
             now = conn.execute(f"SELECT t, {AT_TEXT.format('t')} FROM clock_timestamp() AS t").fetchone()
             assert now is not None
             at, at_text = now
+            seal = self._sealing(seq)
             for entry in batch:
+                # below the seal's first record (the database restored behind a checkpoint that was never written),
+                # a record is not sealed: verify holds every record to where the seal begins
+                key = seal.key if seal is not None and seq >= seal.since else None
+                hash_format = SEALED_FORMAT if key is not None else CURRENT_FORMAT
                 digest = record_hash(
-                    previous, entry.kind, entry.name, entry.event, entry.details, CURRENT_FORMAT, at_text
+                    previous, entry.kind, entry.name, entry.event, entry.details, hash_format, at_text, key
                 )
                 record = AuditRecord(
-                    seq, entry.kind, entry.name, entry.event, entry.details, previous, digest, at_text, CURRENT_FORMAT
+                    seq, entry.kind, entry.name, entry.event, entry.details, previous, digest, at_text, hash_format
                 )
                 _insert(conn, record, at)
                 written.append(record)
@@ -227,6 +246,12 @@ class AuditLog:
         self._formats = True
         self._head = Head(self._chain, written[-1].seq, written[-1].hash)
         return written
+
+    def _sealing(self, seq: int) -> Seal | None:
+        """The chain's seal (made now, sealing from `seq`, if the store has none); None without a store."""
+        if self._seal is None and self._checkpoint is not None and self._chain is not None:
+            self._seal = self._checkpoint.seal(self._chain, seq)
+        return self._seal
 
     def _known_head(self) -> Head | None:
         """The head this process committed last, else the checkpoint's (read once; unreadable: none known, and
@@ -275,11 +300,13 @@ class AuditLog:
         return [(AuditRecord(*row[:-1]), row[-1]) for row in rows]
 
     def verify(self) -> int:
-        """Walk the whole chain and hold it against the checkpoint; returns its length, or raises ChainBroken at
-        the first bad record (RecordsMissing when records are gone, a lost tail included)."""
+        """Walk the whole chain and hold it against the checkpoint and the seal; returns its length, or raises
+        ChainBroken at the first bad record (RecordsMissing when records are gone, a lost tail included), SealNeeded
+        for a sealed chain and no store to read its seal from."""
         records = self.records()
         checkpoint = self._checkpoint.load(self.chain) if self._checkpoint is not None else None
-        return check_chain(records, checkpoint)
+        seal = self._checkpoint.load_seal(self.chain) if self._checkpoint is not None else None
+        return check_chain(records, checkpoint, seal)
 
 
 def storable(kind: str, name: str, event: str, details: dict[str, Any]) -> Entry:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .chain import LEGACY_FORMAT, AuditRecord, ChainBroken, Head, RecordsMissing, check_chain
+from .chain import LEGACY_FORMAT, AuditRecord, ChainBroken, Head, RecordsMissing, Seal, check_chain, unchecked
 from .versions import StoredVersion
 
 REDACTED = "[redacted]"
@@ -42,10 +42,11 @@ class Break:
         return f"record {self.seq}{named}: {self.message}"
 
 
-def first_break(records: list[AuditRecord], checkpoint: Head | None = None) -> Break | None:
-    """The chain's first fault, or None if it is intact (up to the checkpoint, when there is one)."""
+def first_break(records: list[AuditRecord], checkpoint: Head | None = None, seal: Seal | None = None) -> Break | None:
+    """The chain's first fault, or None if it is intact (up to the checkpoint, when there is one). SealNeeded: the
+    chain is sealed and `seal` is None."""
     try:
-        check_chain(records, checkpoint)
+        check_chain(records, checkpoint, seal)
     except RecordsMissing as exc:
         after = next((r for r in records if r.seq > exc.after), None)
         span = f"{exc.after + 1}" if exc.missing == 1 else f"{exc.after + 1} to {exc.after + exc.missing}"
@@ -70,6 +71,22 @@ def untimed(records: list[AuditRecord]) -> str | None:
     seqs = [record.seq for record in records if record.hash_format == LEGACY_FORMAT]
     if not seqs:
         return None
+    return f"{len(seqs)} written under hash format {LEGACY_FORMAT}, which does not cover their times ({_named(seqs)})"
+
+
+def foreign_seals(records: list[AuditRecord], seal: Seal | None) -> str | None:
+    """Which sealed records the seal cannot check (`chain.unchecked`), said for a reviewer; None: there are none."""
+    seqs = unchecked(records, seal)
+    if not seqs or seal is None:
+        return None
+    return (
+        f"{len(seqs)} sealed under another key before this seal began at record {seal.since}, so only their place "
+        f"in the chain is checked ({_named(seqs)})"
+    )
+
+
+def _named(seqs: list[int]) -> str:
+    """`records 1 to 4, 7`: ascending sequence numbers as spans."""
     spans: list[list[int]] = []
     for seq in seqs:
         if spans and spans[-1][1] == seq - 1:
@@ -77,10 +94,7 @@ def untimed(records: list[AuditRecord]) -> str | None:
         else:
             spans.append([seq, seq])
     named = ", ".join(f"{first}" if first == last else f"{first} to {last}" for first, last in spans)
-    return (
-        f"{len(seqs)} written under hash format {LEGACY_FORMAT}, which does not cover their times "
-        f"(record{'s' if len(seqs) > 1 else ''} {named})"
-    )
+    return f"record{'s' if len(seqs) > 1 else ''} {named}"
 
 
 @dataclass(frozen=True)
