@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from psycopg import errors
 
 from paybill.database.agents.grants import agent_role
-from paybill.database.agents.guard import ExecutionGuard
+from paybill.database.agents.guard import ExecutionGuard, Reading, Session
 from paybill.policy import PolicyEngine
 
 from .conftest import PRINCIPAL, PolicyDatabase, load_cases, schema, spec, support_policy
@@ -114,6 +114,25 @@ def test_a_write_returning_past_max_bytes_read_is_rolled_back(policy_db: PolicyD
         assert admin_value(policy_db, "SELECT status FROM orders WHERE id = 10") == before
         assert admin_value(policy_db, "SELECT count(*) FROM orders WHERE status = 'huge'") == 0
         assert guard.execute("SELECT id FROM orders WHERE id = $1", [10]).rows == [(10,)]
+
+
+@pytest.mark.parametrize(
+    ("commands", "error"),
+    [
+        ((("SELECT 1/0", ()), ("SELECT 1", ())), errors.DivisionByZero),  # the statement itself is skipped
+        ((("SELECT 1", ()), ("SELECT no_such_column FROM pg_class", ())), errors.UndefinedColumn),  # its Parse fails
+    ],
+    ids=["earlier-command", "parse"],
+)
+def test_a_statement_read_in_chunks_that_never_runs_keeps_the_error_that_stopped_it(
+    policy_db: PolicyDatabase, commands: tuple, error: type[Exception]
+) -> None:
+    with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
+        session = Session(conn)
+        with pytest.raises(error):
+            session.exchange(commands, reading=Reading(10, 1000))
+        assert not session.closed and session.exchange((("SELECT 1", ()),))[0].ntuples == 1
+        session.close()
 
 
 SLOW = "SELECT count(*) FROM orders a, orders b, orders c, orders d, orders e"

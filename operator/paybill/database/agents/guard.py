@@ -35,7 +35,7 @@ from typing import Any
 import psycopg
 from psycopg import errors, sql
 from psycopg.adapt import PyFormat, Transformer
-from psycopg.pq import ExecStatus, TransactionStatus
+from psycopg.pq import ExecStatus, PipelineStatus, TransactionStatus
 from psycopg.pq.abc import PGresult
 
 from ...policy.decision import Decision, Reason
@@ -264,7 +264,8 @@ class Session:
         nones, chunked = 0, reading is None
         while True:
             if not chunked and nones == nones_before:  # before libpq parses any of the last command's reply
-                pgconn.set_chunked_rows_mode(CHUNK_ROWS)
+                if pgconn.pipeline_status != PipelineStatus.ABORTED:  # else it is skipped: an earlier error is the one
+                    pgconn.set_chunked_rows_mode(CHUNK_ROWS)
                 chunked = True
             while pgconn.is_busy():
                 self._readable.poll()
