@@ -149,6 +149,26 @@ def test_cost_precheck_refuses_before_running(policy_db: PolicyDatabase, acme: s
         assert guard.execute("SELECT id FROM orders WHERE id = 10").ok
 
 
+def test_the_cost_precheck_holds_for_every_parameter_not_only_the_first(policy_db: PolicyDatabase, acme: str) -> None:
+    """Third outside review: the estimate was cached per statement, so a cheap first parameter let a dear one run."""
+    statement = (
+        "SELECT count(*) FROM orders a, orders b, orders c WHERE a.id = ANY($1) AND b.id = ANY($1) AND c.id = ANY($1)"
+    )
+    few, many = [10], list(range(2000))  # the planner's estimate grows with the array
+    costs = []
+    for first in (few, many):
+        with ExecutionGuard(policy_db.engine(spec(limits=limits(maxCost=1e12))), acme, PRINCIPAL, "acme") as probe:
+            costs.append(probe.execute(statement, [first]).cost)
+    cheap, dear = costs
+    assert cheap < dear
+    engine = policy_db.engine(spec(limits=limits(maxCost=(cheap + dear) / 2)))
+    with ExecutionGuard(engine, acme, PRINCIPAL, "acme") as guard:
+        assert guard.execute(statement, [few]).ok
+        refused = guard.execute(statement, [many])
+        assert not refused.executed and refused.reasons[0].code == "cost_exceeded"
+        assert guard.execute(statement, [few]).ok
+
+
 def test_statement_timeout_cancels(policy_db: PolicyDatabase, acme: str) -> None:
     engine = policy_db.engine(spec(limits=limits(statementTimeoutMs=50, maxCost=1e12)))  # SLOW needs ~0.3 s
     with ExecutionGuard(engine, acme, PRINCIPAL, "acme") as guard:

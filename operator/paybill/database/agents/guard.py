@@ -362,7 +362,7 @@ class ExecutionGuard:
         self.statements = 0
         self._conninfo = conninfo
         self._session: Session | None = None
-        self._costs: dict[str, float] = {}
+        self._costs: dict[tuple[str, str], float] = {}  # (rewritten statement, its parameters as JSON) -> cost
         self._columns: dict[str, tuple[str, ...]] = {}
 
     def __enter__(self) -> ExecutionGuard:
@@ -533,13 +533,15 @@ class ExecutionGuard:
             self.close()
 
     def _cost(self, session: Session, rewritten: str, params: list[Any]) -> float:
-        cost = self._costs.get(rewritten)  # the statement's shape: estimated once, with its first parameters
+        # per parameters too: PostgreSQL plans with them, and an estimate can grow with a value (an array's length)
+        key = (rewritten, json.dumps(params, default=str, sort_keys=True))
+        cost = self._costs.get(key)
         if cost is None:
             result = self._guarded(session, ("EXPLAIN (FORMAT JSON) " + rewritten, params), prepare=False)
             ((plan,),) = session.load_rows(result, 1)
             plan = json.loads(plan) if isinstance(plan, str) else plan
             cost = plan_cost(plan[0]["Plan"])
-            self._costs[rewritten] = cost
+            self._costs[key] = cost
         return cost
 
     def _run(
