@@ -446,7 +446,7 @@ def run(quick: bool = False) -> str:
             "both logged in as the agent's role over loopback; µs per statement, interleaved rounds. Raw is psycopg's",
             "execute and fetchall (prepared after 5 runs); gated is the cached decision, then one round trip carrying",
             "the transaction-local statement_timeout and the statement (both prepared), under the client's deadline,",
-            "its rows read in chunks against maxBytesRead. The 50 ids repeat, so the EXPLAIN cost precheck (made once",
+            "its rows read one by one against maxBytesRead. The 50 ids repeat, so the EXPLAIN cost precheck (made once",
             "per statement and parameters) is cached after the first round; a statement with new parameters pays one",
             "more round trip for it:",
             "",

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from psycopg import errors
 
 from paybill.database.agents.grants import agent_role
-from paybill.database.agents.guard import ExecutionGuard, Reading, Session
+from paybill.database.agents.guard import ExecutionGuard, Reading, ResultTooLarge, Session
 from paybill.policy import PolicyEngine
 
 from .conftest import PRINCIPAL, PolicyDatabase, load_cases, schema, spec, support_policy
@@ -114,6 +114,16 @@ def test_a_write_returning_past_max_bytes_read_is_rolled_back(policy_db: PolicyD
         assert admin_value(policy_db, "SELECT status FROM orders WHERE id = 10") == before
         assert admin_value(policy_db, "SELECT count(*) FROM orders WHERE status = 'huge'") == 0
         assert guard.execute("SELECT id FROM orders WHERE id = $1", [10]).rows == [(10,)]
+
+
+def test_max_bytes_read_stops_within_one_row_of_the_limit(policy_db: PolicyDatabase) -> None:
+    """Fourth outside review: checked per chunk of 64 rows, 15 times the limit had reached the operator first."""
+    with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
+        session = Session(conn)
+        reading = Reading(1000, 150_000)
+        with pytest.raises(ResultTooLarge):
+            session.exchange((("SELECT repeat('x', 100000) FROM generate_series(1, 64)", ()),), reading=reading)
+        assert 150_000 < reading.received <= 250_000 and session.closed
 
 
 @pytest.mark.parametrize(

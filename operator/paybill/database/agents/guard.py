@@ -10,7 +10,7 @@ rolled back when it writes more rows than allowed. The guard speaks to libpq dir
 timeout and the statement go out as one pipeline, both prepared once per connection, and psycopg's loaders
 build the rows, which costs less than psycopg's own pipeline around every statement. A planner-cost precheck
 (cached per rewritten statement) refuses expensive statements; reads stop at maxRowsRead. The agent's statement
-is read in chunks as it arrives, and once its values pass maxBytesRead the connection is dropped: the server stops
+is read row by row as it arrives, and once its values pass maxBytesRead the connection is dropped: the server stops
 the statement and rolls back its transaction, and none of its rows are kept. (libpq still takes in one row whole:
 the memory a statement can cost the operator is maxBytesRead plus its largest row, which PostgreSQL limits.)
 
@@ -131,7 +131,9 @@ COMMIT: Command = ("COMMIT", ())
 ROLLBACK: Command = ("ROLLBACK", ())
 Key = tuple[str, tuple[int, ...]]
 PREPARED_MAX = 100  # statements prepared per connection; any further one is parsed on every run
-CHUNK_ROWS = 64  # rows libpq hands over at a time while the agent's statement is read
+# Rows libpq hands over at a time while the agent's statement is read: one, so that maxBytesRead is held after each
+# row (a chunk of 64 rows of doubled values had brought 15 times the limit in before it was checked).
+CHUNK_ROWS = 1
 
 
 @dataclass
