@@ -248,7 +248,7 @@ def test_a_lost_tail_is_reported_as_truncated_with_the_count(
     assert (caught.value.after, caught.value.missing) == (7, 3)
     # Without its checkpoint the chain looks whole: this is what the checkpoint adds. (Without the store at all, the
     # sealed chain cannot be checked: its seal is kept there too.)
-    assert check_chain(log.records(), None, store.load_seal(log.chain)) == 7
+    assert check_chain(log.records(), None, store.load_seal()) == 7
     with pytest.raises(SealNeeded):
         AuditLog(databases.connect).verify()
 
@@ -448,25 +448,31 @@ def sealed_chain(*keys: bytes | None) -> list[AuditRecord]:
 
 
 @pytest.mark.parametrize(
-    ("records", "since", "outcome", "not_checked"),
+    ("records", "since", "foreign", "outcome", "not_checked"),
     [
-        (sealed_chain(KEY, KEY, KEY), 1, 3, []),
-        (sealed_chain(None, None, KEY, KEY), 3, 4, []),  # sealed from an upgrade on: the plain ones checked as before
-        (sealed_chain(None, OTHER_KEY, KEY), 3, 3, [2]),  # another store's seal, before this one: its place only
-        (
-            sealed_chain(KEY, None, KEY),
-            1,
-            "audit record 2: not sealed, though the chain is sealed from record 1 on",
+        (sealed_chain(KEY, KEY, KEY), 1, (), 3, []),
+        (sealed_chain(None, None, KEY, KEY), 3, (), 4, []),  # sealed from an upgrade on: the plain ones as before
+        (sealed_chain(None, OTHER_KEY, KEY), 3, ((2, 2),), 3, [2]),  # another store's seal the seal lists: place only
+        (  # fourth outside review: a plain record relabelled as sealed to escape its check
+            sealed_chain(None, OTHER_KEY, KEY),
+            3,
+            (),
+            "audit record 2: marked sealed, but written before the chain's seal began (record 3)",
             [],
         ),
-        (sealed_chain(KEY, OTHER_KEY, KEY), 1, "audit record 2: content does not match its hash", []),
-        (sealed_chain(None, None), 1, "audit record 1: not sealed, though the chain is sealed from record 1 on", []),
+        (sealed_chain(KEY, None, KEY), 1, (), f"audit record 2: {UNSEALED}", []),
+        (sealed_chain(KEY, OTHER_KEY, KEY), 1, (), "audit record 2: content does not match its hash", []),
+        (sealed_chain(None, None), 1, (), f"audit record 1: {UNSEALED}", []),
     ],
 )
 def test_check_chain_with_its_seal(
-    records: list[AuditRecord], since: int, outcome: int | str, not_checked: list[int]
+    records: list[AuditRecord],
+    since: int,
+    foreign: tuple[tuple[int, int], ...],
+    outcome: int | str,
+    not_checked: list[int],
 ) -> None:
-    seal = Seal("c", KEY, since)
+    seal = Seal("c", KEY, since, foreign)
     if isinstance(outcome, int):
         assert check_chain(records, None, seal) == outcome
     else:

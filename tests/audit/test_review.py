@@ -250,7 +250,61 @@ def test_a_sealed_chain_cannot_be_edited_and_hashed_again_without_its_key(
     rehash(connect(), 1, 3, secrets.token_bytes(32))
     status, _, err = paybill(capsys, "audit", "verify", "--dsn", dsn)
     assert status == 2 and "the chain is sealed (record 1 on)" in err and "--checkpoint DIR" in err
-    assert oct((checkpoints / f"{AuditLog(connect).chain}.seal").stat().st_mode & 0o777) == "0o600"
+    assert oct((checkpoints / "seal.json").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_log_whose_chain_id_was_rewritten_is_a_replaced_log_and_is_never_sealed_again(
+    dsn: str, connect: Callable[[], psycopg.Connection], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Fourth outside review (HIGH): the seal and checkpoint were looked up by the chain id the database holds, so
+    a DBA who rewrote every record in plain hashes and gave the chain a new id was told "intact"; and the operator
+    sealed the forgery under a new key, replacing the Secret."""
+    store = FileCheckpoint(tmp_path / "state" / "audit")
+    lifecycle(AuditLog(connect, store), "acme")
+    sealed = store.load_seal()
+    assert sealed is not None
+    rehash(connect(), 1, 2)
+    connect().execute("UPDATE paybill.audit_chain SET id = gen_random_uuid()")
+    status, out, _ = paybill(capsys, "audit", "verify", "--dsn", dsn, "--checkpoint", str(store.directory))
+    assert status == 1 and out.startswith("audit chain broken: the database's audit chain is ")
+    assert f"not {sealed.chain}, the chain its checkpoint seals" in out
+    writer = AuditLog(connect, store, retry_interval=3600)
+    assert writer.append("Tenant", "acme", "Suspend", {}) is None and writer.pending == 1  # waits: never sealed
+    assert store.load_seal() == sealed
+    writer.close()
+
+
+def test_a_record_before_the_seal_relabelled_as_sealed_is_a_fault(
+    dsn: str, connect: Callable[[], psycopg.Connection], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Fourth outside review: a record written before the seal began, edited and marked as sealed (format 3) under
+    another key, was only checked for its place in the chain."""
+    lifecycle(AuditLog(connect), "acme")  # before the seal: plain hashes
+    store = FileCheckpoint(tmp_path / "state" / "audit")
+    lifecycle(AuditLog(connect, store), "acme")
+    args = ("audit", "verify", "--dsn", dsn, "--checkpoint", str(store.directory))
+    intact = "audit chain intact: 8 records, up to its checkpoint at record 8, sealed from record 5\n"
+    assert paybill(capsys, *args)[:2] == (0, intact)
+    connect().execute(
+        """UPDATE paybill.audit_log SET hash_format = 3, details = details || '{"why": "forged"}' WHERE seq = 2"""
+    )
+    found = "record 2 (Tenant acme Provisioned): marked sealed, but written before the chain's seal began (record 5)"
+    assert paybill(capsys, *args)[:2] == (1, f"audit chain broken at {found}\n")
+
+
+def test_a_record_whose_details_cannot_be_read_back_is_named(
+    dsn: str, connect: Callable[[], psycopg.Connection], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Fourth outside review: a record nested deeper than Python's JSON parser follows crashed verify."""
+    lifecycle(AuditLog(connect), "acme")
+    deep = "(repeat('[', 3000) || repeat(']', 3000))::jsonb"
+    connect().execute(f"UPDATE paybill.audit_log SET details = {deep} WHERE seq = 1")
+    assert paybill(capsys, "audit", "verify", "--dsn", dsn)[:2] == (
+        1,
+        "audit chain broken at record 1: its details cannot be read (nested too deeply)\n",
+    )
+    status, _, err = paybill(capsys, "audit", "replay", "--dsn", dsn)
+    assert status == 2 and "record 1: its details cannot be read" in err
 
 
 def test_verify_finds_a_deleted_tail_through_the_configmap_checkpoint_in_a_cluster(
@@ -266,11 +320,11 @@ def test_verify_finds_a_deleted_tail_through_the_configmap_checkpoint_in_a_clust
     intact = "audit chain intact: 4 records, up to its checkpoint at record 4, sealed from record 1\n"
     assert paybill(capsys, *args)[:2] == (0, intact)
     seal = cluster.kube.get("v1", "secrets", "paybill-audit-seal", "default")  # the seal: a Secret, not the ConfigMap
-    assert set(seal["data"]) == {"chain", "key", "since"}
+    assert set(seal["data"]) == {"chain", "key", "since", "foreign"}
     connect().execute("DELETE FROM paybill.audit_log WHERE seq >= 3")
     assert paybill(capsys, *args)[:2] == (1, "audit chain broken at record 3: deleted: records 3 to 4 missing\n")
     elsewhere = paybill(capsys, "audit", "verify", "--dsn", dsn, "--checkpoint-namespace", "elsewhere")
-    assert elsewhere[0] == 2 and "no seal for this chain" in elsewhere[2]  # the records are sealed: no key, no check
+    assert elsewhere[0] == 2 and "holds no seal" in elsewhere[2]  # the records are sealed: no key, no check
 
 
 def record_step(log: AuditLog, versions: PolicyVersions, workflow: str, step: str, statement: str) -> None:

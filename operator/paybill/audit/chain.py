@@ -10,9 +10,11 @@ Format 3 is format 2 sealed: an HMAC under the chain's seal key, which is kept o
 checkpoint. Plain hashes can be computed by anyone: someone who can write the database could edit a record and
 compute every later hash again, which only the checkpoint would show (and not where). A sealed record cannot be
 made again without the key. The seal says from which record on the chain is sealed: a record there that is not
-sealed is a fault, so rewriting the chain in plain hashes is seen too. A sealed record before that (sealed under
-another key: a seal that was lost, or another store's) can only be checked for its place in the chain, and
-`unchecked` names such records for the reviewer.
+sealed is a fault, so rewriting the chain in plain hashes is seen too. A store keeps the seal of one chain, named by
+the chain's id: a database whose id is another is a replaced log, not a new one. Records sealed under another key
+before the seal began (a seal that was lost, or another store's) are listed in the seal when it is made; only their
+place in the chain can be checked, and `unchecked` names them. Any other record before the seal that says it is
+sealed was relabelled, and is a fault.
 """
 
 from __future__ import annotations
@@ -41,11 +43,27 @@ class Head:
 
 @dataclass(frozen=True)
 class Seal:
-    """The chain's seal key, and the first record sealed with it: every record from `since` on must be sealed."""
+    """The chain's seal key, and the first record sealed with it: every record from `since` on must be sealed.
+    `foreign`: the spans of records before `since` found sealed under another key when the seal was made."""
 
     chain: str
     key: bytes = field(repr=False)
     since: int
+    foreign: tuple[tuple[int, int], ...] = ()
+
+    def knows_foreign(self, seq: int) -> bool:
+        return any(first <= seq <= last for first, last in self.foreign)
+
+
+def spans(seqs: list[int]) -> tuple[tuple[int, int], ...]:
+    """Ascending sequence numbers as (first, last) runs."""
+    runs: list[list[int]] = []
+    for seq in seqs:
+        if runs and runs[-1][1] == seq - 1:
+            runs[-1][1] = seq
+        else:
+            runs.append([seq, seq])
+    return tuple((first, last) for first, last in runs)
 
 
 @dataclass(frozen=True)
@@ -80,6 +98,18 @@ class ChainBroken(RuntimeError):
     def __init__(self, seq: int, message: str) -> None:
         super().__init__(f"audit record {seq}: {message}")
         self.seq = seq
+
+
+class ChainReplaced(ChainBroken):
+    """The database's chain id is not the one the store seals: the log was replaced, or its id rewritten."""
+
+    def __init__(self, found: str, sealed: str) -> None:
+        RuntimeError.__init__(
+            self,
+            f"the database's audit chain is {found}, not {sealed}, the chain its checkpoint seals: the log was "
+            "replaced or its id rewritten",
+        )
+        self.seq, self.found, self.sealed = 0, found, sealed
 
 
 class RecordsMissing(ChainBroken):
@@ -152,11 +182,14 @@ def check_chain(records: list[AuditRecord], checkpoint: Head | None, seal: Seal 
         sealed = record.hash_format == SEALED_FORMAT
         if seal is not None and record.seq >= seal.since and not sealed:
             raise ChainBroken(record.seq, f"not sealed, though the chain is sealed from record {seal.since} on")
+        foreign = sealed and seal is not None and record.seq < seal.since
+        if foreign and seal is not None and not seal.knows_foreign(record.seq):
+            raise ChainBroken(
+                record.seq, f"marked sealed, but written before the chain's seal began (record {seal.since})"
+            )
         try:
-            # a record sealed before this seal began: under another key, so only its place in the chain is checked
-            intact = (sealed and seal is not None and record.seq < seal.since) or hash_of(
-                record, seal.key if seal is not None else None
-            ) == record.hash
+            # sealed under another key before this seal began (the seal lists it): only its place is checked
+            intact = foreign or hash_of(record, seal.key if seal is not None else None) == record.hash
         except UnknownFormat as exc:
             raise ChainBroken(record.seq, str(exc)) from None
         if not intact:
@@ -170,7 +203,10 @@ def check_chain(records: list[AuditRecord], checkpoint: Head | None, seal: Seal 
 
 
 def unchecked(records: list[AuditRecord], seal: Seal | None) -> list[int]:
-    """The records `check_chain` could check only for their place in the chain: sealed before `seal` began."""
+    """The records `check_chain` could check only for their place in the chain: sealed under another key before
+    `seal` began (as the seal lists them)."""
     if seal is None:
         return []
-    return [r.seq for r in records if r.hash_format == SEALED_FORMAT and r.seq < seal.since]
+    return [
+        r.seq for r in records if r.hash_format == SEALED_FORMAT and r.seq < seal.since and seal.knows_foreign(r.seq)
+    ]

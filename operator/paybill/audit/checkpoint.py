@@ -5,8 +5,9 @@ operator's namespace, which outlive the operator's Pod (its state directory may 
 operator's state directory (a local run). The checkpoint itself has no MAC: its worth is that it is somewhere
 else; the chain's hashes bind every record to it.
 
-A store never lowers a chain's head (a late writer cannot undo a newer checkpoint), and never replaces a chain's
-seal: the first one made is the one every writer and reader uses."""
+A store never lowers a chain's head (a late writer cannot undo a newer checkpoint). It keeps one seal, for one
+chain, and never replaces it: the first one made is the one every writer and reader uses, and a database whose
+chain id is another is refused (ChainReplaced), never sealed anew."""
 
 from __future__ import annotations
 
@@ -23,10 +24,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..kubeclient import Kube, KubeError
-from .chain import Head, Seal
+from .chain import ChainReplaced, Head, Seal
 
 CONFIGMAP = "paybill-audit-checkpoint"
 SEAL_SECRET = "paybill-audit-seal"
+SEAL_FILE = "seal.json"
 KEY_BYTES = 32
 WRITE_ATTEMPTS = 5
 CHAIN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # the log's id, from its database: a file name only if plain
@@ -43,15 +45,23 @@ class CheckpointStore(Protocol):
     def save(self, head: Head) -> None:
         """Keep `head`, unless the store already holds a later one of its chain."""
 
-    def load_seal(self, chain: str) -> Seal | None:
-        """`chain`'s seal; None if it has none."""
+    def load_seal(self) -> Seal | None:
+        """The store's seal; None if it has none."""
 
-    def seal(self, chain: str, since: int) -> Seal:
-        """`chain`'s seal, made now with a new key, sealing from record `since`, if it has none."""
+    def seal(self, chain: str, since: int, foreign: tuple[tuple[int, int], ...]) -> Seal:
+        """The store's seal: made now, with a new key, for `chain` from record `since` (and the records before it
+        sealed under another key, `foreign`), if the store has none; ChainReplaced if it seals another chain."""
 
 
-def new_seal(chain: str, since: int) -> Seal:
-    return Seal(chain, secrets.token_bytes(KEY_BYTES), since)
+def kept_seal(found: Seal, chain: str) -> Seal:
+    """`found`, the store's seal, if it is `chain`'s."""
+    if found.chain != chain:
+        raise ChainReplaced(chain, found.chain)
+    return found
+
+
+def new_seal(chain: str, since: int, foreign: tuple[tuple[int, int], ...]) -> Seal:
+    return Seal(chain, secrets.token_bytes(KEY_BYTES), since, foreign)
 
 
 class FileCheckpoint:
@@ -83,9 +93,9 @@ class FileCheckpoint:
         except OSError as exc:
             raise CheckpointUnavailable(f"cannot write the audit checkpoint in {self.directory}: {exc}") from None
 
-    def load_seal(self, chain: str) -> Seal | None:
-        """`<directory>/<chain>.seal`, 0600 like the checkpoint."""
-        path = self._path(chain, ".seal")
+    def load_seal(self) -> Seal | None:
+        """`<directory>/seal.json`, 0600 like the checkpoint."""
+        path = self.directory / SEAL_FILE
         try:
             text = path.read_text()
         except FileNotFoundError:
@@ -93,26 +103,26 @@ class FileCheckpoint:
         except OSError as exc:
             raise CheckpointUnavailable(f"cannot read the audit seal in {self.directory}: {exc}") from None
         try:
-            return _parse_seal(chain, json.loads(text))
+            return _parse_seal(json.loads(text))
         except ValueError:
             raise CheckpointUnavailable(f"the audit seal {path} is not JSON") from None
 
-    def seal(self, chain: str, since: int) -> Seal:
+    def seal(self, chain: str, since: int, foreign: tuple[tuple[int, int], ...]) -> Seal:
         try:
             with self._locked():
-                found = self.load_seal(chain)
+                found = self.load_seal()
                 if found is not None:
-                    return found
-                made = new_seal(chain, since)
-                self._replace(self._path(chain, ".seal"), json.dumps(_seal_fields(made)))
+                    return kept_seal(found, chain)
+                made = new_seal(chain, since, foreign)
+                self._replace(self.directory / SEAL_FILE, json.dumps(_seal_fields(made)))
                 return made
         except OSError as exc:
             raise CheckpointUnavailable(f"cannot write the audit seal in {self.directory}: {exc}") from None
 
-    def _path(self, chain: str, suffix: str = ".json") -> Path:
+    def _path(self, chain: str) -> Path:
         if not CHAIN_ID.fullmatch(chain):
             raise CheckpointUnavailable(f"not an audit chain id: {chain!r}")
-        return self.directory / f"{chain}{suffix}"
+        return self.directory / f"{chain}.json"
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -178,7 +188,7 @@ class ConfigMapCheckpoint:
         except KubeError as exc:
             raise CheckpointUnavailable(f"cannot read the audit checkpoint: {exc}") from None
 
-    def load_seal(self, chain: str) -> Seal | None:
+    def load_seal(self) -> Seal | None:
         """Secret `paybill-audit-seal` in the namespace: the seal of one chain (the operator's database's)."""
         found = self._get_seal()
         if found is None:
@@ -187,29 +197,22 @@ class ConfigMapCheckpoint:
             fields = {k: base64.b64decode(v).decode() for k, v in (found.get("data") or {}).items()}
         except ValueError:
             raise CheckpointUnavailable(f"the audit seal (Secret {SEAL_SECRET}) is malformed") from None
-        return _parse_seal(chain, fields)
+        return _parse_seal(fields)
 
-    def seal(self, chain: str, since: int) -> Seal:
-        for _ in range(WRITE_ATTEMPTS):
-            found = self.load_seal(chain)
-            if found is not None:
-                return found
-            made = new_seal(chain, since)
-            existing = self._get_seal()
+    def seal(self, chain: str, since: int, foreign: tuple[tuple[int, int], ...]) -> Seal:
+        found = self.load_seal()
+        if found is None:
             try:
-                if existing is None:
-                    self.kube.create(self._seal_manifest(made))
-                else:  # another chain's (its database was replaced): this chain's from now on, if still unchanged
-                    meta = {"resourceVersion": existing["metadata"]["resourceVersion"]}
-                    patch = {"metadata": meta, "data": _encoded(_seal_fields(made))}
-                    self.kube.merge_patch("v1", "secrets", SEAL_SECRET, patch, self.namespace)
+                made = new_seal(chain, since, foreign)
+                self.kube.create(self._seal_manifest(made))  # never an update: a seal is never replaced
+                return made
             except KubeError as exc:
                 if exc.status != 409:
                     raise CheckpointUnavailable(f"cannot write the audit seal: {exc}") from None
-        found = self.load_seal(chain)  # a writer that raced this one made it
-        if found is None:
-            raise CheckpointUnavailable(f"the audit seal kept changing under {WRITE_ATTEMPTS} writes")
-        return found
+            found = self.load_seal()  # a writer that raced this one made it
+            if found is None:
+                raise CheckpointUnavailable("the audit seal was made and deleted at once")
+        return kept_seal(found, chain)
 
     def _get_seal(self) -> dict[str, Any] | None:
         try:
@@ -244,24 +247,31 @@ class ConfigMapCheckpoint:
 
 
 def _seal_fields(seal: Seal) -> dict[str, str]:
-    return {"chain": seal.chain, "key": seal.key.hex(), "since": str(seal.since)}
+    return {
+        "chain": seal.chain,
+        "key": seal.key.hex(),
+        "since": str(seal.since),
+        "foreign": json.dumps([list(span) for span in seal.foreign]),
+    }
 
 
 def _encoded(fields: dict[str, str]) -> dict[str, str]:
     return {key: base64.b64encode(value.encode()).decode() for key, value in fields.items()}
 
 
-def _parse_seal(chain: str, fields: object) -> Seal | None:
-    """The seal in `fields` if it is `chain`'s."""
-    if not isinstance(fields, dict) or fields.get("chain") != chain:
-        return None
+def _parse_seal(fields: object) -> Seal:
+    if not isinstance(fields, dict):
+        raise CheckpointUnavailable("the audit seal is malformed: not a mapping")
     try:
-        key, since = bytes.fromhex(str(fields["key"])), int(fields["since"])
-    except (KeyError, ValueError) as exc:
-        raise CheckpointUnavailable(f"the audit seal is malformed: {exc}") from None
-    if len(key) != KEY_BYTES or since < 1:
-        raise CheckpointUnavailable("the audit seal is malformed: a key of the wrong length, or no first record")
-    return Seal(chain, key, since)
+        chain, key, since = str(fields["chain"]), bytes.fromhex(str(fields["key"])), int(fields["since"])
+        foreign = tuple((int(first), int(last)) for first, last in json.loads(fields.get("foreign") or "[]"))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointUnavailable(f"the audit seal is malformed: {exc!r}") from None
+    if len(key) != KEY_BYTES or since < 1 or not CHAIN_ID.fullmatch(chain):
+        raise CheckpointUnavailable(
+            "the audit seal is malformed: a key of the wrong length, no first record or no chain"
+        )
+    return Seal(chain, key, since, foreign)
 
 
 def _fields(head: Head) -> dict[str, str]:

@@ -18,7 +18,7 @@ import psycopg
 
 from ..errors import first_line
 from ..kubeclient import Kube, load_config
-from .chain import SealNeeded
+from .chain import ChainBroken, ChainReplaced, SealNeeded
 from .checkpoint import CheckpointStore, CheckpointUnavailable, ConfigMapCheckpoint, FileCheckpoint
 from .log import AuditLog, _log_exists
 from .review import belongs_to, export_line, first_break, foreign_seals, replay, untimed
@@ -38,7 +38,10 @@ def _log(dsn: str) -> Iterator[tuple[psycopg.Connection, AuditLog]]:
     with conn:
         if not _log_exists(conn):
             raise Unreadable("this database holds no Paybill audit log (paybill.audit_log)")
-        yield conn, AuditLog(lambda: conn)
+        try:
+            yield conn, AuditLog(lambda: conn)
+        except ChainBroken as exc:  # replay and export: a record that cannot be read back (verify names it)
+            raise Unreadable(f"{exc}: run `paybill audit verify`") from None
 
 
 def checkpoint_store(directory: Path | None, namespace: str | None) -> CheckpointStore | None:
@@ -56,19 +59,26 @@ def checkpoint_store(directory: Path | None, namespace: str | None) -> Checkpoin
 def verify(dsn: str, store: CheckpointStore | None, out: TextIO) -> int:
     """Check the whole chain (against the checkpoint and with the seal in `store`, if given); name its first fault."""
     with _log(dsn) as (_, log):
-        records = log.records()
+        try:
+            records = log.records()
+        except ChainBroken as exc:  # a record that cannot even be read back
+            print(f"audit chain broken at record {exc.seq}: {str(exc).split(': ', 1)[-1]}", file=out)
+            return 1
         try:
             checkpoint = store.load(log.chain) if store is not None else None
-            seal = store.load_seal(log.chain) if store is not None else None
+            seal = store.load_seal() if store is not None else None
         except CheckpointUnavailable as exc:
             raise Unreadable(str(exc)) from None
+        if seal is not None and seal.chain != log.chain:
+            print(f"audit chain broken: {ChainReplaced(log.chain, seal.chain)}", file=out)
+            return 1
     try:
         fault = first_break(records, checkpoint, seal)
     except SealNeeded as exc:
         where = (
             "give --checkpoint DIR or --checkpoint-namespace NS"
             if store is None
-            else "the checkpoint given holds no seal for this chain: the wrong one, or its seal was deleted"
+            else "the checkpoint given holds no seal: the wrong one, or its seal was deleted"
         )
         raise Unreadable(f"{exc} ({where})") from None
     if fault is not None:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import logging
 import threading
@@ -33,13 +34,16 @@ from .chain import (
     LEGACY_FORMAT,
     SEALED_FORMAT,
     AuditRecord,
+    ChainBroken,
+    ChainReplaced,
     Head,
     Seal,
     chain_after,
     check_chain,
     record_hash,
+    spans,
 )
-from .checkpoint import CheckpointStore, CheckpointUnavailable
+from .checkpoint import CheckpointStore, CheckpointUnavailable, kept_seal
 
 BUFFER_LIMIT = 10_000  # records waiting for the database: about 10-20 MB at most (details are small)
 # What each record's hash covers (chain.py). Its default, format 1, is what an operator that knows no formats (an
@@ -49,7 +53,7 @@ RETRY_INTERVAL = 2.0  # seconds between background attempts while records wait
 # The database cannot take records now (down, a lock timeout, read-only, out of disk...), or the seal key cannot be
 # read: they wait. What no database could ever store is refused before it waits (`storable`), so nothing that waits
 # blocks the rest.
-WRITE_FAILURES = (DatabaseUnavailable, psycopg.Error, CheckpointUnavailable)
+WRITE_FAILURES = (DatabaseUnavailable, psycopg.Error, CheckpointUnavailable, ChainReplaced)
 MISSING = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
 INSERT = (
     "INSERT INTO paybill.audit_log (seq, at, kind, name, event, details, previous, hash, hash_format) "
@@ -123,8 +127,10 @@ class AuditLog:
         if self._chain is not None:
             return
         if not _log_exists(conn):  # DDL only the first time: concurrent REVOKEs fail ("tuple concurrently updated")
+            # a log dropped under a sealing store is made again as the chain the store seals, which goes on
+            seal = self._checkpoint.load_seal() if self._checkpoint is not None else None
             try:
-                create_idempotently(conn, _create_log)
+                create_idempotently(conn, functools.partial(_create_log, chain=seal.chain if seal else None))
             except psycopg.errors.InternalError_:
                 if not _log_exists(conn):  # not that race, then
                     raise
@@ -181,8 +187,11 @@ class AuditLog:
                 if isinstance(exc, MISSING):  # the log was dropped or the database replaced: set up again
                     self._chain, self._seal = None, None
                 if self._outage is None and not self._closing.is_set():
-                    logger.warning(
-                        "audit log: the database cannot take records, %d wait: %s", len(batch), first_line(exc)
+                    logger.log(
+                        logging.ERROR if isinstance(exc, ChainReplaced) else logging.WARNING,
+                        "audit log: the database cannot take records, %d wait: %s",
+                        len(batch),
+                        first_line(exc),
                     )
                     self._outage = threading.Event()
                     threading.Thread(target=self._retry, args=(self._outage,), name="audit-flush", daemon=True).start()
@@ -228,7 +237,7 @@ class AuditLog:
             now = conn.execute(f"SELECT t, {AT_TEXT.format('t')} FROM clock_timestamp() AS t").fetchone()
             assert now is not None
             at, at_text = now
-            seal = self._sealing(seq)
+            seal = self._sealing(conn, seq)
             for entry in batch:
                 # below the seal's first record (the database restored behind a checkpoint that was never written),
                 # a record is not sealed: verify holds every record to where the seal begins
@@ -247,10 +256,18 @@ class AuditLog:
         self._head = Head(self._chain, written[-1].seq, written[-1].hash)
         return written
 
-    def _sealing(self, seq: int) -> Seal | None:
-        """The chain's seal (made now, sealing from `seq`, if the store has none); None without a store."""
+    def _sealing(self, conn: psycopg.Connection, seq: int) -> Seal | None:
+        """The chain's seal (made now, sealing from `seq`, if the store has none); None without a store;
+        ChainReplaced if the store seals another chain."""
         if self._seal is None and self._checkpoint is not None and self._chain is not None:
-            self._seal = self._checkpoint.seal(self._chain, seq)
+            found = self._checkpoint.load_seal()
+            if found is None:  # records sealed already (under a lost key, or another store's) are named in the seal
+                rows = conn.execute(
+                    "SELECT seq FROM paybill.audit_log WHERE hash_format = %s AND seq < %s ORDER BY seq",
+                    (SEALED_FORMAT, seq),
+                ).fetchall()
+                found = self._checkpoint.seal(self._chain, seq, spans([row[0] for row in rows]))
+            self._seal = kept_seal(found, self._chain)
         return self._seal
 
     def _known_head(self) -> Head | None:
@@ -284,7 +301,7 @@ class AuditLog:
             "WHERE (%s::text IS NULL OR kind = %s) AND (%s::text IS NULL OR name = %s) ORDER BY seq",
             (kind, kind, name, name),
         ).fetchall()
-        return [AuditRecord(*row) for row in rows]
+        return [_record(row) for row in rows]
 
     def timed_records(
         self, since: datetime.datetime | None = None, until: datetime.datetime | None = None
@@ -297,7 +314,7 @@ class AuditLog:
             "WHERE (%s::timestamptz IS NULL OR at >= %s) AND (%s::timestamptz IS NULL OR at < %s) ORDER BY seq",
             (since, since, until, until),
         ).fetchall()
-        return [(AuditRecord(*row[:-1]), row[-1]) for row in rows]
+        return [(_record(row[:-1]), row[-1]) for row in rows]
 
     def verify(self) -> int:
         """Walk the whole chain and hold it against the checkpoint and the seal; returns its length, or raises
@@ -305,7 +322,9 @@ class AuditLog:
         for a sealed chain and no store to read its seal from."""
         records = self.records()
         checkpoint = self._checkpoint.load(self.chain) if self._checkpoint is not None else None
-        seal = self._checkpoint.load_seal(self.chain) if self._checkpoint is not None else None
+        seal = self._checkpoint.load_seal() if self._checkpoint is not None else None
+        if seal is not None:
+            kept_seal(seal, self.chain)
         return check_chain(records, checkpoint, seal)
 
 
@@ -341,7 +360,17 @@ def _record_columns(conn: psycopg.Connection) -> str:
     """The columns of an AuditRecord; a log no writer of hash formats has touched yet holds format 1 only (readers
     never change the log)."""
     formats = "hash_format" if _has_formats(conn) else str(LEGACY_FORMAT)
-    return f"seq, kind, name, event, details, previous, hash, {AT_TEXT.format('at')}, {formats}"
+    return f"seq, kind, name, event, details::text, previous, hash, {AT_TEXT.format('at')}, {formats}"
+
+
+def _record(row: tuple[Any, ...]) -> AuditRecord:
+    """A record from its row (`_record_columns`); ChainBroken naming it if its details cannot be read back."""
+    seq, kind, name, event, details, *rest = row
+    try:
+        parsed = json.loads(details)
+    except RecursionError:  # jsonb nests deeper than Python's parser follows: never a record Paybill wrote
+        raise ChainBroken(seq, "its details cannot be read (nested too deeply)") from None
+    return AuditRecord(seq, kind, name, event, parsed, *rest)
 
 
 def _has_formats(conn: psycopg.Connection) -> bool:
@@ -366,7 +395,7 @@ def _log_exists(conn: psycopg.Connection) -> bool:
     return bool(row and row[0])
 
 
-def _create_log(conn: psycopg.Connection) -> None:
+def _create_log(conn: psycopg.Connection, chain: str | None = None) -> None:
     conn.execute("CREATE SCHEMA IF NOT EXISTS paybill")
     conn.execute(
         "CREATE TABLE IF NOT EXISTS paybill.audit_log (seq bigint PRIMARY KEY, "
@@ -379,5 +408,8 @@ def _create_log(conn: psycopg.Connection) -> None:
         "CREATE TABLE IF NOT EXISTS paybill.audit_chain (one boolean PRIMARY KEY DEFAULT true CHECK (one), "
         "id text NOT NULL DEFAULT gen_random_uuid()::text)"
     )
-    conn.execute("INSERT INTO paybill.audit_chain DEFAULT VALUES ON CONFLICT DO NOTHING")
+    if chain is None:
+        conn.execute("INSERT INTO paybill.audit_chain DEFAULT VALUES ON CONFLICT DO NOTHING")
+    else:
+        conn.execute("INSERT INTO paybill.audit_chain (id) VALUES (%s) ON CONFLICT DO NOTHING", (chain,))
     conn.execute("REVOKE ALL ON paybill.audit_chain FROM PUBLIC")

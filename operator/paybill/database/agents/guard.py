@@ -138,7 +138,7 @@ CHUNK_ROWS = 1
 
 @dataclass
 class Reading:
-    """How an exchange reads its last command's rows: in chunks as they arrive, keeping the first `keep`, and
+    """How an exchange reads its last command's rows: row by row as they arrive, keeping the first `keep`, and
     refused with `ResultTooLarge` once the lengths of its values pass `max_bytes`."""
 
     keep: int
