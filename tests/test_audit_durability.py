@@ -6,6 +6,7 @@ the real checkpoint stores: a file, and a ConfigMap on the emulated API server. 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import shutil
 import tempfile
@@ -27,10 +28,12 @@ from paybill.audit.chain import (
     SEALED_FORMAT,
     TIMED_FORMAT,
     AuditRecord,
+    PrefixChanged,
     Seal,
     SealNeeded,
     chain_after,
     check_chain,
+    prefix_digest,
     record_hash,
     unchecked,
 )
@@ -145,6 +148,16 @@ def test_past_its_bound_the_buffer_refuses_loudly_and_the_chain_records_how_many
     ]
     assert records[4].kind == "AuditLog" and records[4].details["count"] == 2
     assert log.verify() == 6 and log.dropped == 0
+
+
+def test_numbers_jsonb_spells_otherwise_verify_as_written(dsn: str, databases: TenantDatabases, tmp_path: Path) -> None:
+    """Fifth outside review (HIGH): a workflow parameter of 1e19 went into a record as the float Python hashed
+    (1e+19), came back from jsonb as the integer 10000000000000000000, and broke the chain for good."""
+    log = AuditLog(databases.connect, FileCheckpoint(tmp_path / "audit"))
+    tricky = [1e19, -0.0, 1e16, 9999999999999998.0, 1.5e-7, 0.1, 10**30, 1e300, -2.5e17, 123.0]
+    for value in tricky:
+        log.append("AgentWorkflow", "ns/wf", "StepRan", {"params": [value], "nested": {"v": value}})
+    assert log.verify() == len(tricky)
 
 
 @pytest.mark.parametrize(
@@ -472,7 +485,7 @@ def test_check_chain_with_its_seal(
     outcome: int | str,
     not_checked: list[int],
 ) -> None:
-    seal = Seal("c", KEY, since, foreign)
+    seal = Seal("c", KEY, since, foreign, prefix_digest([r for r in records if r.seq < since]))
     if isinstance(outcome, int):
         assert check_chain(records, None, seal) == outcome
     else:
@@ -483,6 +496,27 @@ def test_check_chain_with_its_seal(
     if any(r.hash_format == SEALED_FORMAT for r in records):
         with pytest.raises(SealNeeded):
             check_chain(records, None)
+
+
+def test_the_seal_freezes_what_was_before_it() -> None:
+    """Fifth outside review: below a record sealed under a lost key (listed in the seal, its content and place
+    vouched for by no hash), the plain records before it could be edited and hashed again."""
+    records = sealed_chain(None, None, OTHER_KEY, KEY)
+    seal = Seal("c", KEY, 4, ((3, 3),), prefix_digest(records[:3]))
+    assert check_chain(records, None, seal) == 4
+    forged, previous = [], GENESIS
+    for record in records[:3]:
+        details = {"seq": record.seq, "amount": 1000000} if record.seq == 1 else record.details
+        digest = (
+            record.hash
+            if record.hash_format == SEALED_FORMAT
+            else record_hash(previous, record.kind, record.name, record.event, details, record.hash_format, record.at)
+        )
+        forged.append(dataclasses.replace(record, details=details, previous=previous, hash=digest))
+        previous = digest
+    forged[2] = dataclasses.replace(forged[2], hash=records[2].hash)  # the lost-key record keeps its hash: no check
+    with pytest.raises(PrefixChanged, match=r"^audit record 1: records 1 to 3 are not as they were"):
+        check_chain([*forged, records[3]], None, seal)
 
 
 @pytest.mark.parametrize(

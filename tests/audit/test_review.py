@@ -305,6 +305,23 @@ def test_a_record_whose_details_cannot_be_read_back_is_named(
     )
     status, _, err = paybill(capsys, "audit", "replay", "--dsn", dsn)
     assert status == 2 and "record 1: its details cannot be read" in err
+    connect().execute("""UPDATE paybill.audit_log SET details = '{"i": 1e5000}' WHERE seq = 1""")  # fifth review
+    status, out, _ = paybill(capsys, "audit", "verify", "--dsn", dsn)
+    assert status == 1 and out.startswith("audit chain broken at record 1: its details cannot be read (")
+
+
+def test_a_log_whose_chain_id_was_deleted_is_broken_and_takes_no_record(
+    dsn: str, connect: Callable[[], psycopg.Connection], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Fifth outside review: verify failed on an assertion, and the operator's appends piled up without an error."""
+    store = FileCheckpoint(tmp_path / "state" / "audit")
+    lifecycle(AuditLog(connect, store), "acme")
+    connect().execute("DELETE FROM paybill.audit_chain")
+    status, out, _ = paybill(capsys, "audit", "verify", "--dsn", dsn, "--checkpoint", str(store.directory))
+    assert (status, out) == (1, "audit chain broken: the log's chain id was deleted (paybill.audit_chain is empty)\n")
+    writer = AuditLog(connect, store, retry_interval=3600)
+    assert writer.append("Tenant", "acme", "Suspend", {}) is None and writer.pending == 1
+    writer.close()
 
 
 def test_verify_finds_a_deleted_tail_through_the_configmap_checkpoint_in_a_cluster(
@@ -320,7 +337,7 @@ def test_verify_finds_a_deleted_tail_through_the_configmap_checkpoint_in_a_clust
     intact = "audit chain intact: 4 records, up to its checkpoint at record 4, sealed from record 1\n"
     assert paybill(capsys, *args)[:2] == (0, intact)
     seal = cluster.kube.get("v1", "secrets", "paybill-audit-seal", "default")  # the seal: a Secret, not the ConfigMap
-    assert set(seal["data"]) == {"chain", "key", "since", "foreign"}
+    assert set(seal["data"]) == {"chain", "key", "since", "foreign", "prefix"}
     connect().execute("DELETE FROM paybill.audit_log WHERE seq >= 3")
     assert paybill(capsys, *args)[:2] == (1, "audit chain broken at record 3: deleted: records 3 to 4 missing\n")
     elsewhere = paybill(capsys, "audit", "verify", "--dsn", dsn, "--checkpoint-namespace", "elsewhere")

@@ -105,7 +105,7 @@ def test_a_result_past_max_bytes_read_is_refused_and_nothing_of_it_kept(policy_d
 
 
 def test_a_write_returning_past_max_bytes_read_is_rolled_back(policy_db: PolicyDatabase, acme: str) -> None:
-    engine = policy_db.engine(spec(limits=limits(maxBytesRead=20)))  # returns 32 bytes
+    engine = policy_db.engine(spec(limits=limits(maxBytesRead=200)))  # 32 bytes in one value: 224 counted
     before = admin_value(policy_db, "SELECT status FROM orders WHERE id = 10")
     with ExecutionGuard(engine, acme, PRINCIPAL, "acme") as guard:
         returning = "status || status || status || status || status || status || status || status"
@@ -124,6 +124,21 @@ def test_max_bytes_read_stops_within_one_row_of_the_limit(policy_db: PolicyDatab
         with pytest.raises(ResultTooLarge):
             session.exchange((("SELECT repeat('x', 100000) FROM generate_series(1, 64)", ()),), reading=reading)
         assert 150_000 < reading.received <= 250_000 and session.closed
+
+
+@pytest.mark.parametrize("value", ["NULL::int", "1.5::numeric"], ids=["null", "numeric"])
+def test_max_bytes_read_counts_what_the_operator_holds_per_value_not_only_its_length(
+    policy_db: PolicyDatabase, value: str
+) -> None:
+    """Fifth outside review: 1,500 numeric columns counted 7.5 MB of lengths while the rows kept took 168 MB, and NULL
+    columns counted nothing at all."""
+    columns = ", ".join([value] * 100)
+    with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
+        session = Session(conn)
+        reading = Reading(1000, 1024 * 1024)
+        with pytest.raises(ResultTooLarge):  # 100,000 values: about 300 kB of lengths (numeric), none (NULL)
+            session.exchange(((f"SELECT {columns} FROM generate_series(1, 1000)", ()),), reading=reading)
+        assert len(reading.rows) < 100
 
 
 @pytest.mark.parametrize(

@@ -89,8 +89,9 @@ class Limits(Model):
         default=16 * 1024 * 1024,
         ge=1,
         le=1024 * 1024 * 1024,
-        description="Bytes a statement may return: the sum of its values' lengths as the server sends them. Past it, "
-        "the statement is stopped and rolled back and none of its rows are kept.",
+        description="Bytes a statement may return: its values' lengths as the server sends them, plus 128 bytes per "
+        "value and 64 per row (what the operator holds for each). Past it, the statement is stopped and rolled back "
+        "and none of its rows are kept.",
     )
     maxRowsWritten: int = Field(default=10, ge=0, description="Rows a statement may change.")
     statementTimeoutMs: int = Field(default=2000, ge=1, le=600000, description="Statement timeout.")

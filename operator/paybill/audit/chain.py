@@ -50,9 +50,20 @@ class Seal:
     key: bytes = field(repr=False)
     since: int
     foreign: tuple[tuple[int, int], ...] = ()
+    prefix: str = ""  # `prefix_digest` of the records before `since`, as they were when the seal was made
 
     def knows_foreign(self, seq: int) -> bool:
         return any(first <= seq <= last for first, last in self.foreign)
+
+
+def prefix_digest(records: list[AuditRecord]) -> str:
+    """SHA-256 over every field of `records` (those before a seal's first record): the seal freezes them, so that
+    what no hash of theirs can vouch for (a record sealed under a lost key, the links between them) is covered."""
+    digest = hashlib.sha256()
+    for r in records:
+        fields = [r.seq, r.kind, r.name, r.event, r.details, r.previous, r.hash, r.at, r.hash_format]
+        digest.update(json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str).encode() + b"\n")
+    return digest.hexdigest()
 
 
 def spans(seqs: list[int]) -> tuple[tuple[int, int], ...]:
@@ -98,6 +109,25 @@ class ChainBroken(RuntimeError):
     def __init__(self, seq: int, message: str) -> None:
         super().__init__(f"audit record {seq}: {message}")
         self.seq = seq
+
+
+class PrefixChanged(ChainBroken):
+    """What was before the seal when it was made is not what is there now (no record of it can say which)."""
+
+    def __init__(self, since: int) -> None:
+        super().__init__(
+            1,
+            f"records 1 to {since - 1} are not as they were when the seal was made (it seals from record {since} "
+            "on): one of them was edited, added or removed since",
+        )
+
+
+class ChainIdMissing(ChainBroken):
+    """The log's chain id (paybill.audit_chain) was deleted: nothing is written to it, and verify says so."""
+
+    def __init__(self) -> None:
+        RuntimeError.__init__(self, "the log's chain id was deleted (paybill.audit_chain is empty)")
+        self.seq = 0
 
 
 class ChainReplaced(ChainBroken):
@@ -199,6 +229,8 @@ def check_chain(records: list[AuditRecord], checkpoint: Head | None, seal: Seal 
         previous, expected = record.hash, expected + 1
     if checkpoint is not None and checkpoint.seq >= expected:
         raise RecordsMissing(expected - 1, checkpoint.seq - expected + 1)
+    if seal is not None and prefix_digest([r for r in records if r.seq < seal.since]) != seal.prefix:
+        raise PrefixChanged(seal.since)
     return len(records)
 
 

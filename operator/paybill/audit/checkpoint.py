@@ -48,9 +48,10 @@ class CheckpointStore(Protocol):
     def load_seal(self) -> Seal | None:
         """The store's seal; None if it has none."""
 
-    def seal(self, chain: str, since: int, foreign: tuple[tuple[int, int], ...]) -> Seal:
-        """The store's seal: made now, with a new key, for `chain` from record `since` (and the records before it
-        sealed under another key, `foreign`), if the store has none; ChainReplaced if it seals another chain."""
+    def seal(self, chain: str, since: int, foreign: tuple[tuple[int, int], ...], prefix: str) -> Seal:
+        """The store's seal: made now, with a new key, for `chain` from record `since` (with the records before it
+        sealed under another key, `foreign`, and the digest of all before it, `prefix`), if the store has none;
+        ChainReplaced if it seals another chain."""
 
 
 def kept_seal(found: Seal, chain: str) -> Seal:
@@ -60,8 +61,8 @@ def kept_seal(found: Seal, chain: str) -> Seal:
     return found
 
 
-def new_seal(chain: str, since: int, foreign: tuple[tuple[int, int], ...]) -> Seal:
-    return Seal(chain, secrets.token_bytes(KEY_BYTES), since, foreign)
+def new_seal(chain: str, since: int, foreign: tuple[tuple[int, int], ...], prefix: str) -> Seal:
+    return Seal(chain, secrets.token_bytes(KEY_BYTES), since, foreign, prefix)
 
 
 class FileCheckpoint:
@@ -107,13 +108,13 @@ class FileCheckpoint:
         except ValueError:
             raise CheckpointUnavailable(f"the audit seal {path} is not JSON") from None
 
-    def seal(self, chain: str, since: int, foreign: tuple[tuple[int, int], ...]) -> Seal:
+    def seal(self, chain: str, since: int, foreign: tuple[tuple[int, int], ...], prefix: str) -> Seal:
         try:
             with self._locked():
                 found = self.load_seal()
                 if found is not None:
                     return kept_seal(found, chain)
-                made = new_seal(chain, since, foreign)
+                made = new_seal(chain, since, foreign, prefix)
                 self._replace(self.directory / SEAL_FILE, json.dumps(_seal_fields(made)))
                 return made
         except OSError as exc:
@@ -199,11 +200,11 @@ class ConfigMapCheckpoint:
             raise CheckpointUnavailable(f"the audit seal (Secret {SEAL_SECRET}) is malformed") from None
         return _parse_seal(fields)
 
-    def seal(self, chain: str, since: int, foreign: tuple[tuple[int, int], ...]) -> Seal:
+    def seal(self, chain: str, since: int, foreign: tuple[tuple[int, int], ...], prefix: str) -> Seal:
         found = self.load_seal()
         if found is None:
             try:
-                made = new_seal(chain, since, foreign)
+                made = new_seal(chain, since, foreign, prefix)
                 self.kube.create(self._seal_manifest(made))  # never an update: a seal is never replaced
                 return made
             except KubeError as exc:
@@ -252,6 +253,7 @@ def _seal_fields(seal: Seal) -> dict[str, str]:
         "key": seal.key.hex(),
         "since": str(seal.since),
         "foreign": json.dumps([list(span) for span in seal.foreign]),
+        "prefix": seal.prefix,
     }
 
 
@@ -265,13 +267,14 @@ def _parse_seal(fields: object) -> Seal:
     try:
         chain, key, since = str(fields["chain"]), bytes.fromhex(str(fields["key"])), int(fields["since"])
         foreign = tuple((int(first), int(last)) for first, last in json.loads(fields.get("foreign") or "[]"))
+        prefix = str(fields["prefix"])
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointUnavailable(f"the audit seal is malformed: {exc!r}") from None
     if len(key) != KEY_BYTES or since < 1 or not CHAIN_ID.fullmatch(chain):
         raise CheckpointUnavailable(
             "the audit seal is malformed: a key of the wrong length, no first record or no chain"
         )
-    return Seal(chain, key, since, foreign)
+    return Seal(chain, key, since, foreign, prefix)
 
 
 def _fields(head: Head) -> dict[str, str]:

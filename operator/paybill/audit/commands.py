@@ -61,8 +61,9 @@ def verify(dsn: str, store: CheckpointStore | None, out: TextIO) -> int:
     with _log(dsn) as (_, log):
         try:
             records = log.records()
-        except ChainBroken as exc:  # a record that cannot even be read back
-            print(f"audit chain broken at record {exc.seq}: {str(exc).split(': ', 1)[-1]}", file=out)
+        except ChainBroken as exc:  # a record that cannot even be read back, or no chain id at all
+            where = f" at record {exc.seq}: {str(exc).split(': ', 1)[-1]}" if exc.seq else f": {exc}"
+            print(f"audit chain broken{where}", file=out)
             return 1
         try:
             checkpoint = store.load(log.chain) if store is not None else None

@@ -35,11 +35,12 @@ from .chain import (
     SEALED_FORMAT,
     AuditRecord,
     ChainBroken,
-    ChainReplaced,
+    ChainIdMissing,
     Head,
     Seal,
     chain_after,
     check_chain,
+    prefix_digest,
     record_hash,
     spans,
 )
@@ -53,7 +54,7 @@ RETRY_INTERVAL = 2.0  # seconds between background attempts while records wait
 # The database cannot take records now (down, a lock timeout, read-only, out of disk...), or the seal key cannot be
 # read: they wait. What no database could ever store is refused before it waits (`storable`), so nothing that waits
 # blocks the rest.
-WRITE_FAILURES = (DatabaseUnavailable, psycopg.Error, CheckpointUnavailable, ChainReplaced)
+WRITE_FAILURES = (DatabaseUnavailable, psycopg.Error, CheckpointUnavailable, ChainBroken)
 MISSING = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
 INSERT = (
     "INSERT INTO paybill.audit_log (seq, at, kind, name, event, details, previous, hash, hash_format) "
@@ -135,7 +136,8 @@ class AuditLog:
                 if not _log_exists(conn):  # not that race, then
                     raise
         row = conn.execute("SELECT id FROM paybill.audit_chain").fetchone()
-        assert row is not None
+        if row is None:  # deleted: never by Paybill
+            raise ChainIdMissing()
         self._chain = str(row[0])
 
     def append(self, kind: str, name: str, event: str, details: dict[str, Any]) -> AuditRecord | None:
@@ -188,7 +190,7 @@ class AuditLog:
                     self._chain, self._seal = None, None
                 if self._outage is None and not self._closing.is_set():
                     logger.log(
-                        logging.ERROR if isinstance(exc, ChainReplaced) else logging.WARNING,
+                        logging.ERROR if isinstance(exc, ChainBroken) else logging.WARNING,
                         "audit log: the database cannot take records, %d wait: %s",
                         len(batch),
                         first_line(exc),
@@ -238,10 +240,10 @@ class AuditLog:
             assert now is not None
             at, at_text = now
             seal = self._sealing(conn, seq)
+            if seal is not None and seq < seal.since:  # behind its seal: it would write plain hashes, never
+                raise ChainBroken(seq, f"the log is behind its seal (which begins at record {seal.since}): not written")
             for entry in batch:
-                # below the seal's first record (the database restored behind a checkpoint that was never written),
-                # a record is not sealed: verify holds every record to where the seal begins
-                key = seal.key if seal is not None and seq >= seal.since else None
+                key = seal.key if seal is not None else None
                 hash_format = SEALED_FORMAT if key is not None else CURRENT_FORMAT
                 digest = record_hash(
                     previous, entry.kind, entry.name, entry.event, entry.details, hash_format, at_text, key
@@ -261,12 +263,12 @@ class AuditLog:
         ChainReplaced if the store seals another chain."""
         if self._seal is None and self._checkpoint is not None and self._chain is not None:
             found = self._checkpoint.load_seal()
-            if found is None:  # records sealed already (under a lost key, or another store's) are named in the seal
+            if found is None:  # the seal freezes what is before it; records sealed already are named in it
                 rows = conn.execute(
-                    "SELECT seq FROM paybill.audit_log WHERE hash_format = %s AND seq < %s ORDER BY seq",
-                    (SEALED_FORMAT, seq),
+                    f"SELECT {_record_columns(conn)} FROM paybill.audit_log WHERE seq < %s ORDER BY seq", (seq,)
                 ).fetchall()
-                foreign = spans([row[0] for row in rows])
+                before = [_record(row) for row in rows]
+                foreign = spans([r.seq for r in before if r.hash_format == SEALED_FORMAT])
                 if foreign:  # legitimately only after a seal was lost (or a test's other store): say so loudly
                     logger.error(
                         "audit log: sealing from record %d; records %s say they are sealed under a key this store "
@@ -274,7 +276,7 @@ class AuditLog:
                         seq,
                         ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in foreign),
                     )
-                found = self._checkpoint.seal(self._chain, seq, foreign)
+                found = self._checkpoint.seal(self._chain, seq, foreign, prefix_digest(before))
             self._seal = kept_seal(found, self._chain)
         return self._seal
 
@@ -337,15 +339,30 @@ class AuditLog:
 
 
 def storable(kind: str, name: str, event: str, details: dict[str, Any]) -> Entry:
-    """The entry as it will be stored (details through JSON), or ValueError if PostgreSQL would refuse it: a NUL
-    character in text, a NaN, a lone surrogate."""
-    normal = json.loads(json.dumps(details, default=str, allow_nan=False))
+    """The entry as it will be stored (details through JSON, numbers as jsonb gives them back), or ValueError if
+    PostgreSQL would refuse it: a NUL character in text, a NaN, a lone surrogate."""
+    normal = _as_jsonb_reads(json.loads(json.dumps(details, default=str, allow_nan=False)))
     texts = [kind, name, event, *_strings(normal)]
     for text in texts:
         text.encode()  # UnicodeEncodeError (a ValueError) for a lone surrogate
         if "\x00" in text:
             raise ValueError("an audit record cannot hold a NUL character")
     return Entry(kind, name, event, normal)
+
+
+def _as_jsonb_reads(value: Any) -> Any:
+    """`value` as it reads back from jsonb, so that the hash of what is written is the hash of what is read: jsonb
+    keeps a number as numeric and prints it without an exponent and without a negative zero, so a float Python
+    writes with an exponent from 1e16 up (all integral) reads back as an integer, and -0.0 as 0.0."""
+    if isinstance(value, float):
+        if value == 0.0:
+            return 0.0
+        return int(value) if abs(value) >= 1e16 else value
+    if isinstance(value, dict):
+        return {key: _as_jsonb_reads(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_as_jsonb_reads(item) for item in value]
+    return value
 
 
 def _strings(value: Any) -> list[str]:
@@ -378,6 +395,8 @@ def _record(row: tuple[Any, ...]) -> AuditRecord:
         parsed = json.loads(details)
     except RecursionError:  # jsonb nests deeper than Python's parser follows: never a record Paybill wrote
         raise ChainBroken(seq, "its details cannot be read (nested too deeply)") from None
+    except ValueError as exc:  # a number longer than Python reads (4300 digits): nor is this
+        raise ChainBroken(seq, f"its details cannot be read ({exc})") from None
     return AuditRecord(seq, kind, name, event, parsed, *rest)
 
 

@@ -16,7 +16,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .chain import LEGACY_FORMAT, AuditRecord, ChainBroken, Head, RecordsMissing, Seal, check_chain, unchecked
+from .chain import (
+    LEGACY_FORMAT,
+    AuditRecord,
+    ChainBroken,
+    Head,
+    PrefixChanged,
+    RecordsMissing,
+    Seal,
+    check_chain,
+    unchecked,
+)
 from .versions import StoredVersion
 
 REDACTED = "[redacted]"
@@ -54,6 +64,8 @@ def first_break(records: list[AuditRecord], checkpoint: Head | None = None, seal
         if after is not None:
             message += f", the chain resumes at record {after.seq} ({after.kind} {after.name} {after.event})"
         return Break(exc.after + 1, message, None)
+    except PrefixChanged as exc:
+        return Break(exc.seq, str(exc).split(": ", 1)[-1], None)
     except ChainBroken as exc:
         found = next((r for r in records if r.seq == exc.seq), None)
         message = str(exc).split(": ", 1)[-1]
