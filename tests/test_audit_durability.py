@@ -38,6 +38,7 @@ from paybill.audit.chain import (
     unchecked,
 )
 from paybill.audit.checkpoint import CheckpointStore, ConfigMapCheckpoint, FileCheckpoint, Head
+from paybill.audit.log import storable
 from paybill.database import TenantDatabases
 from paybill.database.server import LocalPostgres
 from paybill.handlers.settings import checkpoint_store
@@ -496,6 +497,19 @@ def test_check_chain_with_its_seal(
     if any(r.hash_format == SEALED_FORMAT for r in records):
         with pytest.raises(SealNeeded):
             check_chain(records, None)
+
+
+def test_details_nested_beyond_what_can_be_hashed_are_a_named_fault_or_refused() -> None:
+    """Sixth outside review: details that json could read back but not encode again crashed verify."""
+    deep: Any = []
+    for _ in range(5000):
+        deep = [deep]
+    records = chain_of(2)
+    records[1] = dataclasses.replace(records[1], details={"deep": deep})
+    with pytest.raises(ChainBroken, match=r"^audit record 2: its details nest too deeply to be checked$"):
+        check_chain(records, None)
+    with pytest.raises(ValueError, match="nest this deeply"):
+        storable("Tenant", "acme", "step", {"deep": deep})
 
 
 def test_the_seal_freezes_what_was_before_it() -> None:

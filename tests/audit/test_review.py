@@ -20,7 +20,7 @@ from psycopg import conninfo, sql
 from paybill import cli
 from paybill.api.agentpolicy import AgentPolicySpec
 from paybill.audit import AuditLog, ConfigMapCheckpoint, FileCheckpoint
-from paybill.audit.chain import GENESIS, record_hash
+from paybill.audit.chain import GENESIS, Head, record_hash
 from paybill.audit.versions import PolicyVersions, address_of
 from paybill.database.server import LocalPostgres
 from paybill.policy.engine import PolicyEngine
@@ -322,6 +322,67 @@ def test_a_log_whose_chain_id_was_deleted_is_broken_and_takes_no_record(
     writer = AuditLog(connect, store, retry_interval=3600)
     assert writer.append("Tenant", "acme", "Suspend", {}) is None and writer.pending == 1
     writer.close()
+
+
+def test_the_first_seal_never_vouches_for_a_chain_that_does_not_verify(
+    dsn: str, connect: Callable[[], psycopg.Connection], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Sixth outside review (HIGH): an operator before seals wrote records and their checkpoint; a DBA rewrote one
+    and hashed the rest again; the upgraded operator chained its first sealed record onto the forgery and froze it
+    in the seal, and verify said intact."""
+    earlier = AuditLog(connect)  # an operator that knew no seal, with its checkpoint kept as before
+    lifecycle(earlier, "acme")
+    store = FileCheckpoint(tmp_path / "state" / "audit")
+    last = earlier.records()[-1]
+    store.save(Head(earlier.chain, last.seq, last.hash))
+    connect().execute("""UPDATE paybill.audit_log SET details = details || '{"why": "mallory"}' WHERE seq = 3""")
+    rehash(connect(), 3, 2)
+    upgraded = AuditLog(connect, store, retry_interval=3600)
+    assert upgraded.append("Tenant", "acme", "Offboard", {}) is None and upgraded.pending == 1  # waits, unsealed
+    assert store.load_seal() is None
+    upgraded.close()
+    status, out, _ = paybill(capsys, "audit", "verify", "--dsn", dsn, "--checkpoint", str(store.directory))
+    assert status == 1 and "record 4" in out and "differs from the checkpoint" in out
+
+
+def test_an_operator_never_chains_onto_a_head_that_is_not_the_one_it_knows(
+    dsn: str, connect: Callable[[], psycopg.Connection], tmp_path: Path
+) -> None:
+    """Sixth outside review: with the last record's hash set to a value of the DBA's choosing, the operator sealed
+    its next record with that value as `previous`."""
+    store = FileCheckpoint(tmp_path / "state" / "audit")
+    lifecycle(AuditLog(connect, store), "acme")
+    connect().execute("UPDATE paybill.audit_log SET hash = repeat('a', 64) WHERE seq = 4")
+    writer = AuditLog(connect, store, retry_interval=3600)  # a restarted operator: the head it knows is the checkpoint
+    assert writer.append("Tenant", "acme", "Offboard", {}) is None and writer.pending == 1
+    writer.close()
+    assert [r.seq for r in AuditLog(connect).records()] == [1, 2, 3, 4]
+
+
+def test_the_log_resolves_no_name_in_the_databases_own_schemas(
+    dsn: str, connect: Callable[[], psycopg.Connection], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Sixth outside review: a superuser's schema ahead of pg_catalog redefined the clock the operator sealed, and a
+    cast from jsonb to text showed verify the content it expected while the table held another."""
+    store = FileCheckpoint(tmp_path / "state" / "audit")
+    conn = connect()
+    conn.execute("CREATE SCHEMA evil")
+    conn.execute(
+        "CREATE FUNCTION evil.clock_timestamp() RETURNS timestamptz LANGUAGE sql "
+        "AS $$ SELECT '2001-02-03 04:05:06+00'::timestamptz $$"
+    )
+    conn.execute("SET search_path = evil, pg_catalog")
+    lifecycle(AuditLog(connect, store), "acme")
+    assert all(not record.at.startswith("2001") for record in AuditLog(connect).records())
+    conn.execute("RESET search_path")
+    conn.execute(
+        "CREATE FUNCTION evil.jsonb_as_text(j jsonb) RETURNS text LANGUAGE sql "
+        "AS $$ SELECT replace(pg_catalog.textin(pg_catalog.jsonb_out(j)), 'mallory', 'test') $$"
+    )
+    conn.execute("CREATE CAST (jsonb AS text) WITH FUNCTION evil.jsonb_as_text(jsonb)")
+    conn.execute("""UPDATE paybill.audit_log SET details = details || '{"why": "mallory"}' WHERE seq = 2""")
+    status, out, _ = paybill(capsys, "audit", "verify", "--dsn", dsn, "--checkpoint", str(store.directory))
+    assert status == 1 and "record 2 (Tenant acme Provisioned): edited" in out
 
 
 def test_verify_finds_a_deleted_tail_through_the_configmap_checkpoint_in_a_cluster(

@@ -14,17 +14,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import json
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
 
 from ..database import DatabaseUnavailable
 from ..database.ownership import create_idempotently
@@ -37,6 +41,7 @@ from .chain import (
     ChainBroken,
     ChainIdMissing,
     Head,
+    RecordsMissing,
     Seal,
     chain_after,
     check_chain,
@@ -51,6 +56,7 @@ BUFFER_LIMIT = 10_000  # records waiting for the database: about 10-20 MB at mos
 # older replica, during an upgrade) writes: it hashes its records that way.
 FORMAT_COLUMN = f"hash_format integer NOT NULL DEFAULT {LEGACY_FORMAT}"
 RETRY_INTERVAL = 2.0  # seconds between background attempts while records wait
+ESCALATE_AFTER_S = 60  # an outage this long is said again at ERROR
 # The database cannot take records now (down, a lock timeout, read-only, out of disk...), or the seal key cannot be
 # read: they wait. What no database could ever store is refused before it waits (`storable`), so nothing that waits
 # blocks the rest.
@@ -66,6 +72,9 @@ AT_TEXT = (
     "|| CASE WHEN extract(year FROM {0} AT TIME ZONE 'UTC') < 1 THEN ' BC' ELSE '' END"
 )
 
+# Every statement of the log runs with names resolved in pg_catalog first: a superuser's schema ahead of it on the
+# search_path could otherwise redefine the clock or the time format that hashes cover.
+PINNED = "SET LOCAL search_path = pg_catalog, pg_temp"
 logger = logging.getLogger(__name__)
 
 
@@ -109,6 +118,7 @@ class AuditLog:
         self.dropped = 0  # records refused since the buffer filled; written as one RecordsDropped record
         self._lock = threading.RLock()
         self._outage: threading.Event | None = None  # set while a background retry runs; set() ends it
+        self._failure = ""  # why the last write failed
         self._closing = threading.Event()
 
     @property
@@ -186,6 +196,7 @@ class AuditLog:
             try:
                 written = self._write(batch)
             except WRITE_FAILURES as exc:
+                self._failure = first_line(exc)
                 if isinstance(exc, MISSING):  # the log was dropped or the database replaced: set up again
                     self._chain, self._seal = None, None
                 if self._outage is None and not self._closing.is_set():
@@ -208,11 +219,22 @@ class AuditLog:
         return written
 
     def _retry(self, over: threading.Event) -> None:
-        """Until the outage is over (a flush wrote everything) or the log closes: try again every interval."""
+        """Until the outage is over (a flush wrote everything) or the log closes: try again every interval. An
+        outage that outlasts ESCALATE_AFTER_S is said again at ERROR (once): records that wait are at risk."""
+        started, escalated = time.monotonic(), False
         while not over.wait(self._interval):
+            if not escalated and time.monotonic() - started >= ESCALATE_AFTER_S and self._waiting:
+                escalated = True
+                logger.error(
+                    "audit log: %d records have waited %d s; the database still cannot take them: %s",
+                    len(self._waiting),
+                    ESCALATE_AFTER_S,
+                    self._failure,
+                )
             try:
                 self._connect()  # outside the lock: an append never waits on a connection attempt that hangs
-            except WRITE_FAILURES:
+            except WRITE_FAILURES as exc:
+                self._failure = first_line(exc)
                 continue
             try:
                 self.flush()
@@ -225,12 +247,17 @@ class AuditLog:
         assert self._chain is not None
         written = []
         with conn.transaction():
+            conn.execute(PINNED)
             if not self._formats:
                 _add_formats(conn)
             conn.execute("LOCK TABLE paybill.audit_log IN SHARE ROW EXCLUSIVE MODE")  # appenders wait, readers not
             row = conn.execute("SELECT seq, hash FROM paybill.audit_log ORDER BY seq DESC LIMIT 1").fetchone()
             last = Head(self._chain, row[0], row[1]) if row else None
-            seq, previous = chain_after(last, self._known_head())
+            known = self._known_head()
+            if last is not None and known is not None and last.seq == known.seq and last.hash != known.hash:
+                # the record this log (or its checkpoint) knows at the head is not the one there: never chain onto it
+                raise ChainBroken(last.seq, "differs from the head this log knows (its checkpoint): not written after")
+            seq, previous = chain_after(last, known)
             after = last.seq if last is not None else 0
             if seq > after + 1:
                 logger.error(
@@ -264,11 +291,16 @@ class AuditLog:
         if self._seal is None and self._checkpoint is not None and self._chain is not None:
             found = self._checkpoint.load_seal()
             if found is None:  # the seal freezes what is before it; records sealed already are named in it
-                rows = conn.execute(
+                cursor = _raw_details(conn)
+                rows = cursor.execute(
                     f"SELECT {_record_columns(conn)} FROM paybill.audit_log WHERE seq < %s ORDER BY seq", (seq,)
                 ).fetchall()
                 before = [_record(row) for row in rows]
                 foreign = spans([r.seq for r in before if r.hash_format == SEALED_FORMAT])
+                # never freeze a chain that does not verify as it is (against its checkpoint too): that would vouch
+                # for whatever was done to it before the seal
+                with contextlib.suppress(RecordsMissing):  # a lost tail (a restore): verify reports the gap
+                    check_chain(before, self._known_head(), Seal(self._chain, b"", seq, foreign, prefix_digest(before)))
                 if foreign:  # legitimately only after a seal was lost (or a test's other store): say so loudly
                     logger.error(
                         "audit log: sealing from record %d; records %s say they are sealed under a key this store "
@@ -306,11 +338,13 @@ class AuditLog:
     def records(self, kind: str | None = None, name: str | None = None) -> list[AuditRecord]:
         conn = self._connect()
         self._setup(conn)
-        rows = conn.execute(
-            f"SELECT {_record_columns(conn)} FROM paybill.audit_log "
-            "WHERE (%s::text IS NULL OR kind = %s) AND (%s::text IS NULL OR name = %s) ORDER BY seq",
-            (kind, kind, name, name),
-        ).fetchall()
+        with conn.transaction():
+            cursor = _raw_details(conn)
+            rows = cursor.execute(
+                f"SELECT {_record_columns(conn)} FROM paybill.audit_log "
+                "WHERE (%s::text IS NULL OR kind = %s) AND (%s::text IS NULL OR name = %s) ORDER BY seq",
+                (kind, kind, name, name),
+            ).fetchall()
         return [_record(row) for row in rows]
 
     def timed_records(
@@ -319,11 +353,13 @@ class AuditLog:
         """Records with the time each was written (`at`: covered by the hash from format 2 on), in [since, until)."""
         conn = self._connect()
         self._setup(conn)
-        rows = conn.execute(
-            f"SELECT {_record_columns(conn)}, at FROM paybill.audit_log "
-            "WHERE (%s::timestamptz IS NULL OR at >= %s) AND (%s::timestamptz IS NULL OR at < %s) ORDER BY seq",
-            (since, since, until, until),
-        ).fetchall()
+        with conn.transaction():
+            cursor = _raw_details(conn)
+            rows = cursor.execute(
+                f"SELECT {_record_columns(conn)}, at FROM paybill.audit_log "
+                "WHERE (%s::timestamptz IS NULL OR at >= %s) AND (%s::timestamptz IS NULL OR at < %s) ORDER BY seq",
+                (since, since, until, until),
+            ).fetchall()
         return [(_record(row[:-1]), row[-1]) for row in rows]
 
     def verify(self) -> int:
@@ -341,7 +377,10 @@ class AuditLog:
 def storable(kind: str, name: str, event: str, details: dict[str, Any]) -> Entry:
     """The entry as it will be stored (details through JSON, numbers as jsonb gives them back), or ValueError if
     PostgreSQL would refuse it: a NUL character in text, a NaN, a lone surrogate."""
-    normal = _as_jsonb_reads(json.loads(json.dumps(details, default=str, allow_nan=False)))
+    try:
+        normal = _as_jsonb_reads(json.loads(json.dumps(details, default=str, allow_nan=False)))
+    except RecursionError:
+        raise ValueError("an audit record's details cannot nest this deeply") from None
     texts = [kind, name, event, *_strings(normal)]
     for text in texts:
         text.encode()  # UnicodeEncodeError (a ValueError) for a lone surrogate
@@ -385,7 +424,24 @@ def _record_columns(conn: psycopg.Connection) -> str:
     """The columns of an AuditRecord; a log no writer of hash formats has touched yet holds format 1 only (readers
     never change the log)."""
     formats = "hash_format" if _has_formats(conn) else str(LEGACY_FORMAT)
-    return f"seq, kind, name, event, details::text, previous, hash, {AT_TEXT.format('at')}, {formats}"
+    return f"seq, kind, name, event, details, previous, hash, {AT_TEXT.format('at')}, {formats}"
+
+
+class _JsonbText(Loader):
+    """jsonb as the server's own output function spells it (no cast a superuser could have defined), parsed by
+    `_record`, which names a record it cannot read."""
+
+    def load(self, data: Buffer) -> str:
+        return bytes(data).decode()
+
+
+def _raw_details(conn: psycopg.Connection) -> psycopg.Cursor[Any]:
+    """A cursor in a transaction whose names resolve in pg_catalog first (no function of the database's own shadows
+    clock_timestamp or to_char), reading jsonb as text."""
+    conn.execute(PINNED)
+    cursor = conn.cursor()
+    cursor.adapters.register_loader("jsonb", _JsonbText)
+    return cursor
 
 
 def _record(row: tuple[Any, ...]) -> AuditRecord:
