@@ -336,31 +336,30 @@ class AuditLog:
         self._saved = head.seq
 
     def records(self, kind: str | None = None, name: str | None = None) -> list[AuditRecord]:
-        conn = self._connect()
-        self._setup(conn)
-        with conn.transaction():
-            cursor = _raw_details(conn)
-            rows = cursor.execute(
-                f"SELECT {_record_columns(conn)} FROM paybill.audit_log "
-                "WHERE (%s::text IS NULL OR kind = %s) AND (%s::text IS NULL OR name = %s) ORDER BY seq",
-                (kind, kind, name, name),
-            ).fetchall()
+        rows = self._read(
+            "", "(%s::text IS NULL OR kind = %s) AND (%s::text IS NULL OR name = %s)", (kind, kind, name, name)
+        )
         return [_record(row) for row in rows]
 
     def timed_records(
         self, since: datetime.datetime | None = None, until: datetime.datetime | None = None
     ) -> list[tuple[AuditRecord, datetime.datetime]]:
         """Records with the time each was written (`at`: covered by the hash from format 2 on), in [since, until)."""
+        rows = self._read(
+            ", at",
+            "(%s::timestamptz IS NULL OR at >= %s) AND (%s::timestamptz IS NULL OR at < %s)",
+            (since, since, until, until),
+        )
+        return [(_record(row[:-1]), row[-1]) for row in rows]
+
+    def _read(self, extra: str, where: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """The rows of the records `where` picks (`_record_columns`, then `extra`), in order."""
         conn = self._connect()
         self._setup(conn)
         with conn.transaction():
             cursor = _raw_details(conn)
-            rows = cursor.execute(
-                f"SELECT {_record_columns(conn)}, at FROM paybill.audit_log "
-                "WHERE (%s::timestamptz IS NULL OR at >= %s) AND (%s::timestamptz IS NULL OR at < %s) ORDER BY seq",
-                (since, since, until, until),
-            ).fetchall()
-        return [(_record(row[:-1]), row[-1]) for row in rows]
+            query = f"SELECT {_record_columns(conn)}{extra} FROM paybill.audit_log WHERE {where} ORDER BY seq"
+            return cursor.execute(query, params).fetchall()
 
     def verify(self) -> int:
         """Walk the whole chain and hold it against the checkpoint and the seal; returns its length, or raises

@@ -25,6 +25,7 @@ from .chain import (
     RecordsMissing,
     Seal,
     check_chain,
+    spans,
     unchecked,
 )
 from .versions import StoredVersion
@@ -99,13 +100,7 @@ def foreign_seals(records: list[AuditRecord], seal: Seal | None) -> str | None:
 
 def _named(seqs: list[int]) -> str:
     """`records 1 to 4, 7`: ascending sequence numbers as spans."""
-    spans: list[list[int]] = []
-    for seq in seqs:
-        if spans and spans[-1][1] == seq - 1:
-            spans[-1][1] = seq
-        else:
-            spans.append([seq, seq])
-    named = ", ".join(f"{first}" if first == last else f"{first} to {last}" for first, last in spans)
+    named = ", ".join(f"{first}" if first == last else f"{first} to {last}" for first, last in spans(seqs))
     return f"record{'s' if len(seqs) > 1 else ''} {named}"
 
 
