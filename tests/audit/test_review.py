@@ -8,6 +8,7 @@ import datetime
 import hashlib
 import json
 import secrets
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -383,6 +384,61 @@ def test_the_log_resolves_no_name_in_the_databases_own_schemas(
     conn.execute("""UPDATE paybill.audit_log SET details = details || '{"why": "mallory"}' WHERE seq = 2""")
     status, out, _ = paybill(capsys, "audit", "verify", "--dsn", dsn, "--checkpoint", str(store.directory))
     assert status == 1 and "record 2 (Tenant acme Provisioned): edited" in out
+
+
+@pytest.mark.parametrize(
+    ("alteration", "found"),
+    [
+        (
+            "ALTER COLUMN at TYPE timestamp USING (at AT TIME ZONE 'UTC') - interval '5 hours'",
+            "column at is timestamp without time zone, not timestamp with time zone NOT NULL",
+        ),
+        ("ALTER COLUMN details TYPE json USING details::json", "column details is json, not jsonb NOT NULL"),
+        ("ALTER COLUMN seq TYPE text", "column seq is text, not bigint NOT NULL"),
+    ],
+    ids=["at", "details", "seq"],
+)
+def test_a_retyped_column_is_a_fault_for_verify_and_takes_no_record(
+    dsn: str,
+    connect: Callable[[], psycopg.Connection],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    alteration: str,
+    found: str,
+) -> None:
+    """Seventh outside review: `at` retyped to a timestamp and the database's TimeZone shifted kept every hash while
+    export filtered on times 5 hours off; retyped details or seq crashed verify."""
+    store = FileCheckpoint(tmp_path / "state" / "audit")
+    lifecycle(AuditLog(connect, store), "acme")
+    connect().execute(f"ALTER TABLE paybill.audit_log {alteration}")
+    status, out, _ = paybill(capsys, "audit", "verify", "--dsn", dsn, "--checkpoint", str(store.directory))
+    assert (status, out) == (1, f"audit chain broken: the log's table was altered: {found}\n")
+    writer = AuditLog(connect, store, retry_interval=3600)
+    assert writer.append("Tenant", "acme", "Offboard", {}) is None and writer.pending == 1
+    writer.close()
+
+
+def test_a_write_that_hangs_in_the_database_gives_up_and_waits(
+    connect: Callable[[], psycopg.Connection], tmp_path: Path
+) -> None:
+    """Seventh outside review: a trigger sleeping in the audit insert held every append (and the log's lock) for ever,
+    with nothing logged."""
+    log = AuditLog(connect, FileCheckpoint(tmp_path / "state" / "audit"), retry_interval=3600)
+    lifecycle(log, "acme")
+    conn = connect()
+    conn.execute(
+        "CREATE FUNCTION paybill.sleepy() RETURNS trigger LANGUAGE plpgsql "
+        "AS $$ BEGIN PERFORM pg_sleep(3600); RETURN NEW; END $$"
+    )
+    conn.execute(
+        "CREATE TRIGGER sleepy BEFORE INSERT ON paybill.audit_log FOR EACH ROW EXECUTE FUNCTION paybill.sleepy()"
+    )
+    started = time.monotonic()
+    assert log.append("Tenant", "acme", "Offboard", {}) is None and log.pending == 1
+    assert time.monotonic() - started < 60
+    conn.execute("DROP TRIGGER sleepy ON paybill.audit_log")
+    assert log.flush() == 0 and log.verify() == 5
+    log.close()
 
 
 def test_verify_finds_a_deleted_tail_through_the_configmap_checkpoint_in_a_cluster(

@@ -141,6 +141,23 @@ def test_max_bytes_read_counts_what_the_operator_holds_per_value_not_only_its_le
         assert len(reading.rows) < 100
 
 
+def test_a_parameter_used_many_times_cannot_blow_up_the_plan_the_guard_reads(
+    policy_db: PolicyDatabase, acme: str
+) -> None:
+    """Seventh outside review: a 100 kB parameter used 400 times made EXPLAIN (FORMAT JSON) print a 40 MB plan (the
+    planner inlines the value at each use), read whole before maxCost was even checked."""
+    statement = f"SELECT id FROM orders WHERE status IN ({', '.join(['$1'] * 400)})"
+    with ExecutionGuard(
+        policy_db.engine(spec(limits=limits(maxBytesRead=1_000_000))), acme, PRINCIPAL, "acme"
+    ) as guard:
+        refused = guard.execute(statement, ["x" * 100_000])
+        assert not refused.executed and refused.reasons[0].code == "plan_too_large"
+        assert refused.reasons[0].message == (
+            "its parameters, at each of their uses, would make its plan larger than maxBytesRead 1000000 bytes"
+        )
+        assert guard.execute(statement, ["open"]).ok
+
+
 @pytest.mark.parametrize(
     ("commands", "error"),
     [

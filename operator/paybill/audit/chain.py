@@ -122,6 +122,14 @@ class PrefixChanged(ChainBroken):
         )
 
 
+class TableAltered(ChainBroken):
+    """The log's table is not as Paybill made it: what is read could differ from what was hashed."""
+
+    def __init__(self, what: str) -> None:
+        RuntimeError.__init__(self, f"the log's table was altered: {what}")
+        self.seq = 0
+
+
 class ChainIdMissing(ChainBroken):
     """The log's chain id (paybill.audit_chain) was deleted: nothing is written to it, and verify says so."""
 

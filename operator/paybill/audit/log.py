@@ -43,6 +43,7 @@ from .chain import (
     Head,
     RecordsMissing,
     Seal,
+    TableAltered,
     chain_after,
     check_chain,
     prefix_digest,
@@ -74,7 +75,22 @@ AT_TEXT = (
 
 # Every statement of the log runs with names resolved in pg_catalog first: a superuser's schema ahead of it on the
 # search_path could otherwise redefine the clock or the time format that hashes cover.
-PINNED = "SET LOCAL search_path = pg_catalog, pg_temp"
+# Times as hashes cover them are UTC, whatever the database's TimeZone; a write (a trigger of a superuser's could
+# sleep in it) gives up after WRITE_TIMEOUT and its records wait, as in any outage.
+PINNED = "SET LOCAL search_path = pg_catalog, pg_temp; SET LOCAL TimeZone = 'UTC'"
+WRITE_TIMEOUT = "SET LOCAL statement_timeout = '10s'"
+# The log's columns as Paybill makes them (hash_format: from the first write of a version that knows formats).
+COLUMNS = {
+    "seq": "bigint",
+    "at": "timestamp with time zone",
+    "kind": "text",
+    "name": "text",
+    "event": "text",
+    "details": "jsonb",
+    "previous": "text",
+    "hash": "text",
+    "hash_format": "integer",
+}
 logger = logging.getLogger(__name__)
 
 
@@ -248,8 +264,10 @@ class AuditLog:
         written = []
         with conn.transaction():
             conn.execute(PINNED)
+            conn.execute(WRITE_TIMEOUT)
             if not self._formats:
                 _add_formats(conn)
+            _check_table(conn)
             conn.execute("LOCK TABLE paybill.audit_log IN SHARE ROW EXCLUSIVE MODE")  # appenders wait, readers not
             row = conn.execute("SELECT seq, hash FROM paybill.audit_log ORDER BY seq DESC LIMIT 1").fetchone()
             last = Head(self._chain, row[0], row[1]) if row else None
@@ -358,6 +376,7 @@ class AuditLog:
         self._setup(conn)
         with conn.transaction():
             cursor = _raw_details(conn)
+            _check_table(conn)
             query = f"SELECT {_record_columns(conn)}{extra} FROM paybill.audit_log WHERE {where} ORDER BY seq"
             return cursor.execute(query, params).fetchall()
 
@@ -450,9 +469,26 @@ def _record(row: tuple[Any, ...]) -> AuditRecord:
         parsed = json.loads(details)
     except RecursionError:  # jsonb nests deeper than Python's parser follows: never a record Paybill wrote
         raise ChainBroken(seq, "its details cannot be read (nested too deeply)") from None
-    except ValueError as exc:  # a number longer than Python reads (4300 digits): nor is this
+    except (ValueError, TypeError) as exc:  # a number longer than Python reads (4300 digits): nor is this
         raise ChainBroken(seq, f"its details cannot be read ({exc})") from None
     return AuditRecord(seq, kind, name, event, parsed, *rest)
+
+
+def _check_table(conn: psycopg.Connection) -> None:
+    """TableAltered unless the log's columns have the types and NOT NULL Paybill gave them: a column retyped (a
+    timestamptz made a timestamp, read in a shifted TimeZone) changes what is read without changing what is hashed."""
+    rows = conn.execute(
+        "SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull "
+        "FROM pg_catalog.pg_attribute a WHERE a.attrelid = 'paybill.audit_log'::pg_catalog.regclass "
+        "AND a.attnum > 0 AND NOT a.attisdropped"
+    ).fetchall()
+    found = {name: (kind, not_null) for name, kind, not_null in rows}
+    for name, kind in COLUMNS.items():
+        if name == "hash_format" and name not in found:
+            continue  # a log no writer of hash formats has touched yet
+        if found.get(name) != (kind, True):
+            shown = f"{found[name][0]}{'' if found[name][1] else ', nullable'}" if name in found else "missing"
+            raise TableAltered(f"column {name} is {shown}, not {kind} NOT NULL")
 
 
 def _has_formats(conn: psycopg.Connection) -> bool:

@@ -20,6 +20,7 @@ A database error reaches the agent as its SQLSTATE and condition name only: the 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -139,6 +140,19 @@ CHUNK_ROWS = 1
 # columns count 7.5 MB while the rows kept took 168 MB.
 VALUE_COST = 128
 ROW_COST = 64
+# The planner writes a parameter's value into the plan at each of its uses, so EXPLAIN's output grows with uses x size;
+# a value's text, quoted and escaped in the plan's JSON, is taken at up to this many bytes per character.
+PLAN_BYTES_PER_CHAR = 8
+PLAN_ALLOWANCE = 4 * 1024 * 1024  # a plan's own text, without parameters: statements are at most 64 kB
+PARAMETER = re.compile(r"\$(\d+)")
+
+
+def parameter_expansion(sql: str, params: Sequence[Any]) -> int:
+    """About the most bytes `params` add to `sql`'s plan: each value's text at each `$n` of the statement (a `$n` in a
+    string literal counts too: never fewer)."""
+    uses = collections.Counter(int(number) for number in PARAMETER.findall(sql))
+    sizes = [len(json.dumps(value, default=str)) for value in params]
+    return sum(uses[n] * (PLAN_BYTES_PER_CHAR * size + 32) for n, size in enumerate(sizes, start=1))
 
 
 @dataclass
@@ -416,6 +430,17 @@ class ExecutionGuard:
             )
         if not decision.allowed or decision.sql is None:
             return Outcome(decision, reasons=(Reason("denied", "the policy engine denied the statement"),))
+        if parameter_expansion(decision.sql, params) > limits.maxBytesRead:
+            return Outcome(
+                decision,
+                reasons=(
+                    Reason(
+                        "plan_too_large",
+                        "its parameters, at each of their uses, would make its plan larger than maxBytesRead "
+                        f"{limits.maxBytesRead} bytes",
+                    ),
+                ),
+            )
         try:
             session = self._connect()
             cost = self._cost(session, decision.sql, params)
@@ -542,8 +567,10 @@ class ExecutionGuard:
         key = (rewritten, json.dumps(params, default=str, sort_keys=True))
         cost = self._costs.get(key)
         if cost is None:
-            result = self._guarded(session, ("EXPLAIN (FORMAT JSON) " + rewritten, params), prepare=False)
-            ((plan,),) = session.load_rows(result, 1)
+            # the plan is one row, read like any, within maxBytesRead and what a plan of the statement alone can take
+            reading = Reading(1, self.engine.rules.limits.maxBytesRead + PLAN_ALLOWANCE)
+            self._guarded(session, ("EXPLAIN (FORMAT JSON) " + rewritten, params), prepare=False, reading=reading)
+            ((plan,),) = reading.rows
             plan = json.loads(plan) if isinstance(plan, str) else plan
             cost = plan_cost(plan[0]["Plan"])
             self._costs[key] = cost
