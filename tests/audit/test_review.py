@@ -441,6 +441,30 @@ def test_a_write_that_hangs_in_the_database_gives_up_and_waits(
     log.close()
 
 
+@pytest.mark.parametrize(
+    "tampering",
+    [
+        "INSERT INTO paybill.audit_log (seq, kind, name, event, details, previous, hash, hash_format) "
+        "VALUES (5, 'Tenant', 'acme', 'forged', '{}', repeat('0', 64), repeat('c', 64), 3)",
+        "CREATE RULE swallow AS ON INSERT TO paybill.audit_log WHERE NEW.event = 'Offboard' DO INSTEAD NOTHING",
+    ],
+    ids=["forged-head", "swallowing-rule"],
+)
+def test_the_operator_seals_nothing_onto_a_head_it_cannot_vouch_for_nor_into_a_table_that_drops_it(
+    connect: Callable[[], psycopg.Connection], tmp_path: Path, tampering: str
+) -> None:
+    """Eighth outside review: a forged record past the head the operator knew got record 6 sealed onto its chosen
+    hash; a rule dropping the insert had the append reported written, and nothing logged."""
+    store = FileCheckpoint(tmp_path / "state" / "audit")
+    log = AuditLog(connect, store, retry_interval=3600)
+    lifecycle(log, "acme")
+    connect().execute(tampering)
+    before = [(r.seq, r.hash) for r in AuditLog(connect).records()]
+    assert log.append("Tenant", "acme", "Offboard", {}) is None and log.pending == 1
+    assert [(r.seq, r.hash) for r in AuditLog(connect).records()] == before
+    log.close()
+
+
 def test_verify_finds_a_deleted_tail_through_the_configmap_checkpoint_in_a_cluster(
     dsn: str,
     connect: Callable[[], psycopg.Connection],

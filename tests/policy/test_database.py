@@ -158,6 +158,20 @@ def test_a_parameter_used_many_times_cannot_blow_up_the_plan_the_guard_reads(
         assert guard.execute(statement, ["open"]).ok
 
 
+def test_numbers_that_print_long_in_the_plan_are_refused(policy_db: PolicyDatabase, acme: str) -> None:
+    """Eighth outside review: `1e131071` is 8 characters that the plan prints as 131,072 digits at each use; 1,500 of
+    them made a 197 MB plan row, and 800 uses of it as a parameter a 105 MB one."""
+    with ExecutionGuard(
+        policy_db.engine(spec(limits=limits(maxBytesRead=1_000_000))), acme, PRINCIPAL, "acme"
+    ) as guard:
+        literal = guard.execute(f"SELECT id FROM orders WHERE total IN ({', '.join(['1e131071'] * 3)})")
+        assert not literal.executed and literal.decision.reasons[0].code == "numeric_too_long"
+        statement = f"SELECT id FROM orders WHERE total IN ({', '.join(['$1'] * 800)})"
+        parameter = guard.execute(statement, ["1e131071"])
+        assert not parameter.executed and parameter.reasons[0].code == "plan_too_large"
+        assert guard.execute(statement, ["12.5"]).ok and guard.execute("SELECT id FROM orders WHERE total < 1e3").ok
+
+
 @pytest.mark.parametrize(
     ("commands", "error"),
     [

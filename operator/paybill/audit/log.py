@@ -46,6 +46,7 @@ from .chain import (
     TableAltered,
     chain_after,
     check_chain,
+    hash_of,
     prefix_digest,
     record_hash,
     spans,
@@ -287,6 +288,8 @@ class AuditLog:
             seal = self._sealing(conn, seq)
             if seal is not None and seq < seal.since:  # behind its seal: it would write plain hashes, never
                 raise ChainBroken(seq, f"the log is behind its seal (which begins at record {seal.since}): not written")
+            if seal is not None and last is not None:
+                _check_tail(conn, last, known, seal)
             for entry in batch:
                 key = seal.key if seal is not None else None
                 hash_format = SEALED_FORMAT if key is not None else CURRENT_FORMAT
@@ -435,7 +438,29 @@ def _strings(value: Any) -> list[str]:
 def _insert(conn: psycopg.Connection, record: AuditRecord, at: datetime.datetime) -> None:
     details = json.dumps(record.details)
     row = (record.seq, at, record.kind, record.name, record.event, details, record.previous, record.hash)
-    conn.execute(INSERT, (*row, record.hash_format))
+    if conn.execute(INSERT, (*row, record.hash_format)).rowcount != 1:  # a rule or trigger of the database's own
+        raise ChainBroken(record.seq, "the database did not store it (a rule or trigger dropped it): not written")
+
+
+def _check_tail(conn: psycopg.Connection, last: Head, known: Head | None, seal: Seal) -> None:
+    """Before chaining onto `last`: the records after the head this log knows (another replica's, or only `last` when
+    it knows none) follow it and are sealed with the chain's key, so that no record is ever sealed onto a head of
+    someone else's making."""
+    start = known.seq if known is not None and known.seq < last.seq else last.seq - 1
+    previous = known.hash if known is not None and known.seq == start else None
+    rows = _raw_details(conn).execute(
+        f"SELECT {_record_columns(conn)} FROM paybill.audit_log WHERE seq > %s ORDER BY seq", (start,)
+    )
+    for record in map(_record, rows.fetchall()):
+        if previous is not None and record.previous != previous:
+            raise ChainBroken(record.seq, "does not follow the record before it: nothing is written after it")
+        try:
+            sealed = record.hash_format == SEALED_FORMAT and hash_of(record, seal.key) == record.hash
+        except RecursionError:
+            sealed = False
+        if record.seq >= seal.since and not sealed:
+            raise ChainBroken(record.seq, "is not sealed with the chain's key: nothing is written after it")
+        previous = record.hash
 
 
 def _record_columns(conn: psycopg.Connection) -> str:

@@ -7,6 +7,7 @@ much as to tables.
 
 from __future__ import annotations
 
+import decimal
 import re
 import uuid
 from collections.abc import Sequence
@@ -20,6 +21,9 @@ from .rules import UNSAFE_FUNCTIONS, UNSAFE_PREFIXES, RuleSet
 from .schema import TENANT_COLUMN, WRITING_ACTIONS, Schema, Table, TypeFamily
 from .tree import pb, unwrap
 
+# A numeric constant's digits written out (1e131071 is 131,072 of them): the planner prints it so at each use, and the
+# guard reads the plan. Past this many, a constant (or a parameter, guard.parameter_expansion) is refused.
+MAX_NUMERIC_DIGITS = 1000
 COMPARISONS = frozenset({"=", "<>", "!=", "<", ">", "<=", ">="})
 OPERATORS = COMPARISONS | frozenset({"+", "-", "*", "/", "%", "||", "~~", "!~~", "~~*", "!~~*"})
 ORDERINGS = frozenset({"<", ">"})  # what ORDER BY ... USING may name
@@ -237,6 +241,20 @@ class Target:
 
 def _alias(message: Any) -> pb.Alias | None:
     return message.alias if message.HasField("alias") else None
+
+
+def numeric_digits(text: str) -> int:
+    """How many digits `text`, a number, takes written out without an exponent (0: not a number)."""
+    try:
+        value = decimal.Decimal(text)
+    except (decimal.InvalidOperation, ValueError):
+        return 0
+    if not value.is_finite():
+        return 0
+    exponent = value.as_tuple().exponent
+    if not isinstance(exponent, int):
+        return 0
+    return max(value.adjusted() + 1, -exponent, len(value.as_tuple().digits))
 
 
 def _names(nodes: Any) -> list[str]:
@@ -859,7 +877,16 @@ class Analysis:
     def expression(self, node: pb.Node, scope: Scope, outputs: tuple[str, ...] = (), which: str | None = None) -> None:
         """`which`: the node's kind when the caller has read it already."""
         kind = node.WhichOneof("node") if which is None else which
-        if kind is None or kind == "a_const":
+        if kind is None:
+            return
+        if kind == "a_const":
+            const = node.a_const
+            if const.WhichOneof("val") == "fval" and numeric_digits(const.fval.fval) > MAX_NUMERIC_DIGITS:
+                self.deny(
+                    "numeric_too_long",
+                    f"numeric constant {const.fval.fval[:20]} has more than {MAX_NUMERIC_DIGITS} digits written out",
+                    const,
+                )
             return
         if kind == "column_ref":
             self.column(node.column_ref, scope, outputs)

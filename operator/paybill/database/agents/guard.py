@@ -39,6 +39,7 @@ from psycopg.adapt import PyFormat, Transformer
 from psycopg.pq import ExecStatus, PipelineStatus, TransactionStatus
 from psycopg.pq.abc import PGresult
 
+from ...policy.analysis import numeric_digits
 from ...policy.decision import Decision, Reason
 from ...policy.engine import Gate
 from .steps import PRIMARY_KEY, RECORD, RECORDED, StepKey, StepRecord
@@ -140,9 +141,10 @@ CHUNK_ROWS = 1
 # columns count 7.5 MB while the rows kept took 168 MB.
 VALUE_COST = 128
 ROW_COST = 64
-# The planner writes a parameter's value into the plan at each of its uses, so EXPLAIN's output grows with uses x size;
-# a value's text, quoted and escaped in the plan's JSON, is taken at up to this many bytes per character.
-PLAN_BYTES_PER_CHAR = 8
+# The planner writes a parameter's value into the plan at each of its uses, so EXPLAIN's output grows with uses x size:
+# a value's text (UTF-8), quoted in SQL and escaped in the plan's JSON, is taken at up to this many bytes per byte,
+# and a number at its digits written out (1e131071 prints 131,072 of them).
+PLAN_BYTES_PER_CHAR = 4
 PLAN_ALLOWANCE = 4 * 1024 * 1024  # a plan's own text, without parameters: statements are at most 64 kB
 PARAMETER = re.compile(r"\$(\d+)")
 
@@ -151,8 +153,17 @@ def parameter_expansion(sql: str, params: Sequence[Any]) -> int:
     """About the most bytes `params` add to `sql`'s plan: each value's text at each `$n` of the statement (a `$n` in a
     string literal counts too: never fewer)."""
     uses = collections.Counter(int(number) for number in PARAMETER.findall(sql))
-    sizes = [len(json.dumps(value, default=str)) for value in params]
+    sizes = [_printed_size(value) for value in params]
     return sum(uses[n] * (PLAN_BYTES_PER_CHAR * size + 32) for n, size in enumerate(sizes, start=1))
+
+
+def _printed_size(value: Any) -> int:
+    """About the bytes `value` takes in a plan: an array's elements each, a number (or text PostgreSQL may read as one)
+    written out."""
+    if isinstance(value, list):
+        return sum(_printed_size(item) + 2 for item in value)
+    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    return max(len(text.encode()), numeric_digits(text) if len(text) < 100 else 0)
 
 
 @dataclass
