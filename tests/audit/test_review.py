@@ -465,6 +465,23 @@ def test_the_operator_seals_nothing_onto_a_head_it_cannot_vouch_for_nor_into_a_t
     log.close()
 
 
+def test_a_tail_another_writer_wrote_and_a_dba_deleted_stays_a_gap(
+    dsn: str, connect: Callable[[], psycopg.Connection], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Ninth outside review: two writers sharing one store; the second's last records deleted, the first went on
+    from the table's last record, moved the checkpoint past the gap, and verify said intact."""
+    store = FileCheckpoint(tmp_path / "state" / "audit")
+    first, second = AuditLog(connect, store), AuditLog(connect, store)
+    lifecycle(first, "acme")
+    for event in ("Suspend", "Resume", "Offboard"):
+        second.append("Tenant", "globex", event, {})
+    connect().execute("DELETE FROM paybill.audit_log WHERE seq = 7")
+    for event in ("Provision", "Provisioned"):
+        first.append("Tenant", "initech", event, {})
+    status, out, _ = paybill(capsys, "audit", "verify", "--dsn", dsn, "--checkpoint", str(store.directory))
+    assert status == 1 and "record 7: deleted: record 7 missing" in out
+
+
 def test_verify_finds_a_deleted_tail_through_the_configmap_checkpoint_in_a_cluster(
     dsn: str,
     connect: Callable[[], psycopg.Connection],

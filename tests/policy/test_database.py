@@ -170,6 +170,12 @@ def test_numbers_that_print_long_in_the_plan_are_refused(policy_db: PolicyDataba
         parameter = guard.execute(statement, ["1e131071"])
         assert not parameter.executed and parameter.reasons[0].code == "plan_too_large"
         assert guard.execute(statement, ["12.5"]).ok and guard.execute("SELECT id FROM orders WHERE total < 1e3").ok
+        # ninth outside review: text PostgreSQL reads as a number, and a number padded past a length cap
+        quoted = ", ".join(["'1e131071'"] * 800)
+        text = guard.execute(f"SELECT id FROM orders WHERE total IN ({quoted})")
+        assert not text.executed and text.decision.reasons[-1].code == "plan_too_large"
+        padded = guard.execute(statement, ["0" * 92 + "1e131071"])
+        assert not padded.executed and padded.reasons[0].code == "plan_too_large"
 
 
 @pytest.mark.parametrize(

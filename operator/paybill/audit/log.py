@@ -334,14 +334,17 @@ class AuditLog:
         return self._seal
 
     def _known_head(self) -> Head | None:
-        """The head this process committed last, else the checkpoint's (read once; unreadable: none known, and
-        the checkpoint, which is never lowered, still catches a lost tail when `verify` reads it)."""
-        if self._head is None and self._checkpoint is not None and self._chain is not None:
+        """The later of the head this process committed last and the checkpoint's, read at every write: another
+        writer sharing the store may have gone further, and a tail of theirs deleted must stay a gap, not be written
+        over (unreadable: this process's own head; the checkpoint, never lowered, still shows the gap to `verify`)."""
+        stored = None
+        if self._checkpoint is not None and self._chain is not None:
             try:
-                self._head = self._checkpoint.load(self._chain)
+                stored = self._checkpoint.load(self._chain)
             except CheckpointUnavailable as exc:
                 logger.warning("audit log: %s", exc)
-        return self._head
+        heads = [head for head in (self._head, stored) if head is not None]
+        return max(heads, key=lambda head: head.seq) if heads else None
 
     def _save_checkpoint(self) -> None:
         head = self._head

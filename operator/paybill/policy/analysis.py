@@ -24,6 +24,8 @@ from .tree import pb, unwrap
 # A numeric constant's digits written out (1e131071 is 131,072 of them): the planner prints it so at each use, and the
 # guard reads the plan. Past this many, a constant (or a parameter, guard.parameter_expansion) is refused.
 MAX_NUMERIC_DIGITS = 1000
+# A constant's text, quoted in SQL and escaped in EXPLAIN's JSON, is taken at up to this many bytes per byte.
+PLAN_BYTES_PER_CHAR = 4
 COMPARISONS = frozenset({"=", "<>", "!=", "<", ">", "<=", ">="})
 OPERATORS = COMPARISONS | frozenset({"+", "-", "*", "/", "%", "||", "~~", "!~~", "~~*", "!~~*"})
 ORDERINGS = frozenset({"<", ">"})  # what ORDER BY ... USING may name
@@ -257,6 +259,12 @@ def numeric_digits(text: str) -> int:
     return max(value.adjusted() + 1, -exponent, len(value.as_tuple().digits))
 
 
+def printed_size(text: str) -> int:
+    """About the bytes `text` takes printed in a plan: itself (UTF-8), or as a number written out if PostgreSQL may read
+    it as one (leading zeros and spaces included)."""
+    return max(len(text.encode()), numeric_digits(text))
+
+
 def _names(nodes: Any) -> list[str]:
     """The strings of a name list (function, operator, type and column names).
 
@@ -298,6 +306,8 @@ class Analysis:
         # the CTEs and FROM subqueries the statement wrote: the rewrite fences each, so that PostgreSQL plans it once,
         # alone (inlined, a column read twice at each level doubles the expression: exponential planning)
         self.fences: list[Any] = []
+        # what the constants (numbers written out, text that may be read as one) take printed in the plan
+        self.constants_printed = 0
 
     # -- reasons and accesses -------------------------------------------------------------------
 
@@ -335,6 +345,13 @@ class Analysis:
             self.update(stmt)
         else:
             self.delete(stmt)
+        limit = self.rules.limits.maxBytesRead
+        if self.constants_printed * PLAN_BYTES_PER_CHAR > limit:
+            self.deny(
+                "plan_too_large",
+                f"its constants, written out, would make its plan larger than maxBytesRead {limit} bytes",
+                stmt,
+            )
 
     def select(
         self, stmt: pb.SelectStmt, outer: Scope | None, ctes: dict[str, Relation], top: bool = False
@@ -881,12 +898,19 @@ class Analysis:
             return
         if kind == "a_const":
             const = node.a_const
-            if const.WhichOneof("val") == "fval" and numeric_digits(const.fval.fval) > MAX_NUMERIC_DIGITS:
-                self.deny(
-                    "numeric_too_long",
-                    f"numeric constant {const.fval.fval[:20]} has more than {MAX_NUMERIC_DIGITS} digits written out",
-                    const,
-                )
+            which_value = const.WhichOneof("val")
+            if which_value == "fval":
+                digits = numeric_digits(const.fval.fval)
+                self.constants_printed += digits
+                if digits > MAX_NUMERIC_DIGITS:
+                    shown = const.fval.fval[:20]
+                    self.deny(
+                        "numeric_too_long",
+                        f"numeric constant {shown} has more than {MAX_NUMERIC_DIGITS} digits written out",
+                        const,
+                    )
+            elif which_value == "sval":  # PostgreSQL may read it as a number where one is expected ('1e131071')
+                self.constants_printed += printed_size(const.sval.sval)
             return
         if kind == "column_ref":
             self.column(node.column_ref, scope, outputs)

@@ -39,7 +39,7 @@ from psycopg.adapt import PyFormat, Transformer
 from psycopg.pq import ExecStatus, PipelineStatus, TransactionStatus
 from psycopg.pq.abc import PGresult
 
-from ...policy.analysis import numeric_digits
+from ...policy.analysis import PLAN_BYTES_PER_CHAR, printed_size
 from ...policy.decision import Decision, Reason
 from ...policy.engine import Gate
 from .steps import PRIMARY_KEY, RECORD, RECORDED, StepKey, StepRecord
@@ -142,9 +142,8 @@ CHUNK_ROWS = 1
 VALUE_COST = 128
 ROW_COST = 64
 # The planner writes a parameter's value into the plan at each of its uses, so EXPLAIN's output grows with uses x size:
-# a value's text (UTF-8), quoted in SQL and escaped in the plan's JSON, is taken at up to this many bytes per byte,
-# and a number at its digits written out (1e131071 prints 131,072 of them).
-PLAN_BYTES_PER_CHAR = 4
+# a value is taken at its printed size (analysis.printed_size: a number at its digits written out, 1e131071 prints
+# 131,072 of them) times PLAN_BYTES_PER_CHAR, for quoting and escaping.
 PLAN_ALLOWANCE = 4 * 1024 * 1024  # a plan's own text, without parameters: statements are at most 64 kB
 PARAMETER = re.compile(r"\$(\d+)")
 
@@ -162,8 +161,7 @@ def _printed_size(value: Any) -> int:
     written out."""
     if isinstance(value, list):
         return sum(_printed_size(item) + 2 for item in value)
-    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
-    return max(len(text.encode()), numeric_digits(text) if len(text) < 100 else 0)
+    return printed_size(value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False))
 
 
 @dataclass
