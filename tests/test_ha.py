@@ -30,18 +30,20 @@ def role(operator: Operator) -> str:
     return str(operator.readiness()[1].get("role"))
 
 
+def replica(cluster: Any, postgres: LocalPostgres, tmp_path: Path, name: str) -> Operator:
+    """A replica (paybill-<name>) in the election; the replicas share one state directory, as they share the operator's
+    namespace in a cluster (the audit seal and checkpoint are kept there)."""
+    state = str(tmp_path / "state")
+    return Operator(
+        cluster, postgres.dsn, tmp_path / f"{name}.log", POD_ID=f"paybill-{name}", **ELECTION, PAYBILL_STATE_DIR=state
+    )
+
+
 def leader(cluster: Any, postgres: LocalPostgres, tmp_path: Path) -> Operator:
     """The peering CRD installed, and a first replica (paybill-first), once it leads."""
     cluster.kube.create(peering.PEERING_CRD)
     cluster.eventually(lambda: cluster.kube.request("GET", f"/apis/{peering.API_VERSION}"), timeout=30)
-    first = Operator(
-        cluster,
-        postgres.dsn,
-        tmp_path / "first.log",
-        POD_ID="paybill-first",
-        **ELECTION,
-        PAYBILL_STATE_DIR=str(tmp_path / "state"),
-    )
+    first = replica(cluster, postgres, tmp_path, "first")
     try:
         cluster.eventually(lambda: role(first) == "leader", timeout=60)
     except BaseException:
@@ -52,14 +54,7 @@ def leader(cluster: Any, postgres: LocalPostgres, tmp_path: Path) -> Operator:
 
 def standby(cluster: Any, postgres: LocalPostgres, tmp_path: Path) -> Operator:
     """A second replica (paybill-second), once it is ready and stands by."""
-    second = Operator(
-        cluster,
-        postgres.dsn,
-        tmp_path / "second.log",
-        POD_ID="paybill-second",
-        **ELECTION,
-        PAYBILL_STATE_DIR=str(tmp_path / "state"),
-    )
+    second = replica(cluster, postgres, tmp_path, "second")
     try:
         cluster.eventually(lambda: second.readiness()[0] == 200 and role(second) == "standby", timeout=60)
     except BaseException:

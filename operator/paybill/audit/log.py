@@ -318,10 +318,11 @@ class AuditLog:
                 ).fetchall()
                 before = [_record(row) for row in rows]
                 foreign = spans([r.seq for r in before if r.hash_format == SEALED_FORMAT])
+                prefix = prefix_digest(before)
                 # never freeze a chain that does not verify as it is (against its checkpoint too): that would vouch
                 # for whatever was done to it before the seal
                 with contextlib.suppress(RecordsMissing):  # a lost tail (a restore): verify reports the gap
-                    check_chain(before, self._known_head(), Seal(self._chain, b"", seq, foreign, prefix_digest(before)))
+                    check_chain(before, self._known_head(), Seal(self._chain, b"", seq, foreign, prefix))
                 if foreign:  # legitimately only after a seal was lost (or a test's other store): say so loudly
                     logger.error(
                         "audit log: sealing from record %d; records %s say they are sealed under a key this store "
@@ -329,7 +330,7 @@ class AuditLog:
                         seq,
                         ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in foreign),
                     )
-                found = self._checkpoint.seal(self._chain, seq, foreign, prefix_digest(before))
+                found = self._checkpoint.seal(self._chain, seq, foreign, prefix)
             self._seal = kept_seal(found, self._chain)
         return self._seal
 
