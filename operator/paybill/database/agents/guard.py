@@ -9,10 +9,11 @@ was lifted. A read is one round trip; a write (or a row lock) runs in an explici
 rolled back when it writes more rows than allowed. The guard speaks to libpq directly (`Session`): the
 timeout and the statement go out as one pipeline, both prepared once per connection, and psycopg's loaders
 build the rows, which costs less than psycopg's own pipeline around every statement. A planner-cost precheck
-(cached per rewritten statement) refuses expensive statements; reads stop at maxRowsRead. The agent's statement
-is read row by row as it arrives, and once its values pass maxBytesRead the connection is dropped: the server stops
-the statement and rolls back its transaction, and none of its rows are kept. (libpq still takes in one row whole:
-the memory a statement can cost the operator is maxBytesRead plus its largest row, which PostgreSQL limits.)
+(cached per rewritten statement and parameters) refuses expensive statements; reads stop at maxRowsRead. The
+agent's statement is read row by row as it arrives, and once its values pass maxBytesRead the connection is
+dropped: the server stops the statement and rolls back its transaction, and none of its rows are kept. (libpq
+still takes in one row whole: the memory a statement can cost the operator is maxBytesRead plus its largest row,
+which PostgreSQL limits.)
 
 A database error reaches the agent as its SQLSTATE and condition name only: the message can carry data
 (a failed cast quotes the value) and goes to `Outcome.error`, for the audit log alone.
@@ -167,7 +168,7 @@ def _printed_size(value: Any) -> int:
 @dataclass
 class Reading:
     """How an exchange reads its last command's rows: row by row as they arrive, keeping the first `keep`, and
-    refused with `ResultTooLarge` once the lengths of its values pass `max_bytes`."""
+    refused with `ResultTooLarge` once they pass `max_bytes` (each value's length plus VALUE_COST, ROW_COST a row)."""
 
     keep: int
     max_bytes: int
