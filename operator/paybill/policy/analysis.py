@@ -22,7 +22,7 @@ from .schema import TENANT_COLUMN, WRITING_ACTIONS, Schema, Table, TypeFamily
 from .tree import pb, unwrap
 
 # A numeric constant's digits written out (1e131071 is 131,072 of them): the planner prints it so at each use, and the
-# guard reads the plan. Past this many, a constant (or a parameter, guard.parameter_expansion) is refused.
+# guard reads the plan. Past this many, a constant is refused (a parameter is costed so: guard.parameter_expansion).
 MAX_NUMERIC_DIGITS = 1000
 # A constant's text, quoted in SQL and escaped in EXPLAIN's JSON, is taken at up to this many bytes per byte.
 PLAN_BYTES_PER_CHAR = 4

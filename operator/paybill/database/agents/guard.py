@@ -440,7 +440,9 @@ class ExecutionGuard:
             )
         if not decision.allowed or decision.sql is None:
             return Outcome(decision, reasons=(Reason("denied", "the policy engine denied the statement"),))
-        if parameter_expansion(decision.sql, params) > limits.maxBytesRead:
+        key = (decision.sql, json.dumps(params, default=str, sort_keys=True))
+        # once the plan of these parameters was read, its size is known to fit: only a new estimate needs the check
+        if key not in self._costs and parameter_expansion(decision.sql, params) > limits.maxBytesRead:
             return Outcome(
                 decision,
                 reasons=(
@@ -453,7 +455,7 @@ class ExecutionGuard:
             )
         try:
             session = self._connect()
-            cost = self._cost(session, decision.sql, params)
+            cost = self._cost(session, key, params)
             if cost > limits.maxCost:
                 return Outcome(
                     decision,
@@ -572,11 +574,12 @@ class ExecutionGuard:
         if not session.idle:
             self.close()
 
-    def _cost(self, session: Session, rewritten: str, params: list[Any]) -> float:
-        # per parameters too: PostgreSQL plans with them, and an estimate can grow with a value (an array's length)
-        key = (rewritten, json.dumps(params, default=str, sort_keys=True))
+    def _cost(self, session: Session, key: tuple[str, str], params: list[Any]) -> float:
+        """The estimate for `key`, (rewritten statement, its parameters as JSON): per parameters too, since PostgreSQL
+        plans with them and an estimate can grow with a value (an array's length)."""
         cost = self._costs.get(key)
         if cost is None:
+            rewritten = key[0]
             # the plan is one row, read like any, within maxBytesRead and what a plan of the statement alone can take
             reading = Reading(1, self.engine.rules.limits.maxBytesRead + PLAN_ALLOWANCE)
             self._guarded(session, ("EXPLAIN (FORMAT JSON) " + rewritten, params), prepare=False, reading=reading)
