@@ -19,7 +19,7 @@ import psycopg
 from ..errors import first_line
 from ..kubeclient import Kube, load_config
 from .chain import ChainBroken, ChainReplaced, SealNeeded
-from .checkpoint import CheckpointStore, CheckpointUnavailable, ConfigMapCheckpoint, FileCheckpoint
+from .checkpoint import CheckpointStore, CheckpointUnavailable, ConfigMapCheckpoint, FileCheckpoint, kept_seal
 from .log import AuditLog, _log_exists
 from .review import belongs_to, export_line, first_break, foreign_seals, replay, untimed
 from .versions import load_version
@@ -70,8 +70,11 @@ def verify(dsn: str, store: CheckpointStore | None, out: TextIO) -> int:
             seal = store.load_seal() if store is not None else None
         except CheckpointUnavailable as exc:
             raise Unreadable(str(exc)) from None
-        if seal is not None and seal.chain != log.chain:
-            print(f"audit chain broken: {ChainReplaced(log.chain, seal.chain)}", file=out)
+        try:
+            if seal is not None:
+                kept_seal(seal, log.chain)
+        except ChainReplaced as exc:
+            print(f"audit chain broken: {exc}", file=out)
             return 1
     try:
         fault = first_break(records, checkpoint, seal)

@@ -285,14 +285,14 @@ class AuditLog:
             now = conn.execute(f"SELECT t, {AT_TEXT.format('t')} FROM clock_timestamp() AS t").fetchone()
             assert now is not None
             at, at_text = now
-            seal = self._sealing(conn, seq)
+            seal = self._sealing(conn, seq, known)
             if seal is not None and seq < seal.since:  # behind its seal: it would write plain hashes, never
                 raise ChainBroken(seq, f"the log is behind its seal (which begins at record {seal.since}): not written")
             if seal is not None and last is not None:
                 _check_tail(conn, last, known, seal)
+            key = seal.key if seal is not None else None
+            hash_format = SEALED_FORMAT if key is not None else CURRENT_FORMAT
             for entry in batch:
-                key = seal.key if seal is not None else None
-                hash_format = SEALED_FORMAT if key is not None else CURRENT_FORMAT
                 digest = record_hash(
                     previous, entry.kind, entry.name, entry.event, entry.details, hash_format, at_text, key
                 )
@@ -306,23 +306,19 @@ class AuditLog:
         self._head = Head(self._chain, written[-1].seq, written[-1].hash)
         return written
 
-    def _sealing(self, conn: psycopg.Connection, seq: int) -> Seal | None:
+    def _sealing(self, conn: psycopg.Connection, seq: int, known: Head | None) -> Seal | None:
         """The chain's seal (made now, sealing from `seq`, if the store has none); None without a store;
-        ChainReplaced if the store seals another chain."""
+        ChainReplaced if the store seals another chain. `known`: the head this log knows (`_known_head`)."""
         if self._seal is None and self._checkpoint is not None and self._chain is not None:
             found = self._checkpoint.load_seal()
             if found is None:  # the seal freezes what is before it; records sealed already are named in it
-                cursor = _raw_details(conn)
-                rows = cursor.execute(
-                    f"SELECT {_record_columns(conn)} FROM paybill.audit_log WHERE seq < %s ORDER BY seq", (seq,)
-                ).fetchall()
-                before = [_record(row) for row in rows]
+                before = [_record(row) for row in _select_records(conn, "seq < %s", (seq,))]
                 foreign = spans([r.seq for r in before if r.hash_format == SEALED_FORMAT])
                 prefix = prefix_digest(before)
                 # never freeze a chain that does not verify as it is (against its checkpoint too): that would vouch
                 # for whatever was done to it before the seal
                 with contextlib.suppress(RecordsMissing):  # a lost tail (a restore): verify reports the gap
-                    check_chain(before, self._known_head(), Seal(self._chain, b"", seq, foreign, prefix))
+                    check_chain(before, known, Seal(self._chain, b"", seq, foreign, prefix))
                 if foreign:  # legitimately only after a seal was lost (or a test's other store): say so loudly
                     logger.error(
                         "audit log: sealing from record %d; records %s say they are sealed under a key this store "
@@ -382,10 +378,8 @@ class AuditLog:
         conn = self._connect()
         self._setup(conn)
         with conn.transaction():
-            cursor = _raw_details(conn)
-            _check_table(conn)
-            query = f"SELECT {_record_columns(conn)}{extra} FROM paybill.audit_log WHERE {where} ORDER BY seq"
-            return cursor.execute(query, params).fetchall()
+            _check_table(conn)  # its names are qualified: it needs no pinning
+            return _select_records(conn, where, params, extra)
 
     def verify(self) -> int:
         """Walk the whole chain and hold it against the checkpoint and the seal; returns its length, or raises
@@ -452,10 +446,7 @@ def _check_tail(conn: psycopg.Connection, last: Head, known: Head | None, seal: 
     someone else's making."""
     start = known.seq if known is not None and known.seq < last.seq else last.seq - 1
     previous = known.hash if known is not None and known.seq == start else None
-    rows = _raw_details(conn).execute(
-        f"SELECT {_record_columns(conn)} FROM paybill.audit_log WHERE seq > %s ORDER BY seq", (start,)
-    )
-    for record in map(_record, rows.fetchall()):
+    for record in map(_record, _select_records(conn, "seq > %s", (start,))):
         if previous is not None and record.previous != previous:
             raise ChainBroken(record.seq, "does not follow the record before it: nothing is written after it")
         try:
@@ -482,13 +473,17 @@ class _JsonbText(Loader):
         return bytes(data).decode()
 
 
-def _raw_details(conn: psycopg.Connection) -> psycopg.Cursor[Any]:
-    """A cursor in a transaction whose names resolve in pg_catalog first (no function of the database's own shadows
-    clock_timestamp or to_char), reading jsonb as text."""
+def _select_records(
+    conn: psycopg.Connection, where: str, params: tuple[Any, ...], extra: str = ""
+) -> list[tuple[Any, ...]]:
+    """The rows (`_record_columns`, then `extra`) of the records `where` picks, in order, read in the transaction open
+    on `conn` with names resolved in pg_catalog first (no function of the database's own shadows clock_timestamp or
+    to_char), jsonb as text. The caller has checked the table (`_check_table`)."""
     conn.execute(PINNED)
     cursor = conn.cursor()
     cursor.adapters.register_loader("jsonb", _JsonbText)
-    return cursor
+    query = f"SELECT {_record_columns(conn)}{extra} FROM paybill.audit_log WHERE {where} ORDER BY seq"
+    return cursor.execute(query, params).fetchall()
 
 
 def _record(row: tuple[Any, ...]) -> AuditRecord:
