@@ -5,17 +5,23 @@ checks and the tests import. Only once the compiler succeeded does `compiled.jso
 of every source the build read and every binary it produced (in place and in the build directory a wheel is made
 from): a module edited after the build, or a build that failed half way, runs from its source until it is built
 again (`make compile`). PAYBILL_PURE_PYTHON=1 builds without a C compiler: the same engine, pure Python, slower.
+
+One module is C of our own, `paybill/policy/treedicts.c`: it compiles libpg_query's generated tree walk from the
+pglast sdist of the pinned version (constraints.txt; `make install` downloads it into build/pglast-sdist). Without
+that sdist it is left out, and the validator reads libpg_query's JSON instead (the same trees, slower).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
+import tarfile
 from pathlib import Path
 from types import ModuleType
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 POLICY = Path("operator/paybill/policy")
@@ -49,6 +55,41 @@ class RecordedBuildExt(build_ext):
             compiled.record(POLICY, outputs)
 
 
+SDISTS = Path("build/pglast-sdist")
+
+
+def _treedicts() -> list[Extension]:
+    """The C tree reader, built against the libpg_query sources of the pglast version constraints.txt pins."""
+    pinned = re.search(r"^pglast==(\S+)$", Path("constraints.txt").read_text(), re.MULTILINE)
+    sdist = SDISTS / f"pglast-{pinned.group(1)}.tar.gz" if pinned else None
+    if sdist is None or not sdist.is_file():
+        print(f"setup.py: no {sdist or 'pglast pin'}: treedicts is not built (make install downloads it)")
+        return []
+    sources = SDISTS / sdist.name.removesuffix(".tar.gz")
+    if not sources.is_dir():
+        with tarfile.open(sdist) as archive:
+            archive.extractall(SDISTS, filter="data")
+    library = sources / "libpg_query"
+    return [
+        Extension(
+            "paybill.policy.treedicts",
+            [str(POLICY / "treedicts.c")],
+            include_dirs=[
+                str(p)
+                for p in (
+                    library,
+                    library / "src",
+                    library / "src" / "include",
+                    library / "src" / "postgres" / "include",
+                    library / "vendor",
+                )
+            ],
+            define_macros=[("PGLAST_VERSION", f'"v{pinned.group(1)}"')],  # type: ignore[union-attr]
+            extra_compile_args=["-O2", "-fvisibility=hidden", "-Wno-unused-function"],
+        )
+    ]
+
+
 def _extensions() -> list[object]:
     if not BUILDS.intersection(sys.argv[1:]):
         return []
@@ -58,7 +99,7 @@ def _extensions() -> list[object]:
     from mypyc.build import mypycify
 
     sources = [str(POLICY / f"{name}.py") for name in _compiled().COMPILED]
-    return list(mypycify(sources, opt_level="3", group_name="paybill_policy"))
+    return list(mypycify(sources, opt_level="3", group_name="paybill_policy")) + _treedicts()
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": RecordedBuildExt})

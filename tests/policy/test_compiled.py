@@ -24,9 +24,18 @@ def test_the_tests_run_the_compiled_engine_the_install_built() -> None:
     if not compiled.built() and not (compiled.HERE / compiled.MANIFEST).exists():
         pytest.skip("a pure-Python install (PAYBILL_PURE_PYTHON=1): nothing is compiled")
     assert compiled.stale() == [], "compiled from an older source: run make compile"
-    for name in compiled.COMPILED:
+    for name in compiled.COMPILED + compiled.NATIVE:  # the C modules too: the install downloads their sources
         module = importlib.import_module(f"paybill.policy.{name}")
         assert str(module.__file__).endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)), module.__file__
+
+
+def test_a_stale_build_hides_the_c_modules(package: Path) -> None:
+    """A C module has no source to fall back on: under a stale build its import fails, so its callers take their
+    pure-Python path (treedicts' callers read libpg_query's JSON) rather than run a binary nothing vouches for."""
+    (package / f"treedicts{importlib.machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"not a shared object")
+    assert compiled.guard(PACKAGE, package) == [compiled.MANIFEST]
+    with pytest.raises(ModuleNotFoundError, match="not current"):
+        importlib.import_module(f"{PACKAGE}.treedicts")
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import ModuleType
 
 COMPILED = ("tree", "analysis", "validate", "rewrite", "engine")
+NATIVE = ("treedicts",)  # modules written in C (built from `<name>.c`, when setup.py can), guarded alike
 MANIFEST = "compiled.json"
 SOURCE_ENV = "PAYBILL_POLICY_SOURCE"  # =1: run the compiled modules from source (debugging; the differential test)
 HERE = Path(__file__).resolve().parent
@@ -45,14 +46,17 @@ def build_inputs(directory: Path = HERE) -> list[str]:
     """The sources a build reads, relative to `directory`: the compiled modules and every module of the package
     they import (mypyc may fold an imported constant into the binary)."""
     present = [name for name in COMPILED if (directory / f"{name}.py").is_file()]
-    inputs = {f"{name}.py" for name in present}
+    inputs = {f"{name}.py" for name in present} | {f"{n}.c" for n in NATIVE if (directory / f"{n}.c").is_file()}
     for name in present:
         tree = ast.parse((directory / f"{name}.py").read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.level > 0 and node.module:
                 path = Path(*[".."] * (node.level - 1), *node.module.split("."))
                 module = directory / path
-                inputs.add(f"{path}.py" if module.with_suffix(".py").is_file() else f"{path}/__init__.py")
+                if module.with_suffix(".py").is_file():
+                    inputs.add(f"{path}.py")
+                elif module.is_dir():
+                    inputs.add(f"{path}/__init__.py")  # a C module of NATIVE: its source is an input already
     return sorted(inputs)
 
 
@@ -122,14 +126,17 @@ def _digest_or_none(path: Path) -> str | None:
 
 
 class _FromSource(importlib.abc.MetaPathFinder):
-    """Finds the compiled modules' `.py` files, ahead of the extension modules beside them."""
+    """Finds the compiled modules' `.py` files, ahead of the extension modules beside them; hides the C modules."""
 
     def __init__(self, package: str, directory: Path) -> None:
         self.sources = {f"{package}.{name}": directory / f"{name}.py" for name in COMPILED}
+        self.native = {f"{package}.{name}" for name in NATIVE}
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
+        if fullname in self.native:  # no source to run: its callers take their pure-Python path
+            raise ModuleNotFoundError(f"{fullname}: the compiled build is not current", name=fullname)
         source = self.sources.get(fullname)
         return None if source is None else importlib.util.spec_from_file_location(fullname, source)
 

@@ -16,10 +16,11 @@ message and admits only:
   read. Predicates Paybill adds (tenant, row filters) are matched and not walked further: the policy's
   author may use what an agent may not.
 
-The tree walked is libpg_query's JSON output of the same parse (C, then `orjson.loads`): it holds exactly the
-fields of the protobuf messages (the tests prove it over the corpora) and walking dicts is several times
-cheaper than walking upb messages. The field tables are built once from the protobuf descriptors, so the walk
-is generic: a field the descriptors do not know, or a node type not listed, is a denial with its name.
+The tree walked is libpg_query's JSON form of the same parse, as dicts (`tree.parse_dicts`: built in C from the
+parser's nodes, or the JSON text read by orjson): it holds exactly the fields of the protobuf messages (the tests
+prove it over the corpora) and walking dicts is several times cheaper than walking upb messages. The field
+tables are built once from the protobuf descriptors, so the walk is generic: a field the descriptors do not know,
+or a node type not listed, is a denial with its name.
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ from typing import Any, Final
 
 import orjson
 from mypy_extensions import mypyc_attr
-from pglast.parser import ParseError, parse_sql_json
+from pglast.parser import ParseError
 
 from .analysis import CASTS, OPERATORS, ORDERINGS
 from .decision import Reason
 from .rules import UNSAFE_FUNCTIONS, UNSAFE_PREFIXES, RuleSet
 from .schema import TENANT_COLUMN, Schema, Table
-from .tree import deparse, pb
+from .tree import deparse, parse_dicts, pb
 
 Body = dict[str, Any]
 
@@ -327,11 +328,13 @@ class Validator:
     def validate(self, sql: str, tenant: str | None) -> list[Reason]:
         """Reasons to deny the final statement `sql` for `tenant`; empty when every node is admitted."""
         try:
-            tree = orjson.loads(parse_sql_json(sql))
+            tree = parse_dicts(sql)
         except ParseError as error:
             return [Reason("validator_parse", f"the final statement does not parse: {error.args[0]}")]
-        except orjson.JSONDecodeError:  # nested deeper than the decoder follows
+        except (RecursionError, orjson.JSONDecodeError):  # nested deeper than the tree is read
             return [Reason("too_complex", "the final statement is nested too deeply")]
+        except ValueError as error:  # what libpg_query's JSON form cannot carry
+            return [Reason("validator_parse", f"the final statement cannot be read: {error}")]
         return self.check(tree, tenant)
 
     def check(self, tree: Body, tenant: str | None) -> list[Reason]:
@@ -499,7 +502,7 @@ class Validator:
                     where.bool_expr.boolop = pb.OR_EXPR
                     for name in names:
                         where.bool_expr.args.append(self.rules.predicates[name])
-                parsed = orjson.loads(parse_sql_json(deparse(result)))
+                parsed = parse_dicts(deparse(result))
                 self._filters[key] = _conjuncts(_unlocated(parsed["stmts"][0]["stmt"]["SelectStmt"]["whereClause"]))
         return self._filters[key]
 
