@@ -6,9 +6,10 @@ of every source the build read and every binary it produced (in place and in the
 from): a module edited after the build, or a build that failed half way, runs from its source until it is built
 again (`make compile`). PAYBILL_PURE_PYTHON=1 builds without a C compiler: the same engine, pure Python, slower.
 
-One module is C of our own, `paybill/policy/treedicts.c`: it compiles libpg_query's generated tree walk from the
-pglast sdist of the pinned version (constraints.txt; `make install` downloads it into build/pglast-sdist). Without
-that sdist it is left out, and the validator reads libpg_query's JSON instead (the same trees, slower).
+Two modules are C of our own, `paybill/policy/treedicts.c` and `treeprotobuf.c`: they compile libpg_query's generated
+tree walk from the pglast sdist of the pinned version (constraints.txt; `make install` downloads it into
+build/pglast-sdist). Without that sdist they are left out, and the engine takes pglast's own serializations instead
+(the same trees, slower).
 """
 
 from __future__ import annotations
@@ -58,22 +59,28 @@ class RecordedBuildExt(build_ext):
 SDISTS = Path("build/pglast-sdist")
 
 
-def _treedicts() -> list[Extension]:
-    """The C tree reader, built against the libpg_query sources of the pglast version constraints.txt pins."""
+def _tree_readers() -> list[Extension]:
+    """The C tree readers, built against the libpg_query sources of the pglast version constraints.txt pins."""
     pinned = re.search(r"^pglast==(\S+)$", Path("constraints.txt").read_text(), re.MULTILINE)
     sdist = SDISTS / f"pglast-{pinned.group(1)}.tar.gz" if pinned else None
     if sdist is None or not sdist.is_file():
-        print(f"setup.py: no {sdist or 'pglast pin'}: treedicts is not built (make install downloads it)")
+        print(f"setup.py: no {sdist or 'pglast pin'}: the C tree readers are not built (make install downloads it)")
         return []
     sources = SDISTS / sdist.name.removesuffix(".tar.gz")
     if not sources.is_dir():
         with tarfile.open(sdist) as archive:
             archive.extractall(SDISTS, filter="data")
     library = sources / "libpg_query"
+    generated = sources / "generated"
+    generated.mkdir(exist_ok=True)
+    numbers = _field_numbers(library / "protobuf" / "pg_query.proto")
+    header = generated / "pg_query_field_numbers.h"
+    if not header.is_file() or header.read_text() != numbers:
+        header.write_text(numbers)
     return [
         Extension(
-            "paybill.policy.treedicts",
-            [str(POLICY / "treedicts.c")],
+            f"paybill.policy.{name}",
+            [str(POLICY / f"{name}.c")],
             include_dirs=[
                 str(p)
                 for p in (
@@ -82,12 +89,30 @@ def _treedicts() -> list[Extension]:
                     library / "src" / "include",
                     library / "src" / "postgres" / "include",
                     library / "vendor",
+                    generated,
                 )
             ],
             define_macros=[("PGLAST_VERSION", f'"v{pinned.group(1)}"')],  # type: ignore[union-attr]
             extra_compile_args=["-O2", "-fvisibility=hidden", "-Wno-unused-function"],
         )
+        for name in ("treedicts", "treeprotobuf")
     ]
+
+
+def _field_numbers(proto: Path) -> str:
+    """`#define FIELD_<Message>_<field> <number>` for every field of pg_query.proto (treeprotobuf.c writes them)."""
+    lines = ["/* The field numbers of libpg_query's pg_query.proto, written by setup.py. */"]
+    message = None
+    for line in proto.read_text().splitlines():
+        opened = re.match(r"\s*message\s+(\w+)", line)
+        if opened:
+            message = opened.group(1)
+            continue
+        field = re.match(r"\s*(?:repeated\s+)?[\w.]+\s+(\w+)\s*=\s*(\d+)", line)
+        if field and message:
+            lines.append(f"#define FIELD_{message}_{field.group(1)} {field.group(2)}")
+    lines.append("#define FIELD_Node_float_ FIELD_Node_float /* the outfuncs name the oneof member float_ */")
+    return "\n".join(lines) + "\n"
 
 
 def _extensions() -> list[object]:
@@ -99,7 +124,7 @@ def _extensions() -> list[object]:
     from mypyc.build import mypycify
 
     sources = [str(POLICY / f"{name}.py") for name in _compiled().COMPILED]
-    return list(mypycify(sources, opt_level="3", group_name="paybill_policy")) + _treedicts()
+    return list(mypycify(sources, opt_level="3", group_name="paybill_policy")) + _tree_readers()
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": RecordedBuildExt})

@@ -273,6 +273,8 @@ def test_protobuf_trees_round_trip_through_pglast() -> None:
             original = fingerprint(case["sql"])
         except ParseError:
             continue
+        if "\x00" in case["sql"]:  # refused before parsing (pglast's own parser stops at it)
+            continue
         assert fingerprint(deparse(parse(case["sql"]))) == original, case["sql"]
         checked += 1
     assert checked > 300

@@ -26,7 +26,7 @@ EXTRA = [
 def _rewritten(engine: PolicyEngine, sql: str, tenant: str | None, spliced: bool) -> str | None:
     try:
         serialized, tree = parse_raw(sql)
-    except (ParseError, DecodeError, RecursionError):
+    except (ParseError, DecodeError, RecursionError, ValueError):  # what the engine denies before analysis
         return None
     if len(tree.stmts) != 1:
         return None

@@ -358,6 +358,8 @@ def test_the_validators_json_tree_is_the_protobuf_parse_tree() -> None:
             tree = json.loads(parse_sql_json(case["sql"]))
         except ParseError:
             continue
+        if "\x00" in case["sql"]:  # refused before parsing (pglast's own parser stops at it)
+            continue
         expected = parse(case["sql"])
         expected.DiscardUnknownFields()
         assert json_format.ParseDict(tree, pb.ParseResult(), ignore_unknown_fields=True) == expected

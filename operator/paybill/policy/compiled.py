@@ -25,7 +25,7 @@ from pathlib import Path
 from types import ModuleType
 
 COMPILED = ("tree", "analysis", "validate", "rewrite", "engine")
-NATIVE = ("treedicts",)  # modules written in C (built from `<name>.c`, when setup.py can), guarded alike
+NATIVE = ("treedicts", "treeprotobuf")  # modules written in C (built from `<name>.c`, when setup.py can), guarded alike
 MANIFEST = "compiled.json"
 SOURCE_ENV = "PAYBILL_POLICY_SOURCE"  # =1: run the compiled modules from source (debugging; the differential test)
 HERE = Path(__file__).resolve().parent

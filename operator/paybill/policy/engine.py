@@ -181,6 +181,10 @@ class PolicyEngine:
             return _Admitted(deny((Reason("syntax_error", str(error.args[0]), position=position),)), {}, None, 1)
         except (DecodeError, RecursionError):
             return _Admitted(deny((Reason("too_complex", "statement is nested too deeply"),)), {}, None, 1)
+        except ValueError as error:  # a node the serializer refuses (tree.parse_raw)
+            return _Admitted(
+                deny((Reason("unsupported", f"the engine cannot read this statement: {error}"),)), {}, None, 1
+            )
         statements = tree.stmts
         if len(statements) != 1:
             return _Admitted(

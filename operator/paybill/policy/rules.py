@@ -174,7 +174,7 @@ def _row_filter(rule: Rule) -> pb.Node:
     """The rule's rowFilter parsed as one predicate."""
     try:
         statements = parse(f"SELECT 1 WHERE {rule.rowFilter}").stmts
-    except (ParseError, DecodeError) as error:
+    except (ParseError, DecodeError, RecursionError, ValueError) as error:
         raise PolicyError(f"rule {rule.id}: rowFilter does not parse: {error}") from None
     stmt = statements[0].stmt if len(statements) == 1 else None
     select = stmt.select_stmt if stmt is not None and stmt.WhichOneof("node") == "select_stmt" else None

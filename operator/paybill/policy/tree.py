@@ -4,8 +4,10 @@ pglast's Python AST and printer cost about 300 µs for a short statement; this p
 `parse_sql_protobuf`, upb-backed messages, pglast's `deparse_protobuf`) does the same round trip in about
 20 µs. The message classes are postgast's `pg_query_pb2`, built for the same libpg_query 18 as pglast.
 
-The validator reads trees in libpg_query's JSON form, as dicts (`parse_dicts`): built in C from the parser's nodes
-by `treedicts` where the install compiled it, else libpg_query's JSON text read by orjson (the same dicts).
+Where the install compiled them, both forms are written in C straight from the parser's nodes: the serialized
+ParseResult by `treeprotobuf` (libpg_query's upb encoder visits every member of a Node's oneof for each node), and
+the validator's trees, libpg_query's JSON form as dicts (`parse_dicts`), by `treedicts`. Otherwise pglast's
+`parse_sql_protobuf`, and libpg_query's JSON text read by orjson: the same trees, slower.
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import orjson
 import pglast
 from google.protobuf.message import DecodeError
 from pglast.parser import ParseError, deparse_protobuf, parse_sql_json, parse_sql_protobuf
 from postgast import pg_query_pb2 as pb
+
+T = TypeVar("T")
 
 __all__ = [
     "DecodeError",
@@ -37,38 +41,39 @@ __all__ = [
 ]
 
 
-def parse(sql: str) -> pb.ParseResult:
-    """Raises ParseError for bad SQL and DecodeError for a tree nested deeper than protobuf allows."""
-    return pb.ParseResult.FromString(parse_sql_protobuf(sql))
-
-
-def parse_raw(sql: str) -> tuple[bytes, pb.ParseResult]:
-    """`parse`, with the serialized tree it was read from (the rewriter splices it instead of re-serializing)."""
-    data = parse_sql_protobuf(sql)
-    return data, pb.ParseResult.FromString(data)
-
-
 def _json_dicts(sql: str) -> dict[str, Any]:
     tree: dict[str, Any] = orjson.loads(parse_sql_json(sql))
     return tree
 
 
-def _reader() -> Callable[[str], dict[str, Any]]:
-    """treedicts' parse where it was built for the pglast installed; libpg_query's JSON read by orjson otherwise."""
+def _native(name: str, fallback: Callable[[str], T]) -> Callable[[str], T]:
+    """The C module's parse where it was built for the pglast installed; `fallback` (pglast's) otherwise."""
     try:  # imported by name: a compiled module binds a function's `from ... import` as a global
-        native = importlib.import_module("paybill.policy.treedicts")
+        native = importlib.import_module(f"paybill.policy.{name}")
     except ImportError:  # not built (no pglast sdist at install), or a stale build (compiled.guard)
-        return _json_dicts
+        return fallback
     if pglast.__version__ != native.PGLAST_VERSION:  # its structures are another libpg_query's: never read them
         logging.getLogger(__name__).warning(
-            "treedicts was built for pglast %s, not %s: reading JSON instead", native.PGLAST_VERSION, pglast.__version__
+            "%s was built for pglast %s, not %s: using pglast's own", name, native.PGLAST_VERSION, pglast.__version__
         )
-        return _json_dicts
-    reader: Callable[[str], dict[str, Any]] = native.parse
-    return reader
+        return fallback
+    parse: Callable[[str], T] = native.parse
+    return parse
 
 
-READER: Final = _reader()
+READER: Final = _native("treedicts", _json_dicts)
+SERIALIZER: Final = _native("treeprotobuf", parse_sql_protobuf)
+
+
+def parse(sql: str) -> pb.ParseResult:
+    """Raises ParseError for bad SQL and DecodeError or RecursionError for a tree nested too deeply."""
+    return pb.ParseResult.FromString(SERIALIZER(sql))
+
+
+def parse_raw(sql: str) -> tuple[bytes, pb.ParseResult]:
+    """`parse`, with the serialized tree it was read from (the rewriter splices it instead of re-serializing)."""
+    data = SERIALIZER(sql)
+    return data, pb.ParseResult.FromString(data)
 
 
 def parse_dicts(sql: str) -> dict[str, Any]:

@@ -1,13 +1,15 @@
-"""treedicts, the validator's C tree reader: the same dicts as libpg_query's JSON read by orjson, or the same error.
+"""The C tree readers against the pglast paths they replace: treedicts gives the dicts libpg_query's JSON gives read by
+orjson, treeprotobuf the bytes pglast's parse_sql_protobuf gives, or each the same error.
 
-The validator trusts its input tree to be the statement that runs, so the reader is held to the JSON path it
-replaced, on every corpus statement, on the engine's final statements and on generated ones, including the
-hostile fragments, the edges of libpg_query's JSON writer and the nesting limit.
+The analysis and the validator trust their trees to be the statement that runs, so each reader is held to the path it
+replaced, on every corpus statement, on the engine's final statements and on generated ones, including the hostile
+fragments, the edges of libpg_query's writers and the nesting limits.
 """
 
 from __future__ import annotations
 
 import gc
+import importlib
 import random
 import sys
 import tracemalloc
@@ -18,7 +20,7 @@ from typing import Any
 import orjson
 import pglast
 import pytest
-from pglast.parser import ParseError, parse_sql_json
+from pglast.parser import ParseError, parse_sql_json, parse_sql_protobuf
 
 from paybill.policy import PolicyEngine, compiled, tree
 
@@ -32,15 +34,23 @@ CASES = [c for name in ("legitimate.jsonl", "adversarial.jsonl") for c in load_c
 CORPUS = [c["sql"] for c in CASES if "\x00" not in c["sql"]]
 
 
+def built(name: str) -> ModuleType:
+    if compiled.stale() or not (compiled.HERE / compiled.MANIFEST).exists():
+        pytest.skip(f"the compiled build is not current: {name} is not imported")
+    try:
+        return importlib.import_module(f"paybill.policy.{name}")
+    except ImportError:
+        pytest.skip(f"{name} was not built (no pglast sdist at install)")
+
+
 @pytest.fixture(scope="module")
 def native() -> ModuleType:
-    if compiled.stale() or not (compiled.HERE / compiled.MANIFEST).exists():
-        pytest.skip("the compiled build is not current: treedicts is not imported")
-    try:
-        from paybill.policy import treedicts
-    except ImportError:
-        pytest.skip("treedicts was not built (no pglast sdist at install)")
-    return treedicts
+    return built("treedicts")
+
+
+@pytest.fixture(scope="module")
+def serializer() -> ModuleType:
+    return built("treeprotobuf")
 
 
 def outcome(read: Callable[[str], Any], sql: str) -> tuple[str, Any]:
@@ -64,21 +74,34 @@ def same_as_json(native: ModuleType, statements: list[str]) -> None:
         assert outcome(native.parse, sql) == outcome(json_tree, sql), sql
 
 
-def test_the_validator_reads_trees_with_treedicts_where_it_was_built(native: ModuleType) -> None:
+def same_as_pglast(serializer: ModuleType, statements: list[str]) -> None:
+    """Byte for byte: the same fields in the same order, so the same message whoever decodes it."""
+    for sql in statements:
+        assert outcome(serializer.parse, sql) == outcome(parse_sql_protobuf, sql), sql
+
+
+def test_the_engine_reads_trees_with_the_c_readers_where_they_were_built(
+    native: ModuleType, serializer: ModuleType
+) -> None:
     assert tree.READER is native.parse
-    assert pglast.__version__ == native.PGLAST_VERSION
+    assert tree.SERIALIZER is serializer.parse
+    assert pglast.__version__ == native.PGLAST_VERSION == serializer.PGLAST_VERSION
 
 
-def test_every_corpus_statement_reads_as_its_json(native: ModuleType) -> None:
+def test_every_corpus_statement_reads_as_pglast_reads_it(native: ModuleType, serializer: ModuleType) -> None:
     assert len(CORPUS) > 700
     same_as_json(native, CORPUS)
+    same_as_pglast(serializer, CORPUS)
 
 
-def test_every_final_statement_the_engine_admits_reads_as_its_json(native: ModuleType, engine: PolicyEngine) -> None:
+def test_every_final_statement_the_engine_admits_reads_as_pglast_reads_it(
+    native: ModuleType, serializer: ModuleType, engine: PolicyEngine
+) -> None:
     decisions = [engine.decide(PRINCIPAL, c["sql"], c.get("params"), tenant="acme") for c in CASES]
     finals = [d.sql for d in decisions if d.sql]
     assert len(finals) > 50
     same_as_json(native, finals)
+    same_as_pglast(serializer, finals)
 
 
 def generated(count: int, seed: int, hostility: int) -> Iterator[tuple[str, list[object]]]:
@@ -89,11 +112,15 @@ def generated(count: int, seed: int, hostility: int) -> Iterator[tuple[str, list
 
 
 @pytest.mark.parametrize("hostility", [4, 40])
-def test_generated_statements_read_as_their_json(native: ModuleType, hostility: int) -> None:
-    same_as_json(native, [sql for sql, _ in generated(1500, 20261201 + hostility, hostility)])
+def test_generated_statements_read_as_pglast_reads_them(
+    native: ModuleType, serializer: ModuleType, hostility: int
+) -> None:
+    statements = [sql for sql, _ in generated(1500, 20261201 + hostility, hostility)]
+    same_as_json(native, statements)
+    same_as_pglast(serializer, statements)
 
 
-def test_generated_final_statements_read_as_their_json(native: ModuleType) -> None:
+def test_generated_final_statements_read_as_pglast_reads_them(native: ModuleType, serializer: ModuleType) -> None:
     from .conftest import schema
 
     engines = [PolicyEngine(p, schema()) for p in policies().values()]
@@ -105,6 +132,7 @@ def test_generated_final_statements_read_as_their_json(native: ModuleType) -> No
                 finals.append(decision.sql)
     assert len(finals) > 200
     same_as_json(native, finals)
+    same_as_pglast(serializer, finals)
 
 
 EDGES = [
@@ -138,30 +166,49 @@ EDGES = [
 ]
 
 
-def test_the_edges_of_the_json_writer_read_alike(native: ModuleType) -> None:
+def test_the_edges_of_the_writers_read_alike(native: ModuleType, serializer: ModuleType) -> None:
     """Empty and multiple statements, every constant kind, escapes and control characters, non-ASCII and truncated
     names, statements the gate never admits (their nodes still read alike), parse errors with their positions, and
-    the nesting limit on both sides of it."""
+    the nesting limits on both sides of them."""
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(20000)  # comparing the deepest trees recurses in ==
     try:
         same_as_json(native, EDGES)
     finally:
         sys.setrecursionlimit(limit)
+    same_as_pglast(serializer, EDGES)
     assert outcome(native.parse, EDGES[-4]) == ("too deep", None)
     assert outcome(native.parse, EDGES[-5])[0] == "tree"
     assert outcome(native.parse, "SELECT 'unterminated")[0] == "ParseError"
 
 
-def test_a_nul_character_is_refused_not_cut_short(native: ModuleType) -> None:
-    """The engine refuses NUL before parsing; the reader must not read `SELECT 1` out of `SELECT 1\\0; DROP ...`."""
+def test_protobuf_nesting_past_libpg_querys_cap_is_refused_as_too_deep(serializer: ModuleType) -> None:
+    """libpg_query's encoder refuses more than 10,000 message levels (a ParseError); the writer refuses the same
+    trees as too deep, which the engine denies as too complex."""
+    sql = "SELECT " + "(SELECT " * 3000 + "1" + ")" * 3000
+    refused = ("ParseError", ("parse tree is nested too deeply to serialize to protobuf", None))
+    assert outcome(parse_sql_protobuf, sql) == refused
+    assert outcome(serializer.parse, sql) == ("too deep", None)
+    sql = "SELECT " + "(SELECT " * 1665 + "1" + ")" * 1665  # the deepest both write
+    assert outcome(serializer.parse, sql) == outcome(parse_sql_protobuf, sql)
+    assert outcome(serializer.parse, sql)[0] == "tree"
+    sql = "SELECT " + "(SELECT " * 1666 + "1" + ")" * 1666
+    assert outcome(serializer.parse, sql) == ("too deep", None)
+
+
+@pytest.mark.parametrize("name", ["treedicts", "treeprotobuf"])
+def test_a_nul_character_is_refused_not_cut_short(name: str) -> None:
+    """The engine refuses NUL before parsing; a reader must not read `SELECT 1` out of `SELECT 1\\0; DROP ...`."""
     with pytest.raises(ValueError, match="NUL"):
-        native.parse("SELECT 1\x00; DROP TABLE t")
+        built(name).parse("SELECT 1\x00; DROP TABLE t")
 
 
-def test_reading_keeps_no_memory_behind(native: ModuleType) -> None:
+@pytest.mark.parametrize("name", ["treedicts", "treeprotobuf"])
+def test_reading_keeps_no_memory_behind(name: str) -> None:
     """Trees, errors and refused depths: nothing is left allocated once the results are dropped."""
-    statements = [*CORPUS[:50], "SELECT 'unterminated", "SELECT " + "(SELECT " * 145 + "1" + ")" * 145]
+    native = built(name)
+    deep = 145 if name == "treedicts" else 3000
+    statements = [*CORPUS[:50], "SELECT 'unterminated", "SELECT " + "(SELECT " * deep + "1" + ")" * deep]
     for sql in statements:  # the first round fills the interned keys and caches
         outcome(native.parse, sql)
     gc.collect()

@@ -1,0 +1,442 @@
+/*
+ * treeprotobuf: a statement's parse tree serialized as libpg_query's protobuf ParseResult, written straight from
+ * its C nodes.
+ *
+ * The bytes decode to the same message as `pglast.parser.parse_sql_protobuf(sql)` (tests/policy/test_treedicts.py
+ * proves it over the corpora and generated statements). libpg_query builds upb messages and has upb encode them,
+ * which visits every field of a Node's oneof (some 270) for each node: most of a short statement's parse time. Here
+ * libpg_query's generated field walk (pg_query_outfuncs_defs.c, from the pglast sdist setup.py builds against) writes
+ * each field as it meets it, with the field numbers of the sdist's pg_query.proto (a header setup.py generates).
+ * Fields are written in proto order, with proto3's rules: scalars and strings only when not zero or empty, enums as
+ * libpg_query numbers them, a set message even when empty. The parser is pglast's, called through pointers looked up
+ * in its extension alone (as treedicts.c does).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "pg_query.h"
+#include "pg_query_internal.h"
+
+#include "nodes/parsenodes.h"
+#include "nodes/plannodes.h"
+#include "nodes/value.h"
+
+#include <dlfcn.h>
+
+#include "pg_query_field_numbers.h"
+
+#undef snprintf
+
+/* libpg_query's own cap on message nesting (encoder and decoder) */
+#define MAX_NESTING PG_QUERY_PROTOBUF_MAX_DEPTH
+
+static PgQueryInternalParsetreeAndError (*raw_parse)(const char *input, int parser_options);
+static MemoryContext (*enter_memory_context)(void);
+static void (*exit_memory_context)(MemoryContext context);
+static void (*free_error)(PgQueryError *error);
+static int (*next_member)(const Bitmapset *set, int previous);
+
+typedef struct {
+	char *data;
+	size_t length;
+	size_t capacity;
+	int depth;
+	int failed; /* out of memory, too deep, or a node this writer refuses */
+	const char *refused;
+} Buffer;
+
+static Buffer *out_buffer; /* the write in progress: the GIL is held throughout */
+
+static int reserve(size_t more)
+{
+	Buffer *b = out_buffer;
+	if (b->failed)
+		return 0;
+	if (b->length + more <= b->capacity)
+		return 1;
+	size_t capacity = b->capacity * 2 > b->length + more ? b->capacity * 2 : b->length + more + 256;
+	char *data = realloc(b->data, capacity);
+	if (data == NULL) {
+		b->failed = 1;
+		return 0;
+	}
+	b->data = data;
+	b->capacity = capacity;
+	return 1;
+}
+
+static void put_varint(uint64_t value)
+{
+	if (!reserve(10))
+		return;
+	char *at = out_buffer->data + out_buffer->length;
+	size_t n = 0;
+	while (value >= 0x80) {
+		at[n++] = (char) (value | 0x80);
+		value >>= 7;
+	}
+	at[n++] = (char) value;
+	out_buffer->length += n;
+}
+
+static void put_tag(int number, int wire_type)
+{
+	put_varint(((uint64_t) number << 3) | (uint64_t) wire_type);
+}
+
+static void put_bytes(int number, const char *value, size_t size)
+{
+	put_tag(number, 2);
+	put_varint(size);
+	if (reserve(size)) {
+		memcpy(out_buffer->data + out_buffer->length, value, size);
+		out_buffer->length += size;
+	}
+}
+
+/* A length-delimited message: its tag now, its length once its content is written (then moved up behind it). */
+static size_t begin_message(int number)
+{
+	put_tag(number, 2);
+	if (++out_buffer->depth > MAX_NESTING) {
+		out_buffer->failed = 1;
+		out_buffer->refused = "the parse tree is nested too deeply";
+	}
+	return out_buffer->length;
+}
+
+static void end_message(size_t start)
+{
+	Buffer *b = out_buffer;
+	b->depth--;
+	if (b->failed)
+		return;
+	size_t size = b->length - start;
+	size_t width = 1;
+	for (size_t rest = size >> 7; rest != 0; rest >>= 7)
+		width++;
+	if (!reserve(width))
+		return;
+	memmove(b->data + start + width, b->data + start, size);
+	size_t n = 0;
+	char *at = b->data + start;
+	while (size >= 0x80) {
+		at[n++] = (char) (size | 0x80);
+		size >>= 7;
+	}
+	at[n++] = (char) size;
+	b->length += width;
+}
+
+/* int32 fields are sign-extended to 64 bits on the wire; zero is not written (proto3) */
+#define PUT_INTEGER(number, value) \
+	if ((value) != 0) { \
+		put_tag(number, 0); \
+		put_varint((uint64_t) (int64_t) (value)); \
+	}
+
+#define FIELD(msgtype, outname) FIELD_##msgtype##_##outname
+
+#define OUT_TYPE(typename, typename_c) int
+
+static void _outNode(int number, const void *obj);
+
+#define WRITE_INT_FIELD(msgtype, outname, outname_json, fldname) PUT_INTEGER(FIELD(msgtype, outname), node->fldname)
+#define WRITE_UINT_FIELD(msgtype, outname, outname_json, fldname) \
+	if (node->fldname != 0) { \
+		put_tag(FIELD(msgtype, outname), 0); \
+		put_varint((uint64_t) node->fldname); \
+	}
+#define WRITE_UINT64_FIELD WRITE_UINT_FIELD
+#define WRITE_LONG_FIELD WRITE_INT_FIELD
+#define WRITE_BOOL_FIELD(msgtype, outname, outname_json, fldname) \
+	if (node->fldname) { \
+		put_tag(FIELD(msgtype, outname), 0); \
+		put_varint(1); \
+	}
+
+/* a double, unless all its bits are zero (-0.0 is written) */
+#define WRITE_FLOAT_FIELD(msgtype, outname, outname_json, fldname) \
+	{ \
+		double value_ = node->fldname; \
+		uint64_t bits_; \
+		memcpy(&bits_, &value_, 8); \
+		if (bits_ != 0) { \
+			put_tag(FIELD(msgtype, outname), 1); \
+			if (reserve(8)) { \
+				memcpy(out_buffer->data + out_buffer->length, &value_, 8); \
+				out_buffer->length += 8; \
+			} \
+		} \
+	}
+
+#define WRITE_CHAR_FIELD(msgtype, outname, outname_json, fldname) \
+	if (node->fldname != 0) { \
+		char char_ = node->fldname; \
+		put_bytes(FIELD(msgtype, outname), &char_, 1); \
+	}
+
+#define WRITE_STRING_FIELD(msgtype, outname, outname_json, fldname) \
+	if (node->fldname != NULL && node->fldname[0] != '\0') \
+		put_bytes(FIELD(msgtype, outname), node->fldname, strlen(node->fldname));
+
+#define WRITE_ENUM_FIELD(msgtype, enumtype, outname, outname_json, fldname) \
+	PUT_INTEGER(FIELD(msgtype, outname), _enumToInt##enumtype(node->fldname))
+
+#define WRITE_LIST_FIELD(msgtype, outname, outname_json, fldname) \
+	if (node->fldname != NULL) { \
+		const ListCell *cell_; \
+		foreach(cell_, node->fldname) \
+			_outNode(FIELD(msgtype, outname), lfirst(cell_)); \
+	}
+
+#define WRITE_NODE_FIELD(msgtype, outname, outname_json, fldname) _outNode(FIELD(msgtype, outname), &node->fldname);
+
+#define WRITE_NODE_PTR_FIELD(msgtype, outname, outname_json, fldname) \
+	if (node->fldname != NULL) \
+		_outNode(FIELD(msgtype, outname), node->fldname);
+
+#define WRITE_SPECIFIC_NODE_FIELD(msgtype, typename, typename_underscore, outname, outname_json, fldname) \
+	{ \
+		size_t start_ = begin_message(FIELD(msgtype, outname)); \
+		_out##typename(0, &node->fldname); \
+		end_message(start_); \
+	}
+
+#define WRITE_SPECIFIC_NODE_PTR_FIELD(msgtype, typename, typename_underscore, outname, outname_json, fldname) \
+	if (node->fldname != NULL) { \
+		size_t start_ = begin_message(FIELD(msgtype, outname)); \
+		_out##typename(0, node->fldname); \
+		end_message(start_); \
+	}
+
+/* repeated uint64, packed (proto3) */
+#define WRITE_BITMAPSET_FIELD(msgtype, outname, outname_json, fldname) \
+	if (!bms_is_empty(node->fldname)) { \
+		size_t start_ = begin_message(FIELD(msgtype, outname)); \
+		int member_ = -1; \
+		while ((member_ = next_member(node->fldname, member_)) >= 0) \
+			put_varint((uint64_t) member_); \
+		end_message(start_); \
+	}
+
+static void refuse(const char *what)
+{
+	out_buffer->failed = 1;
+	out_buffer->refused = what;
+}
+
+static void _outList(int unused, const List *node)
+{
+	const ListCell *cell;
+	foreach(cell, node)
+		_outNode(FIELD_List_items, lfirst(cell));
+}
+
+/* libpg_query writes an int or oid list's items as Nodes, which they are not: refused, never read as pointers */
+static void _outIntList(int unused, const List *node)
+{
+	refuse("an integer list in the parse tree");
+}
+
+static void _outOidList(int unused, const List *node)
+{
+	refuse("an oid list in the parse tree");
+}
+
+static void _outInteger(int unused, const Integer *node)
+{
+	PUT_INTEGER(FIELD_Integer_ival, node->ival)
+}
+
+static void _outBoolean(int unused, const Boolean *node)
+{
+	if (node->boolval) {
+		put_tag(FIELD_Boolean_boolval, 0);
+		put_varint(1);
+	}
+}
+
+static void put_string(int number, const char *value)
+{
+	if (value != NULL && value[0] != '\0')
+		put_bytes(number, value, strlen(value));
+}
+
+static void _outFloat(int unused, const Float *node)
+{
+	put_string(FIELD_Float_fval, node->fval);
+}
+
+static void _outString(int unused, const String *node)
+{
+	put_string(FIELD_String_sval, node->sval);
+}
+
+static void _outBitString(int unused, const BitString *node)
+{
+	put_string(FIELD_BitString_bsval, node->bsval);
+}
+
+/* the value (fields 1-5) comes before isnull (10) and location (11) */
+static void _outAConst(int unused, const A_Const *node)
+{
+	if (!node->isnull) {
+		size_t start;
+		switch (nodeTag(&node->val.node)) {
+		case T_Integer:
+			start = begin_message(FIELD_A_Const_ival);
+			_outInteger(0, &node->val.ival);
+			break;
+		case T_Float:
+			start = begin_message(FIELD_A_Const_fval);
+			_outFloat(0, &node->val.fval);
+			break;
+		case T_Boolean:
+			start = begin_message(FIELD_A_Const_boolval);
+			_outBoolean(0, &node->val.boolval);
+			break;
+		case T_String:
+			start = begin_message(FIELD_A_Const_sval);
+			_outString(0, &node->val.sval);
+			break;
+		case T_BitString:
+			start = begin_message(FIELD_A_Const_bsval);
+			_outBitString(0, &node->val.bsval);
+			break;
+		default:
+			refuse("an A_Const of an unknown kind");
+			return;
+		}
+		end_message(start);
+	} else {
+		put_tag(FIELD_A_Const_isnull, 0);
+		put_varint(1);
+	}
+	PUT_INTEGER(FIELD_A_Const_location, node->location)
+}
+
+#include "pg_query_enum_defs.c"
+#include "pg_query_outfuncs_defs.c"
+
+#define OUT_NODE(typename, typename_c, typename_underscore, typename_underscore_upcase, typename_cast, fldname) \
+	{ \
+		size_t start_ = begin_message(FIELD_Node_##fldname); \
+		_out##typename_c(0, (const typename_cast *) obj); \
+		end_message(start_); \
+	}
+
+/* A Node field: the Node message, holding its one set member; a NULL node is an empty Node. */
+static void _outNode(int number, const void *obj)
+{
+	size_t start = begin_message(number);
+	if (obj != NULL && !out_buffer->failed) {
+		switch (nodeTag(obj)) {
+#include "pg_query_outfuncs_conds.c"
+		default:
+			refuse("a node type libpg_query does not serialize");
+		}
+	}
+	end_message(start);
+}
+
+static PyObject *parse_error;
+
+static PyObject *parse(PyObject *module, PyObject *sql)
+{
+	Py_ssize_t size;
+	const char *input = PyUnicode_AsUTF8AndSize(sql, &size);
+	if (input == NULL)
+		return NULL;
+	if ((Py_ssize_t) strlen(input) != size) {
+		PyErr_SetString(PyExc_ValueError, "the statement contains a NUL character");
+		return NULL;
+	}
+	MemoryContext context = enter_memory_context();
+	PgQueryInternalParsetreeAndError parsed = raw_parse(input, 0);
+	free(parsed.stderr_buffer);
+	PyObject *result = NULL;
+	if (parsed.error != NULL) {
+		long index = parsed.error->cursorpos - 1;
+		PyObject *args = index >= 0 && index < PyUnicode_GET_LENGTH(sql)
+			? Py_BuildValue("(sl)", parsed.error->message, index)
+			: Py_BuildValue("(sO)", parsed.error->message, Py_None);
+		if (args != NULL) {
+			PyErr_SetObject(parse_error, args);
+			Py_DECREF(args);
+		}
+		free_error(parsed.error);
+	} else {
+		Buffer buffer = {NULL, 0, 0, 0, 0, NULL};
+		out_buffer = &buffer;
+		PUT_INTEGER(FIELD_ParseResult_version, PG_VERSION_NUM)
+		const ListCell *cell;
+		foreach(cell, parsed.tree) {
+			size_t start = begin_message(FIELD_ParseResult_stmts);
+			_outRawStmt(0, lfirst(cell));
+			end_message(start);
+		}
+		out_buffer = NULL;
+		if (!buffer.failed)
+			result = PyBytes_FromStringAndSize(buffer.data, (Py_ssize_t) buffer.length);
+		else if (buffer.refused != NULL)
+			PyErr_SetString(buffer.depth > MAX_NESTING || strstr(buffer.refused, "deeply")
+								? PyExc_RecursionError
+								: PyExc_ValueError,
+							buffer.refused);
+		else
+			PyErr_NoMemory();
+		free(buffer.data);
+	}
+	exit_memory_context(context);
+	return result;
+}
+
+static PyMethodDef methods[] = {
+	{"parse", parse, METH_O,
+	 "parse(sql) -> bytes: the serialized ParseResult, the message pglast.parser.parse_sql_protobuf(sql) gives.\n"
+	 "Raises pglast's ParseError for bad SQL, RecursionError for a tree nested too deeply, ValueError for a node\n"
+	 "libpg_query cannot serialize."},
+	{NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef definition = {PyModuleDef_HEAD_INIT, "treeprotobuf", NULL, -1, methods};
+
+static void *pglast_function(void *library, const char *name)
+{
+	void *found = dlsym(library, name);
+	if (found == NULL)
+		PyErr_Format(PyExc_ImportError, "pglast's parser has no %s", name);
+	return found;
+}
+
+PyMODINIT_FUNC PyInit_treeprotobuf(void)
+{
+	PyObject *pglast = PyImport_ImportModule("pglast.parser");
+	if (pglast == NULL)
+		return NULL;
+	parse_error = PyObject_GetAttrString(pglast, "ParseError");
+	PyObject *path = PyObject_GetAttrString(pglast, "__file__");
+	Py_DECREF(pglast);
+	if (parse_error == NULL || path == NULL) {
+		Py_XDECREF(path);
+		return NULL;
+	}
+	void *library = dlopen(PyUnicode_AsUTF8(path), RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
+	Py_DECREF(path);
+	if (library == NULL) {
+		PyErr_Format(PyExc_ImportError, "pglast's parser is not loaded: %s", dlerror());
+		return NULL;
+	}
+	raw_parse = pglast_function(library, "pg_query_raw_parse");
+	enter_memory_context = pglast_function(library, "pg_query_enter_memory_context");
+	exit_memory_context = pglast_function(library, "pg_query_exit_memory_context");
+	free_error = pglast_function(library, "pg_query_free_error");
+	next_member = pglast_function(library, "bms_next_member");
+	if (PyErr_Occurred())
+		return NULL;
+	PyObject *module = PyModule_Create(&definition);
+	if (module != NULL && PyModule_AddStringConstant(module, "PGLAST_VERSION", PGLAST_VERSION) < 0)
+		Py_CLEAR(module);
+	return module;
+}
