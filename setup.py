@@ -65,6 +65,9 @@ def _tree_readers() -> list[Extension]:
     sdist = SDISTS / f"pglast-{pinned.group(1)}.tar.gz" if pinned else None
     if sdist is None or not sdist.is_file():
         print(f"setup.py: no {sdist or 'pglast pin'}: the C tree readers are not built (make install downloads it)")
+        for name in _compiled().NATIVE:  # an older build's binaries would otherwise stay, unrecorded
+            for binary in POLICY.glob(f"{name}.*.so"):
+                binary.unlink()
         return []
     sources = SDISTS / sdist.name.removesuffix(".tar.gz")
     if not sources.is_dir():

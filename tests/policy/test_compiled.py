@@ -29,6 +29,18 @@ def test_the_tests_run_the_compiled_engine_the_install_built() -> None:
         assert str(module.__file__).endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)), module.__file__
 
 
+def test_a_c_module_the_build_did_not_record_is_stale(package: Path) -> None:
+    """Outsider's finding: a build that skipped the C modules (no pglast sdist) left an older treedicts binary in
+    place, unrecorded, and it ran. An unrecorded C module is stale like any binary, even with no mypyc module."""
+    _record(package)
+    native = package / f"treedicts{importlib.machinery.EXTENSION_SUFFIXES[0]}"
+    native.write_bytes(b"an older build")
+    assert compiled.stale(package) == [native.name]
+    (package / f"tree{importlib.machinery.EXTENSION_SUFFIXES[0]}").unlink()
+    compiled.record(package, [])
+    assert compiled.stale(package) == [native.name]
+
+
 def test_a_stale_build_hides_the_c_modules(package: Path) -> None:
     """A C module has no source to fall back on: under a stale build its import fails, so its callers take their
     pure-Python path (treedicts' callers read libpg_query's JSON) rather than run a binary nothing vouches for."""

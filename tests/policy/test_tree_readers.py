@@ -11,9 +11,11 @@ from __future__ import annotations
 import gc
 import importlib
 import random
+import subprocess
 import sys
 import tracemalloc
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -223,3 +225,60 @@ def test_reading_keeps_no_memory_behind(name: str) -> None:
     finally:
         tracemalloc.stop()
     assert grown < 20_000, f"{grown} bytes still allocated after {20 * len(statements)} reads"
+
+
+GC_RACE = """
+import gc, sys, threading, time
+from paybill.policy import tree
+from paybill.policy.tree import parse_dicts, parse_raw
+
+
+class Finalizer:  # garbage in a cycle, freed by the collector a reader's allocation may start
+    def __init__(self):
+        self.me = self
+
+    def __del__(self):
+        if sys.argv[1] == "reentrant":
+            parse_dicts("SELECT 1")
+            parse_raw("SELECT 1")
+        else:
+            time.sleep(0.0002)  # lets the other thread run: a file or socket closed in a finalizer does the same
+
+
+big = "SELECT " + ", ".join(f"a{i} + b{i} * c{i}" for i in range(300)) + " FROM t WHERE d IN (1, 2, 3)"
+expected = (parse_dicts(big), parse_raw(big)[0])
+stop = False
+
+
+def other():
+    while not stop:
+        assert parse_dicts("SELECT a FROM t WHERE b = 1")["stmts"]
+        assert parse_raw("SELECT a FROM t WHERE b = 1")[0]
+
+
+if sys.argv[1] == "threads":
+    threading.Thread(target=other, daemon=True).start()
+else:
+    gc.set_threshold(1)
+deadline = time.monotonic() + 3
+while time.monotonic() < deadline:
+    for _ in range(20):
+        Finalizer()
+    assert (parse_dicts(big), parse_raw(big)[0]) == expected
+stop = True
+print("held", tree.READER.__module__, tree.SERIALIZER.__module__)
+"""
+
+
+@pytest.mark.parametrize("how", ["threads", "reentrant"])
+def test_readers_in_two_threads_or_within_a_finalizer_keep_their_own_walk(
+    native: ModuleType, serializer: ModuleType, how: str, tmp_path: Path
+) -> None:
+    """Outsider's finding: a reader's allocation can run the collector, whose finalizers run any Python: another
+    thread's parse (the GIL released) or a parse of their own. A reader whose walk state was one global pointer
+    crashed the process (SIGSEGV); each walk must keep its own, and give the same trees."""
+    script = tmp_path / "race.py"
+    script.write_text(GC_RACE)
+    done = subprocess.run([sys.executable, str(script), how], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert "held paybill.policy.treedicts paybill.policy.treeprotobuf" in done.stdout

@@ -36,10 +36,10 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def built(directory: Path = HERE) -> list[str]:
-    """The modules of `COMPILED` that have an extension module in `directory`."""
+def built(directory: Path = HERE, modules: Sequence[str] = COMPILED) -> list[str]:
+    """The `modules` (by default those of `COMPILED`) that have an extension module in `directory`."""
     suffixes = importlib.machinery.EXTENSION_SUFFIXES
-    return [name for name in COMPILED if any((directory / f"{name}{suffix}").exists() for suffix in suffixes)]
+    return [name for name in modules if any((directory / f"{name}{suffix}").exists() for suffix in suffixes)]
 
 
 def build_inputs(directory: Path = HERE) -> list[str]:
@@ -73,7 +73,7 @@ def stale(directory: Path = HERE) -> list[str]:
     """What differs from the build record, relative to `directory` (changed or missing sources and binaries, a
     compiled module with no recorded binary, or no record at all); empty when the compiled build is current or
     nothing is compiled."""
-    modules = built(directory)
+    modules = built(directory, COMPILED + NATIVE)
     if not modules:
         return []
     try:

@@ -44,19 +44,27 @@ typedef struct {
 	int too_deep;
 } Walk;
 
-static Walk *walk; /* the walk in progress: the GIL is held throughout, and nothing here calls back into Python */
+/* This thread's walk in progress. Building a dict can start the collector, whose finalizers run any Python: another
+   thread's parse (the GIL released) or one of their own; so the pointer is per thread, and each parse restores the
+   one it found. */
+static _Thread_local Walk *walk;
 
 #define OUT_TYPE(typename, typename_c) PyObject *
 
 static void _outNode(PyObject *out, const void *obj);
 static PyObject *node_object(const void *obj);
 
-/* One interned key per call site, made on first use. */
+/* One interned key per call site, made on first use (by whichever walk gets there first: the same string). */
 #define KEY(name) \
 	({ \
 		static PyObject *key_; \
-		if (key_ == NULL) \
-			key_ = PyUnicode_InternFromString(name); \
+		if (key_ == NULL) { \
+			PyObject *made_ = PyUnicode_InternFromString(name); \
+			if (key_ == NULL) \
+				key_ = made_; \
+			else \
+				Py_XDECREF(made_); \
+		} \
 		key_; \
 	})
 
@@ -208,10 +216,10 @@ static PyObject *node_list(const List *list)
 	Py_ssize_t index = 0;
 	foreach(cell, list) {
 		PyObject *item;
-		if (lfirst(cell) == NULL) {
-			item = PyDict_New();
-			if (item == NULL)
-				walk->failed = 1;
+		if (lfirst(cell) == NULL) { /* {} as the JSON writer writes it, one level deeper */
+			item = new_dict();
+			if (item != NULL)
+				END_DICT();
 		} else
 			item = node_object(lfirst(cell));
 		if (item == NULL) { /* PyList_New filled the list with NULLs: a partly filled list is freed safely */
@@ -446,9 +454,15 @@ static PyObject *parse(PyObject *module, PyObject *sql)
 		free_error(parsed.error);
 	} else {
 		Walk state = {0, 0, 0};
+		Walk *outer = walk;
 		walk = &state;
+		/* no collection, so no finalizer, amid the walk: nothing else runs inside libpg_query's memory context
+		   (and if one did, the thread-local walk would keep this one intact) */
+		int collecting = PyGC_Disable();
 		result = statements(parsed.tree);
-		walk = NULL;
+		if (collecting)
+			PyGC_Enable();
+		walk = outer;
 		if (result == NULL && state.too_deep) {
 			PyErr_Clear();
 			PyErr_SetString(PyExc_RecursionError, "the parse tree is nested too deeply");

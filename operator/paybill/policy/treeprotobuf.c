@@ -45,7 +45,9 @@ typedef struct {
 	const char *refused;
 } Buffer;
 
-static Buffer *out_buffer; /* the write in progress: the GIL is held throughout */
+/* This thread's write in progress (per thread, and restored by each parse, as treedicts.c does: nothing here calls
+   into Python during a write, but nothing depends on that). */
+static _Thread_local Buffer *out_buffer;
 
 static int reserve(size_t more)
 {
@@ -368,6 +370,7 @@ static PyObject *parse(PyObject *module, PyObject *sql)
 		free_error(parsed.error);
 	} else {
 		Buffer buffer = {NULL, 0, 0, 0, 0, NULL};
+		Buffer *outer = out_buffer;
 		out_buffer = &buffer;
 		PUT_INTEGER(FIELD_ParseResult_version, PG_VERSION_NUM)
 		const ListCell *cell;
@@ -376,7 +379,7 @@ static PyObject *parse(PyObject *module, PyObject *sql)
 			_outRawStmt(0, lfirst(cell));
 			end_message(start);
 		}
-		out_buffer = NULL;
+		out_buffer = outer;
 		if (!buffer.failed)
 			result = PyBytes_FromStringAndSize(buffer.data, (Py_ssize_t) buffer.length);
 		else if (buffer.refused != NULL)
