@@ -13,7 +13,7 @@ a (table, alias, columns, tenant) is built and serialized once per policy. Any o
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Final
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
@@ -21,7 +21,7 @@ from ..api.agentpolicy import Limits
 from .analysis import Analysis, FromSlot
 from .rules import RuleSet
 from .schema import TENANT_COLUMN, Table
-from .tree import deparse, deparse_serialized, pb, set_column, set_integer, set_text
+from .tree import SPLICE_SELECT, deparse, deparse_serialized, pb, set_column, set_integer, set_text
 
 
 def rewrite(result: pb.ParseResult, analysis: Analysis, limits: Limits, serialized: bytes | None = None) -> str:
@@ -266,6 +266,20 @@ def _spliced_select(result: pb.ParseResult, analysis: Analysis, limits: Limits, 
             return None
         columns = tuple(c for c in slot.table.columns if ("select", slot.table.name, c) in analysis.accesses)
         replaced[index] = _subquery(slot, columns, rules, tenant)
+    select = result.stmts[0].stmt.select_stmt
+    if select.HasField("limit_count"):
+        _limit(select, limits.maxRowsRead)
+        limit = select.limit_count.SerializeToString()
+    else:  # no LIMIT: the one `_limit` writes, serialized once per bound
+        limit = _integer_node(limits.maxRowsRead)
+    return _SPLICE(serialized, replaced, limit, analysis.top_from_items, pb.LIMIT_OPTION_COUNT)
+
+
+def shallow_splice(
+    serialized: bytes, replaced: dict[int, bytes], limit: bytes, from_items: int, limit_option: int
+) -> bytes | None:
+    """treeprotobuf's splice_select, through messages that decode only the levels it changes (where the C module
+    is not built)."""
     shallow = _SHALLOW["ParseResult"].FromString(serialized)
     statements = shallow.stmts
     if len(statements) != 1:
@@ -274,18 +288,16 @@ def _spliced_select(result: pb.ParseResult, analysis: Analysis, limits: Limits, 
     if not node.HasField("select_stmt"):
         return None
     select = node.select_stmt
-    if len(select.from_clause) != analysis.top_from_items:
+    if len(select.from_clause) != from_items:
         return None
     for index, subquery in replaced.items():
         select.from_clause[index] = subquery
-    if select.HasField("limit_count"):
-        stmt = result.stmts[0].stmt.select_stmt
-        _limit(stmt, limits.maxRowsRead)
-        select.limit_count = stmt.limit_count.SerializeToString()
-    else:  # no LIMIT: the one `_limit` writes, serialized once per bound
-        select.limit_count = _integer_node(limits.maxRowsRead)
-    select.limit_option = pb.LIMIT_OPTION_COUNT
+    select.limit_count = limit
+    select.limit_option = limit_option
     return shallow.SerializeToString()  # type: ignore[no-any-return]
+
+
+_SPLICE: Final = SPLICE_SELECT or shallow_splice
 
 
 @functools.lru_cache(maxsize=64)

@@ -26,6 +26,7 @@ from postgast import pg_query_pb2 as pb
 T = TypeVar("T")
 
 __all__ = [
+    "SPLICE_SELECT",
     "DecodeError",
     "ParseError",
     "deparse",
@@ -46,23 +47,27 @@ def _json_dicts(sql: str) -> dict[str, Any]:
     return tree
 
 
-def _native(name: str, fallback: Callable[[str], T]) -> Callable[[str], T]:
-    """The C module's parse where it was built for the pglast installed; `fallback` (pglast's) otherwise."""
+def _native(module: str, function: str, fallback: T) -> T:
+    """A function of a C module where it was built for the pglast installed; `fallback` otherwise."""
     try:  # imported by name: a compiled module binds a function's `from ... import` as a global
-        native = importlib.import_module(f"paybill.policy.{name}")
+        native = importlib.import_module(f"paybill.policy.{module}")
     except ImportError:  # not built (no pglast sdist at install), or a stale build (compiled.guard)
         return fallback
     if pglast.__version__ != native.PGLAST_VERSION:  # its structures are another libpg_query's: never read them
         logging.getLogger(__name__).warning(
-            "%s was built for pglast %s, not %s: using pglast's own", name, native.PGLAST_VERSION, pglast.__version__
+            "%s was built for pglast %s, not %s: using pglast's own", module, native.PGLAST_VERSION, pglast.__version__
         )
         return fallback
-    parse: Callable[[str], T] = native.parse
-    return parse
+    found: T = getattr(native, function)
+    return found
 
 
-READER: Final = _native("treedicts", _json_dicts)
-SERIALIZER: Final = _native("treeprotobuf", parse_sql_protobuf)
+READER: Final = _native("treedicts", "parse", _json_dicts)
+SERIALIZER: Final = _native("treeprotobuf", "parse", parse_sql_protobuf)
+Splice = Callable[[bytes, dict[int, bytes], bytes, int, int], "bytes | None"]
+_NO_SPLICE: Splice | None = None  # typed, so that `_native` returns the function's type, not None's
+# rewrite.py's splice of a serialized SELECT, in C; None: rewrite.py splices through shallow protobuf messages
+SPLICE_SELECT: Final = _native("treeprotobuf", "splice_select", _NO_SPLICE)
 
 
 def parse(sql: str) -> pb.ParseResult:

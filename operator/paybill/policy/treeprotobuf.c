@@ -395,11 +395,179 @@ static PyObject *parse(PyObject *module, PyObject *sql)
 	return result;
 }
 
+/* -- splicing a serialized SELECT (rewrite.py's common shape) ------------------------------------------------- */
+
+typedef struct {
+	int number;
+	int wire_type;
+	const unsigned char *start; /* the field's key */
+	const unsigned char *value; /* its value (a length-delimited field's payload) */
+	const unsigned char *end;
+} Field;
+
+static int read_varint(const unsigned char **at, const unsigned char *end, uint64_t *value)
+{
+	uint64_t result = 0;
+	for (int shift = 0; shift < 64; shift += 7) {
+		if (*at >= end)
+			return 0;
+		unsigned char byte = *(*at)++;
+		result |= (uint64_t) (byte & 0x7F) << shift;
+		if (byte < 0x80) {
+			*value = result;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* The next field of a message, or 0 at its end or at anything but the wire types libpg_query writes. */
+static int next_field(const unsigned char **at, const unsigned char *end, Field *field)
+{
+	uint64_t key, size;
+	if (*at >= end)
+		return 0;
+	field->start = *at;
+	if (!read_varint(at, end, &key) || key >> 3 == 0 || key >> 3 > INT32_MAX)
+		return -1;
+	field->number = (int) (key >> 3);
+	field->wire_type = (int) (key & 7);
+	field->value = *at;
+	switch (field->wire_type) {
+	case 0:
+		if (!read_varint(at, end, &size))
+			return -1;
+		break;
+	case 1:
+		if (end - *at < 8)
+			return -1;
+		*at += 8;
+		break;
+	case 2:
+		if (!read_varint(at, end, &size) || size > (uint64_t) (end - *at))
+			return -1;
+		field->value = *at;
+		*at += size;
+		break;
+	case 5:
+		if (end - *at < 4)
+			return -1;
+		*at += 4;
+		break;
+	default:
+		return -1;
+	}
+	field->end = *at;
+	return 1;
+}
+
+/* The one length-delimited field `number` of a message: 1 with it in `found`, 0 when there is not exactly one. */
+static int only_one(const unsigned char *data, const unsigned char *end, int number, Field *found)
+{
+	Field field;
+	int count = 0, status;
+	while ((status = next_field(&data, end, &field)) > 0) {
+		if (field.number == number) {
+			if (field.wire_type != 2)
+				return 0;
+			*found = field;
+			count++;
+		}
+	}
+	return status == 0 && count == 1;
+}
+
+static void put_raw(const unsigned char *from, const unsigned char *to)
+{
+	size_t size = (size_t) (to - from);
+	if (reserve(size)) {
+		memcpy(out_buffer->data + out_buffer->length, from, size);
+		out_buffer->length += size;
+	}
+}
+
+static PyObject *splice_select(PyObject *module, PyObject *args)
+{
+	const unsigned char *data, *limit;
+	Py_ssize_t size, limit_size, from_items;
+	PyObject *replaced;
+	int limit_option;
+	if (!PyArg_ParseTuple(args, "y#O!y#ni", &data, &size, &PyDict_Type, &replaced, &limit, &limit_size, &from_items,
+						  &limit_option))
+		return NULL;
+	const unsigned char *end = data + size;
+	Field statement, stmt, select;
+	if (!only_one(data, end, FIELD_ParseResult_stmts, &statement) ||
+		!only_one(statement.value, statement.end, FIELD_RawStmt_stmt, &stmt) ||
+		!only_one(stmt.value, stmt.end, FIELD_Node_select_stmt, &select))
+		Py_RETURN_NONE;
+	{ /* the Node holds the SELECT alone */
+		const unsigned char *at = stmt.value;
+		Field field;
+		if (next_field(&at, stmt.end, &field) != 1 || field.number != FIELD_Node_select_stmt || at != stmt.end)
+			Py_RETURN_NONE;
+	}
+	Buffer buffer = {NULL, 0, 0, 0, 0, NULL};
+	Buffer *outer = out_buffer;
+	out_buffer = &buffer;
+	PyObject *result = NULL;
+	Py_ssize_t from_index = 0;
+	int status;
+	put_raw(data, statement.start);
+	size_t statement_start = begin_message(FIELD_ParseResult_stmts);
+	put_raw(statement.value, stmt.start);
+	size_t stmt_start = begin_message(FIELD_RawStmt_stmt);
+	size_t select_start = begin_message(FIELD_Node_select_stmt);
+	const unsigned char *at = select.value;
+	Field field;
+	while ((status = next_field(&at, select.end, &field)) > 0) {
+		if (field.number == FIELD_SelectStmt_from_clause) {
+			PyObject *index = PyLong_FromSsize_t(from_index++);
+			PyObject *item = index != NULL ? PyDict_GetItemWithError(replaced, index) : NULL;
+			Py_XDECREF(index);
+			if (PyErr_Occurred())
+				break;
+			if (item != NULL && PyBytes_Check(item))
+				put_bytes(FIELD_SelectStmt_from_clause, PyBytes_AS_STRING(item), (size_t) PyBytes_GET_SIZE(item));
+			else if (item != NULL) {
+				PyErr_SetString(PyExc_TypeError, "a replaced FROM item must be bytes");
+				break;
+			} else
+				put_raw(field.start, field.end);
+		} else if (field.number != FIELD_SelectStmt_limit_count && field.number != FIELD_SelectStmt_limit_option)
+			put_raw(field.start, field.end);
+	}
+	if (!PyErr_Occurred() && status == 0 && from_index == from_items) {
+		put_bytes(FIELD_SelectStmt_limit_count, (const char *) limit, (size_t) limit_size);
+		PUT_INTEGER(FIELD_SelectStmt_limit_option, limit_option)
+		end_message(select_start);
+		end_message(stmt_start);
+		put_raw(stmt.end, statement.end);
+		end_message(statement_start);
+		put_raw(statement.end, end);
+		if (!buffer.failed)
+			result = PyBytes_FromStringAndSize(buffer.data, (Py_ssize_t) buffer.length);
+		else
+			PyErr_NoMemory();
+	} else if (!PyErr_Occurred()) {
+		result = Py_None;
+		Py_INCREF(result);
+	}
+	out_buffer = outer;
+	free(buffer.data);
+	return result;
+}
+
 static PyMethodDef methods[] = {
 	{"parse", parse, METH_O,
 	 "parse(sql) -> bytes: the serialized ParseResult, the message pglast.parser.parse_sql_protobuf(sql) gives.\n"
 	 "Raises pglast's ParseError for bad SQL, RecursionError for a tree nested too deeply, ValueError for a node\n"
 	 "libpg_query cannot serialize."},
+	{"splice_select", splice_select, METH_VARARGS,
+	 "splice_select(serialized, replaced, limit_count, from_items, limit_option) -> bytes | None: the serialized\n"
+	 "ParseResult of one SELECT with the FROM items at the indexes of `replaced` (int -> serialized Node) swapped,\n"
+	 "its LIMIT the serialized Node `limit_count` and its limit option `limit_option`; None when it is not one\n"
+	 "SELECT with `from_items` FROM items, or holds anything libpg_query does not write."},
 	{NULL, NULL, 0, NULL},
 };
 
