@@ -245,6 +245,17 @@ def _refused(call: Any) -> int:
     return 200
 
 
+def _admitted(call: Any) -> bool:
+    """False while admission refuses because the operator has not seen the policy Ready yet; other errors raise."""
+    try:
+        call()
+    except KubeError as exc:
+        if exc.status == 403 and "not Ready" in str(exc):
+            return False
+        raise
+    return True
+
+
 @pytest.mark.slow
 def test_a_tenant_admin_runs_workloads_but_cannot_escalate_write_secrets_or_exec(operator: Any, tmp_path: Path) -> None:
     """Through the emulated API server's RBAC, as the tenant's own ServiceAccounts."""
@@ -322,15 +333,15 @@ def test_a_tenant_admin_runs_workloads_but_cannot_escalate_write_secrets_or_exec
     # admission refuses a workflow under a policy the operator has not installed yet: wait for it, as an agent would
     policy_phase = lambda: (kube.get(API, "agentpolicies", "p", ns) or {}).get("status", {}).get("phase")  # noqa: E731
     operator.eventually(lambda: policy_phase() == "Ready")
-    agent.create(
-        {
-            "apiVersion": API,
-            "kind": "AgentWorkflow",
-            "metadata": {"name": "w", **meta},
-            "spec": {
-                "principal": "agent:bot",
-                "policyRef": "p",
-                "steps": [{"name": "read", "kind": "query", "sql": "SELECT 1"}],
-            },
-        }
-    )
+    workflow = {
+        "apiVersion": API,
+        "kind": "AgentWorkflow",
+        "metadata": {"name": "w", **meta},
+        "spec": {
+            "principal": "agent:bot",
+            "policyRef": "p",
+            "steps": [{"name": "read", "kind": "query", "sql": "SELECT 1"}],
+        },
+    }
+    # the webhook reads the policy from the operator's watch, which may not have seen Ready yet: retry, as an agent
+    operator.eventually(lambda: _admitted(lambda: agent.create(workflow)), timeout=30)
