@@ -21,13 +21,13 @@ RUN apt-get update \
 WORKDIR /src
 COPY pyproject.toml setup.py constraints.txt README.md ./
 COPY operator/ operator/
-# The pinned pglast's sources: setup.py compiles the validator's tree reader (policy/treedicts.c) against them.
+# The pinned pglast's sources: setup.py compiles the C tree readers (policy/treedicts.c, treeprotobuf.c) against them.
 RUN python -m venv /opt/paybill \
  && /opt/paybill/bin/pip download --no-deps --no-binary pglast -c constraints.txt -d build/pglast-sdist pglast \
  && /opt/paybill/bin/pip install --no-compile -c constraints.txt ".${EXTRAS:+[$EXTRAS]}" \
  && /opt/paybill/bin/python -c "import paybill.cli, paybill.handlers, kopf, psycopg, pglast" \
  && /opt/paybill/bin/python -c "from paybill.policy import compiled as c; assert c.built() == list(c.COMPILED) and not c.stale()" \
- && /opt/paybill/bin/python -c "from paybill.policy import tree, treedicts; assert tree.READER is treedicts.parse"
+ && /opt/paybill/bin/python -c "from paybill.policy import tree, treedicts as d, treeprotobuf as p; assert tree.READER is d.parse and tree.SERIALIZER is p.parse"
 
 # The runtime: Python, the PostgreSQL client tools (pg_dump/psql for final backups), Terraform, the venv.
 FROM ${PYTHON_BASE} AS runtime

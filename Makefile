@@ -20,9 +20,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml setup.py $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet -c $(CONSTRAINTS) --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-	@# the pinned pglast's sources: setup.py compiles the validator's tree reader (policy/treedicts.c) against them
+	@# the pinned pglast's sources: setup.py compiles the C tree readers (policy/treedicts.c, treeprotobuf.c) against them
 	$(PIP) download --quiet --no-deps --no-binary pglast -c $(CONSTRAINTS) -d build/pglast-sdist pglast \
-	  || echo "install: no pglast sdist; the validator reads libpg_query's JSON instead (same trees, slower)"
+	  || echo "install: no pglast sdist: the C tree readers are not built; the engine uses pglast's own (same trees, slower)"
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[emulator,test,clouds]' 2>&1 | grep -v '^WARNING: Location' || true
 	@# no PostgreSQL server binaries on this machine: the bundled server (pgserver wheel) instead
 	$(BIN)/python -c "import sys; from paybill.database.server import find_binaries; sys.exit(find_binaries() is None)" \
