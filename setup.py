@@ -84,6 +84,7 @@ def _tree_readers() -> list[Extension]:
         Extension(
             f"paybill.policy.{name}",
             [str(POLICY / f"{name}.c")],
+            depends=[str(POLICY / "pglast_parser.h"), str(generated / "pg_query_field_numbers.h")],
             include_dirs=[
                 str(p)
                 for p in (

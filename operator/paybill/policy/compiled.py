@@ -47,6 +47,7 @@ def build_inputs(directory: Path = HERE) -> list[str]:
     they import (mypyc may fold an imported constant into the binary)."""
     present = [name for name in COMPILED if (directory / f"{name}.py").is_file()]
     inputs = {f"{name}.py" for name in present} | {f"{n}.c" for n in NATIVE if (directory / f"{n}.c").is_file()}
+    inputs |= {header.name for header in directory.glob("*.h")}  # what the C modules include of ours
     for name in present:
         tree = ast.parse((directory / f"{name}.py").read_text())
         for node in ast.walk(tree):

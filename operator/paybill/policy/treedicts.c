@@ -24,16 +24,9 @@
 #include "nodes/plannodes.h"
 #include "nodes/value.h"
 
-#include <dlfcn.h>
+#include "pglast_parser.h"
 
 #undef snprintf /* PostgreSQL's port.h maps it to its own, which lives in pglast's extension */
-
-/* pglast's libpg_query, found in its extension module (PyInit_treedicts) */
-static PgQueryInternalParsetreeAndError (*raw_parse)(const char *input, int parser_options);
-static MemoryContext (*enter_memory_context)(void);
-static void (*exit_memory_context)(MemoryContext context);
-static void (*free_error)(PgQueryError *error);
-static int (*next_member)(const Bitmapset *set, int previous);
 
 /* orjson's limit: a tree nested deeper than this is refused (the validator denies it as too complex). */
 #define MAX_NESTING 1024
@@ -389,8 +382,6 @@ static PyObject *node_object(const void *obj)
 	return out;
 }
 
-static PyObject *parse_error;
-
 static PyObject *statements(const List *tree)
 {
 	PyObject *result = new_dict();
@@ -427,50 +418,29 @@ static PyObject *statements(const List *tree)
 	return result;
 }
 
+static PyObject *read_statements(const List *tree)
+{
+	Walk state = {0, 0, 0};
+	Walk *outer = walk;
+	walk = &state;
+	/* no collection, so no finalizer, amid the walk: nothing else runs inside libpg_query's memory context (and if
+	   one did, the thread-local walk would keep this one intact) */
+	int collecting = PyGC_Disable();
+	PyObject *result = statements(tree);
+	if (collecting)
+		PyGC_Enable();
+	walk = outer;
+	if (result == NULL && state.too_deep) {
+		PyErr_Clear();
+		PyErr_SetString(PyExc_RecursionError, "the parse tree is nested too deeply");
+	} else if (result == NULL && !PyErr_Occurred())
+		PyErr_SetString(PyExc_ValueError, "the parse tree could not be read");
+	return result;
+}
+
 static PyObject *parse(PyObject *module, PyObject *sql)
 {
-	Py_ssize_t size;
-	const char *input = PyUnicode_AsUTF8AndSize(sql, &size);
-	if (input == NULL)
-		return NULL;
-	if ((Py_ssize_t) strlen(input) != size) {
-		PyErr_SetString(PyExc_ValueError, "the statement contains a NUL character");
-		return NULL;
-	}
-	MemoryContext context = enter_memory_context();
-	PgQueryInternalParsetreeAndError parsed = raw_parse(input, 0);
-	free(parsed.stderr_buffer);
-	PyObject *result = NULL;
-	if (parsed.error != NULL) {
-		/* pglast's form: the message and a 0-based character index, or None outside the statement */
-		long index = parsed.error->cursorpos - 1;
-		PyObject *args = index >= 0 && index < PyUnicode_GET_LENGTH(sql)
-			? Py_BuildValue("(sl)", parsed.error->message, index)
-			: Py_BuildValue("(sO)", parsed.error->message, Py_None);
-		if (args != NULL) {
-			PyErr_SetObject(parse_error, args);
-			Py_DECREF(args);
-		}
-		free_error(parsed.error);
-	} else {
-		Walk state = {0, 0, 0};
-		Walk *outer = walk;
-		walk = &state;
-		/* no collection, so no finalizer, amid the walk: nothing else runs inside libpg_query's memory context
-		   (and if one did, the thread-local walk would keep this one intact) */
-		int collecting = PyGC_Disable();
-		result = statements(parsed.tree);
-		if (collecting)
-			PyGC_Enable();
-		walk = outer;
-		if (result == NULL && state.too_deep) {
-			PyErr_Clear();
-			PyErr_SetString(PyExc_RecursionError, "the parse tree is nested too deeply");
-		} else if (result == NULL && !PyErr_Occurred())
-			PyErr_SetString(PyExc_ValueError, "the parse tree could not be read");
-	}
-	exit_memory_context(context);
-	return result;
+	return parse_then(sql, read_statements);
 }
 
 static PyMethodDef methods[] = {
@@ -482,43 +452,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef definition = {PyModuleDef_HEAD_INIT, "treedicts", NULL, -1, methods};
 
-static void *pglast_function(void *library, const char *name)
-{
-	void *found = dlsym(library, name);
-	if (found == NULL)
-		PyErr_Format(PyExc_ImportError, "pglast's parser has no %s", name);
-	return found;
-}
-
 PyMODINIT_FUNC PyInit_treedicts(void)
 {
-	PyObject *pglast = PyImport_ImportModule("pglast.parser");
-	if (pglast == NULL)
-		return NULL;
-	parse_error = PyObject_GetAttrString(pglast, "ParseError");
-	PyObject *path = PyObject_GetAttrString(pglast, "__file__");
-	Py_DECREF(pglast);
-	if (parse_error == NULL || path == NULL) {
-		Py_XDECREF(path);
-		return NULL;
-	}
-	/* already loaded by the import above: RTLD_NOLOAD returns it, and RTLD_LOCAL leaves its symbols out of the
-	   global scope */
-	void *library = dlopen(PyUnicode_AsUTF8(path), RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
-	Py_DECREF(path);
-	if (library == NULL) {
-		PyErr_Format(PyExc_ImportError, "pglast's parser is not loaded: %s", dlerror());
-		return NULL;
-	}
-	raw_parse = pglast_function(library, "pg_query_raw_parse");
-	enter_memory_context = pglast_function(library, "pg_query_enter_memory_context");
-	exit_memory_context = pglast_function(library, "pg_query_exit_memory_context");
-	free_error = pglast_function(library, "pg_query_free_error");
-	next_member = pglast_function(library, "bms_next_member");
-	if (PyErr_Occurred())
-		return NULL;
-	PyObject *module = PyModule_Create(&definition);
-	if (module != NULL && PyModule_AddStringConstant(module, "PGLAST_VERSION", PGLAST_VERSION) < 0)
-		Py_CLEAR(module);
-	return module;
+	return create_module(&definition);
 }

@@ -21,20 +21,13 @@
 #include "nodes/plannodes.h"
 #include "nodes/value.h"
 
-#include <dlfcn.h>
-
 #include "pg_query_field_numbers.h"
+#include "pglast_parser.h"
 
 #undef snprintf
 
 /* libpg_query's own cap on message nesting (encoder and decoder) */
 #define MAX_NESTING PG_QUERY_PROTOBUF_MAX_DEPTH
-
-static PgQueryInternalParsetreeAndError (*raw_parse)(const char *input, int parser_options);
-static MemoryContext (*enter_memory_context)(void);
-static void (*exit_memory_context)(MemoryContext context);
-static void (*free_error)(PgQueryError *error);
-static int (*next_member)(const Bitmapset *set, int previous);
 
 typedef struct {
 	char *data;
@@ -342,57 +335,33 @@ static void _outNode(int number, const void *obj)
 	end_message(start);
 }
 
-static PyObject *parse_error;
+static PyObject *write_statements(const List *tree)
+{
+	Buffer buffer = {NULL, 0, 0, 0, 0, NULL};
+	Buffer *outer = out_buffer;
+	out_buffer = &buffer;
+	PUT_INTEGER(FIELD_ParseResult_version, PG_VERSION_NUM)
+	const ListCell *cell;
+	foreach(cell, tree) {
+		size_t start = begin_message(FIELD_ParseResult_stmts);
+		_outRawStmt(0, lfirst(cell));
+		end_message(start);
+	}
+	out_buffer = outer;
+	PyObject *result = NULL;
+	if (!buffer.failed)
+		result = PyBytes_FromStringAndSize(buffer.data, (Py_ssize_t) buffer.length);
+	else if (buffer.refused != NULL)
+		PyErr_SetString(strstr(buffer.refused, "deeply") ? PyExc_RecursionError : PyExc_ValueError, buffer.refused);
+	else
+		PyErr_NoMemory();
+	free(buffer.data);
+	return result;
+}
 
 static PyObject *parse(PyObject *module, PyObject *sql)
 {
-	Py_ssize_t size;
-	const char *input = PyUnicode_AsUTF8AndSize(sql, &size);
-	if (input == NULL)
-		return NULL;
-	if ((Py_ssize_t) strlen(input) != size) {
-		PyErr_SetString(PyExc_ValueError, "the statement contains a NUL character");
-		return NULL;
-	}
-	MemoryContext context = enter_memory_context();
-	PgQueryInternalParsetreeAndError parsed = raw_parse(input, 0);
-	free(parsed.stderr_buffer);
-	PyObject *result = NULL;
-	if (parsed.error != NULL) {
-		long index = parsed.error->cursorpos - 1;
-		PyObject *args = index >= 0 && index < PyUnicode_GET_LENGTH(sql)
-			? Py_BuildValue("(sl)", parsed.error->message, index)
-			: Py_BuildValue("(sO)", parsed.error->message, Py_None);
-		if (args != NULL) {
-			PyErr_SetObject(parse_error, args);
-			Py_DECREF(args);
-		}
-		free_error(parsed.error);
-	} else {
-		Buffer buffer = {NULL, 0, 0, 0, 0, NULL};
-		Buffer *outer = out_buffer;
-		out_buffer = &buffer;
-		PUT_INTEGER(FIELD_ParseResult_version, PG_VERSION_NUM)
-		const ListCell *cell;
-		foreach(cell, parsed.tree) {
-			size_t start = begin_message(FIELD_ParseResult_stmts);
-			_outRawStmt(0, lfirst(cell));
-			end_message(start);
-		}
-		out_buffer = outer;
-		if (!buffer.failed)
-			result = PyBytes_FromStringAndSize(buffer.data, (Py_ssize_t) buffer.length);
-		else if (buffer.refused != NULL)
-			PyErr_SetString(buffer.depth > MAX_NESTING || strstr(buffer.refused, "deeply")
-								? PyExc_RecursionError
-								: PyExc_ValueError,
-							buffer.refused);
-		else
-			PyErr_NoMemory();
-		free(buffer.data);
-	}
-	exit_memory_context(context);
-	return result;
+	return parse_then(sql, write_statements);
 }
 
 /* -- splicing a serialized SELECT (rewrite.py's common shape) ------------------------------------------------- */
@@ -573,41 +542,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef definition = {PyModuleDef_HEAD_INIT, "treeprotobuf", NULL, -1, methods};
 
-static void *pglast_function(void *library, const char *name)
-{
-	void *found = dlsym(library, name);
-	if (found == NULL)
-		PyErr_Format(PyExc_ImportError, "pglast's parser has no %s", name);
-	return found;
-}
-
 PyMODINIT_FUNC PyInit_treeprotobuf(void)
 {
-	PyObject *pglast = PyImport_ImportModule("pglast.parser");
-	if (pglast == NULL)
-		return NULL;
-	parse_error = PyObject_GetAttrString(pglast, "ParseError");
-	PyObject *path = PyObject_GetAttrString(pglast, "__file__");
-	Py_DECREF(pglast);
-	if (parse_error == NULL || path == NULL) {
-		Py_XDECREF(path);
-		return NULL;
-	}
-	void *library = dlopen(PyUnicode_AsUTF8(path), RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
-	Py_DECREF(path);
-	if (library == NULL) {
-		PyErr_Format(PyExc_ImportError, "pglast's parser is not loaded: %s", dlerror());
-		return NULL;
-	}
-	raw_parse = pglast_function(library, "pg_query_raw_parse");
-	enter_memory_context = pglast_function(library, "pg_query_enter_memory_context");
-	exit_memory_context = pglast_function(library, "pg_query_exit_memory_context");
-	free_error = pglast_function(library, "pg_query_free_error");
-	next_member = pglast_function(library, "bms_next_member");
-	if (PyErr_Occurred())
-		return NULL;
-	PyObject *module = PyModule_Create(&definition);
-	if (module != NULL && PyModule_AddStringConstant(module, "PGLAST_VERSION", PGLAST_VERSION) < 0)
-		Py_CLEAR(module);
-	return module;
+	return create_module(&definition);
 }
