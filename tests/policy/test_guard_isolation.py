@@ -206,3 +206,32 @@ def test_max_cost_is_held_against_the_work_under_the_limit_the_engine_adds(
     with ExecutionGuard(limited, acme, PRINCIPAL, "acme") as guard:
         outcome = guard.execute(sql)
     assert [r.code for r in outcome.reasons] == ["cost_exceeded"] and not outcome.executed, outcome.reasons
+
+
+def test_every_run_is_planned_for_its_own_parameters_as_the_cost_check_was(
+    policy_db: PolicyDatabase, pipeline_agent: tuple
+) -> None:
+    """maxCost is checked on EXPLAIN of the statement with its parameters (a custom plan). PostgreSQL switches a
+    prepared statement to one generic plan after five runs when that looks no dearer on average, and the generic plan
+    of a parameter the check never saw can cost far more. The guard's transaction forces a custom plan for every
+    run, so what runs is what was costed."""
+    policy, dsn, _ = pipeline_agent
+    statement = "SELECT id, status FROM orders WHERE id = $1"
+    with ExecutionGuard(policy_db.engine(policy), dsn, PRINCIPAL, "acme") as guard:
+        for n in range(12):
+            assert guard.execute(statement, [10 + n % 4]).ok
+        session = guard._connect()
+        (plans,) = session.exchange(
+            (
+                (
+                    "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE $1",
+                    ["%id = $1%"],
+                ),
+            ),
+            prepare=False,
+        )
+        counts = [
+            (int(plans.get_value(row, 0) or 0), int(plans.get_value(row, 1) or 0)) for row in range(plans.ntuples)
+        ]
+    assert counts and all(generic == 0 for generic, _ in counts), counts
+    assert sum(custom for _, custom in counts) >= 12

@@ -4,8 +4,9 @@ One connection per agent run, logged in as the agent role (never a superuser tha
 search_path set for the session when it connects. Every statement is its own transaction, pipelined, that
 first sets statement_timeout transaction-locally (as SET LOCAL does): whatever an earlier statement did to
 the session's settings, the server stops this one at the deadline (the role carries the same timeout as a
-default). The client cancels it too, shortly after the deadline, so the timeout holds even if the server's
-was lifted. A read is one round trip; a write (or a row lock) runs in an explicit transaction and is
+default). The same command forces a plan made for each run's parameters, as the cost precheck's EXPLAIN made
+it. The client cancels it too, shortly after the deadline, so the timeout holds even if the server's was
+lifted. A read is one round trip; a write (or a row lock) runs in an explicit transaction and is
 rolled back when it writes more rows than allowed. The guard speaks to libpq directly (`Session`): the
 timeout and the statement go out as one pipeline, both prepared once per connection, and psycopg's loaders
 build the rows, which costs less than psycopg's own pipeline around every statement. A planner-cost precheck
@@ -190,8 +191,14 @@ class ResultTooLarge(Exception):
 
 @functools.cache
 def set_timeout(timeout_ms: int) -> Command:
-    """statement_timeout for the current transaction only (as SET LOCAL), with no parameter to bind."""
-    return (f"SELECT set_config('statement_timeout', '{int(timeout_ms)}', true)", ())
+    """statement_timeout for the current transaction only (as SET LOCAL), with no parameter to bind; and a plan
+    made for each run's own parameters, as the cost check's EXPLAIN made it (a prepared statement otherwise turns to
+    one generic plan after five runs, which the check never costed)."""
+    return (
+        f"SELECT set_config('statement_timeout', '{int(timeout_ms)}', true),"
+        " set_config('plan_cache_mode', 'force_custom_plan', true)",
+        (),
+    )
 
 
 class Session:
