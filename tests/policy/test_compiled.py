@@ -106,6 +106,13 @@ def test_an_imported_module_of_the_package_is_a_build_input(package: Path) -> No
     assert compiled.stale(package) == ["rules.py"]
 
 
+def test_the_build_script_and_the_pinned_versions_are_build_inputs() -> None:
+    """Outsider's finding: setup.py decides what the C modules hold (the field numbers it generates, the include
+    paths, the pglast version they accept) and constraints.txt pins the pglast whose sources they are built from;
+    an edit to either left the old binaries running."""
+    assert {"../../../setup.py", "../../../constraints.txt"} <= set(compiled.build_inputs())
+
+
 def test_a_shipped_build_records_the_engine_and_what_it_imports() -> None:
     inputs = compiled.build_inputs()
     assert {f"{name}.py" for name in compiled.COMPILED} <= set(inputs)

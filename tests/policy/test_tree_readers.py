@@ -184,20 +184,6 @@ def test_the_edges_of_the_writers_read_alike(native: ModuleType, serializer: Mod
     assert outcome(native.parse, "SELECT 'unterminated")[0] == "ParseError"
 
 
-def test_protobuf_nesting_past_libpg_querys_cap_is_refused_as_too_deep(serializer: ModuleType) -> None:
-    """libpg_query's encoder refuses more than 10,000 message levels (a ParseError); the writer refuses the same
-    trees as too deep, which the engine denies as too complex."""
-    sql = "SELECT " + "(SELECT " * 3000 + "1" + ")" * 3000
-    refused = ("ParseError", ("parse tree is nested too deeply to serialize to protobuf", None))
-    assert outcome(parse_sql_protobuf, sql) == refused
-    assert outcome(serializer.parse, sql) == ("too deep", None)
-    sql = "SELECT " + "(SELECT " * 1665 + "1" + ")" * 1665  # the deepest both write
-    assert outcome(serializer.parse, sql) == outcome(parse_sql_protobuf, sql)
-    assert outcome(serializer.parse, sql)[0] == "tree"
-    sql = "SELECT " + "(SELECT " * 1666 + "1" + ")" * 1666
-    assert outcome(serializer.parse, sql) == ("too deep", None)
-
-
 @pytest.mark.parametrize("name", ["treedicts", "treeprotobuf"])
 def test_a_nul_character_is_refused_not_cut_short(name: str) -> None:
     """The engine refuses NUL before parsing; a reader must not read `SELECT 1` out of `SELECT 1\\0; DROP ...`."""
@@ -282,3 +268,64 @@ def test_readers_in_two_threads_or_within_a_finalizer_keep_their_own_walk(
     done = subprocess.run([sys.executable, str(script), how], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert "held paybill.policy.treedicts paybill.policy.treeprotobuf" in done.stdout
+
+
+SMALL_STACK = """
+import sys, threading
+from pglast.parser import ParseError, parse_sql_protobuf, parse_sql_json
+from paybill.policy import tree
+sql = sys.argv[2]
+functions = {"pglast": parse_sql_protobuf, "pglast-json": parse_sql_json, "c": tree.SERIALIZER, "c-dicts": tree.READER}
+out = []
+def go():
+    try:
+        functions[sys.argv[1]](sql)
+        out.append("tree")
+    except (ParseError, RecursionError) as error:
+        out.append(f"{type(error).__name__}: {error.args[0]}")
+threading.stack_size(int(sys.argv[3]))
+thread = threading.Thread(target=go)
+thread.start()
+thread.join()
+print(out)
+"""
+SUMS = "SELECT id FROM orders WHERE id = " + "+".join(["1"] * 4990)  # 10 kB: under the engine's MAX_SQL_LENGTH
+
+
+@pytest.mark.parametrize(("reader", "pglast_path"), [("c", "pglast"), ("c-dicts", "pglast-json")])
+@pytest.mark.parametrize("stack", [256 * 1024, 128 * 1024])
+def test_a_deep_tree_on_a_small_thread_stack_is_refused_not_a_crash(
+    native: ModuleType, serializer: ModuleType, tmp_path: Path, reader: str, pglast_path: str, stack: int
+) -> None:
+    """Outsider's finding: libpg_query's writers check the stack at each level and raise; the C writers recursed
+    with no such check, and a 10 kB statement in a thread with a small stack killed the process (SIGSEGV). Each
+    keeps to the stack its thread has, and refuses a tree it cannot walk within it."""
+    script = tmp_path / "stack.py"
+    script.write_text(SMALL_STACK)
+
+    def run(which: str) -> str:
+        done = subprocess.run(
+            [sys.executable, str(script), which, SUMS, str(stack)], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, (which, done.returncode, done.stderr[-1000:])
+        return done.stdout
+
+    assert "stack depth limit exceeded" in run(pglast_path)
+    if reader == "c":
+        assert "ParseError: stack depth limit exceeded" in run(reader)  # pglast's own error
+    else:  # the validator denies either as too complex
+        assert "RecursionError: the parse tree is nested too deeply" in run(reader)
+
+
+FUNCTIONS = "SELECT " + "f(" * 4996 + "1" + ")" * 4996  # 10,001 message levels counting the ParseResult
+
+
+def test_the_protobuf_writer_refuses_the_depth_libpg_query_refuses(serializer: ModuleType) -> None:
+    """Outsider's finding: libpg_query's cap of 10,000 message levels counts the ParseResult; the writer counted
+    one level fewer and wrote a tree pglast refuses. The same trees are refused, with pglast's error."""
+    refused = ("ParseError", ("parse tree is nested too deeply to serialize to protobuf", None))
+    assert outcome(parse_sql_protobuf, FUNCTIONS) == refused
+    assert outcome(serializer.parse, FUNCTIONS) == refused
+    within = "SELECT " + "f(" * 4995 + "1" + ")" * 4995
+    assert outcome(serializer.parse, within) == outcome(parse_sql_protobuf, within)
+    assert outcome(serializer.parse, within)[0] == "tree"

@@ -48,6 +48,11 @@ def build_inputs(directory: Path = HERE) -> list[str]:
     present = [name for name in COMPILED if (directory / f"{name}.py").is_file()]
     inputs = {f"{name}.py" for name in present} | {f"{n}.c" for n in NATIVE if (directory / f"{n}.c").is_file()}
     inputs |= {header.name for header in directory.glob("*.h")}  # what the C modules include of ours
+    # what decides the C modules' contents (setup.py: the field numbers, include paths, accepted pglast version;
+    # constraints.txt: the pglast whose sources they are built from), where the build reads them (not in a wheel)
+    inputs |= {
+        f"../../../{name}" for name in ("setup.py", "constraints.txt") if (directory / "../../.." / name).is_file()
+    }
     for name in present:
         tree = ast.parse((directory / f"{name}.py").read_text())
         for node in ast.walk(tree):

@@ -7,6 +7,7 @@
 #define PAYBILL_PGLAST_PARSER_H
 
 #include <dlfcn.h>
+#include <pthread.h>
 
 static PgQueryInternalParsetreeAndError (*raw_parse)(const char *input, int parser_options);
 static MemoryContext (*enter_memory_context)(void);
@@ -50,6 +51,31 @@ static int load_pglast_parser(void)
 	free_error = pglast_function(library, "pg_query_free_error");
 	next_member = pglast_function(library, "bms_next_member");
 	return PyErr_Occurred() ? -1 : 0;
+}
+
+/* The stack a walk leaves free below it: for the frames of one more level, and for the error's way back. */
+#define STACK_HEADROOM (64 * 1024)
+
+/* The lowest address this thread's walks may reach (found once per thread). */
+static _Thread_local char *stack_floor;
+
+/* Whether a walk may go one level deeper on this thread's stack. libpg_query's own writers check the stack at each
+   level (check_stack_depth) and raise; a walk here refuses the tree instead, on a thread of any stack size. */
+static int stack_left(void)
+{
+	char here;
+	if (stack_floor == NULL) {
+		pthread_attr_t attributes;
+		void *low = NULL;
+		size_t size = 0;
+		if (pthread_getattr_np(pthread_self(), &attributes) == 0) {
+			if (pthread_attr_getstack(&attributes, &low, &size) != 0)
+				low = NULL;
+			pthread_attr_destroy(&attributes);
+		}
+		stack_floor = low != NULL ? (char *) low + STACK_HEADROOM : &here - 4 * STACK_HEADROOM;
+	}
+	return &here > stack_floor;
 }
 
 /* The module, with the pglast version it was built for (tree.py uses it only under that version). */

@@ -96,7 +96,7 @@ static PyObject *six_decimals(double value)
 
 static PyObject *new_dict(void)
 {
-	if (++walk->depth > MAX_NESTING) {
+	if (++walk->depth > MAX_NESTING || !stack_left()) {
 		walk->too_deep = 1;
 		walk->failed = 1;
 		walk->depth--;
@@ -193,7 +193,7 @@ static PyObject *new_dict(void)
 /* A list of Nodes; a NULL item is {} as in the JSON writer. */
 static PyObject *node_list(const List *list)
 {
-	if (++walk->depth > MAX_NESTING) {
+	if (++walk->depth > MAX_NESTING || !stack_left()) {
 		walk->too_deep = 1;
 		walk->failed = 1;
 		walk->depth--;

@@ -36,6 +36,7 @@ typedef struct {
 	int depth;
 	int failed; /* out of memory, too deep, or a node this writer refuses */
 	const char *refused;
+	int parse_error; /* `refused` is what pglast's parser raises as a ParseError for the same tree */
 } Buffer;
 
 /* This thread's write in progress (per thread, and restored by each parse, as treedicts.c does: nothing here calls
@@ -93,9 +94,13 @@ static void put_bytes(int number, const char *value, size_t size)
 static size_t begin_message(int number)
 {
 	put_tag(number, 2);
-	if (++out_buffer->depth > MAX_NESTING) {
-		out_buffer->failed = 1;
-		out_buffer->refused = "the parse tree is nested too deeply";
+	/* the ParseResult around it all is a level of libpg_query's count */
+	if (++out_buffer->depth >= MAX_NESTING && !out_buffer->failed) {
+		out_buffer->failed = out_buffer->parse_error = 1;
+		out_buffer->refused = "parse tree is nested too deeply to serialize to protobuf";
+	} else if (!stack_left() && !out_buffer->failed) {
+		out_buffer->failed = out_buffer->parse_error = 1;
+		out_buffer->refused = "stack depth limit exceeded";
 	}
 	return out_buffer->length;
 }
@@ -337,7 +342,7 @@ static void _outNode(int number, const void *obj)
 
 static PyObject *write_statements(const List *tree)
 {
-	Buffer buffer = {NULL, 0, 0, 0, 0, NULL};
+	Buffer buffer = {NULL, 0, 0, 0, 0, NULL, 0};
 	Buffer *outer = out_buffer;
 	out_buffer = &buffer;
 	PUT_INTEGER(FIELD_ParseResult_version, PG_VERSION_NUM)
@@ -351,8 +356,14 @@ static PyObject *write_statements(const List *tree)
 	PyObject *result = NULL;
 	if (!buffer.failed)
 		result = PyBytes_FromStringAndSize(buffer.data, (Py_ssize_t) buffer.length);
-	else if (buffer.refused != NULL)
-		PyErr_SetString(strstr(buffer.refused, "deeply") ? PyExc_RecursionError : PyExc_ValueError, buffer.refused);
+	else if (buffer.parse_error) { /* pglast's error, with no position, as its parser gives it */
+		PyObject *args = Py_BuildValue("(sO)", buffer.refused, Py_None);
+		if (args != NULL) {
+			PyErr_SetObject(parse_error, args);
+			Py_DECREF(args);
+		}
+	} else if (buffer.refused != NULL)
+		PyErr_SetString(PyExc_ValueError, buffer.refused);
 	else
 		PyErr_NoMemory();
 	free(buffer.data);
@@ -476,7 +487,7 @@ static PyObject *splice_select(PyObject *module, PyObject *args)
 		if (next_field(&at, stmt.end, &field) != 1 || field.number != FIELD_Node_select_stmt || at != stmt.end)
 			Py_RETURN_NONE;
 	}
-	Buffer buffer = {NULL, 0, 0, 0, 0, NULL};
+	Buffer buffer = {NULL, 0, 0, 0, 0, NULL, 0};
 	Buffer *outer = out_buffer;
 	out_buffer = &buffer;
 	PyObject *result = NULL;
@@ -530,8 +541,8 @@ static PyObject *splice_select(PyObject *module, PyObject *args)
 static PyMethodDef methods[] = {
 	{"parse", parse, METH_O,
 	 "parse(sql) -> bytes: the serialized ParseResult, the message pglast.parser.parse_sql_protobuf(sql) gives.\n"
-	 "Raises pglast's ParseError for bad SQL, RecursionError for a tree nested too deeply, ValueError for a node\n"
-	 "libpg_query cannot serialize."},
+	 "Raises pglast's ParseError for bad SQL and for a tree nested too deeply (as pglast does), ValueError for a\n"
+	 "node libpg_query cannot serialize."},
 	{"splice_select", splice_select, METH_VARARGS,
 	 "splice_select(serialized, replaced, limit_count, from_items, limit_option) -> bytes | None: the serialized\n"
 	 "ParseResult of one SELECT with the FROM items at the indexes of `replaced` (int -> serialized Node) swapped,\n"
