@@ -53,11 +53,15 @@ static int load_pglast_parser(void)
 	return PyErr_Occurred() ? -1 : 0;
 }
 
+/* Per-thread state, read at every node: initial-exec, a direct access instead of a __tls_get_addr call (if the
+   loader had no static TLS left for it, the import fails and the engine takes pglast's own paths). */
+#define PER_THREAD static _Thread_local __attribute__((tls_model("initial-exec")))
+
 /* The stack a walk leaves free below it: for the frames of one more level, and for the error's way back. */
 #define STACK_HEADROOM (64 * 1024)
 
 /* The lowest address this thread's walks may reach (found once per thread). */
-static _Thread_local char *stack_floor;
+PER_THREAD char *stack_floor;
 
 /* Whether a walk may go one level deeper on this thread's stack. libpg_query's own writers check the stack at each
    level (check_stack_depth) and raise; a walk here refuses the tree instead, on a thread of any stack size. */

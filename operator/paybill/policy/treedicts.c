@@ -40,7 +40,7 @@ typedef struct {
 /* This thread's walk in progress. Building a dict can start the collector, whose finalizers run any Python: another
    thread's parse (the GIL released) or one of their own; so the pointer is per thread, and each parse restores the
    one it found. */
-static _Thread_local Walk *walk;
+PER_THREAD Walk *walk;
 
 #define OUT_TYPE(typename, typename_c) PyObject *
 

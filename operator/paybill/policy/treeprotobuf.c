@@ -41,7 +41,7 @@ typedef struct {
 
 /* This thread's write in progress (per thread, and restored by each parse, as treedicts.c does: nothing here calls
    into Python during a write, but nothing depends on that). */
-static _Thread_local Buffer *out_buffer;
+PER_THREAD Buffer *out_buffer;
 
 static int reserve(size_t more)
 {
