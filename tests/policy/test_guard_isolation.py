@@ -13,7 +13,7 @@ from psycopg import errors
 
 from paybill.api.agentpolicy import AgentPolicySpec
 from paybill.database.agents.grants import agent_role
-from paybill.database.agents.guard import PREPARED_MAX, ClientDeadline, ExecutionGuard, condition_name
+from paybill.database.agents.guard import COST_REUSE_S, PREPARED_MAX, ClientDeadline, ExecutionGuard, condition_name
 from paybill.database.server import LocalPostgres
 
 from .conftest import PRINCIPAL, PolicyDatabase, support_policy
@@ -235,3 +235,31 @@ def test_every_run_is_planned_for_its_own_parameters_as_the_cost_check_was(
         ]
     assert counts and all(generic == 0 for generic, _ in counts), counts
     assert sum(custom for _, custom in counts) >= 12
+
+
+def test_a_cost_is_checked_again_once_the_table_may_have_changed(policy_db: PolicyDatabase) -> None:
+    """Outsider's finding: an estimate was kept for the whole run, while each run is planned against the table as
+    it is then: other tenants' rows arrived (and were analysed), a new run refused the statement, and the old run
+    ran it again unchecked. An estimate is reused only briefly and never after the run wrote."""
+    sql = "SELECT a.id FROM orders a, orders b WHERE a.total + b.total < 0"
+    policy = spec(maxRowsRead=1, maxCost=60)
+    engine, dsn = policy_db.engine(policy), policy_db.grant(policy, "acme", name="recost")
+    with ExecutionGuard(engine, dsn, PRINCIPAL, "acme") as guard:
+        first = guard.execute(sql)
+        assert first.ok, first.reasons
+        with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO orders (id, tenant_id, customer_id, status, total, paid)"
+                " SELECT 100000 + g, c.tenant_id, c.id, 'open', g, false"
+                " FROM (SELECT tenant_id, id FROM customers WHERE tenant_id <> 'acme' LIMIT 1) c,"
+                " generate_series(1, 200000) g"
+            )
+            conn.execute("ANALYZE orders")
+        try:
+            time.sleep(COST_REUSE_S)
+            again = guard.execute(sql)
+            assert [r.code for r in again.reasons] == ["cost_exceeded"], (first.cost, again.cost, again.reasons)
+        finally:
+            with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
+                conn.execute("DELETE FROM orders WHERE id > 100000")
+                conn.execute("ANALYZE orders")

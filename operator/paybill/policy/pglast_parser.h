@@ -14,6 +14,7 @@ static MemoryContext (*enter_memory_context)(void);
 static void (*exit_memory_context)(MemoryContext context);
 static void (*free_error)(PgQueryError *error);
 static int (*next_member)(const Bitmapset *set, int previous);
+static bool (*stack_is_too_deep)(void); /* libpg_query's stack budget, which its writers keep to */
 static PyObject *parse_error; /* pglast.parser.ParseError */
 
 static void *pglast_function(void *library, const char *name)
@@ -50,6 +51,7 @@ static int load_pglast_parser(void)
 	exit_memory_context = pglast_function(library, "pg_query_exit_memory_context");
 	free_error = pglast_function(library, "pg_query_free_error");
 	next_member = pglast_function(library, "bms_next_member");
+	stack_is_too_deep = pglast_function(library, "stack_is_too_deep");
 	return PyErr_Occurred() ? -1 : 0;
 }
 
@@ -63,11 +65,14 @@ static int load_pglast_parser(void)
 /* The lowest address this thread's walks may reach (found once per thread). */
 PER_THREAD char *stack_floor;
 
-/* Whether a walk may go one level deeper on this thread's stack. libpg_query's own writers check the stack at each
-   level (check_stack_depth) and raise; a walk here refuses the tree instead, on a thread of any stack size. */
+/* Whether a walk may go one level deeper: within libpg_query's stack budget, which its own writers keep to (set for
+   the call by enter_memory_context; they raise "stack depth limit exceeded" past it), and within this thread's
+   stack, whatever its size. */
 static int stack_left(void)
 {
 	char here;
+	if (stack_is_too_deep())
+		return 0;
 	if (stack_floor == NULL) {
 		pthread_attr_t attributes;
 		void *low = NULL;

@@ -196,17 +196,20 @@ static void _outNode(int number, const void *obj);
 	if (node->fldname != NULL) \
 		_outNode(FIELD(msgtype, outname), node->fldname);
 
+/* a message field (not a Node): walked only while nothing is refused (a UNION chain recurses here, not in _outNode) */
 #define WRITE_SPECIFIC_NODE_FIELD(msgtype, typename, typename_underscore, outname, outname_json, fldname) \
 	{ \
 		size_t start_ = begin_message(FIELD(msgtype, outname)); \
-		_out##typename(0, &node->fldname); \
+		if (!out_buffer->failed) \
+			_out##typename(0, &node->fldname); \
 		end_message(start_); \
 	}
 
 #define WRITE_SPECIFIC_NODE_PTR_FIELD(msgtype, typename, typename_underscore, outname, outname_json, fldname) \
 	if (node->fldname != NULL) { \
 		size_t start_ = begin_message(FIELD(msgtype, outname)); \
-		_out##typename(0, node->fldname); \
+		if (!out_buffer->failed) \
+			_out##typename(0, node->fldname); \
 		end_message(start_); \
 	}
 

@@ -135,6 +135,10 @@ COMMIT: Command = ("COMMIT", ())
 ROLLBACK: Command = ("ROLLBACK", ())
 Key = tuple[str, tuple[int, ...]]
 PREPARED_MAX = 100  # statements prepared per connection; any further one is parsed on every run
+# How long an estimate of (statement, parameters) is reused. Every run is planned afresh (plan_cache_mode), against
+# the table as it is then: other tenants' rows and ANALYZE change a plan, so an estimate is not kept for the run;
+# within this, a statement repeated in a loop is costed once. A write of the run drops every estimate.
+COST_REUSE_S = 1.0
 # Rows libpq hands over at a time while the agent's statement is read: one, so that maxBytesRead is held after each
 # row (a chunk of 64 rows of doubled values had brought 15 times the limit in before it was checked).
 CHUNK_ROWS = 1
@@ -398,7 +402,8 @@ class ExecutionGuard:
         self.statements = 0
         self._conninfo = conninfo
         self._session: Session | None = None
-        self._costs: dict[tuple[str, str], float] = {}  # (rewritten statement, its parameters as JSON) -> cost
+        # (rewritten statement, its parameters as JSON) -> (cost, when it was estimated): see COST_REUSE_S
+        self._costs: dict[tuple[str, str], tuple[float, float]] = {}
         self._columns: dict[str, tuple[str, ...]] = {}
 
     def __enter__(self) -> ExecutionGuard:
@@ -449,7 +454,7 @@ class ExecutionGuard:
             return Outcome(decision, reasons=(Reason("denied", "the policy engine denied the statement"),))
         key = (decision.sql, json.dumps(params, default=str, sort_keys=True))
         # once the plan of these parameters was read, its size is known to fit: only a new estimate needs the check
-        if key not in self._costs and parameter_expansion(decision.sql, params) > limits.maxBytesRead:
+        if self._reused_cost(key) is None and parameter_expansion(decision.sql, params) > limits.maxBytesRead:
             return Outcome(
                 decision,
                 reasons=(
@@ -584,7 +589,7 @@ class ExecutionGuard:
     def _cost(self, session: Session, key: tuple[str, str], params: list[Any]) -> float:
         """The estimate for `key`, (rewritten statement, its parameters as JSON): per parameters too, since PostgreSQL
         plans with them and an estimate can grow with a value (an array's length)."""
-        cost = self._costs.get(key)
+        cost = self._reused_cost(key)
         if cost is None:
             rewritten = key[0]
             # the plan is one row, read like any, within maxBytesRead and what a plan of the statement alone can take
@@ -593,8 +598,15 @@ class ExecutionGuard:
             ((plan,),) = reading.rows
             plan = json.loads(plan) if isinstance(plan, str) else plan
             cost = plan_cost(plan[0]["Plan"])
-            self._costs[key] = cost
+            self._costs[key] = (cost, time.monotonic())
         return cost
+
+    def _reused_cost(self, key: tuple[str, str]) -> float | None:
+        """The estimate made for `key` under COST_REUSE_S ago, if any."""
+        cached = self._costs.get(key)
+        if cached is None or time.monotonic() - cached[1] >= COST_REUSE_S:
+            return None
+        return cached[0]
 
     def _run(
         self, session: Session, decision: Decision, rewritten: str, params: list[Any], cost: float, step: StepKey | None
@@ -603,6 +615,8 @@ class ExecutionGuard:
         writes = "changed" if decision.statement != "select" else "locked" if decision.extra.get("locks") else None
         recorded = step if step is None else dataclasses.replace(step, plan_hash=decision.plan_hash)
         reading = Reading(limits.maxRowsRead, limits.maxBytesRead)
+        if writes:  # what it writes can change every estimate of the run
+            self._costs.clear()
         # locked rows count as written
         result = self._guarded(session, (rewritten, params), writes, step=recorded, reading=reading)
         if result.nfields:
