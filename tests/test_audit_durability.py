@@ -556,3 +556,33 @@ def test_the_operator_keeps_its_checkpoint_in_its_namespace_else_in_its_state_di
     assert isinstance(local, FileCheckpoint) and local.directory == tmp_path / "audit"
     home = checkpoint_store({"HOME": str(tmp_path / "home")}, kube, None)
     assert isinstance(home, FileCheckpoint) and home.directory == tmp_path / "home/.local/state/paybill/audit"
+
+
+@pytest.mark.parametrize(
+    "edited",
+    [
+        "12.50000000000000000001",
+        "12.499999999999999999999",
+        "0.10000000000000000001",
+        "1e-400",
+        "-0.0000000000000000001",
+    ],
+)
+def test_a_number_edited_below_float_precision_breaks_the_chain(
+    dsn: str, databases: TenantDatabases, tmp_path: Path, edited: str
+) -> None:
+    """Eighth outside review (LOW): jsonb keeps a number exactly, a float does not; an edit that changed only
+    digits a float cannot hold read back as the number Paybill wrote, and verified. A fraction is read as the
+    float it was written from only when jsonb holds exactly that float's value."""
+    log = AuditLog(databases.connect, FileCheckpoint(tmp_path / "audit"))
+    log.append("AgentWorkflow", "ns/wf", "StepRan", {"params": [12.5, 0.1, 1.5e-7], "total": 0.0})
+    assert log.verify() == 1
+    seq = log.records()[-1].seq
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            f"UPDATE paybill.audit_log SET details = jsonb_set(details, '{{total}}', '{edited}'::jsonb) WHERE seq = %s",
+            [seq],
+        )
+    with pytest.raises(ChainBroken) as broken:
+        log.verify()
+    assert broken.value.seq == seq

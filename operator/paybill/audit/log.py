@@ -24,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -490,12 +491,20 @@ def _record(row: tuple[Any, ...]) -> AuditRecord:
     """A record from its row (`_record_columns`); ChainBroken naming it if its details cannot be read back."""
     seq, kind, name, event, details, *rest = row
     try:
-        parsed = json.loads(details)
+        parsed = json.loads(details, parse_float=_written_float)
     except RecursionError:  # jsonb nests deeper than Python's parser follows: never a record Paybill wrote
         raise ChainBroken(seq, "its details cannot be read (nested too deeply)") from None
     except (ValueError, TypeError) as exc:  # a number longer than Python reads (4300 digits): nor is this
         raise ChainBroken(seq, f"its details cannot be read ({exc})") from None
     return AuditRecord(seq, kind, name, event, parsed, *rest)
+
+
+def _written_float(text: str) -> float | str:
+    """A jsonb number with a fraction, as the float Paybill wrote it from, when jsonb holds exactly that float's value
+    (what `storable` writes always is); anything else, a digit changed below what a float holds among them, stays
+    the text it is, so the record's hash cannot match the one written."""
+    value = float(text)
+    return value if Decimal(repr(value)) == Decimal(text) else text
 
 
 def _check_table(conn: psycopg.Connection) -> None:
