@@ -44,10 +44,16 @@ class RecordedBuildExt(build_ext):
 
     def run(self) -> None:
         compiled = _compiled()
+        inplace = self.inplace
+        for ext in self.extensions:  # an optional module that fails to build must leave no older binary behind
+            if ext.optional:
+                for self.inplace in (True, False):
+                    Path(self.get_ext_fullpath(ext.name)).unlink(missing_ok=True)
+        self.inplace = inplace
         super().run()  # a compiler error ends the build here: no record, so the old binaries are not trusted
-        outputs = [Path(self.get_ext_fullpath(ext.name)) for ext in self.extensions]
-        inplace, self.inplace = self.inplace, False
-        built = [Path(self.get_ext_fullpath(ext.name)) for ext in self.extensions]  # what a wheel is made from
+        outputs = [p for p in (Path(self.get_ext_fullpath(ext.name)) for ext in self.extensions) if p.is_file()]
+        self.inplace = False
+        built = [p for p in (Path(self.get_ext_fullpath(ext.name)) for ext in self.extensions) if p.is_file()]
         self.inplace = inplace
         staged = Path(self.build_lib) / "paybill" / "policy"
         if all((staged / f"{name}.py").is_file() for name in compiled.COMPILED):  # build_py ran: a wheel's tree
@@ -98,6 +104,7 @@ def _tree_readers() -> list[Extension]:
             ],
             define_macros=[("PGLAST_VERSION", f'"v{pinned.group(1)}"')],  # type: ignore[union-attr]
             extra_compile_args=["-O2", "-fvisibility=hidden", "-Wno-unused-function"],
+            optional=True,  # where it cannot be compiled (not Linux), the engine takes pglast's own paths
         )
         for name in ("treedicts", "treeprotobuf")
     ]

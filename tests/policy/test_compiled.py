@@ -147,6 +147,39 @@ def test_a_build_that_fails_after_an_edit_leaves_the_old_binaries_untrusted(tmp_
     assert compiled.stale(policy) == [compiled.MANIFEST]  # ...and nothing vouches for them
 
 
+@pytest.mark.slow
+def test_a_c_module_that_does_not_compile_leaves_the_build_whole_and_none_of_its_binaries(tmp_path: Path) -> None:
+    """The C tree readers are optional (a platform without pthread_getattr_np or ELF thread-locals): one that fails
+    to compile leaves the mypyc build and its record whole, and no binary of its own, an older one included, for
+    the engine to take; its callers use pglast's own paths."""
+    if not compiled.built() or not compiled.built(compiled.HERE, compiled.NATIVE):
+        pytest.skip("the C modules were not built here")
+    root = Path(__file__).resolve().parents[2]
+    for name in ("setup.py", "pyproject.toml", "README.md", "constraints.txt"):
+        shutil.copy(root / name, tmp_path / name)
+    shutil.copytree(root / "operator", tmp_path / "operator", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "build" / "pglast-sdist").mkdir(parents=True)
+    for sdist in (root / "build" / "pglast-sdist").glob("*.tar.gz"):
+        shutil.copy(sdist, tmp_path / "build" / "pglast-sdist" / sdist.name)
+    if (root / ".mypy_cache").is_dir():
+        shutil.copytree(root / ".mypy_cache", tmp_path / ".mypy_cache")
+    policy = tmp_path / "operator" / "paybill" / "policy"
+    assert compiled.built(policy, compiled.NATIVE) == list(compiled.NATIVE)  # the copy carries the older binaries
+    (policy / "treedicts.c").write_text("#error this platform cannot build it\n")
+    build = subprocess.run(
+        [sys.executable, "setup.py", "--quiet", "build_ext", "--inplace"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
+    assert compiled.built(policy, compiled.NATIVE) == ["treeprotobuf"]
+    assert compiled.built(policy) == list(compiled.COMPILED)
+    # every recorded file matches (this process imported its mypyc library from the checkout, not from the copy)
+    assert [found for found in compiled.stale(policy) if not found.startswith("paybill_policy__mypyc (")] == []
+
+
 def test_a_shared_library_of_the_same_name_earlier_on_sys_path_is_not_taken_for_the_build(
     package: Path, tmp_path: Path
 ) -> None:
