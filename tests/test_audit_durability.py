@@ -586,3 +586,29 @@ def test_a_number_edited_below_float_precision_breaks_the_chain(
     with pytest.raises(ChainBroken) as broken:
         log.verify()
     assert broken.value.seq == seq
+
+
+@pytest.mark.parametrize(
+    ("written", "edited"),
+    [
+        ({"amount": "0.10000000000000000001"}, '{"amount": 0.10000000000000000001}'),  # text made a number
+        ({"big": "1" + "0" * 400 + ".5"}, '{"big": 1' + "0" * 400 + ".5}"),
+        ({"nested": [["12.50000000000000000001"]]}, '{"nested": [[12.50000000000000000001]]}'),
+        ({"amount": 1.5}, '{"amount": 1.50}'),  # the same value, written otherwise
+    ],
+)
+def test_a_number_paybill_never_writes_breaks_the_chain(
+    dsn: str, databases: TenantDatabases, tmp_path: Path, written: dict[str, Any], edited: str
+) -> None:
+    """Ninth outside review (LOW): a number no float is was read back as its text, which hashes as the string of the
+    same characters: a string detail turned into that number verified. A number Paybill never writes (not a float's
+    value, or not as json.dumps spells it) is a record that cannot be read."""
+    log = AuditLog(databases.connect, FileCheckpoint(tmp_path / "audit"))
+    log.append("AgentWorkflow", "ns/wf", "StepRan", written)
+    assert log.verify() == 1
+    seq = log.records()[-1].seq
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE paybill.audit_log SET details = %s::jsonb WHERE seq = %s", [edited, seq])
+    with pytest.raises(ChainBroken) as broken:
+        log.verify()
+    assert broken.value.seq == seq

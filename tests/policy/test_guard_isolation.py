@@ -13,7 +13,14 @@ from psycopg import errors
 
 from paybill.api.agentpolicy import AgentPolicySpec
 from paybill.database.agents.grants import agent_role
-from paybill.database.agents.guard import COST_REUSE_S, PREPARED_MAX, ClientDeadline, ExecutionGuard, condition_name
+from paybill.database.agents.guard import (
+    COST_REUSE_S,
+    PREPARED_MAX,
+    ClientDeadline,
+    ExecutionGuard,
+    condition_name,
+    plan_cost,
+)
 from paybill.database.server import LocalPostgres
 
 from .conftest import PRINCIPAL, PolicyDatabase, support_policy
@@ -263,3 +270,31 @@ def test_a_cost_is_checked_again_once_the_table_may_have_changed(policy_db: Poli
             with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
                 conn.execute("DELETE FROM orders WHERE id > 100000")
                 conn.execute("ANALYZE orders")
+
+
+def _overflowing(depth: int) -> str:
+    """Nested correlated subqueries over cross joins: each level multiplies the planner's estimate by about 3e30,
+    past 1.8e308 it is Infinity, and the top node's Infinity - Infinity is NaN."""
+    crossed = ", ".join(f"orders o{i}" for i in range(8))
+    again = ", ".join(f"a a{i}" for i in range(8))
+    condition = f"(SELECT count(*) FROM b b1, b b2 WHERE b1.id = y{depth}.id)"
+    for level in range(depth, 0, -1):
+        outer = "x" if level == 1 else f"y{level - 1}"
+        condition = f"(SELECT count(*) FROM b y{level} WHERE y{level}.id = {outer}.id AND y{level}.id = {condition})"
+    return (
+        f"WITH a AS (SELECT o0.id FROM {crossed}), b AS (SELECT a0.id FROM {again}) "
+        f"SELECT count(*) FROM b x WHERE x.id = {condition}"
+    )
+
+
+def test_an_estimate_past_what_a_number_holds_is_refused_not_run(policy_db: PolicyDatabase) -> None:
+    """Outsider's finding (MEDIUM): an estimate that overflowed to NaN passed `cost > maxCost` (False for NaN), and
+    the statement ran until the timeout. An estimate is admitted only when it is a finite number within maxCost."""
+    policy = spec(maxCost=100000, statementTimeoutMs=1500)
+    engine, dsn = policy_db.engine(policy), policy_db.grant(policy, "acme", name="nancost")
+    with ExecutionGuard(engine, dsn, PRINCIPAL, "acme", client_grace_s=5) as guard:
+        for depth in (1, 7, 8, 9):
+            outcome = guard.execute(_overflowing(depth))
+            assert [r.code for r in outcome.reasons] == ["cost_exceeded"], (depth, outcome.cost, outcome.reasons)
+    assert plan_cost({"Total Cost": float("nan"), "Plans": [{"Total Cost": 1.0}]}) == float("inf")
+    assert plan_cost({"Total Cost": 1.0, "Plans": [{"Total Cost": float("nan")}]}) == float("inf")

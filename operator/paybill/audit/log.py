@@ -499,12 +499,15 @@ def _record(row: tuple[Any, ...]) -> AuditRecord:
     return AuditRecord(seq, kind, name, event, parsed, *rest)
 
 
-def _written_float(text: str) -> float | str:
-    """A jsonb number with a fraction, as the float Paybill wrote it from, when jsonb holds exactly that float's value
-    (what `storable` writes always is); anything else, a digit changed below what a float holds among them, stays
-    the text it is, so the record's hash cannot match the one written."""
+def _written_float(text: str) -> float:
+    """A jsonb number with a fraction, as the float Paybill wrote it from. What `storable` writes is always a float's
+    value at the scale json.dumps spells it (jsonb keeps both); anything else (a digit changed below what a float
+    holds, a string made a number, 1.5 written 1.50) is a ValueError: a record that cannot be read."""
     value = float(text)
-    return value if Decimal(repr(value)) == Decimal(text) else text
+    exact, written = Decimal(text), Decimal(repr(value))
+    if exact != written or exact.as_tuple().exponent != written.as_tuple().exponent:
+        raise ValueError(f"the number {text[:40]} is not one Paybill writes")
+    return value
 
 
 def _check_table(conn: psycopg.Connection) -> None:

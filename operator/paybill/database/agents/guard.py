@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import math
 import re
 import select
 import threading
@@ -63,7 +64,9 @@ CANCEL_TIMEOUT_S = 5.0
 def plan_cost(node: dict[str, Any]) -> float:
     """The costliest node of an EXPLAIN (FORMAT JSON) plan: a Limit's own cost is scaled down to the rows it expects
     to need, but what runs under it (a join whose filter keeps nothing) may go to its end all the same."""
-    return max([float(node["Total Cost"]), *(plan_cost(child) for child in node.get("Plans") or ())])
+    costs = [float(node["Total Cost"]), *(plan_cost(child) for child in node.get("Plans") or ())]
+    # an estimate past what a double holds reads Infinity, and Infinity - Infinity NaN: never cheaper than any
+    return math.inf if any(math.isnan(cost) for cost in costs) else max(costs)
 
 
 def condition_name(sqlstate: str) -> str:
@@ -468,7 +471,7 @@ class ExecutionGuard:
         try:
             session = self._connect()
             cost = self._cost(session, key, params)
-            if cost > limits.maxCost:
+            if not cost <= limits.maxCost:  # fails closed: NaN is not within any limit
                 return Outcome(
                     decision,
                     cost=cost,
