@@ -365,3 +365,27 @@ def test_row_filters_are_checked_against_the_schema(row_filter: str, problem: st
     # what only the policy's author may write: functions outside the agent's allowlist, the session user
     author = {**rule, "rowFilter": "status = current_user OR length(status) > 2"}
     assert PolicyEngine(spec(rules=[author]), schema()).decide(PRINCIPAL, "SELECT id FROM orders").allowed
+
+
+def test_on_conflict_do_update_may_lock_no_more_rows_than_maxrowswritten() -> None:
+    """Outsider's finding (MEDIUM): DO UPDATE locks each conflicting row before its WHERE is checked, so an upsert
+    of 20 rows WHERE nothing held locked all 20, committed, and counted none against maxRowsWritten 1 (a row lock is
+    a write intent, as SELECT ... FOR UPDATE is counted). DO UPDATE takes a VALUES list of at most maxRowsWritten
+    rows, each of which it may lock; DO NOTHING locks nothing."""
+    policy = spec(rules=[*support_policy().spec.model_dump(mode="json")["rules"], UPSERT], limits={"maxRowsWritten": 2})
+    engine = PolicyEngine(policy, schema())
+    rows = ", ".join(f"({n}, 1, 'open', 1)" for n in range(3))
+    insert = f"INSERT INTO orders (id, customer_id, status, total) VALUES {rows}"
+    upsert = (
+        f"{insert} ON CONFLICT (tenant_id, id) DO UPDATE SET status = excluded.status WHERE orders.status = 'never'"
+    )
+    refused = engine.decide(PRINCIPAL, upsert, tenant="acme")
+    assert [r.code for r in refused.reasons] == ["rows_written_exceeded"] and not refused.allowed
+    two = upsert.replace(", (2, 1, 'open', 1)", "")
+    assert engine.decide(PRINCIPAL, two, tenant="acme").allowed
+    assert engine.decide(PRINCIPAL, f"{insert} ON CONFLICT DO NOTHING", tenant="acme").allowed
+    selected = (
+        "INSERT INTO orders (id, customer_id, status, total) SELECT id, customer_id, status, total FROM orders "
+        "ON CONFLICT (tenant_id, id) DO UPDATE SET status = excluded.status"
+    )
+    assert "rows_written_exceeded" in [r.code for r in engine.decide(PRINCIPAL, selected, tenant="acme").reasons]

@@ -15,6 +15,7 @@ from paybill.api.agentpolicy import AgentPolicySpec
 from paybill.database.agents.grants import agent_role
 from paybill.database.agents.guard import (
     COST_REUSE_S,
+    ERROR_TEXT_KEPT,
     PREPARED_MAX,
     ClientDeadline,
     ExecutionGuard,
@@ -298,3 +299,28 @@ def test_an_estimate_past_what_a_number_holds_is_refused_not_run(policy_db: Poli
             assert [r.code for r in outcome.reasons] == ["cost_exceeded"], (depth, outcome.cost, outcome.reasons)
     assert plan_cost({"Total Cost": float("nan"), "Plans": [{"Total Cost": 1.0}]}) == float("inf")
     assert plan_cost({"Total Cost": 1.0, "Plans": [{"Total Cost": float("nan")}]}) == float("inf")
+
+
+def _quadrupling(depth: int, top: str) -> str:
+    """Each fenced level repeats the value below it 4 times: 4 ** depth copies of a status at the top, at a cost
+    the planner puts near zero."""
+    inner = "(SELECT status AS s FROM orders WHERE id = 10) a0"
+    for level in range(1, depth + 1):
+        inner = f"(SELECT s || s || s || s AS s FROM {inner}) a{level}"
+    return f"SELECT {top} FROM {inner}"
+
+
+def test_a_database_error_keeps_a_bounded_message_for_the_audit_log(policy_db: PolicyDatabase, acme: str) -> None:
+    """Outsider's finding (HIGH): a failed cast quotes the whole value in its message, and a statement grew the
+    value to 64 MiB (within maxCost, past maxBytesRead 1 MiB): all of it went into Outcome.error and the audit log.
+    The message kept is at most ERROR_TEXT_KEPT characters, and says how much more there was."""
+    engine = policy_db.engine(spec(maxBytesRead=1024 * 1024, statementTimeoutMs=20000))
+    with ExecutionGuard(engine, acme, PRINCIPAL, "acme") as guard:
+        outcome = guard.execute(_quadrupling(11, "CAST(s AS integer)"))  # a 16 MiB value, quoted
+    assert outcome.decision.allowed, outcome.decision.reasons
+    assert [r.code for r in outcome.reasons] == ["database_error"]
+    assert outcome.error is not None and len(outcome.error) < ERROR_TEXT_KEPT + 100
+    assert (
+        outcome.error.startswith("invalid input syntax for type integer")
+        and "more characters not kept" in outcome.error
+    )

@@ -539,6 +539,17 @@ class Analysis:
                 self.deny("invalid", "INSERT ... SELECT returns a different number of columns", source)
         if stmt.HasField("on_conflict_clause"):
             self.on_conflict(stmt.on_conflict_clause, table, name)
+            rows = len(source.values_lists) if source is not None and source.values_lists else None
+            limit = self.rules.limits.maxRowsWritten
+            if stmt.on_conflict_clause.action == pb.ONCONFLICT_UPDATE and (rows is None or rows > limit):
+                # DO UPDATE locks each conflicting row before its WHERE is checked: a lock the guard cannot count
+                # after the fact, so the rows it may lock are counted here (DO NOTHING locks none)
+                self.deny(
+                    "rows_written_exceeded",
+                    f"INSERT ... ON CONFLICT DO UPDATE may lock a row for each row it inserts: its source must be a "
+                    f"VALUES list of at most maxRowsWritten {limit} rows",
+                    stmt.on_conflict_clause,
+                )
             # DO UPDATE updates each conflicting row of the source: an update rule's requireWhere is met only by a
             # VALUES list of literals and parameters, which names those rows by key one by one (never a SELECT)
             self.where_missing = stmt.on_conflict_clause.action == pb.ONCONFLICT_UPDATE and not (

@@ -69,6 +69,15 @@ def plan_cost(node: dict[str, Any]) -> float:
     return math.inf if any(math.isnan(cost) for cost in costs) else max(costs)
 
 
+def error_text(error: psycopg.Error) -> str:
+    """The database's message for the audit log, at most ERROR_TEXT_KEPT characters: a failed cast quotes the whole
+    value, which a statement can grow to a gigabyte within maxCost and past maxBytesRead."""
+    text = str(error)
+    if len(text) <= ERROR_TEXT_KEPT:
+        return text
+    return f"{text[:ERROR_TEXT_KEPT]}... ({len(text) - ERROR_TEXT_KEPT} more characters not kept)"
+
+
 def condition_name(sqlstate: str) -> str:
     """PostgreSQL's condition name for a SQLSTATE (invalid_text_representation for 22P02), else "unknown"."""
     try:
@@ -142,6 +151,7 @@ PREPARED_MAX = 100  # statements prepared per connection; any further one is par
 # the table as it is then: other tenants' rows and ANALYZE change a plan, so an estimate is not kept for the run;
 # within this, a statement repeated in a loop is costed once. A write of the run drops every estimate.
 COST_REUSE_S = 1.0
+ERROR_TEXT_KEPT = 8192  # characters of a database error's message kept for the audit log
 # Rows libpq hands over at a time while the agent's statement is read: one, so that maxBytesRead is held after each
 # row (a chunk of 64 rows of doubled values had brought 15 times the limit in before it was checked).
 CHUNK_ROWS = 1
@@ -496,9 +506,9 @@ class ExecutionGuard:
                 ),
             )
         except errors.InsufficientPrivilege as error:
-            return Outcome(decision, reasons=(self._refusal(decision, error),), error=str(error))
+            return Outcome(decision, reasons=(self._refusal(decision, error),), error=error_text(error))
         except psycopg.Error as error:
-            return Outcome(decision, reasons=(database_reason("database_error", error),), error=str(error))
+            return Outcome(decision, reasons=(database_reason("database_error", error),), error=error_text(error))
 
     def _refusal(self, decision: Decision, error: psycopg.Error) -> Reason:
         """Why the database refused: a write the policy allows, refused while the role holds no write privilege
