@@ -304,10 +304,10 @@ def test_an_estimate_past_what_a_number_holds_is_refused_not_run(policy_db: Poli
     assert plan_cost({"Total Cost": 1.0, "Plans": [{"Total Cost": float("nan")}]}) == float("inf")
 
 
-def _quadrupling(depth: int, top: str) -> str:
-    """Each fenced level repeats the value below it 4 times: 4 ** depth copies of a status at the top, at a cost
-    the planner puts near zero."""
-    inner = "(SELECT status AS s FROM orders WHERE id = 10) a0"
+def _quadrupling(depth: int, top: str, base: str) -> str:
+    """Each fenced level repeats the value below it 4 times: 4 ** depth copies of `base` at the top, at a cost
+    the planner puts near zero (the engine admits it up to analysis.MAX_COPIES copies)."""
+    inner = f"(SELECT {base} AS s FROM orders WHERE id = 10) a0"
     for level in range(1, depth + 1):
         inner = f"(SELECT s || s || s || s AS s FROM {inner}) a{level}"
     return f"SELECT {top} FROM {inner}"
@@ -318,8 +318,9 @@ def test_a_database_error_keeps_a_bounded_message_for_the_audit_log(policy_db: P
     value to 64 MiB (within maxCost, past maxBytesRead 1 MiB): all of it went into Outcome.error and the audit log.
     The message kept is at most ERROR_TEXT_KEPT characters, and says how much more there was."""
     engine = policy_db.engine(spec(maxBytesRead=1024 * 1024, statementTimeoutMs=20000))
+    letters = "'" + "x" * 60_000 + "'"  # 64 copies of it (three levels): a 3.8 MB value, quoted
     with ExecutionGuard(engine, acme, PRINCIPAL, "acme") as guard:
-        outcome = guard.execute(_quadrupling(11, "CAST(s AS integer)"))  # a 16 MiB value, quoted
+        outcome = guard.execute(_quadrupling(3, "CAST(s AS integer)", letters))
     assert outcome.decision.allowed, outcome.decision.reasons
     assert [r.code for r in outcome.reasons] == ["database_error"]
     assert outcome.error is not None and len(outcome.error) < ERROR_TEXT_KEPT + 100

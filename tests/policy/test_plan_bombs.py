@@ -13,6 +13,9 @@ import psycopg
 import pytest
 
 from paybill.policy import PolicyEngine
+from paybill.policy.analysis import MAX_COPIES, Analysis
+from paybill.policy.rules import RuleSet
+from paybill.policy.schema import Schema
 
 from .conftest import PRINCIPAL, PolicyDatabase, schema, support_policy
 
@@ -43,14 +46,33 @@ BOMBS = [
 ]
 
 
+class _UnboundedCopies(Analysis):
+    """The analysis without its bound on values built through nested queries (analysis.MAX_COPIES), which refuses
+    these bombs past six levels: the fences are the second defence, shown here on their own."""
+
+    def __init__(self, rules: RuleSet, schema: Schema, tenant: str | None) -> None:
+        super().__init__(rules, schema, tenant)
+        self.max_copies = 1 << 40
+
+
 @pytest.mark.parametrize("bomb", BOMBS)
 def test_every_cte_and_from_subquery_the_agent_wrote_is_fenced(bomb: object) -> None:
-    engine = PolicyEngine(support_policy().spec, schema())
+    engine = PolicyEngine(support_policy().spec, schema(), analysis=_UnboundedCopies)
     decision = engine.decide(PRINCIPAL, bomb(12), tenant="acme")  # type: ignore[operator]
     assert decision.allowed and decision.sql is not None, decision.reasons
     assert fences(decision.sql) >= 13, decision.sql  # a0 .. a12
     deeper = engine.decide(PRINCIPAL, bomb(22), tenant="acme")  # type: ignore[operator]
     assert not deeper.allowed or fences(deeper.sql or "") >= 23  # refused as too deep, or fenced all the same
+
+
+@pytest.mark.parametrize("bomb", BOMBS)
+def test_a_bomb_is_refused_once_its_value_is_built_of_more_than_max_copies(bomb: object) -> None:
+    """Each level doubles the value: six levels build it of 64 columns read, seven of 128."""
+    assert MAX_COPIES == 64
+    engine = PolicyEngine(support_policy().spec, schema())
+    assert engine.decide(PRINCIPAL, bomb(6), tenant="acme").allowed  # type: ignore[operator]
+    refused = engine.decide(PRINCIPAL, bomb(7), tenant="acme")  # type: ignore[operator]
+    assert [r.code for r in refused.reasons] == ["value_growth"] and "128" in refused.reasons[0].message
 
 
 def fences(sql: str) -> int:
@@ -68,7 +90,7 @@ def test_a_subquery_with_its_own_limit_or_offset_keeps_it() -> None:
 def test_the_final_statement_plans_in_linear_size(policy_db: PolicyDatabase, bomb: object) -> None:
     """At 12 levels (safe either way: 4,096 copies unfenced; a column, not a constant, which would be folded) the
     plan PostgreSQL makes of what the engine lets run stays small; the statement as written, planned, does not."""
-    engine = policy_db.engine(support_policy().spec)
+    engine = PolicyEngine(support_policy().spec, schema(), analysis=_UnboundedCopies)
     decision = engine.decide(PRINCIPAL, bomb(12), tenant="acme")  # type: ignore[operator]
     assert decision.allowed and decision.sql is not None, decision.reasons
     with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:

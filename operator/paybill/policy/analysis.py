@@ -26,6 +26,10 @@ from .tree import pb, unwrap
 MAX_NUMERIC_DIGITS = 1000
 # A constant's text, quoted in SQL and escaped in EXPLAIN's JSON, is taken at up to this many bytes per byte.
 PLAN_BYTES_PER_CHAR = 4
+# How many values (columns read, constants, parameters) the value of one output column may be built of. A column a
+# query reads twice (`s || s`) and a query over it that does the same again double the value at each level: 13 levels
+# of `s || s || s || s` over one letter build 256 MiB at an estimated cost of 8, where maxCost cannot see it.
+MAX_COPIES = 64
 COMPARISONS = frozenset({"=", "<>", "!=", "<", ">", "<=", ">="})
 OPERATORS = COMPARISONS | frozenset({"+", "-", "*", "/", "%", "||", "~~", "!~~", "~~*", "!~~*"})
 ORDERINGS = frozenset({"<", ">"})  # what ORDER BY ... USING may name
@@ -205,6 +209,23 @@ class Relation:
     table: Table | None = None
     sources: tuple[Source, ...] = ()  # for a CTE or subquery: the base tables a row lock on it reaches
     slot: FromSlot | None = None  # for a base table in a FROM list
+    copies: tuple[int, ...] = ()  # for a CTE or subquery: how many values each column is built of (else 1 each)
+
+    def copies_of(self, name: str) -> int:
+        """How many values the value of column `name` is built of (the most, where two columns share the name)."""
+        copies = self.copies
+        if not copies:
+            return 1
+        most = 0
+        if len(copies) == len(self.columns):
+            for column, count in zip(self.columns, copies, strict=True):
+                if column == name and count > most:
+                    most = count
+        return most or max(copies)
+
+    def copies_of_row(self) -> int:
+        """What the whole row (`rel.*`, or `rel` as a value) is built of."""
+        return sum(self.copies) if self.copies else len(self.columns)
 
 
 @dataclass
@@ -239,6 +260,13 @@ class Target:
     stmt: Any
     table: Table
     name: str
+
+
+def _most(left: tuple[int, ...], right: tuple[int, ...]) -> tuple[int, ...]:
+    """Column by column, the larger of two counts (the longer tuple's tail as it is)."""
+    if len(left) < len(right):
+        left, right = right, left
+    return tuple(max(a, right[n]) if n < len(right) else a for n, a in enumerate(left))
 
 
 def _alias(message: Any) -> pb.Alias | None:
@@ -308,6 +336,12 @@ class Analysis:
         self.fences: list[Any] = []
         # what the constants (numbers written out, text that may be read as one) take printed in the plan
         self.constants_printed = 0
+        # how many values (columns read, constants, parameters) the value being walked is built of, so far
+        self.copies = 0
+        # the same, per output column of the SELECT walked last
+        self.output_copies: tuple[int, ...] = ()
+        self.max_copies = MAX_COPIES
+        self.grows = False
 
     # -- reasons and accesses -------------------------------------------------------------------
 
@@ -378,20 +412,27 @@ class Analysis:
             self.unsupported(stmt, "FETCH ... WITH TIES")
         scope = Scope([], outer, ctes)
         sources: tuple[Source, ...] = ()
+        enclosing = self.copies  # of the expression this SELECT stands in, if any: its own values start afresh
+        self.copies = 0
         if operation:
             columns, sources = self.select(stmt.larg, outer, ctes)
+            left_copies = self.output_copies
             right, right_sources = self.select(stmt.rarg, outer, ctes)
             if len(columns) != len(right):
                 self.deny("invalid", "each side of a set operation must return the same number of columns", stmt)
             sources += right_sources
-            scope.relations.append(Relation("", columns))
+            copies = _most(left_copies, self.output_copies)
+            scope.relations.append(Relation("", columns, copies=copies))
         elif values is not None:
+            copies = ()
             for row in values:
-                self.expressions(row.list.items, scope)
+                copies = _most(copies, self.values_row(row.list.items, scope))
             columns = tuple(f"column{n + 1}" for n in range(len(values[0].list.items)))
         else:
-            columns = self.query(fields, scope, top)
+            columns, copies = self.query(fields, scope, top)
             sources = self.sources(scope.relations, get("where_clause", _NO_WHERE))
+        for column, count in zip(columns, copies, strict=False):
+            self.check_copies(count, column, stmt)
         if "locking_clause" in fields:
             self.row_locks(stmt, scope, top and form == "SELECT")
         for sort in get("sort_clause", ())[:]:
@@ -400,10 +441,32 @@ class Analysis:
             self.expression(fields["limit_count"], scope)
         if "limit_offset" in fields:
             self.expression(fields["limit_offset"], scope)
+        self.output_copies = copies
+        self.copies = enclosing
         return columns, sources
 
-    def query(self, fields: dict[str, Any], scope: Scope, top: bool = False) -> tuple[str, ...]:
-        """The clauses of a plain SELECT (its `set_fields`) before ORDER BY: FROM, the target list, WINDOW, WHERE...
+    def values_row(self, items: Any, scope: Scope) -> tuple[int, ...]:
+        """Walk one row of a VALUES list; how many values each of its columns is built of."""
+        copies: list[int] = []
+        for item in items[:]:
+            before = self.copies
+            self.expression(item, scope)
+            copies.append(self.copies - before)
+        return tuple(copies)
+
+    def check_copies(self, copies: int, column: str, node: Any) -> None:
+        if copies > self.max_copies and not self.grows:
+            self.grows = True
+            self.deny(
+                "value_growth",
+                f"column {column or '?'} may be built of {copies} values read or written (at most {self.max_copies}):"
+                " a value that doubles at each level of nested queries grows past any limit",
+                node,
+            )
+
+    def query(self, fields: dict[str, Any], scope: Scope, top: bool = False) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """The clauses of a plain SELECT (its `set_fields`) before ORDER BY: FROM, the target list, WINDOW, WHERE...;
+        its output columns and how many values each is built of.
 
         `top`: the statement's own SELECT, whose FROM items the rewriter may splice (`FromSlot.position`)."""
         get = fields.get
@@ -413,7 +476,7 @@ class Analysis:
             position += 1
         if top:
             self.top_from_items = position
-        columns = self.target_list(get("target_list", ()), scope)
+        columns, copies = self.target_list(get("target_list", ()), scope)
         for item in get("window_clause", ())[:]:
             self.window(item.window_def, scope)
         if "where_clause" in fields:
@@ -427,7 +490,7 @@ class Analysis:
             self.expression(fields["having_clause"], scope)
         for item in get("distinct_clause", ())[:]:
             self.expression(item, scope)
-        return columns
+        return columns, copies
 
     @staticmethod
     def sources(relations: list[Relation], where: pb.Node) -> tuple[Source, ...]:
@@ -485,10 +548,11 @@ class Analysis:
                 self.deny("data_modifying_cte", f"WITH {cte.ctename}: only SELECT is admitted inside WITH", cte)
                 continue
             columns, sources = self.select(cte.ctequery.select_stmt, outer, ctes)
+            copies = self.output_copies
             self.fences.append(cte)
             if cte.aliascolnames:
                 columns = tuple(_names(cte.aliascolnames))
-            ctes[cte.ctename] = Relation(cte.ctename, columns, sources=sources)
+            ctes[cte.ctename] = Relation(cte.ctename, columns, sources=sources, copies=copies)
         return ctes
 
     def insert(self, stmt: pb.InsertStmt) -> None:
@@ -612,7 +676,9 @@ class Analysis:
             self.writes_tenant_column(table, target.name, target)
             self.writes_key_column(table, target.name, target, update=True)
             self.access("update", table, target.name, target)
+            before = self.copies
             self.expression(target.val, scope)
+            self.check_copies(self.copies - before, target.name, target)
             self.typed_value(table.columns[target.name], target.val)
 
     def delete(self, stmt: pb.DeleteStmt) -> None:
@@ -649,7 +715,9 @@ class Analysis:
         clause = stmt.returning_clause
         if clause.options:
             self.unsupported(clause, "RETURNING WITH (OLD/NEW)")
-        self.target_list(clause.exprs, scope)
+        columns, copies = self.target_list(clause.exprs, scope)
+        for column, count in zip(columns, copies, strict=False):
+            self.check_copies(count, column, clause)
 
     def writes_tenant_column(self, table: Table, column: str, node: Any) -> None:
         if column == TENANT_COLUMN and self.tenant is not None and table.pooled:
@@ -763,7 +831,7 @@ class Analysis:
             name = alias.aliasname if alias is not None else relname
             if not schema and not catalog and relname in ctes:
                 cte = ctes[relname]
-                scope.relations.append(Relation(name, cte.columns, sources=cte.sources))
+                scope.relations.append(Relation(name, cte.columns, sources=cte.sources, copies=cte.copies))
                 return
             table = self.table_named(range_var, catalog, schema, relname)
             if table is None:
@@ -788,15 +856,18 @@ class Analysis:
                     if relation.table is not None:
                         self.access("select", relation.table, name, join)
             self.expression(join.quals, scope)
+            self.copies = 0  # a condition: it builds no value of the FROM list
         elif kind == "range_subselect":
             subselect = item.range_subselect
             outer = scope if subselect.lateral else scope.parent
             columns, sources = self.select(subselect.subquery.select_stmt, outer, ctes)
+            copies = self.output_copies
             self.fences.append(subselect.subquery.select_stmt)
             alias = _alias(subselect)
             if alias is not None and alias.colnames:
                 columns = tuple(_names(alias.colnames))
-            scope.relations.append(Relation(alias.aliasname if alias is not None else "", columns, sources=sources))
+            name = alias.aliasname if alias is not None else ""
+            scope.relations.append(Relation(name, columns, sources=sources, copies=copies))
         elif kind == "range_function":
             self.deny("set_returning_function", "functions in FROM are never admitted", item.range_function)
         else:
@@ -804,28 +875,36 @@ class Analysis:
 
     # -- target lists and expressions -----------------------------------------------------------
 
-    def target_list(self, targets: Any, scope: Scope) -> tuple[str, ...]:
+    def target_list(self, targets: Any, scope: Scope) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """The output columns of a target list, and how many values each is built of."""
         names: list[str] = []
+        copies: list[int] = []
         for item in targets[:]:
             target = item.res_target
             value = target.val
+            before = self.copies
             if value.WhichOneof("node") == "column_ref":  # the common case, without a second dispatch
                 ref = value.column_ref
                 parts = _column_names(ref)
                 if parts is None:
-                    names.extend(self.star(ref, scope))
+                    columns, counts = self.star(ref, scope)
+                    names.extend(columns)
+                    copies.extend(counts)
                     continue
                 found = self.named_column(ref, parts, scope)
                 if found is not None and not target.name:  # its output name, without a second walk
                     names.append(found[1])
+                    copies.append(self.copies - before)
                     continue
             else:
                 self.expression(value, scope)
             names.append(target.name or _output_name(value))
-        return tuple(names)
+            copies.append(self.copies - before)
+        return tuple(names), tuple(copies)
 
-    def star(self, ref: pb.ColumnRef, scope: Scope) -> tuple[str, ...]:
-        """Expand `*` or `rel.*` into the columns it reads, each checked like a named column."""
+    def star(self, ref: pb.ColumnRef, scope: Scope) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """Expand `*` or `rel.*` into the columns it reads, each checked like a named column, with how many values
+        each is built of."""
         if len(ref.fields) == 1:
             relations = scope.relations
         elif len(ref.fields) == 2:
@@ -833,20 +912,28 @@ class Analysis:
             relation = scope.find(name)
             if relation is None:
                 self.deny("unknown_table", f"{name} is not in the FROM clause", ref)
-                return ()
+                return (), ()
             relations = [relation]
         else:
             self.deny("other_schema", "qualified star references are not admitted", ref)
-            return ()
+            return (), ()
         if not relations:
             self.deny("invalid", "* needs a FROM clause", ref)
         columns: list[str] = []
+        copies: list[int] = []
         for relation in relations:
             self.whole_row(relation, ref)
             columns.extend(relation.columns)
-        return tuple(columns)
+            copies.extend(
+                relation.copies
+                if len(relation.copies) == len(relation.columns)
+                else [relation.copies_of(column) for column in relation.columns]
+            )
+        self.copies += sum(copies)
+        return tuple(columns), tuple(copies)
 
     def whole_row(self, relation: Relation, node: Any) -> None:
+        """A reference to every column of `relation` (checked here; the caller counts what it is built of)."""
         if relation.table is not None:
             for column in relation.columns:
                 self.access("select", relation.table, column, node)
@@ -874,13 +961,18 @@ class Analysis:
                 if found:
                     if found[0].table is not None:
                         self.access("select", found[0].table, name, ref)
+                    else:
+                        self.copies += found[0].copies_of(name) - 1
+                    self.copies += 1
                     return found[0], name
                 search = search.parent
-            if name in outputs:
+            if name in outputs:  # GROUP BY or ORDER BY an output column: a value already counted
+                self.copies += 1
                 return None
             whole = scope.find(name)
             if whole is not None:  # a whole-row reference reads every column
                 self.whole_row(whole, ref)
+                self.copies += whole.copies_of_row()
                 return None
             self.deny("unknown_column", f"column {name} does not exist", ref)
             return None
@@ -894,6 +986,7 @@ class Analysis:
                 return None
             if relation.table is not None:
                 self.access("select", relation.table, names[1], ref)
+            self.copies += relation.copies_of(names[1])
             return relation, names[1]
         self.deny("other_schema", f"{'.'.join(names)}: qualified column references are not admitted", ref)
         return None
@@ -922,7 +1015,11 @@ class Analysis:
                     )
             elif which_value == "sval":  # PostgreSQL may read it as a number where one is expected ('1e131071')
                 self.constants_printed += printed_size(const.sval.sval)
+            self.copies += 1
             return
+        # self.copies: what this node's value is built of is added to it (columns and constants count 1 each, a
+        # concatenation or function the sum of its operands, a condition 1, a choice its largest branch)
+        before = self.copies
         if kind == "column_ref":
             self.column(node.column_ref, scope, outputs)
         elif kind == "param_ref":
@@ -931,6 +1028,7 @@ class Analysis:
             if number < 1 or number > 1000:
                 self.deny("invalid", f"parameter ${number} is out of range", param)
             self.params.add(number)
+            self.copies += 1
         elif kind == "a_expr":
             self.operator(node.a_expr, scope)
         elif kind == "func_call":
@@ -938,17 +1036,24 @@ class Analysis:
         elif kind == "type_cast":
             self.cast(node.type_cast)
             self.expression(node.type_cast.arg, scope)
+        elif kind == "bool_expr":
+            self.expressions(node.bool_expr.args, scope)
+            self.copies = before + 1
+        elif kind == "coalesce_expr" or kind == "min_max_expr":  # the value of one argument
+            self.copies = before + self.largest(getattr(node, kind).args, scope)
         elif kind in ARGUMENT_LISTS:
             self.expressions(getattr(node, kind).args, scope)
         elif kind == "null_test" or kind == "boolean_test":
             self.expression(getattr(node, kind).arg, scope)
+            self.copies = before + 1
         elif kind == "case_expr":
             case = node.case_expr
             self.expression(case.arg, scope)
+            results = [case.defresult]
             for when in case.args:
                 self.expression(when.case_when.expr, scope)
-                self.expression(when.case_when.result, scope)
-            self.expression(case.defresult, scope)
+                results.append(when.case_when.result)
+            self.copies = before + self.largest(results, scope)
         elif kind == "a_array_expr":
             self.expressions(node.a_array_expr.elements, scope)
         elif kind == "list":
@@ -961,6 +1066,8 @@ class Analysis:
                 self.operator_name(_names(link.oper_name), OPERATORS, link)
             self.expression(link.testexpr, scope)
             self.select(link.subselect.select_stmt, scope, scope.ctes)
+            made = max(self.output_copies, default=1) if link.sub_link_type == pb.EXPR_SUBLINK else 1
+            self.copies = before + made
         elif kind == "sqlvalue_function":
             function = node.sqlvalue_function
             if function.op not in TIME_VALUE_FUNCTIONS:
@@ -969,8 +1076,20 @@ class Analysis:
                     f"{pb.SQLValueFunctionOp.Name(function.op)} reads session information",
                     function,
                 )
+            self.copies += 1
         else:
             self.unsupported(getattr(node, kind))
+
+    def largest(self, nodes: Any, scope: Scope) -> int:
+        """Walk `nodes`, of which one gives the value; what the largest is built of (1 for none)."""
+        start = self.copies
+        most = 1
+        for node in nodes:
+            self.copies = start
+            self.expression(node, scope)
+            most = max(most, self.copies - start)
+        self.copies = start
+        return most
 
     def window(self, window: pb.WindowDef, scope: Scope) -> None:
         """A window reads what its PARTITION BY, ORDER BY and frame offsets read."""
@@ -1006,8 +1125,6 @@ class Analysis:
             self.deny("unsafe_function", f"function {name} is never admitted", node)
         elif name not in self.rules.functions:
             self.deny("function_not_allowed", f"function {name} is not in the policy's allowlist", node)
-        if node.HasField("over"):
-            self.window(node.over, scope)
         if node.func_variadic:
             self.unsupported(node, "VARIADIC")
         for arg in node.args[:]:
@@ -1015,9 +1132,13 @@ class Analysis:
                 self.unsupported(arg.named_arg_expr, "named arguments")
             else:
                 self.expression(arg, scope)
+        made = self.copies  # the arguments: what its window, order and filter read builds none of its value
+        if node.HasField("over"):
+            self.window(node.over, scope)
         for sort in node.agg_order:
             self.sort(sort.sort_by, scope)
         self.expression(node.agg_filter, scope)
+        self.copies = made
 
     def operator(self, node: pb.A_Expr, scope: Scope) -> None:
         kind = node.kind
@@ -1027,6 +1148,12 @@ class Analysis:
         names = _names(node.name)
         if kind not in (pb.AEXPR_BETWEEN, pb.AEXPR_NOT_BETWEEN):  # their name is the keyword
             self.operator_name(names, OPERATORS, node)
+        before = self.copies
+        self.operands(node, kind, names, scope)
+        if kind != pb.AEXPR_OP or names != ["||"]:  # a condition or a number: one value
+            self.copies = before + 1
+
+    def operands(self, node: pb.A_Expr, kind: int, names: list[str], scope: Scope) -> None:
         left_node = node.lexpr
         left = self.resolved(left_node, scope)
         right = node.rexpr
