@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from paybill.api.agentpolicy import AgentPolicySpec
-from paybill.policy import PolicyEngine
+from paybill.policy import PolicyEngine, Schema
 from paybill.policy.analysis import MAX_COPIES, Analysis
 from paybill.policy.tree import parse_raw
 
@@ -147,7 +147,24 @@ def test_a_condition_or_a_choice_is_not_the_sum_of_what_it_reads() -> None:
     assert built_of("SELECT status = 'a' AND total > 1 AND status IS NOT NULL AND id IN (1, 2, 3) FROM orders") == (1,)
     assert built_of("SELECT EXISTS (SELECT 1 FROM orders WHERE status || status = 'aa')") == (1,)
     assert built_of("SELECT count(status) FILTER (WHERE status || status || status = 'x') FROM orders") == (1,)
-    assert built_of("SELECT total + total * total FROM orders") == (1,)
+    assert built_of("SELECT total + total * total FROM orders") == (3,)  # an operator other than a test may carry
+    assert built_of("SELECT count(*), now() FROM orders") == (1, 1)
+
+
+def test_an_operator_that_returns_what_it_reads_is_not_a_fresh_value() -> None:
+    """NULLIF gives its first operand, `-` on jsonb what is left of it: counted as a fresh value, each would start
+    the count again at every second level."""
+    assert decide(
+        f"SELECT {concatenated('t', 5)} FROM (SELECT nullif({concatenated('status', 13)}, '') AS t FROM orders) q"
+    ) == ["value_growth"]
+    schema_ddl = "CREATE TABLE docs (id integer PRIMARY KEY, tenant_id text NOT NULL, doc jsonb);"
+    policy = support_policy().spec.model_dump()
+    policy["rules"] = [
+        {"id": "read-docs", "effect": "allow", "actions": ["select"], "tables": ["docs"], "columns": ["*"]}
+    ]
+    engine = PolicyEngine(AgentPolicySpec.model_validate(policy), Schema.from_ddl(schema_ddl))
+    sql = f"SELECT {concatenated('d', 5)} FROM (SELECT ({concatenated('doc', 13)}) - 'k' AS d FROM docs) q"
+    assert [r.code for r in engine.decide(PRINCIPAL, sql, tenant="acme").reasons] == ["value_growth"]
 
 
 # Statements over one-letter values, whose longest output value, in letters, the count bounds.
@@ -164,6 +181,7 @@ MEASURED = [
     "SELECT * FROM (SELECT s || s AS s FROM (SELECT 'a' || 'a' AS s) x) y",
     "SELECT upper(lower(s || s) || s) FROM (SELECT 'a' AS s) q",
     "SELECT r || r FROM (SELECT $1::text || $1::text AS s) q(r)",
+    "SELECT nullif(s || s, 'b') || s FROM (SELECT 'a' AS s) q",
 ]
 
 
@@ -176,5 +194,5 @@ def test_the_count_bounds_the_values_postgresql_builds(policy_db: PolicyDatabase
             rows = conn.execute(sql.replace("$1", "'a'")).fetchall()
             longest = tuple(max(len(row[n]) for row in rows) for n in range(len(counted)))
             assert all(c >= m for c, m in zip(counted, longest, strict=True)), (sql, counted, longest)
-            if not any(word in sql for word in ("CASE", "coalesce", "UNION", "VALUES", "'aa'")):
+            if not any(word in sql for word in ("CASE", "coalesce", "UNION", "VALUES", "'aa'", "nullif")):
                 assert counted == longest, (sql, counted, longest)

@@ -33,6 +33,8 @@ MAX_COPIES = 64
 COMPARISONS = frozenset({"=", "<>", "!=", "<", ">", "<=", ">="})
 OPERATORS = COMPARISONS | frozenset({"+", "-", "*", "/", "%", "||", "~~", "!~~", "~~*", "!~~*"})
 ORDERINGS = frozenset({"<", ">"})  # what ORDER BY ... USING may name
+# Operators whose value is a boolean, whatever they read (every other one may carry what it reads: jsonb - key)
+TESTS = COMPARISONS | frozenset({"~~", "!~~", "~~*", "!~~*"})
 # Comparisons that pick rows by a value (the sense of requireWhere); <> and != pick nearly all rows.
 CASTS = frozenset(
     {
@@ -1117,6 +1119,7 @@ class Analysis:
                 self.deny("cast_not_allowed", f"cast to {'.'.join(names)}: type modifiers must be integers", node)
 
     def function(self, node: pb.FuncCall, scope: Scope) -> None:
+        before = self.copies
         names = _names(node.funcname)  # exact: "LOWER" is not lower
         name = names[-1]
         if len(names) > 2 or (len(names) == 2 and names[0] != "pg_catalog"):
@@ -1132,7 +1135,8 @@ class Analysis:
                 self.unsupported(arg.named_arg_expr, "named arguments")
             else:
                 self.expression(arg, scope)
-        made = self.copies  # the arguments: what its window, order and filter read builds none of its value
+        # its value: what its arguments are built of (a value, without any); its window, order and filter build none
+        made = max(self.copies, before + 1)
         if node.HasField("over"):
             self.window(node.over, scope)
         for sort in node.agg_order:
@@ -1150,7 +1154,10 @@ class Analysis:
             self.operator_name(names, OPERATORS, node)
         before = self.copies
         self.operands(node, kind, names, scope)
-        if kind != pb.AEXPR_OP or names != ["||"]:  # a condition or a number: one value
+        if kind == pb.AEXPR_OP:
+            if len(names) == 1 and names[0] in TESTS:
+                self.copies = before + 1  # a test: its value is a boolean
+        elif kind != pb.AEXPR_NULLIF:  # its first operand (named "=")
             self.copies = before + 1
 
     def operands(self, node: pb.A_Expr, kind: int, names: list[str], scope: Scope) -> None:
