@@ -55,6 +55,30 @@ def lift_timeout(policy_db: PolicyDatabase) -> Iterator[str]:
         conn.execute("DROP FUNCTION public.lift_timeout()")
 
 
+@pytest.fixture(scope="module")
+def folded_slowly(policy_db: PolicyDatabase) -> Iterator[str]:
+    """An immutable function the planner evaluates while planning, when its argument is a constant: so the cost
+    check's EXPLAIN and the run's planning each take that long."""
+    with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE OR REPLACE FUNCTION public.folded_slowly(ms integer) RETURNS integer IMMUTABLE LANGUAGE plpgsql"
+            " AS $$ BEGIN PERFORM pg_sleep(ms / 1000.0); RETURN ms; END $$"
+        )
+    yield "folded_slowly"
+    with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
+        conn.execute("DROP FUNCTION public.folded_slowly(integer)")
+
+
+def test_the_cost_check_and_the_run_share_one_timeout(policy_db: PolicyDatabase, acme: str, folded_slowly: str) -> None:
+    """Outsider's finding (LOW): the cost check's EXPLAIN and the run each had the whole statementTimeoutMs, so a
+    statement slow to plan ran for nearly twice it. The run gets what the check left."""
+    engine = policy_db.engine(spec((folded_slowly,), statementTimeoutMs=1000, maxCost=1e15))
+    with ExecutionGuard(engine, acme, PRINCIPAL, "acme", client_grace_s=30) as guard:
+        assert guard.execute(f"SELECT {folded_slowly}(200)").ok  # 200 ms to check, 200 to run
+        outcome = guard.execute(f"SELECT {folded_slowly}(700)")  # 700 to check: 300 left for 700 more
+    assert [r.code for r in outcome.reasons] == ["timeout"] and not outcome.executed, outcome.reasons
+
+
 @pytest.mark.parametrize(
     ("sqlstate", "name"),
     [

@@ -26,10 +26,13 @@ from .tree import pb, unwrap
 MAX_NUMERIC_DIGITS = 1000
 # A constant's text, quoted in SQL and escaped in EXPLAIN's JSON, is taken at up to this many bytes per byte.
 PLAN_BYTES_PER_CHAR = 4
-# How many values (columns read, constants, parameters) the value of one output column may be built of. A column a
-# query reads twice (`s || s`) and a query over it that does the same again double the value at each level: 13 levels
-# of `s || s || s || s` over one letter build 256 MiB at an estimated cost of 8, where maxCost cannot see it.
+# How many values read (columns, parameters, rows) any one value a statement builds may be made of. A column a query
+# reads twice (`s || s`) and a query over it that does the same again double the value at each level: 13 levels of
+# `s || s || s || s` over one letter build 256 MiB at an estimated cost of 8, where maxCost cannot see it. Constants
+# count nothing (all of them together are at most the statement); a column a query makes of them counts 1.
 MAX_COPIES = 64
+# A cast to char(n) pads its value to n characters: at most what a constant may hold (the statement's limit).
+MAX_PADDED = 65536
 COMPARISONS = frozenset({"=", "<>", "!=", "<", ">", "<=", ">="})
 OPERATORS = COMPARISONS | frozenset({"+", "-", "*", "/", "%", "||", "~~", "!~~", "~~*", "!~~*"})
 ORDERINGS = frozenset({"<", ">"})  # what ORDER BY ... USING may name
@@ -214,20 +217,22 @@ class Relation:
     copies: tuple[int, ...] = ()  # for a CTE or subquery: how many values each column is built of (else 1 each)
 
     def copies_of(self, name: str) -> int:
-        """How many values the value of column `name` is built of (the most, where two columns share the name)."""
+        """How many values read the value of column `name` is made of (the most, where two columns share the name;
+        where names were given to fewer columns than there are, the most of any)."""
         copies = self.copies
         if not copies:
             return 1
-        most = 0
-        if len(copies) == len(self.columns):
-            for column, count in zip(self.columns, copies, strict=True):
-                if column == name and count > most:
-                    most = count
-        return most or max(copies)
+        if len(copies) != len(self.columns):
+            return max(copies)
+        most = 1
+        for column, count in zip(self.columns, copies, strict=True):
+            if column == name and count > most:
+                most = count
+        return most
 
     def copies_of_row(self) -> int:
-        """What the whole row (`rel.*`, or `rel` as a value) is built of."""
-        return sum(self.copies) if self.copies else len(self.columns)
+        """What the whole row (`rel.*`, or `rel` as a value) is made of: a table's row is one value read."""
+        return sum(self.copies) if self.copies else 1
 
 
 @dataclass
@@ -434,7 +439,7 @@ class Analysis:
             columns, copies = self.query(fields, scope, top)
             sources = self.sources(scope.relations, get("where_clause", _NO_WHERE))
         for column, count in zip(columns, copies, strict=False):
-            self.check_copies(count, column, stmt)
+            self.check_copies(count, f"column {column or '?'}", stmt)
         if "locking_clause" in fields:
             self.row_locks(stmt, scope, top and form == "SELECT")
         for sort in get("sort_clause", ())[:]:
@@ -453,16 +458,17 @@ class Analysis:
         for item in items[:]:
             before = self.copies
             self.expression(item, scope)
-            copies.append(self.copies - before)
+            copies.append(max(1, self.copies - before))
         return tuple(copies)
 
-    def check_copies(self, copies: int, column: str, node: Any) -> None:
+    def check_copies(self, copies: int, what: str, node: Any) -> None:
+        """Deny (once) a value made of more than max_copies values read: `what` names it."""
         if copies > self.max_copies and not self.grows:
             self.grows = True
             self.deny(
                 "value_growth",
-                f"column {column or '?'} may be built of {copies} values read or written (at most {self.max_copies}):"
-                " a value that doubles at each level of nested queries grows past any limit",
+                f"{what} is made of {copies} values read (at most {self.max_copies}): a value repeated at each level"
+                " of nested queries grows past any limit",
                 node,
             )
 
@@ -680,7 +686,7 @@ class Analysis:
             self.access("update", table, target.name, target)
             before = self.copies
             self.expression(target.val, scope)
-            self.check_copies(self.copies - before, target.name, target)
+            self.check_copies(self.copies - before, f"column {target.name}", target)
             self.typed_value(table.columns[target.name], target.val)
 
     def delete(self, stmt: pb.DeleteStmt) -> None:
@@ -719,7 +725,7 @@ class Analysis:
             self.unsupported(clause, "RETURNING WITH (OLD/NEW)")
         columns, copies = self.target_list(clause.exprs, scope)
         for column, count in zip(columns, copies, strict=False):
-            self.check_copies(count, column, clause)
+            self.check_copies(count, f"column {column or '?'}", clause)
 
     def writes_tenant_column(self, table: Table, column: str, node: Any) -> None:
         if column == TENANT_COLUMN and self.tenant is not None and table.pooled:
@@ -896,12 +902,12 @@ class Analysis:
                 found = self.named_column(ref, parts, scope)
                 if found is not None and not target.name:  # its output name, without a second walk
                     names.append(found[1])
-                    copies.append(self.copies - before)
+                    copies.append(max(1, self.copies - before))
                     continue
             else:
                 self.expression(value, scope)
             names.append(target.name or _output_name(value))
-            copies.append(self.copies - before)
+            copies.append(max(1, self.copies - before))  # one value, if made of constants only
         return tuple(names), tuple(copies)
 
     def star(self, ref: pb.ColumnRef, scope: Scope) -> tuple[tuple[str, ...], tuple[int, ...]]:
@@ -1017,10 +1023,9 @@ class Analysis:
                     )
             elif which_value == "sval":  # PostgreSQL may read it as a number where one is expected ('1e131071')
                 self.constants_printed += printed_size(const.sval.sval)
-            self.copies += 1
             return
-        # self.copies: what this node's value is built of is added to it (columns and constants count 1 each, a
-        # concatenation or function the sum of its operands, a condition 1, a choice its largest branch)
+        # self.copies: what this node's value is made of is added to it (a column or parameter 1, a constant nothing,
+        # a concatenation or function the sum of its operands, a condition 1, a choice its largest branch)
         before = self.copies
         if kind == "column_ref":
             self.column(node.column_ref, scope, outputs)
@@ -1036,8 +1041,10 @@ class Analysis:
         elif kind == "func_call":
             self.function(node.func_call, scope)
         elif kind == "type_cast":
-            self.cast(node.type_cast)
+            padded = self.cast(node.type_cast)
             self.expression(node.type_cast.arg, scope)
+            if padded:  # a value of its own size, whatever it was made of
+                self.copies = max(self.copies, before + 1)
         elif kind == "bool_expr":
             self.expressions(node.bool_expr.args, scope)
             self.copies = before + 1
@@ -1081,6 +1088,9 @@ class Analysis:
             self.copies += 1
         else:
             self.unsupported(getattr(node, kind))
+        made = self.copies - before
+        if made > self.max_copies:
+            self.check_copies(made, "a value", getattr(node, kind))
 
     def largest(self, nodes: Any, scope: Scope) -> int:
         """Walk `nodes`, of which one gives the value; what the largest is built of (1 for none)."""
@@ -1106,17 +1116,29 @@ class Analysis:
             self.operator_name(_names(sort.use_op), ORDERINGS, sort)
         self.expression(sort.node, scope, outputs=outputs)
 
-    def cast(self, node: pb.TypeCast) -> None:
-        """Names are compared exactly: the parser has already folded unquoted ones, "TEXT" is another type."""
+    def cast(self, node: pb.TypeCast) -> bool:
+        """Names are compared exactly: the parser has already folded unquoted ones, "TEXT" is another type. True for
+        a cast that pads its value (char(n))."""
         type_name = node.type_name
         names = _names(type_name.names)
         if len(names) > 2 or (len(names) == 2 and names[0] != "pg_catalog") or names[-1] not in CASTS:
             self.deny("cast_not_allowed", f"cast to {'.'.join(names)} is not admitted", node)
         if type_name.array_bounds or type_name.setof or type_name.pct_type:
             self.deny("cast_not_allowed", "array, SETOF and %TYPE casts are not admitted", node)
+        padded = False
         for modifier in type_name.typmods:
             if modifier.WhichOneof("node") != "a_const" or modifier.a_const.WhichOneof("val") != "ival":
                 self.deny("cast_not_allowed", f"cast to {'.'.join(names)}: type modifiers must be integers", node)
+            elif names[-1] == "bpchar":
+                padded = True
+                length = modifier.a_const.ival.ival
+                if length > MAX_PADDED:
+                    self.deny(
+                        "value_growth",
+                        f"char({length}) pads a value to {length} characters (at most {MAX_PADDED})",
+                        node,
+                    )
+        return padded
 
     def function(self, node: pb.FuncCall, scope: Scope) -> None:
         before = self.copies

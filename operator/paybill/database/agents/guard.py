@@ -480,6 +480,7 @@ class ExecutionGuard:
             )
         try:
             session = self._connect()
+            started = time.monotonic()
             cost = self._cost(session, key, params)
             if not cost <= limits.maxCost:  # fails closed: NaN is not within any limit
                 return Outcome(
@@ -492,7 +493,11 @@ class ExecutionGuard:
                         ),
                     ),
                 )
-            return self._run(session, decision, decision.sql, params, cost, step)
+            # the cost check's EXPLAIN plans the statement as the run will (constants folded): one budget for both
+            left_ms = limits.statementTimeoutMs - round((time.monotonic() - started) * 1000)
+            if left_ms < 1:
+                raise _TimedOut("guard: its cost check took the whole timeout")
+            return self._run(session, decision, decision.sql, params, cost, step, left_ms)
         except _Rollback as rollback:
             return Outcome(decision, reasons=(rollback.reason,))
         except _TimedOut as timed_out:
@@ -532,6 +537,7 @@ class ExecutionGuard:
         prepare: bool = True,
         step: StepKey | None = None,
         reading: Reading | None = None,
+        budget_ms: int | None = None,
     ) -> PGresult:
         """One statement under the policy's timeout, on the server (statement_timeout set transaction-locally
         by the command before it, in its own transaction) and on the client (cancelled shortly after the
@@ -539,11 +545,13 @@ class ExecutionGuard:
         against maxRowsWritten before it commits (a second round trip); `writes` says what it does to its rows
         ("changed", "locked"). With `step`, a read is an explicit transaction too, and the step's record is inserted
         just before COMMIT, in the same round trip. No transaction outlives an error or a refused write. With
-        `reading`, the statement's rows go to it (`Session.exchange`); past its bytes, nothing is kept or committed."""
+        `reading`, the statement's rows go to it (`Session.exchange`); past its bytes, nothing is kept or committed.
+        `budget_ms`: what is left of the timeout (the cost check took the rest), else all of it."""
         limits = self.engine.rules.limits
-        timeout = set_timeout(limits.statementTimeoutMs)
+        budget_ms = limits.statementTimeoutMs if budget_ms is None else budget_ms
+        timeout = set_timeout(budget_ms)
         try:
-            with session.deadline.armed(limits.statementTimeoutMs / 1000 + self.client_grace_s) as deadline:
+            with session.deadline.armed(budget_ms / 1000 + self.client_grace_s) as deadline:
                 try:
                     if not writes and step is None:
                         return session.exchange((timeout, command), prepare, reading)[-1]
@@ -622,7 +630,14 @@ class ExecutionGuard:
         return cached[0]
 
     def _run(
-        self, session: Session, decision: Decision, rewritten: str, params: list[Any], cost: float, step: StepKey | None
+        self,
+        session: Session,
+        decision: Decision,
+        rewritten: str,
+        params: list[Any],
+        cost: float,
+        step: StepKey | None,
+        budget_ms: int,
     ) -> Outcome:
         limits = self.engine.rules.limits
         writes = "changed" if decision.statement != "select" else "locked" if decision.extra.get("locks") else None
@@ -631,7 +646,9 @@ class ExecutionGuard:
         if writes:  # what it writes can change every estimate of the run
             self._costs.clear()
         # locked rows count as written
-        result = self._guarded(session, (rewritten, params), writes, step=recorded, reading=reading)
+        result = self._guarded(
+            session, (rewritten, params), writes, step=recorded, reading=reading, budget_ms=budget_ms
+        )
         if result.nfields:
             columns = self._columns.get(rewritten)
             if columns is None:
