@@ -6,6 +6,8 @@ where one is built of more than MAX_COPIES."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import psycopg
 import pytest
 
@@ -94,17 +96,17 @@ SHAPES = {
     ),
     "values": (
         f"SELECT {concatenated('s', 8)} FROM (VALUES ('a'), ({concatenated('$1::text', 8)})) v(s)",
-        f"SELECT {concatenated('s', 5)} FROM (VALUES ('a'), ({concatenated('$1::text', 13)})) v(s)",
+        f"SELECT {concatenated('s', 5)} FROM (VALUES ('a'), ({concatenated('$1::text', 14)})) v(s)",
     ),
     "star": (
         f"SELECT {concatenated('s', 8)} FROM (SELECT * FROM (SELECT {concatenated('status', 8)} AS s FROM orders) p) q",
         f"SELECT {concatenated('s', 5)} FROM"
         f" (SELECT * FROM (SELECT {concatenated('status', 13)} AS s FROM orders) p) q",
     ),
-    "whole-row": (
-        f"SELECT {concatenated('q::text', 8)} FROM (SELECT {concatenated('status', 4)} AS s, "
+    "whole-row": (  # a row counts twice: printed, its quotes are escaped
+        f"SELECT {concatenated('q::text', 4)} FROM (SELECT {concatenated('status', 4)} AS s, "
         f"{concatenated('status', 4)} AS t FROM orders) q",
-        f"SELECT {concatenated('q::text', 8)} FROM (SELECT {concatenated('status', 4)} AS s, "
+        f"SELECT {concatenated('q::text', 4)} FROM (SELECT {concatenated('status', 4)} AS s, "
         f"{concatenated('status', 5)} AS t FROM orders) q",
     ),
     "renamed-columns": (
@@ -190,17 +192,23 @@ MEASURED = [
 
 
 def test_the_count_bounds_the_values_postgresql_builds(policy_db: PolicyDatabase) -> None:
-    """The count is checked against PostgreSQL: each output is at most that many times as long as the value read,
-    and exactly that where every branch is taken."""
+    """The count is checked against PostgreSQL: each output is at most that many times as long as the value read
+    and what the agent sent (a parameter's first use, like a constant, is not counted), and exactly that many times
+    the value read where every branch is taken and nothing was sent."""
     with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
         ((status,),) = conn.execute("SELECT status FROM orders WHERE id = 10").fetchall()
         for sql in MEASURED:
             counted = built_of(sql)
             rows = conn.execute(sql.replace("$1", "%(p)s"), {"p": status}).fetchall()
-            longest = tuple(max(len(row[n]) for row in rows) // len(status) for n in range(len(counted)))
-            assert all(c >= m for c, m in zip(counted, longest, strict=True)), (sql, counted, longest)
-            if not any(word in sql for word in ("CASE", "coalesce", "UNION", "VALUES", "q::text")):
-                assert counted == longest, (sql, counted, longest)
+            longest = tuple(max(len(row[n]) for row in rows) for n in range(len(counted)))
+            sent = len(status) if "$1" in sql else 0
+            assert all(c * (len(status) + sent) >= m for c, m in zip(counted, longest, strict=True)), (
+                sql,
+                counted,
+                longest,
+            )
+            if not sent and not any(word in sql for word in ("CASE", "coalesce", "UNION", "q::text")):
+                assert counted == tuple(m // len(status) for m in longest), (sql, counted, longest)
 
 
 def test_the_second_outsiders_statements_are_refused() -> None:
@@ -216,7 +224,7 @@ def test_the_second_outsiders_statements_are_refused() -> None:
     padded = ", ".join([f"'x'::char({MAX_PADDED})"] * (MAX_COPIES + 1))
     assert decide(f"SELECT ARRAY[{padded}] > ARRAY['w'::char(1)] AS built") == ["value_growth"]
     column = "(SELECT status AS s, id, paid FROM orders) t"
-    many = f"ARRAY[{', '.join(['s'] * (MAX_COPIES + 1))}]::text"
+    many = f"ARRAY[{', '.join(['s'] * (MAX_COPIES // 2 + 1))}]::text"  # an array counts twice
     for sql in (
         f"SELECT count(*) AS n FROM {column} WHERE {many} > ''",
         f"SELECT id FROM {column} ORDER BY {many} LIMIT 1",
@@ -228,7 +236,7 @@ def test_the_second_outsiders_statements_are_refused() -> None:
         f"SELECT id FROM {column} WHERE EXISTS (SELECT 1 WHERE {many} > '')",
     ):
         assert decide(sql) == ["value_growth"], sql
-        assert decide(sql.replace(many, f"ARRAY[{', '.join(['s'] * MAX_COPIES)}]::text")) == [], sql
+        assert decide(sql.replace(many, f"ARRAY[{', '.join(['s'] * (MAX_COPIES // 2))}]::text")) == [], sql
 
 
 def test_legitimate_reports_stay_admitted() -> None:
@@ -249,3 +257,81 @@ def test_legitimate_reports_stay_admitted() -> None:
     assert decide(f"SELECT id FROM orders WHERE id IN ({ids})") == []
     assert decide(f"SELECT id FROM orders WHERE id = ANY(ARRAY[{ids}])") == []
     assert decide(f"SELECT ARRAY[{ids}] AS wanted") == []
+
+
+DOCS = (
+    "CREATE TABLE docs (id integer, tenant_id text NOT NULL, doc jsonb, note text, amount numeric,"
+    " PRIMARY KEY (tenant_id, id));"
+)
+
+
+def docs_engine() -> PolicyEngine:
+    policy = support_policy().spec.model_dump()
+    policy["rules"] = [
+        {"id": "read-docs", "effect": "allow", "actions": ["select"], "tables": ["docs"], "columns": ["*"]},
+        {"id": "write-docs", "effect": "allow", "actions": ["insert", "update"], "tables": ["docs"], "columns": ["*"]},
+    ]
+    return PolicyEngine(AgentPolicySpec.model_validate(policy), Schema.from_ddl(DOCS))
+
+
+def test_numbers_that_print_far_longer_than_written_are_refused() -> None:
+    """Third outside review (HIGH): `'[1e131071, ... x 7000]'::jsonb::text` printed a 917 MB value from 63 KB, past
+    the timeout (printing jsonb does not check for a cancel). A cast to jsonb is not admitted; a JSON value written
+    into a column may hold no number that prints more than 16 digits longer than it is written; a text constant
+    cast to numeric is held to the numeric constant's 1,000 digits."""
+    engine = docs_engine()
+
+    def codes(sql: str, params: list[object] | None = None) -> list[str]:
+        return [r.code for r in engine.decide(PRINCIPAL, sql, params or [], tenant="acme").reasons]
+
+    assert codes("SELECT id FROM docs WHERE id = 10 AND '[1e131071, 1e131071]'::jsonb::text = 'x'") == [
+        "cast_not_allowed"
+    ]
+    assert codes("SELECT id FROM docs WHERE note::jsonb::text = 'x'") == ["cast_not_allowed"]
+    assert codes("INSERT INTO docs (id, doc) VALUES (1, '[1e131071]')") == ["type_mismatch"]
+    assert codes("UPDATE docs SET doc = $1 WHERE id = 1", ['{"a": [1e999]}']) == ["param_type"]
+    assert (
+        codes("UPDATE docs SET doc = $1 WHERE id = 1", ['{"a": [1.5, 2e3, 12345678901234567890], "b": "1e999"}']) == []
+    )
+    assert codes("INSERT INTO docs (id, doc) VALUES (1, '[1, 2.5, true, null, \"x\"]')") == []
+    assert codes("SELECT id FROM docs WHERE amount > '1e131071'::numeric") == ["numeric_too_long"]
+    assert codes("SELECT id FROM docs WHERE amount > '1e999'::numeric") == []
+
+
+def test_a_parameter_counts_where_it_is_used_again() -> None:
+    """Each parameter is what the agent sent, like a constant: an array of 70 of them is not made of anything read
+    twice (the review found `= ANY(ARRAY[$1, ..., $70])` refused). The same parameter used again is a copy."""
+    distinct = ", ".join(f"${n}" for n in range(1, 71))
+    engine = PolicyEngine(support_policy().spec, schema())
+    decision = engine.decide(PRINCIPAL, f"SELECT id FROM orders WHERE id = ANY(ARRAY[{distinct}])", list(range(70)))
+    assert decision.allowed, decision.reasons
+    again = ", ".join(["$1::text"] * (MAX_COPIES + 2))
+    assert decide(f"SELECT id FROM orders WHERE ARRAY[{again}]::text > ''") == ["value_growth"]
+
+
+def printed(depth: int, wrap: Callable[[int], str]) -> str:
+    """`depth` levels, each printing as text the row or array `wrap(level)` makes of the level below: every quote
+    is escaped, so doubles, at each."""
+    level = """(SELECT '"' AS s) t0"""
+    for n in range(1, depth + 1):
+        level = f"(SELECT {wrap(n)}::text AS s FROM {level}) t{n}"
+    return f"SELECT s FROM {level}"
+
+
+WRAPS: dict[str, Callable[[int], str]] = {
+    "row": lambda n: "ROW(s)",
+    "array": lambda n: "ARRAY[s]",
+    "whole-row": lambda n: f"t{n - 1}",
+}
+
+
+@pytest.mark.parametrize("wrap", list(WRAPS.values()), ids=list(WRAPS))
+def test_a_row_or_array_printed_as_text_counts_twice(policy_db: PolicyDatabase, wrap: Callable[[int], str]) -> None:
+    """Found while fixing the third review: a row or array printed as text escapes each quote (twice as long), so
+    one value printed through 12 levels grows 4,096-fold while each level reads it once. A row, an array and a
+    whole-row reference count twice what they are made of."""
+    with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
+        ((value,),) = conn.execute(printed(12, wrap)).fetchall()
+    assert len(value) > 4096  # what PostgreSQL builds
+    assert decide(printed(12, wrap)) == ["value_growth"]
+    assert decide(printed(5, wrap)) == []  # 2 ** 5 = 32

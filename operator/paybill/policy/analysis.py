@@ -8,6 +8,7 @@ much as to tables.
 from __future__ import annotations
 
 import decimal
+import json
 import re
 import uuid
 from collections.abc import Sequence
@@ -31,8 +32,10 @@ PLAN_BYTES_PER_CHAR = 4
 # `s || s || s || s` over one letter build 256 MiB at an estimated cost of 8, where maxCost cannot see it. Constants
 # count nothing (all of them together are at most the statement); a column a query makes of them counts 1.
 MAX_COPIES = 64
-# A cast to char(n) pads its value to n characters: at most what a constant may hold (the statement's limit).
-MAX_PADDED = 65536
+# A cast to char(n) pads its value to n characters.
+MAX_PADDED = 1024
+# How many digits more than it is written a number in a JSON value an agent writes may print ('1e999' prints 1,000).
+JSON_NUMBER_GROWTH = 16
 COMPARISONS = frozenset({"=", "<>", "!=", "<", ">", "<=", ">="})
 OPERATORS = COMPARISONS | frozenset({"+", "-", "*", "/", "%", "||", "~~", "!~~", "~~*", "!~~*"})
 ORDERINGS = frozenset({"<", ">"})  # what ORDER BY ... USING may name
@@ -66,7 +69,6 @@ CASTS = frozenset(
         "interval",
         "uuid",
         "json",
-        "jsonb",
     }
 )
 TIME_VALUE_FUNCTIONS = frozenset(
@@ -948,8 +950,10 @@ class Analysis:
 
     def column(self, ref: pb.ColumnRef, scope: Scope, outputs: tuple[str, ...] = ()) -> tuple[Relation, str] | None:
         names = _column_names(ref)
-        if names is None:
+        if names is None:  # a row value (a target list's * is expanded by target_list)
+            before = self.copies
             self.star(ref, scope)
+            self.copies += self.copies - before  # as a row
             return None
         return self.named_column(ref, names, scope, outputs)
 
@@ -980,7 +984,7 @@ class Analysis:
             whole = scope.find(name)
             if whole is not None:  # a whole-row reference reads every column
                 self.whole_row(whole, ref)
-                self.copies += whole.copies_of_row()
+                self.copies += 2 * whole.copies_of_row()  # as a row
                 return None
             self.deny("unknown_column", f"column {name} does not exist", ref)
             return None
@@ -1034,15 +1038,19 @@ class Analysis:
             number = param.number
             if number < 1 or number > 1000:
                 self.deny("invalid", f"parameter ${number} is out of range", param)
+            if number in self.params:  # used again: a copy of what the agent sent once
+                self.copies += 1
             self.params.add(number)
-            self.copies += 1
         elif kind == "a_expr":
             self.operator(node.a_expr, scope)
         elif kind == "func_call":
             self.function(node.func_call, scope)
         elif kind == "type_cast":
-            padded = self.cast(node.type_cast)
-            self.expression(node.type_cast.arg, scope)
+            cast = node.type_cast
+            padded = self.cast(cast)
+            self.expression(cast.arg, scope)
+            if cast.arg.WhichOneof("node") == "a_const" and cast.arg.a_const.WhichOneof("val") == "sval":
+                self.numeric_text(cast)
             if padded:  # a value of its own size, whatever it was made of
                 self.copies = max(self.copies, before + 1)
         elif kind == "bool_expr":
@@ -1050,6 +1058,9 @@ class Analysis:
             self.copies = before + 1
         elif kind == "coalesce_expr" or kind == "min_max_expr":  # the value of one argument
             self.copies = before + self.largest(getattr(node, kind).args, scope)
+        elif kind == "row_expr":
+            self.expressions(node.row_expr.args, scope)
+            self.copies += self.copies - before  # printed as text, each quote is escaped: twice as long
         elif kind in ARGUMENT_LISTS:
             self.expressions(getattr(node, kind).args, scope)
         elif kind == "null_test" or kind == "boolean_test":
@@ -1065,6 +1076,7 @@ class Analysis:
             self.copies = before + self.largest(results, scope)
         elif kind == "a_array_expr":
             self.expressions(node.a_array_expr.elements, scope)
+            self.copies += self.copies - before  # as a row
         elif kind == "list":
             self.expressions(node.list.items, scope)
         elif kind == "sub_link":
@@ -1091,6 +1103,18 @@ class Analysis:
         made = self.copies - before
         if made > self.max_copies:
             self.check_copies(made, "a value", getattr(node, kind))
+
+    def numeric_text(self, cast: pb.TypeCast) -> None:
+        """A text constant cast to a number is held to a numeric constant's digits ('1e131071' prints 131,072)."""
+        names = _names(cast.type_name.names)
+        text = cast.arg.a_const.sval.sval
+        if names and names[-1] in ("numeric", "decimal") and numeric_digits(text) > MAX_NUMERIC_DIGITS:
+            shown = text[:20]
+            self.deny(
+                "numeric_too_long",
+                f"numeric constant {shown} has more than {MAX_NUMERIC_DIGITS} digits written out",
+                cast,
+            )
 
     def largest(self, nodes: Any, scope: Scope) -> int:
         """Walk `nodes`, of which one gives the value; what the largest is built of (1 for none)."""
@@ -1485,6 +1509,24 @@ def literal_fits(family: TypeFamily, text: str) -> bool:
         except ValueError:
             return False
         return True
+    if family == TypeFamily.JSON:
+        return json_fits(text)
+    return True
+
+
+def json_fits(text: str) -> bool:
+    """JSON text whose numbers print at most JSON_NUMBER_GROWTH digits longer than they are written (jsonb keeps
+    numbers as numeric and prints them in full: '1e999' is 1,000 digits)."""
+
+    def number(written: str) -> str:
+        if numeric_digits(written) > len(written) + JSON_NUMBER_GROWTH:
+            raise ValueError(written)
+        return written
+
+    try:
+        json.loads(text, parse_int=number, parse_float=number)
+    except (ValueError, RecursionError):
+        return False
     return True
 
 
