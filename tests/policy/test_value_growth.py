@@ -149,7 +149,7 @@ def test_a_condition_or_a_choice_is_not_the_sum_of_what_it_reads() -> None:
     assert built_of("SELECT status = 'a' AND total > 1 AND status IS NOT NULL AND id IN (1, 2, 3) FROM orders") == (1,)
     assert built_of("SELECT EXISTS (SELECT 1 FROM orders WHERE status || status = 'aa')") == (1,)
     assert built_of("SELECT count(status) FILTER (WHERE status || status || status = 'x') FROM orders") == (1,)
-    assert built_of("SELECT total + total * total FROM orders") == (3,)  # an operator other than a test may carry
+    assert built_of("SELECT total + total * total FROM orders") == (1,)  # a number: its larger operand
     assert built_of("SELECT count(*), now() FROM orders") == (1, 1)
 
 
@@ -335,3 +335,49 @@ def test_a_row_or_array_printed_as_text_counts_twice(policy_db: PolicyDatabase, 
     assert len(value) > 4096  # what PostgreSQL builds
     assert decide(printed(12, wrap)) == ["value_growth"]
     assert decide(printed(5, wrap)) == []  # 2 ** 5 = 32
+
+
+def nested_rows(depth: int, wrap: str = "ROW({})") -> str:
+    value = """'"'::text"""
+    for _ in range(depth):
+        value = wrap.format(value)
+    return value
+
+
+def test_a_row_or_array_of_constants_is_a_value_too() -> None:
+    """Fourth outside review (HIGH): a row counted twice what it is made of, and twice nothing is nothing: 27
+    nested ROWs around one quote (173 characters) printed 2.3 GB, past the timeout, and an UPDATE stored 100 MB.
+    A row or an array counts twice at least one value."""
+    for wrap in ("ROW({})", "ARRAY[{}]"):
+        assert decide(f"SELECT {nested_rows(26, wrap)}::text = 'x' AS v") == ["value_growth"], wrap
+        assert decide(f"UPDATE orders SET status = {nested_rows(25, wrap)}::text WHERE id = 11") == ["value_growth"]
+        assert decide(f"SELECT {nested_rows(6, wrap)}::text = 'x' AS v") == []  # 2 ** 6 = 64
+        assert decide(f"SELECT {nested_rows(7, wrap)}::text = 'x' AS v") == ["value_growth"]
+
+
+def test_a_cast_to_json_is_not_admitted_either() -> None:
+    """Fourth outside review (HIGH): '{"a": 1e999}'::json (or $1::json) assigned to a jsonb column is stored as
+    jsonb, whose numbers print in full: 7,800 x 1e131071 (70 KB) stored, every read printed about 1 GB."""
+    engine = docs_engine()
+    for sql, params in (
+        ("""UPDATE docs SET doc = '{"a": 1e999}'::json WHERE id = 11""", []),
+        ("UPDATE docs SET doc = $1::json WHERE id = 11", ['{"a": 1e999}']),
+        ("SELECT id FROM docs WHERE note::json::text = 'x'", []),
+    ):
+        assert [r.code for r in engine.decide(PRINCIPAL, sql, params, tenant="acme").reasons] == ["cast_not_allowed"], (
+            sql
+        )
+
+
+def test_arithmetic_gives_a_number_of_its_largest_operand() -> None:
+    """Fourth outside review (false refusal): a pricing pipeline of seven CTEs, each reading the amount twice
+    (`amt + amt * 0.08`), was refused as made of 128 values: a number's size does not add up as text does (numeric
+    prints at most 147,455 characters). `-` on jsonb still carries its operand (what is left of it)."""
+    steps = ", ".join(f"a{n} AS (SELECT id, amt + amt * 0.08 AS amt FROM a{n - 1})" for n in range(1, 8))
+    assert decide(f"WITH a0 AS (SELECT id, total AS amt FROM orders), {steps} SELECT id, amt FROM a7") == []
+    engine = docs_engine()
+    level = "(SELECT doc FROM docs) t0"
+    for n in range(1, 8):
+        level = f"(SELECT (doc || doc) - 'k' AS doc FROM {level}) t{n}"
+    refused = engine.decide(PRINCIPAL, f"SELECT doc FROM {level}", tenant="acme")
+    assert [r.code for r in refused.reasons] == ["value_growth"], refused.reasons

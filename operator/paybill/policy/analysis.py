@@ -39,8 +39,10 @@ JSON_NUMBER_GROWTH = 16
 COMPARISONS = frozenset({"=", "<>", "!=", "<", ">", "<=", ">="})
 OPERATORS = COMPARISONS | frozenset({"+", "-", "*", "/", "%", "||", "~~", "!~~", "~~*", "!~~*"})
 ORDERINGS = frozenset({"<", ">"})  # what ORDER BY ... USING may name
-# Operators whose value is a boolean, whatever they read (every other one may carry what it reads: jsonb - key)
+# Operators whose value is a boolean, whatever they read
 TESTS = COMPARISONS | frozenset({"~~", "!~~", "~~*", "!~~*"})
+# Operators whose value is about as large as their larger operand (a number, or what jsonb - key leaves)
+ARITHMETIC = frozenset({"+", "-", "*", "/", "%"})
 # Comparisons that pick rows by a value (the sense of requireWhere); <> and != pick nearly all rows.
 CASTS = frozenset(
     {
@@ -68,7 +70,6 @@ CASTS = frozenset(
         "timestamptz",
         "interval",
         "uuid",
-        "json",
     }
 )
 TIME_VALUE_FUNCTIONS = frozenset(
@@ -1058,9 +1059,9 @@ class Analysis:
             self.copies = before + 1
         elif kind == "coalesce_expr" or kind == "min_max_expr":  # the value of one argument
             self.copies = before + self.largest(getattr(node, kind).args, scope)
-        elif kind == "row_expr":
+        elif kind == "row_expr":  # printed as text, each quote is escaped: twice as long, and a value (of constants)
             self.expressions(node.row_expr.args, scope)
-            self.copies += self.copies - before  # printed as text, each quote is escaped: twice as long
+            self.copies = before + 2 * max(1, self.copies - before)
         elif kind in ARGUMENT_LISTS:
             self.expressions(getattr(node, kind).args, scope)
         elif kind == "null_test" or kind == "boolean_test":
@@ -1074,9 +1075,9 @@ class Analysis:
                 self.expression(when.case_when.expr, scope)
                 results.append(when.case_when.result)
             self.copies = before + self.largest(results, scope)
-        elif kind == "a_array_expr":
+        elif kind == "a_array_expr":  # as a row
             self.expressions(node.a_array_expr.elements, scope)
-            self.copies += self.copies - before  # as a row
+            self.copies = before + 2 * max(1, self.copies - before)
         elif kind == "list":
             self.expressions(node.list.items, scope)
         elif kind == "sub_link":
@@ -1199,16 +1200,21 @@ class Analysis:
         if kind not in (pb.AEXPR_BETWEEN, pb.AEXPR_NOT_BETWEEN):  # their name is the keyword
             self.operator_name(names, OPERATORS, node)
         before = self.copies
-        self.operands(node, kind, names, scope)
+        after_left = self.operands(node, kind, names, scope)
         if kind == pb.AEXPR_OP:
-            if len(names) == 1 and names[0] in TESTS:
+            name = names[0] if len(names) == 1 else ""
+            if name in TESTS:
                 self.copies = before + 1  # a test: its value is a boolean
+            elif name in ARITHMETIC:
+                self.copies = before + max(after_left - before, self.copies - after_left, 1)
         elif kind != pb.AEXPR_NULLIF:  # its first operand (named "=")
             self.copies = before + 1
 
-    def operands(self, node: pb.A_Expr, kind: int, names: list[str], scope: Scope) -> None:
+    def operands(self, node: pb.A_Expr, kind: int, names: list[str], scope: Scope) -> int:
+        """Walk both operands; `self.copies` once the left one was walked."""
         left_node = node.lexpr
         left = self.resolved(left_node, scope)
+        after_left = self.copies
         right = node.rexpr
         right_kind = right.WhichOneof("node")
         if right_kind == "list":
@@ -1217,9 +1223,9 @@ class Analysis:
             right_column = self.resolved(right, scope, right_kind)
             if left is None and right_column is not None:
                 self.typed_operand(right_column, left_node, kind, names)
-                return
+                return after_left
         if left is None:
-            return
+            return after_left
         if kind in LISTS and right_kind == "list":
             for value in right.list.items:
                 self.typed_value(left, value)
@@ -1231,6 +1237,7 @@ class Analysis:
                     self.typed_value(left, value)
         else:
             self.typed_operand(left, right, kind, names, right_kind)
+        return after_left
 
     def operator_name(self, names: list[str], allowed: frozenset[str], node: Any) -> None:
         """An operator wherever it stands (expression, ANY/ALL subquery, ORDER BY USING): unqualified and listed."""
