@@ -13,7 +13,7 @@ import pytest
 
 from paybill.api.agentpolicy import AgentPolicySpec
 from paybill.policy import PolicyEngine, Schema
-from paybill.policy.analysis import MAX_COPIES, MAX_PADDED, Analysis
+from paybill.policy.analysis import MAX_COPIES, MAX_PADDED, MAX_ROW_COPIES, Analysis
 from paybill.policy.tree import parse_raw
 
 from .conftest import PRINCIPAL, PolicyDatabase, schema, support_policy
@@ -135,8 +135,10 @@ def test_what_a_statement_writes_or_returns_is_counted_too() -> None:
         return f"(SELECT {concatenated('s', outer)} FROM {source} LIMIT 1)"
 
     for value, codes in ((carried(8, 8), []), (carried(5, 13), ["value_growth"])):
-        assert decide(f"UPDATE orders SET status = {value} WHERE id = 11") == codes, value
         assert decide(f"UPDATE orders SET status = 'x' WHERE id = 11 RETURNING {value}") == codes, value
+    # what is written as text: one value read at most (test_a_value_written_as_text_is_made_of_one_value_read)
+    for value, codes in ((carried(1, 1), []), (carried(1, 2), ["value_growth"])):
+        assert decide(f"UPDATE orders SET status = {value} WHERE id = 11") == codes, value
         assert decide(f"INSERT INTO orders (id, customer_id, status) VALUES (99, 1, {value})") == codes, value
 
 
@@ -149,7 +151,7 @@ def test_a_condition_or_a_choice_is_not_the_sum_of_what_it_reads() -> None:
     assert built_of("SELECT status = 'a' AND total > 1 AND status IS NOT NULL AND id IN (1, 2, 3) FROM orders") == (1,)
     assert built_of("SELECT EXISTS (SELECT 1 FROM orders WHERE status || status = 'aa')") == (1,)
     assert built_of("SELECT count(status) FILTER (WHERE status || status || status = 'x') FROM orders") == (1,)
-    assert built_of("SELECT total + total * total FROM orders") == (1,)  # a number: its larger operand
+    assert built_of("SELECT total + total * total FROM orders") == (2,)  # a sum its larger operand, a product both
     assert built_of("SELECT count(*), now() FROM orders") == (1, 1)
 
 
@@ -381,3 +383,54 @@ def test_arithmetic_gives_a_number_of_its_largest_operand() -> None:
         level = f"(SELECT (doc || doc) - 'k' AS doc FROM {level}) t{n}"
     refused = engine.decide(PRINCIPAL, f"SELECT doc FROM {level}", tenant="acme")
     assert [r.code for r in refused.reasons] == ["value_growth"], refused.reasons
+
+
+def test_multiplying_adds_up_digits() -> None:
+    """Fifth outside review (HIGH): `t * t` counted as its larger operand, and 16 levels of squaring made 97,700
+    digits of `31`; 64 copies of it printed 8 MB, and 40 such columns took the backend to 2.86 GB. A product or a
+    quotient is the sum of its operands; a sum, a difference or a remainder its larger one."""
+    squares = ", ".join(f"a{n} AS (SELECT t * t AS t FROM a{n - 1})" for n in range(1, 8))
+    sql = f"WITH a0 AS (SELECT id::numeric AS t FROM orders WHERE id = 31), {squares} SELECT t FROM a7"
+    assert decide(sql) == ["value_growth"]  # 2 ** 7
+    assert decide(sql.replace("t * t", "t + t")) == []
+
+
+def test_a_row_holds_at_most_max_row_copies() -> None:
+    """Fifth outside review (HIGH): the bound held per column and a target list may hold many: 40 columns of 64
+    copies each. A row of a SELECT or RETURNING is made of at most MAX_ROW_COPIES values read."""
+    column = (
+        "(SELECT "
+        + concatenated("s", 8)
+        + " AS s FROM (SELECT "
+        + concatenated("status", 8)
+        + " AS s FROM orders) p) q"
+    )
+    wide = ", ".join(f"s AS c{n}" for n in range(MAX_ROW_COPIES // 64 + 1))
+    assert decide(f"SELECT {wide} FROM {column}") == ["value_growth"]
+    assert decide(f"SELECT {', '.join(f's AS c{n}' for n in range(MAX_ROW_COPIES // 64))} FROM {column}") == []
+    columns = ", ".join(f"c{n} text" for n in range(300))
+    engine = PolicyEngine(
+        AgentPolicySpec.model_validate(
+            {
+                **support_policy().spec.model_dump(),
+                "rules": [
+                    {"id": "read", "effect": "allow", "actions": ["select"], "tables": ["wide"], "columns": ["*"]}
+                ],
+            }
+        ),
+        Schema.from_ddl(f"CREATE TABLE wide (id integer, tenant_id text NOT NULL, {columns});"),
+    )
+    assert engine.decide(PRINCIPAL, "SELECT * FROM wide", tenant="acme").allowed  # 302 columns read once each
+
+
+def test_a_value_written_as_text_is_made_of_one_value_read() -> None:
+    """Fifth outside review (MEDIUM): each UPDATE may store 64 copies of what it reads, and the next reads that:
+    4, 256, 16K, 1M, 64M characters in four statements. Any text written made of two values read compounds
+    (`SET a = a || b`, then `SET b = a || b` grows as Fibonacci), so a text or JSON column is written with at most
+    one value read (and constants and parameters); a number is bounded by its type."""
+    assert decide("UPDATE orders SET status = status || status WHERE id = 11") == ["value_growth"]
+    assert decide("UPDATE orders SET status = status || ' (escalated)' WHERE id = 11") == []
+    assert decide("UPDATE orders SET status = $1 WHERE id = 11") == []
+    copied = "INSERT INTO orders (id, customer_id, status, total) SELECT id + 1000, customer_id, {} FROM orders"
+    assert decide(copied.format("status || status, total") + " WHERE id = 11") == ["value_growth"]
+    assert decide(copied.format("status, total * total") + " WHERE id = 11") == []  # a number

@@ -32,6 +32,11 @@ PLAN_BYTES_PER_CHAR = 4
 # `s || s || s || s` over one letter build 256 MiB at an estimated cost of 8, where maxCost cannot see it. Constants
 # count nothing (all of them together are at most the statement); a column a query makes of them counts 1.
 MAX_COPIES = 64
+# The same for a whole row of a SELECT or RETURNING (a target list may hold many columns of MAX_COPIES each)
+MAX_ROW_COPIES = 1024
+# A text or JSON value a statement writes is made of at most one value read: more, and each run's statements
+# compound (`SET a = a || b`, then `SET b = a || b`); a number is bounded by its type
+GROWING = frozenset({TypeFamily.TEXT, TypeFamily.JSON, TypeFamily.OTHER})
 # A cast to char(n) pads its value to n characters.
 MAX_PADDED = 1024
 # How many digits more than it is written a number in a JSON value an agent writes may print ('1e999' prints 1,000).
@@ -41,8 +46,9 @@ OPERATORS = COMPARISONS | frozenset({"+", "-", "*", "/", "%", "||", "~~", "!~~",
 ORDERINGS = frozenset({"<", ">"})  # what ORDER BY ... USING may name
 # Operators whose value is a boolean, whatever they read
 TESTS = COMPARISONS | frozenset({"~~", "!~~", "~~*", "!~~*"})
-# Operators whose value is about as large as their larger operand (a number, or what jsonb - key leaves)
-ARITHMETIC = frozenset({"+", "-", "*", "/", "%"})
+# Operators whose value is about as large as their larger operand (a number, or what jsonb - key leaves); a product
+# or a quotient has the digits of both operands
+LARGER_OPERAND = frozenset({"+", "-", "%"})
 # Comparisons that pick rows by a value (the sense of requireWhere); <> and != pick nearly all rows.
 CASTS = frozenset(
     {
@@ -351,6 +357,7 @@ class Analysis:
         # the same, per output column of the SELECT walked last
         self.output_copies: tuple[int, ...] = ()
         self.max_copies = MAX_COPIES
+        self.max_row_copies = MAX_ROW_COPIES
         self.grows = False
 
     # -- reasons and accesses -------------------------------------------------------------------
@@ -441,8 +448,7 @@ class Analysis:
         else:
             columns, copies = self.query(fields, scope, top)
             sources = self.sources(scope.relations, get("where_clause", _NO_WHERE))
-        for column, count in zip(columns, copies, strict=False):
-            self.check_copies(count, f"column {column or '?'}", stmt)
+        self.check_row(columns, copies, stmt)
         if "locking_clause" in fields:
             self.row_locks(stmt, scope, top and form == "SELECT")
         for sort in get("sort_clause", ())[:]:
@@ -472,6 +478,30 @@ class Analysis:
                 "value_growth",
                 f"{what} is made of {copies} values read (at most {self.max_copies}): a value repeated at each level"
                 " of nested queries grows past any limit",
+                node,
+            )
+
+    def check_row(self, columns: tuple[str, ...], copies: tuple[int, ...], node: Any) -> None:
+        """Each column, and the whole row, within its bound."""
+        for column, count in zip(columns, copies, strict=False):
+            self.check_copies(count, f"column {column or '?'}", node)
+        total = sum(copies)
+        if total > self.max_row_copies and not self.grows:
+            self.grows = True
+            self.deny(
+                "value_growth",
+                f"a row is made of {total} values read (at most {self.max_row_copies} in all its columns)",
+                node,
+            )
+
+    def written(self, family: TypeFamily | None, copies: int, column: str, node: Any) -> None:
+        """A text or JSON value written made of more than one value read compounds from statement to statement."""
+        if family in GROWING and copies > 1 and not self.grows:
+            self.grows = True
+            self.deny(
+                "value_growth",
+                f"column {column} is written with {copies} values read (at most 1 in text: each run's writes would"
+                " compound)",
                 node,
             )
 
@@ -599,6 +629,7 @@ class Analysis:
             if extra:  # the rewrite adds the tenant to each row: nothing may pick or reorder the rows
                 self.unsupported(source, f"{', '.join(extra)} after an INSERT's VALUES list")
             self.select(source, None, {})
+            self.written_row(stmt, families, self.output_copies)
             for row in source.values_lists:
                 values = row.list.items
                 if len(values) != len(families):
@@ -610,6 +641,7 @@ class Analysis:
             if source.op != pb.SETOP_NONE and self.tenant is not None and table.pooled:
                 self.unsupported(source, "a set operation as the source of a pooled INSERT")
             columns, _ = self.select(source, None, {})
+            self.written_row(stmt, families, self.output_copies)
             if len(columns) != len(families):
                 self.deny("invalid", "INSERT ... SELECT returns a different number of columns", source)
         if stmt.HasField("on_conflict_clause"):
@@ -674,6 +706,10 @@ class Analysis:
         self.where(stmt, scope)
         self.returning(stmt, scope)
 
+    def written_row(self, stmt: pb.InsertStmt, families: list[TypeFamily | None], copies: tuple[int, ...]) -> None:
+        for item, family, count in zip(stmt.cols, families, copies, strict=False):
+            self.written(family, count, item.res_target.name, item.res_target)
+
     def assignments(self, targets: Any, table: Table, scope: Scope) -> None:
         """The SET list of an UPDATE (or of ON CONFLICT DO UPDATE): each column needs an update rule."""
         for item in targets:
@@ -690,6 +726,7 @@ class Analysis:
             before = self.copies
             self.expression(target.val, scope)
             self.check_copies(self.copies - before, f"column {target.name}", target)
+            self.written(table.columns[target.name], self.copies - before, target.name, target)
             self.typed_value(table.columns[target.name], target.val)
 
     def delete(self, stmt: pb.DeleteStmt) -> None:
@@ -727,8 +764,7 @@ class Analysis:
         if clause.options:
             self.unsupported(clause, "RETURNING WITH (OLD/NEW)")
         columns, copies = self.target_list(clause.exprs, scope)
-        for column, count in zip(columns, copies, strict=False):
-            self.check_copies(count, f"column {column or '?'}", clause)
+        self.check_row(columns, copies, clause)
 
     def writes_tenant_column(self, table: Table, column: str, node: Any) -> None:
         if column == TENANT_COLUMN and self.tenant is not None and table.pooled:
@@ -1205,7 +1241,7 @@ class Analysis:
             name = names[0] if len(names) == 1 else ""
             if name in TESTS:
                 self.copies = before + 1  # a test: its value is a boolean
-            elif name in ARITHMETIC:
+            elif name in LARGER_OPERAND:
                 self.copies = before + max(after_left - before, self.copies - after_left, 1)
         elif kind != pb.AEXPR_NULLIF:  # its first operand (named "=")
             self.copies = before + 1
