@@ -393,9 +393,11 @@ def run(quick: bool = False) -> str:
             "",
             f"Decision latency in µs for `{STATEMENT}` with tenant `{TENANT}` (pooled: the tenant predicate and",
             "LIMIT are injected), including parsing. *Cold*: the decision cache is cleared before every call, so",
-            "each call parses (pglast, C), resolves names, matches rules, rewrites and deparses (C), "
-            "then the whole-tree",
-            "validator parses the final statement again (C, orjson) and walks every node; *validator off* is the same",
+            "each call parses (libpg_query, its tree serialized in C by `treeprotobuf`), resolves names, matches "
+            "rules, rewrites (the",
+            "common SELECT spliced in C) and deparses (C), then the whole-tree validator parses the final statement "
+            "again (C:",
+            "`treedicts` builds its dicts from libpg_query's nodes) and walks every node; *validator off* is the same",
             "engine with the validator switched off, measured interleaved, for its cost. *Cached*: the same",
             "statement with a new parameter each call (the cache is keyed by principal, tenant and statement under",
             "the policy version; parameters are type-checked on every call). cedarpy evaluates an equivalent",
