@@ -42,31 +42,34 @@ def acme(policy_db: PolicyDatabase) -> str:
     return policy_db.grant(spec(), "acme")
 
 
+def public_function(policy_db: PolicyDatabase, signature: str, body: str) -> Iterator[str]:
+    """Function `signature` in schema public, for a test's policy to allow; its name, then dropped."""
+    with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE OR REPLACE FUNCTION public.{signature} {body}")
+    yield signature.partition("(")[0]
+    with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
+        conn.execute(f"DROP FUNCTION public.{signature}")
+
+
 @pytest.fixture(scope="module")
 def lift_timeout(policy_db: PolicyDatabase) -> Iterator[str]:
     """A function an agent may be allowed to call that turns the session's statement timeout off."""
-    with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
-        conn.execute(
-            "CREATE OR REPLACE FUNCTION public.lift_timeout() RETURNS integer LANGUAGE sql "
-            "AS $$ SELECT length(set_config('statement_timeout', '0', false)) $$"
-        )
-    yield "lift_timeout"
-    with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
-        conn.execute("DROP FUNCTION public.lift_timeout()")
+    yield from public_function(
+        policy_db,
+        "lift_timeout()",
+        "RETURNS integer LANGUAGE sql AS $$ SELECT length(set_config('statement_timeout', '0', false)) $$",
+    )
 
 
 @pytest.fixture(scope="module")
 def folded_slowly(policy_db: PolicyDatabase) -> Iterator[str]:
     """An immutable function the planner evaluates while planning, when its argument is a constant: so the cost
     check's EXPLAIN and the run's planning each take that long."""
-    with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
-        conn.execute(
-            "CREATE OR REPLACE FUNCTION public.folded_slowly(ms integer) RETURNS integer IMMUTABLE LANGUAGE plpgsql"
-            " AS $$ BEGIN PERFORM pg_sleep(ms / 1000.0); RETURN ms; END $$"
-        )
-    yield "folded_slowly"
-    with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
-        conn.execute("DROP FUNCTION public.folded_slowly(integer)")
+    yield from public_function(
+        policy_db,
+        "folded_slowly(ms integer)",
+        "RETURNS integer IMMUTABLE LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(ms / 1000.0); RETURN ms; END $$",
+    )
 
 
 def test_the_cost_check_and_the_run_share_one_timeout(policy_db: PolicyDatabase, acme: str, folded_slowly: str) -> None:
