@@ -34,9 +34,10 @@ PLAN_BYTES_PER_CHAR = 4
 MAX_COPIES = 64
 # The same for a whole row of a SELECT or RETURNING (a target list may hold many columns of MAX_COPIES each)
 MAX_ROW_COPIES = 1024
-# A text or JSON value a statement writes is made of at most one value read: more, and each run's statements
-# compound (`SET a = a || b`, then `SET b = a || b`); a number is bounded by its type
-GROWING = frozenset({TypeFamily.TEXT, TypeFamily.JSON, TypeFamily.OTHER})
+# A text, JSON or numeric value a statement writes is made of at most one value read: more, and each run's
+# statements compound (`SET a = a || b`, then `SET b = a || b`; `SET n = n * n` doubles a numeric's digits, stored
+# in a few bytes, printed up to 147,455 characters); integers, dates, booleans and uuids keep their size
+GROWING = frozenset({TypeFamily.TEXT, TypeFamily.JSON, TypeFamily.NUMERIC, TypeFamily.OTHER})
 # A cast to char(n) pads its value to n characters.
 MAX_PADDED = 1024
 # How many digits more than it is written a number in a JSON value an agent writes may print ('1e999' prints 1,000).
@@ -500,8 +501,8 @@ class Analysis:
             self.grows = True
             self.deny(
                 "value_growth",
-                f"column {column} is written with {copies} values read (at most 1 in text: each run's writes would"
-                " compound)",
+                f"column {column} is written with {copies} values read (at most 1 in text, JSON or numeric: each"
+                " run's writes would compound; pass what it combines as a parameter)",
                 node,
             )
 
