@@ -166,15 +166,17 @@ def test_numbers_that_print_long_in_the_plan_are_refused(policy_db: PolicyDataba
     ) as guard:
         literal = guard.execute(f"SELECT id FROM orders WHERE total IN ({', '.join(['1e131071'] * 3)})")
         assert not literal.executed and literal.decision.reasons[0].code == "numeric_too_long"
-        statement = f"SELECT id FROM orders WHERE total IN ({', '.join(['$1'] * 800)})"
-        parameter = guard.execute(statement, ["1e131071"])
+        statement = f"SELECT id FROM orders WHERE total IN ({', '.join(['$1'] * 1100)})"
+        huge = guard.execute(statement, ["1e131071"])  # a parameter of more than 1,000 digits: refused as a constant
+        assert not huge.executed and huge.decision.reasons[0].code == "numeric_too_long"
+        parameter = guard.execute(statement, ["1e999"])  # 1,000 digits at each of 1,100 uses
         assert not parameter.executed and parameter.reasons[0].code == "plan_too_large"
         assert guard.execute(statement, ["12.5"]).ok and guard.execute("SELECT id FROM orders WHERE total < 1e3").ok
         # ninth outside review: text PostgreSQL reads as a number, and a number padded past a length cap
         quoted = ", ".join(["'1e131071'"] * 800)
         text = guard.execute(f"SELECT id FROM orders WHERE total IN ({quoted})")
         assert not text.executed and text.decision.reasons[-1].code == "plan_too_large"
-        padded = guard.execute(statement, ["0" * 92 + "1e131071"])
+        padded = guard.execute(statement, ["0" * 92 + "1e999"])
         assert not padded.executed and padded.reasons[0].code == "plan_too_large"
 
 

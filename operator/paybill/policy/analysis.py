@@ -1095,7 +1095,7 @@ class Analysis:
             self.expressions(node.bool_expr.args, scope)
             self.copies = before + 1
         elif kind == "coalesce_expr" or kind == "min_max_expr":  # the value of one argument
-            self.copies = before + self.largest(getattr(node, kind).args, scope)
+            self.copies = before + self.largest(getattr(node, kind).args, scope, getattr(node, kind))
         elif kind == "row_expr":  # printed as text, each quote is escaped: twice as long, and a value (of constants)
             self.expressions(node.row_expr.args, scope)
             self.copies = before + 2 * max(1, self.copies - before)
@@ -1111,7 +1111,7 @@ class Analysis:
             for when in case.args:
                 self.expression(when.case_when.expr, scope)
                 results.append(when.case_when.result)
-            self.copies = before + self.largest(results, scope)
+            self.copies = before + self.largest(results, scope, case)
         elif kind == "a_array_expr":  # as a row
             self.expressions(node.a_array_expr.elements, scope)
             self.copies = before + 2 * max(1, self.copies - before)
@@ -1154,15 +1154,21 @@ class Analysis:
                 cast,
             )
 
-    def largest(self, nodes: Any, scope: Scope) -> int:
-        """Walk `nodes`, of which one gives the value; what the largest is built of (1 for none)."""
+    def largest(self, nodes: Any, scope: Scope, choice: Any) -> int:
+        """Walk `nodes`, of which one gives the value; what the largest is made of (1 for none). All of them are
+        built (GREATEST's arguments; planning folds every branch over constants and parameters): together they are
+        held to max_copies."""
         start = self.copies
         most = 1
+        total = 0
         for node in nodes:
             self.copies = start
             self.expression(node, scope)
             most = max(most, self.copies - start)
+            total += self.copies - start
         self.copies = start
+        if total > self.max_copies:
+            self.check_copies(total, "the branches of a choice together", choice)
         return most
 
     def window(self, window: pb.WindowDef, scope: Scope) -> None:
@@ -1556,6 +1562,19 @@ def literal_fits(family: TypeFamily, text: str) -> bool:
     if family == TypeFamily.JSON:
         return json_fits(text)
     return True
+
+
+def long_number(value: Any) -> bool:
+    """A parameter that reads as a number of more than MAX_NUMERIC_DIGITS digits written out (multiplying such
+    numbers does not stop for a cancel)."""
+    if isinstance(value, list):
+        return any(long_number(item) for item in value)
+    if isinstance(value, str):
+        return numeric_digits(value) > MAX_NUMERIC_DIGITS
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _LONG_INTEGER
+
+
+_LONG_INTEGER = 10**MAX_NUMERIC_DIGITS
 
 
 def json_fits(text: str) -> bool:
