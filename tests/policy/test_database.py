@@ -13,11 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import errors
 
-from paybill.database.agents.grants import agent_role
+from paybill.api.agentpolicy import AgentPolicySpec
+from paybill.database.agents.grants import agent_role, apply_grants
 from paybill.database.agents.guard import ExecutionGuard, Reading, ResultTooLarge, Session
-from paybill.policy import PolicyEngine
+from paybill.policy import PolicyEngine, Schema
 
-from .conftest import PRINCIPAL, PolicyDatabase, load_cases, schema, spec, support_policy
+from .conftest import PRINCIPAL, SCHEMA_SQL, PolicyDatabase, load_cases, schema, spec, support_policy
 
 ACL_CODES = {"no_allow_rule", "denied_by_rule"}
 
@@ -561,3 +562,34 @@ def test_a_row_filter_column_stays_unreadable_and_the_filter_still_runs(policy_d
         assert renamed.ok, renamed.reasons
         assert renamed.rows_affected == (1 if filtered else 0)
         assert admin_value(policy_db, "SELECT name FROM customers WHERE tenant_id = 'acme' AND id = 1") == name
+
+
+def test_a_value_the_client_cannot_load_ends_the_statement_with_a_reason(policy_db: PolicyDatabase) -> None:
+    """Eighth outside review (MEDIUM): a jsonb number of more than 4,300 digits is past Python's int conversion, and
+    the ValueError psycopg's loader raised escaped the guard: the workflow's step was never recorded nor audited and
+    the handler retried it forever. It is a reason now; nothing is kept and the statement's transaction rolls back."""
+    ddl = "CREATE TABLE docs (id integer NOT NULL, tenant_id text NOT NULL, doc jsonb, PRIMARY KEY (tenant_id, id));"
+    tables = Schema.from_ddl(SCHEMA_SQL + ddl)
+    policy = support_policy().spec.model_dump()
+    policy["rules"].append(
+        {"id": "docs", "effect": "allow", "actions": ["select", "update"], "tables": ["docs"], "columns": ["*"]}
+    )
+    engine = PolicyEngine(AgentPolicySpec.model_validate(policy), tables)
+    role = agent_role("unreadable", "acme")
+    with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
+        conn.execute(ddl)
+        long = "('[' || repeat('7', 5000) || ']')::jsonb"
+        conn.execute(f"INSERT INTO docs VALUES (1, 'acme', {long}), (2, 'acme', '[7]')")
+        apply_grants(conn, engine.rules, tables, role, "acme", password="agent-secret")
+    try:
+        with ExecutionGuard(engine, policy_db.dsn_for_role(role), PRINCIPAL, "acme") as guard:
+            read = guard.execute("SELECT id, doc FROM docs WHERE id = $1", [1])
+            assert [r.code for r in read.reasons] == ["result_unreadable"] and not read.rows, read.reasons
+            assert "7777" not in read.reasons[0].message and "ValueError" in read.reasons[0].message
+            written = guard.execute("UPDATE docs SET doc = doc || '[8]' WHERE id = 2 OR id = 1 RETURNING doc")
+            assert [r.code for r in written.reasons] == ["result_unreadable"], written.reasons
+            again = guard.execute("SELECT id, doc FROM docs WHERE id = $1", [2])
+            assert again.ok and again.rows == [(2, [7])], again  # the update rolled back; the guard goes on
+    finally:
+        with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
+            conn.execute("DROP TABLE docs")

@@ -52,7 +52,7 @@ class _UnboundedCopies(Analysis):
 
     def __init__(self, rules: RuleSet, schema: Schema, tenant: str | None) -> None:
         super().__init__(rules, schema, tenant)
-        self.max_copies = self.max_row_copies = 1 << 40
+        self.max_copies = self.max_row_copies = self.max_products = self.max_numeric_work = 1 << 40
 
 
 @pytest.mark.parametrize("bomb", BOMBS)

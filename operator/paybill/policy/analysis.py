@@ -38,6 +38,15 @@ MAX_ROW_COPIES = 1024
 # statements compound (`SET a = a || b`, then `SET b = a || b`; `SET n = n * n` doubles a numeric's digits, stored
 # in a few bytes, printed up to 147,455 characters); integers, dates, booleans and uuids keep their size
 GROWING = frozenset({TypeFamily.TEXT, TypeFamily.JSON, TypeFamily.NUMERIC, TypeFamily.OTHER})
+# Products, quotients and remainders: PostgreSQL's numeric arithmetic does not stop for a cancel (300 squarings of
+# 65,534 nines ran 20 s past a 2 s timeout). In one, an operand made of constants and parameters only counts as one
+# value (at most 1,000 digits), unless it is a constant of at most SMALL_NUMBER_DIGITS digits, so MAX_COPIES bounds
+# the digits of a number as it bounds the length of text. A statement computes at most MAX_PRODUCTS of them, and
+# their work, the product of what the two operands are made of, summed, is at most MAX_NUMERIC_WORK.
+PRODUCTS = frozenset({"*", "/", "%"})
+SMALL_NUMBER_DIGITS = 20
+MAX_PRODUCTS = 32
+MAX_NUMERIC_WORK = 256
 # A cast to char(n) pads its value to n characters.
 MAX_PADDED = 1024
 # How many digits more than it is written a number in a JSON value an agent writes may print ('1e999' prints 1,000).
@@ -310,6 +319,26 @@ def printed_size(text: str) -> int:
     return max(len(text.encode()), numeric_digits(text))
 
 
+def _factor(made: int, operand: pb.Node) -> int:
+    """What an operand of a product counts: what it is made of, or 1 if made of constants and parameters only, unless
+    it is a constant of at most SMALL_NUMBER_DIGITS digits (`credit * 1.1`)."""
+    if made:
+        return made
+    kind = operand.WhichOneof("node")
+    if kind == "type_cast":
+        operand = operand.type_cast.arg
+        kind = operand.WhichOneof("node")
+    if kind != "a_const":
+        return 1
+    const = operand.a_const
+    which = const.WhichOneof("val")
+    if which == "fval":
+        return int(numeric_digits(const.fval.fval) > SMALL_NUMBER_DIGITS)
+    if which == "sval":
+        return int(numeric_digits(const.sval.sval) > SMALL_NUMBER_DIGITS)
+    return 0
+
+
 def _names(nodes: Any) -> list[str]:
     """The strings of a name list (function, operator, type and column names).
 
@@ -360,6 +389,13 @@ class Analysis:
         self.max_copies = MAX_COPIES
         self.max_row_copies = MAX_ROW_COPIES
         self.grows = False
+        self.products = 0  # products, quotients and remainders met so far
+        self.numeric_work = 0  # their work so far (see MAX_NUMERIC_WORK)
+        self.max_products = MAX_PRODUCTS
+        self.max_numeric_work = MAX_NUMERIC_WORK
+        # operands of products counted as a value although made of constants and parameters only: a number written
+        # is made of what it reads, so `SET credit = credit * $1` writes one value read
+        self.promoted = 0
 
     # -- reasons and accesses -------------------------------------------------------------------
 
@@ -724,10 +760,11 @@ class Analysis:
             self.writes_tenant_column(table, target.name, target)
             self.writes_key_column(table, target.name, target, update=True)
             self.access("update", table, target.name, target)
-            before = self.copies
+            before, promoted = self.copies, self.promoted
             self.expression(target.val, scope)
             self.check_copies(self.copies - before, f"column {target.name}", target)
-            self.written(table.columns[target.name], self.copies - before, target.name, target)
+            read = self.copies - before - (self.promoted - promoted)
+            self.written(table.columns[target.name], read, target.name, target)
             self.typed_value(table.columns[target.name], target.val)
 
     def delete(self, stmt: pb.DeleteStmt) -> None:
@@ -1063,8 +1100,12 @@ class Analysis:
                         f"numeric constant {shown} has more than {MAX_NUMERIC_DIGITS} digits written out",
                         const,
                     )
-            elif which_value == "sval":  # PostgreSQL may read it as a number where one is expected ('1e131071')
-                self.constants_printed += printed_size(const.sval.sval)
+            elif which_value == "sval":  # PostgreSQL may read it as a number or JSON where one is expected
+                text = const.sval.sval
+                self.constants_printed += printed_size(text)
+                why = prints_long(text)
+                if why is not None:
+                    self.deny("numeric_too_long", f"constant {text[:20]!r} reads as {why}", const)
             return
         # self.copies: what this node's value is made of is added to it (a column or parameter 1, a constant nothing,
         # a concatenation or function the sum of its operands, a condition 1, a choice its largest branch)
@@ -1087,8 +1128,6 @@ class Analysis:
             cast = node.type_cast
             padded = self.cast(cast)
             self.expression(cast.arg, scope)
-            if cast.arg.WhichOneof("node") == "a_const" and cast.arg.a_const.WhichOneof("val") == "sval":
-                self.numeric_text(cast)
             if padded:  # a value of its own size, whatever it was made of
                 self.copies = max(self.copies, before + 1)
         elif kind == "bool_expr":
@@ -1141,18 +1180,6 @@ class Analysis:
         made = self.copies - before
         if made > self.max_copies:
             self.check_copies(made, "a value", getattr(node, kind))
-
-    def numeric_text(self, cast: pb.TypeCast) -> None:
-        """A text constant cast to a number is held to a numeric constant's digits ('1e131071' prints 131,072)."""
-        names = _names(cast.type_name.names)
-        text = cast.arg.a_const.sval.sval
-        if names and names[-1] in ("numeric", "decimal") and numeric_digits(text) > MAX_NUMERIC_DIGITS:
-            shown = text[:20]
-            self.deny(
-                "numeric_too_long",
-                f"numeric constant {shown} has more than {MAX_NUMERIC_DIGITS} digits written out",
-                cast,
-            )
 
     def largest(self, nodes: Any, scope: Scope, choice: Any) -> int:
         """Walk `nodes`, of which one gives the value; what the largest is made of (1 for none). All of them are
@@ -1246,12 +1273,36 @@ class Analysis:
         after_left = self.operands(node, kind, names, scope)
         if kind == pb.AEXPR_OP:
             name = names[0] if len(names) == 1 else ""
+            if name in PRODUCTS:
+                self.product(node, before, after_left)
             if name in TESTS:
                 self.copies = before + 1  # a test: its value is a boolean
             elif name in LARGER_OPERAND:
                 self.copies = before + max(after_left - before, self.copies - after_left, 1)
         elif kind != pb.AEXPR_NULLIF:  # its first operand (named "=")
             self.copies = before + 1
+
+    def product(self, node: pb.A_Expr, before: int, after_left: int) -> None:
+        """Count a product, quotient or remainder and its work (see MAX_NUMERIC_WORK); deny (once) past the bounds."""
+        left = _factor(after_left - before, node.lexpr)
+        right = _factor(self.copies - after_left, node.rexpr)
+        if _names(node.name)[0] != "%":  # a remainder is no longer than its operands
+            made = left + right
+            self.promoted += made - (self.copies - before)
+            self.copies = before + made
+        self.products += 1
+        self.numeric_work += max(1, left) * max(1, right)
+        if self.grows:
+            return
+        if self.products > self.max_products or self.numeric_work > self.max_numeric_work:
+            self.grows = True
+            self.deny(
+                "value_growth",
+                f"{self.products} products, quotients and remainders of work {self.numeric_work} (at most"
+                f" {self.max_products} and {self.max_numeric_work}: the product of what the two operands are made of,"
+                " summed): numeric arithmetic on long numbers does not stop for a cancel",
+                node,
+            )
 
     def operands(self, node: pb.A_Expr, kind: int, names: list[str], scope: Scope) -> int:
         """Walk both operands; `self.copies` once the left one was walked."""
@@ -1564,33 +1615,59 @@ def literal_fits(family: TypeFamily, text: str) -> bool:
     return True
 
 
-def long_number(value: Any) -> bool:
-    """A parameter that reads as a number of more than MAX_NUMERIC_DIGITS digits written out (multiplying such
-    numbers does not stop for a cancel)."""
+def long_value(value: Any) -> str | None:
+    """What a parameter reads as that prints far longer than it is written (None: nothing); see prints_long."""
     if isinstance(value, list):
-        return any(long_number(item) for item in value)
+        return next((why for why in map(long_value, value) if why is not None), None)
     if isinstance(value, str):
-        return numeric_digits(value) > MAX_NUMERIC_DIGITS
-    return isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _LONG_INTEGER
+        return prints_long(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _LONG_INTEGER:
+        return LONG_NUMBER
+    return None
+
+
+def prints_long(text: str) -> str | None:
+    """What `text` reads as that prints far longer than it is written (None: nothing): a number of more than
+    MAX_NUMERIC_DIGITS digits written out (multiplying such numbers does not stop for a cancel), or JSON holding a
+    number that prints more than JSON_NUMBER_GROWTH digits longer than written. PostgreSQL reads a string as either
+    where one is expected ("total + '1e65534'", "payload || '[1e131071]'")."""
+    if numeric_digits(text) > MAX_NUMERIC_DIGITS:
+        return LONG_NUMBER
+    if text.lstrip()[:1] in ("[", "{") and _json_numbers(text) is False:
+        return LONG_JSON
+    return None
 
 
 _LONG_INTEGER = 10**MAX_NUMERIC_DIGITS
+LONG_NUMBER = f"a number of more than {MAX_NUMERIC_DIGITS} digits written out"
+LONG_JSON = f"JSON holding a number that prints more than {JSON_NUMBER_GROWTH} digits longer than written"
 
 
 def json_fits(text: str) -> bool:
     """JSON text whose numbers print at most JSON_NUMBER_GROWTH digits longer than they are written (jsonb keeps
     numbers as numeric and prints them in full: '1e999' is 1,000 digits)."""
+    return _json_numbers(text) is True
+
+
+def _json_numbers(text: str) -> bool | None:
+    """Do the numbers of JSON `text` print at most JSON_NUMBER_GROWTH digits longer than written (None: not JSON)?"""
 
     def number(written: str) -> str:
         if numeric_digits(written) > len(written) + JSON_NUMBER_GROWTH:
-            raise ValueError(written)
+            raise _LongJSONNumber(written)
         return written
 
     try:
         json.loads(text, parse_int=number, parse_float=number)
-    except (ValueError, RecursionError):
+    except _LongJSONNumber:
         return False
+    except (ValueError, RecursionError):
+        return None
     return True
+
+
+class _LongJSONNumber(Exception):
+    pass
 
 
 def value_fits(family: TypeFamily, value: Any) -> bool:

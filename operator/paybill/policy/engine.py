@@ -9,7 +9,7 @@ from collections import OrderedDict
 from typing import Any, NamedTuple, Protocol
 
 from ..api.agentpolicy import AgentPolicySpec
-from .analysis import MAX_NUMERIC_DIGITS, Analysis, ParamType, Relation, Scope, location, long_number, param_fits
+from .analysis import Analysis, ParamType, Relation, Scope, location, long_value, param_fits
 from .decision import POLICY_CODES, Decision, Reason, plan_hash
 from .rewrite import rewrite
 from .rules import WILDCARD, PolicyError, RuleSet
@@ -136,13 +136,9 @@ class PolicyEngine:
             else:
                 for number, value in enumerate(params, start=1):
                     kind = expected.get(number)
-                    if long_number(value):
-                        reasons.append(
-                            Reason(
-                                "numeric_too_long",
-                                f"${number} reads as a number of more than {MAX_NUMERIC_DIGITS} digits written out",
-                            )
-                        )
+                    why = long_value(value)
+                    if why is not None:
+                        reasons.append(Reason("numeric_too_long", f"${number} reads as {why}"))
                     elif kind is not None and not param_fits(kind, value):
                         reasons.append(
                             Reason(
@@ -326,6 +322,6 @@ def _params_fit(expected: dict[int, ParamType | None], params: list[Any]) -> boo
         return False
     for number, value in enumerate(params, start=1):
         kind = expected.get(number)
-        if not (param_fits(kind, value) if kind is not None else _scalar(value)) or long_number(value):
+        if not (param_fits(kind, value) if kind is not None else _scalar(value)) or long_value(value) is not None:
             return False
     return True

@@ -206,6 +206,11 @@ class ResultTooLarge(Exception):
     """An exchange stopped reading past its Reading's `max_bytes`; its connection is closed."""
 
 
+class ResultUnreadable(Exception):
+    """A value of a Reading's rows could not be loaded (a jsonb number of more than 4,300 digits is past Python's
+    int conversion); its connection is closed. Its message names the error's class only, never the value."""
+
+
 @functools.cache
 def set_timeout(timeout_ms: int) -> Command:
     """statement_timeout for the current transaction only (as SET LOCAL), with no parameter to bind; and a plan
@@ -352,7 +357,10 @@ class Session:
         room = reading.keep - len(reading.rows)
         if room > 0:
             self._transformer.set_pgresult(chunk)
-            reading.rows += self._transformer.load_rows(0, min(chunk.ntuples, room), tuple)
+            try:
+                reading.rows += self._transformer.load_rows(0, min(chunk.ntuples, room), tuple)
+            except Exception as error:  # a loader's own error: ValueError, RecursionError, ...
+                raise ResultUnreadable(type(error).__name__) from None
 
 
 class _Rollback(Exception):
@@ -575,6 +583,13 @@ class ExecutionGuard:
                         Reason(
                             "bytes_read_exceeded",
                             f"the statement returned more than maxBytesRead {limits.maxBytesRead} bytes; none are kept",
+                        )
+                    ) from None
+                except ResultUnreadable as error:  # the same: closed, rolled back
+                    raise _Rollback(
+                        Reason(
+                            "result_unreadable",
+                            f"a value the statement returned could not be read ({error}); none are kept, rolled back",
                         )
                     ) from None
                 except errors.UniqueViolation as error:
