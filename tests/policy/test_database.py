@@ -564,32 +564,72 @@ def test_a_row_filter_column_stays_unreadable_and_the_filter_still_runs(policy_d
         assert admin_value(policy_db, "SELECT name FROM customers WHERE tenant_id = 'acme' AND id = 1") == name
 
 
+@contextlib.contextmanager
+def extra_table(policy_db: PolicyDatabase, ddl: str, rule: dict, rows: str = "") -> Iterator[ExecutionGuard]:
+    """A guard for tenant acme under the support policy and `rule`, over the test schema and one more table (`ddl`,
+    `rows` inserted as its owner), which is dropped after."""
+    tables = Schema.from_ddl(SCHEMA_SQL + ddl)
+    policy = support_policy().spec.model_dump()
+    policy["rules"].append(rule)
+    engine = PolicyEngine(AgentPolicySpec.model_validate(policy), tables)
+    role = agent_role(rule["id"], "acme")
+    with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
+        conn.execute(ddl)
+        if rows:
+            conn.execute(rows)
+        apply_grants(conn, engine.rules, tables, role, "acme", password="agent-secret")
+    try:
+        with ExecutionGuard(engine, policy_db.dsn_for_role(role), PRINCIPAL, "acme") as guard:
+            yield guard
+    finally:
+        with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
+            conn.execute(ddl.replace("CREATE TABLE", "DROP TABLE").split("(")[0])
+
+
 def test_a_value_the_client_cannot_load_ends_the_statement_with_a_reason(policy_db: PolicyDatabase) -> None:
     """Eighth outside review (MEDIUM): a jsonb number of more than 4,300 digits is past Python's int conversion, and
     the ValueError psycopg's loader raised escaped the guard: the workflow's step was never recorded nor audited and
     the handler retried it forever. It is a reason now; nothing is kept and the statement's transaction rolls back."""
     ddl = "CREATE TABLE docs (id integer NOT NULL, tenant_id text NOT NULL, doc jsonb, PRIMARY KEY (tenant_id, id));"
-    tables = Schema.from_ddl(SCHEMA_SQL + ddl)
-    policy = support_policy().spec.model_dump()
-    policy["rules"].append(
-        {"id": "docs", "effect": "allow", "actions": ["select", "update"], "tables": ["docs"], "columns": ["*"]}
+    rule = {"id": "docs", "effect": "allow", "actions": ["select", "update"], "tables": ["docs"], "columns": ["*"]}
+    long = "('[' || repeat('7', 5000) || ']')::jsonb"
+    rows = f"INSERT INTO docs VALUES (1, 'acme', {long}), (2, 'acme', '[7]')"
+    with extra_table(policy_db, ddl, rule, rows) as guard:
+        read = guard.execute("SELECT id, doc FROM docs WHERE id = $1", [1])
+        assert [r.code for r in read.reasons] == ["result_unreadable"] and not read.rows, read.reasons
+        assert "7777" not in read.reasons[0].message and "ValueError" in read.reasons[0].message
+        written = guard.execute("UPDATE docs SET doc = doc || '[8]' WHERE id = 2 OR id = 1 RETURNING doc")
+        assert [r.code for r in written.reasons] == ["result_unreadable"], written.reasons
+        again = guard.execute("SELECT id, doc FROM docs WHERE id = $1", [2])
+        assert again.ok and again.rows == [(2, [7])], again  # the update rolled back; the guard goes on
+
+
+def test_an_insert_may_take_its_serial_key_from_its_sequence(policy_db: PolicyDatabase) -> None:
+    """Eighth outside review (LOW): an INSERT into a table keyed by a `serial` column was admitted and always failed
+    with 42501 (permission denied for its sequence): the role is granted USAGE on the sequences behind the serial
+    columns of the tables it may insert into, and on no other."""
+    ddl = (
+        "CREATE TABLE notes (id serial NOT NULL, tenant_id text NOT NULL, order_id integer, body text,"
+        " PRIMARY KEY (tenant_id, id));"
     )
-    engine = PolicyEngine(AgentPolicySpec.model_validate(policy), tables)
-    role = agent_role("unreadable", "acme")
-    with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
-        conn.execute(ddl)
-        long = "('[' || repeat('7', 5000) || ']')::jsonb"
-        conn.execute(f"INSERT INTO docs VALUES (1, 'acme', {long}), (2, 'acme', '[7]')")
-        apply_grants(conn, engine.rules, tables, role, "acme", password="agent-secret")
-    try:
-        with ExecutionGuard(engine, policy_db.dsn_for_role(role), PRINCIPAL, "acme") as guard:
-            read = guard.execute("SELECT id, doc FROM docs WHERE id = $1", [1])
-            assert [r.code for r in read.reasons] == ["result_unreadable"] and not read.rows, read.reasons
-            assert "7777" not in read.reasons[0].message and "ValueError" in read.reasons[0].message
-            written = guard.execute("UPDATE docs SET doc = doc || '[8]' WHERE id = 2 OR id = 1 RETURNING doc")
-            assert [r.code for r in written.reasons] == ["result_unreadable"], written.reasons
-            again = guard.execute("SELECT id, doc FROM docs WHERE id = $1", [2])
-            assert again.ok and again.rows == [(2, [7])], again  # the update rolled back; the guard goes on
-    finally:
+    rule = {
+        "id": "notes",
+        "effect": "allow",
+        "actions": ["insert"],
+        "tables": ["notes"],
+        "columns": ["order_id", "body"],
+    }
+    with extra_table(policy_db, ddl, rule) as guard:
+        added = guard.execute("INSERT INTO notes (order_id, body) VALUES ($1, $2)", [11, "called the customer"])
+        assert added.ok and added.rows_affected == 1, (added.reasons, added.error)
         with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
-            conn.execute("DROP TABLE docs")
+            granted = conn.execute(
+                "SELECT relname FROM (SELECT oid, relname FROM pg_class WHERE relkind = 'S' OFFSET 0) sequences"
+                " WHERE has_sequence_privilege(%s, oid, 'USAGE')",
+                (agent_role("notes", "acme"),),
+            ).fetchall()
+            assert granted == [("notes_id_seq",)]
+            ((stored,),) = conn.execute(
+                "SELECT count(*) FROM notes WHERE tenant_id = 'acme' AND order_id = 11"
+            ).fetchall()
+            assert stored == 1

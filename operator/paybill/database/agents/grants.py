@@ -152,7 +152,36 @@ def apply_grants(
                 in_place[drop], drop = digest, None
             else:
                 conn.execute(statement.encode())
+        grant_sequences(conn, rules, schema, role)
     return in_place
+
+
+def grant_sequences(conn: Connection, rules: RuleSet, schema: Schema, role: str) -> None:
+    """USAGE on the sequences behind `serial` columns of the tables `role` may insert into (their default calls
+    nextval, which needs it; identity columns need nothing), and on no other sequence of the schema."""
+    schema_id = sql.Identifier(schema.name)
+    conn.execute(sql.SQL("REVOKE ALL ON ALL SEQUENCES IN SCHEMA {} FROM {}").format(schema_id, sql.Identifier(role)))
+    inserting = [
+        table.name
+        for table in schema.tables.values()
+        if any(_allowed(rules, "insert", table, column) for column in table.columns)
+    ]
+    if not inserting:
+        return
+    owned = conn.execute(
+        "SELECT s.relname FROM pg_class s JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = s.oid"
+        " JOIN pg_class t ON d.refclassid = 'pg_class'::regclass AND d.refobjid = t.oid"
+        " WHERE s.relkind = 'S' AND d.deptype = 'a'"
+        " AND t.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = %s)"
+        " AND s.relnamespace = t.relnamespace AND t.relname = ANY(%s)",
+        (schema.name, inserting),
+    ).fetchall()
+    for (sequence,) in owned:
+        conn.execute(
+            sql.SQL("GRANT USAGE ON SEQUENCE {}.{} TO {}").format(
+                schema_id, sql.Identifier(sequence), sql.Identifier(role)
+            )
+        )
 
 
 def _policy_exists(conn: Connection, drop: str) -> bool:
