@@ -52,7 +52,9 @@ ORACLE_PASSWORD = "fuzz-oracle"  # a throwaway server's throwaway role
 HIDDEN_MARKERS = (OTHER, "SSN-", "APIKEY-")
 
 # Independent of the engine's own lists: what the rewritten SQL may contain.
-SAFE_OPERATORS = frozenset({"=", "<>", "<", ">", "<=", ">=", "+", "-", "*", "/", "%", "||", "~~", "!~~", "~~*", "!~~*"})
+SAFE_OPERATORS = frozenset(
+    {"=", "<>", "<", ">", "<=", ">=", "+", "-", "*", "/", "%", "||", "~~", "!~~", "~~*", "!~~*", "->", "->>"}
+)
 RANGE_KINDS = frozenset({pb.AEXPR_BETWEEN, pb.AEXPR_NOT_BETWEEN, pb.AEXPR_BETWEEN_SYM, pb.AEXPR_NOT_BETWEEN_SYM})
 SORT_OPERATORS = frozenset({"<", ">"})
 SAFE_TYPES = frozenset(

@@ -633,3 +633,23 @@ def test_an_insert_may_take_its_serial_key_from_its_sequence(policy_db: PolicyDa
                 "SELECT count(*) FROM notes WHERE tenant_id = 'acme' AND order_id = 11"
             ).fetchall()
             assert stored == 1
+
+
+def test_an_agent_reads_a_field_of_a_json_value(policy_db: PolicyDatabase) -> None:
+    """Eighth outside review (LOW, a false refusal): `doc ->> 'plan'` was refused as an operator not admitted. `->`
+    and `->>` are admitted (a field is no larger than the value it is read from); OPERATOR(pg_catalog.->>) is not."""
+    ddl = "CREATE TABLE docs (id integer NOT NULL, tenant_id text NOT NULL, doc jsonb, PRIMARY KEY (tenant_id, id));"
+    rule = {"id": "fields", "effect": "allow", "actions": ["select"], "tables": ["docs"], "columns": ["*"]}
+    rows = (
+        'INSERT INTO docs VALUES (1, \'acme\', \'{"plan": "pro", "seats": [5, 6]}\'),'
+        ' (1, \'globex\', \'{"plan": "free", "seats": [1]}\')'
+    )
+    with extra_table(policy_db, ddl, rule, rows) as guard:
+        read = guard.execute(
+            "SELECT id, doc ->> 'plan' AS plan, doc -> 'seats' -> 1 AS second FROM docs WHERE id = $1", [1]
+        )
+        assert read.ok and read.rows == [(1, "pro", 6)], (read.reasons, read.decision.reasons)
+        picked = guard.execute("SELECT id FROM docs WHERE doc ->> 'plan' = $1", ["free"])
+        assert picked.ok and picked.rows == [], picked.reasons  # globex's row is not acme's
+        qualified = guard.execute("SELECT doc OPERATOR(pg_catalog.->>) 'plan' AS plan FROM docs WHERE id = 1")
+        assert not qualified.executed and "not admitted" in qualified.decision.reasons[0].message

@@ -52,13 +52,15 @@ MAX_PADDED = 1024
 # How many digits more than it is written a number in a JSON value an agent writes may print ('1e999' prints 1,000).
 JSON_NUMBER_GROWTH = 16
 COMPARISONS = frozenset({"=", "<>", "!=", "<", ">", "<=", ">="})
-OPERATORS = COMPARISONS | frozenset({"+", "-", "*", "/", "%", "||", "~~", "!~~", "~~*", "!~~*"})
+# `->` and `->>`: a field or element of json(b)
+JSON_FIELDS = frozenset({"->", "->>"})
+OPERATORS = COMPARISONS | JSON_FIELDS | frozenset({"+", "-", "*", "/", "%", "||", "~~", "!~~", "~~*", "!~~*"})
 ORDERINGS = frozenset({"<", ">"})  # what ORDER BY ... USING may name
 # Operators whose value is a boolean, whatever they read
 TESTS = COMPARISONS | frozenset({"~~", "!~~", "~~*", "!~~*"})
-# Operators whose value is about as large as their larger operand (a number, or what jsonb - key leaves); a product
-# or a quotient has the digits of both operands
-LARGER_OPERAND = frozenset({"+", "-", "%"})
+# Operators whose value is about as large as their larger operand (a number, what jsonb - key leaves, a field of a
+# JSON value); a product or a quotient has the digits of both operands
+LARGER_OPERAND = frozenset({"+", "-", "%", "->", "->>"})
 # Comparisons that pick rows by a value (the sense of requireWhere); <> and != pick nearly all rows.
 CASTS = frozenset(
     {
@@ -337,6 +339,14 @@ def _factor(made: int, operand: pb.Node) -> int:
     if which == "sval":
         return int(numeric_digits(const.sval.sval) > SMALL_NUMBER_DIGITS)
     return 0
+
+
+def _json_field(operand: pb.Node) -> bool:
+    """Is `operand` a field read with `->` (so a json(b) value, if its own left operand was admitted)?"""
+    if operand.WhichOneof("node") != "a_expr":
+        return False
+    names = _names(operand.a_expr.name)
+    return operand.a_expr.kind == pb.AEXPR_OP and names == ["->"]
 
 
 def _names(nodes: Any) -> list[str]:
@@ -1270,9 +1280,12 @@ class Analysis:
         if kind not in (pb.AEXPR_BETWEEN, pb.AEXPR_NOT_BETWEEN):  # their name is the keyword
             self.operator_name(names, OPERATORS, node)
         before = self.copies
-        after_left = self.operands(node, kind, names, scope)
+        after_left, left = self.operands(node, kind, names, scope)
         if kind == pb.AEXPR_OP:
             name = names[0] if len(names) == 1 else ""
+            if name in JSON_FIELDS and not (left is TypeFamily.JSON or _json_field(node.lexpr)):
+                # by type, PostgreSQL could find a tenant's own `->` on text: only json(b) columns, and their fields
+                self.deny("operator_not_allowed", f"operator {name} reads a field of a json or jsonb column only", node)
             if name in PRODUCTS:
                 self.product(node, before, after_left)
             if name in TESTS:
@@ -1304,10 +1317,11 @@ class Analysis:
                 node,
             )
 
-    def operands(self, node: pb.A_Expr, kind: int, names: list[str], scope: Scope) -> int:
-        """Walk both operands; `self.copies` once the left one was walked."""
+    def operands(self, node: pb.A_Expr, kind: int, names: list[str], scope: Scope) -> tuple[int, TypeFamily | None]:
+        """Walk both operands; `self.copies` once the left one was walked, and the left one's type family if it is a
+        base-table column."""
         left_node = node.lexpr
-        left = self.resolved(left_node, scope)
+        left: TypeFamily | None = self.resolved(left_node, scope)
         after_left = self.copies
         right = node.rexpr
         right_kind = right.WhichOneof("node")
@@ -1317,9 +1331,9 @@ class Analysis:
             right_column = self.resolved(right, scope, right_kind)
             if left is None and right_column is not None:
                 self.typed_operand(right_column, left_node, kind, names)
-                return after_left
+                return after_left, left
         if left is None:
-            return after_left
+            return after_left, left
         if kind in LISTS and right_kind == "list":
             for value in right.list.items:
                 self.typed_value(left, value)
@@ -1331,7 +1345,7 @@ class Analysis:
                     self.typed_value(left, value)
         else:
             self.typed_operand(left, right, kind, names, right_kind)
-        return after_left
+        return after_left, left
 
     def operator_name(self, names: list[str], allowed: frozenset[str], node: Any) -> None:
         """An operator wherever it stands (expression, ANY/ALL subquery, ORDER BY USING): unqualified and listed."""
