@@ -565,14 +565,14 @@ def test_a_row_filter_column_stays_unreadable_and_the_filter_still_runs(policy_d
 
 
 @contextlib.contextmanager
-def extra_table(policy_db: PolicyDatabase, ddl: str, rule: dict, rows: str = "") -> Iterator[ExecutionGuard]:
-    """A guard for tenant acme under the support policy and `rule`, over the test schema and one more table (`ddl`,
-    `rows` inserted as its owner), which is dropped after."""
+def extra_table(policy_db: PolicyDatabase, ddl: str, rules: list[dict], rows: str = "") -> Iterator[ExecutionGuard]:
+    """A guard for tenant acme under the support policy and `rules`, over the test schema and one more table
+    (`ddl`, `rows` inserted as its owner), which is dropped after."""
     tables = Schema.from_ddl(SCHEMA_SQL + ddl)
     policy = support_policy().spec.model_dump()
-    policy["rules"].append(rule)
+    policy["rules"].extend(rules)
     engine = PolicyEngine(AgentPolicySpec.model_validate(policy), tables)
-    role = agent_role(rule["id"], "acme")
+    role = agent_role(rules[0]["id"], "acme")
     with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
         conn.execute(ddl)
         if rows:
@@ -594,7 +594,7 @@ def test_a_value_the_client_cannot_load_ends_the_statement_with_a_reason(policy_
     rule = {"id": "docs", "effect": "allow", "actions": ["select", "update"], "tables": ["docs"], "columns": ["*"]}
     long = "('[' || repeat('7', 5000) || ']')::jsonb"
     rows = f"INSERT INTO docs VALUES (1, 'acme', {long}), (2, 'acme', '[7]')"
-    with extra_table(policy_db, ddl, rule, rows) as guard:
+    with extra_table(policy_db, ddl, [rule], rows) as guard:
         read = guard.execute("SELECT id, doc FROM docs WHERE id = $1", [1])
         assert [r.code for r in read.reasons] == ["result_unreadable"] and not read.rows, read.reasons
         assert "7777" not in read.reasons[0].message and "ValueError" in read.reasons[0].message
@@ -619,7 +619,7 @@ def test_an_insert_may_take_its_serial_key_from_its_sequence(policy_db: PolicyDa
         "tables": ["notes"],
         "columns": ["order_id", "body"],
     }
-    with extra_table(policy_db, ddl, rule) as guard:
+    with extra_table(policy_db, ddl, [rule]) as guard:
         added = guard.execute("INSERT INTO notes (order_id, body) VALUES ($1, $2)", [11, "called the customer"])
         assert added.ok and added.rows_affected == 1, (added.reasons, added.error)
         with psycopg.connect(policy_db.admin_dsn, autocommit=True) as conn:
@@ -644,7 +644,7 @@ def test_an_agent_reads_a_field_of_a_json_value(policy_db: PolicyDatabase) -> No
         'INSERT INTO docs VALUES (1, \'acme\', \'{"plan": "pro", "seats": [5, 6]}\'),'
         ' (1, \'globex\', \'{"plan": "free", "seats": [1]}\')'
     )
-    with extra_table(policy_db, ddl, rule, rows) as guard:
+    with extra_table(policy_db, ddl, [rule], rows) as guard:
         read = guard.execute(
             "SELECT id, doc ->> 'plan' AS plan, doc -> 'seats' -> 1 AS second FROM docs WHERE id = $1", [1]
         )
@@ -653,3 +653,40 @@ def test_an_agent_reads_a_field_of_a_json_value(policy_db: PolicyDatabase) -> No
         assert picked.ok and picked.rows == [], picked.reasons  # globex's row is not acme's
         qualified = guard.execute("SELECT doc OPERATOR(pg_catalog.->>) 'plan' AS plan FROM docs WHERE id = 1")
         assert not qualified.executed and "not admitted" in qualified.decision.reasons[0].message
+
+
+def test_an_upserts_where_reads_only_rows_the_agent_may_select(policy_db: PolicyDatabase) -> None:
+    """Eighth outside review (MEDIUM): ON CONFLICT DO UPDATE's WHERE was given the tenant predicate but not the select
+    rowFilter, and PostgreSQL evaluates it before row-level security's check: a true WHERE on a hidden row raised
+    42501, a false one changed nothing, and 24 statements told a hidden amount to within 0.006."""
+    ddl = (
+        "CREATE TABLE invoices (id integer NOT NULL, tenant_id text NOT NULL, note text, amount numeric,"
+        " PRIMARY KEY (tenant_id, id));"
+    )
+    columns = ["id", "note", "amount"]
+    rules = [
+        {"id": "invoices", "effect": "allow", "actions": ["select"], "tables": ["invoices"], "columns": columns}
+        | {"rowFilter": "amount < 103"},
+        {"id": "notes", "effect": "allow", "actions": ["update"], "tables": ["invoices"], "columns": ["note"]},
+        {"id": "new", "effect": "allow", "actions": ["insert"], "tables": ["invoices"], "columns": columns},
+    ]
+    rows = "INSERT INTO invoices VALUES (5, 'acme', 'hidden', 1234.56), (6, 'acme', 'shown', 50)"
+    upsert = (
+        "INSERT INTO invoices (id, note, amount) VALUES ($1, 'x', 1)"
+        " ON CONFLICT (tenant_id, id) DO UPDATE SET note = invoices.note || '!' WHERE invoices.amount > $2"
+    )
+    with extra_table(policy_db, ddl, rules, rows) as guard:
+        assert guard.execute("SELECT id FROM invoices WHERE id = $1", [5]).rows == []
+        above, below = guard.execute(upsert, [5, 1000]), guard.execute(upsert, [5, 2000])
+        assert (above.reasons, above.rows_affected) == (below.reasons, below.rows_affected) == ((), 0), (above, below)
+        shown = guard.execute(upsert, [6, 10])
+        assert shown.ok and shown.rows_affected == 1, shown.reasons
+        assert guard.execute("SELECT note FROM invoices WHERE id = $1", [6]).rows == [("shown!",)]
+
+
+def test_a_parameter_that_is_not_text_is_refused_not_raised(guard: ExecutionGuard) -> None:
+    """Ninth outside review (LOW): a lone surrogate (which a JSON decoder produces from "\\udc80") made the guard
+    raise UnicodeEncodeError before its statement ran, instead of answering."""
+    refused = guard.execute("SELECT id FROM orders WHERE status = $1", ["\udc80"])
+    assert not refused.executed and [r.code for r in refused.decision.reasons] == ["param_type"], refused
+    assert guard.execute("SELECT id FROM orders WHERE status = $1", ["é"]).ok

@@ -530,3 +530,50 @@ def test_products_are_counted_and_their_work_bounded() -> None:
     assert codes("UPDATE docs SET amount = amount * $1 / 100 WHERE id = 1", ["0.95"]) == []
     assert codes("UPDATE docs SET amount = amount * 1.0825 WHERE id = 1") == []
     assert codes("UPDATE docs SET amount = amount * amount WHERE id = 1") == ["value_growth"]
+
+
+def test_numbers_inside_arrays_ranges_and_deep_json_are_held_too() -> None:
+    """Ninth outside review (HIGH): JSON nested past the JSON reader's depth was taken for "not JSON" (1,001 brackets
+    around 1e131071s stored 12 KB that printed 655 MB and broke pg_dump), and array and range input were never read
+    (`'{1e131071, ...}'` stored 1 KB printing 1.1 GB; `'(0,1e131071]'`). Every number written in a string is held to
+    1,000 digits and to 16 more than written, wherever it stands."""
+    engine = docs_engine()
+
+    def codes(sql: str, params: list[object] | None = None) -> list[str]:
+        return [r.code for r in engine.decide(PRINCIPAL, sql, params or [], tenant="acme").reasons]
+
+    deep = "[" * 1001 + "1e131071" + "]" * 1001
+    assert codes(f"UPDATE docs SET doc = doc || '{deep}' WHERE id = 1") == ["numeric_too_long"]
+    assert codes("UPDATE docs SET doc = doc || $1 WHERE id = 1", [deep]) == ["numeric_too_long"]
+    for value in ("{1e131071,2}", '{"1e999"}', "(0,1e131071]", "[1," + "9" * 1001 + ")", "{{1.5e40}}"):
+        assert codes("SELECT id FROM docs WHERE note = $1", [value]) == ["numeric_too_long"], value
+        assert codes(f"SELECT id FROM docs WHERE note = '{value}'") == ["numeric_too_long"], value
+    for value in ("{1.5,2,3}", "[1,10)", "version 2e10 of 12345678901234567890", "[" * 1001 + "]" * 1001):
+        assert codes("SELECT id FROM docs WHERE note = $1", [value]) == [], value
+
+
+def test_a_cast_to_numeric_reads_a_number() -> None:
+    """Ninth outside review (HIGH): `('1e' || '131071')::numeric / 7` built a 131,072-digit operand out of two short
+    constants, counted as one value; 30 divisions by a 65,536-digit one held the database 26.5 s against a 2 s
+    timeout. A cast to numeric reads a column of numbers or JSON, a constant, a parameter, or arithmetic and
+    aggregates over them; text, stored or built, has digits without bound."""
+    engine = docs_engine()
+
+    def codes(sql: str) -> list[str]:
+        return [r.code for r in engine.decide(PRINCIPAL, sql, [], tenant="acme").reasons]
+
+    for refused in (
+        "WITH c AS (SELECT ('1e' || '131071')::numeric / 7 AS a) SELECT a / 3 AS z FROM c",
+        "SELECT (note || 'e5')::numeric AS z FROM docs",
+        "SELECT note::numeric AS z FROM docs",
+        "SELECT max(note)::numeric AS z FROM docs",
+        "SELECT CAST(coalesce(note, '1') AS decimal) AS z FROM docs",
+    ):
+        assert codes(refused) == ["value_growth"], refused
+    admitted = (
+        "SELECT amount::numeric AS a, (doc ->> 'a')::numeric AS b, count(*)::numeric / 3 AS c,"
+        " (amount * 2 + id)::numeric AS d, sum(amount)::numeric AS e, '12.5'::numeric AS f,"
+        " CASE WHEN id > 1 THEN id::numeric ELSE 0 END AS g, avg(id)::numeric AS h"
+        " FROM docs GROUP BY amount, doc, id"
+    )
+    assert codes(admitted) == []

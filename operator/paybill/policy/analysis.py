@@ -49,6 +49,20 @@ MAX_PRODUCTS = 32
 MAX_NUMERIC_WORK = 256
 # A cast to char(n) pads its value to n characters.
 MAX_PADDED = 1024
+# Casts to numeric, and what they may read (Analysis.numeric_source): columns of these families; casts to these types,
+# whatever they read (a number past their range is an error); functions whose value is a number whatever they read
+# (or an error), and those that give one of their arguments.
+NUMERIC_TYPES = frozenset({"numeric", "decimal"})
+NUMBER_COLUMNS = frozenset({TypeFamily.INTEGER, TypeFamily.NUMERIC, TypeFamily.JSON})
+BOUNDED_NUMBER_TYPES = frozenset(
+    {"int2", "int4", "int8", "smallint", "integer", "int", "bigint", "float4", "float8", "real"}
+)
+NUMBER_FUNCTIONS = frozenset(
+    {"count", "sum", "avg", "length", "char_length", "octet_length", "abs", "round", "trunc", "ceil", "ceiling"}
+    | {"floor", "sign", "mod", "div", "extract", "date_part"}
+)
+PASSING_FUNCTIONS = frozenset({"min", "max", "greatest", "least", "nullif"})
+ARITHMETIC = frozenset({"+", "-", "*", "/", "%"})
 # How many digits more than it is written a number in a JSON value an agent writes may print ('1e999' prints 1,000).
 JSON_NUMBER_GROWTH = 16
 COMPARISONS = frozenset({"=", "<>", "!=", "<", ">", "<=", ">="})
@@ -339,6 +353,46 @@ def _factor(made: int, operand: pb.Node) -> int:
     if which == "sval":
         return int(numeric_digits(const.sval.sval) > SMALL_NUMBER_DIGITS)
     return 0
+
+
+def _plain_number(node: pb.Node) -> bool:
+    """Is `node` a number whatever the columns it reads hold (see Analysis.numeric_source)? A column read by
+    arithmetic or by a numeric aggregate is (no arithmetic operator takes text); one read otherwise may be text."""
+    kind = node.WhichOneof("node")
+    if kind in ("a_const", "param_ref"):
+        return True
+    if kind == "a_expr":
+        expr = node.a_expr
+        names = _names(expr.name)
+        if expr.kind != pb.AEXPR_OP or len(names) != 1:
+            return False
+        if names[0] in JSON_FIELDS:
+            return True  # of a json(b) column (Analysis.operator)
+        return names[0] in ARITHMETIC and all(
+            _plain_number(side) or side.WhichOneof("node") == "column_ref"
+            for side in (expr.lexpr, expr.rexpr)
+            if side.WhichOneof("node") is not None
+        )
+    if kind == "type_cast":
+        target = _names(node.type_cast.type_name.names)[-1]
+        return target in BOUNDED_NUMBER_TYPES or (target in NUMERIC_TYPES and _plain_number(node.type_cast.arg))
+    if kind == "func_call":
+        call = node.func_call
+        name = _names(call.funcname)[-1]
+        if name in NUMBER_FUNCTIONS:
+            return True
+        return name in PASSING_FUNCTIONS and all(_plain_number(arg) for arg in call.args[:])
+    if kind == "coalesce_expr":
+        return all(_plain_number(arg) for arg in node.coalesce_expr.args[:])
+    if kind == "min_max_expr":
+        return all(_plain_number(arg) for arg in node.min_max_expr.args[:])
+    if kind == "case_expr":
+        case = node.case_expr
+        results = [when.case_when.result for when in case.args[:]]
+        if case.defresult.WhichOneof("node") is not None:
+            results.append(case.defresult)
+        return all(_plain_number(result) for result in results)
+    return False
 
 
 def _json_field(operand: pb.Node) -> bool:
@@ -1137,7 +1191,10 @@ class Analysis:
         elif kind == "type_cast":
             cast = node.type_cast
             padded = self.cast(cast)
-            self.expression(cast.arg, scope)
+            if _names(cast.type_name.names)[-1] in NUMERIC_TYPES:
+                self.numeric_source(cast, self.resolved(cast.arg, scope))
+            else:
+                self.expression(cast.arg, scope)
             if padded:  # a value of its own size, whatever it was made of
                 self.copies = max(self.copies, before + 1)
         elif kind == "bool_expr":
@@ -1190,6 +1247,19 @@ class Analysis:
         made = self.copies - before
         if made > self.max_copies:
             self.check_copies(made, "a value", getattr(node, kind))
+
+    def numeric_source(self, cast: pb.TypeCast, column: TypeFamily | None) -> None:
+        """A cast to numeric reads a number: a column of numbers or JSON, a constant, a parameter, or arithmetic and
+        aggregates over them. Text, stored or built by the statement (`('1e' || '131071')::numeric`), has digits
+        without bound, and numeric arithmetic does not stop for a cancel."""
+        if column in NUMBER_COLUMNS or (column is None and _plain_number(cast.arg)):
+            return
+        self.deny(
+            "value_growth",
+            "a cast to numeric may read a number only: a column of numbers or JSON, a constant, a parameter, or"
+            " arithmetic over them (text has digits without bound)",
+            cast,
+        )
 
     def largest(self, nodes: Any, scope: Scope, choice: Any) -> int:
         """Walk `nodes`, of which one gives the value; what the largest is made of (1 for none). All of them are
@@ -1642,19 +1712,35 @@ def long_value(value: Any) -> str | None:
 
 def prints_long(text: str) -> str | None:
     """What `text` reads as that prints far longer than it is written (None: nothing): a number of more than
-    MAX_NUMERIC_DIGITS digits written out (multiplying such numbers does not stop for a cancel), or JSON holding a
-    number that prints more than JSON_NUMBER_GROWTH digits longer than written. PostgreSQL reads a string as either
-    where one is expected ("total + '1e65534'", "payload || '[1e131071]'")."""
-    if numeric_digits(text) > MAX_NUMERIC_DIGITS:
-        return LONG_NUMBER
-    if text.lstrip()[:1] in ("[", "{") and _json_numbers(text) is False:
-        return LONG_JSON
+    MAX_NUMERIC_DIGITS digits written out (numeric arithmetic does not stop for a cancel), or JSON, an array or a
+    range holding a number that prints more than that or more than JSON_NUMBER_GROWTH digits longer than written.
+    PostgreSQL reads a string as any of them where one is expected ("total + '1e65534'", "doc || '[1e131071]'",
+    "amounts || '{1e131071}'", "band = '(0,1e131071]'")."""
+    digits = numeric_digits(text)
+    if digits:  # a number: its digits are counted where it is used (Analysis.constants_printed, parameter_expansion)
+        return LONG_NUMBER if digits > MAX_NUMERIC_DIGITS else None
+    json = _json_numbers(text) if text.lstrip()[:1] in ("[", "{") else None
+    if json is not None:
+        return None if json else LONG_ELEMENT
+    # not JSON, or nested deeper than the JSON reader goes: every number written in it, wherever it stands
+    for token in _NUMBER_TOKEN.findall(text):
+        if not _number_fits(token):
+            return LONG_ELEMENT
     return None
 
 
+def _number_fits(written: str) -> bool:
+    digits = numeric_digits(written)
+    return digits <= MAX_NUMERIC_DIGITS and digits <= len(written) + JSON_NUMBER_GROWTH
+
+
+_NUMBER_TOKEN = re.compile(r"[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?")
 _LONG_INTEGER = 10**MAX_NUMERIC_DIGITS
 LONG_NUMBER = f"a number of more than {MAX_NUMERIC_DIGITS} digits written out"
-LONG_JSON = f"JSON holding a number that prints more than {JSON_NUMBER_GROWTH} digits longer than written"
+LONG_ELEMENT = (
+    f"JSON, an array or a range holding a number that prints more than {MAX_NUMERIC_DIGITS} digits, or more than"
+    f" {JSON_NUMBER_GROWTH} longer than written"
+)
 
 
 def json_fits(text: str) -> bool:
@@ -1664,10 +1750,11 @@ def json_fits(text: str) -> bool:
 
 
 def _json_numbers(text: str) -> bool | None:
-    """Do the numbers of JSON `text` print at most JSON_NUMBER_GROWTH digits longer than written (None: not JSON)?"""
+    """Do the numbers of JSON `text` print at most MAX_NUMERIC_DIGITS digits, and at most JSON_NUMBER_GROWTH longer
+    than written (None: not JSON, or nested deeper than the reader goes)?"""
 
     def number(written: str) -> str:
-        if numeric_digits(written) > len(written) + JSON_NUMBER_GROWTH:
+        if not _number_fits(written):
             raise _LongJSONNumber(written)
         return written
 

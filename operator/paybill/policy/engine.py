@@ -139,6 +139,8 @@ class PolicyEngine:
                     why = long_value(value)
                     if why is not None:
                         reasons.append(Reason("numeric_too_long", f"${number} reads as {why}"))
+                    elif not _utf8(value):
+                        reasons.append(Reason("param_type", f"${number} is not valid UTF-8 text"))
                     elif kind is not None and not param_fits(kind, value):
                         reasons.append(
                             Reason(
@@ -324,4 +326,19 @@ def _params_fit(expected: dict[int, ParamType | None], params: list[Any]) -> boo
         kind = expected.get(number)
         if not (param_fits(kind, value) if kind is not None else _scalar(value)) or long_value(value) is not None:
             return False
+        if not _utf8(value):
+            return False
+    return True
+
+
+def _utf8(value: Any) -> bool:
+    """Can `value` be sent as text (a lone surrogate, which a JSON decoder may produce, cannot)?"""
+    if isinstance(value, list):
+        return all(_utf8(item) for item in value)
+    if not isinstance(value, str) or value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
     return True

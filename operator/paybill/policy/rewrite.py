@@ -45,9 +45,7 @@ def rewrite(result: pb.ParseResult, analysis: Analysis, limits: Limits, serializ
     target = analysis.target
     if target is not None and analysis.kind in ("update", "delete"):
         _restrict(target.stmt.where_clause, target.table, analysis.kind, rules, tenant, target.name)
-        hidden = rules.row_filters_for("select", target.table.name)  # its WHERE and RETURNING read the rows
-        if hidden:
-            _row_filters(_conjunct(target.stmt.where_clause), hidden, rules, target.name)
+        _hidden_rows(target.stmt.where_clause, target.table, rules, target.name)  # its WHERE and RETURNING read them
     if target is not None and analysis.kind == "insert":
         if tenant is not None and target.table.pooled:
             _insert_tenant(target.stmt, tenant)
@@ -55,11 +53,20 @@ def rewrite(result: pb.ParseResult, analysis: Analysis, limits: Limits, serializ
         if target.stmt.HasField("on_conflict_clause") and conflict.action == pb.ONCONFLICT_UPDATE:
             # the conflicting row may be another tenant's: DO UPDATE touches it only where an UPDATE could
             _restrict(conflict.where_clause, target.table, "update", rules, tenant, target.name)
+            _hidden_rows(conflict.where_clause, target.table, rules, target.name)  # its WHERE reads the row
     if analysis.kind == "select":
         # a locking read locks what it returns: one row past maxRowsWritten is enough for the guard to refuse
         rows = min(limits.maxRowsRead, limits.maxRowsWritten + 1) if analysis.locking else limits.maxRowsRead
         _limit(result.stmts[0].stmt.select_stmt, rows)
     return deparse(result)
+
+
+def _hidden_rows(where: pb.Node, table: Table, rules: RuleSet, qualifier: str) -> None:
+    """AND into `where` the select row filters of `table`: a WHERE that reads rows the agent may not select would
+    tell their values apart (by what it changes, or by the error the database raises on them)."""
+    hidden = rules.row_filters_for("select", table.name)
+    if hidden:
+        _row_filters(_conjunct(where), hidden, rules, qualifier)
 
 
 def _fence(written: list[Any]) -> None:
