@@ -3,6 +3,7 @@ kubectl acting as the agent's ServiceAccount (a bound token), a real PostgreSQL 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import shutil
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
 import yaml
 from kopf.testing import KopfRunner
@@ -19,7 +21,16 @@ from chart.webhooks import serve_webhooks_over_tls
 from paybill.api.agentworkflow import AgentWorkflowSpec
 from paybill.api.tenant import Access
 from paybill.database.server import LocalPostgres
-from paybill.handlers.admission import CONFIGURATION, STAMP_ID, VALIDATE_ID, observe, read_world, webhook_name
+from paybill.handlers.admission import (
+    CONFIGURATION,
+    STAMP_ID,
+    VALIDATE_ID,
+    EngineCache,
+    observe,
+    read_world,
+    reviewed,
+    webhook_name,
+)
 from paybill.workflows.admission import PLAN_HASHES, POLICY_VERSION, REQUESTER
 from test_tenant_lifecycle import API, agent_policy, login, onboard, wait_phase, wait_policy, wait_workflow
 
@@ -226,10 +237,9 @@ def test_with_the_webhook_stopped_nothing_is_admitted(
     assert cluster.kube.get(API, "agentworkflows", "after", namespace) is None
 
 
-def test_a_standby_replica_reads_the_world_from_the_api_server(cluster: Any) -> None:
-    """Under leader election kopf pauses a standby's watches, so its indexes are stale: its webhook reads the same
-    facts from the API server (read_world) through the same entry functions."""
-    kube = cluster.kube
+def acme_with_policy(kube: Any, phase: str) -> AgentWorkflowSpec:
+    """Tenant acme (pooled, read-only) with namespace tenant-acme, a namespace `squat` that only claims it by label,
+    and AgentPolicy support in phase `phase`; returns a workflow spec naming that policy."""
     kube.apply(
         {"apiVersion": API, "kind": "Plan", "metadata": {"name": "p"}, "spec": {"tier": "p", "isolation": "pooled"}}
     )
@@ -248,7 +258,6 @@ def test_a_standby_replica_reads_the_world_from_the_api_server(cluster: Any) -> 
             "metadata": {"name": "squat", "labels": {"paybill.dev/tenant": "acme"}},
         }
     )
-    policy = yaml.safe_load(workflow("tenant-acme", "x", [READ]))  # only for its shape below
     kube.create(
         {
             "apiVersion": API,
@@ -257,10 +266,15 @@ def test_a_standby_replica_reads_the_world_from_the_api_server(cluster: Any) -> 
             "spec": {"subjects": [{"serviceAccount": AGENT, "agent": "agent:support-bot"}], "rules": []},
         }
     )
-    kube.merge_patch(
-        API, "agentpolicies", "support", {"status": {"phase": "Ready"}}, "tenant-acme", subresource="status"
-    )
-    spec = AgentWorkflowSpec.model_validate(policy["spec"])
+    kube.merge_patch(API, "agentpolicies", "support", {"status": {"phase": phase}}, "tenant-acme", subresource="status")
+    return AgentWorkflowSpec.model_validate(yaml.safe_load(workflow("tenant-acme", "x", [READ]))["spec"])
+
+
+def test_a_standby_replica_reads_the_world_from_the_api_server(cluster: Any) -> None:
+    """Under leader election kopf pauses a standby's watches, so its indexes are stale: its webhook reads the same
+    facts from the API server (read_world) through the same entry functions."""
+    kube = cluster.kube
+    spec = acme_with_policy(kube, "Ready")
     world, _, _ = observe("tenant-acme", spec, read_world(kube, "tenant-acme"))
     assert world.tenancy is not None and (world.tenancy.tenant, world.tenancy.access) == ("acme", Access.READ_ONLY)
     assert world.tenancy.plan is not None and world.policy is not None and world.policy.status.phase == "Ready"
@@ -268,3 +282,26 @@ def test_a_standby_replica_reads_the_world_from_the_api_server(cluster: Any) -> 
     squatted, _, _ = observe("squat", spec, read_world(kube, "squat"))  # the label alone names no tenant
     assert squatted.tenancy is None
     assert observe("nowhere", spec, read_world(kube, "nowhere"))[0].tenancy is None
+
+
+def test_a_refusal_on_the_indexes_is_decided_again_on_the_api_servers_view(cluster: Any) -> None:
+    """A fresh clone's run saw a workflow refused ("agentpolicy/support is Pending, not Ready") right after the
+    policy's Ready status was written: kopf's indexes follow the watch a moment behind. A refusal is decided again on
+    what the API server says now; what it still refuses stays refused."""
+    kube = cluster.kube
+    spec = acme_with_policy(kube, "Pending")
+    stale = read_world(kube, "tenant-acme")  # what the indexes held before the status write reached them
+    body = {"metadata": {"name": "x", "namespace": "tenant-acme"}, "spec": spec.model_dump(mode="json")}
+    userinfo = {"username": f"system:serviceaccount:tenant-acme:{AGENT}"}
+
+    memo = kopf.Memo(kube=kube, admission_engines=EngineCache(), databases=None)
+
+    def verdict() -> Any:
+        return asyncio.run(reviewed("CREATE", body, None, userinfo, memo, stale, ""))
+
+    pending = verdict()
+    assert not pending.allowed and "agentpolicy/support is Pending, not Ready" in pending.message, pending
+    status = {"phase": "Ready", "observedGeneration": 1, "access": "read_only"}
+    kube.merge_patch(API, "agentpolicies", "support", {"status": status}, "tenant-acme", subresource="status")
+    ready = verdict()  # past the policy's phase, to the engine, which this operator without a database cannot build
+    assert not ready.allowed and ready.message.endswith("no tenant database configured"), ready

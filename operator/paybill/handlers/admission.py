@@ -406,11 +406,28 @@ class Leadership:
 LEADERSHIP = Leadership()
 
 
-async def world_indexes(memo: kopf.Memo, namespace: str, kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
-    """kopf's indexes while this replica's watches run; else what the API server says now."""
-    if await LEADERSHIP.live():
-        return {name: kwargs[name] for name in INDEXES}
-    return await asyncio.to_thread(read_world, memo.kube, namespace)
+async def reviewed(
+    operation: str | None,
+    body: Mapping[str, Any],
+    old: Mapping[str, Any] | None,
+    userinfo: Mapping[str, Any],
+    memo: kopf.Memo,
+    indices: Mapping[str, Any],
+    admission_id: str,
+) -> Verdict:
+    """`review` on kopf's indexes while this replica's watches run, else on what the API server says now. The
+    indexes follow the watch a moment behind the API server (a policy whose Ready status was just written may still
+    read Pending there): a refusal is decided again on what the API server says now, so only admissions are fast."""
+    namespace = _namespace(body)
+    live = await LEADERSHIP.live()
+    indexes: Mapping[str, Any] = (
+        {name: indices[name] for name in INDEXES} if live else await asyncio.to_thread(read_world, memo.kube, namespace)
+    )
+    verdict = await review(operation, body, old, userinfo, memo, indexes, admission_id)
+    if verdict.allowed or not live:
+        return verdict
+    fresh: Mapping[str, Any] = await asyncio.to_thread(read_world, memo.kube, namespace)
+    return await review(operation, body, old, userinfo, memo, fresh, admission_id)
 
 
 # -- the policy's engine, built once per (policy generation and version, tenant access, placement) ------------------
@@ -542,8 +559,7 @@ async def stamp_verdict(
 ) -> Verdict:
     """The mutating webhook: a created workflow admitted with the stamp to write, or refused with every reason."""
     with counting("admission"):  # each submission once: this webhook is asked first (validation decides again)
-        indexes = await world_indexes(memo, _namespace(body), indices)
-        return await review(operation, body, None, userinfo, memo, indexes, new_admission_id())
+        return await reviewed(operation, body, None, userinfo, memo, indices, new_admission_id())
 
 
 async def validation_problem(
@@ -556,9 +572,8 @@ async def validation_problem(
     dryrun: bool,
 ) -> str | None:
     """The validating webhook: why this create or update is refused, or None."""
-    indexes = await world_indexes(memo, _namespace(body), indices)
     admission_id = _annotations(body).get(ADMISSION_ID, "")  # the mutating webhook's: the stamp must match it
-    verdict = await review(operation, body, old, userinfo, memo, indexes, admission_id)
+    verdict = await reviewed(operation, body, old, userinfo, memo, indices, admission_id)
     if not verdict.allowed:
         return verdict.message
     if operation == "CREATE" and not stamp_matches(_annotations(body), verdict):
