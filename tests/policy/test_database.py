@@ -658,7 +658,8 @@ def test_an_agent_reads_a_field_of_a_json_value(policy_db: PolicyDatabase) -> No
 def test_an_upserts_where_reads_only_rows_the_agent_may_select(policy_db: PolicyDatabase) -> None:
     """Eighth outside review (MEDIUM): ON CONFLICT DO UPDATE's WHERE was given the tenant predicate but not the select
     rowFilter, and PostgreSQL evaluates it before row-level security's check: a true WHERE on a hidden row raised
-    42501, a false one changed nothing, and 24 statements told a hidden amount to within 0.006."""
+    42501, a false one changed nothing, and 24 statements told a hidden amount to within 0.006. The agent's WHERE is
+    now evaluated only where the tenant predicate and the row filters hold (CASE WHEN ... THEN ... ELSE false)."""
     ddl = (
         "CREATE TABLE invoices (id integer NOT NULL, tenant_id text NOT NULL, note text, amount numeric,"
         " PRIMARY KEY (tenant_id, id));"
@@ -679,6 +680,12 @@ def test_an_upserts_where_reads_only_rows_the_agent_may_select(policy_db: Policy
         assert guard.execute("SELECT id FROM invoices WHERE id = $1", [5]).rows == []
         above, below = guard.execute(upsert, [5, 1000]), guard.execute(upsert, [5, 2000])
         assert (above.reasons, above.rows_affected) == (below.reasons, below.rows_affected) == ((), 0), (above, below)
+        # tenth outside review: the WHERE was evaluated as written, before the filter AND-ed after it; a division by
+        # zero on the hidden row told its amount apart (17 statements). It reads no row the guard does not admit.
+        probe = upsert.replace("invoices.amount > $2", "1 / (CASE WHEN invoices.amount < $2 THEN 0 ELSE 1 END) > 0")
+        for bound in (1000, 2000):
+            hidden = guard.execute(probe, [5, bound])
+            assert (hidden.reasons, hidden.rows_affected) == ((), 0), (bound, hidden)
         shown = guard.execute(upsert, [6, 10])
         assert shown.ok and shown.rows_affected == 1, shown.reasons
         assert guard.execute("SELECT note FROM invoices WHERE id = $1", [6]).rows == [("shown!",)]

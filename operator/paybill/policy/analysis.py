@@ -44,6 +44,7 @@ GROWING = frozenset({TypeFamily.TEXT, TypeFamily.JSON, TypeFamily.NUMERIC, TypeF
 # the digits of a number as it bounds the length of text. A statement computes at most MAX_PRODUCTS of them, and
 # their work, the product of what the two operands are made of, summed, is at most MAX_NUMERIC_WORK.
 PRODUCTS = frozenset({"*", "/", "%"})
+PRODUCT_FUNCTIONS = frozenset({"div", "mod"})  # the same, as functions an author may allowlist
 SMALL_NUMBER_DIGITS = 20
 MAX_PRODUCTS = 32
 MAX_NUMERIC_WORK = 256
@@ -366,8 +367,9 @@ def _plain_number(node: pb.Node) -> bool:
         names = _names(expr.name)
         if expr.kind != pb.AEXPR_OP or len(names) != 1:
             return False
-        if names[0] in JSON_FIELDS:
-            return True  # of a json(b) column (Analysis.operator)
+        if names[0] == "->":
+            return True  # a field of a json(b) column (Analysis.operator): jsonb casts to numeric only from a number
+
         return names[0] in ARITHMETIC and all(
             _plain_number(side) or side.WhichOneof("node") == "column_ref"
             for side in (expr.lexpr, expr.rexpr)
@@ -1327,11 +1329,16 @@ class Analysis:
             self.deny("function_not_allowed", f"function {name} is not in the policy's allowlist", node)
         if node.func_variadic:
             self.unsupported(node, "VARIADIC")
+        made_of: list[int] = []
         for arg in node.args[:]:
             if arg.WhichOneof("node") == "named_arg_expr":
                 self.unsupported(arg.named_arg_expr, "named arguments")
             else:
+                start = self.copies
                 self.expression(arg, scope)
+                made_of.append(_factor(self.copies - start, arg))
+        if name in PRODUCT_FUNCTIONS and len(made_of) == 2:
+            self.count_product(made_of[0], made_of[1], node)
         # its value: what its arguments are built of (a value, without any); its window, order and filter build none
         made = max(self.copies, before + 1)
         if node.HasField("over"):
@@ -1373,6 +1380,9 @@ class Analysis:
             made = left + right
             self.promoted += made - (self.copies - before)
             self.copies = before + made
+        self.count_product(left, right, node)
+
+    def count_product(self, left: int, right: int, node: Any) -> None:
         self.products += 1
         self.numeric_work += max(1, left) * max(1, right)
         if self.grows:
@@ -1722,10 +1732,14 @@ def prints_long(text: str) -> str | None:
     json = _json_numbers(text) if text.lstrip()[:1] in ("[", "{") else None
     if json is not None:
         return None if json else LONG_ELEMENT
-    # not JSON, or nested deeper than the JSON reader goes: every number written in it, wherever it stands
-    for token in _NUMBER_TOKEN.findall(text):
-        if not _number_fits(token):
-            return LONG_ELEMENT
+    # Not JSON, or nested deeper than the JSON reader goes: every number in it, read as PostgreSQL's array and range
+    # input reads one (quotes and backslashes dropped anywhere in an element, whitespace after the exponent's e,
+    # "1.e5"): no run of more than MAX_NUMERIC_DIGITS digits, no exponent past JSON_NUMBER_GROWTH.
+    plain = text.replace("\\", "").replace('"', "")
+    if any(len(run) > MAX_NUMERIC_DIGITS for run in _DIGITS.findall(plain)):
+        return LONG_ELEMENT
+    if any(len(power) > 3 or int(power) > JSON_NUMBER_GROWTH for power in _EXPONENT.findall(plain)):
+        return LONG_ELEMENT
     return None
 
 
@@ -1734,7 +1748,8 @@ def _number_fits(written: str) -> bool:
     return digits <= MAX_NUMERIC_DIGITS and digits <= len(written) + JSON_NUMBER_GROWTH
 
 
-_NUMBER_TOKEN = re.compile(r"[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?")
+_DIGITS = re.compile(r"[0-9]+")
+_EXPONENT = re.compile(r"[0-9.]\s*[eE]\s*[+-]?\s*([0-9]+)")
 _LONG_INTEGER = 10**MAX_NUMERIC_DIGITS
 LONG_NUMBER = f"a number of more than {MAX_NUMERIC_DIGITS} digits written out"
 LONG_ELEMENT = (

@@ -51,14 +51,35 @@ def rewrite(result: pb.ParseResult, analysis: Analysis, limits: Limits, serializ
             _insert_tenant(target.stmt, tenant)
         conflict = target.stmt.on_conflict_clause
         if target.stmt.HasField("on_conflict_clause") and conflict.action == pb.ONCONFLICT_UPDATE:
-            # the conflicting row may be another tenant's: DO UPDATE touches it only where an UPDATE could
-            _restrict(conflict.where_clause, target.table, "update", rules, tenant, target.name)
-            _hidden_rows(conflict.where_clause, target.table, rules, target.name)  # its WHERE reads the row
+            _guard_conflict(conflict.where_clause, target.table, rules, tenant, target.name)
     if analysis.kind == "select":
         # a locking read locks what it returns: one row past maxRowsWritten is enough for the guard to refuse
         rows = min(limits.maxRowsRead, limits.maxRowsWritten + 1) if analysis.locking else limits.maxRowsRead
         _limit(result.stmts[0].stmt.select_stmt, rows)
     return deparse(result)
+
+
+def _guard_conflict(where: pb.Node, table: Table, rules: RuleSet, tenant: str | None, qualifier: str) -> None:
+    """ON CONFLICT DO UPDATE's WHERE: the conflicting row may be another tenant's or one the agent may not select,
+    and PostgreSQL evaluates this WHERE, in the order written, before row security's check (whose error would tell a
+    hidden row's values apart). It becomes CASE WHEN <tenant predicate, update and select row filters> THEN <the
+    agent's WHERE> ELSE false END: the agent's expression never reads a row it may not reach."""
+    guard = pb.Node()
+    _restrict(guard, table, "update", rules, tenant, qualifier)
+    _hidden_rows(guard, table, rules, qualifier)
+    if guard.WhichOneof("node") is None:
+        return
+    if where.WhichOneof("node") is None:
+        where.CopyFrom(guard)
+        return
+    original = pb.Node()
+    original.CopyFrom(where)
+    where.Clear()
+    case = where.case_expr
+    when = case.args.add().case_when
+    when.expr.CopyFrom(guard)
+    when.result.CopyFrom(original)
+    case.defresult.a_const.boolval.boolval = False
 
 
 def _hidden_rows(where: pb.Node, table: Table, rules: RuleSet, qualifier: str) -> None:

@@ -523,7 +523,10 @@ class Validator:
         if conflict is not None and conflict.get("action") == "ONCONFLICT_UPDATE":
             required = self._required("update", table, walk.tenant, qualifier)
             if required is not None:
-                rest = _without(conflict.get("whereClause"), required)
+                guard, guarded = _guarded(conflict.get("whereClause"))
+                rest = _without(guard, required)
+                if rest is not None:
+                    rest.extend(guarded)
                 if rest is None:
                     walk.deny(
                         "validator_relation",
@@ -845,6 +848,24 @@ def _conjuncts(node: Body) -> list[Body]:
 
 
 _AND_KEYS: Final = frozenset({"boolop", "args", "location"})
+
+
+def _guarded(where: Body | None) -> tuple[Body | None, list[Body]]:
+    """`CASE WHEN guard THEN result ELSE false END` (the rewrite's ON CONFLICT WHERE: as a filter, guard AND result,
+    with the result evaluated only where the guard holds) as (guard, [result]); anything else as (where, [])."""
+    case = (where or {}).get("CaseExpr")
+    if case is None or "arg" in case or len(case.get("args", ())) != 1:
+        return where, []
+    default = case.get("defresult", {}).get("A_Const")
+    when = case["args"][0].get("CaseWhen", {})
+    if (
+        default is None
+        or set(default) - {"boolval", "location"}
+        or default.get("boolval") != {}
+        or "result" not in when
+    ):
+        return where, []
+    return when.get("expr"), [when["result"]]
 
 
 def _without(where: Body | None, required: list[_Term]) -> list[Body] | None:
