@@ -47,12 +47,20 @@ def test_malformed_lines_are_denied_never_a_crash() -> None:
         '{"id": 6, "principal": "agent:support-bot", "sql": "SELECT id FROM orders", "params": "x"}',
         "",
         '{"id": 7, "principal": "agent:support-bot", "sql": "SELECT \'\\u0000\'"}',
+        '{"id": 8, "params": ' + "[" * 990 + "]" * 990 + "}",  # eleventh outside review: RecursionError lost the rest
+        '{"id": 9, "principal": "agent:support-bot", "sql": "SELECT id FROM orders WHERE id = ANY($1)", "params": '
+        + "["
+        + "[" * 300
+        + "]" * 300
+        + "]}",
     ]
     result = check("--schema", str(HERE / "schema.sql"), "--input", "-", stdin="\n".join(lines) + "\n")
     assert result.returncode == 0, result.stderr
     decisions = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [d["decision"] for d in decisions] == ["allow"] + ["deny"] * 6
-    assert [d["id"] for d in decisions] == [1, None, None, 4, 5, 6, 7]
+    assert [d["decision"] for d in decisions] == ["allow"] + ["deny"] * 8
+    assert [d["id"] for d in decisions] == [1, None, None, 4, 5, 6, 7, None, 9]
+    assert decisions[7]["reasons"][0]["code"] == "malformed_input"
+    assert decisions[8]["reasons"][0]["code"] == "param_type", decisions[8]
     assert decisions[1]["reasons"][0]["code"] == "malformed_input"
 
 

@@ -294,9 +294,11 @@ def test_numbers_that_print_far_longer_than_written_are_refused() -> None:
     assert codes("SELECT id FROM docs WHERE note::jsonb::text = 'x'") == ["cast_not_allowed"]
     assert codes("INSERT INTO docs (id, doc) VALUES (1, '[1e131071]')") == ["numeric_too_long", "type_mismatch"]
     assert codes("UPDATE docs SET doc = $1 WHERE id = 1", ['{"a": [1e999]}']) == ["numeric_too_long"]
-    assert (
-        codes("UPDATE docs SET doc = $1 WHERE id = 1", ['{"a": [1.5, 2e3, 12345678901234567890], "b": "1e999"}']) == []
-    )
+    assert codes("UPDATE docs SET doc = $1 WHERE id = 1", ['{"a": [1.5, 2e3, 12345678901234567890], "b": "1e9"}']) == []
+    # eleventh outside review (HIGH): '["1e131071", "9e131071"]' is JSON holding strings, and a numrange of two
+    # 131,072-digit bounds: a number quoted is read as a number too
+    assert codes("UPDATE docs SET doc = $1 WHERE id = 1", ['{"b": "1e999"}']) == ["numeric_too_long"]
+    assert codes('SELECT id FROM docs WHERE note = \'["1e131071", "9e131071"]\'') == ["numeric_too_long"]
     assert codes("INSERT INTO docs (id, doc) VALUES (1, '[1, 2.5, true, null, \"x\"]')") == []
     assert codes("SELECT id FROM docs WHERE amount > '1e131071'::numeric") == ["numeric_too_long"]
     assert codes("SELECT id FROM docs WHERE amount > '1e999'::numeric") == []
@@ -603,3 +605,36 @@ def test_div_and_mod_are_counted_as_products() -> None:
     assert engine.decide(
         PRINCIPAL, "SELECT div(total, 7) AS d, mod(total, 7) AS m FROM orders", [], tenant="acme"
     ).allowed
+
+
+def test_the_copies_postgresql_makes_of_in_and_between_operands_are_counted() -> None:
+    """Eleventh outside review (HIGH): PostgreSQL evaluates BETWEEN's left operand twice and IN's once for each
+    element that reads a column. 21 nested BETWEENs (569 bytes) took a backend to 3.65 GB; `x * x IN (id + 0, ...,
+    id + 19)` nested three deep ran 8,000 squarings counted as 14 products. Those copies count: nodes, products and
+    their work, compounding as they nest."""
+    engine = PolicyEngine(support_policy().spec, schema())
+
+    def codes(sql: str) -> list[str]:
+        return [r.code for r in engine.decide(PRINCIPAL, sql, [], tenant="acme").reasons]
+
+    nested = "id BETWEEN 1 AND 2"
+    for _ in range(19):
+        nested = f"({nested}) BETWEEN false AND true"
+    assert codes(f"SELECT id FROM orders WHERE {nested}") == ["value_growth"]
+    elements = ", ".join(f"id + {n}" for n in range(MAX_PRODUCTS + 8))
+    assert codes(f"SELECT id FROM orders WHERE total * total IN ({elements})") == ["value_growth"]
+    assert codes(f"SELECT id FROM orders WHERE total IN ({elements})") == []
+    assert codes(f"SELECT id FROM orders WHERE total * total IN ({', '.join(str(n) for n in range(500))})") == []
+    assert codes("SELECT id FROM orders WHERE date_trunc('day', created_at) BETWEEN now() AND now()") == []
+    assert codes("SELECT id FROM orders WHERE (total * 2 BETWEEN 1 AND 9) BETWEEN false AND true") == []
+
+
+def test_a_number_written_is_multiplied_by_one_parameter_at_most() -> None:
+    """Eleventh outside review (LOW): `SET amount = amount * $1 * ... * $22`, with parameters of 1,000 digits,
+    counted as one value read: six statements stored 131,000 digits. One factor of constants and parameters is
+    discounted in a number written, not more."""
+    engine = docs_engine()
+    one = engine.decide(PRINCIPAL, "UPDATE docs SET amount = amount * $1 WHERE id = 1", ["1.05"], tenant="acme")
+    assert one.allowed, one.reasons
+    two = engine.decide(PRINCIPAL, "UPDATE docs SET amount = amount * $1 * $2 WHERE id = 1", ["2", "3"], tenant="acme")
+    assert [r.code for r in two.reasons] == ["value_growth"], two.reasons

@@ -427,6 +427,12 @@ async def reviewed(
     if verdict.allowed or not live:
         return verdict
     fresh: Mapping[str, Any] = await asyncio.to_thread(read_world, memo.kube, namespace)
+    try:
+        spec = AgentWorkflowSpec.model_validate(dict(body.get("spec") or {}))
+    except pydantic.ValidationError:
+        return verdict  # refused for its spec, whatever the world
+    if observe(namespace, spec, indexes)[0] == observe(namespace, spec, fresh)[0]:
+        return verdict  # the same world: decided once (and counted once)
     return await review(operation, body, old, userinfo, memo, fresh, admission_id)
 
 

@@ -47,6 +47,8 @@ PRODUCTS = frozenset({"*", "/", "%"})
 PRODUCT_FUNCTIONS = frozenset({"div", "mod"})  # the same, as functions an author may allowlist
 SMALL_NUMBER_DIGITS = 20
 MAX_PRODUCTS = 32
+# The expression nodes PostgreSQL's copies of IN's and BETWEEN's left operands add (Analysis.copied).
+MAX_EXPANDED = 10_000
 MAX_NUMERIC_WORK = 256
 # A cast to char(n) pads its value to n characters.
 MAX_PADDED = 1024
@@ -397,6 +399,26 @@ def _plain_number(node: pb.Node) -> bool:
     return False
 
 
+def _left_copies(kind: int, right: pb.Node) -> int:
+    """How many times PostgreSQL evaluates the left operand of an A_Expr of `kind` over `right`: BETWEEN twice; IN
+    once for each element that is not a constant or parameter (those go together in one array) and once for them."""
+    if kind in (pb.AEXPR_BETWEEN, pb.AEXPR_NOT_BETWEEN):
+        return 2
+    if kind != pb.AEXPR_IN or right.WhichOneof("node") != "list":
+        return 1
+    items = right.list.items[:]
+    varying = sum(not _fixed(item) for item in items)
+    return varying + (varying < len(items))
+
+
+def _fixed(node: pb.Node) -> bool:
+    """A constant or a parameter, cast or not."""
+    kind = node.WhichOneof("node")
+    if kind == "type_cast":
+        return _fixed(node.type_cast.arg)
+    return kind in ("a_const", "param_ref")
+
+
 def _json_field(operand: pb.Node) -> bool:
     """Is `operand` a field read with `->` (so a json(b) value, if its own left operand was admitted)?"""
     if operand.WhichOneof("node") != "a_expr":
@@ -455,12 +477,16 @@ class Analysis:
         self.max_copies = MAX_COPIES
         self.max_row_copies = MAX_ROW_COPIES
         self.grows = False
+        # expression nodes walked so far, counting the copies PostgreSQL makes of IN's and BETWEEN's left operand, and
+        # those copies alone
+        self.nodes = 0
+        self.expanded = 0
         self.products = 0  # products, quotients and remainders met so far
         self.numeric_work = 0  # their work so far (see MAX_NUMERIC_WORK)
         self.max_products = MAX_PRODUCTS
         self.max_numeric_work = MAX_NUMERIC_WORK
         # operands of products counted as a value although made of constants and parameters only: a number written
-        # is made of what it reads, so `SET credit = credit * $1` writes one value read
+        # may be multiplied by one (`SET credit = credit * $1` writes one value read; `* $1 * $2`, two)
         self.promoted = 0
 
     # -- reasons and accesses -------------------------------------------------------------------
@@ -829,7 +855,7 @@ class Analysis:
             before, promoted = self.copies, self.promoted
             self.expression(target.val, scope)
             self.check_copies(self.copies - before, f"column {target.name}", target)
-            read = self.copies - before - (self.promoted - promoted)
+            read = self.copies - before - min(1, self.promoted - promoted)  # one factor: `credit * $1`
             self.written(table.columns[target.name], read, target.name, target)
             self.typed_value(table.columns[target.name], target.val)
 
@@ -1153,6 +1179,7 @@ class Analysis:
         kind = node.WhichOneof("node") if which is None else which
         if kind is None:
             return
+        self.nodes += 1
         if kind == "a_const":
             const = node.a_const
             which_value = const.WhichOneof("val")
@@ -1382,9 +1409,31 @@ class Analysis:
             self.copies = before + made
         self.count_product(left, right, node)
 
+    def copied(self, extra: int, marks: tuple[int, int, int], node: pb.A_Expr) -> None:
+        """PostgreSQL copies IN's left operand for each element that reads a column (`a = e1 OR a = e2 ...`) and
+        BETWEEN's for its second comparison: what was walked since `marks` (nodes, products, work) counts `extra` times
+        more, and nested copies compound (a BETWEEN of a BETWEEN of ...: 21 levels in 569 bytes took 3.6 GB)."""
+        nodes = (self.nodes - marks[0]) * extra
+        self.nodes += nodes
+        self.expanded += nodes
+        self.products += (self.products - marks[1]) * extra
+        self.numeric_work += (self.numeric_work - marks[2]) * extra
+        if self.expanded > MAX_EXPANDED and not self.grows:
+            self.grows = True
+            self.deny(
+                "value_growth",
+                f"the left operands of IN and BETWEEN, copied for each comparison PostgreSQL makes of them, come to"
+                f" {self.expanded} more expression nodes (at most {MAX_EXPANDED})",
+                node,
+            )
+        self.check_products(node)
+
     def count_product(self, left: int, right: int, node: Any) -> None:
         self.products += 1
         self.numeric_work += max(1, left) * max(1, right)
+        self.check_products(node)
+
+    def check_products(self, node: Any) -> None:
         if self.grows:
             return
         if self.products > self.max_products or self.numeric_work > self.max_numeric_work:
@@ -1401,7 +1450,11 @@ class Analysis:
         """Walk both operands; `self.copies` once the left one was walked, and the left one's type family if it is a
         base-table column."""
         left_node = node.lexpr
+        marks = (self.nodes, self.products, self.numeric_work)
         left: TypeFamily | None = self.resolved(left_node, scope)
+        copies = _left_copies(kind, node.rexpr)
+        if copies > 1:
+            self.copied(copies - 1, marks, node)
         after_left = self.copies
         right = node.rexpr
         right_kind = right.WhichOneof("node")
@@ -1451,6 +1504,7 @@ class Analysis:
             ref = node.column_ref
             names = _column_names(ref)
             if names is not None:
+                self.nodes += 1
                 found = self.named_column(ref, names, scope)
                 if found is not None and found[0].table is not None:
                     return found[0].table.columns[found[1]]
@@ -1723,18 +1777,15 @@ def long_value(value: Any) -> str | None:
 def prints_long(text: str) -> str | None:
     """What `text` reads as that prints far longer than it is written (None: nothing): a number of more than
     MAX_NUMERIC_DIGITS digits written out (numeric arithmetic does not stop for a cancel), or JSON, an array or a
-    range holding a number that prints more than that or more than JSON_NUMBER_GROWTH digits longer than written.
-    PostgreSQL reads a string as any of them where one is expected ("total + '1e65534'", "doc || '[1e131071]'",
-    "amounts || '{1e131071}'", "band = '(0,1e131071]'")."""
+    range holding a number past that or with an exponent past JSON_NUMBER_GROWTH. PostgreSQL reads a string as any of
+    them where one is expected ("total + '1e65534'", "doc || '[1e131071]'", "amounts || '{1e131071}'",
+    "band = '(0,1e131071]'"), and a range or an array reads a quoted element as a number too (the JSON array
+    '["1e131071", "9e131071"]' is a numrange): every number-like run in the text is read, quoted or not."""
     digits = numeric_digits(text)
     if digits:  # a number: its digits are counted where it is used (Analysis.constants_printed, parameter_expansion)
         return LONG_NUMBER if digits > MAX_NUMERIC_DIGITS else None
-    json = _json_numbers(text) if text.lstrip()[:1] in ("[", "{") else None
-    if json is not None:
-        return None if json else LONG_ELEMENT
-    # Not JSON, or nested deeper than the JSON reader goes: every number in it, read as PostgreSQL's array and range
-    # input reads one (quotes and backslashes dropped anywhere in an element, whitespace after the exponent's e,
-    # "1.e5"): no run of more than MAX_NUMERIC_DIGITS digits, no exponent past JSON_NUMBER_GROWTH.
+    # as PostgreSQL's numeric, array and range input read numbers: quotes and backslashes dropped anywhere in an
+    # element, whitespace after the exponent's e, "1.e5"
     plain = text.replace("\\", "").replace('"', "")
     if any(len(run) > MAX_NUMERIC_DIGITS for run in _DIGITS.findall(plain)):
         return LONG_ELEMENT
@@ -1753,8 +1804,8 @@ _EXPONENT = re.compile(r"[0-9.]\s*[eE]\s*[+-]?\s*([0-9]+)")
 _LONG_INTEGER = 10**MAX_NUMERIC_DIGITS
 LONG_NUMBER = f"a number of more than {MAX_NUMERIC_DIGITS} digits written out"
 LONG_ELEMENT = (
-    f"JSON, an array or a range holding a number that prints more than {MAX_NUMERIC_DIGITS} digits, or more than"
-    f" {JSON_NUMBER_GROWTH} longer than written"
+    f"JSON, an array or a range holding a number (quoted or not) of more than {MAX_NUMERIC_DIGITS} digits or with an"
+    f" exponent past {JSON_NUMBER_GROWTH}"
 )
 
 

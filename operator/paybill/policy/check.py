@@ -52,6 +52,8 @@ def check_lines(
             case = json.loads(line)
         except json.JSONDecodeError as error:
             result = _malformed(None, f"line {number} is not JSON: {error.msg}")
+        except RecursionError:
+            result = _malformed(None, f"line {number} is nested too deeply to read")
         else:
             result = _check_case(engine, case, number, tenant, approvals)
         yield json.dumps(result, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

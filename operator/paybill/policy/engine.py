@@ -99,6 +99,9 @@ class PolicyEngine:
         approvals: frozenset[str] = frozenset(),
     ) -> Decision:
         params = params or []
+        if any(_nested(value, MAX_PARAM_DEPTH) for value in params):  # before anything walks or hashes them
+            reason = Reason("param_type", f"a parameter is a list nested more than {MAX_PARAM_DEPTH} deep")
+            return Decision(False, self.rules.mode, (reason,), policy_version=self.version)
         key = (principal, tenant, sql)
         admitted = self._cache.get(key)
         if admitted is None:
@@ -327,6 +330,19 @@ def _params_fit(expected: dict[int, ParamType | None], params: list[Any]) -> boo
         if not (param_fits(kind, value) if kind is not None else _scalar(value)) or long_value(value) is not None:
             return False
         if not _utf8(value):
+            return False
+    return True
+
+
+MAX_PARAM_DEPTH = 8  # a parameter is a scalar or an array: an array of arrays is deep enough
+
+
+def _nested(value: Any, depth: int) -> bool:
+    """Is `value` a list nested more than `depth` deep (walked without recursion)?"""
+    level: list[Any] = [value]
+    for _ in range(depth + 1):
+        level = [item for each in level if isinstance(each, list) for item in each]
+        if not level:
             return False
     return True
 
