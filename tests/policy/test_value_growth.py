@@ -13,7 +13,16 @@ import pytest
 
 from paybill.api.agentpolicy import AgentPolicySpec
 from paybill.policy import PolicyEngine, Schema
-from paybill.policy.analysis import MAX_COPIES, MAX_NUMERIC_WORK, MAX_PADDED, MAX_PRODUCTS, MAX_ROW_COPIES, Analysis
+from paybill.policy.analysis import (
+    MAX_COPIES,
+    MAX_NUMERIC_WORK,
+    MAX_PADDED,
+    MAX_PATTERN,
+    MAX_PRODUCTS,
+    MAX_ROW_COPIES,
+    MAX_VALUE_COPIES,
+    Analysis,
+)
 from paybill.policy.tree import parse_raw
 
 from .conftest import PRINCIPAL, PolicyDatabase, schema, support_policy
@@ -638,3 +647,39 @@ def test_a_number_written_is_multiplied_by_one_parameter_at_most() -> None:
     assert one.allowed, one.reasons
     two = engine.decide(PRINCIPAL, "UPDATE docs SET amount = amount * $1 * $2 WHERE id = 1", ["2", "3"], tenant="acme")
     assert [r.code for r in two.reasons] == ["value_growth"], two.reasons
+
+
+def test_a_parameter_number_past_the_range_is_refused_at_once() -> None:
+    """Twelfth outside review (HIGH): `WHERE id = $2147483647` made the engine build a set of every number up to it
+    (21.8 GB, killed by the kernel): a number out of range is refused and never recorded."""
+    engine = PolicyEngine(support_policy().spec, schema())
+    for number in (2147483647, 1001, 0):
+        decision = engine.decide(PRINCIPAL, f"SELECT id FROM orders WHERE id = ${number}", [], tenant="acme")
+        assert not decision.allowed and decision.reasons[0].code == "invalid", decision.reasons
+    typed = engine.decide(PRINCIPAL, "SELECT id FROM orders WHERE id IN ($1, $99999999)", [1], tenant="acme")
+    assert not typed.allowed and "invalid" in [r.code for r in typed.reasons]
+
+
+def test_a_value_postgresql_copies_and_a_like_pattern_are_bounded() -> None:
+    """Twelfth outside review (HIGH): `$1 IN (s, s, ... x 400)` with a 4 MB $1 put 400 copies of it in the plan (1.5
+    GB in the backend); `$1 LIKE $2` over 300,000 and 150,000 characters ran 24 s past a 2 s timeout (LIKE does
+    not stop for a cancel); (LOW) `total::numeric(1000, 998)` padded 5 characters to 1,001."""
+    engine = PolicyEngine(support_policy().spec, schema())
+
+    def codes(sql: str, params: list[object] | None = None) -> list[str]:
+        return [r.code for r in engine.decide(PRINCIPAL, sql, params or [], tenant="acme").reasons]
+
+    many = ", ".join(["status"] * (MAX_VALUE_COPIES + 1))
+    assert codes(f"SELECT id FROM orders WHERE $1 IN ({many})", ["x"]) == ["value_growth"]
+    assert codes(f"SELECT id FROM orders WHERE '{'x' * 65}' IN ({many})") == ["value_growth"]
+    assert codes("SELECT id FROM orders WHERE $1 IN (status, lower(status))", ["x"]) == []
+    assert codes("SELECT id FROM orders WHERE $1 BETWEEN id AND customer_id", [5]) == []
+    like = "SELECT id FROM orders WHERE status LIKE $1"
+    assert codes(like, ["%" + "a" * MAX_PATTERN]) == ["value_growth"]
+    assert codes(like, ["%open%"]) == []
+    assert codes("SELECT id FROM orders WHERE status ILIKE '%' || $1 || '%'", ["a" * (MAX_PATTERN + 1)]) == [
+        "value_growth"
+    ]
+    assert codes(f"SELECT id FROM orders WHERE status LIKE '%{'a' * MAX_PATTERN}%'") == ["value_growth"]
+    assert codes("SELECT total::numeric(1000, 998) AS t FROM orders") == ["value_growth"]
+    assert codes("SELECT total::numeric(100, 4) AS t FROM orders") == []

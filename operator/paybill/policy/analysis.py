@@ -47,11 +47,22 @@ PRODUCTS = frozenset({"*", "/", "%"})
 PRODUCT_FUNCTIONS = frozenset({"div", "mod"})  # the same, as functions an author may allowlist
 SMALL_NUMBER_DIGITS = 20
 MAX_PRODUCTS = 32
-# The expression nodes PostgreSQL's copies of IN's and BETWEEN's left operands add (Analysis.copied).
+# The expression nodes PostgreSQL's copies of IN's and BETWEEN's left operands add (Analysis.copied), and the copies
+# it may make of a parameter or of a constant longer than SHORT_CONSTANT there (Analysis.copied_value).
 MAX_EXPANDED = 10_000
+MAX_VALUE_COPIES = 8
+SHORT_CONSTANT = 64
+MAX_PARAMS = 1000
+# A LIKE pattern's characters, constants and parameters together (PostgreSQL 15's LIKE does not stop for a cancel:
+# 300,000 characters against a pattern of 150,000 ran 24 s past a 2 s timeout; text times pattern is the work)
+MAX_PATTERN = 128
+LIKE_OPERATORS = frozenset({"~~", "!~~", "~~*", "!~~*"})
 MAX_NUMERIC_WORK = 256
 # A cast to char(n) pads its value to n characters.
 MAX_PADDED = 1024
+# numeric(p, s) pads a value to s digits after the point: s at most this (a 5-character column cast to
+# numeric(1000, 998) printed 1,001 characters)
+MAX_NUMERIC_SCALE = 64
 # Casts to numeric, and what they may read (Analysis.numeric_source): columns of these families; casts to these types,
 # whatever they read (a number past their range is an error); functions whose value is a number whatever they read
 # (or an error), and those that give one of their arguments.
@@ -481,6 +492,8 @@ class Analysis:
         # those copies alone
         self.nodes = 0
         self.expanded = 0
+        self.multiplier = 1  # how many copies PostgreSQL makes of the operand being walked
+        self.pattern_params: set[int] = set()  # parameters a LIKE pattern is made of
         self.products = 0  # products, quotients and remainders met so far
         self.numeric_work = 0  # their work so far (see MAX_NUMERIC_WORK)
         self.max_products = MAX_PRODUCTS
@@ -1186,6 +1199,8 @@ class Analysis:
             if which_value == "fval":
                 digits = numeric_digits(const.fval.fval)
                 self.constants_printed += digits
+                if digits > SHORT_CONSTANT:
+                    self.copied_value(const)
                 if digits > MAX_NUMERIC_DIGITS:
                     shown = const.fval.fval[:20]
                     self.deny(
@@ -1196,6 +1211,8 @@ class Analysis:
             elif which_value == "sval":  # PostgreSQL may read it as a number or JSON where one is expected
                 text = const.sval.sval
                 self.constants_printed += printed_size(text)
+                if len(text) > SHORT_CONSTANT:
+                    self.copied_value(const)
                 why = prints_long(text)
                 if why is not None:
                     self.deny("numeric_too_long", f"constant {text[:20]!r} reads as {why}", const)
@@ -1208,11 +1225,12 @@ class Analysis:
         elif kind == "param_ref":
             param = node.param_ref
             number = param.number
-            if number < 1 or number > 1000:
-                self.deny("invalid", f"parameter ${number} is out of range", param)
+            if not self.param_in_range(param):
+                return
             if number in self.params:  # used again: a copy of what the agent sent once
                 self.copies += 1
             self.params.add(number)
+            self.copied_value(param)
         elif kind == "a_expr":
             self.operator(node.a_expr, scope)
         elif kind == "func_call":
@@ -1330,9 +1348,16 @@ class Analysis:
         if type_name.array_bounds or type_name.setof or type_name.pct_type:
             self.deny("cast_not_allowed", "array, SETOF and %TYPE casts are not admitted", node)
         padded = False
-        for modifier in type_name.typmods:
+        for index, modifier in enumerate(type_name.typmods):
             if modifier.WhichOneof("node") != "a_const" or modifier.a_const.WhichOneof("val") != "ival":
                 self.deny("cast_not_allowed", f"cast to {'.'.join(names)}: type modifiers must be integers", node)
+            elif names[-1] in NUMERIC_TYPES and index == 1 and modifier.a_const.ival.ival > MAX_NUMERIC_SCALE:
+                self.deny(  # numeric(p, s) pads to s digits after the point
+                    "value_growth",
+                    f"numeric(p, {modifier.a_const.ival.ival}) pads to that many digits (a scale of at most"
+                    f" {MAX_NUMERIC_SCALE})",
+                    node,
+                )
             elif names[-1] == "bpchar":
                 padded = True
                 length = modifier.a_const.ival.ival
@@ -1385,6 +1410,8 @@ class Analysis:
             self.operator_name(names, OPERATORS, node)
         before = self.copies
         after_left, left = self.operands(node, kind, names, scope)
+        if kind in (pb.AEXPR_LIKE, pb.AEXPR_ILIKE) or (len(names) == 1 and names[0] in LIKE_OPERATORS):
+            self.pattern(node.rexpr, node)
         if kind == pb.AEXPR_OP:
             name = names[0] if len(names) == 1 else ""
             if name in JSON_FIELDS and not (left is TypeFamily.JSON or _json_field(node.lexpr)):
@@ -1398,6 +1425,36 @@ class Analysis:
                 self.copies = before + max(after_left - before, self.copies - after_left, 1)
         elif kind != pb.AEXPR_NULLIF:  # its first operand (named "=")
             self.copies = before + 1
+
+    def pattern(self, node: pb.Node, like: pb.A_Expr) -> None:
+        """A LIKE pattern (or the array ANY/ALL matches against): its constants together at most MAX_PATTERN
+        characters; its parameters are held to that when bound (engine). A pattern read from a column is the
+        tenant's data."""
+        parts: list[pb.Node] = [node]
+        written = 0
+        while parts:
+            part = parts.pop()
+            kind = part.WhichOneof("node")
+            if kind == "a_const" and part.a_const.WhichOneof("val") == "sval":
+                written += len(part.a_const.sval.sval)
+            elif kind == "param_ref":
+                self.pattern_params.add(part.param_ref.number)
+            elif kind == "type_cast":
+                parts.append(part.type_cast.arg)
+            elif kind == "a_expr":
+                parts.extend(side for side in (part.a_expr.lexpr, part.a_expr.rexpr) if side.WhichOneof("node"))
+            elif kind == "func_call":
+                parts.extend(part.func_call.args[:])
+            elif kind == "a_array_expr":
+                parts.extend(part.a_array_expr.elements[:])
+            elif kind in ("coalesce_expr", "min_max_expr"):
+                parts.extend(getattr(part, kind).args[:])
+        if written > MAX_PATTERN:
+            self.deny(
+                "value_growth",
+                f"a LIKE pattern of {written} characters (at most {MAX_PATTERN}): matching does not stop for a cancel",
+                like,
+            )
 
     def product(self, node: pb.A_Expr, before: int, after_left: int) -> None:
         """Count a product, quotient or remainder and its work (see MAX_NUMERIC_WORK); deny (once) past the bounds."""
@@ -1451,8 +1508,11 @@ class Analysis:
         base-table column."""
         left_node = node.lexpr
         marks = (self.nodes, self.products, self.numeric_work)
-        left: TypeFamily | None = self.resolved(left_node, scope)
         copies = _left_copies(kind, node.rexpr)
+        enclosing = self.multiplier
+        self.multiplier *= copies
+        left: TypeFamily | None = self.resolved(left_node, scope)
+        self.multiplier = enclosing
         if copies > 1:
             self.copied(copies - 1, marks, node)
         after_left = self.copies
@@ -1515,9 +1575,31 @@ class Analysis:
     # -- literal and parameter types -----------------------------------------------------------
 
     def expect_param(self, param: pb.ParamRef, expected: ParamType) -> None:
+        if not self.param_in_range(param):
+            return
         number = param.number
         self.params.add(number)
         self.param_types.setdefault(number, expected)
+        self.copied_value(param)
+
+    def param_in_range(self, param: pb.ParamRef) -> bool:
+        """$1 .. $MAX_PARAMS (a number past it is never recorded: $2147483647 would make a set of that many)."""
+        if 1 <= param.number <= MAX_PARAMS:
+            return True
+        self.deny("invalid", f"parameter ${param.number} is out of range", param)
+        return False
+
+    def copied_value(self, node: Any) -> None:
+        """A parameter or a long constant where PostgreSQL copies it (IN's and BETWEEN's left operand): each copy is
+        another copy of its value in the plan (`$1 IN (s, s, ...)` with 4 MB: 1.5 GB in the backend)."""
+        if self.multiplier > MAX_VALUE_COPIES and not self.grows:
+            self.grows = True
+            self.deny(
+                "value_growth",
+                f"a parameter or long constant PostgreSQL copies {self.multiplier} times (the left operand of IN or"
+                f" BETWEEN; at most {MAX_VALUE_COPIES})",
+                node,
+            )
 
     def typed_value(self, family: TypeFamily, value: pb.Node, which: str | None = None) -> None:
         """`which`: the value's kind when the caller has read it already."""

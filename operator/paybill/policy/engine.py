@@ -9,7 +9,7 @@ from collections import OrderedDict
 from typing import Any, NamedTuple, Protocol
 
 from ..api.agentpolicy import AgentPolicySpec
-from .analysis import Analysis, ParamType, Relation, Scope, location, long_value, param_fits
+from .analysis import MAX_PATTERN, Analysis, ParamType, Relation, Scope, location, long_value, param_fits
 from .decision import POLICY_CODES, Decision, Reason, plan_hash
 from .rewrite import rewrite
 from .rules import WILDCARD, PolicyError, RuleSet
@@ -34,6 +34,7 @@ class _Admitted(NamedTuple):
     params: dict[int, ParamType | None]
     approvers: frozenset[str] | None
     min_approvals: int
+    patterns: frozenset[int] = frozenset()  # parameters a LIKE pattern is made of (at most MAX_PATTERN characters)
 
 
 class Gate(Protocol):
@@ -117,7 +118,12 @@ class PolicyEngine:
     ) -> Decision:
         decision = admitted.decision
         digest = plan_hash(sql, params, self.version, tenant)
-        if decision.allowed and admitted.approvers is None and _params_fit(admitted.params, params):
+        if (
+            decision.allowed
+            and admitted.approvers is None
+            and _params_fit(admitted.params, params)
+            and not _long_patterns(admitted.patterns, params)
+        ):
             # The hot path (a cached, admitted statement with good parameters): no new reasons.
             return Decision(
                 True,
@@ -144,6 +150,10 @@ class PolicyEngine:
                         reasons.append(Reason("numeric_too_long", f"${number} reads as {why}"))
                     elif not _utf8(value):
                         reasons.append(Reason("param_type", f"${number} is not valid UTF-8 text"))
+                    elif number in _long_patterns(admitted.patterns, params):
+                        reasons.append(
+                            Reason("value_growth", f"${number} is a LIKE pattern longer than {MAX_PATTERN} characters")
+                        )
                     elif kind is not None and not param_fits(kind, value):
                         reasons.append(
                             Reason(
@@ -243,7 +253,13 @@ class PolicyEngine:
             policy_version=self.version,
             extra={"locks": True} if analysis.locking else {},
         )
-        return _Admitted(decision, {n: params.get(n) for n in analysis.params}, approvers, min_approvals)
+        return _Admitted(
+            decision,
+            {n: params.get(n) for n in analysis.params},
+            approvers,
+            min_approvals,
+            frozenset(analysis.pattern_params),
+        )
 
     def _check_rules(self, analysis: Analysis) -> tuple[tuple[str, ...], frozenset[str] | None, int]:
         """Every access needs an allow rule and no deny rule; collects approvals the allowing rules ask for."""
@@ -332,6 +348,11 @@ def _params_fit(expected: dict[int, ParamType | None], params: list[Any]) -> boo
         if not _utf8(value):
             return False
     return True
+
+
+def _long_patterns(patterns: frozenset[int], params: list[Any]) -> list[int]:
+    """The parameters of a LIKE pattern longer than MAX_PATTERN characters."""
+    return [n for n in patterns if n <= len(params) and len(str(params[n - 1])) > MAX_PATTERN]
 
 
 MAX_PARAM_DEPTH = 8  # a parameter is a scalar or an array: an array of arrays is deep enough
