@@ -697,3 +697,11 @@ def test_a_parameter_that_is_not_text_is_refused_not_raised(guard: ExecutionGuar
     refused = guard.execute("SELECT id FROM orders WHERE status = $1", ["\udc80"])
     assert not refused.executed and [r.code for r in refused.decision.reasons] == ["param_type"], refused
     assert guard.execute("SELECT id FROM orders WHERE status = $1", ["é"]).ok
+
+
+def test_an_array_parameter_of_mixed_types_is_refused_with_its_reason(guard: ExecutionGuard) -> None:
+    """Twelfth outside review (LOW): `id = ANY($1)` with [1, "2"] was admitted, psycopg could not send it, and the
+    guard reported a failed connection. It is a parameter of the wrong shape, said so."""
+    mixed = guard.execute("SELECT id FROM orders WHERE id = ANY($1)", [[10, "11"]])
+    assert not mixed.executed and [r.code for r in mixed.decision.reasons] == ["param_type"], mixed
+    assert guard.execute("SELECT id FROM orders WHERE id = ANY($1)", [[10, None, 11]]).ok

@@ -150,6 +150,8 @@ class PolicyEngine:
                         reasons.append(Reason("numeric_too_long", f"${number} reads as {why}"))
                     elif not _utf8(value):
                         reasons.append(Reason("param_type", f"${number} is not valid UTF-8 text"))
+                    elif not _uniform(value):
+                        reasons.append(Reason("param_type", f"${number} is an array of values of different types"))
                     elif number in _long_patterns(admitted.patterns, params):
                         reasons.append(
                             Reason("value_growth", f"${number} is a LIKE pattern longer than {MAX_PATTERN} characters")
@@ -345,9 +347,21 @@ def _params_fit(expected: dict[int, ParamType | None], params: list[Any]) -> boo
         kind = expected.get(number)
         if not (param_fits(kind, value) if kind is not None else _scalar(value)) or long_value(value) is not None:
             return False
-        if not _utf8(value):
+        if not _utf8(value) or not _uniform(value):
             return False
     return True
+
+
+def _uniform(value: Any) -> bool:
+    """An array's values are of one type (psycopg cannot send [1, "2"]), nulls aside."""
+    if not isinstance(value, list):
+        return True
+    kinds: set[type] = set()
+    level: list[Any] = value
+    while level:
+        kinds.update(type(item) for item in level if item is not None and not isinstance(item, list))
+        level = [item for each in level if isinstance(each, list) for item in each]
+    return len(kinds) <= 1
 
 
 def _long_patterns(patterns: frozenset[int], params: list[Any]) -> list[int]:
