@@ -683,3 +683,32 @@ def test_a_value_postgresql_copies_and_a_like_pattern_are_bounded() -> None:
     assert codes(f"SELECT id FROM orders WHERE status LIKE '%{'a' * MAX_PATTERN}%'") == ["value_growth"]
     assert codes("SELECT total::numeric(1000, 998) AS t FROM orders") == ["value_growth"]
     assert codes("SELECT total::numeric(100, 4) AS t FROM orders") == []
+
+
+def test_patterns_copies_and_the_number_reader_hold_whatever_the_statement_hides_them_in() -> None:
+    """Thirteenth outside review (HIGH): a LIKE pattern passed through a CASE, a scalar subquery, a CTE column or
+    `~~ ANY (SELECT ...)` escaped the 128-character bound (17 s past a 2 s timeout); the planner copies a parameter
+    compared with = into a clause for each column its equivalence class joins (60 self-joins on a 3.9 MB $1: 1.15 GB
+    in a backend); and '1e' followed by 65,000 spaces took the number reader's regex 26 s, holding the GIL."""
+    engine = PolicyEngine(support_policy().spec, schema())
+
+    def codes(sql: str, params: list[object] | None = None) -> list[str]:
+        return [r.code for r in engine.decide(PRINCIPAL, sql, params or [], tenant="acme").reasons]
+
+    long = "%" + "a" * MAX_PATTERN
+    for hidden in (
+        "SELECT id FROM orders WHERE status LIKE CASE WHEN true THEN $1 END",
+        "SELECT id FROM orders WHERE status LIKE (SELECT $1)",
+        "WITH p AS (SELECT $1 AS pat) SELECT id FROM orders, p WHERE status LIKE p.pat",
+        "SELECT id FROM orders WHERE status ~~ ANY (SELECT $1)",
+    ):
+        assert codes(hidden, [long]) == ["value_growth"], hidden
+        assert codes(hidden, ["%open%"]) == [], hidden
+    joined = ", ".join(f"orders o{n}" for n in range(30))
+    chained = " AND ".join(f"o{n}.status = o0.status" for n in range(1, 30))
+    statement = f"SELECT count(*) AS n FROM {joined} WHERE o0.status = $1 AND {chained}"
+    assert codes(statement, ["x" * 1_000_000]) == ["plan_too_large"]
+    assert codes(statement, ["open"]) == []
+    # 1 MB of it: about 1.5 hours before (quadratic), past the suite's 120 s timeout; linear now
+    assert codes("SELECT id FROM orders WHERE status = $1", ["1e" + " " * 1_000_000 + "x"]) == []
+    assert codes("SELECT id FROM orders WHERE status = $1", ["{1e  \t 40}"]) == ["numeric_too_long"]

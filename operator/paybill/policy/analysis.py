@@ -493,7 +493,13 @@ class Analysis:
         self.nodes = 0
         self.expanded = 0
         self.multiplier = 1  # how many copies PostgreSQL makes of the operand being walked
-        self.pattern_params: set[int] = set()  # parameters a LIKE pattern is made of
+        # parameters a LIKE pattern is made of; 0 too when a pattern reads anything else (a column, a subquery, a
+        # CASE ...): then every parameter is held as a pattern's
+        self.pattern_params: set[int] = set()
+        # parameters compared with = (the planner copies such a value into a clause for each column its equivalence
+        # class joins: at most columns_read of them)
+        self.equated_params: set[int] = set()
+        self.columns_read = 0
         self.products = 0  # products, quotients and remainders met so far
         self.numeric_work = 0  # their work so far (see MAX_NUMERIC_WORK)
         self.max_products = MAX_PRODUCTS
@@ -1151,6 +1157,7 @@ class Analysis:
                     self.deny("ambiguous_column", f"column reference {name} is ambiguous", ref)
                     return None
                 if found:
+                    self.columns_read += 1
                     if found[0].table is not None:
                         self.access("select", found[0].table, name, ref)
                     else:
@@ -1176,6 +1183,7 @@ class Analysis:
             if names[1] not in relation.columns:
                 self.deny("unknown_column", f"column {names[0]}.{names[1]} does not exist", ref)
                 return None
+            self.columns_read += 1
             if relation.table is not None:
                 self.access("select", relation.table, names[1], ref)
             self.copies += relation.copies_of(names[1])
@@ -1276,6 +1284,8 @@ class Analysis:
                 self.unsupported(link, f"{pb.SubLinkType.Name(link.sub_link_type)} subquery")
             if link.oper_name:
                 self.operator_name(_names(link.oper_name), OPERATORS, link)
+                if _names(link.oper_name)[-1] in LIKE_OPERATORS:  # patterns a subquery gives
+                    self.pattern_params.add(0)
             self.expression(link.testexpr, scope)
             self.select(link.subselect.select_stmt, scope, scope.ctes)
             made = max(self.output_copies, default=1) if link.sub_link_type == pb.EXPR_SUBLINK else 1
@@ -1412,6 +1422,12 @@ class Analysis:
         after_left, left = self.operands(node, kind, names, scope)
         if kind in (pb.AEXPR_LIKE, pb.AEXPR_ILIKE) or (len(names) == 1 and names[0] in LIKE_OPERATORS):
             self.pattern(node.rexpr, node)
+        elif names == ["="]:
+            for side in (node.lexpr, node.rexpr):
+                if side.WhichOneof("node") == "type_cast":
+                    side = side.type_cast.arg
+                if side.WhichOneof("node") == "param_ref":
+                    self.equated_params.add(side.param_ref.number)
         if kind == pb.AEXPR_OP:
             name = names[0] if len(names) == 1 else ""
             if name in JSON_FIELDS and not (left is TypeFamily.JSON or _json_field(node.lexpr)):
@@ -1449,6 +1465,8 @@ class Analysis:
                 parts.extend(part.a_array_expr.elements[:])
             elif kind in ("coalesce_expr", "min_max_expr"):
                 parts.extend(getattr(part, kind).args[:])
+            elif kind is not None:
+                self.pattern_params.add(0)  # a column, a subquery, a CASE ...: every parameter may reach it
         if written > MAX_PATTERN:
             self.deny(
                 "value_growth",
@@ -1871,7 +1889,7 @@ def prints_long(text: str) -> str | None:
     plain = text.replace("\\", "").replace('"', "")
     if any(len(run) > MAX_NUMERIC_DIGITS for run in _DIGITS.findall(plain)):
         return LONG_ELEMENT
-    if any(len(power) > 3 or int(power) > JSON_NUMBER_GROWTH for power in _EXPONENT.findall(plain)):
+    if any(len(power.lstrip("+-")) > 3 or abs(int(power)) > JSON_NUMBER_GROWTH for power in _EXPONENT.findall(plain)):
         return LONG_ELEMENT
     return None
 
@@ -1882,7 +1900,7 @@ def _number_fits(written: str) -> bool:
 
 
 _DIGITS = re.compile(r"[0-9]+")
-_EXPONENT = re.compile(r"[0-9.]\s*[eE]\s*[+-]?\s*([0-9]+)")
+_EXPONENT = re.compile(r"[0-9.][eE]\s*+([+-]?[0-9]+)")  # possessive: no backtracking over whitespace
 _LONG_INTEGER = 10**MAX_NUMERIC_DIGITS
 LONG_NUMBER = f"a number of more than {MAX_NUMERIC_DIGITS} digits written out"
 LONG_ELEMENT = (

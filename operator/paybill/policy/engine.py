@@ -34,7 +34,9 @@ class _Admitted(NamedTuple):
     params: dict[int, ParamType | None]
     approvers: frozenset[str] | None
     min_approvals: int
-    patterns: frozenset[int] = frozenset()  # parameters a LIKE pattern is made of (at most MAX_PATTERN characters)
+    patterns: frozenset[int] = frozenset()  # parameters a LIKE pattern is made of (0: any, see Analysis)
+    equated: frozenset[int] = frozenset()  # parameters compared with =
+    columns: int = 0  # the column references of the statement
 
 
 class Gate(Protocol):
@@ -123,6 +125,7 @@ class PolicyEngine:
             and admitted.approvers is None
             and _params_fit(admitted.params, params)
             and not _long_patterns(admitted.patterns, params)
+            and not self._copied_widely(admitted, params)
         ):
             # The hot path (a cached, admitted statement with good parameters): no new reasons.
             return Decision(
@@ -152,6 +155,15 @@ class PolicyEngine:
                         reasons.append(Reason("param_type", f"${number} is not valid UTF-8 text"))
                     elif not _uniform(value):
                         reasons.append(Reason("param_type", f"${number} is an array of values of different types"))
+                    elif number in self._copied_widely(admitted, params):
+                        reasons.append(
+                            Reason(
+                                "plan_too_large",
+                                f"${number} is compared with =, and the planner may copy it for each of the"
+                                f" {admitted.columns} columns the statement reads: more than maxBytesRead"
+                                f" {self.rules.limits.maxBytesRead} bytes",
+                            )
+                        )
                     elif number in _long_patterns(admitted.patterns, params):
                         reasons.append(
                             Reason("value_growth", f"${number} is a LIKE pattern longer than {MAX_PATTERN} characters")
@@ -180,6 +192,17 @@ class PolicyEngine:
         return dataclasses.replace(
             decision, allowed=allowed, reasons=tuple(reasons), sql=decision.sql if allowed else None, plan_hash=digest
         )
+
+    def _copied_widely(self, admitted: _Admitted, params: list[Any]) -> list[int]:
+        """Parameters compared with = whose size times the statement's column references (the planner copies such a
+        value into a clause for each column an equivalence class joins: 60 self-joins on one 3.9 MB $1 took a
+        backend to 1.15 GB) is past maxBytesRead."""
+        limit, columns = self.rules.limits.maxBytesRead, max(1, admitted.columns)
+        return [
+            n
+            for n in admitted.equated
+            if n <= len(params) and isinstance(params[n - 1], str) and len(params[n - 1]) * columns > limit
+        ]
 
     def _admit(self, principal: str, sql: str, tenant: str | None) -> _Admitted:
         mode = self.rules.mode
@@ -261,6 +284,8 @@ class PolicyEngine:
             approvers,
             min_approvals,
             frozenset(analysis.pattern_params),
+            frozenset(analysis.equated_params),
+            analysis.columns_read,
         )
 
     def _check_rules(self, analysis: Analysis) -> tuple[tuple[str, ...], frozenset[str] | None, int]:
@@ -365,8 +390,9 @@ def _uniform(value: Any) -> bool:
 
 
 def _long_patterns(patterns: frozenset[int], params: list[Any]) -> list[int]:
-    """The parameters of a LIKE pattern longer than MAX_PATTERN characters."""
-    return [n for n in patterns if n <= len(params) and len(str(params[n - 1])) > MAX_PATTERN]
+    """The parameters of a LIKE pattern longer than MAX_PATTERN characters (every parameter, for 0 in `patterns`)."""
+    numbers = range(1, len(params) + 1) if 0 in patterns else patterns
+    return [n for n in numbers if n <= len(params) and len(str(params[n - 1])) > MAX_PATTERN]
 
 
 MAX_PARAM_DEPTH = 8  # a parameter is a scalar or an array: an array of arrays is deep enough
