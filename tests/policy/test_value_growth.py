@@ -15,6 +15,8 @@ from paybill.api.agentpolicy import AgentPolicySpec
 from paybill.policy import PolicyEngine, Schema
 from paybill.policy.analysis import (
     MAX_COPIES,
+    MAX_CTES,
+    MAX_LIKES,
     MAX_NUMERIC_WORK,
     MAX_PADDED,
     MAX_PATTERN,
@@ -712,3 +714,24 @@ def test_patterns_copies_and_the_number_reader_hold_whatever_the_statement_hides
     # 1 MB of it: about 1.5 hours before (quadratic), past the suite's 120 s timeout; linear now
     assert codes("SELECT id FROM orders WHERE status = $1", ["1e" + " " * 1_000_000 + "x"]) == []
     assert codes("SELECT id FROM orders WHERE status = $1", ["{1e  \t 40}"]) == ["numeric_too_long"]
+
+
+def test_ctes_like_matches_folded_operands_and_huge_integers_are_bounded() -> None:
+    """Fourteenth outside review: 4,330 CTEs took the validator to 409 MB (HIGH, a set of names per CTE); 150 LIKEs
+    over one 1.5 MB parameter ran 28 s past a 2 s timeout (HIGH); `IN ($1)` and `= lower($1)` are folded to a
+    constant the planner copies as `= $1` is (MEDIUM); an integer of 5,000 digits made decide raise (LOW)."""
+    engine = PolicyEngine(support_policy().spec, schema())
+
+    def codes(sql: str, params: list[object] | None = None) -> list[str]:
+        return [r.code for r in engine.decide(PRINCIPAL, sql, params or [], tenant="acme").reasons]
+
+    ctes = ", ".join(f"c{n} AS (SELECT 1 AS x)" for n in range(MAX_CTES + 1))
+    assert codes(f"WITH {ctes} SELECT x FROM c0")[0] == "too_complex"
+    likes = ", ".join(f"v.t LIKE '%a{n}%' AS m{n}" for n in range(MAX_LIKES + 1))
+    assert codes(f"SELECT {likes} FROM (SELECT $1::text AS t) v", ["a"]) == ["value_growth"]
+    joined = ", ".join(f"orders o{n}" for n in range(30))
+    chained = " AND ".join(f"o{n}.status = o0.status" for n in range(1, 30))
+    for folded in ("o0.status IN ($1)", "o0.status = lower($1)", "o0.status = $1 || ''"):
+        statement = f"SELECT count(*) AS n FROM {joined} WHERE {folded} AND {chained}"
+        assert codes(statement, ["x" * 1_000_000]) == ["plan_too_large"], folded
+    assert codes("SELECT id FROM orders WHERE total = $1", [10**5000]) == ["numeric_too_long"]

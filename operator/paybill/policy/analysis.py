@@ -56,6 +56,10 @@ MAX_PARAMS = 1000
 # A LIKE pattern's characters, constants and parameters together (PostgreSQL 15's LIKE does not stop for a cancel:
 # 300,000 characters against a pattern of 150,000 ran 24 s past a 2 s timeout; text times pattern is the work)
 MAX_PATTERN = 128
+# LIKE matches a statement may make (text times pattern is each one's work: 150 of them over one 1.5 MB parameter ran
+# 28 s past a 2 s timeout), and the CTEs it may write (the validator keeps a set of names per CTE)
+MAX_LIKES = 16
+MAX_CTES = 100
 LIKE_OPERATORS = frozenset({"~~", "!~~", "~~*", "!~~*"})
 MAX_NUMERIC_WORK = 256
 # A cast to char(n) pads its value to n characters.
@@ -410,6 +414,30 @@ def _plain_number(node: pb.Node) -> bool:
     return False
 
 
+def _params_in(node: pb.Node) -> set[int]:
+    """The parameters anywhere in `node`'s expression (not inside subqueries)."""
+    found: set[int] = set()
+    parts = [node]
+    while parts:
+        part = parts.pop()
+        kind = part.WhichOneof("node")
+        if kind == "param_ref":
+            found.add(part.param_ref.number)
+        elif kind == "type_cast":
+            parts.append(part.type_cast.arg)
+        elif kind == "a_expr":
+            parts.extend(side for side in (part.a_expr.lexpr, part.a_expr.rexpr) if side.WhichOneof("node"))
+        elif kind == "func_call":
+            parts.extend(part.func_call.args[:])
+        elif kind == "list":
+            parts.extend(part.list.items[:])
+        elif kind in ("coalesce_expr", "min_max_expr", "row_expr"):
+            parts.extend(getattr(part, kind).args[:])
+        elif kind == "a_array_expr":
+            parts.extend(part.a_array_expr.elements[:])
+    return found
+
+
 def _left_copies(kind: int, right: pb.Node) -> int:
     """How many times PostgreSQL evaluates the left operand of an A_Expr of `kind` over `right`: BETWEEN twice; IN
     once for each element that is not a constant or parameter (those go together in one array) and once for them."""
@@ -500,6 +528,8 @@ class Analysis:
         # class joins: at most columns_read of them)
         self.equated_params: set[int] = set()
         self.columns_read = 0
+        self.ctes_written = 0
+        self.likes = 0  # LIKE matches, counting the copies PostgreSQL makes of them
         self.products = 0  # products, quotients and remainders met so far
         self.numeric_work = 0  # their work so far (see MAX_NUMERIC_WORK)
         self.max_products = MAX_PRODUCTS
@@ -731,6 +761,10 @@ class Analysis:
         if clause.recursive:
             self.unsupported(clause, "WITH RECURSIVE")
         ctes = dict(ctes)
+        self.ctes_written += len(clause.ctes)
+        if self.ctes_written > MAX_CTES:
+            self.deny("too_complex", f"more than {MAX_CTES} CTEs", clause)
+            return ctes
         for item in clause.ctes:
             cte = item.common_table_expr
             if cte.ctequery.WhichOneof("node") != "select_stmt":
@@ -1422,12 +1456,9 @@ class Analysis:
         after_left, left = self.operands(node, kind, names, scope)
         if kind in (pb.AEXPR_LIKE, pb.AEXPR_ILIKE) or (len(names) == 1 and names[0] in LIKE_OPERATORS):
             self.pattern(node.rexpr, node)
-        elif names == ["="]:
-            for side in (node.lexpr, node.rexpr):
-                if side.WhichOneof("node") == "type_cast":
-                    side = side.type_cast.arg
-                if side.WhichOneof("node") == "param_ref":
-                    self.equated_params.add(side.param_ref.number)
+        elif names == ["="]:  # and IN: the planner folds an operand of constants and parameters to one constant
+            self.equated_params.update(_params_in(node.lexpr))
+            self.equated_params.update(_params_in(node.rexpr))
         if kind == pb.AEXPR_OP:
             name = names[0] if len(names) == 1 else ""
             if name in JSON_FIELDS and not (left is TypeFamily.JSON or _json_field(node.lexpr)):
@@ -1446,6 +1477,15 @@ class Analysis:
         """A LIKE pattern (or the array ANY/ALL matches against): its constants together at most MAX_PATTERN
         characters; its parameters are held to that when bound (engine). A pattern read from a column is the
         tenant's data."""
+        self.likes += self.multiplier
+        if self.likes > MAX_LIKES and not self.grows:
+            self.grows = True
+            self.deny(
+                "value_growth",
+                f"more than {MAX_LIKES} LIKE matches: each is the text's length times the pattern's, and matching does"
+                " not stop for a cancel",
+                like,
+            )
         parts: list[pb.Node] = [node]
         written = 0
         while parts:

@@ -9,7 +9,17 @@ from collections import OrderedDict
 from typing import Any, NamedTuple, Protocol
 
 from ..api.agentpolicy import AgentPolicySpec
-from .analysis import MAX_PATTERN, Analysis, ParamType, Relation, Scope, location, long_value, param_fits
+from .analysis import (
+    MAX_NUMERIC_DIGITS,
+    MAX_PATTERN,
+    Analysis,
+    ParamType,
+    Relation,
+    Scope,
+    location,
+    long_value,
+    param_fits,
+)
 from .decision import POLICY_CODES, Decision, Reason, plan_hash
 from .rewrite import rewrite
 from .rules import WILDCARD, PolicyError, RuleSet
@@ -104,6 +114,9 @@ class PolicyEngine:
         params = params or []
         if any(_nested(value, MAX_PARAM_DEPTH) for value in params):  # before anything walks or hashes them
             reason = Reason("param_type", f"a parameter is a list nested more than {MAX_PARAM_DEPTH} deep")
+            return Decision(False, self.rules.mode, (reason,), policy_version=self.version)
+        if any(_huge_integer(value) for value in params):  # past what the hash's JSON encoder prints
+            reason = Reason("numeric_too_long", f"a parameter is an integer of more than {MAX_NUMERIC_DIGITS} digits")
             return Decision(False, self.rules.mode, (reason,), policy_version=self.version)
         key = (principal, tenant, sql)
         admitted = self._cache.get(key)
@@ -395,6 +408,13 @@ def _long_patterns(patterns: frozenset[int], params: list[Any]) -> list[int]:
     return [n for n in numbers if n <= len(params) and len(str(params[n - 1])) > MAX_PATTERN]
 
 
+def _huge_integer(value: Any) -> bool:
+    if isinstance(value, list):
+        return any(_huge_integer(item) for item in value)
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _HUGE
+
+
+_HUGE = 10**MAX_NUMERIC_DIGITS
 MAX_PARAM_DEPTH = 8  # a parameter is a scalar or an array: an array of arrays is deep enough
 
 
