@@ -416,14 +416,18 @@ def _plain_number(node: pb.Node) -> bool:
 
 def _params_in(node: pb.Node) -> set[int]:
     """The parameters anywhere in `node`'s expression (not inside subqueries)."""
-    found: set[int] = set()
+    return {leaf.param_ref.number for leaf in _leaves(node) if leaf.WhichOneof("node") == "param_ref"}
+
+
+def _leaves(node: pb.Node) -> list[pb.Node]:
+    """What an expression is made of, through casts, operators, function arguments, lists, arrays, COALESCE,
+    GREATEST/LEAST and rows: constants, parameters, columns, subqueries, CASEs and the rest, as they stand."""
+    leaves: list[pb.Node] = []
     parts = [node]
     while parts:
         part = parts.pop()
         kind = part.WhichOneof("node")
-        if kind == "param_ref":
-            found.add(part.param_ref.number)
-        elif kind == "type_cast":
+        if kind == "type_cast":
             parts.append(part.type_cast.arg)
         elif kind == "a_expr":
             parts.extend(side for side in (part.a_expr.lexpr, part.a_expr.rexpr) if side.WhichOneof("node"))
@@ -435,7 +439,9 @@ def _params_in(node: pb.Node) -> set[int]:
             parts.extend(getattr(part, kind).args[:])
         elif kind == "a_array_expr":
             parts.extend(part.a_array_expr.elements[:])
-    return found
+        elif kind is not None:
+            leaves.append(part)
+    return leaves
 
 
 def _left_copies(kind: int, right: pb.Node) -> int:
@@ -1486,26 +1492,14 @@ class Analysis:
                 " not stop for a cancel",
                 like,
             )
-        parts: list[pb.Node] = [node]
         written = 0
-        while parts:
-            part = parts.pop()
-            kind = part.WhichOneof("node")
-            if kind == "a_const" and part.a_const.WhichOneof("val") == "sval":
-                written += len(part.a_const.sval.sval)
+        for leaf in _leaves(node):
+            kind = leaf.WhichOneof("node")
+            if kind == "a_const" and leaf.a_const.WhichOneof("val") == "sval":
+                written += len(leaf.a_const.sval.sval)
             elif kind == "param_ref":
-                self.pattern_params.add(part.param_ref.number)
-            elif kind == "type_cast":
-                parts.append(part.type_cast.arg)
-            elif kind == "a_expr":
-                parts.extend(side for side in (part.a_expr.lexpr, part.a_expr.rexpr) if side.WhichOneof("node"))
-            elif kind == "func_call":
-                parts.extend(part.func_call.args[:])
-            elif kind == "a_array_expr":
-                parts.extend(part.a_array_expr.elements[:])
-            elif kind in ("coalesce_expr", "min_max_expr"):
-                parts.extend(getattr(part, kind).args[:])
-            elif kind is not None:
+                self.pattern_params.add(leaf.param_ref.number)
+            elif kind != "a_const":
                 self.pattern_params.add(0)  # a column, a subquery, a CASE ...: every parameter may reach it
         if written > MAX_PATTERN:
             self.deny(
