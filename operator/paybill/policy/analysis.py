@@ -1463,8 +1463,12 @@ class Analysis:
         if kind in (pb.AEXPR_LIKE, pb.AEXPR_ILIKE) or (len(names) == 1 and names[0] in LIKE_OPERATORS):
             self.pattern(node.rexpr, node)
         elif names == ["="]:  # and IN: the planner folds an operand of constants and parameters to one constant
-            self.equated_params.update(_params_in(node.lexpr))
-            self.equated_params.update(_params_in(node.rexpr))
+            for side in (node.lexpr, node.rexpr):
+                which = side.WhichOneof("node")
+                if which == "param_ref":
+                    self.equated_params.add(side.param_ref.number)
+                elif which not in ("column_ref", "a_const", None):  # the common `column = $1` walks nothing
+                    self.equated_params.update(_params_in(side))
         if kind == pb.AEXPR_OP:
             name = names[0] if len(names) == 1 else ""
             if name in JSON_FIELDS and not (left is TypeFamily.JSON or _json_field(node.lexpr)):

@@ -409,9 +409,9 @@ def _long_patterns(patterns: frozenset[int], params: list[Any]) -> list[int]:
 
 
 def _huge_integer(value: Any) -> bool:
-    if isinstance(value, list):
-        return any(_huge_integer(item) for item in value)
-    return isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _HUGE
+    if type(value) is int:  # not a bool; the common scalar first, on every call
+        return abs(value) >= _HUGE
+    return isinstance(value, list) and any(_huge_integer(item) for item in value)
 
 
 _HUGE = 10**MAX_NUMERIC_DIGITS
