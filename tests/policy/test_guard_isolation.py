@@ -206,7 +206,9 @@ def test_a_lost_connection_is_a_reason_and_the_next_statement_reconnects(
     with ExecutionGuard(policy_db.engine(policy), dsn, PRINCIPAL, "acme") as guard:
         assert guard.execute("SELECT id FROM orders WHERE id = 10").ok
         with psycopg.connect(policy_db.admin_dsn, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [role])
+            # with a timeout it returns once the backend has gone (without one, only once it was signalled: the
+            # next statement could still run on it, as it did once in a suite run)
+            admin.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = %s", [role])
         lost = guard.execute("SELECT id FROM orders WHERE id = 10")
         assert not lost.executed and lost.reasons[0].code == "database_error"
         assert guard.execute("SELECT id FROM orders WHERE id = 10").rows == [(10,)]
